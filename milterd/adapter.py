@@ -1,0 +1,290 @@
+"""The protocol adapter: pymilter's callbacks in, pipeline calls out.
+
+One :class:`MilterdMilter` instance serves one SMTP connection (libmilter
+runs it in a thread of its own).  It keeps the :class:`~milterd.model.Session`
+and the current :class:`~milterd.model.Envelope`, translates what Postfix
+sends, and carries out the pipeline's decisions with milter primitives.  Any
+exception is answered with a tempfail: a bug costs a retry, never a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any, Callable
+
+import Milter
+
+from .checks import Stage
+from .model import Action, Envelope, Session
+from .pipeline import TEMPFAIL_REPLY, Decision, Pipeline
+
+log = logging.getLogger("milterd")
+
+_NO_STAGE = {
+    Stage.CONNECT: Milter.P_NOCONNECT,
+    Stage.HELO: Milter.P_NOHELO,
+    Stage.MAIL: Milter.P_NOMAIL,
+    Stage.RCPT: Milter.P_NORCPT,
+    Stage.DATA: Milter.P_NODATA,
+    Stage.HEADER: Milter.P_NOHDRS,
+    Stage.EOH: Milter.P_NOEOH,
+    Stage.BODY: Milter.P_NOBODY,
+}
+_ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
+
+#: Connections being served by this process (the supervisor's drain waits on it).
+active = 0
+_active_lock = threading.Lock()
+
+
+def _count(delta: int) -> None:
+    global active
+    with _active_lock:
+        active += delta
+
+
+def protocol_bits(stages: frozenset[Stage]) -> int:
+    """The protocol bits to ask for: skip the stages no one needs, never ask for no-reply.
+
+    Replying at every stage is deliberate: with no-reply stages Postfix writes
+    two packets back to back and, over TCP, Nagle plus a delayed ACK stall
+    each message for 40 ms (see bench/RESULTS.md).
+    """
+    bits = Milter.P_NOUNKNOWN
+    for stage, bit in _NO_STAGE.items():
+        if stage not in stages:
+            bits |= bit
+    return bits
+
+
+def split_reply(reply: str) -> tuple[str, str | None, str]:
+    """``"550 5.7.1 text"`` → ``("550", "5.7.1", "text")``, with %% escaped for libmilter."""
+    parts = reply.split(" ", 2)
+    code = parts[0] if parts and parts[0].isdigit() and len(parts[0]) == 3 else "451"
+    xcode = parts[1] if len(parts) > 1 and parts[1][:1].isdigit() and "." in parts[1] else None
+    rest = reply.split(" ", 2 if xcode else 1)
+    text = rest[-1] if len(rest) > (2 if xcode else 1) else ""
+    text = text.replace("%", "%%").replace("\r", " ").replace("\n", " ")
+    return code, xcode, text or "Rejected"
+
+
+class MilterdMilter(Milter.Base):
+    """One SMTP connection seen through the milter protocol."""
+
+    pipeline: Pipeline  # set by the worker before serving
+
+    def __init__(self) -> None:
+        self.session = Session()
+        self.envelope: Envelope | None = None
+        self._counted = False
+
+    # --- negotiation ------------------------------------------------------
+    def negotiate(self, opts: list[int]) -> int:
+        """Ask for the actions we use and the stages the configuration needs."""
+        offered_actions, offered_protocol = opts[0], opts[1]
+        opts[0] = self._actions = offered_actions & _ACTIONS
+        opts[1] = self._protocol = offered_protocol & protocol_bits(self.pipeline.stages())
+        opts[2] = opts[3] = 0
+        return Milter.CONTINUE
+
+    # --- callbacks ----------------------------------------------------------
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        if not self._counted:
+            self._counted = True
+            _count(+1)
+        return self._guard("connect", self._connect, hostname, family, hostaddr)
+
+    def _connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        session = self.session
+        session.macros.update(self._macros("j", "{daemon_name}", "{daemon_addr}", "{client_name}", "{client_ptr}", "{client_addr}"))
+        if family in (socket.AF_INET, socket.AF_INET6) and isinstance(hostaddr, tuple):
+            session.client_addr, session.client_port = str(hostaddr[0]), int(hostaddr[1])
+            session.family = "inet6" if family == socket.AF_INET6 else "inet"
+        else:
+            session.client_addr, session.family = session.macros.get("{client_addr}", ""), "unix"
+        # Postfix passes "[1.2.3.4]" (or "unknown") when the client has no verified name.
+        session.client_name = "unknown" if hostname.startswith("[") else hostname
+        return self._answer(self.pipeline.connect(session))
+
+    def hello(self, hostname: str) -> int:
+        return self._guard("helo", self._hello, hostname)
+
+    def _hello(self, hostname: str) -> int:
+        self.session.helo = hostname
+        return self._answer(self.pipeline.helo(self.session))
+
+    def envfrom(self, sender: str, *params: str) -> int:
+        return self._guard("mail", self._envfrom, sender, *params)
+
+    def _envfrom(self, sender: str, *params: str) -> int:
+        self._finish()
+        self.session.auth_user = self.getsymval("{auth_authen}") or ""
+        envelope = self.envelope = self.pipeline.new_envelope(self.session)
+        envelope.sender = _strip_brackets(sender)
+        envelope.mail_args = Milter.param2dict(list(params)) if params else {}
+        return self._answer(self.pipeline.mail(self.session, envelope))
+
+    def envrcpt(self, recipient: str, *params: str) -> int:
+        return self._guard("rcpt", self._envrcpt, recipient)
+
+    def _envrcpt(self, recipient: str) -> int:
+        envelope = self._require_envelope()
+        envelope.queue_id = self.getsymval("i") or envelope.queue_id
+        return self._answer(self.pipeline.rcpt(self.session, envelope, _strip_brackets(recipient)))
+
+    def data(self) -> int:
+        return self._guard("data", self._data)
+
+    def _data(self) -> int:
+        envelope = self._require_envelope()
+        envelope.queue_id = self.getsymval("i") or envelope.queue_id
+        return self._answer(self.pipeline.data(self.session, envelope))
+
+    @Milter.decode("bytes")
+    def header(self, name: str | bytes, value: bytes) -> int:
+        return self._guard("header", self._header, name, value)
+
+    def _header(self, name: str | bytes, value: bytes) -> int:
+        if isinstance(name, bytes):
+            name = name.decode("ascii", "replace")
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogateescape")
+        self.pipeline.header(self.session, self._require_envelope(), name, value)
+        return Milter.CONTINUE
+
+    def eoh(self) -> int:
+        return self._guard("eoh", self._eoh)
+
+    def _eoh(self) -> int:
+        return self._answer(self.pipeline.eoh(self.session, self._require_envelope()))
+
+    def body(self, chunk: bytes) -> int:
+        return self._guard("body", self._body, chunk)
+
+    def _body(self, chunk: bytes) -> int:
+        self.pipeline.body(self.session, self._require_envelope(), chunk)
+        return Milter.CONTINUE
+
+    def eom(self) -> int:
+        return self._guard("eom", self._eom)
+
+    def _eom(self) -> int:
+        envelope = self._require_envelope()
+        envelope.queue_id = self.getsymval("i") or envelope.queue_id
+        outcome = self.pipeline.eom(self.session, envelope)
+        action = outcome.verdict.action
+        if action in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE):
+            for edit in outcome.edits:
+                self._edit(edit.op, edit.name, edit.value, edit.index)
+        if action == Action.QUARANTINE:
+            if self.pipeline.config.quarantine.mode == "hold":
+                self.quarantine(outcome.quarantine_reason[:100] or "milterd quarantine")
+                result = Milter.CONTINUE  # Postfix waits for a final reply after SMFIR_QUARANTINE
+            else:
+                result = Milter.DISCARD
+        elif action == Action.DISCARD:
+            result = Milter.DISCARD
+        elif action in (Action.REJECT, Action.TEMPFAIL, Action.GREYLIST):
+            result = self._reply(Decision(action, outcome.reply))
+        else:
+            result = Milter.CONTINUE
+        self._end_transaction()
+        return result
+
+    def abort(self) -> int:
+        return self._guard("abort", self._abort)
+
+    def _abort(self) -> int:
+        self._finish()
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        try:
+            self._finish()
+            self.pipeline.close(self.session)
+        except Exception:  # noqa: BLE001
+            log.exception("error while closing the connection from %s", self.session.client_addr)
+        finally:
+            if self._counted:
+                self._counted = False
+                _count(-1)
+        return Milter.CONTINUE
+
+    # --- helpers ------------------------------------------------------------
+    def _guard(self, stage: str, func: Callable[..., int], *args: Any) -> int:
+        try:
+            return func(*args)
+        except Exception:  # noqa: BLE001 - answer 451 rather than crash or accept blindly
+            log.exception("internal error at %s for client %s; answering tempfail", stage, self.session.client_addr)
+            try:
+                self.setreply("451", "4.3.0", "Temporary internal error, please try again later")
+            except Exception:  # noqa: BLE001
+                pass
+            if stage in ("eom", "abort"):
+                self._end_transaction()
+            return Milter.TEMPFAIL
+
+    def _require_envelope(self) -> Envelope:
+        if self.envelope is None:  # a stage after MAIL without MAIL (should not happen with Postfix)
+            self.envelope = self.pipeline.new_envelope(self.session)
+        return self.envelope
+
+    def _finish(self) -> None:
+        if self.envelope is not None:
+            envelope, self.envelope = self.envelope, None
+            self.pipeline.finish(self.session, envelope)
+
+    def _end_transaction(self) -> None:
+        if self.envelope is not None:
+            envelope, self.envelope = self.envelope, None
+            envelope.state["logged"] = envelope.state.get("logged", True)
+            self.pipeline.finish(self.session, envelope)
+
+    def _answer(self, decision: Decision | None) -> int:
+        if decision is None:
+            return Milter.CONTINUE
+        return self._reply(decision)
+
+    def _reply(self, decision: Decision) -> int:
+        reply = decision.reply
+        if decision.action in (Action.TEMPFAIL, Action.GREYLIST):
+            reply = reply or TEMPFAIL_REPLY
+            code, xcode, text = split_reply(reply)
+            self.setreply(code, xcode, text)
+            return Milter.TEMPFAIL
+        if decision.action == Action.DISCARD:
+            return Milter.DISCARD
+        code, xcode, text = split_reply(reply or "550 5.7.1 Rejected by policy")
+        self.setreply(code, xcode, text)
+        return Milter.REJECT
+
+    def _edit(self, op: str, name: str, value: str, index: int) -> None:
+        value = _header_safe(value)
+        if op == "add":
+            self.addheader(name, value)
+        elif op == "insert":
+            self.addheader(name, value, index)
+        else:
+            self.chgheader(name, index, value)
+
+    def _macros(self, *names: str) -> dict[str, str]:
+        found = {}
+        for name in names:
+            value = self.getsymval(name)
+            if value:
+                found[name] = value
+        return found
+
+
+def _strip_brackets(address: str) -> str:
+    address = address.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1]
+    return address
+
+
+def _header_safe(value: str) -> str:
+    # A header value with a bare newline or NUL would corrupt the queue file.
+    return value.replace("\x00", "").replace("\r", "").replace("\n", "\n\t").encode("utf-8", "replace").decode("utf-8")

@@ -1,0 +1,62 @@
+"""The ``milterd`` command line: one sub-command per administrator task.
+
+Sub-commands live in the modules named for their concern (``serve`` in
+supervisor, ``log`` in logview, …); this module only parses arguments and turns
+a :class:`~milterd.config.ConfigError` into a one-line message and exit status
+2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Sequence
+
+from .config import ConfigError
+
+#: Sub-command name → "module:function" that adds its parser.  A feature adds
+#: its sub-commands by adding its module here.
+COMMANDS: dict[str, str] = {
+    "serve": "milterd.commands.serve:add_parser",
+    "db": "milterd.commands.db:add_parser",
+    "log": "milterd.logview:add_parser",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="milterd", description="A mail content filter for Postfix (a milter).")
+    parser.add_argument("-c", "--config", metavar="FILE", help="milter.conf to read (default: ./milter.conf, then /etc/milterd/milter.conf)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for target in COMMANDS.values():
+        module, _, func = target.partition(":")
+        add: Callable[[argparse._SubParsersAction], None] = getattr(importlib.import_module(module), func)
+        add(sub)
+    return parser
+
+
+def config_parent() -> argparse.ArgumentParser:
+    """A parent parser giving a sub-command its own ``-c/--config``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help="milter.conf to read")
+    return parent
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``milterd`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"milterd: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands that are thin wrappers over other modules."""

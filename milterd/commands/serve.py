@@ -1,0 +1,50 @@
+"""``milterd serve`` and ``milterd reload``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from ..cli import config_parent
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``serve`` and ``reload``."""
+    serve = sub.add_parser("serve", parents=[config_parent()], help="run the milter in the foreground")
+    serve.add_argument("--pid-file", metavar="FILE", help="write the supervisor's pid here (for 'milterd reload')")
+    serve.set_defaults(func=run_serve)
+    reload = sub.add_parser("reload", parents=[config_parent()], help="tell a running milterd to re-read milter.conf and rules/ (SIGHUP)")
+    reload.add_argument("--pid-file", metavar="FILE", default="/run/milterd/milterd.pid", help="the pid file serve wrote")
+    reload.set_defaults(func=run_reload)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve until stopped."""
+    from ..supervisor import serve
+
+    if args.pid_file:
+        with open(args.pid_file, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+    try:
+        return serve(args.config)
+    finally:
+        if args.pid_file:
+            try:
+                os.unlink(args.pid_file)
+            except OSError:
+                pass
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    """Send SIGHUP to the supervisor named by the pid file."""
+    try:
+        with open(args.pid_file) as handle:
+            pid = int(handle.read().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(f"milterd: cannot signal the daemon from {args.pid_file}: {exc}", file=sys.stderr)
+        return 1
+    print(f"milterd: reload requested (pid {pid}); the daemon's log says whether the new configuration was accepted")
+    return 0

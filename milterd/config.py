@@ -1,0 +1,246 @@
+"""milter.conf: its schema, defaults and loading.
+
+Every parameter has a name, a default and one line of documentation (the
+``description`` of its field); the shipped ``milter.conf`` repeats them.  A
+misspelt key, a value of the wrong type or an unreadable file is refused with
+:class:`ConfigError`, which names the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from .units import parse_duration, parse_size
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+#: A score threshold, or ``false`` to switch that action off.
+Threshold = float | Literal[False]
+
+DEFAULT_PATHS = (Path("milter.conf"), Path("/etc/milterd/milter.conf"))
+
+
+class ConfigError(Exception):
+    """A configuration or rule file that cannot be used; the message says where and why."""
+
+    def __init__(self, file: str | os.PathLike[str], key: str, reason: str) -> None:
+        self.file, self.key, self.reason = str(file), key, reason
+        where = f"{self.file}: {key}: " if key else f"{self.file}: "
+        super().__init__(where + reason)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MilterSection(_Section):
+    socket: str = Field("inet:127.0.0.1:8895", description="Where Postfix connects: inet:HOST:PORT, inet:PORT@HOST, inet6:PORT@HOST or unix:/path.")
+    socket_mode: str = Field("0660", description="Permissions of a unix socket, in octal.")
+    socket_owner: str = Field("", description="Owner of a unix socket (user name); empty keeps the process's.")
+    socket_group: str = Field("", description="Group of a unix socket; empty keeps the process's.")
+    workers: int = Field(0, ge=0, le=256, description="Worker processes; 0 means one per CPU.")
+    user: str = Field("", description="User to run as after the socket is open when started as root; empty stays as started.")
+    group: str = Field("", description="Group to run as after the socket is open; empty uses the user's primary group.")
+    hostname: str = Field("", description="This host's name in the log, Received and report headers; empty uses the system's FQDN.")
+    authserv_id: str = Field("", description="The authserv-id of Authentication-Results headers; empty uses hostname.")
+    trusted_networks: list[str] = Field(["127.0.0.0/8", "::1/128"], description="Client networks that are trusted (like Postfix's mynetworks).")
+    local_domains: list[str] = Field([], description="Domains this site receives mail for and sends mail as.")
+    skip_trusted: bool = Field(True, description="Do not score mail from trusted_networks (it is logged and passed).")
+    skip_authenticated: bool = Field(True, description="Do not score mail from clients that authenticated with SMTP AUTH.")
+    shutdown_timeout: Duration = Field(30.0, description="On SIGTERM or reload, how long in-flight messages may take before their worker is stopped.")
+    spool_memory: Size = Field(1024 * 1024, description="Bodies up to this size stay in memory; larger ones are spooled to a temporary file.")
+    spool_dir: str = Field("", description="Directory for spooled bodies; empty uses the system's temporary directory.")
+    log_target: Literal["stderr", "syslog"] = Field("stderr", description="Where the per-message summary lines and errors go.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level of messages written to the log.")
+    timeout: Duration = Field(0.0, description="libmilter's I/O timeout towards Postfix; 0 keeps libmilter's default (2 hours).")
+    delay_reject: bool = Field(True, description="Apply rejects found at connect or HELO at MAIL FROM, once SMTP AUTH is known (like Postfix's smtpd_delay_reject).")
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{net!r} is not a network: {exc}") from None
+        return value
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        try:
+            int(value, 8)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an octal mode such as \"0660\"") from None
+        return value
+
+
+class ActionsSection(_Section):
+    add_header: Threshold = Field(5.0, description="Score at or above which X-Spam-Flag: YES is added and X-Spam-Status says Yes.")
+    rewrite_subject: Threshold = Field(8.0, description="Score at or above which the Subject is prefixed with subject_tag.")
+    greylist: Threshold = Field(False, description="Score at or above which the message is greylisted at end of data (score-based greylisting); false is off.")
+    quarantine: Threshold = Field(12.0, description="Score at or above which the message is quarantined.")
+    reject: Threshold = Field(15.0, description="Score at or above which the message is rejected with 550 5.7.1.")
+    subject_tag: str = Field("[SPAM]", description="Prefix put before the Subject at rewrite_subject.")
+    reject_message: str = Field("Message rejected as spam", description="Human text of the 550 reply; the score is appended.")
+    headers: bool = Field(True, description="Add X-Spam-Status and X-Spam-Score to every scored message (X-Spam-Flag only at add_header).")
+
+
+class DatabaseSection(_Section):
+    url: str = Field("sqlite:///milterd.sqlite", description="SQLAlchemy URL of the log, quarantine and greylist store; a relative SQLite path is relative to the working directory.")
+    auto_upgrade: bool = Field(True, description="Let serve create or upgrade the schema itself (otherwise run 'milterd db upgrade').")
+    busy_timeout: Duration = Field(10.0, description="How long a writer waits for a locked SQLite database before the message is tempfailed.")
+    on_error: Literal["tempfail", "accept"] = Field("tempfail", description="The log cannot be written: tempfail (451, the client retries) or accept unlogged; quarantine always tempfails.")
+
+
+class DnsSection(_Section):
+    nameservers: list[str] = Field([], description="Resolvers to ask, as \"IP\" or \"IP:PORT\"; empty uses /etc/resolv.conf.")
+    timeout: Duration = Field(2.0, description="The longest a message waits for DNS answers at one stage; a timeout counts as not listed.")
+    cache_size: int = Field(10000, ge=0, description="Answers kept per worker (bounded, expired by TTL).")
+
+
+class RulesSection(_Section):
+    dir: str = Field("rules", description="Directory of rule files (*.toml), relative to this file; a missing directory means built-in scores only.")
+
+
+class ChecksSection(_Section):
+    """Switches of the connection, HELO, sender and header checks (issue 3 fills this)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class GreylistSection(_Section):
+    enabled: bool = Field(False, description="Greylist unknown (client network, sender, recipient) triplets at RCPT.")
+    delay: Duration = Field(300.0, description="How long a new triplet must wait before a retry is accepted.")
+    retry_window: Duration = Field(2 * 86400.0, description="How long after the first attempt a retry still counts.")
+    expire: Duration = Field(35 * 86400.0, description="How long a passed triplet is remembered (renewed on use).")
+    auto_whitelist_after: int = Field(5, ge=0, description="Clients that passed this many times skip greylisting; 0 is off.")
+    netmask_v4: int = Field(24, ge=0, le=32, description="IPv4 clients are grouped by this prefix length.")
+    netmask_v6: int = Field(64, ge=0, le=128, description="IPv6 clients are grouped by this prefix length.")
+    whitelist_clients: list[str] = Field([], description="Client networks or name suffixes (\".example.com\") that are never greylisted.")
+    whitelist_senders: list[str] = Field([], description="Sender addresses or domains (\"@example.com\") that are never greylisted.")
+    whitelist_recipients: list[str] = Field([], description="Recipient addresses or domains that are never greylisted.")
+    purge_interval: Duration = Field(3600.0, description="How often expired triplets are purged.")
+
+
+class ClamavSection(_Section):
+    enabled: bool = Field(False, description="Scan messages with clamd.")
+    address: str = Field("tcp:127.0.0.1:3310", description="clamd's socket: tcp:HOST:PORT or unix:/path.")
+    timeout: Duration = Field(30.0, description="Longest wait for clamd at any step.")
+    max_size: Size = Field(25 * 1024 * 1024, description="Larger messages are not sent (keep at or under clamd's StreamMaxLength).")
+    on_error: Literal["tempfail", "accept"] = Field("tempfail", description="clamd down, slow or in error: tempfail (451) or accept with a symbol.")
+    action: Literal["reject", "quarantine", "discard"] = Field("reject", description="What to do with a virus.")
+
+
+class SpamdSection(_Section):
+    enabled: bool = Field(False, description="Scan messages with SpamAssassin's spamd.")
+    address: str = Field("tcp:127.0.0.1:783", description="spamd's socket: tcp:HOST:PORT or unix:/path.")
+    timeout: Duration = Field(60.0, description="Longest wait for spamd.")
+    max_size: Size = Field(512 * 1024, description="Larger messages are not sent (as spamc's default).")
+    on_error: Literal["tempfail", "accept"] = Field("accept", description="spamd down or slow: accept with a symbol, or tempfail (451).")
+    user: str = Field("", description="spamd user for per-user preferences; \"@recipient\" uses the first recipient; empty sends none.")
+
+
+class QuarantineSection(_Section):
+    mode: Literal["discard", "hold"] = Field("discard", description="After storing: discard (sender sees success) or hold in Postfix's hold queue.")
+    release_smtp: str = Field("127.0.0.1:10027", description="HOST:PORT of a Postfix smtpd without milters, where released mail is re-injected.")
+    retention: Duration = Field(30 * 86400.0, description="Quarantined mail older than this is purged on a schedule; 0 keeps it.")
+
+
+class MetricsSection(_Section):
+    listen: str = Field("", description="HOST:PORT of the Prometheus endpoint (e.g. \"127.0.0.1:9899\"); empty is off.")
+
+
+class Config(_Section):
+    """The whole of milter.conf; ``path`` is where it was read from (None: embedded defaults)."""
+
+    milter: MilterSection = MilterSection()
+    actions: ActionsSection = ActionsSection()
+    database: DatabaseSection = DatabaseSection()
+    dns: DnsSection = DnsSection()
+    rules: RulesSection = RulesSection()
+    checks: ChecksSection = ChecksSection()
+    greylist: GreylistSection = GreylistSection()
+    clamav: ClamavSection = ClamavSection()
+    spamd: SpamdSection = SpamdSection()
+    quarantine: QuarantineSection = QuarantineSection()
+    metrics: MetricsSection = MetricsSection()
+    path: Path | None = Field(None, exclude=True)
+
+    @property
+    def hostname(self) -> str:
+        """This MTA host's name."""
+        return self.milter.hostname or socket.getfqdn()
+
+    @property
+    def rules_dir(self) -> Path:
+        """The rules directory, resolved against the configuration file's directory."""
+        base = self.path.parent if self.path else Path.cwd()
+        return (base / self.rules.dir).resolve()
+
+    def with_changes(self, changes: dict[str, Any]) -> "Config":
+        """A copy with dotted keys changed (``{"actions.reject": 12}``), validated again."""
+        data = self.model_dump(exclude={"path"})
+        for dotted, value in changes.items():
+            section, _, key = dotted.partition(".")
+            if section not in data or not key:
+                raise ConfigError(self.path or "milter.conf", dotted, "unknown key")
+            data[section][key] = value
+        return _validate(data, self.path or Path("milter.conf"))
+
+
+def find_config(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """The file to read: the one given, else ./milter.conf, else /etc/milterd/milter.conf, else None."""
+    if explicit is not None:
+        return Path(explicit)
+    for candidate in DEFAULT_PATHS:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate milter.conf (see :func:`find_config`); embedded defaults when there is none."""
+    path = find_config(explicit)
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    return _validate(data, path)
+
+
+def _validate(data: dict[str, Any], path: Path) -> Config:
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConfigError(path, format_location(error["loc"]), _reason(error)) from None
+    return config.model_copy(update={"path": path.resolve()})
+
+
+def format_location(loc: tuple[Any, ...]) -> str:
+    """Render a pydantic error location as ``[section] key`` (or ``[section] key[2]``)."""
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    index = "".join(f"[{p}]" for p in loc if isinstance(p, int))
+    if len(parts) >= 2:
+        return f"[{parts[0]}] {'.'.join(parts[1:])}{index}"
+    return (parts[0] if parts else "") + index
+
+
+def _reason(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key (misspelt?)"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")

@@ -1,0 +1,86 @@
+"""``milterd log``: the message log for people (a table) and scripts (JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Iterable
+
+from .cli import config_parent
+from .config import load_config
+from .store import Store, StoreError
+from .units import parse_since
+
+#: The fields of ``milterd log --json``; scripts and tests rely on these names.
+JSON_FIELDS = (
+    "id", "time", "queue_id", "client_addr", "client_name", "helo", "auth_user", "sender", "recipients",
+    "subject", "message_id", "size", "score", "action", "reason", "symbols", "details", "elapsed_ms", "mta_host",
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``log``."""
+    parser = sub.add_parser("log", parents=[config_parent()], help="show the message log")
+    parser.add_argument("--since", type=_since, metavar="AGE", help="only messages newer than AGE (1h, 7d) or an ISO date")
+    parser.add_argument("--queue-id", metavar="ID", help="only this Postfix queue id")
+    parser.add_argument("--sender", metavar="ADDR", help="only this envelope sender")
+    parser.add_argument("--action", metavar="NAME", help="only this action (accept, add_header, reject, …)")
+    parser.add_argument("--limit", type=int, default=50, metavar="N", help="at most N messages, newest first (default 50; 0: all)")
+    parser.add_argument("--json", action="store_true", help="a JSON array, one object per message")
+    parser.set_defaults(func=run_log)
+
+
+def _since(value: str) -> Any:
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def run_log(args: argparse.Namespace) -> int:
+    """Print the log rows that match."""
+    config = load_config(args.config)
+    try:
+        rows = Store(config.database).messages(
+            since=args.since, queue_id=args.queue_id, sender=args.sender, action=args.action, limit=args.limit or None
+        )
+    except StoreError as exc:
+        print(f"milterd: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - no schema yet, database down
+        print(f"milterd: cannot read the log from {config.database.url}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump([as_json(row) for row in rows], sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        print_table(rows)
+    return 0
+
+
+def as_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A log row as the JSON object ``log --json`` prints."""
+    out = {key: row.get(key) for key in JSON_FIELDS}
+    out["time"] = row["time"].isoformat() if row.get("time") else None
+    return out
+
+
+def print_table(rows: Iterable[dict[str, Any]]) -> None:
+    """A readable table, one message per line, then its top symbols."""
+    print(f"{'time':19}  {'queue id':12}  {'action':15} {'score':>6}  {'from':28} {'to':28} subject")
+    for row in rows:
+        to = ",".join(row["recipients"] or [])
+        print(
+            f"{row['time']:%Y-%m-%d %H:%M:%S}  {row['queue_id'] or '-':12}  {row['action']:15} {row['score']:6.1f}  "
+            f"{_cut(row['sender'] or '<>', 28):28} {_cut(to, 28):28} {_cut(row['subject'], 40)}"
+        )
+        symbols = sorted((row["symbols"] or {}).items(), key=lambda kv: -abs(kv[1]))
+        if symbols:
+            print("      " + " ".join(f"{name}({score:g})" for name, score in symbols[:8]))
+        if row["reason"] and row["action"] not in ("accept",):
+            print(f"      reason: {row['reason']}")
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

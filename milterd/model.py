@@ -1,0 +1,207 @@
+"""The data a message carries through milterd.
+
+:class:`Session` is one SMTP connection (client, HELO, authentication); an
+:class:`Envelope` is one transaction in it (MAIL FROM to end of message), as in
+aiosmtpd.  A check reports what it found as :class:`Hit` objects; the policy
+turns the hits into a :class:`Verdict`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Iterator, Literal
+
+
+class Action(enum.IntEnum):
+    """What happens to a message, ordered by severity: the most severe one wins."""
+
+    ACCEPT = 0
+    ADD_HEADER = 1
+    REWRITE_SUBJECT = 2
+    QUARANTINE = 3
+    GREYLIST = 4
+    TEMPFAIL = 5
+    DISCARD = 6
+    REJECT = 7
+
+    @property
+    def label(self) -> str:
+        """The name used in milter.conf, the log and the CLI (``add_header``)."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, label: str) -> "Action":
+        """The action named *label* (``"reject"``); ValueError otherwise."""
+        try:
+            return cls[label.upper()]
+        except KeyError:
+            raise ValueError(f"unknown action {label!r}; one of {', '.join(a.label for a in cls)}") from None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One symbol a check emitted.
+
+    ``score`` overrides the weight from the rules (a scanner's own score);
+    ``action`` forces at least that action (a virus, an SPF fail set to
+    reject, a greylisted triplet); ``reply`` is the SMTP text for it.
+    """
+
+    symbol: str
+    detail: str = ""
+    score: float | None = None
+    action: Action | None = None
+    reply: str = ""
+
+
+@dataclass(frozen=True)
+class HeaderEdit:
+    """A header change to make at end of message.
+
+    ``add`` appends; ``insert`` puts the header at ``index`` (0 is the top);
+    ``change`` replaces the ``index``-th (1-based) header of that name, and an
+    empty ``value`` deletes it.
+    """
+
+    op: Literal["add", "insert", "change"]
+    name: str
+    value: str = ""
+    index: int = 0
+
+
+@dataclass
+class Session:
+    """One SMTP connection from a client to Postfix."""
+
+    client_addr: str = ""
+    client_name: str = ""
+    client_port: int = 0
+    family: str = ""
+    helo: str = ""
+    macros: dict[str, str] = field(default_factory=dict)
+    auth_user: str = ""
+    trusted: bool = False
+    hits: list[Hit] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+    transactions: int = 0
+
+    @property
+    def authenticated(self) -> bool:
+        """True when the client authenticated with SMTP AUTH."""
+        return bool(self.auth_user)
+
+    @property
+    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        """The client address, or None for a unix-socket or unparsable client."""
+        try:
+            return ipaddress.ip_address(self.client_addr)
+        except ValueError:
+            return None
+
+
+class Spool:
+    """The message body as it arrives: in memory up to a size, then on disk."""
+
+    def __init__(self, memory_limit: int, directory: str | None = None) -> None:
+        self._file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=memory_limit, dir=directory or None)
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        """Append a body chunk."""
+        self._file.write(chunk)
+        self.size += len(chunk)
+
+    def chunks(self, size: int = 65536) -> Iterator[bytes]:
+        """Read the body back from the start, in chunks."""
+        self._file.seek(0)
+        while chunk := self._file.read(size):
+            yield chunk
+        self._file.seek(0, 2)
+
+    def read(self, limit: int = -1) -> bytes:
+        """The body's first *limit* bytes (all of it with -1)."""
+        self._file.seek(0)
+        try:
+            return self._file.read(limit)
+        finally:
+            self._file.seek(0, 2)
+
+    def close(self) -> None:
+        """Release memory and the temporary file."""
+        self._file.close()
+
+
+@dataclass
+class Envelope:
+    """One transaction: the envelope, the headers in order and the spooled body."""
+
+    spool: Spool
+    sender: str = ""
+    recipients: list[str] = field(default_factory=list)
+    mail_args: dict[str, str | None] = field(default_factory=dict)
+    queue_id: str = ""
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    hits: list[Hit] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    rejected_recipients: list[tuple[str, str]] = field(default_factory=list)
+    edits: list[HeaderEdit] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        """The first header called *name* (case-insensitive), decoded leniently, or None."""
+        wanted = name.lower()
+        for hname, value in self.headers:
+            if hname.lower() == wanted:
+                return value.decode("utf-8", "replace")
+        return None
+
+    def header_count(self, name: str) -> int:
+        """How many headers are called *name*."""
+        wanted = name.lower()
+        return sum(1 for hname, _ in self.headers if hname.lower() == wanted)
+
+    @property
+    def header_bytes(self) -> bytes:
+        """The header section as Postfix passed it, CRLF line ends, blank line included."""
+        lines = [hname.encode("ascii", "replace") + b": " + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n" for hname, value in self.headers]
+        return b"".join(lines) + b"\r\n"
+
+    @property
+    def size(self) -> int:
+        """The message size: headers and body."""
+        return len(self.header_bytes) + self.spool.size
+
+    def message_chunks(self, size: int = 65536) -> Iterator[bytes]:
+        """The whole message as received (headers, blank line, body), in chunks."""
+        yield self.header_bytes
+        yield from self.spool.chunks(size)
+
+    def message_bytes(self) -> bytes:
+        """The whole message in memory; for bounded uses such as quarantine and rule checks."""
+        return self.header_bytes + self.spool.read()
+
+    def close(self) -> None:
+        """Release the spool."""
+        self.spool.close()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The policy's decision on a message."""
+
+    action: Action
+    score: float
+    symbols: dict[str, float]
+    details: dict[str, str]
+    reason: str
+    reply: str = ""
+    required: float | None = None
+
+    @property
+    def is_spam(self) -> bool:
+        """Whether the score reached the add_header threshold (X-Spam-Flag)."""
+        return self.required is not None and self.score >= self.required

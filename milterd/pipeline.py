@@ -1,0 +1,350 @@
+"""The pipeline: runs the checks at each SMTP stage and decides at end of message.
+
+It knows nothing of the milter protocol: the adapter (``adapter.py``) feeds it
+from pymilter's callbacks and ``milterd check`` feeds it from a file, so both
+decide the same way.  Every stage method returns either None (go on) or a
+:class:`Decision` for the adapter to carry out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from email.header import decode_header, make_header
+
+from .checks import Check, Stage
+from .model import Action, Envelope, HeaderEdit, Hit, Session, Spool, Verdict
+from .policy import decide, plan_headers
+from .services import Services
+from .store import MessageRecord, StoreError
+from .summary import summary_line
+
+log = logging.getLogger("milterd")
+
+#: Stages the pipeline itself always needs: the log records client, HELO,
+#: envelope, Subject, Message-ID and size.  DATA is negotiated too: when it is
+#: skipped Postfix writes DATA's macros and the next command back to back, and
+#: over TCP Nagle holds the second write for a delayed ACK (40 ms a message).
+CORE_STAGES = frozenset({Stage.CONNECT, Stage.HELO, Stage.MAIL, Stage.RCPT, Stage.DATA, Stage.HEADER, Stage.EOH, Stage.EOM})
+
+TEMPFAIL_REPLY = "451 4.7.1 Service temporarily unavailable, please try again later"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the adapter must answer at a stage."""
+
+    action: Action
+    reply: str = ""
+
+
+@dataclass
+class Outcome:
+    """The result of end of message: the verdict, the edits, the log row."""
+
+    verdict: Verdict
+    edits: list[HeaderEdit] = field(default_factory=list)
+    record: MessageRecord | None = None
+    reply: str = ""
+    quarantine_reason: str = ""
+
+
+class Pipeline:
+    """The checks of one configuration, run stage by stage."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.config = services.config
+        self.checks = services.checks
+        self._by_stage: dict[Stage, list[Check]] = {stage: [c for c in self.checks if stage in c.stages()] for stage in Stage}
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eom")
+
+    # --- negotiation ------------------------------------------------------
+    def stages(self) -> frozenset[Stage]:
+        """The stages to negotiate with Postfix: the core's and those some check hooks."""
+        needed = set(CORE_STAGES)
+        for check in self.checks:
+            needed |= check.stages()
+        if self._body_needed():
+            needed.add(Stage.BODY)
+        return frozenset(needed)
+
+    def _body_needed(self) -> bool:
+        # The body is needed to scan it, to quarantine it whole and to log its size.
+        return True
+
+    # --- per-stage entry points -------------------------------------------
+    def new_envelope(self, session: Session) -> Envelope:
+        """Start a transaction of *session*."""
+        session.transactions += 1
+        return Envelope(spool=Spool(self.config.milter.spool_memory, self.config.milter.spool_dir or None))
+
+    def connect(self, session: Session) -> Decision | None:
+        """The client connected."""
+        session.trusted = self._is_trusted(session)
+        hits = self._run(Stage.CONNECT, session, None, lambda c: c.on_connect(session))
+        session.hits.extend(hits)
+        if not self.config.milter.delay_reject:
+            return self._forced(session, None, session.hits)
+        return None
+
+    def helo(self, session: Session) -> Decision | None:
+        """The client said HELO/EHLO."""
+        hits = self._run(Stage.HELO, session, None, lambda c: c.on_helo(session))
+        session.hits.extend(hits)
+        if not self.config.milter.delay_reject:
+            return self._forced(session, None, hits)
+        return None
+
+    def mail(self, session: Session, envelope: Envelope) -> Decision | None:
+        """MAIL FROM; rejects delayed from connect and HELO apply here, once SMTP AUTH is known."""
+        decision = self._forced(session, envelope, session.hits)
+        if decision is None:
+            hits = self._run(Stage.MAIL, session, envelope, lambda c: c.on_mail(session, envelope))
+            envelope.hits.extend(h for h in hits if h.action is None)
+            decision = self._forced(session, envelope, hits)
+        if decision is not None:
+            envelope.state["decision"] = decision
+        return decision
+
+    def rcpt(self, session: Session, envelope: Envelope, recipient: str) -> Decision | None:
+        """One RCPT TO: refused recipients are noted, accepted ones added to the envelope."""
+        hits = self._run(Stage.RCPT, session, envelope, lambda c: c.on_rcpt(session, envelope, recipient))
+        forced = [h for h in hits if h.action is not None]
+        if forced:
+            worst = max(forced, key=lambda h: h.action or Action.ACCEPT)
+            envelope.rejected_recipients.append((recipient, worst))
+            return Decision(worst.action or Action.REJECT, worst.reply)
+        envelope.hits.extend(hits)
+        envelope.recipients.append(recipient)
+        return None
+
+    def data(self, session: Session, envelope: Envelope) -> Decision | None:
+        """DATA."""
+        hits = self._run(Stage.DATA, session, envelope, lambda c: c.on_data(session, envelope))
+        envelope.hits.extend(h for h in hits if h.action is None)
+        return self._forced(session, envelope, hits)
+
+    def header(self, session: Session, envelope: Envelope, name: str, value: bytes) -> None:
+        """One header."""
+        envelope.headers.append((name, value))
+        if self._by_stage[Stage.HEADER]:
+            envelope.hits.extend(self._run(Stage.HEADER, session, envelope, lambda c: c.on_header(session, envelope, name, value)))
+
+    def eoh(self, session: Session, envelope: Envelope) -> Decision | None:
+        """End of headers."""
+        hits = self._run(Stage.EOH, session, envelope, lambda c: c.on_eoh(session, envelope))
+        envelope.hits.extend(h for h in hits if h.action is None)
+        return self._forced(session, envelope, hits)
+
+    def body(self, session: Session, envelope: Envelope, chunk: bytes) -> None:
+        """A body chunk."""
+        envelope.spool.write(chunk)
+        if self._by_stage[Stage.BODY]:
+            envelope.hits.extend(self._run(Stage.BODY, session, envelope, lambda c: c.on_body(session, envelope, chunk)))
+
+    def eom(self, session: Session, envelope: Envelope) -> Outcome:
+        """End of message: the checks' last word (concurrently), the verdict, the log row.
+
+        The log row (and the quarantined message) is committed before this
+        returns: nothing is acknowledged to Postfix before it is stored.
+        """
+        checks = [c for c in self._by_stage[Stage.EOM] if self._applies(c, session)]
+        futures = [(check, self._executor.submit(self._call, check, session, lambda c=check: c.on_eom(session, envelope))) for check in checks]
+        for _check, future in futures:
+            envelope.hits.extend(future.result())
+        verdict = decide(
+            [h for h in session.hits if h.action is None] + envelope.hits,
+            self.services.weight,
+            self.config.actions,
+            scored=self._scored(session),
+        )
+        outcome = Outcome(verdict=verdict)
+        if verdict.action in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE):
+            counts: dict[str, int] = {}
+            for name, _ in envelope.headers:
+                counts[name.lower()] = counts.get(name.lower(), 0) + 1
+            outcome.edits = list(envelope.edits) + plan_headers(verdict, counts, envelope.header("Subject"), self.config.actions)
+        outcome.record = self.record(session, envelope, verdict.action.label, verdict)
+        quarantine = None
+        if verdict.action == Action.QUARANTINE:
+            outcome.quarantine_reason = verdict.reason
+            quarantine = self._quarantine_row(session, envelope, verdict)
+        try:
+            self.services.store.log_message(outcome.record, quarantine)
+        except StoreError as exc:
+            log.error("%s: cannot store the log row: %s", envelope.queue_id or "NOQUEUE", exc)
+            if quarantine is not None or self.config.database.on_error == "tempfail":
+                outcome.verdict = _replace_action(verdict, Action.TEMPFAIL, "store unavailable")
+                outcome.reply = TEMPFAIL_REPLY
+                outcome.edits = []
+        envelope.state["logged"] = True
+        log.info(summary_line(outcome.record))
+        if not outcome.reply:
+            outcome.reply = verdict.reply or self._default_reply(verdict.action)
+        return outcome
+
+    def finish(self, session: Session, envelope: Envelope | None) -> None:
+        """The transaction ended before end of message: log it if something was refused."""
+        if envelope is None:
+            return
+        try:
+            if envelope.state.get("logged"):
+                return
+            decision: Decision | None = envelope.state.get("decision")
+            if decision is None and not envelope.rejected_recipients:
+                return
+            if decision is None:
+                action = max(h.action or Action.REJECT for _, h in envelope.rejected_recipients)
+                reason = "; ".join(f"<{r}>: {h.reply or h.symbol}" for r, h in envelope.rejected_recipients)
+            else:
+                action, reason = decision.action, decision.reply
+            hits = [h for h in session.hits] + envelope.hits + [h for _, h in envelope.rejected_recipients]
+            verdict = decide(hits, self.services.weight, self.config.actions, scored=False)
+            record = self.record(session, envelope, action.label, verdict)
+            record.reason = reason
+            record.recipients = envelope.recipients + [r for r, _ in envelope.rejected_recipients]
+            envelope.state["logged"] = True
+            try:
+                self.services.store.log_message(record)
+            except StoreError as exc:
+                log.error("%s: cannot store the log row: %s", envelope.queue_id or "NOQUEUE", exc)
+            log.info(summary_line(record))
+        finally:
+            for check in self.checks:
+                try:
+                    check.on_abort(session, envelope)
+                except Exception:  # noqa: BLE001 - a check's cleanup must not break the session
+                    log.exception("check %s failed to clean up", check.name)
+            envelope.close()
+
+    def close(self, session: Session) -> None:
+        """The connection closed."""
+        for check in self.checks:
+            try:
+                check.on_close(session)
+            except Exception:  # noqa: BLE001
+                log.exception("check %s failed at close", check.name)
+
+    # --- helpers ------------------------------------------------------------
+    def record(self, session: Session, envelope: Envelope | None, action: str, verdict: Verdict) -> MessageRecord:
+        """The log row for a transaction (or a connection refused before any)."""
+        record = MessageRecord(
+            action=action,
+            mta_host=self.config.hostname,
+            client_addr=session.client_addr,
+            client_name=session.client_name,
+            helo=session.helo,
+            auth_user=session.auth_user,
+            score=verdict.score,
+            reason=verdict.reason,
+            symbols=verdict.symbols,
+            details=verdict.details,
+        )
+        if envelope is not None:
+            record.queue_id = envelope.queue_id
+            record.sender = envelope.sender
+            record.recipients = list(envelope.recipients)
+            record.subject = decode_subject(envelope.header("Subject"))
+            record.message_id = (envelope.header("Message-ID") or "").strip()
+            record.size = envelope.size if envelope.headers or envelope.spool.size else 0
+            record.elapsed_ms = round((time.monotonic() - envelope.started) * 1000, 1)
+        return record
+
+    def _quarantine_row(self, session: Session, envelope: Envelope, verdict: Verdict) -> dict[str, object]:
+        record = self.record(session, envelope, "quarantine", verdict)
+        raw = envelope.message_bytes()
+        return {
+            "time": record.time,
+            "mta_host": record.mta_host,
+            "queue_id": record.queue_id,
+            "client_addr": record.client_addr,
+            "client_name": record.client_name,
+            "helo": record.helo,
+            "sender": record.sender,
+            "recipients": record.as_row()["recipients"],
+            "subject": record.as_row()["subject"],
+            "score": verdict.score,
+            "reason": verdict.reason,
+            "symbols": verdict.symbols,
+            "size": len(raw),
+            "mode": self.config.quarantine.mode,
+            "raw": raw,
+            "release_count": 0,
+            "learned_ham": False,
+        }
+
+    def _is_trusted(self, session: Session) -> bool:
+        import ipaddress
+
+        ip = session.ip
+        if ip is None:
+            return session.family == "unix"
+        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.config.milter.trusted_networks)
+
+    def _scored(self, session: Session) -> bool:
+        if session.trusted and self.config.milter.skip_trusted:
+            return False
+        if session.authenticated and self.config.milter.skip_authenticated:
+            return False
+        return True
+
+    def _applies(self, check: Check, session: Session) -> bool:
+        if session.trusted and not check.applies_to_trusted:
+            return False
+        if session.authenticated and not check.applies_to_authenticated:
+            return False
+        return True
+
+    def _run(self, stage: Stage, session: Session, envelope: Envelope | None, call: object) -> list[Hit]:
+        hits: list[Hit] = []
+        for check in self._by_stage[stage]:
+            if self._applies(check, session):
+                hits.extend(self._call(check, session, call))  # type: ignore[arg-type]
+        return hits
+
+    @staticmethod
+    def _call(check: Check, session: Session, call: "object") -> list[Hit]:
+        try:
+            return list(call(check))  # type: ignore[operator]
+        except Exception:  # noqa: BLE001 - one broken check must not take the message down
+            log.exception("check %s failed for client %s", check.name, session.client_addr)
+            return [Hit("CHECK_ERROR", detail=check.name)]
+
+    def _forced(self, session: Session, envelope: Envelope | None, hits: list[Hit]) -> Decision | None:
+        forced = [h for h in hits if h.action is not None and h.action >= Action.GREYLIST]
+        if not forced:
+            return None
+        worst = max(forced, key=lambda h: h.action or Action.ACCEPT)
+        action = worst.action or Action.REJECT
+        return Decision(action, worst.reply or self._default_reply(action))
+
+    @staticmethod
+    def _default_reply(action: Action) -> str:
+        if action == Action.REJECT:
+            return "550 5.7.1 Message rejected by policy"
+        if action in (Action.TEMPFAIL, Action.GREYLIST):
+            return TEMPFAIL_REPLY
+        return ""
+
+    def shutdown(self) -> None:
+        """Stop the end-of-message thread pool."""
+        self._executor.shutdown(wait=False)
+
+
+def _replace_action(verdict: Verdict, action: Action, reason: str) -> Verdict:
+    from dataclasses import replace
+
+    return replace(verdict, action=action, reason=reason)
+
+
+def decode_subject(value: str | None) -> str:
+    """A Subject with its encoded-words decoded; the raw text where they are broken."""
+    if not value:
+        return ""
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:  # noqa: BLE001 - malformed encoded-words are common in spam
+        return value

@@ -1,0 +1,117 @@
+"""The policy: from symbols to a verdict, and from a verdict to header edits.
+
+Pure functions of their arguments, so that the milter, ``milterd check`` and
+``milterd rules whatif`` decide the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping
+
+from .config import ActionsSection
+from .model import Action, HeaderEdit, Hit, Verdict
+
+#: Threshold actions, most severe first.
+THRESHOLD_ACTIONS = (
+    (Action.REJECT, "reject"),
+    (Action.QUARANTINE, "quarantine"),
+    (Action.GREYLIST, "greylist"),
+    (Action.REWRITE_SUBJECT, "rewrite_subject"),
+    (Action.ADD_HEADER, "add_header"),
+)
+
+SPAM_HEADERS = ("X-Spam-Status", "X-Spam-Score", "X-Spam-Flag")
+
+
+def score_hits(hits: Iterable[Hit], weight: Callable[[str], float]) -> tuple[dict[str, float], dict[str, str]]:
+    """Symbol → score and symbol → detail; a symbol hit twice counts once (its highest score)."""
+    symbols: dict[str, float] = {}
+    details: dict[str, str] = {}
+    for hit in hits:
+        score = hit.score if hit.score is not None else weight(hit.symbol)
+        if hit.symbol not in symbols or score > symbols[hit.symbol]:
+            symbols[hit.symbol] = round(score, 3)
+        if hit.detail and hit.symbol not in details:
+            details[hit.symbol] = hit.detail
+    return symbols, details
+
+
+def threshold_action(score: float, actions: ActionsSection) -> Action:
+    """The action the thresholds of ``[actions]`` choose for *score*."""
+    for action, key in THRESHOLD_ACTIONS:
+        threshold = getattr(actions, key)
+        if threshold is not False and score >= threshold:
+            return action
+    return Action.ACCEPT
+
+
+def decide(hits: Iterable[Hit], weight: Callable[[str], float], actions: ActionsSection, *, scored: bool = True) -> Verdict:
+    """Add up the hits and choose the action: the most severe of the threshold
+    action and any action a hit forces (a virus, a greylisted triplet).
+
+    With ``scored=False`` (trusted or authenticated client) only forced actions count.
+    """
+    hits = list(hits)
+    symbols, details = score_hits(hits, weight)
+    score = round(sum(symbols.values()), 2)
+    action = threshold_action(score, actions) if scored else Action.ACCEPT
+    reason = _threshold_reason(action, score, actions) if action != Action.ACCEPT else ""
+    reply = ""
+    for hit in hits:
+        if hit.action is not None and hit.action > action:
+            action = hit.action
+            reason = hit.reply or f"{hit.symbol}{': ' + hit.detail if hit.detail else ''}"
+            reply = hit.reply
+    if action == Action.REJECT and not reply:
+        reply = f"550 5.7.1 {actions.reject_message} (score {score:g})"
+    required = actions.add_header if actions.add_header is not False else None
+    return Verdict(action=action, score=score, symbols=symbols, details=details, reason=reason, reply=reply, required=required)
+
+
+def _threshold_reason(action: Action, score: float, actions: ActionsSection) -> str:
+    key = dict(THRESHOLD_ACTIONS)[action]
+    return f"score {score:g} >= {key} {getattr(actions, key):g}"
+
+
+def spam_status(verdict: Verdict) -> str:
+    """The X-Spam-Status value in SpamAssassin's format (Sieve rules match on it)."""
+    flag = "Yes" if verdict.is_spam else "No"
+    required = f"{verdict.required:g}" if verdict.required is not None else "none"
+    tests = ",".join(sorted(verdict.symbols)) or "none"
+    return f"{flag}, score={verdict.score:.1f} required={required} tests={tests}"
+
+
+def plan_headers(verdict: Verdict, headers: Mapping[str, int], subject: str | None, actions: ActionsSection) -> list[HeaderEdit]:
+    """The header edits that carry out *verdict* on a delivered message.
+
+    *headers* counts the headers the message arrived with by lower-case name:
+    incoming X-Spam-* headers are removed (a sender must not be able to claim
+    a verdict), then ours are added; at rewrite_subject the Subject is tagged.
+    """
+    edits: list[HeaderEdit] = []
+    if not actions.headers:
+        return edits
+    for name in SPAM_HEADERS:
+        # Delete from the last occurrence down so that indexes stay valid.
+        for index in range(headers.get(name.lower(), 0), 0, -1):
+            edits.append(HeaderEdit("change", name, "", index))
+    edits.append(HeaderEdit("add", "X-Spam-Status", spam_status(verdict)))
+    edits.append(HeaderEdit("add", "X-Spam-Score", f"{verdict.score:.1f}"))
+    if verdict.is_spam or verdict.action >= Action.ADD_HEADER:
+        edits.append(HeaderEdit("add", "X-Spam-Flag", "YES"))
+    if verdict.action == Action.REWRITE_SUBJECT or (verdict.action > Action.REWRITE_SUBJECT and _over(verdict.score, actions.rewrite_subject)):
+        edits.extend(tag_subject(subject, actions.subject_tag))
+    return edits
+
+
+def _over(score: float, threshold: float | bool) -> bool:
+    return threshold is not False and score >= threshold
+
+
+def tag_subject(subject: str | None, tag: str) -> list[HeaderEdit]:
+    """Prefix the Subject with *tag* once (a retried or re-scanned message is not tagged twice)."""
+    if subject is None:
+        return [HeaderEdit("add", "Subject", tag)]
+    if subject.lstrip().startswith(tag):
+        return []
+    return [HeaderEdit("change", "Subject", f"{tag} {subject.lstrip()}", 1)]

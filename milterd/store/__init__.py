@@ -1,0 +1,231 @@
+"""milterd's SQL store: the message log, the quarantine and the greylist.
+
+:class:`Store` owns one SQLAlchemy engine per process.  On SQLite it uses WAL
+and a busy timeout so that several workers write without blocking readers; a
+write that still cannot get the lock within ``[database] busy_timeout`` raises
+:class:`StoreError`, which the milter turns into a 451 (never a lost message).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..config import DatabaseSection
+from . import schema
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class StoreError(Exception):
+    """The store could not be reached or could not commit."""
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC (what every time column holds)."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A time read back from the store as aware UTC (SQLite returns naive values)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=dt.timezone.utc)
+
+
+@dataclass
+class MessageRecord:
+    """One row of the message log."""
+
+    action: str
+    time: dt.datetime = field(default_factory=utcnow)
+    mta_host: str = ""
+    queue_id: str = ""
+    client_addr: str = ""
+    client_name: str = ""
+    helo: str = ""
+    auth_user: str = ""
+    sender: str = ""
+    recipients: list[str] = field(default_factory=list)
+    subject: str = ""
+    message_id: str = ""
+    size: int = 0
+    score: float = 0.0
+    reason: str = ""
+    symbols: dict[str, float] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
+    elapsed_ms: float = 0.0
+    released_as_ham: bool = False
+
+    def as_row(self) -> dict[str, Any]:
+        """The column values, strings trimmed to what the columns hold."""
+        row = dict(self.__dict__)
+        for key, limit in (("mta_host", 255), ("queue_id", 64), ("client_addr", 64), ("client_name", 255), ("helo", 255), ("auth_user", 255), ("sender", 512), ("message_id", 512)):
+            row[key] = _clean(row[key])[:limit]
+        row["subject"] = _clean(row["subject"])
+        row["reason"] = _clean(row["reason"])
+        row["recipients"] = [_clean(r) for r in row["recipients"]]
+        return row
+
+
+def _clean(value: str) -> str:
+    # NUL bytes and lone surrogates (undecodable 8-bit input) cannot be stored in PostgreSQL text.
+    return value.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def make_engine(url: str, busy_timeout: float = 10.0) -> Engine:
+    """An engine for *url*; SQLite gets WAL, a busy timeout and its parent directory created."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False})
+        database = engine.url.database
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=8)
+
+
+class Store:
+    """The SQL store of one process."""
+
+    def __init__(self, section: DatabaseSection) -> None:
+        self.section = section
+        try:
+            self.engine = make_engine(section.url, section.busy_timeout)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise StoreError(f"cannot use database {section.url!r}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    # --- schema -----------------------------------------------------------
+    def _alembic_config(self, connection: Connection) -> Any:
+        from alembic.config import Config as AlembicConfig
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = connection
+        return cfg
+
+    def upgrade(self) -> str:
+        """Create or upgrade the schema to the newest version; return that version."""
+        from alembic import command
+
+        try:
+            with self.engine.begin() as connection:
+                command.upgrade(self._alembic_config(connection), "head")
+            return self.schema_version() or ""
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot upgrade the schema: {exc}") from exc
+
+    def schema_version(self) -> str | None:
+        """The schema version in the database, or None where there is no schema."""
+        from alembic.migration import MigrationContext
+
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def head_version(self) -> str:
+        """The newest schema version this milterd knows."""
+        from alembic.script import ScriptDirectory
+
+        with self.engine.connect() as connection:
+            return ScriptDirectory.from_config(self._alembic_config(connection)).get_current_head() or ""
+
+    def ensure_schema(self, auto_upgrade: bool) -> None:
+        """Upgrade (when allowed) or check that the schema is current; StoreError otherwise."""
+        try:
+            if auto_upgrade:
+                self.upgrade()
+                return
+            current, head = self.schema_version(), self.head_version()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot reach the database: {exc}") from exc
+        if current != head:
+            raise StoreError(f"the database schema is at {current or 'nothing'}, this milterd needs {head}: run 'milterd db upgrade'")
+
+    def has_tables(self) -> bool:
+        """Whether the message log table exists."""
+        return inspect(self.engine).has_table("messages")
+
+    # --- message log ------------------------------------------------------
+    def log_message(self, record: MessageRecord, quarantine: dict[str, Any] | None = None) -> int:
+        """Insert one log row (and its quarantine row, in the same transaction); return its id."""
+        try:
+            with self.engine.begin() as connection:
+                message_id = connection.execute(insert(schema.messages).values(**record.as_row())).inserted_primary_key[0]
+                if quarantine is not None:
+                    connection.execute(insert(schema.quarantine).values(message_log_id=message_id, **quarantine))
+                return int(message_id)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
+
+    def messages(
+        self,
+        since: dt.datetime | None = None,
+        queue_id: str | None = None,
+        sender: str | None = None,
+        action: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Log rows matching the filters, as dictionaries."""
+        table = schema.messages
+        query = select(table)
+        if since is not None:
+            query = query.where(table.c.time >= since)
+        if queue_id:
+            query = query.where(table.c.queue_id == queue_id)
+        if sender is not None:
+            query = query.where(table.c.sender == sender)
+        if action:
+            query = query.where(table.c.action == action)
+        query = query.order_by(table.c.id.desc() if newest_first else table.c.id)
+        if limit:
+            query = query.limit(limit)
+        with self.engine.connect() as connection:
+            rows = [dict(row._mapping) for row in connection.execute(query)]
+        for row in rows:
+            row["time"] = as_utc(row["time"])
+        return rows
+
+    def iter_messages(self, since: dt.datetime | None = None, batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every log row since *since*, oldest first, read in batches."""
+        table = schema.messages
+        last = 0
+        while True:
+            query = select(table).where(table.c.id > last).order_by(table.c.id).limit(batch)
+            if since is not None:
+                query = query.where(table.c.time >= since)
+            with self.engine.connect() as connection:
+                rows = [dict(row._mapping) for row in connection.execute(query)]
+            if not rows:
+                return
+            for row in rows:
+                row["time"] = as_utc(row["time"])
+                yield row
+            last = rows[-1]["id"]
+
+    def ping(self) -> None:
+        """Run a trivial query; StoreError when the database does not answer."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"the database does not answer: {exc}") from exc

@@ -1,0 +1,124 @@
+"""The SQL schema of milterd's store (SQLAlchemy Core tables).
+
+One store serves the message log, the quarantine and the greylist, on SQLite
+(the default) or PostgreSQL (several MX hosts sharing one database).  Schema
+changes are alembic migrations in ``migrations/versions``; keep both in step.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("mta_host", String(255), nullable=False, default=""),
+    Column("queue_id", String(64), nullable=False, default=""),
+    Column("client_addr", String(64), nullable=False, default=""),
+    Column("client_name", String(255), nullable=False, default=""),
+    Column("helo", String(255), nullable=False, default=""),
+    Column("auth_user", String(255), nullable=False, default=""),
+    Column("sender", String(512), nullable=False, default=""),
+    Column("recipients", JSON, nullable=False, default=list),
+    Column("subject", Text, nullable=False, default=""),
+    Column("message_id", String(512), nullable=False, default=""),
+    Column("size", BigInteger, nullable=False, default=0),
+    Column("score", Float, nullable=False, default=0.0),
+    Column("action", String(32), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("symbols", JSON, nullable=False, default=dict),
+    Column("details", JSON, nullable=False, default=dict),
+    Column("elapsed_ms", Float, nullable=False, default=0.0),
+    Column("released_as_ham", Boolean, nullable=False, default=False),
+    Index("ix_messages_time", "time"),
+    Index("ix_messages_queue_id", "queue_id"),
+    Index("ix_messages_sender", "sender"),
+    Index("ix_messages_action", "action"),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_log_id", Id, ForeignKey("messages.id", ondelete="SET NULL"), nullable=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("mta_host", String(255), nullable=False, default=""),
+    Column("queue_id", String(64), nullable=False, default=""),
+    Column("client_addr", String(64), nullable=False, default=""),
+    Column("client_name", String(255), nullable=False, default=""),
+    Column("helo", String(255), nullable=False, default=""),
+    Column("sender", String(512), nullable=False, default=""),
+    Column("recipients", JSON, nullable=False, default=list),
+    Column("subject", Text, nullable=False, default=""),
+    Column("score", Float, nullable=False, default=0.0),
+    Column("reason", Text, nullable=False, default=""),
+    Column("symbols", JSON, nullable=False, default=dict),
+    Column("size", BigInteger, nullable=False, default=0),
+    Column("mode", String(16), nullable=False, default="discard"),
+    Column("raw", LargeBinary, nullable=False),
+    Column("released_at", DateTime(timezone=True), nullable=True),
+    Column("released_by", String(255), nullable=True),
+    Column("release_result", JSON, nullable=True),
+    Column("release_count", Integer, nullable=False, default=0),
+    Column("learned_ham", Boolean, nullable=False, default=False),
+    Index("ix_quarantine_time", "time"),
+)
+
+greylist = Table(
+    "greylist",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("network", String(64), nullable=False),
+    Column("sender", String(512), nullable=False),
+    Column("recipient", String(512), nullable=False),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("passed_at", DateTime(timezone=True), nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("passes", Integer, nullable=False, default=0),
+    UniqueConstraint("network", "sender", "recipient", name="uq_greylist_triplet"),
+    Index("ix_greylist_expires", "expires_at"),
+)
+
+greylist_clients = Table(
+    "greylist_clients",
+    metadata,
+    Column("network", String(64), primary_key=True),
+    Column("passes", Integer, nullable=False, default=0),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+)
+
+greylist_whitelist = Table(
+    "greylist_whitelist",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("value", String(512), nullable=False),
+    Column("comment", Text, nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("kind", "value", name="uq_greylist_whitelist"),
+)

@@ -1,0 +1,376 @@
+"""The supervisor: opens the milter socket, pre-forks workers, keeps them running.
+
+* The socket is opened once, here, with libmilter (``milter.opensocket``);
+  forked workers inherit it and each runs ``milter.main()`` on it.
+* A worker that dies is replaced.  SIGTERM/SIGINT: workers stop accepting and
+  drain their connections within ``shutdown_timeout``.  SIGHUP: milter.conf and
+  rules/ are read again; a configuration that fails validation is refused with
+  its reason and the old one keeps running; a good one replaces the workers one
+  by one, so that there is always a worker accepting.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import logging
+import os
+import pwd
+import signal
+import socket
+import stat
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import milter
+
+from .config import Config, ConfigError, load_config
+from .services import Services, build
+from .store import StoreError
+
+log = logging.getLogger("milterd")
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    """A milter socket address, in libmilter's spelling and as parsed."""
+
+    libmilter: str
+    family: str  # "inet", "inet6" or "unix"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+
+def parse_socket(spec: str) -> SocketSpec:
+    """Parse Postfix's ``inet:HOST:PORT``/``unix:/path`` or Sendmail's ``inet:PORT@HOST``."""
+    kind, _, rest = spec.partition(":")
+    if kind in ("unix", "local") and rest.startswith("/"):
+        return SocketSpec(f"unix:{rest}", "unix", path=rest)
+    if kind in ("inet", "inet6") and rest:
+        if "@" in rest:
+            port, _, host = rest.partition("@")
+        else:
+            host, _, port = rest.rpartition(":")
+            host = host.strip("[]")
+        if port.isdigit() and 0 < int(port) < 65536:
+            host = host or ("::" if kind == "inet6" else "0.0.0.0")
+            family = "inet6" if kind == "inet6" or ":" in host else "inet"
+            return SocketSpec(f"{family}:{port}@{host}", family, host=host, port=int(port))
+    raise ValueError(f"{spec!r} is not a milter socket: use inet:HOST:PORT, inet:PORT@HOST or unix:/path")
+
+
+def _socket_fds() -> set[int]:
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                fds.add(int(name))
+        except OSError:
+            continue
+    return fds
+
+
+def open_socket(config: Config) -> tuple[SocketSpec, int]:
+    """Open the listening socket with libmilter; return it and its file descriptor."""
+    spec = parse_socket(config.milter.socket)
+    from .adapter import MilterdMilter
+
+    register(MilterdMilter)  # libmilter refuses to open a socket before registration
+    before = _socket_fds()
+    milter.setconn(spec.libmilter)
+    milter.setbacklog(128)
+    if spec.family == "unix":
+        Path(spec.path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        milter.opensocket(True)
+    except milter.error as exc:
+        raise ConfigError(config.path or "milter.conf", "[milter] socket", f"cannot listen on {config.milter.socket}: {exc}") from None
+    new = sorted(_socket_fds() - before)
+    if not new:
+        raise ConfigError(config.path or "milter.conf", "[milter] socket", "libmilter opened no socket")
+    fd = new[-1]
+    if spec.family != "unix":
+        # Accepted sockets inherit TCP_NODELAY: our two writes at end of message
+        # (a header edit, then the verdict) must not wait for Postfix's delayed ACK.
+        sock = socket.socket(fileno=fd)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        finally:
+            sock.detach()
+    else:
+        _set_socket_owner(config, spec.path)
+    return spec, fd
+
+
+def _set_socket_owner(config: Config, path: str) -> None:
+    os.chmod(path, int(config.milter.socket_mode, 8))
+    uid = pwd.getpwnam(config.milter.socket_owner).pw_uid if config.milter.socket_owner else -1
+    gid = grp.getgrnam(config.milter.socket_group).gr_gid if config.milter.socket_group else -1
+    if uid != -1 or gid != -1:
+        os.chown(path, uid, gid)
+
+
+def drop_privileges(config: Config) -> None:
+    """Become ``[milter] user``/``group`` when running as root and they are set."""
+    if os.geteuid() != 0 or not config.milter.user:
+        return
+    user = pwd.getpwnam(config.milter.user)
+    gid = grp.getgrnam(config.milter.group).gr_gid if config.milter.group else user.pw_gid
+    os.setgroups([gid])
+    os.setgid(gid)
+    os.setuid(user.pw_uid)
+
+
+class Supervisor:
+    """Pre-forks and watches the workers."""
+
+    def __init__(self, config_path: str | None, config: Config, services: Services) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.services = services
+        self.workers: dict[int, int] = {}  # pid → write end of its stop pipe
+        self.listen_fd = -1
+        self.spec: SocketSpec | None = None
+        self._stopping = False
+        self._reload = False
+        self.restarts = 0
+
+    @property
+    def worker_count(self) -> int:
+        """How many workers to keep running."""
+        return self.config.milter.workers or os.cpu_count() or 1
+
+    def run(self) -> int:
+        """Serve until SIGTERM; return the exit status."""
+        self.spec, self.listen_fd = open_socket(self.config)
+        drop_privileges(self.config)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        log.info("listening on %s with %d workers", self.config.milter.socket, self.worker_count)
+        for _ in range(self.worker_count):
+            self._spawn()
+        while not self._stopping:
+            if self._reload:
+                self._reload = False
+                self._do_reload()
+            self._reap(block=False)
+            while len(self.workers) < self.worker_count and not self._stopping:
+                self.restarts += 1
+                log.warning("worker died; starting a new one")
+                self._spawn()
+            time.sleep(0.2)
+        self._shutdown()
+        return 0
+
+    def _spawn(self) -> int:
+        stop_read, stop_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(stop_write)
+                for other in self.workers.values():
+                    os.close(other)
+                code = run_worker(self.services, self.listen_fd, stop_read)
+            except BaseException:  # noqa: BLE001 - never return into the supervisor's loop
+                log.exception("worker failed")
+                code = 1
+            os._exit(code)
+        os.close(stop_read)
+        self.workers[pid] = stop_write
+        return pid
+
+    def _forget(self, pid: int) -> None:
+        stop_write = self.workers.pop(pid, None)
+        if stop_write is not None:
+            try:
+                os.close(stop_write)
+            except OSError:
+                pass
+
+    def _signal_stop(self, pid: int) -> None:
+        # Closing the pipe tells the worker to stop accepting and drain.
+        stop_write = self.workers.get(pid)
+        if stop_write is not None and stop_write >= 0:
+            os.close(stop_write)
+            self.workers[pid] = -1
+
+    def _reap(self, block: bool) -> list[int]:
+        gone = []
+        while self.workers:
+            try:
+                pid, _status = os.waitpid(-1, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                for pid in list(self.workers):
+                    self._forget(pid)
+                break
+            except InterruptedError:
+                continue
+            if pid == 0:
+                break
+            self._forget(pid)
+            gone.append(pid)
+            if block:
+                break
+        return gone
+
+    def _on_stop(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+
+    def _on_hup(self, signum: int, _frame: object) -> None:
+        self._reload = True
+
+    def _do_reload(self) -> None:
+        try:
+            config = load_config(self.config_path)
+            if config.milter.socket != self.config.milter.socket:
+                log.warning("reload: [milter] socket changed; that takes a restart, keeping %s", self.config.milter.socket)
+                config = config.model_copy(update={"milter": config.milter.model_copy(update={"socket": self.config.milter.socket})})
+            services = build(config)
+            services.store.ensure_schema(config.database.auto_upgrade)
+            services.close()
+            services.after_fork()
+        except (ConfigError, StoreError) as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return
+        log.info("reload: new configuration accepted; replacing workers one by one")
+        self.config, self.services = config, services
+        for pid in list(self.workers):
+            new = self._spawn()
+            _ = new
+            self._stop_worker(pid)
+        log.info("reload done")
+
+    def _stop_worker(self, pid: int) -> None:
+        self._signal_stop(pid)
+        deadline = time.monotonic() + self.config.milter.shutdown_timeout + 5
+        while pid in self.workers and time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done == pid:
+                self._forget(pid)
+                return
+            time.sleep(0.05)
+        if pid in self.workers:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            self._forget(pid)
+
+    def _shutdown(self) -> None:
+        log.info("stopping: workers finish their messages (at most %gs)", self.config.milter.shutdown_timeout)
+        for pid in list(self.workers):
+            self._signal_stop(pid)
+        deadline = time.monotonic() + self.config.milter.shutdown_timeout + 5
+        while self.workers and time.monotonic() < deadline:
+            self._reap(block=False)
+            time.sleep(0.05)
+        for pid in list(self.workers):
+            os.kill(pid, signal.SIGKILL)
+        while self.workers:
+            self._reap(block=True)
+        if self.spec and self.spec.family == "unix":
+            try:
+                os.unlink(self.spec.path)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+        log.info("stopped")
+
+
+def run_worker(services: Services, listen_fd: int, stop_fd: int) -> int:
+    """The body of a worker process: serve milter connections until told to stop."""
+    from . import adapter
+    from .pipeline import Pipeline
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    services.after_fork()
+    pipeline = Pipeline(services)
+    adapter.MilterdMilter.pipeline = pipeline
+    if services.config.milter.timeout:
+        milter.settimeout(int(services.config.milter.timeout))
+    threading.Thread(target=_wait_for_stop, args=(stop_fd, listen_fd), daemon=True).start()
+    try:
+        milter.main()
+    except milter.error as exc:
+        log.debug("worker's accept loop ended: %s", exc)
+    _drain(services.config.milter.shutdown_timeout)
+    pipeline.shutdown()
+    services.close()
+    return 0
+
+
+def _wait_for_stop(stop_fd: int, listen_fd: int) -> None:
+    """Stop this worker when the supervisor closes its pipe (or dies).
+
+    The worker first replaces its copy of the listening socket with /dev/null:
+    it stops accepting at once, and libmilter, which unlinks a unix socket it
+    created when it stops as non-root, no longer sees a socket to unlink (the
+    socket belongs to the supervisor and the other workers).
+    """
+    while True:
+        try:
+            if not os.read(stop_fd, 1):
+                break
+        except InterruptedError:
+            continue
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, listen_fd)
+    os.close(devnull)
+    milter.stop()
+
+
+def _drain(timeout: float) -> None:
+    from . import adapter
+
+    deadline = time.monotonic() + timeout
+    while adapter.active > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if adapter.active > 0:
+        log.warning("%d connection(s) still open after %gs; stopping anyway", adapter.active, timeout)
+
+
+def register(cls: type) -> None:
+    """Register *cls* with pymilter's C module, as Milter.runmilter does, without serving."""
+    import Milter
+
+    Milter.factory = cls
+    milter.set_connect_callback(Milter.connect_callback)
+    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    milter.set_close_callback(Milter.close_callback)
+    milter.register(
+        "milterd",
+        data=lambda ctx: ctx.getpriv().data(),
+        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+        negotiate=Milter.negotiate_callback,
+    )
+
+
+def serve(config_path: str | None) -> int:
+    """``milterd serve``: validate everything, prepare the store, then supervise."""
+    config = load_config(config_path)
+    from .summary import setup_logging
+
+    setup_logging(config.milter.log_target, config.milter.log_level)
+    services = build(config)
+    try:
+        services.store.ensure_schema(config.database.auto_upgrade)
+    except StoreError as exc:
+        print(f"milterd: {exc}", file=sys.stderr)
+        return 1
+    services.close()
+    services.after_fork()
+    return Supervisor(config_path, config, services).run()

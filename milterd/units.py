@@ -1,0 +1,61 @@
+"""Parsing of the duration and size values that milter.conf accepts.
+
+A duration is a number of seconds or a string such as ``"90s"``, ``"5m"``,
+``"2h"``, ``"35d"``, ``"1w"``; a size is a number of bytes or a string such as
+``"512K"``, ``"25M"``, ``"1G"`` (binary multiples, as Postfix uses them).
+"""
+
+from __future__ import annotations
+
+import re
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]?)\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Return *value* in seconds; raise ValueError with a readable reason."""
+    return _parse(value, _DURATION_UNITS, "a duration such as 30, \"90s\", \"5m\", \"2h\", \"35d\"")
+
+
+def parse_size(value: object) -> int:
+    """Return *value* in bytes; raise ValueError with a readable reason."""
+    return int(_parse(value, _SIZE_UNITS, "a size such as 1048576, \"512K\", \"25M\", \"1G\""))
+
+
+def _parse(value: object, units: dict[str, int], expected: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected {expected}, got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"must not be negative, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        match = _PATTERN.match(value)
+        if match and match.group(2).lower() in units:
+            return float(match.group(1)) * units[match.group(2).lower()]
+    raise ValueError(f"expected {expected}, got {value!r}")
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds the way an administrator would write them."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def parse_since(value: str) -> "datetime.datetime":
+    """``--since 7d`` (a duration back from now) or an ISO date/time, as aware UTC."""
+    import datetime
+
+    try:
+        return datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=parse_duration(value))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"expected a duration such as 1h or 7d, or an ISO date, got {value!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
