@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "serve": "milterd.commands.serve:add_parser",
     "db": "milterd.commands.db:add_parser",
     "log": "milterd.logview:add_parser",
+    "config": "milterd.commands.config:add_parser",
 }
 
 

@@ -1,0 +1,29 @@
+"""``milterd config defaults|show``: the documented defaults and the effective configuration."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cli import config_parent
+from ..confdoc import _render_section, render_defaults
+from ..config import load_config
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``config``."""
+    parser = sub.add_parser("config", parents=[config_parent()], help="print the documented defaults or the effective configuration")
+    parser.add_argument("what", choices=["defaults", "show"], help="defaults: milter.conf with every default; show: the configuration in effect")
+    parser.set_defaults(func=run_config)
+
+
+def run_config(args: argparse.Namespace) -> int:
+    """Print what was asked."""
+    if args.what == "defaults":
+        print(render_defaults(), end="")
+        return 0
+    config = load_config(args.config)
+    print(f"# from {config.path or 'embedded defaults'}")
+    for name in type(config).model_fields:
+        if name != "path":
+            print("\n".join(_render_section(name, getattr(config, name))))
+    return 0
