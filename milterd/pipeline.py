@@ -155,12 +155,20 @@ class Pipeline:
         futures = [(check, self._executor.submit(self._call, check, session, lambda c=check: c.on_eom(session, envelope))) for check in checks]
         for _check, future in futures:
             envelope.hits.extend(future.result())
+        seen = frozenset(h.symbol for h in session.hits + envelope.hits)
+        for check in self._overriding("on_symbols", session):
+            envelope.hits.extend(self._call(check, session, lambda c: c.on_symbols(session, envelope, seen)))
         verdict = decide(
             [h for h in session.hits if h.action is None] + envelope.hits,
             self.services.weight,
             self.config.actions,
             scored=self._scored(session),
         )
+        for check in self._overriding("on_verdict", session):
+            try:
+                verdict = check.on_verdict(session, envelope, verdict)
+            except Exception:  # noqa: BLE001
+                log.exception("check %s failed at verdict", check.name)
         outcome = Outcome(verdict=verdict)
         if verdict.action in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE):
             counts: dict[str, int] = {}
@@ -297,6 +305,9 @@ class Pipeline:
         if session.authenticated and not check.applies_to_authenticated:
             return False
         return True
+
+    def _overriding(self, hook: str, session: Session) -> list[Check]:
+        return [c for c in self.checks if getattr(type(c), hook) is not getattr(Check, hook) and self._applies(c, session)]
 
     def _run(self, stage: Stage, session: Session, envelope: Envelope | None, call: object) -> list[Hit]:
         hits: list[Hit] = []

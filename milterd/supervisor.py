@@ -138,6 +138,7 @@ class Supervisor:
         self._stopping = False
         self._reload = False
         self.restarts = 0
+        self.maintainer = 0
 
     @property
     def worker_count(self) -> int:
@@ -154,7 +155,13 @@ class Supervisor:
         log.info("listening on %s with %d workers", self.config.milter.socket, self.worker_count)
         for _ in range(self.worker_count):
             self._spawn()
+        from . import maintenance
+
+        jobs, last_run, next_check = maintenance.load_jobs(), {}, time.monotonic() + 5
         while not self._stopping:
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + 60
+                self._maintain(jobs, last_run)
             if self._reload:
                 self._reload = False
                 self._do_reload()
@@ -166,6 +173,37 @@ class Supervisor:
             time.sleep(0.2)
         self._shutdown()
         return 0
+
+    def _maintain(self, jobs: list, last_run: dict[str, float]) -> None:
+        from . import maintenance
+
+        if self.maintainer and self._alive(self.maintainer):
+            return
+        now = time.time()
+        ready = maintenance.due(jobs, self.services, last_run, now)
+        if not ready:
+            return
+        for job in ready:
+            last_run[job.name] = now
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                self.services.after_fork()
+                maintenance.run_jobs(ready, self.services)
+                self.services.close()
+            except BaseException:  # noqa: BLE001
+                code = 1
+            os._exit(code)
+        self.maintainer = pid
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return done == 0
 
     def _spawn(self) -> int:
         stop_read, stop_write = os.pipe()

@@ -21,7 +21,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
-from ..model import Envelope, Hit, Session
+from ..model import Envelope, Hit, Session, Verdict
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -134,6 +134,16 @@ class Check:
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         """End of message; hooks of several checks run concurrently here."""
         return ()
+
+    def on_symbols(self, session: Session, envelope: Envelope, symbols: frozenset[str]) -> Hits:
+        """After every end-of-message hook, before the verdict: sees every symbol hit
+        so far (connect to end of message); meta rules live here."""
+        return ()
+
+    def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
+        """After the policy decided: may change the verdict (e.g. score-based
+        greylisting lets a retried message through).  Must return a Verdict."""
+        return verdict
 
     def on_abort(self, session: Session, envelope: Envelope) -> None:
         """The transaction ended without end of message: release what it holds."""

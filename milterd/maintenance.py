@@ -1,0 +1,69 @@
+"""Periodic housekeeping (greylist expiry, quarantine retention, …).
+
+Features register a :class:`Job`; the supervisor runs the due ones every
+minute in a short-lived child process of its own, so that housekeeping never
+blocks a worker that is handling mail and the supervisor holds no database
+connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from .services import Services
+
+log = logging.getLogger("milterd")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A housekeeping task: its name, how often (seconds; 0 = never) and what it does."""
+
+    name: str
+    interval: Callable[["Services"], float]
+    run: Callable[["Services"], str]
+
+
+JOBS: list[Job] = []
+
+
+def register(job: Job) -> Job:
+    """Add *job* to the jobs the supervisor runs."""
+    JOBS.append(job)
+    return job
+
+
+def load_jobs() -> list[Job]:
+    """Import the modules that register jobs, then return them all."""
+    import importlib
+
+    for module in ("milterd.greylist", "milterd.quarantine"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+    return list(JOBS)
+
+
+def due(jobs: list[Job], services: "Services", last_run: dict[str, float], now: float) -> list[Job]:
+    """The jobs whose interval has passed since they last ran."""
+    ready = []
+    for job in jobs:
+        interval = job.interval(services)
+        if interval > 0 and now - last_run.get(job.name, 0.0) >= interval:
+            ready.append(job)
+    return ready
+
+
+def run_jobs(jobs: list[Job], services: "Services") -> None:
+    """Run *jobs* one after the other; one failing job does not stop the others."""
+    for job in jobs:
+        try:
+            result = job.run(services)
+            if result:
+                log.info("maintenance %s: %s", job.name, result)
+        except Exception:  # noqa: BLE001
+            log.exception("maintenance %s failed", job.name)
