@@ -1,0 +1,164 @@
+"""Pure helpers of the benchmark: medians, ratios, target notes, the Markdown table.
+
+Nothing here starts a process or reads a clock, so it is unit-tested
+(tests/unit/test_bench_report.py); ``bench/run.py`` does the measuring.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Sample:
+    """One timed run of a scenario: *messages* sent over *sessions* in *seconds*."""
+
+    messages: int
+    sessions: int
+    seconds: float
+    ok: bool = True
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        """Messages per second."""
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ms_per_message(self) -> float:
+        """Wall milliseconds per message (at one session: the serial latency)."""
+        return 1000.0 * self.seconds / self.messages if self.messages else 0.0
+
+
+@dataclass
+class Row:
+    """Every sample of one scenario, split into concurrent and serial runs."""
+
+    name: str
+    title: str
+    concurrent: list[Sample] = field(default_factory=list)
+    serial: list[Sample] = field(default_factory=list)
+    skipped: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float | None:
+        """Median msg/s of the concurrent runs."""
+        return median([s.rate for s in self.concurrent])
+
+    @property
+    def serial_ms(self) -> float | None:
+        """Median ms/message of the serial (one-session) runs."""
+        return median([s.ms_per_message for s in self.serial])
+
+    @property
+    def concurrent_ms(self) -> float | None:
+        """Median wall ms/message of the concurrent runs."""
+        return median([s.ms_per_message for s in self.concurrent])
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for a row: ``rate ≥ factor × rate(reference)`` or ``serial ms ≤ limit``."""
+
+    kind: str  # "ratio" or "serial_ms"
+    value: float
+    reference: str = ""
+
+    def describe(self) -> str:
+        """The target as printed: ``≥ 0.75 × postfix`` or ``≤ 10 ms serial``."""
+        if self.kind == "ratio":
+            return f"≥ {self.value:g} × {self.reference}"
+        return f"≤ {self.value:g} ms serial"
+
+
+def median(values: list[float]) -> float | None:
+    """The median, or None for no values."""
+    return statistics.median(values) if values else None
+
+
+def ratio(row: Row, reference: Row | None) -> float | None:
+    """Median throughput of *row* relative to *reference* (None when either is missing)."""
+    if reference is None or row.rate is None or not reference.rate:
+        return None
+    return row.rate / reference.rate
+
+
+def check_target(target: Target, row: Row, rows: dict[str, Row]) -> tuple[bool | None, str]:
+    """Whether *row* meets *target*: (True/False, note), or (None, why) when it cannot be told."""
+    if target.kind == "ratio":
+        reference = rows.get(target.reference)
+        value = ratio(row, reference)
+        if value is None:
+            return None, f"{target.describe()}: no figure"
+        return value >= target.value, f"{target.describe()}: {value:.2f}"
+    if target.kind == "serial_ms":
+        if row.serial_ms is None:
+            return None, f"{target.describe()}: no figure"
+        return row.serial_ms <= target.value, f"{target.describe()}: {row.serial_ms:.1f} ms"
+    raise ValueError(f"unknown target kind {target.kind!r}")
+
+
+def verdict_word(met: bool | None) -> str:
+    """PASS, FAIL or n/a."""
+    return "n/a" if met is None else ("PASS" if met else "FAIL")
+
+
+def select(names: list[str], wanted: str | None, groups: dict[str, str] | None = None) -> list[str]:
+    """Scenario names to run for ``--scenarios a,b,group`` (all when *wanted* is empty).
+
+    An entry is a scenario name or a group name (*groups*: name → group).
+    The reference row ``postfix`` is always kept first when present: every
+    ratio is against it.  Unknown entries raise ValueError naming them.
+    """
+    if not wanted:
+        return list(names)
+    groups = groups or {}
+    asked = [w.strip() for w in wanted.split(",") if w.strip()]
+    unknown = [w for w in asked if w not in names and w not in groups.values()]
+    if unknown:
+        raise ValueError(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(names)}")
+    chosen = [n for n in names if n in asked or groups.get(n) in asked]
+    if "postfix" in names and "postfix" not in chosen:
+        chosen.insert(0, "postfix")
+    return chosen
+
+
+def rotate(items: list[str], round_no: int) -> list[str]:
+    """*items* rotated by *round_no*: each round starts with another scenario (noise spreads)."""
+    if not items:
+        return []
+    k = round_no % len(items)
+    return items[k:] + items[:k]
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def table(rows: list[Row], reference: str = "postfix", references: dict[str, str] | None = None) -> str:
+    """The Markdown table of a run: msg/s, ms/message, ratio, serial latency, samples.
+
+    *references* names, per row, the row its ratio is against (default *reference*).
+    """
+    by_name = {r.name: r for r in rows}
+    references = references or {}
+    lines = [
+        "| scenario | msg/s (median) | ms/msg at concurrency | × reference | serial ms/msg (median) | runs | notes |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        if row.skipped:
+            lines.append(f"| {row.title} | — | — | — | — | 0 | skipped: {row.skipped} |")
+            continue
+        ref_name = references.get(row.name, reference)
+        value = ratio(row, by_name.get(ref_name))
+        ratio_text = "—" if value is None else f"{value:.2f} × {ref_name}"
+        runs = f"{len(row.concurrent)}+{len(row.serial)}"
+        rates = ", ".join(f"{s.rate:.0f}" for s in row.concurrent)
+        notes = "; ".join(row.problems) or (f"runs: {rates} msg/s" if rates else "")
+        lines.append(
+            f"| {row.title} | {_fmt(row.rate, '.1f')} | {_fmt(row.concurrent_ms, '.2f')} | {ratio_text} | {_fmt(row.serial_ms, '.1f')} | {runs} | {notes} |"
+        )
+    return "\n".join(lines)
