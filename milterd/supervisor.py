@@ -189,6 +189,7 @@ class Supervisor:
         if pid == 0:
             code = 0
             try:
+                self._close_stop_pipes()
                 self.services.after_fork()
                 maintenance.run_jobs(ready, self.services)
                 self.services.close()
@@ -211,8 +212,7 @@ class Supervisor:
         if pid == 0:
             try:
                 os.close(stop_write)
-                for other in self.workers.values():
-                    os.close(other)
+                self._close_stop_pipes()
                 code = run_worker(self.services, self.listen_fd, stop_read)
             except BaseException:  # noqa: BLE001 - never return into the supervisor's loop
                 log.exception("worker failed")
@@ -221,6 +221,13 @@ class Supervisor:
         os.close(stop_read)
         self.workers[pid] = stop_write
         return pid
+
+    def _close_stop_pipes(self) -> None:
+        # In a child: a worker sees EOF on its stop pipe only when no other
+        # process holds the write end.
+        for stop_write in self.workers.values():
+            if stop_write >= 0:
+                os.close(stop_write)
 
     def _forget(self, pid: int) -> None:
         stop_write = self.workers.pop(pid, None)
@@ -333,7 +340,7 @@ def run_worker(services: Services, listen_fd: int, stop_fd: int) -> int:
     adapter.MilterdMilter.pipeline = pipeline
     if services.config.milter.timeout:
         milter.settimeout(int(services.config.milter.timeout))
-    threading.Thread(target=_wait_for_stop, args=(stop_fd, listen_fd), daemon=True).start()
+    threading.Thread(target=_wait_for_stop, args=(stop_fd, listen_fd, services.config.milter.shutdown_timeout), daemon=True).start()
     try:
         milter.main()
     except milter.error as exc:
@@ -344,13 +351,14 @@ def run_worker(services: Services, listen_fd: int, stop_fd: int) -> int:
     return 0
 
 
-def _wait_for_stop(stop_fd: int, listen_fd: int) -> None:
+def _wait_for_stop(stop_fd: int, listen_fd: int, timeout: float) -> None:
     """Stop this worker when the supervisor closes its pipe (or dies).
 
-    The worker first replaces its copy of the listening socket with /dev/null:
-    it stops accepting at once, and libmilter, which unlinks a unix socket it
-    created when it stops as non-root, no longer sees a socket to unlink (the
-    socket belongs to the supervisor and the other workers).
+    The worker replaces its copy of the listening socket with /dev/null: it
+    stops accepting at once, and libmilter, which unlinks a unix socket it
+    created when its loop ends as non-root, finds no socket to unlink (the
+    socket belongs to the supervisor and the other workers).  Then it waits
+    for its connections in flight, at most *timeout* seconds, and exits.
     """
     while True:
         try:
@@ -361,7 +369,12 @@ def _wait_for_stop(stop_fd: int, listen_fd: int) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, listen_fd)
     os.close(devnull)
-    milter.stop()
+    # milter.stop() is not called: it waits for libmilter's accept loop to
+    # reach its poll timeout (seconds).  With /dev/null in place the loop can
+    # accept nothing more; the connections in flight are all that matter.
+    _drain(timeout)
+    logging.shutdown()
+    os._exit(0)
 
 
 def _drain(timeout: float) -> None:

@@ -1,0 +1,91 @@
+"""The policy: scores to actions, forced actions, SpamAssassin-format headers."""
+
+from __future__ import annotations
+
+from milterd.config import ActionsSection
+from milterd.model import Action, HeaderEdit, Hit
+from milterd.policy import decide, plan_headers, spam_status, tag_subject, threshold_action
+
+ACTIONS = ActionsSection()  # add_header 5, rewrite_subject 8, quarantine 12, reject 15
+WEIGHTS = {"A": 2.0, "B": 3.5, "NEG": -4.0}
+
+
+def weight(symbol: str) -> float:
+    return WEIGHTS.get(symbol, 0.0)
+
+
+def test_thresholds() -> None:
+    assert threshold_action(0, ACTIONS) == Action.ACCEPT
+    assert threshold_action(5, ACTIONS) == Action.ADD_HEADER
+    assert threshold_action(8, ACTIONS) == Action.REWRITE_SUBJECT
+    assert threshold_action(12, ACTIONS) == Action.QUARANTINE
+    assert threshold_action(15, ACTIONS) == Action.REJECT
+    off = ActionsSection(quarantine=False, reject=False)
+    assert threshold_action(100, off) == Action.REWRITE_SUBJECT
+
+
+def test_scores_add_up_and_symbols_count_once() -> None:
+    verdict = decide([Hit("A"), Hit("B"), Hit("A", detail="again")], weight, ACTIONS)
+    assert verdict.symbols == {"A": 2.0, "B": 3.5}
+    assert verdict.score == 5.5
+    assert verdict.action == Action.ADD_HEADER
+    assert verdict.details == {"A": "again"}
+
+
+def test_hit_score_overrides_weight_and_negative_scores_count() -> None:
+    verdict = decide([Hit("SPAMASSASSIN", score=9.0), Hit("NEG")], weight, ACTIONS)
+    assert verdict.score == 5.0
+    assert verdict.action == Action.ADD_HEADER
+
+
+def test_reject_reply_names_score() -> None:
+    verdict = decide([Hit("X", score=16)], weight, ACTIONS)
+    assert verdict.action == Action.REJECT
+    assert verdict.reply == "550 5.7.1 Message rejected as spam (score 16)"
+    assert verdict.reason == "score 16 >= reject 15"
+
+
+def test_forced_action_wins_when_more_severe() -> None:
+    virus = Hit("CLAMAV_VIRUS", detail="Eicar-Test-Signature", action=Action.REJECT, reply="550 5.7.1 Virus found: Eicar-Test-Signature")
+    verdict = decide([virus, Hit("A")], weight, ACTIONS)
+    assert verdict.action == Action.REJECT
+    assert verdict.reply == "550 5.7.1 Virus found: Eicar-Test-Signature"
+    # A tempfail does not override a reject by score.
+    verdict = decide([Hit("X", score=20), Hit("FAIL", action=Action.TEMPFAIL)], weight, ACTIONS)
+    assert verdict.action == Action.REJECT
+
+
+def test_unscored_clients_keep_forced_actions_only() -> None:
+    assert decide([Hit("X", score=50)], weight, ACTIONS, scored=False).action == Action.ACCEPT
+    forced = decide([Hit("V", action=Action.DISCARD)], weight, ACTIONS, scored=False)
+    assert forced.action == Action.DISCARD
+
+
+def test_spam_status_format() -> None:
+    verdict = decide([Hit("B"), Hit("A")], weight, ACTIONS)
+    assert spam_status(verdict) == "Yes, score=5.5 required=5 tests=A,B"
+    clean = decide([], weight, ACTIONS)
+    assert spam_status(clean) == "No, score=0.0 required=5 tests=none"
+
+
+def test_plan_headers_removes_forged_and_adds_ours() -> None:
+    verdict = decide([Hit("X", score=9)], weight, ACTIONS)
+    edits = plan_headers(verdict, {"x-spam-flag": 2, "x-spam-status": 1}, "Hello", ACTIONS)
+    assert edits[:3] == [
+        HeaderEdit("change", "X-Spam-Status", "", 1),
+        HeaderEdit("change", "X-Spam-Flag", "", 2),
+        HeaderEdit("change", "X-Spam-Flag", "", 1),
+    ]
+    assert HeaderEdit("add", "X-Spam-Flag", "YES") in edits
+    assert HeaderEdit("change", "Subject", "[SPAM] Hello", 1) in edits
+
+
+def test_no_flag_below_add_header() -> None:
+    verdict = decide([Hit("A")], weight, ACTIONS)
+    names = [e.name for e in plan_headers(verdict, {}, "Hi", ACTIONS)]
+    assert names == ["X-Spam-Status", "X-Spam-Score"]
+
+
+def test_subject_tagged_once() -> None:
+    assert tag_subject("[SPAM] already", "[SPAM]") == []
+    assert tag_subject(None, "[SPAM]") == [HeaderEdit("add", "Subject", "[SPAM]")]
