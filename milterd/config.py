@@ -117,17 +117,29 @@ class ChecksSection(_Section):
 
 
 class GreylistSection(_Section):
-    enabled: bool = Field(False, description="Greylist unknown (client network, sender, recipient) triplets at RCPT.")
+    enabled: bool = Field(False, description="Greylist (client network, sender, recipient) triplets, with the state shared through [database].")
+    mode: Literal["triplet", "score"] = Field("triplet", description="triplet: every unknown triplet is deferred at RCPT (postgrey's way); score: only messages scoring at or above [actions] greylist are deferred, at end of data.")
     delay: Duration = Field(300.0, description="How long a new triplet must wait before a retry is accepted.")
     retry_window: Duration = Field(2 * 86400.0, description="How long after the first attempt a retry still counts.")
     expire: Duration = Field(35 * 86400.0, description="How long a passed triplet is remembered (renewed on use).")
-    auto_whitelist_after: int = Field(5, ge=0, description="Clients that passed this many times skip greylisting; 0 is off.")
+    auto_whitelist_after: int = Field(5, ge=0, description="Client networks whose triplets passed this many times skip greylisting; 0 is off.")
     netmask_v4: int = Field(24, ge=0, le=32, description="IPv4 clients are grouped by this prefix length.")
     netmask_v6: int = Field(64, ge=0, le=128, description="IPv6 clients are grouped by this prefix length.")
-    whitelist_clients: list[str] = Field([], description="Client networks or name suffixes (\".example.com\") that are never greylisted.")
-    whitelist_senders: list[str] = Field([], description="Sender addresses or domains (\"@example.com\") that are never greylisted.")
-    whitelist_recipients: list[str] = Field([], description="Recipient addresses or domains that are never greylisted.")
-    purge_interval: Duration = Field(3600.0, description="How often expired triplets are purged.")
+    whitelist_providers: bool = Field(True, description="Skip the sending pools of large providers (Google, Microsoft, Yahoo, Amazon SES, …; listed in milterd/greylist.py), whose retries come from other addresses.")
+    whitelist_clients: list[str] = Field([], description="Client networks, verified names or name suffixes (\".example.com\") that are never greylisted; \"/regex/\" matches the name.")
+    whitelist_senders: list[str] = Field([], description="Sender addresses, domains (\"@example.com\") or domains with subdomains (\".example.com\") that are never greylisted.")
+    whitelist_recipients: list[str] = Field([], description="Recipient addresses or domains (same forms) that are never greylisted.")
+    purge_interval: Duration = Field(3600.0, description="How often expired triplets are purged (by the supervisor, outside the workers).")
+
+    @field_validator("whitelist_clients", "whitelist_senders", "whitelist_recipients")
+    @classmethod
+    def _whitelist(cls, value: list[str], info: Any) -> list[str]:
+        from .greylist import compile_pattern
+
+        kind = str(info.field_name).removeprefix("whitelist_").rstrip("s")
+        for entry in value:
+            compile_pattern(kind, entry)
+        return value
 
 
 class ClamavSection(_Section):

@@ -1,0 +1,169 @@
+"""``milterd greylist list|stats|whitelist|purge``: the greylist for the administrator.
+
+Every command works on the store of ``[database]``, so on a PostgreSQL store it
+shows and changes the state that every MX host shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from typing import Any, Callable
+
+from ..cli import config_parent
+from ..config import Config, load_config
+from ..store import Store, StoreError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``greylist`` and its sub-commands."""
+    parser = sub.add_parser("greylist", parents=[config_parent()], help="show and manage the greylist")
+    actions = parser.add_subparsers(dest="greylist_command", metavar="ACTION", required=True)
+
+    listing = actions.add_parser("list", parents=[config_parent()], help="the stored triplets, most recently seen first")
+    listing.add_argument("--client", metavar="NETWORK", help="only this client network (e.g. 192.0.2.0/24)")
+    listing.add_argument("--sender", metavar="ADDR", help="only this (normalised) sender; '' for the null sender")
+    listing.add_argument("--recipient", metavar="ADDR", help="only this recipient")
+    state = listing.add_mutually_exclusive_group()
+    state.add_argument("--passed", dest="passed", action="store_const", const=True, help="only triplets that passed")
+    state.add_argument("--waiting", dest="passed", action="store_const", const=False, help="only triplets still waiting for a retry")
+    listing.add_argument("--limit", type=int, default=100, metavar="N", help="at most N triplets (default 100; 0: all)")
+    listing.add_argument("--json", action="store_true", help="a JSON array, one object per triplet")
+    listing.set_defaults(func=_guarded(run_list))
+
+    stats = actions.add_parser("stats", parents=[config_parent()], help="counts of triplets, clients and whitelist entries")
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+    stats.set_defaults(func=_guarded(run_stats))
+
+    whitelist = actions.add_parser("whitelist", parents=[config_parent()], help="show, add or remove whitelist entries")
+    wl = whitelist.add_subparsers(dest="whitelist_command", metavar="ACTION")
+    wl_list = wl.add_parser("list", parents=[config_parent()], help="every entry: shipped, milter.conf and stored (the default)")
+    wl_list.add_argument("--json", action="store_true", help="a JSON array of {kind, value, source, comment}")
+    for name, helptext in (("add", "add a stored entry (every MX host sharing the store sees it)"), ("remove", "remove a stored entry")):
+        cmd = wl.add_parser(name, parents=[config_parent()], help=helptext)
+        cmd.add_argument("kind", choices=["client", "sender", "recipient"])
+        cmd.add_argument("value", help="client: network, name, .suffix or /regex/; sender/recipient: address, @domain, .domain or /regex/")
+        if name == "add":
+            cmd.add_argument("--comment", default="", help="why (shown by whitelist list)")
+    whitelist.set_defaults(func=_guarded(run_whitelist), json=False)
+
+    purge = actions.add_parser("purge", parents=[config_parent()], help="delete expired triplets and stale clients now")
+    purge.add_argument("--triplet", nargs=3, metavar=("NETWORK", "SENDER", "RECIPIENT"), help="delete this one triplet instead (it is greylisted again)")
+    purge.add_argument("--client", metavar="NETWORK", help="delete every triplet of this client network instead")
+    purge.set_defaults(func=_guarded(run_purge))
+
+
+def _guarded(run: Callable[[argparse.Namespace, Config, Store], int]) -> Callable[[argparse.Namespace], int]:
+    def wrapper(args: argparse.Namespace) -> int:
+        config = load_config(args.config)
+        try:
+            store = Store(config.database)
+            try:
+                return run(args, config, store)
+            finally:
+                store.close()
+        except StoreError as exc:
+            print(f"milterd: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:  # noqa: BLE001 - no schema yet, database down
+            print(f"milterd: cannot use the greylist in {config.database.url}: {exc}", file=sys.stderr)
+            return 1
+
+    return wrapper
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, dt.datetime) else value
+
+
+def _dump(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=1, ensure_ascii=False, default=_json_value)
+    sys.stdout.write("\n")
+
+
+def run_list(args: argparse.Namespace, config: Config, store: Store) -> int:
+    """Print the stored triplets."""
+    from .. import greylist as gl
+
+    rows = gl.list_triplets(store.engine, args.client, args.sender, args.recipient, args.passed, args.limit or None)
+    if args.json:
+        _dump([{k: _json_value(v) for k, v in row.items()} for row in rows])
+        return 0
+    print(f"{'client':20} {'sender':30} {'recipient':30} {'state':8} {'first seen':19}  {'expires':19}  tries passes")
+    for row in rows:
+        passed = "passed" if row["passed_at"] else "waiting"
+        print(
+            f"{row['network']:20} {_cut(row['sender'] or '<>', 30):30} {_cut(row['recipient'], 30):30} {passed:8} "
+            f"{row['first_seen']:%Y-%m-%d %H:%M:%S}  {row['expires_at']:%Y-%m-%d %H:%M:%S}  {row['attempts']:5} {row['passes']:6}"
+        )
+    return 0
+
+
+def run_stats(args: argparse.Namespace, config: Config, store: Store) -> int:
+    """Print the counts."""
+    from .. import greylist as gl
+
+    counts = gl.stats(store.engine, config.greylist.auto_whitelist_after)
+    if args.json:
+        _dump(counts)
+    else:
+        width = max(len(k) for k in counts)
+        for key, value in counts.items():
+            print(f"{key.replace('_', ' '):{width}}  {value}")
+    return 0
+
+
+def run_whitelist(args: argparse.Namespace, config: Config, store: Store) -> int:
+    """List, add or remove whitelist entries."""
+    from .. import greylist as gl
+
+    command = args.whitelist_command or "list"
+    if command == "add":
+        try:
+            added = gl.whitelist_add(store.engine, args.kind, args.value, args.comment)
+        except ValueError as exc:
+            print(f"milterd: {args.kind} {args.value!r}: {exc}", file=sys.stderr)
+            return 2
+        print(f"added {args.kind} {args.value}" if added else f"{args.kind} {args.value} is already whitelisted")
+        return 0
+    if command == "remove":
+        if gl.whitelist_remove(store.engine, args.kind, args.value):
+            print(f"removed {args.kind} {args.value}")
+            return 0
+        print(f"milterd: no stored {args.kind} entry {args.value!r} (entries of milter.conf are changed there)", file=sys.stderr)
+        return 1
+    entries = [
+        {"kind": kind, "value": value, "source": "shipped" if kind == "client" and value in gl.PROVIDER_CLIENTS else "milter.conf", "comment": ""}
+        for kind, value in gl.config_entries(config.greylist)
+    ]
+    entries += [
+        {"kind": row["kind"], "value": row["value"], "source": "store", "comment": row["comment"]}
+        for row in gl.whitelist_rows(store.engine)
+    ]
+    if args.json:
+        _dump(entries)
+        return 0
+    for entry in entries:
+        comment = f"  # {entry['comment']}" if entry["comment"] else ""
+        print(f"{entry['kind']:9} {entry['value']:40} {entry['source']}{comment}")
+    return 0
+
+
+def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
+    """Delete expired entries, or the triplets named."""
+    from .. import greylist as gl
+
+    if args.triplet or args.client:
+        network, sender, recipient = args.triplet or (args.client, None, None)
+        count = gl.remove_triplets(store.engine, network, sender, recipient)
+        print(f"deleted {count} triplet(s)")
+        return 0
+    triplets, clients = gl.purge(store.engine, config.greylist.expire)
+    print(f"purged {triplets} expired triplet(s) and {clients} stale client(s)")
+    return 0
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,163 @@
+"""Greylisting's store operations, on SQLite and on PostgreSQL (a fresh database per run)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from typing import Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from milterd import greylist as gl
+from milterd.config import DatabaseSection, GreylistSection
+from milterd.store import Store, schema
+from tests.harness import pgdb
+
+T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
+CONFIG = GreylistSection(enabled=True, delay=300, retry_window=3600, expire=86400, auto_whitelist_after=2)
+TRIPLET = gl.Triplet("192.0.2.0/24", "alice@example.org", "bob@example.com")
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('gl') / 'store.sqlite'}"
+        return
+    why = pgdb.available()
+    if why:
+        pytest.fail(f"PostgreSQL is needed for the shared-store tests: {why}")
+    with pgdb.temporary_database() as url:
+        yield url
+
+
+@pytest.fixture
+def store(database: str) -> Iterator[Store]:
+    store = Store(DatabaseSection(url=database))
+    store.upgrade()
+    with store.engine.begin() as connection:
+        for table in (schema.greylist, schema.greylist_clients, schema.greylist_whitelist):
+            connection.execute(table.delete())
+    yield store
+    store.close()
+
+
+def rows(store: Store) -> list[dict]:  # type: ignore[type-arg]
+    return gl.list_triplets(store.engine, limit=None)
+
+
+def test_first_attempt_retry_and_pass(store: Store) -> None:
+    first = gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(0))
+    assert first.kind == "new" and first.greylisted and first.wait == 300
+    early = gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(60))
+    assert early.kind == "early" and early.wait == 240
+    passed = gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(301))
+    assert passed.kind == "pass" and not passed.greylisted
+    [row] = rows(store)
+    assert row["attempts"] == 3 and row["passes"] == 1
+    assert row["passed_at"] == at(301) and row["expires_at"] == at(301 + 86400)
+    assert gl.client_state(store.engine, "192.0.2.0/24")[0] == 1
+
+
+def test_known_triplet_is_renewed_at_most_hourly(store: Store) -> None:
+    gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(0))
+    gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(400))
+    assert gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(500)).kind == "known"
+    assert rows(store)[0]["expires_at"] == at(400 + 86400)  # read only
+    assert gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(400 + 3700)).kind == "known"
+    [row] = rows(store)
+    assert row["expires_at"] == at(4100 + 86400) and row["passes"] == 2
+    assert gl.client_state(store.engine, "192.0.2.0/24")[0] == 2
+
+
+def test_missed_retry_window_and_expiry_start_again(store: Store) -> None:
+    gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(0))
+    late = gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(3601))
+    assert late.kind == "expired" and late.greylisted
+    assert rows(store)[0]["first_seen"] == at(3601)
+    assert gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(3601 + 300)).kind == "pass"
+    gone = gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(3901 + 86401))
+    assert gone.kind == "expired"
+
+
+def test_concurrent_first_attempts_make_one_row(store: Store, database: str) -> None:
+    # Separate engines play separate workers / MX hosts.
+    stores = [Store(DatabaseSection(url=database)) for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+    results: list[gl.Judgement] = []
+    errors: list[BaseException] = []
+
+    def attempt(s: Store) -> None:
+        try:
+            barrier.wait()
+            for _ in range(5):
+                results.append(gl.check_triplet(s.engine, TRIPLET, CONFIG, now=at(1)))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attempt, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert errors == []
+    assert len(results) == 30 and all(r.greylisted for r in results)
+    with store.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(schema.greylist)).scalar() == 1
+    assert rows(store)[0]["attempts"] == 30
+
+
+def test_purge(store: Store) -> None:
+    other = gl.Triplet("198.51.100.0/24", "", "postmaster@example.com")
+    gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(0))
+    gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(300))  # passed: expires a day later
+    gl.check_triplet(store.engine, other, CONFIG, now=at(0))  # waiting: expires after the retry window
+    assert gl.purge(store.engine, CONFIG.expire, now=at(3700)) == (1, 0)
+    assert [r["sender"] for r in rows(store)] == ["alice@example.org"]
+    assert gl.purge(store.engine, CONFIG.expire, now=at(300 + 86401)) == (1, 1)
+    assert rows(store) == []
+
+
+def test_stats_and_removal(store: Store) -> None:
+    gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(0))
+    second = gl.Triplet("192.0.2.0/24", "alice@example.org", "carol@example.com")
+    gl.check_triplet(store.engine, second, CONFIG, now=at(0))
+    gl.check_triplet(store.engine, second, CONFIG, now=at(400))
+    counts = gl.stats(store.engine, CONFIG.auto_whitelist_after, now=at(500))
+    assert counts["triplets"] == 2 and counts["passed"] == 1 and counts["waiting"] == 1 and counts["attempts"] == 3
+    assert counts["clients"] == 1 and counts["auto_whitelisted_clients"] == 0
+    assert gl.remove_triplets(store.engine, "192.0.2.0/24", "alice@example.org", "carol@example.com") == 1
+    assert gl.remove_triplets(store.engine) == 0
+    assert len(rows(store)) == 1
+
+
+def test_whitelist_table(store: Store) -> None:
+    assert gl.whitelist_add(store.engine, "sender", "@Partner.example", "our partner")
+    assert not gl.whitelist_add(store.engine, "sender", "@partner.example")
+    with pytest.raises(ValueError):
+        gl.whitelist_add(store.engine, "client", "/(/")
+    assert gl.whitelist_add(store.engine, "client", "203.0.113.0/24")
+    stored = gl.stored_whitelist(store.engine)
+    assert stored.sender("x@partner.example") == "@partner.example"
+    assert stored.client("203.0.113.5", "") == "203.0.113.0/24"
+    assert [r["comment"] for r in gl.whitelist_rows(store.engine) if r["kind"] == "sender"] == ["our partner"]
+    assert gl.whitelist_remove(store.engine, "sender", "@partner.example")
+    assert not gl.whitelist_remove(store.engine, "sender", "@partner.example")
+
+
+def test_auto_whitelist_touch(store: Store) -> None:
+    for recipient in ("a@example.com", "b@example.com"):
+        triplet = gl.Triplet("192.0.2.0/24", "alice@example.org", recipient)
+        gl.check_triplet(store.engine, triplet, CONFIG, now=at(0))
+        gl.check_triplet(store.engine, triplet, CONFIG, now=at(300))
+    assert gl.client_state(store.engine, "192.0.2.0/24") == (2, at(300))
+    gl.touch_client(store.engine, "192.0.2.0/24", now=at(600))
+    assert gl.client_state(store.engine, "192.0.2.0/24")[1] == at(300)
+    gl.touch_client(store.engine, "192.0.2.0/24", now=at(300 + 3601))
+    assert gl.client_state(store.engine, "192.0.2.0/24")[1] == at(3901)
