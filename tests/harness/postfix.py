@@ -91,6 +91,12 @@ class Postfix:
         for sub in ("etc", "queue", "data"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
+        # pytest makes its temporary directories 0700: Postfix's unprivileged
+        # processes must be able to traverse down to data/ and queue/.
+        for parent in self.root.resolve().parents:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(parent, mode | 0o011)
         shutil.chown(self.root / "data", "postfix", "postfix")
         (self.root / "queue" / "pid").mkdir(exist_ok=True)
         settings = {

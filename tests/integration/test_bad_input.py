@@ -1,0 +1,181 @@
+"""Bad input through the real Postfix: nothing crashes or wedges a worker, every
+message gets a deliberate answer.
+
+Each batch is sent through Postfix to milterd; afterwards the same worker
+processes must still be alive, a normal message must still pass, and every
+message must have either a log row (``milterd log --json``, by queue id) or a
+deliberate SMTP refusal (never milterd's ``451 4.3.0`` internal error, never a
+broken connection).  Postfix may refuse some input itself before milterd sees
+it (its header and size limits): that is a deliberate answer too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from tests.conftest import Stack, message
+from tests.harness.load import SendResult, load_id, send_one
+
+EMAIL_DATA = None
+try:
+    import test as _cpython_test
+
+    EMAIL_DATA = Path(os.path.dirname(_cpython_test.__file__)) / "test_email" / "data"
+except ImportError:  # pragma: no cover - Python built without its test package
+    pass
+CLAM_DIR = Path("/usr/share/clamav-testfiles")
+INTERNAL_ERROR = "4.3.0"
+
+
+@pytest.fixture(scope="module")
+def stack(make_stack: Callable[..., Stack]) -> Stack:
+    return make_stack({"milter": {"workers": 2, "timeout": 120}})
+
+
+def _tagged(raw: bytes, tag: str) -> bytes:
+    """*raw* with CRLF line ends, any mbox 'From ' line dropped, X-Load-Id on top."""
+    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if raw.startswith(b"From "):
+        raw = raw.split(b"\r\n", 1)[1]
+    return f"X-Load-Id: {tag}\r\n".encode() + raw
+
+
+def _send_batch(stack: Stack, items: list[tuple[str, bytes]], recipients: list[str] | None = None) -> list[SendResult]:
+    workers = set(stack.milterd.workers())
+    assert workers, "milterd has no workers"
+    results = [send_one(stack.postfix.smtp_port, data, tag, recipients=recipients or ["bob@example.com"], xclient={"ADDR": "192.0.2.10", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}) for tag, data in items]
+    _assert_answered(stack, results)
+    # The same workers are alive (a maintenance job may add a short-lived child).
+    assert workers <= set(stack.milterd.workers()), f"a worker died: {workers} -> {stack.milterd.workers()}\n{stack.milterd.stderr()[-3000:]}"
+    # …and not wedged: a normal message still passes.
+    probe = send_one(stack.postfix.smtp_port, _tagged(message(subject="probe"), "probe"), "probe", xclient={"ADDR": "192.0.2.10", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"})
+    assert probe.accepted, probe
+    assert "Traceback" not in stack.milterd.stderr() or _only_expected_tracebacks(stack.milterd.stderr()), stack.milterd.stderr()[-4000:]
+    return results
+
+
+def _only_expected_tracebacks(stderr: str) -> bool:
+    # A check that fails logs its traceback and emits CHECK_ERROR: that is handled, not a crash.
+    return "internal error" not in stderr and "worker failed" not in stderr
+
+
+def _assert_answered(stack: Stack, results: list[SendResult]) -> None:
+    logged = {row["queue_id"] for row in stack.milterd.log_json()}
+    for result in results:
+        assert result.code, f"{result.tag}: no answer at all ({result.reply})"
+        assert INTERNAL_ERROR not in result.reply, f"{result.tag}: milterd internal error: {result.reply}\n{stack.milterd.stderr()[-3000:]}"
+        if result.accepted:
+            assert result.queue_id in logged, f"{result.tag}: accepted as {result.queue_id} without a log row"
+        else:
+            assert 400 <= result.code < 600 and result.reply, result
+
+
+def _delivered(stack: Stack, results: list[SendResult]) -> None:
+    # "no-headers" cannot carry its X-Load-Id: it is accounted for by its log row only.
+    wanted = {r.tag for r in results if r.accepted and r.tag != "no-headers"}
+    found = stack.sink.wait(len(wanted), timeout=60, match=lambda m: load_id(m.data) in wanted)
+    assert wanted <= {load_id(m.data) for m in found}
+
+
+def test_cpython_email_corpus(stack: Stack) -> None:
+    if EMAIL_DATA is None or not EMAIL_DATA.is_dir():
+        pytest.skip("CPython's test_email data is not installed")
+    items = [(f"py-{p.stem}", _tagged(p.read_bytes(), f"py-{p.stem}")) for p in sorted(EMAIL_DATA.glob("msg_*.txt"))]
+    assert items
+    results = _send_batch(stack, items)
+    _delivered(stack, results)
+
+
+def test_clamav_testfiles_mails(stack: Stack) -> None:
+    mails = sorted(p for p in CLAM_DIR.glob("*") if p.name.endswith(".mail") or ".mbox." in p.name) if CLAM_DIR.is_dir() else []
+    if not mails:
+        pytest.skip("clamav-testfiles is not installed")
+    items = [(f"clam-{p.name}", _tagged(p.read_bytes(), f"clam-{p.name}")) for p in mails]
+    _send_batch(stack, items)
+
+
+def _head(tag: str, extra: bytes = b"") -> bytes:
+    return (f"X-Load-Id: {tag}\r\nFrom: a@example.org\r\nTo: b@example.com\r\nSubject: {tag}\r\nMessage-ID: <{tag}@example.org>\r\n").encode() + extra
+
+
+def test_huge_and_many_headers(stack: Stack) -> None:
+    long_line = _head("long-header", b"X-Long: " + b"a" * (1024 * 1024) + b"\r\n") + b"\r\nbody\r\n"
+    folded = _head("long-folded", b"X-Folded: " + b"\r\n ".join([b"b" * 70] * 15000) + b"\r\n") + b"\r\nbody\r\n"
+    many = _head("many-headers", b"".join(b"X-H%d: value %d\r\n" % (i, i) for i in range(10000))) + b"\r\nbody\r\n"
+    long_subject = _head("long-subject", b"Subject: =?utf-8?b?" + b"QUJD" * 50000 + b"?=\r\n") + b"\r\nbody\r\n"
+    _send_batch(stack, [("long-header", long_line), ("long-folded", folded), ("many-headers", many), ("long-subject", long_subject)])
+
+
+def test_nul_and_8bit_headers(stack: Stack) -> None:
+    items = [
+        ("nul-value", _head("nul-value", b"X-Nul: before\x00after\r\n") + b"\r\nbody\r\n"),
+        ("nul-subject", b"X-Load-Id: nul-subject\r\nSubject: a\x00b\r\nFrom: a@example.org\r\n\r\nbody\r\n"),
+        ("8bit-value", _head("8bit-value", b"X-Raw: \xff\xfe\x80 caf\xe9 \xe2\x82\r\n") + b"\r\nbody\r\n"),
+        ("8bit-subject", b"X-Load-Id: 8bit-subject\r\nSubject: \xc3\x28 \xa0\xa1 \xf0\x28\x8c\xbc\r\nFrom: \xe9l\xe8ve <a@example.org>\r\nMessage-ID: <\xff@x>\r\n\r\nbody\r\n"),
+        ("8bit-name", _head("8bit-name", b"X-N\xe4me: v\r\n") + b"\r\nbody\r\n"),
+        ("ctl-chars", _head("ctl-chars", b"X-Ctl: \x01\x02\x1b[31m\x7f\r\n") + b"\r\nbody\x00with nul\r\n"),
+        ("no-headers", b"\r\njust a body\r\n"),
+        ("header-no-colon", b"X-Load-Id: header-no-colon\r\nthis is not a header\r\n\r\nbody\r\n"),
+        ("bad-encoded-words", _head("bad-encoded-words", b"X-E: =?bogus?Q?=ZZ?= =?utf-8?B?!!!?= =?utf-8?q?\r\n") + b"Subject: =?x-unknown?b?AAAA?=\r\n\r\nbody\r\n"),
+    ]
+    results = _send_batch(stack, items)
+    _delivered(stack, results)
+
+
+def test_thousand_recipients(stack: Stack) -> None:
+    recipients = [f"user{i}@example.com" for i in range(1000)]
+    results = _send_batch(stack, [("rcpt-1000", _head("rcpt-1000") + b"\r\nbody\r\n")], recipients=recipients)
+    assert results[0].accepted, results[0]
+    row = next(r for r in stack.milterd.log_json() if r["queue_id"] == results[0].queue_id)
+    assert len(row["recipients"]) == 1000
+
+
+def _nested(depth: int) -> bytes:
+    body = b"innermost\r\n"
+    for level in range(depth, 0, -1):
+        boundary = b"b%d" % level
+        body = (b"--" + boundary + b"\r\nContent-Type: " + (b"multipart/mixed; boundary=b%d" % (level + 1) if level < depth else b"text/plain") + b"\r\n\r\n"
+                + body + b"\r\n--" + boundary + b"--\r\n")
+    return b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n" + body
+
+
+def _rfc822_nested(depth: int) -> bytes:
+    inner = b"Subject: inner\r\n\r\ninnermost\r\n"
+    for _ in range(depth):
+        inner = b"MIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n" + inner
+    return inner
+
+
+def test_mime_torture(stack: Stack) -> None:
+    broken_b64 = (b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\nContent-Type: application/octet-stream\r\n"
+                  b"Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"x.bin\"\r\n\r\n"
+                  b"TWFu!!!!\x00\xff===QUJD\r\nnot base64 at all ====\r\nQQ\r\n--XX--\r\n")
+    broken_qp = (b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+                 b"=ZZ =4 =\r\n=E2=82 soft break at end=")
+    traversal = (b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=YY\r\n\r\n--YY\r\nContent-Type: application/octet-stream; name=\"../../../../etc/passwd\"\r\n"
+                 b"Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"../../../../etc/passwd\"; filename*=utf-8''..%2F..%2F%00evil\r\n\r\n"
+                 b"cm9vdDp4OjA6MDo=\r\n--YY\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=\"C:\\\\Windows\\\\..\\\\x.exe\"\r\n\r\nhi\r\n--YY--\r\n")
+    unterminated = b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"never\"\r\n\r\n--never\r\nContent-Type: text/plain\r\n\r\nno closing boundary\r\n"
+    items = [
+        ("nested-100", _head("nested-100") + _nested(100)),
+        ("rfc822-100", _head("rfc822-100") + _rfc822_nested(100)),
+        ("broken-base64", _head("broken-base64") + broken_b64),
+        ("broken-qp", _head("broken-qp") + broken_qp),
+        ("path-traversal", _head("path-traversal") + traversal),
+        ("unterminated", _head("unterminated") + unterminated),
+    ]
+    _send_batch(stack, items)
+    assert not Path("/etc/passwd.milterd-test").exists()
+
+
+def test_every_answer_has_a_log_row_or_refusal(stack: Stack) -> None:
+    """Summary over the whole module: the log holds no internal-error row and workers are the same."""
+    rows = stack.milterd.log_json()
+    assert rows
+    assert not [r for r in rows if "internal" in (r.get("reason") or "").lower()]
+    assert not re.search(r"worker died", stack.milterd.stderr())
