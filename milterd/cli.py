@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "db": "milterd.commands.db:add_parser",
     "log": "milterd.logview:add_parser",
     "config": "milterd.commands.config:add_parser",
+    "check": "milterd.commands.check:add_parser",
+    "rules": "milterd.commands.rules:add_parser",
     "greylist": "milterd.commands.greylist:add_parser",
 }
 

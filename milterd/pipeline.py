@@ -54,7 +54,10 @@ class Outcome:
 class Pipeline:
     """The checks of one configuration, run stage by stage."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, *, keep_log: bool = True) -> None:
+        # keep_log=False (milterd check): decide as usual, but write no log or
+        # quarantine row and no summary line.
+        self.keep_log = keep_log
         self.services = services
         self.config = services.config
         self.checks = services.checks
@@ -181,7 +184,8 @@ class Pipeline:
             outcome.quarantine_reason = verdict.reason
             quarantine = self._quarantine_row(session, envelope, verdict)
         try:
-            self.services.store.log_message(outcome.record, quarantine)
+            if self.keep_log:
+                self.services.store.log_message(outcome.record, quarantine)
         except StoreError as exc:
             log.error("%s: cannot store the log row: %s", envelope.queue_id or "NOQUEUE", exc)
             if quarantine is not None or self.config.database.on_error == "tempfail":
@@ -189,7 +193,8 @@ class Pipeline:
                 outcome.reply = TEMPFAIL_REPLY
                 outcome.edits = []
         envelope.state["logged"] = True
-        log.info(summary_line(outcome.record))
+        if self.keep_log:
+            log.info(summary_line(outcome.record))
         if not outcome.reply:
             outcome.reply = verdict.reply or self._default_reply(verdict.action)
         return outcome
@@ -215,11 +220,12 @@ class Pipeline:
             record.reason = reason
             record.recipients = envelope.recipients + [r for r, _ in envelope.rejected_recipients]
             envelope.state["logged"] = True
-            try:
-                self.services.store.log_message(record)
-            except StoreError as exc:
-                log.error("%s: cannot store the log row: %s", envelope.queue_id or "NOQUEUE", exc)
-            log.info(summary_line(record))
+            if self.keep_log:
+                try:
+                    self.services.store.log_message(record)
+                except StoreError as exc:
+                    log.error("%s: cannot store the log row: %s", envelope.queue_id or "NOQUEUE", exc)
+                log.info(summary_line(record))
         finally:
             for check in self.checks:
                 try:
@@ -329,6 +335,8 @@ class Pipeline:
         if not forced:
             return None
         worst = max(forced, key=lambda h: h.action or Action.ACCEPT)
+        if envelope is not None:
+            envelope.state["forced_hit"] = worst  # the hit behind the decision, for milterd check
         action = worst.action or Action.REJECT
         return Decision(action, worst.reply or self._default_reply(action))
 

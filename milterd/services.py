@@ -94,6 +94,8 @@ def build(config: Config) -> Services:
             services.checks.append(check)
             for symbol in check.dynamic_symbols():
                 services.symbols[symbol.name] = symbol
+    for check in services.checks:
+        check.loaded()
     for name, path in ruleset.weight_files.items():
         if name not in services.symbols:
             raise ConfigError(path, f"symbols.{name}", "no check emits this symbol (misspelt?)")

@@ -99,6 +99,10 @@ class Check:
         """Symbols known only once the rules are loaded (custom rules, DNSBL zones)."""
         return ()
 
+    def loaded(self) -> None:
+        """Called once every enabled check is built and ``services.symbols`` is
+        complete: cross-check rules against it (raise ConfigError)."""
+
     def on_connect(self, session: Session) -> Hits:
         """The client connected (address, name, Postfix's macros)."""
         return ()

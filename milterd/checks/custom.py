@@ -1,58 +1,81 @@
-"""Custom rules from rules/*.toml: regular expressions over headers.
+"""Custom rules from rules/*.toml: header, body, URI and meta rules.
 
-A rule is an array-of-tables entry ``[[rule]]``::
+A rule is an array-of-tables entry ``[[rule]]`` with a ``name`` (the symbol
+it emits), a ``score``, a ``description`` and exactly one of::
 
-    [[rule]]
-    name = "SUBJ_LOTTERY"                 # the symbol it emits
-    header = "Subject"                    # the header it looks at (decoded)
-    regex = '(?i)\\blottery\\b'           # Python syntax, searched, not matched
-    score = 3.0
-    description = "Subject talks about a lottery"
+    header = "Subject"                  # with regex = '…': searched in that header (decoded)
+    body = '(?i)\\bviagra\\b'           # searched in the decoded text of the text parts
+    uri = '(?i)^https?://[^/]*\\.top/'  # searched in each link of the text and HTML parts
+    meta = "SUBJ_LOTTERY and not DKIM_VALID"   # and, or, not, parentheses
 
-Rules are compiled once when the rules are loaded; a broken regular
-expression is refused then, with the file and the rule's name.
+Regular expressions are Python's, searched (not matched).  Rules are compiled
+once when the rules are loaded: a broken regular expression, a malformed meta
+expression, a meta naming a symbol no check or rule emits, or metas that
+refer to each other in a circle are refused then, with the file and the
+rule's name.
+
+Body rules see at most ``max_text`` characters of text (a ``[custom]`` table
+of a rule file; default "1M"); the message is read up to four times that
+(base64 and markup).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from email.header import decode_header, make_header
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 from ..config import ConfigError
+from ..mimetext import extract
 from ..model import Envelope, Hit, Session
+from ..rulelang import MetaSyntaxError, Node, evaluate, names, parse
+from ..units import parse_size
 from . import Check, Hits, Symbol
 
 if TYPE_CHECKING:
     from ..services import Services
 
+log = logging.getLogger("milterd")
+
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
+KINDS = ("header", "body", "uri", "meta")
+DEFAULT_MAX_TEXT = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class HeaderRule:
-    """One compiled header rule."""
+class Rule:
+    """One compiled rule: ``kind`` is header, body, uri or meta."""
 
     name: str
-    header: str
-    regex: re.Pattern[str]
+    kind: str
     score: float
     description: str
+    file: Path
+    header: str = ""
+    regex: re.Pattern[str] | None = None
+    meta: Node | None = None
+    expression: str = ""
 
 
-def compile_rules(services: "Services") -> list[HeaderRule]:
+#: The former name of :class:`Rule` (header rules only).
+HeaderRule = Rule
+
+
+def compile_rules(services: "Services") -> list[Rule]:
     """Every ``[[rule]]`` of the rules directory, compiled; ConfigError on the first bad one."""
-    rules: list[HeaderRule] = []
+    rules: list[Rule] = []
     seen: set[str] = set()
     for source in services.ruleset.section("rule"):
         entries = source.value if isinstance(source.value, list) else [source.value]
         for position, entry in enumerate(entries):
-            rules.append(_compile(source.file, position, entry, seen))
+            rules.append(_compile(source.file, position, entry, seen, services.symbols))
     return rules
 
 
-def _compile(file: Any, position: int, entry: Any, seen: set[str]) -> HeaderRule:
+def _compile(file: Any, position: int, entry: Any, seen: set[str], builtin: dict[str, Symbol]) -> Rule:
     if not isinstance(entry, dict):
         raise ConfigError(file, f"rule[{position}]", "must be a table ([[rule]])")
     name = entry.get("name")
@@ -61,50 +84,177 @@ def _compile(file: Any, position: int, entry: Any, seen: set[str]) -> HeaderRule
         raise ConfigError(file, where, "name must be an upper-case symbol name such as SUBJ_LOTTERY")
     if name in seen:
         raise ConfigError(file, where, "a rule of that name is already defined")
-    unknown = set(entry) - {"name", "header", "regex", "score", "description"}
+    if name in builtin:
+        raise ConfigError(file, where, "a built-in check already emits this symbol (re-weight it in [symbols] instead)")
+    unknown = set(entry) - {"name", "regex", "score", "description", *KINDS}
     if unknown:
         raise ConfigError(file, where, f"unknown key {sorted(unknown)[0]!r}")
-    header, pattern = entry.get("header"), entry.get("regex")
-    if not isinstance(header, str) or not header:
-        raise ConfigError(file, where, "needs header = \"Name\"")
-    if not isinstance(pattern, str):
-        raise ConfigError(file, where, "needs regex = '…'")
-    try:
-        regex = re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(file, f"{where}.regex", f"bad regular expression: {exc}") from None
+    kinds = [k for k in KINDS if k in entry]
+    if len(kinds) != 1:
+        raise ConfigError(file, where, "needs exactly one of header = \"Name\" (with regex), body = '…', uri = '…', meta = \"…\"")
+    kind = kinds[0]
+    if "regex" in entry and kind != "header":
+        raise ConfigError(file, f"{where}.regex", f"only header rules take regex; a {kind} rule's expression is its {kind} = value")
     score = entry.get("score", 1.0)
     if isinstance(score, bool) or not isinstance(score, (int, float)):
         raise ConfigError(file, f"{where}.score", "must be a number")
+    description = entry.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(file, f"{where}.description", "must be a string")
     seen.add(name)
-    return HeaderRule(name, header.lower(), regex, float(score), str(entry.get("description", "")))
+    common = {"name": name, "kind": kind, "score": float(score), "file": Path(file)}
+    if kind == "meta":
+        expression = entry["meta"]
+        if not isinstance(expression, str):
+            raise ConfigError(file, f"{where}.meta", "must be a string such as \"A and not B\"")
+        try:
+            node = parse(expression)
+        except MetaSyntaxError as exc:
+            raise ConfigError(file, f"{where}.meta", f"bad expression: {exc}") from None
+        return Rule(description=description or f"meta: {expression}", meta=node, expression=expression, **common)
+    if kind == "header":
+        header, pattern, key = entry["header"], entry.get("regex"), "regex"
+        if not isinstance(header, str) or not header:
+            raise ConfigError(file, f"{where}.header", "needs header = \"Name\"")
+        if not isinstance(pattern, str):
+            raise ConfigError(file, where, "needs regex = '…'")
+    else:
+        header, pattern, key = "", entry[kind], kind
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(file, f"{where}.{kind}", "must be a regular expression (a string)")
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(file, f"{where}.{key}", f"bad regular expression: {exc}") from None
+    return Rule(description=description, header=header.lower(), regex=regex, expression=pattern, **common)
 
 
-class HeaderRules(Check):
-    """Administrator's header rules."""
+def meta_order(rules: Iterable[Rule], known: Iterable[str]) -> list[Rule]:
+    """The meta rules in an order where each comes after the metas it names.
+
+    ConfigError (file, rule, reason) for a symbol that is in neither *known*
+    nor the rules, and for metas that refer to each other in a circle.
+    """
+    metas = {r.name: r for r in rules if r.kind == "meta"}
+    known = set(known) | {r.name for r in rules}
+    for rule in metas.values():
+        assert rule.meta is not None
+        missing = sorted(names(rule.meta) - known)
+        if missing:
+            raise ConfigError(rule.file, f"rule {rule.name}.meta", f"unknown symbol {missing[0]} (no check or rule emits it)")
+    ordered: list[Rule] = []
+    state: dict[str, int] = {}  # 1: being visited, 2: done
+
+    def visit(rule: Rule, path: list[str]) -> None:
+        if state.get(rule.name) == 2:
+            return
+        if state.get(rule.name) == 1:
+            circle = " -> ".join(path[path.index(rule.name):] + [rule.name])
+            raise ConfigError(rule.file, f"rule {rule.name}.meta", f"metas refer to each other in a circle: {circle}")
+        state[rule.name] = 1
+        assert rule.meta is not None
+        for name in sorted(names(rule.meta)):
+            if name in metas:
+                visit(metas[name], path + [rule.name])
+        state[rule.name] = 2
+        ordered.append(rule)
+
+    for rule in metas.values():
+        visit(rule, [])
+    return ordered
+
+
+def max_text(services: "Services") -> int:
+    """``[custom] max_text`` of the rule files: how much decoded text body rules see."""
+    value: int = DEFAULT_MAX_TEXT
+    for source in services.ruleset.section("custom"):
+        if not isinstance(source.value, dict):
+            raise ConfigError(source.file, "custom", "must be a table ([custom])")
+        unknown = set(source.value) - {"max_text"}
+        if unknown:
+            raise ConfigError(source.file, f"custom.{sorted(unknown)[0]}", "unknown key (misspelt?)")
+        if "max_text" in source.value:
+            try:
+                value = parse_size(source.value["max_text"])
+            except ValueError as exc:
+                raise ConfigError(source.file, "custom.max_text", str(exc)) from None
+            if value <= 0:
+                raise ConfigError(source.file, "custom.max_text", "must be positive")
+    return value
+
+
+class CustomRules(Check):
+    """Administrator's rules: header, body, URI and meta."""
 
     name: ClassVar[str] = "custom"
     description: ClassVar[str] = "Custom rules from rules/*.toml"
-    rule_sections: ClassVar[tuple[str, ...]] = ("rule",)
+    rule_sections: ClassVar[tuple[str, ...]] = ("rule", "custom")
     order: ClassVar[int] = 500
 
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
         self.rules = compile_rules(services)
+        self.max_text = max_text(services)
+        self.header_rules = [r for r in self.rules if r.kind == "header"]
+        self.body_rules = [r for r in self.rules if r.kind == "body"]
+        self.uri_rules = [r for r in self.rules if r.kind == "uri"]
+        self.metas: list[Rule] = [r for r in self.rules if r.kind == "meta"]
 
     def dynamic_symbols(self) -> tuple[Symbol, ...]:
         return tuple(Symbol(r.name, r.score, r.description) for r in self.rules)
 
+    def loaded(self) -> None:
+        # Every check's dynamic symbols are known only now (checks after this one included).
+        self.metas = meta_order(self.rules, self.services.symbols)
+
     def on_eoh(self, session: Session, envelope: Envelope) -> Hits:
+        if not self.header_rules:
+            return
         values: dict[str, list[str]] = {}
         for name, raw in envelope.headers:
             values.setdefault(name.lower(), []).append(_decoded(raw))
-        for rule in self.rules:
+        for rule in self.header_rules:
+            assert rule.regex is not None
             for value in values.get(rule.header, ()):
                 match = rule.regex.search(value)
                 if match:
                     yield Hit(rule.name, detail=match.group(0)[:80])
                     break
+
+    def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        if not (self.body_rules or self.uri_rules):
+            return []
+        try:
+            raw = envelope.header_bytes + envelope.spool.read(4 * self.max_text)
+            found = extract(raw, self.max_text)
+        except Exception:  # noqa: BLE001 - unreadable spool or message: no body/URI hit
+            log.warning("custom rules: cannot read the message text", exc_info=True)
+            return []
+        hits: list[Hit] = []
+        for rule in self.body_rules:
+            assert rule.regex is not None
+            match = rule.regex.search(found.text)
+            if match:
+                hits.append(Hit(rule.name, detail=match.group(0)[:80]))
+        for rule in self.uri_rules:
+            assert rule.regex is not None
+            for uri in found.uris:
+                if rule.regex.search(uri):
+                    hits.append(Hit(rule.name, detail=uri[:120]))
+                    break
+        return hits
+
+    def on_symbols(self, session: Session, envelope: Envelope, symbols: frozenset[str]) -> Hits:
+        hit = set(symbols)
+        for rule in self.metas:
+            assert rule.meta is not None
+            if evaluate(rule.meta, hit):
+                hit.add(rule.name)
+                yield Hit(rule.name, detail=" ".join(sorted(names(rule.meta) & hit))[:120])
+
+
+#: The former name of :class:`CustomRules`.
+HeaderRules = CustomRules
 
 
 def _decoded(raw: bytes) -> str:
@@ -115,4 +265,4 @@ def _decoded(raw: bytes) -> str:
         return text
 
 
-CHECKS = (HeaderRules,)
+CHECKS = (CustomRules,)

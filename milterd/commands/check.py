@@ -1,0 +1,291 @@
+"""``milterd check``: explain the verdict on stored messages; mass check labelled corpora.
+
+``milterd check FILE…`` runs each message (a file, an mbox, a Maildir, a
+directory of those) through the same pipeline as the milter, without an MTA
+and without writing the log, and explains the verdict.  The exit status is
+the most severe action: 0 accept, 10 + the action's rank otherwise (11
+add_header, 12 rewrite_subject, 13 quarantine, 14 greylist, 15 tempfail,
+16 discard, 17 reject); 1 when a message could not be read or judged; 2 for
+a bad configuration.
+
+``milterd check --ham DIR… --spam DIR…`` is a mass check: spam caught and ham
+flagged per folder and overall, at the configured thresholds and a few
+others, with the symbols behind the false positives and the misses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..cli import config_parent
+from ..config import Config, load_config
+from ..model import Action
+from ..offline import Client, Judgement, MessageRef, judge, sources
+from ..pipeline import Pipeline
+from ..services import Services, build
+from ..tuning import Judged, configured_thresholds, forced_action, mass_report, symbol_table
+
+#: Exit status of a run whose most severe action is this one.
+EXIT_BASE = 10
+EXIT_UNREADABLE = 1
+#: Show a progress bar from this many messages on (when stderr is a terminal).
+PROGRESS_FROM = 20
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``check``."""
+    parser = sub.add_parser(
+        "check", parents=[config_parent()], help="explain the verdict on message files, mboxes, Maildirs; mass-check labelled folders",
+        description="Run messages through the pipeline without an MTA (nothing is logged) and explain the verdict. "
+        "Exit status: 0 accept, 11 add_header, 12 rewrite_subject, 13 quarantine, 14 greylist, 15 tempfail, 16 discard, "
+        "17 reject (the most severe over all messages); 1 unreadable input; 2 bad configuration.",
+    )
+    parser.add_argument("paths", nargs="*", type=Path, metavar="FILE", help="message file (.eml), mbox, Maildir or directory")
+    parser.add_argument("--client-ip", metavar="IP", default="", help="the SMTP client's address (default: none; connection checks see nothing)")
+    parser.add_argument("--client-name", metavar="NAME", default="", help="the client's verified host name")
+    parser.add_argument("--helo", metavar="NAME", default="", help="the HELO/EHLO name (default: none; HELO checks are skipped)")
+    parser.add_argument("--from", dest="sender", metavar="ADDR", default=None, help="envelope sender (default: Return-Path, else From)")
+    parser.add_argument("--to", dest="recipients", metavar="ADDR", nargs="+", action="extend", default=[], help="envelope recipients (default: To and Cc)")
+    parser.add_argument("--auth-user", metavar="USER", default="", help="act as if the client authenticated as USER")
+    parser.add_argument("--ham", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="mass check: folders or mboxes of ham")
+    parser.add_argument("--spam", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="mass check: folders or mboxes of spam")
+    parser.add_argument("--progress", choices=["auto", "always", "never"], default="auto", help="progress bar on stderr (auto: on a terminal, from 20 messages)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.set_defaults(func=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Check the messages given and print the explanation or the mass-check report."""
+    if args.client_ip:
+        try:
+            ipaddress.ip_address(args.client_ip)
+        except ValueError:
+            print(f"milterd: --client-ip: {args.client_ip!r} is not an IP address", file=sys.stderr)
+            return 2
+    mass = bool(args.ham or args.spam)
+    if not mass and not args.paths:
+        print("milterd: check: give message files, or --ham/--spam folders", file=sys.stderr)
+        return 2
+    if mass and args.paths:
+        print("milterd: check: give either message files or --ham/--spam folders, not both", file=sys.stderr)
+        return 2
+    config = offline_config(load_config(args.config))
+    services = build(config)
+    pipeline = Pipeline(services, keep_log=False)
+    client = Client(args.client_ip, args.client_name, args.helo, args.sender, list(args.recipients), args.auth_user)
+    try:
+        if mass:
+            return _mass_check(args, services, pipeline, client)
+        return _check_files(args, services, pipeline, client)
+    finally:
+        pipeline.shutdown()
+        services.close()
+
+
+def offline_config(config: Config) -> Config:
+    """The configuration for an offline check: greylisting off (it would record
+    triplets in the store and defer every new message)."""
+    if config.greylist.enabled:
+        return config.with_changes({"greylist.enabled": False})
+    return config
+
+
+def exit_status(judgements: Iterable[Judgement]) -> int:
+    """0 when every message is accepted, else 10 + the rank of the most severe action; 1 on a read error."""
+    worst = Action.ACCEPT
+    for item in judgements:
+        if item.error:
+            return EXIT_UNREADABLE
+        worst = max(worst, item.action)
+    return 0 if worst == Action.ACCEPT else EXIT_BASE + int(worst)
+
+
+# --- message files ------------------------------------------------------------------
+def _collect(paths: Iterable[Path]) -> tuple[list[MessageRef], list[str]]:
+    refs: list[MessageRef] = []
+    problems: list[str] = []
+    for path in paths:
+        try:
+            found = list(sources(path))
+        except OSError as exc:
+            problems.append(f"{path}: {exc.strerror or exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - a broken mbox index
+            problems.append(f"{path}: cannot read: {exc}")
+            continue
+        if not found:
+            problems.append(f"{path}: no message found")
+        refs.extend(found)
+    return refs, problems
+
+
+def _run(refs: list[MessageRef], pipeline: Pipeline, client: Client, progress: "Progress") -> Iterable[Judgement]:
+    for ref in refs:
+        progress.step(ref.label)
+        try:
+            raw = ref.load()
+        except Exception as exc:  # noqa: BLE001
+            yield Judgement(ref.label, Action.ACCEPT, 0.0, {}, {}, error=f"cannot read: {exc}")
+            continue
+        yield judge(pipeline, raw, client, ref.label)
+    progress.done()
+
+
+def _check_files(args: argparse.Namespace, services: Services, pipeline: Pipeline, client: Client) -> int:
+    refs, problems = _collect(args.paths)
+    for problem in problems:
+        print(f"milterd: {problem}", file=sys.stderr)
+    progress = Progress(len(refs), args.progress)
+    judgements = list(_run(refs, pipeline, client, progress))
+    owners = {s.name: s for s in symbol_table(services)}
+    actions = services.config.actions
+    if args.json:
+        out = {
+            "thresholds": {key: value for key, value in actions.model_dump().items() if key in ("add_header", "rewrite_subject", "greylist", "quarantine", "reject")},
+            "messages": [_judgement_json(j, services, owners) for j in judgements],
+            "summary": dict(Counter(j.action.label if not j.error else "error" for j in judgements)),
+        }
+        json.dump(out, sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        thresholds = ", ".join(f"{'/'.join(names)} {value:g}" for value, names in sorted(configured_thresholds(actions).items()))
+        for item in judgements:
+            _explain(item, services, owners, thresholds if len(judgements) == 1 else "")
+        if len(judgements) > 1:
+            counts = Counter(j.action.label if not j.error else "error" for j in judgements)
+            print(f"{len(judgements)} messages: " + ", ".join(f"{name} {count}" for name, count in sorted(counts.items(), key=lambda kv: -kv[1])))
+            print(f"thresholds: {thresholds}")
+    status = exit_status(judgements)
+    return EXIT_UNREADABLE if problems and not judgements else status
+
+
+def _judgement_json(item: Judgement, services: Services, owners: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "file": item.label, "action": item.action.label, "score": item.score, "reason": item.reason, "reply": item.reply,
+        "stage": item.stage, "forced_by": item.forced, "x_spam_status": item.spam_status, "error": item.error,
+        "symbols": [
+            {"symbol": name, "score": score, "check": owners[name].check if name in owners else "", "description": services.describe(name), "detail": item.details.get(name, "")}
+            for name, score in sorted(item.symbols.items(), key=lambda kv: (-kv[1], kv[0]))
+        ],
+    }
+
+
+def _explain(item: Judgement, services: Services, owners: dict[str, Any], thresholds: str) -> None:
+    if item.error:
+        print(f"{item.label}: error: {item.error}")
+        return
+    print(f"{item.label}: {item.action.label} (score {item.score:g})")
+    for name, score in sorted(item.symbols.items(), key=lambda kv: (-kv[1], kv[0])):
+        owner = owners[name].check if name in owners else "?"
+        detail = item.details.get(name, "")
+        print(f"  {score:7.2f}  {name:28} {owner:10} {services.describe(name)}{f' [{detail}]' if detail else ''}")
+    if item.forced:
+        print(f"  forced by {item.forced} at {item.stage}" + (f": {item.reply}" if item.reply else ""))
+    elif item.reason:
+        print(f"  {item.reason}")
+    if item.reply and not item.forced:
+        print(f"  reply: {item.reply}")
+    if thresholds:
+        print(f"  thresholds: {thresholds}")
+
+
+# --- mass check ---------------------------------------------------------------------
+def _mass_check(args: argparse.Namespace, services: Services, pipeline: Pipeline, client: Client) -> int:
+    labelled: list[tuple[str, str, MessageRef]] = []
+    for kind, folders in (("ham", args.ham), ("spam", args.spam)):
+        for folder in folders:
+            refs, problems = _collect([folder])
+            for problem in problems:
+                print(f"milterd: {problem}", file=sys.stderr)
+            labelled.extend((kind, str(folder), ref) for ref in refs)
+    if not labelled:
+        print("milterd: check: no message found", file=sys.stderr)
+        return 1
+    progress = Progress(len(labelled), args.progress)
+    actions = services.config.actions
+    items: list[Judged] = []
+    errors = 0
+    for kind, folder, ref in labelled:
+        progress.step(ref.label)
+        try:
+            item = judge(pipeline, ref.load(), client, ref.label)
+        except Exception as exc:  # noqa: BLE001
+            item = Judgement(ref.label, Action.ACCEPT, 0.0, {}, {}, error=str(exc))
+        if item.error:
+            errors += 1
+            continue
+        items.append(Judged(kind, folder, ref.label, item.score, item.action.label, item.symbols, forced_action(item.action, item.score, actions)))
+    progress.done()
+    report = mass_report(items, actions)
+    report["errors"] = errors
+    if args.json:
+        json.dump(report, sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        print_mass_report(report)
+    return 0
+
+
+def print_mass_report(report: dict[str, Any]) -> None:
+    """The mass-check report for people."""
+    print(f"{'folder':48} {'kind':4} {'msgs':>6} {'flagged':>8} {'%':>7}")
+    for folder in report["folders"]:
+        print(f"{_cut(folder['folder'], 48):48} {folder['kind']:4} {folder['messages']:6} {folder['flagged']:8} {folder['rate']:6.2f}%")
+    spam, ham = report["overall"]["spam"], report["overall"]["ham"]
+    print()
+    print(f"at the configured thresholds: spam caught {spam['rate']:.2f}% ({spam['flagged']}/{spam['messages']}), "
+          f"ham flagged {ham['rate']:.2f}% ({ham['flagged']}/{ham['messages']})")
+    print()
+    print(f"{'score >=':>9}  {'spam caught':>18}  {'ham flagged':>18}  configured as")
+    for row in report["thresholds"]:
+        print(f"{row['threshold']:9g}  {_pct(row['spam_caught'], spam['messages']):>18}  {_pct(row['ham_flagged'], ham['messages']):>18}  {', '.join(row['actions'])}")
+    for key, title in (("false_positives", "false positives (ham flagged)"), ("misses", "misses (spam not flagged)")):
+        group = report[key]
+        if not group["messages"]:
+            continue
+        print()
+        print(f"{title}: {group['messages']}; symbols that hit them:")
+        for entry in group["symbols"]:
+            print(f"  {entry['messages']:6}  {entry['symbol']}")
+        for example in group["examples"]:
+            tops = " ".join(f"{n}({s:g})" for n, s in sorted(example["symbols"].items(), key=lambda kv: -abs(kv[1]))[:6])
+            print(f"  e.g. {example['score']:6.2f} {example['action']:12} {_cut(example['label'], 60)} {tops}")
+    if report.get("errors"):
+        print(f"\n{report['errors']} messages could not be judged")
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.2f}% ({part})" if whole else "-"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int, mode: str = "auto", width: int = 30) -> None:
+        self.total, self.width, self.count = total, width, 0
+        self.enabled = mode == "always" or (mode == "auto" and total >= PROGRESS_FROM and sys.stderr.isatty())
+        self._every = max(1, total // 200)
+
+    def step(self, label: str) -> None:
+        """One more message started."""
+        self.count += 1
+        if self.enabled and (self.count % self._every == 0 or self.count == self.total):
+            filled = self.width * self.count // max(1, self.total)
+            sys.stderr.write(f"\r[{'#' * filled}{' ' * (self.width - filled)}] {self.count}/{self.total} {_cut(label, 40):40}")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        """Clear the bar."""
+        if self.enabled:
+            sys.stderr.write("\r" + " " * (self.width + 60) + "\r")
+            sys.stderr.flush()

@@ -1,0 +1,171 @@
+"""``milterd rules list|symbols|lint|stats|whatif``: the symbol table and rule tuning.
+
+* ``list``: every symbol, its score in effect, its default, its check, its description.
+* ``symbols``: the built-in symbol table as TOML (``> rules/symbols.toml``).
+* ``lint``: validate milter.conf and rules/ as ``serve`` would, start nothing.
+* ``stats``: per symbol, from the message log: hits, share, mean score,
+  part of a reject or quarantine, on messages later released as ham.
+* ``whatif``: re-score the logged messages with changed weights and thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Iterator
+
+from ..cli import config_parent
+from ..config import ConfigError, load_config
+from ..services import Services, build
+from ..store import Store, StoreError
+from ..tuning import symbol_stats, symbol_table, symbols_toml, whatif
+from ..units import parse_since
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``rules`` and its sub-commands."""
+    parser = sub.add_parser("rules", parents=[config_parent()], help="list, lint and tune the rules (stats, whatif)")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    common = config_parent()
+
+    listing = verbs.add_parser("list", parents=[common], help="every symbol: score, default, check, description")
+    listing.add_argument("--json", action="store_true", help="a JSON array")
+    listing.set_defaults(func=run_list)
+
+    symbols = verbs.add_parser("symbols", parents=[common], help="print the built-in symbol table as TOML (rules/symbols.toml)")
+    symbols.set_defaults(func=run_symbols)
+
+    lint = verbs.add_parser("lint", parents=[common], help="validate milter.conf and rules/ without starting anything")
+    lint.set_defaults(func=run_lint)
+
+    stats = verbs.add_parser("stats", parents=[common], help="per-symbol statistics from the message log")
+    stats.add_argument("--since", type=_since, metavar="AGE", help="only messages newer than AGE (7d) or an ISO date")
+    stats.add_argument("--json", action="store_true", help="JSON for scripts")
+    stats.set_defaults(func=run_stats)
+
+    what = verbs.add_parser("whatif", parents=[common], help="re-score the logged messages with changed weights and thresholds")
+    what.add_argument("--set", dest="changes", metavar="KEY=VALUE", action="append", default=[], required=True,
+                      help="actions.NAME=THRESHOLD (or false) or symbols.NAME=SCORE; repeatable")
+    what.add_argument("--since", type=_since, metavar="AGE", help="only messages newer than AGE (7d) or an ISO date")
+    what.add_argument("--json", action="store_true", help="JSON for scripts")
+    what.set_defaults(func=run_whatif)
+
+
+def _since(value: str) -> Any:
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _services(args: argparse.Namespace) -> Services:
+    return build(load_config(args.config))
+
+
+# --- list, symbols, lint ---------------------------------------------------------------
+def run_list(args: argparse.Namespace) -> int:
+    """Print the symbol table in effect."""
+    table = symbol_table(_services(args))
+    if args.json:
+        json.dump([s.__dict__ for s in table], sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{'symbol':30} {'score':>7} {'default':>7}  {'check':12} description")
+    for s in table:
+        check = s.check if s.enabled else f"({s.check})"
+        print(f"{s.name:30} {s.score:7.2f} {s.default:7.2f}  {check:12} {s.description}")
+    return 0
+
+
+def run_symbols(args: argparse.Namespace) -> int:
+    """Print rules/symbols.toml."""
+    sys.stdout.write(symbols_toml())
+    return 0
+
+
+def run_lint(args: argparse.Namespace) -> int:
+    """Validate; exit 0 with a one-line summary, or 2 with the file, key and reason."""
+    config = load_config(args.config)
+    services = build(config)
+    custom = sum(1 for s in symbol_table(services) if not s.builtin)
+    print(
+        f"{config.path or 'embedded defaults'}: OK; rules {config.rules_dir}: {len(services.ruleset.files)} files, "
+        f"{len(services.ruleset.weights)} weights, {custom} rule symbols; {len(services.checks)} checks enabled"
+    )
+    return 0
+
+
+# --- stats, whatif -------------------------------------------------------------------------
+def _rows(args: argparse.Namespace, config: Any) -> Iterator[dict[str, Any]]:
+    return Store(config.database).iter_messages(since=args.since)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    """Print per-symbol statistics of the logged messages."""
+    config = load_config(args.config)
+    try:
+        total, stats = symbol_stats(_rows(args, config))
+    except (StoreError, Exception) as exc:  # noqa: BLE001 - no schema yet, database down
+        print(f"milterd: cannot read the log from {config.database.url}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump({"messages": total, "symbols": [s.as_json() for s in stats]}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{total} messages")
+    print(f"{'symbol':30} {'hits':>7} {'share':>7} {'mean':>7} {'rej/quar':>8} {'ham-rel':>7}")
+    for s in stats:
+        print(f"{s.symbol:30} {s.hits:7} {100 * s.share:6.1f}% {s.mean_score:7.2f} {s.in_spam_actions:8} {s.released_as_ham:7}")
+    return 0
+
+
+def parse_changes(changes: list[str], services: Services) -> tuple[dict[str, Any], dict[str, float]]:
+    """``--set`` values as ``[actions]`` changes and symbol weights; ConfigError on a bad one."""
+    actions: dict[str, Any] = {}
+    weights: dict[str, float] = {}
+    for change in changes:
+        key, sep, value = change.partition("=")
+        key, value = key.strip(), value.strip()
+        section, _, name = key.partition(".")
+        if not sep or not name:
+            raise ConfigError("--set", change, "expected actions.NAME=VALUE or symbols.NAME=SCORE")
+        if section == "actions":
+            actions[name] = False if value.lower() == "false" else value
+        elif section == "symbols":
+            if name not in services.symbols:
+                raise ConfigError("--set", key, "no check or rule emits this symbol (misspelt?)")
+            try:
+                weights[name] = float(value)
+            except ValueError:
+                raise ConfigError("--set", key, f"score must be a number, got {value!r}") from None
+        else:
+            raise ConfigError("--set", key, "only actions.* and symbols.* can be changed")
+    return actions, weights
+
+
+def run_whatif(args: argparse.Namespace) -> int:
+    """Re-score the log and print what would change."""
+    services = _services(args)
+    config = services.config
+    action_changes, weights = parse_changes(args.changes, services)
+    changed = config.with_changes({f"actions.{k}": v for k, v in action_changes.items()}) if action_changes else config
+    try:
+        report = whatif(_rows(args, config), weights, changed.actions, config.milter)
+    except Exception as exc:  # noqa: BLE001 - no schema yet, database down
+        print(f"milterd: cannot read the log from {config.database.url}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(report.as_json(), sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{report.messages} messages; {report.changed} would change action")
+    for entry in report.as_json()["changes"]:
+        print(f"  {entry['from']:>15} -> {entry['to']:15} {entry['count']:6}")
+        for example in entry["examples"]:
+            print(f"      {example['time'] or '':25.25} {example['queue_id'] or '-':12} {example['old_score']:6.2f} -> {example['new_score']:6.2f}  "
+                  f"<{example['sender'] or ''}> {(example['subject'] or '')[:50]}")
+    if report.kept:
+        kept = ", ".join(f"{name} {count}" for name, count in report.kept.most_common())
+        print(f"kept as they were (forced by a hit or decided before end of data, or not scored; a score cannot re-derive them): {kept}")
+    return 0

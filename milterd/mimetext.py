@@ -1,0 +1,170 @@
+"""The readable text and the links of a message, for body and URI rules.
+
+A message is parsed leniently (the standard library's ``compat32`` policy,
+which never raises on malformed MIME); its ``text/plain`` and ``text/html``
+parts are decoded from base64 or quoted-printable and from their charset
+(unknown charsets fall back to UTF-8 with replacement characters).  HTML is
+rendered to plain text (tags, scripts and styles dropped) and its ``href`` /
+``src`` links collected; plain text is searched for ``http(s)://``,
+``www.`` and ``ftp://`` links.  Everything is bounded: at most *limit*
+characters of text are kept, and at most ``MAX_URIS`` links.
+"""
+
+from __future__ import annotations
+
+import codecs
+import email
+import email.policy
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+
+#: At most this many links are kept per message.
+MAX_URIS = 1000
+#: At most this many MIME parts are looked at (a message of 10,000 empty parts is an attack).
+MAX_PARTS = 500
+
+_URI_IN_TEXT = re.compile(r"""(?i)\b(?:(?:https?|ftp)://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
+_TRAILING = ".,;:!?"
+_SPACES = re.compile(r"[ \t\r\f\v]+")
+_BLANKS = re.compile(r"\n\s*\n+")
+
+
+@dataclass
+class MessageText:
+    """The decoded text of a message and the links found in it."""
+
+    text: str = ""
+    uris: list[str] = field(default_factory=list)
+    truncated: bool = False
+    error: str = ""
+
+
+def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
+    """The text parts of *raw* (a whole RFC 5322 message) and their links.
+
+    Never raises: a message that cannot be parsed gives what was found
+    before the problem and ``error`` says what went wrong.
+    """
+    result = MessageText()
+    texts: list[str] = []
+    size = 0
+    seen: set[str] = set()
+    try:
+        message = email.message_from_bytes(raw, policy=email.policy.compat32)
+        for count, part in enumerate(message.walk()):
+            if count >= MAX_PARTS or size >= limit:
+                result.truncated = True
+                break
+            if part.is_multipart():
+                continue
+            ctype = (part.get_content_type() or "text/plain").lower()
+            if ctype not in ("text/plain", "text/html"):
+                continue
+            body = decode_part(part)
+            if ctype == "text/html":
+                body, links = html_to_text(body)
+                _add_uris(result, seen, links)
+            else:
+                _add_uris(result, seen, uris_in_text(body))
+            if size + len(body) > limit:
+                body = body[: limit - size]
+                result.truncated = True
+            texts.append(body)
+            size += len(body)
+    except Exception as exc:  # noqa: BLE001 - malformed input must give "no hit", never a crash
+        result.error = f"{exc.__class__.__name__}: {exc}"[:200]
+    result.text = "\n".join(texts)
+    return result
+
+
+def decode_part(part: email.message.Message) -> str:
+    """A leaf part's payload: transfer-decoded, then charset-decoded leniently."""
+    payload = part.get_payload(decode=True)
+    if payload is None:
+        value = part.get_payload()
+        return value if isinstance(value, str) else ""
+    if not isinstance(payload, bytes):
+        return str(payload)
+    return decode_bytes(payload, part.get_content_charset())
+
+
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    """*data* in *charset*; an unknown or wrong charset falls back to UTF-8, then Latin-1."""
+    if charset:
+        try:
+            codecs.lookup(charset)
+            return data.decode(charset, "replace")
+        except (LookupError, ValueError, TypeError):
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def uris_in_text(text: str) -> list[str]:
+    """Links written out in plain text (``http://…``, ``https://…``, ``ftp://…``, ``www.…``)."""
+    found = []
+    for match in _URI_IN_TEXT.finditer(text):
+        uri = match.group(0).rstrip(_TRAILING)
+        if uri.lower().startswith("www."):
+            uri = "http://" + uri
+        found.append(uri)
+        if len(found) >= MAX_URIS:
+            break
+    return found
+
+
+class _HTMLText(HTMLParser):
+    """Collects the visible text and the links of an HTML part."""
+
+    _SKIP = {"script", "style", "head", "title"}
+    _BREAK = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.links: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIP:
+            self._skipping += 1
+        if tag in self._BREAK:
+            self.parts.append("\n")
+        for name, value in attrs:
+            if value and name in ("href", "src", "action", "background") and len(self.links) < MAX_URIS:
+                value = value.strip()
+                if not value.startswith(("#", "cid:", "data:", "javascript:")):
+                    self.links.append(value)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP and self._skipping:
+            self._skipping -= 1
+        if tag in self._BREAK:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.parts.append(data)
+
+
+def html_to_text(markup: str) -> tuple[str, list[str]]:
+    """The visible text of an HTML document and its links (href, src), plus links written in its text."""
+    parser = _HTMLText()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except Exception:  # noqa: BLE001 - HTMLParser is lenient, but be sure
+        pass
+    text = "".join(parser.parts)
+    text = _BLANKS.sub("\n\n", _SPACES.sub(" ", text)).strip()
+    return text, parser.links + uris_in_text(text)
+
+
+def _add_uris(result: MessageText, seen: set[str], uris: list[str]) -> None:
+    for uri in uris:
+        if uri not in seen and len(result.uris) < MAX_URIS:
+            seen.add(uri)
+            result.uris.append(uri)

@@ -1,0 +1,233 @@
+"""Running the pipeline on stored messages, without an MTA (``milterd check``).
+
+:func:`sources` finds the messages of a path (a message file, an mbox, a
+Maildir or a directory of those); :func:`judge` feeds one message through
+:class:`~milterd.pipeline.Pipeline` stage by stage as Postfix would (connect,
+HELO, MAIL, RCPT, DATA, headers, body, end of message) and returns what was
+decided and why.  The pipeline must be built with ``keep_log=False``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import mailbox
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .model import Action, Hit, Session
+from .pipeline import Decision, Pipeline
+from .policy import decide, spam_status
+
+_HEADER_LINE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]*[ \t]*:")
+_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    """One message to check: a label for people and a way to read it."""
+
+    label: str
+    load: Callable[[], bytes]
+
+
+@dataclass
+class Client:
+    """The SMTP side of an offline check: who sends, as what, to whom."""
+
+    addr: str = ""
+    name: str = ""
+    helo: str = ""
+    sender: str | None = None
+    recipients: list[str] = field(default_factory=list)
+    auth_user: str = ""
+
+
+@dataclass
+class Judgement:
+    """What the pipeline decided on one message, and why."""
+
+    label: str
+    action: Action
+    score: float
+    symbols: dict[str, float]
+    details: dict[str, str]
+    reason: str = ""
+    reply: str = ""
+    stage: str = "eom"
+    forced: str = ""
+    spam_status: str = ""
+    error: str = ""
+
+
+def looks_like_message(head: bytes) -> bool:
+    """Whether a file starting with *head* is a message (header line) or an mbox (From_ line)."""
+    head = head.lstrip(b"\r\n")
+    return head.startswith(b"From ") or bool(_HEADER_LINE.match(head))
+
+
+def sources(path: Path) -> Iterator[MessageRef]:
+    """The messages of *path*: a message, an mbox, a Maildir, or a directory of those
+    (recursively, in name order; files that are not mail are skipped)."""
+    if path.is_dir():
+        if all((path / sub).is_dir() for sub in ("cur", "new")):
+            yield from _maildir(path)
+            return
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            if all(d in dirs for d in ("cur", "new")):
+                yield from _maildir(Path(root))
+                dirs.clear()
+                continue
+            for name in sorted(files):
+                if not name.startswith("."):
+                    yield from _file(Path(root) / name, skip_unknown=True)
+        return
+    yield from _file(path, skip_unknown=False)
+
+
+def _file(path: Path, skip_unknown: bool) -> Iterator[MessageRef]:
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if skip_unknown and not looks_like_message(head):
+        return
+    if head.startswith(b"From ") and _is_mbox(path):
+        box = mailbox.mbox(str(path), create=False)
+        keys = box.keys()
+        if len(keys) > 1:
+            for number, key in enumerate(keys, 1):
+                yield MessageRef(f"{path}#{number}", lambda box=box, key=key: box.get_bytes(key))
+            return
+    yield MessageRef(str(path), lambda: path.read_bytes())
+
+
+def _is_mbox(path: Path) -> bool:
+    # A single message saved with its From_ line is an mbox of one: read it whole.
+    with open(path, "rb") as handle:
+        return sum(1 for line in handle if line.startswith(b"From ")) > 1
+
+
+def _maildir(path: Path) -> Iterator[MessageRef]:
+    box = mailbox.Maildir(str(path), factory=None, create=False)
+    for key in sorted(box.keys()):
+        yield MessageRef(f"{path}/{key}", lambda box=box, key=key: box.get_bytes(key))
+
+
+def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
+    """The headers (name, value as Postfix passes them: unfolded with LF kept) and the body (CRLF).
+
+    An mbox From_ line is dropped; a line that is neither a header nor a
+    continuation ends the headers, as in Postfix.
+    """
+    text = raw.replace(b"\r\n", b"\n")
+    if text.startswith(b"From "):
+        text = text.split(b"\n", 1)[1] if b"\n" in text else b""
+    headers: list[tuple[str, bytes]] = []
+    lines = text.split(b"\n")
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if line == b"":
+            index += 1
+            break
+        if line[:1] in (b" ", b"\t") and headers:
+            name, value = headers[-1]
+            headers[-1] = (name, value + b"\n" + line)
+        elif b":" in line and _HEADER_LINE.match(line):
+            name, _, value = line.partition(b":")
+            headers.append((name.strip().decode("ascii", "replace"), value.lstrip(b" \t")))
+        else:
+            break
+        index += 1
+    body = b"\n".join(lines[index:])
+    return headers, body.replace(b"\n", b"\r\n")
+
+
+def envelope_from_headers(headers: list[tuple[str, bytes]]) -> tuple[str, list[str]]:
+    """A sender (Return-Path, else From) and recipients (To and Cc) when none were given."""
+    values: dict[str, list[str]] = {}
+    for name, value in headers:
+        values.setdefault(name.lower(), []).append(value.decode("utf-8", "replace"))
+    sender = ""
+    for key in ("return-path", "from"):
+        if values.get(key):
+            found = [a for _, a in email.utils.getaddresses(values[key][:1]) if a]
+            if found:
+                sender = found[0]
+                break
+    recipients = [a for _, a in email.utils.getaddresses(values.get("to", []) + values.get("cc", [])) if "@" in a]
+    return sender, recipients[:20] or ["postmaster@localhost"]
+
+
+def judge(pipeline: Pipeline, raw: bytes, client: Client, label: str = "") -> Judgement:
+    """Run *raw* through *pipeline* as Postfix would feed it and return the outcome."""
+    try:
+        headers, body = split_message(raw)
+        default_sender, default_recipients = envelope_from_headers(headers)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is a result, not a crash
+        return Judgement(label, Action.ACCEPT, 0.0, {}, {}, error=f"cannot parse: {exc}")
+    session = Session(client_addr=client.addr, client_name=client.name or ("unknown" if client.addr else ""), helo=client.helo, auth_user=client.auth_user)
+    if client.addr:
+        session.family = "inet6" if ":" in client.addr else "inet"
+    envelope = None
+    stage = "connect"
+    try:
+        decision = pipeline.connect(session)
+        if decision is None and client.helo:
+            stage = "helo"
+            decision = pipeline.helo(session)
+        envelope = pipeline.new_envelope(session)
+        envelope.sender = default_sender if client.sender is None else client.sender
+        envelope.queue_id = "CHECK"
+        if decision is None:
+            stage = "mail"
+            decision = pipeline.mail(session, envelope)
+        if decision is None:
+            stage = "rcpt"
+            for recipient in client.recipients or default_recipients:
+                pipeline.rcpt(session, envelope, recipient)
+            if not envelope.recipients and envelope.rejected_recipients:
+                worst = max((h for _, h in envelope.rejected_recipients), key=lambda h: h.action or Action.REJECT)
+                envelope.state["forced_hit"] = worst
+                decision = Decision(worst.action or Action.REJECT, worst.reply)
+        if decision is None:
+            stage = "data"
+            decision = pipeline.data(session, envelope)
+        if decision is None:
+            stage = "header"
+            for name, value in headers:
+                pipeline.header(session, envelope, name, value)
+            decision = pipeline.eoh(session, envelope)
+        if decision is None:
+            stage = "eom"
+            for start in range(0, len(body), _CHUNK):
+                pipeline.body(session, envelope, body[start:start + _CHUNK])
+            outcome = pipeline.eom(session, envelope)
+            verdict = outcome.verdict
+            return Judgement(
+                label, verdict.action, verdict.score, dict(verdict.symbols), dict(verdict.details), verdict.reason, outcome.reply,
+                "eom", forced=_forced_symbol(envelope.hits + session.hits, verdict.action), spam_status=spam_status(verdict),
+            )
+        forced: Hit | None = envelope.state.get("forced_hit") if envelope is not None else None
+        hits = list(session.hits) + (list(envelope.hits) if envelope is not None else []) + ([forced] if forced else [])
+        hits += [h for _, h in envelope.rejected_recipients] if envelope is not None else []
+        verdict = decide(hits, pipeline.services.weight, pipeline.config.actions, scored=False)
+        return Judgement(
+            label, decision.action, verdict.score, dict(verdict.symbols), dict(verdict.details),
+            forced.reply or forced.symbol if forced else decision.reply, decision.reply, stage, forced=forced.symbol if forced else "",
+        )
+    except Exception as exc:  # noqa: BLE001 - report, go on with the next message
+        return Judgement(label, Action.ACCEPT, 0.0, {}, {}, stage=stage, error=f"{exc.__class__.__name__}: {exc}")
+    finally:
+        try:
+            pipeline.finish(session, envelope)
+            pipeline.close(session)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _forced_symbol(hits: list[Hit], action: Action) -> str:
+    forced = [h for h in hits if h.action is not None and h.action == action]
+    return forced[0].symbol if forced else ""
