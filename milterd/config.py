@@ -211,6 +211,16 @@ class Config(_Section):
 def find_config(explicit: str | os.PathLike[str] | None) -> Path | None:
     """The file to read: the one given, else ./milter.conf, else /etc/milterd/milter.conf, else None."""
     if explicit is not None:
+    headers: bool = Field(True, description="Add X-Virus-Scanned and X-Virus-Status to scanned mail (incoming ones are removed first).")
+    scan_trusted: bool = Field(False, description="Also scan mail from trusted_networks and from clients that authenticated with SMTP AUTH.")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        from .scanners import parse_address
+
+        parse_address(value)
+        return value
         return Path(explicit)
     for candidate in DEFAULT_PATHS:
         if candidate.is_file():
@@ -220,6 +230,15 @@ def find_config(explicit: str | os.PathLike[str] | None) -> Path | None:
 
 def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     """Read and validate milter.conf (see :func:`find_config`); embedded defaults when there is none."""
+    scan_trusted: bool = Field(False, description="Also scan mail from trusted_networks and authenticated clients (scored only where [milter] skip_trusted/skip_authenticated allow).")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        from .scanners import parse_address
+
+        parse_address(value)
+        return value
     path = find_config(explicit)
     if path is None:
         return Config()

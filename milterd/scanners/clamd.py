@@ -21,6 +21,7 @@ Use::
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import time
@@ -57,7 +58,7 @@ def parse_reply(reply: bytes | str) -> ClamdResult:
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
     text = text.strip("\x00\r\n\t ")
     # With IDSESSION clamd prefixes "N: "; a plain stream is "stream: …".
-    body = text.split(": ", 1)[1] if text.startswith("stream: ") or text[:1].isdigit() and ": " in text else text
+    body = re.sub(r"^(\d+: )?stream: ", "", text)
     if body.endswith(" FOUND"):
         name = body[: -len(" FOUND")].strip()
         return ClamdResult("FOUND", virus=name or "unknown", reply=text)

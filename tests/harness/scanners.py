@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,6 +67,11 @@ class Clamd:
         return f"tcp:127.0.0.1:{self.port}"
 
     @property
+    def unix_address(self) -> str:
+        """The same clamd on its unix socket."""
+        return f"unix:{self.root / 'clamd.sock'}"
+
+    @property
     def log(self) -> Path:
         return self.root / "clamd.log"
 
@@ -85,12 +91,13 @@ class Clamd:
         conf.write_text(
             f"TCPSocket {self.port}\nTCPAddr 127.0.0.1\nForeground yes\nLogFile {self.log}\n"
             f"PidFile {self.root / 'clamd.pid'}\nDatabaseDirectory {db}\nUser root\n"
-            f"StreamMaxLength {self.stream_max}\nMaxThreads 4\nSelfCheck 0\n"
+            f"LocalSocket {self.root / 'clamd.sock'}\nStreamMaxLength {self.stream_max}\nMaxThreads 4\nSelfCheck 0\n"
         )
         return conf
 
     def start(self, timeout: float = 30.0) -> "Clamd":
         """Start and wait until it answers on its port."""
+        self.root.mkdir(parents=True, exist_ok=True)
         conf = self.write_config()
         self._out = open(self.root / "clamd.stdout", "ab")
         self.process = subprocess.Popen(["clamd", "-c", str(conf)], stdout=self._out, stderr=self._out, start_new_session=True)
@@ -137,16 +144,18 @@ class Spamd:
     def start(self, timeout: float = 60.0) -> "Spamd":
         """Start and wait until it answers on its port."""
         self.root.mkdir(parents=True, exist_ok=True)
-        home = self.root / "home"
-        (home / "bayes").mkdir(parents=True, exist_ok=True)
+        # spamd drops to its user: its home (Bayes) must be reachable by it, and
+        # pytest's temporary directories are not (0700, root).
         user = "debian-spamd"
-        for path in (self.root, home, home / "bayes"):
+        home = self.home = Path(tempfile.mkdtemp(prefix="milterd-spamd-"))
+        (home / "bayes").mkdir()
+        for path in (home, home / "bayes"):
             shutil.chown(path, user, user)
         command = [
             "spamd", "-L", "-x", "--allow-tell",
             f"--listen=127.0.0.1:{self.port}", "-r", str(self.root / "spamd.pid"), "-s", str(self.log),
             f"--max-children={self.children}", "--min-children=1", "-u", user, "-H", str(home),
-            f"--cf=bayes_path {home / 'bayes' / 'bayes'}", "--cf=bayes_min_ham_num 1", "--cf=bayes_min_spam_num 1",
+            f"--cf=bayes_path {home / 'bayes' / 'bayes'}", "--cf=bayes_auto_learn 0",
         ]
         self._out = open(self.root / "spamd.stdout", "ab")
         self.process = subprocess.Popen(command, stdout=self._out, stderr=self._out, start_new_session=True, cwd=self.root)
@@ -165,6 +174,8 @@ class Spamd:
     def stop(self) -> None:
         """Stop it and its children."""
         _stop_group(self.process)
+        if hasattr(self, "home"):
+            shutil.rmtree(self.home, ignore_errors=True)
         if hasattr(self, "_out"):
             self._out.close()
 

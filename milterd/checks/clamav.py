@@ -1,0 +1,186 @@
+"""ClamAV: the message is streamed to clamd while it arrives.
+
+At end of headers an INSTREAM session is opened and the headers are sent;
+each body chunk follows as Postfix passes it; at end of message only the
+zero-length terminator is left, so the wait is for clamd's verdict alone,
+and it overlaps SpamAssassin's scan (end-of-message hooks run concurrently).
+
+A message larger than ``[clamav] max_size`` (declared in MAIL FROM's SIZE or
+found while streaming) is not scanned: ``CLAMAV_SKIPPED_SIZE``.  clamd
+unreachable, slower than ``timeout`` or answering an error gives
+``CLAMAV_ERROR``, with a 451 when ``on_error = "tempfail"``.  A virus gives
+``CLAMAV_VIRUS`` (detail: its name) and forces ``[clamav] action``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from ..model import Action, Envelope, HeaderEdit, Hit, Session
+from ..scanners import ScannerError
+from ..scanners.clamd import ClamdClient, ClamdResult, InstreamScan
+from . import Check, Hits, Symbol
+
+if TYPE_CHECKING:
+    from ..config import ClamavSection
+    from ..services import Services
+
+log = logging.getLogger("milterd")
+
+VIRUS = "CLAMAV_VIRUS"
+SKIPPED = "CLAMAV_SKIPPED_SIZE"
+ERROR = "CLAMAV_ERROR"
+TEMPFAIL_REPLY = "451 4.7.1 Virus scanner unavailable, please try again later"
+VIRUS_HEADERS = ("X-Virus-Scanned", "X-Virus-Status")
+
+
+@dataclass
+class ScanState:
+    """One message's scan: the open stream, or why there is none."""
+
+    stream: InstreamScan | None = None
+    skipped: str = ""
+    error: str = ""
+    opened: float = field(default_factory=time.monotonic)
+
+
+def virus_hit(name: str, action: str) -> Hit:
+    """The hit for a virus called *name* under ``[clamav] action``."""
+    if action == "quarantine":
+        return Hit(VIRUS, detail=name, action=Action.QUARANTINE)
+    if action == "discard":
+        return Hit(VIRUS, detail=name, action=Action.DISCARD)
+    return Hit(VIRUS, detail=name, action=Action.REJECT, reply=f"550 5.7.1 Virus found: {_printable(name)}")
+
+
+def error_hit(reason: str, on_error: str) -> Hit:
+    """The hit for a scan that failed, under ``[clamav] on_error``."""
+    if on_error == "accept":
+        return Hit(ERROR, detail=reason[:200])
+    return Hit(ERROR, detail=reason[:200], action=Action.TEMPFAIL, reply=TEMPFAIL_REPLY)
+
+
+def status_edits(envelope: Envelope, scanned_by: str, status: str) -> list[HeaderEdit]:
+    """Remove incoming X-Virus-* headers (a sender must not claim a verdict), then add ours."""
+    edits: list[HeaderEdit] = []
+    for name in VIRUS_HEADERS:
+        for index in range(envelope.header_count(name), 0, -1):
+            edits.append(HeaderEdit("change", name, "", index))
+    edits.append(HeaderEdit("add", "X-Virus-Scanned", scanned_by))
+    edits.append(HeaderEdit("add", "X-Virus-Status", status))
+    return edits
+
+
+def declared_size(envelope: Envelope) -> int | None:
+    """The size the client declared in MAIL FROM (``SIZE=``), if any."""
+    value = envelope.mail_args.get("SIZE") or envelope.mail_args.get("size")
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+class ClamavCheck(Check):
+    """Virus scanning with clamd (INSTREAM, streamed as the message arrives)."""
+
+    name: ClassVar[str] = "clamav"
+    description: ClassVar[str] = "Virus scanning with ClamAV's clamd"
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol(VIRUS, 5.0, "clamd found a virus (detail: its name); [clamav] action is forced whatever the score"),
+        Symbol(SKIPPED, 0.0, "Message larger than [clamav] max_size: not scanned for viruses"),
+        Symbol(ERROR, 0.0, "clamd unreachable, too slow or in error: not scanned ([clamav] on_error = tempfail answers 451)"),
+    )
+    order: ClassVar[int] = 200
+
+    def __init__(self, services: "Services") -> None:
+        super().__init__(services)
+        self.options: "ClamavSection" = services.config.clamav
+        self.client = ClamdClient(self.options.address, timeout=self.options.timeout)
+        # Instance attributes shadow the class defaults the pipeline reads.
+        self.applies_to_trusted = self.applies_to_authenticated = self.options.scan_trusted  # type: ignore[misc]
+        self.scanned_by = f"ClamAV using milterd at {services.config.hostname}"
+
+    @classmethod
+    def enabled(cls, services: "Services") -> bool:
+        return services.config.clamav.enabled
+
+    def on_eoh(self, session: Session, envelope: Envelope) -> Hits:
+        state = envelope.state[self.name] = ScanState()
+        declared = declared_size(envelope)
+        if declared is not None and declared > self.options.max_size:
+            state.skipped = f"declared size {declared} > {self.options.max_size}"
+            return ()
+        try:
+            state.stream = self.client.instream()
+            state.stream.send(envelope.header_bytes)
+        except ScannerError as exc:
+            self._fail(state, str(exc))
+        return ()
+
+    def on_body(self, session: Session, envelope: Envelope, chunk: bytes) -> Hits:
+        state: ScanState | None = envelope.state.get(self.name)
+        if state is None or state.stream is None:
+            return ()
+        if state.stream.sent + len(chunk) > self.options.max_size:
+            state.skipped = f"size over {self.options.max_size}"
+            state.stream.close()
+            state.stream = None
+            return ()
+        try:
+            state.stream.send(chunk)
+        except ScannerError as exc:
+            self._fail(state, str(exc))
+        return ()
+
+    def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        state: ScanState | None = envelope.state.get(self.name)
+        if state is None:  # end of headers was not seen (should not happen)
+            return [error_hit("no scan was started", self.options.on_error)]
+        if state.skipped:
+            return [Hit(SKIPPED, detail=state.skipped)]
+        if state.error or state.stream is None:
+            return [error_hit(state.error or "no scan was started", self.options.on_error)]
+        started = time.monotonic()
+        try:
+            result = state.stream.finish()
+        except ScannerError as exc:
+            return [error_hit(str(exc), self.options.on_error)]
+        finally:
+            state.stream = None
+            ended = time.monotonic()
+            log.debug("%s: clamav eom wait start=%.6f end=%.6f ms=%.1f", envelope.queue_id or "NOQUEUE", started, ended, (ended - started) * 1000)
+        return self._result_hits(envelope, result)
+
+    def on_abort(self, session: Session, envelope: Envelope) -> None:
+        state: ScanState | None = envelope.state.pop(self.name, None)
+        if state is not None and state.stream is not None:
+            state.stream.close()
+            state.stream = None
+
+    def _result_hits(self, envelope: Envelope, result: ClamdResult) -> list[Hit]:
+        if result.infected:
+            if self.options.headers and self.options.action == "quarantine":
+                envelope.edits.extend(status_edits(envelope, self.scanned_by, f"Infected ({_printable(result.virus)})"))
+            return [virus_hit(result.virus, self.options.action)]
+        if result.status == "ERROR":
+            return [error_hit(f"clamd: {result.reply}", self.options.on_error)]
+        if self.options.headers:
+            envelope.edits.extend(status_edits(envelope, self.scanned_by, "Clean"))
+        return []
+
+    def _fail(self, state: ScanState, reason: str) -> None:
+        log.warning("clamav: %s", reason)
+        state.error = reason
+        if state.stream is not None:
+            state.stream.close()
+            state.stream = None
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)[:200]
+
+
+CHECKS = (ClamavCheck,)
