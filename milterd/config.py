@@ -149,6 +149,16 @@ class ClamavSection(_Section):
     max_size: Size = Field(25 * 1024 * 1024, description="Larger messages are not sent (keep at or under clamd's StreamMaxLength).")
     on_error: Literal["tempfail", "accept"] = Field("tempfail", description="clamd down, slow or in error: tempfail (451) or accept with a symbol.")
     action: Literal["reject", "quarantine", "discard"] = Field("reject", description="What to do with a virus.")
+    headers: bool = Field(True, description="Add X-Virus-Scanned and X-Virus-Status to scanned mail (incoming ones are removed first).")
+    scan_trusted: bool = Field(False, description="Also scan mail from trusted_networks and from clients that authenticated with SMTP AUTH.")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        from .scanners import parse_address
+
+        parse_address(value)
+        return value
 
 
 class SpamdSection(_Section):
@@ -158,6 +168,15 @@ class SpamdSection(_Section):
     max_size: Size = Field(512 * 1024, description="Larger messages are not sent (as spamc's default).")
     on_error: Literal["tempfail", "accept"] = Field("accept", description="spamd down or slow: accept with a symbol, or tempfail (451).")
     user: str = Field("", description="spamd user for per-user preferences; \"@recipient\" uses the first recipient; empty sends none.")
+    scan_trusted: bool = Field(False, description="Also scan mail from trusted_networks and authenticated clients (scored only where [milter] skip_trusted/skip_authenticated allow).")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        from .scanners import parse_address
+
+        parse_address(value)
+        return value
 
 
 class QuarantineSection(_Section):
@@ -211,16 +230,6 @@ class Config(_Section):
 def find_config(explicit: str | os.PathLike[str] | None) -> Path | None:
     """The file to read: the one given, else ./milter.conf, else /etc/milterd/milter.conf, else None."""
     if explicit is not None:
-    headers: bool = Field(True, description="Add X-Virus-Scanned and X-Virus-Status to scanned mail (incoming ones are removed first).")
-    scan_trusted: bool = Field(False, description="Also scan mail from trusted_networks and from clients that authenticated with SMTP AUTH.")
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        from .scanners import parse_address
-
-        parse_address(value)
-        return value
         return Path(explicit)
     for candidate in DEFAULT_PATHS:
         if candidate.is_file():
@@ -230,15 +239,6 @@ def find_config(explicit: str | os.PathLike[str] | None) -> Path | None:
 
 def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     """Read and validate milter.conf (see :func:`find_config`); embedded defaults when there is none."""
-    scan_trusted: bool = Field(False, description="Also scan mail from trusted_networks and authenticated clients (scored only where [milter] skip_trusted/skip_authenticated allow).")
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        from .scanners import parse_address
-
-        parse_address(value)
-        return value
     path = find_config(explicit)
     if path is None:
         return Config()
