@@ -85,7 +85,9 @@ class MilterdMilter(Milter.Base):
         """Ask for the actions we use and the stages the configuration needs."""
         offered_actions, offered_protocol = opts[0], opts[1]
         opts[0] = self._actions = offered_actions & _ACTIONS
-        opts[1] = self._protocol = offered_protocol & protocol_bits(self.pipeline.stages())
+        # HDR_LEADSPC: header values arrive with their own leading whitespace, so
+        # that a quarantined message is stored byte for byte (see _header).
+        opts[1] = self._protocol = offered_protocol & (protocol_bits(self.pipeline.stages()) | Milter.P_HDR_LEADSPC)
         opts[2] = opts[3] = 0
         return Milter.CONTINUE
 
@@ -151,7 +153,12 @@ class MilterdMilter(Milter.Base):
             name = name.decode("ascii", "replace")
         if isinstance(value, str):
             value = value.encode("utf-8", "surrogateescape")
-        self.pipeline.header(self.session, self._require_envelope(), name, value)
+        envelope = self._require_envelope()
+        if self._leadspc:
+            # Checks see what they would without HDR_LEADSPC (one space eaten, as Sendmail does).
+            raw, value = value, value[1:] if value.startswith(b" ") else value
+            envelope.raw_headers.append(name.encode("ascii", "replace") + b":" + raw)
+        self.pipeline.header(self.session, envelope, name, value)
         return Milter.CONTINUE
 
     def eoh(self) -> int:
@@ -260,8 +267,14 @@ class MilterdMilter(Milter.Base):
         self.setreply(code, xcode, text)
         return Milter.REJECT
 
+    @property
+    def _leadspc(self) -> bool:
+        return bool(getattr(self, "_protocol", 0) & Milter.P_HDR_LEADSPC)
+
     def _edit(self, op: str, name: str, value: str, index: int) -> None:
         value = _header_safe(value)
+        if value and self._leadspc:
+            value = " " + value  # with HDR_LEADSPC Postfix adds no space after the colon
         if op == "add":
             self.addheader(name, value)
         elif op == "insert":

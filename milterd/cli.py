@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "config": "milterd.commands.config:add_parser",
     "check": "milterd.commands.check:add_parser",
     "rules": "milterd.commands.rules:add_parser",
+    "quarantine": "milterd.commands.quarantine:add_parser",
     "greylist": "milterd.commands.greylist:add_parser",
 }
 

@@ -183,6 +183,9 @@ class QuarantineSection(_Section):
     mode: Literal["discard", "hold"] = Field("discard", description="After storing: discard (sender sees success) or hold in Postfix's hold queue.")
     release_smtp: str = Field("127.0.0.1:10027", description="HOST:PORT of a Postfix smtpd without milters, where released mail is re-injected.")
     retention: Duration = Field(30 * 86400.0, description="Quarantined mail older than this is purged on a schedule; 0 keeps it.")
+    postfix_config: str = Field("", description="Postfix's config_directory for 'postsuper -c DIR -H' when releasing held mail; empty: Postfix's default.")
+    report_from: str = Field("", description="Sender of digests and notices; empty: postmaster@ this host's name.")
+    notify_virus_recipients: bool = Field(False, description="'quarantine digest' also tells each recipient of a message quarantined as a virus.")
 
 
 class MetricsSection(_Section):

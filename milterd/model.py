@@ -150,6 +150,10 @@ class Envelope:
     started: float = field(default_factory=time.monotonic)
     rejected_recipients: list[tuple[str, str]] = field(default_factory=list)
     edits: list[HeaderEdit] = field(default_factory=list)
+    #: Each header as it arrived (name, colon, value with its own leading
+    #: whitespace and folding), when the adapter got it verbatim; used to
+    #: store a quarantined message byte for byte.
+    raw_headers: list[bytes] = field(default_factory=list)
 
     def header(self, name: str) -> str | None:
         """The first header called *name* (case-insensitive), decoded leniently, or None."""
@@ -167,6 +171,8 @@ class Envelope:
     @property
     def header_bytes(self) -> bytes:
         """The header section as Postfix passed it, CRLF line ends, blank line included."""
+        if self.raw_headers and len(self.raw_headers) == len(self.headers):
+            return b"".join(_crlf(line) + b"\r\n" for line in self.raw_headers) + b"\r\n"
         lines = [hname.encode("ascii", "replace") + b": " + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n" for hname, value in self.headers]
         return b"".join(lines) + b"\r\n"
 
@@ -187,6 +193,11 @@ class Envelope:
     def close(self) -> None:
         """Release the spool."""
         self.spool.close()
+
+
+def _crlf(text: bytes) -> bytes:
+    # Postfix passes folded header lines joined by a bare LF.
+    return text.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 @dataclass(frozen=True)

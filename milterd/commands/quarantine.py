@@ -1,0 +1,204 @@
+"""``milterd quarantine list|show|release|delete|purge|digest``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+from ..cli import config_parent
+from ..config import load_config
+from ..quarantine import Quarantine, QuarantineError, as_json, default_who
+from ..store import Store, StoreError, utcnow
+from ..units import parse_duration, parse_since
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``quarantine`` and its sub-commands."""
+    parser = sub.add_parser("quarantine", parents=[config_parent()], help="list, show, release and report quarantined mail")
+    actions = parser.add_subparsers(dest="quarantine_action", metavar="ACTION", required=True)
+
+    listing = actions.add_parser("list", parents=[config_parent()], help="quarantined messages, newest first")
+    listing.add_argument("--since", type=_since, metavar="AGE", help="only messages newer than AGE (24h, 7d) or an ISO date")
+    listing.add_argument("--sender", metavar="ADDR", help="only this envelope sender")
+    listing.add_argument("--recipient", metavar="ADDR", help="only messages to this recipient")
+    listing.add_argument("--reason", metavar="TEXT", help="only reasons containing TEXT")
+    listing.add_argument("--limit", type=int, default=0, metavar="N", help="at most N messages (default: all)")
+    listing.add_argument("--json", action="store_true", help="a JSON array, one object per message")
+    listing.set_defaults(func=_run(run_list))
+
+    show = actions.add_parser("show", parents=[config_parent()], help="one message: a summary, its headers or the raw message")
+    show.add_argument("id", type=int)
+    form = show.add_mutually_exclusive_group()
+    form.add_argument("--raw", action="store_true", help="the message as received, byte for byte")
+    form.add_argument("--headers", action="store_true", help="its header section")
+    show.set_defaults(func=_run(run_show))
+
+    release = actions.add_parser("release", parents=[config_parent()], help="deliver messages after all")
+    release.add_argument("ids", type=int, nargs="+", metavar="ID")
+    release.add_argument("--to", nargs="+", metavar="ADDR", help="deliver to these recipients instead of the original ones")
+    release.add_argument("--force", action="store_true", help="release again a message already released")
+    release.add_argument("--ham", action="store_true", help="a false positive: mark it in the log and teach spamd it is ham")
+    release.add_argument("--smtp", action="store_true", help="for held mail: re-inject the stored copy instead of 'postsuper -H'")
+    release.add_argument("--by", metavar="WHO", help="who releases (default: your login at this host)")
+    release.set_defaults(func=_run(run_release))
+
+    remove = actions.add_parser("delete", parents=[config_parent()], help="delete messages from the quarantine")
+    remove.add_argument("ids", type=int, nargs="+", metavar="ID")
+    remove.set_defaults(func=_run(run_delete))
+
+    purge = actions.add_parser("purge", parents=[config_parent()], help="delete messages older than an age")
+    purge.add_argument("--older-than", required=True, type=_duration, metavar="AGE", help="e.g. 30d")
+    purge.set_defaults(func=_run(run_purge))
+
+    digest = actions.add_parser("digest", parents=[config_parent()], help="mail a summary of the quarantine to the postmaster")
+    digest.add_argument("--to", nargs="+", required=True, metavar="ADDR", help="where the digest goes")
+    digest.add_argument("--since", type=_since, default=None, metavar="AGE", help="the period it covers (default 24h)")
+    digest.add_argument("--from", dest="sender", metavar="ADDR", help="its sender (default: [quarantine] report_from)")
+    digest.add_argument("--notify-virus-recipients", action="store_true", default=None, help="also tell the recipients of virus-quarantined mail ([quarantine] notify_virus_recipients)")
+    digest.set_defaults(func=_run(run_digest))
+
+
+def _since(value: str) -> Any:
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _run(action: Callable[[argparse.Namespace, Quarantine], int]) -> Callable[[argparse.Namespace], int]:
+    """Open the store, run *action*, turn store and quarantine errors into a message and status 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        config = load_config(args.config)
+        try:
+            quarantine = Quarantine(Store(config.database), config)
+            return action(args, quarantine)
+        except (QuarantineError, StoreError) as exc:
+            print(f"milterd: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def run_list(args: argparse.Namespace, quarantine: Quarantine) -> int:
+    """Print the quarantined messages that match."""
+    rows = quarantine.rows(since=args.since, sender=args.sender, recipient=args.recipient, reason=args.reason, limit=args.limit or None)
+    if args.json:
+        json.dump([as_json(row) for row in rows], sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{'id':>6}  {'time':19}  {'score':>6}  {'from':28} {'to':28} {'released':10} subject")
+    for row in rows:
+        released = f"{row['released_at']:%Y-%m-%d}" if row["released_at"] else ("held" if row["mode"] == "hold" else "-")
+        print(
+            f"{row['id']:>6}  {row['time']:%Y-%m-%d %H:%M:%S}  {row['score']:6.1f}  {_cut(row['sender'] or '<>', 28):28} "
+            f"{_cut(','.join(row['recipients'] or []), 28):28} {released:10} {_cut(row['subject'], 50)}"
+        )
+        print(f"        {row['reason']}")
+    return 0
+
+
+def run_show(args: argparse.Namespace, quarantine: Quarantine) -> int:
+    """Print one message: summary, headers or raw."""
+    row = quarantine.get(args.id)
+    raw: bytes = row["raw"]
+    if args.raw or args.headers:
+        data = raw if args.raw else raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return 0
+    symbols = sorted((row["symbols"] or {}).items(), key=lambda kv: -abs(kv[1]))
+    lines = [
+        f"id:         {row['id']}",
+        f"time:       {row['time']:%Y-%m-%d %H:%M:%S} UTC on {row['mta_host']} (queue id {row['queue_id'] or '-'}, {row['mode']})",
+        f"client:     {row['client_name'] or 'unknown'}[{row['client_addr']}] helo={row['helo']}",
+        f"from:       <{row['sender']}>",
+        f"to:         {', '.join('<' + r + '>' for r in row['recipients'] or [])}",
+        f"subject:    {row['subject']}",
+        f"size:       {row['size']}",
+        f"score:      {row['score']:.1f}  {row['reason']}",
+        f"symbols:    {' '.join(f'{name}({score:g})' for name, score in symbols)}",
+    ]
+    if row["released_at"]:
+        lines.append(f"released:   {row['released_at']:%Y-%m-%d %H:%M:%S} UTC by {row['released_by']} ({row['release_count']} time(s))")
+    for attempt in row.get("release_result") or []:
+        outcome = "ok" if attempt.get("ok") else "FAILED"
+        lines.append(f"  attempt {attempt.get('time', '')} by {attempt.get('by', '')}: {outcome} {attempt.get('error', '')}".rstrip())
+        for recipient, reply in {**attempt.get("delivered", {}), **attempt.get("refused", {})}.items():
+            lines.append(f"    <{recipient}>: {reply}")
+    print("\n".join(lines))
+    return 0
+
+
+def run_release(args: argparse.Namespace, quarantine: Quarantine) -> int:
+    """Release each id; one line per recipient; status 1 when anything failed."""
+    who = args.by or default_who(quarantine.config)
+    failed = False
+    for row_id in args.ids:
+        try:
+            report = quarantine.release(row_id, to=args.to, force=args.force, who=who, ham=args.ham, smtp=args.smtp)
+        except QuarantineError as exc:
+            print(f"milterd: {row_id}: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        for recipient, reply in report.delivered.items():
+            print(f"{row_id}: <{recipient}>: released: {reply}")
+        for recipient, reply in report.refused.items():
+            print(f"{row_id}: <{recipient}>: NOT released: {reply}", file=sys.stderr)
+        if report.error and not report.refused:
+            print(f"milterd: {row_id}: {report.error}", file=sys.stderr)
+        for note in report.notes:
+            print(f"{row_id}: {note}")
+        if not report.delivered:
+            print(f"{row_id}: nothing was released; the message stays in the quarantine", file=sys.stderr)
+        elif report.partial:
+            print(f"{row_id}: partly released; retry the others with --force --to ADDR…", file=sys.stderr)
+        failed = failed or not report.ok
+    return 1 if failed else 0
+
+
+def run_delete(args: argparse.Namespace, quarantine: Quarantine) -> int:
+    """Delete the given ids; status 1 when one of them did not exist."""
+    missing = []
+    for row_id in args.ids:
+        if quarantine.delete([row_id]) == 0:
+            missing.append(row_id)
+    for row_id in missing:
+        print(f"milterd: no quarantined message with id {row_id}", file=sys.stderr)
+    print(f"deleted {len(args.ids) - len(missing)}")
+    return 1 if missing else 0
+
+
+def run_purge(args: argparse.Namespace, quarantine: Quarantine) -> int:
+    """Delete what is older than --older-than."""
+    import datetime as dt
+
+    count = quarantine.purge(utcnow() - dt.timedelta(seconds=args.older_than))
+    print(f"purged {count}")
+    return 0
+
+
+def run_digest(args: argparse.Namespace, quarantine: Quarantine) -> int:
+    """Send the digest (and, when asked, the virus notices)."""
+    import datetime as dt
+
+    since = args.since or utcnow() - dt.timedelta(hours=24)
+    print(quarantine.digest(args.to, since, sender=args.sender))
+    notify = args.notify_virus_recipients if args.notify_virus_recipients is not None else quarantine.config.quarantine.notify_virus_recipients
+    if notify:
+        print(f"{quarantine.notify_virus_recipients(since)} virus notices sent")
+    return 0
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

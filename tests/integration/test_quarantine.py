@@ -1,0 +1,261 @@
+"""The quarantine through the real Postfix: store, list, release (once), purge, hold, PostgreSQL.
+
+A custom header rule scores 13 (over ``[actions] quarantine`` = 12, under
+reject) for a Subject containing QUARANTINE-ME.  Releases go to the test
+Postfix's re-injection port (an smtpd without milters), which relays to the sink.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests import conftest
+from tests.conftest import Stack, message
+from tests.harness.milterd import write_config
+from tests.harness.postfix import SinkMessage, free_port
+
+#: The DNS, HELO and header checks off: only the rule below scores (when the fixture exists).
+NO_CHECKS: dict[str, dict[str, Any]] = getattr(conftest, "NO_CHECKS", {})
+
+RULES = {"quarantine.toml": '[[rule]]\nname = "TEST_QUARANTINE"\nheader = "Subject"\nregex = "QUARANTINE-ME"\nscore = 13\n'}
+
+
+def cli(stack: Stack, *args: str, binary: bool = False, **quarantine: Any) -> subprocess.CompletedProcess[Any]:
+    """Run ``milterd quarantine ARGS`` with the stack's configuration, releasing to its Postfix.
+
+    ``quarantine`` overrides keys of ``[quarantine]`` (and ``database_url`` the store).
+    """
+    sections = {k: dict(v) for k, v in stack.milterd.sections.items()}
+    database_url = quarantine.pop("database_url", None)
+    if database_url:
+        sections["database"]["url"] = database_url
+    section = sections.setdefault("quarantine", {})
+    section.setdefault("release_smtp", f"127.0.0.1:{stack.postfix.reinject_port}")
+    section["postfix_config"] = str(stack.postfix.etc)
+    section.update(quarantine)
+    path = write_config(stack.milterd.root / f"cli-{uuid.uuid4().hex[:8]}.conf", sections)
+    return subprocess.run([sys.executable, "-m", "milterd", "-c", str(path), "quarantine", *args], capture_output=True, text=not binary, timeout=120)
+
+
+def listed(stack: Stack, *args: str, **quarantine: Any) -> list[dict[str, Any]]:
+    result = cli(stack, "list", "--json", *args, **quarantine)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def quarantine_one(stack: Stack, recipients: list[str] | None = None, **quarantine: Any) -> tuple[bytes, dict[str, Any]]:
+    """Send a message that gets quarantined; return it and its list entry."""
+    tag = uuid.uuid4().hex
+    original = message(subject=f"QUARANTINE-ME {tag}", body=f"Body of {tag}\r\n.leading dot\r\n\r\nend\r\n")
+    assert stack.send(original, recipients=recipients or ["bob@example.com"]) == {}
+    rows = [r for r in listed(stack, **quarantine) if tag in r["subject"]]
+    assert len(rows) == 1, rows
+    return original, rows[0]
+
+
+def arrived(stack: Stack, tag: str) -> list[SinkMessage]:
+    """The messages with *tag* in the sink, after a later marker message went through (so the first had its chance)."""
+    marker = uuid.uuid4().hex
+    assert stack.send(message(subject=f"marker {marker}")) == {}
+    assert stack.sink.wait(1, match=lambda m: any(marker in s for s in m.header("Subject")))
+    return stack.sink.with_subject(tag)
+
+
+def strip_release(data: bytes) -> bytes:
+    """A released message without Postfix's Received header (first, folded) and X-Milterd-Released (next)."""
+    lines = data.split(b"\r\n")
+    assert lines[0].startswith(b"Received: ")
+    index = 1
+    while lines[index][:1] in (b" ", b"\t"):
+        index += 1
+    assert lines[index].startswith(b"X-Milterd-Released: "), lines[index]
+    return b"\r\n".join(lines[index + 1:])
+
+
+@pytest.fixture(scope="module")
+def stack(make_stack: Any) -> Stack:
+    return make_stack({**NO_CHECKS, "database": {"busy_timeout": 1}}, RULES)
+
+
+def test_quarantined_message_is_stored_not_delivered(stack: Stack) -> None:
+    original, row = quarantine_one(stack, ["bob@example.com", "carol@example.com"])
+    tag = row["subject"].split()[-1]
+    assert arrived(stack, tag) == []
+    assert row["sender"] == "alice@example.org"
+    assert row["recipients"] == ["bob@example.com", "carol@example.com"]
+    assert row["score"] >= 12 and "TEST_QUARANTINE" in row["symbols"]
+    assert row["queue_id"] and row["released_at"] is None and row["mode"] == "discard"
+    assert row["size"] == len(original)
+    raw = cli(stack, "show", str(row["id"]), "--raw", binary=True)
+    assert raw.returncode == 0 and raw.stdout == original
+    assert cli(stack, "show", str(row["id"])).stdout.count("TEST_QUARANTINE") == 1
+    log = [r for r in stack.milterd.log_json() if r["queue_id"] == row["queue_id"]]
+    assert [r["action"] for r in log] == ["quarantine"]
+
+
+def test_release_delivers_once_byte_identical(stack: Stack) -> None:
+    original, row = quarantine_one(stack, ["bob@example.com", "carol@example.com"])
+    tag = row["subject"].split()[-1]
+    result = cli(stack, "release", str(row["id"]), "--by", "admin@test")
+    assert result.returncode == 0, result.stderr
+    assert "<bob@example.com>: released" in result.stdout and "<carol@example.com>: released" in result.stdout
+    [delivered] = stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")))
+    assert delivered.sender == "alice@example.org"
+    assert sorted(delivered.recipients) == ["bob@example.com", "carol@example.com"]
+    assert strip_release(delivered.data) == original
+    assert delivered.header("X-Milterd-Released")[0].startswith("admin@test ")
+    again = cli(stack, "release", str(row["id"]))
+    assert again.returncode != 0 and "already released" in again.stderr
+    assert len(arrived(stack, tag)) == 1
+    [after] = [r for r in listed(stack) if r["id"] == row["id"]]
+    assert after["released_at"] and after["released_by"] == "admin@test" and after["release_count"] == 1
+    forced = cli(stack, "release", str(row["id"]), "--force", "--to", "dave@example.com")
+    assert forced.returncode == 0, forced.stderr
+    assert stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")) and m.recipients == ["dave@example.com"])
+
+
+def test_refused_release_fails_and_stays_releasable(stack: Stack) -> None:
+    _original, row = quarantine_one(stack)
+    tag = row["subject"].split()[-1]
+    nothing = cli(stack, "release", str(row["id"]), release_smtp=f"127.0.0.1:{free_port()}")
+    assert nothing.returncode != 0 and "nothing was released" in nothing.stderr
+    assert [r["released_at"] for r in listed(stack) if r["id"] == row["id"]] == [None]
+    assert cli(stack, "release", str(row["id"])).returncode == 0
+    assert stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")))
+
+
+def test_partial_release_is_reported_per_recipient(stack: Stack) -> None:
+    _original, row = quarantine_one(stack, ["bob@example.com", "nobody@example.com"])
+    tag = row["subject"].split()[-1]
+    stack.sink.refuse["nobody@example.com"] = "550 5.1.1 <nobody@example.com>: no such user"
+    try:  # straight to the sink, so that its refusal reaches the release
+        result = cli(stack, "release", str(row["id"]), release_smtp=f"127.0.0.1:{stack.sink.port}")
+    finally:
+        del stack.sink.refuse["nobody@example.com"]
+    assert result.returncode != 0
+    assert "<bob@example.com>: released" in result.stdout
+    assert "<nobody@example.com>: NOT released: 550 5.1.1" in result.stderr
+    assert [m.recipients for m in stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")))] == [["bob@example.com"]]
+    show = cli(stack, "show", str(row["id"])).stdout
+    assert "<nobody@example.com>: 550 5.1.1" in show and "<bob@example.com>: 250" in show
+
+
+def test_store_unavailable_gives_451_and_loses_nothing(stack: Stack) -> None:
+    tag = uuid.uuid4().hex
+    original = message(subject=f"QUARANTINE-ME {tag}")
+    database = stack.milterd.root / "milterd.sqlite"
+    lock = sqlite3.connect(database, isolation_level=None, timeout=30)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(Exception) as refused:
+            stack.send(original)
+        assert getattr(refused.value, "smtp_code", None) == 451, refused.value
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert [r for r in listed(stack) if tag in r["subject"]] == []
+    assert arrived(stack, tag) == []
+    assert stack.send(original) == {}  # the client's retry is quarantined
+    assert len([r for r in listed(stack) if tag in r["subject"]]) == 1
+
+
+def test_purge_removes_only_older(stack: Stack) -> None:
+    _o, old = quarantine_one(stack)
+    _n, new = quarantine_one(stack)
+    with sqlite3.connect(stack.milterd.root / "milterd.sqlite", timeout=30) as db:
+        db.execute("UPDATE quarantine SET time = datetime(time, '-40 days') WHERE id = ?", (old["id"],))
+    result = cli(stack, "purge", "--older-than", "30d")
+    assert result.returncode == 0 and result.stdout.strip() == "purged 1", result.stdout
+    ids = {r["id"] for r in listed(stack)}
+    assert old["id"] not in ids and new["id"] in ids
+    assert cli(stack, "delete", str(new["id"])).returncode == 0
+    assert new["id"] not in {r["id"] for r in listed(stack)}
+    assert cli(stack, "delete", str(new["id"])).returncode != 0
+
+
+def test_list_filters_and_digest(stack: Stack) -> None:
+    _o, row = quarantine_one(stack, ["erin@example.com"])
+    assert [r["id"] for r in listed(stack, "--recipient", "erin@example.com")] == [row["id"]]
+    assert row["id"] not in [r["id"] for r in listed(stack, "--sender", "someone@else.example")]
+    assert row["id"] in [r["id"] for r in listed(stack, "--reason", "score")]
+    result = cli(stack, "digest", "--to", "postmaster@example.org", "--since", "1h")
+    assert result.returncode == 0, result.stderr
+    [digest] = stack.sink.wait(1, match=lambda m: m.recipients == ["postmaster@example.org"])
+    text = digest.data.decode()
+    assert f"quarantine release {row['id']}" in text and "erin@example.com" in text and "By reason:" in text
+
+
+# --- hold mode --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hold_stack(make_stack: Any) -> Stack:
+    return make_stack({**NO_CHECKS, "quarantine": {"mode": "hold"}}, RULES)
+
+
+def test_hold_mode_keeps_it_in_postfix_hold_queue(hold_stack: Stack) -> None:
+    _original, row = quarantine_one(hold_stack)
+    assert row["mode"] == "hold"
+    held = [q for q in hold_stack.postfix.queue() if q.get("queue_id") == row["queue_id"]]
+    assert [q["queue_name"] for q in held] == ["hold"], hold_stack.postfix.queue()
+    result = cli(hold_stack, "release", str(row["id"]))
+    assert result.returncode == 0, result.stderr + result.stdout
+    tag = row["subject"].split()[-1]
+    [delivered] = hold_stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")))
+    assert delivered.header("X-Spam-Flag") == ["YES"]
+
+
+# --- PostgreSQL: quarantined through one MX, released from another host's CLI ----------
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    psycopg = pytest.importorskip("psycopg")
+    name = f"milterd_q_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True, connect_timeout=5)
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {exc}")
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="module")
+def pg_stack(make_stack: Any, pg_url: str) -> Stack:
+    return make_stack({**NO_CHECKS, "database": {"url": pg_url}}, RULES)
+
+
+def test_postgresql_release_from_another_host(pg_stack: Stack, pg_url: str, tmp_path: Path) -> None:
+    original, row = quarantine_one(pg_stack)
+    assert row["mta_host"] == "mx.test"
+    other = write_config(tmp_path / "mx2.conf", {
+        "milter": {"hostname": "mx2.test"},
+        "database": {"url": pg_url, "auto_upgrade": False},
+        "quarantine": {"release_smtp": f"127.0.0.1:{pg_stack.postfix.reinject_port}"},
+    })
+    run = [sys.executable, "-m", "milterd", "-c", str(other), "quarantine"]
+    listing = subprocess.run([*run, "list", "--json"], capture_output=True, text=True, timeout=60)
+    assert row["id"] in [r["id"] for r in json.loads(listing.stdout)], listing.stderr
+    result = subprocess.run([*run, "release", str(row["id"]), "--ham"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    tag = row["subject"].split()[-1]
+    [delivered] = pg_stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")))
+    assert strip_release(delivered.data) == original
+    assert "@mx2.test " in delivered.header("X-Milterd-Released")[0]
+    [logged] = [r for r in pg_stack.milterd.log_json() if r["queue_id"] == row["queue_id"]]
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(pg_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(sqlalchemy.text("SELECT released_as_ham FROM messages WHERE id = :id"), {"id": logged["id"]}).scalar() is True
+    finally:
+        engine.dispose()
