@@ -178,6 +178,11 @@ def judge(pipeline: Pipeline, raw: bytes, client: Client, label: str = "") -> Ju
         if decision is None and client.helo:
             stage = "helo"
             decision = pipeline.helo(session)
+        if not client.helo:
+            # HELO not simulated: look like a client that greeted with its own address
+            # literal (RFC 5321's neutral choice), not like one that never said HELO.
+            address = client.addr or "127.0.0.1"
+            session.helo = f"[IPv6:{address}]" if ":" in address else f"[{address}]"
         envelope = pipeline.new_envelope(session)
         envelope.sender = default_sender if client.sender is None else client.sender
         envelope.queue_id = "CHECK"

@@ -308,15 +308,21 @@ def mass_report(items: Iterable[Judged], actions: ActionsSection, extra: Iterabl
 
 
 def _behind(items: list[Judged], positive: bool) -> dict[str, Any]:
-    """The symbols that hit a group of messages, most frequent first, and a few examples."""
+    """The symbols that hit a group of messages (most frequent first, then by the
+    score they added) and a few examples."""
     counts: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
     for item in items:
-        # False positives: what pushed the score up; misses: everything that hit (negative scores first to look at).
-        counts.update(name for name, score in item.symbols.items() if score > 0 or not positive)
+        for name, score in item.symbols.items():
+            # False positives: what pushed the score up; misses: everything that hit.
+            if score > 0 or not positive:
+                counts[name] += 1
+                totals[name] += abs(score)
+    ranked = sorted(counts, key=lambda n: (-counts[n], -totals[n], n))[:15]
     worst = sorted(items, key=lambda i: -i.score if positive else i.score)[:EXAMPLES * 2]
     return {
         "messages": len(items),
-        "symbols": [{"symbol": name, "messages": count} for name, count in counts.most_common(15)],
+        "symbols": [{"symbol": name, "messages": counts[name], "score": round(totals[name], 2)} for name in ranked],
         "examples": [{"label": i.label, "score": i.score, "action": i.action, "symbols": dict(i.symbols)} for i in worst],
     }
 

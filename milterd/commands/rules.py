@@ -131,7 +131,7 @@ def parse_changes(changes: list[str], services: Services) -> tuple[dict[str, Any
         if not sep or not name:
             raise ConfigError("--set", change, "expected actions.NAME=VALUE or symbols.NAME=SCORE")
         if section == "actions":
-            actions[name] = False if value.lower() == "false" else value
+            actions[name] = _value(value)
         elif section == "symbols":
             if name not in services.symbols:
                 raise ConfigError("--set", key, "no check or rule emits this symbol (misspelt?)")
@@ -142,6 +142,16 @@ def parse_changes(changes: list[str], services: Services) -> tuple[dict[str, Any
         else:
             raise ConfigError("--set", key, "only actions.* and symbols.* can be changed")
     return actions, weights
+
+
+def _value(text: str) -> Any:
+    """A --set value as TOML would read it: false/true, a number, else the text."""
+    if text.lower() in ("false", "true"):
+        return text.lower() == "true"
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def run_whatif(args: argparse.Namespace) -> int:

@@ -1,0 +1,166 @@
+"""``milterd check``: explanations, exit statuses, mbox/Maildir, mass check, corpora that must not crash."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import os
+from pathlib import Path
+
+import pytest
+
+from milterd.cli import main
+from milterd.offline import split_message
+from tests.conftest import message
+
+RULES = r"""
+[[rule]]
+name = "SUBJ_REJECT_ME"
+header = "Subject"
+regex = '(?i)reject me'
+score = 20.0
+description = "Test rule: a subject asking to be rejected"
+
+[[rule]]
+name = "BODY_TAG_ME"
+body = 'tag me please'
+score = 6.0
+description = "Test rule: a body asking to be tagged"
+"""
+CPYTHON_EMAIL_DATA = Path(os.path.dirname(__import__("test").__file__)) / "test_email" / "data"
+CLAMAV_TESTFILES = Path("/usr/share/clamav-testfiles")
+
+
+@pytest.fixture(scope="module")
+def conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("check")
+    (root / "rules").mkdir()
+    (root / "rules" / "local.toml").write_text(RULES)
+    path = root / "milter.conf"
+    path.write_text(f'[database]\nurl = "sqlite:///{root}/log.sqlite"\n')
+    return path
+
+
+def check(capsys: pytest.CaptureFixture[str], conf: Path, *argv: str) -> tuple[int, str, str]:
+    status = main(["check", "-c", str(conf), *argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def check_json(capsys: pytest.CaptureFixture[str], conf: Path, *argv: str) -> tuple[int, dict]:
+    status, out, _err = check(capsys, conf, *argv, "--json")
+    return status, json.loads(out)
+
+
+def write(path: Path, raw: bytes) -> Path:
+    path.write_bytes(raw)
+    return path
+
+
+def test_clean_message_is_accepted_and_nothing_is_logged(tmp_path: Path, conf: Path, capsys) -> None:
+    status, out = check_json(capsys, conf, str(write(tmp_path / "clean.eml", message())))
+    assert status == 0
+    [result] = out["messages"]
+    assert result["action"] == "accept" and result["error"] == ""
+    assert not {"SUBJ_REJECT_ME", "BODY_TAG_ME"} & {s["symbol"] for s in result["symbols"]}
+    assert out["thresholds"]["reject"] == 15.0
+    assert not (conf.parent / "log.sqlite").exists(), "check must not write the message log"
+
+
+def test_header_rule_rejects_and_is_explained(tmp_path: Path, conf: Path, capsys) -> None:
+    path = write(tmp_path / "rej.eml", message(subject="please Reject Me now"))
+    status, out, _ = check(capsys, conf, str(path))
+    assert status == 17  # 10 + reject
+    assert "reject" in out.splitlines()[0]
+    line = next(line for line in out.splitlines() if "SUBJ_REJECT_ME" in line)
+    assert "20.00" in line and "custom" in line and "a subject asking to be rejected" in line and "[Reject Me]" in line
+    assert "thresholds: add_header 5" in out and "550 5.7.1" in out
+    status, data = check_json(capsys, conf, str(path))
+    symbol = next(s for s in data["messages"][0]["symbols"] if s["symbol"] == "SUBJ_REJECT_ME")
+    assert symbol == {"symbol": "SUBJ_REJECT_ME", "score": 20.0, "check": "custom", "description": "Test rule: a subject asking to be rejected", "detail": "Reject Me"}
+
+
+def test_body_rule_tags(tmp_path: Path, conf: Path, capsys) -> None:
+    status, out = check_json(capsys, conf, str(write(tmp_path / "tag.eml", message(body="could you tag me please\r\n"))))
+    result = out["messages"][0]
+    assert "BODY_TAG_ME" in {s["symbol"] for s in result["symbols"]}
+    assert result["action"] in ("add_header", "rewrite_subject") and status in (11, 12)
+    assert result["x_spam_status"].startswith("Yes, score=")
+
+
+def test_client_options_reach_the_checks(tmp_path: Path, conf: Path, capsys) -> None:
+    path = write(tmp_path / "rej.eml", message(subject="reject me"))
+    status, out = check_json(capsys, conf, str(path), "--client-ip", "127.0.0.1")
+    assert status == 0 and out["messages"][0]["action"] == "accept"  # trusted: not scored
+    status, _out, err = check(capsys, conf, str(path), "--client-ip", "not-an-ip")
+    assert status == 2 and "not-an-ip" in err
+
+
+def test_mbox_and_maildir_every_message_with_summary(tmp_path: Path, conf: Path, capsys) -> None:
+    box = mailbox.mbox(str(tmp_path / "box.mbox"))
+    for subject in ("one", "reject me", "three"):
+        box.add(message(subject=subject))
+    box.flush()
+    maildir = mailbox.Maildir(str(tmp_path / "Maildir"))
+    for body in ("tag me please\r\n", "hello\r\n"):
+        maildir.add(message(body=body))
+    status, out, err = check(capsys, conf, str(tmp_path / "box.mbox"), str(tmp_path / "Maildir"), "--progress", "always")
+    assert status == 17
+    assert "5 messages:" in out and "reject 1" in out and "accept 3" in out
+    assert "[#" in err  # the progress bar
+    status, data = check_json(capsys, conf, str(tmp_path / "box.mbox"), str(tmp_path / "Maildir"))
+    assert len(data["messages"]) == 5 and sum(data["summary"].values()) == 5 and data["summary"]["reject"] == 1
+
+
+def test_unreadable_and_empty_inputs(tmp_path: Path, conf: Path, capsys) -> None:
+    status, _out, err = check(capsys, conf, str(tmp_path / "missing.eml"))
+    assert status == 1 and "missing.eml" in err
+    status, _out, _err = check(capsys, conf)
+    assert status == 2
+
+
+def test_mass_check(tmp_path: Path, conf: Path, capsys) -> None:
+    ham, spam = tmp_path / "ham", tmp_path / "spam"
+    ham.mkdir()
+    spam.mkdir()
+    write(ham / "1", message(subject="lunch"))
+    write(ham / "2", message(subject="minutes", body="tag me please\r\n"))  # a false positive
+    write(ham / "notes.json", b'{"not": "mail"}')  # skipped: not a message
+    write(spam / "1", message(subject="reject me"))
+    write(spam / "2", message(subject="buy"))  # a miss
+    status, report = check_json(capsys, conf, "--ham", str(ham), "--spam", str(spam))
+    assert status == 0
+    assert report["overall"]["ham"] | {"at": None} == {"messages": 2, "flagged": 1, "rate": 50.0, "at": None}
+    assert report["overall"]["spam"]["flagged"] == 1 and report["overall"]["spam"]["messages"] == 2
+    assert {f["folder"]: f["messages"] for f in report["folders"]} == {str(ham): 2, str(spam): 2}
+    assert report["false_positives"]["symbols"][0]["symbol"] == "BODY_TAG_ME"
+    assert report["misses"]["messages"] == 1
+    at15 = next(t for t in report["thresholds"] if t["threshold"] == 15.0)
+    assert at15["spam_caught"] == 1 and at15["ham_flagged"] == 0 and at15["actions"] == ["reject"]
+    status, out, _ = check(capsys, conf, "--ham", str(ham), "--spam", str(spam))
+    assert "spam caught 50.00% (1/2), ham flagged 50.00% (1/2)" in out and "BODY_TAG_ME" in out
+
+
+def test_split_message_keeps_folding_and_body() -> None:
+    headers, body = split_message(b"From x@y  Mon Jan 1 00:00:00 2024\nSubject: a\n  b\nX: 1\n\nline1\nline2\n")
+    assert headers == [("Subject", b"a\n  b"), ("X", b"1")]
+    assert body == b"line1\r\nline2\r\n"
+    headers, body = split_message(b"not a header line\nSubject: x\n")
+    assert headers == [] and body.startswith(b"not a header")
+
+
+@pytest.mark.skipif(not CPYTHON_EMAIL_DATA.is_dir(), reason="CPython's test_email data is not installed")
+def test_cpython_email_corpus_never_crashes(conf: Path, capsys) -> None:
+    files = sorted(CPYTHON_EMAIL_DATA.glob("msg_*.txt"))
+    status, data = check_json(capsys, conf, *map(str, files), "--client-ip", "192.0.2.10")
+    assert len(data["messages"]) >= len(files)
+    assert [m for m in data["messages"] if m["error"]] == []
+    assert status != 1
+
+
+@pytest.mark.skipif(not CLAMAV_TESTFILES.is_dir(), reason="clamav-testfiles is not installed")
+def test_clamav_testfiles_mails_never_crash(conf: Path, capsys) -> None:
+    status, data = check_json(capsys, conf, str(CLAMAV_TESTFILES))
+    assert len(data["messages"]) >= 2  # clam.mail, clam.exe.mbox.*: the files that are mail
+    assert [m for m in data["messages"] if m["error"]] == []
+    assert status != 1
