@@ -42,7 +42,7 @@ JSON_FIELDS = (
 
 RELEASE_HEADER = "X-Milterd-Released"
 
-_VIRUS_SYMBOL = re.compile(r"VIRUS|CLAM", re.IGNORECASE)
+_VIRUS_SYMBOL = re.compile(r"(^|_)VIRUS($|_)")  # CLAMAV_VIRUS
 
 
 class QuarantineError(Exception):
@@ -102,7 +102,7 @@ def parse_hostport(text: str, default_port: int = 25) -> tuple[str, int]:
 
 
 def is_virus(row: dict[str, Any]) -> bool:
-    """Whether a quarantined message was stored because of a virus (a ClamAV symbol, or the reason says so)."""
+    """Whether a quarantined message was stored because of a virus (``CLAMAV_VIRUS``, or the reason says so)."""
     return any(_VIRUS_SYMBOL.search(name) for name in (row.get("symbols") or {})) or "virus" in (row.get("reason") or "").lower()
 
 

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     release = actions.add_parser("release", parents=[config_parent()], help="deliver messages after all")
     release.add_argument("ids", type=int, nargs="+", metavar="ID")
-    release.add_argument("--to", nargs="+", metavar="ADDR", help="deliver to these recipients instead of the original ones")
+    release.add_argument("--to", nargs="+", action="extend", metavar="ADDR", help="deliver to these recipients instead of the original ones (after the ids)")
     release.add_argument("--force", action="store_true", help="release again a message already released")
     release.add_argument("--ham", action="store_true", help="a false positive: mark it in the log and teach spamd it is ham")
     release.add_argument("--smtp", action="store_true", help="for held mail: re-inject the stored copy instead of 'postsuper -H'")
