@@ -60,6 +60,20 @@ class Stack:
         self.milterd.stop()
 
 
+STACKS = Path("/tmp/milterd-tests")
+
+
+def stack_root() -> Path:
+    """A fresh directory for one stack, outside pytest's 0700 temporary tree:
+    Postfix's unprivileged processes must be able to reach their files."""
+    import tempfile
+
+    STACKS.mkdir(mode=0o755, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="stack-", dir=STACKS))
+    root.chmod(0o755)
+    return root
+
+
 @pytest.fixture(scope="module")
 def sink() -> Iterator[Sink]:
     server = Sink().start()
@@ -72,7 +86,7 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator
     stacks: list[Stack] = []
 
     def make(sections: dict[str, dict[str, Any]] | None = None, rules: dict[str, str] | None = None, postfix_extra: dict[str, str] | None = None, socket: str | None = None) -> Stack:
-        root = tmp_path_factory.mktemp("stack")
+        root = stack_root()
         milterd = Milterd(root / "milterd", sections, rules, socket=socket).start()
         try:
             postfix = Postfix(root / "postfix", relay_port=sink.port, milter=milterd.postfix_spec, extra=postfix_extra or {}).start()
@@ -86,6 +100,23 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator
     yield make
     for stack in stacks:
         stack.stop()
+        shutil.rmtree(stack.postfix.root.parent, ignore_errors=True)
+
+
+#: milter.conf sections that switch off the DNS, HELO, sender and header checks,
+#: for tests of the core that must not depend on them.
+NO_CHECKS: dict[str, dict[str, Any]] = {
+    "checks": {name: {"enabled": False} for name in ("dnsbl", "rdns", "helo", "sender", "spf", "headers", "local_domains")}
+}
+
+
+def with_sections(*parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Merge milter.conf section dictionaries (later ones win, key by key)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for section, values in part.items():
+            merged.setdefault(section, {}).update(values)
+    return merged
 
 
 def message(subject: str = "hello", body: str = "Hello Bob,\r\nsee you tomorrow.\r\n", headers: dict[str, str] | None = None, sender: str = "alice@example.org", to: str = "bob@example.com") -> bytes:

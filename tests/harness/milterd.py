@@ -57,6 +57,10 @@ class Milterd:
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.socket = socket or f"inet:127.0.0.1:{self.port}"
+        if not self.socket.startswith("unix:"):
+            from milterd.supervisor import parse_socket
+
+            self.port = parse_socket(self.socket).port
         sections = {k: dict(v) for k, v in (sections or {}).items()}
         milter = sections.setdefault("milter", {})
         milter.setdefault("socket", self.socket)
@@ -77,8 +81,12 @@ class Milterd:
 
     @property
     def postfix_spec(self) -> str:
-        """What Postfix's smtpd_milters needs to reach this milterd."""
-        return self.socket
+        """What Postfix's smtpd_milters needs to reach this milterd (Postfix's spelling)."""
+        if self.socket.startswith("unix:"):
+            return self.socket
+        from milterd.supervisor import parse_socket
+
+        return f"inet:{parse_socket(self.socket).host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> "Milterd":
         """Start and wait until the socket accepts connections."""
