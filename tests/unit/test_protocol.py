@@ -16,6 +16,7 @@ import pytest
 from miltertest import MilterConnection
 from miltertest import constants as c
 
+from tests.conftest import NO_CHECKS, with_sections
 from tests.harness.milterd import Milterd
 
 RULES = {"test.toml": '[[rule]]\nname = "TEST_REJECT"\nheader = "Subject"\nregex = "REJECTME"\nscore = 100\n'}
@@ -24,7 +25,8 @@ RULES = {"test.toml": '[[rule]]\nname = "TEST_REJECT"\nheader = "Subject"\nregex
 @pytest.fixture(scope="module")
 def milterd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Milterd]:
     root = tmp_path_factory.mktemp("proto")
-    daemon = Milterd(root, {"milter": {"trusted_networks": []}}, RULES, socket=f"unix:{root}/milterd.sock").start()
+    sections = with_sections(NO_CHECKS, {"milter": {"trusted_networks": []}})
+    daemon = Milterd(root, sections, RULES, socket=f"unix:{root}/milterd.sock").start()
     yield daemon
     daemon.stop()
 
