@@ -1,0 +1,188 @@
+"""Greylisting through the real Postfix, on SQLite and on PostgreSQL, and two MX
+hosts (each a Postfix with its own milterd) sharing one PostgreSQL store."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import time
+import uuid
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.conftest import Stack, message
+from tests.harness import pgdb
+
+DELAY = 3.0
+
+GREYLIST = {
+    "enabled": True,
+    "delay": DELAY,
+    "retry_window": "1h",
+    "auto_whitelist_after": 2,
+    "whitelist_senders": ["@partner.example"],
+}
+
+
+def client(addr: str, **extra: str) -> dict[str, str]:
+    return {"ADDR": addr, "NAME": "[UNAVAILABLE]", "HELO": "client.example.org", **extra}
+
+
+def attempt(stack: Stack, xclient: dict[str, str], recipients: list[str], sender: str = "alice@example.org", subject: str = "") -> dict[str, tuple[int, bytes]]:
+    """One SMTP transaction; the refused recipients (all of them when every one was refused)."""
+    smtp = stack.postfix.smtp(xclient=xclient)
+    try:
+        return smtp.sendmail(sender, recipients, message(subject=subject or uuid.uuid4().hex, sender=sender or "mailer-daemon@example.org"))
+    except smtplib.SMTPRecipientsRefused as exc:
+        return exc.recipients
+    finally:
+        try:
+            smtp.quit()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def greylisted(reply: tuple[int, bytes]) -> bool:
+    return reply[0] == 451 and b"4.7.1 Greylisted, please try again in" in reply[1]
+
+
+def wait_out_the_delay() -> None:
+    time.sleep(DELAY + 0.5)
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    why = pgdb.available()
+    if why:
+        pytest.fail(f"PostgreSQL is needed for the shared-store tests: {why}")
+    with pgdb.temporary_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request: pytest.FixtureRequest, make_stack: Callable[..., Stack]) -> Stack:
+    sections: dict[str, dict[str, Any]] = {"greylist": dict(GREYLIST)}
+    if request.param == "postgresql":
+        sections["database"] = {"url": request.getfixturevalue("postgres_url")}
+    built = make_stack(sections)
+    result = built.milterd.cli("greylist", "whitelist", "add", "client", "203.0.113.0/24", "--comment", "test partner")
+    assert result.returncode == 0, result.stderr
+    return built
+
+
+def test_first_attempt_greylisted_retry_after_delay_delivered(stack: Stack) -> None:
+    who = client("192.0.2.10")
+    subject = f"grey-{uuid.uuid4().hex[:8]}"
+    first = attempt(stack, who, ["bob@example.com"], subject=subject)
+    assert greylisted(first["bob@example.com"]), first
+    again = attempt(stack, who, ["bob@example.com"], subject=subject)
+    assert greylisted(again["bob@example.com"]), again
+    assert stack.sink.with_subject(subject) == []
+    wait_out_the_delay()
+    assert attempt(stack, who, ["bob@example.com"], subject=subject) == {}
+    [delivered] = stack.sink.wait(1, match=lambda m: any(subject in s for s in m.header("Subject")))
+    assert delivered.recipients == ["bob@example.com"]
+    rows = stack.milterd.log_json("--action", "greylist")
+    mine = [r for r in rows if r["client_addr"] == "192.0.2.10" and "bob@example.com" in r["recipients"]]
+    assert len(mine) == 2
+    assert "client=192.0.2.0/24 from=<alice@example.org> to=<bob@example.com>" in mine[0]["details"]["GREYLIST"]
+    assert "Greylisted" in mine[0]["reason"]
+    passed = [r for r in stack.milterd.log_json() if r["subject"] == subject and r["action"] != "greylist"]
+    assert "GREYLIST_PASSED" in passed[0]["symbols"]
+
+
+def test_known_and_new_recipient_get_different_answers(stack: Stack) -> None:
+    who = client("192.0.2.11")  # same /24 as above: bob is known there
+    subject = f"mixed-{uuid.uuid4().hex[:8]}"
+    refused = attempt(stack, who, ["bob@example.com", "carol@example.com"], subject=subject)
+    assert list(refused) == ["carol@example.com"] and greylisted(refused["carol@example.com"])
+    [delivered] = stack.sink.wait(1, match=lambda m: any(subject in s for s in m.header("Subject")))
+    assert delivered.recipients == ["bob@example.com"]
+    [row] = [r for r in stack.milterd.log_json() if r["subject"] == subject]
+    assert "carol@example.com" in row["details"]["GREYLIST_DEFERRED"]
+
+
+def test_auto_whitelisted_client_skips(stack: Stack) -> None:
+    who = client("198.51.100.20")
+    first = attempt(stack, who, ["r1@example.com", "r2@example.com"])
+    assert all(greylisted(r) for r in first.values()) and len(first) == 2
+    wait_out_the_delay()
+    assert attempt(stack, who, ["r1@example.com", "r2@example.com"]) == {}  # two passes
+    assert attempt(stack, client("198.51.100.21"), ["new@example.com"], sender="someone@else.example") == {}
+    listed = json.loads(stack.milterd.cli("greylist", "stats", "--json").stdout)
+    assert listed["auto_whitelisted_clients"] >= 1
+
+
+def test_authenticated_client_skips(stack: Stack) -> None:
+    subject = f"auth-{uuid.uuid4().hex[:8]}"
+    assert attempt(stack, client("192.0.2.99", LOGIN="alice"), ["dave@example.com"], subject=subject) == {}
+    [row] = [r for r in stack.milterd.log_json() if r["subject"] == subject]
+    assert row["auth_user"] == "alice"
+
+
+def test_trusted_network_skips(stack: Stack) -> None:
+    assert attempt(stack, client("127.0.0.1"), ["erin@example.com"]) == {}
+
+
+def test_whitelists_and_postmaster_skip(stack: Stack) -> None:
+    assert attempt(stack, client("192.0.2.50"), ["frank@example.com"], sender="news+tag@partner.example") == {}  # milter.conf
+    assert attempt(stack, client("203.0.113.7"), ["frank@example.com"]) == {}  # milterd greylist whitelist add
+    assert attempt(stack, client("192.0.2.51"), ["postmaster@example.com"], sender="") == {}
+    refused = attempt(stack, client("192.0.2.51"), ["frank@example.com"], sender="")
+    assert greylisted(refused["frank@example.com"])
+
+
+def test_cli_list_and_purge(stack: Stack) -> None:
+    rows = json.loads(stack.milterd.cli("greylist", "list", "--json", "--client", "192.0.2.0/24", "--limit", "0").stdout)
+    by_recipient = {r["recipient"]: r for r in rows if r["sender"] == "alice@example.org"}
+    assert by_recipient["bob@example.com"]["passed_at"] and not by_recipient["carol@example.com"]["passed_at"]
+    result = stack.milterd.cli("greylist", "purge", "--triplet", "192.0.2.0/24", "alice@example.org", "carol@example.com")
+    assert result.returncode == 0 and "deleted 1" in result.stdout
+    assert "purged 0 expired" in stack.milterd.cli("greylist", "purge").stdout
+
+
+# --- two MX hosts, one PostgreSQL store ---------------------------------------
+def test_two_mx_hosts_share_one_postgresql_store(make_stack: Callable[..., Stack], postgres_url: str) -> None:
+    sections = {"greylist": dict(GREYLIST, auto_whitelist_after=0), "database": {"url": postgres_url}}
+    mx1 = make_stack({**sections, "milter": {"hostname": "mx1.test"}})
+    mx2 = make_stack({**sections, "milter": {"hostname": "mx2.test"}})
+    who = client("192.0.2.200")
+    subject = f"two-mx-{uuid.uuid4().hex[:8]}"
+    first = attempt(mx1, who, ["multi@example.com"], sender="bulk@example.net", subject=subject)
+    assert greylisted(first["multi@example.com"])
+    early = attempt(mx2, who, ["multi@example.com"], sender="bulk@example.net", subject=subject)
+    assert greylisted(early["multi@example.com"])  # MX-2 knows the triplet: still too early
+    wait_out_the_delay()
+    assert attempt(mx2, client("192.0.2.201"), ["multi@example.com"], sender="bulk@example.net", subject=subject) == {}
+    [delivered] = mx2.sink.wait(1, match=lambda m: any(subject in s for s in m.header("Subject")))
+    assert delivered.recipients == ["multi@example.com"]
+    rows = [r for r in mx1.milterd.log_json() if r["recipients"] == ["multi@example.com"]]
+    assert [(r["mta_host"], r["action"] == "greylist") for r in rows] == [("mx2.test", False), ("mx2.test", True), ("mx1.test", True)]
+    assert rows[0]["subject"] == subject
+
+
+# --- score-based greylisting ----------------------------------------------------
+SCORE_RULES = {
+    "grey.toml": '[[rule]]\nname = "SUBJ_GREYME"\nheader = "Subject"\nregex = "greyme"\nscore = 50.0\n',
+}
+
+
+def test_score_mode_greylists_only_high_scores_at_end_of_data(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(
+        {"greylist": dict(GREYLIST, mode="score"), "actions": {"rewrite_subject": 8, "greylist": 40, "quarantine": False, "reject": False}},
+        rules=SCORE_RULES,
+    )
+    who = client("192.0.2.30")
+    assert attempt(stack, who, ["gina@example.com"], subject="an ordinary message") == {}
+    subject = f"greyme-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        attempt(stack, who, ["gina@example.com"], subject=subject)
+    assert info.value.smtp_code == 451 and b"Greylisted" in info.value.smtp_error
+    wait_out_the_delay()
+    assert attempt(stack, who, ["gina@example.com"], subject=subject) == {}
+    [delivered] = stack.sink.wait(1, match=lambda m: any(subject in s for s in m.header("Subject")))
+    assert delivered.header("X-Spam-Flag") == ["YES"]
+    rows = [r for r in stack.milterd.log_json() if r["subject"] == subject]
+    assert [r["action"] for r in rows] == ["rewrite_subject", "greylist"]  # the action below greylist
+    assert "GREYLIST" in rows[1]["details"] and "GREYLIST_PASSED" in rows[0]["symbols"]
