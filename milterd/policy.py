@@ -58,7 +58,9 @@ def decide(hits: Iterable[Hit], weight: Callable[[str], float], actions: Actions
     reason = _threshold_reason(action, score, actions) if action != Action.ACCEPT else ""
     reply = ""
     for hit in hits:
-        if hit.action is not None and hit.action > action:
+        # A forced action also names the reason when the score alone reached it
+        # (a virus in spam is rejected as "Virus found", not "score 21").
+        if hit.action is not None and (hit.action > action or (hit.action == action and hit.reply and not reply)):
             action = hit.action
             reason = hit.reply or f"{hit.symbol}{': ' + hit.detail if hit.detail else ''}"
             reply = hit.reply
