@@ -110,10 +110,62 @@ class RulesSection(_Section):
     dir: str = Field("rules", description="Directory of rule files (*.toml), relative to this file; a missing directory means built-in scores only.")
 
 
-class ChecksSection(_Section):
-    """Switches of the connection, HELO, sender and header checks (issue 3 fills this)."""
+class _CheckSwitches(_Section):
+    enabled: bool = Field(True, description="Run this check.")
+    skip_trusted: bool = Field(True, description="Skip it for clients in trusted_networks.")
+    skip_authenticated: bool = Field(True, description="Skip it for clients that authenticated with SMTP AUTH.")
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+
+class DnsblChecks(_CheckSwitches):
+    """DNS block and allow lists of rules/ ([[dnsbl]], [[dnswl]])."""
+
+
+class RdnsChecks(_CheckSwitches):
+    use_postfix_name: bool = Field(True, description="Take a client name Postfix verified as forward-confirmed; look up only clients it calls \"unknown\".")
+    generic_patterns: list[str] = Field(
+        [r"\d{1,3}[-.x]\d{1,3}[-.x]\d{1,3}[-.x]\d{1,3}", r"(?i)(^|[-.\d])(dyn|dynamic|dhcp|dialup|dial-up|ppp|pppoe|pool|dsl|adsl|xdsl|cable|broadband|customer|cpe)[-.\d]"],
+        description="Regular expressions (searched) that make a client name look generic or dynamic.",
+    )
+
+
+class HeloChecks(_CheckSwitches):
+    resolve: bool = Field(True, description="Look the HELO name up in DNS (HELO_NO_RESOLVE when it has no address).")
+    our_names: list[str] = Field([], description="Names that are ours besides hostname: a client claiming one in HELO scores HELO_CLAIMS_OURS.")
+    our_addresses: list[str] = Field([], description="Our addresses: a client claiming one in HELO scores HELO_CLAIMS_OURS (Postfix's daemon_addr counts too).")
+
+
+class SenderChecks(_CheckSwitches):
+    resolve: bool = Field(True, description="Check that the MAIL FROM domain has an MX or an address (MAIL_FROM_NO_MX).")
+
+
+class SpfChecks(_CheckSwitches):
+    fail_action: Literal["score", "reject"] = Field("score", description="SPF fail: score SPF_FAIL, or reject each recipient with 550 5.7.23.")
+    authentication_results: bool = Field(True, description="Insert an Authentication-Results header (RFC 8601) with the SPF result.")
+    remove_forged: bool = Field(True, description="Remove incoming Authentication-Results headers that claim our authserv-id.")
+
+
+class HeaderChecks(_CheckSwitches):
+    date_future: Duration = Field(12 * 3600.0, description="A Date further than this in the future scores HDR_DATE_FUTURE.")
+    date_past: Duration = Field(7 * 86400.0, description="A Date further than this in the past scores HDR_DATE_PAST.")
+
+
+class LocalDomainChecks(_Section):
+    enabled: bool = Field(True, description="Check senders in [milter] local_domains and authenticated senders.")
+    action: Literal["score", "reject"] = Field("score", description="A local domain's address as MAIL FROM or From from an unauthenticated, untrusted client: score, or reject at MAIL FROM / end of headers.")
+    check_from_header: bool = Field(True, description="Also check the From header (LOCAL_FROM_SPOOF).")
+    sender_login_maps: str = Field("", description="File of \"address-or-@domain login,login\" lines (as Postfix's smtpd_sender_login_maps), relative to this file; empty is off.")
+    sender_logins: dict[str, list[str]] = Field({}, description="The same map inline: { \"alice@example.org\" = [\"alice\"], \"@example.org\" = [\"admin\"] }.")
+    login_mismatch_action: Literal["score", "reject"] = Field("reject", description="An authenticated client sending as an address its login does not own: score, or reject with 553 5.7.1.")
+
+
+class ChecksSection(_Section):
+    dnsbl: DnsblChecks = DnsblChecks()
+    rdns: RdnsChecks = RdnsChecks()
+    helo: HeloChecks = HeloChecks()
+    sender: SenderChecks = SenderChecks()
+    spf: SpfChecks = SpfChecks()
+    headers: HeaderChecks = HeaderChecks()
+    local_domains: LocalDomainChecks = LocalDomainChecks()
 
 
 class GreylistSection(_Section):

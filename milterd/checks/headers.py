@@ -1,0 +1,200 @@
+"""Well-formed headers (RFC 5322), judged at end of headers.
+
+From, Date and Message-ID present, single and parseable; To and Cc
+parseable; no duplicate of a header RFC 5322 allows once; no raw 8-bit
+bytes (unless the client said SMTPUTF8) or NUL bytes; encoded-words (RFC
+2047) that decode.  Parsing uses the standard library's ``email`` package
+with ``policy.default``; any exception while judging a header becomes
+``HDR_PARSE_ERROR``, never a failed message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import email.errors
+import email.utils
+import re
+from datetime import datetime, timezone
+from email import policy
+from typing import ClassVar
+
+from ..model import Envelope, Hit, Session
+from . import Hits, Symbol
+from .switches import ConfiguredCheck
+
+#: Headers RFC 5322 §3.6 allows at most once (Resent-* aside).
+SINGLE = ("Date", "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Message-ID", "In-Reply-To", "References", "Subject")
+_MSGID = re.compile(r"^<[^<>\s@]+@(?:[^<>\s@\[\]]+|\[[^<>\s\[\]]+\])>$")
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_ENCODED_START = re.compile(r"=\?[^?\s]+\?[bBqQ]\?")
+
+
+def unfold(raw: bytes) -> str:
+    """A header value as text: folded lines joined, bytes decoded as UTF-8 (bad bytes replaced)."""
+    text = raw.decode("utf-8", "replace")
+    return re.sub(r"\r?\n(?=[ \t])", "", text).strip()
+
+
+def bad_encoded_words(value: str) -> str:
+    """The first malformed RFC 2047 encoded-word of *value* (unknown charset, bad base64,
+    undecodable bytes, unterminated), or ""."""
+    for match in _ENCODED_WORD.finditer(value):
+        charset, encoding, text = match.group(1).split("*", 1)[0], match.group(2).upper(), match.group(3)
+        try:
+            codecs.lookup(charset)
+        except LookupError:
+            return match.group(0)
+        try:
+            if encoding == "B":
+                data = base64.b64decode(text, validate=True)
+            else:
+                data = re.sub(r"=([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), text.replace("_", " ")).encode("latin-1")
+            data.decode(charset)
+        except (binascii.Error, ValueError, UnicodeError):
+            return match.group(0)
+    rest = _ENCODED_WORD.sub("", value)
+    unterminated = _ENCODED_START.search(rest)
+    return rest[unterminated.start():][:60] if unterminated else ""
+
+
+def address_list_problem(name: str, value: str) -> str:
+    """Why an address header does not parse, or "" when it does (groups such as "undisclosed-recipients:;" are fine)."""
+    try:
+        header = policy.default.header_factory(name, value)
+        addresses = header.addresses
+    except Exception as exc:  # noqa: BLE001 - the stdlib parser raises on some malformed lists
+        return f"unparseable ({type(exc).__name__})"
+    invalid = [d for d in header.defects if isinstance(d, email.errors.InvalidHeaderDefect)]
+    if invalid:
+        return str(invalid[0])
+    for address in addresses:
+        if not address.domain:
+            return f"no domain in {address.addr_spec or value!r}"
+    return ""
+
+
+def date_problem(value: str, now: datetime, future: float, past: float) -> str:
+    """ "invalid", "future", "past" or "" for a Date header value."""
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return "invalid"
+    if when is None:
+        return "invalid"
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    delta = (when - now).total_seconds()
+    if delta > future:
+        return "future"
+    if -delta > past:
+        return "past"
+    return ""
+
+
+class Headers(ConfiguredCheck):
+    """RFC 5322 well-formedness of the header section."""
+
+    name: ClassVar[str] = "headers"
+    options_name: ClassVar[str] = "headers"
+    description: ClassVar[str] = "Well-formed headers: From, Date, Message-ID, single headers, raw bytes, encoded-words"
+    order: ClassVar[int] = 60
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol("HDR_FROM_MISSING", 2.0, "No From header"),
+        Symbol("HDR_FROM_MULTIPLE", 2.0, "More than one From header"),
+        Symbol("HDR_FROM_INVALID", 2.0, "The From header does not parse or has an address without a domain"),
+        Symbol("HDR_DATE_MISSING", 1.0, "No Date header"),
+        Symbol("HDR_DATE_INVALID", 1.0, "The Date header does not parse"),
+        Symbol("HDR_DATE_FUTURE", 1.5, "The Date is far in the future ([checks.headers] date_future)"),
+        Symbol("HDR_DATE_PAST", 1.0, "The Date is far in the past ([checks.headers] date_past)"),
+        Symbol("HDR_MSGID_MISSING", 1.0, "No Message-ID header"),
+        Symbol("HDR_MSGID_INVALID", 1.0, "The Message-ID is not <left@right>"),
+        Symbol("HDR_TO_INVALID", 1.0, "A To or Cc header does not parse"),
+        Symbol("HDR_DUPLICATE", 1.5, "A header allowed once (Subject, Date, Message-ID, Sender, To, …) appears several times"),
+        Symbol("HDR_8BIT", 0.5, "Raw 8-bit bytes in a header without SMTPUTF8"),
+        Symbol("HDR_NUL", 3.0, "A NUL byte in a header"),
+        Symbol("HDR_ENCODED_WORD_INVALID", 1.0, "A malformed RFC 2047 encoded-word (unknown charset, bad base64, unterminated)"),
+        Symbol("HDR_PARSE_ERROR", 0.5, "A header broke the parser"),
+    )
+
+    def on_eoh(self, session: Session, envelope: Envelope) -> Hits:
+        hits: list[Hit] = []
+        for judge in (self._counts, self._from, self._date, self._message_id, self._recipients, self._bytes, self._encoded_words):
+            try:
+                hits.extend(judge(envelope))
+            except Exception as exc:  # noqa: BLE001 - hostile headers must not cost the message
+                hits.append(Hit("HDR_PARSE_ERROR", detail=f"{judge.__name__.strip('_')}: {type(exc).__name__}"))
+        return hits
+
+    def _counts(self, envelope: Envelope) -> list[Hit]:
+        hits = []
+        if envelope.header_count("From") == 0:
+            hits.append(Hit("HDR_FROM_MISSING"))
+        elif envelope.header_count("From") > 1:
+            hits.append(Hit("HDR_FROM_MULTIPLE", detail=str(envelope.header_count("From"))))
+        duplicates = [name for name in SINGLE if name != "From" and envelope.header_count(name) > 1]
+        if duplicates:
+            hits.append(Hit("HDR_DUPLICATE", detail=", ".join(duplicates)))
+        if envelope.header_count("Date") == 0:
+            hits.append(Hit("HDR_DATE_MISSING"))
+        if envelope.header_count("Message-ID") == 0:
+            hits.append(Hit("HDR_MSGID_MISSING"))
+        return hits
+
+    def _values(self, envelope: Envelope, name: str) -> list[str]:
+        wanted = name.lower()
+        return [unfold(value) for hname, value in envelope.headers if hname.lower() == wanted]
+
+    def _from(self, envelope: Envelope) -> list[Hit]:
+        for value in self._values(envelope, "From"):
+            problem = address_list_problem("From", value) or ("" if "@" in value else "no address")
+            if problem:
+                return [Hit("HDR_FROM_INVALID", detail=f"{value[:80]}: {problem}"[:160])]
+        return []
+
+    def _date(self, envelope: Envelope) -> list[Hit]:
+        values = self._values(envelope, "Date")
+        if not values:
+            return []
+        problem = date_problem(values[0], datetime.now(timezone.utc), self.options.date_future, self.options.date_past)
+        if problem:
+            return [Hit(f"HDR_DATE_{problem.upper()}", detail=values[0][:80])]
+        return []
+
+    def _message_id(self, envelope: Envelope) -> list[Hit]:
+        values = self._values(envelope, "Message-ID")
+        if values and not _MSGID.match(values[0].strip()):
+            return [Hit("HDR_MSGID_INVALID", detail=values[0][:80])]
+        return []
+
+    def _recipients(self, envelope: Envelope) -> list[Hit]:
+        for name in ("To", "Cc"):
+            for value in self._values(envelope, name):
+                problem = address_list_problem(name, value)
+                if problem:
+                    return [Hit("HDR_TO_INVALID", detail=f"{name}: {problem}"[:160])]
+        return []
+
+    def _bytes(self, envelope: Envelope) -> list[Hit]:
+        hits = []
+        nul = [name for name, value in envelope.headers if b"\x00" in value]
+        if nul:
+            hits.append(Hit("HDR_NUL", detail=", ".join(nul[:5])))
+        utf8_allowed = any(key.upper() == "SMTPUTF8" for key in envelope.mail_args)
+        raw = [name for name, value in envelope.headers if any(byte >= 0x80 for byte in value)]
+        if raw and not utf8_allowed:
+            hits.append(Hit("HDR_8BIT", detail=", ".join(raw[:5])))
+        return hits
+
+    def _encoded_words(self, envelope: Envelope) -> list[Hit]:
+        for name, value in envelope.headers:
+            if b"=?" not in value:
+                continue
+            bad = bad_encoded_words(unfold(value))
+            if bad:
+                return [Hit("HDR_ENCODED_WORD_INVALID", detail=f"{name}: {bad}"[:120])]
+        return []
+
+
+CHECKS = (Headers,)

@@ -1,0 +1,149 @@
+"""The HELO/EHLO name: syntax, address literals, DNS, names that claim to be ours.
+
+Judged at MAIL FROM (once per session), when SMTP AUTH is known, so that
+authenticated clients (often behind NAT, saying anything) are exempt; the
+name's DNS lookup starts as soon as the client says HELO.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from ..model import Envelope, Hit, Session
+from . import Hits, Symbol
+from .switches import ConfiguredCheck
+
+if TYPE_CHECKING:
+    from ..services import Services
+
+_STATE = "helo"
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+@dataclass(frozen=True)
+class HeloShape:
+    """What a HELO argument is, before any DNS."""
+
+    kind: str  # "missing", "literal", "bare_ip", "bad_literal", "not_fqdn", "fqdn"
+    address: str = ""
+
+
+def helo_shape(helo: str) -> HeloShape:
+    """Classify a HELO argument: empty, address literal, bare IP, not a FQDN, or a FQDN."""
+    helo = helo.strip()
+    if not helo:
+        return HeloShape("missing")
+    if helo.startswith("[") and helo.endswith("]"):
+        inner = helo[1:-1]
+        if inner.lower().startswith("ipv6:"):
+            inner = inner[5:]
+        try:
+            return HeloShape("literal", str(ipaddress.ip_address(inner)))
+        except ValueError:
+            return HeloShape("bad_literal")
+    try:
+        return HeloShape("bare_ip", str(ipaddress.ip_address(helo)))
+    except ValueError:
+        pass
+    name = helo.rstrip(".")
+    labels = name.split(".")
+    if len(labels) < 2 or not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():
+        return HeloShape("not_fqdn")
+    return HeloShape("fqdn")
+
+
+def same_address(a: str, b: str) -> bool:
+    """Whether two textual addresses are the same (IPv4-mapped IPv6 included)."""
+    try:
+        x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return False
+    if isinstance(x, ipaddress.IPv6Address) and x.ipv4_mapped:
+        x = x.ipv4_mapped
+    if isinstance(y, ipaddress.IPv6Address) and y.ipv4_mapped:
+        y = y.ipv4_mapped
+    return x == y
+
+
+class Helo(ConfiguredCheck):
+    """The client's HELO/EHLO argument."""
+
+    name: ClassVar[str] = "helo"
+    options_name: ClassVar[str] = "helo"
+    description: ClassVar[str] = "HELO/EHLO name: not a FQDN, bare IP, wrong literal, unresolvable, claims to be ours"
+    order: ClassVar[int] = 30
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol("HELO_MISSING", 1.0, "The client sent MAIL FROM without HELO/EHLO"),
+        Symbol("HELO_BARE_IP", 2.0, "HELO is an IP address without brackets (not a name nor an address literal)"),
+        Symbol("HELO_LITERAL_MISMATCH", 1.5, "HELO is an address literal that is not the client's address"),
+        Symbol("HELO_NOT_FQDN", 1.5, "HELO is not a fully qualified domain name"),
+        Symbol("HELO_NO_RESOLVE", 1.0, "The HELO name has no address in DNS"),
+        Symbol("HELO_CLAIMS_OURS", 3.0, "HELO claims to be this host or one of its addresses"),
+        Symbol("HELO_TEMPFAIL", 0.0, "The HELO name could not be looked up (DNS error)"),
+    )
+
+    def __init__(self, services: "Services") -> None:
+        super().__init__(services)
+        names = [services.config.hostname, *self.options.our_names]
+        self.our_names = {n.lower().rstrip(".") for n in names if n}
+        self.our_addresses = [a for a in self.options.our_addresses if a]
+
+    def on_helo(self, session: Session) -> Hits:
+        session.state.pop(_STATE, None)
+        if self.options.resolve and helo_shape(session.helo).kind == "fqdn" and not self._claims_ours(session):
+            resolver = self.services.resolver
+            deadline = resolver.stage_deadline(session.state, "helo")
+            name = session.helo.strip().rstrip(".")
+            session.state[_STATE] = {"queries": [(name, "A"), (name, "AAAA")], "futures": [resolver.submit(name, t, deadline) for t in ("A", "AAAA")]}
+        return ()
+
+    def on_mail(self, session: Session, envelope: Envelope) -> Hits:
+        state = session.state.setdefault(_STATE, {})
+        if "hits" not in state:
+            state["hits"] = self._judge(session, state, envelope)
+        return state["hits"]
+
+    def _claims_ours(self, session: Session) -> bool:
+        helo = session.helo.strip().rstrip(".").lower()
+        if helo in self.our_names:
+            return True
+        shape = helo_shape(session.helo)
+        if shape.address:
+            ours = self.our_addresses + [session.macros.get("{daemon_addr}", "")]
+            return any(same_address(shape.address, a) for a in ours if a) and not same_address(shape.address, session.client_addr)
+        return False
+
+    def _judge(self, session: Session, state: dict, envelope: Envelope) -> list[Hit]:
+        helo = session.helo.strip()
+        shape = helo_shape(helo)
+        hits: list[Hit] = []
+        if self._claims_ours(session):
+            hits.append(Hit("HELO_CLAIMS_OURS", detail=helo[:100]))
+        if shape.kind == "missing":
+            hits.append(Hit("HELO_MISSING"))
+        elif shape.kind == "bare_ip":
+            hits.append(Hit("HELO_BARE_IP", detail=helo))
+        elif shape.kind == "literal":
+            if session.client_addr and not same_address(shape.address, session.client_addr):
+                hits.append(Hit("HELO_LITERAL_MISMATCH", detail=f"{helo} from {session.client_addr}"))
+        elif shape.kind in ("not_fqdn", "bad_literal"):
+            hits.append(Hit("HELO_NOT_FQDN", detail=helo[:100]))
+        elif self.options.resolve and not hits:
+            resolver = self.services.resolver
+            deadline = resolver.stage_deadline(envelope.state, "mail")
+            name = helo.rstrip(".")
+            queries = state.pop("queries", [(name, "A"), (name, "AAAA")])
+            futures = state.pop("futures", None) or [resolver.submit(n, t, deadline) for n, t in queries]
+            a, aaaa = resolver.collect(futures, queries, deadline)
+            if not (a.ok or aaaa.ok):
+                if a.failed or aaaa.failed:
+                    hits.append(Hit("HELO_TEMPFAIL", detail=a.error or aaaa.error))
+                else:
+                    hits.append(Hit("HELO_NO_RESOLVE", detail=helo[:100]))
+        return hits
+
+
+CHECKS = (Helo,)

@@ -1,0 +1,153 @@
+"""Our own domains and SMTP AUTH: the milter's side of "authenticate before you send as us".
+
+* A MAIL FROM (or From header) in ``[milter] local_domains`` from a client
+  that neither authenticated nor is in ``trusted_networks`` is a spoofed
+  local sender: ``LOCAL_SENDER_SPOOF`` / ``LOCAL_FROM_SPOOF``, scored or
+  rejected (``[checks.local_domains] action``).
+* An authenticated client sending as an envelope sender its login does not
+  own, by a login map like Postfix's ``smtpd_sender_login_maps``
+  (``sender_login_maps`` file or inline ``sender_logins``), is
+  ``SENDER_LOGIN_MISMATCH``, rejected by default with ``553 5.7.1``.
+  An address is looked up whole, then as ``@domain``; an address the map
+  gives no owner is not owned by anyone (as ``reject_sender_login_mismatch``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from ..config import ConfigError
+from ..model import Action, Envelope, Hit, Session
+from . import Check, Hits, Symbol
+from .headers import unfold
+
+if TYPE_CHECKING:
+    from ..services import Services
+
+
+def domain_of(address: str) -> str:
+    """The domain of an address, lower case, without a trailing dot ("" for none)."""
+    return address.rpartition("@")[2].strip().rstrip(".").lower() if "@" in address else ""
+
+
+def load_login_map(path: Path) -> dict[str, set[str]]:
+    """Read a ``KEY login[, login …]`` file (``#`` comments); ConfigError naming the line otherwise."""
+    table: dict[str, set[str]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read the sender login map: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "the sender login map is not UTF-8") from None
+    for number, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split(None, 1)
+        logins = {p.strip() for p in parts[1].replace(",", " ").split()} if len(parts) == 2 else set()
+        if not logins or "@" not in parts[0]:
+            raise ConfigError(path, f"line {number}", "expected \"address-or-@domain login[, login …]\"")
+        table.setdefault(parts[0].lower(), set()).update(logins)
+    return table
+
+
+def owners(table: dict[str, set[str]], address: str) -> set[str]:
+    """The logins that own *address*: the whole address first, then ``@domain``."""
+    address = address.strip().lower()
+    if address in table:
+        return table[address]
+    return table.get("@" + domain_of(address), set())
+
+
+class LocalSpoof(Check):
+    """Local domains used by clients that did not authenticate."""
+
+    name: ClassVar[str] = "local_domains"
+    description: ClassVar[str] = "MAIL FROM or From in a local domain from an unauthenticated, untrusted client"
+    order: ClassVar[int] = 45
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol("LOCAL_SENDER_SPOOF", 3.0, "MAIL FROM in a local domain from a client that neither authenticated nor is trusted"),
+        Symbol("LOCAL_FROM_SPOOF", 2.0, "From header in a local domain from a client that neither authenticated nor is trusted"),
+    )
+
+    def __init__(self, services: "Services") -> None:
+        super().__init__(services)
+        self.domains = {d.lower().rstrip(".") for d in services.config.milter.local_domains}
+        self.options = services.config.checks.local_domains
+
+    @classmethod
+    def enabled(cls, services: "Services") -> bool:
+        return services.config.checks.local_domains.enabled and bool(services.config.milter.local_domains)
+
+    def _hit(self, symbol: str, detail: str, reply: str) -> list[Hit]:
+        if self.options.action == "reject":
+            return [Hit(symbol, detail=detail, action=Action.REJECT, reply=reply), Hit(symbol, detail=detail)]
+        return [Hit(symbol, detail=detail)]
+
+    def on_mail(self, session: Session, envelope: Envelope) -> Hits:
+        if domain_of(envelope.sender) in self.domains:
+            return self._hit("LOCAL_SENDER_SPOOF", envelope.sender[:100], f"553 5.7.1 <{envelope.sender}>: Sender address rejected: not logged in")
+        return ()
+
+    def on_eoh(self, session: Session, envelope: Envelope) -> Hits:
+        if not self.options.check_from_header:
+            return ()
+        from email import policy
+
+        for name, value in envelope.headers:
+            if name.lower() != "from":
+                continue
+            try:
+                addresses = policy.default.header_factory("From", unfold(value)).addresses
+            except Exception:  # noqa: BLE001 - the header check reports unparseable From headers
+                continue
+            for address in addresses:
+                if (address.domain or "").lower().rstrip(".") in self.domains:
+                    return self._hit("LOCAL_FROM_SPOOF", address.addr_spec[:100], "550 5.7.1 From address in a local domain: please authenticate")
+        return ()
+
+
+class SenderLogin(Check):
+    """Authenticated senders must own their envelope sender."""
+
+    name: ClassVar[str] = "sender_login"
+    description: ClassVar[str] = "An authenticated client sends as an address its login does not own (sender login map)"
+    applies_to_trusted: ClassVar[bool] = True
+    applies_to_authenticated: ClassVar[bool] = True
+    order: ClassVar[int] = 46
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol("SENDER_LOGIN_MISMATCH", 5.0, "An authenticated client sends as an envelope sender its login does not own"),
+    )
+
+    def __init__(self, services: "Services") -> None:
+        super().__init__(services)
+        options = services.config.checks.local_domains
+        self.action = options.login_mismatch_action
+        self.table: dict[str, set[str]] = {}
+        if options.sender_login_maps:
+            base = services.config.path.parent if services.config.path else Path.cwd()
+            self.table = load_login_map(base / options.sender_login_maps)
+        for key, logins in options.sender_logins.items():
+            if "@" not in key:
+                raise ConfigError(services.config.path or "milter.conf", f"[checks.local_domains] sender_logins.{key}", "keys are addresses or @domain")
+            self.table.setdefault(key.lower(), set()).update(logins)
+
+    @classmethod
+    def enabled(cls, services: "Services") -> bool:
+        options = services.config.checks.local_domains
+        return options.enabled and bool(options.sender_login_maps or options.sender_logins)
+
+    def on_mail(self, session: Session, envelope: Envelope) -> Hits:
+        if not session.authenticated or not envelope.sender:
+            return ()
+        if session.auth_user in owners(self.table, envelope.sender):
+            return ()
+        detail = f"{session.auth_user} as {envelope.sender}"[:160]
+        if self.action == "reject":
+            reply = f"553 5.7.1 <{envelope.sender}>: Sender address rejected: not owned by user {session.auth_user}"
+            return [Hit("SENDER_LOGIN_MISMATCH", detail=detail, action=Action.REJECT, reply=reply), Hit("SENDER_LOGIN_MISMATCH", detail=detail)]
+        return [Hit("SENDER_LOGIN_MISMATCH", detail=detail)]
+
+
+CHECKS = (LocalSpoof, SenderLogin)

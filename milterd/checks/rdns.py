@@ -1,0 +1,133 @@
+"""Reverse DNS of the client: no PTR, a PTR that is not forward-confirmed, a generic name.
+
+Postfix has usually done the work: the client name it passes is verified
+(forward-confirmed) or ``unknown``.  A verified name is taken as it is
+(``[checks.rdns] use_postfix_name``); only for ``unknown`` clients does
+milterd ask DNS itself (Postfix may have been told not to look, e.g.
+``smtpd_peername_lookup = no``): PTR, then the A/AAAA of each name.  The PTR
+query starts at connect; the answer is used at MAIL FROM, once per session.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import TYPE_CHECKING, ClassVar
+
+from ..model import Envelope, Hit, Session
+from . import Hits, Symbol
+from .switches import ConfiguredCheck
+
+if TYPE_CHECKING:
+    from ..services import Services
+
+_STATE = "rdns"
+
+
+def verified_by_postfix(session: Session) -> str:
+    """The client name Postfix verified, or "" when it says ``unknown`` (or nothing)."""
+    name = (session.client_name or "").strip().rstrip(".")
+    if not name or name.lower() == "unknown" or name.startswith("["):
+        return ""
+    return name
+
+
+def looks_generic(name: str, ip: str, patterns: list[re.Pattern[str]]) -> bool:
+    """Whether *name* looks like an ISP's generic or dynamic name (or embeds the address)."""
+    lowered = name.lower()
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        address = None
+    if isinstance(address, ipaddress.IPv4Address):
+        octets = str(address).split(".")
+        # The last two octets in either order, as in 10-2-0-192.dyn.example.net.
+        if re.search(rf"(^|\D){octets[2]}\D{octets[3]}(\D|$)|(^|\D){octets[3]}\D{octets[2]}(\D|$)", lowered):
+            return True
+    return any(p.search(lowered) for p in patterns)
+
+
+class ReverseDns(ConfiguredCheck):
+    """PTR and forward-confirmed reverse DNS (FCrDNS) of the client."""
+
+    name: ClassVar[str] = "rdns"
+    options_name: ClassVar[str] = "rdns"
+    description: ClassVar[str] = "Reverse DNS of the client: missing, not forward-confirmed, generic"
+    order: ClassVar[int] = 20
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol("RDNS_NONE", 1.5, "The client address has no PTR record"),
+        Symbol("RDNS_NOT_FCRDNS", 1.0, "No PTR name of the client resolves back to its address (not forward-confirmed)"),
+        Symbol("RDNS_DYNAMIC", 1.0, "The client name looks generic or dynamic (address in the name, dsl, pool, dyn …)"),
+        Symbol("RDNS_TEMPFAIL", 0.0, "Reverse DNS of the client could not be looked up (DNS error)"),
+    )
+
+    def __init__(self, services: "Services") -> None:
+        super().__init__(services)
+        self.patterns = [re.compile(p) for p in self.options.generic_patterns]
+
+    @classmethod
+    def enabled(cls, services: "Services") -> bool:
+        if not super().enabled(services):
+            return False
+        from ..config import ConfigError
+
+        for position, pattern in enumerate(services.config.checks.rdns.generic_patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(services.config.path or "milter.conf", f"[checks.rdns] generic_patterns[{position}]", f"bad regular expression: {exc}") from None
+        return True
+
+    def on_connect(self, session: Session) -> Hits:
+        session.state.pop(_STATE, None)
+        if session.ip is None:
+            return ()
+        if self.options.use_postfix_name and verified_by_postfix(session):
+            return ()
+        resolver = self.services.resolver
+        deadline = resolver.stage_deadline(session.state, "connect")
+        session.state[_STATE] = {"ptr": resolver.submit(session.ip.reverse_pointer, "PTR", deadline)}
+        return ()
+
+    def on_mail(self, session: Session, envelope: Envelope) -> Hits:
+        if session.ip is None:
+            return ()
+        state = session.state.setdefault(_STATE, {})
+        if "hits" not in state:
+            state["hits"] = self._judge(session, state, self.services.resolver.stage_deadline(envelope.state, "mail"))
+        return state["hits"]
+
+    def _judge(self, session: Session, state: dict, deadline: float) -> list[Hit]:
+        ip = session.client_addr
+        name = verified_by_postfix(session) if self.options.use_postfix_name else ""
+        if not name:
+            resolver = self.services.resolver
+            query = (session.ip.reverse_pointer if session.ip else ip, "PTR")
+            future = state.pop("ptr", None) or resolver.submit(*query, deadline)
+            ptr = resolver.collect([future], [query], deadline)[0]
+            if ptr.failed:
+                return [Hit("RDNS_TEMPFAIL", detail=ptr.error)]
+            if not ptr.ok:
+                return [Hit("RDNS_NONE", detail=ip)]
+            names = list(ptr.records[:10])
+            forwards = resolver.query_many([(n, t) for n in names for t in ("A", "AAAA")], deadline)
+            confirmed = [n for i, n in enumerate(names) if _has_address(ip, forwards[2 * i].records + forwards[2 * i + 1].records)]
+            if not confirmed:
+                if any(f.failed for f in forwards):
+                    return [Hit("RDNS_TEMPFAIL", detail=f"forward lookup of {names[0]}")]
+                return [Hit("RDNS_NOT_FCRDNS", detail=f"{ip} -> {names[0]}")]
+            name = confirmed[0]
+        if looks_generic(name, ip, self.patterns):
+            return [Hit("RDNS_DYNAMIC", detail=name)]
+        return []
+
+
+def _has_address(ip: str, records: tuple[str, ...]) -> bool:
+    try:
+        wanted = ipaddress.ip_address(ip)
+        return any(ipaddress.ip_address(r) == wanted for r in records)
+    except ValueError:
+        return False
+
+
+CHECKS = (ReverseDns,)

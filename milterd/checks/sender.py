@@ -1,0 +1,102 @@
+"""The MAIL FROM address: syntax, IP-literal domains, domains without a dot or without mail.
+
+The null sender (bounces, ``MAIL FROM:<>``) is always allowed.  A domain
+"can receive mail" when it has an MX other than the null MX (RFC 7505) or,
+lacking MX records, an address (RFC 5321 §5.1 implicit MX).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, ClassVar
+
+from ..model import Envelope, Hit, Session
+from . import Hits, Symbol
+from .switches import ConfiguredCheck
+
+if TYPE_CHECKING:
+    from ..services import Services
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
+_LOCAL = re.compile(rf'^(?:{_ATOM}(?:\.{_ATOM})*|"(?:[^"\\\r\n]|\\.)*")$')
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_\-\u0080-\U0010ffff]{1,63}(?<!-)$")
+
+
+def split_address(address: str) -> tuple[str, str] | None:
+    """``local@domain`` → (local, domain), the last @ separating them; None without an @."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return None
+    return local, domain
+
+
+def address_problem(address: str) -> str:
+    """What is wrong with a MAIL FROM address: "" (fine), "invalid", "ip_literal" or "no_dot"."""
+    parts = split_address(address)
+    if parts is None:
+        return "invalid"
+    local, domain = parts
+    if not local or len(local) > 64 or not _LOCAL.match(local):
+        return "invalid"
+    if domain.startswith("[") and domain.endswith("]"):
+        return "ip_literal"
+    domain = domain.rstrip(".")
+    if not domain or len(domain) > 253 or not all(_LABEL.match(label) for label in domain.split(".")):
+        return "invalid"
+    if "." not in domain:
+        return "no_dot"
+    return ""
+
+
+class Sender(ConfiguredCheck):
+    """The envelope sender."""
+
+    name: ClassVar[str] = "sender"
+    options_name: ClassVar[str] = "sender"
+    description: ClassVar[str] = "MAIL FROM: syntax, IP literal, no dot, domain that cannot receive mail"
+    order: ClassVar[int] = 40
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol("MAIL_FROM_INVALID", 2.0, "MAIL FROM is not a valid address"),
+        Symbol("MAIL_FROM_IP_LITERAL", 2.0, "MAIL FROM has an IP-literal domain (user@[192.0.2.1])"),
+        Symbol("MAIL_FROM_NO_DOT", 2.0, "MAIL FROM's domain has no dot (user@example)"),
+        Symbol("MAIL_FROM_NO_MX", 2.5, "MAIL FROM's domain has neither MX nor address, or a null MX: it cannot take bounces"),
+        Symbol("MAIL_FROM_TEMPFAIL", 0.0, "MAIL FROM's domain could not be looked up (DNS error)"),
+    )
+
+    def on_mail(self, session: Session, envelope: Envelope) -> Hits:
+        sender = envelope.sender.strip()
+        if not sender:
+            return ()
+        problem = address_problem(sender)
+        if problem == "invalid":
+            return [Hit("MAIL_FROM_INVALID", detail=sender[:100])]
+        if problem == "ip_literal":
+            return [Hit("MAIL_FROM_IP_LITERAL", detail=sender[:100])]
+        if problem == "no_dot":
+            return [Hit("MAIL_FROM_NO_DOT", detail=sender[:100])]
+        if not self.options.resolve:
+            return ()
+        domain = sender.rpartition("@")[2].rstrip(".").lower()
+        return self._mail_domain(domain, self.services.resolver.stage_deadline(envelope.state, "mail"))
+
+    def _mail_domain(self, domain: str, deadline: float) -> list[Hit]:
+        resolver = self.services.resolver
+        mx = resolver.mx(domain, deadline)
+        if mx.failed:
+            return [Hit("MAIL_FROM_TEMPFAIL", detail=f"{domain}: {mx.error}")]
+        if mx.ok:
+            hosts = [record.split(" ", 1)[1] for record in mx.records if " " in record]
+            if hosts and all(h in (".", "") for h in hosts):
+                return [Hit("MAIL_FROM_NO_MX", detail=f"{domain}: null MX")]
+            return []
+        if mx.status == "nxdomain":
+            return [Hit("MAIL_FROM_NO_MX", detail=f"{domain}: no such domain")]
+        addresses = resolver.addresses(domain, deadline)
+        if addresses.failed:
+            return [Hit("MAIL_FROM_TEMPFAIL", detail=f"{domain}: {addresses.error}")]
+        if not addresses.ok:
+            return [Hit("MAIL_FROM_NO_MX", detail=f"{domain}: no MX, no address")]
+        return []
+
+
+CHECKS = (Sender,)

@@ -1,0 +1,149 @@
+"""SPF (RFC 7208) with pyspf, and the Authentication-Results header (RFC 8601).
+
+SPF is evaluated at MAIL FROM for the envelope sender, or for the HELO
+identity (``postmaster@HELO``) when the sender is null.  ``fail`` may be set
+to reject every recipient with ``550 5.7.23``.  pyspf asks milterd's
+resolver (``[dns] nameservers``), bounded by the stage's deadline.
+
+At end of message an ``Authentication-Results`` header with our authserv-id
+is put at the top, and incoming ones claiming that id are removed first (a
+forger's ``spf=pass`` must not reach a Sieve rule or a mail client).  That
+part runs for every client, trusted and authenticated ones included.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..dns import use_for_spf
+from ..model import Action, Envelope, HeaderEdit, Hit, Session
+from . import Hits, Symbol
+from .switches import ConfiguredCheck
+
+if TYPE_CHECKING:
+    from ..services import Services
+
+RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
+_STATE = "spf"
+_COMMENT = re.compile(r"\([^()]*\)")
+
+
+def authserv_id_of(value: str) -> str:
+    """The authserv-id an Authentication-Results value claims (lower case), or ""."""
+    head = _COMMENT.sub(" ", value.split(";", 1)[0]).split()
+    return head[0].lower() if head else ""
+
+
+def forged_indexes(headers: list[tuple[str, bytes]], authserv_id: str) -> list[int]:
+    """1-based indexes (among Authentication-Results headers) of those claiming *authserv_id*, highest first."""
+    found: list[int] = []
+    index = 0
+    for name, value in headers:
+        if name.lower() != "authentication-results":
+            continue
+        index += 1
+        if authserv_id_of(value.decode("utf-8", "replace")) == authserv_id.lower():
+            found.append(index)
+    return sorted(found, reverse=True)
+
+
+def authentication_results(authserv_id: str, spf: dict[str, str] | None, auth_user: str) -> str:
+    """The value of our Authentication-Results header (without the name)."""
+    import authres
+
+    results: list[Any] = []
+    if auth_user:
+        results.append(authres.SMTPAUTHAuthenticationResult(result="pass", smtp_auth=auth_user))
+    if spf is not None:
+        kwargs = {"smtp_helo": spf["helo"]} if spf["identity"] == "helo" else {"smtp_mailfrom": spf["sender"]}
+        results.append(authres.SPFAuthenticationResult(result=spf["result"], **kwargs))
+    if not results:
+        results.append(authres.NoneAuthenticationResult())
+    text = str(authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results))
+    return text.split(":", 1)[1].strip()
+
+
+class Spf(ConfiguredCheck):
+    """SPF of the envelope sender (or HELO), and Authentication-Results."""
+
+    name: ClassVar[str] = "spf"
+    options_name: ClassVar[str] = "spf"
+    description: ClassVar[str] = "SPF of MAIL FROM (HELO for bounces); Authentication-Results; forged ones removed"
+    order: ClassVar[int] = 50
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol("SPF_PASS", -0.5, "SPF pass: the client may send for the sender's domain"),
+        Symbol("SPF_FAIL", 3.0, "SPF fail: the sender's domain says this client may not send for it"),
+        Symbol("SPF_SOFTFAIL", 1.5, "SPF softfail: the sender's domain says this client is probably not allowed"),
+        Symbol("SPF_NEUTRAL", 0.0, "SPF neutral: the sender's domain makes no claim about this client"),
+        Symbol("SPF_NONE", 0.5, "SPF none: the sender's domain publishes no SPF record"),
+        Symbol("SPF_TEMPERROR", 0.0, "SPF temperror: a DNS error while evaluating SPF"),
+        Symbol("SPF_PERMERROR", 0.5, "SPF permerror: the domain's SPF record is broken"),
+    )
+
+    def __init__(self, services: "Services") -> None:
+        super().__init__(services)
+        # Evaluation honours the bypass itself; Authentication-Results cleaning runs for everyone.
+        self.applies_to_trusted = True  # type: ignore[misc]
+        self.applies_to_authenticated = True  # type: ignore[misc]
+        use_for_spf(lambda: services.resolver)
+
+    @property
+    def authserv_id(self) -> str:
+        """Our authserv-id: ``[milter] authserv_id``, else the host name."""
+        return self.services.config.milter.authserv_id or self.services.config.hostname
+
+    def on_mail(self, session: Session, envelope: Envelope) -> Hits:
+        envelope.state.pop(_STATE, None)
+        if self.bypassed(session) or session.ip is None:
+            return ()
+        import spf
+
+        sender = envelope.sender.strip()
+        helo = session.helo.strip()
+        if not sender and (not helo or helo.startswith("[")):
+            return ()
+        resolver = self.services.resolver
+        remaining = max(0.05, resolver.stage_deadline(envelope.state, "mail") - time.monotonic())
+        try:
+            result, explanation = spf.check2(i=session.client_addr, s=sender, h=helo or "unknown", timeout=remaining, querytime=remaining)
+        except Exception as exc:  # noqa: BLE001 - pyspf on hostile input: a temperror, never a crash
+            result, explanation = "temperror", f"{type(exc).__name__}: {exc}"
+        result = str(result).lower()
+        if result not in RESULTS:
+            result = "permerror" if result == "ambiguous" else "temperror"
+        envelope.state[_STATE] = {
+            "result": result,
+            "explanation": str(explanation),
+            "identity": "mailfrom" if sender else "helo",
+            "sender": sender or f"postmaster@{helo}",
+            "helo": helo,
+        }
+        if result == "fail" and self.options.fail_action == "reject":
+            return ()  # the recipients are refused one by one (RCPT), and the log says why
+        return [Hit(f"SPF_{result.upper()}", detail=f"{sender or helo}: {explanation}"[:200])]
+
+    def on_rcpt(self, session: Session, envelope: Envelope, recipient: str) -> Hits:
+        state = envelope.state.get(_STATE)
+        if state is None or state["result"] != "fail" or self.options.fail_action != "reject":
+            return ()
+        domain = state["sender"].rpartition("@")[2]
+        reply = f"550 5.7.23 <{state['sender']}>: SPF validation failed for {domain}: {state['explanation']}"[:400]
+        return [Hit("SPF_FAIL", detail=state["explanation"][:200], action=Action.REJECT, reply=reply)]
+
+    def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        # Deletions first, highest index first, then our header at the top: the
+        # indexes refer to the headers as received.
+        if self.options.remove_forged:
+            for index in forged_indexes(envelope.headers, self.authserv_id):
+                envelope.edits.append(HeaderEdit("change", "Authentication-Results", "", index))
+        if self.options.authentication_results:
+            spf_state = envelope.state.get(_STATE)
+            if spf_state is not None or session.authenticated:
+                value = authentication_results(self.authserv_id, spf_state, session.auth_user)
+                envelope.edits.append(HeaderEdit("insert", "Authentication-Results", value, 0))
+        return ()
+
+
+CHECKS = (Spf,)

@@ -1,0 +1,351 @@
+"""The DNS resolver of a worker: bounded in time, cached, concurrent.
+
+Checks ask :class:`Resolver` for records and get an :class:`Answer` back,
+never an exception: a timeout, a SERVFAIL or an unreachable resolver is an
+answer whose ``status`` is ``"error"``, so that a check can emit a symbol
+saying so and go on.  ``[dns] timeout`` bounds each stage: a check takes a
+deadline (:meth:`Resolver.deadline`) and every query it makes at that stage
+shares it.  Answers, negative ones included, are cached per process for
+their TTL in a bounded LRU table.  pyspf is pointed at the same resolver
+(:meth:`Resolver.spf_lookup`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+if TYPE_CHECKING:
+    from .config import DnsSection
+
+log = logging.getLogger("milterd")
+
+Status = Literal["ok", "nxdomain", "nodata", "error"]
+
+#: Longest a negative answer (NXDOMAIN, no data) is kept when the zone gives no SOA.
+NEGATIVE_TTL = 60.0
+#: Longest any answer is kept, whatever its TTL says.
+MAX_TTL = 86400.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The outcome of one query: records as text (and as dnspython rdata), or why there are none."""
+
+    name: str
+    rdtype: str
+    status: Status
+    records: tuple[str, ...] = ()
+    rdata: tuple[Any, ...] = ()
+    ttl: float = 0.0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Records were found."""
+        return self.status == "ok"
+
+    @property
+    def failed(self) -> bool:
+        """The question could not be answered (timeout, SERVFAIL, no resolver)."""
+        return self.status == "error"
+
+    @property
+    def missing(self) -> bool:
+        """The name or the record type does not exist."""
+        return self.status in ("nxdomain", "nodata")
+
+
+def parse_nameserver(spec: str) -> tuple[str, int]:
+    """``"IP"``, ``"IP:PORT"``, ``"[IPv6]:PORT"`` or a bare IPv6 address → (ip, port); ValueError otherwise."""
+    spec = spec.strip()
+    host, port = spec, 53
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{spec!r}: expected [IPv6]:PORT")
+            port = int(rest[1:])
+    elif spec.count(":") == 1:
+        host, _, port_text = spec.partition(":")
+        port = int(port_text)
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(f"{spec!r}: port out of range")
+    return host, port
+
+
+def reverse_pointer(ip: str) -> str:
+    """The in-addr.arpa / ip6.arpa name of *ip* (no trailing dot)."""
+    return ipaddress.ip_address(ip).reverse_pointer
+
+
+def dnsbl_name(ip: str, zone: str) -> str | None:
+    """The name to look up *ip* in DNS list *zone*: reversed octets for IPv4, nibbles for IPv6.
+
+    An IPv4-mapped IPv6 address is looked up as IPv4; None for an unparsable address.
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv4Address):
+        prefix = ".".join(reversed(str(address).split(".")))
+    else:
+        prefix = ".".join(reversed(address.exploded.replace(":", "")))
+    return f"{prefix}.{zone.strip('.')}"
+
+
+class TTLCache:
+    """A bounded LRU table whose entries also expire (thread-safe)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> Answer | None:
+        """The live entry for *key*, or None."""
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return None
+            expires, answer = item
+            if expires <= time.monotonic():
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return answer
+
+    def put(self, key: tuple[str, str], answer: Answer) -> None:
+        """Keep *answer* for its TTL, evicting the least recently used entries beyond the size."""
+        if self.size <= 0 or answer.ttl <= 0:
+            return
+        with self._lock:
+            self._data[key] = (time.monotonic() + answer.ttl, answer)
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class Resolver:
+    """DNS for checks: ``[dns] nameservers`` (else /etc/resolv.conf), bounded, cached, concurrent."""
+
+    def __init__(self, section: "DnsSection") -> None:
+        self.timeout = float(section.timeout)
+        if section.nameservers:
+            self._resolver = dns.resolver.Resolver(configure=False)
+            servers = []
+            for spec in section.nameservers:
+                ip, port = parse_nameserver(spec)
+                servers.append(dns.nameserver.Do53Nameserver(ip, port))
+            self._resolver.nameservers = servers
+        else:
+            try:
+                self._resolver = dns.resolver.Resolver(configure=True)
+            except Exception:  # noqa: BLE001 - no resolv.conf: every query fails, as "error"
+                self._resolver = dns.resolver.Resolver(configure=False)
+                self._resolver.nameservers = ["127.0.0.1"]
+        self._resolver.timeout = self.timeout
+        self._resolver.lifetime = self.timeout
+        self._resolver.retry_servfail = False
+        self.cache = TTLCache(section.cache_size)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    # --- time -------------------------------------------------------------
+    def deadline(self) -> float:
+        """A deadline ``timeout`` seconds from now (``time.monotonic()``) for one stage."""
+        return time.monotonic() + self.timeout
+
+    def stage_deadline(self, state: dict[str, Any], stage: str) -> float:
+        """The deadline of *stage* shared by every check at it (kept in a session or envelope ``state``)."""
+        deadlines = state.setdefault("dns_deadline", {})
+        if stage not in deadlines:
+            deadlines[stage] = self.deadline()
+        return float(deadlines[stage])
+
+    # --- queries ------------------------------------------------------------
+    def query(self, name: str, rdtype: str, deadline: float | None = None) -> Answer:
+        """Ask for *rdtype* records of *name*, within *deadline* (default: ``timeout`` from now)."""
+        key = (name.lower().rstrip("."), rdtype.upper())
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        remaining = (deadline if deadline is not None else self.deadline()) - time.monotonic()
+        if remaining <= 0:
+            return Answer(key[0], key[1], "error", error="timeout")
+        answer = self._resolve(key[0], key[1], remaining)
+        self.cache.put(key, answer)
+        return answer
+
+    def _resolve(self, name: str, rdtype: str, lifetime: float) -> Answer:
+        try:
+            result = self._resolver.resolve(name, rdtype, lifetime=lifetime, raise_on_no_answer=False, search=False)
+        except dns.resolver.NXDOMAIN as exc:
+            return Answer(name, rdtype, "nxdomain", ttl=_negative_ttl(exc.responses().values()))
+        except dns.exception.Timeout:
+            return Answer(name, rdtype, "error", error="timeout")
+        except dns.resolver.NoNameservers as exc:
+            return Answer(name, rdtype, "error", error=_short(exc))
+        except Exception as exc:  # noqa: BLE001 - any resolver failure is an "error" answer
+            return Answer(name, rdtype, "error", error=_short(exc))
+        if result.rrset is None:
+            return Answer(name, rdtype, "nodata", ttl=_negative_ttl([result.response]))
+        rdata = tuple(result.rrset)
+        ttl = min(float(result.rrset.ttl), MAX_TTL)
+        return Answer(name, rdtype, "ok", tuple(_text(r) for r in rdata), rdata, ttl)
+
+    def submit(self, name: str, rdtype: str, deadline: float | None = None) -> "Future[Answer]":
+        """Start a query in the background; collect it with :meth:`collect`."""
+        cached = self.cache.get((name.lower().rstrip("."), rdtype.upper()))
+        if cached is not None:
+            future: Future[Answer] = Future()
+            future.set_result(cached)
+            return future
+        return self._executor().submit(self.query, name, rdtype, deadline)
+
+    def collect(self, futures: Sequence["Future[Answer]"], queries: Sequence[tuple[str, str]], deadline: float) -> list[Answer]:
+        """The answers of *futures* (started for *queries*); those not done by *deadline* are timeouts."""
+        wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
+        answers = []
+        for future, (name, rdtype) in zip(futures, queries):
+            if future.done() and future.exception() is None:
+                answers.append(future.result())
+            else:
+                answers.append(Answer(name, rdtype.upper(), "error", error="timeout"))
+        return answers
+
+    def query_many(self, queries: Sequence[tuple[str, str]], deadline: float | None = None) -> list[Answer]:
+        """Several queries at once, answers in the same order."""
+        deadline = deadline if deadline is not None else self.deadline()
+        if len(queries) == 1:
+            return [self.query(queries[0][0], queries[0][1], deadline)]
+        futures = [self.submit(name, rdtype, deadline) for name, rdtype in queries]
+        return self.collect(futures, queries, deadline)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dns")
+            return self._pool
+
+    # --- helpers ------------------------------------------------------------
+    def a(self, name: str, deadline: float | None = None) -> Answer:
+        """IPv4 addresses of *name*."""
+        return self.query(name, "A", deadline)
+
+    def aaaa(self, name: str, deadline: float | None = None) -> Answer:
+        """IPv6 addresses of *name*."""
+        return self.query(name, "AAAA", deadline)
+
+    def mx(self, name: str, deadline: float | None = None) -> Answer:
+        """MX records of *name*, as ``"PREFERENCE HOST"``."""
+        return self.query(name, "MX", deadline)
+
+    def txt(self, name: str, deadline: float | None = None) -> Answer:
+        """TXT records of *name*, each one's strings joined."""
+        return self.query(name, "TXT", deadline)
+
+    def ptr(self, ip: str, deadline: float | None = None) -> Answer:
+        """The PTR names of address *ip* (no trailing dot)."""
+        try:
+            name = reverse_pointer(ip)
+        except ValueError:
+            return Answer(ip, "PTR", "error", error="not an IP address")
+        return self.query(name, "PTR", deadline)
+
+    def addresses(self, name: str, deadline: float | None = None) -> Answer:
+        """A and AAAA of *name* together: ok if either has records, error if both failed."""
+        a, aaaa = self.query_many([(name, "A"), (name, "AAAA")], deadline)
+        records = a.records + aaaa.records
+        if records:
+            return Answer(name, "A+AAAA", "ok", records, a.rdata + aaaa.rdata, min(a.ttl or MAX_TTL, aaaa.ttl or MAX_TTL))
+        if a.failed and aaaa.failed:
+            return Answer(name, "A+AAAA", "error", error=a.error)
+        if a.failed or aaaa.failed:
+            # One family failed, the other had nothing: we cannot say the name has no address.
+            return Answer(name, "A+AAAA", "error", error=(a.error or aaaa.error))
+        status: Status = "nxdomain" if a.status == "nxdomain" else "nodata"
+        return Answer(name, "A+AAAA", status)
+
+    # --- pyspf ------------------------------------------------------------
+    def spf_lookup(self, name: str, qtype: str, strict: Any = True, timeout: float = 20.0) -> list[tuple[tuple[str, str], Any]]:
+        """pyspf's ``DNSLookup`` signature, answered from this resolver (see :func:`use_for_spf`)."""
+        import spf
+
+        deadline = time.monotonic() + min(float(timeout or self.timeout), self.timeout)
+        answer = self.query(name, qtype, deadline)
+        if answer.failed:
+            raise spf.TempError(f"DNS {answer.error or 'error'}")
+        found: list[tuple[tuple[str, str], Any]] = []
+        for rdata in answer.rdata:
+            if qtype in ("A", "AAAA"):
+                found.append(((name, qtype), rdata.address))
+            elif qtype == "MX":
+                found.append(((name, qtype), (rdata.preference, rdata.exchange)))
+            elif qtype == "PTR":
+                found.append(((name, qtype), rdata.target.to_text(True)))
+            elif qtype in ("TXT", "SPF"):
+                found.append(((name, qtype), rdata.strings))
+        return found
+
+    def close(self) -> None:
+        """Stop the background query threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+
+def use_for_spf(get_resolver: Any) -> None:
+    """Make pyspf ask our resolver: *get_resolver* returns this process's :class:`Resolver`."""
+    import spf
+
+    def lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20.0) -> list[tuple[tuple[str, str], Any]]:
+        return get_resolver().spf_lookup(name, qtype, strict, timeout)
+
+    spf.DNSLookup = lookup
+
+
+def _text(rdata: Any) -> str:
+    if rdata.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        return str(rdata.address)
+    if rdata.rdtype == dns.rdatatype.PTR:
+        return rdata.target.to_text(True)
+    if rdata.rdtype == dns.rdatatype.MX:
+        return f"{rdata.preference} {rdata.exchange.to_text(True) or '.'}"
+    if rdata.rdtype == dns.rdatatype.TXT:
+        return b"".join(rdata.strings).decode("utf-8", "replace")
+    return rdata.to_text()
+
+
+def _negative_ttl(responses: Iterable[Any]) -> float:
+    # RFC 2308: the SOA in the authority section bounds how long "no" may be kept.
+    for response in responses:
+        for rrset in getattr(response, "authority", ()) or ():
+            if rrset.rdtype == dns.rdatatype.SOA:
+                return float(min(rrset.ttl, rrset[0].minimum, NEGATIVE_TTL * 5))
+    return NEGATIVE_TTL
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."

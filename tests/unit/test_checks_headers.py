@@ -1,0 +1,100 @@
+"""The header check on hand-made and on CPython's deliberately malformed messages: symbols, never a crash."""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from milterd.checks.headers import Headers, bad_encoded_words, date_problem
+from milterd.config import Config
+from milterd.model import Envelope, Session, Spool
+from milterd.services import Services
+
+
+def judge(headers: list[tuple[str, bytes]], mail_args: dict | None = None) -> dict[str, str]:
+    check = Headers(Services(config=Config()))
+    envelope = Envelope(spool=Spool(1024), headers=headers, mail_args=mail_args or {})
+    return {hit.symbol: hit.detail for hit in check.on_eoh(Session(), envelope)}
+
+
+GOOD = [
+    ("From", b"Alice <alice@example.org>"),
+    ("To", b"Bob <bob@example.com>, undisclosed-recipients:;"),
+    ("Subject", b"=?utf-8?q?caf=C3=A9?="),
+    ("Date", email.utils.formatdate().encode()),
+    ("Message-ID", b"<abc@example.org>"),
+]
+
+
+def test_good_headers_emit_nothing() -> None:
+    assert judge(GOOD) == {}
+
+
+def test_no_from_and_two_subjects() -> None:
+    found = judge([h for h in GOOD if h[0] != "From"] + [("Subject", b"again")])
+    assert "HDR_FROM_MISSING" in found and found["HDR_DUPLICATE"] == "Subject"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "symbol"),
+    [
+        ("From", b"alice", "HDR_FROM_INVALID"),
+        ("From", b"Alice <alice@>", "HDR_FROM_INVALID"),
+        ("Date", b"yesterday at noon", "HDR_DATE_INVALID"),
+        ("Message-ID", b"no-brackets@example.org", "HDR_MSGID_INVALID"),
+        ("To", b"Bob <bob@", "HDR_TO_INVALID"),
+        ("Subject", b"=?utf-8?b?!!!?=", "HDR_ENCODED_WORD_INVALID"),
+        ("Subject", b"=?no-such-charset?q?hi?=", "HDR_ENCODED_WORD_INVALID"),
+        ("Subject", b"caf\xc3\xa9", "HDR_8BIT"),
+        ("Subject", b"a\x00b", "HDR_NUL"),
+    ],
+)
+def test_bad_headers(name: str, value: bytes, symbol: str) -> None:
+    headers = [h for h in GOOD if h[0] != name] + [(name, value)]
+    assert symbol in judge(headers)
+
+
+def test_smtputf8_allows_8bit() -> None:
+    headers = [h for h in GOOD if h[0] != "Subject"] + [("Subject", "café".encode())]
+    assert "HDR_8BIT" not in judge(headers, {"SMTPUTF8": None})
+
+
+def test_date_skew() -> None:
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc)
+    assert date_problem(email.utils.formatdate(time.time() + 86400 * 2), now, 43200, 7 * 86400) == "future"
+    assert date_problem(email.utils.formatdate(time.time() - 86400 * 30), now, 43200, 7 * 86400) == "past"
+    assert date_problem("Mon, 1 Jan 2024 00:00:00 -0000", now, 1e12, 1e12) == ""
+
+
+def test_encoded_words() -> None:
+    assert bad_encoded_words("=?utf-8?q?ok?= and =?iso-8859-1?b?Y2Fm6Q==?=") == ""
+    assert bad_encoded_words("=?utf-8?q?unterminated")
+    assert bad_encoded_words("=?utf-8?b?/w==?=")  # 0xff is not UTF-8
+
+
+def _cpython_messages() -> list[Path]:
+    import test
+
+    folder = Path(os.path.dirname(test.__file__)) / "test_email" / "data"
+    return sorted(folder.glob("msg_*.txt")) if folder.is_dir() else []
+
+
+@pytest.mark.skipif(not _cpython_messages(), reason="CPython's test_email data is not installed")
+def test_malformed_corpus_never_crashes() -> None:
+    for path in _cpython_messages():
+        raw = path.read_bytes().replace(b"\r\n", b"\n")
+        head = raw.split(b"\n\n", 1)[0]
+        headers: list[tuple[str, bytes]] = []
+        for line in head.split(b"\n"):
+            if line[:1] in (b" ", b"\t") and headers:
+                headers[-1] = (headers[-1][0], headers[-1][1] + b"\n" + line)
+            elif b":" in line:
+                name, _, value = line.partition(b":")
+                headers.append((name.decode("latin-1"), value.strip()))
+        assert "HDR_PARSE_ERROR" not in judge(headers), path.name
