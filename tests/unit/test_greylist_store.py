@@ -161,3 +161,66 @@ def test_auto_whitelist_touch(store: Store) -> None:
     assert gl.client_state(store.engine, "192.0.2.0/24")[1] == at(300)
     gl.touch_client(store.engine, "192.0.2.0/24", now=at(300 + 3601))
     assert gl.client_state(store.engine, "192.0.2.0/24")[1] == at(3901)
+
+
+# --- the check and the maintenance job, on a real (SQLite or PostgreSQL) store -----
+def _services(database: str, **greylist: object):  # type: ignore[no-untyped-def]
+    from milterd.config import Config
+    from milterd.services import build
+
+    changes = {"database.url": database, "greylist.enabled": True, "greylist.whitelist_providers": False}
+    changes.update({f"greylist.{k}": v for k, v in greylist.items()})
+    return build(Config().with_changes(changes))
+
+
+def test_check_skips_dnswl_and_greylists_the_rest(store: Store, database: str) -> None:
+    from milterd.checks.greylist import Greylist
+    from milterd.model import Action, Envelope, Hit, Session, Spool
+
+    services = _services(database)
+    [check] = [c for c in services.checks if isinstance(c, Greylist)]
+    envelope = Envelope(spool=Spool(1024), sender="alice@example.org")
+    listed = Session(client_addr="192.0.2.1", hits=[Hit("DNSWL_MED")])
+    assert list(check.on_rcpt(listed, envelope, "bob@example.com")) == []
+    [hit] = check.on_rcpt(Session(client_addr="192.0.2.1"), envelope, "bob@example.com")
+    assert hit.symbol == "GREYLIST" and hit.action == Action.GREYLIST
+    assert hit.reply == "451 4.7.1 Greylisted, please try again in 300 seconds"
+    assert "client=192.0.2.0/24 from=<alice@example.org> to=<bob@example.com> new" in hit.detail
+    assert list(check.on_rcpt(Session(client_addr="192.0.2.1", auth_user="alice"), envelope, "bob@example.com")) == []
+    services.close()
+
+
+def test_score_mode_verdict(store: Store, database: str) -> None:
+    from milterd.checks.greylist import Greylist
+    from milterd.config import Config
+    from milterd.model import Action, Envelope, Session, Spool, Verdict
+    from milterd.services import build
+
+    config = Config().with_changes({
+        "database.url": database, "greylist.enabled": True, "greylist.mode": "score", "greylist.delay": 0,
+        "actions.greylist": 6, "actions.add_header": 5,
+    })
+    services = build(config)
+    [check] = [c for c in services.checks if isinstance(c, Greylist)]
+    envelope = Envelope(spool=Spool(1024), sender="alice@example.org", recipients=["bob@example.com"])
+    session = Session(client_addr="192.0.2.1")
+    assert list(check.on_rcpt(session, envelope, "bob@example.com")) == []  # nothing at RCPT
+    verdict = Verdict(Action.GREYLIST, 7.0, {"X": 7.0}, {}, "score 7 >= greylist 6", required=5)
+    first = check.on_verdict(session, envelope, verdict)
+    assert first.action == Action.GREYLIST and first.reply.startswith("451 4.7.1 Greylisted")
+    assert "to=<bob@example.com>" in first.details["GREYLIST"]
+    accepted = Verdict(Action.ADD_HEADER, 5.0, {}, {}, "")
+    assert check.on_verdict(session, envelope, accepted) is accepted
+    services.close()
+
+
+def test_purge_job_is_registered(store: Store, database: str) -> None:
+    from milterd import maintenance
+
+    job = next(j for j in maintenance.load_jobs() if j.name == "greylist-purge")
+    services = _services(database, purge_interval=600)
+    assert job.interval(services) == 600
+    assert job.interval(_services(database, enabled=False)) == 0
+    gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(-10 * 86400))
+    assert "purged 1 expired triplet" in job.run(services)
+    services.close()
