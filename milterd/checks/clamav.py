@@ -132,7 +132,12 @@ class ClamavCheck(Check):
         try:
             state.stream.send(chunk)
         except ScannerError as exc:
-            self._fail(state, str(exc))
+            if "size limit exceeded" in str(exc):
+                # max_size above clamd's StreamMaxLength: a retry would fail the same way.
+                log.warning("clamav: %s; lower [clamav] max_size to clamd's StreamMaxLength", exc)
+                state.skipped, state.stream = "over clamd's StreamMaxLength", None
+            else:
+                self._fail(state, str(exc))
         return ()
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
@@ -147,6 +152,8 @@ class ClamavCheck(Check):
         try:
             result = state.stream.finish()
         except ScannerError as exc:
+            if "size limit exceeded" in str(exc):
+                return [Hit(SKIPPED, detail="over clamd's StreamMaxLength")]
             return [error_hit(str(exc), self.options.on_error)]
         finally:
             state.stream = None
@@ -166,6 +173,8 @@ class ClamavCheck(Check):
                 envelope.edits.extend(status_edits(envelope, self.scanned_by, f"Infected ({_printable(result.virus)})"))
             return [virus_hit(result.virus, self.options.action)]
         if result.status == "ERROR":
+            if "size limit exceeded" in result.reply:
+                return [Hit(SKIPPED, detail="over clamd's StreamMaxLength")]
             return [error_hit(f"clamd: {result.reply}", self.options.on_error)]
         if self.options.headers:
             envelope.edits.extend(status_edits(envelope, self.scanned_by, "Clean"))

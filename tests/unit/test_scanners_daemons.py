@@ -226,6 +226,13 @@ def test_checks_size_limits(tmp_path: Path, clamd: Clamd, spamd: Spamd) -> None:
     assert outcome.verdict.action == Action.ACCEPT
 
 
+def test_clamd_stream_limit_below_max_size_is_a_skip_not_a_tempfail(tmp_path: Path, clamd: Clamd, spamd: Spamd) -> None:
+    pipeline = _pipeline(tmp_path, clamd.address, spamd.address, clamav__max_size=5_000_000, spamd__max_size=1000)
+    outcome, _ = _run(pipeline, HAM.replace(b"See you at noon.", b"z" * 2_000_000))  # clamd's StreamMaxLength is 1M
+    assert "CLAMAV_SKIPPED_SIZE" in outcome.verdict.symbols
+    assert outcome.verdict.action == Action.ACCEPT
+
+
 def test_checks_scanners_down(tmp_path: Path) -> None:
     down = f"tcp:127.0.0.1:{free_port()}"
     outcome, _ = _run(_pipeline(tmp_path, down, down), HAM)
