@@ -19,6 +19,7 @@ class Sample:
     seconds: float
     ok: bool = True
     note: str = ""
+    rss_mb: float | None = None  # the milter's largest worker after this run
 
     @property
     def rate(self) -> float:
@@ -105,24 +106,30 @@ def verdict_word(met: bool | None) -> str:
     return "n/a" if met is None else ("PASS" if met else "FAIL")
 
 
-def select(names: list[str], wanted: str | None, groups: dict[str, str] | None = None) -> list[str]:
-    """Scenario names to run for ``--scenarios a,b,group`` (all when *wanted* is empty).
+def select(names: list[str], wanted: str | None, groups: dict[str, str] | None = None, references: dict[str, str] | None = None) -> list[str]:
+    """Scenario names to run for ``--scenarios a,b,group`` (all when *wanted* is empty), in table order.
 
     An entry is a scenario name or a group name (*groups*: name → group).
-    The reference row ``postfix`` is always kept first when present: every
-    ratio is against it.  Unknown entries raise ValueError naming them.
+    The rows a chosen row is compared with (*references*: name → name, followed
+    transitively) are added, and so is ``postfix``: every run has its
+    Postfix-alone figure.  Unknown entries raise ValueError naming them.
     """
     if not wanted:
         return list(names)
-    groups = groups or {}
+    groups, references = groups or {}, references or {}
     asked = [w.strip() for w in wanted.split(",") if w.strip()]
     unknown = [w for w in asked if w not in names and w not in groups.values()]
     if unknown:
         raise ValueError(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(names)}")
-    chosen = [n for n in names if n in asked or groups.get(n) in asked]
-    if "postfix" in names and "postfix" not in chosen:
-        chosen.insert(0, "postfix")
-    return chosen
+    chosen = {n for n in names if n in asked or groups.get(n) in asked}
+    pending = list(chosen) + (["postfix"] if "postfix" in names else [])
+    while pending:
+        name = pending.pop()
+        chosen.add(name)
+        reference = references.get(name)
+        if reference in names and reference not in chosen:
+            pending.append(reference)
+    return [n for n in names if n in chosen]
 
 
 def rotate(items: list[str], round_no: int) -> list[str]:
@@ -158,6 +165,9 @@ def table(rows: list[Row], reference: str = "postfix", references: dict[str, str
         runs = f"{len(row.concurrent)}+{len(row.serial)}"
         rates = ", ".join(f"{s.rate:.0f}" for s in row.concurrent)
         notes = "; ".join(row.problems) or (f"runs: {rates} msg/s" if rates else "")
+        rss = [s.rss_mb for s in row.concurrent if s.rss_mb is not None]
+        if rss:
+            notes += "; worker RSS MB: " + "→".join(f"{m:.0f}" for m in rss)
         lines.append(
             f"| {row.title} | {_fmt(row.rate, '.1f')} | {_fmt(row.concurrent_ms, '.2f')} | {ratio_text} | {_fmt(row.serial_ms, '.1f')} | {runs} | {notes} |"
         )

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     names = [s.name for s in SCENARIOS]
     try:
-        chosen = select(names, args.scenarios, {s.name: s.group for s in SCENARIOS})
+        chosen = select(names, args.scenarios, {s.name: s.group for s in SCENARIOS}, {s.name: s.reference for s in SCENARIOS})
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = rows[s.name]
                 count = max(10, int(args.messages * s.scale))
                 sample = run_sample(bench, s, count, args.sessions, row)
+                sample.rss_mb = bench.backends[s.name].rss_mb()
                 row.concurrent.append(sample)
                 serial = max(5, int(args.serial * s.scale))
                 serial_sample = run_sample(bench, s, serial, 1, row)

@@ -52,6 +52,8 @@ class Backend:
     count_rows: Callable[[], int | None] = lambda: None
     stoppers: list[Callable[[], None]] = field(default_factory=list)
     driver: Callable[[int, int], Sample] | None = None  # a row that does not go through Postfix
+    prepare: Callable[["Backend"], None] | None = None  # once Postfix runs, before the warm-up (greylist: pass the triplet)
+    pids: Callable[[], list[int]] = lambda: []  # worker processes, for their memory
     size: int = 5120
 
     def logged(self) -> int | None:
@@ -63,6 +65,18 @@ class Backend:
         if self.driver is not None:
             return self.driver(messages, sessions)
         return smtp_source(self.port, messages, sessions, self.size)
+
+    def rss_mb(self) -> float | None:
+        """The largest resident set of the milter's workers now, in MB (None: not a milterd row)."""
+        sizes = []
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        sizes.append(int(line.split()[1]) / 1024)
+            except OSError:
+                continue
+        return max(sizes) if sizes else None
 
     def stop(self) -> None:
         for stop in reversed(self.stoppers):
@@ -110,6 +124,13 @@ class Bench:
         self.postfix: BenchPostfix | None = None
         self.sink: subprocess.Popen[bytes] | None = None
         self.sink_port = free_port()
+        self._shared: dict[str, Any] = {}
+
+    def shared(self, name: str, start: Callable[[Path], Any]) -> Any:
+        """A daemon several rows use (clamd, spamd, the resolver): started once, stopped at the end."""
+        if name not in self._shared:
+            self._shared[name] = start(self.root / name)
+        return self._shared[name]
 
     def add(self, scenario: "Scenario") -> Backend:
         """Start a scenario's backend (before Postfix, which needs every port's milter spec)."""
@@ -143,6 +164,9 @@ class Bench:
         for backend in self.backends.values():
             if backend.port:
                 wait_for_port(backend.port)
+        for backend in self.backends.values():
+            if backend.prepare is not None:
+                backend.prepare(backend)
 
     def wait_queue_idle(self, timeout: float = 180.0) -> None:
         """Wait until Postfix has delivered everything (so delivery does not overlap the next run)."""
@@ -183,8 +207,14 @@ class Bench:
         if socket == "unix":
             milter.setdefault("socket_owner", "postfix")
         merged.setdefault("database", {}).setdefault("url", self.fresh_database(database))
-        daemon = Milterd(root, merged, rules, socket=spec).start()
-        return Backend(milter=daemon.postfix_spec, count_rows=count_rows(merged["database"]["url"]), stoppers=[daemon.stop])
+        daemon = Milterd(root, merged, rules, socket=spec)
+        try:
+            daemon.start()
+        except BaseException:
+            if daemon.process is not None:
+                daemon.stop(timeout=10)
+            raise
+        return Backend(milter=daemon.postfix_spec, count_rows=count_rows(merged["database"]["url"]), stoppers=[daemon.stop], pids=daemon.workers)
 
     def stop(self) -> None:
         """Stop Postfix, the sink, every backend; drop the PostgreSQL databases."""
@@ -198,6 +228,11 @@ class Bench:
                 self.sink.kill()
         for backend in self.backends.values():
             backend.stop()
+        for daemon in self._shared.values():
+            try:
+                daemon.stop()
+            except Exception:  # noqa: BLE001
+                pass
         if self.databases:
             try:
                 import psycopg
@@ -261,12 +296,176 @@ def _needs_commands(*commands: str) -> Callable[[], str]:
 
 
 # --- setups -----------------------------------------------------------------
-def _core(socket: str, database: str) -> Callable[[Bench, Scenario], Backend]:
+def checks_off() -> dict[str, dict[str, Any]]:
+    """``[checks.NAME] enabled = false`` for every switchable check: the core rows run no checks."""
+    from milterd.config import ChecksSection
+
+    off = {}
+    for name, info in ChecksSection.model_fields.items():
+        fields = getattr(info.annotation, "model_fields", {})
+        if "enabled" in fields:
+            off[name] = {"enabled": False}
+    return off
+
+
+def _core(socket: str, database: str, **sections: dict[str, Any]) -> Callable[[Bench, Scenario], Backend]:
     def setup(bench: Bench, scenario: Scenario) -> Backend:
-        return bench.milterd(scenario.name, socket, database)
+        merged = {"checks": checks_off(), **sections}
+        return bench.milterd(scenario.name, socket, database, merged)
 
     return setup
 
+
+def _start_dns(root: Path) -> Any:
+    from tests.harness.dns import LocalDns
+
+    local_data = [
+        "example.org. MX 10 mail.example.org.",
+        "example.org. A 192.0.2.1",
+        "mail.example.org. A 192.0.2.1",
+        'example.org. TXT "v=spf1 ip4:127.0.0.0/8 ip4:192.0.2.0/24 -all"',
+        "client.example.org. A 127.0.0.1",
+        "example.com. MX 10 mx.example.com.",
+        "mx.example.com. A 192.0.2.2",
+        "PTR 127.0.0.1 client.example.org",
+    ]
+    # The shipped rules/dnsbl.toml zones, served locally; nothing on loopback is listed.
+    lists = {zone: ("ip4set", "192.0.2.200\n") for zone in ("zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org")}
+    lists["list.dnswl.org"] = ("ip4set", "192.0.2.201 :127.0.10.0\n")
+    return LocalDns(root, local_data, lists).start()
+
+
+def _checks(bench: Bench, scenario: Scenario) -> Backend:
+    dns = bench.shared("dns", _start_dns)
+    rules_dir = REPO / "rules"
+    rules = {path.name: path.read_text() for path in sorted(rules_dir.glob("*.toml"))}
+    return bench.milterd(scenario.name, "inet", "sqlite", {"dns": {"nameservers": [dns.nameserver]}}, rules)
+
+
+def _greylist(database: str) -> Callable[[Bench, Scenario], Backend]:
+    def setup(bench: Bench, scenario: Scenario) -> Backend:
+        greylist = {"enabled": True, "delay": 1, "auto_whitelist_after": 0, "whitelist_providers": False}
+        backend = _core("inet", database, greylist=greylist)(bench, scenario)
+        backend.prepare = _pass_triplet
+        return backend
+
+    return setup
+
+
+def _pass_triplet(backend: Backend) -> None:
+    """Greylisting's steady state: the one triplet smtp-source uses has passed (first try 451, retry after the delay)."""
+    smtp_source(backend.port, 1, 1, backend.size)  # deferred: 451 at RCPT (and one log row)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(1.2)
+        if smtp_source(backend.port, 1, 1, backend.size).ok:
+            return
+    raise RuntimeError("the greylisted triplet never passed")
+
+
+def _start_clamd(root: Path) -> Any:
+    from tests.harness.scanners import Clamd
+
+    return Clamd(root).start()
+
+
+def _start_spamd(root: Path) -> Any:
+    from tests.harness.scanners import Spamd
+
+    return Spamd(root, children=4).start()
+
+
+def _scanners(bench: Bench, scenario: Scenario) -> Backend:
+    clamd = bench.shared("clamd", _start_clamd)
+    spamd = bench.shared("spamd", _start_spamd)
+    sections = {"clamav": {"enabled": True, "address": clamd.address}, "spamd": {"enabled": True, "address": spamd.address}}
+    return _core("inet", "sqlite", **sections)(bench, scenario)
+
+
+def _chain(bench: Bench, scenario: Scenario) -> Backend:
+    """The anchors: clamav-milter then spamass-milter (spamc → the same spamd), unix sockets."""
+    clamd = bench.shared("clamd", _start_clamd)
+    spamd = bench.shared("spamd", _start_spamd)
+    root = bench.root / scenario.name
+    root.mkdir(parents=True, exist_ok=True)
+    clam_sock, spamass_sock = root / "clamav-milter.sock", root / "spamass-milter.sock"
+    conf = root / "clamav-milter.conf"
+    conf.write_text(
+        f"MilterSocket unix:{clam_sock}\nMilterSocketMode 666\nFixStaleSocket true\nUser root\nForeground true\n"
+        f"PidFile {root / 'clamav-milter.pid'}\nClamdSocket tcp:127.0.0.1:{clamd.port}\nOnClean Accept\nOnInfected Reject\n"
+        f"OnFail Defer\nAddHeader Replace\nLogFile {root / 'clamav-milter.log'}\nMaxFileSize 25M\nReadTimeout 120\n"
+    )
+    log = open(root / "milters.log", "ab")
+    clam = subprocess.Popen(["clamav-milter", "-c", str(conf)], stdout=log, stderr=log, start_new_session=True)
+    spamass = subprocess.Popen(
+        ["spamass-milter", "-p", str(spamass_sock), "-m", "--", "-d", "127.0.0.1", "-p", str(spamd.port)],
+        stdout=log, stderr=log, start_new_session=True,
+    )
+    backend = Backend(milter=f"unix:{clam_sock},unix:{spamass_sock}", stoppers=[lambda: _stop(clam), lambda: _stop(spamass), log.close])
+    deadline = time.monotonic() + 20
+    while not (clam_sock.exists() and spamass_sock.exists()):
+        if time.monotonic() > deadline or clam.poll() is not None or spamass.poll() is not None:
+            backend.stop()
+            raise RuntimeError(f"clamav-milter/spamass-milter did not start: {(root / 'milters.log').read_text(errors='replace')[-300:]}")
+        time.sleep(0.1)
+    os.chmod(spamass_sock, 0o666)  # this spamass-milter has no -g; Postfix's smtpd (user postfix) must connect
+    return backend
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def sample_message(size: int) -> bytes:
+    """A plain message of about *size* body bytes, like smtp-source's."""
+    head = (
+        f"From: <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nDate: Sat, 28 Nov 2026 09:51:17 +0000\r\n"
+        f"Message-Id: <bench.{uuid.uuid4().hex}@{HELO}>\r\nSubject: benchmark\r\n\r\n"
+    )
+    line = "La de da de da 1.\r\n"
+    return (head + line * max(1, size // len(line))).encode()
+
+
+def _spamc(bench: Bench, scenario: Scenario) -> Backend:
+    """spamd's own capacity: spamc straight to it, the same concurrency, no Postfix."""
+    spamd = bench.shared("spamd", _start_spamd)
+    message = sample_message(bench.size)
+
+    def drive(messages: int, sessions: int) -> Sample:
+        failures: list[str] = []
+        counter = iter(range(messages))
+        lock = threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    if next(counter, None) is None:
+                        return
+                result = subprocess.run(["spamc", "-d", "127.0.0.1", "-p", str(spamd.port), "-x"], input=message, capture_output=True, timeout=120)
+                if result.returncode != 0:
+                    failures.append(f"spamc exit {result.returncode}")
+
+        threads = [threading.Thread(target=worker) for _ in range(sessions)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        return Sample(messages, sessions, elapsed, ok=not failures, note="; ".join(failures[:3]))
+
+    return Backend(driver=drive)
+
+
+REPO = Path(__file__).resolve().parents[1]
+_SCANNERS = _needs_all(_needs_module("tests.harness.scanners", "the scanners' test fixtures"), _needs_module("milterd.checks.clamav", "the ClamAV check"),
+                       _needs_module("milterd.checks.spamassassin", "the spamd check"), _needs_commands("clamd", "spamd", "spamc"))
 
 SCENARIOS: list[Scenario] = [
     Scenario("postfix", "Postfix alone (no milter)", "core"),
@@ -275,4 +474,17 @@ SCENARIOS: list[Scenario] = [
              targets=(Target("ratio", 0.6, "postfix"), Target("serial_ms", 10.0))),
     Scenario("inet-pg", "milterd, inet socket, PostgreSQL log", "db", _core("inet", "postgresql"), needs=_needs_postgresql,
              reference="inet", targets=(Target("ratio", 0.6, "postfix"),)),
+    Scenario("checks", "milterd, inet, all checks on, local resolver (unbound + rbldnsd)", "checks", _checks,
+             needs=_needs_all(_needs_module("tests.harness.dns", "the checks' DNS fixtures"), _needs_commands("unbound", "rbldnsd")),
+             reference="inet", targets=(Target("ratio", 0.8, "inet"),)),
+    Scenario("greylist", "milterd, inet, greylisting on, steady state, SQLite", "greylist", _greylist("sqlite"),
+             needs=_needs_module("milterd.greylist", "greylisting"), reference="inet", targets=(Target("ratio", 0.9, "inet"),)),
+    Scenario("greylist-pg", "milterd, inet, greylisting on, steady state, PostgreSQL", "greylist", _greylist("postgresql"),
+             needs=_needs_all(_needs_module("milterd.greylist", "greylisting"), _needs_postgresql), reference="inet-pg",
+             targets=(Target("ratio", 0.9, "inet-pg"),)),
+    Scenario("scanners", "milterd, inet, clamd + spamd (4 children)", "scanners", _scanners, needs=_SCANNERS, scale=0.05,
+             reference="chain", targets=(Target("ratio", 1.0, "chain"), Target("ratio", 0.95, "spamc"))),
+    Scenario("chain", "clamav-milter + spamass-milter, unix sockets, same clamd + spamd", "scanners", _chain,
+             needs=_needs_all(_SCANNERS, _needs_commands("clamav-milter", "spamass-milter")), scale=0.05, reference="spamc"),
+    Scenario("spamc", "spamc straight to spamd (no Postfix), same concurrency", "scanners", _spamc, needs=_SCANNERS, scale=0.05),
 ]

@@ -169,7 +169,10 @@ class Store:
         """Insert one log row (and its quarantine row, in the same transaction); return its id."""
         try:
             with self.engine.begin() as connection:
-                message_id = connection.execute(insert(schema.messages).values(**record.as_row())).inserted_primary_key[0]
+                # Values as execute() parameters, not .values(**row): SQLAlchemy then reuses
+                # the compiled INSERT instead of building 19 bind parameters per message
+                # (measured: 3× cheaper, ~0.7 ms less CPU per message; bench/RESULTS.md).
+                message_id = connection.execute(insert(schema.messages), record.as_row()).inserted_primary_key[0]
                 if quarantine is not None:
                     connection.execute(insert(schema.quarantine).values(message_log_id=message_id, **quarantine))
                 return int(message_id)
