@@ -344,14 +344,6 @@ def _seconds(value: float) -> dt.timedelta:
     return dt.timedelta(seconds=value)
 
 
-def client_passes(engine: Engine, network: str) -> int:
-    """How many times triplets of this client network passed greylisting."""
-    table = schema.greylist_clients
-    with engine.connect() as connection:
-        value = connection.execute(select(table.c.passes).where(table.c.network == network)).scalar()
-    return int(value or 0)
-
-
 def check_triplet(engine: Engine, triplet: Triplet, config: "GreylistSection", now: dt.datetime | None = None) -> Judgement:
     """Judge *triplet* and record the attempt; the decision of one RCPT.
 
