@@ -1,0 +1,216 @@
+"""Connection, HELO, sender, SPF and header checks through the real Postfix, with real DNS.
+
+rbldnsd serves a block list (bl.test, IPv4; bl6.test, IPv6) and an allow
+list (wl.test); unbound in front of it answers the test domains' A, MX, TXT
+(SPF) and PTR records.  XCLIENT lets each test be the client it needs.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.conftest import Stack, message
+from tests.harness.dns import LocalDns
+
+LOCAL_DATA = [
+    "example.org. A 192.0.2.1",
+    "example.org. MX 10 mx.example.org.",
+    "client.example.org. A 192.0.2.10",
+    "PTR 192.0.2.10 client.example.org",
+    'pass.test. TXT "v=spf1 ip4:192.0.2.0/24 -all"',
+    "pass.test. MX 10 mx.example.org.",
+    'fail.test. TXT "v=spf1 ip4:203.0.113.0/24 -all"',
+    "fail.test. MX 10 mx.example.org.",
+    'soft.test. TXT "v=spf1 ip4:203.0.113.0/24 ~all"',
+    "soft.test. MX 10 mx.example.org.",
+    "ours.test. MX 10 mx.example.org.",
+]
+LISTS = {
+    "bl.test": ("ip4set", ":127.0.0.2:Listed for spam, see http://bl.test/$\n192.0.2.66\n192.0.2.67 :127.0.0.4:Low-weight listing\n"),
+    "bl6.test": ("ip6trie", "2001:db8::66/128 :127.0.0.2:IPv6 listed\n"),
+    "wl.test": ("ip4set", ":127.0.0.2:Allowed\n192.0.2.77\n"),
+}
+RULES = {
+    "lists.toml": """
+[[dnsbl]]
+name = "TEST"
+zone = "bl.test"
+score = 1.0
+ipv6 = false
+codes = [
+  { name = "SPAM", answers = ["127.0.0.2"], score = 5.0, action = "reject" },
+  { name = "LOW", answers = ["127.0.0.4"], score = 1.5 },
+]
+
+[[dnsbl]]
+name = "TEST6"
+zone = "bl6.test"
+ipv4 = false
+score = 2.0
+
+[[dnswl]]
+name = "TEST"
+zone = "wl.test"
+score = -10.0
+""",
+    "rules.toml": '[[rule]]\nname = "SUBJ_TAGME"\nheader = "Subject"\nregex = "TAGME"\nscore = 6\n',
+}
+
+
+#: IPv6 clients through XCLIENT; no headers added by Postfix for "local" clients
+#: (the XCLIENT session starts on loopback), so the milter sees a missing From.
+POSTFIX = {"inet_protocols": "all", "local_header_rewrite_clients": ""}
+
+
+@pytest.fixture(scope="module")
+def local_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDns]:
+    server = LocalDns(tmp_path_factory.mktemp("dns"), LOCAL_DATA, LISTS).start()
+    yield server
+    server.stop()
+
+
+def sections(nameserver: str, logins: str, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+    return {
+        "dns": {"nameservers": [nameserver], "timeout": timeout},
+        "milter": {"local_domains": ["ours.test"]},
+        "checks": {
+            "spf": {"fail_action": "reject"},
+            "local_domains": {"sender_login_maps": logins},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def logins(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("logins") / "sender_logins"
+    path.write_text("alice@ours.test  alice\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def stack(make_stack: Callable[..., Stack], local_dns: LocalDns, logins: str) -> Stack:
+    return make_stack(sections(local_dns.nameserver, logins), RULES, postfix_extra=POSTFIX)
+
+
+def client(addr: str = "192.0.2.10", helo: str = "client.example.org", **extra: str) -> dict[str, str]:
+    return {"ADDR": addr, "NAME": "[UNAVAILABLE]", "HELO": helo, **extra}
+
+
+def row_for(stack: Stack, subject: str = "", client_addr: str = "") -> dict[str, Any]:
+    for row in stack.milterd.log_json():
+        if (subject and row["subject"] == subject) or (client_addr and not subject and row["client_addr"] == client_addr):
+            return row
+    raise AssertionError(f"no log row for {subject or client_addr}")
+
+
+def delivered(stack: Stack, subject: str) -> Any:
+    [found] = stack.sink.wait(1, match=lambda m: any(subject == s for s in m.header("Subject")))
+    return found
+
+
+def test_listed_client_is_rejected_with_the_zones_reason(stack: Stack) -> None:
+    with pytest.raises(smtplib.SMTPSenderRefused) as info:
+        stack.send(message("listed"), xclient=client("192.0.2.66"))
+    assert info.value.smtp_code == 554
+    text = info.value.smtp_error.decode()
+    assert text.startswith("5.7.1 Service unavailable; client [192.0.2.66] blocked using bl.test;")
+    assert "Listed for spam, see http://bl.test/192.0.2.66" in text
+    row = row_for(stack, client_addr="192.0.2.66")
+    assert row["action"] == "reject" and "DNSBL_TEST_SPAM" in row["symbols"]
+
+
+def test_lower_weight_listing_is_only_scored(stack: Stack) -> None:
+    stack.send(message("low listing"), xclient=client("192.0.2.67"))
+    assert delivered(stack, "low listing")
+    row = row_for(stack, "low listing")
+    assert row["symbols"]["DNSBL_TEST_LOW"] == 1.5 and row["action"] == "accept"
+
+
+def test_dnswl_client_passes_what_would_be_tagged(stack: Stack) -> None:
+    stack.send(message("TAGME control"), xclient=client("192.0.2.10"))
+    stack.send(message("TAGME allowed"), xclient=client("192.0.2.77"))
+    assert delivered(stack, "TAGME control").header("X-Spam-Flag") == ["YES"]
+    allowed = delivered(stack, "TAGME allowed")
+    assert allowed.header("X-Spam-Flag") == []
+    assert row_for(stack, "TAGME allowed")["symbols"]["DNSWL_TEST"] == -10.0
+
+
+def test_ipv6_client_is_looked_up_in_nibble_form(stack: Stack, local_dns: LocalDns) -> None:
+    stack.send(message("ipv6 client"), xclient=client("IPV6:2001:db8::66", helo="client.example.org"))
+    assert delivered(stack, "ipv6 client")
+    assert "DNSBL_TEST6" in row_for(stack, "ipv6 client")["symbols"]
+    assert "6.6.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl6.test. A IN" in local_dns.log()
+
+
+def test_spf_fail_is_rejected_at_rcpt(stack: Stack) -> None:
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as info:
+        stack.send(message("spf fail", sender="x@fail.test"), sender="x@fail.test", xclient=client())
+    code, text = info.value.recipients["bob@example.com"]
+    assert code == 550 and text.startswith(b"5.7.23")
+    row = next(r for r in stack.milterd.log_json() if r["sender"] == "x@fail.test")
+    assert row["action"] == "reject" and "SPF_FAIL" in row["symbols"]
+
+
+def test_spf_softfail_is_scored_and_pass_is_in_authentication_results(stack: Stack) -> None:
+    stack.send(message("spf soft", sender="x@soft.test"), sender="x@soft.test", xclient=client())
+    forged = {"Authentication-Results": "mx.test; spf=pass smtp.mailfrom=x@pass.test", "X-Other": "1"}
+    raw = message("spf pass", sender="x@pass.test", headers=forged).replace(b"X-Other: 1\r\n", b"Authentication-Results: other.example; dkim=pass\r\n")
+    stack.send(raw, sender="x@pass.test", xclient=client())
+    soft = delivered(stack, "spf soft")
+    assert row_for(stack, "spf soft")["symbols"]["SPF_SOFTFAIL"] > 0
+    assert soft.header("Authentication-Results") == ["mx.test; spf=softfail smtp.mailfrom=x@soft.test"]
+    passed = delivered(stack, "spf pass")
+    # Ours on top; the forged one claiming mx.test is gone; the other host's is kept.
+    assert passed.header("Authentication-Results") == ["mx.test; spf=pass smtp.mailfrom=x@pass.test", "other.example; dkim=pass"]
+    assert "SPF_PASS" in row_for(stack, "spf pass")["symbols"]
+
+
+def test_helo_bare_ip_and_ip_literal_sender_are_scored(stack: Stack) -> None:
+    stack.send(message("bare helo"), xclient=client(helo="192.0.2.10"))
+    stack.send(message("literal sender", sender="user@[1.2.3.4]"), sender="user@[1.2.3.4]", xclient=client())
+    assert delivered(stack, "bare helo") and delivered(stack, "literal sender")
+    assert "HELO_BARE_IP" in row_for(stack, "bare helo")["symbols"]
+    assert "MAIL_FROM_IP_LITERAL" in row_for(stack, "literal sender")["symbols"]
+
+
+def test_no_from_and_two_subjects_are_scored(stack: Stack) -> None:
+    raw = message("twice", headers={"From": None}).replace(b"Subject: twice\r\n", b"Subject: twice\r\nSubject: twice again\r\n")
+    stack.send(raw, xclient=client())
+    assert delivered(stack, "twice")
+    symbols = row_for(stack, "twice")["symbols"]
+    assert "HDR_FROM_MISSING" in symbols and "HDR_DUPLICATE" in symbols
+
+
+def test_clean_client_gets_no_dns_symbols(stack: Stack) -> None:
+    stack.send(message("clean", sender="x@pass.test"), sender="x@pass.test", xclient=client())
+    assert delivered(stack, "clean")
+    assert row_for(stack, "clean")["symbols"] == {"SPF_PASS": -0.5}
+
+
+def test_local_domain_spoof_and_sender_login(stack: Stack) -> None:
+    stack.send(message("spoofed local", sender="bob@ours.test"), sender="bob@ours.test", xclient=client())
+    assert "LOCAL_SENDER_SPOOF" in row_for(stack, "spoofed local")["symbols"]
+    # Authenticated (XCLIENT LOGIN): the listed address is exempt, the login map is not.
+    stack.send(message("own address", sender="alice@ours.test"), sender="alice@ours.test", xclient=client("192.0.2.66", LOGIN="alice"))
+    assert delivered(stack, "own address")
+    with pytest.raises(smtplib.SMTPSenderRefused) as info:
+        stack.send(message("not mine", sender="bob@ours.test"), sender="bob@ours.test", xclient=client(LOGIN="alice"))
+    assert info.value.smtp_code == 553 and b"not owned by user alice" in info.value.smtp_error
+
+
+def test_resolver_down_is_no_hang_and_is_recorded(make_stack: Callable[..., Stack], logins: str) -> None:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes queries, never answers
+    silent.bind(("127.0.0.1", 0))
+    try:
+        down = make_stack(sections(f"127.0.0.1:{silent.getsockname()[1]}", logins, timeout=1.0), RULES)
+        down.send(message("resolver down", sender="x@pass.test"), sender="x@pass.test", xclient=client("192.0.2.66"))
+        assert delivered(down, "resolver down")
+        symbols = row_for(down, "resolver down")["symbols"]
+        assert {"DNSBL_TEMPFAIL", "SPF_TEMPERROR", "MAIL_FROM_TEMPFAIL"} <= set(symbols)
+    finally:
+        silent.close()
+
