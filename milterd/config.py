@@ -15,14 +15,24 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .units import parse_duration, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def _threshold(value: object) -> float | bool:
+    if value is False:
+        return False
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"expected a score (a number) or false, got {value!r}")
+
+
 #: A score threshold, or ``false`` to switch that action off.
-Threshold = float | Literal[False]
+Threshold = Annotated[float | bool, BeforeValidator(_threshold)]
 
 DEFAULT_PATHS = (Path("milter.conf"), Path("/etc/milterd/milter.conf"))
 
@@ -270,6 +280,13 @@ class Config(_Section):
         """The rules directory, resolved against the configuration file's directory."""
         base = self.path.parent if self.path else Path.cwd()
         return (base / self.rules.dir).resolve()
+
+    @model_validator(mode="after")
+    def _greylist_threshold_needs_greylisting(self) -> "Config":
+        # Without the greylist check nothing would ever let the retry through.
+        if self.actions.greylist is not False and not (self.greylist.enabled and self.greylist.mode == "score"):
+            raise ValueError("[actions] greylist needs [greylist] enabled = true and mode = \"score\" (else a deferred message is deferred for ever)")
+        return self
 
     def with_changes(self, changes: dict[str, Any]) -> "Config":
         """A copy with dotted keys changed (``{"actions.reject": 12}``), validated again."""

@@ -90,7 +90,7 @@ class Pipeline:
         hits = self._run(Stage.CONNECT, session, None, lambda c: c.on_connect(session))
         session.hits.extend(hits)
         if not self.config.milter.delay_reject:
-            return self._forced(session, None, session.hits)
+            return self._refuse_early(session, session.hits)
         return None
 
     def helo(self, session: Session) -> Decision | None:
@@ -98,8 +98,17 @@ class Pipeline:
         hits = self._run(Stage.HELO, session, None, lambda c: c.on_helo(session))
         session.hits.extend(hits)
         if not self.config.milter.delay_reject:
-            return self._forced(session, None, hits)
+            return self._refuse_early(session, hits)
         return None
+
+    def _refuse_early(self, session: Session, hits: list[Hit]) -> Decision | None:
+        # A refusal at connect or HELO (delay_reject off) is logged like any other.
+        decision = self._forced(session, None, hits)
+        if decision is not None:
+            envelope = self.new_envelope(session)
+            envelope.state["decision"] = decision
+            self.finish(session, envelope)
+        return decision
 
     def mail(self, session: Session, envelope: Envelope) -> Decision | None:
         """MAIL FROM; rejects delayed from connect and HELO apply here, once SMTP AUTH is known."""
