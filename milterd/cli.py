@@ -9,6 +9,7 @@ a :class:`~milterd.config.ConfigError` into a one-line message and exit status
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import sys
 from typing import Callable, Sequence
@@ -46,6 +47,16 @@ def config_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help="milter.conf to read")
     return parent
+
+
+def since_arg(value: str) -> "datetime.datetime":
+    """argparse type of ``--since``: a duration back from now (1h, 7d) or an ISO date."""
+    from .units import parse_since
+
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, Iterable
 
-from .cli import config_parent
+from .cli import config_parent, since_arg
 from .config import load_config
 from .store import Store, StoreError
 from .units import parse_since
@@ -22,7 +22,7 @@ JSON_FIELDS = (
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``log``."""
     parser = sub.add_parser("log", parents=[config_parent()], help="show the message log")
-    parser.add_argument("--since", type=_since, metavar="AGE", help="only messages newer than AGE (1h, 7d) or an ISO date")
+    parser.add_argument("--since", type=since_arg, metavar="AGE", help="only messages newer than AGE (1h, 7d) or an ISO date")
     parser.add_argument("--queue-id", metavar="ID", help="only this Postfix queue id")
     parser.add_argument("--sender", metavar="ADDR", help="only this envelope sender")
     parser.add_argument("--action", metavar="NAME", help="only this action (accept, add_header, reject, …)")
@@ -31,11 +31,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_log)
 
 
-def _since(value: str) -> Any:
-    try:
-        return parse_since(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_log(args: argparse.Namespace) -> int:

@@ -10,12 +10,11 @@ their errors can name it.  A key no check reads is refused.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from .config import ConfigError, read_toml
 
 
 @dataclass(frozen=True)
@@ -49,13 +48,7 @@ def load_ruleset(directory: Path, known_sections: set[str]) -> Ruleset:
     if not directory.is_dir():
         raise ConfigError(directory, "", "the rules path is not a directory")
     for path in sorted(directory.glob("*.toml")):
-        try:
-            with open(path, "rb") as handle:
-                data = tomllib.load(handle)
-        except OSError as exc:
-            raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+        data = read_toml(path)
         ruleset.files.append(path)
         for key, value in data.items():
             if key == "symbols":

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, Callable
 
-from ..cli import config_parent
+from ..cli import config_parent, since_arg
 from ..config import load_config
 from ..quarantine import Quarantine, QuarantineError, as_json, default_who
 from ..store import Store, StoreError, utcnow
@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="quarantine_action", metavar="ACTION", required=True)
 
     listing = actions.add_parser("list", parents=[config_parent()], help="quarantined messages, newest first")
-    listing.add_argument("--since", type=_since, metavar="AGE", help="only messages newer than AGE (24h, 7d) or an ISO date")
+    listing.add_argument("--since", type=since_arg, metavar="AGE", help="only messages newer than AGE (24h, 7d) or an ISO date")
     listing.add_argument("--sender", metavar="ADDR", help="only this envelope sender")
     listing.add_argument("--recipient", metavar="ADDR", help="only messages to this recipient")
     listing.add_argument("--reason", metavar="TEXT", help="only reasons containing TEXT")
@@ -54,17 +54,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     digest = actions.add_parser("digest", parents=[config_parent()], help="mail a summary of the quarantine to the postmaster")
     digest.add_argument("--to", nargs="+", required=True, metavar="ADDR", help="where the digest goes")
-    digest.add_argument("--since", type=_since, default=None, metavar="AGE", help="the period it covers (default 24h)")
+    digest.add_argument("--since", type=since_arg, default=None, metavar="AGE", help="the period it covers (default 24h)")
     digest.add_argument("--from", dest="sender", metavar="ADDR", help="its sender (default: [quarantine] report_from)")
     digest.add_argument("--notify-virus-recipients", action="store_true", default=None, help="also tell the recipients of virus-quarantined mail ([quarantine] notify_virus_recipients)")
     digest.set_defaults(func=_run(run_digest))
 
 
-def _since(value: str) -> Any:
-    try:
-        return parse_since(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _duration(value: str) -> float:

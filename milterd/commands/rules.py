@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any, Iterator
 
-from ..cli import config_parent
+from ..cli import config_parent, since_arg
 from ..config import ConfigError, load_config
 from ..services import Services, build
 from ..store import Store, StoreError
@@ -40,23 +40,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lint.set_defaults(func=run_lint)
 
     stats = verbs.add_parser("stats", parents=[common], help="per-symbol statistics from the message log")
-    stats.add_argument("--since", type=_since, metavar="AGE", help="only messages newer than AGE (7d) or an ISO date")
+    stats.add_argument("--since", type=since_arg, metavar="AGE", help="only messages newer than AGE (7d) or an ISO date")
     stats.add_argument("--json", action="store_true", help="JSON for scripts")
     stats.set_defaults(func=run_stats)
 
     what = verbs.add_parser("whatif", parents=[common], help="re-score the logged messages with changed weights and thresholds")
     what.add_argument("--set", dest="changes", metavar="KEY=VALUE", action="append", default=[], required=True,
                       help="actions.NAME=THRESHOLD (or false) or symbols.NAME=SCORE; repeatable")
-    what.add_argument("--since", type=_since, metavar="AGE", help="only messages newer than AGE (7d) or an ISO date")
+    what.add_argument("--since", type=since_arg, metavar="AGE", help="only messages newer than AGE (7d) or an ISO date")
     what.add_argument("--json", action="store_true", help="JSON for scripts")
     what.set_defaults(func=run_whatif)
 
 
-def _since(value: str) -> Any:
-    try:
-        return parse_since(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _services(args: argparse.Namespace) -> Services:

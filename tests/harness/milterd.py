@@ -10,24 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from milterd.confdoc import toml_value
+
 from .postfix import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def toml_value(value: Any) -> str:
-    """A Python value in TOML syntax (enough for milter.conf)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(value)
 
 
 def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
