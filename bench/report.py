@@ -20,6 +20,7 @@ class Sample:
     ok: bool = True
     note: str = ""
     rss_mb: float | None = None  # the milter's largest worker after this run
+    cpu_ms: float | None = None  # CPU time of the milter's workers during this run, in ms
 
     @property
     def rate(self) -> float:
@@ -52,6 +53,11 @@ class Row:
     def serial_ms(self) -> float | None:
         """Median ms/message of the serial (one-session) runs."""
         return median([s.ms_per_message for s in self.serial])
+
+    @property
+    def cpu_per_message(self) -> float | None:
+        """Median CPU ms the milter's workers spent per message (concurrent runs)."""
+        return median([s.cpu_ms / s.messages for s in self.concurrent if s.cpu_ms is not None and s.messages])
 
     @property
     def concurrent_ms(self) -> float | None:
@@ -165,6 +171,8 @@ def table(rows: list[Row], reference: str = "postfix", references: dict[str, str
         runs = f"{len(row.concurrent)}+{len(row.serial)}"
         rates = ", ".join(f"{s.rate:.0f}" for s in row.concurrent)
         notes = "; ".join(row.problems) or (f"runs: {rates} msg/s" if rates else "")
+        if row.cpu_per_message is not None:
+            notes += f"; milter CPU {row.cpu_per_message:.2f} ms/msg"
         rss = [s.rss_mb for s in row.concurrent if s.rss_mb is not None]
         if rss:
             notes += "; worker RSS MB: " + "→".join(f"{m:.0f}" for m in rss)

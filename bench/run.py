@@ -87,9 +87,14 @@ def run_sample(bench: Bench, scenario: Scenario, messages: int, sessions: int, r
     backend = bench.backends[scenario.name]
     bench.wait_queue_idle()
     before = backend.logged()
+    cpu_before = backend.cpu_ms()
     sample = backend.drive(messages, sessions)
+    cpu_after = backend.cpu_ms()
+    if cpu_before is not None and cpu_after is not None:
+        sample.cpu_ms = cpu_after - cpu_before
     if not sample.ok:
         row.problems.append(f"run of {messages}×{sessions}: {sample.note}")
+        print(f"bench: {scenario.name}: {sample.note}\n{bench.diagnose(backend)}", file=sys.stderr, flush=True)
     after = backend.logged()
     if before is not None and after is not None and after - before != messages:
         row.problems.append(f"{after - before} log rows for {messages} messages")
@@ -158,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             store_lines = storecost.measure(bench, writes=200 if args.quick else 1000)
     finally:
         bench.stop()
+        if any(r.problems for r in rows.values()) and not args.keep:
+            args.keep = True  # the logs explain the failure
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
         else:

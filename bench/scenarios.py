@@ -54,6 +54,7 @@ class Backend:
     driver: Callable[[int, int], Sample] | None = None  # a row that does not go through Postfix
     prepare: Callable[["Backend"], None] | None = None  # once Postfix runs, before the warm-up (greylist: pass the triplet)
     pids: Callable[[], list[int]] = lambda: []  # worker processes, for their memory
+    logs: list[Path] = field(default_factory=list)  # the milter's own logs, quoted when a run fails
     size: int = 5120
 
     def logged(self) -> int | None:
@@ -77,6 +78,21 @@ class Backend:
             except OSError:
                 continue
         return max(sizes) if sizes else None
+
+    def cpu_ms(self) -> float | None:
+        """CPU time (user + system) the milter's workers have used so far, in ms (None: not a milter row)."""
+        pids = self.pids()
+        if not pids:
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+            except (OSError, IndexError, ValueError):
+                continue
+        return 1000.0 * total / tick
 
     def stop(self) -> None:
         for stop in reversed(self.stoppers):
@@ -168,6 +184,16 @@ class Bench:
             if backend.prepare is not None:
                 backend.prepare(backend)
 
+    def diagnose(self, backend: Backend, lines: int = 15) -> str:
+        """Warnings and errors of Postfix's maillog and of the milter's log, for a failed run."""
+        found = []
+        sources = ([self.postfix.maillog] if self.postfix else []) + backend.logs
+        for path in sources:
+            if path.exists():
+                hits = [l for l in path.read_text(errors="replace").splitlines() if any(w in l for w in ("warning", "error", "fatal", "ERROR", "WARNING", "Traceback", "panic"))]
+                found += [f"{path.name}: {l}" for l in hits[-lines:]]
+        return "\n".join(found)
+
     def wait_queue_idle(self, timeout: float = 180.0) -> None:
         """Wait until Postfix has delivered everything (so delivery does not overlap the next run)."""
         if self.postfix is None:
@@ -214,7 +240,8 @@ class Bench:
             if daemon.process is not None:
                 daemon.stop(timeout=10)
             raise
-        return Backend(milter=daemon.postfix_spec, count_rows=count_rows(merged["database"]["url"]), stoppers=[daemon.stop], pids=daemon.workers)
+        return Backend(milter=daemon.postfix_spec, count_rows=count_rows(merged["database"]["url"]), stoppers=[daemon.stop], pids=daemon.workers,
+                       logs=[daemon.stderr_path])
 
     def stop(self) -> None:
         """Stop Postfix, the sink, every backend; drop the PostgreSQL databases."""
@@ -314,6 +341,47 @@ def _core(socket: str, database: str, **sections: dict[str, Any]) -> Callable[[B
         return bench.milterd(scenario.name, socket, database, merged)
 
     return setup
+
+
+def _trivial(socket: str) -> Callable[[Bench, Scenario], Backend]:
+    """bench/trivial_milter.py: what pymilter + libmilter cost with nothing behind them."""
+
+    def setup(bench: Bench, scenario: Scenario) -> Backend:
+        import sys
+
+        root = bench.root / scenario.name
+        root.mkdir(parents=True, exist_ok=True)
+        if socket == "unix":
+            spec = path = f"unix:{root / 'trivial.sock'}"
+        else:
+            port = free_port()
+            spec, path = f"inet:127.0.0.1:{port}", f"inet:{port}@127.0.0.1"
+        log = open(root / "trivial.log", "ab")
+        process = subprocess.Popen([sys.executable, str(REPO / "bench" / "trivial_milter.py"), path, "2"], stdout=log, stderr=log, start_new_session=True)
+        backend = Backend(milter=spec, stoppers=[lambda: _stop(process), log.close], pids=lambda: _children(process.pid))
+        deadline = time.monotonic() + 15
+        while True:
+            if socket == "unix" and Path(spec[5:]).exists():
+                break
+            if socket == "inet":
+                try:
+                    wait_for_port(port, timeout=0.2)
+                    break
+                except TimeoutError:
+                    pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                backend.stop()
+                raise RuntimeError(f"trivial milter did not start: {(root / 'trivial.log').read_text(errors='replace')[-300:]}")
+            time.sleep(0.05)
+        time.sleep(0.3)
+        return backend
+
+    return setup
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
 
 
 def _start_dns(root: Path) -> Any:
@@ -472,6 +540,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("unix", "milterd, unix socket, SQLite log", "core", _core("unix", "sqlite"), targets=(Target("ratio", 0.75, "postfix"),)),
     Scenario("inet", "milterd, inet socket, SQLite log", "core", _core("inet", "sqlite"),
              targets=(Target("ratio", 0.6, "postfix"), Target("serial_ms", 10.0))),
+    Scenario("pymilter", "floor: trivial pre-forked pymilter, unix socket (bench/trivial_milter.py)", "floor", _trivial("unix")),
+    Scenario("pymilter-inet", "floor: trivial pre-forked pymilter, inet socket", "floor", _trivial("inet")),
     Scenario("inet-pg", "milterd, inet socket, PostgreSQL log", "db", _core("inet", "postgresql"), needs=_needs_postgresql,
              reference="inet", targets=(Target("ratio", 0.6, "postfix"),)),
     Scenario("checks", "milterd, inet, all checks on, local resolver (unbound + rbldnsd)", "checks", _checks,
