@@ -1,0 +1,92 @@
+"""The fault suite on a small load (bench/faults runs it on hundreds of messages).
+
+Each fault is injected under load from several SMTP sessions through the real
+Postfix; every message must end delivered exactly once or refused (4xx/5xx),
+never lost, duplicated or accepted without a log row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.harness.faults import DNSBL_RULES, FAULTS, Bench, format_table, needs, run_fault, scanner_sections, start_daemons
+
+CORE = ["worker-kill", "reload", "restart", "sqlite-lock"]
+EXTERNAL = ["clamd-kill", "spamd-stop", "resolver-stop"]
+HOLD = {"sqlite-lock": 3.0, "pg-down": 2.0, "spamd-stop": 4.0, "clamd-kill": 1.0, "resolver-stop": 2.0}
+
+
+@pytest.fixture(scope="module")
+def core_bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
+    bench = Bench(tmp_path_factory.mktemp("faults"), {"milter": {"workers": 2, "shutdown_timeout": 10}, "database": {"busy_timeout": 1}})
+    try:
+        yield bench.start()
+    finally:
+        bench.stop()
+
+
+@pytest.fixture(scope="module", params=EXTERNAL)
+def external_bench(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
+    """A bench with only the daemon its fault needs (spamd is slow: it must not slow the others)."""
+    fault: str = request.param
+    root: Path = tmp_path_factory.mktemp(f"faults-{fault}")
+    daemons: dict[str, Any] = {}
+    bench = None
+    try:
+        daemons = start_daemons(root, {fault}, log=lambda _msg: None)
+        sections = {"milter": {"workers": 2}, **scanner_sections(daemons)}
+        bench = Bench(root, sections, {"dnsbl.toml": DNSBL_RULES} if "dns" in daemons else {}, daemons=daemons).start()
+        bench.fault = fault  # type: ignore[attr-defined]
+        yield bench
+    finally:
+        if bench is not None:
+            bench.stop()
+        else:
+            for daemon in daemons.values():
+                daemon.stop()
+
+
+def _check(result: Any) -> None:
+    table = format_table([result])
+    assert not result.error, result.error
+    assert result.reconciliation.ok, table + "\n" + "\n".join(result.reconciliation.problems)
+    assert result.reconciliation.total == result.reconciliation.delivered_once + result.reconciliation.refused_4xx + result.reconciliation.refused_5xx
+    assert result.workers_after >= 2, table
+
+
+@pytest.mark.parametrize("fault", CORE)
+def test_core_fault_loses_nothing(core_bench: Bench, fault: str) -> None:
+    result = run_fault(core_bench, FAULTS[fault](core_bench), count=40, sessions=4, hold=HOLD.get(fault, 0.0))
+    _check(result)
+    assert result.reconciliation.delivered_once > 0
+    if fault in ("restart", "sqlite-lock"):
+        # The fault was visible: messages sent while it lasted were refused with 4xx, for the client to retry.
+        assert result.reconciliation.refused_4xx > 0, format_table([result])
+
+
+def test_external_fault_loses_nothing(external_bench: Bench) -> None:
+    fault = external_bench.fault  # type: ignore[attr-defined]
+    why = needs(fault, external_bench.daemons)
+    if why:
+        pytest.skip(why)
+    _check(run_fault(external_bench, FAULTS[fault](external_bench), count=9, sessions=3, hold=HOLD.get(fault, 0.0)))
+
+
+def test_postgresql_down_loses_nothing(tmp_path_factory: pytest.TempPathFactory) -> None:
+    why = needs("pg-down", {})
+    if why:
+        pytest.skip(f"PostgreSQL: {why}")
+    from tests.harness.pgdb import temporary_database
+
+    with temporary_database() as url:
+        bench = Bench(tmp_path_factory.mktemp("faults-pg"), {"milter": {"workers": 2}, "database": {"url": url}})
+        try:
+            bench.start()
+            result = run_fault(bench, FAULTS["pg-down"](bench), count=24, sessions=3, hold=HOLD["pg-down"])
+        finally:
+            bench.stop()
+    _check(result)
+    assert result.reconciliation.refused_4xx > 0
