@@ -19,7 +19,7 @@ import enum
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, ClassVar, Iterable
 
 from ..model import Envelope, Hit, Session, Verdict
 
@@ -173,9 +173,3 @@ def builtin_symbols() -> dict[str, Symbol]:
             table[symbol.name] = symbol
     return table
 
-
-def check_options(services: "Services", name: str) -> dict[str, Any]:
-    """The ``[checks.NAME]`` table of milter.conf, or an empty one."""
-    extra = services.config.checks.model_extra or {}
-    value = extra.get(name, {})
-    return value if isinstance(value, dict) else {}
