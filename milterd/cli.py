@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "db": "milterd.commands.db:add_parser",
     "log": "milterd.logview:add_parser",
     "config": "milterd.commands.config:add_parser",
+    "doctor": "milterd.commands.doctor:add_parser",
     "check": "milterd.commands.check:add_parser",
     "rules": "milterd.commands.rules:add_parser",
     "quarantine": "milterd.commands.quarantine:add_parser",

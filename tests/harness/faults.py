@@ -242,10 +242,10 @@ def run_fault(bench: Bench, fault: Fault, count: int, sessions: int, hold: float
         errors.append(f"repair: {exc.__class__.__name__}: {exc}")
     results += run_load(port, third, sessions=sessions, prefix=f"{fault.name}-c")
     bench.postfix.flush()
-    delivered = wait_delivered(lambda: [t for t in sink_tags(bench.sink.messages) if t.startswith(fault.name + "-")], results, timeout=60)
     rows = _log_rows(bench.milterd)
     logged = {r["queue_id"] for r in rows if r.get("queue_id")}
     discarded = {r["queue_id"] for r in rows if r.get("action") in ("discard", "quarantine")}
+    delivered = wait_delivered(lambda: [t for t in sink_tags(bench.sink.messages) if t.startswith(fault.name + "-")], results, timeout=60, discarded=discarded)
     outcome = reconcile(results, delivered, logged, discarded)
     workers = len(bench.milterd.workers()) if bench.milterd.process and bench.milterd.process.poll() is None else 0
     return FaultResult(fault.name, outcome, time.monotonic() - started, workers, "; ".join(errors))

@@ -11,6 +11,7 @@ The fault suite (``bench/faults``), its CI version and the soak share them.
 
 from __future__ import annotations
 
+import email.utils
 import re
 import smtplib
 import socket
@@ -93,7 +94,7 @@ def tagged_message(tag: str, size: int = 2000, extra_headers: str = "") -> bytes
     body = body_line * max(1, size // len(body_line))
     head = (
         f"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.com>\r\nSubject: load {tag}\r\n"
-        f"Message-ID: <{tag}@load.example.org>\r\nDate: Sat, 01 Jan 2022 00:00:00 +0000\r\n"
+        f"Message-ID: <{tag}@load.example.org>\r\nDate: {email.utils.formatdate()}\r\n"
         f"X-Load-Id: {tag}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n{extra_headers}"
     )
     return (head + "\r\n" + body).encode()
@@ -220,9 +221,13 @@ def reconcile(results: Iterable[SendResult], delivered: Iterable[str], logged_qu
     return out
 
 
-def wait_delivered(sink_tags: Callable[[], list[str]], results: list[SendResult], timeout: float = 60.0) -> list[str]:
-    """Wait until every accepted message has reached the sink (or *timeout*); return the tags seen."""
-    wanted = {r.tag for r in results if r.accepted}
+def wait_delivered(sink_tags: Callable[[], list[str]], results: list[SendResult], timeout: float = 60.0, discarded: Iterable[str] = ()) -> list[str]:
+    """Wait until every accepted message has reached the sink (or *timeout*); return the tags seen.
+
+    Messages whose queue id is in *discarded* (logged as discarded or quarantined) are not waited for.
+    """
+    skip = set(discarded)
+    wanted = {r.tag for r in results if r.accepted and r.queue_id not in skip}
     deadline = time.monotonic() + timeout
     while True:
         seen = sink_tags()

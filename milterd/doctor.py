@@ -1,0 +1,306 @@
+"""``milterd doctor``: is this installation ready to take mail?
+
+Each probe returns :class:`Finding` objects (``ok``, ``warn``, ``fail`` or
+``skip``, and one line of detail): the configuration builds, every configured
+backend answers (the database and its schema version, clamd PING/VERSION,
+spamd PING, the resolver with the DNSBL test entry 127.0.0.2), and Postfix's
+settings read with ``postconf`` fit milterd's (the milter is in
+``smtpd_milters``; ``milter_default_action`` is not ``accept`` while a scanner
+fails closed; the milter timeouts are longer than the scanners').  The
+Postfix rules are pure functions of the settings, tested without Postfix.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+from .config import Config, ConfigError, load_config
+from .units import parse_duration
+
+Status = Literal["ok", "warn", "fail", "skip"]
+
+#: The Postfix parameters doctor reads.
+POSTFIX_PARAMETERS = (
+    "smtpd_milters", "non_smtpd_milters", "milter_default_action", "milter_protocol",
+    "milter_connect_timeout", "milter_command_timeout", "milter_content_timeout",
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One result: what was checked, how it went, one line of detail."""
+
+    name: str
+    status: Status
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def diagnose(config_path: str | None, postfix_config: str | None = None, use_postconf: bool = True) -> list[Finding]:
+    """Every finding, in order: configuration, backends, Postfix."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        return [Finding("configuration", "fail", str(exc))]
+    findings: list[Finding] = []
+    services = None
+    try:
+        from .services import build
+
+        services = build(config)
+        findings.append(Finding("configuration", "ok", f"{config.path or 'embedded defaults'}: {len(services.checks)} checks enabled"))
+    except ConfigError as exc:
+        findings.append(Finding("configuration", "fail", str(exc)))
+    findings += probe_database(config)
+    findings += probe_scanners(config)
+    findings += probe_dns(config, services)
+    if use_postconf:
+        settings, why = read_postconf(postfix_config)
+        if settings is None:
+            findings.append(Finding("postfix", "skip", why))
+        else:
+            findings += judge_postfix(config, settings)
+    if services is not None:
+        services.close()
+    return findings
+
+
+def _guarded(name: str, probe: Callable[[], Finding]) -> Finding:
+    try:
+        return probe()
+    except Exception as exc:  # noqa: BLE001 - a probe that breaks is a failed probe
+        return Finding(name, "fail", f"{exc.__class__.__name__}: {exc}")
+
+
+def probe_database(config: Config) -> list[Finding]:
+    """The store answers, and its schema is the one this milterd needs."""
+    from .store import Store
+
+    def probe() -> Finding:
+        url = _safe_url(config.database.url)
+        database = config.database.url.removeprefix("sqlite:///") if config.database.url.startswith("sqlite:///") else ""
+        if database and database != ":memory:" and not Path(database).exists():
+            # Connecting would create an empty file: report instead.
+            status: Status = "warn" if config.database.auto_upgrade else "fail"
+            return Finding("database", status, f"{url}: no such file yet ({'serve will create it' if status == 'warn' else 'run milterd db upgrade'})")
+        store = Store(config.database)
+        try:
+            store.ping()
+            current, head = store.schema_version(), store.head_version()
+        finally:
+            store.close()
+        if current == head:
+            return Finding("database", "ok", f"{url}: schema at {current}")
+        if config.database.auto_upgrade:
+            return Finding("database", "warn", f"{url}: schema at {current or 'nothing'}, serve will upgrade it to {head} (auto_upgrade)")
+        return Finding("database", "fail", f"{url}: schema at {current or 'nothing'}, this milterd needs {head}: run 'milterd db upgrade'")
+
+    return [_guarded("database", probe)]
+
+
+def _safe_url(url: str) -> str:
+    # Never print a password: postgresql+psycopg://user:secret@host/db → user:***@host
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        if ":" in credentials:
+            credentials = credentials.split(":", 1)[0] + ":***"
+        return f"{scheme}://{credentials}@{host}"
+    return url
+
+
+def probe_scanners(config: Config) -> list[Finding]:
+    """clamd PING and VERSION, spamd PING, when enabled."""
+    findings = []
+    if config.clamav.enabled:
+        def clamd() -> Finding:
+            from .scanners.clamd import ClamdClient
+
+            client = ClamdClient(config.clamav.address, timeout=min(config.clamav.timeout, 10.0))
+            if not client.ping():
+                return Finding("clamd", "fail", f"{config.clamav.address}: no PONG")
+            return Finding("clamd", "ok", f"{config.clamav.address}: {client.version()}")
+
+        findings.append(_guarded("clamd", clamd))
+    else:
+        findings.append(Finding("clamd", "skip", "[clamav] enabled = false"))
+    if config.spamd.enabled:
+        def spamd() -> Finding:
+            from .scanners.spamd import SpamdClient
+
+            client = SpamdClient(config.spamd.address, timeout=min(config.spamd.timeout, 10.0))
+            if not client.ping():
+                return Finding("spamd", "fail", f"{config.spamd.address}: no PONG")
+            return Finding("spamd", "ok", f"{config.spamd.address}: PONG")
+
+        findings.append(_guarded("spamd", spamd))
+    else:
+        findings.append(Finding("spamd", "skip", "[spamd] enabled = false"))
+    return findings
+
+
+def dnsbl_zones(services: Any) -> list[str]:
+    """The DNSBL zones declared in rules/ (``[[dnsbl]] zone = …``)."""
+    if services is None:
+        return []
+    zones = []
+    for source in services.ruleset.section("dnsbl"):
+        entries = source.value if isinstance(source.value, list) else [source.value]
+        zones += [str(entry["zone"]).rstrip(".") for entry in entries if isinstance(entry, dict) and entry.get("zone")]
+    return zones
+
+
+def probe_dns(config: Config, services: Any) -> list[Finding]:
+    """Each DNSBL zone must list its test entry 127.0.0.2 (RFC 5782); the resolver must answer."""
+    zones = dnsbl_zones(services)
+    if not zones:
+        return [Finding("dns", "skip", "no DNSBL zones in rules/")]
+    from .dns import Resolver, dnsbl_name
+
+    resolver = Resolver(config.dns)
+    findings = []
+    try:
+        for zone in zones:
+            name = dnsbl_name("127.0.0.2", zone) or ""
+            answer = resolver.query(name, "A")
+            label = f"dns {zone}"
+            if answer.ok:
+                findings.append(Finding(label, "ok", f"{name} → {', '.join(answer.records)}"))
+            elif answer.failed:
+                findings.append(Finding(label, "fail", f"{name}: the resolver did not answer ({answer.error or 'error'})"))
+            else:
+                findings.append(Finding(label, "warn", f"{name}: {answer.status}: the zone does not list its test entry (wrong zone name, or the list refuses this resolver?)"))
+    finally:
+        resolver.close()
+    return findings
+
+
+def read_postconf(postfix_config: str | None) -> tuple[dict[str, str] | None, str]:
+    """Postfix's settings from ``postconf [-c DIR]``, or None and why not."""
+    postconf = shutil.which("postconf") or ("/usr/sbin/postconf" if Path("/usr/sbin/postconf").exists() else None)
+    if postconf is None:
+        return None, "postconf not found: Postfix's settings not checked"
+    command = [postconf] + (["-c", postfix_config] if postfix_config else []) + list(POSTFIX_PARAMETERS)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"postconf failed: {exc}"
+    if result.returncode != 0:
+        return None, f"postconf failed: {result.stderr.strip()[:200]}"
+    return parse_postconf(result.stdout), ""
+
+
+def parse_postconf(text: str) -> dict[str, str]:
+    """``name = value`` lines (postconf's output) as a dictionary."""
+    settings = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep:
+            settings[name.strip()] = value.strip()
+    return settings
+
+
+def milter_entries(value: str) -> list[str]:
+    """The milter addresses of an ``smtpd_milters`` value (``{ inet:… , default_action=accept }`` included)."""
+    entries, depth, current = [], 0, ""
+    for char in value:
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+        if depth == 0 and char in ", \t\n":
+            if current.strip():
+                entries.append(current.strip())
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        entries.append(current.strip())
+    return [e.strip("{} \t").split(",")[0].split()[0] if e.strip("{} \t") else "" for e in entries]
+
+
+def same_socket(milterd_socket: str, postfix_entry: str, queue_directory: str = "/var/spool/postfix") -> bool:
+    """Whether Postfix's *postfix_entry* reaches milterd's ``[milter] socket``."""
+    from .supervisor import parse_socket
+
+    try:
+        ours = parse_socket(milterd_socket)
+    except ValueError:
+        return False
+    kind, _, rest = postfix_entry.partition(":")
+    if ours.family == "unix":
+        if kind not in ("unix", "local"):
+            return False
+        path = rest if rest.startswith("/") else f"{queue_directory.rstrip('/')}/{rest}"  # relative: to the chroot
+        return Path(path).resolve() == Path(ours.path).resolve() or path.endswith("/" + rest) and ours.path.endswith("/" + rest)
+    try:
+        theirs = parse_socket(postfix_entry)
+    except ValueError:
+        return False
+    if theirs.port != ours.port:
+        return False
+    wildcard = {"0.0.0.0", "::", ""}
+    local = {"127.0.0.1", "localhost", "::1"}
+    return theirs.host == ours.host or ours.host in wildcard or (theirs.host in local and ours.host in local)
+
+
+def judge_postfix(config: Config, settings: dict[str, str], queue_directory: str = "/var/spool/postfix") -> list[Finding]:
+    """Postfix's settings against milterd's configuration: the risky combinations."""
+    findings = []
+    milters = milter_entries(settings.get("smtpd_milters", ""))
+    if any(same_socket(config.milter.socket, entry, queue_directory) for entry in milters):
+        findings.append(Finding("postfix smtpd_milters", "ok", f"includes {config.milter.socket}"))
+    else:
+        findings.append(Finding("postfix smtpd_milters", "warn", f"{config.milter.socket} is not in smtpd_milters ({settings.get('smtpd_milters') or 'empty'}): Postfix does not call milterd"))
+    fails_closed = [name for name, section in (("clamav", config.clamav), ("spamd", config.spamd)) if section.enabled and section.on_error == "tempfail"]
+    if config.database.on_error == "tempfail":
+        fails_closed.append("database")
+    default_action = settings.get("milter_default_action", "tempfail")
+    if default_action == "accept" and fails_closed:
+        findings.append(Finding("postfix milter_default_action", "warn", f"accept while {', '.join(fails_closed)} fail closed (on_error = tempfail): when milterd itself is down, mail passes unscanned and unlogged"))
+    elif default_action in ("accept", "quarantine"):
+        findings.append(Finding("postfix milter_default_action", "warn", f"{default_action}: when milterd is down, mail passes unscanned and unlogged"))
+    else:
+        findings.append(Finding("postfix milter_default_action", "ok", default_action))
+    needed = scanner_budget(config)
+    content = _seconds(settings.get("milter_content_timeout", "300s"))
+    if content is not None and needed > 0 and content <= needed:
+        findings.append(Finding("postfix milter_content_timeout", "warn", f"{content:g}s is not longer than the scanners' and DNS timeouts ({needed:g}s): Postfix gives up before milterd answers"))
+    elif content is not None:
+        findings.append(Finding("postfix milter_content_timeout", "ok", f"{content:g}s (scanners and DNS need up to {needed:g}s)"))
+    command = _seconds(settings.get("milter_command_timeout", "30s"))
+    if command is not None and command <= config.dns.timeout:
+        findings.append(Finding("postfix milter_command_timeout", "warn", f"{command:g}s is not longer than [dns] timeout ({config.dns.timeout:g}s)"))
+    protocol = settings.get("milter_protocol", "6")
+    if protocol and protocol != "6":
+        findings.append(Finding("postfix milter_protocol", "warn", f"{protocol}: milterd expects 6"))
+    return findings
+
+
+def scanner_budget(config: Config) -> float:
+    """The longest end of message can take on timeouts: the scanners run concurrently, DNS checks too."""
+    timeouts = [config.dns.timeout]
+    if config.clamav.enabled:
+        timeouts.append(config.clamav.timeout)
+    if config.spamd.enabled:
+        timeouts.append(config.spamd.timeout)
+    return max(timeouts) + config.database.busy_timeout
+
+
+def _seconds(value: str) -> float | None:
+    try:
+        return float(parse_duration(value.strip()))
+    except (ValueError, TypeError):
+        return None
+
+
+def worst(findings: Iterable[Finding]) -> Status:
+    """The overall status: fail if any failed, else warn if any warned, else ok."""
+    statuses = {f.status for f in findings}
+    return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "ok"

@@ -1,0 +1,97 @@
+"""``milterd doctor`` against real backends: a private Postfix's etc dir, clamd, spamd,
+a resolver serving a DNSBL, the SQLite store — and the same with them absent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.harness.milterd import Milterd
+from tests.harness.postfix import Postfix, free_port
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    from tests.harness.dns import LocalDns
+    from tests.harness.scanners import Clamd, Spamd
+
+    root: Path = tmp_path_factory.mktemp("doctor")
+    started: dict[str, Any] = {}
+    try:
+        started["clamd"] = Clamd(root / "clamd").start()
+        started["spamd"] = Spamd(root / "spamd", children=1).start()
+        started["dns"] = LocalDns(root / "dns", [], {"bl.doctor.test": ("ip4set", "127.0.0.2\n")}).start()
+        yield started
+    finally:
+        for daemon in started.values():
+            daemon.stop()
+
+
+def _milterd(root: Path, sections: dict[str, dict[str, Any]], rules: dict[str, str] | None = None) -> Milterd:
+    return Milterd(root, sections, rules)  # not started: doctor only reads its milter.conf
+
+
+def _postfix(root: Path, milter: str, **extra: str) -> Postfix:
+    postfix = Postfix(root / "postfix", relay_port=free_port(), milter=milter, extra=extra)
+    postfix.write_config()
+    return postfix
+
+
+def _doctor(milterd: Milterd, *args: str) -> tuple[int, dict[str, Any]]:
+    result = milterd.cli("doctor", "--json", *args)
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_everything_reachable(tmp_path: Path, backends: dict[str, Any]) -> None:
+    milterd = _milterd(tmp_path / "m", {
+        "clamav": {"enabled": True, "address": backends["clamd"].address, "timeout": 30},
+        "spamd": {"enabled": True, "address": backends["spamd"].address, "timeout": 60},
+        "dns": {"nameservers": [backends["dns"].nameserver], "timeout": 2},
+    }, {"dnsbl.toml": '[[dnsbl]]\nname = "DOCTOR"\nzone = "bl.doctor.test"\n'})
+    assert milterd.cli("db", "upgrade").returncode == 0
+    postfix = _postfix(tmp_path, milterd.postfix_spec, milter_content_timeout="300s")
+    code, report = _doctor(milterd, "--postfix-config", str(postfix.etc))
+    statuses = {f["name"]: f["status"] for f in report["findings"]}
+    assert code == 0, report
+    assert report["status"] == "ok", report
+    assert statuses["configuration"] == statuses["database"] == statuses["clamd"] == statuses["spamd"] == "ok"
+    assert statuses["dns bl.doctor.test"] == "ok"
+    assert statuses["postfix smtpd_milters"] == "ok"
+    clamd = next(f for f in report["findings"] if f["name"] == "clamd")
+    assert "ClamAV" in clamd["detail"]
+
+
+def test_absent_backends_fail(tmp_path: Path) -> None:
+    dead = free_port()
+    milterd = _milterd(tmp_path / "m", {
+        "clamav": {"enabled": True, "address": f"tcp:127.0.0.1:{dead}", "timeout": 2},
+        "spamd": {"enabled": True, "address": f"tcp:127.0.0.1:{dead}", "timeout": 2},
+        "dns": {"nameservers": [f"127.0.0.1:{dead}"], "timeout": 1},
+        "database": {"url": f"sqlite:///{tmp_path / 'absent.sqlite'}", "auto_upgrade": False},
+    }, {"dnsbl.toml": '[[dnsbl]]\nname = "DOCTOR"\nzone = "bl.doctor.test"\n'})
+    code, report = _doctor(milterd, "--no-postfix")
+    statuses = {f["name"]: f["status"] for f in report["findings"]}
+    assert code == 1 and report["status"] == "fail"
+    assert statuses["clamd"] == statuses["spamd"] == statuses["database"] == statuses["dns bl.doctor.test"] == "fail"
+    assert not (tmp_path / "absent.sqlite").exists()
+
+
+def test_risky_postfix_settings_warn(tmp_path: Path, backends: dict[str, Any]) -> None:
+    milterd = _milterd(tmp_path / "m", {"clamav": {"enabled": True, "address": backends["clamd"].address, "timeout": 400, "on_error": "tempfail"}})
+    assert milterd.cli("db", "upgrade").returncode == 0
+    postfix = _postfix(tmp_path, "inet:127.0.0.1:1", milter_default_action="accept", milter_content_timeout="300s")
+    code, report = _doctor(milterd, "--postfix-config", str(postfix.etc))
+    warned = {f["name"] for f in report["findings"] if f["status"] == "warn"}
+    assert code == 0 and report["status"] == "warn"
+    assert {"postfix smtpd_milters", "postfix milter_default_action", "postfix milter_content_timeout"} <= warned
+    strict = milterd.cli("doctor", "--strict", "--postfix-config", str(postfix.etc))
+    assert strict.returncode == 1 and "WARN" in strict.stdout
+
+
+def test_bad_configuration_fails(tmp_path: Path) -> None:
+    milterd = _milterd(tmp_path / "m", {"actions": {"rejct": 3}})
+    code, report = _doctor(milterd, "--no-postfix")
+    assert code == 1 and report["findings"][0]["name"] == "configuration" and "rejct" in report["findings"][0]["detail"]
