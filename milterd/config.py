@@ -253,6 +253,15 @@ class QuarantineSection(_Section):
 class MetricsSection(_Section):
     listen: str = Field("", description="HOST:PORT of the Prometheus endpoint (e.g. \"127.0.0.1:9899\"); empty is off.")
 
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            from .metrics import parse_listen
+
+            parse_listen(value)
+        return value
+
 
 class Config(_Section):
     """The whole of milter.conf; ``path`` is where it was read from (None: embedded defaults)."""

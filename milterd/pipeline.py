@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 
+from . import metrics
 from .checks import Check, Stage
 from .model import Action, Envelope, HeaderEdit, Hit, Session, Spool, Verdict
 from .policy import decide, plan_headers
@@ -163,6 +164,7 @@ class Pipeline:
         The log row (and the quarantined message) is committed before this
         returns: nothing is acknowledged to Postfix before it is stored.
         """
+        eom_started = time.monotonic()
         checks = [c for c in self._by_stage[Stage.EOM] if self._applies(c, session)]
         # The last check runs in this thread: a hand-off to a pool thread costs a GIL
         # switch (up to sys.getswitchinterval(), 5 ms) even for a check with nothing
@@ -202,6 +204,7 @@ class Pipeline:
                 self.services.store.log_message(outcome.record, quarantine)
         except StoreError as exc:
             log.error("%s: cannot store the log row: %s", envelope.queue_id or "NOQUEUE", exc)
+            envelope.state["store_error"] = True
             if quarantine is not None or self.config.database.on_error == "tempfail":
                 outcome.verdict = _replace_action(verdict, Action.TEMPFAIL, "store unavailable")
                 outcome.reply = TEMPFAIL_REPLY
@@ -211,6 +214,7 @@ class Pipeline:
             log.info(summary_line(outcome.record))
         if not outcome.reply:
             outcome.reply = verdict.reply or self._default_reply(verdict.action)
+        metrics.observe(outcome.record, eom_started, stored="store_error" not in envelope.state)
         return outcome
 
     def finish(self, session: Session, envelope: Envelope | None) -> None:
@@ -240,6 +244,7 @@ class Pipeline:
                 except StoreError as exc:
                     log.error("%s: cannot store the log row: %s", envelope.queue_id or "NOQUEUE", exc)
                 log.info(summary_line(record))
+            metrics.observe(record)
         finally:
             for check in self.checks:
                 try:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import milter
 
+from . import metrics
 from .config import Config, ConfigError, load_config
 from .services import Services, build
 from .store import StoreError
@@ -149,6 +150,10 @@ class Supervisor:
         """Serve until SIGTERM; return the exit status."""
         self.spec, self.listen_fd = open_socket(self.config)
         drop_privileges(self.config)
+        try:
+            metrics.start(self.config.metrics.listen)  # before the workers fork: they inherit it
+        except (OSError, ValueError) as exc:
+            raise ConfigError(self.config.path or "milter.conf", "[metrics] listen", f"cannot serve metrics on {self.config.metrics.listen}: {exc}") from None
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -168,6 +173,7 @@ class Supervisor:
             self._reap(block=False)
             while len(self.workers) < self.worker_count and not self._stopping:
                 self.restarts += 1
+                metrics.worker_restarted()
                 log.warning("worker died; starting a new one")
                 self._spawn()
             time.sleep(0.2)
@@ -325,6 +331,7 @@ class Supervisor:
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     raise
+        metrics.stop()
         log.info("stopped")
 
 
