@@ -126,6 +126,43 @@ def drop_privileges(config: Config) -> None:
     os.setuid(user.pw_uid)
 
 
+def _sqlite_path(config: Config) -> Path | None:
+    url = config.database.url
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url.removeprefix("sqlite:///")).resolve()
+    return None
+
+
+def hand_over_store(config: Config) -> None:
+    """Started as root with ``[milter] user``: give that user the SQLite files root just created."""
+    path = _sqlite_path(config)
+    if os.geteuid() != 0 or not config.milter.user or path is None:
+        return
+    user = pwd.getpwnam(config.milter.user)
+    gid = grp.getgrnam(config.milter.group).gr_gid if config.milter.group else user.pw_gid
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if candidate.stat().st_uid == 0:
+                os.chown(candidate, user.pw_uid, gid)
+        except FileNotFoundError:
+            continue
+
+
+def check_writable(config: Config) -> None:
+    """After dropping privileges: the SQLite store and the spool directory must be writable (ConfigError)."""
+    where = config.path or "milter.conf"
+    who = f"user {pwd.getpwuid(os.geteuid()).pw_name}"
+    path = _sqlite_path(config)
+    if path is not None:
+        for target in (path.parent, path):
+            if target == path and not os.path.lexists(path):
+                continue
+            if not os.access(target, os.W_OK | (os.X_OK if target != path else 0)):
+                raise ConfigError(where, "[database] url", f"{who} cannot write {target} (SQLite needs the file and its directory)")
+    if config.milter.spool_dir and not os.access(config.milter.spool_dir, os.W_OK | os.X_OK):
+        raise ConfigError(where, "[milter] spool_dir", f"{who} cannot write {config.milter.spool_dir}")
+
+
 class Supervisor:
     """Pre-forks and watches the workers."""
 
@@ -150,6 +187,7 @@ class Supervisor:
         """Serve until SIGTERM; return the exit status."""
         self.spec, self.listen_fd = open_socket(self.config)
         drop_privileges(self.config)
+        check_writable(self.config)
         try:
             metrics.start(self.config.metrics.listen)  # before the workers fork: they inherit it
         except (OSError, ValueError) as exc:
@@ -329,8 +367,10 @@ class Supervisor:
             try:
                 os.unlink(self.spec.path)
             except OSError as exc:
+                # After dropping privileges the socket's directory may not be ours:
+                # the next start (as root) replaces the stale socket.
                 if exc.errno != errno.ENOENT:
-                    raise
+                    log.warning("cannot remove %s: %s", self.spec.path, exc.strerror)
         metrics.stop()
         log.info("stopped")
 
@@ -431,4 +471,5 @@ def serve(config_path: str | None) -> int:
         return 1
     services.close()
     services.after_fork()
+    hand_over_store(config)
     return Supervisor(config_path, config, services).run()
