@@ -231,6 +231,7 @@ class SpamdSection(_Section):
     on_error: Literal["tempfail", "accept"] = Field("accept", description="spamd down or slow: accept with a symbol, or tempfail (451).")
     user: str = Field("", description="spamd user for per-user preferences; \"@recipient\" uses the first recipient; empty sends none.")
     scan_trusted: bool = Field(False, description="Also scan mail from trusted_networks and authenticated clients (scored only where [milter] skip_trusted/skip_authenticated allow).")
+    after_clamav: bool = Field(False, description="Wait for clamd's verdict and skip spamd for a virus (saves spamd's time; end of data then takes clamd's time plus spamd's instead of the longer of the two).")
 
     @field_validator("address")
     @classmethod

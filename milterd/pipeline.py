@@ -166,14 +166,10 @@ class Pipeline:
         """
         eom_started = time.monotonic()
         checks = [c for c in self._by_stage[Stage.EOM] if self._applies(c, session)]
-        # The last check runs in this thread: a hand-off to a pool thread costs a GIL
-        # switch (up to sys.getswitchinterval(), 5 ms) even for a check with nothing
-        # to wait for, so only the others, if any, overlap with it (bench/RESULTS.md).
-        futures = [(check, self._executor.submit(self._call, check, session, lambda c=check: c.on_eom(session, envelope))) for check in checks[:-1]]
-        last = self._call(checks[-1], session, lambda c: c.on_eom(session, envelope)) if checks else []
-        for _check, future in futures:
-            envelope.hits.extend(future.result())
-        envelope.hits.extend(last)
+        for tier in sorted({c.eom_tier() for c in checks}):
+            if any(h.action in (Action.REJECT, Action.DISCARD) for h in envelope.hits):
+                break  # already refused: later tiers (spamd) would spend their time for nothing
+            envelope.hits.extend(self._eom_tier(session, envelope, [c for c in checks if c.eom_tier() == tier]))
         seen = frozenset(h.symbol for h in session.hits + envelope.hits)
         for check in self._overriding("on_symbols", session):
             envelope.hits.extend(self._call(check, session, lambda c: c.on_symbols(session, envelope, seen)))
@@ -216,6 +212,19 @@ class Pipeline:
             outcome.reply = verdict.reply or self._default_reply(verdict.action)
         metrics.observe(outcome.record, eom_started, stored="store_error" not in envelope.state)
         return outcome
+
+    def _eom_tier(self, session: Session, envelope: Envelope, checks: list[Check]) -> list[Hit]:
+        """Run the end-of-message hooks of *checks* concurrently.
+
+        The last one runs in this thread: a hand-off to a pool thread costs a GIL
+        switch (up to sys.getswitchinterval(), 5 ms) even for a check with nothing
+        to wait for, so only the others overlap with it (bench/RESULTS.md).
+        """
+        futures = [self._executor.submit(self._call, check, session, lambda c=check: c.on_eom(session, envelope)) for check in checks[:-1]]
+        hits = self._call(checks[-1], session, lambda c: c.on_eom(session, envelope))
+        for future in futures:
+            hits = future.result() + hits
+        return hits
 
     def finish(self, session: Session, envelope: Envelope | None) -> None:
         """The transaction ended before end of message: log it if something was refused."""

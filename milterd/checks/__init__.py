@@ -95,6 +95,12 @@ class Check:
         """The stages whose hooks this class overrides."""
         return frozenset(stage for stage, hook in _HOOKS.items() if getattr(cls, hook) is not getattr(Check, hook))
 
+    def eom_tier(self) -> int:
+        """End-of-message hooks of one tier run concurrently; a higher tier runs
+        after the lower ones, and not at all once a hit has rejected or
+        discarded the message (spamd need not scan a virus)."""
+        return 0
+
     def dynamic_symbols(self) -> tuple[Symbol, ...]:
         """Symbols known only once the rules are loaded (custom rules, DNSBL zones)."""
         return ()

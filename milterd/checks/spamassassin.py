@@ -85,6 +85,9 @@ class SpamAssassinCheck(Check):
     def enabled(cls, services: "Services") -> bool:
         return services.config.spamd.enabled
 
+    def eom_tier(self) -> int:
+        return 1 if self.options.after_clamav else 0
+
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         received = received_header(session, envelope, self.hostname)
         size = len(received) + envelope.size
