@@ -7,6 +7,8 @@ never lost, duplicated or accepted without a log row.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,23 +18,32 @@ from tests.harness.faults import DNSBL_RULES, FAULTS, Bench, format_table, needs
 
 CORE = ["worker-kill", "reload", "restart", "sqlite-lock"]
 EXTERNAL = ["clamd-kill", "spamd-stop", "resolver-stop"]
+def _open_dir(prefix: str) -> Path:
+    # Not under pytest's basetemp: another pytest run starting meanwhile resets its
+    # parents to 0700, and Postfix's unprivileged processes must traverse them.
+    path = Path(tempfile.mkdtemp(prefix=f"milterd-{prefix}-"))
+    path.chmod(0o755)
+    return path
+
+
 HOLD = {"sqlite-lock": 3.0, "pg-down": 2.0, "spamd-stop": 4.0, "clamd-kill": 1.0, "resolver-stop": 2.0}
 
 
 @pytest.fixture(scope="module")
-def core_bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
-    bench = Bench(tmp_path_factory.mktemp("faults"), {"milter": {"workers": 2, "shutdown_timeout": 10}, "database": {"busy_timeout": 1}})
+def core_bench() -> Iterator[Bench]:
+    bench = Bench(_open_dir("faults"), {"milter": {"workers": 2, "shutdown_timeout": 10}, "database": {"busy_timeout": 1}})
     try:
         yield bench.start()
     finally:
         bench.stop()
+        shutil.rmtree(bench.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=EXTERNAL)
-def external_bench(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
+def external_bench(request: pytest.FixtureRequest) -> Iterator[Bench]:
     """A bench with only the daemon its fault needs (spamd is slow: it must not slow the others)."""
     fault: str = request.param
-    root: Path = tmp_path_factory.mktemp(f"faults-{fault}")
+    root = _open_dir(f"faults-{fault}")
     daemons: dict[str, Any] = {}
     bench = None
     try:
@@ -47,6 +58,7 @@ def external_bench(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
         else:
             for daemon in daemons.values():
                 daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _check(result: Any) -> None:
@@ -75,18 +87,19 @@ def test_external_fault_loses_nothing(external_bench: Bench) -> None:
     _check(run_fault(external_bench, FAULTS[fault](external_bench), count=9, sessions=3, hold=HOLD.get(fault, 0.0)))
 
 
-def test_postgresql_down_loses_nothing(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_postgresql_down_loses_nothing() -> None:
     why = needs("pg-down", {})
     if why:
         pytest.skip(f"PostgreSQL: {why}")
     from tests.harness.pgdb import temporary_database
 
     with temporary_database() as url:
-        bench = Bench(tmp_path_factory.mktemp("faults-pg"), {"milter": {"workers": 2}, "database": {"url": url}})
+        bench = Bench(_open_dir("faults-pg"), {"milter": {"workers": 2}, "database": {"url": url}})
         try:
             bench.start()
             result = run_fault(bench, FAULTS["pg-down"](bench), count=24, sessions=3, hold=HOLD["pg-down"])
         finally:
             bench.stop()
+            shutil.rmtree(bench.root, ignore_errors=True)
     _check(result)
     assert result.reconciliation.refused_4xx > 0
