@@ -8,6 +8,7 @@ misspelt key, a value of the wrong type or an unreadable file is refused with
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import socket
@@ -33,6 +34,12 @@ def _threshold(value: object) -> float | bool:
 
 #: A score threshold, or ``false`` to switch that action off.
 Threshold = Annotated[float | bool, BeforeValidator(_threshold)]
+
+@functools.lru_cache(maxsize=1)
+def _fqdn() -> str:
+    # getfqdn() may ask DNS: once per process, not once per message.
+    return socket.getfqdn()
+
 
 DEFAULT_PATHS = (Path("milter.conf"), Path("/etc/milterd/milter.conf"))
 
@@ -283,7 +290,7 @@ class Config(_Section):
     @property
     def hostname(self) -> str:
         """This MTA host's name."""
-        return self.milter.hostname or socket.getfqdn()
+        return self.milter.hostname or _fqdn()
 
     @property
     def rules_dir(self) -> Path:

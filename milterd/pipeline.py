@@ -8,6 +8,7 @@ decide the same way.  Every stage method returns either None (go on) or a
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +65,7 @@ class Pipeline:
         self.checks = services.checks
         self._by_stage: dict[Stage, list[Check]] = {stage: [c for c in self.checks if stage in c.stages()] for stage in Stage}
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eom")
+        self._trusted = [ipaddress.ip_network(net, strict=False) for net in self.config.milter.trusted_networks]
 
     # --- negotiation ------------------------------------------------------
     def stages(self) -> frozenset[Stage]:
@@ -319,12 +321,10 @@ class Pipeline:
         }
 
     def _is_trusted(self, session: Session) -> bool:
-        import ipaddress
-
         ip = session.ip
         if ip is None:
             return session.family == "unix"
-        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.config.milter.trusted_networks)
+        return any(ip in net for net in self._trusted)
 
     def _scored(self, session: Session) -> bool:
         if session.trusted and self.config.milter.skip_trusted:
