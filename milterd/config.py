@@ -239,6 +239,8 @@ class SpamdSection(_Section):
     user: str = Field("", description="spamd user for per-user preferences; \"@recipient\" uses the first recipient; empty sends none.")
     scan_trusted: bool = Field(False, description="Also scan mail from trusted_networks and authenticated clients (scored only where [milter] skip_trusted/skip_authenticated allow).")
     after_clamav: bool = Field(False, description="Wait for clamd's verdict and skip spamd for a virus (saves spamd's time; end of data then takes clamd's time plus spamd's instead of the longer of the two).")
+    cache_size: int = Field(1000, ge=0, description="spamd results kept per worker, by a digest of the message, its client, HELO and recipients, so that a retried message (after a 4xx) is not scanned again; 0 is off.")
+    cache_ttl: Duration = Field(900.0, description="How long a kept spamd result is reused; a retry after this is scanned again (DNS-based rules may have changed); 0 is off.")
 
     @field_validator("address")
     @classmethod

@@ -10,6 +10,15 @@ network and relay rules see the client.
 SpamAssassin's result becomes one symbol, ``SPAMASSASSIN``, whose score is
 SpamAssassin's score and whose detail lists its rules: milterd's thresholds
 decide, and ``milterd log`` shows the rules in ``details``.
+
+A retried message is not scanned twice: each worker keeps spamd's results
+(``[spamd] cache_size``, ``cache_ttl``) by :func:`scan_key`, a digest of what
+spamd's answer depends on: the message as received, the client's address,
+name and HELO, authentication, the envelope and the spamd user.  The
+``Received:`` header's queue id and date are left out (a retry gets a new
+queue id; Postfix's own ``Received:`` for the hop is not among the headers a
+milter sees, so it cannot differ either).  A reused result adds
+``SPAMD_CACHED``.  Errors are never kept.
 """
 
 from __future__ import annotations
@@ -22,7 +31,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ..model import Action, Envelope, Hit, Session
 from ..scanners import ScannerError
-from ..scanners.spamd import SpamdClient
+from ..scanners.cache import ResultCache, content_key
+from ..scanners.spamd import SpamdClient, SpamdResult
 from . import Check, Hits, Symbol
 
 if TYPE_CHECKING:
@@ -34,6 +44,7 @@ log = logging.getLogger("milterd")
 SPAMASSASSIN = "SPAMASSASSIN"
 SKIPPED = "SPAMD_SKIPPED_SIZE"
 ERROR = "SPAMD_ERROR"
+CACHED = "SPAMD_CACHED"
 TEMPFAIL_REPLY = "451 4.7.1 Spam scanner unavailable, please try again later"
 
 
@@ -54,6 +65,12 @@ def received_header(session: Session, envelope: Envelope, hostname: str, now: fl
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
 
+def scan_key(session: Session, envelope: Envelope, user: str) -> bytes:
+    """The cache key of a scan: everything spamd's answer depends on except the queue id and the time."""
+    fields = [session.client_addr, session.client_name, session.helo, session.auth_user, user, envelope.sender, *envelope.recipients]
+    return content_key(fields, envelope.message_chunks())
+
+
 def spamd_user(setting: str, envelope: Envelope) -> str:
     """The ``User:`` to send: fixed, the first recipient for ``"@recipient"``, or none."""
     if setting == "@recipient":
@@ -70,6 +87,7 @@ class SpamAssassinCheck(Check):
         Symbol(SPAMASSASSIN, 0.0, "SpamAssassin's verdict: scored with SpamAssassin's own score, its rules in the detail"),
         Symbol(SKIPPED, 0.0, "Message larger than [spamd] max_size: not sent to spamd"),
         Symbol(ERROR, 0.0, "spamd unreachable, too slow or in error: not scored ([spamd] on_error = tempfail answers 451)"),
+        Symbol(CACHED, 0.0, "The same message from the same client was scanned recently (a retry): spamd's result was reused (detail: its age)"),
     )
     order: ClassVar[int] = 210
 
@@ -78,6 +96,7 @@ class SpamAssassinCheck(Check):
         self.options: "SpamdSection" = services.config.spamd
         self.client = SpamdClient(self.options.address, timeout=self.options.timeout)
         self.hostname = services.config.hostname
+        self.cache: ResultCache[SpamdResult] = ResultCache(self.options.cache_size, self.options.cache_ttl)
         # Instance attributes shadow the class defaults the pipeline reads.
         self.applies_to_trusted = self.applies_to_authenticated = self.options.scan_trusted  # type: ignore[misc]
 
@@ -94,6 +113,12 @@ class SpamAssassinCheck(Check):
         if size > self.options.max_size:
             return [Hit(SKIPPED, detail=f"size {size} > {self.options.max_size}")]
         user = spamd_user(self.options.user, envelope)
+        key = scan_key(session, envelope, user) if self.cache.enabled else b""
+        cached = self.cache.get(key) if key else None
+        if cached is not None:
+            result, age = cached
+            log.debug("%s: spamassassin result reused (scanned %.0f s ago)", envelope.queue_id or "NOQUEUE", age)
+            return [Hit(SPAMASSASSIN, detail=",".join(result.rules), score=result.score), Hit(CACHED, detail=f"age {age:.0f}s")]
         started = time.monotonic()
         try:
             result = self.client.check(itertools.chain([received], envelope.message_chunks()), size, user=user)
@@ -105,6 +130,8 @@ class SpamAssassinCheck(Check):
         finally:
             ended = time.monotonic()
             log.debug("%s: spamassassin eom scan start=%.6f end=%.6f ms=%.1f", envelope.queue_id or "NOQUEUE", started, ended, (ended - started) * 1000)
+        if key:
+            self.cache.put(key, result)
         return [Hit(SPAMASSASSIN, detail=",".join(result.rules), score=result.score)]
 
 
