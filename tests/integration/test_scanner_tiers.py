@@ -1,0 +1,157 @@
+"""Spending spamd's time well, through the private Postfix with a private clamd and spamd:
+
+* ``[spamd] after_clamav = true``: a virus is rejected without a spamd call;
+  by default both scanners run side by side;
+* a message retried after a 4xx (here: score-based greylisting at end of data)
+  is not scanned again: the worker reuses spamd's result (``[spamd] cache_*``),
+  and never for other content or another client.
+
+spamd logs ``checking message <Message-ID>`` for every scan: the tests count
+those lines in its log file.  One worker per milterd, so that a retry meets
+the worker that kept the result (the cache is per worker).
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import time
+import uuid
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.conftest import NO_CHECKS, Stack, message, with_sections
+from tests.harness.scanners import EICAR, EICAR_NAME, Clamd, Spamd
+
+CLIENT = {"ADDR": "198.51.100.7", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}
+OTHER_CLIENT = {"ADDR": "203.0.113.9", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}
+DELAY = 1.0
+GREY_RULES = {"grey.toml": '[[rule]]\nname = "SUBJ_GREYME"\nheader = "Subject"\nregex = "greyme"\nscore = 50.0\n'}
+
+
+@pytest.fixture(scope="module")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
+    daemon = Clamd(tmp_path_factory.mktemp("clamd"))
+    try:
+        yield daemon.start()
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def spamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spamd]:
+    daemon = Spamd(tmp_path_factory.mktemp("spamd"))
+    try:
+        yield daemon.start()
+    finally:
+        daemon.stop()
+
+
+def sections(clamd: Clamd, spamd: Spamd, after_clamav: bool) -> dict[str, dict[str, Any]]:
+    return with_sections(NO_CHECKS, {
+        "milter": {"workers": 1, "trusted_networks": [], "log_level": "debug"},
+        "clamav": {"enabled": True, "address": clamd.address, "timeout": 20},
+        "spamd": {"enabled": True, "address": spamd.address, "timeout": 30, "after_clamav": after_clamav},
+        "greylist": {"enabled": True, "mode": "score", "delay": DELAY, "auto_whitelist_after": 0, "whitelist_providers": False},
+        "actions": {"greylist": 40, "quarantine": False, "reject": False},
+    })
+
+
+@pytest.fixture(scope="module")
+def tiered(make_stack: Callable[..., Stack], clamd: Clamd, spamd: Spamd) -> Stack:
+    return make_stack(sections(clamd, spamd, after_clamav=True), rules=GREY_RULES)
+
+
+@pytest.fixture(scope="module")
+def side_by_side(make_stack: Callable[..., Stack], clamd: Clamd, spamd: Spamd) -> Stack:
+    return make_stack(sections(clamd, spamd, after_clamav=False), rules=GREY_RULES)
+
+
+def message_id(raw: bytes) -> str:
+    found = re.search(rb"^Message-ID: (<[^>]+>)", raw, re.M | re.I)
+    assert found
+    return found.group(1).decode()
+
+
+def spamd_scans(spamd: Spamd, raw: bytes) -> int:
+    """How many times spamd logged a scan of this message."""
+    wanted = f"checking message {message_id(raw)}"
+    return sum(1 for line in spamd.log.read_text(errors="replace").splitlines() if wanted in line)
+
+
+def rows(stack: Stack, title: str) -> list[dict[str, Any]]:
+    """The log rows of the messages with this subject, oldest first."""
+    found = [r for r in stack.milterd.log_json() if r["subject"] == title]
+    return sorted(found, key=lambda r: r["id"])
+
+
+def send(stack: Stack, raw: bytes, xclient: dict[str, str] = CLIENT, recipient: str = "bob@example.com") -> int:
+    """The SMTP code for this message: 250 when accepted, the refusal's code otherwise."""
+    try:
+        stack.send(raw, recipients=[recipient], xclient=xclient)
+        return 250
+    except smtplib.SMTPDataError as exc:
+        return exc.smtp_code
+
+
+def eicar(title: str) -> bytes:
+    return message(subject=title, body="Hello,\r\n" + EICAR.decode() + "\r\nbye\r\n")
+
+
+def test_after_clamav_skips_spamd_for_a_virus(tiered: Stack, spamd: Spamd) -> None:
+    title = "tier " + uuid.uuid4().hex[:10]
+    raw = eicar(title)
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        tiered.send(raw, xclient=CLIENT)
+    assert info.value.smtp_code == 550 and f"Virus found: {EICAR_NAME}" in info.value.smtp_error.decode()
+    [logged] = rows(tiered, title)
+    assert logged["action"] == "reject" and logged["details"]["CLAMAV_VIRUS"].startswith(EICAR_NAME)
+    assert "SPAMASSASSIN" not in logged["symbols"] and "SPAMD_ERROR" not in logged["symbols"]
+    assert spamd_scans(spamd, raw) == 0
+
+
+def test_after_clamav_still_scans_clean_mail_with_spamd(tiered: Stack, spamd: Spamd) -> None:
+    title = "tier " + uuid.uuid4().hex[:10]
+    raw = message(subject=title)
+    assert send(tiered, raw) == 250
+    [logged] = rows(tiered, title)
+    assert "SPAMASSASSIN" in logged["symbols"] and spamd_scans(spamd, raw) == 1
+
+
+def test_by_default_both_scanners_run_on_a_virus(side_by_side: Stack, spamd: Spamd) -> None:
+    title = "tier " + uuid.uuid4().hex[:10]
+    raw = eicar(title)
+    assert send(side_by_side, raw) == 550
+    [logged] = rows(side_by_side, title)
+    assert logged["action"] == "reject" and "CLAMAV_VIRUS" in logged["symbols"] and "SPAMASSASSIN" in logged["symbols"]
+    assert spamd_scans(spamd, raw) == 1
+
+
+def test_a_retried_message_is_scanned_once(tiered: Stack, spamd: Spamd) -> None:
+    title = "greyme " + uuid.uuid4().hex[:10]
+    raw = message(subject=title, body="Hello Bob,\r\nthe minutes of the meeting are attached.\r\n")
+    recipient = f"r{uuid.uuid4().hex[:8]}@example.com"  # a triplet of its own
+    assert send(tiered, raw, recipient=recipient) == 451  # greylisted at end of data, after both scans
+    time.sleep(DELAY + 0.5)
+    assert send(tiered, raw, recipient=recipient) == 250  # the retry: same content, same client
+    assert tiered.sink.wait(1, match=lambda m: title in "".join(m.header("Subject")))
+    first, retry = rows(tiered, title)
+    assert first["action"] == "greylist" and retry["action"] != "greylist"
+    assert retry["symbols"]["SPAMASSASSIN"] == first["symbols"]["SPAMASSASSIN"]
+    assert retry["details"]["SPAMASSASSIN"] == first["details"]["SPAMASSASSIN"]
+    assert "SPAMD_CACHED" in retry["symbols"] and "SPAMD_CACHED" not in first["symbols"]
+    assert spamd_scans(spamd, raw) == 1
+
+
+def test_other_content_or_another_client_is_scanned_again(tiered: Stack, spamd: Spamd) -> None:
+    title = "greyme " + uuid.uuid4().hex[:10]
+    raw = message(subject=title)
+    recipient = f"r{uuid.uuid4().hex[:8]}@example.com"  # a triplet of its own
+    assert send(tiered, raw, recipient=recipient) == 451
+    changed = raw.replace(b"see you tomorrow", b"see you tomorrow!")
+    assert send(tiered, changed, recipient=recipient) == 451  # still within the delay: greylisted again, but scanned
+    assert send(tiered, raw, xclient=OTHER_CLIENT, recipient=recipient) == 451  # a new triplet
+    logged = rows(tiered, title)
+    assert len(logged) == 3 and not any("SPAMD_CACHED" in r["symbols"] for r in logged)
+    assert spamd_scans(spamd, raw) == 3  # the same Message-ID in all three
