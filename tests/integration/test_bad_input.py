@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -33,8 +33,23 @@ INTERNAL_ERROR = "4.3.0"
 
 
 @pytest.fixture(scope="module")
-def stack(make_stack: Callable[..., Stack]) -> Stack:
-    return make_stack({"milter": {"workers": 2, "timeout": 120}})
+def stack(make_stack: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """milterd with every default check; with MILTERD_BAD_INPUT_SCANNERS=1 also clamd and spamd
+    (slower: spamd takes about a second a message here), so that the scanner clients see it all too."""
+    sections: dict[str, dict[str, Any]] = {"milter": {"workers": 2, "timeout": 120}}
+    daemons: list[Any] = []
+    try:
+        if os.environ.get("MILTERD_BAD_INPUT_SCANNERS") == "1":
+            from tests.harness.scanners import Clamd, Spamd
+
+            root = tmp_path_factory.mktemp("bad-scanners")
+            daemons += [Clamd(root / "clamd").start(), Spamd(root / "spamd", children=2).start()]
+            sections["clamav"] = {"enabled": True, "address": daemons[0].address}
+            sections["spamd"] = {"enabled": True, "address": daemons[1].address, "max_size": "2M"}
+        yield make_stack(sections)
+    finally:
+        for daemon in daemons:
+            daemon.stop()
 
 
 def _tagged(raw: bytes, tag: str) -> bytes:
@@ -188,3 +203,7 @@ def test_every_answer_has_a_log_row_or_refusal(stack: Stack) -> None:
     assert rows
     assert not [r for r in rows if "internal" in (r.get("reason") or "").lower()]
     assert not re.search(r"worker died", stack.milterd.stderr())
+    if os.environ.get("MILTERD_BAD_INPUT_SCANNERS") == "1":
+        symbols = {name for row in rows for name in row["symbols"]}
+        assert "SPAMASSASSIN" in symbols and "CLAMAV_VIRUS" in symbols, sorted(symbols)
+        assert "CLAMAV_ERROR" not in symbols and "SPAMD_ERROR" not in symbols, [r for r in rows if {"CLAMAV_ERROR", "SPAMD_ERROR"} & set(r["symbols"])][:3]
