@@ -19,7 +19,8 @@ Metrics (all prefixed ``milterd_``):
 * ``transaction_seconds`` — MAIL FROM to the verdict (histogram);
 * ``eom_seconds`` — end of message alone: scanners, policy, log write (histogram);
 * ``store_errors_total`` — log rows that could not be written;
-* ``worker_restarts_total`` — workers that died and were replaced.
+* ``worker_restarts_total`` — workers that died and were replaced;
+* ``dns_cache_lookups_total{result}`` — ``hit``/``miss`` of the resolver's answer cache.
 """
 
 from __future__ import annotations
@@ -77,13 +78,39 @@ def start(listen: str) -> tuple[str, int] | None:
         "eom": Histogram("milterd_eom_seconds", "End of message: scanners, policy and log write", buckets=BUCKETS),
         "store_errors": Counter("milterd_store_errors_total", "Log rows that could not be written"),
         "restarts": Counter("milterd_worker_restarts_total", "Workers that died and were replaced"),
+        "dns_cache": Counter("milterd_dns_cache_lookups_total", "DNS answers looked up in the workers' caches", ["result"]),
     }
+    _count_dns_cache()
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)
     server, _thread = start_http_server(port, addr=host, registry=registry)
     address = server.server_address[:2]
     log.info("metrics on http://%s:%d/metrics", address[0], address[1])
     return str(address[0]), int(address[1])
+
+
+def _count_dns_cache() -> None:
+    """Count hits and misses of the resolver's answer cache (the hit ratio is hit / (hit + miss)).
+
+    dns.py has no hook for this, so its cache lookup is wrapped here, in the
+    supervisor before the workers fork, and only when metrics are on.
+    """
+    try:
+        from . import dns
+    except ImportError:  # pragma: no cover - a build without the DNS module
+        return
+    original = dns.TTLCache.get
+    if getattr(original, "_counted", False):
+        return
+    hit, miss = _metrics["dns_cache"].labels("hit"), _metrics["dns_cache"].labels("miss")  # type: ignore[index]
+
+    def get(self: Any, key: tuple[str, str]) -> Any:
+        answer = original(self, key)
+        (hit if answer is not None else miss).inc()
+        return answer
+
+    get._counted = True  # type: ignore[attr-defined]
+    dns.TTLCache.get = get  # type: ignore[method-assign]
 
 
 def enabled() -> bool:

@@ -45,6 +45,8 @@ def test_counters_after_messages(metrics_stack: tuple[Stack, int]) -> None:
     assert values.get('milterd_symbol_hits_total{symbol="METRICS_REJECT"}', 0) >= 1, values
     assert values.get("milterd_eom_seconds_count", 0) >= 4, values
     assert values.get("milterd_transaction_seconds_count", 0) >= 4, values
+    # The DNS checks looked answers up in the cache (the hit ratio is hit / (hit + miss)).
+    assert values.get('milterd_dns_cache_lookups_total{result="miss"}', 0) > 0, values
     # Both workers served (or at least: the counts are the sum over processes, not one worker's).
     assert sum(v for k, v in values.items() if k.startswith("milterd_messages_total")) == len(stack.milterd.log_json())
 
