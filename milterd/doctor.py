@@ -3,7 +3,8 @@
 Each probe returns :class:`Finding` objects (``ok``, ``warn``, ``fail`` or
 ``skip``, and one line of detail): the configuration builds, every configured
 backend answers (the database and its schema version, clamd PING/VERSION,
-spamd PING, the resolver with the DNSBL test entry 127.0.0.2), and Postfix's
+spamd PING, the resolver with the DNSBL test entry 127.0.0.2, the smtpd
+that quarantine releases go to), and Postfix's
 settings read with ``postconf`` fit milterd's (the milter is in
 ``smtpd_milters``; ``milter_default_action`` is not ``accept`` while a scanner
 fails closed; the milter timeouts are longer than the scanners').  The
@@ -60,6 +61,7 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
     findings += probe_database(config)
     findings += probe_scanners(config)
     findings += probe_dns(config, services)
+    findings.append(probe_release_smtp(config))
     if use_postconf:
         settings, why = read_postconf(postfix_config)
         if settings is None:
@@ -143,6 +145,24 @@ def probe_scanners(config: Config) -> list[Finding]:
     else:
         findings.append(Finding("spamd", "skip", "[spamd] enabled = false"))
     return findings
+
+
+def probe_release_smtp(config: Config) -> Finding:
+    """The milter-less smtpd that quarantine releases go to answers with a 220 banner (a warning if not)."""
+    import socket
+
+    host, _, port = config.quarantine.release_smtp.rpartition(":")
+    name = "quarantine release_smtp"
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=5) as sock:
+            sock.settimeout(5)
+            banner = sock.recv(512).decode("ascii", "replace").strip()
+            sock.sendall(b"QUIT\r\n")
+    except (OSError, ValueError) as exc:
+        return Finding(name, "warn", f"{config.quarantine.release_smtp}: {exc}: 'milterd quarantine release' would fail")
+    if not banner.startswith("220"):
+        return Finding(name, "warn", f"{config.quarantine.release_smtp}: unexpected banner {banner[:60]!r}")
+    return Finding(name, "ok", f"{config.quarantine.release_smtp}: {banner[:60]}")
 
 
 def dnsbl_zones(services: Any) -> list[str]:

@@ -53,9 +53,18 @@ def test_everything_reachable(tmp_path: Path, backends: dict[str, Any]) -> None:
     }, {"dnsbl.toml": '[[dnsbl]]\nname = "DOCTOR"\nzone = "bl.doctor.test"\n'})
     assert milterd.cli("db", "upgrade").returncode == 0
     postfix = _postfix(tmp_path, milterd.postfix_spec, milter_content_timeout="300s")
-    code, report = _doctor(milterd, "--postfix-config", str(postfix.etc))
+    postfix.postfix("start")
+    try:
+        milterd.config.write_text(milterd.config.read_text() + f'\n[quarantine]\nrelease_smtp = "127.0.0.1:{postfix.reinject_port}"\n')
+        from tests.harness.postfix import wait_for_port
+
+        wait_for_port(postfix.reinject_port)
+        code, report = _doctor(milterd, "--postfix-config", str(postfix.etc))
+    finally:
+        postfix.stop()
     statuses = {f["name"]: f["status"] for f in report["findings"]}
     assert code == 0, report
+    assert statuses["quarantine release_smtp"] == "ok"
     assert report["status"] == "ok", report
     assert statuses["configuration"] == statuses["database"] == statuses["clamd"] == statuses["spamd"] == "ok"
     assert statuses["dns bl.doctor.test"] == "ok"
@@ -76,6 +85,7 @@ def test_absent_backends_fail(tmp_path: Path) -> None:
     statuses = {f["name"]: f["status"] for f in report["findings"]}
     assert code == 1 and report["status"] == "fail"
     assert statuses["clamd"] == statuses["spamd"] == statuses["database"] == statuses["dns bl.doctor.test"] == "fail"
+    assert statuses["quarantine release_smtp"] == "warn"
     assert not (tmp_path / "absent.sqlite").exists()
 
 
