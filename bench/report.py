@@ -43,6 +43,7 @@ class Row:
     serial: list[Sample] = field(default_factory=list)
     skipped: str = ""
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the last run saw (a corpus row's outcomes)
 
     @property
     def rate(self) -> float | None:
@@ -67,16 +68,19 @@ class Row:
 
 @dataclass(frozen=True)
 class Target:
-    """A goal for a row: ``rate ≥ factor × rate(reference)`` or ``serial ms ≤ limit``."""
+    """A goal for a row: ``rate ≥ factor × rate(reference)``, ``serial ms ≤ limit``, or
+    ``serial ms ≤ max(serial ms of the references) + margin`` (kind ``serial_max``, references comma-separated)."""
 
-    kind: str  # "ratio" or "serial_ms"
+    kind: str  # "ratio", "serial_ms" or "serial_max"
     value: float
     reference: str = ""
 
     def describe(self) -> str:
-        """The target as printed: ``≥ 0.75 × postfix`` or ``≤ 10 ms serial``."""
+        """The target as printed: ``≥ 0.75 × postfix``, ``≤ 10 ms serial`` or ``≤ max(clamd, spamc) + 5 ms serial``."""
         if self.kind == "ratio":
             return f"≥ {self.value:g} × {self.reference}"
+        if self.kind == "serial_max":
+            return f"≤ max({', '.join(self.reference.split(','))}) + {self.value:g} ms serial"
         return f"≤ {self.value:g} ms serial"
 
 
@@ -104,6 +108,12 @@ def check_target(target: Target, row: Row, rows: dict[str, Row]) -> tuple[bool |
         if row.serial_ms is None:
             return None, f"{target.describe()}: no figure"
         return row.serial_ms <= target.value, f"{target.describe()}: {row.serial_ms:.1f} ms"
+    if target.kind == "serial_max":
+        others = [rows[name].serial_ms if name in rows else None for name in target.reference.split(",")]
+        if row.serial_ms is None or any(o is None for o in others):
+            return None, f"{target.describe()}: no figure"
+        limit = max(o for o in others if o is not None) + target.value
+        return row.serial_ms <= limit, f"{target.describe()}: {row.serial_ms:.1f} ms (limit {limit:.1f} ms)"
     raise ValueError(f"unknown target kind {target.kind!r}")
 
 
@@ -171,6 +181,8 @@ def table(rows: list[Row], reference: str = "postfix", references: dict[str, str
         runs = f"{len(row.concurrent)}+{len(row.serial)}"
         rates = ", ".join(f"{s.rate:.0f}" for s in row.concurrent)
         notes = "; ".join(row.problems) or (f"runs: {rates} msg/s" if rates else "")
+        if row.notes:
+            notes += "; " + "; ".join(row.notes)
         if row.cpu_per_message is not None:
             notes += f"; milter CPU {row.cpu_per_message:.2f} ms/msg"
         rss = [s.rss_mb for s in row.concurrent if s.rss_mb is not None]

@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.corpus import LISTED_NET, CorpusMessage
+from bench.corpus import fetch as corpus_fetch
+from bench.corpus import replay as corpus_replay
+from bench.corpus import select as corpus_select
 from bench.report import Sample, Target
 from tests.harness.milterd import Milterd
 from tests.harness.postfix import Postfix, free_port, wait_for_port
@@ -52,6 +56,7 @@ class Backend:
     count_rows: Callable[[], int | None] = lambda: None
     stoppers: list[Callable[[], None]] = field(default_factory=list)
     driver: Callable[[int, int], Sample] | None = None  # a row that does not go through Postfix
+    replay: Callable[[int, int, int], Sample] | None = None  # (port, messages, sessions): own client through Postfix instead of smtp-source
     prepare: Callable[["Backend"], None] | None = None  # once Postfix runs, before the warm-up (greylist: pass the triplet)
     pids: Callable[[], list[int]] = lambda: []  # worker processes, for their memory
     logs: list[Path] = field(default_factory=list)  # the milter's own logs, quoted when a run fails
@@ -65,6 +70,8 @@ class Backend:
         """Send *messages* over *sessions* and time it."""
         if self.driver is not None:
             return self.driver(messages, sessions)
+        if self.replay is not None:
+            return self.replay(self.port, messages, sessions)
         return smtp_source(self.port, messages, sessions, self.size)
 
     def rss_mb(self) -> float | None:
@@ -132,9 +139,12 @@ def count_rows(url: str) -> Callable[[], int | None]:
 class Bench:
     """Everything one run starts: backends first, then one Postfix with a port per scenario."""
 
-    def __init__(self, root: Path, size: int = 5120) -> None:
+    def __init__(self, root: Path, size: int = 5120, corpus_size: int = 600, corpus_cache: Path | None = None) -> None:
         self.root = root
         self.size = size
+        self.corpus_size = corpus_size
+        self.corpus_cache = corpus_cache or root / "corpus"
+        self._corpus: list[CorpusMessage] | None = None
         self.backends: dict[str, Backend] = {}
         self.databases: list[str] = []
         self.postfix: BenchPostfix | None = None
@@ -283,6 +293,8 @@ class Scenario:
     scale: float = 1.0
     reference: str = "postfix"
     targets: tuple[Target, ...] = ()
+    serial: bool = True  # also measure one-session latency
+    corpus: bool = False  # sends the corpus subset (--corpus-size messages per run)
 
     def unavailable(self) -> str:
         """Why this row cannot run here ("" when it can)."""
@@ -399,6 +411,7 @@ def _start_dns(root: Path) -> Any:
     ]
     # The shipped rules/dnsbl.toml zones, served locally; nothing on loopback is listed.
     lists = {zone: ("ip4set", "192.0.2.200\n") for zone in ("zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org")}
+    lists["zen.spamhaus.org"] = ("ip4set", f"192.0.2.200\n{LISTED_NET}\n")  # the corpus row's spam clients (SBL: reject)
     lists["list.dnswl.org"] = ("ip4set", "192.0.2.201 :127.0.10.0\n")
     return LocalDns(root, local_data, lists).start()
 
@@ -443,11 +456,71 @@ def _start_spamd(root: Path) -> Any:
     return Spamd(root, children=4).start()
 
 
-def _scanners(bench: Bench, scenario: Scenario) -> Backend:
+def _scanners(after_clamav: bool = False) -> Callable[[Bench, Scenario], Backend]:
+    def setup(bench: Bench, scenario: Scenario) -> Backend:
+        clamd = bench.shared("clamd", _start_clamd)
+        spamd = bench.shared("spamd", _start_spamd)
+        sections = {"clamav": {"enabled": True, "address": clamd.address},
+                    "spamd": {"enabled": True, "address": spamd.address, "after_clamav": after_clamav}}
+        return _core("inet", "sqlite", **sections)(bench, scenario)
+
+    return setup
+
+
+def _corpus_messages(bench: Bench) -> list[CorpusMessage]:
+    if bench._corpus is None:
+        bench._corpus = corpus_select(corpus_fetch(bench.corpus_cache), bench.corpus_size)
+    return bench._corpus
+
+
+def _replay(bench: Bench) -> Callable[[int, int, int], Sample]:
+    messages = _corpus_messages(bench)
+    return lambda port, count, sessions: corpus_replay(port, messages, count, sessions)
+
+
+def _corpus_milterd(bench: Bench, scenario: Scenario) -> Backend:
+    """milterd as an MX would run it: every check (DNSBL at connect), clamd and spamd, the shipped rules."""
+    dns = bench.shared("dns", _start_dns)
     clamd = bench.shared("clamd", _start_clamd)
     spamd = bench.shared("spamd", _start_spamd)
-    sections = {"clamav": {"enabled": True, "address": clamd.address}, "spamd": {"enabled": True, "address": spamd.address}}
-    return _core("inet", "sqlite", **sections)(bench, scenario)
+    rules = {path.name: path.read_text() for path in sorted((REPO / "rules").glob("*.toml"))}
+    sections = {"dns": {"nameservers": [dns.nameserver]}, "clamav": {"enabled": True, "address": clamd.address},
+                "spamd": {"enabled": True, "address": spamd.address}}
+    backend = bench.milterd(scenario.name, "inet", "sqlite", sections, rules)
+    backend.replay = _replay(bench)
+    return backend
+
+
+def _corpus_chain(bench: Bench, scenario: Scenario) -> Backend:
+    backend = _chain(bench, scenario)
+    backend.replay = _replay(bench)
+    return backend
+
+
+def _corpus_mimedefang(bench: Bench, scenario: Scenario) -> Backend:
+    """MIMEDefang 3.3, 4 workers, clamd over its unix socket, SpamAssassin in-process (bench/mimedefang.py)."""
+    from bench import mimedefang
+
+    clamd = bench.shared("clamd", _start_clamd)
+    spec, stoppers = mimedefang.start(bench.root / scenario.name, clamd.unix_address[len("unix:"):])
+    return Backend(milter=spec, stoppers=stoppers, replay=_replay(bench), logs=[bench.root / scenario.name / "mimedefang.log"])
+
+
+def _clamd_alone(bench: Bench, scenario: Scenario) -> Backend:
+    """clamd's own latency: the same message by INSTREAM (milterd's client), no Postfix."""
+    from milterd.scanners.clamd import ClamdClient
+
+    clamd = bench.shared("clamd", _start_clamd)
+    client = ClamdClient(clamd.address, timeout=30)
+    message = sample_message(bench.size)
+
+    def scan_one() -> str:
+        stream = client.instream()
+        stream.send(message)
+        result = stream.finish()
+        return "" if result.status == "OK" else f"clamd: {result.reply}"
+
+    return Backend(driver=lambda messages, sessions: _threaded(scan_one, messages, sessions))
 
 
 def _chain(bench: Bench, scenario: Scenario) -> Backend:
@@ -505,30 +578,45 @@ def _spamc(bench: Bench, scenario: Scenario) -> Backend:
     spamd = bench.shared("spamd", _start_spamd)
     message = sample_message(bench.size)
 
-    def drive(messages: int, sessions: int) -> Sample:
-        failures: list[str] = []
-        counter = iter(range(messages))
-        lock = threading.Lock()
+    def scan_one() -> str:
+        result = subprocess.run(["spamc", "-d", "127.0.0.1", "-p", str(spamd.port), "-x"], input=message, capture_output=True, timeout=120)
+        return f"spamc exit {result.returncode}" if result.returncode != 0 else ""
 
-        def worker() -> None:
-            while True:
-                with lock:
-                    if next(counter, None) is None:
-                        return
-                result = subprocess.run(["spamc", "-d", "127.0.0.1", "-p", str(spamd.port), "-x"], input=message, capture_output=True, timeout=120)
-                if result.returncode != 0:
-                    failures.append(f"spamc exit {result.returncode}")
+    return Backend(driver=lambda messages, sessions: _threaded(scan_one, messages, sessions))
 
-        threads = [threading.Thread(target=worker) for _ in range(sessions)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - started
-        return Sample(messages, sessions, elapsed, ok=not failures, note="; ".join(failures[:3]))
 
-    return Backend(driver=drive)
+def _threaded(one: Callable[[], str], messages: int, sessions: int) -> Sample:
+    """Call *one* (returns "" or a failure) *messages* times from *sessions* threads; timed."""
+    failures: list[str] = []
+    counter = iter(range(messages))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if next(counter, None) is None:
+                    return
+            try:
+                failure = one()
+            except Exception as exc:  # noqa: BLE001
+                failure = f"{exc.__class__.__name__}: {exc}"
+            if failure:
+                failures.append(failure)
+
+    threads = [threading.Thread(target=worker) for _ in range(sessions)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    return Sample(messages, sessions, elapsed, ok=not failures, note="; ".join(failures[:3]))
+
+
+def _mimedefang_missing() -> str:
+    from bench import mimedefang
+
+    return mimedefang.missing()
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -552,9 +640,19 @@ SCENARIOS: list[Scenario] = [
     Scenario("greylist-pg", "milterd, inet, greylisting on, steady state, PostgreSQL", "greylist", _greylist("postgresql"),
              needs=_needs_all(_needs_module("milterd.greylist", "greylisting"), _needs_postgresql), reference="inet-pg",
              targets=(Target("ratio", 0.9, "inet-pg"),)),
-    Scenario("scanners", "milterd, inet, clamd + spamd (4 children)", "scanners", _scanners, needs=_SCANNERS, scale=0.05,
-             reference="chain", targets=(Target("ratio", 1.0, "chain"), Target("ratio", 0.95, "spamc"))),
+    Scenario("scanners", "milterd, inet, clamd + spamd (4 children)", "scanners", _scanners(), needs=_SCANNERS, scale=0.1,
+             reference="chain", targets=(Target("ratio", 1.0, "chain"), Target("ratio", 0.95, "spamc"), Target("serial_max", 5.0, "clamd,spamc"))),
+    Scenario("scanners-tiered", "milterd, inet, clamd + spamd, [spamd] after_clamav (spamd waits for clamd)", "scanners", _scanners(after_clamav=True),
+             needs=_SCANNERS, scale=0.1, reference="chain", targets=(Target("ratio", 1.0, "chain"), Target("ratio", 0.95, "spamc"))),
     Scenario("chain", "clamav-milter + spamass-milter, unix sockets, same clamd + spamd", "scanners", _chain,
-             needs=_needs_all(_SCANNERS, _needs_commands("clamav-milter", "spamass-milter")), scale=0.05, reference="spamc"),
-    Scenario("spamc", "spamc straight to spamd (no Postfix), same concurrency", "scanners", _spamc, needs=_SCANNERS, scale=0.05),
+             needs=_needs_all(_SCANNERS, _needs_commands("clamav-milter", "spamass-milter")), scale=0.1, reference="spamc"),
+    Scenario("spamc", "spamc straight to spamd (no Postfix), same concurrency", "scanners", _spamc, needs=_SCANNERS, scale=0.1),
+    Scenario("clamd", "clamd alone: INSTREAM of the same message (no Postfix)", "scanners", _clamd_alone, needs=_SCANNERS, scale=0.5),
+    Scenario("corpus", "corpus mix: milterd, inet, all checks (DNSBL) + clamd + spamd", "corpus", _corpus_milterd,
+             needs=_needs_all(_SCANNERS, _needs_commands("unbound", "rbldnsd", "npm")), reference="corpus-mimedefang", serial=False, corpus=True,
+             targets=(Target("ratio", 1.0, "corpus-mimedefang"), Target("ratio", 1.0, "corpus-chain"))),
+    Scenario("corpus-chain", "corpus mix: clamav-milter + spamass-milter", "corpus", _corpus_chain,
+             needs=_needs_all(_SCANNERS, _needs_commands("clamav-milter", "spamass-milter", "npm")), reference="corpus-mimedefang", serial=False, corpus=True),
+    Scenario("corpus-mimedefang", "corpus mix: MIMEDefang 3.3, 4 workers, clamd + SpamAssassin in-process", "corpus", _corpus_mimedefang,
+             needs=_needs_all(_SCANNERS, _mimedefang_missing, _needs_commands("npm")), reference="corpus-chain", serial=False, corpus=True),
 ]

@@ -55,6 +55,14 @@ def test_targets() -> None:
         check_target(Target("bogus", 1.0), rows["inet"], rows)
 
 
+def test_serial_max_target_is_against_the_slower_reference() -> None:
+    rows = {"clamd": row("clamd", [500], [1.0]), "spamc": row("spamc", [12], [100.0]), "milterd": row("milterd", [12], [104.0])}
+    met, note = check_target(Target("serial_max", 5.0, "clamd,spamc"), rows["milterd"], rows)
+    assert met is True and "limit 105.0 ms" in note and "max(clamd, spamc)" in note
+    assert check_target(Target("serial_max", 3.0, "clamd,spamc"), rows["milterd"], rows)[0] is False
+    assert check_target(Target("serial_max", 5.0, "clamd,gone"), rows["milterd"], rows)[0] is None
+
+
 def test_select_all_names_groups_and_references() -> None:
     assert select(NAMES, "", GROUPS, REFERENCES) == NAMES
     assert select(NAMES, "unix", GROUPS, REFERENCES) == ["postfix", "unix"]
