@@ -211,7 +211,17 @@ class GreylistSection(_Section):
         return value
 
 
-class ClamavSection(_Section):
+class _ScannerSection(_Section):
+    @field_validator("address", check_fields=False)
+    @classmethod
+    def _address(cls, value: str) -> str:
+        from .scanners import parse_address
+
+        parse_address(value)
+        return value
+
+
+class ClamavSection(_ScannerSection):
     enabled: bool = Field(False, description="Scan messages with clamd.")
     address: str = Field("tcp:127.0.0.1:3310", description="clamd's socket: tcp:HOST:PORT or unix:/path.")
     timeout: Duration = Field(30.0, description="Longest wait for clamd at any step.")
@@ -221,16 +231,8 @@ class ClamavSection(_Section):
     headers: bool = Field(True, description="Add X-Virus-Scanned and X-Virus-Status to scanned mail (incoming ones are removed first).")
     scan_trusted: bool = Field(False, description="Also scan mail from trusted_networks and from clients that authenticated with SMTP AUTH.")
 
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        from .scanners import parse_address
 
-        parse_address(value)
-        return value
-
-
-class SpamdSection(_Section):
+class SpamdSection(_ScannerSection):
     enabled: bool = Field(False, description="Scan messages with SpamAssassin's spamd.")
     address: str = Field("tcp:127.0.0.1:783", description="spamd's socket: tcp:HOST:PORT or unix:/path.")
     timeout: Duration = Field(60.0, description="Longest wait for spamd.")
@@ -241,14 +243,6 @@ class SpamdSection(_Section):
     after_clamav: bool = Field(False, description="Wait for clamd's verdict and skip spamd for a virus (saves spamd's time; end of data then takes clamd's time plus spamd's instead of the longer of the two).")
     cache_size: int = Field(1000, ge=0, description="spamd results kept per worker, by a digest of the message, its client, HELO and recipients, so that a retried message (after a 4xx) is not scanned again; 0 is off.")
     cache_ttl: Duration = Field(900.0, description="How long a kept spamd result is reused; a retry after this is scanned again (DNS-based rules may have changed); 0 is off.")
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        from .scanners import parse_address
-
-        parse_address(value)
-        return value
 
 
 class QuarantineSection(_Section):
