@@ -10,7 +10,6 @@ from typing import Any, Iterable
 from .cli import config_parent, since_arg
 from .config import load_config
 from .store import Store, StoreError
-from .units import parse_since
 
 #: The fields of ``milterd log --json``; scripts and tests rely on these names.
 JSON_FIELDS = (

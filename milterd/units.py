@@ -7,6 +7,7 @@ A duration is a number of seconds or a string such as ``"90s"``, ``"5m"``,
 
 from __future__ import annotations
 
+import datetime
 import re
 
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -46,10 +47,8 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def parse_since(value: str) -> "datetime.datetime":
+def parse_since(value: str) -> datetime.datetime:
     """``--since 7d`` (a duration back from now) or an ISO date/time, as aware UTC."""
-    import datetime
-
     try:
         return datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=parse_duration(value))
     except ValueError:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
 
 from tests.harness.milterd import Milterd
 from tests.harness.postfix import Postfix, Sink
+
+if TYPE_CHECKING:
+    from tests.harness.scanners import Clamd, Spamd
 
 
 def _missing(*commands: str) -> list[str]:
@@ -72,6 +75,30 @@ def stack_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix="stack-", dir=STACKS))
     root.chmod(0o755)
     return root
+
+
+@pytest.fixture(scope="module")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Clamd"]:
+    """A private clamd with the test signatures (StreamMaxLength 40M), for one test module."""
+    from tests.harness.scanners import Clamd
+
+    daemon = Clamd(tmp_path_factory.mktemp("clamd"))
+    try:
+        yield daemon.start()
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def spamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Spamd"]:
+    """A private spamd with Debian's rules, for one test module."""
+    from tests.harness.scanners import Spamd
+
+    daemon = Spamd(tmp_path_factory.mktemp("spamd"))
+    try:
+        yield daemon.start()
+    finally:
+        daemon.stop()
 
 
 @pytest.fixture(scope="module")

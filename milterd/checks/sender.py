@@ -8,14 +8,11 @@ lacking MX records, an address (RFC 5321 §5.1 implicit MX).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from ..model import Envelope, Hit, Session
 from . import Hits, Symbol
 from .switches import ConfiguredCheck
-
-if TYPE_CHECKING:
-    from ..services import Services
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
 _LOCAL = re.compile(rf'^(?:{_ATOM}(?:\.{_ATOM})*|"(?:[^"\\\r\n]|\\.)*")$')

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from typing import Callable
 
 from ..cli import config_parent, since_arg
 from ..config import load_config
 from ..quarantine import Quarantine, QuarantineError, as_json, default_who
 from ..store import Store, StoreError, utcnow
-from ..units import parse_duration, parse_since
+from ..units import parse_duration
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -20,7 +20,6 @@ from ..config import ConfigError, load_config
 from ..services import Services, build
 from ..store import Store, StoreError
 from ..tuning import symbol_stats, symbol_table, symbols_toml, whatif
-from ..units import parse_since
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

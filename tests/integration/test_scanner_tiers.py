@@ -17,7 +17,7 @@ import re
 import smtplib
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -30,22 +30,6 @@ DELAY = 1.0
 GREY_RULES = {"grey.toml": '[[rule]]\nname = "SUBJ_GREYME"\nheader = "Subject"\nregex = "greyme"\nscore = 50.0\n'}
 
 
-@pytest.fixture(scope="module")
-def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
-    daemon = Clamd(tmp_path_factory.mktemp("clamd"))
-    try:
-        yield daemon.start()
-    finally:
-        daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def spamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spamd]:
-    daemon = Spamd(tmp_path_factory.mktemp("spamd"))
-    try:
-        yield daemon.start()
-    finally:
-        daemon.stop()
 
 
 def sections(clamd: Clamd, spamd: Spamd, after_clamav: bool) -> dict[str, dict[str, Any]]:

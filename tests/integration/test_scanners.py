@@ -15,7 +15,7 @@ import uuid
 import zipfile
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -26,22 +26,6 @@ TRUSTED = {"ADDR": "192.0.2.10", "NAME": "mail.example.org", "HELO": "mail.examp
 UNTRUSTED = {"ADDR": "198.51.100.7", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}
 
 
-@pytest.fixture(scope="module")
-def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
-    daemon = Clamd(tmp_path_factory.mktemp("clamd"), stream_max="40M")
-    try:
-        yield daemon.start()
-    finally:
-        daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def spamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spamd]:
-    daemon = Spamd(tmp_path_factory.mktemp("spamd"))
-    try:
-        yield daemon.start()
-    finally:
-        daemon.stop()
 
 
 def sections(clamd_address: str, spamd_address: str, **extra: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -34,14 +34,6 @@ def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
         daemon.stop()
 
 
-@pytest.fixture(scope="module")
-def spamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spamd]:
-    daemon = Spamd(tmp_path_factory.mktemp("spamd"))
-    try:
-        yield daemon.start()
-    finally:
-        daemon.stop()
-
 
 @pytest.fixture()
 def silent_server() -> Iterator[str]:
