@@ -139,10 +139,11 @@ def count_rows(url: str) -> Callable[[], int | None]:
 class Bench:
     """Everything one run starts: backends first, then one Postfix with a port per scenario."""
 
-    def __init__(self, root: Path, size: int = 5120, corpus_size: int = 600, corpus_cache: Path | None = None) -> None:
+    def __init__(self, root: Path, size: int = 5120, corpus_size: int = 600, corpus_cache: Path | None = None, corpus_listed: float = 1.0) -> None:
         self.root = root
         self.size = size
         self.corpus_size = corpus_size
+        self.corpus_listed = corpus_listed
         self.corpus_cache = corpus_cache or root / "corpus"
         self._corpus: list[CorpusMessage] | None = None
         self.backends: dict[str, Backend] = {}
@@ -475,7 +476,7 @@ def _corpus_messages(bench: Bench) -> list[CorpusMessage]:
 
 def _replay(bench: Bench) -> Callable[[int, int, int], Sample]:
     messages = _corpus_messages(bench)
-    return lambda port, count, sessions: corpus_replay(port, messages, count, sessions)
+    return lambda port, count, sessions: corpus_replay(port, messages, count, sessions, bench.corpus_listed)
 
 
 def _corpus_milterd(bench: Bench, scenario: Scenario) -> Backend:
