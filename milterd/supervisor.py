@@ -292,7 +292,7 @@ class Supervisor:
         gone = []
         while self.workers:
             try:
-                pid, _status = os.waitpid(-1, 0 if block else os.WNOHANG)
+                pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
             except ChildProcessError:
                 for pid in list(self.workers):
                     self._forget(pid)
@@ -301,6 +301,8 @@ class Supervisor:
                 continue
             if pid == 0:
                 break
+            if pid in self.workers and not self._stopping and self.workers[pid] >= 0:
+                log.warning("worker %d %s", pid, _describe_exit(status))
             self._forget(pid)
             gone.append(pid)
             if block:
@@ -373,6 +375,12 @@ class Supervisor:
                     log.warning("cannot remove %s: %s", self.spec.path, exc.strerror)
         metrics.stop()
         log.info("stopped")
+
+
+def _describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by signal {os.WTERMSIG(status)} ({signal.Signals(os.WTERMSIG(status)).name})"
+    return f"exited with status {os.WEXITSTATUS(status)}"
 
 
 def run_worker(services: Services, listen_fd: int, stop_fd: int) -> int:

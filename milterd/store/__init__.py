@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text
+from sqlalchemy import Engine, create_engine, event, insert, inspect, make_url, select, text
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -79,13 +80,34 @@ def _clean(value: str) -> str:
     return value.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+#: Connections a worker keeps open.  The pool never grows past it and never
+#: closes a connection while the worker runs: closing one from a libmilter
+#: thread is what crashed workers (see make_engine).
+POOL_SIZE = 32
+
+
 def make_engine(url: str, busy_timeout: float = 10.0) -> Engine:
-    """An engine for *url*; SQLite gets WAL, a busy timeout and its parent directory created."""
+    """An engine for *url*; SQLite gets WAL, a busy timeout and its parent directory created.
+
+    The pools have a fixed size (no overflow connections, so none is closed
+    after use).  Why: Debian's libmilter serves sessions from a pool of
+    threads, and pymilter gives each session a Python thread state that the
+    next callback may use from another thread; Python's per-thread
+    "GIL state" bookkeeping is then left pointing at thread states that no
+    longer belong to that thread.  Closing an SQLite connection runs
+    sqlite3's function destructors through PyGILState_Ensure (SQLAlchemy
+    registers a REGEXP function on each connection), which followed such a
+    stale pointer: "Fatal Python error: take_gil", a dead worker and 451s
+    under load (bench/RESULTS.md).  Connections that are never closed while
+    the worker serves mail never get there.
+    """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False})
-        database = engine.url.database
+        database = make_url(url).database
+        options: dict[str, Any] = {"connect_args": {"timeout": busy_timeout, "check_same_thread": False}}
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            options.update(poolclass=QueuePool, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=busy_timeout)
+        engine = create_engine(url, **options)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -97,7 +119,7 @@ def make_engine(url: str, busy_timeout: float = 10.0) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=8)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE // 2, max_overflow=0, pool_timeout=busy_timeout)
 
 
 class Store:

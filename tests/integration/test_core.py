@@ -169,6 +169,7 @@ def test_killed_worker_is_replaced_and_mail_flows(stack: Stack) -> None:
         time.sleep(0.1)
     assert len(stack.milterd.workers()) == 2
     assert before[0] not in stack.milterd.workers()
+    assert f"worker {before[0]} was killed by signal 9 (SIGKILL)" in stack.milterd.stderr()
     for n in range(4):  # several connections, so both workers serve one
         stack.send(message(f"after kill {n}"))
     assert len(stack.sink.wait(4, match=lambda m: "after kill" in m.headers)) == 4
