@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from tests.harness.scanners import stop_group
+
 USER = "defang"  # created by Debian's package
 INSTALL = "apt-get install mimedefang (with a policy-rc.d that exits 101, so that Debian does not start its service)"
 
@@ -91,7 +93,7 @@ def start(root: Path, clamd_sock: str, workers: int = 4) -> tuple[str, list[Call
         ["mimedefang", "-D", "-U", USER, "-m", str(mux_sock), "-p", f"unix:{milter_sock}", "-z", str(spool), "-P", str(spool / "md.pid"), "-o", str(spool / "md.lock"), "-q"],
         stdout=log, stderr=log, start_new_session=True,
     )
-    stoppers: list[Callable[[], None]] = [lambda: _stop(milter), lambda: _stop(mux), log.close]
+    stoppers: list[Callable[[], None]] = [lambda: stop_group(milter), lambda: stop_group(mux), log.close]
     deadline = time.monotonic() + 30
     while not milter_sock.exists():
         if time.monotonic() > deadline or mux.poll() is not None or milter.poll() is not None:
@@ -103,12 +105,3 @@ def start(root: Path, clamd_sock: str, workers: int = 4) -> tuple[str, list[Call
     os.chmod(milter_sock, 0o666)  # Postfix's smtpd (user postfix) connects; MIMEDefang makes it 0700
     return f"unix:{milter_sock}", stoppers
 
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -28,6 +28,7 @@ from bench.corpus import select as corpus_select
 from bench.report import Sample, Target
 from tests.harness.milterd import Milterd
 from tests.harness.postfix import Postfix, free_port, wait_for_port
+from tests.harness.scanners import stop_group
 
 SENDER = "sender@example.org"
 RECIPIENT = "rcpt@example.com"
@@ -371,7 +372,7 @@ def _trivial(socket: str) -> Callable[[Bench, Scenario], Backend]:
             spec, path = f"inet:127.0.0.1:{port}", f"inet:{port}@127.0.0.1"
         log = open(root / "trivial.log", "ab")
         process = subprocess.Popen([sys.executable, str(REPO / "bench" / "trivial_milter.py"), path, "2"], stdout=log, stderr=log, start_new_session=True)
-        backend = Backend(milter=spec, stoppers=[lambda: _stop(process), log.close], pids=lambda: _children(process.pid))
+        backend = Backend(milter=spec, stoppers=[lambda: stop_group(process), log.close], pids=lambda: _children(process.pid))
         deadline = time.monotonic() + 15
         while True:
             if socket == "unix" and Path(spec[5:]).exists():
@@ -566,7 +567,7 @@ def _chain(bench: Bench, scenario: Scenario, reject_at: int | None = None) -> Ba
         ["spamass-milter", "-p", str(spamass_sock), "-m", *(["-r", str(reject_at)] if reject_at else []), "--", "-d", "127.0.0.1", "-p", str(spamd.port)],
         stdout=log, stderr=log, start_new_session=True,
     )
-    backend = Backend(milter=f"unix:{clam_sock},unix:{spamass_sock}", stoppers=[lambda: _stop(clam), lambda: _stop(spamass), log.close])
+    backend = Backend(milter=f"unix:{clam_sock},unix:{spamass_sock}", stoppers=[lambda: stop_group(clam), lambda: stop_group(spamass), log.close])
     deadline = time.monotonic() + 20
     while not (clam_sock.exists() and spamass_sock.exists()):
         if time.monotonic() > deadline or clam.poll() is not None or spamass.poll() is not None:
@@ -576,15 +577,6 @@ def _chain(bench: Bench, scenario: Scenario, reject_at: int | None = None) -> Ba
     os.chmod(spamass_sock, 0o666)  # this spamass-milter has no -g; Postfix's smtpd (user postfix) must connect
     return backend
 
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def sample_message(size: int) -> bytes:

@@ -38,7 +38,8 @@ TESTFILES = CLAM_EXE.parent
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
-def _stop_group(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+def stop_group(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """Stop a daemon started with start_new_session=True, and its children: SIGTERM, then SIGKILL."""
     if process is None or process.poll() is not None:
         return
     try:
@@ -115,7 +116,7 @@ class Clamd:
 
     def stop(self) -> None:
         """Stop it (quietly, whatever its state)."""
-        _stop_group(self.process)
+        stop_group(self.process)
         if hasattr(self, "_out"):
             self._out.close()
 
@@ -173,7 +174,7 @@ class Spamd:
 
     def stop(self) -> None:
         """Stop it and its children."""
-        _stop_group(self.process)
+        stop_group(self.process)
         if hasattr(self, "home"):
             shutil.rmtree(self.home, ignore_errors=True)
         if hasattr(self, "_out"):
