@@ -196,7 +196,7 @@ class Pipeline:
         quarantine = None
         if verdict.action == Action.QUARANTINE:
             outcome.quarantine_reason = verdict.reason
-            quarantine = self._quarantine_row(session, envelope, verdict)
+            quarantine = self._quarantine_row(outcome.record, envelope, verdict)
         try:
             if self.keep_log:
                 self.services.store.log_message(outcome.record, quarantine)
@@ -297,19 +297,20 @@ class Pipeline:
             record.elapsed_ms = round((time.monotonic() - envelope.started) * 1000, 1)
         return record
 
-    def _quarantine_row(self, session: Session, envelope: Envelope, verdict: Verdict) -> dict[str, object]:
-        record = self.record(session, envelope, "quarantine", verdict)
+    def _quarantine_row(self, record: MessageRecord, envelope: Envelope, verdict: Verdict) -> dict[str, object]:
+        """The quarantine row of a message whose log row is *record*."""
+        row = record.as_row()
         raw = envelope.message_bytes()
         return {
-            "time": record.time,
-            "mta_host": record.mta_host,
-            "queue_id": record.queue_id,
-            "client_addr": record.client_addr,
-            "client_name": record.client_name,
-            "helo": record.helo,
-            "sender": record.sender,
-            "recipients": record.as_row()["recipients"],
-            "subject": record.as_row()["subject"],
+            "time": row["time"],
+            "mta_host": row["mta_host"],
+            "queue_id": row["queue_id"],
+            "client_addr": row["client_addr"],
+            "client_name": row["client_name"],
+            "helo": row["helo"],
+            "sender": row["sender"],
+            "recipients": row["recipients"],
+            "subject": row["subject"],
             "score": verdict.score,
             "reason": verdict.reason,
             "symbols": verdict.symbols,
