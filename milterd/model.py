@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterator, Literal
@@ -104,35 +106,59 @@ class Session:
 
 
 class Spool:
-    """The message body as it arrives: in memory up to a size, then on disk."""
+    """The message body as it arrives: in memory up to a size, then on disk.
+
+    Several threads read it at end of message (spamd streams it while the
+    custom rules read its text), so no reader relies on the file's position:
+    each keeps its own offset and every seek-and-read, like every write,
+    happens under one lock.  The lock also covers SpooledTemporaryFile's
+    rollover from memory to disk, which swaps the file under a write.
+    """
 
     def __init__(self, memory_limit: int, directory: str | None = None) -> None:
         self._file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=memory_limit, dir=directory or None)
+        self._lock = threading.Lock()
         self.size = 0
 
     def write(self, chunk: bytes) -> None:
         """Append a body chunk."""
-        self._file.write(chunk)
-        self.size += len(chunk)
+        with self._lock:
+            self._file.seek(0, os.SEEK_END)
+            self._file.write(chunk)
+            self.size += len(chunk)
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Up to *size* bytes from *offset*; the position other readers use is not theirs to lose."""
+        if size <= 0:
+            return b""
+        with self._lock:
+            self._file.seek(offset)
+            return self._file.read(size)
 
     def chunks(self, size: int = 65536) -> Iterator[bytes]:
-        """Read the body back from the start, in chunks."""
-        self._file.seek(0)
-        while chunk := self._file.read(size):
+        """The body from the start, in chunks, up to its size when the iteration began.
+
+        Stopping there keeps the total equal to a length announced beforehand
+        (spamd's ``Content-length``).
+        """
+        offset, end = 0, self.size
+        while offset < end:
+            chunk = self.read_at(offset, min(size, end - offset))
+            if not chunk:
+                break
+            offset += len(chunk)
             yield chunk
-        self._file.seek(0, 2)
 
     def read(self, limit: int = -1) -> bytes:
         """The body's first *limit* bytes (all of it with -1)."""
-        self._file.seek(0)
-        try:
+        with self._lock:
+            self._file.seek(0)
             return self._file.read(limit)
-        finally:
-            self._file.seek(0, 2)
 
     def close(self) -> None:
         """Release memory and the temporary file."""
-        self._file.close()
+        with self._lock:
+            self._file.close()
 
 
 @dataclass
