@@ -20,7 +20,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence
 
 import dns.exception
 import dns.message
@@ -315,7 +315,7 @@ class Resolver:
             self._pool.shutdown(wait=False)
 
 
-def use_for_spf(get_resolver: Any) -> None:
+def use_for_spf(get_resolver: Callable[[], Resolver]) -> None:
     """Make pyspf ask our resolver: *get_resolver* returns this process's :class:`Resolver`."""
     import spf
 
@@ -329,12 +329,12 @@ def _text(rdata: Any) -> str:
     if rdata.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
         return str(rdata.address)
     if rdata.rdtype == dns.rdatatype.PTR:
-        return rdata.target.to_text(True)
+        return str(rdata.target.to_text(True))
     if rdata.rdtype == dns.rdatatype.MX:
         return f"{rdata.preference} {rdata.exchange.to_text(True) or '.'}"
     if rdata.rdtype == dns.rdatatype.TXT:
         return b"".join(rdata.strings).decode("utf-8", "replace")
-    return rdata.to_text()
+    return str(rdata.to_text())
 
 
 def _negative_ttl(responses: Iterable[Any]) -> float:

@@ -9,7 +9,7 @@ them) and of check results, so that ``milterd rules stats|whatif`` and
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -215,7 +215,7 @@ class WhatIfReport:
 
 def _example(item: Rescored) -> dict[str, Any]:
     row = item.row
-    time = row.get("time")
+    time: Any = row.get("time")
     return {
         "id": row.get("id"), "time": time.isoformat() if hasattr(time, "isoformat") else time, "queue_id": row.get("queue_id"),
         "sender": row.get("sender"), "subject": row.get("subject"), "old_score": item.old_score, "new_score": item.new_score,
@@ -311,7 +311,7 @@ def _behind(items: list[Judged], positive: bool) -> dict[str, Any]:
     """The symbols that hit a group of messages (most frequent first, then by the
     score they added) and a few examples."""
     counts: Counter[str] = Counter()
-    totals: Counter[str] = Counter()
+    totals: defaultdict[str, float] = defaultdict(float)
     for item in items:
         for name, score in item.symbols.items():
             # False positives: what pushed the score up; misses: everything that hit.

@@ -102,7 +102,7 @@ def _compile(file: Any, position: int, entry: Any, seen: set[str], builtin: dict
     if not isinstance(description, str):
         raise ConfigError(file, f"{where}.description", "must be a string")
     seen.add(name)
-    common = {"name": name, "kind": kind, "score": float(score), "file": Path(file)}
+    common: dict[str, Any] = {"name": name, "kind": kind, "score": float(score), "file": Path(file)}
     if kind == "meta":
         expression = entry["meta"]
         if not isinstance(expression, str):

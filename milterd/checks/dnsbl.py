@@ -34,7 +34,7 @@ import fnmatch
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..config import ConfigError
 from ..dns import Answer, dnsbl_name
@@ -208,7 +208,7 @@ def _bool(file: Any, key: str, value: Any) -> bool:
     return value
 
 
-def _action(file: Any, key: str, value: Any) -> bool:
+def _action(file: Any, key: str, value: object) -> bool:
     if value not in ("score", "reject"):
         raise ConfigError(file, key, "must be \"score\" or \"reject\"")
     return value == "reject"
@@ -312,7 +312,7 @@ class DnsLists(ConfiguredCheck):
     def _hits(self, session: Session, deadline: float) -> list[Hit]:
         state = session.state[_STATE]
         if "hits" in state:
-            return state["hits"]
+            return cast("list[Hit]", state["hits"])
         resolver = self.services.resolver
         answers = resolver.collect(state.pop("futures"), state["queries"], deadline)
         hits: list[Hit] = []

@@ -32,7 +32,7 @@ from .. import greylist as gl
 from ..config import ConfigError
 from ..model import Action, Envelope, Hit, Session, Verdict
 from ..policy import decide
-from ..store import StoreError
+from ..store import StoreError, utcnow
 from . import Check, Hits, Symbol
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class Greylist(Check):
             envelope.state.setdefault(self.name, []).append(f"<{recipient}> {detail}")
             return (Hit("GREYLIST", detail=detail, action=Action.GREYLIST, reply=greylist_reply(judgement.wait)),)
         if judgement.kind == "pass":
-            waited = int((gl.utcnow() - judgement.first_seen).total_seconds()) if judgement.first_seen else 0
+            waited = int((utcnow() - judgement.first_seen).total_seconds()) if judgement.first_seen else 0
             return (Hit("GREYLIST_PASSED", detail=f"{triplet} after {waited}s"),)
         return ()
 
@@ -181,7 +181,7 @@ class Greylist(Check):
             engine = self.services.store.engine
             passes, last_seen = gl.client_state(engine, network)
             if passes >= self.config.auto_whitelist_after:
-                if last_seen is None or (gl.utcnow() - last_seen).total_seconds() >= gl.RENEW_INTERVAL:
+                if last_seen is None or (utcnow() - last_seen).total_seconds() >= gl.RENEW_INTERVAL:
                     gl.touch_client(engine, network)
                 return True
         except (SQLAlchemyError, StoreError) as exc:

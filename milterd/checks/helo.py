@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..model import Envelope, Hit, Session
 from . import Hits, Symbol
@@ -104,7 +104,7 @@ class Helo(ConfiguredCheck):
         state = session.state.setdefault(_STATE, {})
         if "hits" not in state:
             state["hits"] = self._judge(session, state, envelope)
-        return state["hits"]
+        return cast("list[Hit]", state["hits"])
 
     def _claims_ours(self, session: Session) -> bool:
         helo = session.helo.strip().rstrip(".").lower()
@@ -116,7 +116,7 @@ class Helo(ConfiguredCheck):
             return any(same_address(shape.address, a) for a in ours if a) and not same_address(shape.address, session.client_addr)
         return False
 
-    def _judge(self, session: Session, state: dict, envelope: Envelope) -> list[Hit]:
+    def _judge(self, session: Session, state: dict[str, Any], envelope: Envelope) -> list[Hit]:
         helo = session.helo.strip()
         shape = helo_shape(helo)
         hits: list[Hit] = []

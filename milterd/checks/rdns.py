@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..model import Envelope, Hit, Session
 from . import Hits, Symbol
@@ -95,9 +95,9 @@ class ReverseDns(ConfiguredCheck):
         state = session.state.setdefault(_STATE, {})
         if "hits" not in state:
             state["hits"] = self._judge(session, state, self.services.resolver.stage_deadline(envelope.state, "mail"))
-        return state["hits"]
+        return cast("list[Hit]", state["hits"])
 
-    def _judge(self, session: Session, state: dict, deadline: float) -> list[Hit]:
+    def _judge(self, session: Session, state: dict[str, Any], deadline: float) -> list[Hit]:
         ip = session.client_addr
         name = verified_by_postfix(session) if self.options.use_postfix_name else ""
         if not name:
