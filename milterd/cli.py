@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for target in COMMANDS.values():
         module, _, func = target.partition(":")
-        add: Callable[[argparse._SubParsersAction], None] = getattr(importlib.import_module(module), func)
+        add: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = getattr(importlib.import_module(module), func)
         add(sub)
     return parser
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from .units import parse_duration, parse_size
 
@@ -359,7 +360,7 @@ def format_location(loc: tuple[Any, ...]) -> str:
     return (parts[0] if parts else "") + index
 
 
-def _reason(error: dict[str, Any]) -> str:
+def _reason(error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown key (misspelt?)"
     message = str(error["msg"])

@@ -321,12 +321,14 @@ def judge(state: State | None, now: dt.datetime, delay: float, retry_window: flo
 def _upsert(connection: Connection) -> Any:
     dialect = connection.dialect.name
     if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        raise NotImplementedError(f"greylisting needs SQLite or PostgreSQL, not {dialect}")
-    return dialect_insert
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert
+    raise NotImplementedError(f"greylisting needs SQLite or PostgreSQL, not {dialect}")
 
 
 def _state(row: Any) -> State:

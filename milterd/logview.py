@@ -18,7 +18,7 @@ JSON_FIELDS = (
 )
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``log``."""
     parser = sub.add_parser("log", parents=[config_parent()], help="show the message log")
     parser.add_argument("--since", type=since_arg, metavar="AGE", help="only messages newer than AGE (1h, 7d) or an ISO date")

@@ -386,6 +386,7 @@ def send(host: str, port: int, sender: str, recipients: list[str], message: byte
             options.append("BODY=8BITMIME")
         if client.has_extn("smtputf8") and not (sender + "".join(recipients)).isascii():
             options.append("SMTPUTF8")
+        reply: bytes | str
         code, reply = client.mail(sender, options)
         if code != 250:
             client.rset()

@@ -34,8 +34,8 @@ def summary_line(record: MessageRecord) -> str:
 def setup_logging(target: str, level: str) -> None:
     """Send milterd's log to stderr or to syslog's mail facility, Postfix-style."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handler: logging.Handler
     if target == "syslog" and os.path.exists("/dev/log"):
         handler = logging.handlers.SysLogHandler(address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL)

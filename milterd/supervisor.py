@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import milter
 
@@ -31,6 +32,9 @@ from . import metrics
 from .config import Config, ConfigError, load_config
 from .services import Services, build
 from .store import StoreError
+
+if TYPE_CHECKING:
+    from .maintenance import Job
 
 log = logging.getLogger("milterd")
 
@@ -200,6 +204,7 @@ class Supervisor:
             self._spawn()
         from . import maintenance
 
+        last_run: dict[str, float]
         jobs, last_run, next_check = maintenance.load_jobs(), {}, time.monotonic() + 5
         while not self._stopping:
             if time.monotonic() >= next_check:
@@ -218,7 +223,7 @@ class Supervisor:
         self._shutdown()
         return 0
 
-    def _maintain(self, jobs: list, last_run: dict[str, float]) -> None:
+    def _maintain(self, jobs: list[Job], last_run: dict[str, float]) -> None:
         from . import maintenance
 
         if self.maintainer and self._alive(self.maintainer):

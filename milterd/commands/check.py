@@ -38,7 +38,7 @@ EXIT_UNREADABLE = 1
 PROGRESS_FROM = 20
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``check``."""
     parser = sub.add_parser(
         "check", parents=[config_parent()], help="explain the verdict on message files, mboxes, Maildirs; mass-check labelled folders",

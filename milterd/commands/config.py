@@ -9,7 +9,7 @@ from ..confdoc import _render_section, render_defaults
 from ..config import load_config
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``config``."""
     parser = sub.add_parser("config", parents=[config_parent()], help="print the documented defaults or the effective configuration")
     parser.add_argument("what", choices=["defaults", "show"], help="defaults: milter.conf with every default; show: the configuration in effect")

@@ -10,7 +10,7 @@ from ..config import load_config
 from ..store import Store, StoreError
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``db``."""
     db = sub.add_parser("db", parents=[config_parent()], help="create or upgrade the database schema")
     db.add_argument("action", choices=["upgrade", "version"], help="upgrade: create or upgrade to the newest schema; version: show it")

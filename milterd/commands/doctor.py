@@ -8,7 +8,7 @@ import json
 from ..cli import config_parent
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``doctor``."""
     doctor = sub.add_parser("doctor", parents=[config_parent()], help="check the configuration, the backends and Postfix's settings")
     doctor.add_argument("--postfix-config", metavar="DIR", help="Postfix's configuration directory (postconf -c DIR; default: Postfix's own)")

@@ -17,7 +17,7 @@ from ..config import Config, load_config
 from ..store import Store, StoreError
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``greylist`` and its sub-commands."""
     parser = sub.add_parser("greylist", parents=[config_parent()], help="show and manage the greylist")
     actions = parser.add_subparsers(dest="greylist_command", metavar="ACTION", required=True)

@@ -14,7 +14,7 @@ from ..store import Store, StoreError, utcnow
 from ..units import parse_duration
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``quarantine`` and its sub-commands."""
     parser = sub.add_parser("quarantine", parents=[config_parent()], help="list, show, release and report quarantined mail")
     actions = parser.add_subparsers(dest="quarantine_action", metavar="ACTION", required=True)

@@ -22,7 +22,7 @@ from ..store import Store, StoreError
 from ..tuning import symbol_stats, symbol_table, symbols_toml, whatif
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rules`` and its sub-commands."""
     parser = sub.add_parser("rules", parents=[config_parent()], help="list, lint and tune the rules (stats, whatif)")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)

@@ -10,7 +10,7 @@ import sys
 from ..cli import config_parent
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``serve`` and ``reload``."""
     serve = sub.add_parser("serve", parents=[config_parent()], help="run the milter in the foreground")
     serve.add_argument("--pid-file", metavar="FILE", help="write the supervisor's pid here (for 'milterd reload')")
