@@ -174,7 +174,7 @@ class Envelope:
     hits: list[Hit] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
-    rejected_recipients: list[tuple[str, str]] = field(default_factory=list)
+    rejected_recipients: list[tuple[str, Hit]] = field(default_factory=list)
     edits: list[HeaderEdit] = field(default_factory=list)
     #: Each header as it arrived (name, colon, value with its own leading
     #: whitespace and folding), when the adapter got it verbatim; used to

@@ -10,6 +10,7 @@ decided and why.  The pipeline must be built with ``keep_log=False``.
 from __future__ import annotations
 
 import email.utils
+import functools
 import mailbox
 import os
 import re
@@ -98,7 +99,7 @@ def _file(path: Path, skip_unknown: bool) -> Iterator[MessageRef]:
         keys = box.keys()
         if len(keys) > 1:
             for number, key in enumerate(keys, 1):
-                yield MessageRef(f"{path}#{number}", lambda box=box, key=key: box.get_bytes(key))
+                yield MessageRef(f"{path}#{number}", functools.partial(box.get_bytes, key))
             return
     yield MessageRef(str(path), lambda: path.read_bytes())
 
@@ -112,7 +113,7 @@ def _is_mbox(path: Path) -> bool:
 def _maildir(path: Path) -> Iterator[MessageRef]:
     box = mailbox.Maildir(str(path), factory=None, create=False)
     for key in sorted(box.keys()):
-        yield MessageRef(f"{path}/{key}", lambda box=box, key=key: box.get_bytes(key))
+        yield MessageRef(f"{path}/{key}", functools.partial(box.get_bytes, key))
 
 
 def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
@@ -136,8 +137,8 @@ def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
             name, value = headers[-1]
             headers[-1] = (name, value + b"\n" + line)
         elif b":" in line and _HEADER_LINE.match(line):
-            name, _, value = line.partition(b":")
-            headers.append((name.strip().decode("ascii", "replace"), value.lstrip(b" \t")))
+            raw_name, _, value = line.partition(b":")
+            headers.append((raw_name.strip().decode("ascii", "replace"), value.lstrip(b" \t")))
         else:
             break
         index += 1

@@ -14,9 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
+from typing import Callable
 
 from . import metrics
-from .checks import Check, Stage
+from .checks import Check, Hits, Stage
 from .model import Action, Envelope, HeaderEdit, Hit, Session, Spool, Verdict
 from .policy import decide, plan_headers
 from .services import Services
@@ -222,7 +223,7 @@ class Pipeline:
         switch (up to sys.getswitchinterval(), 5 ms) even for a check with nothing
         to wait for, so only the others overlap with it (bench/RESULTS.md).
         """
-        futures = [self._executor.submit(self._call, check, session, lambda c=check: c.on_eom(session, envelope)) for check in checks[:-1]]
+        futures = [self._executor.submit(self._call, check, session, lambda c: c.on_eom(session, envelope)) for check in checks[:-1]]
         hits = self._call(checks[-1], session, lambda c: c.on_eom(session, envelope))
         for future in futures:
             hits = future.result() + hits
@@ -344,17 +345,17 @@ class Pipeline:
     def _overriding(self, hook: str, session: Session) -> list[Check]:
         return [c for c in self.checks if getattr(type(c), hook) is not getattr(Check, hook) and self._applies(c, session)]
 
-    def _run(self, stage: Stage, session: Session, envelope: Envelope | None, call: object) -> list[Hit]:
+    def _run(self, stage: Stage, session: Session, envelope: Envelope | None, call: Callable[[Check], Hits]) -> list[Hit]:
         hits: list[Hit] = []
         for check in self._by_stage[stage]:
             if self._applies(check, session):
-                hits.extend(self._call(check, session, call))  # type: ignore[arg-type]
+                hits.extend(self._call(check, session, call))
         return hits
 
     @staticmethod
-    def _call(check: Check, session: Session, call: "object") -> list[Hit]:
+    def _call(check: Check, session: Session, call: Callable[[Check], Hits]) -> list[Hit]:
         try:
-            return list(call(check))  # type: ignore[operator]
+            return list(call(check))
         except Exception:  # noqa: BLE001 - one broken check must not take the message down
             log.exception("check %s failed for client %s", check.name, session.client_addr)
             return [Hit("CHECK_ERROR", detail=check.name)]
