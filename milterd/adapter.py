@@ -19,6 +19,7 @@ import Milter
 from .checks import Stage
 from .model import Action, Envelope, Session
 from .pipeline import TEMPFAIL_REPLY, Decision, Pipeline
+from .text import smtp_reply
 
 log = logging.getLogger("milterd")
 
@@ -60,14 +61,8 @@ def protocol_bits(stages: frozenset[Stage]) -> int:
 
 
 def split_reply(reply: str) -> tuple[str, str | None, str]:
-    """``"550 5.7.1 text"`` → ``("550", "5.7.1", "text")``, with %% escaped for libmilter."""
-    parts = reply.split(" ", 2)
-    code = parts[0] if parts and parts[0].isdigit() and len(parts[0]) == 3 else "451"
-    xcode = parts[1] if len(parts) > 1 and parts[1][:1].isdigit() and "." in parts[1] else None
-    rest = reply.split(" ", 2 if xcode else 1)
-    text = rest[-1] if len(rest) > (2 if xcode else 1) else ""
-    text = text.replace("%", "%%").replace("\r", " ").replace("\n", " ")
-    return code, xcode, text or "Rejected"
+    """``"550 5.7.1 text"`` → ``("550", "5.7.1", "text")``, escaped, %% doubled and shortened for libmilter."""
+    return smtp_reply(reply)
 
 
 class MilterdMilter(Milter.Base):
@@ -257,15 +252,20 @@ class MilterdMilter(Milter.Base):
     def _reply(self, decision: Decision) -> int:
         reply = decision.reply
         if decision.action in (Action.TEMPFAIL, Action.GREYLIST):
-            reply = reply or TEMPFAIL_REPLY
-            code, xcode, text = split_reply(reply)
-            self.setreply(code, xcode, text)
+            self._set_reply(reply or TEMPFAIL_REPLY)
             return Milter.TEMPFAIL
         if decision.action == Action.DISCARD:
             return Milter.DISCARD
-        code, xcode, text = split_reply(reply or "550 5.7.1 Rejected by policy")
-        self.setreply(code, xcode, text)
+        self._set_reply(reply or "550 5.7.1 Rejected by policy")
         return Milter.REJECT
+
+    def _set_reply(self, reply: str) -> None:
+        code, xcode, text = split_reply(reply)
+        try:
+            self.setreply(code, xcode, text)
+        except Exception:  # noqa: BLE001 - libmilter refused the text: keep the code, never turn it into a 451
+            log.warning("libmilter refused the reply %r; answering %s with a plain text", reply[:200], code)
+            self.setreply(code, xcode, "Rejected" if code.startswith("5") else "Try again later")
 
     @property
     def _leadspc(self) -> bool:

@@ -15,34 +15,66 @@ import os
 import sys
 
 from .store import MessageRecord
+from .text import escape, redact
 
 
 def summary_line(record: MessageRecord) -> str:
-    """The summary line of one logged message (without the ``milterd[PID]:`` prefix)."""
+    """The summary line of one logged message (without the ``milterd[PID]:`` prefix).
+
+    What the client controls (names, addresses, the reason's quoted text) is
+    escaped: one message is always one ASCII line.
+    """
     symbols = ",".join(sorted(record.symbols)) or "-"
-    recipients = ",".join(f"<{r}>" for r in record.recipients) or "<>"
+    recipients = ",".join(f"<{_safe(r)}>" for r in record.recipients) or "<>"
     line = (
-        f"{record.queue_id or 'NOQUEUE'}: action={record.action} score={record.score:g} symbols={symbols}"
-        f" client={record.client_name or 'unknown'}[{record.client_addr}] from=<{record.sender}> to={recipients}"
+        f"{_safe(record.queue_id) or 'NOQUEUE'}: action={record.action} score={record.score:g} symbols={symbols}"
+        f" client={_safe(record.client_name) or 'unknown'}[{_safe(record.client_addr)}] from=<{_safe(record.sender)}> to={recipients}"
         f" ms={record.elapsed_ms:g}"
     )
     if record.reason and record.action not in ("accept", "add_header"):
-        line += f" reason=\"{record.reason}\""
-    return line.encode("ascii", "backslashreplace").decode("ascii")
+        line += f" reason=\"{_safe(record.reason)}\""
+    return line
 
 
-def setup_logging(target: str, level: str) -> None:
-    """Send milterd's log to stderr or to syslog's mail facility, Postfix-style."""
+def _safe(value: str) -> str:
+    return escape(value, ascii_only=True)
+
+
+class SafeFormatter(logging.Formatter):
+    """A formatter whose lines carry no raw control characters and no database password.
+
+    Every message is escaped (a CR/LF from a client cannot forge a log line);
+    the whole output, tracebacks included, has the password of *url* hidden.
+    """
+
+    def __init__(self, fmt: str, datefmt: str | None = None, url: str = "") -> None:
+        super().__init__(fmt, datefmt)
+        self.url = url
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = escape(record.message, ascii_only=True)
+        return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return redact(text, self.url) if self.url else text
+
+
+def setup_logging(target: str, level: str, database_url: str = "") -> None:
+    """Send milterd's log to stderr or to syslog's mail facility, Postfix-style.
+
+    *database_url*: its password is hidden in every line (see :class:`SafeFormatter`).
+    """
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     handler: logging.Handler
     if target == "syslog" and os.path.exists("/dev/log"):
         handler = logging.handlers.SysLogHandler(address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL)
-        handler.setFormatter(logging.Formatter("milterd[%(process)d]: %(message)s"))
+        handler.setFormatter(SafeFormatter("milterd[%(process)d]: %(message)s", url=database_url))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s milterd[%(process)d]: %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        handler.setFormatter(SafeFormatter("%(asctime)s milterd[%(process)d]: %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S", url=database_url))
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -1,0 +1,128 @@
+"""Text that leaves milterd: escaping what outsiders control, hiding secrets, SMTP replies.
+
+Anything a client or a remote DNS zone controls (Subject, HELO, envelope
+addresses, client names, SPF explanations, DNSBL TXT records) may carry CR,
+LF, ESC or other control characters.  Written as they are, they forge log
+lines, inject headers into mail milterd sends, drive a terminal, or make
+libmilter refuse a reply.  :func:`escape` is the one function that turns them
+into visible escapes (``\\r``, ``\\n``, ``\\x1b``) wherever such text goes out:
+log lines, SMTP replies, notices and digests, ``quarantine show``.
+
+A database URL's password never leaves either: :func:`redact_url` for the URL
+itself, :func:`redact` for any text (an exception's message) that may embed it.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, unquote
+
+#: Control characters (C0, DEL, C1), lone surrogates (undecodable bytes kept
+#: by surrogateescape), the Unicode line and paragraph separators, and the
+#: bidirectional overrides that make a terminal show text in another order.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    if 0xDC80 <= code <= 0xDCFF:  # a raw byte carried by surrogateescape
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}"
+
+
+def escape(value: object, ascii_only: bool = False) -> str:
+    """*value* as text with every control character made a visible escape.
+
+    CR, LF and TAB become ``\\r``, ``\\n``, ``\\t``; other control characters
+    and undecodable bytes ``\\xNN``; line separators and bidirectional
+    overrides ``\\uNNNN``.  With *ascii_only* every other non-ASCII character
+    is escaped too (``\\xe9``, ``\\u20ac``), for SMTP replies and log lines.
+    """
+    text = value if isinstance(value, str) else str(value)
+    text = _UNSAFE.sub(_escape_char, text)
+    if ascii_only and not text.isascii():
+        text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return text
+
+
+def redact_url(url: str) -> str:
+    """*url* with its password replaced by ``***`` (``postgresql://user:***@host/db``).
+
+    For ``config show``, ``doctor`` and every error that names the database.
+    A string that is not a URL with credentials comes back unchanged.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    credentials, at, host = authority.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
+
+
+def url_password(url: str) -> str:
+    """The password in *url*, percent-decoded (empty when there is none)."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, _host = rest.partition("/")[0].rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return ""
+    return unquote(credentials.split(":", 1)[1])
+
+
+def redact(text: str, url: str) -> str:
+    """*text* (an error message, a log line) with *url*'s password hidden wherever it appears.
+
+    SQLAlchemy and the drivers quote the URL or parts of it in their
+    exceptions; the password may appear as written or percent-encoded.
+    """
+    password = url_password(url)
+    if url and url in text:
+        text = text.replace(url, redact_url(url))
+    if len(password) >= 1:
+        for form in {password, quote(password, safe=""), quote(password)}:
+            if form:
+                text = text.replace(form, "***")
+    return text
+
+
+#: libmilter's limit on the text of one reply line (MAXREPLYLEN in libmilter/smfi.c).
+MAX_REPLY_TEXT = 980
+_CODE = re.compile(r"^[45]\d\d$")
+_XCODE = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}$")
+
+
+def smtp_reply(reply: str, default: str = "451 4.3.0 Temporary internal error, please try again later") -> tuple[str, str | None, str]:
+    """Split ``"550 5.7.1 text"`` into what ``smfi_setreply`` takes, made safe for it.
+
+    The text is escaped (ASCII, no CR/LF), ``%`` doubled for libmilter, and
+    shortened (ending in ``...``) to libmilter's 980-byte limit, so that a
+    long DNSBL TXT or SPF explanation still gives its own code, never a 451
+    from a refused reply.  An enhanced code whose class differs from the
+    reply's is dropped (libmilter would refuse it).  A reply without a valid
+    4xx/5xx code is *default*.
+    """
+    parts = reply.strip().split(" ", 2)
+    if not parts or not _CODE.match(parts[0]):
+        parts = default.split(" ", 2)
+    code, rest = parts[0], parts[1:]
+    xcode: str | None = None
+    if rest:
+        match = _XCODE.match(rest[0])
+        if match:
+            xcode = rest[0] if match.group(1) == code[0] else None
+            rest = rest[1:]
+    text = escape(" ".join(rest), ascii_only=True).replace("%", "%%") or "Rejected"
+    if len(text) > MAX_REPLY_TEXT:
+        text = text[: MAX_REPLY_TEXT - 3]
+        if (len(text) - len(text.rstrip("%"))) % 2 == 1:
+            text = text[:-1]  # never cut a doubled % in half
+        text += "..."
+    return code, xcode, text

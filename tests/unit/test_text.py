@@ -1,0 +1,66 @@
+"""Escaping, secret redaction and reply shaping (milterd/text.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from milterd.adapter import split_reply
+from milterd.store import MessageRecord
+from milterd.summary import summary_line
+from milterd.text import MAX_REPLY_TEXT, escape, redact, redact_url, smtp_reply
+
+
+def test_escape_makes_controls_visible() -> None:
+    assert escape("a\r\nb\tc\x1b[31md\x00") == "a\\r\\nb\\tc\\x1b[31md\\x00"
+    assert escape("caf\u00e9 \u2028 \u202e") == "caf\u00e9 \\u2028 \\u202e"
+    assert escape("caf\u00e9", ascii_only=True) == "caf\\xe9"
+    assert escape(b"\xff\xfe".decode("utf-8", "surrogateescape")) == "\\xff\\xfe"
+    assert escape("\x85\x7f") == "\\x85\\x7f"
+    assert escape("plain text, 100% ok") == "plain text, 100% ok"
+
+
+def test_redact_url_hides_only_the_password() -> None:
+    assert redact_url("postgresql+psycopg://milterd:S3cr%40t@db.example.org:5432/milterd") == "postgresql+psycopg://milterd:***@db.example.org:5432/milterd"
+    assert redact_url("postgresql+psycopg://milterd@db/milterd") == "postgresql+psycopg://milterd@db/milterd"
+    assert redact_url("sqlite:///var/lib/milterd/milterd.sqlite") == "sqlite:///var/lib/milterd/milterd.sqlite"
+    assert redact_url("postgresql://u:p@ss@h/db") == "postgresql://u:***@h/db"
+
+
+def test_redact_finds_the_password_in_any_text() -> None:
+    url = "postgresql+psycopg://milterd:S3cr%40t@db/milterd"
+    text = f"cannot use database '{url}': password S3cr@t and S3cr%40t rejected"
+    out = redact(text, url)
+    assert "S3cr" not in out
+    assert "milterd:***@db/milterd" in out
+
+
+def test_reply_split_escaped_and_percent_doubled() -> None:
+    assert split_reply("550 5.7.1 Virus found: Eicar") == ("550", "5.7.1", "Virus found: Eicar")
+    assert split_reply("451 4.7.1 Greylisted, 100% sure") == ("451", "4.7.1", "Greylisted, 100%% sure")
+    assert split_reply("554 blocked") == ("554", None, "blocked")
+    assert split_reply("550 5.7.23 <a@b>: explained\r\n250 forged\x1b") == ("550", "5.7.23", "<a@b>: explained\\r\\n250 forged\\x1b")
+    assert smtp_reply("550 4.7.1 mismatched class") == ("550", None, "mismatched class")
+    assert smtp_reply("250 2.0.0 not a refusal")[0] == "451"
+
+
+def test_long_reply_keeps_its_codes_within_libmilter_limit() -> None:
+    code, xcode, text = smtp_reply("554 5.7.1 Service unavailable; " + "x" * 2000)
+    assert (code, xcode) == ("554", "5.7.1")
+    assert len(text.encode()) <= MAX_REPLY_TEXT and text.endswith("...")
+    code, xcode, text = smtp_reply("550 5.7.1 " + "%" * 2000)
+    assert len(text) <= MAX_REPLY_TEXT
+    assert (len(text) - len(text.rstrip("%"))) % 2 == 0  # no half of a doubled %
+    code, xcode, text = smtp_reply("550 5.7.1 " + "\x01" * 1000)
+    assert len(text) <= MAX_REPLY_TEXT
+
+
+def test_summary_line_escapes_outsider_text() -> None:
+    record = MessageRecord(
+        action="reject", time=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), queue_id="4Fh3kT0zZ9z",
+        client_addr="192.0.2.1", client_name="evil\r\nmilterd[1]: forged", sender="a\nb@example.org",
+        recipients=["c\x1b[2J@example.net"], reason="SPF fail: \r\nforged line", score=20.0,
+    )
+    line = summary_line(record)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert "client=evil\\r\\nmilterd[1]: forged[192.0.2.1]" in line
+    assert "from=<a\\nb@example.org>" in line and "to=<c\\x1b[2J@example.net>" in line
