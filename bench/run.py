@@ -35,9 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench import storecost  # noqa: E402
 from bench.report import Row, Sample, check_target, rotate, select, table, verdict_word  # noqa: E402
 from bench.scenarios import SCENARIOS, Bench, Scenario  # noqa: E402
-from bench import storecost  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

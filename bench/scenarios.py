@@ -202,8 +202,8 @@ class Bench:
         sources = ([self.postfix.maillog] if self.postfix else []) + backend.logs
         for path in sources:
             if path.exists():
-                hits = [l for l in path.read_text(errors="replace").splitlines() if any(w in l for w in ("warning", "error", "fatal", "ERROR", "WARNING", "Traceback", "panic"))]
-                found += [f"{path.name}: {l}" for l in hits[-lines:]]
+                hits = [line for line in path.read_text(errors="replace").splitlines() if any(w in line for w in ("warning", "error", "fatal", "ERROR", "WARNING", "Traceback", "panic"))]
+                found += [f"{path.name}: {line}" for line in hits[-lines:]]
         return "\n".join(found)
 
     def wait_queue_idle(self, timeout: float = 180.0) -> None:
@@ -512,10 +512,9 @@ def _corpus_mimedefang(bench: Bench, scenario: Scenario) -> Backend:
 
 def _spamd_alone(bench: Bench, scenario: Scenario) -> Backend:
     """spamd's own latency: the same message by SYMBOLS (milterd's client, in-process: no spamc start-up), no Postfix."""
-    from milterd.scanners.spamd import SpamdClient
-
     from milterd.checks.spamassassin import received_header
     from milterd.model import Envelope, Session, Spool
+    from milterd.scanners.spamd import SpamdClient
 
     spamd = bench.shared("spamd", _start_spamd)
     client = SpamdClient(spamd.address, timeout=120)

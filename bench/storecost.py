@@ -65,10 +65,9 @@ def run_writers(url: str, writers: int, writes: int) -> tuple[float, float, floa
 
 def measure(bench: "Bench", writes: int = 1000) -> list[str]:
     """The Markdown table of the store's write cost on SQLite and (when reachable) PostgreSQL."""
+    from bench.scenarios import _needs_postgresql
     from milterd.config import DatabaseSection
     from milterd.store import Store
-
-    from bench.scenarios import _needs_postgresql
 
     kinds = ["sqlite"] + ([] if _needs_postgresql() else ["postgresql"])
     lines = ["| store | writers | rows/s | ms/row median | ms/row p95 |", "|---|---:|---:|---:|---:|"]

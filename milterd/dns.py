@@ -228,7 +228,7 @@ class Resolver:
         """The answers of *futures* (started for *queries*); those not done by *deadline* are timeouts."""
         wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
         answers = []
-        for future, (name, rdtype) in zip(futures, queries):
+        for future, (name, rdtype) in zip(futures, queries, strict=False):
             if future.done() and future.exception() is None:
                 answers.append(future.result())
             else:

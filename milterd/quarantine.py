@@ -83,7 +83,7 @@ class ReleaseReport:
 def release_header(who: str, when: dt.datetime) -> bytes:
     """The ``X-Milterd-Released: <who> <when>`` line (CRLF included) put on top of a release."""
     who = re.sub(r"[\x00-\x20\x7f]+", "_", who) or "unknown"
-    return f"{RELEASE_HEADER}: {who} {email.utils.format_datetime(when)}\r\n".encode("utf-8")
+    return f"{RELEASE_HEADER}: {who} {email.utils.format_datetime(when)}\r\n".encode()
 
 
 def parse_hostport(text: str, default_port: int = 25) -> tuple[str, int]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import AbstractSet, Union
+from typing import AbstractSet
 
 _TOKEN = re.compile(r"\s*(?:(\(|\)|&&|\|\||!)|([A-Za-z_][A-Za-z0-9_]*))")
 _KEYWORDS = {"and": "&&", "or": "||", "not": "!"}
@@ -53,7 +53,7 @@ class Or:
     operands: tuple["Node", ...]
 
 
-Node = Union[Name, Not, And, Or]
+Node = Name | Not | And | Or
 
 
 def tokenize(text: str) -> list[str]:

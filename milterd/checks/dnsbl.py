@@ -319,7 +319,7 @@ class DnsLists(ConfiguredCheck):
         failed: list[str] = []
         refused: list[str] = []
         listings: list[Listing] = []
-        for zone, answer in zip(state["zones"], answers):
+        for zone, answer in zip(state["zones"], answers, strict=False):
             outcome = classify(zone, answer)
             if outcome == "error":
                 failed.append(zone.zone)
@@ -352,7 +352,7 @@ class DnsLists(ConfiguredCheck):
             return {}
         queries = [(dnsbl_name(ip, listing.zone.zone) or "", "TXT") for listing in listings]
         answers = self.services.resolver.query_many(queries, deadline)
-        return {listing.zone.zone: (answer.records[0] if answer.ok else "") for listing, answer in zip(listings, answers)}
+        return {listing.zone.zone: (answer.records[0] if answer.ok else "") for listing, answer in zip(listings, answers, strict=False)}
 
 
 CHECKS = (DnsLists,)

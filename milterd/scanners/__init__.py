@@ -81,7 +81,7 @@ def connect(address: Address, timeout: float) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(timeout)
         return sock
-    except socket.timeout:
+    except TimeoutError:
         raise ScannerError(f"{address}: connect timed out after {timeout:g}s") from None
     except OSError as exc:
         raise ScannerError(f"{address}: cannot connect: {exc.strerror or exc}") from None

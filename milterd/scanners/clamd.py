@@ -80,7 +80,7 @@ def _read_reply(sock: socket.socket, address: Address, timeout: float) -> bytes:
         sock.settimeout(remaining)
         try:
             piece = sock.recv(1024)
-        except socket.timeout:
+        except TimeoutError:
             raise ScannerError(f"clamd {address}: no answer within {timeout:g}s") from None
         except OSError as exc:
             if data:
@@ -116,7 +116,7 @@ class InstreamScan:
                 piece = view[start : start + self._chunk]
                 sock.sendall(struct.pack(">I", len(piece)) + piece)
                 self.sent += len(piece)
-        except socket.timeout:
+        except TimeoutError:
             self.close()
             raise ScannerError(f"clamd {self._address}: sending timed out after {self._timeout:g}s") from None
         except OSError as exc:
@@ -131,7 +131,7 @@ class InstreamScan:
         try:
             try:
                 sock.sendall(b"\x00\x00\x00\x00")
-            except socket.timeout:
+            except TimeoutError:
                 raise ScannerError(f"clamd {self._address}: sending timed out after {self._timeout:g}s") from None
             except OSError as exc:
                 reason = self._salvage_reply() or (exc.strerror or str(exc))

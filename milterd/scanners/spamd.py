@@ -167,7 +167,7 @@ class SpamdClient:
                     sock.shutdown(socket.SHUT_WR)
                 except OSError:
                     pass
-            except socket.timeout:
+            except TimeoutError:
                 raise ScannerError(f"spamd {self.address}: sending timed out after {self.timeout:g}s") from None
             except OSError as exc:
                 # spamd may refuse early and close: its answer may still be readable.
@@ -189,7 +189,7 @@ class SpamdClient:
             sock.settimeout(remaining)
             try:
                 piece = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 if quiet:
                     return b""
                 raise ScannerError(f"spamd {self.address}: no answer within {self.timeout:g}s") from None

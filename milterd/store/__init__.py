@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import Engine, create_engine, event, insert, inspect, make_url, select, text
-from sqlalchemy.pool import QueuePool
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import QueuePool
 
 from ..config import DatabaseSection
 from . import schema

@@ -143,7 +143,7 @@ def test_summary_line_per_message(stack: Stack) -> None:
     deadline = time.monotonic() + 5
     while f"{queue_id}: action=accept" not in stack.milterd.stderr() and time.monotonic() < deadline:
         time.sleep(0.1)
-    line = next(l for l in stack.milterd.stderr().splitlines() if f"{queue_id}: action=" in l)
+    line = next(text for text in stack.milterd.stderr().splitlines() if f"{queue_id}: action=" in text)
     assert re.search(rf"milterd\[\d+\]: INFO {queue_id}: action=accept score=0 symbols=- client=unknown\[192\.0\.2\.10\] from=<alice@example\.org> to=<bob@example\.com> ms=[\d.]+", line), line
 
 

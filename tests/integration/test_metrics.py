@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import smtplib
 import time
 import urllib.request
 from typing import Callable
@@ -37,7 +38,7 @@ def test_counters_after_messages(metrics_stack: tuple[Stack, int]) -> None:
     trusted = {"ADDR": "127.0.0.1", "NAME": "localhost", "HELO": "localhost"}  # trusted: not scored, accepted
     for i in range(3):
         stack.send(message(subject=f"metrics {i}"), xclient=trusted)
-    with pytest.raises(Exception):
+    with pytest.raises(smtplib.SMTPDataError):
         stack.send(message(subject="please reject-me"))
     values = _scrape(port)
     assert values.get('milterd_messages_total{action="accept"}', 0) >= 3, values

@@ -214,12 +214,13 @@ def test_hold_mode_keeps_it_in_postfix_hold_queue(hold_stack: Stack) -> None:
 # --- PostgreSQL: quarantined through one MX, released from another host's CLI ----------
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
+    import psycopg  # a test dependency (pyproject.toml [test]): missing is an error, not a skip
+
     name = f"milterd_q_{uuid.uuid4().hex[:12]}"
     try:
         admin = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True, connect_timeout=5)
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {exc}")
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is not reachable (run .ci/setup): {exc}")
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"

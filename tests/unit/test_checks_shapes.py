@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from milterd.checks.helo import helo_shape, same_address
 from milterd.checks.localdomains import load_login_map, owners
@@ -72,7 +73,7 @@ def test_login_map(tmp_path: Path) -> None:
 
 
 def test_checks_section_refuses_unknown_keys() -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         Config.model_validate({"checks": {"spf": {"fail_action": "bounce"}}})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         Config.model_validate({"checks": {"helo": {"resolv": True}}})

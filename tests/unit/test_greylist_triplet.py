@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from milterd import greylist as gl
-from milterd.config import ConfigError, Config, GreylistSection
+from milterd.config import Config, ConfigError, GreylistSection
 
 NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from sqlalchemy.pool import QueuePool
 
-from milterd.store import POOL_SIZE, MessageRecord, Store, make_engine
 from milterd.config import DatabaseSection
+from milterd.store import POOL_SIZE, MessageRecord, Store, make_engine
 
 
 def test_sqlite_pool_has_no_overflow(tmp_path: Path) -> None:

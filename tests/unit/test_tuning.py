@@ -13,10 +13,9 @@ import pytest
 
 from milterd.checks import builtin_symbols
 from milterd.cli import main
-from milterd.config import load_config
+from milterd.config import ActionsSection, load_config
 from milterd.store import MessageRecord, Store
-from milterd.tuning import mass_report, Judged
-from milterd.config import ActionsSection
+from milterd.tuning import Judged, mass_report
 
 REPO = Path(__file__).resolve().parents[2]
 SYMBOLS = {"HELO_NOT_FQDN": 1.5, "RDNS_NONE": 1.5, "BAYES_LIKE": 4.0, "URI_X": 2.0, "NEG": -1.0}
@@ -53,7 +52,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
         score = round(sum(symbols.values()), 2)
         action = threshold_action(score, THRESHOLDS)
         reason = f"score {score:g} >= {action} {THRESHOLDS[action]:g}" if action != "accept" else ""
-        client = "192.0.2.%d" % (number % 250 + 1)
+        client = f"192.0.2.{number % 250 + 1}"
         kind = number % 10
         if kind == 0:  # a virus: forced, whatever the score
             action, reason = "reject", "CLAMAV_VIRUS: Eicar-Signature"
