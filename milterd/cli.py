@@ -12,9 +12,13 @@ import argparse
 import datetime
 import importlib
 import sys
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .config import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .store import Store
 
 #: Sub-command name → "module:function" that adds its parser.  A feature adds
 #: its sub-commands by adding its module here.
@@ -34,6 +38,7 @@ COMMANDS: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="milterd", description="A mail content filter for Postfix (a milter).")
+    parser.add_argument("--version", action="version", version=f"milterd {version()}")
     parser.add_argument("-c", "--config", metavar="FILE", help="milter.conf to read (default: ./milter.conf, then /etc/milterd/milter.conf)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for target in COMMANDS.values():
@@ -43,11 +48,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version() -> str:
+    """The installed milterd's version (from its package metadata)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("milterd")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def config_parent() -> argparse.ArgumentParser:
     """A parent parser giving a sub-command its own ``-c/--config``."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help="milter.conf to read")
     return parent
+
+
+def open_store(config: "Config") -> "Store":
+    """The store of *config* for a command that reads or changes it; StoreError without a schema."""
+    from .store import Store
+
+    store = Store(config.database)
+    try:
+        store.require_schema()
+    except Exception:
+        store.close()
+        raise
+    return store
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for a failed store operation: a StoreError's message, else the
+    database driver's own words (never the SQL statement SQLAlchemy appends)."""
+    from .store import StoreError
+
+    if isinstance(exc, StoreError):
+        return str(exc)
+    reason = getattr(exc, "orig", None) or exc
+    return f"{exc.__class__.__name__}: {str(reason).splitlines()[0] if str(reason) else ''}"
 
 
 def since_arg(value: str) -> "datetime.datetime":

@@ -6,11 +6,14 @@ line of documentation, in Postfix's manner.  A test keeps the two in step.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from .config import Config
+
+if TYPE_CHECKING:
+    from .ruleset import Ruleset
 
 SECTION_INTRO = {
     "milter": "The daemon: socket, workers, privileges, trust, logging.",
@@ -96,3 +99,36 @@ def _render_section(name: str, section: BaseModel) -> list[str]:
     for sub_name, sub in nested:
         lines.extend(_render_section(sub_name, sub))
     return lines
+
+
+def mask_password(url: str) -> str:
+    """A database URL with its password replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url if "@" not in url else "***"
+    return parsed.render_as_string(hide_password=True) if parsed.password is not None else url
+
+
+def render_effective(config: Config, ruleset: "Ruleset | None" = None) -> str:
+    """The configuration in effect as TOML that reads back (the database password masked).
+
+    With *ruleset*, comments follow naming the file each DNS list, rule and
+    weight came from.
+    """
+    import tomli_w
+
+    data = config.model_dump(mode="json", exclude={"path"})
+    data["database"]["url"] = mask_password(config.database.url)
+    out = [f"# from {config.path or 'embedded defaults'}", tomli_w.dumps(data).rstrip()]
+    if ruleset is not None:
+        from .ruleset import SHIPPED_DIR, origins
+
+        local = config.rules_dir
+        out += ["", f"# Rule files: shipped {SHIPPED_DIR}, then local {local if local and local.exists() else '(none)'}"]
+        for origin in origins(ruleset):
+            out.append(f"#   {origin.kind:6} {origin.name:30} {origin.detail:24} {origin.file} ({origin.layer})")
+    return "\n".join(out) + "\n"

@@ -125,7 +125,7 @@ class DnsSection(_Section):
 
 
 class RulesSection(_Section):
-    dir: str = Field("rules", description="Directory of rule files (*.toml), relative to this file; a missing directory means built-in scores only.")
+    dir: str = Field("rules", description="Directory of local rule files (*.toml), relative to this file, read after the shipped ones (milterd/defaults/rules/) to add to or override them; the default \"rules\" may be absent, another directory must exist; empty: none.")
 
 
 class _CheckSwitches(_Section):
@@ -290,10 +290,18 @@ class Config(_Section):
         return self.milter.hostname or _fqdn()
 
     @property
-    def rules_dir(self) -> Path:
-        """The rules directory, resolved against the configuration file's directory."""
+    def rules_dir(self) -> Path | None:
+        """The local rules directory, resolved against this file's directory; None when there is none.
+
+        ConfigError when a directory other than the default ``rules`` does not exist.
+        """
+        if not self.rules.dir:
+            return None
         base = self.path.parent if self.path else Path.cwd()
-        return (base / self.rules.dir).resolve()
+        directory = (base / self.rules.dir).resolve()
+        if not directory.exists() and self.rules.dir != RulesSection.model_fields["dir"].default:
+            raise ConfigError(self.path or "milter.conf", "[rules] dir", f"{directory} does not exist")
+        return directory
 
     @model_validator(mode="after")
     def _greylist_threshold_needs_greylisting(self) -> "Config":

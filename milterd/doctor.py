@@ -56,6 +56,7 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
 
         services = build(config)
         findings.append(Finding("configuration", "ok", f"{config.path or 'embedded defaults'}: {len(services.checks)} checks enabled"))
+        findings += rule_origins(services)
     except ConfigError as exc:
         findings.append(Finding("configuration", "fail", str(exc)))
     findings += probe_database(config)
@@ -163,6 +164,26 @@ def probe_release_smtp(config: Config) -> Finding:
     if not banner.startswith("220"):
         return Finding(name, "warn", f"{config.quarantine.release_smtp}: unexpected banner {banner[:60]!r}")
     return Finding(name, "ok", f"{config.quarantine.release_smtp}: {banner[:60]}")
+
+
+def rule_origins(services: Any) -> list[Finding]:
+    """Where each DNS list, custom rule and weight in effect came from: shipped or local rule files."""
+    from collections import defaultdict
+
+    from .ruleset import origins
+
+    findings = []
+    weights: dict[Path, list[str]] = defaultdict(list)
+    for origin in origins(services.ruleset):
+        if origin.kind == "weight":
+            weights[origin.file].append(f"{origin.name}={origin.detail}")
+        elif origin.detail == "disabled":
+            findings.append(Finding(f"rules {origin.kind} {origin.name}", "ok", f"disabled by {origin.file}"))
+        else:
+            findings.append(Finding(f"rules {origin.kind} {origin.name}", "ok", f"{origin.detail} from {origin.file} ({origin.layer})"))
+    for path, names in weights.items():
+        findings.append(Finding(f"rules weights {path.name}", "ok", f"{len(names)} from {path}: {' '.join(names)}"))
+    return findings
 
 
 def dnsbl_zones(services: Any) -> list[str]:

@@ -7,9 +7,8 @@ import json
 import sys
 from typing import Any, Iterable
 
-from .cli import config_parent, since_arg
+from .cli import config_parent, describe_failure, open_store, since_arg
 from .config import load_config
-from .store import Store, StoreError
 
 #: The fields of ``milterd log --json``; scripts and tests rely on these names.
 JSON_FIELDS = (
@@ -36,14 +35,11 @@ def run_log(args: argparse.Namespace) -> int:
     """Print the log rows that match."""
     config = load_config(args.config)
     try:
-        rows = Store(config.database).messages(
+        rows = open_store(config).messages(
             since=args.since, queue_id=args.queue_id, sender=args.sender, action=args.action, limit=args.limit or None
         )
-    except StoreError as exc:
-        print(f"milterd: {exc}", file=sys.stderr)
-        return 1
     except Exception as exc:  # noqa: BLE001 - no schema yet, database down
-        print(f"milterd: cannot read the log from {config.database.url}: {exc}", file=sys.stderr)
+        print(f"milterd: cannot read the log: {describe_failure(exc)}", file=sys.stderr)
         return 1
     if args.json:
         json.dump([as_json(row) for row in rows], sys.stdout, indent=1, ensure_ascii=False)

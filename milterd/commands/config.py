@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli import config_parent
-from ..confdoc import _render_section, render_defaults
+from ..confdoc import render_defaults, render_effective
 from ..config import load_config
 
 
@@ -21,9 +21,9 @@ def run_config(args: argparse.Namespace) -> int:
     if args.what == "defaults":
         print(render_defaults(), end="")
         return 0
+    from ..services import build
+
     config = load_config(args.config)
-    print(f"# from {config.path or 'embedded defaults'}")
-    for name in type(config).model_fields:
-        if name != "path":
-            print("\n".join(_render_section(name, getattr(config, name))))
+    services = build(config)
+    print(render_effective(config, services.ruleset), end="")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..cli import config_parent
+from ..confdoc import mask_password
 from ..config import load_config
 from ..store import Store, StoreError
 
@@ -26,11 +27,16 @@ def run_db(args: argparse.Namespace) -> int:
             version = store.upgrade()
             print(f"schema at {version} ({config.database.url})")
         else:
-            print(f"schema at {store.schema_version() or 'nothing'}; this milterd needs {store.head_version()}")
+            current, head = store.schema_version(), store.head_version()
+            if current is None:
+                print(f"milterd: the database has no schema yet (this milterd needs {head}): run `milterd db upgrade`", file=sys.stderr)
+                return 1
+            print(f"schema at {current}; this milterd needs {head}")
     except StoreError as exc:
         print(f"milterd: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - a database that does not answer
-        print(f"milterd: cannot reach {config.database.url}: {exc}", file=sys.stderr)
+        reason = getattr(exc, "orig", None) or exc  # the driver's words, not the SQL
+        print(f"milterd: cannot reach {mask_password(config.database.url)}: {exc.__class__.__name__}: {reason}", file=sys.stderr)
         return 1
     return 0

@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any, Callable
 
-from ..cli import config_parent
+from ..cli import config_parent, describe_failure, open_store
 from ..config import Config, load_config
 from ..store import Store, StoreError
 
@@ -52,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     purge = actions.add_parser("purge", parents=[config_parent()], help="delete expired triplets and stale clients now")
     purge.add_argument("--triplet", nargs=3, metavar=("NETWORK", "SENDER", "RECIPIENT"), help="delete this one triplet instead (it is greylisted again)")
     purge.add_argument("--client", metavar="NETWORK", help="delete every triplet of this client network instead")
+    purge.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     purge.set_defaults(func=_guarded(run_purge))
 
 
@@ -59,7 +60,7 @@ def _guarded(run: Callable[[argparse.Namespace, Config, Store], int]) -> Callabl
     def wrapper(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         try:
-            store = Store(config.database)
+            store = open_store(config)
             try:
                 return run(args, config, store)
             finally:
@@ -68,7 +69,7 @@ def _guarded(run: Callable[[argparse.Namespace, Config, Store], int]) -> Callabl
             print(f"milterd: {exc}", file=sys.stderr)
             return 1
         except Exception as exc:  # noqa: BLE001 - no schema yet, database down
-            print(f"milterd: cannot use the greylist in {config.database.url}: {exc}", file=sys.stderr)
+            print(f"milterd: cannot use the greylist: {describe_failure(exc)}", file=sys.stderr)
             return 1
 
     return wrapper
@@ -157,8 +158,21 @@ def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
 
     if args.triplet or args.client:
         network, sender, recipient = args.triplet or (args.client, None, None)
+        if args.dry_run:
+            rows = gl.list_triplets(store.engine, network, sender, recipient, limit=None) if network else []
+            for row in rows:
+                print(f"would delete {row['network']} <{row['sender']}> <{row['recipient']}>")
+            print(f"would delete {len(rows)} triplet(s) (dry run: nothing deleted)")
+            return 0
         count = gl.remove_triplets(store.engine, network, sender, recipient)
         print(f"deleted {count} triplet(s)")
+        return 0
+    if args.dry_run:
+        now = dt.datetime.now(dt.timezone.utc)
+        expired = [row for row in gl.list_triplets(store.engine, limit=None) if row["expires_at"] < now]
+        for row in expired:
+            print(f"would purge {row['network']} <{row['sender']}> <{row['recipient']}> (expired {row['expires_at']:%Y-%m-%d %H:%M:%S})")
+        print(f"would purge {len(expired)} expired triplet(s) and the clients unseen for {config.greylist.expire:g}s (dry run: nothing deleted)")
         return 0
     triplets, clients = gl.purge(store.engine, config.greylist.expire)
     print(f"purged {triplets} expired triplet(s) and {clients} stale client(s)")

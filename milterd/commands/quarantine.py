@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pwd
 import sys
-from typing import Callable
+from typing import Any, Callable, Mapping
 
-from ..cli import config_parent, since_arg
+from ..cli import config_parent, open_store, since_arg
 from ..config import load_config
-from ..quarantine import Quarantine, QuarantineError, as_json, default_who
-from ..store import Store, StoreError, utcnow
+from ..quarantine import Quarantine, QuarantineError, as_json
+from ..store import StoreError, utcnow
 from ..units import parse_duration
 
 
@@ -37,29 +39,47 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     release = actions.add_parser("release", parents=[config_parent()], help="deliver messages after all")
     release.add_argument("ids", type=int, nargs="+", metavar="ID")
-    release.add_argument("--to", nargs="+", action="extend", metavar="ADDR", help="deliver to these recipients instead of the original ones (after the ids)")
+    release.add_argument("--to", action="append", metavar="ADDR", help="deliver to this recipient instead of the original ones; repeat for more")
     release.add_argument("--force", action="store_true", help="release again a message already released")
     release.add_argument("--ham", action="store_true", help="a false positive: mark it in the log and teach spamd it is ham")
     release.add_argument("--smtp", action="store_true", help="for held mail: re-inject the stored copy instead of 'postsuper -H'")
-    release.add_argument("--by", metavar="WHO", help="who releases (default: your login at this host)")
+    release.add_argument("--by", metavar="WHO", help="who releases (default: your login at this host; through sudo, the user who ran sudo)")
     release.set_defaults(func=_run(run_release))
 
     remove = actions.add_parser("delete", parents=[config_parent()], help="delete messages from the quarantine")
     remove.add_argument("ids", type=int, nargs="+", metavar="ID")
+    remove.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     remove.set_defaults(func=_run(run_delete))
 
     purge = actions.add_parser("purge", parents=[config_parent()], help="delete messages older than an age")
     purge.add_argument("--older-than", required=True, type=_duration, metavar="AGE", help="e.g. 30d")
+    purge.add_argument("--dry-run", action="store_true", help="print what would be purged, delete nothing")
     purge.set_defaults(func=_run(run_purge))
 
     digest = actions.add_parser("digest", parents=[config_parent()], help="mail a summary of the quarantine to the postmaster")
-    digest.add_argument("--to", nargs="+", required=True, metavar="ADDR", help="where the digest goes")
+    digest.add_argument("--to", action="append", required=True, metavar="ADDR", help="where the digest goes; repeat for more")
     digest.add_argument("--since", type=since_arg, default=None, metavar="AGE", help="the period it covers (default 24h)")
     digest.add_argument("--from", dest="sender", metavar="ADDR", help="its sender (default: [quarantine] report_from)")
     digest.add_argument("--notify-virus-recipients", action="store_true", default=None, help="also tell the recipients of virus-quarantined mail ([quarantine] notify_virus_recipients)")
     digest.set_defaults(func=_run(run_digest))
 
 
+
+
+def calling_user(environ: Mapping[str, str] | None = None, uid: int | None = None) -> str:
+    """The user who really runs this command, for the release audit trail.
+
+    Through sudo (root with SUDO_USER set) the user who ran sudo, else the
+    login name of the real uid; never $USER or $LOGNAME, which anyone can set.
+    """
+    environ = os.environ if environ is None else environ
+    uid = os.getuid() if uid is None else uid
+    if uid == 0 and environ.get("SUDO_USER"):
+        return environ["SUDO_USER"]
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry (a container's arbitrary uid)
+        return f"uid{uid}"
 
 
 def _duration(value: str) -> float:
@@ -75,7 +95,7 @@ def _run(action: Callable[[argparse.Namespace, Quarantine], int]) -> Callable[[a
     def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         try:
-            quarantine = Quarantine(Store(config.database), config)
+            quarantine = Quarantine(open_store(config), config)
             return action(args, quarantine)
         except (QuarantineError, StoreError) as exc:
             print(f"milterd: {exc}", file=sys.stderr)
@@ -137,7 +157,7 @@ def run_show(args: argparse.Namespace, quarantine: Quarantine) -> int:
 
 def run_release(args: argparse.Namespace, quarantine: Quarantine) -> int:
     """Release each id; one line per recipient; status 1 when anything failed."""
-    who = args.by or default_who(quarantine.config)
+    who = args.by or f"{calling_user()}@{quarantine.config.hostname}"
     failed = False
     for row_id in args.ids:
         try:
@@ -163,14 +183,20 @@ def run_release(args: argparse.Namespace, quarantine: Quarantine) -> int:
 
 
 def run_delete(args: argparse.Namespace, quarantine: Quarantine) -> int:
-    """Delete the given ids; status 1 when one of them did not exist."""
+    """Delete the given ids (--dry-run: print them); status 1 when one of them did not exist."""
     missing = []
     for row_id in args.ids:
-        if quarantine.delete([row_id]) == 0:
+        if args.dry_run:
+            try:
+                print(f"would delete {_summary(quarantine.get(row_id))}")
+            except QuarantineError:
+                missing.append(row_id)
+        elif quarantine.delete([row_id]) == 0:
             missing.append(row_id)
     for row_id in missing:
         print(f"milterd: no quarantined message with id {row_id}", file=sys.stderr)
-    print(f"deleted {len(args.ids) - len(missing)}")
+    found = len(args.ids) - len(missing)
+    print(f"would delete {found} (dry run: nothing deleted)" if args.dry_run else f"deleted {found}")
     return 1 if missing else 0
 
 
@@ -178,9 +204,21 @@ def run_purge(args: argparse.Namespace, quarantine: Quarantine) -> int:
     """Delete what is older than --older-than."""
     import datetime as dt
 
-    count = quarantine.purge(utcnow() - dt.timedelta(seconds=args.older_than))
+    cutoff = utcnow() - dt.timedelta(seconds=args.older_than)
+    if args.dry_run:
+        rows = quarantine.rows(older_than=cutoff)
+        for row in rows:
+            print(f"would purge {_summary(row)}")
+        print(f"would purge {len(rows)} (dry run: nothing deleted)")
+        return 0
+    count = quarantine.purge(cutoff)
     print(f"purged {count}")
     return 0
+
+
+def _summary(row: dict[str, Any]) -> str:
+    recipients = ",".join(row["recipients"] or [])
+    return f"{row['id']}: {row['time']:%Y-%m-%d %H:%M:%S} <{row['sender']}> -> {recipients} {row['subject']!r}"
 
 
 def run_digest(args: argparse.Namespace, quarantine: Quarantine) -> int:

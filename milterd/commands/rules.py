@@ -15,10 +15,10 @@ import json
 import sys
 from typing import Any, Iterator
 
-from ..cli import config_parent, since_arg
+from ..cli import config_parent, describe_failure, open_store, since_arg
 from ..config import ConfigError, load_config
 from ..services import Services, build
-from ..store import Store, StoreError
+from ..store import StoreError
 from ..tuning import symbol_stats, symbol_table, symbols_toml, whatif
 
 
@@ -92,7 +92,7 @@ def run_lint(args: argparse.Namespace) -> int:
 
 # --- stats, whatif -------------------------------------------------------------------------
 def _rows(args: argparse.Namespace, config: Any) -> Iterator[dict[str, Any]]:
-    return Store(config.database).iter_messages(since=args.since)
+    return open_store(config).iter_messages(since=args.since)
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -101,7 +101,7 @@ def run_stats(args: argparse.Namespace) -> int:
     try:
         total, stats = symbol_stats(_rows(args, config))
     except (StoreError, Exception) as exc:  # noqa: BLE001 - no schema yet, database down
-        print(f"milterd: cannot read the log from {config.database.url}: {exc}", file=sys.stderr)
+        print(f"milterd: cannot read the log: {describe_failure(exc)}", file=sys.stderr)
         return 1
     if args.json:
         json.dump({"messages": total, "symbols": [s.as_json() for s in stats]}, sys.stdout, indent=1)
@@ -157,7 +157,7 @@ def run_whatif(args: argparse.Namespace) -> int:
     try:
         report = whatif(_rows(args, config), weights, changed.actions, config.milter)
     except Exception as exc:  # noqa: BLE001 - no schema yet, database down
-        print(f"milterd: cannot read the log from {config.database.url}: {exc}", file=sys.stderr)
+        print(f"milterd: cannot read the log: {describe_failure(exc)}", file=sys.stderr)
         return 1
     if args.json:
         json.dump(report.as_json(), sys.stdout, indent=1, ensure_ascii=False)

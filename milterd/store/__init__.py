@@ -28,6 +28,10 @@ class StoreError(Exception):
     """The store could not be reached or could not commit."""
 
 
+class NoSchemaError(StoreError):
+    """The database has no milterd schema yet (``milterd db upgrade`` creates it)."""
+
+
 def utcnow() -> dt.datetime:
     """The current time, timezone-aware UTC (what every time column holds)."""
     return dt.datetime.now(dt.timezone.utc)
@@ -181,6 +185,19 @@ class Store:
             raise StoreError(f"cannot reach the database: {exc}") from exc
         if current != head:
             raise StoreError(f"the database schema is at {current or 'nothing'}, this milterd needs {head}: run 'milterd db upgrade'")
+
+    def require_schema(self) -> None:
+        """NoSchemaError (saying to run ``milterd db upgrade``) when the database has no schema.
+
+        StoreError, without SQL, when the database does not answer.
+        """
+        url = make_url(self.section.url).render_as_string(hide_password=True)
+        try:
+            current = self.schema_version()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot reach the database {url}: {exc.__class__.__name__}: {getattr(exc, 'orig', None) or exc}") from exc
+        if current is None:
+            raise NoSchemaError(f"the database {url} has no schema yet: run `milterd db upgrade`")
 
     def has_tables(self) -> bool:
         """Whether the message log table exists."""
