@@ -9,6 +9,7 @@ write that still cannot get the lock within ``[database] busy_timeout`` raises
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 from ..config import DatabaseSection
+from ..text import redact, redact_url
 from . import schema
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -110,6 +112,7 @@ def make_engine(url: str, busy_timeout: float = 10.0) -> Engine:
         options: dict[str, Any] = {"connect_args": {"timeout": busy_timeout, "check_same_thread": False}}
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(database).expanduser())
             options.update(poolclass=QueuePool, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=busy_timeout)
         engine = create_engine(url, **options)
 
@@ -126,6 +129,15 @@ def make_engine(url: str, busy_timeout: float = 10.0) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE // 2, max_overflow=0, pool_timeout=busy_timeout)
 
 
+def _create_private(path: Path) -> None:
+    # A new SQLite file is the log and the quarantine: readable by its owner
+    # only.  SQLite gives its -wal and -shm files the database file's mode.
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 class Store:
     """The SQL store of one process."""
 
@@ -134,7 +146,7 @@ class Store:
         try:
             self.engine = make_engine(section.url, section.busy_timeout)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
-            raise StoreError(f"cannot use database {section.url!r}: {exc}") from exc
+            raise StoreError(redact(f"cannot use database {redact_url(section.url)!r}: {exc}", section.url)) from exc
 
     def close(self) -> None:
         """Close every pooled connection."""
