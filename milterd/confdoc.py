@@ -101,18 +101,6 @@ def _render_section(name: str, section: BaseModel) -> list[str]:
     return lines
 
 
-def mask_password(url: str) -> str:
-    """A database URL with its password replaced by ``***``."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        return url if "@" not in url else "***"
-    return parsed.render_as_string(hide_password=True) if parsed.password is not None else url
-
-
 def render_effective(config: Config, ruleset: "Ruleset | None" = None) -> str:
     """The configuration in effect as TOML that reads back (the database password masked).
 
@@ -121,8 +109,10 @@ def render_effective(config: Config, ruleset: "Ruleset | None" = None) -> str:
     """
     import tomli_w
 
+    from .text import redact_url
+
     data = config.model_dump(mode="json", exclude={"path"})
-    data["database"]["url"] = mask_password(config.database.url)
+    data["database"]["url"] = redact_url(config.database.url)
     out = [f"# from {config.path or 'embedded defaults'}", tomli_w.dumps(data).rstrip()]
     if ruleset is not None:
         from .ruleset import SHIPPED_DIR, origins

@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from ..cli import config_parent
-from ..confdoc import mask_password
 from ..config import load_config
 from ..store import Store, StoreError
+from ..text import redact_url
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,6 +37,6 @@ def run_db(args: argparse.Namespace) -> int:
         return 1
     except Exception as exc:  # noqa: BLE001 - a database that does not answer
         reason = getattr(exc, "orig", None) or exc  # the driver's words, not the SQL
-        print(f"milterd: cannot reach {mask_password(config.database.url)}: {exc.__class__.__name__}: {reason}", file=sys.stderr)
+        print(f"milterd: cannot reach {redact_url(config.database.url)}: {exc.__class__.__name__}: {reason}", file=sys.stderr)
         return 1
     return 0
