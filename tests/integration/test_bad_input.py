@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,13 +22,26 @@ import pytest
 from tests.conftest import Stack, message
 from tests.harness.load import SendResult, load_id, send_one
 
-EMAIL_DATA = None
-try:
-    import test as _cpython_test
 
-    EMAIL_DATA = Path(os.path.dirname(_cpython_test.__file__)) / "test_email" / "data"
-except ImportError:  # pragma: no cover - Python built without its test package
-    pass
+def cpython_email_data() -> Path | None:
+    """The folder of CPython's test_email messages (msg_*.txt), or None.
+
+    Looked for in this interpreter's ``test`` package, then where Debian's
+    libpython3.X-testsuite installs it (so that a venv built on another
+    Python 3.X finds it too).
+    """
+    candidates: list[Path] = []
+    try:
+        import test as cpython_test
+
+        candidates += [Path(folder) / "test_email" / "data" for folder in cpython_test.__path__]
+    except ImportError:
+        pass
+    candidates.append(Path(f"/usr/lib/python{sys.version_info[0]}.{sys.version_info[1]}/test/test_email/data"))
+    return next((folder for folder in candidates if any(folder.glob("msg_*.txt"))), None)
+
+
+EMAIL_DATA = cpython_email_data()
 CLAM_DIR = Path("/usr/share/clamav-testfiles")
 INTERNAL_ERROR = "4.3.0"
 
@@ -107,8 +121,8 @@ def _delivered(stack: Stack, results: list[SendResult]) -> None:
 
 
 def test_cpython_email_corpus(stack: Stack) -> None:
-    if EMAIL_DATA is None or not EMAIL_DATA.is_dir():
-        pytest.skip("CPython's test_email data is not installed")
+    if EMAIL_DATA is None:
+        pytest.fail(f"CPython's test_email messages are missing: install Debian's libpython{sys.version_info[0]}.{sys.version_info[1]}-testsuite (.ci/setup does)")
     items = [(f"py-{p.stem}", _tagged(p.read_bytes(), f"py-{p.stem}")) for p in sorted(EMAIL_DATA.glob("msg_*.txt"))]
     assert items
     results = _send_batch(stack, items)
