@@ -115,6 +115,7 @@ class DatabaseSection(_Section):
     url: str = Field("sqlite:///milterd.sqlite", description="SQLAlchemy URL of the log, quarantine and greylist store; a relative SQLite path is relative to the working directory.")
     auto_upgrade: bool = Field(True, description="Let serve create or upgrade the schema itself (otherwise run 'milterd db upgrade').")
     busy_timeout: Duration = Field(10.0, description="How long a writer waits for a locked SQLite database before the message is tempfailed.")
+    pool_size: int = Field(16, ge=1, le=1000, description="Connections each worker (and the supervisor's maintenance process) keeps open to a database server such as PostgreSQL, opened as needed and never more: the SMTP sessions a worker serves at once share them, and one that finds them all busy waits busy_timeout, then its message is tempfailed. This host needs up to pool_size × (workers + 1) + 2 connections (a reload briefly runs one worker more; the supervisor and its maintenance process use one each): milterd doctor shows the total against the server's max_connections. SQLite ignores it (32 per worker).")
     on_error: Literal["tempfail", "accept"] = Field("tempfail", description="The log cannot be written: tempfail (451, the client retries) or accept unlogged; quarantine always tempfails.")
 
 
@@ -248,7 +249,17 @@ class SpamdSection(_ScannerSection):
 
 class QuarantineSection(_Section):
     mode: Literal["discard", "hold"] = Field("discard", description="After storing: discard (sender sees success) or hold in Postfix's hold queue.")
-    release_smtp: str = Field("127.0.0.1:10027", description="HOST:PORT of a Postfix smtpd without milters, where released mail is re-injected.")
+    release_smtp: str = Field("unix:/var/spool/postfix/public/milterd-reinject", description="Postfix's re-injection smtpd (one without milters) where released mail, digests and notices go: \"unix:/path\" for an smtpd on a unix socket in master.cf (least privilege: only users the socket's directory lets in can reach it), or HOST:PORT for TCP (then restrict that smtpd to SMTP AUTH with release_user, or at least to loopback).")
+    release_user: str = Field("", description="SMTP AUTH user for release_smtp; empty sends no AUTH.")
+    release_password_file: str = Field("", description="File whose first line is the SMTP AUTH password of release_user (keep it readable only by the users who release); the password is never in milter.conf and never printed.")
+
+    @field_validator("release_smtp")
+    @classmethod
+    def _release_target(cls, value: str) -> str:
+        from .reinject import parse_target
+
+        parse_target(value)
+        return value
     retention: Duration = Field(30 * 86400.0, description="Quarantined mail older than this is purged on a schedule; 0 keeps it.")
     postfix_config: str = Field("", description="Postfix's config_directory for 'postsuper -c DIR -H' when releasing held mail; empty: Postfix's default.")
     report_from: str = Field("", description="Sender of digests and notices; empty: postmaster@ this host's name.")

@@ -150,15 +150,11 @@ def probe_scanners(config: Config) -> list[Finding]:
 
 def probe_release_smtp(config: Config) -> Finding:
     """The milter-less smtpd that quarantine releases go to answers with a 220 banner (a warning if not)."""
-    import socket
+    from .reinject import parse_target, probe
 
-    host, _, port = config.quarantine.release_smtp.rpartition(":")
     name = "quarantine release_smtp"
     try:
-        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=5) as sock:
-            sock.settimeout(5)
-            banner = sock.recv(512).decode("ascii", "replace").strip()
-            sock.sendall(b"QUIT\r\n")
+        banner = probe(parse_target(config.quarantine.release_smtp), timeout=5)
     except (OSError, ValueError) as exc:
         return Finding(name, "warn", f"{config.quarantine.release_smtp}: {exc}: 'milterd quarantine release' would fail")
     if not banner.startswith("220"):

@@ -22,6 +22,7 @@ from .model import Action, Envelope, HeaderEdit, Hit, Session, Spool, Verdict
 from .policy import decide, plan_headers
 from .services import Services
 from .store import MessageRecord, StoreError
+from .store.quarantine import QuarantineWrite
 from .summary import summary_line
 
 log = logging.getLogger("milterd")
@@ -298,29 +299,35 @@ class Pipeline:
             record.elapsed_ms = round((time.monotonic() - envelope.started) * 1000, 1)
         return record
 
-    def _quarantine_row(self, record: MessageRecord, envelope: Envelope, verdict: Verdict) -> dict[str, object]:
-        """The quarantine row of a message whose log row is *record*."""
+    def _quarantine_row(self, record: MessageRecord, envelope: Envelope, verdict: Verdict) -> QuarantineWrite:
+        """The quarantine row of a message whose log row is *record*.
+
+        The message itself is not read here: the store streams it from the
+        spool (``envelope.message_chunks``) inside the log row's transaction,
+        so a large message is never held whole in memory.
+        """
         row = record.as_row()
-        raw = envelope.message_bytes()
-        return {
-            "time": row["time"],
-            "mta_host": row["mta_host"],
-            "queue_id": row["queue_id"],
-            "client_addr": row["client_addr"],
-            "client_name": row["client_name"],
-            "helo": row["helo"],
-            "sender": row["sender"],
-            "recipients": row["recipients"],
-            "subject": row["subject"],
-            "score": verdict.score,
-            "reason": verdict.reason,
-            "symbols": verdict.symbols,
-            "size": len(raw),
-            "mode": self.config.quarantine.mode,
-            "raw": raw,
-            "release_count": 0,
-            "learned_ham": False,
-        }
+        return QuarantineWrite(
+            row={
+                "time": row["time"],
+                "mta_host": row["mta_host"],
+                "queue_id": row["queue_id"],
+                "client_addr": row["client_addr"],
+                "client_name": row["client_name"],
+                "helo": row["helo"],
+                "sender": row["sender"],
+                "recipients": row["recipients"],
+                "subject": row["subject"],
+                "score": verdict.score,
+                "reason": verdict.reason,
+                "symbols": verdict.symbols,
+                "size": envelope.size,
+                "mode": self.config.quarantine.mode,
+                "release_count": 0,
+                "learned_ham": False,
+            },
+            chunks=envelope.message_chunks,
+        )
 
     def _is_trusted(self, session: Session) -> bool:
         ip = session.ip

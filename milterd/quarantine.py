@@ -1,10 +1,13 @@
 """The quarantine: messages stored whole in the SQL store, and what is done with them.
 
-The milter writes a row (``Pipeline.eom``) in the same transaction as the log
-row.  This module reads them back for people (list, show), releases them by
-SMTP to ``[quarantine] release_smtp`` (a Postfix smtpd without milters) or,
-for held mail, with ``postsuper -H``; deletes and purges them; and reports
-them to the postmaster.  Any host sharing the database can do all of it.
+The milter writes a row and the message in chunks (``Pipeline.eom``, through
+``store.quarantine``) in the same transaction as the log row.  This module
+reads them back for people (list, show), releases them by SMTP to
+``[quarantine] release_smtp`` (a Postfix smtpd without milters, on a unix
+socket or with SMTP AUTH; see ``reinject``), streaming the message from the
+store, or, for held mail, with ``postsuper -H``; deletes and purges them; and
+reports them to the postmaster.  Any host sharing the database can do all of
+it.  The SQL is in ``store.quarantine``; its errors arrive as StoreError.
 
 A release first *claims* the row (sets ``released_at`` only where it is still
 empty) so that two administrators on two MX hosts cannot both send it; a
@@ -17,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import getpass
+import itertools
 import os
 import re
 import smtplib
@@ -24,14 +28,12 @@ import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.exc import SQLAlchemyError
-
-from . import maintenance
+from . import maintenance, reinject
 from .config import Config
-from .store import Store, as_utc, schema, utcnow
+from .store import Store, StoreError, utcnow
+from .store.quarantine import QuarantineStore
 
 #: Fields of ``quarantine list --json``; scripts rely on these names.
 JSON_FIELDS = (
@@ -86,19 +88,22 @@ def release_header(who: str, when: dt.datetime) -> bytes:
     return f"{RELEASE_HEADER}: {who} {email.utils.format_datetime(when)}\r\n".encode()
 
 
-def parse_hostport(text: str, default_port: int = 25) -> tuple[str, int]:
-    """``"127.0.0.1:10027"``, ``"[::1]:10027"`` or ``"host"`` → (host, port); ValueError otherwise."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest.lstrip(":") or str(default_port)
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, str(default_port)
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
+def header_section(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The header lines of a message given in pieces (up to the blank line, which is left out).
+
+    Stops reading at the blank line, so a large body is never read.
+    """
+    pending = b""  # the last 3 bytes, held back: a CRLF CRLF may be split across pieces
+    for chunk in chunks:
+        data = pending + chunk
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            yield data[:end + 2]
+            return
+        if len(data) > 3:
+            yield data[:-3]
+        pending = data[-3:]
+    yield pending
 
 
 def is_virus(row: dict[str, Any]) -> bool:
@@ -174,37 +179,35 @@ class Quarantine:
     def __init__(self, store: Store, config: Config) -> None:
         self.store = store
         self.config = config
-        self.table = schema.quarantine
+        self.repo = QuarantineStore(store.engine)
 
     def rows(self, since: dt.datetime | None = None, sender: str | None = None, recipient: str | None = None, reason: str | None = None, limit: int | None = None, older_than: dt.datetime | None = None) -> list[dict[str, Any]]:
-        """Quarantined messages (without their raw form), newest first."""
-        table = self.table
-        query = select(*[c for c in table.c if c.name != "raw"]).order_by(table.c.id.desc())
-        if since is not None:
-            query = query.where(table.c.time >= since)
-        if older_than is not None:
-            query = query.where(table.c.time < older_than)
-        if sender is not None:
-            query = query.where(table.c.sender == sender)
-        found = [_fix(row) for row in self._fetch(query)]
-        found = [row for row in found if matches(row, None, recipient, reason)]
+        """Quarantined messages (without the message itself), newest first."""
+        found = [row for row in self.repo.rows(since=since, older_than=older_than, sender=sender) if matches(row, None, recipient, reason)]
         return found[:limit] if limit else found
 
     def get(self, row_id: int) -> dict[str, Any]:
-        """One quarantined message with its raw form; QuarantineError when there is none."""
-        rows = self._fetch(select(self.table).where(self.table.c.id == row_id))
-        if not rows:
+        """One quarantined message's row (without the message); QuarantineError when there is none."""
+        row = self.repo.get(row_id)
+        if row is None:
             raise QuarantineError(f"no quarantined message with id {row_id}")
-        return _fix(rows[0])
+        return row
+
+    def message_chunks(self, row: dict[str, Any]) -> Iterator[bytes]:
+        """The stored message of *row* as received, piece by piece (StoreError when it cannot be read whole)."""
+        return self.repo.message_chunks(row["id"], row["size"])
+
+    def message_bytes(self, row: dict[str, Any]) -> bytes:
+        """The stored message whole in memory, for bounded uses (spamd's TELL)."""
+        return b"".join(self.message_chunks(row))
 
     def delete(self, ids: Iterable[int]) -> int:
         """Delete these messages; return how many there were."""
-        ids = list(ids)
-        return self._write(delete(self.table).where(self.table.c.id.in_(ids))) if ids else 0
+        return self.repo.delete(ids)
 
     def purge(self, older_than: dt.datetime) -> int:
         """Delete every message stored before *older_than*; return how many."""
-        return self._write(delete(self.table).where(self.table.c.time < older_than))
+        return self.repo.purge(older_than)
 
     # --- release --------------------------------------------------------------
     def release(self, row_id: int, to: list[str] | None = None, force: bool = False, who: str | None = None, ham: bool = False, smtp: bool = False) -> ReleaseReport:
@@ -231,11 +234,7 @@ class Quarantine:
         return report
 
     def _claim(self, row: dict[str, Any], who: str, now: dt.datetime, force: bool) -> None:
-        table = self.table
-        statement = update(table).where(table.c.id == row["id"]).values(released_at=now, released_by=who)
-        if not force:
-            statement = statement.where(table.c.released_at.is_(None))
-        if self._write(statement) == 0:
+        if not self.repo.claim(row["id"], who, now, force):
             current = self.get(row["id"])
             raise QuarantineError(
                 f"message {row['id']} was already released at {current['released_at']:%Y-%m-%d %H:%M:%S} UTC "
@@ -243,31 +242,39 @@ class Quarantine:
             )
 
     def _record(self, row: dict[str, Any], report: ReleaseReport, who: str, now: dt.datetime, previous: tuple[Any, Any]) -> None:
-        table = self.table
         history = list(row.get("release_result") or []) if isinstance(row.get("release_result"), list) else []
         history.append(report.as_json(who, now))
-        values: dict[str, Any] = {"release_result": history}
-        if report.delivered:
-            values["release_count"] = table.c.release_count + 1
-        else:  # nothing went out: give the claim back, the message stays releasable
-            values["released_at"], values["released_by"] = previous
-        if report.learned_ham:
-            values["learned_ham"] = True
-        self._write(update(table).where(table.c.id == row["id"]).values(**values))
+        # Nothing went out: the claim is given back, the message stays releasable.
+        self.repo.record_release(row["id"], history, bool(report.delivered), previous, report.learned_ham)
 
     def _smtp(self, row: dict[str, Any], recipients: list[str], who: str, now: dt.datetime) -> ReleaseReport:
         report = ReleaseReport(row["id"])
         if not recipients:
             report.error = "no recipients"
             return report
-        message = release_header(who, now) + row["raw"]
-        host, port = parse_hostport(self.config.quarantine.release_smtp)
+        message = itertools.chain([release_header(who, now)], self.message_chunks(row))
         try:
-            report.delivered, report.refused = send(host, port, row["sender"] or "", recipients, message, self.config.hostname)
-        except (OSError, smtplib.SMTPException) as exc:
-            report.error = f"{self.config.quarantine.release_smtp}: {_smtp_error(exc)}"
+            report.delivered, report.refused = reinject.send(self._target(), row["sender"] or "", recipients, message, self.config.hostname, auth=self._auth())
+        except (OSError, smtplib.SMTPException, StoreError) as exc:
+            report.error = f"{self.config.quarantine.release_smtp}: {reinject.smtp_error(exc)}"
             report.refused = {r: report.error for r in recipients}
         return report
+
+    def _target(self) -> reinject.Target:
+        try:
+            return reinject.parse_target(self.config.quarantine.release_smtp)
+        except ValueError as exc:
+            raise QuarantineError(f"[quarantine] release_smtp: {exc}") from None
+
+    def _auth(self) -> tuple[str, str] | None:
+        """SMTP AUTH credentials (release_user, the first line of release_password_file), or None."""
+        section = self.config.quarantine
+        if not section.release_user:
+            return None
+        try:
+            return section.release_user, reinject.read_password(section.release_password_file)
+        except OSError as exc:
+            raise QuarantineError(f"[quarantine] release_password_file: cannot read {section.release_password_file}: {exc.strerror or exc}") from None
 
     def _postsuper(self, row: dict[str, Any]) -> ReleaseReport:
         report = ReleaseReport(row["id"], method="postsuper")
@@ -287,9 +294,9 @@ class Quarantine:
         """Mark the log row as a false positive and, with spamd enabled, teach it (TELL)."""
         if row.get("message_log_id") is not None:
             try:
-                self._write(update(schema.messages).where(schema.messages.c.id == row["message_log_id"]).values(released_as_ham=True))
+                self.repo.mark_ham(row["message_log_id"])
                 report.notes.append("log row marked released_as_ham")
-            except QuarantineError as exc:
+            except StoreError as exc:
                 report.error = report.error or f"cannot mark the log row: {exc}"
         if not self.config.spamd.enabled:
             report.notes.append("spamd is not enabled: not learned")
@@ -298,7 +305,10 @@ class Quarantine:
             from .scanners.spamd import SpamdClient
 
             spamd = self.config.spamd
-            SpamdClient(spamd.address, timeout=spamd.timeout).tell(row["raw"], "ham")
+            if row["size"] > spamd.max_size:
+                report.notes.append(f"larger than [spamd] max_size ({row['size']} bytes): not learned")
+                return
+            SpamdClient(spamd.address, timeout=spamd.timeout).tell(self.message_bytes(row), "ham")
             report.learned_ham = True
             report.notes.append("spamd learned it as ham")
         except Exception as exc:  # noqa: BLE001 - ScannerError, or no scanners module
@@ -347,92 +357,12 @@ class Quarantine:
         message["Message-ID"] = email.utils.make_msgid(domain=self.config.hostname)
         message["Auto-Submitted"] = "auto-generated"
         message.set_content(text)
-        host, port = parse_hostport(self.config.quarantine.release_smtp)
         try:
-            _delivered, refused = send(host, port, sender, to, message.as_bytes(policy=message.policy.clone(linesep="\r\n")), self.config.hostname)
+            _delivered, refused = reinject.send(self._target(), sender, to, [message.as_bytes(policy=message.policy.clone(linesep="\r\n"))], self.config.hostname, auth=self._auth())
         except (OSError, smtplib.SMTPException) as exc:
-            raise QuarantineError(f"cannot send to {self.config.quarantine.release_smtp}: {_smtp_error(exc)}") from None
+            raise QuarantineError(f"cannot send to {self.config.quarantine.release_smtp}: {reinject.smtp_error(exc)}") from None
         if refused:
             raise QuarantineError("refused: " + "; ".join(f"<{r}>: {reply}" for r, reply in refused.items()))
-
-    # --- plumbing ------------------------------------------------------------------
-    def _fetch(self, query: Any) -> list[dict[str, Any]]:
-        try:
-            with self.store.engine.connect() as connection:
-                return [dict(row._mapping) for row in connection.execute(query)]
-        except SQLAlchemyError as exc:
-            raise QuarantineError(f"cannot read the quarantine: {_db_error(exc)}") from None
-
-    def _write(self, statement: Any) -> int:
-        try:
-            with self.store.engine.begin() as connection:
-                return int(connection.execute(statement).rowcount or 0)
-        except SQLAlchemyError as exc:
-            raise QuarantineError(f"cannot write the quarantine: {_db_error(exc)}") from None
-
-
-def send(host: str, port: int, sender: str, recipients: list[str], message: bytes, helo: str, timeout: float = 60.0) -> tuple[dict[str, str], dict[str, str]]:
-    """Send *message* by SMTP; return (delivered, refused), each recipient → the server's reply.
-
-    Recipients refused at RCPT are reported one by one; a refusal at MAIL or
-    DATA refuses them all.  Connection errors raise OSError/SMTPException.
-    """
-    delivered: dict[str, str] = {}
-    refused: dict[str, str] = {}
-    with smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout) as client:
-        client.ehlo_or_helo_if_needed()
-        options = []
-        if client.has_extn("8bitmime") and any(b > 127 for b in message):
-            options.append("BODY=8BITMIME")
-        if client.has_extn("smtputf8") and not (sender + "".join(recipients)).isascii():
-            options.append("SMTPUTF8")
-        reply: bytes | str
-        code, reply = client.mail(sender, options)
-        if code != 250:
-            client.rset()
-            return {}, {r: _reply(code, reply) for r in recipients}
-        accepted = []
-        for recipient in recipients:
-            code, reply = client.rcpt(recipient)
-            if code in (250, 251):
-                accepted.append(recipient)
-            else:
-                refused[recipient] = _reply(code, reply)
-        if not accepted:
-            client.rset()
-            return {}, refused
-        try:
-            code, reply = client.data(message)
-        except smtplib.SMTPDataError as exc:
-            code, reply = exc.smtp_code, exc.smtp_error
-        for recipient in accepted:
-            (delivered if code == 250 else refused)[recipient] = _reply(code, reply)
-    return delivered, refused
-
-
-def _reply(code: int, reply: bytes | str) -> str:
-    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-    return f"{code} {' '.join(text.split())}"
-
-
-def _smtp_error(exc: BaseException) -> str:
-    if isinstance(exc, smtplib.SMTPResponseException):
-        return _reply(exc.smtp_code, exc.smtp_error)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or exc.__class__.__name__
-
-
-def _db_error(exc: SQLAlchemyError) -> str:
-    return f"{exc.__class__.__name__}: {getattr(exc, 'orig', None) or exc}"
-
-
-def _fix(row: dict[str, Any]) -> dict[str, Any]:
-    for key in ("time", "released_at"):
-        row[key] = as_utc(row.get(key))
-    if "raw" in row and row["raw"] is not None:
-        row["raw"] = bytes(row["raw"])  # PostgreSQL returns memoryview
-    return row
 
 
 # --- housekeeping -------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 
 from ..cli import config_parent, open_store, since_arg
 from ..config import load_config
-from ..quarantine import Quarantine, QuarantineError, as_json
+from ..quarantine import Quarantine, QuarantineError, as_json, header_section
 from ..store import StoreError, utcnow
 from ..units import parse_duration
 
@@ -125,11 +125,11 @@ def run_list(args: argparse.Namespace, quarantine: Quarantine) -> int:
 def run_show(args: argparse.Namespace, quarantine: Quarantine) -> int:
     """Print one message: summary, headers or raw."""
     row = quarantine.get(args.id)
-    raw: bytes = row["raw"]
     if args.raw or args.headers:
-        data = raw if args.raw else raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
         sys.stdout.flush()
-        sys.stdout.buffer.write(data)
+        chunks = quarantine.message_chunks(row)
+        for piece in (chunks if args.raw else header_section(chunks)):  # streamed: never whole in memory
+            sys.stdout.buffer.write(piece)
         sys.stdout.buffer.flush()
         return 0
     symbols = sorted((row["symbols"] or {}).items(), key=lambda kv: -abs(kv[1]))

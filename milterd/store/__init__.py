@@ -216,8 +216,8 @@ class Store:
         return inspect(self.engine).has_table("messages")
 
     # --- message log ------------------------------------------------------
-    def log_message(self, record: MessageRecord, quarantine: dict[str, Any] | None = None) -> int:
-        """Insert one log row (and its quarantine row, in the same transaction); return its id."""
+    def log_message(self, record: MessageRecord, quarantine: "QuarantineWrite | None" = None) -> int:
+        """Insert one log row (and the quarantined message, in the same transaction); return its id."""
         try:
             with self.engine.begin() as connection:
                 # Values as execute() parameters, not .values(**row): SQLAlchemy then reuses
@@ -227,7 +227,9 @@ class Store:
                 assert key is not None  # an INSERT of one row has its primary key
                 message_id = key[0]
                 if quarantine is not None:
-                    connection.execute(insert(schema.quarantine).values(message_log_id=message_id, **quarantine))
+                    from .quarantine import insert_message
+
+                    insert_message(connection, int(message_id), quarantine)
                 return int(message_id)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc

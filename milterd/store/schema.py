@@ -78,13 +78,26 @@ quarantine = Table(
     Column("symbols", JSON, nullable=False, default=dict),
     Column("size", BigInteger, nullable=False, default=0),
     Column("mode", String(16), nullable=False, default="discard"),
-    Column("raw", LargeBinary, nullable=False),
+    # Rows stored before schema 0002 hold the whole message here; newer ones
+    # leave it NULL and keep the message in quarantine_chunks.
+    Column("raw", LargeBinary, nullable=True),
     Column("released_at", DateTime(timezone=True), nullable=True),
     Column("released_by", String(255), nullable=True),
     Column("release_result", JSON, nullable=True),
     Column("release_count", Integer, nullable=False, default=0),
     Column("learned_ham", Boolean, nullable=False, default=False),
     Index("ix_quarantine_time", "time"),
+)
+
+#: A quarantined message in pieces (amavisd's ``quarantine(mail_id, chunk_ind,
+#: mail_text)``): written and read back one chunk at a time, so that neither the
+#: milter nor a release holds a large message whole in memory.
+quarantine_chunks = Table(
+    "quarantine_chunks",
+    metadata,
+    Column("quarantine_id", Id, ForeignKey("quarantine.id", ondelete="CASCADE"), primary_key=True, autoincrement=False),
+    Column("chunk_ind", Integer, primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
 )
 
 greylist = Table(

@@ -16,13 +16,15 @@ from milterd.quarantine import (
     Quarantine,
     QuarantineError,
     format_digest,
+    header_section,
     is_virus,
     matches,
-    parse_hostport,
     release_header,
 )
+from milterd.reinject import Target, data_lines, parse_target
 from milterd.services import Services
-from milterd.store import MessageRecord, Store, utcnow
+from milterd.store import MessageRecord, Store, StoreError, schema, utcnow
+from milterd.store.quarantine import QuarantineWrite, pieces
 from tests.harness.milterd import write_config
 from tests.harness.postfix import Sink, free_port
 
@@ -53,7 +55,7 @@ def quarantine(conf: Path) -> Quarantine:
     return Quarantine(store, config)
 
 
-def add(quarantine: Quarantine, subject: str = "QUARANTINE-ME", recipients: list[str] | None = None, age: dt.timedelta = dt.timedelta(0), symbols: dict[str, float] | None = None, reason: str = "score 13.0 >= 12", mode: str = "discard") -> int:
+def add(quarantine: Quarantine, subject: str = "QUARANTINE-ME", recipients: list[str] | None = None, age: dt.timedelta = dt.timedelta(0), symbols: dict[str, float] | None = None, reason: str = "score 13.0 >= 12", mode: str = "discard", raw: bytes = RAW) -> int:
     """Store one quarantined message as the pipeline does (log row + quarantine row, one transaction)."""
     when = utcnow() - age
     recipients = recipients or ["bob@example.com"]
@@ -61,21 +63,28 @@ def add(quarantine: Quarantine, subject: str = "QUARANTINE-ME", recipients: list
     row = {
         "time": when, "mta_host": "mx.test", "queue_id": "QID", "client_addr": "192.0.2.1", "client_name": "unknown", "helo": "h",
         "sender": "alice@example.org", "recipients": recipients, "subject": subject, "score": 13.0, "reason": reason,
-        "symbols": symbols or {"TEST_QUARANTINE": 13.0}, "size": len(RAW), "mode": mode, "raw": RAW, "release_count": 0, "learned_ham": False,
+        "symbols": symbols or {"TEST_QUARANTINE": 13.0}, "size": len(raw), "mode": mode, "release_count": 0, "learned_ham": False,
     }
-    quarantine.store.log_message(record, row)
+    quarantine.store.log_message(record, QuarantineWrite(row, lambda: [raw[:20], raw[20:]]))
     return quarantine.rows(limit=1)[0]["id"]
+
+
+def stored(quarantine: Quarantine, row_id: int) -> bytes:
+    return b"".join(quarantine.message_chunks(quarantine.get(row_id)))
 
 
 def test_release_header_and_hostport() -> None:
     when = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
     assert release_header("root@mx", when) == b"X-Milterd-Released: root@mx Wed, 01 May 2024 12:00:00 +0000\r\n"
     assert release_header("evil\r\nBcc: x", when).count(b"\r\n") == 1
-    assert parse_hostport("127.0.0.1:10027") == ("127.0.0.1", 10027)
-    assert parse_hostport("[::1]:10027") == ("::1", 10027)
-    assert parse_hostport("relay.example.org") == ("relay.example.org", 25)
-    with pytest.raises(ValueError):
-        parse_hostport("host:port")
+    assert parse_target("127.0.0.1:10027") == Target(host="127.0.0.1", port=10027)
+    assert parse_target("inet:127.0.0.1:10027") == Target(host="127.0.0.1", port=10027)
+    assert parse_target("[::1]:10027") == Target(host="::1", port=10027)
+    assert parse_target("relay.example.org") == Target(host="relay.example.org", port=25)
+    assert parse_target("unix:/var/spool/postfix/public/milterd-reinject") == Target(path="/var/spool/postfix/public/milterd-reinject")
+    for bad in ("host:port", "unix:relative/path"):
+        with pytest.raises(ValueError):
+            parse_target(bad)
 
 
 def test_filters_and_virus_detection() -> None:
@@ -101,7 +110,8 @@ def test_list_show_and_filters(quarantine: Quarantine) -> None:
     assert [r["id"] for r in quarantine.rows(recipient="carol@example.com")] == [second]
     assert [r["id"] for r in quarantine.rows(reason="eicar")] == [second]
     assert "raw" not in quarantine.rows()[0]
-    assert quarantine.get(first)["raw"] == RAW
+    assert "raw" not in quarantine.get(first)
+    assert stored(quarantine, first) == RAW
     with pytest.raises(QuarantineError, match="no quarantined message"):
         quarantine.get(999)
 
@@ -212,9 +222,82 @@ def test_cli(conf: Path, quarantine: Quarantine, capsys: Any) -> None:
 def test_cli_store_down_is_a_message(tmp_path: Path, capsys: Any) -> None:
     conf = write_config(tmp_path / "bad.conf", {"database": {"url": "postgresql+psycopg://nobody@127.0.0.1:1/none"}})
     assert cli.main(["-c", str(conf), "quarantine", "list"]) == 1
-    assert "cannot read the quarantine" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("milterd: cannot") and "127.0.0.1" in err and "Traceback" not in err
 
 
 def test_config_defaults() -> None:
     section = Config().quarantine
-    assert section.mode == "discard" and section.release_smtp == "127.0.0.1:10027" and not section.notify_virus_recipients
+    assert section.mode == "discard" and not section.notify_virus_recipients
+    assert section.release_smtp == "unix:/var/spool/postfix/public/milterd-reinject" and not section.release_user
+
+
+# --- chunked storage -------------------------------------------------------------------
+BIG = b"From: a@example.org\r\nSubject: QUARANTINE-ME big\r\n\r\n" + b"".join(b"%07d .line with a leading dot after it\r\n.x\r\n" % i for i in range(30000))
+
+
+def test_large_message_is_stored_in_chunks_and_streamed_back(quarantine: Quarantine) -> None:
+    row_id = add(quarantine, raw=BIG)
+    row = quarantine.get(row_id)
+    assert row["size"] == len(BIG) > 1024 * 1024
+    assert quarantine.repo.chunk_count(row_id) == len(list(pieces([BIG[:20], BIG[20:]])))
+    got = list(quarantine.message_chunks(row))
+    assert b"".join(got) == BIG and max(len(c) for c in got) <= 64 * 1024
+    assert b"".join(header_section(quarantine.message_chunks(row))) == b"From: a@example.org\r\nSubject: QUARANTINE-ME big\r\n"
+    assert quarantine.delete([row_id]) == 1
+    with quarantine.store.engine.connect() as connection:
+        assert connection.execute(schema.quarantine_chunks.select()).first() is None
+
+
+def test_release_streams_a_large_message_byte_for_byte(quarantine: Quarantine, sink: Sink) -> None:
+    row_id = add(quarantine, raw=BIG, recipients=["big@example.com"])
+    assert quarantine.release(row_id, who="admin@mx.test").ok
+    [got] = sink.wait(1, match=lambda m: m.recipients == ["big@example.com"])
+    assert got.data.split(b"\r\n", 1)[1] == BIG
+
+
+def test_a_missing_chunk_is_a_store_error_and_nothing_is_released(quarantine: Quarantine, sink: Sink) -> None:
+    row_id = add(quarantine, raw=BIG, recipients=["torn@example.com"])
+    with quarantine.store.engine.begin() as connection:
+        connection.execute(schema.quarantine_chunks.delete().where(schema.quarantine_chunks.c.chunk_ind == 3))
+    with pytest.raises(StoreError, match="lacks piece 3"):
+        b"".join(quarantine.message_chunks(quarantine.get(row_id)))
+    report = quarantine.release(row_id)
+    assert not report.delivered and "lacks piece 3" in report.error
+    assert quarantine.get(row_id)["released_at"] is None
+    assert [m for m in sink.wait(1, timeout=2, match=lambda m: m.recipients == ["torn@example.com"])] == []
+
+
+def test_rows_from_before_chunks_stay_readable(tmp_path: Path) -> None:
+    """A row written by schema 0001 (the message whole in quarantine.raw) reads back after the upgrade."""
+    from alembic import command
+
+    config = load_config(write_config(tmp_path / "old.conf", {"database": {"url": f"sqlite:///{tmp_path / 'old.sqlite'}"}}))
+    store = Store(config.database)
+    with store.engine.begin() as connection:
+        command.upgrade(store._alembic_config(connection), "0001")
+        connection.exec_driver_sql(
+            "INSERT INTO quarantine (time, mta_host, queue_id, client_addr, client_name, helo, sender, recipients, subject, score, reason, symbols, size, mode, raw, release_count, learned_ham) "
+            "VALUES ('2026-01-01 00:00:00', 'mx', 'Q', '', '', '', 'a@example.org', '[\"b@example.com\"]', 's', 13, 'r', '{}', ?, 'discard', ?, 0, 0)",
+            (len(RAW), RAW),
+        )
+    assert store.upgrade() == store.head_version()
+    old = Quarantine(store, config)
+    [row] = old.rows()
+    assert b"".join(old.message_chunks(row)) == RAW and old.repo.chunk_count(row["id"]) == 0
+
+
+def test_data_stream_matches_smtplib_for_any_split() -> None:
+    import re
+    import smtplib
+
+    for message in (RAW, b"a\r\n.b\r\n..c\n.d\re", b".x", b"abc\r", b"x\n\n.\n", b"\r\r\n."):
+        want = smtplib._quote_periods(re.sub(rb"\r\n|\n|\r(?!\n)", b"\r\n", message))  # type: ignore[attr-defined]
+        want += (b"" if want.endswith(b"\r\n") else b"\r\n") + b".\r\n"
+        for size in range(1, len(message) + 1):
+            assert b"".join(data_lines(message[i:i + size] for i in range(0, len(message), size))) == want, (message, size)
+
+
+def test_header_section_for_any_split() -> None:
+    for size in range(1, len(RAW) + 1):
+        assert b"".join(header_section(RAW[i:i + size] for i in range(0, len(RAW), size))) == RAW.split(b"\r\n\r\n")[0] + b"\r\n"

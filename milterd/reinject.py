@@ -1,0 +1,211 @@
+"""Sending released and report mail to Postfix's re-injection smtpd.
+
+``[quarantine] release_smtp`` names it: ``unix:/path`` (an smtpd on a unix
+socket, which only local users allowed by the file system can reach — the
+least privilege), or ``HOST:PORT`` / ``inet:HOST:PORT`` (TCP; with
+``release_user`` and ``release_password_file`` milterd authenticates with
+SMTP AUTH).  A message is sent from an iterable of pieces, dot-stuffed on the
+way, so a large one is never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to send: a unix socket path, or a TCP host and port."""
+
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
+
+
+def parse_target(text: str, default_port: int = 25) -> Target:
+    """``unix:/path``, ``inet:HOST:PORT``, ``HOST:PORT``, ``[::1]:PORT`` or ``HOST`` → Target; ValueError otherwise."""
+    text = text.strip()
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not path.startswith("/"):
+            raise ValueError(f"expected unix:/absolute/path, got {text!r}")
+        return Target(path=path)
+    if text.startswith("inet:"):
+        text = text[len("inet:"):]
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":") or str(default_port)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, str(default_port)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected unix:/path or HOST:PORT, got {text!r}")
+    return Target(host=host, port=int(port))
+
+
+class UnixSMTP(smtplib.SMTP):
+    """smtplib's client over a unix socket (as smtplib.LMTP does for LMTP)."""
+
+    def connect(self, host: str = "localhost", port: int = 0, source_address: Any = None) -> tuple[int, bytes]:
+        """Connect to the unix socket at *host* (a path) and read the banner."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(host)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.file = None
+        code, message = self.getreply()
+        return code, message
+
+
+def open_client(target: Target, helo: str, timeout: float) -> smtplib.SMTP:
+    """An SMTP client connected to *target* (banner read)."""
+    if target.path:
+        return UnixSMTP(target.path, local_hostname=helo, timeout=timeout)
+    return smtplib.SMTP(target.host, target.port, local_hostname=helo, timeout=timeout)
+
+
+def read_password(path: str) -> str:
+    """The first line of *path* (the SMTP AUTH password); OSError when unreadable."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return lines[0] if lines else ""
+
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+def data_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The DATA stream of a message given in pieces: CRLF line ends, leading dots doubled, ``.`` at the end.
+
+    Pieces may split a line (or a CR LF) anywhere; the result is what
+    smtplib's ``data()`` sends for the whole message.
+    """
+    at_line_start = True
+    carry = b""
+    wrote_any = False
+    for chunk in chunks:
+        data = carry + chunk
+        carry = b""
+        if data.endswith(b"\r"):
+            data, carry = data[:-1], b"\r"  # its LF may start the next piece
+        if not data:
+            continue
+        data = _EOL.sub(b"\r\n", data)
+        if at_line_start and data.startswith(b"."):
+            data = b"." + data
+        data = data.replace(b"\r\n.", b"\r\n..")
+        at_line_start = data.endswith(b"\r\n")
+        wrote_any = True
+        yield data
+    if carry:
+        yield b"\r\n"
+        at_line_start, wrote_any = True, True
+    yield (b"" if at_line_start or not wrote_any else b"\r\n") + b".\r\n"
+
+
+def send(
+    target: Target,
+    sender: str,
+    recipients: list[str],
+    message: Iterable[bytes],
+    helo: str,
+    timeout: float = 60.0,
+    auth: tuple[str, str] | None = None,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Send *message* (pieces) by SMTP; return (delivered, refused), each recipient → the server's reply.
+
+    Recipients refused at RCPT are reported one by one; a refusal at MAIL or
+    DATA refuses them all.  Connection errors raise OSError/SMTPException.
+    If reading *message* fails midway, the connection is dropped without the
+    final dot, so the server keeps nothing, and the error is raised.
+    """
+    delivered: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    client = open_client(target, helo, timeout)
+    try:
+        client.ehlo_or_helo_if_needed()
+        if auth is not None:
+            client.login(*auth)
+        options = []
+        if client.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")  # the body is not read twice to find out
+        if client.has_extn("smtputf8") and not (sender + "".join(recipients)).isascii():
+            options.append("SMTPUTF8")
+        code, reply = client.mail(sender, options)
+        if code != 250:
+            client.rset()
+            return {}, {r: _reply(code, reply) for r in recipients}
+        accepted = []
+        for recipient in recipients:
+            code, reply = client.rcpt(recipient)
+            if code in (250, 251):
+                accepted.append(recipient)
+            else:
+                refused[recipient] = _reply(code, reply)
+        if not accepted:
+            client.rset()
+            return {}, refused
+        client.putcmd("data")
+        code, reply = client.getreply()
+        if code == 354:
+            try:
+                for piece in data_lines(message):
+                    client.send(piece)
+            except BaseException:
+                client.close()  # no final dot: the server discards the partial message
+                raise
+            code, reply = client.getreply()
+        for recipient in accepted:
+            (delivered if code == 250 else refused)[recipient] = _reply(code, reply)
+        try:
+            client.quit()
+        except (OSError, smtplib.SMTPException):
+            pass
+    finally:
+        client.close()
+    return delivered, refused
+
+
+def probe(target: Target, timeout: float = 5.0) -> str:
+    """The first line of the server's banner (then QUIT); OSError when it does not answer."""
+    if target.path:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(target.path)
+        except OSError:
+            sock.close()
+            raise
+    else:
+        sock = socket.create_connection((target.host, target.port), timeout=timeout)
+    with sock:
+        sock.settimeout(timeout)
+        banner = sock.recv(512).decode("ascii", "replace").strip()
+        sock.sendall(b"QUIT\r\n")
+    return banner.splitlines()[0] if banner else ""
+
+
+def _reply(code: int, reply: bytes | str) -> str:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    return f"{code} {' '.join(text.split())}"
+
+
+def smtp_error(exc: BaseException) -> str:
+    """A short description of an SMTP or socket failure."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _reply(exc.smtp_code, exc.smtp_error)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or exc.__class__.__name__
