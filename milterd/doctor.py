@@ -60,6 +60,7 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
     except ConfigError as exc:
         findings.append(Finding("configuration", "fail", str(exc)))
     findings += probe_database(config)
+    findings += probe_connections(config)
     findings += probe_scanners(config)
     findings += probe_dns(config, services)
     findings.append(probe_release_smtp(config))
@@ -105,6 +106,57 @@ def probe_database(config: Config) -> list[Finding]:
         return Finding("database", "fail", f"{url}: schema at {current or 'nothing'}, this milterd needs {head}: run 'milterd db upgrade'")
 
     return [_guarded("database", probe)]
+
+
+#: The share of the server's connections (less those reserved for superusers)
+#: one milterd host may take at its peak; the rest is for administrators, the
+#: CLI and other clients.  Several MX hosts on one database must fit together.
+SAFE_CONNECTION_SHARE = 0.8
+
+
+def connection_budget(pool_size: int, workers: int) -> tuple[int, int]:
+    """Connections one host opens at most: (serving, during a reload).
+
+    Each worker's pool holds up to *pool_size*; the supervisor and its
+    maintenance process use one each; a reload briefly runs one worker more.
+    """
+    serving = pool_size * workers + 2
+    return serving, serving + pool_size
+
+
+def judge_connections(pool_size: int, workers: int, max_connections: int, reserved: int) -> Finding:
+    """The connection budget against the server's ``max_connections`` (pure)."""
+    serving, peak = connection_budget(pool_size, workers)
+    usable = max(0, max_connections - reserved)
+    detail = (f"up to {serving} connections ([database] pool_size {pool_size} × {workers} workers + 2), "
+              f"{peak} during a reload; the server allows {usable} (max_connections {max_connections} − {reserved} reserved)")
+    if peak > usable:
+        return Finding("database connections", "fail", f"{detail}: lower pool_size or workers, or raise max_connections")
+    if peak > usable * SAFE_CONNECTION_SHARE:
+        return Finding("database connections", "warn", f"{detail}: more than {SAFE_CONNECTION_SHARE:.0%} of them; lower pool_size or raise max_connections")
+    return Finding("database connections", "ok", detail)
+
+
+def probe_connections(config: Config) -> list[Finding]:
+    """On a database server: the pools' total against its ``max_connections`` (nothing for SQLite)."""
+    if config.database.url.startswith("sqlite"):
+        return []
+    import os
+
+    from .store import Store
+    from .store.engine import server_connection_limits
+
+    def probe() -> Finding:
+        store = Store(config.database)
+        try:
+            limits = server_connection_limits(store.engine)
+        finally:
+            store.close()
+        if limits is None:
+            return Finding("database connections", "skip", "not PostgreSQL: the server's limit is not known")
+        return judge_connections(config.database.pool_size, config.milter.workers or os.cpu_count() or 1, *limits)
+
+    return [_guarded("database connections", probe)]
 
 
 def _safe_url(url: str) -> str:

@@ -213,12 +213,7 @@ class Supervisor:
             if self._reload:
                 self._reload = False
                 self._do_reload()
-            self._reap(block=False)
-            while len(self.workers) < self.worker_count and not self._stopping:
-                self.restarts += 1
-                metrics.worker_restarted()
-                log.warning("worker died; starting a new one")
-                self._spawn()
+            self._reap_and_replace()
             time.sleep(0.2)
         self._shutdown()
         return 0
@@ -293,6 +288,20 @@ class Supervisor:
             os.close(stop_write)
             self.workers[pid] = -1
 
+    def _reap_and_replace(self) -> None:
+        """Reap every child that exited and start a worker for each serving one that died.
+
+        Workers told to stop (a reload replacing them) do not count: while a
+        reload waits for an old worker to drain, a new one that dies is
+        still replaced at once.
+        """
+        self._reap(block=False)
+        while sum(1 for fd in self.workers.values() if fd >= 0) < self.worker_count and not self._stopping:
+            self.restarts += 1
+            metrics.worker_restarted()
+            log.warning("worker died; starting a new one")
+            self._spawn()
+
     def _reap(self, block: bool) -> list[int]:
         gone = []
         while self.workers:
@@ -336,26 +345,29 @@ class Supervisor:
         log.info("reload: new configuration accepted; replacing workers one by one")
         self.config, self.services = config, services
         for pid in list(self.workers):
-            new = self._spawn()
-            _ = new
+            if self._stopping:
+                return
+            if pid not in self.workers:  # died meanwhile: already reaped and replaced
+                continue
+            self._spawn()
             self._stop_worker(pid)
         log.info("reload done")
 
     def _stop_worker(self, pid: int) -> None:
+        # While this worker drains, every other child is still reaped and a
+        # serving worker that dies is replaced (no zombie, no missing worker).
         self._signal_stop(pid)
         deadline = time.monotonic() + self.config.milter.shutdown_timeout + 5
-        while pid in self.workers and time.monotonic() < deadline:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done == pid:
-                self._forget(pid)
-                return
-            time.sleep(0.05)
-        if pid in self.workers:
+        while pid in self.workers and time.monotonic() < deadline and not self._stopping:
+            self._reap_and_replace()
+            if pid in self.workers:
+                time.sleep(0.05)
+        if pid in self.workers and not self._stopping:
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
             self._forget(pid)
 
     def _shutdown(self) -> None:

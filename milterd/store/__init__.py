@@ -9,19 +9,18 @@ write that still cannot get the lock within ``[database] busy_timeout`` raises
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import Engine, create_engine, event, insert, inspect, make_url, select, text
+from sqlalchemy import insert, inspect, make_url, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import QueuePool
 
 from ..config import DatabaseSection
 from ..text import redact, redact_url
 from . import schema
+from .engine import POOL_SIZE, make_engine  # noqa: F401 - re-exported
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -86,65 +85,13 @@ def _clean(value: str) -> str:
     return value.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-#: Connections a worker keeps open.  The pool never grows past it and never
-#: closes a connection while the worker runs: closing one from a libmilter
-#: thread is what crashed workers (see make_engine).
-POOL_SIZE = 32
-
-
-def make_engine(url: str, busy_timeout: float = 10.0) -> Engine:
-    """An engine for *url*; SQLite gets WAL, a busy timeout and its parent directory created.
-
-    The pools have a fixed size (no overflow connections, so none is closed
-    after use).  Why: Debian's libmilter serves sessions from a pool of
-    threads, and pymilter gives each session a Python thread state that the
-    next callback may use from another thread; Python's per-thread
-    "GIL state" bookkeeping is then left pointing at thread states that no
-    longer belong to that thread.  Closing an SQLite connection runs
-    sqlite3's function destructors through PyGILState_Ensure (SQLAlchemy
-    registers a REGEXP function on each connection), which followed such a
-    stale pointer: "Fatal Python error: take_gil", a dead worker and 451s
-    under load (bench/RESULTS.md).  Connections that are never closed while
-    the worker serves mail never get there.
-    """
-    if url.startswith("sqlite"):
-        database = make_url(url).database
-        options: dict[str, Any] = {"connect_args": {"timeout": busy_timeout, "check_same_thread": False}}
-        if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            _create_private(Path(database).expanduser())
-            options.update(poolclass=QueuePool, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=busy_timeout)
-        engine = create_engine(url, **options)
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE // 2, max_overflow=0, pool_timeout=busy_timeout)
-
-
-def _create_private(path: Path) -> None:
-    # A new SQLite file is the log and the quarantine: readable by its owner
-    # only.  SQLite gives its -wal and -shm files the database file's mode.
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-
-
 class Store:
     """The SQL store of one process."""
 
     def __init__(self, section: DatabaseSection) -> None:
         self.section = section
         try:
-            self.engine = make_engine(section.url, section.busy_timeout)
+            self.engine = make_engine(section.url, section.busy_timeout, section.pool_size)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise StoreError(redact(f"cannot use database {redact_url(section.url)!r}: {exc}", section.url)) from exc
 

@@ -1,0 +1,192 @@
+"""SQLAlchemy engines that are safe on libmilter's threads.
+
+A worker's callbacks run on libmilter's POSIX threads, and pymilter gives each
+SMTP connection a Python thread state that later callbacks may use from other
+threads.  CPython's per-thread "GIL state" record (what ``PyGILState_Ensure``
+looks up) is then left pointing at thread states that belong to another
+connection or were freed.  Any C code that calls back into Python through
+``PyGILState_Ensure`` on such a thread hangs the worker (it waits for the GIL
+it already holds) or crashes it ("Fatal Python error: take_gil").  In a
+worker's database code there are three such C callbacks; each is removed here:
+
+* sqlite3's function destructors, run when a connection that has Python
+  functions is closed or garbage-collected (SQLAlchemy registers ``regexp``
+  and ``floor`` on every connection): SQLite connections are made with
+  :class:`CallbackFreeConnection`, which registers no Python function at all
+  (milterd's SQL uses neither), so closing one calls no Python;
+* the calls into those functions while a statement runs: same fix;
+* psycopg's notice receiver, which libpq calls for every NOTICE or WARNING
+  the server sends, and for an error (such as ``pg_terminate_backend``'s
+  FATAL) that arrives while the connection is idle: :func:`silence_notices`
+  replaces it with a C function that does nothing.
+
+As a second line of defence the pool never grows or shrinks while a worker
+serves mail (a fixed ``pool_size``, no overflow connections), and whatever
+connection it must open or close (after a disconnect, on invalidation) is
+opened or closed on a thread Python started (:func:`run_on_python_thread`),
+where the GIL state record is right.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+
+T = TypeVar("T")
+
+#: Connections a worker keeps open on SQLite (one writer at a time; readers and
+#: waiting writers hold the others).
+POOL_SIZE = 32
+
+#: ``[database] pool_size``'s default: connections a worker keeps open to a database server.
+DEFAULT_POOL_SIZE = 16
+
+
+def run_on_python_thread(work: Callable[[], T]) -> T:
+    """Run *work* on a thread Python started, and wait for it; return its result or raise its exception.
+
+    Called on a thread Python did not start (a libmilter thread), *work* runs
+    on a short-lived ``threading.Thread``, whose GIL state record is its own;
+    anywhere else it runs in place.
+    """
+    if not isinstance(threading.current_thread(), threading._DummyThread):  # noqa: SLF001 - how threading names foreign threads
+        return work()
+    outcome: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            outcome.append((False, exc))
+
+    helper = threading.Thread(target=target, name="milterd-store", daemon=True)
+    helper.start()
+    helper.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+class CallbackFreeConnection(sqlite3.Connection):
+    """An SQLite connection that registers no Python function.
+
+    sqlite3 frees a registered function's Python object from a C destructor
+    through ``PyGILState_Ensure`` when the connection closes, and calls the
+    function the same way while a statement runs; on a libmilter thread
+    either crashes the worker.  SQLAlchemy registers ``regexp`` and
+    ``floor``, which milterd's SQL does not use: registrations are ignored.
+    """
+
+    def create_function(self, name: str, narg: int, func: Callable[..., Any] | None, *, deterministic: bool = False) -> None:
+        """Ignored: see the class's docstring."""
+
+
+class OwnedQueuePool(QueuePool):
+    """A QueuePool that closes connections on a thread Python started (see :func:`run_on_python_thread`)."""
+
+    def _close_connection(self, connection: DBAPIConnection, *, terminate: bool = False) -> None:
+        run_on_python_thread(lambda: QueuePool._close_connection(self, connection, terminate=terminate))
+
+
+@functools.cache
+def _libpq() -> tuple[Any, int]:
+    """The libpq psycopg uses, with ``PQsetNoticeReceiver`` typed, and the address of its ``PQfreemem``."""
+    paths = sorted({line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "/libpq" in line and ".so" in line})
+    if not paths:
+        raise RuntimeError("psycopg's libpq is not loaded")
+    # psycopg's own copy (psycopg_binary.libs) wins over a system libpq another module may have loaded.
+    path = next((p for p in paths if "psycopg" in p), paths[0])
+    lib = ctypes.CDLL(path)
+    lib.PQsetNoticeReceiver.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.PQsetNoticeReceiver.restype = ctypes.c_void_p
+    free = ctypes.cast(lib.PQfreemem, ctypes.c_void_p).value
+    assert free is not None
+    return lib, free
+
+
+def silence_notices(connection: Any) -> None:
+    """Stop libpq from calling psycopg's notice receiver (Python) on *connection*, a psycopg connection.
+
+    The receiver becomes libpq's ``PQfreemem`` with a NULL argument: libpq
+    calls ``receiver(arg, result)``, which is then ``free(NULL)``, nothing.
+    (The C calling convention lets a function ignore an extra argument.)
+    Nothing is lost: psycopg passes notices only to handlers added with
+    ``add_notice_handler``, and milterd adds none.
+    """
+    pgconn = getattr(connection, "pgconn", None)
+    if pgconn is None:  # not psycopg 3
+        return
+    lib, noop = _libpq()
+    lib.PQsetNoticeReceiver(pgconn.pgconn_ptr, noop, None)
+
+
+def _create_private(path: Path) -> None:
+    # A new SQLite file is the log and the quarantine: readable by its owner
+    # only.  SQLite gives its -wal and -shm files the database file's mode.
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
+def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
+    """An engine for *url* whose connections are safe on libmilter threads (see the module's docstring).
+
+    SQLite gets WAL, a busy timeout, its parent directory created and a pool
+    of :data:`POOL_SIZE`; a database server a pool of *pool_size*
+    connections, checked before use.  Neither pool has overflow connections:
+    a session that finds every connection busy waits *busy_timeout* seconds
+    for one, then the message is tempfailed.
+    """
+    if url.startswith("sqlite"):
+        database = make_url(url).database
+        options: dict[str, Any] = {"connect_args": {"timeout": busy_timeout, "check_same_thread": False, "factory": CallbackFreeConnection}}
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(database).expanduser())
+            options.update(poolclass=OwnedQueuePool, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=busy_timeout)
+        engine = create_engine(url, **options)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    engine = create_engine(url, poolclass=OwnedQueuePool, pool_pre_ping=True, pool_size=pool_size, max_overflow=0, pool_timeout=busy_timeout)
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Dialect, _record: ConnectionPoolEntry, cargs: tuple[Any, ...], cparams: dict[str, Any]) -> Any:
+        # On a thread Python started: the server's NOTICEs during start-up still reach psycopg's receiver.
+        def connect() -> Any:
+            connection = dialect.loaded_dbapi.connect(*cargs, **cparams)
+            silence_notices(connection)
+            return connection
+
+        return run_on_python_thread(connect)
+
+    return engine
+
+
+def server_connection_limits(engine: Engine) -> tuple[int, int] | None:
+    """The server's ``max_connections`` and ``superuser_reserved_connections``; None for SQLite."""
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as connection:
+        limit = int(connection.exec_driver_sql("SHOW max_connections").scalar_one())
+        reserved = int(connection.exec_driver_sql("SHOW superuser_reserved_connections").scalar_one())
+    return limit, reserved
