@@ -64,7 +64,7 @@ class MilterSection(_Section):
     socket_owner: str = Field("", description="Owner of a unix socket (user name); empty keeps the process's.")
     socket_group: str = Field("", description="Group of a unix socket; empty keeps the process's.")
     workers: int = Field(0, ge=0, le=256, description="Worker processes; 0 means one per CPU.")
-    user: str = Field("", description="User to run as after the socket is open when started as root; empty stays as started.")
+    user: str = Field("", description="User to run as after the socket is open when started as root; empty runs as nobody (with a warning), \"root\" keeps root knowingly.")
     group: str = Field("", description="Group to run as after the socket is open; empty uses the user's primary group.")
     hostname: str = Field("", description="This host's name in the log, Received and report headers; empty uses the system's FQDN.")
     authserv_id: str = Field("", description="The authserv-id of Authentication-Results headers; empty uses hostname.")

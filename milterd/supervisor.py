@@ -32,6 +32,7 @@ from . import metrics
 from .config import Config, ConfigError, load_config
 from .services import Services, build
 from .store import StoreError
+from .text import redact
 
 if TYPE_CHECKING:
     from .maintenance import Job
@@ -119,15 +120,49 @@ def _set_socket_owner(config: Config, path: str) -> None:
         os.chown(path, uid, gid)
 
 
+#: The account ``serve`` drops to when started as root without ``[milter] user``
+#: (as spamd does): never keep root by accident.  ``user = "root"`` keeps it knowingly.
+DEFAULT_USER = "nobody"
+
+
+def service_account(config: Config) -> tuple[str, int, int] | None:
+    """The account (name, uid, gid) a root-started ``serve`` runs as; None when it stays as started.
+
+    None when not root, or with ``[milter] user = "root"``.  An unknown user or
+    group is a ConfigError naming the key.
+    """
+    if os.geteuid() != 0 or config.milter.user == "root":
+        return None
+    where = config.path or "milter.conf"
+    name = config.milter.user or DEFAULT_USER
+    try:
+        user = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(where, "[milter] user", f"no such user {name!r}") from None
+    try:
+        gid = grp.getgrnam(config.milter.group).gr_gid if config.milter.group else user.pw_gid
+    except KeyError:
+        raise ConfigError(where, "[milter] group", f"no such group {config.milter.group!r}") from None
+    return name, user.pw_uid, gid
+
+
 def drop_privileges(config: Config) -> None:
-    """Become ``[milter] user``/``group`` when running as root and they are set."""
-    if os.geteuid() != 0 or not config.milter.user:
-        return
-    user = pwd.getpwnam(config.milter.user)
-    gid = grp.getgrnam(config.milter.group).gr_gid if config.milter.group else user.pw_gid
-    os.setgroups([gid])
-    os.setgid(gid)
-    os.setuid(user.pw_uid)
+    """Started as root: become ``[milter] user``/``group`` (``nobody`` when unset, with a warning).
+
+    Then set the umask to 077: whatever milterd creates from now on (spool
+    files, a new SQLite file) is readable by its own user only.
+    """
+    account = service_account(config)
+    if os.geteuid() == 0 and account is None:
+        log.warning("running as root: [milter] user = \"root\"; set an account of its own")
+    elif account is not None:
+        name, uid, gid = account
+        if not config.milter.user:
+            log.warning("started as root without [milter] user: running as %s; set [milter] user to an account of its own", name)
+        os.setgroups([gid])
+        os.setgid(gid)
+        os.setuid(uid)
+    os.umask(0o077)
 
 
 def _sqlite_path(config: Config) -> Path | None:
@@ -138,18 +173,26 @@ def _sqlite_path(config: Config) -> Path | None:
 
 
 def hand_over_store(config: Config) -> None:
-    """Started as root with ``[milter] user``: give that user the SQLite files root just created."""
+    """Started as root: give the service account the SQLite files root just created, mode 0600.
+
+    The ``-wal`` and ``-shm`` files are created here too when missing, so that
+    the store works even in a directory the account cannot write (SQLite
+    creates them only if they do not exist, and an empty one is valid).
+    """
     path = _sqlite_path(config)
-    if os.geteuid() != 0 or not config.milter.user or path is None:
+    account = service_account(config)
+    if account is None or path is None or not path.exists():
         return
-    user = pwd.getpwnam(config.milter.user)
-    gid = grp.getgrnam(config.milter.group).gr_gid if config.milter.group else user.pw_gid
+    _name, uid, gid = account
     for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         try:
-            if candidate.stat().st_uid == 0:
-                os.chown(candidate, user.pw_uid, gid)
-        except FileNotFoundError:
-            continue
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.chown(candidate, uid, gid)
+        except FileExistsError:
+            info = candidate.stat()
+            if info.st_uid == 0:
+                os.chown(candidate, uid, gid)
+                os.chmod(candidate, stat.S_IMODE(info.st_mode) & 0o600)
 
 
 def check_writable(config: Config) -> None:
@@ -158,11 +201,12 @@ def check_writable(config: Config) -> None:
     who = f"user {pwd.getpwuid(os.geteuid()).pw_name}"
     path = _sqlite_path(config)
     if path is not None:
-        for target in (path.parent, path):
-            if target == path and not os.path.lexists(path):
-                continue
-            if not os.access(target, os.W_OK | (os.X_OK if target != path else 0)):
-                raise ConfigError(where, "[database] url", f"{who} cannot write {target} (SQLite needs the file and its directory)")
+        files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+        if not os.access(path.parent, os.X_OK) or (not all(map(os.path.lexists, files)) and not os.access(path.parent, os.W_OK)):
+            raise ConfigError(where, "[database] url", f"{who} cannot write {path.parent} (SQLite needs the file and its directory)")
+        for target in files:
+            if os.path.lexists(target) and not os.access(target, os.R_OK | os.W_OK):
+                raise ConfigError(where, "[database] url", f"{who} cannot write {target}")
     if config.milter.spool_dir and not os.access(config.milter.spool_dir, os.W_OK | os.X_OK):
         raise ConfigError(where, "[milter] spool_dir", f"{who} cannot write {config.milter.spool_dir}")
 
@@ -487,12 +531,13 @@ def serve(config_path: str | None) -> int:
     config = load_config(config_path)
     from .summary import setup_logging
 
-    setup_logging(config.milter.log_target, config.milter.log_level)
+    setup_logging(config.milter.log_target, config.milter.log_level, config.database.url)
+    service_account(config)  # an unknown user or group is refused before anything is created
     services = build(config)
     try:
         services.store.ensure_schema(config.database.auto_upgrade)
     except StoreError as exc:
-        print(f"milterd: {exc}", file=sys.stderr)
+        print(f"milterd: {redact(str(exc), config.database.url)}", file=sys.stderr)
         return 1
     services.close()
     services.after_fork()

@@ -33,8 +33,11 @@ def run_serve(args: argparse.Namespace) -> int:
         if args.pid_file:
             try:
                 os.unlink(args.pid_file)
-            except OSError:
+            except FileNotFoundError:
                 pass
+            except OSError as exc:
+                # After the privilege drop: the pid file's directory must be writable by [milter] user.
+                print(f"milterd: cannot remove the pid file {args.pid_file}: {exc.strerror} (make its directory writable by [milter] user)", file=sys.stderr)
 
 
 def run_reload(args: argparse.Namespace) -> int:

@@ -55,6 +55,8 @@ class Milterd:
         milter.setdefault("hostname", "mx.test")
         milter.setdefault("trusted_networks", ["127.0.0.1/32"])
         milter.setdefault("shutdown_timeout", 10)
+        if os.geteuid() == 0:
+            milter.setdefault("user", "root")  # the suite runs as root: keep it knowingly (else serve drops to nobody)
         sections.setdefault("database", {}).setdefault("url", f"sqlite:///{root / 'milterd.sqlite'}")
         rules_dir = root / "rules"
         rules_dir.mkdir(exist_ok=True)

@@ -94,7 +94,7 @@ def test_mail_flows_through_the_unix_socket(dropped: Stack) -> None:
 def test_unwritable_store_is_refused_clearly(open_tmp: Path) -> None:
     tmp_path = open_tmp
     data = tmp_path / "rootonly"
-    data.mkdir(mode=0o755)  # root's: the user cannot create the WAL files there
+    data.mkdir(mode=0o700)  # root's: the user cannot even reach the SQLite file
     milterd = Milterd(tmp_path / "m", {"milter": {"user": USER, "group": GROUP}, "database": {"url": f"sqlite:///{data / 'milterd.sqlite'}"}})
     try:
         milterd.start(timeout=20)  # the socket opens first: the check comes after dropping privileges
@@ -103,4 +103,105 @@ def test_unwritable_store_is_refused_clearly(open_tmp: Path) -> None:
     assert milterd.process is not None
     assert milterd.process.wait(timeout=30) == 2
     assert "cannot write" in milterd.stderr() and "[database] url" in milterd.stderr()
+    assert "Traceback" not in milterd.stderr()
     milterd.stop()
+
+
+def test_unknown_user_is_refused_with_the_key(open_tmp: Path) -> None:
+    milterd = Milterd(open_tmp / "m", {"milter": {"user": "no-such-user-milterd"}})
+    with pytest.raises(RuntimeError):
+        milterd.start(timeout=20)
+    milterd.stop()
+    assert milterd.process is not None and milterd.process.returncode == 2
+    assert "[milter] user: no such user 'no-such-user-milterd'" in milterd.stderr()
+    assert "Traceback" not in milterd.stderr()
+
+
+def _modes(directory: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (stat.S_IMODE(p.stat().st_mode), p.stat().st_uid) for p in directory.iterdir()}
+
+
+def _umask(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
+
+
+def test_root_without_user_runs_as_nobody(sink: Sink, open_tmp: Path) -> None:
+    """Started as root with no [milter] user: not root, but nobody, with a warning; the
+    store in a directory only root can write still works (its files are handed over)."""
+    data = open_tmp / "lib"  # as the working directory of README's first command: root's, 0755
+    data.mkdir(mode=0o755)
+    milterd = Milterd(open_tmp / "m", {"milter": {"user": ""}, "database": {"url": f"sqlite:///{data / 'milterd.sqlite'}"}})
+    postfix = None
+    try:
+        milterd.start()
+        assert milterd.process is not None
+        nobody = pwd.getpwnam("nobody")
+        assert _uid_of(milterd.process.pid) == (nobody.pw_uid, nobody.pw_gid)
+        assert all(_uid_of(pid) == (nobody.pw_uid, nobody.pw_gid) for pid in milterd.workers())
+        assert "started as root without [milter] user: running as nobody" in milterd.stderr()
+        postfix = Postfix(open_tmp / "postfix", relay_port=sink.port, milter=milterd.postfix_spec).start()
+        Stack(milterd, postfix, sink).send(message(subject="run as nobody"))
+        assert sink.wait(1, match=lambda m: any("run as nobody" in s for s in m.header("Subject")))
+        assert any(r["subject"] == "run as nobody" for r in milterd.log_json())
+        modes = _modes(data)
+        for name in ("milterd.sqlite", "milterd.sqlite-wal", "milterd.sqlite-shm"):
+            assert modes[name] == (0o600, nobody.pw_uid), (name, modes)
+    finally:
+        if postfix is not None:
+            postfix.stop()
+        milterd.stop()
+
+
+def test_store_files_and_umask_are_private(dropped: Stack) -> None:
+    """The SQLite store (log and quarantine) and its -wal/-shm are 0600 and the user's;
+    the supervisor and the workers create anything else (spool files) under umask 077."""
+    dropped.send(message(subject="file modes"))
+    assert dropped.sink.wait(1, match=lambda m: any("file modes" in s for s in m.header("Subject")))
+    url = dropped.milterd.sections["database"]["url"]
+    data = Path(url.removeprefix("sqlite:///")).parent
+    nobody = pwd.getpwnam(USER).pw_uid
+    modes = _modes(data)
+    for name in ("milterd.sqlite", "milterd.sqlite-wal", "milterd.sqlite-shm"):
+        assert modes[name] == (0o600, nobody), (name, modes)
+    assert dropped.milterd.process is not None
+    for pid in [dropped.milterd.process.pid, *dropped.milterd.workers()]:
+        assert _umask(pid) == 0o077
+
+
+def test_pid_file_after_the_drop(open_tmp: Path) -> None:
+    """--pid-file in a directory the user can write is removed at shutdown; in root's
+    directory, milterd says why it stays (no traceback, exit 0)."""
+    import signal as signals
+    import subprocess
+    import sys
+
+    writable = open_tmp / "run"
+    writable.mkdir(mode=0o755)
+    shutil.chown(writable, USER, GROUP)
+    rootonly = open_tmp / "rootrun"
+    rootonly.mkdir(mode=0o755)
+    for directory in (writable, rootonly):
+        milterd = Milterd(open_tmp / f"m-{directory.name}", {"milter": {"user": USER, "group": GROUP}, "database": {"url": f"sqlite:///{writable / (directory.name + '.sqlite')}"}})
+        pid_file = directory / "milterd.pid"
+        stderr = milterd.stderr_path.open("ab")
+        process = subprocess.Popen([sys.executable, "-m", "milterd", "serve", "-c", str(milterd.config), "--pid-file", str(pid_file)],
+                                   stdout=stderr, stderr=stderr, cwd=milterd.root, start_new_session=True)
+        try:
+            from tests.harness.postfix import wait_for_port
+
+            wait_for_port(milterd.port, timeout=30)
+            assert int(pid_file.read_text()) == process.pid
+            process.send_signal(signals.SIGTERM)
+            assert process.wait(timeout=60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+            stderr.close()
+        if directory is writable:
+            assert not pid_file.exists()
+            assert "cannot remove the pid file" not in milterd.stderr()
+        else:
+            assert pid_file.exists()
+            assert f"cannot remove the pid file {pid_file}: Permission denied" in milterd.stderr()
+        assert "Traceback" not in milterd.stderr()
