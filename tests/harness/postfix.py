@@ -2,7 +2,8 @@
 
 Everything lives in one temporary directory: ``etc/`` (main.cf, master.cf),
 ``queue/``, ``data/`` and ``maillog``.  Postfix listens on ``smtp_port``
-(milters as configured) and ``reinject_port`` (no milter: where quarantine
+(milters as configured), ``reinject_port`` and ``reinject_socket`` (a unix
+socket in ``queue/public``, as the README's master.cf has it; no milter: where quarantine
 releases go), and relays every message to ``relay_port`` (a :class:`Sink` or
 ``smtp-sink``).  Tests use XCLIENT (allowed from 127.0.0.0/8) to play any
 client address and HELO name.
@@ -24,6 +25,7 @@ from pathlib import Path
 MASTER_CF = """\
 127.0.0.1:{smtp_port} inet n - n - - smtpd
 127.0.0.1:{reinject_port} inet n - n - - smtpd -o smtpd_milters= -o non_smtpd_milters=
+milterd-reinject unix n - n - - smtpd -o syslog_name=postfix/milterd-reinject -o smtpd_milters= -o non_smtpd_milters= -o receive_override_options=no_address_mappings -o smtpd_authorized_xclient_hosts= -o smtpd_client_restrictions=permit_mynetworks,reject -o smtpd_relay_restrictions=permit_mynetworks,reject -o smtpd_recipient_restrictions=permit_mynetworks,reject -o mynetworks=127.0.0.1/32
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
@@ -81,6 +83,11 @@ class Postfix:
     @property
     def etc(self) -> Path:
         return self.root / "etc"
+
+    @property
+    def reinject_socket(self) -> Path:
+        """The unix-socket re-injection smtpd (master.cf ``milterd-reinject unix n …``, i.e. public/milterd-reinject)."""
+        return self.root / "queue" / "public" / "milterd-reinject"
 
     @property
     def maillog(self) -> Path:

@@ -2,7 +2,8 @@
 
 A custom header rule scores 13 (over ``[actions] quarantine`` = 12, under
 reject) for a Subject containing QUARANTINE-ME.  Releases go to the test
-Postfix's re-injection port (an smtpd without milters), which relays to the sink.
+Postfix's re-injection smtpd on a unix socket (``milterd-reinject unix n …``
+in master.cf, without milters, as the README has it), which relays to the sink.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def cli(stack: Stack, *args: str, binary: bool = False, **quarantine: Any) -> su
     if database_url:
         sections["database"]["url"] = database_url
     section = sections.setdefault("quarantine", {})
-    section.setdefault("release_smtp", f"127.0.0.1:{stack.postfix.reinject_port}")
+    section.setdefault("release_smtp", f"unix:{stack.postfix.reinject_socket}")
     section["postfix_config"] = str(stack.postfix.etc)
     section.update(quarantine)
     path = write_config(stack.milterd.root / f"cli-{uuid.uuid4().hex[:8]}.conf", sections)
@@ -240,7 +241,7 @@ def test_postgresql_release_from_another_host(pg_stack: Stack, pg_url: str, tmp_
     other = write_config(tmp_path / "mx2.conf", {
         "milter": {"hostname": "mx2.test"},
         "database": {"url": pg_url, "auto_upgrade": False},
-        "quarantine": {"release_smtp": f"127.0.0.1:{pg_stack.postfix.reinject_port}"},
+        "quarantine": {"release_smtp": f"unix:{pg_stack.postfix.reinject_socket}"},
     })
     run = [sys.executable, "-m", "milterd", "-c", str(other), "quarantine"]
     listing = subprocess.run([*run, "list", "--json"], capture_output=True, text=True, timeout=60)
@@ -260,3 +261,94 @@ def test_postgresql_release_from_another_host(pg_stack: Stack, pg_url: str, tmp_
             assert connection.execute(sqlalchemy.text("SELECT released_as_ham FROM messages WHERE id = :id"), {"id": logged["id"]}).scalar() is True
     finally:
         engine.dispose()
+
+
+# --- the unix-socket re-injection smtpd -----------------------------------------------
+def test_release_goes_through_the_unix_socket_smtpd(stack: Stack) -> None:
+    original, row = quarantine_one(stack)
+    tag = row["subject"].split()[-1]
+    result = cli(stack, "release", str(row["id"]), release_smtp=f"unix:{stack.postfix.reinject_socket}")
+    assert result.returncode == 0, result.stderr
+    queue_id = result.stdout.split("queued as ")[-1].split()[0]
+    [delivered] = stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")))
+    assert strip_release(delivered.data) == original
+    log = stack.postfix.maillog.read_text(errors="replace")
+    assert f"postfix/milterd-reinject/smtpd" in log and f"{queue_id}: client=localhost[127.0.0.1]" in log, stack.postfix.log_tail()
+    missing = cli(stack, "release", str(row["id"]), "--force", release_smtp=f"unix:{stack.postfix.root}/no-such-socket")
+    assert missing.returncode != 0 and "nothing was released" in missing.stderr
+
+
+# --- a large message: stored and released without being held whole in memory ------------
+BIG_MB = 30
+
+
+def _vm_hwm(pid: int) -> int:
+    """The peak resident set size of *pid* in bytes (/proc/PID/status VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def _big_message(tag: str) -> bytes:
+    line = b"0123456789abcdefghijklmnopqrstuvwxyz.ABCDEFGHIJKLMNOPQRSTUVWXYZ-0123456789\r\n"
+    body = b".leading dot\r\n" + line * (BIG_MB * 1024 * 1024 // len(line)) + b"end\r\n"
+    return message(subject=f"QUARANTINE-ME {tag}") + body
+
+
+def _cli_peak(stack: Stack, *args: str) -> tuple[subprocess.CompletedProcess[bytes], int]:
+    """Run ``milterd quarantine ARGS`` in a child that reports its own peak RSS (bytes) on its last stderr line."""
+    sections = {k: dict(v) for k, v in stack.milterd.sections.items()}
+    sections.setdefault("quarantine", {})["release_smtp"] = f"unix:{stack.postfix.reinject_socket}"
+    path = write_config(stack.milterd.root / f"cli-{uuid.uuid4().hex[:8]}.conf", sections)
+    code = (
+        "import resource, sys\n"
+        "from milterd import cli\n"
+        "rc = cli.main(sys.argv[1:])\n"
+        "sys.stdout.flush()\n"
+        "sys.stderr.write(f'\\nPEAK {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}\\n')\n"
+        "sys.exit(rc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, "-c", str(path), "quarantine", *args], capture_output=True, timeout=300)
+    peak = int(result.stderr.decode().rsplit("PEAK ", 1)[1].split()[0])
+    return result, peak
+
+
+@pytest.fixture(scope="module")
+def big_stack(make_stack: Any) -> Stack:
+    # One worker, so its RSS is the one that handled the message; bodies over
+    # 64K are spooled to disk ([milter] spool_memory).
+    return make_stack({**NO_CHECKS, "milter": {"workers": 1, "spool_memory": "64K"}}, RULES, postfix_extra={"message_size_limit": str(80 * 1024 * 1024)})
+
+
+def test_a_30mb_quarantined_message_keeps_memory_flat(big_stack: Stack) -> None:
+    import hashlib
+
+    quarantine_one(big_stack)  # warm-up: the worker has stored a quarantined message once
+    [worker] = big_stack.milterd.workers()
+    before = _vm_hwm(worker)
+    tag = uuid.uuid4().hex
+    original = _big_message(tag)
+    assert len(original) > BIG_MB * 1024 * 1024
+    assert big_stack.send(original) == {}
+    assert big_stack.milterd.workers() == [worker]
+    grown = _vm_hwm(worker) - before
+    # Holding the message once would be 30 MB, and the old code held it twice.
+    assert grown < 12 * 1024 * 1024, f"worker peak RSS grew by {grown / 1048576:.1f} MiB for a {len(original) / 1048576:.0f} MiB message"
+    [row] = [r for r in listed(big_stack) if tag in r["subject"]]
+    assert row["size"] == len(original)
+    [logged] = [r for r in big_stack.milterd.log_json() if r["queue_id"] == row["queue_id"]]
+    assert logged["action"] == "quarantine"
+
+    baseline_result, baseline = _cli_peak(big_stack, "list")
+    assert baseline_result.returncode == 0, baseline_result.stderr
+    show, show_peak = _cli_peak(big_stack, "show", str(row["id"]), "--raw")
+    assert show.returncode == 0, show.stderr[-2000:]
+    assert hashlib.sha256(show.stdout).hexdigest() == hashlib.sha256(original).hexdigest()
+    assert show_peak - baseline < 12 * 1024 * 1024, f"show --raw peaked {(show_peak - baseline) / 1048576:.1f} MiB above list"
+
+    release, release_peak = _cli_peak(big_stack, "release", str(row["id"]), "--by", "admin@test")
+    assert release.returncode == 0, release.stderr[-2000:]
+    assert release_peak - baseline < 12 * 1024 * 1024, f"release peaked {(release_peak - baseline) / 1048576:.1f} MiB above list"
+    [delivered] = big_stack.sink.wait(1, timeout=120, match=lambda m: any(tag in s for s in m.header("Subject")))
+    assert hashlib.sha256(strip_release(delivered.data)).hexdigest() == hashlib.sha256(original).hexdigest()
