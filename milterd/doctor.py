@@ -72,7 +72,10 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
             findings += judge_postfix(config, settings)
     if services is not None:
         services.close()
-    return findings
+    from .text import redact
+
+    # No finding prints the database password, whatever a driver's message quotes.
+    return [Finding(f.name, f.status, redact(f.detail, config.database.url)) for f in findings]
 
 
 def _guarded(name: str, probe: Callable[[], Finding]) -> Finding:
@@ -161,13 +164,9 @@ def probe_connections(config: Config) -> list[Finding]:
 
 def _safe_url(url: str) -> str:
     # Never print a password: postgresql+psycopg://user:secret@host/db → user:***@host
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        credentials, _, host = rest.rpartition("@")
-        if ":" in credentials:
-            credentials = credentials.split(":", 1)[0] + ":***"
-        return f"{scheme}://{credentials}@{host}"
-    return url
+    from .text import redact_url
+
+    return redact_url(url)
 
 
 def probe_scanners(config: Config) -> list[Finding]:
