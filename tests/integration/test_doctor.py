@@ -23,7 +23,9 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     try:
         started["clamd"] = Clamd(root / "clamd").start()
         started["spamd"] = Spamd(root / "spamd", children=1).start()
-        started["dns"] = LocalDns(root / "dns", [], {"bl.doctor.test": ("ip4set", "127.0.0.2\n")}).start()
+        # The shipped zones (milterd/defaults/rules/dnsbl.toml) always load: serve their test entry too.
+        zones = ("bl.doctor.test", "zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org")
+        started["dns"] = LocalDns(root / "dns", [], {zone: ("ip4set", "127.0.0.2\n") for zone in zones}).start()
         yield started
     finally:
         for daemon in started.values():
