@@ -1,16 +1,16 @@
-"""Greylisting state, shared by every MX host through the SQL store.
+"""Greylisting's decisions: pure functions, no SQL.
 
-A triplet is (client network, envelope sender, recipient).  The pure functions
-here build it (:func:`client_network`, :func:`normalise_sender`), match the
-whitelists (:class:`Whitelist`) and judge a triplet's stored state
-(:func:`judge`); the store functions read and write the ``greylist``,
-``greylist_clients`` and ``greylist_whitelist`` tables.
+A triplet is (client network, envelope sender, recipient).  The functions here
+build it (:func:`client_network`, :func:`normalise_sender`), match the
+whitelists (:class:`Whitelist`), judge a triplet's stored state
+(:func:`judge`) and plan what an attempt changes in it (:func:`plan`).  The
+tables live behind :class:`milterd.store.greylist.GreylistStore`.
 
-Several workers and several MX hosts may see the first attempt of one triplet
-at the same moment: the row is created with the dialect's insert-or-update on
-the triplet's unique key, so they all end up on one row and none of them fails.
+The check decides every RCPT from a read and keeps the planned
+writes (:class:`Write`) in the envelope; they are applied together, in one
+transaction per message, when the transaction ends (:meth:`GreylistStore.record`).
 A triplet that has passed and was renewed recently is only read, so that mail
-from known senders costs one indexed SELECT per recipient, not a write.
+from known senders costs an indexed SELECT, not a write.
 """
 
 from __future__ import annotations
@@ -21,15 +21,13 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
-from sqlalchemy import Engine, and_, delete, func, select, update
-from sqlalchemy.engine import Connection
-
 from . import maintenance
-from .store import as_utc, schema, utcnow
+from .store import utcnow
 
 if TYPE_CHECKING:
     from .config import GreylistSection
     from .services import Services
+    from .store.greylist import GreylistStore
 
 #: Client names (verified by Postfix: forward-confirmed reverse DNS) of large
 #: providers whose outgoing mail leaves from big pools of addresses: a retry
@@ -317,234 +315,64 @@ def judge(state: State | None, now: dt.datetime, delay: float, retry_window: flo
     return Judgement("pass", 0.0, state.first_seen)
 
 
-# --- the store --------------------------------------------------------------
-def _upsert(connection: Connection) -> Any:
-    dialect = connection.dialect.name
-    if dialect == "sqlite":
-        from sqlalchemy.dialects import sqlite
+# --- planning the writes -------------------------------------------------------
+@dataclass(frozen=True)
+class Write:
+    """What one attempt changes in a triplet's row, applied with the other writes
+    of its message by :meth:`GreylistStore.record`.
 
-        return sqlite.insert
-    if dialect == "postgresql":
-        from sqlalchemy.dialects import postgresql
-
-        return postgresql.insert
-    raise NotImplementedError(f"greylisting needs SQLite or PostgreSQL, not {dialect}")
-
-
-def _state(row: Any) -> State:
-    return State(
-        first_seen=as_utc(row.first_seen),  # type: ignore[arg-type]
-        last_seen=as_utc(row.last_seen),  # type: ignore[arg-type]
-        passed_at=as_utc(row.passed_at),
-        expires_at=as_utc(row.expires_at),  # type: ignore[arg-type]
-        attempts=row.attempts,
-        passes=row.passes,
-    )
-
-
-def _seconds(value: float) -> dt.timedelta:
-    return dt.timedelta(seconds=value)
-
-
-def check_triplet(engine: Engine, triplet: Triplet, config: "GreylistSection", now: dt.datetime | None = None) -> Judgement:
-    """Judge *triplet* and record the attempt; the decision of one RCPT.
-
-    A known triplet renewed less than :data:`RENEW_INTERVAL` ago is only read.
-    Otherwise the attempt is written in one transaction: the row is created or
-    its counters bumped with an insert-or-update on the unique key (so that
-    concurrent first attempts from several workers or hosts share one row), then
-    a pass, a renewal or a restart after expiry is written.
+    ``kind`` is the judgement that caused it: ``new`` and ``early`` record an
+    attempt, ``expired`` starts the triplet again, ``pass`` marks it passed and
+    ``known`` renews it; ``expires_at`` is the row's new expiry (for ``early``
+    only used when the row has to be created again: a retry keeps the window
+    of the first attempt);
+    ``count_client`` adds one pass to the client network's count (auto whitelist).
     """
+
+    triplet: Triplet
+    kind: Kind
+    at: dt.datetime
+    expires_at: dt.datetime
+    count_client: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    """The decision of one attempt and the write it needs (None: nothing to write)."""
+
+    judgement: Judgement
+    write: Write | None
+
+
+def plan(triplet: Triplet, state: State | None, now: dt.datetime, config: "GreylistSection") -> Step:
+    """Judge an attempt of *triplet* from its stored *state* and plan its write.
+
+    A known triplet renewed less than :data:`RENEW_INTERVAL` ago needs no write;
+    every other attempt is recorded (an attempt, a restart, a pass or a renewal).
+    """
+    verdict = judge(state, now, config.delay, config.retry_window)
+    if verdict.kind == "known" and state is not None and (now - state.last_seen).total_seconds() < RENEW_INTERVAL:
+        return Step(verdict, None)
+    passed = verdict.kind in ("pass", "known")
+    expires = now + dt.timedelta(seconds=config.expire if passed else config.retry_window)
+    return Step(verdict, Write(triplet, verdict.kind, now, expires, count_client=passed and config.auto_whitelist_after > 0))
+
+
+def check_triplet(store: "GreylistStore", triplet: Triplet, config: "GreylistSection", now: dt.datetime | None = None) -> Judgement:
+    """Judge one attempt of *triplet* and record it at once (a message of one
+    recipient; ``milterd`` batches the writes of a whole message instead).
+    StoreError when the store does not answer."""
     now = now or utcnow()
-    table = schema.greylist
-    key = and_(table.c.network == triplet.network, table.c.sender == triplet.sender, table.c.recipient == triplet.recipient)
-    with engine.connect() as connection:
-        row = connection.execute(select(table).where(key)).first()
-    if row is not None:
-        state = _state(row)
-        verdict = judge(state, now, config.delay, config.retry_window)
-        if verdict.kind == "known" and (now - state.last_seen).total_seconds() < RENEW_INTERVAL:
-            return verdict
-    with engine.begin() as connection:
-        dialect_insert = _upsert(connection)
-        statement = dialect_insert(table).values(
-            network=triplet.network, sender=triplet.sender, recipient=triplet.recipient,
-            first_seen=now, last_seen=now, passed_at=None, expires_at=now + _seconds(config.retry_window),
-            attempts=1, passes=0,
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=[table.c.network, table.c.sender, table.c.recipient],
-            set_={"attempts": table.c.attempts + 1, "last_seen": now},
-        ).returning(table)
-        row = connection.execute(statement).one()
-        state = _state(row)
-        # attempts == 1: this call created the row (the update path adds one).
-        verdict = Judgement("new", config.delay, now) if state.attempts == 1 else judge(state, now, config.delay, config.retry_window)
-        values: dict[str, Any] | None = None
-        if verdict.kind == "expired":
-            values = {"first_seen": now, "passed_at": None, "expires_at": now + _seconds(config.retry_window), "attempts": 1, "passes": 0}
-        elif verdict.kind in ("pass", "known"):
-            values = {"expires_at": now + _seconds(config.expire), "passes": table.c.passes + 1}
-            if verdict.kind == "pass":
-                values["passed_at"] = now
-        if values is not None:
-            connection.execute(update(table).where(table.c.id == row.id).values(**values))
-        if verdict.kind in ("pass", "known") and config.auto_whitelist_after > 0:
-            _count_client(connection, dialect_insert, triplet.network, now)
-    return verdict
-
-
-def _count_client(connection: Connection, dialect_insert: Any, network: str, now: dt.datetime) -> None:
-    table = schema.greylist_clients
-    statement = dialect_insert(table).values(network=network, passes=1, last_seen=now)
-    connection.execute(statement.on_conflict_do_update(index_elements=[table.c.network], set_={"passes": table.c.passes + 1, "last_seen": now}))
-
-
-def touch_client(engine: Engine, network: str, now: dt.datetime | None = None) -> None:
-    """Keep an auto-whitelisted client from expiring (written at most every RENEW_INTERVAL)."""
-    now = now or utcnow()
-    table = schema.greylist_clients
-    with engine.begin() as connection:
-        connection.execute(
-            update(table).where(table.c.network == network, table.c.last_seen < now - _seconds(RENEW_INTERVAL)).values(last_seen=now)
-        )
-
-
-def client_state(engine: Engine, network: str) -> tuple[int, dt.datetime | None]:
-    """The passes and last use of a client network (0, None when unknown)."""
-    table = schema.greylist_clients
-    with engine.connect() as connection:
-        row = connection.execute(select(table.c.passes, table.c.last_seen).where(table.c.network == network)).first()
-    return (int(row.passes), as_utc(row.last_seen)) if row else (0, None)
-
-
-def purge(engine: Engine, expire: float, now: dt.datetime | None = None) -> tuple[int, int]:
-    """Delete expired triplets and clients unseen for *expire*; return both counts."""
-    now = now or utcnow()
-    with engine.begin() as connection:
-        triplets = connection.execute(delete(schema.greylist).where(schema.greylist.c.expires_at < now)).rowcount
-        clients = connection.execute(
-            delete(schema.greylist_clients).where(schema.greylist_clients.c.last_seen < now - _seconds(expire))
-        ).rowcount
-    return int(triplets or 0), int(clients or 0)
-
-
-def list_triplets(
-    engine: Engine, network: str | None = None, sender: str | None = None, recipient: str | None = None,
-    passed: bool | None = None, limit: int | None = 100,
-) -> list[dict[str, Any]]:
-    """Stored triplets, newest first, as dictionaries."""
-    table = schema.greylist
-    query = select(table)
-    if network:
-        query = query.where(table.c.network == network)
-    if sender is not None:
-        query = query.where(table.c.sender == sender)
-    if recipient:
-        query = query.where(table.c.recipient == recipient)
-    if passed is not None:
-        query = query.where(table.c.passed_at.is_not(None) if passed else table.c.passed_at.is_(None))
-    query = query.order_by(table.c.last_seen.desc(), table.c.id.desc())
-    if limit:
-        query = query.limit(limit)
-    with engine.connect() as connection:
-        rows = [dict(r._mapping) for r in connection.execute(query)]
-    for row in rows:
-        for name in ("first_seen", "last_seen", "passed_at", "expires_at"):
-            row[name] = as_utc(row[name])
-    return rows
-
-
-def stats(engine: Engine, auto_whitelist_after: int, now: dt.datetime | None = None) -> dict[str, int]:
-    """Counts for ``milterd greylist stats``."""
-    now = now or utcnow()
-    table, clients = schema.greylist, schema.greylist_clients
-    with engine.connect() as connection:
-        total = connection.execute(select(func.count()).select_from(table)).scalar() or 0
-        passed = connection.execute(select(func.count()).select_from(table).where(table.c.passed_at.is_not(None))).scalar() or 0
-        expired = connection.execute(select(func.count()).select_from(table).where(table.c.expires_at < now)).scalar() or 0
-        attempts = connection.execute(select(func.coalesce(func.sum(table.c.attempts), 0))).scalar() or 0
-        known_clients = connection.execute(select(func.count()).select_from(clients)).scalar() or 0
-        auto = 0
-        if auto_whitelist_after > 0:
-            auto = connection.execute(select(func.count()).select_from(clients).where(clients.c.passes >= auto_whitelist_after)).scalar() or 0
-        manual = connection.execute(select(func.count()).select_from(schema.greylist_whitelist)).scalar() or 0
-    return {
-        "triplets": int(total),
-        "passed": int(passed),
-        "waiting": int(total - passed),
-        "expired": int(expired),
-        "attempts": int(attempts),
-        "clients": int(known_clients),
-        "auto_whitelisted_clients": int(auto),
-        "whitelist_entries": int(manual),
-    }
-
-
-# --- the whitelist table ----------------------------------------------------
-def whitelist_rows(engine: Engine) -> list[dict[str, Any]]:
-    """The entries of the ``greylist_whitelist`` table."""
-    table = schema.greylist_whitelist
-    with engine.connect() as connection:
-        rows = [dict(r._mapping) for r in connection.execute(select(table).order_by(table.c.kind, table.c.value))]
-    for row in rows:
-        row["created_at"] = as_utc(row["created_at"])
-    return rows
-
-
-def whitelist_add(engine: Engine, kind: str, value: str, comment: str = "") -> bool:
-    """Add an entry (checked first: ValueError); False when it was already there."""
-    compile_pattern(kind, value)
-    value = value.strip() if value.strip().startswith("/") else value.strip().lower()
-    table = schema.greylist_whitelist
-    with engine.begin() as connection:
-        statement = _upsert(connection)(table).values(kind=kind, value=value, comment=comment, created_at=utcnow())
-        statement = statement.on_conflict_do_nothing(index_elements=[table.c.kind, table.c.value]).returning(table.c.id)
-        return connection.execute(statement).first() is not None
-
-
-def whitelist_remove(engine: Engine, kind: str, value: str) -> bool:
-    """Remove an entry; False when there was none."""
-    table = schema.greylist_whitelist
-    value = value.strip() if value.strip().startswith("/") else value.strip().lower()
-    with engine.begin() as connection:
-        result = connection.execute(delete(table).where(table.c.kind == kind, table.c.value == value))
-    return bool(result.rowcount)
-
-
-def stored_whitelist(engine: Engine) -> Whitelist:
-    """The table's entries as a :class:`Whitelist` (unusable rows are skipped)."""
-    entries = []
-    for row in whitelist_rows(engine):
-        try:
-            compile_pattern(row["kind"], row["value"])
-        except ValueError:
-            continue
-        entries.append((row["kind"], row["value"]))
-    return Whitelist.build(entries)
-
-
-def remove_triplets(engine: Engine, network: str | None = None, sender: str | None = None, recipient: str | None = None) -> int:
-    """Delete the triplets matching every filter given; return how many."""
-    table = schema.greylist
-    conditions = []
-    if network:
-        conditions.append(table.c.network == network)
-    if sender is not None:
-        conditions.append(table.c.sender == sender)
-    if recipient:
-        conditions.append(table.c.recipient == recipient)
-    if not conditions:
-        return 0
-    with engine.begin() as connection:
-        return int(connection.execute(delete(table).where(*conditions)).rowcount or 0)
-
+    step = plan(triplet, store.state(triplet), now, config)
+    if step.write is not None:
+        store.record([step.write], now=now)
+    return step.judgement
 
 
 # --- housekeeping -----------------------------------------------------------
 def purge_job(services: "Services") -> str:
     """The maintenance job: purge expired triplets and stale clients."""
-    triplets, clients = purge(services.store.engine, services.config.greylist.expire)
+    triplets, clients = services.store.greylist.purge(services.config.greylist.expire)
     if triplets or clients:
         return f"purged {triplets} expired triplet(s), {clients} client(s)"
     return ""

@@ -14,8 +14,17 @@ Two modes (``[greylist] mode``):
 Both skip trusted and authenticated clients (the pipeline does not call this
 check for them), DNSWL-listed clients, the configured and stored whitelists,
 auto-whitelisted client networks and the null sender to postmaster.  A store
-that does not answer lets the recipient through (with GREYLIST_ERROR): the
+that does not answer lets the recipients through (with GREYLIST_ERROR): the
 message log's own ``[database] on_error`` decides whether the message waits.
+
+Bounded: each RCPT is decided from a read (one indexed SELECT for the first
+recipient, then one SELECT of every triplet of the client network and sender,
+kept for the transaction); the writes this plans (new triplets, attempts,
+passes, renewals) wait in the envelope and go to the store in ONE transaction
+per message, at DATA, or when the transaction ends without DATA (all its
+recipients deferred: Postfix then sends ABORT or QUIT).  A message to 1,000
+new recipients thus takes the store's writer once, not a thousand times,
+and the other workers' log commits do not queue behind it.
 """
 
 from __future__ import annotations
@@ -23,10 +32,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
-
-from sqlalchemy.exc import SQLAlchemyError
 
 from .. import greylist as gl
 from ..config import ConfigError
@@ -42,6 +49,36 @@ log = logging.getLogger("milterd")
 
 #: How long the stored whitelist (``milterd greylist whitelist add``) is cached by a worker.
 WHITELIST_TTL = 10.0
+
+#: Triplets of one client network and sender read at once for a transaction;
+#: a sender with more is read recipient by recipient (bounded memory).
+PREFETCH_ROWS = 2000
+
+
+@dataclass
+class Pending:
+    """One transaction's greylisting: what was read, decided and is still to write."""
+
+    #: The stored states of the client network and sender's triplets, by
+    #: recipient, once read together (None: not read, or too many to keep).
+    states: dict[str, gl.State] | None = None
+    reads: int = 0
+    decided: dict[gl.Triplet, gl.Judgement] = field(default_factory=dict)
+    writes: dict[gl.Triplet, gl.Write] = field(default_factory=dict)
+    #: The recipients deferred at RCPT, for GREYLIST_DEFERRED.
+    deferred: list[str] = field(default_factory=list)
+    #: Why the store stopped answering in this transaction ('' while it answers).
+    failed: str = ""
+
+
+@dataclass
+class ClientState:
+    """A session's client network as the auto whitelist sees it."""
+
+    network: str
+    whitelisted: bool = False
+    #: Its last use is to be written back with the transaction's writes.
+    touch: bool = False
 
 
 def greylist_reply(wait: float) -> str:
@@ -89,45 +126,68 @@ class Greylist(Check):
             return ()
         if self._skip(session, envelope, recipient):
             return ()
+        pending = self._pending(envelope)
         triplet = gl.make_triplet(session.client_addr, envelope.sender, recipient, self.config)
-        try:
-            judgement = gl.check_triplet(self.services.store.engine, triplet, self.config)
-        except (SQLAlchemyError, StoreError, NotImplementedError) as exc:
-            log.warning("greylist store unavailable, not greylisting %s: %s", triplet, exc)
-            return (Hit("GREYLIST_ERROR", detail=str(exc)[:200]),)
+        judgement = pending.decided.get(triplet)  # the same recipient twice: the same answer
+        if judgement is None:
+            if pending.failed:
+                return (Hit("GREYLIST_ERROR", detail=pending.failed),)
+            try:
+                state = self._state(pending, triplet)
+            except StoreError as exc:
+                log.warning("greylist store unavailable, not greylisting %s: %s", triplet, exc)
+                pending.failed = str(exc)[:200]
+                return (Hit("GREYLIST_ERROR", detail=pending.failed),)
+            step = gl.plan(triplet, state, utcnow(), self.config)
+            judgement = pending.decided[triplet] = step.judgement
+            if step.write is not None:
+                pending.writes[triplet] = step.write
         if judgement.greylisted:
             detail = f"{triplet} {judgement.kind}, retry in {int(judgement.wait)}s"
-            envelope.state.setdefault(self.name, []).append(f"<{recipient}> {detail}")
+            pending.deferred.append(f"<{recipient}> {detail}")
             return (Hit("GREYLIST", detail=detail, action=Action.GREYLIST, reply=greylist_reply(judgement.wait)),)
         if judgement.kind == "pass":
             waited = int((utcnow() - judgement.first_seen).total_seconds()) if judgement.first_seen else 0
             return (Hit("GREYLIST_PASSED", detail=f"{triplet} after {waited}s"),)
         return ()
 
+    def on_data(self, session: Session, envelope: Envelope) -> Hits:
+        # Every recipient is known: the transaction's writes, in one transaction.
+        error = self._flush(session, envelope)
+        return (Hit("GREYLIST_ERROR", detail=error),) if error else ()
+
+    def on_abort(self, session: Session, envelope: Envelope) -> None:
+        # The transaction ended: after end of message (nothing left), or
+        # without DATA because every recipient was deferred.
+        self._flush(session, envelope)
+
     def on_symbols(self, session: Session, envelope: Envelope, symbols: frozenset[str]) -> Hits:
         # Recipients refused at RCPT are not in the end-of-data log row: name them.
-        deferred = envelope.state.get(self.name)
-        if deferred:
-            return (Hit("GREYLIST_DEFERRED", detail="; ".join(deferred)[:1000]),)
+        pending = envelope.state.get(self.name)
+        if isinstance(pending, Pending) and pending.deferred:
+            return (Hit("GREYLIST_DEFERRED", detail="; ".join(pending.deferred)[:1000]),)
         return ()
 
     def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
         if verdict.action != Action.GREYLIST or verdict.reply:
             return verdict  # not greylisting, or forced by some check with its own reply
+        triplets = [
+            gl.make_triplet(session.client_addr, envelope.sender, recipient, self.config)
+            for recipient in dict.fromkeys(envelope.recipients)
+            if not self._skip(session, envelope, recipient)
+        ]
         pending: list[tuple[gl.Triplet, gl.Judgement]] = []
-        engine = None
-        for recipient in envelope.recipients:
-            if self._skip(session, envelope, recipient):
-                continue
-            triplet = gl.make_triplet(session.client_addr, envelope.sender, recipient, self.config)
+        if triplets:
+            now = utcnow()
             try:
-                engine = engine or self.services.store.engine
-                judgement = gl.check_triplet(engine, triplet, self.config)
-            except (SQLAlchemyError, StoreError, NotImplementedError) as exc:
-                log.warning("greylist store unavailable, not greylisting %s: %s", triplet, exc)
-                continue
-            if judgement.greylisted:
-                pending.append((triplet, judgement))
+                store = self.services.store.greylist
+                states = store.states(triplets[0].network, triplets[0].sender, [t.recipient for t in triplets]) or {}
+                steps = [(t, gl.plan(t, states.get(t.recipient), now, self.config)) for t in triplets]
+                store.record([step.write for _, step in steps if step.write is not None], self._touch(session), now)
+            except StoreError as exc:
+                log.warning("greylist store unavailable, not greylisting %s: %s", triplets[0], exc)
+                return self._below_greylist(session, envelope, verdict, error=str(exc)[:200])
+            pending = [(t, step.judgement) for t, step in steps if step.judgement.greylisted]
         if pending:
             wait = max(j.wait for _, j in pending)
             detail = "; ".join(f"{t} {j.kind}" for t, j in pending)[:1000]
@@ -141,16 +201,59 @@ class Greylist(Check):
         return self._below_greylist(session, envelope, verdict)
 
     # --- helpers ----------------------------------------------------------------
-    def _below_greylist(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
-        """The verdict the policy gives without the greylist threshold (the retry passed)."""
+    def _below_greylist(self, session: Session, envelope: Envelope, verdict: Verdict, error: str = "") -> Verdict:
+        """The verdict the policy gives without the greylist threshold (the retry
+        passed, or the store did not answer: *error*)."""
         actions = self.services.config.actions.model_copy(update={"greylist": False})
         hits = [h for h in session.hits if h.action is None] + envelope.hits
         again = decide(hits, self.services.weight, actions, scored=True)
-        return replace(
-            again,
-            symbols={**again.symbols, "GREYLIST_PASSED": 0.0},
-            details={**again.details, "GREYLIST_PASSED": f"score {verdict.score:g}, retried after the greylisting delay"},
-        )
+        symbol, detail = ("GREYLIST_ERROR", error) if error else ("GREYLIST_PASSED", f"score {verdict.score:g}, retried after the greylisting delay")
+        return replace(again, symbols={**again.symbols, symbol: 0.0}, details={**again.details, symbol: detail})
+
+    def _pending(self, envelope: Envelope) -> Pending:
+        pending = envelope.state.get(self.name)
+        if not isinstance(pending, Pending):
+            pending = envelope.state[self.name] = Pending()
+        return pending
+
+    def _state(self, pending: Pending, triplet: gl.Triplet) -> gl.State | None:
+        """The stored state of *triplet*: the first recipient is read alone (most
+        messages have one); from the second on, every triplet of the client
+        network and sender is read once and kept for the transaction."""
+        if pending.states is not None:
+            return pending.states.get(triplet.recipient)
+        store = self.services.store.greylist
+        pending.reads += 1
+        if pending.reads == 2:
+            pending.states = store.states(triplet.network, triplet.sender, limit=PREFETCH_ROWS)
+            if pending.states is not None:
+                return pending.states.get(triplet.recipient)
+        return store.state(triplet)
+
+    def _touch(self, session: Session) -> list[str]:
+        """The client network whose last use is due to be written (taken: written once)."""
+        client = session.state.get(self.name)
+        if isinstance(client, ClientState) and client.touch:
+            client.touch = False
+            return [client.network]
+        return []
+
+    def _flush(self, session: Session, envelope: Envelope) -> str:
+        """Write the transaction's planned writes in one transaction; the error, or ''."""
+        pending = envelope.state.get(self.name)
+        writes = list(pending.writes.values()) if isinstance(pending, Pending) else []
+        touch = self._touch(session)
+        if not writes and not touch:
+            return ""
+        if isinstance(pending, Pending):
+            pending.writes.clear()
+        try:
+            self.services.store.greylist.record(writes, touch)
+        except StoreError as exc:
+            log.warning("%s: cannot record %d greylist attempt(s) of client %s: %s",
+                        envelope.queue_id or "NOQUEUE", len(writes), session.client_addr, exc)
+            return str(exc)[:200]
+        return ""
 
     def _skip(self, session: Session, envelope: Envelope, recipient: str) -> str | None:
         """Why this recipient is not greylisted, or None when it is."""
@@ -168,25 +271,26 @@ class Greylist(Check):
         if entry:
             return f"whitelisted by {entry}"
         if self.config.auto_whitelist_after > 0:
-            cached = session.state.get(self.name)
-            if cached is None:
-                cached = session.state[self.name] = self._auto_whitelisted(session)
-            if cached:
+            client = session.state.get(self.name)
+            if not isinstance(client, ClientState):
+                client = session.state[self.name] = self._client_state(session)
+            if client.whitelisted:
                 return "auto-whitelisted client"
         return None
 
-    def _auto_whitelisted(self, session: Session) -> bool:
-        network = gl.client_network(session.client_addr, self.config.netmask_v4, self.config.netmask_v6)
+    def _client_state(self, session: Session) -> ClientState:
+        """Whether the session's client network is auto-whitelisted (read once a session)."""
+        client = ClientState(gl.client_network(session.client_addr, self.config.netmask_v4, self.config.netmask_v6))
         try:
-            engine = self.services.store.engine
-            passes, last_seen = gl.client_state(engine, network)
-            if passes >= self.config.auto_whitelist_after:
-                if last_seen is None or (utcnow() - last_seen).total_seconds() >= gl.RENEW_INTERVAL:
-                    gl.touch_client(engine, network)
-                return True
-        except (SQLAlchemyError, StoreError) as exc:
-            log.warning("greylist store unavailable for client %s: %s", network, exc)
-        return False
+            passes, last_seen = self.services.store.greylist.client_state(client.network)
+        except StoreError as exc:
+            log.warning("greylist store unavailable for client %s: %s", client.network, exc)
+            return client
+        if passes >= self.config.auto_whitelist_after:
+            client.whitelisted = True
+            # Renewed with the transaction's writes, at most every RENEW_INTERVAL.
+            client.touch = last_seen is None or (utcnow() - last_seen).total_seconds() >= gl.RENEW_INTERVAL
+        return client
 
     def _stored_whitelist(self) -> gl.Whitelist:
         """The ``greylist_whitelist`` table, re-read at most every WHITELIST_TTL seconds."""
@@ -195,8 +299,8 @@ class Greylist(Check):
             if self._stored is not None and now - self._stored[0] < WHITELIST_TTL:
                 return self._stored[1]
         try:
-            stored = gl.stored_whitelist(self.services.store.engine)
-        except (SQLAlchemyError, StoreError) as exc:
+            stored = self.services.store.greylist.whitelist()
+        except StoreError as exc:
             log.warning("cannot read the greylist whitelist: %s", exc)
             stored = self._stored[1] if self._stored else gl.Whitelist()
         with self._lock:

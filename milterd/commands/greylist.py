@@ -86,9 +86,7 @@ def _dump(data: Any) -> None:
 
 def run_list(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Print the stored triplets."""
-    from .. import greylist as gl
-
-    rows = gl.list_triplets(store.engine, args.client, args.sender, args.recipient, args.passed, args.limit or None)
+    rows = store.greylist.list_triplets(args.client, args.sender, args.recipient, args.passed, args.limit or None)
     if args.json:
         _dump([{k: _json_value(v) for k, v in row.items()} for row in rows])
         return 0
@@ -104,9 +102,7 @@ def run_list(args: argparse.Namespace, config: Config, store: Store) -> int:
 
 def run_stats(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Print the counts."""
-    from .. import greylist as gl
-
-    counts = gl.stats(store.engine, config.greylist.auto_whitelist_after)
+    counts = store.greylist.stats(config.greylist.auto_whitelist_after)
     if args.json:
         _dump(counts)
     else:
@@ -123,14 +119,14 @@ def run_whitelist(args: argparse.Namespace, config: Config, store: Store) -> int
     command = args.whitelist_command or "list"
     if command == "add":
         try:
-            added = gl.whitelist_add(store.engine, args.kind, args.value, args.comment)
+            added = store.greylist.whitelist_add(args.kind, args.value, args.comment)
         except ValueError as exc:
             print(f"milterd: {args.kind} {args.value!r}: {exc}", file=sys.stderr)
             return 2
         print(f"added {args.kind} {args.value}" if added else f"{args.kind} {args.value} is already whitelisted")
         return 0
     if command == "remove":
-        if gl.whitelist_remove(store.engine, args.kind, args.value):
+        if store.greylist.whitelist_remove(args.kind, args.value):
             print(f"removed {args.kind} {args.value}")
             return 0
         print(f"milterd: no stored {args.kind} entry {args.value!r} (entries of milter.conf are changed there)", file=sys.stderr)
@@ -141,7 +137,7 @@ def run_whitelist(args: argparse.Namespace, config: Config, store: Store) -> int
     ]
     entries += [
         {"kind": row["kind"], "value": row["value"], "source": "store", "comment": row["comment"]}
-        for row in gl.whitelist_rows(store.engine)
+        for row in store.greylist.whitelist_rows()
     ]
     if args.json:
         _dump(entries)
@@ -154,27 +150,25 @@ def run_whitelist(args: argparse.Namespace, config: Config, store: Store) -> int
 
 def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Delete expired entries, or the triplets named."""
-    from .. import greylist as gl
-
     if args.triplet or args.client:
         network, sender, recipient = args.triplet or (args.client, None, None)
         if args.dry_run:
-            rows = gl.list_triplets(store.engine, network, sender, recipient, limit=None) if network else []
+            rows = store.greylist.list_triplets(network, sender, recipient, limit=None) if network else []
             for row in rows:
                 print(f"would delete {row['network']} <{row['sender']}> <{row['recipient']}>")
             print(f"would delete {len(rows)} triplet(s) (dry run: nothing deleted)")
             return 0
-        count = gl.remove_triplets(store.engine, network, sender, recipient)
+        count = store.greylist.remove_triplets(network, sender, recipient)
         print(f"deleted {count} triplet(s)")
         return 0
     if args.dry_run:
         now = dt.datetime.now(dt.timezone.utc)
-        expired = [row for row in gl.list_triplets(store.engine, limit=None) if row["expires_at"] < now]
+        expired = [row for row in store.greylist.list_triplets(limit=None) if row["expires_at"] < now]
         for row in expired:
             print(f"would purge {row['network']} <{row['sender']}> <{row['recipient']}> (expired {row['expires_at']:%Y-%m-%d %H:%M:%S})")
         print(f"would purge {len(expired)} expired triplet(s) and the clients unseen for {config.greylist.expire:g}s (dry run: nothing deleted)")
         return 0
-    triplets, clients = gl.purge(store.engine, config.greylist.expire)
+    triplets, clients = store.greylist.purge(config.greylist.expire)
     print(f"purged {triplets} expired triplet(s) and {clients} stale client(s)")
     return 0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from sqlalchemy import insert, inspect, make_url, select, text
 from sqlalchemy.engine import Connection
@@ -21,6 +21,9 @@ from ..config import DatabaseSection
 from ..text import redact, redact_url
 from . import schema
 from .engine import POOL_SIZE, make_engine  # noqa: F401 - re-exported
+
+if TYPE_CHECKING:
+    from .greylist import GreylistStore
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -226,6 +229,13 @@ class Store:
                 row["time"] = as_utc(row["time"])
                 yield row
             last = rows[-1]["id"]
+
+    @property
+    def greylist(self) -> "GreylistStore":
+        """The greylist's triplets, client networks and whitelist (store/greylist.py)."""
+        from .greylist import GreylistStore
+
+        return GreylistStore(self.engine)
 
     def ping(self) -> None:
         """Run a trivial query; StoreError when the database does not answer."""

@@ -47,40 +47,40 @@ def store(database: str) -> Iterator[Store]:
 
 
 def rows(store: Store) -> list[dict]:  # type: ignore[type-arg]
-    return gl.list_triplets(store.engine, limit=None)
+    return store.greylist.list_triplets(limit=None)
 
 
 def test_first_attempt_retry_and_pass(store: Store) -> None:
-    first = gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(0))
+    first = gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(0))
     assert first.kind == "new" and first.greylisted and first.wait == 300
-    early = gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(60))
+    early = gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(60))
     assert early.kind == "early" and early.wait == 240
-    passed = gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(301))
+    passed = gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(301))
     assert passed.kind == "pass" and not passed.greylisted
     [row] = rows(store)
     assert row["attempts"] == 3 and row["passes"] == 1
     assert row["passed_at"] == at(301) and row["expires_at"] == at(301 + 86400)
-    assert gl.client_state(store.engine, "192.0.2.0/24")[0] == 1
+    assert store.greylist.client_state("192.0.2.0/24")[0] == 1
 
 
 def test_known_triplet_is_renewed_at_most_hourly(store: Store) -> None:
-    gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(0))
-    gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(400))
-    assert gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(500)).kind == "known"
+    gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(0))
+    gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(400))
+    assert gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(500)).kind == "known"
     assert rows(store)[0]["expires_at"] == at(400 + 86400)  # read only
-    assert gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(400 + 3700)).kind == "known"
+    assert gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(400 + 3700)).kind == "known"
     [row] = rows(store)
     assert row["expires_at"] == at(4100 + 86400) and row["passes"] == 2
-    assert gl.client_state(store.engine, "192.0.2.0/24")[0] == 2
+    assert store.greylist.client_state("192.0.2.0/24")[0] == 2
 
 
 def test_missed_retry_window_and_expiry_start_again(store: Store) -> None:
-    gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(0))
-    late = gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(3601))
+    gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(0))
+    late = gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(3601))
     assert late.kind == "expired" and late.greylisted
     assert rows(store)[0]["first_seen"] == at(3601)
-    assert gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(3601 + 300)).kind == "pass"
-    gone = gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(3901 + 86401))
+    assert gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(3601 + 300)).kind == "pass"
+    gone = gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(3901 + 86401))
     assert gone.kind == "expired"
 
 
@@ -95,7 +95,7 @@ def test_concurrent_first_attempts_make_one_row(store: Store, database: str) -> 
         try:
             barrier.wait()
             for _ in range(5):
-                results.append(gl.check_triplet(s.engine, TRIPLET, CONFIG, now=at(1)))
+                results.append(gl.check_triplet(s.greylist, TRIPLET, CONFIG, now=at(1)))
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -115,52 +115,52 @@ def test_concurrent_first_attempts_make_one_row(store: Store, database: str) -> 
 
 def test_purge(store: Store) -> None:
     other = gl.Triplet("198.51.100.0/24", "", "postmaster@example.com")
-    gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(0))
-    gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(300))  # passed: expires a day later
-    gl.check_triplet(store.engine, other, CONFIG, now=at(0))  # waiting: expires after the retry window
-    assert gl.purge(store.engine, CONFIG.expire, now=at(3700)) == (1, 0)
+    gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(0))
+    gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(300))  # passed: expires a day later
+    gl.check_triplet(store.greylist, other, CONFIG, now=at(0))  # waiting: expires after the retry window
+    assert store.greylist.purge(CONFIG.expire, now=at(3700)) == (1, 0)
     assert [r["sender"] for r in rows(store)] == ["alice@example.org"]
-    assert gl.purge(store.engine, CONFIG.expire, now=at(300 + 86401)) == (1, 1)
+    assert store.greylist.purge(CONFIG.expire, now=at(300 + 86401)) == (1, 1)
     assert rows(store) == []
 
 
 def test_stats_and_removal(store: Store) -> None:
-    gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(0))
+    gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(0))
     second = gl.Triplet("192.0.2.0/24", "alice@example.org", "carol@example.com")
-    gl.check_triplet(store.engine, second, CONFIG, now=at(0))
-    gl.check_triplet(store.engine, second, CONFIG, now=at(400))
-    counts = gl.stats(store.engine, CONFIG.auto_whitelist_after, now=at(500))
+    gl.check_triplet(store.greylist, second, CONFIG, now=at(0))
+    gl.check_triplet(store.greylist, second, CONFIG, now=at(400))
+    counts = store.greylist.stats(CONFIG.auto_whitelist_after, now=at(500))
     assert counts["triplets"] == 2 and counts["passed"] == 1 and counts["waiting"] == 1 and counts["attempts"] == 3
     assert counts["clients"] == 1 and counts["auto_whitelisted_clients"] == 0
-    assert gl.remove_triplets(store.engine, "192.0.2.0/24", "alice@example.org", "carol@example.com") == 1
-    assert gl.remove_triplets(store.engine) == 0
+    assert store.greylist.remove_triplets("192.0.2.0/24", "alice@example.org", "carol@example.com") == 1
+    assert store.greylist.remove_triplets() == 0
     assert len(rows(store)) == 1
 
 
 def test_whitelist_table(store: Store) -> None:
-    assert gl.whitelist_add(store.engine, "sender", "@Partner.example", "our partner")
-    assert not gl.whitelist_add(store.engine, "sender", "@partner.example")
+    assert store.greylist.whitelist_add("sender", "@Partner.example", "our partner")
+    assert not store.greylist.whitelist_add("sender", "@partner.example")
     with pytest.raises(ValueError):
-        gl.whitelist_add(store.engine, "client", "/(/")
-    assert gl.whitelist_add(store.engine, "client", "203.0.113.0/24")
-    stored = gl.stored_whitelist(store.engine)
+        store.greylist.whitelist_add("client", "/(/")
+    assert store.greylist.whitelist_add("client", "203.0.113.0/24")
+    stored = store.greylist.whitelist()
     assert stored.sender("x@partner.example") == "@partner.example"
     assert stored.client("203.0.113.5", "") == "203.0.113.0/24"
-    assert [r["comment"] for r in gl.whitelist_rows(store.engine) if r["kind"] == "sender"] == ["our partner"]
-    assert gl.whitelist_remove(store.engine, "sender", "@partner.example")
-    assert not gl.whitelist_remove(store.engine, "sender", "@partner.example")
+    assert [r["comment"] for r in store.greylist.whitelist_rows() if r["kind"] == "sender"] == ["our partner"]
+    assert store.greylist.whitelist_remove("sender", "@partner.example")
+    assert not store.greylist.whitelist_remove("sender", "@partner.example")
 
 
 def test_auto_whitelist_touch(store: Store) -> None:
     for recipient in ("a@example.com", "b@example.com"):
         triplet = gl.Triplet("192.0.2.0/24", "alice@example.org", recipient)
-        gl.check_triplet(store.engine, triplet, CONFIG, now=at(0))
-        gl.check_triplet(store.engine, triplet, CONFIG, now=at(300))
-    assert gl.client_state(store.engine, "192.0.2.0/24") == (2, at(300))
-    gl.touch_client(store.engine, "192.0.2.0/24", now=at(600))
-    assert gl.client_state(store.engine, "192.0.2.0/24")[1] == at(300)
-    gl.touch_client(store.engine, "192.0.2.0/24", now=at(300 + 3601))
-    assert gl.client_state(store.engine, "192.0.2.0/24")[1] == at(3901)
+        gl.check_triplet(store.greylist, triplet, CONFIG, now=at(0))
+        gl.check_triplet(store.greylist, triplet, CONFIG, now=at(300))
+    assert store.greylist.client_state("192.0.2.0/24") == (2, at(300))
+    store.greylist.touch_client("192.0.2.0/24", now=at(600))
+    assert store.greylist.client_state("192.0.2.0/24")[1] == at(300)
+    store.greylist.touch_client("192.0.2.0/24", now=at(300 + 3601))
+    assert store.greylist.client_state("192.0.2.0/24")[1] == at(3901)
 
 
 # --- the check and the maintenance job, on a real (SQLite or PostgreSQL) store -----
@@ -221,6 +221,176 @@ def test_purge_job_is_registered(store: Store, database: str) -> None:
     services = _services(database, purge_interval=600)
     assert job.interval(services) == 600
     assert job.interval(_services(database, enabled=False)) == 0
-    gl.check_triplet(store.engine, TRIPLET, CONFIG, now=at(-10 * 86400))
+    gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(-10 * 86400))
     assert "purged 1 expired triplet" in job.run(services)
     services.close()
+
+
+# --- bounded greylisting: one write transaction per message ----------------------------
+class Counting:
+    """Counts the commits and the SELECTs of the greylist table an engine runs."""
+
+    def __init__(self, engine) -> None:  # type: ignore[no-untyped-def]
+        from sqlalchemy import event
+
+        self.commits = 0
+        self.selects = 0
+        event.listen(engine, "commit", self._commit)
+        event.listen(engine, "before_cursor_execute", self._execute)
+
+    def _commit(self, *_: object) -> None:
+        self.commits += 1
+
+    def _execute(self, _conn, _cursor, statement: str, *_: object) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT") and "FROM greylist " in statement + " ":
+            self.selects += 1
+
+
+def _check(database: str, **greylist: object):  # type: ignore[no-untyped-def]
+    from milterd.checks.greylist import Greylist
+
+    services = _services(database, **greylist)
+    [check] = [c for c in services.checks if isinstance(c, Greylist)]
+    return services, check
+
+
+def test_a_thousand_new_recipients_are_one_write_transaction(store: Store, database: str) -> None:
+    from milterd.model import Action, Envelope, Session, Spool
+
+    services, check = _check(database, auto_whitelist_after=0)
+    counting = Counting(services.store.engine)
+    session, envelope = Session(client_addr="192.0.2.1"), Envelope(spool=Spool(1024), sender="news@bulk.example")
+    for i in range(1000):
+        [hit] = check.on_rcpt(session, envelope, f"r{i}@example.com")
+        assert hit.symbol == "GREYLIST" and hit.action == Action.GREYLIST and hit.reply.startswith("451 4.7.1 Greylisted")
+    assert counting.commits == 0  # decided from reads: nothing written while the RCPTs come in
+    assert counting.selects <= 2  # the first recipient alone, then the sender's triplets at once
+    assert rows(store) == []
+    check.on_abort(session, envelope)  # every recipient deferred: Postfix sends ABORT/QUIT, no DATA
+    assert counting.commits == 1
+    stored = rows(store)
+    assert len(stored) == 1000 and all(r["attempts"] == 1 and r["passed_at"] is None for r in stored)
+    check.on_abort(session, envelope)  # end of the session after the transaction: nothing left to write
+    assert counting.commits == 1
+    services.close()
+
+
+def test_mixed_recipients_are_written_once_at_data(store: Store, database: str) -> None:
+    from milterd.model import Envelope, Session, Spool
+
+    gs = store.greylist
+    sender, network = "alice@example.org", "192.0.2.0/24"
+    from milterd.store import utcnow
+
+    now = utcnow()
+    old = now - dt.timedelta(seconds=400)
+    gl.check_triplet(gs, gl.Triplet(network, sender, "waited@example.com"), CONFIG, now=old)  # retry due: passes now
+    gl.check_triplet(gs, gl.Triplet(network, sender, "known@example.com"), CONFIG, now=old - dt.timedelta(seconds=400))
+    gl.check_triplet(gs, gl.Triplet(network, sender, "known@example.com"), CONFIG, now=old)  # passed, renewed recently
+    gl.check_triplet(gs, gl.Triplet(network, sender, "early@example.com"), CONFIG, now=now - dt.timedelta(seconds=10))
+
+    services, check = _check(database, delay=300, auto_whitelist_after=5)
+    counting = Counting(services.store.engine)
+    session, envelope = Session(client_addr="192.0.2.1"), Envelope(spool=Spool(1024), sender=sender)
+    answers = {}
+    for rcpt in ("waited@example.com", "known@example.com", "early@example.com", "new@example.com", "new@example.com"):
+        answers.setdefault(rcpt, []).append([(h.symbol, h.action is not None) for h in check.on_rcpt(session, envelope, rcpt)])
+    assert answers["waited@example.com"] == [[("GREYLIST_PASSED", False)]]
+    assert answers["known@example.com"] == [[]]
+    assert answers["early@example.com"] == [[("GREYLIST", True)]]
+    assert answers["new@example.com"] == [[("GREYLIST", True)], [("GREYLIST", True)]]  # the same answer twice
+    assert counting.commits == 0
+    assert list(check.on_data(session, envelope)) == []
+    assert counting.commits == 1
+    [deferred] = check.on_symbols(session, envelope, frozenset())
+    assert deferred.symbol == "GREYLIST_DEFERRED" and "early@example.com" in deferred.detail and "new@example.com" in deferred.detail
+    check.on_abort(session, envelope)
+    assert counting.commits == 1
+    by_rcpt = {r["recipient"]: r for r in rows(store)}
+    assert by_rcpt["waited@example.com"]["passed_at"] is not None and by_rcpt["waited@example.com"]["passes"] == 1
+    assert by_rcpt["waited@example.com"]["attempts"] == 2
+    assert by_rcpt["known@example.com"]["attempts"] == 2  # renewed recently: only read
+    assert by_rcpt["early@example.com"]["attempts"] == 2 and by_rcpt["early@example.com"]["passed_at"] is None
+    assert by_rcpt["new@example.com"]["attempts"] == 1  # one write for the recipient given twice
+    assert gs.client_state(network)[0] == 2  # the known one's pass earlier, the waited one's now
+    services.close()
+
+
+def test_many_stored_triplets_are_read_recipient_by_recipient(store: Store, database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from milterd.checks import greylist as check_module
+    from milterd.model import Envelope, Session, Spool
+    from milterd.store import utcnow
+
+    monkeypatch.setattr(check_module, "PREFETCH_ROWS", 2)
+    past = utcnow() - dt.timedelta(seconds=600)
+    for i in range(5):
+        gl.check_triplet(store.greylist, gl.Triplet("192.0.2.0/24", "alice@example.org", f"r{i}@example.com"), CONFIG, now=past)
+    services, check = _check(database, delay=300, auto_whitelist_after=0)
+    session, envelope = Session(client_addr="192.0.2.1"), Envelope(spool=Spool(1024), sender="alice@example.org")
+    symbols = [[h.symbol for h in check.on_rcpt(session, envelope, f"r{i}@example.com")] for i in range(6)]
+    assert symbols == [["GREYLIST_PASSED"]] * 5 + [["GREYLIST"]]
+    check.on_abort(session, envelope)
+    assert sum(1 for r in rows(store) if r["passed_at"] is not None) == 5 and len(rows(store)) == 6
+    services.close()
+
+
+def test_score_mode_reads_and_writes_once(store: Store, database: str) -> None:
+    from milterd.checks.greylist import Greylist
+    from milterd.config import Config
+    from milterd.model import Action, Envelope, Session, Spool, Verdict
+    from milterd.services import build
+
+    services = build(Config().with_changes({
+        "database.url": database, "greylist.enabled": True, "greylist.mode": "score", "greylist.auto_whitelist_after": 0,
+        "actions.greylist": 6, "actions.add_header": 5,
+    }))
+    [check] = [c for c in services.checks if isinstance(c, Greylist)]
+    counting = Counting(services.store.engine)
+    recipients = [f"s{i}@example.com" for i in range(300)]
+    envelope = Envelope(spool=Spool(1024), sender="alice@example.org", recipients=recipients)
+    verdict = check.on_verdict(Session(client_addr="192.0.2.1"), envelope, Verdict(Action.GREYLIST, 7.0, {"X": 7.0}, {}, "score 7", required=5))
+    assert verdict.reply.startswith("451 4.7.1 Greylisted")
+    assert counting.commits == 1 and counting.selects == 1
+    assert len(rows(store)) == 300
+    services.close()
+
+
+def test_concurrent_batches_share_rows(store: Store, database: str) -> None:
+    # Two workers (or MX hosts) write overlapping batches at the same moment.
+    stores = [Store(DatabaseSection(url=database)) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def batch(s: Store, offset: int) -> None:
+        writes = [gl.Write(gl.Triplet("192.0.2.0/24", "alice@example.org", f"r{i}@example.com"), "new", at(0), at(3600))
+                  for i in range(offset, offset + 200)]
+        try:
+            barrier.wait()
+            s.greylist.record(writes)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=batch, args=(s, 100 * n)) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert errors == []
+    stored = {r["recipient"]: r["attempts"] for r in rows(store)}
+    assert len(stored) == 300
+    assert [stored[f"r{i}@example.com"] for i in (0, 99, 100, 199, 200, 299)] == [1, 1, 2, 2, 1, 1]
+
+
+def test_store_errors_cross_as_store_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from milterd.store import StoreError
+
+    broken = Store(DatabaseSection(url=f"sqlite:///{tmp_path / 'no-schema.sqlite'}"))  # no tables
+    with pytest.raises(StoreError):
+        broken.greylist.state(TRIPLET)
+    with pytest.raises(StoreError):
+        broken.greylist.record([gl.Write(TRIPLET, "new", at(0), at(60))])
+    with pytest.raises(StoreError):
+        broken.greylist.states(TRIPLET.network, TRIPLET.sender)
+    broken.close()

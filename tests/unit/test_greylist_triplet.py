@@ -153,3 +153,42 @@ def test_reply_text() -> None:
 
     assert greylist_reply(299.6) == "451 4.7.1 Greylisted, please try again in 300 seconds"
     assert greylist_reply(0) == "451 4.7.1 Greylisted, please try again in 1 seconds"
+
+
+PLAN_CONFIG = GreylistSection(delay=300, retry_window=7200, expire=86400, auto_whitelist_after=5)
+T = gl.Triplet("192.0.2.0/24", "alice@example.org", "bob@example.com")
+
+
+def later(seconds: float) -> dt.datetime:
+    return NOW + dt.timedelta(seconds=seconds)
+
+
+def test_plan_new_and_early_record_an_attempt() -> None:
+    step = gl.plan(T, None, NOW, PLAN_CONFIG)
+    assert step.judgement.kind == "new" and step.judgement.greylisted
+    assert step.write == gl.Write(T, "new", NOW, later(7200), count_client=False)
+    early = gl.plan(T, state(100), NOW, PLAN_CONFIG)
+    assert early.judgement.kind == "early" and early.write is not None and early.write.kind == "early"
+    assert not early.write.count_client
+
+
+def test_plan_pass_and_renewal_count_the_client() -> None:
+    passed = gl.plan(T, state(300), NOW, PLAN_CONFIG)
+    assert passed.judgement.kind == "pass" and not passed.judgement.greylisted
+    assert passed.write == gl.Write(T, "pass", NOW, later(86400), count_client=True)
+    renewed = gl.plan(T, state(9000, passed=8000), NOW, PLAN_CONFIG)  # last seen 9000 s ago: over RENEW_INTERVAL
+    assert renewed.judgement.kind == "known" and renewed.write == gl.Write(T, "known", NOW, later(86400), count_client=True)
+    no_auto = gl.plan(T, state(300), NOW, GreylistSection(delay=300, auto_whitelist_after=0))
+    assert no_auto.write is not None and not no_auto.write.count_client
+
+
+def test_plan_known_recently_renewed_writes_nothing() -> None:
+    recent = gl.State(NOW - dt.timedelta(seconds=9000), NOW - dt.timedelta(seconds=60), NOW - dt.timedelta(seconds=8000), later(3600), 3, 2)
+    step = gl.plan(T, recent, NOW, PLAN_CONFIG)
+    assert step.judgement.kind == "known" and step.write is None
+
+
+def test_plan_expired_starts_again() -> None:
+    step = gl.plan(T, state(9000, passed=8000, expires=-1), NOW, PLAN_CONFIG)
+    assert step.judgement.kind == "expired" and step.judgement.greylisted
+    assert step.write == gl.Write(T, "expired", NOW, later(7200), count_client=False)

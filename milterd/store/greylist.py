@@ -1,0 +1,361 @@
+"""The greylist's SQL: triplets, client networks and the stored whitelist.
+
+:class:`GreylistStore` is the only code that reads or writes the
+``greylist``, ``greylist_clients`` and ``greylist_whitelist`` tables; what a
+triplet's state means is decided by the pure functions of
+:mod:`milterd.greylist`.  Every database error leaves here as
+:class:`~milterd.store.StoreError`.
+
+The check reads at RCPT (an indexed SELECT, never the writer's lock) and hands
+the writes of a whole message to :meth:`GreylistStore.record`, which applies
+them in one transaction: a message with 1,000 new triplets takes SQLite's
+single writer once, not a thousand times.  Each write is an insert-or-update
+on the triplet's unique key, so concurrent first attempts from several workers
+or MX hosts end up on one row and none of them fails.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..greylist import RENEW_INTERVAL, Kind, State, Triplet, Whitelist, Write, compile_pattern
+from . import StoreError, as_utc, schema, utcnow
+
+T = TypeVar("T")
+
+#: Recipients asked per SELECT … IN (…): well under SQLite's bound-parameter limit.
+CHUNK = 500
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime:
+    result = as_utc(value)
+    assert result is not None  # NOT NULL columns
+    return result
+
+
+def _state(row: Any) -> State:
+    return State(
+        first_seen=_aware(row.first_seen),
+        last_seen=_aware(row.last_seen),
+        passed_at=as_utc(row.passed_at),
+        expires_at=_aware(row.expires_at),
+        attempts=int(row.attempts),
+        passes=int(row.passes),
+    )
+
+
+def _dialect_insert(connection: Connection) -> Any:
+    dialect = connection.dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert
+    raise StoreError(f"greylisting needs SQLite or PostgreSQL, not {dialect}")
+
+
+def _normalised_entry(value: str) -> str:
+    value = value.strip()
+    return value if value.startswith("/") else value.lower()
+
+
+class GreylistStore:
+    """The greylist tables of one store (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _run(self, what: str, work: Callable[[], T]) -> T:
+        try:
+            return work()
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StoreError(f"cannot {what}: {exc.__class__.__name__}: {cause}") from exc
+
+    # --- triplets: the decision at RCPT and its writes ------------------------
+    def state(self, triplet: Triplet) -> State | None:
+        """The stored state of one triplet (None: never seen)."""
+        table = schema.greylist
+        query = select(table).where(
+            table.c.network == triplet.network, table.c.sender == triplet.sender, table.c.recipient == triplet.recipient
+        )
+
+        def read() -> State | None:
+            with self.engine.connect() as connection:
+                row = connection.execute(query).first()
+            return _state(row) if row is not None else None
+
+        return self._run("read the greylist", read)
+
+    def states(self, network: str, sender: str, recipients: Iterable[str] | None = None, limit: int | None = None) -> dict[str, State] | None:
+        """The stored states of (*network*, *sender*)'s triplets, by recipient.
+
+        With *recipients*, only theirs (asked in chunks of :data:`CHUNK`).
+        Without, every such triplet, or None when there are more than *limit*
+        (the caller then asks recipient by recipient).
+        """
+        table = schema.greylist
+        columns = (table.c.recipient, table.c.first_seen, table.c.last_seen, table.c.passed_at, table.c.expires_at, table.c.attempts, table.c.passes)
+        base = select(*columns).where(table.c.network == network, table.c.sender == sender)
+
+        def read() -> dict[str, State] | None:
+            found: dict[str, State] = {}
+            with self.engine.connect() as connection:
+                if recipients is None:
+                    query = base if limit is None else base.limit(limit + 1)
+                    rows = connection.execute(query).all()
+                    if limit is not None and len(rows) > limit:
+                        return None
+                    found.update((row.recipient, _state(row)) for row in rows)
+                    return found
+                wanted = list(dict.fromkeys(recipients))
+                for start in range(0, len(wanted), CHUNK):
+                    chunk = wanted[start:start + CHUNK]
+                    for row in connection.execute(base.where(table.c.recipient.in_(chunk))):
+                        found[row.recipient] = _state(row)
+            return found
+
+        return self._run("read the greylist", read)
+
+    def record(self, writes: Sequence[Write], touch_clients: Iterable[str] = (), now: dt.datetime | None = None) -> None:
+        """Apply the writes of one message (and keep auto-whitelisted *touch_clients*
+        from expiring) in ONE transaction.
+
+        Each write is an insert-or-update on the triplet's key: the insert is
+        what the row would be had nobody else seen the triplet, the update what
+        the attempt changes in a row somebody else created or changed meanwhile.
+        Writes of the same kind go in one executemany.
+        """
+        touch = sorted(set(touch_clients))
+        if not writes and not touch:
+            return
+        now = now or utcnow()
+        by_kind: dict[Kind, list[dict[str, Any]]] = defaultdict(list)
+        for write in writes:
+            by_kind[write.kind].append(_insert_values(write))
+        counted = Counter(w.triplet.network for w in writes if w.count_client)
+        last_counted = {w.triplet.network: w.at for w in writes if w.count_client}
+
+        def apply() -> None:
+            with self.engine.begin() as connection:
+                dialect_insert = _dialect_insert(connection)
+                table = schema.greylist
+                for kind, rows in by_kind.items():
+                    statement = dialect_insert(table)
+                    statement = statement.on_conflict_do_update(
+                        index_elements=[table.c.network, table.c.sender, table.c.recipient],
+                        set_=_conflict_update(kind, table, statement.excluded),
+                    )
+                    connection.execute(statement, rows)
+                if counted:
+                    clients = schema.greylist_clients
+                    statement = dialect_insert(clients)
+                    statement = statement.on_conflict_do_update(
+                        index_elements=[clients.c.network],
+                        set_={"passes": clients.c.passes + statement.excluded.passes, "last_seen": statement.excluded.last_seen},
+                    )
+                    connection.execute(statement, [
+                        {"network": network, "passes": n, "last_seen": last_counted[network]} for network, n in sorted(counted.items())
+                    ])
+                if touch:
+                    clients = schema.greylist_clients
+                    connection.execute(
+                        update(clients)
+                        .where(clients.c.network.in_(touch), clients.c.last_seen < now - dt.timedelta(seconds=RENEW_INTERVAL))
+                        .values(last_seen=now)
+                    )
+
+        self._run("write the greylist", apply)
+
+    # --- client networks (auto whitelist) ---------------------------------------
+    def client_state(self, network: str) -> tuple[int, dt.datetime | None]:
+        """The passes and last use of a client network (0, None when unknown)."""
+        table = schema.greylist_clients
+
+        def read() -> tuple[int, dt.datetime | None]:
+            with self.engine.connect() as connection:
+                row = connection.execute(select(table.c.passes, table.c.last_seen).where(table.c.network == network)).first()
+            return (int(row.passes), as_utc(row.last_seen)) if row else (0, None)
+
+        return self._run("read the greylist clients", read)
+
+    def touch_client(self, network: str, now: dt.datetime | None = None) -> None:
+        """Keep an auto-whitelisted client from expiring (written at most every RENEW_INTERVAL)."""
+        self.record((), (network,), now)
+
+    # --- housekeeping and the administrator's commands ---------------------------
+    def purge(self, expire: float, now: dt.datetime | None = None) -> tuple[int, int]:
+        """Delete expired triplets and clients unseen for *expire* seconds; return both counts."""
+        now = now or utcnow()
+
+        def work() -> tuple[int, int]:
+            with self.engine.begin() as connection:
+                triplets = connection.execute(delete(schema.greylist).where(schema.greylist.c.expires_at < now)).rowcount
+                clients = connection.execute(
+                    delete(schema.greylist_clients).where(schema.greylist_clients.c.last_seen < now - dt.timedelta(seconds=expire))
+                ).rowcount
+            return int(triplets or 0), int(clients or 0)
+
+        return self._run("purge the greylist", work)
+
+    def list_triplets(
+        self, network: str | None = None, sender: str | None = None, recipient: str | None = None,
+        passed: bool | None = None, limit: int | None = 100,
+    ) -> list[dict[str, Any]]:
+        """Stored triplets, most recently seen first, as dictionaries."""
+        table = schema.greylist
+        query = select(table)
+        if network:
+            query = query.where(table.c.network == network)
+        if sender is not None:
+            query = query.where(table.c.sender == sender)
+        if recipient:
+            query = query.where(table.c.recipient == recipient)
+        if passed is not None:
+            query = query.where(table.c.passed_at.is_not(None) if passed else table.c.passed_at.is_(None))
+        query = query.order_by(table.c.last_seen.desc(), table.c.id.desc())
+        if limit:
+            query = query.limit(limit)
+
+        def read() -> list[dict[str, Any]]:
+            with self.engine.connect() as connection:
+                rows = [dict(r._mapping) for r in connection.execute(query)]
+            for row in rows:
+                for name in ("first_seen", "last_seen", "passed_at", "expires_at"):
+                    row[name] = as_utc(row[name])
+            return rows
+
+        return self._run("list the greylist", read)
+
+    def stats(self, auto_whitelist_after: int, now: dt.datetime | None = None) -> dict[str, int]:
+        """Counts for ``milterd greylist stats``."""
+        now = now or utcnow()
+        table, clients = schema.greylist, schema.greylist_clients
+
+        def read() -> dict[str, int]:
+            with self.engine.connect() as connection:
+                def count(query: Any) -> int:
+                    return int(connection.execute(query).scalar() or 0)
+
+                total = count(select(func.count()).select_from(table))
+                passed = count(select(func.count()).select_from(table).where(table.c.passed_at.is_not(None)))
+                expired = count(select(func.count()).select_from(table).where(table.c.expires_at < now))
+                attempts = count(select(func.coalesce(func.sum(table.c.attempts), 0)))
+                known_clients = count(select(func.count()).select_from(clients))
+                auto = 0
+                if auto_whitelist_after > 0:
+                    auto = count(select(func.count()).select_from(clients).where(clients.c.passes >= auto_whitelist_after))
+                manual = count(select(func.count()).select_from(schema.greylist_whitelist))
+            return {
+                "triplets": total,
+                "passed": passed,
+                "waiting": total - passed,
+                "expired": expired,
+                "attempts": attempts,
+                "clients": known_clients,
+                "auto_whitelisted_clients": auto,
+                "whitelist_entries": manual,
+            }
+
+        return self._run("count the greylist", read)
+
+    def remove_triplets(self, network: str | None = None, sender: str | None = None, recipient: str | None = None) -> int:
+        """Delete the triplets matching every filter given; return how many (none without a filter)."""
+        table = schema.greylist
+        conditions = []
+        if network:
+            conditions.append(table.c.network == network)
+        if sender is not None:
+            conditions.append(table.c.sender == sender)
+        if recipient:
+            conditions.append(table.c.recipient == recipient)
+        if not conditions:
+            return 0
+
+        def work() -> int:
+            with self.engine.begin() as connection:
+                return int(connection.execute(delete(table).where(and_(*conditions))).rowcount or 0)
+
+        return self._run("delete triplets", work)
+
+    # --- the stored whitelist ------------------------------------------------------
+    def whitelist_rows(self) -> list[dict[str, Any]]:
+        """The entries of the ``greylist_whitelist`` table."""
+        table = schema.greylist_whitelist
+
+        def read() -> list[dict[str, Any]]:
+            with self.engine.connect() as connection:
+                rows = [dict(r._mapping) for r in connection.execute(select(table).order_by(table.c.kind, table.c.value))]
+            for row in rows:
+                row["created_at"] = as_utc(row["created_at"])
+            return rows
+
+        return self._run("read the greylist whitelist", read)
+
+    def whitelist_add(self, kind: str, value: str, comment: str = "") -> bool:
+        """Add an entry (checked first: ValueError); False when it was already there."""
+        compile_pattern(kind, value)
+        table = schema.greylist_whitelist
+        value = _normalised_entry(value)
+
+        def work() -> bool:
+            with self.engine.begin() as connection:
+                statement = _dialect_insert(connection)(table).values(kind=kind, value=value, comment=comment, created_at=utcnow())
+                statement = statement.on_conflict_do_nothing(index_elements=[table.c.kind, table.c.value]).returning(table.c.id)
+                return connection.execute(statement).first() is not None
+
+        return self._run("add to the greylist whitelist", work)
+
+    def whitelist_remove(self, kind: str, value: str) -> bool:
+        """Remove an entry; False when there was none."""
+        table = schema.greylist_whitelist
+        value = _normalised_entry(value)
+
+        def work() -> bool:
+            with self.engine.begin() as connection:
+                return bool(connection.execute(delete(table).where(table.c.kind == kind, table.c.value == value)).rowcount)
+
+        return self._run("remove from the greylist whitelist", work)
+
+    def whitelist(self) -> Whitelist:
+        """The table's entries as a :class:`~milterd.greylist.Whitelist` (unusable rows are skipped)."""
+        entries = []
+        for row in self.whitelist_rows():
+            try:
+                compile_pattern(row["kind"], row["value"])
+            except ValueError:
+                continue
+            entries.append((str(row["kind"]), str(row["value"])))
+        return Whitelist.build(entries)
+
+
+def _insert_values(write: Write) -> dict[str, Any]:
+    """The row an attempt creates when the triplet is not stored (any more)."""
+    passed = write.kind in ("pass", "known")
+    return {
+        "network": write.triplet.network, "sender": write.triplet.sender, "recipient": write.triplet.recipient,
+        "first_seen": write.at, "last_seen": write.at, "passed_at": write.at if passed else None,
+        "expires_at": write.expires_at, "attempts": 1, "passes": 1 if passed else 0,
+    }
+
+
+def _conflict_update(kind: Kind, table: Any, excluded: Any) -> dict[str, Any]:
+    """What an attempt of *kind* changes in a stored row (``excluded``: the values inserted)."""
+    if kind == "expired":  # start again as a first attempt
+        return {"first_seen": excluded.first_seen, "last_seen": excluded.last_seen, "passed_at": None,
+                "expires_at": excluded.expires_at, "attempts": 1, "passes": 0}
+    values: dict[str, Any] = {"attempts": table.c.attempts + 1, "last_seen": excluded.last_seen}
+    if kind == "pass":
+        values.update(passed_at=func.coalesce(table.c.passed_at, excluded.passed_at), expires_at=excluded.expires_at, passes=table.c.passes + 1)
+    elif kind == "known":  # renewed
+        values.update(expires_at=excluded.expires_at, passes=table.c.passes + 1)
+    return values
