@@ -82,10 +82,15 @@ def run_lint(args: argparse.Namespace) -> int:
     """Validate; exit 0 with a one-line summary, or 2 with the file, key and reason."""
     config = load_config(args.config)
     services = build(config)
+    from ..ruleset import is_shipped
+
     custom = sum(1 for s in symbol_table(services) if not s.builtin)
+    shipped = sum(1 for path in services.ruleset.files if is_shipped(path))
+    local = config.rules_dir if config.rules_dir and config.rules_dir.exists() else "(none)"
     print(
-        f"{config.path or 'embedded defaults'}: OK; rules {config.rules_dir}: {len(services.ruleset.files)} files, "
-        f"{len(services.ruleset.weights)} weights, {custom} rule symbols; {len(services.checks)} checks enabled"
+        f"{config.path or 'embedded defaults'}: OK; rules: {shipped} shipped files, local {local}: "
+        f"{len(services.ruleset.files) - shipped} files; {len(services.ruleset.weights)} weights, "
+        f"{custom} rule symbols; {len(services.checks)} checks enabled"
     )
     return 0
 
