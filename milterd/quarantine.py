@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator
 
 from . import maintenance, reinject
 from .config import Config
+from .text import escape
 from .store import Store, StoreError, utcnow
 from .store.quarantine import QuarantineStore
 
@@ -157,19 +158,37 @@ def format_digest(rows: list[dict[str, Any]], config: Config, since: dt.datetime
         return "\n".join(lines) + "\n"
     lines.append("By reason:")
     for reason, count in Counter(row["reason"] or "(none)" for row in rows).most_common():
-        lines.append(f"  {count:5}  {reason}")
+        lines.append(f"  {count:5}  {escape(reason)}")
     lines.append("")
     for row in rows:
-        released = f"  released {row['released_at']:%Y-%m-%d %H:%M} by {row['released_by']}\n" if row.get("released_at") else ""
+        released = f"  released {row['released_at']:%Y-%m-%d %H:%M} by {escape(row['released_by'])}\n" if row.get("released_at") else ""
         lines.append(
-            f"#{row['id']}  {row['time']:%Y-%m-%d %H:%M:%S}  score {row['score']:.1f}  {row['reason']}\n"
-            f"  from:    <{row['sender']}>\n"
-            f"  to:      {', '.join('<' + r + '>' for r in row['recipients'] or [])}\n"
-            f"  subject: {row['subject']}\n"
+            f"#{row['id']}  {row['time']:%Y-%m-%d %H:%M:%S}  score {row['score']:.1f}  {escape(row['reason'])}\n"
+            f"  from:    <{escape(row['sender'])}>\n"
+            f"  to:      {', '.join('<' + escape(r) + '>' for r in row['recipients'] or [])}\n"
+            f"  subject: {escape(row['subject'])}\n"
             f"{released}"
             f"  release: {release_command(config, row['id'])}\n"
         )
     return "\n".join(lines)
+
+
+def virus_notice(row: dict[str, Any], report_from: str) -> tuple[str, str]:
+    """The Subject and text of the notice to a recipient of a message quarantined as a virus.
+
+    The quarantined message's Subject, sender and reason are the sender's text:
+    escaped, so that a CR/LF in them cannot add a header or forge lines.
+    """
+    subject = escape(row["subject"] or "")
+    text = (
+        f"A message to you was stopped because it carries a virus; it was not delivered.\n\n"
+        f"  date:    {row['time']:%Y-%m-%d %H:%M} UTC\n"
+        f"  from:    <{escape(row['sender'])}>\n"
+        f"  subject: {subject}\n"
+        f"  found:   {escape(row['reason'])}\n\n"
+        f"If you expected this message, ask {report_from} (quarantine id {row['id']}).\n"
+    )
+    return f"Quarantined: {subject}"[:200], text
 
 
 # --- the store --------------------------------------------------------------------
@@ -330,16 +349,9 @@ class Quarantine:
         for row in self.rows(since=since):
             if not is_virus(row) or row.get("released_at"):
                 continue
-            text = (
-                f"A message to you was stopped because it carries a virus; it was not delivered.\n\n"
-                f"  date:    {row['time']:%Y-%m-%d %H:%M} UTC\n"
-                f"  from:    <{row['sender']}>\n"
-                f"  subject: {row['subject']}\n"
-                f"  found:   {row['reason']}\n\n"
-                f"If you expected this message, ask {self.report_from} (quarantine id {row['id']}).\n"
-            )
+            subject, text = virus_notice(row, self.report_from)
             for recipient in row["recipients"] or []:
-                self._send_text(self.report_from, [recipient], f"Quarantined: {row['subject']}"[:200], text)
+                self._send_text(self.report_from, [recipient], subject, text)
                 sent += 1
         return sent
 
@@ -352,7 +364,7 @@ class Quarantine:
         message = EmailMessage()
         message["From"] = sender
         message["To"] = ", ".join(to)
-        message["Subject"] = subject
+        message["Subject"] = escape(subject)  # one line, whatever the quarantined Subject held
         message["Date"] = email.utils.formatdate(localtime=False)
         message["Message-ID"] = email.utils.make_msgid(domain=self.config.hostname)
         message["Auto-Submitted"] = "auto-generated"

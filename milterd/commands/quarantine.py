@@ -13,6 +13,7 @@ from ..cli import config_parent, open_store, since_arg
 from ..config import load_config
 from ..quarantine import Quarantine, QuarantineError, as_json, header_section
 from ..store import StoreError, utcnow
+from ..text import escape
 from ..units import parse_duration
 
 
@@ -115,10 +116,10 @@ def run_list(args: argparse.Namespace, quarantine: Quarantine) -> int:
     for row in rows:
         released = f"{row['released_at']:%Y-%m-%d}" if row["released_at"] else ("held" if row["mode"] == "hold" else "-")
         print(
-            f"{row['id']:>6}  {row['time']:%Y-%m-%d %H:%M:%S}  {row['score']:6.1f}  {_cut(row['sender'] or '<>', 28):28} "
-            f"{_cut(','.join(row['recipients'] or []), 28):28} {released:10} {_cut(row['subject'], 50)}"
+            f"{row['id']:>6}  {row['time']:%Y-%m-%d %H:%M:%S}  {row['score']:6.1f}  {_cut(escape(row['sender'] or '<>'), 28):28} "
+            f"{_cut(escape(','.join(row['recipients'] or [])), 28):28} {released:10} {_cut(escape(row['subject']), 50)}"
         )
-        print(f"        {row['reason']}")
+        print(f"        {escape(row['reason'])}")
     return 0
 
 
@@ -151,7 +152,8 @@ def run_show(args: argparse.Namespace, quarantine: Quarantine) -> int:
         lines.append(f"  attempt {attempt.get('time', '')} by {attempt.get('by', '')}: {outcome} {attempt.get('error', '')}".rstrip())
         for recipient, reply in {**attempt.get("delivered", {}), **attempt.get("refused", {})}.items():
             lines.append(f"    <{recipient}>: {reply}")
-    print("\n".join(lines))
+    # Subject, addresses, HELO, replies: the sender's text, one line each, control characters escaped.
+    print("\n".join(escape(line) for line in lines))
     return 0
 
 

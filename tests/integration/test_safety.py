@@ -3,14 +3,20 @@ long replies keep their code, database passwords never show."""
 
 from __future__ import annotations
 
+import json
 import smtplib
+import subprocess
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 
 from tests.conftest import NO_CHECKS, Stack, message, stack_root
 from tests.harness.milterd import Milterd
+
+if TYPE_CHECKING:
+    from tests.harness.scanners import Clamd
 
 LONG_TEXT = "Refused by the site's policy, " + "a very long explanation " * 90  # about 2,200 characters
 RULES = {"local.toml": '[[rule]]\nname = "SUBJ_REFUSE"\nheader = "Subject"\nregex = "refuse me"\nscore = 50\ndescription = "test"\n'}
@@ -74,3 +80,53 @@ def test_database_password_never_printed(url: str) -> None:
         result = milterd.cli(*args)
         assert "S3cretPassw0rd" not in result.stdout + result.stderr, args
         assert "Traceback" not in result.stderr, (args, result.stderr)
+
+
+def test_virus_notice_survives_a_hostile_subject(make_stack: Callable[..., Stack], clamd: "Clamd") -> None:
+    """A virus quarantined with a Subject carrying CR/LF (in an encoded-word), raw 8-bit text
+    and 1,500 characters: the recipient's notice and the digest are well-formed mail, the
+    Subject stays one header, no header is injected, and the text shows visible escapes."""
+    import email
+    import email.policy
+
+    from tests.harness.milterd import write_config
+    from tests.harness.scanners import EICAR
+
+    stack = make_stack({**NO_CHECKS, "clamav": {"enabled": True, "address": clamd.address, "action": "quarantine"}})
+    hostile = "=?utf-8?q?Invoice=0D=0ABcc:_victim@example.net=0D=0A=0D=0Ainjected_body?= " + "long " * 300
+    eightbit = "Rechnung f\u00fcr Sie \u20ac\x1b[2J"
+    for subject, rcpt in ((hostile, "bob@example.com"), (eightbit, "carol@example.com")):
+        assert stack.send(message(subject=subject, body="Hi,\r\n" + EICAR.decode() + "\r\n"), recipients=[rcpt]) == {}
+    sections = {k: dict(v) for k, v in stack.milterd.sections.items()}
+    sections.setdefault("quarantine", {})["release_smtp"] = f"127.0.0.1:{stack.sink.port}"
+    config = write_config(stack.milterd.root / "notices.conf", sections)
+    result = subprocess.run([sys.executable, "-m", "milterd", "-c", str(config), "quarantine", "digest", "--to", "postmaster@example.org",
+                             "--since", "1h", "--notify-virus-recipients"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    notices = {m.recipients[0]: m for m in stack.sink.wait(3, match=lambda m: m.recipients[0] in ("bob@example.com", "carol@example.com", "postmaster@example.org"))}
+    assert set(notices) == {"bob@example.com", "carol@example.com", "postmaster@example.org"}
+    for recipient, received in notices.items():
+        parsed = email.message_from_bytes(received.data, policy=email.policy.default)
+        assert not parsed.defects, (recipient, parsed.defects)
+        assert parsed.get_all("Bcc") is None
+        assert len(parsed.get_all("Subject") or []) == 1
+        assert {name.lower() for name in parsed.keys()} <= {"from", "to", "subject", "date", "message-id", "auto-submitted", "content-type",
+                                                            "content-transfer-encoding", "mime-version", "received", "return-path"}
+        assert all(len(line) <= 998 for line in received.data.split(b"\r\n"))
+        text = parsed.get_content() if not parsed.is_multipart() else ""
+        assert not any(line.startswith(("Bcc:", "injected_body", "injected body")) for line in text.splitlines())
+        assert "\x1b" not in text and "\x1b" not in str(parsed["Subject"])
+    bob = email.message_from_bytes(notices["bob@example.com"].data, policy=email.policy.default)
+    assert str(bob["Subject"]).startswith("Quarantined: Invoice\\r\\nBcc: victim@example.net")
+    assert "subject: Invoice\\r\\nBcc: victim@example.net\\r\\n\\r\\ninjected body" in bob.get_content()
+    carol = email.message_from_bytes(notices["carol@example.com"].data, policy=email.policy.default)
+    assert "Rechnung f\u00fcr Sie \u20ac\\x1b[2J" in str(carol["Subject"])
+    rows = json.loads(subprocess.run([sys.executable, "-m", "milterd", "-c", str(config), "quarantine", "list", "--json"], capture_output=True, text=True, check=True).stdout)
+    row = next(r for r in rows if r["recipients"] == ["bob@example.com"])
+    show = subprocess.run([sys.executable, "-m", "milterd", "-c", str(config), "quarantine", "show", str(row["id"])], capture_output=True, text=True, timeout=60)
+    assert show.returncode == 0, show.stderr
+    assert "subject:    Invoice\\r\\nBcc: victim@example.net\\r\\n\\r\\ninjected body" in show.stdout
+    assert not any(line.startswith(("Bcc:", "injected")) for line in show.stdout.splitlines())
+    listing = subprocess.run([sys.executable, "-m", "milterd", "-c", str(config), "quarantine", "list"], capture_output=True, text=True, timeout=60)
+    assert "\x1b" not in listing.stdout and not any(line.startswith("Bcc:") for line in listing.stdout.splitlines())
