@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 from .cli import config_parent, describe_failure, open_store, since_arg
 from .config import load_config
+from .text import escape
 
 #: The fields of ``milterd log --json``; scripts and tests rely on these names.
 JSON_FIELDS = (
@@ -60,16 +61,16 @@ def print_table(rows: Iterable[dict[str, Any]]) -> None:
     """A readable table, one message per line, then its top symbols."""
     print(f"{'time':19}  {'queue id':12}  {'action':15} {'score':>6}  {'from':28} {'to':28} subject")
     for row in rows:
-        to = ",".join(row["recipients"] or [])
+        to = escape(",".join(row["recipients"] or []))  # the sender's text: control characters made visible
         print(
             f"{row['time']:%Y-%m-%d %H:%M:%S}  {row['queue_id'] or '-':12}  {row['action']:15} {row['score']:6.1f}  "
-            f"{_cut(row['sender'] or '<>', 28):28} {_cut(to, 28):28} {_cut(row['subject'], 40)}"
+            f"{_cut(escape(row['sender'] or '<>'), 28):28} {_cut(to, 28):28} {_cut(escape(row['subject']), 40)}"
         )
         symbols = sorted((row["symbols"] or {}).items(), key=lambda kv: -abs(kv[1]))
         if symbols:
             print("      " + " ".join(f"{name}({score:g})" for name, score in symbols[:8]))
         if row["reason"] and row["action"] not in ("accept",):
-            print(f"      reason: {row['reason']}")
+            print(f"      reason: {escape(row['reason'])}")
 
 
 def _cut(text: str, width: int) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from milterd.adapter import split_reply
 from milterd.store import MessageRecord
 from milterd.summary import summary_line
@@ -64,3 +66,42 @@ def test_summary_line_escapes_outsider_text() -> None:
     assert "\n" not in line and "\r" not in line and "\x1b" not in line
     assert "client=evil\\r\\nmilterd[1]: forged[192.0.2.1]" in line
     assert "from=<a\\nb@example.org>" in line and "to=<c\\x1b[2J@example.net>" in line
+
+
+def test_every_log_line_is_escaped_and_hides_the_password() -> None:
+    import io
+    import logging
+
+    from milterd.summary import SafeFormatter
+
+    url = "postgresql+psycopg://milterd:S3cret@db/milterd"
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(SafeFormatter("%(message)s", url=url))
+    logger = logging.getLogger("milterd.test_text")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("greylist store unavailable, not greylisting %s %s", "192.0.2.0/24", "a\r\nmilterd[1]: forged")
+        try:
+            raise RuntimeError(f"cannot connect to {url}")
+        except RuntimeError:
+            logger.exception("store failed for %s", "helo\x1b[2J")
+    finally:
+        logger.removeHandler(handler)
+    out = stream.getvalue()
+    assert "S3cret" not in out
+    assert "\x1b" not in out and "a\\r\\nmilterd[1]" in out
+    assert out.splitlines()[0].startswith("greylist store unavailable") and "forged" not in out.splitlines()[1]
+
+
+def test_log_table_escapes_outsider_text(capsys: pytest.CaptureFixture[str]) -> None:
+    from milterd.logview import print_table
+
+    row = {"time": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), "queue_id": "Q1", "action": "reject", "score": 20.0,
+           "sender": "a\rb@example.org", "recipients": ["c@example.net"], "subject": "hi\r\nBcc: x@example.net\x1b[2J",
+           "symbols": {"SUBJ": 20.0}, "reason": "because\nforged"}
+    print_table([row])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out
+    assert not any(line.startswith(("Bcc:", "forged")) for line in out.splitlines())
