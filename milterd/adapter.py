@@ -17,7 +17,8 @@ from typing import Any, Callable
 import Milter
 
 from .checks import Stage
-from .model import Action, Envelope, Session
+from .checks.headers import HeaderLimits, field_size, header_limit_hit
+from .model import Action, Envelope, Hit, Session
 from .pipeline import TEMPFAIL_REPLY, Decision, Pipeline
 from .text import smtp_reply
 
@@ -149,12 +150,26 @@ class MilterdMilter(Milter.Base):
         if isinstance(value, str):
             value = value.encode("utf-8", "surrogateescape")
         envelope = self._require_envelope()
+        refusal = self._header_limit(envelope, name, value)
+        if refusal is not None:  # refused before it is kept: nothing is buffered past the limit
+            envelope.hits.append(refusal)
+            decision = envelope.state["decision"] = Decision(Action.REJECT, refusal.reply)
+            return self._reply(decision)
         if self._leadspc:
             # Checks see what they would without HDR_LEADSPC (one space eaten, as Sendmail does).
             raw, value = value, value[1:] if value.startswith(b" ") else value
             envelope.raw_headers.append(name.encode("ascii", "replace") + b":" + raw)
         self.pipeline.header(self.session, envelope, name, value)
         return Milter.CONTINUE
+
+    def _header_limit(self, envelope: Envelope, name: str, value: bytes) -> Hit | None:
+        """Count this header against [milter]'s header limits; the refusal when it crosses one."""
+        count, section = envelope.state.get("header_tally", (0, 0))
+        size = field_size(name, value)
+        count, section = count + 1, section + size
+        envelope.state["header_tally"] = (count, section)
+        milter = self.pipeline.config.milter
+        return header_limit_hit(HeaderLimits(milter.max_headers, milter.max_header_size, milter.max_header_section), count, section, name, size)
 
     def eoh(self) -> int:
         return self._guard("eoh", self._eoh)

@@ -6,6 +6,11 @@ bytes (unless the client said SMTPUTF8) or NUL bytes; encoded-words (RFC
 2047) that decode.  Parsing uses the standard library's ``email`` package
 with ``policy.default``; any exception while judging a header becomes
 ``HDR_PARSE_ERROR``, never a failed message.
+
+Header limits (:func:`header_limit_hit`) are milterd's own, whatever
+Postfix's: too many fields, one field or the whole section too large is
+refused with a 5xx at the header that crosses the line (the adapter applies
+them to every client, before the header is kept).
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ import codecs
 import email.errors
 import email.utils
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email import policy
 from typing import ClassVar
 
-from ..model import Envelope, Hit, Session
+from ..model import Action, Envelope, Hit, Session
 from . import Hits, Symbol
 from .switches import ConfiguredCheck
 
@@ -29,6 +35,35 @@ SINGLE = ("Date", "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Message-ID",
 _MSGID = re.compile(r"^<[^<>\s@]+@(?:[^<>\s@\[\]]+|\[[^<>\s\[\]]+\])>$")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _ENCODED_START = re.compile(r"=\?[^?\s]+\?[bBqQ]\?")
+
+
+TOO_MANY_REPLY = "554 5.6.0 Too many headers"
+TOO_LARGE_REPLY = "552 5.3.4 Message header too large"
+
+
+@dataclass(frozen=True)
+class HeaderLimits:
+    """``[milter] max_headers``, ``max_header_size``, ``max_header_section``; 0 is no limit."""
+
+    count: int = 0
+    field_size: int = 0
+    section_size: int = 0
+
+
+def header_limit_hit(limits: HeaderLimits, count: int, section: int, name: str, size: int) -> Hit | None:
+    """The refusal for the header field *name* of *size* bytes, the *count*-th, bringing the section to *section* bytes; None within the limits."""
+    if limits.field_size and size > limits.field_size:
+        return Hit("HDR_TOO_LARGE", detail=f"{name[:60]}: {size} bytes > max_header_size {limits.field_size}", action=Action.REJECT, reply=TOO_LARGE_REPLY)
+    if limits.count and count > limits.count:
+        return Hit("HDR_TOO_MANY", detail=f"more than max_headers {limits.count} header fields", action=Action.REJECT, reply=TOO_MANY_REPLY)
+    if limits.section_size and section > limits.section_size:
+        return Hit("HDR_TOO_LARGE", detail=f"header section over max_header_section {limits.section_size} bytes at {name[:60]}", action=Action.REJECT, reply=TOO_LARGE_REPLY)
+    return None
+
+
+def field_size(name: str, value: bytes) -> int:
+    """The bytes of one header field as it travels: name, colon, value (folding included), CRLF."""
+    return len(name) + 1 + len(value) + 2
 
 
 def unfold(raw: bytes) -> str:
@@ -116,6 +151,8 @@ class Headers(ConfiguredCheck):
         Symbol("HDR_NUL", 3.0, "A NUL byte in a header"),
         Symbol("HDR_ENCODED_WORD_INVALID", 1.0, "A malformed RFC 2047 encoded-word (unknown charset, bad base64, unterminated)"),
         Symbol("HDR_PARSE_ERROR", 0.5, "A header broke the parser"),
+        Symbol("HDR_TOO_MANY", 0.0, "More header fields than [milter] max_headers: refused with 554 5.6.0 (whatever the score)"),
+        Symbol("HDR_TOO_LARGE", 0.0, "A header field over [milter] max_header_size, or the header section over max_header_section: refused with 552 5.3.4 (whatever the score)"),
     )
 
     def on_eoh(self, session: Session, envelope: Envelope) -> Hits:

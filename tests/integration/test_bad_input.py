@@ -146,7 +146,12 @@ def test_huge_and_many_headers(stack: Stack) -> None:
     folded = _head("long-folded", b"X-Folded: " + b"\r\n ".join([b"b" * 70] * 15000) + b"\r\n") + b"\r\nbody\r\n"
     many = _head("many-headers", b"".join(b"X-H%d: value %d\r\n" % (i, i) for i in range(10000))) + b"\r\nbody\r\n"
     long_subject = _head("long-subject", b"Subject: =?utf-8?b?" + b"QUJD" * 50000 + b"?=\r\n") + b"\r\nbody\r\n"
-    _send_batch(stack, [("long-header", long_line), ("long-folded", folded), ("many-headers", many), ("long-subject", long_subject)])
+    results = _send_batch(stack, [("long-header", long_line), ("long-folded", folded), ("many-headers", many), ("long-subject", long_subject)])
+    # milterd's own limit ([milter] max_headers, default 1000), whatever Postfix's: a 5xx, and a log row that says why.
+    [many_result] = [r for r in results if r.tag == "many-headers"]
+    assert (many_result.code, many_result.reply) == (554, "5.6.0 Too many headers"), many_result
+    rows = [r for r in stack.milterd.log_json() if r["subject"] == "many-headers"]
+    assert [r["action"] for r in rows] == ["reject"] and "HDR_TOO_MANY" in rows[0]["symbols"], rows
 
 
 def test_nul_and_8bit_headers(stack: Stack) -> None:
