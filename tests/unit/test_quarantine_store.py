@@ -301,3 +301,51 @@ def test_data_stream_matches_smtplib_for_any_split() -> None:
 def test_header_section_for_any_split() -> None:
     for size in range(1, len(RAW) + 1):
         assert b"".join(header_section(RAW[i:i + size] for i in range(0, len(RAW), size))) == RAW.split(b"\r\n\r\n")[0] + b"\r\n"
+
+
+# --- SMTP AUTH towards a TCP re-injection smtpd ---------------------------------------------
+@pytest.fixture()
+def auth_sink() -> Iterator[tuple[int, list[bytes]]]:
+    """An SMTP server on loopback that requires AUTH (user "milterd", password "s3cret-pw") and keeps what it receives."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    received: list[bytes] = []
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            received.append(envelope.original_content or envelope.content)
+            return "250 2.0.0 Ok: kept"
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and data.login == b"milterd" and data.password == b"s3cret-pw"
+        return AuthResult(success=ok, handled=False)
+
+    port = free_port()
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port, authenticator=authenticator, auth_required=True, auth_require_tls=False)
+    controller.start()
+    try:
+        yield port, received
+    finally:
+        controller.stop()
+
+
+def test_release_with_smtp_auth_never_shows_the_password(quarantine: Quarantine, auth_sink: tuple[int, list[bytes]], tmp_path: Path, capsys: Any) -> None:
+    port, received = auth_sink
+    row_id = add(quarantine, subject="auth release")
+    secret = tmp_path / "release.secret"
+    secret.write_text("s3cret-pw\n")
+    changes = {"quarantine.release_smtp": f"127.0.0.1:{port}", "quarantine.release_user": "milterd"}
+    without = Quarantine(quarantine.store, quarantine.config.with_changes(changes))
+    refused = without.release(row_id)
+    assert not refused.delivered and refused.error  # no password file: AUTH cannot be sent, the server refuses
+    wrong = tmp_path / "wrong.secret"
+    wrong.write_text("not-it\n")
+    bad = Quarantine(quarantine.store, quarantine.config.with_changes({**changes, "quarantine.release_password_file": str(wrong)})).release(row_id)
+    assert not bad.delivered and "535" in bad.error and "not-it" not in bad.error
+    good = Quarantine(quarantine.store, quarantine.config.with_changes({**changes, "quarantine.release_password_file": str(secret)}))
+    assert good.release(row_id).ok
+    assert len(received) == 1 and received[0].split(b"\r\n", 1)[1] == RAW
+    from milterd.confdoc import render_effective
+
+    assert "s3cret-pw" not in render_effective(good.config)
