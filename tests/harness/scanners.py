@@ -38,6 +38,16 @@ TESTFILES = CLAM_EXE.parent
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
+class DaemonMissing(RuntimeError):
+    """A daemon (or its test data) is not installed: the test using it errors, it is never skipped."""
+
+
+def require(command: str, package: str) -> None:
+    """DaemonMissing naming the Debian *package* when *command* is not installed."""
+    if shutil.which(command) is None and not Path("/usr/sbin", command).exists():
+        raise DaemonMissing(f"{command} is not installed (Debian package {package}; run .ci/setup)")
+
+
 def stop_group(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
     """Stop a daemon started with start_new_session=True, and its children: SIGTERM, then SIGKILL."""
     if process is None or process.poll() is not None:
@@ -80,10 +90,10 @@ class Clamd:
         """The database and clamd.conf; returns the configuration file."""
         db = self.root / "db"
         db.mkdir(parents=True, exist_ok=True)
-        lines = [f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:{EICAR_NAME}"]
-        if CLAM_EXE.exists():
-            data = CLAM_EXE.read_bytes()
-            lines.append(f"{hashlib.md5(data).hexdigest()}:{len(data)}:{CLAM_NAME}")
+        if not CLAM_EXE.exists():
+            raise DaemonMissing(f"{CLAM_EXE}: the Debian package clamav-testfiles is missing (run .ci/setup)")
+        data = CLAM_EXE.read_bytes()
+        lines = [f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:{EICAR_NAME}", f"{hashlib.md5(data).hexdigest()}:{len(data)}:{CLAM_NAME}"]
         (db / "tests.hdb").write_text("\n".join(lines) + "\n")
         # The hash matches EICAR as a whole file (a zip member, an attachment); a
         # body signature (any file type, any offset) finds it inline in a text body.
@@ -97,7 +107,8 @@ class Clamd:
         return conf
 
     def start(self, timeout: float = 30.0) -> "Clamd":
-        """Start and wait until it answers on its port."""
+        """Start and wait until it answers on its port; DaemonMissing when clamd is not installed."""
+        require("clamd", "clamav-daemon")
         self.root.mkdir(parents=True, exist_ok=True)
         conf = self.write_config()
         self._out = open(self.root / "clamd.stdout", "ab")
@@ -143,7 +154,8 @@ class Spamd:
         return self.root / "spamd.log"
 
     def start(self, timeout: float = 60.0) -> "Spamd":
-        """Start and wait until it answers on its port."""
+        """Start and wait until it answers on its port; DaemonMissing when spamd is not installed."""
+        require("spamd", "spamd")
         self.root.mkdir(parents=True, exist_ok=True)
         # spamd drops to its user: its home (Bayes) must be reachable by it, and
         # pytest's temporary directories are not (0700, root).
