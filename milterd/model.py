@@ -163,7 +163,15 @@ class Spool:
 
 @dataclass
 class Envelope:
-    """One transaction: the envelope, the headers in order and the spooled body."""
+    """One transaction: the envelope, the headers in order and the spooled body.
+
+    At end of message the checks of one tier run in several threads at once.
+    They may read everything here (nothing else writes it then; the spool
+    gives each reader its own offset), extend ``edits`` with one call each
+    (atomic; the checks edit headers of different names, so their order does
+    not matter) and keep their own key of ``state``; ``hits`` are added by
+    the pipeline once they have all returned.
+    """
 
     spool: Spool
     sender: str = ""
