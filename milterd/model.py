@@ -167,10 +167,10 @@ class Envelope:
 
     At end of message the checks of one tier run in several threads at once.
     They may read everything here (nothing else writes it then; the spool
-    gives each reader its own offset), extend ``edits`` with one call each
-    (atomic; the checks edit headers of different names, so their order does
-    not matter) and keep their own key of ``state``; ``hits`` are added by
-    the pipeline once they have all returned.
+    gives each reader its own offset), append to or extend ``edits`` (each
+    call is atomic, and the checks edit headers of different names, so how
+    their calls interleave does not matter) and keep their own key of
+    ``state``; ``hits`` are added by the pipeline once they have all returned.
     """
 
     spool: Spool
