@@ -80,7 +80,7 @@ class MilterSection(_Section):
     timeout: Duration = Field(0.0, description="libmilter's I/O timeout towards Postfix; 0 keeps libmilter's default (2 hours).")
     delay_reject: bool = Field(True, description="Apply rejects found at connect or HELO at MAIL FROM, once SMTP AUTH is known (like Postfix's smtpd_delay_reject).")
     max_headers: int = Field(1000, ge=0, description="Most header fields a message may have; one more is refused with 554 5.6.0 at that header, whatever Postfix's own limits; 0 is no limit.")
-    max_header_size: Size = Field(100 * 1024, description="Largest single header field (name, value and folding); a larger one is refused with 552 5.3.4 (Postfix's header_size_limit would cut it silently instead); 0 is no limit.")
+    max_header_size: Size = Field(32 * 1024, description="Largest single header field (name, value and folding); a larger one is refused with 552 5.3.4 (Postfix cuts a longer one silently: at header_size_limit, and at about 60K when a milter is used); 0 is no limit.")
     max_header_section: Size = Field(1024 * 1024, description="Largest header section (all header fields together); reaching past it is refused with 552 5.3.4 at that header; 0 is no limit.")
 
     @field_validator("trusted_networks")

@@ -32,9 +32,9 @@ from typing import Any, Iterable, Iterator
 
 from . import maintenance, reinject
 from .config import Config
-from .text import escape
 from .store import Store, StoreError, utcnow
 from .store.quarantine import QuarantineStore
+from .text import escape
 
 #: Fields of ``quarantine list --json``; scripts rely on these names.
 JSON_FIELDS = (

@@ -24,6 +24,7 @@ from .engine import POOL_SIZE, make_engine  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from .greylist import GreylistStore
+    from .quarantine import QuarantineWrite
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -273,7 +273,7 @@ def test_release_goes_through_the_unix_socket_smtpd(stack: Stack) -> None:
     [delivered] = stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")))
     assert strip_release(delivered.data) == original
     log = stack.postfix.maillog.read_text(errors="replace")
-    assert f"postfix/milterd-reinject/smtpd" in log and f"{queue_id}: client=localhost[127.0.0.1]" in log, stack.postfix.log_tail()
+    assert "postfix/milterd-reinject/smtpd" in log and f"{queue_id}: client=localhost[127.0.0.1]" in log, stack.postfix.log_tail()
     missing = cli(stack, "release", str(row["id"]), "--force", release_smtp=f"unix:{stack.postfix.root}/no-such-socket")
     assert missing.returncode != 0 and "nothing was released" in missing.stderr
 
