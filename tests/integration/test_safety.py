@@ -130,3 +130,30 @@ def test_virus_notice_survives_a_hostile_subject(make_stack: Callable[..., Stack
     assert not any(line.startswith(("Bcc:", "injected")) for line in show.stdout.splitlines())
     listing = subprocess.run([sys.executable, "-m", "milterd", "-c", str(config), "quarantine", "list"], capture_output=True, text=True, timeout=60)
     assert "\x1b" not in listing.stdout and not any(line.startswith("Bcc:") for line in listing.stdout.splitlines())
+
+
+def test_spf_explanation_is_escaped_in_the_reply(make_stack: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A domain's SPF exp= text (2,000 characters with ESC, CR and LF) is its own to write:
+    the client still gets 550 5.7.23, with the control characters as visible escapes."""
+    from tests.harness.dns import LocalDns
+
+    parts = " ".join(f'"{"y" * 250}"' for _ in range(8))
+    local_data = [
+        "mx.example.org. A 192.0.2.1",
+        'exp.test. TXT "v=spf1 ip4:203.0.113.0/24 exp=why.exp.test -all"',
+        "exp.test. MX 10 mx.example.org.",
+        f'why.exp.test. TXT "Not allowed\\027[2J\\013\\010250 forged " {parts}',
+    ]
+    dns = LocalDns(tmp_path_factory.mktemp("dns"), local_data, {"bl.safety.test": ("ip4set", ":127.0.0.2:listed\n192.0.2.250\n")}).start()
+    try:
+        checks = {name: {"enabled": name == "spf"} for name in ("dnsbl", "rdns", "helo", "sender", "spf", "headers", "local_domains")}
+        checks["spf"]["fail_action"] = "reject"
+        stack = make_stack({"milter": {"trusted_networks": []}, "dns": {"nameservers": [dns.nameserver]}, "checks": checks})
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as info:
+            stack.send(message(subject="spf exp", sender="x@exp.test"), sender="x@exp.test",
+                       xclient={"ADDR": "192.0.2.10", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"})
+    finally:
+        dns.stop()
+    code, text = info.value.recipients["bob@example.com"]
+    assert code == 550, text
+    assert text.startswith(b"5.7.23 <x@exp.test>: SPF validation failed for exp.test: Not allowed\\x1b[2J\\r\\n250 forged yyy"), text
