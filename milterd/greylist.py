@@ -21,7 +21,6 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
-from . import maintenance
 from .store import utcnow
 
 if TYPE_CHECKING:
@@ -376,12 +375,3 @@ def purge_job(services: "Services") -> str:
     if triplets or clients:
         return f"purged {triplets} expired triplet(s), {clients} client(s)"
     return ""
-
-
-maintenance.register(
-    maintenance.Job(
-        "greylist-purge",
-        lambda s: s.config.greylist.purge_interval if s.config.greylist.enabled else 0,
-        purge_job,
-    )
-)

@@ -1,9 +1,9 @@
 """Periodic housekeeping (greylist expiry, quarantine retention, …).
 
-Features register a :class:`Job`; the supervisor runs the due ones every
-minute in a short-lived child process of its own, so that housekeeping never
-blocks a worker that is handling mail and the supervisor holds no database
-connection.
+The jobs are listed in :data:`JOBS`, here and nowhere else; the supervisor
+runs the due ones every minute in a short-lived child process of its own, so
+that housekeeping never blocks a worker that is handling mail and the
+supervisor holds no database connection.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
+
+from . import greylist, quarantine
 
 if TYPE_CHECKING:
     from .services import Services
@@ -27,25 +29,19 @@ class Job:
     run: Callable[["Services"], str]
 
 
-JOBS: list[Job] = []
+def _greylist_interval(services: "Services") -> float:
+    return services.config.greylist.purge_interval if services.config.greylist.enabled else 0
 
 
-def register(job: Job) -> Job:
-    """Add *job* to the jobs the supervisor runs."""
-    JOBS.append(job)
-    return job
+def _quarantine_interval(services: "Services") -> float:
+    return 3600 if services.config.quarantine.retention else 0
 
 
-def load_jobs() -> list[Job]:
-    """Import the modules that register jobs, then return them all."""
-    import importlib
-
-    for module in ("milterd.greylist", "milterd.quarantine"):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            continue
-    return list(JOBS)
+#: Every housekeeping job the supervisor runs.
+JOBS: tuple[Job, ...] = (
+    Job("greylist-purge", _greylist_interval, greylist.purge_job),
+    Job("quarantine-retention", _quarantine_interval, quarantine.retention_job),
+)
 
 
 def due(jobs: list[Job], services: "Services", last_run: dict[str, float], now: float) -> list[Job]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, Iterable, Iterator
 
-from . import maintenance, reinject
+from . import reinject
 from .config import Config
 from .store import Store, StoreError, utcnow
 from .store.quarantine import QuarantineStore
@@ -378,12 +378,11 @@ class Quarantine:
 
 
 # --- housekeeping -------------------------------------------------------------------
-def _retention_job(services: Any) -> str:
+def retention_job(services: Any) -> str:
+    """The maintenance job: purge quarantined mail older than ``[quarantine] retention``."""
     retention = services.config.quarantine.retention
     if not retention:
         return ""
     count = Quarantine(services.store, services.config).purge(utcnow() - dt.timedelta(seconds=retention))
     return f"purged {count} quarantined message{'s' if count != 1 else ''}" if count else ""
 
-
-maintenance.register(maintenance.Job("quarantine-retention", lambda s: 3600 if s.config.quarantine.retention else 0, _retention_job))

@@ -249,7 +249,7 @@ class Supervisor:
         from . import maintenance
 
         last_run: dict[str, float]
-        jobs, last_run, next_check = maintenance.load_jobs(), {}, time.monotonic() + 5
+        jobs, last_run, next_check = list(maintenance.JOBS), {}, time.monotonic() + 5
         while not self._stopping:
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + 60

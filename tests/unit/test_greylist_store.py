@@ -217,7 +217,7 @@ def test_score_mode_verdict(store: Store, database: str) -> None:
 def test_purge_job_is_registered(store: Store, database: str) -> None:
     from milterd import maintenance
 
-    job = next(j for j in maintenance.load_jobs() if j.name == "greylist-purge")
+    job = next(j for j in maintenance.JOBS if j.name == "greylist-purge")
     services = _services(database, purge_interval=600)
     assert job.interval(services) == 600
     assert job.interval(_services(database, enabled=False)) == 0

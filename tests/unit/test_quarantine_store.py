@@ -177,7 +177,7 @@ def test_purge_delete_and_retention_job(quarantine: Quarantine) -> None:
     assert quarantine.purge(utcnow() - dt.timedelta(days=30)) == 1
     assert [r["id"] for r in quarantine.rows()] == [new]
     old = add(quarantine, age=dt.timedelta(days=40))
-    [job] = [j for j in maintenance.load_jobs() if j.name == "quarantine-retention"]
+    [job] = [j for j in maintenance.JOBS if j.name == "quarantine-retention"]
     services = Services(config=quarantine.config)
     assert job.interval(services) == 3600
     assert job.run(services) == "purged 1 quarantined message"
