@@ -20,7 +20,7 @@ from .checks import Stage
 from .checks.headers import HeaderLimits, field_size, header_limit_hit
 from .model import Action, Envelope, Hit, Session
 from .pipeline import TEMPFAIL_REPLY, Decision, Pipeline
-from .text import smtp_reply
+from .text import escape, smtp_reply
 
 log = logging.getLogger("milterd")
 
@@ -197,7 +197,7 @@ class MilterdMilter(Milter.Base):
                 self._edit(edit.op, edit.name, edit.value, edit.index)
         if action == Action.QUARANTINE:
             if self.pipeline.config.quarantine.mode == "hold":
-                self.quarantine(outcome.quarantine_reason[:100] or "milterd quarantine")
+                self.quarantine(escape(outcome.quarantine_reason, ascii_only=True)[:100] or "milterd quarantine")
                 result = Milter.CONTINUE  # Postfix waits for a final reply after SMFIR_QUARANTINE
             else:
                 result = Milter.DISCARD
