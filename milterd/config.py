@@ -19,6 +19,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from .endpoints import parse_listen
+from .reinject import parse_target
+from .scanners import parse_address
 from .units import parse_duration, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -220,8 +223,6 @@ class _ScannerSection(_Section):
     @field_validator("address", check_fields=False)
     @classmethod
     def _address(cls, value: str) -> str:
-        from .scanners import parse_address
-
         parse_address(value)
         return value
 
@@ -259,8 +260,6 @@ class QuarantineSection(_Section):
     @field_validator("release_smtp")
     @classmethod
     def _release_target(cls, value: str) -> str:
-        from .reinject import parse_target
-
         parse_target(value)
         return value
     retention: Duration = Field(30 * 86400.0, description="Quarantined mail older than this is purged on a schedule; 0 keeps it.")
@@ -276,8 +275,6 @@ class MetricsSection(_Section):
     @classmethod
     def _listen(cls, value: str) -> str:
         if value:
-            from .metrics import parse_listen
-
             parse_listen(value)
         return value
 

@@ -29,6 +29,8 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from .endpoints import split_host_port
+
 if TYPE_CHECKING:
     from .config import DnsSection
 
@@ -72,20 +74,8 @@ class Answer:
 
 def parse_nameserver(spec: str) -> tuple[str, int]:
     """``"IP"``, ``"IP:PORT"``, ``"[IPv6]:PORT"`` or a bare IPv6 address → (ip, port); ValueError otherwise."""
-    spec = spec.strip()
-    host, port = spec, 53
-    if spec.startswith("["):
-        host, _, rest = spec[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"{spec!r}: expected [IPv6]:PORT")
-            port = int(rest[1:])
-    elif spec.count(":") == 1:
-        host, _, port_text = spec.partition(":")
-        port = int(port_text)
+    host, port = split_host_port(spec.strip(), 53)
     ipaddress.ip_address(host)
-    if not 0 < port < 65536:
-        raise ValueError(f"{spec!r}: port out of range")
     return host, port
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 from .config import Config, ConfigError, load_config
+from .endpoints import parse_socket
 from .units import parse_duration
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -315,8 +316,6 @@ def milter_entries(value: str) -> list[str]:
 
 def same_socket(milterd_socket: str, postfix_entry: str, queue_directory: str = "/var/spool/postfix") -> bool:
     """Whether Postfix's *postfix_entry* reaches milterd's ``[milter] socket``."""
-    from .supervisor import parse_socket
-
     try:
         ours = parse_socket(milterd_socket)
     except ValueError:

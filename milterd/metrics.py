@@ -32,6 +32,8 @@ import tempfile
 import time
 from typing import Any
 
+from .endpoints import parse_listen
+
 log = logging.getLogger("milterd")
 
 #: Set in the supervisor before the workers fork; None: metrics off.
@@ -40,14 +42,6 @@ _directory: str | None = None
 
 ERROR_SUFFIXES = ("_ERROR", "_TEMPFAIL", "_TEMPERROR")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"127.0.0.1:9899"`` or ``"[::1]:9899"`` → (host, port); ValueError otherwise."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{listen!r} is not HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def start(listen: str) -> tuple[str, int] | None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .endpoints import split_host_port, unix_path
+
 
 @dataclass(frozen=True)
 class Target:
@@ -34,22 +36,18 @@ def parse_target(text: str, default_port: int = 25) -> Target:
     """``unix:/path``, ``inet:HOST:PORT``, ``HOST:PORT``, ``[::1]:PORT`` or ``HOST`` → Target; ValueError otherwise."""
     text = text.strip()
     if text.startswith("unix:"):
-        path = text[len("unix:"):]
-        if not path.startswith("/"):
-            raise ValueError(f"expected unix:/absolute/path, got {text!r}")
-        return Target(path=path)
-    if text.startswith("inet:"):
-        text = text[len("inet:"):]
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest.lstrip(":") or str(default_port)
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, str(default_port)
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        try:
+            return Target(path=unix_path(text))
+        except ValueError:
+            raise ValueError(f"expected unix:/absolute/path, got {text!r}") from None
+    text = text.removeprefix("inet:")
+    try:
+        host, port = split_host_port(text, default_port)
+    except ValueError:
+        host = ""
+    if not host:
         raise ValueError(f"expected unix:/path or HOST:PORT, got {text!r}")
-    return Target(host=host, port=int(port))
+    return Target(host=host, port=port)
 
 
 class UnixSMTP(smtplib.SMTP):

@@ -22,7 +22,6 @@ import stat
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ import milter
 
 from . import metrics
 from .config import Config, ConfigError, load_config
+from .endpoints import SocketSpec, parse_socket
 from .services import Services, build
 from .store import StoreError
 from .text import redact
@@ -38,35 +38,6 @@ if TYPE_CHECKING:
     from .maintenance import Job
 
 log = logging.getLogger("milterd")
-
-
-@dataclass(frozen=True)
-class SocketSpec:
-    """A milter socket address, in libmilter's spelling and as parsed."""
-
-    libmilter: str
-    family: str  # "inet", "inet6" or "unix"
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-
-def parse_socket(spec: str) -> SocketSpec:
-    """Parse Postfix's ``inet:HOST:PORT``/``unix:/path`` or Sendmail's ``inet:PORT@HOST``."""
-    kind, _, rest = spec.partition(":")
-    if kind in ("unix", "local") and rest.startswith("/"):
-        return SocketSpec(f"unix:{rest}", "unix", path=rest)
-    if kind in ("inet", "inet6") and rest:
-        if "@" in rest:
-            port, _, host = rest.partition("@")
-        else:
-            host, _, port = rest.rpartition(":")
-            host = host.strip("[]")
-        if port.isdigit() and 0 < int(port) < 65536:
-            host = host or ("::" if kind == "inet6" else "0.0.0.0")
-            family = "inet6" if kind == "inet6" or ":" in host else "inet"
-            return SocketSpec(f"{family}:{port}@{host}", family, host=host, port=int(port))
-    raise ValueError(f"{spec!r} is not a milter socket: use inet:HOST:PORT, inet:PORT@HOST or unix:/path")
 
 
 def _socket_fds() -> set[int]:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
+from ..endpoints import split_host_port, unix_path
+
 
 class ScannerError(Exception):
     """The scanner cannot be reached, timed out, or answered something unusable."""
@@ -48,16 +50,19 @@ def parse_address(text: str) -> Address:
     if not sep or not rest:
         raise ValueError(f"{text!r} is not tcp:HOST:PORT or unix:/path")
     if kind == "unix":
-        if not rest.startswith("/"):
-            raise ValueError(f"{text!r}: a unix socket needs an absolute path")
-        return Address("unix", path=rest)
+        try:
+            return Address("unix", path=unix_path(text))
+        except ValueError:
+            raise ValueError(f"{text!r}: a unix socket needs an absolute path") from None
     if kind != "tcp":
         raise ValueError(f"{text!r}: the address must start with tcp: or unix:")
-    host, sep, port = rest.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        host, port = split_host_port(rest)
+    except ValueError:
+        host = ""
+    if not host:
         raise ValueError(f"{text!r} is not tcp:HOST:PORT")
-    return Address("tcp", host=host, port=int(port))
+    return Address("tcp", host=host, port=port)
 
 
 def connect(address: Address, timeout: float) -> socket.socket:

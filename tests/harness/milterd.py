@@ -45,7 +45,7 @@ class Milterd:
         self.port = free_port()
         self.socket = socket or f"inet:127.0.0.1:{self.port}"
         if not self.socket.startswith("unix:"):
-            from milterd.supervisor import parse_socket
+            from milterd.endpoints import parse_socket
 
             self.port = parse_socket(self.socket).port
         sections = {k: dict(v) for k, v in (sections or {}).items()}
@@ -73,7 +73,7 @@ class Milterd:
         """What Postfix's smtpd_milters needs to reach this milterd (Postfix's spelling)."""
         if self.socket.startswith("unix:"):
             return self.socket
-        from milterd.supervisor import parse_socket
+        from milterd.endpoints import parse_socket
 
         return f"inet:{parse_socket(self.socket).host}:{self.port}"
 
