@@ -274,6 +274,9 @@ def test_release_goes_through_the_unix_socket_smtpd(stack: Stack) -> None:
     assert strip_release(delivered.data) == original
     log = stack.postfix.maillog.read_text(errors="replace")
     assert "postfix/milterd-reinject/smtpd" in log and f"{queue_id}: client=localhost[127.0.0.1]" in log, stack.postfix.log_tail()
+    from milterd.reinject import parse_target, probe
+
+    assert probe(parse_target(f"unix:{stack.postfix.reinject_socket}")).startswith("220 ")  # what doctor checks
     missing = cli(stack, "release", str(row["id"]), "--force", release_smtp=f"unix:{stack.postfix.root}/no-such-socket")
     assert missing.returncode != 0 and "nothing was released" in missing.stderr
 
@@ -301,12 +304,14 @@ def _cli_peak(stack: Stack, *args: str) -> tuple[subprocess.CompletedProcess[byt
     sections = {k: dict(v) for k, v in stack.milterd.sections.items()}
     sections.setdefault("quarantine", {})["release_smtp"] = f"unix:{stack.postfix.reinject_socket}"
     path = write_config(stack.milterd.root / f"cli-{uuid.uuid4().hex[:8]}.conf", sections)
+    # VmHWM of the process's own address space (ru_maxrss would include the forking parent's).
     code = (
-        "import resource, sys\n"
+        "import sys\n"
         "from milterd import cli\n"
         "rc = cli.main(sys.argv[1:])\n"
         "sys.stdout.flush()\n"
-        "sys.stderr.write(f'\\nPEAK {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}\\n')\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+        "sys.stderr.write(f'\\nPEAK {int(hwm) * 1024}\\n')\n"
         "sys.exit(rc)\n"
     )
     result = subprocess.run([sys.executable, "-c", code, "-c", str(path), "quarantine", *args], capture_output=True, timeout=300)
