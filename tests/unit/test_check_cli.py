@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import mailbox
-import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from milterd.cli import main
 from milterd.offline import split_message
 from tests.conftest import message
+from tests.harness.corpora import cpython_email_messages
 
 RULES = r"""
 [[rule]]
@@ -27,7 +27,6 @@ body = 'tag me please'
 score = 6.0
 description = "Test rule: a body asking to be tagged"
 """
-CPYTHON_EMAIL_DATA = Path(os.path.dirname(__import__("test").__file__)) / "test_email" / "data"
 CLAMAV_TESTFILES = Path("/usr/share/clamav-testfiles")
 
 
@@ -149,9 +148,8 @@ def test_split_message_keeps_folding_and_body() -> None:
     assert headers == [] and body.startswith(b"not a header")
 
 
-@pytest.mark.skipif(not CPYTHON_EMAIL_DATA.is_dir(), reason="CPython's test_email data is not installed")
 def test_cpython_email_corpus_never_crashes(conf: Path, capsys) -> None:
-    files = sorted(CPYTHON_EMAIL_DATA.glob("msg_*.txt"))
+    files = cpython_email_messages()
     status, data = check_json(capsys, conf, *map(str, files), "--client-ip", "192.0.2.10")
     assert len(data["messages"]) >= len(files)
     assert [m for m in data["messages"] if m["error"]] == []

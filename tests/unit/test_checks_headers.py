@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import email.utils
-import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -13,6 +11,7 @@ from milterd.checks.headers import Headers, bad_encoded_words, date_problem
 from milterd.config import Config
 from milterd.model import Envelope, Session, Spool
 from milterd.services import Services
+from tests.harness.corpora import cpython_email_messages
 
 
 def judge(headers: list[tuple[str, bytes]], mail_args: dict | None = None) -> dict[str, str]:
@@ -78,16 +77,8 @@ def test_encoded_words() -> None:
     assert bad_encoded_words("=?utf-8?b?/w==?=")  # 0xff is not UTF-8
 
 
-def _cpython_messages() -> list[Path]:
-    import test
-
-    folder = Path(os.path.dirname(test.__file__)) / "test_email" / "data"
-    return sorted(folder.glob("msg_*.txt")) if folder.is_dir() else []
-
-
-@pytest.mark.skipif(not _cpython_messages(), reason="CPython's test_email data is not installed")
 def test_malformed_corpus_never_crashes() -> None:
-    for path in _cpython_messages():
+    for path in cpython_email_messages():
         raw = path.read_bytes().replace(b"\r\n", b"\n")
         head = raw.split(b"\n\n", 1)[0]
         headers: list[tuple[str, bytes]] = []
