@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any, Callable
 
+from .. import greylist as gl
 from ..cli import config_parent, describe_failure, open_store
 from ..config import Config, load_config
 from ..store import Store, StoreError
@@ -114,8 +115,6 @@ def run_stats(args: argparse.Namespace, config: Config, store: Store) -> int:
 
 def run_whitelist(args: argparse.Namespace, config: Config, store: Store) -> int:
     """List, add or remove whitelist entries."""
-    from .. import greylist as gl
-
     command = args.whitelist_command or "list"
     if command == "add":
         try:

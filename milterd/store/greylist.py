@@ -21,6 +21,8 @@ from collections import Counter, defaultdict
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -53,12 +55,8 @@ def _state(row: Any) -> State:
 def _dialect_insert(connection: Connection) -> Any:
     dialect = connection.dialect.name
     if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
         return sqlite_insert
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-
         return postgresql_insert
     raise StoreError(f"greylisting needs SQLite or PostgreSQL, not {dialect}")
 
