@@ -4,7 +4,7 @@
 socket, which only local users allowed by the file system can reach — the
 least privilege), or ``HOST:PORT`` / ``inet:HOST:PORT`` (TCP; with
 ``release_user`` and ``release_password_file`` milterd authenticates with
-SMTP AUTH).  A message is sent from an iterable of pieces, dot-stuffed on the
+SMTP AUTH, after STARTTLS when the server offers it).  A message is sent from an iterable of pieces, dot-stuffed on the
 way, so a large one is never held whole in memory.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import smtplib
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -135,6 +136,12 @@ def send(
     try:
         client.ehlo_or_helo_if_needed()
         if auth is not None:
+            if client.has_extn("starttls"):
+                # Opportunistic, as Postfix's smtp_tls_security_level = may: the
+                # password is not sent in clear where the server offers TLS (and
+                # Postfix with smtpd_tls_auth_only offers AUTH only after it).
+                client.starttls(context=_opportunistic_tls())
+                client.ehlo()
             client.login(*auth)
         options = []
         if client.has_extn("8bitmime"):
@@ -193,6 +200,14 @@ def probe(target: Target, timeout: float = 5.0) -> str:
         banner = sock.recv(512).decode("ascii", "replace").strip()
         sock.sendall(b"QUIT\r\n")
     return banner.splitlines()[0] if banner else ""
+
+
+def _opportunistic_tls() -> ssl.SSLContext:
+    """A TLS context that encrypts without verifying the certificate (a loopback or local smtpd's is usually self-signed)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _reply(code: int, reply: bytes | str) -> str:

@@ -304,13 +304,24 @@ def test_header_section_for_any_split() -> None:
 
 
 # --- SMTP AUTH towards a TCP re-injection smtpd ---------------------------------------------
-@pytest.fixture()
-def auth_sink() -> Iterator[tuple[int, list[bytes]]]:
-    """An SMTP server on loopback that requires AUTH (user "milterd", password "s3cret-pw") and keeps what it receives."""
+@pytest.fixture(params=["plain", "starttls"])
+def auth_sink(request: Any, tmp_path: Path) -> Iterator[tuple[int, list[bytes]]]:
+    """An SMTP server on loopback that requires AUTH (user "milterd", password "s3cret-pw") and keeps what it receives;
+    the "starttls" one offers AUTH only after STARTTLS (as Postfix with smtpd_tls_auth_only), with a self-signed certificate."""
+    import ssl
+    import subprocess
+
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
     received: list[bytes] = []
+    tls: dict[str, Any] = {"auth_require_tls": False}
+    if request.param == "starttls":
+        key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True, timeout=60)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        tls = {"tls_context": context, "auth_require_tls": True}
 
     class Handler:
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
@@ -322,7 +333,7 @@ def auth_sink() -> Iterator[tuple[int, list[bytes]]]:
         return AuthResult(success=ok, handled=False)
 
     port = free_port()
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port, authenticator=authenticator, auth_required=True, auth_require_tls=False)
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port, authenticator=authenticator, auth_required=True, **tls)
     controller.start()
     try:
         yield port, received
