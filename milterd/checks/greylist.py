@@ -50,6 +50,11 @@ log = logging.getLogger("milterd")
 #: How long the stored whitelist (``milterd greylist whitelist add``) is cached by a worker.
 WHITELIST_TTL = 10.0
 
+#: After the store refused a message's writes, this worker greylists nobody for
+#: so long (seconds): a store that reads but cannot write must not defer every
+#: new triplet for ever, since none of them would be remembered.
+WRITE_FAILURE_HOLD = 60.0
+
 #: Triplets of one client network and sender read at once for a transaction;
 #: a sender with more is read recipient by recipient (bounded memory).
 PREFETCH_ROWS = 2000
@@ -115,6 +120,8 @@ class Greylist(Check):
             raise ConfigError(config.path or "milter.conf", "[greylist] whitelist", str(exc)) from None
         self._stored: tuple[float, gl.Whitelist] | None = None
         self._lock = threading.Lock()
+        #: When (monotonic) and why the store last refused a message's writes.
+        self._write_failure: tuple[float, str] | None = None
 
     @classmethod
     def enabled(cls, services: "Services") -> bool:
@@ -130,6 +137,8 @@ class Greylist(Check):
         triplet = gl.make_triplet(session.client_addr, envelope.sender, recipient, self.config)
         judgement = pending.decided.get(triplet)  # the same recipient twice: the same answer
         if judgement is None:
+            if not pending.decided and not pending.failed:
+                pending.failed = self._recent_write_failure()
             if pending.failed:
                 return (Hit("GREYLIST_ERROR", detail=pending.failed),)
             try:
@@ -250,10 +259,18 @@ class Greylist(Check):
         try:
             self.services.store.greylist.record(writes, touch)
         except StoreError as exc:
-            log.warning("%s: cannot record %d greylist attempt(s) of client %s: %s",
-                        envelope.queue_id or "NOQUEUE", len(writes), session.client_addr, exc)
+            log.warning("%s: cannot record %d greylist attempt(s) of client %s (greylisting off for %gs): %s",
+                        envelope.queue_id or "NOQUEUE", len(writes), session.client_addr, WRITE_FAILURE_HOLD, exc)
+            self._write_failure = (time.monotonic(), str(exc)[:200])
             return str(exc)[:200]
         return ""
+
+    def _recent_write_failure(self) -> str:
+        """Why greylisting is held off after a failed write ('' when it is not)."""
+        failure = self._write_failure
+        if failure is None or time.monotonic() - failure[0] >= WRITE_FAILURE_HOLD:
+            return ""
+        return f"greylist writes failed {time.monotonic() - failure[0]:.0f}s ago: {failure[1]}"[:200]
 
     def _skip(self, session: Session, envelope: Envelope, recipient: str) -> str | None:
         """Why this recipient is not greylisted, or None when it is."""

@@ -394,3 +394,42 @@ def test_store_errors_cross_as_store_error(tmp_path) -> None:  # type: ignore[no
     with pytest.raises(StoreError):
         broken.greylist.states(TRIPLET.network, TRIPLET.sender)
     broken.close()
+
+
+def test_store_down_at_rcpt_is_asked_once_per_transaction(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from milterd.model import Envelope, Session, Spool
+
+    services, check = _check(f"sqlite:///{tmp_path / 'no-schema.sqlite'}", auto_whitelist_after=0)  # no tables: every read fails
+    counting = Counting(services.store.engine)
+    session, envelope = Session(client_addr="192.0.2.1"), Envelope(spool=Spool(1024), sender="alice@example.org")
+    hits = [list(check.on_rcpt(session, envelope, f"r{i}@example.com")) for i in range(3)]
+    assert [[(h.symbol, h.action) for h in r] for r in hits] == [[("GREYLIST_ERROR", None)]] * 3  # not greylisted
+    assert counting.selects == 1  # the rest of the transaction does not ask a store that failed
+    services.close()
+
+
+def test_failed_write_holds_greylisting_off(store: Store, database: str) -> None:
+    from sqlalchemy import text
+
+    from milterd.model import Action, Envelope, Session, Spool
+
+    if not database.startswith("sqlite"):
+        pytest.skip("the refusing trigger is written for SQLite")
+    with store.engine.begin() as connection:
+        connection.execute(text("CREATE TRIGGER t5_refuse BEFORE INSERT ON greylist BEGIN SELECT RAISE(ABORT, 'disk full'); END"))
+    try:
+        services, check = _check(database, auto_whitelist_after=0)
+        session = Session(client_addr="192.0.2.1")
+        first = Envelope(spool=Spool(1024), sender="alice@example.org")
+        [hit] = check.on_rcpt(session, first, "bob@example.com")
+        assert hit.action == Action.GREYLIST  # decided from the read
+        [error] = check.on_data(session, first)
+        assert error.symbol == "GREYLIST_ERROR" and error.action is None and "disk full" in error.detail
+        # The next transaction: a store that cannot remember triplets must not defer them for ever.
+        second = Envelope(spool=Spool(1024), sender="carol@example.org")
+        [hit] = check.on_rcpt(session, second, "dave@example.com")
+        assert hit.symbol == "GREYLIST_ERROR" and hit.action is None and "disk full" in hit.detail
+        services.close()
+    finally:
+        with store.engine.begin() as connection:
+            connection.execute(text("DROP TRIGGER t5_refuse"))
