@@ -97,6 +97,8 @@ def test_quarantined_message_is_stored_not_delivered(stack: Stack) -> None:
     assert row["size"] == len(original)
     raw = cli(stack, "show", str(row["id"]), "--raw", binary=True)
     assert raw.returncode == 0 and raw.stdout == original
+    headers = cli(stack, "show", str(row["id"]), "--headers", binary=True)
+    assert headers.returncode == 0 and headers.stdout == original.split(b"\r\n\r\n")[0] + b"\r\n"
     assert cli(stack, "show", str(row["id"])).stdout.count("TEST_QUARANTINE") == 1
     log = [r for r in stack.milterd.log_json() if r["queue_id"] == row["queue_id"]]
     assert [r["action"] for r in log] == ["quarantine"]
