@@ -34,6 +34,9 @@ T = TypeVar("T")
 #: Recipients asked per SELECT … IN (…): well under SQLite's bound-parameter limit.
 CHUNK = 500
 
+#: The order in which :meth:`GreylistStore.record` applies the kinds of write.
+KIND_ORDER: tuple[Kind, ...] = ("new", "early", "expired", "pass", "known")
+
 
 def _aware(value: dt.datetime | None) -> dt.datetime:
     result = as_utc(value)
@@ -137,8 +140,10 @@ class GreylistStore:
         if not writes and not touch:
             return
         now = now or utcnow()
+        # Rows in key order and kinds in a fixed order: two messages writing the
+        # same triplets lock them in the same order (no deadlock on PostgreSQL).
         by_kind: dict[Kind, list[dict[str, Any]]] = defaultdict(list)
-        for write in writes:
+        for write in sorted(writes, key=lambda w: (KIND_ORDER.index(w.kind), w.triplet.network, w.triplet.sender, w.triplet.recipient)):
             by_kind[write.kind].append(_insert_values(write))
         counted = Counter(w.triplet.network for w in writes if w.count_client)
         last_counted = {w.triplet.network: w.at for w in writes if w.count_client}
