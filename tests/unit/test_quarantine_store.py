@@ -232,6 +232,18 @@ def test_config_defaults() -> None:
     assert section.release_smtp == "unix:/var/spool/postfix/public/milterd-reinject" and not section.release_user
 
 
+
+def test_a_bad_release_smtp_is_refused_with_file_and_key(tmp_path: Path) -> None:
+    from milterd.config import ConfigError
+
+    for bad in ("unix:relative/socket", "host:port"):
+        path = tmp_path / "bad.conf"
+        path.write_text(f'[quarantine]\nrelease_smtp = "{bad}"\n')
+        with pytest.raises(ConfigError) as refused:
+            load_config(path)
+        assert str(refused.value).startswith(f"{path}: [quarantine] release_smtp: expected"), refused.value
+
+
 # --- chunked storage -------------------------------------------------------------------
 BIG = b"From: a@example.org\r\nSubject: QUARANTINE-ME big\r\n\r\n" + b"".join(b"%07d .line with a leading dot after it\r\n.x\r\n" % i for i in range(30000))
 
