@@ -39,7 +39,8 @@ def _reconciled(stack: Stack, results: list[SendResult]) -> None:
 
 
 def _no_worker_died(stack: Stack, before: list[int]) -> None:
-    assert sorted(stack.milterd.workers()) == before, stack.milterd.stderr()[-3000:]
+    # The same workers still run (the supervisor's maintenance process may be a child too).
+    assert set(before) <= set(stack.milterd.workers()), stack.milterd.stderr()[-3000:]
     log = stack.milterd.stderr()
     assert "died" not in log and "Fatal Python error" not in log and "was killed by signal" not in log, log[-3000:]
 
