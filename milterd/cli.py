@@ -12,9 +12,13 @@ import argparse
 import datetime
 import importlib
 import sys
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from .config import ConfigError
+from .store import Store, StoreError
+from .units import parse_since
 
 if TYPE_CHECKING:
     from .config import Config
@@ -50,9 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def version() -> str:
     """The installed milterd's version (from its package metadata)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as package_version
-
     try:
         return package_version("milterd")
     except PackageNotFoundError:  # run from a source tree that was never installed
@@ -68,8 +69,6 @@ def config_parent() -> argparse.ArgumentParser:
 
 def open_store(config: "Config") -> "Store":
     """The store of *config* for a command that reads or changes it; StoreError without a schema."""
-    from .store import Store
-
     store = Store(config.database)
     try:
         store.require_schema()
@@ -82,8 +81,6 @@ def open_store(config: "Config") -> "Store":
 def describe_failure(exc: BaseException) -> str:
     """One line for a failed store operation: a StoreError's message, else the
     database driver's own words (never the SQL statement SQLAlchemy appends)."""
-    from .store import StoreError
-
     if isinstance(exc, StoreError):
         return str(exc)
     reason = getattr(exc, "orig", None) or exc
@@ -92,8 +89,6 @@ def describe_failure(exc: BaseException) -> str:
 
 def since_arg(value: str) -> "datetime.datetime":
     """argparse type of ``--since``: a duration back from now (1h, 7d) or an ISO date."""
-    from .units import parse_since
-
     try:
         return parse_since(value)
     except ValueError as exc:

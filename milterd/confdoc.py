@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import tomli_w
 from pydantic import BaseModel
 
 from .config import Config
+from .ruleset import SHIPPED_DIR, origins
+from .text import redact_url
+from .units import format_duration, parse_duration, parse_size
 
 if TYPE_CHECKING:
     from .ruleset import Ruleset
@@ -55,8 +59,6 @@ def toml_value(value: Any) -> str:
 
 
 def _render_value(field: Any, value: Any) -> str:
-    from .units import format_duration, parse_duration, parse_size
-
     validators = [getattr(m, "func", None) for m in field.metadata]
     if parse_duration in validators and value:
         return toml_value(format_duration(value))
@@ -107,16 +109,10 @@ def render_effective(config: Config, ruleset: "Ruleset | None" = None) -> str:
     With *ruleset*, comments follow naming the file each DNS list, rule and
     weight came from.
     """
-    import tomli_w
-
-    from .text import redact_url
-
     data = config.model_dump(mode="json", exclude={"path"})
     data["database"]["url"] = redact_url(config.database.url)
     out = [f"# from {config.path or 'embedded defaults'}", tomli_w.dumps(data).rstrip()]
     if ruleset is not None:
-        from .ruleset import SHIPPED_DIR, origins
-
         local = config.rules_dir
         out += ["", f"# Rule files: shipped {SHIPPED_DIR}, then local {local if local and local.exists() else '(none)'}"]
         for origin in origins(ruleset):

@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import ErrorDetails
 
 from .endpoints import parse_listen
+from .greylist import compile_pattern
 from .reinject import parse_target
 from .scanners import parse_address
 from .units import parse_duration, parse_size
@@ -183,6 +184,36 @@ class LocalDomainChecks(_Section):
     login_mismatch_action: Literal["score", "reject"] = Field("reject", description="An authenticated client sending as an address its login does not own: score, or reject with 553 5.7.1.")
 
 
+_CategoryAction = Literal["off", "score", "quarantine", "reject"]
+
+
+class AttachmentChecks(_CheckSwitches):
+    banned_extensions: list[str] = Field(
+        ["exe", "scr", "com", "pif", "bat", "cmd", "js", "jse", "vbs", "vbe", "wsf", "wsh", "hta", "jar", "msi", "msp", "iso", "img", "vhd", "vhdx", "lnk", "cpl", "reg", "ps1", "scf", "chm", "dll", "appx", "msix", "application", "gadget", "inf", "sct", "url"],
+        description="File name extensions (without the dot, any case) banned in attachments and in the archives they carry: symbol ATTACH_BANNED.",
+    )
+    banned_action: _CategoryAction = Field("reject", description="A banned name: reject (550 5.7.1 naming the file), quarantine, only score ATTACH_BANNED, or off.")
+    double_extension_action: _CategoryAction = Field("reject", description="A banned extension behind another one (invoice.pdf.exe): ATTACH_DOUBLE_EXT, with the same choices.")
+    mismatch_action: _CategoryAction = Field("score", description="Content whose first bytes contradict the name or declared type (a \"PDF\" that is a Windows executable): ATTACH_TYPE_MISMATCH, with the same choices.")
+    macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
+    encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
+    limit_action: _CategoryAction = Field("score", description="An archive past the limits below, or unreadable: ATTACH_ARCHIVE_LIMIT, with the same choices.")
+    archives: bool = Field(True, description="Look inside zip archives (and 7z, rar, cab and tar ones when libarchive-c is installed) for the same rules.")
+    archive_max_depth: int = Field(3, ge=1, le=20, description="Archives nested deeper than this (an archive in an archive is 2) are not opened.")
+    archive_max_members: int = Field(1000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at.")
+    archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")
+    max_attachment_size: Size = Field(64 * 1024 * 1024, description="Attachments are decoded up to this size (to a temporary file past [milter] spool_memory); a larger one is judged by its name and first bytes only.")
+
+
+class UriblChecks(_CheckSwitches):
+    max_domains: int = Field(20, ge=0, le=1000, description="Most distinct registrable domains (and IP addresses) of a message's links looked up, in the order they appear.")
+    skip_domains: list[str] = Field(
+        ["google.com", "gmail.com", "youtube.com", "goo.gl", "microsoft.com", "office.com", "outlook.com", "live.com", "windows.net", "apple.com", "icloud.com", "amazon.com", "amazonaws.com", "facebook.com", "instagram.com", "whatsapp.com", "linkedin.com", "twitter.com", "x.com", "yahoo.com", "wikipedia.org", "github.com", "mozilla.org", "w3.org", "schema.org", "debian.org", "apache.org", "python.org", "paypal.com"],
+        description="Registrable domains never looked up (well known, never listed: asking would only cost queries).",
+    )
+    ip_lists: list[str] = Field(["SPAMHAUS_SBL"], description="Address links (http://192.0.2.1/) are looked up in these [[dnsbl]] zones or zone codes (name without DNSBL_: \"SPAMHAUS_SBL\"), whose operators allow it; a listing is URIBL_IP_<NAME> with the zone's or code's score and action.")
+
+
 class ChecksSection(_Section):
     dnsbl: DnsblChecks = DnsblChecks()
     rdns: RdnsChecks = RdnsChecks()
@@ -191,6 +222,8 @@ class ChecksSection(_Section):
     spf: SpfChecks = SpfChecks()
     headers: HeaderChecks = HeaderChecks()
     local_domains: LocalDomainChecks = LocalDomainChecks()
+    attachments: AttachmentChecks = AttachmentChecks()
+    uribl: UriblChecks = UriblChecks()
 
 
 class GreylistSection(_Section):
@@ -211,8 +244,6 @@ class GreylistSection(_Section):
     @field_validator("whitelist_clients", "whitelist_senders", "whitelist_recipients")
     @classmethod
     def _whitelist(cls, value: list[str], info: Any) -> list[str]:
-        from .greylist import compile_pattern
-
         kind = str(info.field_name).removeprefix("whitelist_").rstrip("s")
         for entry in value:
             compile_pattern(kind, entry)
@@ -249,6 +280,21 @@ class SpamdSection(_ScannerSection):
     after_clamav: bool = Field(False, description="Wait for clamd's verdict and skip spamd for a virus (saves spamd's time; end of data then takes clamd's time plus spamd's instead of the longer of the two).")
     cache_size: int = Field(1000, ge=0, description="spamd results kept per worker, by a digest of the message, its client, HELO and recipients, so that a retried message (after a 4xx) is not scanned again; 0 is off.")
     cache_ttl: Duration = Field(900.0, description="How long a kept spamd result is reused; a retry after this is scanned again (DNS-based rules may have changed); 0 is off.")
+
+
+class LearnerSection(_Section):
+    enabled: bool = Field(True, description="Run milterd's own classifier (BAYES_* symbols), with its token counts in [database] shared by every worker and MX host; it stays silent until min_spam and min_ham messages are learned (milterd learn).")
+    min_spam: int = Field(200, ge=1, description="Spam messages that must be learned before the classifier scores anything (SpamAssassin's bayes_min_spam_num).")
+    min_ham: int = Field(200, ge=1, description="Ham messages that must be learned before the classifier scores anything (SpamAssassin's bayes_min_ham_num).")
+    max_size: Size = Field(256 * 1024, description="Bytes of a message the classifier reads (headers and the start of the body); the rest is not looked at.")
+    cache_size: int = Field(200000, ge=0, description="Token counts each worker keeps in memory, so that most lookups never reach the database; 0 is off.")
+    cache_ttl: Duration = Field(60.0, description="How long a worker reuses a cached count: what another worker or MX host learns is used within this time.")
+    autolearn_spam: Threshold = Field(False, description="Learn as spam every message scoring at or above this (the classifier's own BAYES_* score left out); false is off. Auto-learning drifts: keep it well above [actions] reject.")
+    autolearn_ham: Threshold = Field(False, description="Learn as ham every message scoring at or below this (the classifier's own BAYES_* score left out); false is off. Keep it well below 0.")
+    token_expiry: Duration = Field(180 * 86400.0, description="Tokens not learned for this long and seen in at most expiry_rare messages are deleted by the maintenance job.")
+    expiry_rare: int = Field(1, ge=0, description="Tokens seen in at most this many learned messages count as rare for token_expiry.")
+    max_tokens: int = Field(2000000, ge=0, description="Bound of the model: beyond this many tokens the least recently learned are deleted by the maintenance job; 0 is no bound.")
+    expiry_interval: Duration = Field(86400.0, description="How often the supervisor runs the token expiry job; 0 is never.")
 
 
 class QuarantineSection(_Section):
@@ -292,6 +338,7 @@ class Config(_Section):
     clamav: ClamavSection = ClamavSection()
     spamd: SpamdSection = SpamdSection()
     quarantine: QuarantineSection = QuarantineSection()
+    learner: LearnerSection = LearnerSection()
     metrics: MetricsSection = MetricsSection()
     path: Path | None = Field(None, exclude=True)
 

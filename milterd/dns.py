@@ -28,6 +28,7 @@ import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+import spf
 
 from .endpoints import split_host_port
 
@@ -102,6 +103,20 @@ def dnsbl_name(ip: str, zone: str) -> str | None:
     return f"{prefix}.{zone.strip('.')}"
 
 
+#: Told of every lookup in an answer cache: True for a hit, False for a miss.
+CacheObserver = Callable[[bool], None]
+_cache_observer: CacheObserver | None = None
+
+
+def observe_cache(observer: CacheObserver | None) -> None:
+    """Tell *observer* of every answer-cache lookup in this process (metrics counts them); None stops it.
+
+    Set before the workers fork: they inherit it.
+    """
+    global _cache_observer
+    _cache_observer = observer
+
+
 class TTLCache:
     """A bounded LRU table whose entries also expire (thread-safe)."""
 
@@ -112,6 +127,13 @@ class TTLCache:
 
     def get(self, key: tuple[str, str]) -> Answer | None:
         """The live entry for *key*, or None."""
+        answer = self._get(key)
+        observer = _cache_observer
+        if observer is not None:
+            observer(answer is not None)
+        return answer
+
+    def _get(self, key: tuple[str, str]) -> Answer | None:
         with self._lock:
             item = self._data.get(key)
             if item is None:
@@ -281,8 +303,6 @@ class Resolver:
     # --- pyspf ------------------------------------------------------------
     def spf_lookup(self, name: str, qtype: str, strict: Any = True, timeout: float = 20.0) -> list[tuple[tuple[str, str], Any]]:
         """pyspf's ``DNSLookup`` signature, answered from this resolver (see :func:`use_for_spf`)."""
-        import spf
-
         deadline = time.monotonic() + min(float(timeout or self.timeout), self.timeout)
         answer = self.query(name, qtype, deadline)
         if answer.failed:
@@ -307,8 +327,6 @@ class Resolver:
 
 def use_for_spf(get_resolver: Callable[[], Resolver]) -> None:
     """Make pyspf ask our resolver: *get_resolver* returns this process's :class:`Resolver`."""
-    import spf
-
     def lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20.0) -> list[tuple[tuple[str, str], Any]]:
         return get_resolver().spf_lookup(name, qtype, strict, timeout)
 

@@ -13,14 +13,25 @@ Postfix rules are pure functions of the settings, tested without Postfix.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 from .config import Config, ConfigError, load_config
+from .dns import Resolver, dnsbl_name
 from .endpoints import parse_socket
+from .reinject import parse_target, probe
+from .ruleset import origins
+from .scanners.clamd import ClamdClient
+from .scanners.spamd import SpamdClient
+from .services import build
+from .store import Store
+from .store.engine import server_connection_limits
+from .text import redact, redact_url
 from .units import parse_duration
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -53,8 +64,6 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
     findings: list[Finding] = []
     services = None
     try:
-        from .services import build
-
         services = build(config)
         findings.append(Finding("configuration", "ok", f"{config.path or 'embedded defaults'}: {len(services.checks)} checks enabled"))
         findings += rule_origins(services)
@@ -73,7 +82,6 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
             findings += judge_postfix(config, settings)
     if services is not None:
         services.close()
-    from .text import redact
 
     # No finding prints the database password, whatever a driver's message quotes.
     return [Finding(f.name, f.status, redact(f.detail, config.database.url)) for f in findings]
@@ -88,8 +96,6 @@ def _guarded(name: str, probe: Callable[[], Finding]) -> Finding:
 
 def probe_database(config: Config) -> list[Finding]:
     """The store answers, and its schema is the one this milterd needs."""
-    from .store import Store
-
     def probe() -> Finding:
         url = _safe_url(config.database.url)
         database = config.database.url.removeprefix("sqlite:///") if config.database.url.startswith("sqlite:///") else ""
@@ -145,10 +151,6 @@ def probe_connections(config: Config) -> list[Finding]:
     """On a database server: the pools' total against its ``max_connections`` (nothing for SQLite)."""
     if config.database.url.startswith("sqlite"):
         return []
-    import os
-
-    from .store import Store
-    from .store.engine import server_connection_limits
 
     def probe() -> Finding:
         store = Store(config.database)
@@ -165,7 +167,6 @@ def probe_connections(config: Config) -> list[Finding]:
 
 def _safe_url(url: str) -> str:
     # Never print a password: postgresql+psycopg://user:secret@host/db → user:***@host
-    from .text import redact_url
 
     return redact_url(url)
 
@@ -175,8 +176,6 @@ def probe_scanners(config: Config) -> list[Finding]:
     findings = []
     if config.clamav.enabled:
         def clamd() -> Finding:
-            from .scanners.clamd import ClamdClient
-
             client = ClamdClient(config.clamav.address, timeout=min(config.clamav.timeout, 10.0))
             if not client.ping():
                 return Finding("clamd", "fail", f"{config.clamav.address}: no PONG")
@@ -187,8 +186,6 @@ def probe_scanners(config: Config) -> list[Finding]:
         findings.append(Finding("clamd", "skip", "[clamav] enabled = false"))
     if config.spamd.enabled:
         def spamd() -> Finding:
-            from .scanners.spamd import SpamdClient
-
             client = SpamdClient(config.spamd.address, timeout=min(config.spamd.timeout, 10.0))
             if not client.ping():
                 return Finding("spamd", "fail", f"{config.spamd.address}: no PONG")
@@ -202,8 +199,6 @@ def probe_scanners(config: Config) -> list[Finding]:
 
 def probe_release_smtp(config: Config) -> Finding:
     """The milter-less smtpd that quarantine releases go to answers with a 220 banner (a warning if not)."""
-    from .reinject import parse_target, probe
-
     name = "quarantine release_smtp"
     try:
         banner = probe(parse_target(config.quarantine.release_smtp), timeout=5)
@@ -216,10 +211,6 @@ def probe_release_smtp(config: Config) -> Finding:
 
 def rule_origins(services: Any) -> list[Finding]:
     """Where each DNS list, custom rule and weight in effect came from: shipped or local rule files."""
-    from collections import defaultdict
-
-    from .ruleset import origins
-
     findings = []
     weights: dict[Path, list[str]] = defaultdict(list)
     for origin in origins(services.ruleset):
@@ -250,7 +241,6 @@ def probe_dns(config: Config, services: Any) -> list[Finding]:
     zones = dnsbl_zones(services)
     if not zones:
         return [Finding("dns", "skip", "no DNSBL zones in rules/")]
-    from .dns import Resolver, dnsbl_name
 
     resolver = Resolver(config.dns)
     findings = []

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
-from .store import utcnow
+from .clock import utcnow
 
 if TYPE_CHECKING:
     from .config import GreylistSection

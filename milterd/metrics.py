@@ -32,6 +32,7 @@ import tempfile
 import time
 from typing import Any
 
+from . import dns
 from .endpoints import parse_listen
 
 log = logging.getLogger("milterd")
@@ -84,27 +85,14 @@ def start(listen: str) -> tuple[str, int] | None:
 
 
 def _count_dns_cache() -> None:
-    """Count hits and misses of the resolver's answer cache (the hit ratio is hit / (hit + miss)).
-
-    dns.py has no hook for this, so its cache lookup is wrapped here, in the
-    supervisor before the workers fork, and only when metrics are on.
-    """
-    try:
-        from . import dns
-    except ImportError:  # pragma: no cover - a build without the DNS module
-        return
-    original = dns.TTLCache.get
-    if getattr(original, "_counted", False):
-        return
+    """Count hits and misses of the resolver's answer cache (the hit ratio is hit / (hit + miss)),
+    through dns's observer hook, set in the supervisor before the workers fork."""
     hit, miss = _metrics["dns_cache"].labels("hit"), _metrics["dns_cache"].labels("miss")  # type: ignore[index]
 
-    def get(self: Any, key: tuple[str, str]) -> Any:
-        answer = original(self, key)
-        (hit if answer is not None else miss).inc()
-        return answer
+    def count(found: bool) -> None:
+        (hit if found else miss).inc()
 
-    get._counted = True  # type: ignore[attr-defined]
-    dns.TTLCache.get = get  # type: ignore[method-assign]
+    dns.observe_cache(count)
 
 
 def enabled() -> bool:

@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.header import decode_header, make_header
 from typing import Callable
 
@@ -391,8 +391,6 @@ class Pipeline:
 
 
 def _replace_action(verdict: Verdict, action: Action, reason: str) -> Verdict:
-    from dataclasses import replace
-
     return replace(verdict, action=action, reason=reason)
 
 

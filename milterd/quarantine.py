@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator
 
 from . import reinject
 from .config import Config
+from .scanners.spamd import SpamdClient
 from .store import Store, StoreError, utcnow
 from .store.quarantine import QuarantineStore
 from .text import escape
@@ -321,8 +322,6 @@ class Quarantine:
             report.notes.append("spamd is not enabled: not learned")
             return
         try:
-            from .scanners.spamd import SpamdClient
-
             spamd = self.config.spamd
             if row["size"] > spamd.max_size:
                 report.notes.append(f"larger than [spamd] max_size ({row['size']} bytes): not learned")

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from .checks import Check, Symbol, discover
 from .config import Config, ConfigError
+from .dns import Resolver
 from .ruleset import Ruleset, load_ruleset
+from .store import Store
 
 if TYPE_CHECKING:
     from .store import Store
@@ -52,8 +54,6 @@ class Services:
         """The SQL store of this process, opened on first use."""
         with self._lock:
             if self._store is None:
-                from .store import Store
-
                 self._store = Store(self.config.database)
             return self._store
 
@@ -62,8 +62,6 @@ class Services:
         """The DNS resolver of this process, created on first use."""
         with self._lock:
             if self._resolver is None:
-                from .dns import Resolver
-
                 self._resolver = Resolver(self.config.dns)
             return self._resolver
 

@@ -25,13 +25,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import Milter
 import milter
 
-from . import metrics
+from . import adapter, maintenance, metrics
+from .adapter import MilterdMilter
 from .config import Config, ConfigError, load_config
 from .endpoints import SocketSpec, parse_socket
+from .pipeline import Pipeline
 from .services import Services, build
 from .store import StoreError
+from .summary import setup_logging
 from .text import redact
 
 if TYPE_CHECKING:
@@ -54,7 +58,6 @@ def _socket_fds() -> set[int]:
 def open_socket(config: Config) -> tuple[SocketSpec, int]:
     """Open the listening socket with libmilter; return it and its file descriptor."""
     spec = parse_socket(config.milter.socket)
-    from .adapter import MilterdMilter
 
     register(MilterdMilter)  # libmilter refuses to open a socket before registration
     before = _socket_fds()
@@ -217,7 +220,6 @@ class Supervisor:
         log.info("listening on %s with %d workers", self.config.milter.socket, self.worker_count)
         for _ in range(self.worker_count):
             self._spawn()
-        from . import maintenance
 
         last_run: dict[str, float]
         jobs, last_run, next_check = list(maintenance.JOBS), {}, time.monotonic() + 5
@@ -234,8 +236,6 @@ class Supervisor:
         return 0
 
     def _maintain(self, jobs: list[Job], last_run: dict[str, float]) -> None:
-        from . import maintenance
-
         if self.maintainer and self._alive(self.maintainer):
             return
         now = time.time()
@@ -417,9 +417,6 @@ def _describe_exit(status: int) -> str:
 
 def run_worker(services: Services, listen_fd: int, stop_fd: int) -> int:
     """The body of a worker process: serve milter connections until told to stop."""
-    from . import adapter
-    from .pipeline import Pipeline
-
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     services.after_fork()
@@ -465,8 +462,6 @@ def _wait_for_stop(stop_fd: int, listen_fd: int, timeout: float) -> None:
 
 
 def _drain(timeout: float) -> None:
-    from . import adapter
-
     deadline = time.monotonic() + timeout
     while adapter.active > 0 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -476,8 +471,6 @@ def _drain(timeout: float) -> None:
 
 def register(cls: type) -> None:
     """Register *cls* with pymilter's C module, as Milter.runmilter does, without serving."""
-    import Milter
-
     Milter.factory = cls
     milter.set_connect_callback(Milter.connect_callback)
     milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
@@ -500,7 +493,6 @@ def register(cls: type) -> None:
 def serve(config_path: str | None) -> int:
     """``milterd serve``: validate everything, prepare the store, then supervise."""
     config = load_config(config_path)
-    from .summary import setup_logging
 
     setup_logging(config.milter.log_target, config.milter.log_level, config.database.url)
     service_account(config)  # an unknown user or group is refused before anything is created

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from email import policy
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -93,7 +94,6 @@ class LocalSpoof(Check):
     def on_eoh(self, session: Session, envelope: Envelope) -> Hits:
         if not self.options.check_from_header:
             return ()
-        from email import policy
 
         for name, value in envelope.headers:
             if name.lower() != "from":

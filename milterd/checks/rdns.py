@@ -14,6 +14,7 @@ import ipaddress
 import re
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from ..config import ConfigError
 from ..model import Envelope, Hit, Session
 from . import Hits, Symbol
 from .switches import ConfiguredCheck
@@ -69,7 +70,6 @@ class ReverseDns(ConfiguredCheck):
     def enabled(cls, services: "Services") -> bool:
         if not super().enabled(services):
             return False
-        from ..config import ConfigError
 
         for position, pattern in enumerate(services.config.checks.rdns.generic_patterns):
             try:

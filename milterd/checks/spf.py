@@ -17,6 +17,9 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import authres
+import spf
+
 from ..dns import use_for_spf
 from ..model import Action, Envelope, HeaderEdit, Hit, Session
 from . import Hits, Symbol
@@ -51,8 +54,6 @@ def forged_indexes(headers: list[tuple[str, bytes]], authserv_id: str) -> list[i
 
 def authentication_results(authserv_id: str, spf: dict[str, str] | None, auth_user: str) -> str:
     """The value of our Authentication-Results header (without the name)."""
-    import authres
-
     results: list[Any] = []
     if auth_user:
         results.append(authres.SMTPAUTHAuthenticationResult(result="pass", smtp_auth=auth_user))
@@ -98,7 +99,6 @@ class Spf(ConfiguredCheck):
         envelope.state.pop(_STATE, None)
         if self.bypassed(session) or session.ip is None:
             return ()
-        import spf
 
         sender = envelope.sender.strip()
         helo = session.helo.strip()

@@ -7,6 +7,7 @@ import argparse
 from ..cli import config_parent
 from ..confdoc import render_defaults, render_effective
 from ..config import load_config
+from ..services import build
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,7 +22,6 @@ def run_config(args: argparse.Namespace) -> int:
     if args.what == "defaults":
         print(render_defaults(), end="")
         return 0
-    from ..services import build
 
     config = load_config(args.config)
     services = build(config)

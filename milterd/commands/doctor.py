@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..cli import config_parent
+from ..doctor import diagnose, worst
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,8 +21,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run_doctor(args: argparse.Namespace) -> int:
     """Print the findings; exit 1 on any failure (or warning, with --strict)."""
-    from ..doctor import diagnose, worst
-
     findings = diagnose(args.config, args.postfix_config, use_postconf=not args.no_postfix)
     status = worst(findings)
     if args.json:

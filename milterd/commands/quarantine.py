@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import pwd
@@ -204,8 +205,6 @@ def run_delete(args: argparse.Namespace, quarantine: Quarantine) -> int:
 
 def run_purge(args: argparse.Namespace, quarantine: Quarantine) -> int:
     """Delete what is older than --older-than."""
-    import datetime as dt
-
     cutoff = utcnow() - dt.timedelta(seconds=args.older_than)
     if args.dry_run:
         rows = quarantine.rows(older_than=cutoff)
@@ -225,8 +224,6 @@ def _summary(row: dict[str, Any]) -> str:
 
 def run_digest(args: argparse.Namespace, quarantine: Quarantine) -> int:
     """Send the digest (and, when asked, the virus notices)."""
-    import datetime as dt
-
     since = args.since or utcnow() - dt.timedelta(hours=24)
     print(quarantine.digest(args.to, since, sender=args.sender))
     notify = args.notify_virus_recipients if args.notify_virus_recipients is not None else quarantine.config.quarantine.notify_virus_recipients

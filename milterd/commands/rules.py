@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from ..cli import config_parent, describe_failure, open_store, since_arg
 from ..config import ConfigError, load_config
+from ..ruleset import is_shipped
 from ..services import Services, build
 from ..store import StoreError
 from ..tuning import symbol_stats, symbol_table, symbols_toml, whatif
@@ -82,7 +83,6 @@ def run_lint(args: argparse.Namespace) -> int:
     """Validate; exit 0 with a one-line summary, or 2 with the file, key and reason."""
     config = load_config(args.config)
     services = build(config)
-    from ..ruleset import is_shipped
 
     custom = sum(1 for s in symbol_table(services) if not s.builtin)
     shipped = sum(1 for path in services.ruleset.files if is_shipped(path))

@@ -8,6 +8,7 @@ import signal
 import sys
 
 from ..cli import config_parent
+from ..supervisor import serve
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,8 +23,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until stopped."""
-    from ..supervisor import serve
-
     if args.pid_file:
         with open(args.pid_file, "w") as handle:
             handle.write(f"{os.getpid()}\n")

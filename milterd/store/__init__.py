@@ -13,40 +13,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import insert, inspect, make_url, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..clock import as_utc as as_utc  # re-exported
+from ..clock import utcnow as utcnow
 from ..config import DatabaseSection
 from ..text import redact, redact_url
 from . import schema
 from .engine import POOL_SIZE, make_engine  # noqa: F401 - re-exported
+from .errors import StoreError as StoreError
+from .greylist import GreylistStore
+from .quarantine import insert_message
 
 if TYPE_CHECKING:
-    from .greylist import GreylistStore
     from .quarantine import QuarantineWrite
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class StoreError(Exception):
-    """The store could not be reached or could not commit."""
-
-
 class NoSchemaError(StoreError):
     """The database has no milterd schema yet (``milterd db upgrade`` creates it)."""
-
-
-def utcnow() -> dt.datetime:
-    """The current time, timezone-aware UTC (what every time column holds)."""
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def as_utc(value: dt.datetime | None) -> dt.datetime | None:
-    """A time read back from the store as aware UTC (SQLite returns naive values)."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.timezone.utc)
 
 
 @dataclass
@@ -105,8 +97,6 @@ class Store:
 
     # --- schema -----------------------------------------------------------
     def _alembic_config(self, connection: Connection) -> Any:
-        from alembic.config import Config as AlembicConfig
-
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.attributes["connection"] = connection
@@ -114,8 +104,6 @@ class Store:
 
     def upgrade(self) -> str:
         """Create or upgrade the schema to the newest version; return that version."""
-        from alembic import command
-
         try:
             with self.engine.begin() as connection:
                 command.upgrade(self._alembic_config(connection), "head")
@@ -125,15 +113,11 @@ class Store:
 
     def schema_version(self) -> str | None:
         """The schema version in the database, or None where there is no schema."""
-        from alembic.migration import MigrationContext
-
         with self.engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
 
     def head_version(self) -> str:
         """The newest schema version this milterd knows."""
-        from alembic.script import ScriptDirectory
-
         with self.engine.connect() as connection:
             return ScriptDirectory.from_config(self._alembic_config(connection)).get_current_head() or ""
 
@@ -178,8 +162,6 @@ class Store:
                 assert key is not None  # an INSERT of one row has its primary key
                 message_id = key[0]
                 if quarantine is not None:
-                    from .quarantine import insert_message
-
                     insert_message(connection, int(message_id), quarantine)
                 return int(message_id)
         except SQLAlchemyError as exc:
@@ -234,8 +216,6 @@ class Store:
     @property
     def greylist(self) -> "GreylistStore":
         """The greylist's triplets, client networks and whitelist (store/greylist.py)."""
-        from .greylist import GreylistStore
-
         return GreylistStore(self.engine)
 
     def ping(self) -> None:

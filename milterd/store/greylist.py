@@ -26,8 +26,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..clock import as_utc, utcnow
 from ..greylist import RENEW_INTERVAL, Kind, State, Triplet, Whitelist, Write, compile_pattern
-from . import StoreError, as_utc, schema, utcnow
+from . import schema
+from .errors import StoreError
 
 T = TypeVar("T")
 

@@ -20,7 +20,9 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import StoreError, as_utc, schema
+from ..clock import as_utc
+from . import schema
+from .errors import StoreError
 
 #: Bytes per stored piece (amavisd uses 16 KiB; Postfix passes bodies in 64 KiB pieces).
 CHUNK_SIZE = 64 * 1024

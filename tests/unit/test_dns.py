@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 
 from milterd.config import DnsSection
-from milterd.dns import Answer, Resolver, TTLCache, dnsbl_name, parse_nameserver, use_for_spf
+from milterd.dns import Answer, Resolver, TTLCache, dnsbl_name, observe_cache, parse_nameserver, use_for_spf
 from tests.harness.dns import LocalDns
 
 
@@ -90,3 +90,18 @@ def test_resolver_that_never_answers_is_an_error_not_a_hang() -> None:
         assert resolver.query("c.example.test", "A", deadline=time.monotonic() - 1).error == "timeout"
     finally:
         silent.close()
+
+
+def test_cache_observer_is_told_of_hits_and_misses() -> None:
+    """metrics counts the answer cache through this hook (it used to patch TTLCache.get)."""
+    seen: list[bool] = []
+    cache = TTLCache(10)
+    observe_cache(seen.append)
+    try:
+        cache.put(("a.test", "A"), Answer("a.test", "A", "ok", ("192.0.2.1",), ttl=60))
+        assert cache.get(("a.test", "A")) is not None
+        assert cache.get(("b.test", "A")) is None
+    finally:
+        observe_cache(None)
+    assert seen == [True, False]
+    assert cache.get(("a.test", "A")) is not None and seen == [True, False]
