@@ -1,12 +1,20 @@
 """Greylisting messages with 1,000 recipients must not starve the other workers.
 
-Five sessions each send 1,000-recipient messages from new client networks
-(every recipient is a new triplet, so each is deferred and recorded) while
-ordinary mail flows from a whitelisted network through the same Postfix and
-milterd, on the default SQLite store.  Before the greylist writes were batched
-(one transaction per message) every RCPT was a write transaction: SQLite's
-single writer was taken a thousand times per message and the ordinary mail's
-log commits waited past ``[database] busy_timeout`` and were answered 451.
+Five sessions send 1,000-recipient messages (pipelined, as bulk MTAs do)
+from new client networks, so that every recipient is a new triplet, deferred
+and recorded, while ordinary mail flows from a whitelisted network through
+the same Postfix and milterd, on the default SQLite store: no ordinary
+message may be answered 451, each must be in the log, and every bulk
+recipient must be greylisted and stored.
+
+Before the writes were batched every RCPT was one write transaction.  On the
+2-core test machine that did not make the ordinary mail's log commits time
+out even with a 0.2 s busy_timeout (the CPU, not SQLite's lock, was the
+bottleneck), but it halved the bulk throughput and, at 0.1 s, let some bulk
+recipients through un-greylisted (GREYLIST_ERROR) in some runs: the load test
+measures, it does not reliably fail on that code.  The second test does: it
+shows through Postfix that a 1,000-recipient transaction writes nothing while
+its RCPTs are answered and writes all its triplets when it ends.
 """
 
 from __future__ import annotations
@@ -108,7 +116,7 @@ def test_thousand_recipient_greylisting_does_not_tempfail_other_mail(make_stack:
     for thread in bulk_threads:
         thread.start()
     for thread in bulk_threads:
-        thread.join(timeout=900)
+        thread.join(timeout=300)
     done.set()
     flow.join(timeout=300)
     assert not any(t.is_alive() for t in bulk_threads) and not flow.is_alive(), "the load did not finish"
