@@ -205,6 +205,8 @@ class AttachmentChecks(_CheckSwitches):
     max_attachment_size: Size = Field(64 * 1024 * 1024, description="Attachments are decoded up to this size (to a temporary file past [milter] spool_memory); a larger one is judged by its name and first bytes only.")
 
 
+    """The attachment policy: each category scores its ATTACH_* symbol or forces quarantine or a reject naming the file."""
+
 class UriblChecks(_CheckSwitches):
     max_domains: int = Field(20, ge=0, le=1000, description="Most distinct registrable domains (and IP addresses) of a message's links looked up, in the order they appear.")
     skip_domains: list[str] = Field(
@@ -223,6 +225,8 @@ class ChecksSection(_Section):
     headers: HeaderChecks = HeaderChecks()
     local_domains: LocalDomainChecks = LocalDomainChecks()
     attachments: AttachmentChecks = AttachmentChecks()
+    """The domains of a message's links looked up in the URI block lists of rules/ ([[uribl]])."""
+
     uribl: UriblChecks = UriblChecks()
 
 

@@ -1,0 +1,215 @@
+"""The names inside an archive attachment, listed within bounds.
+
+Zip archives are read with the standard library; 7z, rar, cab and tar with
+``libarchive-c`` when it is installed (optional: Debian's ``libarchive13`` and
+PyPI's ``libarchive-c``).  Archives inside archives are opened too, down to
+``Limits.max_depth``.  Nothing is decompressed but each member's first bytes
+(to tell its type) and the nested archives themselves, and all of that
+together stops at ``Limits.max_size``, whatever the archive's directory
+claims: an archive bomb costs at most that much work and a temporary file.
+Members past ``Limits.max_members`` are not looked at.  What was not looked
+at is reported in ``Listing.limits``, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, extensions, sniff
+
+try:  # optional: 7z, rar, cab and tar (Debian libarchive13 + PyPI libarchive-c)
+    import libarchive  # type: ignore[import-untyped,import-not-found,unused-ignore]
+except (ImportError, OSError):  # OSError: the Python package without the shared library
+    libarchive = None
+
+#: Extensions of archives that are opened even when their first bytes do not say so.
+_ARCHIVE_EXTENSIONS = {"zip": "zip", "rar": "rar", "7z": "7z", "tar": "tar", "cab": "cab"}
+_CHUNK = 65536
+#: Nested archives up to this size stay in memory while they are listed.
+_MEMORY = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How far an archive is looked into."""
+
+    max_depth: int = 3
+    max_members: int = 1000
+    max_size: int = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One member of an archive: its path from the attachment down (``a.zip/b.zip/c.exe``)."""
+
+    path: str
+    encrypted: bool
+    head: bytes
+
+
+@dataclass
+class Listing:
+    """What was found inside an attachment, and what could not be looked at."""
+
+    entries: list[Entry] = field(default_factory=list)
+    encrypted: list[str] = field(default_factory=list)
+    limits: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Budget:
+    size: int
+    members: int
+
+
+def supported(kind: str) -> bool:
+    """Whether archives of *kind* (as :func:`milterd.filetypes.sniff` names them) can be listed here."""
+    return kind == "zip" or (kind in ARCHIVE_KINDS and libarchive is not None)
+
+
+def archive_kind(name: str, head: bytes) -> str | None:
+    """The archive kind of a file called *name* starting with *head*, or None when it is no archive."""
+    kind = sniff(head)
+    if kind in ARCHIVE_KINDS:
+        return kind
+    exts = extensions(name)
+    return _ARCHIVE_EXTENSIONS.get(exts[-1]) if exts and kind is None else None
+
+
+def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits) -> Listing:
+    """The members of archive *data* (a seekable file of *kind*) called *name*, nested archives included."""
+    listing = Listing()
+    _walk(name, data, kind, 1, limits, _Budget(limits.max_size, limits.max_members), listing)
+    return listing
+
+
+def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+    try:
+        if kind == "zip":
+            _walk_zip(path, data, depth, limits, budget, listing)
+        elif supported(kind):
+            _walk_libarchive(path, data, depth, limits, budget, listing)
+        else:
+            listing.limits.append(f"{path}: {kind} archives cannot be listed (libarchive-c is not installed)")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, OSError, RuntimeError) as exc:
+        listing.errors.append(f"{path}: unreadable {kind} archive ({exc.__class__.__name__}: {str(exc)[:80]})")
+    except Exception as exc:  # noqa: BLE001 - libarchive's errors, anything a hostile archive provokes
+        listing.errors.append(f"{path}: unreadable {kind} archive ({exc.__class__.__name__})")
+
+
+def _take_member(path: str, limits: Limits, budget: _Budget, listing: Listing) -> bool:
+    budget.members -= 1
+    if budget.members == -1:
+        listing.limits.append(f"{path}: past {limits.max_members} members, the rest not looked at")
+    return budget.members >= 0
+
+
+def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+    with zipfile.ZipFile(data) as archive:
+        for info in archive.infolist():
+            if info.is_dir():
+                continue
+            member = f"{path}/{info.filename}"
+            if not _take_member(member, limits, budget, listing):
+                return
+            encrypted = bool(info.flag_bits & 0x1)
+            if encrypted:
+                listing.entries.append(Entry(member, True, b""))
+                listing.encrypted.append(member)
+                continue
+            head = _read_head(archive, info, budget)
+            listing.entries.append(Entry(member, False, head))
+            inner = archive_kind(info.filename, head)
+            if inner is None:
+                continue
+            if depth >= limits.max_depth:
+                listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
+                continue
+            if info.file_size > budget.size:
+                listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+                continue
+            with archive.open(info) as stream:
+                nested = _copy_bounded(stream, budget)
+            if nested is None:
+                listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+                continue
+            with nested:
+                _walk(member, nested, inner, depth + 1, limits, budget, listing)
+
+
+def _read_head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget) -> bytes:
+    if budget.size <= 0:
+        return b""
+    with archive.open(info) as stream:
+        head = stream.read(min(HEAD_SIZE, budget.size))
+    budget.size -= len(head)
+    return head
+
+
+def _copy_bounded(stream: IO[bytes], budget: _Budget) -> IO[bytes] | None:
+    """*stream* copied to a temporary file, or None (and nothing kept) once it passes the budget."""
+    copy: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_MEMORY)
+    while True:
+        chunk = stream.read(min(_CHUNK, budget.size + 1))
+        if not chunk:
+            break
+        budget.size -= len(chunk)
+        if budget.size < 0:
+            copy.close()
+            return None
+        copy.write(chunk)
+    copy.seek(0)
+    return copy
+
+
+def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+    data.seek(0)
+    lib: Any = libarchive
+    with lib.stream_reader(data) as archive:
+        for entry in archive:
+            if entry.isdir:
+                continue
+            member = f"{path}/{entry.pathname}"
+            if not _take_member(member, limits, budget, listing):
+                return
+            if bool(getattr(entry, "is_encrypted", False)):
+                listing.entries.append(Entry(member, True, b""))
+                listing.encrypted.append(member)
+                continue
+            blocks = entry.get_blocks()
+            head = b""
+            for block in blocks:
+                head += bytes(block)
+                if len(head) >= HEAD_SIZE or budget.size - len(head) <= 0:
+                    break
+            budget.size -= len(head)
+            listing.entries.append(Entry(member, False, head[:HEAD_SIZE]))
+            inner = archive_kind(entry.pathname, head)
+            if inner is None:
+                continue
+            if depth >= limits.max_depth:
+                listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
+                continue
+            nested = _copy_blocks(head, blocks, budget)
+            if nested is None:
+                listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+                continue
+            with nested:
+                _walk(member, nested, inner, depth + 1, limits, budget, listing)
+
+
+def _copy_blocks(head: bytes, blocks: Any, budget: _Budget) -> IO[bytes] | None:
+    copy: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_MEMORY)
+    copy.write(head)
+    for block in blocks:
+        budget.size -= len(block)
+        if budget.size < 0:
+            copy.close()
+            return None
+        copy.write(bytes(block))
+    copy.seek(0)
+    return copy

@@ -1,0 +1,192 @@
+"""The attachment policy: banned names, double extensions, content that lies about its type, archives.
+
+At end of message each attachment is decoded from the spool, one at a time
+(:mod:`milterd.mimeparts`), and judged with the members of the archives it
+carries (:mod:`milterd.archives`, within the configured limits).  Every
+finding names the file (``invoice.zip/inner.zip/evil.exe``) and the rule; a
+category's action in ``[checks.attachments]`` either only scores its symbol
+or forces quarantine or a reject whose reply names the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, ClassVar, Iterable
+
+from ..archives import Limits, archive_kind, list_archive
+from ..filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
+from ..mimeparts import Attachment, attachments
+from ..model import Action, Envelope, Hit, Session
+from ..text import escape
+from . import Hits, Symbol
+from .switches import ConfiguredCheck
+
+if TYPE_CHECKING:
+    from ..config import AttachmentChecks
+    from ..services import Services
+
+log = logging.getLogger(__name__)
+
+BANNED = "ATTACH_BANNED"
+DOUBLE = "ATTACH_DOUBLE_EXT"
+MISMATCH = "ATTACH_TYPE_MISMATCH"
+MACRO = "ATTACH_OFFICE_MACRO"
+ENCRYPTED = "ATTACH_ENCRYPTED"
+LIMIT = "ATTACH_ARCHIVE_LIMIT"
+ERROR = "ATTACH_ERROR"
+
+#: Symbol → the option of [checks.attachments] holding its action.
+_ACTION_OPTION = {
+    BANNED: "banned_action",
+    DOUBLE: "double_extension_action",
+    MISMATCH: "mismatch_action",
+    MACRO: "macro_action",
+    ENCRYPTED: "encrypted_action",
+    LIMIT: "limit_action",
+}
+#: Extensions of files that open as macro-enabled Office documents.
+_MACRO_EXTENSIONS = frozenset({"docm", "dotm", "xlsm", "xltm", "xlam", "pptm", "potm", "ppam", "ppsm", "sldm"})
+_OLE_MACRO_SCAN = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule one file broke."""
+
+    symbol: str
+    file: str
+    rule: str
+
+    @property
+    def text(self) -> str:
+        """``file: rule``, with what the sender controls escaped."""
+        return f"{escape(self.file, ascii_only=True)}: {self.rule}"
+
+
+def judge_name(path: str, banned: frozenset[str]) -> list[Finding]:
+    """The findings of a file's name: a banned extension, a banned one hidden behind another."""
+    exts = extensions(path.rsplit("/", 1)[-1])
+    if not exts or exts[-1] not in banned:
+        return []
+    found = [Finding(BANNED, path, f"banned extension .{exts[-1]}")]
+    if len(exts) >= 2 and exts[-2] not in banned:
+        found.append(Finding(DOUBLE, path, f"double extension .{exts[-2]}.{exts[-1]}"))
+    return found
+
+
+def judge_content(path: str, content_type: str, head: bytes, banned: frozenset[str], macros: bool) -> list[Finding]:
+    """The findings of a file's first bytes: a type that contradicts its name, an Office macro container."""
+    found = []
+    why = mismatch(path.rsplit("/", 1)[-1], content_type, head, banned)
+    if why:
+        found.append(Finding(MISMATCH, path, why))
+    exts = extensions(path.rsplit("/", 1)[-1])
+    if macros and exts and exts[-1] in _MACRO_EXTENSIONS:
+        found.append(Finding(MACRO, path, f"macro-enabled Office type .{exts[-1]}"))
+    return found
+
+
+def hits_for(findings: Iterable[Finding], actions: dict[str, str]) -> list[Hit]:
+    """One hit per symbol (every file named in its detail) with the action its category is set to.
+
+    *actions* maps each symbol to ``"score"``, ``"quarantine"``, ``"reject"`` or ``"off"``.
+    """
+    by_symbol: dict[str, list[Finding]] = {}
+    for finding in findings:
+        if actions.get(finding.symbol, "score") != "off":
+            by_symbol.setdefault(finding.symbol, []).append(finding)
+    hits = []
+    for symbol, found in by_symbol.items():
+        detail = "; ".join(dict.fromkeys(f.text for f in found))[:300]
+        action = actions.get(symbol, "score")
+        if action == "reject":
+            first = found[0]
+            reply = f"550 5.7.1 Attachment rejected: {first.text}"[:400]
+            hits.append(Hit(symbol, detail=detail, action=Action.REJECT, reply=reply))
+        elif action == "quarantine":
+            hits.append(Hit(symbol, detail=detail, action=Action.QUARANTINE))
+        else:
+            hits.append(Hit(symbol, detail=detail))
+    return hits
+
+
+class AttachmentPolicy(ConfiguredCheck):
+    """Banned, disguised and archived files among a message's attachments."""
+
+    name: ClassVar[str] = "attachments"
+    options_name: ClassVar[str] = "attachments"
+    description: ClassVar[str] = "Attachment policy: banned extensions, double extensions, type mismatches, archives ([checks.attachments])"
+    order: ClassVar[int] = 150
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol(BANNED, 5.0, "An attachment, or a file in an archive it carries, has a banned extension (detail: file and rule)"),
+        Symbol(DOUBLE, 5.0, "A banned extension hidden behind another one, such as invoice.pdf.exe"),
+        Symbol(MISMATCH, 3.0, "An attachment's content contradicts its name or declared type (a \"PDF\" that is an executable)"),
+        Symbol(MACRO, 2.0, "An Office document with VBA macros ([checks.attachments] macro_action)"),
+        Symbol(ENCRYPTED, 2.0, "An encrypted archive or member: its names or content cannot all be judged"),
+        Symbol(LIMIT, 1.0, "An archive nested too deep, with too many members, decompressing past the limit, or unreadable: not fully looked at"),
+        Symbol(ERROR, 0.0, "The message's attachments could not be read (detail: why); judged as having none"),
+    )
+
+    def __init__(self, services: "Services") -> None:
+        super().__init__(services)
+        options: "AttachmentChecks" = self.options
+        self.banned = frozenset(e.lower().lstrip(".") for e in options.banned_extensions)
+        self.actions = {symbol: str(getattr(options, option)) for symbol, option in _ACTION_OPTION.items()}
+        self.limits = Limits(options.archive_max_depth, options.archive_max_members, options.archive_max_size)
+        self.memory = services.config.milter.spool_memory
+
+    def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        findings: list[Finding] = []
+        try:
+            for attachment in attachments(envelope.message_chunks(), self.memory, self.options.max_attachment_size):
+                findings.extend(self.judge(attachment))
+        except Exception as exc:  # noqa: BLE001 - a hostile message gives a symbol, never a crashed worker
+            log.warning("attachments: cannot read the message's attachments", exc_info=True)
+            return [Hit(ERROR, detail=f"{exc.__class__.__name__}: {exc}"[:200]), *hits_for(findings, self.actions)]
+        return hits_for(findings, self.actions)
+
+    def judge(self, attachment: Attachment) -> list[Finding]:
+        """Every finding of one decoded attachment, the members of its archives included."""
+        name = attachment.filename or f"unnamed {attachment.content_type} part"
+        head = attachment.data.read(HEAD_SIZE)
+        attachment.data.seek(0)
+        found = judge_name(name, self.banned) if attachment.filename else []
+        found += judge_content(name, attachment.content_type, head, self.banned, self.actions[MACRO] != "off")
+        if self.actions[MACRO] != "off" and sniff(head) == "ole" and _ole_macros(attachment.data):
+            found.append(Finding(MACRO, name, "OLE document with a VBA project"))
+        kind = archive_kind(name, head)
+        if kind is None or not self.options.archives:
+            return found
+        if attachment.truncated:
+            return [*found, Finding(LIMIT, name, f"larger than max_attachment_size {self.options.max_attachment_size}: members not looked at")]
+        listing = list_archive(name, attachment.data, kind, self.limits)
+        macros = self.actions[MACRO] != "off"
+        for entry in listing.entries:
+            found += judge_name(entry.path, self.banned)
+            if entry.head:
+                found += judge_content(entry.path, "", entry.head, self.banned, macros)
+            if macros and entry.path.rsplit("/", 1)[-1].lower() == "vbaproject.bin":
+                found.append(Finding(MACRO, entry.path, "Office document with VBA macros"))
+        found += [Finding(ENCRYPTED, path, "encrypted") for path in listing.encrypted]
+        found += [Finding(LIMIT, text.split(": ", 1)[0], text.split(": ", 1)[-1]) for text in listing.limits + listing.errors]
+        return found
+
+
+def _ole_macros(data: IO[bytes]) -> bool:
+    """Whether an OLE file names a VBA project stream, read in chunks (overlapping by the name's length)."""
+    tail = b""
+    try:
+        for _ in range(_OLE_MACRO_SCAN // 65536):
+            chunk = data.read(65536)
+            if not chunk:
+                return False
+            if ole_has_macros(tail + chunk):
+                return True
+            tail = chunk[-32:]
+        return False
+    finally:
+        data.seek(0)
+
+
+CHECKS = (AttachmentPolicy,)

@@ -1,0 +1,143 @@
+"""What a file is, by its first bytes, and whether that fits the name it carries.
+
+Pure functions of a file's name and its first bytes (``HEAD_SIZE`` are
+enough for every signature here): the attachment policy uses them to find a
+"PDF" that is a Windows executable, or a picture that is a script archive.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+#: How many leading bytes :func:`sniff` needs.
+HEAD_SIZE = 512
+
+#: (offset, signature, kind), the longer signatures of one offset first.
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"MZ", "pe"),
+    (0, b"\x7fELF", "elf"),
+    (0, b"\xcf\xfa\xed\xfe", "macho"),
+    (0, b"\xce\xfa\xed\xfe", "macho"),
+    (0, b"\xca\xfe\xba\xbe", "macho"),
+    (0, b"%PDF-", "pdf"),
+    (0, b"PK\x03\x04", "zip"),
+    (0, b"PK\x05\x06", "zip"),
+    (0, b"Rar!\x1a\x07", "rar"),
+    (0, b"7z\xbc\xaf\x27\x1c", "7z"),
+    (0, b"\x1f\x8b", "gzip"),
+    (0, b"BZh", "bzip2"),
+    (0, b"\xfd7zXZ\x00", "xz"),
+    (0, b"MSCF", "cab"),
+    (0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "ole"),
+    (0, b"\x89PNG\r\n\x1a\n", "png"),
+    (0, b"\xff\xd8\xff", "jpeg"),
+    (0, b"GIF87a", "gif"),
+    (0, b"GIF89a", "gif"),
+    (0, b"{\\rtf", "rtf"),
+    (0, b"L\x00\x00\x00\x01\x14\x02\x00", "lnk"),
+    (257, b"ustar", "tar"),
+)
+
+#: Kinds that run as programs wherever they land.
+EXECUTABLE_KINDS = frozenset({"pe", "elf", "macho", "lnk"})
+
+#: Kinds that are archives :mod:`milterd.archives` can list.
+ARCHIVE_KINDS = frozenset({"zip", "rar", "7z", "tar", "cab"})
+
+#: Extension → the kinds its content may be (what sniff() can tell).
+_EXPECTED: dict[str, frozenset[str]] = {
+    "pdf": frozenset({"pdf"}),
+    "png": frozenset({"png"}),
+    "jpg": frozenset({"jpeg"}),
+    "jpeg": frozenset({"jpeg"}),
+    "gif": frozenset({"gif"}),
+    "zip": frozenset({"zip"}),
+    "rar": frozenset({"rar"}),
+    "7z": frozenset({"7z"}),
+    "gz": frozenset({"gzip"}),
+    "tgz": frozenset({"gzip"}),
+    "docx": frozenset({"zip"}),
+    "xlsx": frozenset({"zip"}),
+    "pptx": frozenset({"zip"}),
+    "docm": frozenset({"zip"}),
+    "xlsm": frozenset({"zip"}),
+    "pptm": frozenset({"zip"}),
+    "odt": frozenset({"zip"}),
+    "ods": frozenset({"zip"}),
+    "doc": frozenset({"ole", "rtf"}),
+    "xls": frozenset({"ole"}),
+    "ppt": frozenset({"ole"}),
+    "msg": frozenset({"ole"}),
+    "rtf": frozenset({"rtf"}),
+}
+
+#: Content types whose content sniff() can tell, as extensions of _EXPECTED.
+_TYPE_EXTENSION = {
+    "application/pdf": "pdf",
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/gif": "gif",
+    "application/zip": "zip",
+    "application/msword": "doc",
+    "application/vnd.ms-excel": "xls",
+}
+
+_NAMES = {
+    "pe": "a Windows executable (PE)",
+    "elf": "an ELF executable",
+    "macho": "a Mach-O executable",
+    "lnk": "a Windows shortcut (LNK)",
+}
+
+#: The UTF-16 name of the stream that holds VBA macros in an OLE (Office 97-2003) file.
+_OLE_VBA = "_VBA_PROJECT".encode("utf-16-le")
+
+
+def sniff(head: bytes) -> str | None:
+    """The kind of a file whose first bytes are *head* (``"pe"``, ``"pdf"``, ``"zip"``, …), or None."""
+    for offset, signature, kind in _SIGNATURES:
+        if head[offset:offset + len(signature)] == signature:
+            return kind
+    return None
+
+
+def extensions(name: str) -> list[str]:
+    """The extensions of file *name*, lower-cased, last one last (``a.PDF.exe`` → ``["pdf", "exe"]``).
+
+    Spaces and dots that pad the name to hide its real extension are dropped.
+    """
+    base = PurePosixPath(name.replace("\\", "/")).name.strip().rstrip(". ")
+    parts = [p.strip() for p in base.split(".")[1:]]
+    return [p.lower() for p in parts if p and len(p) <= 10]
+
+
+def describe(kind: str) -> str:
+    """A kind as a reader would say it (``"pe"`` → ``"a Windows executable (PE)"``)."""
+    return _NAMES.get(kind, f"{kind.upper()} data")
+
+
+def mismatch(name: str, content_type: str, head: bytes, executable_extensions: frozenset[str]) -> str:
+    """Why the content (*head*) does not fit the name or declared type; ``""`` when it fits or cannot be told.
+
+    An executable is a mismatch under any name but one of *executable_extensions*
+    (those the banned list judges); other kinds only where the extension or the
+    content type says what the content should be.
+    """
+    kind = sniff(head)
+    if kind is None:
+        return ""
+    exts = extensions(name)
+    last = exts[-1] if exts else ""
+    if kind in EXECUTABLE_KINDS and last not in executable_extensions:
+        declared = f".{last}" if last else (content_type or "no extension")
+        return f"declared {declared}, content is {describe(kind)}"
+    expected_ext = last if last in _EXPECTED else _TYPE_EXTENSION.get(content_type.lower(), "")
+    expected = _EXPECTED.get(expected_ext)
+    if expected is not None and kind not in expected:
+        return f"declared .{expected_ext}, content is {describe(kind)}"
+    return ""
+
+
+def ole_has_macros(data: bytes) -> bool:
+    """Whether an OLE (Office 97-2003) file's bytes name a VBA project stream."""
+    return _OLE_VBA in data

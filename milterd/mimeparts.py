@@ -1,0 +1,192 @@
+"""The attachments of a message, decoded one at a time from the spool.
+
+:func:`attachments` reads the message as a stream of lines (the spool's
+chunks), follows the MIME structure (multipart boundaries, nested
+``message/rfc822``) and decodes each attachment's body (base64,
+quoted-printable or as is) into a temporary file of its own as its lines go
+by.  The caller gets one :class:`Attachment` at a time and the file is
+closed before the next one is decoded, so a 30 MB part costs its decoded
+size once, on disk past ``memory`` bytes, and the message is never held
+whole.  It never raises on malformed MIME: what cannot be followed is read
+as body text and ignored.
+"""
+
+from __future__ import annotations
+
+import binascii
+import email
+import email.header
+import email.policy
+import email.utils
+import re
+import tempfile
+from dataclasses import dataclass
+from email.message import Message
+from typing import IO, Iterable, Iterator
+
+#: At most this many parts are looked at.
+MAX_PARTS = 500
+#: At most this much of a part's header section is kept.
+MAX_PART_HEADER = 64 * 1024
+#: Boundaries nested deeper than this are not followed.
+MAX_NESTING = 20
+
+_LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+@dataclass
+class Attachment:
+    """A decoded leaf part that carries a file name or is not text."""
+
+    filename: str
+    content_type: str
+    data: IO[bytes]
+    size: int
+    truncated: bool
+
+
+class _Decoder:
+    """Decodes one part's body line by line into a temporary file, up to *limit* bytes."""
+
+    def __init__(self, encoding: str, memory: int, limit: int) -> None:
+        self.encoding = encoding
+        self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=memory)
+        self.size = 0
+        self.limit = limit
+        self.truncated = False
+        self._pending = b""
+
+    def feed(self, line: bytes) -> None:
+        if self.truncated:
+            return
+        if self.encoding == "base64":
+            self._pending += _NOT_BASE64.sub(b"", line.split(b"=", 1)[0])
+            usable = len(self._pending) - len(self._pending) % 4
+            if usable:
+                self._write(binascii.a2b_base64(self._pending[:usable]))
+                self._pending = self._pending[usable:]
+        elif self.encoding == "quoted-printable":
+            self._write(binascii.a2b_qp(line))
+        else:
+            self._write(line)
+
+    def finish(self) -> IO[bytes]:
+        if self._pending and self.encoding == "base64" and len(self._pending) % 4 != 1:
+            padded = self._pending + b"=" * (-len(self._pending) % 4)
+            try:
+                self._write(binascii.a2b_base64(padded))
+            except binascii.Error:
+                pass
+        self.file.seek(0)
+        return self.file
+
+    def _write(self, data: bytes) -> None:
+        room = self.limit - self.size
+        if len(data) > room:
+            data, self.truncated = data[:room], True
+        self.file.write(data)
+        self.size += len(data)
+
+
+def lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of a byte stream given in chunks, each with its line end."""
+    rest = b""
+    for chunk in chunks:
+        data = rest + chunk
+        end = data.rfind(b"\n") + 1
+        rest = data[end:]
+        if end:
+            yield from _LINE.findall(data[:end])
+        if len(rest) > MAX_PART_HEADER:  # a line without end: pass it on in pieces
+            yield rest
+            rest = b""
+    if rest:
+        yield rest
+
+
+def _decoded(value: str) -> str:
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except Exception:  # noqa: BLE001 - a malformed encoded word stays as written
+        return value
+
+
+def _filename(part: Message) -> str:
+    name = part.get_filename() or part.get_param("name") or ""
+    if isinstance(name, tuple):  # an RFC 2231 value get_param did not collapse
+        name = email.utils.collapse_rfc2231_value(name)
+    return _decoded(str(name)).strip()
+
+
+def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int = 64 * 1024 * 1024) -> Iterator[Attachment]:
+    """Each attachment of the message given as *chunks* (headers, blank line, body), decoded.
+
+    An attachment's ``data`` is valid until the next one is asked for; it holds
+    at most *limit* bytes (``truncated`` says when there was more).
+    """
+    boundaries: list[bytes] = []
+    in_headers = True
+    header: list[bytes] = []
+    header_size = 0
+    decoder: _Decoder | None = None
+    current: tuple[str, str] | None = None
+    parts = 0
+    for line in lines(chunks):
+        if in_headers:
+            if line.strip(b"\r\n"):
+                if header_size < MAX_PART_HEADER:
+                    header.append(line)
+                    header_size += len(line)
+                continue
+            in_headers = False
+            part = email.message_from_bytes(b"".join(header), policy=email.policy.compat32)
+            header, header_size = [], 0
+            parts += 1
+            ctype = (part.get_content_type() or "text/plain").lower()
+            boundary = part.get_param("boundary") if ctype.startswith("multipart/") else None
+            if isinstance(boundary, str) and boundary and len(boundaries) < MAX_NESTING:
+                boundaries.append(boundary.encode("utf-8", "replace"))
+            elif ctype == "message/rfc822":
+                in_headers = True
+            else:
+                name = _filename(part)
+                if name or not (ctype.startswith("text/") or ctype.startswith("multipart/")):
+                    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+                    decoder = _Decoder(encoding, memory, limit)
+                    current = (name, ctype)
+            continue
+        if boundaries and line.startswith(b"--"):
+            marker = line.rstrip(b"\r\n").rstrip(b" \t")[2:]
+            level = _boundary_level(boundaries, marker)
+            if level is not None:
+                if decoder is not None and current is not None:
+                    yield from _finished(decoder, current)
+                decoder = current = None
+                if marker.endswith(b"--") and marker[:-2] == boundaries[level]:
+                    del boundaries[level:]
+                else:
+                    del boundaries[level + 1:]
+                    in_headers = True
+                    if parts >= MAX_PARTS:
+                        return
+                continue
+        if decoder is not None:
+            decoder.feed(line)
+    if decoder is not None and current is not None:
+        yield from _finished(decoder, current)
+
+
+def _boundary_level(boundaries: list[bytes], marker: bytes) -> int | None:
+    for level in range(len(boundaries) - 1, -1, -1):
+        if marker == boundaries[level] or marker == boundaries[level] + b"--":
+            return level
+    return None
+
+
+def _finished(decoder: _Decoder, current: tuple[str, str]) -> Iterator[Attachment]:
+    data = decoder.finish()
+    try:
+        yield Attachment(current[0], current[1], data, decoder.size, decoder.truncated)
+    finally:
+        data.close()
