@@ -19,6 +19,7 @@ its RCPTs are answered and writes all its triplets when it ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -26,7 +27,10 @@ import time
 import uuid
 from typing import Callable
 
+import pytest
+
 from tests.conftest import NO_CHECKS, Stack, with_sections
+from tests.harness import pgdb
 from tests.harness.load import SendResult, run_load, tagged_message
 
 BIG_SESSIONS = 5
@@ -144,13 +148,28 @@ def triplets(stack: Stack) -> int:
     return int(json.loads(stack.milterd.cli("greylist", "stats", "--json").stdout)["triplets"])
 
 
-def test_a_transaction_writes_its_triplets_once_when_it_ends(make_stack: Callable[..., Stack]) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_transaction_writes_its_triplets_once_when_it_ends(make_stack: Callable[..., Stack], database: str) -> None:
     # Through Postfix: all 1,000 RCPTs are answered from reads; the store gets the
     # triplets in one write when the transaction ends (here: QUIT, no DATA).
-    # Postfix ends a session at smtpd_hard_error_limit rejected commands (the
-    # harness sets 1,000): raised, so that this session ends with its own QUIT.
-    stack = make_stack(with_sections(NO_CHECKS, {"greylist": {"enabled": True, "auto_whitelist_after": 0}}),
-                       postfix_extra={"smtpd_hard_error_limit": "5000", "smtpd_soft_error_limit": "5000"})
+    sections = with_sections(NO_CHECKS, {"greylist": {"enabled": True, "auto_whitelist_after": 0}})
+    with contextlib.ExitStack() as cleanup:
+        if database == "postgresql":
+            why = pgdb.available()
+            if why:
+                pytest.fail(f"PostgreSQL is needed for the shared-store tests: {why}")
+            sections["database"] = {"url": cleanup.enter_context(pgdb.temporary_database())}
+        # Postfix ends a session at smtpd_hard_error_limit rejected commands (the
+        # harness sets 1,000): raised, so that this session ends with its own QUIT.
+        stack = make_stack(sections, postfix_extra={"smtpd_hard_error_limit": "5000", "smtpd_soft_error_limit": "5000"})
+        try:
+            one_transaction(stack)
+        finally:
+            stack.stop()
+
+
+def one_transaction(stack: Stack) -> None:
+    """A 1,000-recipient transaction, all deferred: nothing written before it ends, everything after."""
     during: list[int] = []
     replies = pipelined(
         stack.postfix.smtp_port, {"ADDR": "192.0.2.77", "NAME": "[UNAVAILABLE]", "HELO": "bulk.example.net"},
