@@ -166,8 +166,25 @@ class SenderChecks(_CheckSwitches):
 
 class SpfChecks(_CheckSwitches):
     fail_action: Literal["score", "reject"] = Field("score", description="SPF fail: score SPF_FAIL, or reject each recipient with 550 5.7.23.")
-    authentication_results: bool = Field(True, description="Insert an Authentication-Results header (RFC 8601) with the SPF result.")
+    authentication_results: bool = Field(True, description="Insert one Authentication-Results header (RFC 8601) with the SMTP AUTH, SPF, DKIM, DMARC and ARC results.")
     remove_forged: bool = Field(True, description="Remove incoming Authentication-Results headers that claim our authserv-id.")
+
+
+class DkimChecks(_CheckSwitches):
+    max_signatures: int = Field(5, ge=0, le=50, description="Most DKIM signatures verified per message (topmost first); the rest are ignored.")
+    min_key_bits: int = Field(1024, ge=512, description="Smallest RSA key accepted: a signature made with a smaller key is a permerror (DKIM_INVALID).")
+    max_size: Size = Field(10 * 1024 * 1024, description="Larger messages are not verified (DKIM_NONE with the reason in the log).")
+
+
+class DmarcChecks(_CheckSwitches):
+    reject_action: Literal["reject", "quarantine", "score"] = Field("reject", description="A DMARC failure under p=reject: reject with 550 5.7.1 naming the From domain, quarantine, or only score DMARC_FAIL_REJECT.")
+    quarantine_action: Literal["reject", "quarantine", "score"] = Field("quarantine", description="A DMARC failure under p=quarantine: quarantine, reject, or only score DMARC_FAIL_QUARANTINE.")
+    public_suffix_list: str = Field("", description="Public Suffix List file that finds organizational domains; empty uses the publicsuffixlist package's copy (update it with 'python -m publicsuffixlist.update').")
+
+
+class ArcChecks(_CheckSwitches):
+    trusted_sealers: list[str] = Field([], description="Domains (ARC-Seal d=) of mailing lists and forwarders whose passing ARC chain overrides a DMARC failure, as Gmail and Rspamd do.")
+    min_key_bits: int = Field(1024, ge=512, description="Smallest RSA key accepted in an ARC chain.")
 
 
 class HeaderChecks(_CheckSwitches):
@@ -222,12 +239,29 @@ class ChecksSection(_Section):
     helo: HeloChecks = HeloChecks()
     sender: SenderChecks = SenderChecks()
     spf: SpfChecks = SpfChecks()
+    dkim: DkimChecks = DkimChecks()
+    dmarc: DmarcChecks = DmarcChecks()
+    arc: ArcChecks = ArcChecks()
     headers: HeaderChecks = HeaderChecks()
     local_domains: LocalDomainChecks = LocalDomainChecks()
     attachments: AttachmentChecks = AttachmentChecks()
     """The domains of a message's links looked up in the URI block lists of rules/ ([[uribl]])."""
 
     uribl: UriblChecks = UriblChecks()
+
+
+class DkimKey(_Section):
+    domain: str = Field(description="The domain signed for (d=); mail whose From is in it or in a subdomain is signed.")
+    selector: str = Field(description="The selector (s=): the key is published at SELECTOR._domainkey.DOMAIN.")
+    key_file: str = Field(description="The private key (RSA in PEM, or ed25519 in base64 as 'milterd dkim keygen' writes it), relative to this file.")
+
+
+class DkimSigningSection(_Section):
+    enabled: bool = Field(False, description="DKIM-sign mail from trusted_networks and authenticated clients whose From domain has a key.")
+    keys: list[DkimKey] = Field([], description="Keys as { domain = \"example.org\", selector = \"s2026\", key_file = \"dkim/example.org.s2026.key\" }; a domain with an RSA and an ed25519 key gets both signatures.")
+    sign_trusted: bool = Field(True, description="Sign mail from clients in trusted_networks.")
+    sign_authenticated: bool = Field(True, description="Sign mail from clients that authenticated with SMTP AUTH.")
+    headers: list[str] = Field([], description="Header fields to sign; empty signs RFC 6376's recommended set (From twice, so that none can be added).")
 
 
 class GreylistSection(_Section):
@@ -338,6 +372,7 @@ class Config(_Section):
     dns: DnsSection = DnsSection()
     rules: RulesSection = RulesSection()
     checks: ChecksSection = ChecksSection()
+    dkim_signing: DkimSigningSection = DkimSigningSection()
     greylist: GreylistSection = GreylistSection()
     clamav: ClamavSection = ClamavSection()
     spamd: SpamdSection = SpamdSection()

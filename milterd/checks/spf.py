@@ -5,23 +5,25 @@ identity (``postmaster@HELO``) when the sender is null.  ``fail`` may be set
 to reject every recipient with ``550 5.7.23``.  pyspf asks milterd's
 resolver (``[dns] nameservers``), bounded by the stage's deadline.
 
-At end of message an ``Authentication-Results`` header with our authserv-id
-is put at the top, and incoming ones claiming that id are removed first (a
-forger's ``spf=pass`` must not reach a Sieve rule or a mail client).  That
-part runs for every client, trusted and authenticated ones included.
+Once every end-of-message check has run (at the verdict), one
+``Authentication-Results`` header with our authserv-id carrying the SPF,
+DKIM, DMARC and ARC results is put at the top, and incoming ones claiming
+that id are removed first (a forger's ``spf=pass`` must not reach a Sieve
+rule or a mail client).  That part runs for every client, trusted and authenticated ones included.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import authres
 import spf
 
+from ..authresults import authserv_id_of as authserv_id_of  # re-exported
+from ..authresults import build as build_authentication_results
+from ..authresults import forged_indexes
 from ..dns import use_for_spf
-from ..model import Action, Envelope, HeaderEdit, Hit, Session
+from ..model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
 from . import Hits, Symbol
 from .switches import ConfiguredCheck
 
@@ -30,40 +32,11 @@ if TYPE_CHECKING:
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 _STATE = "spf"
-_COMMENT = re.compile(r"\([^()]*\)")
-
-
-def authserv_id_of(value: str) -> str:
-    """The authserv-id an Authentication-Results value claims (lower case), or ""."""
-    head = _COMMENT.sub(" ", value.split(";", 1)[0]).split()
-    return head[0].lower() if head else ""
-
-
-def forged_indexes(headers: list[tuple[str, bytes]], authserv_id: str) -> list[int]:
-    """1-based indexes (among Authentication-Results headers) of those claiming *authserv_id*, highest first."""
-    found: list[int] = []
-    index = 0
-    for name, value in headers:
-        if name.lower() != "authentication-results":
-            continue
-        index += 1
-        if authserv_id_of(value.decode("utf-8", "replace")) == authserv_id.lower():
-            found.append(index)
-    return sorted(found, reverse=True)
 
 
 def authentication_results(authserv_id: str, spf: dict[str, str] | None, auth_user: str) -> str:
-    """The value of our Authentication-Results header (without the name)."""
-    results: list[Any] = []
-    if auth_user:
-        results.append(authres.SMTPAUTHAuthenticationResult(result="pass", smtp_auth=auth_user))
-    if spf is not None:
-        kwargs = {"smtp_helo": spf["helo"]} if spf["identity"] == "helo" else {"smtp_mailfrom": spf["sender"]}
-        results.append(authres.SPFAuthenticationResult(result=spf["result"], **kwargs))
-    if not results:
-        results.append(authres.NoneAuthenticationResult())
-    text = str(authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results))
-    return text.split(":", 1)[1].strip()
+    """The value of an Authentication-Results header with SMTP AUTH and SPF only (without the name)."""
+    return build_authentication_results(authserv_id, auth_user=auth_user, spf=spf)
 
 
 class Spf(ConfiguredCheck):
@@ -132,18 +105,21 @@ class Spf(ConfiguredCheck):
         reply = f"550 5.7.23 <{state['sender']}>: SPF validation failed for {domain}: {state['explanation']}"[:400]
         return [Hit("SPF_FAIL", detail=state["explanation"][:200], action=Action.REJECT, reply=reply)]
 
-    def on_eom(self, session: Session, envelope: Envelope) -> Hits:
-        # Deletions first, highest index first, then our header at the top: the
-        # indexes refer to the headers as received.
+    def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
+        # After every end-of-message check, so that the one header carries
+        # DKIM, DMARC and ARC too.  Deletions first, highest index first, then
+        # our header at the top: the indexes refer to the headers as received.
         if self.options.remove_forged:
             for index in forged_indexes(envelope.headers, self.authserv_id):
                 envelope.edits.append(HeaderEdit("change", "Authentication-Results", "", index))
         if self.options.authentication_results:
-            spf_state = envelope.state.get(_STATE)
-            if spf_state is not None or session.authenticated:
-                value = authentication_results(self.authserv_id, spf_state, session.auth_user)
+            state = envelope.state
+            if any(state.get(k) is not None for k in (_STATE, "dkim", "dmarc", "arc")) or session.authenticated:
+                value = build_authentication_results(
+                    self.authserv_id, auth_user=session.auth_user, spf=state.get(_STATE), dkim=state.get("dkim"), dmarc=state.get("dmarc"), arc=state.get("arc")
+                )
                 envelope.edits.append(HeaderEdit("insert", "Authentication-Results", value, 0))
-        return ()
+        return verdict
 
 
 CHECKS = (Spf,)

@@ -1,0 +1,212 @@
+"""DKIM verification (RFC 6376) with dkimpy, and signing of outgoing mail.
+
+Every DKIM-Signature (up to ``[checks.dkim] max_signatures``) is verified at
+end of message; dkimpy honours ``l=``, ``t=`` and ``x=`` and refuses keys
+smaller than ``min_key_bits``.  Keys are looked up through milterd's resolver
+(``[dns] nameservers``, bounded by ``[dns] timeout``), never the system's.
+The results go to ``envelope.state["dkim"]`` for DMARC and
+Authentication-Results.
+
+:class:`DkimSigner` signs mail from trusted networks and authenticated
+clients with the keys of ``[dkim_signing]`` (see :mod:`milterd.dkimsign`),
+after the verdict, over the headers and body as Postfix passed them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import dkim
+
+from .. import dkimsign
+from ..model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
+from . import Check, Hits, Symbol
+from .dmarc import aligned, from_domain
+from .switches import ConfiguredCheck
+
+if TYPE_CHECKING:
+    from ..services import Services
+
+STATE = "dkim"
+#: The results RFC 8601 knows for dkim.
+RESULTS = ("pass", "fail", "neutral", "temperror", "permerror")
+
+
+@dataclass(frozen=True)
+class SignatureResult:
+    """The outcome of one DKIM-Signature."""
+
+    domain: str
+    selector: str
+    result: str
+    reason: str = ""
+    header_d: str = ""
+
+    @property
+    def label(self) -> str:
+        """``d=DOMAIN s=SELECTOR`` for the log."""
+        return f"d={self.domain} s={self.selector}"
+
+
+class DnsRecorder:
+    """dkimpy's ``dnsfunc``, answered by milterd's resolver; remembers lookups that failed or found nothing."""
+
+    def __init__(self, resolver: Any, deadline: float) -> None:
+        self.resolver = resolver
+        self.deadline = deadline
+        self.failed: dict[str, str] = {}
+        self.missing: set[str] = set()
+
+    def __call__(self, name: bytes | str, timeout: float = 5.0) -> bytes | None:
+        qname = (name.decode("ascii", "replace") if isinstance(name, bytes) else name).rstrip(".").lower()
+        answer = self.resolver.txt(qname, self.deadline)
+        if answer.failed:
+            self.failed[qname] = answer.error or "DNS error"
+            return None
+        if not answer.ok:
+            self.missing.add(qname)
+            return None
+        texts = [b"".join(r.strings) for r in answer.rdata]
+        return next((t for t in texts if t.lstrip().lower().startswith(b"v=dkim1")), texts[0])
+
+
+class QuietLogger(logging.Logger):
+    """dkimpy's logger: it logs every broken signature as an error, which milterd reports itself."""
+
+    def __init__(self) -> None:
+        super().__init__("milterd.dkimpy", logging.CRITICAL + 1)
+
+
+def verify_all(message: bytes, dnsfunc: DnsRecorder, max_signatures: int, min_key_bits: int) -> list[SignatureResult]:
+    """Verify the first *max_signatures* DKIM signatures of *message* (topmost first)."""
+    verifier = dkim.DKIM(message, logger=QuietLogger(), minkey=min_key_bits)
+    count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
+    results = []
+    for index in range(min(count, max_signatures)):
+        results.append(_verify_one(verifier, index, dnsfunc))
+    return results
+
+
+def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder) -> SignatureResult:
+    before = len(dnsfunc.failed)
+    verifier.domain, verifier.selector = None, None
+    try:
+        ok = bool(verifier.verify(index, dnsfunc=dnsfunc))
+        reason = "" if ok else "signature did not verify"
+    except dkim.ValidationError as exc:
+        ok, reason = False, str(exc)
+        if "body hash mismatch" in reason:
+            reason = "body hash mismatch"
+    except dkim.DKIMException as exc:
+        return _result(verifier, "permerror", str(exc) or type(exc).__name__)
+    except Exception as exc:  # noqa: BLE001 - dkimpy on hostile input: a permerror, never a crash
+        return _result(verifier, "permerror", f"{type(exc).__name__}: {exc}")
+    if ok:
+        return _result(verifier, "pass", "")
+    key = f"{_text(verifier.selector)}._domainkey.{_text(verifier.domain)}".lower()
+    if len(dnsfunc.failed) > before:
+        return _result(verifier, "temperror", f"key lookup failed: {dnsfunc.failed.get(key, 'DNS error')}")
+    if key in dnsfunc.missing:
+        return _result(verifier, "permerror", f"no key published at {key}")
+    return _result(verifier, "fail", reason)
+
+
+def _result(verifier: Any, result: str, reason: str) -> SignatureResult:
+    return SignatureResult(_text(verifier.domain).lower(), _text(verifier.selector), result, reason[:200])
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def hits_for(results: list[SignatureResult], author_domain: str | None, psl_path: str = "") -> list[Hit]:
+    """The DKIM symbols for *results*; signatures aligned (relaxed) with *author_domain* give DKIM_VALID_AUTHOR."""
+    if not results:
+        return [Hit("DKIM_NONE")]
+    passed = [r for r in results if r.result == "pass"]
+    if passed:
+        hits = [Hit("DKIM_VALID", detail=", ".join(r.label for r in passed)[:200])]
+        author = [r for r in passed if author_domain and aligned(r.domain, author_domain, "r", psl_path)]
+        if author:
+            hits.append(Hit("DKIM_VALID_AUTHOR", detail=", ".join(r.label for r in author)[:200]))
+        return hits
+    temp = [r for r in results if r.result == "temperror"]
+    if temp:
+        return [Hit("DKIM_TEMPFAIL", detail="; ".join(f"{r.label}: {r.reason}" for r in temp)[:200])]
+    return [Hit("DKIM_INVALID", detail="; ".join(f"{r.label}: {r.reason}" for r in results)[:200])]
+
+
+class Dkim(ConfiguredCheck):
+    """DKIM signatures of the message."""
+
+    name: ClassVar[str] = "dkim"
+    options_name: ClassVar[str] = "dkim"
+    description: ClassVar[str] = "DKIM signatures verified with dkimpy (l=, t=, x= honoured; limits on count and key size)"
+    order: ClassVar[int] = 60
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol("DKIM_VALID", -0.1, "A DKIM signature verified"),
+        Symbol("DKIM_VALID_AUTHOR", -0.1, "A DKIM signature verified for the From domain (or its organizational domain)"),
+        Symbol("DKIM_INVALID", 0.1, "The message is DKIM-signed but no signature verified"),
+        Symbol("DKIM_NONE", 0.0, "The message has no DKIM signature"),
+        Symbol("DKIM_TEMPFAIL", 0.0, "No DKIM signature verified and a key could not be looked up (DNS error)"),
+    )
+
+    def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        options = self.options
+        if envelope.size > options.max_size:
+            return [Hit("DKIM_NONE", detail=f"not verified: size {envelope.size} > {options.max_size}")]
+        resolver = self.services.resolver
+        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.state, "dkim"))
+        results = verify_all(envelope.message_bytes(), dnsfunc, options.max_signatures, options.min_key_bits)
+        envelope.state[STATE] = results
+        return hits_for(results, from_domain(envelope.header("From")), self.services.config.checks.dmarc.public_suffix_list)
+
+
+class DkimSigner(Check):
+    """Signs mail from trusted networks and authenticated clients (``[dkim_signing]``)."""
+
+    name: ClassVar[str] = "dkim_sign"
+    description: ClassVar[str] = "DKIM-signs mail from trusted networks and authenticated clients with the keys of [dkim_signing]"
+    applies_to_trusted: ClassVar[bool] = True
+    applies_to_authenticated: ClassVar[bool] = True
+    order: ClassVar[int] = 10_000  # last at verdict: sign over the final header set
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol("DKIM_SIGNED", 0.0, "milterd signed the message (the log names domain and selectors)"),
+        Symbol("DKIM_SIGN_ERROR", 0.0, "milterd should have signed the message but could not (the log says why)"),
+    )
+
+    def __init__(self, services: "Services") -> None:
+        super().__init__(services)
+        self.keys = dkimsign.load_keys(services.config.dkim_signing, services.config.path)
+
+    @classmethod
+    def enabled(cls, services: "Services") -> bool:
+        return bool(services.config.dkim_signing.enabled and services.config.dkim_signing.keys)
+
+    def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
+        options = self.services.config.dkim_signing
+        wanted = (session.trusted and options.sign_trusted) or (session.authenticated and options.sign_authenticated)
+        if not wanted or verdict.action not in (Action.ACCEPT, Action.ADD_HEADER, Action.QUARANTINE):
+            return verdict
+        domain = from_domain(envelope.header("From"))
+        keys = dkimsign.keys_for(self.keys, domain) if domain else []
+        if not keys:
+            return verdict
+        try:
+            signatures = dkimsign.sign(envelope.message_bytes(), keys, options.headers)
+        except Exception as exc:  # noqa: BLE001 - an unsigned message is delivered; the log says why
+            return _with_hit(verdict, "DKIM_SIGN_ERROR", f"{domain}: {type(exc).__name__}: {exc}"[:200])
+        for value in reversed(signatures):
+            envelope.edits.append(HeaderEdit("insert", "DKIM-Signature", value, 0))
+        return _with_hit(verdict, "DKIM_SIGNED", ", ".join(f"d={k.domain} s={k.selector}" for k in keys))
+
+
+def _with_hit(verdict: Verdict, symbol: str, detail: str) -> Verdict:
+    return replace(verdict, symbols={**verdict.symbols, symbol: 0.0}, details={**verdict.details, symbol: detail})
+
+
+CHECKS: tuple[type[Check], ...] = (Dkim, DkimSigner)

@@ -1,0 +1,231 @@
+"""DMARC (RFC 7489): the From domain's policy, applied to SPF and DKIM results.
+
+The policy is looked up at ``_dmarc.<From domain>``, then at the
+organizational domain found with the Public Suffix List (``publicsuffixlist``;
+its data can be updated without a milterd release, or another list file
+given in ``[checks.dmarc] public_suffix_list``).  DMARC passes when SPF passed
+for an envelope domain, or a DKIM signature verified for a signing domain,
+aligned with the From domain (``aspf``/``adkim``: relaxed, the same
+organizational domain; strict, the same name).  A failure applies ``p`` (``sp``
+for a subdomain), sampled by ``pct``: mail left out of the sample gets the
+next milder policy.  A trusted ARC sealer's pass overrides a failure.
+
+This check runs after DKIM and ARC (a later end-of-message tier) and reads
+their results from ``envelope.state``.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass
+from email.utils import getaddresses
+from typing import Any, ClassVar, Literal
+
+from publicsuffixlist import PublicSuffixList
+
+from ..model import Action, Envelope, Hit, Session
+from . import Hits, Symbol
+from .switches import ConfiguredCheck
+
+STATE = "dmarc"
+Policy = Literal["none", "quarantine", "reject"]
+_MILDER: dict[str, Policy] = {"reject": "quarantine", "quarantine": "none", "none": "none"}
+
+
+@functools.lru_cache(maxsize=4)
+def _psl(path: str) -> PublicSuffixList:
+    if not path:
+        return PublicSuffixList()
+    with open(path, "rb") as handle:
+        return PublicSuffixList(handle)
+
+
+def org_domain(domain: str, psl_path: str = "") -> str:
+    """The organizational domain of *domain* (``a.b.example.co.uk`` → ``example.co.uk``).
+
+    A public suffix itself, or a name the list cannot place, is its own
+    organizational domain.
+    """
+    name = domain.lower().rstrip(".")
+    return _psl(psl_path).privatesuffix(name) or name
+
+
+def aligned(domain: str, from_domain: str, mode: str, psl_path: str = "") -> bool:
+    """Whether an authenticated *domain* aligns with *from_domain*: strict (``s``), same name; relaxed, same organizational domain."""
+    a, b = domain.lower().rstrip("."), from_domain.lower().rstrip(".")
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    return mode != "s" and org_domain(a, psl_path) == org_domain(b, psl_path)
+
+
+def from_domain(value: str | None) -> str | None:
+    """The one domain of a From header, or None (no From, no address, or several domains)."""
+    if not value:
+        return None
+    domains = {addr.rpartition("@")[2].strip().lower().rstrip(".") for _, addr in getaddresses([value]) if "@" in addr}
+    domains.discard("")
+    if len(domains) != 1:
+        return None
+    return domains.pop()
+
+
+@dataclass(frozen=True)
+class Record:
+    """A parsed DMARC record (the tags milterd applies)."""
+
+    p: Policy
+    sp: Policy
+    pct: int = 100
+    adkim: str = "r"
+    aspf: str = "r"
+
+
+def parse_record(text: str) -> Record | None:
+    """A ``v=DMARC1`` TXT record, or None when it is not one or lacks a valid ``p``.
+
+    Unknown tags are ignored and out-of-range ones fall back to their default, as RFC 7489 §6.3 asks.
+    """
+    tags: dict[str, str] = {}
+    for part in text.split(";"):
+        key, eq, value = part.partition("=")
+        if eq:
+            tags.setdefault(key.strip().lower(), value.strip())
+    parts = [p.strip() for p in text.split(";")]
+    if not parts or parts[0].replace(" ", "") != "v=DMARC1":
+        return None
+    p = tags.get("p", "").lower()
+    if p not in ("none", "quarantine", "reject"):
+        return None
+    sp = tags.get("sp", "").lower()
+    try:
+        pct = int(tags.get("pct", "100"))
+    except ValueError:
+        pct = 100
+    return Record(
+        p=p,  # type: ignore[arg-type]
+        sp=sp if sp in ("none", "quarantine", "reject") else p,  # type: ignore[arg-type]
+        pct=pct if 0 <= pct <= 100 else 100,
+        adkim="s" if tags.get("adkim", "r").lower() == "s" else "r",
+        aspf="s" if tags.get("aspf", "r").lower() == "s" else "r",
+    )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What DMARC says of one message."""
+
+    result: Literal["pass", "fail", "none", "temperror", "permerror"]
+    domain: str
+    policy: Policy = "none"
+    applied: Policy = "none"
+    reason: str = ""
+
+
+def evaluate(
+    domain: str,
+    record: Record,
+    record_domain: str,
+    spf: dict[str, str] | None,
+    dkim_passes: list[str],
+    roll: int,
+    psl_path: str = "",
+) -> Evaluation:
+    """DMARC for From *domain* with the *record* found at *record_domain*.
+
+    *spf* is the SPF check's state, *dkim_passes* the signing domains that
+    verified, *roll* a number in 0..99 for ``pct`` sampling.
+    """
+    policy: Policy = record.p if record_domain == domain else record.sp
+    if spf is not None and spf.get("result") == "pass":
+        spf_domain = spf.get("sender", "").rpartition("@")[2]
+        if aligned(spf_domain, domain, record.aspf, psl_path):
+            return Evaluation("pass", domain, policy, "none", f"SPF aligned ({spf_domain})")
+    for signer in dkim_passes:
+        if aligned(signer, domain, record.adkim, psl_path):
+            return Evaluation("pass", domain, policy, "none", f"DKIM aligned ({signer})")
+    applied = policy if roll < record.pct else _MILDER[policy]
+    return Evaluation("fail", domain, policy, applied, "neither SPF nor DKIM aligned with From")
+
+
+class Dmarc(ConfiguredCheck):
+    """DMARC of the From domain."""
+
+    name: ClassVar[str] = "dmarc"
+    options_name: ClassVar[str] = "dmarc"
+    description: ClassVar[str] = "DMARC of the From domain: SPF and DKIM alignment, p/sp/pct, action per policy"
+    order: ClassVar[int] = 62
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol("DMARC_PASS", -0.5, "DMARC pass: SPF or DKIM authenticated a domain aligned with From"),
+        Symbol("DMARC_FAIL_REJECT", 4.0, "DMARC fail, and the From domain asks to reject such mail (p=reject)"),
+        Symbol("DMARC_FAIL_QUARANTINE", 3.0, "DMARC fail, and the From domain asks to quarantine such mail (p=quarantine, or p=reject left out by pct)"),
+        Symbol("DMARC_FAIL_NONE", 0.5, "DMARC fail, and the From domain only monitors (p=none, or a milder policy by pct)"),
+        Symbol("DMARC_NONE", 0.0, "The From domain publishes no DMARC policy (or there is no single From domain)"),
+        Symbol("DMARC_TEMPFAIL", 0.0, "The DMARC policy could not be looked up (DNS error)"),
+        Symbol("DMARC_ARC_OVERRIDE", 0.0, "DMARC failed but a trusted ARC sealer vouched for the message: the policy is not applied"),
+    )
+
+    def eom_tier(self) -> int:
+        return 1  # after DKIM and ARC, whose results it reads
+
+    def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        domain = from_domain(envelope.header("From"))
+        if domain is None:
+            return [Hit("DMARC_NONE", detail="no single From domain")]
+        resolver = self.services.resolver
+        deadline = resolver.stage_deadline(envelope.state, "dmarc")
+        psl_path = self.options.public_suffix_list
+        found = _lookup(resolver, domain, deadline, psl_path)
+        if isinstance(found, str):
+            envelope.state[STATE] = Evaluation("temperror" if found else "none", domain, reason=found)
+            return [Hit("DMARC_TEMPFAIL", detail=f"{domain}: {found}")] if found else [Hit("DMARC_NONE", detail=domain)]
+        record, record_domain = found
+        passes = [s.domain for s in envelope.state.get("dkim", ()) if s.result == "pass"]
+        evaluation = evaluate(domain, record, record_domain, envelope.state.get("spf"), passes, random.randrange(100), psl_path)
+        envelope.state[STATE] = evaluation
+        if evaluation.result == "pass":
+            return [Hit("DMARC_PASS", detail=f"{domain}: {evaluation.reason}")]
+        symbol = f"DMARC_FAIL_{evaluation.applied.upper()}"
+        detail = f"{domain} p={evaluation.policy} applied={evaluation.applied}"
+        sealer = _trusted_sealer(envelope.state.get("arc"), self.services.config.checks.arc.trusted_sealers)
+        if sealer:
+            return [Hit(symbol, detail=detail), Hit("DMARC_ARC_OVERRIDE", detail=f"{domain}: sealed by {sealer}")]
+        return [self._enforce(symbol, detail, domain, evaluation.applied)]
+
+    def _enforce(self, symbol: str, detail: str, domain: str, applied: Policy) -> Hit:
+        action = self.options.reject_action if applied == "reject" else self.options.quarantine_action if applied == "quarantine" else "score"
+        if action == "reject":
+            reply = f"550 5.7.1 Message rejected: {domain} publishes a DMARC policy of {applied} and this message failed it"
+            return Hit(symbol, detail=detail, action=Action.REJECT, reply=reply)
+        if action == "quarantine":
+            return Hit(symbol, detail=detail, action=Action.QUARANTINE)
+        return Hit(symbol, detail=detail)
+
+
+def _lookup(resolver: Any, domain: str, deadline: float, psl_path: str) -> tuple[Record, str] | str:
+    """The record for *domain* and where it was found; a str otherwise ("" none, else the DNS error)."""
+    candidates = [domain]
+    org = org_domain(domain, psl_path)
+    if org != domain:
+        candidates.append(org)
+    for name in candidates:
+        answer = resolver.txt(f"_dmarc.{name}", deadline)
+        if answer.failed:
+            return answer.error or "DNS error"
+        records = [r for r in (parse_record(text) for text in answer.records) if r is not None]
+        if len(records) == 1:
+            return records[0], name
+    return ""
+
+
+def _trusted_sealer(arc: Any, trusted: list[str]) -> str:
+    """The trusted sealer of the newest ARC set when the chain passed, else ""."""
+    if arc is None or arc.result != "pass" or not arc.sealers:
+        return ""
+    newest = arc.sealers[-1].lower().rstrip(".")
+    return newest if newest in {t.lower().rstrip(".") for t in trusted} else ""
+
+
+CHECKS = (Dmarc,)

@@ -1,0 +1,53 @@
+"""``milterd dkim keygen DOMAIN SELECTOR``: a new DKIM key and the DNS record to publish."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from ..cli import config_parent
+from ..dkimsign import generate, public_record, write_private, zone_lines
+
+_LABELS = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*$")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``dkim`` and its sub-command ``keygen``."""
+    parser = sub.add_parser("dkim", parents=[config_parent()], help="DKIM signing keys")
+    actions = parser.add_subparsers(dest="dkim_command", metavar="ACTION", required=True)
+    keygen = actions.add_parser("keygen", parents=[config_parent()], help="write a new private key (mode 0600) and print the TXT record to publish")
+    keygen.add_argument("domain", help="the domain to sign for (d=)")
+    keygen.add_argument("selector", help="the selector (s=): the record goes at SELECTOR._domainkey.DOMAIN")
+    keygen.add_argument("--type", choices=["rsa", "ed25519"], default="rsa", help="key type (default rsa)")
+    keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048, at least 1024)")
+    keygen.add_argument("-o", "--output", metavar="FILE", help="the key file (default DOMAIN.SELECTOR.key in the current directory); never overwritten")
+    keygen.set_defaults(func=run_keygen)
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    """Write the key, print where and the record; exit status 2 on bad arguments or an existing file."""
+    domain, selector = args.domain.lower().rstrip("."), args.selector
+    for what, value in (("domain", domain), ("selector", selector)):
+        if not _LABELS.match(value):
+            print(f"milterd: dkim keygen: {value!r} is not a valid {what}", file=sys.stderr)
+            return 2
+    if args.type == "rsa" and not 1024 <= args.bits <= 8192:
+        print(f"milterd: dkim keygen: --bits {args.bits}: an RSA key has 1024 to 8192 bits", file=sys.stderr)
+        return 2
+    path = Path(args.output or f"{domain}.{selector}.key")
+    private = generate(args.type, args.bits)
+    try:
+        write_private(path, private)
+    except FileExistsError:
+        print(f"milterd: dkim keygen: {path} exists; not overwritten", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"milterd: dkim keygen: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"; private key written to {path} (mode 0600); in milter.conf:")
+    print(f';   [dkim_signing] keys = [ {{ domain = "{domain}", selector = "{selector}", key_file = "{path}" }} ]')
+    print("; publish in DNS:")
+    print(zone_lines(selector, domain, public_record(args.type, private)))
+    return 0
