@@ -1,0 +1,163 @@
+"""The attachment policy's pure parts: names, magic bytes, bounded archive listing, streamed MIME decoding."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from email.message import EmailMessage
+
+from milterd.archives import Limits, archive_kind, list_archive
+from milterd.checks.attachments import BANNED, DOUBLE, ENCRYPTED, LIMIT, MISMATCH, Finding, hits_for, judge_content, judge_name
+from milterd.filetypes import extensions, mismatch, sniff
+from milterd.mimeparts import attachments
+from milterd.model import Action
+
+BANNED_EXTS = frozenset({"exe", "scr", "js", "bat"})
+PE = b"MZ\x90\x00" + b"\x00" * 300
+
+
+def zipped(files: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def mail(*files: tuple[str, bytes, str]) -> bytes:
+    message = EmailMessage()
+    message["From"] = "a@example.org"
+    message["Subject"] = "files"
+    message.set_content("see attached")
+    for name, data, ctype in files:
+        maintype, subtype = ctype.split("/")
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return bytes(message)
+
+
+def test_extensions_see_through_padding_and_case() -> None:
+    assert extensions("Invoice.PDF.exe") == ["pdf", "exe"]
+    assert extensions("invoice.pdf      .exe") == ["pdf", "exe"]
+    assert extensions("dir\\x.js.") == ["js"]
+    assert extensions("README") == []
+
+
+def test_banned_and_double_extension() -> None:
+    assert judge_name("photo.jpg", BANNED_EXTS) == []
+    assert [f.symbol for f in judge_name("setup.exe", BANNED_EXTS)] == [BANNED]
+    found = judge_name("invoice.pdf.exe", BANNED_EXTS)
+    assert [f.symbol for f in found] == [BANNED, DOUBLE]
+    assert found[1].rule == "double extension .pdf.exe"
+    assert [f.symbol for f in judge_name("a.zip/b.zip/run.js", BANNED_EXTS)] == [BANNED]
+
+
+def test_magic_bytes() -> None:
+    assert sniff(PE) == "pe" and sniff(b"%PDF-1.7") == "pdf" and sniff(b"PK\x03\x04") == "zip" and sniff(b"hello") is None
+    assert mismatch("invoice.pdf", "application/pdf", PE, BANNED_EXTS) == "declared .pdf, content is a Windows executable (PE)"
+    assert mismatch("invoice.pdf", "application/pdf", b"%PDF-1.4", BANNED_EXTS) == ""
+    assert mismatch("setup.exe", "", PE, BANNED_EXTS) == ""  # the banned list judges it
+    assert mismatch("photo.jpg", "image/jpeg", b"PK\x03\x04rest", BANNED_EXTS) == "declared .jpg, content is ZIP data"
+    assert mismatch("notes.txt", "text/plain", b"plain words", BANNED_EXTS) == ""
+    assert [f.symbol for f in judge_content("x.doc", "", PE, BANNED_EXTS, False)] == [MISMATCH]
+
+
+def test_exe_in_a_zip_in_a_zip_is_found_with_its_path() -> None:
+    inner = zipped({"evil.exe": PE})
+    outer = zipped({"inner.zip": inner, "readme.txt": b"hello"})
+    assert archive_kind("invoice.zip", outer[:512]) == "zip"
+    listing = list_archive("invoice.zip", io.BytesIO(outer), "zip", Limits())
+    paths = [e.path for e in listing.entries]
+    assert "invoice.zip/inner.zip/evil.exe" in paths
+    assert not listing.limits and not listing.errors
+    names = [f for e in listing.entries for f in judge_name(e.path, BANNED_EXTS)]
+    assert [f.file for f in names] == ["invoice.zip/inner.zip/evil.exe"]
+
+
+def test_depth_limit_stops_before_the_innermost_archive() -> None:
+    data = zipped({"evil.exe": PE})
+    for level in range(4):
+        data = zipped({f"level{level}.zip": data})
+    listing = list_archive("a.zip", io.BytesIO(data), "zip", Limits(max_depth=3))
+    assert not any(e.path.endswith("evil.exe") for e in listing.entries)
+    assert any("nested deeper than 3" in text for text in listing.limits)
+
+
+def test_a_bomb_costs_only_the_budget() -> None:
+    # An 8 MB archive (stored) compresses to a few KB in its parent: opening it must stop at the 1 MB budget.
+    stored = zipped({"zeros.bin": b"\x00" * (8 * 1024 * 1024), "late.exe": PE}, zipfile.ZIP_STORED)
+    bomb = zipped({"bomb.zip": stored})
+    assert len(bomb) < 64 * 1024
+    listing = list_archive("a.zip", io.BytesIO(bomb), "zip", Limits(max_size=1024 * 1024))
+    assert listing.limits == ["a.zip/bomb.zip: would decompress past 1048576 bytes"]
+    assert [e.path for e in listing.entries] == ["a.zip/bomb.zip"]
+
+
+def test_member_limit_and_encrypted_members() -> None:
+    many = zipped({f"f{i}.txt": b"x" for i in range(50)})
+    listing = list_archive("many.zip", io.BytesIO(many), "zip", Limits(max_members=10))
+    assert len(listing.entries) == 10 and any("past 10 members" in t for t in listing.limits)
+    plain = bytearray(zipped({"secret.exe": PE}, zipfile.ZIP_STORED))
+    # Set the "encrypted" flag bit in the local and the central header (a real password tool sets it too).
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = plain.find(signature) + offset
+        plain[at] |= 0x1
+    listing = list_archive("locked.zip", io.BytesIO(bytes(plain)), "zip", Limits())
+    assert listing.encrypted == ["locked.zip/secret.exe"]
+    assert [f.symbol for f in judge_name(listing.entries[0].path, BANNED_EXTS)] == [BANNED]
+
+
+def test_garbage_that_claims_to_be_a_zip_is_an_error_not_a_crash() -> None:
+    listing = list_archive("broken.zip", io.BytesIO(b"PK\x03\x04" + b"\xff" * 100), "zip", Limits())
+    assert listing.errors and listing.errors[0].startswith("broken.zip: unreadable zip archive")
+
+
+def test_attachments_are_decoded_from_chunks_one_at_a_time() -> None:
+    payload = bytes(range(256)) * 4000
+    raw = mail(("data.bin", payload, "application/octet-stream"), ("report.pdf", b"%PDF-1.4 body", "application/pdf"))
+    chunks = [raw[i:i + 333] for i in range(0, len(raw), 333)]
+    found = []
+    for attachment in attachments(chunks, memory=4096):
+        found.append((attachment.filename, attachment.content_type, attachment.data.read(), attachment.truncated))
+    assert found == [("data.bin", "application/octet-stream", payload, False), ("report.pdf", "application/pdf", b"%PDF-1.4 body", False)]
+
+
+def test_attachment_over_the_limit_is_truncated_and_said_so() -> None:
+    raw = mail(("big.bin", b"a" * 10000, "application/octet-stream"))
+    [(size, truncated)] = [(a.size, a.truncated) for a in attachments([raw], limit=1000)]
+    assert size == 1000 and truncated
+
+
+def test_nested_message_and_malformed_mime_do_not_raise() -> None:
+    inner = EmailMessage()
+    inner["Subject"] = "original"
+    inner.set_content("hi")
+    inner.add_attachment(b"echo", maintype="application", subtype="octet-stream", filename="run.bat")
+    outer = EmailMessage()
+    outer["Subject"] = "fwd"
+    outer.set_content("forwarded")
+    outer.add_attachment(inner)
+    names = [a.filename for a in attachments([bytes(outer)])]
+    assert "run.bat" in names
+    broken = b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: application/zip; name=a.zip\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!notbase64\r\n"
+    assert [a.filename for a in attachments([broken])] == ["a.zip"]
+
+
+def test_hits_follow_each_categorys_action() -> None:
+    findings = [
+        Finding(BANNED, "a.zip/b.zip/evil.exe", "banned extension .exe"),
+        Finding(MISMATCH, "x.pdf", "declared .pdf, content is a Windows executable (PE)"),
+        Finding(ENCRYPTED, "locked.zip", "encrypted"),
+        Finding(LIMIT, "deep.zip", "archive nested deeper than 3"),
+    ]
+    actions = {BANNED: "reject", MISMATCH: "quarantine", ENCRYPTED: "score", LIMIT: "off"}
+    hits = {h.symbol: h for h in hits_for(findings, actions)}
+    assert set(hits) == {BANNED, MISMATCH, ENCRYPTED}
+    assert hits[BANNED].action == Action.REJECT
+    assert hits[BANNED].reply == "550 5.7.1 Attachment rejected: a.zip/b.zip/evil.exe: banned extension .exe"
+    assert hits[MISMATCH].action == Action.QUARANTINE and hits[ENCRYPTED].action is None
+    assert hits[ENCRYPTED].detail == "locked.zip: encrypted"
+
+
+def test_a_file_name_with_control_characters_is_escaped_in_the_reply() -> None:
+    [hit] = hits_for([Finding(BANNED, "evil\r\n250 ok.exe", "banned extension .exe")], {BANNED: "reject"})
+    assert "\r" not in hit.reply and "\n" not in hit.reply and "evil\\r\\n250 ok.exe" in hit.reply
