@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "rules": "milterd.commands.rules:add_parser",
     "quarantine": "milterd.commands.quarantine:add_parser",
     "greylist": "milterd.commands.greylist:add_parser",
+    "learn": "milterd.commands.learn:add_parser",
     "dkim": "milterd.commands.dkim:add_parser",
 }
 

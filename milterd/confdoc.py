@@ -43,6 +43,7 @@ SECTION_INTRO = {
     "clamav": "Virus scanning with clamd (INSTREAM).",
     "spamd": "Spam scanning with SpamAssassin's spamd.",
     "quarantine": "Quarantined mail and its release.",
+    "learner": "milterd's own classifier (BAYES_* symbols): token counts shared through the store, taught with 'milterd learn' and the quarantine.",
     "metrics": "Prometheus metrics.",
 }
 

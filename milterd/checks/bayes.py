@@ -1,0 +1,158 @@
+"""milterd's own classifier: ``BAYES_00`` … ``BAYES_999`` from token counts learned at this site.
+
+At end of message the first ``[learner] max_size`` bytes of the message are
+tokenized (:mod:`milterd.learner.tokenizer`), the tokens' learned counts are
+read from the shared store in one batched query (most of them from the
+worker's cache, :class:`~milterd.learner.cache.TokenCache`) and combined
+(:mod:`milterd.learner.classifier`) into a spam probability, emitted as
+SpamAssassin's bucket symbols.  The classifier abstains (no symbol) until
+``[learner] min_spam`` spam and ``min_ham`` ham messages are learned.  A store
+that does not answer gives ``BAYES_ERROR`` (score 0): the message is judged
+without the classifier, never deferred for it.
+
+Auto-learning (``[learner] autolearn_spam`` / ``autolearn_ham``, off by
+default) happens after the verdict, from the score without the classifier's
+own symbol (learning from one's own opinion would only reinforce it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, ClassVar
+
+from ..learner.cache import TokenCache
+from ..learner.classifier import BUCKETS, Counts, Score, classify, trained
+from ..learner.tokenizer import hashed_tokens, message_digest
+from ..model import Envelope, Hit, Session, Verdict
+from ..store.errors import StoreError
+from ..store.learner import LearnerStore
+from . import Check, Hits, Symbol
+
+if TYPE_CHECKING:
+    from ..config import LearnerSection
+    from ..services import Services
+
+log = logging.getLogger("milterd")
+
+ERROR = "BAYES_ERROR"
+AUTOLEARN = "BAYES_AUTOLEARN"
+
+#: Default scores of the buckets (fitted on the training folders only; bench/RESULTS.md).
+SCORES: dict[str, float] = {
+    "BAYES_00": -1.5,
+    "BAYES_05": -0.5,
+    "BAYES_20": 0.0,
+    "BAYES_40": 0.0,
+    "BAYES_50": 0.8,
+    "BAYES_60": 1.5,
+    "BAYES_80": 2.0,
+    "BAYES_95": 3.0,
+    "BAYES_99": 3.5,
+    "BAYES_999": 4.0,
+}
+
+_RANGES = {symbol: (lowest, BUCKETS[i - 1][0] if i else 1.0) for i, (lowest, symbol) in enumerate(BUCKETS)}
+
+
+def bayes_symbols() -> tuple[Symbol, ...]:
+    """The bucket symbols with their default scores."""
+    return tuple(
+        Symbol(name, SCORES[name], f"milterd's classifier: spam probability {_RANGES[name][0]:g} to {_RANGES[name][1]:g}")
+        for name in sorted(SCORES)
+    )
+
+
+def autolearn_label(score: float, own: float, spam_at: float | bool, ham_at: float | bool) -> str | None:
+    """Whether a message scoring *score* (*own* of it from the classifier) is auto-learned, and as what."""
+    other = score - own
+    if spam_at is not False and other >= float(spam_at):
+        return "spam"
+    if ham_at is not False and other <= float(ham_at):
+        return "ham"
+    return None
+
+
+class BayesCheck(Check):
+    """Token classifier learned from the site's mail, shared through the SQL store."""
+
+    name: ClassVar[str] = "bayes"
+    description: ClassVar[str] = "milterd's own token classifier, learned with milterd learn and shared through the store"
+    symbols: ClassVar[tuple[Symbol, ...]] = bayes_symbols() + (
+        Symbol(ERROR, 0.0, "The classifier's store did not answer: the message was judged without it"),
+    )
+    order: ClassVar[int] = 205
+
+    def __init__(self, services: "Services") -> None:
+        super().__init__(services)
+        self.options: "LearnerSection" = services.config.learner
+        self.cache = TokenCache(self.options.cache_size, self.options.cache_ttl)
+        self._totals: tuple[float, Counts] | None = None
+        self._lock = threading.Lock()
+        self._repository: LearnerStore | None = None
+
+    @classmethod
+    def enabled(cls, services: "Services") -> bool:
+        return services.config.learner.enabled
+
+    @property
+    def repository(self) -> LearnerStore:
+        """The classifier's tables in this process's store."""
+        if self._repository is None:
+            self._repository = LearnerStore(self.services.store.engine)
+        return self._repository
+
+    def totals(self, now: float) -> Counts:
+        """How many spam and ham messages are learned (cached for ``cache_ttl``)."""
+        with self._lock:
+            if self._totals is None or now - self._totals[0] >= self.options.cache_ttl:
+                self._totals = (now, self.repository.totals())
+            return self._totals[1]
+
+    def score(self, raw: bytes, now: float) -> Score | None:
+        """The classification of *raw*, or None while too little is learned."""
+        totals = self.totals(now)
+        if not trained(totals, self.options.min_spam, self.options.min_ham):
+            return None
+        tokens = hashed_tokens(raw)
+        with self._lock:
+            counts = self.cache.lookup(tokens, now, self.repository.counts)
+        return classify(tokens, counts, totals)
+
+    def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        raw = envelope.header_bytes + envelope.spool.read(self.options.max_size)
+        try:
+            result = self.score(raw, time.monotonic())
+        except StoreError as exc:
+            log.warning("bayes: %s", exc)
+            return [Hit(ERROR, detail=str(exc)[:200])]
+        if result is None:
+            return []
+        return [Hit(result.symbol, detail=f"p={result.probability:.4f} clues={result.clues}")]
+
+    def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
+        if self.options.autolearn_spam is False and self.options.autolearn_ham is False:
+            return verdict
+        own = sum(score for name, score in verdict.symbols.items() if name in SCORES)
+        label = autolearn_label(verdict.score, own, self.options.autolearn_spam, self.options.autolearn_ham)
+        if label is None:
+            return verdict
+        try:
+            raw = envelope.message_bytes()
+            tokens = hashed_tokens(raw[: self.options.max_size])
+            outcome = self.repository.learn(message_digest(raw), tokens, "spam" if label == "spam" else "ham")
+        except StoreError as exc:
+            log.warning("bayes: auto-learn failed: %s", exc)
+            return verdict
+        with self._lock:
+            self.cache.forget(tokens)
+            self._totals = None
+        details = dict(verdict.details)
+        details[AUTOLEARN] = f"{label}: {outcome}"
+        log.info("%s: bayes auto-learned as %s (%s)", envelope.queue_id or "NOQUEUE", label, outcome)
+        return replace(verdict, details=details)
+
+
+CHECKS = (BayesCheck,)

@@ -1,0 +1,139 @@
+"""``milterd learn --spam|--ham|--forget PATH…``: teach milterd's classifier.
+
+Each PATH is a message file, an mbox, a Maildir or a directory of those (as
+``milterd check`` reads them).  Messages are tokenized in ``--jobs`` processes
+and counted in the shared store, one transaction per message: learning the
+same message twice counts once, learning it with the other label moves it,
+``--forget`` removes it.  A progress line is shown on a terminal; the run ends
+with a summary (``--json``: one object).  Exit status 1 when a message could
+not be read or the store refused it, 2 for a bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator, Literal
+
+from ..cli import config_parent, describe_failure, open_store
+from ..config import load_config
+from ..learner.tokenizer import hashed_tokens, message_digest
+from ..offline import sources
+from ..store.errors import StoreError
+from ..store.learner import LearnerStore
+
+#: Messages handed to a tokenizing process at once.
+BATCH = 16
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``learn``."""
+    parser = sub.add_parser("learn", parents=[config_parent()], help="teach milterd's classifier spam or ham (or forget messages)")
+    label = parser.add_mutually_exclusive_group(required=True)
+    label.add_argument("--spam", action="store_const", dest="label", const="spam", help="the messages are spam")
+    label.add_argument("--ham", action="store_const", dest="label", const="ham", help="the messages are ham (not spam)")
+    label.add_argument("--forget", action="store_const", dest="label", const="forget", help="remove what was learned from the messages")
+    parser.add_argument("paths", nargs="+", metavar="PATH", type=Path, help="message files, mboxes, Maildirs or directories of those")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="tokenize in N processes (default 1)")
+    parser.add_argument("--json", action="store_true", help="print the summary as a JSON object")
+    parser.set_defaults(func=run_learn)
+
+
+def prepare(raw: bytes, max_size: int) -> tuple[str, list[int]]:
+    """What is stored of one message: its digest and the hashes of its tokens."""
+    return message_digest(raw), hashed_tokens(raw[:max_size])
+
+
+def _prepare_batch(batch: list[bytes], max_size: int) -> list[tuple[str, list[int]]]:
+    return [prepare(raw, max_size) for raw in batch]
+
+
+def _batches(paths: Iterable[Path], errors: Counter[str], failures: list[str]) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for path in paths:
+        try:
+            refs = list(sources(path))
+        except OSError as exc:
+            errors["unreadable"] += 1
+            failures.append(f"{path}: {exc.strerror or exc}")
+            continue
+        for ref in refs:
+            try:
+                batch.append(ref.load())
+            except OSError as exc:
+                errors["unreadable"] += 1
+                failures.append(f"{ref.label}: {exc.strerror or exc}")
+                continue
+            if len(batch) >= BATCH:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def run_learn(args: argparse.Namespace) -> int:
+    """Learn or forget every message of the paths; print a summary."""
+    config = load_config(args.config)
+    try:
+        store = open_store(config)
+    except StoreError as exc:
+        print(f"milterd: {exc}", file=sys.stderr)
+        return 1
+    repository = LearnerStore(store.engine)
+    label: Literal["spam", "ham"] | None = None if args.label == "forget" else args.label
+    outcomes: Counter[str] = Counter()
+    failures: list[str] = []
+    progress = sys.stderr.isatty() and not args.json
+    done = 0
+    executor = ProcessPoolExecutor(max_workers=args.jobs) if args.jobs > 1 else None
+    try:
+        batches = _batches(args.paths, outcomes, failures)
+        prepared: Iterable[list[tuple[str, list[int]]]]
+        if executor is not None:
+            prepared = _windowed(executor, batches, config.learner.max_size, 4 * args.jobs)
+        else:
+            prepared = (_prepare_batch(batch, config.learner.max_size) for batch in batches)
+        for results in prepared:
+            for digest, tokens in results:
+                try:
+                    outcomes[repository.learn(digest, tokens, label)] += 1
+                except StoreError as exc:
+                    outcomes["failed"] += 1
+                    failures.append(describe_failure(exc))
+                done += 1
+                if progress and done % 25 == 0:
+                    print(f"\r{done} messages", end="", file=sys.stderr, flush=True)
+        totals = repository.totals()
+    except StoreError as exc:
+        print(f"milterd: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if executor is not None:
+            executor.shutdown()
+        store.close()
+    if progress:
+        print(f"\r{done} messages", file=sys.stderr)
+    summary = {"action": args.label, "messages": done, **{key: outcomes[key] for key in ("learned", "moved", "already", "forgotten", "unknown", "failed", "unreadable")}, "model": {"spam": totals.spam, "ham": totals.ham}, "errors": failures[:100]}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for line in failures[:100]:
+            print(f"milterd: {line}", file=sys.stderr)
+        counted = ", ".join(f"{outcomes[key]} {key}" for key in ("learned", "moved", "already", "forgotten", "unknown", "failed", "unreadable") if outcomes[key])
+        print(f"{done} messages: {counted or 'nothing done'}; the model holds {totals.spam} spam and {totals.ham} ham")
+    return 1 if outcomes["failed"] or outcomes["unreadable"] else 0
+
+
+def _windowed(executor: ProcessPoolExecutor, batches: Iterable[list[bytes]], max_size: int, window: int) -> Iterator[list[tuple[str, list[int]]]]:
+    # At most *window* batches in flight: a large Maildir is never read into memory whole.
+    pending: deque[Future[list[tuple[str, list[int]]]]] = deque()
+    for batch in batches:
+        pending.append(executor.submit(_prepare_batch, batch, max_size))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()

@@ -1,0 +1,235 @@
+"""The classifier's SQL: token counts, learned totals and learned-message digests.
+
+:class:`LearnerStore` is the only code that reads or writes the
+``learner_tokens``, ``learner_totals`` and ``learner_messages`` tables; what
+the counts mean is decided by the pure functions of
+:mod:`milterd.learner.classifier`.  Every database error leaves here as
+:class:`~milterd.store.errors.StoreError`.
+
+One store serves every worker and, on PostgreSQL, every MX host: what one
+learns, all use.  Lookups are batched (``SELECT … WHERE token IN (…)`` in
+chunks of :data:`CHUNK`).  Learning a message is one transaction: its digest
+is claimed first (learning the same message twice counts once; learning it
+with the other label moves its counts), then its tokens are counted with one
+insert-or-update per token in a single executemany, so that workers and hosts
+learning at once add up instead of overwriting each other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable, Iterable, Literal, Sequence, TypeVar
+
+from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, case, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.types import BigInteger
+
+from ..clock import utcnow
+from ..learner.classifier import Counts
+from .errors import StoreError
+from .schema import metadata
+
+T = TypeVar("T")
+Label = Literal["spam", "ham"]
+
+#: Tokens asked or changed per statement: well under SQLite's bound-parameter limit.
+CHUNK = 500
+
+tokens_table = Table(
+    "learner_tokens",
+    metadata,
+    Column("token", BigInteger, primary_key=True, autoincrement=False),
+    Column("spam", Integer, nullable=False, default=0),
+    Column("ham", Integer, nullable=False, default=0),
+    # Days since the epoch when a message with this token was last learned.
+    Column("atime", Integer, nullable=False, index=True),
+)
+
+totals_table = Table(
+    "learner_totals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("spam", Integer, nullable=False, default=0),
+    Column("ham", Integer, nullable=False, default=0),
+)
+
+messages_table = Table(
+    "learner_messages",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("label", String(4), nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+)
+
+
+def day_number(when: dt.datetime) -> int:
+    """Days since the epoch (the ``atime`` of tokens)."""
+    return int(when.timestamp() // 86400)
+
+
+def _insert(connection: Connection) -> Any:
+    name = connection.dialect.name
+    if name == "sqlite":
+        return sqlite_insert
+    if name == "postgresql":
+        return postgresql_insert
+    raise StoreError(f"the classifier needs SQLite or PostgreSQL, not {name}")
+
+
+def _chunks(values: Sequence[int]) -> Iterable[Sequence[int]]:
+    for start in range(0, len(values), CHUNK):
+        yield values[start:start + CHUNK]
+
+
+class LearnerStore:
+    """The classifier's tables of one store (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _run(self, what: str, work: Callable[[], T]) -> T:
+        try:
+            return work()
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StoreError(f"cannot {what}: {exc.__class__.__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from exc
+
+    # --- reading ----------------------------------------------------------
+    def totals(self) -> Counts:
+        """How many spam and ham messages are learned."""
+
+        def read() -> Counts:
+            with self.engine.connect() as connection:
+                row = connection.execute(select(totals_table.c.spam, totals_table.c.ham).where(totals_table.c.id == 1)).first()
+            return Counts(int(row.spam), int(row.ham)) if row is not None else Counts()
+
+        return self._run("read the classifier's totals", read)
+
+    def counts(self, tokens: Sequence[int]) -> dict[int, Counts]:
+        """The learned counts of *tokens* (those never learned are absent), asked in chunks."""
+        table = tokens_table
+
+        def read() -> dict[int, Counts]:
+            found: dict[int, Counts] = {}
+            with self.engine.connect() as connection:
+                for chunk in _chunks(list(dict.fromkeys(tokens))):
+                    query = select(table.c.token, table.c.spam, table.c.ham).where(table.c.token.in_(chunk))
+                    for row in connection.execute(query):
+                        found[int(row.token)] = Counts(int(row.spam), int(row.ham))
+            return found
+
+        return self._run("read the classifier's tokens", read)
+
+    def label(self, digest: str) -> Label | None:
+        """How the message with *digest* was learned, or None."""
+
+        def read() -> Label | None:
+            with self.engine.connect() as connection:
+                value = connection.execute(select(messages_table.c.label).where(messages_table.c.digest == digest)).scalar()
+            return "spam" if value == "spam" else "ham" if value == "ham" else None
+
+        return self._run("read the learned messages", read)
+
+    def size(self) -> int:
+        """How many tokens the model holds."""
+
+        def read() -> int:
+            with self.engine.connect() as connection:
+                return int(connection.execute(select(func.count()).select_from(tokens_table)).scalar() or 0)
+
+        return self._run("count the classifier's tokens", read)
+
+    # --- learning ---------------------------------------------------------
+    def learn(self, digest: str, tokens: Sequence[int], label: Label | None, now: dt.datetime | None = None) -> str:
+        """Learn (or, with *label* None, forget) one message, in one transaction.
+
+        Returns what happened: ``learned``, ``already`` (learned with this label
+        before: nothing counted), ``moved`` (learned with the other label: its
+        counts moved), ``forgotten`` or ``unknown`` (forgetting a message never learned).
+        """
+        when = now or utcnow()
+        distinct = list(dict.fromkeys(tokens))
+
+        def work() -> str:
+            with self.engine.begin() as connection:
+                insert = _insert(connection)
+                claim = insert(messages_table).values(digest=digest, label=label or "", time=when).on_conflict_do_nothing(index_elements=[messages_table.c.digest])
+                previous: str | None = None
+                if label is None:
+                    previous = connection.execute(select(messages_table.c.label).where(messages_table.c.digest == digest)).scalar()
+                    if previous is None:
+                        return "unknown"
+                    connection.execute(delete(messages_table).where(messages_table.c.digest == digest))
+                elif connection.execute(claim).rowcount == 0:
+                    previous = connection.execute(select(messages_table.c.label).where(messages_table.c.digest == digest)).scalar()
+                    if previous == label:
+                        return "already"
+                    connection.execute(update(messages_table).where(messages_table.c.digest == digest).values(label=label, time=when))
+                if previous in ("spam", "ham"):
+                    self._decrement(connection, distinct, previous)
+                if label is not None:
+                    self._increment(connection, insert, distinct, label, day_number(when))
+                self._add_totals(connection, previous if previous in ("spam", "ham") else None, label)
+                return "forgotten" if label is None else "moved" if previous in ("spam", "ham") else "learned"
+
+        return self._run("learn a message", work)
+
+    @staticmethod
+    def _increment(connection: Connection, insert: Any, tokens: Sequence[int], label: Label, day: int) -> None:
+        if not tokens:
+            return
+        spam, ham = (1, 0) if label == "spam" else (0, 1)
+        statement = insert(tokens_table)
+        statement = statement.on_conflict_do_update(
+            index_elements=[tokens_table.c.token],
+            set_={
+                "spam": tokens_table.c.spam + statement.excluded.spam,
+                "ham": tokens_table.c.ham + statement.excluded.ham,
+                "atime": statement.excluded.atime,
+            },
+        )
+        for chunk in _chunks(tokens):
+            connection.execute(statement, [{"token": t, "spam": spam, "ham": ham, "atime": day} for t in chunk])
+
+    @staticmethod
+    def _decrement(connection: Connection, tokens: Sequence[int], label: str) -> None:
+        column = tokens_table.c.spam if label == "spam" else tokens_table.c.ham
+        for chunk in _chunks(tokens):
+            connection.execute(update(tokens_table).where(tokens_table.c.token.in_(chunk)).values({column.name: case((column > 0, column - 1), else_=0)}))
+
+    @staticmethod
+    def _add_totals(connection: Connection, removed: str | None, added: str | None) -> None:
+        spam = (1 if added == "spam" else 0) - (1 if removed == "spam" else 0)
+        ham = (1 if added == "ham" else 0) - (1 if removed == "ham" else 0)
+        if not spam and not ham:
+            return
+        changed = connection.execute(
+            update(totals_table)
+            .where(totals_table.c.id == 1)
+            .values(spam=case((totals_table.c.spam + spam < 0, 0), else_=totals_table.c.spam + spam), ham=case((totals_table.c.ham + ham < 0, 0), else_=totals_table.c.ham + ham))
+        ).rowcount
+        if not changed:
+            connection.execute(_insert(connection)(totals_table).values(id=1, spam=max(spam, 0), ham=max(ham, 0)).on_conflict_do_nothing(index_elements=[totals_table.c.id]))
+
+    # --- housekeeping -----------------------------------------------------
+    def expire(self, older_than: dt.datetime, rare: int, max_tokens: int) -> int:
+        """Delete tokens learned last before *older_than* and seen at most *rare* times,
+        and tokens with no count left; then, beyond *max_tokens*, the least recently
+        learned.  Returns how many were deleted."""
+        table = tokens_table
+        day = day_number(older_than)
+
+        def work() -> int:
+            with self.engine.begin() as connection:
+                deleted = connection.execute(delete(table).where(table.c.spam + table.c.ham == 0)).rowcount
+                deleted += connection.execute(delete(table).where(table.c.atime < day, table.c.spam + table.c.ham <= rare)).rowcount
+                total = int(connection.execute(select(func.count()).select_from(table)).scalar() or 0)
+                if max_tokens and total > max_tokens:
+                    excess = select(table.c.token).order_by(table.c.atime, table.c.spam + table.c.ham, table.c.token).limit(total - max_tokens).scalar_subquery()
+                    deleted += connection.execute(delete(table).where(table.c.token.in_(excess))).rowcount
+                return int(deleted)
+
+        return self._run("expire the classifier's tokens", work)

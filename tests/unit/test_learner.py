@@ -1,0 +1,219 @@
+"""milterd's classifier: the tokenizer on hostile MIME, the statistics, the store's counts, the cache, ``milterd learn``."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import tracemalloc
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from milterd.cli import main
+from milterd.config import DatabaseSection
+from milterd.learner import classifier as cl
+from milterd.learner.cache import TokenCache
+from milterd.learner.tokenizer import MAX_INPUT, hashed_tokens, message_digest, token_hash, tokenize
+from milterd.store import Store
+from milterd.store.learner import CHUNK, LearnerStore
+
+HAM = b"From: Alice <alice@example.org>\r\nTo: bob@example.com\r\nSubject: lunch tomorrow\r\nMessage-ID: <1@example.org>\r\n\r\nShall we meet for lunch at the usual place?\r\n"
+
+
+def mail(body: bytes, headers: str = "", ctype: str = "text/plain; charset=utf-8", mid: str = "<m@example.org>") -> bytes:
+    head = f"From: a@example.org\r\nSubject: test\r\nMessage-ID: {mid}\r\nMIME-Version: 1.0\r\nContent-Type: {ctype}\r\n{headers}\r\n"
+    return head.encode() + body
+
+
+# --- tokenizer --------------------------------------------------------------
+def test_tokens_from_headers_text_html_and_links() -> None:
+    html = b"<html><body><p>Cheap <b>pharmacy</b> offers</p><a href='http://pills.shop.example/buy'>here</a><script>hidden()</script></body></html>"
+    raw = mail(html, ctype="text/html")
+    tokens = tokenize(raw)
+    assert "subject:test" in tokens
+    assert "hn:from" in tokens
+    assert {"cheap", "pharmacy", "offers"} <= set(tokens)
+    assert "url:shop.example" in tokens and "url:pills.shop.example" in tokens
+    assert "hidden" not in tokens  # scripts are not text
+
+
+def test_headers_added_on_the_way_do_not_change_tokens_or_digest() -> None:
+    delivered = b"Received: from mx (mx [192.0.2.1])\r\nX-Spam-Status: No, score=1.0\r\nX-Spam-Score: 1.0\r\n" + HAM
+    assert tokenize(delivered) == tokenize(HAM)
+    assert message_digest(delivered) == message_digest(HAM)
+    assert message_digest(HAM.replace(b"\r\n", b"\n")) == message_digest(HAM)
+    assert message_digest(HAM.replace(b"usual", b"other")) != message_digest(HAM)
+
+
+def test_wrong_and_unknown_charsets() -> None:
+    latin = "Réunion à l'hôtel demain".encode("latin-1")
+    for charset in ("utf-8", "x-no-such-charset", "utf-16"):
+        tokens = tokenize(mail(latin, ctype=f"text/plain; charset={charset}"))
+        assert "hn:subject" in tokens  # never raises; the headers are always there
+    assert "demain" in tokenize(mail(latin, ctype="text/plain; charset=x-no-such-charset"))
+
+
+def test_nested_100_deep() -> None:
+    parts = b"innermost treasure words\r\n"
+    ctype = "text/plain"
+    for depth in range(100):
+        boundary = f"b{depth}"
+        parts = f"--{boundary}\r\nContent-Type: {ctype}\r\n\r\n".encode() + parts + f"\r\n--{boundary}--\r\n".encode()
+        ctype = f'multipart/mixed; boundary="{boundary}"'
+    tokens = tokenize(mail(parts, ctype=ctype))
+    assert "hn:subject" in tokens
+    assert len(tokens) < 5000
+
+
+def test_30_megabyte_base64_part_is_cut_and_memory_stays_bounded() -> None:
+    blob = base64.encodebytes(b"\x00spam" * (6 * 1024 * 1024))  # 30 MB of payload, 40 MB encoded
+    body = (
+        b"--x\r\nContent-Type: text/plain\r\n\r\nsee the attachment please\r\n"
+        b"--x\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n" + blob + b"\r\n--x--\r\n"
+    )
+    raw = mail(body, ctype='multipart/mixed; boundary="x"')
+    assert len(raw) > 30 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        tokens = hashed_tokens(raw)
+        digest = message_digest(raw[:MAX_INPUT])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert tokens and digest
+    # Parsing the whole message would hold several copies of 40 MB.
+    assert peak < 16 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+    assert token_hash("attachment") in tokens
+
+
+def test_token_hash_is_signed_64_bit_and_stable() -> None:
+    value = token_hash("viagra")
+    assert -(2**63) <= value < 2**63
+    assert value == token_hash("viagra") != token_hash("Viagra")
+
+
+# --- statistics --------------------------------------------------------------
+def test_token_probability_and_smoothing() -> None:
+    totals = cl.Counts(spam=100, ham=100)
+    assert cl.token_probability(cl.Counts(), totals) == cl.UNKNOWN
+    assert cl.token_probability(cl.Counts(spam=50), totals) > 0.98
+    assert cl.token_probability(cl.Counts(ham=50), totals) < 0.02
+    # One sighting is weak evidence: pulled towards 0.5.
+    assert 0.8 < cl.token_probability(cl.Counts(spam=1), totals) < 0.9
+
+
+def test_combine_and_buckets() -> None:
+    spammy, _ = cl.combine([0.99] * 20)
+    hammy, _ = cl.combine([0.01] * 20)
+    unsure, clues = cl.combine([0.99] * 10 + [0.01] * 10)
+    assert spammy > 0.999 and hammy < 0.001 and 0.4 < unsure < 0.6 and clues == 20
+    assert cl.combine([0.5, 0.55]) == (0.5, 0)
+    assert cl.bucket(0.0) == "BAYES_00" and cl.bucket(0.0099) == "BAYES_00" and cl.bucket(0.01) == "BAYES_05"
+    assert cl.bucket(0.5) == "BAYES_50" and cl.bucket(0.995) == "BAYES_99" and cl.bucket(1.0) == "BAYES_999"
+    assert not cl.trained(cl.Counts(spam=199, ham=500), 200, 200)
+    assert cl.trained(cl.Counts(spam=200, ham=200), 200, 200)
+
+
+def test_classify_separates_learned_words() -> None:
+    totals = cl.Counts(spam=10, ham=10)
+    counts = {1: cl.Counts(spam=10), 2: cl.Counts(spam=9, ham=1), 3: cl.Counts(ham=10), 4: cl.Counts(ham=9)}
+    assert cl.classify([1, 2, 99], counts, totals).probability > 0.95
+    assert cl.classify([3, 4, 99], counts, totals).symbol == "BAYES_00"
+
+
+# --- the cache -----------------------------------------------------------------
+def test_cache_asks_once_in_one_batch_and_expires() -> None:
+    asked: list[list[int]] = []
+
+    def fetch(tokens: object) -> dict[int, cl.Counts]:
+        asked.append(list(tokens))  # type: ignore[call-overload]
+        return {1: cl.Counts(spam=3)}
+
+    cache = TokenCache(size=10, ttl=60)
+    assert cache.lookup([1, 2], 0.0, fetch) == {1: cl.Counts(spam=3), 2: cl.Counts()}
+    assert cache.lookup([1, 2], 30.0, fetch)[1] == cl.Counts(spam=3)
+    assert asked == [[1, 2]]  # the unknown token is cached too
+    cache.lookup([1, 3], 61.0, fetch)
+    assert asked[-1] == [1, 3]
+    cache.lookup(list(range(100, 120)), 62.0, fetch)
+    assert len(cache._entries) == 10
+
+
+# --- the store -------------------------------------------------------------------
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[LearnerStore]:
+    store = Store(DatabaseSection(url=f"sqlite:///{tmp_path / 'store.sqlite'}"))
+    store.upgrade()
+    yield LearnerStore(store.engine)
+    store.close()
+
+
+def test_learn_twice_counts_once_move_and_forget(repo: LearnerStore) -> None:
+    tokens = [token_hash(t) for t in ("cheap", "pills", "now")]
+    assert repo.learn("d1", tokens, "spam") == "learned"
+    assert repo.learn("d1", tokens, "spam") == "already"
+    assert repo.totals() == cl.Counts(spam=1, ham=0)
+    assert repo.counts(tokens) == {t: cl.Counts(spam=1) for t in tokens}
+    assert repo.learn("d1", tokens, "ham") == "moved"
+    assert repo.totals() == cl.Counts(spam=0, ham=1)
+    assert repo.counts(tokens) == {t: cl.Counts(ham=1) for t in tokens}
+    assert repo.label("d1") == "ham"
+    assert repo.learn("d1", tokens, None) == "forgotten"
+    assert repo.learn("d1", tokens, None) == "unknown"
+    assert repo.totals() == cl.Counts()
+    assert repo.label("d1") is None
+    assert repo.counts(tokens) == {t: cl.Counts() for t in tokens}
+
+
+def test_batched_lookups_beyond_one_chunk(repo: LearnerStore) -> None:
+    tokens = list(range(1, 3 * CHUNK + 7))
+    repo.learn("big", tokens, "ham")
+    repo.learn("small", tokens[:10], "ham")
+    found = repo.counts(tokens + [-5])
+    assert len(found) == len(tokens)
+    assert found[1] == cl.Counts(ham=2) and found[tokens[-1]] == cl.Counts(ham=1)
+
+
+def test_expire_rare_old_tokens_and_bound_the_model(repo: LearnerStore) -> None:
+    old = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    new = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    repo.learn("a", [1, 2], "spam", now=old)
+    repo.learn("b", [2], "spam", now=old)
+    repo.learn("c", [3, 4, 5], "ham", now=new)
+    assert repo.expire(dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc), rare=1, max_tokens=0) == 1  # token 1
+    assert set(repo.counts([1, 2, 3, 4, 5])) == {2, 3, 4, 5}
+    assert repo.expire(dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc), rare=1, max_tokens=3) == 1  # the oldest, 2
+    assert set(repo.counts([1, 2, 3, 4, 5])) == {3, 4, 5}
+
+
+# --- milterd learn ---------------------------------------------------------------
+def test_learn_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "s.sqlite"}"\n[rules]\ndir = ""\n')
+    assert main(["db", "upgrade", "-c", str(conf)]) == 0
+    spam = tmp_path / "spam"
+    spam.mkdir()
+    for n in range(3):
+        (spam / f"{n}.eml").write_bytes(mail(f"buy cheap pills number {n}\r\n".encode(), mid=f"<s{n}@x>"))
+    mbox = tmp_path / "ham.mbox"
+    mbox.write_bytes(b"".join(b"From a@b Thu Jan  1 00:00:00 2024\n" + HAM.replace(b"<1@", f"<h{n}@".encode()).replace(b"\r\n", b"\n") + b"\n" for n in range(2)))
+    capsys.readouterr()
+
+    def learn(*args: str) -> dict[str, object]:
+        capsys.readouterr()
+        main(["learn", "-c", str(conf), "--json", *args])
+        result: dict[str, object] = json.loads(capsys.readouterr().out)
+        return result
+
+    first = learn("--spam", str(spam))  # --jobs N forks: tests/integration/test_learner.py
+    assert first["learned"] == 3 and first["model"] == {"spam": 3, "ham": 0}
+    assert learn("--spam", str(spam))["already"] == 3
+    assert learn("--ham", str(mbox))["learned"] == 2
+    moved = learn("--ham", str(spam / "0.eml"))
+    assert moved["moved"] == 1 and moved["model"] == {"spam": 2, "ham": 3}
+    gone = learn("--forget", str(spam / "1.eml"), str(spam / "1.eml"))
+    assert gone["forgotten"] == 1 and gone["unknown"] == 1 and gone["model"] == {"spam": 1, "ham": 3}
+    missing = learn("--spam", str(tmp_path / "nowhere"))
+    assert missing["unreadable"] == 1 and missing["errors"]
