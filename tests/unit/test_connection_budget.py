@@ -25,19 +25,3 @@ def test_more_than_the_server_allows_fails() -> None:
     finding = judge_connections(32, 4, 100, 3)  # 162 at a reload
     assert finding.status == "fail" and "max_connections" in finding.detail
 
-
-def test_probe_reads_the_servers_limits() -> None:
-    import psycopg
-
-    from milterd.config import Config
-    from milterd.doctor import probe_connections
-
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test") as conn:
-        limit = int(conn.execute("SHOW max_connections").fetchone()[0])  # type: ignore[index]
-        reserved = int(conn.execute("SHOW superuser_reserved_connections").fetchone()[0])  # type: ignore[index]
-    config = Config.model_validate({"milter": {"workers": 3}, "database": {"url": "postgresql+psycopg://postgres@127.0.0.1:5432/test", "pool_size": 20}})
-    [finding] = probe_connections(config)
-    assert finding.name == "database connections"
-    assert f"up to 62 connections ([database] pool_size 20 × 3 workers + 2), 82 during a reload; the server allows {limit - reserved}" in finding.detail
-    assert finding == judge_connections(20, 3, limit, reserved)
-    assert probe_connections(Config()) == []  # SQLite: no server to ask
