@@ -22,8 +22,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.conftest import NO_CHECKS, Stack, with_sections
+from tests.conftest import NO_CHECKS, with_sections
 from tests.harness.load import SendResult, reconcile, run_load, sink_tags, wait_delivered
+from tests.harness.stack import Stack
 
 SESSIONS = 30
 
@@ -160,7 +161,8 @@ def _wait(condition: Callable[[], bool], timeout: float) -> bool:
 
 
 def test_worker_dying_during_reload_is_reaped_and_replaced(make_stack: Callable[..., Stack]) -> None:
-    stack = make_stack(with_sections(NO_CHECKS, {"milter": {"workers": 1, "shutdown_timeout": 30}}))
+    # No maintenance job is due (greylisting off, quarantine kept): the supervisor's children are its workers.
+    stack = make_stack(with_sections(NO_CHECKS, {"milter": {"workers": 1, "shutdown_timeout": 30}, "quarantine": {"retention": 0}}))
     [old] = stack.milterd.workers()
     # An open SMTP session keeps a milter connection on the old worker: the reload
     # waits for it to drain (up to shutdown_timeout) before it is done.
