@@ -205,6 +205,8 @@ _CategoryAction = Literal["off", "score", "quarantine", "reject"]
 
 
 class AttachmentChecks(_CheckSwitches):
+    """The attachment policy: each category scores its ATTACH_* symbol or forces quarantine or a reject naming the file."""
+
     banned_extensions: list[str] = Field(
         ["exe", "scr", "com", "pif", "bat", "cmd", "js", "jse", "vbs", "vbe", "wsf", "wsh", "hta", "jar", "msi", "msp", "iso", "img", "vhd", "vhdx", "lnk", "cpl", "reg", "ps1", "scf", "chm", "dll", "appx", "msix", "application", "gadget", "inf", "sct", "url"],
         description="File name extensions (without the dot, any case) banned in attachments and in the archives they carry: symbol ATTACH_BANNED.",
@@ -222,15 +224,15 @@ class AttachmentChecks(_CheckSwitches):
     max_attachment_size: Size = Field(64 * 1024 * 1024, description="Attachments are decoded up to this size (to a temporary file past [milter] spool_memory); a larger one is judged by its name and first bytes only.")
 
 
-    """The attachment policy: each category scores its ATTACH_* symbol or forces quarantine or a reject naming the file."""
-
 class UriblChecks(_CheckSwitches):
+    """The domains of a message's links looked up in the URI block lists of rules/ ([[uribl]])."""
+
     max_domains: int = Field(20, ge=0, le=1000, description="Most distinct registrable domains (and IP addresses) of a message's links looked up, in the order they appear.")
     skip_domains: list[str] = Field(
         ["google.com", "gmail.com", "youtube.com", "goo.gl", "microsoft.com", "office.com", "outlook.com", "live.com", "windows.net", "apple.com", "icloud.com", "amazon.com", "amazonaws.com", "facebook.com", "instagram.com", "whatsapp.com", "linkedin.com", "twitter.com", "x.com", "yahoo.com", "wikipedia.org", "github.com", "mozilla.org", "w3.org", "schema.org", "debian.org", "apache.org", "python.org", "paypal.com"],
         description="Registrable domains never looked up (well known, never listed: asking would only cost queries).",
     )
-    ip_lists: list[str] = Field(["SPAMHAUS_SBL"], description="Address links (http://192.0.2.1/) are looked up in these [[dnsbl]] zones or zone codes (name without DNSBL_: \"SPAMHAUS_SBL\"), whose operators allow it; a listing is URIBL_IP_<NAME> with the zone's or code's score and action.")
+    ip_lists: list[str] = Field(["SPAMHAUS_SBL"], description="Address links (http://192.0.2.1/) are looked up in these [[dnsbl]] zones or zone codes (name without DNSBL_: \"SPAMHAUS_SBL\"), whose operators allow it; a listing scores URIBL_IP_<NAME> with the zone's or code's score (never a reject).")
 
 
 class ChecksSection(_Section):
@@ -245,8 +247,6 @@ class ChecksSection(_Section):
     headers: HeaderChecks = HeaderChecks()
     local_domains: LocalDomainChecks = LocalDomainChecks()
     attachments: AttachmentChecks = AttachmentChecks()
-    """The domains of a message's links looked up in the URI block lists of rules/ ([[uribl]])."""
-
     uribl: UriblChecks = UriblChecks()
 
 

@@ -27,7 +27,7 @@ from .config import ConfigError, read_toml
 SHIPPED_DIR = Path(__file__).resolve().parent / "defaults" / "rules"
 
 #: Sections whose tables are matched by ``name`` across files (override, ``enabled = false``).
-NAMED_SECTIONS = ("dnsbl", "dnswl", "rule")
+NAMED_SECTIONS = ("dnsbl", "dnswl", "uribl", "rule")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,428 @@
+"""URI block lists: the domains of a message's links, looked up at end of message.
+
+The links of the text and HTML parts (``href``/``src``, written-out
+``http(s)://`` and bare ``www.`` links; :mod:`milterd.mimetext`) are reduced to
+their registrable domains with the Public Suffix List (``publicsuffixlist``:
+``www.a.example.co.uk`` → ``example.co.uk``), the well-known ones of
+``[checks.uribl] skip_domains`` dropped, and the first ``max_domains`` looked
+up in every ``[[uribl]]`` zone at once, through milterd's resolver::
+
+    [[uribl]]
+    name = "DBL"                      # symbols URIBL_DBL, URIBL_DBL_<CODE>
+    zone = "dbl.spamhaus.org"
+    score = 2.0                       # an answer no code below names
+    action = "score"                  # or "reject": 550 5.7.1 naming the domain
+    refused = ["127.255.255.*"]       # answers that mean "query refused", not "listed"
+    codes = [
+      { name = "PHISH", answers = ["127.0.1.4"], score = 5.0 },
+      { name = "PH", mask = 8, score = 5.0 },   # bit 8 of the last octet (SURBL, URIBL)
+    ]
+
+Answers and patterns work as for ``[[dnsbl]]``; ``mask`` matches answers in
+127.0.0.0/24 whose last octet has those bits.  Links to an IP address are
+looked up in the ``[[dnsbl]]`` zones (or zone codes) named in ``[checks.uribl]
+ip_lists``, whose operators allow it (symbol ``URIBL_IP_<NAME>``).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+from urllib.parse import unquote, urlsplit
+
+from publicsuffixlist import PublicSuffixList
+
+from ..config import ConfigError
+from ..dns import Answer, dnsbl_name
+from ..mimetext import extract
+from ..model import Action, Envelope, Hit, Session
+from ..text import escape
+from . import Hits, Symbol
+from .dnsbl import Zone, answer_matches, parse_zones
+from .switches import ConfiguredCheck
+
+if TYPE_CHECKING:
+    from ..config import UriblChecks
+    from ..services import Services
+
+log = logging.getLogger(__name__)
+
+TEMPFAIL = "URIBL_TEMPFAIL"
+REFUSED = "URIBL_REFUSED"
+
+_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,47}$")
+_ZONE = re.compile(r"^(?=.{1,200}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)+[A-Za-z0-9_-]{1,63}\.?$")
+_HOST = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62}\.)*[a-z0-9-]{1,63}$")
+_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+#: The message text looked at for links (as the custom rules read it).
+_MAX_TEXT = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class UriCode:
+    """Answers of a URI list that mean one list (a return code or a bit)."""
+
+    symbol: str
+    answers: tuple[str, ...]
+    mask: int
+    score: float
+    reject: bool
+    description: str
+
+    def matches(self, answer: str) -> bool:
+        """Whether this code names *answer*."""
+        if any(answer_matches(p, answer) for p in self.answers):
+            return True
+        return bool(self.mask) and answer.startswith("127.0.0.") and int(answer.rsplit(".", 1)[-1]) & self.mask != 0
+
+
+@dataclass(frozen=True)
+class UriZone:
+    """One URI block list (a domain list such as Spamhaus DBL), or a DNSBL asked for address links."""
+
+    symbol: str
+    zone: str
+    score: float
+    reject: bool
+    codes: tuple[UriCode, ...]
+    refused: tuple[str, ...]
+    description: str
+    addresses: bool = False  # a [[dnsbl]] zone asked for IP-address links
+
+    def symbols(self) -> tuple[Symbol, ...]:
+        """The symbols this list can emit."""
+        base = () if self.addresses and self.codes else (Symbol(self.symbol, self.score, self.description),)
+        return base + tuple(Symbol(c.symbol, c.score, c.description) for c in self.codes)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A domain (or address) a list named, with the symbols of its answers."""
+
+    zone: UriZone
+    target: str
+    symbols: tuple[tuple[str, bool], ...]
+    answers: tuple[str, ...]
+
+
+# --- rule files -------------------------------------------------------------
+
+def parse_uri_zones(services: "Services") -> list[UriZone]:
+    """Every ``[[uribl]]`` of the rule files, validated; ConfigError on the first bad one."""
+    zones: list[UriZone] = []
+    seen: set[str] = set()
+    for source in services.ruleset.section("uribl"):
+        entries = source.value if isinstance(source.value, list) else [source.value]
+        for position, entry in enumerate(entries):
+            zone = parse_uri_zone(source.file, position, entry)
+            symbols = {s.name for s in zone.symbols()}
+            clash = symbols & seen
+            if clash:
+                raise ConfigError(source.file, f"uribl {zone.symbol}", f"symbol {sorted(clash)[0]} is already defined by another list")
+            seen |= symbols
+            zones.append(zone)
+    return zones
+
+
+def parse_uri_zone(file: Any, position: int, entry: Any) -> UriZone:
+    """One ``[[uribl]]`` table; ConfigError naming the file, the list and the key otherwise."""
+    if not isinstance(entry, dict):
+        raise ConfigError(file, f"uribl[{position}]", "must be a table ([[uribl]])")
+    name = entry.get("name")
+    where = f"uribl {name}" if isinstance(name, str) else f"uribl[{position}]"
+    unknown = set(entry) - {"name", "zone", "score", "action", "codes", "refused", "description"}
+    if unknown:
+        raise ConfigError(file, f"{where}.{sorted(unknown)[0]}", "unknown key")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(file, f"{where}.name", "must be an upper-case name such as DBL (the symbol is URIBL_NAME)")
+    zone = entry.get("zone")
+    if not isinstance(zone, str) or not _ZONE.match(zone):
+        raise ConfigError(file, f"{where}.zone", "must be a DNS zone such as \"dbl.spamhaus.org\"")
+    score = _number(file, f"{where}.score", entry.get("score", 2.0))
+    reject = _action(file, f"{where}.action", entry.get("action", "score"))
+    refused = entry.get("refused", [])
+    if not isinstance(refused, list) or not all(_valid_pattern(p) for p in refused):
+        raise ConfigError(file, f"{where}.refused", "must be a list of answers such as [\"127.255.255.*\"]")
+    description = entry.get("description", f"A link's domain is listed in {zone}")
+    if not isinstance(description, str):
+        raise ConfigError(file, f"{where}.description", "must be a string")
+    codes_value = entry.get("codes", [])
+    if not isinstance(codes_value, list):
+        raise ConfigError(file, f"{where}.codes", "must be a list of { name, answers or mask, score } tables")
+    base = f"URIBL_{name}"
+    codes = tuple(_parse_code(file, f"{where}.codes[{i}]", code, base, score, reject, zone) for i, code in enumerate(codes_value))
+    return UriZone(base, zone.strip(".").lower(), score, reject, codes, tuple(refused), description)
+
+
+def _parse_code(file: Any, where: str, code: Any, base: str, score: float, reject: bool, zone: str) -> UriCode:
+    if not isinstance(code, dict):
+        raise ConfigError(file, where, "must be a table { name, answers or mask, score }")
+    unknown = set(code) - {"name", "answers", "mask", "score", "action", "description"}
+    if unknown:
+        raise ConfigError(file, f"{where}.{sorted(unknown)[0]}", "unknown key")
+    name = code.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(file, f"{where}.name", "must be an upper-case name such as PHISH")
+    answers = code.get("answers", [])
+    if isinstance(answers, str):
+        answers = [answers]
+    if not isinstance(answers, list) or not all(_valid_pattern(a) for a in answers):
+        raise ConfigError(file, f"{where}.answers", "must list answers: \"127.0.1.2\", \"127.0.1.4-127.0.1.6\", \"127.0.1.0/24\" or \"127.0.*.2\"")
+    mask = code.get("mask", 0)
+    if isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask <= 255:
+        raise ConfigError(file, f"{where}.mask", "must be a number from 1 to 255 (bits of the answer's last octet)")
+    if not answers and not mask:
+        raise ConfigError(file, where, "needs answers or a mask")
+    description = code.get("description", f"A link's domain is listed in {zone} ({name})")
+    if not isinstance(description, str):
+        raise ConfigError(file, f"{where}.description", "must be a string")
+    return UriCode(
+        symbol=f"{base}_{name}",
+        answers=tuple(answers),
+        mask=mask,
+        score=_number(file, f"{where}.score", code.get("score", score)),
+        reject=_action(file, f"{where}.action", code.get("action", "reject" if reject else "score")),
+        description=description,
+    )
+
+
+def _valid_pattern(pattern: Any) -> bool:
+    if not isinstance(pattern, str) or not pattern:
+        return False
+    try:
+        answer_matches(pattern, "127.0.0.1")
+    except ValueError:
+        return False
+    if "*" in pattern:
+        parts = pattern.split(".")
+        return len(parts) == 4 and all(p == "*" or (p.isdigit() and int(p) < 256) for p in parts)
+    return True
+
+
+def _number(file: Any, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(file, key, "must be a number")
+    return float(value)
+
+
+def _action(file: Any, key: str, value: object) -> bool:
+    if value not in ("score", "reject"):
+        raise ConfigError(file, key, "must be \"score\" or \"reject\"")
+    return value == "reject"
+
+
+def address_lists(names: Iterable[str], zones: list[Zone], disabled: Iterable[str], file: Any) -> list[UriZone]:
+    """The ``[[dnsbl]]`` zones (``SPAMHAUS``) or zone codes (``SPAMHAUS_SBL``) asked for address links.
+
+    They take the zone's or code's score, never its reject.  A name of a zone
+    the rule files switched off is left out; an unknown one is a ConfigError.
+    """
+    off = {key.split(" ", 1)[1] for key in disabled if key.startswith("dnsbl ")}
+    found: list[UriZone] = []
+    for wanted in names:
+        symbol = f"DNSBL_{wanted}"
+        zone = next((z for z in zones if z.kind == "dnsbl" and (z.symbol == symbol or any(c.symbol == symbol for c in z.codes))), None)
+        if zone is None:
+            if any(wanted == name or wanted.startswith(name + "_") for name in off):
+                continue
+            raise ConfigError(file, "[checks.uribl] ip_lists", f"no [[dnsbl]] zone or zone code is named {wanted} (names drop the DNSBL_ prefix: SPAMHAUS_SBL)")
+        codes = tuple(
+            UriCode(f"URIBL_IP_{wanted}", c.answers, 0, c.score, False, f"A link's address is listed in {zone.zone} ({c.symbol})")
+            for c in zone.codes if c.symbol == symbol
+        )
+        # Scored only: a zone that rejects clients it lists need not reject mail that links to them.
+        found.append(UriZone(f"URIBL_IP_{wanted}", zone.zone, zone.score, False, codes, zone.refused, f"A link's address is listed in {zone.zone}", addresses=True))
+    return found
+
+
+# --- links ------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def public_suffixes() -> PublicSuffixList:
+    """The Public Suffix List of the installed ``publicsuffixlist`` package (loaded once per process)."""
+    return PublicSuffixList()
+
+
+def link_host(uri: str) -> str | None:
+    """The host of a link, lower-cased, IDNA-encoded, without a trailing dot; None when it has none."""
+    text = uri.strip()
+    if text.lower().startswith("www."):
+        text = "http://" + text
+    try:
+        host = urlsplit(text).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    host = unquote(host).strip().rstrip(".").lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return host if _HOST.match(host) else None
+
+
+def link_targets(uris: Iterable[str], skip: frozenset[str], limit: int, psl: PublicSuffixList | None = None) -> tuple[list[str], list[str]]:
+    """The registrable domains and the IP addresses of *uris*, first seen first, *limit* in all.
+
+    Hosts that are a public suffix themselves, have no registrable domain, or
+    whose registrable domain is in *skip*, are left out.
+    """
+    psl = psl or public_suffixes()
+    domains: list[str] = []
+    addresses: list[str] = []
+    for uri in uris:
+        if len(domains) + len(addresses) >= limit:
+            break
+        host = link_host(uri)
+        if host is None:
+            continue
+        if ":" in host or host.replace(".", "").isdigit():
+            if host not in addresses and _public_address(host):
+                addresses.append(host)
+            continue
+        domain = psl.privatesuffix(host)
+        if domain and domain not in skip and domain not in domains:
+            domains.append(domain)
+    return domains, addresses
+
+
+def _public_address(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_global
+    except ValueError:
+        return False
+
+
+def query_name(target: str, zone: UriZone) -> str:
+    """The name to ask *zone* for a domain, or for an address (reversed)."""
+    if zone.addresses:
+        return dnsbl_name(target, zone.zone) or ""
+    return f"{target}.{zone.zone}"
+
+
+def classify(zone: UriZone, target: str, answer: Answer) -> Listed | str | None:
+    """A list's A answer about *target* → :class:`Listed`, ``"error"``/``"refused"``, or None (not listed)."""
+    if answer.failed:
+        return "error"
+    if not answer.ok:
+        return None
+    answers = tuple(a for a in answer.records if _in_loopback(a))
+    if not answers:
+        return None  # a wildcard or hijacked zone
+    if all(any(answer_matches(p, a) for p in zone.refused) for a in answers):
+        return "refused"
+    answers = tuple(a for a in answers if not any(answer_matches(p, a) for p in zone.refused))
+    found: dict[str, bool] = {}
+    for a in answers:
+        codes = [c for c in zone.codes if c.matches(a)]
+        for code in codes:
+            found[code.symbol] = found.get(code.symbol, False) or code.reject
+        if not codes and not (zone.addresses and zone.codes):
+            found[zone.symbol] = found.get(zone.symbol, False) or zone.reject
+    return Listed(zone, target, tuple(found.items()), answers) if found else None
+
+
+def _in_loopback(answer: str) -> bool:
+    try:
+        return ipaddress.IPv4Address(answer) in _LOOPBACK
+    except ValueError:
+        return False
+
+
+def listing_hits(listings: list[Listed], failed: list[str], refused: list[str]) -> list[Hit]:
+    """One hit per symbol (each listed domain in its detail); a reject names the first domain."""
+    hits: list[Hit] = []
+    if failed:
+        hits.append(Hit(TEMPFAIL, detail=", ".join(dict.fromkeys(failed))[:200]))
+    if refused:
+        hits.append(Hit(REFUSED, detail=", ".join(dict.fromkeys(refused))[:200]))
+    targets: dict[str, list[str]] = {}
+    rejects: dict[str, Listed] = {}
+    for listed in listings:
+        for symbol, reject in listed.symbols:
+            targets.setdefault(symbol, []).append(f"{listed.target} ({','.join(listed.answers)})")
+            if reject and symbol not in rejects:
+                rejects[symbol] = listed
+    for symbol, found in targets.items():
+        detail = ", ".join(dict.fromkeys(found))[:200]
+        listed_by = rejects.get(symbol)
+        if listed_by is not None:
+            reply = f"550 5.7.1 Message rejected: it links to {escape(listed_by.target, ascii_only=True)}, listed in {listed_by.zone.zone}"
+            hits.append(Hit(symbol, detail=detail, action=Action.REJECT, reply=reply))
+        else:
+            hits.append(Hit(symbol, detail=detail))
+    return hits
+
+
+class UriBlockLists(ConfiguredCheck):
+    """The registrable domains of a message's links, looked up in URI block lists."""
+
+    name: ClassVar[str] = "uribl"
+    options_name: ClassVar[str] = "uribl"
+    description: ClassVar[str] = "URI block lists: the domains of a message's links ([[uribl]] in rules/, [checks.uribl])"
+    rule_sections: ClassVar[tuple[str, ...]] = ("uribl",)
+    order: ClassVar[int] = 160
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol(TEMPFAIL, 0.0, "A URI block list could not be asked (timeout, SERVFAIL): counted as not listed"),
+        Symbol(REFUSED, 0.0, "A URI block list refused the query (public resolver, over quota, key needed): counted as not listed"),
+    )
+
+    def __init__(self, services: "Services") -> None:
+        super().__init__(services)
+        options: "UriblChecks" = self.options
+        self.zones = parse_uri_zones(services)
+        config_file = services.config.path or "milter.conf"
+        self.zones += address_lists(options.ip_lists, parse_zones(services), services.ruleset.disabled, config_file)
+        self.skip = frozenset(d.lower().strip(".") for d in options.skip_domains)
+        public_suffixes()  # loaded before the first message, not during it
+
+    @classmethod
+    def enabled(cls, services: "Services") -> bool:
+        return super().enabled(services) and cls.options_of(services).max_domains > 0
+
+    def dynamic_symbols(self) -> tuple[Symbol, ...]:
+        return tuple(s for zone in self.zones for s in zone.symbols())
+
+    def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        if not self.zones:
+            return []
+        try:
+            found = extract(envelope.header_bytes + envelope.spool.read(4 * _MAX_TEXT), _MAX_TEXT)
+            domains, addresses = link_targets(found.uris, self.skip, self.options.max_domains)
+        except Exception:  # noqa: BLE001 - unreadable spool or message: no URI hit
+            log.warning("uribl: cannot read the message's links", exc_info=True)
+            return []
+        queries: list[tuple[UriZone, str]] = []
+        for zone in self.zones:
+            queries += [(zone, target) for target in (addresses if zone.addresses else domains)]
+        if not queries:
+            return []
+        resolver = self.services.resolver
+        deadline = resolver.stage_deadline(envelope.state, "eom")
+        answers = resolver.query_many([(query_name(target, zone), "A") for zone, target in queries], deadline)
+        listings: list[Listed] = []
+        failed: list[str] = []
+        refused: list[str] = []
+        for (zone, target), answer in zip(queries, answers, strict=False):
+            outcome = classify(zone, target, answer)
+            if outcome == "error":
+                failed.append(zone.zone)
+            elif outcome == "refused":
+                refused.append(zone.zone)
+            elif isinstance(outcome, Listed):
+                listings.append(outcome)
+        return listing_hits(listings, failed, refused)
+
+
+CHECKS = (UriBlockLists,)

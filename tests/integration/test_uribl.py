@@ -1,0 +1,107 @@
+"""URI block lists through the real Postfix, with the shipped lists answered by a local rbldnsd.
+
+rbldnsd serves ``dbl.spamhaus.org`` as a domain list (``dnset``) and
+``zen.spamhaus.org`` as an address list; unbound in front sends those zones
+to it and answers NXDOMAIN for everything else, so the shipped SURBL and
+URIBL zones are asked and find nothing.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.conftest import NO_CHECKS, Stack, message, with_sections
+from tests.harness.dns import LocalDns
+
+pytestmark = pytest.mark.integration
+
+LISTS = {
+    "dbl.spamhaus.org": (
+        "dnset",
+        ":127.0.1.2:Spam domain\n"
+        "listed-domain.test\n.listed-domain.test\n"
+        "phish-domain.test :127.0.1.4:Phishing domain\n"
+        "refused-domain.test :127.255.255.254:Query via public resolver\n"
+        # Well known: never asked (skip_domains), so this listing must not count.
+        "google.com\n",
+    ),
+    "zen.spamhaus.org": ("ip4set", ":127.0.0.2:SBL listed\n11.22.33.44\n11.22.33.55 :127.0.0.10:PBL listed\n"),
+}
+RULES = {
+    "lists.toml": """
+[[uribl]]
+name = "DBL"
+zone = "dbl.spamhaus.org"
+score = 2.5
+refused = ["127.255.255.*"]
+codes = [
+  { name = "SPAM", answers = ["127.0.1.2"], score = 3.0 },
+  { name = "PHISH", answers = ["127.0.1.4"], score = 5.0, action = "reject" },
+]
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def local_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDns]:
+    server = LocalDns(tmp_path_factory.mktemp("dns"), [], LISTS).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(make_stack: Callable[..., Stack], local_dns: LocalDns) -> Stack:
+    sections = with_sections(NO_CHECKS, {"dns": {"nameservers": [local_dns.nameserver], "timeout": 3.0}, "checks": {"uribl": {"enabled": True}}})
+    return make_stack(sections, RULES)
+
+
+def row_for(stack: Stack, subject: str) -> dict[str, Any]:
+    for row in stack.milterd.log_json():
+        if row["subject"] == subject:
+            return row
+    raise AssertionError(f"no log row for {subject}")
+
+
+def html(subject: str, markup: str) -> bytes:
+    return message(subject, markup, headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+def test_link_to_a_dbl_listed_domain_is_scored_with_the_domain(stack: Stack) -> None:
+    stack.send(html("dbl link", '<p>Cheap <a href="https://www.shop.listed-domain.test/buy?id=1">pills</a></p>'))
+    [delivered] = stack.sink.wait(1, match=lambda m: "dbl link" in m.header("Subject"))
+    row = row_for(stack, "dbl link")
+    assert row["symbols"]["URIBL_DBL_SPAM"] == 3.0
+    assert row["details"]["URIBL_DBL_SPAM"] == "listed-domain.test (127.0.1.2)"
+    assert delivered.data
+
+
+def test_bare_www_link_in_plain_text_is_looked_up_and_a_reject_code_names_the_domain(stack: Stack) -> None:
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(message("phish link", "Log in at www.login.phish-domain.test/account now.\r\n"))
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
+    row = row_for(stack, "phish link")
+    assert row["action"] == "reject" and "URIBL_DBL_PHISH" in row["symbols"]
+
+
+def test_refused_answers_are_counted_apart_and_address_links_use_the_sbl(stack: Stack) -> None:
+    body = "See http://refused-domain.test/ and http://11.22.33.44/x and http://11.22.33.55/y\r\n"
+    stack.send(message("refused and ip", body))
+    row = row_for(stack, "refused and ip")
+    assert row["details"]["URIBL_REFUSED"] == "dbl.spamhaus.org"
+    assert not [s for s in row["symbols"] if s.startswith("URIBL_DBL")]
+    # 11.22.33.44 is in the SBL (a code ip_lists names); .55 only in the PBL, which is not asked for links.
+    assert row["details"]["URIBL_IP_SPAMHAUS_SBL"] == "11.22.33.44 (127.0.0.2)"
+
+
+def test_clean_and_well_known_links_pass_without_uribl_symbols(stack: Stack, local_dns: LocalDns) -> None:
+    stack.send(html("clean links", '<a href="https://www.google.com/maps">map</a> <img src="https://cdn.clean-domain.test/logo.png">'))
+    stack.sink.wait(1, match=lambda m: "clean links" in m.header("Subject"))
+    row = row_for(stack, "clean links")
+    assert row["action"] == "accept" and not [s for s in row["symbols"] if s.startswith("URIBL_")]
+    log = local_dns.log()
+    assert "clean-domain.test.dbl.spamhaus.org" in log  # asked, and not listed
+    assert "google.com.dbl.spamhaus.org" not in log  # never asked
