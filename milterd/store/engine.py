@@ -21,10 +21,11 @@ worker's database code there are three such C callbacks; each is removed here:
   replaces it with a C function that does nothing.
 
 As a second line of defence the pool never grows or shrinks while a worker
-serves mail (a fixed ``pool_size``, no overflow connections), and whatever
-connection it must open or close (after a disconnect, on invalidation) is
-opened or closed on a thread Python started (:func:`run_on_python_thread`),
-where the GIL state record is right.
+serves mail (a fixed ``pool_size``, no overflow connections); a connection it
+must close (after a disconnect, on invalidation) is closed, and a PostgreSQL
+connection is opened (the server may send NOTICEs while it starts), on a
+thread Python started (:func:`run_on_python_thread`), where the GIL state
+record is right.
 """
 
 from __future__ import annotations
