@@ -1,0 +1,113 @@
+"""milterd's classifier through the real Postfix: learn a labelled set, then judge new mail.
+
+The labelled sets are synthetic (two vocabularies, random draws, a fixed
+seed): what is asserted is milterd's behaviour, BAYES_* in the log row and in
+the delivered X-Spam-Status, not the statistics (bench/learner_eval.py
+measures those on a real corpus).  A second test runs two milterd instances
+on one PostgreSQL store: what one auto-learns, the other uses.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests import conftest
+from tests.conftest import message, with_sections
+from tests.harness import pgdb
+
+#: Every other check off where the fixture exists: only the classifier (and the rules below) score.
+NO_CHECKS: dict[str, dict[str, Any]] = getattr(conftest, "NO_CHECKS", {})
+
+SPAM_WORDS = "viagra casino lottery winner prize pharmacy discount bitcoin investment guaranteed unclaimed inheritance refinance mortgage pills cheap offer exclusive limited cash bonus".split()
+HAM_WORDS = "meeting agenda quarterly report budget review project deadline minutes colleague schedule lunch draft slides release branch merge patch invoice travel".split()
+COMMON = "the and please regards thanks today this week about your".split()
+MIN_LEARNED = 10
+
+
+def text(words: list[str], rnd: random.Random) -> str:
+    return " ".join(rnd.choice(words + COMMON) for _ in range(60)) + "\r\n"
+
+
+def synthetic(label: str, n: int, seed: int, subject_tag: str = "") -> list[bytes]:
+    """*n* messages of one class, each with its own Message-ID and body."""
+    rnd = random.Random(f"{label}-{seed}")
+    words = SPAM_WORDS if label == "spam" else HAM_WORDS
+    return [message(subject=f"{subject_tag}{rnd.choice(words)} {uuid.uuid4().hex[:6]}", body=text(words, rnd)) for _ in range(n)]
+
+
+def learner(**extra: Any) -> dict[str, dict[str, Any]]:
+    return with_sections(NO_CHECKS, {"learner": {"min_spam": MIN_LEARNED, "min_ham": MIN_LEARNED, "cache_ttl": 1, **extra}})
+
+
+def symbols(row: dict[str, Any]) -> set[str]:
+    return {name for name in row["symbols"] if name.startswith("BAYES_")}
+
+
+def send_and_find(stack: Any, raw: bytes, subject_prefix: str) -> tuple[dict[str, Any], str]:
+    """Send *raw*; return its log row and the X-Spam-Status the sink received."""
+    subject = next(line for line in raw.decode().split("\r\n") if line.startswith("Subject: "))[9:]
+    assert subject.startswith(subject_prefix)
+    assert stack.send(raw) == {}
+    delivered = stack.sink.wait(match=lambda m: subject in m.headers)[0]
+    row = next(r for r in stack.milterd.log_json() if r["subject"] == subject)
+    status = " ".join(delivered.header("X-Spam-Status"))
+    return row, status
+
+
+def test_learn_then_judge_through_postfix(make_stack: Callable[..., Any], tmp_path: Path) -> None:
+    stack = make_stack(learner())
+    before, status = send_and_find(stack, synthetic("spam", 1, 99)[0], "")
+    assert symbols(before) == set(), "untrained: the classifier abstains"
+    assert "BAYES_" not in status
+
+    for label in ("spam", "ham"):
+        folder = tmp_path / label
+        folder.mkdir()
+        for number, raw in enumerate(synthetic(label, MIN_LEARNED + 2, 1)):
+            (folder / f"{number}.eml").write_bytes(raw)
+        result = stack.milterd.cli("learn", f"--{label}", str(folder), "--jobs", "2", "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["learned"] == MIN_LEARNED + 2
+    again = stack.milterd.cli("learn", "--spam", str(tmp_path / "spam"), "--json")
+    assert json.loads(again.stdout)["already"] == MIN_LEARNED + 2
+
+    spam_row, spam_status = send_and_find(stack, synthetic("spam", 1, 7)[0], "")
+    assert symbols(spam_row) & {"BAYES_99", "BAYES_999"}, spam_row["symbols"]
+    assert "BAYES_99" in spam_status, spam_status
+    ham_row, ham_status = send_and_find(stack, synthetic("ham", 1, 7)[0], "")
+    assert symbols(ham_row) == {"BAYES_00"}, ham_row["symbols"]
+    assert "BAYES_00" in ham_status
+    assert ham_row["score"] < 0 < spam_row["score"]
+
+
+@pytest.fixture(scope="module")
+def shared_database() -> Iterator[str]:
+    why = pgdb.available()
+    if why:
+        pytest.fail(f"PostgreSQL is needed for the shared-store test: {why}")
+    with pgdb.temporary_database() as url:
+        yield url
+
+
+def test_two_instances_share_one_postgresql_model(make_stack: Callable[..., Any], shared_database: str) -> None:
+    # A auto-learns from its rules' verdicts; B has no rules and learns nothing itself.
+    rules = {"tags.toml": '[[rule]]\nname = "TEST_SPAMTAG"\nheader = "Subject"\nregex = "^SPAMTAG"\nscore = 10\n\n[[rule]]\nname = "TEST_HAMTAG"\nheader = "Subject"\nregex = "^HAMTAG"\nscore = -5\n'}
+    database = {"database": {"url": shared_database}}
+    first = make_stack(with_sections(learner(autolearn_spam=9, autolearn_ham=-4), database), rules)
+    second = make_stack(with_sections(learner(), database))
+    for label, tag in (("spam", "SPAMTAG "), ("ham", "HAMTAG ")):
+        for raw in synthetic(label, MIN_LEARNED + 1, 3, subject_tag=tag):
+            row, _ = send_and_find(first, raw, tag)
+            assert f"{label}: learned" in json.dumps(row["details"]), row["details"]
+
+    spam_row, spam_status = send_and_find(second, synthetic("spam", 1, 11)[0], "")
+    assert symbols(spam_row) & {"BAYES_99", "BAYES_999"}, spam_row["symbols"]
+    assert "BAYES_99" in spam_status
+    ham_row, _ = send_and_find(second, synthetic("ham", 1, 11)[0], "")
+    assert symbols(ham_row) == {"BAYES_00"}, ham_row["symbols"]
