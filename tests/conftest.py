@@ -133,7 +133,7 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator
 #: milter.conf sections that switch off the DNS, HELO, sender and header checks,
 #: for tests of the core that must not depend on them.
 NO_CHECKS: dict[str, dict[str, Any]] = {
-    "checks": {name: {"enabled": False} for name in ("dnsbl", "rdns", "helo", "sender", "spf", "headers", "local_domains")}
+    "checks": {name: {"enabled": False} for name in ("dnsbl", "rdns", "helo", "sender", "spf", "dkim", "dmarc", "arc", "headers", "local_domains")}
 }
 
 

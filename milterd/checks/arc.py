@@ -61,16 +61,15 @@ class Arc(ConfiguredCheck):
         Symbol("ARC_PASS", 0.0, "The message's ARC chain validated"),
         Symbol("ARC_TRUSTED", -0.5, "The ARC chain validated and its newest sealer is in [checks.arc] trusted_sealers"),
         Symbol("ARC_FAIL", 0.5, "The message has an ARC chain that does not validate"),
-        Symbol("ARC_NONE", 0.0, "The message has no ARC chain"),
         Symbol("ARC_TEMPFAIL", 0.0, "The ARC chain could not be validated: a key could not be looked up (DNS error)"),
     )
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         if not envelope.header_count("ARC-Seal"):
             envelope.state[STATE] = ArcResult("none")
-            return [Hit("ARC_NONE")]
+            return ()  # the common case: no symbol, arc=none in Authentication-Results
         if envelope.size > self.services.config.checks.dkim.max_size:
-            return [Hit("ARC_NONE", detail="not verified: too large")]
+            return ()
         resolver = self.services.resolver
         dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.state, "dkim"))
         result = verify_chain(envelope.message_bytes(), dnsfunc, self.options.min_key_bits)

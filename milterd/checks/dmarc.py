@@ -191,7 +191,8 @@ class Dmarc(ConfiguredCheck):
         detail = f"{domain} p={evaluation.policy} applied={evaluation.applied}"
         sealer = _trusted_sealer(envelope.state.get("arc"), self.services.config.checks.arc.trusted_sealers)
         if sealer:
-            return [Hit(symbol, detail=detail), Hit("DMARC_ARC_OVERRIDE", detail=f"{domain}: sealed by {sealer}")]
+            # Logged as failed, but neither scored nor enforced.
+            return [Hit(symbol, detail=detail, score=0.0), Hit("DMARC_ARC_OVERRIDE", detail=f"{domain}: sealed by {sealer}")]
         return [self._enforce(symbol, detail, domain, evaluation.applied)]
 
     def _enforce(self, symbol: str, detail: str, domain: str, applied: Policy) -> Hit:

@@ -162,10 +162,11 @@ def test_spf_softfail_is_scored_and_pass_is_in_authentication_results(stack: Sta
     stack.send(raw, sender="x@pass.test", xclient=client())
     soft = delivered(stack, "spf soft")
     assert row_for(stack, "spf soft")["symbols"]["SPF_SOFTFAIL"] > 0
-    assert soft.header("Authentication-Results") == ["mx.test; spf=softfail smtp.mailfrom=x@soft.test"]
+    # One header of ours carries every method (no signature, no ARC chain, no DMARC policy here).
+    assert soft.header("Authentication-Results") == ["mx.test; spf=softfail smtp.mailfrom=x@soft.test; dkim=none; arc=none; dmarc=none header.from=soft.test"]
     passed = delivered(stack, "spf pass")
     # Ours on top; the forged one claiming mx.test is gone; the other host's is kept.
-    assert passed.header("Authentication-Results") == ["mx.test; spf=pass smtp.mailfrom=x@pass.test", "other.example; dkim=pass"]
+    assert passed.header("Authentication-Results") == ["mx.test; spf=pass smtp.mailfrom=x@pass.test; dkim=none; arc=none; dmarc=none header.from=pass.test", "other.example; dkim=pass"]
     assert "SPF_PASS" in row_for(stack, "spf pass")["symbols"]
 
 
@@ -188,7 +189,7 @@ def test_no_from_and_two_subjects_are_scored(stack: Stack) -> None:
 def test_clean_client_gets_no_dns_symbols(stack: Stack) -> None:
     stack.send(message("clean", sender="x@pass.test"), sender="x@pass.test", xclient=client())
     assert delivered(stack, "clean")
-    assert row_for(stack, "clean")["symbols"] == {"SPF_PASS": -0.5}
+    assert row_for(stack, "clean")["symbols"] == {"SPF_PASS": -0.5, "DKIM_NONE": 0.0, "DMARC_NONE": 0.0}
 
 
 def test_local_domain_spoof_and_sender_login(stack: Stack) -> None:

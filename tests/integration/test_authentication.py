@@ -1,0 +1,213 @@
+"""DKIM, DMARC, ARC, DKIM signing and Authentication-Results through the real Postfix, with real DNS.
+
+unbound serves the ``_domainkey`` and ``_dmarc`` TXT records of keys the
+tests generate; messages are signed (and ARC-sealed) by dkimpy.  What is
+asserted is what a user sees: the SMTP reply, the headers of the copy the
+sink received, the log row.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+from typing import Any, Callable, Iterator
+
+import dkim
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+
+from milterd import dkimsign
+from tests.conftest import message
+from tests.harness.dns import LocalDns
+from tests.harness.stack import Stack
+
+POSTFIX = {"local_header_rewrite_clients": ""}
+CLIENT = {"ADDR": "192.0.2.10", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}
+
+
+def txt(name: str, record: str) -> str:
+    """A local-data TXT record, split into strings of at most 200 bytes."""
+    strings = " ".join(f'"{record[i:i + 200]}"' for i in range(0, len(record), 200))
+    return f"{name}. TXT {strings}"
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, bytes]:
+    return {
+        "signed": dkimsign.generate("rsa", 2048),
+        "loose": dkimsign.generate("rsa", 2048),
+        "wrong": dkimsign.generate("rsa", 2048),
+        "list": dkimsign.generate("rsa", 2048),
+        "otherlist": dkimsign.generate("rsa", 2048),
+        "out_rsa": dkimsign.generate("rsa", 2048),
+        "out_ed": dkimsign.generate("ed25519").strip(),
+    }
+
+
+@pytest.fixture(scope="module")
+def local_dns(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, bytes]) -> Iterator[LocalDns]:
+    data = [
+        "client.example.org. A 192.0.2.10",
+        "list.test. MX 10 mx.list.test.",
+        "otherlist.test. MX 10 mx.list.test.",
+        txt("sel._domainkey.signed.test", dkimsign.public_record("rsa", keys["signed"])),
+        txt("_dmarc.signed.test", "v=DMARC1; p=reject"),
+        txt("sel._domainkey.loose.test", dkimsign.public_record("rsa", keys["loose"])),
+        txt("_dmarc.loose.test", "v=DMARC1; p=none"),
+        txt("arc._domainkey.list.test", dkimsign.public_record("rsa", keys["list"])),
+        txt("arc._domainkey.otherlist.test", dkimsign.public_record("rsa", keys["otherlist"])),
+        txt("rsa1._domainkey.out.test", dkimsign.public_record("rsa", keys["out_rsa"])),
+        txt("ed1._domainkey.out.test", dkimsign.public_record("ed25519", keys["out_ed"])),
+    ]
+    server = LocalDns(tmp_path_factory.mktemp("dns"), data, {}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(make_stack: Callable[..., Stack], local_dns: LocalDns, keys: dict[str, bytes], tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    key_dir = tmp_path_factory.mktemp("dkimkeys")
+    for name in ("out_rsa", "out_ed"):
+        dkimsign.write_private(key_dir / f"{name}.key", keys[name])
+    sections: dict[str, dict[str, Any]] = {
+        "dns": {"nameservers": [local_dns.nameserver], "timeout": 3.0},
+        "milter": {"authserv_id": "mx.test"},
+        "checks": {"arc": {"trusted_sealers": ["list.test"]}},
+        "dkim_signing": {
+            "enabled": True,
+            "keys": [
+                {"domain": "out.test", "selector": "rsa1", "key_file": str(key_dir / "out_rsa.key")},
+                {"domain": "out.test", "selector": "ed1", "key_file": str(key_dir / "out_ed.key")},
+            ],
+        },
+    }
+    return make_stack(sections, postfix_extra=POSTFIX)
+
+
+def sign(raw: bytes, key: bytes, domain: str, selector: str = "sel") -> bytes:
+    return dkim.sign(raw, selector.encode(), domain.encode(), key) + raw  # type: ignore[no-any-return]
+
+
+def row_for(stack: Stack, subject: str) -> dict[str, Any]:
+    for row in stack.milterd.log_json():
+        if row["subject"] == subject:
+            return row
+    raise AssertionError(f"no log row for {subject}")
+
+
+def delivered(stack: Stack, subject: str) -> Any:
+    [found] = stack.sink.wait(1, match=lambda m: any(subject == s for s in m.header("Subject")))
+    return found
+
+
+def our_results(found: Any) -> str:
+    [value] = [v for v in found.header("Authentication-Results") if v.split(";")[0].strip() == "mx.test"]
+    return " ".join(str(value).split())
+
+
+def test_valid_signature_passes_dkim_and_dmarc(stack: Stack, keys: dict[str, bytes]) -> None:
+    raw = sign(message("dkim valid", sender="alice@signed.test"), keys["signed"], "signed.test")
+    stack.send(raw, sender="alice@signed.test", xclient=CLIENT)
+    results = our_results(delivered(stack, "dkim valid"))
+    assert "dkim=pass header.d=signed.test header.s=sel" in results
+    assert "dmarc=pass header.from=signed.test" in results
+    row = row_for(stack, "dkim valid")
+    assert {"DKIM_VALID", "DKIM_VALID_AUTHOR", "DMARC_PASS"} <= set(row["symbols"])
+    assert row["details"]["DKIM_VALID"] == "d=signed.test s=sel"
+
+
+def test_broken_body_hash_is_invalid(stack: Stack, keys: dict[str, bytes]) -> None:
+    raw = sign(message("dkim body", sender="alice@loose.test"), keys["loose"], "loose.test").replace(b"tomorrow", b"on Tuesday")
+    stack.send(raw, sender="alice@loose.test", xclient=CLIENT)
+    results = our_results(delivered(stack, "dkim body"))
+    assert "dkim=fail" in results and "header.d=loose.test" in results and "dmarc=fail" in results
+    row = row_for(stack, "dkim body")
+    assert "DKIM_INVALID" in row["symbols"] and "DKIM_VALID" not in row["symbols"]
+    assert "d=loose.test s=sel: body hash mismatch" in row["details"]["DKIM_INVALID"]
+    assert "DMARC_FAIL_NONE" in row["symbols"] and row["action"] != "reject"
+
+
+def test_wrong_key_is_invalid(stack: Stack, keys: dict[str, bytes]) -> None:
+    raw = sign(message("dkim wrong key", sender="alice@loose.test"), keys["wrong"], "loose.test")
+    stack.send(raw, sender="alice@loose.test", xclient=CLIENT)
+    assert "dkim=fail header.d=loose.test" in re.sub(r' reason="[^"]*"', "", our_results(delivered(stack, "dkim wrong key")))
+    row = row_for(stack, "dkim wrong key")
+    assert "DKIM_INVALID" in row["symbols"] and "d=loose.test s=sel" in row["details"]["DKIM_INVALID"]
+
+
+def test_forged_from_under_p_reject_is_refused_naming_the_domain(stack: Stack) -> None:
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(message("dmarc forged", sender="ceo@signed.test"), sender="ceo@signed.test", xclient=CLIENT)
+    assert info.value.smtp_code == 550
+    assert "signed.test" in info.value.smtp_error.decode() and "DMARC" in info.value.smtp_error.decode()
+    row = row_for(stack, "dmarc forged")
+    assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"] and "DKIM_NONE" in row["symbols"]
+
+
+def list_message(subject: str, keys: dict[str, bytes], sealer: str, sealer_key: bytes) -> bytes:
+    """A signed.test message re-sent by a mailing list: Subject tagged (the author's signature breaks), ARC-sealed by the list."""
+    original = sign(message(subject, sender="alice@signed.test"), keys["signed"], "signed.test")
+    relayed = original.replace(f"Subject: {subject}".encode(), f"Subject: [list] {subject}".encode())
+    relayed = f"Authentication-Results: lists.{sealer}; dkim=pass header.d=signed.test; dmarc=pass header.from=signed.test\r\n".encode() + relayed
+    arc_headers = dkim.arc_sign(relayed, b"arc", sealer.encode(), sealer_key, f"lists.{sealer}".encode())
+    return b"".join(arc_headers) + relayed
+
+
+def test_arc_sealed_list_message_from_a_trusted_sealer_passes(stack: Stack, keys: dict[str, bytes]) -> None:
+    raw = list_message("arc trusted", keys, "list.test", keys["list"])
+    stack.send(raw, sender="bounces@list.test", xclient=CLIENT)
+    found = delivered(stack, "[list] arc trusted")
+    assert "arc=pass" in our_results(found) and "dmarc=fail" in our_results(found)
+    row = row_for(stack, "[list] arc trusted")
+    assert {"ARC_PASS", "ARC_TRUSTED", "DMARC_ARC_OVERRIDE", "DKIM_INVALID"} <= set(row["symbols"])
+    assert row["symbols"]["DMARC_FAIL_REJECT"] == 0.0 and row["action"] == "accept"
+
+
+def test_arc_sealed_list_message_from_an_untrusted_sealer_is_refused(stack: Stack, keys: dict[str, bytes]) -> None:
+    raw = list_message("arc untrusted", keys, "otherlist.test", keys["otherlist"])
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(raw, sender="bounces@otherlist.test", xclient=CLIENT)
+    assert info.value.smtp_code == 550 and "signed.test" in info.value.smtp_error.decode()
+    row = row_for(stack, "[list] arc untrusted")
+    assert "ARC_PASS" in row["symbols"] and "ARC_TRUSTED" not in row["symbols"] and "DMARC_FAIL_REJECT" in row["symbols"]
+
+
+def test_forged_authentication_results_are_replaced_by_one_of_ours(stack: Stack) -> None:
+    raw = message("ar forged", sender="alice@loose.test", headers={"Authentication-Results": "mx.test; dkim=pass header.d=loose.test; dmarc=pass"})
+    stack.send(raw, sender="alice@loose.test", xclient=CLIENT)
+    found = delivered(stack, "ar forged")
+    ours = [v for v in found.header("Authentication-Results") if str(v).startswith("mx.test")]
+    assert len(ours) == 1 and "dkim=none" in ours[0] and "dmarc=fail" in " ".join(str(ours[0]).split())
+
+
+def sink_lookup(local_dns: LocalDns) -> Callable[..., bytes | None]:
+    def lookup(name: bytes, timeout: float = 5) -> bytes | None:
+        reply = dns.query.udp(dns.message.make_query(name.decode().rstrip("."), "TXT"), "127.0.0.1", port=local_dns.port, timeout=timeout)
+        for rrset in reply.answer:
+            if rrset.rdtype == dns.rdatatype.TXT:
+                return b"".join(rrset[0].strings)
+        return None
+
+    return lookup
+
+
+def test_mail_from_an_authenticated_client_is_signed_with_both_keys(stack: Stack, local_dns: LocalDns) -> None:
+    raw = message("dkim signing", sender="carol@out.test")
+    stack.send(raw, sender="carol@out.test", xclient={**CLIENT, "LOGIN": "carol"})
+    found = delivered(stack, "dkim signing")
+    signatures = found.header("DKIM-Signature")
+    assert len(signatures) == 2
+    lookup = sink_lookup(local_dns)
+    verifier = dkim.DKIM(found.data)
+    assert verifier.verify(0, dnsfunc=lookup) and verifier.verify(1, dnsfunc=lookup)
+    assert {verifier.verify(i, dnsfunc=lookup) and verifier.selector for i in (0, 1)} == {b"rsa1", b"ed1"}
+    row = row_for(stack, "dkim signing")
+    assert row["details"]["DKIM_SIGNED"] == "d=out.test s=rsa1, d=out.test s=ed1"
+
+
+def test_mail_from_an_unauthenticated_client_is_not_signed(stack: Stack) -> None:
+    stack.send(message("dkim not signed", sender="carol@out.test"), sender="carol@out.test", xclient=CLIENT)
+    assert delivered(stack, "dkim not signed").header("DKIM-Signature") == []
+
