@@ -13,6 +13,7 @@ at is reported in ``Listing.limits``, never silently skipped.
 
 from __future__ import annotations
 
+import ctypes
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -98,7 +99,10 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, OSError, RuntimeError) as exc:
         listing.errors.append(f"{path}: unreadable {kind} archive ({exc.__class__.__name__}: {str(exc)[:80]})")
     except Exception as exc:  # noqa: BLE001 - libarchive's errors, anything a hostile archive provokes
-        listing.errors.append(f"{path}: unreadable {kind} archive ({exc.__class__.__name__})")
+        if any(word in str(exc).lower() for word in ("encrypt", "passphrase", "password")):
+            listing.encrypted.append(path)
+        else:
+            listing.errors.append(f"{path}: unreadable {kind} archive ({exc.__class__.__name__})")
 
 
 def _take_member(path: str, limits: Limits, budget: _Budget, listing: Listing) -> bool:
@@ -169,23 +173,25 @@ def _copy_bounded(stream: IO[bytes], budget: _Budget) -> IO[bytes] | None:
 def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
     data.seek(0)
     lib: Any = libarchive
-    with lib.stream_reader(data) as archive:
+    with lib.seekable_stream_reader(data) as archive:  # 7z needs to seek
         for entry in archive:
             if entry.isdir:
                 continue
             member = f"{path}/{entry.pathname}"
             if not _take_member(member, limits, budget, listing):
                 return
-            if bool(getattr(entry, "is_encrypted", False)):
+            if _entry_encrypted(entry):
                 listing.entries.append(Entry(member, True, b""))
                 listing.encrypted.append(member)
                 continue
+            declared = entry.size or 0
             blocks = entry.get_blocks()
             head = b""
             for block in blocks:
                 head += bytes(block)
-                if len(head) >= HEAD_SIZE or budget.size - len(head) <= 0:
+                if len(head) >= HEAD_SIZE or len(head) >= budget.size:
                     break
+            head = head[:max(0, budget.size)]
             budget.size -= len(head)
             listing.entries.append(Entry(member, False, head[:HEAD_SIZE]))
             inner = archive_kind(entry.pathname, head)
@@ -194,12 +200,30 @@ def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, bud
             if depth >= limits.max_depth:
                 listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
                 continue
-            nested = _copy_blocks(head, blocks, budget)
+            nested = None if declared > budget.size + len(head) else _copy_blocks(head, blocks, budget)
             if nested is None:
                 listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
                 continue
             with nested:
                 _walk(member, nested, inner, depth + 1, limits, budget, listing)
+
+
+def _entry_encrypted(entry: Any) -> bool:
+    """libarchive's archive_entry_is_encrypted(), which libarchive-c does not wrap."""
+    function = getattr(lib_handle(), "archive_entry_is_encrypted", None)
+    if function is None:
+        return False
+    return bool(function(entry._entry_p))
+
+
+def lib_handle() -> Any:
+    """libarchive's shared library as libarchive-c loaded it, with the signatures used here declared."""
+    handle = libarchive.ffi.libarchive
+    function = getattr(handle, "archive_entry_is_encrypted", None)
+    if function is not None and function.argtypes is None:
+        # Without them ctypes passes the entry pointer as a C int and libarchive crashes.
+        function.argtypes, function.restype = [ctypes.c_void_p], ctypes.c_int
+    return handle
 
 
 def _copy_blocks(head: bytes, blocks: Any, budget: _Budget) -> IO[bytes] | None:

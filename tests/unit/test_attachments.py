@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import zipfile
 from email.message import EmailMessage
+from pathlib import Path
 
-from milterd.archives import Limits, archive_kind, list_archive
+import libarchive
+
+from milterd.archives import Limits, archive_kind, list_archive, supported
 from milterd.checks.attachments import BANNED, DOUBLE, ENCRYPTED, LIMIT, MISMATCH, Finding, hits_for, judge_content, judge_name
 from milterd.filetypes import extensions, mismatch, sniff
 from milterd.mimeparts import attachments
@@ -161,3 +164,38 @@ def test_hits_follow_each_categorys_action() -> None:
 def test_a_file_name_with_control_characters_is_escaped_in_the_reply() -> None:
     [hit] = hits_for([Finding(BANNED, "evil\r\n250 ok.exe", "banned extension .exe")], {BANNED: "reject"})
     assert "\r" not in hit.reply and "\n" not in hit.reply and "evil\\r\\n250 ok.exe" in hit.reply
+
+
+def libarchive_made(tmp_path: Path, format_name: str, files: dict[str, bytes]) -> bytes:
+    path = tmp_path / f"archive.{format_name}"
+    with libarchive.file_writer(str(path), format_name) as archive:
+        for name, data in files.items():
+            archive.add_file_from_memory(name, len(data), data)
+    return path.read_bytes()
+
+
+def test_7z_and_tar_are_listed_through_libarchive_also_inside_a_zip(tmp_path: Path) -> None:
+    assert supported("7z") and supported("tar")
+    seven = libarchive_made(tmp_path, "7zip", {"docs/run.js": b"WScript.Echo(1)", "a.txt": b"hi"})
+    assert sniff(seven) == "7z"
+    listing = list_archive("files.7z", io.BytesIO(seven), "7z", Limits())
+    assert {e.path for e in listing.entries} == {"files.7z/docs/run.js", "files.7z/a.txt"} and not listing.errors
+    tar = libarchive_made(tmp_path, "ustar", {"x/setup.exe": PE})
+    outer = zipped({"bundle.tar": tar, "inner.7z": seven})
+    listing = list_archive("outer.zip", io.BytesIO(outer), "zip", Limits())
+    banned = [f.file for e in listing.entries for f in judge_name(e.path, BANNED_EXTS)]
+    assert sorted(banned) == ["outer.zip/bundle.tar/x/setup.exe", "outer.zip/inner.7z/docs/run.js"]
+
+
+def test_a_7z_bomb_inside_stops_at_the_budget(tmp_path: Path) -> None:
+    inner = libarchive_made(tmp_path, "ustar", {"zeros.bin": b"\x00" * (4 * 1024 * 1024)})
+    seven = libarchive_made(tmp_path, "7zip", {"big.tar": inner})
+    assert len(seven) < 256 * 1024
+    listing = list_archive("a.7z", io.BytesIO(seven), "7z", Limits(max_size=512 * 1024))
+    assert listing.limits == ["a.7z/big.tar: would decompress past 524288 bytes"]
+
+
+def test_a_truncated_7z_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    seven = libarchive_made(tmp_path, "7zip", {"a.txt": b"some text " * 1000})
+    listing = list_archive("bad.7z", io.BytesIO(seven[: len(seven) // 2]), "7z", Limits())
+    assert listing.errors and listing.errors[0].startswith("bad.7z: unreadable 7z archive")
