@@ -7,7 +7,8 @@ spamd PING, the resolver with the DNSBL test entry 127.0.0.2, the smtpd
 that quarantine releases go to), and Postfix's
 settings read with ``postconf`` fit milterd's (the milter is in
 ``smtpd_milters``; ``milter_default_action`` is not ``accept`` while a scanner
-fails closed; the milter timeouts are longer than the scanners').  The
+fails closed; the milter timeouts are longer than the scanners'), and each
+DKIM signing key is published in DNS as it is.  The
 Postfix rules are pure functions of the settings, tested without Postfix.
 """
 
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 from .config import Config, ConfigError, load_config
-from .dns import Resolver, dnsbl_name
+from .dkimsign import SigningKey, load_keys, public_record, record_matches
+from .dns import Answer, Resolver, dnsbl_name
 from .endpoints import parse_socket
 from .reinject import parse_target, probe
 from .ruleset import origins
@@ -73,6 +75,7 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
     findings += probe_connections(config)
     findings += probe_scanners(config)
     findings += probe_dns(config, services)
+    findings += probe_dkim_keys(config)
     findings.append(probe_release_smtp(config))
     if use_postconf:
         settings, why = read_postconf(postfix_config)
@@ -258,6 +261,34 @@ def probe_dns(config: Config, services: Any) -> list[Finding]:
     finally:
         resolver.close()
     return findings
+
+
+def judge_dkim_key(key: SigningKey, answer: Answer) -> Finding:
+    """Whether the TXT record published for *key* carries its public half."""
+    name = f"{key.selector}._domainkey.{key.domain}"
+    label = f"dkim {name}"
+    if answer.failed:
+        return Finding(label, "fail", f"the resolver did not answer ({answer.error or 'error'})")
+    if not answer.ok:
+        return Finding(label, "fail", f"not published ({answer.status}): publish TXT \"{public_record(key.algorithm, key.private)}\"")
+    if any(record_matches(key.algorithm, key.private, text) for text in answer.records):
+        return Finding(label, "ok", f"the published {key.algorithm} key matches the private key")
+    return Finding(label, "fail", f"the published key is not this private key's: publish TXT \"{public_record(key.algorithm, key.private)}\"")
+
+
+def probe_dkim_keys(config: Config) -> list[Finding]:
+    """Each signing key of [dkim_signing] must be published in DNS as it is."""
+    if not config.dkim_signing.enabled or not config.dkim_signing.keys:
+        return [Finding("dkim", "skip", "[dkim_signing] enabled = false or no keys")]
+    try:
+        keys = load_keys(config.dkim_signing, config.path)
+    except ConfigError as exc:
+        return [Finding("dkim", "fail", str(exc))]
+    resolver = Resolver(config.dns)
+    try:
+        return [judge_dkim_key(key, resolver.txt(f"{key.selector}._domainkey.{key.domain}")) for key in keys]
+    finally:
+        resolver.close()
 
 
 def read_postconf(postfix_config: str | None) -> tuple[dict[str, str] | None, str]:

@@ -8,6 +8,7 @@ sink received, the log row.
 
 from __future__ import annotations
 
+import json
 import re
 import smtplib
 from typing import Any, Callable, Iterator
@@ -21,6 +22,7 @@ import pytest
 from milterd import dkimsign
 from tests.conftest import message
 from tests.harness.dns import LocalDns
+from tests.harness.milterd import Milterd
 from tests.harness.stack import Stack
 
 POSTFIX = {"local_header_rewrite_clients": ""}
@@ -211,3 +213,28 @@ def test_mail_from_an_unauthenticated_client_is_not_signed(stack: Stack) -> None
     stack.send(message("dkim not signed", sender="carol@out.test"), sender="carol@out.test", xclient=CLIENT)
     assert delivered(stack, "dkim not signed").header("DKIM-Signature") == []
 
+
+
+def test_doctor_checks_that_the_published_record_matches_the_key(tmp_path_factory: pytest.TempPathFactory, local_dns: LocalDns, keys: dict[str, bytes]) -> None:
+    root = tmp_path_factory.mktemp("doctor-dkim")
+    dkimsign.write_private(root / "good.key", keys["out_rsa"])
+    dkimsign.write_private(root / "stale.key", keys["wrong"])  # not the key published at ed1._domainkey.out.test
+    sections: dict[str, dict[str, Any]] = {
+        "dns": {"nameservers": [local_dns.nameserver]},
+        "dkim_signing": {
+            "enabled": True,
+            "keys": [
+                {"domain": "out.test", "selector": "rsa1", "key_file": str(root / "good.key")},
+                {"domain": "out.test", "selector": "ed1", "key_file": str(root / "stale.key")},
+                {"domain": "out.test", "selector": "unpublished", "key_file": str(root / "good.key")},
+            ],
+        },
+    }
+    result = Milterd(root / "milterd", sections).cli("doctor", "--no-postfix", "--json")
+    findings = {f["name"]: f for f in json.loads(result.stdout)["findings"]}
+    assert findings["dkim rsa1._domainkey.out.test"]["status"] == "ok"
+    assert findings["dkim ed1._domainkey.out.test"]["status"] == "fail"
+    assert "not this private key's" in findings["dkim ed1._domainkey.out.test"]["detail"]
+    assert findings["dkim unpublished._domainkey.out.test"]["status"] == "fail"
+    assert "v=DKIM1; k=rsa; p=" in findings["dkim unpublished._domainkey.out.test"]["detail"]
+    assert result.returncode != 0

@@ -26,6 +26,7 @@ from milterd.checks.dkim import DnsRecorder, SignatureResult, hits_for, verify_a
 from milterd.checks.dmarc import Evaluation, Record, aligned, evaluate, from_domain, org_domain, parse_record
 from milterd.commands.dkim import run_keygen
 from milterd.dns import Answer
+from milterd.doctor import judge_dkim_key
 
 MESSAGE = (
     b"From: Alice <alice@signed.test>\r\n"
@@ -218,3 +219,13 @@ def test_keygen_writes_0600_and_prints_the_record(tmp_path: Path, capsys: pytest
 
 def test_arc_chain_unsigned_is_none() -> None:
     assert verify_chain(MESSAGE, DnsRecorder(FakeResolver({}), time.monotonic() + 5), 1024).result == "none"
+
+
+def test_doctor_judges_the_published_dkim_record(rsa_key: bytes, other_key: bytes) -> None:
+    key = dkimsign.SigningKey("a.test", "s1", "rsa", rsa_key)
+    published = dkimsign.public_record("rsa", rsa_key)
+    assert judge_dkim_key(key, Answer("s1._domainkey.a.test", "TXT", "ok", (published,))).status == "ok"
+    stale = judge_dkim_key(key, Answer("s1._domainkey.a.test", "TXT", "ok", (dkimsign.public_record("rsa", other_key),)))
+    assert stale.status == "fail" and published in stale.detail
+    assert judge_dkim_key(key, Answer("s1._domainkey.a.test", "TXT", "nxdomain")).status == "fail"
+    assert "did not answer" in judge_dkim_key(key, Answer("s1._domainkey.a.test", "TXT", "error", error="timeout")).detail
