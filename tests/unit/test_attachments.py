@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 import zipfile
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Iterator
 
 import libarchive
 
 from milterd.archives import Limits, archive_kind, list_archive, supported
-from milterd.checks.attachments import BANNED, DOUBLE, ENCRYPTED, LIMIT, MISMATCH, Finding, hits_for, judge_content, judge_name
-from milterd.filetypes import extensions, mismatch, sniff
+from milterd.checks.attachments import BANNED, DOUBLE, ENCRYPTED, LIMIT, MACRO, MISMATCH, Finding, hits_for, judge_content, judge_name
+from milterd.filetypes import extensions, mismatch, ole_has_macros, sniff
 from milterd.mimeparts import attachments
 from milterd.model import Action
 
@@ -199,3 +201,33 @@ def test_a_truncated_7z_is_an_error_not_a_crash(tmp_path: Path) -> None:
     seven = libarchive_made(tmp_path, "7zip", {"a.txt": b"some text " * 1000})
     listing = list_archive("bad.7z", io.BytesIO(seven[: len(seven) // 2]), "7z", Limits())
     assert listing.errors and listing.errors[0].startswith("bad.7z: unreadable 7z archive")
+
+
+def test_a_large_attachment_is_decoded_in_bounded_memory() -> None:
+    payload = bytes(range(256)) * (24 * 1024 * 1024 // 256)  # 24 MB, 32 MB as base64
+    raw = mail(("big.bin", payload, "application/octet-stream"))
+    del payload
+
+    def spool() -> Iterator[bytes]:
+        for offset in range(0, len(raw), 65536):
+            yield raw[offset:offset + 65536]
+
+    tracemalloc.start()
+    try:
+        sizes = []
+        for attachment in attachments(spool(), memory=1024 * 1024):
+            sizes.append(attachment.size)
+            while attachment.data.read(65536):
+                pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sizes == [24 * 1024 * 1024]
+    assert peak < 4 * 1024 * 1024, f"decoding a 24 MB attachment peaked at {peak} bytes"
+
+
+def test_office_macros_when_configured() -> None:
+    assert [f.symbol for f in judge_content("budget.xlsm", "", b"PK\x03\x04", BANNED_EXTS, True)] == [MACRO]
+    assert judge_content("budget.xlsm", "", b"PK\x03\x04", BANNED_EXTS, False) == []
+    assert ole_has_macros(b"\xd0\xcf\x11\xe0" + "_VBA_PROJECT".encode("utf-16-le"))
+    assert not ole_has_macros(b"\xd0\xcf\x11\xe0 plain document")
