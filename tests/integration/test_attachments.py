@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.conftest import NO_CHECKS, Stack, with_sections
+from tests.conftest import NO_CHECKS, with_sections
+from tests.harness.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.conftest import Stack, message
+from tests.conftest import message
 from tests.harness.load import SendResult, load_id, send_one
+from tests.harness.stack import Stack
 
 
 def cpython_email_data() -> Path | None:

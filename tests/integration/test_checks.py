@@ -13,8 +13,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.conftest import Stack, message
+from tests.conftest import message
 from tests.harness.dns import LocalDns
+from tests.harness.stack import Stack
 
 LOCAL_DATA = [
     "example.org. A 192.0.2.1",

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NO_CHECKS, Stack, message, stack_root, with_sections
+from tests.conftest import NO_CHECKS, message, with_sections
+from tests.harness.stack import Stack, stack_root
 
 RULES = {
     "test.toml": """

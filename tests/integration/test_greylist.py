@@ -11,8 +11,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.conftest import Stack, message
+from tests.conftest import message
 from tests.harness import pgdb
+from tests.harness.stack import Stack
 
 DELAY = 3.0
 

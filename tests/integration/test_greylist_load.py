@@ -29,9 +29,10 @@ from typing import Callable
 
 import pytest
 
-from tests.conftest import NO_CHECKS, Stack, with_sections
+from tests.conftest import NO_CHECKS, with_sections
 from tests.harness import pgdb
 from tests.harness.load import SendResult, run_load, tagged_message
+from tests.harness.stack import Stack
 
 BIG_SESSIONS = 5
 BIG_MESSAGES_EACH = 2

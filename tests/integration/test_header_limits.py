@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import NO_CHECKS, Stack, message
+from tests.conftest import NO_CHECKS, message
+from tests.harness.stack import Stack
 
 LIMITS = {"max_headers": 50, "max_header_size": "8K", "max_header_section": "32K"}
 

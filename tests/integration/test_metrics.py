@@ -11,8 +11,9 @@ from typing import Callable
 
 import pytest
 
-from tests.conftest import Stack, message
+from tests.conftest import message
 from tests.harness.postfix import free_port
+from tests.harness.stack import Stack
 
 
 def _scrape(port: int) -> dict[str, float]:

@@ -14,9 +14,10 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import Stack, message
+from tests.conftest import message
 from tests.harness.milterd import Milterd
 from tests.harness.postfix import Postfix, Sink
+from tests.harness.stack import Stack
 
 USER, GROUP = "nobody", "nogroup"
 

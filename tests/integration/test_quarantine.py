@@ -19,9 +19,10 @@ from typing import Any, Iterator
 import pytest
 
 from tests import conftest
-from tests.conftest import Stack, message
+from tests.conftest import message
 from tests.harness.milterd import write_config
 from tests.harness.postfix import SinkMessage, free_port
+from tests.harness.stack import Stack
 
 #: The DNS, HELO and header checks off: only the rule below scores (when the fixture exists).
 NO_CHECKS: dict[str, dict[str, Any]] = getattr(conftest, "NO_CHECKS", {})

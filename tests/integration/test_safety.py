@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Callable
 
 import pytest
 
-from tests.conftest import NO_CHECKS, Stack, message, stack_root
+from tests.conftest import NO_CHECKS, message
 from tests.harness.milterd import Milterd
+from tests.harness.stack import Stack, stack_root
 
 if TYPE_CHECKING:
     from tests.harness.scanners import Clamd

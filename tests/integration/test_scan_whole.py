@@ -17,8 +17,9 @@ import threading
 import uuid
 from typing import Any, Callable
 
-from tests.conftest import NO_CHECKS, Stack, message, with_sections
+from tests.conftest import NO_CHECKS, message, with_sections
 from tests.harness.scanners import EICAR, EICAR_NAME, Clamd, Spamd
+from tests.harness.stack import Stack
 
 #: An untrusted client: custom rules skip trusted ones.  The DNS-based checks are off (NO_CHECKS).
 CLIENT = {"ADDR": "198.51.100.7", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}

@@ -1,28 +1,20 @@
-"""The scanner clients and checks against a private clamd and spamd (no Postfix)."""
+"""The scanner clients and checks against a private clamd and spamd (no Postfix; down and hung scanners: tests/unit/test_scanners_down.py)."""
 
 from __future__ import annotations
 
 import logging
 import re
-import socket
-import threading
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from milterd.config import Config
-from milterd.model import Action, Session
-from milterd.pipeline import Pipeline
+from milterd.model import Action
 from milterd.scanners import ScannerError
 from milterd.scanners.clamd import ClamdClient
 from milterd.scanners.spamd import SpamdClient
-from milterd.services import build
-from tests.harness.postfix import free_port
-from tests.harness.scanners import CLAM_NAME, EICAR, EICAR_NAME, GTUBE, TESTFILES, Clamd, Spamd
-
-HAM = b"From: Alice <alice@example.org>\r\nTo: bob@example.com\r\nSubject: lunch\r\nMessage-ID: <1@example.org>\r\n\r\nSee you at noon.\r\n"
-SPAM = HAM.replace(b"See you at noon.", GTUBE.encode())
+from tests.harness.pipeline import HAM, SPAM, run_message, scanner_pipeline
+from tests.harness.scanners import CLAM_NAME, EICAR, EICAR_NAME, TESTFILES, Clamd, Spamd
 
 
 @pytest.fixture(scope="module")
@@ -33,33 +25,6 @@ def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
     finally:
         daemon.stop()
 
-
-
-@pytest.fixture()
-def silent_server() -> Iterator[str]:
-    """A TCP server that accepts and never answers (a hung scanner)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                pass
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"tcp:127.0.0.1:{server.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    server.close()
 
 
 # --- clamd ------------------------------------------------------------------
@@ -106,18 +71,6 @@ def test_clamd_size_limit_is_an_error_with_clamds_words(clamd: Clamd) -> None:
     stream.close()
 
 
-def test_clamd_down_and_hung(silent_server: str) -> None:
-    port = free_port()
-    with pytest.raises(ScannerError, match="cannot connect"):
-        ClamdClient(f"tcp:127.0.0.1:{port}", timeout=2).instream()
-    with pytest.raises(ScannerError, match="no answer within"):
-        ClamdClient(silent_server, timeout=0.3).ping()
-    stream = ClamdClient(silent_server, timeout=0.3).instream()
-    stream.send(b"hello")
-    with pytest.raises(ScannerError, match="no answer within"):
-        stream.finish()
-
-
 # --- spamd ------------------------------------------------------------------
 def test_spamd_ping_and_check(spamd: Spamd) -> None:
     client = SpamdClient(spamd.address, timeout=30)
@@ -143,107 +96,47 @@ def test_spamd_tell(spamd: Spamd) -> None:
         client.tell(message, "maybe")  # type: ignore[arg-type]
 
 
-def test_spamd_down_and_hung(silent_server: str) -> None:
-    with pytest.raises(ScannerError, match="cannot connect"):
-        SpamdClient(f"tcp:127.0.0.1:{free_port()}", timeout=2).check(HAM)
-    with pytest.raises(ScannerError, match="no answer within"):
-        SpamdClient(silent_server, timeout=0.3).check(HAM)
-
-
 # --- the checks, through the pipeline (no milter protocol) ------------------
-def _pipeline(tmp_path: Path, clamd_address: str, spamd_address: str, **changes: object) -> Pipeline:
-    settings = {
-        "milter.hostname": "mx.test",
-        "database.url": f"sqlite:///{tmp_path / 'log.sqlite'}",
-        "rules.dir": "",  # no local rules: the shipped ones only
-        "clamav.enabled": True,
-        "clamav.address": clamd_address,
-        "spamd.enabled": True,
-        "spamd.address": spamd_address,
-    }
-    settings.update({k.replace("__", "."): v for k, v in changes.items()})
-    services = build(Config().with_changes(settings))
-    # Only the scanners: the other checks' scores are not what is tested here.
-    services.checks = [c for c in services.checks if c.name in ("clamav", "spamassassin")]
-    services.store.ensure_schema(True)
-    return Pipeline(services)
-
-
-def _run(pipeline: Pipeline, message: bytes, chunk: int = 65536, queue_id: str = "QID1"):
-    session = Session(client_addr="192.0.2.10", client_name="mail.example.org", helo="mail.example.org", family="inet")
-    pipeline.connect(session)
-    pipeline.helo(session)
-    envelope = pipeline.new_envelope(session)
-    envelope.sender = "alice@example.org"
-    envelope.queue_id = queue_id
-    assert pipeline.mail(session, envelope) is None
-    pipeline.rcpt(session, envelope, "bob@example.com")
-    pipeline.data(session, envelope)
-    head, _, body = message.partition(b"\r\n\r\n")
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        pipeline.header(session, envelope, name.decode(), value.strip())
-    pipeline.eoh(session, envelope)
-    for start in range(0, len(body), chunk):
-        pipeline.body(session, envelope, body[start : start + chunk])
-    try:
-        return pipeline.eom(session, envelope), envelope
-    finally:
-        pipeline.finish(session, envelope)
-        pipeline.shutdown()
-
-
 def test_checks_clean_virus_and_spam(tmp_path: Path, clamd: Clamd, spamd: Spamd) -> None:
-    outcome, envelope = _run(_pipeline(tmp_path, clamd.address, spamd.address), HAM)
+    outcome, envelope = run_message(scanner_pipeline(tmp_path, clamd.address, spamd.address), HAM)
     assert outcome.verdict.action == Action.ACCEPT
     assert "SPAMASSASSIN" in outcome.verdict.symbols
     added = {e.name: e.value for e in outcome.edits if e.op == "add"}
     assert added["X-Virus-Status"] == "Clean" and added["X-Virus-Scanned"].startswith("ClamAV")
     assert "clamav" not in envelope.state  # on_abort released the stream
 
-    outcome, _ = _run(_pipeline(tmp_path, clamd.address, spamd.address), HAM.replace(b"See you", EICAR + b"\r\nSee you"))
+    outcome, _ = run_message(scanner_pipeline(tmp_path, clamd.address, spamd.address), HAM.replace(b"See you", EICAR + b"\r\nSee you"))
     assert outcome.verdict.action == Action.REJECT
     assert outcome.reply.startswith("550 5.7.1 Virus found: " + EICAR_NAME)
     assert outcome.verdict.details["CLAMAV_VIRUS"].startswith(EICAR_NAME)
 
-    outcome, _ = _run(_pipeline(tmp_path, clamd.address, spamd.address), SPAM)
+    outcome, _ = run_message(scanner_pipeline(tmp_path, clamd.address, spamd.address), SPAM)
     assert outcome.verdict.symbols["SPAMASSASSIN"] >= 1000
     assert "GTUBE" in outcome.verdict.details["SPAMASSASSIN"].split(",")
     assert outcome.verdict.action == Action.REJECT  # by milterd's thresholds
 
 
 def test_checks_size_limits(tmp_path: Path, clamd: Clamd, spamd: Spamd) -> None:
-    pipeline = _pipeline(tmp_path, clamd.address, spamd.address, clamav__max_size=1000, spamd__max_size=1000)
+    pipeline = scanner_pipeline(tmp_path, clamd.address, spamd.address, clamav__max_size=1000, spamd__max_size=1000)
     big = HAM.replace(b"See you at noon.", b"y" * 5000)
-    outcome, _ = _run(pipeline, big, chunk=512)
+    outcome, _ = run_message(pipeline, big, chunk=512)
     assert {"CLAMAV_SKIPPED_SIZE", "SPAMD_SKIPPED_SIZE"} <= set(outcome.verdict.symbols)
     assert outcome.verdict.action == Action.ACCEPT
 
 
 def test_clamd_stream_limit_below_max_size_is_a_skip_not_a_tempfail(tmp_path: Path, clamd: Clamd, spamd: Spamd) -> None:
-    pipeline = _pipeline(tmp_path, clamd.address, spamd.address, clamav__max_size=5_000_000, spamd__max_size=1000)
-    outcome, _ = _run(pipeline, HAM.replace(b"See you at noon.", b"z" * 2_000_000))  # clamd's StreamMaxLength is 1M
+    pipeline = scanner_pipeline(tmp_path, clamd.address, spamd.address, clamav__max_size=5_000_000, spamd__max_size=1000)
+    outcome, _ = run_message(pipeline, HAM.replace(b"See you at noon.", b"z" * 2_000_000))  # clamd's StreamMaxLength is 1M
     assert "CLAMAV_SKIPPED_SIZE" in outcome.verdict.symbols
     assert outcome.verdict.action == Action.ACCEPT
 
 
-def test_checks_scanners_down(tmp_path: Path) -> None:
-    down = f"tcp:127.0.0.1:{free_port()}"
-    outcome, _ = _run(_pipeline(tmp_path, down, down), HAM)
-    assert outcome.verdict.action == Action.TEMPFAIL and outcome.reply.startswith("451 4.7.1")
-    assert {"CLAMAV_ERROR", "SPAMD_ERROR"} <= set(outcome.verdict.symbols)
-    outcome, _ = _run(_pipeline(tmp_path, down, down, clamav__on_error="accept"), HAM)
-    assert outcome.verdict.action == Action.ACCEPT
-    outcome, _ = _run(_pipeline(tmp_path, down, down, clamav__on_error="accept", spamd__on_error="tempfail"), HAM)
-    assert outcome.verdict.action == Action.TEMPFAIL
-
-
 def test_virus_quarantine_and_discard(tmp_path: Path, clamd: Clamd, spamd: Spamd) -> None:
     message = HAM.replace(b"See you", EICAR + b"\r\nSee you")
-    outcome, _ = _run(_pipeline(tmp_path, clamd.address, spamd.address, clamav__action="quarantine"), message)
+    outcome, _ = run_message(scanner_pipeline(tmp_path, clamd.address, spamd.address, clamav__action="quarantine"), message)
     assert outcome.verdict.action == Action.QUARANTINE
     assert any(e.name == "X-Virus-Status" and e.value.startswith("Infected") for e in outcome.edits)
-    outcome, _ = _run(_pipeline(tmp_path, clamd.address, spamd.address, clamav__action="discard"), message)
+    outcome, _ = run_message(scanner_pipeline(tmp_path, clamd.address, spamd.address, clamav__action="discard"), message)
     assert outcome.verdict.action == Action.DISCARD
 
 
@@ -266,9 +159,9 @@ def test_clamd_wait_and_spamd_scan_overlap(tmp_path: Path, clamd: Clamd, spamd: 
         b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nThe documents.\r\n'
         b'--b1\r\nContent-Type: application/zip; name="docs.zip"\r\nContent-Transfer-Encoding: base64\r\n\r\n' + encoded + b"--b1--\r\n"
     )
-    pipeline = _pipeline(tmp_path, clamd.address, spamd.address, spamd__max_size=1_000_000, clamav__max_size=1_000_000)
+    pipeline = scanner_pipeline(tmp_path, clamd.address, spamd.address, spamd__max_size=1_000_000, clamav__max_size=1_000_000)
     with caplog.at_level(logging.DEBUG, logger="milterd"):
-        outcome, _ = _run(pipeline, message)
+        outcome, _ = run_message(pipeline, message)
     assert "SPAMASSASSIN" in outcome.verdict.symbols and not {"CLAMAV_ERROR", "SPAMD_ERROR"} & set(outcome.verdict.symbols)
     spans = {}
     for record in caplog.records:

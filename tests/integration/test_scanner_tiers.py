@@ -21,8 +21,9 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.conftest import NO_CHECKS, Stack, message, with_sections
+from tests.conftest import NO_CHECKS, message, with_sections
 from tests.harness.scanners import EICAR, EICAR_NAME, Clamd, Spamd
+from tests.harness.stack import Stack
 
 CLIENT = {"ADDR": "198.51.100.7", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}
 OTHER_CLIENT = {"ADDR": "203.0.113.9", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}

@@ -19,8 +19,9 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.conftest import Stack, message
+from tests.conftest import message
 from tests.harness.scanners import CLAM_NAME, EICAR, EICAR_NAME, GTUBE, TESTFILES, Clamd, Spamd
+from tests.harness.stack import Stack
 
 TRUSTED = {"ADDR": "192.0.2.10", "NAME": "mail.example.org", "HELO": "mail.example.org"}
 UNTRUSTED = {"ADDR": "198.51.100.7", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}

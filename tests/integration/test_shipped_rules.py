@@ -13,10 +13,11 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import Stack, message, stack_root
+from tests.conftest import message
 from tests.harness.dns import LocalDns
 from tests.harness.milterd import Milterd
 from tests.harness.postfix import Postfix, Sink
+from tests.harness.stack import Stack, stack_root
 
 PBL_CLIENT = "192.0.2.90"  # answered 127.0.0.10: DNSBL_SPAMHAUS_PBL (score 2, not a reject)
 SBL_CLIENT = "192.0.2.91"  # answered 127.0.0.2: DNSBL_SPAMHAUS_SBL, a reject

@@ -1,4 +1,5 @@
-"""The shipped rule files always load; the local [rules] dir adds to them or overrides them."""
+"""The shipped rule files always load; the local [rules] dir adds to them or overrides them
+(`milterd check` and the checks against a private unbound and rbldnsd serving the shipped zones)."""
 
 from __future__ import annotations
 

@@ -22,8 +22,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.conftest import NO_CHECKS, Stack, with_sections
+from tests.conftest import NO_CHECKS, with_sections
 from tests.harness.load import SendResult, reconcile, run_load, sink_tags, wait_delivered
+from tests.harness.stack import Stack
 
 SESSIONS = 30
 

@@ -1,4 +1,4 @@
-"""The ``milterd`` command line as a new user meets it: --version, --to, config show,
+"""The ``milterd`` command line as a new user meets it (--version as a process: tests/integration/test_cli_process.py): --to, config show,
 a store without schema, --dry-run of destructive commands, the release audit trail."""
 
 from __future__ import annotations
@@ -7,8 +7,6 @@ import datetime as dt
 import json
 import os
 import pwd
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -32,11 +30,6 @@ def conf(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "milter.conf"
     path.write_text(f'[milter]\nhostname = "mx.test"\n[database]\nurl = "sqlite:///{tmp_path / "s.sqlite"}"\n{extra}')
     return path
-
-
-def test_version() -> None:
-    result = subprocess.run([sys.executable, "-m", "milterd", "--version"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and result.stdout.startswith("milterd ") and result.stdout.split()[1][0].isdigit()
 
 
 def test_check_to_takes_one_address_per_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,5 @@
-"""Greylisting's store operations, on SQLite and on PostgreSQL (a fresh database per run)."""
+"""Greylisting's store operations on SQLite (tests/integration/test_greylist_store_postgresql.py
+runs the same tests on PostgreSQL, a fresh database per run)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from sqlalchemy import func, select
 from milterd import greylist as gl
 from milterd.config import DatabaseSection, GreylistSection
 from milterd.store import Store, schema
-from tests.harness import pgdb
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 CONFIG = GreylistSection(enabled=True, delay=300, retry_window=3600, expire=86400, auto_whitelist_after=2)
@@ -23,16 +23,9 @@ def at(seconds: float) -> dt.datetime:
     return T0 + dt.timedelta(seconds=seconds)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('gl') / 'store.sqlite'}"
-        return
-    why = pgdb.available()
-    if why:
-        pytest.fail(f"PostgreSQL is needed for the shared-store tests: {why}")
-    with pgdb.temporary_database() as url:
-        yield url
+@pytest.fixture(scope="module")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path_factory.mktemp('gl') / 'store.sqlite'}"
 
 
 @pytest.fixture

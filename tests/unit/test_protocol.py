@@ -1,109 +1,162 @@
-"""The protocol layer, driven by a pure-Python milter client (miltertest) against a running milterd.
+"""The protocol layer in process: pymilter's ``Milter.testctx.TestCtx`` stands in for
+libmilter and drives :class:`milterd.adapter.MilterdMilter` callback by callback, as
+the worker registers them (supervisor.register), with no daemon and no socket.
 
 These are fast checks of what Postfix cannot easily show: the negotiated bits,
 per-transaction state across RSET (abort) on one connection, and the exact
-replies and header edits at end of message.
+replies and header edits at end of message.  The same paths through a real
+Postfix are in tests/integration.
 """
 
 from __future__ import annotations
 
+import json
 import socket
-import struct
-from typing import Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Iterator
 
+import Milter
 import pytest
-from miltertest import MilterConnection
-from miltertest import constants as c
+from Milter import testctx
 
+from milterd.adapter import MilterdMilter
+from milterd.cli import main
+from milterd.config import load_config
+from milterd.pipeline import Pipeline
+from milterd.services import build
 from tests.conftest import NO_CHECKS, with_sections
-from tests.harness.milterd import Milterd
+from tests.harness.milterd import write_config
 
 RULES = {"test.toml": '[[rule]]\nname = "TEST_REJECT"\nheader = "Subject"\nregex = "REJECTME"\nscore = 100\n'}
 
 
+class Context(testctx.TestCtx):  # type: ignore[misc]
+    """TestCtx that records the header edits at end of message (libmilter sends them to Postfix)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.edits: list[tuple[str, str, str, int]] = []
+
+    def addheader(self, field: str, value: str, idx: int) -> None:
+        assert self._body is not None, "addheader outside end of message"
+        self.edits.append(("add", field, value, idx))
+
+    def chgheader(self, field: str, idx: int, value: str) -> None:
+        assert self._body is not None, "chgheader outside end of message"
+        self.edits.append(("change", field, value, idx))
+
+
 @pytest.fixture(scope="module")
-def milterd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Milterd]:
+def conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("proto")
-    sections = with_sections(NO_CHECKS, {"milter": {"trusted_networks": []}})
-    daemon = Milterd(root, sections, RULES, socket=f"unix:{root}/milterd.sock").start()
-    yield daemon
-    daemon.stop()
+    (root / "rules").mkdir()
+    for name, text in RULES.items():
+        (root / "rules" / name).write_text(text)
+    sections = with_sections(
+        NO_CHECKS,
+        {"milter": {"hostname": "mx.test", "trusted_networks": []}, "database": {"url": f"sqlite:///{root / 'log.sqlite'}"}, "rules": {"dir": str(root / "rules")}},
+    )
+    return write_config(root / "milter.conf", sections)
 
 
-def connect(milterd: Milterd) -> MilterConnection:
-    sock = socket.socket(socket.AF_UNIX)
-    sock.settimeout(30)
-    sock.connect(milterd.socket[len("unix:"):])
-    conn = MilterConnection(sock)
-    conn.optneg_mta()
-    return conn
+@pytest.fixture(scope="module")
+def milter_class(conf: Path) -> Iterator[type[MilterdMilter]]:
+    """MilterdMilter with its own pipeline, as a worker sets it before serving."""
+    services = build(load_config(conf))
+    services.store.ensure_schema(True)
+    pipeline = Pipeline(services)
+
+    class Worker(MilterdMilter):
+        pass
+
+    Worker.pipeline = pipeline
+    yield Worker
+    pipeline.shutdown()
+    services.close()
 
 
-def start(conn: MilterConnection, addr: str = "192.0.2.7") -> None:
-    conn.send_macro(c.SMFIC_CONNECT, **{"j": "mx.test", "{daemon_name}": "smtpd"})
-    assert conn.send_ar(c.SMFIC_CONNECT, hostname="[" + addr + "]", family=c.SMFIA_INET, port=4321, address=addr)[0] == c.SMFIR_CONTINUE
-    assert conn.send_ar(c.SMFIC_HELO, helo="client.example.org")[0] == c.SMFIR_CONTINUE
+@pytest.fixture()
+def ctx(milter_class: type[MilterdMilter], monkeypatch: pytest.MonkeyPatch) -> Context:
+    """A connection negotiated as Postfix does: every action and protocol bit offered."""
+    monkeypatch.setattr(Milter, "factory", milter_class)
+    monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF, 0, 0])  # negotiate writes into it
+    context = Context()
+    assert context._negotiate() == Milter.CONTINUE
+    return context
 
 
-def transaction(conn: MilterConnection, subject: str, queue_id: str) -> list[tuple[str, dict]]:
-    assert conn.send_ar(c.SMFIC_MAIL, args=["<alice@example.org>"])[0] == c.SMFIR_CONTINUE
-    conn.send_macro(c.SMFIC_RCPT, i=queue_id)
-    assert conn.send_ar(c.SMFIC_RCPT, args=["<bob@example.com>"])[0] == c.SMFIR_CONTINUE
-    assert conn.send_ar(c.SMFIC_DATA)[0] == c.SMFIR_CONTINUE
-    conn.send_headers([("From", "alice@example.org"), ("Subject", subject), ("X-Spam-Flag", "YES")])
-    assert conn.send_ar(c.SMFIC_EOH)[0] == c.SMFIR_CONTINUE
-    conn.send_body("Hello\r\n" * 10)
-    conn.send_macro(c.SMFIC_BODYEOB, i=queue_id)
-    return conn.send_eom()
+def log_rows(conf: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, Any]]:
+    capsys.readouterr()
+    assert main(["log", "-c", str(conf), "--json", "--limit", "0"]) == 0
+    return {row["queue_id"]: row for row in json.loads(capsys.readouterr().out)}
 
 
-def test_negotiation_replies_at_every_stage(milterd: Milterd) -> None:
-    conn = connect(milterd)
-    no_reply = c.SMFIP_NR_CONN | c.SMFIP_NR_HELO | c.SMFIP_NR_MAIL | c.SMFIP_NR_RCPT | c.SMFIP_NR_DATA | c.SMFIP_NR_HDR | c.SMFIP_NR_EOH | c.SMFIP_NR_BODY
-    assert conn.protocol_flags & no_reply == 0
-    assert conn.protocol_flags & c.SMFIP_NOUNKNOWN
-    assert not conn.protocol_flags & (c.SMFIP_NOCONNECT | c.SMFIP_NOHELO | c.SMFIP_NOMAIL | c.SMFIP_NORCPT | c.SMFIP_NODATA | c.SMFIP_NOHDRS | c.SMFIP_NOEOH)
-    assert conn.action_flags == c.SMFIF_ADDHDRS | c.SMFIF_CHGHDRS | c.SMFIF_QUARANTINE
-    conn.sock.close()
+def start(ctx: Context, addr: str = "192.0.2.7") -> None:
+    """CONNECT and HELO, with the macros and the (address, port) pair libmilter passes."""
+    ctx._setsymval("j", "mx.test")
+    ctx._setsymval("{daemon_name}", "smtpd")
+    ctx._stage = Milter.M_CONNECT
+    assert Milter.connect_callback(ctx, f"[{addr}]", socket.AF_INET, (addr, 4321)) == Milter.CONTINUE
+    ctx._stage = None
+    assert ctx._helo("client.example.org") == Milter.CONTINUE
 
 
-def test_transactions_on_one_connection_are_independent(milterd: Milterd) -> None:
-    conn = connect(milterd)
-    start(conn)
-    rejected = transaction(conn, "please REJECTME", "QPROTO1")
-    assert rejected[-1][0] == c.SMFIR_REPLYCODE
-    assert rejected[-1][1]["smtpcode"] == "550"
-    assert rejected[-1][1]["text"].startswith("5.7.1 Message rejected as spam (score 100")
-    conn._send(c.SMFIC_ABORT)  # RSET: Postfix expects no reply
-    accepted = transaction(conn, "hello", "QPROTO2")
-    assert accepted[-1][0] == c.SMFIR_CONTINUE
-    edits = [(code, data) for code, data in accepted[:-1]]
+def mail_and_rcpt(ctx: Context, queue_id: str) -> None:
+    ctx.edits.clear()
+    ctx._reply = None
+    assert ctx._envfrom("<alice@example.org>") == Milter.CONTINUE
+    ctx._setsymval("i", queue_id)
+    assert ctx._envrcpt("<bob@example.com>") == Milter.CONTINUE
+
+
+def transaction(ctx: Context, subject: str, queue_id: str) -> int:
+    """One message; the answer at end of message."""
+    mail_and_rcpt(ctx, queue_id)
+    assert ctx._data() == Milter.CONTINUE
+    for name, value in (("From", "alice@example.org"), ("Subject", subject), ("X-Spam-Flag", "YES")):
+        assert ctx.getpriv().header_bytes(name, value.encode()) == Milter.CONTINUE
+    assert ctx._eoh() == Milter.CONTINUE
+    assert ctx._feed_body(BytesIO(b"Hello\r\n" * 10)) == Milter.CONTINUE
+    return int(ctx._eom())
+
+
+def test_negotiation_replies_at_every_stage(ctx: Context) -> None:
+    actions, protocol = ctx._opts[0], ctx._opts[1]
+    no_reply = Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT | Milter.P_NR_DATA | Milter.P_NR_HDR | Milter.P_NR_EOH | Milter.P_NR_BODY
+    assert protocol & no_reply == 0
+    assert protocol & Milter.P_NOUNKNOWN
+    assert not protocol & (Milter.P_NOCONNECT | Milter.P_NOHELO | Milter.P_NOMAIL | Milter.P_NORCPT | Milter.P_NODATA | Milter.P_NOHDRS | Milter.P_NOEOH)
+    assert actions == Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
+    Milter.close_callback(ctx)
+
+
+def test_transactions_on_one_connection_are_independent(ctx: Context, conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    start(ctx)
+    assert transaction(ctx, "please REJECTME", "QPROTO1") == Milter.REJECT
+    code, xcode, text = ctx._reply
+    assert (code, xcode) == ("550", "5.7.1") and text.startswith("Message rejected as spam (score 100")
+    assert ctx.getpriv().abort() == Milter.CONTINUE  # RSET: libmilter's abort callback, the connection stays
+    assert transaction(ctx, "hello", "QPROTO2") == Milter.CONTINUE
     # The forged X-Spam-Flag is deleted (empty value), ours are added.
-    assert (c.SMFIR_CHGHEADER, {"index": 1, "name": "X-Spam-Flag", "value": ""}) in edits
-    added = {data["name"]: data["value"].strip() for code, data in edits if code == c.SMFIR_ADDHEADER}
+    assert ("change", "X-Spam-Flag", "", 1) in ctx.edits
+    added = {name: value.strip() for op, name, value, _ in ctx.edits if op == "add"}
     assert added["X-Spam-Status"] == "No, score=0.0 required=5 tests=none"
-    conn._send(c.SMFIC_QUIT)
-    conn.sock.close()
-    rows = {row["queue_id"]: row for row in milterd.log_json()}
+    Milter.close_callback(ctx)  # QUIT
+    rows = log_rows(conf, capsys)
     assert rows["QPROTO1"]["action"] == "reject"
     assert rows["QPROTO1"]["symbols"] == {"TEST_REJECT": 100.0}
     assert rows["QPROTO2"]["action"] == "accept"
     assert rows["QPROTO2"]["symbols"] == {}
 
 
-def test_eight_bit_and_nul_headers_do_not_break_the_worker(milterd: Milterd) -> None:
-    conn = connect(milterd)
-    start(conn, "192.0.2.8")
-    assert conn.send_ar(c.SMFIC_MAIL, args=["<alice@example.org>"])[0] == c.SMFIR_CONTINUE
-    conn.send_macro(c.SMFIC_RCPT, i="QPROTO3")
-    assert conn.send_ar(c.SMFIC_RCPT, args=["<bob@example.com>"])[0] == c.SMFIR_CONTINUE
-    # miltertest encodes text only; 8-bit and NUL bytes go out as raw packets.
-    for name, value in ((b"Subject", b"caf\xe9 =?utf-8?q?broken"), (b"X-Raw", b"\xff\xfe\x80 junk")):
-        packet = c.SMFIC_HEADER.encode() + name + b"\0" + value + b"\0"
-        conn.sock.sendall(struct.pack("!I", len(packet)) + packet)
-        assert conn.recv()[0] == c.SMFIR_CONTINUE
-    assert conn.send_ar(c.SMFIC_EOH)[0] == c.SMFIR_CONTINUE
-    replies = conn.send_eom()
-    assert replies[-1][0] == c.SMFIR_CONTINUE
-    conn.sock.close()
-    assert any(row["queue_id"] == "QPROTO3" for row in milterd.log_json())
+def test_eight_bit_and_nul_headers_do_not_break_the_worker(ctx: Context, conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    start(ctx, "192.0.2.8")
+    mail_and_rcpt(ctx, "QPROTO3")
+    # As libmilter passes them: the name as text, the value as raw bytes.
+    for name, value in (("Subject", b"caf\xe9 =?utf-8?q?broken"), ("X-Raw", b"\xff\xfe\x80 junk"), ("X-Nul", b"a\x00b")):
+        assert ctx.getpriv().header_bytes(name, value) == Milter.CONTINUE
+    assert ctx._eoh() == Milter.CONTINUE
+    assert ctx._eom() == Milter.CONTINUE
+    Milter.close_callback(ctx)
+    assert "QPROTO3" in log_rows(conf, capsys)

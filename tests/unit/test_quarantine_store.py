@@ -28,6 +28,8 @@ from milterd.store.quarantine import QuarantineWrite, pieces
 from tests.harness.milterd import write_config
 from tests.harness.postfix import Sink, free_port
 
+TLS_KEY, TLS_CERT = (Path(__file__).parents[1] / "harness" / "data" / name for name in ("localhost-key.pem", "localhost-cert.pem"))
+
 RAW = b"From: a@example.org\r\nSubject: QUARANTINE-ME\r\n\tfolded\r\nX-No-Space:x\r\n\r\nbody\r\n.dot\r\n"
 
 
@@ -321,7 +323,6 @@ def auth_sink(request: Any, tmp_path: Path) -> Iterator[tuple[int, list[bytes]]]
     """An SMTP server on loopback that requires AUTH (user "milterd", password "s3cret-pw") and keeps what it receives;
     the "starttls" one offers AUTH only after STARTTLS (as Postfix with smtpd_tls_auth_only), with a self-signed certificate."""
     import ssl
-    import subprocess
 
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -329,8 +330,7 @@ def auth_sink(request: Any, tmp_path: Path) -> Iterator[tuple[int, list[bytes]]]
     received: list[bytes] = []
     tls: dict[str, Any] = {"auth_require_tls": False}
     if request.param == "starttls":
-        key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True, timeout=60)
+        key, cert = TLS_KEY, TLS_CERT  # self-signed for CN=localhost, 100 years (openssl req -x509 -days 36500)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
         tls = {"tls_context": context, "auth_require_tls": True}

@@ -1,0 +1,21 @@
+"""Greylisting's store operations on PostgreSQL, a fresh database per run: the
+tests of tests/unit/test_greylist_store.py (which run them on SQLite), collected
+again here with this module's ``database``."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from tests.harness import pgdb
+from tests.unit.test_greylist_store import *  # noqa: F403 - the same tests, on PostgreSQL
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    why = pgdb.available()
+    if why:
+        pytest.fail(f"PostgreSQL is needed for the shared-store tests: {why}")
+    with pgdb.temporary_database() as url:
+        yield url

@@ -1,0 +1,68 @@
+"""Unit tests run with no daemons: no Postfix, clamd, spamd, rbldnsd, unbound,
+PostgreSQL, nor any other process of their own (``milterd serve`` included).
+
+The guard below makes that a failure, not a convention: a unit test that
+starts a process or connects to PostgreSQL fails with the reason.  Such a
+test belongs in tests/integration.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Any, Iterator, NoReturn
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+WHERE = "unit tests start no process and no daemon: move this test to tests/integration"
+
+
+def _refuse(what: str) -> Any:
+    def refuse(*args: Any, **kwargs: Any) -> NoReturn:
+        raise AssertionError(f"{what}{args[:1]!r}: {WHERE}")
+
+    return refuse
+
+
+def _no_postgresql(connect: Any) -> Any:
+    """psycopg's connect, refused for a server on PostgreSQL's port (a test that
+    connects to a closed port on purpose, to see the store down, still may)."""
+
+    def guarded(conninfo: str = "", **kwargs: Any) -> Any:
+        port = conninfo_to_dict(make_conninfo(conninfo, **kwargs)).get("port") or "5432"
+        if str(port) == "5432":
+            raise AssertionError(f"a PostgreSQL connection ({port=}): {WHERE}")
+        return connect(conninfo, **kwargs)
+
+    return guarded
+
+
+#: Helpers ctypes.util.find_library runs to locate a shared library (libraries such as
+#: dkimpy's or libarchive's load one): a lookup, not a daemon.
+LIBRARY_LOOKUP = {"ldconfig", "gcc", "cc", "ld", "objdump"}
+
+
+def _popen(real: Any) -> Any:
+    def popen(args: Any, *rest: Any, **kwargs: Any) -> Any:
+        argv = [args] if isinstance(args, (str, bytes)) else list(args)
+        if argv and os.path.basename(str(argv[0])) in LIBRARY_LOOKUP:
+            return real(args, *rest, **kwargs)
+        raise AssertionError(f"subprocess.Popen({argv[:4]!r}): {WHERE}")
+
+    return popen
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_processes_nor_daemons() -> Iterator[None]:
+    """Session-wide, so that module fixtures are guarded too (they are set up before function ones)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess, "Popen", _popen(subprocess.Popen))
+        for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system", "execv", "execve", "execvp", "execvpe"):
+            if hasattr(os, name):
+                patch.setattr(os, name, _refuse(f"os.{name}"))
+        connect = psycopg.Connection.connect
+        patch.setattr(psycopg, "connect", _no_postgresql(connect))
+        patch.setattr(psycopg.Connection, "connect", _no_postgresql(connect))
+        yield
