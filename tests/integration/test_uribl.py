@@ -13,8 +13,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.conftest import NO_CHECKS, Stack, message, with_sections
+from tests.conftest import NO_CHECKS, message, with_sections
 from tests.harness.dns import LocalDns
+from tests.harness.stack import Stack
 
 pytestmark = pytest.mark.integration
 
