@@ -14,15 +14,11 @@ import importlib
 import sys
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
-from .config import ConfigError
+from .config import Config, ConfigError
 from .store import Store, StoreError
 from .units import parse_since
-
-if TYPE_CHECKING:
-    from .config import Config
-    from .store import Store
 
 #: Sub-command name → "module:function" that adds its parser.  A feature adds
 #: its sub-commands by adding its module here.

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .checks import Check, Symbol, discover
 from .config import Config, ConfigError
 from .dns import Resolver
 from .ruleset import Ruleset, load_ruleset
 from .store import Store
-
-if TYPE_CHECKING:
-    from .store import Store
 
 
 @dataclass
