@@ -56,6 +56,7 @@ class _Decoder:
         self.limit = limit
         self.truncated = False
         self._pending = b""
+        self._eol = b""
 
     def feed(self, line: bytes) -> None:
         if self.truncated:
@@ -66,10 +67,13 @@ class _Decoder:
             if usable:
                 self._write(binascii.a2b_base64(self._pending[:usable]))
                 self._pending = self._pending[usable:]
-        elif self.encoding == "quoted-printable":
-            self._write(binascii.a2b_qp(line))
         else:
-            self._write(line)
+            data = binascii.a2b_qp(line) if self.encoding == "quoted-printable" else line
+            # The line end before a boundary belongs to the boundary (RFC 2046):
+            # write each line's end only once another line follows.
+            body = data.rstrip(b"\r\n")
+            self._write(self._eol + body)
+            self._eol = data[len(body):]
 
     def finish(self) -> IO[bytes]:
         if self._pending and self.encoding == "base64" and len(self._pending) % 4 != 1:

@@ -231,3 +231,16 @@ def test_office_macros_when_configured() -> None:
     assert judge_content("budget.xlsm", "", b"PK\x03\x04", BANNED_EXTS, False) == []
     assert ole_has_macros(b"\xd0\xcf\x11\xe0" + "_VBA_PROJECT".encode("utf-16-le"))
     assert not ole_has_macros(b"\xd0\xcf\x11\xe0 plain document")
+
+
+def test_encoded_and_continued_file_names_are_decoded_before_they_are_judged() -> None:
+    raw = (
+        b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n"
+        b"--zz\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment;\r\n"
+        b" filename*0*=UTF-8''r%C3%A9sum%C3%A9.pdf;\r\n filename*1=.exe\r\n\r\nTVqQ\r\n"
+        b"--zz\r\nContent-Type: application/octet-stream; name=\"=?UTF-8?B?aW52b2ljZS5qcw==?=\"\r\n\r\nalert(1)\r\n"
+        b"--zz\r\nContent-Type: text/plain\r\n\r\nno name, text: not an attachment\r\n--zz--\r\n"
+    )
+    found = [(a.filename, a.data.read()) for a in attachments([raw])]
+    assert found == [("r\u00e9sum\u00e9.pdf.exe", b"MZ\x90"), ("invoice.js", b"alert(1)")]
+    assert [f.symbol for f in judge_name(found[0][0], BANNED_EXTS)] == [BANNED, DOUBLE]
