@@ -98,7 +98,9 @@ def parse_record(text: str) -> Record | None:
         return None
     p = tags.get("p", "").lower()
     if p not in ("none", "quarantine", "reject"):
-        return None
+        if "rua" not in tags:
+            return None
+        p = "none"  # RFC 7489 §6.6.3: a bad or missing p with rua= is monitoring
     sp = tags.get("sp", "").lower()
     try:
         pct = int(tags.get("pct", "100"))
@@ -193,16 +195,21 @@ class Dmarc(ConfiguredCheck):
         if sealer:
             # Logged as failed, but neither scored nor enforced.
             return [Hit(symbol, detail=detail, score=0.0), Hit("DMARC_ARC_OVERRIDE", detail=f"{domain}: sealed by {sealer}")]
-        return [self._enforce(symbol, detail, domain, evaluation.applied)]
+        return [enforce(evaluation, self.options.reject_action, self.options.quarantine_action)]
 
-    def _enforce(self, symbol: str, detail: str, domain: str, applied: Policy) -> Hit:
-        action = self.options.reject_action if applied == "reject" else self.options.quarantine_action if applied == "quarantine" else "score"
-        if action == "reject":
-            reply = f"550 5.7.1 Message rejected: {domain} publishes a DMARC policy of {applied} and this message failed it"
-            return Hit(symbol, detail=detail, action=Action.REJECT, reply=reply)
-        if action == "quarantine":
-            return Hit(symbol, detail=detail, action=Action.QUARANTINE)
-        return Hit(symbol, detail=detail)
+
+def enforce(evaluation: Evaluation, reject_action: str, quarantine_action: str) -> Hit:
+    """The hit of a DMARC failure, with the action configured for the policy applied."""
+    applied, domain = evaluation.applied, evaluation.domain
+    symbol = f"DMARC_FAIL_{applied.upper()}"
+    detail = f"{domain} p={evaluation.policy} applied={applied}"
+    action = reject_action if applied == "reject" else quarantine_action if applied == "quarantine" else "score"
+    if action == "reject":
+        reply = f"550 5.7.1 Message rejected: {domain} publishes a DMARC policy of {applied} and this message failed it"
+        return Hit(symbol, detail=detail, action=Action.REJECT, reply=reply)
+    if action == "quarantine":
+        return Hit(symbol, detail=detail, action=Action.QUARANTINE)
+    return Hit(symbol, detail=detail)
 
 
 def _lookup(resolver: Any, domain: str, deadline: float, psl_path: str) -> tuple[Record, str] | str:

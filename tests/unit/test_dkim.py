@@ -23,10 +23,13 @@ from milterd import dkimsign
 from milterd.authresults import build
 from milterd.checks.arc import ArcResult, verify_chain
 from milterd.checks.dkim import DnsRecorder, SignatureResult, hits_for, verify_all
-from milterd.checks.dmarc import Evaluation, Record, aligned, evaluate, from_domain, org_domain, parse_record
+from milterd.checks.dmarc import Evaluation, Record, aligned, enforce, evaluate, from_domain, org_domain, parse_record
 from milterd.commands.dkim import run_keygen
+from milterd.config import ConfigError, load_config
 from milterd.dns import Answer
 from milterd.doctor import judge_dkim_key
+from milterd.model import Action
+from milterd.services import build as build_services
 
 MESSAGE = (
     b"From: Alice <alice@signed.test>\r\n"
@@ -229,3 +232,24 @@ def test_doctor_judges_the_published_dkim_record(rsa_key: bytes, other_key: byte
     assert stale.status == "fail" and published in stale.detail
     assert judge_dkim_key(key, Answer("s1._domainkey.a.test", "TXT", "nxdomain")).status == "fail"
     assert "did not answer" in judge_dkim_key(key, Answer("s1._domainkey.a.test", "TXT", "error", error="timeout")).detail
+
+
+def test_dmarc_actions_per_policy() -> None:
+    reject = enforce(Evaluation("fail", "a.test", "reject", "reject"), "reject", "quarantine")
+    assert reject.symbol == "DMARC_FAIL_REJECT" and reject.action == Action.REJECT
+    assert reject.reply.startswith("550 5.7.1 ") and "a.test" in reject.reply
+    assert enforce(Evaluation("fail", "a.test", "quarantine", "quarantine"), "reject", "quarantine").action == Action.QUARANTINE
+    assert enforce(Evaluation("fail", "a.test", "reject", "reject"), "score", "quarantine").action is None
+    monitored = enforce(Evaluation("fail", "a.test", "none", "none"), "reject", "reject")
+    assert monitored.symbol == "DMARC_FAIL_NONE" and monitored.action is None
+    assert parse_record("v=DMARC1; rua=mailto:d@a.test") == Record("none", "none")
+
+
+def test_unreadable_or_bad_key_file_is_refused_with_file_key_and_reason(tmp_path: Path) -> None:
+    (tmp_path / "junk.key").write_text("not a key\n")
+    for name, reason in (("missing.key", "cannot read"), ("junk.key", "neither an RSA key")):
+        conf = tmp_path / "milter.conf"
+        conf.write_text(f'[dkim_signing]\nenabled = true\nkeys = [{{ domain = "a.test", selector = "s", key_file = "{name}" }}]\n')
+        with pytest.raises(ConfigError) as info:
+            build_services(load_config(conf))
+        assert str(info.value).startswith(f"{conf.resolve()}: [dkim_signing] keys[0].key_file: ") and reason in str(info.value)
