@@ -48,6 +48,8 @@ _ACTION_OPTION = {
 #: Extensions of files that open as macro-enabled Office documents.
 _MACRO_EXTENSIONS = frozenset({"docm", "dotm", "xlsm", "xltm", "xlam", "pptm", "potm", "ppam", "ppsm", "sldm"})
 _OLE_MACRO_SCAN = 16 * 1024 * 1024
+#: Extensions of single-file compression, judged by the name beneath them.
+_COMPRESSION = frozenset({"gz", "bz2", "xz", "z", "lz", "lzma", "zst"})
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class Finding:
 def judge_name(path: str, banned: frozenset[str]) -> list[Finding]:
     """The findings of a file's name: a banned extension, a banned one hidden behind another."""
     exts = extensions(path.rsplit("/", 1)[-1])
+    while len(exts) > 1 and exts[-1] in _COMPRESSION and exts[-1] not in banned:
+        exts.pop()  # setup.exe.gz is setup.exe once decompressed
     if not exts or exts[-1] not in banned:
         return []
     found = [Finding(BANNED, path, f"banned extension .{exts[-1]}")]

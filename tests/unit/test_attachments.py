@@ -54,6 +54,8 @@ def test_banned_and_double_extension() -> None:
     assert [f.symbol for f in found] == [BANNED, DOUBLE]
     assert found[1].rule == "double extension .pdf.exe"
     assert [f.symbol for f in judge_name("a.zip/b.zip/run.js", BANNED_EXTS)] == [BANNED]
+    assert [f.rule for f in judge_name("clam.exe.bz2", BANNED_EXTS)] == ["banned extension .exe"]
+    assert judge_name("backup.tar.gz", BANNED_EXTS) == []
 
 
 def test_magic_bytes() -> None:
