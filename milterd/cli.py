@@ -9,16 +9,14 @@ a :class:`~milterd.config.ConfigError` into a one-line message and exit status
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
 import sys
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Callable, Sequence
 
-from .config import Config, ConfigError
-from .store import Store, StoreError
-from .units import parse_since
+from .commands import config_parent, describe_failure, open_store, since_arg  # noqa: F401 - re-exported: the commands' old spelling
+from .config import ConfigError
 
 #: Sub-command name → "module:function" that adds its parser.  A feature adds
 #: its sub-commands by adding its module here.
@@ -56,41 +54,6 @@ def version() -> str:
         return package_version("milterd")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
-
-
-def config_parent() -> argparse.ArgumentParser:
-    """A parent parser giving a sub-command its own ``-c/--config``."""
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help="milter.conf to read")
-    return parent
-
-
-def open_store(config: "Config") -> "Store":
-    """The store of *config* for a command that reads or changes it; StoreError without a schema."""
-    store = Store(config.database)
-    try:
-        store.require_schema()
-    except Exception:
-        store.close()
-        raise
-    return store
-
-
-def describe_failure(exc: BaseException) -> str:
-    """One line for a failed store operation: a StoreError's message, else the
-    database driver's own words (never the SQL statement SQLAlchemy appends)."""
-    if isinstance(exc, StoreError):
-        return str(exc)
-    reason = getattr(exc, "orig", None) or exc
-    return f"{exc.__class__.__name__}: {str(reason).splitlines()[0] if str(reason) else ''}"
-
-
-def since_arg(value: str) -> "datetime.datetime":
-    """argparse type of ``--since``: a duration back from now (1h, 7d) or an ISO date."""
-    try:
-        return parse_since(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

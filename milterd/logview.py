@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, Iterable
 
-from .cli import config_parent, describe_failure, open_store, since_arg
+from .commands import config_parent, describe_failure, open_store, since_arg
 from .config import load_config
 from .text import escape
 

@@ -1,1 +1,47 @@
-"""Sub-commands that are thin wrappers over other modules."""
+"""The ``milterd`` sub-commands, one module each, and what they share: their
+``-c/--config`` option, the store they open, how a store failure reads and the
+``--since`` argument.  milterd.cli builds the command line from them."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+
+from ..config import Config
+from ..store import Store, StoreError
+from ..units import parse_since
+
+
+def config_parent() -> argparse.ArgumentParser:
+    """A parent parser giving a sub-command its own ``-c/--config``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help="milter.conf to read")
+    return parent
+
+
+def open_store(config: Config) -> Store:
+    """The store of *config* for a command that reads or changes it; StoreError without a schema."""
+    store = Store(config.database)
+    try:
+        store.require_schema()
+    except Exception:
+        store.close()
+        raise
+    return store
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for a failed store operation: a StoreError's message, else the
+    database driver's own words (never the SQL statement SQLAlchemy appends)."""
+    if isinstance(exc, StoreError):
+        return str(exc)
+    reason = getattr(exc, "orig", None) or exc
+    return f"{exc.__class__.__name__}: {str(reason).splitlines()[0] if str(reason) else ''}"
+
+
+def since_arg(value: str) -> datetime.datetime:
+    """argparse type of ``--since``: a duration back from now (1h, 7d) or an ISO date."""
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -23,13 +23,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..cli import config_parent
 from ..config import Config, load_config
 from ..model import Action
 from ..offline import Client, Judgement, MessageRef, judge, sources
 from ..pipeline import Pipeline
 from ..services import Services, build
 from ..tuning import Judged, configured_thresholds, forced_action, mass_report, symbol_table
+from . import config_parent
 
 #: Exit status of a run whose most severe action is this one.
 EXIT_BASE = 10

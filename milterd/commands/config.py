@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import config_parent
 from ..confdoc import render_defaults, render_effective
 from ..config import load_config
 from ..services import build
+from . import config_parent
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import config_parent
 from ..config import load_config
 from ..store import Store, StoreError
 from ..text import redact_url
+from . import config_parent
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -7,8 +7,8 @@ import re
 import sys
 from pathlib import Path
 
-from ..cli import config_parent
 from ..dkimsign import generate, public_record, write_private, zone_lines
+from . import config_parent
 
 _LABELS = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*$")
 

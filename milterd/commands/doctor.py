@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli import config_parent
 from ..doctor import diagnose, worst
+from . import config_parent
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

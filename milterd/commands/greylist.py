@@ -13,9 +13,9 @@ import sys
 from typing import Any, Callable
 
 from .. import greylist as gl
-from ..cli import config_parent, describe_failure, open_store
 from ..config import Config, load_config
 from ..store import Store, StoreError
+from . import config_parent, describe_failure, open_store
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

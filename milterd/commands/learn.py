@@ -19,12 +19,12 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
-from ..cli import config_parent, describe_failure, open_store
 from ..config import load_config
 from ..learner.tokenizer import hashed_tokens, message_digest
 from ..offline import sources
 from ..store.errors import StoreError
 from ..store.learner import LearnerStore
+from . import config_parent, describe_failure, open_store
 
 #: Messages handed to a tokenizing process at once.
 BATCH = 16

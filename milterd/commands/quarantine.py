@@ -10,12 +10,12 @@ import pwd
 import sys
 from typing import Any, Callable, Mapping
 
-from ..cli import config_parent, open_store, since_arg
 from ..config import load_config
 from ..quarantine import Quarantine, QuarantineError, as_json, header_section
 from ..store import StoreError, utcnow
 from ..text import escape
 from ..units import parse_duration
+from . import config_parent, open_store, since_arg
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -15,12 +15,12 @@ import json
 import sys
 from typing import Any, Iterator
 
-from ..cli import config_parent, describe_failure, open_store, since_arg
 from ..config import ConfigError, load_config
 from ..ruleset import is_shipped
 from ..services import Services, build
 from ..store import StoreError
 from ..tuning import symbol_stats, symbol_table, symbols_toml, whatif
+from . import config_parent, describe_failure, open_store, since_arg
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

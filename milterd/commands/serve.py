@@ -7,8 +7,8 @@ import os
 import signal
 import sys
 
-from ..cli import config_parent
 from ..supervisor import serve
+from . import config_parent
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

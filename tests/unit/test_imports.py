@@ -2,18 +2,23 @@
 
 Every ``import`` statement counts, at module level and inside functions
 (an import under ``if TYPE_CHECKING:`` is for the type checker only and is
-left out).  Relative imports are resolved against the importing module.
+left out), and so does a module named in a string for importlib
+(``"milterd.commands.db:add_parser"``).  Relative imports are resolved against
+the importing module.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "milterd"
+#: A string naming one of the package's modules, optionally with ":function".
+DYNAMIC = re.compile(r"^milterd(\.\w+)+(:\w+)?$")
 
 #: Function-local imports that are meant, with the reason: (importing module, imported module) → why.
 ALLOWED_LOCAL: dict[tuple[str, str], str] = {
@@ -71,6 +76,12 @@ def edges(modules: dict[str, Path]) -> list[Edge]:
                 inner = local or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
                 if isinstance(child, ast.Import):
                     found.extend(Edge(name, alias.name, child.lineno, local) for alias in child.names)
+                elif isinstance(child, ast.Constant) and isinstance(child.value, str) and DYNAMIC.match(child.value):
+                    # A module named in a string ("milterd.commands.db:add_parser") is imported
+                    # by name (importlib): an edge like any other, hidden from the import statements.
+                    target = child.value.partition(":")[0]
+                    if target in modules:
+                        found.append(Edge(name, target, child.lineno, local))
                 elif isinstance(child, ast.ImportFrom):
                     stem, *names = _resolve(name, is_package, child)
                     submodules = [t for t in names if t in modules]
@@ -138,10 +149,12 @@ def test_the_reader_sees_imports_of_every_kind(tmp_path: Path) -> None:
     (pkg / "sub" / "__init__.py").write_text("from ..a import x\n")
     (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import y\n")
     (pkg / "b.py").write_text("def f():\n    from .sub import z\n")
+    (pkg / "c.py").write_text('LOADERS = {"b": "milterd.b:f"}\n')
     modules = {module_name_in(pkg, p): p for p in sorted(pkg.rglob("*.py"))}
     found = edges(modules)
     assert Edge("milterd.sub", "milterd.a", 1, False) in found
     assert Edge("milterd.b", "milterd.sub", 2, True) in found
+    assert Edge("milterd.c", "milterd.b", 1, False) in found
     assert not [e for e in found if e.source == "milterd.a" and e.target.startswith("milterd")]
     assert find_cycle(internal_graph(found, modules)) is None
     (pkg / "a.py").write_text("from .b import f\n")
