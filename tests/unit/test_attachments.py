@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tracemalloc
 import zipfile
 from email.message import EmailMessage
@@ -10,9 +11,11 @@ from pathlib import Path
 from typing import Iterator
 
 import libarchive
+import pytest
 
 from milterd.archives import Limits, archive_kind, list_archive, supported
 from milterd.checks.attachments import BANNED, DOUBLE, ENCRYPTED, LIMIT, MACRO, MISMATCH, Finding, hits_for, judge_content, judge_name
+from milterd.cli import main
 from milterd.filetypes import extensions, mismatch, ole_has_macros, sniff
 from milterd.mimeparts import attachments
 from milterd.model import Action
@@ -246,3 +249,17 @@ def test_encoded_and_continued_file_names_are_decoded_before_they_are_judged() -
     found = [(a.filename, a.data.read()) for a in attachments([raw])]
     assert found == [("r\u00e9sum\u00e9.pdf.exe", b"MZ\x90"), ("invoice.js", b"alert(1)")]
     assert [f.symbol for f in judge_name(found[0][0], BANNED_EXTS)] == [BANNED, DOUBLE]
+
+
+def test_milterd_check_shows_the_file_and_the_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "milter.conf"
+    checks = "".join(f"[checks.{name}]\nenabled = false\n" for name in ("dnsbl", "rdns", "helo", "sender", "spf", "headers", "uribl"))
+    conf.write_text(f'[rules]\ndir = ""\n[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = 0.2\n[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n{checks}')
+    eml = tmp_path / "nested.eml"
+    eml.write_bytes(mail(("invoice.zip", zipped({"inner.zip": zipped({"evil.exe": PE})}), "application/zip")))
+    status = main(["check", "-c", str(conf), "--client-ip", "192.0.2.10", "--json", str(eml)])
+    [result] = json.loads(capsys.readouterr().out)["messages"]
+    assert status == 17 and result["forced_by"] == "ATTACH_BANNED"
+    assert result["reply"] == "550 5.7.1 Attachment rejected: invoice.zip/inner.zip/evil.exe: banned extension .exe"
+    [banned] = [s for s in result["symbols"] if s["symbol"] == "ATTACH_BANNED"]
+    assert banned["detail"] == "invoice.zip/inner.zip/evil.exe: banned extension .exe"
