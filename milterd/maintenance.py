@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from . import greylist, quarantine
+from .checks import bayes
 
 if TYPE_CHECKING:
     from .services import Services
@@ -37,10 +38,15 @@ def _quarantine_interval(services: "Services") -> float:
     return 3600 if services.config.quarantine.retention else 0
 
 
+def _learner_interval(services: "Services") -> float:
+    return services.config.learner.expiry_interval if services.config.learner.enabled else 0
+
+
 #: Every housekeeping job the supervisor runs.
 JOBS: tuple[Job, ...] = (
     Job("greylist-purge", _greylist_interval, greylist.purge_job),
     Job("quarantine-retention", _quarantine_interval, quarantine.retention_job),
+    Job("learner-expiry", _learner_interval, bayes.expiry_job),
 )
 
 

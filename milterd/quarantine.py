@@ -32,8 +32,10 @@ from typing import Any, Iterable, Iterator
 
 from . import reinject
 from .config import Config
+from .learner.tokenizer import hashed_tokens, message_digest
 from .scanners.spamd import SpamdClient
 from .store import Store, StoreError, utcnow
+from .store.learner import Label, LearnerStore
 from .store.quarantine import QuarantineStore
 from .text import escape
 
@@ -310,14 +312,46 @@ class Quarantine:
         report.delivered = {r: f"released from the hold queue ({row['queue_id']})" for r in row["recipients"] or []}
         return report
 
+    def learn(self, row: dict[str, Any], label: Label) -> str:
+        """Teach milterd's classifier that *row*'s message is *label*; say what happened.
+
+        StoreError when the store refuses it.
+        """
+        if not self.config.learner.enabled:
+            return "[learner] is off: milterd's classifier did not learn it"
+        raw = self.message_bytes(row)
+        outcome = LearnerStore(self.store.engine).learn(message_digest(raw), hashed_tokens(raw[: self.config.learner.max_size]), label)
+        return f"milterd's classifier: {label} {outcome}"
+
+    def confirm(self, row_id: int) -> list[str]:
+        """Confirm a quarantined message as spam: milterd's classifier learns it (and spamd, when enabled).
+
+        Returns what was done; QuarantineError for an unknown id, StoreError when the store refuses it.
+        """
+        row = self.get(row_id)
+        notes = [self.learn(row, "spam")]
+        spamd = self.config.spamd
+        if spamd.enabled and row["size"] <= spamd.max_size:
+            try:
+                SpamdClient(spamd.address, timeout=spamd.timeout).tell(self.message_bytes(row), "spam")
+                notes.append("spamd learned it as spam")
+            except Exception as exc:  # noqa: BLE001 - ScannerError: the classifier has learned it anyway
+                notes.append(f"spamd could not learn it as spam: {exc}")
+        return notes
+
     def _learn_ham(self, row: dict[str, Any], report: ReleaseReport) -> None:
-        """Mark the log row as a false positive and, with spamd enabled, teach it (TELL)."""
+        """Mark the log row as a false positive and teach milterd's classifier and, with spamd enabled, spamd (TELL)."""
         if row.get("message_log_id") is not None:
             try:
                 self.repo.mark_ham(row["message_log_id"])
                 report.notes.append("log row marked released_as_ham")
             except StoreError as exc:
                 report.error = report.error or f"cannot mark the log row: {exc}"
+        try:
+            report.notes.append(self.learn(row, "ham"))
+            report.learned_ham = report.learned_ham or self.config.learner.enabled
+        except StoreError as exc:
+            report.error = report.error or f"milterd's classifier could not learn it as ham: {exc}"
         if not self.config.spamd.enabled:
             report.notes.append("spamd is not enabled: not learned")
             return

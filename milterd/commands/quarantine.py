@@ -43,10 +43,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     release.add_argument("ids", type=int, nargs="+", metavar="ID")
     release.add_argument("--to", action="append", metavar="ADDR", help="deliver to this recipient instead of the original ones; repeat for more")
     release.add_argument("--force", action="store_true", help="release again a message already released")
-    release.add_argument("--ham", action="store_true", help="a false positive: mark it in the log and teach spamd it is ham")
+    release.add_argument("--ham", action="store_true", help="a false positive: mark it in the log and teach milterd's classifier (and spamd, when enabled) it is ham")
     release.add_argument("--smtp", action="store_true", help="for held mail: re-inject the stored copy instead of 'postsuper -H'")
     release.add_argument("--by", metavar="WHO", help="who releases (default: your login at this host; through sudo, the user who ran sudo)")
     release.set_defaults(func=_run(run_release))
+
+    confirm = actions.add_parser("confirm", parents=[config_parent()], help="confirm messages as spam: milterd's classifier (and spamd, when enabled) learns them")
+    confirm.add_argument("ids", type=int, nargs="+", metavar="ID")
+    confirm.set_defaults(func=_run(run_confirm))
 
     remove = actions.add_parser("delete", parents=[config_parent()], help="delete messages from the quarantine")
     remove.add_argument("ids", type=int, nargs="+", metavar="ID")
@@ -182,6 +186,21 @@ def run_release(args: argparse.Namespace, quarantine: Quarantine) -> int:
         elif report.partial:
             print(f"{row_id}: partly released; retry the others with --force --to ADDR…", file=sys.stderr)
         failed = failed or not report.ok
+    return 1 if failed else 0
+
+
+def run_confirm(args: argparse.Namespace, quarantine: Quarantine) -> int:
+    """Learn each id as spam; one line per thing learned; status 1 when an id is unknown."""
+    failed = False
+    for row_id in args.ids:
+        try:
+            notes = quarantine.confirm(row_id)
+        except QuarantineError as exc:
+            print(f"milterd: {row_id}: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        for note in notes:
+            print(f"{row_id}: {note}")
     return 1 if failed else 0
 
 

@@ -1,14 +1,17 @@
 """A message as a bounded set of tokens, for the classifier.
 
-Tokens come from a few telling headers (Subject, From, Reply-To, the
-Content-Type, the mailer, the Message-ID's domain, the names of all headers)
-and from the decoded text and HTML parts (:func:`milterd.mimetext.extract`):
-lower-cased words of 3 to 20 characters, a ``skip:`` token for longer runs
-(SpamBayes' trick: the length class of a long word tells, the word does not),
-and the host names of links.  Headers milterd or other filters add on the way
-(``X-Spam-*``, ``X-Virus-*``, ``Authentication-Results``, ``Received``) are left
-out, so that a message learned from a mailbox after delivery gives the same
-tokens as the same message at end of data.
+Tokens come from the headers (the names of all of them; the words of the
+Subject, From, Reply-To, Content-Type, mailer and list headers; the
+Message-ID's domain; ``name:word`` tokens of every other header, Received
+included: the path a message took tells a lot) and from the decoded text and
+HTML parts (:func:`milterd.mimetext.extract`): lower-cased words of 3 to 20
+characters, a ``skip:`` token for longer runs (SpamBayes' trick: the length
+class of a long word tells, the word does not), and the host names of links.
+The verdict headers milterd or other filters add (``X-Spam-*``, ``X-Virus-*``,
+``Authentication-Results``) are left out: learning a filter's own opinion
+would only reinforce it.  (On the corpus's training folders, split in two,
+the other headers' words raised spam caught at 1 % of ham flagged from 84.8 %
+to 90.8 %: bench/RESULTS.md.)
 
 Everything is bounded whatever the input: at most :data:`MAX_INPUT` bytes of
 the message are parsed (a 30 MB base64 attachment is cut, never decoded
@@ -38,8 +41,11 @@ MAX_HEADER_SECTION = 64 * 1024
 
 _WORD = re.compile(r"[^\W_]+(?:['.\-][^\W_]+)*|[$€£%!]+")
 _HEADER_WORD = re.compile(r"[^\s,;:<>\"()\[\]]+")
+_OTHER_WORD = re.compile(r"[^\s,;:<>\"()\[\]=]+")
 _SKIPPED_PREFIXES = ("x-spam-", "x-virus-")
-_SKIPPED = frozenset({"received", "authentication-results", "return-path", "delivered-to", "x-original-to"})
+_SKIPPED = frozenset({"authentication-results"})
+#: Words kept per header for the ``name:word`` tokens of other headers.
+MAX_HEADER_WORDS = 40
 _WORD_HEADERS = ("subject", "from", "reply-to", "x-mailer", "user-agent", "content-type", "list-id", "precedence", "organization")
 
 
@@ -91,8 +97,10 @@ def header_tokens(fields: list[tuple[str, str]]) -> list[str]:
         elif name == "message-id":
             domain = value.rpartition("@")[2].strip("<> ").lower()
             tokens.append("mid:" + (domain[:60] or "none"))
-        elif name in ("to", "cc"):
-            tokens.append(f"{name}:count:{min(value.count('@'), 10)}")
+        else:
+            if name in ("to", "cc"):
+                tokens.append(f"{name}:count:{min(value.count('@'), 10)}")
+            tokens.extend(f"{name[:20]}:{w[:40]}" for w in _OTHER_WORD.findall(value.lower())[:MAX_HEADER_WORDS])
     return tokens
 
 

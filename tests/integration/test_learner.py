@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
+from milterd.config import DatabaseSection
+from milterd.store import Store
+from milterd.store.learner import LearnerStore
 from tests import conftest
 from tests.conftest import message, with_sections
 from tests.harness import pgdb
+from tests.harness.milterd import write_config
 
 #: Every other check off where the fixture exists: only the classifier (and the rules below) score.
 NO_CHECKS: dict[str, dict[str, Any]] = getattr(conftest, "NO_CHECKS", {})
@@ -111,3 +117,49 @@ def test_two_instances_share_one_postgresql_model(make_stack: Callable[..., Any]
     assert "BAYES_99" in spam_status
     ham_row, _ = send_and_find(second, synthetic("ham", 1, 11)[0], "")
     assert symbols(ham_row) == {"BAYES_00"}, ham_row["symbols"]
+
+
+def quarantine_cli(stack: Any, *args: str) -> Any:
+    """``milterd quarantine ARGS`` with the stack's configuration, releasing to its Postfix's re-injection socket."""
+    sections = {k: dict(v) for k, v in stack.milterd.sections.items()}
+    sections["quarantine"] = {"release_smtp": f"unix:{stack.postfix.reinject_socket}", "postfix_config": str(stack.postfix.etc)}
+    path = write_config(stack.milterd.root / f"cli-{uuid.uuid4().hex[:8]}.conf", sections)
+    return subprocess.run([sys.executable, "-m", "milterd", "-c", str(path), "quarantine", *args], capture_output=True, text=True, timeout=120)
+
+
+def model(stack: Any) -> tuple[int, int]:
+    """(spam, ham) messages the stack's model holds, read as ``milterd learn`` reports it."""
+    store = Store(DatabaseSection(url=stack.milterd.sections["database"]["url"]))
+    try:
+        totals = LearnerStore(store.engine).totals()
+    finally:
+        store.close()
+    return totals.spam, totals.ham
+
+
+def test_quarantine_confirm_learns_spam_and_release_ham_learns_ham(make_stack: Callable[..., Any]) -> None:
+    rules = {"q.toml": '[[rule]]\nname = "TEST_QUARANTINE"\nheader = "Subject"\nregex = "QUARANTINE-ME"\nscore = 13\n'}
+    stack = make_stack(learner(), rules)
+    ids = []
+    for raw in synthetic("spam", 2, 21, subject_tag="QUARANTINE-ME "):
+        assert stack.send(raw) == {}
+        subject = next(line for line in raw.decode().split("\r\n") if line.startswith("Subject: "))[9:]
+        listed = json.loads(quarantine_cli(stack, "list", "--json").stdout)
+        ids.append(next(r["id"] for r in listed if r["subject"] == subject))
+    assert model(stack) == (0, 0)
+
+    confirmed = quarantine_cli(stack, "confirm", str(ids[0]))
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert f"{ids[0]}: milterd's classifier: spam learned" in confirmed.stdout
+    assert model(stack) == (1, 0)
+
+    released = quarantine_cli(stack, "release", "--ham", str(ids[1]))
+    assert released.returncode == 0, released.stderr
+    assert f"{ids[1]}: milterd's classifier: ham learned" in released.stdout
+    assert model(stack) == (1, 1)
+    # Confirmed after all: the counts move, nothing is counted twice.
+    moved = quarantine_cli(stack, "confirm", str(ids[1]))
+    assert "spam moved" in moved.stdout, moved.stdout
+    assert model(stack) == (2, 0)
+    unknown = quarantine_cli(stack, "confirm", "999999")
+    assert unknown.returncode == 1 and "999999" in unknown.stderr

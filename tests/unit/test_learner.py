@@ -11,11 +11,13 @@ from typing import Iterator
 
 import pytest
 
+from milterd.checks.bayes import expiry_job
 from milterd.cli import main
-from milterd.config import DatabaseSection
+from milterd.config import Config, DatabaseSection
 from milterd.learner import classifier as cl
 from milterd.learner.cache import TokenCache
 from milterd.learner.tokenizer import MAX_INPUT, hashed_tokens, message_digest, token_hash, tokenize
+from milterd.services import Services
 from milterd.store import Store
 from milterd.store.learner import CHUNK, LearnerStore
 
@@ -39,10 +41,12 @@ def test_tokens_from_headers_text_html_and_links() -> None:
     assert "hidden" not in tokens  # scripts are not text
 
 
-def test_headers_added_on_the_way_do_not_change_tokens_or_digest() -> None:
-    delivered = b"Received: from mx (mx [192.0.2.1])\r\nX-Spam-Status: No, score=1.0\r\nX-Spam-Score: 1.0\r\n" + HAM
-    assert tokenize(delivered) == tokenize(HAM)
-    assert message_digest(delivered) == message_digest(HAM)
+def test_verdict_headers_are_not_tokens_and_added_headers_keep_the_digest() -> None:
+    verdicts = b"X-Spam-Status: Yes, score=9.0\r\nX-Spam-Score: 9.0\r\nX-Virus-Status: Clean\r\nAuthentication-Results: mx; spf=pass\r\n"
+    assert tokenize(verdicts + HAM) == tokenize(HAM)
+    received = b"Received: from relay.example.net (relay.example.net [192.0.2.1])\r\n"
+    assert "received:relay.example.net" in tokenize(received + HAM)
+    assert message_digest(received + verdicts + HAM) == message_digest(HAM)
     assert message_digest(HAM.replace(b"\r\n", b"\n")) == message_digest(HAM)
     assert message_digest(HAM.replace(b"usual", b"other")) != message_digest(HAM)
 
@@ -217,3 +221,17 @@ def test_learn_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert gone["forgotten"] == 1 and gone["unknown"] == 1 and gone["model"] == {"spam": 1, "ham": 3}
     missing = learn("--spam", str(tmp_path / "nowhere"))
     assert missing["unreadable"] == 1 and missing["errors"]
+
+
+def test_expiry_job_uses_the_configuration(tmp_path: Path) -> None:
+    config = Config.model_validate({"database": {"url": f"sqlite:///{tmp_path / 's.sqlite'}"}, "learner": {"token_expiry": "30d", "max_tokens": 2}})
+    services = Services(config=config)
+    services.store.upgrade()
+    repo = LearnerStore(services.store.engine)
+    now = dt.datetime.now(dt.timezone.utc)
+    repo.learn("old", [1], "spam", now=now - dt.timedelta(days=60))
+    repo.learn("new", [2, 3, 4], "ham", now=now)
+    assert expiry_job(services) == "2 tokens expired"  # token 1 (rare, old), then one beyond max_tokens
+    assert len(repo.counts([1, 2, 3, 4])) == 2
+    assert expiry_job(services) == ""
+    services.close()
