@@ -5,19 +5,30 @@ The chain's result and its sealers (ARC-Seal ``d=``, oldest first) go to
 in ``[checks.arc] trusted_sealers`` override its failure, and
 Authentication-Results reports ``arc=``.  Keys are looked up through
 milterd's resolver.
+
+With ``seal``, :class:`ArcSealer` adds milterd's own ARC set to accepted
+mail, attesting the Authentication-Results milterd wrote, so that the next
+hop of a forwarder or list host can trust them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import dkim
 
-from ..model import Envelope, Hit, Session
-from . import Hits, Symbol
+from ..authresults import authserv_id_of
+from ..config import ConfigError
+from ..dkimsign import parse_key
+from ..model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
+from . import Check, Hits, Symbol
 from .dkim import DnsRecorder, QuietLogger
 from .switches import ConfiguredCheck
+
+if TYPE_CHECKING:
+    from ..services import Services
 
 STATE = "arc"
 
@@ -86,4 +97,84 @@ class Arc(ConfiguredCheck):
         return [Hit("ARC_FAIL", detail=f"{chain}: {result.reason}"[:200])]
 
 
-CHECKS = (Arc,)
+def message_for_seal(envelope: Envelope, authserv_id: str, results: str) -> bytes:
+    """The message as it will leave: our Authentication-Results on top, forged ones claiming our id gone."""
+    raws = envelope.raw_headers if len(envelope.raw_headers) == len(envelope.headers) else None
+    lines = [b"Authentication-Results: " + results.encode("utf-8") + b"\r\n"]
+    for index, (name, value) in enumerate(envelope.headers):
+        if name.lower() == "authentication-results" and authserv_id_of(value.decode("utf-8", "replace")) == authserv_id.lower():
+            continue
+        line = raws[index] if raws is not None else name.encode("ascii", "replace") + b": " + value
+        lines.append(line.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n")
+    return b"".join(lines) + b"\r\n" + envelope.spool.read()
+
+
+def seal(message: bytes, domain: str, selector: str, key: bytes, authserv_id: str) -> list[tuple[str, str]]:
+    """The next ARC set for *message* as (name, value) pairs, values folded with LF; [] when the chain ended."""
+    arc = dkim.ARC(message, logger=QuietLogger())
+    include = [h for h in arc.default_sign_headers() if not h.lower().startswith((b"x-spam-", b"x-virus-"))]
+    lines = arc.sign(selector.encode("ascii"), domain.encode("ascii"), key, authserv_id.encode("utf-8"), include_headers=include)
+    pairs = []
+    for line in lines:
+        name, _, value = line.partition(b":")
+        pairs.append((name.decode("ascii"), value.strip().decode("ascii").replace("\r\n", "\n")))
+    return pairs
+
+
+class ArcSealer(Check):
+    """Seals accepted mail with milterd's ARC set (``[checks.arc] seal``)."""
+
+    name: ClassVar[str] = "arc_seal"
+    description: ClassVar[str] = "ARC-seals accepted mail with the key of [checks.arc] seal_key_file"
+    order: ClassVar[int] = 9_000  # after Authentication-Results, before DKIM signing
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol("ARC_SEALED", 0.0, "milterd added its ARC set to the message"),
+        Symbol("ARC_SEAL_ERROR", 0.0, "milterd should have sealed the message but could not (the log says why)"),
+    )
+
+    def __init__(self, services: "Services") -> None:
+        super().__init__(services)
+        options = services.config.checks.arc
+        self.applies_to_trusted = not options.skip_trusted  # type: ignore[misc]
+        self.applies_to_authenticated = not options.skip_authenticated  # type: ignore[misc]
+        where = services.config.path or Path("milter.conf")
+        for key in ("seal_domain", "seal_selector", "seal_key_file"):
+            if not getattr(options, key):
+                raise ConfigError(where, f"[checks.arc] {key}", "needed when seal = true")
+        path = (services.config.path.parent if services.config.path else Path.cwd()) / options.seal_key_file
+        try:
+            algorithm, self.key = parse_key(path.read_bytes())
+        except OSError as exc:
+            raise ConfigError(where, "[checks.arc] seal_key_file", f"cannot read {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ConfigError(where, "[checks.arc] seal_key_file", f"{path}: {exc}") from None
+        if algorithm != "rsa":
+            raise ConfigError(where, "[checks.arc] seal_key_file", f"{path}: ARC seals with RSA keys only")
+
+    @classmethod
+    def enabled(cls, services: "Services") -> bool:
+        options = services.config.checks.arc
+        return bool(options.enabled and options.seal)
+
+    def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
+        results = envelope.state.get("authentication_results")
+        if results is None or verdict.action not in (Action.ACCEPT, Action.ADD_HEADER):
+            return verdict  # nothing attested, or refused, held or about to have its Subject rewritten
+        options = self.services.config.checks.arc
+        authserv_id = authserv_id_of(results)
+        try:
+            arc_set = seal(message_for_seal(envelope, authserv_id, results), options.seal_domain, options.seal_selector, self.key, authserv_id)
+        except Exception as exc:  # noqa: BLE001 - an unsealed message is delivered; the log says why
+            return _with_hit(verdict, "ARC_SEAL_ERROR", f"{type(exc).__name__}: {exc}"[:200])
+        if not arc_set:
+            return _with_hit(verdict, "ARC_SEAL_ERROR", "the chain ended (an earlier set failed)")
+        for name, value in reversed(arc_set):
+            envelope.edits.append(HeaderEdit("insert", name, value, 0))
+        return _with_hit(verdict, "ARC_SEALED", f"d={options.seal_domain} s={options.seal_selector}")
+
+
+def _with_hit(verdict: Verdict, symbol: str, detail: str) -> Verdict:
+    return replace(verdict, symbols={**verdict.symbols, symbol: 0.0}, details={**verdict.details, symbol: detail})
+
+
+CHECKS: tuple[type[Check], ...] = (Arc, ArcSealer)

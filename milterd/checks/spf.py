@@ -119,6 +119,7 @@ class Spf(ConfiguredCheck):
                     self.authserv_id, auth_user=session.auth_user, spf=state.get(_STATE), dkim=state.get("dkim"), dmarc=state.get("dmarc"), arc=state.get("arc")
                 )
                 envelope.edits.append(HeaderEdit("insert", "Authentication-Results", value, 0))
+                envelope.state["authentication_results"] = value  # what an ARC seal attests
         return verdict
 
 

@@ -45,6 +45,7 @@ def keys() -> dict[str, bytes]:
         "otherlist": dkimsign.generate("rsa", 2048),
         "out_rsa": dkimsign.generate("rsa", 2048),
         "out_ed": dkimsign.generate("ed25519").strip(),
+        "seal": dkimsign.generate("rsa", 2048),
     }
 
 
@@ -62,6 +63,7 @@ def local_dns(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, bytes]) 
         txt("arc._domainkey.otherlist.test", dkimsign.public_record("rsa", keys["otherlist"])),
         txt("rsa1._domainkey.out.test", dkimsign.public_record("rsa", keys["out_rsa"])),
         txt("ed1._domainkey.out.test", dkimsign.public_record("ed25519", keys["out_ed"])),
+        txt("arc._domainkey.seal.test", dkimsign.public_record("rsa", keys["seal"])),
     ]
     server = LocalDns(tmp_path_factory.mktemp("dns"), data, {}).start()
     yield server
@@ -71,12 +73,12 @@ def local_dns(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, bytes]) 
 @pytest.fixture(scope="module")
 def stack(make_stack: Callable[..., Stack], local_dns: LocalDns, keys: dict[str, bytes], tmp_path_factory: pytest.TempPathFactory) -> Stack:
     key_dir = tmp_path_factory.mktemp("dkimkeys")
-    for name in ("out_rsa", "out_ed"):
+    for name in ("out_rsa", "out_ed", "seal"):
         dkimsign.write_private(key_dir / f"{name}.key", keys[name])
     sections: dict[str, dict[str, Any]] = {
         "dns": {"nameservers": [local_dns.nameserver], "timeout": 3.0},
         "milter": {"authserv_id": "mx.test"},
-        "checks": {"arc": {"trusted_sealers": ["list.test"]}},
+        "checks": {"arc": {"trusted_sealers": ["list.test"], "seal": True, "seal_domain": "seal.test", "seal_selector": "arc", "seal_key_file": str(key_dir / "seal.key")}},
         "dkim_signing": {
             "enabled": True,
             "keys": [
@@ -213,6 +215,20 @@ def test_mail_from_an_unauthenticated_client_is_not_signed(stack: Stack) -> None
     stack.send(message("dkim not signed", sender="carol@out.test"), sender="carol@out.test", xclient=CLIENT)
     assert delivered(stack, "dkim not signed").header("DKIM-Signature") == []
 
+
+
+def test_accepted_mail_is_arc_sealed_over_our_authentication_results(stack: Stack, local_dns: LocalDns, keys: dict[str, bytes]) -> None:
+    stack.send(message("arc seal", sender="alice@loose.test"), sender="alice@loose.test", xclient=CLIENT)
+    stack.send(list_message("arc seal list", keys, "list.test", keys["list"]), sender="bounces@list.test", xclient=CLIENT)
+    lookup = sink_lookup(local_dns)
+    for subject, instances in (("arc seal", 1), ("[list] arc seal list", 2)):
+        found = delivered(stack, subject)
+        cv, results, reason = dkim.arc_verify(found.data, dnsfunc=lookup)
+        assert cv == dkim.CV_Pass, reason
+        assert len(results) == instances and results[0]["as-domain"] == b"seal.test"
+        [aar] = [v for v in found.header("ARC-Authentication-Results") if v.startswith(f"i={instances};")]
+        assert "mx.test" in aar and "dmarc=" in aar
+        assert row_for(stack, subject)["details"]["ARC_SEALED"] == "d=seal.test s=arc"
 
 
 def test_doctor_checks_that_the_published_record_matches_the_key(tmp_path_factory: pytest.TempPathFactory, local_dns: LocalDns, keys: dict[str, bytes]) -> None:

@@ -253,3 +253,14 @@ def test_unreadable_or_bad_key_file_is_refused_with_file_key_and_reason(tmp_path
         with pytest.raises(ConfigError) as info:
             build_services(load_config(conf))
         assert str(info.value).startswith(f"{conf.resolve()}: [dkim_signing] keys[0].key_file: ") and reason in str(info.value)
+
+
+def test_arc_sealing_needs_its_domain_selector_and_an_rsa_key(tmp_path: Path) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text("[checks.arc]\nseal = true\n")
+    with pytest.raises(ConfigError, match=r"\[checks.arc\] seal_domain: needed when seal = true"):
+        build_services(load_config(conf))
+    (tmp_path / "ed.key").write_bytes(dkimsign.generate("ed25519"))
+    conf.write_text('[checks.arc]\nseal = true\nseal_domain = "a.test"\nseal_selector = "arc"\nseal_key_file = "ed.key"\n')
+    with pytest.raises(ConfigError, match=r"\[checks.arc\] seal_key_file: .*RSA keys only"):
+        build_services(load_config(conf))
