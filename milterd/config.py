@@ -191,23 +191,6 @@ class ArcChecks(_CheckSwitches):
     seal_key_file: str = Field("", description="The RSA private key (PEM) that seals, relative to this file ('milterd dkim keygen' writes one).")
 
 
-class DkimChecks(_CheckSwitches):
-    max_signatures: int = Field(5, ge=0, le=50, description="Most DKIM signatures verified per message (topmost first); the rest are ignored.")
-    min_key_bits: int = Field(1024, ge=512, description="Smallest RSA key accepted: a signature made with a smaller key is a permerror (DKIM_INVALID).")
-    max_size: Size = Field(10 * 1024 * 1024, description="Larger messages are not verified (DKIM_NONE with the reason in the log).")
-
-
-class DmarcChecks(_CheckSwitches):
-    reject_action: Literal["reject", "quarantine", "score"] = Field("reject", description="A DMARC failure under p=reject: reject with 550 5.7.1 naming the From domain, quarantine, or only score DMARC_FAIL_REJECT.")
-    quarantine_action: Literal["reject", "quarantine", "score"] = Field("quarantine", description="A DMARC failure under p=quarantine: quarantine, reject, or only score DMARC_FAIL_QUARANTINE.")
-    public_suffix_list: str = Field("", description="Public Suffix List file that finds organizational domains; empty uses the publicsuffixlist package's copy (update it with 'python -m publicsuffixlist.update').")
-
-
-class ArcChecks(_CheckSwitches):
-    trusted_sealers: list[str] = Field([], description="Domains (ARC-Seal d=) of mailing lists and forwarders whose passing ARC chain overrides a DMARC failure, as Gmail and Rspamd do.")
-    min_key_bits: int = Field(1024, ge=512, description="Smallest RSA key accepted in an ARC chain.")
-
-
 class HeaderChecks(_CheckSwitches):
     date_future: Duration = Field(12 * 3600.0, description="A Date further than this in the future scores HDR_DATE_FUTURE.")
     date_past: Duration = Field(7 * 86400.0, description="A Date further than this in the past scores HDR_DATE_PAST.")
