@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -29,6 +30,8 @@ except (ImportError, OSError):  # OSError: the Python package without the shared
 #: Extensions of archives that are opened even when their first bytes do not say so.
 _ARCHIVE_EXTENSIONS = {"zip": "zip", "rar": "rar", "7z": "7z", "tar": "tar", "cab": "cab"}
 _CHUNK = 65536
+#: What reading one zip member may raise (unsupported method, bad data or CRC, a password needed).
+_MEMBER_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, ValueError, zlib.error)
 #: Nested archives up to this size stay in memory while they are listed.
 _MEMORY = 1024 * 1024
 
@@ -125,7 +128,13 @@ def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
                 listing.entries.append(Entry(member, True, b""))
                 listing.encrypted.append(member)
                 continue
-            head = _read_head(archive, info, budget)
+            try:
+                head = _read_head(archive, info, budget)
+            except _MEMBER_ERRORS as exc:
+                # One unreadable member (deflate64, a bad CRC) leaves the other names to judge.
+                listing.entries.append(Entry(member, False, b""))
+                listing.errors.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
+                continue
             listing.entries.append(Entry(member, False, head))
             inner = archive_kind(info.filename, head)
             if inner is None:
@@ -136,8 +145,12 @@ def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
             if info.file_size > budget.size:
                 listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
                 continue
-            with archive.open(info) as stream:
-                nested = _copy_bounded(stream, budget)
+            try:
+                with archive.open(info) as stream:
+                    nested = _copy_bounded(stream, budget)
+            except _MEMBER_ERRORS as exc:
+                listing.errors.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
+                continue
             if nested is None:
                 listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
                 continue

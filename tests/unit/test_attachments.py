@@ -263,3 +263,14 @@ def test_milterd_check_shows_the_file_and_the_rule(tmp_path: Path, capsys: pytes
     assert result["reply"] == "550 5.7.1 Attachment rejected: invoice.zip/inner.zip/evil.exe: banned extension .exe"
     [banned] = [s for s in result["symbols"] if s["symbol"] == "ATTACH_BANNED"]
     assert banned["detail"] == "invoice.zip/inner.zip/evil.exe: banned extension .exe"
+
+
+def test_an_unreadable_member_leaves_the_other_names_to_judge() -> None:
+    data = bytearray(zipped({"first.exe": PE, "second.js": b"x"}, zipfile.ZIP_STORED))
+    # Mark the first member as deflate64 (method 9), which zipfile cannot decompress.
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        at = data.find(signature) + offset
+        data[at] = 9
+    listing = list_archive("odd.zip", io.BytesIO(bytes(data)), "zip", Limits())
+    assert [e.path for e in listing.entries] == ["odd.zip/first.exe", "odd.zip/second.js"]
+    assert listing.errors == ["odd.zip/first.exe: unreadable member (NotImplementedError: That compression method is not supported)"]
