@@ -41,6 +41,15 @@ def forged_indexes(headers: list[tuple[str, bytes]], authserv_id: str) -> list[i
     return sorted(found, reverse=True)
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,253}")
+
+
+def _token(text: str) -> str | None:
+    # Property values come from the message (d=, s=, From): anything but a
+    # plain name is left out rather than written into our header.
+    return text if _TOKEN.fullmatch(text) else None
+
+
 def _reason(text: str) -> str | None:
     # authres quotes the reason; a quote or backslash inside it would end it early.
     cleaned = "".join(c for c in text if c.isprintable() and c not in '"\\')[:120]
@@ -75,17 +84,17 @@ def build(
                 authres.DKIMAuthenticationResult(
                     result=sig.result,
                     reason=_reason(sig.reason) if sig.result != "pass" else None,
-                    header_d=sig.domain or None,
-                    header_s=sig.selector or None,
+                    header_d=_token(sig.domain),
+                    header_s=_token(sig.selector),
                 )
             )
     if arc is not None:
-        results.append(authres.arc.ARCAuthenticationResult(result=arc.result, header_as_d=arc.sealers[-1] if arc.sealers else None))
+        results.append(authres.arc.ARCAuthenticationResult(result=arc.result, header_as_d=_token(arc.sealers[-1]) if arc.sealers else None))
     if dmarc is not None:
         results.append(
             authres.dmarc.DMARCAuthenticationResult(
                 result=dmarc.result,
-                header_from=dmarc.domain or None,
+                header_from=_token(dmarc.domain),
                 policy=dmarc.policy.upper() if dmarc.result in ("pass", "fail") else None,
             )
         )

@@ -81,7 +81,10 @@ class QuietLogger(logging.Logger):
 
 def verify_all(message: bytes, dnsfunc: DnsRecorder, max_signatures: int, min_key_bits: int) -> list[SignatureResult]:
     """Verify the first *max_signatures* DKIM signatures of *message* (topmost first)."""
-    verifier = dkim.DKIM(message, logger=QuietLogger(), minkey=min_key_bits)
+    try:
+        verifier = dkim.DKIM(message, logger=QuietLogger(), minkey=min_key_bits)
+    except Exception as exc:  # noqa: BLE001 - a message dkimpy cannot parse: its signatures cannot verify
+        return [SignatureResult("", "", "permerror", f"unparsable message: {type(exc).__name__}: {exc}"[:200])]
     count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
     results = []
     for index in range(min(count, max_signatures)):
@@ -157,6 +160,9 @@ class Dkim(ConfiguredCheck):
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         options = self.options
+        if not envelope.header_count("DKIM-Signature"):
+            envelope.state[STATE] = []
+            return [Hit("DKIM_NONE")]
         if envelope.size > options.max_size:
             return [Hit("DKIM_NONE", detail=f"not verified: size {envelope.size} > {options.max_size}")]
         resolver = self.services.resolver

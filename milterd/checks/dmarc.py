@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 from dataclasses import dataclass
 from email.utils import getaddresses
 from typing import Any, ClassVar, Literal
@@ -31,6 +32,7 @@ from .switches import ConfiguredCheck
 STATE = "dmarc"
 Policy = Literal["none", "quarantine", "reject"]
 _MILDER: dict[str, Policy] = {"reject": "quarantine", "quarantine": "none", "none": "none"}
+_DOMAIN = re.compile(r"[\w-]{1,63}(\.[\w-]{1,63})*")
 
 
 @functools.lru_cache(maxsize=4)
@@ -69,7 +71,9 @@ def from_domain(value: str | None) -> str | None:
     domains.discard("")
     if len(domains) != 1:
         return None
-    return domains.pop()
+    domain = domains.pop()
+    # Only a name that can be a domain: it goes into DNS queries, a reply and a header.
+    return domain if _DOMAIN.fullmatch(domain) else None
 
 
 @dataclass(frozen=True)

@@ -264,3 +264,11 @@ def test_arc_sealing_needs_its_domain_selector_and_an_rsa_key(tmp_path: Path) ->
     conf.write_text('[checks.arc]\nseal = true\nseal_domain = "a.test"\nseal_selector = "arc"\nseal_key_file = "ed.key"\n')
     with pytest.raises(ConfigError, match=r"\[checks.arc\] seal_key_file: .*RSA keys only"):
         build_services(load_config(conf))
+
+
+def test_values_from_the_message_never_break_our_header() -> None:
+    hostile = SignatureResult('a.test" ; dkim=pass', "s (x)", "fail", "bad\r\nsig")
+    value = build("mx.test", dkim=[hostile], dmarc=Evaluation("fail", "b.test;dmarc=pass", "reject", "reject"))
+    assert value.count(";") == 2 and "\r" not in value and "\n" not in value
+    assert "header.d" not in value and "header.from" not in value
+    assert from_domain("x@[192.0.2.1]") is None and from_domain("Ann <ann@Bücher.test>") == "bücher.test"
