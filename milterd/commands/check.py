@@ -19,17 +19,22 @@ import argparse
 import ipaddress
 import json
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..config import Config, load_config
+from ..learner.classifier import Counts
 from ..model import Action
 from ..offline import Client, Judgement, MessageRef, judge, sources
 from ..pipeline import Pipeline
 from ..services import Services, build
+from ..store import Store
+from ..store.learner import LearnerStore
 from ..tuning import Judged, configured_thresholds, forced_action, mass_report, symbol_table
 from . import config_parent
+from .learn import prepare
 
 #: Exit status of a run whose most severe action is this one.
 EXIT_BASE = 10
@@ -55,6 +60,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--auth-user", metavar="USER", default="", help="act as if the client authenticated as USER")
     parser.add_argument("--ham", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="mass check: folders or mboxes of ham")
     parser.add_argument("--spam", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="mass check: folders or mboxes of spam")
+    parser.add_argument("--train-ham", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="mass check with a scratch classifier model learned from these ham folders first (the live store is never touched)")
+    parser.add_argument("--train-spam", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="the same, spam folders to learn into the scratch model")
     parser.add_argument("--progress", choices=["auto", "always", "never"], default="auto", help="progress bar on stderr (auto: on a terminal, from 20 messages)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.set_defaults(func=run_check)
@@ -76,6 +83,21 @@ def run_check(args: argparse.Namespace) -> int:
         print("milterd: check: give either message files or --ham/--spam folders, not both", file=sys.stderr)
         return 2
     config = offline_config(load_config(args.config))
+    if args.train_ham or args.train_spam:
+        if not (args.train_ham and args.train_spam and mass):
+            print("milterd: check: --train-ham and --train-spam go together, with --ham/--spam folders to test", file=sys.stderr)
+            return 2
+        with tempfile.TemporaryDirectory(prefix="milterd-scratch-") as scratch:
+            config = config.with_changes({"database.url": f"sqlite:///{Path(scratch) / 'model.sqlite'}", "learner.enabled": True})
+            trained = train_scratch_model(config, args.train_ham, args.train_spam)
+            print(f"scratch model: learned {trained.spam} spam and {trained.ham} ham (the live store is not touched)", file=sys.stderr)
+            if trained.spam < config.learner.min_spam or trained.ham < config.learner.min_ham:
+                print(f"milterd: check: fewer than [learner] min_spam/min_ham ({config.learner.min_spam}/{config.learner.min_ham}) learned: the classifier abstains", file=sys.stderr)
+            return _check_with(args, config, mass)
+    return _check_with(args, config, mass)
+
+
+def _check_with(args: argparse.Namespace, config: Config, mass: bool) -> int:
     services = build(config)
     pipeline = Pipeline(services, keep_log=False)
     client = Client(args.client_ip, args.client_name, args.helo, args.sender, list(args.recipients), args.auth_user)
@@ -86,6 +108,24 @@ def run_check(args: argparse.Namespace) -> int:
     finally:
         pipeline.shutdown()
         services.close()
+
+
+def train_scratch_model(config: Config, ham: Iterable[Path], spam: Iterable[Path]) -> Counts:
+    """Create *config*'s (scratch) store and teach its classifier the given folders; the totals learned."""
+    store = Store(config.database)
+    try:
+        store.upgrade()
+        repository = LearnerStore(store.engine)
+        for label, folders in (("ham", ham), ("spam", spam)):
+            refs, problems = _collect(folders)
+            for problem in problems:
+                print(f"milterd: {problem}", file=sys.stderr)
+            for ref in refs:
+                digest, tokens = prepare(ref.load(), config.learner.max_size)
+                repository.learn(digest, tokens, "spam" if label == "spam" else "ham")
+        return repository.totals()
+    finally:
+        store.close()
 
 
 def offline_config(config: Config) -> Config:

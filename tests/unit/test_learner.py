@@ -5,15 +5,16 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import sqlite3
 import tracemalloc
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from milterd.checks.bayes import expiry_job
 from milterd.cli import main
-from milterd.config import Config, DatabaseSection
+from milterd.config import ChecksSection, Config, DatabaseSection
 from milterd.learner import classifier as cl
 from milterd.learner.cache import TokenCache
 from milterd.learner.tokenizer import MAX_INPUT, hashed_tokens, message_digest, token_hash, tokenize
@@ -235,3 +236,32 @@ def test_expiry_job_uses_the_configuration(tmp_path: Path) -> None:
     assert len(repo.counts([1, 2, 3, 4])) == 2
     assert expiry_job(services) == ""
     services.close()
+
+
+# --- milterd check --train-ham/--train-spam ------------------------------------------
+def test_check_trains_a_scratch_model_and_never_touches_the_live_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    live = tmp_path / "live.sqlite"
+    checks = "\n".join(f"[checks.{name}]\nenabled = false" for name in ChecksSection.model_fields)
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{live}"\n[rules]\ndir = ""\n[actions]\nadd_header = 3.0\n[learner]\nmin_spam = 5\nmin_ham = 5\n{checks}\n')
+    folders = {}
+    for name, words, count in (("train-spam", "cheap pills casino lottery prize winner", 8), ("train-ham", "meeting agenda budget minutes review draft", 8),
+                               ("spam", "cheap pills casino lottery prize winner", 3), ("ham", "meeting agenda budget minutes review draft", 3)):
+        folder = folders[name] = tmp_path / name
+        folder.mkdir()
+        for n in range(count):
+            body = " ".join(words.split()[(n + k) % 6] for k in range(30))
+            (folder / f"{n}.eml").write_bytes(mail(f"{body} {name} {n}\r\n".encode(), mid=f"<{name}{n}@x>"))
+
+    def report(*train: str) -> dict[str, Any]:
+        capsys.readouterr()
+        assert main(["check", "-c", str(conf), "--json", "--ham", str(folders["ham"]), "--spam", str(folders["spam"]), *train]) == 0
+        result: dict[str, Any] = json.loads(capsys.readouterr().out)
+        return result["overall"]
+
+    untrained = report()
+    assert untrained["spam"]["flagged"] == 0  # no model: the classifier abstains
+    trained = report("--train-ham", str(folders["train-ham"]), "--train-spam", str(folders["train-spam"]))
+    assert trained["spam"]["flagged"] == 3 and trained["ham"]["flagged"] == 0
+    # The untrained run found no schema in the live store (BAYES_ERROR, judged without it); training created none there.
+    assert not live.exists() or sqlite3.connect(live).execute("SELECT name FROM sqlite_master WHERE name LIKE 'learner%'").fetchall() == []
