@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import re
 import smtplib
-import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .endpoints import split_host_port, unix_path
+from .endpoints import connect, split_host_port, unix_path
 
 
 @dataclass(frozen=True)
@@ -56,14 +55,7 @@ class UnixSMTP(smtplib.SMTP):
 
     def connect(self, host: str = "localhost", port: int = 0, source_address: Any = None) -> tuple[int, bytes]:
         """Connect to the unix socket at *host* (a path) and read the banner."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(host)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+        self.sock = connect(path=host, timeout=self.timeout)
         self.file = None
         code, message = self.getreply()
         return code, message
@@ -185,18 +177,7 @@ def send(
 
 def probe(target: Target, timeout: float = 5.0) -> str:
     """The first line of the server's banner (then QUIT); OSError when it does not answer."""
-    if target.path:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(target.path)
-        except OSError:
-            sock.close()
-            raise
-    else:
-        sock = socket.create_connection((target.host, target.port), timeout=timeout)
-    with sock:
-        sock.settimeout(timeout)
+    with connect(target.host, target.port, target.path, timeout) as sock:
         banner = sock.recv(512).decode("ascii", "replace").strip()
         sock.sendall(b"QUIT\r\n")
     return banner.splitlines()[0] if banner else ""

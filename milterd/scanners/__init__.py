@@ -24,6 +24,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
+from .. import endpoints
 from ..endpoints import split_host_port, unix_path
 
 
@@ -73,19 +74,7 @@ def connect(address: Address, timeout: float) -> socket.socket:
     for 40 ms.
     """
     try:
-        if address.family == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            try:
-                sock.connect(address.path)
-            except BaseException:
-                sock.close()
-                raise
-        else:
-            sock = socket.create_connection((address.host, address.port), timeout=timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(timeout)
-        return sock
+        return endpoints.connect(address.host, address.port, address.path if address.family == "unix" else "", timeout, nodelay=True)
     except TimeoutError:
         raise ScannerError(f"{address}: connect timed out after {timeout:g}s") from None
     except OSError as exc:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
 from milterd.dns import parse_nameserver
-from milterd.endpoints import parse_listen, parse_port, parse_socket, split_host_port, unix_path
+from milterd.endpoints import connect, parse_listen, parse_port, parse_socket, split_host_port, unix_path
 from milterd.reinject import Target, parse_target
 from milterd.scanners import Address, parse_address
 
@@ -86,3 +89,20 @@ def test_the_settings_share_the_parser() -> None:
     assert parse_nameserver(" [::1] ") == ("::1", 53)
     with pytest.raises(ValueError):
         parse_nameserver("127.0.0.1:0")
+
+
+def test_connect_over_unix_and_tcp_and_refused(tmp_path: Path) -> None:
+    """One way to connect, used by the scanner clients and the re-injection client."""
+    path = str(tmp_path / "s.sock")
+    with socket.socket(socket.AF_UNIX) as unix_server, socket.create_server(("127.0.0.1", 0)) as tcp_server:
+        unix_server.bind(path)
+        unix_server.listen(1)
+        with connect(path=path, timeout=2) as sock:
+            assert sock.family == socket.AF_UNIX and sock.gettimeout() == 2
+        with connect("127.0.0.1", tcp_server.getsockname()[1], timeout=3, nodelay=True) as sock:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) and sock.gettimeout() == 3
+        port = tcp_server.getsockname()[1]
+    with pytest.raises(OSError):
+        connect("127.0.0.1", port, timeout=2)
+    with pytest.raises(OSError):
+        connect(path=str(tmp_path / "none.sock"), timeout=2)
