@@ -325,21 +325,6 @@ class SpamdSection(_ScannerSection):
 
 
 class LearnerSection(_Section):
-    enabled: bool = Field(True, description="Run milterd's own classifier (BAYES_* symbols), with its token counts in [database] shared by every worker and MX host; it stays silent until min_spam and min_ham messages are learned (milterd learn).")
-    min_spam: int = Field(200, ge=1, description="Spam messages that must be learned before the classifier scores anything (SpamAssassin's bayes_min_spam_num).")
-    min_ham: int = Field(200, ge=1, description="Ham messages that must be learned before the classifier scores anything (SpamAssassin's bayes_min_ham_num).")
-    max_size: Size = Field(256 * 1024, description="Bytes of a message the classifier reads (headers and the start of the body); the rest is not looked at.")
-    cache_size: int = Field(200000, ge=0, description="Token counts each worker keeps in memory, so that most lookups never reach the database; 0 is off.")
-    cache_ttl: Duration = Field(60.0, description="How long a worker reuses a cached count: what another worker or MX host learns is used within this time.")
-    autolearn_spam: Threshold = Field(False, description="Learn as spam every message scoring at or above this (the classifier's own BAYES_* score left out); false is off. Auto-learning drifts: keep it well above [actions] reject.")
-    autolearn_ham: Threshold = Field(False, description="Learn as ham every message scoring at or below this (the classifier's own BAYES_* score left out); false is off. Keep it well below 0.")
-    token_expiry: Duration = Field(180 * 86400.0, description="Tokens not learned for this long and seen in at most expiry_rare messages are deleted by the maintenance job.")
-    expiry_rare: int = Field(1, ge=0, description="Tokens seen in at most this many learned messages count as rare for token_expiry.")
-    max_tokens: int = Field(2000000, ge=0, description="Bound of the model: beyond this many tokens the least recently learned are deleted by the maintenance job; 0 is no bound.")
-    expiry_interval: Duration = Field(86400.0, description="How often the supervisor runs the token expiry job; 0 is never.")
-
-
-class LearnerSection(_Section):
     """milterd's own classifier (BAYES_* symbols), taught with `milterd learn` and the quarantine."""
 
     enabled: bool = Field(True, description="Run milterd's own classifier (BAYES_* symbols), with its token counts in [database] shared by every worker and MX host; it stays silent until min_spam and min_ham messages are learned (milterd learn).")
@@ -354,6 +339,8 @@ class LearnerSection(_Section):
     expiry_rare: int = Field(1, ge=0, description="Tokens seen in at most this many learned messages count as rare for token_expiry.")
     max_tokens: int = Field(2000000, ge=0, description="Bound of the model: beyond this many tokens the least recently learned are deleted by the maintenance job; 0 is no bound.")
     expiry_interval: Duration = Field(86400.0, description="How often the supervisor runs the token expiry job; 0 is never.")
+    skip_spamd_above: Threshold = Field(False, description="Tiers: with the classifier trained, a message whose score before spamd (the cheap checks and BAYES_*) is at or above this is not sent to spamd (SPAMD_SKIPPED_CONFIDENT in the log); false is off. spamd then runs after the classifier instead of beside it.")
+    skip_spamd_below: Threshold = Field(False, description="Tiers: likewise, a message scoring at or below this before spamd is not sent to spamd; false is off. Measure the cost in detection first (bench/learner_eval.py, milterd rules whatif).")
 
 
 class QuarantineSection(_Section):

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("milterd")
 
 ERROR = "BAYES_ERROR"
+SKIPPED_CONFIDENT = "SPAMD_SKIPPED_CONFIDENT"
 AUTOLEARN = "BAYES_AUTOLEARN"
 
 #: Default scores of the buckets.  Chosen on the training folders only (bench/learner_eval.py
@@ -68,6 +69,19 @@ def bayes_symbols() -> tuple[Symbol, ...]:
         Symbol(name, SCORES[name], f"milterd's classifier: spam probability {_RANGES[name][0]:g} to {_RANGES[name][1]:g}")
         for name in sorted(SCORES)
     )
+
+
+def tiers_enabled(options: "LearnerSection") -> bool:
+    """Whether spamd may be skipped for confident messages (then it runs after the classifier)."""
+    return options.enabled and (options.skip_spamd_above is not False or options.skip_spamd_below is not False)
+
+
+def confident(score: float, spoke: bool, above: float | bool, below: float | bool) -> bool:
+    """Whether a message scoring *score* before spamd is confident enough to skip spamd:
+    only when the classifier spoke (a BAYES_* bucket), and beyond one of the bounds."""
+    if not spoke:
+        return False
+    return (above is not False and score >= float(above)) or (below is not False and score <= float(below))
 
 
 def autolearn_label(score: float, own: float, spam_at: float | bool, ham_at: float | bool) -> str | None:

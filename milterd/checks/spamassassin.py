@@ -34,6 +34,7 @@ from ..scanners import ScannerError
 from ..scanners.cache import ResultCache, content_key
 from ..scanners.spamd import SpamdClient, SpamdResult
 from . import Check, Hits, Symbol
+from .bayes import SKIPPED_CONFIDENT, confident, tiers_enabled
 
 if TYPE_CHECKING:
     from ..config import SpamdSection
@@ -88,6 +89,7 @@ class SpamAssassinCheck(Check):
         Symbol(SKIPPED, 0.0, "Message larger than [spamd] max_size: not sent to spamd"),
         Symbol(ERROR, 0.0, "spamd unreachable, too slow or in error: not scored ([spamd] on_error = tempfail answers 451)"),
         Symbol(CACHED, 0.0, "The same message from the same client was scanned recently (a retry): spamd's result was reused (detail: its age)"),
+        Symbol(SKIPPED_CONFIDENT, 0.0, "Tiers ([learner] skip_spamd_above/below): the cheap checks and the classifier were confident, spamd was not asked (detail: the score before spamd)"),
     )
     order: ClassVar[int] = 210
 
@@ -105,9 +107,24 @@ class SpamAssassinCheck(Check):
         return services.config.spamd.enabled
 
     def eom_tier(self) -> int:
+        if tiers_enabled(self.services.config.learner):
+            return 2  # after the classifier, whose verdict may make spamd unnecessary
         return 1 if self.options.after_clamav else 0
 
+    def confident_score(self, session: Session, envelope: Envelope) -> float | None:
+        """The score before spamd when the tiers let spamd be skipped, else None."""
+        learner = self.services.config.learner
+        if not tiers_enabled(learner):
+            return None
+        hits = [h for h in session.hits if h.action is None] + envelope.hits
+        score = sum(h.score if h.score is not None else self.services.weight(h.symbol) for h in hits)
+        spoke = any(h.symbol.startswith("BAYES_") and h.symbol != "BAYES_ERROR" for h in envelope.hits)
+        return score if confident(score, spoke, learner.skip_spamd_above, learner.skip_spamd_below) else None
+
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        before = self.confident_score(session, envelope)
+        if before is not None:
+            return [Hit(SKIPPED_CONFIDENT, detail=f"score {before:g} before spamd")]
         received = received_header(session, envelope, self.hostname)
         size = len(received) + envelope.size
         if size > self.options.max_size:

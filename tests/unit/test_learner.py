@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import socket
 import sqlite3
 import tracemalloc
 from pathlib import Path
@@ -265,3 +266,35 @@ def test_check_trains_a_scratch_model_and_never_touches_the_live_store(tmp_path:
     assert trained["spam"]["flagged"] == 3 and trained["ham"]["flagged"] == 0
     # The untrained run found no schema in the live store (BAYES_ERROR, judged without it); training created none there.
     assert not live.exists() or sqlite3.connect(live).execute("SELECT name FROM sqlite_master WHERE name LIKE 'learner%'").fetchall() == []
+
+
+# --- tiers ------------------------------------------------------------------------------
+def test_tiers_skip_spamd_only_when_the_classifier_is_confident(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as probe:  # a port nobody listens on: asking spamd fails visibly (SPAMD_ERROR)
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    checks = "\n".join(f"[checks.{name}]\nenabled = false" for name in ChecksSection.model_fields)
+    conf = tmp_path / "milter.conf"
+    conf.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "s.sqlite"}"\n[rules]\ndir = ""\n[spamd]\nenabled = true\naddress = "tcp:127.0.0.1:{dead}"\ntimeout = 2\n'
+        f"[learner]\nmin_spam = 5\nmin_ham = 5\nskip_spamd_above = 3.0\nskip_spamd_below = -1.0\n{checks}\n"
+    )
+    assert main(["db", "upgrade", "-c", str(conf)]) == 0
+    words = {"spam": "cheap pills casino lottery prize winner", "ham": "meeting agenda budget minutes review draft"}
+    for label, text in words.items():
+        folder = tmp_path / label
+        folder.mkdir()
+        for n in range(8):
+            body = " ".join(text.split()[(n + k) % 6] for k in range(30))
+            (folder / f"{n}.eml").write_bytes(mail(f"{body}\r\n".encode(), mid=f"<{label}{n}@x>"))
+        assert main(["learn", "-c", str(conf), f"--{label}", str(folder)]) == 0
+    (tmp_path / "new-spam.eml").write_bytes(mail(b"cheap casino prize winner pills lottery cheap\r\n", mid="<n1@x>"))
+    (tmp_path / "new-ham.eml").write_bytes(mail(b"agenda for the budget review meeting minutes\r\n", mid="<n2@x>"))
+    (tmp_path / "unsure.eml").write_bytes(mail(b"zebra quantum violin harbour\r\n", mid="<n3@x>"))
+    capsys.readouterr()
+    main(["check", "-c", str(conf), "--json", *(str(tmp_path / n) for n in ("new-spam.eml", "new-ham.eml", "unsure.eml"))])
+    found = {Path(m["file"]).name: {s["symbol"] for s in m["symbols"]} for m in json.loads(capsys.readouterr().out)["messages"]}
+    assert "SPAMD_SKIPPED_CONFIDENT" in found["new-spam.eml"] and found["new-spam.eml"] & {"BAYES_99", "BAYES_999"}
+    assert "SPAMD_SKIPPED_CONFIDENT" in found["new-ham.eml"] and "BAYES_00" in found["new-ham.eml"]
+    assert "SPAMD_ERROR" in found["unsure.eml"] and "SPAMD_SKIPPED_CONFIDENT" not in found["unsure.eml"]
+    assert not any("SPAMD_ERROR" in found[n] for n in ("new-spam.eml", "new-ham.eml"))
