@@ -82,7 +82,7 @@ class Arc(ConfiguredCheck):
         if envelope.size > self.services.config.checks.dkim.max_size:
             return ()
         resolver = self.services.resolver
-        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.state, "dkim"))
+        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.state, "eom"))
         result = verify_chain(envelope.message_bytes(), dnsfunc, self.options.min_key_bits)
         envelope.state[STATE] = result
         chain = " > ".join(result.sealers)

@@ -166,7 +166,7 @@ class Dkim(ConfiguredCheck):
         if envelope.size > options.max_size:
             return [Hit("DKIM_NONE", detail=f"not verified: size {envelope.size} > {options.max_size}")]
         resolver = self.services.resolver
-        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.state, "dkim"))
+        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.state, "eom"))
         results = verify_all(envelope.message_bytes(), dnsfunc, options.max_signatures, options.min_key_bits)
         envelope.state[STATE] = results
         return hits_for(results, from_domain(envelope.header("From")), self.services.config.checks.dmarc.public_suffix_list)

@@ -138,11 +138,14 @@ def evaluate(
     dkim_passes: list[str],
     roll: int,
     psl_path: str = "",
+    dkim_temperror: bool = False,
 ) -> Evaluation:
     """DMARC for From *domain* with the *record* found at *record_domain*.
 
     *spf* is the SPF check's state, *dkim_passes* the signing domains that
-    verified, *roll* a number in 0..99 for ``pct`` sampling.
+    verified, *roll* a number in 0..99 for ``pct`` sampling.  Without a pass,
+    a DNS error in SPF or DKIM (*dkim_temperror*) makes the result
+    ``temperror``: an outage must not reject mail that would have passed.
     """
     policy: Policy = record.p if record_domain == domain else record.sp
     if spf is not None and spf.get("result") == "pass":
@@ -152,6 +155,8 @@ def evaluate(
     for signer in dkim_passes:
         if aligned(signer, domain, record.adkim, psl_path):
             return Evaluation("pass", domain, policy, "none", f"DKIM aligned ({signer})")
+    if dkim_temperror or (spf is not None and spf.get("result") == "temperror"):
+        return Evaluation("temperror", domain, policy, "none", "SPF or DKIM could not be checked (DNS error)")
     applied = policy if roll < record.pct else _MILDER[policy]
     return Evaluation("fail", domain, policy, applied, "neither SPF nor DKIM aligned with From")
 
@@ -169,7 +174,7 @@ class Dmarc(ConfiguredCheck):
         Symbol("DMARC_FAIL_QUARANTINE", 3.0, "DMARC fail, and the From domain asks to quarantine such mail (p=quarantine, or p=reject left out by pct)"),
         Symbol("DMARC_FAIL_NONE", 0.5, "DMARC fail, and the From domain only monitors (p=none, or a milder policy by pct)"),
         Symbol("DMARC_NONE", 0.0, "The From domain publishes no DMARC policy (or there is no single From domain)"),
-        Symbol("DMARC_TEMPFAIL", 0.0, "The DMARC policy could not be looked up (DNS error)"),
+        Symbol("DMARC_TEMPFAIL", 0.0, "DMARC could not be evaluated: the policy, an SPF record or a DKIM key could not be looked up (DNS error)"),
         Symbol("DMARC_ARC_OVERRIDE", 0.0, "DMARC failed but a trusted ARC sealer vouched for the message: the policy is not applied"),
     )
 
@@ -181,18 +186,22 @@ class Dmarc(ConfiguredCheck):
         if domain is None:
             return [Hit("DMARC_NONE", detail="no single From domain")]
         resolver = self.services.resolver
-        deadline = resolver.stage_deadline(envelope.state, "dmarc")
+        deadline = resolver.stage_deadline(envelope.state, "eom")
         psl_path = self.options.public_suffix_list
         found = _lookup(resolver, domain, deadline, psl_path)
         if isinstance(found, str):
             envelope.state[STATE] = Evaluation("temperror" if found else "none", domain, reason=found)
             return [Hit("DMARC_TEMPFAIL", detail=f"{domain}: {found}")] if found else [Hit("DMARC_NONE", detail=domain)]
         record, record_domain = found
-        passes = [s.domain for s in envelope.state.get("dkim", ()) if s.result == "pass"]
-        evaluation = evaluate(domain, record, record_domain, envelope.state.get("spf"), passes, random.randrange(100), psl_path)
+        signatures = envelope.state.get("dkim", ())
+        passes = [s.domain for s in signatures if s.result == "pass"]
+        temp = any(s.result == "temperror" for s in signatures)
+        evaluation = evaluate(domain, record, record_domain, envelope.state.get("spf"), passes, random.randrange(100), psl_path, temp)
         envelope.state[STATE] = evaluation
         if evaluation.result == "pass":
             return [Hit("DMARC_PASS", detail=f"{domain}: {evaluation.reason}")]
+        if evaluation.result == "temperror":
+            return [Hit("DMARC_TEMPFAIL", detail=f"{domain}: {evaluation.reason}")]
         symbol = f"DMARC_FAIL_{evaluation.applied.upper()}"
         detail = f"{domain} p={evaluation.policy} applied={evaluation.applied}"
         sealer = _trusted_sealer(envelope.state.get("arc"), self.services.config.checks.arc.trusted_sealers)

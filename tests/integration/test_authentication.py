@@ -254,3 +254,14 @@ def test_doctor_checks_that_the_published_record_matches_the_key(tmp_path_factor
     assert findings["dkim unpublished._domainkey.out.test"]["status"] == "fail"
     assert "v=DKIM1; k=rsa; p=" in findings["dkim unpublished._domainkey.out.test"]["detail"]
     assert result.returncode != 0
+
+
+def test_resolver_down_is_a_temporary_error_not_a_failure(stack: Stack, local_dns: LocalDns, keys: dict[str, bytes]) -> None:
+    """Last in this module: it stops unbound.  A DNS outage must not turn into DKIM fail or a DMARC reject."""
+    local_dns.stop_resolver()
+    raw = sign(message("dns down", sender="bob@signed.test"), keys["signed"], "signed.test", selector="other")
+    stack.send(raw, sender="bob@signed.test", xclient=CLIENT)
+    results = our_results(delivered(stack, "dns down"))
+    assert "dkim=temperror reason=\"key lookup failed: timeout\" header.d=signed.test header.s=other" in results and "dmarc=temperror" in results
+    row = row_for(stack, "dns down")
+    assert {"DKIM_TEMPFAIL", "DMARC_TEMPFAIL"} <= set(row["symbols"]) and row["action"] != "reject"

@@ -272,3 +272,10 @@ def test_values_from_the_message_never_break_our_header() -> None:
     assert value.count(";") == 2 and "\r" not in value and "\n" not in value
     assert "header.d" not in value and "header.from" not in value
     assert from_domain("x@[192.0.2.1]") is None and from_domain("Ann <ann@Bücher.test>") == "bücher.test"
+
+
+def test_dmarc_dns_errors_are_temporary_not_failures() -> None:
+    record = Record("reject", "reject")
+    assert evaluate("a.test", record, "a.test", None, [], 0, dkim_temperror=True).result == "temperror"
+    assert evaluate("a.test", record, "a.test", {"result": "temperror", "sender": "x@a.test"}, [], 0).result == "temperror"
+    assert evaluate("a.test", record, "a.test", {"result": "temperror", "sender": "x@a.test"}, ["a.test"], 0).result == "pass"
