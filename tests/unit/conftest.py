@@ -31,13 +31,17 @@ def _no_postgresql(connect: Any) -> Any:
     connects to a closed port on purpose, to see the store down, still may)."""
 
     def guarded(conninfo: str = "", **kwargs: Any) -> Any:
-        port = conninfo_to_dict(make_conninfo(conninfo, **kwargs)).get("port") or "5432"
+        # autocommit, row_factory, context… are psycopg's options, not connection parameters.
+        params = {k: v for k, v in kwargs.items() if k not in PSYCOPG_OPTIONS}
+        port = conninfo_to_dict(make_conninfo(conninfo, **params)).get("port") or "5432"
         if str(port) == "5432":
             raise AssertionError(f"a PostgreSQL connection ({port=}): {WHERE}")
         return connect(conninfo, **kwargs)
 
     return guarded
 
+
+PSYCOPG_OPTIONS = {"autocommit", "prepare_threshold", "row_factory", "cursor_factory", "context"}
 
 #: Helpers ctypes.util.find_library runs to locate a shared library (libraries such as
 #: dkimpy's or libarchive's load one): a lookup, not a daemon.
@@ -54,9 +58,11 @@ def _popen(real: Any) -> Any:
     return popen
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def _no_processes_nor_daemons() -> Iterator[None]:
-    """Session-wide, so that module fixtures are guarded too (they are set up before function ones)."""
+    """For the whole tests/unit package, so that module fixtures are guarded too (they are
+    set up after it), and undone after its last test: an integration test run in the same
+    session afterwards may start its daemons."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(subprocess, "Popen", _popen(subprocess.Popen))
         for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system", "execv", "execve", "execvp", "execvpe"):
