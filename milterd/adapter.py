@@ -18,8 +18,8 @@ import Milter
 
 from .checks import Stage
 from .checks.headers import HeaderLimits, field_size, header_limit_hit
-from .model import Action, Envelope, Hit, Session
-from .pipeline import TEMPFAIL_REPLY, Decision, Pipeline
+from .model import Action, Decision, Envelope, Hit, Session
+from .pipeline import TEMPFAIL_REPLY, Pipeline
 from .text import escape, smtp_reply
 
 log = logging.getLogger("milterd")
@@ -153,7 +153,7 @@ class MilterdMilter(Milter.Base):
         refusal = self._header_limit(envelope, name, value)
         if refusal is not None:  # refused before it is kept: nothing is buffered past the limit
             envelope.hits.append(refusal)
-            decision = envelope.state["decision"] = Decision(Action.REJECT, refusal.reply)
+            decision = envelope.decision = Decision(Action.REJECT, refusal.reply)
             return self._reply(decision)
         if self._leadspc:
             # Checks see what they would without HDR_LEADSPC (one space eaten, as Sendmail does).
@@ -164,10 +164,10 @@ class MilterdMilter(Milter.Base):
 
     def _header_limit(self, envelope: Envelope, name: str, value: bytes) -> Hit | None:
         """Count this header against [milter]'s header limits; the refusal when it crosses one."""
-        count, section = envelope.state.get("header_tally", (0, 0))
+        count, section = envelope.header_tally
         size = field_size(name, value)
         count, section = count + 1, section + size
-        envelope.state["header_tally"] = (count, section)
+        envelope.header_tally = (count, section)
         milter = self.pipeline.config.milter
         return header_limit_hit(HeaderLimits(milter.max_headers, milter.max_header_size, milter.max_header_section), count, section, name, size)
 
@@ -256,7 +256,7 @@ class MilterdMilter(Milter.Base):
     def _end_transaction(self) -> None:
         if self.envelope is not None:
             envelope, self.envelope = self.envelope, None
-            envelope.state["logged"] = envelope.state.get("logged", True)
+            envelope.logged = True  # logged at end of message, or deliberately not
             self.pipeline.finish(self.session, envelope)
 
     def _answer(self, decision: Decision | None) -> int:

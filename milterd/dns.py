@@ -189,12 +189,11 @@ class Resolver:
         """A deadline ``timeout`` seconds from now (``time.monotonic()``) for one stage."""
         return time.monotonic() + self.timeout
 
-    def stage_deadline(self, state: dict[str, Any], stage: str) -> float:
-        """The deadline of *stage* shared by every check at it (kept in a session or envelope ``state``)."""
-        deadlines = state.setdefault("dns_deadline", {})
+    def stage_deadline(self, deadlines: dict[str, float], stage: str) -> float:
+        """The deadline of *stage* shared by every check at it (kept in a session's or envelope's ``dns_deadlines``)."""
         if stage not in deadlines:
             deadlines[stage] = self.deadline()
-        return float(deadlines[stage])
+        return deadlines[stage]
 
     # --- queries ------------------------------------------------------------
     def query(self, name: str, rdtype: str, deadline: float | None = None) -> Answer:

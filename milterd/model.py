@@ -61,6 +61,14 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """What the adapter must answer at a stage."""
+
+    action: Action
+    reply: str = ""
+
+
+@dataclass(frozen=True)
 class HeaderEdit:
     """A header change to make at end of message.
 
@@ -88,8 +96,19 @@ class Session:
     auth_user: str = ""
     trusted: bool = False
     hits: list[Hit] = field(default_factory=list)
-    state: dict[str, Any] = field(default_factory=dict)
     transactions: int = 0
+    #: Each stage's DNS deadline, shared by every check at that stage (``Resolver.stage_deadline``).
+    dns_deadlines: dict[str, float] = field(default_factory=dict)
+    _check_states: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def check_state(self, name: str) -> dict[str, Any]:
+        """The private per-connection state of the check called *name* (empty at first).
+
+        Each check keeps its own dict under its name, apart from the
+        pipeline's fields, so no two can collide; another check may read a
+        check's published results here (DMARC reads SPF's).
+        """
+        return self._check_states.setdefault(name, {})
 
     @property
     def authenticated(self) -> bool:
@@ -169,8 +188,10 @@ class Envelope:
     They may read everything here (nothing else writes it then; the spool
     gives each reader its own offset), append to or extend ``edits`` (each
     call is atomic, and the checks edit headers of different names, so how
-    their calls interleave does not matter) and keep their own key of
-    ``state``; ``hits`` are added by the pipeline once they have all returned.
+    their calls interleave does not matter) and keep their own state in
+    :meth:`check_state`; ``hits`` are added by the pipeline once they have
+    all returned.  ``decision``, ``forced_hit``, ``logged`` and
+    ``store_error`` are the pipeline's own and no check's business.
     """
 
     spool: Spool
@@ -180,7 +201,6 @@ class Envelope:
     queue_id: str = ""
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     hits: list[Hit] = field(default_factory=list)
-    state: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     rejected_recipients: list[tuple[str, Hit]] = field(default_factory=list)
     edits: list[HeaderEdit] = field(default_factory=list)
@@ -188,6 +208,28 @@ class Envelope:
     #: whitespace and folding), when the adapter got it verbatim; used to
     #: store a quarantined message byte for byte.
     raw_headers: list[bytes] = field(default_factory=list)
+    #: The refusal or tempfail given before end of message (logged by ``Pipeline.finish``).
+    decision: Decision | None = None
+    #: The hit that forced ``decision`` (``milterd check`` names it).
+    forced_hit: Hit | None = None
+    #: Whether the transaction's log row was written (or deliberately not).
+    logged: bool = False
+    #: Whether writing the log row failed.
+    store_error: bool = False
+    #: Headers counted so far and their total size, for [milter]'s header limits.
+    header_tally: tuple[int, int] = (0, 0)
+    #: Each stage's DNS deadline, shared by every check at that stage (``Resolver.stage_deadline``).
+    dns_deadlines: dict[str, float] = field(default_factory=dict)
+    _check_states: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def check_state(self, name: str) -> dict[str, Any]:
+        """The private per-transaction state of the check called *name* (empty at first).
+
+        Each check keeps its own dict under its name, apart from the
+        pipeline's fields, so no two can collide; another check may read a
+        check's published results here (DMARC reads DKIM's).
+        """
+        return self._check_states.setdefault(name, {})
 
     def header(self, name: str) -> str | None:
         """The first header called *name* (case-insensitive), decoded leniently, or None."""

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .model import Action, Hit, Session
-from .pipeline import Decision, Pipeline
+from .model import Action, Decision, Hit, Session
+from .pipeline import Pipeline
 from .policy import decide, spam_status
 
 _HEADER_LINE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]*[ \t]*:")
@@ -196,7 +196,7 @@ def judge(pipeline: Pipeline, raw: bytes, client: Client, label: str = "") -> Ju
                 pipeline.rcpt(session, envelope, recipient)
             if not envelope.recipients and envelope.rejected_recipients:
                 worst = max((h for _, h in envelope.rejected_recipients), key=lambda h: h.action or Action.REJECT)
-                envelope.state["forced_hit"] = worst
+                envelope.forced_hit = worst
                 decision = Decision(worst.action or Action.REJECT, worst.reply)
         if decision is None:
             stage = "data"
@@ -216,7 +216,7 @@ def judge(pipeline: Pipeline, raw: bytes, client: Client, label: str = "") -> Ju
                 label, verdict.action, verdict.score, dict(verdict.symbols), dict(verdict.details), verdict.reason, outcome.reply,
                 "eom", forced=_forced_symbol(envelope.hits + session.hits, verdict.action), spam_status=spam_status(verdict),
             )
-        forced: Hit | None = envelope.state.get("forced_hit") if envelope is not None else None
+        forced = envelope.forced_hit if envelope is not None else None
         hits = list(session.hits) + (list(envelope.hits) if envelope is not None else []) + ([forced] if forced else [])
         hits += [h for _, h in envelope.rejected_recipients] if envelope is not None else []
         verdict = decide(hits, pipeline.services.weight, pipeline.config.actions, scored=False)

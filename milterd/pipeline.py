@@ -18,7 +18,7 @@ from typing import Callable
 
 from . import metrics
 from .checks import Check, Hits, Stage
-from .model import Action, Envelope, HeaderEdit, Hit, Session, Spool, Verdict
+from .model import Action, Decision, Envelope, HeaderEdit, Hit, Session, Spool, Verdict
 from .policy import decide, plan_headers
 from .services import Services
 from .store import MessageRecord, StoreError
@@ -34,14 +34,6 @@ log = logging.getLogger("milterd")
 CORE_STAGES = frozenset({Stage.CONNECT, Stage.HELO, Stage.MAIL, Stage.RCPT, Stage.DATA, Stage.HEADER, Stage.EOH, Stage.EOM})
 
 TEMPFAIL_REPLY = "451 4.7.1 Service temporarily unavailable, please try again later"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the adapter must answer at a stage."""
-
-    action: Action
-    reply: str = ""
 
 
 @dataclass
@@ -111,7 +103,7 @@ class Pipeline:
         decision = self._forced(session, None, hits)
         if decision is not None:
             envelope = self.new_envelope(session)
-            envelope.state["decision"] = decision
+            envelope.decision = decision
             self.finish(session, envelope)
         return decision
 
@@ -123,7 +115,7 @@ class Pipeline:
             envelope.hits.extend(h for h in hits if h.action is None)
             decision = self._forced(session, envelope, hits)
         if decision is not None:
-            envelope.state["decision"] = decision
+            envelope.decision = decision
         return decision
 
     def rcpt(self, session: Session, envelope: Envelope, recipient: str) -> Decision | None:
@@ -204,17 +196,17 @@ class Pipeline:
                 self.services.store.log_message(outcome.record, quarantine)
         except StoreError as exc:
             log.error("%s: cannot store the log row: %s", envelope.queue_id or "NOQUEUE", exc)
-            envelope.state["store_error"] = True
+            envelope.store_error = True
             if quarantine is not None or self.config.database.on_error == "tempfail":
                 outcome.verdict = _replace_action(verdict, Action.TEMPFAIL, "store unavailable")
                 outcome.reply = TEMPFAIL_REPLY
                 outcome.edits = []
-        envelope.state["logged"] = True
+        envelope.logged = True
         if self.keep_log:
             log.info(summary_line(outcome.record))
         if not outcome.reply:
             outcome.reply = verdict.reply or self._default_reply(verdict.action)
-        metrics.observe(outcome.record, eom_started, stored="store_error" not in envelope.state)
+        metrics.observe(outcome.record, eom_started, stored=not envelope.store_error)
         return outcome
 
     def _eom_tier(self, session: Session, envelope: Envelope, checks: list[Check]) -> list[Hit]:
@@ -235,9 +227,9 @@ class Pipeline:
         if envelope is None:
             return
         try:
-            if envelope.state.get("logged"):
+            if envelope.logged:
                 return
-            decision: Decision | None = envelope.state.get("decision")
+            decision = envelope.decision
             if decision is None and not envelope.rejected_recipients:
                 return
             if decision is None:
@@ -250,7 +242,7 @@ class Pipeline:
             record = self.record(session, envelope, action.label, verdict)
             record.reason = reason
             record.recipients = envelope.recipients + [r for r, _ in envelope.rejected_recipients]
-            envelope.state["logged"] = True
+            envelope.logged = True
             if self.keep_log:
                 try:
                     self.services.store.log_message(record)
@@ -373,7 +365,7 @@ class Pipeline:
             return None
         worst = max(forced, key=lambda h: h.action or Action.ACCEPT)
         if envelope is not None:
-            envelope.state["forced_hit"] = worst  # the hit behind the decision, for milterd check
+            envelope.forced_hit = worst  # the hit behind the decision, for milterd check
         action = worst.action or Action.REJECT
         return Decision(action, worst.reply or self._default_reply(action))
 

@@ -9,8 +9,8 @@ it needs; the pipeline negotiates with Postfix only the stages some check uses.
 
 Hooks return an iterable of :class:`~milterd.model.Hit`.  Checks keep no
 per-message state on ``self`` (one instance serves every connection of a
-worker, from several threads): they keep it in ``session.state`` or
-``envelope.state`` under their name.
+worker, from several threads): they keep it in their own namespace,
+``session.check_state(self.name)`` or ``envelope.check_state(self.name)``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """ARC (RFC 8617): the chain of ARC sets that mailing lists and forwarders add, verified with dkimpy.
 
 The chain's result and its sealers (ARC-Seal ``d=``, oldest first) go to
-``envelope.state["arc"]``: DMARC lets a passing chain whose newest sealer is
+``envelope.check_state("arc")["result"]``: DMARC lets a passing chain whose newest sealer is
 in ``[checks.arc] trusted_sealers`` override its failure, and
 Authentication-Results reports ``arc=``.  Keys are looked up through
 milterd's resolver.
@@ -77,14 +77,14 @@ class Arc(ConfiguredCheck):
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         if not envelope.header_count("ARC-Seal"):
-            envelope.state[STATE] = ArcResult("none")
+            envelope.check_state(STATE)["result"] = ArcResult("none")
             return ()  # the common case: no symbol, arc=none in Authentication-Results
         if envelope.size > self.services.config.checks.dkim.max_size:
             return ()
         resolver = self.services.resolver
-        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.state, "eom"))
+        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, "eom"))
         result = verify_chain(envelope.message_bytes(), dnsfunc, self.options.min_key_bits)
-        envelope.state[STATE] = result
+        envelope.check_state(STATE)["result"] = result
         chain = " > ".join(result.sealers)
         if result.result == "pass":
             trusted = {t.lower().rstrip(".") for t in self.options.trusted_sealers}
@@ -157,7 +157,7 @@ class ArcSealer(Check):
         return bool(options.enabled and options.seal)
 
     def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
-        results = envelope.state.get("authentication_results")
+        results = envelope.check_state("spf").get("authentication_results")
         if results is None or verdict.action not in (Action.ACCEPT, Action.ADD_HEADER):
             return verdict  # nothing attested, or refused, held or about to have its Subject rewritten
         options = self.services.config.checks.arc

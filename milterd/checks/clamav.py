@@ -108,7 +108,7 @@ class ClamavCheck(Check):
         return services.config.clamav.enabled
 
     def on_eoh(self, session: Session, envelope: Envelope) -> Hits:
-        state = envelope.state[self.name] = ScanState()
+        state = envelope.check_state(self.name)["scan"] = ScanState()
         declared = declared_size(envelope)
         if declared is not None and declared > self.options.max_size:
             state.skipped = f"declared size {declared} > {self.options.max_size}"
@@ -121,7 +121,7 @@ class ClamavCheck(Check):
         return ()
 
     def on_body(self, session: Session, envelope: Envelope, chunk: bytes) -> Hits:
-        state: ScanState | None = envelope.state.get(self.name)
+        state: ScanState | None = envelope.check_state(self.name).get("scan")
         if state is None or state.stream is None:
             return ()
         if state.stream.sent + len(chunk) > self.options.max_size:
@@ -141,7 +141,7 @@ class ClamavCheck(Check):
         return ()
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
-        state: ScanState | None = envelope.state.get(self.name)
+        state: ScanState | None = envelope.check_state(self.name).get("scan")
         if state is None:  # end of headers was not seen (should not happen)
             return [error_hit("no scan was started", self.options.on_error)]
         if state.skipped:
@@ -162,7 +162,7 @@ class ClamavCheck(Check):
         return self._result_hits(envelope, result)
 
     def on_abort(self, session: Session, envelope: Envelope) -> None:
-        state: ScanState | None = envelope.state.pop(self.name, None)
+        state: ScanState | None = envelope.check_state(self.name).pop("scan", None)
         if state is not None and state.stream is not None:
             state.stream.close()
             state.stream = None

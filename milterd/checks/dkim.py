@@ -4,7 +4,7 @@ Every DKIM-Signature (up to ``[checks.dkim] max_signatures``) is verified at
 end of message; dkimpy honours ``l=``, ``t=`` and ``x=`` and refuses keys
 smaller than ``min_key_bits``.  Keys are looked up through milterd's resolver
 (``[dns] nameservers``, bounded by ``[dns] timeout``), never the system's.
-The results go to ``envelope.state["dkim"]`` for DMARC and
+The results go to ``envelope.check_state("dkim")["result"]`` for DMARC and
 Authentication-Results.
 
 :class:`DkimSigner` signs mail from trusted networks and authenticated
@@ -161,14 +161,14 @@ class Dkim(ConfiguredCheck):
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         options = self.options
         if not envelope.header_count("DKIM-Signature"):
-            envelope.state[STATE] = []
+            envelope.check_state(STATE)["result"] = []
             return [Hit("DKIM_NONE")]
         if envelope.size > options.max_size:
             return [Hit("DKIM_NONE", detail=f"not verified: size {envelope.size} > {options.max_size}")]
         resolver = self.services.resolver
-        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.state, "eom"))
+        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, "eom"))
         results = verify_all(envelope.message_bytes(), dnsfunc, options.max_signatures, options.min_key_bits)
-        envelope.state[STATE] = results
+        envelope.check_state(STATE)["result"] = results
         return hits_for(results, from_domain(envelope.header("From")), self.services.config.checks.dmarc.public_suffix_list)
 
 

@@ -11,7 +11,7 @@ for a subdomain), sampled by ``pct``: mail left out of the sample gets the
 next milder policy.  A trusted ARC sealer's pass overrides a failure.
 
 This check runs after DKIM and ARC (a later end-of-message tier) and reads
-their results from ``envelope.state``.
+their results from ``envelope.check_state(name)``.
 """
 
 from __future__ import annotations
@@ -186,25 +186,25 @@ class Dmarc(ConfiguredCheck):
         if domain is None:
             return [Hit("DMARC_NONE", detail="no single From domain")]
         resolver = self.services.resolver
-        deadline = resolver.stage_deadline(envelope.state, "eom")
+        deadline = resolver.stage_deadline(envelope.dns_deadlines, "eom")
         psl_path = self.options.public_suffix_list
         found = _lookup(resolver, domain, deadline, psl_path)
         if isinstance(found, str):
-            envelope.state[STATE] = Evaluation("temperror" if found else "none", domain, reason=found)
+            envelope.check_state(STATE)["result"] = Evaluation("temperror" if found else "none", domain, reason=found)
             return [Hit("DMARC_TEMPFAIL", detail=f"{domain}: {found}")] if found else [Hit("DMARC_NONE", detail=domain)]
         record, record_domain = found
-        signatures = envelope.state.get("dkim", ())
+        signatures = envelope.check_state("dkim").get("result", ())
         passes = [s.domain for s in signatures if s.result == "pass"]
         temp = any(s.result == "temperror" for s in signatures)
-        evaluation = evaluate(domain, record, record_domain, envelope.state.get("spf"), passes, random.randrange(100), psl_path, temp)
-        envelope.state[STATE] = evaluation
+        evaluation = evaluate(domain, record, record_domain, envelope.check_state("spf").get("evaluation"), passes, random.randrange(100), psl_path, temp)
+        envelope.check_state(STATE)["result"] = evaluation
         if evaluation.result == "pass":
             return [Hit("DMARC_PASS", detail=f"{domain}: {evaluation.reason}")]
         if evaluation.result == "temperror":
             return [Hit("DMARC_TEMPFAIL", detail=f"{domain}: {evaluation.reason}")]
         symbol = f"DMARC_FAIL_{evaluation.applied.upper()}"
         detail = f"{domain} p={evaluation.policy} applied={evaluation.applied}"
-        sealer = _trusted_sealer(envelope.state.get("arc"), self.services.config.checks.arc.trusted_sealers)
+        sealer = _trusted_sealer(envelope.check_state("arc").get("result"), self.services.config.checks.arc.trusted_sealers)
         if sealer:
             # Logged as failed, but neither scored nor enforced.
             return [Hit(symbol, detail=detail, score=0.0), Hit("DMARC_ARC_OVERRIDE", detail=f"{domain}: sealed by {sealer}")]

@@ -291,26 +291,26 @@ class DnsLists(ConfiguredCheck):
         return [z for z in self.zones if (z.ipv4 if v4 else z.ipv6)]
 
     def on_connect(self, session: Session) -> Hits:
-        session.state.pop(_STATE, None)
+        session.check_state(_STATE).clear()
         ip = session.ip
         if ip is None or not self.zones:
             return ()
         resolver = self.services.resolver
-        deadline = resolver.stage_deadline(session.state, "connect")
+        deadline = resolver.stage_deadline(session.dns_deadlines, "connect")
         queries = [(dnsbl_name(session.client_addr, z.zone) or "", "A") for z in self._zones_for(ip)]
         futures = [resolver.submit(name, rdtype, deadline) for name, rdtype in queries]
-        session.state[_STATE] = {"zones": self._zones_for(ip), "queries": queries, "futures": futures}
+        session.check_state(_STATE).update({"zones": self._zones_for(ip), "queries": queries, "futures": futures})
         if not self.services.config.milter.delay_reject:
             return self._hits(session, deadline)
         return ()
 
     def on_mail(self, session: Session, envelope: Envelope) -> Hits:
-        if _STATE not in session.state:
+        if not session.check_state(_STATE):
             return ()
-        return self._hits(session, self.services.resolver.stage_deadline(envelope.state, "mail"))
+        return self._hits(session, self.services.resolver.stage_deadline(envelope.dns_deadlines, "mail"))
 
     def _hits(self, session: Session, deadline: float) -> list[Hit]:
-        state = session.state[_STATE]
+        state = session.check_state(_STATE)
         if "hits" in state:
             return cast("list[Hit]", state["hits"])
         resolver = self.services.resolver

@@ -172,7 +172,7 @@ class Greylist(Check):
 
     def on_symbols(self, session: Session, envelope: Envelope, symbols: frozenset[str]) -> Hits:
         # Recipients refused at RCPT are not in the end-of-data log row: name them.
-        pending = envelope.state.get(self.name)
+        pending = envelope.check_state(self.name).get("pending")
         if isinstance(pending, Pending) and pending.deferred:
             return (Hit("GREYLIST_DEFERRED", detail="; ".join(pending.deferred)[:1000]),)
         return ()
@@ -220,9 +220,9 @@ class Greylist(Check):
         return replace(again, symbols={**again.symbols, symbol: 0.0}, details={**again.details, symbol: detail})
 
     def _pending(self, envelope: Envelope) -> Pending:
-        pending = envelope.state.get(self.name)
+        pending = envelope.check_state(self.name).get("pending")
         if not isinstance(pending, Pending):
-            pending = envelope.state[self.name] = Pending()
+            pending = envelope.check_state(self.name)["pending"] = Pending()
         return pending
 
     def _state(self, pending: Pending, triplet: gl.Triplet) -> gl.State | None:
@@ -241,7 +241,7 @@ class Greylist(Check):
 
     def _touch(self, session: Session) -> list[str]:
         """The client network whose last use is due to be written (taken: written once)."""
-        client = session.state.get(self.name)
+        client = session.check_state(self.name).get("client")
         if isinstance(client, ClientState) and client.touch:
             client.touch = False
             return [client.network]
@@ -249,7 +249,7 @@ class Greylist(Check):
 
     def _flush(self, session: Session, envelope: Envelope) -> str:
         """Write the transaction's planned writes in one transaction; the error, or ''."""
-        pending = envelope.state.get(self.name)
+        pending = envelope.check_state(self.name).get("pending")
         writes = list(pending.writes.values()) if isinstance(pending, Pending) else []
         touch = self._touch(session)
         if not writes and not touch:
@@ -288,9 +288,9 @@ class Greylist(Check):
         if entry:
             return f"whitelisted by {entry}"
         if self.config.auto_whitelist_after > 0:
-            client = session.state.get(self.name)
+            client = session.check_state(self.name).get("client")
             if not isinstance(client, ClientState):
-                client = session.state[self.name] = self._client_state(session)
+                client = session.check_state(self.name)["client"] = self._client_state(session)
             if client.whitelisted:
                 return "auto-whitelisted client"
         return None

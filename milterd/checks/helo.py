@@ -92,16 +92,16 @@ class Helo(ConfiguredCheck):
         self.our_addresses = [a for a in self.options.our_addresses if a]
 
     def on_helo(self, session: Session) -> Hits:
-        session.state.pop(_STATE, None)
+        session.check_state(_STATE).clear()
         if self.options.resolve and helo_shape(session.helo).kind == "fqdn" and not self._claims_ours(session):
             resolver = self.services.resolver
-            deadline = resolver.stage_deadline(session.state, "helo")
+            deadline = resolver.stage_deadline(session.dns_deadlines, "helo")
             name = session.helo.strip().rstrip(".")
-            session.state[_STATE] = {"queries": [(name, "A"), (name, "AAAA")], "futures": [resolver.submit(name, t, deadline) for t in ("A", "AAAA")]}
+            session.check_state(_STATE).update({"queries": [(name, "A"), (name, "AAAA")], "futures": [resolver.submit(name, t, deadline) for t in ("A", "AAAA")]})
         return ()
 
     def on_mail(self, session: Session, envelope: Envelope) -> Hits:
-        state = session.state.setdefault(_STATE, {})
+        state = session.check_state(_STATE)
         if "hits" not in state:
             state["hits"] = self._judge(session, state, envelope)
         return cast("list[Hit]", state["hits"])
@@ -133,7 +133,7 @@ class Helo(ConfiguredCheck):
             hits.append(Hit("HELO_NOT_FQDN", detail=helo[:100]))
         elif self.options.resolve and not hits:
             resolver = self.services.resolver
-            deadline = resolver.stage_deadline(envelope.state, "mail")
+            deadline = resolver.stage_deadline(envelope.dns_deadlines, "mail")
             name = helo.rstrip(".")
             queries = state.pop("queries", [(name, "A"), (name, "AAAA")])
             futures = state.pop("futures", None) or [resolver.submit(n, t, deadline) for n, t in queries]

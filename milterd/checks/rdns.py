@@ -79,22 +79,22 @@ class ReverseDns(ConfiguredCheck):
         return True
 
     def on_connect(self, session: Session) -> Hits:
-        session.state.pop(_STATE, None)
+        session.check_state(_STATE).clear()
         if session.ip is None:
             return ()
         if self.options.use_postfix_name and verified_by_postfix(session):
             return ()
         resolver = self.services.resolver
-        deadline = resolver.stage_deadline(session.state, "connect")
-        session.state[_STATE] = {"ptr": resolver.submit(session.ip.reverse_pointer, "PTR", deadline)}
+        deadline = resolver.stage_deadline(session.dns_deadlines, "connect")
+        session.check_state(_STATE).update({"ptr": resolver.submit(session.ip.reverse_pointer, "PTR", deadline)})
         return ()
 
     def on_mail(self, session: Session, envelope: Envelope) -> Hits:
         if session.ip is None:
             return ()
-        state = session.state.setdefault(_STATE, {})
+        state = session.check_state(_STATE)
         if "hits" not in state:
-            state["hits"] = self._judge(session, state, self.services.resolver.stage_deadline(envelope.state, "mail"))
+            state["hits"] = self._judge(session, state, self.services.resolver.stage_deadline(envelope.dns_deadlines, "mail"))
         return cast("list[Hit]", state["hits"])
 
     def _judge(self, session: Session, state: dict[str, Any], deadline: float) -> list[Hit]:

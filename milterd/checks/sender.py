@@ -74,7 +74,7 @@ class Sender(ConfiguredCheck):
         if not self.options.resolve:
             return ()
         domain = sender.rpartition("@")[2].rstrip(".").lower()
-        return self._mail_domain(domain, self.services.resolver.stage_deadline(envelope.state, "mail"))
+        return self._mail_domain(domain, self.services.resolver.stage_deadline(envelope.dns_deadlines, "mail"))
 
     def _mail_domain(self, domain: str, deadline: float) -> list[Hit]:
         resolver = self.services.resolver

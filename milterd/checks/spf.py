@@ -69,7 +69,7 @@ class Spf(ConfiguredCheck):
         return self.services.config.milter.authserv_id or self.services.config.hostname
 
     def on_mail(self, session: Session, envelope: Envelope) -> Hits:
-        envelope.state.pop(_STATE, None)
+        envelope.check_state(_STATE).clear()
         if self.bypassed(session) or session.ip is None:
             return ()
 
@@ -78,7 +78,7 @@ class Spf(ConfiguredCheck):
         if not sender and (not helo or helo.startswith("[")):
             return ()
         resolver = self.services.resolver
-        remaining = max(0.05, resolver.stage_deadline(envelope.state, "mail") - time.monotonic())
+        remaining = max(0.05, resolver.stage_deadline(envelope.dns_deadlines, "mail") - time.monotonic())
         try:
             result, explanation = spf.check2(i=session.client_addr, s=sender, h=helo or "unknown", timeout=remaining, querytime=remaining)
         except Exception as exc:  # noqa: BLE001 - pyspf on hostile input: a temperror, never a crash
@@ -86,7 +86,7 @@ class Spf(ConfiguredCheck):
         result = str(result).lower()
         if result not in RESULTS:
             result = "permerror" if result == "ambiguous" else "temperror"
-        envelope.state[_STATE] = {
+        envelope.check_state(_STATE)["evaluation"] = {
             "result": result,
             "explanation": str(explanation),
             "identity": "mailfrom" if sender else "helo",
@@ -98,7 +98,7 @@ class Spf(ConfiguredCheck):
         return [Hit(f"SPF_{result.upper()}", detail=f"{sender or helo}: {explanation}"[:200])]
 
     def on_rcpt(self, session: Session, envelope: Envelope, recipient: str) -> Hits:
-        state = envelope.state.get(_STATE)
+        state = envelope.check_state(_STATE).get("evaluation")
         if state is None or state["result"] != "fail" or self.options.fail_action != "reject":
             return ()
         domain = state["sender"].rpartition("@")[2]
@@ -113,13 +113,12 @@ class Spf(ConfiguredCheck):
             for index in forged_indexes(envelope.headers, self.authserv_id):
                 envelope.edits.append(HeaderEdit("change", "Authentication-Results", "", index))
         if self.options.authentication_results:
-            state = envelope.state
-            if any(state.get(k) is not None for k in (_STATE, "dkim", "dmarc", "arc")) or session.authenticated:
-                value = build_authentication_results(
-                    self.authserv_id, auth_user=session.auth_user, spf=state.get(_STATE), dkim=state.get("dkim"), dmarc=state.get("dmarc"), arc=state.get("arc")
-                )
+            spf_state = envelope.check_state(_STATE).get("evaluation")
+            dkim, dmarc, arc = (envelope.check_state(name).get("result") for name in ("dkim", "dmarc", "arc"))
+            if any(r is not None for r in (spf_state, dkim, dmarc, arc)) or session.authenticated:
+                value = build_authentication_results(self.authserv_id, auth_user=session.auth_user, spf=spf_state, dkim=dkim, dmarc=dmarc, arc=arc)
                 envelope.edits.append(HeaderEdit("insert", "Authentication-Results", value, 0))
-                envelope.state["authentication_results"] = value  # what an ARC seal attests
+                envelope.check_state(_STATE)["authentication_results"] = value  # what an ARC seal attests
         return verdict
 
 

@@ -409,7 +409,7 @@ class UriBlockLists(ConfiguredCheck):
         if not queries:
             return []
         resolver = self.services.resolver
-        deadline = resolver.stage_deadline(envelope.state, "eom")
+        deadline = resolver.stage_deadline(envelope.dns_deadlines, "eom")
         answers = resolver.query_many([(query_name(target, zone), "A") for zone, target in queries], deadline)
         listings: list[Listed] = []
         failed: list[str] = []

@@ -74,7 +74,7 @@ def test_any_headers_get_a_verdict(pipeline: Pipeline, headers: list[tuple[bytes
         pipeline.body(session, envelope, body)
     outcome = pipeline.eom(session, envelope)
     assert isinstance(outcome.verdict.action, Action)
-    assert outcome.record is not None and envelope.state.get("logged")
+    assert outcome.record is not None and envelope.logged
     assert "CHECK_ERROR" not in outcome.verdict.symbols, outcome.verdict.details
     for edit in outcome.edits:  # what the adapter would hand to libmilter must be encodable
         edit.name.encode("ascii")
