@@ -279,3 +279,11 @@ def test_dmarc_dns_errors_are_temporary_not_failures() -> None:
     assert evaluate("a.test", record, "a.test", None, [], 0, dkim_temperror=True).result == "temperror"
     assert evaluate("a.test", record, "a.test", {"result": "temperror", "sender": "x@a.test"}, [], 0).result == "temperror"
     assert evaluate("a.test", record, "a.test", {"result": "temperror", "sender": "x@a.test"}, ["a.test"], 0).result == "pass"
+
+
+def test_body_length_tag_is_honoured(rsa_key: bytes) -> None:
+    record = {"sel._domainkey.signed.test": dkimsign.public_record("rsa", rsa_key)}
+    with_length = signed(rsa_key, length=True)
+    # A list footer appended after the signed length keeps the signature valid; without l= it breaks it.
+    assert [r.result for r in verify(with_length + b"--\r\nlist footer\r\n", record)] == ["pass"]
+    assert [r.result for r in verify(signed(rsa_key) + b"--\r\nlist footer\r\n", record)] == ["fail"]
