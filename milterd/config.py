@@ -267,6 +267,18 @@ class DkimSigningSection(_Section):
     sign_authenticated: bool = Field(True, description="Sign mail from clients that authenticated with SMTP AUTH.")
     headers: list[str] = Field([], description="Header fields to sign; empty signs RFC 6376's recommended set (From twice, so that none can be added).")
 
+    @field_validator("headers")
+    @classmethod
+    def _signable(cls, value: list[str]) -> list[str]:
+        names = [h.strip().lower() for h in value]
+        if names and "from" not in names:
+            raise ValueError("must include From (RFC 6376 requires it)")
+        for name in names:
+            # RFC 6376's "should not sign" fields, and those milterd itself adds or removes after signing.
+            if name in ("return-path", "received", "comments", "keywords", "bcc", "resent-bcc", "dkim-signature", "authentication-results") or name.startswith(("x-spam-", "x-virus-", "arc-")):
+                raise ValueError(f"{name!r} cannot be signed: it changes on the way")
+        return value
+
 
 class GreylistSection(_Section):
     enabled: bool = Field(False, description="Greylist (client network, sender, recipient) triplets, with the state shared through [database].")

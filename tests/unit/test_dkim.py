@@ -287,3 +287,11 @@ def test_body_length_tag_is_honoured(rsa_key: bytes) -> None:
     # A list footer appended after the signed length keeps the signature valid; without l= it breaks it.
     assert [r.result for r in verify(with_length + b"--\r\nlist footer\r\n", record)] == ["pass"]
     assert [r.result for r in verify(signed(rsa_key) + b"--\r\nlist footer\r\n", record)] == ["fail"]
+
+
+def test_headers_to_sign_are_checked_at_start(tmp_path: Path) -> None:
+    conf = tmp_path / "milter.conf"
+    for headers, reason in (('["Subject"]', "must include From"), ('["From", "X-Spam-Status"]', "'x-spam-status' cannot be signed")):
+        conf.write_text(f"[dkim_signing]\nheaders = {headers}\n")
+        with pytest.raises(ConfigError, match=r"\[dkim_signing\] headers: " + re.escape(reason)):
+            load_config(conf)
