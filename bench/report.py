@@ -68,10 +68,11 @@ class Row:
 
 @dataclass(frozen=True)
 class Target:
-    """A goal for a row: ``rate ≥ factor × rate(reference)``, ``serial ms ≤ limit``, or
-    ``serial ms ≤ max(serial ms of the references) + margin`` (kind ``serial_max``, references comma-separated)."""
+    """A goal for a row: ``rate ≥ factor × rate(reference)``, ``serial ms ≤ limit``,
+    ``serial ms ≤ max(serial ms of the references) + margin`` (kind ``serial_max``, references comma-separated),
+    ``serial ms ≤ factor × serial ms(reference)`` (kind ``serial_ratio``) or ``milter CPU ms/msg ≤ limit`` (kind ``cpu_ms``)."""
 
-    kind: str  # "ratio", "serial_ms" or "serial_max"
+    kind: str  # "ratio", "serial_ms", "serial_max", "serial_ratio" or "cpu_ms"
     value: float
     reference: str = ""
 
@@ -81,6 +82,10 @@ class Target:
             return f"≥ {self.value:g} × {self.reference}"
         if self.kind == "serial_max":
             return f"≤ max({', '.join(self.reference.split(','))}) + {self.value:g} ms serial"
+        if self.kind == "serial_ratio":
+            return f"≤ {self.value:g} × {self.reference} serial"
+        if self.kind == "cpu_ms":
+            return f"≤ {self.value:g} ms milter CPU/msg"
         return f"≤ {self.value:g} ms serial"
 
 
@@ -114,6 +119,16 @@ def check_target(target: Target, row: Row, rows: dict[str, Row]) -> tuple[bool |
             return None, f"{target.describe()}: no figure"
         limit = max(o for o in others if o is not None) + target.value
         return row.serial_ms <= limit, f"{target.describe()}: {row.serial_ms:.1f} ms (limit {limit:.1f} ms)"
+    if target.kind == "serial_ratio":
+        reference = rows.get(target.reference)
+        if row.serial_ms is None or reference is None or not reference.serial_ms:
+            return None, f"{target.describe()}: no figure"
+        value = row.serial_ms / reference.serial_ms
+        return value <= target.value, f"{target.describe()}: {value:.2f} ({row.serial_ms:.1f} / {reference.serial_ms:.1f} ms)"
+    if target.kind == "cpu_ms":
+        if row.cpu_per_message is None:
+            return None, f"{target.describe()}: no figure"
+        return row.cpu_per_message <= target.value, f"{target.describe()}: {row.cpu_per_message:.2f} ms"
     raise ValueError(f"unknown target kind {target.kind!r}")
 
 

@@ -633,6 +633,31 @@ def _threaded(one: Callable[[], str], messages: int, sessions: int) -> Sample:
     return Sample(messages, sessions, elapsed, ok=not failures, note="; ".join(failures[:3]))
 
 
+def _checks_clamd(bench: Bench, scenario: Scenario) -> Backend:
+    """milterd as the Rspamd row's peer: its own checks on (shipped rules, the local resolver) and clamd; no spamd."""
+    dns = bench.shared("dns", _start_dns)
+    clamd = bench.shared("clamd", _start_clamd)
+    rules = {path.name: path.read_text() for path in sorted((REPO / "rules").glob("*.toml"))}
+    sections = {"dns": {"nameservers": [dns.nameserver]}, "clamav": {"enabled": True, "address": clamd.address}}
+    return bench.milterd(scenario.name, "inet", "sqlite", sections, rules)
+
+
+def _rspamd(bench: Bench, scenario: Scenario) -> Backend:
+    """Rspamd 3.4's proxy worker as a milter, self-scan, stock rules, antivirus on the same clamd, the same resolver (bench/rspamd.py)."""
+    from bench import rspamd
+
+    dns = bench.shared("dns", _start_dns)
+    clamd = bench.shared("clamd", _start_clamd)
+    spec, stoppers, pids, log = rspamd.start(bench.root / scenario.name, dns.nameserver, clamd.port)
+    return Backend(milter=spec, stoppers=stoppers, pids=pids, logs=[log])
+
+
+def _rspamd_missing() -> str:
+    from bench import rspamd
+
+    return rspamd.missing()
+
+
 def _mimedefang_missing() -> str:
     from bench import mimedefang
 
@@ -670,6 +695,11 @@ SCENARIOS: list[Scenario] = [
     Scenario("spamd", "spamd alone: SYMBOLS of the same message and Received: header, milterd's client in-process (no Postfix)", "scanners", _spamd_alone,
              needs=_SCANNERS, scale=0.1),
     Scenario("clamd", "clamd alone: INSTREAM of the same message (no Postfix)", "scanners", _clamd_alone, needs=_SCANNERS, scale=0.5),
+    Scenario("checks-clamd", "milterd, inet, its checks (local resolver) + clamd, no spamd, 2 workers", "rspamd", _checks_clamd,
+             needs=_needs_all(_needs_module("tests.harness.dns", "the checks' DNS fixtures"), _needs_commands("unbound", "rbldnsd", "clamd")),
+             reference="rspamd", targets=(Target("ratio", 2.0, "rspamd"), Target("serial_ratio", 0.25, "rspamd"))),
+    Scenario("rspamd", "Rspamd 3.4 proxy milter, inet, self-scan, stock rules, antivirus → the same clamd, the same resolver, 2 workers", "rspamd", _rspamd,
+             needs=_needs_all(_rspamd_missing, _needs_commands("unbound", "rbldnsd", "clamd"))),
     Scenario("corpus", "corpus mix: milterd, inet, all checks (DNSBL) + clamd + spamd", "corpus", _corpus_milterd,
              needs=_needs_all(_SCANNERS, _needs_commands("unbound", "rbldnsd", "npm")), reference="corpus-mimedefang", serial=False, corpus=True,
              targets=(Target("ratio", 1.0, "corpus-mimedefang"), Target("ratio", 1.0, "corpus-chain"))),

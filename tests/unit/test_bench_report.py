@@ -63,6 +63,20 @@ def test_serial_max_target_is_against_the_slower_reference() -> None:
     assert check_target(Target("serial_max", 5.0, "clamd,gone"), rows["milterd"], rows)[0] is None
 
 
+def test_serial_ratio_and_cpu_targets() -> None:
+    rows = {"rspamd": row("rspamd", [130], [50.0]), "checks-clamd": row("checks-clamd", [260], [10.0])}
+    met, note = check_target(Target("serial_ratio", 0.25, "rspamd"), rows["checks-clamd"], rows)
+    assert met is True and "0.20" in note and "× rspamd serial" in note
+    assert check_target(Target("serial_ratio", 0.1, "rspamd"), rows["checks-clamd"], rows)[0] is False
+    assert check_target(Target("serial_ratio", 0.25, "gone"), rows["checks-clamd"], rows)[0] is None
+    worker = rows["checks-clamd"]
+    worker.concurrent = [Sample(1000, 10, 4.0, cpu_ms=1500.0), Sample(1000, 10, 4.0, cpu_ms=1700.0)]
+    met, note = check_target(Target("cpu_ms", 1.6), worker, rows)
+    assert met is True and "1.60 ms" in note
+    assert check_target(Target("cpu_ms", 1.5), worker, rows)[0] is False
+    assert check_target(Target("cpu_ms", 1.6), rows["rspamd"], rows)[0] is None
+
+
 def test_select_all_names_groups_and_references() -> None:
     assert select(NAMES, "", GROUPS, REFERENCES) == NAMES
     assert select(NAMES, "unix", GROUPS, REFERENCES) == ["postfix", "unix"]
