@@ -19,8 +19,9 @@ import Milter
 from .checks import Stage
 from .checks.headers import HeaderLimits, field_size, header_limit_hit
 from .model import Action, Decision, Envelope, Hit, Session
-from .pipeline import TEMPFAIL_REPLY, Pipeline
-from .text import escape, smtp_reply
+from .pipeline import Pipeline
+from .reply import INTERNAL_ERROR, REJECT, TEMPFAIL, Reply, setreply_args
+from .text import escape
 
 log = logging.getLogger("milterd")
 
@@ -59,11 +60,6 @@ def protocol_bits(stages: frozenset[Stage]) -> int:
         if stage not in stages:
             bits |= bit
     return bits
-
-
-def split_reply(reply: str) -> tuple[str, str | None, str]:
-    """``"550 5.7.1 text"`` → ``("550", "5.7.1", "text")``, escaped, %% doubled and shortened for libmilter."""
-    return smtp_reply(reply)
 
 
 class MilterdMilter(Milter.Base):
@@ -236,7 +232,7 @@ class MilterdMilter(Milter.Base):
         except Exception:  # noqa: BLE001 - answer 451 rather than crash or accept blindly
             log.exception("internal error at %s for client %s; answering tempfail", stage, self.session.client_addr)
             try:
-                self.setreply("451", "4.3.0", "Temporary internal error, please try again later")
+                self.setreply(*setreply_args(INTERNAL_ERROR))
             except Exception:  # noqa: BLE001
                 pass
             if stage in ("eom", "abort"):
@@ -267,19 +263,20 @@ class MilterdMilter(Milter.Base):
     def _reply(self, decision: Decision) -> int:
         reply = decision.reply
         if decision.action in (Action.TEMPFAIL, Action.GREYLIST):
-            self._set_reply(reply or TEMPFAIL_REPLY)
+            self._set_reply(reply or TEMPFAIL)
             return Milter.TEMPFAIL
         if decision.action == Action.DISCARD:
             return Milter.DISCARD
-        self._set_reply(reply or "550 5.7.1 Rejected by policy")
+        self._set_reply(reply or REJECT)
         return Milter.REJECT
 
-    def _set_reply(self, reply: str) -> None:
-        code, xcode, text = split_reply(reply)
+    def _set_reply(self, reply: Reply) -> None:
+        """The one place a :class:`Reply` becomes libmilter's reply."""
+        code, xcode, text = setreply_args(reply)
         try:
             self.setreply(code, xcode, text)
         except Exception:  # noqa: BLE001 - libmilter refused the text: keep the code, never turn it into a 451
-            log.warning("libmilter refused the reply %r; answering %s with a plain text", reply[:200], code)
+            log.warning("libmilter refused the reply %r; answering %s with a plain text", str(reply)[:200], code)
             self.setreply(code, xcode, "Rejected" if code.startswith("5") else "Try again later")
 
     @property

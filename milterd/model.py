@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterator, Literal
 
+from .reply import Reply
+
 
 class Action(enum.IntEnum):
     """What happens to a message, ordered by severity: the most severe one wins."""
@@ -50,22 +52,22 @@ class Hit:
 
     ``score`` overrides the weight from the rules (a scanner's own score);
     ``action`` forces at least that action (a virus, an SPF fail set to
-    reject, a greylisted triplet); ``reply`` is the SMTP text for it.
+    reject, a greylisted triplet); ``reply`` is the SMTP answer for it.
     """
 
     symbol: str
     detail: str = ""
     score: float | None = None
     action: Action | None = None
-    reply: str = ""
+    reply: Reply | None = None
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What the adapter must answer at a stage."""
+    """What the adapter must answer at a stage (its default reply when *reply* is None)."""
 
     action: Action
-    reply: str = ""
+    reply: Reply | None = None
 
 
 @dataclass(frozen=True)
@@ -285,7 +287,7 @@ class Verdict:
     symbols: dict[str, float]
     details: dict[str, str]
     reason: str
-    reply: str = ""
+    reply: Reply | None = None
     required: float | None = None
 
     @property

@@ -213,7 +213,7 @@ def judge(pipeline: Pipeline, raw: bytes, client: Client, label: str = "") -> Ju
             outcome = pipeline.eom(session, envelope)
             verdict = outcome.verdict
             return Judgement(
-                label, verdict.action, verdict.score, dict(verdict.symbols), dict(verdict.details), verdict.reason, outcome.reply,
+                label, verdict.action, verdict.score, dict(verdict.symbols), dict(verdict.details), verdict.reason, str(outcome.reply or ""),
                 "eom", forced=_forced_symbol(envelope.hits + session.hits, verdict.action), spam_status=spam_status(verdict),
             )
         forced = envelope.forced_hit if envelope is not None else None
@@ -222,7 +222,7 @@ def judge(pipeline: Pipeline, raw: bytes, client: Client, label: str = "") -> Ju
         verdict = decide(hits, pipeline.services.weight, pipeline.config.actions, scored=False)
         return Judgement(
             label, decision.action, verdict.score, dict(verdict.symbols), dict(verdict.details),
-            forced.reply or forced.symbol if forced else decision.reply, decision.reply, stage, forced=forced.symbol if forced else "",
+            (str(forced.reply) if forced.reply else forced.symbol) if forced else str(decision.reply or ""), str(decision.reply or ""), stage, forced=forced.symbol if forced else "",
         )
     except Exception as exc:  # noqa: BLE001 - report, go on with the next message
         return Judgement(label, Action.ACCEPT, 0.0, {}, {}, stage=stage, error=f"{exc.__class__.__name__}: {exc}")

@@ -20,6 +20,7 @@ from . import metrics
 from .checks import Check, Hits, Stage
 from .model import Action, Decision, Envelope, HeaderEdit, Hit, Session, Spool, Verdict
 from .policy import decide, plan_headers
+from .reply import REJECT, TEMPFAIL, Reply
 from .services import Services
 from .store import MessageRecord, StoreError
 from .store.quarantine import QuarantineWrite
@@ -33,9 +34,6 @@ log = logging.getLogger("milterd")
 #: over TCP Nagle holds the second write for a delayed ACK (40 ms a message).
 CORE_STAGES = frozenset({Stage.CONNECT, Stage.HELO, Stage.MAIL, Stage.RCPT, Stage.DATA, Stage.HEADER, Stage.EOH, Stage.EOM})
 
-TEMPFAIL_REPLY = "451 4.7.1 Service temporarily unavailable, please try again later"
-
-
 @dataclass
 class Outcome:
     """The result of end of message: the verdict, the edits, the log row."""
@@ -43,7 +41,7 @@ class Outcome:
     verdict: Verdict
     edits: list[HeaderEdit] = field(default_factory=list)
     record: MessageRecord | None = None
-    reply: str = ""
+    reply: Reply | None = None
     quarantine_reason: str = ""
 
 
@@ -199,7 +197,7 @@ class Pipeline:
             envelope.store_error = True
             if quarantine is not None or self.config.database.on_error == "tempfail":
                 outcome.verdict = _replace_action(verdict, Action.TEMPFAIL, "store unavailable")
-                outcome.reply = TEMPFAIL_REPLY
+                outcome.reply = TEMPFAIL
                 outcome.edits = []
         envelope.logged = True
         if self.keep_log:
@@ -236,7 +234,7 @@ class Pipeline:
                 action = max(h.action or Action.REJECT for _, h in envelope.rejected_recipients)
                 reason = "; ".join(f"<{r}>: {h.reply or h.symbol}" for r, h in envelope.rejected_recipients)
             else:
-                action, reason = decision.action, decision.reply
+                action, reason = decision.action, str(decision.reply or "")
             hits = [h for h in session.hits] + envelope.hits + [h for _, h in envelope.rejected_recipients]
             verdict = decide(hits, self.services.weight, self.config.actions, scored=False)
             record = self.record(session, envelope, action.label, verdict)
@@ -370,12 +368,12 @@ class Pipeline:
         return Decision(action, worst.reply or self._default_reply(action))
 
     @staticmethod
-    def _default_reply(action: Action) -> str:
+    def _default_reply(action: Action) -> Reply | None:
         if action == Action.REJECT:
-            return "550 5.7.1 Message rejected by policy"
+            return REJECT
         if action in (Action.TEMPFAIL, Action.GREYLIST):
-            return TEMPFAIL_REPLY
-        return ""
+            return TEMPFAIL
+        return None
 
     def shutdown(self) -> None:
         """Stop the end-of-message thread pool."""

@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Mapping
 
 from .config import ActionsSection
 from .model import Action, HeaderEdit, Hit, Verdict
+from .reply import Reply
 
 #: Threshold actions, most severe first.
 THRESHOLD_ACTIONS = (
@@ -56,16 +57,16 @@ def decide(hits: Iterable[Hit], weight: Callable[[str], float], actions: Actions
     score = round(sum(symbols.values()), 2)
     action = threshold_action(score, actions) if scored else Action.ACCEPT
     reason = _threshold_reason(action, score, actions) if action != Action.ACCEPT else ""
-    reply = ""
+    reply: Reply | None = None
     for hit in hits:
         # A forced action also names the reason when the score alone reached it
         # (a virus in spam is rejected as "Virus found", not "score 21").
         if hit.action is not None and (hit.action > action or (hit.action == action and hit.reply and not reply)):
             action = hit.action
-            reason = hit.reply or f"{hit.symbol}{': ' + hit.detail if hit.detail else ''}"
+            reason = str(hit.reply) if hit.reply else f"{hit.symbol}{': ' + hit.detail if hit.detail else ''}"
             reply = hit.reply
     if action == Action.REJECT and not reply:
-        reply = f"550 5.7.1 {actions.reject_message} (score {score:g})"
+        reply = Reply.reject(f"{actions.reject_message} (score {score:g})")
     required = actions.add_header if actions.add_header is not False else None
     return Verdict(action=action, score=score, symbols=symbols, details=details, reason=reason, reply=reply, required=required)
 

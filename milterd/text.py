@@ -1,4 +1,4 @@
-"""Text that leaves milterd: escaping what outsiders control, hiding secrets, SMTP replies.
+"""Text that leaves milterd: escaping what outsiders control, hiding secrets.
 
 Anything a client or a remote DNS zone controls (Subject, HELO, envelope
 addresses, client names, SPF explanations, DNSBL TXT records) may carry CR,
@@ -6,7 +6,8 @@ LF, ESC or other control characters.  Written as they are, they forge log
 lines, inject headers into mail milterd sends, drive a terminal, or make
 libmilter refuse a reply.  :func:`escape` is the one function that turns them
 into visible escapes (``\\r``, ``\\n``, ``\\x1b``) wherever such text goes out:
-log lines, SMTP replies, notices and digests, ``quarantine show``.
+log lines, SMTP replies (``reply.setreply_args``), notices and digests,
+``quarantine show``.
 
 A database URL's password never leaves either: :func:`redact_url` for the URL
 itself, :func:`redact` for any text (an exception's message) that may embed it.
@@ -91,38 +92,3 @@ def redact(text: str, url: str) -> str:
             if form:
                 text = text.replace(form, "***")
     return text
-
-
-#: libmilter's limit on the text of one reply line (MAXREPLYLEN in libmilter/smfi.c).
-MAX_REPLY_TEXT = 980
-_CODE = re.compile(r"^[45]\d\d$")
-_XCODE = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}$")
-
-
-def smtp_reply(reply: str, default: str = "451 4.3.0 Temporary internal error, please try again later") -> tuple[str, str | None, str]:
-    """Split ``"550 5.7.1 text"`` into what ``smfi_setreply`` takes, made safe for it.
-
-    The text is escaped (ASCII, no CR/LF), ``%`` doubled for libmilter, and
-    shortened (ending in ``...``) to libmilter's 980-byte limit, so that a
-    long DNSBL TXT or SPF explanation still gives its own code, never a 451
-    from a refused reply.  An enhanced code whose class differs from the
-    reply's is dropped (libmilter would refuse it).  A reply without a valid
-    4xx/5xx code is *default*.
-    """
-    parts = reply.strip().split(" ", 2)
-    if not parts or not _CODE.match(parts[0]):
-        parts = default.split(" ", 2)
-    code, rest = parts[0], parts[1:]
-    xcode: str | None = None
-    if rest:
-        match = _XCODE.match(rest[0])
-        if match:
-            xcode = rest[0] if match.group(1) == code[0] else None
-            rest = rest[1:]
-    text = escape(" ".join(rest), ascii_only=True).replace("%", "%%") or "Rejected"
-    if len(text) > MAX_REPLY_TEXT:
-        text = text[: MAX_REPLY_TEXT - 3]
-        if (len(text) - len(text.rstrip("%"))) % 2 == 1:
-            text = text[:-1]  # never cut a doubled % in half
-        text += "..."
-    return code, xcode, text

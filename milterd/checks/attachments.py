@@ -18,6 +18,7 @@ from ..archives import Limits, archive_kind, list_archive
 from ..filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
 from ..mimeparts import Attachment, attachments
 from ..model import Action, Envelope, Hit, Session
+from ..reply import Reply
 from ..text import escape
 from . import Hits, Symbol
 from .switches import ConfiguredCheck
@@ -106,7 +107,7 @@ def hits_for(findings: Iterable[Finding], actions: dict[str, str]) -> list[Hit]:
         action = actions.get(symbol, "score")
         if action == "reject":
             first = found[0]
-            reply = f"550 5.7.1 Attachment rejected: {first.text}"[:400]
+            reply = Reply.reject(f"Attachment rejected: {first.text}"[:390])
             hits.append(Hit(symbol, detail=detail, action=Action.REJECT, reply=reply))
         elif action == "quarantine":
             hits.append(Hit(symbol, detail=detail, action=Action.QUARANTINE))

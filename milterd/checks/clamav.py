@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from ..model import Action, Envelope, HeaderEdit, Hit, Session
+from ..reply import Reply
 from ..scanners import ScannerError
 from ..scanners.clamd import ClamdClient, ClamdResult, InstreamScan
 from . import Check, Hits, Symbol
@@ -33,7 +34,7 @@ log = logging.getLogger("milterd")
 VIRUS = "CLAMAV_VIRUS"
 SKIPPED = "CLAMAV_SKIPPED_SIZE"
 ERROR = "CLAMAV_ERROR"
-TEMPFAIL_REPLY = "451 4.7.1 Virus scanner unavailable, please try again later"
+SCANNER_DOWN_REPLY = Reply.tempfail("Virus scanner unavailable, please try again later")
 VIRUS_HEADERS = ("X-Virus-Scanned", "X-Virus-Status")
 
 
@@ -53,14 +54,14 @@ def virus_hit(name: str, action: str) -> Hit:
         return Hit(VIRUS, detail=name, action=Action.QUARANTINE)
     if action == "discard":
         return Hit(VIRUS, detail=name, action=Action.DISCARD)
-    return Hit(VIRUS, detail=name, action=Action.REJECT, reply=f"550 5.7.1 Virus found: {_printable(name)}")
+    return Hit(VIRUS, detail=name, action=Action.REJECT, reply=Reply.reject(f"Virus found: {_printable(name)}"))
 
 
 def error_hit(reason: str, on_error: str) -> Hit:
     """The hit for a scan that failed, under ``[clamav] on_error``."""
     if on_error == "accept":
         return Hit(ERROR, detail=reason[:200])
-    return Hit(ERROR, detail=reason[:200], action=Action.TEMPFAIL, reply=TEMPFAIL_REPLY)
+    return Hit(ERROR, detail=reason[:200], action=Action.TEMPFAIL, reply=SCANNER_DOWN_REPLY)
 
 
 def status_edits(envelope: Envelope, scanned_by: str, status: str) -> list[HeaderEdit]:

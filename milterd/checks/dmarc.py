@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 from publicsuffixlist import PublicSuffixList
 
 from ..model import Action, Envelope, Hit, Session
+from ..reply import Reply
 from . import Hits, Symbol
 from .switches import ConfiguredCheck
 
@@ -218,7 +219,7 @@ def enforce(evaluation: Evaluation, reject_action: str, quarantine_action: str) 
     detail = f"{domain} p={evaluation.policy} applied={applied}"
     action = reject_action if applied == "reject" else quarantine_action if applied == "quarantine" else "score"
     if action == "reject":
-        reply = f"550 5.7.1 Message rejected: {domain} publishes a DMARC policy of {applied} and this message failed it"
+        reply = Reply.reject(f"Message rejected: {domain} publishes a DMARC policy of {applied} and this message failed it")
         return Hit(symbol, detail=detail, action=Action.REJECT, reply=reply)
     if action == "quarantine":
         return Hit(symbol, detail=detail, action=Action.QUARANTINE)

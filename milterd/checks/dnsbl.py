@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from ..config import ConfigError
 from ..dns import Answer, dnsbl_name
 from ..model import Action, Envelope, Hit, Session
+from ..reply import Reply
 from . import Hits, Symbol
 from .switches import ConfiguredCheck
 
@@ -252,10 +253,10 @@ def _in_loopback(answer: str) -> bool:
         return False
 
 
-def reject_reply(ip: str, zone: str, reason: str) -> str:
+def reject_reply(ip: str, zone: str, reason: str) -> Reply:
     """The SMTP reply for a client a zone set to reject lists."""
     reason = " ".join(reason.split())[:300] or "listed"
-    return f"554 5.7.1 Service unavailable; client [{ip}] blocked using {zone}; {reason}"
+    return Reply("554", "5.7.1", f"Service unavailable; client [{ip}] blocked using {zone}; {reason}")
 
 
 class DnsLists(ConfiguredCheck):

@@ -39,6 +39,7 @@ from .. import greylist as gl
 from ..config import ConfigError
 from ..model import Action, Envelope, Hit, Session, Verdict
 from ..policy import decide
+from ..reply import Reply
 from ..store import StoreError, utcnow
 from . import Check, Hits, Symbol
 
@@ -86,9 +87,9 @@ class ClientState:
     touch: bool = False
 
 
-def greylist_reply(wait: float) -> str:
+def greylist_reply(wait: float) -> Reply:
     """The SMTP reply of a greylisted recipient or message."""
-    return f"451 4.7.1 Greylisted, please try again in {max(1, int(round(wait)))} seconds"
+    return Reply.tempfail(f"Greylisted, please try again in {max(1, int(round(wait)))} seconds")
 
 
 class Greylist(Check):

@@ -27,6 +27,7 @@ from email import policy
 from typing import ClassVar
 
 from ..model import Action, Envelope, Hit, Session
+from ..reply import Reply
 from . import Hits, Symbol
 from .switches import ConfiguredCheck
 
@@ -37,8 +38,8 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _ENCODED_START = re.compile(r"=\?[^?\s]+\?[bBqQ]\?")
 
 
-TOO_MANY_REPLY = "554 5.6.0 Too many headers"
-TOO_LARGE_REPLY = "552 5.3.4 Message header too large"
+TOO_MANY_REPLY = Reply("554", "5.6.0", "Too many headers")
+TOO_LARGE_REPLY = Reply("552", "5.3.4", "Message header too large")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ..config import ConfigError
 from ..model import Action, Envelope, Hit, Session
+from ..reply import Reply
 from . import Check, Hits, Symbol
 from .headers import unfold
 
@@ -81,14 +82,14 @@ class LocalSpoof(Check):
     def enabled(cls, services: "Services") -> bool:
         return services.config.checks.local_domains.enabled and bool(services.config.milter.local_domains)
 
-    def _hit(self, symbol: str, detail: str, reply: str) -> list[Hit]:
+    def _hit(self, symbol: str, detail: str, reply: Reply) -> list[Hit]:
         if self.options.action == "reject":
             return [Hit(symbol, detail=detail, action=Action.REJECT, reply=reply), Hit(symbol, detail=detail)]
         return [Hit(symbol, detail=detail)]
 
     def on_mail(self, session: Session, envelope: Envelope) -> Hits:
         if domain_of(envelope.sender) in self.domains:
-            return self._hit("LOCAL_SENDER_SPOOF", envelope.sender[:100], f"553 5.7.1 <{envelope.sender}>: Sender address rejected: not logged in")
+            return self._hit("LOCAL_SENDER_SPOOF", envelope.sender[:100], Reply("553", "5.7.1", f"<{envelope.sender}>: Sender address rejected: not logged in"))
         return ()
 
     def on_eoh(self, session: Session, envelope: Envelope) -> Hits:
@@ -104,7 +105,7 @@ class LocalSpoof(Check):
                 continue
             for address in addresses:
                 if (address.domain or "").lower().rstrip(".") in self.domains:
-                    return self._hit("LOCAL_FROM_SPOOF", address.addr_spec[:100], "550 5.7.1 From address in a local domain: please authenticate")
+                    return self._hit("LOCAL_FROM_SPOOF", address.addr_spec[:100], Reply.reject("From address in a local domain: please authenticate"))
         return ()
 
 
@@ -145,7 +146,7 @@ class SenderLogin(Check):
             return ()
         detail = f"{session.auth_user} as {envelope.sender}"[:160]
         if self.action == "reject":
-            reply = f"553 5.7.1 <{envelope.sender}>: Sender address rejected: not owned by user {session.auth_user}"
+            reply = Reply("553", "5.7.1", f"<{envelope.sender}>: Sender address rejected: not owned by user {session.auth_user}")
             return [Hit("SENDER_LOGIN_MISMATCH", detail=detail, action=Action.REJECT, reply=reply), Hit("SENDER_LOGIN_MISMATCH", detail=detail)]
         return [Hit("SENDER_LOGIN_MISMATCH", detail=detail)]
 

@@ -30,6 +30,7 @@ import time
 from typing import TYPE_CHECKING, ClassVar
 
 from ..model import Action, Envelope, Hit, Session
+from ..reply import Reply
 from ..scanners import ScannerError
 from ..scanners.cache import ResultCache, content_key
 from ..scanners.spamd import SpamdClient, SpamdResult
@@ -46,7 +47,7 @@ SPAMASSASSIN = "SPAMASSASSIN"
 SKIPPED = "SPAMD_SKIPPED_SIZE"
 ERROR = "SPAMD_ERROR"
 CACHED = "SPAMD_CACHED"
-TEMPFAIL_REPLY = "451 4.7.1 Spam scanner unavailable, please try again later"
+SCANNER_DOWN_REPLY = Reply.tempfail("Spam scanner unavailable, please try again later")
 
 
 def received_header(session: Session, envelope: Envelope, hostname: str, now: float | None = None) -> bytes:
@@ -142,7 +143,7 @@ class SpamAssassinCheck(Check):
         except ScannerError as exc:
             log.warning("spamassassin: %s", exc)
             if self.options.on_error == "tempfail":
-                return [Hit(ERROR, detail=str(exc)[:200], action=Action.TEMPFAIL, reply=TEMPFAIL_REPLY)]
+                return [Hit(ERROR, detail=str(exc)[:200], action=Action.TEMPFAIL, reply=SCANNER_DOWN_REPLY)]
             return [Hit(ERROR, detail=str(exc)[:200])]
         finally:
             ended = time.monotonic()

@@ -24,6 +24,7 @@ from ..authresults import build as build_authentication_results
 from ..authresults import forged_indexes
 from ..dns import use_for_spf
 from ..model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
+from ..reply import Reply
 from . import Hits, Symbol
 from .switches import ConfiguredCheck
 
@@ -102,7 +103,7 @@ class Spf(ConfiguredCheck):
         if state is None or state["result"] != "fail" or self.options.fail_action != "reject":
             return ()
         domain = state["sender"].rpartition("@")[2]
-        reply = f"550 5.7.23 <{state['sender']}>: SPF validation failed for {domain}: {state['explanation']}"[:400]
+        reply = Reply("550", "5.7.23", f"<{state['sender']}>: SPF validation failed for {domain}: {state['explanation']}"[:389])
         return [Hit("SPF_FAIL", detail=state["explanation"][:200], action=Action.REJECT, reply=reply)]
 
     def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:

@@ -40,6 +40,7 @@ from ..config import ConfigError
 from ..dns import Answer, dnsbl_name
 from ..mimetext import extract
 from ..model import Action, Envelope, Hit, Session
+from ..reply import Reply
 from ..text import escape
 from . import Hits, Symbol
 from .dnsbl import Zone, answer_matches, parse_zones
@@ -358,7 +359,7 @@ def listing_hits(listings: list[Listed], failed: list[str], refused: list[str]) 
         detail = ", ".join(dict.fromkeys(found))[:200]
         listed_by = rejects.get(symbol)
         if listed_by is not None:
-            reply = f"550 5.7.1 Message rejected: it links to {escape(listed_by.target, ascii_only=True)}, listed in {listed_by.zone.zone}"
+            reply = Reply.reject(f"Message rejected: it links to {escape(listed_by.target, ascii_only=True)}, listed in {listed_by.zone.zone}")
             hits.append(Hit(symbol, detail=detail, action=Action.REJECT, reply=reply))
         else:
             hits.append(Hit(symbol, detail=detail))

@@ -107,7 +107,7 @@ def test_checks_clean_virus_and_spam(tmp_path: Path, clamd: Clamd, spamd: Spamd)
 
     outcome, _ = run_message(scanner_pipeline(tmp_path, clamd.address, spamd.address), HAM.replace(b"See you", EICAR + b"\r\nSee you"))
     assert outcome.verdict.action == Action.REJECT
-    assert outcome.reply.startswith("550 5.7.1 Virus found: " + EICAR_NAME)
+    assert str(outcome.reply).startswith("550 5.7.1 Virus found: " + EICAR_NAME)
     assert outcome.verdict.details["CLAMAV_VIRUS"].startswith(EICAR_NAME)
 
     outcome, _ = run_message(scanner_pipeline(tmp_path, clamd.address, spamd.address), SPAM)

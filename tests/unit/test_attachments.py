@@ -163,14 +163,14 @@ def test_hits_follow_each_categorys_action() -> None:
     hits = {h.symbol: h for h in hits_for(findings, actions)}
     assert set(hits) == {BANNED, MISMATCH, ENCRYPTED}
     assert hits[BANNED].action == Action.REJECT
-    assert hits[BANNED].reply == "550 5.7.1 Attachment rejected: a.zip/b.zip/evil.exe: banned extension .exe"
+    assert str(hits[BANNED].reply) == "550 5.7.1 Attachment rejected: a.zip/b.zip/evil.exe: banned extension .exe"
     assert hits[MISMATCH].action == Action.QUARANTINE and hits[ENCRYPTED].action is None
     assert hits[ENCRYPTED].detail == "locked.zip: encrypted"
 
 
 def test_a_file_name_with_control_characters_is_escaped_in_the_reply() -> None:
     [hit] = hits_for([Finding(BANNED, "evil\r\n250 ok.exe", "banned extension .exe")], {BANNED: "reject"})
-    assert "\r" not in hit.reply and "\n" not in hit.reply and "evil\\r\\n250 ok.exe" in hit.reply
+    assert "\r" not in str(hit.reply) and "\n" not in str(hit.reply) and "evil\\r\\n250 ok.exe" in str(hit.reply)
 
 
 def libarchive_made(tmp_path: Path, format_name: str, files: dict[str, bytes]) -> bytes:

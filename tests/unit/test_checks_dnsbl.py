@@ -64,7 +64,7 @@ def test_dnswl_cannot_reject_and_uses_its_prefix() -> None:
 
 
 def test_reject_reply() -> None:
-    assert reject_reply("192.0.2.66", "bl.test", "Listed:\n see x") == "554 5.7.1 Service unavailable; client [192.0.2.66] blocked using bl.test; Listed: see x"
+    assert str(reject_reply("192.0.2.66", "bl.test", "Listed:\n see x")) == "554 5.7.1 Service unavailable; client [192.0.2.66] blocked using bl.test; Listed: see x"
 
 
 def test_shipped_rules_load(tmp_path: Path) -> None:

@@ -237,7 +237,7 @@ def test_doctor_judges_the_published_dkim_record(rsa_key: bytes, other_key: byte
 def test_dmarc_actions_per_policy() -> None:
     reject = enforce(Evaluation("fail", "a.test", "reject", "reject"), "reject", "quarantine")
     assert reject.symbol == "DMARC_FAIL_REJECT" and reject.action == Action.REJECT
-    assert reject.reply.startswith("550 5.7.1 ") and "a.test" in reject.reply
+    assert str(reject.reply).startswith("550 5.7.1 ") and "a.test" in str(reject.reply)
     assert enforce(Evaluation("fail", "a.test", "quarantine", "quarantine"), "reject", "quarantine").action == Action.QUARANTINE
     assert enforce(Evaluation("fail", "a.test", "reject", "reject"), "score", "quarantine").action is None
     monitored = enforce(Evaluation("fail", "a.test", "none", "none"), "reject", "reject")

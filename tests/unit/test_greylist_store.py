@@ -177,7 +177,7 @@ def test_check_skips_dnswl_and_greylists_the_rest(store: Store, database: str) -
     assert list(check.on_rcpt(listed, envelope, "bob@example.com")) == []
     [hit] = check.on_rcpt(Session(client_addr="192.0.2.1"), envelope, "bob@example.com")
     assert hit.symbol == "GREYLIST" and hit.action == Action.GREYLIST
-    assert hit.reply == "451 4.7.1 Greylisted, please try again in 300 seconds"
+    assert str(hit.reply) == "451 4.7.1 Greylisted, please try again in 300 seconds"
     assert "client=192.0.2.0/24 from=<alice@example.org> to=<bob@example.com> new" in hit.detail
     assert list(check.on_rcpt(Session(client_addr="192.0.2.1", auth_user="alice"), envelope, "bob@example.com")) == []
     services.close()
@@ -200,7 +200,7 @@ def test_score_mode_verdict(store: Store, database: str) -> None:
     assert list(check.on_rcpt(session, envelope, "bob@example.com")) == []  # nothing at RCPT
     verdict = Verdict(Action.GREYLIST, 7.0, {"X": 7.0}, {}, "score 7 >= greylist 6", required=5)
     first = check.on_verdict(session, envelope, verdict)
-    assert first.action == Action.GREYLIST and first.reply.startswith("451 4.7.1 Greylisted")
+    assert first.action == Action.GREYLIST and str(first.reply).startswith("451 4.7.1 Greylisted")
     assert "to=<bob@example.com>" in first.details["GREYLIST"]
     accepted = Verdict(Action.ADD_HEADER, 5.0, {}, {}, "")
     assert check.on_verdict(session, envelope, accepted) is accepted
@@ -255,7 +255,7 @@ def test_a_thousand_new_recipients_are_one_write_transaction(store: Store, datab
     session, envelope = Session(client_addr="192.0.2.1"), Envelope(spool=Spool(1024), sender="news@bulk.example")
     for i in range(1000):
         [hit] = check.on_rcpt(session, envelope, f"r{i}@example.com")
-        assert hit.symbol == "GREYLIST" and hit.action == Action.GREYLIST and hit.reply.startswith("451 4.7.1 Greylisted")
+        assert hit.symbol == "GREYLIST" and hit.action == Action.GREYLIST and str(hit.reply).startswith("451 4.7.1 Greylisted")
     assert counting.commits == 0  # decided from reads: nothing written while the RCPTs come in
     assert counting.selects <= 2  # the first recipient alone, then the sender's triplets at once
     assert rows(store) == []
@@ -342,7 +342,7 @@ def test_score_mode_reads_and_writes_once(store: Store, database: str) -> None:
     recipients = [f"s{i}@example.com" for i in range(300)]
     envelope = Envelope(spool=Spool(1024), sender="alice@example.org", recipients=recipients)
     verdict = check.on_verdict(Session(client_addr="192.0.2.1"), envelope, Verdict(Action.GREYLIST, 7.0, {"X": 7.0}, {}, "score 7", required=5))
-    assert verdict.reply.startswith("451 4.7.1 Greylisted")
+    assert str(verdict.reply).startswith("451 4.7.1 Greylisted")
     assert counting.commits == 1 and counting.selects == 1
     assert len(rows(store)) == 300
     services.close()

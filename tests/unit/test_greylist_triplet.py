@@ -151,8 +151,8 @@ def test_judge() -> None:
 def test_reply_text() -> None:
     from milterd.checks.greylist import greylist_reply
 
-    assert greylist_reply(299.6) == "451 4.7.1 Greylisted, please try again in 300 seconds"
-    assert greylist_reply(0) == "451 4.7.1 Greylisted, please try again in 1 seconds"
+    assert str(greylist_reply(299.6)) == "451 4.7.1 Greylisted, please try again in 300 seconds"
+    assert str(greylist_reply(0)) == "451 4.7.1 Greylisted, please try again in 1 seconds"
 
 
 PLAN_CONFIG = GreylistSection(delay=300, retry_window=7200, expire=86400, auto_whitelist_after=5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from milterd.config import ActionsSection
 from milterd.model import Action, HeaderEdit, Hit
 from milterd.policy import decide, plan_headers, spam_status, tag_subject, threshold_action
+from milterd.reply import Reply
 
 ACTIONS = ActionsSection()  # add_header 5, rewrite_subject 8, quarantine 12, reject 15
 WEIGHTS = {"A": 2.0, "B": 3.5, "NEG": -4.0}
@@ -41,15 +42,15 @@ def test_hit_score_overrides_weight_and_negative_scores_count() -> None:
 def test_reject_reply_names_score() -> None:
     verdict = decide([Hit("X", score=16)], weight, ACTIONS)
     assert verdict.action == Action.REJECT
-    assert verdict.reply == "550 5.7.1 Message rejected as spam (score 16)"
+    assert str(verdict.reply) == "550 5.7.1 Message rejected as spam (score 16)"
     assert verdict.reason == "score 16 >= reject 15"
 
 
 def test_forced_action_wins_when_more_severe() -> None:
-    virus = Hit("CLAMAV_VIRUS", detail="Eicar-Test-Signature", action=Action.REJECT, reply="550 5.7.1 Virus found: Eicar-Test-Signature")
+    virus = Hit("CLAMAV_VIRUS", detail="Eicar-Test-Signature", action=Action.REJECT, reply=Reply("550", "5.7.1", "Virus found: Eicar-Test-Signature"))
     verdict = decide([virus, Hit("A")], weight, ACTIONS)
     assert verdict.action == Action.REJECT
-    assert verdict.reply == "550 5.7.1 Virus found: Eicar-Test-Signature"
+    assert str(verdict.reply) == "550 5.7.1 Virus found: Eicar-Test-Signature"
     # A tempfail does not override a reject by score.
     verdict = decide([Hit("X", score=20), Hit("FAIL", action=Action.TEMPFAIL)], weight, ACTIONS)
     assert verdict.action == Action.REJECT

@@ -105,16 +105,16 @@ def test_report_rules() -> None:
 
 def test_virus_hits_follow_the_configured_action() -> None:
     reject = virus_hit("Eicar-Test-Signature", "reject")
-    assert reject.action == Action.REJECT and reject.reply == "550 5.7.1 Virus found: Eicar-Test-Signature"
+    assert reject.action == Action.REJECT and str(reject.reply) == "550 5.7.1 Virus found: Eicar-Test-Signature"
     assert reject.detail == "Eicar-Test-Signature"
     assert virus_hit("X", "quarantine").action == Action.QUARANTINE
     assert virus_hit("X", "discard").action == Action.DISCARD
-    assert "\n" not in virus_hit("bad\r\nname", "reject").reply
+    assert "\n" not in str(virus_hit("bad\r\nname", "reject").reply)
 
 
 def test_error_hits_follow_on_error() -> None:
     tempfail = error_hit("connection refused", "tempfail")
-    assert tempfail.action == Action.TEMPFAIL and tempfail.reply.startswith("451 4.7.1")
+    assert tempfail.action == Action.TEMPFAIL and str(tempfail.reply).startswith("451 4.7.1")
     accept = error_hit("connection refused", "accept")
     assert accept.action is None and accept.detail == "connection refused"
 
@@ -182,4 +182,4 @@ def test_virus_reply_wins_over_a_score_that_also_rejects() -> None:
     hits = [virus_hit("Eicar-Test-Signature", "reject"), Hit("SPAMASSASSIN", score=20.0)]
     verdict = decide(hits, lambda _symbol: 5.0, ActionsSection())
     assert verdict.action == Action.REJECT
-    assert verdict.reply == "550 5.7.1 Virus found: Eicar-Test-Signature"
+    assert str(verdict.reply) == "550 5.7.1 Virus found: Eicar-Test-Signature"

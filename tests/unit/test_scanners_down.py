@@ -66,7 +66,7 @@ def test_spamd_down_and_hung(silent_server: str) -> None:
 def test_checks_scanners_down(tmp_path: Path) -> None:
     down = f"tcp:127.0.0.1:{free_port()}"
     outcome, _ = run_message(scanner_pipeline(tmp_path, down, down), HAM)
-    assert outcome.verdict.action == Action.TEMPFAIL and outcome.reply.startswith("451 4.7.1")
+    assert outcome.verdict.action == Action.TEMPFAIL and str(outcome.reply).startswith("451 4.7.1")
     assert {"CLAMAV_ERROR", "SPAMD_ERROR"} <= set(outcome.verdict.symbols)
     outcome, _ = run_message(scanner_pipeline(tmp_path, down, down, clamav__on_error="accept"), HAM)
     assert outcome.verdict.action == Action.ACCEPT

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from milterd.adapter import split_reply
+from milterd.reply import Reply, setreply_args
 from milterd.supervisor import parse_socket
 
 
@@ -32,6 +32,6 @@ def test_bad_socket_refused(spec: str) -> None:
 
 
 def test_split_reply() -> None:
-    assert split_reply("550 5.7.1 Virus found: Eicar") == ("550", "5.7.1", "Virus found: Eicar")
-    assert split_reply("451 4.7.1 Greylisted, 100% sure") == ("451", "4.7.1", "Greylisted, 100%% sure")
-    assert split_reply("554 blocked") == ("554", None, "blocked")
+    assert setreply_args(Reply("550", "5.7.1", "Virus found: Eicar")) == ("550", "5.7.1", "Virus found: Eicar")
+    assert setreply_args(Reply("451", "4.7.1", "Greylisted, 100% sure")) == ("451", "4.7.1", "Greylisted, 100%% sure")
+    assert setreply_args(Reply("554", None, "blocked")) == ("554", None, "blocked")

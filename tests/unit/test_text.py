@@ -1,4 +1,4 @@
-"""Escaping, secret redaction and reply shaping (milterd/text.py)."""
+"""Escaping, secret redaction (milterd/text.py) and reply shaping (milterd/reply.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 
-from milterd.adapter import split_reply
+from milterd.reply import MAX_REPLY_TEXT, Reply, setreply_args
 from milterd.store import MessageRecord
 from milterd.summary import summary_line
-from milterd.text import MAX_REPLY_TEXT, escape, redact, redact_url, smtp_reply
+from milterd.text import escape, redact, redact_url
 
 
 def test_escape_makes_controls_visible() -> None:
@@ -37,22 +37,23 @@ def test_redact_finds_the_password_in_any_text() -> None:
 
 
 def test_reply_split_escaped_and_percent_doubled() -> None:
-    assert split_reply("550 5.7.1 Virus found: Eicar") == ("550", "5.7.1", "Virus found: Eicar")
-    assert split_reply("451 4.7.1 Greylisted, 100% sure") == ("451", "4.7.1", "Greylisted, 100%% sure")
-    assert split_reply("554 blocked") == ("554", None, "blocked")
-    assert split_reply("550 5.7.23 <a@b>: explained\r\n250 forged\x1b") == ("550", "5.7.23", "<a@b>: explained\\r\\n250 forged\\x1b")
-    assert smtp_reply("550 4.7.1 mismatched class") == ("550", None, "mismatched class")
-    assert smtp_reply("250 2.0.0 not a refusal")[0] == "451"
+    assert setreply_args(Reply("550", "5.7.1", "Virus found: Eicar")) == ("550", "5.7.1", "Virus found: Eicar")
+    assert setreply_args(Reply("451", "4.7.1", "Greylisted, 100% sure")) == ("451", "4.7.1", "Greylisted, 100%% sure")
+    assert setreply_args(Reply("554", None, "blocked")) == ("554", None, "blocked")
+    assert setreply_args(Reply("550", "5.7.23", "<a@b>: explained\r\n250 forged\x1b")) == ("550", "5.7.23", "<a@b>: explained\\r\\n250 forged\\x1b")
+    assert setreply_args(Reply("550", "4.7.1", "mismatched class")) == ("550", None, "mismatched class")
+    assert setreply_args(Reply("250", "2.0.0", "not a refusal"))[0] == "451"
+    assert str(Reply("550", "5.7.1", "Virus found: Eicar")) == "550 5.7.1 Virus found: Eicar" and str(Reply("554", None, "blocked")) == "554 blocked"
 
 
 def test_long_reply_keeps_its_codes_within_libmilter_limit() -> None:
-    code, xcode, text = smtp_reply("554 5.7.1 Service unavailable; " + "x" * 2000)
+    code, xcode, text = setreply_args(Reply("554", "5.7.1", "Service unavailable; " + "x" * 2000))
     assert (code, xcode) == ("554", "5.7.1")
     assert len(text.encode()) <= MAX_REPLY_TEXT and text.endswith("...")
-    code, xcode, text = smtp_reply("550 5.7.1 " + "%" * 2000)
+    code, xcode, text = setreply_args(Reply("550", "5.7.1", "%" * 2000))
     assert len(text) <= MAX_REPLY_TEXT
     assert (len(text) - len(text.rstrip("%"))) % 2 == 0  # no half of a doubled %
-    code, xcode, text = smtp_reply("550 5.7.1 " + "\x01" * 1000)
+    code, xcode, text = setreply_args(Reply("550", "5.7.1", "\x01" * 1000))
     assert len(text) <= MAX_REPLY_TEXT
 
 

@@ -85,7 +85,7 @@ def test_hits_name_the_domains_and_a_reject_names_the_first() -> None:
     hits = {h.symbol: h for h in listing_hits([x for x in listings if x is not None and not isinstance(x, str)], ["multi.surbl.org"], ["dbl.spamhaus.org"])}
     assert hits["URIBL_DBL_SPAM"].detail == "a.test (127.0.1.2), b.test (127.0.1.2)" and hits["URIBL_DBL_SPAM"].action is None
     assert hits["URIBL_DBL_PHISH"].action == Action.REJECT
-    assert hits["URIBL_DBL_PHISH"].reply == "550 5.7.1 Message rejected: it links to evil\\r\\n.test, listed in dbl.spamhaus.org"
+    assert str(hits["URIBL_DBL_PHISH"].reply) == "550 5.7.1 Message rejected: it links to evil\\r\\n.test, listed in dbl.spamhaus.org"
     assert hits[TEMPFAIL].detail == "multi.surbl.org" and hits[REFUSED].detail == "dbl.spamhaus.org"
 
 
