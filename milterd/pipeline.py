@@ -19,7 +19,7 @@ from typing import Callable
 from . import metrics
 from .checks import Check, Hits, Stage
 from .model import Action, Decision, Envelope, HeaderEdit, Hit, Session, Spool, Verdict
-from .policy import decide, plan_headers
+from .policy import GreylistStatus, decide, greylists_at_score, plan_headers
 from .reply import REJECT, TEMPFAIL, Reply
 from .services import Services
 from .store import MessageRecord, StoreError
@@ -167,12 +167,12 @@ class Pipeline:
         seen = frozenset(h.symbol for h in session.hits + envelope.hits)
         for check in self._overriding("on_symbols", session):
             envelope.hits.extend(self._call(check, session, lambda c: c.on_symbols(session, envelope, seen)))
-        verdict = decide(
-            [h for h in session.hits if h.action is None] + envelope.hits,
-            self.services.weight,
-            self.config.actions,
-            scored=self._scored(session),
-        )
+        hits = [h for h in session.hits if h.action is None] + envelope.hits
+        verdict = decide(hits, self.services.weight, self.config.actions, scored=self._scored(session))
+        if greylists_at_score(verdict):
+            status = self._greylist_status(session, envelope)
+            if status is not None:
+                verdict = decide(hits, self.services.weight, self.config.actions, scored=self._scored(session), greylist=status)
         for check in self._overriding("on_verdict", session):
             try:
                 verdict = check.on_verdict(session, envelope, verdict)
@@ -206,6 +206,18 @@ class Pipeline:
             outcome.reply = verdict.reply or self._default_reply(verdict.action)
         metrics.observe(outcome.record, eom_started, stored=not envelope.store_error)
         return outcome
+
+    def _greylist_status(self, session: Session, envelope: Envelope) -> GreylistStatus | None:
+        """The greylist store's answer for a message the score greylists (None: no greylist check)."""
+        for check in self._overriding("on_score_greylist", session):
+            try:
+                status = check.on_score_greylist(session, envelope)
+            except Exception:  # noqa: BLE001
+                log.exception("check %s failed at verdict", check.name)
+                continue
+            if status is not None:
+                return status
+        return None
 
     def _eom_tier(self, session: Session, envelope: Envelope, checks: list[Check]) -> list[Hit]:
         """Run the end-of-message hooks of *checks* concurrently.

@@ -6,6 +6,7 @@ Pure functions of their arguments, so that the milter, ``milterd check`` and
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping
 
 from .config import ActionsSection
@@ -46,13 +47,62 @@ def threshold_action(score: float, actions: ActionsSection) -> Action:
     return Action.ACCEPT
 
 
-def decide(hits: Iterable[Hit], weight: Callable[[str], float], actions: ActionsSection, *, scored: bool = True) -> Verdict:
+@dataclass(frozen=True)
+class GreylistStatus:
+    """The greylist store's answer for a message the score would greylist.
+
+    ``needed``: some triplet has not waited long enough (``wait`` seconds
+    more; ``detail`` names the triplets).  Otherwise the retry passed, or,
+    with ``error``, the store did not answer.
+    """
+
+    needed: bool
+    wait: float = 0.0
+    detail: str = ""
+    error: str = ""
+
+
+def greylist_reply(wait: float) -> Reply:
+    """The SMTP reply of a greylisted recipient or message."""
+    return Reply.tempfail(f"Greylisted, please try again in {max(1, int(round(wait)))} seconds")
+
+
+def greylists_at_score(verdict: Verdict) -> bool:
+    """Whether *verdict* greylists by the ``[actions] greylist`` threshold (not a
+    check's own greylisting, which comes with its reply): the greylist store decides."""
+    return verdict.action == Action.GREYLIST and verdict.reply is None
+
+
+def decide(
+    hits: Iterable[Hit], weight: Callable[[str], float], actions: ActionsSection, *, scored: bool = True, greylist: GreylistStatus | None = None
+) -> Verdict:
     """Add up the hits and choose the action: the most severe of the threshold
     action and any action a hit forces (a virus, a greylisted triplet).
 
     With ``scored=False`` (trusted or authenticated client) only forced actions count.
+    With *greylist* (the store's answer, asked when :func:`greylists_at_score`),
+    a message the score greylists waits when ``greylist.needed`` (451 with the
+    wait); otherwise the threshold action below greylist applies, with
+    GREYLIST_PASSED (or GREYLIST_ERROR when the store did not answer).
     """
     hits = list(hits)
+    verdict = _decide(hits, weight, actions, scored)
+    if greylist is None or not greylists_at_score(verdict):
+        return verdict
+    if greylist.needed:
+        return replace(
+            verdict,
+            reply=greylist_reply(greylist.wait),
+            reason=f"{verdict.reason}; greylisted {greylist.detail}".lstrip("; "),
+            symbols={**verdict.symbols, "GREYLIST": 0.0},
+            details={**verdict.details, "GREYLIST": greylist.detail},
+        )
+    below = _decide(hits, weight, actions.model_copy(update={"greylist": False}), scored)
+    symbol, detail = ("GREYLIST_ERROR", greylist.error) if greylist.error else ("GREYLIST_PASSED", f"score {verdict.score:g}, retried after the greylisting delay")
+    return replace(below, symbols={**below.symbols, symbol: 0.0}, details={**below.details, symbol: detail})
+
+
+def _decide(hits: list[Hit], weight: Callable[[str], float], actions: ActionsSection, scored: bool) -> Verdict:
     symbols, details = score_hits(hits, weight)
     score = round(sum(symbols.values()), 2)
     action = threshold_action(score, actions) if scored else Action.ACCEPT

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, ClassVar, Iterable
 from ..model import Envelope, Hit, Session, Verdict
 
 if TYPE_CHECKING:
+    from ..policy import GreylistStatus
     from ..services import Services
 
 
@@ -150,9 +151,14 @@ class Check:
         so far (connect to end of message); meta rules live here."""
         return ()
 
+    def on_score_greylist(self, session: Session, envelope: Envelope) -> "GreylistStatus | None":
+        """The score greylists the message (``policy.greylists_at_score``): must it
+        wait?  The greylist check answers from its store; None is no opinion."""
+        return None
+
     def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
-        """After the policy decided: may change the verdict (e.g. score-based
-        greylisting lets a retried message through).  Must return a Verdict."""
+        """After the policy decided: may add header edits or learn from the
+        verdict (Authentication-Results, signing, auto-learning).  Must return a Verdict."""
         return verdict
 
     def on_abort(self, session: Session, envelope: Envelope) -> None:

@@ -7,9 +7,10 @@ Two modes (``[greylist] mode``):
   yet is answered ``451 4.7.1 Greylisted, please try again in N seconds``; the
   other recipients of the same message go on.
 * ``score`` (as Rspamd): nothing happens at RCPT; when the policy picks
-  ``greylist`` from the ``[actions] greylist`` threshold, :meth:`on_verdict`
-  defers the message at end of data unless its triplets waited long enough,
-  in which case the threshold action below greylist applies instead.
+  ``greylist`` from the ``[actions] greylist`` threshold, :meth:`on_score_greylist`
+  reads and records the message's triplets and tells the policy whether they
+  must wait (451 at end of data) or waited long enough (the threshold action
+  below greylist applies instead).
 
 Both skip trusted and authenticated clients (the pipeline does not call this
 check for them), DNSWL-listed clients, the configured and stored whitelists,
@@ -32,14 +33,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from .. import greylist as gl
 from ..config import ConfigError
-from ..model import Action, Envelope, Hit, Session, Verdict
-from ..policy import decide
-from ..reply import Reply
+from ..model import Action, Envelope, Hit, Session
+from ..policy import GreylistStatus, greylist_reply
 from ..store import StoreError, utcnow
 from . import Check, Hits, Symbol
 
@@ -85,11 +85,6 @@ class ClientState:
     whitelisted: bool = False
     #: Its last use is to be written back with the transaction's writes.
     touch: bool = False
-
-
-def greylist_reply(wait: float) -> Reply:
-    """The SMTP reply of a greylisted recipient or message."""
-    return Reply.tempfail(f"Greylisted, please try again in {max(1, int(round(wait)))} seconds")
 
 
 class Greylist(Check):
@@ -178,9 +173,7 @@ class Greylist(Check):
             return (Hit("GREYLIST_DEFERRED", detail="; ".join(pending.deferred)[:1000]),)
         return ()
 
-    def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
-        if verdict.action != Action.GREYLIST or verdict.reply:
-            return verdict  # not greylisting, or forced by some check with its own reply
+    def on_score_greylist(self, session: Session, envelope: Envelope) -> GreylistStatus:
         triplets = [
             gl.make_triplet(session.client_addr, envelope.sender, recipient, self.config)
             for recipient in dict.fromkeys(envelope.recipients)
@@ -196,29 +189,14 @@ class Greylist(Check):
                 store.record([step.write for _, step in steps if step.write is not None], self._touch(session), now)
             except StoreError as exc:
                 log.warning("greylist store unavailable, not greylisting %s: %s", triplets[0], exc)
-                return self._below_greylist(session, envelope, verdict, error=str(exc)[:200])
+                return GreylistStatus(needed=False, error=str(exc)[:200])
             pending = [(t, step.judgement) for t, step in steps if step.judgement.greylisted]
         if pending:
-            wait = max(j.wait for _, j in pending)
             detail = "; ".join(f"{t} {j.kind}" for t, j in pending)[:1000]
-            return replace(
-                verdict,
-                reply=greylist_reply(wait),
-                reason=f"{verdict.reason}; greylisted {detail}".lstrip("; "),
-                symbols={**verdict.symbols, "GREYLIST": 0.0},
-                details={**verdict.details, "GREYLIST": detail},
-            )
-        return self._below_greylist(session, envelope, verdict)
+            return GreylistStatus(needed=True, wait=max(j.wait for _, j in pending), detail=detail)
+        return GreylistStatus(needed=False)
 
     # --- helpers ----------------------------------------------------------------
-    def _below_greylist(self, session: Session, envelope: Envelope, verdict: Verdict, error: str = "") -> Verdict:
-        """The verdict the policy gives without the greylist threshold (the retry
-        passed, or the store did not answer: *error*)."""
-        actions = self.services.config.actions.model_copy(update={"greylist": False})
-        hits = [h for h in session.hits if h.action is None] + envelope.hits
-        again = decide(hits, self.services.weight, actions, scored=True)
-        symbol, detail = ("GREYLIST_ERROR", error) if error else ("GREYLIST_PASSED", f"score {verdict.score:g}, retried after the greylisting delay")
-        return replace(again, symbols={**again.symbols, symbol: 0.0}, details={**again.details, symbol: detail})
 
     def _pending(self, envelope: Envelope) -> Pending:
         pending = envelope.check_state(self.name).get("pending")

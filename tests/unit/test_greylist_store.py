@@ -186,7 +186,8 @@ def test_check_skips_dnswl_and_greylists_the_rest(store: Store, database: str) -
 def test_score_mode_verdict(store: Store, database: str) -> None:
     from milterd.checks.greylist import Greylist
     from milterd.config import Config
-    from milterd.model import Action, Envelope, Session, Spool, Verdict
+    from milterd.model import Action, Envelope, Hit, Session, Spool
+    from milterd.policy import decide
     from milterd.services import build
 
     config = Config().with_changes({
@@ -198,12 +199,12 @@ def test_score_mode_verdict(store: Store, database: str) -> None:
     envelope = Envelope(spool=Spool(1024), sender="alice@example.org", recipients=["bob@example.com"])
     session = Session(client_addr="192.0.2.1")
     assert list(check.on_rcpt(session, envelope, "bob@example.com")) == []  # nothing at RCPT
-    verdict = Verdict(Action.GREYLIST, 7.0, {"X": 7.0}, {}, "score 7 >= greylist 6", required=5)
-    first = check.on_verdict(session, envelope, verdict)
+    status = check.on_score_greylist(session, envelope)
+    first = decide([Hit("X", score=7.0)], services.weight, config.actions, greylist=status)
     assert first.action == Action.GREYLIST and str(first.reply).startswith("451 4.7.1 Greylisted")
     assert "to=<bob@example.com>" in first.details["GREYLIST"]
-    accepted = Verdict(Action.ADD_HEADER, 5.0, {}, {}, "")
-    assert check.on_verdict(session, envelope, accepted) is accepted
+    accepted = decide([Hit("X", score=5.0)], services.weight, config.actions, greylist=status)
+    assert accepted == decide([Hit("X", score=5.0)], services.weight, config.actions)
     services.close()
 
 
@@ -330,7 +331,8 @@ def test_many_stored_triplets_are_read_recipient_by_recipient(store: Store, data
 def test_score_mode_reads_and_writes_once(store: Store, database: str) -> None:
     from milterd.checks.greylist import Greylist
     from milterd.config import Config
-    from milterd.model import Action, Envelope, Session, Spool, Verdict
+    from milterd.model import Envelope, Hit, Session, Spool
+    from milterd.policy import decide
     from milterd.services import build
 
     services = build(Config().with_changes({
@@ -341,7 +343,8 @@ def test_score_mode_reads_and_writes_once(store: Store, database: str) -> None:
     counting = Counting(services.store.engine)
     recipients = [f"s{i}@example.com" for i in range(300)]
     envelope = Envelope(spool=Spool(1024), sender="alice@example.org", recipients=recipients)
-    verdict = check.on_verdict(Session(client_addr="192.0.2.1"), envelope, Verdict(Action.GREYLIST, 7.0, {"X": 7.0}, {}, "score 7", required=5))
+    status = check.on_score_greylist(Session(client_addr="192.0.2.1"), envelope)
+    verdict = decide([Hit("X", score=7.0)], services.weight, services.config.actions, greylist=status)
     assert str(verdict.reply).startswith("451 4.7.1 Greylisted")
     assert counting.commits == 1 and counting.selects == 1
     assert len(rows(store)) == 300

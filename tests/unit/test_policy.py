@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from milterd.config import ActionsSection
 from milterd.model import Action, HeaderEdit, Hit
-from milterd.policy import decide, plan_headers, spam_status, tag_subject, threshold_action
+from milterd.policy import GreylistStatus, decide, greylists_at_score, plan_headers, spam_status, tag_subject, threshold_action
 from milterd.reply import Reply
 
 ACTIONS = ActionsSection()  # add_header 5, rewrite_subject 8, quarantine 12, reject 15
@@ -90,3 +90,33 @@ def test_no_flag_below_add_header() -> None:
 def test_subject_tagged_once() -> None:
     assert tag_subject("[SPAM] already", "[SPAM]") == []
     assert tag_subject(None, "[SPAM]") == [HeaderEdit("add", "Subject", "[SPAM]")]
+
+
+GREYLISTING = ActionsSection(reject=15, quarantine=False, greylist=6, rewrite_subject=False, add_header=5)
+
+
+def test_greylist_at_score_waits_when_the_store_says_so() -> None:
+    plain = decide([Hit("X", score=7)], weight, GREYLISTING)
+    assert greylists_at_score(plain) and plain.reply is None
+    waits = decide([Hit("X", score=7)], weight, GREYLISTING, greylist=GreylistStatus(needed=True, wait=299.6, detail="192.0.2.0/24 a>b new"))
+    assert waits.action == Action.GREYLIST
+    assert str(waits.reply) == "451 4.7.1 Greylisted, please try again in 300 seconds"
+    assert waits.symbols == {"X": 7.0, "GREYLIST": 0.0} and waits.details["GREYLIST"] == "192.0.2.0/24 a>b new"
+    assert waits.reason == "score 7 >= greylist 6; greylisted 192.0.2.0/24 a>b new"
+
+
+def test_greylist_at_score_passed_or_store_down_takes_the_action_below() -> None:
+    passed = decide([Hit("X", score=7)], weight, GREYLISTING, greylist=GreylistStatus(needed=False))
+    assert passed.action == Action.ADD_HEADER and passed.reply is None
+    assert passed.symbols == {"X": 7.0, "GREYLIST_PASSED": 0.0}
+    assert passed.details["GREYLIST_PASSED"] == "score 7, retried after the greylisting delay"
+    down = decide([Hit("X", score=7)], weight, GREYLISTING, greylist=GreylistStatus(needed=False, error="disk full"))
+    assert down.action == Action.ADD_HEADER and down.details["GREYLIST_ERROR"] == "disk full"
+
+
+def test_greylist_status_changes_nothing_but_a_greylist_by_score() -> None:
+    status = GreylistStatus(needed=True, wait=60, detail="t")
+    for hits in ([Hit("X", score=5)], [Hit("X", score=16)], [Hit("GREYLIST", action=Action.GREYLIST, reply=Reply("451", "4.7.1", "own"))]):
+        assert decide(hits, weight, GREYLISTING, greylist=status) == decide(hits, weight, GREYLISTING)
+    forced = decide([Hit("GREYLIST", action=Action.GREYLIST, reply=Reply("451", "4.7.1", "own"))], weight, GREYLISTING)
+    assert not greylists_at_score(forced)
