@@ -20,7 +20,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence, cast
 
 import dns.exception
 import dns.message
@@ -237,7 +237,8 @@ class Resolver:
 
     def collect(self, futures: Sequence["Future[Answer]"], queries: Sequence[tuple[str, str]], deadline: float) -> list[Answer]:
         """The answers of *futures* (started for *queries*); those not done by *deadline* are timeouts."""
-        wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
+        if not all(future.done() for future in futures):  # answers from the cache are done already
+            wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
         answers = []
         for future, (name, rdtype) in zip(futures, queries, strict=False):
             if future.done() and future.exception() is None:
@@ -251,8 +252,16 @@ class Resolver:
         deadline = deadline if deadline is not None else self.deadline()
         if len(queries) == 1:
             return [self.query(queries[0][0], queries[0][1], deadline)]
-        futures = [self.submit(name, rdtype, deadline) for name, rdtype in queries]
-        return self.collect(futures, queries, deadline)
+        # Cached answers are taken here; only the others go to the query threads (no
+        # Future, lock or wait per cached answer: most answers are cached).
+        cached = [self.cache.get((name.lower().rstrip("."), rdtype.upper())) for name, rdtype in queries]
+        missing = [(query, i) for i, (query, answer) in enumerate(zip(queries, cached, strict=True)) if answer is None]
+        if not missing:
+            return cast("list[Answer]", cached)
+        futures = [self._executor().submit(self.query, name, rdtype, deadline) for (name, rdtype), _ in missing]
+        for answer, (_, i) in zip(self.collect(futures, [query for query, _ in missing], deadline), missing, strict=True):
+            cached[i] = answer
+        return cast("list[Answer]", cached)
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:

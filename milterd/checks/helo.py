@@ -7,6 +7,7 @@ name's DNS lookup starts as soon as the client says HELO.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class HeloShape:
     address: str = ""
 
 
+@functools.lru_cache(maxsize=4096)  # asked 3–4 times per session for the same name
 def helo_shape(helo: str) -> HeloShape:
     """Classify a HELO argument: empty, address literal, bare IP, not a FQDN, or a FQDN."""
     helo = helo.strip()

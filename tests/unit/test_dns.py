@@ -65,3 +65,36 @@ def test_cache_observer_is_told_of_hits_and_misses() -> None:
         observe_cache(None)
     assert seen == [True, False]
     assert cache.get(("a.test", "A")) is not None and seen == [True, False]
+
+
+def _silent_resolver(silent: socket.socket) -> Resolver:
+    return Resolver(DnsSection(nameservers=[f"127.0.0.1:{silent.getsockname()[1]}"], timeout=0.3))
+
+
+def test_query_many_answers_cached_queries_without_threads_or_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: answers in the cache are returned in place; only the others go to the query threads."""
+    import milterd.dns
+
+    waits: list[int] = []
+    real_wait = milterd.dns.wait_futures
+    monkeypatch.setattr(milterd.dns, "wait_futures", lambda futures, timeout=None: (waits.append(len(futures)), real_wait(futures, timeout=timeout))[1])
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        resolver = _silent_resolver(silent)
+        a = Answer("a.test", "A", "ok", ("192.0.2.1",), ttl=60)
+        mx = Answer("b.test", "MX", "nodata", ttl=60)
+        resolver.cache.put(("a.test", "A"), a)
+        resolver.cache.put(("b.test", "MX"), mx)
+        assert resolver.query_many([("A.test.", "a"), ("b.test", "MX")]) == [a, mx]
+        assert waits == [] and resolver._pool is None
+        # One uncached query among cached ones: the order holds, only that one is asked (and times out).
+        answers = resolver.query_many([("a.test", "A"), ("c.test", "A"), ("b.test", "MX")])
+        assert answers[0] is a and answers[2] is mx
+        assert (answers[1].name, answers[1].rdtype, answers[1].status) == ("c.test", "A", "error")
+        assert waits == [1]
+        # collect() does not wait for futures that are done.
+        done = resolver.submit("a.test", "A")
+        assert resolver.collect([done], [("a.test", "A")], time.monotonic() + 1) == [a] and waits == [1]
+    finally:
+        silent.close()
