@@ -19,7 +19,7 @@ import Milter
 from .checks import Stage
 from .checks.headers import HeaderLimits, field_size, header_limit_hit
 from .model import Action, Decision, Envelope, Hit, Session
-from .pipeline import Pipeline
+from .pipeline import Outcome, Pipeline
 from .reply import INTERNAL_ERROR, REJECT, TEMPFAIL, Reply, setreply_args
 from .text import escape
 
@@ -71,6 +71,12 @@ class MilterdMilter(Milter.Base):
         self.session = Session()
         self.envelope: Envelope | None = None
         self._counted = False
+        # What this connection last answered, for ``milterd check`` (offline.py),
+        # which drives this class in process: the last end of message, the last
+        # refusal before it, the last transaction ended.
+        self.outcome: Outcome | None = None
+        self.refusal: Decision | None = None
+        self.last_envelope: Envelope | None = None
 
     # --- negotiation ------------------------------------------------------
     def negotiate(self, opts: list[int]) -> int:
@@ -149,6 +155,7 @@ class MilterdMilter(Milter.Base):
         refusal = self._header_limit(envelope, name, value)
         if refusal is not None:  # refused before it is kept: nothing is buffered past the limit
             envelope.hits.append(refusal)
+            envelope.forced_hit = refusal
             decision = envelope.decision = Decision(Action.REJECT, refusal.reply)
             return self._reply(decision)
         if self._leadspc:
@@ -186,7 +193,7 @@ class MilterdMilter(Milter.Base):
     def _eom(self) -> int:
         envelope = self._require_envelope()
         envelope.queue_id = self.getsymval("i") or envelope.queue_id
-        outcome = self.pipeline.eom(self.session, envelope)
+        outcome = self.outcome = self.pipeline.eom(self.session, envelope)
         action = outcome.verdict.action
         if action in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE):
             for edit in outcome.edits:
@@ -247,11 +254,13 @@ class MilterdMilter(Milter.Base):
     def _finish(self) -> None:
         if self.envelope is not None:
             envelope, self.envelope = self.envelope, None
+            self.last_envelope = envelope
             self.pipeline.finish(self.session, envelope)
 
     def _end_transaction(self) -> None:
         if self.envelope is not None:
             envelope, self.envelope = self.envelope, None
+            self.last_envelope = envelope
             envelope.logged = True  # logged at end of message, or deliberately not
             self.pipeline.finish(self.session, envelope)
 
@@ -261,6 +270,7 @@ class MilterdMilter(Milter.Base):
         return self._reply(decision)
 
     def _reply(self, decision: Decision) -> int:
+        self.refusal = decision
         reply = decision.reply
         if decision.action in (Action.TEMPFAIL, Action.GREYLIST):
             self._set_reply(reply or TEMPFAIL)

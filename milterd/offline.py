@@ -1,10 +1,12 @@
 """Running the pipeline on stored messages, without an MTA (``milterd check``).
 
 :func:`sources` finds the messages of a path (a message file, an mbox, a
-Maildir or a directory of those); :func:`judge` feeds one message through
-:class:`~milterd.pipeline.Pipeline` stage by stage as Postfix would (connect,
-HELO, MAIL, RCPT, DATA, headers, body, end of message) and returns what was
-decided and why.  The pipeline must be built with ``keep_log=False``.
+Maildir or a directory of those); :func:`judge` plays Postfix's part for one
+message (connect, HELO, MAIL, RCPT, DATA, headers, body, end of message) to the
+worker's own adapter, :class:`~milterd.adapter.MilterdMilter`, in process
+through pymilter's ``TestCtx``, so that the stage sequence exists once (in the
+adapter), and returns what was decided and why.  The pipeline must be built
+with ``keep_log=False``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ import functools
 import mailbox
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-from .model import Action, Decision, Hit, Session
+import Milter
+from Milter import testctx
+
+from .adapter import MilterdMilter
+from .model import Action, Decision, Hit
 from .pipeline import Pipeline
 from .policy import decide, spam_status
 
@@ -162,76 +169,144 @@ def envelope_from_headers(headers: list[tuple[str, bytes]]) -> tuple[str, list[s
     return sender, recipients[:20] or ["postmaster@localhost"]
 
 
+class _Context(testctx.TestCtx):
+    """pymilter's test context standing in for libmilter: what the adapter asks of
+    libmilter (macros, replies, header edits, quarantine) stays here."""
+
+    def __init__(self) -> None:
+        super().__init__(logfile="")
+        self.edits: list[tuple[str, str, str, int]] = []
+        self.quarantined = ""
+
+    def addheader(self, field: str, value: str, idx: int = -1) -> None:
+        self.edits.append(("add", field, value, idx))
+
+    def chgheader(self, field: str, idx: int, value: str) -> None:
+        self.edits.append(("change", field, value, idx))
+
+    def quarantine(self, reason: str) -> None:
+        self.quarantined = reason
+
+
+class _CheckMilter(MilterdMilter):
+    """The milter of one offline check: the worker's adapter, with its pipeline, but an
+    exception is the message's error (the adapter would answer it with a 451)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+
+    def _guard(self, stage: str, func: Callable[..., int], *args: Any) -> int:
+        return int(func(*args))
+
+
 def judge(pipeline: Pipeline, raw: bytes, client: Client, label: str = "") -> Judgement:
-    """Run *raw* through *pipeline* as Postfix would feed it and return the outcome."""
+    """Run *raw* through the worker's adapter as Postfix would feed it (connect,
+    HELO, MAIL, RCPT, DATA, headers, body, end of message) and return the outcome."""
     try:
         headers, body = split_message(raw)
         default_sender, default_recipients = envelope_from_headers(headers)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a result, not a crash
         return Judgement(label, Action.ACCEPT, 0.0, {}, {}, error=f"cannot parse: {exc}")
-    session = Session(client_addr=client.addr, client_name=client.name or ("unknown" if client.addr else ""), helo=client.helo, auth_user=client.auth_user)
-    if client.addr:
-        session.family = "inet6" if ":" in client.addr else "inet"
-    envelope = None
+    ctx = _Context()
+    milter = _CheckMilter(pipeline)
+    milter._setctx(ctx)
+    ctx._setsymval("i", "CHECK")
+    if client.auth_user:
+        ctx._setsymval("{auth_authen}", client.auth_user)
+    # Without P_HDR_LEADSPC: header values go in as split_message gives them.
+    ctx._stage = -1
+    milter.negotiate([Milter.CURR_ACTS, _PROTOCOL, 0, 0])
     stage = "connect"
     try:
-        decision = pipeline.connect(session)
-        if decision is None and client.helo:
+        hostname = client.name or (f"[{client.addr}]" if client.addr else "")
+        family = socket.AF_INET6 if ":" in client.addr else socket.AF_INET
+        answer = _call(ctx, Milter.M_CONNECT, milter.connect, hostname, family, (client.addr, 0))
+        if answer == Milter.CONTINUE:
             stage = "helo"
-            decision = pipeline.helo(session)
-        if not client.helo:
             # HELO not simulated: look like a client that greeted with its own address
             # literal (RFC 5321's neutral choice), not like one that never said HELO.
             address = client.addr or "127.0.0.1"
-            session.helo = f"[IPv6:{address}]" if ":" in address else f"[{address}]"
-        envelope = pipeline.new_envelope(session)
-        envelope.sender = default_sender if client.sender is None else client.sender
-        envelope.queue_id = "CHECK"
-        if decision is None:
+            helo = client.helo or (f"[IPv6:{address}]" if ":" in address else f"[{address}]")
+            answer = _call(ctx, Milter.M_HELO, milter.hello, helo)
+        if answer == Milter.CONTINUE:
             stage = "mail"
-            decision = pipeline.mail(session, envelope)
-        if decision is None:
+            sender = default_sender if client.sender is None else client.sender
+            answer = _call(ctx, Milter.M_ENVFROM, milter.envfrom, f"<{sender}>")
+        if answer == Milter.CONTINUE:
             stage = "rcpt"
             for recipient in client.recipients or default_recipients:
-                pipeline.rcpt(session, envelope, recipient)
-            if not envelope.recipients and envelope.rejected_recipients:
+                _call(ctx, Milter.M_ENVRCPT, milter.envrcpt, f"<{recipient}>")
+            envelope = milter.envelope
+            if envelope is not None and not envelope.recipients and envelope.rejected_recipients:
+                # Postfix ends a transaction whose every recipient was refused before DATA.
                 worst = max((h for _, h in envelope.rejected_recipients), key=lambda h: h.action or Action.REJECT)
                 envelope.forced_hit = worst
-                decision = Decision(worst.action or Action.REJECT, worst.reply)
-        if decision is None:
+                return _refused(pipeline, milter, Decision(worst.action or Action.REJECT, worst.reply), stage, label)
+        if answer == Milter.CONTINUE:
             stage = "data"
-            decision = pipeline.data(session, envelope)
-        if decision is None:
+            answer = _call(ctx, Milter.M_DATA, milter.data)
+        if answer == Milter.CONTINUE:
             stage = "header"
             for name, value in headers:
-                pipeline.header(session, envelope, name, value)
-            decision = pipeline.eoh(session, envelope)
-        if decision is None:
+                answer = _call(ctx, -1, milter.header_bytes, name, value)
+                if answer != Milter.CONTINUE:
+                    break
+        if answer == Milter.CONTINUE:
+            answer = _call(ctx, Milter.M_EOH, milter.eoh)
+        if answer == Milter.CONTINUE:
             stage = "eom"
             for start in range(0, len(body), _CHUNK):
-                pipeline.body(session, envelope, body[start:start + _CHUNK])
-            outcome = pipeline.eom(session, envelope)
+                _call(ctx, -1, milter.body, body[start:start + _CHUNK])
+            envelope = milter.envelope
+            _call(ctx, Milter.M_EOM, milter.eom)
+            outcome = milter.outcome
+            if outcome is None or envelope is None:
+                raise RuntimeError("end of message gave no outcome")
             verdict = outcome.verdict
             return Judgement(
                 label, verdict.action, verdict.score, dict(verdict.symbols), dict(verdict.details), verdict.reason, str(outcome.reply or ""),
-                "eom", forced=_forced_symbol(envelope.hits + session.hits, verdict.action), spam_status=spam_status(verdict),
+                "eom", forced=_forced_symbol(envelope.hits + milter.session.hits, verdict.action), spam_status=spam_status(verdict),
             )
-        forced = envelope.forced_hit if envelope is not None else None
-        hits = list(session.hits) + (list(envelope.hits) if envelope is not None else []) + ([forced] if forced else [])
-        hits += [h for _, h in envelope.rejected_recipients] if envelope is not None else []
-        verdict = decide(hits, pipeline.services.weight, pipeline.config.actions, scored=False)
-        return Judgement(
-            label, decision.action, verdict.score, dict(verdict.symbols), dict(verdict.details),
-            (str(forced.reply) if forced.reply else forced.symbol) if forced else str(decision.reply or ""), str(decision.reply or ""), stage, forced=forced.symbol if forced else "",
-        )
+        decision = milter.refusal
+        if decision is None:
+            raise RuntimeError(f"refused at {stage} without a decision")
+        return _refused(pipeline, milter, decision, stage, label)
     except Exception as exc:  # noqa: BLE001 - report, go on with the next message
         return Judgement(label, Action.ACCEPT, 0.0, {}, {}, stage=stage, error=f"{exc.__class__.__name__}: {exc}")
     finally:
         try:
-            pipeline.finish(session, envelope)
-            pipeline.close(session)
+            ctx._stage = -1
+            Milter.close_callback(ctx)
         except Exception:  # noqa: BLE001
             pass
+
+
+#: The protocol options offered: every stage, no header leading space.
+_PROTOCOL = 0x1FFFFF & ~Milter.P_HDR_LEADSPC
+
+
+def _call(ctx: _Context, stage: int, callback: Callable[..., int], *args: Any) -> int:
+    """One callback at *stage* (libmilter's number; -1 where pymilter has none)."""
+    ctx._stage = stage
+    try:
+        return int(callback(*args))
+    finally:
+        ctx._stage = -1
+
+
+def _refused(pipeline: Pipeline, milter: MilterdMilter, decision: Decision, stage: str, label: str) -> Judgement:
+    """The judgement of a transaction refused before end of message."""
+    session, envelope = milter.session, milter.envelope or milter.last_envelope
+    forced: Hit | None = envelope.forced_hit if envelope is not None else None
+    hits = list(session.hits) + (list(envelope.hits) if envelope is not None else []) + ([forced] if forced else [])
+    hits += [h for _, h in envelope.rejected_recipients] if envelope is not None else []
+    verdict = decide(hits, pipeline.services.weight, pipeline.config.actions, scored=False)
+    reply = str(decision.reply or "")
+    return Judgement(
+        label, decision.action, verdict.score, dict(verdict.symbols), dict(verdict.details),
+        (str(forced.reply) if forced.reply else forced.symbol) if forced else reply, reply, stage, forced=forced.symbol if forced else "",
+    )
 
 
 def _forced_symbol(hits: list[Hit], action: Action) -> str:

@@ -50,6 +50,15 @@ class Milter(Base): ...
 
 factory: type[Base]
 
+# libmilter's stage numbers, as pymilter's test context uses them.
+M_CONNECT: int
+M_HELO: int
+M_ENVFROM: int
+M_ENVRCPT: int
+M_DATA: int
+M_EOM: int
+M_EOH: int
+
 def negotiate_callback(ctx: _MilterContext, opts: list[int]) -> int: ...
 def connect_callback(ctx: _MilterContext, hostname: str, family: int, hostaddr: Any, nr_mask: int = ...) -> int: ...
 def close_callback(ctx: _MilterContext) -> int: ...
