@@ -1,7 +1,7 @@
 """The ``milterd`` command line: one sub-command per administrator task.
 
-Sub-commands live in the modules named for their concern (``serve`` in
-supervisor, ``log`` in logview, …); this module only parses arguments and turns
+Sub-commands live in ``milterd/commands/``, one module each (``log`` in
+commands/log.py, …); this module only parses arguments and turns
 a :class:`~milterd.config.ConfigError` into a one-line message and exit status
 2, never a traceback.
 """
@@ -23,7 +23,7 @@ from .config import ConfigError
 COMMANDS: dict[str, str] = {
     "serve": "milterd.commands.serve:add_parser",
     "db": "milterd.commands.db:add_parser",
-    "log": "milterd.logview:add_parser",
+    "log": "milterd.commands.log:add_parser",
     "config": "milterd.commands.config:add_parser",
     "doctor": "milterd.commands.doctor:add_parser",
     "check": "milterd.commands.check:add_parser",

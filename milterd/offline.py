@@ -1,7 +1,7 @@
 """Running the pipeline on stored messages, without an MTA (``milterd check``).
 
 :func:`sources` finds the messages of a path (a message file, an mbox, a
-Maildir or a directory of those); :func:`judge` plays Postfix's part for one
+Maildir or a directory of those); :func:`check_message` plays Postfix's part for one
 message (connect, HELO, MAIL, RCPT, DATA, headers, body, end of message) to the
 worker's own adapter, :class:`~milterd.adapter.MilterdMilter`, in process
 through pymilter's ``TestCtx``, so that the stage sequence exists once (in the
@@ -54,7 +54,7 @@ class Client:
 
 
 @dataclass
-class Judgement:
+class CheckedMessage:
     """What the pipeline decided on one message, and why."""
 
     label: str
@@ -200,14 +200,14 @@ class _CheckMilter(MilterdMilter):
         return int(func(*args))
 
 
-def judge(pipeline: Pipeline, raw: bytes, client: Client, label: str = "") -> Judgement:
+def check_message(pipeline: Pipeline, raw: bytes, client: Client, label: str = "") -> CheckedMessage:
     """Run *raw* through the worker's adapter as Postfix would feed it (connect,
     HELO, MAIL, RCPT, DATA, headers, body, end of message) and return the outcome."""
     try:
         headers, body = split_message(raw)
         default_sender, default_recipients = envelope_from_headers(headers)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a result, not a crash
-        return Judgement(label, Action.ACCEPT, 0.0, {}, {}, error=f"cannot parse: {exc}")
+        return CheckedMessage(label, Action.ACCEPT, 0.0, {}, {}, error=f"cannot parse: {exc}")
     ctx = _Context()
     milter = _CheckMilter(pipeline)
     milter._setctx(ctx)
@@ -264,7 +264,7 @@ def judge(pipeline: Pipeline, raw: bytes, client: Client, label: str = "") -> Ju
             if outcome is None or envelope is None:
                 raise RuntimeError("end of message gave no outcome")
             verdict = outcome.verdict
-            return Judgement(
+            return CheckedMessage(
                 label, verdict.action, verdict.score, dict(verdict.symbols), dict(verdict.details), verdict.reason, str(outcome.reply or ""),
                 "eom", forced=_forced_symbol(envelope.hits + milter.session.hits, verdict.action), spam_status=spam_status(verdict),
             )
@@ -273,7 +273,7 @@ def judge(pipeline: Pipeline, raw: bytes, client: Client, label: str = "") -> Ju
             raise RuntimeError(f"refused at {stage} without a decision")
         return _refused(pipeline, milter, decision, stage, label)
     except Exception as exc:  # noqa: BLE001 - report, go on with the next message
-        return Judgement(label, Action.ACCEPT, 0.0, {}, {}, stage=stage, error=f"{exc.__class__.__name__}: {exc}")
+        return CheckedMessage(label, Action.ACCEPT, 0.0, {}, {}, stage=stage, error=f"{exc.__class__.__name__}: {exc}")
     finally:
         try:
             ctx._stage = -1
@@ -295,7 +295,7 @@ def _call(ctx: _Context, stage: int, callback: Callable[..., int], *args: Any) -
         ctx._stage = -1
 
 
-def _refused(pipeline: Pipeline, milter: MilterdMilter, decision: Decision, stage: str, label: str) -> Judgement:
+def _refused(pipeline: Pipeline, milter: MilterdMilter, decision: Decision, stage: str, label: str) -> CheckedMessage:
     """The judgement of a transaction refused before end of message."""
     session, envelope = milter.session, milter.envelope or milter.last_envelope
     forced: Hit | None = envelope.forced_hit if envelope is not None else None
@@ -303,7 +303,7 @@ def _refused(pipeline: Pipeline, milter: MilterdMilter, decision: Decision, stag
     hits += [h for _, h in envelope.rejected_recipients] if envelope is not None else []
     verdict = decide(hits, pipeline.services.weight, pipeline.config.actions, scored=False)
     reply = str(decision.reply or "")
-    return Judgement(
+    return CheckedMessage(
         label, decision.action, verdict.score, dict(verdict.symbols), dict(verdict.details),
         (str(forced.reply) if forced.reply else forced.symbol) if forced else reply, reply, stage, forced=forced.symbol if forced else "",
     )

@@ -18,13 +18,13 @@ from typing import Callable
 
 from . import metrics
 from .checks import Check, Hits, Stage
+from .logs import summary_line
 from .model import Action, Decision, Envelope, HeaderEdit, Hit, Session, Spool, Verdict
 from .policy import GreylistStatus, decide, greylists_at_score, plan_headers
 from .reply import REJECT, TEMPFAIL, Reply
 from .services import Services
 from .store import MessageRecord, StoreError
 from .store.quarantine import QuarantineWrite
-from .summary import summary_line
 
 log = logging.getLogger("milterd")
 

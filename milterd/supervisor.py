@@ -32,10 +32,10 @@ from . import adapter, maintenance, metrics
 from .adapter import MilterdMilter
 from .config import Config, ConfigError, load_config
 from .endpoints import SocketSpec, parse_socket
+from .logs import setup_logging
 from .pipeline import Pipeline
 from .services import Services, build
 from .store import StoreError
-from .summary import setup_logging
 from .text import redact
 
 if TYPE_CHECKING:

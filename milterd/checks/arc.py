@@ -24,8 +24,8 @@ from ..config import ConfigError
 from ..dkimsign import parse_key
 from ..model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
 from . import Check, Hits, Symbol
+from .configured import ConfiguredCheck
 from .dkim import DnsRecorder, QuietLogger
-from .switches import ConfiguredCheck
 
 if TYPE_CHECKING:
     from ..services import Services

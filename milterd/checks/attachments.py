@@ -21,7 +21,7 @@ from ..model import Action, Envelope, Hit, Session
 from ..reply import Reply
 from ..text import escape
 from . import Hits, Symbol
-from .switches import ConfiguredCheck
+from .configured import ConfiguredCheck
 
 if TYPE_CHECKING:
     from ..config import AttachmentChecks

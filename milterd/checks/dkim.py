@@ -23,8 +23,8 @@ import dkim
 from .. import dkimsign
 from ..model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
 from . import Check, Hits, Symbol
+from .configured import ConfiguredCheck
 from .dmarc import aligned, from_domain
-from .switches import ConfiguredCheck
 
 if TYPE_CHECKING:
     from ..services import Services

@@ -28,7 +28,7 @@ from publicsuffixlist import PublicSuffixList
 from ..model import Action, Envelope, Hit, Session
 from ..reply import Reply
 from . import Hits, Symbol
-from .switches import ConfiguredCheck
+from .configured import ConfiguredCheck
 
 STATE = "dmarc"
 Policy = Literal["none", "quarantine", "reject"]

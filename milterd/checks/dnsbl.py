@@ -41,7 +41,7 @@ from ..dns import Answer, dnsbl_name
 from ..model import Action, Envelope, Hit, Session
 from ..reply import Reply
 from . import Hits, Symbol
-from .switches import ConfiguredCheck
+from .configured import ConfiguredCheck
 
 if TYPE_CHECKING:
     from ..services import Services

@@ -29,7 +29,7 @@ from typing import ClassVar
 from ..model import Action, Envelope, Hit, Session
 from ..reply import Reply
 from . import Hits, Symbol
-from .switches import ConfiguredCheck
+from .configured import ConfiguredCheck
 
 #: Headers RFC 5322 §3.6 allows at most once (Resent-* aside).
 SINGLE = ("Date", "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Message-ID", "In-Reply-To", "References", "Subject")

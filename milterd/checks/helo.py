@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..model import Envelope, Hit, Session
 from . import Hits, Symbol
-from .switches import ConfiguredCheck
+from .configured import ConfiguredCheck
 
 if TYPE_CHECKING:
     from ..services import Services

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from ..config import ConfigError
 from ..model import Envelope, Hit, Session
 from . import Hits, Symbol
-from .switches import ConfiguredCheck
+from .configured import ConfiguredCheck
 
 if TYPE_CHECKING:
     from ..services import Services

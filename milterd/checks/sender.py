@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from ..model import Envelope, Hit, Session
 from . import Hits, Symbol
-from .switches import ConfiguredCheck
+from .configured import ConfiguredCheck
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
 _LOCAL = re.compile(rf'^(?:{_ATOM}(?:\.{_ATOM})*|"(?:[^"\\\r\n]|\\.)*")$')

@@ -26,7 +26,7 @@ from ..dns import use_for_spf
 from ..model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
 from ..reply import Reply
 from . import Hits, Symbol
-from .switches import ConfiguredCheck
+from .configured import ConfiguredCheck
 
 if TYPE_CHECKING:
     from ..services import Services

@@ -43,8 +43,8 @@ from ..model import Action, Envelope, Hit, Session
 from ..reply import Reply
 from ..text import escape
 from . import Hits, Symbol
+from .configured import ConfiguredCheck
 from .dnsbl import Zone, answer_matches, parse_zones
-from .switches import ConfiguredCheck
 
 if TYPE_CHECKING:
     from ..config import UriblChecks

@@ -27,7 +27,7 @@ from typing import Any, Iterable
 from ..config import Config, load_config
 from ..learner.classifier import Counts
 from ..model import Action
-from ..offline import Client, Judgement, MessageRef, judge, sources
+from ..offline import CheckedMessage, Client, MessageRef, check_message, sources
 from ..pipeline import Pipeline
 from ..services import Services, build
 from ..store import Store
@@ -136,7 +136,7 @@ def offline_config(config: Config) -> Config:
     return config
 
 
-def exit_status(judgements: Iterable[Judgement]) -> int:
+def exit_status(judgements: Iterable[CheckedMessage]) -> int:
     """0 when every message is accepted, else 10 + the rank of the most severe action; 1 on a read error."""
     worst = Action.ACCEPT
     for item in judgements:
@@ -165,15 +165,15 @@ def _collect(paths: Iterable[Path]) -> tuple[list[MessageRef], list[str]]:
     return refs, problems
 
 
-def _run(refs: list[MessageRef], pipeline: Pipeline, client: Client, progress: "Progress") -> Iterable[Judgement]:
+def _run(refs: list[MessageRef], pipeline: Pipeline, client: Client, progress: "Progress") -> Iterable[CheckedMessage]:
     for ref in refs:
         progress.step(ref.label)
         try:
             raw = ref.load()
         except Exception as exc:  # noqa: BLE001
-            yield Judgement(ref.label, Action.ACCEPT, 0.0, {}, {}, error=f"cannot read: {exc}")
+            yield CheckedMessage(ref.label, Action.ACCEPT, 0.0, {}, {}, error=f"cannot read: {exc}")
             continue
-        yield judge(pipeline, raw, client, ref.label)
+        yield check_message(pipeline, raw, client, ref.label)
     progress.done()
 
 
@@ -205,7 +205,7 @@ def _check_files(args: argparse.Namespace, services: Services, pipeline: Pipelin
     return EXIT_UNREADABLE if problems and not judgements else status
 
 
-def _judgement_json(item: Judgement, services: Services, owners: dict[str, Any]) -> dict[str, Any]:
+def _judgement_json(item: CheckedMessage, services: Services, owners: dict[str, Any]) -> dict[str, Any]:
     return {
         "file": item.label, "action": item.action.label, "score": item.score, "reason": item.reason, "reply": item.reply,
         "stage": item.stage, "forced_by": item.forced, "x_spam_status": item.spam_status, "error": item.error,
@@ -216,7 +216,7 @@ def _judgement_json(item: Judgement, services: Services, owners: dict[str, Any])
     }
 
 
-def _explain(item: Judgement, services: Services, owners: dict[str, Any], thresholds: str) -> None:
+def _explain(item: CheckedMessage, services: Services, owners: dict[str, Any], thresholds: str) -> None:
     if item.error:
         print(f"{item.label}: error: {item.error}")
         return
@@ -254,9 +254,9 @@ def _mass_check(args: argparse.Namespace, services: Services, pipeline: Pipeline
     for kind, folder, ref in labelled:
         progress.step(ref.label)
         try:
-            item = judge(pipeline, ref.load(), client, ref.label)
+            item = check_message(pipeline, ref.load(), client, ref.label)
         except Exception as exc:  # noqa: BLE001
-            item = Judgement(ref.label, Action.ACCEPT, 0.0, {}, {}, error=str(exc))
+            item = CheckedMessage(ref.label, Action.ACCEPT, 0.0, {}, {}, error=str(exc))
         if item.error:
             errors += 1
             continue

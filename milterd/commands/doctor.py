@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..doctor import diagnose, worst
+from ..diagnostics import diagnose, worst
 from . import config_parent
 
 

@@ -14,7 +14,7 @@ import threading
 import pytest
 from sqlalchemy import text
 
-from milterd.doctor import judge_connections, probe_connections
+from milterd.diagnostics import judge_connections, probe_connections
 from milterd.store import make_engine
 from tests.harness.threads import on_foreign_thread
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from milterd.doctor import connection_budget, judge_connections
+from milterd.diagnostics import connection_budget, judge_connections
 
 
 def test_budget_counts_every_worker_the_supervisor_and_a_reload() -> None:

@@ -10,7 +10,7 @@ import pytest
 from milterd.checks.custom import CustomRules
 from milterd.config import Config, ConfigError
 from milterd.mimetext import extract, html_to_text
-from milterd.offline import Client, judge
+from milterd.offline import Client, check_message
 from milterd.pipeline import Pipeline
 from milterd.rulelang import MetaSyntaxError, evaluate, parse
 from milterd.services import build
@@ -69,7 +69,7 @@ def pipeline(tmp_path: Path):
 
 
 def symbols_of(pipeline: Pipeline, raw: bytes) -> set[str]:
-    result = judge(pipeline, raw, Client(addr="192.0.2.10"))
+    result = check_message(pipeline, raw, Client(addr="192.0.2.10"))
     assert not result.error, result.error
     return set(result.symbols)
 
@@ -118,7 +118,7 @@ def test_meta_fires_only_when_its_parts_do(pipeline: Pipeline) -> None:
 
 
 def test_trusted_clients_are_not_checked(pipeline: Pipeline) -> None:
-    result = judge(pipeline, message(subject="lottery"), Client(addr="127.0.0.1"))
+    result = check_message(pipeline, message(subject="lottery"), Client(addr="127.0.0.1"))
     assert "SUBJ_LOTTERY" not in result.symbols and result.action.label == "accept"
 
 
@@ -127,8 +127,8 @@ def test_body_limit_from_custom_table(tmp_path: Path) -> None:
     services = build(make_config(tmp_path, "[custom]\nmax_text = \"1K\"\n" + rules))
     pipe = Pipeline(services, keep_log=False)
     try:
-        near = judge(pipe, message(body="needle\r\n" + "x" * 5000 + "\r\n"), Client(addr="192.0.2.10"))
-        far = judge(pipe, message(body="x" * 5000 + "\r\nneedle\r\n"), Client(addr="192.0.2.10"))
+        near = check_message(pipe, message(body="needle\r\n" + "x" * 5000 + "\r\n"), Client(addr="192.0.2.10"))
+        far = check_message(pipe, message(body="x" * 5000 + "\r\nneedle\r\n"), Client(addr="192.0.2.10"))
     finally:
         pipe.shutdown()
     assert "FAR_AWAY" in near.symbols and "FAR_AWAY" not in far.symbols

@@ -26,8 +26,8 @@ from milterd.checks.dkim import DnsRecorder, SignatureResult, hits_for, verify_a
 from milterd.checks.dmarc import Evaluation, Record, aligned, enforce, evaluate, from_domain, org_domain, parse_record
 from milterd.commands.dkim import run_keygen
 from milterd.config import ConfigError, load_config
+from milterd.diagnostics import judge_dkim_key
 from milterd.dns import Answer
-from milterd.doctor import judge_dkim_key
 from milterd.model import Action
 from milterd.services import build as build_services
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from milterd.config import Config
-from milterd.doctor import Finding, judge_postfix, milter_entries, parse_postconf, same_socket, worst
+from milterd.diagnostics import Finding, judge_postfix, milter_entries, parse_postconf, same_socket, worst
 
 
 def _by_name(findings: list[Finding]) -> dict[str, Finding]:

@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
+from milterd.logs import summary_line
 from milterd.reply import MAX_REPLY_TEXT, Reply, setreply_args
 from milterd.store import MessageRecord
-from milterd.summary import summary_line
 from milterd.text import escape, redact, redact_url
 
 
@@ -73,7 +73,7 @@ def test_every_log_line_is_escaped_and_hides_the_password() -> None:
     import io
     import logging
 
-    from milterd.summary import SafeFormatter
+    from milterd.logs import SafeFormatter
 
     url = "postgresql+psycopg://milterd:S3cret@db/milterd"
     stream = io.StringIO()
@@ -97,7 +97,7 @@ def test_every_log_line_is_escaped_and_hides_the_password() -> None:
 
 
 def test_log_table_escapes_outsider_text(capsys: pytest.CaptureFixture[str]) -> None:
-    from milterd.logview import print_table
+    from milterd.commands.log import print_table
 
     row = {"time": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), "queue_id": "Q1", "action": "reject", "score": 20.0,
            "sender": "a\rb@example.org", "recipients": ["c@example.net"], "subject": "hi\r\nBcc: x@example.net\x1b[2J",

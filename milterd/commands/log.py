@@ -7,9 +7,9 @@ import json
 import sys
 from typing import Any, Iterable
 
-from .commands import config_parent, describe_failure, open_store, since_arg
-from .config import load_config
-from .text import escape
+from ..config import load_config
+from ..text import escape
+from . import config_parent, describe_failure, open_store, since_arg
 
 #: The fields of ``milterd log --json``; scripts and tests rely on these names.
 JSON_FIELDS = (

@@ -1,4 +1,4 @@
-"""``milterd doctor``: is this installation ready to take mail?
+"""The diagnostics behind ``milterd doctor`` (commands/doctor.py): is this installation ready to take mail?
 
 Each probe returns :class:`Finding` objects (``ok``, ``warn``, ``fail`` or
 ``skip``, and one line of detail): the configuration builds, every configured
