@@ -118,9 +118,10 @@ class BayesCheck(Check):
 
     @property
     def repository(self) -> LearnerStore:
-        """The classifier's tables in this process's store."""
-        if self._repository is None:
-            self._repository = LearnerStore(self.services.store.engine)
+        """The classifier's tables in this process's store (a worker opens its own after the fork)."""
+        engine = self.services.store.engine
+        if self._repository is None or self._repository.engine is not engine:
+            self._repository = LearnerStore(engine)
         return self._repository
 
     def totals(self, now: float) -> Counts:
@@ -141,7 +142,8 @@ class BayesCheck(Check):
         return classify(tokens, counts, totals)
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
-        raw = envelope.header_bytes + envelope.spool.read(self.options.max_size)
+        # The same first max_size bytes of the message that milterd learn and auto-learn tokenize.
+        raw = (envelope.header_bytes + envelope.spool.read(self.options.max_size))[: self.options.max_size]
         try:
             result = self.score(raw, time.monotonic())
         except StoreError as exc:
