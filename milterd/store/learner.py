@@ -151,7 +151,8 @@ class LearnerStore:
         counts moved), ``forgotten`` or ``unknown`` (forgetting a message never learned).
         """
         when = now or utcnow()
-        distinct = list(dict.fromkeys(tokens))
+        # Sorted: concurrent learners (workers, MX hosts) lock the rows they share in the same order, never in a deadlock.
+        distinct = sorted(set(tokens))
 
         def work() -> str:
             with self.engine.begin() as connection:
