@@ -85,6 +85,43 @@ def markdown(rows: list[tuple[str, float, float]]) -> str:
     return "\n".join(lines)
 
 
+def parse_perf_script(lines: list[str], pids: set[int]) -> Counter[tuple[str, str]]:
+    """``perf script -F pid,ip,sym,dso`` lines (``PID  IP SYMBOL (DSO)``) of the processes *pids*, as (dso, symbol) → samples."""
+    found: Counter[tuple[str, str]] = Counter()
+    for line in lines:
+        parts = line.split(None, 2)
+        if len(parts) < 3 or not parts[0].isdigit() or int(parts[0]) not in pids:
+            continue
+        rest = parts[2].rstrip()
+        symbol, _, dso = rest.rpartition(" (")
+        dso = dso.rstrip(")").rsplit("/", 1)[-1]
+        found[(dso, symbol or "?")] += 1
+    return found
+
+
+def _perf(pids: list[int], seconds: int, data: Path) -> subprocess.Popen[bytes]:
+    """``perf record`` of the worker processes (every CPU cycle: kernel, libmilter, pymilter, libpython, SQLite…)."""
+    # System-wide, filtered by process at report time: `-p` stops following a process whose
+    # libmilter threads (one per connection) come and go.
+    command = ["perf", "record", "-a", "-F", "499", "-o", str(data), "--", "sleep", str(seconds)]
+    print(f"profile: {' '.join(command)}", file=sys.stderr, flush=True)
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(data.with_suffix(".log"), "wb"))
+
+
+def perf_tables(data: Path, pids: list[int], top: int) -> str:
+    """Shares of the workers' sampled cycles by shared object, then by symbol (Markdown)."""
+    script = subprocess.run(["perf", "script", "-i", str(data), "-F", "pid,ip,sym,dso"], capture_output=True, text=True).stdout
+    found = parse_perf_script(script.splitlines(), set(pids))
+    total = sum(found.values()) or 1
+    by_dso: Counter[str] = Counter()
+    for (dso, _), count in found.items():
+        by_dso[dso] += count
+    dsos = "\n".join(f"| `{dso}` | {100.0 * n / total:.1f} |" for dso, n in by_dso.most_common(top))
+    symbols = "\n".join(f"| `{dso}` | `{sym.replace('|', '/')}` | {100.0 * n / total:.1f} |" for (dso, sym), n in found.most_common(top))
+    return (f"{total} samples in the workers.\n\n| shared object | % of the workers' cycles |\n|---|---:|\n{dsos}\n\n"
+            f"| shared object | symbol | % |\n|---|---|---:|\n{symbols}")
+
+
 def _supervisor(pids: list[int]) -> int:
     """The parent of the workers (py-spy's --subprocesses follows its children)."""
     fields = Path(f"/proc/{pids[0]}/stat").read_text().rsplit(")", 1)[1].split()
@@ -97,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=20, help="sampling time per row")
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
     parser.add_argument("--native", action="store_true", help="also sample C frames (pymilter, libmilter, libc)")
+    parser.add_argument("--perf", action="store_true", help="sample with Linux perf instead (all CPU: kernel, C libraries, Python): shares by shared object and symbol")
     parser.add_argument("--all-threads", action="store_true",
                         help="every non-idle sample, not only those holding the GIL (py-spy's idle test misses threads blocked in C: libmilter's loop, lock waits)")
     parser.add_argument("--top", type=int, default=20, help="frames in each table")
@@ -126,6 +164,17 @@ def main(argv: list[str] | None = None) -> int:
             pids = backend.pids()
             if not pids:
                 print(f"profile: {name}: no worker processes", file=sys.stderr)
+                continue
+            if args.perf:
+                data = out / f"{name}.perf.data"
+                recorder = _perf(pids, args.seconds, data)
+                sent, started, cpu_before = 0, time.monotonic(), backend.cpu_ms() or 0.0
+                while recorder.poll() is None:
+                    bench.wait_queue_idle()
+                    sent += smtp_source(backend.port, 400, 10, bench.size).messages
+                cpu = (backend.cpu_ms() or 0.0) - cpu_before
+                print(f"\n### {name}: {s_title(name)} (perf)\n\n{sent} messages in {time.monotonic() - started:.0f} s;"
+                      f" workers' CPU {cpu / max(sent, 1):.2f} ms/msg (utime + stime); perf data: {data}\n\n{perf_tables(data, pids, args.top)}\n", flush=True)
                 continue
             raw = out / f"{name}.txt"
             command = [spy, "record", "--pid", str(_supervisor(pids)), "--subprocesses", "--format", "raw", "--nolineno",

@@ -37,7 +37,7 @@ if str(REPO) not in sys.path:
 
 from bench import storecost  # noqa: E402
 from bench.report import Row, Sample, check_target, rotate, select, table, verdict_word  # noqa: E402
-from bench.scenarios import SCENARIOS, Bench, Scenario  # noqa: E402
+from bench.scenarios import MILTERD_ROWS, SCENARIOS, Bench, Scenario, baseline_twin  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-store-cost", action="store_true", help="skip the in-process SQL write measurement")
     parser.add_argument("--results", default="", help="also write the report (Markdown) to this file")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, databases)")
+    parser.add_argument("--baseline", default="", metavar="REV",
+                        help="also run each chosen milterd row with milterd/ of git revision REV, or of directory REV holding a milterd/ package"
+                             " (a twin row NAME@base, interleaved): before/after in one run")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -122,6 +125,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     scenarios = [s for s in SCENARIOS if s.name in chosen]
+    baseline_dir: Path | None = None
+    if args.baseline and Path(args.baseline, "milterd", "__init__.py").exists():
+        scenarios = [x for s in scenarios for x in ([s] + ([baseline_twin(s, args.baseline, Path(args.baseline))] if s.name in MILTERD_ROWS else []))]
+    elif args.baseline:
+        baseline_dir = Path(tempfile.mkdtemp(prefix="milterd-baseline-"))
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline, "milterd"], capture_output=True)
+        if archive.returncode != 0:
+            print(f"bench: --baseline {args.baseline}: {archive.stderr.decode(errors='replace').strip()}", file=sys.stderr)
+            return 2
+        subprocess.run(["tar", "-x", "-C", str(baseline_dir)], input=archive.stdout, check=True)
+        os.chmod(baseline_dir, 0o755)
+        revision = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.baseline], capture_output=True, text=True).stdout.strip()
+        twins = [baseline_twin(s, revision, baseline_dir) for s in scenarios if s.name in MILTERD_ROWS]
+        scenarios = [x for s in scenarios for x in ([s] + [t for t in twins if t.reference == s.name])]
     for tool in ("smtp-source", "smtp-sink", "postfix"):
         if not shutil.which(tool) and not Path("/usr/sbin", tool).exists():
             print(f"bench: {tool} is missing (apt-get install postfix)", file=sys.stderr)
@@ -177,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.stop()
         if any(r.problems for r in rows.values()) and not args.keep:
             args.keep = True  # the logs explain the failure
+        if baseline_dir is not None:
+            shutil.rmtree(baseline_dir, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
         else:

@@ -153,6 +153,7 @@ class Bench:
         self.sink: subprocess.Popen[bytes] | None = None
         self.sink_port = free_port()
         self._shared: dict[str, Any] = {}
+        self.pythonpath: str | None = None  # set while a baseline twin starts: its milterd comes from there
 
     def shared(self, name: str, start: Callable[[Path], Any]) -> Any:
         """A daemon several rows use (clamd, spamd, the resolver): started once, stopped at the end."""
@@ -246,12 +247,20 @@ class Bench:
             milter.setdefault("socket_owner", "postfix")
         merged.setdefault("database", {}).setdefault("url", self.fresh_database(database))
         daemon = Milterd(root, merged, rules, socket=spec)
+        saved = os.environ.get("PYTHONPATH")
+        if self.pythonpath:
+            os.environ["PYTHONPATH"] = self.pythonpath  # the daemon inherits it: `python -m milterd` imports that tree
         try:
             daemon.start()
         except BaseException:
             if daemon.process is not None:
                 daemon.stop(timeout=10)
             raise
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
         return Backend(milter=daemon.postfix_spec, count_rows=count_rows(merged["database"]["url"]), stoppers=[daemon.stop], pids=daemon.workers,
                        logs=[daemon.stderr_path])
 
@@ -349,9 +358,17 @@ def checks_off() -> dict[str, dict[str, Any]]:
     return off
 
 
+def learner_off() -> dict[str, dict[str, Any]]:
+    """``[learner] enabled = false`` where the classifier exists (on by default; a core row runs no check)."""
+    from milterd import config
+
+    section = getattr(config, "LearnerSection", None)
+    return {"learner": {"enabled": False}} if section is not None and "enabled" in section.model_fields else {}
+
+
 def _core(socket: str, database: str, **sections: dict[str, Any]) -> Callable[[Bench, Scenario], Backend]:
     def setup(bench: Bench, scenario: Scenario) -> Backend:
-        merged = {"checks": checks_off(), **sections}
+        merged = {"checks": checks_off(), **learner_off(), **sections}
         return bench.milterd(scenario.name, socket, database, merged)
 
     return setup
@@ -656,6 +673,26 @@ def _rspamd_missing() -> str:
     from bench import rspamd
 
     return rspamd.missing()
+
+
+#: Rows whose milter is milterd (``--baseline`` gives each a twin running another revision).
+MILTERD_ROWS = ("unix", "inet", "inet-pg", "checks", "greylist", "greylist-pg", "scanners", "scanners-tiered", "checks-clamd", "corpus")
+
+
+def baseline_twin(scenario: "Scenario", revision: str, source: Path) -> "Scenario":
+    """The same row with milterd imported from *source* (an export of *revision*): before/after in one interleaved run."""
+    setup = scenario.setup
+    assert setup is not None
+
+    def twin_setup(bench: Bench, twin: Scenario) -> Backend:
+        bench.pythonpath = str(source)
+        try:
+            return setup(bench, twin)
+        finally:
+            bench.pythonpath = None
+
+    return Scenario(f"{scenario.name}@base", f"{scenario.title} — baseline {revision}", scenario.group, twin_setup, needs=scenario.needs,
+                    scale=scenario.scale, reference=scenario.name, serial=scenario.serial, corpus=scenario.corpus)
 
 
 def _mimedefang_missing() -> str:
