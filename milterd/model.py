@@ -86,7 +86,26 @@ class HeaderEdit:
 
 
 @dataclass
-class Session:
+class CheckStates:
+    """What a session (per connection) and an envelope (per transaction) keep for
+    the checks: each stage's DNS deadline and every check's own state."""
+
+    #: Each stage's DNS deadline, shared by every check at that stage (``Resolver.stage_deadline``).
+    dns_deadlines: dict[str, float] = field(default_factory=dict, kw_only=True)
+    _check_states: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False, kw_only=True)
+
+    def check_state(self, name: str) -> dict[str, Any]:
+        """The private state of the check called *name* (empty at first).
+
+        Each check keeps its own dict under its name, apart from the
+        pipeline's fields, so no two can collide; another check may read a
+        check's published results here (DMARC reads SPF's and DKIM's).
+        """
+        return self._check_states.setdefault(name, {})
+
+
+@dataclass
+class Session(CheckStates):
     """One SMTP connection from a client to Postfix."""
 
     client_addr: str = ""
@@ -99,18 +118,6 @@ class Session:
     trusted: bool = False
     hits: list[Hit] = field(default_factory=list)
     transactions: int = 0
-    #: Each stage's DNS deadline, shared by every check at that stage (``Resolver.stage_deadline``).
-    dns_deadlines: dict[str, float] = field(default_factory=dict)
-    _check_states: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
-
-    def check_state(self, name: str) -> dict[str, Any]:
-        """The private per-connection state of the check called *name* (empty at first).
-
-        Each check keeps its own dict under its name, apart from the
-        pipeline's fields, so no two can collide; another check may read a
-        check's published results here (DMARC reads SPF's).
-        """
-        return self._check_states.setdefault(name, {})
 
     @property
     def authenticated(self) -> bool:
@@ -183,7 +190,7 @@ class Spool:
 
 
 @dataclass
-class Envelope:
+class Envelope(CheckStates):
     """One transaction: the envelope, the headers in order and the spooled body.
 
     At end of message the checks of one tier run in several threads at once.
@@ -220,18 +227,6 @@ class Envelope:
     store_error: bool = False
     #: Headers counted so far and their total size, for [milter]'s header limits.
     header_tally: tuple[int, int] = (0, 0)
-    #: Each stage's DNS deadline, shared by every check at that stage (``Resolver.stage_deadline``).
-    dns_deadlines: dict[str, float] = field(default_factory=dict)
-    _check_states: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
-
-    def check_state(self, name: str) -> dict[str, Any]:
-        """The private per-transaction state of the check called *name* (empty at first).
-
-        Each check keeps its own dict under its name, apart from the
-        pipeline's fields, so no two can collide; another check may read a
-        check's published results here (DMARC reads DKIM's).
-        """
-        return self._check_states.setdefault(name, {})
 
     def header(self, name: str) -> str | None:
         """The first header called *name* (case-insensitive), decoded leniently, or None."""
