@@ -13,6 +13,7 @@ import json
 import random
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -20,7 +21,9 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from milterd.config import DatabaseSection
+from milterd.learner.classifier import Counts
 from milterd.store import Store
+from milterd.store.errors import StoreError
 from milterd.store.learner import LearnerStore
 from tests import conftest
 from tests.conftest import message, with_sections
@@ -163,3 +166,34 @@ def test_quarantine_confirm_learns_spam_and_release_ham_learns_ham(make_stack: C
     assert model(stack) == (2, 0)
     unknown = quarantine_cli(stack, "confirm", "999999")
     assert unknown.returncode == 1 and "999999" in unknown.stderr
+
+
+def test_concurrent_learners_on_postgresql_never_deadlock() -> None:
+    # Workers and MX hosts learn at once (auto-learn, milterd learn --jobs, quarantine):
+    # messages sharing tokens must all be counted; unsorted upserts deadlocked here.
+    with pgdb.temporary_database() as url:
+        store = Store(DatabaseSection(url=url))
+        try:
+            store.upgrade()
+            repository = LearnerStore(store.engine)
+            errors: list[str] = []
+
+            def learner_thread(number: int) -> None:
+                rnd = random.Random(number)
+                for index in range(40):
+                    tokens = list(range(2000))
+                    rnd.shuffle(tokens)
+                    try:
+                        repository.learn(f"m{number}-{index}", tokens[:1500], "spam" if index % 2 else "ham")
+                    except StoreError as exc:
+                        errors.append(str(exc))
+
+            threads = [threading.Thread(target=learner_thread, args=(n,)) for n in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert errors == []
+            assert repository.totals() == Counts(spam=80, ham=80)
+        finally:
+            store.close()
