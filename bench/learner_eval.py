@@ -48,7 +48,7 @@ from milterd.store.learner import LearnerStore
 from tests.harness.scanners import Spamd
 
 CACHE = Path.home() / ".cache" / "milterd-bench"
-THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)
+THRESHOLDS = (0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999)
 
 
 def files(data: Path, group: str) -> list[Path]:
