@@ -237,8 +237,7 @@ class Resolver:
 
     def collect(self, futures: Sequence["Future[Answer]"], queries: Sequence[tuple[str, str]], deadline: float) -> list[Answer]:
         """The answers of *futures* (started for *queries*); those not done by *deadline* are timeouts."""
-        if not all(future.done() for future in futures):  # answers from the cache are done already
-            wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
+        wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
         answers = []
         for future, (name, rdtype) in zip(futures, queries, strict=False):
             if future.done() and future.exception() is None:
