@@ -142,9 +142,24 @@ def test_cache_asks_once_in_one_batch_and_expires() -> None:
     assert cache.lookup([1, 2], 30.0, fetch)[1] == cl.Counts(spam=3)
     assert asked == [[1, 2]]  # the unknown token is cached too
     cache.lookup([1, 3], 61.0, fetch)
-    assert asked[-1] == [1, 3]
+    assert asked[-1] == [1, 3]  # older than ttl: asked again
     cache.lookup(list(range(100, 120)), 62.0, fetch)
-    assert len(cache._entries) == 10
+    assert len(cache._entries) == 22  # over size by one message's tokens at most
+    cache.lookup([1], 63.0, fetch)
+    assert asked[-1] == [1] and len(cache._entries) == 1  # full: dropped whole
+
+
+def test_cache_memory_per_token_stays_small() -> None:
+    cache = TokenCache(size=200_000, ttl=60)
+    tokens = [token_hash(str(n)) for n in range(100_000)]
+    tracemalloc.start()
+    try:
+        cache.lookup(tokens, 0.0, lambda wanted: {t: cl.Counts(spam=1, ham=2) for t in wanted[::2]})
+        used, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The lookup's own result dictionary is counted too (about 85 bytes in all); a per-token LRU with times took 190-280.
+    assert used / len(tokens) < 120, f"{used / len(tokens):.0f} bytes per cached token"
 
 
 # --- the store -------------------------------------------------------------------
