@@ -20,7 +20,7 @@ import subprocess
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal, Protocol, TypeVar
 
 from .config import Config, ConfigError, load_config
 from .dkimsign import SigningKey, load_keys, public_record, record_matches
@@ -176,28 +176,32 @@ def _safe_url(url: str) -> str:
 
 def probe_scanners(config: Config) -> list[Finding]:
     """clamd PING and VERSION, spamd PING, when enabled."""
-    findings = []
-    if config.clamav.enabled:
-        def clamd() -> Finding:
-            client = ClamdClient(config.clamav.address, timeout=min(config.clamav.timeout, 10.0))
-            if not client.ping():
-                return Finding("clamd", "fail", f"{config.clamav.address}: no PONG")
-            return Finding("clamd", "ok", f"{config.clamav.address}: {client.version()}")
+    clamav, spamd = config.clamav, config.spamd
+    return [
+        _probe_scanner("clamd", "[clamav]", clamav.enabled, clamav.address, lambda: ClamdClient(clamav.address, timeout=min(clamav.timeout, 10.0)), ClamdClient.version),
+        _probe_scanner("spamd", "[spamd]", spamd.enabled, spamd.address, lambda: SpamdClient(spamd.address, timeout=min(spamd.timeout, 10.0)), lambda _: "PONG"),
+    ]
 
-        findings.append(_guarded("clamd", clamd))
-    else:
-        findings.append(Finding("clamd", "skip", "[clamav] enabled = false"))
-    if config.spamd.enabled:
-        def spamd() -> Finding:
-            client = SpamdClient(config.spamd.address, timeout=min(config.spamd.timeout, 10.0))
-            if not client.ping():
-                return Finding("spamd", "fail", f"{config.spamd.address}: no PONG")
-            return Finding("spamd", "ok", f"{config.spamd.address}: PONG")
 
-        findings.append(_guarded("spamd", spamd))
-    else:
-        findings.append(Finding("spamd", "skip", "[spamd] enabled = false"))
-    return findings
+class _Pingable(Protocol):
+    def ping(self) -> bool: ...
+
+
+_Scanner = TypeVar("_Scanner", bound=_Pingable)
+
+
+def _probe_scanner(name: str, section: str, enabled: bool, address: str, client: Callable[[], _Scanner], shown: Callable[[_Scanner], str]) -> Finding:
+    """A scanner's PING, and what *shown* says of it after the PONG."""
+    if not enabled:
+        return Finding(name, "skip", f"{section} enabled = false")
+
+    def probe() -> Finding:
+        scanner = client()
+        if not scanner.ping():
+            return Finding(name, "fail", f"{address}: no PONG")
+        return Finding(name, "ok", f"{address}: {shown(scanner)}")
+
+    return _guarded(name, probe)
 
 
 def probe_release_smtp(config: Config) -> Finding:
