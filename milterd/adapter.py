@@ -73,10 +73,9 @@ class MilterdMilter(Milter.Base):
         self._counted = False
         # What this connection last answered, for ``milterd check`` (offline.py),
         # which drives this class in process: the last end of message, the last
-        # refusal before it, the last transaction ended.
+        # refusal before it.
         self.outcome: Outcome | None = None
         self.refusal: Decision | None = None
-        self.last_envelope: Envelope | None = None
 
     # --- negotiation ------------------------------------------------------
     def negotiate(self, opts: list[int]) -> int:
@@ -254,13 +253,11 @@ class MilterdMilter(Milter.Base):
     def _finish(self) -> None:
         if self.envelope is not None:
             envelope, self.envelope = self.envelope, None
-            self.last_envelope = envelope
             self.pipeline.finish(self.session, envelope)
 
     def _end_transaction(self) -> None:
         if self.envelope is not None:
             envelope, self.envelope = self.envelope, None
-            self.last_envelope = envelope
             envelope.logged = True  # logged at end of message, or deliberately not
             self.pipeline.finish(self.session, envelope)
 

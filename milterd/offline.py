@@ -297,7 +297,7 @@ def _call(ctx: _Context, stage: int, callback: Callable[..., int], *args: Any) -
 
 def _refused(pipeline: Pipeline, milter: MilterdMilter, decision: Decision, stage: str, label: str) -> CheckedMessage:
     """The judgement of a transaction refused before end of message."""
-    session, envelope = milter.session, milter.envelope or milter.last_envelope
+    session, envelope = milter.session, milter.envelope
     forced: Hit | None = envelope.forced_hit if envelope is not None else None
     hits = list(session.hits) + (list(envelope.hits) if envelope is not None else []) + ([forced] if forced else [])
     hits += [h for _, h in envelope.rejected_recipients] if envelope is not None else []
