@@ -18,6 +18,7 @@ from __future__ import annotations
 import pwd
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -46,7 +47,7 @@ logging {
 }
 
 worker "rspamd_proxy" {
-    bind_socket = "127.0.0.1:%(port)d";
+    bind_socket = "%(bind)s";
     .include "$CONFDIR/worker-proxy.inc"
     .include(try=true; priority=10) "$LOCAL_CONFDIR/override.d/worker-proxy.inc"
 }
@@ -105,20 +106,22 @@ def missing() -> str:
     return ""
 
 
-def start(root: Path, nameserver: str, clamd_port: int, workers: int = 2) -> tuple[str, list[Callable[[], None]], Callable[[], list[int]], Path]:
-    """Start Rspamd under *root*; (smtpd_milters spec, stoppers, worker pids, log file)."""
+def start(root: Path, nameserver: str, clamd_port: int, workers: int = 2, socket: str = "inet") -> tuple[str, list[Callable[[], None]], Callable[[], list[int]], Path]:
+    """Start Rspamd under *root* on a loopback port or (*socket* "unix") a unix socket; (smtpd_milters spec, stoppers, worker pids, log file)."""
     root.mkdir(parents=True, exist_ok=True)
     local = root / "conf"
     for sub in ("local.d", "override.d"):
         (local / sub).mkdir(parents=True, exist_ok=True)
     port = free_port()
-    (local / "rspamd.conf").write_text(RSPAMD_CONF % {"port": port})
+    path = root / "sock" / "rspamd.sock"
+    bind = f"{path} mode=0666" if socket == "unix" else f"127.0.0.1:{port}"
+    (local / "rspamd.conf").write_text(RSPAMD_CONF % {"bind": bind})
     (local / "override.d" / "worker-proxy.inc").write_text(PROXY % {"workers": workers})
     (local / "local.d" / "options.inc").write_text(OPTIONS % {"nameserver": nameserver})
     (local / "local.d" / "antivirus.conf").write_text(ANTIVIRUS % {"clamd_port": clamd_port})
     (local / "local.d" / "rbl.conf").write_text(RBL)
     (local / "local.d" / "spf.conf").write_text(SPF)
-    for sub in ("db", "run", "log"):
+    for sub in ("db", "run", "log", "sock"):
         (root / sub).mkdir(exist_ok=True)
         shutil.chown(root / sub, USER, USER)
     variables = {"CONFDIR": str(STOCK), "LOCAL_CONFDIR": str(local), "DBDIR": str(root / "db"), "RUNDIR": str(root / "run"), "LOGDIR": str(root / "log")}
@@ -130,7 +133,10 @@ def start(root: Path, nameserver: str, clamd_port: int, workers: int = 2) -> tup
     stoppers: list[Callable[[], None]] = [lambda: stop_group(process, timeout=20), out.close]
     log = root / "log" / "rspamd.log"
     try:
-        wait_for_port(port, timeout=120)  # the first start compiles the stock regexps (hyperscan)
+        if socket == "unix":
+            _wait_for_path(path, process, timeout=120)
+        else:
+            wait_for_port(port, timeout=120)  # the first start compiles the stock regexps (hyperscan)
     except TimeoutError:
         for stop in stoppers:
             stop()
@@ -142,4 +148,12 @@ def start(root: Path, nameserver: str, clamd_port: int, workers: int = 2) -> tup
         out = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout
         return [process.pid, *(int(p) for p in out.split())]
 
-    return f"inet:127.0.0.1:{port}", stoppers, pids, log
+    return (f"unix:{path}" if socket == "unix" else f"inet:127.0.0.1:{port}"), stoppers, pids, log
+
+
+def _wait_for_path(path: Path, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise TimeoutError(f"no {path}")
+        time.sleep(0.1)

@@ -650,23 +650,31 @@ def _threaded(one: Callable[[], str], messages: int, sessions: int) -> Sample:
     return Sample(messages, sessions, elapsed, ok=not failures, note="; ".join(failures[:3]))
 
 
-def _checks_clamd(bench: Bench, scenario: Scenario) -> Backend:
+def _checks_clamd(socket: str) -> Callable[[Bench, Scenario], Backend]:
     """milterd as the Rspamd row's peer: its own checks on (shipped rules, the local resolver) and clamd; no spamd."""
-    dns = bench.shared("dns", _start_dns)
-    clamd = bench.shared("clamd", _start_clamd)
-    rules = {path.name: path.read_text() for path in sorted((REPO / "rules").glob("*.toml"))}
-    sections = {"dns": {"nameservers": [dns.nameserver]}, "clamav": {"enabled": True, "address": clamd.address}}
-    return bench.milterd(scenario.name, "inet", "sqlite", sections, rules)
+
+    def setup(bench: Bench, scenario: Scenario) -> Backend:
+        dns = bench.shared("dns", _start_dns)
+        clamd = bench.shared("clamd", _start_clamd)
+        rules = {path.name: path.read_text() for path in sorted((REPO / "rules").glob("*.toml"))}
+        sections = {"dns": {"nameservers": [dns.nameserver]}, "clamav": {"enabled": True, "address": clamd.address}}
+        return bench.milterd(scenario.name, socket, "sqlite", sections, rules)
+
+    return setup
 
 
-def _rspamd(bench: Bench, scenario: Scenario) -> Backend:
+def _rspamd(socket: str) -> Callable[[Bench, Scenario], Backend]:
     """Rspamd 3.4's proxy worker as a milter, self-scan, stock rules, antivirus on the same clamd, the same resolver (bench/rspamd.py)."""
-    from bench import rspamd
 
-    dns = bench.shared("dns", _start_dns)
-    clamd = bench.shared("clamd", _start_clamd)
-    spec, stoppers, pids, log = rspamd.start(bench.root / scenario.name, dns.nameserver, clamd.port)
-    return Backend(milter=spec, stoppers=stoppers, pids=pids, logs=[log])
+    def setup(bench: Bench, scenario: Scenario) -> Backend:
+        from bench import rspamd
+
+        dns = bench.shared("dns", _start_dns)
+        clamd = bench.shared("clamd", _start_clamd)
+        spec, stoppers, pids, log = rspamd.start(bench.root / scenario.name, dns.nameserver, clamd.port, socket=socket)
+        return Backend(milter=spec, stoppers=stoppers, pids=pids, logs=[log])
+
+    return setup
 
 
 def _rspamd_missing() -> str:
@@ -676,7 +684,7 @@ def _rspamd_missing() -> str:
 
 
 #: Rows whose milter is milterd (``--baseline`` gives each a twin running another revision).
-MILTERD_ROWS = ("unix", "inet", "inet-pg", "checks", "greylist", "greylist-pg", "scanners", "scanners-tiered", "checks-clamd", "corpus")
+MILTERD_ROWS = ("unix", "inet", "inet-pg", "checks", "greylist", "greylist-pg", "scanners", "scanners-tiered", "checks-clamd", "checks-clamd-unix", "corpus")
 
 
 def baseline_twin(scenario: "Scenario", revision: str, source: Path) -> "Scenario":
@@ -732,10 +740,15 @@ SCENARIOS: list[Scenario] = [
     Scenario("spamd", "spamd alone: SYMBOLS of the same message and Received: header, milterd's client in-process (no Postfix)", "scanners", _spamd_alone,
              needs=_SCANNERS, scale=0.1),
     Scenario("clamd", "clamd alone: INSTREAM of the same message (no Postfix)", "scanners", _clamd_alone, needs=_SCANNERS, scale=0.5),
-    Scenario("checks-clamd", "milterd, inet, its checks (local resolver) + clamd, no spamd, 2 workers", "rspamd", _checks_clamd,
+    Scenario("checks-clamd", "milterd, inet, its checks (local resolver) + clamd, no spamd, 2 workers", "rspamd", _checks_clamd("inet"),
              needs=_needs_all(_needs_module("tests.harness.dns", "the checks' DNS fixtures"), _needs_commands("unbound", "rbldnsd", "clamd")),
              reference="rspamd", targets=(Target("ratio", 2.0, "rspamd"), Target("serial_ratio", 0.25, "rspamd"))),
-    Scenario("rspamd", "Rspamd 3.4 proxy milter, inet, self-scan, stock rules, antivirus → the same clamd, the same resolver, 2 workers", "rspamd", _rspamd,
+    Scenario("rspamd", "Rspamd 3.4 proxy milter, inet, self-scan, stock rules, antivirus → the same clamd, the same resolver, 2 workers", "rspamd", _rspamd("inet"),
+             needs=_needs_all(_rspamd_missing, _needs_commands("unbound", "rbldnsd", "clamd"))),
+    Scenario("checks-clamd-unix", "milterd, unix socket, its checks (local resolver) + clamd, no spamd, 2 workers", "rspamd", _checks_clamd("unix"),
+             needs=_needs_all(_needs_module("tests.harness.dns", "the checks' DNS fixtures"), _needs_commands("unbound", "rbldnsd", "clamd")),
+             reference="rspamd-unix", targets=(Target("ratio", 2.0, "rspamd-unix"), Target("serial_ratio", 0.25, "rspamd-unix"))),
+    Scenario("rspamd-unix", "Rspamd 3.4 proxy milter, unix socket, otherwise as above", "rspamd", _rspamd("unix"),
              needs=_needs_all(_rspamd_missing, _needs_commands("unbound", "rbldnsd", "clamd"))),
     Scenario("corpus", "corpus mix: milterd, inet, all checks (DNSBL) + clamd + spamd", "corpus", _corpus_milterd,
              needs=_needs_all(_SCANNERS, _needs_commands("unbound", "rbldnsd", "npm")), reference="corpus-mimedefang", serial=False, corpus=True,
