@@ -31,7 +31,7 @@ def test_bad_socket_refused(spec: str) -> None:
         parse_socket(spec)
 
 
-def test_split_reply() -> None:
+def test_setreply_args() -> None:
     assert setreply_args(Reply("550", "5.7.1", "Virus found: Eicar")) == ("550", "5.7.1", "Virus found: Eicar")
     assert setreply_args(Reply("451", "4.7.1", "Greylisted, 100% sure")) == ("451", "4.7.1", "Greylisted, 100%% sure")
     assert setreply_args(Reply("554", None, "blocked")) == ("554", None, "blocked")
