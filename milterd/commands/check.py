@@ -31,7 +31,7 @@ from ..offline import CheckedMessage, Client, MessageRef, check_message, sources
 from ..pipeline import Pipeline
 from ..services import Services, build
 from ..store import Store
-from ..store.learner import LearnerStore
+from ..store.learner import LearnerStore, model_may_exist
 from ..tuning import Judged, configured_thresholds, forced_action, mass_report, symbol_table
 from . import config_parent
 from .learn import prepare
@@ -62,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--spam", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="mass check: folders or mboxes of spam")
     parser.add_argument("--train-ham", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="mass check with a scratch classifier model learned from these ham folders first (the live store is never touched)")
     parser.add_argument("--train-spam", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="the same, spam folders to learn into the scratch model")
+    parser.add_argument("--cross-validate", type=int, default=0, metavar="K", help="mass check in K folds: each fold of --ham/--spam is judged by a scratch classifier model learned from the other folds (the live store is never touched)")
     parser.add_argument("--progress", choices=["auto", "always", "never"], default="auto", help="progress bar on stderr (auto: on a terminal, from 20 messages)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.set_defaults(func=run_check)
@@ -83,6 +84,11 @@ def run_check(args: argparse.Namespace) -> int:
         print("milterd: check: give either message files or --ham/--spam folders, not both", file=sys.stderr)
         return 2
     config = offline_config(load_config(args.config))
+    if args.cross_validate:
+        if args.cross_validate < 2 or not (args.ham and args.spam) or args.train_ham or args.train_spam:
+            print("milterd: check: --cross-validate K needs K >= 2 and --ham and --spam folders (and no --train-ham/--train-spam)", file=sys.stderr)
+            return 2
+        return _cross_validate(args, config, Client(args.client_ip, args.client_name, args.helo, args.sender, list(args.recipients), args.auth_user))
     if args.train_ham or args.train_spam:
         if not (args.train_ham and args.train_spam and mass):
             print("milterd: check: --train-ham and --train-spam go together, with --ham/--spam folders to test", file=sys.stderr)
@@ -112,27 +118,85 @@ def _check_with(args: argparse.Namespace, config: Config, mass: bool) -> int:
 
 def train_scratch_model(config: Config, ham: Iterable[Path], spam: Iterable[Path]) -> Counts:
     """Create *config*'s (scratch) store and teach its classifier the given folders; the totals learned."""
+    labelled: list[tuple[str, MessageRef]] = []
+    for label, folders in (("ham", ham), ("spam", spam)):
+        refs, problems = _collect(folders)
+        for problem in problems:
+            print(f"milterd: {problem}", file=sys.stderr)
+        labelled.extend((label, ref) for ref in refs)
+    return learn_scratch(config, labelled)
+
+
+def learn_scratch(config: Config, labelled: Iterable[tuple[str, MessageRef]]) -> Counts:
+    """Create *config*'s (scratch) store and teach its classifier the (label, message) pairs; the totals learned."""
     store = Store(config.database)
     try:
         store.upgrade()
         repository = LearnerStore(store.engine)
-        for label, folders in (("ham", ham), ("spam", spam)):
-            refs, problems = _collect(folders)
-            for problem in problems:
-                print(f"milterd: {problem}", file=sys.stderr)
-            for ref in refs:
-                digest, tokens = prepare(ref.load(), config.learner.max_size)
-                repository.learn(digest, tokens, "spam" if label == "spam" else "ham")
+        for label, ref in labelled:
+            digest, tokens = prepare(ref.load(), config.learner.max_size)
+            repository.learn(digest, tokens, "spam" if label == "spam" else "ham")
         return repository.totals()
     finally:
         store.close()
 
 
+def fold_numbers(kinds: list[str], folds: int) -> list[int]:
+    """The fold of each message: round-robin within each kind, so that every fold gets its share of ham and of spam."""
+    seen: Counter[str] = Counter()
+    numbers = []
+    for kind in kinds:
+        numbers.append(seen[kind] % folds)
+        seen[kind] += 1
+    return numbers
+
+
+def _cross_validate(args: argparse.Namespace, config: Config, client: Client) -> int:
+    """Mass check in K folds, each judged by a scratch model learned from the others."""
+    labelled = _labelled(args)
+    if not labelled:
+        print("milterd: check: no message found", file=sys.stderr)
+        return 1
+    folds = args.cross_validate
+    numbers = fold_numbers([kind for kind, _, _ in labelled], folds)
+    progress = Progress(len(labelled), args.progress)
+    items: list[Judged] = []
+    errors = 0
+    for fold in range(folds):
+        with tempfile.TemporaryDirectory(prefix="milterd-scratch-") as scratch:
+            fold_config = config.with_changes({"database.url": f"sqlite:///{Path(scratch) / 'model.sqlite'}", "learner.enabled": True})
+            learn_scratch(fold_config, [(kind, ref) for (kind, _, ref), number in zip(labelled, numbers, strict=True) if number != fold])
+            services = build(fold_config)
+            pipeline = Pipeline(services, keep_log=False)
+            try:
+                judged, failed = _judge_all([entry for entry, number in zip(labelled, numbers, strict=True) if number == fold], pipeline, client, progress, config)
+            finally:
+                pipeline.shutdown()
+                services.close()
+        items.extend(judged)
+        errors += failed
+    progress.done()
+    report = mass_report(items, config.actions)
+    report["errors"] = errors
+    report["cross_validate"] = folds
+    if args.json:
+        json.dump(report, sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        print(f"{folds}-fold cross-validation: each fold judged by a scratch model learned from the other folds")
+        print_mass_report(report)
+    return 0
+
+
 def offline_config(config: Config) -> Config:
     """The configuration for an offline check: greylisting off (it would record
-    triplets in the store and defer every new message)."""
+    triplets in the store and defer every new message); the classifier reads the
+    live model, but off where reading it would create the store (an SQLite file
+    that does not exist: there is no model to read)."""
     if config.greylist.enabled:
-        return config.with_changes({"greylist.enabled": False})
+        config = config.with_changes({"greylist.enabled": False})
+    if config.learner.enabled and not model_may_exist(config.database.url):
+        config = config.with_changes({"learner.enabled": False})
     return config
 
 
@@ -236,7 +300,8 @@ def _explain(item: CheckedMessage, services: Services, owners: dict[str, Any], t
 
 
 # --- mass check ---------------------------------------------------------------------
-def _mass_check(args: argparse.Namespace, services: Services, pipeline: Pipeline, client: Client) -> int:
+def _labelled(args: argparse.Namespace) -> list[tuple[str, str, MessageRef]]:
+    """(kind, folder, message) of every message of --ham and --spam."""
     labelled: list[tuple[str, str, MessageRef]] = []
     for kind, folders in (("ham", args.ham), ("spam", args.spam)):
         for folder in folders:
@@ -244,11 +309,11 @@ def _mass_check(args: argparse.Namespace, services: Services, pipeline: Pipeline
             for problem in problems:
                 print(f"milterd: {problem}", file=sys.stderr)
             labelled.extend((kind, str(folder), ref) for ref in refs)
-    if not labelled:
-        print("milterd: check: no message found", file=sys.stderr)
-        return 1
-    progress = Progress(len(labelled), args.progress)
-    actions = services.config.actions
+    return labelled
+
+
+def _judge_all(labelled: list[tuple[str, str, MessageRef]], pipeline: Pipeline, client: Client, progress: "Progress", config: Config) -> tuple[list[Judged], int]:
+    """The judged messages, and how many could not be judged."""
     items: list[Judged] = []
     errors = 0
     for kind, folder, ref in labelled:
@@ -260,7 +325,18 @@ def _mass_check(args: argparse.Namespace, services: Services, pipeline: Pipeline
         if item.error:
             errors += 1
             continue
-        items.append(Judged(kind, folder, ref.label, item.score, item.action.label, item.symbols, forced_action(item.action, item.score, actions)))
+        items.append(Judged(kind, folder, ref.label, item.score, item.action.label, item.symbols, forced_action(item.action, item.score, config.actions)))
+    return items, errors
+
+
+def _mass_check(args: argparse.Namespace, services: Services, pipeline: Pipeline, client: Client) -> int:
+    labelled = _labelled(args)
+    if not labelled:
+        print("milterd: check: no message found", file=sys.stderr)
+        return 1
+    progress = Progress(len(labelled), args.progress)
+    actions = services.config.actions
+    items, errors = _judge_all(labelled, pipeline, client, progress, services.config)
     progress.done()
     report = mass_report(items, actions)
     report["errors"] = errors

@@ -18,9 +18,10 @@ learning at once add up instead of overwriting each other.
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence, TypeVar
 
-from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, case, delete, func, select, update
+from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, case, delete, func, make_url, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -63,6 +64,16 @@ messages_table = Table(
     Column("label", String(4), nullable=False),
     Column("time", DateTime(timezone=True), nullable=False),
 )
+
+
+def model_may_exist(url: str) -> bool:
+    """Whether a classifier model can be read at *url* without creating anything:
+    False for an SQLite file that does not exist (opening it would create it)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return True
+    database = parsed.database or ""
+    return database not in ("", ":memory:") and Path(database).exists()
 
 
 def day_number(when: dt.datetime) -> int:

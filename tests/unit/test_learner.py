@@ -15,6 +15,7 @@ import pytest
 
 from milterd.checks.bayes import expiry_job
 from milterd.cli import main
+from milterd.commands.check import fold_numbers
 from milterd.config import ChecksSection, Config, DatabaseSection
 from milterd.learner import classifier as cl
 from milterd.learner.cache import TokenCache
@@ -279,7 +280,7 @@ def test_check_trains_a_scratch_model_and_never_touches_the_live_store(tmp_path:
     assert untrained["spam"]["flagged"] == 0  # no model: the classifier abstains
     trained = report("--train-ham", str(folders["train-ham"]), "--train-spam", str(folders["train-spam"]))
     assert trained["spam"]["flagged"] == 3 and trained["ham"]["flagged"] == 0
-    # The untrained run found no schema in the live store (BAYES_ERROR, judged without it); training created none there.
+    # Neither run created the live store: there was no model to read, and the scratch model lives elsewhere.
     assert not live.exists() or sqlite3.connect(live).execute("SELECT name FROM sqlite_master WHERE name LIKE 'learner%'").fetchall() == []
 
 
@@ -313,3 +314,24 @@ def test_tiers_skip_spamd_only_when_the_classifier_is_confident(tmp_path: Path, 
     assert "SPAMD_SKIPPED_CONFIDENT" in found["new-ham.eml"] and "BAYES_00" in found["new-ham.eml"]
     assert "SPAMD_ERROR" in found["unsure.eml"] and "SPAMD_SKIPPED_CONFIDENT" not in found["unsure.eml"]
     assert not any("SPAMD_ERROR" in found[n] for n in ("new-spam.eml", "new-ham.eml"))
+
+
+def test_check_cross_validates_in_k_folds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    checks = "\n".join(f"[checks.{name}]\nenabled = false" for name in ChecksSection.model_fields)
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "live.sqlite"}"\n[rules]\ndir = ""\n[actions]\nadd_header = 3.0\n[learner]\nmin_spam = 5\nmin_ham = 5\n{checks}\n')
+    for name, words in (("spam", "cheap pills casino lottery prize winner"), ("ham", "meeting agenda budget minutes review draft")):
+        folder = tmp_path / name
+        folder.mkdir()
+        for n in range(9):
+            body = " ".join(words.split()[(n + k) % 6] for k in range(30))
+            (folder / f"{n}.eml").write_bytes(mail(f"{body} {n}\r\n".encode(), mid=f"<{name}{n}@x>"))
+    capsys.readouterr()
+    assert main(["check", "-c", str(conf), "--json", "--cross-validate", "3", "--ham", str(tmp_path / "ham"), "--spam", str(tmp_path / "spam")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # Every message judged once, by a model that had learned 6 of each kind but not it.
+    assert report["cross_validate"] == 3
+    assert report["overall"]["spam"]["messages"] == 9 and report["overall"]["spam"]["flagged"] == 9
+    assert report["overall"]["ham"]["messages"] == 9 and report["overall"]["ham"]["flagged"] == 0
+    assert fold_numbers(["ham", "spam", "ham", "ham", "spam"], 2) == [0, 0, 1, 0, 1]
+    assert main(["check", "-c", str(conf), "--cross-validate", "1", "--ham", str(tmp_path / "ham"), "--spam", str(tmp_path / "spam")]) == 2
