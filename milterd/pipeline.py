@@ -374,10 +374,14 @@ class Pipeline:
         if not forced:
             return None
         worst = max(forced, key=lambda h: h.action or Action.ACCEPT)
-        if envelope is not None:
-            envelope.forced_hit = worst  # the hit behind the decision, for milterd check
         action = worst.action or Action.REJECT
-        return Decision(action, worst.reply or self._default_reply(action))
+        decision = Decision(action, worst.reply or self._default_reply(action))
+        if envelope is not None:
+            # Kept on the envelope so that finish() logs a refusal at any stage (MAIL,
+            # DATA, end of headers), and milterd check can name the hit behind it.
+            envelope.forced_hit = worst
+            envelope.decision = decision
+        return decision
 
     @staticmethod
     def _default_reply(action: Action) -> Reply | None:
