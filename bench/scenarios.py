@@ -530,7 +530,7 @@ def _corpus_mimedefang(bench: Bench, scenario: Scenario) -> Backend:
 def _spamd_alone(bench: Bench, scenario: Scenario) -> Backend:
     """spamd's own latency: the same message by SYMBOLS (milterd's client, in-process: no spamc start-up), no Postfix."""
     from milterd.checks.spamassassin import received_header
-    from milterd.model import Envelope, Session, Spool
+    from milterd.message.model import Envelope, Session, Spool
     from milterd.scanners.spamd import SpamdClient
 
     spamd = bench.shared("spamd", _start_spamd)

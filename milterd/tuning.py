@@ -3,7 +3,7 @@
 Pure functions of log rows (dictionaries as :meth:`Store.messages` returns
 them) and of check results, so that ``milterd rules stats|whatif`` and
 ``milterd check --ham/--spam`` can be recomputed by a test.  Re-scoring uses
-:func:`milterd.policy.decide`, exactly as the milter decides.
+:func:`milterd.message.policy.decide`, exactly as the milter decides.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .checks import Check, discover
 from .config import ActionsSection, MilterSection
-from .model import Action, Hit
-from .policy import THRESHOLD_ACTIONS, decide, threshold_action
+from .message.model import Action, Hit
+from .message.policy import THRESHOLD_ACTIONS, decide, threshold_action
 
 if TYPE_CHECKING:
     from .services import Services

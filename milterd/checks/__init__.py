@@ -7,7 +7,7 @@ default score, one-line description: the table ``milterd rules`` shows and
 ``rules/symbols.toml`` re-weights) and overrides the hooks of the SMTP stages
 it needs; the pipeline negotiates with Postfix only the stages some check uses.
 
-Hooks return an iterable of :class:`~milterd.model.Hit`.  Checks keep no
+Hooks return an iterable of :class:`~milterd.message.model.Hit`.  Checks keep no
 per-message state on ``self`` (one instance serves every connection of a
 worker, from several threads): they keep it in their own namespace,
 ``session.check_state(self.name)`` or ``envelope.check_state(self.name)``.
@@ -21,10 +21,10 @@ import pkgutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Iterable
 
-from ..model import Envelope, Hit, Session, Verdict
+from ..message.model import Envelope, Hit, Session, Verdict
 
 if TYPE_CHECKING:
-    from ..policy import GreylistStatus
+    from ..message.policy import GreylistStatus
     from ..services import Services
 
 

@@ -22,7 +22,7 @@ import dkim
 from ..authresults import authserv_id_of
 from ..config import ConfigError
 from ..dkimsign import parse_key
-from ..model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
+from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
 from .dkim import DnsRecorder, QuietLogger

@@ -1,8 +1,8 @@
 """The attachment policy: banned names, double extensions, content that lies about its type, archives.
 
 At end of message each attachment is decoded from the spool, one at a time
-(:mod:`milterd.mimeparts`), and judged with the members of the archives it
-carries (:mod:`milterd.archives`, within the configured limits).  Every
+(:mod:`milterd.content.mimeparts`), and judged with the members of the archives it
+carries (:mod:`milterd.content.archives`, within the configured limits).  Every
 finding names the file (``invoice.zip/inner.zip/evil.exe``) and the rule; a
 category's action in ``[checks.attachments]`` either only scores its symbol
 or forces quarantine or a reject whose reply names the file.
@@ -14,11 +14,11 @@ import logging
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, ClassVar, Iterable
 
-from ..archives import Limits, archive_kind, list_archive
-from ..filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
-from ..mimeparts import Attachment, attachments
-from ..model import Action, Envelope, Hit, Session
-from ..reply import Reply
+from ..content.archives import Limits, archive_kind, list_archive
+from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
+from ..content.mimeparts import Attachment, attachments
+from ..message.model import Action, Envelope, Hit, Session
+from ..message.reply import Reply
 from ..text import escape
 from . import Hits, Symbol
 from .configured import ConfiguredCheck

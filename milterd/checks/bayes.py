@@ -28,7 +28,7 @@ from ..clock import utcnow
 from ..learner.cache import TokenCache
 from ..learner.classifier import BUCKETS, Counts, Score, classify, trained
 from ..learner.tokenizer import hashed_tokens, message_digest
-from ..model import Envelope, Hit, Session, Verdict
+from ..message.model import Envelope, Hit, Session, Verdict
 from ..store.errors import StoreError
 from ..store.learner import LearnerStore
 from . import Check, Hits, Symbol

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from ..model import Action, Envelope, HeaderEdit, Hit, Session
-from ..reply import Reply
+from ..message.model import Action, Envelope, HeaderEdit, Hit, Session
+from ..message.reply import Reply
 from ..scanners import ScannerError
 from ..scanners.clamd import ClamdClient, ClamdResult, InstreamScan
 from . import Check, Hits, Symbol

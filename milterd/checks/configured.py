@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from . import Check
 
 if TYPE_CHECKING:
-    from ..model import Session
+    from ..message.model import Session
     from ..services import Services
 
 

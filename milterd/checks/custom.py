@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 from ..config import ConfigError
-from ..mimetext import extract
-from ..model import Envelope, Hit, Session
+from ..content.mimetext import extract
+from ..message.model import Envelope, Hit, Session
 from ..rulelang import MetaSyntaxError, Node, evaluate, names, parse
 from ..units import parse_size
 from . import Check, Hits, Symbol

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import dkim
 
 from .. import dkimsign
-from ..model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
+from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
 from .dmarc import aligned, from_domain

@@ -25,8 +25,8 @@ from typing import Any, ClassVar, Literal
 
 from publicsuffixlist import PublicSuffixList
 
-from ..model import Action, Envelope, Hit, Session
-from ..reply import Reply
+from ..message.model import Action, Envelope, Hit, Session
+from ..message.reply import Reply
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 

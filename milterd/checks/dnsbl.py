@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..config import ConfigError
 from ..dns import Answer, dnsbl_name
-from ..model import Action, Envelope, Hit, Session
-from ..reply import Reply
+from ..message.model import Action, Envelope, Hit, Session
+from ..message.reply import Reply
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 

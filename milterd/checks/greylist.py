@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from .. import greylist as gl
 from ..config import ConfigError
-from ..model import Action, Envelope, Hit, Session
-from ..policy import GreylistStatus, greylist_reply
+from ..message.model import Action, Envelope, Hit, Session
+from ..message.policy import GreylistStatus, greylist_reply
 from ..store import StoreError, utcnow
 from . import Check, Hits, Symbol
 

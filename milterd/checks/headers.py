@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 from email import policy
 from typing import ClassVar
 
-from ..model import Action, Envelope, Hit, Session
-from ..reply import Reply
+from ..message.model import Action, Envelope, Hit, Session
+from ..message.reply import Reply
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 

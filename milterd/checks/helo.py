@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from ..model import Envelope, Hit, Session
+from ..message.model import Envelope, Hit, Session
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from ..config import ConfigError
-from ..model import Action, Envelope, Hit, Session
-from ..reply import Reply
+from ..message.model import Action, Envelope, Hit, Session
+from ..message.reply import Reply
 from . import Check, Hits, Symbol
 from .headers import unfold
 

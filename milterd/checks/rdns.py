@@ -15,7 +15,7 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..config import ConfigError
-from ..model import Envelope, Hit, Session
+from ..message.model import Envelope, Hit, Session
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from ..model import Envelope, Hit, Session
+from ..message.model import Envelope, Hit, Session
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 

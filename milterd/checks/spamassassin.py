@@ -29,8 +29,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, ClassVar
 
-from ..model import Action, Envelope, Hit, Session
-from ..reply import Reply
+from ..message.model import Action, Envelope, Hit, Session
+from ..message.reply import Reply
 from ..scanners import ScannerError
 from ..scanners.cache import ResultCache, content_key
 from ..scanners.spamd import SpamdClient, SpamdResult

@@ -23,8 +23,8 @@ from ..authresults import authserv_id_of as authserv_id_of  # re-exported
 from ..authresults import build as build_authentication_results
 from ..authresults import forged_indexes
 from ..dns import use_for_spf
-from ..model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
-from ..reply import Reply
+from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
+from ..message.reply import Reply
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 

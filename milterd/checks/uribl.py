@@ -1,7 +1,7 @@
 """URI block lists: the domains of a message's links, looked up at end of message.
 
 The links of the text and HTML parts (``href``/``src``, written-out
-``http(s)://`` and bare ``www.`` links; :mod:`milterd.mimetext`) are reduced to
+``http(s)://`` and bare ``www.`` links; :mod:`milterd.content.mimetext`) are reduced to
 their registrable domains with the Public Suffix List (``publicsuffixlist``:
 ``www.a.example.co.uk`` → ``example.co.uk``), the well-known ones of
 ``[checks.uribl] skip_domains`` dropped, and the first ``max_domains`` looked
@@ -37,10 +37,10 @@ from urllib.parse import unquote, urlsplit
 from publicsuffixlist import PublicSuffixList
 
 from ..config import ConfigError
+from ..content.mimetext import extract
 from ..dns import Answer, dnsbl_name
-from ..mimetext import extract
-from ..model import Action, Envelope, Hit, Session
-from ..reply import Reply
+from ..message.model import Action, Envelope, Hit, Session
+from ..message.reply import Reply
 from ..text import escape
 from . import Hits, Symbol
 from .configured import ConfiguredCheck

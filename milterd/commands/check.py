@@ -26,9 +26,9 @@ from typing import Any, Iterable
 
 from ..config import Config, load_config
 from ..learner.classifier import Counts
-from ..model import Action
-from ..offline import CheckedMessage, Client, MessageRef, check_message, sources
-from ..pipeline import Pipeline
+from ..message.model import Action
+from ..message.pipeline import Pipeline
+from ..milter.offline import CheckedMessage, Client, MessageRef, check_message, sources
 from ..services import Services, build
 from ..store import Store
 from ..store.learner import LearnerStore, model_may_exist

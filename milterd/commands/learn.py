@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Literal
 
 from ..config import load_config
 from ..learner.tokenizer import hashed_tokens, message_digest
-from ..offline import sources
+from ..milter.offline import sources
 from ..store.errors import StoreError
 from ..store.learner import LearnerStore
 from . import config_parent, describe_failure, open_store

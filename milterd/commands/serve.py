@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from ..supervisor import serve
+from ..milter.supervisor import serve
 from . import config_parent
 
 

@@ -4,7 +4,7 @@ Tokens come from the headers (the names of all of them; the words of the
 Subject, From, Reply-To, Content-Type, mailer and list headers; the
 Message-ID's domain; ``name:word`` tokens of every other header, Received
 included: the path a message took tells a lot) and from the decoded text and
-HTML parts (:func:`milterd.mimetext.extract`): lower-cased words of 3 to 20
+HTML parts (:func:`milterd.content.mimetext.extract`): lower-cased words of 3 to 20
 characters, a ``skip:`` token for longer runs (SpamBayes' trick: the length
 class of a long word tells, the word does not), the host names of links, and
 ``bi:`` pairs of adjacent words.
@@ -30,7 +30,7 @@ import re
 from email.header import decode_header, make_header
 from urllib.parse import urlsplit
 
-from ..mimetext import extract
+from ..content.mimetext import extract
 
 #: Bytes of a message that are parsed at most (headers and body).
 MAX_INPUT = 512 * 1024

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from milterd.config import Config
-from milterd.model import Envelope, Session
-from milterd.pipeline import Outcome, Pipeline
+from milterd.message.model import Envelope, Session
+from milterd.message.pipeline import Outcome, Pipeline
 from milterd.services import build
 from tests.harness.scanners import GTUBE
 

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from milterd.model import Action
+from milterd.message.model import Action
 from milterd.scanners import ScannerError
 from milterd.scanners.clamd import ClamdClient
 from milterd.scanners.spamd import SpamdClient

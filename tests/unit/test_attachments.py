@@ -13,12 +13,12 @@ from typing import Iterator
 import libarchive
 import pytest
 
-from milterd.archives import Limits, archive_kind, list_archive, supported
 from milterd.checks.attachments import BANNED, DOUBLE, ENCRYPTED, LIMIT, MACRO, MISMATCH, Finding, hits_for, judge_content, judge_name
 from milterd.cli import main
-from milterd.filetypes import extensions, mismatch, ole_has_macros, sniff
-from milterd.mimeparts import attachments
-from milterd.model import Action
+from milterd.content.archives import Limits, archive_kind, list_archive, supported
+from milterd.content.filetypes import extensions, mismatch, ole_has_macros, sniff
+from milterd.content.mimeparts import attachments
+from milterd.message.model import Action
 
 BANNED_EXTS = frozenset({"exe", "scr", "js", "bat"})
 PE = b"MZ\x90\x00" + b"\x00" * 300

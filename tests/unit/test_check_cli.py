@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from milterd.cli import main
-from milterd.offline import split_message
+from milterd.milter.offline import split_message
 from tests.conftest import message
 from tests.harness.corpora import cpython_email_messages
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from milterd.model import Envelope, Session, Spool
+from milterd.message.model import Envelope, Session, Spool
 
 
 def test_checks_state_cannot_collide_with_each_other_or_the_pipeline() -> None:

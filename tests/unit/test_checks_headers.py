@@ -9,7 +9,7 @@ import pytest
 
 from milterd.checks.headers import Headers, bad_encoded_words, date_problem
 from milterd.config import Config
-from milterd.model import Envelope, Session, Spool
+from milterd.message.model import Envelope, Session, Spool
 from milterd.services import Services
 from tests.harness.corpora import cpython_email_messages
 

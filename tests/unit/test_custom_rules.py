@@ -9,9 +9,9 @@ import pytest
 
 from milterd.checks.custom import CustomRules
 from milterd.config import Config, ConfigError
-from milterd.mimetext import extract, html_to_text
-from milterd.offline import Client, check_message
-from milterd.pipeline import Pipeline
+from milterd.content.mimetext import extract, html_to_text
+from milterd.message.pipeline import Pipeline
+from milterd.milter.offline import Client, check_message
 from milterd.rulelang import MetaSyntaxError, evaluate, parse
 from milterd.services import build
 from tests.conftest import message

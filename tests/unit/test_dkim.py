@@ -28,7 +28,7 @@ from milterd.commands.dkim import run_keygen
 from milterd.config import ConfigError, load_config
 from milterd.diagnostics import judge_dkim_key
 from milterd.dns import Answer
-from milterd.model import Action
+from milterd.message.model import Action
 from milterd.services import build as build_services
 
 MESSAGE = (

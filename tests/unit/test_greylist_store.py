@@ -168,7 +168,7 @@ def _services(database: str, **greylist: object):  # type: ignore[no-untyped-def
 
 def test_check_skips_dnswl_and_greylists_the_rest(store: Store, database: str) -> None:
     from milterd.checks.greylist import Greylist
-    from milterd.model import Action, Envelope, Hit, Session, Spool
+    from milterd.message.model import Action, Envelope, Hit, Session, Spool
 
     services = _services(database)
     [check] = [c for c in services.checks if isinstance(c, Greylist)]
@@ -186,8 +186,8 @@ def test_check_skips_dnswl_and_greylists_the_rest(store: Store, database: str) -
 def test_score_mode_verdict(store: Store, database: str) -> None:
     from milterd.checks.greylist import Greylist
     from milterd.config import Config
-    from milterd.model import Action, Envelope, Hit, Session, Spool
-    from milterd.policy import decide
+    from milterd.message.model import Action, Envelope, Hit, Session, Spool
+    from milterd.message.policy import decide
     from milterd.services import build
 
     config = Config().with_changes({
@@ -249,7 +249,7 @@ def _check(database: str, **greylist: object):  # type: ignore[no-untyped-def]
 
 
 def test_a_thousand_new_recipients_are_one_write_transaction(store: Store, database: str) -> None:
-    from milterd.model import Action, Envelope, Session, Spool
+    from milterd.message.model import Action, Envelope, Session, Spool
 
     services, check = _check(database, auto_whitelist_after=0)
     counting = Counting(services.store.engine)
@@ -270,7 +270,7 @@ def test_a_thousand_new_recipients_are_one_write_transaction(store: Store, datab
 
 
 def test_mixed_recipients_are_written_once_at_data(store: Store, database: str) -> None:
-    from milterd.model import Envelope, Session, Spool
+    from milterd.message.model import Envelope, Session, Spool
 
     gs = store.greylist
     sender, network = "alice@example.org", "192.0.2.0/24"
@@ -312,7 +312,7 @@ def test_mixed_recipients_are_written_once_at_data(store: Store, database: str) 
 
 def test_many_stored_triplets_are_read_recipient_by_recipient(store: Store, database: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from milterd.checks import greylist as check_module
-    from milterd.model import Envelope, Session, Spool
+    from milterd.message.model import Envelope, Session, Spool
     from milterd.store import utcnow
 
     monkeypatch.setattr(check_module, "PREFETCH_ROWS", 2)
@@ -331,8 +331,8 @@ def test_many_stored_triplets_are_read_recipient_by_recipient(store: Store, data
 def test_score_mode_reads_and_writes_once(store: Store, database: str) -> None:
     from milterd.checks.greylist import Greylist
     from milterd.config import Config
-    from milterd.model import Envelope, Hit, Session, Spool
-    from milterd.policy import decide
+    from milterd.message.model import Envelope, Hit, Session, Spool
+    from milterd.message.policy import decide
     from milterd.services import build
 
     services = build(Config().with_changes({
@@ -393,7 +393,7 @@ def test_store_errors_cross_as_store_error(tmp_path) -> None:  # type: ignore[no
 
 
 def test_store_down_at_rcpt_is_asked_once_per_transaction(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from milterd.model import Envelope, Session, Spool
+    from milterd.message.model import Envelope, Session, Spool
 
     services, check = _check(f"sqlite:///{tmp_path / 'no-schema.sqlite'}", auto_whitelist_after=0)  # no tables: every read fails
     counting = Counting(services.store.engine)
@@ -407,7 +407,7 @@ def test_store_down_at_rcpt_is_asked_once_per_transaction(tmp_path) -> None:  # 
 def test_failed_write_holds_greylisting_off(store: Store, database: str) -> None:
     from sqlalchemy import text
 
-    from milterd.model import Action, Envelope, Session, Spool
+    from milterd.message.model import Action, Envelope, Session, Spool
 
     if not database.startswith("sqlite"):
         pytest.skip("the refusing trigger is written for SQLite")

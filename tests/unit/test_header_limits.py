@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from milterd.checks.headers import TOO_LARGE_REPLY, TOO_MANY_REPLY, HeaderLimits, field_size, header_limit_hit
-from milterd.model import Action
+from milterd.message.model import Action
 
 LIMITS = HeaderLimits(count=3, field_size=100, section_size=250)
 

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from milterd.config import load_config
-from milterd.model import Action, Session
-from milterd.pipeline import Pipeline
+from milterd.message.model import Action, Session
+from milterd.message.pipeline import Pipeline
 from milterd.services import build
 
 KNOWN_NAMES = [b"Subject", b"From", b"To", b"Cc", b"Reply-To", b"Message-ID", b"Date", b"Received", b"Content-Type",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from milterd.config import ActionsSection
-from milterd.model import Action, HeaderEdit, Hit
-from milterd.policy import GreylistStatus, decide, greylists_at_score, plan_headers, spam_status, tag_subject, threshold_action
-from milterd.reply import Reply
+from milterd.message.model import Action, HeaderEdit, Hit
+from milterd.message.policy import GreylistStatus, decide, greylists_at_score, plan_headers, spam_status, tag_subject, threshold_action
+from milterd.message.reply import Reply
 
 ACTIONS = ActionsSection()  # add_header 5, rewrite_subject 8, quarantine 12, reject 15
 WEIGHTS = {"A": 2.0, "B": 3.5, "NEG": -4.0}

@@ -1,5 +1,5 @@
 """The protocol layer in process: pymilter's ``Milter.testctx.TestCtx`` stands in for
-libmilter and drives :class:`milterd.adapter.MilterdMilter` callback by callback, as
+libmilter and drives :class:`milterd.milter.adapter.MilterdMilter` callback by callback, as
 the worker registers them (supervisor.register), with no daemon and no socket.
 
 These are fast checks of what Postfix cannot easily show: the negotiated bits,
@@ -20,10 +20,10 @@ import Milter
 import pytest
 from Milter import testctx
 
-from milterd.adapter import MilterdMilter
 from milterd.cli import main
 from milterd.config import load_config
-from milterd.pipeline import Pipeline
+from milterd.message.pipeline import Pipeline
+from milterd.milter.adapter import MilterdMilter
 from milterd.services import build
 from tests.conftest import NO_CHECKS, with_sections
 from tests.harness.milterd import write_config

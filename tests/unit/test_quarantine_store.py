@@ -11,7 +11,7 @@ import pytest
 
 from milterd import cli, maintenance
 from milterd.config import Config, load_config
-from milterd.model import Envelope, Spool
+from milterd.message.model import Envelope, Spool
 from milterd.quarantine import (
     Quarantine,
     QuarantineError,

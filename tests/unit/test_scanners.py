@@ -9,7 +9,7 @@ import pytest
 from milterd.checks.clamav import declared_size, error_hit, status_edits, virus_hit
 from milterd.checks.spamassassin import received_header, spamd_user
 from milterd.config import ConfigError, load_config
-from milterd.model import Action, Envelope, HeaderEdit, Hit, Session, Spool
+from milterd.message.model import Action, Envelope, HeaderEdit, Hit, Session, Spool
 from milterd.scanners import Address, ScannerError, parse_address
 from milterd.scanners.clamd import parse_reply
 from milterd.scanners.spamd import parse_response, parse_result, report_rules
@@ -177,7 +177,7 @@ def test_spamd_user() -> None:
 
 def test_virus_reply_wins_over_a_score_that_also_rejects() -> None:
     from milterd.config import ActionsSection
-    from milterd.policy import decide
+    from milterd.message.policy import decide
 
     hits = [virus_hit("Eicar-Test-Signature", "reject"), Hit("SPAMASSASSIN", score=20.0)]
     verdict = decide(hits, lambda _symbol: 5.0, ActionsSection())

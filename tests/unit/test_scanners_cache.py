@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from milterd.checks.spamassassin import scan_key
-from milterd.model import Envelope, Session, Spool
+from milterd.message.model import Envelope, Session, Spool
 from milterd.scanners.cache import ResultCache, content_key
 
 

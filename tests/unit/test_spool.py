@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from milterd.model import Spool
+from milterd.message.model import Spool
 
 BODY = os.urandom(262_144)
 

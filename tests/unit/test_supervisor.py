@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from milterd.reply import Reply, setreply_args
-from milterd.supervisor import parse_socket
+from milterd.message.reply import Reply, setreply_args
+from milterd.milter.supervisor import parse_socket
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Escaping, secret redaction (milterd/text.py) and reply shaping (milterd/reply.py)."""
+"""Escaping, secret redaction (milterd/text.py) and reply shaping (milterd/message/reply.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from milterd.logs import summary_line
-from milterd.reply import MAX_REPLY_TEXT, Reply, setreply_args
+from milterd.message.reply import MAX_REPLY_TEXT, Reply, setreply_args
 from milterd.store import MessageRecord
 from milterd.text import escape, redact, redact_url
 

@@ -9,9 +9,9 @@ import pytest
 from milterd.checks.dnsbl import parse_zone
 from milterd.checks.uribl import REFUSED, TEMPFAIL, address_lists, classify, link_host, link_targets, listing_hits, parse_uri_zone, query_name
 from milterd.config import ConfigError
+from milterd.content.mimetext import extract
 from milterd.dns import Answer
-from milterd.mimetext import extract
-from milterd.model import Action
+from milterd.message.model import Action
 from milterd.ruleset import SHIPPED_DIR, load_ruleset
 
 FILE = Path("rules/lists.toml")

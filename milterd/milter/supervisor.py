@@ -28,18 +28,19 @@ from typing import TYPE_CHECKING
 import Milter
 import milter
 
-from . import adapter, maintenance, metrics
+from .. import maintenance, metrics
+from ..config import Config, ConfigError, load_config
+from ..endpoints import SocketSpec, parse_socket
+from ..logs import setup_logging
+from ..message.pipeline import Pipeline
+from ..services import Services, build
+from ..store import StoreError
+from ..text import redact
+from . import adapter
 from .adapter import MilterdMilter
-from .config import Config, ConfigError, load_config
-from .endpoints import SocketSpec, parse_socket
-from .logs import setup_logging
-from .pipeline import Pipeline
-from .services import Services, build
-from .store import StoreError
-from .text import redact
 
 if TYPE_CHECKING:
-    from .maintenance import Job
+    from ..maintenance import Job
 
 log = logging.getLogger("milterd")
 

@@ -71,7 +71,7 @@ class _Budget:
 
 
 def supported(kind: str) -> bool:
-    """Whether archives of *kind* (as :func:`milterd.filetypes.sniff` names them) can be listed here."""
+    """Whether archives of *kind* (as :func:`milterd.content.filetypes.sniff` names them) can be listed here."""
     return kind == "zip" or (kind in ARCHIVE_KINDS and libarchive is not None)
 
 

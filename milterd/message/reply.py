@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .text import escape
+from ..text import escape
 
 #: libmilter's limit on the text of one reply line (MAXREPLYLEN in libmilter/smfi.c).
 MAX_REPLY_TEXT = 980

@@ -1,8 +1,8 @@
 """The protocol adapter: pymilter's callbacks in, pipeline calls out.
 
 One :class:`MilterdMilter` instance serves one SMTP connection (libmilter
-runs it in a thread of its own).  It keeps the :class:`~milterd.model.Session`
-and the current :class:`~milterd.model.Envelope`, translates what Postfix
+runs it in a thread of its own).  It keeps the :class:`~milterd.message.model.Session`
+and the current :class:`~milterd.message.model.Envelope`, translates what Postfix
 sends, and carries out the pipeline's decisions with milter primitives.  Any
 exception is answered with a tempfail: a bug costs a retry, never a message.
 """
@@ -16,12 +16,12 @@ from typing import Any, Callable
 
 import Milter
 
-from .checks import Stage
-from .checks.headers import HeaderLimits, field_size, header_limit_hit
-from .model import Action, Decision, Envelope, Hit, Session
-from .pipeline import Outcome, Pipeline
-from .reply import INTERNAL_ERROR, REJECT, TEMPFAIL, Reply, setreply_args
-from .text import escape
+from ..checks import Stage
+from ..checks.headers import HeaderLimits, field_size, header_limit_hit
+from ..message.model import Action, Decision, Envelope, Hit, Session
+from ..message.pipeline import Outcome, Pipeline
+from ..message.reply import INTERNAL_ERROR, REJECT, TEMPFAIL, Reply, setreply_args
+from ..text import escape
 
 log = logging.getLogger("milterd")
 

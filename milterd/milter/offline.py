@@ -3,7 +3,7 @@
 :func:`sources` finds the messages of a path (a message file, an mbox, a
 Maildir or a directory of those); :func:`check_message` plays Postfix's part for one
 message (connect, HELO, MAIL, RCPT, DATA, headers, body, end of message) to the
-worker's own adapter, :class:`~milterd.adapter.MilterdMilter`, in process
+worker's own adapter, :class:`~milterd.milter.adapter.MilterdMilter`, in process
 through pymilter's ``TestCtx``, so that the stage sequence exists once (in the
 adapter), and returns what was decided and why.  The pipeline must be built
 with ``keep_log=False``.
@@ -24,10 +24,10 @@ from typing import Any, Callable, Iterator
 import Milter
 from Milter import testctx
 
+from ..message.model import Action, Decision, Hit
+from ..message.pipeline import Pipeline
+from ..message.policy import decide, spam_status
 from .adapter import MilterdMilter
-from .model import Action, Decision, Hit
-from .pipeline import Pipeline
-from .policy import decide, spam_status
 
 _HEADER_LINE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]*[ \t]*:")
 _CHUNK = 65536

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping
 
-from .config import ActionsSection
+from ..config import ActionsSection
 from .model import Action, HeaderEdit, Hit, Verdict
 from .reply import Reply
 

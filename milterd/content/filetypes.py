@@ -41,7 +41,7 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 #: Kinds that run as programs wherever they land.
 EXECUTABLE_KINDS = frozenset({"pe", "elf", "macho", "lnk"})
 
-#: Kinds that are archives :mod:`milterd.archives` can list.
+#: Kinds that are archives :mod:`milterd.content.archives` can list.
 ARCHIVE_KINDS = frozenset({"zip", "rar", "7z", "tar", "cab"})
 
 #: Extension → the kinds its content may be (what sniff() can tell).

@@ -16,15 +16,15 @@ from dataclasses import dataclass, field, replace
 from email.header import decode_header, make_header
 from typing import Callable
 
-from . import metrics
-from .checks import Check, Hits, Stage
-from .logs import summary_line
+from .. import metrics
+from ..checks import Check, Hits, Stage
+from ..logs import summary_line
+from ..services import Services
+from ..store import MessageRecord, StoreError
+from ..store.quarantine import QuarantineWrite
 from .model import Action, Decision, Envelope, HeaderEdit, Hit, Session, Spool, Verdict
 from .policy import GreylistStatus, decide, greylists_at_score, plan_headers
 from .reply import REJECT, TEMPFAIL, Reply
-from .services import Services
-from .store import MessageRecord, StoreError
-from .store.quarantine import QuarantineWrite
 
 log = logging.getLogger("milterd")
 
