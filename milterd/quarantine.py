@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import getpass
 import itertools
 import os
+import pwd
 import re
 import smtplib
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from . import reinject
 from .config import Config
@@ -140,13 +140,25 @@ def release_command(config: Config, row_id: int) -> str:
     return f"milterd{conf} quarantine release {row_id}"
 
 
-def default_who(config: Config) -> str:
-    """Who releases: the invoking user (through sudo too) at this host."""
+def calling_user(environ: Mapping[str, str] | None = None, uid: int | None = None) -> str:
+    """The user who really runs this command, for the release audit trail.
+
+    Through sudo (root with SUDO_USER set) the user who ran sudo, else the
+    login name of the real uid; never $USER or $LOGNAME, which anyone can set.
+    """
+    environ = os.environ if environ is None else environ
+    uid = os.getuid() if uid is None else uid
+    if uid == 0 and environ.get("SUDO_USER"):
+        return environ["SUDO_USER"]
     try:
-        user = os.environ.get("SUDO_USER") or getpass.getuser()
-    except Exception:  # noqa: BLE001 - no passwd entry in a container
-        user = str(os.getuid())
-    return f"{user}@{config.hostname}"
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry (a container's arbitrary uid)
+        return f"uid{uid}"
+
+
+def default_who(config: Config) -> str:
+    """Who releases, for the audit trail: the real calling user at this host."""
+    return f"{calling_user()}@{config.hostname}"
 
 
 def format_digest(rows: list[dict[str, Any]], config: Config, since: dt.datetime, now: dt.datetime) -> str:

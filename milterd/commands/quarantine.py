@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import pwd
 import sys
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from ..config import load_config
-from ..quarantine import Quarantine, QuarantineError, as_json, header_section
+from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, header_section
 from ..store import StoreError, utcnow
 from ..text import escape
 from ..units import parse_duration
@@ -70,22 +68,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     digest.set_defaults(func=_run(run_digest))
 
 
-
-
-def calling_user(environ: Mapping[str, str] | None = None, uid: int | None = None) -> str:
-    """The user who really runs this command, for the release audit trail.
-
-    Through sudo (root with SUDO_USER set) the user who ran sudo, else the
-    login name of the real uid; never $USER or $LOGNAME, which anyone can set.
-    """
-    environ = os.environ if environ is None else environ
-    uid = os.getuid() if uid is None else uid
-    if uid == 0 and environ.get("SUDO_USER"):
-        return environ["SUDO_USER"]
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:  # no passwd entry (a container's arbitrary uid)
-        return f"uid{uid}"
 
 
 def _duration(value: str) -> float:

@@ -144,7 +144,7 @@ def test_quarantine_release_to_before_the_ids_and_the_real_user(quarantined: tup
 
 
 def test_calling_user() -> None:
-    from milterd.commands.quarantine import calling_user
+    from milterd.quarantine import calling_user
 
     root = pwd.getpwuid(0).pw_name
     assert calling_user({"SUDO_USER": "alice", "USER": "root"}, 0) == "alice"
