@@ -684,7 +684,7 @@ def _rspamd_missing() -> str:
 
 
 #: Rows whose milter is milterd (``--baseline`` gives each a twin running another revision).
-MILTERD_ROWS = ("unix", "inet", "inet-pg", "checks", "greylist", "greylist-pg", "scanners", "scanners-tiered", "checks-clamd", "checks-clamd-unix", "corpus")
+MILTERD_ROWS = ("unix", "inet", "inet-pg", "checks", "greylist", "greylist-pg", "scanners", "scanners-tiered", "checks-clamd", "checks-clamd-unix", "corpus", "auth", "auth-core")
 
 
 def baseline_twin(scenario: "Scenario", revision: str, source: Path) -> "Scenario":
@@ -703,6 +703,38 @@ def baseline_twin(scenario: "Scenario", revision: str, source: Path) -> "Scenari
                     scale=scenario.scale, reference=scenario.name, serial=scenario.serial, corpus=scenario.corpus)
 
 
+def _auth(checks: bool) -> Callable[[Bench, Scenario], Backend]:
+    """The ``auth`` rows (bench/auth.py): signed 5 KB messages with a link, replayed through Postfix by
+    the corpus row's client; *checks*: every check on with the shipped rules (else the checks off, as the core rows)."""
+
+    def setup(bench: Bench, scenario: Scenario) -> Backend:
+        from bench import auth
+
+        resolver = bench.shared("dns-auth", auth.start_dns)
+        sections: dict[str, dict[str, Any]] = {"dns": {"nameservers": [resolver.nameserver]}}
+        if not checks:
+            sections.update({"checks": checks_off(), **learner_off()})
+        database = bench.fresh_database("sqlite")
+        sections["database"] = {"url": database}
+        rules = {path.name: path.read_text() for path in sorted((REPO / "rules").glob("*.toml"))} if checks else None
+        backend = bench.milterd(scenario.name, "inet", "sqlite", sections, rules)
+        pool = auth.signed_pool(resolver.key, bench.size)
+
+        def replay(port: int, count: int, sessions: int) -> Sample:
+            sample = corpus_replay(port, pool, count, sessions)
+            problem = auth.refusals(sample.note, count)
+            if problem:
+                sample.ok, sample.note = False, problem
+            return sample
+
+        backend.replay = replay
+        if checks:
+            backend.count_rows = auth.counter(database)  # "logged" = logged with DKIM_VALID and DMARC_PASS
+        return backend
+
+    return setup
+
+
 def _mimedefang_missing() -> str:
     from bench import mimedefang
 
@@ -718,6 +750,11 @@ SCENARIOS: list[Scenario] = [
     Scenario("unix", "milterd, unix socket, SQLite log", "core", _core("unix", "sqlite"), targets=(Target("ratio", 0.75, "postfix"),)),
     Scenario("inet", "milterd, inet socket, SQLite log", "core", _core("inet", "sqlite"),
              targets=(Target("ratio", 0.6, "postfix"), Target("serial_ms", 10.0))),
+    Scenario("auth", "milterd, inet, DKIM + DMARC + URI lists, signed 5 KB messages with a link (all checks, shipped rules; own client, see bench/auth.py)",
+             "auth", _auth(checks=True), needs=_needs_all(_needs_module("tests.harness.dns", "the checks' DNS fixtures"), _needs_commands("unbound", "rbldnsd")),
+             reference="inet", targets=(Target("ratio", 0.8, "inet"), Target("ratio", 0.8, "auth-core"))),
+    Scenario("auth-core", "milterd, inet, checks off, the same signed messages and client as auth (its client-matched core)", "auth", _auth(checks=False),
+             needs=_needs_all(_needs_module("tests.harness.dns", "the checks' DNS fixtures"), _needs_commands("unbound", "rbldnsd")), reference="inet"),
     Scenario("pymilter", "floor: trivial pre-forked pymilter, unix socket (bench/trivial_milter.py)", "floor", _trivial("unix")),
     Scenario("pymilter-inet", "floor: trivial pre-forked pymilter, inet socket", "floor", _trivial("inet")),
     Scenario("inet-pg", "milterd, inet socket, PostgreSQL log", "db", _core("inet", "postgresql"), needs=_needs_postgresql,
