@@ -6,6 +6,7 @@ line of documentation, in Postfix's manner.  A test keeps the two in step.
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import tomli_w
@@ -19,6 +20,7 @@ from .units import format_duration, parse_duration, parse_size
 if TYPE_CHECKING:
     from .ruleset import Ruleset
 
+#: The line under each section's name; a ``[checks.NAME]`` section's is its options model's docstring.
 SECTION_INTRO = {
     "milter": "The daemon: socket, workers, privileges, trust, logging.",
     "actions": "Score thresholds and what they do; a threshold set to false is off.",
@@ -26,18 +28,6 @@ SECTION_INTRO = {
     "dns": "The resolver used by DNSBL, reverse DNS, HELO, sender and SPF checks.",
     "rules": "Rule files: symbol weights, custom rules, DNSBL zones.",
     "checks": "Connection, HELO, sender and header checks.",
-    "checks.dnsbl": "DNS block and allow lists at connect; the zones are [[dnsbl]] and [[dnswl]] in rules/.",
-    "checks.rdns": "Reverse DNS of the client: no PTR, not forward-confirmed, generic names.",
-    "checks.helo": "The HELO/EHLO name: syntax, address literals, DNS, names that claim to be ours.",
-    "checks.sender": "The MAIL FROM address: syntax, IP literals, a domain that cannot receive mail.",
-    "checks.spf": "SPF (RFC 7208) at MAIL FROM, the HELO identity for the null sender; Authentication-Results.",
-    "checks.dkim": "DKIM signatures (RFC 6376) verified with dkimpy; keys looked up through [dns].",
-    "checks.dmarc": "DMARC (RFC 7489) of the From domain: SPF and DKIM alignment, p/sp/pct, the action for each policy.",
-    "checks.arc": "ARC chains (RFC 8617) of mailing lists and forwarders; trusted sealers override a DMARC failure.",
-    "checks.headers": "Well-formed headers (RFC 5322): From, Date, Message-ID, single headers, raw bytes, encoded-words.",
-    "checks.local_domains": "Senders in [milter] local_domains from unauthenticated clients; authenticated senders and their logins.",
-    "checks.attachments": "The attachment policy: banned and double extensions, content that contradicts its name, archives within limits; each category scores or forces an action.",
-    "checks.uribl": "The domains of a message's links looked up in URI block lists ([[uribl]] in rules/; Spamhaus DBL, SURBL and URIBL shipped).",
     "dkim_signing": "DKIM signing of mail from trusted_networks and authenticated clients, with a key and selector per domain ('milterd dkim keygen').",
     "greylist": "Greylisting of (client network, sender, recipient) triplets, shared through the store.",
     "clamav": "Virus scanning with clamd (INSTREAM).",
@@ -94,8 +84,15 @@ def render_defaults() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def section_intro(name: str, section: BaseModel) -> str:
+    """The line introducing a section: from SECTION_INTRO, else its model's docstring (a check's options)."""
+    if name in SECTION_INTRO:
+        return SECTION_INTRO[name]
+    return inspect.cleandoc(type(section).__doc__ or "")
+
+
 def _render_section(name: str, section: BaseModel) -> list[str]:
-    lines = [f"[{name}]", f"# {SECTION_INTRO.get(name, '')}".rstrip(), ""]
+    lines = [f"[{name}]", f"# {section_intro(name, section)}".rstrip(), ""]
     nested: list[tuple[str, BaseModel]] = []
     for key, field in type(section).model_fields.items():
         value = getattr(section, key)

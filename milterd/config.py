@@ -16,17 +16,30 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from .checks.arc import ArcChecks
+from .checks.attachments import AttachmentChecks
+from .checks.dkim import DkimChecks
+from .checks.dmarc import DmarcChecks
+from .checks.dnsbl import DnsblChecks
+from .checks.headers import HeaderChecks
+from .checks.helo import HeloChecks
+from .checks.localdomains import LocalDomainChecks
+from .checks.rdns import RdnsChecks
+from .checks.sender import SenderChecks
+from .checks.spf import SpfChecks
+from .checks.uribl import UriblChecks
 from .endpoints import parse_listen
 from .greylist import compile_pattern
+from .options import CheckSwitches as CheckSwitches
+from .options import ConfigError as ConfigError
+from .options import Duration as Duration
+from .options import Section
+from .options import Size as Size
 from .reinject import parse_target
 from .scanners import parse_address
-from .units import parse_duration, parse_size
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
 
 
 def _threshold(value: object) -> float | bool:
@@ -49,20 +62,7 @@ def _fqdn() -> str:
 DEFAULT_PATHS = (Path("milter.conf"), Path("/etc/milterd/milter.conf"))
 
 
-class ConfigError(Exception):
-    """A configuration or rule file that cannot be used; the message says where and why."""
-
-    def __init__(self, file: str | os.PathLike[str], key: str, reason: str) -> None:
-        self.file, self.key, self.reason = str(file), key, reason
-        where = f"{self.file}: {key}: " if key else f"{self.file}: "
-        super().__init__(where + reason)
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MilterSection(_Section):
+class MilterSection(Section):
     socket: str = Field("inet:127.0.0.1:8895", description="Where Postfix connects: inet:HOST:PORT, inet:PORT@HOST, inet6:PORT@HOST or unix:/path.")
     socket_mode: str = Field("0660", description="Permissions of a unix socket, in octal.")
     socket_owner: str = Field("", description="Owner of a unix socket (user name); empty keeps the process's.")
@@ -107,7 +107,7 @@ class MilterSection(_Section):
         return value
 
 
-class ActionsSection(_Section):
+class ActionsSection(Section):
     add_header: Threshold = Field(5.0, description="Score at or above which X-Spam-Flag: YES is added and X-Spam-Status says Yes.")
     rewrite_subject: Threshold = Field(8.0, description="Score at or above which the Subject is prefixed with subject_tag.")
     greylist: Threshold = Field(False, description="Score at or above which the message is greylisted at end of data (score-based greylisting); false is off.")
@@ -118,7 +118,7 @@ class ActionsSection(_Section):
     headers: bool = Field(True, description="Add X-Spam-Status and X-Spam-Score to every scored message (X-Spam-Flag only at add_header).")
 
 
-class DatabaseSection(_Section):
+class DatabaseSection(Section):
     url: str = Field("sqlite:///milterd.sqlite", description="SQLAlchemy URL of the log, quarantine and greylist store; a relative SQLite path is relative to the working directory.")
     auto_upgrade: bool = Field(True, description="Let serve create or upgrade the schema itself (otherwise run 'milterd db upgrade').")
     busy_timeout: Duration = Field(10.0, description="How long a writer waits for a locked SQLite database before the message is tempfailed.")
@@ -126,120 +126,22 @@ class DatabaseSection(_Section):
     on_error: Literal["tempfail", "accept"] = Field("tempfail", description="The log cannot be written: tempfail (451, the client retries) or accept unlogged; quarantine always tempfails.")
 
 
-class DnsSection(_Section):
+class DnsSection(Section):
     nameservers: list[str] = Field([], description="Resolvers to ask, as \"IP\" or \"IP:PORT\"; empty uses /etc/resolv.conf.")
     timeout: Duration = Field(2.0, description="The longest a message waits for DNS answers at one stage; a timeout counts as not listed.")
     cache_size: int = Field(10000, ge=0, description="Answers kept per worker (bounded, expired by TTL).")
 
 
-class RulesSection(_Section):
+class RulesSection(Section):
     dir: str = Field("rules", description="Directory of local rule files (*.toml), relative to this file, read after the shipped ones (milterd/defaults/rules/) to add to or override them; the default \"rules\" may be absent, another directory must exist; empty: none.")
 
 
-class _CheckSwitches(_Section):
-    enabled: bool = Field(True, description="Run this check.")
-    skip_trusted: bool = Field(True, description="Skip it for clients in trusted_networks.")
-    skip_authenticated: bool = Field(True, description="Skip it for clients that authenticated with SMTP AUTH.")
+class ChecksSection(Section):
+    """``[checks]``: one sub-section per configurable check, each model defined beside its check in ``milterd/checks/``.
 
+    Listed here explicitly (not discovered) so that ``config.checks.NAME.KEY`` stays typed.
+    """
 
-class DnsblChecks(_CheckSwitches):
-    """DNS block and allow lists of rules/ ([[dnsbl]], [[dnswl]])."""
-
-
-class RdnsChecks(_CheckSwitches):
-    use_postfix_name: bool = Field(True, description="Take a client name Postfix verified as forward-confirmed; look up only clients it calls \"unknown\".")
-    generic_patterns: list[str] = Field(
-        [r"\d{1,3}[-.x]\d{1,3}[-.x]\d{1,3}[-.x]\d{1,3}", r"(?i)(^|[-.\d])(dyn|dynamic|dhcp|dialup|dial-up|ppp|pppoe|pool|dsl|adsl|xdsl|cable|broadband|customer|cpe)[-.\d]"],
-        description="Regular expressions (searched) that make a client name look generic or dynamic.",
-    )
-
-
-class HeloChecks(_CheckSwitches):
-    resolve: bool = Field(True, description="Look the HELO name up in DNS (HELO_NO_RESOLVE when it has no address).")
-    our_names: list[str] = Field([], description="Names that are ours besides hostname: a client claiming one in HELO scores HELO_CLAIMS_OURS.")
-    our_addresses: list[str] = Field([], description="Our addresses: a client claiming one in HELO scores HELO_CLAIMS_OURS (Postfix's daemon_addr counts too).")
-
-
-class SenderChecks(_CheckSwitches):
-    resolve: bool = Field(True, description="Check that the MAIL FROM domain has an MX or an address (MAIL_FROM_NO_MX).")
-
-
-class SpfChecks(_CheckSwitches):
-    fail_action: Literal["score", "reject"] = Field("score", description="SPF fail: score SPF_FAIL, or reject each recipient with 550 5.7.23.")
-    authentication_results: bool = Field(True, description="Insert one Authentication-Results header (RFC 8601) with the SMTP AUTH, SPF, DKIM, DMARC and ARC results.")
-    remove_forged: bool = Field(True, description="Remove incoming Authentication-Results headers that claim our authserv-id.")
-
-
-class DkimChecks(_CheckSwitches):
-    max_signatures: int = Field(5, ge=0, le=50, description="Most DKIM signatures verified per message (topmost first); the rest are ignored.")
-    min_key_bits: int = Field(1024, ge=512, description="Smallest RSA key accepted: a signature made with a smaller key is a permerror (DKIM_INVALID).")
-    max_size: Size = Field(10 * 1024 * 1024, description="Larger messages are not verified (DKIM_NONE with the reason in the log).")
-
-
-class DmarcChecks(_CheckSwitches):
-    reject_action: Literal["reject", "quarantine", "score"] = Field("reject", description="A DMARC failure under p=reject: reject with 550 5.7.1 naming the From domain, quarantine, or only score DMARC_FAIL_REJECT.")
-    quarantine_action: Literal["reject", "quarantine", "score"] = Field("quarantine", description="A DMARC failure under p=quarantine: quarantine, reject, or only score DMARC_FAIL_QUARANTINE.")
-    public_suffix_list: str = Field("", description="Public Suffix List file that finds organizational domains; empty uses the publicsuffixlist package's copy (update it with 'python -m publicsuffixlist.update').")
-
-
-class ArcChecks(_CheckSwitches):
-    trusted_sealers: list[str] = Field([], description="Domains (ARC-Seal d=) of mailing lists and forwarders whose passing ARC chain overrides a DMARC failure, as Gmail and Rspamd do.")
-    min_key_bits: int = Field(1024, ge=512, description="Smallest RSA key accepted in an ARC chain.")
-    seal: bool = Field(False, description="ARC-seal the mail this check sees and accepts (for a forwarder or mailing list host: the next hop can trust milterd's Authentication-Results); needs seal_domain, seal_selector and seal_key_file.")
-    seal_domain: str = Field("", description="The sealing domain (ARC-Seal d=).")
-    seal_selector: str = Field("", description="The sealing selector (s=): the key is published at SELECTOR._domainkey.DOMAIN.")
-    seal_key_file: str = Field("", description="The RSA private key (PEM) that seals, relative to this file ('milterd dkim keygen' writes one).")
-
-
-class HeaderChecks(_CheckSwitches):
-    date_future: Duration = Field(12 * 3600.0, description="A Date further than this in the future scores HDR_DATE_FUTURE.")
-    date_past: Duration = Field(7 * 86400.0, description="A Date further than this in the past scores HDR_DATE_PAST.")
-
-
-class LocalDomainChecks(_Section):
-    enabled: bool = Field(True, description="Check senders in [milter] local_domains and authenticated senders.")
-    action: Literal["score", "reject"] = Field("score", description="A local domain's address as MAIL FROM or From from an unauthenticated, untrusted client: score, or reject at MAIL FROM / end of headers.")
-    check_from_header: bool = Field(True, description="Also check the From header (LOCAL_FROM_SPOOF).")
-    sender_login_maps: str = Field("", description="File of \"address-or-@domain login,login\" lines (as Postfix's smtpd_sender_login_maps), relative to this file; empty is off.")
-    sender_logins: dict[str, list[str]] = Field({}, description="The same map inline: { \"alice@example.org\" = [\"alice\"], \"@example.org\" = [\"admin\"] }.")
-    login_mismatch_action: Literal["score", "reject"] = Field("reject", description="An authenticated client sending as an address its login does not own: score, or reject with 553 5.7.1.")
-
-
-_CategoryAction = Literal["off", "score", "quarantine", "reject"]
-
-
-class AttachmentChecks(_CheckSwitches):
-    """The attachment policy: each category scores its ATTACH_* symbol or forces quarantine or a reject naming the file."""
-
-    banned_extensions: list[str] = Field(
-        ["exe", "scr", "com", "pif", "bat", "cmd", "js", "jse", "vbs", "vbe", "wsf", "wsh", "hta", "jar", "msi", "msp", "iso", "img", "vhd", "vhdx", "lnk", "cpl", "reg", "ps1", "scf", "chm", "dll", "appx", "msix", "application", "gadget", "inf", "sct", "url"],
-        description="File name extensions (without the dot, any case) banned in attachments and in the archives they carry: symbol ATTACH_BANNED.",
-    )
-    banned_action: _CategoryAction = Field("reject", description="A banned name: reject (550 5.7.1 naming the file), quarantine, only score ATTACH_BANNED, or off.")
-    double_extension_action: _CategoryAction = Field("reject", description="A banned extension behind another one (invoice.pdf.exe): ATTACH_DOUBLE_EXT, with the same choices.")
-    mismatch_action: _CategoryAction = Field("score", description="Content whose first bytes contradict the name or declared type (a \"PDF\" that is a Windows executable): ATTACH_TYPE_MISMATCH, with the same choices.")
-    macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
-    encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
-    limit_action: _CategoryAction = Field("score", description="An archive past the limits below, or unreadable: ATTACH_ARCHIVE_LIMIT, with the same choices.")
-    archives: bool = Field(True, description="Look inside zip archives (and 7z, rar, cab and tar ones when libarchive-c is installed) for the same rules.")
-    archive_max_depth: int = Field(3, ge=1, le=20, description="Archives nested deeper than this (an archive in an archive is 2) are not opened.")
-    archive_max_members: int = Field(1000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at.")
-    archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")
-    max_attachment_size: Size = Field(64 * 1024 * 1024, description="Attachments are decoded up to this size (to a temporary file past [milter] spool_memory); a larger one is judged by its name and first bytes only.")
-
-
-class UriblChecks(_CheckSwitches):
-    """The domains of a message's links looked up in the URI block lists of rules/ ([[uribl]])."""
-
-    max_domains: int = Field(20, ge=0, le=1000, description="Most distinct registrable domains (and IP addresses) of a message's links looked up, in the order they appear.")
-    skip_domains: list[str] = Field(
-        ["google.com", "gmail.com", "youtube.com", "goo.gl", "microsoft.com", "office.com", "outlook.com", "live.com", "windows.net", "apple.com", "icloud.com", "amazon.com", "amazonaws.com", "facebook.com", "instagram.com", "whatsapp.com", "linkedin.com", "twitter.com", "x.com", "yahoo.com", "wikipedia.org", "github.com", "mozilla.org", "w3.org", "schema.org", "debian.org", "apache.org", "python.org", "paypal.com"],
-        description="Registrable domains never looked up (well known, never listed: asking would only cost queries).",
-    )
-    ip_lists: list[str] = Field(["SPAMHAUS_SBL"], description="Address links (http://192.0.2.1/) are looked up in these [[dnsbl]] zones or zone codes (name without DNSBL_: \"SPAMHAUS_SBL\"), whose operators allow it; a listing scores URIBL_IP_<NAME> with the zone's or code's score (never a reject).")
-
-
-class ChecksSection(_Section):
     dnsbl: DnsblChecks = DnsblChecks()
     rdns: RdnsChecks = RdnsChecks()
     helo: HeloChecks = HeloChecks()
@@ -254,13 +156,13 @@ class ChecksSection(_Section):
     uribl: UriblChecks = UriblChecks()
 
 
-class DkimKey(_Section):
+class DkimKey(Section):
     domain: str = Field(description="The domain signed for (d=); mail whose From is in it or in a subdomain is signed.")
     selector: str = Field(description="The selector (s=): the key is published at SELECTOR._domainkey.DOMAIN.")
     key_file: str = Field(description="The private key (RSA in PEM, or ed25519 in base64 as 'milterd dkim keygen' writes it), relative to this file.")
 
 
-class DkimSigningSection(_Section):
+class DkimSigningSection(Section):
     enabled: bool = Field(False, description="DKIM-sign mail from trusted_networks and authenticated clients whose From domain has a key.")
     keys: list[DkimKey] = Field([], description="Keys as { domain = \"example.org\", selector = \"s2026\", key_file = \"dkim/example.org.s2026.key\" }; a domain with an RSA and an ed25519 key gets both signatures.")
     sign_trusted: bool = Field(True, description="Sign mail from clients in trusted_networks.")
@@ -280,7 +182,7 @@ class DkimSigningSection(_Section):
         return value
 
 
-class GreylistSection(_Section):
+class GreylistSection(Section):
     enabled: bool = Field(False, description="Greylist (client network, sender, recipient) triplets, with the state shared through [database].")
     mode: Literal["triplet", "score"] = Field("triplet", description="triplet: every unknown triplet is deferred at RCPT (postgrey's way); score: only messages scoring at or above [actions] greylist are deferred, at end of data.")
     delay: Duration = Field(300.0, description="How long a new triplet must wait before a retry is accepted.")
@@ -304,7 +206,7 @@ class GreylistSection(_Section):
         return value
 
 
-class _ScannerSection(_Section):
+class _ScannerSection(Section):
     @field_validator("address", check_fields=False)
     @classmethod
     def _address(cls, value: str) -> str:
@@ -336,7 +238,7 @@ class SpamdSection(_ScannerSection):
     cache_ttl: Duration = Field(900.0, description="How long a kept spamd result is reused; a retry after this is scanned again (DNS-based rules may have changed); 0 is off.")
 
 
-class LearnerSection(_Section):
+class LearnerSection(Section):
     """milterd's own classifier (BAYES_* symbols), taught with `milterd learn` and the quarantine."""
 
     enabled: bool = Field(True, description="Run milterd's own classifier (BAYES_* symbols), with its token counts in [database] shared by every worker and MX host; it stays silent until min_spam and min_ham messages are learned (milterd learn).")
@@ -355,7 +257,7 @@ class LearnerSection(_Section):
     skip_spamd_below: Threshold = Field(False, description="Tiers: likewise, a message scoring at or below this before spamd is not sent to spamd; false is off. Measure the cost in detection first (bench/learner_eval.py, milterd rules whatif).")
 
 
-class QuarantineSection(_Section):
+class QuarantineSection(Section):
     mode: Literal["discard", "hold"] = Field("discard", description="After storing: discard (sender sees success) or hold in Postfix's hold queue.")
     release_smtp: str = Field("unix:/var/spool/postfix/public/milterd-reinject", description="Postfix's re-injection smtpd (one without milters) where released mail, digests and notices go: \"unix:/path\" for an smtpd on a unix socket in master.cf (least privilege: only users the socket's directory lets in can reach it), or HOST:PORT for TCP (then restrict that smtpd to SMTP AUTH with release_user, or at least to loopback).")
     release_user: str = Field("", description="SMTP AUTH user for release_smtp; empty sends no AUTH.")
@@ -372,7 +274,7 @@ class QuarantineSection(_Section):
     notify_virus_recipients: bool = Field(False, description="'quarantine digest' also tells each recipient of a message quarantined as a virus.")
 
 
-class MetricsSection(_Section):
+class MetricsSection(Section):
     listen: str = Field("", description="HOST:PORT of the Prometheus endpoint (e.g. \"127.0.0.1:9899\"); empty is off.")
 
     @field_validator("listen")
@@ -383,7 +285,7 @@ class MetricsSection(_Section):
         return value
 
 
-class Config(_Section):
+class Config(Section):
     """The whole of milter.conf; ``path`` is where it was read from (None: embedded defaults)."""
 
     milter: MilterSection = MilterSection()

@@ -22,7 +22,7 @@ import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .config import ConfigError
+from .options import ConfigError
 
 if TYPE_CHECKING:
     from .config import DkimSigningSection

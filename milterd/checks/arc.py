@@ -18,17 +18,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import dkim
+from pydantic import Field
 
 from ..authresults import authserv_id_of
-from ..config import ConfigError
 from ..dkimsign import parse_key
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
+from ..options import CheckSwitches, ConfigError
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
 from .dkim import DnsRecorder, QuietLogger
 
 if TYPE_CHECKING:
     from ..services import Services
+
+
+class ArcChecks(CheckSwitches):
+    """ARC chains (RFC 8617) of mailing lists and forwarders; trusted sealers override a DMARC failure."""
+
+    trusted_sealers: list[str] = Field([], description="Domains (ARC-Seal d=) of mailing lists and forwarders whose passing ARC chain overrides a DMARC failure, as Gmail and Rspamd do.")
+    min_key_bits: int = Field(1024, ge=512, description="Smallest RSA key accepted in an ARC chain.")
+    seal: bool = Field(False, description="ARC-seal the mail this check sees and accepts (for a forwarder or mailing list host: the next hop can trust milterd's Authentication-Results); needs seal_domain, seal_selector and seal_key_file.")
+    seal_domain: str = Field("", description="The sealing domain (ARC-Seal d=).")
+    seal_selector: str = Field("", description="The sealing selector (s=): the key is published at SELECTOR._domainkey.DOMAIN.")
+    seal_key_file: str = Field("", description="The RSA private key (PEM) that seals, relative to this file ('milterd dkim keygen' writes one).")
+
 
 STATE = "arc"
 

@@ -12,20 +12,46 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, ClassVar, Iterable
+from typing import IO, TYPE_CHECKING, ClassVar, Iterable, Literal
+
+from pydantic import Field
 
 from ..content.archives import Limits, archive_kind, list_archive
 from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
 from ..content.mimeparts import Attachment, attachments
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
+from ..options import CheckSwitches, Size
 from ..text import escape
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 
 if TYPE_CHECKING:
-    from ..config import AttachmentChecks
     from ..services import Services
+
+
+_CategoryAction = Literal["off", "score", "quarantine", "reject"]
+
+
+class AttachmentChecks(CheckSwitches):
+    """The attachment policy: banned and double extensions, content that contradicts its name, archives within limits; each category scores or forces an action."""
+
+    banned_extensions: list[str] = Field(
+        ["exe", "scr", "com", "pif", "bat", "cmd", "js", "jse", "vbs", "vbe", "wsf", "wsh", "hta", "jar", "msi", "msp", "iso", "img", "vhd", "vhdx", "lnk", "cpl", "reg", "ps1", "scf", "chm", "dll", "appx", "msix", "application", "gadget", "inf", "sct", "url"],
+        description="File name extensions (without the dot, any case) banned in attachments and in the archives they carry: symbol ATTACH_BANNED.",
+    )
+    banned_action: _CategoryAction = Field("reject", description="A banned name: reject (550 5.7.1 naming the file), quarantine, only score ATTACH_BANNED, or off.")
+    double_extension_action: _CategoryAction = Field("reject", description="A banned extension behind another one (invoice.pdf.exe): ATTACH_DOUBLE_EXT, with the same choices.")
+    mismatch_action: _CategoryAction = Field("score", description="Content whose first bytes contradict the name or declared type (a \"PDF\" that is a Windows executable): ATTACH_TYPE_MISMATCH, with the same choices.")
+    macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
+    encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
+    limit_action: _CategoryAction = Field("score", description="An archive past the limits below, or unreadable: ATTACH_ARCHIVE_LIMIT, with the same choices.")
+    archives: bool = Field(True, description="Look inside zip archives (and 7z, rar, cab and tar ones when libarchive-c is installed) for the same rules.")
+    archive_max_depth: int = Field(3, ge=1, le=20, description="Archives nested deeper than this (an archive in an archive is 2) are not opened.")
+    archive_max_members: int = Field(1000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at.")
+    archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")
+    max_attachment_size: Size = Field(64 * 1024 * 1024, description="Attachments are decoded up to this size (to a temporary file past [milter] spool_memory); a larger one is judged by its name and first bytes only.")
+
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +161,7 @@ class AttachmentPolicy(ConfiguredCheck):
 
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
-        options: "AttachmentChecks" = self.options
+        options: AttachmentChecks = self.options
         self.banned = frozenset(e.lower().lstrip(".") for e in options.banned_extensions)
         self.actions = {symbol: str(getattr(options, option)) for symbol, option in _ACTION_OPTION.items()}
         self.limits = Limits(options.archive_max_depth, options.archive_max_members, options.archive_max_size)

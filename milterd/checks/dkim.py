@@ -19,15 +19,26 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import dkim
+from pydantic import Field
 
 from .. import dkimsign
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
+from ..options import CheckSwitches, Size
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
 from .dmarc import aligned, from_domain
 
 if TYPE_CHECKING:
     from ..services import Services
+
+
+class DkimChecks(CheckSwitches):
+    """DKIM signatures (RFC 6376) verified with dkimpy; keys looked up through [dns]."""
+
+    max_signatures: int = Field(5, ge=0, le=50, description="Most DKIM signatures verified per message (topmost first); the rest are ignored.")
+    min_key_bits: int = Field(1024, ge=512, description="Smallest RSA key accepted: a signature made with a smaller key is a permerror (DKIM_INVALID).")
+    max_size: Size = Field(10 * 1024 * 1024, description="Larger messages are not verified (DKIM_NONE with the reason in the log).")
+
 
 STATE = "dkim"
 #: The results RFC 8601 knows for dkim.

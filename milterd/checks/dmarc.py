@@ -24,11 +24,22 @@ from email.utils import getaddresses
 from typing import Any, ClassVar, Literal
 
 from publicsuffixlist import PublicSuffixList
+from pydantic import Field
 
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
+from ..options import CheckSwitches
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
+
+
+class DmarcChecks(CheckSwitches):
+    """DMARC (RFC 7489) of the From domain: SPF and DKIM alignment, p/sp/pct, the action for each policy."""
+
+    reject_action: Literal["reject", "quarantine", "score"] = Field("reject", description="A DMARC failure under p=reject: reject with 550 5.7.1 naming the From domain, quarantine, or only score DMARC_FAIL_REJECT.")
+    quarantine_action: Literal["reject", "quarantine", "score"] = Field("quarantine", description="A DMARC failure under p=quarantine: quarantine, reject, or only score DMARC_FAIL_QUARANTINE.")
+    public_suffix_list: str = Field("", description="Public Suffix List file that finds organizational domains; empty uses the publicsuffixlist package's copy (update it with 'python -m publicsuffixlist.update').")
+
 
 STATE = "dmarc"
 Policy = Literal["none", "quarantine", "reject"]

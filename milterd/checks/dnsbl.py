@@ -36,15 +36,20 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from ..config import ConfigError
 from ..dns import Answer, dnsbl_name
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
+from ..options import CheckSwitches, ConfigError
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 
 if TYPE_CHECKING:
     from ..services import Services
+
+
+class DnsblChecks(CheckSwitches):
+    """DNS block and allow lists at connect; the zones are [[dnsbl]] and [[dnswl]] in rules/."""
+
 
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,47}$")
 _ZONE = re.compile(r"^(?=.{1,200}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)+[A-Za-z0-9_-]{1,63}\.?$")

@@ -26,10 +26,21 @@ from datetime import datetime, timezone
 from email import policy
 from typing import ClassVar
 
+from pydantic import Field
+
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
+from ..options import CheckSwitches, Duration
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
+
+
+class HeaderChecks(CheckSwitches):
+    """Well-formed headers (RFC 5322): From, Date, Message-ID, single headers, raw bytes, encoded-words."""
+
+    date_future: Duration = Field(12 * 3600.0, description="A Date further than this in the future scores HDR_DATE_FUTURE.")
+    date_past: Duration = Field(7 * 86400.0, description="A Date further than this in the past scores HDR_DATE_PAST.")
+
 
 #: Headers RFC 5322 §3.6 allows at most once (Resent-* aside).
 SINGLE = ("Date", "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Message-ID", "In-Reply-To", "References", "Subject")

@@ -13,12 +13,24 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from pydantic import Field
+
 from ..message.model import Envelope, Hit, Session
+from ..options import CheckSwitches
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 
 if TYPE_CHECKING:
     from ..services import Services
+
+
+class HeloChecks(CheckSwitches):
+    """The HELO/EHLO name: syntax, address literals, DNS, names that claim to be ours."""
+
+    resolve: bool = Field(True, description="Look the HELO name up in DNS (HELO_NO_RESOLVE when it has no address).")
+    our_names: list[str] = Field([], description="Names that are ours besides hostname: a client claiming one in HELO scores HELO_CLAIMS_OURS.")
+    our_addresses: list[str] = Field([], description="Our addresses: a client claiming one in HELO scores HELO_CLAIMS_OURS (Postfix's daemon_addr counts too).")
+
 
 _STATE = "helo"
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")

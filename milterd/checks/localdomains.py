@@ -16,16 +16,29 @@ from __future__ import annotations
 
 from email import policy
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from ..config import ConfigError
+from pydantic import Field
+
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
+from ..options import ConfigError, Section
 from . import Check, Hits, Symbol
 from .headers import unfold
 
 if TYPE_CHECKING:
     from ..services import Services
+
+
+class LocalDomainChecks(Section):
+    """Senders in [milter] local_domains from unauthenticated clients; authenticated senders and their logins."""
+
+    enabled: bool = Field(True, description="Check senders in [milter] local_domains and authenticated senders.")
+    action: Literal["score", "reject"] = Field("score", description="A local domain's address as MAIL FROM or From from an unauthenticated, untrusted client: score, or reject at MAIL FROM / end of headers.")
+    check_from_header: bool = Field(True, description="Also check the From header (LOCAL_FROM_SPOOF).")
+    sender_login_maps: str = Field("", description="File of \"address-or-@domain login,login\" lines (as Postfix's smtpd_sender_login_maps), relative to this file; empty is off.")
+    sender_logins: dict[str, list[str]] = Field({}, description="The same map inline: { \"alice@example.org\" = [\"alice\"], \"@example.org\" = [\"admin\"] }.")
+    login_mismatch_action: Literal["score", "reject"] = Field("reject", description="An authenticated client sending as an address its login does not own: score, or reject with 553 5.7.1.")
 
 
 def domain_of(address: str) -> str:

@@ -14,13 +14,26 @@ import ipaddress
 import re
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from ..config import ConfigError
+from pydantic import Field
+
 from ..message.model import Envelope, Hit, Session
+from ..options import CheckSwitches, ConfigError
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 
 if TYPE_CHECKING:
     from ..services import Services
+
+
+class RdnsChecks(CheckSwitches):
+    """Reverse DNS of the client: no PTR, not forward-confirmed, generic names."""
+
+    use_postfix_name: bool = Field(True, description="Take a client name Postfix verified as forward-confirmed; look up only clients it calls \"unknown\".")
+    generic_patterns: list[str] = Field(
+        [r"\d{1,3}[-.x]\d{1,3}[-.x]\d{1,3}[-.x]\d{1,3}", r"(?i)(^|[-.\d])(dyn|dynamic|dhcp|dialup|dial-up|ppp|pppoe|pool|dsl|adsl|xdsl|cable|broadband|customer|cpe)[-.\d]"],
+        description="Regular expressions (searched) that make a client name look generic or dynamic.",
+    )
+
 
 _STATE = "rdns"
 

@@ -10,9 +10,19 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
+from pydantic import Field
+
 from ..message.model import Envelope, Hit, Session
+from ..options import CheckSwitches
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
+
+
+class SenderChecks(CheckSwitches):
+    """The MAIL FROM address: syntax, IP literals, a domain that cannot receive mail."""
+
+    resolve: bool = Field(True, description="Check that the MAIL FROM domain has an MX or an address (MAIL_FROM_NO_MX).")
+
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
 _LOCAL = re.compile(rf'^(?:{_ATOM}(?:\.{_ATOM})*|"(?:[^"\\\r\n]|\\.)*")$')

@@ -15,9 +15,10 @@ rule or a mail client).  That part runs for every client, trusted and authentica
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import spf
+from pydantic import Field
 
 from ..authresults import authserv_id_of as authserv_id_of  # re-exported
 from ..authresults import build as build_authentication_results
@@ -25,11 +26,21 @@ from ..authresults import forged_indexes
 from ..dns import use_for_spf
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
 from ..message.reply import Reply
+from ..options import CheckSwitches
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 
 if TYPE_CHECKING:
     from ..services import Services
+
+
+class SpfChecks(CheckSwitches):
+    """SPF (RFC 7208) at MAIL FROM, the HELO identity for the null sender; Authentication-Results."""
+
+    fail_action: Literal["score", "reject"] = Field("score", description="SPF fail: score SPF_FAIL, or reject each recipient with 550 5.7.23.")
+    authentication_results: bool = Field(True, description="Insert one Authentication-Results header (RFC 8601) with the SMTP AUTH, SPF, DKIM, DMARC and ARC results.")
+    remove_forged: bool = Field(True, description="Remove incoming Authentication-Results headers that claim our authserv-id.")
+
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 _STATE = "spf"

@@ -35,20 +35,32 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 from urllib.parse import unquote, urlsplit
 
 from publicsuffixlist import PublicSuffixList
+from pydantic import Field
 
-from ..config import ConfigError
 from ..content.mimetext import extract
 from ..dns import Answer, dnsbl_name
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
+from ..options import CheckSwitches, ConfigError
 from ..text import escape
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 from .dnsbl import Zone, answer_matches, parse_zones
 
 if TYPE_CHECKING:
-    from ..config import UriblChecks
     from ..services import Services
+
+
+class UriblChecks(CheckSwitches):
+    """The domains of a message's links looked up in URI block lists ([[uribl]] in rules/; Spamhaus DBL, SURBL and URIBL shipped)."""
+
+    max_domains: int = Field(20, ge=0, le=1000, description="Most distinct registrable domains (and IP addresses) of a message's links looked up, in the order they appear.")
+    skip_domains: list[str] = Field(
+        ["google.com", "gmail.com", "youtube.com", "goo.gl", "microsoft.com", "office.com", "outlook.com", "live.com", "windows.net", "apple.com", "icloud.com", "amazon.com", "amazonaws.com", "facebook.com", "instagram.com", "whatsapp.com", "linkedin.com", "twitter.com", "x.com", "yahoo.com", "wikipedia.org", "github.com", "mozilla.org", "w3.org", "schema.org", "debian.org", "apache.org", "python.org", "paypal.com"],
+        description="Registrable domains never looked up (well known, never listed: asking would only cost queries).",
+    )
+    ip_lists: list[str] = Field(["SPAMHAUS_SBL"], description="Address links (http://192.0.2.1/) are looked up in these [[dnsbl]] zones or zone codes (name without DNSBL_: \"SPAMHAUS_SBL\"), whose operators allow it; a listing scores URIBL_IP_<NAME> with the zone's or code's score (never a reject).")
+
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +393,7 @@ class UriBlockLists(ConfiguredCheck):
 
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
-        options: "UriblChecks" = self.options
+        options: UriblChecks = self.options
         self.zones = parse_uri_zones(services)
         config_file = services.config.path or "milter.conf"
         self.zones += address_lists(options.ip_lists, parse_zones(services), services.ruleset.disabled, config_file)

@@ -109,3 +109,28 @@ def test_shipped_milter_conf_is_the_documented_defaults() -> None:
 def test_shipped_rules_load() -> None:
     services = build(load_config(REPO / "milter.conf"))
     assert services.checks
+
+
+def test_each_checks_section_is_defined_beside_its_check() -> None:
+    # A new check is one module: its [checks.NAME] options model lives with its code.
+    import importlib
+
+    from milterd.checks import Check
+    from milterd.config import ChecksSection
+
+    for name, field in ChecksSection.model_fields.items():
+        model = field.annotation
+        assert model is not None
+        module = importlib.import_module(model.__module__)
+        assert model.__module__.startswith("milterd.checks."), f"[checks.{name}]'s model {model.__name__} is in {model.__module__}"
+        assert any(issubclass(check, Check) for check in getattr(module, "CHECKS", ())), f"{model.__module__} defines no check"
+        assert (model.__doc__ or "").strip(), f"{model.__name__} has no docstring (milter.conf's introduction of [checks.{name}])"
+
+
+def test_options_module_is_a_leaf() -> None:
+    # config imports the checks, so what the checks need of it must not import back.
+    import ast
+
+    tree = ast.parse((REPO / "milterd" / "options.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
+    assert imported <= {"units"}, imported
