@@ -15,7 +15,12 @@ Learning and classifying are in memory (a ``Counter`` per class), so that
 many variants run in minutes; ``bench/learner_eval.py`` measures the shipped
 code path through the store.
 
-Usage: ``nice -n 10 .venv/bin/python -m bench.learner_reference [--folds 5] [--variants NAME…]``
+Two ways of cutting the training folders, both printed: ``5-fold`` (contiguous
+blocks by file name, each classified by a model learned on the four others)
+and ``half`` (learn the first half by file name, classify the second, like
+``bench/learner_eval.py --tune``).
+
+Usage: ``nice -n 10 .venv/bin/python -m bench.learner_reference [--folds 5] [--tokenizers NAME…] [--settings NAME…]``
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 from bench.corpus import fetch, to_smtp
 from bench.learner_eval import CACHE, split
 from milterd.learner import classifier
+from bench import learner_previous as previous
 from milterd.learner import tokenizer as tk
 from milterd.learner.tokenizer import tokenize
 from milterd.content.mimetext import extract
@@ -142,7 +148,8 @@ def training_items(tokenizer: Tokenizer) -> list[tuple[str, set[str]]]:
 
 
 def variant(headers: str, pairs: bool, uris: bool = True, raw_body: bool = False) -> Tokenizer:
-    """milterd's tokenizer with parts switched: *headers* "none", "few" (names, the word headers,
+    """The tokenizer milterd shipped before (regex words of decoded text, prefixed header words, link
+    hosts, word pairs), with parts switched: *headers* "none", "few" (names, the word headers,
     Message-ID domain), "all" (shipped); word *pairs*; link *uris*; *raw_body* adds the reference's
     whitespace words of the undecoded body."""
 
@@ -150,20 +157,20 @@ def variant(headers: str, pairs: bool, uris: bool = True, raw_body: bool = False
         raw = raw[: tk.MAX_INPUT]
         section, body = tk.split_message(raw)
         found = extract(raw, tk.MAX_TEXT)
-        words = tk.text_tokens(found.text)
+        words = previous.text_tokens(found.text)
         out: list[str] = []
         if headers != "none":
             fields = tk.parse_headers(section)
             if headers == "few":
-                fields = [(n, v) for n, v in fields if n in tk._WORD_HEADERS or n == "message-id"]
-            out += tk.header_tokens(fields)
+                fields = [(n, v) for n, v in fields if n in previous._WORD_HEADERS or n == "message-id"]
+            out += previous.header_tokens(fields)
             if headers == "few":
                 out += ["hn:" + n[:40] for n, _ in tk.parse_headers(section)]
         out += words
         if uris:
-            out += tk.uri_tokens(found.uris)
+            out += previous.uri_tokens(found.uris)
         if pairs:
-            out += tk.pair_tokens(words)
+            out += previous.pair_tokens(words)
         if raw_body:
             out += ["raw:" + w for w in body.decode("latin-1").lower().split() if 3 <= len(w) <= 12]
         return set(list(dict.fromkeys(out))[: tk.MAX_TOKENS])
@@ -171,9 +178,31 @@ def variant(headers: str, pairs: bool, uris: bool = True, raw_body: bool = False
     return tokens
 
 
+def plain(shortest: int, longest: int, skip: bool = False) -> Tokenizer:
+    """milterd's shipped tokenizer with other word lengths; *skip*: a length-class token for longer words."""
+    pattern = re.compile(r"(?<!\S)\S+")
+
+    def tokens(raw: bytes) -> set[str]:
+        raw = raw[: tk.MAX_INPUT]
+        section, body = tk.split_message(raw)
+        sources = (tk.header_text(tk.parse_headers(section)), body.decode("latin-1"), extract(raw, tk.MAX_TEXT).text)
+        out: set[str] = set()
+        for text in sources:
+            for match in pattern.finditer(text):
+                word = match.group().lower()
+                if shortest <= len(word) <= longest:
+                    out.add(word)
+                elif skip and len(word) > longest:
+                    out.add(f"skip:{word[0]} {len(word) // 10 * 10}")
+        return out
+
+    return tokens
+
+
 TOKENIZERS: dict[str, Tokenizer] = {
     "reference": reference_tokens,
     "milterd": milterd_tokens,
+    "previous": variant("all", True),
     "words": variant("none", False),
     "words+pairs": variant("none", True),
     "few": variant("few", False),
@@ -182,9 +211,30 @@ TOKENIZERS: dict[str, Tokenizer] = {
     "all+pairs": variant("all", True),
     "ref-body": lambda raw: {w for w in tk.split_message(raw)[1].decode("latin-1").lower().split() if 3 <= len(w) <= 12},
     "ref-headers": lambda raw: {w for w in tk.split_message(raw)[0].decode("latin-1").lower().split() if 3 <= len(w) <= 12},
+    "ref+decoded": lambda raw: reference_tokens(raw) | {w for w in extract(raw, tk.MAX_TEXT).text.lower().split() if 3 <= len(w) <= 12},
+    "ref+decoded+urls": lambda raw: reference_tokens(raw) | {w for w in extract(raw, tk.MAX_TEXT).text.lower().split() if 3 <= len(w) <= 12} | set(previous.uri_tokens(extract(raw, tk.MAX_TEXT).uris)),
+    "ref20": lambda raw: {w for w in raw.decode("latin-1").lower().split() if 3 <= len(w) <= 20},
+    "ref-nolower": lambda raw: {w for w in raw.decode("latin-1").split() if 3 <= len(w) <= 12},
+    "w3-10": plain(3, 10),
+    "w3-15": plain(3, 15),
+    "w2-12": plain(2, 12),
+    "w3-12+skip": plain(3, 12, skip=True),
     "few+raw": variant("few", False, raw_body=True),
     "all+raw": variant("all", False, raw_body=True),
     "words+raw": variant("none", False, raw_body=True),
+}
+
+
+#: The statistics variants compared (SpamBayes' defaults are milterd's shipped ones; "sa" is SpamAssassin's Bayes).
+SETTINGS: dict[str, Settings] = {
+    "spambayes": Settings(),
+    "sa": Settings(0.16, 0.538, 0.346, 150),
+    "clues50": Settings(max_clues=50),
+    "clues30": Settings(max_clues=30),
+    "s0.1": Settings(strength=0.1),
+    "s1": Settings(strength=1.0),
+    "x0.55": Settings(unknown=0.55),
+    "dist0.3": Settings(min_distance=0.3),
 }
 
 
@@ -192,16 +242,17 @@ def main() -> None:
     """Cross-validate the reference and milterd's tokenizers under each settings variant."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--tokenizers", nargs="*", default=list(TOKENIZERS))
+    parser.add_argument("--tokenizers", nargs="*", default=["reference", "milterd"], choices=list(TOKENIZERS))
+    parser.add_argument("--settings", nargs="*", default=["spambayes"], choices=list(SETTINGS))
     args = parser.parse_args()
-    variants = {"spambayes": Settings()}
+    variants = {name: SETTINGS[name] for name in args.settings}
     for name in args.tokenizers:
         started = time.process_time()
         items = training_items(TOKENIZERS[name])
         cost = time.process_time() - started
         for vname, settings in variants.items():
             print(f"{name:>12} {vname:>10} ({len(items)} msgs, tokenize {1000 * cost / len(items):.2f} ms/msg)", flush=True)
-            print(f"    {args.folds}-fold blocks: {summary(cross_validate(items, args.folds, settings))}", flush=True)
+            print(f"    {args.folds}-fold:         {summary(cross_validate(items, args.folds, settings))}", flush=True)
             print(f"    half:          {summary(cross_validate(items, 2, settings, forward=True))}", flush=True)
 
 

@@ -34,21 +34,34 @@ def mail(body: bytes, headers: str = "", ctype: str = "text/plain; charset=utf-8
 
 # --- tokenizer --------------------------------------------------------------
 def test_tokens_from_headers_text_html_and_links() -> None:
-    html = b"<html><body><p>Cheap <b>pharmacy</b> offers</p><a href='http://pills.shop.example/buy'>here</a><script>hidden()</script></body></html>"
+    html = b"<html><body>\r\n<p>Cheap <b>pharmacy offers</p><a href='http://pills.shop.example/buy'>here</a><script>hidden()</script></body></html>"
     raw = mail(html, ctype="text/html")
     tokens = tokenize(raw)
-    assert "subject:test" in tokens
-    assert "hn:from" in tokens
-    assert {"cheap", "pharmacy", "offers"} <= set(tokens)
-    assert "url:shop.example" in tokens and "url:pills.shop.example" in tokens
+    assert {"subject:", "test", "from:"} <= set(tokens)
+    assert {"cheap", "pharmacy", "offers"} <= set(tokens)  # the rendered text
+    assert {"<p>cheap", "<b>pharmacy"} <= set(tokens)  # the markup as sent
     assert "hidden" not in tokens  # scripts are not text
+
+
+def test_tokens_are_plain_words_of_3_to_12_characters_once_each() -> None:
+    # The tokenizer chosen by cross-validation on the corpus's training folders (bench/learner_reference.py):
+    # no word pairs, no prefixed header words, no link hosts; words hidden in base64 are decoded.
+    hidden = base64.encodebytes(b"Refinance today with unbeatable rates")
+    raw = mail(b"click here click here " + b"x" * 13 + b" ab\r\n", headers="X-Extra: 1\r\n", ctype="text/plain")
+    raw += b"\r\n"
+    tokens = tokenize(raw)
+    assert tokens.count("click") == 1 and "here" in tokens
+    assert all(3 <= len(t) <= 12 for t in tokens), [t for t in tokens if not 3 <= len(t) <= 12]
+    assert not any(t.startswith(("bi:", "hn:", "url:", "skip:")) for t in tokens)
+    encoded = mail(hidden, headers="Content-Transfer-Encoding: base64\r\n", ctype="text/plain")
+    assert {"refinance", "unbeatable"} <= set(tokenize(encoded))
 
 
 def test_verdict_headers_are_not_tokens_and_added_headers_keep_the_digest() -> None:
     verdicts = b"X-Spam-Status: Yes, score=9.0\r\nX-Spam-Score: 9.0\r\nX-Virus-Status: Clean\r\nAuthentication-Results: mx; spf=pass\r\n"
     assert tokenize(verdicts + HAM) == tokenize(HAM)
     received = b"Received: from relay.example.net (relay.example.net [192.0.2.1])\r\n"
-    assert "received:relay.example.net" in tokenize(received + HAM)
+    assert {"received:", "[192.0.2.1])"} <= set(tokenize(received + HAM)) and "received:" not in tokenize(HAM)
     assert message_digest(received + verdicts + HAM) == message_digest(HAM)
     assert message_digest(HAM.replace(b"\r\n", b"\n")) == message_digest(HAM)
     assert message_digest(HAM.replace(b"usual", b"other")) != message_digest(HAM)
@@ -58,7 +71,7 @@ def test_wrong_and_unknown_charsets() -> None:
     latin = "Réunion à l'hôtel demain".encode("latin-1")
     for charset in ("utf-8", "x-no-such-charset", "utf-16"):
         tokens = tokenize(mail(latin, ctype=f"text/plain; charset={charset}"))
-        assert "hn:subject" in tokens  # never raises; the headers are always there
+        assert "subject:" in tokens  # never raises; the headers are always there
     assert "demain" in tokenize(mail(latin, ctype="text/plain; charset=x-no-such-charset"))
 
 
@@ -70,7 +83,7 @@ def test_nested_100_deep() -> None:
         parts = f"--{boundary}\r\nContent-Type: {ctype}\r\n\r\n".encode() + parts + f"\r\n--{boundary}--\r\n".encode()
         ctype = f'multipart/mixed; boundary="{boundary}"'
     tokens = tokenize(mail(parts, ctype=ctype))
-    assert "hn:subject" in tokens
+    assert {"subject:", "treasure"} <= set(tokens)
     assert len(tokens) < 10000
 
 
