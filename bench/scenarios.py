@@ -11,9 +11,11 @@ row, append to ``SCENARIOS``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -246,6 +248,10 @@ class Bench:
         if socket == "unix":
             milter.setdefault("socket_owner", "postfix")
         merged.setdefault("database", {}).setdefault("url", self.fresh_database(database))
+        if self.pythonpath:
+            # An older milterd refuses keys it does not know (the switches of checks it does
+            # not have): they are dropped, so the twin runs the same configuration otherwise.
+            merged = prune_unknown(merged, baseline_schema(self.pythonpath))
         daemon = Milterd(root, merged, rules, socket=spec)
         saved = os.environ.get("PYTHONPATH")
         if self.pythonpath:
@@ -681,6 +687,36 @@ def _rspamd_missing() -> str:
     from bench import rspamd
 
     return rspamd.missing()
+
+
+def baseline_schema(source: str) -> dict[str, Any]:
+    """The configuration keys the milterd under *source* knows, as nested dicts (its pydantic schema)."""
+    program = (
+        "import json\n"
+        "from milterd.config import Config\n"
+        "def keys(model):\n"
+        "    out = {}\n"
+        "    for name, field in type(model).model_fields.items():\n"
+        "        value = getattr(model, name)\n"
+        "        out[name] = keys(value) if hasattr(type(value), 'model_fields') else None\n"
+        "    return out\n"
+        "print(json.dumps(keys(Config())))\n"
+    )
+    # Run from *source*: with "-c" the current directory comes first on sys.path.
+    result = subprocess.run([sys.executable, "-c", program], cwd=source, env={**os.environ, "PYTHONPATH": source}, capture_output=True, text=True, check=True)
+    schema: dict[str, Any] = json.loads(result.stdout)
+    return schema
+
+
+def prune_unknown(sections: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """*sections* without the keys *schema* does not have (recursively)."""
+    pruned: dict[str, Any] = {}
+    for key, value in sections.items():
+        if key not in schema:
+            continue
+        known = schema[key]
+        pruned[key] = prune_unknown(value, known) if isinstance(value, dict) and isinstance(known, dict) else value
+    return pruned
 
 
 #: Rows whose milter is milterd (``--baseline`` gives each a twin running another revision).
