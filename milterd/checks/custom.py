@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 from ..config import ConfigError
-from ..content.mimetext import extract
 from ..message.model import Envelope, Hit, Session
 from ..rulelang import MetaSyntaxError, Node, evaluate, names, parse
 from ..units import parse_size
@@ -225,8 +224,7 @@ class CustomRules(Check):
         if not (self.body_rules or self.uri_rules):
             return []
         try:
-            raw = envelope.header_bytes + envelope.spool.read(4 * self.max_text)
-            found = extract(raw, self.max_text)
+            found = envelope.text(self.max_text)
         except Exception:  # noqa: BLE001 - unreadable spool or message: no body/URI hit
             log.warning("custom rules: cannot read the message text", exc_info=True)
             return []

@@ -37,7 +37,6 @@ from urllib.parse import unquote, urlsplit
 from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
-from ..content.mimetext import extract
 from ..dns import Answer, dnsbl_name
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
@@ -411,7 +410,7 @@ class UriBlockLists(ConfiguredCheck):
         if not self.zones:
             return []
         try:
-            found = extract(envelope.header_bytes + envelope.spool.read(4 * _MAX_TEXT), _MAX_TEXT)
+            found = envelope.text(_MAX_TEXT)  # shared with the custom rules when their max_text is the same
             domains, addresses = link_targets(found.uris, self.skip, self.options.max_domains)
         except Exception:  # noqa: BLE001 - unreadable spool or message: no URI hit
             log.warning("uribl: cannot read the message's links", exc_info=True)

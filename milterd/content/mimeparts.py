@@ -159,6 +159,8 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                     encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
                     decoder = _Decoder(encoding, memory, limit)
                     current = (name, ctype)
+            if _rest_ignored(in_headers, boundaries, decoder):
+                return
             continue
         if boundaries and line.startswith(b"--"):
             marker = line.rstrip(b"\r\n").rstrip(b" \t")[2:]
@@ -169,6 +171,8 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                 decoder = current = None
                 if marker.endswith(b"--") and marker[:-2] == boundaries[level]:
                     del boundaries[level:]
+                    if _rest_ignored(in_headers, boundaries, decoder):
+                        return  # the outermost multipart closed: only its epilogue follows
                 else:
                     del boundaries[level + 1:]
                     in_headers = True
@@ -179,6 +183,12 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
             decoder.feed(line)
     if decoder is not None and current is not None:
         yield from _finished(decoder, current)
+
+
+def _rest_ignored(in_headers: bool, boundaries: list[bytes], decoder: _Decoder | None) -> bool:
+    """Whether nothing that follows can be an attachment: a body outside any
+    multipart that is not being decoded (a single-part text message, an epilogue)."""
+    return not in_headers and not boundaries and decoder is None
 
 
 def _boundary_level(boundaries: list[bytes], marker: bytes) -> int | None:

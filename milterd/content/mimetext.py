@@ -18,6 +18,7 @@ import email.policy
 import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from typing import Iterator
 
 #: At most this many links are kept per message.
 MAX_URIS = 1000
@@ -25,6 +26,7 @@ MAX_URIS = 1000
 MAX_PARTS = 500
 
 _URI_IN_TEXT = re.compile(r"""(?i)\b(?:(?:https?|ftp)://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
+_WWW = re.compile(r"[wW]{3}\.")  # what (?i)www\. matches: only W lower-cases to w
 _TRAILING = ".,;:!?"
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANKS = re.compile(r"\n\s*\n+")
@@ -106,7 +108,7 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
 def uris_in_text(text: str) -> list[str]:
     """Links written out in plain text (``http://…``, ``https://…``, ``ftp://…``, ``www.…``)."""
     found = []
-    for match in _URI_IN_TEXT.finditer(text):
+    for match in _links(text):
         uri = match.group(0).rstrip(_TRAILING)
         if uri.lower().startswith("www."):
             uri = "http://" + uri
@@ -114,6 +116,43 @@ def uris_in_text(text: str) -> list[str]:
         if len(found) >= MAX_URIS:
             break
     return found
+
+
+def link_starts(text: str) -> list[int]:
+    """Every index at which ``_URI_IN_TEXT`` could match, in order: 3, 4 and 5
+    before each ``://`` and each ``www.`` in any case.
+
+    Scanning a text with the case-insensitive pattern costs about 25 ns a
+    character; finding these with ``str.find`` costs about 1 ns.
+    """
+    starts: list[int] = []
+    index = text.find("://")
+    while index >= 0:
+        starts.extend(start for start in (index - 5, index - 4, index - 3) if start >= 0)
+        index = text.find("://", index + 3)
+    lowered = text.lower()
+    if len(lowered) == len(text):  # one character each: the indexes are the text's
+        index = lowered.find("www.")
+        while index >= 0:
+            starts.append(index)
+            index = lowered.find("www.", index + 4)
+    else:  # a character lower-cased to several: look in the text itself
+        starts.extend(match.start() for match in _WWW.finditer(text))
+    return sorted(set(starts))
+
+
+def _links(text: str) -> Iterator[re.Match[str]]:
+    # The same matches as _URI_IN_TEXT.finditer(text): a match can only start at
+    # one of link_starts, and the leftmost match at or after the previous one's
+    # end is the next (the pattern's \b sees the text before a match() position).
+    end = 0
+    for start in link_starts(text):
+        if start < end:
+            continue
+        match = _URI_IN_TEXT.match(text, start)
+        if match:
+            end = match.end()
+            yield match
 
 
 class _HTMLText(HTMLParser):

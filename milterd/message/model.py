@@ -17,7 +17,11 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterator, Literal
 
+from ..content.mimetext import MessageText, extract
 from .reply import Reply
+
+#: A parsed client address.
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class Action(enum.IntEnum):
@@ -118,6 +122,8 @@ class Session(CheckStates):
     trusted: bool = False
     hits: list[Hit] = field(default_factory=list)
     transactions: int = 0
+    #: ``ip``'s last answer and the client_addr it parsed (several checks ask per message).
+    _ip: tuple[str, IPAddress | None] | None = field(default=None, repr=False, compare=False, kw_only=True)
 
     @property
     def authenticated(self) -> bool:
@@ -125,12 +131,17 @@ class Session(CheckStates):
         return bool(self.auth_user)
 
     @property
-    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    def ip(self) -> IPAddress | None:
         """The client address, or None for a unix-socket or unparsable client."""
+        cached = self._ip
+        if cached is not None and cached[0] == self.client_addr:
+            return cached[1]
         try:
-            return ipaddress.ip_address(self.client_addr)
+            address: IPAddress | None = ipaddress.ip_address(self.client_addr)
         except ValueError:
-            return None
+            address = None
+        self._ip = (self.client_addr, address)
+        return address
 
 
 class Spool:
@@ -227,6 +238,9 @@ class Envelope(CheckStates):
     store_error: bool = False
     #: Headers counted so far and their total size, for [milter]'s header limits.
     header_tally: tuple[int, int] = (0, 0)
+    #: :meth:`text`'s extractions by limit, and the lock that makes checks running at once share one.
+    _texts: dict[int, MessageText] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
+    _texts_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False, kw_only=True)
 
     def header(self, name: str) -> str | None:
         """The first header called *name* (case-insensitive), decoded leniently, or None."""
@@ -263,8 +277,23 @@ class Envelope(CheckStates):
         """The whole message in memory; for bounded uses such as quarantine and rule checks."""
         return self.header_bytes + self.spool.read()
 
+    def text(self, limit: int) -> MessageText:
+        """The decoded text and the links of the message (:func:`milterd.content.mimetext.extract`
+        of the headers and the body's first 4 × *limit* bytes, at most *limit* characters of text).
+
+        Parsed once per limit and shared: the URI lists and the custom rules
+        read the same result, which the caller must not change.  Raises what
+        reading the spool raises.
+        """
+        with self._texts_lock:
+            found = self._texts.get(limit)
+            if found is None:
+                found = self._texts[limit] = extract(self.header_bytes + self.spool.read(4 * limit), limit)
+            return found
+
     def close(self) -> None:
-        """Release the spool."""
+        """Release the spool and the extracted text."""
+        self._texts.clear()
         self.spool.close()
 
 
