@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .config import ConfigError, read_toml
 
@@ -53,6 +53,14 @@ class Ruleset:
     def section(self, key: str) -> list[RuleSource]:
         """Every value given for top-level key *key*, in file order."""
         return self.sections.get(key, [])
+
+    def tables(self, key: str) -> Iterator[tuple[Path, int, Any]]:
+        """Every table given for *key* (``[[key]]`` or a single ``[key]``), with
+        its file and its position in that file's array, in file order."""
+        for source in self.section(key):
+            entries = source.value if isinstance(source.value, list) else [source.value]
+            for position, entry in enumerate(entries):
+                yield source.file, position, entry
 
 
 def is_shipped(path: Path) -> bool:

@@ -30,18 +30,20 @@ With ``[milter] delay_reject = false`` they are collected at connect.
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import ipaddress
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..dns import Answer, dnsbl_name
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
-from ..options import CheckSwitches, ConfigError
+from ..options import CheckSwitches
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
+from .dnslists import Code as Code
+from .dnslists import DnsList, ListKind, boolean, listed_symbols, listing_answers, parse_list_table, parse_tables, sort_outcomes
+from .dnslists import answer_matches as answer_matches
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -51,173 +53,48 @@ class DnsblChecks(CheckSwitches):
     """DNS block and allow lists at connect; the zones are [[dnsbl]] and [[dnswl]] in rules/."""
 
 
-_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,47}$")
-_ZONE = re.compile(r"^(?=.{1,200}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)+[A-Za-z0-9_-]{1,63}\.?$")
-_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 _STATE = "dnsbl"
 
+_KEYS = frozenset({"name", "zone", "score", "action", "ipv4", "ipv6", "codes", "refused", "description"})
+_CODE_KEYS = frozenset({"name", "answers", "score", "action", "description"})
+_ANSWERS = "\"127.0.0.2\", \"127.0.0.4-127.0.0.7\", \"127.0.0.0/30\" or \"127.0.*.3\""
+KINDS = {
+    "dnsbl": ListKind("dnsbl", "DNSBL_", _KEYS, _CODE_KEYS, 2.0, "SPAMHAUS", "zen.spamhaus.org", "SBL", _ANSWERS, "Client listed in"),
+    "dnswl": ListKind(
+        "dnswl", "DNSWL_", _KEYS - {"action"}, _CODE_KEYS - {"action"}, -2.0, "SPAMHAUS", "zen.spamhaus.org", "SBL", _ANSWERS, "Client listed in",
+        unknown_action=" (a DNSWL cannot reject)",
+    ),
+}
+
 
 @dataclass(frozen=True)
-class Code:
-    """Return codes of a zone that mean one list."""
+class Zone(DnsList):
+    """One DNS list of client addresses."""
 
-    symbol: str
-    answers: tuple[str, ...]
-    score: float
-    reject: bool
-    description: str
-
-
-@dataclass(frozen=True)
-class Zone:
-    """One DNS list."""
-
-    kind: str  # "dnsbl" or "dnswl"
-    symbol: str
-    zone: str
-    score: float
-    reject: bool
-    ipv4: bool
-    ipv6: bool
-    codes: tuple[Code, ...]
-    refused: tuple[str, ...]
-    description: str
-
-
-def answer_matches(pattern: str, answer: str) -> bool:
-    """Whether DNS-list *answer* (an IPv4 address) matches *pattern* (address, A-B, A/N or 127.0.*.2)."""
-    try:
-        address = ipaddress.IPv4Address(answer)
-    except ValueError:
-        return False
-    if "-" in pattern:
-        low, high = (ipaddress.IPv4Address(p.strip()) for p in pattern.split("-", 1))
-        return low <= address <= high
-    if "/" in pattern:
-        return address in ipaddress.IPv4Network(pattern, strict=False)
-    if "*" in pattern:
-        return fnmatch.fnmatchcase(answer, pattern)
-    return address == ipaddress.IPv4Address(pattern)
-
-
-def _valid_pattern(pattern: Any) -> bool:
-    if not isinstance(pattern, str) or not pattern:
-        return False
-    try:
-        if "-" in pattern:
-            low, high = (ipaddress.IPv4Address(p.strip()) for p in pattern.split("-", 1))
-            return low <= high
-        if "/" in pattern:
-            ipaddress.IPv4Network(pattern, strict=False)
-            return True
-        if "*" in pattern:
-            parts = pattern.split(".")
-            return len(parts) == 4 and all(p == "*" or (p.isdigit() and int(p) < 256) for p in parts)
-        ipaddress.IPv4Address(pattern)
-        return True
-    except ValueError:
-        return False
+    kind: str = "dnsbl"  # or "dnswl"
+    ipv4: bool = True
+    ipv6: bool = True
 
 
 def parse_zones(services: "Services") -> list[Zone]:
     """Every ``[[dnsbl]]`` and ``[[dnswl]]`` of rules/, validated; ConfigError on the first bad one."""
-    zones: list[Zone] = []
     seen: set[str] = set()
-    for kind in ("dnsbl", "dnswl"):
-        for source in services.ruleset.section(kind):
-            entries = source.value if isinstance(source.value, list) else [source.value]
-            for position, entry in enumerate(entries):
-                zone = parse_zone(kind, source.file, position, entry)
-                symbols = {zone.symbol, *(c.symbol for c in zone.codes)}
-                clash = symbols & seen
-                if clash:
-                    raise ConfigError(source.file, f"{kind} {zone.symbol}", f"symbol {sorted(clash)[0]} is already defined by another zone")
-                seen |= symbols
-                zones.append(zone)
+    zones: list[Zone] = []
+    for kind in KINDS:
+        zones += parse_tables(services.ruleset, kind, functools.partial(parse_zone, kind), _symbols, seen, "zone")
     return zones
+
+
+def _symbols(zone: Zone) -> set[str]:
+    return {zone.symbol, *(c.symbol for c in zone.codes)}
 
 
 def parse_zone(kind: str, file: Any, position: int, entry: Any) -> Zone:
     """One zone table; ConfigError naming the file, the zone and the key otherwise."""
-    prefix = "DNSBL_" if kind == "dnsbl" else "DNSWL_"
-    if not isinstance(entry, dict):
-        raise ConfigError(file, f"{kind}[{position}]", f"must be a table ([[{kind}]])")
-    name = entry.get("name")
-    where = f"{kind} {name}" if isinstance(name, str) else f"{kind}[{position}]"
-    allowed = {"name", "zone", "score", "action", "ipv4", "ipv6", "codes", "refused", "description"}
-    if kind == "dnswl":
-        allowed.discard("action")
-    unknown = set(entry) - allowed
-    if unknown:
-        raise ConfigError(file, f"{where}.{sorted(unknown)[0]}", "unknown key" + (" (a DNSWL cannot reject)" if "action" in unknown else ""))
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(file, f"{where}.name", "must be an upper-case name such as SPAMHAUS (the symbol is " + prefix + "NAME)")
-    zone = entry.get("zone")
-    if not isinstance(zone, str) or not _ZONE.match(zone):
-        raise ConfigError(file, f"{where}.zone", "must be a DNS zone such as \"zen.spamhaus.org\"")
-    default_score = 2.0 if kind == "dnsbl" else -2.0
-    score = _number(file, f"{where}.score", entry.get("score", default_score))
-    reject = _action(file, f"{where}.action", entry.get("action", "score"))
-    ipv4 = _bool(file, f"{where}.ipv4", entry.get("ipv4", True))
-    ipv6 = _bool(file, f"{where}.ipv6", entry.get("ipv6", True))
-    refused = entry.get("refused", [])
-    if not isinstance(refused, list) or not all(_valid_pattern(p) for p in refused):
-        raise ConfigError(file, f"{where}.refused", "must be a list of answers such as [\"127.255.255.*\"]")
-    description = entry.get("description", f"Client listed in {zone}")
-    if not isinstance(description, str):
-        raise ConfigError(file, f"{where}.description", "must be a string")
-    codes_value = entry.get("codes", [])
-    if not isinstance(codes_value, list):
-        raise ConfigError(file, f"{where}.codes", "must be a list of { name, answers, score } tables")
-    codes = []
-    for index, code in enumerate(codes_value):
-        codes.append(_parse_code(kind, file, f"{where}.codes[{index}]", code, prefix + name, score, reject, zone))
-    return Zone(kind, prefix + name, zone.strip(".").lower(), score, reject, ipv4, ipv6, tuple(codes), tuple(refused), description)
-
-
-def _parse_code(kind: str, file: Any, where: str, code: Any, base: str, score: float, reject: bool, zone: str) -> Code:
-    if not isinstance(code, dict):
-        raise ConfigError(file, where, "must be a table { name, answers, score }")
-    allowed = {"name", "answers", "score", "action", "description"} - ({"action"} if kind == "dnswl" else set())
-    unknown = set(code) - allowed
-    if unknown:
-        raise ConfigError(file, f"{where}.{sorted(unknown)[0]}", "unknown key")
-    name = code.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(file, f"{where}.name", "must be an upper-case name such as SBL")
-    answers = code.get("answers")
-    if isinstance(answers, str):
-        answers = [answers]
-    if not isinstance(answers, list) or not answers or not all(_valid_pattern(a) for a in answers):
-        raise ConfigError(file, f"{where}.answers", "must list answers: \"127.0.0.2\", \"127.0.0.4-127.0.0.7\", \"127.0.0.0/30\" or \"127.0.*.3\"")
-    description = code.get("description", f"Client listed in {zone} ({name})")
-    if not isinstance(description, str):
-        raise ConfigError(file, f"{where}.description", "must be a string")
-    return Code(
-        symbol=f"{base}_{name}",
-        answers=tuple(answers),
-        score=_number(file, f"{where}.score", code.get("score", score)),
-        reject=_action(file, f"{where}.action", code.get("action", "reject" if reject else "score")),
-        description=description,
-    )
-
-
-def _number(file: Any, key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(file, key, "must be a number")
-    return float(value)
-
-
-def _bool(file: Any, key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(file, key, "must be true or false")
-    return value
-
-
-def _action(file: Any, key: str, value: object) -> bool:
-    if value not in ("score", "reject"):
-        raise ConfigError(file, key, "must be \"score\" or \"reject\"")
-    return value == "reject"
+    where, table = parse_list_table(KINDS[kind], file, position, entry)
+    ipv4 = boolean(file, f"{where}.ipv4", entry.get("ipv4", True))
+    ipv6 = boolean(file, f"{where}.ipv6", entry.get("ipv6", True))
+    return Zone(**vars(table), kind=kind, ipv4=ipv4, ipv6=ipv6)
 
 
 @dataclass(frozen=True)
@@ -231,31 +108,10 @@ class Listing:
 
 def classify(zone: Zone, answer: Answer) -> Listing | str | None:
     """A zone's A answer → a :class:`Listing`, ``"error"``/``"refused"``, or None (not listed)."""
-    if answer.failed:
-        return "error"
-    if not answer.ok:
-        return None
-    answers = tuple(a for a in answer.records if _in_loopback(a))
-    if not answers:
-        return None  # not a DNS-list answer: a wildcard or hijacked zone
-    if all(any(answer_matches(p, a) for p in zone.refused) for a in answers):
-        return "refused"
-    answers = tuple(a for a in answers if not any(answer_matches(p, a) for p in zone.refused))
-    found: dict[str, bool] = {}
-    for a in answers:
-        codes = [c for c in zone.codes if any(answer_matches(p, a) for p in c.answers)]
-        for code in codes:
-            found[code.symbol] = found.get(code.symbol, False) or code.reject
-        if not codes:
-            found[zone.symbol] = found.get(zone.symbol, False) or zone.reject
-    return Listing(zone, tuple(found.items()), answers)
-
-
-def _in_loopback(answer: str) -> bool:
-    try:
-        return ipaddress.IPv4Address(answer) in _LOOPBACK
-    except ValueError:
-        return False
+    answers = listing_answers(answer, zone.refused)
+    if not isinstance(answers, tuple):
+        return answers
+    return Listing(zone, listed_symbols(answers, zone.codes, (zone.symbol, zone.reject)), answers)
 
 
 def reject_reply(ip: str, zone: str, reason: str) -> Reply:
@@ -321,18 +177,8 @@ class DnsLists(ConfiguredCheck):
             return cast("list[Hit]", state["hits"])
         resolver = self.services.resolver
         answers = resolver.collect(state.pop("futures"), state["queries"], deadline)
+        listings, failed, refused = sort_outcomes((zone.zone, classify(zone, answer)) for zone, answer in zip(state["zones"], answers, strict=False))
         hits: list[Hit] = []
-        failed: list[str] = []
-        refused: list[str] = []
-        listings: list[Listing] = []
-        for zone, answer in zip(state["zones"], answers, strict=False):
-            outcome = classify(zone, answer)
-            if outcome == "error":
-                failed.append(zone.zone)
-            elif outcome == "refused":
-                refused.append(zone.zone)
-            elif isinstance(outcome, Listing):
-                listings.append(outcome)
         if failed:
             hits.append(Hit("DNSBL_TEMPFAIL", detail=", ".join(failed)))
         if refused:

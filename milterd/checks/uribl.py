@@ -44,7 +44,8 @@ from ..options import CheckSwitches, ConfigError
 from ..text import escape
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
-from .dnsbl import Zone, answer_matches, parse_zones
+from .dnsbl import Zone, parse_zones
+from .dnslists import Code, DnsList, ListKind, listed_symbols, listing_answers, parse_list_table, parse_tables, sort_outcomes
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -66,43 +67,24 @@ log = logging.getLogger(__name__)
 TEMPFAIL = "URIBL_TEMPFAIL"
 REFUSED = "URIBL_REFUSED"
 
-_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,47}$")
-_ZONE = re.compile(r"^(?=.{1,200}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)+[A-Za-z0-9_-]{1,63}\.?$")
 _HOST = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62}\.)*[a-z0-9-]{1,63}$")
-_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+KIND = ListKind(
+    "uribl", "URIBL_",
+    frozenset({"name", "zone", "score", "action", "codes", "refused", "description"}),
+    frozenset({"name", "answers", "mask", "score", "action", "description"}),
+    2.0, "DBL", "dbl.spamhaus.org", "PHISH",
+    "\"127.0.1.2\", \"127.0.1.4-127.0.1.6\", \"127.0.1.0/24\" or \"127.0.*.2\"",
+    "A link's domain is listed in",
+    codes_shape="{ name, answers or mask, score }",
+)
 #: The message text looked at for links (as the custom rules read it).
 _MAX_TEXT = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class UriCode:
-    """Answers of a URI list that mean one list (a return code or a bit)."""
-
-    symbol: str
-    answers: tuple[str, ...]
-    mask: int
-    score: float
-    reject: bool
-    description: str
-
-    def matches(self, answer: str) -> bool:
-        """Whether this code names *answer*."""
-        if any(answer_matches(p, answer) for p in self.answers):
-            return True
-        return bool(self.mask) and answer.startswith("127.0.0.") and int(answer.rsplit(".", 1)[-1]) & self.mask != 0
-
-
-@dataclass(frozen=True)
-class UriZone:
+class UriZone(DnsList):
     """One URI block list (a domain list such as Spamhaus DBL), or a DNSBL asked for address links."""
 
-    symbol: str
-    zone: str
-    score: float
-    reject: bool
-    codes: tuple[UriCode, ...]
-    refused: tuple[str, ...]
-    description: str
     addresses: bool = False  # a [[dnsbl]] zone asked for IP-address links
 
     def symbols(self) -> tuple[Symbol, ...]:
@@ -125,106 +107,12 @@ class Listed:
 
 def parse_uri_zones(services: "Services") -> list[UriZone]:
     """Every ``[[uribl]]`` of the rule files, validated; ConfigError on the first bad one."""
-    zones: list[UriZone] = []
-    seen: set[str] = set()
-    for source in services.ruleset.section("uribl"):
-        entries = source.value if isinstance(source.value, list) else [source.value]
-        for position, entry in enumerate(entries):
-            zone = parse_uri_zone(source.file, position, entry)
-            symbols = {s.name for s in zone.symbols()}
-            clash = symbols & seen
-            if clash:
-                raise ConfigError(source.file, f"uribl {zone.symbol}", f"symbol {sorted(clash)[0]} is already defined by another list")
-            seen |= symbols
-            zones.append(zone)
-    return zones
+    return parse_tables(services.ruleset, "uribl", parse_uri_zone, lambda zone: {s.name for s in zone.symbols()}, set(), "list")
 
 
 def parse_uri_zone(file: Any, position: int, entry: Any) -> UriZone:
     """One ``[[uribl]]`` table; ConfigError naming the file, the list and the key otherwise."""
-    if not isinstance(entry, dict):
-        raise ConfigError(file, f"uribl[{position}]", "must be a table ([[uribl]])")
-    name = entry.get("name")
-    where = f"uribl {name}" if isinstance(name, str) else f"uribl[{position}]"
-    unknown = set(entry) - {"name", "zone", "score", "action", "codes", "refused", "description"}
-    if unknown:
-        raise ConfigError(file, f"{where}.{sorted(unknown)[0]}", "unknown key")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(file, f"{where}.name", "must be an upper-case name such as DBL (the symbol is URIBL_NAME)")
-    zone = entry.get("zone")
-    if not isinstance(zone, str) or not _ZONE.match(zone):
-        raise ConfigError(file, f"{where}.zone", "must be a DNS zone such as \"dbl.spamhaus.org\"")
-    score = _number(file, f"{where}.score", entry.get("score", 2.0))
-    reject = _action(file, f"{where}.action", entry.get("action", "score"))
-    refused = entry.get("refused", [])
-    if not isinstance(refused, list) or not all(_valid_pattern(p) for p in refused):
-        raise ConfigError(file, f"{where}.refused", "must be a list of answers such as [\"127.255.255.*\"]")
-    description = entry.get("description", f"A link's domain is listed in {zone}")
-    if not isinstance(description, str):
-        raise ConfigError(file, f"{where}.description", "must be a string")
-    codes_value = entry.get("codes", [])
-    if not isinstance(codes_value, list):
-        raise ConfigError(file, f"{where}.codes", "must be a list of { name, answers or mask, score } tables")
-    base = f"URIBL_{name}"
-    codes = tuple(_parse_code(file, f"{where}.codes[{i}]", code, base, score, reject, zone) for i, code in enumerate(codes_value))
-    return UriZone(base, zone.strip(".").lower(), score, reject, codes, tuple(refused), description)
-
-
-def _parse_code(file: Any, where: str, code: Any, base: str, score: float, reject: bool, zone: str) -> UriCode:
-    if not isinstance(code, dict):
-        raise ConfigError(file, where, "must be a table { name, answers or mask, score }")
-    unknown = set(code) - {"name", "answers", "mask", "score", "action", "description"}
-    if unknown:
-        raise ConfigError(file, f"{where}.{sorted(unknown)[0]}", "unknown key")
-    name = code.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(file, f"{where}.name", "must be an upper-case name such as PHISH")
-    answers = code.get("answers", [])
-    if isinstance(answers, str):
-        answers = [answers]
-    if not isinstance(answers, list) or not all(_valid_pattern(a) for a in answers):
-        raise ConfigError(file, f"{where}.answers", "must list answers: \"127.0.1.2\", \"127.0.1.4-127.0.1.6\", \"127.0.1.0/24\" or \"127.0.*.2\"")
-    mask = code.get("mask", 0)
-    if isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask <= 255:
-        raise ConfigError(file, f"{where}.mask", "must be a number from 1 to 255 (bits of the answer's last octet)")
-    if not answers and not mask:
-        raise ConfigError(file, where, "needs answers or a mask")
-    description = code.get("description", f"A link's domain is listed in {zone} ({name})")
-    if not isinstance(description, str):
-        raise ConfigError(file, f"{where}.description", "must be a string")
-    return UriCode(
-        symbol=f"{base}_{name}",
-        answers=tuple(answers),
-        mask=mask,
-        score=_number(file, f"{where}.score", code.get("score", score)),
-        reject=_action(file, f"{where}.action", code.get("action", "reject" if reject else "score")),
-        description=description,
-    )
-
-
-def _valid_pattern(pattern: Any) -> bool:
-    if not isinstance(pattern, str) or not pattern:
-        return False
-    try:
-        answer_matches(pattern, "127.0.0.1")
-    except ValueError:
-        return False
-    if "*" in pattern:
-        parts = pattern.split(".")
-        return len(parts) == 4 and all(p == "*" or (p.isdigit() and int(p) < 256) for p in parts)
-    return True
-
-
-def _number(file: Any, key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(file, key, "must be a number")
-    return float(value)
-
-
-def _action(file: Any, key: str, value: object) -> bool:
-    if value not in ("score", "reject"):
-        raise ConfigError(file, key, "must be \"score\" or \"reject\"")
-    return value == "reject"
+    return UriZone(**vars(parse_list_table(KIND, file, position, entry)[1]))
 
 
 def address_lists(names: Iterable[str], zones: list[Zone], disabled: Iterable[str], file: Any) -> list[UriZone]:
@@ -243,7 +131,7 @@ def address_lists(names: Iterable[str], zones: list[Zone], disabled: Iterable[st
                 continue
             raise ConfigError(file, "[checks.uribl] ip_lists", f"no [[dnsbl]] zone or zone code is named {wanted} (names drop the DNSBL_ prefix: SPAMHAUS_SBL)")
         codes = tuple(
-            UriCode(f"URIBL_IP_{wanted}", c.answers, 0, c.score, False, f"A link's address is listed in {zone.zone} ({c.symbol})")
+            Code(f"URIBL_IP_{wanted}", c.answers, c.score, False, f"A link's address is listed in {zone.zone} ({c.symbol})")
             for c in zone.codes if c.symbol == symbol
         )
         # Scored only: a zone that rejects clients it lists need not reject mail that links to them.
@@ -325,31 +213,13 @@ def query_name(target: str, zone: UriZone) -> str:
 
 def classify(zone: UriZone, target: str, answer: Answer) -> Listed | str | None:
     """A list's A answer about *target* → :class:`Listed`, ``"error"``/``"refused"``, or None (not listed)."""
-    if answer.failed:
-        return "error"
-    if not answer.ok:
-        return None
-    answers = tuple(a for a in answer.records if _in_loopback(a))
-    if not answers:
-        return None  # a wildcard or hijacked zone
-    if all(any(answer_matches(p, a) for p in zone.refused) for a in answers):
-        return "refused"
-    answers = tuple(a for a in answers if not any(answer_matches(p, a) for p in zone.refused))
-    found: dict[str, bool] = {}
-    for a in answers:
-        codes = [c for c in zone.codes if c.matches(a)]
-        for code in codes:
-            found[code.symbol] = found.get(code.symbol, False) or code.reject
-        if not codes and not (zone.addresses and zone.codes):
-            found[zone.symbol] = found.get(zone.symbol, False) or zone.reject
-    return Listed(zone, target, tuple(found.items()), answers) if found else None
-
-
-def _in_loopback(answer: str) -> bool:
-    try:
-        return ipaddress.IPv4Address(answer) in _LOOPBACK
-    except ValueError:
-        return False
+    answers = listing_answers(answer, zone.refused)
+    if not isinstance(answers, tuple):
+        return answers
+    # An address list asked for some of its codes only says nothing for the others.
+    fallback = None if zone.addresses and zone.codes else (zone.symbol, zone.reject)
+    found = listed_symbols(answers, zone.codes, fallback)
+    return Listed(zone, target, found, answers) if found else None
 
 
 def listing_hits(listings: list[Listed], failed: list[str], refused: list[str]) -> list[Hit]:
@@ -423,18 +293,7 @@ class UriBlockLists(ConfiguredCheck):
         resolver = self.services.resolver
         deadline = resolver.stage_deadline(envelope.dns_deadlines, "eom")
         answers = resolver.query_many([(query_name(target, zone), "A") for zone, target in queries], deadline)
-        listings: list[Listed] = []
-        failed: list[str] = []
-        refused: list[str] = []
-        for (zone, target), answer in zip(queries, answers, strict=False):
-            outcome = classify(zone, target, answer)
-            if outcome == "error":
-                failed.append(zone.zone)
-            elif outcome == "refused":
-                refused.append(zone.zone)
-            elif isinstance(outcome, Listed):
-                listings.append(outcome)
-        return listing_hits(listings, failed, refused)
+        return listing_hits(*sort_outcomes((zone.zone, classify(zone, target, answer)) for (zone, target), answer in zip(queries, answers, strict=False)))
 
 
 CHECKS = (UriBlockLists,)

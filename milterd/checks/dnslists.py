@@ -1,0 +1,274 @@
+"""What the DNS lists of the rule files share.
+
+``[[dnsbl]]`` and ``[[dnswl]]`` (client addresses) and ``[[uribl]]`` (the
+domains of links) take the same keys, the same answer patterns and read an
+answer the same way; :class:`ListKind` holds what differs between them.  This
+module defines no check itself.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence, TypeVar
+
+from ..dns import Answer
+from ..options import ConfigError
+
+if TYPE_CHECKING:
+    from ..ruleset import Ruleset
+
+
+
+class _Named(Protocol):
+    @property
+    def symbol(self) -> str: ...
+
+
+N = TypeVar("N", bound=_Named)
+L = TypeVar("L")
+
+NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,47}$")
+ZONE = re.compile(r"^(?=.{1,200}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)+[A-Za-z0-9_-]{1,63}\.?$")
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
+@dataclass(frozen=True)
+class ListKind:
+    """What differs between the kinds of DNS list tables (keys, defaults, examples in errors)."""
+
+    key: str  # the rule-file key: "dnsbl", "dnswl" or "uribl"
+    prefix: str  # of the symbols: "DNSBL_"
+    keys: frozenset[str]
+    code_keys: frozenset[str]
+    default_score: float
+    name_example: str
+    zone_example: str
+    code_example: str
+    answers_example: str
+    listed: str  # the default description: "<listed> <zone> (<code>)"
+    codes_shape: str = "{ name, answers, score }"
+    unknown_action: str = ""  # said when a table has an "action" it may not have
+
+
+@dataclass(frozen=True)
+class Code:
+    """Answers of a list that mean one list (return codes, or bits of the last octet)."""
+
+    symbol: str
+    answers: tuple[str, ...]
+    score: float
+    reject: bool
+    description: str
+    mask: int = 0
+
+    def matches(self, answer: str) -> bool:
+        """Whether this code names *answer*."""
+        if any(answer_matches(p, answer) for p in self.answers):
+            return True
+        return bool(self.mask) and answer.startswith("127.0.0.") and int(answer.rsplit(".", 1)[-1]) & self.mask != 0
+
+
+@dataclass(frozen=True)
+class DnsList:
+    """One DNS list: the keys every list table shares, validated."""
+
+    symbol: str
+    zone: str  # lower-case, without the trailing dot
+    score: float
+    reject: bool
+    codes: tuple[Code, ...]
+    refused: tuple[str, ...]
+    description: str
+
+
+def answer_matches(pattern: str, answer: str) -> bool:
+    """Whether DNS-list *answer* (an IPv4 address) matches *pattern* (address, A-B, A/N or 127.0.*.2)."""
+    try:
+        address = ipaddress.IPv4Address(answer)
+    except ValueError:
+        return False
+    if "-" in pattern:
+        low, high = (ipaddress.IPv4Address(p.strip()) for p in pattern.split("-", 1))
+        return low <= address <= high
+    if "/" in pattern:
+        return address in ipaddress.IPv4Network(pattern, strict=False)
+    if "*" in pattern:
+        return fnmatch.fnmatchcase(answer, pattern)
+    return address == ipaddress.IPv4Address(pattern)
+
+
+def valid_pattern(pattern: Any) -> bool:
+    """Whether *pattern* is an answer pattern :func:`answer_matches` understands."""
+    if not isinstance(pattern, str) or not pattern:
+        return False
+    try:
+        if "-" in pattern:
+            low, high = (ipaddress.IPv4Address(p.strip()) for p in pattern.split("-", 1))
+            return low <= high
+        if "/" in pattern:
+            ipaddress.IPv4Network(pattern, strict=False)
+            return True
+        if "*" in pattern:
+            parts = pattern.split(".")
+            return len(parts) == 4 and all(p == "*" or (p.isdigit() and int(p) < 256) for p in parts)
+        ipaddress.IPv4Address(pattern)
+        return True
+    except ValueError:
+        return False
+
+
+def parse_tables(ruleset: "Ruleset", kind: str, parse: Callable[[Any, int, Any], N], symbols_of: Callable[[N], set[str]], seen: set[str], noun: str) -> list[N]:
+    """Every ``[[kind]]`` table of the rule files, parsed; ConfigError on the first bad
+    one, or on one with a symbol already in *seen* (which takes the symbols of each)."""
+    parsed: list[N] = []
+    for file, position, entry in ruleset.tables(kind):
+        item = parse(file, position, entry)
+        symbols = symbols_of(item)
+        clash = symbols & seen
+        if clash:
+            raise ConfigError(file, f"{kind} {item.symbol}", f"symbol {sorted(clash)[0]} is already defined by another {noun}")
+        seen |= symbols
+        parsed.append(item)
+    return parsed
+
+
+def parse_list_table(kind: ListKind, file: Any, position: int, entry: Any) -> tuple[str, DnsList]:
+    """The shared keys of one list table, and where it is (for the keys of its own
+    kind); ConfigError naming the file, the list and the key otherwise."""
+    if not isinstance(entry, dict):
+        raise ConfigError(file, f"{kind.key}[{position}]", f"must be a table ([[{kind.key}]])")
+    name = entry.get("name")
+    where = f"{kind.key} {name}" if isinstance(name, str) else f"{kind.key}[{position}]"
+    unknown = set(entry) - kind.keys
+    if unknown:
+        raise ConfigError(file, f"{where}.{sorted(unknown)[0]}", "unknown key" + (kind.unknown_action if "action" in unknown else ""))
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ConfigError(file, f"{where}.name", f"must be an upper-case name such as {kind.name_example} (the symbol is {kind.prefix}NAME)")
+    zone = entry.get("zone")
+    if not isinstance(zone, str) or not ZONE.match(zone):
+        raise ConfigError(file, f"{where}.zone", f"must be a DNS zone such as \"{kind.zone_example}\"")
+    score = number(file, f"{where}.score", entry.get("score", kind.default_score))
+    reject = action(file, f"{where}.action", entry.get("action", "score"))
+    refused = entry.get("refused", [])
+    if not isinstance(refused, list) or not all(valid_pattern(p) for p in refused):
+        raise ConfigError(file, f"{where}.refused", "must be a list of answers such as [\"127.255.255.*\"]")
+    description = entry.get("description", f"{kind.listed} {zone}")
+    if not isinstance(description, str):
+        raise ConfigError(file, f"{where}.description", "must be a string")
+    codes_value = entry.get("codes", [])
+    if not isinstance(codes_value, list):
+        raise ConfigError(file, f"{where}.codes", f"must be a list of {kind.codes_shape} tables")
+    symbol = kind.prefix + name
+    codes = tuple(parse_code(kind, file, f"{where}.codes[{i}]", code, symbol, score, reject, zone) for i, code in enumerate(codes_value))
+    return where, DnsList(symbol, zone.strip(".").lower(), score, reject, codes, tuple(refused), description)
+
+
+def parse_code(kind: ListKind, file: Any, where: str, code: Any, base: str, score: float, reject: bool, zone: str) -> Code:
+    """One table of a list's ``codes``; it takes the list's score and action unless it sets its own."""
+    if not isinstance(code, dict):
+        raise ConfigError(file, where, f"must be a table {kind.codes_shape}")
+    unknown = set(code) - kind.code_keys
+    if unknown:
+        raise ConfigError(file, f"{where}.{sorted(unknown)[0]}", "unknown key")
+    name = code.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ConfigError(file, f"{where}.name", f"must be an upper-case name such as {kind.code_example}")
+    masks = "mask" in kind.code_keys
+    answers = code.get("answers", [] if masks else None)
+    if isinstance(answers, str):
+        answers = [answers]
+    if not isinstance(answers, list) or not (answers or masks) or not all(valid_pattern(a) for a in answers):
+        raise ConfigError(file, f"{where}.answers", f"must list answers: {kind.answers_example}")
+    mask = code.get("mask", 0)
+    if isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask <= 255:
+        raise ConfigError(file, f"{where}.mask", "must be a number from 1 to 255 (bits of the answer's last octet)")
+    if not answers and not mask:
+        raise ConfigError(file, where, "needs answers or a mask")
+    description = code.get("description", f"{kind.listed} {zone} ({name})")
+    if not isinstance(description, str):
+        raise ConfigError(file, f"{where}.description", "must be a string")
+    return Code(
+        symbol=f"{base}_{name}",
+        answers=tuple(answers),
+        score=number(file, f"{where}.score", code.get("score", score)),
+        reject=action(file, f"{where}.action", code.get("action", "reject" if reject else "score")),
+        description=description,
+        mask=mask,
+    )
+
+
+def number(file: Any, key: str, value: Any) -> float:
+    """A number of a rule table; ConfigError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(file, key, "must be a number")
+    return float(value)
+
+
+def boolean(file: Any, key: str, value: Any) -> bool:
+    """A true/false of a rule table; ConfigError otherwise."""
+    if not isinstance(value, bool):
+        raise ConfigError(file, key, "must be true or false")
+    return value
+
+
+def action(file: Any, key: str, value: object) -> bool:
+    """Whether an ``action`` of a rule table rejects; ConfigError unless "score" or "reject"."""
+    if value not in ("score", "reject"):
+        raise ConfigError(file, key, "must be \"score\" or \"reject\"")
+    return value == "reject"
+
+
+def listing_answers(answer: Answer, refused: Sequence[str]) -> tuple[str, ...] | str | None:
+    """The answers of a list's A answer that say "listed", ``"error"``/``"refused"``, or None (not listed).
+
+    Answers outside 127.0.0.0/8 are left out (a wildcard or hijacked zone), and
+    so are those *refused* names, unless every answer is one ("refused").
+    """
+    if answer.failed:
+        return "error"
+    if not answer.ok:
+        return None
+    answers = tuple(a for a in answer.records if in_loopback(a))
+    if not answers:
+        return None
+    if all(any(answer_matches(p, a) for p in refused) for a in answers):
+        return "refused"
+    return tuple(a for a in answers if not any(answer_matches(p, a) for p in refused))
+
+
+def listed_symbols(answers: Sequence[str], codes: Sequence[Code], fallback: tuple[str, bool] | None) -> tuple[tuple[str, bool], ...]:
+    """(symbol, reject) for every code naming one of *answers*; *fallback* for an answer no code names."""
+    found: dict[str, bool] = {}
+    for a in answers:
+        named = [c for c in codes if c.matches(a)]
+        for code in named:
+            found[code.symbol] = found.get(code.symbol, False) or code.reject
+        if not named and fallback is not None:
+            found[fallback[0]] = found.get(fallback[0], False) or fallback[1]
+    return tuple(found.items())
+
+
+def sort_outcomes(outcomes: Iterable[tuple[str, L | str | None]]) -> tuple[list[L], list[str], list[str]]:
+    """The listings among (zone, outcome of ``classify``) pairs, and the zones that failed and that refused."""
+    listings: list[L] = []
+    failed: list[str] = []
+    refused: list[str] = []
+    for zone, outcome in outcomes:
+        if outcome == "error":
+            failed.append(zone)
+        elif outcome == "refused":
+            refused.append(zone)
+        elif outcome is not None and not isinstance(outcome, str):
+            listings.append(outcome)
+    return listings, failed, refused
+
+
+def in_loopback(answer: str) -> bool:
+    """Whether *answer* is an IPv4 address in 127.0.0.0/8."""
+    try:
+        return ipaddress.IPv4Address(answer) in LOOPBACK
+    except ValueError:
+        return False
