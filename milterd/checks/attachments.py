@@ -149,6 +149,8 @@ class AttachmentPolicy(ConfiguredCheck):
     options_name: ClassVar[str] = "attachments"
     description: ClassVar[str] = "Attachment policy: banned extensions, double extensions, type mismatches, archives ([checks.attachments])"
     order: ClassVar[int] = 150
+    #: Its end-of-message hook only computes (nothing to wait for): the pipeline runs it in its own thread.
+    eom_waits: ClassVar[bool] = False
     symbols: ClassVar[tuple[Symbol, ...]] = (
         Symbol(BANNED, 5.0, "An attachment, or a file in an archive it carries, has a banned extension (detail: file and rule)"),
         Symbol(DOUBLE, 5.0, "A banned extension hidden behind another one, such as invoice.pdf.exe"),

@@ -189,6 +189,8 @@ class CustomRules(Check):
     description: ClassVar[str] = "Custom rules from rules/*.toml"
     rule_sections: ClassVar[tuple[str, ...]] = ("rule", "custom")
     order: ClassVar[int] = 500
+    #: Its end-of-message hook only computes (nothing to wait for): the pipeline runs it in its own thread.
+    eom_waits: ClassVar[bool] = False
 
     def __init__(self, services: "Services") -> None:
         super().__init__(services)

@@ -45,6 +45,8 @@ STATE = "dmarc"
 Policy = Literal["none", "quarantine", "reject"]
 _MILDER: dict[str, Policy] = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 _DOMAIN = re.compile(r"[\w-]{1,63}(\.[\w-]{1,63})*")
+#: The pure functions below remember their answers for arguments up to this long (bounded memory).
+_MEMO_MAX = 1024
 
 
 @functools.lru_cache(maxsize=4)
@@ -62,6 +64,11 @@ def org_domain(domain: str, psl_path: str = "") -> str:
     organizational domain.
     """
     name = domain.lower().rstrip(".")
+    return _org_domain(name, psl_path) if len(name) <= _MEMO_MAX else _org_domain.__wrapped__(name, psl_path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _org_domain(name: str, psl_path: str) -> str:
     return _psl(psl_path).privatesuffix(name) or name
 
 
@@ -79,6 +86,12 @@ def from_domain(value: str | None) -> str | None:
     """The one domain of a From header, or None (no From, no address, or several domains)."""
     if not value:
         return None
+    # Asked by DKIM and DMARC for each message: the address parser runs once.
+    return _from_domain(value) if len(value) <= _MEMO_MAX else _from_domain.__wrapped__(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _from_domain(value: str) -> str | None:
     domains = {addr.rpartition("@")[2].strip().lower().rstrip(".") for _, addr in getaddresses([value]) if "@" in addr}
     domains.discard("")
     if len(domains) != 1:
@@ -104,6 +117,11 @@ def parse_record(text: str) -> Record | None:
 
     Unknown tags are ignored and out-of-range ones fall back to their default, as RFC 7489 §6.3 asks.
     """
+    return _parse_record(text) if len(text) <= _MEMO_MAX else _parse_record.__wrapped__(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_record(text: str) -> Record | None:
     tags: dict[str, str] = {}
     for part in text.split(";"):
         key, eq, value = part.partition("=")
