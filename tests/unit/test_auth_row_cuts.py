@@ -1,0 +1,206 @@
+"""The auth row's per-message cuts (issue #15): the same answers, computed less often."""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import pytest
+
+import milterd.checks.dmarc as dmarc
+import milterd.message.model as model
+from milterd.checks import Check, Hits
+from milterd.config import load_config
+from milterd.content import mimetext
+from milterd.content.mimeparts import attachments
+from milterd.content.mimetext import extract, uris_in_text
+from milterd.message.model import Envelope, Hit, Session, Spool
+from milterd.message.pipeline import Pipeline
+from milterd.services import build
+
+# The pattern uris_in_text applied with finditer over the whole text before the cut.
+REFERENCE = re.compile(r"""(?i)\b(?:(?:https?|ftp)://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
+
+
+def reference_uris(text: str) -> list[str]:
+    found = []
+    for match in REFERENCE.finditer(text):
+        uri = match.group(0).rstrip(".,;:!?")
+        found.append("http://" + uri if uri.lower().startswith("www.") else uri)
+    return found[: mimetext.MAX_URIS]
+
+
+PIECES = list("hHtTpPsSfFwW:/. x\n<\"é_1(") + ["ſ", "İ", "ẞ", "K", "://", "http://", "https://", "ftp://", "www.", "WwW.", "httpſ://", "a.b"]
+
+
+def test_links_are_those_of_the_whole_text_pattern() -> None:
+    rnd = random.Random(15)
+    for _ in range(20000):
+        text = "".join(rnd.choice(PIECES) for _ in range(rnd.randint(0, 40)))
+        assert uris_in_text(text) == reference_uris(text), text
+    long = ("x" * 1000 + "see http://" + "a" * 3000 + " and www.example.org. ") * 3
+    assert uris_in_text(long) == reference_uris(long)
+
+
+def test_link_starts_are_only_where_a_link_can_begin() -> None:
+    from milterd.content.mimetext import link_starts
+
+    assert link_starts("abcdef://") == [1, 2, 3]  # 5, 4 and 3 before ://
+    assert link_starts("ab://") == []  # never before the text's start
+    assert link_starts("http://a.example www.b.example WWW.c") == [0, 1, 17, 31]
+    assert link_starts("İ www.x") == [2]  # İ lower-cases to two characters: positions come from the text itself
+    assert link_starts("plain words only") == []
+
+
+def chunks_read(raw: bytes, size: int) -> tuple[list[str], list[int]]:
+    """The attachment names in *raw* and which of its *size*-byte chunks were read."""
+    read: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for index, start in enumerate(range(0, len(raw), size)):
+            read.append(index)
+            yield raw[start : start + size]
+
+    return [a.filename for a in attachments(chunks())], read
+
+
+def test_a_single_part_text_message_is_not_read_past_its_headers() -> None:
+    raw = b"From: a@example.org\r\nContent-Type: text/plain\r\n\r\n" + b"line of text\r\n" * 20000
+    names, read = chunks_read(raw, 4096)
+    assert names == []
+    assert read == [0]  # the headers are in the first chunk; the body's lines cannot hold an attachment
+
+
+def test_an_epilogue_is_not_read() -> None:
+    part = b"--b\r\nContent-Type: application/pdf; name=\"x.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n"
+    raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + part + b"epilogue\r\n" * 20000
+    names, read = chunks_read(raw, 4096)
+    assert names == ["x.pdf"]
+    assert read == [0]
+
+
+def test_a_single_part_attachment_is_still_decoded_to_its_end() -> None:
+    body = b"A" * 40000
+    raw = b"Content-Type: application/octet-stream; name=\"a.bin\"\r\n\r\n" + body
+    found = [(a.filename, a.data.read()) for a in attachments([raw[i : i + 1000] for i in range(0, len(raw), 1000)])]
+    assert found == [("a.bin", body)]
+
+
+def envelope_of(raw: bytes) -> Envelope:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    envelope = Envelope(spool=Spool(1 << 20))
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        envelope.headers.append((name.decode(), value.strip()))
+    envelope.spool.write(body)
+    return envelope
+
+
+MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nSee http://one.example/x and www.two.example today.\r\n"
+
+
+def test_the_message_text_is_extracted_once_per_envelope_and_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def counting(raw: bytes, limit: int = 1024 * 1024) -> mimetext.MessageText:
+        calls.append(limit)
+        return extract(raw, limit)
+
+    monkeypatch.setattr(model, "extract", counting)
+    envelope = envelope_of(MESSAGE)
+    results: list[mimetext.MessageText] = []
+    threads = [threading.Thread(target=lambda: results.append(envelope.text(1024 * 1024))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == [1024 * 1024]
+    assert all(r is results[0] for r in results)
+    assert results[0] == extract(envelope.header_bytes + envelope.spool.read(), 1024 * 1024)
+    assert results[0].uris == ["http://one.example/x", "http://www.two.example"]
+    assert envelope.text(10).text == extract(envelope.header_bytes + envelope.spool.read(40), 10).text
+    assert calls == [1024 * 1024, 10]
+    envelope.close()
+
+
+def test_session_ip_is_parsed_once_per_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+    real = model.ipaddress.ip_address
+
+    def counting(value: str) -> Any:
+        parsed.append(value)
+        return real(value)
+
+    monkeypatch.setattr(model.ipaddress, "ip_address", counting)
+    session = Session(client_addr="192.0.2.7")
+    assert [str(session.ip) for _ in range(3)] == ["192.0.2.7"] * 3
+    session.client_addr = "2001:db8::1"
+    assert str(session.ip) == "2001:db8::1"
+    session.client_addr = "unix:/socket"
+    assert session.ip is None and session.ip is None
+    assert parsed == ["192.0.2.7", "2001:db8::1", "unix:/socket"]
+
+
+def test_from_domain_parses_each_value_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[list[str]] = []
+    real = dmarc.getaddresses
+
+    def counting(values: list[str]) -> list[tuple[str, str]]:
+        parsed.append(values)
+        return real(values)
+
+    monkeypatch.setattr(dmarc, "getaddresses", counting)
+    value = f"Alice <alice@{random.randrange(10**9)}.example.org>"
+    assert dmarc.from_domain(value) == dmarc.from_domain(value) == value.split("@")[1].rstrip(">")
+    assert len(parsed) == 1
+    long = "A" * 2000 + f" <a@{random.randrange(10**9)}.example.org>"
+    size = dmarc._from_domain.cache_info().currsize
+    assert dmarc.from_domain(long) == dmarc.from_domain(long)
+    assert len(parsed) == 3  # a long value is parsed each time: it is not kept
+    assert dmarc._from_domain.cache_info().currsize == size
+    assert dmarc.from_domain("a@x.example, b@y.example") is None
+
+
+def test_memoised_dmarc_helpers_answer_as_before() -> None:
+    assert dmarc.parse_record("v=DMARC1; p=reject; pct=50") == dmarc.parse_record("v=DMARC1; p=reject; pct=50")
+    assert dmarc.parse_record("v=DMARC1; p=bogus") is None
+    assert dmarc.org_domain("A.B.Example.CO.UK.") == "example.co.uk"
+    assert dmarc.org_domain("x" * 2000 + ".example.org") == "example.org"
+
+
+class Probe(Check):
+    """Records the thread its end-of-message hook ran in."""
+
+    name: ClassVar[str] = "probe"
+    ran: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, services: Any, label: str, waits: bool) -> None:
+        super().__init__(services)
+        self.label = label
+        self.eom_waits = waits
+
+    def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        Probe.ran[self.label] = threading.current_thread().name
+        return [Hit(self.label)]
+
+
+def test_only_waiting_checks_go_to_the_pool_and_hits_keep_their_order(tmp_path: Path) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n')
+    services = build(load_config(conf))
+    probes = [Probe(services, "W1", True), Probe(services, "C1", False), Probe(services, "W2", True), Probe(services, "C2", False), Probe(services, "W3", True)]
+    services.checks = list(probes)
+    pipeline = Pipeline(services, keep_log=False)
+    try:
+        envelope = envelope_of(MESSAGE)
+        hits = pipeline._eom_tier(Session(client_addr="192.0.2.7"), envelope, probes)
+    finally:
+        pipeline.shutdown()
+    here = threading.current_thread().name
+    assert Probe.ran["C1"] == Probe.ran["C2"] == Probe.ran["W3"] == here
+    assert Probe.ran["W1"] != here and Probe.ran["W2"] != here
+    # As when every check but the last ran in the pool: the others' hits in reverse order, the last one's last.
+    assert [h.symbol for h in hits] == ["C2", "W2", "C1", "W1", "W3"]
