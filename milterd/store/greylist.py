@@ -18,20 +18,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Iterable, Sequence
 
 from sqlalchemy import Engine, and_, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
 
 from ..clock import as_utc, utcnow
 from ..greylist import RENEW_INTERVAL, Kind, State, Triplet, Whitelist, Write, compile_pattern
 from . import schema
-from .errors import StoreError
-
-T = TypeVar("T")
+from .errors import guarded
+from .upsert import dialect_insert
 
 #: Recipients asked per SELECT … IN (…): well under SQLite's bound-parameter limit.
 CHUNK = 500
@@ -57,15 +52,6 @@ def _state(row: Any) -> State:
     )
 
 
-def _dialect_insert(connection: Connection) -> Any:
-    dialect = connection.dialect.name
-    if dialect == "sqlite":
-        return sqlite_insert
-    if dialect == "postgresql":
-        return postgresql_insert
-    raise StoreError(f"greylisting needs SQLite or PostgreSQL, not {dialect}")
-
-
 def _normalised_entry(value: str) -> str:
     value = value.strip()
     return value if value.startswith("/") else value.lower()
@@ -76,13 +62,6 @@ class GreylistStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-
-    def _run(self, what: str, work: Callable[[], T]) -> T:
-        try:
-            return work()
-        except SQLAlchemyError as exc:
-            cause = getattr(exc, "orig", None) or exc
-            raise StoreError(f"cannot {what}: {exc.__class__.__name__}: {cause}") from exc
 
     # --- triplets: the decision at RCPT and its writes ------------------------
     def state(self, triplet: Triplet) -> State | None:
@@ -97,7 +76,7 @@ class GreylistStore:
                 row = connection.execute(query).first()
             return _state(row) if row is not None else None
 
-        return self._run("read the greylist", read)
+        return guarded("read the greylist", read)
 
     def states(self, network: str, sender: str, recipients: Iterable[str] | None = None, limit: int | None = None) -> dict[str, State] | None:
         """The stored states of (*network*, *sender*)'s triplets, by recipient.
@@ -127,7 +106,7 @@ class GreylistStore:
                         found[row.recipient] = _state(row)
             return found
 
-        return self._run("read the greylist", read)
+        return guarded("read the greylist", read)
 
     def record(self, writes: Sequence[Write], touch_clients: Iterable[str] = (), now: dt.datetime | None = None) -> None:
         """Apply the writes of one message (and keep auto-whitelisted *touch_clients*
@@ -152,10 +131,10 @@ class GreylistStore:
 
         def apply() -> None:
             with self.engine.begin() as connection:
-                dialect_insert = _dialect_insert(connection)
+                insert = dialect_insert(connection, "greylisting")
                 table = schema.greylist
                 for kind, rows in by_kind.items():
-                    statement = dialect_insert(table)
+                    statement = insert(table)
                     statement = statement.on_conflict_do_update(
                         index_elements=[table.c.network, table.c.sender, table.c.recipient],
                         set_=_conflict_update(kind, table, statement.excluded),
@@ -163,7 +142,7 @@ class GreylistStore:
                     connection.execute(statement, rows)
                 if counted:
                     clients = schema.greylist_clients
-                    statement = dialect_insert(clients)
+                    statement = insert(clients)
                     statement = statement.on_conflict_do_update(
                         index_elements=[clients.c.network],
                         set_={"passes": clients.c.passes + statement.excluded.passes, "last_seen": statement.excluded.last_seen},
@@ -179,7 +158,7 @@ class GreylistStore:
                         .values(last_seen=now)
                     )
 
-        self._run("write the greylist", apply)
+        guarded("write the greylist", apply)
 
     # --- client networks (auto whitelist) ---------------------------------------
     def client_state(self, network: str) -> tuple[int, dt.datetime | None]:
@@ -191,7 +170,7 @@ class GreylistStore:
                 row = connection.execute(select(table.c.passes, table.c.last_seen).where(table.c.network == network)).first()
             return (int(row.passes), as_utc(row.last_seen)) if row else (0, None)
 
-        return self._run("read the greylist clients", read)
+        return guarded("read the greylist clients", read)
 
     def touch_client(self, network: str, now: dt.datetime | None = None) -> None:
         """Keep an auto-whitelisted client from expiring (written at most every RENEW_INTERVAL)."""
@@ -210,7 +189,7 @@ class GreylistStore:
                 ).rowcount
             return int(triplets or 0), int(clients or 0)
 
-        return self._run("purge the greylist", work)
+        return guarded("purge the greylist", work)
 
     def list_triplets(
         self, network: str | None = None, sender: str | None = None, recipient: str | None = None,
@@ -239,7 +218,7 @@ class GreylistStore:
                     row[name] = as_utc(row[name])
             return rows
 
-        return self._run("list the greylist", read)
+        return guarded("list the greylist", read)
 
     def stats(self, auto_whitelist_after: int, now: dt.datetime | None = None) -> dict[str, int]:
         """Counts for ``milterd greylist stats``."""
@@ -271,7 +250,7 @@ class GreylistStore:
                 "whitelist_entries": manual,
             }
 
-        return self._run("count the greylist", read)
+        return guarded("count the greylist", read)
 
     def remove_triplets(self, network: str | None = None, sender: str | None = None, recipient: str | None = None) -> int:
         """Delete the triplets matching every filter given; return how many (none without a filter)."""
@@ -290,7 +269,7 @@ class GreylistStore:
             with self.engine.begin() as connection:
                 return int(connection.execute(delete(table).where(and_(*conditions))).rowcount or 0)
 
-        return self._run("delete triplets", work)
+        return guarded("delete triplets", work)
 
     # --- the stored whitelist ------------------------------------------------------
     def whitelist_rows(self) -> list[dict[str, Any]]:
@@ -304,7 +283,7 @@ class GreylistStore:
                 row["created_at"] = as_utc(row["created_at"])
             return rows
 
-        return self._run("read the greylist whitelist", read)
+        return guarded("read the greylist whitelist", read)
 
     def whitelist_add(self, kind: str, value: str, comment: str = "") -> bool:
         """Add an entry (checked first: ValueError); False when it was already there."""
@@ -314,11 +293,11 @@ class GreylistStore:
 
         def work() -> bool:
             with self.engine.begin() as connection:
-                statement = _dialect_insert(connection)(table).values(kind=kind, value=value, comment=comment, created_at=utcnow())
+                statement = dialect_insert(connection, "greylisting")(table).values(kind=kind, value=value, comment=comment, created_at=utcnow())
                 statement = statement.on_conflict_do_nothing(index_elements=[table.c.kind, table.c.value]).returning(table.c.id)
                 return connection.execute(statement).first() is not None
 
-        return self._run("add to the greylist whitelist", work)
+        return guarded("add to the greylist whitelist", work)
 
     def whitelist_remove(self, kind: str, value: str) -> bool:
         """Remove an entry; False when there was none."""
@@ -329,7 +308,7 @@ class GreylistStore:
             with self.engine.begin() as connection:
                 return bool(connection.execute(delete(table).where(table.c.kind == kind, table.c.value == value)).rowcount)
 
-        return self._run("remove from the greylist whitelist", work)
+        return guarded("remove from the greylist whitelist", work)
 
     def whitelist(self) -> Whitelist:
         """The table's entries as a :class:`~milterd.greylist.Whitelist` (unusable rows are skipped)."""

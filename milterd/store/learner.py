@@ -19,21 +19,18 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence, TypeVar
+from typing import Any, Iterable, Literal, Sequence
 
 from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, case, delete, func, make_url, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import BigInteger
 
 from ..clock import utcnow
 from ..learner.classifier import Counts
-from .errors import StoreError
+from .errors import guarded
 from .schema import metadata
+from .upsert import dialect_insert
 
-T = TypeVar("T")
 Label = Literal["spam", "ham"]
 
 #: Tokens asked or changed per statement: well under SQLite's bound-parameter limit.
@@ -81,15 +78,6 @@ def day_number(when: dt.datetime) -> int:
     return int(when.timestamp() // 86400)
 
 
-def _insert(connection: Connection) -> Any:
-    name = connection.dialect.name
-    if name == "sqlite":
-        return sqlite_insert
-    if name == "postgresql":
-        return postgresql_insert
-    raise StoreError(f"the classifier needs SQLite or PostgreSQL, not {name}")
-
-
 def _chunks(values: Sequence[int]) -> Iterable[Sequence[int]]:
     for start in range(0, len(values), CHUNK):
         yield values[start:start + CHUNK]
@@ -101,13 +89,6 @@ class LearnerStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _run(self, what: str, work: Callable[[], T]) -> T:
-        try:
-            return work()
-        except SQLAlchemyError as exc:
-            cause = getattr(exc, "orig", None) or exc
-            raise StoreError(f"cannot {what}: {exc.__class__.__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from exc
-
     # --- reading ----------------------------------------------------------
     def totals(self) -> Counts:
         """How many spam and ham messages are learned."""
@@ -117,7 +98,7 @@ class LearnerStore:
                 row = connection.execute(select(totals_table.c.spam, totals_table.c.ham).where(totals_table.c.id == 1)).first()
             return Counts(int(row.spam), int(row.ham)) if row is not None else Counts()
 
-        return self._run("read the classifier's totals", read)
+        return guarded("read the classifier's totals", read)
 
     def counts(self, tokens: Sequence[int]) -> dict[int, Counts]:
         """The learned counts of *tokens* (those never learned are absent), asked in chunks."""
@@ -132,7 +113,7 @@ class LearnerStore:
                         found[int(row.token)] = Counts(int(row.spam), int(row.ham))
             return found
 
-        return self._run("read the classifier's tokens", read)
+        return guarded("read the classifier's tokens", read)
 
     def label(self, digest: str) -> Label | None:
         """How the message with *digest* was learned, or None."""
@@ -142,7 +123,7 @@ class LearnerStore:
                 value = connection.execute(select(messages_table.c.label).where(messages_table.c.digest == digest)).scalar()
             return "spam" if value == "spam" else "ham" if value == "ham" else None
 
-        return self._run("read the learned messages", read)
+        return guarded("read the learned messages", read)
 
     def size(self) -> int:
         """How many tokens the model holds."""
@@ -151,7 +132,7 @@ class LearnerStore:
             with self.engine.connect() as connection:
                 return int(connection.execute(select(func.count()).select_from(tokens_table)).scalar() or 0)
 
-        return self._run("count the classifier's tokens", read)
+        return guarded("count the classifier's tokens", read)
 
     # --- learning ---------------------------------------------------------
     def learn(self, digest: str, tokens: Sequence[int], label: Label | None, now: dt.datetime | None = None) -> str:
@@ -167,7 +148,7 @@ class LearnerStore:
 
         def work() -> str:
             with self.engine.begin() as connection:
-                insert = _insert(connection)
+                insert = dialect_insert(connection, "the classifier")
                 claim = insert(messages_table).values(digest=digest, label=label or "", time=when).on_conflict_do_nothing(index_elements=[messages_table.c.digest])
                 previous: str | None = None
                 if label is None:
@@ -187,7 +168,7 @@ class LearnerStore:
                 self._add_totals(connection, previous if previous in ("spam", "ham") else None, label)
                 return "forgotten" if label is None else "moved" if previous in ("spam", "ham") else "learned"
 
-        return self._run("learn a message", work)
+        return guarded("learn a message", work)
 
     @staticmethod
     def _increment(connection: Connection, insert: Any, tokens: Sequence[int], label: Label, day: int) -> None:
@@ -224,7 +205,7 @@ class LearnerStore:
             .values(spam=case((totals_table.c.spam + spam < 0, 0), else_=totals_table.c.spam + spam), ham=case((totals_table.c.ham + ham < 0, 0), else_=totals_table.c.ham + ham))
         ).rowcount
         if not changed:
-            connection.execute(_insert(connection)(totals_table).values(id=1, spam=max(spam, 0), ham=max(ham, 0)).on_conflict_do_nothing(index_elements=[totals_table.c.id]))
+            connection.execute(dialect_insert(connection, "the classifier")(totals_table).values(id=1, spam=max(spam, 0), ham=max(ham, 0)).on_conflict_do_nothing(index_elements=[totals_table.c.id]))
 
     # --- housekeeping -----------------------------------------------------
     def expire(self, older_than: dt.datetime, rare: int, max_tokens: int) -> int:
@@ -244,4 +225,4 @@ class LearnerStore:
                     deleted += connection.execute(delete(table).where(table.c.token.in_(excess))).rowcount
                 return int(deleted)
 
-        return self._run("expire the classifier's tokens", work)
+        return guarded("expire the classifier's tokens", work)
