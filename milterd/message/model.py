@@ -241,6 +241,8 @@ class Envelope(CheckStates):
     #: :meth:`text`'s extractions by limit, and the lock that makes checks running at once share one.
     _texts: dict[int, MessageText] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
     _texts_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False, kw_only=True)
+    #: :attr:`header_bytes` and the header counts it was built from (headers are only ever appended).
+    _header_bytes: tuple[int, int, bytes] | None = field(default=None, repr=False, compare=False, kw_only=True)
 
     def header(self, name: str) -> str | None:
         """The first header called *name* (case-insensitive), decoded leniently, or None."""
@@ -258,6 +260,14 @@ class Envelope(CheckStates):
     @property
     def header_bytes(self) -> bytes:
         """The header section as Postfix passed it, CRLF line ends, blank line included."""
+        cached = self._header_bytes
+        if cached is not None and cached[0] == len(self.headers) and cached[1] == len(self.raw_headers):
+            return cached[2]
+        value = self._build_header_bytes()
+        self._header_bytes = (len(self.headers), len(self.raw_headers), value)
+        return value
+
+    def _build_header_bytes(self) -> bytes:
         if self.raw_headers and len(self.raw_headers) == len(self.headers):
             return b"".join(_crlf(line) + b"\r\n" for line in self.raw_headers) + b"\r\n"
         lines = [hname.encode("ascii", "replace") + b": " + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n" for hname, value in self.headers]

@@ -204,3 +204,25 @@ def test_only_waiting_checks_go_to_the_pool_and_hits_keep_their_order(tmp_path: 
     assert Probe.ran["W1"] != here and Probe.ran["W2"] != here
     # As when every check but the last ran in the pool: the others' hits in reverse order, the last one's last.
     assert [h.symbol for h in hits] == ["C2", "W2", "C1", "W1", "W3"]
+
+
+def test_header_bytes_are_built_once_until_a_header_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[bytes] = []
+    real = model._crlf
+
+    def counting(text: bytes) -> bytes:
+        built.append(text)
+        return real(text)
+
+    monkeypatch.setattr(model, "_crlf", counting)
+    envelope = Envelope(spool=Spool(1024))
+    envelope.headers.append(("Subject", b"hi"))
+    envelope.raw_headers.append(b"Subject: hi")
+    first = envelope.header_bytes
+    assert envelope.header_bytes is first and envelope.size == len(first)
+    assert len(built) == 1
+    envelope.headers.append(("X-Folded", b"a\n b"))
+    envelope.raw_headers.append(b"X-Folded: a\n b")
+    assert envelope.header_bytes == b"Subject: hi\r\nX-Folded: a\r\n b\r\n\r\n"
+    envelope.headers.append(("To", b"c@example.org"))  # no verbatim copy: built from the parsed headers
+    assert envelope.header_bytes == b"Subject: hi\r\nX-Folded: a\r\n b\r\nTo: c@example.org\r\n\r\n"
