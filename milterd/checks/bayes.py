@@ -44,9 +44,10 @@ SKIPPED_CONFIDENT = "SPAMD_SKIPPED_CONFIDENT"
 AUTOLEARN = "BAYES_AUTOLEARN"
 
 #: Default scores of the buckets.  Chosen on the training folders only (bench/learner_eval.py
-#: --tune: every bucket from BAYES_20 up held spam only there), then kept below SpamAssassin's
-#: own Bayes scores for the middle buckets, where later mail mixes ham in: the classifier alone
-#: never reaches [actions] add_header (5); it decides together with the other checks and spamd.
+#: --tune: every bucket from BAYES_50 up holds spam only there, with the current tokenizer too),
+#: then kept below SpamAssassin's own Bayes scores for the middle buckets, where later mail mixes
+#: ham in: the classifier alone never reaches [actions] add_header (5); it decides together with
+#: the other checks and spamd.
 SCORES: dict[str, float] = {
     "BAYES_00": -1.5,
     "BAYES_05": -0.5,
