@@ -78,7 +78,6 @@ class Arc(ConfiguredCheck):
     """The ARC chain of the message."""
 
     name: ClassVar[str] = "arc"
-    options_name: ClassVar[str] = "arc"
     description: ClassVar[str] = "ARC chain verified with dkimpy; trusted sealers override DMARC failures"
     order: ClassVar[int] = 61
     symbols: ClassVar[tuple[Symbol, ...]] = (

@@ -146,7 +146,6 @@ class AttachmentPolicy(ConfiguredCheck):
     """Banned, disguised and archived files among a message's attachments."""
 
     name: ClassVar[str] = "attachments"
-    options_name: ClassVar[str] = "attachments"
     description: ClassVar[str] = "Attachment policy: banned extensions, double extensions, type mismatches, archives ([checks.attachments])"
     order: ClassVar[int] = 150
     #: Its end-of-message hook only computes (nothing to wait for): the pipeline runs it in its own thread.

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 class ConfiguredCheck(Check):
     """A check whose switches live in ``[checks.<options_name>]``."""
 
-    #: The sub-section of ``[checks]`` holding this check's options.
+    #: The sub-section of ``[checks]`` holding this check's options; empty: its ``name``.
     options_name: ClassVar[str] = ""
 
     def __init__(self, services: "Services") -> None:
@@ -32,7 +32,7 @@ class ConfiguredCheck(Check):
     @classmethod
     def options_of(cls, services: "Services") -> Any:
         """This check's ``[checks.NAME]`` section."""
-        return getattr(services.config.checks, cls.options_name)
+        return getattr(services.config.checks, cls.options_name or cls.name)
 
     @property
     def options(self) -> Any:

@@ -158,7 +158,6 @@ class Dkim(ConfiguredCheck):
     """DKIM signatures of the message."""
 
     name: ClassVar[str] = "dkim"
-    options_name: ClassVar[str] = "dkim"
     description: ClassVar[str] = "DKIM signatures verified with dkimpy (l=, t=, x= honoured; limits on count and key size)"
     order: ClassVar[int] = 60
     symbols: ClassVar[tuple[Symbol, ...]] = (

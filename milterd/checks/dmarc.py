@@ -195,7 +195,6 @@ class Dmarc(ConfiguredCheck):
     """DMARC of the From domain."""
 
     name: ClassVar[str] = "dmarc"
-    options_name: ClassVar[str] = "dmarc"
     description: ClassVar[str] = "DMARC of the From domain: SPF and DKIM alignment, p/sp/pct, action per policy"
     order: ClassVar[int] = 62
     symbols: ClassVar[tuple[Symbol, ...]] = (

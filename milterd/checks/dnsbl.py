@@ -124,7 +124,6 @@ class DnsLists(ConfiguredCheck):
     """DNSBL and DNSWL lookups of the client address."""
 
     name: ClassVar[str] = "dnsbl"
-    options_name: ClassVar[str] = "dnsbl"
     description: ClassVar[str] = "DNS block lists and allow lists of the client address ([[dnsbl]], [[dnswl]] in rules/)"
     rule_sections: ClassVar[tuple[str, ...]] = ("dnsbl", "dnswl")
     order: ClassVar[int] = 10

@@ -159,7 +159,6 @@ class Headers(ConfiguredCheck):
     """RFC 5322 well-formedness of the header section."""
 
     name: ClassVar[str] = "headers"
-    options_name: ClassVar[str] = "headers"
     description: ClassVar[str] = "Well-formed headers: From, Date, Message-ID, single headers, raw bytes, encoded-words"
     order: ClassVar[int] = 60
     symbols: ClassVar[tuple[Symbol, ...]] = (

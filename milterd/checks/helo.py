@@ -86,7 +86,6 @@ class Helo(ConfiguredCheck):
     """The client's HELO/EHLO argument."""
 
     name: ClassVar[str] = "helo"
-    options_name: ClassVar[str] = "helo"
     description: ClassVar[str] = "HELO/EHLO name: not a FQDN, bare IP, wrong literal, unresolvable, claims to be ours"
     order: ClassVar[int] = 30
     symbols: ClassVar[tuple[Symbol, ...]] = (

@@ -65,7 +65,6 @@ class ReverseDns(ConfiguredCheck):
     """PTR and forward-confirmed reverse DNS (FCrDNS) of the client."""
 
     name: ClassVar[str] = "rdns"
-    options_name: ClassVar[str] = "rdns"
     description: ClassVar[str] = "Reverse DNS of the client: missing, not forward-confirmed, generic"
     order: ClassVar[int] = 20
     symbols: ClassVar[tuple[Symbol, ...]] = (

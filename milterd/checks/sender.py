@@ -59,7 +59,6 @@ class Sender(ConfiguredCheck):
     """The envelope sender."""
 
     name: ClassVar[str] = "sender"
-    options_name: ClassVar[str] = "sender"
     description: ClassVar[str] = "MAIL FROM: syntax, IP literal, no dot, domain that cannot receive mail"
     order: ClassVar[int] = 40
     symbols: ClassVar[tuple[Symbol, ...]] = (

@@ -55,7 +55,6 @@ class Spf(ConfiguredCheck):
     """SPF of the envelope sender (or HELO), and Authentication-Results."""
 
     name: ClassVar[str] = "spf"
-    options_name: ClassVar[str] = "spf"
     description: ClassVar[str] = "SPF of MAIL FROM (HELO for bounces); Authentication-Results; forged ones removed"
     order: ClassVar[int] = 50
     symbols: ClassVar[tuple[Symbol, ...]] = (

@@ -251,7 +251,6 @@ class UriBlockLists(ConfiguredCheck):
     """The registrable domains of a message's links, looked up in URI block lists."""
 
     name: ClassVar[str] = "uribl"
-    options_name: ClassVar[str] = "uribl"
     description: ClassVar[str] = "URI block lists: the domains of a message's links ([[uribl]] in rules/, [checks.uribl])"
     rule_sections: ClassVar[tuple[str, ...]] = ("uribl",)
     order: ClassVar[int] = 160
