@@ -32,15 +32,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from bench import learner_previous as previous
 from bench.corpus import fetch, to_smtp
 from bench.learner_eval import CACHE, split
+from milterd.content.mimetext import extract
 from milterd.learner import classifier
-from bench import learner_previous as previous
 from milterd.learner import tokenizer as tk
 from milterd.learner.tokenizer import tokenize
-from milterd.content.mimetext import extract
 
 Tokenizer = Callable[[bytes], set[str]]
 
