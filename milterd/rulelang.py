@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import AbstractSet
+from typing import AbstractSet, Callable
 
 _TOKEN = re.compile(r"\s*(?:(\(|\)|&&|\|\||!)|([A-Za-z_][A-Za-z0-9_]*))")
 _KEYWORDS = {"and": "&&", "or": "||", "not": "!"}
@@ -101,19 +101,19 @@ class _Parser:
         self.position += 1
         return token
 
-    def expr(self) -> Node:
-        operands = [self.term()]
-        while self._peek() == "||":
+    def _chain(self, operator: str, operand: Callable[[], Node], combine: Callable[[tuple[Node, ...]], Node]) -> Node:
+        """``operand (operator operand)*``: one operand alone, or all of them combined."""
+        operands = [operand()]
+        while self._peek() == operator:
             self._take()
-            operands.append(self.term())
-        return operands[0] if len(operands) == 1 else Or(tuple(operands))
+            operands.append(operand())
+        return operands[0] if len(operands) == 1 else combine(tuple(operands))
+
+    def expr(self) -> Node:
+        return self._chain("||", self.term, Or)
 
     def term(self) -> Node:
-        operands = [self.factor()]
-        while self._peek() == "&&":
-            self._take()
-            operands.append(self.factor())
-        return operands[0] if len(operands) == 1 else And(tuple(operands))
+        return self._chain("&&", self.factor, And)
 
     def factor(self) -> Node:
         token = self._take()
