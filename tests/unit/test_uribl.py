@@ -99,6 +99,8 @@ def test_hits_name_the_domains_and_a_reject_names_the_first() -> None:
         ({"name": "DBL", "zone": "z.test", "codes": [{"name": "X", "mask": 300}]}, "uribl DBL.codes[0].mask", "1 to 255"),
         ({"name": "DBL", "zone": "z.test", "refused": ["127.0.0.300"]}, "uribl DBL.refused", "list of answers"),
         ({"name": "DBL", "zone": "z.test", "action": "drop"}, "uribl DBL.action", "\"score\" or \"reject\""),
+        # A range written high to low matches nothing: refused, as for [[dnsbl]] (the lists share their patterns).
+        ({"name": "DBL", "zone": "z.test", "codes": [{"name": "X", "answers": ["127.0.1.9-127.0.1.2"]}]}, "uribl DBL.codes[0].answers", "must list answers"),
     ],
 )
 def test_bad_lists_are_refused_with_file_key_and_reason(entry: dict[str, object], key: str, reason: str) -> None:
