@@ -23,7 +23,8 @@ from ..message.model import Action, Envelope, HeaderEdit, Hit, Session
 from ..message.reply import Reply
 from ..scanners import ScannerError
 from ..scanners.clamd import ClamdClient, ClamdResult, InstreamScan
-from . import Check, Hits, Symbol
+from . import Hits, Symbol
+from .scanning import ScannerCheck, scan_error_hit
 
 if TYPE_CHECKING:
     from ..config import ClamavSection
@@ -59,9 +60,7 @@ def virus_hit(name: str, action: str) -> Hit:
 
 def error_hit(reason: str, on_error: str) -> Hit:
     """The hit for a scan that failed, under ``[clamav] on_error``."""
-    if on_error == "accept":
-        return Hit(ERROR, detail=reason[:200])
-    return Hit(ERROR, detail=reason[:200], action=Action.TEMPFAIL, reply=SCANNER_DOWN_REPLY)
+    return scan_error_hit(ERROR, reason, on_error, SCANNER_DOWN_REPLY)
 
 
 def status_edits(envelope: Envelope, scanned_by: str, status: str) -> list[HeaderEdit]:
@@ -84,10 +83,11 @@ def declared_size(envelope: Envelope) -> int | None:
         return None
 
 
-class ClamavCheck(Check):
+class ClamavCheck(ScannerCheck):
     """Virus scanning with clamd (INSTREAM, streamed as the message arrives)."""
 
     name: ClassVar[str] = "clamav"
+    section: ClassVar[str] = "clamav"
     description: ClassVar[str] = "Virus scanning with ClamAV's clamd"
     symbols: ClassVar[tuple[Symbol, ...]] = (
         Symbol(VIRUS, 5.0, "clamd found a virus (detail: its name); [clamav] action is forced whatever the score"),
@@ -100,13 +100,7 @@ class ClamavCheck(Check):
         super().__init__(services)
         self.options: "ClamavSection" = services.config.clamav
         self.client = ClamdClient(self.options.address, timeout=self.options.timeout)
-        # Instance attributes shadow the class defaults the pipeline reads.
-        self.applies_to_trusted = self.applies_to_authenticated = self.options.scan_trusted  # type: ignore[misc]
         self.scanned_by = f"ClamAV using milterd at {services.config.hostname}"
-
-    @classmethod
-    def enabled(cls, services: "Services") -> bool:
-        return services.config.clamav.enabled
 
     def on_eoh(self, session: Session, envelope: Envelope) -> Hits:
         state = envelope.check_state(self.name)["scan"] = ScanState()

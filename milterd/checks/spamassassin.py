@@ -29,13 +29,14 @@ import logging
 import time
 from typing import TYPE_CHECKING, ClassVar
 
-from ..message.model import Action, Envelope, Hit, Session
+from ..message.model import Envelope, Hit, Session
 from ..message.reply import Reply
 from ..scanners import ScannerError
 from ..scanners.cache import ResultCache, content_key
 from ..scanners.spamd import SpamdClient, SpamdResult
-from . import Check, Hits, Symbol
+from . import Hits, Symbol
 from .bayes import SKIPPED_CONFIDENT, confident, tiers_enabled
+from .scanning import ScannerCheck, scan_error_hit
 
 if TYPE_CHECKING:
     from ..config import SpamdSection
@@ -80,10 +81,11 @@ def spamd_user(setting: str, envelope: Envelope) -> str:
     return setting
 
 
-class SpamAssassinCheck(Check):
+class SpamAssassinCheck(ScannerCheck):
     """Spam scoring with SpamAssassin's spamd (SPAMC/1.5 SYMBOLS)."""
 
     name: ClassVar[str] = "spamassassin"
+    section: ClassVar[str] = "spamd"
     description: ClassVar[str] = "Spam scoring with SpamAssassin's spamd"
     symbols: ClassVar[tuple[Symbol, ...]] = (
         Symbol(SPAMASSASSIN, 0.0, "SpamAssassin's verdict: scored with SpamAssassin's own score, its rules in the detail"),
@@ -100,12 +102,6 @@ class SpamAssassinCheck(Check):
         self.client = SpamdClient(self.options.address, timeout=self.options.timeout)
         self.hostname = services.config.hostname
         self.cache: ResultCache[SpamdResult] = ResultCache(self.options.cache_size, self.options.cache_ttl)
-        # Instance attributes shadow the class defaults the pipeline reads.
-        self.applies_to_trusted = self.applies_to_authenticated = self.options.scan_trusted  # type: ignore[misc]
-
-    @classmethod
-    def enabled(cls, services: "Services") -> bool:
-        return services.config.spamd.enabled
 
     def eom_tier(self) -> int:
         if tiers_enabled(self.services.config.learner):
@@ -142,9 +138,7 @@ class SpamAssassinCheck(Check):
             result = self.client.check(itertools.chain([received], envelope.message_chunks()), size, user=user)
         except ScannerError as exc:
             log.warning("spamassassin: %s", exc)
-            if self.options.on_error == "tempfail":
-                return [Hit(ERROR, detail=str(exc)[:200], action=Action.TEMPFAIL, reply=SCANNER_DOWN_REPLY)]
-            return [Hit(ERROR, detail=str(exc)[:200])]
+            return [scan_error_hit(ERROR, str(exc), self.options.on_error, SCANNER_DOWN_REPLY)]
         finally:
             ended = time.monotonic()
             log.debug("%s: spamassassin eom scan start=%.6f end=%.6f ms=%.1f", envelope.queue_id or "NOQUEUE", started, ended, (ended - started) * 1000)
