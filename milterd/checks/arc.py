@@ -87,6 +87,10 @@ class Arc(ConfiguredCheck):
         Symbol("ARC_TEMPFAIL", 0.0, "The ARC chain could not be validated: a key could not be looked up (DNS error)"),
     )
 
+    def eom_waits(self, envelope: Envelope) -> bool:
+        """Only a message with an ARC chain waits (for the sealers' keys in DNS)."""
+        return bool(envelope.header_count("ARC-Seal"))
+
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         if not envelope.header_count("ARC-Seal"):
             envelope.check_state(STATE)["result"] = ArcResult("none")

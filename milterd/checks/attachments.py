@@ -148,8 +148,6 @@ class AttachmentPolicy(ConfiguredCheck):
     name: ClassVar[str] = "attachments"
     description: ClassVar[str] = "Attachment policy: banned extensions, double extensions, type mismatches, archives ([checks.attachments])"
     order: ClassVar[int] = 150
-    #: Its end-of-message hook only computes (nothing to wait for): the pipeline runs it in its own thread.
-    eom_waits: ClassVar[bool] = False
     symbols: ClassVar[tuple[Symbol, ...]] = (
         Symbol(BANNED, 5.0, "An attachment, or a file in an archive it carries, has a banned extension (detail: file and rule)"),
         Symbol(DOUBLE, 5.0, "A banned extension hidden behind another one, such as invoice.pdf.exe"),
@@ -167,6 +165,10 @@ class AttachmentPolicy(ConfiguredCheck):
         self.actions = {symbol: str(getattr(options, option)) for symbol, option in _ACTION_OPTION.items()}
         self.limits = Limits(options.archive_max_depth, options.archive_max_members, options.archive_max_size)
         self.memory = services.config.milter.spool_memory
+
+    def eom_waits(self, envelope: Envelope) -> bool:
+        """Never: it only parses the message (the pipeline runs it in its own thread)."""
+        return False
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         findings: list[Finding] = []

@@ -189,8 +189,6 @@ class CustomRules(Check):
     description: ClassVar[str] = "Custom rules from rules/*.toml"
     rule_sections: ClassVar[tuple[str, ...]] = ("rule", "custom")
     order: ClassVar[int] = 500
-    #: Its end-of-message hook only computes (nothing to wait for): the pipeline runs it in its own thread.
-    eom_waits: ClassVar[bool] = False
 
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
@@ -221,6 +219,10 @@ class CustomRules(Check):
                 if match:
                     yield Hit(rule.name, detail=match.group(0)[:80])
                     break
+
+    def eom_waits(self, envelope: Envelope) -> bool:
+        """Never: it only reads the message's text (the pipeline runs it in its own thread)."""
+        return False
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         if not (self.body_rules or self.uri_rules):

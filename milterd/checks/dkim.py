@@ -168,6 +168,10 @@ class Dkim(ConfiguredCheck):
         Symbol("DKIM_TEMPFAIL", 0.0, "No DKIM signature verified and a key could not be looked up (DNS error)"),
     )
 
+    def eom_waits(self, envelope: Envelope) -> bool:
+        """Only a signed message waits (for its keys in DNS)."""
+        return bool(envelope.header_count("DKIM-Signature"))
+
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         options = self.options
         if not envelope.header_count("DKIM-Signature"):

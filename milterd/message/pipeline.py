@@ -62,7 +62,12 @@ class Pipeline:
         eom = self._by_stage[Stage.EOM]
         self._eom_tiers = [[c for c in eom if c.eom_tier() == tier] for tier in sorted({c.eom_tier() for c in eom})]
         self._hooked: dict[str, list[Check]] = {}
-        self._waiting = {id(c): _waits(c) for c in eom}
+        # A check's eom_waits(envelope), where it has one: whether its hook may wait for this message.
+        self._wait_tests: dict[int, Callable[[Envelope], bool]] = {}
+        for check in eom:
+            test = getattr(check, "eom_waits", None)
+            if callable(test):
+                self._wait_tests[id(check)] = test
 
     # --- negotiation ------------------------------------------------------
     def stages(self) -> frozenset[Stage]:
@@ -229,15 +234,16 @@ class Pipeline:
     def _eom_tier(self, session: Session, envelope: Envelope, checks: list[Check]) -> list[Hit]:
         """Run the end-of-message hooks of *checks* concurrently.
 
-        Only checks that wait (DNS, a scanner, the database) overlap: all but the
-        last of them go to the pool.  The checks that only compute (``eom_waits``
-        False: they parse the message) and the last waiting one run in this
+        Only checks that may wait (DNS, a scanner, the database) overlap: all but
+        the last of them go to the pool.  The checks with nothing to wait for
+        (``eom_waits(envelope)`` False: attachments and custom rules always, DKIM
+        and ARC without a signature or chain) and the last waiting one run in this
         thread, since a hand-off costs a future, a lock and a thread wake-up,
         and a GIL switch (up to sys.getswitchinterval(), 5 ms) even for a check
         with nothing to wait for (bench/RESULTS.md).  The hits come in the same
         order whichever thread ran a check.
         """
-        waits = [self._waiting.get(id(check), True) for check in checks]
+        waits = [self._waits(check, envelope) for check in checks]
         waiting = [i for i, wait in enumerate(waits) if wait]
         pooled = waiting[:-1] if len(waiting) < len(checks) else list(range(len(checks) - 1))
         futures = {i: self._executor.submit(self._call, checks[i], session, lambda c: c.on_eom(session, envelope)) for i in pooled}
@@ -383,6 +389,16 @@ class Pipeline:
                 hits.extend(self._call(check, session, call))
         return hits
 
+    def _waits(self, check: Check, envelope: Envelope) -> bool:
+        """Whether *check*'s end-of-message hook may wait for something (yes, unless its ``eom_waits`` says no)."""
+        test = self._wait_tests.get(id(check))
+        if test is None:
+            return True
+        try:
+            return bool(test(envelope))
+        except Exception:  # noqa: BLE001 - when in doubt, the pool
+            return True
+
     @staticmethod
     def _call(check: Check, session: Session, call: Callable[[Check], Hits]) -> list[Hit]:
         try:
@@ -420,11 +436,6 @@ class Pipeline:
 
 #: Actions after which later end-of-message tiers are not run.
 _REFUSED = frozenset({Action.REJECT, Action.DISCARD})
-
-
-def _waits(check: Check) -> bool:
-    """Whether *check*'s end-of-message hook may wait for something (a check says otherwise with ``eom_waits = False``)."""
-    return bool(getattr(check, "eom_waits", True))
 
 
 def _replace_action(verdict: Verdict, action: Action, reason: str) -> Verdict:

@@ -180,7 +180,10 @@ class Probe(Check):
     def __init__(self, services: Any, label: str, waits: bool) -> None:
         super().__init__(services)
         self.label = label
-        self.eom_waits = waits
+        self.waits = waits
+
+    def eom_waits(self, envelope: Envelope) -> bool:
+        return self.waits
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         Probe.ran[self.label] = threading.current_thread().name
@@ -226,3 +229,18 @@ def test_header_bytes_are_built_once_until_a_header_arrives(monkeypatch: pytest.
     assert envelope.header_bytes == b"Subject: hi\r\nX-Folded: a\r\n b\r\n\r\n"
     envelope.headers.append(("To", b"c@example.org"))  # no verbatim copy: built from the parsed headers
     assert envelope.header_bytes == b"Subject: hi\r\nX-Folded: a\r\n b\r\nTo: c@example.org\r\n\r\n"
+
+
+def test_dkim_and_arc_wait_only_for_a_signature_or_a_chain(tmp_path: Path) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n')
+    services = build(load_config(conf))
+    checks = {c.name: c for c in services.checks}
+    pipeline = Pipeline(services, keep_log=False)
+    try:
+        plain = envelope_of(MESSAGE)
+        signed = envelope_of(b"DKIM-Signature: v=1; d=example.org\r\nARC-Seal: i=1\r\n" + MESSAGE)
+        assert [pipeline._waits(checks[n], plain) for n in ("dkim", "arc", "attachments", "custom", "uribl")] == [False, False, False, False, True]
+        assert [pipeline._waits(checks[n], signed) for n in ("dkim", "arc", "attachments", "custom", "uribl")] == [True, True, False, False, True]
+    finally:
+        pipeline.shutdown()
