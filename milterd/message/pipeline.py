@@ -62,12 +62,6 @@ class Pipeline:
         eom = self._by_stage[Stage.EOM]
         self._eom_tiers = [[c for c in eom if c.eom_tier() == tier] for tier in sorted({c.eom_tier() for c in eom})]
         self._hooked: dict[str, list[Check]] = {}
-        # A check's eom_waits(envelope), where it has one: whether its hook may wait for this message.
-        self._wait_tests: dict[int, Callable[[Envelope], bool]] = {}
-        for check in eom:
-            test = getattr(check, "eom_waits", None)
-            if callable(test):
-                self._wait_tests[id(check)] = test
 
     # --- negotiation ------------------------------------------------------
     def stages(self) -> frozenset[Stage]:
@@ -390,12 +384,9 @@ class Pipeline:
         return hits
 
     def _waits(self, check: Check, envelope: Envelope) -> bool:
-        """Whether *check*'s end-of-message hook may wait for something (yes, unless its ``eom_waits`` says no)."""
-        test = self._wait_tests.get(id(check))
-        if test is None:
-            return True
+        """Whether *check*'s end-of-message hook may wait for something (its ``eom_waits``)."""
         try:
-            return bool(test(envelope))
+            return check.eom_waits(envelope)
         except Exception:  # noqa: BLE001 - when in doubt, the pool
             return True
 
