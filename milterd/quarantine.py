@@ -28,7 +28,7 @@ import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Literal, Mapping
 
 from . import reinject
 from .config import Config
@@ -86,6 +86,34 @@ class ReleaseReport:
 
 
 # --- pure helpers -------------------------------------------------------------
+@dataclass(frozen=True)
+class ReleasePlan:
+    """How a release goes out, decided before any I/O: ``postsuper -H`` of the
+    held queue file, or the stored copy by SMTP to these recipients; or why it
+    cannot be tried from here."""
+
+    method: Literal["smtp", "postsuper"]
+    recipients: tuple[str, ...] = ()
+    error: str = ""
+
+
+def plan_release(row: dict[str, Any], hostname: str, to: list[str] | None = None, smtp: bool = False) -> ReleasePlan:
+    """The plan for releasing quarantine *row* from host *hostname*.
+
+    A held message (mode ``hold``) is released from Postfix's hold queue on the
+    MX that holds it, unless new recipients (*to*) or *smtp* ask for the stored
+    copy; that copy goes to *to*, else to the original recipients.
+    """
+    if row["mode"] == "hold" and not to and not smtp:
+        if row["mta_host"] != hostname:
+            return ReleasePlan("postsuper", error=f"held in Postfix's queue on {row['mta_host']}: run 'postsuper -H {row['queue_id']}' there (or release --smtp to re-inject the stored copy)")
+        return ReleasePlan("postsuper", tuple(row["recipients"] or []))
+    recipients = tuple(to or row["recipients"] or [])
+    if not recipients:
+        return ReleasePlan("smtp", error="no recipients")
+    return ReleasePlan("smtp", recipients)
+
+
 def release_header(who: str, when: dt.datetime) -> bytes:
     """The ``X-Milterd-Released: <who> <when>`` line (CRLF included) put on top of a release."""
     who = re.sub(r"[\x00-\x20\x7f]+", "_", who) or "unknown"
@@ -254,12 +282,15 @@ class Quarantine:
         row = self.get(row_id)
         previous = (row["released_at"], row["released_by"])
         now = utcnow()
+        plan = plan_release(row, self.config.hostname, to, smtp)
         self._claim(row, who, now, force)
         try:
-            if row["mode"] == "hold" and not to and not smtp:
-                report = self._postsuper(row)
+            if plan.error:
+                report = ReleaseReport(row_id, method=plan.method, error=plan.error)
+            elif plan.method == "postsuper":
+                report = self._postsuper(row, plan.recipients)
             else:
-                report = self._smtp(row, to or list(row["recipients"] or []), who, now)
+                report = self._smtp(row, list(plan.recipients), who, now)
         except Exception as exc:  # noqa: BLE001 - whatever happened, record it and give the claim back
             report = ReleaseReport(row_id, error=f"{exc.__class__.__name__}: {exc}")
         if ham and report.delivered:
@@ -283,9 +314,6 @@ class Quarantine:
 
     def _smtp(self, row: dict[str, Any], recipients: list[str], who: str, now: dt.datetime) -> ReleaseReport:
         report = ReleaseReport(row["id"])
-        if not recipients:
-            report.error = "no recipients"
-            return report
         message = itertools.chain([release_header(who, now)], self.message_chunks(row))
         try:
             report.delivered, report.refused = reinject.send(self._target(), row["sender"] or "", recipients, message, self.config.hostname, auth=self._auth())
@@ -310,18 +338,15 @@ class Quarantine:
         except OSError as exc:
             raise QuarantineError(f"[quarantine] release_password_file: cannot read {section.release_password_file}: {exc.strerror or exc}") from None
 
-    def _postsuper(self, row: dict[str, Any]) -> ReleaseReport:
+    def _postsuper(self, row: dict[str, Any], recipients: tuple[str, ...]) -> ReleaseReport:
         report = ReleaseReport(row["id"], method="postsuper")
-        if row["mta_host"] != self.config.hostname:
-            report.error = f"held in Postfix's queue on {row['mta_host']}: run 'postsuper -H {row['queue_id']}' there (or release --smtp to re-inject the stored copy)"
-            return report
         command = ["postsuper"] + (["-c", self.config.quarantine.postfix_config] if self.config.quarantine.postfix_config else []) + ["-H", row["queue_id"]]
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
         released = re.search(r"Released[^:\n]*: (\d+) message", result.stderr + result.stdout)
         if result.returncode != 0 or not released or released.group(1) == "0":
             report.error = f"postsuper -H {row['queue_id']}: {(result.stderr or result.stdout).strip() or 'not in the hold queue'} (release --smtp re-injects the stored copy)"
             return report
-        report.delivered = {r: f"released from the hold queue ({row['queue_id']})" for r in row["recipients"] or []}
+        report.delivered = {r: f"released from the hold queue ({row['queue_id']})" for r in recipients}
         return report
 
     def learn(self, row: dict[str, Any], label: Label) -> str:
