@@ -13,36 +13,16 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from tests.conftest import message
+from tests.harness.corpora import cpython_email_messages
 from tests.harness.load import SendResult, load_id, send_one
 from tests.harness.stack import Stack
 
-
-def cpython_email_data() -> Path | None:
-    """The folder of CPython's test_email messages (msg_*.txt), or None.
-
-    Looked for in this interpreter's ``test`` package, then where Debian's
-    libpython3.X-testsuite installs it (so that a venv built on another
-    Python 3.X finds it too).
-    """
-    candidates: list[Path] = []
-    try:
-        import test as cpython_test
-
-        candidates += [Path(folder) / "test_email" / "data" for folder in cpython_test.__path__]
-    except ImportError:
-        pass
-    candidates.append(Path(f"/usr/lib/python{sys.version_info[0]}.{sys.version_info[1]}/test/test_email/data"))
-    return next((folder for folder in candidates if any(folder.glob("msg_*.txt"))), None)
-
-
-EMAIL_DATA = cpython_email_data()
 CLAM_DIR = Path("/usr/share/clamav-testfiles")
 INTERNAL_ERROR = "4.3.0"
 
@@ -122,9 +102,7 @@ def _delivered(stack: Stack, results: list[SendResult]) -> None:
 
 
 def test_cpython_email_corpus(stack: Stack) -> None:
-    if EMAIL_DATA is None:
-        pytest.fail(f"CPython's test_email messages are missing: install Debian's libpython{sys.version_info[0]}.{sys.version_info[1]}-testsuite (.ci/setup does)")
-    items = [(f"py-{p.stem}", _tagged(p.read_bytes(), f"py-{p.stem}")) for p in sorted(EMAIL_DATA.glob("msg_*.txt"))]
+    items = [(f"py-{p.stem}", _tagged(p.read_bytes(), f"py-{p.stem}")) for p in cpython_email_messages()]
     assert items
     results = _send_batch(stack, items)
     _delivered(stack, results)
