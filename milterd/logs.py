@@ -77,4 +77,7 @@ def setup_logging(target: str, level: str, database_url: str = "") -> None:
         handler.setFormatter(SafeFormatter("%(asctime)s milterd[%(process)d]: %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S", url=database_url))
     root.addHandler(handler)
     root.setLevel(level.upper())
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Libraries' own chatter (alembic's steps, SQLAlchemy's "Pool disposed" when a
+    # worker forgets its parent's connections) is not the administrator's business.
+    for library in ("alembic", "sqlalchemy"):
+        logging.getLogger(library).setLevel(logging.WARNING)

@@ -95,6 +95,10 @@ class CallbackFreeConnection(sqlite3.Connection):
 class OwnedQueuePool(QueuePool):
     """A QueuePool that closes connections on a thread Python started (see :func:`run_on_python_thread`)."""
 
+    # Log as SQLAlchemy's own pool (quiet below WARNING), not as a "milterd.*" logger
+    # that would print "Pool disposed" in milterd's log at every worker start.
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.QueuePool"
+
     def _close_connection(self, connection: DBAPIConnection, *, terminate: bool = False) -> None:
         run_on_python_thread(lambda: QueuePool._close_connection(self, connection, terminate=terminate))
 

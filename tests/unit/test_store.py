@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.log import _qual_logger_name_for_cls
 from sqlalchemy.pool import QueuePool
 
 from milterd.config import DatabaseSection
+from milterd.logs import setup_logging
 from milterd.store import POOL_SIZE, MessageRecord, Store, make_engine
-from milterd.store.engine import run_on_python_thread
+from milterd.store.engine import OwnedQueuePool, run_on_python_thread
 from tests.harness.threads import on_foreign_thread
 
 
@@ -83,3 +86,18 @@ def test_postgresql_pool_size_from_configuration() -> None:
     assert store.engine.pool.size() == 5
     assert store.engine.pool._max_overflow == 0  # noqa: SLF001
     assert DatabaseSection().pool_size == 16  # the size every worker had before it was configurable
+
+
+def test_the_pools_chatter_stays_out_of_milterds_log() -> None:
+    """SQLAlchemy's pool logs "Pool disposed" at INFO whenever a worker forgets its
+    parent's connections; milterd's own pool class must log under sqlalchemy's
+    namespace (quiet below WARNING), not as a milterd.* logger."""
+    name = _qual_logger_name_for_cls(OwnedQueuePool)
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        setup_logging("stderr", "info")
+        assert name.startswith("sqlalchemy.") and not logging.getLogger(name).isEnabledFor(logging.INFO)
+        assert logging.getLogger("milterd").isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
