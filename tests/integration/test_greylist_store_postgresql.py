@@ -11,6 +11,10 @@ import pytest
 from tests.harness import pgdb
 from tests.unit.test_greylist_store import *  # noqa: F403 - the same tests, on PostgreSQL
 
+# Its refusing trigger is SQLite's syntax; the path it tests (a write the store
+# refuses) is the same code whichever database refuses.
+del test_failed_write_holds_greylisting_off  # noqa: F405, F821 - defined by the star import
+
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
