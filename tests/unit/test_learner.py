@@ -348,3 +348,24 @@ def test_check_cross_validates_in_k_folds(tmp_path: Path, capsys: pytest.Capture
     assert report["overall"]["ham"]["messages"] == 9 and report["overall"]["ham"]["flagged"] == 0
     assert fold_numbers(["ham", "spam", "ham", "ham", "spam"], 2) == [0, 0, 1, 0, 1]
     assert main(["check", "-c", str(conf), "--cross-validate", "1", "--ham", str(tmp_path / "ham"), "--spam", str(tmp_path / "spam")]) == 2
+
+
+def test_refit_keeps_ham_within_the_bound_and_scores_monotone() -> None:
+    """bench.learner_refit's rule: most spam at score >= 5 with ham flagged <= 0.5 %, scores non-decreasing."""
+    from bench.learner_refit import BUCKET_ORDER, outcome, refit
+
+    def row(kind: str, base: float, bucket: str) -> dict[str, Any]:
+        return {"kind": kind, "score": base + 1.0, "symbols": {"X": base, bucket: 1.0}}
+
+    # 400 easy ham at base 1 in BAYES_00; 2 hard ham at base 3.5 in BAYES_95; spam at base 3.5 in BAYES_95/99.
+    rows = [row("ham", 1.0, "BAYES_00") for _ in range(400)] + [row("ham", 3.5, "BAYES_95") for _ in range(2)]
+    rows += [row("spam", 3.5, "BAYES_99") for _ in range(10)] + [row("spam", 3.5, "BAYES_95") for _ in range(5)]
+    current = dict.fromkeys(BUCKET_ORDER, 2.0)  # flags both hard ham: 0.5 % of 402 allows 2, so it passes
+    chosen, report = refit(rows, current, grid=(0.0, 1.0, 2.0))
+    values = [chosen[name] for name in BUCKET_ORDER]
+    assert values == sorted(values)
+    spam, _, ham, _ = outcome(rows, chosen)
+    assert ham <= report["limit_ham"] == 2 and spam == 15
+    # Tighter: with 200 easy ham the bound allows 1 ham, so BAYES_95 must stay below 1.5 and only BAYES_99 spam is caught.
+    chosen, report = refit(rows[200:], current, grid=(0.0, 1.0, 2.0))
+    assert outcome(rows[200:], chosen)[:3] == (10, 15, 0) and chosen["BAYES_95"] < 1.5 <= chosen["BAYES_99"]
