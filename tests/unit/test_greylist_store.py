@@ -38,6 +38,16 @@ def store(database: str) -> Iterator[Store]:
     yield store
     store.close()
 
+def run_then_close(threads: list[threading.Thread], stores: list[Store]) -> None:
+    """Start *threads* together, wait for all of them, then close each of their *stores*."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+
+
 
 def rows(store: Store) -> list[dict]:  # type: ignore[type-arg]
     return store.greylist.list_triplets(limit=None)
@@ -93,12 +103,7 @@ def test_concurrent_first_attempts_make_one_row(store: Store, database: str) -> 
             errors.append(exc)
 
     threads = [threading.Thread(target=attempt, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for s in stores:
-        s.close()
+    run_then_close(threads, stores)
     assert errors == []
     assert len(results) == 30 and all(r.greylisted for r in results)
     with store.engine.connect() as connection:
@@ -367,12 +372,7 @@ def test_concurrent_batches_share_rows(store: Store, database: str) -> None:
             errors.append(exc)
 
     threads = [threading.Thread(target=batch, args=(s, 100 * n)) for n, s in enumerate(stores)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for s in stores:
-        s.close()
+    run_then_close(threads, stores)
     assert errors == []
     stored = {r["recipient"]: r["attempts"] for r in rows(store)}
     assert len(stored) == 300
