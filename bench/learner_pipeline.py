@@ -25,6 +25,16 @@ from tests.harness.scanners import Spamd
 DNS_CHECKS = ("dnsbl", "rdns", "helo", "sender", "spf", "dkim", "dmarc", "arc", "uribl")
 
 
+def evaluation_config(base: Path, spamd_address: str) -> Path:
+    """milter.conf of "milterd, all of it" offline: the DNS checks off (DNS is offline), the
+    corpus's 2002 Dates not scored as past, spamd (no Bayes) at *spamd_address*; written in *base*."""
+    off = "".join(f"[checks.{check}]\nenabled = false\n" for check in DNS_CHECKS)
+    conf = base / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{base}/live.sqlite"\n{off}[checks.headers]\ndate_past = "100000d"\n'
+                    f'[spamd]\nenabled = true\naddress = "{spamd_address}"\n')
+    return conf
+
+
 def main() -> None:
     """Run the pipeline over the evaluation folders with a model learned from the training folders."""
     data = fetch(CACHE)
@@ -37,10 +47,7 @@ def main() -> None:
                 (base / name / path.name).symlink_to(path)
         spamd = Spamd(base, children=2).start()
         try:
-            off = "".join(f"[checks.{check}]\nenabled = false\n" for check in DNS_CHECKS)
-            conf = base / "milter.conf"
-            conf.write_text(f'[database]\nurl = "sqlite:///{base}/live.sqlite"\n{off}[checks.headers]\ndate_past = "100000d"\n'
-                            f'[spamd]\nenabled = true\naddress = "{spamd.address}"\n')
+            conf = evaluation_config(base, spamd.address)
             command = [sys.executable, "-m", "milterd", "check", "-c", str(conf), "--json", "--progress", "never",
                        "--train-ham", str(data / "easy-ham-1"), str(base / "hard-train"), "--train-spam", str(data / "spam-1"),
                        "--ham", str(data / "easy-ham-2"), str(base / "hard-test"), "--spam", str(data / "spam-2")]

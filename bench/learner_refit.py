@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 
 from bench.corpus import fetch
 from bench.learner_eval import CACHE, split
-from bench.learner_pipeline import DNS_CHECKS
+from bench.learner_pipeline import evaluation_config
 from milterd.checks.bayes import SCORES
 from milterd.commands.check import learn_scratch, offline_config
 from milterd.config import load_config
@@ -93,10 +93,7 @@ def run(out_path: Path) -> None:
         base = Path(scratch)
         spamd = Spamd(base, children=3).start()
         try:
-            off = "".join(f"[checks.{check}]\nenabled = false\n" for check in DNS_CHECKS)
-            conf = base / "milter.conf"
-            conf.write_text(f'[database]\nurl = "sqlite:///{base}/live.sqlite"\n{off}[checks.headers]\ndate_past = "100000d"\n'
-                            f'[spamd]\nenabled = true\naddress = "{spamd.address}"\n')
+            conf = evaluation_config(base, spamd.address)
             jobs = [(str(conf), [(k, p) for k, p, f in labelled if f != fold], [(k, p) for k, p, f in labelled if f == fold])
                     for fold in range(FOLDS)]
             with ProcessPoolExecutor(max_workers=3) as pool:
