@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.learner_tiers import Judged, choose, judged, outcome, skipped
+from bench.learner_tiers import BENCH_OFFSET, Judged, bench_bounds, choose, judged, outcome, skipped, tiers_section
 
 
 def _row(kind: str, score: float, spamd: float, bucket: str | None = "BAYES_00", bucket_score: float = -2.0) -> dict[str, object]:
@@ -46,3 +46,14 @@ def test_choose_skips_the_most_without_losing_spam() -> None:
     assert report["at_5"]["with"]["lost_spam"] == 0 and report["at_5"]["with"]["skipped"] == 500
     # Ties between bounds that skip the same messages go to the most conservative ones.
     assert (above, below) == (12.0, -4.0)
+
+
+def test_bench_bounds_shift_by_what_the_corpus_mix_adds_and_keep_off() -> None:
+    assert BENCH_OFFSET == 2.0
+    assert bench_bounds((8.0, None)) == (10.0, False)
+    assert bench_bounds((None, -2.5)) == (False, -0.5)
+
+
+def test_tiers_section_for_the_offline_pipeline() -> None:
+    assert tiers_section("off,-2.5") == "[learner]\nskip_spamd_above = false\nskip_spamd_below = -2.5\n"
+    assert tiers_section("9, off") == "[learner]\nskip_spamd_above = 9.0\nskip_spamd_below = false\n"
