@@ -4,7 +4,9 @@ Each probe returns :class:`Finding` objects (``ok``, ``warn``, ``fail`` or
 ``skip``, and one line of detail): the configuration builds, every configured
 backend answers (the database and its schema version, clamd PING/VERSION,
 spamd PING, the resolver with the DNSBL test entry 127.0.0.2, the smtpd
-that quarantine releases go to), and Postfix's
+that quarantine releases go to), what the classifier's model holds (messages
+learned, tokens, the oldest and newest learn; a warning while it is on but
+abstains below ``min_spam``/``min_ham``), and Postfix's
 settings read with ``postconf`` fit milterd's (the milter is in
 ``smtpd_milters``; ``milter_default_action`` is not ``accept`` while a scanner
 fails closed; the milter timeouts are longer than the scanners'), and each
@@ -26,6 +28,7 @@ from .config import Config, ConfigError, load_config
 from .dkimsign import SigningKey, load_keys, public_record, record_matches
 from .dns import Answer, Resolver, dnsbl_name
 from .endpoints import parse_socket
+from .learner.classifier import Counts, trained
 from .reinject import parse_target, probe
 from .ruleset import origins
 from .scanners.clamd import ClamdClient
@@ -33,6 +36,7 @@ from .scanners.spamd import SpamdClient
 from .services import build
 from .store import Store
 from .store.engine import server_connection_limits
+from .store.learner import LearnerStore, ModelSummary, model_may_exist
 from .text import redact, redact_url
 from .units import parse_duration
 
@@ -73,6 +77,7 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
         findings.append(Finding("configuration", "fail", str(exc)))
     findings += probe_database(config)
     findings += probe_connections(config)
+    findings.append(probe_learner(config))
     findings += probe_scanners(config)
     findings += probe_dns(config, services)
     findings += probe_dkim_keys(config)
@@ -202,6 +207,41 @@ def _probe_scanner(name: str, section: str, enabled: bool, address: str, client:
         return Finding(name, "ok", f"{address}: {shown(scanner)}")
 
     return _guarded(name, probe)
+
+
+def judge_model(summary: ModelSummary, min_spam: int, min_ham: int, tiers: str = "") -> Finding:
+    """The classifier's model against ``[learner] min_spam``/``min_ham`` (pure): ok when it scores, a warning while it abstains."""
+    when = ""
+    if summary.oldest is not None and summary.newest is not None:
+        when = f", learned {summary.oldest:%Y-%m-%d %H:%M} to {summary.newest:%Y-%m-%d %H:%M} UTC"
+    detail = f"{summary.spam} spam and {summary.ham} ham learned, {summary.tokens} tokens{when}"
+    if not trained(Counts(summary.spam, summary.ham), min_spam, min_ham):
+        return Finding("classifier", "warn", f"{detail}: abstains (no BAYES_* symbol) until {min_spam} spam and {min_ham} ham are learned"
+                                             f" ([learner] min_spam/min_ham): milterd learn --spam/--ham, or [learner] enabled = false")
+    return Finding("classifier", "ok", f"{detail}: scores (BAYES_*){tiers}")
+
+
+def probe_learner(config: Config) -> Finding:
+    """What the classifier's model holds, when the classifier is on."""
+    learner = config.learner
+    if not learner.enabled:
+        return Finding("classifier", "skip", "[learner] enabled = false")
+    if not model_may_exist(config.database.url):
+        return Finding("classifier", "warn", f"{_safe_url(config.database.url)}: no store yet, no model: abstains until {learner.min_spam} spam"
+                                             f" and {learner.min_ham} ham are learned (milterd learn)")
+    tiers = ""
+    if learner.skip_spamd_above is not False or learner.skip_spamd_below is not False:
+        tiers = f"; tiers on: spamd skipped at or above {learner.skip_spamd_above} / at or below {learner.skip_spamd_below} before spamd"
+
+    def probe() -> Finding:
+        store = Store(config.database)
+        try:
+            summary = LearnerStore(store.engine).summary()
+        finally:
+            store.close()
+        return judge_model(summary, learner.min_spam, learner.min_ham, tiers)
+
+    return _guarded("classifier", probe)
 
 
 def probe_release_smtp(config: Config) -> Finding:

@@ -18,6 +18,7 @@ learning at once add up instead of overwriting each other.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
@@ -63,6 +64,18 @@ messages_table = Table(
 )
 
 
+@dataclass(frozen=True)
+class ModelSummary:
+    """What the classifier's model holds (for ``milterd doctor``): messages learned, tokens, when learned."""
+
+    spam: int
+    ham: int
+    tokens: int
+    messages: int  # learned-message digests kept
+    oldest: dt.datetime | None  # the earliest learn (or label change) still recorded
+    newest: dt.datetime | None
+
+
 def model_may_exist(url: str) -> bool:
     """Whether a classifier model can be read at *url* without creating anything:
     False for an SQLite file that does not exist (opening it would create it)."""
@@ -71,6 +84,13 @@ def model_may_exist(url: str) -> bool:
         return True
     database = parsed.database or ""
     return database not in ("", ":memory:") and Path(database).exists()
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    """A time read back from the store, in UTC (SQLite returns it without its zone)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
 def day_number(when: dt.datetime) -> int:
@@ -133,6 +153,19 @@ class LearnerStore:
                 return int(connection.execute(select(func.count()).select_from(tokens_table)).scalar() or 0)
 
         return guarded("count the classifier's tokens", read)
+
+    def summary(self) -> ModelSummary:
+        """Totals, token count and the oldest and newest learned message, read in one connection."""
+
+        def read() -> ModelSummary:
+            with self.engine.connect() as connection:
+                totals = connection.execute(select(totals_table.c.spam, totals_table.c.ham).where(totals_table.c.id == 1)).first()
+                tokens = connection.execute(select(func.count()).select_from(tokens_table)).scalar()
+                row = connection.execute(select(func.count(), func.min(messages_table.c.time), func.max(messages_table.c.time))).one()
+            return ModelSummary(int(totals.spam) if totals else 0, int(totals.ham) if totals else 0, int(tokens or 0), int(row[0] or 0),
+                                _aware(row[1]), _aware(row[2]))
+
+        return guarded("summarise the classifier's model", read)
 
     # --- learning ---------------------------------------------------------
     def learn(self, digest: str, tokens: Sequence[int], label: Label | None, now: dt.datetime | None = None) -> str:

@@ -1,9 +1,14 @@
-"""doctor's rules about Postfix's settings: pure functions, no Postfix needed."""
+"""doctor's rules about Postfix's settings (pure functions, no Postfix needed) and the classifier's model (an SQLite file)."""
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+
 from milterd.config import Config
-from milterd.diagnostics import Finding, judge_postfix, milter_entries, parse_postconf, same_socket, worst
+from milterd.diagnostics import Finding, judge_model, judge_postfix, milter_entries, parse_postconf, probe_learner, same_socket, worst
+from milterd.store import Store
+from milterd.store.learner import LearnerStore, ModelSummary
 
 
 def _by_name(findings: list[Finding]) -> dict[str, Finding]:
@@ -47,3 +52,52 @@ def test_worst() -> None:
     assert worst([Finding("a", "ok", ""), Finding("b", "skip", "")]) == "ok"
     assert worst([Finding("a", "ok", ""), Finding("b", "warn", "")]) == "warn"
     assert worst([Finding("a", "fail", ""), Finding("b", "warn", "")]) == "fail"
+
+
+def _learned(tmp_path: Path, spam: int, ham: int) -> Config:
+    """A configuration whose SQLite store holds a model with *spam* and *ham* messages learned, on 2026-11-01 and 2026-11-03."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    config = Config().with_changes({"database.url": f"sqlite:///{tmp_path / 'store.sqlite'}", "learner.min_spam": 2, "learner.min_ham": 2})
+    store = Store(config.database)
+    store.upgrade()
+    repository = LearnerStore(store.engine)
+    for i in range(spam + ham):
+        when = dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.timezone.utc) + dt.timedelta(days=2 * i / max(1, spam + ham - 1))
+        repository.learn(f"d{i}", [i, 1000 + i, 7], "spam" if i < spam else "ham", now=when)
+    store.close()
+    return config
+
+
+def test_model_summary_counts_messages_tokens_and_learn_times(tmp_path: Path) -> None:
+    config = _learned(tmp_path, spam=2, ham=1)
+    store = Store(config.database)
+    try:
+        summary = LearnerStore(store.engine).summary()
+    finally:
+        store.close()
+    assert (summary.spam, summary.ham, summary.tokens, summary.messages) == (2, 1, 7, 3)
+    assert summary.oldest == dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.timezone.utc)
+    assert summary.newest == dt.datetime(2026, 11, 3, 8, 0, tzinfo=dt.timezone.utc)
+
+
+def test_doctor_warns_while_the_classifier_abstains_and_shows_the_model(tmp_path: Path) -> None:
+    abstaining = probe_learner(_learned(tmp_path / "a", spam=2, ham=1))
+    assert abstaining.status == "warn" and "abstains" in abstaining.detail
+    assert "2 spam and 1 ham learned, 7 tokens" in abstaining.detail and "2026-11-01 08:00 to 2026-11-03 08:00 UTC" in abstaining.detail
+    scoring = probe_learner(_learned(tmp_path / "b", spam=2, ham=2))
+    assert scoring.status == "ok" and "scores (BAYES_*)" in scoring.detail and "tiers" not in scoring.detail
+
+
+def test_doctor_on_the_classifier_off_missing_store_and_tiers(tmp_path: Path) -> None:
+    off = Config().with_changes({"learner.enabled": False})
+    assert probe_learner(off).status == "skip"
+    missing = Config().with_changes({"database.url": f"sqlite:///{tmp_path / 'none.sqlite'}"})
+    assert probe_learner(missing).status == "warn" and "no store yet" in probe_learner(missing).detail
+    assert not (tmp_path / "none.sqlite").exists()  # doctor created nothing
+    tiered = _learned(tmp_path, spam=2, ham=2).with_changes({"learner.skip_spamd_below": -1.5})
+    assert "tiers on" in probe_learner(tiered).detail and "-1.5" in probe_learner(tiered).detail
+
+
+def test_judge_model_without_any_learn() -> None:
+    finding = judge_model(ModelSummary(0, 0, 0, 0, None, None), 200, 200)
+    assert finding.status == "warn" and finding.detail.startswith("0 spam and 0 ham learned, 0 tokens: abstains (no BAYES_* symbol) until 200 spam and 200 ham")
