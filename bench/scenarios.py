@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from bench.corpus import LISTED_NET, CorpusMessage
 from bench.corpus import fetch as corpus_fetch
+from bench.corpus import folders as corpus_folders
 from bench.corpus import replay as corpus_replay
 from bench.corpus import select as corpus_select
 from bench.report import Sample, Target
@@ -142,11 +143,13 @@ def count_rows(url: str) -> Callable[[], int | None]:
 class Bench:
     """Everything one run starts: backends first, then one Postfix with a port per scenario."""
 
-    def __init__(self, root: Path, size: int = 5120, corpus_size: int = 600, corpus_cache: Path | None = None, corpus_listed: float = 1.0) -> None:
+    def __init__(self, root: Path, size: int = 5120, corpus_size: int = 600, corpus_cache: Path | None = None, corpus_listed: float = 1.0,
+                 corpus_from: str = "all") -> None:
         self.root = root
         self.size = size
         self.corpus_size = corpus_size
         self.corpus_listed = corpus_listed
+        self.corpus_from = corpus_from  # "all" or "evaluation" (bench/corpus.py folders)
         self.corpus_cache = corpus_cache or root / "corpus"
         self._corpus: list[CorpusMessage] | None = None
         self.backends: dict[str, Backend] = {}
@@ -494,7 +497,7 @@ def _scanners(after_clamav: bool = False) -> Callable[[Bench, Scenario], Backend
 
 def _corpus_messages(bench: Bench) -> list[CorpusMessage]:
     if bench._corpus is None:
-        bench._corpus = corpus_select(corpus_fetch(bench.corpus_cache), bench.corpus_size)
+        bench._corpus = corpus_select(corpus_fetch(bench.corpus_cache), bench.corpus_size, which=bench.corpus_from)
     return bench._corpus
 
 
@@ -516,6 +519,38 @@ def _corpus_milterd(bench: Bench, scenario: Scenario) -> Backend:
     backend = bench.milterd(scenario.name, "inet", "sqlite", sections, rules)
     backend.replay = _replay(bench)
     return backend
+
+
+def _corpus_tiers(bench: Bench, scenario: Scenario) -> Backend:
+    """The corpus row plus the classifier with a model learned from the training folders only (before
+    timing, into the row's own store) and the tiers on at the bounds bench/learner_tiers.py chose."""
+    from bench.learner_tiers import CHOSEN, bench_bounds
+    from milterd.commands.check import learn_scratch
+    from milterd.config import Config
+    from milterd.milter.offline import sources
+
+    assert CHOSEN is not None
+    above, below = bench_bounds(CHOSEN)  # shifted by what the mix's client, sender and Dates add before spamd
+    database = bench.fresh_database("sqlite")
+    training = corpus_folders(corpus_fetch(bench.corpus_cache), "training")
+    labelled = [(label, ref) for label in ("spam", "ham") for path in training[label] for ref in sources(path)]
+    learn_scratch(Config().with_changes({"database.url": database}), labelled)
+    dns = bench.shared("dns", _start_dns)
+    clamd = bench.shared("clamd", _start_clamd)
+    spamd = bench.shared("spamd", _start_spamd)
+    rules = {path.name: path.read_text() for path in sorted((REPO / "rules").glob("*.toml"))}
+    learner: dict[str, Any] = {"enabled": True, "skip_spamd_above": above, "skip_spamd_below": below}
+    sections = {"dns": {"nameservers": [dns.nameserver]}, "clamav": {"enabled": True, "address": clamd.address},
+                "spamd": {"enabled": True, "address": spamd.address, "cache_size": 0}, "learner": learner, "database": {"url": database}}
+    backend = bench.milterd(scenario.name, "inet", "sqlite", sections, rules)
+    backend.replay = _replay(bench)
+    return backend
+
+
+def _tiers_missing() -> str:
+    from bench.learner_tiers import CHOSEN
+
+    return "" if CHOSEN is not None else "the tiers' bounds are not chosen yet (bench/learner_tiers.py CHOSEN)"
 
 
 def _corpus_chain(bench: Bench, scenario: Scenario) -> Backend:
@@ -826,6 +861,10 @@ SCENARIOS: list[Scenario] = [
     Scenario("corpus", "corpus mix: milterd, inet, all checks (DNSBL) + clamd + spamd", "corpus", _corpus_milterd,
              needs=_needs_all(_SCANNERS, _needs_commands("unbound", "rbldnsd", "npm")), reference="corpus-mimedefang", serial=False, corpus=True,
              targets=(Target("ratio", 1.0, "corpus-mimedefang"), Target("ratio", 1.0, "corpus-chain"))),
+    Scenario("corpus-tiers", "corpus mix: as corpus, plus the classifier learned from the training folders and the tiers on (bench/learner_tiers.py)",
+             "corpus", _corpus_tiers, needs=_needs_all(_SCANNERS, _needs_commands("unbound", "rbldnsd", "npm"), _tiers_missing),
+             reference="corpus-mimedefang", serial=False, corpus=True,
+             targets=(Target("ratio", 1.3, "corpus-mimedefang"), Target("ratio", 1.0, "corpus"))),
     Scenario("corpus-chain", "corpus mix: clamav-milter + spamass-milter", "corpus", _corpus_chain,
              needs=_needs_all(_SCANNERS, _needs_commands("clamav-milter", "spamass-milter", "npm")), reference="corpus-mimedefang", serial=False, corpus=True),
     Scenario("corpus-mimedefang", "corpus mix: MIMEDefang 3.3, 4 workers, clamd + SpamAssassin in-process", "corpus", _corpus_mimedefang,
