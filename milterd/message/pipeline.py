@@ -18,6 +18,7 @@ from typing import Callable
 
 from .. import metrics
 from ..checks import Check, Hits, Stage
+from ..checks.headers import HeaderLimits
 from ..logs import summary_line
 from ..services import Services
 from ..store import MessageRecord, StoreError
@@ -58,6 +59,9 @@ class Pipeline:
         self._by_stage: dict[Stage, list[Check]] = {stage: [c for c in self.checks if stage in c.stages()] for stage in Stage}
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eom")
         self._trusted = [ipaddress.ip_network(net, strict=False) for net in self.config.milter.trusted_networks]
+        milter = self.config.milter
+        #: [milter]'s header limits, which the adapter counts every header against.
+        self.header_limits = HeaderLimits(milter.max_headers, milter.max_header_size, milter.max_header_section)
         # What each message would otherwise recompute: the end-of-message checks by tier, the checks overriding a hook.
         eom = self._by_stage[Stage.EOM]
         self._eom_tiers = [[c for c in eom if c.eom_tier() == tier] for tier in sorted({c.eom_tier() for c in eom})]
@@ -170,9 +174,11 @@ class Pipeline:
             if any(h.action in _REFUSED for h in envelope.hits):
                 break  # already refused: later tiers (spamd) would spend their time for nothing
             envelope.hits.extend(self._eom_tier(session, envelope, checks))
-        seen = frozenset(h.symbol for h in session.hits + envelope.hits)
-        for check in self._overriding("on_symbols", session):
-            envelope.hits.extend(self._call(check, session, lambda c: c.on_symbols(session, envelope, seen)))
+        on_symbols = self._overriding("on_symbols", session)
+        if on_symbols:
+            seen = frozenset(h.symbol for h in session.hits + envelope.hits)
+            for check in on_symbols:
+                envelope.hits.extend(self._call(check, session, lambda c: c.on_symbols(session, envelope, seen)))
         hits = [h for h in session.hits if h.action is None] + envelope.hits
         verdict = decide(hits, self.services.weight, self.config.actions, scored=self._scored(session))
         if greylists_at_score(verdict):
@@ -437,6 +443,8 @@ def decode_subject(value: str | None) -> str:
     """A Subject with its encoded-words decoded; the raw text where they are broken."""
     if not value:
         return ""
+    if "=?" not in value:
+        return value  # no encoded-word: decode_header and make_header give the value back unchanged
     try:
         return str(make_header(decode_header(value)))
     except Exception:  # noqa: BLE001 - malformed encoded-words are common in spam

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import Milter
 
 from ..checks import Stage
-from ..checks.headers import HeaderLimits, field_size, header_limit_hit
+from ..checks.headers import field_size, header_limit_hit
 from ..message.model import Action, Decision, Envelope, Hit, Session
 from ..message.pipeline import Outcome, Pipeline
 from ..message.reply import INTERNAL_ERROR, REJECT, TEMPFAIL, Reply, setreply_args
@@ -66,6 +66,8 @@ class MilterdMilter(Milter.Base):
     """One SMTP connection seen through the milter protocol."""
 
     pipeline: Pipeline  # set by the worker before serving
+    #: Whether header values arrive with their leading whitespace (P_HDR_LEADSPC negotiated).
+    _leadspc = False
 
     def __init__(self) -> None:
         self.session = Session()
@@ -85,6 +87,7 @@ class MilterdMilter(Milter.Base):
         # HDR_LEADSPC: header values arrive with their own leading whitespace, so
         # that a quarantined message is stored byte for byte (see _header).
         opts[1] = self._protocol = offered_protocol & (protocol_bits(self.pipeline.stages()) | Milter.P_HDR_LEADSPC)
+        self._leadspc = bool(self._protocol & Milter.P_HDR_LEADSPC)
         opts[2] = opts[3] = 0
         return Milter.CONTINUE
 
@@ -114,6 +117,10 @@ class MilterdMilter(Milter.Base):
         self.session.helo = hostname
         return self._answer(self.pipeline.helo(self.session))
 
+    def envfrom_bytes(self, *args: bytes) -> int:
+        """libmilter's MAIL FROM (bytes): decoded as pymilter's ``Base.envfrom_bytes`` does, without its per-call lookups."""
+        return self._guard("mail", self._envfrom, *[arg.decode("utf-8", "surrogateescape") for arg in args])
+
     def envfrom(self, sender: str, *params: str) -> int:
         return self._guard("mail", self._envfrom, sender, *params)
 
@@ -124,6 +131,10 @@ class MilterdMilter(Milter.Base):
         envelope.sender = _strip_brackets(sender)
         envelope.mail_args = Milter.param2dict(list(params)) if params else {}
         return self._answer(self.pipeline.mail(self.session, envelope))
+
+    def envrcpt_bytes(self, *args: bytes) -> int:
+        """libmilter's RCPT TO (bytes): the recipient decoded as pymilter's ``Base.envrcpt_bytes`` does; its parameters are not used."""
+        return self._guard("rcpt", self._envrcpt, args[0].decode("utf-8", "surrogateescape"))
 
     def envrcpt(self, recipient: str, *params: str) -> int:
         return self._guard("rcpt", self._envrcpt, recipient)
@@ -140,6 +151,10 @@ class MilterdMilter(Milter.Base):
         envelope = self._require_envelope()
         envelope.queue_id = self.getsymval("i") or envelope.queue_id
         return self._answer(self.pipeline.data(self.session, envelope))
+
+    def header_bytes(self, name: str | bytes, value: bytes) -> int:
+        """libmilter's header callback: the value stays bytes (``Base.header_bytes`` with ``@decode("bytes")``, one call less)."""
+        return self._guard("header", self._header, name, value)
 
     @Milter.decode("bytes")
     def header(self, name: str | bytes, value: bytes) -> int:
@@ -170,8 +185,7 @@ class MilterdMilter(Milter.Base):
         size = field_size(name, value)
         count, section = count + 1, section + size
         envelope.header_tally = (count, section)
-        milter = self.pipeline.config.milter
-        return header_limit_hit(HeaderLimits(milter.max_headers, milter.max_header_size, milter.max_header_section), count, section, name, size)
+        return header_limit_hit(self.pipeline.header_limits, count, section, name, size)
 
     def eoh(self) -> int:
         return self._guard("eoh", self._eoh)
@@ -285,10 +299,6 @@ class MilterdMilter(Milter.Base):
         except Exception:  # noqa: BLE001 - libmilter refused the text: keep the code, never turn it into a 451
             log.warning("libmilter refused the reply %r; answering %s with a plain text", str(reply)[:200], code)
             self.setreply(code, xcode, "Rejected" if code.startswith("5") else "Try again later")
-
-    @property
-    def _leadspc(self) -> bool:
-        return bool(getattr(self, "_protocol", 0) & Milter.P_HDR_LEADSPC)
 
     def _edit(self, op: str, name: str, value: str, index: int) -> None:
         value = _header_safe(value)

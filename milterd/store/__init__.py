@@ -9,15 +9,16 @@ write that still cannot get the lock within ``[database] busy_timeout`` raises
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+import sqlite3
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import insert, inspect, make_url, select, text
+from sqlalchemy import Engine, insert, inspect, make_url, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -85,6 +86,31 @@ def _clean(value: str) -> str:
     return value.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+class _LogInsert:
+    """The log row's INSERT compiled once for an SQLite engine, and its parameters' bind processors in order.
+
+    :meth:`Store.log_message` runs it on a pooled connection's DBAPI cursor: the
+    same SQL and values SQLAlchemy would send (its own compiler and bind processors:
+    the datetime as text, the JSON columns as ``json.dumps``), without a
+    ``Connection``, a ``Transaction`` and an execution context per message.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        keys = [f.name for f in fields(MessageRecord)]
+        compiled = _INSERT_MESSAGE.compile(dialect=dialect, column_keys=keys)
+        names = list(compiled.positiontup or ())
+        if sorted(names) != sorted(keys):
+            raise ValueError(f"unexpected bind parameters {names}")
+        columns = schema.messages.c
+        self.sql = compiled.string
+        self.binds = [(name, columns[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names]
+
+    def parameters(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        """The positional parameters of *row* (``MessageRecord.as_row``)."""
+        return tuple(row[name] if process is None else process(row[name]) for name, process in self.binds)
+
+
 class Store:
     """The SQL store of one process."""
 
@@ -94,6 +120,8 @@ class Store:
             self.engine = make_engine(section.url, section.busy_timeout, section.pool_size)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise StoreError(redact(f"cannot use database {redact_url(section.url)!r}: {exc}", section.url)) from exc
+        # SQLite's log row goes through the DBAPI cursor (log_message); other databases through SQLAlchemy.
+        self._log_insert = _LogInsert(self.engine) if self.engine.dialect.driver == "pysqlite" else None
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -157,6 +185,8 @@ class Store:
     # --- message log ------------------------------------------------------
     def log_message(self, record: MessageRecord, quarantine: "QuarantineWrite | None" = None) -> int:
         """Insert one log row (and the quarantined message, in the same transaction); return its id."""
+        if quarantine is None and self._log_insert is not None:
+            return self._log_row(self._log_insert, record)
         try:
             with self.engine.begin() as connection:
                 # Values as execute() parameters, not .values(**row): SQLAlchemy then reuses
@@ -170,6 +200,41 @@ class Store:
                 return int(message_id)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
+
+    def _log_row(self, statement: _LogInsert, record: MessageRecord) -> int:
+        """One log row on SQLite, committed: the compiled INSERT on a pooled connection's cursor.
+
+        About half the CPU of ``engine.begin()`` and ``execute()`` (bench/RESULTS.md,
+        issue 15).  What SQLAlchemy's execute would do on an error is kept: a
+        connection the driver reports as disconnected is invalidated (closed and
+        replaced on its next checkout, on a thread Python started), any other
+        error is rolled back when the connection goes back to the pool; either is
+        a StoreError, as before.
+        """
+        parameters = statement.parameters(record.as_row())
+        try:
+            connection = self.engine.raw_connection()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
+        cursor = None
+        try:
+            cursor = connection.cursor()
+            cursor.execute(statement.sql, parameters)
+            message_id = cursor.lastrowid
+            connection.commit()
+        except sqlite3.Error as exc:
+            if self.engine.dialect.is_disconnect(cast(Any, exc), connection.dbapi_connection, cursor):
+                connection.invalidate(exc)
+            raise StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc}") from exc
+        finally:
+            if cursor is not None:
+                try:
+                    cursor.close()
+                except sqlite3.Error:
+                    pass  # an invalidated connection's cursor
+            connection.close()  # back to the pool, which rolls back what was not committed
+        assert message_id is not None  # an INSERT of one row has its rowid
+        return int(message_id)
 
     def messages(
         self,

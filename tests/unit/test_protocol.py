@@ -160,3 +160,26 @@ def test_eight_bit_and_nul_headers_do_not_break_the_worker(ctx: Context, conf: P
     assert ctx._eom() == Milter.CONTINUE
     Milter.close_callback(ctx)
     assert "QPROTO3" in log_rows(conf, capsys)
+
+
+def test_bytes_callbacks_decode_as_pymilters_base_does(ctx: Context) -> None:
+    # libmilter calls envfrom_bytes/envrcpt_bytes/header_bytes; the adapter's own versions skip
+    # Base's per-call lookups and must hand the pipeline what Base's would.
+    start(ctx)
+    ctx._stage = -1  # no stage's macros
+    milter = ctx.getpriv()
+    sender, params, recipient = b"<caf\xe9@example.org>", (b"SIZE=100", b"BODY=8BITMIME", b"X\xff=1"), b"<b\xfcb@example.com>"
+    assert milter.envfrom_bytes(sender, *params) == Milter.CONTINUE
+    assert milter.envrcpt_bytes(recipient, b"NOTIFY=NEVER") == Milter.CONTINUE
+    assert milter.header_bytes("Subject", b" caf\xe9") == Milter.CONTINUE
+    ours = milter.envelope
+    assert ours is not None
+    milter.abort()
+    assert Milter.Base.envfrom_bytes(milter, sender, *params) == Milter.CONTINUE
+    assert Milter.Base.envrcpt_bytes(milter, recipient, b"NOTIFY=NEVER") == Milter.CONTINUE
+    assert Milter.Base.header_bytes(milter, "Subject", b" caf\xe9") == Milter.CONTINUE
+    base = milter.envelope
+    assert base is not None and base is not ours
+    assert (ours.sender, ours.mail_args, ours.recipients, ours.headers) == (base.sender, base.mail_args, base.recipients, base.headers)
+    assert ours.sender == "caf\udce9@example.org" and ours.recipients == ["b\udcfcb@example.com"] and ours.mail_args["SIZE"] == "100"
+    Milter.close_callback(ctx)

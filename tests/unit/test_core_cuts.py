@@ -1,0 +1,112 @@
+"""Issue 15's core-path cuts (the log row, the Subject, the summary line) give the answers the slow paths give."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from email.header import decode_header, make_header
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+import milterd.store as store
+from milterd.config import DatabaseSection
+from milterd.logs import SafeFormatter, summary_line
+from milterd.message.pipeline import decode_subject
+from milterd.text import escape
+
+
+def _slow_subject(value: str) -> str:
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:  # noqa: BLE001 - as decode_subject
+        return value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["plain", " lead and trail ", "a  b\tc", "caf\u00e9 w\u00f6rld", "x\u20ac", "bad \udce9 byte", "=?utf-8?q?caf=C3=A9?=", "x =?bogus?q?y?= z", "=?", "?=", "a=?b", ""],
+)
+def test_decode_subject_shortcut_matches_the_email_package(value: str) -> None:
+    assert decode_subject(value) == (_slow_subject(value) if value else "")
+
+
+def _raw_rows(path: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as connection:
+        return connection.execute("SELECT * FROM messages ORDER BY id").fetchall()
+
+
+def test_sqlite_log_row_is_the_row_sqlalchemy_writes(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    db = store.Store(DatabaseSection(url=f"sqlite:///{path}"))
+    db.upgrade()
+    assert db._log_insert is not None  # noqa: SLF001 - SQLite takes the cursor path
+    record = store.MessageRecord(
+        action="add_header", queue_id="Q1", client_addr="192.0.2.1", sender="a@example.org", recipients=["b@example.com", "c\udce9@x"],
+        subject="s\x00 caf\u00e9", score=6.5, symbols={"X": 1.5, "Y": 5.0}, details={"X": "why"}, elapsed_ms=1.5, released_as_ham=True, size=1234,
+    )
+    fast = db.log_message(record)
+    with db.engine.begin() as connection:  # the SQLAlchemy path the cursor path replaces
+        slow = connection.execute(store._INSERT_MESSAGE, record.as_row()).inserted_primary_key[0]  # noqa: SLF001
+    assert (fast, slow) == (1, 2)
+    first, second = _raw_rows(path)
+    assert first[1:] == second[1:]  # byte for byte the same values: time text, JSON text, booleans
+    assert db.messages(newest_first=False)[0]["symbols"] == {"X": 1.5, "Y": 5.0}
+    db.close()
+
+
+def test_sqlite_log_row_invalidates_a_dead_connection(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = store.Store(DatabaseSection(url=f"sqlite:///{tmp_path}/log.sqlite"))
+    db.upgrade()
+    db.log_message(store.MessageRecord(action="accept"))  # warm: the pool holds a connection
+    dead: list[sqlite3.Connection] = []
+    checked_out: list[sqlite3.Connection] = []
+
+    def checkout(dbapi_connection: sqlite3.Connection, record: object, proxy: object) -> None:
+        if not dead:
+            dead.append(dbapi_connection)
+            dbapi_connection.close()  # as if the database went away under a pooled connection
+        else:
+            checked_out.append(dbapi_connection)
+
+    event.listen(db.engine, "checkout", checkout)
+    with caplog.at_level(logging.WARNING), pytest.raises(store.StoreError, match="closed database"):
+        db.log_message(store.MessageRecord(action="accept", queue_id="LOST"))
+    # Invalidated by log_message itself, not left for the pool's reset to fail on when it came back.
+    assert not [r for r in caplog.records if "Exception during reset" in r.getMessage()]
+    # The dead connection was invalidated: it is never handed out again, the next rows are written.
+    for number in range(3):
+        assert db.log_message(store.MessageRecord(action="accept", queue_id=f"NEXT{number}")) > 0
+    assert checked_out and all(c is not dead[0] for c in checked_out)
+    assert [r["queue_id"] for r in db.messages(newest_first=False)] == ["", "NEXT0", "NEXT1", "NEXT2"]
+    db.close()
+
+
+def test_sqlite_log_row_error_is_rolled_back_and_reported(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    db = store.Store(DatabaseSection(url=f"sqlite:///{path}", busy_timeout=0.2))
+    db.upgrade()
+    db.log_message(store.MessageRecord(action="accept", queue_id="A"))
+    holder = sqlite3.connect(path, isolation_level=None, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(store.StoreError, match="database is locked"):
+            db.log_message(store.MessageRecord(action="accept", queue_id="B"))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    db.log_message(store.MessageRecord(action="accept", queue_id="C"))
+    assert [r["queue_id"] for r in db.messages(newest_first=False)] == ["A", "C"]
+    db.close()
+
+
+@pytest.mark.parametrize("value", ["plain@example.org", "tab\there", "cr\r\nlf", "caf\u00e9", "bad \udce9", "\x1b[31m", "del\x7f", "\u202eevil", " "])
+def test_summary_line_and_formatter_shortcuts_escape_as_before(value: str) -> None:
+    record = store.MessageRecord(action="reject", queue_id=value, client_name=value, client_addr=value, sender=value, recipients=[value], reason=value)
+    line = summary_line(record)
+    safe = escape(value, ascii_only=True)
+    assert f"client={safe}[{safe}] from=<{safe}> to=<{safe}>" in line and f'reason="{safe}"' in line
+    formatter = SafeFormatter("%(message)s")
+    assert formatter.format(logging.LogRecord("milterd", logging.INFO, __file__, 1, value, None, None)) == safe
