@@ -369,3 +369,40 @@ def test_refit_keeps_ham_within_the_bound_and_scores_monotone() -> None:
     # Tighter: with 200 easy ham the bound allows 1 ham, so BAYES_95 must stay below 1.5 and only BAYES_99 spam is caught.
     chosen, report = refit(rows[200:], current, grid=(0.0, 1.0, 2.0))
     assert outcome(rows[200:], chosen)[:3] == (10, 15, 0) and chosen["BAYES_95"] < 1.5 <= chosen["BAYES_99"]
+
+
+def test_modest_refit_keeps_its_bounds_where_the_first_rule_steps_to_the_top() -> None:
+    """bench.learner_refit's second rule: caps (BAYES_60 <= 1.5) and steps <= 1.0 hold even where more
+    spam would be caught without them; the ham bound holds; ties go to the more modest vector."""
+    from bench.learner_refit import BUCKET_ORDER, MODEST_STEP, outcome, refit, refit_modest
+
+    def row(kind: str, base: float, bucket: str) -> dict[str, Any]:
+        return {"kind": kind, "path": f"/c/{kind}/x", "score": base + 1.0, "symbols": {"X": base, bucket: 1.0}}
+
+    rows = [row("ham", 1.0, "BAYES_00") for _ in range(400)] + [row("ham", 4.0, "BAYES_50") for _ in range(3)]
+    rows += [row("spam", 4.0, "BAYES_50") for _ in range(2)]
+    rows += [row("spam", 3.5, "BAYES_60") for _ in range(10)] + [row("spam", 2.0, "BAYES_60") for _ in range(5)]
+    rows += [row("spam", 0.5, "BAYES_999") for _ in range(4)]
+    # The first rule steps BAYES_60 up to 3.0 and catches the 5 spam at base 2.0 as well.
+    first, _ = refit(rows, dict.fromkeys(BUCKET_ORDER, 0.0))
+    assert first["BAYES_60"] >= 3.0 and outcome(rows, first)[:3] == (15, 21, 0)
+    chosen, report = refit_modest(rows)
+    values = [chosen[name] for name in BUCKET_ORDER]
+    assert all(0 <= b - a <= MODEST_STEP for a, b in zip(values[1:], values[2:], strict=False))
+    # 403 ham allow 2 flagged: BAYES_50 at 1.0 would catch 2 spam but flag 3 ham, so it stays at 0.5;
+    # BAYES_60 stops at its cap 1.5; the buckets above stay at 1.5, the most modest that loses no spam.
+    assert values == [0.0, 0.0, 0.0, 0.0, 0.5, 1.5, 1.5, 1.5, 1.5, 1.5]
+    assert outcome(rows, chosen) == (10, 21, 0, 403) and report["limit_ham"] == 2
+
+
+def test_forward_jobs_learn_only_earlier_blocks() -> None:
+    """The second rule's cut: block k is judged by a model of blocks 0 … k-1 only; blocks 0 and 1 are not judged."""
+    from bench.learner_refit import blocks, forward_jobs
+
+    paths = [Path(f"{n:05d}.txt") for n in range(10)]
+    labelled = [("spam", str(p), f) for p, f in zip(paths, blocks(paths), strict=True)]
+    jobs = forward_jobs(labelled)
+    assert [fold for fold, _, _ in jobs] == [2, 3, 4]
+    for fold, learn, judge in jobs:
+        assert [p for _, p in judge] == [str(paths[2 * fold]), str(paths[2 * fold + 1])]
+        assert [p for _, p in learn] == [str(p) for p in paths[: 2 * fold]]
