@@ -15,7 +15,7 @@ import os
 import sys
 
 from .store import MessageRecord
-from .text import escape, redact
+from .text import escape, redact, redact_url, url_password
 
 
 def summary_line(record: MessageRecord) -> str:
@@ -52,6 +52,19 @@ class SafeFormatter(logging.Formatter):
     def __init__(self, fmt: str, datefmt: str | None = None, url: str = "") -> None:
         super().__init__(fmt, datefmt)
         self.url = url
+        # A URL without a password (SQLite's) leaves every text as it is: no redact() per line.
+        self._redacts = bool(url) and (bool(url_password(url)) or redact_url(url) != url)
+        self._time: tuple[int, str, str] = (-1, "", "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        """logging's time stamp, formatted once per second (*datefmt* has no finer field)."""
+        if datefmt is None:
+            return super().formatTime(record, datefmt)
+        second, cached_format, text = self._time
+        if second != int(record.created) or cached_format != datefmt:
+            text = super().formatTime(record, datefmt)
+            self._time = (int(record.created), datefmt, text)
+        return text
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         message = record.message
@@ -61,7 +74,7 @@ class SafeFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        return redact(text, self.url) if self.url else text
+        return redact(text, self.url) if self._redacts else text
 
 
 def setup_logging(target: str, level: str, database_url: str = "") -> None:

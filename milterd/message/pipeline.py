@@ -66,16 +66,21 @@ class Pipeline:
         eom = self._by_stage[Stage.EOM]
         self._eom_tiers = [[c for c in eom if c.eom_tier() == tier] for tier in sorted({c.eom_tier() for c in eom})]
         self._hooked: dict[str, list[Check]] = {}
+        self._stages: tuple[int, frozenset[Stage]] | None = None
 
     # --- negotiation ------------------------------------------------------
     def stages(self) -> frozenset[Stage]:
         """The stages to negotiate with Postfix: the core's and those some check hooks."""
+        cached = self._stages
+        if cached is not None and cached[0] == len(self.checks):
+            return cached[1]  # asked at every connection's negotiation
         needed = set(CORE_STAGES)
         for check in self.checks:
             needed |= check.stages()
         if self._body_needed():
             needed.add(Stage.BODY)
-        return frozenset(needed)
+        self._stages = (len(self.checks), frozenset(needed))
+        return self._stages[1]
 
     def _body_needed(self) -> bool:
         # The body is needed to scan it, to quarantine it whole and to log its size.
@@ -243,6 +248,8 @@ class Pipeline:
         with nothing to wait for (bench/RESULTS.md).  The hits come in the same
         order whichever thread ran a check.
         """
+        if len(checks) == 1:  # one check runs in this thread whether it may wait or not (below): no bookkeeping
+            return self._call(checks[0], session, lambda c: c.on_eom(session, envelope))
         waits = [self._waits(check, envelope) for check in checks]
         waiting = [i for i, wait in enumerate(waits) if wait]
         pooled = waiting[:-1] if len(waiting) < len(checks) else list(range(len(checks) - 1))
@@ -357,6 +364,8 @@ class Pipeline:
         )
 
     def _is_trusted(self, session: Session) -> bool:
+        if not self._trusted and session.family != "unix":
+            return False  # what the lines below answer for any address: no parsing per connection
         ip = session.ip
         if ip is None:
             return session.family == "unix"

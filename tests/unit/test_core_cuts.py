@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from email.header import decode_header, make_header
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,13 @@ import pytest
 from sqlalchemy import event
 
 import milterd.store as store
-from milterd.config import DatabaseSection
+from milterd.config import DatabaseSection, load_config
 from milterd.logs import SafeFormatter, summary_line
-from milterd.message.pipeline import decode_subject
-from milterd.text import escape
+from milterd.message.model import Session
+from milterd.message.pipeline import Pipeline, decode_subject
+from milterd.services import build
+from milterd.text import escape, redact
+from tests.unit.test_auth_row_cuts import MESSAGE, Probe, envelope_of
 
 
 def _slow_subject(value: str) -> str:
@@ -110,3 +114,38 @@ def test_summary_line_and_formatter_shortcuts_escape_as_before(value: str) -> No
     assert f"client={safe}[{safe}] from=<{safe}> to=<{safe}>" in line and f'reason="{safe}"' in line
     formatter = SafeFormatter("%(message)s")
     assert formatter.format(logging.LogRecord("milterd", logging.INFO, __file__, 1, value, None, None)) == safe
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:////var/lib/milterd/milterd.sqlite", "postgresql+psycopg://milterd:s%40cret@db/milterd", "postgresql://milterd@db/milterd", ""]
+)
+def test_formatter_redacts_as_redact_does(url: str) -> None:
+    formatter = SafeFormatter("%(message)s", url=url)
+    for message in (f"cannot use {url}", "password s@cret and s%40cret", "plain line"):
+        record = logging.LogRecord("milterd", logging.ERROR, __file__, 1, message, None, None)
+        assert formatter.format(record) == (redact(escape(message, ascii_only=True), url) if url else escape(message, ascii_only=True))
+    assert formatter.format(logging.LogRecord("milterd", logging.ERROR, __file__, 1, "s@cret", None, None)) == ("***" if "cret" in url else "s@cret")
+
+
+def test_formatter_time_stamp_is_logging_own_once_a_second() -> None:
+    formatter = SafeFormatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    plain = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    for created in (1_790_000_000.0, 1_790_000_000.999, 1_790_000_001.0, 1_790_000_000.5, 1_790_003_600.25):
+        record = logging.LogRecord("milterd", logging.INFO, __file__, 1, "m", None, None)
+        record.created = created
+        assert formatter.format(record) == plain.format(record)
+
+
+def test_a_tier_of_one_check_runs_here_without_the_pool_bookkeeping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n')
+    services = build(load_config(conf))
+    probe = Probe(services, "ONLY", True)
+    services.checks = [probe]
+    pipeline = Pipeline(services, keep_log=False)
+    monkeypatch.setattr(pipeline, "_waits", lambda check, envelope: pytest.fail("eom_waits asked for a tier of one"))
+    try:
+        hits = pipeline._eom_tier(Session(client_addr="192.0.2.7"), envelope_of(MESSAGE), [probe])  # noqa: SLF001
+    finally:
+        pipeline.shutdown()
+    assert [h.symbol for h in hits] == ["ONLY"] and Probe.ran["ONLY"] == threading.current_thread().name
