@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {s.name: Row(s.name, s.title) for s in scenarios}
     store_lines: list[str] = []
     started = time.monotonic()
-    corpus_from = args.corpus_from if args.corpus_from != "auto" else "evaluation" if "corpus-tiers" in chosen else "all"
+    corpus_from = args.corpus_from if args.corpus_from != "auto" else "evaluation" if any(n.startswith("corpus-tiers") for n in chosen) else "all"
     bench = Bench(scratch, size=args.size, corpus_size=args.corpus_size, corpus_cache=Path(args.corpus_cache), corpus_listed=args.corpus_listed,
                   corpus_from=corpus_from)
     try:
