@@ -7,20 +7,24 @@ saying so and go on.  ``[dns] timeout`` bounds each stage: a check takes a
 deadline (:meth:`Resolver.deadline`) and every query it makes at that stage
 shares it.  Answers, negative ones included, are cached per process for
 their TTL in a bounded LRU table.  pyspf is pointed at the same resolver
-(:meth:`Resolver.spf_lookup`).
+(:meth:`Resolver.spf_lookup`); :func:`traced_lookups` tells the SPF check
+until when the answers of one evaluation stay in that table, so that it can
+keep the evaluation's result exactly as long.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Sequence, cast
 
 import dns.exception
 import dns.message
@@ -145,6 +149,12 @@ class TTLCache:
             self._data.move_to_end(key)
             return answer
 
+    def expiry(self, key: tuple[str, str]) -> float | None:
+        """When the entry for *key* expires (``time.monotonic()``), or None when there is none (not counted, not moved)."""
+        with self._lock:
+            item = self._data.get(key)
+        return item[0] if item is not None else None
+
     def put(self, key: tuple[str, str], answer: Answer) -> None:
         """Keep *answer* for its TTL, evicting the least recently used entries beyond the size."""
         if self.size <= 0 or answer.ttl <= 0:
@@ -157,6 +167,34 @@ class TTLCache:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class LookupTrace:
+    """The pyspf lookups of one evaluation in one thread: until when all of their answers stay cached."""
+
+    def __init__(self) -> None:
+        self.expires = math.inf
+        self.lookups = 0
+
+    def saw(self, expires: float | None) -> None:
+        """One lookup whose answer leaves the cache at *expires* (None: it was not cached, an error)."""
+        self.lookups += 1
+        self.expires = min(self.expires, expires if expires is not None else -math.inf)
+
+
+_trace = threading.local()
+
+
+@contextlib.contextmanager
+def traced_lookups() -> Iterator[LookupTrace]:
+    """Trace the pyspf lookups this thread makes inside the block (:meth:`Resolver.spf_lookup`)."""
+    trace = LookupTrace()
+    previous = getattr(_trace, "current", None)
+    _trace.current = trace
+    try:
+        yield trace
+    finally:
+        _trace.current = previous
 
 
 class Resolver:
@@ -312,6 +350,9 @@ class Resolver:
         """pyspf's ``DNSLookup`` signature, answered from this resolver (see :func:`use_for_spf`)."""
         deadline = time.monotonic() + min(float(timeout or self.timeout), self.timeout)
         answer = self.query(name, qtype, deadline)
+        trace: LookupTrace | None = getattr(_trace, "current", None)
+        if trace is not None:
+            trace.saw(self.cache.expiry((name.lower().rstrip("."), qtype.upper())))
         if answer.failed:
             raise spf.TempError(f"DNS {answer.error or 'error'}")
         found: list[tuple[tuple[str, str], Any]] = []

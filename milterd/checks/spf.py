@@ -14,7 +14,9 @@ rule or a mail client).  That part runs for every client, trusted and authentica
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import spf
@@ -23,7 +25,7 @@ from pydantic import Field
 from ..authresults import authserv_id_of as authserv_id_of  # re-exported
 from ..authresults import build as build_authentication_results
 from ..authresults import forged_indexes
-from ..dns import use_for_spf
+from ..dns import traced_lookups, use_for_spf
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
 from ..message.reply import Reply
 from ..options import CheckSwitches
@@ -44,6 +46,58 @@ class SpfChecks(CheckSwitches):
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 _STATE = "spf"
+#: SPF results kept per worker (a few hundred bytes each).
+RESULTS_CACHE_SIZE = 4096
+
+Key = tuple[str, str, str]
+
+
+class SpfResults:
+    """A bounded LRU table of SPF results (client address, sender, HELO) → (result, explanation), each with its expiry (thread-safe)."""
+
+    def __init__(self, size: int = RESULTS_CACHE_SIZE) -> None:
+        self.size = size
+        self._data: OrderedDict[Key, tuple[float, tuple[str, str]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Key) -> tuple[str, str] | None:
+        """The live result for *key*, or None."""
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return None
+            if item[0] <= time.monotonic():
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return item[1]
+
+    def put(self, key: Key, value: tuple[str, str], expires: float) -> None:
+        """Keep *value* until *expires* (``time.monotonic()``); a past expiry keeps nothing."""
+        if self.size <= 0 or expires <= time.monotonic():
+            return
+        with self._lock:
+            self._data[key] = (expires, value)
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def evaluate(client_addr: str, sender: str, helo: str, timeout: float, results: SpfResults) -> tuple[str, str]:
+    """pyspf's ``(result, explanation)`` for this client, sender and HELO, from *results* while its DNS answers last."""
+    key = (client_addr, sender, helo)
+    cached = results.get(key)
+    if cached is not None:
+        return cached
+    with traced_lookups() as trace:
+        result, explanation = spf.check2(i=client_addr, s=sender, h=helo, timeout=timeout, querytime=timeout)
+    value = (str(result), str(explanation))
+    if trace.lookups and value[0].lower() != "temperror":  # a timeout depends on the moment, not on the answers
+        results.put(key, value, trace.expires)
+    return value
 
 
 def authentication_results(authserv_id: str, spf: dict[str, str] | None, auth_user: str) -> str:
@@ -73,6 +127,7 @@ class Spf(ConfiguredCheck):
         self.applies_to_trusted = True  # type: ignore[misc]
         self.applies_to_authenticated = True  # type: ignore[misc]
         use_for_spf(lambda: services.resolver)
+        self.results = SpfResults()
 
     @property
     def authserv_id(self) -> str:
@@ -91,7 +146,7 @@ class Spf(ConfiguredCheck):
         resolver = self.services.resolver
         remaining = max(0.05, resolver.stage_deadline(envelope.dns_deadlines, "mail") - time.monotonic())
         try:
-            result, explanation = spf.check2(i=session.client_addr, s=sender, h=helo or "unknown", timeout=remaining, querytime=remaining)
+            result, explanation = evaluate(session.client_addr, sender, helo or "unknown", remaining, self.results)
         except Exception as exc:  # noqa: BLE001 - pyspf on hostile input: a temperror, never a crash
             result, explanation = "temperror", f"{type(exc).__name__}: {exc}"
         result = str(result).lower()
