@@ -11,6 +11,7 @@ or forces quarantine or a reject whose reply names the file.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, ClassVar, Iterable, Literal
 
@@ -142,6 +143,30 @@ def hits_for(findings: Iterable[Finding], actions: dict[str, str]) -> list[Hit]:
     return hits
 
 
+#: A Content-Type that names no file: text/SUBTYPE with at most a charset.
+_PLAIN_TEXT_TYPE = re.compile(r"\s*text/[A-Za-z0-9.+-]+\s*(?:;\s*charset\s*=\s*(?:\"[A-Za-z0-9_.:-]*\"|[A-Za-z0-9_.:-]*)\s*)?;?\s*", re.ASCII | re.IGNORECASE)
+
+
+def single_plain_text(headers: Iterable[tuple[str, bytes]]) -> bool:
+    """Whether a message with these top-level headers is one text part naming no file.
+
+    No Content-Disposition, and no Content-Type or one of text/SUBTYPE with at
+    most a charset: :func:`~milterd.content.mimeparts.attachments` finds no
+    attachment in such a message (it stops after its headers), so it need not
+    be parsed.
+    """
+    types = 0
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "content-disposition":
+            return False
+        if lowered == "content-type":
+            types += 1
+            if types > 1 or not _PLAIN_TEXT_TYPE.fullmatch(value.decode("latin-1")):
+                return False
+    return True
+
+
 class AttachmentPolicy(ConfiguredCheck):
     """Banned, disguised and archived files among a message's attachments."""
 
@@ -171,6 +196,8 @@ class AttachmentPolicy(ConfiguredCheck):
         return False
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        if single_plain_text(envelope.headers):
+            return []  # what parsing it would find: nothing
         findings: list[Finding] = []
         try:
             for attachment in attachments(envelope.message_chunks(), self.memory, self.options.max_attachment_size):

@@ -244,3 +244,51 @@ def test_dkim_and_arc_wait_only_for_a_signature_or_a_chain(tmp_path: Path) -> No
         assert [pipeline._waits(checks[n], signed) for n in ("dkim", "arc", "attachments", "custom", "uribl")] == [True, True, False, False, True]
     finally:
         pipeline.shutdown()
+
+
+# A body that holds an attachment for any reading that takes the message as multipart (boundary "b").
+EXE_BODY = b"--b\r\nContent-Type: application/octet-stream; name=\"a.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAA=\r\n--b--\r\n"
+TYPES = [
+    None, b"text/plain", b"text/plain; charset=us-ascii", b"TEXT/HTML;\r\n\tcharset=\"utf-8\"", b"text/plain; charset=utf-8;",
+    b"text/plain; name=\"a.exe\"", b"text/plain; charset=us-ascii; name=a.exe", b"multipart/mixed; boundary=b", b"application/octet-stream; name=a.exe",
+    b"text/plain; name*=us-ascii''a.exe", b"message/rfc822", b"text", b"text/plain; charset=us-ascii (comment) ; name=a.exe",
+]
+DISPOSITIONS = [None, b"attachment; filename=a.exe", b"inline", b"attachment"]
+
+
+def headers_and_raw(ctypes: list[bytes | None], disposition: bytes | None, body: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
+    headers: list[tuple[str, bytes]] = [("From", b"a@example.org"), ("Subject", b"hi")]
+    headers += [("Content-Type", c) for c in ctypes if c is not None]
+    if disposition is not None:
+        headers.append(("Content-Disposition", disposition))
+    return headers, b"".join(n.encode() + b": " + v + b"\r\n" for n, v in headers) + b"\r\n" + body
+
+
+def test_a_single_plain_text_part_is_judged_without_parsing_and_finds_what_parsing_finds() -> None:
+    from milterd.checks.attachments import single_plain_text
+
+    fast = 0
+    for first in TYPES:
+        for second in (None, *TYPES[1:4]):
+            for disposition in DISPOSITIONS:
+                for body in (EXE_BODY, b"TVqQAAMAAAA=\r\n"):
+                    headers, raw = headers_and_raw([first, second], disposition, body)
+                    if single_plain_text(headers):
+                        fast += 1
+                        assert [a.filename for a in attachments([raw])] == [], raw
+    assert fast == 2 * (1 + 3 + 4)  # no Content-Disposition and no type, or one plain text type (first or second), either body
+    assert not single_plain_text([("Content-Type", b"text/plain"), ("content-type", b"text/plain")])
+    assert not single_plain_text([("Content-Type", b"text/plain; name=\"invoice.pdf.exe\"")])
+    assert not single_plain_text([("CONTENT-DISPOSITION", b"inline")])
+    assert single_plain_text([("Content-Type", b" text/plain;\n\tcharset=\"iso-8859-1\"")])
+
+
+def test_the_attachment_check_still_flags_a_named_single_part(tmp_path: Path) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n')
+    services = build(load_config(conf))
+    check = next(c for c in services.checks if c.name == "attachments")
+    plain = envelope_of(b"From: a@example.org\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nTVqQAAMAAAA=\r\n")
+    named = envelope_of(b"From: a@example.org\r\nContent-Type: text/plain; name=\"a.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAA=\r\n")
+    assert list(check.on_eom(Session(client_addr="192.0.2.7"), plain)) == []
+    assert [h.symbol for h in check.on_eom(Session(client_addr="192.0.2.7"), named)] == ["ATTACH_BANNED"]
