@@ -21,6 +21,7 @@ import codecs
 import email.errors
 import email.utils
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email import policy
@@ -192,16 +193,17 @@ class Headers(ConfiguredCheck):
 
     def _counts(self, envelope: Envelope) -> list[Hit]:
         hits = []
-        if envelope.header_count("From") == 0:
+        counts = Counter(name.lower() for name, _ in envelope.headers)  # one pass, not one per name
+        if counts["from"] == 0:
             hits.append(Hit("HDR_FROM_MISSING"))
-        elif envelope.header_count("From") > 1:
-            hits.append(Hit("HDR_FROM_MULTIPLE", detail=str(envelope.header_count("From"))))
-        duplicates = [name for name in SINGLE if name != "From" and envelope.header_count(name) > 1]
+        elif counts["from"] > 1:
+            hits.append(Hit("HDR_FROM_MULTIPLE", detail=str(counts["from"])))
+        duplicates = [name for name in SINGLE if name != "From" and counts[name.lower()] > 1]
         if duplicates:
             hits.append(Hit("HDR_DUPLICATE", detail=", ".join(duplicates)))
-        if envelope.header_count("Date") == 0:
+        if counts["date"] == 0:
             hits.append(Hit("HDR_DATE_MISSING"))
-        if envelope.header_count("Message-ID") == 0:
+        if counts["message-id"] == 0:
             hits.append(Hit("HDR_MSGID_MISSING"))
         return hits
 
@@ -245,7 +247,7 @@ class Headers(ConfiguredCheck):
         if nul:
             hits.append(Hit("HDR_NUL", detail=", ".join(nul[:5])))
         utf8_allowed = any(key.upper() == "SMTPUTF8" for key in envelope.mail_args)
-        raw = [name for name, value in envelope.headers if any(byte >= 0x80 for byte in value)]
+        raw = [name for name, value in envelope.headers if not value.isascii()]  # a byte >= 0x80
         if raw and not utf8_allowed:
             hits.append(Hit("HDR_8BIT", detail=", ".join(raw[:5])))
         return hits

@@ -292,3 +292,44 @@ def test_the_attachment_check_still_flags_a_named_single_part(tmp_path: Path) ->
     named = envelope_of(b"From: a@example.org\r\nContent-Type: text/plain; name=\"a.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAA=\r\n")
     assert list(check.on_eom(Session(client_addr="192.0.2.7"), plain)) == []
     assert [h.symbol for h in check.on_eom(Session(client_addr="192.0.2.7"), named)] == ["ATTACH_BANNED"]
+
+
+def test_header_counts_and_raw_bytes_are_judged_as_before(tmp_path: Path) -> None:
+    from milterd.checks.headers import SINGLE
+
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n')
+    services = build(load_config(conf))
+    check: Any = next(c for c in services.checks if c.name == "headers")
+
+    def before(envelope: Envelope) -> list[Hit]:
+        # The two judges as they were: header_count once per name, a generator over every byte.
+        hits = []
+        if envelope.header_count("From") == 0:
+            hits.append(Hit("HDR_FROM_MISSING"))
+        elif envelope.header_count("From") > 1:
+            hits.append(Hit("HDR_FROM_MULTIPLE", detail=str(envelope.header_count("From"))))
+        duplicates = [name for name in SINGLE if name != "From" and envelope.header_count(name) > 1]
+        if duplicates:
+            hits.append(Hit("HDR_DUPLICATE", detail=", ".join(duplicates)))
+        if envelope.header_count("Date") == 0:
+            hits.append(Hit("HDR_DATE_MISSING"))
+        if envelope.header_count("Message-ID") == 0:
+            hits.append(Hit("HDR_MSGID_MISSING"))
+        raw = [name for name, value in envelope.headers if any(byte >= 0x80 for byte in value)]
+        if raw and not any(key.upper() == "SMTPUTF8" for key in envelope.mail_args):
+            hits.append(Hit("HDR_8BIT", detail=", ".join(raw[:5])))
+        return hits
+
+    rnd = random.Random(5322)
+    names = ["From", "FROM", "to", "Cc", "Date", "date", "Message-ID", "message-id", "Subject", "Received", "X-Thing", "Reply-To", "References"]
+    values = [b"a@example.org", b"caf\xc3\xa9", b"\x7f plain", b"\x80", b"", b"x\xff y"]
+    flagged = 0
+    for _ in range(3000):
+        envelope = Envelope(spool=Spool(1024))
+        envelope.headers.extend((rnd.choice(names), rnd.choice(values)) for _ in range(rnd.randint(0, 12)))
+        envelope.mail_args = {"SMTPUTF8": ""} if rnd.random() < 0.2 else {}
+        after = check._counts(envelope) + [h for h in check._bytes(envelope) if h.symbol != "HDR_NUL"]
+        assert after == before(envelope)
+        flagged += bool(after)
+    assert flagged > 1000
