@@ -202,7 +202,7 @@ class Store:
             raise StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
 
     def _log_row(self, statement: _LogInsert, record: MessageRecord) -> int:
-        """One log row on SQLite, committed: the compiled INSERT on a pooled connection's cursor.
+        """One log row on SQLite, committed: the compiled INSERT, in autocommit, on a pooled connection.
 
         About half the CPU of ``engine.begin()`` and ``execute()`` (bench/RESULTS.md,
         issue 15).  What SQLAlchemy's execute would do on an error is kept: a
@@ -218,12 +218,21 @@ class Store:
             raise StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
         cursor = None
         try:
-            cursor = connection.cursor()
-            cursor.execute(statement.sql, parameters)
-            message_id = cursor.lastrowid
-            connection.commit()
+            dbapi = cast(sqlite3.Connection, connection.dbapi_connection)
+            previous = dbapi.isolation_level
+            # Autocommit for this one statement: SQLite commits at the end of the INSERT's own
+            # step, which sqlite3 runs without the GIL.  With a COMMIT as a second call the
+            # write lock stayed held while this thread waited for the GIL between the two, and
+            # the other threads and the other worker meeting it slept in SQLite's busy handler
+            # (1 ms and more a time; about 2 sleeps a message under the bench's load).
+            dbapi.isolation_level = None
+            try:
+                cursor = dbapi.execute(statement.sql, parameters)
+                message_id = cursor.lastrowid
+            finally:
+                dbapi.isolation_level = previous
         except sqlite3.Error as exc:
-            if self.engine.dialect.is_disconnect(cast(Any, exc), connection.dbapi_connection, cursor):
+            if self.engine.dialect.is_disconnect(cast(Any, exc), connection.dbapi_connection, cast(Any, cursor)):
                 connection.invalidate(exc)
             raise StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc}") from exc
         finally:
