@@ -15,6 +15,7 @@ keep the evaluation's result exactly as long.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import math
@@ -94,6 +95,13 @@ def dnsbl_name(ip: str, zone: str) -> str | None:
 
     An IPv4-mapped IPv6 address is looked up as IPv4; None for an unparsable address.
     """
+    prefix = _reversed_address(ip) if len(ip) <= 64 else _reversed_address.__wrapped__(ip)
+    return None if prefix is None else f"{prefix}.{zone.strip('.')}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _reversed_address(ip: str) -> str | None:
+    # Asked once per DNS list for the same client: the address is parsed once.
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
@@ -101,10 +109,8 @@ def dnsbl_name(ip: str, zone: str) -> str | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     if isinstance(address, ipaddress.IPv4Address):
-        prefix = ".".join(reversed(str(address).split(".")))
-    else:
-        prefix = ".".join(reversed(address.exploded.replace(":", "")))
-    return f"{prefix}.{zone.strip('.')}"
+        return ".".join(reversed(str(address).split(".")))
+    return ".".join(reversed(address.exploded.replace(":", "")))
 
 
 #: Told of every lookup in an answer cache: True for a hit, False for a miss.

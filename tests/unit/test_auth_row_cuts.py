@@ -333,3 +333,26 @@ def test_header_counts_and_raw_bytes_are_judged_as_before(tmp_path: Path) -> Non
         assert after == before(envelope)
         flagged += bool(after)
     assert flagged > 1000
+
+
+def test_a_client_address_is_reversed_once_for_every_dns_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    import milterd.dns as dns
+
+    parsed: list[str] = []
+    real = dns.ipaddress.ip_address
+
+    def counting(value: str) -> Any:
+        parsed.append(value)
+        return real(value)
+
+    monkeypatch.setattr(dns.ipaddress, "ip_address", counting)
+    ip = f"198.51.{random.randrange(256)}.{random.randrange(256)}"
+    a, b, c, d = ip.split(".")
+    assert [dns.dnsbl_name(ip, z) for z in ("zen.example.", "bl.example", ".x.example")] == [f"{d}.{c}.{b}.{a}.{z}" for z in ("zen.example", "bl.example", "x.example")]
+    assert parsed == [ip]
+    assert dns.dnsbl_name("::ffff:" + ip, "bl.example") == f"{d}.{c}.{b}.{a}.bl.example"
+    assert dns.dnsbl_name("not an address", "bl.example") is None
+    assert dns.dnsbl_name("1" * 100, "bl.example") is None  # too long to be kept, still answered
+    size = dns._reversed_address.cache_info().currsize
+    dns.dnsbl_name("2" * 100, "bl.example")
+    assert dns._reversed_address.cache_info().currsize == size
