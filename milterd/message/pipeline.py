@@ -82,6 +82,10 @@ class Pipeline:
         self._stages = (len(self.checks), frozenset(needed))
         return self._stages[1]
 
+    def hooked(self, stage: Stage) -> bool:
+        """Whether some check runs at *stage*."""
+        return bool(self._by_stage[stage])
+
     def _body_needed(self) -> bool:
         # The body is needed to scan it, to quarantine it whole and to log its size.
         return True

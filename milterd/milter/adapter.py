@@ -48,17 +48,30 @@ def _count(delta: int) -> None:
         active += delta
 
 
-def protocol_bits(stages: frozenset[Stage]) -> int:
-    """The protocol bits to ask for: skip the stages no one needs, never ask for no-reply.
+#: The stages that may be negotiated without a reply (over a unix socket), by callback name.
+_NO_REPLY = {"connect": Milter.P_NR_CONN, "helo": Milter.P_NR_HELO, "header": Milter.P_NR_HDR, "body": Milter.P_NR_BODY}
 
-    Replying at every stage is deliberate: with no-reply stages Postfix writes
-    two packets back to back and, over TCP, Nagle plus a delayed ACK stall
-    each message for 40 ms (see bench/RESULTS.md).
+
+def protocol_bits(stages: frozenset[Stage], unix: bool = False, early_refusals: bool = True) -> int:
+    """The protocol bits to ask for: skip the stages no one needs; no-reply stages only over a unix socket.
+
+    Over TCP milterd replies at every stage, DATA included: with a no-reply or
+    skipped stage Postfix writes two packets back to back and Nagle plus a
+    delayed ACK stall each message for 40 ms (see bench/RESULTS.md).  Over a
+    unix socket (*unix*) there is no Nagle: HELO, the headers and the body get
+    no reply (CONNECT and HELO only when nothing is refused there,
+    *early_refusals* False: ``delay_reject``), and DATA is skipped when *stages*
+    lacks it.  What such a stage decides (a header over the limits, an internal
+    error) is answered at the next stage that replies (``MilterdMilter._guard``).
     """
     bits = Milter.P_NOUNKNOWN
     for stage, bit in _NO_STAGE.items():
         if stage not in stages:
             bits |= bit
+    if unix:
+        bits |= Milter.P_NR_HDR | Milter.P_NR_BODY
+        if not early_refusals:
+            bits |= Milter.P_NR_CONN | Milter.P_NR_HELO
     return bits
 
 
@@ -66,8 +79,12 @@ class MilterdMilter(Milter.Base):
     """One SMTP connection seen through the milter protocol."""
 
     pipeline: Pipeline  # set by the worker before serving
+    #: Whether the worker serves a unix socket: no-reply stages and no DATA (see protocol_bits).
+    unix_socket = False
     #: Whether header values arrive with their leading whitespace (P_HDR_LEADSPC negotiated).
     _leadspc = False
+    #: The negotiated no-reply stages, by callback name.
+    _no_reply: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self.session = Session()
@@ -78,6 +95,10 @@ class MilterdMilter(Milter.Base):
         # refusal before it.
         self.outcome: Outcome | None = None
         self.refusal: Decision | None = None
+        # What a no-reply stage decided (a refusal, an internal error's tempfail), for the
+        # next stage that replies; sticky for the session when it came before MAIL FROM.
+        self._carried: Decision | None = None
+        self._carried_sticky = False
 
     # --- negotiation ------------------------------------------------------
     def negotiate(self, opts: list[int]) -> int:
@@ -86,8 +107,14 @@ class MilterdMilter(Milter.Base):
         opts[0] = self._actions = offered_actions & _ACTIONS
         # HDR_LEADSPC: header values arrive with their own leading whitespace, so
         # that a quarantined message is stored byte for byte (see _header).
-        opts[1] = self._protocol = offered_protocol & (protocol_bits(self.pipeline.stages()) | Milter.P_HDR_LEADSPC)
+        stages = self.pipeline.stages()
+        if self.unix_socket and not self.pipeline.hooked(Stage.DATA):
+            stages = stages - {Stage.DATA}
+        early_refusals = not self.pipeline.config.milter.delay_reject
+        bits = protocol_bits(stages, unix=self.unix_socket, early_refusals=early_refusals)
+        opts[1] = self._protocol = offered_protocol & (bits | Milter.P_HDR_LEADSPC)
         self._leadspc = bool(self._protocol & Milter.P_HDR_LEADSPC)
+        self._no_reply = frozenset(name for name, bit in _NO_REPLY.items() if self._protocol & bit)
         opts[2] = opts[3] = 0
         return Milter.CONTINUE
 
@@ -166,6 +193,8 @@ class MilterdMilter(Milter.Base):
         if isinstance(value, str):
             value = value.encode("utf-8", "surrogateescape")
         envelope = self._require_envelope()
+        if envelope.decision is not None:
+            return Milter.CONTINUE  # refused at an earlier header (a no-reply stage): nothing more is kept
         refusal = self._header_limit(envelope, name, value)
         if refusal is not None:  # refused before it is kept: nothing is buffered past the limit
             envelope.hits.append(refusal)
@@ -230,6 +259,7 @@ class MilterdMilter(Milter.Base):
         return self._guard("abort", self._abort)
 
     def _abort(self) -> int:
+        self._drop_carried()
         self._finish()
         return Milter.CONTINUE
 
@@ -247,6 +277,10 @@ class MilterdMilter(Milter.Base):
 
     # --- helpers ------------------------------------------------------------
     def _guard(self, stage: str, func: Callable[..., int], *args: Any) -> int:
+        if stage in self._no_reply:
+            return self._guard_no_reply(stage, func, *args)
+        if self._carried is not None and stage != "abort":
+            return self._answer_carried(stage)
         try:
             return func(*args)
         except Exception:  # noqa: BLE001 - answer 451 rather than crash or accept blindly
@@ -258,6 +292,39 @@ class MilterdMilter(Milter.Base):
             if stage in ("eom", "abort"):
                 self._end_transaction()
             return Milter.TEMPFAIL
+
+    def _guard_no_reply(self, stage: str, func: Callable[..., int], *args: Any) -> int:
+        """A stage negotiated without a reply: what it decides waits for the next stage that replies."""
+        if self._carried is not None:
+            return Milter.NOREPLY  # already refused or failed: the rest of the stage changes nothing
+        try:
+            result = func(*args)
+        except Exception:  # noqa: BLE001 - tempfail at the next reply rather than crash or accept blindly
+            log.exception("internal error at %s for client %s; answering tempfail at the next reply", stage, self.session.client_addr)
+            self._carry(stage, Decision(Action.TEMPFAIL, INTERNAL_ERROR))
+            return Milter.NOREPLY
+        if result != Milter.CONTINUE and self.refusal is not None:
+            self._carry(stage, self.refusal)
+        return Milter.NOREPLY
+
+    def _carry(self, stage: str, decision: Decision) -> None:
+        self._carried = decision
+        self._carried_sticky = stage in ("connect", "helo")
+
+    def _answer_carried(self, stage: str) -> int:
+        """Answer at *stage* what a no-reply stage decided; a transaction's decision ends with it."""
+        decision = self._carried
+        assert decision is not None
+        if not self._carried_sticky:
+            self._carried = None
+        result = self._reply(decision)
+        if stage == "eom":
+            self._finish()  # no end of message ran: logged as a refused transaction, or not at all (an error)
+        return result
+
+    def _drop_carried(self) -> None:
+        if not self._carried_sticky:
+            self._carried = None
 
     def _require_envelope(self) -> Envelope:
         if self.envelope is None:  # a stage after MAIL without MAIL (should not happen with Postfix)

@@ -423,6 +423,7 @@ def run_worker(services: Services, listen_fd: int, stop_fd: int) -> int:
     services.after_fork()
     pipeline = Pipeline(services)
     adapter.MilterdMilter.pipeline = pipeline
+    adapter.MilterdMilter.unix_socket = _is_unix(listen_fd)
     if services.config.milter.timeout:
         milter.settimeout(int(services.config.milter.timeout))
     threading.Thread(target=_wait_for_stop, args=(stop_fd, listen_fd, services.config.milter.shutdown_timeout), daemon=True).start()
@@ -434,6 +435,15 @@ def run_worker(services: Services, listen_fd: int, stop_fd: int) -> int:
     pipeline.shutdown()
     services.close()
     return 0
+
+
+def _is_unix(fd: int) -> bool:
+    """Whether the listening socket *fd* is a unix socket (the one the worker really serves, whatever a reload changed)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        return sock.family == socket.AF_UNIX
+    finally:
+        sock.detach()
 
 
 def _wait_for_stop(stop_fd: int, listen_fd: int, timeout: float) -> None:

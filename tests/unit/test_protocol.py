@@ -183,3 +183,104 @@ def test_bytes_callbacks_decode_as_pymilters_base_does(ctx: Context) -> None:
     assert (ours.sender, ours.mail_args, ours.recipients, ours.headers) == (base.sender, base.mail_args, base.recipients, base.headers)
     assert ours.sender == "caf\udce9@example.org" and ours.recipients == ["b\udcfcb@example.com"] and ours.mail_args["SIZE"] == "100"
     Milter.close_callback(ctx)
+
+
+# --- over a unix socket: no-reply stages, no DATA; what they decide is answered at the next reply ---
+
+NO_REPLY = Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_HDR | Milter.P_NR_BODY
+
+
+@pytest.fixture()
+def unix_ctx(milter_class: type[MilterdMilter], monkeypatch: pytest.MonkeyPatch) -> Context:
+    """A connection to a worker serving a unix socket (run_worker sets unix_socket)."""
+
+    class UnixWorker(milter_class):  # type: ignore[valid-type,misc]
+        unix_socket = True
+
+    monkeypatch.setattr(Milter, "factory", UnixWorker)
+    monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF, 0, 0])
+    context = Context()
+    assert context._negotiate() == Milter.CONTINUE
+    return context
+
+
+def unix_start(ctx: Context, addr: str = "192.0.2.9") -> None:
+    ctx._stage = Milter.M_CONNECT
+    assert Milter.connect_callback(ctx, f"[{addr}]", socket.AF_INET, (addr, 4321)) == Milter.NOREPLY
+    ctx._stage = Milter.M_HELO  # TestCtx's _helo would close the connection on an answer other than CONTINUE
+    assert ctx.getpriv().hello("client.example.org") == Milter.NOREPLY
+    ctx._stage = None
+
+
+def test_unix_socket_negotiates_no_reply_stages_and_no_data(unix_ctx: Context, ctx: Context) -> None:
+    assert unix_ctx._opts[1] & NO_REPLY == NO_REPLY and unix_ctx._opts[1] & Milter.P_NODATA
+    assert not unix_ctx._opts[1] & (Milter.P_NR_MAIL | Milter.P_NR_RCPT | Milter.P_NR_EOH | Milter.P_NOHDRS | Milter.P_NOEOH | Milter.P_NOBODY)
+    assert ctx._opts[1] & (NO_REPLY | Milter.P_NODATA) == 0  # TCP (and milterd check): a reply at every stage, DATA included
+    Milter.close_callback(unix_ctx)
+    Milter.close_callback(ctx)
+
+
+def test_unix_socket_message_is_judged_as_over_tcp(unix_ctx: Context, conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    unix_start(unix_ctx)
+    mail_and_rcpt(unix_ctx, "QUNIX1")
+    for name, value in (("From", "alice@example.org"), ("Subject", "please REJECTME")):
+        assert unix_ctx.getpriv().header_bytes(name, value.encode()) == Milter.NOREPLY
+    assert unix_ctx._eoh() == Milter.CONTINUE
+    assert unix_ctx.getpriv().body(b"Hello\r\n" * 10) == Milter.NOREPLY
+    assert unix_ctx._eom() == Milter.REJECT
+    assert unix_ctx._reply[:2] == ("550", "5.7.1")
+    Milter.close_callback(unix_ctx)
+    assert log_rows(conf, capsys)["QUNIX1"]["symbols"] == {"TEST_REJECT": 100.0}
+
+
+def test_header_refusal_at_a_no_reply_stage_is_answered_at_end_of_headers(unix_ctx: Context, conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    unix_start(unix_ctx)
+    mail_and_rcpt(unix_ctx, "QUNIX2")
+    milter = unix_ctx.getpriv()
+    assert milter.header_bytes("X-Large", b"x" * 40_000) == Milter.NOREPLY  # over max_header_size (32K)
+    assert milter.header_bytes("Subject", b"after the refusal") == Milter.NOREPLY
+    assert milter.envelope is not None and [n for n, _ in milter.envelope.headers] == []  # nothing kept
+    assert unix_ctx._eoh() == Milter.REJECT
+    assert unix_ctx._reply == ("552", "5.3.4", "Message header too large")  # the reply the header itself would have had
+    assert milter.abort() == Milter.CONTINUE  # Postfix ends the refused transaction
+    mail_and_rcpt(unix_ctx, "QUNIX3")  # the next transaction starts clean
+    assert milter.header_bytes("Subject", b"fine") == Milter.NOREPLY
+    assert unix_ctx._eoh() == Milter.CONTINUE
+    Milter.close_callback(unix_ctx)
+    rows = log_rows(conf, capsys)
+    assert rows["QUNIX2"]["action"] == "reject" and "HDR_TOO_LARGE" in rows["QUNIX2"]["symbols"]
+
+
+def test_internal_error_at_a_no_reply_stage_tempfails_at_the_next_reply(unix_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    milter = unix_ctx.getpriv()
+    unix_start(unix_ctx)
+    mail_and_rcpt(unix_ctx, "QUNIX4")
+    assert milter.header_bytes("Subject", b"hello") == Milter.NOREPLY
+    assert unix_ctx._eoh() == Milter.CONTINUE
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("spool broke")
+
+    monkeypatch.setattr(milter.pipeline, "body", broken)
+    assert milter.body(b"Hello\r\n") == Milter.NOREPLY
+    assert unix_ctx._eom() == Milter.TEMPFAIL
+    assert unix_ctx._reply[:2] == ("451", "4.3.0")
+    assert milter.envelope is None
+    monkeypatch.undo()
+    Milter.close_callback(unix_ctx)
+
+
+def test_internal_error_at_connect_tempfails_every_mail_of_the_session(milter_class: type[MilterdMilter], unix_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    milter = unix_ctx.getpriv()
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("connect broke")
+
+    monkeypatch.setattr(milter.pipeline, "connect", broken)
+    unix_start(unix_ctx)
+    monkeypatch.undo()
+    for _ in range(2):
+        unix_ctx._reply = None
+        assert unix_ctx._envfrom("<alice@example.org>") == Milter.TEMPFAIL
+        assert unix_ctx._reply[:2] == ("451", "4.3.0")
+    Milter.close_callback(unix_ctx)
