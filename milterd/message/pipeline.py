@@ -63,6 +63,11 @@ class Pipeline:
         #: [milter]'s header limits, which the adapter counts every header against.
         self.header_limits = HeaderLimits(milter.max_headers, milter.max_header_size, milter.max_header_section)
         # What each message would otherwise recompute: the end-of-message checks by tier, the checks overriding a hook.
+        # Each stage's checks, looked up once (a Stage key hashes in Python, a dozen times a message).
+        by_stage = self._by_stage
+        self._at_connect, self._at_helo, self._at_mail = by_stage[Stage.CONNECT], by_stage[Stage.HELO], by_stage[Stage.MAIL]
+        self._at_rcpt, self._at_data, self._at_header = by_stage[Stage.RCPT], by_stage[Stage.DATA], by_stage[Stage.HEADER]
+        self._at_eoh, self._at_body = by_stage[Stage.EOH], by_stage[Stage.BODY]
         eom = self._by_stage[Stage.EOM]
         self._eom_tiers = [[c for c in eom if c.eom_tier() == tier] for tier in sorted({c.eom_tier() for c in eom})]
         self._hooked: dict[str, list[Check]] = {}
@@ -99,7 +104,7 @@ class Pipeline:
     def connect(self, session: Session) -> Decision | None:
         """The client connected."""
         session.trusted = self._is_trusted(session)
-        hits = self._run(Stage.CONNECT, session, None, lambda c: c.on_connect(session))
+        hits = self._run(self._at_connect, session, lambda c: c.on_connect(session))
         session.hits.extend(hits)
         if not self.config.milter.delay_reject:
             return self._refuse_early(session, session.hits)
@@ -107,7 +112,7 @@ class Pipeline:
 
     def helo(self, session: Session) -> Decision | None:
         """The client said HELO/EHLO."""
-        hits = self._run(Stage.HELO, session, None, lambda c: c.on_helo(session))
+        hits = self._run(self._at_helo, session, lambda c: c.on_helo(session))
         session.hits.extend(hits)
         if not self.config.milter.delay_reject:
             return self._refuse_early(session, hits)
@@ -126,7 +131,7 @@ class Pipeline:
         """MAIL FROM; rejects delayed from connect and HELO apply here, once SMTP AUTH is known."""
         decision = self._forced(session, envelope, session.hits)
         if decision is None:
-            hits = self._run(Stage.MAIL, session, envelope, lambda c: c.on_mail(session, envelope))
+            hits = self._run(self._at_mail, session, lambda c: c.on_mail(session, envelope))
             envelope.hits.extend(h for h in hits if h.action is None)
             decision = self._forced(session, envelope, hits)
         if decision is not None:
@@ -135,7 +140,7 @@ class Pipeline:
 
     def rcpt(self, session: Session, envelope: Envelope, recipient: str) -> Decision | None:
         """One RCPT TO: refused recipients are noted, accepted ones added to the envelope."""
-        hits = self._run(Stage.RCPT, session, envelope, lambda c: c.on_rcpt(session, envelope, recipient))
+        hits = self._run(self._at_rcpt, session, lambda c: c.on_rcpt(session, envelope, recipient))
         forced = [h for h in hits if h.action is not None]
         if forced:
             worst = max(forced, key=lambda h: h.action or Action.ACCEPT)
@@ -147,27 +152,27 @@ class Pipeline:
 
     def data(self, session: Session, envelope: Envelope) -> Decision | None:
         """DATA."""
-        hits = self._run(Stage.DATA, session, envelope, lambda c: c.on_data(session, envelope))
+        hits = self._run(self._at_data, session, lambda c: c.on_data(session, envelope))
         envelope.hits.extend(h for h in hits if h.action is None)
         return self._forced(session, envelope, hits)
 
     def header(self, session: Session, envelope: Envelope, name: str, value: bytes) -> None:
         """One header."""
         envelope.headers.append((name, value))
-        if self._by_stage[Stage.HEADER]:
-            envelope.hits.extend(self._run(Stage.HEADER, session, envelope, lambda c: c.on_header(session, envelope, name, value)))
+        if self._at_header:
+            envelope.hits.extend(self._run(self._at_header, session, lambda c: c.on_header(session, envelope, name, value)))
 
     def eoh(self, session: Session, envelope: Envelope) -> Decision | None:
         """End of headers."""
-        hits = self._run(Stage.EOH, session, envelope, lambda c: c.on_eoh(session, envelope))
+        hits = self._run(self._at_eoh, session, lambda c: c.on_eoh(session, envelope))
         envelope.hits.extend(h for h in hits if h.action is None)
         return self._forced(session, envelope, hits)
 
     def body(self, session: Session, envelope: Envelope, chunk: bytes) -> None:
         """A body chunk."""
         envelope.spool.write(chunk)
-        if self._by_stage[Stage.BODY]:
-            envelope.hits.extend(self._run(Stage.BODY, session, envelope, lambda c: c.on_body(session, envelope, chunk)))
+        if self._at_body:
+            envelope.hits.extend(self._run(self._at_body, session, lambda c: c.on_body(session, envelope, chunk)))
 
     def eom(self, session: Session, envelope: Envelope) -> Outcome:
         """End of message: the checks' last word (concurrently), the verdict, the log row.
@@ -395,9 +400,9 @@ class Pipeline:
             hooked = self._hooked[hook] = [c for c in self.checks if getattr(type(c), hook) is not getattr(Check, hook)]
         return [c for c in hooked if self._applies(c, session)]
 
-    def _run(self, stage: Stage, session: Session, envelope: Envelope | None, call: Callable[[Check], Hits]) -> list[Hit]:
+    def _run(self, checks: list[Check], session: Session, call: Callable[[Check], Hits]) -> list[Hit]:
         hits: list[Hit] = []
-        for check in self._by_stage[stage]:
+        for check in checks:
             if self._applies(check, session):
                 hits.extend(self._call(check, session, call))
         return hits

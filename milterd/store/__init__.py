@@ -12,13 +12,13 @@ import datetime as dt
 import sqlite3
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, insert, inspect, make_url, select, text
+from sqlalchemy import JSON, Engine, insert, inspect, make_url, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -104,11 +104,25 @@ class _LogInsert:
             raise ValueError(f"unexpected bind parameters {names}")
         columns = schema.messages.c
         self.sql = compiled.string
-        self.binds = [(name, columns[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names]
+        self.binds = [(name, _empty_json(columns[name].type.dialect_impl(dialect).bind_processor(dialect), columns[name].type)) for name in names]
 
     def parameters(self, row: dict[str, Any]) -> tuple[Any, ...]:
         """The positional parameters of *row* (``MessageRecord.as_row``)."""
         return tuple(row[name] if process is None else process(row[name]) for name, process in self.binds)
+
+
+def _empty_json(process: Callable[[Any], Any] | None, column_type: Any) -> Callable[[Any], Any] | None:
+    """A JSON column's bind processor, with an empty dict or list (no symbol hit, no detail) written as
+    the text ``json.dumps`` gives it, without the encoder's round trip; other types' as they are."""
+    if process is None or not isinstance(column_type, JSON):
+        return process
+
+    def fast(value: Any, process: Callable[[Any], Any] = process) -> Any:
+        if not value and type(value) in (dict, list):
+            return "{}" if type(value) is dict else "[]"
+        return process(value)
+
+    return fast
 
 
 class Store:

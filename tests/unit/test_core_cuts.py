@@ -51,12 +51,16 @@ def test_sqlite_log_row_is_the_row_sqlalchemy_writes(tmp_path: Path) -> None:
         action="add_header", queue_id="Q1", client_addr="192.0.2.1", sender="a@example.org", recipients=["b@example.com", "c\udce9@x"],
         subject="s\x00 caf\u00e9", score=6.5, symbols={"X": 1.5, "Y": 5.0}, details={"X": "why"}, elapsed_ms=1.5, released_as_ham=True, size=1234,
     )
-    fast = db.log_message(record)
-    with db.engine.begin() as connection:  # the SQLAlchemy path the cursor path replaces
-        slow = connection.execute(store._INSERT_MESSAGE, record.as_row()).inserted_primary_key[0]  # noqa: SLF001
-    assert (fast, slow) == (1, 2)
-    first, second = _raw_rows(path)
+    empty = store.MessageRecord(action="accept")  # no recipient, symbol or detail: the JSON shortcut
+    ids = []
+    for one in (record, empty):
+        ids.append(db.log_message(one))
+        with db.engine.begin() as connection:  # the SQLAlchemy path the cursor path replaces
+            ids.append(connection.execute(store._INSERT_MESSAGE, one.as_row()).inserted_primary_key[0])  # noqa: SLF001
+    assert ids == [1, 2, 3, 4]
+    first, second, third, fourth = _raw_rows(path)
     assert first[1:] == second[1:]  # byte for byte the same values: time text, JSON text, booleans
+    assert third[1:] == fourth[1:] and "{}" in third and "[]" in third
     assert db.messages(newest_first=False)[0]["symbols"] == {"X": 1.5, "Y": 5.0}
     db.close()
 
