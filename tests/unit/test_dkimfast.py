@@ -106,6 +106,7 @@ def verdicts(raw: bytes, published: bytes, patched: bool, monkeypatch: pytest.Mo
         m.setattr(dkim, "RSASSA_PKCS1_v1_5_verify", dkim.crypto.RSASSA_PKCS1_v1_5_verify)
         m.setattr(dkim.canonicalization, "compress_whitespace", dkimfast.PURE_COMPRESS)
         m.setattr(dkim.canonicalization, "strip_trailing_whitespace", dkimfast.PURE_STRIP)
+        m.setattr(dkim, "evaluate_pk", dkimfast.PURE_EVALUATE_PK)
         results = verify_all(raw, DnsRecorder(Txt(published), 1e18), 5, min_key_bits)
         assert dkimfast.installed() is patched
     return [(r.result, r.reason) for r in results]
@@ -215,6 +216,7 @@ def test_install_patches_dkimpy_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dkim, "RSASSA_PKCS1_v1_5_verify", dkim.crypto.RSASSA_PKCS1_v1_5_verify)
     monkeypatch.setattr(dkim.canonicalization, "compress_whitespace", dkimfast.PURE_COMPRESS)
     monkeypatch.setattr(dkim.canonicalization, "strip_trailing_whitespace", dkimfast.PURE_STRIP)
+    monkeypatch.setattr(dkim, "evaluate_pk", dkimfast.PURE_EVALUATE_PK)
     assert not dkimfast.installed()
     dkimfast.install()
     dkimfast.install()
@@ -230,6 +232,11 @@ def test_canonicalisation_gives_dkimpys_bytes() -> None:
         text = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 25)))
         assert dkimfast.compress_whitespace(text) == dkimfast.PURE_COMPRESS(text), text
         assert dkimfast.strip_trailing_whitespace(text) == dkimfast.PURE_STRIP(text), text
+    for _ in range(300):
+        lines = [b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12))) for _ in range(rnd.randint(1, 60))]
+        text = b"\r\n".join(lines)
+        assert dkimfast.strip_trailing_whitespace(text) == dkimfast.PURE_STRIP(text), text
+        assert dkimfast.compress_whitespace(text) == dkimfast.PURE_COMPRESS(text), text
     body = MESSAGE.split(b"\r\n\r\n", 1)[1] * 50
     assert dkimfast.compress_whitespace(body) is body and dkimfast.strip_trailing_whitespace(body) is body  # nothing to change: untouched
     assert dkimfast.compress_whitespace(b"a \t b\t\tc  d e") == b"a b c d e"
@@ -242,3 +249,26 @@ def test_relaxed_signatures_with_blanks_verify_as_with_dkimpy(keys: dict[str, rs
     assert verdicts(raw, record(keys["2048"]), True, monkeypatch) == verdicts(raw, record(keys["2048"]), False, monkeypatch) == [("pass", "")]
     moved = raw.replace(b"Hello \t Bob,", b"Hello Bob ,")
     assert verdicts(moved, record(keys["2048"]), True, monkeypatch) == verdicts(moved, record(keys["2048"]), False, monkeypatch) != [("pass", "")]
+
+
+def test_a_key_record_is_parsed_once_and_a_bad_one_every_time(keys: dict[str, rsa.RSAPrivateKey], monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+    PURE = dkimfast.PURE_EVALUATE_PK
+    monkeypatch.setattr(dkimfast, "PURE_EVALUATE_PK", lambda name, record: (calls.append(record), PURE(name, record))[1])
+    dkimfast._evaluate_pk.cache_clear()
+    good = record(keys["other"]) + b"; t=s"
+    first = dkimfast.evaluate_pk(b"sel._domainkey.example.org.", good)
+    assert dkimfast.evaluate_pk(b"sel._domainkey.example.org.", good) is first
+    assert first[0] == PURE(b"sel._domainkey.example.org.", good)[0] and first[1:] == (2048, b"rsa", False)
+    assert calls == [good]
+    bad = b"v=DKIM1; k=rsa; p=AAAA"
+    for _ in range(2):
+        with pytest.raises(dkim.KeyFormatError):
+            dkimfast.evaluate_pk(b"sel._domainkey.example.org.", bad)
+    assert calls == [good, bad, bad]  # a failure is not remembered
+    with pytest.raises(dkim.KeyFormatError):
+        dkimfast.evaluate_pk(b"sel._domainkey.example.org.", None)  # no record: dkimpy's own error
+    huge = good + b" " * dkimfast.MAX_KEY_RECORD
+    dkimfast.evaluate_pk(b"x.", huge)
+    dkimfast.evaluate_pk(b"x.", huge)
+    assert calls[-2:] == [huge, huge]  # too long to keep
