@@ -229,9 +229,8 @@ def probe_learner(config: Config) -> Finding:
     if not model_may_exist(config.database.url):
         return Finding("classifier", "warn", f"{_safe_url(config.database.url)}: no store yet, no model: abstains until {learner.min_spam} spam"
                                              f" and {learner.min_ham} ham are learned (milterd learn)")
-    tiers = ""
-    if learner.skip_spamd_above is not False or learner.skip_spamd_below is not False:
-        tiers = f"; tiers on: spamd skipped at or above {learner.skip_spamd_above} / at or below {learner.skip_spamd_below} before spamd"
+    bounds = [f"at or {side} {float(bound):g}" for side, bound in (("above", learner.skip_spamd_above), ("below", learner.skip_spamd_below)) if bound is not False]
+    tiers = f"; tiers on: spamd skipped for a score {' or '.join(bounds)} before spamd" if bounds else ""
 
     def probe() -> Finding:
         store = Store(config.database)

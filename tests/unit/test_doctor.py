@@ -95,7 +95,9 @@ def test_doctor_on_the_classifier_off_missing_store_and_tiers(tmp_path: Path) ->
     assert probe_learner(missing).status == "warn" and "no store yet" in probe_learner(missing).detail
     assert not (tmp_path / "none.sqlite").exists()  # doctor created nothing
     tiered = _learned(tmp_path, spam=2, ham=2).with_changes({"learner.skip_spamd_below": -1.5})
-    assert "tiers on" in probe_learner(tiered).detail and "-1.5" in probe_learner(tiered).detail
+    assert probe_learner(tiered).detail.endswith("; tiers on: spamd skipped for a score at or below -1.5 before spamd")
+    both = tiered.with_changes({"learner.skip_spamd_above": 9})
+    assert probe_learner(both).detail.endswith("tiers on: spamd skipped for a score at or above 9 or at or below -1.5 before spamd")
 
 
 def test_judge_model_without_any_learn() -> None:
