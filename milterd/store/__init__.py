@@ -21,6 +21,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import JSON, Engine, insert, inspect, make_url, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import PoolProxiedConnection
 
 from ..clock import as_utc as as_utc  # re-exported
 from ..clock import utcnow as utcnow
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).parent / "migrations"
 #: Built once: a new insert() per message cost its construction and cache-key walk each time.
 _INSERT_MESSAGE = insert(schema.messages)
+
+
+#: Connections the SQLite log row keeps checked out of the pool between rows (of POOL_SIZE).
+KEPT_LOG_CONNECTIONS = 4
 
 
 class NoSchemaError(StoreError):
@@ -136,9 +141,14 @@ class Store:
             raise StoreError(redact(f"cannot use database {redact_url(section.url)!r}: {exc}", section.url)) from exc
         # SQLite's log row goes through the DBAPI cursor (log_message); other databases through SQLAlchemy.
         self._log_insert = _LogInsert(self.engine) if self.engine.dialect.driver == "pysqlite" else None
+        # Pooled connections the log row keeps checked out between rows (at most KEPT_LOG_CONNECTIONS):
+        # a pool checkout and return per row cost as much as the INSERT's own Python.
+        self._kept: list[PoolProxiedConnection] = []
 
     def close(self) -> None:
         """Close every pooled connection."""
+        while self._kept:
+            self._kept.pop().close()  # back to the pool, which dispose() closes
         self.engine.dispose()
 
     # --- schema -----------------------------------------------------------
@@ -227,10 +237,14 @@ class Store:
         """
         parameters = statement.parameters(record.as_row())
         try:
-            connection = self.engine.raw_connection()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
+            connection = self._kept.pop()  # list.pop and append are atomic: one thread has it at a time
+        except IndexError:
+            try:
+                connection = self.engine.raw_connection()
+            except SQLAlchemyError as exc:
+                raise StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
         cursor = None
+        written = False
         try:
             dbapi = cast(sqlite3.Connection, connection.dbapi_connection)
             previous = dbapi.isolation_level
@@ -245,6 +259,7 @@ class Store:
                 message_id = cursor.lastrowid
             finally:
                 dbapi.isolation_level = previous
+            written = True
         except sqlite3.Error as exc:
             if self.engine.dialect.is_disconnect(cast(Any, exc), connection.dbapi_connection, cast(Any, cursor)):
                 connection.invalidate(exc)
@@ -255,7 +270,10 @@ class Store:
                     cursor.close()
                 except sqlite3.Error:
                     pass  # an invalidated connection's cursor
-            connection.close()  # back to the pool, which rolls back what was not committed
+            if written and len(self._kept) < KEPT_LOG_CONNECTIONS:
+                self._kept.append(connection)  # committed, no transaction open: kept for the next row
+            else:
+                connection.close()  # back to the pool, which rolls back what was not committed
         assert message_id is not None  # an INSERT of one row has its rowid
         return int(message_id)
 

@@ -68,28 +68,40 @@ def test_sqlite_log_row_is_the_row_sqlalchemy_writes(tmp_path: Path) -> None:
 def test_sqlite_log_row_invalidates_a_dead_connection(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = store.Store(DatabaseSection(url=f"sqlite:///{tmp_path}/log.sqlite"))
     db.upgrade()
-    db.log_message(store.MessageRecord(action="accept"))  # warm: the pool holds a connection
-    dead: list[sqlite3.Connection] = []
-    checked_out: list[sqlite3.Connection] = []
-
-    def checkout(dbapi_connection: sqlite3.Connection, record: object, proxy: object) -> None:
-        if not dead:
-            dead.append(dbapi_connection)
-            dbapi_connection.close()  # as if the database went away under a pooled connection
-        else:
-            checked_out.append(dbapi_connection)
-
-    event.listen(db.engine, "checkout", checkout)
+    db.log_message(store.MessageRecord(action="accept"))  # warm: the log row keeps its connection
+    assert len(db._kept) == 1  # noqa: SLF001
+    dead = db._kept[0].dbapi_connection  # noqa: SLF001
+    assert dead is not None
+    dead.close()  # as if the database went away under a kept connection
+    checked_out: list[object] = []
+    event.listen(db.engine, "checkout", lambda dbapi_connection, record, proxy: checked_out.append(dbapi_connection))
     with caplog.at_level(logging.WARNING), pytest.raises(store.StoreError, match="closed database"):
         db.log_message(store.MessageRecord(action="accept", queue_id="LOST"))
     # Invalidated by log_message itself, not left for the pool's reset to fail on when it came back.
     assert not [r for r in caplog.records if "Exception during reset" in r.getMessage()]
-    # The dead connection was invalidated: it is never handed out again, the next rows are written.
+    assert db._kept == []  # noqa: SLF001 - not kept either
+    # The dead connection is never handed out again; the next rows are written.
     for number in range(3):
         assert db.log_message(store.MessageRecord(action="accept", queue_id=f"NEXT{number}")) > 0
-    assert checked_out and all(c is not dead[0] for c in checked_out)
+    assert checked_out and all(c is not dead for c in checked_out)
+    assert all(k.dbapi_connection is not dead for k in db._kept)  # noqa: SLF001
     assert [r["queue_id"] for r in db.messages(newest_first=False)] == ["", "NEXT0", "NEXT1", "NEXT2"]
     db.close()
+
+
+def test_sqlite_log_row_keeps_its_connection_between_rows(tmp_path: Path) -> None:
+    db = store.Store(DatabaseSection(url=f"sqlite:///{tmp_path}/log.sqlite"))
+    db.upgrade()
+    checkouts: list[object] = []
+    event.listen(db.engine, "checkout", lambda dbapi_connection, record, proxy: checkouts.append(dbapi_connection))
+    for number in range(5):
+        db.log_message(store.MessageRecord(action="accept", queue_id=f"K{number}"))
+    assert len(checkouts) == 1 and db.engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    # Committed each time: another connection sees every row at once.
+    with sqlite3.connect(tmp_path / "log.sqlite") as other:
+        assert other.execute("SELECT count(*) FROM messages").fetchone() == (5,)
+    db.close()
+    assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 def test_sqlite_log_row_error_is_rolled_back_and_reported(tmp_path: Path) -> None:
