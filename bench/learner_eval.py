@@ -14,7 +14,8 @@ classification; tokenizing and the store's transaction for learning.
 
 ``--tune`` instead splits the *training* folders in two by file name (first
 half learned, second half classified) to show the buckets' spam/ham mix that
-the shipped BAYES_* scores were chosen from.
+the BAYES_* scores before the refits were chosen from (the shipped ones come from
+``bench.learner_refit``'s second rule).
 
 ``--spamd`` adds SpamAssassin in the same run (a private spamd, ``-L``, no
 network tests): its score without Bayes, its score with its own Bayes trained
