@@ -226,13 +226,13 @@ def probe_learner(config: Config) -> Finding:
     learner = config.learner
     if not learner.enabled:
         return Finding("classifier", "skip", "[learner] enabled = false")
-    if not model_may_exist(config.database.url):
-        return Finding("classifier", "warn", f"{_safe_url(config.database.url)}: no store yet, no model: abstains until {learner.min_spam} spam"
-                                             f" and {learner.min_ham} ham are learned (milterd learn)")
     bounds = [f"at or {side} {float(bound):g}" for side, bound in (("above", learner.skip_spamd_above), ("below", learner.skip_spamd_below)) if bound is not False]
     tiers = f"; tiers on: spamd skipped for a score {' or '.join(bounds)} before spamd" if bounds else ""
 
     def probe() -> Finding:
+        if not model_may_exist(config.database.url):  # inside the guard: a URL the driver refuses is a failed probe, not a traceback
+            return Finding("classifier", "warn", f"{_safe_url(config.database.url)}: no store yet, no model: abstains until {learner.min_spam} spam"
+                                                 f" and {learner.min_ham} ham are learned (milterd learn)")
         store = Store(config.database)
         try:
             summary = LearnerStore(store.engine).summary()
