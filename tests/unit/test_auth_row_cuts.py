@@ -126,15 +126,21 @@ def test_the_message_text_is_extracted_once_per_envelope_and_limit(monkeypatch: 
     envelope.close()
 
 
-def test_session_ip_is_parsed_once_per_address(monkeypatch: pytest.MonkeyPatch) -> None:
+def count_ip_parses(monkeypatch: pytest.MonkeyPatch, ipaddress_module: Any) -> list[str]:
+    """Make *ipaddress_module*.ip_address record every value it parses; the list it returns fills as they come."""
     parsed: list[str] = []
-    real = model.ipaddress.ip_address
+    real = ipaddress_module.ip_address
 
     def counting(value: str) -> Any:
         parsed.append(value)
         return real(value)
 
-    monkeypatch.setattr(model.ipaddress, "ip_address", counting)
+    monkeypatch.setattr(ipaddress_module, "ip_address", counting)
+    return parsed
+
+
+def test_session_ip_is_parsed_once_per_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed = count_ip_parses(monkeypatch, model.ipaddress)
     session = Session(client_addr="192.0.2.7")
     assert [str(session.ip) for _ in range(3)] == ["192.0.2.7"] * 3
     session.client_addr = "2001:db8::1"
@@ -338,14 +344,7 @@ def test_header_counts_and_raw_bytes_are_judged_as_before(tmp_path: Path) -> Non
 def test_a_client_address_is_reversed_once_for_every_dns_list(monkeypatch: pytest.MonkeyPatch) -> None:
     import milterd.dns as dns
 
-    parsed: list[str] = []
-    real = dns.ipaddress.ip_address
-
-    def counting(value: str) -> Any:
-        parsed.append(value)
-        return real(value)
-
-    monkeypatch.setattr(dns.ipaddress, "ip_address", counting)
+    parsed = count_ip_parses(monkeypatch, dns.ipaddress)
     ip = f"198.51.{random.randrange(256)}.{random.randrange(256)}"
     a, b, c, d = ip.split(".")
     assert [dns.dnsbl_name(ip, z) for z in ("zen.example.", "bl.example", ".x.example")] == [f"{d}.{c}.{b}.{a}.{z}" for z in ("zen.example", "bl.example", "x.example")]
