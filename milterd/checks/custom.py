@@ -199,6 +199,13 @@ class CustomRules(Check):
         self.uri_rules = [r for r in self.rules if r.kind == "uri"]
         self.metas: list[Rule] = [r for r in self.rules if r.kind == "meta"]
 
+    @classmethod
+    def enabled(cls, services: "Services") -> bool:
+        """Only with a ``[[rule]]`` or a ``[custom]`` table in the rule files: with neither
+        it has nothing to run, and would otherwise hook end of headers, end of message
+        and the symbols stage of every message (#15's core row)."""
+        return super().enabled(services) and bool(services.ruleset.section("rule") or services.ruleset.section("custom"))
+
     def dynamic_symbols(self) -> tuple[Symbol, ...]:
         return tuple(Symbol(r.name, r.score, r.description) for r in self.rules)
 

@@ -239,7 +239,9 @@ def test_header_bytes_are_built_once_until_a_header_arrives(monkeypatch: pytest.
 
 def test_dkim_and_arc_wait_only_for_a_signature_or_a_chain(tmp_path: Path) -> None:
     conf = tmp_path / "milter.conf"
-    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n')
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "local.toml").write_text("[[rule]]\nname = \"BODY_X\"\nbody = 'x'\n")  # custom rules run only with a rule
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[rules]\ndir = "{tmp_path}/rules"\n')
     services = build(load_config(conf))
     checks = {c.name: c for c in services.checks}
     pipeline = Pipeline(services, keep_log=False)

@@ -165,6 +165,22 @@ def test_meta_may_name_a_builtin_symbol(tmp_path: Path) -> None:
     assert [r.name for r in check.metas] == ["META_BUILTIN"]
 
 
+def test_no_rules_hooks_no_stage(tmp_path: Path) -> None:
+    """With no [[rule]] and no [custom] table the check is not built: no stage runs it (#15's core row)."""
+    services = build(make_config(tmp_path, ""))
+    pipe = Pipeline(services, keep_log=False)
+    try:
+        assert not any(isinstance(c, CustomRules) for c in services.checks)
+        assert not any(isinstance(c, CustomRules) for checks in pipe._by_stage.values() for c in checks)
+        result = check_message(pipe, message(subject="lottery"), Client(addr="192.0.2.10"))
+        assert not result.error and result.action.label == "accept"
+    finally:
+        pipe.shutdown()
+    assert any(isinstance(c, CustomRules) for c in build(make_config(tmp_path, RULES)).checks)
+    limits_only = build(make_config(tmp_path, "[custom]\nmax_text = \"1K\"\n"))
+    assert any(isinstance(c, CustomRules) for c in limits_only.checks)  # [custom] still validated
+
+
 def test_bad_max_text_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         build(make_config(tmp_path, "[custom]\nmax_text = \"lots\"\n"))
