@@ -76,12 +76,16 @@ class MessageRecord:
     def as_row(self) -> dict[str, Any]:
         """The column values, strings trimmed to what the columns hold."""
         row = dict(self.__dict__)
-        for key, limit in (("mta_host", 255), ("queue_id", 64), ("client_addr", 64), ("client_name", 255), ("helo", 255), ("auth_user", 255), ("sender", 512), ("message_id", 512)):
+        for key, limit in _LIMITS:
             row[key] = _clean(row[key])[:limit]
         row["subject"] = _clean(row["subject"])
         row["reason"] = _clean(row["reason"])
         row["recipients"] = [_clean(r) for r in row["recipients"]]
         return row
+
+
+#: The columns of bounded length, and their bounds.
+_LIMITS = (("mta_host", 255), ("queue_id", 64), ("client_addr", 64), ("client_name", 255), ("helo", 255), ("auth_user", 255), ("sender", 512), ("message_id", 512))
 
 
 def _clean(value: str) -> str:
@@ -111,9 +115,50 @@ class _LogInsert:
         self.sql = compiled.string
         self.binds = [(name, _empty_json(columns[name].type.dialect_impl(dialect).bind_processor(dialect), columns[name].type)) for name in names]
 
+        # What parameters_of does per column: as_row's cleaning and bound, then the bind processor, in one call.
+        limits = dict(_LIMITS)
+        self.converters = [(name, _converter(name, limits.get(name), process, columns[name].type.dialect_impl(dialect))) for name, process in self.binds]
+
     def parameters(self, row: dict[str, Any]) -> tuple[Any, ...]:
         """The positional parameters of *row* (``MessageRecord.as_row``)."""
         return tuple(row[name] if process is None else process(row[name]) for name, process in self.binds)
+
+    def parameters_of(self, record: MessageRecord) -> tuple[Any, ...]:
+        """``parameters(record.as_row())`` without the row's dictionary (the same values, tested)."""
+        values = record.__dict__
+        return tuple([values[name] if convert is None else convert(values[name]) for name, convert in self.converters])
+
+
+#: SQLAlchemy's default storage format of SQLite's DATETIME, which _converter's shortcut writes.
+_SQLITE_DATETIME = "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"
+
+
+def _converter(name: str, limit: int | None, process: Callable[[Any], Any] | None, impl: Any) -> Callable[[Any], Any] | None:
+    """One column's value as the INSERT's parameter: ``as_row``'s cleaning, then *process* (its bind processor)."""
+    if limit is not None:
+        return lambda value: _clean(value)[:limit]
+    if name in ("subject", "reason"):
+        return _clean
+    if name == "recipients":
+        assert process is not None  # a JSON column
+
+        def recipients_text(value: Any) -> Any:
+            if type(value) is list and all(type(r) is str and r.isascii() and r.isprintable() and '"' not in r and "\\" not in r for r in value):
+                return '["' + '", "'.join(value) + '"]' if value else "[]"  # json.dumps's text: nothing to escape or clean
+            return process([_clean(r) for r in value])
+
+        return recipients_text
+    if process is not None and getattr(impl, "_storage_format", None) == _SQLITE_DATETIME:
+        datetime_class = dt.datetime
+
+        def datetime_text(value: Any) -> Any:
+            if type(value) is not datetime_class:
+                return process(value)  # a date, None or a subclass: as SQLAlchemy writes it
+            # isoformat always writes four digits of year and, with "microseconds", six of them; the offset after is cut.
+            return value.isoformat(" ", "microseconds")[:26]
+
+        return datetime_text
+    return process
 
 
 def _empty_json(process: Callable[[Any], Any] | None, column_type: Any) -> Callable[[Any], Any] | None:
@@ -235,7 +280,7 @@ class Store:
         error is rolled back when the connection goes back to the pool; either is
         a StoreError, as before.
         """
-        parameters = statement.parameters(record.as_row())
+        parameters = statement.parameters_of(record)
         try:
             connection = self._kept.pop()  # list.pop and append are atomic: one thread has it at a time
         except IndexError:

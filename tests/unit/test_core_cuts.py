@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sqlite3
 import threading
@@ -62,6 +63,28 @@ def test_sqlite_log_row_is_the_row_sqlalchemy_writes(tmp_path: Path) -> None:
     assert first[1:] == second[1:]  # byte for byte the same values: time text, JSON text, booleans
     assert third[1:] == fourth[1:] and "{}" in third and "[]" in third
     assert db.messages(newest_first=False)[0]["symbols"] == {"X": 1.5, "Y": 5.0}
+    db.close()
+
+
+@pytest.mark.parametrize(
+    "recipients",
+    [[], ["b@example.com"], ["b@example.com", "c@example.org"], ['"q"@x'], ["back\\slash@x"], ["caf\u00e9@x"], ["c\udce9@x"], ["n\x00ul@x"],
+     ["del\x7f@x"], ["tab\t@x"], [" sp ace@x"], [""]],
+)
+@pytest.mark.parametrize(
+    "time",
+    [dt.datetime(2026, 12, 2, 11, 0, 0, 0, tzinfo=dt.timezone.utc), dt.datetime(2026, 12, 2, 11, 0, 0, 123456, tzinfo=dt.timezone.utc),
+     dt.datetime(2026, 12, 2, 11, 0, 0, 5, tzinfo=dt.timezone(dt.timedelta(hours=2))), dt.datetime(987, 1, 2, 3, 4, 5), dt.date(2026, 1, 2)],
+)
+def test_sqlite_log_row_parameters_are_sqlalchemy_bind_processors(tmp_path: Path, recipients: list[str], time: dt.datetime) -> None:
+    """parameters_of (the direct texts: datetime, recipients' JSON) gives what as_row and SQLAlchemy's bind processors give."""
+    db = store.Store(DatabaseSection(url=f"sqlite:///{tmp_path}/log.sqlite"))
+    statement = db._log_insert  # noqa: SLF001
+    assert statement is not None
+    record = store.MessageRecord(action="accept", time=time, recipients=recipients, sender="s\x00@x", subject="caf\u00e9", helo="h" * 300, symbols={"X": 1.0})
+    expected = statement.parameters(record.as_row())
+    assert statement.parameters_of(record) == expected
+    assert expected[0] == (time.isoformat(" ", "microseconds")[:26] if isinstance(time, dt.datetime) else "2026-01-02 00:00:00.000000")
     db.close()
 
 
