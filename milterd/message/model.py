@@ -275,8 +275,15 @@ class Envelope(CheckStates):
 
     @property
     def size(self) -> int:
-        """The message size: headers and body."""
-        return len(self.header_bytes) + self.spool.size
+        """The message size: headers and body (``len(header_bytes)``, counted without building them)."""
+        cached = self._header_bytes
+        if cached is not None and cached[0] == len(self.headers) and cached[1] == len(self.raw_headers):
+            return len(cached[2]) + self.spool.size
+        if self.raw_headers and len(self.raw_headers) == len(self.headers):
+            header_size = sum(_crlf_size(line) for line in self.raw_headers)
+        else:
+            header_size = sum(len(hname) + 2 + _crlf_size(value) for hname, value in self.headers)
+        return header_size + 2 + self.spool.size
 
     def message_chunks(self, size: int = 65536) -> Iterator[bytes]:
         """The whole message as received (headers, blank line, body), in chunks."""
@@ -305,6 +312,13 @@ class Envelope(CheckStates):
         """Release the spool and the extracted text."""
         self._texts.clear()
         self.spool.close()
+
+
+def _crlf_size(line: bytes) -> int:
+    """``len(_crlf(line) + b"\\r\\n")``: each CRLF stays two bytes, a bare LF becomes two."""
+    if b"\n" not in line:
+        return len(line) + 2
+    return len(line) - line.count(b"\r\n") + line.count(b"\n") + 2
 
 
 def _crlf(text: bytes) -> bytes:

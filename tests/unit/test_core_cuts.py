@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import event
 
 import milterd.store as store
 from milterd.config import DatabaseSection, load_config
 from milterd.logs import SafeFormatter, summary_line
-from milterd.message.model import Session
+from milterd.message.model import Envelope, Session, Spool
 from milterd.message.pipeline import Pipeline, decode_subject
 from milterd.services import build
 from milterd.text import escape, redact
@@ -188,3 +190,20 @@ def test_a_tier_of_one_check_runs_here_without_the_pool_bookkeeping(tmp_path: Pa
     finally:
         pipeline.shutdown()
     assert [h.symbol for h in hits] == ["ONLY"] and Probe.ran["ONLY"] == threading.current_thread().name
+
+
+_LINE = st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b" ", b"\xe9", b"\t"]), max_size=8).map(b"".join)
+
+
+@given(st.lists(st.tuples(st.text(max_size=6), _LINE), max_size=5), st.booleans(), st.binary(max_size=40))
+def test_message_size_is_counted_as_the_header_bytes_it_does_not_build(headers: list[tuple[str, bytes]], verbatim: bool, body: bytes) -> None:
+    """Envelope.size counts what header_bytes would hold (verbatim lines or built from the parsed headers, bare LFs made CRLF)."""
+    envelope = Envelope(spool=Spool(1024))
+    envelope.spool.write(body)
+    for name, value in headers:
+        envelope.headers.append((name, value))
+        if verbatim:
+            envelope.raw_headers.append(name.encode("utf-8", "replace") + b": " + value)
+    size = envelope.size
+    assert envelope._header_bytes is None  # noqa: SLF001 - counted, not built
+    assert size == len(envelope.header_bytes) + len(body) == envelope.size
