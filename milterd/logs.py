@@ -51,10 +51,15 @@ class SafeFormatter(logging.Formatter):
 
     def __init__(self, fmt: str, datefmt: str | None = None, url: str = "") -> None:
         super().__init__(fmt, datefmt)
-        self.url = url
-        # A URL without a password (SQLite's) leaves every text as it is: no redact() per line.
-        self._redacts = bool(url) and (bool(url_password(url)) or redact_url(url) != url)
+        # The URLs whose password is hidden: the one at start, and each one a reload brought (hide()).
+        self.urls: list[str] = []
+        self.hide(url)
         self._time: tuple[int, str, str] = (-1, "", "")
+
+    def hide(self, url: str) -> None:
+        """Also hide the password of *url* (a reload's new ``[database] url``); a URL without one (SQLite's) adds nothing."""
+        if url and url not in self.urls and (url_password(url) or redact_url(url) != url):
+            self.urls.append(url)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
         """logging's time stamp, formatted once per second (*datefmt* has no finer field)."""
@@ -74,7 +79,16 @@ class SafeFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        return redact(text, self.url) if self._redacts else text
+        for url in self.urls:  # usually none (SQLite) or one: no redact() per line without a password
+            text = redact(text, url)
+        return text
+
+
+def hide_database_url(url: str) -> None:
+    """Hide *url*'s password in every line of milterd's log from now on (a reload that changed ``[database] url``)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, SafeFormatter):
+            handler.formatter.hide(url)
 
 
 def setup_logging(target: str, level: str, database_url: str = "") -> None:

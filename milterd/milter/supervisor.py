@@ -31,7 +31,7 @@ import milter
 from .. import maintenance, metrics
 from ..config import Config, ConfigError, load_config
 from ..endpoints import SocketSpec, parse_socket
-from ..logs import setup_logging
+from ..logs import hide_database_url, setup_logging
 from ..message.pipeline import Pipeline
 from ..services import Services, build
 from ..store import StoreError
@@ -348,6 +348,7 @@ class Supervisor:
     def _do_reload(self) -> None:
         try:
             config = load_config(self.config_path)
+            hide_database_url(config.database.url)  # before anything can log or raise with the new URL in it
             if config.milter.socket != self.config.milter.socket:
                 log.warning("reload: [milter] socket changed; that takes a restart, keeping %s", self.config.milter.socket)
                 config = config.model_copy(update={"milter": config.milter.model_copy(update={"socket": self.config.milter.socket})})
