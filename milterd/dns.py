@@ -25,7 +25,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Generic, Hashable, Iterable, Iterator, Literal, Sequence, TypeVar, cast
 
 import dns.exception
 import dns.message
@@ -113,6 +113,9 @@ def _reversed_address(ip: str) -> str | None:
     return ".".join(reversed(address.exploded.replace(":", "")))
 
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
 #: Told of every lookup in an answer cache: True for a hit, False for a miss.
 CacheObserver = Callable[[bool], None]
 _cache_observer: CacheObserver | None = None
@@ -127,52 +130,73 @@ def observe_cache(observer: CacheObserver | None) -> None:
     _cache_observer = observer
 
 
-class TTLCache:
+class ExpiringLRU(Generic[K, V]):
     """A bounded LRU table whose entries also expire (thread-safe)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._data: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str]) -> Answer | None:
+    def get(self, key: K) -> V | None:
         """The live entry for *key*, or None."""
-        answer = self._get(key)
-        observer = _cache_observer
-        if observer is not None:
-            observer(answer is not None)
-        return answer
-
-    def _get(self, key: tuple[str, str]) -> Answer | None:
         with self._lock:
             item = self._data.get(key)
             if item is None:
                 return None
-            expires, answer = item
+            expires, value = item
             if expires <= time.monotonic():
                 del self._data[key]
                 return None
             self._data.move_to_end(key)
-            return answer
+            return value
 
-    def expiry(self, key: tuple[str, str]) -> float | None:
-        """When the entry for *key* expires (``time.monotonic()``), or None when there is none (not counted, not moved)."""
+    def expiry(self, key: K) -> float | None:
+        """When the entry for *key* expires (``time.monotonic()``), or None when there is none (not moved)."""
         with self._lock:
             item = self._data.get(key)
         return item[0] if item is not None else None
 
-    def put(self, key: tuple[str, str], answer: Answer) -> None:
-        """Keep *answer* for its TTL, evicting the least recently used entries beyond the size."""
-        if self.size <= 0 or answer.ttl <= 0:
+    def put(self, key: K, value: V, expires: float) -> None:
+        """Keep *value* until *expires* (``time.monotonic()``), evicting the least recently used entries beyond the size;
+        a past expiry keeps nothing."""
+        if self.size <= 0 or expires <= time.monotonic():
             return
         with self._lock:
-            self._data[key] = (time.monotonic() + answer.ttl, answer)
+            self._data[key] = (expires, value)
             self._data.move_to_end(key)
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class TTLCache:
+    """The resolver's answers, each kept for its TTL in an :class:`ExpiringLRU`; every lookup is told to the cache observer."""
+
+    def __init__(self, size: int) -> None:
+        self._table: ExpiringLRU[tuple[str, str], Answer] = ExpiringLRU(size)
+
+    def get(self, key: tuple[str, str]) -> Answer | None:
+        """The live entry for *key*, or None."""
+        answer = self._table.get(key)
+        observer = _cache_observer
+        if observer is not None:
+            observer(answer is not None)
+        return answer
+
+    def expiry(self, key: tuple[str, str]) -> float | None:
+        """When the entry for *key* expires (``time.monotonic()``), or None when there is none (not counted, not moved)."""
+        return self._table.expiry(key)
+
+    def put(self, key: tuple[str, str], answer: Answer) -> None:
+        """Keep *answer* for its TTL (an answer without one, an error, is not kept)."""
+        if answer.ttl > 0:
+            self._table.put(key, answer, time.monotonic() + answer.ttl)
+
+    def __len__(self) -> int:
+        return len(self._table)
 
 
 class LookupTrace:

@@ -14,9 +14,7 @@ rule or a mail client).  That part runs for every client, trusted and authentica
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import spf
@@ -25,7 +23,7 @@ from pydantic import Field
 from ..authresults import authserv_id_of as authserv_id_of  # re-exported
 from ..authresults import build as build_authentication_results
 from ..authresults import forged_indexes
-from ..dns import traced_lookups, use_for_spf
+from ..dns import ExpiringLRU, traced_lookups, use_for_spf
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
 from ..message.reply import Reply
 from ..options import CheckSwitches
@@ -52,38 +50,11 @@ RESULTS_CACHE_SIZE = 4096
 Key = tuple[str, str, str]
 
 
-class SpfResults:
-    """A bounded LRU table of SPF results (client address, sender, HELO) → (result, explanation), each with its expiry (thread-safe)."""
+class SpfResults(ExpiringLRU[Key, tuple[str, str]]):
+    """SPF results (client address, sender, HELO) → (result, explanation), each kept until its DNS answers expire."""
 
     def __init__(self, size: int = RESULTS_CACHE_SIZE) -> None:
-        self.size = size
-        self._data: OrderedDict[Key, tuple[float, tuple[str, str]]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Key) -> tuple[str, str] | None:
-        """The live result for *key*, or None."""
-        with self._lock:
-            item = self._data.get(key)
-            if item is None:
-                return None
-            if item[0] <= time.monotonic():
-                del self._data[key]
-                return None
-            self._data.move_to_end(key)
-            return item[1]
-
-    def put(self, key: Key, value: tuple[str, str], expires: float) -> None:
-        """Keep *value* until *expires* (``time.monotonic()``); a past expiry keeps nothing."""
-        if self.size <= 0 or expires <= time.monotonic():
-            return
-        with self._lock:
-            self._data[key] = (expires, value)
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
+        super().__init__(size)
 
 
 def evaluate(client_addr: str, sender: str, helo: str, timeout: float, results: SpfResults) -> tuple[str, str]:
