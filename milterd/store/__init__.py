@@ -175,6 +175,11 @@ def _empty_json(process: Callable[[Any], Any] | None, column_type: Any) -> Calla
     return fast
 
 
+def _log_write_failed(exc: Exception) -> StoreError:
+    """The StoreError of a log row that could not be written: the exception's class and the driver's own message."""
+    return StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}")
+
+
 class Store:
     """The SQL store of one process."""
 
@@ -268,7 +273,7 @@ class Store:
                     insert_message(connection, int(message_id), quarantine)
                 return int(message_id)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
+            raise _log_write_failed(exc) from exc
 
     def _log_row(self, statement: _LogInsert, record: MessageRecord) -> int:
         """One log row on SQLite, committed: the compiled INSERT, in autocommit, on a pooled connection.
@@ -287,7 +292,7 @@ class Store:
             try:
                 connection = self.engine.raw_connection()
             except SQLAlchemyError as exc:
-                raise StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
+                raise _log_write_failed(exc) from exc
         cursor = None
         written = False
         try:
@@ -308,7 +313,7 @@ class Store:
         except sqlite3.Error as exc:
             if self.engine.dialect.is_disconnect(cast(Any, exc), connection.dbapi_connection, cast(Any, cursor)):
                 connection.invalidate(exc)
-            raise StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc}") from exc
+            raise _log_write_failed(exc) from exc
         finally:
             if cursor is not None:
                 try:
