@@ -16,6 +16,7 @@ Postfix rules are pure functions of the settings, tested without Postfix.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -213,7 +214,8 @@ def judge_model(summary: ModelSummary, min_spam: int, min_ham: int, tiers: str =
     """The classifier's model against ``[learner] min_spam``/``min_ham`` (pure): ok when it scores, a warning while it abstains."""
     when = ""
     if summary.oldest is not None and summary.newest is not None:
-        when = f", learned {summary.oldest:%Y-%m-%d %H:%M} to {summary.newest:%Y-%m-%d %H:%M} UTC"
+        oldest, newest = summary.oldest.astimezone(dt.timezone.utc), summary.newest.astimezone(dt.timezone.utc)
+        when = f", learned {oldest:%Y-%m-%d %H:%M} to {newest:%Y-%m-%d %H:%M} UTC"
     detail = f"{summary.spam} spam and {summary.ham} ham learned, {summary.tokens} tokens{when}"
     if not trained(Counts(summary.spam, summary.ham), min_spam, min_ham):
         return Finding("classifier", "warn", f"{detail}: abstains (no BAYES_* symbol) until {min_spam} spam and {min_ham} ham are learned"

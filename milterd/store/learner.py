@@ -26,7 +26,7 @@ from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, case, d
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import BigInteger
 
-from ..clock import utcnow
+from ..clock import as_utc, utcnow
 from ..learner.classifier import Counts
 from .errors import guarded
 from .schema import metadata
@@ -76,6 +76,10 @@ class ModelSummary:
     newest: dt.datetime | None
 
 
+#: The one row of learned totals.
+_TOTALS = select(totals_table.c.spam, totals_table.c.ham).where(totals_table.c.id == 1)
+
+
 def model_may_exist(url: str) -> bool:
     """Whether a classifier model can be read at *url* without creating anything:
     False for an SQLite file that does not exist (opening it would create it)."""
@@ -84,13 +88,6 @@ def model_may_exist(url: str) -> bool:
         return True
     database = parsed.database or ""
     return database not in ("", ":memory:") and Path(database).exists()
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    """A time read back from the store, in UTC (SQLite returns it without its zone)."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
 def day_number(when: dt.datetime) -> int:
@@ -115,7 +112,7 @@ class LearnerStore:
 
         def read() -> Counts:
             with self.engine.connect() as connection:
-                row = connection.execute(select(totals_table.c.spam, totals_table.c.ham).where(totals_table.c.id == 1)).first()
+                row = connection.execute(_TOTALS).first()
             return Counts(int(row.spam), int(row.ham)) if row is not None else Counts()
 
         return guarded("read the classifier's totals", read)
@@ -159,11 +156,11 @@ class LearnerStore:
 
         def read() -> ModelSummary:
             with self.engine.connect() as connection:
-                totals = connection.execute(select(totals_table.c.spam, totals_table.c.ham).where(totals_table.c.id == 1)).first()
+                totals = connection.execute(_TOTALS).first()
                 tokens = connection.execute(select(func.count()).select_from(tokens_table)).scalar()
                 row = connection.execute(select(func.count(), func.min(messages_table.c.time), func.max(messages_table.c.time))).one()
             return ModelSummary(int(totals.spam) if totals else 0, int(totals.ham) if totals else 0, int(tokens or 0), int(row[0] or 0),
-                                _aware(row[1]), _aware(row[2]))
+                                as_utc(row[1]), as_utc(row[2]))
 
         return guarded("summarise the classifier's model", read)
 
