@@ -260,25 +260,32 @@ class Envelope(CheckStates):
     @property
     def header_bytes(self) -> bytes:
         """The header section as Postfix passed it, CRLF line ends, blank line included."""
-        cached = self._header_bytes
-        if cached is not None and cached[0] == len(self.headers) and cached[1] == len(self.raw_headers):
-            return cached[2]
+        cached = self._cached_header_bytes()
+        if cached is not None:
+            return cached
         value = self._build_header_bytes()
         self._header_bytes = (len(self.headers), len(self.raw_headers), value)
         return value
 
+    def _cached_header_bytes(self) -> bytes | None:
+        """The header section built earlier, while no header has arrived since."""
+        cached = self._header_bytes
+        if cached is not None and cached[0] == len(self.headers) and cached[1] == len(self.raw_headers):
+            return cached[2]
+        return None
+
     def _build_header_bytes(self) -> bytes:
         if self.raw_headers and len(self.raw_headers) == len(self.headers):
             return b"".join(_crlf(line) + b"\r\n" for line in self.raw_headers) + b"\r\n"
-        lines = [hname.encode("ascii", "replace") + b": " + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n" for hname, value in self.headers]
+        lines = [hname.encode("ascii", "replace") + b": " + _crlf(value) + b"\r\n" for hname, value in self.headers]
         return b"".join(lines) + b"\r\n"
 
     @property
     def size(self) -> int:
         """The message size: headers and body (``len(header_bytes)``, counted without building them)."""
-        cached = self._header_bytes
-        if cached is not None and cached[0] == len(self.headers) and cached[1] == len(self.raw_headers):
-            return len(cached[2]) + self.spool.size
+        cached = self._cached_header_bytes()
+        if cached is not None:
+            return len(cached) + self.spool.size
         if self.raw_headers and len(self.raw_headers) == len(self.headers):
             header_size = sum(_crlf_size(line) for line in self.raw_headers)
         else:
