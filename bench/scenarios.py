@@ -506,8 +506,9 @@ def _replay(bench: Bench) -> Callable[[int, int, int], Sample]:
     return lambda port, count, sessions: corpus_replay(port, messages, count, sessions, bench.corpus_listed)
 
 
-def _corpus_milterd(bench: Bench, scenario: Scenario) -> Backend:
-    """milterd as an MX would run it: every check (DNSBL at connect), clamd and spamd, the shipped rules."""
+def _corpus_milterd(bench: Bench, scenario: Scenario, extra: dict[str, Any] | None = None) -> Backend:
+    """milterd as an MX would run it: every check (DNSBL at connect), clamd and spamd, the shipped rules;
+    *extra*: more milter.conf sections (the tiers rows')."""
     dns = bench.shared("dns", _start_dns)
     clamd = bench.shared("clamd", _start_clamd)
     spamd = bench.shared("spamd", _start_spamd)
@@ -515,7 +516,7 @@ def _corpus_milterd(bench: Bench, scenario: Scenario) -> Backend:
     # Each round replays the same messages from the same clients: that is not a retry, so the
     # result cache is off (it would answer every round after the first without spamd).
     sections = {"dns": {"nameservers": [dns.nameserver]}, "clamav": {"enabled": True, "address": clamd.address},
-                "spamd": {"enabled": True, "address": spamd.address, "cache_size": 0}}
+                "spamd": {"enabled": True, "address": spamd.address, "cache_size": 0}, **(extra or {})}
     backend = bench.milterd(scenario.name, "inet", "sqlite", sections, rules)
     backend.replay = _replay(bench)
     return backend
@@ -546,16 +547,8 @@ def _corpus_tiered(bench: Bench, scenario: Scenario, bounds: tuple[float | None,
     training = corpus_folders(corpus_fetch(bench.corpus_cache), "training")
     labelled = [(label, ref) for label in ("spam", "ham") for path in training[label] for ref in sources(path)]
     learn_scratch(Config().with_changes({"database.url": database}), labelled)
-    dns = bench.shared("dns", _start_dns)
-    clamd = bench.shared("clamd", _start_clamd)
-    spamd = bench.shared("spamd", _start_spamd)
-    rules = {path.name: path.read_text() for path in sorted((REPO / "rules").glob("*.toml"))}
     learner: dict[str, Any] = {"enabled": True, "skip_spamd_above": above, "skip_spamd_below": below}
-    sections = {"dns": {"nameservers": [dns.nameserver]}, "clamav": {"enabled": True, "address": clamd.address},
-                "spamd": {"enabled": True, "address": spamd.address, "cache_size": 0}, "learner": learner, "database": {"url": database}}
-    backend = bench.milterd(scenario.name, "inet", "sqlite", sections, rules)
-    backend.replay = _replay(bench)
-    return backend
+    return _corpus_milterd(bench, scenario, {"learner": learner, "database": {"url": database}})
 
 
 def _tiers_missing() -> str:
