@@ -173,8 +173,7 @@ def outcome(rows: Sequence[Mapping[str, Any]], scores: Mapping[str, float], thre
     """(spam caught, spam, ham flagged, ham) at *threshold* with *scores* for the buckets."""
     counts = [0, 0, 0, 0]
     for row in rows:
-        base, bucket = base_and_bucket(row)
-        hit = base + (scores[bucket] if bucket else 0.0) >= threshold
+        hit = _total(row, scores) >= threshold
         i = 0 if row["kind"] == "spam" else 2
         counts[i] += hit
         counts[i + 1] += 1
@@ -185,15 +184,7 @@ def refit(rows: Sequence[Mapping[str, Any]], current: Mapping[str, float],
           grid: Sequence[float] = GRID) -> tuple[dict[str, float], dict[str, Any]]:
     """The score vector chosen by the rule of the module docstring, and how it and the shipped one did."""
     # Per bucket and grid value: spam caught and ham flagged (a message's total is its base plus the bucket's score).
-    tables: dict[str, dict[float, tuple[int, int]]] = {}
-    for name in BUCKET_ORDER:
-        members = [base_and_bucket(r)[0] for r in rows if base_and_bucket(r)[1] == name]
-        kinds = [r["kind"] for r in rows if base_and_bucket(r)[1] == name]
-        tables[name] = {v: (sum(1 for b, k in zip(members, kinds, strict=True) if k == "spam" and b + v >= THRESHOLD),
-                            sum(1 for b, k in zip(members, kinds, strict=True) if k == "ham" and b + v >= THRESHOLD)) for v in grid}
-    silent = [r for r in rows if base_and_bucket(r)[1] is None]
-    silent_spam = sum(1 for r in silent if r["kind"] == "spam" and base_and_bucket(r)[0] >= THRESHOLD)
-    silent_ham = sum(1 for r in silent if r["kind"] == "ham" and base_and_bucket(r)[0] >= THRESHOLD)
+    tables, silent_spam, silent_ham = per_bucket(rows, grid)
     n_ham = sum(1 for r in rows if r["kind"] == "ham")
     limit = int(MAX_HAM * n_ham)
     best: tuple[Any, ...] | None = None
