@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from milterd.checks.bayes import SCORES
+from milterd.checks.bayes import SCORES, confident
 
 THRESHOLD = 5.0
 MAX_LOST_SPAM = 0.005
@@ -116,10 +116,8 @@ def judged(row: Mapping[str, Any], scores: Mapping[str, float] = SCORES) -> Judg
 
 
 def skipped(message: Judged, above: float | None, below: float | None) -> bool:
-    """Whether the tiers with these bounds skip spamd for *message* (as milterd.checks.bayes.confident)."""
-    if not message.spoke:
-        return False
-    return (above is not None and message.before >= above) or (below is not None and message.before <= below)
+    """Whether the tiers with these bounds (None: off) skip spamd for *message*: milterd's own ``confident``."""
+    return confident(message.before, message.spoke, False if above is None else above, False if below is None else below)
 
 
 @dataclass(frozen=True)
