@@ -73,21 +73,35 @@ def to_smtp(raw: bytes) -> bytes:
 WHICH = ("all", "evaluation", "training")
 
 
+def files(data: Path, group: str) -> list[Path]:
+    """The messages of one corpus folder, sorted by file name."""
+    return sorted((data / group).glob("*.txt"))
+
+
+def split(data: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Issue #13's protocol by time, its one definition: (training, evaluation) folders as spam, ham
+    (easy) and hard (hard ham) → files.  Training: ``spam-1``, ``easy-ham-1`` and the first half of
+    ``hard-ham-1`` by file name; evaluation: ``spam-2``, ``easy-ham-2`` and the second half."""
+    hard = files(data, "hard-ham-1")
+    half = len(hard) // 2
+    train = {"spam": files(data, "spam-1"), "ham": files(data, "easy-ham-1"), "hard": hard[:half]}
+    test = {"spam": files(data, "spam-2"), "ham": files(data, "easy-ham-2"), "hard": hard[half:]}
+    return train, test
+
+
 def folders(data: Path, which: str = "all") -> dict[str, list[Path]]:
-    """The corpus files by label: every folder, or issue #13's ``training`` (``spam-1``, ``easy-ham-1``,
-    first half of ``hard-ham-1`` by file name) or ``evaluation`` (``spam-2``, ``easy-ham-2``, second half) folders."""
+    """The corpus files by label (ham includes hard ham): every folder, or :func:`split`'s ``training``
+    or ``evaluation`` folders."""
     if which not in WHICH:
         raise ValueError(f"unknown corpus folders {which!r} (one of {', '.join(WHICH)})")
-    files: dict[str, list[Path]] = {"ham": [], "spam": []}
-    for group, label in LABELS.items():
-        paths = sorted((data / group).glob("*.txt"))
-        if which != "all" and group == "hard-ham-1":
-            half = len(paths) // 2
-            paths = paths[:half] if which == "training" else paths[half:]
-        elif which != "all" and group.endswith("-1") != (which == "training"):
-            paths = []
-        files[label] += paths
-    return files
+    if which == "all":
+        everything: dict[str, list[Path]] = {"ham": [], "spam": []}
+        for group, label in LABELS.items():
+            everything[label] += files(data, group)
+        return everything
+    train, test = split(data)
+    chosen = train if which == "training" else test
+    return {"ham": chosen["ham"] + chosen["hard"], "spam": chosen["spam"]}
 
 
 def select(data: Path, size: int, seed: int = 4, which: str = "all") -> list[CorpusMessage]:

@@ -37,12 +37,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.corpus import fetch, to_smtp
+from bench.corpus import fetch, folders, split, to_smtp
 from milterd.checks.bayes import SCORES
-from milterd.config import DatabaseSection, LearnerSection
+from milterd.commands.check import learn_scratch
+from milterd.config import Config, DatabaseSection, LearnerSection
 from milterd.learner.cache import TokenCache
-from milterd.learner.classifier import BUCKETS, bucket, classify
+from milterd.learner.classifier import BUCKETS, Counts, bucket, classify
 from milterd.learner.tokenizer import hashed_tokens, message_digest
+from milterd.milter.offline import sources
 from milterd.scanners.spamd import SpamdClient
 from milterd.store import Store
 from milterd.store.learner import LearnerStore
@@ -52,18 +54,12 @@ CACHE = Path.home() / ".cache" / "milterd-bench"
 THRESHOLDS = (0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999)
 
 
-def files(data: Path, group: str) -> list[Path]:
-    """The messages of one corpus folder, sorted by file name."""
-    return sorted((data / group).glob("*.txt"))
-
-
-def split(data: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
-    """(training, evaluation) folders of the protocol, as label → files (spam, ham, hard-ham)."""
-    hard = files(data, "hard-ham-1")
-    half = len(hard) // 2
-    train = {"spam": files(data, "spam-1"), "ham": files(data, "easy-ham-1"), "hard": hard[:half]}
-    test = {"spam": files(data, "spam-2"), "ham": files(data, "easy-ham-2"), "hard": hard[half:]}
-    return train, test
+def learn_training(url: str, cache: Path = CACHE) -> Counts:
+    """Teach the classifier of the (new) store at *url* the training folders (:func:`bench.corpus.split`)
+    through milterd's own ``check --train-*`` path; the totals learned.  The corpus-tiers row and the soak use it."""
+    training = folders(fetch(cache), "training")
+    labelled = [(label, ref) for label in ("spam", "ham") for path in training[label] for ref in sources(path)]
+    return learn_scratch(Config().with_changes({"database.url": url}), labelled)
 
 
 def tuning_split(train: dict[str, list[Path]]) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:

@@ -25,7 +25,6 @@ from typing import Any, Callable
 
 from bench.corpus import LISTED_NET, CorpusMessage
 from bench.corpus import fetch as corpus_fetch
-from bench.corpus import folders as corpus_folders
 from bench.corpus import replay as corpus_replay
 from bench.corpus import select as corpus_select
 from bench.report import Sample, Target
@@ -537,16 +536,12 @@ def _corpus_tiers(wide: bool = False) -> Callable[[Bench, Scenario], Backend]:
 
 
 def _corpus_tiered(bench: Bench, scenario: Scenario, bounds: tuple[float | None, float | None]) -> Backend:
+    from bench.learner_eval import learn_training
     from bench.learner_tiers import bench_bounds
-    from milterd.commands.check import learn_scratch
-    from milterd.config import Config
-    from milterd.milter.offline import sources
 
     above, below = bench_bounds(bounds)  # shifted by what the mix's client, sender and Dates add before spamd
     database = bench.fresh_database("sqlite")
-    training = corpus_folders(corpus_fetch(bench.corpus_cache), "training")
-    labelled = [(label, ref) for label in ("spam", "ham") for path in training[label] for ref in sources(path)]
-    learn_scratch(Config().with_changes({"database.url": database}), labelled)
+    learn_training(database, bench.corpus_cache)
     learner: dict[str, Any] = {"enabled": True, "skip_spamd_above": above, "skip_spamd_below": below}
     return _corpus_milterd(bench, scenario, {"learner": learner, "database": {"url": database}})
 
