@@ -71,21 +71,16 @@ class Pipeline:
         eom = self._by_stage[Stage.EOM]
         self._eom_tiers = [[c for c in eom if c.eom_tier() == tier] for tier in sorted({c.eom_tier() for c in eom})]
         self._hooked: dict[str, list[Check]] = {}
-        self._stages: tuple[int, frozenset[Stage]] | None = None
+        # The stages to negotiate (asked at every connection): the core's and those some check hooks.
+        needed = set(CORE_STAGES).union(*(check.stages() for check in self.checks))
+        if self._body_needed():
+            needed.add(Stage.BODY)
+        self._stages = frozenset(needed)
 
     # --- negotiation ------------------------------------------------------
     def stages(self) -> frozenset[Stage]:
         """The stages to negotiate with Postfix: the core's and those some check hooks."""
-        cached = self._stages
-        if cached is not None and cached[0] == len(self.checks):
-            return cached[1]  # asked at every connection's negotiation
-        needed = set(CORE_STAGES)
-        for check in self.checks:
-            needed |= check.stages()
-        if self._body_needed():
-            needed.add(Stage.BODY)
-        self._stages = (len(self.checks), frozenset(needed))
-        return self._stages[1]
+        return self._stages
 
     def hooked(self, stage: Stage) -> bool:
         """Whether some check runs at *stage*."""
