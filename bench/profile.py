@@ -7,7 +7,7 @@
 
 Each chosen row of bench/scenarios.py is started as ``bench/run.py`` starts it
 (one private Postfix, smtp-sink, the local resolver and clamd where the row
-needs them), warmed up, and then driven by ``smtp-source`` (10 sessions, 5 KB)
+needs them), warmed up, and then driven as bench/run.py drives it (``smtp-source``, or the row's own client: 10 sessions, 5 KB)
 while ``py-spy record --subprocesses --format raw`` samples the milter's
 supervisor and its workers.  Idle stacks (waiting in a system call) are left
 out by py-spy, so the samples are CPU.  The collapsed stacks are kept in
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.scenarios import SCENARIOS, Bench, smtp_source  # noqa: E402
+from bench.scenarios import SCENARIOS, Bench  # noqa: E402
 
 
 def parse_stacks(lines: list[str]) -> Counter[tuple[str, ...]]:
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 sent, started, cpu_before = 0, time.monotonic(), backend.cpu_ms() or 0.0
                 while recorder.poll() is None:
                     bench.wait_queue_idle()
-                    sent += smtp_source(backend.port, 400, 10, bench.size).messages
+                    sent += backend.drive(400, 10).messages
                 cpu = (backend.cpu_ms() or 0.0) - cpu_before
                 print(f"\n### {name}: {s_title(name)} (perf)\n\n{sent} messages in {time.monotonic() - started:.0f} s;"
                       f" workers' CPU {cpu / max(sent, 1):.2f} ms/msg (utime + stime); perf data: {data}\n\n{perf_tables(data, pids, args.top)}\n", flush=True)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             sent, started, cpu_before = 0, time.monotonic(), backend.cpu_ms() or 0.0
             while recorder.poll() is None:
                 bench.wait_queue_idle()
-                sample = smtp_source(backend.port, 400, 10, bench.size)
+                sample = backend.drive(400, 10)
                 sent += sample.messages
             elapsed = time.monotonic() - started
             cpu = (backend.cpu_ms() or 0.0) - cpu_before
