@@ -1,0 +1,424 @@
+"""milterd.dns: the UDP client that asks cache misses (issue #14) gives the answers dnspython's resolver gives.
+
+A tiny in-process DNS server (a thread on 127.0.0.1, UDP and TCP on one port, built with
+dnspython's message API) answers as each test tells it; most tests compare the client's
+answer with :meth:`Resolver._resolve`'s (dnspython's ``Resolver.resolve``) for the same reply.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Callable, Iterator
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+
+import milterd.dns
+from milterd.config import DnsSection
+from milterd.dns import MAX_TTL, Answer, Resolver, observe_cache
+
+#: What the server sends for a query: datagrams (bytes) and, for a tuple ("from-other-port", bytes),
+#: one sent from another socket.
+Reply = list["bytes | tuple[str, bytes]"]
+Handler = Callable[[dns.message.Message, str], Reply]
+
+SOA = "ns.test. hostmaster.test. 1 3600 600 86400 120"
+
+
+class Server:
+    """UDP + TCP DNS on one 127.0.0.1 port, answering through *handler*; records what it was asked."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.asked: list[tuple[str, dns.message.Message]] = []
+        self._lock = threading.Lock()
+        while True:
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind(("127.0.0.1", 0))
+            self.port = self.udp.getsockname()[1]
+            self.tcp = socket.socket()
+            try:
+                self.tcp.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                self.udp.close()
+                self.tcp.close()
+        self.tcp.listen(16)
+        self.other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.other.bind(("127.0.0.1", 0))
+        self._stop = False
+        self._threads = [threading.Thread(target=self._serve_udp, daemon=True), threading.Thread(target=self._serve_tcp, daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def nameserver(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def queries(self, transport: str | None = None) -> list[dns.message.Message]:
+        with self._lock:
+            return [q for t, q in self.asked if transport is None or t == transport]
+
+    def _record(self, transport: str, wire: bytes) -> dns.message.Message | None:
+        try:
+            query = dns.message.from_wire(wire)
+        except Exception:  # noqa: BLE001 - not a query: nothing to answer
+            return None
+        with self._lock:
+            self.asked.append((transport, query))
+        return query
+
+    def _serve_udp(self) -> None:
+        while not self._stop:
+            try:
+                wire, client = self.udp.recvfrom(65535)
+            except OSError:
+                return
+            query = self._record("udp", wire)
+            if query is None:
+                continue
+            for datagram in self.handler(query, "udp"):
+                if isinstance(datagram, tuple):
+                    self.other.sendto(datagram[1], client)
+                else:
+                    self.udp.sendto(datagram, client)
+
+    def _serve_tcp(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.tcp.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    size = int.from_bytes(_read(conn, 2), "big")
+                    query = self._record("tcp", _read(conn, size))
+                    if query is None:
+                        continue
+                    for reply in self.handler(query, "tcp"):
+                        if isinstance(reply, bytes):
+                            conn.sendall(len(reply).to_bytes(2, "big") + reply)
+                except OSError:
+                    continue
+
+    def close(self) -> None:
+        self._stop = True
+        for sock in (self.udp, self.tcp, self.other):
+            sock.close()
+
+
+def _read(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+    return data
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Handler], Server]]:
+    servers: list[Server] = []
+
+    def start(handler: Handler) -> Server:
+        servers.append(Server(handler))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def resolver_for(*servers: Server | str, timeout: float = 1.0) -> Resolver:
+    return Resolver(DnsSection(nameservers=[s if isinstance(s, str) else s.nameserver for s in servers], timeout=timeout, cache_size=100))
+
+
+def response(query: dns.message.Message, *answer: str, rcode: int = dns.rcode.NOERROR, authority: tuple[str, ...] = ()) -> dns.message.Message:
+    """A reply to *query*: answer and authority records in zone-file form ("NAME TTL IN TYPE DATA")."""
+    reply = dns.message.make_response(query)
+    reply.set_rcode(rcode)
+    for text in answer:
+        reply.answer.append(_rrset(text))
+    for text in authority:
+        reply.authority.append(_rrset(text))
+    return reply
+
+
+def _rrset(text: str) -> dns.rrset.RRset:
+    name, ttl, rdclass, rdtype, data = text.split(None, 4)
+    return dns.rrset.from_text(name, int(ttl), rdclass, rdtype, data)
+
+
+def zone(query: dns.message.Message, transport: str) -> Reply:
+    """A small zone: a.test A, big.test A (huge TTL), www.test CNAME a.test, mail.test (no A),
+    everything else NXDOMAIN, with the zone's SOA in the authority section."""
+    question = query.question[0]
+    name, rdtype = question.name.to_text(), dns.rdatatype.to_text(question.rdtype)
+    soa = (f"test. 600 IN SOA {SOA}",)
+    if (name, rdtype) == ("a.test.", "A"):
+        reply = response(query, "a.test. 300 IN A 192.0.2.1", "a.test. 300 IN A 192.0.2.2")
+    elif (name, rdtype) == ("big.test.", "A"):
+        reply = response(query, "big.test. 999999 IN A 192.0.2.9")
+    elif (name, rdtype) == ("www.test.", "A"):
+        reply = response(query, "www.test. 60 IN CNAME a.test.", "a.test. 300 IN A 192.0.2.1")
+    elif name in ("a.test.", "mail.test.", "www.test."):
+        reply = response(query, authority=soa)
+    elif name.startswith("n") and name.endswith(".many.test."):
+        # n<K>.many.test: the address says which question it answers (concurrency test).
+        number = int(name[1:].split(".")[0])
+        reply = response(query, f"{name} 300 IN A 10.{number // 65536 % 256}.{number // 256 % 256}.{number % 256}")
+    else:
+        reply = response(query, rcode=dns.rcode.NXDOMAIN, authority=soa)
+    return [reply.to_wire()]
+
+
+def same_as_dnspython(resolver: Resolver, name: str, rdtype: str) -> Answer:
+    """The client's answer, checked equal to dnspython's resolver's for the same question."""
+    answer = resolver.query(name, rdtype)
+    assert answer == resolver._resolve(name.lower().rstrip("."), rdtype.upper(), 1.0)
+    return answer
+
+
+# --- answers ------------------------------------------------------------------
+
+
+def test_a_records(serve: Callable[[Handler], Server]) -> None:
+    server = serve(zone)
+    resolver = resolver_for(server)
+    answer = same_as_dnspython(resolver, "A.test.", "a")
+    assert (answer.name, answer.rdtype, answer.status, answer.records, answer.ttl) == ("a.test", "A", "ok", ("192.0.2.1", "192.0.2.2"), 300.0)
+    assert [r.address for r in answer.rdata] == ["192.0.2.1", "192.0.2.2"]
+    assert same_as_dnspython(resolver, "big.test", "A").ttl == MAX_TTL
+    # Our question went by UDP only, once per query, and it is the one dnspython's resolver sends.
+    ours, theirs = server.queries("udp")[0], server.queries("udp")[1]
+    assert ours.to_wire()[2:] == theirs.to_wire()[2:] and not server.queries("tcp")
+
+
+def test_cname_chain_is_followed(serve: Callable[[Handler], Server]) -> None:
+    answer = same_as_dnspython(resolver_for(serve(zone)), "www.test", "A")
+    assert (answer.status, answer.records, answer.ttl) == ("ok", ("192.0.2.1",), 300.0)
+
+
+def test_nxdomain_and_nodata_keep_the_soa_negative_ttl(serve: Callable[[Handler], Server]) -> None:
+    resolver = resolver_for(serve(zone))
+    nx = same_as_dnspython(resolver, "nothing.test", "A")
+    assert (nx.status, nx.ttl, nx.records) == ("nxdomain", 120.0, ())
+    nodata = same_as_dnspython(resolver, "mail.test", "A")
+    assert (nodata.status, nodata.ttl) == ("nodata", 120.0)
+    # A CNAME to a name without the type: no data, as dnspython says.
+    assert same_as_dnspython(resolver, "www.test", "MX").status == "nodata"
+
+
+def test_negative_answer_without_soa_is_kept_the_default_time(serve: Callable[[Handler], Server]) -> None:
+    server = serve(lambda q, t: [response(q, rcode=dns.rcode.NXDOMAIN).to_wire()])
+    assert same_as_dnspython(resolver_for(server), "x.test", "TXT").ttl == milterd.dns.NEGATIVE_TTL
+
+
+def test_nxdomain_after_a_cname(serve: Callable[[Handler], Server]) -> None:
+    server = serve(lambda q, t: [response(q, f"{q.question[0].name} 60 IN CNAME gone.test.", rcode=dns.rcode.NXDOMAIN, authority=(f"test. 600 IN SOA {SOA}",)).to_wire()])
+    assert same_as_dnspython(resolver_for(server), "alias.test", "A").status == "nxdomain"
+
+
+def test_text_records_are_joined(serve: Callable[[Handler], Server]) -> None:
+    server = serve(lambda q, t: [response(q, f'{q.question[0].name} 300 IN TXT "v=spf1 " "-all"').to_wire()])
+    answer = same_as_dnspython(resolver_for(server), "t.test", "TXT")
+    assert answer.records == ("v=spf1 -all",)
+
+
+# --- left to dnspython's resolver -----------------------------------------------
+
+
+def test_servfail_goes_to_dnspython_and_is_an_error(serve: Callable[[Handler], Server]) -> None:
+    server = serve(lambda q, t: [response(q, rcode=dns.rcode.SERVFAIL).to_wire()])
+    resolver = resolver_for(server)
+    answer = resolver.query("x.test", "A")
+    assert answer.status == "error" and "SERVFAIL" in answer.error
+    assert len(server.queries("udp")) == 2  # ours, then dnspython's
+    assert answer == resolver._resolve("x.test", "A", 1.0)
+
+
+def test_refused_without_question_goes_to_dnspython(serve: Callable[[Handler], Server]) -> None:
+    def refuse(query: dns.message.Message, transport: str) -> Reply:
+        reply = dns.message.make_response(query)
+        reply.question = []
+        reply.set_rcode(dns.rcode.REFUSED)
+        return [reply.to_wire()]
+
+    resolver = resolver_for(serve(refuse))
+    answer = resolver.query("x.test", "A")
+    assert answer.status == "error" and answer == resolver._resolve("x.test", "A", 1.0)
+
+
+def test_nxdomain_that_answers_the_question_goes_to_dnspython(serve: Callable[[Handler], Server]) -> None:
+    server = serve(lambda q, t: [response(q, f"{q.question[0].name} 60 IN A 192.0.2.1", rcode=dns.rcode.NXDOMAIN).to_wire()])
+    resolver = resolver_for(server)
+    answer = resolver.query("x.test", "A")
+    assert answer.status == "error" and answer == resolver._resolve("x.test", "A", 1.0)
+
+
+def test_truncated_reply_is_asked_again_over_tcp(serve: Callable[[Handler], Server]) -> None:
+    def truncate(query: dns.message.Message, transport: str) -> Reply:
+        if transport == "udp":
+            reply = response(query)
+            reply.flags |= dns.flags.TC
+            return [reply.to_wire()]
+        return zone(query, transport)
+
+    server = serve(truncate)
+    resolver = resolver_for(server)
+    answers = resolver.query_many([("a.test", "A"), ("www.test", "A")])
+    assert [a.records for a in answers] == [("192.0.2.1", "192.0.2.2"), ("192.0.2.1",)]
+    assert len(server.queries("tcp")) == 2
+
+
+def test_truncated_reply_to_another_question_is_ignored(serve: Callable[[Handler], Server]) -> None:
+    def spoof_tc(query: dns.message.Message, transport: str) -> Reply:
+        forged = response(dns.message.make_query("other.test", "A"))
+        forged.id = query.id
+        forged.flags |= dns.flags.TC
+        return [forged.to_wire(), *zone(query, transport)]
+
+    server = serve(spoof_tc)
+    assert resolver_for(server).query("a.test", "A").records == ("192.0.2.1", "192.0.2.2")
+    assert len(server.queries()) == 1  # neither asked again by dnspython's resolver nor over TCP
+
+
+def test_questions_the_client_does_not_send(serve: Callable[[Handler], Server]) -> None:
+    """A meta type, an unknown type, a bad name: dnspython's resolver makes the error answer."""
+    server = serve(zone)
+    resolver = resolver_for(server)
+    for name, rdtype in (("a.test", "ANY"), ("a.test", "NOSUCHTYPE"), ("a" * 64 + ".test", "A")):
+        answer = resolver.query(name, rdtype)
+        assert answer.status == "error" and answer == resolver._resolve(name, rdtype, 1.0)
+    assert server.queries() == []
+
+
+def test_resolver_without_udp_nameserver_uses_dnspython() -> None:
+    resolver = resolver_for("127.0.0.1:9")
+    resolver._resolver.nameservers = ["https://resolver.invalid/dns-query"]
+    assert milterd.dns._udp_server(resolver._resolver) is None
+    resolver._resolver.nameservers = ["127.0.0.1"]
+    resolver._resolver.rotate = True
+    assert milterd.dns._udp_server(resolver._resolver) is None
+    resolver._resolver.rotate = False
+    assert milterd.dns._udp_server(resolver._resolver) == (socket.AF_INET, ("127.0.0.1", 53))
+
+
+# --- time ------------------------------------------------------------------------
+
+
+def test_silent_server_is_a_timeout_within_the_deadline(serve: Callable[[Handler], Server]) -> None:
+    server = serve(lambda q, t: [])
+    resolver = resolver_for(server, timeout=0.3)
+    start = time.monotonic()
+    answers = resolver.query_many([("a.test", "A"), ("b.test", "MX"), ("c.test", "TXT")])
+    elapsed = time.monotonic() - start
+    assert [(a.status, a.error) for a in answers] == [("error", "timeout")] * 3
+    assert 0.25 <= elapsed < 0.5
+    start = time.monotonic()
+    assert resolver.query("d.test", "A", deadline=time.monotonic() + 0.1).error == "timeout"
+    assert time.monotonic() - start < 0.3
+    assert resolver.query("e.test", "A", deadline=time.monotonic() - 1).error == "timeout"
+    assert len(server.queries()) == 4  # nothing is sent past the deadline
+
+
+def test_silent_first_of_two_nameservers_is_a_timeout_as_with_dnspython(serve: Callable[[Handler], Server]) -> None:
+    """dnspython's resolver gives the first server the whole lifetime (its timeout is the lifetime)."""
+    silent, good = serve(lambda q, t: []), serve(zone)
+    resolver = resolver_for(silent, good, timeout=0.3)
+    assert resolver.query("a.test", "A").error == "timeout"
+    assert resolver._resolve("a.test", "A", 0.3).error == "timeout"
+    assert good.queries() == []
+
+
+def test_answer_for_some_questions_timeout_for_the_others(serve: Callable[[Handler], Server]) -> None:
+    server = serve(lambda q, t: zone(q, t) if q.question[0].name.to_text() == "a.test." else [])
+    answers = resolver_for(server, timeout=0.3).query_many([("x.test", "A"), ("a.test", "A")])
+    assert [a.status for a in answers] == ["error", "ok"]
+
+
+def test_closed_port_is_a_timeout(serve: Callable[[Handler], Server]) -> None:
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    resolver = resolver_for(f"127.0.0.1:{port}", timeout=0.2)
+    assert [a.error for a in resolver.query_many([("a.test", "A"), ("b.test", "A")])] == ["timeout", "timeout"]
+
+
+# --- spoofing ------------------------------------------------------------------------
+
+
+def test_forged_replies_are_ignored(serve: Callable[[Handler], Server]) -> None:
+    """Wrong id, wrong question, garbage, a reply from another port: all dropped, the real reply taken."""
+
+    def forge(query: dns.message.Message, transport: str) -> Reply:
+        name = query.question[0].name.to_text()
+        wrong_id = response(query, f"{name} 300 IN A 203.0.113.1")
+        wrong_id.id = (query.id + 1) % 65536
+        wrong_question = response(dns.message.make_query("evil.test", "A"), "evil.test. 300 IN A 203.0.113.2")
+        wrong_question.id = query.id
+        not_a_response = dns.message.make_query(name, "A")
+        not_a_response.id = query.id
+        from_elsewhere = response(query, f"{name} 300 IN A 203.0.113.3").to_wire()
+        garbage = query.id.to_bytes(2, "big") + b"\x81\x80garbage"
+        return [wrong_id.to_wire(), wrong_question.to_wire(), not_a_response.to_wire(), ("from-other-port", from_elsewhere), garbage, b"\x00", *zone(query, transport)]
+
+    resolver = resolver_for(serve(forge))
+    assert resolver.query("a.test", "A").records == ("192.0.2.1", "192.0.2.2")
+    answers = resolver.query_many([("www.test", "A"), ("nothing.test", "A")])
+    assert [(a.status, a.records) for a in answers] == [("ok", ("192.0.2.1",)), ("nxdomain", ())]
+
+
+# --- query_many, the cache, threads ----------------------------------------------------
+
+
+def test_query_many_keeps_order_duplicates_and_cache(serve: Callable[[Handler], Server]) -> None:
+    server = serve(zone)
+    resolver = resolver_for(server)
+    cached = Answer("cached.test", "A", "ok", ("192.0.2.7",), ttl=60)
+    resolver.cache.put(("cached.test", "A"), cached)
+    seen: list[bool] = []
+    observe_cache(seen.append)
+    try:
+        answers = resolver.query_many([("a.test", "A"), ("cached.test", "A"), ("nothing.test", "A"), ("a.test", "A"), ("Mail.Test.", "a")])
+    finally:
+        observe_cache(None)
+    assert [a.status for a in answers] == ["ok", "ok", "nxdomain", "ok", "nodata"]
+    assert answers[1] is cached and answers[4].name == "mail.test"
+    assert seen == [False, True, False, False, False]  # one lookup each, no second one per miss
+    assert len(server.queries()) == 4 and resolver._pool is None
+    # The answers are cached for their TTL: asked again, no query.
+    assert resolver.query_many([("a.test", "A"), ("nothing.test", "A")]) == [answers[0], answers[2]]
+    assert len(server.queries()) == 4
+
+
+def test_many_concurrent_callers(serve: Callable[[Handler], Server]) -> None:
+    server = serve(zone)
+    resolver = resolver_for(server, timeout=5.0)
+    failures: list[str] = []
+
+    def caller(t: int) -> None:
+        for k in range(25):
+            base = (t * 100 + k * 4) % 16_000_000
+            names = [f"n{base + j}.many.test" for j in range(4)]
+            answers = [resolver.query(names[0], "A")] if k % 2 else resolver.query_many([(n, "A") for n in names])
+            for name, answer in zip(names, answers, strict=False):
+                number = int(name[1:].split(".")[0])
+                expected = f"10.{number // 65536 % 256}.{number // 256 % 256}.{number % 256}"
+                if answer.records != (expected,):
+                    failures.append(f"{name}: {answer}")
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(server.queries()) == 16 * (13 * 4 + 12)
