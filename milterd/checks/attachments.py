@@ -11,7 +11,6 @@ or forces quarantine or a reject whose reply names the file.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, ClassVar, Iterable, Literal
 
@@ -20,6 +19,7 @@ from pydantic import Field
 from ..content.archives import Limits, archive_kind, list_archive
 from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
 from ..content.mimeparts import Attachment, attachments
+from ..content.mimetext import single_text_type
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
 from ..options import CheckSwitches, Size
@@ -143,28 +143,15 @@ def hits_for(findings: Iterable[Finding], actions: dict[str, str]) -> list[Hit]:
     return hits
 
 
-#: A Content-Type that names no file: text/SUBTYPE with at most a charset.
-_PLAIN_TEXT_TYPE = re.compile(r"\s*text/[A-Za-z0-9.+-]+\s*(?:;\s*charset\s*=\s*(?:\"[A-Za-z0-9_.:-]*\"|[A-Za-z0-9_.:-]*)\s*)?;?\s*", re.ASCII | re.IGNORECASE)
-
-
 def single_plain_text(headers: Iterable[tuple[str, bytes]]) -> bool:
     """Whether a message with these top-level headers is one text part naming no file.
 
     No Content-Disposition, and no Content-Type or one of text/SUBTYPE with at
-    most a charset: :func:`~milterd.content.mimeparts.attachments` finds no
-    attachment in such a message (it stops after its headers), so it need not
-    be parsed.
+    most a charset (:func:`~milterd.content.mimetext.single_text_type`):
+    :func:`~milterd.content.mimeparts.attachments` finds no attachment in such
+    a message (it stops after its headers), so it need not be parsed.
     """
-    types = 0
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == "content-disposition":
-            return False
-        if lowered == "content-type":
-            types += 1
-            if types > 1 or not _PLAIN_TEXT_TYPE.fullmatch(value.decode("latin-1")):
-                return False
-    return True
+    return single_text_type(headers) is not None
 
 
 class AttachmentPolicy(ConfiguredCheck):
