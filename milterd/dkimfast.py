@@ -2,10 +2,11 @@ r"""dkimpy's hot spots, replaced by code that gives the same results faster.
 
 :func:`install` (idempotent, per process) makes dkimpy's DKIM and ARC
 verification use :func:`verify` for RSA, :func:`compress_whitespace` and
-:func:`strip_trailing_whitespace` and :func:`unfold_header_value` for
-relaxed canonicalisation, :func:`evaluate_pk` for the key record's parse,
-:func:`rfc822_parse` for the message's and :data:`RE_BTAG` for removing a
-signature's ``b=`` value.  Everything else (tags, hashes, ``l=``,
+:func:`strip_trailing_whitespace`, :func:`unfold_header_value` and
+:func:`relaxed_headers` for relaxed canonicalisation, :func:`evaluate_pk`
+for the key record's parse, :func:`rfc822_parse` for the message's,
+:func:`parse_tag_value` for the signature's tags and :data:`RE_BTAG` for
+removing a signature's ``b=`` value.  Everything else (tags, hashes, ``l=``,
 ``t=``/``x=``, key size) stays dkimpy's.
 
 **RSA.**  Why: dkimpy verifies RSA signatures in pure Python.  For one RSA-2048
@@ -68,7 +69,12 @@ groups repeated for each base64 character cost about 0.05 ms per signature.
 the run of blanks and base64 characters, which is what
 ``(?:[\sa-zA-Z0-9+/=]*[a-zA-Z0-9+/=])?`` matches.  Relaxed header
 canonicalisation's ``unfold_header_value`` (``re.sub(b"\r?\n", b"", …)``,
-every LF and the one CR before it removed) is two ``bytes.replace``.
+every LF and the one CR before it removed) is two ``bytes.replace``, and
+:func:`relaxed_headers` is dkimpy's canonicalisation of every header field
+with it and :func:`compress_whitespace` written inline; :func:`parse_tag_value`
+tests a tag name's first letter without a regular expression.  Together
+about 0.13 ms per signed 5 KB message of bench/auth.py (each measured in
+process against dkimpy's own).
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ from typing import Any, Callable
 import dkim
 import dkim.canonicalization
 import dkim.crypto
+import dkim.util
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -97,6 +104,9 @@ PURE_RFC822_PARSE: Callable[[Any], tuple[list[list[bytes]], bytes]] = dkim.rfc82
 #: dkimpy's pattern of a signature's b= value, and its unfolding of a header value.
 PURE_RE_BTAG: re.Pattern[bytes] = dkim.RE_BTAG
 PURE_UNFOLD: Callable[[bytes], bytes] = dkim.canonicalization.unfold_header_value
+#: dkimpy's relaxed header canonicalisation and tag list parse.
+PURE_RELAXED_HEADERS: Callable[[Any], list[tuple[bytes, bytes]]] = dkim.canonicalization.Relaxed.canonicalize_headers
+PURE_PARSE_TAG_VALUE: Callable[[Any], dict[bytes, bytes]] = dkim.parse_tag_value
 #: Longer key records are parsed each time (not remembered).
 MAX_KEY_RECORD = 8192
 #: Smaller moduli are checked by dkimpy (cheap, and where "digest too large" can happen).
@@ -186,6 +196,7 @@ def _evaluate_pk(name: bytes | str, record: bytes | str) -> Any:
 
 
 _HEADER_NAME = re.compile(rb"([\x21-\x7e]+?):")  # dkimpy's, compiled once
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")  # a LF without a CR before it (found by the pattern's literal start)
 
 
 def rfc822_parse(message: Any) -> tuple[list[list[bytes]], bytes]:
@@ -205,7 +216,7 @@ def rfc822_parse(message: Any) -> tuple[list[list[bytes]], bytes]:
             headers.append([match.group(1), line[match.end(0) :] + b"\r\n"])
         elif not line.startswith(b"From "):
             return PURE_RFC822_PARSE(message)  # dkimpy's MessageFormatError
-    if body.count(b"\n") != body.count(b"\r\n"):
+    if _BARE_LF.search(body) is not None:
         body = body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     return headers, body
 
@@ -216,9 +227,11 @@ def _split_at_blank_line(message: bytes) -> tuple[list[bytes], bytes]:
         return [], message[1:]
     if message[:2] == b"\r\n":
         return [], message[2:]
-    found = [at for at in (message.find(b"\n\n"), message.find(b"\n\r\n")) if at >= 0]
-    if found:
-        at = min(found)  # the LF ending the last header line; the empty line's own line end follows
+    at = message.find(b"\n\r\n")
+    bare = message.find(b"\n\n", 0, at + 2 if at >= 0 else len(message))  # only before it: no scan of a CRLF body
+    if bare >= 0:
+        at = bare
+    if at >= 0:  # the LF ending the last header line; the empty line's own line end follows
         pieces = message[:at].split(b"\n")
         rest = message[at + 2 :] if message[at + 1] == 0x0A else message[at + 3 :]
         last = b""
@@ -243,6 +256,51 @@ def unfold_header_value(content: bytes) -> bytes:
     return content.replace(b"\r\n", b"").replace(b"\n", b"")
 
 
+def relaxed_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    """``dkim.canonicalization.Relaxed.canonicalize_headers``: names lower-cased, values unfolded, blanks compressed, stripped.
+
+    dkimpy's list comprehension with :func:`unfold_header_value` and
+    :func:`compress_whitespace` written inline (it runs over every header field).
+    """
+    result = []
+    for header in headers:
+        value = header[1]
+        if type(value) is not bytes:
+            return PURE_RELAXED_HEADERS(headers)
+        if b"\n" in value:
+            value = value.replace(b"\r\n", b"").replace(b"\n", b"")
+        if b"\t" in value or b"  " in value:
+            value = _CHANGING_RUN.sub(b" ", value)
+        result.append((header[0].lower().rstrip(), value.strip() + b"\r\n"))
+    return result
+
+
+def parse_tag_value(tag_list: Any) -> dict[bytes, bytes]:
+    r"""``dkim.util.parse_tag_value`` (RFC 6376 §3.2 tag=value list), without a regular expression per tag.
+
+    dkimpy's test of a tag name, ``re.match(br'^[a-zA-Z](\w)*', key)``, only
+    asks for an ASCII letter first (``(\w)*`` also matches nothing): that is
+    ``key[:1].isalpha()`` for bytes.
+    """
+    if type(tag_list) is not bytes:
+        return PURE_PARSE_TAG_VALUE(tag_list)
+    tags: dict[bytes, bytes] = {}
+    tag_specs = tag_list.strip().split(b";")
+    if not tag_specs[-1]:  # trailing semicolons are valid
+        tag_specs.pop()
+    for tag_spec in tag_specs:
+        try:
+            key, value = [x.strip() for x in tag_spec.split(b"=", 1)]
+        except ValueError as exc:
+            raise dkim.util.InvalidTagSpec(tag_spec) from exc
+        if not key[:1].isalpha():
+            raise dkim.util.InvalidTagSpec(tag_spec)
+        if key in tags:
+            raise dkim.util.DuplicateTag(key)
+        tags[key] = value
+    return tags
+
+
 def install() -> None:
     """Make dkimpy's DKIM and ARC verification use this module's functions (idempotent, per process)."""
     dkim.RSASSA_PKCS1_v1_5_verify = verify
@@ -252,6 +310,8 @@ def install() -> None:
     dkim.rfc822_parse = rfc822_parse
     dkim.RE_BTAG = RE_BTAG
     dkim.canonicalization.unfold_header_value = unfold_header_value
+    dkim.canonicalization.Relaxed.canonicalize_headers = staticmethod(relaxed_headers)
+    dkim.parse_tag_value = parse_tag_value
 
 
 def installed() -> bool:
@@ -264,4 +324,6 @@ def installed() -> bool:
         and dkim.rfc822_parse is rfc822_parse
         and dkim.RE_BTAG is RE_BTAG
         and dkim.canonicalization.unfold_header_value is unfold_header_value
+        and dkim.canonicalization.Relaxed.canonicalize_headers is relaxed_headers
+        and dkim.parse_tag_value is parse_tag_value
     )

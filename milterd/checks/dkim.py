@@ -92,11 +92,15 @@ class QuietLogger(logging.Logger):
         super().__init__("milterd.dkimpy", logging.CRITICAL + 1)
 
 
+#: One for every message: dkimpy only asks it whether to log (never), and it is in no logging registry.
+QUIET = QuietLogger()
+
+
 def verify_all(message: bytes, dnsfunc: DnsRecorder, max_signatures: int, min_key_bits: int) -> list[SignatureResult]:
     """Verify the first *max_signatures* DKIM signatures of *message* (topmost first)."""
     dkimfast.install()  # RSA by OpenSSL, faster canonicalisation: the same verdicts (milterd/dkimfast.py)
     try:
-        verifier = dkim.DKIM(message, logger=QuietLogger(), minkey=min_key_bits)
+        verifier = dkim.DKIM(message, logger=QUIET, minkey=min_key_bits)
     except Exception as exc:  # noqa: BLE001 - a message dkimpy cannot parse: its signatures cannot verify
         return [SignatureResult("", "", "permerror", f"unparsable message: {type(exc).__name__}: {exc}"[:200])]
     count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
