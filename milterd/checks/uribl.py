@@ -147,6 +147,13 @@ def public_suffixes() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+@functools.lru_cache(maxsize=4096)
+def registrable(host: str) -> str | None:
+    """The registrable domain of *host* by :func:`public_suffixes` (None: it has none); remembered per process."""
+    domain: str | None = public_suffixes().privatesuffix(host)
+    return domain
+
+
 def link_host(uri: str) -> str | None:
     """The host of a link, lower-cased, IDNA-encoded, without a trailing dot; None when it has none."""
     text = uri.strip()
@@ -161,24 +168,44 @@ def link_host(uri: str) -> str | None:
     host = unquote(host).strip().rstrip(".").lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    if _maybe_address(host):
+        try:
+            return str(ipaddress.ip_address(host))
+        except ValueError:
+            pass
+    host = _idna(host)
+    return host if host is not None and _HOST.match(host) else None
+
+
+def _maybe_address(host: str) -> bool:
+    """False for what ``ipaddress.ip_address`` surely refuses: an IPv6 address has a colon, an IPv4 one only digits and dots."""
+    return ":" in host or host.replace(".", "").isdigit()
+
+
+def _idna(host: str) -> str | None:
+    """``host.encode("idna").decode("ascii")``, None where that raises; an ASCII name without the codec machinery.
+
+    For ASCII the codec (encodings/idna.py) only checks the labels' lengths:
+    every label but the last one 1 to 63 characters, the last one at most 63.
+    """
+    if host.isascii():
+        labels = host.split(".")
+        if len(labels[-1]) >= 64 or not all(0 < len(label) < 64 for label in labels[:-1]):
+            return None
+        return host
     try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    try:
-        host = host.encode("idna").decode("ascii")
+        return host.encode("idna").decode("ascii")
     except UnicodeError:
         return None
-    return host if _HOST.match(host) else None
 
 
 def link_targets(uris: Iterable[str], skip: frozenset[str], limit: int, psl: PublicSuffixList | None = None) -> tuple[list[str], list[str]]:
     """The registrable domains and the IP addresses of *uris*, first seen first, *limit* in all.
 
     Hosts that are a public suffix themselves, have no registrable domain, or
-    whose registrable domain is in *skip*, are left out.
+    whose registrable domain is in *skip*, are left out.  Registrable domains
+    come from *psl*, or by default from :func:`registrable`.
     """
-    psl = psl or public_suffixes()
     domains: list[str] = []
     addresses: list[str] = []
     for uri in uris:
@@ -187,11 +214,11 @@ def link_targets(uris: Iterable[str], skip: frozenset[str], limit: int, psl: Pub
         host = link_host(uri)
         if host is None:
             continue
-        if ":" in host or host.replace(".", "").isdigit():
+        if _maybe_address(host):
             if host not in addresses and _public_address(host):
                 addresses.append(host)
             continue
-        domain = psl.privatesuffix(host)
+        domain = registrable(host) if psl is None else psl.privatesuffix(host)
         if domain and domain not in skip and domain not in domains:
             domains.append(domain)
     return domains, addresses

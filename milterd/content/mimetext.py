@@ -232,7 +232,8 @@ def link_starts(text: str) -> list[int]:
     while index >= 0:
         starts.extend(start for start in (index - 5, index - 4, index - 3) if start >= 0)
         index = text.find("://", index + 3)
-    lowered = text.lower()
+    # Only W lower-cases to w: without one, the text's own "www." are all there are.
+    lowered = text.lower() if "W" in text else text
     if len(lowered) == len(text):  # one character each: the indexes are the text's
         index = lowered.find("www.")
         while index >= 0:
