@@ -59,6 +59,8 @@ Status = Literal["ok", "nxdomain", "nodata", "error"]
 
 #: Longest a negative answer (NXDOMAIN, no data) is kept when the zone gives no SOA.
 NEGATIVE_TTL = 60.0
+#: The UDP payload size announced with EDNS0 (RFC 6891), the size DNS flag day 2020 recommends.
+EDNS_PAYLOAD = 1232
 #: Longest any answer is kept, whatever its TTL says.
 MAX_TTL = 86400.0
 
@@ -261,6 +263,10 @@ class Resolver:
         self._resolver.timeout = self.timeout
         self._resolver.lifetime = self.timeout
         self._resolver.retry_servfail = False
+        # EDNS0 with a 1232-byte payload (DNS flag day 2020): a 2048-bit DKIM key's TXT
+        # record does not fit in 512 bytes, and without EDNS every such lookup is
+        # truncated and asked again over TCP.
+        self._resolver.use_edns(0, 0, EDNS_PAYLOAD)
         self._server = _udp_server(self._resolver)
         self.cache = TTLCache(section.cache_size)
         self._pool: ThreadPoolExecutor | None = None

@@ -20,7 +20,7 @@ import pytest
 
 import milterd.dns
 from milterd.config import DnsSection
-from milterd.dns import MAX_TTL, Answer, Resolver, observe_cache
+from milterd.dns import EDNS_PAYLOAD, MAX_TTL, Answer, Resolver, observe_cache
 
 #: What the server sends for a query: datagrams (bytes) and, for a tuple ("from-other-port", bytes),
 #: one sent from another socket.
@@ -422,3 +422,14 @@ def test_many_concurrent_callers(serve: Callable[[Handler], Server]) -> None:
         thread.join()
     assert failures == []
     assert len(server.queries()) == 16 * (13 * 4 + 12)
+
+
+def test_questions_announce_edns0_with_a_1232_byte_payload(serve: Callable[[Handler], Server]) -> None:
+    # A 2048-bit DKIM key's TXT record is larger than 512 bytes: without EDNS it would be truncated and asked again over TCP.
+    server = serve(zone)
+    resolver = resolver_for(server)
+    resolver.query("a.test", "A")
+    resolver.query_many([("x.test", "A"), ("y.test", "TXT")])
+    sent = server.queries("udp")
+    assert len(sent) == 3
+    assert all(q.edns == 0 and q.payload == EDNS_PAYLOAD == 1232 for q in sent)
