@@ -284,6 +284,11 @@ class Resolver:
         return deadlines[stage]
 
     # --- queries ------------------------------------------------------------
+    def cached(self, name: str, rdtype: str) -> bool:
+        """Whether asking for *rdtype* of *name* now would be answered from the cache (not counted as a lookup)."""
+        expires = self.cache.expiry((name.lower().rstrip("."), rdtype.upper()))
+        return expires is not None and expires > time.monotonic()
+
     def query(self, name: str, rdtype: str, deadline: float | None = None) -> Answer:
         """Ask for *rdtype* records of *name*, within *deadline* (default: ``timeout`` from now)."""
         key = (name.lower().rstrip("."), rdtype.upper())

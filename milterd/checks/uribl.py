@@ -302,7 +302,34 @@ class UriBlockLists(ConfiguredCheck):
     def dynamic_symbols(self) -> tuple[Symbol, ...]:
         return tuple(s for zone in self.zones for s in zone.symbols())
 
+    def eom_waits(self, envelope: Envelope) -> bool:
+        """Only when some lookup of the message's links is not in the resolver's cache: the
+        usual message, whose link domains were seen lately, runs in the pipeline's own thread."""
+        queries = self._queries(envelope)
+        if queries is None:
+            return False
+        resolver = self.services.resolver
+        return not all(resolver.cached(query_name(target, zone), "A") for zone, target in queries)
+
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        queries = self._queries(envelope)
+        if not queries:
+            return []
+        resolver = self.services.resolver
+        deadline = resolver.stage_deadline(envelope.dns_deadlines, "eom")
+        answers = resolver.query_many([(query_name(target, zone), "A") for zone, target in queries], deadline)
+        return listing_hits(*sort_outcomes((zone.zone, classify(zone, target, answer)) for (zone, target), answer in zip(queries, answers, strict=False)))
+
+    def _queries(self, envelope: Envelope) -> list[tuple[UriZone, str]] | None:
+        """(list, domain or address) for each lookup of the message's links, worked out once per
+        message (eom_waits asks first); None when the links cannot be read."""
+        state = envelope.check_state(self.name)
+        if "queries" not in state:
+            state["queries"] = self._read_queries(envelope)
+        queries: list[tuple[UriZone, str]] | None = state["queries"]
+        return queries
+
+    def _read_queries(self, envelope: Envelope) -> list[tuple[UriZone, str]] | None:
         if not self.zones:
             return []
         try:
@@ -310,16 +337,11 @@ class UriBlockLists(ConfiguredCheck):
             domains, addresses = link_targets(found.uris, self.skip, self.options.max_domains)
         except Exception:  # noqa: BLE001 - unreadable spool or message: no URI hit
             log.warning("uribl: cannot read the message's links", exc_info=True)
-            return []
+            return None
         queries: list[tuple[UriZone, str]] = []
         for zone in self.zones:
             queries += [(zone, target) for target in (addresses if zone.addresses else domains)]
-        if not queries:
-            return []
-        resolver = self.services.resolver
-        deadline = resolver.stage_deadline(envelope.dns_deadlines, "eom")
-        answers = resolver.query_many([(query_name(target, zone), "A") for zone, target in queries], deadline)
-        return listing_hits(*sort_outcomes((zone.zone, classify(zone, target, answer)) for (zone, target), answer in zip(queries, answers, strict=False)))
+        return queries
 
 
 CHECKS = (UriBlockLists,)

@@ -357,3 +357,33 @@ def test_a_client_address_is_reversed_once_for_every_dns_list(monkeypatch: pytes
     size = dns._reversed_address.cache_info().currsize
     dns.dnsbl_name("2" * 100, "bl.example")
     assert dns._reversed_address.cache_info().currsize == size
+
+
+def test_uribl_waits_only_for_lookups_not_in_the_cache(tmp_path: Path) -> None:
+    from milterd.checks.uribl import query_name
+    from milterd.dns import Answer
+
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n')
+    services = build(load_config(conf))
+    uribl = next(c for c in services.checks if c.name == "uribl")
+    pipeline = Pipeline(services, keep_log=False)
+    try:
+        envelope = envelope_of(MESSAGE)
+        names = [query_name(target, zone) for zone, target in uribl._queries(envelope)]
+        assert names[0] == "one.example.dbl.spamhaus.org" and "two.example.dbl.spamhaus.org" in names
+        assert pipeline._waits(uribl, envelope)  # nothing cached yet
+        for name in names[:-1]:
+            services.resolver.cache.put((name, "A"), Answer(name, "A", "nxdomain", ttl=60.0))
+        assert pipeline._waits(uribl, envelope_of(MESSAGE))  # one lookup left
+        services.resolver.cache.put((names[-1], "A"), Answer(names[-1], "A", "nxdomain", ttl=60.0))
+        fresh = envelope_of(MESSAGE)
+        assert not pipeline._waits(uribl, fresh)
+        assert list(uribl.on_eom(Session(client_addr="192.0.2.7"), fresh)) == []  # answered from the cache
+        listed = names[0]
+        services.resolver.cache.put((listed, "A"), Answer(listed, "A", "ok", ("127.0.1.2",), ttl=60.0))
+        hits = list(uribl.on_eom(Session(client_addr="192.0.2.7"), envelope_of(MESSAGE)))
+        assert [(h.symbol, h.detail) for h in hits] == [("URIBL_DBL_SPAM", "one.example (127.0.1.2)")]
+        assert not pipeline._waits(uribl, envelope_of(b"From: a@example.org\r\n\r\nno links here\r\n"))
+    finally:
+        pipeline.shutdown()
