@@ -36,7 +36,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Generic, Hashable, Iterable, Iterator, Literal, Sequence, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Callable, Generic, Hashable, Iterable, Iterator, Literal, Sequence, TypeVar, Union, cast
 
 import dns.exception
 import dns.inet
@@ -242,6 +242,10 @@ def traced_lookups() -> Iterator[LookupTrace]:
         _trace.current = previous
 
 
+#: A query started by :meth:`Resolver.submit`: its answer when it was cached, else the background query.
+Pending = Union["Future[Answer]", Answer]
+
+
 class Resolver:
     """DNS for checks: ``[dns] nameservers`` (else /etc/resolv.conf), bounded, cached, concurrent."""
 
@@ -391,22 +395,27 @@ class Resolver:
             return Answer(name, rdtype, "error", error=_short(exc))
         return _found(name, rdtype, result.rrset, result.response)
 
-    def submit(self, name: str, rdtype: str, deadline: float | None = None) -> "Future[Answer]":
-        """Start a query in the background; collect it with :meth:`collect`."""
+    def submit(self, name: str, rdtype: str, deadline: float | None = None) -> "Pending":
+        """Start a query in the background; collect it with :meth:`collect`.
+
+        A cached answer is returned as it is: no Future, lock or thread for the usual case.
+        """
         cached = self.cache.get((name.lower().rstrip("."), rdtype.upper()))
         if cached is not None:
-            future: Future[Answer] = Future()
-            future.set_result(cached)
-            return future
+            return cached
         return self._executor().submit(self.query, name, rdtype, deadline)
 
-    def collect(self, futures: Sequence["Future[Answer]"], queries: Sequence[tuple[str, str]], deadline: float) -> list[Answer]:
-        """The answers of *futures* (started for *queries*); those not done by *deadline* are timeouts."""
-        wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
+    def collect(self, pending: Sequence["Pending"], queries: Sequence[tuple[str, str]], deadline: float) -> list[Answer]:
+        """The answers of *pending* (started by :meth:`submit` for *queries*); those not done by *deadline* are timeouts."""
+        futures = [p for p in pending if not isinstance(p, Answer)]
+        if futures:
+            wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
         answers = []
-        for future, (name, rdtype) in zip(futures, queries, strict=False):
-            if future.done() and future.exception() is None:
-                answers.append(future.result())
+        for item, (name, rdtype) in zip(pending, queries, strict=False):
+            if isinstance(item, Answer):
+                answers.append(item)
+            elif item.done() and item.exception() is None:
+                answers.append(item.result())
             else:
                 answers.append(Answer(name, rdtype.upper(), "error", error="timeout"))
         return answers

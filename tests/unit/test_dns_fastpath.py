@@ -433,3 +433,17 @@ def test_questions_announce_edns0_with_a_1232_byte_payload(serve: Callable[[Hand
     sent = server.queries("udp")
     assert len(sent) == 3
     assert all(q.edns == 0 and q.payload == EDNS_PAYLOAD == 1232 for q in sent)
+
+
+def test_submit_hands_a_cached_answer_back_as_it_is_and_collect_takes_both_kinds(serve: Callable[[Handler], Server]) -> None:
+    server = serve(zone)
+    resolver = resolver_for(server)
+    first = resolver.query("a.test", "A")
+    cached = resolver.submit("A.test.", "a")
+    assert cached is first  # no Future, no thread
+    started = resolver.submit("mail.test", "A")
+    assert not isinstance(started, Answer)
+    deadline = resolver.deadline()
+    answers = resolver.collect([cached, started], [("a.test", "A"), ("mail.test", "A")], deadline)
+    assert [(a.name, a.status) for a in answers] == [("a.test", "ok"), ("mail.test", "nodata")]
+    resolver.close()
