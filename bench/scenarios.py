@@ -112,9 +112,11 @@ class Backend:
                 pass
 
 
-def smtp_source(port: int, messages: int, sessions: int, size: int) -> Sample:
-    """Postfix's smtp-source against 127.0.0.1:*port*, timed from outside."""
-    command = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size), "-f", SENDER, "-t", RECIPIENT, "-M", HELO, f"127.0.0.1:{port}"]
+def smtp_source(port: int, messages: int, sessions: int, size: int, message_file: Path | None = None) -> Sample:
+    """Postfix's smtp-source against 127.0.0.1:*port*, timed from outside; *message_file*: send that
+    message (``-F``: header and body, LF line ends) instead of smtp-source's own of *size* bytes."""
+    body = ["-F", str(message_file)] if message_file is not None else ["-l", str(size)]
+    command = ["smtp-source", "-s", str(sessions), "-m", str(messages), *body, "-f", SENDER, "-t", RECIPIENT, "-M", HELO, f"127.0.0.1:{port}"]
     started = time.perf_counter()
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -754,7 +756,7 @@ def prune_unknown(sections: dict[str, Any], schema: dict[str, Any]) -> dict[str,
 
 
 #: Rows whose milter is milterd (``--baseline`` gives each a twin running another revision).
-MILTERD_ROWS = ("unix", "inet", "inet-pg", "checks", "greylist", "greylist-pg", "scanners", "scanners-tiered", "checks-clamd", "checks-clamd-unix", "corpus", "auth", "auth-core")
+MILTERD_ROWS = ("unix", "inet", "inet-pg", "checks", "greylist", "greylist-pg", "scanners", "scanners-tiered", "checks-clamd", "checks-clamd-unix", "corpus", "auth", "auth-core", "auth-source")
 
 
 def baseline_twin(scenario: "Scenario", revision: str, source: Path) -> "Scenario":
@@ -773,9 +775,11 @@ def baseline_twin(scenario: "Scenario", revision: str, source: Path) -> "Scenari
                     scale=scenario.scale, reference=scenario.name, serial=scenario.serial, corpus=scenario.corpus)
 
 
-def _auth(checks: bool) -> Callable[[Bench, Scenario], Backend]:
-    """The ``auth`` rows (bench/auth.py): signed 5 KB messages with a link, replayed through Postfix by
-    the corpus row's client; *checks*: every check on with the shipped rules (else the checks off, as the core rows)."""
+def _auth(checks: bool, client: str = "replay") -> Callable[[Bench, Scenario], Backend]:
+    """The ``auth`` rows (bench/auth.py): signed 5 KB messages with a link through Postfix; *checks*: every
+    check on with the shipped rules (else the checks off, as the core rows).  *client* ``"replay"``: the
+    corpus row's client, the pool of 100 signed messages from 100 client addresses; ``"smtp-source"``: the
+    core rows' client, ``smtp-source -F`` with the pool's first message from 127.0.0.1."""
 
     def setup(bench: Bench, scenario: Scenario) -> Backend:
         from bench import auth
@@ -789,15 +793,19 @@ def _auth(checks: bool) -> Callable[[Bench, Scenario], Backend]:
         rules = {path.name: path.read_text() for path in sorted((REPO / "rules").glob("*.toml"))} if checks else None
         backend = bench.milterd(scenario.name, "inet", "sqlite", sections, rules)
         pool = auth.signed_pool(resolver.key, bench.size)
+        if client == "smtp-source":
+            message_file = bench.root / scenario.name / "signed.eml"
+            message_file.write_bytes(pool[0].data.replace(b"\r\n", b"\n"))  # smtp-source ends each line with CRLF itself
+            backend.replay = lambda port, count, sessions: smtp_source(port, count, sessions, bench.size, message_file)
+        else:
+            def replay(port: int, count: int, sessions: int) -> Sample:
+                sample = corpus_replay(port, pool, count, sessions)
+                problem = auth.refusals(sample.note, count)
+                if problem:
+                    sample.ok, sample.note = False, problem
+                return sample
 
-        def replay(port: int, count: int, sessions: int) -> Sample:
-            sample = corpus_replay(port, pool, count, sessions)
-            problem = auth.refusals(sample.note, count)
-            if problem:
-                sample.ok, sample.note = False, problem
-            return sample
-
-        backend.replay = replay
+            backend.replay = replay
         if checks:
             backend.count_rows = auth.counter(database)  # "logged" = logged with DKIM_VALID and DMARC_PASS
         return backend
@@ -825,6 +833,9 @@ SCENARIOS: list[Scenario] = [
              reference="inet", targets=(Target("ratio", 0.8, "inet"), Target("ratio", 0.8, "auth-core"))),
     Scenario("auth-core", "milterd, inet, checks off, the same signed messages and client as auth (its client-matched core)", "auth", _auth(checks=False),
              needs=_needs_all(_needs_module("tests.harness.dns", "the checks' DNS fixtures"), _needs_commands("unbound", "rbldnsd")), reference="inet"),
+    Scenario("auth-source", "milterd, inet, DKIM + DMARC + URI lists, one signed 5 KB message with a link sent by smtp-source -F from 127.0.0.1 (the core rows' client; all checks, shipped rules)",
+             "auth", _auth(checks=True, client="smtp-source"), needs=_needs_all(_needs_module("tests.harness.dns", "the checks' DNS fixtures"), _needs_commands("unbound", "rbldnsd")),
+             reference="inet", targets=(Target("ratio", 0.8, "inet"),)),
     Scenario("pymilter", "floor: trivial pre-forked pymilter, unix socket (bench/trivial_milter.py)", "floor", _trivial("unix")),
     Scenario("pymilter-inet", "floor: trivial pre-forked pymilter, inet socket", "floor", _trivial("inet")),
     Scenario("inet-pg", "milterd, inet socket, PostgreSQL log", "db", _core("inet", "postgresql"), needs=_needs_postgresql,

@@ -85,3 +85,29 @@ def test_refusals_accepts_only_every_message_accepted() -> None:
     assert "ham accepted 990, ham refused 10" in auth.refusals("ham accepted 990, ham refused 10", 1000)
     assert auth.refusals("ham accepted 999", 1000) != ""
     assert auth.refusals("", 5) != ""
+
+
+def test_smtp_source_row_sends_the_signed_message_file_from_a_covered_sender(monkeypatch: pytest.MonkeyPatch, tmp_path: Any, key: bytes) -> None:
+    import subprocess
+
+    from bench import scenarios
+
+    sent: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: sent.append(command) or subprocess.CompletedProcess(command, 0, "", ""))
+    message = tmp_path / "signed.eml"
+    message.write_bytes(auth.sign(auth.message(0, 5120), key).replace(b"\r\n", b"\n"))
+    assert scenarios.smtp_source(2525, 10, 2, 5120, message).ok
+    assert scenarios.smtp_source(2525, 10, 2, 5120).ok
+    with_file, generated = sent
+    assert with_file[with_file.index("-F") + 1] == str(message) and "-l" not in with_file
+    assert generated[generated.index("-l") + 1] == "5120" and "-F" not in generated
+    # smtp-source appends CRLF to each line: the file has LF ends only, and the copy Postfix gets still verifies.
+    assert b"\r" not in message.read_bytes()
+    relayed = message.read_bytes().replace(b"\n", b"\r\n")
+    record = auth.local_data(dkimsign.public_record("rsa", key))
+    txt = published(record, f"{auth.SELECTOR}._domainkey.{auth.DOMAIN}").encode()
+    assert dkim.verify(relayed, dnsfunc=lambda name, timeout=5: txt)
+    # SPF: smtp-source's sender is in the signing domain, whose record covers 127.0.0.1.
+    assert scenarios.SENDER.endswith("@" + auth.DOMAIN)
+    spf = published(auth.local_data("v=DKIM1; p=x"), auth.DOMAIN)
+    assert any(ipaddress.ip_address("127.0.0.1") in ipaddress.ip_network(t[4:]) for t in spf.split() if t.startswith("ip4:"))
