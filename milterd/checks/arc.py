@@ -27,7 +27,7 @@ from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
 from ..options import CheckSwitches, ConfigError
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
-from .dkim import DnsRecorder, QuietLogger
+from .dkim import QUIET, DnsRecorder
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -61,7 +61,7 @@ def verify_chain(message: bytes, dnsfunc: DnsRecorder, min_key_bits: int) -> Arc
     """Validate the ARC chain of *message*."""
     dkimfast.install()  # RSA by OpenSSL, faster canonicalisation: the same verdicts (milterd/dkimfast.py)
     try:
-        cv, results, reason = dkim.ARC(message, logger=QuietLogger(), minkey=min_key_bits).verify(dnsfunc=dnsfunc)
+        cv, results, reason = dkim.ARC(message, logger=QUIET, minkey=min_key_bits).verify(dnsfunc=dnsfunc)
     except dkim.DKIMException as exc:
         cv, results, reason = dkim.CV_Fail, [], str(exc)
     except Exception as exc:  # noqa: BLE001 - dkimpy on hostile input: a failed chain, never a crash
@@ -129,7 +129,7 @@ def message_for_seal(envelope: Envelope, authserv_id: str, results: str) -> byte
 
 def seal(message: bytes, domain: str, selector: str, key: bytes, authserv_id: str) -> list[tuple[str, str]]:
     """The next ARC set for *message* as (name, value) pairs, values folded with LF; [] when the chain ended."""
-    arc = dkim.ARC(message, logger=QuietLogger())
+    arc = dkim.ARC(message, logger=QUIET)
     include = [h for h in arc.default_sign_headers() if not h.lower().startswith((b"x-spam-", b"x-virus-"))]
     lines = arc.sign(selector.encode("ascii"), domain.encode("ascii"), key, authserv_id.encode("utf-8"), include_headers=include)
     pairs = []

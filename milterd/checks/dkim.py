@@ -110,6 +110,28 @@ def verify_all(message: bytes, dnsfunc: DnsRecorder, max_signatures: int, min_ke
     return results
 
 
+def key_names(headers: list[tuple[str, bytes]], max_signatures: int) -> list[str] | None:
+    """The key records (``s._domainkey.d``) the first *max_signatures* DKIM signatures in *headers* name;
+    None when one has no plain d= or s=.  Only a guess of what dkimpy will ask, for scheduling: a wrong
+    guess makes the check run in the pipeline's thread or pool, never changes its verdict."""
+    names: list[str] = []
+    for name, value in headers:
+        if name.lower() != "dkim-signature":
+            continue
+        if len(names) >= max_signatures:
+            break
+        tags = {}
+        for part in value.split(b";"):
+            tag, eq, text = part.partition(b"=")
+            if eq:
+                tags[tag.strip()] = b"".join(text.split())
+        domain, selector = tags.get(b"d", b""), tags.get(b"s", b"")
+        if not (domain and selector and (domain + selector).isascii()):
+            return None
+        names.append(f"{selector.decode()}._domainkey.{domain.decode()}")
+    return names
+
+
 def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder) -> SignatureResult:
     before = len(dnsfunc.failed)
     verifier.domain, verifier.selector = None, None
@@ -176,8 +198,12 @@ class Dkim(ConfiguredCheck):
     )
 
     def eom_waits(self, envelope: Envelope) -> bool:
-        """Only a signed message waits (for its keys in DNS)."""
-        return bool(envelope.header_count("DKIM-Signature"))
+        """Only a signed message whose keys are not all in the resolver's cache waits (for DNS)."""
+        if not envelope.header_count("DKIM-Signature"):
+            return False
+        names = key_names(envelope.headers, self.options.max_signatures)
+        resolver = self.services.resolver
+        return names is None or not all(resolver.cached(name, "TXT") for name in names)
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         options = self.options

@@ -387,3 +387,29 @@ def test_uribl_waits_only_for_lookups_not_in_the_cache(tmp_path: Path) -> None:
         assert not pipeline._waits(uribl, envelope_of(b"From: a@example.org\r\n\r\nno links here\r\n"))
     finally:
         pipeline.shutdown()
+
+
+def test_dkim_waits_only_for_keys_not_in_the_cache(tmp_path: Path) -> None:
+    from milterd.checks.dkim import key_names
+    from milterd.dns import Answer
+
+    headers = [("DKIM-Signature", b"v=1; a=rsa-sha256; d=Example.ORG;\r\n\ts=sel\r\n 1; b=AAAA"), ("Subject", b"x"), ("dkim-signature", b"v=1; d=other.example; s=k2; b=BB")]
+    assert key_names(headers, 5) == ["sel1._domainkey.Example.ORG", "k2._domainkey.other.example"]
+    assert key_names(headers, 1) == ["sel1._domainkey.Example.ORG"]
+    assert key_names([("DKIM-Signature", b"v=1; d=example.org")], 5) is None  # no s=: the pool, as before
+    assert key_names([("DKIM-Signature", "v=1; d=ex\u00e4mple.org; s=a".encode())], 5) is None
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n')
+    services = build(load_config(conf))
+    dkim_check = next(c for c in services.checks if c.name == "dkim")
+    pipeline = Pipeline(services, keep_log=False)
+    try:
+        signed = envelope_of(b"DKIM-Signature: v=1; d=example.org; s=sel; b=AAAA\r\nDKIM-Signature: v=1; d=example.net; s=k; b=BB\r\n" + MESSAGE)
+        assert pipeline._waits(dkim_check, signed)
+        services.resolver.cache.put(("sel._domainkey.example.org", "TXT"), Answer("sel._domainkey.example.org", "TXT", "ok", ("v=DKIM1; p=x",), ttl=60.0))
+        assert pipeline._waits(dkim_check, signed)  # the second key is not cached
+        services.resolver.cache.put(("k._domainkey.example.net", "TXT"), Answer("k._domainkey.example.net", "TXT", "nxdomain", ttl=60.0))
+        assert not pipeline._waits(dkim_check, signed)
+        assert not pipeline._waits(dkim_check, envelope_of(MESSAGE))  # unsigned
+    finally:
+        pipeline.shutdown()
