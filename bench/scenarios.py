@@ -756,7 +756,7 @@ def prune_unknown(sections: dict[str, Any], schema: dict[str, Any]) -> dict[str,
 
 
 #: Rows whose milter is milterd (``--baseline`` gives each a twin running another revision).
-MILTERD_ROWS = ("unix", "inet", "inet-pg", "checks", "greylist", "greylist-pg", "scanners", "scanners-tiered", "checks-clamd", "checks-clamd-unix", "corpus", "auth", "auth-core", "auth-source")
+MILTERD_ROWS = ("unix", "inet", "inet-pg", "checks", "greylist", "greylist-pg", "scanners", "scanners-tiered", "checks-clamd", "checks-clamd-unix", "corpus", "auth", "auth-core", "auth-source", "auth-source-core")
 
 
 def baseline_twin(scenario: "Scenario", revision: str, source: Path) -> "Scenario":
@@ -835,14 +835,20 @@ SCENARIOS: list[Scenario] = [
              needs=_needs_all(_needs_module("tests.harness.dns", "the checks' DNS fixtures"), _needs_commands("unbound", "rbldnsd")), reference="inet"),
     Scenario("auth-source", "milterd, inet, DKIM + DMARC + URI lists, one signed 5 KB message with a link sent by smtp-source -F from 127.0.0.1 (the core rows' client; all checks, shipped rules)",
              "auth", _auth(checks=True, client="smtp-source"), needs=_needs_all(_needs_module("tests.harness.dns", "the checks' DNS fixtures"), _needs_commands("unbound", "rbldnsd")),
-             reference="inet", targets=(Target("ratio", 0.8, "inet"),)),
+             reference="inet", targets=(Target("ratio", 0.8, "inet"), Target("ratio", 0.8, "auth-source-core"))),
+    Scenario("auth-source-core", "milterd, inet, checks off, the same signed message and smtp-source -F client as auth-source (its message-matched core)", "auth",
+             _auth(checks=False, client="smtp-source"), needs=_needs_all(_needs_module("tests.harness.dns", "the checks' DNS fixtures"), _needs_commands("unbound", "rbldnsd")),
+             reference="inet"),
     Scenario("pymilter", "floor: trivial pre-forked pymilter, unix socket (bench/trivial_milter.py)", "floor", _trivial("unix")),
     Scenario("pymilter-inet", "floor: trivial pre-forked pymilter, inet socket", "floor", _trivial("inet")),
     Scenario("inet-pg", "milterd, inet socket, PostgreSQL log", "db", _core("inet", "postgresql"), needs=_needs_postgresql,
              reference="inet", targets=(Target("ratio", 0.6, "postfix"),)),
     Scenario("checks", "milterd, inet, all checks on, local resolver (unbound + rbldnsd)", "checks", _checks,
              needs=_needs_all(_needs_module("tests.harness.dns", "the checks' DNS fixtures"), _needs_commands("unbound", "rbldnsd")),
-             reference="inet", targets=(Target("ratio", 0.8, "inet"),)),
+             reference="inet", targets=(Target("ratio", 0.8, "inet"), Target("ratio", 0.8, "auth-source-core"))),
+    Scenario("auth-source-core", "milterd, inet, checks off, the same signed message and smtp-source -F client as auth-source (its message-matched core)", "auth",
+             _auth(checks=False, client="smtp-source"), needs=_needs_all(_needs_module("tests.harness.dns", "the checks' DNS fixtures"), _needs_commands("unbound", "rbldnsd")),
+             reference="inet"),
     Scenario("greylist", "milterd, inet, greylisting on, steady state, SQLite", "greylist", _greylist("sqlite"),
              needs=_needs_module("milterd.greylist", "greylisting"), reference="inet", targets=(Target("ratio", 0.9, "inet"),)),
     Scenario("greylist-pg", "milterd, inet, greylisting on, steady state, PostgreSQL", "greylist", _greylist("postgresql"),
