@@ -111,3 +111,14 @@ def test_smtp_source_row_sends_the_signed_message_file_from_a_covered_sender(mon
     assert scenarios.SENDER.endswith("@" + auth.DOMAIN)
     spf = published(auth.local_data("v=DKIM1; p=x"), auth.DOMAIN)
     assert any(ipaddress.ip_address("127.0.0.1") in ipaddress.ip_network(t[4:]) for t in spf.split() if t.startswith("ip4:"))
+
+
+def test_bench_rows_have_unique_names_and_the_auth_rows_their_references() -> None:
+    from bench.scenarios import MILTERD_ROWS, SCENARIOS
+
+    names = [s.name for s in SCENARIOS]
+    assert len(names) == len(set(names))
+    by_name = {s.name: s for s in SCENARIOS}
+    assert {t.reference for t in by_name["auth-source"].targets} == {"inet", "auth-source-core"}
+    assert {t.reference for t in by_name["checks"].targets} == {"inet"}
+    assert {"auth", "auth-core", "auth-source", "auth-source-core"} <= set(MILTERD_ROWS)
