@@ -32,6 +32,7 @@ from ..milter.offline import CheckedMessage, Client, MessageRef, check_message, 
 from ..services import Services, build
 from ..store import Store
 from ..store.learner import LearnerStore, model_may_exist
+from ..text import escape
 from ..tuning import Judged, configured_thresholds, forced_action, mass_report, symbol_table
 from . import config_parent
 from .learn import prepare
@@ -281,20 +282,24 @@ def _judgement_json(item: CheckedMessage, services: Services, owners: dict[str, 
 
 
 def _explain(item: CheckedMessage, services: Services, owners: dict[str, Any], thresholds: str) -> None:
+    # The file name, details, reasons and replies carry the message's own text: escaped, so that
+    # a crafted message cannot move the terminal's cursor or fake lines of this report.
+    label = escape(item.label)
     if item.error:
-        print(f"{item.label}: error: {item.error}")
+        print(f"{label}: error: {escape(item.error)}")
         return
-    print(f"{item.label}: {item.action.label} (score {item.score:g})")
+    print(f"{label}: {item.action.label} (score {item.score:g})")
     for name, score in sorted(item.symbols.items(), key=lambda kv: (-kv[1], kv[0])):
         owner = owners[name].check if name in owners else "?"
-        detail = item.details.get(name, "")
-        print(f"  {score:7.2f}  {name:28} {owner:10} {services.describe(name)}{f' [{detail}]' if detail else ''}")
+        detail = escape(item.details.get(name, ""))
+        print(f"  {score:7.2f}  {escape(name):28} {owner:10} {services.describe(name)}{f' [{detail}]' if detail else ''}")
+    reply = escape(item.reply) if item.reply else ""
     if item.forced:
-        print(f"  forced by {item.forced} at {item.stage}" + (f": {item.reply}" if item.reply else ""))
+        print(f"  forced by {item.forced} at {item.stage}" + (f": {reply}" if reply else ""))
     elif item.reason:
-        print(f"  {item.reason}")
-    if item.reply and not item.forced:
-        print(f"  reply: {item.reply}")
+        print(f"  {escape(item.reason)}")
+    if reply and not item.forced:
+        print(f"  reply: {reply}")
     if thresholds:
         print(f"  thresholds: {thresholds}")
 
@@ -352,7 +357,7 @@ def print_mass_report(report: dict[str, Any]) -> None:
     """The mass-check report for people."""
     print(f"{'folder':48} {'kind':4} {'msgs':>6} {'flagged':>8} {'%':>7}")
     for folder in report["folders"]:
-        print(f"{_cut(folder['folder'], 48):48} {folder['kind']:4} {folder['messages']:6} {folder['flagged']:8} {folder['rate']:6.2f}%")
+        print(f"{_cut(escape(folder['folder']), 48):48} {folder['kind']:4} {folder['messages']:6} {folder['flagged']:8} {folder['rate']:6.2f}%")
     spam, ham = report["overall"]["spam"], report["overall"]["ham"]
     print()
     print(f"at the configured thresholds: spam caught {spam['rate']:.2f}% ({spam['flagged']}/{spam['messages']}), "
@@ -371,7 +376,7 @@ def print_mass_report(report: dict[str, Any]) -> None:
             print(f"  {entry['messages']:6}  {entry['symbol']}")
         for example in group["examples"]:
             tops = " ".join(f"{n}({s:g})" for n, s in sorted(example["symbols"].items(), key=lambda kv: -abs(kv[1]))[:6])
-            print(f"  e.g. {example['score']:6.2f} {example['action']:12} {_cut(example['label'], 60)} {tops}")
+            print(f"  e.g. {example['score']:6.2f} {example['action']:12} {_cut(escape(example['label']), 60)} {tops}")
     if report.get("errors"):
         print(f"\n{report['errors']} messages could not be judged")
 

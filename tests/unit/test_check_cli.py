@@ -162,3 +162,18 @@ def test_clamav_testfiles_mails_never_crash(conf: Path, capsys) -> None:
     assert len(data["messages"]) >= 2  # clam.mail, clam.exe.mbox.*: the files that are mail
     assert [m for m in data["messages"] if m["error"]] == []
     assert status != 1
+
+
+def test_outsider_text_in_the_explanation_is_escaped(tmp_path: Path, capsys) -> None:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "local.toml").write_text("[[rule]]\nname = \"SUBJ_EVIL\"\nheader = \"Subject\"\nregex = '(?i)evil.*'\nscore = 20.0\n")
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n')
+    raw = message(subject="so evil \x1b[2J\x1b[31mred\u202e")
+    path = write(tmp_path / "evil\x1b[1m.eml", raw)
+    status, out, _ = check(capsys, conf, str(path))
+    assert status == 17
+    assert "\x1b" not in out and "\u202e" not in out
+    line = next(line for line in out.splitlines() if "SUBJ_EVIL" in line)
+    assert "[evil \\x1b[2J\\x1b[31mred\\u202e]" in line
+    assert out.splitlines()[0].startswith(str(tmp_path / "evil\\x1b[1m.eml"))
