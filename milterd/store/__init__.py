@@ -9,6 +9,8 @@ write that still cannot get the lock within ``[database] busy_timeout`` raises
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import re
 import sqlite3
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -136,7 +138,8 @@ _SQLITE_DATETIME = "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(s
 def _converter(name: str, limit: int | None, process: Callable[[Any], Any] | None, impl: Any) -> Callable[[Any], Any] | None:
     """One column's value as the INSERT's parameter: ``as_row``'s cleaning, then *process* (its bind processor)."""
     if limit is not None:
-        return lambda value: _clean(value)[:limit]
+        # _clean's test inline: nearly every value needs no cleaning, and a call less per column.
+        return lambda value: value[:limit] if value.isascii() and "\x00" not in value else _clean(value)[:limit]
     if name in ("subject", "reason"):
         return _clean
     if name == "recipients":
@@ -148,6 +151,12 @@ def _converter(name: str, limit: int | None, process: Callable[[Any], Any] | Non
             return process([_clean(r) for r in value])
 
         return recipients_text
+    if name == "symbols":
+        assert process is not None  # a JSON column
+        return _symbols_converter(process)
+    if name == "details":
+        assert process is not None  # a JSON column
+        return _details_converter(process)
     if process is not None and getattr(impl, "_storage_format", None) == _SQLITE_DATETIME:
         datetime_class = dt.datetime
 
@@ -159,6 +168,60 @@ def _converter(name: str, limit: int | None, process: Callable[[Any], Any] | Non
 
         return datetime_text
     return process
+
+
+def _symbols_converter(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The symbols' JSON (*process*: the column's bind processor), remembered per set of symbols and scores.
+
+    The same rules fire with the same weights message after message, and the
+    floats' shortest repr was most of the row's JSON cost.  The key is the
+    names, the scores, both their types and the repr of any zero score: equal
+    keys then mean the same text from json.dumps (1 == 1.0 and 0.0 == -0.0, but
+    they are written differently).  *process* is a pure function of the dict,
+    which ``dict(zip(names, scores))`` rebuilds in its order.
+    """
+
+    @functools.lru_cache(maxsize=1024)
+    def text_of(names: tuple[Any, ...], scores: tuple[Any, ...], _types: tuple[type, ...], _zeros: tuple[str, ...]) -> Any:
+        return process(dict(zip(names, scores, strict=True)))
+
+    def symbols_text(value: Any) -> Any:
+        if type(value) is not dict:
+            return process(value)
+        names, scores = tuple(value), tuple(value.values())
+        try:
+            zeros = tuple(repr(v) for v in scores if v == 0) if 0 in scores else ()
+            return text_of(names, scores, (*map(type, names), *map(type, scores)), zeros)
+        except TypeError:  # an unhashable name or score: no memo
+            return process(value)
+
+    return symbols_text
+
+
+#: Printable ASCII but the backslash: what json.dumps writes as it is, the quote aside (counted apart).
+_JSON_PLAIN = re.compile(r"[ -\[\]-~]*")
+
+
+def _details_converter(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The details' JSON (*process*: the column's bind processor), joined directly when no string needs escaping.
+
+    json.dumps writes ``{"K": "V", ...}``, escaping a quote, a backslash and any
+    character outside printable ASCII; when the joined text has none of these but
+    the quotes the join put there, no key or value had anything to escape, so
+    the text is the same.
+    """
+
+    def details_text(value: Any) -> Any:
+        if type(value) is dict and value:
+            try:
+                text = '{"' + '", "'.join(map('": "'.join, value.items())) + '"}'
+            except TypeError:  # a name or detail that is not a string
+                return process(value)
+            if _JSON_PLAIN.fullmatch(text) and text.count('"') == 4 * len(value):
+                return text
+        return process(value)
+
+    return details_text
 
 
 def _empty_json(process: Callable[[Any], Any] | None, column_type: Any) -> Callable[[Any], Any] | None:
