@@ -281,14 +281,27 @@ class Store:
             raise StoreError(f"cannot upgrade the schema: {exc}") from exc
 
     def schema_version(self) -> str | None:
-        """The schema version in the database, or None where there is no schema."""
+        """The schema version in the database, or None where there is no schema.
+
+        A SQLite file that does not exist has none, and is not created by asking
+        (a read-only command must not leave an empty database behind).
+        """
+        if self._missing_sqlite_file():
+            return None
         with self.engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
 
     def head_version(self) -> str:
-        """The newest schema version this milterd knows."""
-        with self.engine.connect() as connection:
-            return ScriptDirectory.from_config(self._alembic_config(connection)).get_current_head() or ""
+        """The newest schema version this milterd knows (read from its migrations, without connecting)."""
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        return ScriptDirectory.from_config(config).get_current_head() or ""
+
+    def _missing_sqlite_file(self) -> bool:
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or url.query.get("uri") or url.database in (None, "", ":memory:"):
+            return False
+        return not Path(url.database).exists()
 
     def ensure_schema(self, auto_upgrade: bool) -> None:
         """Upgrade (when allowed) or check that the schema is current; StoreError otherwise."""

@@ -156,11 +156,18 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
     if url.startswith("sqlite"):
         database = make_url(url).database
         options: dict[str, Any] = {"connect_args": {"timeout": busy_timeout, "check_same_thread": False, "factory": CallbackFreeConnection}}
-        if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            _create_private(Path(database).expanduser())
+        file = Path(database).expanduser() if database and database != ":memory:" else None
+        if file is not None:
             options.update(poolclass=OwnedQueuePool, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=busy_timeout)
         engine = create_engine(url, **options)
+        if file is not None:
+
+            @event.listens_for(engine, "do_connect")
+            def _create_first(_dialect: Dialect, _record: ConnectionPoolEntry, _cargs: tuple[Any, ...], _cparams: dict[str, Any]) -> None:
+                # Made when a connection is first opened, not with the engine: a command that only
+                # asks whether the database exists must not leave an empty one behind.
+                file.parent.mkdir(parents=True, exist_ok=True)
+                _create_private(file)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:

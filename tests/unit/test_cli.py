@@ -70,12 +70,14 @@ def test_a_store_without_schema_says_run_db_upgrade(tmp_path: Path, capsys: pyte
     assert status == 1
     assert "run `milterd db upgrade`" in err
     assert "SELECT" not in err + out and "Traceback" not in err and "[SQL" not in err
+    assert not (tmp_path / "s.sqlite").exists(), "a command that only reads must not create the database"
 
 
 def test_db_version_on_an_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = conf(tmp_path)
     status, _out, err = run(capsys, "db", "version", "-c", str(path))
     assert status != 0 and "no schema" in err and "milterd db upgrade" in err
+    assert not (tmp_path / "s.sqlite").exists()
     assert run(capsys, "db", "upgrade", "-c", str(path))[0] == 0
     status, out, _err = run(capsys, "db", "version", "-c", str(path))
     assert status == 0 and "schema at" in out

@@ -26,7 +26,11 @@ def test_sqlite_pool_has_no_overflow(tmp_path: Path) -> None:
     assert isinstance(engine.pool, QueuePool)
     assert engine.pool.size() == POOL_SIZE
     assert engine.pool._max_overflow == 0  # noqa: SLF001 - the property under test
+    assert not (tmp_path / "sub").exists()  # nothing on disk until a connection is opened
+    engine.connect().close()
     assert (tmp_path / "sub").is_dir()
+    assert (tmp_path / "sub" / "milterd.sqlite").stat().st_mode & 0o777 == 0o600
+    engine.dispose()
 
 
 def test_postgresql_pool_has_no_overflow() -> None:
