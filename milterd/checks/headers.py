@@ -20,8 +20,8 @@ import binascii
 import codecs
 import email.errors
 import email.utils
+import functools
 import re
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email import policy
@@ -45,6 +45,7 @@ class HeaderChecks(CheckSwitches):
 
 #: Headers RFC 5322 §3.6 allows at most once (Resent-* aside).
 SINGLE = ("Date", "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Message-ID", "In-Reply-To", "References", "Subject")
+_SINGLE_BUT_FROM = tuple((name, name.lower()) for name in SINGLE if name != "From")  # HDR_FROM_MULTIPLE's
 _MSGID = re.compile(r"^<[^<>\s@]+@(?:[^<>\s@\[\]]+|\[[^<>\s\[\]]+\])>$")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _ENCODED_START = re.compile(r"=\?[^?\s]+\?[bBqQ]\?")
@@ -115,11 +116,26 @@ def bad_encoded_words(value: str) -> str:
     return rest[unterminated.start():][:60] if unterminated else ""
 
 
+#: Values longer than this are judged afresh each time, so the caches below hold no huge hostile header.
+_CACHED_VALUE_LENGTH = 512
+
+
 def address_list_problem(name: str, value: str) -> str:
     """Why an address header does not parse, or "" when it does (groups such as "undisclosed-recipients:;" are fine)."""
+    if len(value) > _CACHED_VALUE_LENGTH:
+        return _address_list_problem(name, value)
+    return _cached_address_list_problem(name, value)
+
+
+def _address_list_problem(name: str, value: str) -> str:
     if "=?" not in value and _PLAIN_ADDRESS_LIST.fullmatch(value):
         return ""
     return parsed_address_list_problem(name, value)
+
+
+# The answer depends on (name, value) alone, and the same From/To values come back message after
+# message (a sender's own address, a list's); an exception is not cached, so it is raised each time.
+_cached_address_list_problem = functools.lru_cache(maxsize=1024)(_address_list_problem)
 
 
 def parsed_address_list_problem(name: str, value: str) -> str:
@@ -140,20 +156,70 @@ def parsed_address_list_problem(name: str, value: str) -> str:
 
 def date_problem(value: str, now: datetime, future: float, past: float) -> str:
     """ "invalid", "future", "past" or "" for a Date header value."""
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return "invalid"
+    when = parsed_date(value) if len(value) <= _CACHED_VALUE_LENGTH else _parse_date(value)
     if when is None:
         return "invalid"
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
     delta = (when - now).total_seconds()
     if delta > future:
         return "future"
     if -delta > past:
         return "past"
     return ""
+
+
+def _parse_date(value: str) -> datetime | None:
+    """The moment a Date header value names (UTC when it gives no zone), or None when it does not parse."""
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when
+
+
+# Only the parse is cached, never the comparison with now: a cached datetime is the same
+# answer for the same text at any time (datetimes are immutable), "future"/"past" are not.
+parsed_date = functools.lru_cache(maxsize=1024)(_parse_date)
+
+
+class _Fields:
+    """The header fields of one message grouped by lower-cased name in one pass (the judges ask for a few names each).
+
+    ``on_eoh`` makes one for all its judges; a judge called alone makes its own.
+    """
+
+    __slots__ = ("headers", "by_name", "_joined")
+
+    def __init__(self, headers: list[tuple[str, bytes]]) -> None:
+        self.headers = headers
+        by_name: dict[str, list[bytes]] = {}
+        for name, value in headers:
+            key = name.lower()
+            values = by_name.get(key)
+            if values is None:
+                by_name[key] = [value]
+            else:
+                values.append(value)
+        self.by_name = by_name
+        self._joined: bytes | None = None
+
+    def count(self, lowered: str) -> int:
+        """How many fields are called *lowered* (any case)."""
+        return len(self.by_name.get(lowered, ()))
+
+    def raw(self, lowered: str) -> list[bytes]:
+        """The raw values of the fields called *lowered*, in order."""
+        return self.by_name.get(lowered, [])
+
+    def joined(self) -> bytes:
+        """Every value run together: one C scan tells whether any has a NUL, an 8-bit byte or "=?" (the
+        last may also straddle two values, so a hit is looked at value by value)."""
+        if self._joined is None:
+            self._joined = b"".join([value for _, value in self.headers])
+        return self._joined
 
 
 class Headers(ConfiguredCheck):
@@ -184,64 +250,74 @@ class Headers(ConfiguredCheck):
 
     def on_eoh(self, session: Session, envelope: Envelope) -> Hits:
         hits: list[Hit] = []
+        fields = _Fields(envelope.headers)
         for judge in (self._counts, self._from, self._date, self._message_id, self._recipients, self._bytes, self._encoded_words):
             try:
-                hits.extend(judge(envelope))
+                hits.extend(judge(envelope, fields))
             except Exception as exc:  # noqa: BLE001 - hostile headers must not cost the message
                 hits.append(Hit("HDR_PARSE_ERROR", detail=f"{judge.__name__.strip('_')}: {type(exc).__name__}"))
         return hits
 
-    def _counts(self, envelope: Envelope) -> list[Hit]:
+    def _counts(self, envelope: Envelope, fields: _Fields | None = None) -> list[Hit]:
+        fields = fields or _Fields(envelope.headers)
         hits = []
-        counts = Counter(name.lower() for name, _ in envelope.headers)  # one pass, not one per name
-        if counts["from"] == 0:
+        froms = fields.count("from")
+        if froms == 0:
             hits.append(Hit("HDR_FROM_MISSING"))
-        elif counts["from"] > 1:
-            hits.append(Hit("HDR_FROM_MULTIPLE", detail=str(counts["from"])))
-        duplicates = [name for name in SINGLE if name != "From" and counts[name.lower()] > 1]
+        elif froms > 1:
+            hits.append(Hit("HDR_FROM_MULTIPLE", detail=str(froms)))
+        duplicates = [name for name, lowered in _SINGLE_BUT_FROM if fields.count(lowered) > 1]
         if duplicates:
             hits.append(Hit("HDR_DUPLICATE", detail=", ".join(duplicates)))
-        if counts["date"] == 0:
+        if fields.count("date") == 0:
             hits.append(Hit("HDR_DATE_MISSING"))
-        if counts["message-id"] == 0:
+        if fields.count("message-id") == 0:
             hits.append(Hit("HDR_MSGID_MISSING"))
         return hits
 
-    def _values(self, envelope: Envelope, name: str) -> list[str]:
-        wanted = name.lower()
-        return [unfold(value) for hname, value in envelope.headers if hname.lower() == wanted]
-
-    def _from(self, envelope: Envelope) -> list[Hit]:
-        for value in self._values(envelope, "From"):
+    def _from(self, envelope: Envelope, fields: _Fields | None = None) -> list[Hit]:
+        fields = fields or _Fields(envelope.headers)
+        for raw in fields.raw("from"):
+            value = unfold(raw)
             problem = address_list_problem("From", value) or ("" if "@" in value else "no address")
             if problem:
                 return [Hit("HDR_FROM_INVALID", detail=f"{value[:80]}: {problem}"[:160])]
         return []
 
-    def _date(self, envelope: Envelope) -> list[Hit]:
-        values = self._values(envelope, "Date")
+    def _date(self, envelope: Envelope, fields: _Fields | None = None) -> list[Hit]:
+        fields = fields or _Fields(envelope.headers)
+        values = fields.raw("date")
         if not values:
             return []
-        problem = date_problem(values[0], datetime.now(timezone.utc), self.options.date_future, self.options.date_past)
+        value = unfold(values[0])  # the first Date is judged (a second one is HDR_DUPLICATE's)
+        problem = date_problem(value, datetime.now(timezone.utc), self.options.date_future, self.options.date_past)
         if problem:
-            return [Hit(f"HDR_DATE_{problem.upper()}", detail=values[0][:80])]
+            return [Hit(f"HDR_DATE_{problem.upper()}", detail=value[:80])]
         return []
 
-    def _message_id(self, envelope: Envelope) -> list[Hit]:
-        values = self._values(envelope, "Message-ID")
-        if values and not _MSGID.match(values[0].strip()):
-            return [Hit("HDR_MSGID_INVALID", detail=values[0][:80])]
+    def _message_id(self, envelope: Envelope, fields: _Fields | None = None) -> list[Hit]:
+        fields = fields or _Fields(envelope.headers)
+        values = fields.raw("message-id")
+        if values:
+            value = unfold(values[0])
+            if not _MSGID.match(value.strip()):
+                return [Hit("HDR_MSGID_INVALID", detail=value[:80])]
         return []
 
-    def _recipients(self, envelope: Envelope) -> list[Hit]:
+    def _recipients(self, envelope: Envelope, fields: _Fields | None = None) -> list[Hit]:
+        fields = fields or _Fields(envelope.headers)
         for name in ("To", "Cc"):
-            for value in self._values(envelope, name):
-                problem = address_list_problem(name, value)
+            for raw in fields.raw(name.lower()):
+                problem = address_list_problem(name, unfold(raw))
                 if problem:
                     return [Hit("HDR_TO_INVALID", detail=f"{name}: {problem}"[:160])]
         return []
 
-    def _bytes(self, envelope: Envelope) -> list[Hit]:
+    def _bytes(self, envelope: Envelope, fields: _Fields | None = None) -> list[Hit]:
+        fields = fields or _Fields(envelope.headers)
+        joined = fields.joined()
+        if joined.isascii() and b"\x00" not in joined:  # the usual case: nothing to name
+            return []
         hits = []
         nul = [name for name, value in envelope.headers if b"\x00" in value]
         if nul:
@@ -252,7 +328,10 @@ class Headers(ConfiguredCheck):
             hits.append(Hit("HDR_8BIT", detail=", ".join(raw[:5])))
         return hits
 
-    def _encoded_words(self, envelope: Envelope) -> list[Hit]:
+    def _encoded_words(self, envelope: Envelope, fields: _Fields | None = None) -> list[Hit]:
+        fields = fields or _Fields(envelope.headers)
+        if b"=?" not in fields.joined():
+            return []
         for name, value in envelope.headers:
             if b"=?" not in value:
                 continue

@@ -69,6 +69,7 @@ def helo_shape(helo: str) -> HeloShape:
     return HeloShape("fqdn")
 
 
+@functools.lru_cache(maxsize=1024)  # pure; asked once or twice per session for the same few addresses
 def same_address(a: str, b: str) -> bool:
     """Whether two textual addresses are the same (IPv4-mapped IPv6 included)."""
     try:

@@ -10,6 +10,7 @@ query starts at connect; the answer is used at MAIL FROM, once per session.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -46,19 +47,34 @@ def verified_by_postfix(session: Session) -> str:
     return name
 
 
-def looks_generic(name: str, ip: str, patterns: list[re.Pattern[str]]) -> bool:
+def looks_generic(name: str, ip: str, patterns: list[re.Pattern[str]] | tuple[re.Pattern[str], ...]) -> bool:
     """Whether *name* looks like an ISP's generic or dynamic name (or embeds the address)."""
+    return _looks_generic(name, ip, tuple(patterns))
+
+
+# A pure judgement of its arguments (compiled patterns hash and compare by their source and
+# flags), asked once per session, mostly for the same few clients' names: remembered per process.
+@functools.lru_cache(maxsize=1024)
+def _looks_generic(name: str, ip: str, patterns: tuple[re.Pattern[str], ...]) -> bool:
     lowered = name.lower()
+    octets = _last_octets(ip)
+    if octets is not None and octets.search(lowered):
+        return True
+    return any(p.search(lowered) for p in patterns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _last_octets(ip: str) -> re.Pattern[str] | None:
+    """For an IPv4 *ip*, a pattern finding its last two octets in either order, as in
+    10-2-0-192.dyn.example.net; None for anything else."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
-        address = None
-    if isinstance(address, ipaddress.IPv4Address):
-        octets = str(address).split(".")
-        # The last two octets in either order, as in 10-2-0-192.dyn.example.net.
-        if re.search(rf"(^|\D){octets[2]}\D{octets[3]}(\D|$)|(^|\D){octets[3]}\D{octets[2]}(\D|$)", lowered):
-            return True
-    return any(p.search(lowered) for p in patterns)
+        return None
+    if not isinstance(address, ipaddress.IPv4Address):
+        return None
+    octets = str(address).split(".")
+    return re.compile(rf"(^|\D){octets[2]}\D{octets[3]}(\D|$)|(^|\D){octets[3]}\D{octets[2]}(\D|$)")
 
 
 class ReverseDns(ConfiguredCheck):
@@ -76,7 +92,7 @@ class ReverseDns(ConfiguredCheck):
 
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
-        self.patterns = [re.compile(p) for p in self.options.generic_patterns]
+        self.patterns = tuple(re.compile(p) for p in self.options.generic_patterns)
 
     @classmethod
     def enabled(cls, services: "Services") -> bool:
@@ -98,7 +114,7 @@ class ReverseDns(ConfiguredCheck):
             return ()
         resolver = self.services.resolver
         deadline = resolver.stage_deadline(session.dns_deadlines, "connect")
-        session.check_state(_STATE).update({"ptr": resolver.submit(session.ip.reverse_pointer, "PTR", deadline)})
+        session.check_state(_STATE).update({"ptr": resolver.submit(_reverse_pointer(session.ip), "PTR", deadline)})
         return ()
 
     def on_mail(self, session: Session, envelope: Envelope) -> Hits:
@@ -114,7 +130,7 @@ class ReverseDns(ConfiguredCheck):
         name = verified_by_postfix(session) if self.options.use_postfix_name else ""
         if not name:
             resolver = self.services.resolver
-            query = (session.ip.reverse_pointer if session.ip else ip, "PTR")
+            query = (_reverse_pointer(session.ip) if session.ip else ip, "PTR")
             future = state.pop("ptr", None) or resolver.submit(*query, deadline)
             ptr = resolver.collect([future], [query], deadline)[0]
             if ptr.failed:
@@ -134,12 +150,20 @@ class ReverseDns(ConfiguredCheck):
         return []
 
 
+# Pure functions of their arguments (an address, the text of DNS answers), asked once per
+# session for the same few clients: remembered per process instead of parsed again each time.
+@functools.lru_cache(maxsize=1024)
 def _has_address(ip: str, records: tuple[str, ...]) -> bool:
     try:
         wanted = ipaddress.ip_address(ip)
         return any(ipaddress.ip_address(r) == wanted for r in records)
     except ValueError:
         return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _reverse_pointer(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return ip.reverse_pointer
 
 
 CHECKS = (ReverseDns,)

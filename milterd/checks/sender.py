@@ -7,6 +7,7 @@ lacking MX records, an address (RFC 5321 §5.1 implicit MX).
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import ClassVar
 
@@ -37,6 +38,7 @@ def split_address(address: str) -> tuple[str, str] | None:
     return local, domain
 
 
+@functools.lru_cache(maxsize=1024)  # pure; the same senders write again and again
 def address_problem(address: str) -> str:
     """What is wrong with a MAIL FROM address: "" (fine), "invalid", "ip_literal" or "no_dot"."""
     parts = split_address(address)
