@@ -25,10 +25,17 @@ def summary_line(record: MessageRecord) -> str:
     escaped: one message is always one ASCII line.
     """
     symbols = ",".join(sorted(record.symbols)) or "-"
-    recipients = ",".join(f"<{_safe(r)}>" for r in record.recipients) or "<>"
+    queue_id, client_name, client_addr, sender, recipients = record.queue_id, record.client_name, record.client_addr, record.sender, record.recipients
+    # Printable ASCII is a property of each character: the values joined have it when each
+    # has it, and then (nearly every message) nothing is escaped; one test, not one a value.
+    joined = queue_id + client_name + client_addr + sender + "".join(recipients)
+    if not (joined.isascii() and joined.isprintable()):
+        queue_id, client_name, client_addr, sender = _safe(queue_id), _safe(client_name), _safe(client_addr), _safe(sender)
+        recipients = [_safe(r) for r in recipients]
+    to = "<" + ">,<".join(recipients) + ">" if recipients else "<>"
     line = (
-        f"{_safe(record.queue_id) or 'NOQUEUE'}: action={record.action} score={record.score:g} symbols={symbols}"
-        f" client={_safe(record.client_name) or 'unknown'}[{_safe(record.client_addr)}] from=<{_safe(record.sender)}> to={recipients}"
+        f"{queue_id or 'NOQUEUE'}: action={record.action} score={record.score:g} symbols={symbols}"
+        f" client={client_name or 'unknown'}[{client_addr}] from=<{sender}> to={to}"
         f" ms={record.elapsed_ms:g}"
     )
     if record.reason and record.action not in ("accept", "add_header"):

@@ -1,8 +1,9 @@
-"""Issue #14/#15's cuts of the Authentication-Results header and the log row give what the plain paths give.
+"""Issue #14/#15's cuts of the Authentication-Results header, the log row and the summary line give what the plain paths give.
 
 The references are the code before the cuts: ``_fresh_build`` is authresults.build
 as it was (authres objects and str() on every call), and the log row's reference
-is SQLAlchemy's own INSERT of ``MessageRecord.as_row()`` (the non-SQLite path).
+is SQLAlchemy's own INSERT of ``MessageRecord.as_row()`` (the non-SQLite path);
+``_old_summary_line`` is logs.summary_line as it was.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from milterd.checks.arc import ArcResult
 from milterd.checks.dkim import SignatureResult
 from milterd.checks.dmarc import Evaluation
 from milterd.config import DatabaseSection
+from milterd.logs import summary_line
+from milterd.text import escape
 
 # --- Authentication-Results --------------------------------------------------
 
@@ -287,3 +290,54 @@ def _statement(tmp_path_factory: pytest.TempPathFactory) -> Any:
         db = store.Store(DatabaseSection(url=f"sqlite:///{tmp_path_factory.mktemp('row')}/log.sqlite"))
         _STATEMENTS["s"] = db._log_insert  # noqa: SLF001
     return _STATEMENTS["s"]
+
+
+# --- the summary line -------------------------------------------------------------
+
+
+def _old_safe(value: str) -> str:
+    if value.isascii() and value.isprintable():
+        return value
+    return escape(value, ascii_only=True)
+
+
+def _old_summary_line(record: store.MessageRecord) -> str:
+    """milterd.logs.summary_line before the one-test shortcut, line for line."""
+    symbols = ",".join(sorted(record.symbols)) or "-"
+    recipients = ",".join(f"<{_old_safe(r)}>" for r in record.recipients) or "<>"
+    line = (
+        f"{_old_safe(record.queue_id) or 'NOQUEUE'}: action={record.action} score={record.score:g} symbols={symbols}"
+        f" client={_old_safe(record.client_name) or 'unknown'}[{_old_safe(record.client_addr)}] from=<{_old_safe(record.sender)}> to={recipients}"
+        f" ms={record.elapsed_ms:g}"
+    )
+    if record.reason and record.action not in ("accept", "add_header"):
+        line += f" reason=\"{_old_safe(record.reason)}\""
+    return line
+
+
+_field = st.sampled_from(HOSTILE + ["4Fh3kT0zZ9z", "192.0.2.10", "author@example.org", "tab\there", "del\x7f", "\u2028"]) | st.text(max_size=30)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    queue_id=_field,
+    client_name=_field,
+    client_addr=_field,
+    sender=_field,
+    recipients=st.lists(_field, max_size=4),
+    reason=_field,
+    action=st.sampled_from(["accept", "add_header", "reject", "quarantine"]),
+)
+def test_summary_line_equals_the_line_before(
+    queue_id: str, client_name: str, client_addr: str, sender: str, recipients: list[str], reason: str, action: str
+) -> None:
+    record = store.MessageRecord(
+        action=action, queue_id=queue_id, client_name=client_name, client_addr=client_addr, sender=sender, recipients=recipients,
+        reason=reason, score=6.05, elapsed_ms=12.5, symbols={"B": 1.0, "A": 2.0},
+    )
+    assert summary_line(record) == _old_summary_line(record)
+
+
+def test_summary_line_of_the_usual_and_the_empty_record() -> None:
+    for record in _records()[:60] + [store.MessageRecord(action="accept")]:
+        assert summary_line(record) == _old_summary_line(record)
