@@ -266,7 +266,8 @@ class Headers(ConfiguredCheck):
             hits.append(Hit("HDR_FROM_MISSING"))
         elif froms > 1:
             hits.append(Hit("HDR_FROM_MULTIPLE", detail=str(froms)))
-        duplicates = [name for name, lowered in _SINGLE_BUT_FROM if fields.count(lowered) > 1]
+        repeated = {name for name, values in fields.by_name.items() if len(values) > 1}  # usually none
+        duplicates = [name for name, lowered in _SINGLE_BUT_FROM if lowered in repeated] if repeated else []
         if duplicates:
             hits.append(Hit("HDR_DUPLICATE", detail=", ".join(duplicates)))
         if fields.count("date") == 0:
