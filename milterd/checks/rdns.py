@@ -163,6 +163,10 @@ def _has_address(ip: str, records: tuple[str, ...]) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _reverse_pointer(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        # A link-local client (fe80::1%eth0): the zone is not part of the name (and
+        # Python's reverse_pointer raises ValueError on it).
+        return ipaddress.IPv6Address(int(ip)).reverse_pointer
     return ip.reverse_pointer
 
 
