@@ -34,7 +34,9 @@ def forged_indexes(headers: list[tuple[str, bytes]], authserv_id: str) -> list[i
     found: list[int] = []
     index = 0
     for name, value in headers:
-        if name.lower() != "authentication-results":
+        # The length first: lower() never shortens a name and lengthens one only with a
+        # non-ASCII character, so a name of another length cannot match (and costs no copy).
+        if len(name) != 22 or name.lower() != "authentication-results":
             continue
         index += 1
         if authserv_id_of(value.decode("utf-8", "replace")) == authserv_id.lower():

@@ -146,16 +146,20 @@ class Spf(ConfiguredCheck):
         # After every end-of-message check, so that the one header carries
         # DKIM, DMARC and ARC too.  Deletions first, highest index first, then
         # our header at the top: the indexes refer to the headers as received.
-        if self.options.remove_forged:
-            for index in forged_indexes(envelope.headers, self.authserv_id):
+        options, authserv_id = self.options, self.authserv_id  # properties (a configuration walk each): read once
+        if options.remove_forged:
+            for index in forged_indexes(envelope.headers, authserv_id):
                 envelope.edits.append(HeaderEdit("change", "Authentication-Results", "", index))
-        if self.options.authentication_results:
-            spf_state = envelope.check_state(_STATE).get("evaluation")
-            dkim, dmarc, arc = (envelope.check_state(name).get("result") for name in ("dkim", "dmarc", "arc"))
-            if any(r is not None for r in (spf_state, dkim, dmarc, arc)) or session.authenticated:
-                value = build_authentication_results(self.authserv_id, auth_user=session.auth_user, spf=spf_state, dkim=dkim, dmarc=dmarc, arc=arc)
+        if options.authentication_results:
+            state = envelope.check_state(_STATE)
+            spf_state = state.get("evaluation")
+            dkim = envelope.check_state("dkim").get("result")
+            dmarc = envelope.check_state("dmarc").get("result")
+            arc = envelope.check_state("arc").get("result")
+            if spf_state is not None or dkim is not None or dmarc is not None or arc is not None or session.authenticated:
+                value = build_authentication_results(authserv_id, auth_user=session.auth_user, spf=spf_state, dkim=dkim, dmarc=dmarc, arc=arc)
                 envelope.edits.append(HeaderEdit("insert", "Authentication-Results", value, 0))
-                envelope.check_state(_STATE)["authentication_results"] = value  # what an ARC seal attests
+                state["authentication_results"] = value  # what an ARC seal attests
         return verdict
 
 

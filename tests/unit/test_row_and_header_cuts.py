@@ -14,6 +14,7 @@ import json
 import math
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import authres
@@ -25,12 +26,14 @@ from hypothesis import strategies as st
 
 import milterd.store as store
 from milterd import authresults
-from milterd.authresults import _reason, _token
+from milterd.authresults import _reason, _token, authserv_id_of, forged_indexes
 from milterd.checks.arc import ArcResult
 from milterd.checks.dkim import SignatureResult
 from milterd.checks.dmarc import Evaluation
-from milterd.config import DatabaseSection
+from milterd.checks.spf import Spf
+from milterd.config import Config, DatabaseSection
 from milterd.logs import summary_line
+from milterd.message.model import Action, Envelope, HeaderEdit, Session, Spool, Verdict
 from milterd.text import escape
 
 # --- Authentication-Results --------------------------------------------------
@@ -341,3 +344,77 @@ def test_summary_line_equals_the_line_before(
 def test_summary_line_of_the_usual_and_the_empty_record() -> None:
     for record in _records()[:60] + [store.MessageRecord(action="accept")]:
         assert summary_line(record) == _old_summary_line(record)
+
+
+# --- Spf.on_verdict and forged_indexes -------------------------------------------------
+
+
+def _old_forged_indexes(headers: list[tuple[str, bytes]], authserv_id: str) -> list[int]:
+    """authresults.forged_indexes before the length test, line for line."""
+    found: list[int] = []
+    index = 0
+    for name, value in headers:
+        if name.lower() != "authentication-results":
+            continue
+        index += 1
+        if authserv_id_of(value.decode("utf-8", "replace")) == authserv_id.lower():
+            found.append(index)
+    return sorted(found, reverse=True)
+
+
+_NAMES = ["Authentication-Results", "authentication-results", "AUTHENTICATION-RESULTS", "Authentication-Results ", "Authentication-Result",
+          "Authentication-Resul\u0130s", "\u212authentication-Results", "Authentication-Re\u017fults", "Subject", "", "ARC-Authentication-Results"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    headers=st.lists(st.tuples(st.sampled_from(_NAMES) | st.text(max_size=24), st.sampled_from([b"mx.test; spf=pass", b"MX.TEST (c); x", b"other; y", b"\xff;"])), max_size=12),
+    authserv_id=st.sampled_from(["mx.test", "MX.Test", "other", ""]),
+)
+def test_forged_indexes_equal_the_ones_before(headers: list[tuple[str, bytes]], authserv_id: str) -> None:
+    assert forged_indexes(headers, authserv_id) == _old_forged_indexes(headers, authserv_id)
+
+
+class _OldSpf(Spf):
+    """Spf with on_verdict as it was before the cuts, line for line."""
+
+    def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
+        if self.options.remove_forged:
+            for index in _old_forged_indexes(envelope.headers, self.authserv_id):
+                envelope.edits.append(HeaderEdit("change", "Authentication-Results", "", index))
+        if self.options.authentication_results:
+            spf_state = envelope.check_state("spf").get("evaluation")
+            dkim, dmarc, arc = (envelope.check_state(name).get("result") for name in ("dkim", "dmarc", "arc"))
+            if any(r is not None for r in (spf_state, dkim, dmarc, arc)) or session.authenticated:
+                value = _fresh_build(self.authserv_id, auth_user=session.auth_user, spf=spf_state, dkim=dkim, dmarc=dmarc, arc=arc)
+                envelope.edits.append(HeaderEdit("insert", "Authentication-Results", value, 0))
+                envelope.check_state("spf")["authentication_results"] = value
+        return verdict
+
+
+def _envelope(headers: list[tuple[str, bytes]], spf: dict[str, str] | None, dkim: Any, dmarc: Any, arc: Any) -> Envelope:
+    envelope = Envelope(spool=Spool(1 << 20))
+    envelope.headers.extend(headers)
+    for name, key, value in (("spf", "evaluation", spf), ("dkim", "result", dkim), ("dmarc", "result", dmarc), ("arc", "result", arc)):
+        if value is not None:
+            envelope.check_state(name)[key] = value
+    return envelope
+
+
+@pytest.mark.parametrize("remove_forged", [True, False])
+@pytest.mark.parametrize("authentication_results", [True, False])
+@pytest.mark.parametrize("authserv_id", ["", "mx.test"])
+def test_on_verdict_edits_and_state_equal_the_ones_before(remove_forged: bool, authentication_results: bool, authserv_id: str) -> None:
+    config = Config.model_validate({"milter": {"authserv_id": authserv_id, "hostname": "host.test"},
+                                    "checks": {"spf": {"remove_forged": remove_forged, "authentication_results": authentication_results}}})
+    services: Any = SimpleNamespace(config=config, resolver=None)
+    new, old = Spf(services), _OldSpf(services)
+    headers = [("Authentication-Results", b"mx.test; spf=pass"), ("Subject", b"x"), ("authentication-results", b"host.test; dkim=pass"), ("From", b"a@b")]
+    verdict = Verdict(action=Action.ACCEPT, score=0.0, symbols={}, details={}, reason="")
+    for auth_user, spf, dkim, dmarc, arc in itertools.product(["", "alice"], SPFS[:3], DKIMS[:3], DMARCS[:2], ARCS[:3]):
+        session = Session(auth_user=auth_user)
+        envelopes = [_envelope(headers, spf, dkim, dmarc, arc) for _ in range(2)]
+        assert new.on_verdict(session, envelopes[0], verdict) is verdict
+        old.on_verdict(session, envelopes[1], verdict)
+        assert envelopes[0].edits == envelopes[1].edits
+        assert envelopes[0]._check_states == envelopes[1]._check_states  # noqa: SLF001 - the states each check reads
