@@ -83,8 +83,10 @@ every header field of the message and then picks those ``h=`` names
 keeps dkimpy's) picks the fields first by their canonical names and
 canonicalises only those, which gives the same fields and bytes because
 canonicalisation works field by field.  The header hash gets those bytes in
-one update, and neither it nor :func:`verify_headerprep` builds debug texts
-for a logger that does not log them (tests/unit/test_dkimfast_verify.py
+one update, neither it nor :func:`verify_headerprep` builds debug texts
+for a logger that does not log them, and :func:`validate_signature_fields`
+is dkimpy's with its patterns compiled once.  :func:`strip_trailing_whitespace`
+splits a body only where a line ends in blanks when no tab is before a CRLF (tests/unit/test_dkimfast_verify.py
 compares verdicts, exceptions and every hashed byte with dkimpy's on random
 and hostile signed messages).
 """
@@ -95,6 +97,7 @@ import base64
 import functools
 import logging
 import re
+import time
 from typing import Any, Callable
 
 import dkim
@@ -124,6 +127,7 @@ PURE_PARSE_TAG_VALUE: Callable[[Any], dict[bytes, bytes]] = dkim.parse_tag_value
 #: dkimpy's verification steps of a DKIM signature (DKIM's own methods; ARC keeps dkimpy's).
 PURE_VERIFY_SIG_PROCESS: Callable[..., Any] = dkim.DKIM.verify_sig_process
 PURE_VERIFY_HEADERPREP: Callable[..., Any] = dkim.DKIM.verify_headerprep
+PURE_VALIDATE_SIGNATURE_FIELDS: Callable[[Any], None] = dkim.validate_signature_fields
 #: Longer key records are parsed each time (not remembered).
 MAX_KEY_RECORD = 8192
 #: Smaller moduli are checked by dkimpy (cheap, and where "digest too large" can happen).
@@ -188,6 +192,14 @@ def strip_trailing_whitespace(content: bytes) -> bytes:
     """``dkim.canonicalization.strip_trailing_whitespace``: no spaces or tabs before a CRLF."""
     if b" \r\n" not in content and b"\t\r\n" not in content:
         return content
+    if b"\t\r\n" not in content:
+        # Each line with trailing blanks ends with " \r\n": split only there (a body has few such lines).
+        # Every piece but the last ended at one; its own trailing blanks are the rest of that run.
+        pieces = content.split(b" \r\n")
+        last = pieces.pop()
+        pieces = [piece.rstrip(b" \t") for piece in pieces]
+        pieces.append(last)
+        return b"\r\n".join(pieces)
     # Every piece but the last ends at a CRLF: its trailing blanks are the run the pattern removes.
     lines = content.split(b"\r\n")
     last = lines.pop()
@@ -322,6 +334,73 @@ _BLANKS = re.compile(rb"\s+")  # dkimpy's re.sub(br"\s+", b"", …) of b= and bh
 _H_SEPARATOR = re.compile(rb"\s*:\s*")  # dkimpy's split of h=
 
 
+_BASE64 = re.compile(rb"[\s0-9A-Za-z+/]+[\s=]*$")  # dkimpy's patterns, compiled once
+_DOMAIN_SPECIALS = re.compile(rb"[\(\)<>\[\]:;@\\,]")
+_LENGTH = re.compile(rb"\d{,76}$")
+_NUMBER = re.compile(rb"\d+$")
+_MANDATORY = (b"v", b"a", b"b", b"bh", b"d", b"h", b"s")
+_CLOCK_SLOP = 36000  # dkimpy's 10 hours for signers with inaccurate clocks
+
+
+def validate_signature_fields(sig: Any) -> None:
+    """``dkim.validate_signature_fields(sig)`` of a DKIM signature: the same checks, in order, and the same errors.
+
+    dkimpy's code with its patterns compiled once.  dkimpy's second base64
+    test of ``b=`` (where it means ``bh=``) cannot fail after its first, so
+    it is left out; ``str(d, "ascii")`` succeeding is ``d.isascii()``.
+    Tags that are not all bytes are dkimpy's to judge.
+    """
+    if type(sig) is not dict or not all(type(value) is bytes for value in sig.values()):
+        PURE_VALIDATE_SIGNATURE_FIELDS(sig)
+        return
+    for field in _MANDATORY:
+        if field not in sig:
+            raise dkim.ValidationError(f"missing {field!r}=")
+    if sig[b"a"] not in dkim.HASH_ALGORITHMS:
+        raise dkim.ValidationError(f"unknown signature algorithm: {sig[b'a']}")
+    if _BASE64.match(sig[b"b"]) is None or len(_BLANKS.sub(b"", sig[b"b"])) % 4 != 0:
+        raise dkim.ValidationError(f"b= value is not valid base64 ({sig[b'b']})")
+    if len(_BLANKS.sub(b"", sig[b"bh"])) % 4 != 0:
+        raise dkim.ValidationError(f"bh= value is not valid base64 ({sig[b'bh']})")
+    if b"cv" in sig and sig[b"cv"] not in (dkim.CV_Pass, dkim.CV_Fail, dkim.CV_None):
+        raise dkim.ValidationError(f"cv= value is not valid ({sig[b'cv']})")
+    domain = sig[b"d"]
+    if domain.isascii() and _DOMAIN_SPECIALS.search(domain) is not None:
+        raise dkim.ValidationError(f"d= value is not valid ({domain})")
+    if b"i" in sig and (not sig[b"i"].lower().endswith(domain.lower()) or sig[b"i"][-len(domain) - 1] not in ("@", ".", 64, 46)):
+        raise dkim.ValidationError(f"i= domain is not a subdomain of d= (i={sig[b'i']} d={domain})")
+    if b"l" in sig and _LENGTH.match(sig[b"l"]) is None:
+        raise dkim.ValidationError(f"l= value is not a decimal integer ({sig[b'l']})")
+    if b"q" in sig and sig[b"q"] != b"dns/txt":
+        raise dkim.ValidationError(f"q= value is not dns/txt ({sig[b'q']})")
+    t_sign = _check_t(sig)
+    if sig[b"v"] != b"1":
+        raise dkim.ValidationError(f"v= value is not 1 ({sig[b'v']})")
+    if b"x" in sig:
+        _check_x(sig, t_sign)
+
+
+def _check_t(sig: Any) -> int | None:
+    if b"t" not in sig:
+        return None
+    if _NUMBER.match(sig[b"t"]) is None:
+        raise dkim.ValidationError(f"t= value is not a decimal integer ({sig[b't']})")
+    t_sign = int(sig[b"t"])
+    if t_sign > int(time.time()) + _CLOCK_SLOP:
+        raise dkim.ValidationError(f"t= value is in the future ({sig[b't']})")
+    return t_sign
+
+
+def _check_x(sig: Any, t_sign: int | None) -> None:
+    if _NUMBER.match(sig[b"x"]) is None:
+        raise dkim.ValidationError(f"x= value is not a decimal integer ({sig[b'x']})")
+    x_sign = int(sig[b"x"])
+    if x_sign < int(time.time()) - _CLOCK_SLOP:
+        raise dkim.ValidationError(f"x= value is past ({sig[b'x']})")
+    if t_sign and x_sign < t_sign:
+        raise dkim.ValidationError(f"x= value is less than t= value (x={sig[b'x']} t={sig[b't']})")
+
+
 def verify_headerprep(self: Any, idx: int = 0) -> Any:
     """``dkim.DKIM.verify_headerprep``: the signature's tags parsed and checked, and its ``h=`` list.
 
@@ -338,7 +417,7 @@ def verify_headerprep(self: Any, idx: int = 0) -> Any:
         raise dkim.MessageFormatError(e) from e
     if self.logger.isEnabledFor(logging.DEBUG):
         self.logger.debug(f"sig: {sig!r}")
-    dkim.validate_signature_fields(sig)
+    validate_signature_fields(sig)
     self.domain = sig[b"d"]
     self.selector = sig[b"s"]
     include_headers = [x.lower() for x in _H_SEPARATOR.split(sig[b"h"])]

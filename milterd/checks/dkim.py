@@ -124,7 +124,9 @@ def key_names(headers: list[tuple[str, bytes]], max_signatures: int) -> list[str
         for part in value.split(b";"):
             tag, eq, text = part.partition(b"=")
             if eq:
-                tags[tag.strip()] = b"".join(text.split())
+                tag = tag.strip()
+                if tag == b"d" or tag == b"s":  # the only tags read: the others' values are not worked out
+                    tags[tag] = b"".join(text.split())
         domain, selector = tags.get(b"d", b""), tags.get(b"s", b"")
         if not (domain and selector and (domain + selector).isascii()):
             return None
@@ -210,8 +212,10 @@ class Dkim(ConfiguredCheck):
         if not envelope.header_count("DKIM-Signature"):
             envelope.check_state(STATE)["result"] = []
             return [Hit("DKIM_NONE")]
-        if envelope.size > options.max_size:
-            return [Hit("DKIM_NONE", detail=f"not verified: size {envelope.size} > {options.max_size}")]
+        # envelope.size, from the header section message_bytes() needs anyway (size alone would count it apart)
+        size = len(envelope.header_bytes) + envelope.spool.size
+        if size > options.max_size:
+            return [Hit("DKIM_NONE", detail=f"not verified: size {size} > {options.max_size}")]
         resolver = self.services.resolver
         dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, "eom"))
         results = verify_all(envelope.message_bytes(), dnsfunc, options.max_signatures, options.min_key_bits)

@@ -184,3 +184,105 @@ def test_a_signed_bench_message_verifies(key: tuple[bytes, Txt]) -> None:
     message = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: s\r\n\r\n" + b"lorem ipsum dolor sit amet \r\n" * 50
     raw = dkim.sign(message, b"sel", b"example.org", pem, canonicalize=(b"relaxed", b"relaxed")) + message
     assert [r.result for r in verify_all(raw, DnsRecorder(resolver, 1e18), 5, 1024)] == ["pass"]
+
+
+def test_signature_field_checks_are_dkimpys() -> None:
+    now = int(__import__("time").time())
+    values: dict[bytes, list[bytes]] = {
+        b"v": [b"1", b"2", b""],
+        b"a": [b"rsa-sha256", b"rsa-sha1", b"ed25519-sha256", b"rsa-md5", b""],
+        b"b": [b"AAAA", b"AA AA", b"AAA", b"AAAA==", b"AA\r\n AA", b"A=AA", b"", b"AAAA\n", b"\xe9AAA", b"AA==  "],
+        b"bh": [b"AAAA", b"AAA", b"AA\tAA", b"", b"AAAA\n", b"!!!!", b"A"],
+        b"d": [b"example.org", b"Example.ORG", b"ex@mple.org", b"ex(a)mple", b"\xe9xample.org", b"\xe9x@mple", b"", b"a\\b"],
+        b"h": [b"from", b""],
+        b"s": [b"sel", b""],
+        b"i": [b"@example.org", b"a@EXAMPLE.org", b"x.example.org", b"example.org", b"@other.org", b"xexample.org", b"", b"@\xe9xample.org"],
+        b"l": [b"0", b"12", b"1" * 76, b"1" * 77, b"x", b"12\n", b"", b"\xd9\xa1"],
+        b"q": [b"dns/txt", b"dns", b""],
+        b"t": [str(now).encode(), str(now + 36001).encode(), str(now - 10).encode(), b"x", b"12\n", b"", b"0"],
+        b"x": [str(now + 100).encode(), str(now - 36001).encode(), str(now - 100).encode(), b"x", b"", b"0"],
+        b"cv": [b"pass", b"fail", b"none", b"bogus"],
+    }
+    rnd = random.Random(267)
+    for _ in range(40000):
+        sig = {tag: rnd.choice(choices) for tag, choices in values.items() if rnd.random() < (0.97 if tag in (b"v", b"a", b"b", b"bh", b"d", b"h", b"s") else 0.4)}
+        assert outcome(dkimfast.validate_signature_fields, sig) == outcome(dkimfast.PURE_VALIDATE_SIGNATURE_FIELDS, sig), sig
+    odd = {b"v": "1", b"a": b"rsa-sha256", b"b": b"AAAA", b"bh": b"AAAA", b"d": "example.org", b"h": b"from", b"s": b"s"}
+    assert outcome(dkimfast.validate_signature_fields, odd) == outcome(dkimfast.PURE_VALIDATE_SIGNATURE_FIELDS, odd)
+
+
+def test_stripping_blanks_before_line_ends_is_dkimpys() -> None:
+    rnd = random.Random(3442)
+    pieces = [b" ", b"  ", b"\r\n", b"\r", b"\n", b"a", b"b c", b" \r\n", b"\r\n ", b"\x0b", b"\x00", b"\xe9"]
+    for _ in range(30000):  # no tab before a line end: the split at " \r\n"
+        text = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 25)))
+        assert dkimfast.strip_trailing_whitespace(text) == dkimfast.PURE_STRIP(text), text
+    for _ in range(10000):
+        text = b"".join(rnd.choice([*pieces, b"\t", b"\t\r\n", b" \t"]) for _ in range(rnd.randint(0, 25)))
+        assert dkimfast.strip_trailing_whitespace(text) == dkimfast.PURE_STRIP(text), text
+    body = b"lorem ipsum dolor sit amet \r\n" * 40 + b"end\t \r\n  \r\nlast "
+    assert dkimfast.strip_trailing_whitespace(body) == dkimfast.PURE_STRIP(body)
+
+
+def reference_key_names(headers: list[tuple[str, bytes]], max_signatures: int) -> list[str] | None:
+    """key_names before it skipped the tags it does not read."""
+    names: list[str] = []
+    for name, value in headers:
+        if name.lower() != "dkim-signature":
+            continue
+        if len(names) >= max_signatures:
+            break
+        tags = {}
+        for part in value.split(b";"):
+            tag, eq, text = part.partition(b"=")
+            if eq:
+                tags[tag.strip()] = b"".join(text.split())
+        domain, selector = tags.get(b"d", b""), tags.get(b"s", b"")
+        if not (domain and selector and (domain + selector).isascii()):
+            return None
+        names.append(f"{selector.decode()}._domainkey.{domain.decode()}")
+    return names
+
+
+def test_key_names_are_as_before() -> None:
+    from milterd.checks.dkim import key_names
+
+    rnd = random.Random(1024)
+    pieces = [b"d=", b"s=", b" d =", b"\ts=", b"d", b"=", b";", b" ", b"\r\n ", b"a", b"B.c", b"\xe9", b"x=", b"sel", b"example.org", b"s=s;d=d"]
+    for _ in range(20000):
+        headers = [(rnd.choice(["DKIM-Signature", "dkim-signature", "Subject"]), b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 10)))) for _ in range(rnd.randint(0, 3))]
+        for limit in (0, 1, 5):
+            assert key_names(headers, limit) == reference_key_names(headers, limit), headers
+
+
+def test_on_eom_judges_the_size_as_envelope_size(tmp_path: Any, key: tuple[bytes, Txt], monkeypatch: pytest.MonkeyPatch) -> None:
+    from milterd.checks.dkim import Dkim
+    from milterd.config import load_config
+    from milterd.message.model import Envelope, Session, Spool
+    from milterd.services import build
+
+    pem, _ = key
+    message = b"From: a@example.org\r\nSubject: s\r\n\r\nbody \r\n"
+    raw = dkim.sign(message, b"sel", b"example.org", pem).replace(b"\r\n", b"\n") + message
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n')
+    services = build(load_config(conf))
+    check = next(c for c in services.checks if isinstance(c, Dkim))
+    for raw_headers in (True, False):
+        head, _, body = raw.partition(b"\r\n\r\n")
+        envelope = Envelope(spool=Spool(1 << 20))
+        for line in head.replace(b"\n ", b"\n\t").split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            envelope.headers.append((name.decode(), value.lstrip(b" ")))
+            if raw_headers:
+                envelope.raw_headers.append(line)
+        envelope.spool.write(body)
+        size = envelope.size
+        smaller = check.options.model_copy(update={"max_size": size - 1})
+        equal = check.options.model_copy(update={"max_size": size})
+        monkeypatch.setattr(Dkim, "options", property(lambda self, o=smaller: o))
+        assert [(h.symbol, h.detail) for h in check.on_eom(Session(), envelope)] == [("DKIM_NONE", f"not verified: size {size} > {size - 1}")]
+        monkeypatch.setattr(Dkim, "options", property(lambda self, o=equal: o))
+        assert check.on_eom(Session(), envelope)[0].symbol != "DKIM_NONE"  # verified (the key is not published: a permerror)
+        assert size == len(envelope.message_bytes())
+        monkeypatch.undo()
