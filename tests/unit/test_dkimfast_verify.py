@@ -294,3 +294,14 @@ def test_the_b_tag_removal_by_function_is_the_templates() -> None:
     for value in btag_cases(random.Random(1)):
         for pattern in (dkimfast.RE_BTAG, dkimfast.PURE_RE_BTAG):
             assert pattern.sub(dkimfast._FIRST_GROUP, value) == pattern.sub(b"\\1", value), value
+
+
+def test_blanks_are_removed_as_by_dkimpys_pattern() -> None:
+    import re
+
+    rnd = random.Random(64)
+    pieces = [b" ", b"\t", b"\r", b"\n", b"\x0b", b"\x0c", b"\x1c", b"\x1f", b"\x85", b"\xa0", b"\x00", b"A", b"+/", b"="]
+    for _ in range(20000):
+        value = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12)))
+        assert dkimfast._without_blanks(value) == re.sub(rb"\s+", b"", value), value
+    assert dkimfast._without_blanks(bytearray(b"a b")) == re.sub(rb"\s+", b"", bytearray(b"a b"))
