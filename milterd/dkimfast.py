@@ -98,6 +98,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import importlib.metadata
 import logging
 import operator
 import re
@@ -544,8 +545,26 @@ def _hash_headers(h: Any, canon_policy: Any, headers: Any, include_headers: Any,
     return sign_headers
 
 
+#: The dkimpy releases whose internals these replacements were checked against (the property tests in
+#: tests/unit/test_dkimfast*.py compare them with dkimpy's own code): with any other release dkimpy keeps
+#: its own, slower code until they are checked again.
+CHECKED_RELEASES = ("1.1.",)
+
+
+@functools.lru_cache(maxsize=1)
+def checked_release() -> bool:
+    """Whether the installed dkimpy is one of :data:`CHECKED_RELEASES`."""
+    try:
+        return importlib.metadata.version("dkimpy").startswith(CHECKED_RELEASES)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 def install() -> None:
-    """Make dkimpy's DKIM and ARC verification use this module's functions (idempotent, per process)."""
+    """Make dkimpy's DKIM and ARC verification use this module's functions (idempotent, per process);
+    nothing with a dkimpy release they were not checked against."""
+    if not checked_release():
+        return
     dkim.RSASSA_PKCS1_v1_5_verify = verify
     dkim.canonicalization.compress_whitespace = compress_whitespace
     dkim.canonicalization.strip_trailing_whitespace = strip_trailing_whitespace

@@ -272,3 +272,18 @@ def test_a_key_record_is_parsed_once_and_a_bad_one_every_time(keys: dict[str, rs
     dkimfast.evaluate_pk(b"x.", huge)
     dkimfast.evaluate_pk(b"x.", huge)
     assert calls[-2:] == [huge, huge]  # too long to keep
+
+
+def test_an_unchecked_dkimpy_release_keeps_its_own_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    assert dkimfast.checked_release()  # the release CI installs is one the property tests check
+    monkeypatch.setattr(dkim, "RSASSA_PKCS1_v1_5_verify", dkim.crypto.RSASSA_PKCS1_v1_5_verify)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.0.0")
+    dkimfast.checked_release.cache_clear()
+    try:
+        assert not dkimfast.checked_release()
+        dkimfast.install()
+        assert dkim.RSASSA_PKCS1_v1_5_verify is dkim.crypto.RSASSA_PKCS1_v1_5_verify
+    finally:
+        dkimfast.checked_release.cache_clear()
