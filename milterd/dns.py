@@ -100,9 +100,22 @@ def parse_nameserver(spec: str) -> tuple[str, int]:
     return host, port
 
 
-def reverse_pointer(ip: str) -> str:
-    """The in-addr.arpa / ip6.arpa name of *ip* (no trailing dot)."""
-    return ipaddress.ip_address(ip).reverse_pointer
+def unscoped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """*address* without an IPv6 zone (``fe80::1%eth0`` → ``fe80::1``): the zone names an interface
+    of this host, it is not part of any DNS name (and CPython's ``reverse_pointer`` and
+    ``exploded`` raise ValueError on a scoped address)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        return ipaddress.IPv6Address(int(address))
+    return address
+
+
+@functools.lru_cache(maxsize=1024)
+def reverse_pointer(ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The in-addr.arpa / ip6.arpa name of *ip* (no trailing dot); ValueError for text that is no address.
+
+    Remembered per process: asked at connect and again at MAIL FROM for the same few clients.
+    """
+    return unscoped(ipaddress.ip_address(ip) if isinstance(ip, str) else ip).reverse_pointer
 
 
 def dnsbl_name(ip: str, zone: str) -> str | None:
@@ -118,7 +131,7 @@ def dnsbl_name(ip: str, zone: str) -> str | None:
 def _reversed_address(ip: str) -> str | None:
     # Asked once per DNS list for the same client: the address is parsed once.
     try:
-        address = ipaddress.ip_address(ip)
+        address = unscoped(ipaddress.ip_address(ip))
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

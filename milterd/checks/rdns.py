@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from pydantic import Field
 
+from ..dns import reverse_pointer
 from ..message.model import Envelope, Hit, Session
 from ..options import CheckSwitches, ConfigError
 from . import Hits, Symbol
@@ -114,7 +115,7 @@ class ReverseDns(ConfiguredCheck):
             return ()
         resolver = self.services.resolver
         deadline = resolver.stage_deadline(session.dns_deadlines, "connect")
-        session.check_state(_STATE).update({"ptr": resolver.submit(_reverse_pointer(session.ip), "PTR", deadline)})
+        session.check_state(_STATE).update({"ptr": resolver.submit(reverse_pointer(session.ip), "PTR", deadline)})
         return ()
 
     def on_mail(self, session: Session, envelope: Envelope) -> Hits:
@@ -130,7 +131,7 @@ class ReverseDns(ConfiguredCheck):
         name = verified_by_postfix(session) if self.options.use_postfix_name else ""
         if not name:
             resolver = self.services.resolver
-            query = (_reverse_pointer(session.ip) if session.ip else ip, "PTR")
+            query = (reverse_pointer(session.ip) if session.ip else ip, "PTR")
             future = state.pop("ptr", None) or resolver.submit(*query, deadline)
             ptr = resolver.collect([future], [query], deadline)[0]
             if ptr.failed:
@@ -159,15 +160,6 @@ def _has_address(ip: str, records: tuple[str, ...]) -> bool:
         return any(ipaddress.ip_address(r) == wanted for r in records)
     except ValueError:
         return False
-
-
-@functools.lru_cache(maxsize=1024)
-def _reverse_pointer(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
-        # A link-local client (fe80::1%eth0): the zone is not part of the name (and
-        # Python's reverse_pointer raises ValueError on it).
-        return ipaddress.IPv6Address(int(ip)).reverse_pointer
-    return ip.reverse_pointer
 
 
 CHECKS = (ReverseDns,)

@@ -444,7 +444,9 @@ def test_cached_helo_and_sender_judgements() -> None:
 
 
 def test_a_scoped_ipv6_client_is_looked_up_without_its_zone() -> None:
-    from milterd.checks.rdns import _reverse_pointer
+    from milterd.dns import dnsbl_name, reverse_pointer
 
-    assert _reverse_pointer(ipaddress.ip_address("fe80::1%eth0")) == _reverse_pointer(ipaddress.ip_address("fe80::1"))
-    assert _reverse_pointer(ipaddress.ip_address("fe80::1%eth0")).endswith(".8.e.f.ip6.arpa")
+    assert reverse_pointer(ipaddress.ip_address("fe80::1%eth0")) == reverse_pointer(ipaddress.ip_address("fe80::1"))
+    assert reverse_pointer("fe80::1%eth0") == reverse_pointer("fe80::1")
+    assert reverse_pointer(ipaddress.ip_address("fe80::1%eth0")).endswith(".8.e.f.ip6.arpa")
+    assert dnsbl_name("fe80::1%eth0", "zen.example") == dnsbl_name("fe80::1", "zen.example") is not None
