@@ -93,6 +93,11 @@ class Answer:
         return self.status in ("nxdomain", "nodata")
 
 
+def cache_key(name: str, rdtype: str) -> tuple[str, str]:
+    """The answer cache's key of a question: the name lower-cased without its trailing dot, the type upper-cased."""
+    return name.lower().rstrip("."), rdtype.upper()
+
+
 def parse_nameserver(spec: str) -> tuple[str, int]:
     """``"IP"``, ``"IP:PORT"``, ``"[IPv6]:PORT"`` or a bare IPv6 address → (ip, port); ValueError otherwise."""
     host, port = split_host_port(spec.strip(), 53)
@@ -303,24 +308,24 @@ class Resolver:
     # --- queries ------------------------------------------------------------
     def cached(self, name: str, rdtype: str) -> bool:
         """Whether asking for *rdtype* of *name* now would be answered from the cache (not counted as a lookup)."""
-        expires = self.cache.expiry((name.lower().rstrip("."), rdtype.upper()))
+        expires = self.cache.expiry(cache_key(name, rdtype))
         return expires is not None and expires > time.monotonic()
 
     def query(self, name: str, rdtype: str, deadline: float | None = None) -> Answer:
         """Ask for *rdtype* records of *name*, within *deadline* (default: ``timeout`` from now)."""
-        key = (name.lower().rstrip("."), rdtype.upper())
+        key = cache_key(name, rdtype)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        deadline = deadline if deadline is not None else self.deadline()
-        if deadline <= time.monotonic():
-            return Answer(key[0], key[1], "error", error="timeout")
-        answer = self._resolve_many([key], deadline)[0]
+        answer = self._resolve_many([key], deadline if deadline is not None else self.deadline())[0]
         self.cache.put(key, answer)
         return answer
 
     def _resolve_many(self, keys: Sequence[tuple[str, str]], deadline: float) -> list[Answer]:
-        """The answers to *keys* (normalised names and types), by our UDP client, else by dnspython's resolver."""
+        """The answers to *keys* (:func:`cache_key` form), by our UDP client, else by dnspython's resolver;
+        all timeouts once *deadline* has passed."""
+        if deadline <= time.monotonic():
+            return [Answer(name, rdtype, "error", error="timeout") for name, rdtype in keys]
         answers: list[Answer | None] = [None] * len(keys)
         if self._server is not None:
             self._ask_udp(keys, deadline, answers)
@@ -413,7 +418,7 @@ class Resolver:
 
         A cached answer is returned as it is: no Future, lock or thread for the usual case.
         """
-        cached = self.cache.get((name.lower().rstrip("."), rdtype.upper()))
+        cached = self.cache.get(cache_key(name, rdtype))
         if cached is not None:
             return cached
         return self._executor().submit(self.query, name, rdtype, deadline)
@@ -440,16 +445,12 @@ class Resolver:
             return [self.query(queries[0][0], queries[0][1], deadline)]
         # Cached answers are taken here; only the others go to the query threads (no
         # Future, lock or wait per cached answer: most answers are cached).
-        cached = [self.cache.get((name.lower().rstrip("."), rdtype.upper())) for name, rdtype in queries]
+        cached = [self.cache.get(cache_key(name, rdtype)) for name, rdtype in queries]
         missing = [(query, i) for i, (query, answer) in enumerate(zip(queries, cached, strict=True)) if answer is None]
         if not missing:
             return cast("list[Answer]", cached)
-        keys = [(name.lower().rstrip("."), rdtype.upper()) for (name, rdtype), _ in missing]
-        if deadline <= time.monotonic():
-            answers = [Answer(name, rdtype, "error", error="timeout") for name, rdtype in keys]
-        else:
-            answers = self._resolve_many(keys, deadline)
-        for key, answer, (_, i) in zip(keys, answers, missing, strict=True):
+        keys = [cache_key(name, rdtype) for (name, rdtype), _ in missing]
+        for key, answer, (_, i) in zip(keys, self._resolve_many(keys, deadline), missing, strict=True):
             self.cache.put(key, answer)
             cached[i] = answer
         return cast("list[Answer]", cached)
@@ -506,7 +507,7 @@ class Resolver:
         answer = self.query(name, qtype, deadline)
         trace: LookupTrace | None = getattr(_trace, "current", None)
         if trace is not None:
-            trace.saw(self.cache.expiry((name.lower().rstrip("."), qtype.upper())))
+            trace.saw(self.cache.expiry(cache_key(name, qtype)))
         if answer.failed:
             raise spf.TempError(f"DNS {answer.error or 'error'}")
         found: list[tuple[tuple[str, str], Any]] = []
