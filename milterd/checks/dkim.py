@@ -212,10 +212,8 @@ class Dkim(ConfiguredCheck):
         if not envelope.header_count("DKIM-Signature"):
             envelope.check_state(STATE)["result"] = []
             return [Hit("DKIM_NONE")]
-        # envelope.size, from the header section message_bytes() needs anyway (size alone would count it apart)
-        size = len(envelope.header_bytes) + envelope.spool.size
-        if size > options.max_size:
-            return [Hit("DKIM_NONE", detail=f"not verified: size {size} > {options.max_size}")]
+        if envelope.size > options.max_size:
+            return [Hit("DKIM_NONE", detail=f"not verified: size {envelope.size} > {options.max_size}")]
         resolver = self.services.resolver
         dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, "eom"))
         results = verify_all(envelope.message_bytes(), dnsfunc, options.max_signatures, options.min_key_bits)
