@@ -30,7 +30,7 @@ from ..clock import utcnow as utcnow
 from ..config import DatabaseSection
 from ..text import redact, redact_url
 from . import schema
-from .engine import POOL_SIZE, make_engine  # noqa: F401 - re-exported
+from .engine import POOL_SIZE, make_engine, sqlite_file  # noqa: F401 - re-exported
 from .errors import StoreError as StoreError
 from .greylist import GreylistStore
 from .quarantine import insert_message
@@ -299,9 +299,8 @@ class Store:
 
     def _missing_sqlite_file(self) -> bool:
         url = self.engine.url
-        if url.get_backend_name() != "sqlite" or url.query.get("uri") or url.database in (None, "", ":memory:"):
-            return False
-        return not Path(url.database).exists()
+        file = sqlite_file(url.database) if url.get_backend_name() == "sqlite" and not url.query.get("uri") else None
+        return file is not None and not file.exists()
 
     def ensure_schema(self, auto_upgrade: bool) -> None:
         """Upgrade (when allowed) or check that the schema is current; StoreError otherwise."""

@@ -135,6 +135,11 @@ def silence_notices(connection: Any) -> None:
     lib.PQsetNoticeReceiver(pgconn.pgconn_ptr, noop, None)
 
 
+def sqlite_file(database: str | None) -> Path | None:
+    """The file of a SQLite URL's database part (``make_url(url).database``); None for an in-memory database."""
+    return Path(database).expanduser() if database and database != ":memory:" else None
+
+
 def _create_private(path: Path) -> None:
     # A new SQLite file is the log and the quarantine: readable by its owner
     # only.  SQLite gives its -wal and -shm files the database file's mode.
@@ -156,7 +161,7 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
     if url.startswith("sqlite"):
         database = make_url(url).database
         options: dict[str, Any] = {"connect_args": {"timeout": busy_timeout, "check_same_thread": False, "factory": CallbackFreeConnection}}
-        file = Path(database).expanduser() if database and database != ":memory:" else None
+        file = sqlite_file(database)
         if file is not None:
             options.update(poolclass=OwnedQueuePool, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=busy_timeout)
         engine = create_engine(url, **options)
