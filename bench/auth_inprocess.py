@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import auth  # noqa: E402
+from bench import auth, corpus  # noqa: E402
 from bench.scenarios import checks_off, learner_off  # noqa: E402
 from milterd.config import Config  # noqa: E402
 from milterd.message.pipeline import Pipeline  # noqa: E402
@@ -42,9 +42,9 @@ from milterd.store import Store  # noqa: E402
 
 
 def client_for(index: int) -> Client:
-    """The row's client for message *index*: one of 100 unlisted addresses, as bench.corpus.client_for gives ham."""
-    return Client(addr=f"192.0.2.{10 + index % 100}", name="", helo=f"client.{auth.DOMAIN}",
-                  sender=f"author@{auth.DOMAIN}", recipients=[auth.RECIPIENT])
+    """The row's client for message *index*: the XCLIENT address and HELO bench.corpus's replay gives it, and its sender."""
+    xclient = corpus.client_for("ham", index)
+    return Client(addr=xclient["ADDR"], name="", helo=xclient["HELO"], sender=corpus.SENDER, recipients=[auth.RECIPIENT])
 
 
 def main(argv: list[str] | None = None) -> int:
