@@ -249,6 +249,7 @@ class Supervisor:
         if pid == 0:
             code = 0
             try:
+                name_process(MAINTENANCE_NAME)
                 self._close_stop_pipes()
                 self.services.after_fork()
                 maintenance.run_jobs(ready, self.services)
@@ -409,6 +410,20 @@ class Supervisor:
                     log.warning("cannot remove %s: %s", self.spec.path, exc.strerror)
         metrics.stop()
         log.info("stopped")
+
+
+MAINTENANCE_NAME = "milterd-maint"
+"""The process name (``ps``'s COMM) of the supervisor's short-lived maintenance child, so that
+it is told apart from the workers, which keep the interpreter's name."""
+
+
+def name_process(name: str) -> None:
+    """Set this process's name as ``ps`` and ``pgrep`` show it (Linux's /proc/self/comm, 15 bytes)."""
+    try:
+        with open("/proc/self/comm", "w", encoding="ascii") as comm:
+            comm.write(name[:15])
+    except OSError:  # not Linux, or /proc not mounted: the name is cosmetic
+        pass
 
 
 def _describe_exit(status: int) -> str:

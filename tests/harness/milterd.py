@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from milterd.confdoc import toml_value
+from milterd.milter.supervisor import MAINTENANCE_NAME
 
 from .postfix import free_port, wait_for_port
 
@@ -34,6 +35,14 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
                 lines.append("")
     path.write_text("\n".join(lines))
     return path
+
+
+def _comm(pid: int) -> str:
+    """The process name of *pid* ('' once it has exited)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 class Milterd:
@@ -109,10 +118,10 @@ class Milterd:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
     def workers(self) -> list[int]:
-        """The pids of the worker processes."""
+        """The pids of the worker processes (the supervisor's children but its maintenance one)."""
         assert self.process is not None
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
+        return [int(p) for p in out.split() if _comm(int(p)) != MAINTENANCE_NAME]
 
     def signal(self, sig: int) -> None:
         """Send *sig* to the supervisor."""
