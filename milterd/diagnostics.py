@@ -36,7 +36,7 @@ from .scanners.clamd import ClamdClient
 from .scanners.spamd import SpamdClient
 from .services import build
 from .store import Store
-from .store.engine import server_connection_limits
+from .store.engine import server_connection_limits, sqlite_file
 from .store.learner import LearnerStore, ModelSummary, model_may_exist
 from .text import redact, redact_url
 from .units import parse_duration
@@ -107,8 +107,8 @@ def probe_database(config: Config) -> list[Finding]:
     """The store answers, and its schema is the one this milterd needs."""
     def probe() -> Finding:
         url = _safe_url(config.database.url)
-        database = config.database.url.removeprefix("sqlite:///") if config.database.url.startswith("sqlite:///") else ""
-        if database and database != ":memory:" and not Path(database).exists():
+        file = sqlite_file(config.database.url)
+        if file is not None and not file.exists():
             # Connecting would create an empty file: report instead.
             status: Status = "warn" if config.database.auto_upgrade else "fail"
             return Finding("database", status, f"{url}: no such file yet ({'serve will create it' if status == 'warn' else 'run milterd db upgrade'})")

@@ -35,6 +35,7 @@ from ..logs import hide_database_url, setup_logging
 from ..message.pipeline import Pipeline
 from ..services import Services, build
 from ..store import StoreError
+from ..store.engine import sqlite_file
 from ..text import redact
 from . import adapter
 from .adapter import MilterdMilter
@@ -141,10 +142,8 @@ def drop_privileges(config: Config) -> None:
 
 
 def _sqlite_path(config: Config) -> Path | None:
-    url = config.database.url
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return Path(url.removeprefix("sqlite:///")).resolve()
-    return None
+    file = sqlite_file(config.database.url)
+    return file.resolve() if file is not None else None
 
 
 def hand_over_store(config: Config) -> None:

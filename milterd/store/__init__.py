@@ -298,8 +298,7 @@ class Store:
         return ScriptDirectory.from_config(config).get_current_head() or ""
 
     def _missing_sqlite_file(self) -> bool:
-        url = self.engine.url
-        file = sqlite_file(url.database) if url.get_backend_name() == "sqlite" and not url.query.get("uri") else None
+        file = sqlite_file(self.engine.url)
         return file is not None and not file.exists()
 
     def ensure_schema(self, auto_upgrade: bool) -> None:

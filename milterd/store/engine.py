@@ -38,7 +38,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
@@ -135,9 +135,13 @@ def silence_notices(connection: Any) -> None:
     lib.PQsetNoticeReceiver(pgconn.pgconn_ptr, noop, None)
 
 
-def sqlite_file(database: str | None) -> Path | None:
-    """The file of a SQLite URL's database part (``make_url(url).database``); None for an in-memory database."""
-    return Path(database).expanduser() if database and database != ":memory:" else None
+def sqlite_file(url: str | URL) -> Path | None:
+    """The file a SQLite URL opens, ``~`` expanded; None for another database, an in-memory one or a ``uri=true`` one."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri") or not database or database == ":memory:":
+        return None
+    return Path(database).expanduser()
 
 
 def _create_private(path: Path) -> None:
@@ -159,12 +163,14 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
     for one, then the message is tempfailed.
     """
     if url.startswith("sqlite"):
-        database = make_url(url).database
+        parsed = make_url(url)
         options: dict[str, Any] = {"connect_args": {"timeout": busy_timeout, "check_same_thread": False, "factory": CallbackFreeConnection}}
-        file = sqlite_file(database)
-        if file is not None:
+        if parsed.database and parsed.database != ":memory:":
             options.update(poolclass=OwnedQueuePool, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=busy_timeout)
-        engine = create_engine(url, **options)
+        file = sqlite_file(parsed)
+        if file is not None:
+            parsed = parsed.set(database=str(file))  # SQLite itself does not expand ~: open the file created below
+        engine = create_engine(parsed, **options)
         if file is not None:
 
             @event.listens_for(engine, "do_connect")

@@ -105,3 +105,17 @@ def test_the_pools_chatter_stays_out_of_milterds_log() -> None:
         assert logging.getLogger("milterd").isEnabledFor(logging.INFO)
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
+
+
+def test_a_sqlite_url_with_a_tilde_opens_the_file_it_creates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The private file was created in the home directory while SQLite opened a literal "~/…" path.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    store = Store(DatabaseSection(url="sqlite:///~/milterd.sqlite"))
+    assert store.schema_version() is None  # asking creates nothing
+    assert not (tmp_path / "home").exists()
+    store.upgrade()
+    store.log_message(MessageRecord(action="accept", queue_id="Q1"))
+    assert [row["queue_id"] for row in store.messages(queue_id="Q1")] == ["Q1"]
+    assert (tmp_path / "home" / "milterd.sqlite").stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "~").exists()
