@@ -49,6 +49,9 @@ class Services:
     @property
     def store(self) -> "Store":
         """The SQL store of this process, opened on first use."""
+        store = self._store
+        if store is not None:  # every check asks per message: no lock once it exists
+            return store
         with self._lock:
             if self._store is None:
                 self._store = Store(self.config.database)
@@ -57,6 +60,9 @@ class Services:
     @property
     def resolver(self) -> Any:
         """The DNS resolver of this process, created on first use."""
+        resolver = self._resolver
+        if resolver is not None:
+            return resolver
         with self._lock:
             if self._resolver is None:
                 self._resolver = Resolver(self.config.dns)
