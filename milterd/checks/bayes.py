@@ -133,6 +133,10 @@ class BayesCheck(Check):
                 self._totals = (now, self.repository.totals())
             return self._totals[1]
 
+    def speaks(self, now: float) -> bool:
+        """Whether enough is learned for the classifier to score anything."""
+        return trained(self.totals(now), self.options.min_spam, self.options.min_ham)
+
     def score(self, raw: bytes, now: float) -> Score | None:
         """The classification of *raw*, or None while too little is learned."""
         totals = self.totals(now)
@@ -144,10 +148,13 @@ class BayesCheck(Check):
         return classify(tokens, counts, totals)
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
-        # The same first max_size bytes of the message that milterd learn and auto-learn tokenize.
-        raw = (envelope.header_bytes + envelope.spool.read(self.options.max_size))[: self.options.max_size]
+        now = time.monotonic()
         try:
-            result = self.score(raw, time.monotonic())
+            if not self.speaks(now):  # untrained (the default): the message is not read
+                return []
+            # The same first max_size bytes of the message that milterd learn and auto-learn tokenize.
+            raw = (envelope.header_bytes + envelope.spool.read(self.options.max_size))[: self.options.max_size]
+            result = self.score(raw, now)
         except StoreError as exc:
             log.warning("bayes: %s", exc)
             return [Hit(ERROR, detail=str(exc)[:200])]

@@ -268,6 +268,34 @@ def test_expiry_job_uses_the_configuration(tmp_path: Path) -> None:
     services.close()
 
 
+def test_the_check_reads_no_message_until_it_is_trained(tmp_path: Path) -> None:
+    from milterd.checks.bayes import BayesCheck
+    from milterd.message.model import Envelope, Session, Spool
+
+    config = Config.model_validate({"database": {"url": f"sqlite:///{tmp_path / 's.sqlite'}"}, "learner": {"min_spam": 1, "min_ham": 1}})
+    services = Services(config=config)
+    services.store.upgrade()
+
+    class Unreadable(Spool):
+        def read(self, limit: int = -1) -> bytes:
+            raise AssertionError("the untrained classifier read the message")
+
+    check = BayesCheck(services)
+    envelope = Envelope(spool=Unreadable(1024), headers=[("Subject", b"hello")])
+    assert check.on_eom(Session(), envelope) == []  # untrained: silent, and the spool is not read
+    repo = LearnerStore(services.store.engine)
+    repo.learn("s", hashed_tokens(HAM.replace(b"lunch", b"pills")), "spam")
+    repo.learn("h", hashed_tokens(HAM), "ham")
+    check = BayesCheck(services)  # a fresh totals cache
+    with pytest.raises(AssertionError, match="read the message"):
+        check.on_eom(Session(), envelope)
+    spooled = Spool(1024)
+    spooled.write(b"Shall we meet for lunch at the usual place?\r\n")
+    [hit] = check.on_eom(Session(), Envelope(spool=spooled, headers=[("Subject", b"lunch tomorrow")]))
+    assert hit.symbol.startswith("BAYES_")
+    services.close()
+
+
 # --- milterd check --train-ham/--train-spam ------------------------------------------
 def test_check_trains_a_scratch_model_and_never_touches_the_live_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     live = tmp_path / "live.sqlite"
