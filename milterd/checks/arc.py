@@ -76,7 +76,7 @@ def verify_chain(message: bytes, dnsfunc: DnsRecorder, min_key_bits: int) -> Arc
     return ArcResult("fail", sealers, str(reason)[:200], temporary=bool(dnsfunc.failed))
 
 
-class Arc(ConfiguredCheck):
+class Arc(ConfiguredCheck[ArcChecks]):
     """The ARC chain of the message."""
 
     name: ClassVar[str] = "arc"

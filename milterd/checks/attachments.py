@@ -154,7 +154,7 @@ def single_plain_text(headers: Iterable[tuple[str, bytes]]) -> bool:
     return single_text_type(headers) is not None
 
 
-class AttachmentPolicy(ConfiguredCheck):
+class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
     """Banned, disguised and archived files among a message's attachments."""
 
     name: ClassVar[str] = "attachments"
@@ -172,7 +172,7 @@ class AttachmentPolicy(ConfiguredCheck):
 
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
-        options: AttachmentChecks = self.options
+        options = self.options
         self.banned = frozenset(e.lower().lstrip(".") for e in options.banned_extensions)
         self.actions = {symbol: str(getattr(options, option)) for symbol, option in _ACTION_OPTION.items()}
         self.limits = Limits(options.archive_max_depth, options.archive_max_members, options.archive_max_size)

@@ -7,8 +7,9 @@ module defines no check itself.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, cast
 
+from ..options import CheckSwitches
 from . import Check
 
 if TYPE_CHECKING:
@@ -16,8 +17,12 @@ if TYPE_CHECKING:
     from ..services import Services
 
 
-class ConfiguredCheck(Check):
-    """A check whose switches live in ``[checks.<options_name>]``."""
+#: A check's own ``[checks.NAME]`` model (defined beside the check).
+OptionsT = TypeVar("OptionsT", bound=CheckSwitches)
+
+
+class ConfiguredCheck(Check, Generic[OptionsT]):
+    """A check whose switches live in ``[checks.<options_name>]``, typed by its own model *OptionsT*."""
 
     #: The sub-section of ``[checks]`` holding this check's options; empty: its ``name``.
     options_name: ClassVar[str] = ""
@@ -30,12 +35,13 @@ class ConfiguredCheck(Check):
         self.applies_to_authenticated = not options.skip_authenticated  # type: ignore[misc]
 
     @classmethod
-    def options_of(cls, services: "Services") -> Any:
+    def options_of(cls, services: "Services") -> OptionsT:
         """This check's ``[checks.NAME]`` section."""
-        return getattr(services.config.checks, cls.options_name or cls.name)
+        # ChecksSection names each section's model; the check class says which one is its own.
+        return cast(OptionsT, getattr(services.config.checks, cls.options_name or cls.name))
 
     @property
-    def options(self) -> Any:
+    def options(self) -> OptionsT:
         """This check's ``[checks.NAME]`` section."""
         return self.options_of(self.services)
 

@@ -185,7 +185,7 @@ def hits_for(results: list[SignatureResult], author_domain: str | None, psl_path
     return [Hit("DKIM_INVALID", detail="; ".join(f"{r.label}: {r.reason}" for r in results)[:200])]
 
 
-class Dkim(ConfiguredCheck):
+class Dkim(ConfiguredCheck[DkimChecks]):
     """DKIM signatures of the message."""
 
     name: ClassVar[str] = "dkim"

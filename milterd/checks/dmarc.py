@@ -191,7 +191,7 @@ def evaluate(
     return Evaluation("fail", domain, policy, applied, "neither SPF nor DKIM aligned with From")
 
 
-class Dmarc(ConfiguredCheck):
+class Dmarc(ConfiguredCheck[DmarcChecks]):
     """DMARC of the From domain."""
 
     name: ClassVar[str] = "dmarc"

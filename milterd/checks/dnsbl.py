@@ -120,7 +120,7 @@ def reject_reply(ip: str, zone: str, reason: str) -> Reply:
     return Reply("554", "5.7.1", f"Service unavailable; client [{ip}] blocked using {zone}; {reason}")
 
 
-class DnsLists(ConfiguredCheck):
+class DnsLists(ConfiguredCheck[DnsblChecks]):
     """DNSBL and DNSWL lookups of the client address."""
 
     name: ClassVar[str] = "dnsbl"

@@ -222,7 +222,7 @@ class _Fields:
         return self._joined
 
 
-class Headers(ConfiguredCheck):
+class Headers(ConfiguredCheck[HeaderChecks]):
     """RFC 5322 well-formedness of the header section."""
 
     name: ClassVar[str] = "headers"

@@ -83,7 +83,7 @@ def same_address(a: str, b: str) -> bool:
     return x == y
 
 
-class Helo(ConfiguredCheck):
+class Helo(ConfiguredCheck[HeloChecks]):
     """The client's HELO/EHLO argument."""
 
     name: ClassVar[str] = "helo"

@@ -78,7 +78,7 @@ def _last_octets(ip: str) -> re.Pattern[str] | None:
     return re.compile(rf"(^|\D){octets[2]}\D{octets[3]}(\D|$)|(^|\D){octets[3]}\D{octets[2]}(\D|$)")
 
 
-class ReverseDns(ConfiguredCheck):
+class ReverseDns(ConfiguredCheck[RdnsChecks]):
     """PTR and forward-confirmed reverse DNS (FCrDNS) of the client."""
 
     name: ClassVar[str] = "rdns"

@@ -57,7 +57,7 @@ def address_problem(address: str) -> str:
     return ""
 
 
-class Sender(ConfiguredCheck):
+class Sender(ConfiguredCheck[SenderChecks]):
     """The envelope sender."""
 
     name: ClassVar[str] = "sender"

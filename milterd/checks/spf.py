@@ -76,7 +76,7 @@ def authentication_results(authserv_id: str, spf: dict[str, str] | None, auth_us
     return build_authentication_results(authserv_id, auth_user=auth_user, spf=spf)
 
 
-class Spf(ConfiguredCheck):
+class Spf(ConfiguredCheck[SpfChecks]):
     """SPF of the envelope sender (or HELO), and Authentication-Results."""
 
     name: ClassVar[str] = "spf"

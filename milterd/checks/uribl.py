@@ -274,7 +274,7 @@ def listing_hits(listings: list[Listed], failed: list[str], refused: list[str]) 
     return hits
 
 
-class UriBlockLists(ConfiguredCheck):
+class UriBlockLists(ConfiguredCheck[UriblChecks]):
     """The registrable domains of a message's links, looked up in URI block lists."""
 
     name: ClassVar[str] = "uribl"
@@ -288,7 +288,7 @@ class UriBlockLists(ConfiguredCheck):
 
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
-        options: UriblChecks = self.options
+        options = self.options
         self.zones = parse_uri_zones(services)
         config_file = services.config.path or "milter.conf"
         self.zones += address_lists(options.ip_lists, parse_zones(services), services.ruleset.disabled, config_file)

@@ -77,3 +77,21 @@ def test_checks_section_refuses_unknown_keys() -> None:
         Config.model_validate({"checks": {"spf": {"fail_action": "bounce"}}})
     with pytest.raises(ValidationError):
         Config.model_validate({"checks": {"helo": {"resolv": True}}})
+
+
+def test_each_configured_check_declares_the_options_model_its_section_has() -> None:
+    # ConfiguredCheck[Options] types self.options by a cast: the declared model must be the one
+    # ChecksSection gives that section, or mypy would check the wrong attributes.
+    import typing
+
+    from milterd.checks import discover
+    from milterd.checks.configured import ConfiguredCheck
+    from milterd.config import ChecksSection
+
+    configured = [c for c in discover() if issubclass(c, ConfiguredCheck)]
+    assert len(configured) >= 11
+    for check in configured:
+        [base] = [b for b in getattr(check, "__orig_bases__", ()) if typing.get_origin(b) is ConfiguredCheck]
+        [declared] = typing.get_args(base)
+        section = check.options_name or check.name
+        assert ChecksSection.model_fields[section].annotation is declared, (check.__name__, section, declared)
