@@ -9,15 +9,30 @@ together stops at ``Limits.max_size``, whatever the archive's directory
 claims: an archive bomb costs at most that much work and a temporary file.
 Members past ``Limits.max_members`` are not looked at.  What was not looked
 at is reported in ``Listing.limits``, never silently skipped.
+
+libarchive is C code reading hostile input.  With ``Limits.child`` (the
+attachment check's ``archive_process``, on by default) every archive that
+needs it is listed in a short-lived child process (:func:`child_main`) with
+bounded memory and CPU, as amavisd-new runs its decoders: a crash there is a
+listing error, never a dead worker.  Zip stays in the worker (Python's own
+``zipfile``).
 """
 
 from __future__ import annotations
 
+import base64
 import ctypes
+import json
+import resource
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, extensions, sniff
@@ -43,6 +58,8 @@ class Limits:
     max_depth: int = 3
     max_members: int = 1000
     max_size: int = 50 * 1024 * 1024
+    #: List what libarchive reads in a child process (:func:`child_main`) instead of this one.
+    child: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,8 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
     try:
         if kind == "zip":
             _walk_zip(path, data, depth, limits, budget, listing)
+        elif supported(kind) and limits.child:
+            _walk_in_child(path, data, kind, depth, limits, budget, listing)
         elif supported(kind):
             _walk_libarchive(path, data, depth, limits, budget, listing)
         else:
@@ -250,3 +269,61 @@ def _copy_blocks(head: bytes, blocks: Any, budget: _Budget) -> IO[bytes] | None:
         copy.write(bytes(block))
     copy.seek(0)
     return copy
+
+
+# --- the child process ---------------------------------------------------------------
+#: The child's address space and CPU time (a 7z may ask for a dictionary of 1.5 GB); past them it dies, a listing error.
+CHILD_MEMORY = 1024 * 1024 * 1024
+CHILD_CPU_SECONDS = 20
+#: How long the worker waits for the child's answer before it kills it.
+CHILD_TIMEOUT = 30.0
+#: How the child is started: this interpreter, importing this milterd (also when it is not the installed one).
+CHILD_COMMAND = (sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); "
+                 "from milterd.content.archives import child_main; child_main()")
+
+
+def _walk_in_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing,
+                   command: tuple[str, ...] = CHILD_COMMAND) -> None:
+    """:func:`_walk` of a libarchive *kind* in a child process; its findings and spent budget are merged here."""
+    request = json.dumps({"path": path, "kind": kind, "depth": depth, "limits": [limits.max_depth, limits.max_members, limits.max_size],
+                          "budget": [budget.size, budget.members]})
+    with tempfile.TemporaryFile() as archive:  # the child's stdin: a seekable file (7z seeks), never the whole archive in memory
+        data.seek(0)
+        shutil.copyfileobj(data, archive, _CHUNK)
+        archive.seek(0)
+        try:
+            done = subprocess.run([*command, request], stdin=archive, capture_output=True, timeout=CHILD_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            listing.errors.append(f"{path}: unreadable {kind} archive (not listed within {CHILD_TIMEOUT:.0f} s)")
+            return
+        except OSError as exc:
+            listing.errors.append(f"{path}: unreadable {kind} archive (the child process did not start: {exc.strerror})")
+            return
+    if done.returncode != 0:
+        how = f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0 else f"status {done.returncode}"
+        listing.errors.append(f"{path}: unreadable {kind} archive (the listing process ended with {how})")
+        return
+    try:
+        found = json.loads(done.stdout)
+        entries = [Entry(p, bool(e), base64.b64decode(h)) for p, e, h in found["entries"]]
+        budget.size, budget.members = int(found["budget"][0]), int(found["budget"][1])
+    except (ValueError, KeyError, TypeError) as exc:
+        listing.errors.append(f"{path}: unreadable {kind} archive (the listing process answered nonsense: {exc.__class__.__name__})")
+        return
+    listing.entries.extend(entries)
+    for name in ("encrypted", "limits", "errors"):
+        getattr(listing, name).extend(str(item) for item in found[name])
+
+
+def child_main() -> None:
+    """The child process: list the archive on stdin as the request in ``argv[1]`` says, answer JSON on stdout."""
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
+    resource.setrlimit(resource.RLIMIT_CPU, (CHILD_CPU_SECONDS, CHILD_CPU_SECONDS))
+    request = json.loads(sys.argv[1])
+    limits = Limits(*request["limits"])
+    budget = _Budget(*request["budget"])
+    listing = Listing()
+    _walk(request["path"], sys.stdin.buffer, request["kind"], request["depth"], limits, budget, listing)
+    answer = {"entries": [[e.path, e.encrypted, base64.b64encode(e.head).decode()] for e in listing.entries],
+              "encrypted": listing.encrypted, "limits": listing.limits, "errors": listing.errors, "budget": [budget.size, budget.members]}
+    sys.stdout.write(json.dumps(answer))

@@ -100,3 +100,74 @@ def test_clean_attachments_pass(stack: Stack) -> None:
     assert b"photos.zip" in delivered.data
     row = row_for(stack, "clean files")
     assert row["action"] == "accept" and not [s for s in row["symbols"] if s.startswith("ATTACH_")]
+
+
+# --- libarchive in a child process ([checks.attachments] archive_process) ------------------
+def libarchive_made(tmp_path: Any, format_name: str, files: dict[str, bytes]) -> bytes:
+    import libarchive
+
+    path = tmp_path / f"archive.{format_name}"
+    with libarchive.file_writer(str(path), format_name) as archive:
+        for name, data in files.items():
+            archive.add_file_from_memory(name, len(data), data)
+    return bytes(path.read_bytes())
+
+
+def test_a_7z_is_listed_in_a_child_process_and_rejected_naming_the_file(stack: Stack, tmp_path: Any) -> None:
+    seven = libarchive_made(tmp_path, "7zip", {"docs/run.js": b"WScript.Echo(1)", "a.txt": b"hi"})
+    workers = stack.milterd.workers()
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(mail("seven zip", ("files.7z", seven, "application/x-7z-compressed")))
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Attachment rejected: files.7z/docs/run.js: banned extension .js"
+    assert stack.milterd.workers() == workers
+
+
+def _listings(data: bytes, name: str, kind: str, limits: Any) -> tuple[Any, Any]:
+    from dataclasses import replace
+
+    from milterd.content.archives import list_archive
+
+    return list_archive(name, io.BytesIO(data), kind, replace(limits, child=False)), list_archive(name, io.BytesIO(data), kind, replace(limits, child=True))
+
+
+def test_the_child_lists_what_the_worker_would(tmp_path: Any) -> None:
+    from milterd.content.archives import Limits
+
+    seven = libarchive_made(tmp_path, "7zip", {"docs/run.js": b"WScript.Echo(1)", "a.txt": b"hi", "in.zip": zipped({"x.exe": PE})})
+    tar = libarchive_made(tmp_path, "ustar", {"x/setup.exe": PE})
+    bomb = libarchive_made(tmp_path, "7zip", {"big.tar": libarchive_made(tmp_path, "ustar", {"zeros.bin": b"\x00" * (4 * 1024 * 1024)})})
+    cases = [
+        (seven, "files.7z", "7z", Limits()),
+        (zipped({"bundle.tar": tar, "inner.7z": seven}), "outer.zip", "zip", Limits()),
+        (bomb, "a.7z", "7z", Limits(max_size=512 * 1024)),
+        (seven, "few.7z", "7z", Limits(max_members=2)),
+        (seven[: len(seven) // 2], "bad.7z", "7z", Limits()),
+    ]
+    for data, name, kind, limits in cases:
+        here, child = _listings(data, name, kind, limits)
+        assert child == here, name
+    assert [e.path for e in _listings(seven, "files.7z", "7z", Limits())[1].entries] == ["files.7z/docs/run.js", "files.7z/a.txt", "files.7z/in.zip", "files.7z/in.zip/x.exe"]
+
+
+@pytest.mark.parametrize(
+    ("script", "error"),
+    [
+        ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "the listing process ended with killed by SIGSEGV"),
+        ("import sys; sys.exit(3)", "the listing process ended with status 3"),
+        ("print('not json')", "the listing process answered nonsense: JSONDecodeError"),
+        ("bytearray(2 * 1024 ** 3)", "the listing process ended with status 1"),  # past the child's address-space limit: MemoryError
+    ],
+)
+def test_a_child_that_crashes_is_a_listing_error_and_the_caller_lives_on(tmp_path: Any, script: str, error: str) -> None:
+    import sys
+
+    from milterd.content import archives
+
+    seven = libarchive_made(tmp_path, "7zip", {"a.txt": b"hi"})
+    listing = archives.Listing()
+    budget = archives._Budget(1024 * 1024, 100)  # noqa: SLF001 - the child's protocol is the subject
+    limit_memory = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({archives.CHILD_MEMORY}, {archives.CHILD_MEMORY})); "
+    archives._walk_in_child("x.7z", io.BytesIO(seven), "7z", 1, archives.Limits(), budget, listing, command=(sys.executable, "-c", limit_memory + script))  # noqa: SLF001
+    assert listing.errors == [f"x.7z: unreadable 7z archive ({error})"]
+    assert listing.entries == [] and budget.size == 1024 * 1024
