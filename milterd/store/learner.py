@@ -180,6 +180,9 @@ class LearnerStore:
             with self.engine.begin() as connection:
                 insert = dialect_insert(connection, "the classifier")
                 claim = insert(messages_table).values(digest=digest, label=label or "", time=when).on_conflict_do_nothing(index_elements=[messages_table.c.digest])
+                # An INSERT's rowcount is read after its psycopg cursor is closed (-1) unless kept: without
+                # this, a claim that met the digest counted on PostgreSQL as new (relearning counted twice).
+                claim = claim.execution_options(preserve_rowcount=True)
                 previous: str | None = None
                 if label is None:
                     previous = connection.execute(select(messages_table.c.label).where(messages_table.c.digest == digest)).scalar()
