@@ -13,16 +13,22 @@ is claimed first (learning the same message twice counts once; learning it
 with the other label moves its counts), then its tokens are counted with one
 insert-or-update per token in a single executemany, so that workers and hosts
 learning at once add up instead of overwriting each other.
+
+The statements are built once (per dialect), and the token upsert is compiled
+once per engine and handed to the driver's executemany with plain rows
+(:class:`_TokenUpsert`): building each row's parameters in SQLAlchemy, and the
+statements on every call, was half of a learn's CPU (``bench.learner_eval``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
-from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, case, delete, func, make_url, select, update
+from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, bindparam, case, delete, func, make_url, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import BigInteger
 
@@ -98,6 +104,100 @@ def day_number(when: dt.datetime) -> int:
 def _chunks(values: Sequence[int]) -> Iterable[Sequence[int]]:
     for start in range(0, len(values), CHUNK):
         yield values[start:start + CHUNK]
+
+
+# What learn runs, built once: the values are bound parameters, given at execution.
+_LABEL_OF = select(messages_table.c.label).where(messages_table.c.digest == bindparam("key"))
+_FORGET = delete(messages_table).where(messages_table.c.digest == bindparam("key"))
+_RELABEL = update(messages_table).where(messages_table.c.digest == bindparam("key"))  # SET label, time: the columns given
+_DECREMENT = {
+    column.name: update(tokens_table).where(tokens_table.c.token.in_(bindparam("tokens", expanding=True))).values({column.name: case((column > 0, column - 1), else_=0)})
+    for column in (tokens_table.c.spam, tokens_table.c.ham)
+}
+_SPAM_DELTA, _HAM_DELTA = bindparam("spam_delta", type_=Integer), bindparam("ham_delta", type_=Integer)
+_ADD_TOTALS = (
+    update(totals_table)
+    .where(totals_table.c.id == 1)
+    .values(spam=case((totals_table.c.spam + _SPAM_DELTA < 0, 0), else_=totals_table.c.spam + _SPAM_DELTA),
+            ham=case((totals_table.c.ham + _HAM_DELTA < 0, 0), else_=totals_table.c.ham + _HAM_DELTA))
+)
+
+
+class _Inserts:
+    """One dialect's ON CONFLICT statements of learn (the digest's claim, the totals' first row, the token upsert)."""
+
+    def __init__(self, insert: Any) -> None:
+        # An INSERT's rowcount is read after its psycopg cursor is closed (-1) unless kept: without
+        # this, a claim that met the digest counted on PostgreSQL as new (relearning counted twice).
+        self.claim = insert(messages_table).on_conflict_do_nothing(index_elements=[messages_table.c.digest]).execution_options(preserve_rowcount=True)
+        self.first_totals = insert(totals_table).on_conflict_do_nothing(index_elements=[totals_table.c.id])
+        upsert = insert(tokens_table)
+        self.upsert = upsert.on_conflict_do_update(
+            index_elements=[tokens_table.c.token],
+            set_={
+                "spam": tokens_table.c.spam + upsert.excluded.spam,
+                "ham": tokens_table.c.ham + upsert.excluded.ham,
+                "atime": upsert.excluded.atime,
+            },
+        )
+
+
+_INSERTS: dict[str, _Inserts] = {}
+
+
+def _inserts(connection: Connection) -> _Inserts:
+    """*connection*'s dialect's statements (StoreError on a database other than SQLite or PostgreSQL)."""
+    insert = dialect_insert(connection, "the classifier")
+    name = connection.dialect.name
+    found = _INSERTS.get(name)
+    if found is None:
+        found = _INSERTS[name] = _Inserts(insert)
+    return found
+
+
+#: The order of the upsert's parameters, as _TokenUpsert's rows give them.
+_UPSERT_KEYS = ["token", "spam", "ham", "atime"]
+
+
+class _TokenUpsert:
+    """The token upsert compiled once for an engine, as the log row's ``_LogInsert`` in
+    :mod:`milterd.store`: SQLAlchemy's own SQL, run with ``exec_driver_sql`` on the
+    transaction's connection, so the rows go to the driver's executemany as they are
+    (the columns are integers: no bind processor would change them).  SQLAlchemy's
+    error wrapping, disconnect handling and transaction are kept.
+    """
+
+    def __init__(self, engine: Engine, statement: Any) -> None:
+        dialect = engine.dialect
+        compiled = statement.compile(dialect=dialect, column_keys=_UPSERT_KEYS)
+        names = list(compiled.positiontup or ()) if dialect.positional else list(compiled.binds)
+        if sorted(names) != sorted(_UPSERT_KEYS) or (dialect.positional and names != _UPSERT_KEYS):
+            raise ValueError(f"unexpected bind parameters {names}")
+        for name in names:
+            if tokens_table.c[name].type.dialect_impl(dialect).bind_processor(dialect) is not None:
+                raise ValueError(f"the {name} column would need its bind processor")
+        self.sql = compiled.string
+        self.positional = bool(dialect.positional)
+
+    def run(self, connection: Connection, tokens: Sequence[int], spam: int, ham: int, day: int) -> None:
+        """Add (*spam*, *ham*) to each of *tokens* (distinct, in the order they are to be locked) and set their day."""
+        if self.positional:
+            rows: list[Any] = [(token, spam, ham, day) for token in tokens]
+        else:
+            rows = [{"token": token, "spam": spam, "ham": ham, "atime": day} for token in tokens]
+        for start in range(0, len(rows), CHUNK):
+            connection.exec_driver_sql(self.sql, rows[start:start + CHUNK])
+
+
+#: Each engine's compiled upsert (LearnerStore is made per use in places: the cache is the engine's).
+_UPSERTS: "weakref.WeakKeyDictionary[Engine, _TokenUpsert]" = weakref.WeakKeyDictionary()
+
+
+def _token_upsert(engine: Engine, inserts: _Inserts) -> _TokenUpsert:
+    found = _UPSERTS.get(engine)
+    if found is None:
+        found = _UPSERTS[engine] = _TokenUpsert(engine, inserts.upsert)
+    return found
 
 
 class LearnerStore:
@@ -178,67 +278,44 @@ class LearnerStore:
 
         def work() -> str:
             with self.engine.begin() as connection:
-                insert = dialect_insert(connection, "the classifier")
-                claim = insert(messages_table).values(digest=digest, label=label or "", time=when).on_conflict_do_nothing(index_elements=[messages_table.c.digest])
-                # An INSERT's rowcount is read after its psycopg cursor is closed (-1) unless kept: without
-                # this, a claim that met the digest counted on PostgreSQL as new (relearning counted twice).
-                claim = claim.execution_options(preserve_rowcount=True)
+                inserts = _inserts(connection)
+                key = {"key": digest}
                 previous: str | None = None
                 if label is None:
-                    previous = connection.execute(select(messages_table.c.label).where(messages_table.c.digest == digest)).scalar()
+                    previous = connection.execute(_LABEL_OF, key).scalar()
                     if previous is None:
                         return "unknown"
-                    connection.execute(delete(messages_table).where(messages_table.c.digest == digest))
-                elif connection.execute(claim).rowcount == 0:
-                    previous = connection.execute(select(messages_table.c.label).where(messages_table.c.digest == digest)).scalar()
+                    connection.execute(_FORGET, key)
+                elif connection.execute(inserts.claim, {"digest": digest, "label": label, "time": when}).rowcount == 0:
+                    previous = connection.execute(_LABEL_OF, key).scalar()
                     if previous == label:
                         return "already"
-                    connection.execute(update(messages_table).where(messages_table.c.digest == digest).values(label=label, time=when))
+                    connection.execute(_RELABEL, {"key": digest, "label": label, "time": when})
                 if previous in ("spam", "ham"):
                     self._decrement(connection, distinct, previous)
-                if label is not None:
-                    self._increment(connection, insert, distinct, label, day_number(when))
-                self._add_totals(connection, previous if previous in ("spam", "ham") else None, label)
+                if label is not None and distinct:
+                    spam, ham = (1, 0) if label == "spam" else (0, 1)
+                    _token_upsert(self.engine, inserts).run(connection, distinct, spam, ham, day_number(when))
+                self._add_totals(connection, inserts, previous if previous in ("spam", "ham") else None, label)
                 return "forgotten" if label is None else "moved" if previous in ("spam", "ham") else "learned"
 
         return guarded("learn a message", work)
 
     @staticmethod
-    def _increment(connection: Connection, insert: Any, tokens: Sequence[int], label: Label, day: int) -> None:
-        if not tokens:
-            return
-        spam, ham = (1, 0) if label == "spam" else (0, 1)
-        statement = insert(tokens_table)
-        statement = statement.on_conflict_do_update(
-            index_elements=[tokens_table.c.token],
-            set_={
-                "spam": tokens_table.c.spam + statement.excluded.spam,
-                "ham": tokens_table.c.ham + statement.excluded.ham,
-                "atime": statement.excluded.atime,
-            },
-        )
-        for chunk in _chunks(tokens):
-            connection.execute(statement, [{"token": t, "spam": spam, "ham": ham, "atime": day} for t in chunk])
-
-    @staticmethod
     def _decrement(connection: Connection, tokens: Sequence[int], label: str) -> None:
-        column = tokens_table.c.spam if label == "spam" else tokens_table.c.ham
+        statement = _DECREMENT["spam" if label == "spam" else "ham"]
         for chunk in _chunks(tokens):
-            connection.execute(update(tokens_table).where(tokens_table.c.token.in_(chunk)).values({column.name: case((column > 0, column - 1), else_=0)}))
+            connection.execute(statement, {"tokens": list(chunk)})
 
     @staticmethod
-    def _add_totals(connection: Connection, removed: str | None, added: str | None) -> None:
+    def _add_totals(connection: Connection, inserts: _Inserts, removed: str | None, added: str | None) -> None:
         spam = (1 if added == "spam" else 0) - (1 if removed == "spam" else 0)
         ham = (1 if added == "ham" else 0) - (1 if removed == "ham" else 0)
         if not spam and not ham:
             return
-        changed = connection.execute(
-            update(totals_table)
-            .where(totals_table.c.id == 1)
-            .values(spam=case((totals_table.c.spam + spam < 0, 0), else_=totals_table.c.spam + spam), ham=case((totals_table.c.ham + ham < 0, 0), else_=totals_table.c.ham + ham))
-        ).rowcount
+        changed = connection.execute(_ADD_TOTALS, {"spam_delta": spam, "ham_delta": ham}).rowcount
         if not changed:
-            connection.execute(dialect_insert(connection, "the classifier")(totals_table).values(id=1, spam=max(spam, 0), ham=max(ham, 0)).on_conflict_do_nothing(index_elements=[totals_table.c.id]))
+            connection.execute(inserts.first_totals, {"id": 1, "spam": max(spam, 0), "ham": max(ham, 0)})
 
     # --- housekeeping -----------------------------------------------------
     def expire(self, older_than: dt.datetime, rare: int, max_tokens: int) -> int:

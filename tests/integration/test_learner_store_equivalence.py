@@ -1,18 +1,27 @@
-"""The classifier's store on PostgreSQL gives the outcomes it gives on SQLite."""
+"""The classifier's store on PostgreSQL gives the outcomes it gives on SQLite, and the cost cuts (#13) change none.
+
+The random learn / relearn / move / forget / expiry sequences of
+``tests/unit/test_learner_cost_cuts.py`` run against the learner as it was
+before the cuts and against today's :class:`LearnerStore`, each on its own
+fresh PostgreSQL database (127.0.0.1:5432): the outcomes and every row of the
+three tables must be identical, and the same as on SQLite.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Iterator
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event, select
 
 from milterd.config import DatabaseSection
 from milterd.learner.classifier import Counts
 from milterd.store import Store
-from milterd.store.learner import LearnerStore
+from milterd.store.learner import CHUNK, LearnerStore, messages_table, tokens_table, totals_table
 from tests.harness import pgdb
+from tests.unit.test_learner_cost_cuts import assert_equivalent, replay, scenario
 
 
 @pytest.fixture
@@ -44,3 +53,58 @@ def test_relearning_on_postgresql_counts_once_and_moves(postgresql_store: Engine
     assert store.learn("e" * 64, tokens, None, when) == "forgotten"
     assert store.learn("e" * 64, tokens, None, when) == "unknown"
     assert store.totals() == Counts()
+
+
+@pytest.fixture
+def two_stores() -> Iterator[tuple[Engine, Engine]]:
+    why = pgdb.available()
+    if why:
+        pytest.fail(f"PostgreSQL is needed for the equivalence test: {why}")
+    with pgdb.temporary_database() as old_url, pgdb.temporary_database() as new_url:
+        stores = [Store(DatabaseSection(url=url)) for url in (old_url, new_url)]
+        try:
+            for store in stores:
+                store.upgrade()
+            yield stores[0].engine, stores[1].engine
+        finally:
+            for store in stores:
+                store.close()
+
+
+def rows(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
+    """The three tables' rows as SQLAlchemy reads them (the same Python values from either database)."""
+    with engine.connect() as connection:
+        return {table.name: [tuple(r) for r in connection.execute(select(table).order_by(*table.primary_key.columns))] for table in (tokens_table, totals_table, messages_table)}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_learning_on_postgresql_gives_the_same_outcomes_and_rows_as_before_and_as_on_sqlite(two_stores: tuple[Engine, Engine], seed: int, tmp_path: Path) -> None:
+    outcomes = assert_equivalent(*two_stores, seed)
+    assert {"learned", "already", "moved", "forgotten", "unknown"} <= set(outcomes)
+    sqlite = Store(DatabaseSection(url=f"sqlite:///{tmp_path / 'sqlite.sqlite'}"))
+    try:
+        sqlite.upgrade()
+        assert replay(sqlite.engine, LearnerStore(sqlite.engine), scenario(seed)) == outcomes
+        on_sqlite, on_postgresql = rows(sqlite.engine), rows(two_stores[1])
+    finally:
+        sqlite.close()
+    # SQLite gives back naive times (it keeps no zone): the same instants in UTC.
+    on_sqlite["learner_messages"] = [(d, label, t.replace(tzinfo=dt.timezone.utc)) for d, label, t in on_sqlite["learner_messages"]]  # type: ignore[union-attr]
+    assert on_postgresql == on_sqlite
+
+
+def test_the_token_upsert_reaches_postgresql_as_one_executemany_per_chunk_in_token_order(two_stores: tuple[Engine, Engine]) -> None:
+    _, engine = two_stores
+    batches: list[list[int]] = []
+
+    def seen(conn: object, cursor: object, statement: str, parameters: list[dict[str, int]], context: object, many: bool) -> None:
+        if many:
+            batches.append([row["token"] for row in parameters])
+
+    event.listen(engine, "before_cursor_execute", seen)
+    tokens = list(range(-700, 700))[::-1] + [5, 5]
+    store = LearnerStore(engine)
+    assert store.learn("d" * 64, tokens, "spam", dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)) == "learned"
+    # Sorted, so that concurrent learners lock shared rows in the same order.
+    assert [len(b) for b in batches] == [CHUNK, CHUNK, 400] and sum(batches, []) == sorted(set(tokens))
+    assert store.counts([-700, 699, 5]) == {-700: Counts(spam=1), 699: Counts(spam=1), 5: Counts(spam=1)}
