@@ -200,6 +200,52 @@ def _token_upsert(engine: Engine, inserts: _Inserts) -> _TokenUpsert:
     return found
 
 
+class _TokenLookup:
+    """The batched lookup ``SELECT token, spam, ham … WHERE token IN (…)`` compiled once for an
+    engine, run with ``exec_driver_sql`` as :class:`_TokenUpsert` (SQLAlchemy coerced every token
+    into a literal and expanded the IN list on each call before).  Its SQL is kept for IN lists
+    of 1, 2, 4 … 256 and CHUNK values (a dozen texts), the list padded with its last token."""
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        query = select(tokens_table.c.token, tokens_table.c.spam, tokens_table.c.ham).where(tokens_table.c.token.in_(bindparam("tokens", expanding=True)))
+        if tokens_table.c.token.type.dialect_impl(dialect).bind_processor(dialect) is not None:
+            raise ValueError("the token column would need its bind processor")
+        self.compiled = query.compile(dialect=dialect)
+        self.positional = bool(dialect.positional)
+        self.by_size: dict[int, tuple[str, list[str]]] = {}
+
+    def sql(self, size: int) -> tuple[str, list[str]]:
+        """The SQL asking for *size* tokens (1, 2, 4 … or CHUNK) and its parameters' names in order."""
+        found = self.by_size.get(size)
+        if found is None:
+            state = self.compiled.construct_expanded_state({"tokens": list(range(size))})
+            found = self.by_size[size] = (state.statement, list(state.parameters))
+            if self.positional and list(state.positiontup or ()) != found[1]:
+                raise ValueError(f"unexpected bind parameters {state.positiontup}")
+        return found
+
+    def run(self, connection: Connection, tokens: Sequence[int], found: dict[int, Counts]) -> None:
+        """Add the stored counts of *tokens* (distinct, at most CHUNK) to *found*."""
+        asked = list(tokens)
+        size = min(CHUNK, 1 << (len(asked) - 1).bit_length())
+        asked += asked[-1:] * (size - len(asked))  # a token asked again changes nothing an IN list finds
+        sql, names = self.sql(size)
+        parameters: Any = tuple(asked) if self.positional else dict(zip(names, asked, strict=True))
+        for token, spam, ham in connection.exec_driver_sql(sql, parameters):
+            found[int(token)] = Counts(int(spam), int(ham))
+
+
+_LOOKUPS: "weakref.WeakKeyDictionary[Engine, _TokenLookup]" = weakref.WeakKeyDictionary()
+
+
+def _token_lookup(engine: Engine) -> _TokenLookup:
+    found = _LOOKUPS.get(engine)
+    if found is None:
+        found = _LOOKUPS[engine] = _TokenLookup(engine)
+    return found
+
+
 class LearnerStore:
     """The classifier's tables of one store (SQLite or PostgreSQL)."""
 
@@ -219,15 +265,13 @@ class LearnerStore:
 
     def counts(self, tokens: Sequence[int]) -> dict[int, Counts]:
         """The learned counts of *tokens* (those never learned are absent), asked in chunks."""
-        table = tokens_table
 
         def read() -> dict[int, Counts]:
             found: dict[int, Counts] = {}
+            lookup = _token_lookup(self.engine)
             with self.engine.connect() as connection:
                 for chunk in _chunks(list(dict.fromkeys(tokens))):
-                    query = select(table.c.token, table.c.spam, table.c.ham).where(table.c.token.in_(chunk))
-                    for row in connection.execute(query):
-                        found[int(row.token)] = Counts(int(row.spam), int(row.ham))
+                    lookup.run(connection, chunk, found)
             return found
 
         return guarded("read the classifier's tokens", read)

@@ -98,6 +98,28 @@ class ReferenceLearner:
             connection.execute(dialect_insert(connection, "the classifier")(totals_table).values(id=1, spam=max(spam, 0), ham=max(ham, 0)).on_conflict_do_nothing(index_elements=[totals_table.c.id]))
 
 
+def reference_counts(engine: Engine, tokens: Sequence[int]) -> dict[int, Counts]:
+    """LearnerStore.counts before the cost cuts (commit e079fbc)."""
+    table = tokens_table
+    found: dict[int, Counts] = {}
+    with engine.connect() as connection:
+        for chunk in _chunks(list(dict.fromkeys(tokens))):
+            query = select(table.c.token, table.c.spam, table.c.ham).where(table.c.token.in_(chunk))
+            for row in connection.execute(query):
+                found[int(row.token)] = Counts(int(row.spam), int(row.ham))
+    return found
+
+
+def lookups(seed: int, universe: list[int]) -> list[list[int]]:
+    """Random lists of tokens to look up: empty, one, around the IN list sizes and CHUNK, beyond it, with repeats and unknown tokens."""
+    rnd = random.Random(seed)
+    asked = []
+    for size in [0, 1, 2, 3, 4, 5, 31, 32, 33, 255, 256, 257, 499, 500, 501, 1000, 1001, 1600] + [rnd.randrange(1, 700) for _ in range(20)]:
+        tokens = [rnd.choice(universe) if rnd.random() < 0.7 else rnd.randrange(-(2**63), 2**63) for _ in range(size)]
+        asked.append(tokens + tokens[: size // 4])
+    return asked
+
+
 def scenario(seed: int, steps: int = 120) -> list[tuple[str, Any]]:
     """A random sequence of ("learn", (digest, tokens, label, when)) and ("expire", (older_than, rare, max_tokens)) steps:
     new messages, the same again, moves, forgets, forgets of unknown digests, empty and duplicated token lists,
@@ -160,7 +182,9 @@ def assert_equivalent(old_engine: Engine, new_engine: Engine, seed: int) -> list
     assert dump(new_engine) == dump(old_engine)
     new_store = LearnerStore(new_engine)
     tokens = [t for _, args in steps if _ == "learn" for t in args[1]]
-    assert new_store.counts(tokens) == LearnerStore(old_engine).counts(tokens)
+    assert new_store.counts(tokens) == reference_counts(old_engine, tokens)
+    for asked in lookups(seed, sorted(set(tokens))):
+        assert new_store.counts(asked) == reference_counts(new_engine, asked)
     assert new_store.totals() == LearnerStore(old_engine).totals()
     return new
 
@@ -219,3 +243,18 @@ def test_the_token_upsert_costs_no_sqlalchemy_work_per_token(two_stores: tuple[E
     store.learn("c" * 64, list(range(2000)), "ham", when)  # moved
     assert store.totals() == Counts(spam=0, ham=1)
     assert store.counts([0, 1999]) == {0: Counts(ham=1), 1999: Counts(ham=1)}
+
+
+def test_the_lookup_reaches_the_driver_as_it_is_with_a_dozen_texts_at_most(two_stores: tuple[Engine, Engine]) -> None:
+    # Before the cut, SQLAlchemy coerced each token into a literal and expanded the IN list on every call.
+    _, engine = two_stores
+    store = LearnerStore(engine)
+    store.learn("f" * 64, list(range(0, 3000, 3)), "ham", dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc))
+    sent: list[tuple[str, int, bool]] = []
+    event.listen(engine, "before_cursor_execute", lambda conn, cursor, statement, parameters, context, many: sent.append((statement, len(parameters), context.compiled is None)))
+    for size in range(1, 1300, 7):
+        found = store.counts(list(range(size)))
+        assert found == {t: Counts(ham=1) for t in range(0, size, 3)}
+    assert all(driver_sql for _, _, driver_sql in sent)  # no SQLAlchemy compilation on the way
+    assert {n for _, n, _ in sent} <= {1, 2, 4, 8, 16, 32, 64, 128, 256, CHUNK}
+    assert len({statement for statement, _, _ in sent}) <= 10
