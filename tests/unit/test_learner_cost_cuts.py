@@ -6,13 +6,20 @@ cuts (SQLAlchemy Core statements built per call, the token upsert through
 relearn, move, forget and expiry run against it and against today's
 :class:`LearnerStore` on two fresh stores; the outcomes and every row of the
 three tables must be identical.  The PostgreSQL run of the same sequences is in
-``tests/integration/test_learner_store_equivalence.py``.
+``tests/integration/test_learner_store_equivalence.py``.  The tokenizer's
+words and hashes are compared with a copy of the old functions on hostile
+Unicode and on the corpus's training folders where they are on this machine.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import itertools
 import random
+import re
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -22,6 +29,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import compiler
 
 from milterd.config import DatabaseSection
+from milterd.learner import tokenizer
 from milterd.learner.classifier import Counts
 from milterd.store import Store
 from milterd.store.learner import CHUNK, LearnerStore, day_number, messages_table, tokens_table, totals_table
@@ -258,3 +266,83 @@ def test_the_lookup_reaches_the_driver_as_it_is_with_a_dozen_texts_at_most(two_s
     assert all(driver_sql for _, _, driver_sql in sent)  # no SQLAlchemy compilation on the way
     assert {n for _, n, _ in sent} <= {1, 2, 4, 8, 16, 32, 64, 128, 256, CHUNK}
     assert len({statement for statement, _, _ in sent}) <= 10
+
+
+# --- the tokenizer ------------------------------------------------------------------
+_OLD_WORD = re.compile(r"(?<!\S)\S{3,12}(?!\S)")
+
+
+def old_tokenize(raw: bytes) -> list[str]:
+    """tokenizer.tokenize before the cost cuts (commit f873868): a regex per word, lower-cased one by one."""
+    raw = raw[: tokenizer.MAX_INPUT]
+    section, body = tokenizer.split_message(raw)
+    found = tokenizer.extract(raw, tokenizer.MAX_TEXT)
+    sources = (tokenizer.header_text(tokenizer.parse_headers(section)), body.decode("latin-1"), found.text[: tokenizer.MAX_TEXT])
+    distinct = dict.fromkeys(itertools.chain.from_iterable((m.group().lower() for m in _OLD_WORD.finditer(text)) for text in sources))
+    return list(itertools.islice(distinct, tokenizer.MAX_TOKENS))
+
+
+def old_hashed_tokens(raw: bytes) -> list[int]:
+    """tokenizer.hashed_tokens before the cost cuts."""
+    def token_hash(token: str) -> int:
+        return int.from_bytes(hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big", signed=True)
+
+    return list(dict.fromkeys(token_hash(t) for t in old_tokenize(raw)))
+
+
+#: Characters whose case or whitespace is unusual: lower() longer than the letter (İ), Unicode
+#: spaces and separators, ASCII information separators, a lone surrogate, combining marks, wide letters.
+_ODD = "İIıSSßẞΣσςǅǈΩKÅ\u0130\u1e9e\xa0\u1680\u2000\u2028\u2029\u202f\u205f\u3000\x85\x1c\x1d\x1e\x1f\x0b\x0c\u200b\ufeff\u0301\ud800Ｗｉｄｅ"
+
+
+def hostile_messages(seed: int, count: int) -> list[bytes]:
+    """Messages whose headers, raw body and decoded parts are random runs of ASCII and _ODD characters."""
+    rnd = random.Random(seed)
+    alphabet = "abcXYZ019.-_:<>@=/" + " \t\r\n" + _ODD
+
+    def text(n: int) -> str:
+        return "".join(rnd.choice(alphabet) if rnd.random() < 0.5 else rnd.choice(" AbCdEfGhIjKlMnOp") for _ in range(n))
+
+    messages = []
+    for _ in range(count):
+        subject = text(rnd.randrange(0, 80)).replace("\r", " ").replace("\n", " ")
+        body = text(rnd.randrange(0, 3000))
+        encoded = base64.encodebytes(body.encode("utf-8", "surrogatepass")).decode()
+        head = f"From: a@example.org\r\nSubject: {subject}\r\nX-Spam-Flag: YES IGNORED\r\nMIME-Version: 1.0\r\n"
+        if rnd.random() < 0.5:
+            messages.append((head + "Content-Type: text/plain; charset=utf-8\r\n\r\n").encode("utf-8", "surrogatepass") + body.encode("utf-8", "surrogatepass"))
+        else:
+            part = "Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded
+            messages.append((head + 'Content-Type: multipart/alternative; boundary="b"\r\n\r\n--b\r\n' + part + "\r\n--b--\r\n").encode("utf-8", "surrogatepass"))
+    return messages
+
+
+def test_whitespace_is_the_same_for_the_regex_and_split_in_every_code_point() -> None:
+    space = re.compile(r"\s")
+    differ = [c for c in range(sys.maxunicode + 1) if bool(space.match(chr(c))) != chr(c).isspace() or (chr(c).isspace() and len(f"a{chr(c)}b".split()) != 2)]
+    assert differ == []
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_tokens_and_hashes_are_those_of_the_old_tokenizer_on_hostile_text(seed: int) -> None:
+    for raw in hostile_messages(seed, 150):
+        assert tokenizer.tokenize(raw) == old_tokenize(raw)
+        assert tokenizer.hashed_tokens(raw) == old_hashed_tokens(raw)
+    odd = "Subject: İstanbul İİİİİİİİİİİİ ABCDEFGHİJK\u2028WORD\x1cWORD2 straße STRASSE\r\n\r\nİİİ\xa0ΣΑΣ\u3000ok\r\n".encode()
+    assert tokenizer.tokenize(odd) == old_tokenize(odd) and "i̇i̇i̇" in old_tokenize(odd)
+    assert list(tokenizer.words("Ab İİİ abcdefghijklm xyz\x85Qrs")) == ["i̇i̇i̇", "xyz", "qrs"]
+
+
+def test_tokens_and_hashes_are_those_of_the_old_tokenizer_on_the_training_folders() -> None:
+    from bench.corpus import split, to_smtp  # the corpus, where bench.corpus.fetch left it (never fetched here)
+    from bench.learner_eval import CACHE
+
+    data = CACHE / "package" / "data"
+    if not data.is_dir():
+        pytest.skip(f"the corpus is not under {data} (python -m bench.learner_eval fetches it)")
+    training, _ = split(data)  # the training folders only (issue #13)
+    paths = [path for label in ("spam", "ham", "hard") for path in training[label]]
+    assert len(paths) > 1000
+    for path in paths:
+        raw = to_smtp(path.read_bytes())[: 256 * 1024]
+        assert tokenizer.hashed_tokens(raw) == old_hashed_tokens(raw), path.name
