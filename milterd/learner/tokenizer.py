@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 from collections.abc import Iterator
 
 from ..content.mimetext import extract
@@ -48,6 +49,9 @@ MAX_HEADER_SECTION = 64 * 1024
 #: Shortest and longest word that is a token.
 MIN_WORD, MAX_WORD = 3, 12
 
+#: Characters of text split into words at a time (at a whitespace): a bound on the lists made.
+_PIECE = 16 * 1024
+_SPACE = re.compile(r"\s")
 _SKIPPED_PREFIXES = ("x-spam-", "x-virus-")
 _SKIPPED = frozenset({"authentication-results"})
 
@@ -88,7 +92,20 @@ def parse_headers(section: bytes) -> list[tuple[str, str]]:
 
 def words(text: str) -> Iterator[str]:
     """The lower-cased whitespace-separated words of *text* that are 3 to 12 characters long."""
-    return iter(_word_list(text))
+    return itertools.chain.from_iterable(_word_lists(text))
+
+
+def _word_lists(text: str) -> Iterator[list[str]]:
+    """The words of *text*, a list for each piece of about :data:`_PIECE` characters cut at a whitespace:
+    the words are those of the whole, and a piece's list is all that is made at a time."""
+    start, size = 0, len(text)
+    while start < size:
+        end = start + _PIECE
+        if end < size:
+            space = _SPACE.search(text, end)
+            end = space.start() if space else size
+        yield _word_list(text[start:end])  # the whole text itself when it is one piece
+        start = end
 
 
 def _word_list(text: str) -> list[str]:
@@ -111,7 +128,7 @@ def tokenize(raw: bytes) -> list[str]:
     section, body = split_message(raw)
     found = extract(raw, MAX_TEXT)
     sources = (header_text(parse_headers(section)), body.decode("latin-1"), found.text[:MAX_TEXT])
-    distinct = dict.fromkeys(itertools.chain.from_iterable(_word_list(text) for text in sources))
+    distinct = dict.fromkeys(itertools.chain.from_iterable(found for text in sources for found in _word_lists(text)))
     return list(itertools.islice(distinct, MAX_TOKENS))
 
 
