@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, bindparam, case, delete, func, make_url, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import BigInteger
 
@@ -123,23 +124,38 @@ _ADD_TOTALS = (
 )
 
 
+#: The order of the upsert's parameters, as _TokenUpsert's rows give them.
+_UPSERT_KEYS = ["token", "spam", "ham", "atime"]
+
+
+def _counted(upsert: Any) -> Any:
+    """*upsert* (an INSERT of tokens) adding its counts to the tokens already there and setting their day."""
+    return upsert.on_conflict_do_update(
+        index_elements=[tokens_table.c.token],
+        set_={
+            "spam": tokens_table.c.spam + upsert.excluded.spam,
+            "ham": tokens_table.c.ham + upsert.excluded.ham,
+            "atime": upsert.excluded.atime,
+        },
+    )
+
+
 class _Inserts:
     """One dialect's ON CONFLICT statements of learn (the digest's claim, the totals' first row, the token upsert)."""
 
-    def __init__(self, insert: Any) -> None:
+    def __init__(self, insert: Any, dialect: str) -> None:
         # An INSERT's rowcount is read after its psycopg cursor is closed (-1) unless kept: without
         # this, a claim that met the digest counted on PostgreSQL as new (relearning counted twice).
         self.claim = insert(messages_table).on_conflict_do_nothing(index_elements=[messages_table.c.digest]).execution_options(preserve_rowcount=True)
         self.first_totals = insert(totals_table).on_conflict_do_nothing(index_elements=[totals_table.c.id])
-        upsert = insert(tokens_table)
-        self.upsert = upsert.on_conflict_do_update(
-            index_elements=[tokens_table.c.token],
-            set_={
-                "spam": tokens_table.c.spam + upsert.excluded.spam,
-                "ham": tokens_table.c.ham + upsert.excluded.ham,
-                "atime": upsert.excluded.atime,
-            },
-        )
+        self.upsert = _counted(insert(tokens_table))
+        # PostgreSQL: a chunk's tokens as one array, one statement (psycopg's executemany sends, and
+        # spends Python on, a statement per token); ORDER BY keeps the rows locked in token order.
+        self.upsert_array: Any = None
+        if dialect == "postgresql":
+            token = func.unnest(bindparam("tokens", type_=ARRAY(BigInteger))).column_valued("token")
+            rows = select(token, bindparam("spam", type_=Integer), bindparam("ham", type_=Integer), bindparam("atime", type_=Integer)).order_by(token)
+            self.upsert_array = _counted(insert(tokens_table).from_select(_UPSERT_KEYS, rows))
 
 
 _INSERTS: dict[str, _Inserts] = {}
@@ -151,25 +167,33 @@ def _inserts(connection: Connection) -> _Inserts:
     name = connection.dialect.name
     found = _INSERTS.get(name)
     if found is None:
-        found = _INSERTS[name] = _Inserts(insert)
+        found = _INSERTS[name] = _Inserts(insert, name)
     return found
-
-
-#: The order of the upsert's parameters, as _TokenUpsert's rows give them.
-_UPSERT_KEYS = ["token", "spam", "ham", "atime"]
 
 
 class _TokenUpsert:
     """The token upsert compiled once for an engine, as the log row's ``_LogInsert`` in
     :mod:`milterd.store`: SQLAlchemy's own SQL, run with ``exec_driver_sql`` on the
     transaction's connection, so the rows go to the driver's executemany as they are
-    (the columns are integers: no bind processor would change them).  SQLAlchemy's
-    error wrapping, disconnect handling and transaction are kept.
+    (the columns are integers: no bind processor would change them), or on PostgreSQL
+    as one array per chunk.  SQLAlchemy's error wrapping, disconnect handling and
+    transaction are kept.
     """
 
-    def __init__(self, engine: Engine, statement: Any) -> None:
+    def __init__(self, engine: Engine, inserts: _Inserts) -> None:
         dialect = engine.dialect
-        compiled = statement.compile(dialect=dialect, column_keys=_UPSERT_KEYS)
+        self.positional = bool(dialect.positional)
+        self.array: Any = None  # the bind processor of the tokens' array, where they go as one
+        self.array_order: list[str] | None = None
+        if inserts.upsert_array is not None:
+            compiled = inserts.upsert_array.compile(dialect=dialect)
+            self.sql = compiled.string
+            self.array_order = list(compiled.positiontup or ()) if self.positional else None
+            if sorted(compiled.binds) != ["atime", "ham", "spam", "tokens"] or (self.array_order is not None and sorted(self.array_order) != sorted(compiled.binds)):
+                raise ValueError(f"unexpected bind parameters {list(compiled.binds)}")
+            self.array = compiled.binds["tokens"].type.dialect_impl(dialect).bind_processor(dialect) or list
+            return
+        compiled = inserts.upsert.compile(dialect=dialect, column_keys=_UPSERT_KEYS)
         names = list(compiled.positiontup or ()) if dialect.positional else list(compiled.binds)
         if sorted(names) != sorted(_UPSERT_KEYS) or (dialect.positional and names != _UPSERT_KEYS):
             raise ValueError(f"unexpected bind parameters {names}")
@@ -177,10 +201,14 @@ class _TokenUpsert:
             if tokens_table.c[name].type.dialect_impl(dialect).bind_processor(dialect) is not None:
                 raise ValueError(f"the {name} column would need its bind processor")
         self.sql = compiled.string
-        self.positional = bool(dialect.positional)
 
     def run(self, connection: Connection, tokens: Sequence[int], spam: int, ham: int, day: int) -> None:
         """Add (*spam*, *ham*) to each of *tokens* (distinct, in the order they are to be locked) and set their day."""
+        if self.array is not None:
+            for start in range(0, len(tokens), CHUNK):
+                values = {"tokens": self.array(list(tokens[start:start + CHUNK])), "spam": spam, "ham": ham, "atime": day}
+                connection.exec_driver_sql(self.sql, values if self.array_order is None else tuple(values[name] for name in self.array_order))
+            return
         if self.positional:
             rows: list[Any] = [(token, spam, ham, day) for token in tokens]
         else:
@@ -196,7 +224,7 @@ _UPSERTS: "weakref.WeakKeyDictionary[Engine, _TokenUpsert]" = weakref.WeakKeyDic
 def _token_upsert(engine: Engine, inserts: _Inserts) -> _TokenUpsert:
     found = _UPSERTS.get(engine)
     if found is None:
-        found = _UPSERTS[engine] = _TokenUpsert(engine, inserts.upsert)
+        found = _UPSERTS[engine] = _TokenUpsert(engine, inserts)
     return found
 
 

@@ -93,18 +93,21 @@ def test_learning_on_postgresql_gives_the_same_outcomes_and_rows_as_before_and_a
     assert on_postgresql == on_sqlite
 
 
-def test_the_token_upsert_reaches_postgresql_as_one_executemany_per_chunk_in_token_order(two_stores: tuple[Engine, Engine]) -> None:
+def test_the_token_upsert_reaches_postgresql_as_one_array_per_chunk_in_token_order(two_stores: tuple[Engine, Engine]) -> None:
     _, engine = two_stores
     batches: list[list[int]] = []
 
-    def seen(conn: object, cursor: object, statement: str, parameters: list[dict[str, int]], context: object, many: bool) -> None:
-        if many:
-            batches.append([row["token"] for row in parameters])
+    def seen(conn: object, cursor: object, statement: str, parameters: dict[str, object], context: object, many: bool) -> None:
+        if statement.startswith("INSERT INTO learner_tokens"):
+            assert not many and "ORDER BY token" in statement  # rows locked in token order
+            batches.append(list(parameters["tokens"]))  # type: ignore[call-overload]
 
     event.listen(engine, "before_cursor_execute", seen)
-    tokens = list(range(-700, 700))[::-1] + [5, 5]
+    tokens = list(range(-700, 700))[::-1] + [5, 5, 2**63 - 1, -(2**63)]
     store = LearnerStore(engine)
     assert store.learn("d" * 64, tokens, "spam", dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)) == "learned"
     # Sorted, so that concurrent learners lock shared rows in the same order.
-    assert [len(b) for b in batches] == [CHUNK, CHUNK, 400] and sum(batches, []) == sorted(set(tokens))
-    assert store.counts([-700, 699, 5]) == {-700: Counts(spam=1), 699: Counts(spam=1), 5: Counts(spam=1)}
+    assert [len(b) for b in batches] == [CHUNK, CHUNK, 402] and sum(batches, []) == sorted(set(tokens))
+    assert store.counts([-700, 699, 5, 2**63 - 1, -(2**63)]) == {t: Counts(spam=1) for t in (-700, 699, 5, 2**63 - 1, -(2**63))}
+    assert store.learn("d" * 64, tokens, "ham", dt.datetime(2024, 5, 2, tzinfo=dt.timezone.utc)) == "moved"
+    assert store.counts([-700, 2**63 - 1]) == {t: Counts(ham=1) for t in (-700, 2**63 - 1)}
