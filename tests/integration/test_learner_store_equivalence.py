@@ -89,7 +89,7 @@ def test_learning_on_postgresql_gives_the_same_outcomes_and_rows_as_before_and_a
     finally:
         sqlite.close()
     # SQLite gives back naive times (it keeps no zone): the same instants in UTC.
-    on_sqlite["learner_messages"] = [(d, label, t.replace(tzinfo=dt.timezone.utc)) for d, label, t in on_sqlite["learner_messages"]]  # type: ignore[union-attr]
+    on_sqlite["learner_messages"] = [(d, label, t.replace(tzinfo=dt.timezone.utc)) for d, label, t in on_sqlite["learner_messages"]]  # type: ignore[attr-defined]
     assert on_postgresql == on_sqlite
 
 

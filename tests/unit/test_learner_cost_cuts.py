@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import compiler
 
 from milterd.config import DatabaseSection
+from milterd.content.mimetext import extract
 from milterd.learner import tokenizer
 from milterd.learner.classifier import Counts
 from milterd.store import Store
@@ -277,7 +278,7 @@ def old_tokenize(raw: bytes) -> list[str]:
     """tokenizer.tokenize before the cost cuts (commit f873868): a regex per word, lower-cased one by one."""
     raw = raw[: tokenizer.MAX_INPUT]
     section, body = tokenizer.split_message(raw)
-    found = tokenizer.extract(raw, tokenizer.MAX_TEXT)
+    found = extract(raw, tokenizer.MAX_TEXT)
     sources = (tokenizer.header_text(tokenizer.parse_headers(section)), body.decode("latin-1"), found.text[: tokenizer.MAX_TEXT])
     distinct = dict.fromkeys(itertools.chain.from_iterable((m.group().lower() for m in _OLD_WORD.finditer(text)) for text in sources))
     return list(itertools.islice(distinct, tokenizer.MAX_TOKENS))
