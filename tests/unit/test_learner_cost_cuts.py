@@ -335,21 +335,6 @@ def test_tokens_and_hashes_are_those_of_the_old_tokenizer_on_hostile_text(seed: 
     assert list(tokenizer.words("Ab İİİ abcdefghijklm xyz\x85Qrs")) == ["i̇i̇i̇", "xyz", "qrs"]
 
 
-def test_tokens_and_hashes_are_those_of_the_old_tokenizer_on_the_training_folders() -> None:
-    from bench.corpus import split, to_smtp  # the corpus, where bench.corpus.fetch left it (never fetched here)
-    from bench.learner_eval import CACHE
-
-    data = CACHE / "package" / "data"
-    if not data.is_dir():
-        pytest.skip(f"the corpus is not under {data} (python -m bench.learner_eval fetches it)")
-    training, _ = split(data)  # the training folders only (issue #13)
-    paths = [path for label in ("spam", "ham", "hard") for path in training[label]]
-    assert len(paths) > 1000
-    for path in paths:
-        raw = to_smtp(path.read_bytes())[: 256 * 1024]
-        assert tokenizer.hashed_tokens(raw) == old_hashed_tokens(raw), path.name
-
-
 def test_long_texts_cut_in_pieces_give_the_old_words() -> None:
     # Pieces are cut at a whitespace: words across the cut, long runs over it, any kind of space at it.
     rnd = random.Random(7)
