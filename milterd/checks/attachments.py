@@ -51,7 +51,7 @@ class AttachmentChecks(CheckSwitches):
     archive_max_depth: int = Field(3, ge=1, le=20, description="Archives nested deeper than this (an archive in an archive is 2) are not opened.")
     archive_max_members: int = Field(1000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at.")
     archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")
-    archive_process: bool = Field(True, description="List 7z, rar, cab and tar archives (libarchive: C code reading hostile input) in a short-lived child process with bounded memory and CPU, so that a crash there is a listing error (ATTACH_ARCHIVE_LIMIT), never a dead worker; costs about 60 ms of CPU per such archive. Zip is read in the worker by Python's own zipfile.")
+    archive_process: bool = Field(True, description="List 7z, rar, cab and tar archives (libarchive: C code reading hostile input) in a short-lived forked child with bounded memory and CPU, so that a crash there is a listing error (ATTACH_ARCHIVE_LIMIT), never a dead worker; costs a few ms per such archive. Zip is read in the worker by Python's own zipfile.")
     max_attachment_size: Size = Field(64 * 1024 * 1024, description="Attachments are decoded up to this size (to a temporary file past [milter] spool_memory); a larger one is judged by its name and first bytes only.")
 
 

@@ -12,28 +12,28 @@ at is reported in ``Listing.limits``, never silently skipped.
 
 libarchive is C code reading hostile input.  With ``Limits.child`` (the
 attachment check's ``archive_process``, on by default) every archive that
-needs it is listed in a short-lived child process (:func:`child_main`) with
-bounded memory and CPU, as amavisd-new runs its decoders: a crash there is a
-listing error, never a dead worker.  Zip stays in the worker (Python's own
-``zipfile``).
+needs it is listed in a short-lived forked child (:func:`_walk_in_child`) with
+bounded memory and CPU, as amavisd-new runs its decoders apart: a crash there
+is a listing error, never a dead worker.  Zip stays in the worker (Python's
+own ``zipfile``).
 """
 
 from __future__ import annotations
 
 import base64
 import ctypes
+import faulthandler
 import json
+import os
 import resource
-import shutil
+import selectors
 import signal
-import subprocess
-import sys
 import tempfile
+import time
 import zipfile
 import zlib
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from dataclasses import dataclass, field, replace
+from typing import IO, Any, Callable
 
 from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, extensions, sniff
 
@@ -58,7 +58,7 @@ class Limits:
     max_depth: int = 3
     max_members: int = 1000
     max_size: int = 50 * 1024 * 1024
-    #: List what libarchive reads in a child process (:func:`child_main`) instead of this one.
+    #: List what libarchive reads in a forked child (:func:`_walk_in_child`) instead of this process.
     child: bool = False
 
 
@@ -272,39 +272,67 @@ def _copy_blocks(head: bytes, blocks: Any, budget: _Budget) -> IO[bytes] | None:
 
 
 # --- the child process ---------------------------------------------------------------
-#: The child's address space and CPU time (a 7z may ask for a dictionary of 1.5 GB); past them it dies, a listing error.
+#: The child's address space beyond the worker's own, and its CPU time (a 7z may ask for a dictionary of 1.5 GB);
+#: past them it dies, a listing error.
 CHILD_MEMORY = 1024 * 1024 * 1024
 CHILD_CPU_SECONDS = 20
-#: How long the worker waits for the child's answer before it kills it.
+#: How long the worker waits for the child's answer before it kills it (a child that hangs costs this, never more).
 CHILD_TIMEOUT = 30.0
-#: How the child is started: this interpreter, importing this milterd (also when it is not the installed one).
-CHILD_COMMAND = (sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); "
-                 "from milterd.content.archives import child_main; child_main()")
+
+#: What the child does: list *data* as :func:`_walk` would and answer in JSON (a parameter for the tests' crashing children).
+ChildWork = Callable[[str, IO[bytes], str, int, Limits, "_Budget"], bytes]
+
+
+def _child_work(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget) -> bytes:
+    listing = Listing()
+    _walk(path, data, kind, depth, replace(limits, child=False), budget, listing)
+    answer = {"entries": [[e.path, e.encrypted, base64.b64encode(e.head).decode()] for e in listing.entries],
+              "encrypted": listing.encrypted, "limits": listing.limits, "errors": listing.errors, "budget": [budget.size, budget.members]}
+    return json.dumps(answer).encode()
 
 
 def _walk_in_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing,
-                   command: tuple[str, ...] = CHILD_COMMAND) -> None:
-    """:func:`_walk` of a libarchive *kind* in a child process; its findings and spent budget are merged here."""
-    request = json.dumps({"path": path, "kind": kind, "depth": depth, "limits": [limits.max_depth, limits.max_members, limits.max_size],
-                          "budget": [budget.size, budget.members]})
-    with tempfile.TemporaryFile() as archive:  # the child's stdin: a seekable file (7z seeks), never the whole archive in memory
-        data.seek(0)
-        shutil.copyfileobj(data, archive, _CHUNK)
-        archive.seek(0)
+                   work: ChildWork = _child_work) -> None:
+    """:func:`_walk` of a libarchive *kind* in a forked child; its findings and spent budget are merged here.
+
+    A fork, not a new interpreter: the child is this worker as it is (its user, its loaded
+    libraries, *data* as it stands) and costs a millisecond or two instead of an
+    interpreter's start.  It runs nothing but *work* and leaves with ``os._exit``, so the
+    libmilter threads it does not have and the locks they might hold are never touched;
+    should it hang anyway, the timeout kills it.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
         try:
-            done = subprocess.run([*command, request], stdin=archive, capture_output=True, timeout=CHILD_TIMEOUT, check=False)
-        except subprocess.TimeoutExpired:
-            listing.errors.append(f"{path}: unreadable {kind} archive (not listed within {CHILD_TIMEOUT:.0f} s)")
-            return
-        except OSError as exc:
-            listing.errors.append(f"{path}: unreadable {kind} archive (the child process did not start: {exc.strerror})")
-            return
-    if done.returncode != 0:
-        how = f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0 else f"status {done.returncode}"
+            os.close(read_end)
+            faulthandler.disable()  # a crash here is the parent's listing error, not a "Fatal Python error" in the log
+            _limit_child()
+            answer = work(path, data, kind, depth, limits, budget)
+            with os.fdopen(write_end, "wb") as out:
+                out.write(answer)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        answer, finished = _read_until(read_end, time.monotonic() + CHILD_TIMEOUT)
+    finally:
+        os.close(read_end)
+        if not finished:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        data.seek(0)  # the child moved a real file's shared offset: the caller finds it at the start
+    if not finished:
+        listing.errors.append(f"{path}: unreadable {kind} archive (not listed within {CHILD_TIMEOUT:.0f} s)")
+        return
+    if status != 0:
+        how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status) else f"status {os.WEXITSTATUS(status)}"
         listing.errors.append(f"{path}: unreadable {kind} archive (the listing process ended with {how})")
         return
     try:
-        found = json.loads(done.stdout)
+        found = json.loads(answer)
         entries = [Entry(p, bool(e), base64.b64decode(h)) for p, e, h in found["entries"]]
         budget.size, budget.members = int(found["budget"][0]), int(found["budget"][1])
     except (ValueError, KeyError, TypeError) as exc:
@@ -315,15 +343,24 @@ def _walk_in_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Li
         getattr(listing, name).extend(str(item) for item in found[name])
 
 
-def child_main() -> None:
-    """The child process: list the archive on stdin as the request in ``argv[1]`` says, answer JSON on stdout."""
-    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
+def _limit_child() -> None:
+    """In the child: CHILD_MEMORY more address space than the worker already has, CHILD_CPU_SECONDS of CPU."""
+    with open("/proc/self/status", "rb") as status:
+        size = next((int(line.split()[1]) * 1024 for line in status if line.startswith(b"VmSize:")), 0)
+    resource.setrlimit(resource.RLIMIT_AS, (size + CHILD_MEMORY, size + CHILD_MEMORY))
     resource.setrlimit(resource.RLIMIT_CPU, (CHILD_CPU_SECONDS, CHILD_CPU_SECONDS))
-    request = json.loads(sys.argv[1])
-    limits = Limits(*request["limits"])
-    budget = _Budget(*request["budget"])
-    listing = Listing()
-    _walk(request["path"], sys.stdin.buffer, request["kind"], request["depth"], limits, budget, listing)
-    answer = {"entries": [[e.path, e.encrypted, base64.b64encode(e.head).decode()] for e in listing.entries],
-              "encrypted": listing.encrypted, "limits": listing.limits, "errors": listing.errors, "budget": [budget.size, budget.members]}
-    sys.stdout.write(json.dumps(answer))
+
+
+def _read_until(fd: int, deadline: float) -> tuple[bytes, bool]:
+    """What arrives on *fd* until its end (True) or *deadline* (False)."""
+    chunks: list[bytes] = []
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                return b"".join(chunks), False
+            chunk = os.read(fd, _CHUNK)
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
