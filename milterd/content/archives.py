@@ -316,6 +316,7 @@ def _walk_in_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Li
         finally:
             os._exit(code)
     os.close(write_end)
+    answer, finished = b"", False  # what the finally below sees should reading fail: the child is killed and reaped
     try:
         answer, finished = _read_until(read_end, time.monotonic() + CHILD_TIMEOUT)
     finally:
