@@ -211,12 +211,17 @@ def _probe_scanner(name: str, section: str, enabled: bool, address: str, client:
 
 
 def judge_model(summary: ModelSummary, min_spam: int, min_ham: int, tiers: str = "") -> Finding:
-    """The classifier's model against ``[learner] min_spam``/``min_ham`` (pure): ok when it scores, a warning while it abstains."""
+    """The classifier's model against ``[learner] min_spam``/``min_ham`` (pure): ok when it scores, a warning while it
+    abstains, and a warning when its counts are inflated (:attr:`ModelSummary.inflated`)."""
     when = ""
     if summary.oldest is not None and summary.newest is not None:
         oldest, newest = summary.oldest.astimezone(dt.timezone.utc), summary.newest.astimezone(dt.timezone.utc)
         when = f", learned {oldest:%Y-%m-%d %H:%M} to {newest:%Y-%m-%d %H:%M} UTC"
     detail = f"{summary.spam} spam and {summary.ham} ham learned, {summary.tokens} tokens{when}"
+    if summary.inflated:
+        return Finding("classifier", "warn", f"{detail}: more counted than the {summary.spam_messages} spam and {summary.ham_messages} ham"
+                                             " recorded as learned: messages learned again were counted twice (a PostgreSQL defect fixed on 2026-12-02),"
+                                             " which skews BAYES_*: empty the model with milterd learn --clear and learn again")
     if not trained(Counts(summary.spam, summary.ham), min_spam, min_ham):
         return Finding("classifier", "warn", f"{detail}: abstains (no BAYES_* symbol) until {min_spam} spam and {min_ham} ham are learned"
                                              f" ([learner] min_spam/min_ham): milterd learn --spam/--ham, or [learner] enabled = false")

@@ -1,10 +1,10 @@
-"""``milterd learn --spam|--ham|--forget PATH…``: teach milterd's classifier.
+"""``milterd learn --spam|--ham|--forget PATH…`` and ``milterd learn --clear``: teach milterd's classifier.
 
 Each PATH is a message file, an mbox, a Maildir or a directory of those (as
 ``milterd check`` reads them).  Messages are tokenized in ``--jobs`` processes
 and counted in the shared store, one transaction per message: learning the
 same message twice counts once, learning it with the other label moves it,
-``--forget`` removes it.  A progress line is shown on a terminal; the run ends
+``--forget`` removes it; ``--clear`` empties the model.  A progress line is shown on a terminal; the run ends
 with a summary (``--json``: one object).  Exit status 1 when a message could
 not be read or the store refused it, 2 for a bad configuration.
 """
@@ -19,7 +19,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
-from ..config import load_config
+from ..config import Config, load_config
 from ..learner.tokenizer import hashed_tokens, message_digest
 from ..milter.offline import sources
 from ..store.errors import StoreError
@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     label.add_argument("--spam", action="store_const", dest="label", const="spam", help="the messages are spam")
     label.add_argument("--ham", action="store_const", dest="label", const="ham", help="the messages are ham (not spam)")
     label.add_argument("--forget", action="store_const", dest="label", const="forget", help="remove what was learned from the messages")
-    parser.add_argument("paths", nargs="+", metavar="PATH", type=Path, help="message files, mboxes, Maildirs or directories of those")
+    label.add_argument("--clear", action="store_const", dest="label", const="clear", help="empty the model: every count and learned message (no PATH)")
+    parser.add_argument("paths", nargs="*", metavar="PATH", type=Path, help="message files, mboxes, Maildirs or directories of those")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="tokenize in N processes (default 1)")
     parser.add_argument("--json", action="store_true", help="print the summary as a JSON object")
     parser.set_defaults(func=run_learn)
@@ -76,8 +77,13 @@ def _batches(paths: Iterable[Path], errors: Counter[str], failures: list[str]) -
 
 
 def run_learn(args: argparse.Namespace) -> int:
-    """Learn or forget every message of the paths; print a summary."""
+    """Learn or forget every message of the paths (or, with ``--clear``, empty the model); print a summary."""
+    if (args.label == "clear") == bool(args.paths):
+        print(f"milterd learn: {'--clear takes no PATH' if args.paths else 'at least one PATH is needed'}", file=sys.stderr)
+        return 2
     config = load_config(args.config)
+    if args.label == "clear":
+        return _clear(config, args.json)
     try:
         store = open_store(config)
     except StoreError as exc:
@@ -126,6 +132,29 @@ def run_learn(args: argparse.Namespace) -> int:
         counted = ", ".join(f"{outcomes[key]} {key}" for key in ("learned", "moved", "already", "forgotten", "unknown", "failed", "unreadable") if outcomes[key])
         print(f"{done} messages: {counted or 'nothing done'}; the model holds {totals.spam} spam and {totals.ham} ham")
     return 1 if outcomes["failed"] or outcomes["unreadable"] else 0
+
+
+def _clear(config: Config, as_json: bool) -> int:
+    """Empty the model, as ``sa-learn --clear`` does SpamAssassin's; say what it held."""
+    try:
+        store = open_store(config)
+    except StoreError as exc:
+        print(f"milterd: {exc}", file=sys.stderr)
+        return 1
+    try:
+        held = LearnerStore(store.engine).clear()
+    except StoreError as exc:
+        print(f"milterd: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    summary = {"action": "clear", "removed": {"spam": held.spam, "ham": held.ham, "tokens": held.tokens, "messages": held.messages}}
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"the model is empty: removed {held.spam} spam and {held.ham} ham counted, {held.tokens} tokens,"
+              f" {held.messages} learned messages; the classifier abstains until [learner] min_spam and min_ham are learned again")
+    return 0
 
 
 def _windowed(executor: ProcessPoolExecutor, batches: Iterable[list[bytes]], max_size: int, window: int) -> Iterator[list[tuple[str, list[int]]]]:

@@ -78,9 +78,27 @@ class ModelSummary:
     spam: int
     ham: int
     tokens: int
-    messages: int  # learned-message digests kept
+    spam_messages: int  # learned-message digests kept, by label: always equal to spam and ham, unless the counts were inflated
+    ham_messages: int
     oldest: dt.datetime | None  # the earliest learn (or label change) still recorded
     newest: dt.datetime | None
+
+    @property
+    def messages(self) -> int:
+        """Learned-message digests kept."""
+        return self.spam_messages + self.ham_messages
+
+    @property
+    def inflated(self) -> bool:
+        """Whether the totals exceed the messages recorded as learned.
+
+        Every learn, move and forget changes a total and the digests together,
+        so the two agree; more counted than recorded means a message was
+        counted twice, as relearning did on PostgreSQL before the fix of
+        2026-12-02 (an INSERT's rowcount read as -1).  The token counts are
+        inflated with the totals and cannot be repaired without the messages.
+        """
+        return self.spam > self.spam_messages or self.ham > self.ham_messages
 
 
 #: The one row of learned totals.
@@ -105,6 +123,12 @@ def day_number(when: dt.datetime) -> int:
 def _chunks(values: Sequence[int]) -> Iterable[Sequence[int]]:
     for start in range(0, len(values), CHUNK):
         yield values[start:start + CHUNK]
+
+
+def _learned_by_label(connection: Connection) -> dict[str, int]:
+    """How many learned-message digests each label has."""
+    rows = connection.execute(select(messages_table.c.label, func.count()).group_by(messages_table.c.label))
+    return {str(label): int(count) for label, count in rows}
 
 
 # What learn runs, built once: the values are bound parameters, given at execution.
@@ -330,9 +354,10 @@ class LearnerStore:
             with self.engine.connect() as connection:
                 totals = connection.execute(_TOTALS).first()
                 tokens = connection.execute(select(func.count()).select_from(tokens_table)).scalar()
-                row = connection.execute(select(func.count(), func.min(messages_table.c.time), func.max(messages_table.c.time))).one()
-            return ModelSummary(int(totals.spam) if totals else 0, int(totals.ham) if totals else 0, int(tokens or 0), int(row[0] or 0),
-                                as_utc(row[1]), as_utc(row[2]))
+                row = connection.execute(select(func.min(messages_table.c.time), func.max(messages_table.c.time))).one()
+                by_label = _learned_by_label(connection)
+            return ModelSummary(int(totals.spam) if totals else 0, int(totals.ham) if totals else 0, int(tokens or 0),
+                                int(by_label.get("spam", 0)), int(by_label.get("ham", 0)), as_utc(row[0]), as_utc(row[1]))
 
         return guarded("summarise the classifier's model", read)
 
@@ -388,6 +413,22 @@ class LearnerStore:
         changed = connection.execute(_ADD_TOTALS, {"spam_delta": spam, "ham_delta": ham}).rowcount
         if not changed:
             connection.execute(inserts.first_totals, {"id": 1, "spam": max(spam, 0), "ham": max(ham, 0)})
+
+    def clear(self) -> ModelSummary:
+        """Empty the model (token counts, totals and learned-message digests) in one transaction;
+        returns what it held.  Workers see the empty model within ``[learner] cache_ttl``."""
+
+        def work() -> ModelSummary:
+            with self.engine.begin() as connection:
+                totals = connection.execute(_TOTALS).first()
+                by_label = _learned_by_label(connection)
+                tokens = connection.execute(delete(tokens_table)).rowcount
+                connection.execute(delete(totals_table))
+                connection.execute(delete(messages_table))
+            return ModelSummary(int(totals.spam) if totals else 0, int(totals.ham) if totals else 0, int(tokens or 0),
+                                int(by_label.get("spam", 0)), int(by_label.get("ham", 0)), None, None)
+
+        return guarded("empty the classifier's model", work)
 
     # --- housekeeping -----------------------------------------------------
     def expire(self, older_than: dt.datetime, rare: int, max_tokens: int) -> int:

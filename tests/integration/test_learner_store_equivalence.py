@@ -55,6 +55,20 @@ def test_relearning_on_postgresql_counts_once_and_moves(postgresql_store: Engine
     assert store.totals() == Counts()
 
 
+def test_the_summary_counts_by_label_and_clear_empties_the_model_on_postgresql(postgresql_store: Engine) -> None:
+    store = LearnerStore(postgresql_store)
+    when = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
+    for n, label in enumerate(["spam", "spam", "ham"]):
+        store.learn(f"{n}" * 64, [n, 10 + n], label, when)  # type: ignore[arg-type]
+    summary = store.summary()
+    assert (summary.spam, summary.ham, summary.spam_messages, summary.ham_messages, summary.tokens, summary.inflated) == (2, 1, 2, 1, 6, False)
+    held = store.clear()
+    assert (held.spam, held.ham, held.tokens, held.messages) == (2, 1, 6, 3)
+    assert rows(postgresql_store) == {"learner_tokens": [], "learner_totals": [], "learner_messages": []}
+    assert store.learn("0" * 64, [0, 10], "spam", when) == "learned"  # not "already": the digests went too
+    assert store.totals() == Counts(spam=1, ham=0)
+
+
 @pytest.fixture
 def two_stores() -> Iterator[tuple[Engine, Engine]]:
     why = pgdb.available()

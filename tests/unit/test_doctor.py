@@ -76,6 +76,7 @@ def test_model_summary_counts_messages_tokens_and_learn_times(tmp_path: Path) ->
     finally:
         store.close()
     assert (summary.spam, summary.ham, summary.tokens, summary.messages) == (2, 1, 7, 3)
+    assert (summary.spam_messages, summary.ham_messages, summary.inflated) == (2, 1, False)
     assert summary.oldest == dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.timezone.utc)
     assert summary.newest == dt.datetime(2026, 11, 3, 8, 0, tzinfo=dt.timezone.utc)
 
@@ -100,6 +101,33 @@ def test_doctor_on_the_classifier_off_missing_store_and_tiers(tmp_path: Path) ->
     assert probe_learner(both).detail.endswith("tiers on: spamd skipped for a score at or above 9 or at or below -1.5 before spamd")
 
 
+def test_doctor_warns_when_more_was_counted_than_learned(tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from milterd.store.learner import totals_table
+
+    config = _learned(tmp_path, spam=2, ham=2)
+    assert probe_learner(config).status == "ok"
+    store = Store(config.database)
+    try:
+        # What relearning on PostgreSQL did before b4b3dd4: the totals (and tokens) counted again, no new digest.
+        with store.engine.begin() as connection:
+            connection.execute(update(totals_table).values(spam=totals_table.c.spam + 1))
+        assert LearnerStore(store.engine).summary().inflated
+    finally:
+        store.close()
+    finding = probe_learner(config)
+    assert finding.status == "warn"
+    assert "3 spam and 2 ham learned" in finding.detail and "more counted than the 2 spam and 2 ham recorded as learned" in finding.detail
+    assert finding.detail.endswith("empty the model with milterd learn --clear and learn again")
+
+
+def test_judge_model_trusts_totals_that_match_the_digests() -> None:
+    assert judge_model(ModelSummary(300, 300, 10, 300, 300, None, None), 200, 200).status == "ok"
+    assert judge_model(ModelSummary(300, 301, 10, 300, 300, None, None), 200, 200).status == "warn"
+    assert judge_model(ModelSummary(299, 300, 10, 300, 300, None, None), 200, 200).status == "ok"  # fewer counted: not this defect
+
+
 def test_judge_model_without_any_learn() -> None:
-    finding = judge_model(ModelSummary(0, 0, 0, 0, None, None), 200, 200)
+    finding = judge_model(ModelSummary(0, 0, 0, 0, 0, None, None), 200, 200)
     assert finding.status == "warn" and finding.detail.startswith("0 spam and 0 ham learned, 0 tokens: abstains (no BAYES_* symbol) until 200 spam and 200 ham")

@@ -252,6 +252,27 @@ def test_learn_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert gone["forgotten"] == 1 and gone["unknown"] == 1 and gone["model"] == {"spam": 1, "ham": 3}
     missing = learn("--spam", str(tmp_path / "nowhere"))
     assert missing["unreadable"] == 1 and missing["errors"]
+    cleared = learn("--clear")
+    assert cleared == {"action": "clear", "removed": {"spam": 1, "ham": 3, "tokens": cleared["removed"]["tokens"], "messages": 4}}  # type: ignore[index]
+    assert cleared["removed"]["tokens"] > 0  # type: ignore[index]
+    again = learn("--spam", str(spam))
+    assert again["learned"] == 3 and again["already"] == 0 and again["model"] == {"spam": 3, "ham": 0}  # the digests went too
+
+
+def test_learn_clear_takes_no_path_and_the_others_need_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "s.sqlite"}"\n[rules]\ndir = ""\n')
+    assert main(["learn", "-c", str(conf), "--clear", str(tmp_path)]) == 2
+    assert "--clear takes no PATH" in capsys.readouterr().err
+    assert main(["learn", "-c", str(conf), "--spam"]) == 2
+    assert "at least one PATH" in capsys.readouterr().err
+    assert not (tmp_path / "s.sqlite").exists()  # refused before opening anything
+    assert main(["learn", "-c", str(conf), "--clear"]) == 1  # no schema yet: said, as for learning
+    assert "no schema yet: run `milterd db upgrade`" in capsys.readouterr().err
+    assert main(["db", "upgrade", "-c", str(conf)]) == 0
+    capsys.readouterr()
+    assert main(["learn", "-c", str(conf), "--clear"]) == 0
+    assert capsys.readouterr().out.startswith("the model is empty: removed 0 spam and 0 ham counted, 0 tokens, 0 learned messages")
 
 
 def test_expiry_job_uses_the_configuration(tmp_path: Path) -> None:
