@@ -352,6 +352,8 @@ class LearnerStore:
 
         def read() -> ModelSummary:
             with self.engine.connect() as connection:
+                # The totals before the digests: a learn committed in between (workers auto-learn at any time)
+                # then shows more digests than totals, never the inflated state (a concurrent forget could).
                 totals = connection.execute(_TOTALS).first()
                 tokens = connection.execute(select(func.count()).select_from(tokens_table)).scalar()
                 row = connection.execute(select(func.min(messages_table.c.time), func.max(messages_table.c.time))).one()
