@@ -278,6 +278,8 @@ CHILD_MEMORY = 1024 * 1024 * 1024
 CHILD_CPU_SECONDS = 20
 #: How long the worker waits for the child's answer before it kills it (a child that hangs costs this, never more).
 CHILD_TIMEOUT = 30.0
+#: The child's answer starts with its length in this many bytes (big-endian).
+_LENGTH_BYTES = 8
 
 #: What the child does: list *data* as :func:`_walk` would and answer in JSON (a parameter for the tests' crashing children).
 ChildWork = Callable[[str, IO[bytes], str, int, Limits, "_Budget"], bytes]
@@ -311,14 +313,14 @@ def _walk_in_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Li
             _limit_child()
             answer = work(path, data, kind, depth, limits, budget)
             with os.fdopen(write_end, "wb") as out:
-                out.write(answer)
+                out.write(len(answer).to_bytes(_LENGTH_BYTES, "big") + answer)
             code = 0
         finally:
             os._exit(code)
     os.close(write_end)
     answer, finished = b"", False  # what the finally below sees should reading fail: the child is killed and reaped
     try:
-        answer, finished = _read_until(read_end, time.monotonic() + CHILD_TIMEOUT)
+        answer, finished = _read_answer(read_end, time.monotonic() + CHILD_TIMEOUT)
     finally:
         os.close(read_end)
         if not finished:
@@ -352,16 +354,23 @@ def _limit_child() -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (CHILD_CPU_SECONDS, CHILD_CPU_SECONDS))
 
 
-def _read_until(fd: int, deadline: float) -> tuple[bytes, bool]:
-    """What arrives on *fd* until its end (True) or *deadline* (False)."""
-    chunks: list[bytes] = []
+def _read_answer(fd: int, deadline: float) -> tuple[bytes, bool]:
+    """The child's answer on *fd* (its length, then that many bytes): (answer, True) once it is whole or the
+    pipe has ended (a child that died first: its exit status says why), (b"", False) at *deadline*.
+
+    The length, not the pipe's end, marks a whole answer: a child forked at the same moment by another of
+    this worker's threads holds a copy of this pipe's write end until it exits.
+    """
+    received = bytearray()
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
         while True:
+            if len(received) >= _LENGTH_BYTES and len(received) - _LENGTH_BYTES >= int.from_bytes(received[:_LENGTH_BYTES], "big"):
+                return bytes(received[_LENGTH_BYTES:]), True
             left = deadline - time.monotonic()
             if left <= 0 or not selector.select(left):
-                return b"".join(chunks), False
+                return b"", False
             chunk = os.read(fd, _CHUNK)
             if not chunk:
-                return b"".join(chunks), True
-            chunks.append(chunk)
+                return bytes(received[_LENGTH_BYTES:]), True
+            received += chunk

@@ -153,6 +153,41 @@ def test_the_child_lists_what_the_worker_would(tmp_path: Any) -> None:
     assert [e.path for e in _listings(seven, "files.7z", "7z", Limits())[1].entries] == ["files.7z/docs/run.js", "files.7z/a.txt", "files.7z/in.zip", "files.7z/in.zip/x.exe"]
 
 
+def test_a_child_forked_by_another_thread_at_once_does_not_hold_up_the_answer(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two libmilter threads listing archives at once: the second fork may happen while the first's
+    # pipe is still open in the worker, and that child then holds a copy of its write end until it
+    # exits.  The answer is complete when its length says so, not when the pipe ends.
+    from milterd.content import archives
+
+    seven = libarchive_made(tmp_path, "7zip", {"a.txt": b"hi", "b.exe": PE})
+    expected = archives.list_archive("x.7z", io.BytesIO(seven), "7z", archives.Limits())
+    real_pipe = os.pipe
+    holders: list[int] = []
+
+    def pipe_also_held_by_another_child() -> tuple[int, int]:
+        fds = real_pipe()
+        holder = os.fork()
+        if holder == 0:  # the other thread's child, still busy: it keeps both ends open
+            time.sleep(5)
+            os._exit(0)
+        holders.append(holder)
+        return fds
+
+    monkeypatch.setattr(archives, "CHILD_TIMEOUT", 2.0)
+    monkeypatch.setattr(os, "pipe", pipe_also_held_by_another_child)
+    listing = archives.Listing()
+    budget = archives._Budget(1024 * 1024, 100)  # noqa: SLF001 - the child's protocol is the subject
+    started = time.monotonic()
+    try:
+        archives._walk_in_child("x.7z", io.BytesIO(seven), "7z", 1, archives.Limits(), budget, listing)  # noqa: SLF001
+    finally:
+        for holder in holders:
+            os.kill(holder, signal.SIGKILL)
+            os.waitpid(holder, 0)
+    assert listing.errors == [] and listing.entries == expected.entries
+    assert time.monotonic() - started < 2.0
+
+
 def _segfault(*_args: Any) -> bytes:
     os.kill(os.getpid(), signal.SIGSEGV)
     return b""
