@@ -17,9 +17,9 @@ import sys
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
-from ..config import Config, load_config
+from ..config import load_config
 from ..learner.tokenizer import hashed_tokens, message_digest
 from ..milter.offline import sources
 from ..store.errors import StoreError
@@ -82,14 +82,14 @@ def run_learn(args: argparse.Namespace) -> int:
         print(f"milterd learn: {'--clear takes no PATH' if args.paths else 'at least one PATH is needed'}", file=sys.stderr)
         return 2
     config = load_config(args.config)
-    if args.label == "clear":
-        return _clear(config, args.json)
     try:
         store = open_store(config)
     except StoreError as exc:
         print(f"milterd: {exc}", file=sys.stderr)
         return 1
     repository = LearnerStore(store.engine)
+    if args.label == "clear":
+        return _clear(repository, store.close, args.json)
     label: Literal["spam", "ham"] | None = None if args.label == "forget" else args.label
     outcomes: Counter[str] = Counter()
     failures: list[str] = []
@@ -134,20 +134,15 @@ def run_learn(args: argparse.Namespace) -> int:
     return 1 if outcomes["failed"] or outcomes["unreadable"] else 0
 
 
-def _clear(config: Config, as_json: bool) -> int:
-    """Empty the model, as ``sa-learn --clear`` does SpamAssassin's; say what it held."""
+def _clear(repository: LearnerStore, close: Callable[[], None], as_json: bool) -> int:
+    """Empty the model, as ``sa-learn --clear`` does SpamAssassin's; say what it held (*close*: the store's, called here)."""
     try:
-        store = open_store(config)
-    except StoreError as exc:
-        print(f"milterd: {exc}", file=sys.stderr)
-        return 1
-    try:
-        held = LearnerStore(store.engine).clear()
+        held = repository.clear()
     except StoreError as exc:
         print(f"milterd: {exc}", file=sys.stderr)
         return 1
     finally:
-        store.close()
+        close()
     summary = {"action": "clear", "removed": {"spam": held.spam, "ham": held.ham, "tokens": held.tokens, "messages": held.messages}}
     if as_json:
         print(json.dumps(summary, indent=2))

@@ -131,6 +131,12 @@ def _learned_by_label(connection: Connection) -> dict[str, int]:
     return {str(label): int(count) for label, count in rows}
 
 
+def _model_summary(totals: Any, tokens: int | None, by_label: dict[str, int], oldest: dt.datetime | None, newest: dt.datetime | None) -> ModelSummary:
+    """A :class:`ModelSummary` of what was read: the totals row (None before any learn), the token count and the digests by label."""
+    return ModelSummary(int(totals.spam) if totals else 0, int(totals.ham) if totals else 0, int(tokens or 0),
+                        by_label.get("spam", 0), by_label.get("ham", 0), oldest, newest)
+
+
 # What learn runs, built once: the values are bound parameters, given at execution.
 _LABEL_OF = select(messages_table.c.label).where(messages_table.c.digest == bindparam("key"))
 _FORGET = delete(messages_table).where(messages_table.c.digest == bindparam("key"))
@@ -358,8 +364,7 @@ class LearnerStore:
                 tokens = connection.execute(select(func.count()).select_from(tokens_table)).scalar()
                 row = connection.execute(select(func.min(messages_table.c.time), func.max(messages_table.c.time))).one()
                 by_label = _learned_by_label(connection)
-            return ModelSummary(int(totals.spam) if totals else 0, int(totals.ham) if totals else 0, int(tokens or 0),
-                                int(by_label.get("spam", 0)), int(by_label.get("ham", 0)), as_utc(row[0]), as_utc(row[1]))
+            return _model_summary(totals, tokens, by_label, as_utc(row[0]), as_utc(row[1]))
 
         return guarded("summarise the classifier's model", read)
 
@@ -427,8 +432,7 @@ class LearnerStore:
                 tokens = connection.execute(delete(tokens_table)).rowcount
                 connection.execute(delete(totals_table))
                 connection.execute(delete(messages_table))
-            return ModelSummary(int(totals.spam) if totals else 0, int(totals.ham) if totals else 0, int(tokens or 0),
-                                int(by_label.get("spam", 0)), int(by_label.get("ham", 0)), None, None)
+            return _model_summary(totals, tokens, by_label, None, None)
 
         return guarded("empty the classifier's model", work)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from sqlalchemy import update
+
 from milterd.config import Config
 from milterd.diagnostics import Finding, judge_model, judge_postfix, milter_entries, parse_postconf, probe_learner, same_socket, worst
 from milterd.store import Store
-from milterd.store.learner import LearnerStore, ModelSummary
+from milterd.store.learner import LearnerStore, ModelSummary, totals_table
 
 
 def _by_name(findings: list[Finding]) -> dict[str, Finding]:
@@ -102,10 +104,6 @@ def test_doctor_on_the_classifier_off_missing_store_and_tiers(tmp_path: Path) ->
 
 
 def test_doctor_warns_when_more_was_counted_than_learned(tmp_path: Path) -> None:
-    from sqlalchemy import update
-
-    from milterd.store.learner import totals_table
-
     config = _learned(tmp_path, spam=2, ham=2)
     assert probe_learner(config).status == "ok"
     store = Store(config.database)
