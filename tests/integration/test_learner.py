@@ -14,6 +14,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -93,6 +94,15 @@ def test_learn_then_judge_through_postfix(make_stack: Callable[..., Any], tmp_pa
     assert symbols(ham_row) == {"BAYES_00"}, ham_row["symbols"]
     assert "BAYES_00" in ham_status
     assert ham_row["score"] < 0 < spam_row["score"]
+
+    # learn --clear empties the shared model: once the workers' cached counts expire (cache_ttl 1 s), the classifier
+    # abstains again, as before anything was learned.
+    cleared = stack.milterd.cli("learn", "--clear", "--json")
+    assert cleared.returncode == 0, cleared.stderr
+    time.sleep(1.5)
+    after_row, after_status = send_and_find(stack, synthetic("spam", 1, 8)[0], "")
+    assert symbols(after_row) == set(), after_row["symbols"]
+    assert "BAYES_" not in after_status, after_status
 
 
 @pytest.fixture(scope="module")
