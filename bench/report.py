@@ -101,6 +101,20 @@ def ratio(row: Row, reference: Row | None) -> float | None:
     return row.rate / reference.rate
 
 
+def round_ratios(row: Row, reference: Row) -> list[float]:
+    """*row*'s msg/s over *reference*'s, round by round (the i-th concurrent run of each: the rounds interleave
+    the rows, so each pair ran close together in time, under the same load)."""
+    return [a.rate / b.rate for a, b in zip(row.concurrent, reference.concurrent, strict=False) if b.rate > 0]
+
+
+def per_round(row: Row, reference: Row) -> str:
+    """`` (per round: median 0.78, 0.72–0.84)`` for two rounds or more, else nothing."""
+    values = round_ratios(row, reference)
+    if len(values) < 2:
+        return ""
+    return f" (per round: median {statistics.median(values):.2f}, {min(values):.2f}–{max(values):.2f})"
+
+
 def check_target(target: Target, row: Row, rows: dict[str, Row]) -> tuple[bool | None, str]:
     """Whether *row* meets *target*: (True/False, note), or (None, why) when it cannot be told."""
     if target.kind == "ratio":
@@ -108,7 +122,8 @@ def check_target(target: Target, row: Row, rows: dict[str, Row]) -> tuple[bool |
         value = ratio(row, reference)
         if value is None:
             return None, f"{target.describe()}: no figure"
-        return value >= target.value, f"{target.describe()}: {value:.2f}"
+        assert reference is not None
+        return value >= target.value, f"{target.describe()}: {value:.2f}{per_round(row, reference)}"
     if target.kind == "serial_ms":
         if row.serial_ms is None:
             return None, f"{target.describe()}: no figure"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.report import Row, Sample, Target, check_target, median, ratio, rotate, select, table, verdict_word
+from bench.report import Row, Sample, Target, check_target, median, ratio, rotate, round_ratios, select, table, verdict_word
 
 NAMES = ["postfix", "unix", "inet", "inet-pg", "checks", "scanners", "chain", "spamc"]
 GROUPS = {"postfix": "core", "unix": "core", "inet": "core", "inet-pg": "db", "checks": "checks", "scanners": "scanners", "chain": "scanners", "spamc": "scanners"}
@@ -53,6 +53,17 @@ def test_targets() -> None:
     assert [verdict_word(x) for x in (True, False, None)] == ["PASS", "FAIL", "n/a"]
     with pytest.raises(ValueError):
         check_target(Target("bogus", 1.0), rows["inet"], rows)
+
+
+def test_ratio_note_gives_the_round_by_round_ratios() -> None:
+    # Row medians 360/500 = 0.72; round by round 0.70, 0.90, 0.75: median 0.75.
+    rows = {"inet": row("inet", [500, 400, 600]), "auth": row("auth", [350, 360, 450])}
+    met, note = check_target(Target("ratio", 0.8, "inet"), rows["auth"], rows)
+    assert met is False and note.startswith("≥ 0.8 × inet: 0.72")
+    assert round_ratios(rows["auth"], rows["inet"]) == pytest.approx([0.7, 0.9, 0.75])
+    assert note.endswith("(per round: median 0.75, 0.70–0.90)")
+    one = {"inet": row("inet", [500]), "auth": row("auth", [450])}
+    assert check_target(Target("ratio", 0.8, "inet"), one["auth"], one)[1] == "≥ 0.8 × inet: 0.90"
 
 
 def test_serial_max_target_is_against_the_slower_reference() -> None:
