@@ -120,9 +120,8 @@ def check_target(target: Target, row: Row, rows: dict[str, Row]) -> tuple[bool |
     if target.kind == "ratio":
         reference = rows.get(target.reference)
         value = ratio(row, reference)
-        if value is None:
+        if value is None or reference is None:
             return None, f"{target.describe()}: no figure"
-        assert reference is not None
         return value >= target.value, f"{target.describe()}: {value:.2f}{per_round(row, reference)}"
     if target.kind == "serial_ms":
         if row.serial_ms is None:

@@ -16,8 +16,8 @@ with another scenario, and the table shows medians; ratios are against
 Postfix alone in the same run.  The script never fails on a missed target: it
 prints PASS/FAIL notes, judged on the rows' medians; a ratio's note also gives
 the ratio round by round (the two rows' runs of one round ran close together,
-under the same load), which on a noisy machine is the steadier figure.  It exits non-zero only when messages were refused or
-log rows are missing.
+under the same load), which on a noisy machine is the steadier figure.  It
+exits non-zero only when messages were refused or log rows are missing.
 """
 
 from __future__ import annotations
