@@ -20,13 +20,43 @@ if TYPE_CHECKING:
     from .checks.dkim import SignatureResult
     from .checks.dmarc import Evaluation
 
-_COMMENT = re.compile(r"\([^()]*\)")
+def _skip_cfws(value: str, i: int) -> int:
+    """The index after the folding white space and comments starting at *i* (comments nest and hold quoted-pairs, RFC 5322 §3.2.2)."""
+    depth = 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and depth:
+            i += 1  # a quoted-pair: the next character is no delimiter
+        elif c == "(":
+            depth += 1
+        elif c == ")" and depth:
+            depth -= 1
+        elif not depth and not c.isspace():
+            return i
+        i += 1
+    return i
 
 
 def authserv_id_of(value: str) -> str:
-    """The authserv-id an Authentication-Results value claims (lower case), or ""."""
-    head = _COMMENT.sub(" ", value.split(";", 1)[0]).split()
-    return head[0].lower() if head else ""
+    """The authserv-id an Authentication-Results value claims (lower case), or "".
+
+    RFC 8601 §2.2: the id (a token or a quoted-string) may follow comments,
+    which may nest and hold ';'; a version number may follow it.
+    """
+    i = _skip_cfws(value, 0)
+    if value[i:i + 1] == '"':
+        chars: list[str] = []
+        i += 1
+        while i < len(value) and value[i] != '"':
+            if value[i] == "\\":
+                i += 1
+            chars.append(value[i:i + 1])
+            i += 1
+        return "".join(chars).strip().lower()
+    end = i
+    while end < len(value) and not value[end].isspace() and value[end] not in '();"':
+        end += 1
+    return value[i:end].lower()
 
 
 def forged_indexes(headers: list[tuple[str, bytes]], authserv_id: str) -> list[int]:

@@ -8,7 +8,9 @@ for an envelope domain, or a DKIM signature verified for a signing domain,
 aligned with the From domain (``aspf``/``adkim``: relaxed, the same
 organizational domain; strict, the same name).  A failure applies ``p`` (``sp``
 for a subdomain), sampled by ``pct``: mail left out of the sample gets the
-next milder policy.  A trusted ARC sealer's pass overrides a failure.
+next milder policy.  A trusted ARC sealer's pass overrides a failure.  A
+message with several From domains (addresses or fields) is judged by the
+strictest of their evaluations (RFC 7489 §6.6.1).
 
 This check runs after DKIM and ARC (a later end-of-message tier) and reads
 their results from ``envelope.check_state(name)``.
@@ -21,7 +23,7 @@ import random
 import re
 from dataclasses import dataclass
 from email.utils import getaddresses
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Iterable, Literal
 
 from publicsuffixlist import PublicSuffixList
 from pydantic import Field
@@ -47,6 +49,8 @@ _MILDER: dict[str, Policy] = {"reject": "quarantine", "quarantine": "none", "non
 _DOMAIN = re.compile(r"[\w-]{1,63}(\.[\w-]{1,63})*")
 #: The pure functions below remember their answers for arguments up to this long (bounded memory).
 _MEMO_MAX = 1024
+#: The From domains of one message evaluated at most (each costs up to two DNS lookups).
+_MAX_FROM_DOMAINS = 10
 
 
 @functools.lru_cache(maxsize=4)
@@ -75,6 +79,7 @@ def _org_domain(name: str, psl_path: str) -> str:
 def aligned(domain: str, from_domain: str, mode: str, psl_path: str = "") -> bool:
     """Whether an authenticated *domain* aligns with *from_domain*: strict (``s``), same name; relaxed, same organizational domain."""
     a, b = domain.lower().rstrip("."), from_domain.lower().rstrip(".")
+    a, b = _a_label(a) or a, _a_label(b) or b  # a U-label From aligns with its A-label d= (RFC 7489 §6.6.1)
     if not a or not b:
         return False
     if a == b:
@@ -99,6 +104,41 @@ def _from_domain(value: str) -> str | None:
     domain = domains.pop()
     # Only a name that can be a domain: it goes into DNS queries, a reply and a header.
     return domain if _DOMAIN.fullmatch(domain) else None
+
+
+def _a_label(name: str) -> str | None:
+    """*name* with its U-labels converted to A-labels (RFC 7489 §6.6.1), or None when it cannot be."""
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+
+
+def from_domains(values: Iterable[str]) -> tuple[str, ...]:
+    """Each distinct domain of the From header fields *values*, as A-labels, in order of appearance.
+
+    RFC 7489 §6.6.1: every domain of a multi-valued From is evaluated (the
+    strictest failing policy applies), so a second address, or a second From
+    field, cannot switch DMARC off; addresses without a usable domain are skipped.
+    """
+    found: dict[str, None] = {}
+    for value in values:
+        for domain in _from_domains(value) if len(value) <= _MEMO_MAX else _from_domains.__wrapped__(value):
+            found.setdefault(domain)
+    return tuple(found)[:_MAX_FROM_DOMAINS]
+
+
+@functools.lru_cache(maxsize=1024)
+def _from_domains(value: str) -> tuple[str, ...]:
+    found: dict[str, None] = {}
+    for _, addr in getaddresses([value]):
+        if "@" in addr:
+            domain = _a_label(addr.rpartition("@")[2].strip().lower().rstrip("."))
+            if domain and _DOMAIN.fullmatch(domain):
+                found.setdefault(domain)
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -174,8 +214,9 @@ def evaluate(
 
     *spf* is the SPF check's state, *dkim_passes* the signing domains that
     verified, *roll* a number in 0..99 for ``pct`` sampling.  Without a pass,
-    a DNS error in SPF or DKIM (*dkim_temperror*) makes the result
-    ``temperror``: an outage must not reject mail that would have passed.
+    a DNS error in SPF or DKIM (*dkim_temperror*: of a signature aligned with
+    *domain*) for an aligned identifier makes the result ``temperror``: an
+    outage must not reject mail that would have passed.
     """
     policy: Policy = record.p if record_domain == domain else record.sp
     if spf is not None and spf.get("result") == "pass":
@@ -185,7 +226,9 @@ def evaluate(
     for signer in dkim_passes:
         if aligned(signer, domain, record.adkim, psl_path):
             return Evaluation("pass", domain, policy, "none", f"DKIM aligned ({signer})")
-    if dkim_temperror or (spf is not None and spf.get("result") == "temperror"):
+    # Only an identifier that could have aligned matters: a DNS error elsewhere cannot hide a failure.
+    spf_temperror = spf is not None and spf.get("result") == "temperror" and aligned(spf.get("sender", "").rpartition("@")[2], domain, record.aspf, psl_path)
+    if dkim_temperror or spf_temperror:
         return Evaluation("temperror", domain, policy, "none", "SPF or DKIM could not be checked (DNS error)")
     applied = policy if roll < record.pct else _MILDER[policy]
     return Evaluation("fail", domain, policy, applied, "neither SPF nor DKIM aligned with From")
@@ -202,7 +245,7 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         Symbol("DMARC_FAIL_REJECT", 4.0, "DMARC fail, and the From domain asks to reject such mail (p=reject)"),
         Symbol("DMARC_FAIL_QUARANTINE", 3.0, "DMARC fail, and the From domain asks to quarantine such mail (p=quarantine, or p=reject left out by pct)"),
         Symbol("DMARC_FAIL_NONE", 0.5, "DMARC fail, and the From domain only monitors (p=none, or a milder policy by pct)"),
-        Symbol("DMARC_NONE", 0.0, "The From domain publishes no DMARC policy (or there is no single From domain)"),
+        Symbol("DMARC_NONE", 0.0, "The From domain publishes no DMARC policy (or the From field has no domain)"),
         Symbol("DMARC_TEMPFAIL", 0.0, "DMARC could not be evaluated: the policy, an SPF record or a DKIM key could not be looked up (DNS error)"),
         Symbol("DMARC_ARC_OVERRIDE", 0.0, "DMARC failed but a trusted ARC sealer vouched for the message: the policy is not applied"),
     )
@@ -211,22 +254,30 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         return 1  # after DKIM and ARC, whose results it reads
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
-        domain = from_domain(envelope.header("From"))
-        if domain is None:
-            return [Hit("DMARC_NONE", detail="no single From domain")]
+        domains = from_domains(value.decode("utf-8", "replace") for name, value in envelope.headers if name.lower() == "from")
+        if not domains:
+            return [Hit("DMARC_NONE", detail="no From domain")]
         resolver = self.services.resolver
         deadline = resolver.stage_deadline(envelope.dns_deadlines, "eom")
         psl_path = self.options.public_suffix_list
-        found = _lookup(resolver, domain, deadline, psl_path)
-        if isinstance(found, str):
-            envelope.check_state(STATE)["result"] = Evaluation("temperror" if found else "none", domain, reason=found)
-            return [Hit("DMARC_TEMPFAIL", detail=f"{domain}: {found}")] if found else [Hit("DMARC_NONE", detail=domain)]
-        record, record_domain = found
         signatures = envelope.check_state("dkim").get("result", ())
         passes = [s.domain for s in signatures if s.result == "pass"]
-        temp = any(s.result == "temperror" for s in signatures)
-        evaluation = evaluate(domain, record, record_domain, envelope.check_state("spf").get("evaluation"), passes, random.randrange(100), psl_path, temp)
+        temperrors = [s.domain for s in signatures if s.result == "temperror"]
+        spf = envelope.check_state("spf").get("evaluation")
+        evaluations = []
+        for domain in domains:
+            found = _lookup(resolver, domain, deadline, psl_path)
+            if isinstance(found, str):
+                evaluations.append(Evaluation("temperror" if found else "none", domain, reason=found))
+            else:
+                record, record_domain = found
+                temp = any(aligned(signer, domain, record.adkim, psl_path) for signer in temperrors)
+                evaluations.append(evaluate(domain, record, record_domain, spf, passes, random.randrange(100), psl_path, temp))
+        evaluation = strictest(evaluations)
+        domain = evaluation.domain
         envelope.check_state(STATE)["result"] = evaluation
+        if evaluation.result == "none":
+            return [Hit("DMARC_NONE", detail=domain)]
         if evaluation.result == "pass":
             return [Hit("DMARC_PASS", detail=f"{domain}: {evaluation.reason}")]
         if evaluation.result == "temperror":
@@ -238,6 +289,19 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
             # Logged as failed, but neither scored nor enforced.
             return [Hit(symbol, detail=detail, score=0.0), Hit("DMARC_ARC_OVERRIDE", detail=f"{domain}: sealed by {sealer}")]
         return [enforce(evaluation, self.options.reject_action, self.options.quarantine_action)]
+
+
+_RESULT_RANK = {"pass": 0, "none": 1, "temperror": 2, "permerror": 2, "fail": 3}
+_POLICY_RANK = {"none": 0, "quarantine": 1, "reject": 2}
+
+
+def strictest(evaluations: list[Evaluation]) -> Evaluation:
+    """The evaluation that decides for a message with several From domains (RFC 7489 §6.6.1).
+
+    A failure wins (the strictest policy applied), then a DNS error, then a
+    domain without policy: the message passes only when every domain does.
+    """
+    return max(evaluations, key=lambda e: (_RESULT_RANK[e.result], _POLICY_RANK[e.applied], _POLICY_RANK[e.policy]))
 
 
 def enforce(evaluation: Evaluation, reject_action: str, quarantine_action: str) -> Hit:

@@ -150,6 +150,17 @@ def test_forged_from_under_p_reject_is_refused_naming_the_domain(stack: Stack) -
     assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"] and "DKIM_NONE" in row["symbols"]
 
 
+def test_a_second_from_address_does_not_hide_a_p_reject_domain(stack: Stack, keys: dict[str, bytes]) -> None:
+    # Signed and aligned for loose.test (p=none), but the From also names signed.test (p=reject),
+    # which nothing authenticates: RFC 7489 §6.6.1 evaluates both, and the strictest failure decides.
+    raw = message("dmarc two from", sender="alice@loose.test", headers={"From": "Alice <alice@loose.test>, CEO <ceo@signed.test>"})
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(sign(raw, keys["loose"], "loose.test"), sender="alice@loose.test", xclient=CLIENT)
+    assert info.value.smtp_code == 550 and "signed.test" in info.value.smtp_error.decode()
+    row = row_for(stack, "dmarc two from")
+    assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"] and "DKIM_VALID" in row["symbols"]
+
+
 def list_message(subject: str, keys: dict[str, bytes], sealer: str, sealer_key: bytes) -> bytes:
     """A signed.test message re-sent by a mailing list: Subject tagged (the author's signature breaks), ARC-sealed by the list."""
     original = sign(message(subject, sender="alice@signed.test"), keys["signed"], "signed.test")
