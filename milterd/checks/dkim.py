@@ -2,7 +2,8 @@
 
 Every DKIM-Signature (up to ``[checks.dkim] max_signatures``) is verified at
 end of message; dkimpy honours ``l=``, ``t=`` and ``x=`` and refuses keys
-smaller than ``min_key_bits``; its RSA arithmetic is done by OpenSSL and
+smaller than ``min_key_bits``; a signature whose ``h=`` leaves out From is a
+permerror (RFC 6376 §6.1.1); its RSA arithmetic is done by OpenSSL and
 its relaxed canonicalisation skips what changes nothing
 (:mod:`milterd.dkimfast`, the same verdicts).  Keys are looked up through milterd's resolver
 (``[dns] nameservers``, bounded by ``[dns] timeout``), never the system's.
@@ -71,12 +72,15 @@ class DnsRecorder:
         self.deadline = deadline
         self.failed: dict[str, str] = {}
         self.missing: set[str] = set()
+        #: Lookups that failed, counted (``failed`` keeps one entry per name, so it cannot tell a second failure).
+        self.failures = 0
 
     def __call__(self, name: bytes | str, timeout: float = 5.0) -> bytes | None:
         qname = (name.decode("ascii", "replace") if isinstance(name, bytes) else name).rstrip(".").lower()
         answer = self.resolver.txt(qname, self.deadline)
         if answer.failed:
             self.failed[qname] = answer.error or "DNS error"
+            self.failures += 1
             return None
         if not answer.ok:
             self.missing.add(qname)
@@ -135,10 +139,16 @@ def key_names(headers: list[tuple[str, bytes]], max_signatures: int) -> list[str
 
 
 def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder) -> SignatureResult:
-    before = len(dnsfunc.failed)
+    before = dnsfunc.failures
     verifier.domain, verifier.selector = None, None
     try:
-        ok = bool(verifier.verify(index, dnsfunc=dnsfunc))
+        # dkimpy's verify(index) in its two steps, so that h= is seen before the key is looked up.
+        sig, include_headers, sigheaders = verifier.verify_headerprep(index)
+        if b"from" not in include_headers:
+            # RFC 6376 §5.4 and §6.1.1: From MUST be signed; such a signature is ignored (PERMFAIL), so that
+            # it cannot vouch for a From its signer never saw.
+            return _result(verifier, "permerror", "From header field not signed")
+        ok = bool(verifier.verify_sig(sig, include_headers, sigheaders[index], dnsfunc))
         reason = "" if ok else "signature did not verify"
     except dkim.ValidationError as exc:
         ok, reason = False, str(exc)
@@ -151,7 +161,7 @@ def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder) -> SignatureRes
     if ok:
         return _result(verifier, "pass", "")
     key = f"{_text(verifier.selector)}._domainkey.{_text(verifier.domain)}".lower()
-    if len(dnsfunc.failed) > before:
+    if dnsfunc.failures > before:
         return _result(verifier, "temperror", f"key lookup failed: {dnsfunc.failed.get(key, 'DNS error')}")
     if key in dnsfunc.missing:
         return _result(verifier, "permerror", f"no key published at {key}")
@@ -251,13 +261,39 @@ class DkimSigner(Check):
         keys = dkimsign.keys_for(self.keys, domain) if domain else []
         if not keys:
             return verdict
+        from ..message.policy import plan_headers  # here: policy imports config, which imports this module
+
+        # The pipeline tags the Subject after the verdict (a quarantined message over rewrite_subject): sign what is delivered.
+        subject_edits = [e for e in plan_headers(verdict, {}, envelope.header("Subject"), self.services.config.actions) if e.name == "Subject"]
         try:
-            signatures = dkimsign.sign(envelope.message_bytes(), keys, options.headers)
+            signatures = dkimsign.sign(message_as_delivered(envelope, subject_edits), keys, options.headers)
         except Exception as exc:  # noqa: BLE001 - an unsigned message is delivered; the log says why
             return _with_hit(verdict, "DKIM_SIGN_ERROR", f"{domain}: {type(exc).__name__}: {exc}"[:200])
         for value in reversed(signatures):
             envelope.edits.append(HeaderEdit("insert", "DKIM-Signature", value, 0))
         return _with_hit(verdict, "DKIM_SIGNED", ", ".join(f"d={k.domain} s={k.selector}" for k in keys))
+
+
+def message_as_delivered(envelope: Envelope, subject_edits: list[HeaderEdit]) -> bytes:
+    """The message with milterd's own Subject edits (``change`` index 1, or ``add``) made as Postfix makes them.
+
+    The Subject is the only header a signature covers that milterd changes after
+    the verdict (X-Spam-*, X-Virus-*, Authentication-Results and ARC cannot be signed).
+    """
+    if not subject_edits:
+        return envelope.message_bytes()
+    raws = envelope.raw_headers if len(envelope.raw_headers) == len(envelope.headers) else None
+    lines = [raws[i] if raws is not None else name.encode("ascii", "replace") + b": " + value for i, (name, value) in enumerate(envelope.headers)]
+    subjects = [i for i, (name, _) in enumerate(envelope.headers) if name.lower() == "subject"]
+    for edit in subject_edits:
+        # As the adapter writes it: no NUL or CR, a line break folded.
+        line = b"Subject: " + edit.value.replace("\x00", "").replace("\r", "").encode("utf-8")
+        if edit.op == "add":
+            lines.append(line)
+        elif 0 < edit.index <= len(subjects):
+            lines[subjects[edit.index - 1]] = line
+    head = b"".join(line.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n" for line in lines)
+    return head + b"\r\n" + envelope.spool.read()
 
 
 def _with_hit(verdict: Verdict, symbol: str, detail: str) -> Verdict:
