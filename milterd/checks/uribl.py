@@ -68,6 +68,12 @@ TEMPFAIL = "URIBL_TEMPFAIL"
 REFUSED = "URIBL_REFUSED"
 
 _HOST = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62}\.)*[a-z0-9-]{1,63}$")
+# A special scheme's authority (WHATWG URL standard, "special authority ignore slashes state"):
+# browsers skip any run of "/" and "\\" after "http:" and end the host at a "\\" as at a "/".
+_SPECIAL_SCHEME = re.compile(r"(?i)(?:(https?|ftp|wss?):([/\\]*)|([/\\]{2,}))")
+_IPV4_PART = {10: re.compile(r"[0-9]+"), 16: re.compile(r"[0-9a-f]*"), 8: re.compile(r"[0-7]*")}
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))
+_DOTS = ".\u3002\uff0e\uff61"  # the full stops IDNA maps to "."
 KIND = ListKind(
     "uribl", "URIBL_",
     frozenset({"name", "zone", "score", "action", "codes", "refused", "description"}),
@@ -160,12 +166,12 @@ def link_host(uri: str) -> str | None:
     if text.lower().startswith("www."):
         text = "http://" + text
     try:
-        host = urlsplit(text).hostname
+        host = urlsplit(_special_authority(text)).hostname
     except ValueError:
         return None
     if not host:
         return None
-    host = unquote(host).strip().rstrip(".").lower()
+    host = unquote(host).strip().rstrip(_DOTS).lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if _maybe_address(host):
@@ -175,6 +181,28 @@ def link_host(uri: str) -> str | None:
             pass
     host = _idna(host)
     return host if host is not None and _HOST.match(host) else None
+
+
+def _special_authority(text: str) -> str:
+    """*text* with an http(s)/ftp/ws(s) authority written as browsers read it: ``http:\\\\a\\b`` → ``http://a/b``.
+
+    Browsers (WHATWG URL standard, special schemes) strip C0 controls and
+    spaces around a URL, drop its tabs and newlines, skip any slashes and
+    backslashes after the scheme and end the authority at a backslash;
+    ``urlsplit`` does neither of the last two (``http://evil\\@good`` is
+    ``evil`` to a browser, ``good`` to it).  Other text, and three or more
+    plain slashes without a backslash, are left as they are.
+    """
+    cleaned = text.strip(_C0_OR_SPACE).translate({9: None, 10: None, 13: None})
+    match = _SPECIAL_SCHEME.match(cleaned)
+    if match is None:
+        return text
+    slashes = match.group(2) if match.group(1) else match.group(3)
+    rest = cleaned[match.end():]
+    if len(slashes) > 2 and "\\" not in slashes + rest:
+        return text  # "http:///host": left to urlsplit (no host), as tests/unit/test_uribl_link_shortcuts.py pins it
+    scheme = f"{match.group(1)}:" if match.group(1) else ""  # "\\\\host" is "//host" under an http page
+    return f"{scheme}//" + rest.replace("\\", "/")
 
 
 def _maybe_address(host: str) -> bool:
@@ -214,14 +242,52 @@ def link_targets(uris: Iterable[str], skip: frozenset[str], limit: int, psl: Pub
         host = link_host(uri)
         if host is None:
             continue
-        if _maybe_address(host):
-            if host not in addresses and _public_address(host):
-                addresses.append(host)
+        address = link_address(host)
+        if address is not None:
+            if address and address not in addresses and _public_address(address):
+                addresses.append(address)
             continue
         domain = registrable(host) if psl is None else psl.privatesuffix(host)
         if domain and domain not in skip and domain not in domains:
             domains.append(domain)
     return domains, addresses
+
+
+def link_address(host: str) -> str | None:
+    """The IP address a browser connects to for *host* (a :func:`link_host`); None for a domain name, "" for neither.
+
+    As the WHATWG URL standard's host parser reads it: a host whose last
+    label is a number is an IPv4 address of one to four decimal, ``0x`` hex
+    or ``0`` octal parts (``3232235777``, ``0x7f.1``, ``010.0.0.1``), or
+    no host at all (``1.2.3.4.5``, ``a.b.123``); an IPv4-mapped IPv6
+    address is the IPv4 one.
+    """
+    if ":" in host:
+        address = ipaddress.IPv6Address(host)
+        return str(address.ipv4_mapped or address)
+    parts = host.split(".")
+    last = parts[-1]
+    if not (last.isascii() and last.isdigit()) and _ipv4_part(last) is None:
+        return None
+    numbers = [_ipv4_part(part) for part in parts]
+    if len(numbers) > 4 or None in numbers:
+        return ""
+    *first, final = [n for n in numbers if n is not None]
+    if any(n > 255 for n in first) or final >= 256 ** (5 - len(numbers)):
+        return ""
+    return str(ipaddress.IPv4Address(final + sum(n << 8 * (3 - i) for i, n in enumerate(first))))
+
+
+def _ipv4_part(part: str) -> int | None:
+    """The WHATWG "IPv4 number" *part* (lower-cased) is: decimal, hex after ``0x``, octal after ``0``; None if none."""
+    radix, digits = 10, part
+    if part.startswith("0x"):
+        radix, digits = 16, part[2:]
+    elif len(part) > 1 and part.startswith("0"):
+        radix, digits = 8, part[1:]
+    if not part or not _IPV4_PART[radix].fullmatch(digits):
+        return None
+    return int(digits, radix) if digits else 0
 
 
 def _public_address(host: str) -> bool:

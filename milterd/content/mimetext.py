@@ -33,6 +33,7 @@ _WWW = re.compile(r"[wW]{3}\.")  # what (?i)www\. matches: only W lower-cases to
 _TRAILING = ".,;:!?"
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANKS = re.compile(r"\n\s*\n+")
+_COMMENT_END = re.compile(r"--!?>")
 
 #: A Content-Type that names no file: text/SUBTYPE with at most a charset (no comment, no RFC 2231 form).
 _PLAIN_TEXT_TYPE = re.compile(
@@ -280,6 +281,30 @@ class _HTMLText(HTMLParser):
                 value = value.strip()
                 if not value.startswith(("#", "cid:", "data:", "javascript:")):
                     self.links.append(value)
+
+    # The stdlib (3.11) ends a comment only at "--" [blanks] ">" and a "<![" section only at "]]>":
+    # a browser shows what follows "<!-->", "--!>" or "<![CDATA[ ... >", so links there were hidden.
+    def parse_comment(self, i: int, report: bool = True) -> int:
+        """Skip the comment at *i* as browsers do (HTML standard 13.2.5.43-52); its end, or -1 while unterminated.
+
+        ``<!-->`` and ``<!--->`` are empty comments; any other ends at the first ``-->`` or ``--!>``.
+        """
+        rawdata = self.rawdata
+        start = i + 4
+        for empty in (">", "->"):
+            if rawdata.startswith(empty, start):
+                return start + len(empty)
+        match = _COMMENT_END.search(rawdata, start)
+        if match is None:
+            return -1
+        if report:
+            self.handle_comment(rawdata[start:match.start()])
+        return match.end()
+
+    def parse_marked_section(self, i: int, report: bool = True) -> int:
+        """Skip ``<![CDATA[``/``<![if …]>`` at *i* to the first ``>``: a bogus comment in HTML (13.2.5.42); -1 while unterminated."""
+        end = self.rawdata.find(">", i + 3)
+        return -1 if end < 0 else end + 1
 
     def handle_endtag(self, tag: str) -> None:
         if tag in self._SKIP and self._skipping:
