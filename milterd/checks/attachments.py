@@ -167,7 +167,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         Symbol(MISMATCH, 3.0, "An attachment's content contradicts its name or declared type (a \"PDF\" that is an executable)"),
         Symbol(MACRO, 2.0, "An Office document with VBA macros ([checks.attachments] macro_action)"),
         Symbol(ENCRYPTED, 2.0, "An encrypted archive or member: its names or content cannot all be judged"),
-        Symbol(LIMIT, 1.0, "An archive nested too deep, with too many members, decompressing past the limit, or unreadable: not fully looked at"),
+        Symbol(LIMIT, 1.0, "An archive nested too deep, with too many members, decompressing past the limit, or unreadable, or a message past the MIME limits (parts, nesting, MIME field size): not fully looked at"),
         Symbol(ERROR, 0.0, "The message's attachments could not be read (detail: why); judged as having none"),
     )
 
@@ -187,12 +187,14 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         if single_plain_text(envelope.headers):
             return []  # what parsing it would find: nothing
         findings: list[Finding] = []
+        skipped: list[str] = []
         try:
-            for attachment in attachments(envelope.message_chunks(), self.memory, self.options.max_attachment_size):
+            for attachment in attachments(envelope.message_chunks(), self.memory, self.options.max_attachment_size, skipped):
                 findings.extend(self.judge(attachment))
         except Exception as exc:  # noqa: BLE001 - a hostile message gives a symbol, never a crashed worker
             log.warning("attachments: cannot read the message's attachments", exc_info=True)
             return [Hit(ERROR, detail=f"{exc.__class__.__name__}: {exc}"[:200]), *hits_for(findings, self.actions)]
+        findings += [Finding(LIMIT, "message", text) for text in dict.fromkeys(skipped)]
         return hits_for(findings, self.actions)
 
     def judge(self, attachment: Attachment) -> list[Finding]:
@@ -201,6 +203,8 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         head = attachment.data.read(HEAD_SIZE)
         attachment.data.seek(0)
         found = judge_name(name, self.banned) if attachment.filename else []
+        for other in attachment.names:  # a client may take any of them: judge each
+            found += [f for f in judge_name(other, self.banned) if f not in found]
         found += judge_content(name, attachment.content_type, head, self.banned, self.actions[MACRO] != "off")
         if self.actions[MACRO] != "off" and sniff(head) == "ole" and _ole_macros(attachment.data):
             found.append(Finding(MACRO, name, "OLE document with a VBA project"))

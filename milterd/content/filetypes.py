@@ -104,11 +104,14 @@ def sniff(head: bytes) -> str | None:
 def extensions(name: str) -> list[str]:
     """The extensions of file *name*, lower-cased, last one last (``a.PDF.exe`` → ``["pdf", "exe"]``).
 
-    Spaces and dots that pad the name to hide its real extension are dropped.
+    Spaces and dots that pad the name to hide its real extension are dropped,
+    and so is what follows a NUL (where C code and Windows end the name).  Of
+    the extensions before the last one only the short ones count; the last
+    always does (``.application``, ``.settingcontent-ms`` are executable).
     """
-    base = PurePosixPath(name.replace("\\", "/")).name.strip().rstrip(". ")
-    parts = [p.strip() for p in base.split(".")[1:]]
-    return [p.lower() for p in parts if p and len(p) <= 10]
+    base = PurePosixPath(name.split("\x00", 1)[0].replace("\\", "/")).name.strip().rstrip(". ")
+    parts = [p.strip().lower() for p in base.split(".")[1:]]
+    return [p for i, p in enumerate(parts) if p and (len(p) <= 10 or i == len(parts) - 1)]
 
 
 def describe(kind: str) -> str:

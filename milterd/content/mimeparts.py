@@ -26,13 +26,21 @@ from typing import IO, Iterable, Iterator
 
 #: At most this many parts are looked at.
 MAX_PARTS = 500
-#: At most this much of a part's header section is kept.
+#: At most this much of a part's MIME fields (_MIME_FIELDS) is kept; its other fields are never kept.
 MAX_PART_HEADER = 64 * 1024
+#: At most this much of one MIME field is kept.
+MAX_FIELD = 16 * 1024
 #: Boundaries nested deeper than this are not followed.
 MAX_NESTING = 20
 
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
+#: The transfer encodings a message/rfc822 part may have (RFC 2046 section 5.2.1), "" for none.
+_IDENTITY = frozenset({"", "7bit", "8bit", "binary"})
+#: The fields the MIME structure and the file names are read from (the rest of a header section can
+#: be any size: padding it must not push these out of what is kept).
+_MIME_FIELDS = frozenset({b"content-type", b"content-disposition", b"content-transfer-encoding"})
 
 
 @dataclass
@@ -44,6 +52,8 @@ class Attachment:
     data: IO[bytes]
     size: int
     truncated: bool
+    #: The other names the part carries, that some mail client may use instead of *filename*.
+    names: tuple[str, ...] = ()
 
 
 class _Decoder:
@@ -123,42 +133,98 @@ def _filename(part: Message) -> str:
     return _decoded(str(name)).strip()
 
 
-def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int = 64 * 1024 * 1024) -> Iterator[Attachment]:
+def _other_names(part: Message, filename: str) -> tuple[str, ...]:
+    """The names besides *filename* a client may give the part's file.
+
+    Every ``filename`` and ``name`` parameter of every Content-Disposition and
+    Content-Type field (duplicates included), and one with backslashes also
+    read with its quoted-pairs undone (RFC 2045 section 5.1, RFC 5322 section
+    3.2.4: ``"ev\\il.exe"`` is ``evil.exe``; the compat32 parser keeps the backslash).
+    """
+    found: dict[str, None] = {}
+    for field, param in (("content-disposition", "filename"), ("content-type", "name")):
+        for value in part.get_all(field, []):
+            holder = Message()
+            holder[field] = str(value)
+            for key, raw in holder.get_params([], header=field)[1:]:
+                if key.strip().lower() == param:
+                    text = email.utils.collapse_rfc2231_value(raw) if isinstance(raw, tuple) else str(raw)
+                    found[_decoded(text).strip()] = None
+                    found[_decoded(_QUOTED_PAIR.sub(r"\1", text)).strip()] = None
+    found.pop(filename, None)
+    found.pop("", None)
+    return tuple(found)
+
+
+class _Header:
+    """A part's header section as its lines go by: only its MIME fields, each and all of them bounded."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.size = 0
+        self.field = -1  # bytes kept of the MIME field being read; -1 in any other field
+        self.cut = False
+
+    def add(self, line: bytes) -> None:
+        if line[:1] not in (b" ", b"\t"):
+            self.field = 0 if line.split(b":", 1)[0].lower() in _MIME_FIELDS else -1
+        if self.field < 0:
+            return
+        if self.field + len(line) > MAX_FIELD or self.size + len(line) > MAX_PART_HEADER:
+            self.cut, self.field = True, -1
+            return
+        self.lines.append(line)
+        self.size += len(line)
+        self.field += len(line)
+
+    def parse(self) -> Message:
+        return email.message_from_bytes(b"".join(self.lines), policy=email.policy.compat32)
+
+
+def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int = 64 * 1024 * 1024,
+                skipped: list[str] | None = None) -> Iterator[Attachment]:
     """Each attachment of the message given as *chunks* (headers, blank line, body), decoded.
 
     An attachment's ``data`` is valid until the next one is asked for; it holds
-    at most *limit* bytes (``truncated`` says when there was more).
+    at most *limit* bytes (``truncated`` says when there was more).  What is
+    not looked at (past MAX_PARTS, MAX_NESTING, MAX_PART_HEADER) is said in
+    *skipped*, when given.
     """
+    notes: list[str] = [] if skipped is None else skipped
     boundaries: list[bytes] = []
     in_headers = True
-    header: list[bytes] = []
-    header_size = 0
+    header = _Header()
     decoder: _Decoder | None = None
-    current: tuple[str, str] | None = None
+    current: tuple[str, str, tuple[str, ...]] | None = None
     parts = 0
     for line in lines(chunks):
         if in_headers:
             if line.strip(b"\r\n"):
-                if header_size < MAX_PART_HEADER:
-                    header.append(line)
-                    header_size += len(line)
+                header.add(line)
                 continue
             in_headers = False
-            part = email.message_from_bytes(b"".join(header), policy=email.policy.compat32)
-            header, header_size = [], 0
+            part = header.parse()
+            if header.cut:
+                notes.append(f"MIME fields of a part past {MAX_FIELD} bytes each or {MAX_PART_HEADER} in all: the rest not read")
+            header = _Header()
             parts += 1
             ctype = (part.get_content_type() or "text/plain").lower()
             boundary = part.get_param("boundary") if ctype.startswith("multipart/") else None
             if isinstance(boundary, str) and boundary and len(boundaries) < MAX_NESTING:
                 boundaries.append(boundary.encode("utf-8", "replace"))
-            elif ctype == "message/rfc822":
+            elif ctype == "message/rfc822" and _encoding(part) in _IDENTITY:
                 in_headers = True
             else:
+                if isinstance(boundary, str) and boundary:
+                    notes.append(f"multiparts nested deeper than {MAX_NESTING}: not looked into")
+                if ctype == "message/rfc822":
+                    # RFC 2046 section 5.2.1 forbids it, so clients differ: judged as a file, its parts not looked at.
+                    notes.append("an encoded message/rfc822 part: its attachments not looked at")
                 name = _filename(part)
                 if name or not (ctype.startswith("text/") or ctype.startswith("multipart/")):
-                    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+                    encoding = _encoding(part)
                     decoder = _Decoder(encoding, memory, limit)
-                    current = (name, ctype)
+                    current = (name, ctype, _other_names(part, name))
             if _rest_ignored(in_headers, boundaries, decoder):
                 return
             continue
@@ -177,12 +243,17 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                     del boundaries[level + 1:]
                     in_headers = True
                     if parts >= MAX_PARTS:
+                        notes.append(f"more than {MAX_PARTS} MIME parts: the rest not looked at")
                         return
                 continue
         if decoder is not None:
             decoder.feed(line)
     if decoder is not None and current is not None:
         yield from _finished(decoder, current)
+
+
+def _encoding(part: Message) -> str:
+    return str(part.get("Content-Transfer-Encoding", "")).strip().lower()
 
 
 def _rest_ignored(in_headers: bool, boundaries: list[bytes], decoder: _Decoder | None) -> bool:
@@ -198,9 +269,9 @@ def _boundary_level(boundaries: list[bytes], marker: bytes) -> int | None:
     return None
 
 
-def _finished(decoder: _Decoder, current: tuple[str, str]) -> Iterator[Attachment]:
+def _finished(decoder: _Decoder, current: tuple[str, str, tuple[str, ...]]) -> Iterator[Attachment]:
     data = decoder.finish()
     try:
-        yield Attachment(current[0], current[1], data, decoder.size, decoder.truncated)
+        yield Attachment(current[0], current[1], data, decoder.size, decoder.truncated, current[2])
     finally:
         data.close()

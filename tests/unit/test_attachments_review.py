@@ -1,0 +1,125 @@
+"""The attachment policy against names and structures an attacker picks to get a file past it."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from milterd.checks.attachments import BANNED, DOUBLE, LIMIT, AttachmentChecks, Finding, hits_for, judge_name
+from milterd.config import load_config
+from milterd.content.mimeparts import MAX_NESTING, MAX_PARTS, attachments
+from milterd.message.model import Envelope, Session, Spool
+from milterd.services import build
+
+DEFAULT_BANNED = frozenset(AttachmentChecks().banned_extensions)
+SCRIPT = b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"evil.js\"\r\n\r\nWScript.Echo(1)\r\n"
+
+
+def multipart(*parts: bytes, top: bytes = b"") -> bytes:
+    body = b"".join(b"--zz\r\n" + part for part in parts)
+    return top + b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n" + body + b"--zz--\r\n"
+
+
+def envelope_of(raw: bytes) -> Envelope:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    envelope = Envelope(spool=Spool(1 << 20))
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        envelope.headers.append((name.decode(), value.strip()))
+    envelope.spool.write(body)
+    return envelope
+
+
+@pytest.fixture
+def check(tmp_path: Path) -> object:
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n')
+    return next(c for c in build(load_config(conf)).checks if c.name == "attachments")
+
+
+def symbols(check: object, raw: bytes) -> dict[str, str]:
+    hits = check.on_eom(Session(client_addr="192.0.2.7"), envelope_of(raw))  # type: ignore[attr-defined]
+    return {h.symbol: h.detail for h in hits}
+
+
+def test_a_long_last_extension_of_the_default_list_is_banned() -> None:
+    # "application" (ClickOnce) is on the default list but longer than the 10 characters kept of an inner extension.
+    assert [f.rule for f in judge_name("invoice.application", DEFAULT_BANNED)] == ["banned extension .application"]
+    assert [f.symbol for f in judge_name("invoice.pdf.application", DEFAULT_BANNED)] == [BANNED, DOUBLE]
+    assert judge_name("notes.Monday and Tuesday", DEFAULT_BANNED) == []
+    assert judge_name("report.tar.gz", DEFAULT_BANNED) == [] and judge_name("v1.2.pdf", DEFAULT_BANNED) == []
+
+
+def test_a_name_ends_at_a_nul_as_windows_and_c_code_end_it() -> None:
+    assert [f.rule for f in judge_name("evil.exe\x00.pdf", DEFAULT_BANNED)] == ["banned extension .exe"]
+
+
+def test_padding_the_header_sections_does_not_hide_the_mime_fields() -> None:
+    pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 900) for i in range(80))  # 72 KB of other fields
+    assert [a.filename for a in attachments([multipart(SCRIPT, top=pad)])] == ["evil.js"]
+    assert [a.filename for a in attachments([multipart(pad + SCRIPT)])] == ["evil.js"]
+
+
+def test_mime_fields_past_their_bound_are_said_to_be_cut() -> None:
+    long_type = b"Content-Type: application/octet-stream; x=\"" + b"a" * 20000 + b"\"\r\n"
+    skipped: list[str] = []
+    list(attachments([multipart(long_type + SCRIPT)], skipped=skipped))
+    assert skipped and skipped[0].startswith("MIME fields of a part past")
+
+
+def test_parts_past_the_part_limit_are_a_limit_finding(check: object) -> None:
+    filler = b"Content-Type: text/plain\r\n\r\nx\r\n"
+    raw = multipart(*[filler] * (MAX_PARTS + 5), SCRIPT)
+    skipped: list[str] = []
+    assert [a.filename for a in attachments([raw], skipped=skipped)] == []
+    assert skipped == [f"more than {MAX_PARTS} MIME parts: the rest not looked at"]
+    assert symbols(check, raw) == {LIMIT: f"message: more than {MAX_PARTS} MIME parts: the rest not looked at"}
+
+
+def test_multiparts_nested_past_the_limit_are_a_limit_finding(check: object) -> None:
+    raw = b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n"
+    for level in range(1, MAX_NESTING + 5):
+        raw += b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (level - 1, level)
+    raw += b"--b%d\r\n" % (MAX_NESTING + 4) + SCRIPT
+    assert LIMIT in symbols(check, raw)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        # The Content-Type name, where the Content-Disposition names something harmless.
+        b"Content-Type: application/octet-stream; name=\"evil.js\"\r\nContent-Disposition: attachment; filename=\"notes.txt\"\r\n",
+        # A second filename parameter, a second Content-Disposition field.
+        b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=notes.txt; filename=evil.js\r\n",
+        b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=notes.txt\r\nContent-Disposition: attachment; filename=evil.js\r\n",
+        # Quoted-pairs (RFC 5322 section 3.2.4): "ev\il.j\s" is evil.js.
+        b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"ev\\il.j\\s\"\r\n",
+    ],
+)
+def test_every_name_a_part_carries_is_judged(check: object, fields: bytes) -> None:
+    raw = multipart(b"Content-Type: text/plain\r\n\r\nhi\r\n", fields + b"\r\nWScript.Echo(1)\r\n")
+    assert symbols(check, raw).get(BANNED, "").endswith(": banned extension .js")
+
+
+def test_a_plain_part_with_one_name_has_no_other_names() -> None:
+    [attachment] = attachments([multipart(SCRIPT)])
+    assert attachment.names == ()
+
+
+def test_the_reply_naming_a_hostile_file_is_one_bounded_printable_line() -> None:
+    name = "invoice\u202egpj\x00\r\n" + "a" * 5000 + ".exe"
+    [hit] = hits_for([Finding(BANNED, name, "banned extension .exe")], {BANNED: "reject"})
+    text = str(hit.reply)
+    assert text.isascii() and text.isprintable() and len(text) <= 400
+    assert "\\u202e" in text and "\\x00\\r\\n" in text
+
+
+def test_an_encoded_attached_message_is_judged_as_a_file_and_said_not_looked_into(check: object) -> None:
+    inner = b"Content-Type: application/octet-stream; name=evil.exe\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAA=\r\n"
+    encoded = base64.encodebytes(inner).replace(b"\n", b"\r\n")
+    part = b"Content-Type: message/rfc822; name=\"evil.js\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded
+    found = symbols(check, multipart(part))
+    assert found[BANNED] == "evil.js: banned extension .js"
+    assert found[LIMIT] == "message: an encoded message/rfc822 part: its attachments not looked at"
