@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator, Literal
 
 from ..config import load_config
 from ..learner.tokenizer import hashed_tokens, message_digest
-from ..milter.offline import sources
+from ..milter.offline import looks_like_message, sources
 from ..store.errors import StoreError
 from ..store.learner import LearnerStore
 from . import config_parent, describe_failure, open_store
@@ -68,6 +68,17 @@ def _batches(paths: Iterable[Path], errors: Counter[str], failures: list[str]) -
             except OSError as exc:
                 errors["unreadable"] += 1
                 failures.append(f"{ref.label}: {exc.strerror or exc}")
+                continue
+            except KeyError:  # a Maildir's message expunged or moved away since the folder was listed
+                errors["unreadable"] += 1
+                failures.append(f"{ref.label}: no longer there")
+                continue
+            if not looks_like_message(batch[-1][:512]):
+                # A file named on the command line is read whatever it holds: an empty or compressed
+                # one would be counted as a message of no (or of random) words.
+                batch.pop()
+                errors["unreadable"] += 1
+                failures.append(f"{ref.label}: not a mail message (no header line at its start; compressed?)")
                 continue
             if len(batch) >= BATCH:
                 yield batch

@@ -137,12 +137,27 @@ def hashed_tokens(raw: bytes) -> list[int]:
     return list(dict.fromkeys(_hashes(tokenize(raw))))
 
 
+#: A body line an mbox quoted (``>From `` in mboxo and mboxrd, ``>>From `` for ``>From `` in mboxrd).
+_QUOTED_FROM = re.compile(rb"^>+(?=From )", re.MULTILINE)
+
+
+def message_id_key(fields: list[tuple[str, str]]) -> str:
+    """What names a message in :func:`message_digest`: its Message-ID, unfolded; without
+    one, its Date and From (fields delivery leaves as they are, unlike Received or a
+    tagged Subject), so that messages with no Message-ID and the same body are not one."""
+    values = {name: " ".join(value.split()) for name, value in reversed(fields) if name in ("message-id", "date", "from")}
+    if values.get("message-id"):
+        return values["message-id"]
+    return f"\0date:{values.get('date', '')}\0from:{values.get('from', '')}"
+
+
 def message_digest(raw: bytes) -> str:
-    """The digest under which a learned message is remembered: its Message-ID and
-    body (line ends and trailing blanks normalised), so that the copy in a
-    mailbox after delivery, with headers added on the way, is the same message."""
+    """The digest under which a learned message is remembered: its Message-ID
+    (:func:`message_id_key`) and body (line ends, trailing blanks and an mbox's
+    ``>From`` quoting normalised), so that the copy in a mailbox after delivery,
+    with headers added on the way, is the same message."""
     section, body = split_message(raw[:MAX_INPUT * 64])
-    message_id = next((v for n, v in parse_headers(section) if n == "message-id"), "")
-    lines = body.replace(b"\r\n", b"\n").rstrip().split(b"\n")
+    message_id = message_id_key(parse_headers(section))
+    lines = _QUOTED_FROM.sub(b"", body.replace(b"\r\n", b"\n")).rstrip().split(b"\n")
     normalised = b"\n".join(line.rstrip() for line in lines)
     return hashlib.sha256(message_id.encode("utf-8", "replace") + b"\0" + normalised).hexdigest()

@@ -138,20 +138,26 @@ def _model_summary(totals: Any, tokens: int | None, by_label: dict[str, int], ol
 
 
 # What learn runs, built once: the values are bound parameters, given at execution.
-_LABEL_OF = select(messages_table.c.label).where(messages_table.c.digest == bindparam("key"))
-_FORGET = delete(messages_table).where(messages_table.c.digest == bindparam("key"))
-_RELABEL = update(messages_table).where(messages_table.c.digest == bindparam("key"))  # SET label, time: the columns given
+# Forgetting and moving name the label they change: the row is locked and its label checked by the
+# statement itself, so that of two learners forgetting or moving one message at once (PostgreSQL's
+# READ COMMITTED, or SQLite's read before the write lock) only one moves the counts.
+_PREVIOUS = bindparam("previous", type_=String)
+_FORGET = delete(messages_table).where(messages_table.c.digest == bindparam("key"), messages_table.c.label == _PREVIOUS)
+_RELABEL = update(messages_table).where(messages_table.c.digest == bindparam("key"), messages_table.c.label == _PREVIOUS)  # SET label, time: the columns given
 _DECREMENT = {
     column.name: update(tokens_table).where(tokens_table.c.token.in_(bindparam("tokens", expanding=True))).values({column.name: case((column > 0, column - 1), else_=0)})
     for column in (tokens_table.c.spam, tokens_table.c.ham)
 }
 _SPAM_DELTA, _HAM_DELTA = bindparam("spam_delta", type_=Integer), bindparam("ham_delta", type_=Integer)
-_ADD_TOTALS = (
-    update(totals_table)
-    .where(totals_table.c.id == 1)
-    .values(spam=case((totals_table.c.spam + _SPAM_DELTA < 0, 0), else_=totals_table.c.spam + _SPAM_DELTA),
-            ham=case((totals_table.c.ham + _HAM_DELTA < 0, 0), else_=totals_table.c.ham + _HAM_DELTA))
-)
+
+
+def _totals_added() -> dict[str, Any]:
+    """The totals plus the bound deltas, never below 0 (the SET of updating the totals row)."""
+    return {"spam": case((totals_table.c.spam + _SPAM_DELTA < 0, 0), else_=totals_table.c.spam + _SPAM_DELTA),
+            "ham": case((totals_table.c.ham + _HAM_DELTA < 0, 0), else_=totals_table.c.ham + _HAM_DELTA)}
+
+
+_ADD_TOTALS = update(totals_table).where(totals_table.c.id == 1).values(_totals_added())
 
 
 #: The order of the upsert's parameters, as _TokenUpsert's rows give them.
@@ -177,7 +183,9 @@ class _Inserts:
         # An INSERT's rowcount is read after its psycopg cursor is closed (-1) unless kept: without
         # this, a claim that met the digest counted on PostgreSQL as new (relearning counted twice).
         self.claim = insert(messages_table).on_conflict_do_nothing(index_elements=[messages_table.c.digest]).execution_options(preserve_rowcount=True)
-        self.first_totals = insert(totals_table).on_conflict_do_nothing(index_elements=[totals_table.c.id])
+        # The totals row made by another learner since the UPDATE found none (PostgreSQL): add to it.
+        first = insert(totals_table)
+        self.first_totals = first.on_conflict_do_update(index_elements=[totals_table.c.id], set_=_totals_added())
         self.upsert = _counted(insert(tokens_table))
         # PostgreSQL: a chunk's tokens as one array, one statement (psycopg's executemany sends, and
         # spends Python on, a statement per token); ORDER BY keeps the rows locked in token order.
@@ -383,18 +391,15 @@ class LearnerStore:
         def work() -> str:
             with self.engine.begin() as connection:
                 inserts = _inserts(connection)
-                key = {"key": digest}
                 previous: str | None = None
                 if label is None:
-                    previous = connection.execute(_LABEL_OF, key).scalar()
+                    previous = next((old for old in ("spam", "ham") if connection.execute(_FORGET, {"key": digest, "previous": old}).rowcount), None)
                     if previous is None:
                         return "unknown"
-                    connection.execute(_FORGET, key)
                 elif connection.execute(inserts.claim, {"digest": digest, "label": label, "time": when}).rowcount == 0:
-                    previous = connection.execute(_LABEL_OF, key).scalar()
-                    if previous == label:
+                    previous = "ham" if label == "spam" else "spam"
+                    if not connection.execute(_RELABEL, {"key": digest, "previous": previous, "label": label, "time": when}).rowcount:
                         return "already"
-                    connection.execute(_RELABEL, {"key": digest, "label": label, "time": when})
                 if previous in ("spam", "ham"):
                     self._decrement(connection, distinct, previous)
                 if label is not None and distinct:
@@ -417,9 +422,9 @@ class LearnerStore:
         ham = (1 if added == "ham" else 0) - (1 if removed == "ham" else 0)
         if not spam and not ham:
             return
-        changed = connection.execute(_ADD_TOTALS, {"spam_delta": spam, "ham_delta": ham}).rowcount
-        if not changed:
-            connection.execute(inserts.first_totals, {"id": 1, "spam": max(spam, 0), "ham": max(ham, 0)})
+        deltas = {"spam_delta": spam, "ham_delta": ham}
+        if not connection.execute(_ADD_TOTALS, deltas).rowcount:
+            connection.execute(inserts.first_totals, {"id": 1, "spam": max(spam, 0), "ham": max(ham, 0), **deltas})
 
     def clear(self) -> ModelSummary:
         """Empty the model (token counts, totals and learned-message digests) in one transaction;
