@@ -95,16 +95,27 @@ def sign(message: bytes, keys: list[SigningKey], headers: list[str]) -> list[str
     """One DKIM-Signature value (without the name, folded with LF) per key, in *keys*' order.
 
     *headers* lists the header names to sign; empty signs dkimpy's default
-    (RFC 6376's recommended set, From twice so that none can be added).
+    (RFC 6376's recommended set, From twice so that none can be added).  From
+    is always signed once more than the message has it (:func:`oversign_from`).
     """
     values = []
     for key in keys:
         signer = dkim.DKIM(message, signature_algorithm=key.dkim_algorithm)
-        include = [h.encode("ascii").lower() for h in headers] if headers else None
+        include = oversign_from([h.encode("ascii").lower() for h in headers], signer.headers) if headers else None
         line = signer.sign(key.selector.encode("ascii"), key.domain.encode("ascii"), key.private, include_headers=include)
         value = line.split(b":", 1)[1].strip().decode("ascii")
         values.append(value.replace("\r\n", "\n"))
     return values
+
+
+def oversign_from(include: list[bytes], message_headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """*include* (lower-case names) with ``from`` appended until it is listed once more than *message_headers* has From.
+
+    RFC 6376 §8.15: a From added after signing must break the signature, and
+    only a name signed more often than it appears makes that so (§5.4.2).
+    """
+    present = sum(1 for name, _ in message_headers if name.lower() == b"from")
+    return include + [b"from"] * max(0, present + 1 - include.count(b"from"))
 
 
 def public_record(algorithm: Algorithm, private: bytes) -> str:

@@ -8,7 +8,10 @@ its relaxed canonicalisation skips what changes nothing
 (:mod:`milterd.dkimfast`, the same verdicts).  Keys are looked up through milterd's resolver
 (``[dns] nameservers``, bounded by ``[dns] timeout``), never the system's.
 The results go to ``envelope.check_state("dkim")["result"]`` for DMARC and
-Authentication-Results.
+Authentication-Results.  A message over ``max_size`` is not verified: it has
+no ``result`` (Authentication-Results claims none), and ``["unverified"]``
+lists the d= of the signatures left unverified, which DMARC counts as it
+counts a key it could not look up (temperror when one would align).
 
 :class:`DkimSigner` signs mail from trusted networks and authenticated
 clients with the keys of ``[dkim_signing]`` (see :mod:`milterd.dkimsign`),
@@ -72,6 +75,8 @@ class DnsRecorder:
         self.deadline = deadline
         self.failed: dict[str, str] = {}
         self.missing: set[str] = set()
+        #: The key record given to dkimpy for each name that answered.
+        self.records: dict[str, bytes] = {}
         #: Lookups that failed, counted (``failed`` keeps one entry per name, so it cannot tell a second failure).
         self.failures = 0
 
@@ -86,7 +91,9 @@ class DnsRecorder:
             self.missing.add(qname)
             return None
         texts = [b"".join(r.strings) for r in answer.rdata]
-        return next((t for t in texts if t.lstrip().lower().startswith(b"v=dkim1")), texts[0])
+        record = next((t for t in texts if t.lstrip().lower().startswith(b"v=dkim1")), texts[0])
+        self.records[qname] = record
+        return record
 
 
 class QuietLogger(logging.Logger):
@@ -138,9 +145,41 @@ def key_names(headers: list[tuple[str, bytes]], max_signatures: int) -> list[str
     return names
 
 
+def unverified_domains(headers: list[tuple[str, bytes]], max_signatures: int) -> list[str]:
+    """The d= (lower case) of the first *max_signatures* DKIM signatures in *headers* that sign From:
+    those a message too large to verify leaves undecided (a signature without From in h= never passes)."""
+    domains: list[str] = []
+    seen = 0
+    for name, value in headers:
+        if name.lower() != "dkim-signature":
+            continue
+        if seen >= max_signatures:
+            break
+        seen += 1
+        tags: dict[bytes, bytes] = {}
+        for part in value.split(b";"):
+            tag, eq, text = part.partition(b"=")
+            if eq:
+                tags.setdefault(tag.strip(), b"".join(text.split()))
+        domain = tags.get(b"d", b"").decode("utf-8", "replace").lower().rstrip(".")
+        if domain and b"from" in tags.get(b"h", b"").lower().split(b":"):
+            domains.append(domain)
+    return domains
+
+
+def revoked(record: bytes) -> bool:
+    """Whether the key record *record* has an empty ``p=``: the key was revoked (RFC 6376 §3.6.1)."""
+    for part in record.split(b";"):
+        tag, eq, value = part.partition(b"=")
+        if eq and tag.strip() == b"p":
+            return not value.strip()
+    return False
+
+
 def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder) -> SignatureResult:
     before = dnsfunc.failures
     verifier.domain, verifier.selector = None, None
+    verifier.pk = None  # dkimpy sets it once the key record parsed: still None, the record was unusable
     try:
         # dkimpy's verify(index) in its two steps, so that h= is seen before the key is looked up.
         sig, include_headers, sigheaders = verifier.verify_headerprep(index)
@@ -165,6 +204,12 @@ def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder) -> SignatureRes
         return _result(verifier, "temperror", f"key lookup failed: {dnsfunc.failed.get(key, 'DNS error')}")
     if key in dnsfunc.missing:
         return _result(verifier, "permerror", f"no key published at {key}")
+    if verifier.pk is None and key in dnsfunc.records:
+        # The key record answered but dkimpy made no key of it. RFC 6376 §6.1.2: an empty p= is a
+        # revoked key, a record that does not parse a syntax error: PERMFAIL.  (A signature refused
+        # before its key was asked for, an expired one say, is not about the key: it stays a fail.)
+        record = dnsfunc.records.get(key, b"")
+        return _result(verifier, "permerror", "key revoked" if revoked(record) else f"unusable key record at {key}")
     return _result(verifier, "fail", reason)
 
 
@@ -223,6 +268,8 @@ class Dkim(ConfiguredCheck[DkimChecks]):
             envelope.check_state(STATE)["result"] = []
             return [Hit("DKIM_NONE")]
         if envelope.size > options.max_size:
+            # Not verified, so no result (none would be untrue); DMARC must not read the silence as a failure.
+            envelope.check_state(STATE)["unverified"] = unverified_domains(envelope.headers, options.max_signatures)
             return [Hit("DKIM_NONE", detail=f"not verified: size {envelope.size} > {options.max_size}")]
         resolver = self.services.resolver
         dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, "eom"))

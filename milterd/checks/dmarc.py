@@ -13,7 +13,10 @@ message with several From domains (addresses or fields) is judged by the
 strictest of their evaluations (RFC 7489 §6.6.1).
 
 This check runs after DKIM and ARC (a later end-of-message tier) and reads
-their results from ``envelope.check_state(name)``.
+their results from ``envelope.check_state(name)``.  A signature DKIM left
+unverified (message over ``[checks.dkim] max_size``) whose d= would align is
+counted like a key lookup that failed: a temperror, never a failure, since
+milterd cannot tell whether it would have passed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import functools
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import getaddresses
 from typing import Any, ClassVar, Iterable, Literal
 
@@ -263,6 +266,7 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         signatures = envelope.check_state("dkim").get("result", ())
         passes = [s.domain for s in signatures if s.result == "pass"]
         temperrors = [s.domain for s in signatures if s.result == "temperror"]
+        unverified = envelope.check_state("dkim").get("unverified", ())
         spf = envelope.check_state("spf").get("evaluation")
         evaluations = []
         for domain in domains:
@@ -272,7 +276,11 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
             else:
                 record, record_domain = found
                 temp = any(aligned(signer, domain, record.adkim, psl_path) for signer in temperrors)
-                evaluations.append(evaluate(domain, record, record_domain, spf, passes, random.randrange(100), psl_path, temp))
+                evaluation = evaluate(domain, record, record_domain, spf, passes, random.randrange(100), psl_path, temp)
+                if evaluation.result == "fail" and any(aligned(signer, domain, record.adkim, psl_path) for signer in unverified):
+                    reason = "an aligned DKIM signature was not verified (message over [checks.dkim] max_size)"
+                    evaluation = replace(evaluation, result="temperror", applied="none", reason=reason)
+                evaluations.append(evaluation)
         evaluation = strictest(evaluations)
         domain = evaluation.domain
         envelope.check_state(STATE)["result"] = evaluation

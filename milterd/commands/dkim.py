@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -47,7 +48,9 @@ def run_keygen(args: argparse.Namespace) -> int:
         print(f"milterd: dkim keygen: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(f"; private key written to {path} (mode 0600); in milter.conf:")
-    print(f';   [dkim_signing] keys = [ {{ domain = "{domain}", selector = "{selector}", key_file = "{path}" }} ]')
+    # Absolute: key_file is read relative to milter.conf's directory, not to this one.  A JSON string is a TOML basic string.
+    key_file = json.dumps(str(path.absolute()), ensure_ascii=False)
+    print(f';   [dkim_signing] keys = [ {{ domain = "{domain}", selector = "{selector}", key_file = {key_file} }} ]')
     print("; publish in DNS:")
     print(zone_lines(selector, domain, public_record(args.type, private)))
     return 0
