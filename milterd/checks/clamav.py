@@ -5,8 +5,10 @@ each body chunk follows as Postfix passes it; at end of message only the
 zero-length terminator is left, so the wait is for clamd's verdict alone,
 and it overlaps SpamAssassin's scan (end-of-message hooks run concurrently).
 
-A message larger than ``[clamav] max_size`` (declared in MAIL FROM's SIZE or
-found while streaming) is not scanned: ``CLAMAV_SKIPPED_SIZE``.  clamd
+A message larger than ``[clamav] max_size`` is not scanned:
+``CLAMAV_SKIPPED_SIZE``.  MAIL FROM's ``SIZE=`` over ``max_size`` only spares
+the stream: it is the client's estimate (RFC 1870), so a message that proves
+smaller is scanned whole from the spool at end of message.  clamd
 unreachable, slower than ``timeout`` or answering an error gives
 ``CLAMAV_ERROR``, with a 451 when ``on_error = "tempfail"``.  A virus gives
 ``CLAMAV_VIRUS`` (detail: its name) and forces ``[clamav] action``.
@@ -46,6 +48,8 @@ class ScanState:
     stream: InstreamScan | None = None
     skipped: str = ""
     error: str = ""
+    #: MAIL FROM's SIZE= was over max_size: no stream; the size received decides at end of message.
+    deferred: bool = False
     opened: float = field(default_factory=time.monotonic)
 
 
@@ -63,12 +67,18 @@ def error_hit(reason: str, on_error: str) -> Hit:
     return scan_error_hit(ERROR, reason, on_error, SCANNER_DOWN_REPLY)
 
 
-def status_edits(envelope: Envelope, scanned_by: str, status: str) -> list[HeaderEdit]:
-    """Remove incoming X-Virus-* headers (a sender must not claim a verdict), then add ours."""
+def removal_edits(envelope: Envelope) -> list[HeaderEdit]:
+    """Remove incoming X-Virus-* headers: a sender must not claim a verdict, whether we add ours or not."""
     edits: list[HeaderEdit] = []
     for name in VIRUS_HEADERS:
         for index in range(envelope.header_count(name), 0, -1):
             edits.append(HeaderEdit("change", name, "", index))
+    return edits
+
+
+def status_edits(envelope: Envelope, scanned_by: str, status: str) -> list[HeaderEdit]:
+    """Remove incoming X-Virus-* headers (a sender must not claim a verdict), then add ours."""
+    edits = removal_edits(envelope)
     edits.append(HeaderEdit("add", "X-Virus-Scanned", scanned_by))
     edits.append(HeaderEdit("add", "X-Virus-Status", status))
     return edits
@@ -106,7 +116,7 @@ class ClamavCheck(ScannerCheck):
         state = envelope.check_state(self.name)["scan"] = ScanState()
         declared = declared_size(envelope)
         if declared is not None and declared > self.options.max_size:
-            state.skipped = f"declared size {declared} > {self.options.max_size}"
+            state.deferred = True
             return ()
         try:
             state.stream = self.client.instream()
@@ -136,9 +146,17 @@ class ClamavCheck(ScannerCheck):
         return ()
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        hits = self._verdict(envelope)
+        if self.options.headers and any(h.symbol in (SKIPPED, ERROR) for h in hits):
+            envelope.edits.extend(removal_edits(envelope))  # not scanned: no header of ours replaces a forged one
+        return hits
+
+    def _verdict(self, envelope: Envelope) -> list[Hit]:
         state: ScanState | None = envelope.check_state(self.name).get("scan")
         if state is None:  # end of headers was not seen (should not happen)
             return [error_hit("no scan was started", self.options.on_error)]
+        if state.deferred:
+            return self._scan_spooled(envelope)
         if state.skipped:
             return [Hit(SKIPPED, detail=state.skipped)]
         if state.error or state.stream is None:
@@ -147,14 +165,31 @@ class ClamavCheck(ScannerCheck):
         try:
             result = state.stream.finish()
         except ScannerError as exc:
-            if "size limit exceeded" in str(exc):
-                return [Hit(SKIPPED, detail="over clamd's StreamMaxLength")]
-            return [error_hit(str(exc), self.options.on_error)]
+            return self._failed(exc)
         finally:
             state.stream = None
             ended = time.monotonic()
             log.debug("%s: clamav eom wait start=%.6f end=%.6f ms=%.1f", envelope.queue_id or "NOQUEUE", started, ended, (ended - started) * 1000)
         return self._result_hits(envelope, result)
+
+    def _scan_spooled(self, envelope: Envelope) -> list[Hit]:
+        """The whole message from the spool, for a client whose SIZE= overstated it (RFC 1870: an estimate)."""
+        size = envelope.size
+        if size > self.options.max_size:
+            return [Hit(SKIPPED, detail=f"size {size} > {self.options.max_size}")]
+        try:
+            result = self.client.scan(envelope.message_chunks())
+        except ScannerError as exc:
+            return self._failed(exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. the spool unreadable: unscanned follows on_error
+            log.exception("clamav: scan failed")
+            return [error_hit(f"scan failed: {exc!r}", self.options.on_error)]
+        return self._result_hits(envelope, result)
+
+    def _failed(self, exc: ScannerError) -> list[Hit]:
+        if "size limit exceeded" in str(exc):
+            return [Hit(SKIPPED, detail="over clamd's StreamMaxLength")]
+        return [error_hit(str(exc), self.options.on_error)]
 
     def on_abort(self, session: Session, envelope: Envelope) -> None:
         state: ScanState | None = envelope.check_state(self.name).pop("scan", None)

@@ -139,6 +139,9 @@ class SpamAssassinCheck(ScannerCheck):
         except ScannerError as exc:
             log.warning("spamassassin: %s", exc)
             return [scan_error_hit(ERROR, str(exc), self.options.on_error, SCANNER_DOWN_REPLY)]
+        except Exception as exc:  # noqa: BLE001 - an unscanned message follows on_error, not the pipeline's CHECK_ERROR
+            log.exception("spamassassin: scan failed")
+            return [scan_error_hit(ERROR, f"scan failed: {exc!r}", self.options.on_error, SCANNER_DOWN_REPLY)]
         finally:
             ended = time.monotonic()
             log.debug("%s: spamassassin eom scan start=%.6f end=%.6f ms=%.1f", envelope.queue_id or "NOQUEUE", started, ended, (ended - started) * 1000)

@@ -37,7 +37,9 @@ from typing import Iterable, Literal
 from . import Address, ScannerError, connect, parse_address
 
 _RESPONSE_LIMIT = 1024 * 1024
-_SPAM_HEADER = re.compile(r"^\s*(True|False|Yes|No)\s*;\s*(-?[\d.]+)\s*/\s*(-?[\d.]+)\s*$", re.IGNORECASE)
+# Numbers as spamd writes them ("%.1f"): anything else is garbled, never a score.
+_SPAM_HEADER = re.compile(r"^\s*(True|False|Yes|No)\s*;\s*(-?[0-9]+(?:\.[0-9]+)?)\s*/\s*(-?[0-9]+(?:\.[0-9]+)?)\s*$", re.IGNORECASE)
+_CODE = re.compile(r"^-?[0-9]+$")
 _RULE = re.compile(r"^[A-Za-z0-9_]+$")
 _REPORT_LINE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s+([A-Z0-9_]+)\s")
 
@@ -70,7 +72,7 @@ def parse_response(data: bytes) -> SpamdResponse:
         head, sep, body = data.partition(b"\n\n")
     lines = head.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
     status = lines[0].split(None, 2)
-    if len(status) < 2 or not status[0].startswith("SPAMD/") or not status[1].lstrip("-").isdigit():
+    if len(status) < 2 or not status[0].startswith("SPAMD/") or not _CODE.match(status[1]):
         raise ScannerError(f"spamd: unexpected answer {lines[0][:80]!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -153,7 +155,8 @@ class SpamdClient:
         lines = f"{command} SPAMC/1.5\r\nContent-length: {length}\r\n{extra}"
         if user:
             lines += f"User: {_header_safe(user)}\r\n"
-        return (lines + "\r\n").encode("utf-8")
+        # A recipient Postfix passed in bytes that are not UTF-8 was decoded with surrogateescape: send those bytes.
+        return (lines + "\r\n").encode("utf-8", "surrogateescape")
 
     def _exchange(self, pieces: Iterable[bytes]) -> bytes:
         """Send the request, half-close, read the answer to EOF within the timeout."""
