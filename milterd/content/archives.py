@@ -3,12 +3,21 @@
 Zip archives are read with the standard library; 7z, rar, cab and tar with
 ``libarchive-c`` when it is installed (optional: Debian's ``libarchive13`` and
 PyPI's ``libarchive-c``).  Archives inside archives are opened too, down to
-``Limits.max_depth``.  Nothing is decompressed but each member's first bytes
-(to tell its type) and the nested archives themselves, and all of that
-together stops at ``Limits.max_size``, whatever the archive's directory
-claims: an archive bomb costs at most that much work and a temporary file.
-Members past ``Limits.max_members`` are not looked at.  What was not looked
-at is reported in ``Listing.limits``, never silently skipped.
+``Limits.max_depth``.  What is kept is each member's first bytes (to tell its
+type) and the nested archives themselves, and all of that together stops at
+``Limits.max_size``, whatever the archive's directory claims: an archive bomb
+costs at most that much kept data (in memory, then a temporary file).  In a
+zip nothing else is decompressed.  In a solid 7z, rar or cab, and in a
+compressed tar (one named ``.tar`` whose first bytes say nothing, which
+libarchive decompresses on its own), libarchive must decompress every member
+it passes, the rest of one whose first bytes alone were read included, and
+that work is not counted in ``Limits.max_size``: it is bounded by the child's
+CPU time and timeout (``CHILD_CPU_SECONDS``, ``CHILD_TIMEOUT``) with
+``Limits.child``, and by nothing when it is off (``archive_process = false``).
+Members past ``Limits.max_members`` are not looked at, and a zip whose end of
+central directory record declares far more entries is not opened at all
+(zipfile would parse its whole directory first).  What was not looked at is
+reported in ``Listing.limits``, never silently skipped.
 
 libarchive is C code reading hostile input.  With ``Limits.child`` (the
 attachment check's ``archive_process``, on by default) every archive that
@@ -28,6 +37,7 @@ import os
 import resource
 import selectors
 import signal
+import struct
 import tempfile
 import time
 import zipfile
@@ -49,6 +59,13 @@ _CHUNK = 65536
 _MEMBER_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, ValueError, zlib.error)
 #: Nested archives up to this size stay in memory while they are listed.
 _MEMORY = 1024 * 1024
+#: A zip declaring more entries than the members left plus this (or plus ``max_members`` when larger) is not opened.
+_ZIP_ENTRIES_MARGIN = 1000
+#: The zip end of central directory record, the ZIP64 one and its locator (APPNOTE 4.3.14 to 4.3.16), little-endian.
+_EOCD, _EOCD_SIGNATURE = struct.Struct("<4s4H2LH"), b"PK\x05\x06"
+_EOCD64, _EOCD64_SIGNATURE = struct.Struct("<4sQ2H2L4Q"), b"PK\x06\x06"
+_EOCD64_LOCATOR, _EOCD64_LOCATOR_SIGNATURE = struct.Struct("<4sLQL"), b"PK\x06\x07"
+_CENTRAL_ENTRY_MIN = 46
 
 
 @dataclass(frozen=True)
@@ -135,6 +152,12 @@ def _take_member(path: str, limits: Limits, budget: _Budget, listing: Listing) -
 
 
 def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+    declared = _declared_zip_entries(data)
+    # zipfile parses the whole central directory before the first member is counted (150,000 entries:
+    # over a second and 80 MB); directories are entries but no members, hence the margin.
+    if declared is not None and declared > max(budget.members, 0) + max(limits.max_members, _ZIP_ENTRIES_MARGIN):
+        listing.limits.append(f"{path}: past {limits.max_members} members ({declared} entries declared), not looked at")
+        return
     with zipfile.ZipFile(data) as archive:
         for info in archive.infolist():
             if info.is_dir():
@@ -175,6 +198,35 @@ def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
                 continue
             with nested:
                 _walk(member, nested, inner, depth + 1, limits, budget, listing)
+
+
+def _declared_zip_entries(data: IO[bytes]) -> int | None:
+    """The entries that the zip *data*'s end of central directory record (its ZIP64 one when
+    present) declares, found where and as ``zipfile`` finds it; None when there is none, or
+    when its central directory has no room for that many entries (a count that lies)."""
+    end = data.seek(0, os.SEEK_END)
+    start = max(end - _EOCD.size - (1 << 16), 0)  # zipfile's window: the longest comment, and a byte
+    data.seek(start)
+    tail = data.read(end - start)
+    at = len(tail) - _EOCD.size
+    if not (at >= 0 and tail[at:at + 4] == _EOCD_SIGNATURE and tail[-2:] == b"\0\0"):
+        at = tail.rfind(_EOCD_SIGNATURE)
+        if at < 0 or at + _EOCD.size > len(tail):
+            return None
+    _, _, _, _, entries, directory_size, _, _ = _EOCD.unpack_from(tail, at)
+    record = start + at
+    locator = record - _EOCD64_LOCATOR.size
+    if locator - _EOCD64.size >= 0:
+        data.seek(locator - _EOCD64.size)
+        zip64 = data.read(_EOCD64.size + _EOCD64_LOCATOR.size)
+        if len(zip64) == _EOCD64.size + _EOCD64_LOCATOR.size and zip64[-_EOCD64_LOCATOR.size:][:4] == _EOCD64_LOCATOR_SIGNATURE \
+                and zip64[:4] == _EOCD64_SIGNATURE:
+            fields = _EOCD64.unpack_from(zip64)
+            entries, directory_size, record = fields[7], fields[8], locator - _EOCD64.size
+    # Each central directory entry takes at least 46 bytes, and the directory lies before its end record.
+    if entries * _CENTRAL_ENTRY_MIN > directory_size or directory_size > record:
+        return None
+    return int(entries)
 
 
 def _read_head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget) -> bytes:

@@ -12,14 +12,16 @@ with ``keep_log=False``.
 from __future__ import annotations
 
 import email.utils
+import errno
 import functools
 import mailbox
 import os
 import re
 import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import Milter
 from Milter import testctx
@@ -78,26 +80,76 @@ def looks_like_message(head: bytes) -> bool:
 
 def sources(path: Path) -> Iterator[MessageRef]:
     """The messages of *path*: a message, an mbox, a Maildir, or a directory of those
-    (recursively, in name order; files that are not mail are skipped)."""
+    (recursively, in name order; files that are not mail are skipped).
+
+    In a directory, a file or folder that cannot be read (a dangling symlink, a FIFO, a
+    file gone since it was listed) is a message of its own whose ``load`` raises the
+    OSError that says why, so that it is reported by its path and the rest is read.
+    """
     if path.is_dir():
         if all((path / sub).is_dir() for sub in ("cur", "new")):
             yield from _maildir(path)
             return
-        for root, dirs, files in os.walk(path):
+        unlisted: list[OSError] = []
+        for root, dirs, files in os.walk(path, onerror=unlisted.append):
+            yield from _unlisted(unlisted)
             dirs.sort()
             if all(d in dirs for d in ("cur", "new")):
-                yield from _maildir(Path(root))
+                yield from _guarded(Path(root), _maildir)
                 dirs.clear()
                 continue
             for name in sorted(files):
                 if not name.startswith("."):
-                    yield from _file(Path(root) / name, skip_unknown=True)
+                    yield from _guarded(Path(root) / name, functools.partial(_file, skip_unknown=True))
+        yield from _unlisted(unlisted)
         return
     yield from _file(path, skip_unknown=False)
 
 
+def _guarded(path: Path, read: Callable[[Path], Iterator[MessageRef]]) -> list[MessageRef]:
+    """The messages *read* finds at *path*, or one that fails as reading it failed."""
+    try:
+        return list(read(path))
+    except OSError as exc:
+        return [_failing(str(path), exc)]
+    except mailbox.Error as exc:  # a Maildir gone since it was listed
+        return [_failing(str(path), OSError(errno.ENOENT, str(exc) or exc.__class__.__name__, str(path)))]
+
+
+def _unlisted(errors: list[OSError]) -> Iterator[MessageRef]:
+    """The folders os.walk could not list (which it would skip silently), each a failing message."""
+    while errors:
+        exc = errors.pop(0)
+        yield _failing(str(exc.filename or "?"), exc)
+
+
+def _failing(label: str, exc: OSError) -> MessageRef:
+    def load() -> bytes:
+        raise exc
+
+    return MessageRef(label, load)
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """*path* opened for reading; an OSError when it is no regular file (opening a FIFO
+    would wait for a writer, a device may never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO opens at once; no effect on files
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read(path: Path) -> bytes:
+    with _open_regular(path) as handle:
+        return handle.read()
+
+
 def _file(path: Path, skip_unknown: bool) -> Iterator[MessageRef]:
-    with open(path, "rb") as handle:
+    with _open_regular(path) as handle:
         head = handle.read(512)
     if skip_unknown and not looks_like_message(head):
         return
@@ -108,12 +160,12 @@ def _file(path: Path, skip_unknown: bool) -> Iterator[MessageRef]:
             for number, key in enumerate(keys, 1):
                 yield MessageRef(f"{path}#{number}", functools.partial(box.get_bytes, key))
             return
-    yield MessageRef(str(path), lambda: path.read_bytes())
+    yield MessageRef(str(path), functools.partial(_read, path))
 
 
 def _is_mbox(path: Path) -> bool:
     # A single message saved with its From_ line is an mbox of one: read it whole.
-    with open(path, "rb") as handle:
+    with _open_regular(path) as handle:
         return sum(1 for line in handle if line.startswith(b"From ")) > 1
 
 
