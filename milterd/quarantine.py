@@ -27,6 +27,7 @@ import smtplib
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
+from email.header import Header
 from email.message import EmailMessage
 from typing import Any, Iterable, Iterator, Literal, Mapping
 
@@ -234,6 +235,43 @@ def virus_notice(row: dict[str, Any], report_from: str) -> tuple[str, str]:
     return f"Quarantined: {subject}"[:200], text
 
 
+def subject_field(subject: str) -> str:
+    """The Subject field's body for a notice or digest: *subject* escaped, in RFC 2047 encoded words when needed.
+
+    Plain ASCII text goes as it is.  Non-ASCII text, or text holding ``=?``
+    (the sender's own encoded words, stored decoded once already), is encoded
+    whole here: given to the email package as it is, those would be decoded
+    again, and a ``=0D=0A`` in them would start a new header line.
+    """
+    text = escape(subject)
+    if text.isascii() and "=?" not in text:
+        return text
+    return Header(text, "utf-8", header_name="Subject").encode(linesep="\r\n")
+
+
+def to_field(recipients: list[str]) -> str:
+    """The To field's body: the addresses as they are, or ``undisclosed-recipients:;`` (RFC 5322 §3.6.3)
+    when one of them is not plain printable ASCII (the email package would decode encoded words even
+    inside a quoted local part; the envelope delivers the notice anyway)."""
+    if all(r.isascii() and r.isprintable() and "=?" not in r for r in recipients):
+        return ", ".join(recipients)
+    return "undisclosed-recipients:;"
+
+
+def notice_message(sender: str, to: list[str], subject: str, text: str, hostname: str) -> bytes:
+    """A notice or digest as sent: headers (none of them shaped by the sender's text), then *text*, CRLF line ends."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to_field(to)
+    # set_raw: the encoded words go out as built here, neither decoded nor folded again by the email package.
+    message.set_raw("Subject", subject_field(subject))
+    message["Date"] = email.utils.formatdate(localtime=False)
+    message["Message-ID"] = email.utils.make_msgid(domain=hostname)
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(text)
+    return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+
+
 # --- the store --------------------------------------------------------------------
 class Quarantine:
     """The quarantine table of one store, and the actions on it."""
@@ -431,16 +469,9 @@ class Quarantine:
         return self.config.quarantine.report_from or f"postmaster@{self.config.hostname}"
 
     def _send_text(self, sender: str, to: list[str], subject: str, text: str) -> None:
-        message = EmailMessage()
-        message["From"] = sender
-        message["To"] = ", ".join(to)
-        message["Subject"] = escape(subject)  # one line, whatever the quarantined Subject held
-        message["Date"] = email.utils.formatdate(localtime=False)
-        message["Message-ID"] = email.utils.make_msgid(domain=self.config.hostname)
-        message["Auto-Submitted"] = "auto-generated"
-        message.set_content(text)
+        message = notice_message(sender, to, subject, text, self.config.hostname)
         try:
-            _delivered, refused = reinject.send(self._target(), sender, to, [message.as_bytes(policy=message.policy.clone(linesep="\r\n"))], self.config.hostname, auth=self._auth())
+            _delivered, refused = reinject.send(self._target(), sender, to, [message], self.config.hostname, auth=self._auth())
         except (OSError, smtplib.SMTPException) as exc:
             raise QuarantineError(f"cannot send to {self.config.quarantine.release_smtp}: {reinject.smtp_error(exc)}") from None
         if refused:

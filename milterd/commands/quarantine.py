@@ -96,7 +96,8 @@ def run_list(args: argparse.Namespace, quarantine: Quarantine) -> int:
     """Print the quarantined messages that match."""
     rows = quarantine.rows(since=args.since, sender=args.sender, recipient=args.recipient, reason=args.reason, limit=args.limit or None)
     if args.json:
-        json.dump([as_json(row) for row in rows], sys.stdout, indent=1, ensure_ascii=False)
+        # ASCII (non-ASCII as \u escapes): UTF-8 whatever the locale (RFC 8259 §8.1), and no raw C1 control or bidi override on a terminal.
+        json.dump([as_json(row) for row in rows], sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
     print(f"{'id':>6}  {'time':19}  {'score':>6}  {'from':28} {'to':28} {'released':10} subject")
@@ -116,8 +117,11 @@ def run_show(args: argparse.Namespace, quarantine: Quarantine) -> int:
     if args.raw or args.headers:
         sys.stdout.flush()
         chunks = quarantine.message_chunks(row)
-        for piece in (chunks if args.raw else header_section(chunks)):  # streamed: never whole in memory
-            sys.stdout.buffer.write(piece)
+        if args.raw:
+            for piece in chunks:  # streamed: never whole in memory
+                sys.stdout.buffer.write(piece)
+        else:
+            sys.stdout.buffer.write(shown_headers(b"".join(header_section(chunks))))
         sys.stdout.buffer.flush()
         return 0
     symbols = sorted((row["symbols"] or {}).items(), key=lambda kv: -abs(kv[1]))
@@ -144,6 +148,13 @@ def run_show(args: argparse.Namespace, quarantine: Quarantine) -> int:
     return 0
 
 
+def shown_headers(section: bytes) -> bytes:
+    """A header section for a person's terminal: CRLF line ends and TABs kept, every other control
+    character (ESC, a lone CR, C1) and undecodable byte made a visible escape, as ``show`` does."""
+    lines = section.decode("utf-8", "surrogateescape").split("\r\n")
+    return "\r\n".join("\t".join(escape(part) for part in line.split("\t")) for line in lines).encode()
+
+
 def run_release(args: argparse.Namespace, quarantine: Quarantine) -> int:
     """Release each id; one line per recipient; status 1 when anything failed."""
     who = args.by or f"{calling_user()}@{quarantine.config.hostname}"
@@ -156,9 +167,9 @@ def run_release(args: argparse.Namespace, quarantine: Quarantine) -> int:
             failed = True
             continue
         for recipient, reply in report.delivered.items():
-            print(f"{row_id}: <{recipient}>: released: {reply}")
+            print(f"{row_id}: <{escape(recipient)}>: released: {escape(reply)}")
         for recipient, reply in report.refused.items():
-            print(f"{row_id}: <{recipient}>: NOT released: {reply}", file=sys.stderr)
+            print(f"{row_id}: <{escape(recipient)}>: NOT released: {escape(reply)}", file=sys.stderr)
         if report.error and not report.refused:
             print(f"milterd: {row_id}: {report.error}", file=sys.stderr)
         for note in report.notes:
@@ -219,8 +230,8 @@ def run_purge(args: argparse.Namespace, quarantine: Quarantine) -> int:
 
 
 def _summary(row: dict[str, Any]) -> str:
-    recipients = ",".join(row["recipients"] or [])
-    return f"{row['id']}: {row['time']:%Y-%m-%d %H:%M:%S} <{row['sender']}> -> {recipients} {row['subject']!r}"
+    recipients = escape(",".join(row["recipients"] or []))
+    return f"{row['id']}: {row['time']:%Y-%m-%d %H:%M:%S} <{escape(row['sender'])}> -> {recipients} {row['subject']!r}"
 
 
 def run_digest(args: argparse.Namespace, quarantine: Quarantine) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 MASTER_CF = """\
 127.0.0.1:{smtp_port} inet n - n - - smtpd
 127.0.0.1:{reinject_port} inet n - n - - smtpd -o smtpd_milters= -o non_smtpd_milters=
-milterd-reinject unix n - n - - smtpd -o syslog_name=postfix/milterd-reinject -o smtpd_milters= -o non_smtpd_milters= -o receive_override_options=no_address_mappings -o smtpd_authorized_xclient_hosts= -o smtpd_client_restrictions=permit_mynetworks,reject -o smtpd_relay_restrictions=permit_mynetworks,reject -o smtpd_recipient_restrictions=permit_mynetworks,reject -o mynetworks=127.0.0.1/32
+milterd-reinject unix n - n - - smtpd -o syslog_name=postfix/milterd-reinject -o smtpd_milters= -o non_smtpd_milters= -o smtpd_authorized_xclient_hosts= -o smtpd_client_restrictions=permit_mynetworks,reject -o smtpd_relay_restrictions=permit_mynetworks,reject -o smtpd_recipient_restrictions=permit_mynetworks,reject -o mynetworks=127.0.0.1/32
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr

@@ -197,6 +197,24 @@ def test_list_filters_and_digest(stack: Stack) -> None:
     assert f"quarantine release {row['id']}" in text and "erin@example.com" in text and "By reason:" in text
 
 
+# --- virtual aliases: a quarantined message never reached cleanup -------------------
+@pytest.fixture(scope="module")
+def alias_stack(make_stack: Any) -> Stack:
+    return make_stack({**NO_CHECKS}, RULES, postfix_extra={"virtual_alias_maps": "inline:{ sales@example.com=bob@example.com }"})
+
+
+def test_release_expands_the_virtual_alias_the_message_was_sent_to(alias_stack: Stack) -> None:
+    # milterd keeps the recipient as the client gave it at RCPT; the re-injection smtpd must
+    # map it, as cleanup would have done had the message not been quarantined.
+    _original, row = quarantine_one(alias_stack, ["sales@example.com"])
+    assert row["recipients"] == ["sales@example.com"]
+    result = cli(alias_stack, "release", str(row["id"]))
+    assert result.returncode == 0, result.stderr
+    tag = row["subject"].split()[-1]
+    [delivered] = alias_stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")))
+    assert delivered.recipients == ["bob@example.com"]
+
+
 # --- hold mode --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hold_stack(make_stack: Any) -> Stack:
