@@ -123,12 +123,22 @@ class Helo(ConfiguredCheck[HeloChecks]):
     def _claims_ours(self, session: Session) -> bool:
         helo = session.helo.strip().rstrip(".").lower()
         if helo in self.our_names:
-            return True
+            return not self._from_us(session)  # a local submission rightly gives our name
         shape = helo_shape(session.helo)
         if shape.address:
             ours = self.our_addresses + [session.macros.get("{daemon_addr}", "")]
             return any(same_address(shape.address, a) for a in ours if a) and not same_address(shape.address, session.client_addr)
         return False
+
+    def _from_us(self, session: Session) -> bool:
+        """Whether the client is this host: loopback, a unix socket, or one of our addresses (Postfix's daemon_addr included)."""
+        ip = session.ip
+        if ip is None:
+            return session.family == "unix"
+        if ip.is_loopback:
+            return True
+        ours = self.our_addresses + [session.macros.get("{daemon_addr}", "")]
+        return any(same_address(session.client_addr, a) for a in ours if a)
 
     def _judge(self, session: Session, state: dict[str, Any], envelope: Envelope) -> list[Hit]:
         helo = session.helo.strip()

@@ -155,8 +155,9 @@ class SenderLogin(Check):
     def on_mail(self, session: Session, envelope: Envelope) -> Hits:
         if not session.authenticated or not envelope.sender:
             return ()
-        if session.auth_user in owners(self.table, envelope.sender):
-            return ()
+        login = session.auth_user.casefold()
+        if any(login == owner.casefold() for owner in owners(self.table, envelope.sender)):
+            return ()  # logins compare without regard to case, as in Postfix (strcasecmp_utf8)
         detail = f"{session.auth_user} as {envelope.sender}"[:160]
         if self.action == "reject":
             reply = Reply("553", "5.7.1", f"<{envelope.sender}>: Sender address rejected: not owned by user {session.auth_user}")
