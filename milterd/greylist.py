@@ -127,12 +127,24 @@ class Triplet:
         return f"client={self.network} from=<{self.sender}> to=<{self.recipient}>"
 
 
+def storable(text: str) -> str:
+    """*text* as every store can hold it, the same at every retry.
+
+    Postfix passes 8-bit envelope addresses that are not UTF-8 (no SMTPUTF8
+    needed); milterd keeps their bytes as lone surrogates, which neither SQLite
+    nor PostgreSQL accepts (nor a NUL): they become backslash escapes.
+    """
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def make_triplet(client_addr: str, sender: str, recipient: str, config: "GreylistSection") -> Triplet:
     """The triplet of one recipient of a transaction."""
     return Triplet(
-        client_network(client_addr, config.netmask_v4, config.netmask_v6)[:64],
-        normalise_sender(sender)[:512],
-        recipient.strip().strip("<>")[:512],
+        storable(client_network(client_addr, config.netmask_v4, config.netmask_v6))[:64],
+        storable(normalise_sender(sender))[:512],
+        storable(recipient.strip().strip("<>"))[:512],
     )
 
 

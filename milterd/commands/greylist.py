@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import ipaddress
 import json
 import sys
 from typing import Any, Callable
@@ -24,13 +25,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     actions = parser.add_subparsers(dest="greylist_command", metavar="ACTION", required=True)
 
     listing = actions.add_parser("list", parents=[config_parent()], help="the stored triplets, most recently seen first")
-    listing.add_argument("--client", metavar="NETWORK", help="only this client network (e.g. 192.0.2.0/24)")
-    listing.add_argument("--sender", metavar="ADDR", help="only this (normalised) sender; '' for the null sender")
+    listing.add_argument("--client", metavar="NETWORK", help="only this client network (e.g. 192.0.2.0/24; an address stands for its network)")
+    listing.add_argument("--sender", metavar="ADDR", help="only this sender (normalised as the triplets hold it); '' for the null sender")
     listing.add_argument("--recipient", metavar="ADDR", help="only this recipient")
     state = listing.add_mutually_exclusive_group()
     state.add_argument("--passed", dest="passed", action="store_const", const=True, help="only triplets that passed")
     state.add_argument("--waiting", dest="passed", action="store_const", const=False, help="only triplets still waiting for a retry")
-    listing.add_argument("--limit", type=int, default=100, metavar="N", help="at most N triplets (default 100; 0: all)")
+    listing.add_argument("--limit", type=_count, default=100, metavar="N", help="at most N triplets (default 100; 0: all)")
     listing.add_argument("--json", action="store_true", help="a JSON array, one object per triplet")
     listing.set_defaults(func=_guarded(run_list))
 
@@ -52,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     purge = actions.add_parser("purge", parents=[config_parent()], help="delete expired triplets and stale clients now")
     purge.add_argument("--triplet", nargs=3, metavar=("NETWORK", "SENDER", "RECIPIENT"), help="delete this one triplet instead (it is greylisted again)")
-    purge.add_argument("--client", metavar="NETWORK", help="delete every triplet of this client network instead")
+    purge.add_argument("--client", metavar="NETWORK", help="delete every triplet of this client network instead (an address stands for its network)")
     purge.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     purge.set_defaults(func=_guarded(run_purge))
 
@@ -76,6 +77,30 @@ def _guarded(run: Callable[[argparse.Namespace, Config, Store], int]) -> Callabl
     return wrapper
 
 
+def _count(text: str) -> int:
+    """A ``--limit``: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative (0 means all)")
+    return value
+
+
+def stored_network(text: str, config: Config) -> str:
+    """A client network as the triplets hold it: an address stands for its
+    network (``[greylist] netmask_v4``/``netmask_v6``), a network is written
+    canonically (``2001:DB8:0::/64`` → ``2001:db8::/64``)."""
+    text = text.strip()
+    if "/" in text:
+        try:
+            return str(ipaddress.ip_network(text.lower().removeprefix("ipv6:"), strict=False))
+        except ValueError:
+            return text.lower()  # a unix-socket client is stored by its path
+    return gl.client_network(text, config.greylist.netmask_v4, config.greylist.netmask_v6)
+
+
 def _json_value(value: Any) -> Any:
     return value.isoformat() if isinstance(value, dt.datetime) else value
 
@@ -87,7 +112,9 @@ def _dump(data: Any) -> None:
 
 def run_list(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Print the stored triplets."""
-    rows = store.greylist.list_triplets(args.client, args.sender, args.recipient, args.passed, args.limit or None)
+    network = stored_network(args.client, config) if args.client else None
+    sender = gl.normalise_sender(args.sender) if args.sender is not None else None
+    rows = store.greylist.list_triplets(network, sender, args.recipient, args.passed, args.limit or None)
     if args.json:
         _dump([{k: _json_value(v) for k, v in row.items()} for row in rows])
         return 0
@@ -150,7 +177,17 @@ def run_whitelist(args: argparse.Namespace, config: Config, store: Store) -> int
 def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Delete expired entries, or the triplets named."""
     if args.triplet or args.client:
-        network, sender, recipient = args.triplet or (args.client, None, None)
+        sender: str | None = None
+        recipient: str | None = None
+        if args.triplet:
+            network, sender, recipient = args.triplet[0], gl.normalise_sender(args.triplet[1]), args.triplet[2].strip().strip("<>")
+        else:
+            network = args.client
+        if not network.strip() or recipient == "":
+            # An empty filter is no filter: "this one triplet" would be every triplet of the sender.
+            print("milterd: --triplet and --client need a client network (and --triplet a recipient)", file=sys.stderr)
+            return 2
+        network = stored_network(network, config)
         if args.dry_run:
             rows = store.greylist.list_triplets(network, sender, recipient, limit=None) if network else []
             for row in rows:
