@@ -31,12 +31,12 @@ from .checks.rdns import RdnsChecks
 from .checks.sender import SenderChecks
 from .checks.spf import SpfChecks
 from .checks.uribl import UriblChecks
-from .endpoints import parse_listen
+from .endpoints import parse_listen, parse_socket
 from .greylist import compile_pattern
 from .options import CheckSwitches as CheckSwitches
 from .options import ConfigError as ConfigError
 from .options import Duration as Duration
-from .options import Section
+from .options import Section, finite
 from .options import Size as Size
 from .reinject import parse_target
 from .scanners import parse_address
@@ -46,7 +46,7 @@ def _threshold(value: object) -> float | bool:
     if value is False:
         return False
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return finite(value)  # a nan threshold would never fire
     raise ValueError(f"expected a score (a number) or false, got {value!r}")
 
 
@@ -97,13 +97,22 @@ class MilterSection(Section):
                 raise ValueError(f"{net!r} is not a network: {exc}") from None
         return value
 
+    @field_validator("socket")
+    @classmethod
+    def _socket(cls, value: str) -> str:
+        parse_socket(value)  # else only opening it would find out, with a traceback
+        return value
+
     @field_validator("socket_mode")
     @classmethod
     def _mode(cls, value: str) -> str:
         try:
-            int(value, 8)
+            mode = int(value, 8)
         except ValueError:
-            raise ValueError(f"{value!r} is not an octal mode such as \"0660\"") from None
+            mode = -1
+        # chmod takes -1 as every bit (a world-writable socket) and a huge one not at all.
+        if not 0 <= mode <= 0o7777:
+            raise ValueError(f"{value!r} is not an octal mode such as \"0660\"")
         return value
 
 
@@ -202,7 +211,10 @@ class GreylistSection(Section):
     def _whitelist(cls, value: list[str], info: Any) -> list[str]:
         kind = str(info.field_name).removeprefix("whitelist_").rstrip("s")
         for entry in value:
-            compile_pattern(kind, entry)
+            try:
+                compile_pattern(kind, entry)
+            except (OverflowError, RecursionError) as exc:  # re's other refusals than re.error
+                raise ValueError(f"bad regular expression {entry[:40]!r}: {exc}") from None
         return value
 
 
@@ -317,8 +329,12 @@ class Config(Section):
         if not self.rules.dir:
             return None
         base = self.path.parent if self.path else Path.cwd()
-        directory = (base / self.rules.dir).resolve()
-        if not directory.exists() and self.rules.dir != RulesSection.model_fields["dir"].default:
+        try:
+            directory = (base / self.rules.dir).resolve()
+            exists = directory.exists()
+        except OSError as exc:  # a name too long, a loop of links
+            raise ConfigError(self.path or "milter.conf", "[rules] dir", f"unusable: {exc.strerror or exc}") from None
+        if not exists and self.rules.dir != RulesSection.model_fields["dir"].default:
             raise ConfigError(self.path or "milter.conf", "[rules] dir", f"{directory} does not exist")
         return directory
 
@@ -366,7 +382,11 @@ def read_toml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
+        if path.read_bytes().startswith(b"\xef\xbb\xbf"):
+            raise ConfigError(path, "", "not valid TOML: it starts with a byte order mark (save it as UTF-8 without BOM)") from None
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML: not UTF-8 (byte {exc.start + 1})") from None
 
 
 def _validate(data: dict[str, Any], path: Path) -> Config:

@@ -8,6 +8,7 @@ check can define its ``[checks.NAME]`` options model beside its code and
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Annotated
 
@@ -15,10 +16,58 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from .units import parse_duration, parse_size
 
+
+def _shown(value: object) -> str:
+    """*value* for an error line: 400 digits would bury the reason."""
+    text = repr(value)
+    return text if len(text) <= 24 else text[:20] + "…"
+
+
+def finite(value: object) -> float:
+    """A TOML number as a float; ValueError for nan, an infinity or an integer too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {_shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # not a ValueError: pydantic would let it escape as a traceback
+        raise ValueError(f"{_shown(value)} is too large") from None
+    if not math.isfinite(number):
+        raise ValueError(f"must be a finite number, got {_shown(value)}")
+    return number
+
+
+def _finite_duration(value: object) -> object:
+    """*value* unchanged unless it is a duration no float holds (parse_duration, run next, parses it)."""
+    try:
+        seconds = parse_duration(value)
+    except OverflowError:  # float() of a huge integer
+        raise ValueError(f"{_shown(value)} is too large") from None
+    except ValueError:
+        return value  # parse_duration says why
+    if not math.isfinite(seconds):  # nan, inf, or "999…9" seconds
+        raise ValueError(f"must be a finite duration, got {_shown(value)}")
+    return value
+
+
+def _finite_size(value: object) -> object:
+    """*value* unchanged unless it is a size no int holds (parse_size, run next, parses it)."""
+    if isinstance(value, float) and math.isnan(value):
+        raise ValueError(f"must be a finite size, got {_shown(value)}")
+    try:
+        parse_size(value)
+    except OverflowError:  # int() of an infinite float ("999…9", inf), float() of a huge integer
+        raise ValueError(f"{_shown(value)} is too large") from None
+    except ValueError:
+        pass  # parse_size says why
+    return value
+
+
+# Before-validators run last first: the guard, then the parser (whose presence
+# confdoc looks for to render defaults as "30s" and "1M").
 #: Seconds, written as a number or "90s", "5m", "2h", "35d".
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[float, BeforeValidator(parse_duration), BeforeValidator(_finite_duration)]
 #: Bytes, written as a number or "512K", "25M", "1G".
-Size = Annotated[int, BeforeValidator(parse_size)]
+Size = Annotated[int, BeforeValidator(parse_size), BeforeValidator(_finite_size)]
 
 
 class ConfigError(Exception):

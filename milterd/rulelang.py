@@ -19,6 +19,8 @@ from typing import AbstractSet, Callable
 
 _TOKEN = re.compile(r"\s*(?:(\(|\)|&&|\|\||!)|([A-Za-z_][A-Za-z0-9_]*))")
 _KEYWORDS = {"and": "&&", "or": "||", "not": "!"}
+#: Deepest nesting of parentheses and ``not``: parsing, evaluating and naming recurse per level.
+MAX_DEPTH = 100
 
 
 class MetaSyntaxError(ValueError):
@@ -90,6 +92,7 @@ class _Parser:
     def __init__(self, tokens: list[str]) -> None:
         self.tokens = tokens
         self.position = 0
+        self.depth = 0
 
     def _peek(self) -> str | None:
         return self.tokens[self.position] if self.position < len(self.tokens) else None
@@ -117,16 +120,25 @@ class _Parser:
 
     def factor(self) -> Node:
         token = self._take()
-        if token == "!":
-            return Not(self.factor())
-        if token == "(":
-            node = self.expr()
-            if self._take() != ")":
-                raise MetaSyntaxError("missing ')'")
-            return node
+        if token in ("!", "("):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise MetaSyntaxError(f"nested more than {MAX_DEPTH} deep (parentheses and not)")
+            try:
+                return self._nested(token)
+            finally:
+                self.depth -= 1
         if token in (")", "&&", "||"):
             raise MetaSyntaxError(f"unexpected {token!r} where a symbol was expected")
         return Name(token)
+
+    def _nested(self, token: str) -> Node:
+        if token == "!":
+            return Not(self.factor())
+        node = self.expr()
+        if self._take() != ")":
+            raise MetaSyntaxError("missing ')'")
+        return node
 
 
 def evaluate(node: Node, symbols: AbstractSet[str]) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .config import ConfigError, read_toml
+from .options import finite
 
 #: The rule files shipped in the package; they always load, before the local ones.
 SHIPPED_DIR = Path(__file__).resolve().parent / "defaults" / "rules"
@@ -151,7 +152,10 @@ def _read_symbols(ruleset: Ruleset, path: Path, table: Any) -> None:
             value = value.get("score")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, key, f"score must be a number, got {value!r}")
-        ruleset.weights[name] = float(value)
+        try:
+            ruleset.weights[name] = finite(value)
+        except ValueError as exc:
+            raise ConfigError(path, key, f"score {exc}") from None
         ruleset.weight_files[name] = path
 
 

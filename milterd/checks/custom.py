@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 from ..config import ConfigError
 from ..message.model import Envelope, Hit, Session
+from ..options import finite
 from ..rulelang import MetaSyntaxError, Node, evaluate, names, parse
 from ..units import parse_size
 from . import Check, Hits, Symbol
@@ -97,6 +98,10 @@ def _compile(file: Any, position: int, entry: Any, seen: set[str], builtin: dict
     score = entry.get("score", 1.0)
     if isinstance(score, bool) or not isinstance(score, (int, float)):
         raise ConfigError(file, f"{where}.score", "must be a number")
+    try:
+        score = finite(score)
+    except ValueError as exc:
+        raise ConfigError(file, f"{where}.score", str(exc)) from None
     description = entry.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(file, f"{where}.description", "must be a string")
@@ -123,7 +128,7 @@ def _compile(file: Any, position: int, entry: Any, seen: set[str], builtin: dict
             raise ConfigError(file, f"{where}.{kind}", "must be a regular expression (a string)")
     try:
         regex = re.compile(pattern)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # x{99999999999}, thousands of nested groups
         raise ConfigError(file, f"{where}.{key}", f"bad regular expression: {exc}") from None
     return Rule(description=description, header=header.lower(), regex=regex, expression=pattern, **common)
 
@@ -177,6 +182,8 @@ def max_text(services: "Services") -> int:
                 value = parse_size(source.value["max_text"])
             except ValueError as exc:
                 raise ConfigError(source.file, "custom.max_text", str(exc)) from None
+            except OverflowError:  # inf, or more digits than a float holds
+                raise ConfigError(source.file, "custom.max_text", "too large") from None
             if value <= 0:
                 raise ConfigError(source.file, "custom.max_text", "must be positive")
     return value

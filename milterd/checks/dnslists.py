@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence, TypeVar
 
 from ..dns import Answer
-from ..options import ConfigError
+from ..options import ConfigError, finite
 
 if TYPE_CHECKING:
     from ..ruleset import Ruleset
@@ -204,7 +204,10 @@ def number(file: Any, key: str, value: Any) -> float:
     """A number of a rule table; ConfigError otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(file, key, "must be a number")
-    return float(value)
+    try:
+        return finite(value)
+    except ValueError as exc:
+        raise ConfigError(file, key, str(exc)) from None
 
 
 def boolean(file: Any, key: str, value: Any) -> bool:

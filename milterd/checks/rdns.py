@@ -103,7 +103,7 @@ class ReverseDns(ConfiguredCheck[RdnsChecks]):
         for position, pattern in enumerate(services.config.checks.rdns.generic_patterns):
             try:
                 re.compile(pattern)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:  # x{99999999999}, thousands of nested groups
                 raise ConfigError(services.config.path or "milter.conf", f"[checks.rdns] generic_patterns[{position}]", f"bad regular expression: {exc}") from None
         return True
 
