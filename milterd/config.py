@@ -176,7 +176,7 @@ class DkimSigningSection(Section):
     keys: list[DkimKey] = Field([], description="Keys as { domain = \"example.org\", selector = \"s2026\", key_file = \"dkim/example.org.s2026.key\" }; a domain with an RSA and an ed25519 key gets both signatures.")
     sign_trusted: bool = Field(True, description="Sign mail from clients in trusted_networks.")
     sign_authenticated: bool = Field(True, description="Sign mail from clients that authenticated with SMTP AUTH.")
-    headers: list[str] = Field([], description="Header fields to sign; empty signs RFC 6376's recommended set (From twice, so that none can be added).")
+    headers: list[str] = Field([], description="Header fields to sign; empty signs RFC 6376's recommended set. From is always signed once more than the message has it, whatever this list says, so that no From can be added without breaking the signature.")
 
     @field_validator("headers")
     @classmethod

@@ -43,7 +43,7 @@ class DkimChecks(CheckSwitches):
 
     max_signatures: int = Field(5, ge=0, le=50, description="Most DKIM signatures verified per message (topmost first); the rest are ignored.")
     min_key_bits: int = Field(1024, ge=512, description="Smallest RSA key accepted: a signature made with a smaller key is a permerror (DKIM_INVALID).")
-    max_size: Size = Field(10 * 1024 * 1024, description="Larger messages are not verified (DKIM_NONE with the reason in the log).")
+    max_size: Size = Field(10 * 1024 * 1024, description="Larger messages are not verified (DKIM_NONE with the reason in the log); DMARC counts an aligned signature left unverified as a temperror, never a failure. Keep it at or above Postfix's message_size_limit.")
 
 
 STATE = "dkim"

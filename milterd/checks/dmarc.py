@@ -249,7 +249,7 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         Symbol("DMARC_FAIL_QUARANTINE", 3.0, "DMARC fail, and the From domain asks to quarantine such mail (p=quarantine, or p=reject left out by pct)"),
         Symbol("DMARC_FAIL_NONE", 0.5, "DMARC fail, and the From domain only monitors (p=none, or a milder policy by pct)"),
         Symbol("DMARC_NONE", 0.0, "The From domain publishes no DMARC policy (or the From field has no domain)"),
-        Symbol("DMARC_TEMPFAIL", 0.0, "DMARC could not be evaluated: the policy, an SPF record or a DKIM key could not be looked up (DNS error)"),
+        Symbol("DMARC_TEMPFAIL", 0.0, "DMARC could not be evaluated: the policy, an SPF record or a DKIM key could not be looked up (DNS error), or an aligned DKIM signature was not verified (message over [checks.dkim] max_size)"),
         Symbol("DMARC_ARC_OVERRIDE", 0.0, "DMARC failed but a trusted ARC sealer vouched for the message: the policy is not applied"),
     )
 
