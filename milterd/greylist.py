@@ -60,6 +60,11 @@ PROVIDER_CLIENTS: tuple[str, ...] = (
 #: "renewed on use" without a write for every message of a busy sender.
 RENEW_INTERVAL = 3600.0
 
+#: A client network's successful retries add to its auto-whitelist count at
+#: most once in so many seconds (as postgrey's ``--auto-whitelist-clients``):
+#: a spammer retrying a burst of messages in one go counts once, not N times.
+CLIENT_COUNT_INTERVAL = 3600.0
+
 WHITELIST_KINDS = ("client", "sender", "recipient")
 
 Kind = Literal["new", "early", "pass", "known", "expired"]
@@ -337,7 +342,11 @@ class Write:
     ``known`` renews it; ``expires_at`` is the row's new expiry (for ``early``
     only used when the row has to be created again: a retry keeps the window
     of the first attempt);
-    ``count_client`` adds one pass to the client network's count (auto whitelist).
+    ``count_client`` (a ``pass``: the triplet waited the delay and came back)
+    adds one successful retry to the client network's count (auto whitelist):
+    at most one a message and one every :data:`CLIENT_COUNT_INTERVAL`; a
+    network last seen more than ``client_expire`` seconds before (``[greylist]
+    expire``, 0: never) counts from zero again, as if the purge had removed it.
     """
 
     triplet: Triplet
@@ -345,6 +354,7 @@ class Write:
     at: dt.datetime
     expires_at: dt.datetime
     count_client: bool = False
+    client_expire: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -360,13 +370,26 @@ def plan(triplet: Triplet, state: State | None, now: dt.datetime, config: "Greyl
 
     A known triplet renewed less than :data:`RENEW_INTERVAL` ago needs no write;
     every other attempt is recorded (an attempt, a restart, a pass or a renewal).
+    Only a ``pass`` counts for the client's auto whitelist: a renewal is no
+    successful retry.
     """
     verdict = judge(state, now, config.delay, config.retry_window)
     if verdict.kind == "known" and state is not None and (now - state.last_seen).total_seconds() < RENEW_INTERVAL:
         return Step(verdict, None)
     passed = verdict.kind in ("pass", "known")
     expires = now + dt.timedelta(seconds=config.expire if passed else config.retry_window)
-    return Step(verdict, Write(triplet, verdict.kind, now, expires, count_client=passed and config.auto_whitelist_after > 0))
+    if verdict.kind == "pass" and config.auto_whitelist_after > 0:
+        return Step(verdict, Write(triplet, verdict.kind, now, expires, count_client=True, client_expire=config.expire))
+    return Step(verdict, Write(triplet, verdict.kind, now, expires))
+
+
+def auto_whitelisted(passes: int, last_seen: dt.datetime | None, now: dt.datetime, config: "GreylistSection") -> bool:
+    """Whether a client network with this count and last use skips greylisting:
+    enough successful retries, and used within ``expire`` (the purge job, when
+    it runs at all, deletes it later)."""
+    if config.auto_whitelist_after <= 0 or passes < config.auto_whitelist_after or last_seen is None:
+        return False
+    return last_seen >= now - dt.timedelta(seconds=config.expire)
 
 
 def check_triplet(store: "GreylistStore", triplet: Triplet, config: "GreylistSection", now: dt.datetime | None = None) -> Judgement:

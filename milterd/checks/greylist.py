@@ -275,17 +275,19 @@ class Greylist(Check):
         return None
 
     def _client_state(self, session: Session) -> ClientState:
-        """Whether the session's client network is auto-whitelisted (read once a session)."""
+        """Whether the session's client network is auto-whitelisted (read once a
+        session): an entry unused for ``expire`` is not, purged or not."""
         client = ClientState(gl.client_network(session.client_addr, self.config.netmask_v4, self.config.netmask_v6))
         try:
             passes, last_seen = self.services.store.greylist.client_state(client.network)
         except StoreError as exc:
             log.warning("greylist store unavailable for client %s: %s", client.network, exc)
             return client
-        if passes >= self.config.auto_whitelist_after:
+        now = utcnow()
+        if last_seen is not None and gl.auto_whitelisted(passes, last_seen, now, self.config):
             client.whitelisted = True
             # Renewed with the transaction's writes, at most every RENEW_INTERVAL.
-            client.touch = last_seen is None or (utcnow() - last_seen).total_seconds() >= gl.RENEW_INTERVAL
+            client.touch = (now - last_seen).total_seconds() >= gl.RENEW_INTERVAL
         return client
 
     def _stored_whitelist(self) -> gl.Whitelist:

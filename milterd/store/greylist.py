@@ -17,13 +17,13 @@ or MX hosts end up on one row and none of them fails.
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy import Engine, and_, case, delete, func, select, update
 
 from ..clock import as_utc, utcnow
-from ..greylist import RENEW_INTERVAL, Kind, State, Triplet, Whitelist, Write, compile_pattern
+from ..greylist import CLIENT_COUNT_INTERVAL, RENEW_INTERVAL, Kind, State, Triplet, Whitelist, Write, compile_pattern
 from . import schema
 from .errors import guarded
 from .upsert import dialect_insert
@@ -115,7 +115,9 @@ class GreylistStore:
         Each write is an insert-or-update on the triplet's key: the insert is
         what the row would be had nobody else seen the triplet, the update what
         the attempt changes in a row somebody else created or changed meanwhile.
-        Writes of the same kind go in one executemany.
+        Writes of the same kind go in one executemany.  A client network whose
+        writes ``count_client`` gains one successful retry, whatever their number,
+        unless it last counted less than :data:`CLIENT_COUNT_INTERVAL` before.
         """
         touch = sorted(set(touch_clients))
         if not writes and not touch:
@@ -126,8 +128,10 @@ class GreylistStore:
         by_kind: dict[Kind, list[dict[str, Any]]] = defaultdict(list)
         for write in sorted(writes, key=lambda w: (KIND_ORDER.index(w.kind), w.triplet.network, w.triplet.sender, w.triplet.recipient)):
             by_kind[write.kind].append(_insert_values(write))
-        counted = Counter(w.triplet.network for w in writes if w.count_client)
-        last_counted = {w.triplet.network: w.at for w in writes if w.count_client}
+        counted: dict[str, Write] = {}  # the latest counting write of each network
+        for write in writes:
+            if write.count_client and (write.triplet.network not in counted or write.at > counted[write.triplet.network].at):
+                counted[write.triplet.network] = write
 
         def apply() -> None:
             with self.engine.begin() as connection:
@@ -140,16 +144,8 @@ class GreylistStore:
                         set_=_conflict_update(kind, table, statement.excluded),
                     )
                     connection.execute(statement, rows)
-                if counted:
-                    clients = schema.greylist_clients
-                    statement = insert(clients)
-                    statement = statement.on_conflict_do_update(
-                        index_elements=[clients.c.network],
-                        set_={"passes": clients.c.passes + statement.excluded.passes, "last_seen": statement.excluded.last_seen},
-                    )
-                    connection.execute(statement, [
-                        {"network": network, "passes": n, "last_seen": last_counted[network]} for network, n in sorted(counted.items())
-                    ])
+                for network, write in sorted(counted.items()):
+                    connection.execute(_count_client(insert, network, write))
                 if touch:
                     clients = schema.greylist_clients
                     connection.execute(
@@ -330,6 +326,28 @@ def _insert_values(write: Write) -> dict[str, Any]:
         "first_seen": write.at, "last_seen": write.at, "passed_at": write.at if passed else None,
         "expires_at": write.expires_at, "attempts": 1, "passes": 1 if passed else 0,
     }
+
+
+def _count_client(insert: Any, network: str, write: Write) -> Any:
+    """The insert-or-update adding *write*'s successful retry to *network*'s count.
+
+    The row's ``last_seen`` is its last count (or, once auto-whitelisted, its
+    last use): a count less than :data:`CLIENT_COUNT_INTERVAL` after it is
+    skipped (the row is left as it is), and a row unseen for ``client_expire``
+    seconds starts again from this one.  Decided on the row itself, so that
+    workers and MX hosts counting the same network at once count it once.
+    """
+    clients = schema.greylist_clients
+    statement = insert(clients).values(network=network, passes=1, last_seen=write.at)
+    passes: Any = clients.c.passes + statement.excluded.passes
+    if write.client_expire > 0:
+        stale = write.at - dt.timedelta(seconds=write.client_expire)
+        passes = case((clients.c.last_seen < stale, statement.excluded.passes), else_=passes)
+    return statement.on_conflict_do_update(
+        index_elements=[clients.c.network],
+        set_={"passes": passes, "last_seen": statement.excluded.last_seen},
+        where=clients.c.last_seen <= write.at - dt.timedelta(seconds=CLIENT_COUNT_INTERVAL),
+    )
 
 
 def _conflict_update(kind: Kind, table: Any, excluded: Any) -> dict[str, Any]:

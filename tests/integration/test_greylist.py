@@ -104,15 +104,29 @@ def test_known_and_new_recipient_get_different_answers(stack: Stack) -> None:
     assert "carol@example.com" in row["details"]["GREYLIST_DEFERRED"]
 
 
-def test_auto_whitelisted_client_skips(stack: Stack) -> None:
+def test_one_retried_message_counts_its_client_once(stack: Stack) -> None:
+    # auto_whitelist_after = 2: a message retried to two recipients is one successful retry, not two.
     who = client("198.51.100.20")
     first = attempt(stack, who, ["r1@example.com", "r2@example.com"])
     assert all(greylisted(r) for r in first.values()) and len(first) == 2
     wait_out_the_delay()
-    assert attempt(stack, who, ["r1@example.com", "r2@example.com"]) == {}  # two passes
-    assert attempt(stack, client("198.51.100.21"), ["new@example.com"], sender="someone@else.example") == {}
+    assert attempt(stack, who, ["r1@example.com", "r2@example.com"]) == {}  # two triplets pass, the client counts once
+    refused = attempt(stack, client("198.51.100.21"), ["new@example.com"], sender="someone@else.example")
+    assert greylisted(refused["new@example.com"])  # the /24 is not auto-whitelisted
     listed = json.loads(stack.milterd.cli("greylist", "stats", "--json").stdout)
-    assert listed["auto_whitelisted_clients"] >= 1
+    assert listed["clients"] >= 1 and listed["auto_whitelisted_clients"] == 0
+
+
+def test_auto_whitelisted_client_skips(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack({"greylist": dict(GREYLIST, auto_whitelist_after=1)})
+    who = client("198.51.100.30")
+    first = attempt(stack, who, ["r1@example.com"])
+    assert greylisted(first["r1@example.com"])
+    wait_out_the_delay()
+    assert attempt(stack, who, ["r1@example.com"]) == {}  # a successful retry: the /24 counts once
+    assert attempt(stack, client("198.51.100.31"), ["new@example.com"], sender="someone@else.example") == {}
+    listed = json.loads(stack.milterd.cli("greylist", "stats", "--json").stdout)
+    assert listed["auto_whitelisted_clients"] == 1
 
 
 def test_authenticated_client_skips(stack: Stack) -> None:

@@ -172,12 +172,12 @@ def test_plan_new_and_early_record_an_attempt() -> None:
     assert not early.write.count_client
 
 
-def test_plan_pass_and_renewal_count_the_client() -> None:
+def test_plan_pass_counts_the_client_renewal_does_not() -> None:
     passed = gl.plan(T, state(300), NOW, PLAN_CONFIG)
     assert passed.judgement.kind == "pass" and not passed.judgement.greylisted
-    assert passed.write == gl.Write(T, "pass", NOW, later(86400), count_client=True)
+    assert passed.write == gl.Write(T, "pass", NOW, later(86400), count_client=True, client_expire=86400)
     renewed = gl.plan(T, state(9000, passed=8000), NOW, PLAN_CONFIG)  # last seen 9000 s ago: over RENEW_INTERVAL
-    assert renewed.judgement.kind == "known" and renewed.write == gl.Write(T, "known", NOW, later(86400), count_client=True)
+    assert renewed.judgement.kind == "known" and renewed.write == gl.Write(T, "known", NOW, later(86400), count_client=False)
     no_auto = gl.plan(T, state(300), NOW, GreylistSection(delay=300, auto_whitelist_after=0))
     assert no_auto.write is not None and not no_auto.write.count_client
 
