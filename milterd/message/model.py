@@ -155,15 +155,21 @@ class Spool:
     """
 
     def __init__(self, memory_limit: int, directory: str | None = None) -> None:
-        self._file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=memory_limit, dir=directory or None)
+        spooled = tempfile.SpooledTemporaryFile(max_size=memory_limit, dir=directory or None)
+        if memory_limit <= 0:
+            spooled.rollover()  # SpooledTemporaryFile reads a max_size of 0 as "no limit": never to disk
+        self._file: IO[bytes] = spooled
         self._lock = threading.Lock()
         self.size = 0
 
     def write(self, chunk: bytes) -> None:
-        """Append a body chunk."""
+        """Append a body chunk; an OSError (a full disk) is raised here, never by a later read."""
         with self._lock:
             self._file.seek(0, os.SEEK_END)
             self._file.write(chunk)
+            # A chunk shorter than the file's buffer would otherwise wait there, and
+            # ENOSPC surface in whichever check reads the spool at end of message.
+            self._file.flush()
             self.size += len(chunk)
 
     def read_at(self, offset: int, size: int) -> bytes:
@@ -197,7 +203,10 @@ class Spool:
     def close(self) -> None:
         """Release memory and the temporary file."""
         with self._lock:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the buffered tail of a failed write (a full disk): the file is closed all the same
 
 
 @dataclass

@@ -220,6 +220,9 @@ class Pipeline:
                 outcome.verdict = _replace_action(verdict, Action.TEMPFAIL, "store unavailable")
                 outcome.reply = TEMPFAIL
                 outcome.edits = []
+                # The summary line (the only trace left) and the metrics tell what the client got.
+                outcome.record.action = Action.TEMPFAIL.label
+                outcome.record.reason = f"store unavailable (verdict {verdict.action.label}{': ' + verdict.reason if verdict.reason else ''})"
         envelope.logged = True
         if self.keep_log:
             log.info(summary_line(outcome.record))

@@ -6,6 +6,7 @@ Pure functions of their arguments, so that the milter, ``milterd check`` and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping
 
@@ -26,11 +27,17 @@ SPAM_HEADERS = ("X-Spam-Status", "X-Spam-Score", "X-Spam-Flag")
 
 
 def score_hits(hits: Iterable[Hit], weight: Callable[[str], float]) -> tuple[dict[str, float], dict[str, str]]:
-    """Symbol → score and symbol → detail; a symbol hit twice counts once (its highest score)."""
+    """Symbol → score and symbol → detail; a symbol hit twice counts once (its highest score).
+
+    A score that is not a number (NaN: TOML reads ``score = nan``) counts 0: in
+    the sum it would make every threshold comparison false and pass the message.
+    """
     symbols: dict[str, float] = {}
     details: dict[str, str] = {}
     for hit in hits:
         score = hit.score if hit.score is not None else weight(hit.symbol)
+        if math.isnan(score):
+            score = 0.0
         if hit.symbol not in symbols or score > symbols[hit.symbol]:
             symbols[hit.symbol] = round(score, 3)
         if hit.detail and hit.symbol not in details:
