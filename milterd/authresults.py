@@ -83,9 +83,37 @@ def _token(text: str) -> str | None:
     return text if _TOKEN.fullmatch(text) else None
 
 
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+#: ``dot-atom "@" domain-name`` (RFC 8601 §2.2 pvalue; RFC 5322 §3.2.3, RFC 6376 §3.5 domain-name).
+_ADDRESS = re.compile(
+    rf"{_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
+#: What a quoted-string cannot hold even as a quoted-pair: controls (RFC 5322 §3.2.4) and lone surrogates (not UTF-8, RFC 6532).
+_UNQUOTABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+
+
+def _pvalue(text: str) -> str | None:
+    """*text* (an envelope address, a HELO name, a SASL login) as authres should write it as a pvalue, or None.
+
+    authres writes a value holding ``@`` as it is, so ``x;dkim=pass@evil.example``
+    would end the property at ``;`` and add a forged result (RFC 8601 §2.2: a
+    pvalue is ``[local-part "@"] domain-name`` or a token or quoted-string).
+    Such a value is kept as is only in the ``dot-atom@domain-name`` form, else
+    quoted here; one without ``@`` authres quotes itself when needed.  One
+    that no quoted-string can hold is left out.
+    """
+    if not text or _UNQUOTABLE.search(text):
+        return None
+    if "@" not in text or _ADDRESS.fullmatch(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _reason(text: str) -> str | None:
     # authres quotes the reason; a quote or backslash inside it would end it early.
     cleaned = "".join(c for c in text if c.isprintable() and c not in '"\\')[:120]
+    if "@" in cleaned:  # authres would write it unquoted (see _pvalue)
+        return f'"{cleaned}"'
     return cleaned or None
 
 
@@ -130,10 +158,10 @@ def _render(
     """:func:`build`'s header from the fields it shows (:func:`build` gives their meaning)."""
     results: list[Any] = []
     if auth_user:
-        results.append(authres.SMTPAUTHAuthenticationResult(result="pass", smtp_auth=auth_user))
+        results.append(authres.SMTPAUTHAuthenticationResult(result="pass", smtp_auth=_pvalue(auth_user)))
     if spf is not None:
         is_helo, identity, result = spf
-        kwargs = {"smtp_helo": identity} if is_helo else {"smtp_mailfrom": identity}
+        kwargs = {"smtp_helo": _pvalue(identity)} if is_helo else {"smtp_mailfrom": _pvalue(identity)}
         results.append(authres.SPFAuthenticationResult(result=result, **kwargs))
     if dkim is not None:
         if not dkim:

@@ -451,16 +451,30 @@ class Quarantine:
         self._send_text(sender or self.report_from, to, subject, text)
         return f"{len(rows)} messages reported to {', '.join(to)}"
 
-    def notify_virus_recipients(self, since: dt.datetime) -> int:
-        """Tell each recipient of a message quarantined as a virus since *since*; return how many notices were sent."""
+    def notify_virus_recipients(self, since: dt.datetime, failed: list[str] | None = None) -> int:
+        """Tell each recipient of a message quarantined as a virus since *since*; return how many notices were sent.
+
+        Each notice is sent on its own: one refused or failed (``<recipient>: why``,
+        appended to *failed*) does not stop the others.  Without *failed*, a
+        QuarantineError naming them all follows once every notice was tried.
+        """
         sent = 0
+        problems: list[str] = []
         for row in self.rows(since=since):
             if not is_virus(row) or row.get("released_at"):
                 continue
             subject, text = virus_notice(row, self.report_from)
             for recipient in row["recipients"] or []:
-                self._send_text(self.report_from, [recipient], subject, text)
+                try:
+                    self._send_text(self.report_from, [recipient], subject, text)
+                except QuarantineError as exc:
+                    problems.append(f"<{recipient}>: {exc}")
+                    continue
                 sent += 1
+        if failed is not None:
+            failed.extend(problems)
+        elif problems:
+            raise QuarantineError(f"{sent} virus notices sent, {len(problems)} not: " + "; ".join(problems))
         return sent
 
     @property
@@ -474,6 +488,8 @@ class Quarantine:
             _delivered, refused = reinject.send(self._target(), sender, to, [message], self.config.hostname, auth=self._auth())
         except (OSError, smtplib.SMTPException) as exc:
             raise QuarantineError(f"cannot send to {self.config.quarantine.release_smtp}: {reinject.smtp_error(exc)}") from None
+        except UnicodeEncodeError as exc:  # smtplib: a non-ASCII address to a server without SMTPUTF8, or one that is not UTF-8
+            raise QuarantineError(f"cannot send to {self.config.quarantine.release_smtp}: an address it cannot take ({exc.reason})") from None
         if refused:
             raise QuarantineError("refused: " + "; ".join(f"<{r}>: {reply}" for r, reply in refused.items()))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mailbox
 import sys
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -62,12 +63,20 @@ def _batches(paths: Iterable[Path], errors: Counter[str], failures: list[str]) -
             errors["unreadable"] += 1
             failures.append(f"{path}: {exc.strerror or exc}")
             continue
+        except mailbox.Error as exc:  # an mbox or Maildir gone (NoSuchMailboxError) or changed since it was named
+            errors["unreadable"] += 1
+            failures.append(f"{path}: {_mailbox_error(exc)}")
+            continue
         for ref in refs:
             try:
                 batch.append(ref.load())
             except OSError as exc:
                 errors["unreadable"] += 1
                 failures.append(f"{ref.label}: {exc.strerror or exc}")
+                continue
+            except mailbox.Error as exc:
+                errors["unreadable"] += 1
+                failures.append(f"{ref.label}: {_mailbox_error(exc)}")
                 continue
             except KeyError:  # a Maildir's message expunged or moved away since the folder was listed
                 errors["unreadable"] += 1
@@ -85,6 +94,12 @@ def _batches(paths: Iterable[Path], errors: Counter[str], failures: list[str]) -
                 batch = []
     if batch:
         yield batch
+
+
+def _mailbox_error(exc: mailbox.Error) -> str:
+    if isinstance(exc, mailbox.NoSuchMailboxError):
+        return "no longer there"
+    return str(exc) or exc.__class__.__name__
 
 
 def run_learn(args: argparse.Namespace) -> int:

@@ -235,13 +235,17 @@ def _summary(row: dict[str, Any]) -> str:
 
 
 def run_digest(args: argparse.Namespace, quarantine: Quarantine) -> int:
-    """Send the digest (and, when asked, the virus notices)."""
+    """Send the digest (and, when asked, the virus notices, each on its own); status 1 when one of them failed."""
     since = args.since or utcnow() - dt.timedelta(hours=24)
     print(quarantine.digest(args.to, since, sender=args.sender))
     notify = args.notify_virus_recipients if args.notify_virus_recipients is not None else quarantine.config.quarantine.notify_virus_recipients
+    failed: list[str] = []
     if notify:
-        print(f"{quarantine.notify_virus_recipients(since)} virus notices sent")
-    return 0
+        sent = quarantine.notify_virus_recipients(since, failed)
+        for problem in failed:
+            print(f"milterd: virus notice not sent to {escape(problem)}", file=sys.stderr)
+        print(f"{sent} virus notices sent")
+    return 1 if failed else 0
 
 
 def _cut(text: str, width: int) -> str:

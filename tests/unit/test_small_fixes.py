@@ -1,0 +1,252 @@
+"""Four small defects: Authentication-Results property injection, SMTP reply line length,
+``milterd learn`` on a mailbox that vanishes, and one refused virus notice stopping the rest.
+
+SQLite in temporary files; no mail is sent (``reinject.send`` is replaced by a recorder).
+"""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import authres
+import pytest
+
+from milterd import authresults
+from milterd import quarantine as quarantine_module
+from milterd.checks.dkim import SignatureResult
+from milterd.cli import main
+from milterd.config import load_config
+from milterd.message.reply import MAX_REPLY_TEXT, Reply, setreply_args
+from milterd.milter import offline
+from milterd.quarantine import Quarantine, QuarantineError
+from milterd.store import MessageRecord, Store, utcnow
+from milterd.store.quarantine import QuarantineWrite
+from tests.harness.milterd import write_config
+
+
+# --- Authentication-Results: a property value never ends early (RFC 8601 §2.2) ----------------
+def _parsed(value: str) -> list[tuple[str, str, dict[str, str]]]:
+    """(method, result, {ptype.property: value unquoted}) of each resinfo, as an RFC 8601 parser reads them."""
+    header = authres.AuthenticationResultsHeader.parse(f"Authentication-Results: {value}")
+    unquote = lambda text: re.sub(r"\\(.)", r"\1", text)  # noqa: E731 - authres keeps a quoted-string's quoted-pairs
+    return [(r.method, r.result, {f"{p.type}.{p.name}": unquote(p.value) for p in r.properties}) for r in header.results]
+
+
+HOSTILE_SENDERS = [
+    "x;dkim=pass@evil.example",
+    "x; dkim=pass header.d=bank.example@evil.example",
+    'we"ird\\@x.test',
+    "a b@x.test",
+    "(comment)@x.test",
+    "x@evil.example; dmarc=pass",
+    "user@[192.0.2.1]",
+    "@x.test",
+    "a@b@c.test",
+]
+
+
+def test_an_envelope_sender_with_at_cannot_add_a_result() -> None:
+    value = authresults.build("mx.test", spf={"result": "fail", "identity": "mailfrom", "sender": "x;dkim=pass@evil.example", "helo": "h"})
+    assert value == 'mx.test; spf=fail smtp.mailfrom="x;dkim=pass@evil.example"'
+    assert _parsed(value) == [("spf", "fail", {"smtp.mailfrom": "x;dkim=pass@evil.example"})]
+
+
+@pytest.mark.parametrize("sender", HOSTILE_SENDERS)
+def test_every_odd_sender_reads_back_whole_as_the_one_spf_property(sender: str) -> None:
+    authresults._built.cache_clear()  # noqa: SLF001
+    value = authresults.build("mx.test", spf={"result": "softfail", "identity": "mailfrom", "sender": sender, "helo": "h"})
+    assert _parsed(value) == [("spf", "softfail", {"smtp.mailfrom": sender})]
+
+
+def test_a_plain_address_is_written_as_local_part_at_domain() -> None:
+    value = authresults.build("mx.test", spf={"result": "pass", "identity": "mailfrom", "sender": "first.last+tag@sub.example.org", "helo": "h"})
+    assert value == "mx.test; spf=pass smtp.mailfrom=first.last+tag@sub.example.org"
+
+
+def test_helo_login_and_dkim_reason_with_at_cannot_add_a_result() -> None:
+    value = authresults.build(
+        "mx.test",
+        auth_user="u@x; dkim=pass",
+        spf={"result": "none", "identity": "helo", "sender": "", "helo": "h@x;dmarc=pass"},
+        dkim=[SignatureResult("d.test", "s", "permerror", reason="Unexpected characters in RFC822 header: b'X: a@b; dkim=pass'")],
+    )
+    assert [(method, result) for method, result, _ in _parsed(value)] == [("auth", "pass"), ("spf", "none"), ("dkim", "permerror")]
+    assert 'smtp.auth="u@x; dkim=pass"' in value and 'smtp.helo="h@x;dmarc=pass"' in value
+    assert "reason=\"Unexpected characters in RFC822 header: b'X: a@b; dkim=pass'\"" in value
+
+
+def test_a_sender_no_quoted_string_can_hold_is_left_out() -> None:
+    value = authresults.build("mx.test", spf={"result": "fail", "identity": "mailfrom", "sender": "x\x01;dkim=pass@evil.example", "helo": "h"})
+    assert value == "mx.test; spf=fail"
+
+
+# --- SMTP replies: a line is at most 512 octets (RFC 5321 §4.5.3.1.5) --------------------------
+def _wire(code: str, xcode: str | None, text: str) -> bytes:
+    """The reply line Postfix sends for these smfi_setreply arguments (it turns %% into %)."""
+    return " ".join(part for part in (code, xcode, text.replace("%%", "%")) if part).encode() + b"\r\n"
+
+
+@pytest.mark.parametrize("reply", [
+    Reply("554", "5.7.1", "Service unavailable; client [192.0.2.1] blocked using zen.example; " + "x" * 2000),
+    Reply("550", None, "y" * 2000),
+    Reply("550", "5.7.123", "z" * 600),
+    Reply("550", "5.7.1", "%" * 2000),
+    Reply("550", "5.7.1", "\x01" * 1000),
+    Reply.reject("Attachment rejected: " + "\u00e9" * 380 + ".exe"),
+    Reply.reject(f"Message rejected: {'d' * 60 + '.' + 'e' * 60 + '.'}caf\u00e9.example publishes a DMARC policy of reject" + "!" * 400),
+])
+def test_a_long_reply_fits_one_smtp_line_and_keeps_its_codes(reply: Reply) -> None:
+    code, xcode, text = setreply_args(reply)
+    assert (code, xcode) == (reply.code, reply.xcode)
+    assert len(_wire(code, xcode, text)) <= 512
+    assert len(text) <= MAX_REPLY_TEXT and text.endswith("...")
+    assert re.fullmatch(r"(%%|[^%])*\.\.\.", text)  # no half of a doubled %
+    # Without an enhanced code some libmilter versions write two spaces: still within 512.
+    assert len(f"{code} {xcode or ''} {text.replace('%%', '%')}\r\n".encode()) <= 512
+
+
+def test_a_reply_that_fits_is_not_cut_and_one_octet_more_is() -> None:
+    room = 512 - len("550 5.7.1 \r\n")
+    assert setreply_args(Reply("550", "5.7.1", "a" * room))[2] == "a" * room
+    cut = setreply_args(Reply("550", "5.7.1", "a" * (room + 1)))[2]
+    assert cut == "a" * (room - 3) + "..." and len(_wire("550", "5.7.1", cut)) == 512
+    assert setreply_args(Reply("550", "5.7.1", "100% " * 99))[2] == "100%% " * 99  # 495 octets on the wire
+
+
+def test_a_long_reply_text_starts_with_what_the_check_said() -> None:
+    code, xcode, text = setreply_args(Reply.reject("Attachment rejected: " + "\u00e9" * 380))
+    assert text.startswith("Attachment rejected: \\xe9\\xe9")
+
+
+# --- milterd learn: a mailbox gone between naming and reading ------------------------------
+@pytest.fixture()
+def learn_conf(tmp_path: Path) -> Path:
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "s.sqlite"}"\n[rules]\ndir = ""\n')
+    assert main(["db", "upgrade", "-c", str(conf)]) == 0
+    return conf
+
+
+def test_learn_reports_a_maildir_gone_mid_read_and_goes_on(tmp_path: Path, learn_conf: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    box = mailbox.Maildir(str(tmp_path / "Maildir"))
+    box.add(b"From: a@example.org\r\nMessage-ID: <1@example.org>\r\n\r\nbody\r\n")
+    (tmp_path / "one.eml").write_bytes(b"From: b@example.org\r\nMessage-ID: <2@example.org>\r\n\r\nother\r\n")
+    real = mailbox.Maildir
+
+    def moved_away(path: str, *args: Any, **kwargs: Any) -> mailbox.Maildir:
+        shutil.rmtree(path)  # the folder is renamed or deleted after milterd saw it is a Maildir
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(offline.mailbox, "Maildir", moved_away)
+    capsys.readouterr()
+    assert main(["learn", "-c", str(learn_conf), "--json", "--spam", str(tmp_path / "Maildir"), str(tmp_path / "one.eml")]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["learned"] == 1 and summary["unreadable"] == 1 and summary["model"] == {"spam": 1, "ham": 0}
+    assert summary["errors"] == [f"{tmp_path / 'Maildir'}: no longer there"]
+
+
+def test_learn_reports_an_mbox_gone_mid_read_in_text_form(tmp_path: Path, learn_conf: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    mbox = b"From a@example.org Mon Jan  1 00:00:00 2024\nFrom: a@example.org\nSubject: one\n\nbuy\n"
+    (tmp_path / "spam.mbox").write_bytes(mbox + mbox.replace(b"one", b"two"))
+    real = mailbox.mbox
+
+    def deleted(path: str, *args: Any, **kwargs: Any) -> mailbox.mbox:
+        Path(path).unlink()
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(offline.mailbox, "mbox", deleted)
+    capsys.readouterr()
+    assert main(["learn", "-c", str(learn_conf), "--ham", str(tmp_path / "spam.mbox")]) == 1
+    out, err = capsys.readouterr()
+    assert f"milterd: {tmp_path / 'spam.mbox'}: no longer there" in err and "Traceback" not in err
+    assert out.startswith("0 messages: 1 unreadable")
+
+
+# --- virus notices: each one on its own ---------------------------------------------------
+@pytest.fixture()
+def q_conf(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "milter.conf", {
+        "milter": {"hostname": "mx.test"},
+        "database": {"url": f"sqlite:///{tmp_path / 'q.sqlite'}"},
+        "quarantine": {"release_smtp": "127.0.0.1:9", "report_from": "postmaster@mx.test"},
+    })
+
+
+@pytest.fixture()
+def quarantine(q_conf: Path) -> Quarantine:
+    config = load_config(q_conf)
+    store = Store(config.database)
+    store.upgrade()
+    return Quarantine(store, config)
+
+
+REFUSED = "bad@example.com"
+UNENCODABLE = "b\u00e9b@example.com"
+
+
+@pytest.fixture()
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The recipients notified; REFUSED is refused at RCPT, UNENCODABLE fails as smtplib does without SMTPUTF8."""
+    outbox: list[str] = []
+
+    def send(target: Any, sender: str, recipients: list[str], message: Any, helo: str, **kwargs: Any) -> tuple[dict[str, str], dict[str, str]]:
+        b"".join(message)
+        if recipients == [REFUSED]:
+            return {}, {REFUSED: "550 5.1.1 <bad@example.com>: Recipient address rejected: User unknown"}
+        if recipients == [UNENCODABLE]:
+            UNENCODABLE.encode("ascii")
+        outbox.extend(recipients)
+        return {r: "250 2.0.0 Ok" for r in recipients}, {}
+
+    monkeypatch.setattr(quarantine_module.reinject, "send", send)
+    return outbox
+
+
+def _add_virus(quarantine: Quarantine, recipients: list[str]) -> None:
+    when = utcnow()
+    record = MessageRecord(action="quarantine", time=when, mta_host="mx.test", queue_id="QID", sender="a@example.org", recipients=recipients, subject="x", score=13.0)
+    row = {
+        "time": when, "mta_host": "mx.test", "queue_id": "QID", "client_addr": "192.0.2.1", "client_name": "unknown", "helo": "h",
+        "sender": "a@example.org", "recipients": recipients, "subject": "x", "score": 13.0, "reason": "virus Eicar-Signature",
+        "symbols": {"CLAMAV_VIRUS": 5.0}, "size": 10, "mode": "discard", "release_count": 0, "learned_ham": False,
+    }
+    quarantine.store.log_message(record, QuarantineWrite(row, lambda: [b"From: a@example.org\r\n\r\nx\r\n"]))
+
+
+def test_a_refused_notice_does_not_stop_the_others(quarantine: Quarantine, sent: list[str]) -> None:
+    _add_virus(quarantine, [REFUSED, "carol@example.com"])
+    _add_virus(quarantine, [UNENCODABLE, "dave@example.com"])
+    failed: list[str] = []
+    assert quarantine.notify_virus_recipients(utcnow().replace(year=2000), failed) == 2
+    assert sorted(sent) == ["carol@example.com", "dave@example.com"]
+    assert len(failed) == 2
+    assert any(line.startswith(f"<{REFUSED}>: ") and "550 5.1.1" in line for line in failed)
+    assert any(line.startswith(f"<{UNENCODABLE}>: ") and "cannot take" in line for line in failed)
+
+
+def test_without_a_list_the_failures_raise_after_every_notice_was_tried(quarantine: Quarantine, sent: list[str]) -> None:
+    _add_virus(quarantine, [REFUSED, "carol@example.com"])
+    with pytest.raises(QuarantineError, match="1 virus notices sent, 1 not: <bad@example.com>"):
+        quarantine.notify_virus_recipients(utcnow().replace(year=2000))
+    assert sent == ["carol@example.com"]
+
+
+def test_digest_command_names_each_failed_notice_and_exits_1(q_conf: Path, quarantine: Quarantine, sent: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    _add_virus(quarantine, [REFUSED, "carol@example.com", "erin@example.com"])
+    capsys.readouterr()
+    assert main(["-c", str(q_conf), "quarantine", "digest", "--to", "postmaster@example.org", "--since", "1h", "--notify-virus-recipients"]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["1 messages reported to postmaster@example.org", "2 virus notices sent"]
+    assert "milterd: virus notice not sent to <bad@example.com>: " in err and "User unknown" in err
+    assert sent == ["postmaster@example.org", "carol@example.com", "erin@example.com"]
+
+
+def test_digest_command_exits_0_when_every_notice_went(q_conf: Path, quarantine: Quarantine, sent: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    _add_virus(quarantine, ["carol@example.com"])
+    assert main(["-c", str(q_conf), "quarantine", "digest", "--to", "postmaster@example.org", "--since", "1h", "--notify-virus-recipients"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "1 virus notices sent"
