@@ -4,8 +4,9 @@ The links of the text and HTML parts (``href``/``src``, written-out
 ``http(s)://`` and bare ``www.`` links; :mod:`milterd.content.mimetext`) are reduced to
 their registrable domains with the Public Suffix List (``publicsuffixlist``:
 ``www.a.example.co.uk`` → ``example.co.uk``), the well-known ones of
-``[checks.uribl] skip_domains`` dropped, and the first ``max_domains`` looked
-up in every ``[[uribl]]`` zone at once, through milterd's resolver::
+``[checks.uribl] skip_domains`` dropped, and at most ``max_domains`` of them
+(:func:`link_targets` says which) looked up in every ``[[uribl]]`` zone at
+once, through milterd's resolver::
 
     [[uribl]]
     name = "DBL"                      # symbols URIBL_DBL, URIBL_DBL_<CODE>
@@ -29,6 +30,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import random
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
 class UriblChecks(CheckSwitches):
     """The domains of a message's links looked up in URI block lists ([[uribl]] in rules/; Spamhaus DBL, SURBL and URIBL shipped)."""
 
-    max_domains: int = Field(20, ge=0, le=1000, description="Most distinct registrable domains (and IP addresses) of a message's links looked up, in the order they appear.")
+    max_domains: int = Field(20, ge=0, le=1000, description="Most distinct registrable domains of a message's links looked up, and apart most IP addresses; of more, that many are drawn at random, each as likely as any other, so links put before a listed one cannot push it out.")
     skip_domains: list[str] = Field(
         ["google.com", "gmail.com", "youtube.com", "goo.gl", "microsoft.com", "office.com", "outlook.com", "live.com", "windows.net", "apple.com", "icloud.com", "amazon.com", "amazonaws.com", "facebook.com", "instagram.com", "whatsapp.com", "linkedin.com", "twitter.com", "x.com", "yahoo.com", "wikipedia.org", "github.com", "mozilla.org", "w3.org", "schema.org", "debian.org", "apache.org", "python.org", "paypal.com"],
         description="Registrable domains never looked up (well known, never listed: asking would only cost queries).",
@@ -85,6 +87,9 @@ KIND = ListKind(
 )
 #: The message text looked at for links (as the custom rules read it).
 _MAX_TEXT = 1024 * 1024
+#: Chooses the targets of a message with more than max_domains: from os.urandom, so a sender cannot
+#: try variants of a message offline until the choice leaves out its listed domain (no state: thread-safe).
+_CHOOSER = random.SystemRandom()
 
 
 @dataclass(frozen=True)
@@ -227,30 +232,60 @@ def _idna(host: str) -> str | None:
         return None
 
 
-def link_targets(uris: Iterable[str], skip: frozenset[str], limit: int, psl: PublicSuffixList | None = None) -> tuple[list[str], list[str]]:
-    """The registrable domains and the IP addresses of *uris*, first seen first, *limit* in all.
+def link_targets(
+    uris: Iterable[str], skip: frozenset[str], limit: int, psl: PublicSuffixList | None = None, rng: random.Random | None = None,
+) -> tuple[list[str], list[str]]:
+    """The registrable domains and the IP addresses of *uris*, at most *limit* of each, in order of appearance.
 
     Hosts that are a public suffix themselves, have no registrable domain, or
     whose registrable domain is in *skip*, are left out.  Registrable domains
     come from *psl*, or by default from :func:`registrable`.
+
+    Where more than *limit* distinct domains (or addresses) are found, *limit*
+    of them are drawn at random by *rng*, each as likely as any other: the
+    first ones in order would let a sender put *limit* unlisted links before
+    a listed one and have it never asked about.  The sender controls the
+    links' order, kind (href, src, text) and how often each repeats, so none
+    of these ranks them.  What padding costs: each of N distinct registrable
+    domains is looked up with probability *limit*/N, so hiding a listed
+    domain from 95% of lookups takes N = 20 × *limit* other registrable
+    domains (400 for 20; any existing domain outside *skip* serves) in one
+    message, and every further listed domain is one more chance to be
+    drawn.  Addresses have their own *limit*: public IPv4 addresses are free
+    to anyone, so they must not take the domains' places.  *rng* defaults to
+    one seeded from the targets found (the same links, the same choice); the
+    check passes an unpredictable one, so a sender cannot try variants of a
+    message until the choice leaves its domain out.
     """
-    domains: list[str] = []
-    addresses: list[str] = []
+    domains: dict[str, None] = {}
+    addresses: dict[str, None] = {}
     for uri in uris:
-        if len(domains) + len(addresses) >= limit:
-            break
         host = link_host(uri)
         if host is None:
             continue
         address = link_address(host)
         if address is not None:
-            if address and address not in addresses and _public_address(address):
-                addresses.append(address)
+            if address and _public_address(address):
+                addresses[address] = None
             continue
         domain = registrable(host) if psl is None else psl.privatesuffix(host)
-        if domain and domain not in skip and domain not in domains:
-            domains.append(domain)
-    return domains, addresses
+        if domain and domain not in skip:
+            domains[domain] = None
+    if len(domains) <= limit and len(addresses) <= limit:
+        return list(domains), list(addresses)
+    chooser = rng if rng is not None else random.Random("\n".join(sorted(domains) + sorted(addresses)))
+    return _sample(list(domains), limit, chooser), _sample(list(addresses), limit, chooser)
+
+
+def _sample(found: list[str], limit: int, rng: random.Random) -> list[str]:
+    """*limit* of *found* drawn by *rng* (all when there are no more), in their order in *found*.
+
+    Drawn from them sorted: which are drawn does not depend on their order in the message.
+    """
+    if len(found) <= limit:
+        return found
+    chosen = set(rng.sample(sorted(found), limit))
+    return [target for target in found if target in chosen]
 
 
 def link_address(host: str) -> str | None:
@@ -400,7 +435,7 @@ class UriBlockLists(ConfiguredCheck[UriblChecks]):
             return []
         try:
             found = envelope.text(_MAX_TEXT)  # shared with the custom rules when their max_text is the same
-            domains, addresses = link_targets(found.uris, self.skip, self.options.max_domains)
+            domains, addresses = link_targets(found.uris, self.skip, self.options.max_domains, rng=_CHOOSER)
         except Exception:  # noqa: BLE001 - unreadable spool or message: no URI hit
             log.warning("uribl: cannot read the message's links", exc_info=True)
             return None
