@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from .checks import Check, discover
 from .config import ActionsSection, MilterSection
 from .message.model import Action, Hit
-from .message.policy import THRESHOLD_ACTIONS, decide, threshold_action
+from .message.policy import THRESHOLD_ACTIONS, GreylistStatus, decide, threshold_action
 
 if TYPE_CHECKING:
     from .services import Services
@@ -172,10 +172,27 @@ class Rescored:
     kept: bool
 
 
+def logged_greylist(row: Mapping[str, Any]) -> GreylistStatus | None:
+    """The greylist store's answer recorded in *row*, as :func:`decide` takes it.
+
+    A message that passed greylisting (GREYLIST_PASSED: the retry after the
+    delay) or whose greylist store did not answer (GREYLIST_ERROR) was not
+    deferred: a score at the greylist threshold gets the action below it, as
+    the milter gave.  Otherwise None (a score that greylists defers).
+    """
+    symbols = row.get("symbols") or {}
+    if "GREYLIST_ERROR" in symbols:
+        return GreylistStatus(needed=False, error=str((row.get("details") or {}).get("GREYLIST_ERROR") or "greylist store unavailable"))
+    if "GREYLIST_PASSED" in symbols:
+        return GreylistStatus(needed=False)
+    return None
+
+
 def rescore(row: Mapping[str, Any], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection) -> Rescored:
     """*row* with the symbols of *weights* re-weighted and the thresholds of *actions*."""
     symbols = {name: float(weights.get(name, score)) for name, score in (row.get("symbols") or {}).items()}
-    verdict = decide([Hit(name, score=score) for name, score in symbols.items()], lambda _s: 0.0, actions)
+    hits = [Hit(name, score=score) for name, score in symbols.items()]
+    verdict = decide(hits, lambda _s: 0.0, actions, greylist=logged_greylist(row))
     old_action, old_score = str(row.get("action")), float(row.get("score") or 0.0)
     if not score_derived(row, milter):
         return Rescored(row, old_action, old_action, old_score, verdict.score, kept=True)

@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..checks.greylist import Greylist
 from ..config import Config, load_config
 from ..learner.classifier import Counts
 from ..message.model import Action
@@ -105,7 +106,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def _check_with(args: argparse.Namespace, config: Config, mass: bool) -> int:
-    services = build(config)
+    services = offline_services(config)
     pipeline = Pipeline(services, keep_log=False)
     client = Client(args.client_ip, args.client_name, args.helo, args.sender, list(args.recipients), args.auth_user)
     try:
@@ -167,7 +168,7 @@ def _cross_validate(args: argparse.Namespace, config: Config, client: Client) ->
         with tempfile.TemporaryDirectory(prefix="milterd-scratch-") as scratch:
             fold_config = config.with_changes({"database.url": f"sqlite:///{Path(scratch) / 'model.sqlite'}", "learner.enabled": True})
             learn_scratch(fold_config, [(kind, ref) for (kind, _, ref), number in zip(labelled, numbers, strict=True) if number != fold])
-            services = build(fold_config)
+            services = offline_services(fold_config)
             pipeline = Pipeline(services, keep_log=False)
             try:
                 judged, failed = _judge_all([entry for entry, number in zip(labelled, numbers, strict=True) if number == fold], pipeline, client, progress, config)
@@ -181,7 +182,7 @@ def _cross_validate(args: argparse.Namespace, config: Config, client: Client) ->
     report["errors"] = errors
     report["cross_validate"] = folds
     if args.json:
-        json.dump(report, sys.stdout, indent=1, ensure_ascii=False)
+        json.dump(report, sys.stdout, indent=1)  # ASCII: see _check_files
         sys.stdout.write("\n")
     else:
         print(f"{folds}-fold cross-validation: each fold judged by a scratch model learned from the other folds")
@@ -190,15 +191,23 @@ def _cross_validate(args: argparse.Namespace, config: Config, client: Client) ->
 
 
 def offline_config(config: Config) -> Config:
-    """The configuration for an offline check: greylisting off (it would record
-    triplets in the store and defer every new message); the classifier reads the
-    live model, but off where reading it would create the store (an SQLite file
-    that does not exist: there is no model to read)."""
-    if config.greylist.enabled:
-        config = config.with_changes({"greylist.enabled": False})
+    """The configuration for an offline check: the classifier reads the live
+    model, but off where reading it would create the store (an SQLite file that
+    does not exist: there is no model to read).  Greylisting stays configured;
+    :func:`offline_services` leaves its check out."""
     if config.learner.enabled and not model_may_exist(config.database.url):
         config = config.with_changes({"learner.enabled": False})
     return config
+
+
+def offline_services(config: Config) -> Services:
+    """The services of *config* without the greylist check: it would record triplets
+    in the store and defer every new message.  The ``[actions] greylist`` threshold
+    stays (the configuration refuses it without greylisting): a message scoring at it
+    gets ``greylist``, the milter's answer to a first attempt."""
+    services = build(config)
+    services.checks[:] = [check for check in services.checks if not isinstance(check, Greylist)]
+    return services
 
 
 def exit_status(judgements: Iterable[CheckedMessage]) -> int:
@@ -256,7 +265,9 @@ def _check_files(args: argparse.Namespace, services: Services, pipeline: Pipelin
             "messages": [_judgement_json(j, services, owners) for j in judgements],
             "summary": dict(Counter(j.action.label if not j.error else "error" for j in judgements)),
         }
-        json.dump(out, sys.stdout, indent=1, ensure_ascii=False)
+        # ASCII (non-ASCII as \u escapes): UTF-8 whatever the locale (RFC 8259 §8.1), a file name or
+        # detail that is not UTF-8 (surrogateescape) cannot stop the output, no raw C1 control on a terminal.
+        json.dump(out, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         thresholds = ", ".join(f"{'/'.join(names)} {value:g}" for value, names in sorted(configured_thresholds(actions).items()))
@@ -346,7 +357,7 @@ def _mass_check(args: argparse.Namespace, services: Services, pipeline: Pipeline
     report = mass_report(items, actions)
     report["errors"] = errors
     if args.json:
-        json.dump(report, sys.stdout, indent=1, ensure_ascii=False)
+        json.dump(report, sys.stdout, indent=1)  # ASCII: see _check_files
         sys.stdout.write("\n")
     else:
         print_mass_report(report)

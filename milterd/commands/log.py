@@ -43,7 +43,9 @@ def run_log(args: argparse.Namespace) -> int:
         print(f"milterd: cannot read the log: {describe_failure(exc)}", file=sys.stderr)
         return 1
     if args.json:
-        json.dump([as_json(row) for row in rows], sys.stdout, indent=1, ensure_ascii=False)
+        # ASCII (non-ASCII as \u escapes): UTF-8 whatever the locale (RFC 8259 §8.1), a detail keeping a
+        # sender's undecodable byte cannot stop the output, and no raw C1 control or bidi override reaches a terminal.
+        json.dump([as_json(row) for row in rows], sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         print_table(rows)

@@ -19,6 +19,7 @@ from ..config import ConfigError, load_config
 from ..ruleset import is_shipped
 from ..services import Services, build
 from ..store import StoreError
+from ..text import escape
 from ..tuning import symbol_stats, symbol_table, symbols_toml, whatif
 from . import config_parent, describe_failure, open_store, since_arg
 
@@ -165,7 +166,9 @@ def run_whatif(args: argparse.Namespace) -> int:
         print(f"milterd: cannot read the log: {describe_failure(exc)}", file=sys.stderr)
         return 1
     if args.json:
-        json.dump(report.as_json(), sys.stdout, indent=1, ensure_ascii=False)
+        # ASCII (non-ASCII as \u escapes): UTF-8 whatever the locale (RFC 8259 §8.1), a sender's
+        # undecodable byte cannot stop the output, and no raw C1 control or bidi override reaches a terminal.
+        json.dump(report.as_json(), sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
     print(f"{report.messages} messages; {report.changed} would change action")
@@ -173,7 +176,7 @@ def run_whatif(args: argparse.Namespace) -> int:
         print(f"  {entry['from']:>15} -> {entry['to']:15} {entry['count']:6}")
         for example in entry["examples"]:
             print(f"      {example['time'] or '':25.25} {example['queue_id'] or '-':12} {example['old_score']:6.2f} -> {example['new_score']:6.2f}  "
-                  f"<{example['sender'] or ''}> {(example['subject'] or '')[:50]}")
+                  f"<{escape(example['sender'] or '')}> {escape((example['subject'] or '')[:50])}")
     if report.kept:
         kept = ", ".join(f"{name} {count}" for name, count in report.kept.most_common())
         print(f"kept as they were (forced by a hit or decided before end of data, or not scored; a score cannot re-derive them): {kept}")
