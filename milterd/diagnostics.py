@@ -10,7 +10,8 @@ abstains below ``min_spam``/``min_ham``), and Postfix's
 settings read with ``postconf`` fit milterd's (the milter is in
 ``smtpd_milters``; ``milter_default_action`` is not ``accept`` while a scanner
 fails closed; the milter timeouts are longer than the scanners'), and each
-DKIM signing key is published in DNS as it is.  The
+DKIM signing key is published in DNS as it is; no private file (the SQLite
+store, a DKIM key, the release password) is open to every local user.  The
 Postfix rules are pure functions of the settings, tested without Postfix.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import stat
 import subprocess
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -82,6 +84,7 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
     findings += probe_scanners(config)
     findings += probe_dns(config, services)
     findings += probe_dkim_keys(config)
+    findings += probe_private_files(config)
     findings.append(probe_release_smtp(config))
     if use_postconf:
         settings, why = read_postconf(postfix_config)
@@ -339,6 +342,42 @@ def probe_dkim_keys(config: Config) -> list[Finding]:
         return [judge_dkim_key(key, resolver.txt(f"{key.selector}._domainkey.{key.domain}")) for key in keys]
     finally:
         resolver.close()
+
+
+def private_files(config: Config) -> list[tuple[str, Path]]:
+    """The files whose content is private, each with what it is: the SQLite store (the log and
+    the quarantined mail) and its -wal/-shm, the DKIM private keys, the release password file."""
+    files: list[tuple[str, Path]] = []
+    store = sqlite_file(config.database.url)
+    if store is not None:
+        files += [("the SQLite store (log and quarantined mail)", Path(f"{store}{suffix}")) for suffix in ("", "-wal", "-shm")]
+    if config.dkim_signing.enabled:
+        base = config.path.parent if config.path else Path.cwd()  # as load_keys reads them
+        files += [(f"the DKIM private key of {key.selector}._domainkey.{key.domain}", base / key.key_file) for key in config.dkim_signing.keys]
+    if config.quarantine.release_password_file:
+        files.append(("[quarantine] release_password_file", Path(config.quarantine.release_password_file)))
+    return files
+
+
+def judge_file_mode(what: str, path: Path, mode: int) -> Finding | None:
+    """A warning when *path* (holding *what*) is readable or writable by every local user (pure); else None."""
+    if not mode & 0o006:
+        return None
+    return Finding(f"permissions {path}", "warn", f"{what} is mode {stat.S_IMODE(mode):04o}, open to every local user: chmod o-rw {path}")
+
+
+def probe_private_files(config: Config) -> list[Finding]:
+    """A warning for each private file (:func:`private_files`) that other local users can read or write."""
+    findings = []
+    for what, path in private_files(config):
+        try:
+            mode = path.stat().st_mode
+        except OSError:  # missing or unreadable: the other probes say so
+            continue
+        finding = judge_file_mode(what, path, mode)
+        if finding is not None:
+            findings.append(finding)
+    return findings
 
 
 def read_postconf(postfix_config: str | None) -> tuple[dict[str, str] | None, str]:

@@ -13,6 +13,7 @@ import logging
 import logging.handlers
 import os
 import sys
+from typing import Any
 
 from .store import MessageRecord
 from .text import escape, redact, redact_url, url_password
@@ -84,11 +85,46 @@ class SafeFormatter(logging.Formatter):
             record.message = escape(message, ascii_only=True)
         return super().formatMessage(record)
 
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        """The traceback with what an exception's message quotes (a header, an address) escaped.
+
+        A message's own CR/LF, or a terminal escape, must not forge a log line nor
+        reach a terminal: each message of the chain is escaped where it appears, then
+        every line is, keeping the traceback's own line breaks.
+        """
+        text = super().formatException(ei)
+        for message in _messages(ei[1]):
+            if not (message.isascii() and message.isprintable()):
+                text = text.replace(message, escape(message, ascii_only=True))
+        return _escape_lines(text)
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+        """``stack_info`` with control characters escaped line by line."""
+        return _escape_lines(super().formatStack(stack_info))
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         for url in self.urls:  # usually none (SQLite) or one: no redact() per line without a password
             text = redact(text, url)
         return text
+
+
+def _messages(exc: BaseException | None) -> list[str]:
+    """The messages of *exc* and of the exceptions it was raised from or during."""
+    messages: list[str] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        try:
+            messages.append(str(exc))
+        except Exception:  # noqa: BLE001 - a broken __str__: traceback prints a placeholder
+            pass
+        exc = exc.__cause__ or exc.__context__
+    return messages
+
+
+def _escape_lines(text: str) -> str:
+    return "\n".join(_safe(line) for line in text.split("\n"))
 
 
 def hide_database_url(url: str) -> None:

@@ -24,8 +24,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until stopped."""
     if args.pid_file:
-        with open(args.pid_file, "w") as handle:
-            handle.write(f"{os.getpid()}\n")
+        try:
+            write_pid_file(args.pid_file, os.getpid())
+        except OSError as exc:
+            print(f"milterd: cannot write the pid file {args.pid_file}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     try:
         return serve(args.config)
     finally:
@@ -37,6 +40,22 @@ def run_serve(args: argparse.Namespace) -> int:
             except OSError as exc:
                 # After the privilege drop: the pid file's directory must be writable by [milter] user.
                 print(f"milterd: cannot remove the pid file {args.pid_file}: {exc.strerror} (make its directory writable by [milter] user)", file=sys.stderr)
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """Write *pid* to *path*, replacing a stale file; never through a symlink or into another file.
+
+    Its directory may be writable by ``[milter] user`` (so that the file is removed at
+    shutdown): what that account put there must not make root truncate and write
+    another file (a symlink to /etc/passwd, a hard link).  OSError when it cannot.
+    """
+    try:
+        os.unlink(path)  # a stale file, or whatever was planted there: the link goes, not its target
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{pid}\n")
 
 
 def run_reload(args: argparse.Namespace) -> int:

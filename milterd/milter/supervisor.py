@@ -65,12 +65,19 @@ def open_socket(config: Config) -> tuple[SocketSpec, int]:
     before = _socket_fds()
     milter.setconn(spec.libmilter)
     milter.setbacklog(128)
+    umask = None
     if spec.family == "unix":
         Path(spec.path).parent.mkdir(parents=True, exist_ok=True)
+        # bind() creates the socket with socket_mode: no chmod afterwards, which would follow a
+        # symlink put in its place meanwhile (root changing the mode of whatever it points to).
+        umask = os.umask(socket_umask(config.milter.socket_mode))
     try:
         milter.opensocket(True)
     except milter.error as exc:
         raise ConfigError(config.path or "milter.conf", "[milter] socket", f"cannot listen on {config.milter.socket}: {exc}") from None
+    finally:
+        if umask is not None:
+            os.umask(umask)
     new = sorted(_socket_fds() - before)
     if not new:
         raise ConfigError(config.path or "milter.conf", "[milter] socket", "libmilter opened no socket")
@@ -88,12 +95,17 @@ def open_socket(config: Config) -> tuple[SocketSpec, int]:
     return spec, fd
 
 
+def socket_umask(socket_mode: str) -> int:
+    """The umask under which ``bind()`` creates a unix socket with *socket_mode* (octal text)."""
+    return 0o777 & ~int(socket_mode, 8)
+
+
 def _set_socket_owner(config: Config, path: str) -> None:
-    os.chmod(path, int(config.milter.socket_mode, 8))
     uid = pwd.getpwnam(config.milter.socket_owner).pw_uid if config.milter.socket_owner else -1
     gid = grp.getgrnam(config.milter.socket_group).gr_gid if config.milter.socket_group else -1
     if uid != -1 or gid != -1:
-        os.chown(path, uid, gid)
+        # Not following a symlink: the socket's directory may be writable by others than root.
+        os.chown(path, uid, gid, follow_symlinks=False)
 
 
 #: The account ``serve`` drops to when started as root without ``[milter] user``
@@ -158,15 +170,42 @@ def hand_over_store(config: Config) -> None:
     if account is None or path is None or not path.exists():
         return
     _name, uid, gid = account
+    file = sqlite_file(config.database.url)
+    planted = next((link for link in (file, *file.parents) if link.is_symlink() and link.lstat().st_uid != 0), None) if file else None
+    if planted is not None:
+        # Root's own symlinks are followed; one another account made (the service account, in
+        # its directory) could point at any root-owned file, which would be given away.
+        log.warning("not handing over %s: %s is a symlink not owned by root", path, planted)
+        return
     for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        _hand_over(candidate, uid, gid)
+
+
+def _hand_over(candidate: Path, uid: int, gid: int) -> None:
+    """Give *candidate* (created 0600 when missing) to *uid*:*gid* if root owns it.
+
+    Root works here in a directory the service account may write: a symlink
+    or a hard link the account planted there (e.g. ``milterd.sqlite-wal`` →
+    /etc/shadow) must not make root give the target away.  The file is opened
+    without following a symlink, and changed through that descriptor.
+    """
+    try:
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
         try:
-            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            os.chown(candidate, uid, gid)
-        except FileExistsError:
-            info = candidate.stat()
-            if info.st_uid == 0:
-                os.chown(candidate, uid, gid)
-                os.chmod(candidate, stat.S_IMODE(info.st_mode) & 0o600)
+            fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:  # ELOOP: a symlink
+            log.warning("not handing over %s: %s", candidate, exc.strerror or exc)
+            return
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            log.warning("not handing over %s: not a regular file with one link", candidate)
+        elif info.st_uid == 0:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, stat.S_IMODE(info.st_mode) & 0o600)
+    finally:
+        os.close(fd)
 
 
 def check_writable(config: Config) -> None:
