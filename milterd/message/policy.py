@@ -115,13 +115,16 @@ def _decide(hits: list[Hit], weight: Callable[[str], float], actions: ActionsSec
     action = threshold_action(score, actions) if scored else Action.ACCEPT
     reason = _threshold_reason(action, score, actions) if action != Action.ACCEPT else ""
     reply: Reply | None = None
+    forced = False
     for hit in hits:
         # A forced action also names the reason when the score alone reached it
-        # (a virus in spam is rejected as "Virus found", not "score 21").
-        if hit.action is not None and (hit.action > action or (hit.action == action and hit.reply and not reply)):
+        # (a virus in spam is rejected as "Virus found", not "score 21"; a DMARC
+        # quarantine stays one in `rules whatif`, whatever a new threshold says).
+        if hit.action is not None and (hit.action > action or (hit.action == action and (not forced or (hit.reply and not reply)))):
             action = hit.action
             reason = str(hit.reply) if hit.reply else f"{hit.symbol}{': ' + hit.detail if hit.detail else ''}"
             reply = hit.reply
+            forced = True
     if action == Action.REJECT and not reply:
         reply = Reply.reject(f"{actions.reject_message} (score {score:g})")
     required = actions.add_header if actions.add_header is not False else None

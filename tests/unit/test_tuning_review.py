@@ -12,7 +12,7 @@ import pytest
 
 from milterd.cli import main
 from milterd.config import ActionsSection, MilterSection, load_config
-from milterd.message.model import Hit
+from milterd.message.model import Action, Hit
 from milterd.message.policy import GreylistStatus, decide
 from milterd.store import MessageRecord, Store
 from milterd.tuning import rescore, whatif
@@ -137,3 +137,15 @@ def test_check_json_is_ascii_for_an_undecodable_file_name(tmp_path: Path, capsys
     assert main(["check", "-c", str(conf), str(path), "--json"]) == 0
     out = capsys.readouterr().out
     assert out.isascii() and json.loads(out)["messages"][0]["file"] == str(path)
+
+
+def test_a_forced_quarantine_the_score_also_reached_stays_forced_in_whatif() -> None:
+    # The score alone reaches quarantine, and DMARC forces it too: the row must say so, or a
+    # raised quarantine threshold in whatif would "release" mail the milter would still hold.
+    actions = ActionsSection()
+    hits = [Hit("BIG", score=float(actions.quarantine) + 1), Hit("DMARC_FAIL_QUARANTINE", detail="example.com", action=Action.QUARANTINE)]
+    verdict = decide(hits, lambda _s: 0.0, actions)
+    assert verdict.action == Action.QUARANTINE and verdict.reason.startswith("DMARC_FAIL_QUARANTINE")
+    row = {"action": "quarantine", "reason": verdict.reason, "score": verdict.score, "symbols": verdict.symbols}
+    raised = actions.model_copy(update={"quarantine": 1000.0, "reject": 2000.0})
+    assert rescore(row, {}, raised, MilterSection()).new_action == "quarantine"
