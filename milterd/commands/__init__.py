@@ -45,3 +45,14 @@ def since_arg(value: str) -> datetime.datetime:
         return parse_since(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def count_arg(value: str) -> int:
+    """argparse type of a ``--limit``: a whole number, 0 or more (0: all)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is negative (0 means all)")
+    return number

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from .. import greylist as gl
 from ..config import Config, load_config
 from ..store import Store, StoreError
-from . import config_parent, describe_failure, open_store
+from . import config_parent, count_arg, describe_failure, open_store
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     state = listing.add_mutually_exclusive_group()
     state.add_argument("--passed", dest="passed", action="store_const", const=True, help="only triplets that passed")
     state.add_argument("--waiting", dest="passed", action="store_const", const=False, help="only triplets still waiting for a retry")
-    listing.add_argument("--limit", type=_count, default=100, metavar="N", help="at most N triplets (default 100; 0: all)")
+    listing.add_argument("--limit", type=count_arg, default=100, metavar="N", help="at most N triplets (default 100; 0: all)")
     listing.add_argument("--json", action="store_true", help="a JSON array, one object per triplet")
     listing.set_defaults(func=_guarded(run_list))
 
@@ -77,17 +77,6 @@ def _guarded(run: Callable[[argparse.Namespace, Config, Store], int]) -> Callabl
     return wrapper
 
 
-def _count(text: str) -> int:
-    """A ``--limit``: a whole number, 0 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative (0 means all)")
-    return value
-
-
 def stored_network(text: str, config: Config) -> str:
     """A client network as the triplets hold it: an address stands for its
     network (``[greylist] netmask_v4``/``netmask_v6``), a network is written
@@ -130,7 +119,7 @@ def run_list(args: argparse.Namespace, config: Config, store: Store) -> int:
 
 def run_stats(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Print the counts."""
-    counts = store.greylist.stats(config.greylist.auto_whitelist_after)
+    counts = store.greylist.stats(config.greylist.auto_whitelist_after, expire=config.greylist.expire)
     if args.json:
         _dump(counts)
     else:

@@ -13,7 +13,7 @@ from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, hea
 from ..store import StoreError, utcnow
 from ..text import escape
 from ..units import parse_duration
-from . import config_parent, open_store, since_arg
+from . import config_parent, count_arg, open_store, since_arg
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     listing.add_argument("--sender", metavar="ADDR", help="only this envelope sender")
     listing.add_argument("--recipient", metavar="ADDR", help="only messages to this recipient")
     listing.add_argument("--reason", metavar="TEXT", help="only reasons containing TEXT")
-    listing.add_argument("--limit", type=int, default=0, metavar="N", help="at most N messages (default: all)")
+    listing.add_argument("--limit", type=count_arg, default=0, metavar="N", help="at most N messages (default: all)")
     listing.add_argument("--json", action="store_true", help="a JSON array, one object per message")
     listing.set_defaults(func=_run(run_list))
 

@@ -216,8 +216,9 @@ class GreylistStore:
 
         return guarded("list the greylist", read)
 
-    def stats(self, auto_whitelist_after: int, now: dt.datetime | None = None) -> dict[str, int]:
-        """Counts for ``milterd greylist stats``."""
+    def stats(self, auto_whitelist_after: int, now: dt.datetime | None = None, expire: float = 0.0) -> dict[str, int]:
+        """Counts for ``milterd greylist stats``; with *expire* (seconds), clients unused for
+        longer are not counted as auto-whitelisted (the check ignores them)."""
         now = now or utcnow()
         table, clients = schema.greylist, schema.greylist_clients
 
@@ -233,7 +234,10 @@ class GreylistStore:
                 known_clients = count(select(func.count()).select_from(clients))
                 auto = 0
                 if auto_whitelist_after > 0:
-                    auto = count(select(func.count()).select_from(clients).where(clients.c.passes >= auto_whitelist_after))
+                    live = clients.c.passes >= auto_whitelist_after
+                    if expire > 0:
+                        live = and_(live, clients.c.last_seen >= now - dt.timedelta(seconds=expire))
+                    auto = count(select(func.count()).select_from(clients).where(live))
                 manual = count(select(func.count()).select_from(schema.greylist_whitelist))
             return {
                 "triplets": total,

@@ -164,3 +164,11 @@ def test_check_honours_an_auto_whitelist_entry_in_use(store: Store, database: st
     seed_client(store, 5, utcnow() - dt.timedelta(seconds=86400 - 3600))
     assert _new_triplet_hits(check) == []
     services.close()
+
+
+def test_stats_count_only_the_auto_whitelist_entries_the_check_honours(store: Store) -> None:
+    seed_client(store, 5, at(0))
+    now = at(CONFIG.expire + 60)  # unused for longer than expire: the check ignores it
+    assert store.greylist.stats(CONFIG.auto_whitelist_after, now=now)["auto_whitelisted_clients"] == 1  # without expire, as before
+    assert store.greylist.stats(CONFIG.auto_whitelist_after, now=now, expire=CONFIG.expire)["auto_whitelisted_clients"] == 0
+    assert store.greylist.stats(CONFIG.auto_whitelist_after, now=at(60), expire=CONFIG.expire)["auto_whitelisted_clients"] == 1

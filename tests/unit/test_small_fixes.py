@@ -250,3 +250,13 @@ def test_digest_command_exits_0_when_every_notice_went(q_conf: Path, quarantine:
     _add_virus(quarantine, ["carol@example.com"])
     assert main(["-c", str(q_conf), "quarantine", "digest", "--to", "postmaster@example.org", "--since", "1h", "--notify-virus-recipients"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "1 virus notices sent"
+
+
+@pytest.mark.parametrize("command", [["log"], ["greylist", "list"], ["quarantine", "list"]])
+def test_a_negative_limit_is_a_usage_error(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from milterd.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--limit", "-1"])
+    assert exit_info.value.code == 2
+    assert "negative" in capsys.readouterr().err
