@@ -29,6 +29,7 @@ from pydantic import Field
 
 from .. import dkimfast, dkimsign
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
+from ..message.policy import plan_headers
 from ..options import CheckSwitches, Size
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
@@ -308,8 +309,6 @@ class DkimSigner(Check):
         keys = dkimsign.keys_for(self.keys, domain) if domain else []
         if not keys:
             return verdict
-        from ..message.policy import plan_headers  # here: policy imports config, which imports this module
-
         # The pipeline tags the Subject after the verdict (a quarantined message over rewrite_subject): sign what is delivered.
         subject_edits = [e for e in plan_headers(verdict, {}, envelope.header("Subject"), self.services.config.actions) if e.name == "Subject"]
         try:

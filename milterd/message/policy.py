@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
-from ..config import ActionsSection
 from .model import Action, HeaderEdit, Hit, Verdict
 from .reply import Reply
+
+if TYPE_CHECKING:  # annotations only: checks.dkim's signer imports this module, and config imports the checks
+    from ..config import ActionsSection
 
 #: Threshold actions, most severe first.
 THRESHOLD_ACTIONS = (
