@@ -363,10 +363,18 @@ class Resolver:
                         request.set_random_id()
                     pending[request.id] = (i, request)
                     sock.send(request.to_wire())
+                late = 0
                 while pending:
                     # A socket timeout is a poll(2) in CPython: until the next datagram or the
                     # deadline; 0 after it, to take only what has already arrived.
-                    sock.settimeout(max(deadline - time.monotonic(), 0.0))
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        # …and no more datagrams than there are questions: forged ones that keep
+                        # arriving (a flood on our port) must not hold the caller past its deadline.
+                        late += 1
+                        if late > len(keys):
+                            break
+                    sock.settimeout(max(remaining, 0.0))
                     try:
                         wire = sock.recv(65535)
                     except (TimeoutError, BlockingIOError):
