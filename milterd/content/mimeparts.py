@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import binascii
 import email
-import email.header
 import email.policy
 import email.utils
 import re
@@ -23,6 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from email.message import Message
 from typing import IO, Iterable, Iterator
+
+from .headertext import decoded
 
 #: At most this many parts are looked at.
 MAX_PARTS = 500
@@ -120,10 +121,8 @@ def lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def _decoded(value: str) -> str:
-    try:
-        return str(email.header.make_header(email.header.decode_header(value)))
-    except Exception:  # noqa: BLE001 - a malformed encoded word stays as written
-        return value
+    # As mail clients read a name: an unknown charset or a language tag does not leave it encoded.
+    return decoded(value)
 
 
 def _filename(part: Message) -> str:

@@ -13,12 +13,12 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from email.header import decode_header, make_header
 from typing import Callable
 
 from .. import metrics
 from ..checks import Check, Hits, Stage
 from ..checks.headers import HeaderLimits
+from ..content.headertext import decoded
 from ..logs import summary_line
 from ..services import Services
 from ..store import MessageRecord, StoreError
@@ -459,9 +459,4 @@ def decode_subject(value: str | None) -> str:
     """A Subject with its encoded-words decoded; the raw text where they are broken."""
     if not value:
         return ""
-    if "=?" not in value:
-        return value  # no encoded-word: decode_header and make_header give the value back unchanged
-    try:
-        return str(make_header(decode_header(value)))
-    except Exception:  # noqa: BLE001 - malformed encoded-words are common in spam
-        return value
+    return decoded(value)

@@ -123,3 +123,17 @@ def test_an_encoded_attached_message_is_judged_as_a_file_and_said_not_looked_int
     found = symbols(check, multipart(part))
     assert found[BANNED] == "evil.js: banned extension .js"
     assert found[LIMIT] == "message: an encoded message/rfc822 part: its attachments not looked at"
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        b"=?x-unknown?b?ZXZpbC5leGU=?=",  # a charset Python does not know: clients read it as UTF-8
+        b"=?utf-8*en?q?evil.exe?=",  # a language tag (RFC 2231 section 5)
+        b"=?utf-8?b?ZXZpbC5leGU?=",  # base64 without its padding
+    ],
+)
+def test_an_encoded_name_clients_decode_is_judged_decoded(check: object, encoded: bytes) -> None:
+    fields = b'Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="' + encoded + b'"\r\n'
+    raw = multipart(b"Content-Type: text/plain\r\n\r\nhi\r\n", fields + b"\r\nMZ\r\n")
+    assert symbols(check, raw).get(BANNED, "").endswith(": banned extension .exe")

@@ -175,5 +175,6 @@ def test_outsider_text_in_the_explanation_is_escaped(tmp_path: Path, capsys) -> 
     assert status == 17
     assert "\x1b" not in out and "\u202e" not in out
     line = next(line for line in out.splitlines() if "SUBJ_EVIL" in line)
-    assert "[evil \\x1b[2J\\x1b[31mred\\u202e]" in line
+    # The rule sees the Subject without its invisible bidi override (as a reader does); the rest is escaped.
+    assert "[evil \\x1b[2J\\x1b[31mred]" in line
     assert out.splitlines()[0].startswith(str(tmp_path / "evil\\x1b[1m.eml"))

@@ -37,6 +37,11 @@ def _slow_subject(value: str) -> str:
     ["plain", " lead and trail ", "a  b\tc", "caf\u00e9 w\u00f6rld", "x\u20ac", "bad \udce9 byte", "=?utf-8?q?caf=C3=A9?=", "x =?bogus?q?y?= z", "=?", "?=", "a=?b", ""],
 )
 def test_decode_subject_shortcut_matches_the_email_package(value: str) -> None:
+    if value == "x =?bogus?q?y?= z":
+        # An unknown charset: the email package gives up on the whole value, a client (and
+        # milterd.content.headertext) reads the word as UTF-8.
+        assert decode_subject(value) == "x y z"
+        return
     assert decode_subject(value) == (_slow_subject(value) if value else "")
 
 

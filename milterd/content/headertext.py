@@ -1,0 +1,49 @@
+"""A header field's value as a mail client shows it: unfolded, RFC 2047 encoded-words decoded.
+
+Leniently, as clients read what spam sends: each encoded-word is decoded where
+it stands (raw UTF-8 around it, RFC 6532, is kept), the blanks between two
+encoded-words are dropped (RFC 2047 §6.2), a charset with a language tag
+(``utf-8*en``, RFC 2231 §5) or one Python does not know is read as UTF-8, else
+Latin-1, B encoding takes missing padding, and a word that cannot be decoded at
+all is left as sent.  The standard library's ``decode_header`` gives up on the
+whole value in each of these cases, so a rule, an attachment name or the log
+would see ``=?x-unknown?b?ZXZpbC5leGU=?=`` where a client shows ``evil.exe``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+
+from .mimetext import decode_bytes
+
+#: A line break of a folded field (RFC 5322 §2.2.3); Postfix hands them over as a bare LF.
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+#: An encoded-word (RFC 2047 §2), leniently: the encoded text may hold blanks, as broken mailers send.
+_WORD = r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?="
+_ENCODED_WORD = re.compile(_WORD)
+#: Blanks between two encoded-words, which RFC 2047 §6.2 says to ignore.
+_BETWEEN_WORDS = re.compile(r"(?<=\?=)[ \t]+(?=" + _WORD + ")")
+
+
+def decoded(text: str) -> str:
+    """*text* (a header field's value) unfolded, with its encoded-words decoded."""
+    if "\n" in text:
+        text = _FOLD.sub("", text)
+    if "=?" in text:
+        text = _ENCODED_WORD.sub(_decode_word, _BETWEEN_WORDS.sub("", text))
+    return text
+
+
+def _decode_word(match: re.Match[str]) -> str:
+    charset, encoding, encoded = match.groups()
+    data = encoded.encode("utf-8")
+    try:
+        if encoding in "bB":
+            data = data.rstrip(b"=")
+            octets = binascii.a2b_base64(data + b"=" * (-len(data) % 4))
+        else:
+            octets = binascii.a2b_qp(data, header=True)
+        return decode_bytes(octets, charset.partition("*")[0])
+    except Exception:  # noqa: BLE001 - not base64 at all, or a codec that is no text charset
+        return match.group(0)
