@@ -40,6 +40,7 @@ from typing import Any, Callable, TypeVar
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 T = TypeVar("T")
@@ -136,8 +137,12 @@ def silence_notices(connection: Any) -> None:
 
 
 def sqlite_file(url: str | URL) -> Path | None:
-    """The file a SQLite URL opens, ``~`` expanded; None for another database, an in-memory one or a ``uri=true`` one."""
-    parsed = make_url(url)
+    """The file a SQLite URL opens, ``~`` expanded; None for another database, an in-memory one,
+    a ``uri=true`` one, or a URL that does not parse (opening the store says why, without a traceback)."""
+    try:
+        parsed = make_url(url)
+    except (ValueError, ArgumentError):  # "…:notaport/…": int() of the port
+        return None
     database = parsed.database
     if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri") or not database or database == ":memory:":
         return None

@@ -21,6 +21,7 @@ from milterd.config import Config
 from milterd.diagnostics import judge_file_mode, probe_private_files
 from milterd.logs import SafeFormatter
 from milterd.milter import supervisor
+from milterd.store.engine import sqlite_file
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another account needs root")
 
@@ -183,3 +184,8 @@ def test_hand_over_store_follows_roots_own_symlink(tmp_path: Path, monkeypatch: 
     supervisor.hand_over_store(Config().with_changes({"database.url": f"sqlite:///{tmp_path / 'milterd.sqlite'}"}))
     assert real.stat().st_uid == nobody.pw_uid
     assert (tmp_path / "data" / "milterd.sqlite-wal").stat().st_uid == nobody.pw_uid
+
+
+def test_a_url_that_does_not_parse_names_no_sqlite_file() -> None:
+    # doctor's private-file check met "…:notaport/…" with a traceback; opening the store says why.
+    assert sqlite_file("postgresql+psycopg://u:p@127.0.0.1:notaport/db") is None
