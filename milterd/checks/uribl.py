@@ -75,6 +75,9 @@ _HOST = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62}\.)*[a-z0-9-]{1,63}$")
 _SPECIAL_SCHEME = re.compile(r"(?i)(?:(https?|ftp|wss?):([/\\]*)|([/\\]{2,}))")
 _IPV4_PART = {10: re.compile(r"[0-9]+"), 16: re.compile(r"[0-9a-f]*"), 8: re.compile(r"[0-7]*")}
 _C0_OR_SPACE = "".join(map(chr, range(0x21)))
+#: A link :func:`_special_authority` leaves as it is: a special scheme, two slashes, then a host
+#: start, and no backslash, blank or C0 control anywhere.
+_ORDINARY = re.compile(r"(?i)(?:https?|ftp|wss?)://[^/\\\x00-\x20][^\\\x00-\x20]*\Z")
 _DOTS = ".\u3002\uff0e\uff61"  # the full stops IDNA maps to "."
 KIND = ListKind(
     "uribl", "URIBL_",
@@ -198,6 +201,8 @@ def _special_authority(text: str) -> str:
     ``evil`` to a browser, ``good`` to it).  Other text, and three or more
     plain slashes without a backslash, are left as they are.
     """
+    if _ORDINARY.match(text):
+        return text  # most links: nothing for a browser to read otherwise (and no copy made)
     cleaned = text.strip(_C0_OR_SPACE).translate({9: None, 10: None, 13: None})
     match = _SPECIAL_SCHEME.match(cleaned)
     if match is None:
@@ -300,6 +305,8 @@ def link_address(host: str) -> str | None:
     if ":" in host:
         address = ipaddress.IPv6Address(host)
         return str(address.ipv4_mapped or address)
+    if not host[host.rfind(".") + 1:][:1].isdigit():
+        return None  # every number a last label can be (decimal, 0x hex, 0 octal) starts with a digit
     parts = host.split(".")
     last = parts[-1]
     if not (last.isascii() and last.isdigit()) and _ipv4_part(last) is None:
