@@ -412,14 +412,15 @@ class Resolver:
         try:
             result = self._resolver.resolve(name, rdtype, lifetime=lifetime, raise_on_no_answer=False, search=False)
         except dns.resolver.NXDOMAIN as exc:
-            return Answer(name, rdtype, "nxdomain", ttl=_negative_ttl(exc.responses().values()))
+            responses = exc.responses().values()
+            return Answer(name, rdtype, "nxdomain", ttl=min([_negative_ttl(responses), *(_chain_ttl(r) for r in responses)]))
         except dns.exception.Timeout:
             return Answer(name, rdtype, "error", error="timeout")
         except dns.resolver.NoNameservers as exc:
             return Answer(name, rdtype, "error", error=_short(exc))
         except Exception as exc:  # noqa: BLE001 - any resolver failure is an "error" answer
             return Answer(name, rdtype, "error", error=_short(exc))
-        return _found(name, rdtype, result.rrset, result.response)
+        return _found(name, rdtype, result.chaining_result, result.response)
 
     def submit(self, name: str, rdtype: str, deadline: float | None = None) -> "Pending":
         """Start a query in the background; collect it with :meth:`collect`.
@@ -595,17 +596,35 @@ def _answer_from(key: tuple[str, str], response: dns.message.Message) -> Answer 
     except Exception:  # noqa: BLE001 - dnspython's resolver drops that server: let it decide
         return None
     if rcode == dns.rcode.NXDOMAIN:
-        return Answer(name, rdtype, "nxdomain", ttl=_negative_ttl([response]))
-    return _found(name, rdtype, chain.answer, response)
+        return Answer(name, rdtype, "nxdomain", ttl=min(_negative_ttl([response]), _cname_ttl(chain.cnames)))
+    return _found(name, rdtype, chain, response)
 
 
-def _found(name: str, rdtype: str, rrset: Any, response: Any) -> Answer:
-    """The answer for a NOERROR *response*: the records of *rrset*, the end of its CNAME chain, else no data."""
+def _found(name: str, rdtype: str, chain: dns.message.ChainingResult, response: Any) -> Answer:
+    """The answer for a NOERROR *response*: the records at the end of its CNAME *chain*, else no data.
+
+    Kept no longer than any CNAME of the chain (as dnspython's ``ChainingResult.minimum_ttl``):
+    once one expires, the name may lead elsewhere (a re-pointed DKIM selector).
+    """
+    rrset = chain.answer
     if rrset is None:
-        return Answer(name, rdtype, "nodata", ttl=_negative_ttl([response]))
+        return Answer(name, rdtype, "nodata", ttl=min(_negative_ttl([response]), _cname_ttl(chain.cnames)))
     rdata = tuple(rrset)
-    ttl = min(float(rrset.ttl), MAX_TTL)
+    ttl = min(float(rrset.ttl), _cname_ttl(chain.cnames), MAX_TTL)
     return Answer(name, rdtype, "ok", tuple(_text(r) for r in rdata), rdata, ttl)
+
+
+def _cname_ttl(cnames: Iterable[Any]) -> float:
+    """The shortest TTL of the CNAME RRsets of a chain; infinite when there are none."""
+    return float(min((rrset.ttl for rrset in cnames), default=math.inf))
+
+
+def _chain_ttl(response: Any) -> float:
+    """:func:`_cname_ttl` of the CNAME chain in *response*; infinite when it has none or cannot be followed."""
+    try:
+        return _cname_ttl(response.resolve_chaining().cnames)
+    except Exception:  # noqa: BLE001 - dnspython's resolver already accepted this reply: nothing to bound
+        return math.inf
 
 
 def _text(rdata: Any) -> str:

@@ -9,6 +9,7 @@ import time
 from typing import Any, Iterator
 
 import dns.message
+import dns.rcode
 import dns.rrset
 import pytest
 
@@ -88,3 +89,102 @@ def test_replies_queued_by_the_deadline_are_still_taken(nameserver: socket.socke
     answers = resolver.query_many([("a.test", "A"), ("b.test", "A"), ("c.test", "A")])
     thread.join()
     assert [(a.name, a.records) for a in answers] == [(n, ("192.0.2.1",)) for n in ("a.test", "b.test", "c.test")]
+
+
+# --- TTL of an answer reached through a CNAME chain -------------------------------------
+
+SOA = "test. 600 IN SOA ns.test. hostmaster.test. 1 3600 600 86400 120"
+
+
+def _serve_forever(sock: socket.socket, *records: str, rcode: int = 0, soa: bool = False) -> None:
+    """Answer every query on *sock* with *records* (zone-file lines) in the answer section
+    (and the zone's SOA in the authority section), until the socket is closed."""
+    def run() -> None:
+        while True:
+            try:
+                wire, client = sock.recvfrom(65535)
+            except OSError:
+                return
+            reply = dns.message.make_response(dns.message.from_wire(wire))
+            reply.set_rcode(rcode)
+            for text in records:
+                reply.answer.append(_rrset(text))
+            if soa:
+                reply.authority.append(_rrset(SOA))
+            sock.sendto(reply.to_wire(), client)
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def _rrset(text: str) -> dns.rrset.RRset:
+    name, ttl, rdclass, rdtype, data = text.split(None, 4)
+    return dns.rrset.from_text(name, int(ttl), rdclass, rdtype, data)
+
+
+def _resolver(nameserver: socket.socket) -> Resolver:
+    return Resolver(DnsSection(nameservers=[f"127.0.0.1:{nameserver.getsockname()[1]}"], timeout=1.0, cache_size=10))
+
+
+def test_answer_through_a_cname_is_kept_only_for_the_shortest_ttl_of_the_chain(nameserver: socket.socket) -> None:
+    """A DKIM selector CNAMEd to an ESP (CNAME TTL 60, key TTL 300): once the CNAME expires it may
+    point elsewhere, so the key is kept 60 s, as dnspython's own cache keeps it (ChainingResult.minimum_ttl)."""
+    _serve_forever(
+        nameserver,
+        "sel._domainkey.example.test. 60 IN CNAME sel.dkim.esp.test.",
+        'sel.dkim.esp.test. 300 IN TXT "v=DKIM1; p=AAAA"',
+    )
+    resolver = _resolver(nameserver)
+    before = time.monotonic()
+    answer = resolver.query("sel._domainkey.example.test", "TXT")
+    assert (answer.status, answer.records, answer.ttl) == ("ok", ("v=DKIM1; p=AAAA",), 60.0)
+    expires = resolver.cache.expiry(("sel._domainkey.example.test", "TXT"))
+    assert expires is not None and expires <= time.monotonic() + 60
+    assert expires >= before + 59
+    # dnspython's resolver (the fallback) gives the same answer.
+    assert resolver._resolve("sel._domainkey.example.test", "TXT", 1.0) == answer
+
+
+def test_cname_chain_minimum_is_taken_over_every_link(nameserver: socket.socket) -> None:
+    _serve_forever(
+        nameserver,
+        "a.test. 3600 IN CNAME b.test.",
+        "b.test. 30 IN CNAME c.test.",
+        "c.test. 3600 IN A 192.0.2.1",
+    )
+    resolver = _resolver(nameserver)
+    assert resolver.query("a.test", "A").ttl == 30.0
+    assert resolver._resolve("a.test", "A", 1.0).ttl == 30.0
+
+
+def test_cname_with_ttl_zero_is_not_cached(nameserver: socket.socket) -> None:
+    """RFC 1035 §3.2.1: a zero TTL is used for the transaction in progress only."""
+    _serve_forever(nameserver, "a.test. 0 IN CNAME b.test.", "b.test. 300 IN A 192.0.2.1")
+    resolver = _resolver(nameserver)
+    answer = resolver.query("a.test", "A")
+    assert (answer.status, answer.ttl) == ("ok", 0.0)
+    assert not resolver.cached("a.test", "A")
+
+
+def test_nodata_through_a_cname_is_kept_no_longer_than_the_cname(nameserver: socket.socket) -> None:
+    """The SOA (negative TTL 120) bounds the "no" for the CNAME's target; the CNAME (TTL 30)
+    bounds how long the question's name keeps leading there."""
+    _serve_forever(nameserver, "a.test. 30 IN CNAME b.test.", soa=True)
+    resolver = _resolver(nameserver)
+    answer = resolver.query("a.test", "A")
+    assert (answer.status, answer.ttl) == ("nodata", 30.0)
+    assert resolver._resolve("a.test", "A", 1.0) == answer
+
+
+def test_nxdomain_through_a_cname_is_kept_no_longer_than_the_cname(nameserver: socket.socket) -> None:
+    _serve_forever(nameserver, "a.test. 30 IN CNAME gone.test.", rcode=dns.rcode.NXDOMAIN, soa=True)
+    resolver = _resolver(nameserver)
+    answer = resolver.query("a.test", "A")
+    assert (answer.status, answer.ttl) == ("nxdomain", 30.0)
+    assert resolver._resolve("a.test", "A", 1.0) == answer
+
+
+def test_negative_answer_through_a_long_lived_cname_keeps_the_soa_bound(nameserver: socket.socket) -> None:
+    _serve_forever(nameserver, "a.test. 3600 IN CNAME gone.test.", rcode=dns.rcode.NXDOMAIN, soa=True)
+    resolver = _resolver(nameserver)
+    assert resolver.query("a.test", "A").ttl == 120.0
+    assert resolver._resolve("a.test", "A", 1.0).ttl == 120.0
