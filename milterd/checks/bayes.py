@@ -12,7 +12,12 @@ without the classifier, never deferred for it.
 
 Auto-learning (``[learner] autolearn_spam`` / ``autolearn_ham``, off by
 default) happens after the verdict, from the score without the classifier's
-own symbol (learning from one's own opinion would only reinforce it).
+own symbol (learning from one's own opinion would only reinforce it).  For the
+same reason nothing is auto-learned when the tiers skipped spamd
+(``SPAMD_SKIPPED_CONFIDENT``): the classifier's own bucket decided that spamd's
+evidence, which might have contradicted it, was not gathered.  A message is
+auto-learned as ham only when the policy accepted it: a low score does not make
+ham of a virus from a whitelisted sender, nor of a message tempfailed unscanned.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from ..clock import utcnow
 from ..learner.cache import TokenCache
 from ..learner.classifier import BUCKETS, Counts, Score, classify, trained
 from ..learner.tokenizer import hashed_tokens, message_digest
-from ..message.model import Envelope, Hit, Session, Verdict
+from ..message.model import Action, Envelope, Hit, Session, Verdict
 from ..store.errors import StoreError
 from ..store.learner import LearnerStore
 from . import Check, Hits, Symbol
@@ -94,6 +99,14 @@ def autolearn_label(score: float, own: float, spam_at: float | bool, ham_at: flo
     if ham_at is not False and other <= float(ham_at):
         return "ham"
     return None
+
+
+def autolearn_allowed(label: str, verdict: Verdict) -> bool:
+    """Whether a message whose score says *label* may be auto-learned from *verdict*:
+    not when the tiers skipped spamd on the classifier's word, and as ham only when accepted."""
+    if SKIPPED_CONFIDENT in verdict.symbols:
+        return False
+    return label == "spam" or verdict.action == Action.ACCEPT
 
 
 class BayesCheck(Check):
@@ -167,7 +180,7 @@ class BayesCheck(Check):
             return verdict
         own = sum(score for name, score in verdict.symbols.items() if name in SCORES)
         label = autolearn_label(verdict.score, own, self.options.autolearn_spam, self.options.autolearn_ham)
-        if label is None:
+        if label is None or not autolearn_allowed(label, verdict):
             return verdict
         try:
             raw = envelope.message_bytes()

@@ -193,10 +193,13 @@ def _cross_validate(args: argparse.Namespace, config: Config, client: Client) ->
 def offline_config(config: Config) -> Config:
     """The configuration for an offline check: the classifier reads the live
     model, but off where reading it would create the store (an SQLite file that
-    does not exist: there is no model to read).  Greylisting stays configured;
+    does not exist: there is no model to read), and never auto-learns.  Greylisting stays configured;
     :func:`offline_services` leaves its check out."""
     if config.learner.enabled and not model_may_exist(config.database.url):
         config = config.with_changes({"learner.enabled": False})
+    if config.learner.autolearn_spam is not False or config.learner.autolearn_ham is not False:
+        # A check is a dry run: it must not teach the live model (nor, cross-validating, the test folds).
+        config = config.with_changes({"learner.autolearn_spam": False, "learner.autolearn_ham": False})
     return config
 
 
