@@ -46,7 +46,13 @@ class HeaderChecks(CheckSwitches):
 #: Headers RFC 5322 §3.6 allows at most once (Resent-* aside).
 SINGLE = ("Date", "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Message-ID", "In-Reply-To", "References", "Subject")
 _SINGLE_BUT_FROM = tuple((name, name.lower()) for name in SINGLE if name != "From")  # HDR_FROM_MULTIPLE's
-_MSGID = re.compile(r"^<[^<>\s@]+@(?:[^<>\s@\[\]]+|\[[^<>\s\[\]]+\])>$")
+# msg-id is [CFWS] "<" id-left "@" id-right ">" [CFWS] (RFC 5322 §3.6.4): comments around it are allowed.
+_MSGID = re.compile(r"^(?:\([^()]*\)\s*)*<[^<>\s@]+@(?:[^<>\s@\[\]]+|\[[^<>\s\[\]]+\])>(?:\s*\([^()]*\))*$")
+# RFC 5322 §4.3's obsolete date forms that the stdlib refuses or misreads: comments anywhere, white
+# space before the day-of-week's comma, two- and three-digit years.
+_DATE_COMMENT = re.compile(r"\([^()]*\)")
+_DATE_DAY_COMMA = re.compile(r"^(\s*[A-Za-z]+)\s+,")
+_DATE_OBS_YEAR = re.compile(r"^((?:\s*[A-Za-z]+\s*,)?\s*\d{1,2}\s+[A-Za-z]+\s+)(\d{2,3})(?=\s|$)")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _ENCODED_START = re.compile(r"=\?[^?\s]+\?[bBqQ]\?")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -138,6 +144,12 @@ def _address_list_problem(name: str, value: str) -> str:
 _cached_address_list_problem = functools.lru_cache(maxsize=1024)(_address_list_problem)
 
 
+#: The stdlib's complaints about RFC 2047 encoded-words in a display name.  The field is still good
+#: RFC 5322 ('"=?utf-8?b?...?=" <a@b>' is a quoted string, '=?...?=<a@b>' a phrase and an angle-addr),
+#: common in legitimate mail, and a malformed encoded-word is HDR_ENCODED_WORD_INVALID's.
+_ENCODED_WORD_DEFECTS = frozenset({"encoded word inside quoted string", "missing trailing whitespace after encoded-word", "whitespace inside encoded word"})
+
+
 def parsed_address_list_problem(name: str, value: str) -> str:
     """:func:`address_list_problem` by the stdlib's parser alone (no shortcut for plain addresses)."""
     try:
@@ -145,7 +157,7 @@ def parsed_address_list_problem(name: str, value: str) -> str:
         addresses = header.addresses
     except Exception as exc:  # noqa: BLE001 - the stdlib parser raises on some malformed lists
         return f"unparseable ({type(exc).__name__})"
-    invalid = [d for d in header.defects if isinstance(d, email.errors.InvalidHeaderDefect)]
+    invalid = [d for d in header.defects if isinstance(d, email.errors.InvalidHeaderDefect) and str(d) not in _ENCODED_WORD_DEFECTS]
     if invalid:
         return str(invalid[0])
     for address in addresses:
@@ -167,10 +179,24 @@ def date_problem(value: str, now: datetime, future: float, past: float) -> str:
     return ""
 
 
+def current_date(value: str) -> str:
+    """A Date header value with RFC 5322 §4.3's obsolete forms made current: comments dropped, no space
+    before the comma, a two-digit year 00-49 as 20xx and 50-99 as 19xx, a three-digit one plus 1900."""
+    if "(" in value:
+        value = _DATE_COMMENT.sub(" ", value)
+    value = _DATE_DAY_COMMA.sub(r"\1,", value)
+    match = _DATE_OBS_YEAR.match(value)
+    if match:
+        year = int(match.group(2))
+        year += 2000 if len(match.group(2)) == 2 and year < 50 else 1900
+        value = f"{match.group(1)}{year}{value[match.end():]}"
+    return value
+
+
 def _parse_date(value: str) -> datetime | None:
     """The moment a Date header value names (UTC when it gives no zone), or None when it does not parse."""
     try:
-        when = email.utils.parsedate_to_datetime(value)
+        when = email.utils.parsedate_to_datetime(current_date(value))
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None:
