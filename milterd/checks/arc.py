@@ -13,6 +13,7 @@ hop of a forwarder or list host can trust them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -134,9 +135,21 @@ def message_for_seal(envelope: Envelope, authserv_id: str, results: str) -> byte
     return b"".join(lines) + b"\r\n" + envelope.spool.read()
 
 
+#: ``cv=fail`` among an ARC-Seal's tags (relaxed-canonicalised value).
+_CV_FAIL = re.compile(rb"(?:^|;)\s*cv\s*=\s*fail\s*(?:;|$)", re.IGNORECASE)
+
+
+def chain_already_failed(arc: dkim.ARC) -> bool:
+    """Whether the newest ARC-Seal of the message says ``cv=fail``: the chain ended at an earlier hop."""
+    newest, headers = arc.sorted_arc_headers()
+    return any(i == newest and name.lower() == b"arc-seal" and _CV_FAIL.search(value) for i, (name, value) in headers)
+
+
 def seal(message: bytes, domain: str, selector: str, key: bytes, authserv_id: str) -> list[tuple[str, str]]:
     """The next ARC set for *message* as (name, value) pairs, values folded with LF; [] when the chain ended."""
     arc = dkim.ARC(message, logger=QUIET)
+    if chain_already_failed(arc):
+        return []  # RFC 8617 §5.1: a chain whose last seal says cv=fail has failed; no new set is added
     include = [h for h in arc.default_sign_headers() if not h.lower().startswith((b"x-spam-", b"x-virus-"))]
     lines = arc.sign(selector.encode("ascii"), domain.encode("ascii"), key, authserv_id.encode("utf-8"), include_headers=include)
     pairs = []
@@ -185,6 +198,10 @@ class ArcSealer(Check):
         results = envelope.check_state("spf").get("authentication_results")
         if results is None or verdict.action not in (Action.ACCEPT, Action.ADD_HEADER):
             return verdict  # nothing attested, or refused, held or about to have its Subject rewritten
+        chain = envelope.check_state(STATE).get("result")
+        if isinstance(chain, ArcResult) and chain.temporary:
+            # Sealed, it would say cv=fail and end for every later hop a chain that our resolver could not check.
+            return _with_hit(verdict, "ARC_SEAL_ERROR", "the chain could not be validated (DNS error)")
         options = self.services.config.checks.arc
         authserv_id = authserv_id_of(results)
         try:
