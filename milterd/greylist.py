@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 from .clock import utcnow
+from .text import storable
 
 if TYPE_CHECKING:
     from .config import GreylistSection
@@ -130,18 +131,6 @@ class Triplet:
 
     def __str__(self) -> str:
         return f"client={self.network} from=<{self.sender}> to=<{self.recipient}>"
-
-
-def storable(text: str) -> str:
-    """*text* as every store can hold it, the same at every retry.
-
-    Postfix passes 8-bit envelope addresses that are not UTF-8 (no SMTPUTF8
-    needed); milterd keeps their bytes as lone surrogates, which neither SQLite
-    nor PostgreSQL accepts (nor a NUL): they become backslash escapes.
-    """
-    if text.isascii() and "\x00" not in text:
-        return text
-    return text.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def make_triplet(client_addr: str, sender: str, recipient: str, config: "GreylistSection") -> Triplet:

@@ -92,3 +92,12 @@ def redact(text: str, url: str) -> str:
             if form:
                 text = text.replace(form, "***")
     return text
+
+
+def storable(value: str) -> str:
+    """*value* as every store can hold it, the same each time: NUL bytes and lone
+    surrogates (undecodable 8-bit input, kept by surrogateescape), which neither
+    SQLite nor PostgreSQL text takes, become backslash escapes."""
+    if value.isascii() and "\x00" not in value:
+        return value  # nearly every value: nothing to replace, no round trip through bytes
+    return value.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")

@@ -28,7 +28,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from ..clock import as_utc as as_utc  # re-exported
 from ..clock import utcnow as utcnow
 from ..config import DatabaseSection
-from ..text import redact, redact_url
+from ..text import redact, redact_url, storable
 from . import schema
 from .engine import POOL_SIZE, make_engine, sqlite_file  # noqa: F401 - re-exported
 from .errors import StoreError as StoreError
@@ -79,22 +79,15 @@ class MessageRecord:
         """The column values, strings trimmed to what the columns hold."""
         row = dict(self.__dict__)
         for key, limit in _LIMITS:
-            row[key] = _clean(row[key])[:limit]
-        row["subject"] = _clean(row["subject"])
-        row["reason"] = _clean(row["reason"])
-        row["recipients"] = [_clean(r) for r in row["recipients"]]
+            row[key] = storable(row[key])[:limit]
+        row["subject"] = storable(row["subject"])
+        row["reason"] = storable(row["reason"])
+        row["recipients"] = [storable(r) for r in row["recipients"]]
         return row
 
 
 #: The columns of bounded length, and their bounds.
 _LIMITS = (("mta_host", 255), ("queue_id", 64), ("client_addr", 64), ("client_name", 255), ("helo", 255), ("auth_user", 255), ("sender", 512), ("message_id", 512))
-
-
-def _clean(value: str) -> str:
-    # NUL bytes and lone surrogates (undecodable 8-bit input) cannot be stored in PostgreSQL text.
-    if value.isascii() and "\x00" not in value:
-        return value  # nearly every value: nothing to replace, no round trip through bytes
-    return value.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _LogInsert:
@@ -138,17 +131,17 @@ _SQLITE_DATETIME = "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(s
 def _converter(name: str, limit: int | None, process: Callable[[Any], Any] | None, impl: Any) -> Callable[[Any], Any] | None:
     """One column's value as the INSERT's parameter: ``as_row``'s cleaning, then *process* (its bind processor)."""
     if limit is not None:
-        # _clean's test inline: nearly every value needs no cleaning, and a call less per column.
-        return lambda value: value[:limit] if value.isascii() and "\x00" not in value else _clean(value)[:limit]
+        # storable's test inline: nearly every value needs no cleaning, and a call less per column.
+        return lambda value: value[:limit] if value.isascii() and "\x00" not in value else storable(value)[:limit]
     if name in ("subject", "reason"):
-        return _clean
+        return storable
     if name == "recipients":
         assert process is not None  # a JSON column
 
         def recipients_text(value: Any) -> Any:
             if type(value) is list and all(type(r) is str and r.isascii() and r.isprintable() and '"' not in r and "\\" not in r for r in value):
                 return '["' + '", "'.join(value) + '"]' if value else "[]"  # json.dumps's text: nothing to escape or clean
-            return process([_clean(r) for r in value])
+            return process([storable(r) for r in value])
 
         return recipients_text
     if name == "symbols":
