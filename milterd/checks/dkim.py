@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import dkim
 from pydantic import Field
@@ -122,6 +122,15 @@ def verify_all(message: bytes, dnsfunc: DnsRecorder, max_signatures: int, min_ke
     return results
 
 
+def tag_items(value: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The (tag, value as written) pairs of a DKIM tag list (RFC 6376 §3.2), leniently: a part without
+    ``=`` is skipped, tags are stripped of blanks, values are not (each reader unfolds what it reads)."""
+    for part in value.split(b";"):
+        tag, eq, text = part.partition(b"=")
+        if eq:
+            yield tag.strip(), text
+
+
 def key_names(headers: list[tuple[str, bytes]], max_signatures: int) -> list[str] | None:
     """The key records (``s._domainkey.d``) the first *max_signatures* DKIM signatures in *headers* name;
     None when one has no plain d= or s=.  Only a guess of what dkimpy will ask, for scheduling: a wrong
@@ -132,13 +141,8 @@ def key_names(headers: list[tuple[str, bytes]], max_signatures: int) -> list[str
             continue
         if len(names) >= max_signatures:
             break
-        tags = {}
-        for part in value.split(b";"):
-            tag, eq, text = part.partition(b"=")
-            if eq:
-                tag = tag.strip()
-                if tag == b"d" or tag == b"s":  # the only tags read: the others' values are not worked out
-                    tags[tag] = b"".join(text.split())
+        # d= and s= only: the other tags' values (b=, bh=) are not worked out.
+        tags = {tag: b"".join(text.split()) for tag, text in tag_items(value) if tag == b"d" or tag == b"s"}
         domain, selector = tags.get(b"d", b""), tags.get(b"s", b"")
         if not (domain and selector and (domain + selector).isascii()):
             return None
@@ -158,23 +162,17 @@ def unverified_domains(headers: list[tuple[str, bytes]], max_signatures: int) ->
             break
         seen += 1
         tags: dict[bytes, bytes] = {}
-        for part in value.split(b";"):
-            tag, eq, text = part.partition(b"=")
-            if eq:
-                tags.setdefault(tag.strip(), b"".join(text.split()))
-        domain = tags.get(b"d", b"").decode("utf-8", "replace").lower().rstrip(".")
-        if domain and b"from" in tags.get(b"h", b"").lower().split(b":"):
+        for tag, text in tag_items(value):
+            tags.setdefault(tag, text)
+        domain = b"".join(tags.get(b"d", b"").split()).decode("utf-8", "replace").lower().rstrip(".")
+        if domain and b"from" in b"".join(tags.get(b"h", b"").split()).lower().split(b":"):
             domains.append(domain)
     return domains
 
 
 def revoked(record: bytes) -> bool:
     """Whether the key record *record* has an empty ``p=``: the key was revoked (RFC 6376 §3.6.1)."""
-    for part in record.split(b";"):
-        tag, eq, value = part.partition(b"=")
-        if eq and tag.strip() == b"p":
-            return not value.strip()
-    return False
+    return next((not text.strip() for tag, text in tag_items(record) if tag == b"p"), False)
 
 
 def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder) -> SignatureResult:
