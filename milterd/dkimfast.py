@@ -48,6 +48,10 @@ on random texts in the tests).
 key's ASN.1 in Python: about 0.03 ms) for every signature, although the
 answer comes from milterd's DNS cache.  :func:`evaluate_pk` remembers the
 parse per (name, record text); a record that fails to parse raises each time.
+:func:`verify` likewise reuses the OpenSSL key object of a (modulus, exponent)
+seen before (at most :data:`KEY_CACHE_SIZE`, a refused key remembered as None),
+so OpenSSL's per-key setup is not redone for each signature (about 0.024 to
+0.017 ms per verification).
 
 **Message parse.**  dkimpy's ``rfc822_parse`` splits the *whole* message
 into lines with ``re.split(b"\r?\n")`` and joins the body's lines again with
@@ -506,11 +510,18 @@ def verify_sig_process(self: Any, sig: Any, include_headers: Any, sig_header: An
 
 
 def _check_body_hash(self: Any, sig: Any, canon_policy: Any, hasher: Any, debug: bool) -> None:
-    """dkimpy's body hash check (``l=`` honoured); raises its ValidationError on a mismatch."""
+    """dkimpy's body hash check (``l=`` honoured); raises its ValidationError on a mismatch.
+
+    Records on *self* (``unsigned_body_bytes``) how many bytes of the canonicalized body ``l=`` left unsigned.
+    """
     h = dkim.HashThrough(hasher(), self.debug_content)
     body = canon_policy.canonicalize_body(self.body)
+    unsigned = 0
     if b"l" in sig and not self.tlsrpt:
-        body = body[: int(sig[b"l"])]
+        length = int(sig[b"l"])
+        unsigned = max(0, len(body) - length)
+        body = body[:length]
+    self.unsigned_body_bytes = unsigned  # what l= left out, for milterd's [checks.dkim] unsigned_body
     h.update(body)
     if self.debug_content:
         self.logger.debug(f"body hashed: {h.hashed()!r}")

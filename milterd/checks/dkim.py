@@ -3,9 +3,11 @@
 Every DKIM-Signature (up to ``[checks.dkim] max_signatures``) is verified at
 end of message; dkimpy honours ``l=``, ``t=`` and ``x=`` and refuses keys
 smaller than ``min_key_bits``; a signature whose ``h=`` leaves out From is a
-permerror (RFC 6376 §6.1.1); its RSA arithmetic is done by OpenSSL and
-its relaxed canonicalisation skips what changes nothing
-(:mod:`milterd.dkimfast`, the same verdicts).  Keys are looked up through milterd's resolver
+permerror (RFC 6376 §6.1.1); one whose ``l=`` leaves part of the body unsigned
+is, with ``unsigned_body = "policy"`` (the default), the RFC 8601 result
+``policy``, not a pass (RFC 6376 §8.2: anyone can append to such a message);
+its RSA arithmetic is done by OpenSSL and its relaxed canonicalisation skips
+what changes nothing (:mod:`milterd.dkimfast`, the same verdicts).  Keys are looked up through milterd's resolver
 (``[dns] nameservers``, bounded by ``[dns] timeout``), never the system's.
 The results go to ``envelope.check_state("dkim")["result"]`` for DMARC and
 Authentication-Results.  A message over ``max_size`` is not verified: it has
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal
 
 import dkim
 from pydantic import Field
@@ -45,11 +47,12 @@ class DkimChecks(CheckSwitches):
     max_signatures: int = Field(5, ge=0, le=50, description="Most DKIM signatures verified per message (topmost first); the rest are ignored.")
     min_key_bits: int = Field(1024, ge=512, description="Smallest RSA key accepted: a signature made with a smaller key is a permerror (DKIM_INVALID).")
     max_size: Size = Field(10 * 1024 * 1024, description="Larger messages are not verified (DKIM_NONE with the reason in the log); DMARC counts an aligned signature left unverified as a temperror, never a failure. Keep it at or above Postfix's message_size_limit.")
+    unsigned_body: Literal["policy", "pass"] = Field("policy", description="A signature whose body length tag l= leaves part of the body unsigned (text appended after the signed length, which anyone can add to a genuine signed message, RFC 6376 §8.2): \"policy\" gives it the result policy (Authentication-Results dkim=policy with the reason, DKIM_INVALID when no other signature passes, and DMARC does not count it); \"pass\" lets it pass as RFC 6376 allows. A signature whose l= covers the whole body passes either way.")
 
 
 STATE = "dkim"
-#: The results RFC 8601 knows for dkim.
-RESULTS = ("pass", "fail", "neutral", "temperror", "permerror")
+#: The results RFC 8601 knows for dkim (``policy``: signed, but some aspect of the signature was not acceptable to the ADMD).
+RESULTS = ("pass", "fail", "policy", "neutral", "temperror", "permerror")
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,14 @@ class QuietLogger(logging.Logger):
 QUIET = QuietLogger()
 
 
-def verify_all(message: bytes, dnsfunc: DnsRecorder, max_signatures: int, min_key_bits: int) -> list[SignatureResult]:
-    """Verify the first *max_signatures* DKIM signatures of *message* (topmost first)."""
+def verify_all(
+    message: bytes, dnsfunc: DnsRecorder, max_signatures: int, min_key_bits: int, *, unsigned_body: str = "pass"
+) -> list[SignatureResult]:
+    """Verify the first *max_signatures* DKIM signatures of *message* (topmost first).
+
+    *unsigned_body* is ``[checks.dkim] unsigned_body`` (the check passes it): with ``"policy"`` a
+    signature that verifies but whose ``l=`` leaves part of the body unsigned is a ``policy`` result.
+    """
     dkimfast.install()  # RSA by OpenSSL, faster canonicalisation: the same verdicts (milterd/dkimfast.py)
     try:
         verifier = dkim.DKIM(message, logger=QUIET, minkey=min_key_bits)
@@ -118,7 +127,7 @@ def verify_all(message: bytes, dnsfunc: DnsRecorder, max_signatures: int, min_ke
     count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
     results = []
     for index in range(min(count, max_signatures)):
-        results.append(_verify_one(verifier, index, dnsfunc))
+        results.append(_verify_one(verifier, index, dnsfunc, unsigned_body))
     return results
 
 
@@ -175,10 +184,11 @@ def revoked(record: bytes) -> bool:
     return next((not text.strip() for tag, text in tag_items(record) if tag == b"p"), False)
 
 
-def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder) -> SignatureResult:
+def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder, unsigned_body: str = "pass") -> SignatureResult:
     before = dnsfunc.failures
     verifier.domain, verifier.selector = None, None
     verifier.pk = None  # dkimpy sets it once the key record parsed: still None, the record was unusable
+    verifier.unsigned_body_bytes = None  # set by dkimfast's body hash check; None: it did not run
     try:
         # dkimpy's verify(index) in its two steps, so that h= is seen before the key is looked up.
         sig, include_headers, sigheaders = verifier.verify_headerprep(index)
@@ -197,6 +207,9 @@ def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder) -> SignatureRes
     except Exception as exc:  # noqa: BLE001 - dkimpy on hostile input: a permerror, never a crash
         return _result(verifier, "permerror", f"{type(exc).__name__}: {exc}")
     if ok:
+        unsigned = unsigned_bytes(verifier, sig)
+        if unsigned and unsigned_body == "policy":
+            return _result(verifier, "policy", f"l={int(sig[b'l'])} leaves {unsigned} bytes of the body unsigned")
         return _result(verifier, "pass", "")
     key = f"{_text(verifier.selector)}._domainkey.{_text(verifier.domain)}".lower()
     if dnsfunc.failures > before:
@@ -210,6 +223,22 @@ def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder) -> SignatureRes
         record = dnsfunc.records.get(key, b"")
         return _result(verifier, "permerror", "key revoked" if revoked(record) else f"unusable key record at {key}")
     return _result(verifier, "fail", reason)
+
+
+def unsigned_bytes(verifier: Any, sig: dict[bytes, bytes]) -> int:
+    """How many bytes of the canonicalized body the verified signature *sig*'s ``l=`` left unsigned.
+
+    dkimfast's body hash check records it (``verifier.unsigned_body_bytes``); when dkimpy's own
+    check ran instead (a key not RSA, a dkimpy release dkimfast was not checked against), the body
+    is canonicalized again here as dkimpy did, for a signature with ``l=`` only.
+    """
+    recorded = getattr(verifier, "unsigned_body_bytes", None)
+    if recorded is not None:
+        return int(recorded)
+    if b"l" not in sig or verifier.tlsrpt:
+        return 0
+    policy = dkim.CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
+    return max(0, len(policy.canonicalize_body(verifier.body)) - int(sig[b"l"]))
 
 
 def _result(verifier: Any, result: str, reason: str) -> SignatureResult:
@@ -272,7 +301,7 @@ class Dkim(ConfiguredCheck[DkimChecks]):
             return [Hit("DKIM_NONE", detail=f"not verified: size {envelope.size} > {options.max_size}")]
         resolver = self.services.resolver
         dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, "eom"))
-        results = verify_all(envelope.message_bytes(), dnsfunc, options.max_signatures, options.min_key_bits)
+        results = verify_all(envelope.message_bytes(), dnsfunc, options.max_signatures, options.min_key_bits, unsigned_body=options.unsigned_body)
         envelope.check_state(STATE)["result"] = results
         return hits_for(results, from_domain(envelope.header("From")), self.services.config.checks.dmarc.public_suffix_list)
 
