@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .checks import Check, discover
+from .checks.spamassassin import SPAMASSASSIN
 from .config import ActionsSection, MilterSection
 from .message.model import Action, Hit
 from .message.policy import THRESHOLD_ACTIONS, GreylistStatus, decide, threshold_action
@@ -23,6 +24,18 @@ if TYPE_CHECKING:
 
 #: Actions that count as "caught" for ``rules stats`` (the message did not reach the inbox).
 SPAM_ACTIONS = frozenset({"reject", "quarantine"})
+#: Actions of a deferred attempt (451): no final answer, the client retries, and the retry
+#: is a log row of its own (with the same symbols, plus GREYLIST_PASSED after greylisting).
+DEFERRED_ACTIONS = frozenset({"greylist", "tempfail"})
+#: Symbols whose score is carried by each hit (a scanner's own score), not a weight of the
+#: rules: ``whatif --set symbols.NAME`` cannot re-weight them; why, and what to do instead.
+HIT_SCORED: Mapping[str, str] = {
+    SPAMASSASSIN: "its score is SpamAssassin's own for each message, not a weight, and cannot be re-weighted; "
+                  "try the thresholds instead (--set actions.NAME=THRESHOLD), or change SpamAssassin's rule scores in its own local.cf",
+}
+#: A symbol that, in a row, forces the score of the symbols named with a prefix to 0 whatever
+#: their weight: a DMARC failure of a message sealed by a trusted ARC sealer is not scored.
+OVERRIDES: Mapping[str, str] = {"DMARC_ARC_OVERRIDE": "DMARC_FAIL_"}
 #: How many example messages ``whatif`` and the mass check show per group.
 EXAMPLES = 3
 
@@ -100,35 +113,71 @@ class SymbolStats:
     total_score: float = 0.0
     in_spam_actions: int = 0
     released_as_ham: int = 0
+    deferred: int = 0  # on deferred attempts (greylist, tempfail), not in the counts above
 
     def as_json(self) -> dict[str, Any]:
         """The JSON object of ``rules stats --json``."""
         return {
             "symbol": self.symbol, "hits": self.hits, "share": round(self.share, 4), "mean_score": round(self.mean_score, 3),
             "in_reject_or_quarantine": self.in_spam_actions, "released_as_ham": self.released_as_ham,
+            "on_deferred_attempts": self.deferred,
         }
 
 
-def symbol_stats(rows: Iterable[Mapping[str, Any]]) -> tuple[int, list[SymbolStats]]:
+@dataclass
+class LogStats:
+    """``rules stats``: the messages of the log and, apart, the deferred attempts."""
+
+    messages: int = 0
+    deferred: Counter[str] = field(default_factory=Counter)
+    symbols: list[SymbolStats] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON object of ``rules stats --json``."""
+        return {
+            "messages": self.messages, "symbols": [s.as_json() for s in self.symbols],
+            "deferred_attempts": sum(self.deferred.values()), "deferred_by_action": dict(self.deferred),
+        }
+
+
+def deferred_attempt(row: Mapping[str, Any]) -> bool:
+    """Whether *row* is an attempt answered 451 (greylisted, or a tempfail): not a message
+    with a final answer, since the client retries and the retry is logged again."""
+    return row.get("action") in DEFERRED_ACTIONS
+
+
+def log_stats(rows: Iterable[Mapping[str, Any]]) -> LogStats:
     """The number of messages and, per symbol, hits, share of messages, mean score,
     how often part of a reject or quarantine and how often on a message released as ham.
-    Sorted by hits, most first."""
-    total = 0
+
+    Deferred attempts (:func:`deferred_attempt`) are counted apart, by action and per
+    symbol, and left out of the rest: a message greylisted and then passed on its retry
+    is one message, the retry's row.  Symbols sorted by hits, most first."""
+    report = LogStats()
     stats: dict[str, SymbolStats] = {}
     for row in rows:
-        total += 1
+        deferred = deferred_attempt(row)
+        if deferred:
+            report.deferred[str(row.get("action"))] += 1
+        else:
+            report.messages += 1
         for name, score in (row.get("symbols") or {}).items():
             entry = stats.setdefault(name, SymbolStats(name))
+            if deferred:
+                entry.deferred += 1
+                continue
             entry.hits += 1
             entry.total_score += float(score)
             if row.get("action") in SPAM_ACTIONS:
                 entry.in_spam_actions += 1
             if row.get("released_as_ham"):
                 entry.released_as_ham += 1
+    total = report.messages
     for entry in stats.values():
         entry.share = entry.hits / total if total else 0.0
         entry.mean_score = entry.total_score / entry.hits if entry.hits else 0.0
-    return total, sorted(stats.values(), key=lambda s: (-s.hits, s.symbol))
+    report.symbols = sorted(stats.values(), key=lambda s: (-s.hits, -s.deferred, s.symbol))
+    return report
 
 
 # --- rules whatif --------------------------------------------------------------
@@ -188,9 +237,18 @@ def logged_greylist(row: Mapping[str, Any]) -> GreylistStatus | None:
     return None
 
 
+def fixed_scores(symbols: Mapping[str, Any]) -> set[str]:
+    """The symbols of a row whose logged score no weight changes: scored by their hit
+    (:data:`HIT_SCORED`) or forced to 0 by another symbol of the row (:data:`OVERRIDES`)."""
+    prefixes = tuple(prefix for override, prefix in OVERRIDES.items() if override in symbols)
+    return {name for name in symbols if name in HIT_SCORED or (bool(prefixes) and name.startswith(prefixes))}
+
+
 def rescore(row: Mapping[str, Any], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection) -> Rescored:
-    """*row* with the symbols of *weights* re-weighted and the thresholds of *actions*."""
-    symbols = {name: float(weights.get(name, score)) for name, score in (row.get("symbols") or {}).items()}
+    """*row* with the symbols of *weights* re-weighted (but for :func:`fixed_scores`) and the thresholds of *actions*."""
+    logged = row.get("symbols") or {}
+    fixed = fixed_scores(logged)
+    symbols = {name: float(score if name in fixed else weights.get(name, score)) for name, score in logged.items()}
     hits = [Hit(name, score=score) for name, score in symbols.items()]
     verdict = decide(hits, lambda _s: 0.0, actions, greylist=logged_greylist(row))
     old_action, old_score = str(row.get("action")), float(row.get("score") or 0.0)

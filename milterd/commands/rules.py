@@ -4,8 +4,10 @@
 * ``symbols``: the built-in symbol table as TOML (``> rules/symbols.toml``).
 * ``lint``: validate milter.conf and rules/ as ``serve`` would, start nothing.
 * ``stats``: per symbol, from the message log: hits, share, mean score,
-  part of a reject or quarantine, on messages later released as ham.
-* ``whatif``: re-score the logged messages with changed weights and thresholds.
+  part of a reject or quarantine, on messages later released as ham.  Deferred
+  attempts (greylisted, tempfail: the retry is a row of its own) are counted apart.
+* ``whatif``: re-score the logged messages with changed weights and thresholds
+  (not the symbols scored by their hit, such as SPAMASSASSIN: ``--set`` refuses them).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..ruleset import is_shipped
 from ..services import Services, build
 from ..store import StoreError
 from ..text import escape
-from ..tuning import symbol_stats, symbol_table, symbols_toml, whatif
+from ..tuning import HIT_SCORED, log_stats, symbol_table, symbols_toml, whatif
 from . import config_parent, describe_failure, open_store, since_arg
 
 
@@ -40,14 +42,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     lint = verbs.add_parser("lint", parents=[common], help="validate milter.conf and rules/ without starting anything")
     lint.set_defaults(func=run_lint)
 
-    stats = verbs.add_parser("stats", parents=[common], help="per-symbol statistics from the message log")
+    stats = verbs.add_parser(
+        "stats", parents=[common],
+        help="per-symbol statistics of the logged messages; deferred attempts (greylisted, tempfail) counted apart",
+        description="Per symbol, over the logged messages: hits, share of messages, mean score, how often part of a "
+                    "reject or quarantine, how often on a message later released as ham. An attempt deferred with 451 "
+                    "(greylisted, or tempfail) is not a message: the client retries and the retry is logged again; such "
+                    "attempts are counted apart (deferred), and left out of the messages and of the symbols' hits.",
+    )
     stats.add_argument("--since", type=since_arg, metavar="AGE", help="only messages newer than AGE (7d) or an ISO date")
     stats.add_argument("--json", action="store_true", help="JSON for scripts")
     stats.set_defaults(func=run_stats)
 
     what = verbs.add_parser("whatif", parents=[common], help="re-score the logged messages with changed weights and thresholds")
     what.add_argument("--set", dest="changes", metavar="KEY=VALUE", action="append", default=[], required=True,
-                      help="actions.NAME=THRESHOLD (or false) or symbols.NAME=SCORE; repeatable")
+                      help="actions.NAME=THRESHOLD (or false) or symbols.NAME=SCORE; repeatable "
+                           "(not a symbol scored by its hit, such as SPAMASSASSIN)")
     what.add_argument("--since", type=since_arg, metavar="AGE", help="only messages newer than AGE (7d) or an ISO date")
     what.add_argument("--json", action="store_true", help="JSON for scripts")
     what.set_defaults(func=run_whatif)
@@ -105,18 +115,22 @@ def run_stats(args: argparse.Namespace) -> int:
     """Print per-symbol statistics of the logged messages."""
     config = load_config(args.config)
     try:
-        total, stats = symbol_stats(_rows(args, config))
+        report = log_stats(_rows(args, config))
     except (StoreError, Exception) as exc:  # noqa: BLE001 - no schema yet, database down
         print(f"milterd: cannot read the log: {describe_failure(exc)}", file=sys.stderr)
         return 1
     if args.json:
-        json.dump({"messages": total, "symbols": [s.as_json() for s in stats]}, sys.stdout, indent=1)
+        json.dump(report.as_json(), sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
-    print(f"{total} messages")
-    print(f"{'symbol':30} {'hits':>7} {'share':>7} {'mean':>7} {'rej/quar':>8} {'ham-rel':>7}")
-    for s in stats:
-        print(f"{s.symbol:30} {s.hits:7} {100 * s.share:6.1f}% {s.mean_score:7.2f} {s.in_spam_actions:8} {s.released_as_ham:7}")
+    print(f"{report.messages} messages")
+    if report.deferred:
+        by_action = ", ".join(f"{name} {count}" for name, count in sorted(report.deferred.items()))
+        print(f"deferred attempts: {sum(report.deferred.values())} ({by_action}); counted apart (column 'deferred'): "
+              f"the client retries, and a retry that gets through is one of the messages")
+    print(f"{'symbol':30} {'hits':>7} {'share':>7} {'mean':>7} {'rej/quar':>8} {'ham-rel':>7} {'deferred':>8}")
+    for s in report.symbols:
+        print(f"{s.symbol:30} {s.hits:7} {100 * s.share:6.1f}% {s.mean_score:7.2f} {s.in_spam_actions:8} {s.released_as_ham:7} {s.deferred:8}")
     return 0
 
 
@@ -135,6 +149,8 @@ def parse_changes(changes: list[str], services: Services) -> tuple[dict[str, Any
         elif section == "symbols":
             if name not in services.symbols:
                 raise ConfigError("--set", key, "no check or rule emits this symbol (misspelt?)")
+            if name in HIT_SCORED:
+                raise ConfigError("--set", key, HIT_SCORED[name])
             try:
                 weights[name] = float(value)
             except ValueError:

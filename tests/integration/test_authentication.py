@@ -161,6 +161,21 @@ def test_a_second_from_address_does_not_hide_a_p_reject_domain(stack: Stack, key
     assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"] and "DKIM_VALID" in row["symbols"]
 
 
+def test_text_appended_after_a_body_length_signature_is_not_a_dmarc_pass(stack: Stack, keys: dict[str, bytes]) -> None:
+    # A genuine signed.test (p=reject) message signed with l=, then text appended after the signed length
+    # (RFC 6376 §8.2): the signature still verifies over its l= bytes, but the appended text is nobody's.
+    raw = message("dkim appended", sender="alice@signed.test")
+    signed = dkim.sign(raw, b"sel", b"signed.test", keys["signed"], length=True) + raw
+    appended = signed + b"\r\nURGENT: confirm your account at https://attacker.example/login\r\n"
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(appended, sender="alice@signed.test", xclient=CLIENT)
+    assert info.value.smtp_code == 550 and "signed.test" in info.value.smtp_error.decode()
+    row = row_for(stack, "dkim appended")
+    assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"]
+    assert "DKIM_INVALID" in row["symbols"] and "DKIM_VALID" not in row["symbols"]
+    assert "bytes of the body unsigned" in row["details"]["DKIM_INVALID"]
+
+
 def list_message(subject: str, keys: dict[str, bytes], sealer: str, sealer_key: bytes) -> bytes:
     """A signed.test message re-sent by a mailing list: Subject tagged (the author's signature breaks), ARC-sealed by the list."""
     original = sign(message(subject, sender="alice@signed.test"), keys["signed"], "signed.test")
