@@ -23,7 +23,7 @@ import email.utils
 import functools
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from email import policy
 from typing import ClassVar
 
@@ -47,7 +47,15 @@ class HeaderChecks(CheckSwitches):
 SINGLE = ("Date", "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Message-ID", "In-Reply-To", "References", "Subject")
 _SINGLE_BUT_FROM = tuple((name, name.lower()) for name in SINGLE if name != "From")  # HDR_FROM_MULTIPLE's
 # msg-id is [CFWS] "<" id-left "@" id-right ">" [CFWS] (RFC 5322 §3.6.4): comments around it are allowed.
-_MSGID = re.compile(r"^(?:\([^()]*\)\s*)*<[^<>\s@]+@(?:[^<>\s@\[\]]+|\[[^<>\s\[\]]+\])>(?:\s*\([^()]*\))*$")
+# id-left is dot-atom-text or, obsolete but sent by real mailers, any local-part (obs-id-left, §4.5.4):
+# words joined by dots, a word being an atom or a quoted string ('<"a b"@host>').  No control character
+# anywhere, even where the obsolete syntax would allow one.
+_MSGID_QUOTED = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*"'
+_MSGID_WORD = rf'(?:[^<>\s@."\x00-\x1f\x7f]+|{_MSGID_QUOTED})'
+_MSGID = re.compile(
+    rf"^(?:\([^()]*\)\s*)*<(?:[^<>\s@\x00-\x1f\x7f]+|{_MSGID_WORD}(?:\.{_MSGID_WORD})*)"
+    r"@(?:[^<>\s@\[\]\x00-\x1f\x7f]+|\[[^<>\s\[\]\x00-\x1f\x7f]+\])>(?:\s*\([^()]*\))*$"
+)
 # RFC 5322 §4.3's obsolete date forms that the stdlib refuses or misreads: comments anywhere, white
 # space before the day-of-week's comma, two- and three-digit years.
 _DATE_COMMENT = re.compile(r"\([^()]*\)")
@@ -127,7 +135,8 @@ _CACHED_VALUE_LENGTH = 512
 
 
 def address_list_problem(name: str, value: str) -> str:
-    """Why an address header does not parse, or "" when it does (groups such as "undisclosed-recipients:;" are fine)."""
+    """Why an address header does not parse, or "" when it does (groups such as "undisclosed-recipients:;" are fine,
+    and so are local parts with repeated dots or a dot at their end, "a..b@docomo.ne.jp", "abc.@ezweb.ne.jp")."""
     if len(value) > _CACHED_VALUE_LENGTH:
         return _address_list_problem(name, value)
     return _cached_address_list_problem(name, value)
@@ -148,6 +157,12 @@ _cached_address_list_problem = functools.lru_cache(maxsize=1024)(_address_list_p
 #: RFC 5322 ('"=?utf-8?b?...?=" <a@b>' is a quoted string, '=?...?=<a@b>' a phrase and an angle-addr),
 #: common in legitimate mail, and a malformed encoded-word is HDR_ENCODED_WORD_INVALID's.
 _ENCODED_WORD_DEFECTS = frozenset({"encoded word inside quoted string", "missing trailing whitespace after encoded-word", "whitespace inside encoded word"})
+#: The stdlib's complaints about a local part with repeated dots or a dot at its end ("a..b@docomo.ne.jp",
+#: "abc.@ezweb.ne.jp"): RFC-invalid, but Japanese mobile carriers have handed such addresses out for
+#: decades and Postfix, SpamAssassin and Rspamd take them.  The first is the stdlib's summary of any
+#: invalid local part, so a list is excused only when every invalid defect is one of these three (a
+#: space, a backslash or a leading dot adds its own).
+_CARRIER_DOT_DEFECTS = frozenset({"local-part is not dot-atom, quoted-string, or obs-local-part", "invalid repeated '.'", "Invalid trailing '.' in local part"})
 
 
 def parsed_address_list_problem(name: str, value: str) -> str:
@@ -158,7 +173,7 @@ def parsed_address_list_problem(name: str, value: str) -> str:
     except Exception as exc:  # noqa: BLE001 - the stdlib parser raises on some malformed lists
         return f"unparseable ({type(exc).__name__})"
     invalid = [d for d in header.defects if isinstance(d, email.errors.InvalidHeaderDefect) and str(d) not in _ENCODED_WORD_DEFECTS]
-    if invalid:
+    if invalid and not all(str(d) in _CARRIER_DOT_DEFECTS for d in invalid):
         return str(invalid[0])
     for address in addresses:
         if not address.domain:
@@ -194,16 +209,19 @@ def current_date(value: str) -> str:
 
 
 def _parse_date(value: str) -> datetime | None:
-    """The moment a Date header value names (UTC when it gives no zone), or None when it does not parse."""
+    """The moment a Date header value names (UTC when it gives no zone), or None when it does not parse.
+
+    A leap second (second 60, which RFC 5322 §3.3 allows) is taken as second 59: ``datetime`` has no 60.
+    """
     try:
-        when = email.utils.parsedate_to_datetime(current_date(value))
+        parsed = email.utils.parsedate_tz(current_date(value))
+        if parsed is None:
+            return None
+        year, month, day, hour, minute, second = parsed[:6]
+        offset = timezone(timedelta(seconds=parsed[9] or 0))  # no zone ("-0000" or none at all) is UTC
+        return datetime(year, month, day, hour, minute, 59 if second == 60 else second, tzinfo=offset)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when
 
 
 # Only the parse is cached, never the comparison with now: a cached datetime is the same

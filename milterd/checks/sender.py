@@ -26,7 +26,9 @@ class SenderChecks(CheckSwitches):
 
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
-_LOCAL = re.compile(rf'^(?:{_ATOM}(?:\.{_ATOM})*|"(?:[^"\\\r\n]|\\.)*")$')
+# A dot-atom, except that repeated dots and dots at the end are let through ("a..b", "abc."): the
+# addresses of Japanese mobile carriers, RFC-invalid but in use for decades and accepted by Postfix.
+_LOCAL = re.compile(rf'^(?:{_ATOM}(?:\.+{_ATOM})*\.*|"(?:[^"\\\r\n]|\\.)*")$')
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_\-\u0080-\U0010ffff]{1,63}(?<!-)$")
 
 
@@ -40,7 +42,10 @@ def split_address(address: str) -> tuple[str, str] | None:
 
 @functools.lru_cache(maxsize=1024)  # pure; the same senders write again and again
 def address_problem(address: str) -> str:
-    """What is wrong with a MAIL FROM address: "" (fine), "invalid", "ip_literal" or "no_dot"."""
+    """What is wrong with a MAIL FROM address: "" (fine), "invalid", "ip_literal" or "no_dot".
+
+    A local part with repeated dots or a dot at its end ("a..b@docomo.ne.jp") is fine; a leading dot is not.
+    """
     parts = split_address(address)
     if parts is None:
         return "invalid"

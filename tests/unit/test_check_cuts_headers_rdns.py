@@ -120,6 +120,7 @@ def old_address_list_problem(name: str, value: str) -> str:
 
 
 def old_date_problem(value: str, now: datetime, future: float, past: float) -> str:
+    value = re.sub(r"(\d:\d\d):60(?=\s|$)", r"\1:59", value)  # a leap second is valid since (test_headers_leftovers.py)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
