@@ -12,12 +12,18 @@ them in one transaction: a message with 1,000 new triplets takes SQLite's
 single writer once, not a thousand times.  Each write is an insert-or-update
 on the triplet's unique key, so concurrent first attempts from several workers
 or MX hosts end up on one row and none of them fails.
+
+On PostgreSQL two transactions that lock rows they share in opposite orders
+deadlock, and one of them fails.  A message's writes take their rows in one
+order: its triplets by key, whatever the kind of each write (a triplet one
+message writes as ``new`` another may write as ``early``), then its client
+networks' rows by network.  The purge never waits for a row a message holds,
+and removing triplets takes the table first (:mod:`milterd.store.upsert`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import Engine, and_, case, delete, func, select, update
@@ -26,12 +32,12 @@ from ..clock import as_utc, utcnow
 from ..greylist import CLIENT_COUNT_INTERVAL, RENEW_INTERVAL, Kind, State, Triplet, Whitelist, Write, compile_pattern
 from . import schema
 from .errors import guarded
-from .upsert import dialect_insert
+from .upsert import deletable, dialect_insert, lock_tables
 
 #: Recipients asked per SELECT … IN (…): well under SQLite's bound-parameter limit.
 CHUNK = 500
 
-#: The order in which :meth:`GreylistStore.record` applies the kinds of write.
+#: The order in which :meth:`GreylistStore.record` applies writes of different kinds to one triplet.
 KIND_ORDER: tuple[Kind, ...] = ("new", "early", "expired", "pass", "known")
 
 
@@ -115,7 +121,7 @@ class GreylistStore:
         Each write is an insert-or-update on the triplet's key: the insert is
         what the row would be had nobody else seen the triplet, the update what
         the attempt changes in a row somebody else created or changed meanwhile.
-        Writes of the same kind go in one executemany.  A client network whose
+        Consecutive writes of the same kind go in one executemany.  A client network whose
         writes ``count_client`` gains one successful retry, whatever their number,
         unless it last counted less than :data:`CLIENT_COUNT_INTERVAL` before.
         """
@@ -123,36 +129,40 @@ class GreylistStore:
         if not writes and not touch:
             return
         now = now or utcnow()
-        # Rows in key order and kinds in a fixed order: two messages writing the
-        # same triplets lock them in the same order (no deadlock on PostgreSQL).
-        by_kind: dict[Kind, list[dict[str, Any]]] = defaultdict(list)
-        for write in sorted(writes, key=lambda w: (KIND_ORDER.index(w.kind), w.triplet.network, w.triplet.sender, w.triplet.recipient)):
-            by_kind[write.kind].append(_insert_values(write))
+        # Every row in key order, the triplets' (by key, not by kind: a kind is one message's
+        # view of a triplet) and then the networks': two messages lock the rows they share in
+        # the same order (no deadlock on PostgreSQL).  Runs of one kind go in one statement.
+        runs: list[tuple[Kind, list[dict[str, Any]]]] = []
+        for write in sorted(writes, key=lambda w: (w.triplet.network, w.triplet.sender, w.triplet.recipient, KIND_ORDER.index(w.kind))):
+            if not runs or runs[-1][0] != write.kind:
+                runs.append((write.kind, []))
+            runs[-1][1].append(_insert_values(write))
         counted: dict[str, Write] = {}  # the latest counting write of each network
         for write in writes:
             if write.count_client and (write.triplet.network not in counted or write.at > counted[write.triplet.network].at):
                 counted[write.triplet.network] = write
+        networks = sorted(set(counted) | set(touch))
+        renewed = now - dt.timedelta(seconds=RENEW_INTERVAL)
 
         def apply() -> None:
             with self.engine.begin() as connection:
                 insert = dialect_insert(connection, "greylisting")
                 table = schema.greylist
-                for kind, rows in by_kind.items():
-                    statement = insert(table)
-                    statement = statement.on_conflict_do_update(
-                        index_elements=[table.c.network, table.c.sender, table.c.recipient],
-                        set_=_conflict_update(kind, table, statement.excluded),
-                    )
-                    connection.execute(statement, rows)
-                for network, write in sorted(counted.items()):
-                    connection.execute(_count_client(insert, network, write))
-                if touch:
-                    clients = schema.greylist_clients
-                    connection.execute(
-                        update(clients)
-                        .where(clients.c.network.in_(touch), clients.c.last_seen < now - dt.timedelta(seconds=RENEW_INTERVAL))
-                        .values(last_seen=now)
-                    )
+                statements: dict[Kind, Any] = {}
+                for kind, rows in runs:
+                    if kind not in statements:
+                        statement = insert(table)
+                        statements[kind] = statement.on_conflict_do_update(
+                            index_elements=[table.c.network, table.c.sender, table.c.recipient],
+                            set_=_conflict_update(kind, table, statement.excluded),
+                        )
+                    connection.execute(statements[kind], rows)
+                clients = schema.greylist_clients
+                for network in networks:
+                    if network in counted:
+                        connection.execute(_count_client(insert, network, counted[network]))
+                    if network in touch:
+                        connection.execute(update(clients).where(clients.c.network == network, clients.c.last_seen < renewed).values(last_seen=now))
 
         guarded("write the greylist", apply)
 
@@ -174,16 +184,18 @@ class GreylistStore:
 
     # --- housekeeping and the administrator's commands ---------------------------
     def purge(self, expire: float, now: dt.datetime | None = None) -> tuple[int, int]:
-        """Delete expired triplets and clients unseen for *expire* seconds; return both counts."""
+        """Delete expired triplets and clients unseen for *expire* seconds; return both counts.
+
+        On PostgreSQL the rows a message is writing at that moment are left to the next purge."""
         now = now or utcnow()
+        table, clients = schema.greylist, schema.greylist_clients
 
         def work() -> tuple[int, int]:
             with self.engine.begin() as connection:
-                triplets = connection.execute(delete(schema.greylist).where(schema.greylist.c.expires_at < now)).rowcount
-                clients = connection.execute(
-                    delete(schema.greylist_clients).where(schema.greylist_clients.c.last_seen < now - dt.timedelta(seconds=expire))
-                ).rowcount
-            return int(triplets or 0), int(clients or 0)
+                triplets = connection.execute(delete(table).where(deletable(connection, table.c.id, table.c.expires_at < now))).rowcount
+                unseen = clients.c.last_seen < now - dt.timedelta(seconds=expire)
+                clients_deleted = connection.execute(delete(clients).where(deletable(connection, clients.c.network, unseen))).rowcount
+            return int(triplets or 0), int(clients_deleted or 0)
 
         return guarded("purge the greylist", work)
 
@@ -267,6 +279,7 @@ class GreylistStore:
 
         def work() -> int:
             with self.engine.begin() as connection:
+                lock_tables(connection, table)  # PostgreSQL: the messages writing finish, the next ones wait
                 return int(connection.execute(delete(table).where(and_(*conditions))).rowcount or 0)
 
         return guarded("delete triplets", work)

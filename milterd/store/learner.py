@@ -14,6 +14,19 @@ with the other label moves its counts), then its tokens are counted with one
 insert-or-update per token in a single executemany, so that workers and hosts
 learning at once add up instead of overwriting each other.
 
+Several learners (workers, MX hosts) write one PostgreSQL store at once, and two
+transactions that lock rows they share in opposite orders deadlock: PostgreSQL
+aborts one.  Every learn, move and forget therefore takes its rows in one order:
+its digest's row (the only one it takes), its tokens' rows by token, the totals'
+row last.  The token upsert inserts and updates in token order; a forget locks
+its tokens' rows in token order (``SELECT … ORDER BY token FOR UPDATE``) before
+its ``UPDATE … WHERE token IN (…)``, which would meet them in the order of its
+scan; a move counts the new label before taking the old one away, so that the
+tokens it creates (those expired since it was learned) come in their place, and
+its decrement only changes rows it already holds.  Expiry never waits for a row
+a learner holds, and emptying the model takes the three tables first
+(:mod:`milterd.store.upsert`).  SQLite has one writer at a time and no row locks.
+
 The statements are built once (per dialect), and the token upsert is compiled
 once per engine and handed to the driver's executemany with plain rows
 (:class:`_TokenUpsert`): building each row's parameters in SQLAlchemy, and the
@@ -28,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
-from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, bindparam, case, delete, func, make_url, select, update
+from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, and_, bindparam, case, delete, func, make_url, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import BigInteger
@@ -37,7 +50,7 @@ from ..clock import as_utc, utcnow
 from ..learner.classifier import Counts
 from .errors import guarded
 from .schema import metadata
-from .upsert import dialect_insert
+from .upsert import deletable, dialect_insert, lock_tables
 
 Label = Literal["spam", "ham"]
 
@@ -148,6 +161,8 @@ _DECREMENT = {
     column.name: update(tokens_table).where(tokens_table.c.token.in_(bindparam("tokens", expanding=True))).values({column.name: case((column > 0, column - 1), else_=0)})
     for column in (tokens_table.c.spam, tokens_table.c.ham)
 }
+#: The existing rows of a chunk of tokens, locked in token order (SQLite: no FOR UPDATE, nothing to lock).
+_LOCK_TOKENS = select(tokens_table.c.token).where(tokens_table.c.token.in_(bindparam("tokens", expanding=True))).order_by(tokens_table.c.token).with_for_update()
 _SPAM_DELTA, _HAM_DELTA = bindparam("spam_delta", type_=Integer), bindparam("ham_delta", type_=Integer)
 
 
@@ -400,11 +415,15 @@ class LearnerStore:
                     previous = "ham" if label == "spam" else "spam"
                     if not connection.execute(_RELABEL, {"key": digest, "previous": previous, "label": label, "time": when}).rowcount:
                         return "already"
-                if previous in ("spam", "ham"):
-                    self._decrement(connection, distinct, previous)
+                # A move counts the new label first: the upsert takes (and makes) the rows in token
+                # order, and the decrement then changes only rows this transaction holds.  The two
+                # change different columns, and a row the upsert makes has 0 in the other: the counts
+                # are those of decrementing first.
                 if label is not None and distinct:
                     spam, ham = (1, 0) if label == "spam" else (0, 1)
                     _token_upsert(self.engine, inserts).run(connection, distinct, spam, ham, day_number(when))
+                if previous in ("spam", "ham"):
+                    self._decrement(connection, distinct, previous)
                 self._add_totals(connection, inserts, previous if previous in ("spam", "ham") else None, label)
                 return "forgotten" if label is None else "moved" if previous in ("spam", "ham") else "learned"
 
@@ -412,9 +431,17 @@ class LearnerStore:
 
     @staticmethod
     def _decrement(connection: Connection, tokens: Sequence[int], label: str) -> None:
+        """Take one from *label*'s count of *tokens* (sorted), never below 0.
+
+        An ``UPDATE … WHERE token IN (…)`` locks rows in the order of its scan (the
+        table's order, for a sequential or bitmap scan), not the list's: the rows are
+        locked in token order first, and the update changes those rows only (a row
+        another learner made since is no row of this message's)."""
         statement = _DECREMENT["spam" if label == "spam" else "ham"]
         for chunk in _chunks(tokens):
-            connection.execute(statement, {"tokens": list(chunk)})
+            locked = [int(token) for token in connection.execute(_LOCK_TOKENS, {"tokens": list(chunk)}).scalars()]
+            if locked:
+                connection.execute(statement, {"tokens": locked})
 
     @staticmethod
     def _add_totals(connection: Connection, inserts: _Inserts, removed: str | None, added: str | None) -> None:
@@ -432,6 +459,8 @@ class LearnerStore:
 
         def work() -> ModelSummary:
             with self.engine.begin() as connection:
+                # PostgreSQL: the learners at work finish, the next ones wait (the tables in the order a learn takes them).
+                lock_tables(connection, messages_table, tokens_table, totals_table)
                 totals = connection.execute(_TOTALS).first()
                 by_label = _learned_by_label(connection)
                 tokens = connection.execute(delete(tokens_table)).rowcount
@@ -445,18 +474,22 @@ class LearnerStore:
     def expire(self, older_than: dt.datetime, rare: int, max_tokens: int) -> int:
         """Delete tokens learned last before *older_than* and seen at most *rare* times,
         and tokens with no count left; then, beyond *max_tokens*, the least recently
-        learned.  Returns how many were deleted."""
+        learned.  Returns how many were deleted.  On PostgreSQL the tokens a learner holds
+        at that moment are left to the next expiry (it is counting them, or taking them
+        away: in use, or soon due again)."""
         table = tokens_table
         day = day_number(older_than)
 
         def work() -> int:
             with self.engine.begin() as connection:
-                deleted = connection.execute(delete(table).where(table.c.spam + table.c.ham == 0)).rowcount
-                deleted += connection.execute(delete(table).where(table.c.atime < day, table.c.spam + table.c.ham <= rare)).rowcount
+                token = table.c.token
+                deleted = connection.execute(delete(table).where(deletable(connection, token, table.c.spam + table.c.ham == 0))).rowcount
+                old_and_rare = and_(table.c.atime < day, table.c.spam + table.c.ham <= rare)
+                deleted += connection.execute(delete(table).where(deletable(connection, token, old_and_rare))).rowcount
                 total = int(connection.execute(select(func.count()).select_from(table)).scalar() or 0)
                 if max_tokens and total > max_tokens:
                     excess = select(table.c.token).order_by(table.c.atime, table.c.spam + table.c.ham, table.c.token).limit(total - max_tokens).scalar_subquery()
-                    deleted += connection.execute(delete(table).where(table.c.token.in_(excess))).rowcount
+                    deleted += connection.execute(delete(table).where(deletable(connection, token, table.c.token.in_(excess)))).rowcount
                 return int(deleted)
 
         return guarded("expire the classifier's tokens", work)
