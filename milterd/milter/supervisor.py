@@ -159,26 +159,60 @@ def _sqlite_path(config: Config) -> Path | None:
 
 
 def hand_over_store(config: Config) -> None:
-    """Started as root: give the service account the SQLite files root just created, mode 0600.
+    """Started as root, before the drop: make the SQLite store's files for the service account, never opening them.
 
-    The ``-wal`` and ``-shm`` files are created here too when missing, so that
-    the store works even in a directory the account cannot write (SQLite
-    creates them only if they do not exist, and an empty one is valid).
+    Root creates what the account may not be able to: the store's missing
+    directories (given to the account, mode 0700) and the store file with its
+    ``-wal`` and ``-shm`` files (empty, 0600, given to the account), so that
+    the store works even in a directory only root may write (SQLite creates
+    the last two only if they do not exist, and an empty one is valid).  The
+    schema is made or upgraded later, as the account (:func:`become_service`):
+    root never opens the database, whose files and directory the account
+    controls (SQLite would follow a symlink the account put in the store's
+    place, and write milterd's schema into whatever root file it points to).
     """
-    path = _sqlite_path(config)
+    file = sqlite_file(config.database.url)
     account = service_account(config)
-    if account is None or path is None or not path.exists():
+    if account is None or file is None:
         return
     _name, uid, gid = account
-    file = sqlite_file(config.database.url)
-    planted = next((link for link in (file, *file.parents) if link.is_symlink() and link.lstat().st_uid != 0), None) if file else None
+    planted = next((link for link in (file, *file.parents) if link.is_symlink() and link.lstat().st_uid != 0), None)
     if planted is not None:
         # Root's own symlinks are followed; one another account made (the service account, in
         # its directory) could point at any root-owned file, which would be given away.
-        log.warning("not handing over %s: %s is a symlink not owned by root", path, planted)
+        log.warning("not handing over %s: %s is a symlink not owned by root", file, planted)
         return
+    path = file.resolve()
+    _make_directories(config, path.parent, uid, gid)
     for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         _hand_over(candidate, uid, gid)
+
+
+def _make_directories(config: Config, directory: Path, uid: int, gid: int) -> None:
+    """Create *directory* and its missing parents, mode 0700, each given to *uid*:*gid*."""
+    missing = []
+    while not os.path.lexists(directory):
+        missing.append(directory)
+        directory = directory.parent
+    for new in reversed(missing):
+        try:
+            os.mkdir(new, 0o700)
+        except FileExistsError:  # made meanwhile, by someone else: not root's to give
+            continue
+        except OSError as exc:
+            raise ConfigError(config.path or "milter.conf", "[database] url", f"cannot create {new}: {exc.strerror or exc}") from None
+        # Opened without following a symlink, changed through that descriptor: the parent may be
+        # the account's, which may have put something else in the new directory's place meanwhile.
+        try:
+            fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            log.warning("not handing over %s: %s", new, exc.strerror or exc)
+            continue
+        try:
+            if os.fstat(fd).st_uid == 0:
+                os.fchown(fd, uid, gid)
+        finally:
+            os.close(fd)
 
 
 def _hand_over(candidate: Path, uid: int, gid: int) -> None:
@@ -197,6 +231,9 @@ def _hand_over(candidate: Path, uid: int, gid: int) -> None:
         except OSError as exc:  # ELOOP: a symlink
             log.warning("not handing over %s: %s", candidate, exc.strerror or exc)
             return
+    except OSError as exc:  # a read-only file system…: check_writable says what the account cannot do
+        log.warning("cannot create %s: %s", candidate, exc.strerror or exc)
+        return
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
@@ -224,6 +261,23 @@ def check_writable(config: Config) -> None:
         raise ConfigError(where, "[milter] spool_dir", f"{who} cannot write {config.milter.spool_dir}")
 
 
+def become_service(config: Config, services: Services) -> None:
+    """After the socket is open: prepare the store's files, drop privileges, then make the schema as the service account.
+
+    Only :func:`hand_over_store` (files, no database) runs as root here; the
+    checks and the schema's creation or upgrade (``auto_upgrade``) run as
+    ``[milter] user``, as the workers will.  ConfigError (the store or the
+    spool cannot be written), StoreError (the schema cannot be made or is not
+    current).
+    """
+    hand_over_store(config)
+    drop_privileges(config)
+    check_writable(config)
+    services.store.ensure_schema(config.database.auto_upgrade)
+    services.close()
+    services.after_fork()
+
+
 class Supervisor:
     """Pre-forks and watches the workers."""
 
@@ -246,16 +300,23 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until SIGTERM; return the exit status."""
+        # First: the socket accepts before the schema is made, and a SIGTERM meanwhile is a clean stop.
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
         self.spec, self.listen_fd = open_socket(self.config)
-        drop_privileges(self.config)
-        check_writable(self.config)
+        try:
+            become_service(self.config, self.services)
+        except StoreError as exc:  # before any worker: the supervisor refuses to start
+            print(f"milterd: {redact(str(exc), self.config.database.url)}", file=sys.stderr)
+            return 1
         try:
             metrics.start(self.config.metrics.listen)  # before the workers fork: they inherit it
         except (OSError, ValueError) as exc:
             raise ConfigError(self.config.path or "milter.conf", "[metrics] listen", f"cannot serve metrics on {self.config.metrics.listen}: {exc}") from None
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hup)
+        if self._stopping:  # stopped while the store was being prepared: no worker to start
+            self._shutdown()
+            return 0
         log.info("listening on %s with %d workers", self.config.milter.socket, self.worker_count)
         for _ in range(self.worker_count):
             self._spawn()
@@ -556,18 +617,10 @@ def register(cls: type) -> None:
 
 
 def serve(config_path: str | None) -> int:
-    """``milterd serve``: validate everything, prepare the store, then supervise."""
+    """``milterd serve``: validate everything, then supervise (the store is prepared after the drop, in ``run``)."""
     config = load_config(config_path)
 
     setup_logging(config.milter.log_target, config.milter.log_level, config.database.url)
     service_account(config)  # an unknown user or group is refused before anything is created
-    services = build(config)
-    try:
-        services.store.ensure_schema(config.database.auto_upgrade)
-    except StoreError as exc:
-        print(f"milterd: {redact(str(exc), config.database.url)}", file=sys.stderr)
-        return 1
-    services.close()
-    services.after_fork()
-    hand_over_store(config)
+    services = build(config)  # as root: it reads the signing keys, which may be readable by root only
     return Supervisor(config_path, config, services).run()

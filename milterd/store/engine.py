@@ -188,6 +188,12 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
+            if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # A new, empty database: switching it to WAL writes its first page, which in the
+                # default journal mode needs a -journal file made beside it.  The service account
+                # creates the schema, in a directory it may not write (root made the store's three
+                # files there and gave them to it): that one write's journal is kept in memory.
+                cursor.execute("PRAGMA journal_mode=MEMORY")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
