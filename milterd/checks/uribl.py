@@ -5,8 +5,9 @@ The links of the text and HTML parts (``href``/``src``, written-out
 their registrable domains with the Public Suffix List (``publicsuffixlist``:
 ``www.a.example.co.uk`` → ``example.co.uk``), the well-known ones of
 ``[checks.uribl] skip_domains`` dropped, and at most ``max_domains`` of them
-(:func:`link_targets` says which) looked up in every ``[[uribl]]`` zone at
-once, through milterd's resolver::
+(:func:`link_targets` says which: those of clickable links before those of
+image sources) looked up in every ``[[uribl]]`` zone at once, through
+milterd's resolver::
 
     [[uribl]]
     name = "DBL"                      # symbols URIBL_DBL, URIBL_DBL_<CODE>
@@ -33,7 +34,7 @@ import logging
 import random
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Collection, Iterable
 from urllib.parse import unquote, urlsplit
 
 from publicsuffixlist import PublicSuffixList
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 class UriblChecks(CheckSwitches):
     """The domains of a message's links looked up in URI block lists ([[uribl]] in rules/; Spamhaus DBL, SURBL and URIBL shipped)."""
 
-    max_domains: int = Field(20, ge=0, le=1000, description="Most distinct registrable domains of a message's links looked up, and apart most IP addresses; of more, that many are drawn at random, each as likely as any other, so links put before a listed one cannot push it out.")
+    max_domains: int = Field(20, ge=0, le=1000, description="Most distinct registrable domains of a message's links looked up, and apart most IP addresses; of more, that many are drawn at random, those of links a reader follows (a link's href, a form's action, a link in the text) first and those only embedded (image sources and the like) for the places left, so neither links put before a listed one nor image sources can push it out.")
     skip_domains: list[str] = Field(
         ["google.com", "gmail.com", "youtube.com", "goo.gl", "microsoft.com", "office.com", "outlook.com", "live.com", "windows.net", "apple.com", "icloud.com", "amazon.com", "amazonaws.com", "facebook.com", "instagram.com", "whatsapp.com", "linkedin.com", "twitter.com", "x.com", "yahoo.com", "wikipedia.org", "github.com", "mozilla.org", "w3.org", "schema.org", "debian.org", "apache.org", "python.org", "paypal.com"],
         description="Registrable domains never looked up (well known, never listed: asking would only cost queries).",
@@ -239,6 +240,7 @@ def _idna(host: str) -> str | None:
 
 def link_targets(
     uris: Iterable[str], skip: frozenset[str], limit: int, psl: PublicSuffixList | None = None, rng: random.Random | None = None,
+    embedded: Collection[str] = (),
 ) -> tuple[list[str], list[str]]:
     """The registrable domains and the IP addresses of *uris*, at most *limit* of each, in order of appearance.
 
@@ -247,21 +249,42 @@ def link_targets(
     come from *psl*, or by default from :func:`registrable`.
 
     Where more than *limit* distinct domains (or addresses) are found, *limit*
-    of them are drawn at random by *rng*, each as likely as any other: the
-    first ones in order would let a sender put *limit* unlisted links before
-    a listed one and have it never asked about.  The sender controls the
-    links' order, kind (href, src, text) and how often each repeats, so none
-    of these ranks them.  What padding costs: each of N distinct registrable
-    domains is looked up with probability *limit*/N, so hiding a listed
-    domain from 95% of lookups takes N = 20 × *limit* other registrable
+    of them are drawn at random by *rng*: the first ones in order would let a
+    sender put *limit* unlisted links before a listed one and have it never
+    asked about.  The order of the links and how often each repeats do not
+    count, but their kind does: the domains of links a reader follows are
+    drawn first, and those found only in the links of *embedded*
+    (:attr:`milterd.content.mimetext.MessageText.embedded`: image sources and
+    the like) fill the places left, so padding with images cannot push a
+    clickable link out (SpamAssassin's URIDNSBL puts anchors and forms before
+    images too).  What padding with followed links costs: each of N such
+    registrable domains is looked up with probability *limit*/N, so hiding a
+    listed one from 95% of lookups takes N = 20 × *limit* other registrable
     domains (400 for 20; any existing domain outside *skip* serves) in one
-    message, and every further listed domain is one more chance to be
-    drawn.  Addresses have their own *limit*: public IPv4 addresses are free
-    to anyone, so they must not take the domains' places.  *rng* defaults to
-    one seeded from the targets found (the same links, the same choice); the
-    check passes an unpredictable one, so a sender cannot try variants of a
-    message until the choice leaves its domain out.
+    message, and every further listed domain is one more chance to be drawn;
+    beside *limit* of them, a domain only embedded is not looked up at all.
+    Addresses have their own *limit*: public IPv4 addresses are free to
+    anyone, so they must not take the domains' places.  *rng* defaults to one
+    seeded from the targets found (the same links, the same choice); the check
+    passes an unpredictable one, so a sender cannot try variants of a message
+    until the choice leaves its domain out.
     """
+    uris = uris if isinstance(uris, (list, tuple)) else list(uris)
+    domains, addresses = _targets(uris, skip, psl)
+    if len(domains) <= limit and len(addresses) <= limit:
+        return list(domains), list(addresses)
+    chooser = rng if rng is not None else random.Random("\n".join(sorted(domains) + sorted(addresses)))
+    if not embedded:
+        return _sample(list(domains), limit, chooser), _sample(list(addresses), limit, chooser)
+    followed_domains, followed_addresses = _targets([uri for uri in uris if uri not in embedded], skip, psl)
+    return (
+        _sample_first(list(domains), followed_domains, limit, chooser),
+        _sample_first(list(addresses), followed_addresses, limit, chooser),
+    )
+
+
+def _targets(uris: Iterable[str], skip: frozenset[str], psl: PublicSuffixList | None) -> tuple[dict[str, None], dict[str, None]]:
+    """The distinct registrable domains and public addresses of *uris* (:func:`link_targets`), in order."""
     domains: dict[str, None] = {}
     addresses: dict[str, None] = {}
     for uri in uris:
@@ -276,10 +299,7 @@ def link_targets(
         domain = registrable(host) if psl is None else psl.privatesuffix(host)
         if domain and domain not in skip:
             domains[domain] = None
-    if len(domains) <= limit and len(addresses) <= limit:
-        return list(domains), list(addresses)
-    chooser = rng if rng is not None else random.Random("\n".join(sorted(domains) + sorted(addresses)))
-    return _sample(list(domains), limit, chooser), _sample(list(addresses), limit, chooser)
+    return domains, addresses
 
 
 def _sample(found: list[str], limit: int, rng: random.Random) -> list[str]:
@@ -290,6 +310,17 @@ def _sample(found: list[str], limit: int, rng: random.Random) -> list[str]:
     if len(found) <= limit:
         return found
     chosen = set(rng.sample(sorted(found), limit))
+    return [target for target in found if target in chosen]
+
+
+def _sample_first(found: list[str], first: Collection[str], limit: int, rng: random.Random) -> list[str]:
+    """*limit* of *found*: drawn among *first* (a part of them), then the places they leave drawn among the others."""
+    if len(found) <= limit:
+        return found
+    if len(first) >= limit:
+        return _sample([target for target in found if target in first], limit, rng)
+    others = [target for target in found if target not in first]
+    chosen = set(first) | set(_sample(others, limit - len(first), rng))
     return [target for target in found if target in chosen]
 
 
@@ -442,7 +473,7 @@ class UriBlockLists(ConfiguredCheck[UriblChecks]):
             return []
         try:
             found = envelope.text(_MAX_TEXT)  # shared with the custom rules when their max_text is the same
-            domains, addresses = link_targets(found.uris, self.skip, self.options.max_domains, rng=_CHOOSER)
+            domains, addresses = link_targets(found.uris, self.skip, self.options.max_domains, rng=_CHOOSER, embedded=found.embedded)
         except Exception:  # noqa: BLE001 - unreadable spool or message: no URI hit
             log.warning("uribl: cannot read the message's links", exc_info=True)
             return None

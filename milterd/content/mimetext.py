@@ -6,10 +6,13 @@ parts are decoded from base64 or quoted-printable and from their charset
 (unknown charsets fall back to UTF-8 with replacement characters).  HTML is
 rendered to plain text (tags, scripts and styles dropped) and its ``href`` /
 ``src`` links collected; plain text is searched for ``http(s)://``,
-``www.`` and ``ftp://`` links.  Everything is bounded: at most *limit*
-characters of text are kept, and at most ``MAX_URIS`` links.  A message of
-one text part with plain headers (most mail) is read without the parse
-(:func:`single_part`), to the same result.
+``www.`` and ``ftp://`` links.  Links only ever embedded (an image's
+``src``, a ``background``, a stylesheet's ``href``) are told from those a
+reader follows (a link's ``href``, a form's ``action``, a link in the
+text).  Everything is bounded: at most *limit* characters of text are kept,
+and at most ``MAX_URIS`` links.  A message of one text part with plain
+headers (most mail) is read without the parse (:func:`single_part`), to the
+same result.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class MessageText:
 
     text: str = ""
     uris: list[str] = field(default_factory=list)
+    #: Those of ``uris`` found only as an embedded source (``<img src>``, ``background``, ``<link href>``):
+    #: loaded by the mail client, never followed by the reader as the others are.
+    embedded: set[str] = field(default_factory=set)
     truncated: bool = False
     error: str = ""
 
@@ -96,8 +102,8 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
 def _add_text(result: MessageText, seen: set[str], texts: list[str], ctype: str, body: str, room: int) -> int:
     """Add a decoded text/plain or text/html part's text (at most *room* characters) and links; its length."""
     if ctype == "text/html":
-        body, links = html_to_text(body)
-        _add_uris(result, seen, links)
+        body, links, embedded = _html_parts(body)
+        _add_uris(result, seen, links, embedded)
     else:
         _add_uris(result, seen, uris_in_text(body))
     if len(body) > room:
@@ -264,11 +270,14 @@ class _HTMLText(HTMLParser):
 
     _SKIP = {"script", "style", "head", "title"}
     _BREAK = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote"}
+    _FOLLOWED = {"a", "area"}  # whose href the reader clicks (a <link>'s or <base>'s is not)
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self.links: list[str] = []
+        self.embedded: set[str] = set()  # links (of self.links) seen as an embedded source
+        self.followed: set[str] = set()  # links seen as one the reader follows
         self._skipping = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -281,6 +290,10 @@ class _HTMLText(HTMLParser):
                 value = value.strip()
                 if not value.startswith(("#", "cid:", "data:", "javascript:")):
                     self.links.append(value)
+                    if name == "action" or (name == "href" and tag in self._FOLLOWED):
+                        self.followed.add(value)
+                    else:
+                        self.embedded.add(value)
 
     # The stdlib (3.11) ends a comment only at "--" [blanks] ">" and a "<![" section only at "]]>":
     # a browser shows what follows "<!-->", "--!>" or "<![CDATA[ ... >", so links there were hidden.
@@ -319,6 +332,12 @@ class _HTMLText(HTMLParser):
 
 def html_to_text(markup: str) -> tuple[str, list[str]]:
     """The visible text of an HTML document and its links (href, src), plus links written in its text."""
+    text, links, _ = _html_parts(markup)
+    return text, links
+
+
+def _html_parts(markup: str) -> tuple[str, list[str], set[str]]:
+    """:func:`html_to_text`, and which of its links the document only embeds (:attr:`MessageText.embedded`)."""
     parser = _HTMLText()
     try:
         parser.feed(markup)
@@ -327,11 +346,21 @@ def html_to_text(markup: str) -> tuple[str, list[str]]:
         pass
     text = "".join(parser.parts)
     text = _BLANKS.sub("\n\n", _SPACES.sub(" ", text)).strip()
-    return text, parser.links + uris_in_text(text)
+    written = uris_in_text(text)
+    embedded = parser.embedded
+    if embedded and (parser.followed or written):
+        embedded = embedded - parser.followed - set(written)
+    return text, parser.links + written, embedded
 
 
-def _add_uris(result: MessageText, seen: set[str], uris: list[str]) -> None:
+def _add_uris(result: MessageText, seen: set[str], uris: list[str], embedded: set[str] | frozenset[str] = frozenset()) -> None:
+    """Add the links of one part (*embedded*: those the part only embeds) not seen in an earlier part."""
     for uri in uris:
-        if uri not in seen and len(result.uris) < MAX_URIS:
-            seen.add(uri)
-            result.uris.append(uri)
+        if uri not in seen:
+            if len(result.uris) < MAX_URIS:
+                seen.add(uri)
+                result.uris.append(uri)
+                if uri in embedded:
+                    result.embedded.add(uri)
+        elif result.embedded and uri not in embedded:
+            result.embedded.discard(uri)  # an earlier part embedded it, this one has the reader follow it
