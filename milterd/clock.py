@@ -1,8 +1,27 @@
-"""The time as milterd stores and compares it: timezone-aware UTC."""
+"""The time as milterd stores and compares it: timezone-aware UTC.
+
+Times that several hosts compare (greylisting's triplets in a shared PostgreSQL
+store) are read from one clock, the database server's: :class:`DatabaseClock`
+is the local clock plus the measured offset of the database's.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import threading
+import time
+from typing import Callable, NamedTuple
+
+log = logging.getLogger("milterd")
+
+#: How often (seconds) a process measures the offset of a shared database's
+#: clock again: one query a minute, never one per message.
+CLOCK_INTERVAL = 60.0
+
+#: An offset larger than this (seconds) is logged, once per process: the
+#: hosts' clocks should be kept by NTP.
+CLOCK_SKEW_WARNING = 30.0
 
 
 def utcnow() -> dt.datetime:
@@ -15,3 +34,81 @@ def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=dt.timezone.utc)
+
+
+class ClockReading(NamedTuple):
+    """The database's clock read once, between two readings of the local clock."""
+
+    before: dt.datetime
+    database: dt.datetime
+    after: dt.datetime
+
+    @property
+    def offset(self) -> dt.timedelta:
+        """The database's time minus the local time halfway through the round trip."""
+        return self.database - (self.before + (self.after - self.before) / 2)
+
+
+class DatabaseClock:
+    """The time of a database that several hosts share: the local clock plus the
+    offset of the database server's, so that times one host writes and another
+    compares are read from one clock (as sqlgrey uses the database's ``now()``).
+
+    *read* reads the database's clock (:class:`ClockReading`), or returns None
+    when the database has no clock of its own (SQLite: one host): the offset
+    then stays 0 and it is not asked again.  The offset is measured at first
+    use, then at most every *interval* seconds (one thread measures, the
+    others go on with the last offset); a reading that fails keeps the last
+    offset (0 before the first) and is tried again an interval later, so
+    :meth:`now` never fails.
+    """
+
+    def __init__(self, read: Callable[[], ClockReading | None], interval: float = CLOCK_INTERVAL, name: str = "the database server") -> None:
+        self._read = read
+        self.interval = interval
+        self.name = name
+        self._offset = dt.timedelta(0)
+        self._measured: float | None = None  # monotonic time of the last attempt
+        self._local_only = False
+        self._warned = False
+        self._lock = threading.Lock()
+
+    @property
+    def offset(self) -> dt.timedelta:
+        """The offset applied: the database's time minus this host's."""
+        return self._offset
+
+    def now(self) -> dt.datetime:
+        """The database's current time (the local time plus the offset), aware UTC."""
+        if not self._local_only and (self._measured is None or time.monotonic() - self._measured >= self.interval):
+            self._measure(first=self._measured is None)
+        return utcnow() + self._offset
+
+    def _measure(self, first: bool) -> None:
+        # At first use every thread waits for the one measurement; later only one
+        # thread measures and the others keep the last offset meanwhile.
+        if not self._lock.acquire(blocking=first):
+            return
+        try:
+            if self._measured is not None and time.monotonic() - self._measured < self.interval:
+                return  # another thread just measured
+            self._measured = time.monotonic()
+            try:
+                reading = self._read()
+            except Exception as exc:  # noqa: BLE001 - a clock that cannot be read must not stop the caller
+                log.warning("cannot read the clock of %s (keeping an offset of %.1fs): %s", self.name, self._offset.total_seconds(), exc)
+                return
+            if reading is None:
+                self._local_only = True
+                return
+            self._offset = reading.offset
+            seconds = self._offset.total_seconds()
+            if abs(seconds) > CLOCK_SKEW_WARNING and not self._warned:
+                self._warned = True
+                log.warning(
+                    "clock offset %+.1fs: the clock of %s is %.1fs %s this host's; greylisting uses the database's time, "
+                    "but the hosts' clocks should be kept in sync (NTP)",
+                    seconds, self.name, abs(seconds), "ahead of" if seconds > 0 else "behind",
+                )
+        finally:
+            self._lock.release()

@@ -21,7 +21,6 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
-from .clock import utcnow
 from .text import storable
 
 if TYPE_CHECKING:
@@ -384,8 +383,9 @@ def auto_whitelisted(passes: int, last_seen: dt.datetime | None, now: dt.datetim
 def check_triplet(store: "GreylistStore", triplet: Triplet, config: "GreylistSection", now: dt.datetime | None = None) -> Judgement:
     """Judge one attempt of *triplet* and record it at once (a message of one
     recipient; ``milterd`` batches the writes of a whole message instead).
+    Without *now*, the store's time (:meth:`GreylistStore.now`).
     StoreError when the store does not answer."""
-    now = now or utcnow()
+    now = now or store.now()
     step = plan(triplet, store.state(triplet), now, config)
     if step.write is not None:
         store.record([step.write], now=now)
@@ -394,7 +394,7 @@ def check_triplet(store: "GreylistStore", triplet: Triplet, config: "GreylistSec
 
 # --- housekeeping -----------------------------------------------------------
 def purge_job(services: "Services") -> str:
-    """The maintenance job: purge expired triplets and stale clients."""
+    """The maintenance job: purge expired triplets and stale clients (by the store's clock)."""
     triplets, clients = services.store.greylist.purge(services.config.greylist.expire)
     if triplets or clients:
         return f"purged {triplets} expired triplet(s), {clients} client(s)"

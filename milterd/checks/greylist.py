@@ -17,6 +17,8 @@ check for them), DNSWL-listed clients, the configured and stored whitelists,
 auto-whitelisted client networks and the null sender to postmaster.  A store
 that does not answer lets the recipients through (with GREYLIST_ERROR): the
 message log's own ``[database] on_error`` decides whether the message waits.
+Every "now" it judges by is the store's (:meth:`GreylistStore.now`): on a
+PostgreSQL store that several MX hosts share, the database server's clock.
 
 Bounded: each RCPT is decided from a read (one indexed SELECT for the first
 recipient, then one SELECT of every triplet of the client network and sender,
@@ -40,7 +42,7 @@ from .. import greylist as gl
 from ..config import ConfigError
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.policy import GreylistStatus, greylist_reply
-from ..store import StoreError, utcnow
+from ..store import StoreError
 from . import Check, Hits, Symbol
 
 if TYPE_CHECKING:
@@ -143,7 +145,8 @@ class Greylist(Check):
                 log.warning("greylist store unavailable, not greylisting %s: %s", triplet, exc)
                 pending.failed = str(exc)[:200]
                 return (Hit("GREYLIST_ERROR", detail=pending.failed),)
-            step = gl.plan(triplet, state, utcnow(), self.config)
+            now = self.services.store.greylist.now()
+            step = gl.plan(triplet, state, now, self.config)
             judgement = pending.decided[triplet] = step.judgement
             if step.write is not None:
                 pending.writes[triplet] = step.write
@@ -152,7 +155,7 @@ class Greylist(Check):
             pending.deferred.append(f"<{recipient}> {detail}")
             return (Hit("GREYLIST", detail=detail, action=Action.GREYLIST, reply=greylist_reply(judgement.wait)),)
         if judgement.kind == "pass":
-            waited = int((utcnow() - judgement.first_seen).total_seconds()) if judgement.first_seen else 0
+            waited = int((self.services.store.greylist.now() - judgement.first_seen).total_seconds()) if judgement.first_seen else 0
             return (Hit("GREYLIST_PASSED", detail=f"{triplet} after {waited}s"),)
         return ()
 
@@ -181,9 +184,9 @@ class Greylist(Check):
         ]
         pending: list[tuple[gl.Triplet, gl.Judgement]] = []
         if triplets:
-            now = utcnow()
             try:
                 store = self.services.store.greylist
+                now = store.now()
                 states = store.states(triplets[0].network, triplets[0].sender, [t.recipient for t in triplets]) or {}
                 steps = [(t, gl.plan(t, states.get(t.recipient), now, self.config)) for t in triplets]
                 store.record([step.write for _, step in steps if step.write is not None], self._touch(session), now)
@@ -283,7 +286,7 @@ class Greylist(Check):
         except StoreError as exc:
             log.warning("greylist store unavailable for client %s: %s", client.network, exc)
             return client
-        now = utcnow()
+        now = self.services.store.greylist.now()
         if last_seen is not None and gl.auto_whitelisted(passes, last_seen, now, self.config):
             client.whitelisted = True
             # Renewed with the transaction's writes, at most every RENEW_INTERVAL.

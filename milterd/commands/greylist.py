@@ -187,7 +187,7 @@ def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
         print(f"deleted {count} triplet(s)")
         return 0
     if args.dry_run:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = store.greylist.now()  # the database's clock, as the purge itself
         expired = [row for row in store.greylist.list_triplets(limit=None) if row["expires_at"] < now]
         for row in expired:
             print(f"would purge {row['network']} <{row['sender']}> <{row['recipient']}> (expired {row['expires_at']:%Y-%m-%d %H:%M:%S})")

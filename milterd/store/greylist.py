@@ -19,16 +19,24 @@ order: its triplets by key, whatever the kind of each write (a triplet one
 message writes as ``new`` another may write as ``early``), then its client
 networks' rows by network.  The purge never waits for a row a message holds,
 and removing triplets takes the table first (:mod:`milterd.store.upsert`).
+
+Several MX hosts sharing a PostgreSQL store compare times that other hosts
+wrote: every "now" here and in the check is the database server's time
+(:meth:`GreylistStore.now`: the local clock plus the offset of the server's,
+measured once a minute per process), never each host's own clock.  On SQLite
+(one host) it is the local clock, and nothing is asked.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import weakref
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import Engine, and_, case, delete, func, select, update
 
-from ..clock import as_utc, utcnow
+from ..clock import ClockReading, DatabaseClock, as_utc, utcnow
 from ..greylist import CLIENT_COUNT_INTERVAL, RENEW_INTERVAL, Kind, State, Triplet, Whitelist, Write, compile_pattern
 from . import schema
 from .errors import guarded
@@ -58,6 +66,26 @@ def _state(row: Any) -> State:
     )
 
 
+#: The clock of each engine's database (one per process: the workers open their own store).
+_CLOCKS: "weakref.WeakKeyDictionary[Engine, DatabaseClock]" = weakref.WeakKeyDictionary()
+_CLOCKS_LOCK = threading.Lock()
+
+
+def _clock(engine: Engine) -> DatabaseClock:
+    """*engine*'s :class:`DatabaseClock`, made at first use (it holds the engine weakly)."""
+    with _CLOCKS_LOCK:
+        clock = _CLOCKS.get(engine)
+        if clock is None:
+            ref = weakref.ref(engine)
+            name = f"the database server {engine.url.host}" if engine.url.host else "the database server"
+            clock = _CLOCKS[engine] = DatabaseClock(lambda: _read_clock(ref()), name=name)
+    return clock
+
+
+def _read_clock(engine: Engine | None) -> ClockReading | None:
+    return GreylistStore(engine).read_clock() if engine is not None else None
+
+
 def _normalised_entry(value: str) -> str:
     value = value.strip()
     return value if value.startswith("/") else value.lower()
@@ -68,6 +96,33 @@ class GreylistStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    # --- the clock every host compares by ----------------------------------------
+    def now(self) -> dt.datetime:
+        """The time greylisting compares and writes: on PostgreSQL the database
+        server's (this host's clock plus the offset measured at most once a minute,
+        the last one kept when the server does not answer), on SQLite this host's."""
+        return _clock(self.engine).now()
+
+    def clock_offset(self) -> dt.timedelta:
+        """The offset :meth:`now` applies (the database's time minus this host's; 0 on SQLite)."""
+        return _clock(self.engine).offset
+
+    def read_clock(self) -> ClockReading | None:
+        """Read the database server's clock (``clock_timestamp()``) between two readings
+        of this host's; None on SQLite, whose clock is this host's (nothing is asked).
+        StoreError when the server does not answer."""
+        if self.engine.dialect.name != "postgresql":
+            return None
+
+        def read() -> ClockReading:
+            with self.engine.connect() as connection:  # the pool's checkout (and ping) before the timing
+                before = utcnow()
+                database = connection.execute(select(func.clock_timestamp())).scalar_one()
+                after = utcnow()
+            return ClockReading(before, _aware(database).astimezone(dt.timezone.utc), after)
+
+        return guarded("read the database's clock", read)
 
     # --- triplets: the decision at RCPT and its writes ------------------------
     def state(self, triplet: Triplet) -> State | None:
@@ -128,7 +183,7 @@ class GreylistStore:
         touch = sorted(set(touch_clients))
         if not writes and not touch:
             return
-        now = now or utcnow()
+        now = now or self.now()
         # Every row in key order, the triplets' (by key, not by kind: a kind is one message's
         # view of a triplet) and then the networks': two messages lock the rows they share in
         # the same order (no deadlock on PostgreSQL).  Runs of one kind go in one statement.
@@ -187,7 +242,7 @@ class GreylistStore:
         """Delete expired triplets and clients unseen for *expire* seconds; return both counts.
 
         On PostgreSQL the rows a message is writing at that moment are left to the next purge."""
-        now = now or utcnow()
+        now = now or self.now()
         table, clients = schema.greylist, schema.greylist_clients
 
         def work() -> tuple[int, int]:
@@ -231,7 +286,7 @@ class GreylistStore:
     def stats(self, auto_whitelist_after: int, now: dt.datetime | None = None, expire: float = 0.0) -> dict[str, int]:
         """Counts for ``milterd greylist stats``; with *expire* (seconds), clients unused for
         longer are not counted as auto-whitelisted (the check ignores them)."""
-        now = now or utcnow()
+        now = now or self.now()
         table, clients = schema.greylist, schema.greylist_clients
 
         def read() -> dict[str, int]:
@@ -306,7 +361,7 @@ class GreylistStore:
 
         def work() -> bool:
             with self.engine.begin() as connection:
-                statement = dialect_insert(connection, "greylisting")(table).values(kind=kind, value=value, comment=comment, created_at=utcnow())
+                statement = dialect_insert(connection, "greylisting")(table).values(kind=kind, value=value, comment=comment, created_at=self.now())
                 statement = statement.on_conflict_do_nothing(index_elements=[table.c.kind, table.c.value]).returning(table.c.id)
                 return connection.execute(statement).first() is not None
 
