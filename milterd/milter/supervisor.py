@@ -35,7 +35,7 @@ from ..logs import hide_database_url, setup_logging
 from ..message.pipeline import Pipeline
 from ..services import Services, build
 from ..store import StoreError
-from ..store.engine import sqlite_file
+from ..store.engine import planted_link, sqlite_file
 from ..text import redact
 from . import adapter
 from .adapter import MilterdMilter
@@ -176,7 +176,7 @@ def hand_over_store(config: Config) -> None:
     if account is None or file is None:
         return
     _name, uid, gid = account
-    planted = next((link for link in (file, *file.parents) if link.is_symlink() and link.lstat().st_uid != 0), None)
+    planted = planted_link(file)
     if planted is not None:
         # Root's own symlinks are followed; one another account made (the service account, in
         # its directory) could point at any root-owned file, which would be given away.

@@ -34,6 +34,7 @@ import ctypes
 import functools
 import os
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -42,6 +43,8 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+
+from .errors import StoreError
 
 T = TypeVar("T")
 
@@ -149,6 +152,78 @@ def sqlite_file(url: str | URL) -> Path | None:
     return Path(database).expanduser()
 
 
+#: Links followed by :func:`planted_link` before it gives up (the kernel's own limit; the open then fails).
+_MAX_LINKS = 40
+
+
+def planted_link(path: Path) -> Path | None:
+    """The first symlink not owned by root met on the way to *path* (root's own links are followed), or None.
+
+    Every component is looked at, in *path* and in the targets of root's links
+    (an administrator may link /var/lib/milterd to another disk, whose
+    directories may be the account's), up to the first that does not exist.
+    A link another account made, such as the service account in the store's
+    directory, could point at any file root owns: root must not follow it.
+    """
+    pending = list(reversed(path.absolute().parts[1:]))  # popped from the end: the next component last
+    current, followed = Path("/"), 0
+    while pending:
+        name = pending.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = current.parent  # current has no symlink in it: its parent is the real one
+            continue
+        candidate = current / name
+        try:
+            info = os.lstat(candidate)
+        except OSError:  # missing (or not a directory): nothing further to follow
+            return None
+        if not stat.S_ISLNK(info.st_mode):
+            current = candidate
+            continue
+        if info.st_uid != 0:
+            return candidate
+        followed += 1
+        if followed > _MAX_LINKS:
+            return None
+        target = Path(os.readlink(candidate))
+        if target.is_absolute():
+            current, target = Path("/"), target.relative_to("/")
+        pending.extend(reversed(target.parts))
+    return None
+
+
+def refuse_unsafe_store(file: Path) -> None:
+    """As root (effective uid 0): StoreError, naming *file*, when opening the SQLite store would follow
+    a symlink not owned by root (:func:`planted_link`), or when the store file or its ``-wal``,
+    ``-shm`` or ``-journal`` is not a regular file with a single link.  Nothing otherwise.
+
+    The store's directory belongs to the service account: a link it planted there
+    (``milterd.sqlite`` → /etc/shadow, or a hard link to a root file) would make
+    root's command write milterd's schema, WAL frames or a checkpoint into that file.
+    SQLite follows a symlink in the store's place; it opens the other three files
+    without following one, but a hard link needs no following.
+    """
+    if os.geteuid() != 0:
+        return
+    planted = planted_link(file)
+    if planted is not None:
+        raise StoreError(f"not opening the SQLite store {file} as root: {planted} is a symlink not owned by root")
+    path = file.resolve()  # where SQLite opens it, and names the other three after
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        try:
+            info = os.lstat(candidate)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StoreError(f"not opening the SQLite store {file} as root: cannot examine {candidate}: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreError(f"not opening the SQLite store {file} as root: {candidate} is not a regular file")
+        if info.st_nlink > 1:
+            raise StoreError(f"not opening the SQLite store {file} as root: {candidate} has {info.st_nlink} hard links")
+
+
 def _create_private(path: Path) -> None:
     # A new SQLite file is the log and the quarantine: readable by its owner
     # only.  SQLite gives its -wal and -shm files the database file's mode.
@@ -180,6 +255,11 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
 
             @event.listens_for(engine, "do_connect")
             def _create_first(_dialect: Dialect, _record: ConnectionPoolEntry, _cargs: tuple[Any, ...], _cparams: dict[str, Any]) -> None:
+                # Checked at every connection, not with the engine: serve builds its store as root
+                # and first connects as the service account.  A window remains between the check
+                # and SQLite's open, in which the account could swap in a link again; it must race
+                # the administrator's command to the moment, and is accepted.
+                refuse_unsafe_store(file)
                 # Made when a connection is first opened, not with the engine: a command that only
                 # asks whether the database exists must not leave an empty one behind.
                 file.parent.mkdir(parents=True, exist_ok=True)
