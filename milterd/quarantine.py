@@ -17,6 +17,7 @@ releasable.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
 import itertools
@@ -331,6 +332,12 @@ class Quarantine:
                 report = self._smtp(row, list(plan.recipients), who, now)
         except Exception as exc:  # noqa: BLE001 - whatever happened, record it and give the claim back
             report = ReleaseReport(row_id, error=f"{exc.__class__.__name__}: {exc}")
+        except BaseException:
+            # Ctrl-C (or a SystemExit) while sending: the final dot was not sent, so nothing went
+            # out; the claim is given back, else the message would read as released for good.
+            with contextlib.suppress(StoreError):
+                self._record(row, ReleaseReport(row_id, method=plan.method, error="interrupted"), who, now, previous)
+            raise
         if ham and report.delivered:
             self._learn_ham(row, report)
         self._record(row, report, who, now, previous)
@@ -345,10 +352,8 @@ class Quarantine:
             )
 
     def _record(self, row: dict[str, Any], report: ReleaseReport, who: str, now: dt.datetime, previous: tuple[Any, Any]) -> None:
-        history = list(row.get("release_result") or []) if isinstance(row.get("release_result"), list) else []
-        history.append(report.as_json(who, now))
         # Nothing went out: the claim is given back, the message stays releasable.
-        self.repo.record_release(row["id"], history, bool(report.delivered), previous, report.learned_ham)
+        self.repo.record_release(row["id"], report.as_json(who, now), bool(report.delivered), (now, who), previous, report.learned_ham)
 
     def _smtp(self, row: dict[str, Any], recipients: list[str], who: str, now: dt.datetime) -> ReleaseReport:
         report = ReleaseReport(row["id"])

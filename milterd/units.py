@@ -57,4 +57,5 @@ def parse_since(value: str) -> datetime.datetime:
         moment = datetime.datetime.fromisoformat(value)
     except ValueError:
         raise ValueError(f"expected a duration such as 1h or 7d, or an ISO date, got {value!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+    # In UTC: SQLite compares the stored times as UTC text, whatever offset a parameter carries.
+    return moment.astimezone(datetime.timezone.utc) if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)

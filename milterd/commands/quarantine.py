@@ -31,14 +31,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     listing.set_defaults(func=_run(run_list))
 
     show = actions.add_parser("show", parents=[config_parent()], help="one message: a summary, its headers or the raw message")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=_row_id)
     form = show.add_mutually_exclusive_group()
     form.add_argument("--raw", action="store_true", help="the message as received, byte for byte")
     form.add_argument("--headers", action="store_true", help="its header section")
     show.set_defaults(func=_run(run_show))
 
     release = actions.add_parser("release", parents=[config_parent()], help="deliver messages after all")
-    release.add_argument("ids", type=int, nargs="+", metavar="ID")
+    release.add_argument("ids", type=_row_id, nargs="+", metavar="ID")
     release.add_argument("--to", action="append", metavar="ADDR", help="deliver to this recipient instead of the original ones; repeat for more")
     release.add_argument("--force", action="store_true", help="release again a message already released")
     release.add_argument("--ham", action="store_true", help="a false positive: mark it in the log and teach milterd's classifier (and spamd, when enabled) it is ham")
@@ -47,11 +47,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     release.set_defaults(func=_run(run_release))
 
     confirm = actions.add_parser("confirm", parents=[config_parent()], help="confirm messages as spam: milterd's classifier (and spamd, when enabled) learns them")
-    confirm.add_argument("ids", type=int, nargs="+", metavar="ID")
+    confirm.add_argument("ids", type=_row_id, nargs="+", metavar="ID")
     confirm.set_defaults(func=_run(run_confirm))
 
     remove = actions.add_parser("delete", parents=[config_parent()], help="delete messages from the quarantine")
-    remove.add_argument("ids", type=int, nargs="+", metavar="ID")
+    remove.add_argument("ids", type=_row_id, nargs="+", metavar="ID")
     remove.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     remove.set_defaults(func=_run(run_delete))
 
@@ -68,6 +68,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     digest.set_defaults(func=_run(run_digest))
 
 
+
+
+#: The largest id a row can have (a signed 64-bit integer, SQLite's and PostgreSQL's BIGINT).
+MAX_ID = 2**63 - 1
+
+
+def _row_id(value: str) -> int:
+    """argparse type of a quarantine id: a whole number from 1 to MAX_ID (a larger one made SQLite raise OverflowError)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a quarantine id (a whole number)") from None
+    if not 1 <= number <= MAX_ID:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a quarantine id (1 to {MAX_ID})")
+    return number
 
 
 def _duration(value: str) -> float:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -28,6 +28,12 @@ from .errors import StoreError
 CHUNK_SIZE = 64 * 1024
 #: Pieces fetched per query when a message is read back (1 MiB at most in memory).
 READ_BATCH = 16
+#: Messages deleted per transaction by a purge: a large backlog is deleted in
+#: many short transactions, never holding SQLite's write lock (which every
+#: worker's log row waits for) or PostgreSQL's row locks for long.
+PURGE_BATCH = 100
+
+T = TypeVar("T")
 
 #: A quarantine row as a dictionary of its columns (``raw`` left out).
 QuarantineRow = dict[str, Any]
@@ -87,9 +93,9 @@ class QuarantineStore:
         table = self.table
         query = select(*[c for c in table.c if c.name != "raw"]).order_by(table.c.id.desc())
         if since is not None:
-            query = query.where(table.c.time >= since)
+            query = query.where(table.c.time >= _utc(since))
         if older_than is not None:
-            query = query.where(table.c.time < older_than)
+            query = query.where(table.c.time < _utc(older_than))
         if sender is not None:
             query = query.where(table.c.sender == sender)
         return [_fix(row) for row in self._fetch(query)]
@@ -151,12 +157,31 @@ class QuarantineStore:
         )
 
     def purge(self, older_than: dt.datetime) -> int:
-        """Delete every row stored before *older_than* and its pieces; return how many rows."""
-        old = select(self.table.c.id).where(self.table.c.time < older_than).scalar_subquery()
-        return self._write(
-            delete(self.chunks_table).where(self.chunks_table.c.quarantine_id.in_(old)),
-            delete(self.table).where(self.table.c.time < older_than),
-        )
+        """Delete every row stored before *older_than* and its pieces; return how many rows.
+
+        ``PURGE_BATCH`` messages per transaction, in the order of their ids.  On PostgreSQL a
+        row another transaction holds (a release recording itself) is left to
+        the next purge.
+        """
+        cutoff = _utc(older_than)
+        table = self.table
+
+        def batch(connection: Connection) -> tuple[int, int]:
+            query = select(table.c.id).where(table.c.time < cutoff).order_by(table.c.id).limit(PURGE_BATCH)
+            if connection.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids = [row[0] for row in connection.execute(query)]
+            if not ids:
+                return 0, 0
+            connection.execute(delete(self.chunks_table).where(self.chunks_table.c.quarantine_id.in_(ids)))
+            return len(ids), int(connection.execute(delete(table).where(table.c.id.in_(ids))).rowcount or 0)
+
+        total = 0
+        while True:
+            found, deleted = self._transaction(batch)
+            total += deleted
+            if found < PURGE_BATCH:
+                return total
 
     def claim(self, row_id: int, who: str, when: dt.datetime, force: bool) -> bool:
         """Mark the row released by *who* unless it already is (any host may try at once); True when claimed."""
@@ -165,16 +190,30 @@ class QuarantineStore:
             statement = statement.where(self.table.c.released_at.is_(None))
         return self._write(statement) > 0
 
-    def record_release(self, row_id: int, history: list[dict[str, Any]], delivered: bool, previous: tuple[Any, Any], learned_ham: bool) -> None:
-        """Store the release history; count a delivery, or give the claim back (*previous*) when nothing went out."""
-        values: dict[str, Any] = {"release_result": history}
-        if delivered:
-            values["release_count"] = self.table.c.release_count + 1
-        else:
-            values["released_at"], values["released_by"] = previous
-        if learned_ham:
-            values["learned_ham"] = True
-        self._write(update(self.table).where(self.table.c.id == row_id).values(**values))
+    def record_release(
+        self, row_id: int, attempt: dict[str, Any], delivered: bool, claim: tuple[dt.datetime, str], previous: tuple[Any, Any], learned_ham: bool,
+    ) -> None:
+        """Append *attempt* to the release history and count a delivery; when nothing went out, give
+        the claim back: restore *previous* (``released_at``, ``released_by``) where the row still holds
+        this release's *claim*, not where another release (a forced one, from any host) claimed it since."""
+        table = self.table
+        row = table.c.id == row_id
+
+        def work(connection: Connection) -> None:
+            # This first write takes the row (the database, on SQLite) before the history is
+            # read: two releases recording at once each keep the other's attempt.
+            counted: dict[str, Any] = {"release_count": table.c.release_count + (1 if delivered else 0)}
+            if learned_ham:
+                counted["learned_ham"] = True
+            connection.execute(update(table).where(row).values(**counted))
+            history = connection.execute(select(table.c.release_result).where(row)).scalar()
+            history = [*history, attempt] if isinstance(history, list) else [attempt]
+            connection.execute(update(table).where(row).values(release_result=history))
+            if not delivered:
+                ours = row & (table.c.released_at == claim[0]) & (table.c.released_by == claim[1])
+                connection.execute(update(table).where(ours).values(released_at=previous[0], released_by=previous[1]))
+
+        self._transaction(work)
 
     def mark_ham(self, message_log_id: int) -> None:
         """Mark the message's log row as a false positive (``released_as_ham``)."""
@@ -188,6 +227,14 @@ class QuarantineStore:
                 return [dict(row._mapping) for row in connection.execute(query)]
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read the quarantine: {_db_error(exc)}") from None
+
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        """*work* on a connection in one transaction (committed when it returns)."""
+        try:
+            with self.engine.begin() as connection:
+                return work(connection)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot write the quarantine: {_db_error(exc)}") from None
 
     def _write(self, *statements: Any) -> int:
         """Run *statements* in one transaction; return the last one's row count."""
@@ -203,6 +250,14 @@ class QuarantineStore:
 
 def _db_error(exc: SQLAlchemyError) -> str:
     return f"{exc.__class__.__name__}: {getattr(exc, 'orig', None) or exc}"
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """*value* in UTC (a naive one taken as UTC): SQLite compares stored times as UTC text, whatever
+    offset a parameter carries, so ``--since 2024-05-01T14:00+02:00`` must reach it as 12:00."""
+    utc = as_utc(value)
+    assert utc is not None
+    return utc.astimezone(dt.timezone.utc)
 
 
 def _fix(row: dict[str, Any]) -> QuarantineRow:
