@@ -121,6 +121,8 @@ class Session(CheckStates):
     auth_user: str = ""
     trusted: bool = False
     hits: list[Hit] = field(default_factory=list)
+    #: The hits of the last HELO/EHLO (also in ``hits``), replaced by the next one.
+    helo_hits: list[Hit] = field(default_factory=list)
     transactions: int = 0
     #: ``ip``'s last answer and the client_addr it parsed (several checks ask per message).
     _ip: tuple[str, IPAddress | None] | None = field(default=None, repr=False, compare=False, kw_only=True)

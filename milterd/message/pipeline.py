@@ -106,8 +106,14 @@ class Pipeline:
         return None
 
     def helo(self, session: Session) -> Decision | None:
-        """The client said HELO/EHLO."""
-        hits = self._run(self._at_helo, session, lambda c: c.on_helo(session))
+        """The client said HELO/EHLO; a second one (after STARTTLS, say) replaces the first."""
+        # What the previous HELO found no longer applies (Postfix also forgets it), and
+        # its DNS deadline may be long past: this HELO's lookups get their own.
+        session.dns_deadlines.pop("helo", None)
+        if session.helo_hits:
+            stale = {id(hit) for hit in session.helo_hits}
+            session.hits[:] = [hit for hit in session.hits if id(hit) not in stale]
+        hits = session.helo_hits = self._run(self._at_helo, session, lambda c: c.on_helo(session))
         session.hits.extend(hits)
         if not self.config.milter.delay_reject:
             return self._refuse_early(session, hits)
@@ -169,11 +175,14 @@ class Pipeline:
         if self._at_body:
             envelope.hits.extend(self._run(self._at_body, session, lambda c: c.on_body(session, envelope, chunk)))
 
-    def eom(self, session: Session, envelope: Envelope) -> Outcome:
+    def eom(self, session: Session, envelope: Envelope, before_commit: Callable[[Outcome], None] | None = None) -> Outcome:
         """End of message: the checks' last word (concurrently), the verdict, the log row.
 
         The log row (and the quarantined message) is committed before this
         returns: nothing is acknowledged to Postfix before it is stored.
+        *before_commit* gets the outcome just before that commit (the adapter
+        sends its header edits and hold there): what it raises propagates
+        with no row written, so no row says accepted a message that failed.
         """
         eom_started = time.monotonic()
         for tier in self._eom_tiers:
@@ -210,6 +219,8 @@ class Pipeline:
         if verdict.action == Action.QUARANTINE:
             outcome.quarantine_reason = verdict.reason
             quarantine = self._quarantine_row(outcome.record, envelope, verdict)
+        if before_commit is not None:
+            before_commit(outcome)
         try:
             if self.keep_log:
                 self.services.store.log_message(outcome.record, quarantine)

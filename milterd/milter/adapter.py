@@ -235,17 +235,11 @@ class MilterdMilter(Milter.Base):
     def _eom(self) -> int:
         envelope = self._require_envelope()
         envelope.queue_id = self.getsymval("i") or envelope.queue_id
-        outcome = self.outcome = self.pipeline.eom(self.session, envelope)
+        outcome = self.outcome = self.pipeline.eom(self.session, envelope, before_commit=self._send_edits)
         action = outcome.verdict.action
-        if action in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE):
-            for edit in outcome.edits:
-                self._edit(edit.op, edit.name, edit.value, edit.index)
         if action == Action.QUARANTINE:
-            if self.pipeline.config.quarantine.mode == "hold":
-                self.quarantine(escape(outcome.quarantine_reason, ascii_only=True)[:100] or "milterd quarantine")
-                result = Milter.CONTINUE  # Postfix waits for a final reply after SMFIR_QUARANTINE
-            else:
-                result = Milter.DISCARD
+            # Postfix waits for a final reply after SMFIR_QUARANTINE (hold mode).
+            result = Milter.CONTINUE if self.pipeline.config.quarantine.mode == "hold" else Milter.DISCARD
         elif action == Action.DISCARD:
             result = Milter.DISCARD
         elif action in (Action.REJECT, Action.TEMPFAIL, Action.GREYLIST):
@@ -254,6 +248,21 @@ class MilterdMilter(Milter.Base):
             result = Milter.CONTINUE
         self._end_transaction()
         return result
+
+    def _send_edits(self, outcome: Outcome) -> None:
+        """Send *outcome*'s header edits (and the hold) to Postfix, before its log row is committed.
+
+        An edit libmilter refuses (Postfix gone, an action not negotiated) then
+        fails the message with a tempfail and no row, instead of a row saying
+        accepted for a message answered 451.  Should the commit fail after
+        them, the tempfail answered drops them with the message.
+        """
+        action = outcome.verdict.action
+        if action in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE):
+            for edit in outcome.edits:
+                self._edit(edit.op, edit.name, edit.value, edit.index)
+        if action == Action.QUARANTINE and self.pipeline.config.quarantine.mode == "hold":
+            self.quarantine(escape(outcome.quarantine_reason, ascii_only=True)[:100] or "milterd quarantine")
 
     def abort(self) -> int:
         return self._guard("abort", self._abort)
@@ -395,5 +404,10 @@ def _strip_brackets(address: str) -> str:
 
 
 def _header_safe(value: str) -> str:
-    # A header value with a bare newline or NUL would corrupt the queue file.
-    return value.replace("\x00", "").replace("\r", "").replace("\n", "\n\t").encode("utf-8", "replace").decode("utf-8")
+    # A header value with a bare newline or NUL would corrupt the queue file.  A
+    # line break is kept as folding: a tab is added only where the next line does
+    # not already start with white space (a folded Subject keeps its spacing), and
+    # lines of white space alone are dropped.
+    lines = value.replace("\x00", "").replace("\r", "").split("\n")
+    folded = lines[0] + "".join("\n" + (line if line[0] in " \t" else "\t" + line) for line in lines[1:] if line.strip())
+    return folded.encode("utf-8", "replace").decode("utf-8")

@@ -9,6 +9,7 @@ logged with the action it did not get.
 
 from __future__ import annotations
 
+import email.message
 import errno
 import io
 import logging
@@ -134,6 +135,7 @@ def ctx(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> testctx.TestCtx:
     monkeypatch.setattr(Milter, "factory", Worker)
     monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF, 0, 0])
     context = testctx.TestCtx()
+    context._msg = email.message.Message()  # libmilter takes header edits at end of message
     assert context._negotiate() == Milter.CONTINUE
     context._stage = Milter.M_CONNECT
     assert Milter.connect_callback(context, "[192.0.2.7]", socket.AF_INET, ("192.0.2.7", 4321)) == Milter.CONTINUE

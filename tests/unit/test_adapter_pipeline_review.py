@@ -1,0 +1,329 @@
+"""The adapter and the pipeline as Postfix drives them: several messages and HELOs
+on one connection, header edits at end of message, aborts, bad input.
+
+pymilter's ``TestCtx`` stands in for libmilter (as in test_protocol.py).  The
+tests marked *fix* fail on the code before this review's changes:
+
+* an edit libmilter refused at end of message (Postfix gone, an action not
+  negotiated) was answered 451 after the log row had been committed saying
+  ``accept``; the edits are now sent before the commit;
+* a second HELO/EHLO (after STARTTLS) kept the first one's DNS deadline, long
+  past a few seconds later, so its lookups timed out at once, and kept the
+  first one's hits (a refusal at HELO applied at MAIL after a good EHLO);
+* a tagged folded Subject gained a tab on every continuation line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from io import BytesIO
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import Milter
+import pytest
+from Milter import testctx
+
+from milterd.checks import Check, Hits, Symbol
+from milterd.cli import main
+from milterd.config import load_config
+from milterd.message.model import Action, Hit, Session
+from milterd.message.pipeline import Pipeline
+from milterd.message.reply import Reply
+from milterd.milter.adapter import MilterdMilter
+from milterd.services import Services, build
+from tests.conftest import NO_CHECKS, with_sections
+from tests.harness.milterd import write_config
+
+RULES = '[[rule]]\nname = "TEST_SPAM"\nheader = "Subject"\nregex = "SPAMME"\nscore = 9\n'
+
+
+class Context(testctx.TestCtx):  # type: ignore[misc]
+    """TestCtx that records what libmilter would send Postfix at end of message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.edits: list[tuple[str, str, str, int]] = []
+
+    def addheader(self, field: str, value: str, idx: int) -> None:
+        self.edits.append(("add", field, value, idx))
+
+    def chgheader(self, field: str, idx: int, value: str) -> None:
+        self.edits.append(("change", field, value, idx))
+
+    def quarantine(self, reason: str) -> None:
+        self.edits.append(("quarantine", reason, "", 0))
+
+
+class BadHelo(Check):
+    """A check that refuses one HELO name (no shipped check refuses at HELO today)."""
+
+    name: ClassVar[str] = "test_bad_helo"
+    symbols: ClassVar[tuple[Symbol, ...]] = (Symbol("TEST_BAD_HELO", 0.0, "test"),)
+
+    def on_helo(self, session: Session) -> Hits:
+        if session.helo == "bad.example":
+            return [Hit("TEST_BAD_HELO", action=Action.REJECT, reply=Reply.reject("bad HELO"))]
+        return ()
+
+
+def make_conf(root: Path, rules: str = RULES, extra: dict[str, dict[str, Any]] | None = None) -> Path:
+    (root / "rules").mkdir(exist_ok=True)
+    (root / "rules" / "t.toml").write_text(rules)
+    sections = with_sections(
+        NO_CHECKS,
+        extra or {},
+        {"milter": {"hostname": "mx.test", "trusted_networks": [], "spool_memory": 1024}, "database": {"url": f"sqlite:///{root / 'log.sqlite'}"}, "rules": {"dir": str(root / "rules")}},
+    )
+    return write_config(root / "milter.conf", sections)
+
+
+@pytest.fixture()
+def conf(tmp_path: Path) -> Path:
+    return make_conf(tmp_path)
+
+
+def make_pipeline(conf: Path, *extra: type[Check]) -> tuple[Services, Pipeline]:
+    services = build(load_config(conf))
+    services.store.ensure_schema(True)
+    services.checks.extend(check(services) for check in extra)
+    return services, Pipeline(services)
+
+
+@pytest.fixture()
+def pipeline(conf: Path) -> Iterator[Pipeline]:
+    services, built = make_pipeline(conf)
+    yield built
+    built.shutdown()
+    services.close()
+
+
+def connect(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, helo: str = "client.example.org") -> Context:
+    """A connection negotiated as Postfix does, through CONNECT and HELO."""
+
+    class Worker(MilterdMilter):
+        pass
+
+    Worker.pipeline = pipeline
+    monkeypatch.setattr(Milter, "factory", Worker)
+    monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF, 0, 0])
+    context = Context()
+    assert context._negotiate() == Milter.CONTINUE
+    context._stage = Milter.M_CONNECT
+    assert Milter.connect_callback(context, "[192.0.2.7]", socket.AF_INET, ("192.0.2.7", 4321)) == Milter.CONTINUE
+    context._stage = None
+    assert context._helo(helo) == Milter.CONTINUE
+    return context
+
+
+@pytest.fixture()
+def ctx(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Context:
+    return connect(pipeline, monkeypatch)
+
+
+def up_to_body(ctx: Context, queue_id: str, subject: bytes = b"hello", body: bytes = b"Hello\r\n") -> MilterdMilter:
+    """MAIL to the body of one message; the milter."""
+    milter: MilterdMilter = ctx.getpriv()
+    ctx._stage = -1  # every macro visible
+    assert milter.envfrom("<alice@example.org>") == Milter.CONTINUE
+    ctx._setsymval("i", queue_id)
+    assert milter.envrcpt("<bob@example.com>") == Milter.CONTINUE
+    assert milter.data() == Milter.CONTINUE
+    for name, value in (("From", b"alice@example.org"), ("Subject", subject)):
+        assert milter.header_bytes(name, value) == Milter.CONTINUE
+    assert milter.eoh() == Milter.CONTINUE
+    assert milter.body(body) == Milter.CONTINUE
+    return milter
+
+
+def eom(ctx: Context) -> int:
+    ctx._body = BytesIO()  # TestCtx's marker of end of message
+    ctx.edits.clear()
+    return int(ctx.getpriv().eom())
+
+
+def log_rows(conf: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, Any]]:
+    capsys.readouterr()
+    assert main(["log", "-c", str(conf), "--json", "--limit", "0"]) == 0
+    return {row["queue_id"]: row for row in json.loads(capsys.readouterr().out)}
+
+
+# --- end of message: nothing answered 451 is logged as accepted -----------------------
+
+
+@pytest.mark.parametrize("refused", ["addheader", "chgheader"])
+def test_fix_an_edit_libmilter_refuses_tempfails_with_no_row_saying_accepted(
+    refused: str, ctx: Context, conf: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    up_to_body(ctx, "QEDIT1", subject=b"SPAMME")  # rewrite_subject: headers added, Subject changed
+
+    def refuse(*args: object) -> None:
+        raise Milter.error("cannot add header")  # what pymilter raises when smfi_* fails
+
+    monkeypatch.setattr(ctx, refused, refuse)
+    assert eom(ctx) == Milter.TEMPFAIL
+    assert ctx._reply[:2] == ("451", "4.3.0")
+    monkeypatch.undo()
+    # The old code committed the row (action rewrite_subject) before sending the edits.
+    assert "QEDIT1" not in log_rows(conf, capsys)
+    # The connection goes on: the next message is judged and logged as usual.
+    up_to_body(ctx, "QEDIT2")
+    assert eom(ctx) == Milter.CONTINUE
+    Milter.close_callback(ctx)
+    assert log_rows(conf, capsys)["QEDIT2"]["action"] == "accept"
+
+
+def test_edits_and_the_row_still_go_together(ctx: Context, conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    up_to_body(ctx, "QEDIT3", subject=b"SPAMME now")
+    assert eom(ctx) == Milter.CONTINUE
+    assert ("change", "Subject", " [SPAM] SPAMME now", 1) in ctx.edits
+    assert [name for op, name, _, _ in ctx.edits if op == "add"] == ["X-Spam-Status", "X-Spam-Score", "X-Spam-Flag"]
+    Milter.close_callback(ctx)
+    assert log_rows(conf, capsys)["QEDIT3"]["action"] == "rewrite_subject"
+
+
+def test_quarantine_hold_is_sent_with_the_edits(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Score 13: quarantine (12), below reject (15).
+    conf = make_conf(tmp_path, RULES.replace("score = 9", "score = 13"), {"quarantine": {"mode": "hold"}})
+    services, pipeline = make_pipeline(conf)
+    try:
+        ctx = connect(pipeline, monkeypatch)
+        up_to_body(ctx, "QHOLD", subject=b"SPAMME")
+        assert eom(ctx) == Milter.CONTINUE  # Postfix waits for a final reply after SMFIR_QUARANTINE
+        assert ctx.edits[-1] == ("quarantine", "score 13 >= quarantine 12", "", 0)
+        Milter.close_callback(ctx)
+        assert log_rows(conf, capsys)["QHOLD"]["action"] == "quarantine"
+    finally:
+        pipeline.shutdown()
+        services.close()
+
+
+# --- a second HELO/EHLO on one connection ----------------------------------------------
+
+
+def test_fix_a_second_helo_gets_its_own_dns_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = make_conf(tmp_path, extra={"checks": {"helo": {"enabled": True, "resolve": True}}})
+    services, pipeline = make_pipeline(conf)
+    deadlines: list[tuple[str, float, float]] = []
+
+    def submit(name: str, rdtype: str, deadline: float | None = None) -> Any:
+        assert deadline is not None
+        deadlines.append((name, deadline, time.monotonic()))
+        raise RuntimeError("no DNS in unit tests")  # the helo check's on_helo fails: CHECK_ERROR, nothing else
+
+    monkeypatch.setattr(services.resolver, "submit", submit)
+    monkeypatch.setattr(services.resolver, "timeout", 0.05)
+    try:
+        ctx = connect(pipeline, monkeypatch, helo="first.example.org")
+        time.sleep(0.1)  # STARTTLS: Postfix sends ABORT, then the client's new EHLO
+        assert ctx.getpriv().abort() == Milter.CONTINUE
+        ctx._stage = Milter.M_HELO
+        assert ctx.getpriv().hello("second.example.org") == Milter.CONTINUE
+        Milter.close_callback(ctx)
+    finally:
+        pipeline.shutdown()
+        services.close()
+    second = [(deadline, asked) for name, deadline, asked in deadlines if name == "second.example.org"]
+    assert second, deadlines
+    # The old code reused the first HELO's deadline, already past: an immediate timeout.
+    assert all(deadline > asked for deadline, asked in second), (second, deadlines)
+
+
+def test_fix_a_second_helo_replaces_what_the_first_one_found(tmp_path: Path, conf: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    services, pipeline = make_pipeline(conf, BadHelo)
+    try:
+        ctx = connect(pipeline, monkeypatch, helo="bad.example")  # delay_reject: refused at MAIL
+        milter = ctx.getpriv()
+        ctx._stage = Milter.M_HELO
+        assert milter.hello("good.example") == Milter.CONTINUE
+        # The old code kept the first HELO's refusal and rejected MAIL FROM.
+        up_to_body(ctx, "QHELO1")
+        assert eom(ctx) == Milter.CONTINUE
+        ctx._stage = Milter.M_HELO
+        assert milter.hello("bad.example") == Milter.CONTINUE
+        ctx._stage = -1
+        assert milter.envfrom("<alice@example.org>") == Milter.REJECT  # the HELO in effect is refused
+        assert ctx._reply[2] == "bad HELO"
+        assert [h.symbol for h in milter.session.hits] == ["TEST_BAD_HELO"]  # once, not once per HELO
+        Milter.close_callback(ctx)
+        assert log_rows(conf, capsys)["QHELO1"]["action"] == "accept"
+    finally:
+        pipeline.shutdown()
+        services.close()
+
+
+# --- header edits: values Postfix can store ------------------------------------------
+
+
+def test_fix_a_tagged_folded_subject_keeps_its_spacing(ctx: Context) -> None:
+    up_to_body(ctx, "QFOLD", subject=b" SPAMME a long subject\n\tfolded once\n and twice")
+    assert eom(ctx) == Milter.CONTINUE
+    [value] = [value for op, name, value, _ in ctx.edits if (op, name) == ("change", "Subject")]
+    # The old code sent "\n\t\tfolded once\n\t and twice": a tab more on each line.
+    assert value == " [SPAM] SPAMME a long subject\n\tfolded once\n and twice"
+    Milter.close_callback(ctx)
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [
+        ("one\ntwo", "one\n\ttwo"),  # a bare line break becomes folding
+        ("one\r\n two", "one\n two"),  # folding kept as it is
+        ("nul\x00byte", "nulbyte"),
+        ("trailing\n", "trailing"),  # no line of white space alone
+        ("a\n \n\tb", "a\n\tb"),
+        ("caf\udce9", "caf?"),  # an undecodable byte cannot reach libmilter as UTF-8
+    ],
+)
+def test_header_values_are_made_storable(value: str, sent: str, ctx: Context) -> None:
+    milter: MilterdMilter = ctx.getpriv()
+    ctx._body = BytesIO()
+    milter._edit("add", "X-Test", value, -1)
+    assert ctx.edits == [("add", "X-Test", " " + sent, -1)]  # HDR_LEADSPC: milterd writes the space
+    Milter.close_callback(ctx)
+
+
+# --- several messages per connection, aborts, bad input (regression coverage) ---------
+
+
+def test_abort_mid_body_frees_the_spool_and_logs_nothing(ctx: Context, conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    milter = up_to_body(ctx, "QABORT", body=b"x" * 4096)  # spooled to a file
+    spool = milter.envelope.spool if milter.envelope else None
+    assert spool is not None and len(os.listdir("/proc/self/fd")) == before + 1
+    assert milter.abort() == Milter.CONTINUE  # RSET or a lost client
+    assert len(os.listdir("/proc/self/fd")) == before and milter.envelope is None
+    assert up_to_body(ctx, "QAFTER").envelope is not spool
+    assert eom(ctx) == Milter.CONTINUE
+    assert milter.abort() == Milter.CONTINUE  # Postfix may abort again after end of message
+    Milter.close_callback(ctx)
+    rows = log_rows(conf, capsys)
+    assert "QABORT" not in rows and rows["QAFTER"]["action"] == "accept"
+
+
+def test_a_close_mid_body_frees_the_spool(ctx: Context, conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    up_to_body(ctx, "QCLOSE", body=b"x" * 4096)
+    Milter.close_callback(ctx)  # connection lost, no ABORT
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert "QCLOSE" not in log_rows(conf, capsys)
+
+
+def test_eight_bit_envelope_and_thousands_of_recipients_are_logged(ctx: Context, conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    milter: MilterdMilter = ctx.getpriv()
+    ctx._stage = -1
+    assert milter.envfrom_bytes(b"<caf\xe9@example.org>", b"BODY=8BITMIME") == Milter.CONTINUE
+    ctx._setsymval("i", "Q8BIT")
+    for i in range(3000):
+        assert milter.envrcpt_bytes(b"<r%d\xff@example.com>" % i) == Milter.CONTINUE
+    assert milter.data() == Milter.CONTINUE
+    assert milter.header_bytes("Subject", b"caf\xe9 \x00 =?utf-8?q?broken") == Milter.CONTINUE
+    assert milter.eoh() == Milter.CONTINUE
+    assert milter.body(b"\xff\x00" * 100) == Milter.CONTINUE
+    assert eom(ctx) == Milter.CONTINUE
+    Milter.close_callback(ctx)
+    row = log_rows(conf, capsys)["Q8BIT"]
+    assert row["sender"] == "caf\\udce9@example.org" and len(row["recipients"]) == 3000
