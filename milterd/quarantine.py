@@ -12,7 +12,10 @@ it.  The SQL is in ``store.quarantine``; its errors arrive as StoreError.
 A release first *claims* the row (sets ``released_at`` only where it is still
 empty) so that two administrators on two MX hosts cannot both send it; a
 release that reached no recipient gives the claim back, so the message stays
-releasable.
+releasable.  One whose outcome is unknown (the connection lost, or a timeout,
+after the final dot, before the server's reply) or could not be recorded
+keeps its claim: only ``release --force`` sends it again, once the
+administrator has checked the server's log (``release_state`` tells them apart).
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ JSON_FIELDS = (
 
 RELEASE_HEADER = "X-Milterd-Released"
 
+#: A row's release state (see :func:`release_state`): not claimed, delivered, claimed with the
+#: outcome unknown (no reply after the message was sent), claimed with no outcome recorded.
+ReleaseState = Literal["", "released", "unknown", "unrecorded"]
+
+_QUEUED_AS = re.compile(r"\bqueued as ([0-9A-Za-z]+)")
+
 _VIRUS_SYMBOL = re.compile(r"(^|_)VIRUS($|_)")  # CLAMAV_VIRUS
 
 
@@ -65,14 +74,19 @@ class ReleaseReport:
     method: str = "smtp"
     delivered: dict[str, str] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+    #: Recipients the server accepted at RCPT whose delivery is unknown: the connection
+    #: was lost (or timed out, or was interrupted) after the message was sent.
+    unknown: dict[str, str] = field(default_factory=dict)
     error: str = ""
+    #: Why the outcome could not be recorded in the store (the claim then stays).
+    record_error: str = ""
     notes: list[str] = field(default_factory=list)
     learned_ham: bool = False
 
     @property
     def ok(self) -> bool:
-        """True when every recipient accepted the message and nothing else failed."""
-        return not self.error and not self.refused and bool(self.delivered)
+        """True when every recipient accepted the message, it was recorded and nothing else failed."""
+        return not self.error and not self.record_error and not self.refused and not self.unknown and bool(self.delivered)
 
     @property
     def partial(self) -> bool:
@@ -83,7 +97,7 @@ class ReleaseReport:
         """The record kept in ``release_result`` (one entry per attempt)."""
         return {
             "time": when.isoformat(), "by": who, "method": self.method, "ok": self.ok,
-            "delivered": self.delivered, "refused": self.refused, "error": self.error,
+            "delivered": self.delivered, "refused": self.refused, "unknown": self.unknown, "error": self.error,
         }
 
 
@@ -114,6 +128,64 @@ def plan_release(row: dict[str, Any], hostname: str, to: list[str] | None = None
     if not recipients:
         return ReleasePlan("smtp", error="no recipients")
     return ReleasePlan("smtp", recipients)
+
+
+def claim_attempt(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded attempt of the release that holds *row*'s claim (``released_at`` and ``released_by``), or None.
+
+    None for a row not claimed, and for a claim whose outcome was never
+    recorded: the releasing process was killed (or the store failed) between
+    its claim and its record, or that release is still under way.
+    """
+    claimed_at = row.get("released_at")
+    if claimed_at is None:
+        return None
+    for attempt in reversed(row.get("release_result") or []):
+        if not isinstance(attempt, dict) or attempt.get("by") != row.get("released_by"):
+            continue
+        try:
+            when = dt.datetime.fromisoformat(str(attempt.get("time")))
+        except ValueError:
+            continue
+        if (when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)) == claimed_at:
+            return attempt
+    return None
+
+
+def release_state(row: dict[str, Any]) -> ReleaseState:
+    """Whether *row* is released: ``""`` (not claimed), ``"released"`` (its claim's attempt delivered),
+    ``"unknown"`` (its claim's attempt lost the connection after sending) or ``"unrecorded"`` (claimed,
+    no outcome recorded). Only ``""`` is releasable without ``--force``."""
+    if not row.get("released_at"):
+        return ""
+    attempt = claim_attempt(row)
+    if attempt is not None and attempt.get("delivered"):
+        return "released"
+    if attempt is not None and attempt.get("unknown"):
+        return "unknown"
+    return "unrecorded"
+
+
+def claim_text(row: dict[str, Any]) -> str:
+    """What ``show`` says of *row*'s claim (an empty string when it has none)."""
+    state = release_state(row)
+    if not state:
+        return ""
+    when, who = f"{row['released_at']:%Y-%m-%d %H:%M:%S} UTC", row["released_by"]
+    if state == "released":
+        return f"{when} by {who} ({row['release_count']} time(s))"
+    earlier = f"; delivered {row['release_count']} time(s) before" if row.get("release_count") else ""
+    if state == "unknown":
+        return (
+            f"claimed by {who} at {when}, outcome unknown: the connection was lost after the message was sent; "
+            f"check the server's log before release --force sends it again{earlier}"
+        )
+    return f"claimed by {who} at {when}, outcome not recorded (release --force to send again){earlier}"
+
+
+def queue_ids(replies: Iterable[str]) -> list[str]:
+    """The queue ids in the servers' replies (Postfix: ``250 2.0.0 Ok: queued as 4AbC``), each once."""
+    return list(dict.fromkeys(m.group(1) for reply in replies for m in _QUEUED_AS.finditer(reply)))
 
 
 def release_header(who: str, when: dt.datetime) -> bytes:
@@ -161,6 +233,7 @@ def as_json(row: dict[str, Any]) -> dict[str, Any]:
     out = {key: row.get(key) for key in JSON_FIELDS}
     for key in ("time", "released_at"):
         out[key] = row[key].isoformat() if row.get(key) else None
+    out["release_state"] = release_state(row) or None
     return out
 
 
@@ -206,7 +279,11 @@ def format_digest(rows: list[dict[str, Any]], config: Config, since: dt.datetime
         lines.append(f"  {count:5}  {escape(reason)}")
     lines.append("")
     for row in rows:
-        released = f"  released {row['released_at']:%Y-%m-%d %H:%M} by {escape(row['released_by'])}\n" if row.get("released_at") else ""
+        state, released = release_state(row), ""
+        if state == "released":
+            released = f"  released {row['released_at']:%Y-%m-%d %H:%M} by {escape(row['released_by'])}\n"
+        elif state:
+            released = f"  {escape(claim_text(row))}\n"
         lines.append(
             f"#{row['id']}  {row['time']:%Y-%m-%d %H:%M:%S}  score {row['score']:.1f}  {escape(row['reason'])}\n"
             f"  from:    <{escape(row['sender'])}>\n"
@@ -322,6 +399,7 @@ class Quarantine:
         previous = (row["released_at"], row["released_by"])
         now = utcnow()
         plan = plan_release(row, self.config.hostname, to, smtp)
+        progress = reinject.Progress()
         self._claim(row, who, now, force)
         try:
             if plan.error:
@@ -329,41 +407,90 @@ class Quarantine:
             elif plan.method == "postsuper":
                 report = self._postsuper(row, plan.recipients)
             else:
-                report = self._smtp(row, list(plan.recipients), who, now)
-        except Exception as exc:  # noqa: BLE001 - whatever happened, record it and give the claim back
-            report = ReleaseReport(row_id, error=f"{exc.__class__.__name__}: {exc}")
+                report = self._smtp(row, list(plan.recipients), who, now, progress)
+        except Exception as exc:  # noqa: BLE001 - whatever happened, record it (the claim is given back unless the message may have gone out)
+            report = self._failed(row_id, plan.method, [], progress, f"{exc.__class__.__name__}: {exc}")
         except BaseException:
-            # Ctrl-C (or a SystemExit) while sending: the final dot was not sent, so nothing went
-            # out; the claim is given back, else the message would read as released for good.
+            # Ctrl-C (or a SystemExit) while sending. Before the final dot nothing went out: the
+            # claim is given back, else the message would read as released for good. After it, the
+            # server may have queued it: the claim stays, the outcome recorded as unknown.
+            interrupted = self._failed(row_id, plan.method, [], progress, "interrupted")
             with contextlib.suppress(StoreError):
-                self._record(row, ReleaseReport(row_id, method=plan.method, error="interrupted"), who, now, previous)
+                self._record(row, interrupted, who, now, previous)
             raise
         if ham and report.delivered:
             self._learn_ham(row, report)
-        self._record(row, report, who, now, previous)
+        try:
+            self._record(row, report, who, now, previous)
+        except StoreError as exc:
+            # What went out must be said all the same: a plain retry is refused by the claim, which stays.
+            report.record_error = self._not_recorded(row, report, exc)
         return report
 
     def _claim(self, row: dict[str, Any], who: str, now: dt.datetime, force: bool) -> None:
         if not self.repo.claim(row["id"], who, now, force):
             current = self.get(row["id"])
-            raise QuarantineError(
-                f"message {row['id']} was already released at {current['released_at']:%Y-%m-%d %H:%M:%S} UTC "
-                f"by {current['released_by']}; use --force to release it again"
-            )
+            when = f"{current['released_at']:%Y-%m-%d %H:%M:%S} UTC"
+            state = release_state(current)
+            if state == "unknown":
+                raise QuarantineError(
+                    f"message {row['id']} was claimed at {when} by {current['released_by']}, and the outcome is unknown "
+                    f"(the connection was lost after the message was sent): check the server's log, then use --force to release it again"
+                )
+            if state == "unrecorded":
+                raise QuarantineError(
+                    f"message {row['id']} was claimed at {when} by {current['released_by']}, and its outcome was not recorded: "
+                    f"use --force to release it again (unless that release is still running)"
+                )
+            raise QuarantineError(f"message {row['id']} was already released at {when} by {current['released_by']}; use --force to release it again")
 
     def _record(self, row: dict[str, Any], report: ReleaseReport, who: str, now: dt.datetime, previous: tuple[Any, Any]) -> None:
-        # Nothing went out: the claim is given back, the message stays releasable.
-        self.repo.record_release(row["id"], report.as_json(who, now), bool(report.delivered), (now, who), previous, report.learned_ham)
+        # Nothing went out: the claim is given back, the message stays releasable. What may
+        # have gone out (an unknown outcome) keeps it, as a delivery does, but is not counted.
+        self.repo.record_release(
+            row["id"], report.as_json(who, now), bool(report.delivered), (now, who), previous, report.learned_ham,
+            keep_claim=bool(report.delivered or report.unknown),
+        )
 
-    def _smtp(self, row: dict[str, Any], recipients: list[str], who: str, now: dt.datetime) -> ReleaseReport:
+    def _smtp(self, row: dict[str, Any], recipients: list[str], who: str, now: dt.datetime, progress: reinject.Progress) -> ReleaseReport:
         report = ReleaseReport(row["id"])
         message = itertools.chain([release_header(who, now)], self.message_chunks(row))
         try:
-            report.delivered, report.refused = reinject.send(self._target(), row["sender"] or "", recipients, message, self.config.hostname, auth=self._auth())
+            report.delivered, report.refused = reinject.send(
+                self._target(), row["sender"] or "", recipients, message, self.config.hostname, auth=self._auth(), progress=progress,
+            )
         except (OSError, smtplib.SMTPException, StoreError) as exc:
-            report.error = f"{self.config.quarantine.release_smtp}: {reinject.smtp_error(exc)}"
-            report.refused = {r: report.error for r in recipients}
+            return self._failed(row["id"], "smtp", recipients, progress, f"{self.config.quarantine.release_smtp}: {reinject.smtp_error(exc)}")
         return report
+
+    @staticmethod
+    def _failed(row_id: int, method: str, recipients: list[str], progress: reinject.Progress, why: str) -> ReleaseReport:
+        """The report of a release that failed for *why*: nothing went out (*recipients* refused), unless
+        the final dot had been sent (the recipients the server accepted: outcome unknown)."""
+        if not progress.data_sent:
+            return ReleaseReport(row_id, method=method, error=why, refused={r: why for r in recipients})
+        lost = "interrupted after the message was sent" if why == "interrupted" else f"the connection was lost after the message was sent ({why})"
+        return ReleaseReport(
+            row_id, method=method, refused=dict(progress.refused),
+            unknown={r: f"no reply after the message was sent ({why})" for r in progress.accepted},
+            error=(
+                f"outcome unknown: {lost}; check the server's log (queue id not known) before releasing again: "
+                f"the message stays claimed, only release --force sends it again"
+            ),
+        )
+
+    def _not_recorded(self, row: dict[str, Any], report: ReleaseReport, exc: StoreError) -> str:
+        """What an administrator must know when a release's outcome could not be stored: who received it."""
+        if report.delivered:
+            ids = [row["queue_id"]] if report.method == "postsuper" and row.get("queue_id") else queue_ids(report.delivered.values())
+            where = f"queue id {', '.join(ids)}" if ids else "queue id not known"
+            return (
+                f"delivered to {', '.join(report.delivered)} ({where}) but not recorded: {exc}; "
+                f"the message stays claimed: do not release it again"
+            )
+        if report.unknown:
+            return f"outcome unknown and not recorded: {exc}; the message stays claimed: check the server's log before release --force"
+        return f"nothing was released, but the claim could not be given back: {exc}; release --force sends it once the store is back"
 
     def _target(self) -> reinject.Target:
         try:

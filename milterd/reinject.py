@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import smtplib
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -106,6 +106,22 @@ def data_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
     yield (b"" if at_line_start or not wrote_any else b"\r\n") + b".\r\n"
 
 
+@dataclass
+class Progress:
+    """How far :func:`send` got, for a caller whose send raised.
+
+    ``data_sent`` turns true once the final dot was handed to the socket: an
+    error after that (the connection lost, a timeout, an interrupt while
+    waiting for the server's reply) leaves the outcome unknown, since the
+    server may have queued the message for the recipients in ``accepted``.
+    Before it, the server kept nothing.
+    """
+
+    accepted: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    data_sent: bool = False
+
+
 def send(
     target: Target,
     sender: str,
@@ -114,16 +130,19 @@ def send(
     helo: str,
     timeout: float = 60.0,
     auth: tuple[str, str] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Send *message* (pieces) by SMTP; return (delivered, refused), each recipient → the server's reply.
 
     Recipients refused at RCPT are reported one by one; a refusal at MAIL or
-    DATA refuses them all.  Connection errors raise OSError/SMTPException.
+    DATA refuses them all.  Connection errors raise OSError/SMTPException;
+    *progress*, when given, then tells whether the message may have gone out.
     If reading *message* fails midway, the connection is dropped without the
     final dot, so the server keeps nothing, and the error is raised.
     """
+    progress = progress if progress is not None else Progress()
     delivered: dict[str, str] = {}
-    refused: dict[str, str] = {}
+    refused = progress.refused
     client = open_client(target, helo, timeout)
     try:
         client.ehlo_or_helo_if_needed()
@@ -144,7 +163,7 @@ def send(
         if code != 250:
             client.rset()
             return {}, {r: _reply(code, reply) for r in recipients}
-        accepted = []
+        accepted = progress.accepted
         for recipient in recipients:
             code, reply = client.rcpt(recipient)
             if code in (250, 251):
@@ -163,6 +182,7 @@ def send(
             except BaseException:
                 client.close()  # no final dot: the server discards the partial message
                 raise
+            progress.data_sent = True
             code, reply = client.getreply()
         for recipient in accepted:
             (delivered if code == 250 else refused)[recipient] = _reply(code, reply)

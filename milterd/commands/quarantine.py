@@ -9,7 +9,7 @@ import sys
 from typing import Any, Callable
 
 from ..config import load_config
-from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, header_section
+from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, claim_text, header_section, release_state
 from ..store import StoreError, utcnow
 from ..text import escape
 from ..units import parse_duration
@@ -117,7 +117,7 @@ def run_list(args: argparse.Namespace, quarantine: Quarantine) -> int:
         return 0
     print(f"{'id':>6}  {'time':19}  {'score':>6}  {'from':28} {'to':28} {'released':10} subject")
     for row in rows:
-        released = f"{row['released_at']:%Y-%m-%d}" if row["released_at"] else ("held" if row["mode"] == "hold" else "-")
+        released = _list_state(row)
         print(
             f"{row['id']:>6}  {row['time']:%Y-%m-%d %H:%M:%S}  {row['score']:6.1f}  {_cut(escape(row['sender'] or '<>'), 28):28} "
             f"{_cut(escape(','.join(row['recipients'] or [])), 28):28} {released:10} {_cut(escape(row['subject']), 50)}"
@@ -152,11 +152,11 @@ def run_show(args: argparse.Namespace, quarantine: Quarantine) -> int:
         f"symbols:    {' '.join(f'{name}({score:g})' for name, score in symbols)}",
     ]
     if row["released_at"]:
-        lines.append(f"released:   {row['released_at']:%Y-%m-%d %H:%M:%S} UTC by {row['released_by']} ({row['release_count']} time(s))")
+        lines.append(f"released:   {claim_text(row)}")
     for attempt in row.get("release_result") or []:
-        outcome = "ok" if attempt.get("ok") else "FAILED"
+        outcome = "ok" if attempt.get("ok") else ("OUTCOME UNKNOWN" if attempt.get("unknown") else "FAILED")
         lines.append(f"  attempt {attempt.get('time', '')} by {attempt.get('by', '')}: {outcome} {attempt.get('error', '')}".rstrip())
-        for recipient, reply in {**attempt.get("delivered", {}), **attempt.get("refused", {})}.items():
+        for recipient, reply in {**attempt.get("delivered", {}), **attempt.get("refused", {}), **attempt.get("unknown", {})}.items():
             lines.append(f"    <{recipient}>: {reply}")
     # Subject, addresses, HELO, replies: the sender's text, one line each, control characters escaped.
     print("\n".join(escape(line) for line in lines))
@@ -185,11 +185,15 @@ def run_release(args: argparse.Namespace, quarantine: Quarantine) -> int:
             print(f"{row_id}: <{escape(recipient)}>: released: {escape(reply)}")
         for recipient, reply in report.refused.items():
             print(f"{row_id}: <{escape(recipient)}>: NOT released: {escape(reply)}", file=sys.stderr)
-        if report.error and not report.refused:
-            print(f"milterd: {row_id}: {report.error}", file=sys.stderr)
+        for recipient, reply in report.unknown.items():
+            print(f"{row_id}: <{escape(recipient)}>: OUTCOME UNKNOWN: {escape(reply)}", file=sys.stderr)
+        if report.error and report.error not in report.refused.values():  # a connection failure is each recipient's reply
+            print(f"milterd: {row_id}: {escape(report.error)}", file=sys.stderr)
         for note in report.notes:
             print(f"{row_id}: {note}")
-        if not report.delivered:
+        if report.record_error:
+            print(f"milterd: {row_id}: {escape(report.record_error)}", file=sys.stderr)
+        elif not report.delivered and not report.unknown:
             print(f"{row_id}: nothing was released; the message stays in the quarantine", file=sys.stderr)
         elif report.partial:
             print(f"{row_id}: partly released; retry the others with --force --to ADDR…", file=sys.stderr)
@@ -242,6 +246,17 @@ def run_purge(args: argparse.Namespace, quarantine: Quarantine) -> int:
     count = quarantine.purge(cutoff)
     print(f"purged {count}")
     return 0
+
+
+def _list_state(row: dict[str, Any]) -> str:
+    """The ``released`` column of ``list``: the day it was released, ``unknown`` or ``unrecorded``
+    (claimed, no delivery known: see ``show``), ``held`` or ``-``."""
+    state = release_state(row)
+    if state == "released":
+        return f"{row['released_at']:%Y-%m-%d}"
+    if state:
+        return state
+    return "held" if row["mode"] == "hold" else "-"
 
 
 def _summary(row: dict[str, Any]) -> str:

@@ -192,10 +192,12 @@ class QuarantineStore:
 
     def record_release(
         self, row_id: int, attempt: dict[str, Any], delivered: bool, claim: tuple[dt.datetime, str], previous: tuple[Any, Any], learned_ham: bool,
+        keep_claim: bool | None = None,
     ) -> None:
         """Append *attempt* to the release history and count a delivery; when nothing went out, give
         the claim back: restore *previous* (``released_at``, ``released_by``) where the row still holds
-        this release's *claim*, not where another release (a forced one, from any host) claimed it since."""
+        this release's *claim*, not where another release (a forced one, from any host) claimed it since.
+        *keep_claim* (default: *delivered*) keeps it without counting a delivery: the outcome is unknown."""
         table = self.table
         row = table.c.id == row_id
 
@@ -209,7 +211,7 @@ class QuarantineStore:
             history = connection.execute(select(table.c.release_result).where(row)).scalar()
             history = [*history, attempt] if isinstance(history, list) else [attempt]
             connection.execute(update(table).where(row).values(release_result=history))
-            if not delivered:
+            if not (delivered if keep_claim is None else keep_claim):
                 ours = row & (table.c.released_at == claim[0]) & (table.c.released_by == claim[1])
                 connection.execute(update(table).where(ours).values(released_at=previous[0], released_by=previous[1]))
 
