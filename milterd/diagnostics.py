@@ -25,8 +25,9 @@ import subprocess
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Protocol, TypeVar
+from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, TypeVar
 
+from .checks.dnslists import listing_answers
 from .config import Config, ConfigError, load_config
 from .dkimsign import SigningKey, load_keys, public_record, record_matches
 from .dns import Answer, Resolver, dnsbl_name
@@ -49,6 +50,7 @@ Status = Literal["ok", "warn", "fail", "skip"]
 POSTFIX_PARAMETERS = (
     "smtpd_milters", "non_smtpd_milters", "milter_default_action", "milter_protocol",
     "milter_connect_timeout", "milter_command_timeout", "milter_content_timeout",
+    "queue_directory",  # where a relative unix: milter address is
 )
 
 
@@ -283,34 +285,54 @@ def rule_origins(services: Any) -> list[Finding]:
 
 def dnsbl_zones(services: Any) -> list[str]:
     """The DNSBL zones declared in rules/ (``[[dnsbl]] zone = …``)."""
+    return [zone for zone, _refused in dnsbl_lists(services)]
+
+
+def dnsbl_lists(services: Any) -> list[tuple[str, list[str]]]:
+    """Each DNSBL zone declared in rules/ with its ``refused`` answer patterns."""
     if services is None:
         return []
-    zones = []
+    lists = []
     for source in services.ruleset.section("dnsbl"):
         entries = source.value if isinstance(source.value, list) else [source.value]
-        zones += [str(entry["zone"]).rstrip(".") for entry in entries if isinstance(entry, dict) and entry.get("zone")]
-    return zones
+        for entry in entries:
+            if isinstance(entry, dict) and entry.get("zone"):
+                refused = entry.get("refused", [])
+                lists.append((str(entry["zone"]).rstrip("."), [str(p) for p in refused] if isinstance(refused, list) else []))
+    return lists
+
+
+def judge_dnsbl(zone: str, name: str, answer: Answer, refused: Sequence[str] = ()) -> Finding:
+    """The answer for a zone's test entry, read as the check reads it (pure): only answers in
+    127.0.0.0/8 that are not a *refused* code mean "listed"."""
+    label = f"dns {zone}"
+    if answer.failed:
+        return Finding(label, "fail", f"{name}: the resolver did not answer ({answer.error or 'error'})")
+    listed = listing_answers(answer, refused)
+    records = ", ".join(answer.records)
+    if isinstance(listed, tuple):
+        return Finding(label, "ok", f"{name} → {records}")
+    if listed == "refused":
+        return Finding(label, "warn", f"{name} → {records}: a refused code (refused = {list(refused)}): the list refuses this resolver"
+                                      " (a public resolver, over quota, a key needed) and every client counts as not listed (DNSBL_REFUSED)")
+    if answer.ok:
+        return Finding(label, "warn", f"{name} → {records}: not in 127.0.0.0/8, which milterd ignores (a resolver rewriting NXDOMAIN,"
+                                      " or a wildcard zone): every client counts as not listed")
+    return Finding(label, "warn", f"{name}: {answer.status}: the zone does not list its test entry (wrong zone name, or the list refuses this resolver?)")
 
 
 def probe_dns(config: Config, services: Any) -> list[Finding]:
     """Each DNSBL zone must list its test entry 127.0.0.2 (RFC 5782); the resolver must answer."""
-    zones = dnsbl_zones(services)
-    if not zones:
+    lists = dnsbl_lists(services)
+    if not lists:
         return [Finding("dns", "skip", "no DNSBL zones in rules/")]
 
     resolver = Resolver(config.dns)
     findings = []
     try:
-        for zone in zones:
+        for zone, refused in lists:
             name = dnsbl_name("127.0.0.2", zone) or ""
-            answer = resolver.query(name, "A")
-            label = f"dns {zone}"
-            if answer.ok:
-                findings.append(Finding(label, "ok", f"{name} → {', '.join(answer.records)}"))
-            elif answer.failed:
-                findings.append(Finding(label, "fail", f"{name}: the resolver did not answer ({answer.error or 'error'})"))
-            else:
-                findings.append(Finding(label, "warn", f"{name}: {answer.status}: the zone does not list its test entry (wrong zone name, or the list refuses this resolver?)"))
+            findings.append(judge_dnsbl(zone, name, resolver.query(name, "A"), refused))
     finally:
         resolver.close()
     return findings
@@ -421,11 +443,12 @@ def milter_entries(value: str) -> list[str]:
             current += char
     if current.strip():
         entries.append(current.strip())
-    return [e.strip("{} \t").split(",")[0].split()[0] if e.strip("{} \t") else "" for e in entries]
+    return [(e.strip("{} \t").split(",")[0].split() or [""])[0] for e in entries]
 
 
 def same_socket(milterd_socket: str, postfix_entry: str, queue_directory: str = "/var/spool/postfix") -> bool:
-    """Whether Postfix's *postfix_entry* reaches milterd's ``[milter] socket``."""
+    """Whether Postfix's *postfix_entry* reaches milterd's ``[milter] socket``; a relative
+    ``unix:`` path is relative to Postfix's *queue_directory*, chrooted or not."""
     try:
         ours = parse_socket(milterd_socket)
     except ValueError:
@@ -435,7 +458,7 @@ def same_socket(milterd_socket: str, postfix_entry: str, queue_directory: str = 
         if kind not in ("unix", "local"):
             return False
         path = rest if rest.startswith("/") else f"{queue_directory.rstrip('/')}/{rest}"  # relative: to the chroot
-        return Path(path).resolve() == Path(ours.path).resolve() or path.endswith("/" + rest) and ours.path.endswith("/" + rest)
+        return Path(path).resolve() == Path(ours.path).resolve()
     try:
         theirs = parse_socket(postfix_entry)
     except ValueError:
@@ -448,8 +471,10 @@ def same_socket(milterd_socket: str, postfix_entry: str, queue_directory: str = 
 
 
 def judge_postfix(config: Config, settings: dict[str, str], queue_directory: str = "/var/spool/postfix") -> list[Finding]:
-    """Postfix's settings against milterd's configuration: the risky combinations."""
+    """Postfix's settings against milterd's configuration: the risky combinations (*queue_directory*:
+    Postfix's, unless *settings* has its ``queue_directory``)."""
     findings = []
+    queue_directory = settings.get("queue_directory") or queue_directory
     milters = milter_entries(settings.get("smtpd_milters", ""))
     if any(same_socket(config.milter.socket, entry, queue_directory) for entry in milters):
         findings.append(Finding("postfix smtpd_milters", "ok", f"includes {config.milter.socket}"))

@@ -65,6 +65,16 @@ def start(listen: str) -> tuple[str, int] | None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
 
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except BaseException:  # a port in use, an address not here: serve refuses to start and leaves nothing behind
+        if _directory:
+            stop()
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            _directory = None
+        raise
     _metrics = {
         "messages": Counter("milterd_messages_total", "Messages logged, by action", ["action"]),
         "symbols": Counter("milterd_symbol_hits_total", "Symbols in verdicts", ["symbol"]),
@@ -76,9 +86,6 @@ def start(listen: str) -> tuple[str, int] | None:
         "dns_cache": Counter("milterd_dns_cache_lookups_total", "DNS answers looked up in the workers' caches", ["result"]),
     }
     _count_dns_cache()
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=directory)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
     address = server.server_address[:2]
     log.info("metrics on http://%s:%d/metrics", address[0], address[1])
     return str(address[0]), int(address[1])

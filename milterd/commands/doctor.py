@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..diagnostics import diagnose, worst
+from ..text import escape
 from . import config_parent
 
 
@@ -26,8 +27,10 @@ def run_doctor(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"status": status, "findings": [f.as_dict() for f in findings]}, indent=2))
     else:
-        width = max(len(f.name) for f in findings)
-        for finding in findings:
-            print(f"{finding.status.upper():4}  {finding.name:{width}}  {finding.detail}")
+        # A detail quotes what a backend said (a banner, clamd's VERSION, a resolver's error): escaped for the terminal.
+        rows = [(f.status.upper(), escape(f.name), escape(f.detail)) for f in findings]
+        width = max(len(name) for _status, name, _detail in rows)
+        for status_text, name, detail in rows:
+            print(f"{status_text:4}  {name:{width}}  {detail}")
         print(f"doctor: {status}")
     return 1 if status == "fail" or (args.strict and status == "warn") else 0

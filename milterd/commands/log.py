@@ -65,7 +65,7 @@ def print_table(rows: Iterable[dict[str, Any]]) -> None:
     for row in rows:
         to = escape(",".join(row["recipients"] or []))  # the sender's text: control characters made visible
         print(
-            f"{row['time']:%Y-%m-%d %H:%M:%S}  {row['queue_id'] or '-':12}  {row['action']:15} {row['score']:6.1f}  "
+            f"{row['time']:%Y-%m-%d %H:%M:%S}  {escape(row['queue_id'] or '-'):12}  {escape(row['action']):15} {row['score']:6.1f}  "
             f"{_cut(escape(row['sender'] or '<>'), 28):28} {_cut(to, 28):28} {_cut(escape(row['subject']), 40)}"
         )
         symbols = sorted((row["symbols"] or {}).items(), key=lambda kv: -abs(kv[1]))
