@@ -18,6 +18,10 @@ from .postfix import free_port, wait_for_port
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: A loopback port where no DNS server listens: queries fail at once, and none leaves the machine.
+NO_RESOLVER = "127.0.0.1:9"
+
+
 def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
     """Write a milter.conf with the given sections."""
     lines = []
@@ -67,6 +71,8 @@ class Milterd:
         if os.geteuid() == 0:
             milter.setdefault("user", "root")  # the suite runs as root: keep it knowingly (else serve drops to nobody)
         sections.setdefault("database", {}).setdefault("url", f"sqlite:///{root / 'milterd.sqlite'}")
+        # Never the system's resolver (not on loopback): a test that wants answers names its own server.
+        sections.setdefault("dns", {}).setdefault("nameservers", [NO_RESOLVER])
         rules_dir = root / "rules"
         rules_dir.mkdir(exist_ok=True)
         for name, text in (rules or {}).items():
@@ -110,7 +116,16 @@ class Milterd:
             time.sleep(0.05)
         else:
             raise TimeoutError(f"milterd did not start:\n{self.stderr()}")
+        # The socket listens before the store is prepared (as the service account): a store that
+        # cannot be opened or upgraded ends the start after it.  "listening on" says it is done.
+        if self.sections["milter"].get("log_level", "info") in ("debug", "info"):
+            while time.monotonic() < deadline and "listening on" not in self.stderr():
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"milterd exited with {self.process.returncode}:\n{self.stderr()}")
+                time.sleep(0.05)
         time.sleep(0.3)  # let the workers reach accept()
+        if self.process.poll() is not None:
+            raise RuntimeError(f"milterd exited with {self.process.returncode}:\n{self.stderr()}")
         return self
 
     def stderr(self) -> str:

@@ -96,7 +96,8 @@ def test_absent_backends_fail(tmp_path: Path) -> None:
 
 
 def test_risky_postfix_settings_warn(tmp_path: Path, backends: dict[str, Any]) -> None:
-    milterd = _milterd(tmp_path / "m", {"clamav": {"enabled": True, "address": backends["clamd"].address, "timeout": 400, "on_error": "tempfail"}})
+    milterd = _milterd(tmp_path / "m", {"clamav": {"enabled": True, "address": backends["clamd"].address, "timeout": 400, "on_error": "tempfail"},
+                                        "dns": {"nameservers": [backends["dns"].nameserver], "timeout": 2}})
     assert milterd.cli("db", "upgrade").returncode == 0
     postfix = _postfix(tmp_path, "inet:127.0.0.1:1", milter_default_action="accept", milter_content_timeout="300s")
     code, report = _doctor(milterd, "--postfix-config", str(postfix.etc))
