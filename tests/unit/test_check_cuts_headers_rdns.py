@@ -242,14 +242,41 @@ def test_date_problem_cache_keeps_the_clock() -> None:
                 assert date_problem(text, now, future, past) == old_date_problem(text, now, future, past), text
 
 
-def test_cached_parses_equal_fresh_ones() -> None:
-    for raw in DATES:
-        text = unfold(raw)
-        assert parsed_date(text) == parsed_date.__wrapped__(text)
-    for raw in FROMS + TOS:
-        text = unfold(raw)
+#: Date values and the moment each names (None: it does not parse), written out rather than computed by the code under test.
+PARSED_DATES = {
+    "Sat, 28 Nov 2026 09:51:17 +0000": datetime(2026, 11, 28, 9, 51, 17, tzinfo=timezone.utc),
+    "Wed, 02 Dec 2026 11:59:00 -0800": datetime(2026, 12, 2, 19, 59, 0, tzinfo=timezone.utc),
+    "28 Nov 2026 09:51 EST": datetime(2026, 11, 28, 14, 51, 0, tzinfo=timezone.utc),
+    "Sat, 28 Nov 26 09:51:17 +0000": datetime(2026, 11, 28, 9, 51, 17, tzinfo=timezone.utc),  # obsolete two-digit year
+    "Sat, 28 Nov 2026 09:51:17": datetime(2026, 11, 28, 9, 51, 17, tzinfo=timezone.utc),  # no zone: UTC
+    "Sat, 28 Nov 2026 09:51:60 +0000": datetime(2026, 11, 28, 9, 51, 59, tzinfo=timezone.utc),  # a leap second
+    "Sat, 28 Nov 2026 09:51:17 +0000 (UTC)": datetime(2026, 11, 28, 9, 51, 17, tzinfo=timezone.utc),
+    "yesterday": None,
+    "": None,
+    "Sat, 32 Nov 2026 09:51:17 +0000": None,
+    "Sat, 28 Nov 2026 25:00:00 +0000": None,
+    "Sat, 28 Nov 2026 09:51:17 +9999": None,
+}
+#: Address header values and whether each has a problem, for From, To and Cc alike.
+ADDRESS_PROBLEMS = {
+    "Alice <alice@example.org>": False, "alice@example.org": False, '"Smith, A" <a@example.org>': False,
+    "=?utf-8?q?Alic=C3=A9?= <a@example.org>": False, "undisclosed-recipients:;": False, "group: a@b.c, d@e.f;": False,
+    "Bob <bob@example.com>, undisclosed-recipients:;": False, "a@b.c, , d@e.f": False, "a@example.org (Alice)": False,
+    "Alice <alice>": True, "no address at all": True, "<<>>": True, "a@": True, "@b": True, "<>": True, "a@b@c": True,
+    "Alice <a@example.org": True, '"unterminated <a@example.org>': True, "a@b.c;": True, "::::": True,
+}
+
+
+def test_cached_parses_give_the_right_answers_again() -> None:
+    """The parses are memoised: a second pass answers from the cache, and both passes give the answers above."""
+    parsed_date.cache_clear()
+    headers_module._cached_address_list_problem.cache_clear()  # noqa: SLF001
+    for _ in range(2):
+        assert {text: parsed_date(text) for text in PARSED_DATES} == PARSED_DATES
         for name in ("From", "To", "Cc"):
-            assert address_list_problem(name, text) == old_address_list_problem(name, text) == address_list_problem(name, text)
+            assert {text: bool(address_list_problem(name, text)) for text in ADDRESS_PROBLEMS} == ADDRESS_PROBLEMS, name
+    assert parsed_date.cache_info().hits >= len(PARSED_DATES)
+    assert headers_module._cached_address_list_problem.cache_info().hits >= 3 * len(ADDRESS_PROBLEMS)  # noqa: SLF001
 
 
 # --- the rdns check before the cut ---------------------------------------------------------------
@@ -432,16 +459,24 @@ def test_rdns_sessions_same_hits(use_postfix_name: bool) -> None:
 
 # --- helo and sender: their pure judgements are now remembered ------------------------------------
 def test_cached_helo_and_sender_judgements() -> None:
-    addresses = [*ADDRESSES, "::ffff:198.51.100.3", "[192.0.2.10]"]
+    """Both are memoised: a second pass answers from the cache, and both passes give the answers written here."""
+    same = {
+        ("192.0.2.10", "192.0.2.10"): True, ("192.0.2.10", "::ffff:192.0.2.10"): True, ("::ffff:198.51.100.3", "198.51.100.3"): True,
+        ("2001:db8::1", "2001:DB8:0::1"): True, ("192.0.2.10", "198.51.100.3"): False, ("2001:db8::1", "2001:db8::a:b"): False,
+        ("[192.0.2.10]", "192.0.2.10"): False, ("not-an-ip", "not-an-ip"): False, ("", ""): False, ("192.0.2.010", "192.0.2.10"): False,
+    }
+    problems = {
+        "alice@example.org": "", "user@[1.2.3.4]": "ip_literal", "tom@example": "no_dot", "no-at-sign": "invalid", "a b@example.org": "invalid",
+        '"a b"@example.org': "", "@example.org": "invalid", "alice@exa_mple..org": "invalid", "jörg@exämple.org": "", "x@-bad-.org": "invalid",
+        "a" * 65 + "@example.org": "invalid", "a" * 64 + "@example.org": "", "a@" + "b." * 130 + "org": "invalid", "a@b.c.": "",
+        "a..b@docomo.ne.jp": "", ".a@b.c": "invalid", "a\x00@b.c": "invalid", "": "invalid",
+    }
+    same_address.cache_clear()
+    address_problem.cache_clear()
     for _ in range(2):
-        for a in addresses:
-            for b in addresses:
-                assert same_address(a, b) == same_address.__wrapped__(a, b)
-    senders = ["alice@example.org", "user@[1.2.3.4]", "tom@example", "no-at-sign", "a b@example.org", '"a b"@example.org', "@example.org",
-               "alice@exa_mple..org", "jörg@exämple.org", "x@-bad-.org", "a" * 65 + "@example.org", "a@" + "b." * 130 + "org", "a@b.c.", "a\x00@b.c", ""]
-    for _ in range(2):
-        for sender in senders:
-            assert address_problem(sender) == address_problem.__wrapped__(sender)
+        assert {pair: same_address(*pair) for pair in same} == same
+        assert {sender: address_problem(sender) for sender in problems} == problems
+    assert same_address.cache_info().hits >= len(same) and address_problem.cache_info().hits >= len(problems)
 
 
 def test_a_scoped_ipv6_client_is_looked_up_without_its_zone() -> None:

@@ -9,6 +9,7 @@ traceback.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from milterd.config import Config, ConfigError, load_config
-from milterd.rulelang import MetaSyntaxError, parse
+from milterd.rulelang import MetaSyntaxError, names, parse
 from milterd.services import build
 
 HUGE = "1" + "0" * 400  # a TOML integer no float can hold
@@ -127,10 +128,14 @@ def test_bad_rule_file_is_refused_in_one_line(tmp_path: Path, rules: str | bytes
 @settings(derandomize=True, max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(["(", ")", "!", "&&", "||", " and ", " or ", "not ", "A", "B_2", "$", " "]), max_size=400))
 def test_meta_expressions_parse_or_say_why(tokens: list[str]) -> None:
+    text = "".join(tokens)
     try:
-        parse("".join(tokens))
-    except MetaSyntaxError:
-        pass
+        tree = parse(text)
+    except MetaSyntaxError as exc:
+        assert str(exc) and "\n" not in str(exc)  # the reason, for the one line a ConfigError prints
+        return
+    # Words of the text ("A" then "not " is the symbol "Anot"), never an operator or a parenthesis.
+    assert names(tree) and names(tree) <= set(re.findall(r"\w+", text)) - {"and", "or", "not"}
 
 
 @settings(derandomize=True, max_examples=200, deadline=None)
