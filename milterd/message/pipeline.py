@@ -11,20 +11,22 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from .. import metrics
 from ..checks import Check, Hits, Stage
 from ..checks.headers import HeaderLimits
+from ..config import Config
 from ..content.headertext import decoded
 from ..logs import summary_line
 from ..services import Services
 from ..store import MessageRecord, StoreError
 from ..store.quarantine import QuarantineWrite
 from .model import Action, Decision, Envelope, HeaderEdit, Hit, Session, Spool, Verdict
-from .policy import GreylistStatus, decide, greylists_at_score, plan_headers
+from .policy import GreylistStatus, decide, greylists_at_score, plan_headers, taggable, tags_subject
 from .reply import REJECT, TEMPFAIL, Reply
 
 log = logging.getLogger("milterd")
@@ -34,6 +36,15 @@ log = logging.getLogger("milterd")
 #: skipped Postfix writes DATA's macros and the next command back to back, and
 #: over TCP Nagle holds the second write for a delayed ACK (40 ms a message).
 CORE_STAGES = frozenset({Stage.CONNECT, Stage.HELO, Stage.MAIL, Stage.RCPT, Stage.DATA, Stage.HEADER, Stage.EOH, Stage.EOM})
+
+#: While end of message waits for the pool, how often Postfix is told it is still running
+#: (SMFIR_PROGRESS restarts its milter_content_timeout, 300 s by default).
+PROGRESS_EVERY = 10.0
+#: Added to the sum of the timeouts end of message may spend (see ``eom_budget``).
+EOM_MARGIN = 30.0
+#: The answer when end of message outlasts its budget.
+EOM_TIMEOUT_REPLY = Reply("451", "4.4.5", "Message checks took too long, please try again later")
+
 
 @dataclass
 class Outcome:
@@ -71,6 +82,8 @@ class Pipeline:
         eom = self._by_stage[Stage.EOM]
         self._eom_tiers = [[c for c in eom if c.eom_tier() == tier] for tier in sorted({c.eom_tier() for c in eom})]
         self._hooked: dict[str, list[Check]] = {}
+        #: Seconds end of message may wait for the pool before the message is tempfailed.
+        self.eom_budget = eom_budget(self.config)
         # The stages to negotiate (asked at every connection): the core's and those some check hooks.
         needed = set(CORE_STAGES).union(*(check.stages() for check in self.checks))
         if self._body_needed():
@@ -175,7 +188,13 @@ class Pipeline:
         if self._at_body:
             envelope.hits.extend(self._run(self._at_body, session, lambda c: c.on_body(session, envelope, chunk)))
 
-    def eom(self, session: Session, envelope: Envelope, before_commit: Callable[[Outcome], None] | None = None) -> Outcome:
+    def eom(
+        self,
+        session: Session,
+        envelope: Envelope,
+        before_commit: Callable[[Outcome], None] | None = None,
+        progress: Callable[[], None] | None = None,
+    ) -> Outcome:
         """End of message: the checks' last word (concurrently), the verdict, the log row.
 
         The log row (and the quarantined message) is committed before this
@@ -183,15 +202,50 @@ class Pipeline:
         *before_commit* gets the outcome just before that commit (the adapter
         sends its header edits and hold there): what it raises propagates
         with no row written, so no row says accepted a message that failed.
+
+        The checks get :attr:`eom_budget` seconds in all, time queued in the
+        shared pool included; a message still waiting for one then is
+        tempfailed (``EOM_TIMEOUT``, 451 4.4.5) and logged as such.  While it
+        waits, *progress* (the adapter's SMFIR_PROGRESS) is called every
+        :data:`PROGRESS_EVERY` seconds so that Postfix keeps waiting.
+
+        An internal error (an exception from here or *before_commit*) still
+        leaves the summary line, with action tempfail and the error as reason,
+        and, unless it came from *before_commit*, a log row saying so: every
+        message reaching end of data is logged.  The exception propagates
+        (the adapter answers 451 4.3.0).
         """
         eom_started = time.monotonic()
+        try:
+            outcome, quarantine = self._judge(session, envelope, eom_started, progress)
+        except Exception as exc:
+            self._log_failure(session, envelope, exc, eom_started, row=True)
+            raise
+        if before_commit is not None:
+            try:
+                before_commit(outcome)
+            except Exception as exc:
+                # The edits went (in part) to Postfix, which may be gone: no row (the retry has its own).
+                self._log_failure(session, envelope, exc, eom_started, row=False)
+                raise
+        try:
+            return self._commit(envelope, outcome, quarantine, eom_started)
+        except Exception as exc:
+            self._log_failure(session, envelope, exc, eom_started, row=True)
+            raise
+
+    def _judge(self, session: Session, envelope: Envelope, eom_started: float, progress: Callable[[], None] | None) -> tuple[Outcome, QuarantineWrite | None]:
+        """The checks, the verdict, the edits and the rows to write at end of message."""
+        deadline = eom_started + self.eom_budget
         for tier in self._eom_tiers:
             checks = [c for c in tier if self._applies(c, session)]
             if not checks:
                 continue
             if any(h.action in _REFUSED for h in envelope.hits):
                 break  # already refused: later tiers (spamd) would spend their time for nothing
-            envelope.hits.extend(self._eom_tier(session, envelope, checks))
+            if any(h.symbol == EOM_TIMEOUT for h in envelope.hits):
+                break  # tempfailed: no time left for them
+            envelope.hits.extend(self._eom_tier(session, envelope, checks, deadline, progress))
         on_symbols = self._overriding("on_symbols", session)
         if on_symbols:
             seen = frozenset(h.symbol for h in session.hits + envelope.hits)
@@ -213,17 +267,24 @@ class Pipeline:
             counts: dict[str, int] = {}
             for name, _ in envelope.headers:
                 counts[name.lower()] = counts.get(name.lower(), 0) + 1
-            outcome.edits = list(envelope.edits) + plan_headers(verdict, counts, envelope.header("Subject"), self.config.actions)
+            subject = envelope.header("Subject")
+            outcome.edits = list(envelope.edits) + plan_headers(verdict, counts, subject, self.config.actions)
+            if subject is not None and not taggable(subject) and tags_subject(verdict, self.config.actions):
+                log.info("%s: Subject not tagged: it is not UTF-8, and a header milterd changes can only be UTF-8", envelope.queue_id or "NOQUEUE")
         outcome.record = self.record(session, envelope, verdict.action.label, verdict)
         quarantine = None
         if verdict.action == Action.QUARANTINE:
             outcome.quarantine_reason = verdict.reason
             quarantine = self._quarantine_row(outcome.record, envelope, verdict)
-        if before_commit is not None:
-            before_commit(outcome)
+        return outcome, quarantine
+
+    def _commit(self, envelope: Envelope, outcome: Outcome, quarantine: QuarantineWrite | None, eom_started: float) -> Outcome:
+        """Write *outcome*'s log row (and *quarantine*), its summary line and metrics."""
+        verdict, record = outcome.verdict, outcome.record
+        assert record is not None
         try:
             if self.keep_log:
-                self.services.store.log_message(outcome.record, quarantine)
+                self.services.store.log_message(record, quarantine)
         except StoreError as exc:
             log.error("%s: cannot store the log row: %s", envelope.queue_id or "NOQUEUE", exc)
             envelope.store_error = True
@@ -232,15 +293,54 @@ class Pipeline:
                 outcome.reply = TEMPFAIL
                 outcome.edits = []
                 # The summary line (the only trace left) and the metrics tell what the client got.
-                outcome.record.action = Action.TEMPFAIL.label
-                outcome.record.reason = f"store unavailable (verdict {verdict.action.label}{': ' + verdict.reason if verdict.reason else ''})"
+                record.action = Action.TEMPFAIL.label
+                record.reason = f"store unavailable (verdict {verdict.action.label}{': ' + verdict.reason if verdict.reason else ''})"
         envelope.logged = True
         if self.keep_log:
-            log.info(summary_line(outcome.record))
+            log.info(summary_line(record))
         if not outcome.reply:
             outcome.reply = verdict.reply or self._default_reply(verdict.action)
-        metrics.observe(outcome.record, eom_started, stored=not envelope.store_error)
+        metrics.observe(record, eom_started, stored=not envelope.store_error)
         return outcome
+
+    def _log_failure(self, session: Session, envelope: Envelope, error: Exception, eom_started: float, row: bool) -> None:
+        """Log a message end of message failed on (*error*) as tempfailed: its summary line, and its row when *row*.
+
+        Never raises: what fails here is logged at debug level.
+        """
+        if envelope.logged:
+            return  # its row and summary line are written: the error came after them
+        envelope.logged = True
+        if not self.keep_log:
+            return
+        stored = True
+        try:
+            reason = f"internal error: {type(error).__name__}: {error}"[:200]
+            try:
+                record = self.record(session, envelope, Action.TEMPFAIL.label, Verdict(Action.TEMPFAIL, 0.0, {}, {}, reason))
+            except Exception:  # noqa: BLE001 - what record() needs may be what failed: the fields that cannot fail
+                log.debug("cannot build the log row of a failed message", exc_info=True)
+                record = MessageRecord(action=Action.TEMPFAIL.label, reason=reason, mta_host=self.config.hostname, queue_id=envelope.queue_id)
+                record.client_addr, record.sender, record.recipients = session.client_addr, envelope.sender, list(envelope.recipients)
+            if row:
+                stored = self._store_quietly(record, envelope)
+            log.info(summary_line(record))
+            metrics.observe(record, eom_started, stored=stored)
+        except Exception:  # noqa: BLE001 - the original error is what the adapter reports
+            log.debug("cannot log a failed message", exc_info=True)
+
+    def _store_quietly(self, record: MessageRecord, envelope: Envelope) -> bool:
+        """Write *record* (a refused or failed transaction's row); whether it was, what failed logged once."""
+        try:
+            self.services.store.log_message(record)
+            return True
+        except StoreError as exc:
+            log.error("%s: cannot store the log row: %s", envelope.queue_id or "NOQUEUE", exc)
+        except Exception as exc:  # noqa: BLE001 - not the store's usual failure: a bug, told once, traceback at debug
+            log.error("%s: cannot store the log row: %s: %s", envelope.queue_id or "NOQUEUE", type(exc).__name__, exc)
+            log.debug("the log row's failure", exc_info=True)
+        envelope.store_error = True
+        return False
 
     def _greylist_status(self, session: Session, envelope: Envelope) -> GreylistStatus | None:
         """The greylist store's answer for a message the score greylists (None: no greylist check)."""
@@ -254,7 +354,9 @@ class Pipeline:
                 return status
         return None
 
-    def _eom_tier(self, session: Session, envelope: Envelope, checks: list[Check]) -> list[Hit]:
+    def _eom_tier(
+        self, session: Session, envelope: Envelope, checks: list[Check], deadline: float = float("inf"), progress: Callable[[], None] | None = None
+    ) -> list[Hit]:
         """Run the end-of-message hooks of *checks* concurrently.
 
         Only checks that may wait (DNS, a scanner, the database) overlap: all but
@@ -265,6 +367,12 @@ class Pipeline:
         and a GIL switch (up to sys.getswitchinterval(), 5 ms) even for a check
         with nothing to wait for (bench/RESULTS.md).  The hits come in the same
         order whichever thread ran a check.
+
+        The pool is waited for until *deadline* (``time.monotonic()``), calling
+        *progress* every :data:`PROGRESS_EVERY` seconds; the checks still queued
+        then are cancelled, those still running are left to finish unheard, and
+        an ``EOM_TIMEOUT`` hit tempfails the message.  A check running in this
+        thread is bounded by its own timeouts only.
         """
         if len(checks) == 1:  # one check runs in this thread whether it may wait or not (below): no bookkeeping
             return self._call(checks[0], session, lambda c: c.on_eom(session, envelope))
@@ -274,42 +382,38 @@ class Pipeline:
         futures = {i: self._executor.submit(self._call, checks[i], session, lambda c: c.on_eom(session, envelope)) for i in pooled}
         here = [i for i in range(len(checks)) if i not in futures]
         results = {i: self._call(checks[i], session, lambda c: c.on_eom(session, envelope)) for i in sorted(here, key=lambda i: waits[i])}
+        late = _await(list(futures.values()), deadline, progress)
         for i, future in futures.items():
-            results[i] = future.result()
+            results[i] = [] if future in late else future.result()
         # The last check's hits last, the others' in reverse order (as when only the last ran here).
         hits = results[len(checks) - 1]
         for i in range(len(checks) - 1):
             hits = results[i] + hits
+        if late:
+            for future in late:
+                future.cancel()  # those still queued: the pool's other messages need it
+            names = ", ".join(checks[i].name for i, future in futures.items() if future in late)
+            log.warning("%s: end of message took longer than %gs (waiting for %s); answering tempfail", envelope.queue_id or "NOQUEUE", self.eom_budget, names)
+            hits.append(Hit(EOM_TIMEOUT, detail=f"{names} not done after {self.eom_budget:g}s"[:200], action=Action.TEMPFAIL, reply=EOM_TIMEOUT_REPLY))
         return hits
 
     def finish(self, session: Session, envelope: Envelope | None) -> None:
-        """The transaction ended before end of message: log it if something was refused."""
+        """The transaction ended before end of message: log it if something was refused.
+
+        Never raises: a failure to log this transaction is logged (traceback
+        at debug level) and counted as a store error, and leaves the next
+        transaction of the session alone.
+        """
         if envelope is None:
             return
         try:
-            if envelope.logged:
-                return
-            decision = envelope.decision
-            if decision is None and not envelope.rejected_recipients:
-                return
-            if decision is None:
-                action = max(h.action or Action.REJECT for _, h in envelope.rejected_recipients)
-                reason = "; ".join(f"<{r}>: {h.reply or h.symbol}" for r, h in envelope.rejected_recipients)
-            else:
-                action, reason = decision.action, str(decision.reply or "")
-            hits = [h for h in session.hits] + envelope.hits + [h for _, h in envelope.rejected_recipients]
-            verdict = decide(hits, self.services.weight, self.config.actions, scored=False)
-            record = self.record(session, envelope, action.label, verdict)
-            record.reason = reason
-            record.recipients = envelope.recipients + [r for r, _ in envelope.rejected_recipients]
+            self._log_refused(session, envelope)
+        except Exception as exc:  # noqa: BLE001 - the next MAIL FROM must not pay for it
             envelope.logged = True
-            if self.keep_log:
-                try:
-                    self.services.store.log_message(record)
-                except StoreError as exc:
-                    log.error("%s: cannot store the log row: %s", envelope.queue_id or "NOQUEUE", exc)
-                log.info(summary_line(record))
-            metrics.observe(record)
+            log.error("%s: cannot log the transaction refused before end of message: %s: %s", envelope.queue_id or "NOQUEUE", type(exc).__name__, exc)
+            log.debug("the refused transaction's failure", exc_info=True)
+            action = envelope.decision.action if envelope.decision is not None else Action.REJECT
+            metrics.observe(MessageRecord(action=action.label, queue_id=envelope.queue_id), stored=False)
         finally:
             for check in self.checks:
                 try:
@@ -317,6 +421,30 @@ class Pipeline:
                 except Exception:  # noqa: BLE001 - a check's cleanup must not break the session
                     log.exception("check %s failed to clean up", check.name)
             envelope.close()
+
+    def _log_refused(self, session: Session, envelope: Envelope) -> None:
+        """Log a transaction refused before end of message (at MAIL, a recipient, DATA, end of headers)."""
+        if envelope.logged:
+            return
+        decision = envelope.decision
+        if decision is None and not envelope.rejected_recipients:
+            return
+        if decision is None:
+            action = max(h.action or Action.REJECT for _, h in envelope.rejected_recipients)
+            reason = "; ".join(f"<{r}>: {h.reply or h.symbol}" for r, h in envelope.rejected_recipients)
+        else:
+            action, reason = decision.action, str(decision.reply or "")
+        hits = [h for h in session.hits] + envelope.hits + [h for _, h in envelope.rejected_recipients]
+        verdict = decide(hits, self.services.weight, self.config.actions, scored=False)
+        record = self.record(session, envelope, action.label, verdict)
+        record.reason = reason
+        record.recipients = envelope.recipients + [r for r, _ in envelope.rejected_recipients]
+        envelope.logged = True
+        stored = True
+        if self.keep_log:
+            stored = self._store_quietly(record, envelope)
+            log.info(summary_line(record))
+        metrics.observe(record, stored=stored)
 
     def close(self, session: Session) -> None:
         """The connection closed."""
@@ -460,6 +588,39 @@ class Pipeline:
 
 #: Actions after which later end-of-message tiers are not run.
 _REFUSED = frozenset({Action.REJECT, Action.DISCARD})
+#: The symbol of a message whose end of message outlasted ``Pipeline.eom_budget``.
+EOM_TIMEOUT = "EOM_TIMEOUT"
+
+
+def eom_budget(config: Config) -> float:
+    """How long end of message may take: what its checks may each spend, one after another, and a margin.
+
+    The DNS deadline (``[dns] timeout``), the scanners' ``timeout`` (clamd's
+    and spamd's, when enabled: each bounds the wait for the scanner's answer,
+    and they may run in turn), ``[database] busy_timeout`` (the classifier
+    and the greylist store) and :data:`EOM_MARGIN` for streaming the message.
+    With the defaults and both scanners, 132 s: under Postfix's default
+    milter_content_timeout (300 s), which SMFIR_PROGRESS restarts anyway.
+    """
+    budget = config.dns.timeout + config.database.busy_timeout + EOM_MARGIN
+    if config.clamav.enabled:
+        budget += config.clamav.timeout
+    if config.spamd.enabled:
+        budget += config.spamd.timeout
+    return budget
+
+
+def _await(futures: list[Future[list[Hit]]], deadline: float, progress: Callable[[], None] | None) -> set[Future[list[Hit]]]:
+    """Wait for *futures* until *deadline*, calling *progress* every :data:`PROGRESS_EVERY` seconds; those not done."""
+    pending = {future for future in futures if not future.done()}
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        _, pending = wait_for(pending, timeout=min(left, PROGRESS_EVERY))
+        if pending and progress is not None:
+            progress()
+    return pending
 
 
 def _replace_action(verdict: Verdict, action: Action, reason: str) -> Verdict:

@@ -164,9 +164,17 @@ def plan_headers(verdict: Verdict, headers: Mapping[str, int], subject: str | No
     edits.append(HeaderEdit("add", "X-Spam-Score", f"{verdict.score:.1f}"))
     if verdict.is_spam or verdict.action >= Action.ADD_HEADER:
         edits.append(HeaderEdit("add", "X-Spam-Flag", "YES"))
-    if verdict.action == Action.REWRITE_SUBJECT or (verdict.action > Action.REWRITE_SUBJECT and _over(verdict.score, actions.rewrite_subject)):
+    if tags_subject(verdict, actions):
         edits.extend(tag_subject(subject, actions.subject_tag))
     return edits
+
+
+def tags_subject(verdict: Verdict, actions: ActionsSection) -> bool:
+    """Whether :func:`plan_headers` tags the Subject for *verdict*: at rewrite_subject, or at a
+    more severe action (quarantine) over the rewrite_subject threshold, and only with ``headers``."""
+    if not actions.headers:
+        return False
+    return verdict.action == Action.REWRITE_SUBJECT or (verdict.action > Action.REWRITE_SUBJECT and _over(verdict.score, actions.rewrite_subject))
 
 
 def _over(score: float, threshold: float | bool) -> bool:
@@ -174,9 +182,30 @@ def _over(score: float, threshold: float | bool) -> bool:
 
 
 def tag_subject(subject: str | None, tag: str) -> list[HeaderEdit]:
-    """Prefix the Subject with *tag* once (a retried or re-scanned message is not tagged twice)."""
+    """Prefix the Subject with *tag* once (a retried or re-scanned message is not tagged twice).
+
+    *subject* is the Subject as :meth:`~milterd.message.model.Envelope.header`
+    gives it: its bytes decoded as UTF-8, U+FFFD for what is not UTF-8 (8-bit
+    Latin-1, say).  Such a Subject is left as it is (see :func:`taggable`):
+    the X-Spam-Flag and X-Spam-Status headers still mark the message.
+    """
     if subject is None:
         return [HeaderEdit("add", "Subject", tag)]
-    if subject.lstrip().startswith(tag):
+    if subject.lstrip().startswith(tag) or not taggable(subject):
         return []
     return [HeaderEdit("change", "Subject", f"{tag} {subject.lstrip()}", 1)]
+
+
+def taggable(subject: str) -> bool:
+    """Whether a Subject (decoded as :func:`tag_subject` takes it) can be tagged without changing its bytes.
+
+    The tagged Subject goes to Postfix through pymilter's ``chgheader``, which
+    takes text and sends it as UTF-8 (its C side parses the value with ``s``:
+    neither bytes nor surrogate escapes get through), so the original bytes of
+    a Subject that is not UTF-8 cannot be kept: sent, they would reach the
+    reader as U+FFFD.  Rewriting it as an RFC 2047 encoded-word would need a
+    charset milterd does not know.  Such a Subject is not tagged; so is one
+    holding a literal U+FFFD, which cannot be told apart from it here (and is
+    just as likely a Subject an earlier hop has already mangled).
+    """
+    return "\ufffd" not in subject

@@ -235,7 +235,7 @@ class MilterdMilter(Milter.Base):
     def _eom(self) -> int:
         envelope = self._require_envelope()
         envelope.queue_id = self.getsymval("i") or envelope.queue_id
-        outcome = self.outcome = self.pipeline.eom(self.session, envelope, before_commit=self._send_edits)
+        outcome = self.outcome = self.pipeline.eom(self.session, envelope, before_commit=self._send_edits, progress=self._progress)
         action = outcome.verdict.action
         if action == Action.QUARANTINE:
             # Postfix waits for a final reply after SMFIR_QUARANTINE (hold mode).
@@ -263,6 +263,18 @@ class MilterdMilter(Milter.Base):
                 self._edit(edit.op, edit.name, edit.value, edit.index)
         if action == Action.QUARANTINE and self.pipeline.config.quarantine.mode == "hold":
             self.quarantine(escape(outcome.quarantine_reason, ascii_only=True)[:100] or "milterd quarantine")
+
+    def _progress(self) -> None:
+        """Tell Postfix end of message is still running: SMFIR_PROGRESS starts its milter_content_timeout again.
+
+        Nothing to negotiate (no action flag covers it; Postfix reads it at any
+        stage).  Called from the end-of-message callback's own thread, the only
+        one that may write to libmilter's context.
+        """
+        try:
+            self.progress()
+        except Exception:  # noqa: BLE001 - Postfix gone: the final answer fails the same way
+            log.debug("cannot send SMFIR_PROGRESS to Postfix", exc_info=True)
 
     def abort(self) -> int:
         return self._guard("abort", self._abort)
@@ -358,23 +370,30 @@ class MilterdMilter(Milter.Base):
 
     def _reply(self, decision: Decision) -> int:
         self.refusal = decision
-        reply = decision.reply
-        if decision.action in (Action.TEMPFAIL, Action.GREYLIST):
-            self._set_reply(reply or TEMPFAIL)
-            return Milter.TEMPFAIL
         if decision.action == Action.DISCARD:
             return Milter.DISCARD
-        self._set_reply(reply or REJECT)
-        return Milter.REJECT
+        temporary = decision.action in (Action.TEMPFAIL, Action.GREYLIST)
+        reply = decision.reply or (TEMPFAIL if temporary else REJECT)
+        result = self._set_reply(reply)
+        if decision.reply is not None and decision.action in (Action.TEMPFAIL, Action.GREYLIST, Action.REJECT) and temporary != (result == Milter.TEMPFAIL):
+            log.warning("action %s came with the reply %r; answering as its code says", decision.action.label, str(reply)[:200])
+        return result
 
-    def _set_reply(self, reply: Reply) -> None:
-        """The one place a :class:`Reply` becomes libmilter's reply."""
+    def _set_reply(self, reply: Reply) -> int:
+        """The one place a :class:`Reply` becomes libmilter's reply; the milter result that goes with it.
+
+        The result follows the reply's code, whatever action chose it: a 4xx
+        code tempfails, a 5xx one rejects.  libmilter sends the reply only
+        with the matching result (a 4xx reply with SMFIS_REJECT would reach
+        the client as a plain 550, without its text).
+        """
         code, xcode, text = setreply_args(reply)
         try:
             self.setreply(code, xcode, text)
         except Exception:  # noqa: BLE001 - libmilter refused the text: keep the code, never turn it into a 451
             log.warning("libmilter refused the reply %r; answering %s with a plain text", str(reply)[:200], code)
             self.setreply(code, xcode, "Rejected" if code.startswith("5") else "Try again later")
+        return Milter.TEMPFAIL if code.startswith("4") else Milter.REJECT
 
     def _edit(self, op: str, name: str, value: str, index: int) -> None:
         value = _header_safe(value)
