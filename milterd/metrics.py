@@ -21,6 +21,14 @@ Metrics (all prefixed ``milterd_``):
 * ``store_errors_total`` — log rows that could not be written;
 * ``worker_restarts_total`` — workers that died and were replaced;
 * ``dns_cache_lookups_total{result}`` — ``hit``/``miss`` of the resolver's answer cache.
+
+Every process writes its own ``counter_<pid>.db`` and ``histogram_<pid>.db``
+(64 KiB each) and every scrape reads them all.  When the supervisor reaps a
+child, :func:`process_dead` folds that pid's files into
+``counter_archive.db``/``histogram_archive.db`` and deletes them, so the
+directory does not grow with every restart and reload.  The fold and the
+scrape take the same lock: a scrape sees the pid's files or the archive that
+holds their counts, never both or neither, and a counter never goes down.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -40,6 +49,14 @@ log = logging.getLogger("milterd")
 #: Set in the supervisor before the workers fork; None: metrics off.
 _metrics: dict[str, Any] | None = None
 _directory: str | None = None
+#: The multiprocess directory being served (set by :func:`start`).
+_path: str | None = None
+#: Held by a scrape (in the metrics server's thread) and by :func:`fold` (in the supervisor's main thread).
+_lock = threading.Lock()
+
+#: Files whose values add up across processes (a counter, a histogram's raw buckets, _sum), and so can be folded.
+FOLDED_KINDS = ("counter", "histogram", "summary")
+ARCHIVE = "archive"
 
 ERROR_SUFFIXES = ("_ERROR", "_TEMPFAIL", "_TEMPERROR")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -50,7 +67,7 @@ def start(listen: str) -> tuple[str, int] | None:
 
     Returns the address served (the port may have been 0), or None when *listen* is empty.
     """
-    global _metrics, _directory
+    global _metrics, _directory, _path
     if not listen:
         return None
     host, port = parse_listen(listen)
@@ -66,7 +83,7 @@ def start(listen: str) -> tuple[str, int] | None:
     from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=directory)
+    registry.register(_LockedCollector(multiprocess.MultiProcessCollector(None, path=directory)))
     try:
         server, _thread = start_http_server(port, addr=host, registry=registry)
     except BaseException:  # a port in use, an address not here: serve refuses to start and leaves nothing behind
@@ -85,10 +102,70 @@ def start(listen: str) -> tuple[str, int] | None:
         "restarts": Counter("milterd_worker_restarts_total", "Workers that died and were replaced"),
         "dns_cache": Counter("milterd_dns_cache_lookups_total", "DNS answers looked up in the workers' caches", ["result"]),
     }
+    _path = directory
     _count_dns_cache()
     address = server.server_address[:2]
     log.info("metrics on http://%s:%d/metrics", address[0], address[1])
     return str(address[0]), int(address[1])
+
+
+class _LockedCollector:
+    """The multiprocess collector, read under :data:`_lock` so that a fold is never seen half done."""
+
+    def __init__(self, collector: Any) -> None:
+        self._collector = collector
+
+    def collect(self) -> list[Any]:
+        """Every process's metrics, summed (prometheus_client's MultiProcessCollector)."""
+        with _lock:
+            return list(self._collector.collect())
+
+
+def process_dead(pid: int) -> None:
+    """In the supervisor, once child *pid* is reaped: fold its metric files into the archive."""
+    if _metrics is None or _path is None:
+        return
+    try:
+        fold(_path, pid)
+    except Exception:  # noqa: BLE001 - the files stay and are still counted; the supervisor goes on
+        log.exception("cannot fold the metrics of process %d", pid)
+
+
+def fold(directory: str, pid: int) -> None:
+    """Add dead process *pid*'s counters and histograms in *directory* to the archive files and delete its own.
+
+    The values are summed per key of prometheus_client's file format (the key holds the metric,
+    sample name, labels and help, so the archive's keys are the processes' own, copied as they are);
+    a histogram's file holds per-bucket counts and _sum, which add up like counters.  The archive is
+    written to a file the collector does not read (not ``*.db``), renamed over the old one, and only
+    then is the pid's file deleted, all under :data:`_lock`.  Gauges follow prometheus_client's
+    rules (:func:`~prometheus_client.multiprocess.mark_process_dead`).
+    """
+    from prometheus_client import mmap_dict, multiprocess  # after start(), like its other imports; public API only
+
+    with _lock:
+        for kind in FOLDED_KINDS:
+            source = os.path.join(directory, f"{kind}_{pid}.db")
+            if not os.path.exists(source):
+                continue
+            archive = os.path.join(directory, f"{kind}_{ARCHIVE}.db")
+            totals: dict[str, tuple[float, float]] = {}
+            for path in [archive, source] if os.path.exists(archive) else [source]:
+                for key, value, timestamp, _position in mmap_dict.MmapedDict.read_all_values_from_file(path):
+                    total, latest = totals.get(key, (0.0, 0.0))
+                    totals[key] = (total + value, max(latest, timestamp))
+            partial = archive + ".partial"
+            if os.path.exists(partial):  # left by a fold that failed: MmapedDict would add to its values
+                os.unlink(partial)
+            writer = mmap_dict.MmapedDict(partial)
+            try:
+                for key, (total, latest) in totals.items():
+                    writer.write_value(key, total, latest)
+            finally:
+                writer.close()
+            os.replace(partial, archive)
+            os.unlink(source)
+        multiprocess.mark_process_dead(pid, directory)
 
 
 def _count_dns_cache() -> None:

@@ -336,8 +336,10 @@ class Supervisor:
         return 0
 
     def _maintain(self, jobs: list[Job], last_run: dict[str, float]) -> None:
-        if self.maintainer and self._alive(self.maintainer):
-            return
+        if self.maintainer:
+            if self._alive(self.maintainer):
+                return
+            self.maintainer = 0  # reaped: its pid may go to a worker next
         now = time.time()
         ready = maintenance.due(jobs, self.services, last_run, now)
         if not ready:
@@ -364,6 +366,8 @@ class Supervisor:
             done, _ = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             return False
+        if done:
+            metrics.process_dead(pid)
         return done == 0
 
     def _spawn(self) -> int:
@@ -390,6 +394,11 @@ class Supervisor:
                 os.close(stop_write)
 
     def _forget(self, pid: int) -> None:
+        # Every reaped child ends here (a worker, or the maintainer when _reap got it): its
+        # metric files are folded into the archive, or every restart would leave 128 KiB behind.
+        metrics.process_dead(pid)
+        if pid == self.maintainer:
+            self.maintainer = 0  # reaped: a worker may get its pid next, and must not pass for it
         stop_write = self.workers.pop(pid, None)
         if stop_write is not None:
             try:
