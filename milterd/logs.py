@@ -55,6 +55,8 @@ class SafeFormatter(logging.Formatter):
 
     Every message is escaped (a CR/LF from a client cannot forge a log line);
     the whole output, tracebacks included, has the password of *url* hidden.
+    What is escaped is redacted first: escaped, a non-ASCII password
+    (``p\\xe4ss``) would no longer be the text :func:`redact` looks for.
     """
 
     def __init__(self, fmt: str, datefmt: str | None = None, url: str = "") -> None:
@@ -82,7 +84,7 @@ class SafeFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         message = record.message
         if not (message.isascii() and message.isprintable()):  # printable ASCII (a summary line) has nothing to escape
-            record.message = escape(message, ascii_only=True)
+            record.message = escape(self._redact(message), ascii_only=True)
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
@@ -92,18 +94,23 @@ class SafeFormatter(logging.Formatter):
         reach a terminal: each message of the chain is escaped where it appears, then
         every line is, keeping the traceback's own line breaks.
         """
-        text = super().formatException(ei)
+        text = self._redact(super().formatException(ei))
         for message in _messages(ei[1]):
             if not (message.isascii() and message.isprintable()):
+                message = self._redact(message)  # as it now stands in the redacted text
                 text = text.replace(message, escape(message, ascii_only=True))
         return _escape_lines(text)
 
     def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
         """``stack_info`` with control characters escaped line by line."""
-        return _escape_lines(super().formatStack(stack_info))
+        return _escape_lines(self._redact(super().formatStack(stack_info)))
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        # The parts escaped were redacted before (formatMessage, formatException, formatStack);
+        # this pass hides it in the rest (the format's other fields, a traceback another formatter cached).
+        return self._redact(super().format(record))
+
+    def _redact(self, text: str) -> str:
         for url in self.urls:  # usually none (SQLite) or one: no redact() per line without a password
             text = redact(text, url)
         return text

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -51,6 +52,8 @@ _metrics: dict[str, Any] | None = None
 _directory: str | None = None
 #: The multiprocess directory being served (set by :func:`start`).
 _path: str | None = None
+#: The metrics server's listening socket, in the supervisor; every child inherits it (:func:`after_fork_in_worker`).
+_listen_socket: socket.socket | None = None
 #: Held by a scrape (in the metrics server's thread) and by :func:`fold` (in the supervisor's main thread).
 _lock = threading.Lock()
 
@@ -67,7 +70,7 @@ def start(listen: str) -> tuple[str, int] | None:
 
     Returns the address served (the port may have been 0), or None when *listen* is empty.
     """
-    global _metrics, _directory, _path
+    global _metrics, _directory, _path, _listen_socket
     if not listen:
         return None
     host, port = parse_listen(listen)
@@ -103,6 +106,7 @@ def start(listen: str) -> tuple[str, int] | None:
         "dns_cache": Counter("milterd_dns_cache_lookups_total", "DNS answers looked up in the workers' caches", ["result"]),
     }
     _path = directory
+    _listen_socket = getattr(server, "socket", None)
     _count_dns_cache()
     address = server.server_address[:2]
     log.info("metrics on http://%s:%d/metrics", address[0], address[1])
@@ -208,6 +212,26 @@ def worker_restarted() -> None:
     """In the supervisor: a worker died and is being replaced."""
     if _metrics is not None:
         _metrics["restarts"].inc()
+
+
+def after_fork_in_worker() -> None:
+    """In a child just forked from the supervisor: close its copy of the metrics listening socket.
+
+    Kept, every worker holds the port: a supervisor killed with SIGKILL leaves it
+    bound until the workers have drained, and a restart cannot listen.  The
+    server's thread did not survive the fork, only the descriptor did; the
+    supervisor's own socket is another process's and goes on serving.  The socket
+    object is detached before its descriptor is closed, so that collecting it later
+    cannot close whatever file has been given the same number meanwhile.
+    """
+    global _listen_socket
+    sock, _listen_socket = _listen_socket, None
+    if sock is None:
+        return
+    try:
+        os.close(sock.detach())
+    except OSError:  # already closed: nothing held
+        pass
 
 
 def stop() -> None:

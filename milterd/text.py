@@ -15,8 +15,9 @@ itself, :func:`redact` for any text (an exception's message) that may embed it.
 
 from __future__ import annotations
 
+import functools
 import re
-from urllib.parse import quote, unquote
+from urllib.parse import quote, quote_plus, unquote
 
 #: Control characters (C0, DEL, C1), lone surrogates (undecodable bytes kept
 #: by surrogateescape), the Unicode line and paragraph separators, and the
@@ -71,26 +72,68 @@ def redact_url(url: str) -> str:
 
 def url_password(url: str) -> str:
     """The password in *url*, percent-decoded (empty when there is none)."""
+    return unquote(_written_password(url))
+
+
+def _written_password(url: str) -> str:
+    """The password in *url* as written there (percent-encoded or not); empty when there is none."""
     scheme, sep, rest = url.partition("://")
     credentials, at, _host = rest.partition("/")[0].rpartition("@")
     if not sep or not at or ":" not in credentials:
         return ""
-    return unquote(credentials.split(":", 1)[1])
+    return credentials.split(":", 1)[1]
+
+
+#: A password shorter than this is hidden only where a URL holds it (``user:PASSWORD@``):
+#: hiding every occurrence of ``1`` would turn ``127.0.0.1`` and ``451`` into ``***``.
+SHORT_PASSWORD = 4
+
+
+@functools.lru_cache(maxsize=16)
+def _password_forms(url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """*url* redacted, and each (text, replacement) that hides its password, the longest first.
+
+    The forms: as written in the URL, decoded (SQLAlchemy's ``make_url`` and the
+    drivers use it so), percent-encoded as ``urllib.parse.quote`` / ``quote_plus``
+    and SQLAlchemy's ``render_as_string`` write it, and as :func:`escape` shows it
+    (a line escaped before it was redacted).
+    """
+    password = url_password(url)
+    if not password:
+        return redact_url(url), ()
+    forms = {
+        _written_password(url),
+        password,
+        quote(password, safe=""),
+        quote(password),
+        quote(password, safe=" +"),
+        quote_plus(password),
+        escape(password, ascii_only=True),
+    }
+    forms.discard("")
+    ordered = sorted(forms, key=lambda form: (-len(form), form))
+    if len(password) < SHORT_PASSWORD:
+        return redact_url(url), tuple((f":{form}@", ":***@") for form in ordered)
+    return redact_url(url), tuple((form, "***") for form in ordered)
 
 
 def redact(text: str, url: str) -> str:
     """*text* (an error message, a log line) with *url*'s password hidden wherever it appears.
 
     SQLAlchemy and the drivers quote the URL or parts of it in their
-    exceptions; the password may appear as written or percent-encoded.
+    exceptions; the password may appear as written, decoded or percent-encoded.
+    A short password (under :data:`SHORT_PASSWORD` characters) is hidden only in
+    a URL's ``user:PASSWORD@``.  Redact before escaping: an escaped non-ASCII
+    password (``p\\xe4ss``) is caught too, but only as :func:`escape` writes it.
     """
-    password = url_password(url)
-    if url and url in text:
-        text = text.replace(url, redact_url(url))
-    if len(password) >= 1:
-        for form in {password, quote(password, safe=""), quote(password)}:
-            if form:
-                text = text.replace(form, "***")
+    if not url:
+        return text
+    redacted_url, forms = _password_forms(url)
+    if url in text:
+        text = text.replace(url, redacted_url)
+    for form, replacement in forms:
+        if form in text:
+            text = text.replace(form, replacement)
     return text
 
 

@@ -7,7 +7,7 @@ import sys
 
 from ..config import load_config
 from ..store import Store, StoreError
-from ..text import redact_url
+from ..text import redact, redact_url
 from . import config_parent
 
 
@@ -25,7 +25,7 @@ def run_db(args: argparse.Namespace) -> int:
         store = Store(config.database)
         if args.action == "upgrade":
             version = store.upgrade()
-            print(f"schema at {version} ({config.database.url})")
+            print(f"schema at {version} ({redact_url(config.database.url)})")
         else:
             current, head = store.schema_version(), store.head_version()
             if current is None:
@@ -37,6 +37,6 @@ def run_db(args: argparse.Namespace) -> int:
         return 1
     except Exception as exc:  # noqa: BLE001 - a database that does not answer
         reason = getattr(exc, "orig", None) or exc  # the driver's words, not the SQL
-        print(f"milterd: cannot reach {redact_url(config.database.url)}: {exc.__class__.__name__}: {reason}", file=sys.stderr)
+        print(f"milterd: cannot reach {redact_url(config.database.url)}: {exc.__class__.__name__}: {redact(str(reason), config.database.url)}", file=sys.stderr)
         return 1
     return 0

@@ -353,6 +353,7 @@ class Supervisor:
                 name_process(MAINTENANCE_NAME)
                 self._close_stop_pipes()
                 self.services.after_fork()
+                metrics.after_fork_in_worker()  # not the metrics port: the supervisor's
                 maintenance.run_jobs(ready, self.services)
                 self.services.close()
             except BaseException:  # noqa: BLE001
@@ -545,6 +546,7 @@ def run_worker(services: Services, listen_fd: int, stop_fd: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     services.after_fork()
+    metrics.after_fork_in_worker()  # the supervisor's metrics port must not outlive it in the workers
     pipeline = Pipeline(services)
     adapter.MilterdMilter.pipeline = pipeline
     adapter.MilterdMilter.unix_socket = _is_unix(listen_fd)
