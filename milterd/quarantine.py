@@ -37,7 +37,7 @@ from typing import Any, Iterable, Iterator, Literal, Mapping
 
 from . import reinject
 from .config import Config
-from .learner.tokenizer import hashed_tokens, message_digest
+from .learner.tokenizer import MAX_INPUT, MessageDigest, hashed_tokens
 from .scanners.spamd import SpamdClient
 from .store import Store, StoreError, utcnow
 from .store.learner import Label, LearnerStore
@@ -361,7 +361,7 @@ class Quarantine:
 
     def rows(self, since: dt.datetime | None = None, sender: str | None = None, recipient: str | None = None, reason: str | None = None, limit: int | None = None, older_than: dt.datetime | None = None) -> list[dict[str, Any]]:
         """Quarantined messages (without the message itself), newest first."""
-        found = [row for row in self.repo.rows(since=since, older_than=older_than, sender=sender) if matches(row, None, recipient, reason)]
+        found = [row for row in self.repo.rows(since=since, older_than=older_than, sender=sender, limit=(limit or None) if recipient is None and not reason else None) if matches(row, None, recipient, reason)]
         return found[:limit] if limit else found
 
     def get(self, row_id: int) -> dict[str, Any]:
@@ -526,8 +526,16 @@ class Quarantine:
         """
         if not self.config.learner.enabled:
             return "[learner] is off: milterd's classifier did not learn it"
-        raw = self.message_bytes(row)
-        outcome = LearnerStore(self.store.engine).learn(message_digest(raw), hashed_tokens(raw[: self.config.learner.max_size]), label)
+        # One pass over the stored pieces, never the whole message in memory (it may be tens of
+        # MB): the digest (the same as message_digest's, which keeps "learn once" across the
+        # CLI, auto-learn and here) is hashed as they come; only the start that is tokenised
+        # (max_size, and at most what tokenize reads) is kept.
+        digest, start, max_size = MessageDigest(), bytearray(), min(self.config.learner.max_size, MAX_INPUT)
+        for chunk in self.message_chunks(row):
+            digest.update(chunk)
+            if len(start) < max_size:
+                start += chunk[: max_size - len(start)]
+        outcome = LearnerStore(self.store.engine).learn(digest.hexdigest(), hashed_tokens(bytes(start)), label)
         return f"milterd's classifier: {label} {outcome}"
 
     def confirm(self, row_id: int) -> list[str]:

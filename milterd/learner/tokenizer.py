@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from ..content.mimetext import extract
 
@@ -44,6 +44,8 @@ MAX_INPUT = 512 * 1024
 MAX_TEXT = 200 * 1024
 #: Distinct tokens kept per message at most (headers first, then body, then decoded text).
 MAX_TOKENS = 10000
+#: Bytes of a message that :func:`message_digest` reads at most.
+MAX_DIGEST_INPUT = MAX_INPUT * 64
 #: Bytes of the header section that are looked at.
 MAX_HEADER_SECTION = 64 * 1024
 #: Shortest and longest word that is a token.
@@ -156,8 +158,189 @@ def message_digest(raw: bytes) -> str:
     (:func:`message_id_key`) and body (line ends, trailing blanks and an mbox's
     ``>From`` quoting normalised), so that the copy in a mailbox after delivery,
     with headers added on the way, is the same message."""
-    section, body = split_message(raw[:MAX_INPUT * 64])
+    section, body = split_message(raw[:MAX_DIGEST_INPUT])
     message_id = message_id_key(parse_headers(section))
     lines = _QUOTED_FROM.sub(b"", body.replace(b"\r\n", b"\n")).rstrip().split(b"\n")
     normalised = b"\n".join(line.rstrip() for line in lines)
     return hashlib.sha256(message_id.encode("utf-8", "replace") + b"\0" + normalised).hexdigest()
+
+#: Bytes of one body line held whole at most by :class:`MessageDigest`; a longer line is hashed as it comes.
+_LINE_CAP = 64 * 1024
+_NEWLINES = b"\n" * 65536
+_FROM = b"From "
+
+
+class _BodyHash:
+    """The hash of a body normalised as :func:`message_digest` does, from its pieces: each line
+    without its ``>From`` quoting and trailing whitespace (CR included), lines joined by ``\\n``,
+    the empty lines at the end left out.  A line end is owed (``_owed``) until text follows it.
+    A line longer than :data:`_LINE_CAP` is not held: its text is hashed as it comes, its
+    trailing whitespace on a copy of the hash (``_space``) kept only if text follows on the line."""
+
+    def __init__(self, prefix: bytes) -> None:
+        self._hash = hashlib.sha256(prefix)
+        self._owed = 0
+        self._line = b""  # the current line, while it is short
+        self._long = False
+        self._undecided = False  # a long line's start ('>' * _quotes + _after) may yet be a quoted "From "
+        self._quotes = 0
+        self._after = b""
+        self._space: hashlib._Hash | None = None  # the hash with the owed line ends and a long line's pending whitespace
+
+    def update(self, data: bytes) -> None:
+        """Hash the next piece of the body."""
+        first = data.find(b"\n")
+        if first < 0:
+            self._add(data)
+            return
+        self._add(data[:first])
+        self._end_line()
+        last = data.rfind(b"\n")
+        if last > first:
+            self._whole_lines(data[first + 1:last])
+        self._add(data[last + 1:])
+
+    def hexdigest(self) -> str:
+        """The digest of the body, which this ends (what is left unterminated is its last line)."""
+        self._end_line()
+        return self._hash.hexdigest()
+
+    def _whole_lines(self, block: bytes) -> None:
+        lines = [line.rstrip() for line in _QUOTED_FROM.sub(b"", block).split(b"\n")]
+        last = next((at for at in range(len(lines) - 1, -1, -1) if lines[at]), -1)
+        if last < 0:
+            self._owed += len(lines)
+            return
+        self._feed_owed(self._hash, self._owed)
+        self._hash.update(b"\n".join(lines[:last + 1]))
+        self._owed = len(lines) - last
+
+    def _add(self, piece: bytes) -> None:
+        if not self._long:
+            self._line += piece
+            if len(self._line) <= _LINE_CAP:
+                return
+            piece, self._line = self._line, b""
+            self._long, self._undecided = True, True
+        if self._undecided:
+            if not self._after:
+                rest = piece.lstrip(b">")
+                self._quotes += len(piece) - len(rest)
+                piece = rest
+                if not piece:
+                    return
+            start = self._after + piece
+            if self._quotes and len(start) < len(_FROM) and _FROM.startswith(start):
+                self._after = start
+                return
+            self._decide(quoted=bool(self._quotes) and start.startswith(_FROM))
+            piece = start
+        self._text(piece)
+
+    def _decide(self, quoted: bool) -> None:
+        """Settle a long line's leading '>': dropped when they quote a "From ", else text."""
+        quotes, self._quotes, self._after, self._undecided = self._quotes, 0, b"", False
+        while quotes and not quoted:
+            self._text(b">" * min(quotes, _LINE_CAP))
+            quotes -= min(quotes, _LINE_CAP)
+
+    def _text(self, piece: bytes) -> None:
+        """A piece of a long line, its start settled."""
+        text = piece.rstrip()
+        if text:
+            if self._space is not None:
+                self._hash, self._space = self._space, None
+            else:
+                self._feed_owed(self._hash, self._owed)
+            self._owed = 0
+            self._hash.update(text)
+        if len(text) < len(piece):
+            if self._space is None:
+                self._space = self._hash.copy()
+                self._feed_owed(self._space, self._owed)
+            self._space.update(piece[len(text):])
+
+    def _finish_long(self) -> None:
+        if self._undecided:
+            after = self._after
+            self._decide(quoted=False)
+            self._text(after)
+        self._space = None
+
+    def _end_line(self) -> None:
+        if self._long:
+            self._finish_long()
+            self._long = False
+        elif text := _QUOTED_FROM.sub(b"", self._line).rstrip():
+            self._feed_owed(self._hash, self._owed)
+            self._owed = 0
+            self._hash.update(text)
+        self._line = b""
+        self._owed += 1
+
+    @staticmethod
+    def _feed_owed(target: hashlib._Hash, count: int) -> None:
+        while count > 0:
+            target.update(_NEWLINES[:count])
+            count -= len(_NEWLINES)
+
+
+class MessageDigest:
+    """:func:`message_digest` of a message given piece by piece (``update``), in bounded memory:
+    the first :data:`MAX_HEADER_SECTION` bytes are kept (the header fields it reads), the body is
+    hashed as it comes.  The header section ends at the first CRLF CRLF of the first
+    :data:`MAX_DIGEST_INPUT` bytes, else at their first LF LF: until a CRLF CRLF is seen, the body
+    after an LF LF is hashed on the chance that none follows."""
+
+    def __init__(self) -> None:
+        self._head = bytearray()
+        self._seen = 0
+        self._tail = b""  # the last bytes seen: a separator split between two pieces
+        self._crlf = False  # the section ends at a CRLF CRLF
+        self._body: _BodyHash | None = None
+
+    def update(self, chunk: bytes) -> None:
+        """Take the next piece of the message."""
+        chunk = chunk[:MAX_DIGEST_INPUT - self._seen]
+        if not chunk:
+            return
+        if len(self._head) < MAX_HEADER_SECTION:
+            self._head += chunk[:MAX_HEADER_SECTION - len(self._head)]
+        window, base = self._tail + chunk, self._seen - len(self._tail)
+        self._seen += len(chunk)
+        self._tail = window[-3:]
+        if not self._crlf:
+            at = window.find(b"\r\n\r\n")
+            if at >= 0:
+                self._crlf = True
+                self._start_body(base + at, window[at + 4:])
+                return
+            if self._body is None:
+                at = window.find(b"\n\n")
+                if at >= 0:
+                    self._start_body(base + at, window[at + 2:])
+                return
+        assert self._body is not None
+        self._body.update(chunk)
+
+    def hexdigest(self) -> str:
+        """The digest of the message, which this ends."""
+        if self._body is None:
+            return hashlib.sha256(self._prefix(len(self._head))).hexdigest()
+        return self._body.hexdigest()
+
+    def _start_body(self, section_end: int, start: bytes) -> None:
+        self._body = _BodyHash(self._prefix(section_end))
+        self._body.update(start)
+
+    def _prefix(self, section_end: int) -> bytes:
+        message_id = message_id_key(parse_headers(bytes(self._head[:section_end])))
+        return message_id.encode("utf-8", "replace") + b"\0"
+
+
+def message_digest_stream(chunks: Iterable[bytes]) -> str:
+    """:func:`message_digest` of the message made of *chunks*, never holding it whole (see :class:`MessageDigest`)."""
+    digest = MessageDigest()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()

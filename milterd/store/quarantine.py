@@ -88,8 +88,10 @@ class QuarantineStore:
         self.chunks_table = schema.quarantine_chunks
 
     # --- reading --------------------------------------------------------------
-    def rows(self, since: dt.datetime | None = None, older_than: dt.datetime | None = None, sender: str | None = None) -> list[QuarantineRow]:
-        """Rows (without the message), newest first, filtered by time and exact sender."""
+    def rows(
+        self, since: dt.datetime | None = None, older_than: dt.datetime | None = None, sender: str | None = None, limit: int | None = None,
+    ) -> list[QuarantineRow]:
+        """Rows (without the message), newest first, filtered by time and exact sender; the newest *limit* of them (in the SQL) unless None."""
         table = self.table
         query = select(*[c for c in table.c if c.name != "raw"]).order_by(table.c.id.desc())
         if since is not None:
@@ -98,6 +100,8 @@ class QuarantineStore:
             query = query.where(table.c.time < _utc(older_than))
         if sender is not None:
             query = query.where(table.c.sender == sender)
+        if limit is not None:
+            query = query.limit(limit)
         return [_fix(row) for row in self._fetch(query)]
 
     def get(self, row_id: int) -> QuarantineRow | None:

@@ -18,10 +18,10 @@ import pytest
 
 from milterd import dns, metrics
 from milterd import store as store_module
+from milterd.cli import main
 from milterd.config import DatabaseSection
 from milterd.logs import SafeFormatter
 from milterd.store import Store, StoreError
-from milterd.cli import main
 from milterd.text import redact
 
 PASSWORD = "p\u00e4ss-w\u00f6rd"  # non-ASCII: the review's case
