@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: A loopback port where no DNS server listens: queries fail at once, and none leaves the machine.
 NO_RESOLVER = "127.0.0.1:9"
+#: The [dns] timeout of a milterd given NO_RESOLVER (unless its test sets one).
+NO_RESOLVER_TIMEOUT = 0.3
 
 
 def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
@@ -72,7 +74,11 @@ class Milterd:
             milter.setdefault("user", "root")  # the suite runs as root: keep it knowingly (else serve drops to nobody)
         sections.setdefault("database", {}).setdefault("url", f"sqlite:///{root / 'milterd.sqlite'}")
         # Never the system's resolver (not on loopback): a test that wants answers names its own server.
-        sections.setdefault("dns", {}).setdefault("nameservers", [NO_RESOLVER])
+        # Nothing answers there, so each DNS stage waits out [dns] timeout: kept short for such tests.
+        dns = sections.setdefault("dns", {})
+        if "nameservers" not in dns:
+            dns["nameservers"] = [NO_RESOLVER]
+            dns.setdefault("timeout", NO_RESOLVER_TIMEOUT)
         rules_dir = root / "rules"
         rules_dir.mkdir(exist_ok=True)
         for name, text in (rules or {}).items():
