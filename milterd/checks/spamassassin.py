@@ -122,12 +122,17 @@ class SpamAssassinCheck(ScannerCheck):
         before = self.confident_score(session, envelope)
         if before is not None:
             return [Hit(SKIPPED_CONFIDENT, detail=f"score {before:g} before spamd")]
+        # max_size is of the message as received (as clamav's): the Received: header we prepend is not the sender's.
+        if envelope.size > self.options.max_size:
+            return [Hit(SKIPPED, detail=f"size {envelope.size} > {self.options.max_size}")]
         received = received_header(session, envelope, self.hostname)
         size = len(received) + envelope.size
-        if size > self.options.max_size:
-            return [Hit(SKIPPED, detail=f"size {size} > {self.options.max_size}")]
         user = spamd_user(self.options.user, envelope)
-        key = scan_key(session, envelope, user) if self.cache.enabled else b""
+        try:
+            key = scan_key(session, envelope, user) if self.cache.enabled else b""
+        except Exception as exc:  # noqa: BLE001 - the key reads the spool: unreadable, the message is unscanned and follows on_error
+            log.exception("spamassassin: scan failed")
+            return [scan_error_hit(ERROR, f"scan failed: {exc!r}", self.options.on_error, SCANNER_DOWN_REPLY)]
         cached = self.cache.get(key) if key else None
         if cached is not None:
             result, age = cached

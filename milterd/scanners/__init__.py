@@ -14,7 +14,7 @@ Both are our own rather than PyPI's:
   its own (or a loop thread and cross-thread futures), it takes the message as
   one ``bytes`` and pulls in dependencies (typer, loguru, certifi) for a
   protocol of a dozen lines.  A synchronous client streams the spooled
-  message from disk and keeps the timeout per socket operation.
+  message from disk and bounds the whole exchange by the timeout.
 
 An address is ``tcp:HOST:PORT`` (``tcp:[::1]:PORT`` for IPv6) or ``unix:/path``.
 """

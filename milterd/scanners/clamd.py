@@ -69,9 +69,10 @@ def parse_reply(reply: bytes | str) -> ClamdResult:
     return ClamdResult("ERROR", reply=text or "empty reply")
 
 
-def _read_reply(sock: socket.socket, address: Address, timeout: float) -> bytes:
-    """Read one NUL- (or newline-) terminated reply, within *timeout* in total."""
-    deadline = time.monotonic() + timeout
+def _read_reply(sock: socket.socket, address: Address, timeout: float, deadline: float | None = None) -> bytes:
+    """Read one NUL- (or newline-) terminated reply, within *timeout* in total (or by *deadline*, ``time.monotonic()``)."""
+    if deadline is None:
+        deadline = time.monotonic() + timeout
     data = b""
     while not data.endswith((b"\x00", b"\n")):
         remaining = deadline - time.monotonic()
@@ -97,13 +98,18 @@ def _read_reply(sock: socket.socket, address: Address, timeout: float) -> bytes:
 
 
 class InstreamScan:
-    """One INSTREAM session: :meth:`send` data as it arrives, then :meth:`finish`."""
+    """One INSTREAM session: :meth:`send` data as it arrives, then :meth:`finish`.
 
-    def __init__(self, sock: socket.socket, address: Address, timeout: float, chunk_size: int) -> None:
+    With a *deadline* (``time.monotonic()``) the whole session must end by
+    then; without, each :meth:`send` and the :meth:`finish` get the timeout.
+    """
+
+    def __init__(self, sock: socket.socket, address: Address, timeout: float, chunk_size: int, deadline: float | None = None) -> None:
         self._sock: socket.socket | None = sock
         self._address = address
         self._timeout = timeout
         self._chunk = chunk_size
+        self._deadline = deadline
         #: Bytes sent so far.
         self.sent = 0
 
@@ -114,6 +120,8 @@ class InstreamScan:
         try:
             for start in range(0, len(view), self._chunk):
                 piece = view[start : start + self._chunk]
+                if self._deadline is not None:
+                    _arm(sock, self._deadline)
                 sock.sendall(struct.pack(">I", len(piece)) + piece)
                 self.sent += len(piece)
         except TimeoutError:
@@ -126,17 +134,20 @@ class InstreamScan:
             raise ScannerError(f"clamd {self._address}: {reason}") from None
 
     def finish(self) -> ClamdResult:
-        """End the stream and wait (at most the timeout) for clamd's verdict."""
+        """End the stream and wait (at most the timeout, sending the end included) for clamd's verdict."""
         sock = self._require()
+        deadline = time.monotonic() + self._timeout if self._deadline is None else self._deadline
         try:
             try:
+                # The end may wait for room in a full buffer: that wait and the verdict's share one timeout.
+                _arm(sock, deadline)
                 sock.sendall(b"\x00\x00\x00\x00")
             except TimeoutError:
                 raise ScannerError(f"clamd {self._address}: sending timed out after {self._timeout:g}s") from None
             except OSError as exc:
                 reason = self._salvage_reply() or (exc.strerror or str(exc))
                 raise ScannerError(f"clamd {self._address}: {reason}") from None
-            return parse_reply(_read_reply(sock, self._address, self._timeout))
+            return parse_reply(_read_reply(sock, self._address, self._timeout, deadline))
         finally:
             self.close()
 
@@ -173,6 +184,14 @@ class InstreamScan:
         self.close()
 
 
+def _arm(sock: socket.socket, deadline: float) -> None:
+    """Give *sock*'s next operation what is left until *deadline*; TimeoutError when nothing is."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError
+    sock.settimeout(remaining)
+
+
 class ClamdClient:
     """clamd at one address; each call opens its own connection (thread-safe)."""
 
@@ -189,19 +208,19 @@ class ClamdClient:
         """clamd's version line (``ClamAV 1.4.6/…``)."""
         return self._command("VERSION")
 
-    def instream(self) -> InstreamScan:
-        """Open an INSTREAM session."""
+    def instream(self, deadline: float | None = None) -> InstreamScan:
+        """Open an INSTREAM session (to end by *deadline*, ``time.monotonic()``, if given)."""
         sock = connect(self.address, self.timeout)
         try:
             sock.sendall(b"zINSTREAM\x00")
         except OSError as exc:
             sock.close()
             raise ScannerError(f"clamd {self.address}: {exc.strerror or exc}") from None
-        return InstreamScan(sock, self.address, self.timeout, self.chunk_size)
+        return InstreamScan(sock, self.address, self.timeout, self.chunk_size, deadline)
 
     def scan(self, data: bytes | Iterable[bytes]) -> ClamdResult:
-        """Scan a whole buffer, or an iterable of chunks, in one call."""
-        with self.instream() as stream:
+        """Scan a whole buffer, or an iterable of chunks, in one call: all of it within the timeout."""
+        with self.instream(time.monotonic() + self.timeout) as stream:
             for piece in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
                 stream.send(bytes(piece))
             return stream.finish()

@@ -28,6 +28,7 @@ needs spamd started with ``--allow-tell``.
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 import time
@@ -89,6 +90,9 @@ def parse_result(response: SpamdResponse, command: str = "SYMBOLS") -> SpamdResu
         raise ScannerError(f"spamd: no usable Spam: header in the answer ({response.headers.get('spam', 'none')!r})")
     spam = match.group(1).lower() in ("true", "yes")
     score, required = float(match.group(2)), float(match.group(3))
+    if not (math.isfinite(score) and math.isfinite(required)):
+        # Hundreds of digits overflow to ±inf: -inf would whitelist anything, and inf - inf is nan.
+        raise ScannerError(f"spamd: score out of range in the Spam: header ({response.headers.get('spam', '')[:80]!r})")
     text = response.body.decode("utf-8", "replace")
     if command == "SYMBOLS":
         rules = tuple(r for r in (p.strip() for p in text.replace("\r", "").replace("\n", "").split(",")) if _RULE.match(r))
@@ -159,12 +163,17 @@ class SpamdClient:
         return (lines + "\r\n").encode("utf-8", "surrogateescape")
 
     def _exchange(self, pieces: Iterable[bytes]) -> bytes:
-        """Send the request, half-close, read the answer to EOF within the timeout."""
+        """Send the request, half-close, read the answer to EOF: all within the timeout."""
         deadline = time.monotonic() + self.timeout
         with connect(self.address, self.timeout) as sock:
             try:
                 for piece in pieces:
                     if piece:
+                        # One timeout per sendall would let a spamd that reads slowly hold the worker that many times over.
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise TimeoutError
+                        sock.settimeout(remaining)
                         sock.sendall(piece)
                 try:
                     sock.shutdown(socket.SHUT_WR)
