@@ -8,10 +8,12 @@ misspelt key, a value of the wrong type or an unreadable file is refused with
 
 from __future__ import annotations
 
+import errno
 import functools
 import ipaddress
 import os
 import socket
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,6 +33,7 @@ from .checks.rdns import RdnsChecks
 from .checks.sender import SenderChecks
 from .checks.spf import SpfChecks
 from .checks.uribl import UriblChecks
+from .dns import parse_nameserver
 from .endpoints import parse_listen, parse_socket
 from .greylist import compile_pattern
 from .options import CheckSwitches as CheckSwitches
@@ -134,11 +137,27 @@ class DatabaseSection(Section):
     pool_size: int = Field(16, ge=1, le=1000, description="Connections each worker (and the supervisor's maintenance process) keeps open to a database server such as PostgreSQL, opened as needed and never more: the SMTP sessions a worker serves at once share them, and one that finds them all busy waits busy_timeout, then its message is tempfailed. This host needs up to pool_size × (workers + 1) + 2 connections (a reload briefly runs one worker more; the supervisor and its maintenance process use one each): milterd doctor shows the total against the server's max_connections. SQLite ignores it (32 per worker).")
     on_error: Literal["tempfail", "accept"] = Field("tempfail", description="The log cannot be written: tempfail (451, the client retries) or accept unlogged; quarantine always tempfails.")
 
+    @field_validator("busy_timeout")
+    @classmethod
+    def _busy_timeout(cls, value: float) -> float:
+        # SQLite takes it in milliseconds as a C int: a larger one wraps to 0, no waiting at all.
+        if value * 1000 > 2**31 - 1:
+            raise ValueError(f"must be at most 24d (SQLite's limit), got {value:g} seconds")
+        return value
+
 
 class DnsSection(Section):
     nameservers: list[str] = Field([], description="Resolvers to ask, as \"IP\" or \"IP:PORT\"; empty uses /etc/resolv.conf.")
     timeout: Duration = Field(2.0, description="The longest a message waits for DNS answers at one stage; a timeout counts as not listed.")
     cache_size: int = Field(10000, ge=0, description="Answers kept per worker (bounded, expired by TTL).")
+
+    @field_validator("nameservers")
+    @classmethod
+    def _nameservers(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            # Else only the first lookup of each worker would find out, failing every DNS check.
+            parse_nameserver(spec)
+        return value
 
 
 class RulesSection(Section):
@@ -324,18 +343,29 @@ class Config(Section):
     def rules_dir(self) -> Path | None:
         """The local rules directory, resolved against this file's directory; None when there is none.
 
-        ConfigError when a directory other than the default ``rules`` does not exist.
+        ConfigError when a directory other than the default ``rules`` does not exist, when
+        it is not a directory, and when it is a symbolic link to nothing (even ``rules``).
         """
         if not self.rules.dir:
             return None
         base = self.path.parent if self.path else Path.cwd()
+        given = base / self.rules.dir
         try:
-            directory = (base / self.rules.dir).resolve()
+            dangling = given.is_symlink() and not given.exists()
+            directory = given.resolve()
             exists = directory.exists()
+            is_dir = directory.is_dir()
         except OSError as exc:  # a name too long, a loop of links
             raise ConfigError(self.path or "milter.conf", "[rules] dir", f"unusable: {exc.strerror or exc}") from None
+        except ValueError as exc:  # a NUL in the name
+            raise ConfigError(self.path or "milter.conf", "[rules] dir", f"unusable: {exc}") from None
+        if dangling:
+            # Not "absent": the local rules were meant to be somewhere, and would silently not load.
+            raise ConfigError(self.path or "milter.conf", "[rules] dir", f"{given} is a symbolic link to {directory}, which does not exist")
         if not exists and self.rules.dir != RulesSection.model_fields["dir"].default:
             raise ConfigError(self.path or "milter.conf", "[rules] dir", f"{directory} does not exist")
+        if exists and not is_dir:
+            raise ConfigError(self.path or "milter.conf", "[rules] dir", f"{directory} is not a directory")
         return directory
 
     @model_validator(mode="after")
@@ -374,19 +404,45 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     return _validate(read_toml(path), path)
 
 
+#: The largest milter.conf or rule file read: a bigger one is a mistake (a log, a mailbox), not a configuration.
+MAX_FILE_SIZE = 16 * 1024 * 1024
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file's content; ConfigError naming the file when it is unreadable or invalid."""
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
+        data = _read_regular(path)
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the name
+        raise ConfigError(path, "", f"cannot read: {exc}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        if path.read_bytes().startswith(b"\xef\xbb\xbf"):
+        if data.startswith(b"\xef\xbb\xbf"):
             raise ConfigError(path, "", "not valid TOML: it starts with a byte order mark (save it as UTF-8 without BOM)") from None
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: not UTF-8 (byte {exc.start + 1})") from None
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of *path*, a regular file of at most MAX_FILE_SIZE bytes; OSError otherwise.
+
+    Opened without blocking and checked before reading: a FIFO would block start-up
+    for ever, /dev/zero would fill the memory.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = handle.read(MAX_FILE_SIZE + 1)
+    if len(data) > MAX_FILE_SIZE:
+        raise OSError(errno.EFBIG, f"larger than {MAX_FILE_SIZE // (1024 * 1024)} MiB")
+    return data
 
 
 def _validate(data: dict[str, Any], path: Path) -> Config:
@@ -399,12 +455,14 @@ def _validate(data: dict[str, Any], path: Path) -> Config:
 
 
 def format_location(loc: tuple[Any, ...]) -> str:
-    """Render a pydantic error location as ``[section] key`` (or ``[section] key[2]``)."""
-    parts = [str(p) for p in loc if not isinstance(p, int)]
-    index = "".join(f"[{p}]" for p in loc if isinstance(p, int))
-    if len(parts) >= 2:
-        return f"[{parts[0]}] {'.'.join(parts[1:])}{index}"
-    return (parts[0] if parts else "") + index
+    """Render a pydantic error location as ``[section] key`` (or ``[section] key[2]``, ``[section] keys[0].key``)."""
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else str(part)
+    section, _, rest = key.partition(".")
+    if rest and not section.endswith("]"):
+        return f"[{section}] {rest}"
+    return key
 
 
 def _reason(error: ErrorDetails) -> str:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from .units import parse_duration, parse_size
 
@@ -36,6 +36,11 @@ def finite(value: object) -> float:
     return number
 
 
+#: The longest duration accepted: past about 290 years a socket timeout or a thread's
+#: wait overflows, past 2,000 a date before year 1 does (every message, not at start).
+MAX_DURATION = 3650 * 86400.0
+
+
 def _finite_duration(value: object) -> object:
     """*value* unchanged unless it is a duration no float holds (parse_duration, run next, parses it)."""
     try:
@@ -46,6 +51,8 @@ def _finite_duration(value: object) -> object:
         return value  # parse_duration says why
     if not math.isfinite(seconds):  # nan, inf, or "999…9" seconds
         raise ValueError(f"must be a finite duration, got {_shown(value)}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"must be at most 3650d (ten years), got {_shown(value)}")
     return value
 
 
@@ -76,13 +83,28 @@ class ConfigError(Exception):
     def __init__(self, file: str | os.PathLike[str], key: str, reason: str) -> None:
         self.file, self.key, self.reason = str(file), key, reason
         where = f"{self.file}: {key}: " if key else f"{self.file}: "
-        super().__init__(where + reason)
+        super().__init__(_one_line(where + reason))
+
+
+def _one_line(text: str) -> str:
+    """*text* with its control characters escaped: a value's newline must not split the error line."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
 class Section(BaseModel):
     """A section of milter.conf: immutable, and a misspelt key is refused."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_count(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic takes true for 1: max_headers = true would refuse every message.
+        if isinstance(value, bool) and info.field_name and cls.model_fields[info.field_name].annotation is int:
+            raise ValueError(f"expected a whole number, got {str(value).lower()}")
+        return value
 
 
 class CheckSwitches(Section):

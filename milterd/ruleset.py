@@ -17,6 +17,8 @@ that their errors can name it.  A key no check reads is refused.
 
 from __future__ import annotations
 
+import fnmatch
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -81,9 +83,20 @@ def load_ruleset(directory: Path | None, known_sections: set[str], shipped: Path
             continue
         if not layer.is_dir():
             raise ConfigError(layer, "", "the rules path is not a directory")
-        for path in sorted(layer.glob("*.toml")):
+        for path in _rule_files(layer):
             _read_file(ruleset, path, read_toml(path), known_sections)
     return ruleset
+
+
+def _rule_files(directory: Path) -> list[Path]:
+    """The ``*.toml`` files of *directory* in name order; ConfigError when it cannot be listed
+    (Path.glob would list an unreadable directory as empty: its rules silently not loaded)."""
+    try:
+        with os.scandir(directory) as entries:
+            names = [entry.name for entry in entries]
+    except OSError as exc:
+        raise ConfigError(directory, "", f"cannot read the rules directory: {exc.strerror or exc}") from None
+    return sorted(directory / name for name in names if fnmatch.fnmatchcase(name, "*.toml"))
 
 
 def _read_file(ruleset: Ruleset, path: Path, data: dict[str, Any], known_sections: set[str]) -> None:
@@ -91,8 +104,9 @@ def _read_file(ruleset: Ruleset, path: Path, data: dict[str, Any], known_section
     for key, value in data.items():
         if key == "symbols":
             _read_symbols(ruleset, path, value)
-        elif key in NAMED_SECTIONS and key in known_sections and isinstance(value, list):
-            for position, entry in enumerate(value):
+        elif key in NAMED_SECTIONS and key in known_sections and isinstance(value, (list, dict)):
+            # A single [dnsbl] table is one [[dnsbl]]: it overrides and disables by name alike.
+            for position, entry in enumerate(value if isinstance(value, list) else [value]):
                 _merge_named(ruleset, path, key, position, entry)
         elif key in known_sections:
             ruleset.sections.setdefault(key, []).append(RuleSource(path, value))

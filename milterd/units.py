@@ -20,9 +20,18 @@ def parse_duration(value: object) -> float:
     return _parse(value, _DURATION_UNITS, "a duration such as 30, \"90s\", \"5m\", \"2h\", \"35d\"")
 
 
+#: The largest size accepted: a larger one is no limit a message could reach, and past 8 EiB
+#: a read of that many bytes raises OverflowError (every message, not at start).
+MAX_SIZE = 1024**4
+
+
 def parse_size(value: object) -> int:
     """Return *value* in bytes; raise ValueError with a readable reason."""
-    return int(_parse(value, _SIZE_UNITS, "a size such as 1048576, \"512K\", \"25M\", \"1G\""))
+    size = int(_parse(value, _SIZE_UNITS, "a size such as 1048576, \"512K\", \"25M\", \"1G\""))
+    if size > MAX_SIZE:
+        text = repr(value)
+        raise ValueError(f"must be at most \"1024G\", got {text if len(text) <= 24 else text[:20] + '…'}")
+    return size
 
 
 def _parse(value: object, units: dict[str, int], expected: str) -> float:
