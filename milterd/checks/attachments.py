@@ -5,12 +5,15 @@ At end of message each attachment is decoded from the spool, one at a time
 carries (:mod:`milterd.content.archives`, within the configured limits).  Every
 finding names the file (``invoice.zip/inner.zip/evil.exe``) and the rule; a
 category's action in ``[checks.attachments]`` either only scores its symbol
-or forces quarantine or a reject whose reply names the file.
+or forces quarantine or a reject whose reply names the file.  Files uuencoded
+in a message's text, which Thunderbird and Outlook show as attachments, are
+judged by their names (:func:`uuencoded_names`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, ClassVar, Iterable, Literal
 
@@ -51,7 +54,7 @@ class AttachmentChecks(CheckSwitches):
     archive_max_depth: int = Field(3, ge=1, le=20, description="Archives nested deeper than this (an archive in an archive is 2) are not opened.")
     archive_max_members: int = Field(1000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at.")
     archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")
-    archive_process: bool = Field(True, description="List 7z, rar, cab and tar archives (libarchive: C code reading hostile input) in a short-lived forked child with bounded memory and CPU, so that a crash there is a listing error (ATTACH_ARCHIVE_LIMIT), never a dead worker; costs a few ms per such archive. Zip is read in the worker by Python's own zipfile.")
+    archive_process: bool = Field(True, description="List 7z, rar, cab and tar archives (libarchive: C code reading hostile input) in a short-lived forked child with bounded memory and CPU, so that a crash there is a listing error (ATTACH_ARCHIVE_LIMIT), never a dead worker; costs a few ms per such archive. Zip is read in the worker by Python's own zipfile, but for one zipfile cannot open (cut short, or with more than 64 KB after it), which libarchive lists as the others.")
     max_attachment_size: Size = Field(64 * 1024 * 1024, description="Attachments are decoded up to this size (to a temporary file past [milter] spool_memory); a larger one is judged by its name and first bytes only.")
 
 
@@ -79,6 +82,13 @@ _MACRO_EXTENSIONS = frozenset({"docm", "dotm", "xlsm", "xltm", "xlam", "pptm", "
 _OLE_MACRO_SCAN = 16 * 1024 * 1024
 #: Extensions of single-file compression, judged by the name beneath them.
 _COMPRESSION = frozenset({"gz", "bz2", "xz", "z", "lz", "lzma", "zst"})
+#: At most this many names of uuencoded or yEnc files are judged in one message.
+MAX_ENCODED_FILES = 1000
+#: The first line of a uuencoded (``begin 644 name``) or yEnc (``=ybegin … name=name``) file, as Thunderbird reads it.
+_ENCODED_FILE_LINE = 1024
+_ENCODED_FILE = re.compile(rb"^(?:begin [0-7]{3,4} +|=ybegin [^\r\n]*?name=)([^\r\n]{1,%d})\r?\n" % _ENCODED_FILE_LINE, re.MULTILINE)
+#: An extension that names a COM class (a CLSID) instead of a file type.
+_CLSID = re.compile(r"\{[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\}")
 
 
 @dataclass(frozen=True)
@@ -96,10 +106,24 @@ class Finding:
 
 
 def judge_name(path: str, banned: frozenset[str]) -> list[Finding]:
-    """The findings of a file's name: a banned extension, a banned one hidden behind another."""
-    exts = extensions(path.rsplit("/", 1)[-1])
+    """The findings of a file's name: a banned extension, a banned one hidden behind another.
+
+    A name with a NUL is judged as C code and Windows end it there, and as a browser saves
+    it, the NUL made a ``_`` (``readme.pdf\\0.exe`` is ``readme.pdf_.exe``).
+    """
+    found = _judge_name(path, path, banned)
+    if "\x00" in path:
+        found += [f for f in _judge_name(path, path.replace("\x00", "_"), banned) if f not in found]
+    return found
+
+
+def _judge_name(path: str, name: str, banned: frozenset[str]) -> list[Finding]:
+    exts = extensions(name.rsplit("/", 1)[-1])
     while len(exts) > 1 and exts[-1] in _COMPRESSION and exts[-1] not in banned:
         exts.pop()  # setup.exe.gz is setup.exe once decompressed
+    if exts and _CLSID.fullmatch(exts[-1]):
+        # Explorer opens invoice.{3050f4d8-98b5-11cf-bb82-00aa00bdce0b} with that class: an HTML application.
+        return [Finding(BANNED, path, f"CLSID extension .{exts[-1]}")]
     if not exts or exts[-1] not in banned:
         return []
     found = [Finding(BANNED, path, f"banned extension .{exts[-1]}")]
@@ -155,6 +179,38 @@ def single_plain_text(headers: Iterable[tuple[str, bytes]]) -> bool:
     return single_text_type(headers) is not None
 
 
+def uuencoded_names(chunks: Iterable[bytes]) -> list[str]:
+    """The names of the files uuencoded or yEnc-encoded in the text of a message given as *chunks*
+    (one more than MAX_ENCODED_FILES at most: the rest are not looked for).
+
+    Thunderbird and Outlook show a ``begin 644 name`` (or ``=ybegin … name=name``) line of a plain
+    text body, one without MIME in particular, as the start of an attachment of that name.
+    """
+    names: dict[str, None] = {}
+    tail = b""
+    for chunk in chunks:
+        data = tail + chunk
+        if b"\nbegin " in data or b"\n=ybegin " in data or data.startswith((b"begin ", b"=ybegin ")):
+            for match in _ENCODED_FILE.finditer(data):
+                names[_text(match.group(1).rstrip())] = None
+            if len(names) > MAX_ENCODED_FILES:
+                break
+        # Keep the last lines (from a line's start) for a begin line the next chunk completes.
+        cut = data.rfind(b"\n", 0, max(len(data) - _ENCODED_FILE_LINE, 0)) + 1
+        tail = data[cut:][-2 * _ENCODED_FILE_LINE:]
+    for match in _ENCODED_FILE.finditer(tail + b"\n"):  # a last line without its end
+        names[_text(match.group(1).rstrip())] = None
+    names.pop("", None)
+    return list(names)[:MAX_ENCODED_FILES + 1]
+
+
+def _text(name: bytes) -> str:
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return name.decode("latin-1")
+
+
 class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
     """Banned, disguised and archived files among a message's attachments."""
 
@@ -184,11 +240,16 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         return False
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
-        if single_plain_text(envelope.headers):
-            return []  # what parsing it would find: nothing
         findings: list[Finding] = []
         skipped: list[str] = []
         try:
+            encoded = uuencoded_names(envelope.message_chunks())
+            for name in encoded[:MAX_ENCODED_FILES]:
+                findings += judge_name(name, self.banned)
+            if len(encoded) > MAX_ENCODED_FILES:
+                findings.append(Finding(LIMIT, "message", f"more than {MAX_ENCODED_FILES} uuencoded files: the rest not looked at"))
+            if single_plain_text(envelope.headers):
+                return hits_for(findings, self.actions)  # what parsing it would find: no MIME attachment
             for attachment in attachments(envelope.message_chunks(), self.memory, self.options.max_attachment_size, skipped):
                 findings.extend(self.judge(attachment))
         except Exception as exc:  # noqa: BLE001 - a hostile message gives a symbol, never a crashed worker

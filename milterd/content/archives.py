@@ -7,7 +7,10 @@ PyPI's ``libarchive-c``).  Archives inside archives are opened too, down to
 type) and the nested archives themselves, and all of that together stops at
 ``Limits.max_size``, whatever the archive's directory claims: an archive bomb
 costs at most that much kept data (in memory, then a temporary file).  In a
-zip nothing else is decompressed.  In a solid 7z, rar or cab, and in a
+zip nothing else is decompressed, unless zipfile cannot find its central
+directory (cut short, or followed by more than 64 KB): unzip and libarchive
+still extract such a zip from its local headers, so it is listed by
+libarchive too, as the kinds below.  In a solid 7z, rar or cab, and in a
 compressed tar (one named ``.tar`` whose first bytes say nothing, which
 libarchive decompresses on its own), libarchive must decompress every member
 it passes, the rest of one whose first bytes alone were read included, and
@@ -24,7 +27,7 @@ attachment check's ``archive_process``, on by default) every archive that
 needs it is listed in a short-lived forked child (:func:`_walk_in_child`) with
 bounded memory and CPU, as amavisd-new runs its decoders apart: a crash there
 is a listing error, never a dead worker.  Zip stays in the worker (Python's
-own ``zipfile``).
+own ``zipfile``), but for one that zipfile cannot open.
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ _EOCD, _EOCD_SIGNATURE = struct.Struct("<4s4H2LH"), b"PK\x05\x06"
 _EOCD64, _EOCD64_SIGNATURE = struct.Struct("<4sQ2H2L4Q"), b"PK\x06\x06"
 _EOCD64_LOCATOR, _EOCD64_LOCATOR_SIGNATURE = struct.Struct("<4sLQL"), b"PK\x06\x07"
 _CENTRAL_ENTRY_MIN = 46
+#: A zip local file header (APPNOTE 4.3.7), and the id of the Info-ZIP Unicode Path extra field (APPNOTE 4.6.9).
+_LOCAL_HEADER, _LOCAL_SIGNATURE = struct.Struct("<4s2B4HL2L2H"), b"PK\x03\x04"
+_UNICODE_PATH = 0x7075
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,9 @@ def archive_kind(name: str, head: bytes) -> str | None:
     if kind in ARCHIVE_KINDS:
         return kind
     exts = extensions(name)
-    return _ARCHIVE_EXTENSIONS.get(exts[-1]) if exts and kind is None else None
+    # Also under other first bytes: unzip, 7-Zip and libarchive open an invoice.zip that starts
+    # with a self-extractor's stub or a GIF header (they look for the archive, not at byte 0).
+    return _ARCHIVE_EXTENSIONS.get(exts[-1]) if exts else None
 
 
 def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits) -> Listing:
@@ -128,11 +136,18 @@ def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits) -> Listi
 def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
     try:
         if kind == "zip":
-            _walk_zip(path, data, depth, limits, budget, listing)
-        elif supported(kind) and limits.child:
-            _walk_in_child(path, data, kind, depth, limits, budget, listing)
+            try:
+                _walk_zip(path, data, depth, limits, budget, listing)
+            except (zipfile.BadZipFile, UnicodeDecodeError) as exc:
+                if libarchive is None:
+                    raise
+                # No end of central directory where zipfile looks (the zip cut short, or followed by more
+                # than 64 KB), or one name flagged UTF-8 that is not: unzip, 7-Zip and libarchive still
+                # extract the rest, libarchive from the local headers when it must.
+                listing.errors.append(f"{path}: unreadable zip archive ({exc.__class__.__name__}: {str(exc)[:80]}), listed by libarchive")
+                _walk_libarchive_kind(path, data, kind, depth, limits, budget, listing)
         elif supported(kind):
-            _walk_libarchive(path, data, depth, limits, budget, listing)
+            _walk_libarchive_kind(path, data, kind, depth, limits, budget, listing)
         else:
             listing.limits.append(f"{path}: {kind} archives cannot be listed (libarchive-c is not installed)")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, OSError, RuntimeError) as exc:
@@ -142,6 +157,13 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
             listing.encrypted.append(path)
         else:
             listing.errors.append(f"{path}: unreadable {kind} archive ({exc.__class__.__name__})")
+
+
+def _walk_libarchive_kind(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+    if limits.child:
+        _walk_in_child(path, data, kind, depth, limits, budget, listing)
+    else:
+        _walk_libarchive(path, data, depth, limits, budget, listing)
 
 
 def _take_member(path: str, limits: Limits, budget: _Budget, listing: Listing) -> bool:
@@ -159,13 +181,18 @@ def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
         listing.limits.append(f"{path}: past {limits.max_members} members ({declared} entries declared), not looked at")
         return
     with zipfile.ZipFile(data) as archive:
+        named: set[str] = set()  # the paths listed so far: an alias names a file once
         for info in archive.infolist():
-            if info.is_dir():
+            aliases = [f"{path}/{alias}" for alias in _zip_aliases(data, info)]
+            if info.is_dir() and not aliases:
                 continue
             member = f"{path}/{info.filename}"
             if not _take_member(member, limits, budget, listing):
                 return
             encrypted = bool(info.flag_bits & 0x1)
+            named.add(member)
+            listing.entries.extend(Entry(alias, encrypted, b"") for alias in aliases if alias not in named)
+            named.update(aliases)
             if encrypted:
                 listing.entries.append(Entry(member, True, b""))
                 listing.encrypted.append(member)
@@ -198,6 +225,34 @@ def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
                 continue
             with nested:
                 _walk(member, nested, inner, depth + 1, limits, budget, listing)
+
+
+def _zip_aliases(data: IO[bytes], info: zipfile.ZipInfo) -> list[str]:
+    """The names other than ``info.filename`` an unzip tool may give the member: the Info-ZIP Unicode
+    Path of its central directory entry (unzip, 7-Zip and libarchive prefer it), and the name and
+    Unicode Path of its local header (libarchive reads the local header; zipfile only the directory)."""
+    names = [_unicode_path(info.extra)]
+    if info.header_offset < 0:  # a lying directory puts it before the file's start
+        return [name for name in names if name not in (info.filename, info.orig_filename, "")]
+    data.seek(info.header_offset)
+    header = data.read(_LOCAL_HEADER.size)
+    if len(header) == _LOCAL_HEADER.size and header[:4] == _LOCAL_SIGNATURE:
+        fields = _LOCAL_HEADER.unpack(header)
+        flags, name_length, extra_length = fields[3], fields[10], fields[11]
+        names.append(data.read(name_length).decode("utf-8" if flags & 0x800 else "cp437", "replace"))
+        names.append(_unicode_path(data.read(extra_length)))
+    known = {info.filename, info.orig_filename, ""}
+    return [name for name in dict.fromkeys(names) if name not in known]
+
+
+def _unicode_path(extra: bytes) -> str:
+    """The name in an Info-ZIP Unicode Path field (version 1) of a zip extra field, or ``""``."""
+    while len(extra) >= 4:
+        kind, size = struct.unpack_from("<2H", extra)
+        if kind == _UNICODE_PATH and size >= 5 and extra[4] == 1:
+            return extra[9:4 + size].decode("utf-8", "replace")
+        extra = extra[4 + size:]
+    return ""
 
 
 def _declared_zip_entries(data: IO[bytes]) -> int | None:
@@ -261,7 +316,13 @@ def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, bud
         for entry in archive:
             if entry.isdir:
                 continue
-            member = f"{path}/{entry.pathname}"
+            name = entry.pathname
+            if isinstance(name, bytes):  # not in libarchive-c's header codec
+                name = name.decode("utf-8", "replace")
+            if not isinstance(name, str):  # libarchive could not convert it: the other members are still judged
+                name = "(unreadable name)"
+                listing.errors.append(f"{path}/{name}: a member's name libarchive cannot convert to text")
+            member = f"{path}/{name}"
             if not _take_member(member, limits, budget, listing):
                 return
             if _entry_encrypted(entry):
@@ -278,7 +339,7 @@ def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, bud
             head = head[:max(0, budget.size)]
             budget.size -= len(head)
             listing.entries.append(Entry(member, False, head[:HEAD_SIZE]))
-            inner = archive_kind(entry.pathname, head)
+            inner = archive_kind(name, head)
             if inner is None:
                 continue
             if depth >= limits.max_depth:

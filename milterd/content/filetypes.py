@@ -89,6 +89,9 @@ _NAMES = {
     "lnk": "a Windows shortcut (LNK)",
 }
 
+#: The suffix that names a file's own, unnamed, NTFS data stream.
+_DATA_STREAM = "::$data"
+
 #: The UTF-16 name of the stream that holds VBA macros in an OLE (Office 97-2003) file.
 _OLE_VBA = "_VBA_PROJECT".encode("utf-16-le")
 
@@ -105,11 +108,14 @@ def extensions(name: str) -> list[str]:
     """The extensions of file *name*, lower-cased, last one last (``a.PDF.exe`` → ``["pdf", "exe"]``).
 
     Spaces and dots that pad the name to hide its real extension are dropped,
-    and so is what follows a NUL (where C code and Windows end the name).  Of
+    and so are what follows a NUL (where C code and Windows end the name) and
+    an NTFS ``::$DATA`` suffix (the file's own content).  Of
     the extensions before the last one only the short ones count; the last
     always does (``.application``, ``.settingcontent-ms`` are executable).
     """
     base = PurePosixPath(name.split("\x00", 1)[0].replace("\\", "/")).name.strip().rstrip(". ")
+    if base.lower().endswith(_DATA_STREAM):  # NTFS: evil.js::$DATA is evil.js itself
+        base = base[:-len(_DATA_STREAM)].rstrip(". ")
     parts = [p.strip().lower() for p in base.split(".")[1:]]
     return [p for i, p in enumerate(parts) if p and (len(p) <= 10 or i == len(parts) - 1)]
 

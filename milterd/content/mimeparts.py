@@ -33,10 +33,14 @@ MAX_PART_HEADER = 64 * 1024
 MAX_FIELD = 16 * 1024
 #: Boundaries nested deeper than this are not followed.
 MAX_NESTING = 20
+#: Padding characters a base64 part may hold before the rest of it is decoded without them:
+#: read quartet by quartet (:func:`_a2b_quartets`), 10 MB of "=" would cost seconds of a worker.
+MAX_PADDING = 4096
 
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
-_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=]")
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
+_TOKEN = re.compile(r"\s*([^\s;(]*)")
 #: The transfer encodings a message/rfc822 part may have (RFC 2046 section 5.2.1), "" for none.
 _IDENTITY = frozenset({"", "7bit", "8bit", "binary"})
 #: The fields the MIME structure and the file names are read from (the rest of a header section can
@@ -68,15 +72,19 @@ class _Decoder:
         self.truncated = False
         self._pending = b""
         self._eol = b""
+        self._padded = False
+        self._paddings = 0
+        #: Whether base64 went on after its padding, which clients read apart (:func:`_a2b_quartets`).
+        self.after_padding = False
 
     def feed(self, line: bytes) -> None:
         if self.truncated:
             return
         if self.encoding == "base64":
-            self._pending += _NOT_BASE64.sub(b"", line.split(b"=", 1)[0])
+            self._pending += _NOT_BASE64.sub(b"", line)
             usable = len(self._pending) - len(self._pending) % 4
             if usable:
-                self._write(binascii.a2b_base64(self._pending[:usable]))
+                self._write(self._quartets(self._pending[:usable]))
                 self._pending = self._pending[usable:]
         else:
             data = binascii.a2b_qp(line) if self.encoding == "quoted-printable" else line
@@ -87,14 +95,21 @@ class _Decoder:
             self._eol = data[len(body):]
 
     def finish(self) -> IO[bytes]:
-        if self._pending and self.encoding == "base64" and len(self._pending) % 4 != 1:
-            padded = self._pending + b"=" * (-len(self._pending) % 4)
-            try:
-                self._write(binascii.a2b_base64(padded))
-            except binascii.Error:
-                pass
+        rest = self._pending.rstrip(b"=")  # a last, incomplete quartet: its padding restored
+        if rest and self.encoding == "base64" and len(rest) % 4 != 1:
+            self._write(self._quartets(rest + b"=" * (-len(rest) % 4)))
         self.file.seek(0)
         return self.file
+
+    def _quartets(self, data: bytes) -> bytes:
+        if (self._padded and data.strip(b"=")) or b"=" in data.rstrip(b"="):
+            self.after_padding = True
+        self._padded = self._padded or b"=" in data
+        self._paddings += data.count(b"=")
+        if self._paddings > MAX_PADDING:
+            data = data.replace(b"=", b"")  # flagged already (after_padding); bounded time from here
+            return binascii.a2b_base64(data[:len(data) - len(data) % 4])
+        return _a2b_quartets(data)
 
     def _write(self, data: bytes) -> None:
         room = self.limit - self.size
@@ -102,6 +117,23 @@ class _Decoder:
             data, self.truncated = data[:room], True
         self.file.write(data)
         self.size += len(data)
+
+
+def _a2b_quartets(data: bytes) -> bytes:
+    """Base64 *data* (whole quartets of ``[A-Za-z0-9+/=]``) decoded quartet by quartet, as Thunderbird
+    does: a quartet with n ``=`` gives 3 - n bytes (one at least), and the quartets after it are
+    decoded too (binascii and Python's email stop at the first padding; ZIP readers open
+    an archive behind the bytes before it)."""
+    out = bytearray()
+    start = 0
+    while (at := data.find(b"=", start)) >= 0:
+        quartet = start + (at - start) // 4 * 4
+        out += binascii.a2b_base64(data[start:quartet])
+        token = data[quartet:quartet + 4]
+        out += binascii.a2b_base64(token.replace(b"=", b"A"))[:max(3 - token.count(b"="), 1)]
+        start = quartet + 4
+    out += binascii.a2b_base64(data[start:])
+    return bytes(out)
 
 
 def lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -121,7 +153,12 @@ def lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def _decoded(value: str) -> str:
-    # As mail clients read a name: an unknown charset or a language tag does not leave it encoded.
+    # As mail clients read a name: raw UTF-8 (RFC 6532) as UTF-8, and an unknown charset or
+    # a language tag does not leave it encoded.
+    try:
+        value = value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        pass  # other 8-bit bytes stay as Latin-1 read them
     return decoded(value)
 
 
@@ -177,7 +214,9 @@ class _Header:
         self.field += len(line)
 
     def parse(self) -> Message:
-        return email.message_from_bytes(b"".join(self.lines), policy=email.policy.compat32)
+        # Read as Latin-1, each byte one character: parsed from bytes, compat32 turns 8-bit bytes into
+        # U+FFFD, and a boundary holding them would never match its delimiter lines.
+        return email.message_from_string(b"".join(self.lines).decode("latin-1"), policy=email.policy.compat32)
 
 
 def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int = 64 * 1024 * 1024,
@@ -190,7 +229,7 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
     *skipped*, when given.
     """
     notes: list[str] = [] if skipped is None else skipped
-    boundaries: list[bytes] = []
+    boundaries: list[tuple[bytes, ...]] = []
     in_headers = True
     header = _Header()
     decoder: _Decoder | None = None
@@ -208,14 +247,16 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
             header = _Header()
             parts += 1
             ctype = (part.get_content_type() or "text/plain").lower()
-            boundary = part.get_param("boundary") if ctype.startswith("multipart/") else None
-            if isinstance(boundary, str) and boundary and len(boundaries) < MAX_NESTING:
-                boundaries.append(boundary.encode("utf-8", "replace"))
+            boundary = _boundary(part) if ctype.startswith("multipart/") else ()
+            if boundary and len(boundaries) < MAX_NESTING:
+                boundaries.append(boundary)
             elif ctype == "message/rfc822" and _encoding(part) in _IDENTITY:
                 in_headers = True
             else:
-                if isinstance(boundary, str) and boundary:
+                if boundary:
                     notes.append(f"multiparts nested deeper than {MAX_NESTING}: not looked into")
+                elif ctype.startswith("multipart/"):
+                    notes.append("a multipart without a boundary: its parts not looked at")
                 if ctype == "message/rfc822":
                     # RFC 2046 section 5.2.1 forbids it, so clients differ: judged as a file, its parts not looked at.
                     notes.append("an encoded message/rfc822 part: its attachments not looked at")
@@ -232,9 +273,9 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
             level = _boundary_level(boundaries, marker)
             if level is not None:
                 if decoder is not None and current is not None:
-                    yield from _finished(decoder, current)
+                    yield from _finished(decoder, current, notes)
                 decoder = current = None
-                if marker.endswith(b"--") and marker[:-2] == boundaries[level]:
+                if marker.endswith(b"--") and marker[:-2] in boundaries[level]:
                     del boundaries[level:]
                     if _rest_ignored(in_headers, boundaries, decoder):
                         return  # the outermost multipart closed: only its epilogue follows
@@ -248,28 +289,41 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
         if decoder is not None:
             decoder.feed(line)
     if decoder is not None and current is not None:
-        yield from _finished(decoder, current)
+        yield from _finished(decoder, current, notes)
+
+
+def _boundary(part: Message) -> tuple[bytes, ...]:
+    """A multipart's boundary as mail clients read it, ``()`` when it has none: an RFC 2231 one
+    (``boundary*=''b``) collapsed, and one with blanks also up to the first (``boundary=b (comment)``
+    is ``b`` to Thunderbird, which reads an unquoted value up to a blank)."""
+    boundary = (part.get_boundary() or "").encode("latin-1", "replace")
+    first = boundary.split(None, 1)[0] if boundary.strip() else b""
+    return tuple(dict.fromkeys(b for b in (boundary, first) if b))
 
 
 def _encoding(part: Message) -> str:
-    return str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    # Its first token, as mail clients read it: "base64 (comment)" and "base64; x" are base64.
+    token = _TOKEN.match(str(part.get("Content-Transfer-Encoding", "")))
+    return token.group(1).lower() if token else ""
 
 
-def _rest_ignored(in_headers: bool, boundaries: list[bytes], decoder: _Decoder | None) -> bool:
+def _rest_ignored(in_headers: bool, boundaries: list[tuple[bytes, ...]], decoder: _Decoder | None) -> bool:
     """Whether nothing that follows can be an attachment: a body outside any
     multipart that is not being decoded (a single-part text message, an epilogue)."""
     return not in_headers and not boundaries and decoder is None
 
 
-def _boundary_level(boundaries: list[bytes], marker: bytes) -> int | None:
+def _boundary_level(boundaries: list[tuple[bytes, ...]], marker: bytes) -> int | None:
     for level in range(len(boundaries) - 1, -1, -1):
-        if marker == boundaries[level] or marker == boundaries[level] + b"--":
+        if marker in boundaries[level] or marker[-2:] == b"--" and marker[:-2] in boundaries[level]:
             return level
     return None
 
 
-def _finished(decoder: _Decoder, current: tuple[str, str, tuple[str, ...]]) -> Iterator[Attachment]:
+def _finished(decoder: _Decoder, current: tuple[str, str, tuple[str, ...]], notes: list[str]) -> Iterator[Attachment]:
     data = decoder.finish()
+    if decoder.after_padding:
+        notes.append("base64 that goes on after its padding: read on, as Thunderbird does (other clients stop there)")
     try:
         yield Attachment(current[0], current[1], data, decoder.size, decoder.truncated, current[2])
     finally:
