@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import stat
 import sys
 
 from ..milter.supervisor import serve
@@ -24,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until stopped."""
     if args.pid_file:
+        running = running_pid(args.pid_file)
+        if running:
+            print(f"milterd: {args.pid_file}: milterd is already running as pid {running}", file=sys.stderr)
+            return 2
         try:
             write_pid_file(args.pid_file, os.getpid())
         except OSError as exc:
@@ -32,7 +37,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         return serve(args.config)
     finally:
-        if args.pid_file:
+        if args.pid_file and running_pid(args.pid_file, mine=True) == os.getpid():
             try:
                 os.unlink(args.pid_file)
             except FileNotFoundError:
@@ -40,6 +45,33 @@ def run_serve(args: argparse.Namespace) -> int:
             except OSError as exc:
                 # After the privilege drop: the pid file's directory must be writable by [milter] user.
                 print(f"milterd: cannot remove the pid file {args.pid_file}: {exc.strerror} (make its directory writable by [milter] user)", file=sys.stderr)
+
+
+def running_pid(path: str, mine: bool = False) -> int:
+    """The pid *path* names if that process is a live milterd other than this one (with *mine*, this one too); else 0.
+
+    A pid file left by a process that died (a crash, a SIGKILL) names a dead
+    process, or after a reboot one that is not milterd: it is stale.
+    """
+    try:
+        # Not through a symlink, and never waiting on a FIFO: the directory may be [milter] user's.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return 0
+    try:
+        pid = int(os.read(fd, 32).strip()) if stat.S_ISREG(os.fstat(fd).st_mode) else 0
+    except (OSError, ValueError):
+        return 0
+    finally:
+        os.close(fd)
+    if pid == os.getpid():
+        return pid if mine else 0
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            command = handle.read()
+    except OSError:  # no such process (or no /proc)
+        return 0
+    return pid if pid > 0 and b"milterd" in command else 0
 
 
 def write_pid_file(path: str, pid: int) -> None:

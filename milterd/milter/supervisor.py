@@ -22,8 +22,9 @@ import stat
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import Milter
 import milter
@@ -67,14 +68,22 @@ def open_socket(config: Config) -> tuple[SocketSpec, int]:
     milter.setbacklog(128)
     umask = None
     if spec.family == "unix":
-        Path(spec.path).parent.mkdir(parents=True, exist_ok=True)
+        if _listening(spec.path):
+            # libmilter would remove it and listen in its place: the running milterd would serve nobody.
+            raise ConfigError(config.path or "milter.conf", "[milter] socket", f"{spec.path} is in use: another process (a running milterd?) listens on it")
+        try:
+            Path(spec.path).parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise ConfigError(config.path or "milter.conf", "[milter] socket", f"cannot create {spec.path}: a part of its directory is not a directory") from None
+        except OSError as exc:
+            raise ConfigError(config.path or "milter.conf", "[milter] socket", f"cannot create the directory of {spec.path}: {exc.strerror or exc}") from None
         # bind() creates the socket with socket_mode: no chmod afterwards, which would follow a
         # symlink put in its place meanwhile (root changing the mode of whatever it points to).
         umask = os.umask(socket_umask(config.milter.socket_mode))
     try:
         milter.opensocket(True)
     except milter.error as exc:
-        raise ConfigError(config.path or "milter.conf", "[milter] socket", f"cannot listen on {config.milter.socket}: {exc}") from None
+        raise ConfigError(config.path or "milter.conf", "[milter] socket", f"cannot listen on {config.milter.socket}: {_why_not(spec) or exc}") from None
     finally:
         if umask is not None:
             os.umask(umask)
@@ -91,8 +100,49 @@ def open_socket(config: Config) -> tuple[SocketSpec, int]:
         finally:
             sock.detach()
     else:
-        _set_socket_owner(config, spec.path)
+        try:
+            _set_socket_owner(config, spec.path)
+        except ConfigError:
+            os.close(fd)
+            os.unlink(spec.path)
+            raise
     return spec, fd
+
+
+def _why_not(spec: SocketSpec) -> str:
+    """Why libmilter could not listen on *spec* (it says only "cannot opensocket"): the error of a bind tried here, or ''."""
+    if spec.family == "unix":
+        directory = os.path.dirname(spec.path)
+        if os.path.lexists(spec.path) and not stat.S_ISSOCK(os.lstat(spec.path).st_mode):
+            return f"{spec.path} exists and is not a socket"
+        if not _access(directory, os.W_OK | os.X_OK):
+            return f"user {pwd.getpwuid(os.geteuid()).pw_name} cannot write {directory}"
+        return ""
+    try:
+        with socket.socket(socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((spec.host, spec.port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""
+
+
+def _listening(path: str) -> bool:
+    """Whether a process accepts connections on the unix socket *path* (a stale one left by a crash refuses them)."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(path)
+        except TimeoutError:
+            return True  # a listener whose backlog is full
+        except OSError:
+            return False
+    return True
 
 
 def socket_umask(socket_mode: str) -> int:
@@ -101,11 +151,22 @@ def socket_umask(socket_mode: str) -> int:
 
 
 def _set_socket_owner(config: Config, path: str) -> None:
-    uid = pwd.getpwnam(config.milter.socket_owner).pw_uid if config.milter.socket_owner else -1
-    gid = grp.getgrnam(config.milter.socket_group).gr_gid if config.milter.socket_group else -1
+    where = config.path or "milter.conf"
+    try:
+        uid = pwd.getpwnam(config.milter.socket_owner).pw_uid if config.milter.socket_owner else -1
+    except KeyError:
+        raise ConfigError(where, "[milter] socket_owner", f"no such user {config.milter.socket_owner!r}") from None
+    try:
+        gid = grp.getgrnam(config.milter.socket_group).gr_gid if config.milter.socket_group else -1
+    except KeyError:
+        raise ConfigError(where, "[milter] socket_group", f"no such group {config.milter.socket_group!r}") from None
     if uid != -1 or gid != -1:
         # Not following a symlink: the socket's directory may be writable by others than root.
-        os.chown(path, uid, gid, follow_symlinks=False)
+        try:
+            os.chown(path, uid, gid, follow_symlinks=False)
+        except OSError as exc:
+            key = "[milter] socket_owner" if uid != -1 else "[milter] socket_group"
+            raise ConfigError(where, key, f"cannot give {path} to {config.milter.socket_owner or '-'}:{config.milter.socket_group or '-'}: {exc.strerror or exc}") from None
 
 
 #: The account ``serve`` drops to when started as root without ``[milter] user``
@@ -246,19 +307,66 @@ def _hand_over(candidate: Path, uid: int, gid: int) -> None:
 
 
 def check_writable(config: Config) -> None:
-    """After dropping privileges: the SQLite store and the spool directory must be writable (ConfigError)."""
+    """As the service account: the SQLite store and the spool directory must be writable (ConfigError).
+
+    The effective ids decide (:func:`check_store` runs it before the real drop).
+    """
     where = config.path or "milter.conf"
     who = f"user {pwd.getpwuid(os.geteuid()).pw_name}"
     path = _sqlite_path(config)
     if path is not None:
         files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
-        if not os.access(path.parent, os.X_OK) or (not all(map(os.path.lexists, files)) and not os.access(path.parent, os.W_OK)):
+        if not _access(path.parent, os.X_OK) or (not all(map(os.path.lexists, files)) and not _access(path.parent, os.W_OK)):
             raise ConfigError(where, "[database] url", f"{who} cannot write {path.parent} (SQLite needs the file and its directory)")
         for target in files:
-            if os.path.lexists(target) and not os.access(target, os.R_OK | os.W_OK):
+            if os.path.lexists(target) and not _access(target, os.R_OK | os.W_OK):
                 raise ConfigError(where, "[database] url", f"{who} cannot write {target}")
-    if config.milter.spool_dir and not os.access(config.milter.spool_dir, os.W_OK | os.X_OK):
+    if config.milter.spool_dir and not _access(config.milter.spool_dir, os.W_OK | os.X_OK):
         raise ConfigError(where, "[milter] spool_dir", f"{who} cannot write {config.milter.spool_dir}")
+
+
+def check_store(config: Config, services: Services) -> None:
+    """Before the socket is opened: prepare the store as :func:`become_service` will, as the service account.
+
+    A store that cannot be written, reached or made current refuses the start
+    before Postfix can connect (it would apply milter_default_action to the
+    sessions of a milterd about to exit).  Started as root, only the effective
+    ids change meanwhile (root must still bind the socket), under umask 077;
+    ConfigError or StoreError, with root's ids back.
+    """
+    hand_over_store(config)
+    with _as_service_account(config):
+        try:
+            check_writable(config)
+            services.store.ensure_schema(config.database.auto_upgrade)
+        finally:
+            services.close()
+            services.after_fork()  # nothing opened as the account stays open for root
+
+
+@contextmanager
+def _as_service_account(config: Config) -> Iterator[None]:
+    """The block runs with ``[milter] user``'s effective ids and umask 077; root's ids and the umask come back after it."""
+    account = service_account(config)
+    umask = os.umask(0o077)
+    groups, egid = os.getgroups(), os.getegid()
+    try:
+        if account is not None:
+            _name, uid, gid = account
+            os.setgroups([gid])
+            os.setegid(gid)
+            os.seteuid(uid)
+        yield
+    finally:
+        if account is not None:
+            os.seteuid(0)
+            os.setegid(egid)
+            os.setgroups(groups)
+        os.umask(umask)
+
+
+def _access(path: str | Path, mode: int) -> bool:
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
 
 
 def become_service(config: Config, services: Services) -> None:
@@ -292,6 +400,9 @@ class Supervisor:
         self._reload = False
         self.restarts = 0
         self.maintainer = 0
+        self.started: dict[int, float] = {}  # pid → when it was forked (monotonic)
+        self._quick_deaths = 0  # serving workers in a row that died soon after their start
+        self._not_before = 0.0  # no replacement before then (monotonic): the backoff
 
     @property
     def worker_count(self) -> int:
@@ -300,19 +411,27 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until SIGTERM; return the exit status."""
-        # First: the socket accepts before the schema is made, and a SIGTERM meanwhile is a clean stop.
+        # First: a SIGTERM while the store is prepared is a clean stop.
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        self.spec, self.listen_fd = open_socket(self.config)
         try:
+            check_store(self.config, self.services)  # before the socket: a bad store refuses the start
+            if self._stopping:
+                return 0
+            self.spec, self.listen_fd = open_socket(self.config)
             become_service(self.config, self.services)
         except StoreError as exc:  # before any worker: the supervisor refuses to start
             print(f"milterd: {redact(str(exc), self.config.database.url)}", file=sys.stderr)
+            self._remove_socket()
             return 1
+        except ConfigError:
+            self._remove_socket()
+            raise
         try:
             metrics.start(self.config.metrics.listen)  # before the workers fork: they inherit it
         except (OSError, ValueError) as exc:
+            self._remove_socket()
             raise ConfigError(self.config.path or "milter.conf", "[metrics] listen", f"cannot serve metrics on {self.config.metrics.listen}: {exc}") from None
         if self._stopping:  # stopped while the store was being prepared: no worker to start
             self._shutdown()
@@ -385,6 +504,7 @@ class Supervisor:
             os._exit(code)
         os.close(stop_read)
         self.workers[pid] = stop_write
+        self.started[pid] = time.monotonic()
         return pid
 
     def _close_stop_pipes(self) -> None:
@@ -419,9 +539,17 @@ class Supervisor:
 
         Workers told to stop (a reload replacing them) do not count: while a
         reload waits for an old worker to drain, a new one that dies is
-        still replaced at once.
+        still replaced at once.  Workers that keep dying soon after their
+        start are replaced after a growing delay (:meth:`_backoff`).
         """
         self._reap(block=False)
+        self.started = {pid: when for pid, when in self.started.items() if pid in self.workers}
+        now = time.monotonic()
+        serving = [pid for pid, fd in self.workers.items() if fd >= 0]
+        if self._quick_deaths and serving and all(now - self.started.get(pid, now) >= QUICK_DEATH for pid in serving):
+            self._quick_deaths = 0  # the workers run again
+        if now < self._not_before:
+            return
         while sum(1 for fd in self.workers.values() if fd >= 0) < self.worker_count and not self._stopping:
             self.restarts += 1
             metrics.worker_restarted()
@@ -443,11 +571,32 @@ class Supervisor:
                 break
             if pid in self.workers and not self._stopping and self.workers[pid] >= 0:
                 log.warning("worker %d %s", pid, _describe_exit(status))
+                self._backoff(pid)
             self._forget(pid)
             gone.append(pid)
             if block:
                 break
         return gone
+
+    def _backoff(self, pid: int) -> None:
+        """Count serving worker *pid*'s death; from the second in a row soon after a start, delay the replacements.
+
+        A worker that cannot start (a check that fails to initialise, a
+        resource gone) would otherwise be forked again every loop, each time
+        with its traceback: 0.5 s, then twice as long each time, at most
+        :data:`MAX_BACKOFF`.  A worker that served a while is replaced at once.
+        """
+        now = time.monotonic()
+        if now - self.started.get(pid, now) >= QUICK_DEATH:
+            self._quick_deaths = 0
+            return
+        self._quick_deaths += 1
+        if self._quick_deaths < 2:
+            return
+        delay = min(0.5 * 2 ** (self._quick_deaths - 2), MAX_BACKOFF)
+        if now + delay > self._not_before:
+            self._not_before = now + delay
+            log.error("%d workers in a row died within %gs of their start: restarting in %gs", self._quick_deaths, QUICK_DEATH, delay)
 
     def _on_stop(self, signum: int, _frame: object) -> None:
         self._stopping = True
@@ -509,6 +658,11 @@ class Supervisor:
             os.kill(pid, signal.SIGKILL)
         while self.workers:
             self._reap(block=True)
+        self._remove_socket()
+        metrics.stop()
+        log.info("stopped")
+
+    def _remove_socket(self) -> None:
         if self.spec and self.spec.family == "unix":
             try:
                 os.unlink(self.spec.path)
@@ -517,9 +671,12 @@ class Supervisor:
                 # the next start (as root) replaces the stale socket.
                 if exc.errno != errno.ENOENT:
                     log.warning("cannot remove %s: %s", self.spec.path, exc.strerror)
-        metrics.stop()
-        log.info("stopped")
 
+
+QUICK_DEATH = 10.0
+"""Seconds: a worker that dies sooner after its start counts towards the restart backoff."""
+MAX_BACKOFF = 10.0
+"""Seconds: the longest a worker that keeps dying at start waits to be replaced."""
 
 MAINTENANCE_NAME = "milterd-maint"
 """The process name (``ps``'s COMM) of the supervisor's short-lived maintenance child, so that
@@ -628,7 +785,7 @@ def register(cls: type) -> None:
 
 
 def serve(config_path: str | None) -> int:
-    """``milterd serve``: validate everything, then supervise (the store is prepared after the drop, in ``run``)."""
+    """``milterd serve``: validate everything, then supervise (the store is prepared as the service account, in ``run``)."""
     config = load_config(config_path)
 
     setup_logging(config.milter.log_target, config.milter.log_level, config.database.url)

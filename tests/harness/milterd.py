@@ -122,8 +122,8 @@ class Milterd:
             time.sleep(0.05)
         else:
             raise TimeoutError(f"milterd did not start:\n{self.stderr()}")
-        # The socket listens before the store is prepared (as the service account): a store that
-        # cannot be opened or upgraded ends the start after it.  "listening on" says it is done.
+        # The socket listens once the store is checked (as the service account), then the
+        # workers start: "listening on" says it is done.
         if self.sections["milter"].get("log_level", "info") in ("debug", "info"):
             while time.monotonic() < deadline and "listening on" not in self.stderr():
                 if self.process.poll() is not None:

@@ -69,7 +69,8 @@ def _serve(monkeypatch: pytest.MonkeyPatch, events: list[str], root: Path, store
         ensure_schema(store, auto_upgrade)
 
     monkeypatch.setattr(Store, "ensure_schema", schema)
-    for name, call in (("setgroups", os.setgroups), ("setgid", os.setegid), ("setuid", os.seteuid)):
+    # setegid/seteuid: the store check before the socket opens, which root undoes afterwards.
+    for name, call in (("setgroups", os.setgroups), ("setgid", os.setegid), ("setuid", os.seteuid), ("setegid", os.setegid), ("seteuid", os.seteuid)):
         monkeypatch.setattr(os, name, lambda value, name=name, call=call: events.append(name) or (call(value) if real else None))
 
     def stop(_listen: str) -> Any:
@@ -98,16 +99,18 @@ def test_the_schema_is_made_after_the_drop(monkeypatch: pytest.MonkeyPatch, even
     with pytest.raises(Started):
         _serve(monkeypatch, events, tmp_path, tmp_path / "milterd.sqlite")()
     euid = os.geteuid()
-    assert events == ["open_socket", "hand_over_store", "setgroups", "setgid", "setuid", f"ensure_schema as {euid}"]
+    checked = ["hand_over_store", "setgroups", "setegid", "seteuid", f"ensure_schema as {euid}", "seteuid", "setegid", "setgroups"]
+    assert events == checked + ["open_socket", "hand_over_store", "setgroups", "setgid", "setuid", f"ensure_schema as {euid}"]
 
 
-def test_a_schema_that_cannot_be_used_after_the_drop_refuses_the_start(monkeypatch: pytest.MonkeyPatch, events: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_schema_that_cannot_be_used_refuses_the_start_before_the_socket(monkeypatch: pytest.MonkeyPatch, events: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """auto_upgrade off and no schema: exit status 1 with the reason, before any worker (or the metrics) starts."""
     spawned: list[int] = []
     monkeypatch.setattr(supervisor.Supervisor, "_spawn", lambda self: spawned.append(1) or 0)
     assert _serve(monkeypatch, events, tmp_path, tmp_path / "milterd.sqlite", auto_upgrade=False)() == 1
     assert "milterd: the database schema is at nothing, this milterd needs" in capsys.readouterr().err
-    assert events[-2:] == ["setuid", f"ensure_schema as {os.geteuid()}"]
+    # Refused by the store check, as the account, before the socket listens (root's ids back after it).
+    assert events == ["hand_over_store", "setgroups", "setegid", "seteuid", f"ensure_schema as {os.geteuid()}", "seteuid", "setegid", "setgroups"]
     assert spawned == []
 
 
