@@ -37,6 +37,9 @@ _TRAILING = ".,;:!?"
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANKS = re.compile(r"\n\s*\n+")
 _COMMENT_END = re.compile(r"--!?>")
+#: Codecs Python has that are no charset of mail, read as unknown ones: punycode decodes in quadratic
+#: time (300 KB took 6 s), the escape codecs read backslashes as Python does, undefined always fails.
+NOT_CHARSETS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined"})
 
 #: A Content-Type that names no file: text/SUBTYPE with at most a charset (no comment, no RFC 2231 form).
 _PLAIN_TEXT_TYPE = re.compile(
@@ -82,8 +85,9 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
             if ctype in ("text/plain", "text/html"):
                 _add_text(result, seen, texts, ctype, body, limit)
         else:
-            message = email.message_from_bytes(raw, policy=email.policy.compat32)
-            for count, part in enumerate(message.walk()):
+            message, cut = _parsed(raw)
+            result.truncated = cut
+            for count, part in enumerate(_walk(message)):
                 if count >= MAX_PARTS or size >= limit:
                     result.truncated = True
                     break
@@ -97,6 +101,31 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
         result.error = f"{exc.__class__.__name__}: {exc}"[:200]
     result.text = "\n".join(texts)
     return result
+
+
+def _parsed(raw: bytes) -> tuple[email.message.Message, bool]:
+    """*raw* parsed, and whether it had to be cut: the parser recurses once a multipart level (a
+    thousand levels raise RecursionError), so a message nested too deep is halved until it parses,
+    and the parts before the nesting are read (the whole parse failing would hide them)."""
+    cut = False
+    while True:
+        try:
+            return email.message_from_bytes(raw, policy=email.policy.compat32), cut
+        except RecursionError:
+            if len(raw) < 2:
+                raise
+            raw, cut = raw[: len(raw) // 2], True
+
+
+def _walk(message: email.message.Message) -> Iterator[email.message.Message]:
+    """``message.walk()`` without its recursion (a generator a level deep): the parts, depth first."""
+    stack = [message]
+    while stack:
+        part = stack.pop()
+        yield part
+        payload = part.get_payload() if part.is_multipart() else None
+        if isinstance(payload, list):
+            stack.extend(sub for sub in reversed(payload) if isinstance(sub, email.message.Message))
 
 
 def _add_text(result: MessageText, seen: set[str], texts: list[str], ctype: str, body: str, room: int) -> int:
@@ -201,11 +230,11 @@ def decode_part(part: email.message.Message) -> str:
 
 
 def decode_bytes(data: bytes, charset: str | None) -> str:
-    """*data* in *charset*; an unknown or wrong charset falls back to UTF-8, then Latin-1."""
+    """*data* in *charset*; an unknown or wrong charset (or a codec that is no mail charset) falls back to UTF-8, then Latin-1."""
     if charset:
         try:
-            codecs.lookup(charset)
-            return data.decode(charset, "replace")
+            if codecs.lookup(charset).name not in NOT_CHARSETS:
+                return data.decode(charset, "replace")
         except (LookupError, ValueError, TypeError):
             pass
     try:
@@ -279,6 +308,34 @@ class _HTMLText(HTMLParser):
         self.embedded: set[str] = set()  # links (of self.links) seen as an embedded source
         self.followed: set[str] = set()  # links seen as one the reader follows
         self._skipping = 0
+        self._closing = False
+
+    def close(self) -> None:
+        """End the document: what is left unterminated (a tag, comment, declaration) runs to its end, as in a browser."""
+        self._closing = True
+        super().close()
+
+    # The stdlib (3.11) reads a construct left unterminated at the end as one character of text and parses
+    # on from the next "<": each of 50,000 unclosed "<a href='" then scans to the end, 700 KB take an
+    # hour.  A browser (HTML standard 13.2.5, "eof-in-tag") drops everything from such a construct on.
+    def _to_end(self, end: int) -> int:
+        return len(self.rawdata) if end < 0 and self._closing else end
+
+    def parse_starttag(self, i: int) -> int:
+        """The stdlib's, but an unterminated start tag at the end of the document hides the rest."""
+        return self._to_end(super().parse_starttag(i))
+
+    def parse_endtag(self, i: int) -> int:
+        """The stdlib's, but an unterminated end tag at the end of the document hides the rest."""
+        return self._to_end(super().parse_endtag(i))
+
+    def parse_pi(self, i: int) -> int:
+        """The stdlib's, but an unterminated ``<?`` at the end of the document hides the rest."""
+        return self._to_end(super().parse_pi(i))
+
+    def parse_html_declaration(self, i: int) -> int:
+        """The stdlib's, but an unterminated ``<!`` at the end of the document hides the rest."""
+        return self._to_end(super().parse_html_declaration(i))
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in self._SKIP:
@@ -309,7 +366,7 @@ class _HTMLText(HTMLParser):
                 return start + len(empty)
         match = _COMMENT_END.search(rawdata, start)
         if match is None:
-            return -1
+            return self._to_end(-1)
         if report:
             self.handle_comment(rawdata[start:match.start()])
         return match.end()
@@ -317,7 +374,7 @@ class _HTMLText(HTMLParser):
     def parse_marked_section(self, i: int, report: bool = True) -> int:
         """Skip ``<![CDATA[``/``<![if …]>`` at *i* to the first ``>``: a bogus comment in HTML (13.2.5.42); -1 while unterminated."""
         end = self.rawdata.find(">", i + 3)
-        return -1 if end < 0 else end + 1
+        return self._to_end(-1) if end < 0 else end + 1
 
     def handle_endtag(self, tag: str) -> None:
         if tag in self._SKIP and self._skipping:
