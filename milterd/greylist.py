@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
+from .patterns import IGNORECASE, AdminPattern, PatternError
 from .text import storable
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ class Pattern:
     kind: str
     text: str
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
-    regex: re.Pattern[str] | None = None
+    regex: AdminPattern | None = None
 
     def matches(self, value: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None) -> bool:
         """Whether *value* (a client name or an address) or *ip* matches."""
@@ -190,8 +191,8 @@ def compile_pattern(kind: str, text: str) -> Pattern:
         raise ValueError("an empty entry")
     if len(text) > 2 and text.startswith("/") and text.endswith("/"):
         try:
-            return Pattern(kind, text, regex=re.compile(text[1:-1], re.IGNORECASE))
-        except re.error as exc:
+            return Pattern(kind, text, regex=AdminPattern(text[1:-1], IGNORECASE))
+        except PatternError as exc:
             raise ValueError(f"bad regular expression {text!r}: {exc}") from None
     if kind == "client":
         try:

@@ -39,6 +39,7 @@ from ..config import ConfigError
 from ..content.headertext import decoded
 from ..message.model import Envelope, Hit, Session
 from ..options import finite
+from ..patterns import AdminPattern, PatternError
 from ..rulelang import MetaSyntaxError, Node, evaluate, names, parse
 from ..units import parse_size
 from . import Check, Hits, Symbol
@@ -63,7 +64,7 @@ class Rule:
     description: str
     file: Path
     header: str = ""
-    regex: re.Pattern[str] | None = None
+    regex: AdminPattern | None = None
     meta: Node | None = None
     expression: str = ""
 
@@ -135,8 +136,8 @@ def _compile(file: Any, position: int, entry: Any, seen: set[str], builtin: dict
         if not isinstance(pattern, str) or not pattern:
             raise ConfigError(file, f"{where}.{kind}", "must be a regular expression (a string)")
     try:
-        regex = re.compile(pattern)
-    except (re.error, OverflowError, RecursionError) as exc:  # x{99999999999}, thousands of nested groups
+        regex = AdminPattern(pattern)  # bounded in time on hostile text (milterd/patterns.py)
+    except PatternError as exc:  # also x{99999999999}, thousands of nested groups
         raise ConfigError(file, f"{where}.{key}", f"bad regular expression: {exc}") from None
     return Rule(description=description, header=header.lower(), regex=regex, expression=pattern, **common)
 

@@ -20,6 +20,7 @@ from pydantic import Field
 from ..dns import reverse_pointer
 from ..message.model import Envelope, Hit, Session
 from ..options import CheckSwitches, ConfigError
+from ..patterns import AdminPattern, PatternError
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 
@@ -48,7 +49,7 @@ def verified_by_postfix(session: Session) -> str:
     return name
 
 
-def looks_generic(name: str, ip: str, patterns: list[re.Pattern[str]] | tuple[re.Pattern[str], ...]) -> bool:
+def looks_generic(name: str, ip: str, patterns: list[AdminPattern] | tuple[AdminPattern, ...]) -> bool:
     """Whether *name* looks like an ISP's generic or dynamic name (or embeds the address)."""
     return _looks_generic(name, ip, tuple(patterns))
 
@@ -56,7 +57,7 @@ def looks_generic(name: str, ip: str, patterns: list[re.Pattern[str]] | tuple[re
 # A pure judgement of its arguments (compiled patterns hash and compare by their source and
 # flags), asked once per session, mostly for the same few clients' names: remembered per process.
 @functools.lru_cache(maxsize=1024)
-def _looks_generic(name: str, ip: str, patterns: tuple[re.Pattern[str], ...]) -> bool:
+def _looks_generic(name: str, ip: str, patterns: tuple[AdminPattern, ...]) -> bool:
     lowered = name.lower()
     octets = _last_octets(ip)
     if octets is not None and octets.search(lowered):
@@ -93,7 +94,7 @@ class ReverseDns(ConfiguredCheck[RdnsChecks]):
 
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
-        self.patterns = tuple(re.compile(p) for p in self.options.generic_patterns)
+        self.patterns = tuple(AdminPattern(p) for p in self.options.generic_patterns)
 
     @classmethod
     def enabled(cls, services: "Services") -> bool:
@@ -102,8 +103,8 @@ class ReverseDns(ConfiguredCheck[RdnsChecks]):
 
         for position, pattern in enumerate(services.config.checks.rdns.generic_patterns):
             try:
-                re.compile(pattern)
-            except (re.error, OverflowError, RecursionError) as exc:  # x{99999999999}, thousands of nested groups
+                AdminPattern(pattern)
+            except PatternError as exc:
                 raise ConfigError(services.config.path or "milter.conf", f"[checks.rdns] generic_patterns[{position}]", f"bad regular expression: {exc}") from None
         return True
 
