@@ -8,7 +8,9 @@ layer in name order.  The local layer adds to the shipped one or overrides it:
 * ``[symbols]`` re-weights symbols (``NAME = 2.5`` or
   ``NAME = { score = 2.5, description = "…" }``); a later weight wins;
 * a ``[[dnsbl]]``, ``[[dnswl]]`` or ``[[rule]]`` table with the ``name`` of
-  an earlier one replaces it; with ``enabled = false`` it removes it.
+  an earlier one replaces it whole (none of the earlier table's keys are
+  kept: a zone for another list must not inherit codes, actions or
+  ``refused`` meant for the shipped one); with ``enabled = false`` it removes it.
 
 Other top-level keys belong to the checks that declare them in
 ``rule_sections`` and are handed to them with the file they came from, so

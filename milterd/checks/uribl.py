@@ -34,7 +34,7 @@ import logging
 import random
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Collection, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Collection, Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
 from publicsuffixlist import PublicSuffixList
@@ -130,11 +130,14 @@ def parse_uri_zone(file: Any, position: int, entry: Any) -> UriZone:
     return UriZone(**vars(parse_list_table(KIND, file, position, entry)[1]))
 
 
-def address_lists(names: Iterable[str], zones: list[Zone], disabled: Iterable[str], file: Any) -> list[UriZone]:
+def address_lists(names: Iterable[str], zones: list[Zone], disabled: Iterable[str], file: Any, local_files: Mapping[str, Any] | None = None) -> list[UriZone]:
     """The ``[[dnsbl]]`` zones (``SPAMHAUS``) or zone codes (``SPAMHAUS_SBL``) asked for address links.
 
     They take the zone's or code's score, never its reject.  A name of a zone
-    the rule files switched off is left out; an unknown one is a ConfigError.
+    the rule files switched off is left out; an unknown one is a ConfigError
+    naming the local rule file of the zone that lacks the code (*local_files*:
+    symbol of a zone of the local rules directory → its file), else *file*
+    (milter.conf) and the names there are.
     """
     off = {key.split(" ", 1)[1] for key in disabled if key.startswith("dnsbl ")}
     found: list[UriZone] = []
@@ -144,7 +147,7 @@ def address_lists(names: Iterable[str], zones: list[Zone], disabled: Iterable[st
         if zone is None:
             if any(wanted == name or wanted.startswith(name + "_") for name in off):
                 continue
-            raise ConfigError(file, "[checks.uribl] ip_lists", f"no [[dnsbl]] zone or zone code is named {wanted} (names drop the DNSBL_ prefix: SPAMHAUS_SBL)")
+            raise _unknown_ip_list(wanted, zones, file, local_files or {})
         codes = tuple(
             Code(f"URIBL_IP_{wanted}", c.answers, c.score, False, f"A link's address is listed in {zone.zone} ({c.symbol})")
             for c in zone.codes if c.symbol == symbol
@@ -152,6 +155,26 @@ def address_lists(names: Iterable[str], zones: list[Zone], disabled: Iterable[st
         # Scored only: a zone that rejects clients it lists need not reject mail that links to them.
         found.append(UriZone(f"URIBL_IP_{wanted}", zone.zone, zone.score, False, codes, zone.refused, f"A link's address is listed in {zone.zone}", addresses=True))
     return found
+
+
+def _unknown_ip_list(wanted: str, zones: list[Zone], file: Any, local_files: Mapping[str, Any]) -> ConfigError:
+    """The error for an ``ip_lists`` name no ``[[dnsbl]]`` has: the local rule file whose zone lacks
+    that code (a zone replacing a shipped one keeps none of its codes), else *file* and the names there are."""
+    symbol = f"DNSBL_{wanted}"
+    blocklists = [z for z in zones if z.kind == "dnsbl"]
+    owner = max((z for z in blocklists if symbol.startswith(z.symbol + "_")), key=lambda z: len(z.symbol), default=None)
+    if owner is not None and owner.symbol in local_files:
+        codes = ", ".join(c.symbol.removeprefix(owner.symbol + "_") for c in owner.codes) or "none"
+        return ConfigError(
+            local_files[owner.symbol], f"dnsbl {owner.symbol.removeprefix('DNSBL_')}.codes",
+            f"has no code {symbol.removeprefix(owner.symbol + '_')}, which [checks.uribl] ip_lists ({file}; default [\"SPAMHAUS_SBL\"]) "
+            f"names; codes here: {codes}.  A [[dnsbl]] that replaces a shipped one keeps none of its keys: give its codes too, or change ip_lists",
+        )
+    known = ", ".join(s.removeprefix("DNSBL_") for z in blocklists for s in (z.symbol, *(c.symbol for c in z.codes))) or "none"
+    return ConfigError(
+        file, "[checks.uribl] ip_lists",
+        f"no [[dnsbl]] zone or zone code is named {wanted}; the rule files (`milterd config show` lists them) name: {known} (names drop the DNSBL_ prefix)",
+    )
 
 
 # --- links ------------------------------------------------------------------
@@ -430,7 +453,10 @@ class UriBlockLists(ConfiguredCheck[UriblChecks]):
         options = self.options
         self.zones = parse_uri_zones(services)
         config_file = services.config.path or "milter.conf"
-        self.zones += address_lists(options.ip_lists, parse_zones(services), services.ruleset.disabled, config_file)
+        zones = parse_zones(services)
+        local = services.config.rules_dir
+        local_files = {f"DNSBL_{entry['name']}": path for path, _, entry in services.ruleset.tables("dnsbl") if path.parent == local}  # valid: parsed above
+        self.zones += address_lists(options.ip_lists, zones, services.ruleset.disabled, config_file, local_files)
         self.skip = frozenset(d.lower().strip(".") for d in options.skip_domains)
         public_suffixes()  # loaded before the first message, not during it
 
