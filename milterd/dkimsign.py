@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
     from .config import DkimSigningSection
 
 Algorithm = Literal["rsa", "ed25519"]
+
+#: The largest file :func:`read_regular` reads (a key is a few KB, a login map maybe a few MB).
+MAX_FILE_SIZE = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,32 @@ def parse_key(data: bytes) -> tuple[Algorithm, bytes]:
     return "ed25519", text
 
 
+def read_regular(path: Path) -> bytes:
+    """The bytes of *path*, a regular file of at most MAX_FILE_SIZE bytes; OSError otherwise (ValueError: a NUL in the name).
+
+    For the files a check reads when the configuration is built (at start and
+    at every reload): opened without blocking and checked before reading, so
+    that a FIFO in a key's place cannot hang the supervisor, nor /dev/zero fill
+    its memory.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = handle.read(MAX_FILE_SIZE + 1)
+    if len(data) > MAX_FILE_SIZE:
+        raise OSError(errno.EFBIG, f"larger than {MAX_FILE_SIZE // (1024 * 1024)} MiB")
+    return data
+
+
+def read_error(exc: OSError | ValueError) -> str:
+    """Why :func:`read_regular` failed, in words ("Permission denied", "not a regular file", "embedded null byte")."""
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
 def load_keys(section: "DkimSigningSection", config_path: Path | None) -> list[SigningKey]:
     """The keys of *section*, read now; ConfigError naming the file, the key and the reason."""
     base = config_path.parent if config_path else Path.cwd()
@@ -71,9 +102,11 @@ def load_keys(section: "DkimSigningSection", config_path: Path | None) -> list[S
     for index, entry in enumerate(section.keys if section.enabled else []):
         path = base / entry.key_file
         try:
-            algorithm, private = parse_key(path.read_bytes())
-        except OSError as exc:
-            raise ConfigError(where, f"[dkim_signing] keys[{index}].key_file", f"cannot read {path}: {exc.strerror or exc}") from None
+            data = read_regular(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(where, f"[dkim_signing] keys[{index}].key_file", f"cannot read {path}: {read_error(exc)}") from None
+        try:
+            algorithm, private = parse_key(data)
         except ValueError as exc:
             raise ConfigError(where, f"[dkim_signing] keys[{index}].key_file", f"{path}: {exc}") from None
         keys.append(SigningKey(entry.domain.lower().rstrip("."), entry.selector, algorithm, private))

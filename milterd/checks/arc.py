@@ -23,7 +23,7 @@ from pydantic import Field
 
 from .. import dkimfast
 from ..authresults import authserv_id_of
-from ..dkimsign import parse_key
+from ..dkimsign import parse_key, read_error, read_regular
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
 from ..options import CheckSwitches, ConfigError
 from . import Check, Hits, Symbol
@@ -181,9 +181,11 @@ class ArcSealer(Check):
                 raise ConfigError(where, f"[checks.arc] {key}", "needed when seal = true")
         path = (services.config.path.parent if services.config.path else Path.cwd()) / options.seal_key_file
         try:
-            algorithm, self.key = parse_key(path.read_bytes())
-        except OSError as exc:
-            raise ConfigError(where, "[checks.arc] seal_key_file", f"cannot read {path}: {exc.strerror or exc}") from None
+            data = read_regular(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(where, "[checks.arc] seal_key_file", f"cannot read {path}: {read_error(exc)}") from None
+        try:
+            algorithm, self.key = parse_key(data)
         except ValueError as exc:
             raise ConfigError(where, "[checks.arc] seal_key_file", f"{path}: {exc}") from None
         if algorithm != "rsa":

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
+from ..dkimsign import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
 from ..options import ConfigError, Section
@@ -48,11 +49,18 @@ def domain_of(address: str) -> str:
 
 def load_login_map(path: Path) -> dict[str, set[str]]:
     """Read a ``KEY login[, login …]`` file (``#`` comments); ConfigError naming the line otherwise."""
+    try:
+        data = read_regular(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(path, "", f"cannot read the sender login map: {read_error(exc)}") from None
+    return parse_login_map(data, path)
+
+
+def parse_login_map(data: bytes, path: Path) -> dict[str, set[str]]:
+    """The table of a login map file's content (*path* names it in errors); ConfigError naming the line otherwise."""
     table: dict[str, set[str]] = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read the sender login map: {exc.strerror or exc}") from None
+        lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise ConfigError(path, "", "the sender login map is not UTF-8") from None
     for number, line in enumerate(lines, 1):
@@ -141,7 +149,12 @@ class SenderLogin(Check):
         self.table: dict[str, set[str]] = {}
         if options.sender_login_maps:
             base = services.config.path.parent if services.config.path else Path.cwd()
-            self.table = load_login_map(base / options.sender_login_maps)
+            path = base / options.sender_login_maps
+            try:
+                data = read_regular(path)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(services.config.path or "milter.conf", "[checks.local_domains] sender_login_maps", f"cannot read {path}: {read_error(exc)}") from None
+            self.table = parse_login_map(data, path)
         for key, logins in options.sender_logins.items():
             if "@" not in key:
                 raise ConfigError(services.config.path or "milter.conf", f"[checks.local_domains] sender_logins.{key}", "keys are addresses or @domain")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..diagnostics import diagnose, worst
+from ..config import ConfigError, load_config
+from ..diagnostics import Finding, diagnose, worst
+from ..milter.supervisor import reload_blockers
 from ..text import escape
 from . import config_parent
 
@@ -22,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run_doctor(args: argparse.Namespace) -> int:
     """Print the findings; exit 1 on any failure (or warning, with --strict)."""
-    findings = diagnose(args.config, args.postfix_config, use_postconf=not args.no_postfix)
+    findings = diagnose(args.config, args.postfix_config, use_postconf=not args.no_postfix) + reload_findings(args.config)
     status = worst(findings)
     if args.json:
         print(json.dumps({"status": status, "findings": [f.as_dict() for f in findings]}, indent=2))
@@ -34,3 +36,12 @@ def run_doctor(args: argparse.Namespace) -> int:
             print(f"{status_text:4}  {name:{width}}  {detail}")
         print(f"doctor: {status}")
     return 1 if status == "fail" or (args.strict and status == "warn") else 0
+
+
+def reload_findings(config_path: str | None) -> list[Finding]:
+    """A warning for each file that ``serve`` reads as root at start but ``[milter] user`` cannot read at a reload."""
+    try:
+        config = load_config(config_path)
+    except ConfigError:  # diagnose reported it
+        return []
+    return [Finding(f"reload {error.key or 'milter.conf'}", "warn", str(error)) for error in reload_blockers(config)]

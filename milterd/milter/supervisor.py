@@ -16,6 +16,7 @@ import grp
 import logging
 import os
 import pwd
+import select
 import signal
 import socket
 import stat
@@ -24,7 +25,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import Milter
 import milter
@@ -384,6 +385,80 @@ def become_service(config: Config, services: Services) -> None:
     services.store.ensure_schema(config.database.auto_upgrade)
     services.close()
     services.after_fork()
+    for problem in reload_blockers(config):
+        log.warning("%s", problem)
+
+
+def reload_files(config: Config) -> list[tuple[str, Path]]:
+    """The files a SIGHUP reload reads again, each with its key in milter.conf ('' for milter.conf itself).
+
+    Those ``serve`` reads as root at start: milter.conf, rules/ and its rule
+    files, and the key files and login map of the checks that use them
+    (``[quarantine] release_password_file`` is read by ``milterd quarantine``, not here).
+    """
+    files: list[tuple[str, Path]] = []
+    if config.path is not None:
+        files.append(("", config.path))
+    base = config.path.parent if config.path else Path.cwd()
+    try:
+        rules = config.rules_dir
+    except ConfigError:  # start refused it already; a reload says so itself
+        rules = None
+    if rules is not None and rules.is_dir():
+        files.append(("[rules] dir", rules))
+        try:
+            files += [("[rules] dir", rule) for rule in sorted(rules.glob("*.toml"))]
+        except OSError:
+            pass
+    if config.dkim_signing.enabled:
+        files += [(f"[dkim_signing] keys[{index}].key_file", base / key.key_file) for index, key in enumerate(config.dkim_signing.keys)]
+    arc = config.checks.arc
+    if arc.enabled and arc.seal and arc.seal_key_file:
+        files.append(("[checks.arc] seal_key_file", base / arc.seal_key_file))
+    local = config.checks.local_domains
+    if local.enabled and local.sender_login_maps:
+        files.append(("[checks.local_domains] sender_login_maps", base / local.sender_login_maps))
+    return files
+
+
+def reload_blockers(config: Config) -> list[ConfigError]:
+    """One error per file of :func:`reload_files` that ``[milter] user`` cannot read, naming the key, the file and what to do.
+
+    Started as root, ``serve`` reads them as root, but a reload reads them
+    again as the service account: a key of mode 0600 owned by root (as
+    ``milterd dkim keygen`` run as root writes it) starts, and then refuses
+    every reload.  A file missing or unreadable as root is left to the start's own errors.
+    """
+    where = config.path or "milter.conf"
+    files = [(key, path) for key, path in reload_files(config) if not _missing(path)]
+    problems = []
+    with _as_service_account(config):
+        for key, path in files:
+            if not _access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+                user, group = _name_of(os.geteuid(), pwd.getpwuid), _name_of(os.getegid(), grp.getgrgid)
+                mode = "g+rx" if path.is_dir() else "g+r"
+                problems.append(ConfigError(where, key, f"user {user} cannot read {path}, which a reload (SIGHUP) reads again as that user: "
+                                                        f"make it readable by it (chgrp {group} {path}; chmod {mode} {path}), or restart milterd instead of reloading"))
+    return problems
+
+
+def _name_of(number: int, lookup: Callable[[int], Any]) -> str:
+    """The name of user or group *number* (*lookup*: pwd.getpwuid or grp.getgrgid), else the number (an id without an entry)."""
+    try:
+        return str(lookup(number)[0])
+    except KeyError:
+        return str(number)
+
+
+def _missing(path: Path) -> bool:
+    """Whether *path* does not exist, or cannot be a file name (a NUL in it); not when only its directory keeps it from us."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class Supervisor:
@@ -490,14 +565,14 @@ class Supervisor:
             metrics.process_dead(pid)
         return done == 0
 
-    def _spawn(self) -> int:
+    def _spawn(self, ready_fd: int = -1) -> int:
         stop_read, stop_write = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(stop_write)
                 self._close_stop_pipes()
-                code = run_worker(self.services, self.listen_fd, stop_read)
+                code = run_worker(self.services, self.listen_fd, stop_read, ready_fd)
             except BaseException:  # noqa: BLE001 - never return into the supervisor's loop
                 log.exception("worker failed")
                 code = 1
@@ -605,29 +680,93 @@ class Supervisor:
         self._reload = True
 
     def _do_reload(self) -> None:
+        services: Services | None = None
         try:
             config = load_config(self.config_path)
             hide_database_url(config.database.url)  # before anything can log or raise with the new URL in it
             if config.milter.socket != self.config.milter.socket:
                 log.warning("reload: [milter] socket changed; that takes a restart, keeping %s", self.config.milter.socket)
                 config = config.model_copy(update={"milter": config.milter.model_copy(update={"socket": self.config.milter.socket})})
+            blockers = reload_blockers(config)
+            if blockers:
+                raise blockers[0]
             services = build(config)
             services.store.ensure_schema(config.database.auto_upgrade)
             services.close()
             services.after_fork()
         except (ConfigError, StoreError) as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
+            self._discard(services)
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever the new configuration raises (a check's setup), the old one keeps serving
+            log.error("reload refused, the running configuration stays: %s: %s", type(exc).__name__, exc)
+            log.debug("reload refused", exc_info=True)
+            self._discard(services)
             return
         log.info("reload: new configuration accepted; replacing workers one by one")
+        old_config, old_services = self.config, self.services
         self.config, self.services = config, services
+        started: list[int] = []
         for pid in list(self.workers):
             if self._stopping:
                 return
-            if pid not in self.workers:  # died meanwhile: already reaped and replaced
+            if pid not in self.workers or self.workers[pid] < 0:  # died meanwhile, or stopping (a reload refused half-way)
                 continue
-            self._spawn()
+            new = self._spawn_ready()
+            if new is None:
+                if self._stopping:
+                    return
+                # Every old worker not replaced yet keeps serving; those of the new configuration
+                # already started are stopped, and replaced by workers of the old one.
+                self.config, self.services = old_config, old_services
+                for pid_new in started:
+                    self._signal_stop(pid_new)
+                    self._spawn()
+                log.error("reload refused, the running configuration stays: a worker of the new configuration did not start (its error is logged)")
+                return
+            started.append(new)
             self._stop_worker(pid)
         log.info("reload done")
+
+    def _discard(self, services: Services | None) -> None:
+        """Close what a refused configuration's services opened (their store's connections)."""
+        if services is None:
+            return
+        try:
+            services.close()
+        except Exception:  # noqa: BLE001 - closing a refused configuration's store must not end the supervisor
+            log.debug("closing the refused configuration's store", exc_info=True)
+
+    def _spawn_ready(self) -> int | None:
+        """Start a worker and wait until it says it is ready to serve; its pid, or None when it died or did not say so in time.
+
+        A reload stops an old worker only once its replacement is ready: new
+        workers that die at once must not leave nothing serving.  Children are
+        reaped meanwhile, but none is replaced: a replacement now would start
+        with the configuration being tried.
+        """
+        ready_read, ready_write = os.pipe()
+        try:
+            pid = self._spawn(ready_write)
+        finally:
+            os.close(ready_write)  # only the worker holds it now: its death is EOF
+        poller = select.poll()
+        poller.register(ready_read, select.POLLIN)
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not self._stopping and time.monotonic() < deadline:
+                if poller.poll(200):
+                    if os.read(ready_read, 1):
+                        return pid
+                    return None  # EOF: it died before it was ready (reaped, and its end logged, as any worker's)
+                self._reap(block=False)
+        finally:
+            os.close(ready_read)
+        if pid in self.workers and not self._stopping:
+            log.error("worker %d was not ready to serve within %gs", pid, READY_TIMEOUT)
+            self._signal_stop(pid)  # not a serving worker any more: it is reaped, not replaced
+            os.kill(pid, signal.SIGKILL)
+        return None
 
     def _stop_worker(self, pid: int) -> None:
         # While this worker drains, every other child is still reaped and a
@@ -673,6 +812,8 @@ class Supervisor:
                     log.warning("cannot remove %s: %s", self.spec.path, exc.strerror)
 
 
+READY_TIMEOUT = 30.0
+"""Seconds: a worker a reload starts must be ready to serve by then, or the old workers stay."""
 QUICK_DEATH = 10.0
 """Seconds: a worker that dies sooner after its start counts towards the restart backoff."""
 MAX_BACKOFF = 10.0
@@ -698,8 +839,11 @@ def _describe_exit(status: int) -> str:
     return f"exited with status {os.WEXITSTATUS(status)}"
 
 
-def run_worker(services: Services, listen_fd: int, stop_fd: int) -> int:
-    """The body of a worker process: serve milter connections until told to stop."""
+def run_worker(services: Services, listen_fd: int, stop_fd: int, ready_fd: int = -1) -> int:
+    """The body of a worker process: serve milter connections until told to stop.
+
+    When it is ready to serve, it writes a byte to *ready_fd* (when not -1) and closes it.
+    """
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     services.after_fork()
@@ -710,6 +854,12 @@ def run_worker(services: Services, listen_fd: int, stop_fd: int) -> int:
     if services.config.milter.timeout:
         milter.settimeout(int(services.config.milter.timeout))
     threading.Thread(target=_wait_for_stop, args=(stop_fd, listen_fd, services.config.milter.shutdown_timeout), daemon=True).start()
+    if ready_fd >= 0:
+        try:
+            os.write(ready_fd, b"1")
+        except OSError:  # the supervisor stopped waiting: it stops this worker too
+            pass
+        os.close(ready_fd)
     try:
         milter.main()
     except milter.error as exc:

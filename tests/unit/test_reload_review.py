@@ -1,0 +1,224 @@
+"""Review of the SIGHUP reload (milterd/milter/supervisor.py) and of the files a check reads when
+the configuration is built (DKIM keys, the ARC seal key, the sender login map): any failure of a
+new configuration is a refused reload, never the supervisor's end; a FIFO in a key's place is
+refused, not waited on; a file the service account cannot read is said at start and at reload."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from milterd import dkimsign
+from milterd.commands import doctor
+from milterd.config import ConfigError, load_config
+from milterd.milter import supervisor
+from milterd.services import Services, build
+from tests.harness.milterd import NO_RESOLVER, write_config
+
+
+def _conf(root: Path, user: str = "root", **sections: dict[str, Any]) -> Path:
+    """A milter.conf in *root* with a SQLite store there, the dead loopback resolver and *sections*."""
+    base: dict[str, dict[str, Any]] = {
+        "milter": {"user": user, "local_domains": ["example.org"]},
+        "database": {"url": f"sqlite:///{root / 'milterd.sqlite'}"},
+        "dns": {"nameservers": [NO_RESOLVER], "timeout": 0.3},
+        "rules": {"dir": ""},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    path = write_config(root / "milter.conf", base)
+    path.write_text(path.read_text().replace("\0", "\\u0000"))  # as an administrator writes a NUL in TOML
+    return path
+
+
+def _supervisor(conf: Path) -> supervisor.Supervisor:
+    config = load_config(conf)
+    return supervisor.Supervisor(str(conf), config, build(config))
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("reload refused")]
+
+
+# --- 1. any failure of the new configuration refuses the reload -------------------------------
+
+
+def test_a_nul_in_sender_login_maps_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    """It raised ValueError (embedded null byte) out of build(): a traceback at start."""
+    conf = _conf(tmp_path, checks={"local_domains": {"sender_login_maps": "\0"}})
+    with pytest.raises(ConfigError) as raised:
+        build(load_config(conf))
+    assert raised.value.key == "[checks.local_domains] sender_login_maps"
+    assert raised.value.file == str(conf) and "embedded null byte" in raised.value.reason
+
+
+def test_reload_to_a_nul_in_sender_login_maps_is_refused_and_the_old_one_stays(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    conf = _conf(tmp_path)
+    running = _supervisor(conf)
+    old = running.services
+    _conf(tmp_path, checks={"local_domains": {"sender_login_maps": "\0"}})
+    with caplog.at_level(logging.INFO, logger="milterd"):
+        running._do_reload()
+    assert running.services is old and running.workers == {}
+    refusals = _refusals(caplog)
+    assert len(refusals) == 1 and "[checks.local_domains] sender_login_maps" in refusals[0] and str(conf) in refusals[0]
+
+
+def test_reload_refuses_an_unexpected_exception_of_a_check_setup(tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only ConfigError and StoreError: whatever building the new services raises ends in
+    a refusal with its reason, and the supervisor keeps its configuration (no fork is tried)."""
+    conf = _conf(tmp_path)
+    running = _supervisor(conf)
+    old, old_config = running.services, running.config
+
+    def broken(config: Any) -> Services:
+        raise KeyError("a check's setup went wrong")
+
+    monkeypatch.setattr(supervisor, "build", broken)
+    with caplog.at_level(logging.INFO, logger="milterd"):
+        running._do_reload()
+    assert running.services is old and running.config is old_config
+    assert _refusals(caplog) == ["reload refused, the running configuration stays: KeyError: \"a check's setup went wrong\""]
+
+
+# --- 4. a FIFO in a key's place is refused at once ------------------------------------------------
+
+
+def _returns_or_raises(call: Callable[[], Any], fifo: Path) -> BaseException | None:
+    """What *call* raised (None: it returned), failing if it still blocks after 5 s (then the
+    FIFO is opened for writing, so that the blocked reader ends)."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(5)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+        pytest.fail(f"reading {fifo} blocked")
+    return outcome[0]
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "key.fifo"
+    os.mkfifo(path)
+    return path
+
+
+def test_a_fifo_as_dkim_key_file_is_refused_with_key_and_reason(tmp_path: Path, fifo: Path) -> None:
+    conf = _conf(tmp_path, dkim_signing={"enabled": True, "keys": [{"domain": "example.org", "selector": "s", "key_file": fifo.name}]})
+    error = _returns_or_raises(lambda: build(load_config(conf)), fifo)
+    assert isinstance(error, ConfigError), error
+    assert error.key == "[dkim_signing] keys[0].key_file" and error.reason == f"cannot read {fifo}: not a regular file"
+
+
+def test_a_fifo_as_arc_seal_key_file_is_refused_with_key_and_reason(tmp_path: Path, fifo: Path) -> None:
+    arc = {"enabled": True, "seal": True, "seal_domain": "example.org", "seal_selector": "s", "seal_key_file": fifo.name}
+    error = _returns_or_raises(lambda: build(load_config(_conf(tmp_path, checks={"arc": arc}))), fifo)
+    assert isinstance(error, ConfigError), error
+    assert error.key == "[checks.arc] seal_key_file" and error.reason == f"cannot read {fifo}: not a regular file"
+
+
+def test_a_fifo_as_sender_login_maps_is_refused_with_key_and_reason(tmp_path: Path, fifo: Path) -> None:
+    conf = _conf(tmp_path, checks={"local_domains": {"sender_login_maps": fifo.name}})
+    error = _returns_or_raises(lambda: build(load_config(conf)), fifo)
+    assert isinstance(error, ConfigError), error
+    assert error.key == "[checks.local_domains] sender_login_maps" and error.reason == f"cannot read {fifo}: not a regular file"
+
+
+def test_key_files_that_are_not_regular_files_are_refused(tmp_path: Path) -> None:
+    """A device and a directory in a key's place (/dev/zero would be read until memory runs out)."""
+    conf = _conf(tmp_path, dkim_signing={"enabled": True, "keys": [
+        {"domain": "example.org", "selector": "s", "key_file": "/dev/null"},
+    ]})
+    with pytest.raises(ConfigError) as raised:
+        build(load_config(conf))
+    assert raised.value.reason == "cannot read /dev/null: not a regular file"
+    with pytest.raises(ConfigError) as raised:
+        build(load_config(_conf(tmp_path, checks={"local_domains": {"sender_login_maps": "."}})))
+    assert raised.value.key == "[checks.local_domains] sender_login_maps" and "Is a directory" in raised.value.reason
+
+
+def test_a_good_key_and_login_map_still_load(tmp_path: Path) -> None:
+    key = tmp_path / "example.org.s.key"
+    dkimsign.write_private(key, dkimsign.generate("ed25519"))
+    (tmp_path / "logins").write_text("alice@example.org alice\n")
+    conf = _conf(tmp_path, dkim_signing={"enabled": True, "keys": [{"domain": "example.org", "selector": "s", "key_file": key.name}]},
+                 checks={"local_domains": {"sender_login_maps": "logins"}})
+    services = build(load_config(conf))
+    names = {check.name: check for check in services.checks}
+    assert names["sender_login"].table == {"alice@example.org": {"alice"}}  # type: ignore[attr-defined]
+    assert [k.selector for k in names["dkim_sign"].keys] == ["s"]  # type: ignore[attr-defined]
+
+
+# --- 3. a file that the service account cannot read at a reload -----------------------------------
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user may enter (pytest's own tmp_path is root's, mode 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="milterd-reload-"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to check as [milter] user")
+
+
+@needs_root
+def test_a_root_only_key_is_named_for_the_service_account(open_dir: Path) -> None:
+    """milterd dkim keygen, run as root, writes a key of mode 0600: serve reads it as root, a
+    reload as [milter] user, which cannot; the key, the file and the way out are named."""
+    key = open_dir / "example.org.s.key"
+    dkimsign.write_private(key, dkimsign.generate("ed25519"))
+    (open_dir / "logins").write_text("alice@example.org alice\n")
+    os.chmod(open_dir / "logins", 0o644)
+    conf = _conf(open_dir, user="nobody", dkim_signing={"enabled": True, "keys": [{"domain": "example.org", "selector": "s", "key_file": key.name}]},
+                 checks={"local_domains": {"sender_login_maps": "logins"}})
+    os.chmod(conf, 0o644)
+    config = load_config(conf)
+    blockers = supervisor.reload_blockers(config)
+    assert os.geteuid() == 0 and os.getegid() == 0  # root's ids came back
+    assert [(b.file, b.key) for b in blockers] == [(str(conf), "[dkim_signing] keys[0].key_file")]
+    assert blockers[0].reason.startswith(f"user nobody cannot read {key}, which a reload (SIGHUP) reads again")
+    assert f"chmod g+r {key}" in blockers[0].reason
+    findings = doctor.reload_findings(str(conf))
+    assert [(f.status, f.detail) for f in findings] == [("warn", str(blockers[0]))]
+    os.chmod(key, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    assert supervisor.reload_blockers(config) == [] and doctor.reload_findings(str(conf)) == []
+
+
+@needs_root
+def test_a_reload_that_cannot_read_a_key_says_why(open_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor after the drop (seen here as: not root, the account being root's own check)."""
+    key = open_dir / "example.org.s.key"
+    dkimsign.write_private(key, dkimsign.generate("ed25519"))
+    conf = _conf(open_dir, user="root")
+    running = _supervisor(conf)
+    _conf(open_dir, user="nobody", dkim_signing={"enabled": True, "keys": [{"domain": "example.org", "selector": "s", "key_file": key.name}]})
+    os.chmod(conf, 0o644)
+    old = running.services
+    with caplog.at_level(logging.INFO, logger="milterd"):
+        running._do_reload()
+    assert running.services is old
+    refusals = _refusals(caplog)
+    assert len(refusals) == 1 and f"[dkim_signing] keys[0].key_file: user nobody cannot read {key}" in refusals[0], refusals
