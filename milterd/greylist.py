@@ -92,7 +92,8 @@ def client_network(address: str, netmask_v4: int = 24, netmask_v6: int = 64) -> 
 _BATV = re.compile(r"^(?:prvs|msprvs1)=[^=@]+=(?P<rest>.+@.+)$")
 _BTV1 = re.compile(r"^btv1==[^=@]+==(?P<rest>.+@.+)$")
 _SRS0 = re.compile(r"^srs0[=+-][^=@]+=[^=@]+=(?P<domain>[^=@]+)=(?P<local>[^@]+)@[^@]+$")
-_SRS1 = re.compile(r"^srs1[=+-][^=@]+=[^=@]+==+[^=@]+=[^=@]+=(?P<domain>[^=@]+)=(?P<local>[^@]+)@[^@]+$")
+# SRS1 keeps the separator that followed "SRS0" (=, + or -): ``SRS1=HHH=fwd=+HHH=TT=…``.
+_SRS1 = re.compile(r"^srs1[=+-][^=@]+=[^=@]+=[=+-][^=@]+=[^=@]+=(?P<domain>[^=@]+)=(?P<local>[^@]+)@[^@]+$")
 
 
 def normalise_sender(sender: str) -> str:

@@ -112,6 +112,11 @@ class Greylist(Check):
         self.config = config.greylist
         if self.config.mode == "score" and config.actions.greylist is False:
             raise ConfigError(config.path or "milter.conf", "[greylist] mode", 'score mode needs a score in [actions] greylist')
+        if self.config.retry_window <= self.config.delay:
+            # A waiting triplet expires retry_window after its first attempt: no retry could
+            # ever come after the delay and before that, so every new sender would wait for ever.
+            raise ConfigError(config.path or "milter.conf", "[greylist] retry_window",
+                              f"must be longer than delay ({self.config.retry_window:g}s <= {self.config.delay:g}s): no retry could ever pass")
         try:
             self.whitelist = gl.Whitelist.build(gl.config_entries(self.config))
         except ValueError as exc:  # the config validator already refuses these

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 import weakref
 from typing import Any, Iterable, Sequence
 
@@ -44,6 +45,12 @@ from .upsert import deletable, dialect_insert, lock_tables
 
 #: Recipients asked per SELECT … IN (…): well under SQLite's bound-parameter limit.
 CHUNK = 500
+
+#: Expired triplets deleted per transaction by :meth:`GreylistStore.purge`, and the pause
+#: between two: the writer (SQLite's only one; on PostgreSQL the rows a message's upsert
+#: waits for) is held for one batch at a time, not for a whole backlog of botnet triplets.
+PURGE_BATCH = 5000
+PURGE_PAUSE = 0.1
 
 #: The order in which :meth:`GreylistStore.record` applies writes of different kinds to one triplet.
 KIND_ORDER: tuple[Kind, ...] = ("new", "early", "expired", "pass", "known")
@@ -241,16 +248,30 @@ class GreylistStore:
     def purge(self, expire: float, now: dt.datetime | None = None) -> tuple[int, int]:
         """Delete expired triplets and clients unseen for *expire* seconds; return both counts.
 
-        On PostgreSQL the rows a message is writing at that moment are left to the next purge."""
+        Triplets go :data:`PURGE_BATCH` per transaction (by the index on ``expires_at``),
+        :data:`PURGE_PAUSE` seconds apart, so that the mail's writes wait for one batch at
+        most.  On PostgreSQL the rows a message is writing at that moment are left to the
+        next purge."""
         now = now or self.now()
         table, clients = schema.greylist, schema.greylist_clients
 
-        def work() -> tuple[int, int]:
+        def batch() -> int:
             with self.engine.begin() as connection:
-                triplets = connection.execute(delete(table).where(deletable(connection, table.c.id, table.c.expires_at < now))).rowcount
+                due = select(table.c.id).where(table.c.expires_at < now).limit(PURGE_BATCH)
+                if connection.dialect.name == "postgresql":  # as deletable(): never wait for a row a message holds
+                    due = due.with_for_update(skip_locked=True)
+                return int(connection.execute(delete(table).where(table.c.id.in_(due))).rowcount or 0)
+
+        def work() -> tuple[int, int]:
+            triplets = deleted = batch()
+            while deleted >= PURGE_BATCH:
+                time.sleep(PURGE_PAUSE)
+                deleted = batch()
+                triplets += deleted
+            with self.engine.begin() as connection:
                 unseen = clients.c.last_seen < now - dt.timedelta(seconds=expire)
                 clients_deleted = connection.execute(delete(clients).where(deletable(connection, clients.c.network, unseen))).rowcount
-            return int(triplets or 0), int(clients_deleted or 0)
+            return triplets, int(clients_deleted or 0)
 
         return guarded("purge the greylist", work)
 
