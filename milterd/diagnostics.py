@@ -80,6 +80,8 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
         findings += rule_origins(services)
     except ConfigError as exc:
         findings.append(Finding("configuration", "fail", str(exc)))
+    except Exception as exc:  # noqa: BLE001 - a check's setup may raise anything: doctor reports it and goes on
+        findings.append(Finding("configuration", "fail", f"{exc.__class__.__name__}: {exc}"))
     findings += probe_database(config)
     findings += probe_connections(config)
     findings.append(probe_learner(config))

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Iterator, Literal, Mapping
 
 from . import reinject
 from .config import Config
+from .dkimsign import read_error
 from .learner.tokenizer import MAX_INPUT, MessageDigest, hashed_tokens
 from .scanners.spamd import SpamdClient
 from .store import Store, StoreError, utcnow
@@ -505,8 +506,8 @@ class Quarantine:
             return None
         try:
             return section.release_user, reinject.read_password(section.release_password_file)
-        except OSError as exc:
-            raise QuarantineError(f"[quarantine] release_password_file: cannot read {section.release_password_file}: {exc.strerror or exc}") from None
+        except (OSError, ValueError) as exc:
+            raise QuarantineError(f"[quarantine] release_password_file: cannot read {section.release_password_file}: {read_error(exc)}") from None
 
     def _postsuper(self, row: dict[str, Any], recipients: tuple[str, ...]) -> ReleaseReport:
         report = ReleaseReport(row["id"], method="postsuper")

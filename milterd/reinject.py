@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .dkimsign import read_regular
 from .endpoints import connect, split_host_port, unix_path
 
 
@@ -69,8 +70,19 @@ def open_client(target: Target, helo: str, timeout: float) -> smtplib.SMTP:
 
 
 def read_password(path: str) -> str:
-    """The first line of *path* (the SMTP AUTH password); OSError when unreadable."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    """The first line of *path* (the SMTP AUTH password).
+
+    Read with :func:`~milterd.dkimsign.read_regular`, so that a FIFO in its
+    place cannot hang a release or a notice: OSError when *path* is not a
+    readable regular file, ValueError when its name has a NUL or it is not
+    UTF-8 (without quoting its bytes: they are the password).
+    """
+    data = read_regular(Path(path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    lines = text.splitlines()
     return lines[0] if lines else ""
 
 

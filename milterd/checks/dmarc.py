@@ -21,21 +21,30 @@ milterd cannot tell whether it would have passed.
 
 from __future__ import annotations
 
+import encodings.idna
 import functools
 import random
 import re
+import unicodedata
 from dataclasses import dataclass, replace
+from email.errors import HeaderParseError
+from email.header import decode_header
 from email.utils import getaddresses
-from typing import Any, ClassVar, Iterable, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal
 
 from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
+from ..dkimsign import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
-from ..options import CheckSwitches
+from ..options import CheckSwitches, ConfigError
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
+
+if TYPE_CHECKING:
+    from ..services import Services
 
 
 class DmarcChecks(CheckSwitches):
@@ -50,18 +59,45 @@ STATE = "dmarc"
 Policy = Literal["none", "quarantine", "reject"]
 _MILDER: dict[str, Policy] = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 _DOMAIN = re.compile(r"[\w-]{1,63}(\.[\w-]{1,63})*")
+#: The IDNA deviation characters IDNA2008 keeps in a label (ZWJ and ZWNJ aside: see _label_a).
+_DEVIATIONS = re.compile("([\u00df\u03c2])")
+#: A name DNS can be asked about: at most 253 characters, labels of 1 to 63 letters, digits, '-' or '_'.
+_DNS_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 #: The pure functions below remember their answers for arguments up to this long (bounded memory).
 _MEMO_MAX = 1024
 #: The From domains of one message evaluated at most (each costs up to two DNS lookups).
 _MAX_FROM_DOMAINS = 10
 
 
-@functools.lru_cache(maxsize=4)
+#: The lists in use by file name ("": the package's copy), most loaded when the check is built: the
+#: workers forked after that share them and never open the file while handling mail.
+_LOADED: dict[str, PublicSuffixList] = {}
+
+
 def _psl(path: str) -> PublicSuffixList:
+    found = _LOADED.get(path)
+    if found is None:
+        found = _LOADED[path] = load_psl(path)
+    return found
+
+
+def load_psl(path: str) -> PublicSuffixList:
+    """The Public Suffix List in *path*, or the publicsuffixlist package's copy when empty.
+
+    OSError when *path* is not a readable regular file (read without blocking:
+    a FIFO cannot hang the caller), ValueError when its name has a NUL, it is
+    not UTF-8 or it holds no rule (an empty list would make, say, every
+    ``*.co.uk`` domain one organization, aligned with each other).
+    """
     if not path:
         return PublicSuffixList()
-    with open(path, "rb") as handle:
-        return PublicSuffixList(handle)
+    try:
+        text = read_regular(Path(path)).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
+    if not any(line.strip() and not line.lstrip().startswith("//") for line in text.splitlines()):
+        raise ValueError("not a Public Suffix List: it holds no rule")
+    return PublicSuffixList(text)
 
 
 def org_domain(domain: str, psl_path: str = "") -> str:
@@ -110,13 +146,39 @@ def _from_domain(value: str) -> str | None:
 
 
 def _a_label(name: str) -> str | None:
-    """*name* with its U-labels converted to A-labels (RFC 7489 §6.6.1), or None when it cannot be."""
+    """*name* with its U-labels converted to A-labels (RFC 7489 §6.6.1), or None when it cannot be.
+
+    As IDNA2008 (UTS #46 non-transitional) converts them: ``faß.example`` is
+    ``xn--fa-hia.example``, not IDNA2003's ``fass.example``, another domain
+    with its own owner and policy.
+    """
     if name.isascii():
         return name
+    labels = encodings.idna.dots.split(name)
+    if len(labels) > 1 and not labels[-1]:
+        labels.pop()  # a trailing dot (any of IDNA's full stops)
     try:
-        return name.encode("idna").decode("ascii").lower()
+        return ".".join(_label_a(label) for label in labels).lower()
     except UnicodeError:
         return None
+
+
+def _label_a(label: str) -> str:
+    if not _DEVIATIONS.search(label):
+        return bytes(encodings.idna.ToASCII(label)).decode("ascii")
+    # IDNA2003's nameprep maps ß to "ss" and ς to σ; IDNA2008 keeps them.  (It also drops
+    # ZWJ and ZWNJ, which stays: "bank<ZWJ>.example" looks like bank.example and gets its policy.)
+    mapped = "".join(part if _DEVIATIONS.fullmatch(part) else encodings.idna.nameprep(part) for part in _DEVIATIONS.split(label))
+    ace = "xn--" + unicodedata.normalize("NFC", mapped).encode("punycode").decode("ascii")
+    if len(ace) > 63:
+        raise UnicodeError("label too long")
+    return ace
+
+
+def queryable(name: str) -> bool:
+    """Whether *name* (a U-label one as its A-labels) is a DNS name a resolver can be asked about, so that an error is the DNS's."""
+    name = name.rstrip(".")
+    return bool(_DNS_NAME.fullmatch(name if name.isascii() else _a_label(name) or ""))
 
 
 def from_domains(values: Iterable[str]) -> tuple[str, ...]:
@@ -135,13 +197,38 @@ def from_domains(values: Iterable[str]) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=1024)
 def _from_domains(value: str) -> tuple[str, ...]:
+    return _parse_domains(value, decode=True)
+
+
+def _parse_domains(value: str, decode: bool) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for _, addr in getaddresses([value]):
         if "@" in addr:
             domain = _a_label(addr.rpartition("@")[2].strip().lower().rstrip("."))
             if domain and _DOMAIN.fullmatch(domain):
                 found.setdefault(domain)
+        elif decode and "=?" in addr:
+            # An encoded word where the address belongs (From: =?utf-8?b?c2VjdXJpdHlAYmFuay5leGFtcGxl?=) is
+            # invalid (RFC 2047 §5), but mail clients decode it and show security@bank.example: judge that.
+            for domain in _parse_domains(_decoded(addr), decode=False):
+                found.setdefault(domain)
     return tuple(found)
+
+
+def _decoded(text: str) -> str:
+    """*text* with its encoded words decoded as leniently as a mail client shows them (an unknown charset as Latin-1)."""
+    try:
+        chunks = decode_header(text)
+    except (HeaderParseError, ValueError):
+        return ""
+    return "".join(chunk if isinstance(chunk, str) else _decode(chunk, charset) for chunk, charset in chunks)
+
+
+def _decode(chunk: bytes, charset: str | None) -> str:
+    try:
+        return chunk.decode(charset or "ascii", "replace")
+    except LookupError:
+        return chunk.decode("latin-1")
 
 
 @dataclass(frozen=True)
@@ -230,7 +317,9 @@ def evaluate(
         if aligned(signer, domain, record.adkim, psl_path):
             return Evaluation("pass", domain, policy, "none", f"DKIM aligned ({signer})")
     # Only an identifier that could have aligned matters: a DNS error elsewhere cannot hide a failure.
-    spf_temperror = spf is not None and spf.get("result") == "temperror" and aligned(spf.get("sender", "").rpartition("@")[2], domain, record.aspf, psl_path)
+    # Nor can the error of a name no resolver can be asked about (x@a.a.….bank.example, 300 octets).
+    spf_domain = spf.get("sender", "").rpartition("@")[2] if spf is not None else ""
+    spf_temperror = spf is not None and spf.get("result") == "temperror" and queryable(spf_domain) and aligned(spf_domain, domain, record.aspf, psl_path)
     if dkim_temperror or spf_temperror:
         return Evaluation("temperror", domain, policy, "none", "SPF or DKIM could not be checked (DNS error)")
     applied = policy if roll < record.pct else _MILDER[policy]
@@ -253,19 +342,38 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         Symbol("DMARC_ARC_OVERRIDE", 0.0, "DMARC failed but a trusted ARC sealer vouched for the message: the policy is not applied"),
     )
 
+    def __init__(self, services: "Services") -> None:
+        super().__init__(services)
+        path = self.options.public_suffix_list
+        if path:
+            # Read now (at start and at every reload), so that a bad file is refused here and not found by each message.
+            try:
+                loaded = load_psl(path)
+            except (OSError, ValueError) as exc:
+                where = services.config.path or "milter.conf"
+                raise ConfigError(where, "[checks.dmarc] public_suffix_list", f"cannot use {path}: {read_error(exc)}") from None
+            if len(_LOADED) >= 4:
+                _LOADED.clear()
+            _LOADED[path] = loaded
+            _org_domain.cache_clear()  # answers from the file's previous content
+
     def eom_tier(self) -> int:
         return 1  # after DKIM and ARC, whose results it reads
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         domains = from_domains(value.decode("utf-8", "replace") for name, value in envelope.headers if name.lower() == "from")
         if not domains:
+            # Recorded too, so that Authentication-Results says dmarc=none rather than nothing.
+            envelope.check_state(STATE)["result"] = Evaluation("none", "", reason="no From domain")
             return [Hit("DMARC_NONE", detail="no From domain")]
         resolver = self.services.resolver
         deadline = resolver.stage_deadline(envelope.dns_deadlines, "eom")
         psl_path = self.options.public_suffix_list
         signatures = envelope.check_state("dkim").get("result", ())
         passes = [s.domain for s in signatures if s.result == "pass"]
-        temperrors = [s.domain for s in signatures if s.result == "temperror"]
+        # A key name DNS cannot be asked about (s=a..b, a 300-octet s=) fails at once, as a "DNS error":
+        # a forger's signature with the From domain's d= must not hold its policy back (RFC 6376 §6.1.1: a permerror).
+        temperrors = [s.domain for s in signatures if s.result == "temperror" and queryable(f"{s.selector}._domainkey.{s.domain}")]
         unverified = envelope.check_state("dkim").get("unverified", ())
         spf = envelope.check_state("spf").get("evaluation")
         evaluations = []
@@ -333,6 +441,8 @@ def _lookup(resolver: Any, domain: str, deadline: float, psl_path: str) -> tuple
     if org != domain:
         candidates.append(org)
     for name in candidates:
+        if not queryable(f"_dmarc.{name}"):
+            continue  # a name over 253 octets holds no record; the organizational domain's applies
         answer = resolver.txt(f"_dmarc.{name}", deadline)
         if answer.failed:
             return answer.error or "DNS error"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable, Literal
@@ -106,6 +107,8 @@ class InstreamScan:
 
     def __init__(self, sock: socket.socket, address: Address, timeout: float, chunk_size: int, deadline: float | None = None) -> None:
         self._sock: socket.socket | None = sock
+        # close() may come from two threads at once (the end-of-message timeout's cleanup and the check in the pool).
+        self._lock = threading.Lock()
         self._address = address
         self._timeout = timeout
         self._chunk = chunk_size
@@ -147,17 +150,21 @@ class InstreamScan:
             except OSError as exc:
                 reason = self._salvage_reply() or (exc.strerror or str(exc))
                 raise ScannerError(f"clamd {self._address}: {reason}") from None
-            return parse_reply(_read_reply(sock, self._address, self._timeout, deadline))
+            reply = _read_reply(sock, self._address, self._timeout, deadline)
+            result = parse_reply(reply)
+            if result.status == "OK" and not reply.endswith((b"\x00", b"\n")):
+                # The connection closed before the terminator: "stream: OK" may be the start of more.
+                raise ScannerError(f"clamd {self._address}: answer cut off by a closed connection ({result.reply!r})")
+            return result
         finally:
             self.close()
 
     def close(self) -> None:
-        """Drop the connection (clamd abandons the stream)."""
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
+        """Drop the connection (clamd abandons the stream); idempotent, and safe from several threads at once."""
+        with self._lock:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
     @property
     def closed(self) -> bool:
