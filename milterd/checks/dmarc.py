@@ -192,7 +192,7 @@ def from_domains(values: Iterable[str]) -> tuple[str, ...]:
     for value in values:
         for domain in _from_domains(value) if len(value) <= _MEMO_MAX else _from_domains.__wrapped__(value):
             found.setdefault(domain)
-    return tuple(found)[:_MAX_FROM_DOMAINS]
+    return tuple(found)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -366,6 +366,8 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
             # Recorded too, so that Authentication-Results says dmarc=none rather than nothing.
             envelope.check_state(STATE)["result"] = Evaluation("none", "", reason="no From domain")
             return [Hit("DMARC_NONE", detail="no From domain")]
+        if len(domains) > _MAX_FROM_DOMAINS:
+            return self._too_many(envelope, domains)
         resolver = self.services.resolver
         deadline = resolver.stage_deadline(envelope.dns_deadlines, "eom")
         psl_path = self.options.public_suffix_list
@@ -405,6 +407,22 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
             # Logged as failed, but neither scored nor enforced.
             return [Hit(symbol, detail=detail, score=0.0), Hit("DMARC_ARC_OVERRIDE", detail=f"{domain}: sealed by {sealer}")]
         return [enforce(evaluation, self.options.reject_action, self.options.quarantine_action)]
+
+    def _too_many(self, envelope: Envelope, domains: tuple[str, ...]) -> Hits:
+        """More From domains than are looked up: a failure, whatever the domains publish.
+
+        Any bound can be filled with domains of no policy ahead of the one
+        forged (``u0@d0.example, …, security@bank.example``), so a message past
+        it is not passed unjudged: it gets the quarantine policy (RFC 7489
+        §6.6.1: such mail "is typically rejected"), ``quarantine_action``
+        deciding what that does, as for a domain's p=quarantine.
+        """
+        reason = f"{len(domains)} From domains: more than {_MAX_FROM_DOMAINS} are not looked up"
+        envelope.check_state(STATE)["result"] = Evaluation("fail", domains[-1], "quarantine", "quarantine", reason=reason)
+        action = self.options.quarantine_action
+        forced = Action.REJECT if action == "reject" else Action.QUARANTINE if action == "quarantine" else None
+        reply = Reply.reject(f"Message rejected: {reason}") if forced == Action.REJECT else None
+        return [Hit("DMARC_FAIL_QUARANTINE", detail=reason, action=forced, reply=reply)]
 
 
 _RESULT_RANK = {"pass": 0, "none": 1, "temperror": 2, "permerror": 2, "fail": 3}

@@ -151,3 +151,15 @@ def test_a_message_without_a_from_domain_says_dmarc_none_in_authentication_resul
 def test_an_encoded_address_beside_a_real_one_is_judged_too() -> None:
     [hit], _ = run_dmarc([b"=?utf-8?b?c2VjdXJpdHlAYmFuay5leGFtcGxl?=, me@attacker.example"], POLICIES, ATTACKER_SIGNED)
     assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT)
+
+
+def test_a_from_padded_past_the_looked_up_domains_is_not_passed_unjudged() -> None:
+    """Ten domains without policy ahead of the forged one used to leave bank.example unlooked-at: DMARC_NONE."""
+    padded = ", ".join(f"u{i}@d{i}.example" for i in range(10)) + ", security@bank.example"
+    [hit], envelope = run_dmarc([padded.encode()], {"_dmarc.bank.example": "v=DMARC1; p=reject"}, ATTACKER_SIGNED)
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_QUARANTINE", Action.QUARANTINE)
+    assert hit.detail == "11 From domains: more than 10 are not looked up"
+    assert envelope.check_state("dmarc")["result"].result == "fail"
+    # Ten domains are still each looked up and judged as before.
+    [hit], _ = run_dmarc([", ".join(f"u{i}@d{i}.example" for i in range(9)).encode() + b", security@bank.example"], {"_dmarc.bank.example": "v=DMARC1; p=reject"}, ATTACKER_SIGNED)
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT)
