@@ -66,6 +66,12 @@ RENEW_INTERVAL = 3600.0
 #: a spammer retrying a burst of messages in one go counts once, not N times.
 CLIENT_COUNT_INTERVAL = 3600.0
 
+#: The shortest ``[greylist] expire`` the check accepts (seconds).  Renewals and
+#: client counts are written at most hourly, so under twice that a triplet in
+#: steady use still expires between two writes, and successive counts of a
+#: client network fall more than ``expire`` apart and restart from zero.
+MIN_EXPIRE = 2 * max(RENEW_INTERVAL, CLIENT_COUNT_INTERVAL)
+
 WHITELIST_KINDS = ("client", "sender", "recipient")
 
 Kind = Literal["new", "early", "pass", "known", "expired"]
@@ -336,7 +342,7 @@ class Write:
     adds one successful retry to the client network's count (auto whitelist):
     at most one a message and one every :data:`CLIENT_COUNT_INTERVAL`; a
     network last seen more than ``client_expire`` seconds before (``[greylist]
-    expire``, 0: never) counts from zero again, as if the purge had removed it.
+    expire``; None: no limit) counts from zero again, as if the purge had removed it.
     """
 
     triplet: Triplet
@@ -344,7 +350,7 @@ class Write:
     at: dt.datetime
     expires_at: dt.datetime
     count_client: bool = False
-    client_expire: float = 0.0
+    client_expire: float | None = None
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,12 @@ class Greylist(Check):
             # ever come after the delay and before that, so every new sender would wait for ever.
             raise ConfigError(config.path or "milter.conf", "[greylist] retry_window",
                               f"must be longer than delay ({self.config.retry_window:g}s <= {self.config.delay:g}s): no retry could ever pass")
+        if self.config.expire < gl.MIN_EXPIRE:
+            # Renewals are written at most every RENEW_INTERVAL: a shorter expire lapses while the
+            # triplet is in use (0 forgets a pass at once), and no client could count up to the auto whitelist.
+            raise ConfigError(config.path or "milter.conf", "[greylist] expire",
+                              f"must be at least {gl.MIN_EXPIRE:g}s ({self.config.expire:g}s): a passed triplet is renewed "
+                              f"at most every {gl.RENEW_INTERVAL:g}s, so one in use would expire and be greylisted again")
         try:
             self.whitelist = gl.Whitelist.build(gl.config_entries(self.config))
         except ValueError as exc:  # the config validator already refuses these

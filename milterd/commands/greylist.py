@@ -18,6 +18,9 @@ from ..config import Config, load_config
 from ..store import Store, StoreError
 from . import config_parent, count_arg, describe_failure, open_store
 
+#: Triplets a ``purge --dry-run`` names one by one; the rest are only counted (in SQL).
+DRY_RUN_SHOWN = 100
+
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``greylist`` and its sub-commands."""
@@ -100,18 +103,23 @@ def _dump(data: Any) -> None:
 
 
 def run_list(args: argparse.Namespace, config: Config, store: Store) -> int:
-    """Print the stored triplets."""
+    """Print the stored triplets; an expired one is shown as ``expired`` (the check starts it again)."""
     network = stored_network(args.client, config) if args.client else None
     sender = gl.normalise_sender(args.sender) if args.sender is not None else None
-    rows = store.greylist.list_triplets(network, sender, args.recipient, args.passed, args.limit or None)
+    recipient = args.recipient.strip().strip("<>") if args.recipient is not None else None
+    now = store.greylist.now()  # the database's clock, as the check's
+    # --passed / --waiting: as the check judges them now, so without the expired rows.
+    expired = False if args.passed is not None else None
+    rows = store.greylist.list_triplets(network, sender, recipient, args.passed, args.limit or None, expired=expired, now=now)
+    for row in rows:
+        row["state"] = "expired" if row["expires_at"] < now else "passed" if row["passed_at"] else "waiting"
     if args.json:
         _dump([{k: _json_value(v) for k, v in row.items()} for row in rows])
         return 0
     print(f"{'client':20} {'sender':30} {'recipient':30} {'state':8} {'first seen':19}  {'expires':19}  tries passes")
     for row in rows:
-        passed = "passed" if row["passed_at"] else "waiting"
         print(
-            f"{row['network']:20} {_cut(row['sender'] or '<>', 30):30} {_cut(row['recipient'], 30):30} {passed:8} "
+            f"{row['network']:20} {_cut(row['sender'] or '<>', 30):30} {_cut(row['recipient'], 30):30} {row['state']:8} "
             f"{row['first_seen']:%Y-%m-%d %H:%M:%S}  {row['expires_at']:%Y-%m-%d %H:%M:%S}  {row['attempts']:5} {row['passes']:6}"
         )
     return 0
@@ -178,24 +186,33 @@ def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
             return 2
         network = stored_network(network, config)
         if args.dry_run:
-            rows = store.greylist.list_triplets(network, sender, recipient, limit=None) if network else []
+            rows = store.greylist.list_triplets(network, sender, recipient, limit=DRY_RUN_SHOWN)
             for row in rows:
                 print(f"would delete {row['network']} <{row['sender']}> <{row['recipient']}>")
-            print(f"would delete {len(rows)} triplet(s) (dry run: nothing deleted)")
+            total = store.greylist.count_triplets(network, sender, recipient) if len(rows) >= DRY_RUN_SHOWN else len(rows)
+            _more(total, len(rows))
+            print(f"would delete {total} triplet(s) (dry run: nothing deleted)")
             return 0
         count = store.greylist.remove_triplets(network, sender, recipient)
         print(f"deleted {count} triplet(s)")
         return 0
     if args.dry_run:
         now = store.greylist.now()  # the database's clock, as the purge itself
-        expired = [row for row in store.greylist.list_triplets(limit=None) if row["expires_at"] < now]
+        expired = store.greylist.list_triplets(limit=DRY_RUN_SHOWN, expired=True, now=now)
         for row in expired:
             print(f"would purge {row['network']} <{row['sender']}> <{row['recipient']}> (expired {row['expires_at']:%Y-%m-%d %H:%M:%S})")
-        print(f"would purge {len(expired)} expired triplet(s) and the clients unseen for {config.greylist.expire:g}s (dry run: nothing deleted)")
+        total = store.greylist.count_triplets(expired=True, now=now) if len(expired) >= DRY_RUN_SHOWN else len(expired)
+        _more(total, len(expired))
+        print(f"would purge {total} expired triplet(s) and the clients unseen for {config.greylist.expire:g}s (dry run: nothing deleted)")
         return 0
     triplets, clients = store.greylist.purge(config.greylist.expire)
     print(f"purged {triplets} expired triplet(s) and {clients} stale client(s)")
     return 0
+
+
+def _more(total: int, shown: int) -> None:
+    if total > shown:
+        print(f"… and {total - shown} more")
 
 
 def _cut(text: str, width: int) -> str:

@@ -277,20 +277,14 @@ class GreylistStore:
 
     def list_triplets(
         self, network: str | None = None, sender: str | None = None, recipient: str | None = None,
-        passed: bool | None = None, limit: int | None = 100,
+        passed: bool | None = None, limit: int | None = 100, expired: bool | None = None, now: dt.datetime | None = None,
     ) -> list[dict[str, Any]]:
-        """Stored triplets, most recently seen first, as dictionaries."""
+        """Stored triplets, most recently seen first, as dictionaries (at most *limit*, taken
+        in SQL).  *expired*: only the rows expired (True) or not (False) at *now* (the
+        store's time when not given)."""
         table = schema.greylist
-        query = select(table)
-        if network:
-            query = query.where(table.c.network == network)
-        if sender is not None:
-            query = query.where(table.c.sender == sender)
-        if recipient:
-            query = query.where(table.c.recipient == recipient)
-        if passed is not None:
-            query = query.where(table.c.passed_at.is_not(None) if passed else table.c.passed_at.is_(None))
-        query = query.order_by(table.c.last_seen.desc(), table.c.id.desc())
+        conditions = _triplet_filters(network, sender, recipient, passed, expired, (now or self.now()) if expired is not None else None)
+        query = select(table).where(*conditions).order_by(table.c.last_seen.desc(), table.c.id.desc())
         if limit:
             query = query.limit(limit)
 
@@ -304,9 +298,25 @@ class GreylistStore:
 
         return guarded("list the greylist", read)
 
-    def stats(self, auto_whitelist_after: int, now: dt.datetime | None = None, expire: float = 0.0) -> dict[str, int]:
-        """Counts for ``milterd greylist stats``; with *expire* (seconds), clients unused for
-        longer are not counted as auto-whitelisted (the check ignores them)."""
+    def count_triplets(
+        self, network: str | None = None, sender: str | None = None, recipient: str | None = None,
+        passed: bool | None = None, expired: bool | None = None, now: dt.datetime | None = None,
+    ) -> int:
+        """How many stored triplets :meth:`list_triplets` would list without a limit (counted in SQL)."""
+        table = schema.greylist
+        conditions = _triplet_filters(network, sender, recipient, passed, expired, (now or self.now()) if expired is not None else None)
+        query = select(func.count()).select_from(table).where(*conditions)
+
+        def read() -> int:
+            with self.engine.connect() as connection:
+                return int(connection.execute(query).scalar() or 0)
+
+        return guarded("count the greylist", read)
+
+    def stats(self, auto_whitelist_after: int, now: dt.datetime | None = None, expire: float | None = None) -> dict[str, int]:
+        """Counts for ``milterd greylist stats``: ``passed``, ``waiting`` and ``expired``
+        split the triplets as the check judges them at *now*; with *expire* (seconds),
+        clients unused for longer are not counted as auto-whitelisted (the check ignores them)."""
         now = now or self.now()
         table, clients = schema.greylist, schema.greylist_clients
 
@@ -316,21 +326,23 @@ class GreylistStore:
                     return int(connection.execute(query).scalar() or 0)
 
                 total = count(select(func.count()).select_from(table))
-                passed = count(select(func.count()).select_from(table).where(table.c.passed_at.is_not(None)))
+                live = table.c.expires_at >= now  # an expired row starts again, passed or not
+                passed = count(select(func.count()).select_from(table).where(live, table.c.passed_at.is_not(None)))
+                waiting = count(select(func.count()).select_from(table).where(live, table.c.passed_at.is_(None)))
                 expired = count(select(func.count()).select_from(table).where(table.c.expires_at < now))
                 attempts = count(select(func.coalesce(func.sum(table.c.attempts), 0)))
                 known_clients = count(select(func.count()).select_from(clients))
                 auto = 0
                 if auto_whitelist_after > 0:
-                    live = clients.c.passes >= auto_whitelist_after
-                    if expire > 0:
-                        live = and_(live, clients.c.last_seen >= now - dt.timedelta(seconds=expire))
-                    auto = count(select(func.count()).select_from(clients).where(live))
+                    whitelisted = clients.c.passes >= auto_whitelist_after
+                    if expire is not None:
+                        whitelisted = and_(whitelisted, clients.c.last_seen >= now - dt.timedelta(seconds=expire))
+                    auto = count(select(func.count()).select_from(clients).where(whitelisted))
                 manual = count(select(func.count()).select_from(schema.greylist_whitelist))
             return {
                 "triplets": total,
                 "passed": passed,
-                "waiting": total - passed,
+                "waiting": waiting,
                 "expired": expired,
                 "attempts": attempts,
                 "clients": known_clients,
@@ -411,6 +423,25 @@ class GreylistStore:
         return Whitelist.build(entries)
 
 
+def _triplet_filters(
+    network: str | None, sender: str | None, recipient: str | None, passed: bool | None, expired: bool | None, now: dt.datetime | None,
+) -> list[Any]:
+    """The WHERE conditions of :meth:`GreylistStore.list_triplets` and :meth:`GreylistStore.count_triplets`."""
+    table = schema.greylist
+    conditions: list[Any] = []
+    if network:
+        conditions.append(table.c.network == network)
+    if sender is not None:
+        conditions.append(table.c.sender == sender)
+    if recipient:
+        conditions.append(table.c.recipient == recipient)
+    if passed is not None:
+        conditions.append(table.c.passed_at.is_not(None) if passed else table.c.passed_at.is_(None))
+    if expired is not None and now is not None:
+        conditions.append(table.c.expires_at < now if expired else table.c.expires_at >= now)
+    return conditions
+
+
 def _insert_values(write: Write) -> dict[str, Any]:
     """The row an attempt creates when the triplet is not stored (any more)."""
     passed = write.kind in ("pass", "known")
@@ -433,7 +464,7 @@ def _count_client(insert: Any, network: str, write: Write) -> Any:
     clients = schema.greylist_clients
     statement = insert(clients).values(network=network, passes=1, last_seen=write.at)
     passes: Any = clients.c.passes + statement.excluded.passes
-    if write.client_expire > 0:
+    if write.client_expire is not None:
         stale = write.at - dt.timedelta(seconds=write.client_expire)
         passes = case((clients.c.last_seen < stale, statement.excluded.passes), else_=passes)
     return statement.on_conflict_do_update(
