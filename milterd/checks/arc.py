@@ -4,7 +4,10 @@ The chain's result and its sealers (ARC-Seal ``d=``, oldest first) go to
 ``envelope.check_state("arc")["result"]``: DMARC lets a passing chain whose newest sealer is
 in ``[checks.arc] trusted_sealers`` override its failure, and
 Authentication-Results reports ``arc=``.  Keys are looked up through
-milterd's resolver.
+milterd's resolver.  With ``[checks.dkim] unsigned_body = "policy"`` (the
+default) a chain whose newest ARC-Message-Signature's ``l=`` leaves part of
+the body unsigned fails, as it would without ``l=``: text appended after the
+newest sealer signed must not ride on a trusted sealer's pass.
 
 With ``seal``, :class:`ArcSealer` adds milterd's own ARC set to accepted
 mail, attesting the Authentication-Results milterd wrote, so that the next
@@ -60,9 +63,15 @@ class ArcResult:
     temporary: bool = False
 
 
-def verify_chain(message: bytes, dnsfunc: DnsRecorder, min_key_bits: int) -> ArcResult:
-    """Validate the ARC chain of *message*."""
+def verify_chain(message: bytes, dnsfunc: DnsRecorder, min_key_bits: int, *, unsigned_body: str = "policy") -> ArcResult:
+    """Validate the ARC chain of *message*.
+
+    *unsigned_body* is ``[checks.dkim] unsigned_body``: with ``"policy"`` a chain whose newest
+    ARC-Message-Signature leaves part of the body unsigned (``l=``) fails, as it would if that
+    signature had no ``l=`` (the body changed after the newest sealer signed it).
+    """
     dkimfast.install()  # RSA by OpenSSL, faster canonicalisation: the same verdicts (milterd/dkimfast.py)
+    unsigned = 0
     try:
         arc = dkim.ARC(message, logger=QUIET, minkey=min_key_bits)
         newest, _ = arc.sorted_arc_headers()
@@ -70,6 +79,8 @@ def verify_chain(message: bytes, dnsfunc: DnsRecorder, min_key_bits: int) -> Arc
             # Checked first: dkimpy would verify every set, hashing the body once per set.
             return ArcResult("fail", (), f"ARC set i={newest}: more than {MAX_ARC_SETS} sets")
         cv, results, reason = arc.verify(dnsfunc=dnsfunc)
+        if cv == dkim.CV_Pass and unsigned_body == "policy":
+            unsigned = unsigned_body_bytes(arc)
     except dkim.DKIMException as exc:
         cv, results, reason = dkim.CV_Fail, [], str(exc)
     except Exception as exc:  # noqa: BLE001 - dkimpy on hostile input: a failed chain, never a crash
@@ -77,11 +88,27 @@ def verify_chain(message: bytes, dnsfunc: DnsRecorder, min_key_bits: int) -> Arc
     sealers = tuple(
         r["as-domain"].decode("ascii", "replace").lower() for r in sorted(results, key=lambda r: int(r.get("instance", 0))) if r.get("as-domain")
     )
+    if cv == dkim.CV_Pass and unsigned:
+        # A trusted sealer's pass overrides DMARC: text appended after its l= must not ride on it.
+        return ArcResult("fail", sealers, f"ARC-Message-Signature i={newest}: l= leaves {unsigned} bytes of the body unsigned")
     if cv == dkim.CV_Pass:
         return ArcResult("pass", sealers, str(reason))
     if cv == dkim.CV_None:
         return ArcResult("none", sealers, str(reason))
     return ArcResult("fail", sealers, str(reason)[:200], temporary=bool(dnsfunc.failed))
+
+
+def unsigned_body_bytes(arc: dkim.ARC) -> int:
+    """How many bytes of the canonicalized body the newest ARC-Message-Signature's ``l=`` leaves unsigned (0 without ``l=``)."""
+    newest, headers = arc.sorted_arc_headers()
+    for instance, (name, value) in headers:
+        if instance == newest and name.lower() == b"arc-message-signature":
+            sig = dkim.parse_tag_value(value)
+            if b"l" not in sig:
+                return 0
+            policy = dkim.CanonicalizationPolicy.from_c_value(sig.get(b"c", b"relaxed/relaxed"))  # dkimpy's default for ARC
+            return max(0, len(policy.canonicalize_body(arc.body)) - int(sig[b"l"]))
+    return 0
 
 
 class Arc(ConfiguredCheck[ArcChecks]):
@@ -109,7 +136,8 @@ class Arc(ConfiguredCheck[ArcChecks]):
             return ()
         resolver = self.services.resolver
         dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, "eom"))
-        result = verify_chain(envelope.message_bytes(), dnsfunc, self.options.min_key_bits)
+        unsigned_body = self.services.config.checks.dkim.unsigned_body
+        result = verify_chain(envelope.message_bytes(), dnsfunc, self.options.min_key_bits, unsigned_body=unsigned_body)
         envelope.check_state(STATE)["result"] = result
         chain = " > ".join(result.sealers)
         if result.result == "pass":

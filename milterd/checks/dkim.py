@@ -35,7 +35,7 @@ from ..message.policy import plan_headers
 from ..options import CheckSwitches, Size
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
-from .dmarc import aligned, from_domain
+from .dmarc import aligned, from_domain, from_domains, queryable
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -72,20 +72,30 @@ class SignatureResult:
 
 
 class DnsRecorder:
-    """dkimpy's ``dnsfunc``, answered by milterd's resolver; remembers lookups that failed or found nothing."""
+    """dkimpy's ``dnsfunc``, answered by milterd's resolver; remembers lookups that failed or found nothing.
+
+    A name that is no DNS name (an empty label, a label over 63 octets, over 253 in all, a character no
+    selector or domain may hold) is not asked: it is counted in ``invalid``, not in ``failed`` (no DNS error, RFC 6376
+    §6.1.1: the signature can never verify).
+    """
 
     def __init__(self, resolver: Any, deadline: float) -> None:
         self.resolver = resolver
         self.deadline = deadline
         self.failed: dict[str, str] = {}
         self.missing: set[str] = set()
+        #: Names not asked, counted: no DNS name.
+        self.invalid = 0
         #: The key record given to dkimpy for each name that answered.
         self.records: dict[str, bytes] = {}
         #: Lookups that failed, counted (``failed`` keeps one entry per name, so it cannot tell a second failure).
         self.failures = 0
 
     def __call__(self, name: bytes | str, timeout: float = 5.0) -> bytes | None:
-        qname = (name.decode("ascii", "replace") if isinstance(name, bytes) else name).rstrip(".").lower()
+        qname = (name.decode("utf-8", "replace") if isinstance(name, bytes) else name).rstrip(".").lower()
+        if not queryable(qname):
+            self.invalid += 1
+            return None
         answer = self.resolver.txt(qname, self.deadline)
         if answer.failed:
             self.failed[qname] = answer.error or "DNS error"
@@ -185,7 +195,7 @@ def revoked(record: bytes) -> bool:
 
 
 def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder, unsigned_body: str = "pass") -> SignatureResult:
-    before = dnsfunc.failures
+    before, invalid_before = dnsfunc.failures, dnsfunc.invalid
     verifier.domain, verifier.selector = None, None
     verifier.pk = None  # dkimpy sets it once the key record parsed: still None, the record was unusable
     verifier.unsigned_body_bytes = None  # set by dkimfast's body hash check; None: it did not run
@@ -216,6 +226,8 @@ def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder, unsigned_body: 
         return _result(verifier, "temperror", f"key lookup failed: {dnsfunc.failed.get(key, 'DNS error')}")
     if key in dnsfunc.missing:
         return _result(verifier, "permerror", f"no key published at {key}")
+    if dnsfunc.invalid > invalid_before:
+        return _result(verifier, "permerror", f"key name is no valid DNS name: {key}")
     if verifier.pk is None and key in dnsfunc.records:
         # The key record answered but dkimpy made no key of it. RFC 6376 §6.1.2: an empty p= is a
         # revoked key, a record that does not parse a syntax error: PERMFAIL.  (A signature refused
@@ -251,15 +263,18 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def hits_for(results: list[SignatureResult], author_domain: str | None, psl_path: str = "") -> list[Hit]:
-    """The DKIM symbols for *results*; signatures aligned (relaxed) with *author_domain* give DKIM_VALID_AUTHOR."""
+def hits_for(results: list[SignatureResult], author_domain: str | tuple[str, ...] | None, psl_path: str = "") -> list[Hit]:
+    """The DKIM symbols for *results*: DKIM_VALID_AUTHOR when *author_domain* (the From domain, or every
+    From domain) is not empty and each of its domains has a valid signature aligned (relaxed) with it."""
     if not results:
         return [Hit("DKIM_NONE")]
     passed = [r for r in results if r.result == "pass"]
     if passed:
         hits = [Hit("DKIM_VALID", detail=", ".join(r.label for r in passed)[:200])]
-        author = [r for r in passed if author_domain and aligned(r.domain, author_domain, "r", psl_path)]
-        if author:
+        authors = (author_domain,) if isinstance(author_domain, str) else author_domain or ()
+        author = [r for r in passed if any(aligned(r.domain, a, "r", psl_path) for a in authors)]
+        # A forged second From (or address) must not ride on a signature of the first one's domain.
+        if authors and all(any(aligned(r.domain, a, "r", psl_path) for r in passed) for a in authors):
             hits.append(Hit("DKIM_VALID_AUTHOR", detail=", ".join(r.label for r in author)[:200]))
         return hits
     temp = [r for r in results if r.result == "temperror"]
@@ -303,7 +318,8 @@ class Dkim(ConfiguredCheck[DkimChecks]):
         dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, "eom"))
         results = verify_all(envelope.message_bytes(), dnsfunc, options.max_signatures, options.min_key_bits, unsigned_body=options.unsigned_body)
         envelope.check_state(STATE)["result"] = results
-        return hits_for(results, from_domain(envelope.header("From")), self.services.config.checks.dmarc.public_suffix_list)
+        authors = from_domains(value.decode("utf-8", "replace") for name, value in envelope.headers if name.lower() == "from")
+        return hits_for(results, authors, self.services.config.checks.dmarc.public_suffix_list)
 
 
 class DkimSigner(Check):

@@ -87,7 +87,7 @@ def test_a_forged_signature_whose_key_name_cannot_be_asked_does_not_hold_back_p_
     key = dkimsign.generate("rsa", 1024)
     table = DnsTable({"_dmarc.signed.test": "v=DMARC1; p=reject"})
     results = verify_all(signed(key, selector=selector), DnsRecorder(table, time.monotonic() + 5), 5, 1024)
-    assert [(r.result, r.domain) for r in results] == [("temperror", "signed.test")]
+    assert [(r.result, r.domain) for r in results] == [("permerror", "signed.test")]
     [hit] = dmarc_hits([b"Alice <alice@signed.test>"], table, results)
     assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT)
 
