@@ -36,6 +36,8 @@ MAX_NESTING = 20
 #: Padding characters a base64 part may hold before the rest of it is decoded without them:
 #: read quartet by quartet (:func:`_a2b_quartets`), 10 MB of "=" would cost seconds of a worker.
 MAX_PADDING = 4096
+#: A part's body is decoded this many bytes of lines at a time.
+BLOCK = 64 * 1024
 
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=]")
@@ -62,7 +64,7 @@ class Attachment:
 
 
 class _Decoder:
-    """Decodes one part's body line by line into a temporary file, up to *limit* bytes."""
+    """Decodes one part's body, a block of lines at a time, into a temporary file, up to *limit* bytes."""
 
     def __init__(self, encoding: str, memory: int, limit: int) -> None:
         self.encoding = encoding
@@ -71,6 +73,8 @@ class _Decoder:
         self.limit = limit
         self.truncated = False
         self._pending = b""
+        self._lines: list[bytes] = []  # lines not decoded yet, BLOCK bytes at most
+        self._buffered = 0
         self._eol = b""
         self._padded = False
         self._paddings = 0
@@ -78,14 +82,44 @@ class _Decoder:
         self.after_padding = False
 
     def feed(self, line: bytes) -> None:
+        """Take one line of the body; lines are decoded a block at a time (a call per line cost seconds for 30 MB)."""
         if self.truncated:
             return
+        self._lines.append(line)
+        self._buffered += len(line)
+        if self._buffered >= BLOCK:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Decode the lines gathered, at once where that gives what line by line gives, else line by line."""
+        lines, self._lines, self._buffered = self._lines, [], 0
+        room = self.limit - self.size
         if self.encoding == "base64":
-            self._pending += _NOT_BASE64.sub(b"", line)
-            usable = len(self._pending) - len(self._pending) % 4
-            if usable:
-                self._write(self._quartets(self._pending[:usable]))
-                self._pending = self._pending[usable:]
+            data = _NOT_BASE64.sub(b"", b"".join(lines))
+            paddings = self._pending.count(b"=") + data.count(b"=")
+            # The quartets decode alike however they are cut, unless MAX_PADDING is passed (quartets past
+            # it are cut at each line) or the limit is reached (after_padding is not looked for past it).
+            if (not paddings or self._paddings + paddings <= MAX_PADDING) \
+                    and (len(self._pending) + len(data)) // 4 * 3 <= room:
+                self._base64(data)
+                return
+        else:
+            decoded = [binascii.a2b_qp(line) for line in lines] if self.encoding == "quoted-printable" else lines
+            if lines and len(self._eol) + sum(map(len, decoded)) <= room:
+                data = b"".join(decoded)
+                last = decoded[-1]
+                end = len(last) - len(last.rstrip(b"\r\n"))  # held back, as _line does
+                self._write(self._eol + data[:len(data) - end])
+                self._eol = data[len(data) - end:]
+                return
+        for line in lines:
+            if self.truncated:
+                break
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        if self.encoding == "base64":
+            self._base64(_NOT_BASE64.sub(b"", line))
         else:
             data = binascii.a2b_qp(line) if self.encoding == "quoted-printable" else line
             # The line end before a boundary belongs to the boundary (RFC 2046):
@@ -94,7 +128,15 @@ class _Decoder:
             self._write(self._eol + body)
             self._eol = data[len(body):]
 
+    def _base64(self, data: bytes) -> None:
+        self._pending += data
+        usable = len(self._pending) - len(self._pending) % 4
+        if usable:
+            self._write(self._quartets(self._pending[:usable]))
+            self._pending = self._pending[usable:]
+
     def finish(self) -> IO[bytes]:
+        self._flush()
         rest = self._pending.rstrip(b"=")  # a last, incomplete quartet: its padding restored
         if rest and self.encoding == "base64" and len(rest) % 4 != 1:
             self._write(self._quartets(rest + b"=" * (-len(rest) % 4)))

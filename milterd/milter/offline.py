@@ -184,7 +184,7 @@ def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
     text = raw.replace(b"\r\n", b"\n")
     if text.startswith(b"From "):
         text = text.split(b"\n", 1)[1] if b"\n" in text else b""
-    headers: list[tuple[str, bytes]] = []
+    fields: list[tuple[str, list[bytes]]] = []  # each field's lines, joined once all are in (linear time)
     lines = text.split(b"\n")
     index = 0
     while index < len(lines):
@@ -192,17 +192,16 @@ def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
         if line == b"":
             index += 1
             break
-        if line[:1] in (b" ", b"\t") and headers:
-            name, value = headers[-1]
-            headers[-1] = (name, value + b"\n" + line)
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1][1].append(line)
         elif b":" in line and _HEADER_LINE.match(line):
             raw_name, _, value = line.partition(b":")
-            headers.append((raw_name.strip().decode("ascii", "replace"), value.lstrip(b" \t")))
+            fields.append((raw_name.strip().decode("ascii", "replace"), [value.lstrip(b" \t")]))
         else:
             break
         index += 1
     body = b"\n".join(lines[index:])
-    return headers, body.replace(b"\n", b"\r\n")
+    return [(name, b"\n".join(parts)) for name, parts in fields], body.replace(b"\n", b"\r\n")
 
 
 def envelope_from_headers(headers: list[tuple[str, bytes]]) -> tuple[str, list[str]]:
@@ -213,12 +212,27 @@ def envelope_from_headers(headers: list[tuple[str, bytes]]) -> tuple[str, list[s
     sender = ""
     for key in ("return-path", "from"):
         if values.get(key):
-            found = [a for _, a in email.utils.getaddresses(values[key][:1]) if a]
+            found = [a for a in _addresses(values[key][:1]) if a]
             if found:
                 sender = found[0]
                 break
-    recipients = [a for _, a in email.utils.getaddresses(values.get("to", []) + values.get("cc", [])) if "@" in a]
+    recipients = [a for a in _addresses(values.get("to", []) + values.get("cc", [])) if "@" in a]
     return sender, recipients[:20] or ["postmaster@localhost"]
+
+
+def _addresses(fields: list[str]) -> list[str]:
+    """The addresses of these field values; those of a value the stdlib parser cannot take
+    (it recurses once per nested comment or group: 5,000 "(" raise RecursionError) left out."""
+    try:
+        return [a for _, a in email.utils.getaddresses(fields)]
+    except RecursionError:
+        found: list[str] = []
+        for value in fields:
+            try:
+                found += [a for _, a in email.utils.getaddresses([value])]
+            except RecursionError:
+                pass
+        return found
 
 
 class _Context(testctx.TestCtx):
