@@ -8,12 +8,10 @@ misspelt key, a value of the wrong type or an unreadable file is refused with
 
 from __future__ import annotations
 
-import errno
 import functools
 import ipaddress
 import os
 import socket
-import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,6 +33,8 @@ from .checks.spf import SpfChecks
 from .checks.uribl import UriblChecks
 from .dns import parse_nameserver
 from .endpoints import parse_listen, parse_socket
+from .files import MAX_FILE_SIZE as MAX_FILE_SIZE
+from .files import read_regular
 from .greylist import compile_pattern
 from .options import CheckSwitches as CheckSwitches
 from .options import ConfigError as ConfigError
@@ -404,14 +404,10 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     return _validate(read_toml(path), path)
 
 
-#: The largest milter.conf or rule file read: a bigger one is a mistake (a log, a mailbox), not a configuration.
-MAX_FILE_SIZE = 16 * 1024 * 1024
-
-
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file's content; ConfigError naming the file when it is unreadable or invalid."""
     try:
-        data = _read_regular(path)
+        data = read_regular(path)
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
     except ValueError as exc:  # a NUL in the name
@@ -424,25 +420,6 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: not UTF-8 (byte {exc.start + 1})") from None
-
-
-def _read_regular(path: Path) -> bytes:
-    """The bytes of *path*, a regular file of at most MAX_FILE_SIZE bytes; OSError otherwise.
-
-    Opened without blocking and checked before reading: a FIFO would block start-up
-    for ever, /dev/zero would fill the memory.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        data = handle.read(MAX_FILE_SIZE + 1)
-    if len(data) > MAX_FILE_SIZE:
-        raise OSError(errno.EFBIG, f"larger than {MAX_FILE_SIZE // (1024 * 1024)} MiB")
-    return data
 
 
 def _validate(data: dict[str, Any], path: Path) -> Config:

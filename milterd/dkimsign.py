@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -24,16 +22,13 @@ import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from .files import read_error, read_regular
 from .options import ConfigError
 
 if TYPE_CHECKING:
     from .config import DkimSigningSection
 
 Algorithm = Literal["rsa", "ed25519"]
-
-#: The largest file :func:`read_regular` reads (a key is a few KB, a login map maybe a few MB).
-MAX_FILE_SIZE = 16 * 1024 * 1024
-
 
 @dataclass(frozen=True)
 class SigningKey:
@@ -66,32 +61,6 @@ def parse_key(data: bytes) -> tuple[Algorithm, bytes]:
     if len(seed) != 32:
         raise ValueError(f"an ed25519 key is 32 bytes in base64, this one is {len(seed)}")
     return "ed25519", text
-
-
-def read_regular(path: Path) -> bytes:
-    """The bytes of *path*, a regular file of at most MAX_FILE_SIZE bytes; OSError otherwise (ValueError: a NUL in the name).
-
-    For the files a check reads when the configuration is built (at start and
-    at every reload): opened without blocking and checked before reading, so
-    that a FIFO in a key's place cannot hang the supervisor, nor /dev/zero fill
-    its memory.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        data = handle.read(MAX_FILE_SIZE + 1)
-    if len(data) > MAX_FILE_SIZE:
-        raise OSError(errno.EFBIG, f"larger than {MAX_FILE_SIZE // (1024 * 1024)} MiB")
-    return data
-
-
-def read_error(exc: OSError | ValueError) -> str:
-    """Why :func:`read_regular` failed, in words ("Permission denied", "not a regular file", "embedded null byte")."""
-    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 def load_keys(section: "DkimSigningSection", config_path: Path | None) -> list[SigningKey]:

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Iterator, Literal, Mapping
 
 from . import reinject
 from .config import Config
-from .dkimsign import read_error
+from .files import read_error
 from .learner.tokenizer import MAX_INPUT, MessageDigest, hashed_tokens
 from .scanners.spamd import SpamdClient
 from .store import Store, StoreError, utcnow

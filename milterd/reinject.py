@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .dkimsign import read_regular
 from .endpoints import connect, split_host_port, unix_path
+from .files import read_regular
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def open_client(target: Target, helo: str, timeout: float) -> smtplib.SMTP:
 def read_password(path: str) -> str:
     """The first line of *path* (the SMTP AUTH password).
 
-    Read with :func:`~milterd.dkimsign.read_regular`, so that a FIFO in its
+    Read with :func:`~milterd.files.read_regular`, so that a FIFO in its
     place cannot hang a release or a notice: OSError when *path* is not a
     readable regular file, ValueError when its name has a NUL or it is not
     UTF-8 (without quoting its bytes: they are the password).

@@ -26,7 +26,8 @@ from pydantic import Field
 
 from .. import dkimfast
 from ..authresults import authserv_id_of
-from ..dkimsign import parse_key, read_error, read_regular
+from ..dkimsign import parse_key
+from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
 from ..options import CheckSwitches, ConfigError
 from . import Check, Hits, Symbol

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal
 from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
-from ..dkimsign import read_error, read_regular
+from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
 from ..options import CheckSwitches, ConfigError
