@@ -355,13 +355,7 @@ class GreylistStore:
     def remove_triplets(self, network: str | None = None, sender: str | None = None, recipient: str | None = None) -> int:
         """Delete the triplets matching every filter given; return how many (none without a filter)."""
         table = schema.greylist
-        conditions = []
-        if network:
-            conditions.append(table.c.network == network)
-        if sender is not None:
-            conditions.append(table.c.sender == sender)
-        if recipient:
-            conditions.append(table.c.recipient == recipient)
+        conditions = _triplet_filters(network, sender, recipient, None, None, None)
         if not conditions:
             return 0
 
@@ -426,7 +420,7 @@ class GreylistStore:
 def _triplet_filters(
     network: str | None, sender: str | None, recipient: str | None, passed: bool | None, expired: bool | None, now: dt.datetime | None,
 ) -> list[Any]:
-    """The WHERE conditions of :meth:`GreylistStore.list_triplets` and :meth:`GreylistStore.count_triplets`."""
+    """The WHERE conditions of :meth:`GreylistStore.list_triplets`, :meth:`~GreylistStore.count_triplets` and :meth:`~GreylistStore.remove_triplets`."""
     table = schema.greylist
     conditions: list[Any] = []
     if network:
