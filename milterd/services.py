@@ -90,11 +90,17 @@ def build(config: Config) -> Services:
         for symbol in cls.symbols:
             services.symbols[symbol.name] = symbol
     for cls in classes:
-        if cls.enabled(services):
+        try:
+            if not cls.enabled(services):
+                continue
             check = cls(services)
-            services.checks.append(check)
-            for symbol in check.dynamic_symbols():
-                services.symbols[symbol.name] = symbol
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a check's setup failing otherwise is refused as a configuration problem, not a traceback
+            raise ConfigError(config.path or "milter.conf", f"check {cls.name}", f"cannot be set up: {type(exc).__name__}: {exc}") from exc
+        services.checks.append(check)
+        for symbol in check.dynamic_symbols():
+            services.symbols[symbol.name] = symbol
     for check in services.checks:
         check.loaded()
     for name, path in ruleset.weight_files.items():

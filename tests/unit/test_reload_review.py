@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from milterd import dkimsign
+from milterd.checks.headers import Headers
+from milterd.cli import main
 from milterd.commands import doctor
 from milterd.config import ConfigError, load_config
 from milterd.milter import supervisor
@@ -222,3 +224,16 @@ def test_a_reload_that_cannot_read_a_key_says_why(open_dir: Path, caplog: pytest
     assert running.services is old
     refusals = _refusals(caplog)
     assert len(refusals) == 1 and f"[dkim_signing] keys[0].key_file: user nobody cannot read {key}" in refusals[0], refusals
+
+
+def test_a_check_whose_setup_raises_is_refused_as_a_configuration_error_not_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """serve and check turn only ConfigError into a clean refusal: any other failure of a check's setup is one now."""
+    def broken(self: Headers, services: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Headers, "__init__", broken)
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n')
+    assert main(["-c", str(conf), "rules", "lint"]) == 2
+    err = capsys.readouterr().err
+    assert "check headers: cannot be set up: RuntimeError: boom" in err and "Traceback" not in err
