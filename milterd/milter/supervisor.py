@@ -430,13 +430,14 @@ def reload_blockers(config: Config) -> list[ConfigError]:
     every reload.  A file missing or unreadable as root is left to the start's own errors.
     """
     where = config.path or "milter.conf"
-    files = [(key, path) for key, path in reload_files(config) if not _missing(path)]
+    # What each path is, asked as root: as the account, a directory it cannot traverse raises on stat.
+    files = [(key, path, os.path.isdir(path)) for key, path in reload_files(config) if not _missing(path)]
     problems = []
     with _as_service_account(config):
-        for key, path in files:
-            if not _access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        for key, path, is_dir in files:
+            if not _access(path, os.R_OK | (os.X_OK if is_dir else 0)):
                 user, group = _name_of(os.geteuid(), pwd.getpwuid), _name_of(os.getegid(), grp.getgrgid)
-                mode = "g+rx" if path.is_dir() else "g+r"
+                mode = "g+rx" if is_dir else "g+r"
                 problems.append(ConfigError(where, key, f"user {user} cannot read {path}, which a reload (SIGHUP) reads again as that user: "
                                                         f"make it readable by it (chgrp {group} {path}; chmod {mode} {path}), or restart milterd instead of reloading"))
     return problems

@@ -237,3 +237,16 @@ def test_a_check_whose_setup_raises_is_refused_as_a_configuration_error_not_a_tr
     assert main(["-c", str(conf), "rules", "lint"]) == 2
     err = capsys.readouterr().err
     assert "check headers: cannot be set up: RuntimeError: boom" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="asks as another account (nobody), which needs root")
+def test_a_config_in_a_directory_the_account_cannot_enter_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """pytest's directories are root's, 0700: as nobody, even asking whether milter.conf is a directory failed
+    (PermissionError out of doctor); the file is named as one a reload cannot read."""
+    tmp_path.chmod(0o700)
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[milter]\nuser = "nobody"\n[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n')
+    problems = supervisor.reload_blockers(load_config(conf))
+    assert os.geteuid() == 0
+    assert [str(p) for p in problems][:1] == [f"{conf}: user nobody cannot read {conf}, which a reload (SIGHUP) reads again as that user: "
+                                              f"make it readable by it (chgrp nogroup {conf}; chmod g+r {conf}), or restart milterd instead of reloading"]
