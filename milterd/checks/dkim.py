@@ -35,7 +35,7 @@ from ..message.policy import plan_headers
 from ..options import CheckSwitches, Size
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
-from .dmarc import aligned, from_domain, from_domains, queryable
+from .dmarc import aligned, envelope_from_domains, from_domain, queryable
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -318,8 +318,7 @@ class Dkim(ConfiguredCheck[DkimChecks]):
         dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, "eom"))
         results = verify_all(envelope.message_bytes(), dnsfunc, options.max_signatures, options.min_key_bits, unsigned_body=options.unsigned_body)
         envelope.check_state(STATE)["result"] = results
-        authors = from_domains(value.decode("utf-8", "replace") for name, value in envelope.headers if name.lower() == "from")
-        return hits_for(results, authors, self.services.config.checks.dmarc.public_suffix_list)
+        return hits_for(results, envelope_from_domains(envelope), self.services.config.checks.dmarc.public_suffix_list)
 
 
 class DkimSigner(Check):

@@ -27,8 +27,6 @@ import random
 import re
 import unicodedata
 from dataclasses import dataclass, replace
-from email.errors import HeaderParseError
-from email.header import decode_header
 from email.utils import getaddresses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal
@@ -36,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal
 from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
+from ..content.headertext import decoded
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
@@ -195,6 +194,11 @@ def from_domains(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(found)
 
 
+def envelope_from_domains(envelope: Envelope) -> tuple[str, ...]:
+    """:func:`from_domains` of the From fields of *envelope*."""
+    return from_domains(value.decode("utf-8", "replace") for name, value in envelope.headers if name.lower() == "from")
+
+
 @functools.lru_cache(maxsize=1024)
 def _from_domains(value: str) -> tuple[str, ...]:
     return _parse_domains(value, decode=True)
@@ -210,25 +214,9 @@ def _parse_domains(value: str, decode: bool) -> tuple[str, ...]:
         elif decode and "=?" in addr:
             # An encoded word where the address belongs (From: =?utf-8?b?c2VjdXJpdHlAYmFuay5leGFtcGxl?=) is
             # invalid (RFC 2047 §5), but mail clients decode it and show security@bank.example: judge that.
-            for domain in _parse_domains(_decoded(addr), decode=False):
+            for domain in _parse_domains(decoded(addr), decode=False):
                 found.setdefault(domain)
     return tuple(found)
-
-
-def _decoded(text: str) -> str:
-    """*text* with its encoded words decoded as leniently as a mail client shows them (an unknown charset as Latin-1)."""
-    try:
-        chunks = decode_header(text)
-    except (HeaderParseError, ValueError):
-        return ""
-    return "".join(chunk if isinstance(chunk, str) else _decode(chunk, charset) for chunk, charset in chunks)
-
-
-def _decode(chunk: bytes, charset: str | None) -> str:
-    try:
-        return chunk.decode(charset or "ascii", "replace")
-    except LookupError:
-        return chunk.decode("latin-1")
 
 
 @dataclass(frozen=True)
@@ -361,7 +349,7 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         return 1  # after DKIM and ARC, whose results it reads
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
-        domains = from_domains(value.decode("utf-8", "replace") for name, value in envelope.headers if name.lower() == "from")
+        domains = envelope_from_domains(envelope)
         if not domains:
             # Recorded too, so that Authentication-Results says dmarc=none rather than nothing.
             envelope.check_state(STATE)["result"] = Evaluation("none", "", reason="no From domain")
@@ -373,9 +361,9 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         psl_path = self.options.public_suffix_list
         signatures = envelope.check_state("dkim").get("result", ())
         passes = [s.domain for s in signatures if s.result == "pass"]
-        # A key name DNS cannot be asked about (s=a..b, a 300-octet s=) fails at once, as a "DNS error":
-        # a forger's signature with the From domain's d= must not hold its policy back (RFC 6376 §6.1.1: a permerror).
-        temperrors = [s.domain for s in signatures if s.result == "temperror" and queryable(f"{s.selector}._domainkey.{s.domain}")]
+        # A key name DNS cannot be asked about (s=a..b) is a permerror already (the dkim check's DnsRecorder):
+        # a forger's signature with the From domain's d= does not hold the policy back as a temperror.
+        temperrors = [s.domain for s in signatures if s.result == "temperror"]
         unverified = envelope.check_state("dkim").get("unverified", ())
         spf = envelope.check_state("spf").get("evaluation")
         evaluations = []
@@ -418,11 +406,9 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         deciding what that does, as for a domain's p=quarantine.
         """
         reason = f"{len(domains)} From domains: more than {_MAX_FROM_DOMAINS} are not looked up"
-        envelope.check_state(STATE)["result"] = Evaluation("fail", domains[-1], "quarantine", "quarantine", reason=reason)
-        action = self.options.quarantine_action
-        forced = Action.REJECT if action == "reject" else Action.QUARANTINE if action == "quarantine" else None
-        reply = Reply.reject(f"Message rejected: {reason}") if forced == Action.REJECT else None
-        return [Hit("DMARC_FAIL_QUARANTINE", detail=reason, action=forced, reply=reply)]
+        evaluation = Evaluation("fail", domains[-1], "quarantine", "quarantine", reason=reason)
+        envelope.check_state(STATE)["result"] = evaluation
+        return [enforce(evaluation, self.options.reject_action, self.options.quarantine_action, why=reason)]
 
 
 _RESULT_RANK = {"pass": 0, "none": 1, "temperror": 2, "permerror": 2, "fail": 3}
@@ -438,14 +424,15 @@ def strictest(evaluations: list[Evaluation]) -> Evaluation:
     return max(evaluations, key=lambda e: (_RESULT_RANK[e.result], _POLICY_RANK[e.applied], _POLICY_RANK[e.policy]))
 
 
-def enforce(evaluation: Evaluation, reject_action: str, quarantine_action: str) -> Hit:
-    """The hit of a DMARC failure, with the action configured for the policy applied."""
+def enforce(evaluation: Evaluation, reject_action: str, quarantine_action: str, why: str = "") -> Hit:
+    """The hit of a DMARC failure, with the action configured for the policy applied; *why*, when
+    given, is its detail and the reason of a reject (else the domain's policy is named)."""
     applied, domain = evaluation.applied, evaluation.domain
     symbol = f"DMARC_FAIL_{applied.upper()}"
-    detail = f"{domain} p={evaluation.policy} applied={applied}"
+    detail = why or f"{domain} p={evaluation.policy} applied={applied}"
     action = reject_action if applied == "reject" else quarantine_action if applied == "quarantine" else "score"
     if action == "reject":
-        reply = Reply.reject(f"Message rejected: {domain} publishes a DMARC policy of {applied} and this message failed it")
+        reply = Reply.reject(f"Message rejected: {why or f'{domain} publishes a DMARC policy of {applied} and this message failed it'}")
         return Hit(symbol, detail=detail, action=Action.REJECT, reply=reply)
     if action == "quarantine":
         return Hit(symbol, detail=detail, action=Action.QUARANTINE)
