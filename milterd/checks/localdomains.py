@@ -47,17 +47,18 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2].strip().rstrip(".").lower() if "@" in address else ""
 
 
-def load_login_map(path: Path) -> dict[str, set[str]]:
-    """Read a ``KEY login[, login …]`` file (``#`` comments); ConfigError naming the line otherwise."""
+def load_login_map(path: Path, where: str | Path | None = None) -> dict[str, set[str]]:
+    """Read a ``KEY login[, login …]`` file (``#`` comments); ConfigError naming the line otherwise.
+
+    A file that cannot be read is a ConfigError naming *where*'s ``sender_login_maps`` key when
+    *where* (milter.conf) is given, else the file itself.
+    """
     try:
         data = read_regular(path)
     except (OSError, ValueError) as exc:
+        if where is not None:
+            raise ConfigError(where, "[checks.local_domains] sender_login_maps", f"cannot read {path}: {read_error(exc)}") from None
         raise ConfigError(path, "", f"cannot read the sender login map: {read_error(exc)}") from None
-    return parse_login_map(data, path)
-
-
-def parse_login_map(data: bytes, path: Path) -> dict[str, set[str]]:
-    """The table of a login map file's content (*path* names it in errors); ConfigError naming the line otherwise."""
     table: dict[str, set[str]] = {}
     try:
         lines = data.decode("utf-8").splitlines()
@@ -149,12 +150,7 @@ class SenderLogin(Check):
         self.table: dict[str, set[str]] = {}
         if options.sender_login_maps:
             base = services.config.path.parent if services.config.path else Path.cwd()
-            path = base / options.sender_login_maps
-            try:
-                data = read_regular(path)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(services.config.path or "milter.conf", "[checks.local_domains] sender_login_maps", f"cannot read {path}: {read_error(exc)}") from None
-            self.table = parse_login_map(data, path)
+            self.table = load_login_map(base / options.sender_login_maps, services.config.path or "milter.conf")
         for key, logins in options.sender_logins.items():
             if "@" not in key:
                 raise ConfigError(services.config.path or "milter.conf", f"[checks.local_domains] sender_logins.{key}", "keys are addresses or @domain")
