@@ -34,7 +34,7 @@ from .checks.uribl import UriblChecks
 from .dns import parse_nameserver
 from .endpoints import parse_listen, parse_socket
 from .files import MAX_FILE_SIZE as MAX_FILE_SIZE
-from .files import read_regular
+from .files import read_error, read_regular
 from .greylist import compile_pattern
 from .options import CheckSwitches as CheckSwitches
 from .options import ConfigError as ConfigError
@@ -408,10 +408,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file's content; ConfigError naming the file when it is unreadable or invalid."""
     try:
         data = read_regular(path)
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
-    except ValueError as exc:  # a NUL in the name
-        raise ConfigError(path, "", f"cannot read: {exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        raise ConfigError(path, "", f"cannot read: {read_error(exc)}") from None
     try:
         return tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
