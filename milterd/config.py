@@ -8,6 +8,7 @@ misspelt key, a value of the wrong type or an unreadable file is refused with
 
 from __future__ import annotations
 
+import copy
 import functools
 import ipaddress
 import os
@@ -420,7 +421,30 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, "", f"not valid TOML: not UTF-8 (byte {exc.start + 1})") from None
 
 
+#: Keys naming a file relative to milter.conf's directory whose value is kept as
+#: the absolute path (the others are joined to it where they are read): the
+#: Public Suffix List's path is also the key its loaded copy is shared under.
+_ANCHORED_PATHS = (("checks", "dmarc", "public_suffix_list"),)
+
+
+def _anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """*data* with the relative paths of :data:`_ANCHORED_PATHS` made absolute against *base* (a copy where one changed)."""
+    for *sections, key in _ANCHORED_PATHS:
+        table: Any = data
+        for section in sections:
+            table = table.get(section) if isinstance(table, dict) else None
+        value = table.get(key) if isinstance(table, dict) else None
+        if isinstance(value, str) and value and "\0" not in value and not Path(value).is_absolute():
+            data = copy.deepcopy(data)
+            target = data
+            for section in sections:
+                target = target[section]
+            target[key] = str(base / value)
+    return data
+
+
 def _validate(data: dict[str, Any], path: Path) -> Config:
+    data = _anchor_paths(data, path.resolve().parent)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

@@ -51,7 +51,7 @@ class DmarcChecks(CheckSwitches):
 
     reject_action: Literal["reject", "quarantine", "score"] = Field("reject", description="A DMARC failure under p=reject: reject with 550 5.7.1 naming the From domain, quarantine, or only score DMARC_FAIL_REJECT.")
     quarantine_action: Literal["reject", "quarantine", "score"] = Field("quarantine", description="A DMARC failure under p=quarantine: quarantine, reject, or only score DMARC_FAIL_QUARANTINE.")
-    public_suffix_list: str = Field("", description="Public Suffix List file that finds organizational domains; empty uses the publicsuffixlist package's copy (update it with 'python -m publicsuffixlist.update').")
+    public_suffix_list: str = Field("", description="Public Suffix List file that finds organizational domains, relative to this file; empty uses the publicsuffixlist package's copy (update it with 'python -m publicsuffixlist.update').")
 
 
 STATE = "dmarc"

@@ -393,7 +393,7 @@ def reload_files(config: Config) -> list[tuple[str, Path]]:
     """The files a SIGHUP reload reads again, each with its key in milter.conf ('' for milter.conf itself).
 
     Those ``serve`` reads as root at start: milter.conf, rules/ and its rule
-    files, and the key files and login map of the checks that use them
+    files, and the key files, login map and Public Suffix List of the checks that use them
     (``[quarantine] release_password_file`` is read by ``milterd quarantine``, not here).
     """
     files: list[tuple[str, Path]] = []
@@ -418,6 +418,9 @@ def reload_files(config: Config) -> list[tuple[str, Path]]:
     local = config.checks.local_domains
     if local.enabled and local.sender_login_maps:
         files.append(("[checks.local_domains] sender_login_maps", base / local.sender_login_maps))
+    dmarc = config.checks.dmarc
+    if dmarc.enabled and dmarc.public_suffix_list:
+        files.append(("[checks.dmarc] public_suffix_list", base / dmarc.public_suffix_list))
     return files
 
 
