@@ -50,7 +50,7 @@ class AttachmentChecks(CheckSwitches):
     macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
     encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
     limit_action: _CategoryAction = Field("score", description="An archive past the limits below, or unreadable: ATTACH_ARCHIVE_LIMIT, with the same choices.")
-    archives: bool = Field(True, description="Look inside zip archives (and 7z, rar, cab and tar ones when libarchive-c is installed) for the same rules.")
+    archives: bool = Field(True, description="Look inside zip archives and TNEF containers (Outlook's winmail.dat), and 7z, rar, cab and tar ones when libarchive-c is installed, for the same rules.")
     archive_max_depth: int = Field(3, ge=1, le=20, description="Archives nested deeper than this (an archive in an archive is 2) are not opened.")
     archive_max_members: int = Field(1000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at.")
     archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")

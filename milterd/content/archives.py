@@ -22,6 +22,17 @@ central directory record declares far more entries is not opened at all
 (zipfile would parse its whole directory first).  What was not looked at is
 reported in ``Listing.limits``, never silently skipped.
 
+A TNEF container (Outlook's ``winmail.dat``, told by its signature) is
+listed as an archive: each attachment it carries is a member, named by its
+long file name with its other names (the 8.3 one, the title) judged too, and
+an embedded message (another TNEF stream) is a nested archive.  Its MAPI
+properties are decoded by ``tnefparse``, but the stream is walked here, one
+attribute at a time, with the bytes read counted in ``Limits.max_size`` and
+the attributes in a budget of their own: tnefparse's own reader copies the
+rest of the stream at each attribute, and its property decoder loops as often
+as a count says, both without end on a hostile container (:func:`_mapi_values`
+checks each property block first).
+
 libarchive is C code reading hostile input.  With ``Limits.child`` (the
 attachment check's ``archive_process``, on by default) every archive that
 needs it is listed in a short-lived forked child (:func:`_walk_in_child`) with
@@ -33,9 +44,12 @@ own ``zipfile``), but for one that zipfile cannot open.
 from __future__ import annotations
 
 import base64
+import codecs
 import ctypes
 import faulthandler
+import io
 import json
+import logging
 import os
 import resource
 import selectors
@@ -48,12 +62,20 @@ import zlib
 from dataclasses import dataclass, field, replace
 from typing import IO, Any, Callable
 
+from tnefparse import TNEF
+from tnefparse.codepage import Codepage
+from tnefparse.mapi import IMESSAGE_SIG, decode_mapi
+from tnefparse.properties import MAPI_ATTACH_DATA_OBJ, MAPI_ATTACH_FILENAME, MAPI_ATTACH_LONG_FILENAME, MAPI_DISPLAY_NAME
+
 from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, extensions, sniff
 
 try:  # optional: 7z, rar, cab and tar (Debian libarchive13 + PyPI libarchive-c)
     import libarchive  # type: ignore[import-untyped,import-not-found,unused-ignore]
 except (ImportError, OSError):  # OSError: the Python package without the shared library
     libarchive = None
+
+# What tnefparse would log about a hostile container is a listing error here.
+logging.getLogger("tnefparse").setLevel(logging.CRITICAL)
 
 #: Extensions of archives that are opened even when their first bytes do not say so.
 _ARCHIVE_EXTENSIONS = {"zip": "zip", "rar": "rar", "7z": "7z", "tar": "tar", "cab": "cab"}
@@ -72,6 +94,18 @@ _CENTRAL_ENTRY_MIN = 46
 #: A zip local file header (APPNOTE 4.3.7), and the id of the Info-ZIP Unicode Path extra field (APPNOTE 4.6.9).
 _LOCAL_HEADER, _LOCAL_SIGNATURE = struct.Struct("<4s2B4HL2L2H"), b"PK\x03\x04"
 _UNICODE_PATH = 0x7075
+#: A TNEF attribute's header (level, id, type, length; MS-OXTNEF 2.1.3.1), the checksum after its data, the stream's start.
+_TNEF_ATTRIBUTE, _TNEF_CHECKSUM = struct.Struct("<BHHL"), 2
+_TNEF_START = struct.calcsize("<LH")  # signature, key
+#: TNEF attributes read per attachment, over all its containers: this many, plus this many per member allowed.
+_TNEF_ATTRIBUTES, _TNEF_ATTRIBUTES_PER_MEMBER = 1000, 16
+#: MAPI property types (MS-OXCDATA 2.11.1) by the size of one value, and those of values with a length.
+_MAPI_FIXED = {0x0002: 2, 0x000B: 2, 0x0003: 4, 0x0004: 4, 0x000A: 4, 0x0005: 8, 0x0006: 8, 0x0007: 8, 0x0014: 8, 0x0040: 8, 0x0048: 16}
+_MAPI_SIZED = frozenset({0x0000, 0x000D, 0x001E, 0x001F, 0x0102})
+_MAPI_MULTIPLE, _MAPI_NAMED = 0x1000, 0x8000
+#: Values (and items of values) in one attachment's MAPI properties: a real one has a few dozen.
+_MAPI_VALUES = 4096
+_U32 = struct.Struct("<L")
 
 
 @dataclass(frozen=True)
@@ -108,11 +142,13 @@ class Listing:
 class _Budget:
     size: int
     members: int
+    #: TNEF attributes left to read (each costs its header, however small).
+    attributes: int = _TNEF_ATTRIBUTES
 
 
 def supported(kind: str) -> bool:
     """Whether archives of *kind* (as :func:`milterd.content.filetypes.sniff` names them) can be listed here."""
-    return kind == "zip" or (kind in ARCHIVE_KINDS and libarchive is not None)
+    return kind in ("zip", "tnef") or (kind in ARCHIVE_KINDS and libarchive is not None)
 
 
 def archive_kind(name: str, head: bytes) -> str | None:
@@ -129,7 +165,8 @@ def archive_kind(name: str, head: bytes) -> str | None:
 def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits) -> Listing:
     """The members of archive *data* (a seekable file of *kind*) called *name*, nested archives included."""
     listing = Listing()
-    _walk(name, data, kind, 1, limits, _Budget(limits.max_size, limits.max_members), listing)
+    budget = _Budget(limits.max_size, limits.max_members, _TNEF_ATTRIBUTES + _TNEF_ATTRIBUTES_PER_MEMBER * limits.max_members)
+    _walk(name, data, kind, 1, limits, budget, listing)
     return listing
 
 
@@ -146,6 +183,8 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
                 # extract the rest, libarchive from the local headers when it must.
                 listing.errors.append(f"{path}: unreadable zip archive ({exc.__class__.__name__}: {str(exc)[:80]}), listed by libarchive")
                 _walk_libarchive_kind(path, data, kind, depth, limits, budget, listing)
+        elif kind == "tnef":
+            _walk_tnef(path, data, depth, limits, budget, listing)
         elif supported(kind):
             _walk_libarchive_kind(path, data, kind, depth, limits, budget, listing)
         else:
@@ -307,6 +346,216 @@ def _copy_bounded(stream: IO[bytes], budget: _Budget) -> IO[bytes] | None:
         copy.write(chunk)
     copy.seek(0)
     return copy
+
+
+@dataclass
+class _TnefFile:
+    """One attachment of a TNEF stream: its names by where they come from, and its contents."""
+
+    long_names: list[str] = field(default_factory=list)  # PR_ATTACH_LONG_FILENAME: what Outlook saves it as
+    short_names: list[str] = field(default_factory=list)  # PR_ATTACH_FILENAME and attAttachTitle (8.3 names)
+    display_names: list[str] = field(default_factory=list)  # PR_DISPLAY_NAME: an embedded message's subject
+    streamed: list[tuple[int, int]] = field(default_factory=list)  # attAttachData: (offset, length) in the stream
+    inline: list[bytes] = field(default_factory=list)  # PR_ATTACH_DATA_OBJ, already read (and counted)
+
+    def names(self) -> list[str]:
+        """Every name, the one Outlook saves it under first; a display name only for a file without another."""
+        names = [*self.long_names, *self.short_names] or self.display_names
+        return [name for name in dict.fromkeys(names) if name]
+
+
+def _walk_tnef(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+    """The attachments of the TNEF stream *data* as members, in the order of MS-OXTNEF 2.1.3: an attachment's
+    attributes follow its attAttachRendData (each attribute is read here, never the stream as a whole)."""
+    end = data.seek(0, os.SEEK_END)
+    data.seek(0)
+    if sniff(data.read(_TNEF_START)) != "tnef":
+        raise ValueError("no TNEF signature")
+    codepage = "cp1252"  # when the stream names none (tnefparse would decode 8-bit names with None and fail)
+    files: list[_TnefFile] = []
+    offset = _TNEF_START
+    while offset < end:
+        header = data.read(_TNEF_ATTRIBUTE.size)
+        if len(header) < _TNEF_ATTRIBUTE.size:
+            if header.strip(b"\0"):  # NULs padding the stream's end are nothing
+                listing.errors.append(f"{path}: unreadable tnef archive (cut short in an attribute's header)")
+            break
+        budget.attributes -= 1
+        if budget.attributes < 0:
+            listing.limits.append(f"{path}: past its budget of TNEF attributes, the rest not looked at")
+            break
+        level, ident, _, length = _TNEF_ATTRIBUTE.unpack(header)
+        start = offset + _TNEF_ATTRIBUTE.size
+        size = min(length, end - start)
+        offset = start + length + _TNEF_CHECKSUM
+        if size < length:
+            listing.errors.append(f"{path}: unreadable tnef archive (cut short: an attribute of {length} bytes has {size})")
+        if ident == TNEF.ATTATTACHRENDDATA or (level == TNEF.LVL_ATTACHMENT and not files):
+            if len(files) > max(budget.members, 0):
+                break  # one more than the members left: listing them says the limit was reached
+            files.append(_TnefFile())
+        if level == TNEF.LVL_ATTACHMENT and ident == TNEF.ATTATTACHDATA:
+            files[-1].streamed.append((start, size))
+        elif level == TNEF.LVL_ATTACHMENT and ident in (TNEF.ATTATTACHTITLE, TNEF.ATTATTACHMENT):
+            if size > budget.size:
+                listing.limits.append(f"{path}: would decode past {limits.max_size} bytes, the rest not looked at")
+                break
+            value = data.read(size)
+            budget.size -= size
+            if ident == TNEF.ATTATTACHTITLE:
+                files[-1].short_names.append(_tnef_text(value, codepage))
+            else:
+                _tnef_properties(path, value, codepage, files[-1], listing)
+        elif ident == TNEF.ATTOEMCODEPAGE and size >= _U32.size:
+            codepage = _codepage(_U32.unpack(data.read(_U32.size))[0])
+        data.seek(offset)
+    for number, file in enumerate(files, 1):
+        names = file.names() or [f"(attachment {number} without a name)"]
+        member = f"{path}/{names[0]}"
+        if not _take_member(member, limits, budget, listing):
+            return
+        contents = [(data, start, size, False) for start, size in file.streamed]
+        contents += [(io.BytesIO(value), 0, len(value), True) for value in file.inline]
+        if not contents:
+            listing.entries.append(Entry(member, False, b""))
+        for source, start, size, counted in contents:
+            _tnef_member(member, source, start, size, counted, depth, limits, budget, listing)
+        # After the name Outlook saves it under, which a reply names first.
+        listing.entries.extend(Entry(f"{path}/{alias}", False, b"") for alias in names[1:])
+
+
+def _tnef_member(member: str, source: IO[bytes], start: int, size: int, counted: bool, depth: int, limits: Limits, budget: _Budget,
+                 listing: Listing) -> None:
+    """The entry of one content of a TNEF attachment, *size* bytes at *start* of *source* (already in the budget
+    when *counted*), and the archive it is, walked."""
+    source.seek(start)
+    head = source.read(min(HEAD_SIZE, size, max(budget.size, 0)))
+    if not counted:
+        budget.size -= len(head)
+    listing.entries.append(Entry(member, False, head))
+    inner = archive_kind(member.rsplit("/", 1)[-1], head)
+    if inner is None:
+        return
+    if depth >= limits.max_depth:
+        listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
+        return
+    if counted:
+        source.seek(start)
+        _walk(member, source, inner, depth + 1, limits, budget, listing)
+        return
+    if size > budget.size:
+        listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+        return
+    nested: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_MEMORY)
+    with nested:
+        source.seek(start)
+        left = size
+        while left > 0:
+            chunk = source.read(min(_CHUNK, left))
+            if not chunk:
+                break
+            nested.write(chunk)
+            left -= len(chunk)
+        budget.size -= size - left
+        nested.seek(0)
+        _walk(member, nested, inner, depth + 1, limits, budget, listing)
+
+
+def _tnef_properties(path: str, block: bytes, codepage: str, file: _TnefFile, listing: Listing) -> None:
+    """The names and data object in the MAPI properties of an attachment's attAttachment attribute."""
+    declared = _mapi_values(block)
+    if declared is None:
+        listing.errors.append(f"{path}: unreadable tnef archive (an attachment's MAPI properties count more values than they can hold)")
+        return
+    found = decode_mapi(block, codepage)
+    if len(found) < declared:
+        # tnefparse stops at the first value it cannot read (a name not in the codepage, a block cut short).
+        listing.errors.append(f"{path}: unreadable tnef archive (an attachment's MAPI properties unreadable after {len(found)} of {declared} values)")
+    for prop in found:
+        if prop.name in (MAPI_ATTACH_LONG_FILENAME, MAPI_ATTACH_FILENAME, MAPI_DISPLAY_NAME):
+            names = {MAPI_ATTACH_LONG_FILENAME: file.long_names, MAPI_ATTACH_FILENAME: file.short_names, MAPI_DISPLAY_NAME: file.display_names}
+            items = [_tnef_text(item, codepage) for item in prop.raw_data if isinstance(item, (str, bytes))]
+            # tnefparse (and so what reads names as it does) joins a value's items into one name: both are judged.
+            names[prop.name].extend([*items, "".join(items)] if len(items) > 1 else items)
+        elif prop.name == MAPI_ATTACH_DATA_OBJ and prop.attr_type in _MAPI_SIZED:
+            for item in prop.raw_data:
+                # An embedded message (attach method 5) is the IMessage interface's id and a TNEF stream: a nested archive.
+                value = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+                file.inline.append(value[len(IMESSAGE_SIG):] if value.startswith(IMESSAGE_SIG) else value)
+
+
+def _mapi_values(block: bytes) -> int | None:
+    """How many values ``tnefparse.mapi.decode_mapi`` should read from the MAPI property *block* (one it cannot
+    read, of a type it does not know or cut short, counted), or None when a count in it claims more than the block
+    can hold, or more than _MAPI_VALUES: decode_mapi would loop that many times, past the block's end too.
+
+    Its offsets are followed as decode_mapi moves them (a 4-byte count, then per property its type and id, a named
+    one's GUID and name, a multi-valued one's count, then each value, a sized one's items padded to 4 bytes).
+    """
+    end, work = len(block), 0
+    if end < _U32.size:
+        return None
+    count, offset, declared = _U32.unpack_from(block)[0], _U32.size, 0
+    if count > min((end - offset) // 4, _MAPI_VALUES):
+        return None
+    try:
+        for _ in range(count):
+            declared += 1
+            if offset >= end:  # decode_mapi skips it
+                continue
+            kind, ident = struct.unpack_from("<2H", block, offset)
+            offset += 4
+            if ident >= _MAPI_NAMED:
+                offset += 16  # the property set's GUID
+                named_by_string = _U32.unpack_from(block, offset)[0] != 0
+                offset += 4
+                offset += 4 + (-(-_U32.unpack_from(block, offset)[0] // 4) * 4 if named_by_string else 0)
+            multiple = None
+            if kind & _MAPI_MULTIPLE:
+                kind ^= _MAPI_MULTIPLE
+                multiple = _U32.unpack_from(block, offset)[0]
+                offset += 4
+                work += multiple
+                if multiple > (end - offset) // 2 or work > _MAPI_VALUES:
+                    return None
+                declared += max(multiple, 1) - 1
+            for _ in range(multiple or 1):
+                if kind in _MAPI_FIXED:
+                    offset += _MAPI_FIXED[kind]
+                elif kind in _MAPI_SIZED:
+                    items = 1
+                    if not multiple:
+                        items = _U32.unpack_from(block, offset)[0]
+                        offset += 4
+                    work += items
+                    if items > (end - offset) // 4 or work > _MAPI_VALUES:
+                        return None
+                    for _ in range(items):
+                        offset += 4 + -(-_U32.unpack_from(block, offset)[0] // 4) * 4
+                else:
+                    return declared  # decode_mapi stops at a type it does not know
+            if (multiple or 1) % 2 and kind in (0x0002, 0x000B):
+                offset += 2
+    except struct.error:  # cut short: decode_mapi stops there too
+        return declared
+    return declared
+
+
+def _tnef_text(value: str | bytes, codepage: str) -> str:
+    """A name from a TNEF stream, as text without the NULs that end or pad it."""
+    if isinstance(value, bytes):
+        value = value.decode(codepage, "replace")
+    return value.strip("\x00")
+
+
+def _codepage(number: int) -> str:
+    """The Python codec of a TNEF stream's attOemCodepage, cp1252 when Python knows no such codec."""
+    name = Codepage(number).codepage()
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return "cp1252"
+    return name
 
 
 def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:

@@ -35,6 +35,7 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"GIF89a", "gif"),
     (0, b"{\\rtf", "rtf"),
     (0, b"L\x00\x00\x00\x01\x14\x02\x00", "lnk"),
+    (0, b"\x78\x9f\x3e\x22", "tnef"),  # 0x223E9F78 little-endian: Outlook's winmail.dat (application/ms-tnef)
     (257, b"ustar", "tar"),
 )
 
@@ -42,7 +43,7 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 EXECUTABLE_KINDS = frozenset({"pe", "elf", "macho", "lnk"})
 
 #: Kinds that are archives :mod:`milterd.content.archives` can list.
-ARCHIVE_KINDS = frozenset({"zip", "rar", "7z", "tar", "cab"})
+ARCHIVE_KINDS = frozenset({"zip", "rar", "7z", "tar", "cab", "tnef"})
 
 #: Extension → the kinds its content may be (what sniff() can tell).
 _EXPECTED: dict[str, frozenset[str]] = {
