@@ -213,7 +213,8 @@ class DkimSigningSection(Section):
 
 class GreylistSection(Section):
     enabled: bool = Field(False, description="Greylist (client network, sender, recipient) triplets, with the state shared through [database].")
-    mode: Literal["triplet", "score"] = Field("triplet", description="triplet: every unknown triplet is deferred at RCPT (postgrey's way); score: only messages scoring at or above [actions] greylist are deferred, at end of data.")
+    mode: Literal["triplet", "score"] = Field("triplet", description="triplet: every unknown triplet is deferred, at RCPT (postgrey's way) or at DATA (see defer_at); score: only messages scoring at or above [actions] greylist are deferred, at end of data.")
+    defer_at: Literal["rcpt", "data"] = Field("rcpt", description="Where mode = triplet answers 451 for an unknown triplet. With rcpt, each such recipient is refused at RCPT TO and the message's other recipients go on; Postfix counts every such reply as an error, so a message to many new recipients meets smtpd_soft_error_limit (replies delayed) and smtpd_hard_error_limit (the client is dropped with 421 4.7.0, after one error when Postfix is under stress), and the recipients after that are not seen, so their triplets wait for a later retry. With data (milter-greylist's delayed greylisting), every recipient is accepted and its triplet recorded, and the message is answered 451 once, at DATA; the price is that a message with one new triplet waits for all of its recipients, even those that passed before or are whitelisted.")
     delay: Duration = Field(300.0, description="How long a new triplet must wait before a retry is accepted.")
     retry_window: Duration = Field(2 * 86400.0, description="How long after the first attempt a retry still counts.")
     expire: Duration = Field(35 * 86400.0, description="How long a passed triplet is remembered (renewed on use).")

@@ -5,7 +5,13 @@ Two modes (``[greylist] mode``):
 * ``triplet`` (classic, as postgrey and milter-greylist): at RCPT, every
   recipient whose (client network, sender, recipient) triplet has not passed
   yet is answered ``451 4.7.1 Greylisted, please try again in N seconds``; the
-  other recipients of the same message go on.
+  other recipients of the same message go on.  With ``defer_at = "data"``
+  (milter-greylist's delayed greylisting) every recipient is accepted and
+  its triplet judged and recorded as usual, and the whole message is
+  answered 451 once, at DATA, after the writes are committed: Postfix counts
+  each 4xx at RCPT as an error and drops the client at
+  ``smtpd_hard_error_limit`` (20; 1 under stress), before the later
+  recipients' triplets are even seen.
 * ``score`` (as Rspamd): nothing happens at RCPT; when the policy picks
   ``greylist`` from the ``[actions] greylist`` threshold, :meth:`on_score_greylist`
   reads and records the message's triplets and tells the policy whether they
@@ -73,8 +79,11 @@ class Pending:
     reads: int = 0
     decided: dict[gl.Triplet, gl.Judgement] = field(default_factory=dict)
     writes: dict[gl.Triplet, gl.Write] = field(default_factory=dict)
-    #: The recipients deferred at RCPT, for GREYLIST_DEFERRED.
+    #: The recipients deferred at RCPT (or, with ``defer_at = "data"``, to be
+    #: deferred at DATA), for GREYLIST_DEFERRED.
     deferred: list[str] = field(default_factory=list)
+    #: The longest wait of those recipients (seconds): the reply at DATA.
+    wait: float = 0.0
     #: Why the store stopped answering in this transaction ('' while it answers).
     failed: str = ""
 
@@ -95,9 +104,9 @@ class Greylist(Check):
     name: ClassVar[str] = "greylist"
     description: ClassVar[str] = "Greylisting of (client network, sender, recipient) triplets"
     symbols: ClassVar[tuple[Symbol, ...]] = (
-        Symbol("GREYLIST", 0.0, "The triplet is new or retried too early: deferred with 451 4.7.1"),
+        Symbol("GREYLIST", 0.0, "The triplet is new or retried too early: deferred with 451 4.7.1 (at RCPT, or the whole message at DATA with defer_at = data)"),
         Symbol("GREYLIST_PASSED", 0.0, "The triplet was retried after the greylisting delay and passed"),
-        Symbol("GREYLIST_DEFERRED", 0.0, "Some recipients of this message were greylisted (the others were accepted)"),
+        Symbol("GREYLIST_DEFERRED", 0.0, "Some recipients of this message were greylisted (the others were accepted; with defer_at = data the whole message waited)"),
         Symbol("GREYLIST_ERROR", 0.0, "The greylist store did not answer; the recipient was not greylisted"),
     )
     # Called for trusted and authenticated clients too, only to skip them: a
@@ -164,6 +173,10 @@ class Greylist(Check):
         if judgement.greylisted:
             detail = f"{triplet} {judgement.kind}, retry in {int(judgement.wait)}s"
             pending.deferred.append(f"<{recipient}> {detail}")
+            if self.config.defer_at == "data":
+                # Accepted here: on_data answers 451 for the whole message, once its writes are stored.
+                pending.wait = max(pending.wait, judgement.wait)
+                return (Hit("GREYLIST", detail=detail),)
             return (Hit("GREYLIST", detail=detail, action=Action.GREYLIST, reply=greylist_reply(judgement.wait)),)
         if judgement.kind == "pass":
             waited = int((self.services.store.greylist.now() - judgement.first_seen).total_seconds()) if judgement.first_seen else 0
@@ -173,7 +186,23 @@ class Greylist(Check):
     def on_data(self, session: Session, envelope: Envelope) -> Hits:
         # Every recipient is known: the transaction's writes, in one transaction.
         error = self._flush(session, envelope)
-        return (Hit("GREYLIST_ERROR", detail=error),) if error else ()
+        pending = envelope.check_state(self.name).get("pending")
+        if self.config.mode != "triplet" or self.config.defer_at != "data" or not isinstance(pending, Pending) or not pending.deferred:
+            return (Hit("GREYLIST_ERROR", detail=error),) if error else ()
+        deferred = pending.deferred
+        if error:
+            # Nothing was stored: a 451 now would find the same triplets new at
+            # every retry.  The message goes on, as when the store does not
+            # answer at RCPT (and WRITE_FAILURE_HOLD greylists nobody for a while);
+            # at end of data GREYLIST_DEFERRED must not name them.
+            pending.deferred = []
+            return (Hit("GREYLIST_ERROR", detail=f"{len(deferred)} greylisted recipient(s) not recorded, not deferred: {error}"[:200]),)
+        greylisted = [(t, j) for t, j in pending.decided.items() if j.greylisted]
+        detail = f"{len(greylisted)} of {len(set(envelope.recipients))} recipient(s) greylisted, the message deferred at DATA"
+        return (
+            Hit("GREYLIST_DEFERRED", detail=_deferred_detail(greylisted)),
+            Hit("GREYLIST", detail=detail, action=Action.GREYLIST, reply=greylist_reply(pending.wait)),
+        )
 
     def on_abort(self, session: Session, envelope: Envelope) -> None:
         # The transaction ended: after end of message (nothing left), or
@@ -318,6 +347,23 @@ class Greylist(Check):
         with self._lock:
             self._stored = (now, stored)
         return stored
+
+
+def _deferred_detail(greylisted: list[tuple[gl.Triplet, gl.Judgement]], limit: int = 1000) -> str:
+    """The recipients a message was deferred for at DATA, in at most *limit* characters:
+    ``client=… from=<…>: <a@x> new, <b@x> early, … (+N more)``.  The client network
+    and sender are the same for every triplet of a transaction, so they are named once."""
+    if not greylisted:
+        return ""
+    first = greylisted[0][0]
+    text = f"client={first.network} from=<{first.sender}>:"
+    for shown, (triplet, judgement) in enumerate(greylisted):
+        item = f" <{triplet.recipient}> {judgement.kind},"
+        more = f" (+{len(greylisted) - shown} more)"
+        if len(text) + len(item) + len(f" (+{len(greylisted)} more)") > limit:
+            return (text.rstrip(",") + more)[:limit]
+        text += item
+    return text.rstrip(",")
 
 
 CHECKS = (Greylist,)
