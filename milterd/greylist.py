@@ -1,7 +1,7 @@
 """Greylisting's decisions: pure functions, no SQL.
 
 A triplet is (client network, envelope sender, recipient).  The functions here
-build it (:func:`client_network`, :func:`normalise_sender`), match the
+build it (:func:`client_network`, :func:`triplet_sender`), match the
 whitelists (:class:`Whitelist`), judge a triplet's stored state
 (:func:`judge`) and plan what an attempt changes in it (:func:`plan`).  The
 tables live behind :class:`milterd.store.greylist.GreylistStore`.
@@ -128,6 +128,26 @@ def normalise_sender(sender: str) -> str:
     return f"{local}@{domain}"
 
 
+#: A number standing alone in a local part (between non-word characters), as VERP
+#: and bounce-tracking senders put a message or list id there: ``bounce-4711-bob=x``.
+_STANDALONE_NUMBER = re.compile(r"\b[0-9]+\b", re.ASCII)
+
+
+def triplet_sender(sender: str) -> str:
+    """The sender a triplet holds: :func:`normalise_sender`, with each number
+    standing alone in the local part replaced by ``#`` (as postgrey does), so
+    that ``bounce-4711-bob=example.org@list.example`` and its next message's
+    ``bounce-4712-…`` are one triplet, and the list's mail is not greylisted
+    again at each message.  Whitelists match :func:`normalise_sender`'s
+    address, as the administrator wrote it.
+    """
+    address = normalise_sender(sender)
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address
+    return f"{_STANDALONE_NUMBER.sub('#', local)}@{domain}"
+
+
 @dataclass(frozen=True)
 class Triplet:
     """One (client network, sender, recipient) as stored."""
@@ -144,7 +164,7 @@ def make_triplet(client_addr: str, sender: str, recipient: str, config: "Greylis
     """The triplet of one recipient of a transaction."""
     return Triplet(
         storable(client_network(client_addr, config.netmask_v4, config.netmask_v6))[:64],
-        storable(normalise_sender(sender))[:512],
+        storable(triplet_sender(sender))[:512],
         storable(recipient.strip().strip("<>"))[:512],
     )
 

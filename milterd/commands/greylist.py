@@ -105,7 +105,7 @@ def _dump(data: Any) -> None:
 def run_list(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Print the stored triplets; an expired one is shown as ``expired`` (the check starts it again)."""
     network = stored_network(args.client, config) if args.client else None
-    sender = gl.normalise_sender(args.sender) if args.sender is not None else None
+    sender = gl.triplet_sender(args.sender) if args.sender is not None else None
     recipient = args.recipient.strip().strip("<>") if args.recipient is not None else None
     now = store.greylist.now()  # the database's clock, as the check's
     # --passed / --waiting: as the check judges them now, so without the expired rows.
@@ -177,7 +177,7 @@ def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
         sender: str | None = None
         recipient: str | None = None
         if args.triplet:
-            network, sender, recipient = args.triplet[0], gl.normalise_sender(args.triplet[1]), args.triplet[2].strip().strip("<>")
+            network, sender, recipient = args.triplet[0], gl.triplet_sender(args.triplet[1]), args.triplet[2].strip().strip("<>")
         else:
             network = args.client
         if not network.strip() or recipient == "":
