@@ -599,6 +599,7 @@ class Supervisor:
         metrics.process_dead(pid)
         if pid == self.maintainer:
             self.maintainer = 0  # reaped: a worker may get its pid next, and must not pass for it
+        self.started.pop(pid, None)
         stop_write = self.workers.pop(pid, None)
         if stop_write is not None:
             try:
@@ -622,7 +623,6 @@ class Supervisor:
         start are replaced after a growing delay (:meth:`_backoff`).
         """
         self._reap(block=False)
-        self.started = {pid: when for pid, when in self.started.items() if pid in self.workers}
         now = time.monotonic()
         serving = [pid for pid, fd in self.workers.items() if fd >= 0]
         if self._quick_deaths and serving and all(now - self.started.get(pid, now) >= QUICK_DEATH for pid in serving):
