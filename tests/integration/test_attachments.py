@@ -11,13 +11,13 @@ import os
 import signal
 import smtplib
 import time
-import zipfile
 from email.message import EmailMessage
 from typing import Any, Callable
 
 import pytest
 
 from tests.conftest import NO_CHECKS, with_sections
+from tests.harness.messages import zipped
 from tests.harness.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -30,14 +30,6 @@ SECTIONS = with_sections(
         "checks": {"attachments": {"enabled": True, "mismatch_action": "quarantine"}},
     },
 )
-
-
-def zipped(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def mail(subject: str, *files: tuple[str, bytes, str]) -> bytes:

@@ -19,17 +19,10 @@ from milterd.content.archives import Limits, archive_kind, list_archive, support
 from milterd.content.filetypes import extensions, mismatch, ole_has_macros, sniff
 from milterd.content.mimeparts import attachments
 from milterd.message.model import Action
+from tests.harness.messages import zipped
 
 BANNED_EXTS = frozenset({"exe", "scr", "js", "bat"})
 PE = b"MZ\x90\x00" + b"\x00" * 300
-
-
-def zipped(files: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def mail(*files: tuple[str, bytes, str]) -> bytes:

@@ -18,19 +18,12 @@ from milterd.config import load_config
 from milterd.content import mimeparts
 from milterd.content.archives import Limits, archive_kind, list_archive
 from milterd.content.mimeparts import attachments
-from milterd.message.model import Action, Envelope, Session, Spool
+from milterd.message.model import Action, Session
 from milterd.services import build
+from tests.harness.messages import envelope_of, zipped
 
 PE = b"MZ\x90\x00" + b"\x00" * 300
 SCRIPT = b"WScript.Echo(1)"
-
-
-def zipped(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def message(filename: bytes, data: bytes) -> bytes:
@@ -38,16 +31,6 @@ def message(filename: bytes, data: bytes) -> bytes:
     return (b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
             b"--zz\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"" + filename
             + b"\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded + b"--zz--\r\n")
-
-
-def envelope_of(raw: bytes) -> Envelope:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    envelope = Envelope(spool=Spool(1 << 20))
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        envelope.headers.append((name.decode(), value.strip()))
-    envelope.spool.write(body)
-    return envelope
 
 
 @pytest.fixture

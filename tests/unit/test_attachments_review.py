@@ -10,8 +10,9 @@ import pytest
 from milterd.checks.attachments import BANNED, DOUBLE, LIMIT, AttachmentChecks, Finding, hits_for, judge_name
 from milterd.config import load_config
 from milterd.content.mimeparts import MAX_NESTING, MAX_PARTS, attachments
-from milterd.message.model import Envelope, Session, Spool
+from milterd.message.model import Session
 from milterd.services import build
+from tests.harness.messages import envelope_of
 
 DEFAULT_BANNED = frozenset(AttachmentChecks().banned_extensions)
 SCRIPT = b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"evil.js\"\r\n\r\nWScript.Echo(1)\r\n"
@@ -20,16 +21,6 @@ SCRIPT = b"Content-Type: application/octet-stream\r\nContent-Disposition: attach
 def multipart(*parts: bytes, top: bytes = b"") -> bytes:
     body = b"".join(b"--zz\r\n" + part for part in parts)
     return top + b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n" + body + b"--zz--\r\n"
-
-
-def envelope_of(raw: bytes) -> Envelope:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    envelope = Envelope(spool=Spool(1 << 20))
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        envelope.headers.append((name.decode(), value.strip()))
-    envelope.spool.write(body)
-    return envelope
 
 
 @pytest.fixture

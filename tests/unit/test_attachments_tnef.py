@@ -8,7 +8,6 @@ import io
 import random
 import struct
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,9 @@ from tnefparse.mapi import IMESSAGE_SIG
 from milterd.checks.attachments import BANNED, DOUBLE, LIMIT, MISMATCH
 from milterd.config import load_config
 from milterd.content.archives import Limits, archive_kind, list_archive
-from milterd.message.model import Action, Envelope, Hit, Session, Spool
+from milterd.message.model import Action, Hit, Session
 from milterd.services import build
+from tests.harness.messages import envelope_of, zipped
 
 PE = b"MZ\x90\x00" + b"\x00" * 300
 PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n"
@@ -80,30 +80,12 @@ def tnef(*attachments: bytes) -> bytes:
             + b"".join(attachments))
 
 
-def zipped(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
 # --- through the check, as the other attachment tests drive it -----------------------------------------------
 def message(data: bytes, filename: bytes = b"winmail.dat", content_type: bytes = b"application/ms-tnef") -> bytes:
     encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
     return (b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
             b"--zz\r\nContent-Type: " + content_type + b"\r\nContent-Disposition: attachment; filename=\"" + filename
             + b"\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded + b"--zz--\r\n")
-
-
-def envelope_of(raw: bytes) -> Envelope:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    envelope = Envelope(spool=Spool(1 << 20))
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        envelope.headers.append((name.decode(), value.strip()))
-    envelope.spool.write(body)
-    return envelope
 
 
 def checker(tmp_path: Path, options: str = "") -> object:

@@ -20,6 +20,7 @@ from milterd.content.mimetext import extract, uris_in_text
 from milterd.message.model import Envelope, Hit, Session, Spool
 from milterd.message.pipeline import Pipeline
 from milterd.services import build
+from tests.harness.messages import envelope_of
 
 # The pattern uris_in_text applied with finditer over the whole text before the cut.
 REFERENCE = re.compile(r"""(?i)\b(?:(?:https?|ftp)://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
@@ -87,16 +88,6 @@ def test_a_single_part_attachment_is_still_decoded_to_its_end() -> None:
     raw = b"Content-Type: application/octet-stream; name=\"a.bin\"\r\n\r\n" + body
     found = [(a.filename, a.data.read()) for a in attachments([raw[i : i + 1000] for i in range(0, len(raw), 1000)])]
     assert found == [("a.bin", body)]
-
-
-def envelope_of(raw: bytes) -> Envelope:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    envelope = Envelope(spool=Spool(1 << 20))
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        envelope.headers.append((name.decode(), value.strip()))
-    envelope.spool.write(body)
-    return envelope
 
 
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nSee http://one.example/x and www.two.example today.\r\n"

@@ -24,11 +24,11 @@ from milterd.checks import custom
 from milterd.checks.uribl import UriblChecks, link_targets, query_name
 from milterd.config import load_config
 from milterd.content.mimetext import extract
-from milterd.message.model import Envelope, Spool
 from milterd.message.pipeline import Pipeline
 from milterd.milter.offline import Client, check_message
 from milterd.services import build
 from tests.conftest import message
+from tests.harness.messages import envelope_of
 
 RULES = r"""
 [[rule]]
@@ -149,16 +149,6 @@ def test_a_clickable_listed_domain_is_always_looked_up_beside_image_padding() ->
         domains, _ = link_targets(found.uris, SKIP, 10, rng=random.Random(seed), embedded=found.embedded)
         assert len(domains) == 10 and "listed.test" in domains
     assert "listed.test" in link_targets(found.uris, SKIP, 10, embedded=found.embedded)[0]  # the default chooser
-
-
-def envelope_of(raw: bytes) -> Envelope:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    envelope = Envelope(spool=Spool(1 << 20))
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        envelope.headers.append((name.decode(), value.strip()))
-    envelope.spool.write(body)
-    return envelope
 
 
 def test_the_check_passes_the_link_kinds(tmp_path: Path) -> None:
