@@ -15,9 +15,11 @@ default) happens after the verdict, from the score without the classifier's
 own symbol (learning from one's own opinion would only reinforce it).  For the
 same reason nothing is auto-learned when the tiers skipped spamd
 (``SPAMD_SKIPPED_CONFIDENT``): the classifier's own bucket decided that spamd's
-evidence, which might have contradicted it, was not gathered.  A message is
-auto-learned as ham only when the policy accepted it: a low score does not make
-ham of a virus from a whitelisted sender, nor of a message tempfailed unscanned.
+evidence, which might have contradicted it, was not gathered; nor when spamd was
+not heard (down, in error, the message over its size), a check failed or time ran
+out (:data:`UNJUDGED`).  A message is auto-learned as ham only when the policy
+accepted it: a low score does not make ham of a virus from a whitelisted sender,
+nor of a message tempfailed or accepted unscanned (:data:`UNSCANNED`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, ClassVar
 from ..clock import utcnow
 from ..learner.cache import TokenCache
 from ..learner.classifier import BUCKETS, Counts, Score, classify, trained
-from ..learner.tokenizer import hashed_tokens, message_digest
+from ..learner.tokenizer import MAX_DIGEST_INPUT, MessageDigest, hashed_tokens
 from ..message.model import Action, Envelope, Hit, Session, Verdict
 from ..store.errors import StoreError
 from ..store.learner import LearnerStore
@@ -101,12 +103,23 @@ def autolearn_label(score: float, own: float, spam_at: float | bool, ham_at: flo
     return None
 
 
+#: Symbols of a message that a check which might have contradicted either label did not judge:
+#: spamd not asked (the tiers, its size) or not heard (down, in error), a check that failed or ran
+#: out of time.  Its score lacks that evidence, so it is learned neither way.
+UNJUDGED = frozenset({SKIPPED_CONFIDENT, "SPAMD_ERROR", "SPAMD_SKIPPED_SIZE", "CHECK_ERROR", "EOM_TIMEOUT"})
+#: Symbols of a message not scanned for viruses (clamd down with on_error = "accept", or its
+#: size): a virus scan only ever adds, so its absence contradicts ham only.
+UNSCANNED = frozenset({"CLAMAV_ERROR", "CLAMAV_SKIPPED_SIZE"})
+
+
 def autolearn_allowed(label: str, verdict: Verdict) -> bool:
-    """Whether a message whose score says *label* may be auto-learned from *verdict*:
-    not when the tiers skipped spamd on the classifier's word, and as ham only when accepted."""
-    if SKIPPED_CONFIDENT in verdict.symbols:
+    """Whether a message whose score says *label* may be auto-learned from *verdict*: not when a
+    check that might have contradicted the label did not judge it (:data:`UNJUDGED`; for ham,
+    :data:`UNSCANNED` too: spamd down with its default on_error = "accept" left spam with only its
+    SPF, DKIM and DMARC passes, below autolearn_ham), and as ham only when accepted."""
+    if not UNJUDGED.isdisjoint(verdict.symbols):
         return False
-    return label == "spam" or verdict.action == Action.ACCEPT
+    return label == "spam" or (verdict.action == Action.ACCEPT and UNSCANNED.isdisjoint(verdict.symbols))
 
 
 class BayesCheck(Check):
@@ -160,14 +173,28 @@ class BayesCheck(Check):
             counts = self.cache.lookup(tokens, now, self.repository.counts)
         return classify(tokens, counts, totals)
 
+    def _start(self, envelope: Envelope) -> bytes:
+        """The first ``max_size`` bytes of the message: what is classified, and learned (here and by milterd learn)."""
+        return (envelope.header_bytes + envelope.spool.read(self.options.max_size))[: self.options.max_size]
+
+    @staticmethod
+    def _digest(envelope: Envelope) -> str:
+        """:func:`~milterd.learner.tokenizer.message_digest` of the message, read from its spool
+        piece by piece: the message (tens of MB, perhaps on disk) is never held whole."""
+        digest, seen = MessageDigest(), 0
+        for chunk in envelope.message_chunks():
+            digest.update(chunk)
+            seen += len(chunk)
+            if seen >= MAX_DIGEST_INPUT:  # what the digest reads at most
+                break
+        return digest.hexdigest()
+
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         now = time.monotonic()
         try:
             if not self.speaks(now):  # untrained (the default): the message is not read
                 return []
-            # The same first max_size bytes of the message that milterd learn and auto-learn tokenize.
-            raw = (envelope.header_bytes + envelope.spool.read(self.options.max_size))[: self.options.max_size]
-            result = self.score(raw, now)
+            result = self.score(self._start(envelope), now)
         except StoreError as exc:
             log.warning("bayes: %s", exc)
             return [Hit(ERROR, detail=str(exc)[:200])]
@@ -183,9 +210,8 @@ class BayesCheck(Check):
         if label is None or not autolearn_allowed(label, verdict):
             return verdict
         try:
-            raw = envelope.message_bytes()
-            tokens = hashed_tokens(raw[: self.options.max_size])
-            outcome = self.repository.learn(message_digest(raw), tokens, "spam" if label == "spam" else "ham")
+            tokens = hashed_tokens(self._start(envelope))
+            outcome = self.repository.learn(self._digest(envelope), tokens, "spam" if label == "spam" else "ham")
         except StoreError as exc:
             log.warning("bayes: auto-learn failed: %s", exc)
             return verdict

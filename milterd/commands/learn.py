@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
 
 from ..config import load_config
-from ..learner.tokenizer import hashed_tokens, message_digest
-from ..milter.offline import looks_like_message, sources
+from ..learner.tokenizer import MAX_DIGEST_INPUT, hashed_tokens, message_digest
+from ..milter.offline import MessageRef, looks_like_message, sources
 from ..store.errors import StoreError
 from ..store.learner import LearnerStore
 from . import config_parent, describe_failure, open_store
 
-#: Messages handed to a tokenizing process at once.
+#: Messages handed to a tokenizing process at once at most,
 BATCH = 16
+#: and bytes of messages (but always one message, up to MAX_DIGEST_INPUT bytes of it).
+BATCH_BYTES = 4 * 1024 * 1024
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,22 +56,34 @@ def _prepare_batch(batch: list[bytes], max_size: int) -> list[tuple[str, list[in
     return [prepare(raw, max_size) for raw in batch]
 
 
-def _batches(paths: Iterable[Path], errors: Counter[str], failures: list[str]) -> Iterator[list[bytes]]:
-    batch: list[bytes] = []
-    for path in paths:
+def _messages(path: Path, errors: Counter[str], failures: list[str]) -> Iterator[MessageRef]:
+    """The messages of *path*, taken one at a time: an mbox is open only while its messages are
+    read (listing a directory's whole made every mbox in it open at once, and past the open-file
+    limit, 1024 by default, each next one unreadable).  A path that cannot be read is reported."""
+    found = sources(path)
+    while True:
         try:
-            refs = list(sources(path))
+            ref = next(found)
+        except StopIteration:
+            return
         except OSError as exc:
             errors["unreadable"] += 1
             failures.append(f"{path}: {exc.strerror or exc}")
-            continue
+            return
         except mailbox.Error as exc:  # an mbox or Maildir gone (NoSuchMailboxError) or changed since it was named
             errors["unreadable"] += 1
             failures.append(f"{path}: {_mailbox_error(exc)}")
-            continue
-        for ref in refs:
+            return
+        yield ref
+
+
+def _batches(paths: Iterable[Path], errors: Counter[str], failures: list[str]) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    size = 0
+    for path in paths:
+        for ref in _messages(path, errors, failures):
             try:
-                batch.append(ref.load())
+                raw = ref.load()
             except OSError as exc:
                 errors["unreadable"] += 1
                 failures.append(f"{ref.label}: {exc.strerror or exc}")
@@ -82,16 +96,18 @@ def _batches(paths: Iterable[Path], errors: Counter[str], failures: list[str]) -
                 errors["unreadable"] += 1
                 failures.append(f"{ref.label}: no longer there")
                 continue
-            if not looks_like_message(batch[-1][:512]):
+            if not looks_like_message(raw[:512]):
                 # A file named on the command line is read whatever it holds: an empty or compressed
                 # one would be counted as a message of no (or of random) words.
-                batch.pop()
                 errors["unreadable"] += 1
                 failures.append(f"{ref.label}: not a mail message (no header line at its start; compressed?)")
                 continue
-            if len(batch) >= BATCH:
+            # Only what prepare reads is kept (the digest's bytes; the tokens' are fewer).
+            batch.append(raw[:MAX_DIGEST_INPUT])
+            size += len(batch[-1])
+            if len(batch) >= BATCH or size >= BATCH_BYTES:
                 yield batch
-                batch = []
+                batch, size = [], 0
     if batch:
         yield batch
 
@@ -179,11 +195,17 @@ def _clear(repository: LearnerStore, close: Callable[[], None], as_json: bool) -
 
 
 def _windowed(executor: ProcessPoolExecutor, batches: Iterable[list[bytes]], max_size: int, window: int) -> Iterator[list[tuple[str, list[int]]]]:
-    # At most *window* batches in flight: a large Maildir is never read into memory whole.
-    pending: deque[Future[list[tuple[str, list[int]]]]] = deque()
+    # At most *window* batches, and about *window* × BATCH_BYTES / 4 bytes, in flight: a large
+    # Maildir is never read into memory whole, nor a folder of large messages 4 × N batches at once.
+    pending: deque[tuple[Future[list[tuple[str, list[int]]]], int]] = deque()
+    in_flight, most = 0, window * BATCH_BYTES // 4
     for batch in batches:
-        pending.append(executor.submit(_prepare_batch, batch, max_size))
-        if len(pending) >= window:
-            yield pending.popleft().result()
+        size = sum(len(raw) for raw in batch)
+        pending.append((executor.submit(_prepare_batch, batch, max_size), size))
+        in_flight += size
+        while len(pending) >= window or (len(pending) > 1 and in_flight > most):
+            future, size = pending.popleft()
+            in_flight -= size
+            yield future.result()
     while pending:
-        yield pending.popleft().result()
+        yield pending.popleft()[0].result()
