@@ -118,6 +118,13 @@ def _mailbox_error(exc: mailbox.Error) -> str:
     return str(exc) or exc.__class__.__name__
 
 
+#: Messages in a row the store refused after which a run stops: the store is down (a
+#: remote PostgreSQL gone mid-run), and each further message would wait for its own timeout.
+MAX_FAILURES_IN_A_ROW = 10
+#: Failures kept for the summary (the rest are counted).
+MAX_LISTED = 100
+
+
 def run_learn(args: argparse.Namespace) -> int:
     """Learn or forget every message of the paths (or, with ``--clear``, empty the model); print a summary."""
     if (args.label == "clear") == bool(args.paths):
@@ -136,7 +143,7 @@ def run_learn(args: argparse.Namespace) -> int:
     outcomes: Counter[str] = Counter()
     failures: list[str] = []
     progress = sys.stderr.isatty() and not args.json
-    done = 0
+    done = in_a_row = 0
     executor = ProcessPoolExecutor(max_workers=args.jobs) if args.jobs > 1 else None
     try:
         batches = _batches(args.paths, outcomes, failures)
@@ -149,9 +156,16 @@ def run_learn(args: argparse.Namespace) -> int:
             for digest, tokens in results:
                 try:
                     outcomes[repository.learn(digest, tokens, label)] += 1
+                    in_a_row = 0
                 except StoreError as exc:
                     outcomes["failed"] += 1
-                    failures.append(describe_failure(exc))
+                    in_a_row += 1
+                    if len(failures) < MAX_LISTED:
+                        failures.append(describe_failure(exc))
+                    if in_a_row >= MAX_FAILURES_IN_A_ROW:
+                        raise StoreError(f"{in_a_row} messages in a row could not be stored, stopping after {done + 1} "
+                                         f"({outcomes['learned'] + outcomes['moved'] + outcomes['forgotten']} changed the model): "
+                                         f"{describe_failure(exc)}") from exc
                 done += 1
                 if progress and done % 25 == 0:
                     print(f"\r{done} messages", end="", file=sys.stderr, flush=True)
