@@ -9,11 +9,13 @@ them) and of check results, so that ``milterd rules stats|whatif`` and
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, AbstractSet, Any, Iterable, Mapping
 
-from .checks import Check, discover
+from .checks import Check, attachments, clamav, discover
+from .checks import spamassassin as spamd
 from .checks.spamassassin import SPAMASSASSIN
 from .config import ActionsSection, MilterSection
 from .message.model import Action, Hit
@@ -36,6 +38,16 @@ HIT_SCORED: Mapping[str, str] = {
 #: A symbol that, in a row, forces the score of the symbols named with a prefix to 0 whatever
 #: their weight: a DMARC failure of a message sealed by a trusted ARC sealer is not scored.
 OVERRIDES: Mapping[str, str] = {"DMARC_ARC_OVERRIDE": "DMARC_FAIL_"}
+#: Symbols whose hit may force an action below reject (quarantine, 451 or discard, by ``[clamav]
+#: action``, the DMARC and attachment actions, a scanner's ``on_error``).  A score that reached a
+#: more severe action names the score as the reason, so the row does not say whether the hit forced
+#: anything: ``whatif`` keeps such a message at its action rather than lower it past what may be forced.
+MAY_FORCE: frozenset[str] = frozenset({
+    clamav.VIRUS, clamav.ERROR, spamd.ERROR, "DMARC_FAIL_REJECT", "DMARC_FAIL_QUARANTINE",
+    attachments.BANNED, attachments.DOUBLE, attachments.MISMATCH, attachments.MACRO, attachments.ENCRYPTED, attachments.LIMIT,
+})
+#: How far a row's logged score may be from the sum of its logged symbols (each rounded to 3 places, the sum to 2).
+SCORE_SLACK = 0.02
 #: How many example messages ``whatif`` and the mass check show per group.
 EXAMPLES = 3
 
@@ -219,6 +231,10 @@ class Rescored:
     old_score: float
     new_score: float
     kept: bool
+    #: Why a kept row was kept: "forced" (forced, decided before end of data, or not scored),
+    #: "may_force" (a hit of :data:`MAY_FORCE` may hold it at its action), "unexplained" (its
+    #: symbols do not add up to its logged score: a row of an older version, say).
+    why: str = ""
 
 
 def logged_greylist(row: Mapping[str, Any]) -> GreylistStatus | None:
@@ -253,8 +269,23 @@ def rescore(row: Mapping[str, Any], weights: Mapping[str, float], actions: Actio
     verdict = decide(hits, lambda _s: 0.0, actions, greylist=logged_greylist(row))
     old_action, old_score = str(row.get("action")), float(row.get("score") or 0.0)
     if not score_derived(row, milter):
-        return Rescored(row, old_action, old_action, old_score, verdict.score, kept=True)
-    return Rescored(row, old_action, verdict.action.label, old_score, verdict.score, kept=False)
+        return Rescored(row, old_action, old_action, old_score, verdict.score, kept=True, why="forced")
+    if abs(sum(float(score) for score in logged.values()) - old_score) > SCORE_SLACK:
+        # Re-scored, it would move by what its symbols do not account for, not by the changes asked.
+        return Rescored(row, old_action, old_action, old_score, verdict.score, kept=True, why="unexplained")
+    new_action = verdict.action.label
+    # A forced action the score matched is named as the reason, and none is milder than quarantine:
+    # only a score action above quarantine can hide one, and only a lower new action would undo it.
+    if MAY_FORCE.intersection(logged) and Action.QUARANTINE < _severity(old_action) and _severity(new_action) < _severity(old_action):
+        return Rescored(row, old_action, old_action, old_score, verdict.score, kept=True, why="may_force")
+    return Rescored(row, old_action, new_action, old_score, verdict.score, kept=False)
+
+
+def _severity(label: str) -> Action:
+    try:
+        return Action.parse(label)
+    except ValueError:  # an action this version does not know (an older row's)
+        return Action.ACCEPT
 
 
 @dataclass
@@ -263,10 +294,20 @@ class WhatIfReport:
 
     messages: int = 0
     kept: Counter[str] = field(default_factory=Counter)
+    #: Rows kept because a hit of :data:`MAY_FORCE` may hold them, by action.
+    kept_may_force: Counter[str] = field(default_factory=Counter)
+    #: Rows kept because their symbols do not add up to their logged score, by action.
+    unexplained: Counter[str] = field(default_factory=Counter)
     changes: Counter[tuple[str, str]] = field(default_factory=Counter)
     examples: dict[tuple[str, str], list[Rescored]] = field(default_factory=dict)
     after: Counter[str] = field(default_factory=Counter)
     before: Counter[str] = field(default_factory=Counter)
+    #: Symbols of the rows that no check or rule emits now (renamed or removed since they were
+    #: logged), with how many rows carry each: they keep their logged scores, no --set reaches them.
+    unknown: Counter[str] = field(default_factory=Counter)
+    #: Of the changes, those the settings in effect make with no change at all (by (from, to)):
+    #: the rows were logged under other thresholds or weights, not moved by what was asked.
+    unasked: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     @property
     def changed(self) -> int:
@@ -278,7 +319,12 @@ class WhatIfReport:
         return {
             "messages": self.messages,
             "changed": self.changed,
+            "changed_without_changes": sum(self.unasked.values()),
+            "changes_without_changes": [{"from": old, "to": new, "count": count} for (old, new), count in self.unasked.most_common()],
             "kept_forced": dict(self.kept),
+            "kept_may_be_forced": dict(self.kept_may_force),
+            "kept_unexplained": dict(self.unexplained),
+            "unknown_symbols": dict(self.unknown.most_common()),
             "before": dict(self.before),
             "after": dict(self.after),
             "changes": [
@@ -286,6 +332,18 @@ class WhatIfReport:
                 for (old, new), count in self.changes.most_common()
             ],
         }
+
+
+def json_safe(value: Any) -> Any:
+    """*value* with every float that is not finite (a NaN or infinite score an older version
+    logged) as None: JSON has no NaN or Infinity, and ``json.dump`` would write them anyway."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def _example(item: Rescored) -> dict[str, Any]:
@@ -297,19 +355,37 @@ def _example(item: Rescored) -> dict[str, Any]:
     }
 
 
-def whatif(rows: Iterable[Mapping[str, Any]], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection) -> WhatIfReport:
-    """Re-score every row; count the messages whose action would change, by (from, to)."""
+def whatif(
+    rows: Iterable[Mapping[str, Any]], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection,
+    known: AbstractSet[str] | None = None, current: ActionsSection | None = None,
+) -> WhatIfReport:
+    """Re-score every row; count the messages whose action would change, by (from, to).
+
+    With *known* (the symbols checks and rules emit now), the rows' other symbols are counted
+    (:attr:`WhatIfReport.unknown`): logged by an older version or a rule since removed, they
+    keep their logged scores whatever ``--set`` says of a new name.  With *current* (the
+    thresholds in effect), each change that these alone would make, with no weight changed,
+    is counted too (:attr:`WhatIfReport.unasked`): the settings changed since it was logged."""
     report = WhatIfReport()
     for row in rows:
         item = rescore(row, weights, actions, milter)
+        if known is not None:
+            report.unknown.update(name for name in (row.get("symbols") or {}) if name not in known)
         report.messages += 1
         report.before[item.old_action] += 1
         report.after[item.new_action] += 1
-        if item.kept:
+        if item.why == "may_force":
+            report.kept_may_force[item.old_action] += 1
+        elif item.why == "unexplained":
+            report.unexplained[item.old_action] += 1
+        elif item.kept:
             report.kept[item.old_action] += 1
         elif item.new_action != item.old_action:
             key = (item.old_action, item.new_action)
             report.changes[key] += 1
+            # Only the rows that change are re-scored twice: most rows do not.
+            if current is not None and rescore(row, {}, current, milter).new_action != item.old_action:
+                report.unasked[key] += 1
             examples = report.examples.setdefault(key, [])
             if len(examples) < EXAMPLES:
                 examples.append(item)

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("milterd")
 
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
+#: A header field name (RFC 5322 section 3.6.8: printable US-ASCII but the colon).
+_FIELD_NAME = re.compile(r"[!-9;-~]+\Z")
 KINDS = ("header", "body", "uri", "meta")
 DEFAULT_MAX_TEXT = 1024 * 1024
 
@@ -76,7 +78,7 @@ HeaderRule = Rule
 def compile_rules(services: "Services") -> list[Rule]:
     """Every ``[[rule]]`` of the rules directory, compiled; ConfigError on the first bad one."""
     rules: list[Rule] = []
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}  # each rule's name -> the file that defined it
     for source in services.ruleset.section("rule"):
         entries = source.value if isinstance(source.value, list) else [source.value]
         for position, entry in enumerate(entries):
@@ -84,7 +86,7 @@ def compile_rules(services: "Services") -> list[Rule]:
     return rules
 
 
-def _compile(file: Any, position: int, entry: Any, seen: set[str], builtin: dict[str, Symbol]) -> Rule:
+def _compile(file: Any, position: int, entry: Any, seen: dict[str, Path], builtin: dict[str, Symbol]) -> Rule:
     if not isinstance(entry, dict):
         raise ConfigError(file, f"rule[{position}]", "must be a table ([[rule]])")
     name = entry.get("name")
@@ -92,7 +94,8 @@ def _compile(file: Any, position: int, entry: Any, seen: set[str], builtin: dict
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(file, where, "name must be an upper-case symbol name such as SUBJ_LOTTERY")
     if name in seen:
-        raise ConfigError(file, where, "a rule of that name is already defined")
+        # Two files of one layer (or one file) define it: neither replaces the other, say where the first is.
+        raise ConfigError(file, where, f"a rule of that name is already defined in {seen[name]}")
     if name in builtin:
         raise ConfigError(file, where, "a built-in check already emits this symbol (re-weight it in [symbols] instead)")
     unknown = set(entry) - {"name", "regex", "score", "description", *KINDS}
@@ -114,7 +117,7 @@ def _compile(file: Any, position: int, entry: Any, seen: set[str], builtin: dict
     description = entry.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(file, f"{where}.description", "must be a string")
-    seen.add(name)
+    seen[name] = Path(file)
     common: dict[str, Any] = {"name": name, "kind": kind, "score": float(score), "file": Path(file)}
     if kind == "meta":
         expression = entry["meta"]
@@ -129,6 +132,9 @@ def _compile(file: Any, position: int, entry: Any, seen: set[str], builtin: dict
         header, pattern, key = entry["header"], entry.get("regex"), "regex"
         if not isinstance(header, str) or not header:
             raise ConfigError(file, f"{where}.header", "needs header = \"Name\"")
+        if not _FIELD_NAME.match(header):
+            # "Subject:" or "Subject " would name no field of any message: the rule would never hit, unsaid.
+            raise ConfigError(file, f"{where}.header", f"{header!r} is not a header field name (printable ASCII, no colon or space), such as \"Subject\"")
         if not isinstance(pattern, str):
             raise ConfigError(file, where, "needs regex = '…'")
     else:
@@ -137,7 +143,7 @@ def _compile(file: Any, position: int, entry: Any, seen: set[str], builtin: dict
             raise ConfigError(file, f"{where}.{kind}", "must be a regular expression (a string)")
     try:
         regex = AdminPattern(pattern)  # bounded in time on hostile text (milterd/patterns.py)
-    except PatternError as exc:  # also x{99999999999}, thousands of nested groups
+    except (*PatternError, ValueError) as exc:  # also x{99999999999}, thousands of nested groups, (?V1)
         raise ConfigError(file, f"{where}.{key}", f"bad regular expression: {exc}") from None
     return Rule(description=description, header=header.lower(), regex=regex, expression=pattern, **common)
 
@@ -230,6 +236,15 @@ class CustomRules(Check):
     def loaded(self) -> None:
         # Every check's dynamic symbols are known only now (checks after this one included).
         self.metas = meta_order(self.rules, self.services.symbols)
+        # A symbol of a check that is off is known (not refused) but never hits: "not SPF_PASS"
+        # with SPF off is true of every message.  Said once a load, with the file and the rule.
+        emitted = {s.name for check in self.services.checks for s in (*type(check).symbols, *check.dynamic_symbols())}
+        for rule in self.metas:
+            assert rule.meta is not None
+            idle = sorted(names(rule.meta) - emitted)
+            if idle:
+                log.warning("%s: rule %s.meta: no enabled check emits %s (its check is off): it counts as never hit",
+                            rule.file, rule.name, ", ".join(idle))
 
     def on_eoh(self, session: Session, envelope: Envelope) -> Hits:
         if not self.header_rules:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any, Iterable
 
 from ..config import load_config
 from ..text import escape
+from ..tuning import json_safe
 from . import config_parent, count_arg, describe_failure, open_store, since_arg
 
 #: The fields of ``milterd log --json``; scripts and tests rely on these names.
@@ -45,7 +47,7 @@ def run_log(args: argparse.Namespace) -> int:
     if args.json:
         # ASCII (non-ASCII as \u escapes): UTF-8 whatever the locale (RFC 8259 §8.1), a detail keeping a
         # sender's undecodable byte cannot stop the output, and no raw C1 control or bidi override reaches a terminal.
-        json.dump([as_json(row) for row in rows], sys.stdout, indent=1)
+        json.dump([json_safe(as_json(row)) for row in rows], sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         print_table(rows)
@@ -70,10 +72,16 @@ def print_table(rows: Iterable[dict[str, Any]]) -> None:
         )
         symbols = sorted((row["symbols"] or {}).items(), key=lambda kv: -abs(kv[1]))
         if symbols:
-            print("      " + " ".join(f"{name}({score:g})" for name, score in symbols[:8]))
+            print("      " + " ".join(f"{escape(name)}({score:g})" for name, score in symbols[:8]))
         if row["reason"] and row["action"] not in ("accept",):
             print(f"      reason: {escape(row['reason'])}")
 
 
+#: An escape (:func:`milterd.text.escape`) that a cut left unfinished at the end of the text.
+_PARTIAL_ESCAPE = re.compile(r"\\(?:x[0-9a-f]?|u[0-9a-f]{0,3})?\Z")
+
+
 def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """*text* (escaped) in *width* characters, an ellipsis for the rest; never half an escape
+    (``\\x…`` would read as a backslash the sender wrote)."""
+    return text if len(text) <= width else _PARTIAL_ESCAPE.sub("", text[: width - 1]) + "…"

@@ -18,11 +18,12 @@ import sys
 from typing import Any, Iterator
 
 from ..config import ConfigError, load_config
+from ..options import finite
 from ..ruleset import is_shipped
 from ..services import Services, build
 from ..store import StoreError
 from ..text import escape
-from ..tuning import HIT_SCORED, log_stats, symbol_table, symbols_toml, whatif
+from ..tuning import HIT_SCORED, json_safe, log_stats, symbol_table, symbols_toml, whatif
 from . import config_parent, describe_failure, open_store, since_arg
 
 
@@ -120,17 +121,17 @@ def run_stats(args: argparse.Namespace) -> int:
         print(f"milterd: cannot read the log: {describe_failure(exc)}", file=sys.stderr)
         return 1
     if args.json:
-        json.dump(report.as_json(), sys.stdout, indent=1)
+        json.dump(json_safe(report.as_json()), sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
     print(f"{report.messages} messages")
     if report.deferred:
-        by_action = ", ".join(f"{name} {count}" for name, count in sorted(report.deferred.items()))
+        by_action = ", ".join(f"{escape(name)} {count}" for name, count in sorted(report.deferred.items()))
         print(f"deferred attempts: {sum(report.deferred.values())} ({by_action}); counted apart (column 'deferred'): "
               f"the client retries, and a retry that gets through is one of the messages")
     print(f"{'symbol':30} {'hits':>7} {'share':>7} {'mean':>7} {'rej/quar':>8} {'ham-rel':>7} {'deferred':>8}")
     for s in report.symbols:
-        print(f"{s.symbol:30} {s.hits:7} {100 * s.share:6.1f}% {s.mean_score:7.2f} {s.in_spam_actions:8} {s.released_as_ham:7} {s.deferred:8}")
+        print(f"{escape(s.symbol):30} {s.hits:7} {100 * s.share:6.1f}% {s.mean_score:7.2f} {s.in_spam_actions:8} {s.released_as_ham:7} {s.deferred:8}")
     return 0
 
 
@@ -152,9 +153,10 @@ def parse_changes(changes: list[str], services: Services) -> tuple[dict[str, Any
             if name in HIT_SCORED:
                 raise ConfigError("--set", key, HIT_SCORED[name])
             try:
-                weights[name] = float(value)
+                # finite: a nan would count 0 unsaid, an inf reject every message and write Infinity (not JSON).
+                weights[name] = finite(float(value))
             except ValueError:
-                raise ConfigError("--set", key, f"score must be a number, got {value!r}") from None
+                raise ConfigError("--set", key, f"score must be a finite number, got {value!r}") from None
         else:
             raise ConfigError("--set", key, "only actions.* and symbols.* can be changed")
     return actions, weights
@@ -177,23 +179,41 @@ def run_whatif(args: argparse.Namespace) -> int:
     action_changes, weights = parse_changes(args.changes, services)
     changed = config.with_changes({f"actions.{k}": v for k, v in action_changes.items()}) if action_changes else config
     try:
-        report = whatif(_rows(args, config), weights, changed.actions, config.milter)
+        report = whatif(_rows(args, config), weights, changed.actions, config.milter, known=set(services.symbols), current=config.actions)
     except Exception as exc:  # noqa: BLE001 - no schema yet, database down
         print(f"milterd: cannot read the log: {describe_failure(exc)}", file=sys.stderr)
         return 1
     if args.json:
         # ASCII (non-ASCII as \u escapes): UTF-8 whatever the locale (RFC 8259 §8.1), a sender's
         # undecodable byte cannot stop the output, and no raw C1 control or bidi override reaches a terminal.
-        json.dump(report.as_json(), sys.stdout, indent=1)
+        json.dump(json_safe(report.as_json()), sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
     print(f"{report.messages} messages; {report.changed} would change action")
+    unasked = sum(report.unasked.values())
+    if unasked:
+        print(f"of which {unasked} would change with no --set at all: the settings in effect differ from those they "
+              f"were logged under")
     for entry in report.as_json()["changes"]:
-        print(f"  {entry['from']:>15} -> {entry['to']:15} {entry['count']:6}")
+        without = report.unasked.get((entry["from"], entry["to"]), 0)
+        print(f"  {escape(entry['from']):>15} -> {escape(entry['to']):15} {entry['count']:6}" + (f"  ({without} with no --set)" if without else ""))
         for example in entry["examples"]:
-            print(f"      {example['time'] or '':25.25} {example['queue_id'] or '-':12} {example['old_score']:6.2f} -> {example['new_score']:6.2f}  "
-                  f"<{escape(example['sender'] or '')}> {escape((example['subject'] or '')[:50])}")
+            print(f"      {escape(example['time'] or ''):25.25} {escape(example['queue_id'] or '-'):12} {example['old_score']:6.2f} -> {example['new_score']:6.2f}  "
+                  f"<{escape((example['sender'] or '')[:80])}> {escape((example['subject'] or '')[:50])}")
     if report.kept:
-        kept = ", ".join(f"{name} {count}" for name, count in report.kept.most_common())
+        kept = ", ".join(f"{escape(name)} {count}" for name, count in report.kept.most_common())
         print(f"kept as they were (forced by a hit or decided before end of data, or not scored; a score cannot re-derive them): {kept}")
+    if report.kept_may_force:
+        kept = ", ".join(f"{escape(name)} {count}" for name, count in report.kept_may_force.most_common())
+        print(f"kept as they were (a hit that may force an action, such as a virus or a DMARC or attachment policy, "
+              f"is under a score that went further; lower they might not go): {kept}")
+    if report.unknown:
+        unknown = ", ".join(f"{escape(name)} {count}" for name, count in report.unknown.most_common(10))
+        more = f" and {len(report.unknown) - 10} more" if len(report.unknown) > 10 else ""
+        print(f"symbols no check or rule emits now (renamed or removed since logged; they keep their logged scores, "
+              f"--set does not reach them), by messages: {unknown}{more}")
+    if report.unexplained:
+        kept = ", ".join(f"{escape(name)} {count}" for name, count in report.unexplained.most_common())
+        print(f"kept as they were (their symbols do not add up to their logged score, as in rows of an older version; "
+              f"they cannot be re-scored): {kept}")
     return 0
