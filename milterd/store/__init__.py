@@ -20,7 +20,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import JSON, Engine, insert, inspect, make_url, select, text
+from sqlalchemy import JSON, Engine, func, insert, inspect, make_url, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
@@ -427,6 +427,16 @@ class Store:
         """Every log row since *since*, oldest first, read in batches."""
         table = schema.messages
         last = 0
+        if since is not None:
+            # Start at the first row of the period, found through ix_messages_time: the batches walk
+            # the primary key, and "time >= since" alone made the first one scan every older row.
+            # min(id + 0), not min(id): SQLite and PostgreSQL answer min(id) by walking the primary
+            # key from its start until a row matches, the very scan this avoids.
+            with self.engine.connect() as connection:
+                first = connection.execute(select(func.min(table.c.id + 0)).where(table.c.time >= since)).scalar()
+            if first is None:
+                return
+            last = first - 1
         while True:
             query = select(table).where(table.c.id > last).order_by(table.c.id).limit(batch)
             if since is not None:
