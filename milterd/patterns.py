@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 #: Seconds one search may take before it counts as no match (a rule on 1 MB of text takes milliseconds).
 SEARCH_TIMEOUT = 0.5
 
-#: What compiling a bad pattern raises (``x{99999999999}``, thousands of nested groups included).
-PatternError = (regex.error, OverflowError, RecursionError)
+#: What compiling a bad pattern raises (``x{99999999999}``, thousands of nested groups included;
+#: ValueError: an inline ``(?V1)``, which conflicts with the re-compatible VERSION0 we ask for).
+PatternError = (regex.error, OverflowError, RecursionError, ValueError)
 
 IGNORECASE = regex.IGNORECASE
 
