@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import sys
@@ -38,20 +39,36 @@ def run_log(args: argparse.Namespace) -> int:
     """Print the log rows that match."""
     config = load_config(args.config)
     try:
-        rows = open_store(config).messages(
+        # Read in batches and printed as they come: --limit 0 over months of mail in bounded memory.
+        rows = open_store(config).each_message(
             since=args.since, queue_id=args.queue_id, sender=args.sender, action=args.action, limit=args.limit or None
         )
+        first = list(itertools.islice(rows, 1))  # no schema yet, database down: said before any output
     except Exception as exc:  # noqa: BLE001 - no schema yet, database down
         print(f"milterd: cannot read the log: {describe_failure(exc)}", file=sys.stderr)
         return 1
-    if args.json:
-        # ASCII (non-ASCII as \u escapes): UTF-8 whatever the locale (RFC 8259 §8.1), a detail keeping a
-        # sender's undecodable byte cannot stop the output, and no raw C1 control or bidi override reaches a terminal.
-        json.dump([json_safe(as_json(row)) for row in rows], sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        print_table(rows)
+    try:
+        if args.json:
+            _print_json(itertools.chain(first, rows))
+        else:
+            print_table(itertools.chain(first, rows))
+    except Exception as exc:  # noqa: BLE001 - the database gone while reading: what was printed stands
+        print(f"\nmilterd: cannot read the rest of the log: {describe_failure(exc)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _print_json(rows: Iterable[dict[str, Any]]) -> None:
+    """A JSON array of the rows, written one object at a time."""
+    # ASCII (non-ASCII as \u escapes): UTF-8 whatever the locale (RFC 8259 §8.1), a detail keeping a
+    # sender's undecodable byte cannot stop the output, and no raw C1 control or bidi override reaches a terminal.
+    written = False
+    sys.stdout.write("[")
+    for row in rows:
+        sys.stdout.write(",\n" if written else "\n")
+        sys.stdout.write(json.dumps(json_safe(as_json(row)), indent=1))
+        written = True
+    sys.stdout.write("\n]\n" if written else "]\n")
 
 
 def as_json(row: dict[str, Any]) -> dict[str, Any]:

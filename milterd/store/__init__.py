@@ -236,6 +236,20 @@ def _log_write_failed(exc: Exception) -> StoreError:
     return StoreError(f"cannot write the message log: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}")
 
 
+
+def _log_filters(query: Any, since: dt.datetime | None, queue_id: str | None, sender: str | None, action: str | None) -> Any:
+    """*query* on the message log narrowed by ``milterd log``'s filters (an empty one is no filter, but the null sender)."""
+    table = schema.messages
+    if since is not None:
+        query = query.where(table.c.time >= since)
+    if queue_id:
+        query = query.where(table.c.queue_id == queue_id)
+    if sender is not None:
+        query = query.where(table.c.sender == sender)
+    if action:
+        query = query.where(table.c.action == action)
+    return query
+
 class Store:
     """The SQL store of one process."""
 
@@ -405,15 +419,7 @@ class Store:
     ) -> list[dict[str, Any]]:
         """Log rows matching the filters, as dictionaries."""
         table = schema.messages
-        query = select(table)
-        if since is not None:
-            query = query.where(table.c.time >= since)
-        if queue_id:
-            query = query.where(table.c.queue_id == queue_id)
-        if sender is not None:
-            query = query.where(table.c.sender == sender)
-        if action:
-            query = query.where(table.c.action == action)
+        query = _log_filters(select(table), since, queue_id, sender, action)
         query = query.order_by(table.c.id.desc() if newest_first else table.c.id)
         if limit:
             query = query.limit(limit)
@@ -422,6 +428,36 @@ class Store:
         for row in rows:
             row["time"] = as_utc(row["time"])
         return rows
+
+    def each_message(
+        self,
+        since: dt.datetime | None = None,
+        queue_id: str | None = None,
+        sender: str | None = None,
+        action: str | None = None,
+        limit: int | None = None,
+        batch: int = 1000,
+    ) -> Iterator[dict[str, Any]]:
+        """Log rows matching the filters, newest first, read *batch* at a time: memory stays
+        bounded however many there are (``milterd log --limit 0`` over months of mail)."""
+        table = schema.messages
+        below: int | None = None
+        left = limit
+        while left is None or left > 0:
+            size = batch if left is None else min(batch, left)
+            query = _log_filters(select(table), since, queue_id, sender, action)
+            if below is not None:
+                query = query.where(table.c.id < below)
+            with self.engine.connect() as connection:
+                rows = [dict(row._mapping) for row in connection.execute(query.order_by(table.c.id.desc()).limit(size))]
+            for row in rows:
+                row["time"] = as_utc(row["time"])
+                yield row
+            if len(rows) < size:
+                return
+            below = rows[-1]["id"]
+            if left is not None:
+                left -= len(rows)
 
     def iter_messages(self, since: dt.datetime | None = None, batch: int = 1000) -> Iterator[dict[str, Any]]:
         """Every log row since *since*, oldest first, read in batches."""
