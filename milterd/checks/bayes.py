@@ -170,7 +170,13 @@ class BayesCheck(Check):
             return None
         tokens = hashed_tokens(raw)
         with self._lock:
-            counts = self.cache.lookup(tokens, now, self.repository.counts)
+            counts, missing = self.cache.cached(tokens, now)
+        if missing:
+            # Asked without the lock: the worker's other connections classify from the cache meanwhile
+            # (after each ttl every message misses; with the lock held they queued behind one query).
+            fetched = self.repository.counts(missing)
+            with self._lock:
+                counts.update(self.cache.store(missing, fetched))
         return classify(tokens, counts, totals)
 
     def _start(self, envelope: Envelope) -> bytes:

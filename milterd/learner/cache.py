@@ -10,7 +10,8 @@ dropped cache costs one batched query per message until it is warm again.
 Tokens the store does not know are cached too (as the shared zero counts): most
 of a message's tokens are rare, and asking for them every message would cost
 more than asking for the frequent ones.  Not thread-safe by itself: the caller
-holds a lock.
+holds a lock around :meth:`TokenCache.cached` and :meth:`TokenCache.store`, and
+fetches in between without it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class TokenCache:
 
     def lookup(self, tokens: Sequence[int], now: float, fetch: Callable[[Sequence[int]], dict[int, Counts]]) -> dict[int, Counts]:
         """The counts of *tokens*: cached ones, and the rest from *fetch* in one call."""
+        found, missing = self.cached(tokens, now)
+        if missing:
+            found.update(self.store(missing, fetch(missing)))
+        return found
+
+    def cached(self, tokens: Sequence[int], now: float) -> tuple[dict[int, Counts], list[int]]:
+        """The cached counts of *tokens*, and the tokens not cached (to fetch, then :meth:`store`)."""
         if now - self._born >= self.ttl or len(self._entries) >= self.size:
             self._entries = {}
             self._born = now
@@ -49,13 +57,17 @@ class TokenCache:
                 found[token] = counts
         self.hits += len(found)
         self.misses += len(missing)
-        if missing:
-            fetched = fetch(missing)
-            for token in missing:
-                counts = fetched.get(token, ZERO)
-                found[token] = counts
-                if self.size:
-                    entries[token] = counts
+        return found, missing
+
+    def store(self, missing: Sequence[int], fetched: dict[int, Counts]) -> dict[int, Counts]:
+        """Cache what was fetched for *missing* (unknown tokens as zero counts); their counts."""
+        entries = self._entries
+        found: dict[int, Counts] = {}
+        for token in missing:
+            counts = fetched.get(token, ZERO)
+            found[token] = counts
+            if self.size:
+                entries[token] = counts
         return found
 
     def forget(self, tokens: Sequence[int]) -> None:
