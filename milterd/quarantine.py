@@ -16,6 +16,8 @@ releasable.  One whose outcome is unknown (the connection lost, or a timeout,
 after the final dot, before the server's reply) or could not be recorded
 keeps its claim: only ``release --force`` sends it again, once the
 administrator has checked the server's log (``release_state`` tells them apart).
+A claim holds no lock while the message is read and sent: the retention purge
+leaves a message claimed in the last day alone (``store.quarantine.RELEASE_GRACE``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from .learner.tokenizer import MAX_INPUT, MessageDigest, hashed_tokens
 from .scanners.spamd import SpamdClient
 from .store import Store, StoreError, utcnow
 from .store.learner import Label, LearnerStore
-from .store.quarantine import QuarantineStore
+from .store.quarantine import QuarantineStore, purgeable_row
 from .text import escape
 
 #: Fields of ``quarantine list --json``; scripts rely on these names.
@@ -385,8 +387,17 @@ class Quarantine:
         return self.repo.delete(ids)
 
     def purge(self, older_than: dt.datetime) -> int:
-        """Delete every message stored before *older_than*; return how many."""
+        """Delete every message stored before *older_than*; return how many.
+
+        A message a release claimed in the last day is kept for a later purge: that
+        release may still be reading it (``store.quarantine.RELEASE_GRACE``).
+        """
         return self.repo.purge(older_than)
+
+    def purge_candidates(self, older_than: dt.datetime) -> list[dict[str, Any]]:
+        """The messages :meth:`purge` would delete now (``purge --dry-run``), newest first."""
+        now = utcnow()
+        return [row for row in self.repo.rows(older_than=older_than) if purgeable_row(row, older_than, now)]
 
     # --- release --------------------------------------------------------------
     def release(self, row_id: int, to: list[str] | None = None, force: bool = False, who: str | None = None, ham: bool = False, smtp: bool = False) -> ReleaseReport:
@@ -397,11 +408,10 @@ class Quarantine:
         """
         who = who or default_who(self.config)
         row = self.get(row_id)
-        previous = (row["released_at"], row["released_by"])
         now = utcnow()
         plan = plan_release(row, self.config.hostname, to, smtp)
         progress = reinject.Progress()
-        self._claim(row, who, now, force)
+        previous = self._claim(row, who, now, force)
         try:
             if plan.error:
                 report = ReleaseReport(row_id, method=plan.method, error=plan.error)
@@ -419,46 +429,77 @@ class Quarantine:
             with contextlib.suppress(StoreError):
                 self._record(row, interrupted, who, now, previous)
             raise
-        if ham and report.delivered:
-            self._learn_ham(row, report)
+        # Recorded before anything is taught: teaching (spamd's TELL may take its whole timeout)
+        # can fail or be interrupted, and must neither leave a delivery unrecorded, which reads as
+        # "outcome not recorded, release --force to send again", nor give the claim back.
         try:
             self._record(row, report, who, now, previous)
         except StoreError as exc:
             # What went out must be said all the same: a plain retry is refused by the claim, which stays.
             report.record_error = self._not_recorded(row, report, exc)
+        if ham and report.delivered:
+            try:
+                self._learn_ham(row, report)
+            except Exception as exc:  # noqa: BLE001 - the release stands; the administrator is told
+                report.error = report.error or f"it was released, but not learned as ham: {exc.__class__.__name__}: {exc}"
+            if report.learned_ham:
+                try:
+                    self.repo.mark_learned_ham(row_id)
+                except StoreError as exc:
+                    report.error = report.error or f"it was learned as ham, but that could not be recorded: {exc}"
         return report
 
-    def _claim(self, row: dict[str, Any], who: str, now: dt.datetime, force: bool) -> None:
-        if not self.repo.claim(row["id"], who, now, force):
-            current = self.get(row["id"])
-            when = f"{current['released_at']:%Y-%m-%d %H:%M:%S} UTC"
-            state = release_state(current)
-            if state == "unknown":
-                raise QuarantineError(
-                    f"message {row['id']} was claimed at {when} by {current['released_by']}, and the outcome is unknown "
-                    f"(the connection was lost after the message was sent): check the server's log, then use --force to release it again"
-                )
-            if state == "unrecorded":
-                raise QuarantineError(
-                    f"message {row['id']} was claimed at {when} by {current['released_by']}, and its outcome was not recorded: "
-                    f"use --force to release it again (unless that release is still running)"
-                )
-            raise QuarantineError(f"message {row['id']} was already released at {when} by {current['released_by']}; use --force to release it again")
+    def _claim(self, row: dict[str, Any], who: str, now: dt.datetime, force: bool) -> tuple[Any, Any]:
+        """Claim *row* for this release; return the claim it replaced (``released_at``, ``released_by``),
+        which a release that sends nothing gives back.
+
+        A forced claim replaces only the claim it read: when another release claimed the row
+        meanwhile, it reads that one and tries again, so that giving back never restores a claim
+        older than the one it took (a delivered message would read as never released).
+        """
+        for _ in range(5):
+            previous = (row["released_at"], row["released_by"])
+            if self.repo.claim(row["id"], who, now, force, previous):
+                return previous if force else (None, None)
+            if not force:
+                break
+            row = self.get(row["id"])
+        else:
+            raise QuarantineError(f"message {row['id']} is being claimed by other releases: try again")
+        current = self.get(row["id"])
+        if current["released_at"] is None:  # a release that sent nothing gave its claim back meanwhile
+            raise QuarantineError(f"message {row['id']} was being released by another release, which gave it back: try again")
+        when = f"{current['released_at']:%Y-%m-%d %H:%M:%S} UTC"
+        state = release_state(current)
+        if state == "unknown":
+            raise QuarantineError(
+                f"message {row['id']} was claimed at {when} by {current['released_by']}, and the outcome is unknown "
+                f"(the connection was lost after the message was sent): check the server's log, then use --force to release it again"
+            )
+        if state == "unrecorded":
+            raise QuarantineError(
+                f"message {row['id']} was claimed at {when} by {current['released_by']}, and its outcome was not recorded: "
+                f"use --force to release it again (unless that release is still running)"
+            )
+        raise QuarantineError(f"message {row['id']} was already released at {when} by {current['released_by']}; use --force to release it again")
 
     def _record(self, row: dict[str, Any], report: ReleaseReport, who: str, now: dt.datetime, previous: tuple[Any, Any]) -> None:
         # Nothing went out: the claim is given back, the message stays releasable. What may
         # have gone out (an unknown outcome) keeps it, as a delivery does, but is not counted.
+        # learned_ham is recorded on its own, once the message was taught (see release).
         self.repo.record_release(
-            row["id"], report.as_json(who, now), bool(report.delivered), (now, who), previous, report.learned_ham,
+            row["id"], report.as_json(who, now), bool(report.delivered), (now, who), previous, False,
             keep_claim=bool(report.delivered or report.unknown),
         )
 
     def _smtp(self, row: dict[str, Any], recipients: list[str], who: str, now: dt.datetime, progress: reinject.Progress) -> ReleaseReport:
         report = ReleaseReport(row["id"])
-        message = itertools.chain([release_header(who, now)], self.message_chunks(row))
+        header = release_header(who, now)
+        message = itertools.chain([header], self.message_chunks(row))
         try:
             report.delivered, report.refused = reinject.send(
                 self._target(), row["sender"] or "", recipients, message, self.config.hostname, auth=self._auth(), progress=progress,
+                size=len(header) + int(row["size"] or 0),
             )
         except (OSError, smtplib.SMTPException, StoreError) as exc:
             return self._failed(row["id"], "smtp", recipients, progress, f"{self.config.quarantine.release_smtp}: {reinject.smtp_error(exc)}")

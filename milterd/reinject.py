@@ -143,11 +143,14 @@ def send(
     timeout: float = 60.0,
     auth: tuple[str, str] | None = None,
     progress: Progress | None = None,
+    size: int | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Send *message* (pieces) by SMTP; return (delivered, refused), each recipient → the server's reply.
 
     Recipients refused at RCPT are reported one by one; a refusal at MAIL or
-    DATA refuses them all.  Connection errors raise OSError/SMTPException;
+    DATA refuses them all.  *size* (the message's bytes, about) is declared at
+    MAIL when the server has the SIZE extension (RFC 1870), so that one over its
+    limit is refused there, before any of it is read from the store and sent.  Connection errors raise OSError/SMTPException;
     *progress*, when given, then tells whether the message may have gone out.
     If reading *message* fails midway, the connection is dropped without the
     final dot, so the server keeps nothing, and the error is raised.
@@ -171,6 +174,8 @@ def send(
             options.append("BODY=8BITMIME")  # the body is not read twice to find out
         if client.has_extn("smtputf8") and not (sender + "".join(recipients)).isascii():
             options.append("SMTPUTF8")
+        if size is not None and client.has_extn("size"):
+            options.append(f"SIZE={size}")
         code, reply = client.mail(sender, options)
         if code != 250:
             client.rset()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shlex
 import sys
 from typing import Any, Callable
 
 from ..config import load_config
-from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, claim_text, header_section, release_state
+from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, claim_text, header_section, release_command, release_state
 from ..store import StoreError, utcnow
 from ..text import escape
 from ..units import parse_duration
@@ -196,7 +197,9 @@ def run_release(args: argparse.Namespace, quarantine: Quarantine) -> int:
         elif not report.delivered and not report.unknown:
             print(f"{row_id}: nothing was released; the message stays in the quarantine", file=sys.stderr)
         elif report.partial:
-            print(f"{row_id}: partly released; retry the others with --force --to ADDR…", file=sys.stderr)
+            # The exact command: a bare --force would send it again to those who received it.
+            retry = " ".join([release_command(quarantine.config, row_id), "--force", *(f"--to {shlex.quote(escape(r))}" for r in report.refused)])
+            print(f"{row_id}: partly released; to retry only the refused recipients: {retry}", file=sys.stderr)
         failed = failed or not report.ok
     return 1 if failed else 0
 
@@ -238,7 +241,7 @@ def run_purge(args: argparse.Namespace, quarantine: Quarantine) -> int:
     """Delete what is older than --older-than."""
     cutoff = utcnow() - dt.timedelta(seconds=args.older_than)
     if args.dry_run:
-        rows = quarantine.rows(older_than=cutoff)
+        rows = quarantine.purge_candidates(cutoff)
         for row in rows:
             print(f"would purge {_summary(row)}")
         print(f"would purge {len(rows)} (dry run: nothing deleted)")

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..clock import as_utc
+from ..clock import as_utc, utcnow
 from . import schema
 from .errors import StoreError
 
@@ -32,6 +32,15 @@ READ_BATCH = 16
 #: many short transactions, never holding SQLite's write lock (which every
 #: worker's log row waits for) or PostgreSQL's row locks for long.
 PURGE_BATCH = 100
+#: Bytes of messages deleted per purge transaction, at most (one message larger than
+#: this loses its pieces ``PURGE_CHUNKS`` at a time first): freeing 400 MB of pieces
+#: held SQLite's write lock for 2 s, and 100 messages of 50 MB would outlast every
+#: worker's busy timeout.
+PURGE_BYTES = 16 * 1024 * 1024
+PURGE_CHUNKS = PURGE_BYTES // CHUNK_SIZE
+#: A message claimed by a release less than this long ago is left to a later purge:
+#: the release may still be reading it from the store (a claim holds no lock).
+RELEASE_GRACE = dt.timedelta(days=1)
 
 T = TypeVar("T")
 
@@ -74,7 +83,13 @@ def insert_message(connection: Connection, message_log_id: int | None, item: Qua
     for index, piece in enumerate(pieces(item.chunks())):
         connection.execute(statement, {"quarantine_id": row_id, "chunk_ind": index, "data": piece})
         stored += len(piece)
-    if stored != values.get("size"):
+    expected = values.get("size")
+    if isinstance(expected, int) and stored < expected:
+        # The spool gave back less than was received: committing would discard (or hold) the
+        # message on a copy that lacks its end. The caller's transaction is rolled back, the
+        # client told to retry (451).
+        raise StoreError(f"cannot write the quarantine: {stored} bytes of the message read back, {expected} received")
+    if stored != expected:
         connection.execute(update(schema.quarantine).where(schema.quarantine.c.id == row_id).values(size=stored))
     return row_id
 
@@ -160,38 +175,70 @@ class QuarantineStore:
             delete(self.table).where(self.table.c.id.in_(ids)),
         )
 
-    def purge(self, older_than: dt.datetime) -> int:
+    def purge(self, older_than: dt.datetime, now: dt.datetime | None = None) -> int:
         """Delete every row stored before *older_than* and its pieces; return how many rows.
 
-        ``PURGE_BATCH`` messages per transaction, in the order of their ids.  On PostgreSQL a
-        row another transaction holds (a release recording itself) is left to
-        the next purge.
+        ``PURGE_BATCH`` messages (``PURGE_BYTES`` of them) per transaction, in the order of
+        their ids.  A row claimed by a release in the last ``RELEASE_GRACE`` before *now* is
+        left to a later purge (:func:`purgeable`), and so is, on PostgreSQL, a row another
+        transaction holds (a release claiming or recording itself).
         """
-        cutoff = _utc(older_than)
-        table = self.table
+        table, chunks = self.table, self.chunks_table
+        condition = purgeable(table, older_than, now)
 
-        def batch(connection: Connection) -> tuple[int, int]:
-            query = select(table.c.id).where(table.c.time < cutoff).order_by(table.c.id).limit(PURGE_BATCH)
+        def batch(connection: Connection) -> tuple[bool, int]:
+            query = select(table.c.id, table.c.size).where(condition).order_by(table.c.id).limit(PURGE_BATCH)
             if connection.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            ids = [row[0] for row in connection.execute(query)]
+            found = connection.execute(query).all()
+            ids: list[int] = []
+            size = 0
+            for row_id, row_size in found:
+                if ids and size + (row_size or 0) > PURGE_BYTES:
+                    break
+                ids.append(row_id)
+                size += row_size or 0
             if not ids:
-                return 0, 0
-            connection.execute(delete(self.chunks_table).where(self.chunks_table.c.quarantine_id.in_(ids)))
-            return len(ids), int(connection.execute(delete(table).where(table.c.id.in_(ids))).rowcount or 0)
+                return False, 0
+            # Each statement checks the condition again: on SQLite the SELECT above took no
+            # lock, and a release may have claimed one of these rows since.
+            still = select(table.c.id).where(table.c.id.in_(ids), condition)
+            if size > PURGE_BYTES:
+                # One message larger than a transaction's share: its last pieces go first.
+                count = int(connection.execute(select(func.count()).select_from(chunks).where(chunks.c.quarantine_id == ids[0])).scalar() or 0)
+                if count > PURGE_CHUNKS:
+                    connection.execute(delete(chunks).where(
+                        chunks.c.quarantine_id.in_(still), chunks.c.quarantine_id == ids[0], chunks.c.chunk_ind >= count - PURGE_CHUNKS,
+                    ))
+                    return True, 0
+            connection.execute(delete(chunks).where(chunks.c.quarantine_id.in_(still)))
+            deleted = int(connection.execute(delete(table).where(table.c.id.in_(ids), condition)).rowcount or 0)
+            return len(found) == PURGE_BATCH or len(ids) < len(found), deleted
 
         total = 0
         while True:
-            found, deleted = self._transaction(batch)
+            more, deleted = self._transaction(batch)
             total += deleted
-            if found < PURGE_BATCH:
+            if not more:
                 return total
 
-    def claim(self, row_id: int, who: str, when: dt.datetime, force: bool) -> bool:
-        """Mark the row released by *who* unless it already is (any host may try at once); True when claimed."""
-        statement = update(self.table).where(self.table.c.id == row_id).values(released_at=when, released_by=who)
+    def claim(self, row_id: int, who: str, when: dt.datetime, force: bool, previous: tuple[Any, Any] | None = None) -> bool:
+        """Mark the row released by *who* unless it already is (any host may try at once); True when claimed.
+
+        With *force*, the claim replaces the one in *previous* (``released_at``, ``released_by``
+        as the caller read them), and only that one: False when another release claimed the row
+        since, whose claim a failed forced release must not give back as *previous* (without
+        *previous*, whatever is there).
+        """
+        table = self.table
+        statement = update(table).where(table.c.id == row_id).values(released_at=when, released_by=who)
         if not force:
-            statement = statement.where(self.table.c.released_at.is_(None))
+            statement = statement.where(table.c.released_at.is_(None))
+        elif previous is not None:
+            statement = statement.where(
+                table.c.released_at.is_(None) if previous[0] is None else table.c.released_at == previous[0],
+                table.c.released_by.is_(None) if previous[1] is None else table.c.released_by == previous[1],
+            )
         return self._write(statement) > 0
 
     def record_release(
@@ -220,6 +267,10 @@ class QuarantineStore:
                 connection.execute(update(table).where(ours).values(released_at=previous[0], released_by=previous[1]))
 
         self._transaction(work)
+
+    def mark_learned_ham(self, row_id: int) -> None:
+        """Record that the message of *row_id* was taught as ham (``learned_ham``)."""
+        self._write(update(self.table).where(self.table.c.id == row_id).values(learned_ham=True))
 
     def mark_ham(self, message_log_id: int) -> None:
         """Mark the message's log row as a false positive (``released_as_ham``)."""
@@ -252,6 +303,19 @@ class QuarantineStore:
                 return count
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot write the quarantine: {_db_error(exc)}") from None
+
+
+def purgeable(table: Any, older_than: dt.datetime, now: dt.datetime | None = None) -> Any:
+    """The SQL condition of a row a purge deletes: stored before *older_than*, and not claimed
+    by a release within ``RELEASE_GRACE`` before *now* (which may still be reading it)."""
+    claimed_before = _utc(now or utcnow()) - RELEASE_GRACE
+    return (table.c.time < _utc(older_than)) & (table.c.released_at.is_(None) | (table.c.released_at < claimed_before))
+
+
+def purgeable_row(row: QuarantineRow, older_than: dt.datetime, now: dt.datetime | None = None) -> bool:
+    """Whether a purge deletes *row* (what :func:`purgeable` says in SQL), for ``purge --dry-run``."""
+    claimed_before = _utc(now or utcnow()) - RELEASE_GRACE
+    return bool(row["time"] < _utc(older_than) and (row["released_at"] is None or row["released_at"] < claimed_before))
 
 
 def _db_error(exc: SQLAlchemyError) -> str:
