@@ -351,7 +351,12 @@ class Resolver:
         assert self._server is not None
         family, address = self._server
         pending: dict[int, tuple[int, dns.message.Message]] = {}
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError:
+            # No socket (EMFILE, ENOBUFS…): dnspython's resolver tries, and its failure is an "error" answer.
+            return
+        with sock:
             try:
                 # Connected: the kernel drops datagrams from any other address or port.
                 sock.connect(address)

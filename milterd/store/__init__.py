@@ -372,7 +372,9 @@ class Store:
         except IndexError:
             try:
                 connection = self.engine.raw_connection()
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, sqlite3.Error) as exc:
+                # raw_connection() leaves the driver's own error unwrapped when no new connection can
+                # be opened (EMFILE, the file gone or unreadable): a StoreError all the same.
                 raise _log_write_failed(exc) from exc
         cursor = None
         written = False
