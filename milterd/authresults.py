@@ -59,6 +59,15 @@ def authserv_id_of(value: str) -> str:
     return value[i:end].lower()
 
 
+def claims(value: str, authserv_id: str) -> bool:
+    """Whether the Authentication-Results *value* claims *authserv_id* (case-insensitive, a trailing dot ignored).
+
+    ``mx.example.org.`` is the same DNS name as ``mx.example.org``: a reader that
+    trusts our id may take it for ours, so it is treated as ours (RFC 8601 §5).
+    """
+    return authserv_id_of(value).rstrip(".") == authserv_id.lower().rstrip(".")
+
+
 def forged_indexes(headers: list[tuple[str, bytes]], authserv_id: str) -> list[int]:
     """1-based indexes (among Authentication-Results headers) of those claiming *authserv_id*, highest first."""
     found: list[int] = []
@@ -69,7 +78,7 @@ def forged_indexes(headers: list[tuple[str, bytes]], authserv_id: str) -> list[i
         if len(name) != 22 or name.lower() != "authentication-results":
             continue
         index += 1
-        if authserv_id_of(value.decode("utf-8", "replace")) == authserv_id.lower():
+        if claims(value.decode("utf-8", "replace"), authserv_id):
             found.append(index)
     return sorted(found, reverse=True)
 
@@ -92,7 +101,7 @@ _ADDRESS = re.compile(
 _UNQUOTABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 
 
-def _pvalue(text: str) -> str | None:
+def _pvalue(text: str, ascii_only: bool = False) -> str | None:
     """*text* (an envelope address, a HELO name, a SASL login) as authres should write it as a pvalue, or None.
 
     authres writes a value holding ``@`` as it is, so ``x;dkim=pass@evil.example``
@@ -100,18 +109,19 @@ def _pvalue(text: str) -> str | None:
     pvalue is ``[local-part "@"] domain-name`` or a token or quoted-string).
     Such a value is kept as is only in the ``dot-atom@domain-name`` form, else
     quoted here; one without ``@`` authres quotes itself when needed.  One
-    that no quoted-string can hold is left out.
+    that no quoted-string can hold is left out, and with *ascii_only* one
+    that is not ASCII.
     """
-    if not text or _UNQUOTABLE.search(text):
+    if not text or _UNQUOTABLE.search(text) or (ascii_only and not text.isascii()):
         return None
     if "@" not in text or _ADDRESS.fullmatch(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _reason(text: str) -> str | None:
+def _reason(text: str, ascii_only: bool = False) -> str | None:
     # authres quotes the reason; a quote or backslash inside it would end it early.
-    cleaned = "".join(c for c in text if c.isprintable() and c not in '"\\')[:120]
+    cleaned = "".join(c for c in text if c.isprintable() and c not in '"\\' and (c.isascii() or not ascii_only))[:120]
     if "@" in cleaned:  # authres would write it unquoted (see _pvalue)
         return f'"{cleaned}"'
     return cleaned or None
@@ -130,11 +140,15 @@ def build(
     dkim: "Sequence[SignatureResult] | None" = None,
     dmarc: "Evaluation | None" = None,
     arc: "ArcResult | None" = None,
+    ascii_only: bool = False,
 ) -> str:
     """The value of our Authentication-Results header (without the name).
 
     A method that did not run (None) is left out; one that ran and found
-    nothing says ``none``; no method at all gives ``none`` alone.
+    nothing says ``none``; no method at all gives ``none`` alone.  With
+    *ascii_only*, a property value or reason that is not ASCII (an SMTPUTF8
+    sender, a UTF-8 login) is left out, the result kept: the copy an ARC seal
+    attests, since dkimpy's parser (authres) reads ASCII only.
     """
     # Only the inputs' fields the header shows, as tuples of strings: the key of the memo below.
     spf_part = None if spf is None else (spf["identity"] == "helo", spf["helo"] if spf["identity"] == "helo" else spf["sender"], spf["result"])
@@ -142,9 +156,9 @@ def build(
     arc_part = None if arc is None else (arc.result, arc.sealers[-1:])
     dmarc_part = None if dmarc is None else (dmarc.result, dmarc.domain, dmarc.policy)
     try:
-        return _built(authserv_id, auth_user, spf_part, dkim_part, arc_part, dmarc_part)
+        return _built(authserv_id, auth_user, spf_part, dkim_part, arc_part, dmarc_part, ascii_only)
     except TypeError:  # an unhashable value (not one the checks store): built without the memo
-        return _render(authserv_id, auth_user, spf_part, dkim_part, arc_part, dmarc_part)
+        return _render(authserv_id, auth_user, spf_part, dkim_part, arc_part, dmarc_part, ascii_only)
 
 
 def _render(
@@ -154,14 +168,15 @@ def _render(
     dkim: tuple[tuple[str, str, str, str], ...] | None,
     arc: tuple[str, tuple[str, ...]] | None,
     dmarc: tuple[str, str, str] | None,
+    ascii_only: bool = False,
 ) -> str:
     """:func:`build`'s header from the fields it shows (:func:`build` gives their meaning)."""
     results: list[Any] = []
     if auth_user:
-        results.append(authres.SMTPAUTHAuthenticationResult(result="pass", smtp_auth=_pvalue(auth_user)))
+        results.append(authres.SMTPAUTHAuthenticationResult(result="pass", smtp_auth=_pvalue(auth_user, ascii_only)))
     if spf is not None:
         is_helo, identity, result = spf
-        kwargs = {"smtp_helo": _pvalue(identity)} if is_helo else {"smtp_mailfrom": _pvalue(identity)}
+        kwargs = {"smtp_helo": _pvalue(identity, ascii_only)} if is_helo else {"smtp_mailfrom": _pvalue(identity, ascii_only)}
         results.append(authres.SPFAuthenticationResult(result=result, **kwargs))
     if dkim is not None:
         if not dkim:
@@ -170,7 +185,7 @@ def _render(
             results.append(
                 authres.DKIMAuthenticationResult(
                     result=sig_result,
-                    reason=_reason(reason) if sig_result != "pass" else None,
+                    reason=_reason(reason, ascii_only) if sig_result != "pass" else None,
                     header_d=_token(domain),
                     header_s=_token(selector),
                 )

@@ -22,6 +22,7 @@ import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from .checks.dmarc import a_label
 from .files import read_error, read_regular
 from .options import ConfigError
 
@@ -78,13 +79,20 @@ def load_keys(section: "DkimSigningSection", config_path: Path | None) -> list[S
             algorithm, private = parse_key(data)
         except ValueError as exc:
             raise ConfigError(where, f"[dkim_signing] keys[{index}].key_file", f"{path}: {exc}") from None
-        keys.append(SigningKey(entry.domain.lower().rstrip("."), entry.selector, algorithm, private))
+        # d= in A-labels (xn--…), as receivers align it with the From domain and look the key up in DNS.
+        domain = a_label(entry.domain.lower().rstrip("."))
+        if not domain or not domain.isascii():
+            raise ConfigError(where, f"[dkim_signing] keys[{index}].domain", f"{entry.domain!r} is not a domain name")
+        keys.append(SigningKey(domain, entry.selector, algorithm, private))
     return keys
 
 
 def keys_for(keys: list[SigningKey], domain: str) -> list[SigningKey]:
-    """The keys that sign for *domain*: its own, else those of its closest parent domain that has some."""
-    name = domain.lower().rstrip(".")
+    """The keys that sign for *domain*: its own, else those of its closest parent domain that has some.
+
+    A From domain in U-labels (``bücher.example``, in SMTPUTF8 mail) is the key's ``xn--`` domain.
+    """
+    name = a_label(domain.lower().rstrip(".")) or ""
     while name:
         found = [k for k in keys if k.domain == name]
         if found:
@@ -100,14 +108,34 @@ def sign(message: bytes, keys: list[SigningKey], headers: list[str]) -> list[str
     (RFC 6376's recommended set, From twice so that none can be added).  From
     is always signed once more than the message has it (:func:`oversign_from`).
     """
+    names = field_names(headers)
     values = []
     for key in keys:
         signer = dkim.DKIM(message, signature_algorithm=key.dkim_algorithm)
-        include = oversign_from([h.encode("ascii").lower() for h in headers], signer.headers) if headers else None
+        include = oversign_from(names, signer.headers) if names else None
         line = signer.sign(key.selector.encode("ascii"), key.domain.encode("ascii"), key.private, include_headers=include)
         value = line.split(b":", 1)[1].strip().decode("ascii")
         values.append(value.replace("\r\n", "\n"))
     return values
+
+
+def field_names(headers: list[str]) -> list[bytes]:
+    """*headers* as ``h=`` lists them: lower case, without surrounding white space, empty ones left out.
+
+    A verifier strips the white space around each name of ``h=`` (RFC 6376
+    §3.5), so ``" Subject"`` signed as it is would name no field here and the
+    Subject there: a signature that never verifies.  ValueError for a name
+    that is no field name (RFC 5322 §3.6.8: printable ASCII but ``:``).
+    """
+    names = []
+    for header in headers:
+        name = header.strip()
+        if not name:
+            continue
+        if not all("!" <= c <= "~" and c != ":" for c in name):
+            raise ValueError(f"[dkim_signing] headers: {header!r} is not a header field name")
+        names.append(name.lower().encode("ascii"))
+    return names
 
 
 def oversign_from(include: list[bytes], message_headers: list[tuple[bytes, bytes]]) -> list[bytes]:
@@ -153,10 +181,18 @@ def generate(algorithm: Algorithm, bits: int = 2048) -> bytes:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a key file readable by its owner only (0600 from its creation); FileExistsError if it exists."""
+    """Write a key file readable by its owner only (0600 from its creation); FileExistsError if it exists.
+
+    A write that fails (a full disk) removes the file it created: a truncated
+    key would otherwise stay, and block the next attempt as "exists".
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def zone_lines(selector: str, domain: str, record: str) -> str:

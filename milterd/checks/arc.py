@@ -25,7 +25,7 @@ import dkim
 from pydantic import Field
 
 from .. import dkimfast
-from ..authresults import authserv_id_of
+from ..authresults import authserv_id_of, build, claims
 from ..dkimsign import parse_key
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
@@ -157,7 +157,7 @@ def message_for_seal(envelope: Envelope, authserv_id: str, results: str) -> byte
     raws = envelope.raw_headers if len(envelope.raw_headers) == len(envelope.headers) else None
     lines = [b"Authentication-Results: " + results.encode("utf-8") + b"\r\n"]
     for index, (name, value) in enumerate(envelope.headers):
-        if name.lower() == "authentication-results" and authserv_id_of(value.decode("utf-8", "replace")) == authserv_id.lower():
+        if name.lower() == "authentication-results" and claims(value.decode("utf-8", "replace"), authserv_id):
             continue
         line = raws[index] if raws is not None else name.encode("ascii", "replace") + b": " + value
         lines.append(line.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n")
@@ -230,11 +230,26 @@ class ArcSealer(Check):
         if results is None or verdict.action not in (Action.ACCEPT, Action.ADD_HEADER):
             return verdict  # nothing attested, or refused, held or about to have its Subject rewritten
         chain = envelope.check_state(STATE).get("result")
+        if chain is None and envelope.header_count("ARC-Seal"):
+            # Not validated (over [checks.dkim] max_size): our header has no arc= for the seal to carry, so dkimpy adds nothing.
+            return _with_hit(verdict, "ARC_SEAL_ERROR", f"the chain was not validated (size {envelope.size} > [checks.dkim] max_size)")
         if isinstance(chain, ArcResult) and chain.temporary:
             # Sealed, it would say cv=fail and end for every later hop a chain that our resolver could not check.
             return _with_hit(verdict, "ARC_SEAL_ERROR", "the chain could not be validated (DNS error)")
         options = self.services.config.checks.arc
         authserv_id = authserv_id_of(results)
+        if not results.isascii():
+            # dkimpy reads our header with authres, which refuses UTF-8 (an SMTPUTF8 sender, a UTF-8 login):
+            # unread, it seals nothing.  The seal attests the same results, those values left out.
+            results = build(
+                results.partition(";")[0].strip(),
+                auth_user=session.auth_user,
+                spf=envelope.check_state("spf").get("evaluation"),
+                dkim=envelope.check_state("dkim").get("result"),
+                dmarc=envelope.check_state("dmarc").get("result"),
+                arc=chain,
+                ascii_only=True,
+            )
         try:
             arc_set = seal(message_for_seal(envelope, authserv_id, results), options.seal_domain, options.seal_selector, self.key, authserv_id)
         except Exception as exc:  # noqa: BLE001 - an unsealed message is delivered; the log says why

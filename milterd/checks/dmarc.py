@@ -117,7 +117,7 @@ def _org_domain(name: str, psl_path: str) -> str:
 def aligned(domain: str, from_domain: str, mode: str, psl_path: str = "") -> bool:
     """Whether an authenticated *domain* aligns with *from_domain*: strict (``s``), same name; relaxed, same organizational domain."""
     a, b = domain.lower().rstrip("."), from_domain.lower().rstrip(".")
-    a, b = _a_label(a) or a, _a_label(b) or b  # a U-label From aligns with its A-label d= (RFC 7489 §6.6.1)
+    a, b = a_label(a) or a, a_label(b) or b  # a U-label From aligns with its A-label d= (RFC 7489 §6.6.1)
     if not a or not b:
         return False
     if a == b:
@@ -144,7 +144,7 @@ def _from_domain(value: str) -> str | None:
     return domain if _DOMAIN.fullmatch(domain) else None
 
 
-def _a_label(name: str) -> str | None:
+def a_label(name: str) -> str | None:
     """*name* with its U-labels converted to A-labels (RFC 7489 §6.6.1), or None when it cannot be.
 
     As IDNA2008 (UTS #46 non-transitional) converts them: ``faß.example`` is
@@ -177,7 +177,7 @@ def _label_a(label: str) -> str:
 def queryable(name: str) -> bool:
     """Whether *name* (a U-label one as its A-labels) is a DNS name a resolver can be asked about, so that an error is the DNS's."""
     name = name.rstrip(".")
-    return bool(_DNS_NAME.fullmatch(name if name.isascii() else _a_label(name) or ""))
+    return bool(_DNS_NAME.fullmatch(name if name.isascii() else a_label(name) or ""))
 
 
 def from_domains(values: Iterable[str]) -> tuple[str, ...]:
@@ -208,7 +208,7 @@ def _parse_domains(value: str, decode: bool) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for _, addr in getaddresses([value]):
         if "@" in addr:
-            domain = _a_label(addr.rpartition("@")[2].strip().lower().rstrip("."))
+            domain = a_label(addr.rpartition("@")[2].strip().lower().rstrip("."))
             if domain and _DOMAIN.fullmatch(domain):
                 found.setdefault(domain)
         elif decode and "=?" in addr:
