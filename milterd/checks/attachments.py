@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, ClassVar, Iterable, Literal
 
 from pydantic import Field
 
-from ..content.archives import Limits, archive_kind, list_archive
+from ..content.archives import Limits, archive_kind, list_archive, local_failure
 from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
 from ..content.mimeparts import Attachment, attachments
 from ..content.mimetext import single_text_type
@@ -67,6 +67,8 @@ MACRO = "ATTACH_OFFICE_MACRO"
 ENCRYPTED = "ATTACH_ENCRYPTED"
 LIMIT = "ATTACH_ARCHIVE_LIMIT"
 ERROR = "ATTACH_ERROR"
+#: The answer when this machine could not decode the attachments (disk, file descriptors, memory).
+LOCAL_FAILURE_REPLY = Reply("451", "4.3.0", "Attachments could not be checked now, try again later")
 
 #: Symbol → the option of [checks.attachments] holding its action.
 _ACTION_OPTION = {
@@ -224,7 +226,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         Symbol(MACRO, 2.0, "An Office document with VBA macros ([checks.attachments] macro_action)"),
         Symbol(ENCRYPTED, 2.0, "An encrypted archive or member: its names or content cannot all be judged"),
         Symbol(LIMIT, 1.0, "An archive nested too deep, with too many members, decompressing past the limit, or unreadable, or a message past the MIME limits (parts, nesting, MIME field size): not fully looked at"),
-        Symbol(ERROR, 0.0, "The message's attachments could not be read (detail: why); judged as having none"),
+        Symbol(ERROR, 0.0, "The message's attachments could not be read (detail: why); judged as having none, or answered 451 when this machine ran short (disk, quota, file descriptors, memory)"),
     )
 
     def __init__(self, services: "Services") -> None:
@@ -253,8 +255,14 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             for attachment in attachments(envelope.message_chunks(), self.memory, self.options.max_attachment_size, skipped):
                 findings.extend(self.judge(attachment))
         except Exception as exc:  # noqa: BLE001 - a hostile message gives a symbol, never a crashed worker
+            detail = f"{exc.__class__.__name__}: {exc}"[:200]
+            if local_failure(exc):
+                # The disk full (or no file descriptor, no memory) while decoding: the banned file may
+                # be the one not looked at, so the message waits rather than passing unjudged.
+                log.error("attachments: cannot check the message's attachments, answering 451: %s", detail)
+                return [Hit(ERROR, detail=detail, action=Action.TEMPFAIL, reply=LOCAL_FAILURE_REPLY)]
             log.warning("attachments: cannot read the message's attachments", exc_info=True)
-            return [Hit(ERROR, detail=f"{exc.__class__.__name__}: {exc}"[:200]), *hits_for(findings, self.actions)]
+            return [Hit(ERROR, detail=detail), *hits_for(findings, self.actions)]
         findings += [Finding(LIMIT, "message", text) for text in dict.fromkeys(skipped)]
         return hits_for(findings, self.actions)
 

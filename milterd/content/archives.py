@@ -46,6 +46,7 @@ from __future__ import annotations
 import base64
 import codecs
 import ctypes
+import errno
 import faulthandler
 import io
 import json
@@ -146,6 +147,16 @@ class _Budget:
     attributes: int = _TNEF_ATTRIBUTES
 
 
+#: errno values that say the machine failed, not the archive: no space, quota, file descriptors, memory.
+_LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def local_failure(exc: BaseException) -> bool:
+    """Whether *exc* is this machine running short (disk, quota, file descriptors, memory), which
+    no content can cause: the message must wait (451), not pass as unreadable or as having no attachment."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in _LOCAL_ERRNOS)
+
+
 def supported(kind: str) -> bool:
     """Whether archives of *kind* (as :func:`milterd.content.filetypes.sniff` names them) can be listed here."""
     return kind in ("zip", "tnef") or (kind in ARCHIVE_KINDS and libarchive is not None)
@@ -190,8 +201,12 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
         else:
             listing.limits.append(f"{path}: {kind} archives cannot be listed (libarchive-c is not installed)")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, OSError, RuntimeError) as exc:
+        if local_failure(exc):
+            raise  # the disk full while a member was copied out: not the archive's doing
         listing.errors.append(f"{path}: unreadable {kind} archive ({exc.__class__.__name__}: {str(exc)[:80]})")
     except Exception as exc:  # noqa: BLE001 - libarchive's errors, anything a hostile archive provokes
+        if local_failure(exc):
+            raise
         if any(word in str(exc).lower() for word in ("encrypt", "passphrase", "password")):
             listing.encrypted.append(path)
         else:

@@ -1,0 +1,63 @@
+"""The attachment check answers 451 when this machine runs short while decoding (the disk or quota full,
+no file descriptor, no memory): such a message passed with ATTACH_ERROR (score 0) as if it had no
+attachment, a banned file in it included.  An error the content causes still only scores."""
+
+from __future__ import annotations
+
+import errno
+import io
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from milterd.checks import attachments as attachments_check
+from milterd.content import archives
+from milterd.content.archives import Limits, list_archive, local_failure
+from milterd.message.model import Action
+from tests.harness.messages import zipped
+from tests.unit.test_attachments_tnef import checker, hits_of, message
+
+PE = b"MZ\x90\x00" + b"\x00" * 200
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EDQUOT, "Disk quota exceeded"),
+                                     OSError(errno.EMFILE, "Too many open files"), MemoryError()])
+def test_running_short_while_decoding_is_a_tempfail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException) -> None:
+    def short(*_args: Any, **_kwargs: Any) -> Iterator[Any]:
+        raise failure
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(attachments_check, "attachments", short)
+    hits = hits_of(checker(tmp_path), message(zipped({"setup.exe": PE}), b"files.zip", b"application/zip"))
+    error = hits["ATTACH_ERROR"]
+    assert error.action == Action.TEMPFAIL
+    assert str(error.reply) == "451 4.3.0 Attachments could not be checked now, try again later"
+
+
+def test_an_error_the_content_causes_still_only_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def hostile(*_args: Any, **_kwargs: Any) -> Iterator[Any]:
+        raise OSError(errno.EINVAL, "Invalid argument")
+        yield
+
+    monkeypatch.setattr(attachments_check, "attachments", hostile)
+    hits = hits_of(checker(tmp_path), message(zipped({"a.txt": b"x"}), b"files.zip", b"application/zip"))
+    assert hits["ATTACH_ERROR"].action is None
+
+
+def test_a_full_disk_while_listing_an_archive_is_not_an_unreadable_archive(monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*_args: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(archives, "_walk_zip", full)
+    limits = Limits(max_depth=3, max_members=100, max_size=1 << 20)
+    with pytest.raises(OSError) as caught:
+        list_archive("files.zip", io.BytesIO(zipped({"setup.exe": PE})), "zip", limits)
+    assert local_failure(caught.value)
+
+    def broken(*_args: Any) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(archives, "_walk_zip", broken)
+    listing = list_archive("files.zip", io.BytesIO(zipped({"setup.exe": PE})), "zip", limits)
+    assert listing.errors and "unreadable zip archive" in listing.errors[0]
