@@ -365,6 +365,9 @@ def checks_off() -> dict[str, dict[str, Any]]:
         fields = getattr(info.annotation, "model_fields", {})
         if "enabled" in fields:
             off[name] = {"enabled": False}
+    if "remove_forged" in getattr(ChecksSection.model_fields["spf"].annotation, "model_fields", {}):
+        # Authentication-Results (written and cleaned by the spf check) runs with SPF off too: off here.
+        off["spf"].update({"authentication_results": False, "remove_forged": False})
     return off
 
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 class SpfChecks(CheckSwitches):
     """SPF (RFC 7208) at MAIL FROM, the HELO identity for the null sender; Authentication-Results."""
 
+    enabled: bool = Field(True, description="Evaluate SPF. Authentication-Results and the removal of forged ones (the two switches below) run either way.")
     fail_action: Literal["score", "reject"] = Field("score", description="SPF fail: score SPF_FAIL, or reject each recipient with 550 5.7.23.")
     authentication_results: bool = Field(True, description="Insert one Authentication-Results header (RFC 8601) with the SMTP AUTH, SPF, DKIM, DMARC and ARC results.")
     remove_forged: bool = Field(True, description="Remove incoming Authentication-Results headers that claim our authserv-id.")
@@ -92,6 +93,13 @@ class Spf(ConfiguredCheck[SpfChecks]):
         Symbol("SPF_PERMERROR", 0.5, "SPF permerror: the domain's SPF record is broken"),
     )
 
+    @classmethod
+    def enabled(cls, services: "Services") -> bool:
+        # Also with SPF itself off: the one Authentication-Results header (DKIM, DMARC and ARC
+        # results too) is written here, and a forged one claiming our id must never be delivered.
+        options = cls.options_of(services)
+        return bool(options.enabled or options.authentication_results or options.remove_forged)
+
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
         # Evaluation honours the bypass itself; Authentication-Results cleaning runs for everyone.
@@ -107,7 +115,7 @@ class Spf(ConfiguredCheck[SpfChecks]):
 
     def on_mail(self, session: Session, envelope: Envelope) -> Hits:
         envelope.check_state(_STATE).clear()
-        if self.bypassed(session) or session.ip is None:
+        if not self.options.enabled or self.bypassed(session) or session.ip is None:
             return ()
 
         sender = envelope.sender.strip()
