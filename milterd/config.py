@@ -201,6 +201,10 @@ class DkimSigningSection(Section):
     @field_validator("headers")
     @classmethod
     def _signable(cls, value: list[str]) -> list[str]:
+        for header in value:
+            # A name that is no field name (RFC 5322 §3.6.8) would fail every signature (DKIM_SIGN_ERROR): refused here.
+            if not header.strip() or not all("!" <= c <= "~" and c != ":" for c in header.strip()):
+                raise ValueError(f"{header!r} is not a header field name (printable ASCII, no colon or space)")
         names = [h.strip().lower() for h in value]
         if names and "from" not in names:
             raise ValueError("must include From (RFC 6376 requires it)")

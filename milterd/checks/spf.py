@@ -111,7 +111,8 @@ class Spf(ConfiguredCheck[SpfChecks]):
     @property
     def authserv_id(self) -> str:
         """Our authserv-id: ``[milter] authserv_id``, else the host name."""
-        return self.services.config.milter.authserv_id or self.services.config.hostname
+        # Without a final dot: "mx.example.org." is no authserv-id authres (and so dkimpy's ARC) can read back.
+        return (self.services.config.milter.authserv_id or self.services.config.hostname).rstrip(".")
 
     def on_mail(self, session: Session, envelope: Envelope) -> Hits:
         envelope.check_state(_STATE).clear()

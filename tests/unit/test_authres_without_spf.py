@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import authres
+
 from milterd.checks.spf import Spf
 from milterd.config import load_config
 from milterd.message.model import Action, Envelope, Session, Spool, Verdict
@@ -38,3 +40,20 @@ def test_forged_authentication_results_are_removed_with_spf_off(tmp_path: Path) 
 
 def test_every_switch_off_builds_no_check(tmp_path: Path) -> None:
     assert _spf(_services(tmp_path, "enabled = false\nauthentication_results = false\nremove_forged = false\n")) is None
+
+
+def test_an_authserv_id_written_with_a_final_dot_is_written_without_it(tmp_path: Path) -> None:
+    path = tmp_path / "milter.conf"
+    path.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "s.sqlite"}"\n[dns]\nnameservers = ["127.0.0.1:9"]\n'
+                    '[milter]\nauthserv_id = "mx.example.org."\n')
+    check = _spf(build(load_config(path)))
+    assert check is not None and check.authserv_id == "mx.example.org"
+    session = Session(client_addr="192.0.2.7", auth_user="alice")
+    envelope = Envelope(spool=Spool(1024), sender="alice@example.com")
+    envelope.headers.append(("Authentication-Results", b" mx.example.org.; dkim=pass"))
+    check.on_verdict(session, envelope, Verdict(Action.ACCEPT, 0.0, {}, {}, ""))
+    written = [e.value for e in envelope.edits if e.op == "insert"]
+    removed = [e.index for e in envelope.edits if e.op == "change"]
+    assert removed == [1]  # the forged one, with its dot
+    assert written and written[0].startswith("mx.example.org;")
+    assert authres.AuthenticationResultsHeader.parse("Authentication-Results: " + written[0]).authserv_id == "mx.example.org"
