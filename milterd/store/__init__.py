@@ -425,6 +425,10 @@ class Store:
         query = query.order_by(table.c.id.desc() if newest_first else table.c.id)
         if limit:
             query = query.limit(limit)
+        return self._log_rows(query)
+
+    def _log_rows(self, query: Any) -> list[dict[str, Any]]:
+        """The message-log rows *query* selects, as dictionaries with their time in UTC."""
         with self.engine.connect() as connection:
             rows = [dict(row._mapping) for row in connection.execute(query)]
         for row in rows:
@@ -450,11 +454,8 @@ class Store:
             query = _log_filters(select(table), since, queue_id, sender, action)
             if below is not None:
                 query = query.where(table.c.id < below)
-            with self.engine.connect() as connection:
-                rows = [dict(row._mapping) for row in connection.execute(query.order_by(table.c.id.desc()).limit(size))]
-            for row in rows:
-                row["time"] = as_utc(row["time"])
-                yield row
+            rows = self._log_rows(query.order_by(table.c.id.desc()).limit(size))
+            yield from rows
             if len(rows) < size:
                 return
             below = rows[-1]["id"]
@@ -479,13 +480,10 @@ class Store:
             query = select(table).where(table.c.id > last).order_by(table.c.id).limit(batch)
             if since is not None:
                 query = query.where(table.c.time >= since)
-            with self.engine.connect() as connection:
-                rows = [dict(row._mapping) for row in connection.execute(query)]
+            rows = self._log_rows(query)
             if not rows:
                 return
-            for row in rows:
-                row["time"] = as_utc(row["time"])
-                yield row
+            yield from rows
             last = rows[-1]["id"]
 
     @property
