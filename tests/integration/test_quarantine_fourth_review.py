@@ -14,19 +14,17 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pytest
-from sqlalchemy import event
 
 from milterd import quarantine as quarantine_module
 from milterd.config import load_config
 from milterd.quarantine import Quarantine, QuarantineError, release_state
 from milterd.store import Store, utcnow
 from milterd.store import quarantine as store_quarantine
-from milterd.store.quarantine import CHUNK_SIZE
 from tests.harness import pgdb
 from tests.harness.milterd import write_config
 from tests.harness.stack import Stack
 from tests.integration import test_quarantine as postfix_tests
-from tests.unit.test_quarantine_fourth_review import RAW, add
+from tests.unit.test_quarantine_fourth_review import RAW, add, purge_large_messages
 
 
 @pytest.fixture
@@ -100,32 +98,7 @@ def test_a_purge_during_a_release_leaves_the_message_whole(quarantine: Quarantin
 
 
 def test_a_purge_of_large_messages_deletes_a_bounded_amount_per_transaction(quarantine: Quarantine, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_quarantine, "PURGE_BYTES", 4 * CHUNK_SIZE, raising=False)
-    monkeypatch.setattr(store_quarantine, "PURGE_CHUNKS", 4, raising=False)
-    head = b"From: a@example.org\r\n\r\n"
-    big, small = head + b"x" * (12 * CHUNK_SIZE - len(head)), head + b"y" * (CHUNK_SIZE - len(head))
-    for raw in (big, small, small, small, big):
-        add(quarantine, raw=raw, age=dt.timedelta(days=40), split=False)
-    kept = add(quarantine, raw=big, age=dt.timedelta(days=29), split=False)
-    per_transaction: list[int] = [0]
-
-    def after(_conn: Any, cursor: Any, statement: str, _params: Any, _context: Any, _many: bool) -> None:
-        if statement.lstrip().upper().startswith("DELETE FROM QUARANTINE_CHUNKS"):
-            per_transaction[-1] += cursor.rowcount
-
-    def commit(_conn: Any) -> None:
-        per_transaction.append(0)
-
-    event.listen(quarantine.store.engine, "after_cursor_execute", after)
-    event.listen(quarantine.store.engine, "commit", commit)
-    try:
-        assert quarantine.purge(utcnow() - dt.timedelta(days=30)) == 5
-    finally:
-        event.remove(quarantine.store.engine, "after_cursor_execute", after)
-        event.remove(quarantine.store.engine, "commit", commit)
-    assert sum(per_transaction) == 27 and max(per_transaction) <= 4, per_transaction
-    assert [r["id"] for r in quarantine.rows()] == [kept]
-    assert quarantine.repo.chunk_count(kept) == 12
+    purge_large_messages(quarantine, monkeypatch)
 
 
 def test_a_purge_skips_a_row_a_release_is_claiming(quarantine: Quarantine) -> None:

@@ -116,12 +116,12 @@ def test_a_purge_keeps_what_a_release_just_claimed_and_dry_run_says_so(quarantin
 
 
 # --- 2. the retention purge and large messages --------------------------------------------------
-def test_a_purge_of_large_messages_deletes_a_bounded_amount_per_transaction(quarantine: Quarantine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """100 messages per transaction whatever their size: 400 MB of pieces held SQLite's write lock
-    (which every worker's log row waits for) for 2 s here, and 100 quarantined 50 MB messages
-    would have held it far past the workers' busy timeout (their mail tempfailed)."""
-    monkeypatch.setattr(store_quarantine, "PURGE_BYTES", 4 * CHUNK_SIZE, raising=False)
-    monkeypatch.setattr(store_quarantine, "PURGE_CHUNKS", 4, raising=False)
+def purge_large_messages(quarantine: Quarantine, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Purge two large and three small old messages with the bounds made 4 pieces, asserting that no
+    transaction deleted more and that only the recent large one is left; its id (shared with the
+    PostgreSQL test)."""
+    monkeypatch.setattr(store_quarantine, "PURGE_BYTES", 4 * CHUNK_SIZE)
+    monkeypatch.setattr(store_quarantine, "PURGE_CHUNKS", 4)
     head = b"From: a@example.org\r\n\r\n"
     big = head + b"x" * (12 * CHUNK_SIZE - len(head))  # 12 pieces
     small = head + b"y" * (CHUNK_SIZE - len(head))  # 1 piece
@@ -147,6 +147,15 @@ def test_a_purge_of_large_messages_deletes_a_bounded_amount_per_transaction(quar
     assert sum(per_transaction) == 12 + 1 + 1 + 1 + 12
     assert max(per_transaction) <= 4, per_transaction
     assert [r["id"] for r in quarantine.rows()] == [kept]
+    assert quarantine.repo.chunk_count(kept) == 12
+    return kept
+
+
+def test_a_purge_of_large_messages_deletes_a_bounded_amount_per_transaction(quarantine: Quarantine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 messages per transaction whatever their size: 400 MB of pieces held SQLite's write lock
+    (which every worker's log row waits for) for 2 s here, and 100 quarantined 50 MB messages
+    would have held it far past the workers' busy timeout (their mail tempfailed)."""
+    kept = purge_large_messages(quarantine, monkeypatch)
     with quarantine.store.engine.connect() as connection:
         left = connection.execute(select(schema.quarantine_chunks.c.quarantine_id, func.count()).group_by(schema.quarantine_chunks.c.quarantine_id)).all()
     assert [tuple(row) for row in left] == [(kept, 12)]
