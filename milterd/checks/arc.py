@@ -25,7 +25,7 @@ import dkim
 from pydantic import Field
 
 from .. import dkimfast
-from ..authresults import authserv_id_of, build, claims
+from ..authresults import authserv_id_of, claims
 from ..dkimsign import parse_key
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
@@ -33,6 +33,7 @@ from ..options import CheckSwitches, ConfigError
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
 from .dkim import QUIET, DnsRecorder
+from .spf import message_results
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -241,15 +242,7 @@ class ArcSealer(Check):
         if not results.isascii():
             # dkimpy reads our header with authres, which refuses UTF-8 (an SMTPUTF8 sender, a UTF-8 login):
             # unread, it seals nothing.  The seal attests the same results, those values left out.
-            results = build(
-                results.partition(";")[0].strip(),
-                auth_user=session.auth_user,
-                spf=envelope.check_state("spf").get("evaluation"),
-                dkim=envelope.check_state("dkim").get("result"),
-                dmarc=envelope.check_state("dmarc").get("result"),
-                arc=chain,
-                ascii_only=True,
-            )
+            results = message_results(results.partition(";")[0].strip(), session, envelope, ascii_only=True) or results
         try:
             arc_set = seal(message_for_seal(envelope, authserv_id, results), options.seal_domain, options.seal_selector, self.key, authserv_id)
         except Exception as exc:  # noqa: BLE001 - an unsealed message is delivered; the log says why

@@ -77,6 +77,20 @@ def authentication_results(authserv_id: str, spf: dict[str, str] | None, auth_us
     return build_authentication_results(authserv_id, auth_user=auth_user, spf=spf)
 
 
+def message_results(authserv_id: str, session: Session, envelope: Envelope, ascii_only: bool = False) -> str | None:
+    """The value of our Authentication-Results header for this message, from what the SPF, DKIM, DMARC
+    and ARC checks recorded (None when none ran and the client did not authenticate); with *ascii_only*,
+    as :func:`milterd.authresults.build` says."""
+    spf_state = envelope.check_state(_STATE).get("evaluation")
+    dkim = envelope.check_state("dkim").get("result")
+    dmarc = envelope.check_state("dmarc").get("result")
+    arc = envelope.check_state("arc").get("result")
+    if spf_state is None and dkim is None and dmarc is None and arc is None and not session.authenticated:
+        return None
+    return build_authentication_results(authserv_id, auth_user=session.auth_user, spf=spf_state, dkim=dkim, dmarc=dmarc, arc=arc,
+                                        ascii_only=ascii_only)
+
+
 class Spf(ConfiguredCheck[SpfChecks]):
     """SPF of the envelope sender (or HELO), and Authentication-Results."""
 
@@ -160,15 +174,10 @@ class Spf(ConfiguredCheck[SpfChecks]):
             for index in forged_indexes(envelope.headers, authserv_id):
                 envelope.edits.append(HeaderEdit("change", "Authentication-Results", "", index))
         if options.authentication_results:
-            state = envelope.check_state(_STATE)
-            spf_state = state.get("evaluation")
-            dkim = envelope.check_state("dkim").get("result")
-            dmarc = envelope.check_state("dmarc").get("result")
-            arc = envelope.check_state("arc").get("result")
-            if spf_state is not None or dkim is not None or dmarc is not None or arc is not None or session.authenticated:
-                value = build_authentication_results(authserv_id, auth_user=session.auth_user, spf=spf_state, dkim=dkim, dmarc=dmarc, arc=arc)
+            value = message_results(authserv_id, session, envelope)
+            if value is not None:
                 envelope.edits.append(HeaderEdit("insert", "Authentication-Results", value, 0))
-                state["authentication_results"] = value  # what an ARC seal attests
+                envelope.check_state(_STATE)["authentication_results"] = value  # what an ARC seal attests
         return verdict
 
 
