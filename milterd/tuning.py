@@ -230,11 +230,15 @@ class Rescored:
     new_action: str
     old_score: float
     new_score: float
-    kept: bool
-    #: Why a kept row was kept: "forced" (forced, decided before end of data, or not scored),
-    #: "may_force" (a hit of :data:`MAY_FORCE` may hold it at its action), "unexplained" (its
-    #: symbols do not add up to its logged score: a row of an older version, say).
+    #: Why the row was kept at its action ('' when it was re-scored): "forced" (forced, decided
+    #: before end of data, or not scored), "may_force" (a hit of :data:`MAY_FORCE` may hold it at
+    #: its action), "unexplained" (its symbols do not add up to its logged score: a row of an older version, say).
     why: str = ""
+
+    @property
+    def kept(self) -> bool:
+        """Whether the row keeps its logged action whatever the changes (:attr:`why` says why)."""
+        return bool(self.why)
 
 
 def logged_greylist(row: Mapping[str, Any]) -> GreylistStatus | None:
@@ -269,16 +273,16 @@ def rescore(row: Mapping[str, Any], weights: Mapping[str, float], actions: Actio
     verdict = decide(hits, lambda _s: 0.0, actions, greylist=logged_greylist(row))
     old_action, old_score = str(row.get("action")), float(row.get("score") or 0.0)
     if not score_derived(row, milter):
-        return Rescored(row, old_action, old_action, old_score, verdict.score, kept=True, why="forced")
+        return Rescored(row, old_action, old_action, old_score, verdict.score, why="forced")
     if abs(sum(float(score) for score in logged.values()) - old_score) > SCORE_SLACK:
         # Re-scored, it would move by what its symbols do not account for, not by the changes asked.
-        return Rescored(row, old_action, old_action, old_score, verdict.score, kept=True, why="unexplained")
+        return Rescored(row, old_action, old_action, old_score, verdict.score, why="unexplained")
     new_action = verdict.action.label
     # A forced action the score matched is named as the reason, and none is milder than quarantine:
     # only a score action above quarantine can hide one, and only a lower new action would undo it.
     if MAY_FORCE.intersection(logged) and Action.QUARANTINE < _severity(old_action) and _severity(new_action) < _severity(old_action):
-        return Rescored(row, old_action, old_action, old_score, verdict.score, kept=True, why="may_force")
-    return Rescored(row, old_action, new_action, old_score, verdict.score, kept=False)
+        return Rescored(row, old_action, old_action, old_score, verdict.score, why="may_force")
+    return Rescored(row, old_action, new_action, old_score, verdict.score)
 
 
 def _severity(label: str) -> Action:
