@@ -44,7 +44,7 @@ from .learner.tokenizer import MAX_INPUT, MessageDigest, hashed_tokens
 from .scanners.spamd import SpamdClient
 from .store import Store, StoreError, utcnow
 from .store.learner import Label, LearnerStore
-from .store.quarantine import QuarantineStore, purgeable_row
+from .store.quarantine import QuarantineStore
 from .text import escape
 
 #: Fields of ``quarantine list --json``; scripts rely on these names.
@@ -396,8 +396,7 @@ class Quarantine:
 
     def purge_candidates(self, older_than: dt.datetime) -> list[dict[str, Any]]:
         """The messages :meth:`purge` would delete now (``purge --dry-run``), newest first."""
-        now = utcnow()
-        return [row for row in self.repo.rows(older_than=older_than) if purgeable_row(row, older_than, now)]
+        return self.repo.purge_candidates(older_than)
 
     # --- release --------------------------------------------------------------
     def release(self, row_id: int, to: list[str] | None = None, force: bool = False, who: str | None = None, ham: bool = False, smtp: bool = False) -> ReleaseReport:

@@ -119,6 +119,12 @@ class QuarantineStore:
             query = query.limit(limit)
         return [_fix(row) for row in self._fetch(query)]
 
+    def purge_candidates(self, older_than: dt.datetime, now: dt.datetime | None = None) -> list[QuarantineRow]:
+        """The rows (without the message) :meth:`purge` would delete now, by the same condition (:func:`purgeable`), newest first."""
+        table = self.table
+        query = select(*[c for c in table.c if c.name != "raw"]).where(purgeable(table, older_than, now)).order_by(table.c.id.desc())
+        return [_fix(row) for row in self._fetch(query)]
+
     def get(self, row_id: int) -> QuarantineRow | None:
         """One row (without the message), or None."""
         table = self.table
@@ -310,12 +316,6 @@ def purgeable(table: Any, older_than: dt.datetime, now: dt.datetime | None = Non
     by a release within ``RELEASE_GRACE`` before *now* (which may still be reading it)."""
     claimed_before = _utc(now or utcnow()) - RELEASE_GRACE
     return (table.c.time < _utc(older_than)) & (table.c.released_at.is_(None) | (table.c.released_at < claimed_before))
-
-
-def purgeable_row(row: QuarantineRow, older_than: dt.datetime, now: dt.datetime | None = None) -> bool:
-    """Whether a purge deletes *row* (what :func:`purgeable` says in SQL), for ``purge --dry-run``."""
-    claimed_before = _utc(now or utcnow()) - RELEASE_GRACE
-    return bool(row["time"] < _utc(older_than) and (row["released_at"] is None or row["released_at"] < claimed_before))
 
 
 def _db_error(exc: SQLAlchemyError) -> str:
