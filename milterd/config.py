@@ -32,6 +32,7 @@ from .checks.rdns import RdnsChecks
 from .checks.sender import SenderChecks
 from .checks.spf import SpfChecks
 from .checks.uribl import UriblChecks
+from .content.headertext import is_field_name
 from .dns import parse_nameserver
 from .endpoints import parse_listen, parse_socket
 from .files import MAX_FILE_SIZE as MAX_FILE_SIZE
@@ -203,7 +204,7 @@ class DkimSigningSection(Section):
     def _signable(cls, value: list[str]) -> list[str]:
         for header in value:
             # A name that is no field name (RFC 5322 §3.6.8) would fail every signature (DKIM_SIGN_ERROR): refused here.
-            if not header.strip() or not all("!" <= c <= "~" and c != ":" for c in header.strip()):
+            if not is_field_name(header.strip()):
                 raise ValueError(f"{header!r} is not a header field name (printable ASCII, no colon or space)")
         names = [h.strip().lower() for h in value]
         if names and "from" not in names:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .checks.dmarc import a_label
+from .content.headertext import is_field_name
 from .files import read_error, read_regular
 from .options import ConfigError
 
@@ -132,7 +133,7 @@ def field_names(headers: list[str]) -> list[bytes]:
         name = header.strip()
         if not name:
             continue
-        if not all("!" <= c <= "~" and c != ":" for c in name):
+        if not is_field_name(name):
             raise ValueError(f"[dkim_signing] headers: {header!r} is not a header field name")
         names.append(name.lower().encode("ascii"))
     return names

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 from ..config import ConfigError
-from ..content.headertext import decoded
+from ..content.headertext import decoded, is_field_name
 from ..message.model import Envelope, Hit, Session
 from ..options import finite
 from ..patterns import AdminPattern, PatternError
@@ -50,8 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("milterd")
 
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
-#: A header field name (RFC 5322 section 3.6.8: printable US-ASCII but the colon).
-_FIELD_NAME = re.compile(r"[!-9;-~]+\Z")
 KINDS = ("header", "body", "uri", "meta")
 DEFAULT_MAX_TEXT = 1024 * 1024
 
@@ -132,7 +130,7 @@ def _compile(file: Any, position: int, entry: Any, seen: dict[str, Path], builti
         header, pattern, key = entry["header"], entry.get("regex"), "regex"
         if not isinstance(header, str) or not header:
             raise ConfigError(file, f"{where}.header", "needs header = \"Name\"")
-        if not _FIELD_NAME.match(header):
+        if not is_field_name(header):
             # "Subject:" or "Subject " would name no field of any message: the rule would never hit, unsaid.
             raise ConfigError(file, f"{where}.header", f"{header!r} is not a header field name (printable ASCII, no colon or space), such as \"Subject\"")
         if not isinstance(pattern, str):

@@ -1,4 +1,5 @@
-"""A header field's value as a mail client shows it: unfolded, RFC 2047 encoded-words decoded.
+"""A header field's value as a mail client shows it: unfolded, RFC 2047 encoded-words decoded
+(and :func:`is_field_name`, what a configured header name must be).
 
 Leniently, as clients read what spam sends: each encoded-word is decoded where
 it stands (raw UTF-8 around it, RFC 6532, is kept), the blanks between two
@@ -47,3 +48,12 @@ def _decode_word(match: re.Match[str]) -> str:
         return decode_bytes(octets, charset.partition("*")[0])
     except Exception:  # noqa: BLE001 - not base64 at all, or a codec that is no text charset
         return match.group(0)
+
+
+#: A header field name (RFC 5322 §3.6.8): printable US-ASCII but the colon.
+_FIELD_NAME = re.compile(r"[!-9;-~]+\Z")
+
+
+def is_field_name(name: str) -> bool:
+    """Whether *name* can name a header field: printable US-ASCII without a colon or a space."""
+    return bool(_FIELD_NAME.match(name))
