@@ -347,13 +347,17 @@ def _read_head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget)
     return head
 
 
-def _copy_bounded(stream: IO[bytes], budget: _Budget) -> IO[bytes] | None:
-    """*stream* copied to a temporary file, or None (and nothing kept) once it passes the budget."""
+def _copy_bounded(stream: IO[bytes], budget: _Budget, length: int | None = None) -> IO[bytes] | None:
+    """*stream* (its next *length* bytes, else all of it) copied to a temporary file, or None (and
+    nothing kept) once it passes the budget."""
     copy: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_MEMORY)
-    while True:
-        chunk = stream.read(min(_CHUNK, budget.size + 1))
+    left = length
+    while left is None or left > 0:
+        chunk = stream.read(min(_CHUNK, budget.size + 1, _CHUNK if left is None else left))
         if not chunk:
             break
+        if left is not None:
+            left -= len(chunk)
         budget.size -= len(chunk)
         if budget.size < 0:
             copy.close()
@@ -461,18 +465,10 @@ def _tnef_member(member: str, source: IO[bytes], start: int, size: int, counted:
     if size > budget.size:
         listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
         return
-    nested: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_MEMORY)
+    source.seek(start)
+    nested = _copy_bounded(source, budget, size)
+    assert nested is not None  # size is within the budget (above)
     with nested:
-        source.seek(start)
-        left = size
-        while left > 0:
-            chunk = source.read(min(_CHUNK, left))
-            if not chunk:
-                break
-            nested.write(chunk)
-            left -= len(chunk)
-        budget.size -= size - left
-        nested.seek(0)
         _walk(member, nested, inner, depth + 1, limits, budget, listing)
 
 
