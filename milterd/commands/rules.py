@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..config import ConfigError, load_config
 from ..options import finite
@@ -112,6 +112,11 @@ def _rows(args: argparse.Namespace, config: Any) -> Iterator[dict[str, Any]]:
     return open_store(config).iter_messages(since=args.since)
 
 
+def _counted(items: Iterable[tuple[str, int]]) -> str:
+    """``name count, name count`` for a terminal: the names (actions, symbols from the log) escaped."""
+    return ", ".join(f"{escape(name)} {count}" for name, count in items)
+
+
 def run_stats(args: argparse.Namespace) -> int:
     """Print per-symbol statistics of the logged messages."""
     config = load_config(args.config)
@@ -126,7 +131,7 @@ def run_stats(args: argparse.Namespace) -> int:
         return 0
     print(f"{report.messages} messages")
     if report.deferred:
-        by_action = ", ".join(f"{escape(name)} {count}" for name, count in sorted(report.deferred.items()))
+        by_action = _counted(sorted(report.deferred.items()))
         print(f"deferred attempts: {sum(report.deferred.values())} ({by_action}); counted apart (column 'deferred'): "
               f"the client retries, and a retry that gets through is one of the messages")
     print(f"{'symbol':30} {'hits':>7} {'share':>7} {'mean':>7} {'rej/quar':>8} {'ham-rel':>7} {'deferred':>8}")
@@ -201,19 +206,19 @@ def run_whatif(args: argparse.Namespace) -> int:
             print(f"      {escape(example['time'] or ''):25.25} {escape(example['queue_id'] or '-'):12} {example['old_score']:6.2f} -> {example['new_score']:6.2f}  "
                   f"<{escape((example['sender'] or '')[:80])}> {escape((example['subject'] or '')[:50])}")
     if report.kept:
-        kept = ", ".join(f"{escape(name)} {count}" for name, count in report.kept.most_common())
+        kept = _counted(report.kept.most_common())
         print(f"kept as they were (forced by a hit or decided before end of data, or not scored; a score cannot re-derive them): {kept}")
     if report.kept_may_force:
-        kept = ", ".join(f"{escape(name)} {count}" for name, count in report.kept_may_force.most_common())
+        kept = _counted(report.kept_may_force.most_common())
         print(f"kept as they were (a hit that may force an action, such as a virus or a DMARC or attachment policy, "
               f"is under a score that went further; lower they might not go): {kept}")
     if report.unknown:
-        unknown = ", ".join(f"{escape(name)} {count}" for name, count in report.unknown.most_common(10))
+        unknown = _counted(report.unknown.most_common(10))
         more = f" and {len(report.unknown) - 10} more" if len(report.unknown) > 10 else ""
         print(f"symbols no check or rule emits now (renamed or removed since logged; they keep their logged scores, "
               f"--set does not reach them), by messages: {unknown}{more}")
     if report.unexplained:
-        kept = ", ".join(f"{escape(name)} {count}" for name, count in report.unexplained.most_common())
+        kept = _counted(report.unexplained.most_common())
         print(f"kept as they were (their symbols do not add up to their logged score, as in rows of an older version; "
               f"they cannot be re-scored): {kept}")
     return 0
