@@ -21,6 +21,7 @@ import signal
 import socket
 import stat
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -322,8 +323,30 @@ def check_writable(config: Config) -> None:
         for target in files:
             if os.path.lexists(target) and not _access(target, os.R_OK | os.W_OK):
                 raise ConfigError(where, "[database] url", f"{who} cannot write {target}")
-    if config.milter.spool_dir and not _access(config.milter.spool_dir, os.W_OK | os.X_OK):
-        raise ConfigError(where, "[milter] spool_dir", f"{who} cannot write {config.milter.spool_dir}")
+    try:
+        spool = temporary_directory(config)
+    except OSError as exc:  # tempfile found no directory it could write in
+        raise ConfigError(where, "[milter] spool_dir", f"{who}: {exc.strerror or exc}") from None
+    if not _access(spool, os.W_OK | os.X_OK):
+        why = "" if config.milter.spool_dir else " (the system's temporary directory, used while spool_dir is empty)"
+        raise ConfigError(where, "[milter] spool_dir", f"{who} cannot write {spool}{why}")
+
+
+def temporary_directory(config: Config) -> str:
+    """Where a worker's temporary files go: ``[milter] spool_dir``, else the system's temporary directory."""
+    return config.milter.spool_dir or tempfile.gettempdir()
+
+
+def use_spool_dir(config: Config) -> None:
+    """Make ``[milter] spool_dir`` this process's temporary directory, when it is set.
+
+    Spooled bodies are given the directory explicitly; the decoded attachments and archive
+    copies of the content checks (``tempfile.SpooledTemporaryFile``) take the process's own,
+    so that they too land where the administrator put the space (and the check at start,
+    :func:`check_writable`, looked).
+    """
+    if config.milter.spool_dir:
+        tempfile.tempdir = config.milter.spool_dir
 
 
 def check_store(config: Config, services: Services) -> None:
@@ -851,6 +874,7 @@ def run_worker(services: Services, listen_fd: int, stop_fd: int, ready_fd: int =
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     services.after_fork()
+    use_spool_dir(services.config)
     metrics.after_fork_in_worker()  # the supervisor's metrics port must not outlive it in the workers
     pipeline = Pipeline(services)
     adapter.MilterdMilter.pipeline = pipeline
