@@ -638,20 +638,34 @@ class Quarantine:
         Each notice is sent on its own: one refused or failed (``<recipient>: why``,
         appended to *failed*) does not stop the others.  Without *failed*, a
         QuarantineError naming them all follows once every notice was tried.
+
+        A recipient is told once per message: each notice that went out is recorded
+        in the row (``notified``), and a later run, whatever its window, tells only
+        the recipients not recorded, such as those whose notice failed.  A notice
+        that went out but could not be recorded is counted as sent and named in
+        *failed*: a later run may send it again.
         """
         sent = 0
         problems: list[str] = []
         for row in self.rows(since=since):
             if not is_virus(row) or row.get("released_at"):
                 continue
+            told = set(row.get("notified") or [])
+            waiting = [r for r in dict.fromkeys(row["recipients"] or []) if r not in told]
+            if not waiting:
+                continue
             subject, text = virus_notice(row, self.report_from)
-            for recipient in row["recipients"] or []:
+            for recipient in waiting:
                 try:
                     self._send_text(self.report_from, [recipient], subject, text)
                 except QuarantineError as exc:
                     problems.append(f"<{recipient}>: {exc}")
                     continue
                 sent += 1
+                try:
+                    self.repo.record_notified(row["id"], recipient)
+                except StoreError as exc:
+                    problems.append(f"<{recipient}>: it was sent, but could not be recorded as sent ({exc}): the next run may send it again")
         if failed is not None:
             failed.extend(problems)
         elif problems:

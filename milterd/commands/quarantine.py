@@ -276,7 +276,7 @@ def run_digest(args: argparse.Namespace, quarantine: Quarantine) -> int:
     if notify:
         sent = quarantine.notify_virus_recipients(since, failed)
         for problem in failed:
-            print(f"milterd: virus notice not sent to {escape(problem)}", file=sys.stderr)
+            print(f"milterd: virus notice to {escape(problem)}", file=sys.stderr)
         print(f"{sent} virus notices sent")
     return 1 if failed else 0
 

@@ -274,6 +274,22 @@ class QuarantineStore:
 
         self._transaction(work)
 
+    def record_notified(self, row_id: int, recipient: str) -> None:
+        """Record that *recipient* of the row was sent its virus notice (added to ``notified`` once)."""
+        table = self.table
+        row = table.c.id == row_id
+
+        def work(connection: Connection) -> None:
+            # This first write takes the row (the database, on SQLite) before the list is read:
+            # two digests recording at once each keep the other's recipients.
+            connection.execute(update(table).where(row).values(notified=table.c.notified))
+            told = connection.execute(select(table.c.notified).where(row)).scalar()
+            told = list(told) if isinstance(told, list) else []
+            if recipient not in told:
+                connection.execute(update(table).where(row).values(notified=[*told, recipient]))
+
+        self._transaction(work)
+
     def mark_learned_ham(self, row_id: int) -> None:
         """Record that the message of *row_id* was taught as ham (``learned_ham``)."""
         self._write(update(self.table).where(self.table.c.id == row_id).values(learned_ham=True))

@@ -86,6 +86,9 @@ quarantine = Table(
     Column("release_result", JSON, nullable=True),
     Column("release_count", Integer, nullable=False, default=0),
     Column("learned_ham", Boolean, nullable=False, default=False),
+    # The recipients already sent a virus notice (schema 0004; NULL: none), each
+    # recorded once its notice went out: a later digest tells only the others.
+    Column("notified", JSON, nullable=True),
     Index("ix_quarantine_time", "time"),
 )
 

@@ -242,7 +242,7 @@ def test_digest_command_names_each_failed_notice_and_exits_1(q_conf: Path, quara
     assert main(["-c", str(q_conf), "quarantine", "digest", "--to", "postmaster@example.org", "--since", "1h", "--notify-virus-recipients"]) == 1
     out, err = capsys.readouterr()
     assert out.splitlines() == ["1 messages reported to postmaster@example.org", "2 virus notices sent"]
-    assert "milterd: virus notice not sent to <bad@example.com>: " in err and "User unknown" in err
+    assert "milterd: virus notice to <bad@example.com>: " in err and "User unknown" in err
     assert sent == ["postmaster@example.org", "carol@example.com", "erin@example.com"]
 
 
