@@ -83,7 +83,7 @@ class MilterSection(Section):
     skip_authenticated: bool = Field(True, description="Do not score mail from clients that authenticated with SMTP AUTH.")
     shutdown_timeout: Duration = Field(30.0, description="On SIGTERM or reload, how long in-flight messages may take before their worker is stopped.")
     spool_memory: Size = Field(1024 * 1024, description="Bodies up to this size stay in memory; larger ones are spooled to a temporary file.")
-    spool_dir: str = Field("", description="Directory for spooled bodies; empty uses the system's temporary directory.")
+    spool_dir: str = Field("", description="Directory for a worker's temporary files: spooled bodies, and the decoded attachments and archive copies of the attachment checks; empty uses the system's temporary directory. Checked at start: the service user must be able to write it (or the system's temporary directory).")
     log_target: Literal["stderr", "syslog"] = Field("stderr", description="Where the per-message summary lines and errors go.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level of messages written to the log.")
     timeout: Duration = Field(0.0, description="libmilter's I/O timeout towards Postfix; 0 keeps libmilter's default (2 hours).")
@@ -290,7 +290,8 @@ class LearnerSection(Section):
     token_expiry: Duration = Field(180 * 86400.0, description="Tokens not learned for this long and seen in at most expiry_rare messages are deleted by the maintenance job.")
     expiry_rare: int = Field(1, ge=0, description="Tokens seen in at most this many learned messages count as rare for token_expiry.")
     max_tokens: int = Field(2000000, ge=0, description="Bound of the model: beyond this many tokens the least recently learned are deleted by the maintenance job; 0 is no bound.")
-    expiry_interval: Duration = Field(86400.0, description="How often the supervisor runs the token expiry job; 0 is never.")
+    max_learned: int = Field(1000000, ge=0, description="Bound of the learned-message digests, one kept per message learned (what makes learning a message twice count once, and lets milterd learn move or forget it): beyond this many, the maintenance job deletes those learned or moved longest ago, leaving the counts as they are; 0 is no bound. A message whose digest was dropped counts again if learned again, and can no longer be forgotten or moved to the other label.")
+    expiry_interval: Duration = Field(86400.0, description="How often the supervisor runs the expiry job (tokens, and learned-message digests beyond max_learned); 0 is never.")
     skip_spamd_above: Threshold = Field(False, description="Tiers: with the classifier trained, a message whose score before spamd (the cheap checks and BAYES_*) is at or above this is not sent to spamd (SPAMD_SKIPPED_CONFIDENT in the log); false is off. spamd then runs after the classifier instead of beside it.")
     skip_spamd_below: Threshold = Field(False, description="Tiers: likewise, a message scoring at or below this before spamd is not sent to spamd; false is off. Measure the cost in detection first (bench/learner_eval.py, milterd rules whatif).")
 

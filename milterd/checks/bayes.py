@@ -231,11 +231,17 @@ class BayesCheck(Check):
 
 
 def expiry_job(services: "Services") -> str:
-    """The maintenance job: rare old tokens, emptied tokens and the model's excess go."""
+    """The maintenance job: rare old tokens, emptied tokens and the model's excess go, then the
+    learned-message digests beyond ``max_learned`` (their counts stay)."""
     options = services.config.learner
     older_than = utcnow() - dt.timedelta(seconds=options.token_expiry)
-    deleted = LearnerStore(services.store.engine).expire(older_than, options.expiry_rare, options.max_tokens)
-    return f"{deleted} tokens expired" if deleted else ""
+    repository = LearnerStore(services.store.engine)
+    deleted = repository.expire(older_than, options.expiry_rare, options.max_tokens)
+    dropped = repository.drop_learned(options.max_learned)
+    done = [f"{deleted} tokens expired"] if deleted else []
+    if dropped:
+        done.append(f"{dropped} learned-message digests dropped")
+    return ", ".join(done)
 
 
 CHECKS = (BayesCheck,)

@@ -27,6 +27,17 @@ its decrement only changes rows it already holds.  Expiry never waits for a row
 a learner holds, and emptying the model takes the three tables first
 (:mod:`milterd.store.upsert`).  SQLite has one writer at a time and no row locks.
 
+The digests are bounded (``[learner] max_learned``, :meth:`LearnerStore.drop_learned`):
+beyond the bound the maintenance job deletes those learned (or moved) longest ago,
+by their ``time``, and leaves every count as it is.  Their messages stay in the totals,
+so it adds them, by label, to a second row of ``learner_totals`` (:data:`DROPPED_ID`),
+which only it and emptying the model write: totals = digests + dropped, the
+invariant :attr:`ModelSummary.inflated` checks.  A digest a learner holds (moving
+or forgetting it) is skipped.  One that expiry takes first is gone when a learner
+gets to it, as if expiry had run first: a forget finds nothing (``unknown``), a learn
+claims it anew and counts again; a move that met the digest (its claim found it)
+just before expiry deleted it finds nothing to move, and counts nothing (``already``).
+
 The statements are built once (per dialect), and the token upsert is compiled
 once per engine and handed to the driver's executemany with plain rows
 (:class:`_TokenUpsert`): building each row's parameters in SQLAlchemy, and the
@@ -37,6 +48,7 @@ from __future__ import annotations
 
 import datetime as dt
 import weakref
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
@@ -80,8 +92,12 @@ messages_table = Table(
     metadata,
     Column("digest", String(64), primary_key=True),
     Column("label", String(4), nullable=False),
-    Column("time", DateTime(timezone=True), nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),  # learned, or moved to its label: the order in which digests are dropped
 )
+
+#: The ``learner_totals`` row (the totals' is 1) of the learned-message digests dropped beyond
+#: ``[learner] max_learned``, by label: messages still counted, no longer recorded as learned.
+DROPPED_ID = 2
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,8 @@ class ModelSummary:
     ham_messages: int
     oldest: dt.datetime | None  # the earliest learn (or label change) still recorded
     newest: dt.datetime | None
+    spam_dropped: int = 0  # digests dropped beyond [learner] max_learned, by label: their messages are still counted
+    ham_dropped: int = 0
 
     @property
     def messages(self) -> int:
@@ -106,16 +124,20 @@ class ModelSummary:
         """Whether the totals exceed the messages recorded as learned.
 
         Every learn, move and forget changes a total and the digests together,
-        so the two agree; more counted than recorded means a message was
+        and the digests dropped beyond ``[learner] max_learned`` are counted
+        as dropped, so that the totals are the digests and the dropped ones;
+        more counted than that means a message was
         counted twice, as relearning did on PostgreSQL before the fix of
         2026-12-02 (an INSERT's rowcount read as -1).  The token counts are
         inflated with the totals and cannot be repaired without the messages.
         """
-        return self.spam > self.spam_messages or self.ham > self.ham_messages
+        return self.spam > self.spam_messages + self.spam_dropped or self.ham > self.ham_messages + self.ham_dropped
 
 
 #: The one row of learned totals.
 _TOTALS = select(totals_table.c.spam, totals_table.c.ham).where(totals_table.c.id == 1)
+#: The row of the digests dropped (none before the first is).
+_DROPPED = select(totals_table.c.spam, totals_table.c.ham).where(totals_table.c.id == DROPPED_ID)
 
 
 def model_may_exist(url: str) -> bool:
@@ -144,10 +166,12 @@ def _learned_by_label(connection: Connection) -> dict[str, int]:
     return {str(label): int(count) for label, count in rows}
 
 
-def _model_summary(totals: Any, tokens: int | None, by_label: dict[str, int], oldest: dt.datetime | None, newest: dt.datetime | None) -> ModelSummary:
-    """A :class:`ModelSummary` of what was read: the totals row (None before any learn), the token count and the digests by label."""
+def _model_summary(totals: Any, tokens: int | None, by_label: dict[str, int], oldest: dt.datetime | None, newest: dt.datetime | None, dropped: Any = None) -> ModelSummary:
+    """A :class:`ModelSummary` of what was read: the totals row (None before any learn), the token count, the digests
+    by label and the row of those dropped (None before any is)."""
     return ModelSummary(int(totals.spam) if totals else 0, int(totals.ham) if totals else 0, int(tokens or 0),
-                        by_label.get("spam", 0), by_label.get("ham", 0), oldest, newest)
+                        by_label.get("spam", 0), by_label.get("ham", 0), oldest, newest,
+                        int(dropped.spam) if dropped else 0, int(dropped.ham) if dropped else 0)
 
 
 # What learn runs, built once: the values are bound parameters, given at execution.
@@ -387,7 +411,9 @@ class LearnerStore:
                 tokens = connection.execute(select(func.count()).select_from(tokens_table)).scalar()
                 row = connection.execute(select(func.min(messages_table.c.time), func.max(messages_table.c.time))).one()
                 by_label = _learned_by_label(connection)
-            return _model_summary(totals, tokens, by_label, as_utc(row[0]), as_utc(row[1]))
+                # The dropped after the digests: digests dropped in between then show twice, never as inflated counts.
+                dropped = connection.execute(_DROPPED).first()
+            return _model_summary(totals, tokens, by_label, as_utc(row[0]), as_utc(row[1]), dropped)
 
         return guarded("summarise the classifier's model", read)
 
@@ -493,3 +519,34 @@ class LearnerStore:
                 return int(deleted)
 
         return guarded("expire the classifier's tokens", work)
+
+    def drop_learned(self, max_learned: int) -> int:
+        """Delete the learned-message digests beyond *max_learned* (0: no bound), those learned
+        or moved longest ago first; returns how many were deleted.
+
+        The token counts and totals stay: the messages are still learned, but one learned
+        again counts again, and can no longer be forgotten or moved.  The digests dropped
+        are added, by label, to the :data:`DROPPED_ID` row.  On PostgreSQL the digests a
+        learner holds at that moment (moving or forgetting them) are left to the next run.
+        """
+        if not max_learned:
+            return 0
+        table = messages_table
+
+        def work() -> int:
+            with self.engine.begin() as connection:
+                inserts = _inserts(connection)
+                total = int(connection.execute(select(func.count()).select_from(table)).scalar() or 0)
+                if total <= max_learned:
+                    return 0
+                # No index on time: one sort of the table per run (the maintenance job's interval), not one per learn.
+                oldest = select(table.c.digest).order_by(table.c.time, table.c.digest).limit(total - max_learned).scalar_subquery()
+                statement = delete(table).where(deletable(connection, table.c.digest, table.c.digest.in_(oldest))).returning(table.c.label)
+                dropped = Counter(str(label) for label in connection.execute(statement).scalars())
+                spam, ham = dropped["spam"], dropped["ham"]
+                if spam or ham:
+                    # The row no learner takes: after the digests' rows, as a learn takes its totals after its digest.
+                    connection.execute(inserts.first_totals, {"id": DROPPED_ID, "spam": spam, "ham": ham, "spam_delta": spam, "ham_delta": ham})
+                return sum(dropped.values())
+
+        return guarded("drop the classifier's learned-message digests", work)
