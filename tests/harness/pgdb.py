@@ -2,7 +2,8 @@
 
 ``temporary_database()`` creates ``milterd_test_<random>`` through the
 ``postgres`` maintenance database and drops it afterwards, so that tests never
-touch each other's tables or the ``test`` database.
+touch each other's tables or the ``test`` database; ``upgraded_store()`` gives
+a milterd store on one, its schema current.
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from __future__ import annotations
 import contextlib
 import uuid
 from typing import Iterator
+
+import pytest
+
+from milterd.config import DatabaseSection
+from milterd.store import Store
 
 HOST, PORT, USER = "127.0.0.1", 5432, "postgres"
 
@@ -46,3 +52,19 @@ def temporary_database() -> Iterator[str]:
     finally:
         with _admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def upgraded_store(needed_for: str) -> Iterator[Store]:
+    """A milterd :class:`Store` on a :func:`temporary_database`, its schema current, closed
+    afterwards; without PostgreSQL the test fails, saying what it was *needed_for*."""
+    why = available()
+    if why:
+        pytest.fail(f"PostgreSQL is needed for {needed_for}: {why}")
+    with temporary_database() as url:
+        store = Store(DatabaseSection(url=url))
+        try:
+            store.upgrade()
+            yield store
+        finally:
+            store.close()

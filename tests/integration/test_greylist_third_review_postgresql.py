@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy import event, select
 
 from milterd import greylist as gl
-from milterd.config import DatabaseSection
 from milterd.store import Store, schema
 from milterd.store import greylist as greylist_store
 from tests.harness import pgdb
@@ -20,14 +19,8 @@ NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 @pytest.fixture
 def store() -> Iterator[Store]:
-    why = pgdb.available()
-    if why:
-        pytest.fail(f"PostgreSQL is needed for these tests: {why}")
-    with pgdb.temporary_database() as url:
-        store = Store(DatabaseSection(url=url))
-        store.upgrade()
+    with pgdb.upgraded_store("these tests") as store:
         yield store
-        store.close()
 
 
 def test_purge_deletes_in_batches_and_skips_a_held_row(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:

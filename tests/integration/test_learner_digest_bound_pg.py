@@ -10,7 +10,6 @@ from typing import Iterator
 import pytest
 from sqlalchemy import select
 
-from milterd.config import DatabaseSection
 from milterd.learner.classifier import Counts
 from milterd.store import Store
 from milterd.store.learner import DROPPED_ID, LearnerStore, messages_table, totals_table
@@ -23,14 +22,8 @@ DAY = dt.timedelta(days=1)
 
 @pytest.fixture
 def store() -> Iterator[Store]:
-    why = pgdb.available()
-    if why:
-        pytest.fail(f"PostgreSQL is needed for the digest bound tests: {why}")
-    with pgdb.temporary_database() as url:
-        store = Store(DatabaseSection(url=url))
-        store.upgrade()
+    with pgdb.upgraded_store("the digest bound tests") as store:
         yield store
-        store.close()
 
 
 def learned_abcd(learner: LearnerStore) -> None:

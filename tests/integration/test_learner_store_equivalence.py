@@ -26,16 +26,8 @@ from tests.unit.test_learner_cost_cuts import assert_equivalent, replay, scenari
 
 @pytest.fixture
 def postgresql_store() -> Iterator[Engine]:
-    why = pgdb.available()
-    if why:
-        pytest.fail(f"PostgreSQL is needed for this test: {why}")
-    with pgdb.temporary_database() as url:
-        store = Store(DatabaseSection(url=url))
-        try:
-            store.upgrade()
-            yield store.engine
-        finally:
-            store.close()
+    with pgdb.upgraded_store("this test") as store:
+        yield store.engine
 
 
 def test_relearning_on_postgresql_counts_once_and_moves(postgresql_store: Engine) -> None:

@@ -21,7 +21,7 @@ from milterd.quarantine import Quarantine, QuarantineError, release_state
 from milterd.store import Store, utcnow
 from milterd.store import quarantine as store_quarantine
 from tests.harness import pgdb
-from tests.harness.milterd import write_config
+from tests.harness.quarantine import quarantine_config
 from tests.harness.stack import Stack
 from tests.integration import test_quarantine as postfix_tests
 from tests.unit.test_quarantine_fourth_review import RAW, add, purge_large_messages
@@ -33,11 +33,7 @@ def quarantine(tmp_path: Path) -> Iterator[Quarantine]:
     if why:
         pytest.fail(f"PostgreSQL is needed for these tests: {why}")
     with pgdb.temporary_database() as url:
-        config = load_config(write_config(tmp_path / "milter.conf", {
-            "milter": {"hostname": "mx1.test"},
-            "database": {"url": url},
-            "quarantine": {"release_smtp": "127.0.0.1:9", "report_from": "postmaster@mx.test"},
-        }))
+        config = load_config(quarantine_config(tmp_path / "milter.conf", url, hostname="mx1.test"))
         store = Store(config.database)
         store.upgrade()
         yield Quarantine(store, config)

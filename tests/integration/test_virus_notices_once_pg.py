@@ -20,7 +20,7 @@ from milterd.quarantine import Quarantine
 from milterd.store import Store
 from milterd.store.quarantine import QuarantineStore
 from tests.harness import pgdb
-from tests.harness.milterd import write_config
+from tests.harness.quarantine import quarantine_config
 from tests.unit.test_virus_notices_once import LONG_AGO, RAW, Outbox, add
 
 
@@ -30,11 +30,7 @@ def quarantine(tmp_path: Path) -> Iterator[Quarantine]:
     if why:
         pytest.fail(f"PostgreSQL is needed: {why}")
     with pgdb.temporary_database() as url:
-        config = load_config(write_config(tmp_path / "milter.conf", {
-            "milter": {"hostname": "mx.test"},
-            "database": {"url": url},
-            "quarantine": {"release_smtp": "127.0.0.1:9", "report_from": "postmaster@mx.test"},
-        }))
+        config = load_config(quarantine_config(tmp_path / "milter.conf", url))
         store = Store(config.database)
         assert store.upgrade() == "0004"
         try:

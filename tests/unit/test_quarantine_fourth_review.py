@@ -21,32 +21,18 @@ from sqlalchemy import event, func, select
 
 from milterd import cli
 from milterd import quarantine as quarantine_module
-from milterd.config import load_config
 from milterd.quarantine import Quarantine, release_state
 from milterd.reinject import Target, data_lines, send
-from milterd.store import MessageRecord, Store, StoreError, schema, utcnow
+from milterd.store import MessageRecord, StoreError, schema, utcnow
 from milterd.store import quarantine as store_quarantine
 from milterd.store.quarantine import CHUNK_SIZE, QuarantineWrite
-from tests.harness.milterd import write_config
+from tests.harness import quarantine as quarantine_harness
+
+# The fixtures: a SQLite store in the test's directory (conf) and its quarantine.
+conf = quarantine_harness.conf
+quarantine = quarantine_harness.quarantine
 
 RAW = b"From: a@example.org\r\nSubject: fourth review\r\n\r\nbody\r\n.\r\nafter the dot\r\n"
-
-
-@pytest.fixture()
-def conf(tmp_path: Path) -> Path:
-    return write_config(tmp_path / "milter.conf", {
-        "milter": {"hostname": "mx.test"},
-        "database": {"url": f"sqlite:///{tmp_path / 'q.sqlite'}"},
-        "quarantine": {"release_smtp": "127.0.0.1:9", "report_from": "postmaster@mx.test"},
-    })
-
-
-@pytest.fixture()
-def quarantine(conf: Path) -> Quarantine:
-    config = load_config(conf)
-    store = Store(config.database)
-    store.upgrade()
-    return Quarantine(store, config)
 
 
 def row_values(raw: bytes, when: dt.datetime, recipients: list[str]) -> dict[str, Any]:

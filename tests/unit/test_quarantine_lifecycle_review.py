@@ -16,34 +16,20 @@ from sqlalchemy import event, func, select
 
 from milterd import cli
 from milterd import quarantine as quarantine_module
-from milterd.config import load_config
 from milterd.quarantine import Quarantine
-from milterd.store import MessageRecord, Store, schema, utcnow
+from milterd.store import MessageRecord, schema, utcnow
 from milterd.store import quarantine as store_quarantine
 from milterd.store.quarantine import QuarantineWrite
 from milterd.units import parse_since
-from tests.harness.milterd import write_config
+from tests.harness import quarantine as quarantine_harness
+
+# The fixtures: a SQLite store in the test's directory (conf) and its quarantine.
+conf = quarantine_harness.conf
+quarantine = quarantine_harness.quarantine
 
 RAW = b"From: a@example.org\r\nSubject: lifecycle\r\n\r\nbody\r\n"
 
 Send = Callable[..., tuple[dict[str, str], dict[str, str]]]
-
-
-def make(tmp_path: Path) -> tuple[Path, Quarantine]:
-    conf = write_config(tmp_path / "milter.conf", {
-        "milter": {"hostname": "mx.test"},
-        "database": {"url": f"sqlite:///{tmp_path / 'q.sqlite'}"},
-        "quarantine": {"release_smtp": "127.0.0.1:9", "report_from": "postmaster@mx.test"},
-    })
-    config = load_config(conf)
-    store = Store(config.database)
-    store.upgrade()
-    return conf, Quarantine(store, config)
-
-
-@pytest.fixture()
-def quarantine(tmp_path: Path) -> Quarantine:
-    return make(tmp_path)[1]
 
 
 def add(quarantine: Quarantine, age: dt.timedelta = dt.timedelta(0)) -> int:
@@ -137,8 +123,7 @@ def test_times_with_an_offset_are_compared_as_utc(quarantine: Quarantine) -> Non
 
 
 @pytest.mark.parametrize("command", [["show"], ["release"], ["delete"], ["delete", "--dry-run"], ["confirm"]])
-def test_an_id_out_of_range_is_a_usage_error_not_a_traceback(tmp_path: Path, command: list[str], capsys: Any) -> None:
-    conf, _quarantine = make(tmp_path)
+def test_an_id_out_of_range_is_a_usage_error_not_a_traceback(conf: Path, quarantine: Quarantine, command: list[str], capsys: Any) -> None:
     for bad in ("99999999999999999999", "0", "x1"):
         with pytest.raises(SystemExit) as usage:
             cli.main(["-c", str(conf), "quarantine", *command, bad])

@@ -15,30 +15,16 @@ import pytest
 
 from milterd import cli
 from milterd import quarantine as quarantine_module
-from milterd.config import load_config
 from milterd.quarantine import Quarantine
-from milterd.store import MessageRecord, Store, utcnow
+from milterd.store import MessageRecord, utcnow
 from milterd.store.quarantine import QuarantineWrite
-from tests.harness.milterd import write_config
+from tests.harness import quarantine as quarantine_harness
+
+# The fixtures: a SQLite store in the test's directory (conf) and its quarantine.
+conf = quarantine_harness.conf
+quarantine = quarantine_harness.quarantine
 
 RAW = b"From: a@example.org\r\nSubject: =?utf-8?q?x=1B]0;owned=07?=\x1b[2J\r\nX-Evil: \x1b]52;c;cm0gLXJmIH4=\x07\r\n\r\nbody\r\n"
-
-
-@pytest.fixture()
-def conf(tmp_path: Path) -> Path:
-    return write_config(tmp_path / "milter.conf", {
-        "milter": {"hostname": "mx.test"},
-        "database": {"url": f"sqlite:///{tmp_path / 'q.sqlite'}"},
-        "quarantine": {"release_smtp": "127.0.0.1:9", "report_from": "postmaster@mx.test"},
-    })
-
-
-@pytest.fixture()
-def quarantine(conf: Path) -> Quarantine:
-    config = load_config(conf)
-    store = Store(config.database)
-    store.upgrade()
-    return Quarantine(store, config)
 
 
 @pytest.fixture()

@@ -20,13 +20,16 @@ from milterd import authresults
 from milterd import quarantine as quarantine_module
 from milterd.checks.dkim import SignatureResult
 from milterd.cli import main
-from milterd.config import load_config
 from milterd.message.reply import MAX_REPLY_TEXT, Reply, setreply_args
 from milterd.milter import offline
 from milterd.quarantine import Quarantine, QuarantineError
-from milterd.store import MessageRecord, Store, utcnow
+from milterd.store import MessageRecord, utcnow
 from milterd.store.quarantine import QuarantineWrite
-from tests.harness.milterd import write_config
+from tests.harness import quarantine as quarantine_harness
+
+# The fixtures: a SQLite store in the test's directory (conf) and its quarantine.
+conf = quarantine_harness.conf
+quarantine = quarantine_harness.quarantine
 
 
 # --- Authentication-Results: a property value never ends early (RFC 8601 §2.2) ----------------
@@ -168,23 +171,6 @@ def test_learn_reports_an_mbox_gone_mid_read_in_text_form(tmp_path: Path, learn_
 
 
 # --- virus notices: each one on its own ---------------------------------------------------
-@pytest.fixture()
-def q_conf(tmp_path: Path) -> Path:
-    return write_config(tmp_path / "milter.conf", {
-        "milter": {"hostname": "mx.test"},
-        "database": {"url": f"sqlite:///{tmp_path / 'q.sqlite'}"},
-        "quarantine": {"release_smtp": "127.0.0.1:9", "report_from": "postmaster@mx.test"},
-    })
-
-
-@pytest.fixture()
-def quarantine(q_conf: Path) -> Quarantine:
-    config = load_config(q_conf)
-    store = Store(config.database)
-    store.upgrade()
-    return Quarantine(store, config)
-
-
 REFUSED = "bad@example.com"
 UNENCODABLE = "b\u00e9b@example.com"
 
@@ -236,19 +222,19 @@ def test_without_a_list_the_failures_raise_after_every_notice_was_tried(quaranti
     assert sent == ["carol@example.com"]
 
 
-def test_digest_command_names_each_failed_notice_and_exits_1(q_conf: Path, quarantine: Quarantine, sent: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_digest_command_names_each_failed_notice_and_exits_1(conf: Path, quarantine: Quarantine, sent: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     _add_virus(quarantine, [REFUSED, "carol@example.com", "erin@example.com"])
     capsys.readouterr()
-    assert main(["-c", str(q_conf), "quarantine", "digest", "--to", "postmaster@example.org", "--since", "1h", "--notify-virus-recipients"]) == 1
+    assert main(["-c", str(conf), "quarantine", "digest", "--to", "postmaster@example.org", "--since", "1h", "--notify-virus-recipients"]) == 1
     out, err = capsys.readouterr()
     assert out.splitlines() == ["1 messages reported to postmaster@example.org", "2 virus notices sent"]
     assert "milterd: virus notice to <bad@example.com>: " in err and "User unknown" in err
     assert sent == ["postmaster@example.org", "carol@example.com", "erin@example.com"]
 
 
-def test_digest_command_exits_0_when_every_notice_went(q_conf: Path, quarantine: Quarantine, sent: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_digest_command_exits_0_when_every_notice_went(conf: Path, quarantine: Quarantine, sent: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     _add_virus(quarantine, ["carol@example.com"])
-    assert main(["-c", str(q_conf), "quarantine", "digest", "--to", "postmaster@example.org", "--since", "1h", "--notify-virus-recipients"]) == 0
+    assert main(["-c", str(conf), "quarantine", "digest", "--to", "postmaster@example.org", "--since", "1h", "--notify-virus-recipients"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "1 virus notices sent"
 
 

@@ -21,7 +21,12 @@ from milterd.config import load_config
 from milterd.quarantine import Quarantine, QuarantineError
 from milterd.store import MessageRecord, Store, StoreError, schema, utcnow
 from milterd.store.quarantine import QuarantineStore, QuarantineWrite
+from tests.harness import quarantine as quarantine_harness
 from tests.harness.milterd import write_config
+
+# The fixtures: a SQLite store in the test's directory (conf) and its quarantine.
+conf = quarantine_harness.conf
+quarantine = quarantine_harness.quarantine
 
 RAW = b"From: a@example.org\r\nSubject: x\r\n\r\nbody\r\n"
 LONG_AGO = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
@@ -43,23 +48,6 @@ class Outbox:
         delivered = {r: "250 2.0.0 Ok" for r in recipients if r not in refused}
         self.sent.extend(delivered)
         return delivered, refused
-
-
-@pytest.fixture()
-def conf(tmp_path: Path) -> Path:
-    return write_config(tmp_path / "milter.conf", {
-        "milter": {"hostname": "mx.test"},
-        "database": {"url": f"sqlite:///{tmp_path / 'q.sqlite'}"},
-        "quarantine": {"release_smtp": "127.0.0.1:9", "report_from": "postmaster@mx.test"},
-    })
-
-
-@pytest.fixture()
-def quarantine(conf: Path) -> Quarantine:
-    config = load_config(conf)
-    store = Store(config.database)
-    store.upgrade()
-    return Quarantine(store, config)
 
 
 @pytest.fixture()
