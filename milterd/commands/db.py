@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..config import load_config
-from ..store import Store, StoreError
+from ..store import Store, StoreError, newer_schema
 from ..text import redact, redact_url
 from . import config_parent
 
@@ -32,6 +32,9 @@ def run_db(args: argparse.Namespace) -> int:
                 print(f"milterd: the database has no schema yet (this milterd needs {head}): run `milterd db upgrade`", file=sys.stderr)
                 return 1
             print(f"schema at {current}; this milterd needs {head}")
+            if not store.known_version(current):
+                print(f"milterd: {newer_schema(current, head)}", file=sys.stderr)
+                return 1
     except StoreError as exc:
         print(f"milterd: {exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError as AlembicCommandError
 from sqlalchemy import JSON, Engine, func, insert, inspect, make_url, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -250,6 +251,19 @@ def _log_filters(query: Any, since: dt.datetime | None, queue_id: str | None, se
         query = query.where(table.c.action == action)
     return query
 
+
+def _scripts() -> ScriptDirectory:
+    """This milterd's schema migrations (read from its package, without connecting)."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config)
+
+
+def newer_schema(current: str, head: str) -> str:
+    """Why a database at *current*, a version this milterd (newest: *head*) does not know, is refused."""
+    return (f"the database schema is at {current}, which this milterd does not know (its newest is {head}): "
+            "a newer milterd upgraded it; install that version on this host too (a schema is never downgraded)")
+
 class Store:
     """The SQL store of one process."""
 
@@ -279,12 +293,20 @@ class Store:
         return cfg
 
     def upgrade(self) -> str:
-        """Create or upgrade the schema to the newest version; return that version."""
+        """Create or upgrade the schema to the newest version; return that version.
+
+        StoreError when the database is at a version this milterd does not know: a
+        newer milterd (another MX host sharing the store) upgraded it, and this host's
+        milterd, not the database, needs upgrading.
+        """
         try:
             with self.engine.begin() as connection:
+                self._refuse_unknown(MigrationContext.configure(connection).get_current_revision())
                 command.upgrade(self._alembic_config(connection), "head")
             return self.schema_version() or ""
         except SQLAlchemyError as exc:
+            raise StoreError(f"cannot upgrade the schema: {exc}") from exc
+        except AlembicCommandError as exc:  # alembic refusing the migration: its own words, never a traceback
             raise StoreError(f"cannot upgrade the schema: {exc}") from exc
 
     def schema_version(self) -> str | None:
@@ -300,9 +322,15 @@ class Store:
 
     def head_version(self) -> str:
         """The newest schema version this milterd knows (read from its migrations, without connecting)."""
-        config = AlembicConfig()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        return ScriptDirectory.from_config(config).get_current_head() or ""
+        return _scripts().get_current_head() or ""
+
+    def known_version(self, version: str) -> bool:
+        """Whether *version* is one of this milterd's schema versions (not one a newer milterd made)."""
+        return version in {script.revision for script in _scripts().walk_revisions()}
+
+    def _refuse_unknown(self, current: str | None) -> None:
+        if current is not None and not self.known_version(current):
+            raise StoreError(newer_schema(current, self.head_version()))
 
     def _missing_sqlite_file(self) -> bool:
         file = sqlite_file(self.engine.url)
@@ -318,6 +346,7 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot reach the database: {exc}") from exc
         if current != head:
+            self._refuse_unknown(current)
             raise StoreError(f"the database schema is at {current or 'nothing'}, this milterd needs {head}: run 'milterd db upgrade'")
 
     def require_schema(self) -> None:
