@@ -38,7 +38,7 @@ from .ruleset import origins
 from .scanners.clamd import ClamdClient
 from .scanners.spamd import SpamdClient
 from .services import build
-from .store import Store
+from .store import Store, newer_schema
 from .store.engine import server_connection_limits, sqlite_file
 from .store.learner import LearnerStore, ModelSummary, model_may_exist
 from .text import redact, redact_url
@@ -127,6 +127,8 @@ def probe_database(config: Config) -> list[Finding]:
             store.close()
         if current == head:
             return Finding("database", "ok", f"{url}: schema at {current}")
+        if current is not None and not store.known_version(current):
+            return Finding("database", "fail", f"{url}: {newer_schema(current, head)}")
         if config.database.auto_upgrade:
             return Finding("database", "warn", f"{url}: schema at {current or 'nothing'}, serve will upgrade it to {head} (auto_upgrade)")
         return Finding("database", "fail", f"{url}: schema at {current or 'nothing'}, this milterd needs {head}: run 'milterd db upgrade'")

@@ -8,7 +8,8 @@ import pytest
 import sqlalchemy as sa
 
 from milterd.cli import main
-from milterd.config import DatabaseSection
+from milterd.config import DatabaseSection, load_config
+from milterd.diagnostics import probe_database
 from milterd.store import Store, StoreError
 
 NEWER = "0999"
@@ -55,3 +56,8 @@ def test_db_commands_say_so(newer: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["db", "version", "-c", str(newer)]) == 1
     captured = capsys.readouterr()
     assert f"schema at {NEWER}" in captured.out and "does not know" in captured.err
+
+
+def test_doctor_fails_it_instead_of_promising_an_upgrade(newer: Path) -> None:
+    finding = probe_database(load_config(newer))[0]
+    assert finding.status == "fail" and "does not know" in finding.detail and "will upgrade" not in finding.detail
