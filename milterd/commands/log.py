@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     """Add ``log``."""
     parser = sub.add_parser("log", parents=[config_parent()], help="show the message log")
     parser.add_argument("--since", type=since_arg, metavar="AGE", help="only messages newer than AGE (1h, 7d) or an ISO date")
+    parser.add_argument("--until", type=since_arg, metavar="AGE", help="only messages older than AGE (1d) or before an ISO date")
     parser.add_argument("--queue-id", metavar="ID", help="only this Postfix queue id")
     parser.add_argument("--sender", metavar="ADDR", help="only this envelope sender")
     parser.add_argument("--action", metavar="NAME", help="only this action (accept, add_header, reject, …)")
@@ -41,7 +42,7 @@ def run_log(args: argparse.Namespace) -> int:
     try:
         # Read in batches and printed as they come: --limit 0 over months of mail in bounded memory.
         rows = open_store(config).each_message(
-            since=args.since, queue_id=args.queue_id, sender=args.sender, action=args.action, limit=args.limit or None
+            since=args.since, queue_id=args.queue_id, sender=args.sender, action=args.action, limit=args.limit or None, until=args.until
         )
         first = list(itertools.islice(rows, 1))  # no schema yet, database down: said before any output
     except Exception as exc:  # noqa: BLE001 - no schema yet, database down

@@ -52,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                     "attempts are counted apart (deferred), and left out of the messages and of the symbols' hits.",
     )
     stats.add_argument("--since", type=since_arg, metavar="AGE", help="only messages newer than AGE (7d) or an ISO date")
+    stats.add_argument("--until", type=since_arg, metavar="AGE", help="only messages older than AGE (1d) or before an ISO date")
     stats.add_argument("--json", action="store_true", help="JSON for scripts")
     stats.set_defaults(func=run_stats)
 
@@ -60,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                       help="actions.NAME=THRESHOLD (or false) or symbols.NAME=SCORE; repeatable "
                            "(not a symbol scored by its hit, such as SPAMASSASSIN)")
     what.add_argument("--since", type=since_arg, metavar="AGE", help="only messages newer than AGE (7d) or an ISO date")
+    what.add_argument("--until", type=since_arg, metavar="AGE", help="only messages older than AGE (1d) or before an ISO date")
     what.add_argument("--json", action="store_true", help="JSON for scripts")
     what.set_defaults(func=run_whatif)
 
@@ -109,7 +111,7 @@ def run_lint(args: argparse.Namespace) -> int:
 
 # --- stats, whatif -------------------------------------------------------------------------
 def _rows(args: argparse.Namespace, config: Any) -> Iterator[dict[str, Any]]:
-    return open_store(config).iter_messages(since=args.since)
+    return open_store(config).iter_messages(since=args.since, until=args.until)
 
 
 def _counted(items: Iterable[tuple[str, int]]) -> str:

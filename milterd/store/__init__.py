@@ -238,11 +238,15 @@ def _log_write_failed(exc: Exception) -> StoreError:
 
 
 
-def _log_filters(query: Any, since: dt.datetime | None, queue_id: str | None, sender: str | None, action: str | None) -> Any:
-    """*query* on the message log narrowed by ``milterd log``'s filters (an empty one is no filter, but the null sender)."""
+def _log_filters(query: Any, since: dt.datetime | None, queue_id: str | None, sender: str | None, action: str | None,
+                 until: dt.datetime | None = None) -> Any:
+    """*query* on the message log narrowed by ``milterd log``'s filters (an empty one is no filter, but the null sender):
+    rows from *since* on and before *until*."""
     table = schema.messages
     if since is not None:
         query = query.where(table.c.time >= since)
+    if until is not None:
+        query = query.where(table.c.time < until)
     if queue_id:
         query = query.where(table.c.queue_id == queue_id)
     if sender is not None:
@@ -447,10 +451,11 @@ class Store:
         action: str | None = None,
         limit: int | None = None,
         newest_first: bool = True,
+        until: dt.datetime | None = None,
     ) -> list[dict[str, Any]]:
         """Log rows matching the filters, as dictionaries."""
         table = schema.messages
-        query = _log_filters(select(table), since, queue_id, sender, action)
+        query = _log_filters(select(table), since, queue_id, sender, action, until)
         query = query.order_by(table.c.id.desc() if newest_first else table.c.id)
         if limit:
             query = query.limit(limit)
@@ -472,15 +477,22 @@ class Store:
         action: str | None = None,
         limit: int | None = None,
         batch: int = 1000,
+        until: dt.datetime | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Log rows matching the filters, newest first, read *batch* at a time: memory stays
         bounded however many there are (``milterd log --limit 0`` over months of mail)."""
         table = schema.messages
         below: int | None = None
+        if until is not None:
+            # Start below the last row of the period (as iter_messages starts at its first).
+            end = self._period_end(until)
+            if end is None:
+                return
+            below = end + 1
         left = limit
         while left is None or left > 0:
             size = batch if left is None else min(batch, left)
-            query = _log_filters(select(table), since, queue_id, sender, action)
+            query = _log_filters(select(table), since, queue_id, sender, action, until)
             if below is not None:
                 query = query.where(table.c.id < below)
             rows = self._log_rows(query.order_by(table.c.id.desc()).limit(size))
@@ -491,10 +503,15 @@ class Store:
             if left is not None:
                 left -= len(rows)
 
-    def iter_messages(self, since: dt.datetime | None = None, batch: int = 1000) -> Iterator[dict[str, Any]]:
-        """Every log row since *since*, oldest first, read in batches."""
+    def iter_messages(self, since: dt.datetime | None = None, batch: int = 1000, until: dt.datetime | None = None) -> Iterator[dict[str, Any]]:
+        """Every log row from *since* on and before *until*, oldest first, read in batches."""
         table = schema.messages
         last = 0
+        end: int | None = None
+        if until is not None:
+            end = self._period_end(until)
+            if end is None:
+                return
         if since is not None:
             # Start at the first row of the period, found through ix_messages_time: the batches walk
             # the primary key, and "time >= since" alone made the first one scan every older row.
@@ -506,14 +523,23 @@ class Store:
                 return
             last = first - 1
         while True:
-            query = select(table).where(table.c.id > last).order_by(table.c.id).limit(batch)
-            if since is not None:
-                query = query.where(table.c.time >= since)
-            rows = self._log_rows(query)
+            query = _log_filters(select(table).where(table.c.id > last), since, None, None, None, until)
+            if end is not None:
+                query = query.where(table.c.id <= end)
+            rows = self._log_rows(query.order_by(table.c.id).limit(batch))
             if not rows:
                 return
             yield from rows
             last = rows[-1]["id"]
+
+    def _period_end(self, until: dt.datetime) -> int | None:
+        """The id of the last log row before *until* (None: there is none), found through ix_messages_time:
+        the batches walk the primary key, and "time < until" alone made them scan every later row.
+        max(id + 0), not max(id), as iter_messages' min(id + 0)."""
+        table = schema.messages
+        with self.engine.connect() as connection:
+            end = connection.execute(select(func.max(table.c.id + 0)).where(table.c.time < until)).scalar()
+        return None if end is None else int(end)
 
     @property
     def greylist(self) -> "GreylistStore":
