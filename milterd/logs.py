@@ -13,10 +13,38 @@ import logging
 import logging.handlers
 import os
 import sys
-from typing import Any
+import threading
+import time
+from typing import Any, Callable, Hashable
 
 from .store import MessageRecord
 from .text import escape, redact, redact_url, url_password
+
+
+class Repeats:
+    """Which occurrences of a repeated event to log in full: the first of each key, and again once
+    *interval* seconds have passed since it was last logged in full.
+
+    A check that fails on every message (a bug, a library broken by an upgrade) would
+    otherwise write its whole traceback once per message: thousands of lines an hour
+    that bury everything else in the log.  Thread-safe; one per process.
+    """
+
+    def __init__(self, interval: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[Hashable, float] = {}
+        self._lock = threading.Lock()
+
+    def first(self, key: Hashable) -> bool:
+        """Whether this occurrence of *key* is to be logged in full (and, if so, it counts as logged now)."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval:
+                return False
+            self._last[key] = now
+            return True
 
 
 def summary_line(record: MessageRecord) -> str:

@@ -6,9 +6,21 @@ stack of milterd, Postfix and the sink in tests/harness/stack.py.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
+import pytest
+
+from milterd.logs import Repeats
+from milterd.message import pipeline
 from tests.harness.stack import Stack, stack_root  # noqa: F401 - where tests written before the split look for them
+
+
+@pytest.fixture(autouse=True)
+def fresh_check_tracebacks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test sees the traceback of a check's first failure (the pipeline logs it once in five minutes
+    per process: a test must not find it already spent by an earlier test)."""
+    monkeypatch.setattr(pipeline, "CHECK_TRACEBACKS", Repeats())
+    yield
 
 #: milter.conf sections that switch off the DNS, HELO, sender and header checks,
 #: for tests of the core that must not depend on them.

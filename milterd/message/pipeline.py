@@ -21,7 +21,7 @@ from ..checks import Check, Hits, Stage
 from ..checks.headers import HeaderLimits
 from ..config import Config
 from ..content.headertext import decoded
-from ..logs import summary_line
+from ..logs import Repeats, summary_line
 from ..services import Services
 from ..store import MessageRecord, StoreError
 from ..store.quarantine import QuarantineWrite
@@ -30,6 +30,8 @@ from .policy import GreylistStatus, decide, greylists_at_score, plan_headers, ta
 from .reply import REJECT, TEMPFAIL, Reply
 
 log = logging.getLogger("milterd")
+#: A check that raises logs its traceback once per check and exception type every five minutes, a line otherwise.
+CHECK_TRACEBACKS = Repeats()
 
 #: Stages the pipeline itself always needs: the log records client, HELO,
 #: envelope, Subject, Message-ID and size.  DATA is negotiated too: when it is
@@ -555,8 +557,12 @@ class Pipeline:
     def _call(check: Check, session: Session, call: Callable[[Check], Hits]) -> list[Hit]:
         try:
             return list(call(check))
-        except Exception:  # noqa: BLE001 - one broken check must not take the message down
-            log.exception("check %s failed for client %s", check.name, session.client_addr)
+        except Exception as exc:  # noqa: BLE001 - one broken check must not take the message down
+            if CHECK_TRACEBACKS.first((check.name, type(exc))):
+                log.exception("check %s failed for client %s", check.name, session.client_addr)
+            else:
+                log.error("check %s failed for client %s: %s: %s (the traceback of this failure is logged at most every %.0fs)",
+                          check.name, session.client_addr, type(exc).__name__, exc, CHECK_TRACEBACKS.interval)
             return [Hit("CHECK_ERROR", detail=check.name)]
 
     def _forced(self, session: Session, envelope: Envelope | None, hits: list[Hit]) -> Decision | None:
