@@ -23,7 +23,7 @@ from ..content.archives import Limits, archive_kind, list_archive, local_failure
 from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
 from ..content.mimeparts import Attachment, attachments
 from ..content.mimetext import single_text_type
-from ..message.model import Action, Envelope, Hit, Session
+from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
 from ..options import CheckSwitches, Size
 from ..text import escape
@@ -254,6 +254,8 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
                 return hits_for(findings, self.actions)  # what parsing it would find: no MIME attachment
             for attachment in attachments(envelope.message_chunks(), self.memory, self.options.max_attachment_size, skipped):
                 findings.extend(self.judge(attachment))
+        except SpoolError:
+            raise  # the message unreadable here: the pipeline answers 451, as for a full disk below
         except Exception as exc:  # noqa: BLE001 - a hostile message gives a symbol, never a crashed worker
             detail = f"{exc.__class__.__name__}: {exc}"[:200]
             if local_failure(exc):

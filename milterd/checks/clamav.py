@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from ..message.model import Action, Envelope, HeaderEdit, Hit, Session
+from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError
 from ..message.reply import Reply
 from ..scanners import ScannerError
 from ..scanners.clamd import ClamdClient, ClamdResult, InstreamScan
@@ -181,7 +181,9 @@ class ClamavCheck(ScannerCheck):
             result = self.client.scan(envelope.message_chunks())
         except ScannerError as exc:
             return self._failed(exc)
-        except Exception as exc:  # noqa: BLE001 - e.g. the spool unreadable: unscanned follows on_error
+        except SpoolError:
+            raise  # the spool unreadable: this machine's failure, answered 451 by the pipeline (never on_error)
+        except Exception as exc:  # noqa: BLE001 - clamd's client failing otherwise: unscanned follows on_error
             log.exception("clamav: scan failed")
             return [error_hit(f"scan failed: {exc!r}", self.options.on_error)]
         return self._result_hits(envelope, result)

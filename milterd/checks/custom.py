@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 from ..config import ConfigError
 from ..content.headertext import decoded, is_field_name
-from ..message.model import Envelope, Hit, Session
+from ..message.model import Envelope, Hit, Session, SpoolError
 from ..options import finite
 from ..patterns import AdminPattern, PatternError
 from ..rulelang import MetaSyntaxError, Node, evaluate, names, parse
@@ -267,7 +267,9 @@ class CustomRules(Check):
             return []
         try:
             found = envelope.text(self.max_text)
-        except Exception:  # noqa: BLE001 - unreadable spool or message: no body/URI hit
+        except SpoolError:
+            raise  # the spool unreadable: the pipeline answers 451
+        except Exception:  # noqa: BLE001 - a message the text extraction fails on: no body/URI hit
             log.warning("custom rules: cannot read the message text", exc_info=True)
             return []
         hits: list[Hit] = []

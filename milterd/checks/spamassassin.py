@@ -29,7 +29,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, ClassVar
 
-from ..message.model import Envelope, Hit, Session
+from ..message.model import Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
 from ..scanners import ScannerError
 from ..scanners.cache import ResultCache, content_key
@@ -130,6 +130,8 @@ class SpamAssassinCheck(ScannerCheck):
         user = spamd_user(self.options.user, envelope)
         try:
             key = scan_key(session, envelope, user) if self.cache.enabled else b""
+        except SpoolError:
+            raise  # this machine's failure, not spamd's: the pipeline answers 451 (never on_error)
         except Exception as exc:  # noqa: BLE001 - the key reads the spool: unreadable, the message is unscanned and follows on_error
             log.exception("spamassassin: scan failed")
             return [scan_error_hit(ERROR, f"scan failed: {exc!r}", self.options.on_error, SCANNER_DOWN_REPLY)]
@@ -144,6 +146,8 @@ class SpamAssassinCheck(ScannerCheck):
         except ScannerError as exc:
             log.warning("spamassassin: %s", exc)
             return [scan_error_hit(ERROR, str(exc), self.options.on_error, SCANNER_DOWN_REPLY)]
+        except SpoolError:
+            raise  # the spool unreadable while streaming it: not spamd's failure
         except Exception as exc:  # noqa: BLE001 - an unscanned message follows on_error, not the pipeline's CHECK_ERROR
             log.exception("spamassassin: scan failed")
             return [scan_error_hit(ERROR, f"scan failed: {exc!r}", self.options.on_error, SCANNER_DOWN_REPLY)]

@@ -41,7 +41,7 @@ from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
 from ..dns import Answer, dnsbl_name
-from ..message.model import Action, Envelope, Hit, Session
+from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
 from ..options import CheckSwitches, ConfigError
 from ..text import escape
@@ -500,7 +500,9 @@ class UriBlockLists(ConfiguredCheck[UriblChecks]):
         try:
             found = envelope.text(_MAX_TEXT)  # shared with the custom rules when their max_text is the same
             domains, addresses = link_targets(found.uris, self.skip, self.options.max_domains, rng=_CHOOSER, embedded=found.embedded)
-        except Exception:  # noqa: BLE001 - unreadable spool or message: no URI hit
+        except SpoolError:
+            raise  # the spool unreadable: the pipeline answers 451
+        except Exception:  # noqa: BLE001 - a message the link extraction fails on: no URI hit
             log.warning("uribl: cannot read the message's links", exc_info=True)
             return None
         queries: list[tuple[UriZone, str]] = []

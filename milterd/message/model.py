@@ -146,6 +146,16 @@ class Session(CheckStates):
         return address
 
 
+class SpoolError(Exception):
+    """The spooled body could not be read back (an I/O error, or fewer bytes than were written).
+
+    Not an OSError on purpose: the scanner clients turn their sockets' OSErrors into
+    the scanner's failure (its ``on_error``, which may let the message through), and
+    this is no scanner's failure but this machine's.  The pipeline answers it 451
+    whichever check met it: a message that cannot be read cannot be judged.
+    """
+
+
 class Spool:
     """The message body as it arrives: in memory up to a size, then on disk.
 
@@ -179,8 +189,11 @@ class Spool:
         if size <= 0:
             return b""
         with self._lock:
-            self._file.seek(offset)
-            return self._file.read(size)
+            try:
+                self._file.seek(offset)
+                return self._file.read(size)
+            except OSError as exc:
+                raise SpoolError(f"cannot read the spooled body: {exc.strerror or exc}") from exc
 
     def chunks(self, size: int = 65536) -> Iterator[bytes]:
         """The body from the start, in chunks, up to its size when the iteration began.
@@ -192,15 +205,18 @@ class Spool:
         while offset < end:
             chunk = self.read_at(offset, min(size, end - offset))
             if not chunk:
-                break
+                raise SpoolError(f"the spooled body read back short: {offset} of {end} bytes")
             offset += len(chunk)
             yield chunk
 
     def read(self, limit: int = -1) -> bytes:
         """The body's first *limit* bytes (all of it with -1)."""
         with self._lock:
-            self._file.seek(0)
-            return self._file.read(limit)
+            try:
+                self._file.seek(0)
+                return self._file.read(limit)
+            except OSError as exc:
+                raise SpoolError(f"cannot read the spooled body: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         """Release memory and the temporary file."""

@@ -25,9 +25,12 @@ from ..logs import Repeats, summary_line
 from ..services import Services
 from ..store import MessageRecord, StoreError
 from ..store.quarantine import QuarantineWrite
-from .model import Action, Decision, Envelope, HeaderEdit, Hit, Session, Spool, Verdict
+from .model import Action, Decision, Envelope, HeaderEdit, Hit, Session, Spool, SpoolError, Verdict
 from .policy import GreylistStatus, decide, greylists_at_score, plan_headers, taggable, tags_subject
 from .reply import REJECT, TEMPFAIL, Reply
+
+#: The answer when the message's own spool could not be read back (SpoolError), whichever check met it.
+SPOOL_REPLY = Reply("451", "4.3.0", "Message could not be checked now, try again later")
 
 log = logging.getLogger("milterd")
 #: A check that raises logs its traceback once per check and exception type every five minutes, a line otherwise.
@@ -557,6 +560,11 @@ class Pipeline:
     def _call(check: Check, session: Session, call: Callable[[Check], Hits]) -> list[Hit]:
         try:
             return list(call(check))
+        except SpoolError as exc:
+            # This machine could not read the message back: no check may judge it unread (a scanner's
+            # on_error would pass it unscanned), so it waits for the client's retry.
+            log.error("check %s for client %s: %s; answering 451", check.name, session.client_addr, exc)
+            return [Hit("CHECK_ERROR", detail=f"{check.name}: {exc}"[:200], action=Action.TEMPFAIL, reply=SPOOL_REPLY)]
         except Exception as exc:  # noqa: BLE001 - one broken check must not take the message down
             if CHECK_TRACEBACKS.first((check.name, type(exc))):
                 log.exception("check %s failed for client %s", check.name, session.client_addr)

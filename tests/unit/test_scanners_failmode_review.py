@@ -189,7 +189,8 @@ def test_an_infinite_score_from_spamd_follows_on_error(tmp_path: Path) -> None:
     assert outcome.verdict.action == Action.TEMPFAIL
 
 
-# --- spamd: the cache key reads the spool; that failing is an unscanned message, under on_error ---
+# --- spamd: the cache key failing otherwise than on the spool is an unscanned message, under on_error ---
+# (the spool's own read failure, SpoolError, is answered 451 whatever on_error says: test_spool_unreadable.py)
 def test_an_unreadable_spool_with_the_cache_on_follows_on_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def unreadable(self: Envelope, size: int = 65536) -> Iterator[bytes]:
         raise OSError(5, "Input/output error")
