@@ -101,11 +101,12 @@ def pipeline(conf: Path) -> Iterator[Pipeline]:
     services.close()
 
 
-def connect(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, helo: str = "client.example.org") -> Context:
-    """A connection negotiated as Postfix does, through CONNECT and HELO."""
+def negotiate(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, unix: bool = False) -> Context:
+    """A connection negotiated as Postfix does, through CONNECT: as an inet worker (every stage
+    answered) or, with *unix*, as a unix-socket one (CONNECT, HELO, headers and body get no reply)."""
 
     class Worker(MilterdMilter):
-        pass
+        unix_socket = unix
 
     Worker.pipeline = pipeline
     monkeypatch.setattr(Milter, "factory", Worker)
@@ -113,7 +114,14 @@ def connect(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, helo: str = "cl
     context = Context()
     assert context._negotiate() == Milter.CONTINUE
     context._stage = Milter.M_CONNECT
-    assert Milter.connect_callback(context, "[192.0.2.7]", socket.AF_INET, ("192.0.2.7", 4321)) == Milter.CONTINUE
+    answer = Milter.connect_callback(context, "[192.0.2.7]", socket.AF_INET, ("192.0.2.7", 4321))
+    assert answer == (Milter.NOREPLY if unix else Milter.CONTINUE)
+    return context
+
+
+def connect(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, helo: str = "client.example.org") -> Context:
+    """A connection negotiated as Postfix does, through CONNECT and HELO."""
+    context = negotiate(pipeline, monkeypatch)
     context._stage = None
     assert context._helo(helo) == Milter.CONTINUE
     return context

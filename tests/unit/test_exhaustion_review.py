@@ -35,7 +35,6 @@ from typing import Any, ClassVar
 
 import Milter
 import pytest
-from Milter import testctx
 from sqlalchemy import event
 
 from milterd.checks import Check, Hits, Symbol
@@ -49,7 +48,7 @@ from milterd.scanners.clamd import ClamdClient
 from milterd.scanners.spamd import SpamdClient
 from milterd.services import Services
 from milterd.store import MessageRecord, StoreError
-from tests.unit.test_adapter_pipeline_review import Context, connect, eom, log_rows, make_conf, make_pipeline, up_to_body
+from tests.unit.test_adapter_pipeline_review import Context, connect, eom, log_rows, make_conf, make_pipeline, negotiate, up_to_body
 from tests.unit.test_pipeline_review import FullDisk
 
 RULES = '[[rule]]\nname = "TEST_SPAM"\nheader = "Subject"\nregex = "SPAMME"\nscore = 13\n'  # 13: quarantine
@@ -160,17 +159,7 @@ def test_fix_a_resolver_without_a_socket_answers_error_not_an_exception(monkeypa
 
 def unix_connect(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Context:
     """connect()'s connection as a unix-socket worker negotiates it: CONNECT, HELO, headers and body get no reply."""
-
-    class Worker(MilterdMilter):
-        unix_socket = True
-
-    Worker.pipeline = pipeline
-    monkeypatch.setattr(Milter, "factory", Worker)
-    monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF, 0, 0])
-    context = Context()
-    assert context._negotiate() == Milter.CONTINUE
-    context._stage = Milter.M_CONNECT
-    assert Milter.connect_callback(context, "[192.0.2.7]", socket.AF_INET, ("192.0.2.7", 4321)) == Milter.NOREPLY
+    context = negotiate(pipeline, monkeypatch, unix=True)
     milter: MilterdMilter = context.getpriv()
     context._stage = -1
     assert milter.hello("client.example.org") == Milter.NOREPLY  # not TestCtx._helo, which closes on anything but CONTINUE
