@@ -188,12 +188,7 @@ class Spool:
         """Up to *size* bytes from *offset*; the position other readers use is not theirs to lose."""
         if size <= 0:
             return b""
-        with self._lock:
-            try:
-                self._file.seek(offset)
-                return self._file.read(size)
-            except OSError as exc:
-                raise SpoolError(f"cannot read the spooled body: {exc.strerror or exc}") from exc
+        return self._read(offset, size)
 
     def chunks(self, size: int = 65536) -> Iterator[bytes]:
         """The body from the start, in chunks, up to its size when the iteration began.
@@ -211,10 +206,14 @@ class Spool:
 
     def read(self, limit: int = -1) -> bytes:
         """The body's first *limit* bytes (all of it with -1)."""
+        return self._read(0, limit)
+
+    def _read(self, offset: int, size: int) -> bytes:
+        """Up to *size* bytes (all the rest with -1) from *offset*, under the lock; SpoolError when the file fails."""
         with self._lock:
             try:
-                self._file.seek(0)
-                return self._file.read(limit)
+                self._file.seek(offset)
+                return self._file.read(size)
             except OSError as exc:
                 raise SpoolError(f"cannot read the spooled body: {exc.strerror or exc}") from exc
 

@@ -103,12 +103,16 @@ class QuarantineStore:
         self.chunks_table = schema.quarantine_chunks
 
     # --- reading --------------------------------------------------------------
+    def _select(self) -> Any:
+        """SELECT of every column of a row but the message itself (``raw``)."""
+        return select(*[c for c in self.table.c if c.name != "raw"])
+
     def rows(
         self, since: dt.datetime | None = None, older_than: dt.datetime | None = None, sender: str | None = None, limit: int | None = None,
     ) -> list[QuarantineRow]:
         """Rows (without the message), newest first, filtered by time and exact sender; the newest *limit* of them (in the SQL) unless None."""
         table = self.table
-        query = select(*[c for c in table.c if c.name != "raw"]).order_by(table.c.id.desc())
+        query = self._select().order_by(table.c.id.desc())
         if since is not None:
             query = query.where(table.c.time >= _utc(since))
         if older_than is not None:
@@ -122,13 +126,12 @@ class QuarantineStore:
     def purge_candidates(self, older_than: dt.datetime, now: dt.datetime | None = None) -> list[QuarantineRow]:
         """The rows (without the message) :meth:`purge` would delete now, by the same condition (:func:`purgeable`), newest first."""
         table = self.table
-        query = select(*[c for c in table.c if c.name != "raw"]).where(purgeable(table, older_than, now)).order_by(table.c.id.desc())
+        query = self._select().where(purgeable(table, older_than, now)).order_by(table.c.id.desc())
         return [_fix(row) for row in self._fetch(query)]
 
     def get(self, row_id: int) -> QuarantineRow | None:
         """One row (without the message), or None."""
-        table = self.table
-        rows = self._fetch(select(*[c for c in table.c if c.name != "raw"]).where(table.c.id == row_id))
+        rows = self._fetch(self._select().where(self.table.c.id == row_id))
         return _fix(rows[0]) if rows else None
 
     def message_chunks(self, row_id: int, expected_size: int | None = None) -> Iterator[bytes]:
