@@ -15,12 +15,18 @@ from milterd.config import load_config
 from milterd.store import MessageRecord, Store, StoreError
 
 
-@pytest.fixture
-def conf(tmp_path: Path) -> Path:
+def empty_log(tmp_path: Path) -> tuple[Path, Store]:
+    """A milter.conf whose SQLite log under *tmp_path* has its schema and no row, and that store (to be closed)."""
     path = tmp_path / "milter.conf"
     path.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "log.sqlite"}"\n[rules]\ndir = ""\n')
     store = Store(load_config(path).database)
     store.upgrade()
+    return path, store
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> Path:
+    path, store = empty_log(tmp_path)
     for n in range(30):
         store.log_message(MessageRecord(action="reject" if n % 3 == 0 else "accept", queue_id=f"Q{n:02d}", sender="a@example.org"))
     store.close()

@@ -16,6 +16,7 @@ from sqlalchemy import insert
 from milterd.cli import main
 from milterd.config import load_config
 from milterd.store import MessageRecord, Store, schema
+from tests.unit.test_log_streaming import empty_log
 
 DAY0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 
@@ -23,10 +24,7 @@ DAY0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 @pytest.fixture
 def conf(tmp_path: Path) -> Path:
     """Ten days of log, one row a day at noon (queue ids D0 … D9), one out of time order (an older row with a later id)."""
-    path = tmp_path / "milter.conf"
-    path.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "log.sqlite"}"\n[rules]\ndir = ""\n')
-    store = Store(load_config(path).database)
-    store.upgrade()
+    path, store = empty_log(tmp_path)
     days = [*range(10), 2]
     rows = [MessageRecord(action="reject" if day % 2 else "accept", queue_id=f"D{day}" if n < 10 else "LATE2", symbols={"DAY_ODD": 1.0} if day % 2 else {},
                           time=(DAY0 + dt.timedelta(days=day, hours=12)).replace(tzinfo=None)).as_row() for n, day in enumerate(days)]
