@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from alembic import command
-from sqlalchemy import inspect
 
 from milterd import quarantine as quarantine_module
 from milterd.config import load_config
@@ -21,7 +19,7 @@ from milterd.store import Store
 from milterd.store.quarantine import QuarantineStore
 from tests.harness import pgdb
 from tests.harness.quarantine import quarantine_config
-from tests.unit.test_virus_notices_once import LONG_AGO, RAW, Outbox, add
+from tests.unit.test_virus_notices_once import LONG_AGO, Outbox, add, downgrade_keeps_messages
 
 
 @pytest.fixture()
@@ -77,12 +75,4 @@ def test_recordings_at_once_keep_every_recipient(quarantine: Quarantine) -> None
 
 
 def test_the_downgrade_drops_only_the_column(quarantine: Quarantine) -> None:
-    row_id = add(quarantine, ["bob@example.com"])
-    quarantine.repo.record_notified(row_id, "bob@example.com")
-    store = quarantine.store
-    with store.engine.begin() as connection:
-        command.downgrade(store._alembic_config(connection), "0003")
-    assert "notified" not in {c["name"] for c in inspect(store.engine).get_columns("quarantine")}
-    assert store.upgrade() == "0004"
-    assert b"".join(quarantine.message_chunks(quarantine.get(row_id))) == RAW
-    assert quarantine.get(row_id)["notified"] is None
+    downgrade_keeps_messages(quarantine)
