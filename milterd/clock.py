@@ -23,6 +23,15 @@ CLOCK_INTERVAL = 60.0
 #: hosts' clocks should be kept by NTP.
 CLOCK_SKEW_WARNING = 30.0
 
+#: A reading whose round trip took longer than this (seconds) is not used: the
+#: offset is only known to half the round trip, and a stall of a few seconds
+#: (a busy host, a pause of the database) would shift every "now" of the process
+#: by as much for a whole interval, enough to pass a greylisted triplet early.
+MAX_ROUND_TRIP = 1.0
+
+#: After a reading too slow to use, seconds before the next attempt.
+RETRY_AFTER = 5.0
+
 
 def utcnow() -> dt.datetime:
     """The current time, timezone-aware UTC (what every time column holds)."""
@@ -60,7 +69,9 @@ class DatabaseClock:
     use, then at most every *interval* seconds (one thread measures, the
     others go on with the last offset); a reading that fails keeps the last
     offset (0 before the first) and is tried again an interval later, so
-    :meth:`now` never fails.
+    :meth:`now` never fails; one whose round trip took longer than
+    :data:`MAX_ROUND_TRIP` is not used either, and is tried again
+    :data:`RETRY_AFTER` seconds later.
     """
 
     def __init__(self, read: Callable[[], ClockReading | None], interval: float = CLOCK_INTERVAL, name: str = "the database server") -> None:
@@ -101,6 +112,12 @@ class DatabaseClock:
             if reading is None:
                 self._local_only = True
                 return
+            round_trip = (reading.after - reading.before).total_seconds()
+            if round_trip > MAX_ROUND_TRIP:
+                log.warning("the clock of %s took %.1fs to read: not used (keeping an offset of %.1fs), read again in %gs",
+                            self.name, round_trip, self._offset.total_seconds(), RETRY_AFTER)
+                self._retry_soon()
+                return
             self._offset = reading.offset
             seconds = self._offset.total_seconds()
             if abs(seconds) > CLOCK_SKEW_WARNING and not self._warned:
@@ -112,3 +129,8 @@ class DatabaseClock:
                 )
         finally:
             self._lock.release()
+
+    def _retry_soon(self) -> None:
+        """Measure again :data:`RETRY_AFTER` seconds from now rather than an interval later."""
+        assert self._measured is not None
+        self._measured = min(self._measured, time.monotonic() - self.interval + RETRY_AFTER)

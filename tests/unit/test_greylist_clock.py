@@ -308,3 +308,30 @@ def test_sqlite_asks_nothing(store: Store) -> None:
     assert store.greylist.read_clock() is None
     assert close(store.greylist.now(), utcnow()) and store.greylist.clock_offset() == dt.timedelta(0)
     assert statements == []
+
+
+def test_a_slow_reading_is_not_used_and_is_tried_again_soon(fake_time: FakeTime, caplog: pytest.LogCaptureFixture) -> None:
+    # A stall of 6 s between the two local readings would put the offset 3 s off for a
+    # whole interval: enough for another MX host to pass a 3-second greylisting early.
+    stall = dt.timedelta(seconds=6)
+    readings = [(stall, dt.timedelta(0)), (dt.timedelta(milliseconds=2), BEHIND)]
+    calls: list[str] = []
+
+    def read() -> ClockReading:
+        calls.append("read")
+        round_trip, skew = readings.pop(0)
+        before = utcnow()
+        return ClockReading(before, before + skew, before + round_trip)
+
+    clock = DatabaseClock(read, interval=60)
+    with caplog.at_level(logging.WARNING, logger="milterd"):
+        assert close(clock.now(), utcnow(), seconds=0.5) and clock.offset == dt.timedelta(0)
+    assert "took 6.0s to read: not used" in caplog.text
+    fake_time.value += clock_module.RETRY_AFTER - 0.1
+    clock.now()
+    assert calls == ["read"]
+    fake_time.value += 0.1
+    assert close(clock.now(), utcnow() + BEHIND) and calls == ["read", "read"]
+    fake_time.value += 30
+    clock.now()
+    assert calls == ["read", "read"]  # a good reading: the next one an interval later
