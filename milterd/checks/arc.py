@@ -28,7 +28,7 @@ from .. import dkimfast
 from ..authresults import authserv_id_of, claims
 from ..dkimsign import parse_key
 from ..files import read_error, read_regular
-from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
+from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError, Verdict
 from ..options import CheckSwitches, ConfigError
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
@@ -245,6 +245,8 @@ class ArcSealer(Check):
             results = message_results(results.partition(";")[0].strip(), session, envelope, ascii_only=True) or results
         try:
             arc_set = seal(message_for_seal(envelope, authserv_id, results), options.seal_domain, options.seal_selector, self.key, authserv_id)
+        except SpoolError:
+            raise  # the message unread: the pipeline answers 451, not an unsigned delivery
         except Exception as exc:  # noqa: BLE001 - an unsealed message is delivered; the log says why
             return _with_hit(verdict, "ARC_SEAL_ERROR", f"{type(exc).__name__}: {exc}"[:200])
         if not arc_set:

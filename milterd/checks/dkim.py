@@ -30,7 +30,7 @@ import dkim
 from pydantic import Field
 
 from .. import dkimfast, dkimsign
-from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, Verdict
+from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError, Verdict
 from ..message.policy import plan_headers
 from ..options import CheckSwitches, Size
 from . import Check, Hits, Symbol
@@ -355,6 +355,8 @@ class DkimSigner(Check):
         subject_edits = [e for e in plan_headers(verdict, {}, envelope.header("Subject"), self.services.config.actions) if e.name == "Subject"]
         try:
             signatures = dkimsign.sign(message_as_delivered(envelope, subject_edits), keys, options.headers)
+        except SpoolError:
+            raise  # the message unread: the pipeline answers 451, not an unsigned delivery
         except Exception as exc:  # noqa: BLE001 - an unsigned message is delivered; the log says why
             return _with_hit(verdict, "DKIM_SIGN_ERROR", f"{domain}: {type(exc).__name__}: {exc}"[:200])
         for value in reversed(signatures):

@@ -265,6 +265,12 @@ class Pipeline:
         for check in self._overriding("on_verdict", session):
             try:
                 verdict = check.on_verdict(session, envelope, verdict)
+            except SpoolError as exc:
+                # Signing what cannot be read would deliver it unsigned (a DMARC failure at the
+                # receiver); as at any stage, the message waits for the client's retry.
+                log.error("check %s at verdict for client %s: %s; answering 451", check.name, session.client_addr, exc)
+                verdict = _spool_failed(verdict, check.name, exc)
+                break
             except Exception:  # noqa: BLE001
                 log.exception("check %s failed at verdict", check.name)
         outcome = Outcome(verdict=verdict)
@@ -639,6 +645,15 @@ def _await(futures: list[Future[list[Hit]]], deadline: float, progress: Callable
 
 def _replace_action(verdict: Verdict, action: Action, reason: str) -> Verdict:
     return replace(verdict, action=action, reason=reason)
+
+
+def _spool_failed(verdict: Verdict, check: str, error: SpoolError) -> Verdict:
+    """*verdict* turned into the 451 of a message its spool could not be read back for (by *check*, after the verdict)."""
+    detail = f"{check}: {error}"[:200]
+    return replace(
+        verdict, action=Action.TEMPFAIL, reason=detail, reply=SPOOL_REPLY,
+        symbols={**verdict.symbols, "CHECK_ERROR": 0.0}, details={**verdict.details, "CHECK_ERROR": detail},
+    )
 
 
 def decode_subject(value: str | None) -> str:

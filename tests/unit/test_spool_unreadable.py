@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from milterd.message.model import Action, Spool, SpoolError
+from milterd import dkimsign
+from milterd.config import Config
+from milterd.message.model import Action, Session, Spool, SpoolError
 from milterd.message.pipeline import Pipeline
 from milterd.services import build
 from tests.harness.pipeline import HAM, scanner_pipeline
@@ -80,3 +82,42 @@ def test_content_checks_do_not_judge_an_unreadable_message_as_empty(tmp_path: Pa
     outcome = drive(Pipeline(services), ATTACHED)
     assert outcome.verdict.action == Action.TEMPFAIL, outcome.verdict
     assert outcome.reply is not None and outcome.reply.code == "451"
+
+
+SIGNED = b"From: alice@signed.test\r\nTo: bob@example.com\r\nSubject: s\r\nMessage-ID: <1@signed.test>\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\n\r\nhi\r\n"
+
+
+def test_signing_does_not_deliver_an_unreadable_message_unsigned(tmp_path: Path, failing_reads: None) -> None:
+    # Signing met the unreadable spool after the verdict: the message went out unsigned
+    # (DKIM_SIGN_ERROR), and the receiver's DMARC check would refuse it.  It waits for the retry.
+    dkimsign.write_private(tmp_path / "out.key", dkimsign.generate("ed25519"))
+    changes = {
+        "database.url": f"sqlite:///{tmp_path / 'log.sqlite'}", "dns.nameservers": ["127.0.0.1:9"],
+        "dkim_signing.enabled": True, "dkim_signing.keys": [{"domain": "signed.test", "selector": "sel", "key_file": str(tmp_path / "out.key")}],
+    }
+    services = build(Config().with_changes(changes))
+    services.store.ensure_schema(True)
+    services.checks = [c for c in services.checks if c.name == "dkim_sign"]
+    assert services.checks
+    pipeline = Pipeline(services)
+    session = Session(client_addr="192.0.2.10", client_name="mail.example.org", helo="mail.example.org", family="inet", auth_user="alice")
+    pipeline.connect(session)
+    envelope = pipeline.new_envelope(session)
+    envelope.sender = "alice@signed.test"
+    assert pipeline.mail(session, envelope) is None
+    pipeline.rcpt(session, envelope, "bob@example.com")
+    head, _, body = SIGNED.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        pipeline.header(session, envelope, name.decode(), value.strip())
+    pipeline.eoh(session, envelope)
+    pipeline.body(session, envelope, body)
+    try:
+        outcome = pipeline.eom(session, envelope)
+    finally:
+        pipeline.finish(session, envelope)
+        pipeline.shutdown()
+        services.close()
+    assert outcome.verdict.action == Action.TEMPFAIL and "DKIM_SIGN_ERROR" not in outcome.verdict.symbols
+    assert outcome.reply is not None and (outcome.reply.code, outcome.reply.xcode) == ("451", "4.3.0")
+    assert not [e for e in outcome.edits if e.name == "DKIM-Signature"]
