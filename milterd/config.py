@@ -309,7 +309,7 @@ class QuarantineSection(Section):
         return value
     retention: Duration = Field(30 * 86400.0, description="Quarantined mail older than this is purged on a schedule; 0 keeps it.")
     postfix_config: str = Field("", description="Postfix's config_directory for 'postsuper -c DIR -H' when releasing held mail; empty: Postfix's default.")
-    report_from: str = Field("", description="Sender of digests and notices; empty: postmaster@ this host's name.")
+    report_from: str = Field("", description="From: of digests and virus notices, and the digest's envelope sender (notices go from the null sender); empty: postmaster@ this host's name.")
     notify_virus_recipients: bool = Field(False, description="'quarantine digest' also tells each recipient of a message quarantined as a virus.")
 
 

@@ -639,11 +639,14 @@ class Quarantine:
         appended to *failed*) does not stop the others.  Without *failed*, a
         QuarantineError naming them all follows once every notice was tried.
 
-        A recipient is told once per message: each notice that went out is recorded
-        in the row (``notified``), and a later run, whatever its window, tells only
-        the recipients not recorded, such as those whose notice failed.  A notice
-        that went out but could not be recorded is counted as sent and named in
-        *failed*: a later run may send it again.
+        A recipient is told at most once per message, even by digests that run at the
+        same moment on hosts sharing the store: each notice is claimed in the row
+        (``notified``) before it is sent, and a run that finds it claimed already skips
+        it.  A notice that fails is given back, and a later run, whatever its window,
+        tries it again; one that cannot be claimed is not sent (and named in *failed*).
+        A crash between the claim and the sending loses that notice: it stays recorded
+        as sent.  Notices go out from the null sender (``MAIL FROM:<>``, RFC 3834
+        3.3): one that bounces makes no bounce back; their From: is ``report_from``.
         """
         sent = 0
         problems: list[str] = []
@@ -656,31 +659,45 @@ class Quarantine:
                 continue
             subject, text = virus_notice(row, self.report_from)
             for recipient in waiting:
-                try:
-                    self._send_text(self.report_from, [recipient], subject, text)
-                except QuarantineError as exc:
-                    problems.append(f"<{recipient}>: {exc}")
-                    continue
-                sent += 1
-                try:
-                    self.repo.record_notified(row["id"], recipient)
-                except StoreError as exc:
-                    problems.append(f"<{recipient}>: it was sent, but could not be recorded as sent ({exc}): the next run may send it again")
+                if self._notify(row["id"], recipient, subject, text, problems):
+                    sent += 1
         if failed is not None:
             failed.extend(problems)
         elif problems:
             raise QuarantineError(f"{sent} virus notices sent, {len(problems)} not: " + "; ".join(problems))
         return sent
 
+    def _notify(self, row_id: int, recipient: str, subject: str, text: str, problems: list[str]) -> bool:
+        """Claim, then send, one virus notice; True when it was sent, else why not appended to *problems* (if anything went wrong)."""
+        try:
+            if not self.repo.claim_notice(row_id, recipient):
+                return False  # another run, here or on another host, has told or is telling it
+        except StoreError as exc:
+            problems.append(f"<{recipient}>: not sent: cannot record it ({exc})")
+            return False
+        try:
+            self._send_text(self.report_from, [recipient], subject, text, envelope_sender="")
+        except QuarantineError as exc:
+            try:
+                self.repo.release_notice(row_id, recipient)
+            except StoreError as store_exc:
+                problems.append(f"<{recipient}>: not sent ({exc}), but it stays recorded as sent ({store_exc}): it will not be tried again")
+                return False
+            problems.append(f"<{recipient}>: {exc}")
+            return False
+        return True
+
     @property
     def report_from(self) -> str:
         """The sender of digests and notices."""
         return self.config.quarantine.report_from or f"postmaster@{self.config.hostname}"
 
-    def _send_text(self, sender: str, to: list[str], subject: str, text: str) -> None:
+    def _send_text(self, sender: str, to: list[str], subject: str, text: str, envelope_sender: str | None = None) -> None:
+        """Mail *text* from *sender* (its From:) to *to*; the envelope's sender is *envelope_sender* ("": the null one) or else *sender*."""
         message = notice_message(sender, to, subject, text, self.config.hostname)
+        mail_from = sender if envelope_sender is None else envelope_sender
         try:
-            _delivered, refused = reinject.send(self._target(), sender, to, [message], self.config.hostname, auth=self._auth())
+            _delivered, refused = reinject.send(self._target(), mail_from, to, [message], self.config.hostname, auth=self._auth())
         except (OSError, smtplib.SMTPException) as exc:
             raise QuarantineError(f"cannot send to {self.config.quarantine.release_smtp}: {reinject.smtp_error(exc)}") from None
         except UnicodeEncodeError as exc:  # smtplib: a non-ASCII address to a server without SMTPUTF8, or one that is not UTF-8

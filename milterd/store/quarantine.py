@@ -16,7 +16,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, null, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -277,21 +277,47 @@ class QuarantineStore:
 
         self._transaction(work)
 
-    def record_notified(self, row_id: int, recipient: str) -> None:
-        """Record that *recipient* of the row was sent its virus notice (added to ``notified`` once)."""
-        table = self.table
-        row = table.c.id == row_id
+    def claim_notice(self, row_id: int, recipient: str) -> bool:
+        """Record *recipient* of the row as sent its virus notice, before it is sent; True when claimed.
+
+        False when the list holds *recipient* already (another digest, on any host, claimed it,
+        even one that read the row before this one) or when the row is gone (purged).
+        """
+
+        def work(connection: Connection) -> bool:
+            told = self._lock_notified(connection, row_id)
+            if told is None or recipient in told:
+                return False
+            self._set_notified(connection, row_id, [*told, recipient])
+            return True
+
+        return self._transaction(work)
+
+    def release_notice(self, row_id: int, recipient: str) -> None:
+        """Give back the claim of :meth:`claim_notice` (its notice was not sent): a later digest tells *recipient*."""
 
         def work(connection: Connection) -> None:
-            # This first write takes the row (the database, on SQLite) before the list is read:
-            # two digests recording at once each keep the other's recipients.
-            connection.execute(update(table).where(row).values(notified=table.c.notified))
-            told = connection.execute(select(table.c.notified).where(row)).scalar()
-            told = list(told) if isinstance(told, list) else []
-            if recipient not in told:
-                connection.execute(update(table).where(row).values(notified=[*told, recipient]))
+            told = self._lock_notified(connection, row_id)
+            if told is not None and recipient in told:
+                self._set_notified(connection, row_id, [r for r in told if r != recipient])
 
         self._transaction(work)
+
+    def _lock_notified(self, connection: Connection, row_id: int) -> list[str] | None:
+        """The row's ``notified`` list ([] for none), the row taken first; None when there is no such row."""
+        table = self.table
+        row = table.c.id == row_id
+        # This first write takes the row (the database, on SQLite) before the list is read: of
+        # two digests claiming at once, the second waits, then reads the first one's claim.
+        if not connection.execute(update(table).where(row).values(notified=table.c.notified)).rowcount:
+            return None
+        told = connection.execute(select(table.c.notified).where(row)).scalar()
+        return list(told) if isinstance(told, list) else []
+
+    def _set_notified(self, connection: Connection, row_id: int, told: list[str]) -> None:
+        """Write the row's ``notified`` list, SQL NULL when empty (as a row no digest touched)."""
+        table = self.table
+        connection.execute(update(table).where(table.c.id == row_id).values(notified=told or null()))
 
     def mark_learned_ham(self, row_id: int) -> None:
         """Record that the message of *row_id* was taught as ham (``learned_ham``)."""

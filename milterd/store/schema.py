@@ -87,7 +87,8 @@ quarantine = Table(
     Column("release_count", Integer, nullable=False, default=0),
     Column("learned_ham", Boolean, nullable=False, default=False),
     # The recipients already sent a virus notice (schema 0004; NULL: none), each
-    # recorded once its notice went out: a later digest tells only the others.
+    # claimed just before its notice is sent (given back if the sending fails):
+    # a later digest tells only the others.
     Column("notified", JSON, nullable=True),
     Index("ix_quarantine_time", "time"),
 )

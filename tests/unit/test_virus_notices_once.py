@@ -1,7 +1,8 @@
 """Virus notices: sent once per (quarantine row, recipient), and a failed one is tried again.
 
 SQLite in a temporary file; no mail is sent: ``reinject.send`` is replaced by a recorder
-that refuses or fails the recipients a test names.
+that refuses or fails the recipients a test names (but for the envelope sender's test, which
+sends to an SMTP sink on loopback).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import smtplib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from alembic import command
@@ -23,6 +24,7 @@ from milterd.store import MessageRecord, Store, StoreError, schema, utcnow
 from milterd.store.quarantine import QuarantineStore, QuarantineWrite
 from tests.harness import quarantine as quarantine_harness
 from tests.harness.milterd import write_config
+from tests.harness.postfix import Sink
 
 # The fixtures: a SQLite store in the test's directory (conf) and its quarantine.
 conf = quarantine_harness.conf
@@ -37,11 +39,13 @@ class Outbox:
 
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.senders: list[str] = []  # the envelope sender of each message, accepted or not
         self.refuse: set[str] = set()
         self.down = False
 
     def send(self, target: Any, sender: str, recipients: list[str], message: Any, helo: str, **kwargs: Any) -> tuple[dict[str, str], dict[str, str]]:
         b"".join(message)
+        self.senders.append(sender)
         if self.down:
             raise ConnectionRefusedError(111, "Connection refused")
         refused = {r: "450 4.2.0 <r>: Recipient address rejected: try later" for r in recipients if r in self.refuse}
@@ -115,20 +119,83 @@ def test_notices_are_tried_again_when_the_server_was_down(quarantine: Quarantine
     assert outbox.sent == ["bob@example.com", "carol@example.com"]
 
 
-def test_a_notice_sent_but_not_recorded_is_reported_not_a_crash(quarantine: Quarantine, outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
-    add(quarantine, ["bob@example.com", "carol@example.com"])
+def broken_store(*args: Any) -> Any:
+    raise StoreError("cannot write the quarantine: OperationalError: database is locked")
 
-    def broken(row_id: int, recipient: str) -> None:
-        raise StoreError("cannot write the quarantine: OperationalError: database is locked")
 
-    monkeypatch.setattr(quarantine.repo, "record_notified", broken)
-    failed: list[str] = []
-    assert quarantine.notify_virus_recipients(LONG_AGO, failed) == 2
+def test_a_notice_that_cannot_be_claimed_is_not_sent_and_the_next_run_sends_it(quarantine: Quarantine, outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    row_id = add(quarantine, ["bob@example.com", "carol@example.com"])
+    with monkeypatch.context() as patch:
+        patch.setattr(quarantine.repo, "claim_notice", broken_store)
+        failed: list[str] = []
+        assert quarantine.notify_virus_recipients(LONG_AGO, failed) == 0
+        assert outbox.sent == [] and quarantine.get(row_id)["notified"] is None
+        assert len(failed) == 2
+        assert all("not sent: cannot record it" in line and "database is locked" in line for line in failed)
+        with pytest.raises(QuarantineError, match="0 virus notices sent, 2 not: <bob@example.com>: not sent"):
+            quarantine.notify_virus_recipients(LONG_AGO)
+    assert quarantine.notify_virus_recipients(LONG_AGO) == 2
     assert outbox.sent == ["bob@example.com", "carol@example.com"]
-    assert len(failed) == 2
-    assert all("it was sent, but could not be recorded" in line and "database is locked" in line and "may send it again" in line for line in failed)
-    with pytest.raises(QuarantineError, match="2 virus notices sent, 2 not: <bob@example.com>: it was sent"):
-        quarantine.notify_virus_recipients(LONG_AGO)
+
+
+def test_a_failed_notice_that_cannot_be_given_back_is_reported_and_not_retried(quarantine: Quarantine, outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    row_id = add(quarantine, ["bob@example.com"])
+    outbox.down = True
+    monkeypatch.setattr(quarantine.repo, "release_notice", broken_store)
+    failed: list[str] = []
+    assert quarantine.notify_virus_recipients(LONG_AGO, failed) == 0
+    [line] = failed
+    assert line.startswith("<bob@example.com>: not sent (cannot send to 127.0.0.1:9")
+    assert "stays recorded as sent" in line and "database is locked" in line and "will not be tried again" in line
+    assert quarantine.get(row_id)["notified"] == ["bob@example.com"]
+    outbox.down = False
+    assert quarantine.notify_virus_recipients(LONG_AGO) == 0
+    assert outbox.sent == []
+
+
+def test_a_run_that_read_the_rows_before_another_claimed_them_sends_nothing_again(conf: Path, quarantine: Quarantine, outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two hosts' digests at the same minute: the second read the rows before the first claimed its notices."""
+    row_id = add(quarantine, ["bob@example.com", "carol@example.com"])
+    other = quarantine_harness.open_quarantine(conf)  # the other host: its own engine on the same store
+    read_rows = other.rows
+
+    def rows_then_the_first_run(**kwargs: Any) -> list[dict[str, Any]]:
+        stale = read_rows(**kwargs)
+        assert quarantine.notify_virus_recipients(LONG_AGO) == 2
+        return stale
+
+    monkeypatch.setattr(other, "rows", rows_then_the_first_run)
+    failed: list[str] = []
+    assert other.notify_virus_recipients(LONG_AGO, failed) == 0
+    assert failed == []
+    assert outbox.sent == ["bob@example.com", "carol@example.com"]
+    assert quarantine.get(row_id)["notified"] == ["bob@example.com", "carol@example.com"]
+
+
+@pytest.fixture()
+def sink() -> Iterator[Sink]:
+    server = Sink().start()
+    yield server
+    server.stop()
+
+
+def test_notices_go_out_from_the_null_sender_the_digest_from_report_from(quarantine: Quarantine, sink: Sink) -> None:
+    """RFC 3834 3.3: MAIL FROM:<> for the notices (a bounce of one makes none); From: stays report_from."""
+    add(quarantine, ["bob@example.com"])
+    quarantine.config = quarantine.config.with_changes({"quarantine.release_smtp": f"127.0.0.1:{sink.port}"})
+    quarantine.digest(["postmaster@example.org"], LONG_AGO)
+    assert quarantine.notify_virus_recipients(LONG_AGO) == 1
+    [digest, notice] = sink.wait(2)
+    assert digest.recipients == ["postmaster@example.org"] and digest.sender == "postmaster@mx.test"
+    assert notice.recipients == ["bob@example.com"] and notice.sender == "<>"  # aiosmtpd keeps the null path as sent
+    assert notice.header("From") == ["postmaster@mx.test"] and notice.header("Auto-Submitted") == ["auto-generated"]
+
+
+def test_the_outbox_sees_the_null_sender_for_notices_only(quarantine: Quarantine, outbox: Outbox) -> None:
+    add(quarantine, ["bob@example.com"])
+    quarantine.digest(["postmaster@example.org"], LONG_AGO)
+    assert quarantine.notify_virus_recipients(LONG_AGO) == 1
+    assert outbox.senders == ["postmaster@mx.test", ""]
 
 
 def test_a_recipient_listed_twice_is_told_once(quarantine: Quarantine, outbox: Outbox) -> None:
@@ -144,13 +211,27 @@ def test_released_rows_are_still_skipped(quarantine: Quarantine, outbox: Outbox)
     assert outbox.sent == [] and quarantine.get(row_id)["notified"] is None
 
 
-def test_recording_keeps_each_recipient_once(quarantine: Quarantine) -> None:
+def test_a_notice_is_claimed_once_until_given_back(quarantine: Quarantine) -> None:
     row_id = add(quarantine, ["bob@example.com", "carol@example.com"])
     repo = QuarantineStore(quarantine.store.engine)
-    repo.record_notified(row_id, "bob@example.com")
-    repo.record_notified(row_id, "carol@example.com")
-    repo.record_notified(row_id, "bob@example.com")
+    assert repo.claim_notice(row_id, "bob@example.com")
+    assert repo.claim_notice(row_id, "carol@example.com")
+    assert not repo.claim_notice(row_id, "bob@example.com")
     assert repo.get(row_id)["notified"] == ["bob@example.com", "carol@example.com"]  # type: ignore[index]
+    repo.release_notice(row_id, "bob@example.com")
+    repo.release_notice(row_id, "dave@example.com")  # never claimed: nothing to give back
+    assert repo.get(row_id)["notified"] == ["carol@example.com"]  # type: ignore[index]
+    assert repo.claim_notice(row_id, "bob@example.com")
+    repo.release_notice(row_id, "bob@example.com")
+    repo.release_notice(row_id, "carol@example.com")
+    assert repo.get(row_id)["notified"] is None  # type: ignore[index]
+
+
+def test_a_notice_of_a_purged_row_is_not_claimed(quarantine: Quarantine) -> None:
+    row_id = add(quarantine, ["bob@example.com"])
+    assert quarantine.repo.delete([row_id]) == 1
+    assert not quarantine.repo.claim_notice(row_id, "bob@example.com")
+    quarantine.repo.release_notice(row_id, "bob@example.com")
 
 
 def test_the_digest_command_run_twice_tells_each_recipient_once(conf: Path, quarantine: Quarantine, outbox: Outbox, capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,7 +295,7 @@ def downgrade_keeps_messages(quarantine: Quarantine) -> None:
     """0004's downgrade drops the column in place (a batch copy of the table would cascade to its
     chunks), and upgrading again gives it back empty; on SQLite here, on PostgreSQL in tests/integration."""
     row_id = add(quarantine, ["bob@example.com"])
-    quarantine.repo.record_notified(row_id, "bob@example.com")
+    assert quarantine.repo.claim_notice(row_id, "bob@example.com")
     store = quarantine.store
     with store.engine.begin() as connection:
         command.downgrade(store._alembic_config(connection), "0003")
