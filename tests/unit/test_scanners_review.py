@@ -108,13 +108,17 @@ def clamd() -> Iterator[FakeServer]:
     server.close()
 
 
-def drive(pipeline: Pipeline, message: bytes, recipient: str = "bob@example.com", mail_args: dict[str, str | None] | None = None) -> Outcome:
-    """*message* through every stage of *pipeline* (as tests.harness.pipeline.run_message, with MAIL FROM's arguments and the recipient chosen)."""
-    session = Session(client_addr="192.0.2.10", client_name="mail.example.org", helo="mail.example.org", family="inet")
+def drive(
+    pipeline: Pipeline, message: bytes, recipient: str = "bob@example.com", mail_args: dict[str, str | None] | None = None,
+    session: Session | None = None, sender: str = "alice@example.org",
+) -> Outcome:
+    """*message* through every stage of *pipeline* (as tests.harness.pipeline.run_message, with MAIL FROM's arguments,
+    the recipient, the sender and the client's session chosen)."""
+    session = session or Session(client_addr="192.0.2.10", client_name="mail.example.org", helo="mail.example.org", family="inet")
     pipeline.connect(session)
     pipeline.helo(session)
     envelope: Envelope = pipeline.new_envelope(session)
-    envelope.sender = "alice@example.org"
+    envelope.sender = sender
     envelope.mail_args = dict(mail_args or {})
     envelope.queue_id = "QID1"
     assert pipeline.mail(session, envelope) is None

@@ -99,24 +99,10 @@ def test_signing_does_not_deliver_an_unreadable_message_unsigned(tmp_path: Path,
     services.store.ensure_schema(True)
     services.checks = [c for c in services.checks if c.name == "dkim_sign"]
     assert services.checks
-    pipeline = Pipeline(services)
     session = Session(client_addr="192.0.2.10", client_name="mail.example.org", helo="mail.example.org", family="inet", auth_user="alice")
-    pipeline.connect(session)
-    envelope = pipeline.new_envelope(session)
-    envelope.sender = "alice@signed.test"
-    assert pipeline.mail(session, envelope) is None
-    pipeline.rcpt(session, envelope, "bob@example.com")
-    head, _, body = SIGNED.partition(b"\r\n\r\n")
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        pipeline.header(session, envelope, name.decode(), value.strip())
-    pipeline.eoh(session, envelope)
-    pipeline.body(session, envelope, body)
     try:
-        outcome = pipeline.eom(session, envelope)
+        outcome = drive(Pipeline(services), SIGNED, session=session, sender="alice@signed.test")
     finally:
-        pipeline.finish(session, envelope)
-        pipeline.shutdown()
         services.close()
     assert outcome.verdict.action == Action.TEMPFAIL and "DKIM_SIGN_ERROR" not in outcome.verdict.symbols
     assert outcome.reply is not None and (outcome.reply.code, outcome.reply.xcode) == ("451", "4.3.0")
