@@ -99,7 +99,7 @@ def test_virus_notice_survives_a_hostile_subject(make_stack: Callable[..., Stack
     for subject, rcpt in ((hostile, "bob@example.com"), (eightbit, "carol@example.com")):
         assert stack.send(message(subject=subject, body="Hi,\r\n" + EICAR.decode() + "\r\n"), recipients=[rcpt]) == {}
     sections = {k: dict(v) for k, v in stack.milterd.sections.items()}
-    sections.setdefault("quarantine", {})["release_smtp"] = f"127.0.0.1:{stack.sink.port}"
+    sections.setdefault("quarantine", {})["release_smtp"] = f"127.0.0.1:{stack.postfix.reinject_port}"  # through Postfix to the sink
     config = write_config(stack.milterd.root / "notices.conf", sections)
     result = subprocess.run([sys.executable, "-m", "milterd", "-c", str(config), "quarantine", "digest", "--to", "postmaster@example.org",
                              "--since", "1h", "--notify-virus-recipients"], capture_output=True, text=True, timeout=120)
@@ -107,6 +107,8 @@ def test_virus_notice_survives_a_hostile_subject(make_stack: Callable[..., Stack
     assert "Traceback" not in result.stderr
     notices = {m.recipients[0]: m for m in stack.sink.wait(3, match=lambda m: m.recipients[0] in ("bob@example.com", "carol@example.com", "postmaster@example.org"))}
     assert set(notices) == {"bob@example.com", "carol@example.com", "postmaster@example.org"}
+    # The recipients' notices from the null sender (RFC 3834: no bounce comes back), the digest from report_from.
+    assert [notices[r].sender for r in ("bob@example.com", "carol@example.com", "postmaster@example.org")] == ["<>", "<>", "postmaster@mx.test"]
     for recipient, received in notices.items():
         parsed = email.message_from_bytes(received.data, policy=email.policy.default)
         assert not parsed.defects, (recipient, parsed.defects)
