@@ -15,16 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from ..config import ConfigError, load_config
 from ..options import finite
 from ..ruleset import is_shipped
 from ..services import Services, build
-from ..store import StoreError
 from ..text import escape
 from ..tuning import HIT_SCORED, json_safe, log_stats, symbol_table, symbols_toml, whatif
 from . import config_parent, describe_failure, open_store, since_arg
+
+T = TypeVar("T")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -114,6 +115,23 @@ def _rows(args: argparse.Namespace, config: Any) -> Iterator[dict[str, Any]]:
     return open_store(config).iter_messages(since=args.since, until=args.until)
 
 
+def _from_log(read: Callable[[], T]) -> T | None:
+    """What *read* makes of the log, or None when the log cannot be read (said on stderr)."""
+    try:
+        return read()
+    except Exception as exc:  # noqa: BLE001 - StoreError, no schema yet, database down
+        print(f"milterd: cannot read the log: {describe_failure(exc)}", file=sys.stderr)
+        return None
+
+
+def _print_json(data: Any) -> None:
+    """*data* as JSON on stdout."""
+    # ASCII (non-ASCII as \u escapes): UTF-8 whatever the locale (RFC 8259 §8.1), a sender's
+    # undecodable byte cannot stop the output, and no raw C1 control or bidi override reaches a terminal.
+    json.dump(json_safe(data), sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
 def _counted(items: Iterable[tuple[str, int]]) -> str:
     """``name count, name count`` for a terminal: the names (actions, symbols from the log) escaped."""
     return ", ".join(f"{escape(name)} {count}" for name, count in items)
@@ -122,14 +140,11 @@ def _counted(items: Iterable[tuple[str, int]]) -> str:
 def run_stats(args: argparse.Namespace) -> int:
     """Print per-symbol statistics of the logged messages."""
     config = load_config(args.config)
-    try:
-        report = log_stats(_rows(args, config))
-    except (StoreError, Exception) as exc:  # noqa: BLE001 - no schema yet, database down
-        print(f"milterd: cannot read the log: {describe_failure(exc)}", file=sys.stderr)
+    report = _from_log(lambda: log_stats(_rows(args, config)))
+    if report is None:
         return 1
     if args.json:
-        json.dump(json_safe(report.as_json()), sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _print_json(report.as_json())
         return 0
     print(f"{report.messages} messages")
     if report.deferred:
@@ -185,16 +200,11 @@ def run_whatif(args: argparse.Namespace) -> int:
     config = services.config
     action_changes, weights = parse_changes(args.changes, services)
     changed = config.with_changes({f"actions.{k}": v for k, v in action_changes.items()}) if action_changes else config
-    try:
-        report = whatif(_rows(args, config), weights, changed.actions, config.milter, known=set(services.symbols), current=config.actions)
-    except Exception as exc:  # noqa: BLE001 - no schema yet, database down
-        print(f"milterd: cannot read the log: {describe_failure(exc)}", file=sys.stderr)
+    report = _from_log(lambda: whatif(_rows(args, config), weights, changed.actions, config.milter, known=set(services.symbols), current=config.actions))
+    if report is None:
         return 1
     if args.json:
-        # ASCII (non-ASCII as \u escapes): UTF-8 whatever the locale (RFC 8259 §8.1), a sender's
-        # undecodable byte cannot stop the output, and no raw C1 control or bidi override reaches a terminal.
-        json.dump(json_safe(report.as_json()), sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _print_json(report.as_json())
         return 0
     print(f"{report.messages} messages; {report.changed} would change action")
     unasked = sum(report.unasked.values())
