@@ -8,9 +8,11 @@ for an envelope domain, or a DKIM signature verified for a signing domain,
 aligned with the From domain (``aspf``/``adkim``: relaxed, the same
 organizational domain; strict, the same name).  A failure applies ``p`` (``sp``
 for a subdomain), sampled by ``pct``: mail left out of the sample gets the
-next milder policy.  A trusted ARC sealer's pass overrides a failure.  A
-message with several From domains (addresses or fields) is judged by the
-strictest of their evaluations (RFC 7489 §6.6.1).
+next milder policy.  A record's ``np`` (RFC 9091 §4.1) replaces ``sp`` for a
+From domain that does not exist (NXDOMAIN or no data for its A, AAAA and MX
+alike), asked only once a message has failed.  A trusted ARC sealer's pass
+overrides a failure.  A message with several From domains (addresses or
+fields) is judged by the strictest of their evaluations (RFC 7489 §6.6.1).
 
 This check runs after DKIM and ARC (a later end-of-message tier) and reads
 their results from ``envelope.check_state(name)``.  A signature DKIM left
@@ -29,7 +31,7 @@ import unicodedata
 from dataclasses import dataclass, replace
 from email.utils import getaddresses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal
 
 from publicsuffixlist import PublicSuffixList
 from pydantic import Field
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 
 
 class DmarcChecks(CheckSwitches):
-    """DMARC (RFC 7489) of the From domain: SPF and DKIM alignment, p/sp/pct, the action for each policy."""
+    """DMARC (RFC 7489) of the From domain: SPF and DKIM alignment, p/sp/np/pct, the action for each policy."""
 
     reject_action: Literal["reject", "quarantine", "score"] = Field("reject", description="A DMARC failure under p=reject: reject with 550 5.7.1 naming the From domain, quarantine, or only score DMARC_FAIL_REJECT.")
     quarantine_action: Literal["reject", "quarantine", "score"] = Field("quarantine", description="A DMARC failure under p=quarantine: quarantine, reject, or only score DMARC_FAIL_QUARANTINE.")
@@ -64,7 +66,8 @@ _DEVIATIONS = re.compile("([\u00df\u03c2])")
 _DNS_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 #: The pure functions below remember their answers for arguments up to this long (bounded memory).
 _MEMO_MAX = 1024
-#: The From domains of one message evaluated at most (each costs up to two DNS lookups).
+#: The From domains of one message evaluated at most (each costs up to two TXT lookups, and a failure under
+#: an organizational domain's ``np`` three more: A, AAAA and MX).
 _MAX_FROM_DOMAINS = 10
 
 
@@ -228,6 +231,8 @@ class Record:
     pct: int = 100
     adkim: str = "r"
     aspf: str = "r"
+    #: The policy for a non-existent From subdomain (RFC 9091 §4.1); None (absent or invalid): ``sp`` applies.
+    np: Policy | None = None
 
 
 def parse_record(text: str) -> Record | None:
@@ -254,6 +259,7 @@ def _parse_record(text: str) -> Record | None:
             return None
         p = "none"  # RFC 7489 §6.6.3: a bad or missing p with rua= is monitoring
     sp = tags.get("sp", "").lower()
+    np = tags.get("np", "").lower()
     try:
         pct = int(tags.get("pct", "100"))
     except ValueError:
@@ -264,6 +270,7 @@ def _parse_record(text: str) -> Record | None:
         pct=pct if 0 <= pct <= 100 else 100,
         adkim="s" if tags.get("adkim", "r").lower() == "s" else "r",
         aspf="s" if tags.get("aspf", "r").lower() == "s" else "r",
+        np=np if np in ("none", "quarantine", "reject") else None,  # type: ignore[arg-type]
     )
 
 
@@ -276,6 +283,8 @@ class Evaluation:
     policy: Policy = "none"
     applied: Policy = "none"
     reason: str = ""
+    #: The From domain does not exist: *policy* is the record's ``np``.
+    nonexistent: bool = False
 
 
 def evaluate(
@@ -318,7 +327,7 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
     """DMARC of the From domain."""
 
     name: ClassVar[str] = "dmarc"
-    description: ClassVar[str] = "DMARC of the From domain: SPF and DKIM alignment, p/sp/pct, action per policy"
+    description: ClassVar[str] = "DMARC of the From domain: SPF and DKIM alignment, p/sp/np/pct, action per policy"
     order: ClassVar[int] = 62
     symbols: ClassVar[tuple[Symbol, ...]] = (
         Symbol("DMARC_PASS", -0.5, "DMARC pass: SPF or DKIM authenticated a domain aligned with From"),
@@ -374,11 +383,12 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
             else:
                 record, record_domain = found
                 temp = any(aligned(signer, domain, record.adkim, psl_path) for signer in temperrors)
-                evaluation = evaluate(domain, record, record_domain, spf, passes, random.randrange(100), psl_path, temp)
+                roll = random.randrange(100)
+                evaluation = evaluate(domain, record, record_domain, spf, passes, roll, psl_path, temp)
                 if evaluation.result == "fail" and any(aligned(signer, domain, record.adkim, psl_path) for signer in unverified):
                     reason = "an aligned DKIM signature was not verified (message over [checks.dkim] max_size)"
                     evaluation = replace(evaluation, result="temperror", applied="none", reason=reason)
-                evaluations.append(evaluation)
+                evaluations.append(with_np(evaluation, record, record_domain, roll, lambda d: _nonexistent(resolver, d, deadline)))
         evaluation = strictest(evaluations)
         domain = evaluation.domain
         envelope.check_state(STATE)["result"] = evaluation
@@ -389,7 +399,7 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         if evaluation.result == "temperror":
             return [Hit("DMARC_TEMPFAIL", detail=f"{domain}: {evaluation.reason}")]
         symbol = f"DMARC_FAIL_{evaluation.applied.upper()}"
-        detail = f"{domain} p={evaluation.policy} applied={evaluation.applied}"
+        detail = describe(evaluation)
         sealer = _trusted_sealer(envelope.check_state("arc").get("result"), self.services.config.checks.arc.trusted_sealers)
         if sealer:
             # Logged as failed, but neither scored nor enforced.
@@ -424,15 +434,41 @@ def strictest(evaluations: list[Evaluation]) -> Evaluation:
     return max(evaluations, key=lambda e: (_RESULT_RANK[e.result], _POLICY_RANK[e.applied], _POLICY_RANK[e.policy]))
 
 
+def describe(evaluation: Evaluation) -> str:
+    """The log detail of a DMARC failure: the domain, the policy and which tag it came from, the policy applied."""
+    domain, applied = evaluation.domain, evaluation.applied
+    if evaluation.nonexistent:
+        return f"{domain} policy np={evaluation.policy} applied={applied} ({domain} does not exist)"
+    return f"{domain} p={evaluation.policy} applied={applied}"
+
+
+def with_np(evaluation: Evaluation, record: Record, record_domain: str, roll: int, nonexistent: Callable[[str], bool]) -> Evaluation:
+    """*evaluation* under the record's ``np`` when its From domain does not exist (RFC 9091 §4.1), else as it is.
+
+    Only a failure judged by a record of the organizational domain whose ``np``
+    differs from its ``sp`` asks *nonexistent* (the DNS lookups): a pass, a
+    record at the From domain itself (``p`` applies, never ``np``) or an
+    ``np`` that changes nothing costs no query.  *roll* samples by ``pct`` as
+    for ``sp``.
+    """
+    domain = evaluation.domain
+    if evaluation.result != "fail" or record_domain == domain or record.np is None or record.np == record.sp:
+        return evaluation
+    if not nonexistent(domain):
+        return evaluation
+    applied = record.np if roll < record.pct else _MILDER[record.np]
+    return replace(evaluation, policy=record.np, applied=applied, nonexistent=True)
+
+
 def enforce(evaluation: Evaluation, reject_action: str, quarantine_action: str, why: str = "") -> Hit:
     """The hit of a DMARC failure, with the action configured for the policy applied; *why*, when
     given, is its detail and the reason of a reject (else the domain's policy is named)."""
-    applied, domain = evaluation.applied, evaluation.domain
+    applied = evaluation.applied
     symbol = f"DMARC_FAIL_{applied.upper()}"
-    detail = why or f"{domain} p={evaluation.policy} applied={applied}"
+    detail = why or describe(evaluation)
     action = reject_action if applied == "reject" else quarantine_action if applied == "quarantine" else "score"
     if action == "reject":
-        reply = Reply.reject(f"Message rejected: {why or f'{domain} publishes a DMARC policy of {applied} and this message failed it'}")
+        reply = Reply.reject(f"Message rejected: {why or _refusal(evaluation)}")
         return Hit(symbol, detail=detail, action=Action.REJECT, reply=reply)
     if action == "quarantine":
         return Hit(symbol, detail=detail, action=Action.QUARANTINE)
@@ -455,6 +491,29 @@ def _lookup(resolver: Any, domain: str, deadline: float, psl_path: str) -> tuple
         if len(records) == 1:
             return records[0], name
     return ""
+
+
+def _refusal(evaluation: Evaluation) -> str:
+    """Why a reject refuses the message, naming the From domain."""
+    domain, applied = evaluation.domain, evaluation.applied
+    if evaluation.nonexistent:
+        return f"{domain} does not exist and its organizational domain's DMARC policy for such domains is {applied}"
+    return f"{domain} publishes a DMARC policy of {applied} and this message failed it"
+
+
+def _nonexistent(resolver: Any, domain: str, deadline: float) -> bool:
+    """Whether *domain* is a non-existent domain (RFC 9091 §2.7): NXDOMAIN or no data for A, AAAA and MX, all three.
+
+    A DNS error or timeout on any of them leaves it not known to be
+    non-existent: ``sp`` applies, as it did before ``np``, and never a
+    tempfail (the message failed DMARC whatever the answer).  A name no
+    resolver can ask about (over 253 octets) cannot exist in DNS: a forger
+    does not escape ``np`` with one.
+    """
+    if not queryable(domain):
+        return True
+    answers = resolver.query_many([(domain, "A"), (domain, "AAAA"), (domain, "MX")], deadline)
+    return all(answer.missing for answer in answers)
 
 
 def _trusted_sealer(arc: Any, trusted: list[str]) -> str:

@@ -59,6 +59,8 @@ def local_dns(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, bytes]) 
         txt("_dmarc.signed.test", "v=DMARC1; p=reject"),
         txt("sel._domainkey.loose.test", dkimsign.public_record("rsa", keys["loose"])),
         txt("_dmarc.loose.test", "v=DMARC1; p=none"),
+        txt("_dmarc.np.test", "v=DMARC1; p=reject; sp=none; np=reject"),
+        "mail.np.test. MX 10 mx.list.test.",
         txt("arc._domainkey.list.test", dkimsign.public_record("rsa", keys["list"])),
         txt("arc._domainkey.otherlist.test", dkimsign.public_record("rsa", keys["otherlist"])),
         txt("rsa1._domainkey.out.test", dkimsign.public_record("rsa", keys["out_rsa"])),
@@ -159,6 +161,20 @@ def test_a_second_from_address_does_not_hide_a_p_reject_domain(stack: Stack, key
     assert info.value.smtp_code == 550 and "signed.test" in info.value.smtp_error.decode()
     row = row_for(stack, "dmarc two from")
     assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"] and "DKIM_VALID" in row["symbols"]
+
+
+def test_np_reject_refuses_a_from_subdomain_that_does_not_exist(stack: Stack) -> None:
+    # np.test: sp=none, np=reject (RFC 9091).  billing.np.test has no A, AAAA or MX: refused; mail.np.test
+    # has an MX only, so it exists and gets sp=none.  (MAIL FROM is loose.test: its SPF aligns with neither.)
+    forged = message("dmarc np forged", sender="billing@billing.np.test")
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(forged, sender="alice@loose.test", xclient=CLIENT)
+    assert info.value.smtp_code == 550 and "billing.np.test does not exist" in info.value.smtp_error.decode()
+    row = row_for(stack, "dmarc np forged")
+    assert row["action"] == "reject" and "np=reject" in row["details"]["DMARC_FAIL_REJECT"]
+    stack.send(message("dmarc np exists", sender="news@mail.np.test"), sender="alice@loose.test", xclient=CLIENT)
+    delivered(stack, "dmarc np exists")
+    assert "DMARC_FAIL_NONE" in row_for(stack, "dmarc np exists")["symbols"]
 
 
 def test_text_appended_after_a_body_length_signature_is_not_a_dmarc_pass(stack: Stack, keys: dict[str, bytes]) -> None:
