@@ -27,7 +27,9 @@ from tests.harness.stack import Stack
 
 CLIENT = {"ADDR": "198.51.100.7", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}
 OTHER_CLIENT = {"ADDR": "203.0.113.9", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}
-DELAY = 1.0
+#: Long enough that a second attempt with spamd's scan in between (a fraction of a second, more on a
+#: loaded machine) is still inside it.
+DELAY = 3.0
 GREY_RULES = {"grey.toml": '[[rule]]\nname = "SUBJ_GREYME"\nheader = "Subject"\nregex = "greyme"\nscore = 50.0\n'}
 
 
