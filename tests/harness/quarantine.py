@@ -18,12 +18,13 @@ from milterd.store import Store
 from tests.harness.milterd import write_config
 
 
-def quarantine_config(path: Path, database_url: str, hostname: str = "mx.test") -> Path:
-    """Write at *path* a milter.conf whose quarantine sends to a closed port (tests replace the sending)."""
+def quarantine_config(path: Path, database_url: str, hostname: str = "mx.test", release_smtp: str = "127.0.0.1:9") -> Path:
+    """Write at *path* a milter.conf whose quarantine sends to *release_smtp*: by default a closed port
+    (tests replace the sending), else a test's SMTP server on loopback."""
     return write_config(path, {
         "milter": {"hostname": hostname},
         "database": {"url": database_url},
-        "quarantine": {"release_smtp": "127.0.0.1:9", "report_from": "postmaster@mx.test"},
+        "quarantine": {"release_smtp": release_smtp, "report_from": "postmaster@mx.test"},
     })
 
 

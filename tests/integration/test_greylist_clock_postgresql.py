@@ -19,6 +19,7 @@ from milterd.config import Config, DatabaseSection, GreylistSection
 from milterd.message.model import Envelope, Session, Spool
 from milterd.services import build
 from milterd.store import Store, schema
+from tests.harness import greylist as greylist_harness
 from tests.harness import pgdb
 
 DELAY = 300
@@ -35,15 +36,8 @@ def database() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def store(database: str) -> Iterator[Store]:
-    store = Store(DatabaseSection(url=database))
-    store.upgrade()
-    with store.engine.begin() as connection:
-        for table in (schema.greylist, schema.greylist_clients, schema.greylist_whitelist):
-            connection.execute(table.delete())
-    yield store
-    store.close()
+# The fixture: the store at this module's database, greylisting's tables emptied.
+store = greylist_harness.store
 
 
 def clock_queries(store: Store) -> list[str]:

@@ -20,6 +20,7 @@ BODY = b"Shall we meet for lunch at the usual place?\r\n"
 
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[Services]:
+    """Services on a SQLite store in the test's directory, auto-learning at 9 (spam) and -2 (ham)."""
     config = Config.model_validate({
         "database": {"url": f"sqlite:///{tmp_path / 's.sqlite'}"},
         "learner": {"autolearn_spam": 9.0, "autolearn_ham": -2.0},
@@ -31,6 +32,7 @@ def services(tmp_path: Path) -> Iterator[Services]:
 
 
 def envelope() -> Envelope:
+    """A short message (BODY) with a Subject and a Message-ID."""
     spool = Spool(1024)
     spool.write(BODY)
     return Envelope(spool=spool, headers=[("Subject", b"lunch"), ("Message-ID", b"<1@example.org>")])
@@ -41,6 +43,7 @@ def verdict(action: Action, symbols: dict[str, float]) -> Verdict:
 
 
 def learned(services: Services) -> tuple[int, int]:
+    """How many messages the classifier has learned: (spam, ham)."""
     totals = LearnerStore(services.store.engine).totals()
     return totals.spam, totals.ham
 

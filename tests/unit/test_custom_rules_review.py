@@ -40,10 +40,10 @@ body = '(?i)viagra'
 """
 
 
-@pytest.fixture()
-def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
+def rules_pipeline(tmp_path: Path, rules: str) -> Iterator[Pipeline]:
+    """A pipeline with *rules* as rules/local.toml and a SQLite log in *tmp_path* (for a fixture to yield from)."""
     (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "local.toml").write_text(RULES)
+    (tmp_path / "rules" / "local.toml").write_text(rules)
     conf = tmp_path / "milter.conf"
     conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n')
     pipe = Pipeline(build(load_config(conf)), keep_log=False)
@@ -51,7 +51,13 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
     pipe.shutdown()
 
 
+@pytest.fixture()
+def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
+    yield from rules_pipeline(tmp_path, RULES)
+
+
 def symbols_of(pipeline: Pipeline, raw: bytes) -> set[str]:
+    """The symbols *pipeline* gives *raw* from a client at 192.0.2.10 (the check must not fail)."""
     result = check_message(pipeline, raw, Client(addr="192.0.2.10"))
     assert not result.error, result.error
     return set(result.symbols)
@@ -87,7 +93,8 @@ def test_every_subject_and_any_name_case_is_searched(pipeline: Pipeline) -> None
     assert "SUBJ_VIAGRA" in symbols_of(pipeline, raw)
 
 
-def _html(markup: str) -> bytes:
+def html(markup: str) -> bytes:
+    """A message whose body is *markup*, sent as base64 text/html."""
     encoded = base64.encodebytes(markup.encode("utf-8")).decode("ascii")
     return message(body=encoded, headers={"Content-Type": "text/html; charset=utf-8", "Content-Transfer-Encoding": "base64"})
 
@@ -95,9 +102,9 @@ def _html(markup: str) -> bytes:
 @pytest.mark.parametrize(
     "raw",
     [
-        _html("<p>v&shy;iagra</p>"),
-        _html("<p>v&#8203;ia&#x200d;gra</p>"),
-        _html("<p>vi\ufeffag\u2060ra</p>"),
+        html("<p>v&shy;iagra</p>"),
+        html("<p>v&#8203;ia&#x200d;gra</p>"),
+        html("<p>vi\ufeffag\u2060ra</p>"),
         message(body="vi=E2=80=8Bagra\r\n", headers={"Content-Transfer-Encoding": "quoted-printable"}),
         message(body="vi\u00adagra\r\n"),
     ],

@@ -130,8 +130,9 @@ def test_tag_value_parse_is_dkimpys() -> None:
 
 
 def dkimpys_own(m: pytest.MonkeyPatch) -> None:
-    """Every function dkimfast replaces back to dkimpy's, and install() a no-op."""
-    m.setattr(dkimfast, "install", lambda: None)
+    """Every function dkimfast replaces back to dkimpy's, and install() a no-op (as with a dkimpy
+    release dkimfast was not checked against)."""
+    m.setattr(dkimfast, "checked_release", lambda: False)
     m.setattr(dkim, "RSASSA_PKCS1_v1_5_verify", dkimfast.PURE_PYTHON)
     m.setattr(dkim.canonicalization, "compress_whitespace", dkimfast.PURE_COMPRESS)
     m.setattr(dkim.canonicalization, "strip_trailing_whitespace", dkimfast.PURE_STRIP)
@@ -141,6 +142,8 @@ def dkimpys_own(m: pytest.MonkeyPatch) -> None:
     m.setattr(dkim, "rfc822_parse", dkimfast.PURE_RFC822_PARSE)
     m.setattr(dkim, "RE_BTAG", dkimfast.PURE_RE_BTAG)
     m.setattr(dkim, "parse_tag_value", dkimfast.PURE_PARSE_TAG_VALUE)
+    m.setattr(dkim.DKIM, "verify_sig_process", dkimfast.PURE_VERIFY_SIG_PROCESS)
+    m.setattr(dkim.DKIM, "verify_headerprep", dkimfast.PURE_VERIFY_HEADERPREP)
 
 
 class Txt:

@@ -8,8 +8,6 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-import dns.exception
-import dns.name
 import pytest
 
 from milterd import dkimsign
@@ -17,10 +15,10 @@ from milterd.authresults import build
 from milterd.checks.dkim import DnsRecorder, SignatureResult, verify_all
 from milterd.checks.dmarc import Dmarc, Record, aligned, evaluate
 from milterd.config import Config
-from milterd.dns import Answer
 from milterd.message.model import Action, Envelope, Session, Spool
 
 from .test_dkim import signed
+from .test_dkim_arc_leftovers_review import UnaskableNames
 from .test_dmarc_review import ATTACKER_SIGNED, POLICIES, TxtTable, run_dmarc
 
 #: faß.example is xn--fa-hia.example (IDNA2008); fass.example is another domain with another owner.
@@ -57,16 +55,8 @@ def test_an_invisible_joiner_in_the_from_domain_still_gets_the_look_alike_policy
     assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT)
 
 
-class DnsTable(TxtTable):
+class DnsTable(UnaskableNames, TxtTable):
     """TxtTable answering as milterd's Resolver does a name dnspython cannot build: an "error" answer, at once."""
-
-    def txt(self, name: str, deadline: float | None = None) -> Answer:
-        try:
-            dns.name.from_text(name)
-        except dns.exception.DNSException as exc:
-            self.asked.append(name)
-            return Answer(name, "TXT", "error", error=str(exc))
-        return super().txt(name, deadline)
 
 
 def dmarc_hits(froms: list[bytes], resolver: Any, dkim: list[SignatureResult], spf: dict[str, str] | None = None) -> list[Any]:

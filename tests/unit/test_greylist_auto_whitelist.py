@@ -17,8 +17,9 @@ import pytest
 from sqlalchemy import insert
 
 from milterd import greylist as gl
-from milterd.config import Config, DatabaseSection, GreylistSection
+from milterd.config import Config, GreylistSection
 from milterd.store import Store, schema, utcnow
+from tests.harness import greylist as greylist_harness
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 NETWORK = "192.0.2.0/24"
@@ -39,15 +40,8 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"sqlite:///{tmp_path_factory.mktemp('awl') / 'store.sqlite'}"
 
 
-@pytest.fixture
-def store(database: str) -> Iterator[Store]:
-    store = Store(DatabaseSection(url=database))
-    store.upgrade()
-    with store.engine.begin() as connection:
-        for table in (schema.greylist, schema.greylist_clients, schema.greylist_whitelist):
-            connection.execute(table.delete())
-    yield store
-    store.close()
+# The fixture: the store at this module's database, greylisting's tables emptied.
+store = greylist_harness.store
 
 
 def message(store: Store, recipients: list[str], now: dt.datetime, sender: str = "spam@bulk.example") -> list[gl.Judgement]:

@@ -21,11 +21,12 @@ from milterd import clock as clock_module
 from milterd import greylist as gl
 from milterd.checks.greylist import Greylist
 from milterd.clock import ClockReading, DatabaseClock, utcnow
-from milterd.config import Config, DatabaseSection, GreylistSection
+from milterd.config import Config, GreylistSection
 from milterd.message.model import Envelope, Session, Spool
 from milterd.services import build
 from milterd.store import Store, StoreError, schema
 from milterd.store.greylist import GreylistStore
+from tests.harness import greylist as greylist_harness
 
 DELAY = 300
 NETWORK = "192.0.2.0/24"
@@ -155,15 +156,8 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"sqlite:///{tmp_path_factory.mktemp('glclock') / 'store.sqlite'}"
 
 
-@pytest.fixture
-def store(database: str) -> Iterator[Store]:
-    store = Store(DatabaseSection(url=database))
-    store.upgrade()
-    with store.engine.begin() as connection:
-        for table in (schema.greylist, schema.greylist_clients, schema.greylist_whitelist):
-            connection.execute(table.delete())
-    yield store
-    store.close()
+# The fixture: the store at this module's database, greylisting's tables emptied.
+store = greylist_harness.store
 
 
 @pytest.fixture

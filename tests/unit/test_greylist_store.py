@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from milterd import greylist as gl
 from milterd.config import DatabaseSection, GreylistSection
 from milterd.store import Store, schema
+from tests.harness import greylist as greylist_harness
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 CONFIG = GreylistSection(enabled=True, delay=300, retry_window=3600, expire=86400, auto_whitelist_after=2)
@@ -28,15 +29,9 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"sqlite:///{tmp_path_factory.mktemp('gl') / 'store.sqlite'}"
 
 
-@pytest.fixture
-def store(database: str) -> Iterator[Store]:
-    store = Store(DatabaseSection(url=database))
-    store.upgrade()
-    with store.engine.begin() as connection:
-        for table in (schema.greylist, schema.greylist_clients, schema.greylist_whitelist):
-            connection.execute(table.delete())
-    yield store
-    store.close()
+# The fixture: the store at this module's database, greylisting's tables emptied.
+store = greylist_harness.store
+
 
 def run_then_close(threads: list[threading.Thread], stores: list[Store]) -> None:
     """Start *threads* together, wait for all of them, then close each of their *stores*."""

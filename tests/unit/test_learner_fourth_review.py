@@ -14,32 +14,27 @@ import random
 import re
 import tracemalloc
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from milterd.checks.bayes import AUTOLEARN, BayesCheck
 from milterd.cli import main
 from milterd.commands import learn as learn_command
-from milterd.config import Config, DatabaseSection
+from milterd.config import DatabaseSection
 from milterd.learner import tokenizer
 from milterd.learner.tokenizer import hashed_tokens, message_digest, message_digest_stream, message_id_key, parse_headers, split_message
 from milterd.message.model import Action, Envelope, Session, Spool, Verdict
 from milterd.services import Services
 from milterd.store import Store
 from milterd.store.learner import LearnerStore
+from tests.unit import test_bayes_maintenance_review as bayes_review
+from tests.unit.test_bayes_maintenance_review import learned
 
-
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
-    config = Config.model_validate({
-        "database": {"url": f"sqlite:///{tmp_path / 's.sqlite'}"},
-        "learner": {"autolearn_spam": 9.0, "autolearn_ham": -2.0},
-    })
-    found = Services(config=config)
-    found.store.upgrade()
-    yield found
-    found.close()
+# The auto-learning review's fixture (services on a SQLite store in the test's directory, autolearn_spam 9,
+# autolearn_ham -2) and its short message.
+services = bayes_review.services
+small_envelope = bayes_review.envelope
 
 
 def peak_while(call: Any) -> tuple[Any, int]:
@@ -246,20 +241,6 @@ def test_jobs_keep_a_bounded_amount_of_messages_in_flight(tmp_path: Path, monkey
 
 
 # --- auto-learning a message some check did not judge --------------------------------------
-BODY = b"Shall we meet for lunch at the usual place?\r\n"
-
-
-def small_envelope() -> Envelope:
-    spool = Spool(1024)
-    spool.write(BODY)
-    return Envelope(spool=spool, headers=[("Subject", b"lunch"), ("Message-ID", b"<1@example.org>")])
-
-
-def learned(services: Services) -> tuple[int, int]:
-    totals = LearnerStore(services.store.engine).totals()
-    return totals.spam, totals.ham
-
-
 AUTHENTICATED = {"SPF_PASS": -0.5, "DKIM_VALID": -0.1, "DKIM_VALID_AUTHOR": -0.1, "DMARC_PASS": -0.5, "ARC_TRUSTED": -0.5, "WHITELIST": -1.0}
 
 

@@ -25,10 +25,14 @@ from milterd.reinject import Target, data_lines, parse_target
 from milterd.services import Services
 from milterd.store import MessageRecord, Store, StoreError, schema, utcnow
 from milterd.store.quarantine import QuarantineWrite, pieces
+from tests.harness import quarantine as quarantine_harness
 from tests.harness.milterd import write_config
 from tests.harness.postfix import Sink, free_port
 
 TLS_KEY, TLS_CERT = (Path(__file__).parents[1] / "harness" / "data" / name for name in ("localhost-key.pem", "localhost-cert.pem"))
+
+# The fixture: the quarantine of the module's conf (its store made current).
+quarantine = quarantine_harness.quarantine
 
 RAW = b"From: a@example.org\r\nSubject: QUARANTINE-ME\r\n\tfolded\r\nX-No-Space:x\r\n\r\nbody\r\n.dot\r\n"
 
@@ -42,19 +46,8 @@ def sink() -> Iterator[Sink]:
 
 @pytest.fixture()
 def conf(tmp_path: Path, sink: Sink) -> Path:
-    return write_config(tmp_path / "milter.conf", {
-        "milter": {"hostname": "mx.test"},
-        "database": {"url": f"sqlite:///{tmp_path / 'q.sqlite'}"},
-        "quarantine": {"release_smtp": f"127.0.0.1:{sink.port}", "report_from": "postmaster@mx.test"},
-    })
-
-
-@pytest.fixture()
-def quarantine(conf: Path) -> Quarantine:
-    config = load_config(conf)
-    store = Store(config.database)
-    store.upgrade()
-    return Quarantine(store, config)
+    """A milter.conf with a SQLite store in the test's directory, releasing to the test's SMTP server."""
+    return quarantine_harness.quarantine_config(tmp_path / "milter.conf", f"sqlite:///{tmp_path / 'q.sqlite'}", release_smtp=f"127.0.0.1:{sink.port}")
 
 
 def add(quarantine: Quarantine, subject: str = "QUARANTINE-ME", recipients: list[str] | None = None, age: dt.timedelta = dt.timedelta(0), symbols: dict[str, float] | None = None, reason: str = "score 13.0 >= 12", mode: str = "discard", raw: bytes = RAW) -> int:

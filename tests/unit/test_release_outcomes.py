@@ -19,11 +19,13 @@ import pytest
 
 from milterd import cli, reinject
 from milterd import quarantine as quarantine_module
-from milterd.config import load_config
 from milterd.quarantine import Quarantine, QuarantineError
-from milterd.store import MessageRecord, Store, StoreError, utcnow
+from milterd.store import MessageRecord, StoreError, utcnow
 from milterd.store.quarantine import QuarantineStore, QuarantineWrite
-from tests.harness.milterd import write_config
+from tests.harness import quarantine as quarantine_harness
+
+# The fixture: the quarantine of the module's conf (its store made current).
+quarantine = quarantine_harness.quarantine
 
 RAW = b"From: a@example.org\r\nSubject: outcome\r\n\r\nbody\r\n.dot\r\n"
 QUEUE_ID = "4QID42xyz"
@@ -115,19 +117,8 @@ def server() -> Iterator[ScriptedSMTP]:
 
 @pytest.fixture()
 def conf(tmp_path: Path, server: ScriptedSMTP) -> Path:
-    return write_config(tmp_path / "milter.conf", {
-        "milter": {"hostname": "mx.test"},
-        "database": {"url": f"sqlite:///{tmp_path / 'q.sqlite'}"},
-        "quarantine": {"release_smtp": f"127.0.0.1:{server.port}", "report_from": "postmaster@mx.test"},
-    })
-
-
-@pytest.fixture()
-def quarantine(conf: Path) -> Quarantine:
-    config = load_config(conf)
-    store = Store(config.database)
-    store.upgrade()
-    return Quarantine(store, config)
+    """A milter.conf with a SQLite store in the test's directory, releasing to the test's SMTP server."""
+    return quarantine_harness.quarantine_config(tmp_path / "milter.conf", f"sqlite:///{tmp_path / 'q.sqlite'}", release_smtp=f"127.0.0.1:{server.port}")
 
 
 def add(quarantine: Quarantine, recipients: list[str] | None = None) -> int:

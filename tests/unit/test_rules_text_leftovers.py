@@ -25,10 +25,10 @@ from milterd.checks.uribl import UriblChecks, link_targets, query_name
 from milterd.config import load_config
 from milterd.content.mimetext import extract
 from milterd.message.pipeline import Pipeline
-from milterd.milter.offline import Client, check_message
 from milterd.services import build
 from tests.conftest import message
 from tests.harness.messages import envelope_of
+from tests.unit.test_custom_rules_review import html, rules_pipeline, symbols_of
 
 RULES = r"""
 [[rule]]
@@ -48,24 +48,7 @@ body = 'finance'
 
 @pytest.fixture()
 def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "local.toml").write_text(RULES)
-    conf = tmp_path / "milter.conf"
-    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n')
-    pipe = Pipeline(build(load_config(conf)), keep_log=False)
-    yield pipe
-    pipe.shutdown()
-
-
-def symbols_of(pipeline: Pipeline, raw: bytes) -> set[str]:
-    result = check_message(pipeline, raw, Client(addr="192.0.2.10"))
-    assert not result.error, result.error
-    return set(result.symbols)
-
-
-def html(markup: str) -> bytes:
-    encoded = base64.encodebytes(markup.encode("utf-8")).decode("ascii")
-    return message(body=encoded, headers={"Content-Type": "text/html; charset=utf-8", "Content-Transfer-Encoding": "base64"})
+    yield from rules_pipeline(tmp_path, RULES)
 
 
 FULL_WIDTH = "\uff56\uff49\uff41\uff47\uff52\uff41"  # ｖｉａｇｒａ

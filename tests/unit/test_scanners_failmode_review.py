@@ -8,7 +8,6 @@ as it would with a large message and a real clamd or spamd.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Iterator, cast
@@ -23,60 +22,28 @@ from milterd.scanners.clamd import ClamdClient, InstreamScan, parse_reply
 from milterd.scanners.spamd import SpamdClient, parse_response, parse_result
 from tests.harness.pipeline import HAM, scanner_pipeline
 from tests.harness.postfix import free_port
-from tests.unit.test_scanners_review import MARKER, FakeServer, drive, fake_clamd, only, spamd_answering
+from tests.unit.test_scanners_review import MARKER, SPAMD_SPAM, FakeServer, drive, fake_clamd, only, spamd_answering
 
 SPAMD_HAM = b"SPAMD/1.1 0 EX_OK\r\nContent-length: 0\r\nSpam: False ; 0.0 / 5.0\r\n\r\n"
-SPAMD_SPAM = b"SPAMD/1.1 0 EX_OK\r\nContent-length: 5\r\nSpam: True ; 15.0 / 5.0\r\n\r\nRULE1"
 
 
-class SlowReader:
+def slow_reader(answer: bytes, clamd: bool = False) -> FakeServer:
     """A loopback scanner that reads 512 bytes every 20 ms into a small buffer, then answers *answer* at EOF or end of stream."""
 
-    def __init__(self, answer: bytes, clamd: bool = False) -> None:
-        self.answer = answer
-        self.clamd = clamd
-        self.server = socket.socket()
-        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # inherited by the accepted socket
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(4)
-        self.server.settimeout(0.1)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"tcp:127.0.0.1:{self.server.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn = self.server.accept()[0]
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(10)
-                try:
-                    self._handle(conn)
-                except OSError:
-                    pass
-
-    def _handle(self, conn: socket.socket) -> None:
+    def handle(server: FakeServer, conn: socket.socket) -> None:
+        conn.settimeout(10)
         data = b""
-        while not self.stop.is_set():
+        while not server.stop.is_set():
             piece = conn.recv(512)
             if not piece:
                 break
             data += piece
-            if self.clamd and data.endswith(b"\x00\x00\x00\x00"):
+            if clamd and data.endswith(b"\x00\x00\x00\x00"):
                 break
             time.sleep(0.02)
-        conn.sendall(self.answer)
+        conn.sendall(answer)
 
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.server.close()
+    return FakeServer(handle, receive_buffer=1024)
 
 
 @pytest.fixture()
@@ -102,7 +69,7 @@ def clamd() -> Iterator[FakeServer]:
 # --- the timeout bounds the whole exchange, not each send ---
 @pytest.mark.usefixtures("small_send_buffers")
 def test_a_spamd_reading_slowly_is_given_the_timeout_in_all() -> None:
-    spamd = SlowReader(SPAMD_HAM)
+    spamd = slow_reader(SPAMD_HAM)
     chunks = [b"x" * 4096] * 15  # each send within the timeout, all of them ~4 s
     started = time.monotonic()
     try:
@@ -116,7 +83,7 @@ def test_a_spamd_reading_slowly_is_given_the_timeout_in_all() -> None:
 
 @pytest.mark.usefixtures("small_send_buffers")
 def test_a_clamd_reading_slowly_is_given_the_timeout_in_all_for_a_whole_message() -> None:
-    clamd = SlowReader(b"stream: OK\x00", clamd=True)
+    clamd = slow_reader(b"stream: OK\x00", clamd=True)
     started = time.monotonic()
     try:
         with pytest.raises(ScannerError, match="timed out after 0.6s"):

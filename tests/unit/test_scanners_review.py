@@ -26,12 +26,16 @@ SPAMD_SPAM = b"SPAMD/1.1 0 EX_OK\r\nContent-length: 5\r\nSpam: True ; 15.0 / 5.0
 
 
 class FakeServer:
-    """A loopback TCP server answering each connection with ``handler(conn)`` in a thread; keeps what it read."""
+    """A loopback TCP server answering each connection with ``handler(conn)`` in a thread; keeps what it read.
 
-    def __init__(self, handler: Callable[["FakeServer", socket.socket], None]) -> None:
+    *receive_buffer*, when given, is the SO_RCVBUF of the accepted connections (a scanner that reads slowly)."""
+
+    def __init__(self, handler: Callable[["FakeServer", socket.socket], None], receive_buffer: int | None = None) -> None:
         self.handler = handler
         self.requests: list[bytes] = []
         self.server = socket.socket()
+        if receive_buffer is not None:
+            self.server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # inherited by the accepted socket
         self.server.bind(("127.0.0.1", 0))
         self.server.listen(8)
         self.server.settimeout(0.1)

@@ -12,47 +12,19 @@ import pytest
 from milterd.checks.dmarc import Dmarc
 from milterd.checks.spamassassin import SPAMASSASSIN
 from milterd.cli import main
-from milterd.config import ActionsSection, MilterSection, load_config
+from milterd.config import MilterSection
 from milterd.message.model import Hit
-from milterd.message.policy import GreylistStatus, decide
-from milterd.store import MessageRecord, Store
+from milterd.message.policy import GreylistStatus
+from milterd.store import MessageRecord
 from milterd.tuning import log_stats, rescore, whatif
-
-#: Score-based greylisting, as in test_tuning_review.
-ACTIONS = ActionsSection(add_header=5.0, rewrite_subject=10.0, greylist=7.0, quarantine=12.0, reject=15.0)
-CONF = """[database]
-url = "sqlite:///{root}/log.sqlite"
-[actions]
-add_header = 5
-rewrite_subject = 10
-greylist = 7
-quarantine = 12
-reject = 15
-[greylist]
-enabled = true
-mode = "score"
-"""
-
-
-def logged_row(hits: list[Hit], status: GreylistStatus | None = None, weights: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
-    """The log row the pipeline writes for *hits* (weights from *weights*) and the greylist store's *status*."""
-    table = weights or {}
-    verdict = decide(hits, lambda s: table.get(s, 0.0), ACTIONS, greylist=status)
-    return {"action": verdict.action.label, "score": verdict.score, "reason": verdict.reason, "symbols": verdict.symbols,
-            "details": verdict.details, "client_addr": "192.0.2.1", "auth_user": "", **extra}
+from tests.unit.test_tuning_review import ACTIONS, logged_row, logged_store
 
 
 # --- whatif and scores carried by the hit ----------------------------------------------
 @pytest.fixture()
 def conf(tmp_path: Path) -> Path:
-    path = tmp_path / "milter.conf"
-    path.write_text(CONF.format(root=tmp_path))
-    store = Store(load_config(path).database)
-    store.upgrade()
-    store.log_message(MessageRecord(action="add_header", client_addr="192.0.2.1", sender="a@example.org", score=6.0,
-                                    reason="score 6 >= add_header 5", symbols={SPAMASSASSIN: 6.0}))
-    store.close()
-    return path
+    return logged_store(tmp_path, MessageRecord(action="add_header", client_addr="192.0.2.1", sender="a@example.org", score=6.0,
+                                                reason="score 6 >= add_header 5", symbols={SPAMASSASSIN: 6.0}))
 
 
 def test_whatif_refuses_to_reweight_spamassassin(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -136,14 +108,9 @@ def test_stats_count_a_tempfailed_attempt_apart() -> None:
 
 
 def test_stats_command_counts_messages_and_shows_deferred_attempts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "milter.conf"
-    path.write_text(CONF.format(root=tmp_path))
-    store = Store(load_config(path).database)
-    store.upgrade()
-    for row in greylisted_then_passed():
-        store.log_message(MessageRecord(action=row["action"], client_addr="192.0.2.1", sender="a@example.org", score=row["score"],
-                                        reason=row["reason"], symbols=row["symbols"], details=row["details"]))
-    store.close()
+    path = logged_store(tmp_path, *(MessageRecord(action=row["action"], client_addr="192.0.2.1", sender="a@example.org", score=row["score"],
+                                                  reason=row["reason"], symbols=row["symbols"], details=row["details"])
+                                    for row in greylisted_then_passed()))
     assert main(["rules", "stats", "-c", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["messages"] == 2 and out["deferred_attempts"] == 1 and out["deferred_by_action"] == {"greylist": 1}

@@ -42,18 +42,35 @@ score = 8.0
 HOSTILE = "Hi \x1b]0;owned\x07\x1b[31mred\u202e \x9b2J"
 
 
-def logged_row(status: GreylistStatus) -> dict[str, Any]:
-    """The log row the pipeline writes for a message of score 8 and the greylist store's *status*."""
-    verdict = decide([Hit("BAYES_SPAM", score=8.0)], lambda _s: 0.0, ACTIONS, greylist=status)
+#: The hits of a message of score 8 (between greylist and rewrite_subject).
+SCORE_8 = [Hit("BAYES_SPAM", score=8.0)]
+
+
+def logged_row(hits: list[Hit], status: GreylistStatus | None = None, weights: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
+    """The log row the pipeline writes for *hits* (weights from *weights*) and the greylist store's *status*."""
+    table = weights or {}
+    verdict = decide(hits, lambda s: table.get(s, 0.0), ACTIONS, greylist=status)
     return {"action": verdict.action.label, "score": verdict.score, "reason": verdict.reason, "symbols": verdict.symbols,
-            "details": verdict.details, "client_addr": "192.0.2.1", "auth_user": ""}
+            "details": verdict.details, "client_addr": "192.0.2.1", "auth_user": "", **extra}
+
+
+def logged_store(root: Path, *records: MessageRecord) -> Path:
+    """A milter.conf (CONF) in *root* whose SQLite log holds *records*; returns its path."""
+    path = root / "milter.conf"
+    path.write_text(CONF.format(root=root))
+    store = Store(load_config(path).database)
+    store.upgrade()
+    for record in records:
+        store.log_message(record)
+    store.close()
+    return path
 
 
 @pytest.mark.parametrize("status", [GreylistStatus(needed=False), GreylistStatus(needed=False, error="database down")])
 def test_whatif_keeps_a_message_that_passed_greylisting(status: GreylistStatus) -> None:
     # Retried after the delay (or the store did not answer): the milter applied the action below
     # greylist; re-scored with the very same settings it must not turn into "greylist".
-    row = logged_row(status)
+    row = logged_row(SCORE_8, status)
     assert row["action"] == "add_header"
     report = whatif([row], {}, ACTIONS, MilterSection())
     assert report.changed == 0 and report.after == {"add_header": 1}
@@ -65,7 +82,7 @@ def test_whatif_keeps_a_message_that_passed_greylisting(status: GreylistStatus) 
 
 
 def test_whatif_still_greylists_a_first_attempt() -> None:
-    row = logged_row(GreylistStatus(needed=True, wait=300, detail="(192.0.2.0/24, a, b) new"))
+    row = logged_row(SCORE_8, GreylistStatus(needed=True, wait=300, detail="(192.0.2.0/24, a, b) new"))
     assert row["action"] == "greylist"
     assert whatif([row], {}, ACTIONS, MilterSection()).changed == 0
     assert rescore(row, {}, ACTIONS.model_copy(update={"greylist": 9.0}), MilterSection()).new_action == "add_header"
@@ -73,18 +90,12 @@ def test_whatif_still_greylists_a_first_attempt() -> None:
 
 @pytest.fixture()
 def hostile_log(tmp_path: Path) -> Path:
-    conf = tmp_path / "milter.conf"
-    conf.write_text(CONF.format(root=tmp_path))
-    store = Store(load_config(conf).database)
-    store.upgrade()
-    store.log_message(MessageRecord(
+    return logged_store(tmp_path, MessageRecord(
         action="add_header", client_addr="192.0.2.1", sender="evil\x1b[2J@example.org", recipients=["bob@example.com"],
         subject=HOSTILE, score=8.0, reason="score 8 >= add_header 5", symbols={"BAYES_SPAM": 8.0},
         # Envelope addresses are decoded with surrogateescape: a detail naming one keeps the raw byte.
         details={"BAYES_SPAM": "caf\udce9 \x9b"},
     ))
-    store.close()
-    return conf
 
 
 def test_whatif_text_escapes_sender_and_subject(hostile_log: Path, capsys: pytest.CaptureFixture[str]) -> None:
