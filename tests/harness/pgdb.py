@@ -2,8 +2,9 @@
 
 ``temporary_database()`` creates ``milterd_test_<random>`` through the
 ``postgres`` maintenance database and drops it afterwards, so that tests never
-touch each other's tables or the ``test`` database; ``upgraded_store()`` gives
-a milterd store on one, its schema current.
+touch each other's tables or the ``test`` database; ``required_database()``
+is one that a test cannot do without, and ``upgraded_store()`` a milterd store
+on one, its schema current.
 """
 
 from __future__ import annotations
@@ -55,13 +56,19 @@ def temporary_database() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def upgraded_store(needed_for: str) -> Iterator[Store]:
-    """A milterd :class:`Store` on a :func:`temporary_database`, its schema current, closed
-    afterwards; without PostgreSQL the test fails, saying what it was *needed_for*."""
+def required_database(needed_for: str) -> Iterator[str]:
+    """A :func:`temporary_database`'s URL; without PostgreSQL the test fails, saying what it was *needed_for*."""
     why = available()
     if why:
         pytest.fail(f"PostgreSQL is needed for {needed_for}: {why}")
     with temporary_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def upgraded_store(needed_for: str) -> Iterator[Store]:
+    """A milterd :class:`Store` on a :func:`required_database`, its schema current, closed afterwards."""
+    with required_database(needed_for) as url:
         store = Store(DatabaseSection(url=url))
         try:
             store.upgrade()

@@ -54,10 +54,7 @@ def wait_out_the_delay() -> None:
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    why = pgdb.available()
-    if why:
-        pytest.fail(f"PostgreSQL is needed for the shared-store tests: {why}")
-    with pgdb.temporary_database() as url:
+    with pgdb.required_database("the shared-store tests") as url:
         yield url
 
 

@@ -29,10 +29,7 @@ TRIPLET = gl.Triplet("192.0.2.0/24", "alice@example.org", "bob@example.com")
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    why = pgdb.available()
-    if why:
-        pytest.fail(f"PostgreSQL is needed for the shared-clock tests: {why}")
-    with pgdb.temporary_database() as url:
+    with pgdb.required_database("the shared-clock tests") as url:
         yield url
 
 

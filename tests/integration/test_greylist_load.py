@@ -156,10 +156,7 @@ def test_a_transaction_writes_its_triplets_once_when_it_ends(make_stack: Callabl
     sections = with_sections(NO_CHECKS, {"greylist": {"enabled": True, "auto_whitelist_after": 0}})
     with contextlib.ExitStack() as cleanup:
         if database == "postgresql":
-            why = pgdb.available()
-            if why:
-                pytest.fail(f"PostgreSQL is needed for the shared-store tests: {why}")
-            sections["database"] = {"url": cleanup.enter_context(pgdb.temporary_database())}
+            sections["database"] = {"url": cleanup.enter_context(pgdb.required_database("the shared-store tests"))}
         # Postfix ends a session at smtpd_hard_error_limit rejected commands (the
         # harness sets 1,000): raised, so that this session ends with its own QUIT.
         stack = make_stack(sections, postfix_extra={"smtpd_hard_error_limit": "5000", "smtpd_soft_error_limit": "5000"})

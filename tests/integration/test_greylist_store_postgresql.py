@@ -18,8 +18,5 @@ del test_failed_write_holds_greylisting_off  # noqa: F405, F821 - defined by the
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    why = pgdb.available()
-    if why:
-        pytest.fail(f"PostgreSQL is needed for the shared-store tests: {why}")
-    with pgdb.temporary_database() as url:
+    with pgdb.required_database("the shared-store tests") as url:
         yield url

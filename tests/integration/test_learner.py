@@ -107,10 +107,7 @@ def test_learn_then_judge_through_postfix(make_stack: Callable[..., Any], tmp_pa
 
 @pytest.fixture(scope="module")
 def shared_database() -> Iterator[str]:
-    why = pgdb.available()
-    if why:
-        pytest.fail(f"PostgreSQL is needed for the shared-store test: {why}")
-    with pgdb.temporary_database() as url:
+    with pgdb.required_database("the shared-store test") as url:
         yield url
 
 

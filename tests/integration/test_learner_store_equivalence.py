@@ -63,10 +63,7 @@ def test_the_summary_counts_by_label_and_clear_empties_the_model_on_postgresql(p
 
 @pytest.fixture
 def two_stores() -> Iterator[tuple[Engine, Engine]]:
-    why = pgdb.available()
-    if why:
-        pytest.fail(f"PostgreSQL is needed for the equivalence test: {why}")
-    with pgdb.temporary_database() as old_url, pgdb.temporary_database() as new_url:
+    with pgdb.required_database("the equivalence test") as old_url, pgdb.temporary_database() as new_url:
         stores = [Store(DatabaseSection(url=url)) for url in (old_url, new_url)]
         try:
             for store in stores:

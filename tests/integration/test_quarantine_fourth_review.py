@@ -29,10 +29,7 @@ from tests.unit.test_quarantine_fourth_review import RAW, add, purge_large_messa
 
 @pytest.fixture
 def quarantine(tmp_path: Path) -> Iterator[Quarantine]:
-    why = pgdb.available()
-    if why:
-        pytest.fail(f"PostgreSQL is needed for these tests: {why}")
-    with pgdb.temporary_database() as url:
+    with pgdb.required_database("these tests") as url:
         config = load_config(quarantine_config(tmp_path / "milter.conf", url, hostname="mx1.test"))
         store = Store(config.database)
         store.upgrade()

@@ -28,10 +28,7 @@ REASON = f"the database schema is at {NEWER}, which this milterd does not know"
 
 @pytest.fixture
 def shared_url() -> Iterator[str]:
-    why = pgdb.available()
-    if why:
-        pytest.fail(f"PostgreSQL is needed for the shared-store tests: {why}")
-    with pgdb.temporary_database() as url:
+    with pgdb.required_database("the shared-store tests") as url:
         yield url
 
 

@@ -24,10 +24,7 @@ from tests.unit.test_store_lock_order import NETWORK, NOW, executed, write, writ
 
 @pytest.fixture
 def database() -> Iterator[str]:
-    why = pgdb.available()
-    if why:
-        pytest.fail(f"PostgreSQL is needed for the lock order tests: {why}")
-    with pgdb.temporary_database() as url:
+    with pgdb.required_database("the lock order tests") as url:
         yield url
 
 

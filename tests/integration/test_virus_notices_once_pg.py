@@ -25,10 +25,7 @@ from tests.unit.test_virus_notices_once import LONG_AGO, Outbox, add, downgrade_
 
 @pytest.fixture()
 def quarantine(tmp_path: Path) -> Iterator[Quarantine]:
-    why = pgdb.available()
-    if why:
-        pytest.fail(f"PostgreSQL is needed: {why}")
-    with pgdb.temporary_database() as url:
+    with pgdb.required_database("the virus-notice tests") as url:
         config = load_config(quarantine_config(tmp_path / "milter.conf", url))
         store = Store(config.database)
         assert store.upgrade() == "0004"
