@@ -268,8 +268,7 @@ class Pipeline:
             except SpoolError as exc:
                 # Signing what cannot be read would deliver it unsigned (a DMARC failure at the
                 # receiver); as at any stage, the message waits for the client's retry.
-                log.error("check %s at verdict for client %s: %s; answering 451", check.name, session.client_addr, exc)
-                verdict = _spool_failed(verdict, check.name, exc)
+                verdict = _spool_failed(verdict, _spool_hit(check, session, exc))
                 break
             except Exception:  # noqa: BLE001
                 log.exception("check %s failed at verdict", check.name)
@@ -569,8 +568,7 @@ class Pipeline:
         except SpoolError as exc:
             # This machine could not read the message back: no check may judge it unread (a scanner's
             # on_error would pass it unscanned), so it waits for the client's retry.
-            log.error("check %s for client %s: %s; answering 451", check.name, session.client_addr, exc)
-            return [Hit("CHECK_ERROR", detail=f"{check.name}: {exc}"[:200], action=Action.TEMPFAIL, reply=SPOOL_REPLY)]
+            return [_spool_hit(check, session, exc)]
         except Exception as exc:  # noqa: BLE001 - one broken check must not take the message down
             if CHECK_TRACEBACKS.first((check.name, type(exc))):
                 log.exception("check %s failed for client %s", check.name, session.client_addr)
@@ -647,12 +645,17 @@ def _replace_action(verdict: Verdict, action: Action, reason: str) -> Verdict:
     return replace(verdict, action=action, reason=reason)
 
 
-def _spool_failed(verdict: Verdict, check: str, error: SpoolError) -> Verdict:
-    """*verdict* turned into the 451 of a message its spool could not be read back for (by *check*, after the verdict)."""
-    detail = f"{check}: {error}"[:200]
+def _spool_hit(check: Check, session: Session, error: SpoolError) -> Hit:
+    """The hit (451 4.3.0, logged) of a message whose spool *check* could not read back."""
+    log.error("check %s for client %s: %s; answering 451", check.name, session.client_addr, error)
+    return Hit("CHECK_ERROR", detail=f"{check.name}: {error}"[:200], action=Action.TEMPFAIL, reply=SPOOL_REPLY)
+
+
+def _spool_failed(verdict: Verdict, hit: Hit) -> Verdict:
+    """*verdict* turned into *hit*'s 451, met after the verdict (by signing, sealing or auto-learn)."""
     return replace(
-        verdict, action=Action.TEMPFAIL, reason=detail, reply=SPOOL_REPLY,
-        symbols={**verdict.symbols, "CHECK_ERROR": 0.0}, details={**verdict.details, "CHECK_ERROR": detail},
+        verdict, action=Action.TEMPFAIL, reason=hit.detail, reply=hit.reply,
+        symbols={**verdict.symbols, hit.symbol: 0.0}, details={**verdict.details, hit.symbol: hit.detail},
     )
 
 
