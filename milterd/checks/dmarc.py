@@ -319,7 +319,7 @@ def evaluate(
     spf_temperror = spf is not None and spf.get("result") == "temperror" and queryable(spf_domain) and aligned(spf_domain, domain, record.aspf, psl_path)
     if dkim_temperror or spf_temperror:
         return Evaluation("temperror", domain, policy, "none", "SPF or DKIM could not be checked (DNS error)")
-    applied = policy if roll < record.pct else _MILDER[policy]
+    applied = _sampled(policy, roll, record.pct)
     return Evaluation("fail", domain, policy, applied, "neither SPF nor DKIM aligned with From")
 
 
@@ -456,7 +456,7 @@ def with_np(evaluation: Evaluation, record: Record, record_domain: str, roll: in
         return evaluation
     if not nonexistent(domain):
         return evaluation
-    applied = record.np if roll < record.pct else _MILDER[record.np]
+    applied = _sampled(record.np, roll, record.pct)
     return replace(evaluation, policy=record.np, applied=applied, nonexistent=True)
 
 
@@ -491,6 +491,11 @@ def _lookup(resolver: Any, domain: str, deadline: float, psl_path: str) -> tuple
         if len(records) == 1:
             return records[0], name
     return ""
+
+
+def _sampled(policy: Policy, roll: int, pct: int) -> Policy:
+    """*policy* for a message *roll* (0..99) puts in the ``pct`` sample, else the next milder one."""
+    return policy if roll < pct else _MILDER[policy]
 
 
 def _refusal(evaluation: Evaluation) -> str:
