@@ -629,7 +629,8 @@ class Quarantine:
         rows = list(reversed(self.rows(since=since)))
         text = format_digest(rows, self.config, since, now)
         subject = f"milterd quarantine digest for {self.config.hostname}: {len(rows)} message{'s' if len(rows) != 1 else ''}"
-        self._send_text(sender or self.report_from, to, subject, text)
+        sender = sender or self.report_from
+        self._send_text(sender, sender, to, subject, text)
         return f"{len(rows)} messages reported to {', '.join(to)}"
 
     def notify_virus_recipients(self, since: dt.datetime, failed: list[str] | None = None) -> int:
@@ -676,7 +677,7 @@ class Quarantine:
             problems.append(f"<{recipient}>: not sent: cannot record it ({exc})")
             return False
         try:
-            self._send_text(self.report_from, [recipient], subject, text, envelope_sender="")
+            self._send_text(self.report_from, "", [recipient], subject, text)
         except QuarantineError as exc:
             try:
                 self.repo.release_notice(row_id, recipient)
@@ -692,10 +693,9 @@ class Quarantine:
         """The sender of digests and notices."""
         return self.config.quarantine.report_from or f"postmaster@{self.config.hostname}"
 
-    def _send_text(self, sender: str, to: list[str], subject: str, text: str, envelope_sender: str | None = None) -> None:
-        """Mail *text* from *sender* (its From:) to *to*; the envelope's sender is *envelope_sender* ("": the null one) or else *sender*."""
+    def _send_text(self, sender: str, mail_from: str, to: list[str], subject: str, text: str) -> None:
+        """Mail *text* to *to*, From: *sender*, the envelope's sender *mail_from* ("": the null sender)."""
         message = notice_message(sender, to, subject, text, self.config.hostname)
-        mail_from = sender if envelope_sender is None else envelope_sender
         try:
             _delivered, refused = reinject.send(self._target(), mail_from, to, [message], self.config.hostname, auth=self._auth())
         except (OSError, smtplib.SMTPException) as exc:
