@@ -48,6 +48,35 @@ def _count(delta: int) -> None:
         active += delta
 
 
+# A callback pymilter could not call: the raw bytes of the argument it failed to decode
+# (see supervisor.milter_excepthook), for the next callback of the same connection.
+# threading.local follows the Python thread state, and pymilter gives each connection one.
+_undecodable = threading.local()
+
+
+def record_undecodable(raw: bytes) -> None:
+    """Keep *raw*, an argument pymilter could not decode, for this connection's next callback."""
+    _undecodable.raw = raw
+
+
+def take_undecodable() -> bytes | None:
+    """The argument kept by :func:`record_undecodable` on this thread, once."""
+    raw: bytes | None = getattr(_undecodable, "raw", None)
+    _undecodable.raw = None
+    return raw
+
+
+def dropped_helo(stage: str, connected: bool, in_transaction: bool) -> bool:
+    """Whether a callback pymilter dropped (found at *stage*) was HELO: else it was connect or a header.
+
+    Only those three get text that pymilter decodes; MAIL, RCPT and header
+    values arrive as bytes.  A header is dropped inside a transaction, connect
+    before connect ran; HELO comes with no transaction open (Postfix aborts the
+    transaction first) and is followed by MAIL, another HELO, RSET or QUIT.
+    """
+    return connected and not in_transaction and stage in ("helo", "mail", "abort", "close")
+
+
 #: The stages that may be negotiated without a reply (over a unix socket), by callback name.
 _NO_REPLY = {"connect": Milter.P_NR_CONN, "helo": Milter.P_NR_HELO, "header": Milter.P_NR_HDR, "body": Milter.P_NR_BODY}
 
@@ -153,7 +182,7 @@ class MilterdMilter(Milter.Base):
 
     def _envfrom(self, sender: str, *params: str) -> int:
         self._finish()
-        self.session.auth_user = self.getsymval("{auth_authen}") or ""
+        self.session.auth_user = self._symval("{auth_authen}") or ""
         envelope = self.envelope = self.pipeline.new_envelope(self.session)
         envelope.sender = _strip_brackets(sender)
         envelope.mail_args = Milter.param2dict(list(params)) if params else {}
@@ -168,7 +197,7 @@ class MilterdMilter(Milter.Base):
 
     def _envrcpt(self, recipient: str) -> int:
         envelope = self._require_envelope()
-        envelope.queue_id = self.getsymval("i") or envelope.queue_id
+        envelope.queue_id = self._symval("i") or envelope.queue_id
         return self._answer(self.pipeline.rcpt(self.session, envelope, _strip_brackets(recipient)))
 
     def data(self) -> int:
@@ -176,7 +205,7 @@ class MilterdMilter(Milter.Base):
 
     def _data(self) -> int:
         envelope = self._require_envelope()
-        envelope.queue_id = self.getsymval("i") or envelope.queue_id
+        envelope.queue_id = self._symval("i") or envelope.queue_id
         return self._answer(self.pipeline.data(self.session, envelope))
 
     def header_bytes(self, name: str | bytes, value: bytes) -> int:
@@ -234,7 +263,7 @@ class MilterdMilter(Milter.Base):
 
     def _eom(self) -> int:
         envelope = self._require_envelope()
-        envelope.queue_id = self.getsymval("i") or envelope.queue_id
+        envelope.queue_id = self._symval("i") or envelope.queue_id
         outcome = self.outcome = self.pipeline.eom(self.session, envelope, before_commit=self._send_edits, progress=self._progress)
         action = outcome.verdict.action
         if action == Action.QUARANTINE:
@@ -286,6 +315,7 @@ class MilterdMilter(Milter.Base):
 
     def close(self) -> int:
         try:
+            self._judge_dropped("close")
             self._finish()
             self.pipeline.close(self.session)
         except Exception:  # noqa: BLE001
@@ -298,6 +328,8 @@ class MilterdMilter(Milter.Base):
 
     # --- helpers ------------------------------------------------------------
     def _guard(self, stage: str, func: Callable[..., int], *args: Any) -> int:
+        if getattr(_undecodable, "raw", None) is not None:
+            self._judge_dropped(stage)
         if stage in self._no_reply:
             return self._guard_no_reply(stage, func, *args)
         if self._carried is not None and stage != "abort":
@@ -327,6 +359,37 @@ class MilterdMilter(Milter.Base):
         if result != Milter.CONTINUE and self.refusal is not None:
             self._carry(stage, self.refusal)
         return Milter.NOREPLY
+
+    def _judge_dropped(self, stage: str) -> None:
+        """Judge the callback pymilter dropped before this one; what it decides waits for the next reply (``_carried``).
+
+        A HELO name that is not UTF-8 (Postfix passes 8-bit names on with
+        smtputf8_enable = no) gets the HELO stage it missed, with the bytes
+        decoded with U+FFFD in place of the bad ones (the HELO check finds it
+        not a valid name), unless this callback is a new HELO that replaces
+        it.  Any other dropped callback is answered with a tempfail.
+        """
+        raw = take_undecodable()
+        if raw is None:
+            return
+        session = self.session
+        shown = escape(raw.decode("utf-8", "surrogateescape"), ascii_only=True)[:200]
+        if not dropped_helo(stage, self._counted, self.envelope is not None):
+            log.warning("pymilter could not decode '%s' from client %s: a callback before %s was skipped; answering tempfail", shown, session.client_addr, stage)
+            if stage not in ("abort", "close"):  # nothing left to answer; connect's failure, for the whole session
+                self._carry(stage if self._counted else "connect", Decision(Action.TEMPFAIL, INTERNAL_ERROR))
+            return
+        log.warning("client %s said HELO '%s', which is not UTF-8; judged as an invalid name", session.client_addr, shown)
+        if stage in ("helo", "close"):
+            return  # replaced by the new HELO, or no mail to judge
+        session.helo = raw.decode("utf-8", "replace")
+        try:
+            decision = self.pipeline.helo(session)
+        except Exception:  # noqa: BLE001 - as _guard: a tempfail at the next reply
+            log.exception("internal error at helo for client %s; answering tempfail", session.client_addr)
+            decision = Decision(Action.TEMPFAIL, INTERNAL_ERROR)
+        if decision is not None:
+            self._carry("helo", decision)
 
     def _carry(self, stage: str, decision: Decision) -> None:
         self._carried = decision
@@ -406,10 +469,23 @@ class MilterdMilter(Milter.Base):
         else:
             self.chgheader(name, index, value)
 
+    def _symval(self, name: str) -> str | None:
+        """Macro *name*'s value; one that is not UTF-8 with U+FFFD for its bad bytes.
+
+        pymilter decodes a macro strictly: an 8-bit SASL login name (Postfix passes
+        ``{auth_authen}`` on as the client sent it) would otherwise fail every MAIL
+        FROM of that user with a tempfail.
+        """
+        try:
+            value: str | None = self.getsymval(name)
+        except UnicodeDecodeError as exc:
+            return bytes(exc.object).decode("utf-8", "replace")
+        return value
+
     def _macros(self, *names: str) -> dict[str, str]:
         found = {}
         for name in names:
-            value = self.getsymval(name)
+            value = self._symval(name)
             if value:
                 found[name] = value
         return found

@@ -26,6 +26,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import Milter
@@ -879,6 +880,7 @@ def run_worker(services: Services, listen_fd: int, stop_fd: int, ready_fd: int =
     pipeline = Pipeline(services)
     adapter.MilterdMilter.pipeline = pipeline
     adapter.MilterdMilter.unix_socket = _is_unix(listen_fd)
+    install_exception_hook()
     if services.config.milter.timeout:
         milter.settimeout(int(services.config.milter.timeout))
     threading.Thread(target=_wait_for_stop, args=(stop_fd, listen_fd, services.config.milter.shutdown_timeout), daemon=True).start()
@@ -939,6 +941,59 @@ def _drain(timeout: float) -> None:
         time.sleep(0.05)
     if adapter.active > 0:
         log.warning("%d connection(s) still open after %gs; stopping anyway", adapter.active, timeout)
+
+
+def undecodable_argument(exc: BaseException, tb: TracebackType | None) -> bytes | None:
+    """The raw bytes of a callback argument pymilter could not decode; None for any other exception.
+
+    pymilter's C module builds a callback's arguments itself and decodes its
+    text strictly as UTF-8: an 8-bit HELO name (Postfix passes one on with
+    smtputf8_enable = no) fails there, before any Python code runs, so the
+    UnicodeDecodeError has no traceback.  An exception of Python code always
+    has one (and the adapter's guard catches milterd's own).
+    """
+    if tb is None and isinstance(exc, UnicodeDecodeError):
+        return exc.object
+    return None
+
+
+_previous_excepthook = sys.excepthook
+
+
+def milter_excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """sys.excepthook in a worker: where pymilter reports an exception no callback caught (PyErr_Print).
+
+    A callback pymilter could not call because it could not decode its
+    argument continues (no 451 "untrapped exception", no traceback): the
+    bytes are kept for the connection's next callback, which judges them
+    (``MilterdMilter._judge_dropped``).  Anything else keeps pymilter's
+    tempfail and the usual report.
+
+    pymilter reads its exception policy, one global of the C module, right
+    after this hook returns, once the GIL is released.  Each exception sets
+    the policy it needs in its own hook, so another connection can change it
+    only by taking the GIL and failing a whole callback in the gap between
+    that release and the read of one int; and the exceptions other than the
+    undecodable one are bugs outside the adapter's guard (register's lambdas,
+    pymilter's own connect and negotiate callbacks), not client input.  Safe
+    enough, with no way to give pymilter a policy per call.
+    """
+    raw = undecodable_argument(exc, tb)
+    if raw is None:
+        milter.set_exception_policy(milter.TEMPFAIL)
+        _previous_excepthook(exc_type, exc, tb)
+        return
+    adapter.record_undecodable(raw)
+    milter.set_exception_policy(milter.CONTINUE)
+
+
+def install_exception_hook() -> None:
+    """Install :func:`milter_excepthook` (once) with pymilter's default policy, tempfail."""
+    global _previous_excepthook
+    if sys.excepthook is not milter_excepthook:
+        _previous_excepthook = sys.excepthook
+        sys.excepthook = milter_excepthook
+    milter.set_exception_policy(milter.TEMPFAIL)
 
 
 def register(cls: type) -> None:

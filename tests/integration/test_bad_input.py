@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -212,3 +213,47 @@ def test_every_answer_has_a_log_row_or_refusal(stack: Stack) -> None:
         symbols = {name for row in rows for name in row["symbols"]}
         assert "SPAMASSASSIN" in symbols and "CLAMAV_VIRUS" in symbols, sorted(symbols)
         assert "CLAMAV_ERROR" not in symbols and "SPAMD_ERROR" not in symbols, [r for r in rows if {"CLAMAV_ERROR", "SPAMD_ERROR"} & set(r["symbols"])][:3]
+
+
+def _command(sock: socket.socket, reader: Any, line: bytes | None) -> tuple[int, str]:
+    """Send one raw SMTP line (None: only read); the reply's code and its whole text."""
+    if line is not None:
+        sock.sendall(line + b"\r\n")
+    text = []
+    while True:
+        reply = reader.readline().decode("utf-8", "replace")
+        assert reply, f"connection closed after {line!r}"
+        text.append(reply.rstrip("\r\n"))
+        if reply[3:4] != "-":
+            return int(reply[:3]), "\n".join(text)
+
+
+def test_8bit_helo_without_smtputf8_gets_the_normal_verdict(make_stack: Callable[..., Stack]) -> None:
+    # With smtputf8_enable = no Postfix passes an 8-bit HELO name on to the milter as
+    # it came; pymilter cannot decode it as UTF-8 and answered 451 4.3.0 "untrapped
+    # exception" (which Postfix gives at MAIL FROM), with a traceback in the log.
+    # Now the name is judged like any bad name.
+    stack = make_stack({"milter": {"workers": 2, "timeout": 120}}, postfix_extra={"smtputf8_enable": "no"})
+    with socket.create_connection(("127.0.0.1", stack.postfix.smtp_port), timeout=60) as sock:
+        reader = sock.makefile("rb")
+        assert _command(sock, reader, None)[0] == 220
+        assert _command(sock, reader, b"EHLO client.test")[0] == 250
+        assert _command(sock, reader, b"XCLIENT ADDR=192.0.2.10 NAME=[UNAVAILABLE]")[0] == 220
+        helo = _command(sock, reader, b"EHLO h\xe9llo.example")
+        assert helo[0] == 250, helo
+        mail = _command(sock, reader, b"MAIL FROM:<alice@example.org>")  # Postfix answers a milter's HELO refusal here
+        assert mail[0] == 250, mail
+        assert _command(sock, reader, b"RCPT TO:<bob@example.com>")[0] == 250
+        assert _command(sock, reader, b"DATA")[0] == 354
+        sock.sendall(_head("8bit-helo") + b"\r\nbody\r\n.\r\n")
+        code, reply = _command(sock, reader, None)
+        _command(sock, reader, b"QUIT")
+    assert code == 250, reply
+    queue_id = re.search(r"queued as (\w+)", reply)
+    assert queue_id, reply
+    [row] = [r for r in stack.milterd.log_json() if r["queue_id"] == queue_id.group(1)]
+    assert row["action"] == "accept" and row["helo"] == "h\ufffdllo.example", row
+    assert "HELO_NOT_FQDN" in row["symbols"], row
+    stderr = stack.milterd.stderr()
+    assert "Traceback" not in stderr and "untrapped" not in stderr, stderr[-3000:]
+    assert "HELO 'h\\xe9llo.example', which is not UTF-8" in stderr, stderr[-3000:]
