@@ -4,20 +4,27 @@ A key file holds an RSA private key in PEM (``rsa-sha256``) or an ed25519
 seed in base64 (``ed25519-sha256``, dkimpy's format); the algorithm is read
 from the file.  A domain may have several keys (an RSA and an ed25519 one):
 the message gets one signature per key.
+
+:func:`sign` reads the body in chunks and canonicalises and hashes it once
+for all the keys (:class:`SimpleBody`): memory stays at the header section
+and one chunk, whatever the size of the message.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Protocol
 
 import dkim
 import dkim.crypto
 import nacl.encoding
+import nacl.exceptions
 import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -102,22 +109,163 @@ def keys_for(keys: list[SigningKey], domain: str) -> list[SigningKey]:
     return []
 
 
-def sign(message: bytes, keys: list[SigningKey], headers: list[str]) -> list[str]:
+#: The c= of milterd's signatures: dkimpy's signing default, relaxed header and simple body canonicalisation.
+CANONICALIZATION = b"relaxed/simple"
+
+
+def sign(header_section: bytes, body: Iterable[bytes], keys: list[SigningKey], headers: list[str]) -> list[str]:
     """One DKIM-Signature value (without the name, folded with LF) per key, in *keys*' order.
 
-    *headers* lists the header names to sign; empty signs dkimpy's default
-    (RFC 6376's recommended set, From twice so that none can be added).  From
-    is always signed once more than the message has it (:func:`oversign_from`).
+    *header_section* is the message's header fields with CRLF line ends and
+    the empty line that ends them; *body* the body in chunks of any size,
+    read once (whatever it raises propagates), canonicalised and hashed once
+    for all keys, never held in memory.  *headers* lists the header names to
+    sign; empty signs dkimpy's default (RFC 6376's recommended set, From twice
+    so that none can be added).  From is always signed once more than the
+    message has it (:func:`oversign_from`).
     """
     names = field_names(headers)
-    values = []
+    if not keys:
+        return []
+    signers = [dkim.DKIM(header_section, signature_algorithm=key.dkim_algorithm) for key in keys]
+    # rsa-sha256 and ed25519-sha256 both hash with SHA-256: one hash object serves both.
+    hashes: dict[Any, Any] = {}  # dkimpy's hash constructor: its hash object (hashlib's)
     for key in keys:
-        signer = dkim.DKIM(message, signature_algorithm=key.dkim_algorithm)
+        new = dkim.HASH_ALGORITHMS[key.dkim_algorithm]
+        hashes.setdefault(new, new())
+    canonical = SimpleBody(list(hashes.values()))
+    # What dkimpy's parse of the header section leaves as body ("" unless it holds an empty line) comes first, as in the whole message.
+    for chunk in itertools.chain([signers[0].body], body):
+        canonical.update(chunk)
+    canonical.finish()
+    values = []
+    for key, signer in zip(keys, signers, strict=True):
         include = oversign_from(names, signer.headers) if names else None
-        line = signer.sign(key.selector.encode("ascii"), key.domain.encode("ascii"), key.private, include_headers=include)
-        value = line.split(b":", 1)[1].strip().decode("ascii")
-        values.append(value.replace("\r\n", "\n"))
+        body_hash = base64.b64encode(hashes[dkim.HASH_ALGORITHMS[key.dkim_algorithm]].digest())
+        line = _signature(signer, key, include, body_hash)
+        values.append(line.strip().decode("ascii").replace("\r\n", "\n"))
     return values
+
+
+def _signature(signer: Any, key: SigningKey, include_headers: list[bytes] | None, body_hash: bytes) -> bytes:
+    """dkimpy's ``DKIM.sign`` with the body hash given: the DKIM-Signature value dkimpy makes of the same message.
+
+    dkimpy's ``sign()`` is not called: it canonicalises and hashes ``signer.body``,
+    so it needs the whole body in memory, and does so again for each key.  This
+    mirrors ``sign()`` of dkimpy 1.1 (read in 1.1.8, ``dkim/__init__.py``) called
+    without *identity*, *canonicalize* or *length*: the same key and header
+    checks and errors, the same tags in the same order, ``t=`` from the same
+    clock; dkimpy's ``gen_header`` hashes the header fields and signs.
+    tests/unit/test_dkimsign_stream.py compares the result with dkimpy's ``sign()``.
+    """
+    if signer.signature_algorithm == b"ed25519-sha256":
+        try:
+            private = nacl.signing.SigningKey(key.private, encoder=nacl.encoding.Base64Encoder)
+        except nacl.exceptions.ValueError:
+            raise dkim.KeyFormatError("invalid ed25519 private key or format") from None
+    else:
+        try:
+            private = dkim.crypto.parse_pem_private_key(key.private)
+        except dkim.crypto.UnparsableKeyError as exc:
+            raise dkim.KeyFormatError(str(exc)) from None
+    policy = dkim.CanonicalizationPolicy.from_c_value(CANONICALIZATION)
+    names = tuple(name.lower() for name in (signer.default_sign_headers() if include_headers is None else include_headers))
+    if b"from" not in names:
+        raise dkim.ParameterError("The From header field MUST be signed")
+    for name in set(names).intersection(signer.should_not_sign):
+        raise dkim.ParameterError(f"The {name!r} header field SHOULD NOT be signed")
+    signer.hasher = dkim.HASH_ALGORITHMS[signer.signature_algorithm]
+    domain = key.domain.encode("ascii")
+    fields = [
+        (b"v", b"1"),
+        (b"a", signer.signature_algorithm),
+        (b"c", policy.to_c_value()),
+        (b"d", domain),
+        (b"i", b"@" + domain),
+        (b"q", b"dns/txt"),
+        (b"s", key.selector.encode("ascii")),
+        (b"t", str(int(time.time())).encode("ascii")),
+        (b"h", b" : ".join(names)),
+        (b"bh", body_hash),
+        (b"b", b"0" * 60),
+    ]
+    value: bytes = signer.gen_header(fields, names, policy, b"DKIM-Signature", private)
+    return value
+
+
+class _Hashing(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+
+#: The most CRLFs handed on at once: a long run of empty lines goes to the hashes in pieces of this.
+_CRLF_BLOCK = b"\r\n" * 32768
+
+
+class SimpleBody:
+    """dkimpy's simple body canonicalisation of a body given in chunks, handed to hashes as it comes.
+
+    The bytes the hashes get, in all, are ``Simple.canonicalize_body(body)``
+    where *body* is what dkimpy's parse of the message (``dkim.rfc822_parse``,
+    and :func:`milterd.dkimfast.rfc822_parse` which replaces it) makes of the
+    chunks joined: every LF with a CR before it (a lone CR stays), then
+    ``strip_trailing_lines``: the empty lines at the end removed and the body
+    ended by one CRLF (an empty body is one CRLF).  A CRLF may be split
+    between two chunks; the run of CRLFs after the last other byte is counted,
+    not kept, until a chunk shows whether anything follows it.
+    """
+
+    def __init__(self, hashes: list[_Hashing]) -> None:
+        self.hashes = hashes
+        self._raw_cr = False  # the last chunk ended with a CR: a LF first in the next one has its CR
+        self._held_cr = False  # a CR at the end of the text so far, not handed on: a LF may follow
+        self._empty_lines = 0  # CRLFs after the last other byte, not handed on: dropped if nothing else follows
+
+    def update(self, chunk: bytes) -> None:
+        """Canonicalise the next *chunk* of the body."""
+        if not chunk:
+            return
+        start = 1 if self._raw_cr and chunk[:1] == b"\n" else 0
+        self._raw_cr = chunk[-1:] == b"\r"
+        if chunk.count(b"\n", start) != chunk.count(b"\r\n", start):  # a LF without its CR
+            chunk = chunk[:start] + chunk[start:].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if self._held_cr:
+            chunk = b"\r" + chunk
+        self._held_cr = chunk[-1:] == b"\r"
+        if self._held_cr:
+            chunk = chunk[:-1]
+        crlfs = _trailing_crlfs(chunk)
+        if len(chunk) > 2 * crlfs:
+            self._hand_empty_lines()
+            self._hand(chunk[: len(chunk) - 2 * crlfs])
+        self._empty_lines += crlfs
+
+    def finish(self) -> None:
+        """End the body: a CR held back is a lone CR, and the body ends with one CRLF whatever empty lines it ended with."""
+        if self._held_cr:
+            self._held_cr = False
+            self._hand_empty_lines()
+            self._hand(b"\r")
+        self._empty_lines = 0
+        self._hand(b"\r\n")
+
+    def _hand_empty_lines(self) -> None:
+        count, self._empty_lines = self._empty_lines, 0
+        while count:
+            step = min(count, len(_CRLF_BLOCK) // 2)
+            self._hand(_CRLF_BLOCK if step * 2 == len(_CRLF_BLOCK) else _CRLF_BLOCK[: 2 * step])
+            count -= step
+
+    def _hand(self, data: bytes) -> None:
+        for hash_ in self.hashes:
+            hash_.update(data)
+
+
+def _trailing_crlfs(text: bytes) -> int:
+    """How many CRLFs end *text*, in which every LF has its CR before it (a CR may stand alone)."""
+    run = text[len(text.rstrip(b"\r\n")) :]  # CRLFs and lone CRs
+    if run.endswith(b"\r"):
+        return 0
+    return (len(run) - run.rfind(b"\r\r") - 1) // 2  # those after the last lone CR (the one before a CR), if any
 
 
 def field_names(headers: list[str]) -> list[bytes]:

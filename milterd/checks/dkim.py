@@ -354,7 +354,7 @@ class DkimSigner(Check):
         # The pipeline tags the Subject after the verdict (a quarantined message over rewrite_subject): sign what is delivered.
         subject_edits = [e for e in plan_headers(verdict, {}, envelope.header("Subject"), self.services.config.actions) if e.name == "Subject"]
         try:
-            signatures = dkimsign.sign(message_as_delivered(envelope, subject_edits), keys, options.headers)
+            signatures = dkimsign.sign(header_section_as_delivered(envelope, subject_edits), envelope.spool.chunks(), keys, options.headers)
         except SpoolError:
             raise  # the message unread: the pipeline answers 451, not an unsigned delivery
         except Exception as exc:  # noqa: BLE001 - an unsigned message is delivered; the log says why
@@ -364,14 +364,15 @@ class DkimSigner(Check):
         return _with_hit(verdict, "DKIM_SIGNED", ", ".join(f"d={k.domain} s={k.selector}" for k in keys))
 
 
-def message_as_delivered(envelope: Envelope, subject_edits: list[HeaderEdit]) -> bytes:
-    """The message with milterd's own Subject edits (``change`` index 1, or ``add``) made as Postfix makes them.
+def header_section_as_delivered(envelope: Envelope, subject_edits: list[HeaderEdit]) -> bytes:
+    """The header section (CRLF line ends, the empty line included) with milterd's own Subject edits
+    (``change`` index 1, or ``add``) made as Postfix makes them; the body follows it unchanged.
 
     The Subject is the only header a signature covers that milterd changes after
     the verdict (X-Spam-*, X-Virus-*, Authentication-Results and ARC cannot be signed).
     """
     if not subject_edits:
-        return envelope.message_bytes()
+        return envelope.header_bytes
     raws = envelope.raw_headers if len(envelope.raw_headers) == len(envelope.headers) else None
     lines = [raws[i] if raws is not None else name.encode("ascii", "replace") + b": " + value for i, (name, value) in enumerate(envelope.headers)]
     subjects = [i for i, (name, _) in enumerate(envelope.headers) if name.lower() == "subject"]
@@ -382,8 +383,7 @@ def message_as_delivered(envelope: Envelope, subject_edits: list[HeaderEdit]) ->
             lines.append(line)
         elif 0 < edit.index <= len(subjects):
             lines[subjects[edit.index - 1]] = line
-    head = b"".join(line.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n" for line in lines)
-    return head + b"\r\n" + envelope.spool.read()
+    return b"".join(line.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n" for line in lines) + b"\r\n"
 
 
 def _with_hit(verdict: Verdict, symbol: str, detail: str) -> Verdict:

@@ -44,6 +44,12 @@ MESSAGE = (
 )
 
 
+def sections(message: bytes) -> tuple[bytes, list[bytes]]:
+    """*message*'s header section (its empty line included) and its body as one chunk: what dkimsign.sign takes."""
+    at = message.index(b"\r\n\r\n") + 4
+    return message[:at], [message[at:]]
+
+
 class FakeResolver:
     """TXT records from a table; names in *failing* time out."""
 
@@ -198,7 +204,7 @@ def test_one_authentication_results_header_with_every_method() -> None:
 def test_signing_round_trip_rsa_and_ed25519(rsa_key: bytes) -> None:
     ed = dkimsign.generate("ed25519")
     keys = [dkimsign.SigningKey("signed.test", "rsa1", "rsa", rsa_key), dkimsign.SigningKey("signed.test", "ed1", "ed25519", ed.strip())]
-    values = dkimsign.sign(MESSAGE, keys, [])
+    values = dkimsign.sign(*sections(MESSAGE), keys, [])
     assert len(values) == 2 and "a=ed25519-sha256" in values[1]
     message = b"".join(b"DKIM-Signature: " + v.replace("\n", "\r\n").encode() + b"\r\n" for v in values) + MESSAGE
     txt = {"rsa1._domainkey.signed.test": dkimsign.public_record("rsa", rsa_key), "ed1._domainkey.signed.test": dkimsign.public_record("ed25519", ed.strip())}

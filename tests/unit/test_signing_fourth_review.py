@@ -101,8 +101,9 @@ def test_a_u_label_from_domain_is_signed_with_its_a_label_key(tmp_path: Path) ->
 def test_a_u_label_signature_verifies(tmp_path: Path) -> None:
     key = dkimsign.generate("ed25519")
     signing = dkimsign.SigningKey("xn--bcher-kva.example", "s1", "ed25519", key.strip())
-    message = "From: Anna <anna@bücher.example>\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n".encode()
-    [value] = dkimsign.sign(message, dkimsign.keys_for([signing], "bücher.example"), [])
+    head, body = "From: Anna <anna@bücher.example>\r\nTo: b@example.org\r\nSubject: hi\r\n\r\n".encode(), b"hello\r\n"
+    message = head + body
+    [value] = dkimsign.sign(head, [body], dkimsign.keys_for([signing], "bücher.example"), [])
     signed = b"DKIM-Signature: " + value.replace("\n", "\r\n").encode() + b"\r\n" + message
     record = dkimsign.public_record("ed25519", key.strip()).encode()
     assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: record if name == b"s1._domainkey.xn--bcher-kva.example." else None)
@@ -134,8 +135,9 @@ def test_header_names_with_white_space_still_give_a_signature_that_verifies(head
     # [dkim_signing] headers accepts " Subject" (its check strips it); a verifier strips h='s names too.
     assert DkimSigningSection(headers=[h for h in headers if h]).headers
     key = dkimsign.generate("ed25519").strip()
-    message = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
-    [value] = dkimsign.sign(message, [dkimsign.SigningKey("example.org", "s1", "ed25519", key)], headers)
+    head, body = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\n", b"hello\r\n"
+    message = head + body
+    [value] = dkimsign.sign(head, [body], [dkimsign.SigningKey("example.org", "s1", "ed25519", key)], headers)
     signed = b"DKIM-Signature: " + value.replace("\n", "\r\n").encode() + b"\r\n" + message
     record = dkimsign.public_record("ed25519", key).encode()
     assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: record)
@@ -145,4 +147,4 @@ def test_header_names_with_white_space_still_give_a_signature_that_verifies(head
 def test_a_header_name_with_a_colon_is_an_error_not_a_broken_signature() -> None:
     key = dkimsign.SigningKey("example.org", "s1", "ed25519", dkimsign.generate("ed25519").strip())
     with pytest.raises(ValueError, match="not a header field name"):
-        dkimsign.sign(b"From: a@example.org\r\nSubject: hi\r\n\r\nhello\r\n", [key], ["From", "Subject:To"])
+        dkimsign.sign(b"From: a@example.org\r\nSubject: hi\r\n\r\n", [b"hello\r\n"], [key], ["From", "Subject:To"])
