@@ -29,6 +29,7 @@ import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from . import dkimfast
 from .checks.dmarc import a_label
 from .content.headertext import is_field_name
 from .files import read_error, read_regular
@@ -127,6 +128,7 @@ def sign(header_section: bytes, body: Iterable[bytes], keys: list[SigningKey], h
     names = field_names(headers)
     if not keys:
         return []
+    dkimfast.install()  # RSA by OpenSSL: the same signatures (milterd/dkimfast.py), also in a worker that has verified nothing yet
     signers = [dkim.DKIM(header_section, signature_algorithm=key.dkim_algorithm) for key in keys]
     # rsa-sha256 and ed25519-sha256 both hash with SHA-256: one hash object serves both.
     hashes: dict[Any, Any] = {}  # dkimpy's hash constructor: its hash object (hashlib's)

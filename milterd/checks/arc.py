@@ -177,6 +177,7 @@ def chain_already_failed(arc: dkim.ARC) -> bool:
 
 def seal(message: bytes, domain: str, selector: str, key: bytes, authserv_id: str) -> list[tuple[str, str]]:
     """The next ARC set for *message* as (name, value) pairs, values folded with LF; [] when the chain ended."""
+    dkimfast.install()  # RSA by OpenSSL: the same seals (milterd/dkimfast.py)
     arc = dkim.ARC(message, logger=QUIET)
     if chain_already_failed(arc):
         return []  # RFC 8617 §5.1: a chain whose last seal says cv=fail has failed; no new set is added
