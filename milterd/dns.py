@@ -289,7 +289,9 @@ class Resolver:
         # record does not fit in 512 bytes, and without EDNS every such lookup is
         # truncated and asked again over TCP.
         self._resolver.use_edns(0, 0, EDNS_PAYLOAD)
-        self._server = _udp_server(self._resolver)
+        self._servers = _udp_servers(self._resolver)
+        # Every nameserver is one our client asks: when all refuse, nobody else could answer.
+        self._servers_all = len(self._servers) == len(self._resolver.nameservers)
         self.cache = TTLCache(section.cache_size)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -327,7 +329,7 @@ class Resolver:
         if deadline <= time.monotonic():
             return [Answer(name, rdtype, "error", error="timeout") for name, rdtype in keys]
         answers: list[Answer | None] = [None] * len(keys)
-        if self._server is not None:
+        if self._servers:
             self._ask_udp(keys, deadline, answers)
         for i, answer in enumerate(answers):
             if answer is None:
@@ -341,29 +343,46 @@ class Resolver:
         return self._resolve(key[0], key[1], remaining)
 
     def _ask_udp(self, keys: Sequence[tuple[str, str]], deadline: float, answers: list[Answer | None]) -> None:
-        """Ask the first nameserver for *keys* over one UDP socket and fill in *answers* by position.
+        """Ask the nameservers for *keys* over UDP and fill in *answers* by position.
+
+        The first nameserver is asked; the next one only for the questions a nameserver
+        refused (an ICMP port unreachable: nothing listens there, a resolver that is down),
+        and when every nameserver refused they are ``"connection refused"`` errors at once.
+        dnspython's resolver sends from an unconnected socket, which never hears of the
+        refusal: it waited the whole deadline at every stage of every message.
+        """
+        refused: list[int] = []
+        for server in self._servers:
+            refused = self._ask_server(server, keys, deadline, answers)
+            if not refused:
+                return
+        if self._servers_all:
+            for i in refused:
+                answers[i] = Answer(keys[i][0], keys[i][1], "error", error="connection refused")
+
+    def _ask_server(self, server: tuple[int, tuple[str, int]], keys: Sequence[tuple[str, str]], deadline: float, answers: list[Answer | None]) -> list[int]:
+        """Ask *server* over one UDP socket for the *keys* not yet answered; the positions it refused.
 
         An answer left None goes to dnspython's resolver: a question our client does not
         send, a reply it does not read (:func:`_answer_from`), a socket error.  A question
         still unanswered at *deadline* is a timeout, as it is for dnspython's resolver:
-        its per-server timeout is the whole lifetime, so the first server has it all.
+        its per-server timeout is the whole lifetime, so a silent server has it all.
         """
-        assert self._server is not None
-        family, address = self._server
+        family, address = server
+        requests = [(i, self._request(*key)) for i, key in enumerate(keys) if answers[i] is None]
+        asked = [(i, request) for i, request in requests if request is not None]
         pending: dict[int, tuple[int, dns.message.Message]] = {}
         try:
             sock = socket.socket(family, socket.SOCK_DGRAM)
         except OSError:
             # No socket (EMFILE, ENOBUFS…): dnspython's resolver tries, and its failure is an "error" answer.
-            return
+            return []
         with sock:
             try:
-                # Connected: the kernel drops datagrams from any other address or port.
+                # Connected: the kernel drops datagrams from any other address or port, and
+                # tells of an ICMP port unreachable (ConnectionRefusedError).
                 sock.connect(address)
-                for i, (name, rdtype) in enumerate(keys):
-                    request = self._request(name, rdtype)
-                    if request is None:
-                        continue
+                for i, request in asked:
                     while request.id in pending:
                         request.set_random_id()
                     pending[request.id] = (i, request)
@@ -393,11 +412,14 @@ class Resolver:
                     # Not ours to read: dnspython's resolver asks now (TCP for a truncated reply),
                     # while the other replies wait in the socket's buffer.
                     answers[i] = answer if answer is not None else self._fallback(keys[i], deadline)
+            except ConnectionRefusedError:
+                return [i for i, _ in asked if answers[i] is None]
             except OSError:
-                # Unreachable, refused…: dnspython's resolver takes what is left.
-                return
+                # Unreachable…: dnspython's resolver takes what is left.
+                return []
         for i, _ in pending.values():
             answers[i] = Answer(keys[i][0], keys[i][1], "error", error="timeout")
+        return []
 
     def _request(self, name: str, rdtype: str) -> dns.message.Message | None:
         """The query dnspython's resolver would send for *name*/*rdtype*; None for one it would refuse or fail on."""
@@ -550,19 +572,22 @@ def use_for_spf(get_resolver: Callable[[], Resolver]) -> None:
     spf.DNSLookup = lookup
 
 
-def _udp_server(resolver: dns.resolver.Resolver) -> tuple[int, tuple[str, int]] | None:
-    """(address family, (ip, port)) of the resolver's first nameserver for our UDP client; None when
-    the resolver is set up in a way the client does not copy (TSIG, rotation, a cache, DNS-over-HTTPS…)."""
-    if resolver.keyname is not None or resolver.rotate or resolver.cache is not None or not resolver.nameservers:
-        return None
-    first = resolver.nameservers[0]
-    if isinstance(first, str) and dns.inet.is_address(first):
-        address, port = first, resolver.nameserver_ports.get(first, resolver.port)
-    elif type(first) is dns.nameserver.Do53Nameserver:
-        address, port = first.address, first.port
-    else:
-        return None
-    return dns.inet.af_for_address(address), (address, port)
+def _udp_servers(resolver: dns.resolver.Resolver) -> list[tuple[int, tuple[str, int]]]:
+    """(address family, (ip, port)) of the resolver's nameservers our UDP client asks, in order: those
+    before the first it does not (DNS-over-HTTPS…); none when the resolver is set up in a way the
+    client does not copy (TSIG, rotation, a cache)."""
+    if resolver.keyname is not None or resolver.rotate or resolver.cache is not None:
+        return []
+    servers = []
+    for nameserver in resolver.nameservers:
+        if isinstance(nameserver, str) and dns.inet.is_address(nameserver):
+            address, port = nameserver, resolver.nameserver_ports.get(nameserver, resolver.port)
+        elif type(nameserver) is dns.nameserver.Do53Nameserver:
+            address, port = nameserver.address, nameserver.port
+        else:
+            break
+        servers.append((dns.inet.af_for_address(address), (address, port)))
+    return servers
 
 
 def _reply_to(wire: bytes, pending: dict[int, tuple[int, dns.message.Message]]) -> tuple[int, dns.message.Message, dns.message.Message | None] | None:

@@ -303,12 +303,15 @@ def test_questions_the_client_does_not_send(serve: Callable[[Handler], Server]) 
 def test_resolver_without_udp_nameserver_uses_dnspython() -> None:
     resolver = resolver_for("127.0.0.1:9")
     resolver._resolver.nameservers = ["https://resolver.invalid/dns-query"]
-    assert milterd.dns._udp_server(resolver._resolver) is None
-    resolver._resolver.nameservers = ["127.0.0.1"]
+    assert milterd.dns._udp_servers(resolver._resolver) == []
+    resolver._resolver.nameservers = ["127.0.0.1", "https://resolver.invalid/dns-query", "127.0.0.2"]
     resolver._resolver.rotate = True
-    assert milterd.dns._udp_server(resolver._resolver) is None
+    assert milterd.dns._udp_servers(resolver._resolver) == []
     resolver._resolver.rotate = False
-    assert milterd.dns._udp_server(resolver._resolver) == (socket.AF_INET, ("127.0.0.1", 53))
+    # The nameservers up to the first the client does not ask.
+    assert milterd.dns._udp_servers(resolver._resolver) == [(socket.AF_INET, ("127.0.0.1", 53))]
+    resolver._resolver.nameservers = ["127.0.0.1", "::1"]
+    assert milterd.dns._udp_servers(resolver._resolver) == [(socket.AF_INET, ("127.0.0.1", 53)), (socket.AF_INET6, ("::1", 53))]
 
 
 # --- time ------------------------------------------------------------------------
@@ -344,13 +347,58 @@ def test_answer_for_some_questions_timeout_for_the_others(serve: Callable[[Handl
     assert [a.status for a in answers] == ["error", "ok"]
 
 
-def test_closed_port_is_a_timeout(serve: Callable[[Handler], Server]) -> None:
+def closed_port() -> str:
+    """A 127.0.0.1 UDP port nothing listens on: a datagram sent there gets an ICMP port unreachable."""
     closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
-    resolver = resolver_for(f"127.0.0.1:{port}", timeout=0.2)
-    assert [a.error for a in resolver.query_many([("a.test", "A"), ("b.test", "A")])] == ["timeout", "timeout"]
+    return f"127.0.0.1:{port}"
+
+
+def no_dnspython(resolver: Resolver) -> None:
+    """Make the resolver fail the test if it hands a question to dnspython's resolver (which waits out the deadline)."""
+    def refuse(*args: object) -> Answer:
+        raise AssertionError(f"dnspython's resolver asked for {args}")
+
+    resolver._resolve = refuse  # type: ignore[method-assign]
+
+
+def test_refusing_nameserver_is_an_error_at_once_not_a_timeout() -> None:
+    """A resolver that is down (nothing on its port) made every stage wait the whole [dns] timeout."""
+    resolver = resolver_for(closed_port(), timeout=5.0)
+    no_dnspython(resolver)
+    answers = resolver.query_many([("a.test", "A"), ("b.test", "A"), ("c.test", "MX")])
+    assert [(a.status, a.error) for a in answers] == [("error", "connection refused")] * 3
+    assert resolver.query("d.test", "TXT").error == "connection refused"
+    assert len(resolver.cache) == 0  # an error is not kept: the resolver is asked again when it is back
+
+
+def test_refused_questions_go_to_the_next_nameserver(serve: Callable[[Handler], Server]) -> None:
+    good = serve(zone)
+    resolver = resolver_for(closed_port(), closed_port(), good, timeout=5.0)
+    no_dnspython(resolver)
+    answers = resolver.query_many([("a.test", "A"), ("nothing.test", "A")])
+    assert [(a.status, a.records) for a in answers] == [("ok", ("192.0.2.1", "192.0.2.2")), ("nxdomain", ())]
+    assert sorted(q.question[0].name.to_text() for q in good.queries("udp")) == ["a.test.", "nothing.test."]
+
+
+def test_a_nameserver_that_answers_is_the_only_one_asked(serve: Callable[[Handler], Server]) -> None:
+    first, second = serve(zone), serve(zone)
+    resolver = resolver_for(first, second)
+    assert resolver.query("a.test", "A").ok
+    assert len(first.queries()) == 1 and second.queries() == []
+
+
+def test_refused_by_every_nameserver_the_client_asks_is_left_to_dnspython_when_it_knows_others() -> None:
+    """Behind a nameserver our client does not ask (DNS-over-HTTPS), dnspython's resolver may still answer."""
+    resolver = resolver_for(closed_port(), timeout=0.3)
+    resolver._resolver.nameservers = [*resolver._resolver.nameservers, "https://resolver.invalid/dns-query"]
+    resolver._servers_all = False
+    asked: list[str] = []
+    resolver._resolve = lambda name, rdtype, lifetime: asked.append(name) or Answer(name, rdtype, "error", error="dnspython")  # type: ignore[method-assign, func-returns-value]
+    assert resolver.query("a.test", "A").error == "dnspython"
+    assert asked == ["a.test"]
 
 
 # --- spoofing ------------------------------------------------------------------------

@@ -54,6 +54,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Zone, Clock, list[t
     monkeypatch.setattr(time, "monotonic", clock)
     zone = Zone()
     resolver = Resolver(DnsSection(nameservers=["127.0.0.1:1"], timeout=2.0))
+    # Every question goes to the fake upstream: no nameserver for our UDP client, dnspython's path replaced.
+    monkeypatch.setattr(resolver, "_servers", [])
     monkeypatch.setattr(resolver, "_resolve", zone.resolve)
     before = spf.DNSLookup
     use_for_spf(lambda: resolver)
