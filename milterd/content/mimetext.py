@@ -10,9 +10,9 @@ rendered to plain text (tags, scripts and styles dropped) and its ``href`` /
 ``src``, a ``background``, a stylesheet's ``href``) are told from those a
 reader follows (a link's ``href``, a form's ``action``, a link in the
 text).  Everything is bounded: at most *limit* characters of text are kept,
-and at most ``MAX_URIS`` links.  A message of one text part with plain
-headers (most mail) is read without the parse (:func:`single_part`), to the
-same result.
+at most ``MAX_URIS`` links, and at most ``MAX_TAGS`` tags of a part are
+parsed.  A message of one text part with plain headers (most mail) is read
+without the parse (:func:`single_part`), to the same result.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import email.message
 import email.policy
 import re
 from dataclasses import dataclass, field
+from html import unescape
 from html.parser import HTMLParser
 from typing import Iterable, Iterator
 
@@ -30,6 +31,9 @@ from typing import Iterable, Iterator
 MAX_URIS = 1000
 #: At most this many MIME parts are looked at (a message of 10,000 empty parts is an attack).
 MAX_PARTS = 500
+#: At most this many tags of an HTML part are parsed: a tag costs the parser about 3 µs (4 MB of
+#: "<b>" took 4 s of CPU); links written in the rest are still found, as in plain text.
+MAX_TAGS = 50_000
 
 _URI_IN_TEXT = re.compile(r"""(?i)\b(?:(?:https?|ftp)://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
 _WWW = re.compile(r"[wW]{3}\.")  # what (?i)www\. matches: only W lower-cases to w
@@ -42,6 +46,12 @@ _TRAILING = ".,;:!?"
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANKS = re.compile(r"\n\s*\n+")
 _COMMENT_END = re.compile(r"--!?>")
+_LINK_ATTRS = frozenset({"href", "src", "action", "background"})
+# The stdlib's (3.11) patterns of a start tag's name and of one attribute, which _HTMLText.parse_starttag reads with.
+_TAG_NAME = re.compile(r"([a-zA-Z][^\t\n\r\f />\x00]*)(?:\s|/(?!>))*")
+_ATTRIBUTE = re.compile(r"""((?<=['"\s/])[^\s/>][^\s/=>]*)(\s*=+\s*('[^']*'|"[^"]*"|(?!['"])[^>\s]*))?(?:\s|/(?!>))*""")
+#: Where the stdlib's start tag is unterminated when its attributes stop there (a "=" after a quote that never closes).
+_UNTERMINATED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ=/")
 #: A "<" that starts no tag, end tag, comment, declaration or processing instruction: text to the parser
 #: (the HTML standard's tokenizer and the stdlib's), but a step of its own there, a microsecond or two each.
 _TEXT_LT = re.compile(r"<(?![a-zA-Z/!?])")
@@ -141,8 +151,9 @@ def _walk(message: email.message.Message) -> Iterator[email.message.Message]:
 def _add_text(result: MessageText, seen: set[str], texts: list[str], ctype: str, body: str, room: int) -> int:
     """Add a decoded text/plain or text/html part's text (at most *room* characters) and links; its length."""
     if ctype == "text/html":
-        body, links, embedded = _html_parts(body)
+        body, links, embedded, cut = _html_parts(body)
         _add_uris(result, seen, links, embedded)
+        result.truncated = result.truncated or cut
     else:
         _add_uris(result, seen, uris_in_text(body))
     if len(body) > room:
@@ -351,6 +362,8 @@ class _HTMLText(HTMLParser):
         self.followed: set[str] = set()  # links seen as one the reader follows
         self._skipping = 0
         self._closing = False
+        # How far from the end a start tag found unterminated at feed() begins (goahead() drops what it read).
+        self._unterminated = -1
 
     def close(self) -> None:
         """End the document: what is left unterminated (a tag, comment, declaration) runs to its end, as in a browser."""
@@ -364,8 +377,50 @@ class _HTMLText(HTMLParser):
         return len(self.rawdata) if end < 0 and self._closing else end
 
     def parse_starttag(self, i: int) -> int:
-        """The stdlib's, but an unterminated start tag at the end of the document hides the rest."""
-        return self._to_end(super().parse_starttag(i))
+        """A start tag, read attribute by attribute as the stdlib (3.11) reads them, keeping only
+        those :meth:`handle_starttag` reads; its end, or -1 while unterminated (at the end of the
+        document: the rest is hidden, as in a browser).
+
+        The stdlib first locates the tag's end with a pattern that keeps a backtracking entry
+        per attribute (one tag of 4 MB of "x=y " took 900 MB), then reads the attributes with
+        this loop: the loop alone finds the same end (tests/unit/test_html_tag_limits.py
+        compares the two).
+        """
+        rawdata = self.rawdata
+        if self._closing and len(rawdata) - i == self._unterminated:
+            return len(rawdata)  # read to its end once already, at feed()
+        name = _TAG_NAME.match(rawdata, i + 1)
+        assert name is not None  # goahead() calls this at "<" and a letter
+        k = name.end()
+        self.lasttag = tag = name.group(1).lower()
+        attrs: list[tuple[str, str | None]] = []
+        while True:
+            found = _ATTRIBUTE.match(rawdata, k)
+            if found is None or found.end() == k:
+                break
+            attrname, rest, value = found.group(1, 2, 3)
+            attrname = attrname.lower()
+            if rest and attrname in _LINK_ATTRS and len(attrs) < MAX_URIS:
+                if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                    value = value[1:-1]
+                attrs.append((attrname, unescape(value)))
+            k = found.end()
+        following = rawdata[k:k + 1]
+        if following == ">":
+            self.handle_starttag(tag, attrs)
+            if tag in self.CDATA_CONTENT_ELEMENTS:
+                self.set_cdata_mode(tag)
+            return k + 1
+        if rawdata.startswith("/>", k):
+            self.handle_startendtag(tag, attrs)
+            return k + 2
+        if following == "" or following in _UNTERMINATED:
+            # The stdlib's "end of input in or before attribute value": the tag does not end.
+            self._unterminated = len(rawdata) - i
+            return self._to_end(-1)
+        # Not a tag after all (the stdlib's "junk characters"): its text is data.
+        self.handle_data(rawdata[i:k])
+        return k
 
     def parse_endtag(self, i: int) -> int:
         """The stdlib's, but an unterminated end tag at the end of the document hides the rest."""
@@ -385,7 +440,7 @@ class _HTMLText(HTMLParser):
         if tag in self._BREAK:
             self.parts.append("\n")
         for name, value in attrs:
-            if value and name in ("href", "src", "action", "background") and len(self.links) < MAX_URIS:
+            if value and name in _LINK_ATTRS and len(self.links) < MAX_URIS:
                 value = (value.replace(self.mark, "<") if self.mark else value).strip()
                 if not value.startswith(("#", "cid:", "data:", "javascript:")):
                     self.links.append(value)
@@ -431,13 +486,20 @@ class _HTMLText(HTMLParser):
 
 def html_to_text(markup: str) -> tuple[str, list[str]]:
     """The visible text of an HTML document and its links (href, src), plus links written in its text."""
-    text, links, _ = _html_parts(markup)
+    text, links, _, _ = _html_parts(markup)
     return text, links
 
 
-def _html_parts(markup: str) -> tuple[str, list[str], set[str]]:
-    """:func:`html_to_text`, and which of its links the document only embeds (:attr:`MessageText.embedded`)."""
+def _html_parts(markup: str) -> tuple[str, list[str], set[str], bool]:
+    """:func:`html_to_text`, which of its links the document only embeds (:attr:`MessageText.embedded`),
+    and whether it was cut.
+
+    Only the first ``MAX_TAGS`` tags are parsed; the links written in the rest are
+    found as in plain text (their ``href`` is the same text), so that padding a
+    part with tags does not hide what follows from the URI lists.
+    """
     markup, mark = _text_lt(markup)
+    markup, rest = _first_tags(markup)
     parser = _HTMLText(mark)
     try:
         parser.feed(markup)
@@ -449,10 +511,22 @@ def _html_parts(markup: str) -> tuple[str, list[str], set[str]]:
         text = text.replace(mark, "<")
     text = _BLANKS.sub("\n\n", _SPACES.sub(" ", text)).strip()
     written = uris_in_text(text)
+    if rest:
+        written += uris_in_text(rest.replace(mark, "<") if mark else rest)
     embedded = parser.embedded
     if embedded and (parser.followed or written):
         embedded = embedded - parser.followed - set(written)
-    return text, parser.links + written, embedded
+    return text, parser.links + written, embedded, bool(rest)
+
+
+def _first_tags(markup: str) -> tuple[str, str]:
+    """*markup* up to its ``MAX_TAGS``-th "<" (after :func:`_text_lt`, each starts a tag), and the rest."""
+    if markup.count("<") <= MAX_TAGS:
+        return markup, ""
+    cut = -1
+    for _ in range(MAX_TAGS + 1):
+        cut = markup.find("<", cut + 1)
+    return markup[:cut], markup[cut:]
 
 
 def _text_lt(markup: str) -> tuple[str, str]:
