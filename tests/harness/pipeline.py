@@ -4,10 +4,12 @@ for tests of the scanner checks (with or without real clamd and spamd)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
-from milterd.config import Config
+from milterd.config import Config, load_config
 from milterd.message.model import Envelope, Session
 from milterd.message.pipeline import Outcome, Pipeline
+from milterd.milter.adapter import MilterdMilter
 from milterd.services import build
 from tests.harness.scanners import GTUBE
 
@@ -57,3 +59,19 @@ def run_message(pipeline: Pipeline, message: bytes, chunk: int = 65536, queue_id
     finally:
         pipeline.finish(session, envelope)
         pipeline.shutdown()
+
+
+def milter_worker(conf: Path) -> Iterator[type[MilterdMilter]]:
+    """MilterdMilter with its own pipeline from *conf*, as a worker sets it before serving; closed after
+    (a fixture's body: ``yield from milter_worker(conf)``)."""
+    services = build(load_config(conf))
+    services.store.ensure_schema(True)
+    pipeline = Pipeline(services)
+
+    class Worker(MilterdMilter):
+        pass
+
+    Worker.pipeline = pipeline
+    yield Worker
+    pipeline.shutdown()
+    services.close()

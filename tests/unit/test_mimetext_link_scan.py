@@ -9,22 +9,12 @@ import pytest
 
 from milterd.content import mimetext
 from milterd.content.mimetext import extract, uris_in_text
-
-# The pattern uris_in_text stands for: finditer over the whole text, the first MAX_URIS kept.
-REFERENCE = re.compile(r"""(?i)\b(?:(?:https?|ftp)://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
+from tests.unit.test_auth_row_cuts import REFERENCE, reference_uris  # finditer over the whole text, the first MAX_URIS kept
 
 PIECES = list("hHtTpPsSfFwW:/. x\n\t<>\"'()[]{}é_1") + [
     "ſ", "İ", "ẞ", "K", "\u2003", "\x1c", "\x85", "://", "http://", "https://", "ftp://", "FTP://", "www.", "WwW.",
     "httpſ://", "HTTPS://", "a.b", "xhttp://", "_www.", "wwww.", ":// ", "http:// ", "www. ",
 ]
-
-
-def reference_uris(text: str) -> list[str]:
-    found = []
-    for match in REFERENCE.finditer(text):
-        uri = match.group(0).rstrip(".,;:!?")
-        found.append("http://" + uri if uri.lower().startswith("www.") else uri)
-    return found[: mimetext.MAX_URIS]
 
 
 class CountingPattern:

@@ -21,12 +21,10 @@ import pytest
 from Milter import testctx
 
 from milterd.cli import main
-from milterd.config import load_config
-from milterd.message.pipeline import Pipeline
 from milterd.milter.adapter import MilterdMilter
-from milterd.services import build
 from tests.conftest import NO_CHECKS, with_sections
 from tests.harness.milterd import write_config
+from tests.harness.pipeline import milter_worker
 
 RULES = {"test.toml": '[[rule]]\nname = "TEST_REJECT"\nheader = "Subject"\nregex = "REJECTME"\nscore = 100\n'}
 
@@ -63,17 +61,7 @@ def conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def milter_class(conf: Path) -> Iterator[type[MilterdMilter]]:
     """MilterdMilter with its own pipeline, as a worker sets it before serving."""
-    services = build(load_config(conf))
-    services.store.ensure_schema(True)
-    pipeline = Pipeline(services)
-
-    class Worker(MilterdMilter):
-        pass
-
-    Worker.pipeline = pipeline
-    yield Worker
-    pipeline.shutdown()
-    services.close()
+    yield from milter_worker(conf)
 
 
 @pytest.fixture()

@@ -25,15 +25,13 @@ import pytest
 from Milter import testctx
 
 from milterd.cli import main
-from milterd.config import load_config
 from milterd.message.model import Action, Decision, Session
-from milterd.message.pipeline import Pipeline
 from milterd.message.reply import Reply
 from milterd.milter import adapter, supervisor
 from milterd.milter.adapter import MilterdMilter
-from milterd.services import build
 from tests.conftest import NO_CHECKS, with_sections
 from tests.harness.milterd import write_config
+from tests.harness.pipeline import milter_worker
 
 RAW_HELO = b"h\xe9llo.example"
 
@@ -154,17 +152,7 @@ def conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def milter_class(conf: Path) -> Iterator[type[MilterdMilter]]:
-    services = build(load_config(conf))
-    services.store.ensure_schema(True)
-    pipeline = Pipeline(services)
-
-    class Worker(MilterdMilter):
-        pass
-
-    Worker.pipeline = pipeline
-    yield Worker
-    pipeline.shutdown()
-    services.close()
+    yield from milter_worker(conf)
 
 
 @pytest.fixture()
