@@ -40,6 +40,8 @@ _WWW = re.compile(r"[wW]{3}\.")  # what (?i)www\. matches: only W lower-cases to
 # Where _URI_IN_TEXT can match: its prefixes followed by two characters of its link class.
 _SCHEME_END = re.compile(r"""://(?=[^\s<>"'()\[\]{}]{2})""")
 _WWW_LINK = re.compile(r"""[wW]{3}\.(?=[^\s<>"'()\[\]{}]{2})""")  # only W lower-cases to w
+# The same in lower-cased text: a literal prefix, which the regex engine finds about ten times faster.
+_WWW_LINK_LOWER = re.compile(r"""www\.(?=[^\s<>"'()\[\]{}]{2})""")
 _SCHEME = re.compile(r"(?i)https?|ftp")  # the schemes of _URI_IN_TEXT, fullmatched before a "://"
 _SCHEME_ENDS = frozenset("pPsS\u017f")  # what (?i) matches to p or s (and ſ to s): a scheme's last character
 _TRAILING = ".,;:!?"
@@ -313,7 +315,12 @@ def _links(text: str) -> Iterator[re.Match[str]]:
     leftmost match at or after the previous one's end is the next (the
     pattern's ``\\b`` sees the text before a ``match()`` position).
     """
-    scheme, www = _scheme_start(text, 0), _www_start(text, 0)
+    # Only W lower-cases to w, and lower-casing keeps who is of the link class; a character
+    # lower-cased to several would move the indexes: then the text itself is searched.
+    lowered = text.lower() if "W" in text else text
+    if len(lowered) != len(text):
+        lowered = ""
+    scheme, www = _scheme_start(text, 0), _www_start(text, lowered, 0)
     while scheme >= 0 or www >= 0:
         start = www if scheme < 0 or 0 <= www < scheme else scheme
         match = _URI_IN_TEXT.match(text, start)
@@ -323,7 +330,7 @@ def _links(text: str) -> Iterator[re.Match[str]]:
         if 0 <= scheme < after:
             scheme = _scheme_start(text, after)
         if 0 <= www < after:
-            www = _www_start(text, after)
+            www = _www_start(text, lowered, after)
 
 
 def _scheme_start(text: str, pos: int) -> int:
@@ -340,9 +347,12 @@ def _scheme_start(text: str, pos: int) -> int:
     return -1
 
 
-def _www_start(text: str, pos: int) -> int:
-    """The first index from *pos* on of a ``www.`` (any case) followed by two link characters; -1 for none."""
-    found = _WWW_LINK.search(text, pos)
+def _www_start(text: str, lowered: str, pos: int) -> int:
+    """The first index from *pos* on of a ``www.`` (any case) followed by two link characters; -1 for none.
+
+    *lowered* is *text* lower-cased with the same indexes, searched instead ("" when there is none).
+    """
+    found = _WWW_LINK_LOWER.search(lowered, pos) if lowered else _WWW_LINK.search(text, pos)
     return -1 if found is None else found.start()
 
 
