@@ -49,7 +49,8 @@ _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANKS = re.compile(r"\n\s*\n+")
 _COMMENT_END = re.compile(r"--!?>")
 _LINK_ATTRS = frozenset({"href", "src", "action", "background"})
-# The stdlib's (3.11) patterns of a start tag's name and of one attribute, which _HTMLText.parse_starttag reads with.
+# CPython 3.11.7's patterns of a start tag's name and of one attribute, which _HTMLText.parse_starttag reads
+# with whatever Python runs milterd (Debian 12's 3.11.2 has newer ones since the 2025 security fixes).
 _TAG_NAME = re.compile(r"([a-zA-Z][^\t\n\r\f />\x00]*)(?:\s|/(?!>))*")
 _ATTRIBUTE = re.compile(r"""((?<=['"\s/])[^\s/>][^\s/=>]*)(\s*=+\s*('[^']*'|"[^"]*"|(?!['"])[^>\s]*))?(?:\s|/(?!>))*""")
 #: Where the stdlib's start tag is unterminated when its attributes stop there (a "=" after a quote that never closes).
