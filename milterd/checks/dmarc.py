@@ -29,14 +29,13 @@ import random
 import re
 import unicodedata
 from dataclasses import dataclass, replace
-from email.utils import getaddresses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal
 
 from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
-from ..content.headertext import decoded
+from ..content.headertext import addresses, decoded
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
@@ -138,7 +137,7 @@ def from_domain(value: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=1024)
 def _from_domain(value: str) -> str | None:
-    domains = {addr.rpartition("@")[2].strip().lower().rstrip(".") for _, addr in getaddresses([value]) if "@" in addr}
+    domains = {addr.rpartition("@")[2].strip().lower().rstrip(".") for _, addr in addresses(value) if "@" in addr}
     domains.discard("")
     if len(domains) != 1:
         return None
@@ -209,7 +208,7 @@ def _from_domains(value: str) -> tuple[str, ...]:
 
 def _parse_domains(value: str, decode: bool) -> tuple[str, ...]:
     found: dict[str, None] = {}
-    for _, addr in getaddresses([value]):
+    for _, addr in addresses(value):
         if "@" in addr:
             domain = a_label(addr.rpartition("@")[2].strip().lower().rstrip("."))
             if domain and _DOMAIN.fullmatch(domain):

@@ -1,5 +1,6 @@
 """A header field's value as a mail client shows it: unfolded, RFC 2047 encoded-words decoded
-(and :func:`is_field_name`, what a configured header name must be).
+(and :func:`is_field_name`, what a configured header name must be; :func:`addresses`, the
+addresses of an address field).
 
 Leniently, as clients read what spam sends: each encoded-word is decoded where
 it stands (raw UTF-8 around it, RFC 6532, is kept), the blanks between two
@@ -14,6 +15,8 @@ would see ``=?x-unknown?b?ZXZpbC5leGU=?=`` where a client shows ``evil.exe``.
 from __future__ import annotations
 
 import binascii
+import email.utils
+import inspect
 import re
 
 from .mimetext import decode_bytes
@@ -57,3 +60,20 @@ _FIELD_NAME = re.compile(r"[!-9;-~]+\Z")
 def is_field_name(name: str) -> bool:
     """Whether *name* can name a header field: printable US-ASCII without a colon or a space."""
     return bool(_FIELD_NAME.match(name))
+
+
+# Pythons with the fix of CVE-2023-27043 (3.11.10 and later; Debian 12's 3.11.2 since its
+# deb12u updates) read address fields strictly by default and give nothing for a whole value
+# they find malformed; the others have no such keyword.
+_LENIENT: dict[str, bool] = {"strict": False} if "strict" in inspect.signature(email.utils.getaddresses).parameters else {}
+
+
+def addresses(value: str) -> list[tuple[str, str]]:
+    """The (name, address) pairs of an address field's *value*, read leniently whatever the Python.
+
+    A strict reading gives ``[("", "")]`` for ``alice@bank.example <x@evil.example>`` or
+    ``alice@bank.example)<x@evil.example>``, whose every address a lenient one finds: a From
+    that names no domain would escape DMARC, where the lenient reading has the message judged
+    for both domains.  Milterd reads the same on every Python.
+    """
+    return email.utils.getaddresses([value], **_LENIENT)

@@ -11,7 +11,6 @@ with ``keep_log=False``.
 
 from __future__ import annotations
 
-import email.utils
 import errno
 import functools
 import mailbox
@@ -26,6 +25,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 import Milter
 from Milter import testctx
 
+from ..content.headertext import addresses
 from ..message.model import Action, Decision, Hit
 from ..message.pipeline import Pipeline
 from ..message.policy import decide, spam_status
@@ -221,18 +221,16 @@ def envelope_from_headers(headers: list[tuple[str, bytes]]) -> tuple[str, list[s
 
 
 def _addresses(fields: list[str]) -> list[str]:
-    """The addresses of these field values; those of a value the stdlib parser cannot take
-    (it recurses once per nested comment or group: 5,000 "(" raise RecursionError) left out."""
-    try:
-        return [a for _, a in email.utils.getaddresses(fields)]
-    except RecursionError:
-        found: list[str] = []
-        for value in fields:
-            try:
-                found += [a for _, a in email.utils.getaddresses([value])]
-            except RecursionError:
-                pass
-        return found
+    """The addresses of these field values, each value parsed apart, so that one the stdlib
+    parser cannot take is left out alone (it recurses once per nested comment or group:
+    5,000 "(" raise RecursionError)."""
+    found: list[str] = []
+    for value in fields:
+        try:
+            found += [a for _, a in addresses(value)]
+        except RecursionError:
+            pass
+    return found
 
 
 class _Context(testctx.TestCtx):
