@@ -142,14 +142,14 @@ def test_session_ip_is_parsed_once_per_address(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_from_domain_parses_each_value_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    parsed: list[list[str]] = []
-    real = dmarc.getaddresses
+    parsed: list[str] = []
+    real = dmarc.addresses
 
-    def counting(values: list[str]) -> list[tuple[str, str]]:
-        parsed.append(values)
-        return real(values)
+    def counting(value: str) -> list[tuple[str, str]]:
+        parsed.append(value)
+        return real(value)
 
-    monkeypatch.setattr(dmarc, "getaddresses", counting)
+    monkeypatch.setattr(dmarc, "addresses", counting)
     value = f"Alice <alice@{random.randrange(10**9)}.example.org>"
     assert dmarc.from_domain(value) == dmarc.from_domain(value) == value.split("@")[1].rstrip(">")
     assert len(parsed) == 1
