@@ -91,7 +91,7 @@ def deferring(request: pytest.FixtureRequest, make_stack: Callable[..., Stack]) 
 
 
 def test_defer_at_data_one_451_at_data_then_the_retry_delivers_to_all(deferring: Stack) -> None:
-    who, sender = client("192.0.2.10"), f"bulk-{uuid.uuid4().hex[:6]}@example.org"
+    who, sender = client("192.0.2.10"), f"bulk-x{uuid.uuid4().hex[:6]}@example.org"
     subject = f"defer-data-{uuid.uuid4().hex[:8]}"
     replies: list[tuple[int, bytes]] = []
     with pytest.raises(smtplib.SMTPDataError) as info:
@@ -133,7 +133,7 @@ def send_bdat(stack: Stack, xclient: dict[str, str], recipients: list[str], subj
 
 def test_defer_at_data_also_answers_bdat(deferring: Stack) -> None:
     # Postfix sends the milter its DATA event at the first BDAT: CHUNKING clients (Exchange, Exim) are deferred too.
-    who, sender = client("192.0.2.20"), f"bulk-{uuid.uuid4().hex[:6]}@example.org"
+    who, sender = client("192.0.2.20"), f"bulk-x{uuid.uuid4().hex[:6]}@example.org"
     subject = f"defer-bdat-{uuid.uuid4().hex[:8]}"
     codes, (code, text) = send_bdat(deferring, who, RECIPIENTS, subject, sender)
     assert codes == [250] * 25 and code == 451 and REPLY in text, (codes, code, text)
@@ -152,7 +152,7 @@ def refusing(make_stack: Callable[..., Stack]) -> Stack:
 def test_defer_at_rcpt_meets_postfix_error_limit(refusing: Stack) -> None:
     """Why the option exists: at RCPT, Postfix hangs up on the 21st recipient, and the
     triplets of the recipients after it are not recorded; under stress, after the first."""
-    who, sender = client("198.51.100.10"), f"bulk-{uuid.uuid4().hex[:6]}@example.org"
+    who, sender = client("198.51.100.10"), f"bulk-x{uuid.uuid4().hex[:6]}@example.org"
     replies: list[tuple[int, bytes]] = []
     with pytest.raises(smtplib.SMTPRecipientsRefused) as info:
         send(refusing, who, RECIPIENTS, f"defer-rcpt-{uuid.uuid4().hex[:8]}", sender, replies)
@@ -163,7 +163,7 @@ def test_defer_at_rcpt_meets_postfix_error_limit(refusing: Stack) -> None:
     assert stored(refusing, "198.51.100.0/24", sender) == sorted(RECIPIENTS[:20])  # 5 triplets wait for the next cycle
 
     refusing.postfix.postconf(*(f"{k} = {v}" for k, v in UNDER_STRESS.items()))
-    sender = f"bulk-{uuid.uuid4().hex[:6]}@example.org"
+    sender = f"bulk-x{uuid.uuid4().hex[:6]}@example.org"
     replies.clear()
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         send(refusing, who, RECIPIENTS, f"defer-rcpt-{uuid.uuid4().hex[:8]}", sender, replies)
