@@ -36,7 +36,6 @@ MAX_PARTS = 500
 MAX_TAGS = 50_000
 
 _URI_IN_TEXT = re.compile(r"""(?i)\b(?:(?:https?|ftp)://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
-_WWW = re.compile(r"[wW]{3}\.")  # what (?i)www\. matches: only W lower-cases to w
 # Where _URI_IN_TEXT can match: its prefixes followed by two characters of its link class.
 _SCHEME_END = re.compile(r"""://(?=[^\s<>"'()\[\]{}]{2})""")
 _WWW_LINK = re.compile(r"""[wW]{3}\.(?=[^\s<>"'()\[\]{}]{2})""")  # only W lower-cases to w
@@ -278,30 +277,6 @@ def uris_in_text(text: str) -> list[str]:
         if len(found) >= MAX_URIS:
             break
     return found
-
-
-def link_starts(text: str) -> list[int]:
-    """Every index at which ``_URI_IN_TEXT`` could match, in order: 3, 4 and 5
-    before each ``://`` and each ``www.`` in any case.
-
-    Scanning a text with the case-insensitive pattern costs about 25 ns a
-    character; finding these with ``str.find`` costs about 1 ns.
-    """
-    starts: list[int] = []
-    index = text.find("://")
-    while index >= 0:
-        starts.extend(start for start in (index - 5, index - 4, index - 3) if start >= 0)
-        index = text.find("://", index + 3)
-    # Only W lower-cases to w: without one, the text's own "www." are all there are.
-    lowered = text.lower() if "W" in text else text
-    if len(lowered) == len(text):  # one character each: the indexes are the text's
-        index = lowered.find("www.")
-        while index >= 0:
-            starts.append(index)
-            index = lowered.find("www.", index + 4)
-    else:  # a character lower-cased to several: look in the text itself
-        starts.extend(match.start() for match in _WWW.finditer(text))
-    return sorted(set(starts))
 
 
 def _links(text: str) -> Iterator[re.Match[str]]:

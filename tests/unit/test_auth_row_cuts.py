@@ -46,16 +46,6 @@ def test_links_are_those_of_the_whole_text_pattern() -> None:
     assert uris_in_text(long) == reference_uris(long)
 
 
-def test_link_starts_are_only_where_a_link_can_begin() -> None:
-    from milterd.content.mimetext import link_starts
-
-    assert link_starts("abcdef://") == [1, 2, 3]  # 5, 4 and 3 before ://
-    assert link_starts("ab://") == []  # never before the text's start
-    assert link_starts("http://a.example www.b.example WWW.c") == [0, 1, 17, 31]
-    assert link_starts("İ www.x") == [2]  # İ lower-cases to two characters: positions come from the text itself
-    assert link_starts("plain words only") == []
-
-
 def chunks_read(raw: bytes, size: int) -> tuple[list[str], list[int]]:
     """The attachment names in *raw* and which of its *size*-byte chunks were read."""
     read: list[int] = []
