@@ -163,6 +163,18 @@ def test_a_second_from_address_does_not_hide_a_p_reject_domain(stack: Stack, key
     assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"] and "DKIM_VALID" in row["symbols"]
 
 
+def test_a_malformed_from_does_not_hide_a_p_reject_domain(stack: Stack) -> None:
+    # Pythons with the fix of CVE-2023-27043 (Debian 12's own among them) read this From strictly as no
+    # address at all, and milterd then saw no From domain (DMARC_NONE, delivered).  Mail clients show it
+    # as from ceo@signed.test; both its domains are judged and signed.test's p=reject decides.
+    forged = message("dmarc malformed from", sender="ceo@signed.test", headers={"From": "ceo@signed.test <x@evil.example>"})
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(forged, sender="x@evil.example", xclient=CLIENT)
+    assert info.value.smtp_code == 550 and "signed.test" in info.value.smtp_error.decode()
+    row = row_for(stack, "dmarc malformed from")
+    assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"]
+
+
 def test_np_reject_refuses_a_from_subdomain_that_does_not_exist(stack: Stack) -> None:
     # np.test: sp=none, np=reject (RFC 9091).  billing.np.test has no A, AAAA or MX: refused; mail.np.test
     # has an MX only, so it exists and gets sp=none.  (MAIL FROM is loose.test: its SPF aligns with neither.)
