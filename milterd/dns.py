@@ -29,6 +29,7 @@ import functools
 import ipaddress
 import logging
 import math
+import select
 import socket
 import threading
 import time
@@ -264,6 +265,62 @@ def traced_lookups() -> Iterator[LookupTrace]:
 Pending = Union["Future[Answer]", Answer]
 
 
+@dataclass
+class _Exchange:
+    """The questions sent to one nameserver over one connected UDP socket, and what became of it."""
+
+    server: tuple[int, tuple[str, int]]
+    sock: socket.socket | None
+    #: The questions not answered by this nameserver yet, by id.
+    pending: dict[int, tuple[int, dns.message.Message]]
+    #: "open" while its socket is listened to, then "refused" (an ICMP port unreachable), "failed"
+    #: (no socket, unreachable…) or "closed" (the exchange is over).
+    state: str = "open"
+    #: Whether it sent a reply to any question.
+    replied: bool = False
+
+    @classmethod
+    def send(cls, server: tuple[int, tuple[str, int]], requests: Sequence[tuple[int, dns.message.Message]]) -> "_Exchange":
+        """Send *requests* to *server* from a new connected socket (connected: the kernel drops datagrams
+        from any other address or port, and tells of an ICMP port unreachable)."""
+        family, address = server
+        exchange = cls(server, None, {request.id: (i, request) for i, request in requests})
+        try:
+            exchange.sock = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError:
+            exchange.state = "failed"  # no socket (EMFILE, ENOBUFS…)
+            return exchange
+        try:
+            exchange.sock.setblocking(False)
+            exchange.sock.connect(address)
+            for _, request in requests:
+                exchange.sock.send(request.to_wire())
+        except ConnectionRefusedError:
+            exchange.close("refused")
+        except OSError:
+            exchange.close("failed")
+        return exchange
+
+    @property
+    def name(self) -> str:
+        """The nameserver as ip or [ip]:port."""
+        ip, port = self.server[1]
+        return ip if port == 53 else f"[{ip}]:{port}"
+
+    @property
+    def why(self) -> str:
+        """What this nameserver did instead of answering."""
+        return {"refused": "refused", "failed": "could not be asked"}.get(self.state, "did not answer in time")
+
+    def close(self, state: str | None = None) -> None:
+        """Stop listening; *state* says why (else it stays as it is: "open" was silent to the end)."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if state is not None:
+            self.state = state
+
+
 class Resolver:
     """DNS for checks: ``[dns] nameservers`` (else /etc/resolv.conf), bounded, cached, concurrent."""
 
@@ -290,6 +347,8 @@ class Resolver:
         # truncated and asked again over TCP.
         self._resolver.use_edns(0, 0, EDNS_PAYLOAD)
         self._servers = _udp_servers(self._resolver)
+        #: The nameservers in the order they are asked: those that failed us last (:meth:`_demote`) at the end.
+        self._order = list(self._servers)
         # Every nameserver is one our client asks: when all refuse, nobody else could answer.
         self._servers_all = len(self._servers) == len(self._resolver.nameservers)
         self.cache = TTLCache(section.cache_size)
@@ -345,81 +404,118 @@ class Resolver:
     def _ask_udp(self, keys: Sequence[tuple[str, str]], deadline: float, answers: list[Answer | None]) -> None:
         """Ask the nameservers for *keys* over UDP and fill in *answers* by position.
 
-        The first nameserver is asked; the next one only for the questions a nameserver
-        refused (an ICMP port unreachable: nothing listens there, a resolver that is down),
-        and when every nameserver refused they are ``"connection refused"`` errors at once.
-        dnspython's resolver sends from an unconnected socket, which never hears of the
-        refusal: it waited the whole deadline at every stage of every message.
-        """
-        refused: list[int] = []
-        for server in self._servers:
-            refused = self._ask_server(server, keys, deadline, answers)
-            if not refused:
-                return
-        if self._servers_all:
-            for i in refused:
-                answers[i] = Answer(keys[i][0], keys[i][1], "error", error="connection refused")
+        The nameservers are asked in :attr:`_order`, each over one connected UDP socket.
+        The next one is asked for what is still unanswered when those asked so far refused
+        (an ICMP port unreachable: nothing listens there) or could not be sent to, or once
+        they have been silent for their share of the time (the time left split between the
+        nameservers: a host that is down, a firewall that drops), and the replies of those
+        asked before are still taken.  dnspython's resolver gives the first nameserver the
+        whole deadline, and hears no refusal (an unconnected socket): with the first
+        nameserver down, every question waited the whole deadline and failed, a second
+        nameserver in resolv.conf never asked.  One that leaves its questions to a later one
+        goes to the end of the order (:meth:`_demote`), so the next messages do not wait for it.
 
-    def _ask_server(self, server: tuple[int, tuple[str, int]], keys: Sequence[tuple[str, str]], deadline: float, answers: list[Answer | None]) -> list[int]:
-        """Ask *server* over one UDP socket for the *keys* not yet answered; the positions it refused.
-
-        An answer left None goes to dnspython's resolver: a question our client does not
-        send, a reply it does not read (:func:`_answer_from`), a socket error.  A question
-        still unanswered at *deadline* is a timeout, as it is for dnspython's resolver:
-        its per-server timeout is the whole lifetime, so a silent server has it all.
+        Left unanswered at *deadline*: ``"timeout"``; refused by every nameserver:
+        ``"connection refused"`` at once; anything else is left None for dnspython's resolver.
         """
-        family, address = server
-        requests = [(i, self._request(*key)) for i, key in enumerate(keys) if answers[i] is None]
-        asked = [(i, request) for i, request in requests if request is not None]
-        pending: dict[int, tuple[int, dns.message.Message]] = {}
+        asked = self._requests(keys, answers)
+        if not asked:
+            return
+        order = self._order
+        start = time.monotonic()
+        share = (deadline - start) / len(order)
+        exchanges: list[_Exchange] = []
+        late = 0
         try:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-        except OSError:
-            # No socket (EMFILE, ENOBUFS…): dnspython's resolver tries, and its failure is an "error" answer.
-            return []
-        with sock:
-            try:
-                # Connected: the kernel drops datagrams from any other address or port, and
-                # tells of an ICMP port unreachable (ConnectionRefusedError).
-                sock.connect(address)
-                for i, request in asked:
-                    while request.id in pending:
-                        request.set_random_id()
-                    pending[request.id] = (i, request)
-                    sock.send(request.to_wire())
-                late = 0
-                while pending:
-                    # A socket timeout is a poll(2) in CPython: until the next datagram or the
-                    # deadline; 0 after it, to take only what has already arrived.
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        # …and no more datagrams than there are questions: forged ones that keep
-                        # arriving (a flood on our port) must not hold the caller past its deadline.
-                        late += 1
-                        if late > len(keys):
-                            break
-                    sock.settimeout(max(remaining, 0.0))
-                    try:
-                        wire = sock.recv(65535)
-                    except (TimeoutError, BlockingIOError):
+            while waiting := [(i, request) for i, request in asked if answers[i] is None]:
+                listening = [e for e in exchanges if e.sock is not None]
+                next_at = start + share * len(exchanges)
+                if len(exchanges) < len(order) and (not listening or time.monotonic() >= next_at):
+                    exchanges.append(_Exchange.send(order[len(exchanges)], waiting))
+                    continue
+                if not listening:
+                    break
+                until = deadline if len(exchanges) == len(order) else min(next_at, deadline)
+                if deadline <= time.monotonic():
+                    # Past the deadline, only what has already arrived, and no more datagrams than there are
+                    # questions: forged ones that keep arriving (a flood) must not hold the caller.
+                    late += 1
+                    if late > len(keys):
                         break
-                    reply = _reply_to(wire, pending)
-                    if reply is None:
-                        continue
-                    i, request, response = reply
-                    del pending[request.id]
-                    answer = _answer_from(keys[i], response) if response is not None else None
-                    # Not ours to read: dnspython's resolver asks now (TCP for a truncated reply),
-                    # while the other replies wait in the socket's buffer.
-                    answers[i] = answer if answer is not None else self._fallback(keys[i], deadline)
+                if not self._receive(listening, until, keys, deadline, answers) and deadline <= time.monotonic():
+                    break
+        finally:
+            for exchange in exchanges:
+                exchange.close()
+        unanswered = [i for i, _ in asked if answers[i] is None]
+        if any(e.state == "open" for e in exchanges):
+            for i in unanswered:
+                answers[i] = Answer(keys[i][0], keys[i][1], "error", error="timeout")
+        elif self._servers_all and len(exchanges) == len(order) and all(e.state == "refused" for e in exchanges):
+            for i in unanswered:
+                answers[i] = Answer(keys[i][0], keys[i][1], "error", error="connection refused")
+        self._demote(exchanges)
+
+    def _requests(self, keys: Sequence[tuple[str, str]], answers: list[Answer | None]) -> list[tuple[int, dns.message.Message]]:
+        """(position, query) for each of *keys* unanswered that our client sends, each with its own id."""
+        ids: set[int] = set()
+        asked = []
+        for i, key in enumerate(keys):
+            request = self._request(*key) if answers[i] is None else None
+            if request is None:
+                continue
+            while request.id in ids:
+                request.set_random_id()
+            ids.add(request.id)
+            asked.append((i, request))
+        return asked
+
+    def _receive(self, exchanges: Sequence["_Exchange"], until: float, keys: Sequence[tuple[str, str]], deadline: float, answers: list[Answer | None]) -> bool:
+        """Take the datagrams that arrive on *exchanges*' sockets by *until* (those already there once it
+        has passed) and fill in *answers*; whether any came (or a refusal)."""
+        sockets = {e.sock: e for e in exchanges if e.sock is not None}
+        try:
+            ready, _, _ = select.select(list(sockets), [], [], max(until - time.monotonic(), 0.0))
+        except (OSError, ValueError):
+            return False
+        for sock in ready:
+            exchange = sockets[sock]
+            try:
+                wire = sock.recv(65535)
+            except BlockingIOError:
+                continue
             except ConnectionRefusedError:
-                return [i for i, _ in asked if answers[i] is None]
+                exchange.close("refused")
+                continue
             except OSError:
-                # Unreachable…: dnspython's resolver takes what is left.
-                return []
-        for i, _ in pending.values():
-            answers[i] = Answer(keys[i][0], keys[i][1], "error", error="timeout")
-        return []
+                exchange.close("failed")  # unreachable…: another nameserver, else dnspython's resolver
+                continue
+            reply = _reply_to(wire, exchange.pending)
+            if reply is None:
+                continue
+            i, request, response = reply
+            del exchange.pending[request.id]
+            exchange.replied = True
+            if answers[i] is not None:
+                continue  # another nameserver answered first
+            answer = _answer_from(keys[i], response) if response is not None else None
+            # Not ours to read: dnspython's resolver asks now (TCP for a truncated reply),
+            # while the other replies wait in the sockets' buffers.
+            answers[i] = answer if answer is not None else self._fallback(keys[i], deadline)
+        return bool(ready)
+
+    def _demote(self, exchanges: Sequence["_Exchange"]) -> None:
+        """Move the nameservers that were asked before the first one that replied to the end of the order."""
+        first = next((k for k, e in enumerate(exchanges) if e.replied), 0)
+        if not first:
+            return
+        passed = [e.server for e in exchanges[:first]]
+        order = self._order
+        if order[:first] != passed:
+            return  # another thread has reordered them already
+        self._order = order[first:] + passed
+        log.warning("nameserver %s %s: %s is asked first from now on", ", ".join(e.name for e in exchanges[:first]),
+                    " or ".join(sorted({e.why for e in exchanges[:first]})), exchanges[first].name)
 
     def _request(self, name: str, rdtype: str) -> dns.message.Message | None:
         """The query dnspython's resolver would send for *name*/*rdtype*; None for one it would refuse or fail on."""

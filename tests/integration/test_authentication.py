@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import smtplib
+import socket
 from typing import Any, Callable, Iterator
 
 import dkim
@@ -308,6 +309,21 @@ def test_doctor_checks_that_the_published_record_matches_the_key(tmp_path_factor
     assert findings["dkim unpublished._domainkey.out.test"]["status"] == "fail"
     assert "v=DKIM1; k=rsa; p=" in findings["dkim unpublished._domainkey.out.test"]["detail"]
     assert result.returncode != 0
+
+
+def test_a_silent_first_nameserver_leaves_the_lookups_to_the_second(make_stack: Callable[..., Stack], local_dns: LocalDns, keys: dict[str, bytes]) -> None:
+    """A first nameserver that never answers (a host that is down): every key lookup was a timeout, the
+    second nameserver never asked, and a valid signature was DKIM_TEMPFAIL with DMARC temperror."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # open, never read: no ICMP refusal, no answer
+        port = silent.getsockname()[1]
+        stack = make_stack({"dns": {"nameservers": [f"127.0.0.1:{port}", local_dns.nameserver], "timeout": 4.0}, "milter": {"authserv_id": "mx.test"}}, postfix_extra=POSTFIX)
+        raw = sign(message("silent first nameserver", sender="alice@signed.test"), keys["signed"], "signed.test")
+        stack.send(raw, sender="alice@signed.test", xclient=CLIENT)
+        results = our_results(delivered(stack, "silent first nameserver"))
+    assert "dkim=pass header.d=signed.test" in results and "dmarc=pass" in results
+    assert {"DKIM_VALID", "DMARC_PASS"} <= set(row_for(stack, "silent first nameserver")["symbols"])
+    assert f"nameserver [127.0.0.1]:{port} did not answer in time: {local_dns.nameserver.replace('127.0.0.1', '[127.0.0.1]')} is asked first" in stack.milterd.stderr()
 
 
 def test_resolver_down_is_a_temporary_error_not_a_failure(stack: Stack, local_dns: LocalDns, keys: dict[str, bytes]) -> None:

@@ -332,13 +332,55 @@ def test_silent_server_is_a_timeout_within_the_deadline(serve: Callable[[Handler
     assert len(server.queries()) == 4  # nothing is sent past the deadline
 
 
-def test_silent_first_of_two_nameservers_is_a_timeout_as_with_dnspython(serve: Callable[[Handler], Server]) -> None:
-    """dnspython's resolver gives the first server the whole lifetime (its timeout is the lifetime)."""
+def names(server: Server) -> list[str]:
+    """The names *server* was asked for over UDP, in order."""
+    return [q.question[0].name.to_text() for q in server.queries("udp")]
+
+
+def test_silent_first_of_two_nameservers_leaves_its_questions_to_the_second(serve: Callable[[Handler], Server], caplog: pytest.LogCaptureFixture) -> None:
+    """A first nameserver that is down (a host that drops) made every question a timeout, the second never asked."""
     silent, good = serve(lambda q, t: []), serve(zone)
-    resolver = resolver_for(silent, good, timeout=0.3)
-    assert resolver.query("a.test", "A").error == "timeout"
-    assert resolver._resolve("a.test", "A", 0.3).error == "timeout"
-    assert good.queries() == []
+    resolver = resolver_for(silent, good, timeout=1.0)
+    no_dnspython(resolver)
+    answers = resolver.query_many([("a.test", "A"), ("nothing.test", "A")])
+    assert [(a.status, a.records) for a in answers] == [("ok", ("192.0.2.1", "192.0.2.2")), ("nxdomain", ())]
+    assert sorted(names(good)) == ["a.test.", "nothing.test."]
+    assert f"nameserver [127.0.0.1]:{silent.port} did not answer in time: [127.0.0.1]:{good.port} is asked first" in caplog.text
+    # The next questions go to the second one first: the silent one is not waited for again.
+    assert resolver.query("www.test", "A").ok
+    assert names(silent) == ["a.test.", "nothing.test."] and names(good)[-1] == "www.test."
+
+
+def test_a_slow_first_nameserver_still_answers_after_the_second_is_asked(serve: Callable[[Handler], Server]) -> None:
+    """Past its share of the time the second nameserver is asked too, and the first one's reply is still taken."""
+
+    def slow(query: dns.message.Message, transport: str) -> Reply:
+        time.sleep(1.4)
+        return zone(query, transport)
+
+    first, silent = serve(slow), serve(lambda q, t: [])
+    resolver = resolver_for(first, silent, timeout=2.0)  # the second is asked at 1 s
+    no_dnspython(resolver)
+    assert resolver.query("a.test", "A").records == ("192.0.2.1", "192.0.2.2")
+    assert names(silent) == ["a.test."]
+    assert resolver._order[0] == resolver._servers[0]  # it replied: still asked first
+
+
+def test_two_silent_nameservers_then_one_that_answers(serve: Callable[[Handler], Server]) -> None:
+    silent1, silent2, good = serve(lambda q, t: []), serve(lambda q, t: []), serve(zone)
+    resolver = resolver_for(silent1, silent2, good, timeout=1.5)
+    no_dnspython(resolver)
+    assert resolver.query("a.test", "A").ok
+    assert resolver._order == [resolver._servers[2], resolver._servers[0], resolver._servers[1]]
+
+
+def test_every_nameserver_silent_is_a_timeout(serve: Callable[[Handler], Server]) -> None:
+    silent1, silent2 = serve(lambda q, t: []), serve(lambda q, t: [])
+    resolver = resolver_for(silent1, silent2, timeout=0.3)
+    no_dnspython(resolver)
+    assert [(a.status, a.error) for a in resolver.query_many([("a.test", "A"), ("b.test", "A")])] == [("error", "timeout")] * 2
+    assert names(silent1) == names(silent2) == ["a.test.", "b.test."]
+    assert resolver._order == resolver._servers  # nobody replied: nobody is preferred
 
 
 def test_answer_for_some_questions_timeout_for_the_others(serve: Callable[[Handler], Server]) -> None:
@@ -381,6 +423,8 @@ def test_refused_questions_go_to_the_next_nameserver(serve: Callable[[Handler], 
     answers = resolver.query_many([("a.test", "A"), ("nothing.test", "A")])
     assert [(a.status, a.records) for a in answers] == [("ok", ("192.0.2.1", "192.0.2.2")), ("nxdomain", ())]
     assert sorted(q.question[0].name.to_text() for q in good.queries("udp")) == ["a.test.", "nothing.test."]
+    # The refusing ones are asked last from now on.
+    assert resolver._order == [resolver._servers[2], resolver._servers[0], resolver._servers[1]]
 
 
 def test_a_nameserver_that_answers_is_the_only_one_asked(serve: Callable[[Handler], Server]) -> None:
@@ -388,6 +432,7 @@ def test_a_nameserver_that_answers_is_the_only_one_asked(serve: Callable[[Handle
     resolver = resolver_for(first, second)
     assert resolver.query("a.test", "A").ok
     assert len(first.queries()) == 1 and second.queries() == []
+    assert resolver._order == resolver._servers
 
 
 def test_refused_by_every_nameserver_the_client_asks_is_left_to_dnspython_when_it_knows_others() -> None:
