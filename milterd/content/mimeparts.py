@@ -7,8 +7,9 @@ quoted-printable or as is) into a temporary file of its own as its lines go
 by.  The caller gets one :class:`Attachment` at a time and the file is
 closed before the next one is decoded, so a 30 MB part costs its decoded
 size once, on disk past ``memory`` bytes, and the message is never held
-whole.  It never raises on malformed MIME: what cannot be followed is read
-as body text and ignored.
+whole.  Body lines go to the decoder a chunk at a time up to the next line
+that may be a delimiter, with the result of a line at a time.  It never raises
+on malformed MIME: what cannot be followed is read as body text and ignored.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ MAX_PADDING = 4096
 BLOCK = 64 * 1024
 
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
-_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=]")
+_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+#: Every other byte, deleted from base64 by bytes.translate (a third of the time of a regex, 1-character lines).
+_NOT_BASE64 = bytes(sorted(set(range(256)) - set(_BASE64)))
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 _TOKEN = re.compile(r"\s*([^\s;(]*)")
 #: The transfer encodings a message/rfc822 part may have (RFC 2046 section 5.2.1), "" for none.
@@ -81,21 +84,24 @@ class _Decoder:
         #: Whether base64 went on after its padding, which clients read apart (:func:`_a2b_quartets`).
         self.after_padding = False
 
-    def feed(self, line: bytes) -> None:
-        """Take one line of the body; lines are decoded a block at a time (a call per line cost seconds for 30 MB)."""
-        if self.truncated:
-            return
-        self._lines.append(line)
-        self._buffered += len(line)
-        if self._buffered >= BLOCK:
-            self._flush()
+    def feed(self, lines: bytes) -> None:
+        """Take one or more whole lines of the body (a line without end only last); they are decoded
+        a block at a time, cut where a line at a time would have cut them (a call per line cost seconds for 30 MB)."""
+        while lines and not self.truncated:
+            need = BLOCK - self._buffered
+            cut = len(lines) if len(lines) < need else (lines.find(b"\n", need - 1) + 1 or len(lines))
+            self._lines.append(lines[:cut] if cut < len(lines) else lines)
+            self._buffered += cut
+            if self._buffered >= BLOCK:
+                self._flush()
+            lines = lines[cut:]
 
     def _flush(self) -> None:
         """Decode the lines gathered, at once where that gives what line by line gives, else line by line."""
         lines, self._lines, self._buffered = self._lines, [], 0
         room = self.limit - self.size
         if self.encoding == "base64":
-            data = _NOT_BASE64.sub(b"", b"".join(lines))
+            data = b"".join(lines).translate(None, _NOT_BASE64)
             paddings = self._pending.count(b"=") + data.count(b"=")
             # The quartets decode alike however they are cut, unless MAX_PADDING is passed (quartets past
             # it are cut at each line) or the limit is reached (after_padding is not looked for past it).
@@ -104,22 +110,26 @@ class _Decoder:
                 self._base64(data)
                 return
         else:
-            decoded = [binascii.a2b_qp(line) for line in lines] if self.encoding == "quoted-printable" else lines
+            # Each item is whole lines, or a piece of a long line: a2b_qp keeps nothing from one line to the next.
+            decoded = [binascii.a2b_qp(item) for item in lines] if self.encoding == "quoted-printable" else lines
             if lines and len(self._eol) + sum(map(len, decoded)) <= room:
                 data = b"".join(decoded)
-                last = decoded[-1]
+                tail = lines[-1]
+                last = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]  # the last line, decoded
+                last = binascii.a2b_qp(last) if self.encoding == "quoted-printable" else last
                 end = len(last) - len(last.rstrip(b"\r\n"))  # held back, as _line does
                 self._write(self._eol + data[:len(data) - end])
                 self._eol = data[len(data) - end:]
                 return
-        for line in lines:
-            if self.truncated:
-                break
-            self._line(line)
+        for item in lines:
+            for line in _LINE.findall(item):
+                if self.truncated:
+                    return
+                self._line(line)
 
     def _line(self, line: bytes) -> None:
         if self.encoding == "base64":
-            self._base64(_NOT_BASE64.sub(b"", line))
+            self._base64(line.translate(None, _NOT_BASE64))
         else:
             data = binascii.a2b_qp(line) if self.encoding == "quoted-printable" else line
             # The line end before a boundary belongs to the boundary (RFC 2046):
@@ -178,20 +188,38 @@ def _a2b_quartets(data: bytes) -> bytes:
     return bytes(out)
 
 
-def lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """The lines of a byte stream given in chunks, each with its line end."""
+def _blocks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """A byte stream given in chunks as blocks of whole lines (each with its line end), one a chunk, and a
+    line without end past MAX_PART_HEADER in pieces, each read as a line of its own."""
     rest = b""
     for chunk in chunks:
         data = rest + chunk
         end = data.rfind(b"\n") + 1
         rest = data[end:]
         if end:
-            yield from _LINE.findall(data[:end])
+            yield data[:end] if rest else data
         if len(rest) > MAX_PART_HEADER:  # a line without end: pass it on in pieces
             yield rest
             rest = b""
     if rest:
         yield rest
+
+
+def _body_end(block: bytes, pos: int, boundaries: list[tuple[bytes, ...]]) -> int:
+    """Where the body lines of *block* from *pos* (a line's start) end: at the next line that may be a
+    delimiter (``--`` and a boundary), else at the block's end.  They go to the decoder at once, not a
+    Python step per line (10 MB of 1-character base64 lines cost 1.3 s, lines of ``--`` 1.7 s)."""
+    if not boundaries:
+        return len(block)
+    variants = tuple(variant for level in boundaries for variant in level)
+    if block.startswith(b"--", pos) and block.startswith(variants, pos + 2):
+        return pos
+    at = block.find(b"\n--", pos)
+    while at >= 0:
+        if block.startswith(variants, at + 3):
+            return at + 1
+        at = block.find(b"\n--", at + 3)
+    return len(block)
 
 
 def _decoded(value: str) -> str:
@@ -277,59 +305,70 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
     decoder: _Decoder | None = None
     current: tuple[str, str, tuple[str, ...]] | None = None
     parts = 0
-    for line in lines(chunks):
-        if in_headers:
-            if line.strip(b"\r\n"):
-                header.add(line)
-                continue
-            in_headers = False
-            part = header.parse()
-            if header.cut:
-                notes.append(f"MIME fields of a part past {MAX_FIELD} bytes each or {MAX_PART_HEADER} in all: the rest not read")
-            header = _Header()
-            parts += 1
-            ctype = (part.get_content_type() or "text/plain").lower()
-            boundary = _boundary(part) if ctype.startswith("multipart/") else ()
-            if boundary and len(boundaries) < MAX_NESTING:
-                boundaries.append(boundary)
-            elif ctype == "message/rfc822" and _encoding(part) in _IDENTITY:
-                in_headers = True
-            else:
-                if boundary:
-                    notes.append(f"multiparts nested deeper than {MAX_NESTING}: not looked into")
-                elif ctype.startswith("multipart/"):
-                    notes.append("a multipart without a boundary: its parts not looked at")
-                if ctype == "message/rfc822":
-                    # RFC 2046 section 5.2.1 forbids it, so clients differ: judged as a file, its parts not looked at.
-                    notes.append("an encoded message/rfc822 part: its attachments not looked at")
-                name = _filename(part)
-                if name or not (ctype.startswith("text/") or ctype.startswith("multipart/")):
-                    encoding = _encoding(part)
-                    decoder = _Decoder(encoding, memory, limit)
-                    current = (name, ctype, _other_names(part, name))
-            if _rest_ignored(in_headers, boundaries, decoder):
-                return
-            continue
-        if boundaries and line.startswith(b"--"):
-            marker = line.rstrip(b"\r\n").rstrip(b" \t")[2:]
-            level = _boundary_level(boundaries, marker)
-            if level is not None:
-                if decoder is not None and current is not None:
-                    yield from _finished(decoder, current, notes)
-                decoder = current = None
-                if marker.endswith(b"--") and marker[:-2] in boundaries[level]:
-                    del boundaries[level:]
-                    if _rest_ignored(in_headers, boundaries, decoder):
-                        return  # the outermost multipart closed: only its epilogue follows
-                else:
-                    del boundaries[level + 1:]
+    for block in _blocks(chunks):
+        pos = 0
+        while pos < len(block):
+            if not in_headers:
+                end = _body_end(block, pos, boundaries)
+                if end > pos and decoder is not None:
+                    decoder.feed(block[pos:end] if pos or end < len(block) else block)
+                if end == len(block):
+                    break
+                pos = end
+            end = block.find(b"\n", pos) + 1 or len(block)
+            line, pos = block[pos:end], end
+            if in_headers:
+                if line.strip(b"\r\n"):
+                    header.add(line)
+                    continue
+                in_headers = False
+                part = header.parse()
+                if header.cut:
+                    notes.append(f"MIME fields of a part past {MAX_FIELD} bytes each or {MAX_PART_HEADER} in all: the rest not read")
+                header = _Header()
+                parts += 1
+                ctype = (part.get_content_type() or "text/plain").lower()
+                boundary = _boundary(part) if ctype.startswith("multipart/") else ()
+                if boundary and len(boundaries) < MAX_NESTING:
+                    boundaries.append(boundary)
+                elif ctype == "message/rfc822" and _encoding(part) in _IDENTITY:
                     in_headers = True
-                    if parts >= MAX_PARTS:
-                        notes.append(f"more than {MAX_PARTS} MIME parts: the rest not looked at")
-                        return
+                else:
+                    if boundary:
+                        notes.append(f"multiparts nested deeper than {MAX_NESTING}: not looked into")
+                    elif ctype.startswith("multipart/"):
+                        notes.append("a multipart without a boundary: its parts not looked at")
+                    if ctype == "message/rfc822":
+                        # RFC 2046 section 5.2.1 forbids it, so clients differ: judged as a file, its parts not looked at.
+                        notes.append("an encoded message/rfc822 part: its attachments not looked at")
+                    name = _filename(part)
+                    if name or not (ctype.startswith("text/") or ctype.startswith("multipart/")):
+                        encoding = _encoding(part)
+                        decoder = _Decoder(encoding, memory, limit)
+                        current = (name, ctype, _other_names(part, name))
+                if _rest_ignored(in_headers, boundaries, decoder):
+                    return
                 continue
-        if decoder is not None:
-            decoder.feed(line)
+            if boundaries and line.startswith(b"--"):
+                marker = line.rstrip(b"\r\n").rstrip(b" \t")[2:]
+                level = _boundary_level(boundaries, marker)
+                if level is not None:
+                    if decoder is not None and current is not None:
+                        yield from _finished(decoder, current, notes)
+                    decoder = current = None
+                    if marker.endswith(b"--") and marker[:-2] in boundaries[level]:
+                        del boundaries[level:]
+                        if _rest_ignored(in_headers, boundaries, decoder):
+                            return  # the outermost multipart closed: only its epilogue follows
+                    else:
+                        del boundaries[level + 1:]
+                        in_headers = True
+                        if parts >= MAX_PARTS:
+                            notes.append(f"more than {MAX_PARTS} MIME parts: the rest not looked at")
+                            return
+                    continue
+            if decoder is not None:
+                decoder.feed(line)
     if decoder is not None and current is not None:
         yield from _finished(decoder, current, notes)
 
