@@ -185,12 +185,15 @@ def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
     if text.startswith(b"From "):
         text = text.split(b"\n", 1)[1] if b"\n" in text else b""
     fields: list[tuple[str, list[bytes]]] = []  # each field's lines, joined once all are in (linear time)
-    lines = text.split(b"\n")
-    index = 0
-    while index < len(lines):
-        line = lines[index]
+    start = 0  # of the line being read; the body's once the headers end
+    # Line by line up to the headers' end only: splitting the whole text made a bytes object of each
+    # body line too (10 MB of 1-character lines: 3.5 million, 440 MB for 'milterd check').
+    while start < len(text):
+        end = text.find(b"\n", start)
+        end = len(text) if end < 0 else end
+        line = text[start:end]
         if line == b"":
-            index += 1
+            start = end + 1
             break
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1][1].append(line)
@@ -199,8 +202,8 @@ def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
             fields.append((raw_name.strip().decode("ascii", "replace"), [value.lstrip(b" \t")]))
         else:
             break
-        index += 1
-    body = b"\n".join(lines[index:])
+        start = end + 1
+    body = text[start:]
     return [(name, b"\n".join(parts)) for name, parts in fields], body.replace(b"\n", b"\r\n")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import tracemalloc
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -163,3 +164,24 @@ def test_a_message_with_an_address_field_the_parser_cannot_take_is_judged(pipeli
     assert result.error == ""
     assert result.stage == "eom"
     assert result.spam_status  # judged at end of message
+
+
+def test_split_message_does_not_split_the_body_into_lines() -> None:
+    """10 MB of 1-character lines took 440 MB in 'milterd check': a bytes object for each body line."""
+    raw = b"Subject: x\r\n\r\n" + b"a\r\n" * 300_000
+    tracemalloc.start()
+    try:
+        headers, body = split_message(raw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert headers == [("Subject", b"x")] and body == b"a\r\n" * 300_000
+    assert peak < 4 * len(raw)  # the text and the body, copied; split into lines: about 15 times
+
+
+@pytest.mark.parametrize("raw", [b"", b"A: b", b"A: b\n", b"A: b\n\n", b"A: b\n\nbody", b"\nbody", b"A: b\n c\nnot a header\nx", b"A: b\r\n\r\n\r\n"])
+def test_split_message_ends_the_headers_where_it_did(raw: bytes) -> None:
+    lines = raw.replace(b"\r\n", b"\n").split(b"\n")
+    index = next((i for i, line in enumerate(lines) if not line or not (line[:1] in b" \t" or b":" in line)), len(lines))
+    expected = b"\n".join(lines[index + (index < len(lines) and lines[index] == b""):]).replace(b"\n", b"\r\n")
+    assert split_message(raw)[1] == expected
