@@ -1,0 +1,63 @@
+"""mimetext.extract gives the stdlib parser at most MAX_LINES lines of a message.
+
+The parser keeps each line as an object of its own: 4 MB of empty lines (two million) took
+150 MB and most of a second of a worker, for every such message it held at once.  The parts in
+the first MAX_LINES lines are read as before; the links written in the rest are still found,
+as in plain text, so padding cannot hide a link from the URI lists.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+
+from milterd.content import mimetext
+
+HEAD = b"From: a@example.org\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n"
+
+
+def multipart(*parts: tuple[bytes, bytes]) -> bytes:
+    return HEAD + b"".join(b"--XX\r\nContent-Type: " + ctype + b"\r\n\r\n" + body for ctype, body in parts) + b"--XX--\r\n"
+
+
+def test_a_body_of_empty_lines_is_read_in_bounded_memory() -> None:
+    raw = multipart((b"text/plain", b"hello http://first.example/\r\n"), (b"text/plain", b"\r\n" * 2_000_000))
+    tracemalloc.start()
+    try:
+        found = mimetext.extract(raw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found.uris == ["http://first.example/"] and found.text.startswith("hello http://first.example/")
+    assert found.truncated
+    assert peak < 10 * len(raw)  # all two million lines parsed: 150 MB, 37 times the message
+
+
+def test_links_past_the_lines_parsed_are_still_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mimetext, "MAX_LINES", 1000)
+    raw = multipart(
+        (b"text/plain", b"first http://first.example/\r\n"),
+        (b"application/octet-stream", b"QUFB\r\n" * 2000),
+        (b"text/html", b'<a href="http://hidden.example/x">click</a> and www.later.example\r\n'),
+    )
+    found = mimetext.extract(raw)
+    assert found.text == "first http://first.example/" and found.truncated
+    assert found.uris == ["http://first.example/", "http://hidden.example/x", "http://www.later.example"]
+
+
+def test_a_message_within_the_lines_is_read_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = multipart((b"text/plain", b"a\r\n" * 500), (b"text/html", b"<p>http://b.example/</p>\r\n"))
+    whole = mimetext.extract(raw)
+    monkeypatch.setattr(mimetext, "MAX_LINES", raw.count(b"\n"))
+    assert mimetext.extract(raw) == whole and not whole.truncated and whole.uris == ["http://b.example/"]
+    monkeypatch.setattr(mimetext, "MAX_LINES", raw.count(b"\n") - 1)
+    assert mimetext.extract(raw).truncated
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 5, 6, 100])
+def test_first_lines_cuts_after_the_count_th_line_end(count: int) -> None:
+    raw = b"a\nbb\n\nccc\nd\n"  # five line ends
+    head, rest = mimetext._first_lines(raw, count)
+    assert head + rest == raw
+    assert head == b"".join(raw.splitlines(keepends=True)[:count]) if count < 5 else (head, rest) == (raw, b"")
