@@ -273,8 +273,8 @@ class _Exchange:
     sock: socket.socket | None
     #: The questions not answered by this nameserver yet, by id.
     pending: dict[int, tuple[int, dns.message.Message]]
-    #: "open" while its socket is listened to, then "refused" (an ICMP port unreachable), "failed"
-    #: (no socket, unreachable…) or "closed" (the exchange is over).
+    #: "refused" (an ICMP port unreachable), "failed" (no socket, unreachable…), else "open": still
+    #: listened to, or silent to the end once the exchange is over.
     state: str = "open"
     #: Whether it sent a reply to any question.
     replied: bool = False
@@ -291,7 +291,6 @@ class _Exchange:
             exchange.state = "failed"  # no socket (EMFILE, ENOBUFS…)
             return exchange
         try:
-            exchange.sock.setblocking(False)
             exchange.sock.connect(address)
             for _, request in requests:
                 exchange.sock.send(request.to_wire())
@@ -448,13 +447,16 @@ class Resolver:
             for exchange in exchanges:
                 exchange.close()
         unanswered = [i for i, _ in asked if answers[i] is None]
-        if any(e.state == "open" for e in exchanges):
+        if not unanswered:
+            pass
+        elif any(e.state == "open" for e in exchanges):
             for i in unanswered:
                 answers[i] = Answer(keys[i][0], keys[i][1], "error", error="timeout")
         elif self._servers_all and len(exchanges) == len(order) and all(e.state == "refused" for e in exchanges):
             for i in unanswered:
                 answers[i] = Answer(keys[i][0], keys[i][1], "error", error="connection refused")
-        self._demote(exchanges)
+        if len(exchanges) > 1:
+            self._demote(exchanges)
 
     def _requests(self, keys: Sequence[tuple[str, str]], answers: list[Answer | None]) -> list[tuple[int, dns.message.Message]]:
         """(position, query) for each of *keys* unanswered that our client sends, each with its own id."""
@@ -471,38 +473,64 @@ class Resolver:
         return asked
 
     def _receive(self, exchanges: Sequence["_Exchange"], until: float, keys: Sequence[tuple[str, str]], deadline: float, answers: list[Answer | None]) -> bool:
-        """Take the datagrams that arrive on *exchanges*' sockets by *until* (those already there once it
-        has passed) and fill in *answers*; whether any came (or a refusal)."""
-        sockets = {e.sock: e for e in exchanges if e.sock is not None}
+        """Take the datagrams that arrive on *exchanges*' sockets by *until* and fill in *answers*;
+        whether any came (or a refusal).  Once *until* has passed, one datagram already there at most."""
+        listening = [(e, e.sock) for e in exchanges if e.sock is not None]
+        if len(listening) == 1:
+            # One socket (nearly always): read until its questions are answered; its timeout is a poll(2).
+            exchange, sock = listening[0]
+            came = False
+            while exchange.pending and exchange.sock is not None:
+                timeout = until - time.monotonic()
+                sock.settimeout(max(timeout, 0.0))
+                wire = self._recv(exchange, sock)
+                if wire is None:
+                    return came or exchange.sock is None
+                came = True
+                self._take(exchanges, exchange, wire, keys, deadline, answers)
+                if timeout <= 0:
+                    break
+            return came
         try:
-            ready, _, _ = select.select(list(sockets), [], [], max(until - time.monotonic(), 0.0))
+            readable, _, _ = select.select([sock for _, sock in listening], [], [], max(until - time.monotonic(), 0.0))
         except (OSError, ValueError):
             return False
-        for sock in ready:
-            exchange = sockets[sock]
-            try:
-                wire = sock.recv(65535)
-            except BlockingIOError:
-                continue
-            except ConnectionRefusedError:
-                exchange.close("refused")
-                continue
-            except OSError:
-                exchange.close("failed")  # unreachable…: another nameserver, else dnspython's resolver
-                continue
-            reply = _reply_to(wire, exchange.pending)
-            if reply is None:
-                continue
-            i, request, response = reply
-            del exchange.pending[request.id]
-            exchange.replied = True
-            if answers[i] is not None:
-                continue  # another nameserver answered first
-            answer = _answer_from(keys[i], response) if response is not None else None
-            # Not ours to read: dnspython's resolver asks now (TCP for a truncated reply),
-            # while the other replies wait in the sockets' buffers.
-            answers[i] = answer if answer is not None else self._fallback(keys[i], deadline)
-        return bool(ready)
+        for exchange, sock in listening:
+            if sock in readable:
+                sock.settimeout(0.0)
+                wire = self._recv(exchange, sock)
+                if wire is not None:
+                    self._take(exchanges, exchange, wire, keys, deadline, answers)
+        return bool(readable)
+
+    @staticmethod
+    def _recv(exchange: "_Exchange", sock: socket.socket) -> bytes | None:
+        """A datagram from *exchange*'s socket; None when none came in time, or the socket failed (closed then)."""
+        try:
+            return sock.recv(65535)
+        except (TimeoutError, BlockingIOError):
+            return None
+        except ConnectionRefusedError:
+            exchange.close("refused")
+        except OSError:
+            exchange.close("failed")  # unreachable…: another nameserver, else dnspython's resolver
+        return None
+
+    def _take(self, exchanges: Sequence["_Exchange"], exchange: "_Exchange", wire: bytes, keys: Sequence[tuple[str, str]], deadline: float, answers: list[Answer | None]) -> None:
+        """Fill in the answer that *wire*, a datagram from *exchange*'s nameserver, gives (if it is a reply to one of its questions)."""
+        reply = _reply_to(wire, exchange.pending)
+        if reply is None:
+            return
+        i, request, response = reply
+        exchange.replied = True
+        for other in exchanges:
+            other.pending.pop(request.id, None)  # answered: no longer waited for from anyone
+        if answers[i] is not None:
+            return
+        answer = _answer_from(keys[i], response) if response is not None else None
+        # Not ours to read: dnspython's resolver asks now (TCP for a truncated reply),
+        # while the other replies wait in the sockets' buffers.
+        answers[i] = answer if answer is not None else self._fallback(keys[i], deadline)
 
     def _demote(self, exchanges: Sequence["_Exchange"]) -> None:
         """Move the nameservers that were asked before the first one that replied to the end of the order."""
