@@ -6,6 +6,7 @@ attachment policy decides here.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import signal
@@ -68,6 +69,26 @@ def test_exe_in_a_zip_in_a_zip_is_rejected_naming_the_file(stack: Stack) -> None
     assert row["action"] == "reject" and "ATTACH_BANNED" in row["symbols"]
     assert row["details"]["ATTACH_BANNED"] == "invoice.zip/inner.zip/evil.exe: banned extension .exe"
     assert not stack.sink.with_subject("nested zip")
+
+
+def test_a_file_after_megabytes_of_one_character_base64_lines_is_still_judged(stack: Stack) -> None:
+    """The attachment reader takes a body's lines a block at a time: 1.4 million 1-character lines
+    (4 MB) before the zip must not hide it, nor cut it wrongly."""
+    def one_char_lines(data: bytes) -> bytes:
+        return b"".join(bytes([c]) + b"\r\n" for c in base64.b64encode(data))
+
+    raw = (b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.com>\r\nSubject: padded zip\r\n"
+           b"Date: Wed, 02 Dec 2026 06:00:00 +0000\r\nMessage-ID: <padded.zip@example.org>\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+           b"--b1\r\nContent-Type: application/octet-stream; name=\"padding.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + b"A\r\n" * 1_400_000 + b"--b1x not the boundary\r\n"
+           b"--b1\r\nContent-Type: application/zip; name=\"invoice.zip\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + one_char_lines(zipped({"evil.exe": PE})) + b"--b1--\r\n")
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(raw)
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Attachment rejected: invoice.zip/evil.exe: banned extension .exe"
+    assert row_for(stack, "padded zip")["details"]["ATTACH_BANNED"] == "invoice.zip/evil.exe: banned extension .exe"
 
 
 def test_double_extension_is_rejected(stack: Stack) -> None:
