@@ -58,6 +58,9 @@ log = logging.getLogger("milterd")
 
 Status = Literal["ok", "nxdomain", "nodata", "error"]
 
+#: Seconds a nameserver that left its questions to another is asked after the others (:meth:`Resolver._demote`).
+DEMOTED_FOR = 60.0
+
 #: Longest a negative answer (NXDOMAIN, no data) is kept when the zone gives no SOA.
 NEGATIVE_TTL = 60.0
 #: The UDP payload size announced with EDNS0 (RFC 6891), the size DNS flag day 2020 recommends.
@@ -348,6 +351,7 @@ class Resolver:
         self._servers = _udp_servers(self._resolver)
         #: The nameservers in the order they are asked: those that failed us last (:meth:`_demote`) at the end.
         self._order = list(self._servers)
+        self._reorder_at = math.inf  # when a demotion (_demote) ends
         # Every nameserver is one our client asks: when all refuse, nobody else could answer.
         self._servers_all = len(self._servers) == len(self._resolver.nameservers)
         self.cache = TTLCache(section.cache_size)
@@ -412,7 +416,7 @@ class Resolver:
         whole deadline, and hears no refusal (an unconnected socket): with the first
         nameserver down, every question waited the whole deadline and failed, a second
         nameserver in resolv.conf never asked.  One that leaves its questions to a later one
-        goes to the end of the order (:meth:`_demote`), so the next messages do not wait for it.
+        goes to the end of the order for a minute (:meth:`_demote`), so the next messages do not wait for it.
 
         Left unanswered at *deadline*: ``"timeout"``; refused by every nameserver:
         ``"connection refused"`` at once; anything else is left None for dnspython's resolver.
@@ -420,8 +424,10 @@ class Resolver:
         asked = self._requests(keys, answers)
         if not asked:
             return
-        order = self._order
         start = time.monotonic()
+        if start >= self._reorder_at:
+            self._order, self._reorder_at = self._servers, math.inf  # the configured order again
+        order = self._order
         share = (deadline - start) / len(order)
         exchanges: list[_Exchange] = []
         late = 0
@@ -533,7 +539,9 @@ class Resolver:
         answers[i] = answer if answer is not None else self._fallback(keys[i], deadline)
 
     def _demote(self, exchanges: Sequence["_Exchange"]) -> None:
-        """Move the nameservers that were asked before the first one that replied to the end of the order."""
+        """Move the nameservers that were asked before the first one that replied to the end of the order,
+        for :data:`DEMOTED_FOR` seconds: the first one configured is usually the one meant (a local resolver
+        that public DNS lists answer), and one slow answer must not leave it behind for good."""
         first = next((k for k, e in enumerate(exchanges) if e.replied), 0)
         if not first:
             return
@@ -542,8 +550,9 @@ class Resolver:
         if order[:first] != passed:
             return  # another thread has reordered them already
         self._order = order[first:] + passed
-        log.warning("nameserver %s %s: %s is asked first from now on", ", ".join(e.name for e in exchanges[:first]),
-                    " or ".join(sorted({e.why for e in exchanges[:first]})), exchanges[first].name)
+        self._reorder_at = time.monotonic() + DEMOTED_FOR
+        log.warning("nameserver %s %s: %s is asked first for the next %gs", ", ".join(e.name for e in exchanges[:first]),
+                    " or ".join(sorted({e.why for e in exchanges[:first]})), exchanges[first].name, DEMOTED_FOR)
 
     def _request(self, name: str, rdtype: str) -> dns.message.Message | None:
         """The query dnspython's resolver would send for *name*/*rdtype*; None for one it would refuse or fail on."""

@@ -351,6 +351,19 @@ def test_silent_first_of_two_nameservers_leaves_its_questions_to_the_second(serv
     assert names(silent) == ["a.test.", "nothing.test."] and names(good)[-1] == "www.test."
 
 
+def test_the_configured_order_comes_back_after_a_while(serve: Callable[[Handler], Server], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first nameserver configured is usually the one meant (a local resolver): not left behind for good."""
+    silent, good = serve(lambda q, t: []), serve(zone)
+    resolver = resolver_for(silent, good, timeout=0.4)
+    no_dnspython(resolver)
+    assert resolver.query("a.test", "A").ok
+    assert resolver._order[0] == resolver._servers[1]
+    monkeypatch.setattr(resolver, "_reorder_at", time.monotonic())  # DEMOTED_FOR has passed
+    assert resolver.query("www.test", "A").ok
+    assert names(silent) == ["a.test.", "www.test."]  # asked first again, then left again
+    assert resolver._order[0] == resolver._servers[1] and resolver._reorder_at > time.monotonic() + 50
+
+
 def test_a_slow_first_nameserver_still_answers_after_the_second_is_asked(serve: Callable[[Handler], Server]) -> None:
     """Past its share of the time the second nameserver is asked too, and the first one's reply is still taken."""
 
