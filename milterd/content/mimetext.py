@@ -133,17 +133,25 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
 
 
 def _first_lines(raw: bytes, count: int) -> tuple[bytes, bytes]:
-    """*raw* cut after its *count*-th line, and the rest (empty when it has no more lines)."""
-    if raw.count(b"\n") <= count:
+    """*raw* cut after its *count*-th line, and the rest (empty when it has no more lines).  A line ends
+    where the stdlib parser ends one: at a CRLF, a CR or an LF (4 MB of bare CRs are two million lines to it)."""
+    if _line_ends(raw, len(raw)) <= count:
         return raw, b""
     low, high = 0, len(raw)  # the shortest head holding count line ends: counted in C, not a step per line
     while low < high:
         middle = (low + high) // 2
-        if raw.count(b"\n", 0, middle) < count:
+        if _line_ends(raw, middle) < count:
             low = middle + 1
         else:
             high = middle
+    if raw[low - 1:low + 1] == b"\r\n":
+        low += 1  # the head ended inside a CRLF
     return raw[:low], raw[low:]
+
+
+def _line_ends(raw: bytes, end: int) -> int:
+    """How many line ends (CRLF, CR, LF) ``raw[:end]`` holds."""
+    return raw.count(b"\n", 0, end) + raw.count(b"\r", 0, end) - raw.count(b"\r\n", 0, end)
 
 
 def _parsed(raw: bytes) -> tuple[email.message.Message, bool]:

@@ -61,3 +61,22 @@ def test_first_lines_cuts_after_the_count_th_line_end(count: int) -> None:
     head, rest = mimetext._first_lines(raw, count)
     assert head + rest == raw
     assert head == b"".join(raw.splitlines(keepends=True)[:count]) if count < 5 else (head, rest) == (raw, b"")
+
+
+def test_bare_carriage_returns_are_lines_to_the_parser_and_are_counted() -> None:
+    """The stdlib parser ends a line at a bare CR too: 4 MB of "a CR" took 143 MB past a count of LFs only."""
+    raw = multipart((b"text/plain", b"hello http://first.example/\r\n"), (b"text/plain", b"a\r" * 2_000_000 + b"\r\n"))
+    tracemalloc.start()
+    try:
+        found = mimetext.extract(raw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found.truncated and found.uris == ["http://first.example/"]
+    assert peak < 10 * len(raw)
+
+
+@pytest.mark.parametrize(("count", "head"), [(1, b"a\r\n"), (2, b"a\r\nb\r"), (3, b"a\r\nb\rc\n"), (4, b"a\r\nb\rc\n\r\n")])
+def test_first_lines_ends_lines_at_crlf_cr_and_lf(count: int, head: bytes) -> None:
+    raw = b"a\r\nb\rc\n\r\nd\r\ne"
+    assert mimetext._first_lines(raw, count) == (head, raw[len(head):])
