@@ -3,7 +3,8 @@
 Each probe returns :class:`Finding` objects (``ok``, ``warn``, ``fail`` or
 ``skip``, and one line of detail): the configuration builds, every configured
 backend answers (the database and its schema version, clamd PING/VERSION,
-spamd PING, the resolver with the DNSBL test entry 127.0.0.2, the smtpd
+spamd PING, the resolver with the DNSBL test entry 127.0.0.2, each nameserver
+alone where there are several, the smtpd
 that quarantine releases go to), what the classifier's model holds (messages
 learned, tokens, the oldest and newest learn; a warning while it is on but
 abstains below ``min_spam``/``min_ham``), and Postfix's
@@ -30,7 +31,7 @@ from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, TypeVar
 from .checks.dnslists import listing_answers
 from .config import Config, ConfigError, load_config
 from .dkimsign import SigningKey, load_keys, public_record, record_matches
-from .dns import Answer, Resolver, dnsbl_name
+from .dns import Answer, Resolver, dnsbl_name, probe_nameserver, server_name
 from .endpoints import parse_socket
 from .learner.classifier import Counts, trained
 from .reinject import parse_target, probe
@@ -87,6 +88,7 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
     findings.append(probe_learner(config))
     findings += probe_scanners(config)
     findings += probe_dns(config, services)
+    findings += probe_nameservers(config)
     findings += probe_dkim_keys(config)
     findings += probe_private_files(config)
     findings.append(probe_release_smtp(config))
@@ -339,6 +341,28 @@ def probe_dns(config: Config, services: Any) -> list[Finding]:
             findings.append(judge_dnsbl(zone, name, resolver.query(name, "A"), refused))
     finally:
         resolver.close()
+    return findings
+
+
+def probe_nameservers(config: Config) -> list[Finding]:
+    """Each nameserver, asked alone, where there are several: milterd asks the next one when one is down,
+    so the DNS lists' probe answers, and only this shows that each stage now waits for the dead one."""
+    resolver = Resolver(config.dns)
+    try:
+        servers = resolver.udp_nameservers
+    finally:
+        resolver.close()
+    if len(servers) < 2:
+        return []
+    findings = []
+    for server in servers:
+        state = probe_nameserver(server, config.dns.timeout)
+        label = f"dns nameserver {server_name(server)}"
+        if state == "answers":
+            findings.append(Finding(label, "ok", "answers"))
+        else:
+            findings.append(Finding(label, "fail", f"{state} (within {config.dns.timeout:g}s): while it is down, a DNS stage whose "
+                                    "questions it gets first waits for it before asking the next nameserver"))
     return findings
 
 

@@ -268,6 +268,37 @@ def traced_lookups() -> Iterator[LookupTrace]:
 Pending = Union["Future[Answer]", Answer]
 
 
+def server_name(server: tuple[int, tuple[str, int]]) -> str:
+    """A nameserver (address family, (ip, port)) as ip, or [ip]:port when the port is not 53."""
+    ip, port = server[1]
+    return ip if port == 53 else f"[{ip}]:{port}"
+
+
+def probe_nameserver(server: tuple[int, tuple[str, int]], timeout: float) -> str:
+    """How *server* takes a question (the root's NS) within *timeout* seconds: "answers" (any reply,
+    an error code included), "refused", "could not be asked" or "did not answer in time"."""
+    request = dns.message.make_query(".", "NS")
+    exchange = _Exchange.send(server, [(0, request)])
+    deadline = time.monotonic() + timeout
+    try:
+        while exchange.sock is not None and (remaining := deadline - time.monotonic()) > 0:
+            exchange.sock.settimeout(remaining)
+            try:
+                wire = exchange.sock.recv(65535)
+            except TimeoutError:
+                break
+            except ConnectionRefusedError:
+                exchange.close("refused")
+            except OSError:
+                exchange.close("failed")
+            else:
+                if _reply_to(wire, exchange.pending) is not None:
+                    return "answers"
+    finally:
+        exchange.close()
+    return exchange.why
+
+
 @dataclass
 class _Exchange:
     """The questions sent to one nameserver over one connected UDP socket, and what became of it."""
@@ -306,8 +337,7 @@ class _Exchange:
     @property
     def name(self) -> str:
         """The nameserver as ip or [ip]:port."""
-        ip, port = self.server[1]
-        return ip if port == 53 else f"[{ip}]:{port}"
+        return server_name(self.server)
 
     @property
     def why(self) -> str:
@@ -690,6 +720,11 @@ class Resolver:
             elif qtype in ("TXT", "SPF"):
                 found.append(((name, qtype), rdata.strings))
         return found
+
+    @property
+    def udp_nameservers(self) -> list[tuple[int, tuple[str, int]]]:
+        """The nameservers our UDP client asks, as configured: (address family, (ip, port))."""
+        return list(self._servers)
 
     def close(self) -> None:
         """Stop the background query threads."""

@@ -4,6 +4,7 @@ a resolver serving a DNSBL, the SQLite store — and the same with them absent."
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -112,3 +113,19 @@ def test_bad_configuration_fails(tmp_path: Path) -> None:
     milterd = _milterd(tmp_path / "m", {"actions": {"rejct": 3}})
     code, report = _doctor(milterd, "--no-postfix")
     assert code == 1 and report["findings"][0]["name"] == "configuration" and "rejct" in report["findings"][0]["detail"]
+
+
+def test_a_dead_nameserver_behind_a_live_one_is_reported(tmp_path: Path, backends: dict[str, Any]) -> None:
+    """milterd asks the next nameserver when one is down, so the DNS lists' probe passes: only asking each alone shows the dead one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # open, never read: a host that drops
+        port = silent.getsockname()[1]
+        milterd = _milterd(tmp_path / "m", {"dns": {"nameservers": [f"127.0.0.1:{port}", backends["dns"].nameserver], "timeout": 1}},
+                           {"dnsbl.toml": '[[dnsbl]]\nname = "DOCTOR"\nzone = "bl.doctor.test"\n'})
+        assert milterd.cli("db", "upgrade").returncode == 0
+        code, report = _doctor(milterd, "--no-postfix")
+    findings = {f["name"]: f for f in report["findings"]}
+    assert findings["dns bl.doctor.test"]["status"] == "ok"
+    assert findings[f"dns nameserver [127.0.0.1]:{port}"]["status"] == "fail" and code == 1
+    assert "did not answer in time" in findings[f"dns nameserver [127.0.0.1]:{port}"]["detail"]
+    assert findings[f"dns nameserver {backends['dns'].nameserver.replace('127.0.0.1', '[127.0.0.1]')}"]["status"] == "ok"

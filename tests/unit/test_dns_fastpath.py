@@ -554,3 +554,15 @@ def test_submit_hands_a_cached_answer_back_as_it_is_and_collect_takes_both_kinds
     answers = resolver.collect([cached, started], [("a.test", "A"), ("mail.test", "A")], deadline)
     assert [(a.name, a.status) for a in answers] == [("a.test", "ok"), ("mail.test", "nodata")]
     resolver.close()
+
+
+# --- doctor's probe ------------------------------------------------------------------
+
+
+def test_probe_tells_each_kind_of_nameserver_apart(serve: Callable[[Handler], Server]) -> None:
+    answering = serve(lambda q, t: [response(q, rcode=dns.rcode.REFUSED).to_wire()])  # an error code is a reply
+    silent = serve(lambda q, t: [])
+    resolver = resolver_for(answering, silent, closed_port())
+    states = [milterd.dns.probe_nameserver(server, 0.3) for server in resolver.udp_nameservers]
+    assert states == ["answers", "did not answer in time", "refused"]
+    assert [q.question[0].name.to_text() for q in answering.queries("udp")] == ["."]
