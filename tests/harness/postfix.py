@@ -172,9 +172,32 @@ class Postfix:
         return subprocess.run(["postfix", "-c", str(self.etc), *args], capture_output=True, text=True, check=check, timeout=60)
 
     def postconf(self, *settings: str) -> None:
-        """``postconf -e`` on this instance, then reload."""
+        """``postconf -e`` on this instance, then reload, and wait until no smtpd started before the reload
+        is left: ``postfix reload`` returns at once, and an idle smtpd of the old configuration could
+        still take the next connection."""
         subprocess.run(["postconf", "-c", str(self.etc), "-e", *settings], check=True, timeout=30)
+        before = self.smtpd_pids()
         self.postfix("reload")
+        deadline = time.monotonic() + 30
+        while before & self.smtpd_pids():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"smtpd processes {sorted(before & self.smtpd_pids())} outlived the reload\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def smtpd_pids(self) -> set[int]:
+        """This instance's smtpd processes: those with its MAIL_CONFIG in their environment (which the
+        master passes on to its children, import_environment)."""
+        marker = f"MAIL_CONFIG={self.etc}".encode()
+        found = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if (entry / "comm").read_text().strip() == "smtpd" and marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.add(int(entry.name))
+            except OSError:
+                continue  # gone meanwhile
+        return found
 
     def start(self) -> "Postfix":
         """Write the configuration and start; wait until smtpd answers."""
