@@ -90,7 +90,7 @@ class _Decoder:
         while lines and not self.truncated:
             need = BLOCK - self._buffered
             cut = len(lines) if len(lines) < need else (lines.find(b"\n", need - 1) + 1 or len(lines))
-            self._lines.append(lines[:cut] if cut < len(lines) else lines)
+            self._lines.append(lines[:cut])
             self._buffered += cut
             if self._buffered >= BLOCK:
                 self._flush()
@@ -197,7 +197,7 @@ def _blocks(chunks: Iterable[bytes]) -> Iterator[bytes]:
         end = data.rfind(b"\n") + 1
         rest = data[end:]
         if end:
-            yield data[:end] if rest else data
+            yield data[:end]
         if len(rest) > MAX_PART_HEADER:  # a line without end: pass it on in pieces
             yield rest
             rest = b""
@@ -311,7 +311,7 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
             if not in_headers:
                 end = _body_end(block, pos, boundaries)
                 if end > pos and decoder is not None:
-                    decoder.feed(block[pos:end] if pos or end < len(block) else block)
+                    decoder.feed(block[pos:end])
                 if end == len(block):
                     break
                 pos = end
