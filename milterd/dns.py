@@ -283,17 +283,11 @@ def probe_nameserver(server: tuple[int, tuple[str, int]], timeout: float) -> str
     try:
         while exchange.sock is not None and (remaining := deadline - time.monotonic()) > 0:
             exchange.sock.settimeout(remaining)
-            try:
-                wire = exchange.sock.recv(65535)
-            except TimeoutError:
+            wire = exchange.recv()
+            if wire is None:
                 break
-            except ConnectionRefusedError:
-                exchange.close("refused")
-            except OSError:
-                exchange.close("failed")
-            else:
-                if _reply_to(wire, exchange.pending) is not None:
-                    return "answers"
+            if _reply_to(wire, exchange.pending) is not None:
+                return "answers"
     finally:
         exchange.close()
     return exchange.why
@@ -343,6 +337,20 @@ class _Exchange:
     def why(self) -> str:
         """What this nameserver did instead of answering."""
         return {"refused": "refused", "failed": "could not be asked"}.get(self.state, "did not answer in time")
+
+    def recv(self) -> bytes | None:
+        """A datagram from the socket (within its timeout); None when none came, or the socket failed (closed then)."""
+        if self.sock is None:
+            return None
+        try:
+            return self.sock.recv(65535)
+        except (TimeoutError, BlockingIOError):
+            return None
+        except ConnectionRefusedError:
+            self.close("refused")
+        except OSError:
+            self.close("failed")  # unreachable…: another nameserver, else dnspython's resolver
+        return None
 
     def close(self, state: str | None = None) -> None:
         """Stop listening; *state* says why (else it stays as it is: "open" was silent to the end)."""
@@ -483,16 +491,21 @@ class Resolver:
             for exchange in exchanges:
                 exchange.close()
         unanswered = [i for i, _ in asked if answers[i] is None]
-        if not unanswered:
-            pass
-        elif any(e.state == "open" for e in exchanges):
+        # Any left None after this are asked by dnspython's resolver.
+        if unanswered and (error := self._unanswered_error(exchanges, len(order))):
             for i in unanswered:
-                answers[i] = Answer(keys[i][0], keys[i][1], "error", error="timeout")
-        elif self._servers_all and len(exchanges) == len(order) and all(e.state == "refused" for e in exchanges):
-            for i in unanswered:
-                answers[i] = Answer(keys[i][0], keys[i][1], "error", error="connection refused")
+                answers[i] = Answer(keys[i][0], keys[i][1], "error", error=error)
         if len(exchanges) > 1:
             self._demote(exchanges)
+
+    def _unanswered_error(self, exchanges: Sequence["_Exchange"], servers: int) -> str:
+        """The error of the questions no nameserver answered: "timeout" when one stayed silent, "connection
+        refused" when all *servers* refused and nobody else could answer; "" to leave them to dnspython's resolver."""
+        if any(e.state == "open" for e in exchanges):
+            return "timeout"
+        if self._servers_all and len(exchanges) == servers and all(e.state == "refused" for e in exchanges):
+            return "connection refused"
+        return ""
 
     def _requests(self, keys: Sequence[tuple[str, str]], answers: list[Answer | None]) -> list[tuple[int, dns.message.Message]]:
         """(position, query) for each of *keys* unanswered that our client sends, each with its own id."""
@@ -519,7 +532,7 @@ class Resolver:
             while exchange.pending and exchange.sock is not None:
                 timeout = until - time.monotonic()
                 sock.settimeout(max(timeout, 0.0))
-                wire = self._recv(exchange, sock)
+                wire = exchange.recv()
                 if wire is None:
                     return came or exchange.sock is None
                 came = True
@@ -534,23 +547,10 @@ class Resolver:
         for exchange, sock in listening:
             if sock in readable:
                 sock.settimeout(0.0)
-                wire = self._recv(exchange, sock)
+                wire = exchange.recv()
                 if wire is not None:
                     self._take(exchanges, exchange, wire, keys, deadline, answers)
         return bool(readable)
-
-    @staticmethod
-    def _recv(exchange: "_Exchange", sock: socket.socket) -> bytes | None:
-        """A datagram from *exchange*'s socket; None when none came in time, or the socket failed (closed then)."""
-        try:
-            return sock.recv(65535)
-        except (TimeoutError, BlockingIOError):
-            return None
-        except ConnectionRefusedError:
-            exchange.close("refused")
-        except OSError:
-            exchange.close("failed")  # unreachable…: another nameserver, else dnspython's resolver
-        return None
 
     def _take(self, exchanges: Sequence["_Exchange"], exchange: "_Exchange", wire: bytes, keys: Sequence[tuple[str, str]], deadline: float, answers: list[Answer | None]) -> None:
         """Fill in the answer that *wire*, a datagram from *exchange*'s nameserver, gives (if it is a reply to one of its questions)."""
