@@ -12,7 +12,6 @@ import json
 import os
 import random
 import re
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from milterd.message.model import Action, Envelope, Session, Spool, Verdict
 from milterd.services import Services
 from milterd.store import Store
 from milterd.store.learner import LearnerStore
+from tests.harness.memory import peak_while
 from tests.unit import test_bayes_maintenance_review as bayes_review
 from tests.unit.test_bayes_maintenance_review import learned
 
@@ -35,16 +35,6 @@ from tests.unit.test_bayes_maintenance_review import learned
 # autolearn_ham -2) and its short message.
 services = bayes_review.services
 small_envelope = bayes_review.envelope
-
-
-def peak_while(call: Any) -> tuple[Any, int]:
-    """What *call* returns and the most memory it allocated at once."""
-    tracemalloc.start()
-    try:
-        result = call()
-        return result, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def reference_digest(raw: bytes) -> str:

@@ -8,11 +8,10 @@ as in plain text, so padding cannot hide a link from the URI lists.
 
 from __future__ import annotations
 
-import tracemalloc
-
 import pytest
 
 from milterd.content import mimetext
+from tests.harness.memory import peak_while
 
 HEAD = b"From: a@example.org\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n"
 
@@ -23,12 +22,7 @@ def multipart(*parts: tuple[bytes, bytes]) -> bytes:
 
 def test_a_body_of_empty_lines_is_read_in_bounded_memory() -> None:
     raw = multipart((b"text/plain", b"hello http://first.example/\r\n"), (b"text/plain", b"\r\n" * 2_000_000))
-    tracemalloc.start()
-    try:
-        found = mimetext.extract(raw)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    found, peak = peak_while(lambda: mimetext.extract(raw))
     assert found.uris == ["http://first.example/"] and found.text.startswith("hello http://first.example/")
     assert found.truncated
     assert peak < 10 * len(raw)  # all two million lines parsed: 150 MB, 37 times the message
@@ -66,12 +60,7 @@ def test_first_lines_cuts_after_the_count_th_line_end(count: int) -> None:
 def test_bare_carriage_returns_are_lines_to_the_parser_and_are_counted() -> None:
     """The stdlib parser ends a line at a bare CR too: 4 MB of "a CR" took 143 MB past a count of LFs only."""
     raw = multipart((b"text/plain", b"hello http://first.example/\r\n"), (b"text/plain", b"a\r" * 2_000_000 + b"\r\n"))
-    tracemalloc.start()
-    try:
-        found = mimetext.extract(raw)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    found, peak = peak_while(lambda: mimetext.extract(raw))
     assert found.truncated and found.uris == ["http://first.example/"]
     assert peak < 10 * len(raw)
 
