@@ -3,7 +3,8 @@
 Every DKIM-Signature (up to ``[checks.dkim] max_signatures``) is verified at
 end of message; dkimpy honours ``l=``, ``t=`` and ``x=`` and refuses keys
 smaller than ``min_key_bits``; a signature whose ``h=`` leaves out From is a
-permerror (RFC 6376 §6.1.1); one whose ``l=`` leaves part of the body unsigned
+permerror (RFC 6376 §6.1.1), and so is an ``rsa-sha1`` signature (RFC 8301) and
+one its key record's ``h=`` or ``t=s`` does not allow; one whose ``l=`` leaves part of the body unsigned
 is, with ``unsigned_body = "policy"`` (the default), the RFC 8601 result
 ``policy``, not a pass (RFC 6376 §8.2: anyone can append to such a message);
 its RSA arithmetic is done by OpenSSL and its relaxed canonicalisation skips
@@ -206,6 +207,9 @@ def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder, unsigned_body: 
             # RFC 6376 §5.4 and §6.1.1: From MUST be signed; such a signature is ignored (PERMFAIL), so that
             # it cannot vouch for a From its signer never saw.
             return _result(verifier, "permerror", "From header field not signed")
+        if sig.get(b"a", b"").strip().lower() == b"rsa-sha1":
+            # RFC 8301 §3.1: verifiers MUST NOT consider rsa-sha1 signatures valid (SHA-1 collisions are practical).
+            return _result(verifier, "permerror", "rsa-sha1 signatures are not accepted (RFC 8301)")
         ok = bool(verifier.verify_sig(sig, include_headers, sigheaders[index], dnsfunc))
         reason = "" if ok else "signature did not verify"
     except dkim.ValidationError as exc:
@@ -217,11 +221,14 @@ def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder, unsigned_body: 
     except Exception as exc:  # noqa: BLE001 - dkimpy on hostile input: a permerror, never a crash
         return _result(verifier, "permerror", f"{type(exc).__name__}: {exc}")
     if ok:
+        refused = key_restriction(dnsfunc.records.get(_key_name(verifier), b""), sig)
+        if refused:
+            return _result(verifier, "permerror", refused)
         unsigned = unsigned_bytes(verifier, sig)
         if unsigned and unsigned_body == "policy":
             return _result(verifier, "policy", f"l={int(sig[b'l'])} leaves {unsigned} bytes of the body unsigned")
         return _result(verifier, "pass", "")
-    key = f"{_text(verifier.selector)}._domainkey.{_text(verifier.domain)}".lower()
+    key = _key_name(verifier)
     if dnsfunc.failures > before:
         return _result(verifier, "temperror", f"key lookup failed: {dnsfunc.failed.get(key, 'DNS error')}")
     if key in dnsfunc.missing:
@@ -235,6 +242,34 @@ def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder, unsigned_body: 
         record = dnsfunc.records.get(key, b"")
         return _result(verifier, "permerror", "key revoked" if revoked(record) else f"unusable key record at {key}")
     return _result(verifier, "fail", reason)
+
+
+def key_restriction(record: bytes, sig: dict[bytes, bytes]) -> str:
+    """Why the key record *record* does not let the verified signature *sig* pass, or "".
+
+    dkimpy reads ``p=``, ``k=`` and ``s=`` of a key record but not these restrictions of RFC 6376
+    §3.6.1, each of which makes the signature a PERMFAIL (§6.1.2): ``h=`` (the hash algorithms the
+    key may sign with) and the ``t=s`` flag (the ``i=`` domain must be ``d=`` itself, no subdomain).
+    """
+    tags: dict[bytes, bytes] = {}
+    for tag, text in tag_items(record):
+        tags.setdefault(tag.lower(), b"".join(text.split()).lower())
+    hashes = [h for h in tags.get(b"h", b"").split(b":") if h]
+    algorithm = b"".join(sig.get(b"a", b"").split()).lower()
+    digest = algorithm.rpartition(b"-")[2]
+    if hashes and digest not in hashes:
+        return f"the key record's h= does not allow {digest.decode('ascii', 'replace')}"
+    if b"s" in tags.get(b"t", b"").split(b":"):
+        domain = b"".join(sig.get(b"d", b"").split()).lower().rstrip(b".")
+        identity = b"".join(sig.get(b"i", b"").split()).lower().rpartition(b"@")[2].rstrip(b".")
+        if identity and identity != domain:
+            return "the key record's t=s does not allow an i= domain other than d="
+    return ""
+
+
+def _key_name(verifier: Any) -> str:
+    """The key record name (as DnsRecorder keeps it) of the signature *verifier* last looked at."""
+    return f"{_text(verifier.selector)}._domainkey.{_text(verifier.domain)}".lower()
 
 
 def unsigned_bytes(verifier: Any, sig: dict[bytes, bytes]) -> int:
@@ -345,7 +380,7 @@ class DkimSigner(Check):
     def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
         options = self.services.config.dkim_signing
         wanted = (session.trusted and options.sign_trusted) or (session.authenticated and options.sign_authenticated)
-        if not wanted or verdict.action not in (Action.ACCEPT, Action.ADD_HEADER, Action.QUARANTINE):
+        if not wanted or verdict.action not in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE):
             return verdict
         domain = from_domain(envelope.header("From"))
         keys = dkimsign.keys_for(self.keys, domain) if domain else []

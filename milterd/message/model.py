@@ -370,8 +370,10 @@ class Verdict:
     reason: str
     reply: Reply | None = None
     required: float | None = None
+    #: False for a trusted or authenticated client's message: only forced actions applied, no X-Spam-* headers.
+    scored: bool = True
 
     @property
     def is_spam(self) -> bool:
-        """Whether the score reached the add_header threshold (X-Spam-Flag)."""
-        return self.required is not None and self.score >= self.required
+        """Whether the message was scored and its score reached the add_header threshold (X-Spam-Flag)."""
+        return self.scored and self.required is not None and self.score >= self.required

@@ -130,7 +130,7 @@ def _decide(hits: list[Hit], weight: Callable[[str], float], actions: ActionsSec
     if action == Action.REJECT and not reply:
         reply = Reply.reject(f"{actions.reject_message} (score {score:g})")
     required = actions.add_header if actions.add_header is not False else None
-    return Verdict(action=action, score=score, symbols=symbols, details=details, reason=reason, reply=reply, required=required)
+    return Verdict(action=action, score=score, symbols=symbols, details=details, reason=reason, reply=reply, required=required, scored=scored)
 
 
 def _threshold_reason(action: Action, score: float, actions: ActionsSection) -> str:
@@ -152,6 +152,8 @@ def plan_headers(verdict: Verdict, headers: Mapping[str, int], subject: str | No
     *headers* counts the headers the message arrived with by lower-case name:
     incoming X-Spam-* headers are removed (a sender must not be able to claim
     a verdict), then ours are added; at rewrite_subject the Subject is tagged.
+    A message that was not scored (a trusted or authenticated client's) gets
+    no X-Spam-* header of ours: its score would mark the users' own mail.
     """
     edits: list[HeaderEdit] = []
     if not actions.headers:
@@ -160,6 +162,8 @@ def plan_headers(verdict: Verdict, headers: Mapping[str, int], subject: str | No
         # Delete from the last occurrence down so that indexes stay valid.
         for index in range(headers.get(name.lower(), 0), 0, -1):
             edits.append(HeaderEdit("change", name, "", index))
+    if not verdict.scored:
+        return edits
     edits.append(HeaderEdit("add", "X-Spam-Status", spam_status(verdict)))
     edits.append(HeaderEdit("add", "X-Spam-Score", f"{verdict.score:.1f}"))
     if verdict.is_spam or verdict.action >= Action.ADD_HEADER:
@@ -171,8 +175,9 @@ def plan_headers(verdict: Verdict, headers: Mapping[str, int], subject: str | No
 
 def tags_subject(verdict: Verdict, actions: ActionsSection) -> bool:
     """Whether :func:`plan_headers` tags the Subject for *verdict*: at rewrite_subject, or at a
-    more severe action (quarantine) over the rewrite_subject threshold, and only with ``headers``."""
-    if not actions.headers:
+    more severe action (quarantine) over the rewrite_subject threshold, and only with ``headers``
+    and a scored message."""
+    if not actions.headers or not verdict.scored:
         return False
     return verdict.action == Action.REWRITE_SUBJECT or (verdict.action > Action.REWRITE_SUBJECT and _over(verdict.score, actions.rewrite_subject))
 

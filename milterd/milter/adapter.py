@@ -160,8 +160,12 @@ class MilterdMilter(Milter.Base):
         if family in (socket.AF_INET, socket.AF_INET6) and isinstance(hostaddr, tuple):
             session.client_addr, session.client_port = str(hostaddr[0]), int(hostaddr[1])
             session.family = "inet6" if family == socket.AF_INET6 else "inet"
-        else:
+        elif family == socket.AF_UNIX:
             session.client_addr, session.family = session.macros.get("{client_addr}", ""), "unix"
+        else:
+            # SMFIA_UNKNOWN: Postfix's smtpd on a socket that is not inet, or a client XCLIENT made
+            # ADDR=[UNAVAILABLE]. Not a local client by its family: trusted only by an address.
+            session.client_addr, session.family = session.macros.get("{client_addr}", ""), "unknown"
         # Postfix passes "[1.2.3.4]" (or "unknown") when the client has no verified name.
         session.client_name = "unknown" if hostname.startswith("[") else hostname
         return self._answer(self.pipeline.connect(session))
