@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+import authres
 import dkim
 from pydantic import Field
 
@@ -63,6 +64,9 @@ class ArcResult:
     sealers: tuple[str, ...] = ()
     reason: str = ""
     temporary: bool = False
+    #: What the newest sealer recorded on receipt (its ARC-Authentication-Results), read when the chain
+    #: passed: (method, result, domain) for dkim (header.d), spf (smtp.mailfrom's domain) and dmarc (header.from).
+    recorded: tuple[tuple[str, str, str], ...] = ()
 
 
 def verify_chain(message: bytes, dnsfunc: DnsRecorder, min_key_bits: int, *, unsigned_body: str = "policy") -> ArcResult:
@@ -94,10 +98,39 @@ def verify_chain(message: bytes, dnsfunc: DnsRecorder, min_key_bits: int, *, uns
         # A trusted sealer's pass overrides DMARC: text appended after its l= must not ride on it.
         return ArcResult("fail", sealers, f"ARC-Message-Signature i={newest}: l= leaves {unsigned} bytes of the body unsigned")
     if cv == dkim.CV_Pass:
-        return ArcResult("pass", sealers, str(reason))
+        return ArcResult("pass", sealers, str(reason), recorded=newest_results(arc))
     if cv == dkim.CV_None:
         return ArcResult("none", sealers, str(reason))
     return ArcResult("fail", sealers, str(reason)[:200], temporary=bool(dnsfunc.failed))
+
+
+def newest_results(arc: dkim.ARC) -> tuple[tuple[str, str, str], ...]:
+    """The results the newest ARC set's ARC-Authentication-Results records, as (method, result, domain).
+
+    Only dkim (``header.d``), spf (the domain of ``smtp.mailfrom``) and dmarc (``header.from``) are
+    kept, lower case; a field authres cannot parse records nothing (so it vouches for nothing).
+    """
+    newest, headers = arc.sorted_arc_headers()
+    value = next((v for instance, (name, v) in headers if instance == newest and name.lower() == b"arc-authentication-results"), None)
+    if value is None:
+        return ()
+    # "i=N; authserv-id; results": authres parses what follows the instance tag.
+    text = value.decode("utf-8", "replace").replace("\r\n", "").replace("\n", "").partition(";")[2]
+    try:
+        parsed = authres.parse_value(text)
+    except Exception:  # noqa: BLE001 - whatever the sealer wrote: no recorded pass
+        return ()
+    wanted = {"dkim": ("header", "d"), "spf": ("smtp", "mailfrom"), "dmarc": ("header", "from")}
+    recorded = []
+    for result in parsed.results:
+        method = str(result.method).lower()
+        if method not in wanted:
+            continue
+        kind, name = wanted[method]
+        value_of = next((str(p.value) for p in result.properties if str(p.type).lower() == kind and str(p.name).lower() == name), "")
+        domain = value_of.rpartition("@")[2].strip().lower().rstrip(".")
+        recorded.append((method, str(result.result).lower(), domain))
+    return tuple(recorded)
 
 
 def unsigned_body_bytes(arc: dkim.ARC) -> int:

@@ -11,14 +11,19 @@ for a subdomain), sampled by ``pct``: mail left out of the sample gets the
 next milder policy.  A record's ``np`` (RFC 9091 §4.1) replaces ``sp`` for a
 From domain that does not exist (NXDOMAIN or no data for its A, AAAA and MX
 alike), asked only once a message has failed.  A trusted ARC sealer's pass
-overrides a failure.  A message with several From domains (addresses or
+overrides a failure when the sealer recorded a DMARC pass, or an aligned
+DKIM or SPF pass, for the From domain in its ARC-Authentication-Results.  A message with several From domains (addresses or
 fields) is judged by the strictest of their evaluations (RFC 7489 §6.6.1).
 
 This check runs after DKIM and ARC (a later end-of-message tier) and reads
 their results from ``envelope.check_state(name)``.  A signature DKIM left
-unverified (message over ``[checks.dkim] max_size``) whose d= would align is
-counted like a key lookup that failed: a temperror, never a failure, since
-milterd cannot tell whether it would have passed.
+unverified (message over ``[checks.dkim] max_size``) whose d= would align
+does not pass the message, or anyone could add one to escape the policy;
+since milterd cannot tell whether it would have passed, a ``p=reject``
+failure is then applied as ``quarantine``, never as a reject.  Policy
+discovery stops at the From domain when it publishes DMARC records none
+can be taken from (several, or one without a valid ``p=``): RFC 7489 §6.6.3
+applies no DMARC then, rather than the organizational domain's policy.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ _DOMAIN = re.compile(r"[\w-]{1,63}(\.[\w-]{1,63})*")
 #: The IDNA deviation characters IDNA2008 keeps in a label (ZWJ and ZWNJ aside: see _label_a).
 _DEVIATIONS = re.compile("([\u00df\u03c2])")
 #: A name DNS can be asked about: at most 253 characters, labels of 1 to 63 letters, digits, '-' or '_'.
+#: What can start a domain written with junk after it (see _shown_domain).
+_DOMAIN_HEAD = re.compile(r"[\w.-]+")
 _DNS_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 #: The pure functions below remember their answers for arguments up to this long (bounded memory).
 _MEMO_MAX = 1024
@@ -210,8 +217,8 @@ def _parse_domains(value: str, decode: bool) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for _, addr in addresses(value):
         if "@" in addr:
-            domain = a_label(addr.rpartition("@")[2].strip().lower().rstrip("."))
-            if domain and _DOMAIN.fullmatch(domain):
+            domain = _shown_domain(addr.rpartition("@")[2])
+            if domain:
                 found.setdefault(domain)
         elif decode and "=?" in addr:
             # An encoded word where the address belongs (From: =?utf-8?b?c2VjdXJpdHlAYmFuay5leGFtcGxl?=) is
@@ -219,6 +226,22 @@ def _parse_domains(value: str, decode: bool) -> tuple[str, ...]:
             for domain in _parse_domains(decoded(addr), decode=False):
                 found.setdefault(domain)
     return tuple(found)
+
+
+def _shown_domain(text: str) -> str | None:
+    """The domain of an address whose domain part is *text*, as A-labels, or None when it names none.
+
+    A domain followed by what no domain holds (``bank.example<DEL>``, ``bank.example!``, a control
+    or format character a mail client does not show) is read up to there: the reader sees
+    ``bank.example``, so its policy is judged, and junk cannot switch DMARC off.
+    """
+    domain = a_label(text.strip().lower().rstrip("."))
+    if domain and _DOMAIN.fullmatch(domain):
+        return domain
+    shown = "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf")).strip().lower()
+    head = _DOMAIN_HEAD.match(shown)
+    domain = a_label(head.group().rstrip(".")) if head else None
+    return domain if domain and _DOMAIN.fullmatch(domain) else None
 
 
 @dataclass(frozen=True)
@@ -232,6 +255,11 @@ class Record:
     aspf: str = "r"
     #: The policy for a non-existent From subdomain (RFC 9091 §4.1); None (absent or invalid): ``sp`` applies.
     np: Policy | None = None
+
+
+def is_dmarc_record(text: str) -> bool:
+    """Whether the TXT record *text* is a DMARC record at all (starts with ``v=DMARC1``), valid or not."""
+    return text.partition(";")[0].replace(" ", "").replace("\t", "") == "v=DMARC1"
 
 
 def parse_record(text: str) -> Record | None:
@@ -284,6 +312,9 @@ class Evaluation:
     reason: str = ""
     #: The From domain does not exist: *policy* is the record's ``np``.
     nonexistent: bool = False
+    #: A DKIM signature that would align was left unverified (message over ``[checks.dkim] max_size``):
+    #: a p=reject failure is applied as quarantine.
+    unverified: bool = False
 
 
 def evaluate(
@@ -331,10 +362,10 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
     symbols: ClassVar[tuple[Symbol, ...]] = (
         Symbol("DMARC_PASS", -0.5, "DMARC pass: SPF or DKIM authenticated a domain aligned with From"),
         Symbol("DMARC_FAIL_REJECT", 4.0, "DMARC fail, and the From domain asks to reject such mail (p=reject)"),
-        Symbol("DMARC_FAIL_QUARANTINE", 3.0, "DMARC fail, and the From domain asks to quarantine such mail (p=quarantine, or p=reject left out by pct)"),
+        Symbol("DMARC_FAIL_QUARANTINE", 3.0, "DMARC fail, and the From domain asks to quarantine such mail (p=quarantine, or p=reject left out by pct or with an aligned DKIM signature left unverified over [checks.dkim] max_size)"),
         Symbol("DMARC_FAIL_NONE", 0.5, "DMARC fail, and the From domain only monitors (p=none, or a milder policy by pct)"),
         Symbol("DMARC_NONE", 0.0, "The From domain publishes no DMARC policy (or the From field has no domain)"),
-        Symbol("DMARC_TEMPFAIL", 0.0, "DMARC could not be evaluated: the policy, an SPF record or a DKIM key could not be looked up (DNS error), or an aligned DKIM signature was not verified (message over [checks.dkim] max_size)"),
+        Symbol("DMARC_TEMPFAIL", 0.0, "DMARC could not be evaluated: the policy, an SPF record or a DKIM key could not be looked up (DNS error)"),
         Symbol("DMARC_ARC_OVERRIDE", 0.0, "DMARC failed but a trusted ARC sealer vouched for the message: the policy is not applied"),
     )
 
@@ -375,34 +406,41 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         unverified = envelope.check_state("dkim").get("unverified", ())
         spf = envelope.check_state("spf").get("evaluation")
         evaluations = []
+        records: dict[str, Record] = {}
         for domain in domains:
             found = _lookup(resolver, domain, deadline, psl_path)
             if isinstance(found, str):
                 evaluations.append(Evaluation("temperror" if found else "none", domain, reason=found))
+            elif isinstance(found, Unusable):
+                evaluations.append(Evaluation("none", domain, reason=found.why))
             else:
                 record, record_domain = found
+                records[domain] = record
                 temp = any(aligned(signer, domain, record.adkim, psl_path) for signer in temperrors)
                 roll = random.randrange(100)
                 evaluation = evaluate(domain, record, record_domain, spf, passes, roll, psl_path, temp)
                 if evaluation.result == "fail" and any(aligned(signer, domain, record.adkim, psl_path) for signer in unverified):
-                    reason = "an aligned DKIM signature was not verified (message over [checks.dkim] max_size)"
-                    evaluation = replace(evaluation, result="temperror", applied="none", reason=reason)
+                    # It may be genuine, or a forger's junk (anyone can write d=bank.example): held, never rejected.
+                    applied = _MILDER["reject"] if evaluation.applied == "reject" else evaluation.applied
+                    evaluation = replace(evaluation, applied=applied, unverified=True)
                 evaluations.append(with_np(evaluation, record, record_domain, roll, lambda d: _nonexistent(resolver, d, deadline)))
         evaluation = strictest(evaluations)
         domain = evaluation.domain
         envelope.check_state(STATE)["result"] = evaluation
         if evaluation.result == "none":
-            return [Hit("DMARC_NONE", detail=domain)]
+            return [Hit("DMARC_NONE", detail=f"{domain}: {evaluation.reason}" if evaluation.reason else domain)]
         if evaluation.result == "pass":
             return [Hit("DMARC_PASS", detail=f"{domain}: {evaluation.reason}")]
         if evaluation.result == "temperror":
             return [Hit("DMARC_TEMPFAIL", detail=f"{domain}: {evaluation.reason}")]
         symbol = f"DMARC_FAIL_{evaluation.applied.upper()}"
         detail = describe(evaluation)
-        sealer = _trusted_sealer(envelope.check_state("arc").get("result"), self.services.config.checks.arc.trusted_sealers)
-        if sealer:
+        arc = envelope.check_state("arc").get("result")
+        sealer = _trusted_sealer(arc, self.services.config.checks.arc.trusted_sealers)
+        vouched = vouched_by(arc, domain, records[domain], psl_path) if sealer and domain in records else ""
+        if vouched:
             # Logged as failed, but neither scored nor enforced.
-            return [Hit(symbol, detail=detail, score=0.0), Hit("DMARC_ARC_OVERRIDE", detail=f"{domain}: sealed by {sealer}")]
+            return [Hit(symbol, detail=detail, score=0.0), Hit("DMARC_ARC_OVERRIDE", detail=f"{domain}: sealed by {sealer}, who recorded {vouched}")]
         return [enforce(evaluation, self.options.reject_action, self.options.quarantine_action)]
 
     def _too_many(self, envelope: Envelope, domains: tuple[str, ...]) -> Hits:
@@ -436,9 +474,10 @@ def strictest(evaluations: list[Evaluation]) -> Evaluation:
 def describe(evaluation: Evaluation) -> str:
     """The log detail of a DMARC failure: the domain, the policy and which tag it came from, the policy applied."""
     domain, applied = evaluation.domain, evaluation.applied
+    unverified = " (an aligned DKIM signature not verified: message over [checks.dkim] max_size)" if evaluation.unverified else ""
     if evaluation.nonexistent:
-        return f"{domain} policy np={evaluation.policy} applied={applied} ({domain} does not exist)"
-    return f"{domain} p={evaluation.policy} applied={applied}"
+        return f"{domain} policy np={evaluation.policy} applied={applied} ({domain} does not exist){unverified}"
+    return f"{domain} p={evaluation.policy} applied={applied}{unverified}"
 
 
 def with_np(evaluation: Evaluation, record: Record, record_domain: str, roll: int, nonexistent: Callable[[str], bool]) -> Evaluation:
@@ -474,8 +513,16 @@ def enforce(evaluation: Evaluation, reject_action: str, quarantine_action: str, 
     return Hit(symbol, detail=detail)
 
 
-def _lookup(resolver: Any, domain: str, deadline: float, psl_path: str) -> tuple[Record, str] | str:
-    """The record for *domain* and where it was found; a str otherwise ("" none, else the DNS error)."""
+@dataclass(frozen=True)
+class Unusable:
+    """What :func:`_lookup` found instead of a record: DMARC records no policy can be taken from (``why``)."""
+
+    why: str
+
+
+def _lookup(resolver: Any, domain: str, deadline: float, psl_path: str) -> tuple[Record, str] | Unusable | str:
+    """The record for *domain* and where it was found; :class:`Unusable` when what is published
+    there ends policy discovery (RFC 7489 §6.6.3); a str otherwise ("" none, else the DNS error)."""
     candidates = [domain]
     org = org_domain(domain, psl_path)
     if org != domain:
@@ -486,9 +533,15 @@ def _lookup(resolver: Any, domain: str, deadline: float, psl_path: str) -> tuple
         answer = resolver.txt(f"_dmarc.{name}", deadline)
         if answer.failed:
             return answer.error or "DNS error"
-        records = [r for r in (parse_record(text) for text in answer.records) if r is not None]
-        if len(records) == 1:
-            return records[0], name
+        published = [text for text in answer.records if is_dmarc_record(text)]
+        if not published:
+            continue  # RFC 7489 §6.6.3 step 3: none here, the organizational domain's applies
+        # Steps 5 and 6: several records, or one without a valid p= (and no rua=), end policy
+        # discovery: no DMARC for the message, not the organizational domain's policy instead.
+        if len(published) > 1:
+            return Unusable(f"_dmarc.{name} publishes {len(published)} DMARC records")
+        record = parse_record(published[0])
+        return Unusable(f"_dmarc.{name}: no valid p=") if record is None else (record, name)
     return ""
 
 
@@ -518,6 +571,25 @@ def _nonexistent(resolver: Any, domain: str, deadline: float) -> bool:
         return True
     answers = resolver.query_many([(domain, "A"), (domain, "AAAA"), (domain, "MX")], deadline)
     return all(answer.missing for answer in answers)
+
+
+def vouched_by(arc: Any, domain: str, record: Record, psl_path: str = "") -> str:
+    """What the newest ARC sealer recorded that passes DMARC for From *domain* under *record*, or "".
+
+    Its ARC-Authentication-Results (``arc.recorded``) must say ``dmarc=pass`` for *domain*, or
+    ``dkim=pass``/``spf=pass`` for a domain aligned with it: a list that relayed a forged From
+    recorded a failure there, and its seal must not turn that into a pass.
+    """
+    for method, result, recorded in getattr(arc, "recorded", ()):
+        if result != "pass" or not recorded:
+            continue
+        if method == "dmarc" and recorded == domain:
+            return f"dmarc=pass header.from={recorded}"
+        if method == "dkim" and aligned(recorded, domain, record.adkim, psl_path):
+            return f"dkim=pass header.d={recorded}"
+        if method == "spf" and aligned(recorded, domain, record.aspf, psl_path):
+            return f"spf=pass smtp.mailfrom={recorded}"
+    return ""
 
 
 def _trusted_sealer(arc: Any, trusted: list[str]) -> str:

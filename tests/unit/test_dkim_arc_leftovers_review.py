@@ -131,9 +131,10 @@ def test_an_arc_seal_key_name_that_is_no_dns_name_fails_the_chain_not_tempfails_
 # 2. ARC-Message-Signature l=: text appended after the newest sealer signed.
 
 
-def list_hop(message: bytes, key: bytes, *, length: bool = False, selector: bytes = b"arc") -> bytes:
-    """*message* sealed by list.test (i=1); with *length* its AMS carries l= (the whole body as sealed)."""
-    stamped = b"Authentication-Results: list.test; arc=none\r\n" + message
+def list_hop(message: bytes, key: bytes, *, length: bool = False, selector: bytes = b"arc", recorded: bytes = b"arc=none") -> bytes:
+    """*message* sealed by list.test (i=1), which *recorded* these results on receipt; with *length*
+    its AMS carries l= (the whole body as sealed)."""
+    stamped = b"Authentication-Results: list.test; " + recorded + b"\r\n" + message
     arc = dkim.ARC(stamped)
     if length:
         body = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed").canonicalize_body(arc.body)
@@ -149,8 +150,10 @@ def list_hop(message: bytes, key: bytes, *, length: bool = False, selector: byte
 
 
 def forged_from_bank(key: bytes, *, length: bool) -> bytes:
-    """A list post from bank.example (p=reject, no DKIM) sealed by the trusted list.test."""
-    return list_hop(MESSAGE.replace(b"alice@signed.test", b"alice@bank.example"), key, length=length)
+    """A list post from bank.example (p=reject, no DKIM now) sealed by the trusted list.test, which
+    recorded bank.example's DKIM and DMARC pass on receipt (the list's footer broke the signature)."""
+    recorded = b"dkim=pass header.d=bank.example; dmarc=pass header.from=bank.example"
+    return list_hop(MESSAGE.replace(b"alice@signed.test", b"alice@bank.example"), key, length=length, recorded=recorded)
 
 
 ARC_TRUSTED_CONF = {"arc": {"trusted_sealers": ["list.test"]}}
