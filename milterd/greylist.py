@@ -205,7 +205,8 @@ class Pattern:
         if text.startswith("."):
             return domain == text[1:] or domain.endswith(text)
         if "@" in text:
-            return value == text
+            # The sender was normalised (normalise_sender): so is a sender entry, or a tagged one never matches.
+            return value == (normalise_sender(text) if self.kind == "sender" else text)
         return domain == text
 
 

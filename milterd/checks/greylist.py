@@ -303,7 +303,8 @@ class Greylist(Check):
         sender = gl.normalise_sender(envelope.sender)
         if gl.is_postmaster_bounce(sender, recipient):
             return "null sender to postmaster"
-        if any(h.symbol.startswith("DNSWL_") for h in session.hits):
+        # At connect (delay_reject off) the DNSWL answer is a session hit, at MAIL (the default) an envelope one.
+        if any(h.symbol.startswith("DNSWL_") for h in (*session.hits, *envelope.hits)):
             return "DNSWL"
         whitelist = self.whitelist.extend(self._stored_whitelist())
         entry = whitelist.client(session.client_addr, session.client_name) or whitelist.sender(sender) or whitelist.recipient(recipient)
