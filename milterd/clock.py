@@ -39,10 +39,13 @@ def utcnow() -> dt.datetime:
 
 
 def as_utc(value: dt.datetime | None) -> dt.datetime | None:
-    """A time read back from the store as aware UTC (SQLite returns naive values)."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.timezone.utc)
+    """A time read back from the store as aware UTC: a naive value (SQLite's) is UTC, an aware one
+    (PostgreSQL's, in the session's time zone) is converted."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
 
 
 class ClockReading(NamedTuple):

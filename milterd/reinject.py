@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 import smtplib
 import ssl
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from .endpoints import connect, split_host_port, unix_path
 from .files import read_regular
@@ -86,14 +87,21 @@ def read_password(path: str) -> str:
     return lines[0] if lines else ""
 
 
-_EOL = re.compile(rb"\r\n|\r|\n")
+#: Bytes of a message kept in memory for further transactions (more in a temporary file), and read back at a time.
+SPOOL_IN_MEMORY = 1024 * 1024
+SPOOL_PIECE = 64 * 1024
+
+#: A bare LF.  A CR not followed by LF is no line end and is sent as it is: making it one would change
+#: the message (split a header line, end the header section early, break a DKIM signature).
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 def data_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """The DATA stream of a message given in pieces: CRLF line ends, leading dots doubled, ``.`` at the end.
 
-    Pieces may split a line (or a CR LF) anywhere; the result is what
-    smtplib's ``data()`` sends for the whole message.
+    A bare LF becomes CR LF, as does a CR that ends the message (so that the final
+    dot starts a line); any other CR is kept as it is.  Pieces may split a line (or
+    a CR LF) anywhere.
     """
     at_line_start = True
     carry = b""
@@ -105,7 +113,7 @@ def data_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
             data, carry = data[:-1], b"\r"  # its LF may start the next piece
         if not data:
             continue
-        data = _EOL.sub(b"\r\n", data)
+        data = _BARE_LF.sub(b"\r\n", data)
         if at_line_start and data.startswith(b"."):
             data = b"." + data
         data = data.replace(b"\r\n.", b"\r\n..")
@@ -126,7 +134,9 @@ class Progress:
     error after that (the connection lost, a timeout, an interrupt while
     waiting for the server's reply) leaves the outcome unknown, since the
     server may have queued the message for the recipients in ``accepted``.
-    Before it, the server kept nothing.
+    Before it, the server kept nothing.  Over several transactions (see
+    :func:`send`) ``accepted`` holds the recipients accepted in any of them, and
+    ``refused`` those refused so far (a 452 until a later transaction accepts them).
     """
 
     accepted: list[str] = field(default_factory=list)
@@ -148,7 +158,11 @@ def send(
     """Send *message* (pieces) by SMTP; return (delivered, refused), each recipient → the server's reply.
 
     Recipients refused at RCPT are reported one by one; a refusal at MAIL or
-    DATA refuses them all.  *size* (the message's bytes, about) is declared at
+    DATA refuses them all.  Recipients over the server's limit per transaction
+    (452 at RCPT) get the message in further transactions, until none is left
+    or one accepts none of them (the message, read once, is then kept in a
+    temporary file, in memory up to :data:`SPOOL_IN_MEMORY` bytes).
+    *size* (the message's bytes, about) is declared at
     MAIL when the server has the SIZE extension (RFC 1870), so that one over its
     limit is refused there, before any of it is read from the store and sent.  Connection errors raise OSError/SMTPException;
     *progress*, when given, then tells whether the message may have gone out.
@@ -158,6 +172,7 @@ def send(
     progress = progress if progress is not None else Progress()
     delivered: dict[str, str] = {}
     refused = progress.refused
+    spool: IO[bytes] | None = None
     client = open_client(target, helo, timeout)
     try:
         client.ehlo_or_helo_if_needed()
@@ -176,40 +191,90 @@ def send(
             options.append("SMTPUTF8")
         if size is not None and client.has_extn("size"):
             options.append(f"SIZE={size}")
-        code, reply = client.mail(sender, options)
-        if code != 250:
-            client.rset()
-            return {}, {r: _reply(code, reply) for r in recipients}
-        accepted = progress.accepted
-        for recipient in recipients:
-            code, reply = client.rcpt(recipient)
-            if code in (250, 251):
-                accepted.append(recipient)
-            else:
-                refused[recipient] = _reply(code, reply)
-        if not accepted:
-            client.rset()
-            return {}, refused
-        client.putcmd("data")
-        code, reply = client.getreply()
-        if code == 354:
-            try:
-                for piece in data_lines(message):
-                    client.send(piece)
-            except BaseException:
-                client.close()  # no final dot: the server discards the partial message
-                raise
-            progress.data_sent = True
-            code, reply = client.getreply()
-        for recipient in accepted:
-            (delivered if code == 250 else refused)[recipient] = _reply(code, reply)
+        pending, pieces = recipients, message
+        while pending:
+            code, reply = client.mail(sender, options)
+            if code != 250:
+                client.rset()
+                refused.update({r: _reply(code, reply) for r in pending})
+                break
+            accepted, deferred = _recipients(client, pending, progress)
+            if not accepted:
+                client.rset()
+                break
+            if deferred and spool is None:
+                # Another transaction will need the message again: keep a copy of it as it is sent.
+                spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+                pieces = _copied(message, spool)
+            code, reply = _data(client, pieces, progress)
+            for recipient in accepted:
+                (delivered if code == 250 else refused)[recipient] = _reply(code, reply)
+            if code != 250:
+                refused.update({r: _reply(code, reply) for r in deferred})
+                break
+            pending = deferred
+            if spool is not None:
+                pieces = _replayed(spool)
         try:
             client.quit()
         except (OSError, smtplib.SMTPException):
             pass
     finally:
         client.close()
+        if spool is not None:
+            spool.close()
     return delivered, refused
+
+
+def _recipients(client: smtplib.SMTP, recipients: list[str], progress: Progress) -> tuple[list[str], list[str]]:
+    """RCPT each of *recipients*; return those accepted and those to try again in another transaction.
+
+    A 452 is the server's limit of recipients per transaction (RFC 5321 §4.5.3.1.10, Postfix's
+    ``smtpd_recipient_limit``): the recipient is refused only until a later transaction accepts it.
+    """
+    accepted: list[str] = []
+    deferred: list[str] = []
+    for recipient in recipients:
+        code, reply = client.rcpt(recipient)
+        if code in (250, 251):
+            accepted.append(recipient)
+            progress.accepted.append(recipient)
+            progress.refused.pop(recipient, None)
+        else:
+            progress.refused[recipient] = _reply(code, reply)
+            if code == 452:
+                deferred.append(recipient)
+    return accepted, deferred
+
+
+def _data(client: smtplib.SMTP, pieces: Iterable[bytes], progress: Progress) -> tuple[int, bytes]:
+    """Send DATA and the message; return the server's reply (to DATA, when it refused it, or to the final dot)."""
+    client.putcmd("data")
+    code, reply = client.getreply()
+    if code != 354:
+        return code, reply
+    try:
+        for piece in data_lines(pieces):
+            client.send(piece)
+    except BaseException:
+        client.close()  # no final dot: the server discards the partial message
+        raise
+    progress.data_sent = True
+    return client.getreply()
+
+
+def _copied(pieces: Iterable[bytes], spool: IO[bytes]) -> Iterator[bytes]:
+    """*pieces*, each also written to *spool*."""
+    for piece in pieces:
+        spool.write(piece)
+        yield piece
+
+
+def _replayed(spool: IO[bytes]) -> Iterator[bytes]:
+    """The pieces written to *spool*, read back from its start."""
+    spool.seek(0)
+    while piece := spool.read(SPOOL_PIECE):
+        yield piece
 
 
 def probe(target: Target, timeout: float = 5.0) -> str:

@@ -56,15 +56,34 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def ago(seconds: float, text: str) -> datetime.datetime:
+    """The time *seconds* before now, aware UTC; ValueError naming *text* (what was given) when
+    that is before the year 1, the first time Python has."""
+    try:
+        return datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(_out_of_range(text)) from None
+
+
 def parse_since(value: str) -> datetime.datetime:
     """``--since 7d`` (a duration back from now) or an ISO date/time, as aware UTC."""
     try:
-        return datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=parse_duration(value))
+        seconds = parse_duration(value)
     except ValueError:
         pass
+    else:
+        return ago(seconds, value)
     try:
         moment = datetime.datetime.fromisoformat(value)
     except ValueError:
         raise ValueError(f"expected a duration such as 1h or 7d, or an ISO date, got {value!r}") from None
     # In UTC: SQLite compares the stored times as UTC text, whatever offset a parameter carries.
-    return moment.astimezone(datetime.timezone.utc) if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+    try:
+        return moment.astimezone(datetime.timezone.utc) if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+    except (OverflowError, OSError):  # 9999-12-31T23:59-01:00 is in the year 10000 in UTC
+        raise ValueError(_out_of_range(value)) from None
+
+
+def _out_of_range(text: str) -> str:
+    shown = repr(text)
+    return f"out of range: a time from the year 1 to 9999 (UTC), got {shown if len(shown) <= 40 else shown[:36] + '…'}"

@@ -13,7 +13,7 @@ from ..config import load_config
 from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, claim_text, header_section, release_command, release_state
 from ..store import StoreError, utcnow
 from ..text import escape
-from ..units import parse_duration
+from ..units import ago, parse_duration
 from . import config_parent, count_arg, open_store, since_arg
 
 
@@ -87,10 +87,13 @@ def _row_id(value: str) -> int:
 
 
 def _duration(value: str) -> float:
+    """argparse type of ``--older-than``: a duration whose time back from now exists (not before the year 1)."""
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
+        ago(seconds, value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    return seconds
 
 
 def _run(action: Callable[[argparse.Namespace, Quarantine], int]) -> Callable[[argparse.Namespace], int]:
@@ -239,7 +242,7 @@ def run_delete(args: argparse.Namespace, quarantine: Quarantine) -> int:
 
 def run_purge(args: argparse.Namespace, quarantine: Quarantine) -> int:
     """Delete what is older than --older-than."""
-    cutoff = utcnow() - dt.timedelta(seconds=args.older_than)
+    cutoff = utcnow() - dt.timedelta(seconds=args.older_than)  # cannot overflow: _duration checked it
     if args.dry_run:
         rows = quarantine.purge_candidates(cutoff)
         for row in rows:

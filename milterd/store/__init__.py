@@ -263,6 +263,29 @@ def _scripts() -> ScriptDirectory:
     return ScriptDirectory.from_config(config)
 
 
+#: The key of the PostgreSQL advisory lock that serialises schema upgrades (any 64-bit number no other
+#: application on the database uses: "milterd" and 1 in ASCII).
+UPGRADE_LOCK = 0x6D696C7465726401
+
+
+def _lock_for_upgrade(connection: Connection) -> None:
+    """Wait until no other process upgrades the schema, and keep others waiting until *connection*'s
+    transaction ends (two MX hosts, or two processes, starting with ``auto_upgrade`` at once).
+
+    Taken before the current version is read: the second upgrader then finds the schema the first
+    made, instead of creating the same tables or columns again and failing.  The migrations run in
+    this transaction (env.py's ``begin_transaction`` adds none of its own to a connection given in
+    one), so the lock spans all of them.  PostgreSQL: a transaction-level advisory lock; SQLite:
+    the write lock, taken at once (``BEGIN IMMEDIATE``; the sqlite3 module begins no transaction
+    before DDL by itself), waiting up to the busy timeout.
+    """
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({UPGRADE_LOCK})")
+    elif dialect == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def newer_schema(current: str, head: str) -> str:
     """Why a database at *current*, a version this milterd (newest: *head*) does not know, is refused."""
     return (f"the database schema is at {current}, which this milterd does not know (its newest is {head}): "
@@ -305,6 +328,7 @@ class Store:
         """
         try:
             with self.engine.begin() as connection:
+                _lock_for_upgrade(connection)
                 self._refuse_unknown(MigrationContext.configure(connection).get_current_revision())
                 command.upgrade(self._alembic_config(connection), "head")
             return self.schema_version() or ""

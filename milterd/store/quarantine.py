@@ -110,7 +110,8 @@ class QuarantineStore:
     def rows(
         self, since: dt.datetime | None = None, older_than: dt.datetime | None = None, sender: str | None = None, limit: int | None = None,
     ) -> list[QuarantineRow]:
-        """Rows (without the message), newest first, filtered by time and exact sender; the newest *limit* of them (in the SQL) unless None."""
+        """Rows (without the message), newest first, filtered by time and whole sender (case-insensitive,
+        as ``list --recipient``); the newest *limit* of them (in the SQL) unless None."""
         table = self.table
         query = self._select().order_by(table.c.id.desc())
         if since is not None:
@@ -118,7 +119,8 @@ class QuarantineStore:
         if older_than is not None:
             query = query.where(table.c.time < _utc(older_than))
         if sender is not None:
-            query = query.where(table.c.sender == sender)
+            # Both sides by SQL's lower(): SQLite's folds only ASCII letters, and must fold both the same way.
+            query = query.where(func.lower(table.c.sender) == func.lower(sender))
         if limit is not None:
             query = query.limit(limit)
         return [_fix(row) for row in self._fetch(query)]
