@@ -137,4 +137,4 @@ def test_shipped_lists_parse_and_a_local_file_overrides_or_disables_them(tmp_pat
     shipped = [parse_uri_zone(s.file, 0, s.value) for s in load_ruleset(None, {"uribl", "dnsbl", "dnswl", "rule"}, SHIPPED_DIR).section("uribl")]
     assert {z.zone for z in shipped} == {"dbl.spamhaus.org", "multi.surbl.org", "multi.uribl.com"}
     dbl = next(z for z in shipped if z.zone == "dbl.spamhaus.org")
-    assert "URIBL_DBL_PHISH" in {c.symbol for c in dbl.codes} and dbl.refused == ("127.255.255.*",)
+    assert "URIBL_DBL_PHISH" in {c.symbol for c in dbl.codes} and dbl.refused == ("127.255.255.*", "127.0.1.255")
