@@ -255,7 +255,7 @@ class _ScannerSection(Section):
 class ClamavSection(_ScannerSection):
     enabled: bool = Field(False, description="Scan messages with clamd.")
     address: str = Field("tcp:127.0.0.1:3310", description="clamd's socket: tcp:HOST:PORT or unix:/path.")
-    timeout: Duration = Field(30.0, description="Longest wait for clamd at any step.")
+    timeout: Duration = Field(30.0, gt=0, description="Longest wait for clamd at any step.")
     max_size: Size = Field(25 * 1024 * 1024, description="Larger messages are not sent (keep at or under clamd's StreamMaxLength).")
     on_error: Literal["tempfail", "accept"] = Field("tempfail", description="clamd down, slow or in error: tempfail (451) or accept with a symbol.")
     action: Literal["reject", "quarantine", "discard"] = Field("reject", description="What to do with a virus.")
@@ -266,7 +266,7 @@ class ClamavSection(_ScannerSection):
 class SpamdSection(_ScannerSection):
     enabled: bool = Field(False, description="Scan messages with SpamAssassin's spamd.")
     address: str = Field("tcp:127.0.0.1:783", description="spamd's socket: tcp:HOST:PORT or unix:/path.")
-    timeout: Duration = Field(60.0, description="Longest wait for spamd.")
+    timeout: Duration = Field(60.0, gt=0, description="Longest wait for spamd.")
     max_size: Size = Field(512 * 1024, description="Larger messages are not sent (as spamc's default).")
     on_error: Literal["tempfail", "accept"] = Field("accept", description="spamd down or slow: accept with a symbol, or tempfail (451).")
     user: str = Field("", description="spamd user for per-user preferences; \"@recipient\" uses the first recipient; empty sends none.")

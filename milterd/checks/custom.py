@@ -135,6 +135,8 @@ def _compile(file: Any, position: int, entry: Any, seen: dict[str, Path], builti
             raise ConfigError(file, f"{where}.header", f"{header!r} is not a header field name (printable ASCII, no colon or space), such as \"Subject\"")
         if not isinstance(pattern, str):
             raise ConfigError(file, where, "needs regex = '…'")
+        if not pattern:  # as an empty body = '': it would hit every message that has the field
+            raise ConfigError(file, f"{where}.regex", "must be a regular expression (a string), not empty; '^' if the field being there is what counts")
     else:
         header, pattern, key = "", entry[kind], kind
         if not isinstance(pattern, str) or not pattern:

@@ -2,7 +2,10 @@
 
 Zip archives are read with the standard library; 7z, rar, cab and tar with
 ``libarchive-c`` when it is installed (optional: Debian's ``libarchive13`` and
-PyPI's ``libarchive-c``).  Archives inside archives are opened too, down to
+PyPI's ``libarchive-c``), and so are gzip, bzip2 and xz streams: the tar in
+one (``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``), else the one file it
+holds, named as gunzip names it (``a.exe.gz`` holds ``a.exe``) and by the
+name a gzip header stores.  Archives inside archives are opened too, down to
 ``Limits.max_depth``.  What is kept is each member's first bytes (to tell its
 type) and the nested archives themselves, and all of that together stops at
 ``Limits.max_size``, whatever the archive's directory claims: an archive bomb
@@ -10,10 +13,12 @@ costs at most that much kept data (in memory, then a temporary file).  In a
 zip nothing else is decompressed, unless zipfile cannot find its central
 directory (cut short, or followed by more than 64 KB): unzip and libarchive
 still extract such a zip from its local headers, so it is listed by
-libarchive too, as the kinds below.  In a solid 7z, rar or cab, and in a
-compressed tar (one named ``.tar`` whose first bytes say nothing, which
-libarchive decompresses on its own), libarchive must decompress every member
-it passes, the rest of one whose first bytes alone were read included, and
+libarchive too, as the kinds below.  In a compressed tar (gzip, bzip2, xz,
+or one named ``.tar`` that libarchive finds compressed) the rest of each
+member is decompressed to reach the next one: that is read here and counted
+in ``Limits.max_size`` too (:func:`_counted_entries`), so a bomb stops there.
+In a solid 7z, rar or cab, libarchive must decompress every member it
+passes, the rest of one whose first bytes alone were read included, and
 that work is not counted in ``Limits.max_size``: it is bounded by the child's
 CPU time and timeout (``CHILD_CPU_SECONDS``, ``CHILD_TIMEOUT``) with
 ``Limits.child``, and by nothing when it is off (``archive_process = false``).
@@ -61,7 +66,7 @@ import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 from tnefparse import TNEF
 from tnefparse.codepage import Codepage
@@ -70,7 +75,7 @@ from tnefparse.properties import MAPI_ATTACH_DATA_OBJ, MAPI_ATTACH_FILENAME, MAP
 
 from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, extensions, sniff
 
-try:  # optional: 7z, rar, cab and tar (Debian libarchive13 + PyPI libarchive-c)
+try:  # optional: 7z, rar, cab, tar and compressed streams (Debian libarchive13 + PyPI libarchive-c)
     import libarchive  # type: ignore[import-untyped,import-not-found,unused-ignore]
 except (ImportError, OSError):  # OSError: the Python package without the shared library
     libarchive = None
@@ -80,6 +85,10 @@ logging.getLogger("tnefparse").setLevel(logging.CRITICAL)
 
 #: Extensions of archives that are opened even when their first bytes do not say so.
 _ARCHIVE_EXTENSIONS = {"zip": "zip", "rar": "rar", "7z": "7z", "tar": "tar", "cab": "cab"}
+#: Compressed streams (as sniff() names them) listed by libarchive: a tar in them, or the one file they hold.
+COMPRESSED_KINDS = frozenset({"gzip", "bzip2", "xz"})
+#: The extension of a compressed file → that of the file it holds (``a.exe.gz`` holds ``a.exe``, ``a.tgz`` ``a.tar``).
+_DECOMPRESSED_EXTENSIONS = {"gz": "", "z": "", "bz2": "", "bz": "", "xz": "", "tgz": ".tar", "tbz": ".tar", "tbz2": ".tar", "txz": ".tar"}
 _CHUNK = 65536
 #: What reading one zip member may raise (unsupported method, bad data or CRC, a password needed).
 _MEMBER_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, ValueError, zlib.error)
@@ -159,13 +168,13 @@ def local_failure(exc: BaseException) -> bool:
 
 def supported(kind: str) -> bool:
     """Whether archives of *kind* (as :func:`milterd.content.filetypes.sniff` names them) can be listed here."""
-    return kind in ("zip", "tnef") or (kind in ARCHIVE_KINDS and libarchive is not None)
+    return kind in ("zip", "tnef") or ((kind in ARCHIVE_KINDS or kind in COMPRESSED_KINDS) and libarchive is not None)
 
 
 def archive_kind(name: str, head: bytes) -> str | None:
     """The archive kind of a file called *name* starting with *head*, or None when it is no archive."""
     kind = sniff(head)
-    if kind in ARCHIVE_KINDS:
+    if kind in ARCHIVE_KINDS or (kind in COMPRESSED_KINDS and libarchive is not None):
         return kind
     exts = extensions(name)
     # Also under other first bytes: unzip, 7-Zip and libarchive open an invoice.zip that starts
@@ -217,7 +226,7 @@ def _walk_libarchive_kind(path: str, data: IO[bytes], kind: str, depth: int, lim
     if limits.child:
         _walk_in_child(path, data, kind, depth, limits, budget, listing)
     else:
-        _walk_libarchive(path, data, depth, limits, budget, listing)
+        _walk_libarchive(path, data, depth, limits, budget, listing, kind)
 
 
 def _take_member(path: str, limits: Limits, budget: _Budget, listing: Listing) -> bool:
@@ -569,11 +578,13 @@ def _codepage(number: int) -> str:
     return name
 
 
-def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
-    data.seek(0)
+def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, kind: str = "") -> None:
     lib: Any = libarchive
-    with lib.seekable_stream_reader(data) as archive:  # 7z needs to seek
-        for entry in archive:
+    form = _compressed_format(data) if kind in COMPRESSED_KINDS else "all"
+    raw = form == "raw"
+    data.seek(0)
+    with lib.seekable_stream_reader(data, format_name=form) as archive:  # 7z needs to seek
+        for entry in _counted_entries(archive, path, limits, budget, listing, raw):
             if entry.isdir:
                 continue
             name = entry.pathname
@@ -582,9 +593,16 @@ def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, bud
             if not isinstance(name, str):  # libarchive could not convert it: the other members are still judged
                 name = "(unreadable name)"
                 listing.errors.append(f"{path}/{name}: a member's name libarchive cannot convert to text")
+            aliases: list[str] = []
+            if raw:
+                # The one file of a compressed stream: named as gunzip names it (a.exe.gz holds a.exe), and by
+                # the name stored in a gzip header (libarchive's raw format says "data" when there is none).
+                aliases = [f"{path}/{name}"] if name not in ("data", _decompressed_name(path)) else []
+                name = _decompressed_name(path)
             member = f"{path}/{name}"
             if not _take_member(member, limits, budget, listing):
                 return
+            listing.entries.extend(Entry(alias, False, b"") for alias in aliases)
             if _entry_encrypted(entry):
                 listing.entries.append(Entry(member, True, b""))
                 listing.encrypted.append(member)
@@ -611,6 +629,56 @@ def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, bud
                 continue
             with nested:
                 _walk(member, nested, inner, depth + 1, limits, budget, listing)
+
+
+def _compressed_format(data: IO[bytes]) -> str:
+    """libarchive's format for the compressed stream *data*: ``"tar"`` for a tar in it, ``"empty"`` for nothing
+    in it, else ``"raw"`` (one file compressed; a stream libarchive cannot read is left to the listing to report).
+
+    Only a tar is looked for: with every format, a text of a few words per line would be an mtree archive.
+    Only the first header is read.
+    """
+    lib: Any = libarchive
+    for form in ("tar", "empty"):
+        data.seek(0)
+        try:
+            with lib.seekable_stream_reader(data, format_name=form) as archive:
+                next(iter(archive), None)
+        except lib.ArchiveError:
+            continue
+        return form
+    return "raw"
+
+
+def _decompressed_name(path: str) -> str:
+    """The name of the file the compressed file *path* (its last component) holds, as gunzip, bunzip2 and unxz name it."""
+    base = path.rsplit("/", 1)[-1]
+    stem, dot, extension = base.rpartition(".")
+    suffix = _DECOMPRESSED_EXTENSIONS.get(extension.lower()) if dot and stem else None
+    return base if suffix is None else stem + suffix
+
+
+def _counted_entries(archive: Any, path: str, limits: Limits, budget: _Budget, listing: Listing, raw: bool) -> Iterator[Any]:
+    """The entries of *archive*; in a compressed stream (gzip, bzip2, xz), what the caller left of each one's data
+    is read here and counted in the budget before the next header, instead of libarchive's unbounded skip (which
+    decompresses it too): a bomb stops at ``Limits.max_size``.  A raw stream (one file compressed) ends after its
+    entry, the rest not decompressed at all."""
+    compressed = any(name not in (b"none", "none") for name in archive.filter_names)
+    for entry in archive:
+        yield entry
+        if raw:
+            return
+        if not compressed:
+            continue
+        try:
+            rest = entry.get_blocks(_CHUNK)
+        except TypeError:  # libarchive-c's word for content already read to its end (a nested archive copied)
+            continue
+        for block in rest:
+            budget.size -= len(block)
+            if budget.size < 0:
+                listing.limits.append(f"{path}: would decompress past {limits.max_size} bytes, the rest not looked at")
+                return
 
 
 def _entry_encrypted(entry: Any) -> bool:

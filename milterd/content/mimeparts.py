@@ -272,8 +272,14 @@ class _Header:
         self.cut = False
 
     def add(self, line: bytes) -> None:
+        """Keep *line* (one line of the header section) if it is, or continues, a MIME field."""
         if line[:1] not in (b" ", b"\t"):
-            self.field = 0 if line.split(b":", 1)[0].lower() in _MIME_FIELDS else -1
+            name, colon, rest = line.partition(b":")
+            # "Content-Type : …" is the field to mail clients (Thunderbird's libmime skips blanks
+            # before the colon); the stdlib parser would end the header section at it.
+            name = name.rstrip(b" \t")
+            self.field = 0 if colon and name.lower() in _MIME_FIELDS else -1
+            line = name + colon + rest
         if self.field < 0:
             return
         if self.field + len(line) > MAX_FIELD or self.size + len(line) > MAX_PART_HEADER:

@@ -206,7 +206,7 @@ def single_text_type(headers: Iterable[tuple[str, bytes]]) -> tuple[str, str | N
     found: tuple[str, str | None] = ("text/plain", None)
     types = 0
     for name, value in headers:
-        lowered = name.lower()
+        lowered = name.rstrip(" \t").lower()  # "Content-Type :" is that field to mail clients
         if lowered == "content-disposition":
             return None
         if lowered == "content-type":

@@ -63,6 +63,11 @@ def parse_address(text: str) -> Address:
         host = ""
     if not host:
         raise ValueError(f"{text!r} is not tcp:HOST:PORT")
+    try:
+        host.encode("idna")  # what getaddrinfo does to a name: refused here, not at every message
+    except UnicodeError as exc:
+        reason = exc.__cause__ or exc  # "label empty or too long", wrapped by the codec machinery
+        raise ValueError(f"{text!r}: {host!r} is not a valid host name: {reason}") from None
     return Address("tcp", host=host, port=port)
 
 
@@ -77,5 +82,7 @@ def connect(address: Address, timeout: float) -> socket.socket:
         return endpoints.connect(address.host, address.port, address.path if address.family == "unix" else "", timeout, nodelay=True)
     except TimeoutError:
         raise ScannerError(f"{address}: connect timed out after {timeout:g}s") from None
+    except UnicodeError:  # a host name the idna codec refuses (one parse_address did not check)
+        raise ScannerError(f"{address}: cannot connect: not a valid host name") from None
     except OSError as exc:
         raise ScannerError(f"{address}: cannot connect: {exc.strerror or exc}") from None

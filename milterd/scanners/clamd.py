@@ -58,8 +58,12 @@ def parse_reply(reply: bytes | str) -> ClamdResult:
     """
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
     text = text.strip("\x00\r\n\t ")
-    # With IDSESSION clamd prefixes "N: "; a plain stream is "stream: …".
-    body = re.sub(r"^(\d+: )?stream: ", "", text)
+    # With IDSESSION clamd prefixes "N: "; a plain stream is "stream: …".  A verdict without
+    # that prefix (a bare "OK") is no INSTREAM answer: an error, never a clean message.
+    match = re.fullmatch(r"(?:\d+: )?stream: (.*)", text, re.DOTALL)
+    if match is None:
+        return ClamdResult("ERROR", reply=text or "empty reply")
+    body = match.group(1)
     if body.endswith(" FOUND"):
         name = body[: -len(" FOUND")].strip()
         return ClamdResult("FOUND", virus=name or "unknown", reply=text)
