@@ -205,11 +205,14 @@ def test_text_appended_after_a_body_length_signature_is_not_a_dmarc_pass(stack: 
     assert "bytes of the body unsigned" in row["details"]["DKIM_INVALID"]
 
 
-def list_message(subject: str, keys: dict[str, bytes], sealer: str, sealer_key: bytes) -> bytes:
-    """A signed.test message re-sent by a mailing list: Subject tagged (the author's signature breaks), ARC-sealed by the list."""
-    original = sign(message(subject, sender="alice@signed.test"), keys["signed"], "signed.test")
+def list_message(subject: str, keys: dict[str, bytes], sealer: str, sealer_key: bytes, forged: bool = False) -> bytes:
+    """A signed.test message re-sent by a mailing list: Subject tagged (the author's signature breaks), ARC-sealed by the list,
+    which recorded the DKIM and DMARC pass it found on receipt; *forged*: a message from signed.test nobody signed, and the
+    list's record says so."""
+    original = message(subject, sender="alice@signed.test") if forged else sign(message(subject, sender="alice@signed.test"), keys["signed"], "signed.test")
     relayed = original.replace(f"Subject: {subject}".encode(), f"Subject: [list] {subject}".encode())
-    relayed = f"Authentication-Results: lists.{sealer}; dkim=pass header.d=signed.test; dmarc=pass header.from=signed.test\r\n".encode() + relayed
+    recorded = "spf=fail smtp.mailfrom=signed.test; dkim=none; dmarc=fail header.from=signed.test" if forged else "dkim=pass header.d=signed.test; dmarc=pass header.from=signed.test"
+    relayed = f"Authentication-Results: lists.{sealer}; {recorded}\r\n".encode() + relayed
     arc_headers = dkim.arc_sign(relayed, b"arc", sealer.encode(), sealer_key, f"lists.{sealer}".encode())
     return b"".join(arc_headers) + relayed
 
@@ -222,6 +225,15 @@ def test_arc_sealed_list_message_from_a_trusted_sealer_passes(stack: Stack, keys
     row = row_for(stack, "[list] arc trusted")
     assert {"ARC_PASS", "ARC_TRUSTED", "DMARC_ARC_OVERRIDE", "DKIM_INVALID"} <= set(row["symbols"])
     assert row["symbols"]["DMARC_FAIL_REJECT"] == 0.0 and row["action"] == "accept"
+
+
+def test_a_forgery_a_trusted_sealer_relayed_and_recorded_as_failed_is_refused(stack: Stack, keys: dict[str, bytes]) -> None:
+    raw = list_message("arc relayed forgery", keys, "list.test", keys["list"], forged=True)
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(raw, sender="bounces@list.test", xclient=CLIENT)
+    assert info.value.smtp_code == 550 and "signed.test" in info.value.smtp_error.decode()
+    row = row_for(stack, "[list] arc relayed forgery")
+    assert {"ARC_PASS", "ARC_TRUSTED", "DMARC_FAIL_REJECT"} <= set(row["symbols"]) and "DMARC_ARC_OVERRIDE" not in row["symbols"]
 
 
 def test_arc_sealed_list_message_from_an_untrusted_sealer_is_refused(stack: Stack, keys: dict[str, bytes]) -> None:
