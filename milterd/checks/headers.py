@@ -29,6 +29,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from ..content.headertext import python_charset
 from ..content.mimetext import NOT_CHARSETS
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
@@ -61,6 +62,8 @@ _MSGID = re.compile(
 # space before the day-of-week's comma, two- and three-digit years.
 _DATE_COMMENT = re.compile(r"\([^()]*\)")
 _DATE_DAY_COMMA = re.compile(r"^(\s*[A-Za-z]+)\s+,")
+#: White space around a time's colons (obs-hour, obs-minute and obs-second allow CFWS, RFC 5322 §4.5.3).
+_DATE_TIME_COLON = re.compile(r"(?<=\d)\s*:\s*(?=\d)")
 _DATE_OBS_YEAR = re.compile(r"^((?:\s*[A-Za-z]+\s*,)?\s*\d{1,2}\s+[A-Za-z]+\s+)(\d{2,3})(?=\s|$)")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _ENCODED_START = re.compile(r"=\?[^?\s]+\?[bBqQ]\?")
@@ -113,7 +116,7 @@ def bad_encoded_words(value: str) -> str:
     """The first malformed RFC 2047 encoded-word of *value* (unknown charset, bad base64,
     undecodable bytes, unterminated), or ""."""
     for match in _ENCODED_WORD.finditer(value):
-        charset, encoding, text = match.group(1).split("*", 1)[0], match.group(2).upper(), match.group(3)
+        charset, encoding, text = python_charset(match.group(1).split("*", 1)[0]), match.group(2).upper(), match.group(3)
         try:
             known = codecs.lookup(charset).name not in NOT_CHARSETS
         except (LookupError, ValueError):  # ValueError: a NUL in the name
@@ -246,10 +249,12 @@ def date_problem(value: str, now: datetime, future: float, past: float) -> str:
 
 def current_date(value: str) -> str:
     """A Date header value with RFC 5322 §4.3's obsolete forms made current: comments dropped, no space
-    before the comma, a two-digit year 00-49 as 20xx and 50-99 as 19xx, a three-digit one plus 1900."""
+    before the comma or around the time's colons, a two-digit year 00-49 as 20xx and 50-99 as 19xx, a
+    three-digit one plus 1900."""
     if "(" in value:
         value = _DATE_COMMENT.sub(" ", value)
     value = _DATE_DAY_COMMA.sub(r"\1,", value)
+    value = _DATE_TIME_COLON.sub(":", value)
     match = _DATE_OBS_YEAR.match(value)
     if match:
         year = int(match.group(2))

@@ -8,13 +8,13 @@
   own, by a login map like Postfix's ``smtpd_sender_login_maps``
   (``sender_login_maps`` file or inline ``sender_logins``), is
   ``SENDER_LOGIN_MISMATCH``, rejected by default with ``553 5.7.1``.
-  An address is looked up whole, then as ``@domain``; an address the map
+  An address is looked up whole, then without its extension (with
+  ``recipient_delimiter`` set), then as ``@domain``; an address the map
   gives no owner is not owned by anyone (as ``reject_sender_login_mismatch``).
 """
 
 from __future__ import annotations
 
-from email import policy
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -25,6 +25,7 @@ from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
 from ..options import ConfigError, Section
 from . import Check, Hits, Symbol
+from .dmarc import a_label, from_domains
 from .headers import unfold
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class LocalDomainChecks(Section):
     sender_login_maps: str = Field("", description="File of \"address-or-@domain login,login\" lines (as Postfix's smtpd_sender_login_maps), relative to this file; empty is off.")
     sender_logins: dict[str, list[str]] = Field({}, description="The same map inline: { \"alice@example.org\" = [\"alice\"], \"@example.org\" = [\"admin\"] }.")
     login_mismatch_action: Literal["score", "reject"] = Field("reject", description="An authenticated client sending as an address its login does not own: score, or reject with 553 5.7.1.")
+    recipient_delimiter: str = Field("", description="The characters that separate a user name from an address extension, each one a delimiter (\"+\" makes alice+lists@example.org alice@example.org with the extension lists); set it to Postfix's recipient_delimiter. A sender the login map does not list is then looked up without its extension, before its @domain, as Postfix's smtpd_sender_login_maps does. Empty (the default, as Postfix's): addresses have no extension.")
 
 
 def domain_of(address: str) -> str:
@@ -76,12 +78,30 @@ def load_login_map(path: Path, where: str | Path | None = None) -> dict[str, set
     return table
 
 
-def owners(table: dict[str, set[str]], address: str) -> set[str]:
-    """The logins that own *address*: the whole address first, then ``@domain``."""
-    address = address.strip().lower()
-    if address in table:
-        return table[address]
-    return table.get("@" + domain_of(address), set())
+def owners(table: dict[str, set[str]], address: str, delimiters: str = "") -> set[str]:
+    """The logins that own *address* (its domain without a trailing dot): the whole address first, then,
+    with *delimiters* (Postfix's recipient_delimiter), the address without its extension, then ``@domain``."""
+    local, at, domain = address.strip().lower().rpartition("@")
+    if not at:
+        return table.get(domain, set())
+    domain = domain.removesuffix(".")
+    found = table.get(f"{local}@{domain}")
+    user = without_extension(local, delimiters) if found is None else None
+    if user is not None:
+        found = table.get(f"{user}@{domain}")
+    return found if found is not None else table.get("@" + domain, set())
+
+
+def without_extension(local: str, delimiters: str) -> str | None:
+    """The lower-case local part *local* without its address extension, which starts at the first of the
+    *delimiters*; None when it has none, as Postfix's split_addr (no empty user, no owner-x or x-request
+    with "-", postmaster and mailer-daemon never split)."""
+    if not delimiters or local in ("postmaster", "mailer-daemon"):
+        return None
+    if "-" in delimiters and (local.startswith("owner-") or (len(local) > 8 and local.endswith("-request"))):
+        return None
+    cut = next((at for at, char in enumerate(local) if char in delimiters), -1)
+    return local[:cut] if cut > 0 else None
 
 
 class LocalSpoof(Check):
@@ -98,6 +118,7 @@ class LocalSpoof(Check):
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
         self.domains = {d.lower().rstrip(".") for d in services.config.milter.local_domains}
+        self.a_label_domains = {a_label(d) or d for d in self.domains}  # as from_domains gives them
         self.options = services.config.checks.local_domains
 
     @classmethod
@@ -118,16 +139,11 @@ class LocalSpoof(Check):
         if not self.options.check_from_header:
             return ()
 
-        for name, value in envelope.headers:
-            if name.lower() != "from":
-                continue
-            try:
-                addresses = policy.default.header_factory("From", unfold(value)).addresses
-            except Exception:  # noqa: BLE001 - the header check reports unparseable From headers
-                continue
-            for address in addresses:
-                if (address.domain or "").lower().rstrip(".") in self.domains:
-                    return self._hit("LOCAL_FROM_SPOOF", address.addr_spec[:100], Reply.reject("From address in a local domain: please authenticate"))
+        # Read leniently, as DMARC reads From: a value the strict parser refuses ("CEO <<ceo@example.org>")
+        # still shows the reader a local address.
+        for domain in from_domains(unfold(value) for name, value in envelope.headers if name.lower() == "from"):
+            if domain in self.a_label_domains:
+                return self._hit("LOCAL_FROM_SPOOF", domain[:100], Reply.reject("From address in a local domain: please authenticate"))
         return ()
 
 
@@ -147,6 +163,7 @@ class SenderLogin(Check):
         super().__init__(services)
         options = services.config.checks.local_domains
         self.action = options.login_mismatch_action
+        self.delimiters = options.recipient_delimiter
         self.table: dict[str, set[str]] = {}
         if options.sender_login_maps:
             base = services.config.path.parent if services.config.path else Path.cwd()
@@ -165,7 +182,7 @@ class SenderLogin(Check):
         if not session.authenticated or not envelope.sender:
             return ()
         login = session.auth_user.casefold()
-        if any(login == owner.casefold() for owner in owners(self.table, envelope.sender)):
+        if any(login == owner.casefold() for owner in owners(self.table, envelope.sender, self.delimiters)):
             return ()  # logins compare without regard to case, as in Postfix (strcasecmp_utf8)
         detail = f"{session.auth_user} as {envelope.sender}"[:160]
         if self.action == "reject":

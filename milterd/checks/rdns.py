@@ -59,24 +59,49 @@ def looks_generic(name: str, ip: str, patterns: list[AdminPattern] | tuple[Admin
 @functools.lru_cache(maxsize=1024)
 def _looks_generic(name: str, ip: str, patterns: tuple[AdminPattern, ...]) -> bool:
     lowered = name.lower()
-    octets = _last_octets(ip)
-    if octets is not None and octets.search(lowered):
+    if _embeds_address(lowered, ip):
         return True
     return any(p.search(lowered) for p in patterns)
 
 
+#: Words of ISPs' names for their customers' addresses: with two of the address's octets in the name
+#: (host10-2.isp.example), those octets are the address, not an ESP's numbering of its outbound hosts.
+_ADDRESS_WORDS = re.compile(
+    r"(?<![a-z])(?:host|ip|client|user|static|dyn|dynamic|dhcp|dial|dialup|ppp|pppoe|pool|dsl|adsl|vdsl|xdsl"
+    r"|cable|broadband|customer|cust|cpe|res|home|nat|ftth|fiber|fibre|mobile|wireless)(?![a-z])"
+)
+
+
+def _embeds_address(name: str, ip: str) -> bool:
+    """Whether the lower-case *name* holds the IPv4 *ip*'s octets as ISPs name their customers' addresses:
+    the last three in either order (2-0-10.example.net for 192.0.2.10), or the last two either way at the
+    start of the name (10-2.pool.example.net) or beside a word such as host or dsl (host10-2.example.net).
+
+    Two octets after any other word are an ESP's host numbering, not its address:
+    a8-30.smtp-out.amazonses.com is 54.240.8.30, mail135-2.atl141.mcsv.net is 198.2.135.2.
+    """
+    found = _octet_patterns(ip)
+    if found is None:
+        return False
+    three, two_first, two = found
+    return bool(three.search(name) or two_first.search(name) or (two.search(name) and _ADDRESS_WORDS.search(name)))
+
+
 @functools.lru_cache(maxsize=1024)
-def _last_octets(ip: str) -> re.Pattern[str] | None:
-    """For an IPv4 *ip*, a pattern finding its last two octets in either order, as in
-    10-2-0-192.dyn.example.net; None for anything else."""
+def _octet_patterns(ip: str) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]] | None:
+    """For an IPv4 *ip*, patterns finding its last three octets, its last two at the start of a name
+    (after nothing but digits and separators), and its last two anywhere, each in either order; None
+    for anything else."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return None
     if not isinstance(address, ipaddress.IPv4Address):
         return None
-    octets = str(address).split(".")
-    return re.compile(rf"(^|\D){octets[2]}\D{octets[3]}(\D|$)|(^|\D){octets[3]}\D{octets[2]}(\D|$)")
+    _, b, c, d = str(address).split(".")
+    two = rf"(?<!\d)(?:{c}\D{d}|{d}\D{c})(?!\d)"
+    three = rf"(?<!\d)(?:{b}\D{c}\D{d}|{d}\D{c}\D{b})(?!\d)"
+    return re.compile(three), re.compile(rf"^[^a-z]*?{two}"), re.compile(two)
 
 
 class ReverseDns(ConfiguredCheck[RdnsChecks]):

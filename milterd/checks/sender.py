@@ -7,6 +7,7 @@ lacking MX records, an address (RFC 5321 §5.1 implicit MX).
 
 from __future__ import annotations
 
+import encodings.idna
 import functools
 import re
 from typing import ClassVar
@@ -40,6 +41,17 @@ def split_address(address: str) -> tuple[str, str] | None:
     return local, domain
 
 
+def dns_name(domain: str) -> str | None:
+    """*domain* (without a trailing dot) as a DNS query names it, U-labels as A-labels (IDNA, as the
+    resolver encodes them); None when it cannot be put in a query at all: a label empty or over 63
+    octets once encoded, a character IDNA refuses (an undecodable byte among them), over 253 octets."""
+    try:
+        name = b".".join(encodings.idna.ToASCII(label) for label in domain.split("."))
+    except UnicodeError:
+        return None
+    return name.decode("ascii") if len(name) <= 253 else None
+
+
 @functools.lru_cache(maxsize=1024)  # pure; the same senders write again and again
 def address_problem(address: str) -> str:
     """What is wrong with a MAIL FROM address: "" (fine), "invalid", "ip_literal" or "no_dot".
@@ -56,6 +68,8 @@ def address_problem(address: str) -> str:
         return "ip_literal"
     domain = domain.rstrip(".")
     if not domain or len(domain) > 253 or not all(_LABEL.match(label) for label in domain.split(".")):
+        return "invalid"
+    if dns_name(domain) is None:  # _LABEL counts characters; an IDNA label can still be too long in octets
         return "invalid"
     if "." not in domain:
         return "no_dot"

@@ -29,6 +29,7 @@ from ..message.reply import Reply
 from ..options import CheckSwitches
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
+from .sender import dns_name
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -65,11 +66,27 @@ def evaluate(client_addr: str, sender: str, helo: str, timeout: float, results: 
     if cached is not None:
         return cached
     with traced_lookups() as trace:
-        result, explanation = spf.check2(i=client_addr, s=sender, h=helo, timeout=timeout, querytime=timeout)
+        local, at, domain = sender.rpartition("@")
+        if "@" not in local:
+            result, explanation = spf.check2(i=client_addr, s=sender, h=helo, timeout=timeout, querytime=timeout)
+        else:
+            # pyspf splits at the first "@": '"x@y"@example.org' would be judged for 'y"@example.org', none.
+            query = spf.query(i=client_addr, s=sender, h=helo, timeout=timeout, querytime=timeout)
+            query.l, query.o, query.d = local, domain, domain
+            result, _, explanation = query.check()
     value = (str(result), str(explanation))
     if trace.lookups and value[0].lower() != "temperror":  # a timeout depends on the moment, not on the answers
         results.put(key, value, trace.expires)
     return value
+
+
+def identities(sender: str, helo: str) -> tuple[str, str]:
+    """The MAIL FROM and HELO identities SPF evaluates: each domain without one trailing dot (the
+    absolute form of the same name, which pyspf would take for a malformed domain and judge ``none``)."""
+    local, at, domain = sender.rpartition("@")
+    if at:
+        sender = f"{local}@{domain.removesuffix('.')}"
+    return sender, helo.removesuffix(".")
 
 
 def authentication_results(authserv_id: str, spf: dict[str, str] | None, auth_user: str) -> str:
@@ -133,14 +150,18 @@ class Spf(ConfiguredCheck[SpfChecks]):
         if not self.options.enabled or self.bypassed(session) or session.ip is None:
             return ()
 
-        sender = envelope.sender.strip()
-        helo = session.helo.strip()
+        sender, helo = identities(envelope.sender.strip(), session.helo.strip())
         if not sender and (not helo or helo.startswith("[")):
             return ()
+        domain = sender.rpartition("@")[2] if sender else helo
         resolver = self.services.resolver
         remaining = max(0.05, resolver.stage_deadline(envelope.dns_deadlines, "mail") - time.monotonic())
         try:
-            result, explanation = evaluate(session.client_addr, sender, helo or "unknown", remaining, self.results)
+            if not domain.startswith("[") and dns_name(domain) is None:
+                # Malformed (RFC 7208 §4.3): no DNS query can name it, so a permanent "none", not a temperror.
+                result, explanation = "none", "the domain cannot be looked up in DNS"
+            else:
+                result, explanation = evaluate(session.client_addr, sender, helo or "unknown", remaining, self.results)
         except Exception as exc:  # noqa: BLE001 - pyspf on hostile input: a temperror, never a crash
             result, explanation = "temperror", f"{type(exc).__name__}: {exc}"
         result = str(result).lower()

@@ -5,8 +5,9 @@ addresses of an address field).
 Leniently, as clients read what spam sends: each encoded-word is decoded where
 it stands (raw UTF-8 around it, RFC 6532, is kept), the blanks between two
 encoded-words are dropped (RFC 2047 §6.2), a charset with a language tag
-(``utf-8*en``, RFC 2231 §5) or one Python does not know is read as UTF-8, else
-Latin-1, B encoding takes missing padding, and a word that cannot be decoded at
+(``utf-8*en``, RFC 2231 §5) is read without it, a registered one Python lacks
+(``windows-874``, ``iso-8859-8-i``) with the codec that reads it
+(:data:`CHARSET_ALIASES`), one Python does not know as UTF-8, else Latin-1, B encoding takes missing padding, and a word that cannot be decoded at
 all is left as sent.  The standard library's ``decode_header`` gives up on the
 whole value in each of these cases, so a rule, an attachment name or the log
 would see ``=?x-unknown?b?ZXZpbC5leGU=?=`` where a client shows ``evil.exe``.
@@ -28,6 +29,19 @@ _WORD = r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?="
 _ENCODED_WORD = re.compile(_WORD)
 #: Blanks between two encoded-words, which RFC 2047 §6.2 says to ignore.
 _BETWEEN_WORDS = re.compile(r"(?<=\?=)[ \t]+(?=" + _WORD + ")")
+#: IANA-registered charsets mail clients label text with that Python's codecs do not know, and the
+#: codec that reads them (the -i/-e variants of ISO 8859-6 and -8 only say how the text is ordered).
+CHARSET_ALIASES = {
+    "windows-874": "cp874", "cswindows874": "cp874",
+    "windows-31j": "cp932", "cswindows31j": "cp932",
+    "iso-8859-6-e": "iso-8859-6", "csiso88596e": "iso-8859-6", "iso-8859-6-i": "iso-8859-6", "csiso88596i": "iso-8859-6",
+    "iso-8859-8-e": "iso-8859-8", "csiso88598e": "iso-8859-8", "iso-8859-8-i": "iso-8859-8", "csiso88598i": "iso-8859-8",
+}
+
+
+def python_charset(charset: str) -> str:
+    """*charset* as Python's codecs know it: a name in :data:`CHARSET_ALIASES` is replaced, any other kept."""
+    return CHARSET_ALIASES.get(charset.strip().lower(), charset)
 
 
 def decoded(text: str) -> str:
@@ -48,7 +62,7 @@ def _decode_word(match: re.Match[str]) -> str:
             octets = binascii.a2b_base64(data + b"=" * (-len(data) % 4))
         else:
             octets = binascii.a2b_qp(data, header=True)
-        return decode_bytes(octets, charset.partition("*")[0])
+        return decode_bytes(octets, python_charset(charset.partition("*")[0]))
     except Exception:  # noqa: BLE001 - not base64 at all, or a codec that is no text charset
         return match.group(0)
 
