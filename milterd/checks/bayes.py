@@ -6,8 +6,10 @@ read from the shared store in one batched query (most of them from the
 worker's cache, :class:`~milterd.learner.cache.TokenCache`) and combined
 (:mod:`milterd.learner.classifier`) into a spam probability, emitted as
 SpamAssassin's bucket symbols.  The classifier abstains (no symbol) until
-``[learner] min_spam`` spam and ``min_ham`` ham messages are learned.  A store
-that does not answer gives ``BAYES_ERROR`` (score 0): the message is judged
+``[learner] min_spam`` spam and ``min_ham`` ham messages are learned, and on a
+message with no clue (no token learned, or none far enough from 0.5), as
+SpamAssassin's Bayes does: BAYES_50, which scores, would be an opinion it has
+not got.  A store that does not answer gives ``BAYES_ERROR`` (score 0): the message is judged
 without the classifier, never deferred for it.
 
 Auto-learning (``[learner] autolearn_spam`` / ``autolearn_ham``, off by
@@ -19,7 +21,9 @@ evidence, which might have contradicted it, was not gathered; nor when spamd was
 not heard (down, in error, the message over its size), a check failed or time ran
 out (:data:`UNJUDGED`).  A message is auto-learned as ham only when the policy
 accepted it: a low score does not make ham of a virus from a whitelisted sender,
-nor of a message tempfailed or accepted unscanned (:data:`UNSCANNED`).
+nor of a message tempfailed or accepted unscanned (:data:`UNSCANNED`).  A message
+learned before, with either label, is never moved: a copy of one an administrator
+released as ham stays ham, whatever it scores.
 """
 
 from __future__ import annotations
@@ -204,7 +208,7 @@ class BayesCheck(Check):
         except StoreError as exc:
             log.warning("bayes: %s", exc)
             return [Hit(ERROR, detail=str(exc)[:200])]
-        if result is None:
+        if result is None or not result.clues:
             return []
         return [Hit(result.symbol, detail=f"p={result.probability:.4f} clues={result.clues}")]
 
@@ -217,7 +221,8 @@ class BayesCheck(Check):
             return verdict
         try:
             tokens = hashed_tokens(self._start(envelope))
-            outcome = self.repository.learn(self._digest(envelope), tokens, "spam" if label == "spam" else "ham")
+            # move=False: a message learned before (perhaps released as ham by an administrator) keeps its label.
+            outcome = self.repository.learn(self._digest(envelope), tokens, "spam" if label == "spam" else "ham", move=False)
         except StoreError as exc:
             log.warning("bayes: auto-learn failed: %s", exc)
             return verdict

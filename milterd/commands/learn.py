@@ -83,7 +83,12 @@ def _batches(paths: Iterable[Path], errors: Counter[str], failures: list[str]) -
     for path in paths:
         for ref in _messages(path, errors, failures):
             try:
-                raw = ref.load()
+                # Only what prepare reads is read (the digest's bytes; the tokens' are fewer).
+                raw = ref.start(MAX_DIGEST_INPUT)
+            except MemoryError:  # what is read is bounded, but 32 MB may still not fit: this message only
+                errors["unreadable"] += 1
+                failures.append(f"{ref.label}: not enough memory to read it")
+                continue
             except OSError as exc:
                 errors["unreadable"] += 1
                 failures.append(f"{ref.label}: {exc.strerror or exc}")
@@ -102,8 +107,7 @@ def _batches(paths: Iterable[Path], errors: Counter[str], failures: list[str]) -
                 errors["unreadable"] += 1
                 failures.append(f"{ref.label}: not a mail message (no header line at its start; compressed?)")
                 continue
-            # Only what prepare reads is kept (the digest's bytes; the tokens' are fewer).
-            batch.append(raw[:MAX_DIGEST_INPUT])
+            batch.append(raw)
             size += len(batch[-1])
             if len(batch) >= BATCH or size >= BATCH_BYTES:
                 yield batch

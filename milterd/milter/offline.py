@@ -37,10 +37,18 @@ _CHUNK = 65536
 
 @dataclass(frozen=True)
 class MessageRef:
-    """One message to check: a label for people and a way to read it."""
+    """One message to check: a label for people and a way to read it (whole, or its start only)."""
 
     label: str
     load: Callable[[], bytes]
+    #: Reads at most that many bytes of the message (None: ``load`` and cut).
+    load_start: Callable[[int], bytes] | None = None
+
+    def start(self, size: int) -> bytes:
+        """The first *size* bytes of the message, without reading the rest where the source allows."""
+        if self.load_start is not None:
+            return self.load_start(size)
+        return self.load()[:size]
 
 
 @dataclass
@@ -76,6 +84,12 @@ def looks_like_message(head: bytes) -> bool:
     """Whether a file starting with *head* is a message (header line) or an mbox (From_ line)."""
     head = head.lstrip(b"\r\n")
     return head.startswith(b"From ") or bool(_HEADER_LINE.match(head))
+
+
+def _starts_mbox(head: bytes) -> bool:
+    """Whether a file starting with *head* starts as an mbox: a From_ line, blank lines before it
+    allowed (as :func:`looks_like_message` allows them)."""
+    return head.lstrip(b"\r\n").startswith(b"From ")
 
 
 def sources(path: Path) -> Iterator[MessageRef]:
@@ -143,9 +157,12 @@ def _open_regular(path: Path) -> BinaryIO:
         raise
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, start: int = 0, size: int = -1) -> bytes:
+    """*size* bytes (-1: all) of *path* from offset *start*."""
     with _open_regular(path) as handle:
-        return handle.read()
+        if start:
+            handle.seek(start)
+        return handle.read(size)
 
 
 def _file(path: Path, skip_unknown: bool) -> Iterator[MessageRef]:
@@ -153,26 +170,71 @@ def _file(path: Path, skip_unknown: bool) -> Iterator[MessageRef]:
         head = handle.read(512)
     if skip_unknown and not looks_like_message(head):
         return
-    if head.startswith(b"From ") and _is_mbox(path):
-        box = mailbox.mbox(str(path), create=False)
-        keys = box.keys()
-        if len(keys) > 1:
-            for number, key in enumerate(keys, 1):
-                yield MessageRef(f"{path}#{number}", functools.partial(box.get_bytes, key))
+    if _starts_mbox(head):
+        messages = _mbox_messages(path)
+        if len(messages) > 1:
+            for number, (start, stop) in enumerate(messages, 1):
+                yield MessageRef(f"{path}#{number}", functools.partial(_read, path, start, stop - start),
+                                 functools.partial(_read_at_most, path, start, stop - start))
             return
-    yield MessageRef(str(path), functools.partial(_read, path))
+    # A message file, or a single message saved with its From_ line (an mbox of one): read as it is.
+    yield MessageRef(str(path), functools.partial(_read, path), functools.partial(_read, path, 0))
 
 
-def _is_mbox(path: Path) -> bool:
-    # A single message saved with its From_ line is an mbox of one: read it whole.
+def _read_at_most(path: Path, start: int, length: int, size: int) -> bytes:
+    return _read(path, start, min(length, max(size, 0)))
+
+
+def _mbox_messages(path: Path) -> list[tuple[int, int]]:
+    """Where the messages of the mbox *path* are: (offset after the From_ line, end) of each.
+
+    Not mailbox.mbox: it starts a message at every line beginning "From ", and a message
+    saved with its From_ line whose body has an unquoted "From " line (an mboxcl writer's,
+    or one saved by hand) came apart.  A separator here is a From_ line at the start of the
+    file (after blank lines) or after a blank line, as mboxo and mboxrd writers put them.
+    The bytes between are as mailbox.mbox gives them: the From_ line dropped, ``>From``
+    left quoted, a message's LF blank line before the next From_ line left out.  The file
+    is read a bounded piece at a time (a line of any length is never held whole).
+    """
+    messages: list[tuple[int, int]] = []
+    after_blank = True  # the start of the file counts as after a blank line
+    last_lf_blank = False  # the last line was "\n" (mailbox.mbox leaves such a line out of the message before)
+    start: int | None = None  # of the message being read (after its From_ line)
+    in_line = in_separator = False  # within a line longer than a piece (a From_ line)
+    position = 0
     with _open_regular(path) as handle:
-        return sum(1 for line in handle if line.startswith(b"From ")) > 1
+        while piece := handle.readline(_CHUNK):
+            if not in_line:
+                if after_blank and piece.startswith(b"From "):
+                    if start is not None:
+                        messages.append((start, position - 1 if last_lf_blank else position))
+                    in_separator = True
+                after_blank = piece in (b"\n", b"\r\n")
+                last_lf_blank = piece == b"\n"
+            position += len(piece)
+            in_line = not piece.endswith(b"\n")
+            if in_separator and not in_line:
+                start, in_separator = position, False
+    if in_separator:  # a From_ line at the end of the file, with no line end
+        start = position
+    if start is not None:
+        messages.append((start, position - 1 if last_lf_blank else position))
+    return messages
 
 
 def _maildir(path: Path) -> Iterator[MessageRef]:
     box = mailbox.Maildir(str(path), factory=None, create=False)
     for key in sorted(box.keys()):
-        yield MessageRef(f"{path}/{key}", functools.partial(box.get_bytes, key))
+        yield MessageRef(f"{path}/{key}", functools.partial(box.get_bytes, key), functools.partial(_maildir_start, box, key))
+
+
+def _maildir_start(box: mailbox.Maildir, key: str, size: int) -> bytes:
+    """The first *size* bytes of a Maildir message (as ``get_bytes`` gives it, a piece of it)."""
+    handle = box.get_file(key)
+    try:
+        return handle.read(max(size, 0)).replace(os.linesep.encode(), b"\n")
+    finally:
+        handle.close()
 
 
 def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:

@@ -418,12 +418,14 @@ class LearnerStore:
         return guarded("summarise the classifier's model", read)
 
     # --- learning ---------------------------------------------------------
-    def learn(self, digest: str, tokens: Sequence[int], label: Label | None, now: dt.datetime | None = None) -> str:
+    def learn(self, digest: str, tokens: Sequence[int], label: Label | None, now: dt.datetime | None = None, move: bool = True) -> str:
         """Learn (or, with *label* None, forget) one message, in one transaction.
 
         Returns what happened: ``learned``, ``already`` (learned with this label
         before: nothing counted), ``moved`` (learned with the other label: its
         counts moved), ``forgotten`` or ``unknown`` (forgetting a message never learned).
+        With *move* False (auto-learning) a message learned with either label is left
+        as it is, ``already``: a label an administrator gave is never overridden.
         """
         when = now or utcnow()
         # Sorted: concurrent learners (workers, MX hosts) lock the rows they share in the same order, never in a deadlock.
@@ -438,6 +440,8 @@ class LearnerStore:
                     if previous is None:
                         return "unknown"
                 elif connection.execute(inserts.claim, {"digest": digest, "label": label, "time": when}).rowcount == 0:
+                    if not move:
+                        return "already"
                     previous = "ham" if label == "spam" else "spam"
                     if not connection.execute(_RELABEL, {"key": digest, "previous": previous, "label": label, "time": when}).rowcount:
                         return "already"

@@ -153,21 +153,7 @@ def test_learn_reports_a_maildir_gone_mid_read_and_goes_on(tmp_path: Path, learn
     assert summary["errors"] == [f"{tmp_path / 'Maildir'}: no longer there"]
 
 
-def test_learn_reports_an_mbox_gone_mid_read_in_text_form(tmp_path: Path, learn_conf: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    mbox = b"From a@example.org Mon Jan  1 00:00:00 2024\nFrom: a@example.org\nSubject: one\n\nbuy\n"
-    (tmp_path / "spam.mbox").write_bytes(mbox + mbox.replace(b"one", b"two"))
-    real = mailbox.mbox
-
-    def deleted(path: str, *args: Any, **kwargs: Any) -> mailbox.mbox:
-        Path(path).unlink()
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(offline.mailbox, "mbox", deleted)
-    capsys.readouterr()
-    assert main(["learn", "-c", str(learn_conf), "--ham", str(tmp_path / "spam.mbox")]) == 1
-    out, err = capsys.readouterr()
-    assert f"milterd: {tmp_path / 'spam.mbox'}: no longer there" in err and "Traceback" not in err
-    assert out.startswith("0 messages: 1 unreadable")
+# An mbox gone after it was listed: tests/unit/test_review15_learn_inputs.py (mailbox.mbox is no longer read).
 
 
 # --- virus notices: each one on its own ---------------------------------------------------
