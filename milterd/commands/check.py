@@ -27,6 +27,7 @@ from typing import Any, Iterable
 from ..checks.greylist import Greylist
 from ..config import Config, load_config
 from ..learner.classifier import Counts
+from ..learner.tokenizer import MAX_DIGEST_INPUT
 from ..message.model import Action
 from ..message.pipeline import Pipeline
 from ..milter.offline import CheckedMessage, Client, MessageRef, check_message, sources
@@ -136,7 +137,7 @@ def learn_scratch(config: Config, labelled: Iterable[tuple[str, MessageRef]]) ->
         store.upgrade()
         repository = LearnerStore(store.engine)
         for label, ref in labelled:
-            digest, tokens = prepare(ref.load(), config.learner.max_size)
+            digest, tokens = prepare(ref.start(MAX_DIGEST_INPUT), config.learner.max_size)  # as milterd learn reads it
             repository.learn(digest, tokens, "spam" if label == "spam" else "ham")
         return repository.totals()
     finally:
