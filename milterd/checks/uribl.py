@@ -268,8 +268,13 @@ def link_targets(
     """The registrable domains and the IP addresses of *uris*, at most *limit* of each, in order of appearance.
 
     Hosts that are a public suffix themselves, have no registrable domain, or
-    whose registrable domain is in *skip*, are left out.  Registrable domains
-    come from *psl*, or by default from :func:`registrable`.
+    whose registrable domain is in *skip*, are left out before any choice, so
+    they take none of the *limit* places.  Registrable domains come from
+    *psl*, or by default from :func:`registrable`.  *uris* are those
+    :func:`milterd.content.mimetext.extract` keeps: the first link of each
+    host, of at most ``MAX_HOSTS`` hosts drawn by a salted hash when there are
+    more, so a thousand links to a few hosts put before a listed one do not
+    push it out before this choice either.
 
     Where more than *limit* distinct domains (or addresses) are found, *limit*
     of them are drawn at random by *rng*: the first ones in order would let a
