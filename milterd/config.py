@@ -58,6 +58,14 @@ def _threshold(value: object) -> float | bool:
 #: A score threshold, or ``false`` to switch that action off.
 Threshold = Annotated[float | bool, BeforeValidator(_threshold)]
 
+
+def _no_nul(value: str) -> str:
+    # No file name can hold a NUL: opening it would only raise ValueError, as a traceback at start.
+    if "\0" in value:
+        raise ValueError("contains a NUL character (\\0), which no path can hold")
+    return value
+
+
 @functools.lru_cache(maxsize=1)
 def _fqdn() -> str:
     # getfqdn() may ask DNS: once per process, not once per message.
@@ -105,8 +113,14 @@ class MilterSection(Section):
     @field_validator("socket")
     @classmethod
     def _socket(cls, value: str) -> str:
+        _no_nul(value)
         parse_socket(value)  # else only opening it would find out, with a traceback
         return value
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _spool_dir(cls, value: str) -> str:
+        return _no_nul(value)
 
     @field_validator("socket_mode")
     @classmethod
@@ -138,6 +152,11 @@ class DatabaseSection(Section):
     busy_timeout: Duration = Field(10.0, description="How long a writer waits for a locked SQLite database before the message is tempfailed.")
     pool_size: int = Field(16, ge=1, le=1000, description="Connections each worker (and the supervisor's maintenance process) keeps open to a database server such as PostgreSQL, opened as needed and never more: the SMTP sessions a worker serves at once share them, and one that finds them all busy waits busy_timeout, then its message is tempfailed. This host needs up to pool_size × (workers + 1) + 2 connections (a reload briefly runs one worker more; the supervisor and its maintenance process use one each): milterd doctor shows the total against the server's max_connections. SQLite ignores it (32 per worker).")
     on_error: Literal["tempfail", "accept"] = Field("tempfail", description="The log cannot be written: tempfail (451, the client retries) or accept unlogged; quarantine always tempfails.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _no_nul(value)  # a SQLite URL is a path; no other URL holds a raw NUL either
 
     @field_validator("busy_timeout")
     @classmethod

@@ -112,6 +112,17 @@ def open_socket(config: Config) -> tuple[SocketSpec, int]:
     return spec, fd
 
 
+def _file_id(spec: SocketSpec) -> tuple[int, int] | None:
+    """The (device, inode) of unix socket *spec*'s file, None for a TCP socket or a file that is not there."""
+    if spec.family != "unix":
+        return None
+    try:
+        info = os.lstat(spec.path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 def _why_not(spec: SocketSpec) -> str:
     """Why libmilter could not listen on *spec* (it says only "cannot opensocket"): the error of a bind tried here, or ''."""
     if spec.family == "unix":
@@ -470,6 +481,27 @@ def reload_blockers(config: Config) -> list[ConfigError]:
     return problems
 
 
+#: The keys only a start applies (the socket, who milterd runs as, its log, the metrics
+#: port): a reload that changes one goes on with the running value, and says so.
+RESTART_ONLY = (
+    ("milter", "socket"), ("milter", "socket_mode"), ("milter", "socket_owner"), ("milter", "socket_group"),
+    ("milter", "user"), ("milter", "group"), ("milter", "log_target"), ("milter", "log_level"),
+    ("metrics", "listen"),
+)
+
+
+def warn_restart_only(running: Config, new: Config) -> list[str]:
+    """The keys of :data:`RESTART_ONLY` (as ``[section] key``) whose value differs between *running*
+    and *new*, each logged as a warning: a reload would otherwise ignore the change silently."""
+    changed = []
+    for section, key in RESTART_ONLY:
+        before, after = getattr(getattr(running, section), key), getattr(getattr(new, section), key)
+        if after != before:
+            log.warning("reload: [%s] %s changed; that takes a restart, keeping %s", section, key, before if before != "" else '""')
+            changed.append(f"[{section}] {key}")
+    return changed
+
+
 def _name_of(number: int, lookup: Callable[[int], Any]) -> str:
     """The name of user or group *number* (*lookup*: pwd.getpwuid or grp.getgrgid), else the number (an id without an entry)."""
     try:
@@ -499,6 +531,7 @@ class Supervisor:
         self.workers: dict[int, int] = {}  # pid → write end of its stop pipe
         self.listen_fd = -1
         self.spec: SocketSpec | None = None
+        self._socket_file: tuple[int, int] | None = None  # (st_dev, st_ino) of the unix socket bound at start
         self._stopping = False
         self._reload = False
         self.restarts = 0
@@ -523,6 +556,7 @@ class Supervisor:
             if self._stopping:
                 return 0
             self.spec, self.listen_fd = open_socket(self.config)
+            self._socket_file = _file_id(self.spec)
             become_service(self.config, self.services)
         except StoreError as exc:  # before any worker: the supervisor refuses to start
             print(f"milterd: {redact(str(exc), self.config.database.url)}", file=sys.stderr)
@@ -574,6 +608,8 @@ class Supervisor:
             try:
                 name_process(MAINTENANCE_NAME)
                 self._close_stop_pipes()
+                if self.listen_fd >= 0:
+                    os.close(self.listen_fd)  # else a shutdown during its jobs would leave the socket listening
                 self.services.after_fork()
                 metrics.after_fork_in_worker()  # not the metrics port: the supervisor's
                 maintenance.run_jobs(ready, self.services)
@@ -712,8 +748,9 @@ class Supervisor:
         try:
             config = load_config(self.config_path)
             hide_database_url(config.database.url)  # before anything can log or raise with the new URL in it
+            warn_restart_only(self.config, config)
             if config.milter.socket != self.config.milter.socket:
-                log.warning("reload: [milter] socket changed; that takes a restart, keeping %s", self.config.milter.socket)
+                # The new workers serve the socket that is open, whatever the new file says.
                 config = config.model_copy(update={"milter": config.milter.model_copy(update={"socket": self.config.milter.socket})})
             blockers = reload_blockers(config)
             if blockers:
@@ -817,6 +854,9 @@ class Supervisor:
         log.info("stopping: workers finish their messages (at most %gs)", self.config.milter.shutdown_timeout)
         for pid in list(self.workers):
             self._signal_stop(pid)
+        # The workers drain on their own copies; a new connection must be refused now (Postfix then
+        # applies milter_default_action at once), not wait in the backlog for a worker that never accepts.
+        self._stop_listening()
         deadline = time.monotonic() + self.config.milter.shutdown_timeout + 5
         while self.workers and time.monotonic() < deadline:
             self._reap(block=False)
@@ -825,13 +865,21 @@ class Supervisor:
             os.kill(pid, signal.SIGKILL)
         while self.workers:
             self._reap(block=True)
-        self._remove_socket()
         metrics.stop()
         log.info("stopped")
+
+    def _stop_listening(self) -> None:
+        """Close the supervisor's listening socket and remove its unix socket file (while it is still ours)."""
+        if self.listen_fd >= 0:
+            os.close(self.listen_fd)
+            self.listen_fd = -1
+        self._remove_socket()
 
     def _remove_socket(self) -> None:
         if self.spec and self.spec.family == "unix":
             try:
+                if self._socket_file is not None and _file_id(self.spec) != self._socket_file:
+                    return  # another milterd's socket now, at the same path: not ours to remove
                 os.unlink(self.spec.path)
             except OSError as exc:
                 # After dropping privileges the socket's directory may not be ours:
