@@ -35,6 +35,22 @@ HIT_SCORED: Mapping[str, str] = {
     SPAMASSASSIN: "its score is SpamAssassin's own for each message, not a weight, and cannot be re-weighted; "
                   "try the thresholds instead (--set actions.NAME=THRESHOLD), or change SpamAssassin's rule scores in its own local.cf",
 }
+#: Symbols added to the verdict with a fixed 0.0 after the decision (signing, sealing), so
+#: that no weight of theirs ever counts: ``whatif --set symbols.NAME`` refuses them.
+AFTER_DECISION: Mapping[str, str] = {
+    name: "it is added with a fixed score of 0 after the verdict (signing, sealing), so its weight never counts and cannot be re-weighted"
+    for name in ("DKIM_SIGNED", "DKIM_SIGN_ERROR", "ARC_SEALED", "ARC_SEAL_ERROR")
+}
+#: Symbols the policy adds with a fixed 0.0 to a message the ``[actions] greylist`` threshold
+#: reached (``[greylist] mode = "score"``).  In triplet mode the greylist check emits them as hits
+#: of their own, and there their weight counts.
+SCORE_GREYLIST: Mapping[str, str] = {
+    name: "with [greylist] mode = \"score\" it is added with a fixed score of 0 by the greylisting decision, "
+          "so its weight never counts and cannot be re-weighted; try the thresholds instead (--set actions.greylist=THRESHOLD)"
+    for name in ("GREYLIST", "GREYLIST_PASSED", "GREYLIST_ERROR")
+}
+#: Every symbol whose logged score no weight changes (in score mode): :func:`not_weighted`.
+FIXED_ZERO: frozenset[str] = frozenset(AFTER_DECISION) | frozenset(SCORE_GREYLIST)
 #: A symbol that, in a row, forces the score of the symbols named with a prefix to 0 whatever
 #: their weight: a DMARC failure of a message sealed by a trusted ARC sealer is not scored.
 OVERRIDES: Mapping[str, str] = {"DMARC_ARC_OVERRIDE": "DMARC_FAIL_"}
@@ -45,6 +61,7 @@ OVERRIDES: Mapping[str, str] = {"DMARC_ARC_OVERRIDE": "DMARC_FAIL_"}
 MAY_FORCE: frozenset[str] = frozenset({
     clamav.VIRUS, clamav.ERROR, spamd.ERROR, "DMARC_FAIL_REJECT", "DMARC_FAIL_QUARANTINE",
     attachments.BANNED, attachments.DOUBLE, attachments.MISMATCH, attachments.MACRO, attachments.ENCRYPTED, attachments.LIMIT,
+    attachments.ERROR, "EOM_TIMEOUT", "CHECK_ERROR",  # 451: a scanner that failed or ran out of time, a spool unread
 })
 #: How far a row's logged score may be from the sum of its logged symbols (each rounded to 3 places, the sum to 2).
 SCORE_SLACK = 0.02
@@ -257,24 +274,43 @@ def logged_greylist(row: Mapping[str, Any]) -> GreylistStatus | None:
     return None
 
 
-def fixed_scores(symbols: Mapping[str, Any]) -> set[str]:
+def not_weighted(greylist_mode: str = "score") -> Mapping[str, str]:
+    """The symbols ``whatif --set symbols.NAME`` cannot re-weight, with why: those scored by their
+    hit, those added with a fixed 0 after the decision and, with *greylist_mode* ``score``, the
+    greylisting decision's (in triplet mode the greylist check emits them, weighted)."""
+    return {**HIT_SCORED, **AFTER_DECISION, **(SCORE_GREYLIST if greylist_mode == "score" else {})}
+
+
+def fixed_scores(symbols: Mapping[str, Any], fixed: AbstractSet[str] = FIXED_ZERO) -> set[str]:
     """The symbols of a row whose logged score no weight changes: scored by their hit
-    (:data:`HIT_SCORED`) or forced to 0 by another symbol of the row (:data:`OVERRIDES`)."""
+    (:data:`HIT_SCORED`), logged with a fixed score (*fixed*: :data:`FIXED_ZERO` by default)
+    or forced to 0 by another symbol of the row (:data:`OVERRIDES`)."""
     prefixes = tuple(prefix for override, prefix in OVERRIDES.items() if override in symbols)
-    return {name for name in symbols if name in HIT_SCORED or (bool(prefixes) and name.startswith(prefixes))}
+    return {name for name in symbols if name in HIT_SCORED or name in fixed or (bool(prefixes) and name.startswith(prefixes))}
 
 
-def rescore(row: Mapping[str, Any], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection) -> Rescored:
-    """*row* with the symbols of *weights* re-weighted (but for :func:`fixed_scores`) and the thresholds of *actions*."""
+def rescore(
+    row: Mapping[str, Any], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection, fixed: AbstractSet[str] = FIXED_ZERO,
+) -> Rescored:
+    """*row* with the symbols of *weights* re-weighted (but for :func:`fixed_scores` with *fixed*) and the thresholds of *actions*.
+
+    A row whose action a hit forced (a virus, a DMARC policy) keeps it, unless the new score
+    reaches a more severe threshold action: the milter takes the more severe of the two.  A row
+    of an unscored message (trusted or authenticated client) keeps its action."""
     logged = row.get("symbols") or {}
-    fixed = fixed_scores(logged)
-    symbols = {name: float(score if name in fixed else weights.get(name, score)) for name, score in logged.items()}
+    fixed_names = fixed_scores(logged, fixed)
+    symbols = {name: float(score if name in fixed_names else weights.get(name, score)) for name, score in logged.items()}
     hits = [Hit(name, score=score) for name, score in symbols.items()]
     verdict = decide(hits, lambda _s: 0.0, actions, greylist=logged_greylist(row))
     old_action, old_score = str(row.get("action")), float(row.get("score") or 0.0)
+    unexplained = abs(sum(float(score) for score in logged.values()) - old_score) > SCORE_SLACK
     if not score_derived(row, milter):
-        return Rescored(row, old_action, old_action, old_score, verdict.score, why="forced")
-    if abs(sum(float(score) for score in logged.values()) - old_score) > SCORE_SLACK:
+        if unscored(row, milter) or old_action not in _LABELS or _severity(verdict.action.label) <= _severity(old_action):
+            return Rescored(row, old_action, old_action, old_score, verdict.score, why="forced")
+        if unexplained:
+            return Rescored(row, old_action, old_action, old_score, verdict.score, why="unexplained")
+        return Rescored(row, old_action, verdict.action.label, old_score, verdict.score)
+    if unexplained:
         # Re-scored, it would move by what its symbols do not account for, not by the changes asked.
         return Rescored(row, old_action, old_action, old_score, verdict.score, why="unexplained")
     new_action = verdict.action.label
@@ -283,6 +319,9 @@ def rescore(row: Mapping[str, Any], weights: Mapping[str, float], actions: Actio
     if MAY_FORCE.intersection(logged) and Action.QUARANTINE < _severity(old_action) and _severity(new_action) < _severity(old_action):
         return Rescored(row, old_action, old_action, old_score, verdict.score, why="may_force")
     return Rescored(row, old_action, new_action, old_score, verdict.score)
+
+
+_LABELS = frozenset(action.label for action in Action)
 
 
 def _severity(label: str) -> Action:
@@ -312,6 +351,9 @@ class WhatIfReport:
     #: Of the changes, those the settings in effect make with no change at all (by (from, to)):
     #: the rows were logged under other thresholds or weights, not moved by what was asked.
     unasked: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Deferred attempts (:func:`deferred_attempt`), by action: not messages, not re-scored
+    #: (the retry is a row of its own), as ``rules stats`` counts them.
+    deferred: Counter[str] = field(default_factory=Counter)
 
     @property
     def changed(self) -> int:
@@ -322,6 +364,8 @@ class WhatIfReport:
         """The JSON object of ``rules whatif --json``."""
         return {
             "messages": self.messages,
+            "deferred_attempts": sum(self.deferred.values()),
+            "deferred_by_action": dict(self.deferred),
             "changed": self.changed,
             "changed_without_changes": sum(self.unasked.values()),
             "changes_without_changes": [{"from": old, "to": new, "count": count} for (old, new), count in self.unasked.most_common()],
@@ -361,7 +405,7 @@ def _example(item: Rescored) -> dict[str, Any]:
 
 def whatif(
     rows: Iterable[Mapping[str, Any]], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection,
-    known: AbstractSet[str] | None = None, current: ActionsSection | None = None,
+    known: AbstractSet[str] | None = None, current: ActionsSection | None = None, greylist_mode: str = "score",
 ) -> WhatIfReport:
     """Re-score every row; count the messages whose action would change, by (from, to).
 
@@ -369,10 +413,16 @@ def whatif(
     (:attr:`WhatIfReport.unknown`): logged by an older version or a rule since removed, they
     keep their logged scores whatever ``--set`` says of a new name.  With *current* (the
     thresholds in effect), each change that these alone would make, with no weight changed,
-    is counted too (:attr:`WhatIfReport.unasked`): the settings changed since it was logged."""
+    is counted too (:attr:`WhatIfReport.unasked`): the settings changed since it was logged.
+    Deferred attempts are counted apart (:attr:`WhatIfReport.deferred`), as :func:`log_stats` does;
+    *greylist_mode* (``[greylist] mode``) says which symbols have a fixed score (:func:`not_weighted`)."""
     report = WhatIfReport()
+    fixed = frozenset(not_weighted(greylist_mode))
     for row in rows:
-        item = rescore(row, weights, actions, milter)
+        if deferred_attempt(row):
+            report.deferred[str(row.get("action"))] += 1
+            continue
+        item = rescore(row, weights, actions, milter, fixed)
         if known is not None:
             report.unknown.update(name for name in (row.get("symbols") or {}) if name not in known)
         report.messages += 1
@@ -388,7 +438,7 @@ def whatif(
             key = (item.old_action, item.new_action)
             report.changes[key] += 1
             # Only the rows that change are re-scored twice: most rows do not.
-            if current is not None and rescore(row, {}, current, milter).new_action != item.old_action:
+            if current is not None and rescore(row, {}, current, milter, fixed).new_action != item.old_action:
                 report.unasked[key] += 1
             examples = report.examples.setdefault(key, [])
             if len(examples) < EXAMPLES:
@@ -408,10 +458,13 @@ class Judged:
     action: str
     symbols: Mapping[str, float]
     forced: bool = False  # the action was forced by a hit, not chosen by the score
+    #: False for a message the policy did not score (trusted or authenticated client): no threshold applies to it.
+    scored: bool = True
 
     def flagged(self, threshold: float | None = None) -> bool:
-        """Flagged at the configured thresholds (None) or at a score *threshold*."""
-        if threshold is None or self.forced:
+        """Flagged at the configured thresholds (None) or at a score *threshold*
+        (where an unscored message keeps its action, forced or accept)."""
+        if threshold is None or self.forced or not self.scored:
             return self.action != "accept"
         return self.score >= threshold
 
@@ -434,7 +487,11 @@ def configured_thresholds(actions: ActionsSection) -> dict[float, list[str]]:
 def mass_report(items: Iterable[Judged], actions: ActionsSection, extra: Iterable[float] = (3.0, 5.0, 8.0, 10.0, 15.0, 20.0)) -> dict[str, Any]:
     """Spam caught and ham flagged per folder and overall, at the configured thresholds
     (``flagged``: any action but accept) and at each score threshold, with the
-    symbols behind the false positives and the misses."""
+    symbols behind the false positives and the misses.
+
+    Messages the policy did not score (:attr:`Judged.scored`) are left out of the counts
+    at each score threshold (``at``, ``thresholds``: no threshold applies to them) and
+    counted apart (``unscored``); ``scored`` gives the messages those counts are out of."""
     items = list(items)
     named = configured_thresholds(actions)
     thresholds = sorted(set(named) | {float(t) for t in extra})
@@ -444,17 +501,22 @@ def mass_report(items: Iterable[Judged], actions: ActionsSection, extra: Iterabl
 
     def summary(group: list[Judged]) -> dict[str, Any]:
         flagged = sum(1 for i in group if i.flagged())
+        scored = [i for i in group if i.scored]
         return {
             "messages": len(group), "flagged": flagged, "rate": _rate(flagged, len(group)),
-            "at": {f"{t:g}": sum(1 for i in group if i.flagged(t)) for t in thresholds},
+            "scored": len(scored), "unscored": len(group) - len(scored),
+            "at": {f"{t:g}": sum(1 for i in scored if i.flagged(t)) for t in thresholds},
         }
 
     ham = [i for i in items if i.kind == "ham"]
     spam = [i for i in items if i.kind == "spam"]
     false_positives = [i for i in ham if i.flagged()]
     misses = [i for i in spam if not i.flagged()]
+    scored_ham = [i for i in ham if i.scored]
+    scored_spam = [i for i in spam if i.scored]
     return {
-        "thresholds": [{"threshold": t, "actions": named.get(t, []), "spam_caught": sum(1 for i in spam if i.flagged(t)), "ham_flagged": sum(1 for i in ham if i.flagged(t))} for t in thresholds],
+        "thresholds": [{"threshold": t, "actions": named.get(t, []), "spam_caught": sum(1 for i in scored_spam if i.flagged(t)), "ham_flagged": sum(1 for i in scored_ham if i.flagged(t))} for t in thresholds],
+        "unscored": {"ham": len(ham) - len(scored_ham), "spam": len(spam) - len(scored_spam)},
         "folders": [{"folder": folder, "kind": kind, **summary(group)} for (folder, kind), group in folders.items()],
         "overall": {"spam": summary(spam), "ham": summary(ham)},
         "false_positives": _behind(false_positives, positive=True),

@@ -288,7 +288,7 @@ def _check_files(args: argparse.Namespace, services: Services, pipeline: Pipelin
 def _judgement_json(item: CheckedMessage, services: Services, owners: dict[str, Any]) -> dict[str, Any]:
     return {
         "file": item.label, "action": item.action.label, "score": item.score, "reason": item.reason, "reply": item.reply,
-        "stage": item.stage, "forced_by": item.forced, "x_spam_status": item.spam_status, "error": item.error,
+        "stage": item.stage, "forced_by": item.forced, "x_spam_status": item.spam_status, "scored": item.scored, "error": item.error,
         "symbols": [
             {"symbol": name, "score": score, "check": owners[name].check if name in owners else "", "description": services.describe(name), "detail": item.details.get(name, "")}
             for name, score in sorted(item.symbols.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -303,7 +303,11 @@ def _explain(item: CheckedMessage, services: Services, owners: dict[str, Any], t
     if item.error:
         print(f"{label}: error: {escape(item.error)}")
         return
-    print(f"{label}: {item.action.label} (score {item.score:g})")
+    if item.scored:
+        print(f"{label}: {item.action.label} (score {item.score:g})")
+    else:
+        print(f"{label}: {item.action.label} (not scored: trusted or authenticated client; no threshold applies, "
+              f"no X-Spam-* header is added; its symbols add up to {item.score:g})")
     for name, score in sorted(item.symbols.items(), key=lambda kv: (-kv[1], kv[0])):
         owner = owners[name].check if name in owners else "?"
         detail = escape(item.details.get(name, ""))
@@ -345,7 +349,7 @@ def _judge_all(labelled: list[tuple[str, str, MessageRef]], pipeline: Pipeline, 
         if item.error:
             errors += 1
             continue
-        items.append(Judged(kind, folder, ref.label, item.score, item.action.label, item.symbols, forced_action(item.action, item.score, config.actions)))
+        items.append(Judged(kind, folder, ref.label, item.score, item.action.label, item.symbols, forced_action(item.action, item.score, config.actions), item.scored))
     return items, errors
 
 
@@ -380,7 +384,11 @@ def print_mass_report(report: dict[str, Any]) -> None:
     print()
     print(f"{'score >=':>9}  {'spam caught':>18}  {'ham flagged':>18}  configured as")
     for row in report["thresholds"]:
-        print(f"{row['threshold']:9g}  {_pct(row['spam_caught'], spam['messages']):>18}  {_pct(row['ham_flagged'], ham['messages']):>18}  {', '.join(row['actions'])}")
+        print(f"{row['threshold']:9g}  {_pct(row['spam_caught'], spam['scored']):>18}  {_pct(row['ham_flagged'], ham['scored']):>18}  {', '.join(row['actions'])}")
+    unscored = report.get("unscored") or {}
+    if unscored.get("ham") or unscored.get("spam"):
+        print(f"not scored (trusted or authenticated client; no threshold applies): {unscored.get('spam', 0)} spam and "
+              f"{unscored.get('ham', 0)} ham, left out of this table")
     for key, title in (("false_positives", "false positives (ham flagged)"), ("misses", "misses (spam not flagged)")):
         group = report[key]
         if not group["messages"]:
@@ -417,7 +425,7 @@ class Progress:
         self.count += 1
         if self.enabled and (self.count % self._every == 0 or self.count == self.total):
             filled = self.width * self.count // max(1, self.total)
-            sys.stderr.write(f"\r[{'#' * filled}{' ' * (self.width - filled)}] {self.count}/{self.total} {_cut(label, 40):40}")
+            sys.stderr.write(f"\r[{'#' * filled}{' ' * (self.width - filled)}] {self.count}/{self.total} {_cut(escape(label), 40):40}")
             sys.stderr.flush()
 
     def done(self) -> None:

@@ -53,6 +53,8 @@ def run_log(args: argparse.Namespace) -> int:
             _print_json(itertools.chain(first, rows))
         else:
             print_table(itertools.chain(first, rows))
+    except BrokenPipeError:
+        raise  # the reader left (| head): cli.main ends quietly with 0
     except Exception as exc:  # noqa: BLE001 - the database gone while reading: what was printed stands
         print(f"\nmilterd: cannot read the rest of the log: {describe_failure(exc)}", file=sys.stderr)
         return 1

@@ -7,7 +7,8 @@
   part of a reject or quarantine, on messages later released as ham.  Deferred
   attempts (greylisted, tempfail: the retry is a row of its own) are counted apart.
 * ``whatif``: re-score the logged messages with changed weights and thresholds
-  (not the symbols scored by their hit, such as SPAMASSASSIN: ``--set`` refuses them).
+  (not the symbols scored by their hit, such as SPAMASSASSIN, nor those logged with a fixed
+  score, such as DKIM_SIGNED: ``--set`` refuses them).  Deferred attempts are counted apart.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import json
 import sys
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from ..config import ConfigError, load_config
+from ..config import Config, ConfigError, load_config
 from ..options import finite
 from ..ruleset import is_shipped
 from ..services import Services, build
 from ..text import escape
-from ..tuning import HIT_SCORED, json_safe, log_stats, symbol_table, symbols_toml, whatif
+from ..tuning import json_safe, log_stats, not_weighted, symbol_table, symbols_toml, whatif
 from . import config_parent, describe_failure, open_store, since_arg
 
 T = TypeVar("T")
@@ -60,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     what = verbs.add_parser("whatif", parents=[common], help="re-score the logged messages with changed weights and thresholds")
     what.add_argument("--set", dest="changes", metavar="KEY=VALUE", action="append", default=[], required=True,
                       help="actions.NAME=THRESHOLD (or false) or symbols.NAME=SCORE; repeatable "
-                           "(not a symbol scored by its hit, such as SPAMASSASSIN)")
+                           "(not a symbol scored by its hit, such as SPAMASSASSIN, nor one logged with a fixed score, such as DKIM_SIGNED)")
     what.add_argument("--since", type=since_arg, metavar="AGE", help="only messages newer than AGE (7d) or an ISO date")
     what.add_argument("--until", type=since_arg, metavar="AGE", help="only messages older than AGE (1d) or before an ISO date")
     what.add_argument("--json", action="store_true", help="JSON for scripts")
@@ -161,6 +162,7 @@ def parse_changes(changes: list[str], services: Services) -> tuple[dict[str, Any
     """``--set`` values as ``[actions]`` changes and symbol weights; ConfigError on a bad one."""
     actions: dict[str, Any] = {}
     weights: dict[str, float] = {}
+    fixed = not_weighted(services.config.greylist.mode)
     for change in changes:
         key, sep, value = change.partition("=")
         key, value = key.strip(), value.strip()
@@ -170,10 +172,10 @@ def parse_changes(changes: list[str], services: Services) -> tuple[dict[str, Any
         if section == "actions":
             actions[name] = _value(value)
         elif section == "symbols":
+            if name in fixed:
+                raise ConfigError("--set", key, fixed[name])
             if name not in services.symbols:
                 raise ConfigError("--set", key, "no check or rule emits this symbol (misspelt?)")
-            if name in HIT_SCORED:
-                raise ConfigError("--set", key, HIT_SCORED[name])
             try:
                 # finite: a nan would count 0 unsaid, an inf reject every message and write Infinity (not JSON).
                 weights[name] = finite(float(value))
@@ -194,19 +196,35 @@ def _value(text: str) -> Any:
         return text
 
 
+def with_action_changes(config: Config, changes: dict[str, Any]) -> Config:
+    """*config* with the ``--set actions.NAME`` *changes*; ConfigError naming ``--set`` and
+    the key (not milter.conf, which is fine) when a value is refused."""
+    if not changes:
+        return config
+    try:
+        return config.with_changes({f"actions.{k}": v for k, v in changes.items()})
+    except ConfigError as exc:
+        key = exc.key.removeprefix("[actions] ")
+        raise ConfigError("--set", f"actions.{key}" if key != exc.key else "actions", exc.reason) from None
+
+
 def run_whatif(args: argparse.Namespace) -> int:
     """Re-score the log and print what would change."""
     services = _services(args)
     config = services.config
     action_changes, weights = parse_changes(args.changes, services)
-    changed = config.with_changes({f"actions.{k}": v for k, v in action_changes.items()}) if action_changes else config
-    report = _from_log(lambda: whatif(_rows(args, config), weights, changed.actions, config.milter, known=set(services.symbols), current=config.actions))
+    changed = with_action_changes(config, action_changes)
+    report = _from_log(lambda: whatif(_rows(args, config), weights, changed.actions, config.milter, known=set(services.symbols),
+                                      current=config.actions, greylist_mode=config.greylist.mode))
     if report is None:
         return 1
     if args.json:
         _print_json(report.as_json())
         return 0
     print(f"{report.messages} messages; {report.changed} would change action")
+    if report.deferred:
+        print(f"deferred attempts: {sum(report.deferred.values())} ({_counted(sorted(report.deferred.items()))}); counted apart and "
+              f"not re-scored: the client retries, and a retry that gets through is one of the messages")
     unasked = sum(report.unasked.values())
     if unasked:
         print(f"of which {unasked} would change with no --set at all: the settings in effect differ from those they "
@@ -219,7 +237,8 @@ def run_whatif(args: argparse.Namespace) -> int:
                   f"<{escape((example['sender'] or '')[:80])}> {escape((example['subject'] or '')[:50])}")
     if report.kept:
         kept = _counted(report.kept.most_common())
-        print(f"kept as they were (forced by a hit or decided before end of data, or not scored; a score cannot re-derive them): {kept}")
+        print(f"kept as they were (forced by a hit or decided before end of data, and no more severe threshold action reached; "
+              f"or not scored): {kept}")
     if report.kept_may_force:
         kept = _counted(report.kept_may_force.most_common())
         print(f"kept as they were (a hit that may force an action, such as a virus or a DMARC or attachment policy, "

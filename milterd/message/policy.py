@@ -120,8 +120,8 @@ def _decide(hits: list[Hit], weight: Callable[[str], float], actions: ActionsSec
     forced = False
     for hit in hits:
         # A forced action also names the reason when the score alone reached it
-        # (a virus in spam is rejected as "Virus found", not "score 21"; a DMARC
-        # quarantine stays one in `rules whatif`, whatever a new threshold says).
+        # (a virus in spam is rejected as "Virus found", not "score 21"; `rules whatif`
+        # then knows a DMARC quarantine is never lowered by a new threshold).
         if hit.action is not None and (hit.action > action or (hit.action == action and (not forced or (hit.reply and not reply)))):
             action = hit.action
             reason = str(hit.reply) if hit.reply else f"{hit.symbol}{': ' + hit.detail if hit.detail else ''}"

@@ -76,8 +76,12 @@ class CheckedMessage:
     reply: str = ""
     stage: str = "eom"
     forced: str = ""
+    #: The X-Spam-Status the milter adds ('' when it adds none: an unscored message, a refused one).
     spam_status: str = ""
     error: str = ""
+    #: False when the policy did not score the message (trusted or authenticated client): its
+    #: score is only the sum of its symbols, no threshold applied, no X-Spam-* header added.
+    scored: bool = True
 
 
 def looks_like_message(head: bytes) -> bool:
@@ -395,7 +399,8 @@ def check_message(pipeline: Pipeline, raw: bytes, client: Client, label: str = "
             verdict = outcome.verdict
             return CheckedMessage(
                 label, verdict.action, verdict.score, dict(verdict.symbols), dict(verdict.details), verdict.reason, str(outcome.reply or ""),
-                "eom", forced=_forced_symbol(envelope.hits + milter.session.hits, verdict.action), spam_status=spam_status(verdict),
+                "eom", forced=_forced_symbol(envelope.hits + milter.session.hits, verdict.action),
+                spam_status=spam_status(verdict) if verdict.scored else "", scored=verdict.scored,
             )
         decision = milter.refusal
         if decision is None:

@@ -129,7 +129,7 @@ def test_mass_check(tmp_path: Path, conf: Path, capsys) -> None:
     write(spam / "2", message(subject="buy"))  # a miss
     status, report = check_json(capsys, conf, "--ham", str(ham), "--spam", str(spam))
     assert status == 0
-    assert report["overall"]["ham"] | {"at": None} == {"messages": 2, "flagged": 1, "rate": 50.0, "at": None}
+    assert report["overall"]["ham"] | {"at": None} == {"messages": 2, "flagged": 1, "rate": 50.0, "scored": 2, "unscored": 0, "at": None}
     assert report["overall"]["spam"]["flagged"] == 1 and report["overall"]["spam"]["messages"] == 2
     assert {f["folder"]: f["messages"] for f in report["folders"]} == {str(ham): 2, str(spam): 2}
     assert report["false_positives"]["symbols"][0]["symbol"] == "BODY_TAG_ME"
