@@ -216,8 +216,12 @@ def header_section(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def is_virus(row: dict[str, Any]) -> bool:
-    """Whether a quarantined message was stored because of a virus (``CLAMAV_VIRUS``, or the reason says so)."""
-    return any(_VIRUS_SYMBOL.search(name) for name in (row.get("symbols") or {})) or "virus" in (row.get("reason") or "").lower()
+    """Whether a quarantined message was stored because of a virus (a ``CLAMAV_VIRUS`` symbol).
+
+    Never by its reason: that text holds what the sender wrote (an attachment named
+    ``Antivirus-Update.exe``, a From domain), and a notice would tell the recipients of
+    such a message that it carried a virus."""
+    return any(_VIRUS_SYMBOL.search(name) for name in (row.get("symbols") or {}))
 
 
 def matches(row: dict[str, Any], sender: str | None = None, recipient: str | None = None, reason: str | None = None) -> bool:
@@ -654,8 +658,9 @@ class Quarantine:
         for row in self.rows(since=since):
             if not is_virus(row) or row.get("released_at"):
                 continue
-            told = set(row.get("notified") or [])
-            waiting = [r for r in dict.fromkeys(row["recipients"] or []) if r not in told]
+            told = {r.lower() for r in row.get("notified") or []}
+            # One notice per mailbox: Bob@example.com and bob@example.com are told once.
+            waiting = [r for r in {r.lower(): r for r in reversed(row["recipients"] or [])}.values() if r.lower() not in told][::-1]
             if not waiting:
                 continue
             subject, text = virus_notice(row, self.report_from)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import shlex
 import sys
 from typing import Any, Callable
@@ -40,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     release = actions.add_parser("release", parents=[config_parent()], help="deliver messages after all")
     release.add_argument("ids", type=_row_id, nargs="+", metavar="ID")
-    release.add_argument("--to", action="append", metavar="ADDR", help="deliver to this recipient instead of the original ones; repeat for more")
+    release.add_argument("--to", action="append", type=_address, metavar="ADDR", help="deliver to this recipient instead of the original ones; repeat for more")
     release.add_argument("--force", action="store_true", help="release again a message already released")
     release.add_argument("--ham", action="store_true", help="a false positive: mark it in the log and teach milterd's classifier (and spamd, when enabled) it is ham")
     release.add_argument("--smtp", action="store_true", help="for held mail: re-inject the stored copy instead of 'postsuper -H'")
@@ -62,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     purge.set_defaults(func=_run(run_purge))
 
     digest = actions.add_parser("digest", parents=[config_parent()], help="mail a summary of the quarantine to the postmaster")
-    digest.add_argument("--to", action="append", required=True, metavar="ADDR", help="where the digest goes; repeat for more")
+    digest.add_argument("--to", action="append", required=True, type=_address, metavar="ADDR", help="where the digest goes; repeat for more")
     digest.add_argument("--since", type=since_arg, default=None, metavar="AGE", help="the period it covers (default 24h)")
     digest.add_argument("--from", dest="sender", metavar="ADDR", help="its sender (default: [quarantine] report_from)")
     digest.add_argument("--notify-virus-recipients", action="store_true", default=None, help="also tell the recipients of virus-quarantined mail ([quarantine] notify_virus_recipients)")
@@ -84,6 +85,18 @@ def _row_id(value: str) -> int:
     if not 1 <= number <= MAX_ID:
         raise argparse.ArgumentTypeError(f"{value!r} is not a quarantine id (1 to {MAX_ID})")
     return number
+
+
+#: What a bare address given on the command line may not hold: a second address, a display name or a comment
+#: (smtplib would rewrite "a@x, b@y" to a@x and send to it, while the report names the whole string).
+_NOT_IN_ADDRESS = re.compile(r"[\s,;<>()\"\x00-\x1f\x7f]")
+
+
+def _address(value: str) -> str:
+    """argparse type of ``--to``: one bare address, ``user@domain``, sent and recorded as given."""
+    if "@" not in value.strip("@") or _NOT_IN_ADDRESS.search(value):
+        raise argparse.ArgumentTypeError(f"{escape(value)!s}: expected one bare address such as user@example.org")
+    return value
 
 
 def _duration(value: str) -> float:
@@ -271,17 +284,24 @@ def _summary(row: dict[str, Any]) -> str:
 
 
 def run_digest(args: argparse.Namespace, quarantine: Quarantine) -> int:
-    """Send the digest (and, when asked, the virus notices, each on its own); status 1 when one of them failed."""
+    """Send the digest and, when asked, the virus notices, each on its own: a digest that fails
+    does not hold the notices back.  Status 1 when one of them failed."""
     since = args.since or utcnow() - dt.timedelta(hours=24)
-    print(quarantine.digest(args.to, since, sender=args.sender))
+    status = 0
+    try:
+        print(quarantine.digest(args.to, since, sender=args.sender))
+    except QuarantineError as exc:
+        print(f"milterd: {escape(str(exc))}", file=sys.stderr)
+        status = 1
     notify = args.notify_virus_recipients if args.notify_virus_recipients is not None else quarantine.config.quarantine.notify_virus_recipients
-    failed: list[str] = []
     if notify:
+        failed: list[str] = []
         sent = quarantine.notify_virus_recipients(since, failed)
         for problem in failed:
             print(f"milterd: virus notice to {escape(problem)}", file=sys.stderr)
         print(f"{sent} virus notices sent")
-    return 1 if failed else 0
+        status = 1 if failed else status
+    return status
 
 
 def _cut(text: str, width: int) -> str:
