@@ -10,6 +10,7 @@ way, so a large one is never held whole in memory.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import smtplib
 import ssl
@@ -32,6 +33,16 @@ class Target:
 
     def __str__(self) -> str:
         return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
+
+    @property
+    def local(self) -> bool:
+        """Whether what is sent cannot leave this host: a unix socket, a loopback address or ``localhost``."""
+        if self.path or self.host.lower().rstrip(".") == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
 
 
 def parse_target(text: str, default_port: int = 25) -> Target:
@@ -183,6 +194,9 @@ def send(
                 # Postfix with smtpd_tls_auth_only offers AUTH only after it).
                 client.starttls(context=_opportunistic_tls())
                 client.ehlo()
+            elif not target.local:
+                # Anyone on the path could strip STARTTLS from the EHLO reply and read the password.
+                raise smtplib.SMTPException(f"{target} offers no STARTTLS: the SMTP AUTH password is sent in clear only over loopback or a unix socket")
             client.login(*auth)
         options = []
         if client.has_extn("8bitmime"):
