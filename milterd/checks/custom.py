@@ -16,9 +16,12 @@ compatibility character in its NFKC form (full-width, mathematical and
 ligature letters as the plain ones they show: ``ｖｉａｇｒａ`` is ``viagra``),
 so patterns are written in that form.  Rules are compiled
 once when the rules are loaded: a broken regular expression, a malformed meta
-expression, a meta naming a symbol no check or rule emits, or metas that
-refer to each other in a circle are refused then, with the file and the
-rule's name.
+expression, a meta naming a symbol no check or rule emits, a meta naming a
+symbol that is only known after the verdict (DKIM_SIGNED, DKIM_SIGN_ERROR,
+ARC_SEALED, ARC_SEAL_ERROR; GREYLIST, GREYLIST_PASSED and GREYLIST_ERROR
+with ``[greylist] mode = "score"``, where the policy adds them), or metas
+that refer to each other in a circle are refused then, with the file and
+the rule's name.
 
 Body rules see at most ``max_text`` characters of text (a ``[custom]`` table
 of a rule file; default "1M"); the message is read up to four times that
@@ -52,6 +55,13 @@ log = logging.getLogger("milterd")
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
 KINDS = ("header", "body", "uri", "meta")
 DEFAULT_MAX_TEXT = 1024 * 1024
+
+#: Symbols added to the verdict after the metas are evaluated (by signing and sealing, at the
+#: verdict): a meta naming one would never see it hit ("not DKIM_SIGNED" true of every message).
+AFTER_VERDICT = ("DKIM_SIGNED", "DKIM_SIGN_ERROR", "ARC_SEALED", "ARC_SEAL_ERROR")
+#: Symbols the policy adds with ``[greylist] mode = "score"`` (the greylisting decision, after the
+#: metas).  In triplet mode the greylist check emits them as hits at RCPT and DATA, which metas see.
+SCORE_GREYLIST = ("GREYLIST", "GREYLIST_PASSED", "GREYLIST_ERROR")
 
 
 @dataclass(frozen=True)
@@ -148,19 +158,25 @@ def _compile(file: Any, position: int, entry: Any, seen: dict[str, Path], builti
     return Rule(description=description, header=header.lower(), regex=regex, expression=pattern, **common)
 
 
-def meta_order(rules: Iterable[Rule], known: Iterable[str]) -> list[Rule]:
+def meta_order(rules: Iterable[Rule], known: Iterable[str], late: Iterable[str] = ()) -> list[Rule]:
     """The meta rules in an order where each comes after the metas it names.
 
     ConfigError (file, rule, reason) for a symbol that is in neither *known*
-    nor the rules, and for metas that refer to each other in a circle.
+    nor the rules, for one in *late* (only known after the verdict, when the
+    metas have been evaluated), and for metas that refer to each other in a circle.
     """
     metas = {r.name: r for r in rules if r.kind == "meta"}
     known = set(known) | {r.name for r in rules}
+    late = set(late)
     for rule in metas.values():
         assert rule.meta is not None
         missing = sorted(names(rule.meta) - known)
         if missing:
             raise ConfigError(rule.file, f"rule {rule.name}.meta", f"unknown symbol {missing[0]} (no check or rule emits it)")
+        too_late = sorted(names(rule.meta) & late)
+        if too_late:
+            raise ConfigError(rule.file, f"rule {rule.name}.meta",
+                              f"{too_late[0]} is only known after the verdict: a meta cannot use it (it would never count as hit)")
     ordered: list[Rule] = []
     state: dict[str, int] = {}  # 1: being visited, 2: done
 
@@ -235,7 +251,9 @@ class CustomRules(Check):
 
     def loaded(self) -> None:
         # Every check's dynamic symbols are known only now (checks after this one included).
-        self.metas = meta_order(self.rules, self.services.symbols)
+        greylist = self.services.config.greylist
+        late = AFTER_VERDICT + (SCORE_GREYLIST if greylist.enabled and greylist.mode == "score" else ())
+        self.metas = meta_order(self.rules, self.services.symbols, late)
         # A symbol of a check that is off is known (not refused) but never hits: "not SPF_PASS"
         # with SPF off is true of every message.  Said once a load, with the file and the rule.
         emitted = {s.name for check in self.services.checks for s in (*type(check).symbols, *check.dynamic_symbols())}

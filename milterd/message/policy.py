@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
+from ..content.headertext import decoded
 from .model import Action, HeaderEdit, Hit, Verdict
 from .reply import Reply
 
@@ -138,12 +139,37 @@ def _threshold_reason(action: Action, score: float, actions: ActionsSection) -> 
     return f"score {score:g} >= {key} {getattr(actions, key):g}"
 
 
-def spam_status(verdict: Verdict) -> str:
-    """The X-Spam-Status value in SpamAssassin's format (Sieve rules match on it)."""
+#: The line length :func:`spam_status` folds to (RFC 5322 §2.1.1's SHOULD), the field name included.
+FOLD_WIDTH = 78
+
+
+def spam_status(verdict: Verdict, *, folded: bool = False) -> str:
+    """The X-Spam-Status value in SpamAssassin's format (Sieve rules match on it).
+
+    With *folded* (the header milterd adds), a value whose line would pass
+    :data:`FOLD_WIDTH` characters is folded as SpamAssassin folds it: after a
+    comma of the tests list, each further line starting with a tab ("\\n\\t",
+    which the milter sends as a folded header).  Unfolded (CRLF removed, RFC
+    5322 §2.2.3) it reads as the one-line value with a tab after each comma
+    where it was folded ("A,\\tB").  A short value is the one line as it was.
+    """
     flag = "Yes" if verdict.is_spam else "No"
     required = f"{verdict.required:g}" if verdict.required is not None else "none"
-    tests = ",".join(sorted(verdict.symbols)) or "none"
-    return f"{flag}, score={verdict.score:.1f} required={required} tests={tests}"
+    head = f"{flag}, score={verdict.score:.1f} required={required} tests="
+    names = sorted(verdict.symbols)
+    if not folded or len("X-Spam-Status: ") + len(head) + len(",".join(names)) <= FOLD_WIDTH:
+        return head + (",".join(names) or "none")
+    lines: list[str] = []
+    line, width = head, len("X-Spam-Status: ") + len(head)
+    for position, name in enumerate(names):
+        token = name + ("," if position < len(names) - 1 else "")
+        if line not in (head, "\t") and width + len(token) > FOLD_WIDTH:
+            lines.append(line)
+            line, width = "\t", 1
+        line += token
+        width += len(token)
+    lines.append(line)
+    return "\n".join(lines)
 
 
 def plan_headers(verdict: Verdict, headers: Mapping[str, int], subject: str | None, actions: ActionsSection) -> list[HeaderEdit]:
@@ -164,7 +190,7 @@ def plan_headers(verdict: Verdict, headers: Mapping[str, int], subject: str | No
             edits.append(HeaderEdit("change", name, "", index))
     if not verdict.scored:
         return edits
-    edits.append(HeaderEdit("add", "X-Spam-Status", spam_status(verdict)))
+    edits.append(HeaderEdit("add", "X-Spam-Status", spam_status(verdict, folded=True)))
     edits.append(HeaderEdit("add", "X-Spam-Score", f"{verdict.score:.1f}"))
     if verdict.is_spam or verdict.action >= Action.ADD_HEADER:
         edits.append(HeaderEdit("add", "X-Spam-Flag", "YES"))
@@ -192,11 +218,13 @@ def tag_subject(subject: str | None, tag: str) -> list[HeaderEdit]:
     *subject* is the Subject as :meth:`~milterd.message.model.Envelope.header`
     gives it: its bytes decoded as UTF-8, U+FFFD for what is not UTF-8 (8-bit
     Latin-1, say).  Such a Subject is left as it is (see :func:`taggable`):
-    the X-Spam-Flag and X-Spam-Status headers still mark the message.
+    the X-Spam-Flag and X-Spam-Status headers still mark the message.  A tag
+    already there is seen in the raw value and in the decoded one (an earlier
+    hop may have written it in an RFC 2047 encoded-word, ``=?utf-8?q?=5BSPAM=5D_…?=``).
     """
     if subject is None:
         return [HeaderEdit("add", "Subject", tag)]
-    if subject.lstrip().startswith(tag) or not taggable(subject):
+    if subject.lstrip().startswith(tag) or decoded(subject).lstrip().startswith(tag) or not taggable(subject):
         return []
     return [HeaderEdit("change", "Subject", f"{tag} {subject.lstrip()}", 1)]
 
