@@ -37,6 +37,42 @@ name = "TEST_SUBJECT"
 header = "Subject"
 regex = "REWRITEME"
 score = 9
+
+[[rule]]
+name = "TEST_FOLDED_STATUS_LONG_NAME_1"
+header = "Subject"
+regex = "FOLDME"
+score = 0.5
+
+[[rule]]
+name = "TEST_FOLDED_STATUS_LONG_NAME_2"
+header = "Subject"
+regex = "FOLDME"
+score = 0.5
+
+[[rule]]
+name = "TEST_FOLDED_STATUS_LONG_NAME_3"
+header = "Subject"
+regex = "FOLDME"
+score = 0.5
+
+[[rule]]
+name = "TEST_FOLDED_STATUS_LONG_NAME_4"
+header = "Subject"
+regex = "FOLDME"
+score = 0.5
+
+[[rule]]
+name = "TEST_FOLDED_STATUS_LONG_NAME_5"
+header = "Subject"
+regex = "FOLDME"
+score = 0.5
+
+[[rule]]
+name = "TEST_FOLDED_STATUS_LONG_NAME_6"
+header = "Subject"
+regex = "FOLDME"
+score = 0.5
 """
 }
 
@@ -122,6 +158,16 @@ def test_two_transactions_on_one_connection_are_scored_independently(stack: Stac
     assert rows["second fine"]["symbols"] == {}
     assert rows["second fine"]["sender"] == "carol@example.org"
     assert rows["second fine"]["recipients"] == ["dave@example.com"]
+
+
+def test_a_long_spam_status_arrives_folded_after_its_commas(stack: Stack) -> None:
+    stack.send(message("please FOLDME"))
+    [delivered] = stack.sink.wait(1, match=lambda m: "please FOLDME" in m.headers)
+    names = ",".join(f"TEST_FOLDED_STATUS_LONG_NAME_{n}" for n in range(1, 7))
+    raw = delivered.headers.split("X-Spam-Status: ", 1)[1].split("\r\nX-", 1)[0]
+    lines = raw.split("\r\n")
+    assert len(lines) > 1 and all(line.startswith("\t") for line in lines[1:]) and max(map(len, lines)) < 998
+    assert raw.replace("\r\n\t", "") == f"No, score=3.0 required=5 tests={names}"
 
 
 def test_trusted_network_is_logged_but_not_scored(stack: Stack) -> None:
