@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import smtplib
 import socket
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,6 +22,7 @@ from milterd.quarantine import Quarantine, QuarantineError
 from milterd.store import MessageRecord, StoreError, utcnow
 from milterd.store.quarantine import QuarantineStore, QuarantineWrite
 from tests.harness import quarantine as quarantine_harness
+from tests.harness.smtpserver import ScriptedServer
 
 # The fixture: the quarantine of the module's conf (its store made current).
 quarantine = quarantine_harness.quarantine
@@ -31,7 +31,7 @@ RAW = b"From: a@example.org\r\nSubject: outcome\r\n\r\nbody\r\n.dot\r\n"
 QUEUE_ID = "4QID42xyz"
 
 
-class ScriptedSMTP:
+class ScriptedSMTP(ScriptedServer):
     """An SMTP server on 127.0.0.1 that answers each connection by *mode*:
 
     ``accept`` (250 queued as QUEUE_ID after the dot), ``close_after_dot`` (reads the whole
@@ -41,35 +41,13 @@ class ScriptedSMTP:
     """
 
     def __init__(self, mode: str = "accept") -> None:
+        super().__init__()
         self.mode = mode
         self.refuse: dict[str, str] = {}
         self.messages: list[bytes] = []
-        self._stop = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            with connection:
-                connection.settimeout(10)
-                try:
-                    self._session(connection)
-                except OSError:
-                    pass
-
-    def _session(self, connection: socket.socket) -> None:
+    def session(self, connection: socket.socket) -> None:
         reader = connection.makefile("rb")
         connection.sendall(b"220 fake ESMTP\r\n")
         while True:

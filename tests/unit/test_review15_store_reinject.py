@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import smtplib
 import socket
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -21,11 +20,12 @@ from milterd.reinject import Target, data_lines, send
 from milterd.store import MessageRecord
 from milterd.store.quarantine import QuarantineWrite
 from tests.harness.quarantine import open_quarantine, quarantine_config
+from tests.harness.smtpserver import ScriptedServer
 
 TOO_MANY = b"452 4.5.3 Error: too many recipients"
 
 
-class Sink:
+class Sink(ScriptedServer):
     """An SMTP server on 127.0.0.1 keeping every transaction as (MAIL argument, RCPT arguments, message bytes).
 
     After *rcpt_limit* recipients in a transaction it answers 452 (as Postfix's smtpd_recipient_limit);
@@ -33,34 +33,12 @@ class Sink:
     """
 
     def __init__(self, rcpt_limit: int | None = None, transactions_taken: int | None = None, refuse: tuple[str, ...] = ()) -> None:
+        super().__init__()
         self.rcpt_limit, self.transactions_taken, self.refuse = rcpt_limit, transactions_taken, refuse
         self.transactions: list[tuple[bytes, list[bytes], bytes]] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            with connection:
-                connection.settimeout(10)
-                try:
-                    self._session(connection)
-                except OSError:
-                    pass
-
-    def _session(self, connection: socket.socket) -> None:
+    def session(self, connection: socket.socket) -> None:
         reader = connection.makefile("rb")
         connection.sendall(b"220 sink ESMTP\r\n")
         mail, rcpts = b"", []
