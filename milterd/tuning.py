@@ -19,7 +19,7 @@ from .checks import spamassassin as spamd
 from .checks.spamassassin import SPAMASSASSIN
 from .config import ActionsSection, MilterSection
 from .message.model import Action, Hit
-from .message.policy import THRESHOLD_ACTIONS, GreylistStatus, decide, threshold_action
+from .message.policy import AFTER_VERDICT_SYMBOLS, SCORE_GREYLIST_SYMBOLS, THRESHOLD_ACTIONS, GreylistStatus, decide, threshold_action
 
 if TYPE_CHECKING:
     from .services import Services
@@ -39,7 +39,7 @@ HIT_SCORED: Mapping[str, str] = {
 #: that no weight of theirs ever counts: ``whatif --set symbols.NAME`` refuses them.
 AFTER_DECISION: Mapping[str, str] = {
     name: "it is added with a fixed score of 0 after the verdict (signing, sealing), so its weight never counts and cannot be re-weighted"
-    for name in ("DKIM_SIGNED", "DKIM_SIGN_ERROR", "ARC_SEALED", "ARC_SEAL_ERROR")
+    for name in AFTER_VERDICT_SYMBOLS
 }
 #: Symbols the policy adds with a fixed 0.0 to a message the ``[actions] greylist`` threshold
 #: reached (``[greylist] mode = "score"``).  In triplet mode the greylist check emits them as hits
@@ -47,7 +47,7 @@ AFTER_DECISION: Mapping[str, str] = {
 SCORE_GREYLIST: Mapping[str, str] = {
     name: "with [greylist] mode = \"score\" it is added with a fixed score of 0 by the greylisting decision, "
           "so its weight never counts and cannot be re-weighted; try the thresholds instead (--set actions.greylist=THRESHOLD)"
-    for name in ("GREYLIST", "GREYLIST_PASSED", "GREYLIST_ERROR")
+    for name in SCORE_GREYLIST_SYMBOLS
 }
 #: Every symbol whose logged score no weight changes (in score mode): :func:`not_weighted`.
 FIXED_ZERO: frozenset[str] = frozenset(AFTER_DECISION) | frozenset(SCORE_GREYLIST)

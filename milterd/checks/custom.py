@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 from ..config import ConfigError
 from ..content.headertext import decoded, is_field_name
 from ..message.model import Envelope, Hit, Session, SpoolError
+from ..message.policy import AFTER_VERDICT_SYMBOLS, SCORE_GREYLIST_SYMBOLS
 from ..options import finite
 from ..patterns import AdminPattern, PatternError
 from ..rulelang import MetaSyntaxError, Node, evaluate, names, parse
@@ -55,13 +56,6 @@ log = logging.getLogger("milterd")
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
 KINDS = ("header", "body", "uri", "meta")
 DEFAULT_MAX_TEXT = 1024 * 1024
-
-#: Symbols added to the verdict after the metas are evaluated (by signing and sealing, at the
-#: verdict): a meta naming one would never see it hit ("not DKIM_SIGNED" true of every message).
-AFTER_VERDICT = ("DKIM_SIGNED", "DKIM_SIGN_ERROR", "ARC_SEALED", "ARC_SEAL_ERROR")
-#: Symbols the policy adds with ``[greylist] mode = "score"`` (the greylisting decision, after the
-#: metas).  In triplet mode the greylist check emits them as hits at RCPT and DATA, which metas see.
-SCORE_GREYLIST = ("GREYLIST", "GREYLIST_PASSED", "GREYLIST_ERROR")
 
 
 @dataclass(frozen=True)
@@ -252,7 +246,9 @@ class CustomRules(Check):
     def loaded(self) -> None:
         # Every check's dynamic symbols are known only now (checks after this one included).
         greylist = self.services.config.greylist
-        late = AFTER_VERDICT + (SCORE_GREYLIST if greylist.enabled and greylist.mode == "score" else ())
+        # Added after the metas are evaluated: a meta naming one would never see it hit. In triplet
+        # mode the greylist check emits GREYLIST* itself, at RCPT and DATA, where the metas see them.
+        late = AFTER_VERDICT_SYMBOLS + (SCORE_GREYLIST_SYMBOLS if greylist.enabled and greylist.mode == "score" else ())
         self.metas = meta_order(self.rules, self.services.symbols, late)
         # A symbol of a check that is off is known (not refused) but never hits: "not SPF_PASS"
         # with SPF off is true of every message.  Said once a load, with the file and the rule.

@@ -17,6 +17,13 @@ from .reply import Reply
 if TYPE_CHECKING:  # annotations only: checks.dkim's signer imports this module, and config imports the checks
     from ..config import ActionsSection
 
+#: Symbols added to the verdict with a fixed score of 0 after the decision, by signing and sealing
+#: (the checks' ``on_verdict``): no weight of theirs counts, and no meta rule sees them.
+AFTER_VERDICT_SYMBOLS = ("DKIM_SIGNED", "DKIM_SIGN_ERROR", "ARC_SEALED", "ARC_SEAL_ERROR")
+#: Symbols :func:`decide` adds with a fixed score of 0 when the ``[actions] greylist`` threshold
+#: greylists (``[greylist] mode = "score"``).  In triplet mode the greylist check emits them as hits.
+SCORE_GREYLIST_SYMBOLS = ("GREYLIST", "GREYLIST_PASSED", "GREYLIST_ERROR")
+
 #: Threshold actions, most severe first.
 THRESHOLD_ACTIONS = (
     (Action.REJECT, "reject"),
