@@ -2,7 +2,9 @@
 
 milterd writes a single header with its authserv-id carrying the SMTP AUTH,
 SPF, DKIM, DMARC and ARC results of the checks that ran; incoming headers
-claiming that id are forgeries and removed (:func:`forged_indexes`).
+claiming that id are forgeries and removed (:func:`forged_indexes`).  The
+header milterd adds is folded (``build(..., folded=True)``) when its one line
+would pass RFC 5322's 998 octets (several long DKIM ``d=`` and ``s=``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import authres
 import authres.arc
 import authres.dmarc
+
+from .message.policy import FOLD_WIDTH
 
 if TYPE_CHECKING:
     from .checks.arc import ArcResult
@@ -97,6 +101,10 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _ADDRESS = re.compile(
     rf"{_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )
+#: The longest pvalue written, in octets as written (quoted or not): longer than any address
+#: SMTP allows (RFC 5321 §4.5.3.1.3: a path of 256), and short enough for the line a fold leaves it on
+#: to stay far below RFC 5322's 998; a longer one is left out, as one no quoted-string can hold.
+_MAX_PVALUE = 512
 #: What a quoted-string cannot hold even as a quoted-pair: controls (RFC 5322 §3.2.4) and lone surrogates (not UTF-8, RFC 6532).
 _UNQUOTABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 
@@ -110,13 +118,15 @@ def _pvalue(text: str, ascii_only: bool = False) -> str | None:
     Such a value is kept as is only in the ``dot-atom@domain-name`` form, else
     quoted here; one without ``@`` authres quotes itself when needed.  One
     that no quoted-string can hold is left out, and with *ascii_only* one
-    that is not ASCII.
+    that is not ASCII, and one longer than :data:`_MAX_PVALUE` octets as written.
     """
     if not text or _UNQUOTABLE.search(text) or (ascii_only and not text.isascii()):
         return None
-    if "@" not in text or _ADDRESS.fullmatch(text):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if "@" in text and not _ADDRESS.fullmatch(text):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # Measured as authres will write it (it quotes a value that is not a token and has no "@").
+    written = str(authres.core.QuotableValue(text).quote_if_needed())
+    return text if len(written.encode("utf-8")) <= _MAX_PVALUE else None
 
 
 def _reason(text: str, ascii_only: bool = False) -> str | None:
@@ -141,6 +151,7 @@ def build(
     dmarc: "Evaluation | None" = None,
     arc: "ArcResult | None" = None,
     ascii_only: bool = False,
+    folded: bool = False,
 ) -> str:
     """The value of our Authentication-Results header (without the name).
 
@@ -148,7 +159,9 @@ def build(
     nothing says ``none``; no method at all gives ``none`` alone.  With
     *ascii_only*, a property value or reason that is not ASCII (an SMTPUTF8
     sender, a UTF-8 login) is left out, the result kept: the copy an ARC seal
-    attests, since dkimpy's parser (authres) reads ASCII only.
+    attests, since dkimpy's parser (authres) reads ASCII only.  With *folded*
+    (the header milterd adds), a value whose line would pass 998 octets is
+    folded as :func:`fold` says; any other is the one line it always was.
     """
     # Only the inputs' fields the header shows, as tuples of strings: the key of the memo below.
     spf_part = None if spf is None else (spf["identity"] == "helo", spf["helo"] if spf["identity"] == "helo" else spf["sender"], spf["result"])
@@ -156,9 +169,9 @@ def build(
     arc_part = None if arc is None else (arc.result, arc.sealers[-1:])
     dmarc_part = None if dmarc is None else (dmarc.result, dmarc.domain, dmarc.policy)
     try:
-        return _built(authserv_id, auth_user, spf_part, dkim_part, arc_part, dmarc_part, ascii_only)
+        return _built(authserv_id, auth_user, spf_part, dkim_part, arc_part, dmarc_part, ascii_only, folded)
     except TypeError:  # an unhashable value (not one the checks store): built without the memo
-        return _render(authserv_id, auth_user, spf_part, dkim_part, arc_part, dmarc_part, ascii_only)
+        return _render(authserv_id, auth_user, spf_part, dkim_part, arc_part, dmarc_part, ascii_only, folded)
 
 
 def _render(
@@ -169,6 +182,7 @@ def _render(
     arc: tuple[str, tuple[str, ...]] | None,
     dmarc: tuple[str, str, str] | None,
     ascii_only: bool = False,
+    folded: bool = False,
 ) -> str:
     """:func:`build`'s header from the fields it shows (:func:`build` gives their meaning)."""
     results: list[Any] = []
@@ -204,11 +218,66 @@ def _render(
         )
     if not results:
         results.append(authres.NoneAuthenticationResult())
-    text = str(authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results))
-    return text.split(":", 1)[1].strip()
+    header = authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results)
+    value = str(header).split(":", 1)[1].strip()
+    return fold(value, header) if folded else value
 
 
-# Memoised per worker (issue #14: authres's objects and str() were ~6 % of a worker's CPU).
+#: What precedes the value on the header's first line.
+_FIELD = "Authentication-Results: "
+#: RFC 5322 §2.1.1: a line MUST NOT pass 998 octets (CRLF excluded).
+LINE_LIMIT = 998
+
+
+def _elements(result: Any) -> list[str]:
+    """*result*'s resinfo as the elements a fold may go between (RFC 8601 §2.2): the
+    methodspec, the reasonspec, each propspec; the whole resinfo as one where authres
+    writes it otherwise (a result of another shape)."""
+    if not isinstance(result, authres.AuthenticationResult) or result.version or result.result_comment or result.reason_comment:
+        return [str(result)]
+    elements = [f"{result.method}={result.result}"]
+    if result.reason:
+        elements.append(f"reason={result.reason.quote_if_needed()}")
+    elements.extend(str(p) for p in result.properties)
+    return elements if " ".join(elements) == str(result) else [str(result)]
+
+
+def fold(value: str, header: Any) -> str:
+    """*value* (the one line authres writes for *header*) folded when its line would pass :data:`LINE_LIMIT`.
+
+    Only then: a shorter header stays the one line it always was (readers and
+    rules match it so), even past ``FOLD_WIDTH``.  Folded, each resinfo starts
+    a line of its own, and one longer than ``FOLD_WIDTH`` is folded between its
+    elements (RFC 8601 §2.2 allows CFWS before each ``;``, reasonspec and
+    propspec), never inside one (a quoted reason, an address).  Each fold is a
+    line break put before a space authres wrote (``"\\n "``, which the milter
+    sends as a folded header), so that the value unfolded (line breaks
+    removed, RFC 5322 §2.2.3) is *value* exactly.  A line past ``FOLD_WIDTH``
+    remains only where one element is (a ``header.d=`` of 253 characters);
+    none comes near 998 (``_token`` and ``_MAX_PVALUE`` bound them).
+    """
+    if len(_FIELD) + len(value.encode("utf-8", "replace")) <= LINE_LIMIT:
+        return value
+    lines = [f"{header.authserv_id};"]
+    resinfos = [_elements(r) for r in header.results] or [["none"]]
+    for position, elements in enumerate(resinfos):
+        end = ";" if position < len(resinfos) - 1 else ""
+        line = " " + elements[0]
+        for number, element in enumerate(elements[1:], 2):
+            if len(line) + 1 + len(element) + (len(end) if number == len(elements) else 0) > FOLD_WIDTH:
+                lines.append(line)
+                line = " " + element
+            else:
+                line += " " + element
+        lines.append(line + end)
+    folded = "\n".join(lines)
+    # The folds are only ever line breaks before authres's own spaces; should authres write
+    # anything else (another version), the one line is kept rather than a value read otherwise.
+    return folded if folded.replace("\n", "") == value else value
+
+
+# Memoised per worker (issue #14: authres's objects and str() were ~6 % of a worker's CPU);
+# *folded* is part of the key, so the folded and the one-line value are remembered apart.
 # Safe: _render is a pure function of its arguments (no clock, no configuration, no state;
 # authres builds new objects each call), and its arguments are the whole key, tuples of
 # strings whose equality means identical text, so a remembered value is the one a fresh

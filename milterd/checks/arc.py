@@ -9,9 +9,11 @@ default) a chain whose newest ARC-Message-Signature's ``l=`` leaves part of
 the body unsigned fails, as it would without ``l=``: text appended after the
 newest sealer signed must not ride on a trusted sealer's pass.
 
-With ``seal``, :class:`ArcSealer` adds milterd's own ARC set to accepted
-mail, attesting the Authentication-Results milterd wrote, so that the next
-hop of a forwarder or list host can trust them.
+With ``seal``, :class:`ArcSealer` adds milterd's own ARC set to the mail it
+lets through (accepted, tagged, its Subject rewritten, or quarantined, as DKIM
+signing does), attesting the Authentication-Results milterd wrote, so that the
+next hop of a forwarder or list host can trust them.  It seals the message as
+Postfix delivers it: our header folded with CRLF, the Subject tagged.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import authres
 import dkim
@@ -30,10 +32,11 @@ from ..authresults import authserv_id_of, claims
 from ..dkimsign import parse_key
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError, Verdict
+from ..message.policy import plan_headers
 from ..options import CheckSwitches, ConfigError
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
-from .dkim import QUIET, DnsRecorder
+from .dkim import QUIET, DnsRecorder, header_section_as_delivered
 from .spf import message_results
 
 if TYPE_CHECKING:
@@ -186,16 +189,38 @@ class Arc(ConfiguredCheck[ArcChecks]):
         return [Hit("ARC_FAIL", detail=f"{chain}: {result.reason}"[:200])]
 
 
-def message_for_seal(envelope: Envelope, authserv_id: str, results: str) -> bytes:
-    """The message as it will leave: our Authentication-Results on top, forged ones claiming our id gone."""
-    raws = envelope.raw_headers if len(envelope.raw_headers) == len(envelope.headers) else None
-    lines = [b"Authentication-Results: " + results.encode("utf-8") + b"\r\n"]
-    for index, (name, value) in enumerate(envelope.headers):
-        if name.lower() == "authentication-results" and claims(value.decode("utf-8", "replace"), authserv_id):
+def delivered_field(name: str, value: str) -> bytes:
+    """The header field *name* with milterd's *value* as Postfix delivers it: CRLF line ends.
+
+    As the milter adapter sends a value (``_header_safe``): no NUL or CR, each line
+    break a fold, a tab added where the next line does not start with white space,
+    lines of white space alone dropped; Postfix then ends each line with CRLF.
+    """
+    lines = value.replace("\x00", "").replace("\r", "").split("\n")
+    folded = lines[0] + "".join("\r\n" + (line if line[0] in " \t" else "\t" + line) for line in lines[1:] if line.strip())
+    return f"{name}: {folded}\r\n".encode("utf-8", "replace")
+
+
+#: Where one header field of a CRLF header section ends: a line break not followed by a fold.
+_FIELD_END = re.compile(rb"\r\n(?![ \t])")
+
+
+def message_for_seal(envelope: Envelope, authserv_id: str, results: str, subject_edits: Sequence[HeaderEdit] = ()) -> bytes:
+    """The message as it will leave: our Authentication-Results on top, folded as delivered
+    (:func:`delivered_field`), forged ones claiming our id gone, and the Subject as
+    *subject_edits* leave it (tagged at rewrite_subject), by the same
+    :func:`~milterd.checks.dkim.header_section_as_delivered` that DKIM signing uses."""
+    section = header_section_as_delivered(envelope, list(subject_edits))
+    fields = _FIELD_END.split(section[:-2])  # each field without its CRLF; the blank line that ends the section left out
+    if fields and not fields[-1]:
+        fields.pop()
+    kept = [delivered_field("Authentication-Results", results)]
+    for field in fields:
+        name, colon, value = field.partition(b":")
+        if colon and name.rstrip(b" \t").lower() == b"authentication-results" and claims(value.decode("utf-8", "replace"), authserv_id):
             continue
-        line = raws[index] if raws is not None else name.encode("ascii", "replace") + b": " + value
-        lines.append(line.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n")
-    return b"".join(lines) + b"\r\n" + envelope.spool.read()
+        kept.append(field + b"\r\n")
+    return b"".join(kept) + b"\r\n" + envelope.spool.read()
 
 
 #: ``cv=fail`` among an ARC-Seal's tags (relaxed-canonicalised value).
@@ -223,8 +248,15 @@ def seal(message: bytes, domain: str, selector: str, key: bytes, authserv_id: st
     return pairs
 
 
+#: The actions whose message is delivered, now or later, and so sealed: those DKIM signing signs
+#: (:class:`milterd.checks.dkim.DkimSigner`).  A quarantined message carries the edits of its verdict:
+#: held (``[quarantine] mode = "hold"``), it is delivered with them, seal included, once released
+#: with ``postsuper -H``; discarded, nothing is delivered (a release re-injects the stored copy as received).
+SEALED_ACTIONS = frozenset({Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE})
+
+
 class ArcSealer(Check):
-    """Seals accepted mail with milterd's ARC set (``[checks.arc] seal``)."""
+    """Seals accepted mail with milterd's ARC set (``[checks.arc] seal``): the message as delivered, its Subject tagged at rewrite_subject."""
 
     name: ClassVar[str] = "arc_seal"
     description: ClassVar[str] = "ARC-seals accepted mail with the key of [checks.arc] seal_key_file"
@@ -262,8 +294,8 @@ class ArcSealer(Check):
 
     def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
         results = envelope.check_state("spf").get("authentication_results")
-        if results is None or verdict.action not in (Action.ACCEPT, Action.ADD_HEADER):
-            return verdict  # nothing attested, or refused, held or about to have its Subject rewritten
+        if results is None or verdict.action not in SEALED_ACTIONS:
+            return verdict  # nothing attested, or refused (no copy leaves)
         chain = envelope.check_state(STATE).get("result")
         if chain is None and envelope.header_count("ARC-Seal"):
             # Not validated (over [checks.dkim] max_size): our header has no arc= for the seal to carry, so dkimpy adds nothing.
@@ -276,9 +308,13 @@ class ArcSealer(Check):
         if not results.isascii():
             # dkimpy reads our header with authres, which refuses UTF-8 (an SMTPUTF8 sender, a UTF-8 login):
             # unread, it seals nothing.  The seal attests the same results, those values left out.
-            results = message_results(results.partition(";")[0].strip(), session, envelope, ascii_only=True) or results
+            results = message_results(results.partition(";")[0].strip(), session, envelope, ascii_only=True, folded=True) or results
+        # The pipeline tags the Subject after the verdict (rewrite_subject, or a quarantined message over
+        # its threshold): the ARC-Message-Signature covers the Subject, so it is computed over the tagged one.
+        subject_edits = [e for e in plan_headers(verdict, {}, envelope.header("Subject"), self.services.config.actions) if e.name == "Subject"]
         try:
-            arc_set = seal(message_for_seal(envelope, authserv_id, results), options.seal_domain, options.seal_selector, self.key, authserv_id)
+            message = message_for_seal(envelope, authserv_id, results, subject_edits)
+            arc_set = seal(message, options.seal_domain, options.seal_selector, self.key, authserv_id)
         except SpoolError:
             raise  # the message unread: the pipeline answers 451, not an unsigned delivery
         except Exception as exc:  # noqa: BLE001 - an unsealed message is delivered; the log says why

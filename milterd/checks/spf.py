@@ -94,10 +94,10 @@ def authentication_results(authserv_id: str, spf: dict[str, str] | None, auth_us
     return build_authentication_results(authserv_id, auth_user=auth_user, spf=spf)
 
 
-def message_results(authserv_id: str, session: Session, envelope: Envelope, ascii_only: bool = False) -> str | None:
+def message_results(authserv_id: str, session: Session, envelope: Envelope, ascii_only: bool = False, folded: bool = False) -> str | None:
     """The value of our Authentication-Results header for this message, from what the SPF, DKIM, DMARC
-    and ARC checks recorded (None when none ran and the client did not authenticate); with *ascii_only*,
-    as :func:`milterd.authresults.build` says."""
+    and ARC checks recorded (None when none ran and the client did not authenticate); with *ascii_only*
+    and *folded*, as :func:`milterd.authresults.build` says."""
     spf_state = envelope.check_state(_STATE).get("evaluation")
     dkim = envelope.check_state("dkim").get("result")
     dmarc = envelope.check_state("dmarc").get("result")
@@ -105,7 +105,7 @@ def message_results(authserv_id: str, session: Session, envelope: Envelope, asci
     if spf_state is None and dkim is None and dmarc is None and arc is None and not session.authenticated:
         return None
     return build_authentication_results(authserv_id, auth_user=session.auth_user, spf=spf_state, dkim=dkim, dmarc=dmarc, arc=arc,
-                                        ascii_only=ascii_only)
+                                        ascii_only=ascii_only, folded=folded)
 
 
 class Spf(ConfiguredCheck[SpfChecks]):
@@ -195,7 +195,8 @@ class Spf(ConfiguredCheck[SpfChecks]):
             for index in forged_indexes(envelope.headers, authserv_id):
                 envelope.edits.append(HeaderEdit("change", "Authentication-Results", "", index))
         if options.authentication_results:
-            value = message_results(authserv_id, session, envelope)
+            # Folded where one line would pass RFC 5322's 998 octets (five long DKIM d= and s= did).
+            value = message_results(authserv_id, session, envelope, folded=True)
             if value is not None:
                 envelope.edits.append(HeaderEdit("insert", "Authentication-Results", value, 0))
                 envelope.check_state(_STATE)["authentication_results"] = value  # what an ARC seal attests
