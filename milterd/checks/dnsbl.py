@@ -26,16 +26,26 @@ Every zone of a client is queried concurrently as soon as it connects; the
 answers are collected at MAIL FROM, once SMTP AUTH is known, so an
 authenticated client is exempt (``[checks.dnsbl] skip_authenticated``).
 With ``[milter] delay_reject = false`` they are collected at connect.
+
+A client at a private address (:data:`PRIVATE_NETWORKS`: RFC 1918, shared
+address space, link-local, unique local and the like) is asked of no zone
+(``[checks.dnsbl] skip_private``): no public list can list it, and the query
+would tell the list's operator an address of the local network.  Loopback and
+the documentation networks are not in that list (test points and tests use
+them).  The skip is logged once per connection.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from ..dns import Answer, dnsbl_name
+from pydantic import Field
+
+from ..dns import Answer, dnsbl_name, unscoped
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
 from ..options import CheckSwitches
@@ -48,9 +58,56 @@ from .dnslists import answer_matches as answer_matches
 if TYPE_CHECKING:
     from ..services import Services
 
+log = logging.getLogger("milterd")
+
 
 class DnsblChecks(CheckSwitches):
     """DNS block and allow lists at connect; the zones are [[dnsbl]] and [[dnswl]] in rules/."""
+
+    skip_private: bool = Field(
+        True,
+        description=(
+            "Ask no [[dnsbl]] or [[dnswl]] zone about a client at a private address (10/8, 172.16/12, 192.168/16,"
+            " 100.64/10, 169.254/16, 198.18/15, fc00::/7, fe80::/10, fec0::/10, also IPv4-mapped) and log that it was"
+            " skipped: no public list can list one, and each query would tell the list's operator an address of your"
+            " network. Loopback and the documentation networks are still looked up; false asks the zones anyway"
+            " (a list of your own that knows these networks)."
+        ),
+    )
+
+
+#: The client networks no public DNS list can list, and that a query would disclose to its operator.
+#: Named one by one, not ``is_global``/``is_private``: loopback (127.0.0.2 is every list's test
+#: point) and the documentation networks (192.0.2.0/24 and its kin, in examples and tests) are
+#: still looked up.
+PRIVATE_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # RFC 1918 private use
+        "100.64.0.0/10",  # RFC 6598 shared address space (carrier-grade NAT)
+        "169.254.0.0/16",  # RFC 3927 link-local
+        "198.18.0.0/15",  # RFC 2544 benchmarking (lab networks)
+        "fc00::/7",  # RFC 4193 unique local
+        "fe80::/10",  # RFC 4291 link-local
+        "fec0::/10",  # RFC 3879 site-local (deprecated, still configurable)
+    )
+)
+_PRIVATE4 = tuple(n for n in PRIVATE_NETWORKS if isinstance(n, ipaddress.IPv4Network))
+_PRIVATE6 = tuple(n for n in PRIVATE_NETWORKS if isinstance(n, ipaddress.IPv6Network))
+
+
+def private_network(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The network of :data:`PRIVATE_NETWORKS` holding *ip*, else None.
+
+    An IPv4-mapped IPv6 address counts as its IPv4 address (it is looked up as
+    one), a scoped one (``fe80::1%eth0``) as the address without its zone.
+    """
+    ip = unscoped(ip)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is None:
+            return next((n for n in _PRIVATE6 if ip in n), None)
+        ip = ip.ipv4_mapped
+    return next((n for n in _PRIVATE4 if ip in n), None)
 
 
 _STATE = "dnsbl"
@@ -135,6 +192,7 @@ class DnsLists(ConfiguredCheck[DnsblChecks]):
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
         self.zones = parse_zones(services)
+        self.skip_private = self.options.skip_private
 
     @classmethod
     def enabled(cls, services: "Services") -> bool:
@@ -156,6 +214,11 @@ class DnsLists(ConfiguredCheck[DnsblChecks]):
         ip = session.ip
         if ip is None or not self.zones:
             return ()
+        if self.skip_private:
+            network = private_network(ip)
+            if network is not None:
+                log.info("client [%s] not looked up in the DNS lists: a private address (in %s; [checks.dnsbl] skip_private)", unscoped(ip), network)
+                return ()
         resolver = self.services.resolver
         deadline = resolver.stage_deadline(session.dns_deadlines, "connect")
         queries = [(dnsbl_name(session.client_addr, z.zone) or "", "A") for z in self._zones_for(ip)]
