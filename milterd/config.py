@@ -250,6 +250,7 @@ class GreylistSection(Section):
     whitelist_senders: list[str] = Field([], description="Sender addresses, domains (\"@example.com\") or domains with subdomains (\".example.com\") that are never greylisted.")
     whitelist_recipients: list[str] = Field([], description="Recipient addresses or domains (same forms) that are never greylisted.")
     purge_interval: Duration = Field(3600.0, description="How often expired triplets are purged (by the supervisor, outside the workers).")
+    on_error: Literal["accept", "tempfail"] = Field("accept", description="The greylist store cannot be read, or a message's attempts cannot be recorded (the database down, locked past [database] busy_timeout, out of connections). With accept (postgrey's and Rspamd's way), the recipients greylisting would judge are not greylisted and go on with GREYLIST_ERROR, and a worker whose writes were refused greylists nobody for a minute, since it could not remember the triplets it defers. With tempfail, they are answered 451 4.3.0 instead, that minute included: at RCPT TO (mode = triplet), once for the whole message at DATA (defer_at = data, or when the attempts of recipients accepted at RCPT cannot be recorded), or at end of data (mode = score, a message whose score greylists), so that no sender skips greylisting while the store is away. Clients and recipients greylisting skips (trusted, authenticated, DNSWL-listed, whitelisted in milter.conf) are not affected.")
 
     @field_validator("whitelist_clients", "whitelist_senders", "whitelist_recipients")
     @classmethod

@@ -21,8 +21,14 @@ Two modes (``[greylist] mode``):
 Both skip trusted and authenticated clients (the pipeline does not call this
 check for them), DNSWL-listed clients, the configured and stored whitelists,
 auto-whitelisted client networks and the null sender to postmaster.  A store
-that does not answer lets the recipients through (with GREYLIST_ERROR): the
-message log's own ``[database] on_error`` decides whether the message waits.
+that does not answer (cannot be read, or cannot record a message's attempts)
+follows ``[greylist] on_error``: ``accept`` lets the recipients through (with
+GREYLIST_ERROR; the message log's own ``[database] on_error`` decides whether
+the message waits), ``tempfail`` answers them :data:`STORE_DOWN_REPLY` (451
+4.3.0) where greylisting would have deferred them: at RCPT, at DATA with
+``defer_at = "data"`` (or when the attempts of recipients accepted at RCPT
+cannot be recorded), at end of data in score mode (:meth:`on_verdict` makes
+the deferral :meth:`on_score_greylist` asked for a tempfail).
 Every "now" it judges by is the store's (:meth:`GreylistStore.now`): on a
 PostgreSQL store that several MX hosts share, the database server's clock.
 
@@ -41,13 +47,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from .. import greylist as gl
 from ..config import ConfigError
-from ..message.model import Action, Envelope, Hit, Session
+from ..message.model import Action, Envelope, Hit, Session, Verdict
 from ..message.policy import GreylistStatus, greylist_reply
+from ..message.reply import Reply
 from ..store import StoreError
 from . import Check, Hits, Symbol
 
@@ -63,6 +70,11 @@ WHITELIST_TTL = 10.0
 #: so long (seconds): a store that reads but cannot write must not defer every
 #: new triplet for ever, since none of them would be remembered.
 WRITE_FAILURE_HOLD = 60.0
+
+#: The answer, with ``[greylist] on_error = "tempfail"``, to a recipient (or message)
+#: greylisting would judge while its store does not answer: a local failure (4.3.0),
+#: as a spool or the attachment check that cannot be read.
+STORE_DOWN_REPLY = Reply("451", "4.3.0", "Greylisting unavailable, please try again later")
 
 #: Triplets of one client network and sender read at once for a transaction;
 #: a sender with more is read recipient by recipient (bounded memory).
@@ -86,6 +98,8 @@ class Pending:
     wait: float = 0.0
     #: Why the store stopped answering in this transaction ('' while it answers).
     failed: str = ""
+    #: The recipients answered STORE_DOWN_REPLY at RCPT (``on_error = "tempfail"``).
+    tempfailed: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -107,7 +121,7 @@ class Greylist(Check):
         Symbol("GREYLIST", 0.0, "The triplet is new or retried too early: deferred with 451 4.7.1 (at RCPT, or the whole message at DATA with defer_at = data)"),
         Symbol("GREYLIST_PASSED", 0.0, "The triplet was retried after the greylisting delay and passed"),
         Symbol("GREYLIST_DEFERRED", 0.0, "Some recipients of this message were greylisted (the others were accepted; with defer_at = data the whole message waited)"),
-        Symbol("GREYLIST_ERROR", 0.0, "The greylist store did not answer; the recipient was not greylisted"),
+        Symbol("GREYLIST_ERROR", 0.0, "The greylist store did not answer; the recipient was not greylisted ([greylist] on_error = tempfail answers 451 4.3.0)"),
     )
     # Called for trusted and authenticated clients too, only to skip them: a
     # score-based greylist verdict must never stay on a message nobody retries.
@@ -158,13 +172,14 @@ class Greylist(Check):
             if not pending.decided and not pending.failed:
                 pending.failed = self._recent_write_failure()
             if pending.failed:
-                return (Hit("GREYLIST_ERROR", detail=pending.failed),)
+                return (self._store_down(pending, recipient),)
             try:
                 state = self._state(pending, triplet)
             except StoreError as exc:
-                log.warning("greylist store unavailable, not greylisting %s: %s", triplet, exc)
+                log.warning("%s: greylist store unavailable, %s %s: %s", envelope.queue_id or "NOQUEUE",
+                            "tempfailing" if self.config.on_error == "tempfail" else "not greylisting", triplet, exc)
                 pending.failed = str(exc)[:200]
-                return (Hit("GREYLIST_ERROR", detail=pending.failed),)
+                return (self._store_down(pending, recipient),)
             now = self.services.store.greylist.now()
             step = gl.plan(triplet, state, now, self.config)
             judgement = pending.decided[triplet] = step.judgement
@@ -185,8 +200,13 @@ class Greylist(Check):
 
     def on_data(self, session: Session, envelope: Envelope) -> Hits:
         # Every recipient is known: the transaction's writes, in one transaction.
-        error = self._flush(session, envelope)
         pending = envelope.check_state(self.name).get("pending")
+        unrecorded = self._judged_writes(pending)
+        error = self._flush(session, envelope)
+        if isinstance(pending, Pending) and self.config.on_error == "tempfail":
+            tempfail = self._tempfail_at_data(envelope, pending, error if unrecorded else "")
+            if tempfail is not None:
+                return (tempfail,)
         if self.config.mode != "triplet" or self.config.defer_at != "data" or not isinstance(pending, Pending) or not pending.deferred:
             return (Hit("GREYLIST_ERROR", detail=error),) if error else ()
         deferred = pending.deferred
@@ -212,9 +232,13 @@ class Greylist(Check):
     def on_symbols(self, session: Session, envelope: Envelope, symbols: frozenset[str]) -> Hits:
         # Recipients refused at RCPT are not in the end-of-data log row: name them.
         pending = envelope.check_state(self.name).get("pending")
+        hits: list[Hit] = []
         if isinstance(pending, Pending) and pending.deferred:
-            return (Hit("GREYLIST_DEFERRED", detail="; ".join(pending.deferred)[:1000]),)
-        return ()
+            hits.append(Hit("GREYLIST_DEFERRED", detail="; ".join(pending.deferred)[:1000]))
+        if isinstance(pending, Pending) and pending.tempfailed:
+            detail = f"{STORE_DOWN_REPLY.code} {STORE_DOWN_REPLY.xcode} at RCPT to {', '.join(pending.tempfailed)}: {pending.failed}"
+            hits.append(Hit("GREYLIST_ERROR", detail=detail[:1000]))
+        return tuple(hits)
 
     def on_score_greylist(self, session: Session, envelope: Envelope) -> GreylistStatus:
         triplets = [
@@ -231,15 +255,76 @@ class Greylist(Check):
                 steps = [(t, gl.plan(t, states.get(t.recipient), now, self.config)) for t in triplets]
                 store.record([step.write for _, step in steps if step.write is not None], self._touch(session), now)
             except StoreError as exc:
+                error = str(exc)[:200]
+                if self.config.on_error == "tempfail":
+                    log.warning("%s: greylist store unavailable, tempfailing %s: %s", envelope.queue_id or "NOQUEUE", triplets[0], exc)
+                    # Deferred as greylisted (the checks' on_verdict see a message that waits); on_verdict makes it a tempfail.
+                    envelope.check_state(self.name)["score_error"] = error
+                    return GreylistStatus(needed=True, wait=self.config.delay, detail=f"greylist store unavailable: {error}", error=error)
                 log.warning("greylist store unavailable, not greylisting %s: %s", triplets[0], exc)
-                return GreylistStatus(needed=False, error=str(exc)[:200])
+                return GreylistStatus(needed=False, error=error)
             pending = [(t, step.judgement) for t, step in steps if step.judgement.greylisted]
         if pending:
             detail = "; ".join(f"{t} {j.kind}" for t, j in pending)[:1000]
             return GreylistStatus(needed=True, wait=max(j.wait for _, j in pending), detail=detail)
         return GreylistStatus(needed=False)
 
+    def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
+        # Score mode with on_error = "tempfail": the store did not answer for a message its
+        # score greylists.  It waits, as on_score_greylist asked, but as the tempfail it is.
+        error = envelope.check_state(self.name).pop("score_error", None)
+        if not isinstance(error, str) or verdict.action != Action.GREYLIST:
+            return verdict
+        symbols = {name: score for name, score in verdict.symbols.items() if name != "GREYLIST"}
+        details = {name: detail for name, detail in verdict.details.items() if name != "GREYLIST"}
+        reason = verdict.reason.removesuffix(f"; greylisted greylist store unavailable: {error}").removesuffix(f"greylisted greylist store unavailable: {error}")
+        return replace(
+            verdict,
+            action=Action.TEMPFAIL,
+            reply=STORE_DOWN_REPLY,
+            reason=f"{reason}; {STORE_DOWN_REPLY}: greylist store unavailable".lstrip("; "),
+            symbols={**symbols, "GREYLIST_ERROR": 0.0},
+            details={**details, "GREYLIST_ERROR": error},
+        )
+
     # --- helpers ----------------------------------------------------------------
+
+    def _store_down(self, pending: Pending, recipient: str) -> Hit:
+        """GREYLIST_ERROR for *recipient*, whom greylisting could not judge (``pending.failed`` says why).
+
+        With ``on_error = "tempfail"`` it is answered STORE_DOWN_REPLY at RCPT, or, with
+        ``defer_at = "data"``, accepted here and the message answered at DATA (:meth:`on_data`).
+        """
+        if self.config.on_error != "tempfail":
+            return Hit("GREYLIST_ERROR", detail=pending.failed)
+        if self.config.defer_at == "data":
+            return Hit("GREYLIST_ERROR", detail=f"{pending.failed}; the message waits at DATA"[:200])
+        pending.tempfailed.append(f"<{recipient}>")
+        return Hit("GREYLIST_ERROR", detail=pending.failed, action=Action.TEMPFAIL, reply=STORE_DOWN_REPLY)
+
+    def _judged_writes(self, pending: object) -> bool:
+        """Whether *pending* has attempts to record of recipients still in the message: every
+        judged one with ``defer_at = "data"``, those not deferred at RCPT otherwise."""
+        if not isinstance(pending, Pending):
+            return False
+        if self.config.defer_at == "data":
+            return bool(pending.writes)
+        return any(not judgement.greylisted for triplet in pending.writes if (judgement := pending.decided.get(triplet)) is not None)
+
+    def _tempfail_at_data(self, envelope: Envelope, pending: Pending, unrecorded: str) -> Hit | None:
+        """With ``on_error = "tempfail"``, the message's answer at DATA when the store failed it:
+        recipients left unjudged for DATA (``defer_at = "data"``), or the attempts of
+        recipients going on that could not be recorded (*unrecorded*: the error)."""
+        if pending.failed and self.config.defer_at == "data" and self.config.mode == "triplet":
+            why = f"greylist store unavailable, the message not judged: {pending.failed}"
+        elif unrecorded:
+            why = f"greylist store unavailable, the recipients' attempts not recorded: {unrecorded}"
+        else:
+            return None
+        log.warning("%s: %s; tempfailing the message", envelope.queue_id or "NOQUEUE", why)
+        if self.config.defer_at == "data":
+            pending.deferred = []  # nobody was greylisted: GREYLIST_DEFERRED must not name them
+        return Hit("GREYLIST_ERROR", detail=why[:200], action=Action.TEMPFAIL, reply=STORE_DOWN_REPLY)
 
     def _pending(self, envelope: Envelope) -> Pending:
         pending = envelope.check_state(self.name).get("pending")
