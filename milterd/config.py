@@ -321,12 +321,20 @@ class QuarantineSection(Section):
     release_smtp: str = Field("unix:/var/spool/postfix/public/milterd-reinject", description="Postfix's re-injection smtpd (one without milters) where released mail, digests and notices go: \"unix:/path\" for an smtpd on a unix socket in master.cf (least privilege: only users the socket's directory lets in can reach it), or HOST:PORT for TCP (then restrict that smtpd to SMTP AUTH with release_user, or at least to loopback).")
     release_user: str = Field("", description="SMTP AUTH user for release_smtp; empty sends no AUTH.")
     release_password_file: str = Field("", description="File whose first line is the SMTP AUTH password of release_user (keep it readable only by the users who release); the password is never in milter.conf and never printed.")
+    release_smtp_tls: Literal["may", "encrypt", "verify"] = Field("may", description="TLS towards a HOST:PORT release_smtp, as Postfix's smtp_tls_security_level: \"may\" starts TLS where the server offers STARTTLS (to a loopback address only when SMTP AUTH is to be sent), without verifying the certificate (anyone on the path can read released mail, or pose as the server); \"encrypt\" requires STARTTLS, without verifying the certificate (this stops those who only listen); \"verify\" requires STARTTLS and a certificate that verifies against the system's CAs (or release_smtp_tls_ca_file), for the host name of release_smtp. With \"encrypt\" or \"verify\", a server without STARTTLS or a certificate that does not verify makes the release, digest or notice fail, before anything is sent (the message stays in the quarantine); never a fallback to clear text. A unix: release_smtp never leaves this host and takes only \"may\".")
+    release_smtp_tls_ca_file: str = Field("", description="With release_smtp_tls = \"verify\": a PEM (or DER) file of the CA certificates that may sign release_smtp's certificate, used instead of the system's CAs (as Postfix's smtp_tls_CAfile); empty: the system's CAs. Refused with another release_smtp_tls.")
 
     @field_validator("release_smtp")
     @classmethod
     def _release_target(cls, value: str) -> str:
         parse_target(value)
         return value
+
+    @model_validator(mode="after")
+    def _release_tls(self) -> "QuarantineSection":
+        # "encrypt"/"verify" on a unix socket, or a CA file that would not be used: a protection that is not there.
+        parse_target(self.release_smtp, tls=self.release_smtp_tls, ca_file=self.release_smtp_tls_ca_file)
+        return self
     retention: Duration = Field(30 * 86400.0, description="Quarantined mail older than this is purged on a schedule; 0 keeps it.")
     postfix_config: str = Field("", description="Postfix's config_directory for 'postsuper -c DIR -H' when releasing held mail; empty: Postfix's default.")
     report_from: str = Field("", description="From: of digests and virus notices, and the digest's envelope sender (notices go from the null sender); empty: postmaster@ this host's name.")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import smtplib
 import stat
 import subprocess
 from collections import defaultdict
@@ -34,7 +35,7 @@ from .dkimsign import SigningKey, load_keys, public_record, record_matches
 from .dns import Answer, Resolver, dnsbl_name, probe_nameserver, server_name
 from .endpoints import parse_socket
 from .learner.classifier import Counts, trained
-from .reinject import parse_target, probe
+from .reinject import parse_target, probe, probe_tls, smtp_error
 from .ruleset import origins
 from .scanners.clamd import ClamdClient
 from .scanners.spamd import SpamdClient
@@ -262,15 +263,32 @@ def probe_learner(config: Config) -> Finding:
 
 
 def probe_release_smtp(config: Config) -> Finding:
-    """The milter-less smtpd that quarantine releases go to answers with a 220 banner (a warning if not)."""
+    """The milter-less smtpd that quarantine releases go to answers with a 220 banner (a warning if not).
+
+    With ``release_smtp_tls`` = "encrypt" or "verify" (a TCP target), it must also start TLS as a release
+    would (with "verify", with a certificate that verifies for release_smtp's host); with "may", a target
+    off loopback is a warning: released mail would cross the network without verified TLS.
+    """
     name = "quarantine release_smtp"
+    section = config.quarantine
     try:
-        banner = probe(parse_target(config.quarantine.release_smtp), timeout=5)
-    except (OSError, ValueError) as exc:
-        return Finding(name, "warn", f"{config.quarantine.release_smtp}: {exc}: 'milterd quarantine release' would fail")
+        target = parse_target(section.release_smtp, tls=section.release_smtp_tls, ca_file=section.release_smtp_tls_ca_file)
+        if not target.path and target.tls != "may":
+            session = probe_tls(target, config.hostname, timeout=5)
+            return Finding(name, "ok", f"{section.release_smtp}: {session} (release_smtp_tls = \"{target.tls}\")")
+        banner = probe(target, timeout=5)
+    except (OSError, ValueError, smtplib.SMTPException) as exc:
+        why = smtp_error(exc) if isinstance(exc, smtplib.SMTPException) else exc
+        return Finding(name, "warn", f"{section.release_smtp}: {why}: 'milterd quarantine release' would fail")
     if not banner.startswith("220"):
-        return Finding(name, "warn", f"{config.quarantine.release_smtp}: unexpected banner {banner[:60]!r}")
-    return Finding(name, "ok", f"{config.quarantine.release_smtp}: {banner[:60]}")
+        return Finding(name, "warn", f"{section.release_smtp}: unexpected banner {banner[:60]!r}")
+    if not target.local:
+        return Finding(
+            name, "warn",
+            f"{section.release_smtp}: {banner[:60]}; with release_smtp_tls = \"may\" released mail crosses the network "
+            f"without verified TLS (in clear where it offers no STARTTLS): set release_smtp_tls = \"verify\"",
+        )
+    return Finding(name, "ok", f"{section.release_smtp}: {banner[:60]}")
 
 
 def rule_origins(services: Any) -> list[Finding]:

@@ -538,8 +538,10 @@ class Quarantine:
         return f"nothing was released, but the claim could not be given back: {exc}; release --force sends it once the store is back"
 
     def _target(self) -> reinject.Target:
+        """release_smtp, with the TLS policy it is sent to with (release_smtp_tls, release_smtp_tls_ca_file)."""
+        section = self.config.quarantine
         try:
-            return reinject.parse_target(self.config.quarantine.release_smtp)
+            return reinject.parse_target(section.release_smtp, tls=section.release_smtp_tls, ca_file=section.release_smtp_tls_ca_file)
         except ValueError as exc:
             raise QuarantineError(f"[quarantine] release_smtp: {exc}") from None
 

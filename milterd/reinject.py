@@ -6,6 +6,17 @@ least privilege), or ``HOST:PORT`` / ``inet:HOST:PORT`` (TCP; with
 ``release_user`` and ``release_password_file`` milterd authenticates with
 SMTP AUTH, after STARTTLS when the server offers it).  A message is sent from an iterable of pieces, dot-stuffed on the
 way, so a large one is never held whole in memory.
+
+Over TCP, ``[quarantine] release_smtp_tls`` chooses how TLS is used, as Postfix's
+``smtp_tls_security_level`` does (the target carries it, see :func:`parse_target`):
+``may`` (STARTTLS where the server offers it, the certificate not verified;
+over loopback only when AUTH is to be sent), ``encrypt`` (STARTTLS required, not verified) or
+``verify`` (STARTTLS required, the certificate verified against the system's CAs
+or ``release_smtp_tls_ca_file``, and its name against the host of
+``release_smtp``).  A required STARTTLS that is not offered, refused or fails
+verification raises :class:`TLSRequiredError` before MAIL FROM: nothing is
+sent in clear, there is no fallback.  A unix socket never leaves this host: the
+configuration refuses ``encrypt`` and ``verify`` there.
 """
 
 from __future__ import annotations
@@ -17,19 +28,28 @@ import ssl
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator, Literal
 
 from .endpoints import connect, split_host_port, unix_path
-from .files import read_regular
+from .files import read_error, read_regular
+
+#: ``[quarantine] release_smtp_tls``: how a TCP target uses STARTTLS (as Postfix's ``smtp_tls_security_level``).
+TLSLevel = Literal["may", "encrypt", "verify"]
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where to send: a unix socket path, or a TCP host and port."""
+    """Where to send: a unix socket path, or a TCP host and port, with its TLS policy.
+
+    *tls* and *ca_file* are ``[quarantine] release_smtp_tls`` and ``release_smtp_tls_ca_file``
+    (see the module docstring); a unix socket's are "may" and "".
+    """
 
     path: str = ""
     host: str = ""
     port: int = 0
+    tls: TLSLevel = "may"
+    ca_file: str = ""
 
     def __str__(self) -> str:
         return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
@@ -45,10 +65,24 @@ class Target:
             return False
 
 
-def parse_target(text: str, default_port: int = 25) -> Target:
-    """``unix:/path``, ``inet:HOST:PORT``, ``HOST:PORT``, ``[::1]:PORT`` or ``HOST`` → Target; ValueError otherwise."""
+def parse_target(text: str, default_port: int = 25, tls: TLSLevel = "may", ca_file: str = "") -> Target:
+    """``unix:/path``, ``inet:HOST:PORT``, ``HOST:PORT``, ``[::1]:PORT`` or ``HOST`` → Target; ValueError otherwise.
+
+    *tls* and *ca_file* (``[quarantine] release_smtp_tls`` and ``release_smtp_tls_ca_file``) go with a
+    TCP target; a unix socket takes neither (ValueError for "encrypt", "verify" or a CA file): what is
+    sent there never leaves this host, and a setting that seemed to protect it would protect nothing.
+    """
+    if tls not in ("may", "encrypt", "verify"):
+        raise ValueError(f"release_smtp_tls: expected \"may\", \"encrypt\" or \"verify\", got {tls!r}")
+    if ca_file and tls != "verify":
+        raise ValueError(f"release_smtp_tls_ca_file is only used with release_smtp_tls = \"verify\" (it is {tls!r})")
     text = text.strip()
     if text.startswith("unix:"):
+        if tls != "may":
+            raise ValueError(
+                f"release_smtp_tls = {tls!r} applies to a HOST:PORT target; {text!r} is a unix socket, which never "
+                f"leaves this host (no TLS there): leave release_smtp_tls = \"may\""
+            )
         try:
             return Target(path=unix_path(text))
         except ValueError:
@@ -60,7 +94,7 @@ def parse_target(text: str, default_port: int = 25) -> Target:
         host = ""
     if not host:
         raise ValueError(f"expected unix:/path or HOST:PORT, got {text!r}")
-    return Target(host=host, port=port)
+    return Target(host=host, port=port, tls=tls, ca_file=ca_file)
 
 
 class UnixSMTP(smtplib.SMTP):
@@ -184,19 +218,12 @@ def send(
     delivered: dict[str, str] = {}
     refused = progress.refused
     spool: IO[bytes] | None = None
+    context = tls_context(target) if _tls_required(target) else None  # a CA file that cannot be used fails before connecting
     client = open_client(target, helo, timeout)
     try:
         client.ehlo_or_helo_if_needed()
+        start_tls(client, target, auth is not None, context)
         if auth is not None:
-            if client.has_extn("starttls"):
-                # Opportunistic, as Postfix's smtp_tls_security_level = may: the
-                # password is not sent in clear where the server offers TLS (and
-                # Postfix with smtpd_tls_auth_only offers AUTH only after it).
-                client.starttls(context=_opportunistic_tls())
-                client.ehlo()
-            elif not target.local:
-                # Anyone on the path could strip STARTTLS from the EHLO reply and read the password.
-                raise smtplib.SMTPException(f"{target} offers no STARTTLS: the SMTP AUTH password is sent in clear only over loopback or a unix socket")
             client.login(*auth)
         options = []
         if client.has_extn("8bitmime"):
@@ -291,12 +318,102 @@ def _replayed(spool: IO[bytes]) -> Iterator[bytes]:
         yield piece
 
 
+class TLSRequiredError(smtplib.SMTPException):
+    """``release_smtp_tls`` = "encrypt" or "verify" could not be honoured: no STARTTLS, a failed handshake or
+    verification, an unusable CA file.  Raised before MAIL FROM: nothing was sent."""
+
+
+def _tls_required(target: Target) -> bool:
+    return not target.path and target.tls != "may"
+
+
+def start_tls(client: smtplib.SMTP, target: Target, auth: bool, context: ssl.SSLContext | None = None) -> bool:
+    """STARTTLS on *client* (EHLO done) as *target*'s policy asks; return whether TLS was started.
+
+    With "may" (and on a unix socket), TLS is started only where the server offers it (over loopback
+    only when AUTH is to be sent), and a server off loopback that offers none gets no password (SMTPException).  With
+    "encrypt" and "verify", STARTTLS must be offered and succeed, and with "verify" the certificate
+    must verify: else :class:`TLSRequiredError`, and the caller sends nothing more.
+    """
+    offered = client.has_extn("starttls")
+    if not _tls_required(target):
+        if not auth and (target.local or not offered):
+            return False  # over loopback or a unix socket nothing is on the path to read
+        if not offered:
+            if not target.local:
+                # Anyone on the path could strip STARTTLS from the EHLO reply and read the password.
+                raise smtplib.SMTPException(f"{target} offers no STARTTLS: the SMTP AUTH password is sent in clear only over loopback or a unix socket")
+            return False
+        # Opportunistic, as Postfix's smtp_tls_security_level = may: a host off
+        # loopback that offers TLS gets the message (and any password) over it;
+        # Postfix with smtpd_tls_auth_only offers AUTH only after it.
+        client.starttls(context=_opportunistic_tls())
+        client.ehlo()
+        return True
+    required = f"release_smtp_tls = \"{target.tls}\" requires TLS: nothing was sent"
+    if not offered:
+        raise TLSRequiredError(f"{target} offers no STARTTLS, and {required}")
+    try:
+        client.starttls(context=context or tls_context(target))
+    except ssl.SSLCertVerificationError as exc:
+        raise TLSRequiredError(f"{target}: TLS certificate not verified ({exc.verify_message or exc.reason}), and {required}") from exc
+    except ssl.SSLError as exc:
+        raise TLSRequiredError(f"{target}: TLS handshake failed ({exc.reason or exc}), and {required}") from exc
+    except smtplib.SMTPResponseException as exc:
+        raise TLSRequiredError(f"{target} refused STARTTLS ({_reply(exc.smtp_code, exc.smtp_error)}), and {required}") from exc
+    client.ehlo()
+    return True
+
+
+def tls_context(target: Target) -> ssl.SSLContext:
+    """The TLS context *target*'s policy asks for: no verification ("may", "encrypt"), or ("verify") the
+    certificate checked against ``release_smtp_tls_ca_file`` (only it), else the system's CAs, and its
+    name against the target's host (smtplib gives the host it connected to as the server name).
+
+    TLSRequiredError when the CA file cannot be read or holds no certificate.
+    """
+    if target.tls != "verify":
+        return _opportunistic_tls()
+    if not target.ca_file:
+        return ssl.create_default_context()  # CERT_REQUIRED, check_hostname, the system's CAs
+    try:
+        data = read_regular(Path(target.ca_file))  # not a FIFO that would hang the release
+    except (OSError, ValueError) as exc:
+        raise TLSRequiredError(f"release_smtp_tls_ca_file: cannot read {target.ca_file}: {read_error(exc)}") from None
+    cadata: str | bytes = data.decode("ascii", "replace") if b"-----BEGIN" in data else data  # PEM, else DER
+    try:
+        return ssl.create_default_context(cadata=cadata)  # these CAs only, as Postfix's smtp_tls_CAfile
+    except (ssl.SSLError, ValueError) as exc:
+        raise TLSRequiredError(f"release_smtp_tls_ca_file: {target.ca_file} holds no usable CA certificate (PEM or DER): {exc}") from None
+
+
 def probe(target: Target, timeout: float = 5.0) -> str:
     """The first line of the server's banner (then QUIT); OSError when it does not answer."""
     with connect(target.host, target.port, target.path, timeout) as sock:
         banner = sock.recv(512).decode("ascii", "replace").strip()
         sock.sendall(b"QUIT\r\n")
     return banner.splitlines()[0] if banner else ""
+
+
+def probe_tls(target: Target, helo: str, timeout: float = 5.0) -> str:
+    """What a release to *target* would do before MAIL FROM: banner, EHLO and, as its TLS policy asks,
+    STARTTLS (with "verify", the certificate verified); then QUIT.  Returns a description of the TLS
+    session ("" without one); raises OSError or SMTPException (TLSRequiredError) as a release would fail."""
+    context = tls_context(target) if _tls_required(target) else None
+    client = open_client(target, helo, timeout)
+    try:
+        client.ehlo_or_helo_if_needed()
+        started = start_tls(client, target, False, context)
+        version = client.sock.version() if isinstance(client.sock, ssl.SSLSocket) else None
+        try:
+            client.quit()
+        except (OSError, smtplib.SMTPException):
+            pass
+    finally:
+        client.close()
+    if not started:
+        return ""
+    return f"{version or 'TLS'}, certificate {'verified' if target.tls == 'verify' else 'not verified'}"
 
 
 def _opportunistic_tls() -> ssl.SSLContext:
