@@ -313,8 +313,20 @@ class Pipeline:
         metrics.observe(record, eom_started, stored=not envelope.store_error)
         return outcome
 
-    def _log_failure(self, session: Session, envelope: Envelope, error: Exception, eom_started: float, row: bool) -> None:
-        """Log a message end of message failed on (*error*) as tempfailed: its summary line, and its row when *row*.
+    def fail(self, session: Session, envelope: Envelope, error: Exception) -> None:
+        """An internal error (*error*) tempfailed the message before end of message: log it as end of message's are.
+
+        For the adapter, when a stage of the message itself (DATA, a header, end of headers,
+        the body: a full disk while the body is spooled) raised: its summary line and a row
+        with action tempfail and the error as reason, so that ``milterd log`` and rule tuning
+        see the attempt.  The transaction is then logged (``finish`` writes nothing more).
+        Never raises; the adapter answers 451 4.3.0 whatever happens here.
+        """
+        self._log_failure(session, envelope, error, None, row=True)
+
+    def _log_failure(self, session: Session, envelope: Envelope, error: Exception, eom_started: float | None, row: bool) -> None:
+        """Log a message end of message (or an earlier stage, *eom_started* None) failed on (*error*) as tempfailed:
+        its summary line, and its row when *row*.
 
         Never raises: what fails here is logged at debug level.
         """

@@ -77,6 +77,10 @@ def dropped_helo(stage: str, connected: bool, in_transaction: bool) -> bool:
     return connected and not in_transaction and stage in ("helo", "mail", "abort", "close")
 
 
+#: The stages of the message itself (from DATA on), by callback name: an internal error there
+#: tempfails the whole message, which is then logged (``MilterdMilter._log_failed_message``).
+_MESSAGE_STAGES = frozenset({"data", "header", "eoh", "body", "eom"})
+
 #: The stages that may be negotiated without a reply (over a unix socket), by callback name.
 _NO_REPLY = {"connect": Milter.P_NR_CONN, "helo": Milter.P_NR_HELO, "header": Milter.P_NR_HDR, "body": Milter.P_NR_BODY}
 
@@ -340,8 +344,9 @@ class MilterdMilter(Milter.Base):
             return self._answer_carried(stage)
         try:
             return func(*args)
-        except Exception:  # noqa: BLE001 - answer 451 rather than crash or accept blindly
+        except Exception as exc:  # noqa: BLE001 - answer 451 rather than crash or accept blindly
             log.exception("internal error at %s for client %s; answering tempfail", stage, self.session.client_addr)
+            self._log_failed_message(stage, exc)
             try:
                 self.setreply(*setreply_args(INTERNAL_ERROR))
             except Exception:  # noqa: BLE001
@@ -356,13 +361,37 @@ class MilterdMilter(Milter.Base):
             return Milter.NOREPLY  # already refused or failed: the rest of the stage changes nothing
         try:
             result = func(*args)
-        except Exception:  # noqa: BLE001 - tempfail at the next reply rather than crash or accept blindly
+        except Exception as exc:  # noqa: BLE001 - tempfail at the next reply rather than crash or accept blindly
             log.exception("internal error at %s for client %s; answering tempfail at the next reply", stage, self.session.client_addr)
+            self._log_failed_message(stage, exc)
             self._carry(stage, Decision(Action.TEMPFAIL, INTERNAL_ERROR))
             return Milter.NOREPLY
         if result != Milter.CONTINUE and self.refusal is not None:
             self._carry(stage, self.refusal)
         return Milter.NOREPLY
+
+    def _log_failed_message(self, stage: str, error: Exception) -> None:
+        """An internal error at a stage of the message itself: log the message as tempfailed (summary line and row).
+
+        From DATA on, an internal error tempfails the whole message, over TCP at once, over
+        a unix socket at the next stage that replies (end of headers, end of message): it is
+        logged as one at end of message is (``Pipeline.fail``), not dropped unlogged when
+        the transaction ends.  End of message logs its own (``Pipeline.eom``: a second call
+        here writes nothing).  MAIL and RCPT are not: a 451 there ends no message (the client
+        may give another MAIL FROM, the other recipients go on).  Never raises.
+        """
+        envelope = self.envelope
+        if stage not in _MESSAGE_STAGES or envelope is None:
+            return
+        try:
+            # Over a unix socket DATA may be skipped: the queue id comes with end of headers' macros.
+            envelope.queue_id = self._symval("i") or envelope.queue_id
+        except Exception:  # noqa: BLE001 - logged without it rather than not at all
+            log.debug("cannot read the queue id of the failed message", exc_info=True)
+        try:
+            self.pipeline.fail(self.session, envelope, error)
+        except Exception:  # noqa: BLE001 - the 451 is what matters
+            log.debug("cannot log the failed message", exc_info=True)
 
     def _judge_dropped(self, stage: str) -> None:
         """Judge the callback pymilter dropped before this one; what it decides waits for the next reply (``_carried``).
