@@ -93,7 +93,7 @@ class MilterSection(Section):
     spool_memory: Size = Field(1024 * 1024, description="Bodies up to this size stay in memory; larger ones are spooled to a temporary file.")
     spool_dir: str = Field("", description="Directory for a worker's temporary files: spooled bodies, and the decoded attachments and archive copies of the attachment checks; empty uses the system's temporary directory. Checked at start: the service user must be able to write it (or the system's temporary directory).")
     log_target: Literal["stderr", "syslog"] = Field("stderr", description="Where the per-message summary lines and errors go.")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level of messages written to the log.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level of messages written to the log; a reload (SIGHUP) applies a change.")
     timeout: Duration = Field(0.0, description="libmilter's I/O timeout towards Postfix; 0 keeps libmilter's default (2 hours).")
     delay_reject: bool = Field(True, description="Apply rejects found at connect or HELO at MAIL FROM, once SMTP AUTH is known (like Postfix's smtpd_delay_reject).")
     max_headers: int = Field(1000, ge=0, description="Most header fields a message may have; one more is refused with 554 5.6.0 at that header, whatever Postfix's own limits; 0 is no limit.")

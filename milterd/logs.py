@@ -169,6 +169,16 @@ def hide_database_url(url: str) -> None:
             handler.formatter.hide(url)
 
 
+def set_level(level: str) -> None:
+    """Make *level* (``[milter] log_level``: debug, info, warning, error) the lowest level milterd logs.
+
+    Set on the root logger, which the workers inherit when they are forked: a reload
+    (SIGHUP) applies a new level to the supervisor here, and to the workers it starts.
+    The libraries' own loggers keep theirs (see :func:`setup_logging`).
+    """
+    logging.getLogger().setLevel(level.upper())
+
+
 def setup_logging(target: str, level: str, database_url: str = "") -> None:
     """Send milterd's log to stderr or to syslog's mail facility, Postfix-style.
 
@@ -185,7 +195,7 @@ def setup_logging(target: str, level: str, database_url: str = "") -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(SafeFormatter("%(asctime)s milterd[%(process)d]: %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S", url=database_url))
     root.addHandler(handler)
-    root.setLevel(level.upper())
+    set_level(level)
     # What no format above uses, not looked up per record (the logging HOWTO's "Optimization"):
     # the caller's file, line and function (a walk up the stack), the thread and the
     # multiprocessing process name.  The summary line is logged once per message.

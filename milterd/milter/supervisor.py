@@ -35,7 +35,7 @@ import milter
 from .. import maintenance, metrics
 from ..config import Config, ConfigError, load_config
 from ..endpoints import SocketSpec, parse_socket
-from ..logs import hide_database_url, setup_logging
+from ..logs import hide_database_url, set_level, setup_logging
 from ..message.pipeline import Pipeline
 from ..services import Services, build
 from ..store import StoreError
@@ -164,8 +164,26 @@ def socket_umask(socket_mode: str) -> int:
     return 0o777 & ~int(socket_mode, 8)
 
 
+#: The keys of ``[milter]`` that name a user or a group, and which of the two each names.
+ACCOUNT_KEYS = (("user", "user"), ("group", "group"), ("socket_owner", "user"), ("socket_group", "group"))
+
+
+def check_account_names(config: Config) -> None:
+    """Refuse a user or group name of ``[milter]`` holding a NUL, naming the file and the key (ConfigError).
+
+    pwd and grp raise ValueError on such a name ("embedded null byte"): a traceback at
+    start instead of an error an administrator can act on.  Checked whoever starts
+    milterd, as a NUL in a path of milter.conf is (config.py).
+    """
+    where = config.path or "milter.conf"
+    for key, kind in ACCOUNT_KEYS:
+        if "\0" in getattr(config.milter, key):
+            raise ConfigError(where, f"[milter] {key}", f"contains a NUL character (\\0), which no {kind} name can hold")
+
+
 def _set_socket_owner(config: Config, path: str) -> None:
     where = config.path or "milter.conf"
+    check_account_names(config)
     try:
         uid = pwd.getpwnam(config.milter.socket_owner).pw_uid if config.milter.socket_owner else -1
     except KeyError:
@@ -192,8 +210,10 @@ def service_account(config: Config) -> tuple[str, int, int] | None:
     """The account (name, uid, gid) a root-started ``serve`` runs as; None when it stays as started.
 
     None when not root, or with ``[milter] user = "root"``.  An unknown user or
-    group is a ConfigError naming the key.
+    group is a ConfigError naming the key, as is a NUL in any user or group name of
+    ``[milter]``, whoever starts milterd (:func:`check_account_names`).
     """
+    check_account_names(config)
     if os.geteuid() != 0 or config.milter.user == "root":
         return None
     where = config.path or "milter.conf"
@@ -481,11 +501,15 @@ def reload_blockers(config: Config) -> list[ConfigError]:
     return problems
 
 
-#: The keys only a start applies (the socket, who milterd runs as, its log, the metrics
-#: port): a reload that changes one goes on with the running value, and says so.
+#: The keys only a start applies (the socket, who milterd runs as, where its log goes, the
+#: metrics port): a reload that changes one goes on with the running value, and says so.
+#: ``log_level`` is not one: a reload applies it (``Supervisor._do_reload``).  ``log_target`` is:
+#: the log's destination is opened at start, as root, before the privileges are dropped; a reload
+#: runs as ``[milter] user``, which may not be allowed to open /dev/log, and a switch failing half-way
+#: would leave the supervisor logging nowhere while the workers being drained still log to the old one.
 RESTART_ONLY = (
     ("milter", "socket"), ("milter", "socket_mode"), ("milter", "socket_owner"), ("milter", "socket_group"),
-    ("milter", "user"), ("milter", "group"), ("milter", "log_target"), ("milter", "log_level"),
+    ("milter", "user"), ("milter", "group"), ("milter", "log_target"),
     ("metrics", "listen"),
 )
 
@@ -771,6 +795,12 @@ class Supervisor:
         log.info("reload: new configuration accepted; replacing workers one by one")
         old_config, old_services = self.config, self.services
         self.config, self.services = config, services
+        old_level = logging.getLogger().level
+        if config.milter.log_level != old_config.milter.log_level:
+            # Here, and in every worker forked from now on (they inherit it); the old workers
+            # keep theirs while they drain.
+            set_level(config.milter.log_level)
+            log.info("reload: [milter] log_level is now %s (was %s)", config.milter.log_level, old_config.milter.log_level)
         started: list[int] = []
         for pid in list(self.workers):
             if self._stopping:
@@ -784,6 +814,7 @@ class Supervisor:
                 # Every old worker not replaced yet keeps serving; those of the new configuration
                 # already started are stopped, and replaced by workers of the old one.
                 self.config, self.services = old_config, old_services
+                logging.getLogger().setLevel(old_level)  # before the workers of the old configuration are forked
                 for pid_new in started:
                     self._signal_stop(pid_new)
                     self._spawn()

@@ -46,7 +46,6 @@ def test_a_reload_names_each_changed_key_only_a_restart_applies(tmp_path: Path, 
         "milter.user": "nobody",
         "milter.group": "nogroup",
         "milter.log_target": "syslog",
-        "milter.log_level": "debug",
         "metrics.listen": "127.0.0.1:9899",
         "actions.reject": 20,  # applied by a reload: no warning
     }
