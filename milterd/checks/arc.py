@@ -31,7 +31,7 @@ from .. import dkimfast
 from ..authresults import authserv_id_of, claims
 from ..dkimsign import parse_key
 from ..files import read_error, read_regular
-from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError, Verdict
+from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError, Verdict, header_safe
 from ..message.policy import plan_headers
 from ..options import CheckSwitches, ConfigError
 from . import Check, Hits, Symbol
@@ -190,15 +190,9 @@ class Arc(ConfiguredCheck[ArcChecks]):
 
 
 def delivered_field(name: str, value: str) -> bytes:
-    """The header field *name* with milterd's *value* as Postfix delivers it: CRLF line ends.
-
-    As the milter adapter sends a value (``_header_safe``): no NUL or CR, each line
-    break a fold, a tab added where the next line does not start with white space,
-    lines of white space alone dropped; Postfix then ends each line with CRLF.
-    """
-    lines = value.replace("\x00", "").replace("\r", "").split("\n")
-    folded = lines[0] + "".join("\r\n" + (line if line[0] in " \t" else "\t" + line) for line in lines[1:] if line.strip())
-    return f"{name}: {folded}\r\n".encode("utf-8", "replace")
+    """The header field *name* with milterd's *value* as Postfix delivers it: the value as the
+    adapter sends it (:func:`~milterd.message.model.header_safe`), each line ended with CRLF."""
+    return (f"{name}: " + header_safe(value).replace("\n", "\r\n") + "\r\n").encode("utf-8", "replace")
 
 
 #: Where one header field of a CRLF header section ends: a line break not followed by a fold.

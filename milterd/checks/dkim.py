@@ -31,7 +31,7 @@ import dkim
 from pydantic import Field
 
 from .. import dkimfast, dkimsign
-from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError, Verdict
+from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError, Verdict, header_safe
 from ..message.policy import plan_headers
 from ..options import CheckSwitches, Size
 from . import Check, Hits, Symbol
@@ -412,8 +412,7 @@ def header_section_as_delivered(envelope: Envelope, subject_edits: list[HeaderEd
     lines = [raws[i] if raws is not None else name.encode("ascii", "replace") + b": " + value for i, (name, value) in enumerate(envelope.headers)]
     subjects = [i for i, (name, _) in enumerate(envelope.headers) if name.lower() == "subject"]
     for edit in subject_edits:
-        # As the adapter writes it: no NUL or CR, a line break folded.
-        line = b"Subject: " + edit.value.replace("\x00", "").replace("\r", "").encode("utf-8")
+        line = b"Subject: " + header_safe(edit.value).encode("utf-8")  # as the adapter sends it
         if edit.op == "add":
             lines.append(line)
         elif 0 < edit.index <= len(subjects):

@@ -89,6 +89,19 @@ class HeaderEdit:
     index: int = 0
 
 
+def header_safe(value: str) -> str:
+    """*value* as milterd hands a header value to Postfix (the adapter) and as it is then delivered.
+
+    A bare newline or NUL would corrupt the queue file.  A line break is kept as
+    folding: a tab is added only where the next line does not already start with
+    white space (a folded Subject keeps its spacing), and lines of white space
+    alone are dropped.  DKIM signing and ARC sealing compute over the same text.
+    """
+    lines = value.replace("\x00", "").replace("\r", "").split("\n")
+    folded = lines[0] + "".join("\n" + (line if line[0] in " \t" else "\t" + line) for line in lines[1:] if line.strip())
+    return folded.encode("utf-8", "replace").decode("utf-8")
+
+
 @dataclass
 class CheckStates:
     """What a session (per connection) and an envelope (per transaction) keep for

@@ -18,7 +18,7 @@ import Milter
 
 from ..checks import Stage
 from ..checks.headers import field_size, header_limit_hit
-from ..message.model import Action, Decision, Envelope, Hit, Session
+from ..message.model import Action, Decision, Envelope, Hit, Session, header_safe
 from ..message.pipeline import Outcome, Pipeline
 from ..message.reply import INTERNAL_ERROR, REJECT, TEMPFAIL, Reply, setreply_args
 from ..text import escape
@@ -492,7 +492,7 @@ class MilterdMilter(Milter.Base):
         return Milter.TEMPFAIL if code.startswith("4") else Milter.REJECT
 
     def _edit(self, op: str, name: str, value: str, index: int) -> None:
-        value = _header_safe(value)
+        value = header_safe(value)
         if value and self._leadspc:
             value = " " + value  # with HDR_LEADSPC Postfix adds no space after the colon
         if op == "add":
@@ -529,13 +529,3 @@ def _strip_brackets(address: str) -> str:
     if address.startswith("<") and address.endswith(">"):
         address = address[1:-1]
     return address
-
-
-def _header_safe(value: str) -> str:
-    # A header value with a bare newline or NUL would corrupt the queue file.  A
-    # line break is kept as folding: a tab is added only where the next line does
-    # not already start with white space (a folded Subject keeps its spacing), and
-    # lines of white space alone are dropped.
-    lines = value.replace("\x00", "").replace("\r", "").split("\n")
-    folded = lines[0] + "".join("\n" + (line if line[0] in " \t" else "\t" + line) for line in lines[1:] if line.strip())
-    return folded.encode("utf-8", "replace").decode("utf-8")

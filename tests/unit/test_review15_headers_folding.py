@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from milterd.config import ActionsSection
 from milterd.message.model import Action, Verdict
+from milterd.message.model import header_safe as _header_safe
 from milterd.message.policy import plan_headers, spam_status
-from milterd.milter.adapter import _header_safe
 
 
 def _verdict(symbols: list[str], score: float = 12.3) -> Verdict:

@@ -25,8 +25,8 @@ from milterd.checks.dmarc import Evaluation
 from milterd.checks.spf import Spf
 from milterd.config import Config, load_config
 from milterd.message.model import Action, Envelope, Session, Spool, Verdict
+from milterd.message.model import header_safe as _header_safe
 from milterd.message.policy import FOLD_WIDTH, plan_headers
-from milterd.milter.adapter import _header_safe
 from milterd.services import build as build_services
 
 from .test_dkim import MESSAGE, FakeResolver
@@ -278,3 +278,15 @@ def test_a_folded_header_is_what_the_seal_attests_and_the_chain_verifies(service
     assert cv == dkim.CV_Pass, reason
     [aar] = [v.decode() for n, v in dkim.rfc822_parse(out)[0] if n == b"ARC-Authentication-Results"]
     assert all(f"header.d={s.domain}" in aar for s in LONG)
+
+
+def test_a_subject_edit_with_a_bare_line_break_is_signed_and_sealed_as_the_adapter_sends_it() -> None:
+    """On 1349334: DKIM signing and ARC sealing computed over ``Subject: a\\r\\nb`` (a line that starts a
+    new header), while the adapter sends ``a\\n\\tb``: neither signature could verify on the delivered copy."""
+    from milterd.checks.dkim import header_section_as_delivered
+    from milterd.message.model import HeaderEdit
+
+    envelope = envelope_from(b"From: a@example.org\r\nSubject: hello\r\n\r\nbody\r\n")
+    section = header_section_as_delivered(envelope, [HeaderEdit("change", "Subject", "[SPAM] a\nb", 1)])
+    assert section == b"From: a@example.org\r\nSubject: [SPAM] a\r\n\tb\r\n\r\n"
+    assert _header_safe("[SPAM] a\nb") == "[SPAM] a\n\tb"
