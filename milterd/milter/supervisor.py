@@ -799,8 +799,9 @@ class Supervisor:
         if config.milter.log_level != old_config.milter.log_level:
             # Here, and in every worker forked from now on (they inherit it); the old workers
             # keep theirs while they drain.
+            # Said at warning level: a quieter level would drop its own announcement.
+            log.warning("reload: [milter] log_level is now %s (was %s)", config.milter.log_level, old_config.milter.log_level)
             set_level(config.milter.log_level)
-            log.info("reload: [milter] log_level is now %s (was %s)", config.milter.log_level, old_config.milter.log_level)
         started: list[int] = []
         for pid in list(self.workers):
             if self._stopping:

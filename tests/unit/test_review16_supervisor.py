@@ -158,6 +158,12 @@ def test_the_new_level_is_said_once_it_applies(tmp_path: Path, monkeypatch: pyte
     assert "reload done" in lines
 
 
+def test_a_quieter_level_is_still_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On 6eb61c3: info -> warning dropped its own "log_level is now warning" line (logged at info after the switch)."""
+    _sup, lines = reloaded(tmp_path, "warning", monkeypatch)
+    assert "reload: [milter] log_level is now warning (was info)" in lines, lines
+
+
 def test_a_reload_that_goes_back_restores_the_running_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The new workers could not start: the old configuration stays, its level too."""
     sup, _lines = reloaded(tmp_path, "debug", monkeypatch, replacement_starts=False)
