@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from .checks.arc import ArcChecks
@@ -330,11 +330,23 @@ class QuarantineSection(Section):
         parse_target(value)
         return value
 
-    @model_validator(mode="after")
-    def _release_tls(self) -> "QuarantineSection":
-        # "encrypt"/"verify" on a unix socket, or a CA file that would not be used: a protection that is not there.
-        parse_target(self.release_smtp, tls=self.release_smtp_tls, ca_file=self.release_smtp_tls_ca_file)
-        return self
+    # "encrypt"/"verify" on a unix socket, or a CA file that would not be used: a protection that is not
+    # there.  Checked field by field (the fields before each are validated first), so that the error
+    # names its key as every other does.
+    @field_validator("release_smtp_tls")
+    @classmethod
+    def _release_tls(cls, value: Literal["may", "encrypt", "verify"], info: ValidationInfo) -> str:
+        if "release_smtp" in info.data:
+            parse_target(info.data["release_smtp"], tls=value)
+        return value
+
+    @field_validator("release_smtp_tls_ca_file")
+    @classmethod
+    def _release_ca_file(cls, value: str, info: ValidationInfo) -> str:
+        if "release_smtp" in info.data and "release_smtp_tls" in info.data:
+            parse_target(info.data["release_smtp"], tls=info.data["release_smtp_tls"], ca_file=value)
+        return value
+
     retention: Duration = Field(30 * 86400.0, description="Quarantined mail older than this is purged on a schedule; 0 keeps it.")
     postfix_config: str = Field("", description="Postfix's config_directory for 'postsuper -c DIR -H' when releasing held mail; empty: Postfix's default.")
     report_from: str = Field("", description="From: of digests and virus notices, and the digest's envelope sender (notices go from the null sender); empty: postmaster@ this host's name.")

@@ -365,3 +365,14 @@ def test_doctor_warns_of_may_towards_another_host(monkeypatch: pytest.MonkeyPatc
     assert finding.status == "warn" and "set release_smtp_tls = \"verify\"" in finding.detail, finding
     local = diagnostics.probe_release_smtp(Config().with_changes({"quarantine.release_smtp": "127.0.0.1:10027"}))
     assert local.status == "ok", local
+
+
+def test_the_tls_refusal_names_its_section_as_every_error_does(tmp_path: Path) -> None:
+    """On a7b28d4 the line read "q.conf: quarantine: release_smtp_tls = ..."; errors name the key as [section] key."""
+    from milterd.config import ConfigError, load_config
+
+    path = tmp_path / "q.conf"
+    path.write_text('[quarantine]\nrelease_smtp_tls = "verify"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == "[quarantine] release_smtp_tls" and str(caught.value).startswith(f"{path}: [quarantine] release_smtp_tls: release_smtp_tls = 'verify'")
