@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("paths", nargs="*", type=Path, metavar="FILE", help="message file (.eml), mbox, Maildir or directory")
     parser.add_argument("--client-ip", metavar="IP", default="", help="the SMTP client's address (default: none; connection checks see nothing)")
     parser.add_argument("--client-name", metavar="NAME", default="", help="the client's verified host name")
-    parser.add_argument("--helo", metavar="NAME", default="", help="the HELO/EHLO name (default: none; HELO checks are skipped)")
+    parser.add_argument("--helo", metavar="NAME", default="", help="the HELO/EHLO name (default: the client address literal, [IP])")
     parser.add_argument("--from", dest="sender", metavar="ADDR", default=None, help="envelope sender (default: Return-Path, else From)")
     parser.add_argument("--to", dest="recipients", metavar="ADDR", action="append", default=[], help="an envelope recipient; repeat for more (default: To and Cc)")
     parser.add_argument("--auth-user", metavar="USER", default="", help="act as if the client authenticated as USER")

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from .. import greylist as gl
 from ..config import Config, load_config
 from ..store import Store, StoreError
+from ..units import format_duration
 from . import config_parent, count_arg, describe_failure, open_store
 
 #: Triplets a ``purge --dry-run`` names one by one; the rest are only counted (in SQL).
@@ -203,7 +204,7 @@ def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
             print(f"would purge {row['network']} <{row['sender']}> <{row['recipient']}> (expired {row['expires_at']:%Y-%m-%d %H:%M:%S})")
         total = store.greylist.count_triplets(expired=True, now=now) if len(expired) >= DRY_RUN_SHOWN else len(expired)
         _more(total, len(expired))
-        print(f"would purge {total} expired triplet(s) and the clients unseen for {config.greylist.expire:g}s (dry run: nothing deleted)")
+        print(f"would purge {total} expired triplet(s) and the clients unseen for {format_duration(config.greylist.expire)} (dry run: nothing deleted)")
         return 0
     triplets, clients = store.greylist.purge(config.greylist.expire)
     print(f"purged {triplets} expired triplet(s) and {clients} stale client(s)")

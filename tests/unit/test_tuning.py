@@ -155,6 +155,12 @@ def test_symbols_toml_lists_every_builtin_symbol() -> None:
     assert not missing, f"not in rules/symbols.toml (run `milterd rules symbols > rules/symbols.toml`): {missing}"
 
 
+def test_symbols_toml_is_what_rules_symbols_writes(capsys) -> None:
+    """Names, scores and descriptions: the shipped file is the generated one (it drifted in four descriptions)."""
+    assert main(["rules", "symbols", "-c", str(REPO / "milter.conf")]) == 0
+    assert capsys.readouterr().out == (REPO / "rules" / "symbols.toml").read_text(), "run `milterd rules symbols > rules/symbols.toml`"
+
+
 def test_shipped_configuration_lints(capsys) -> None:
     assert main(["rules", "lint", "-c", str(REPO / "milter.conf")]) == 0
     assert "OK" in capsys.readouterr().out
