@@ -350,7 +350,10 @@ def check_writable(config: Config) -> None:
     path = _sqlite_path(config)
     if path is not None:
         files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
-        if not _access(path.parent, os.X_OK) or (not all(map(os.path.lexists, files)) and not _access(path.parent, os.W_OK)):
+        closed = _first_closed(path.parent)
+        if closed is not None:
+            raise ConfigError(where, "[database] url", f"{who} cannot enter {closed}, on the way to {path} (a directory the account may not search)")
+        if not all(map(os.path.lexists, files)) and not _access(path.parent, os.W_OK):
             raise ConfigError(where, "[database] url", f"{who} cannot write {path.parent} (SQLite needs the file and its directory)")
         for target in files:
             if os.path.lexists(target) and not _access(target, os.R_OK | os.W_OK):
@@ -362,6 +365,15 @@ def check_writable(config: Config) -> None:
     if not _access(spool, os.W_OK | os.X_OK):
         why = "" if config.milter.spool_dir else " (the system's temporary directory, used while spool_dir is empty)"
         raise ConfigError(where, "[milter] spool_dir", f"{who} cannot write {spool}{why}")
+
+
+def _first_closed(directory: Path) -> Path | None:
+    """The first directory from / down to *directory* that the effective ids may not search, else None."""
+    directory = Path(os.path.abspath(directory))
+    for step in (*reversed(directory.parents), directory):
+        if not _access(step, os.X_OK):
+            return step
+    return None
 
 
 def temporary_directory(config: Config) -> str:

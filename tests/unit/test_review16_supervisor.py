@@ -196,3 +196,33 @@ def test_set_level_is_what_setup_logging_sets() -> None:
     assert logging.getLogger().level == logging.WARNING
     set_level("debug")
     assert logging.getLogger().level == logging.DEBUG
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="becoming nobody (and back) needs root")
+def test_a_store_behind_a_directory_the_account_cannot_enter_is_named_so(tmp_path: Path) -> None:
+    """On 5071120: "user nobody cannot write /…/repo", for a checkout under a 0700 directory (as /root is)."""
+    import pwd
+    import shutil
+    import tempfile
+
+
+    top = Path(tempfile.mkdtemp(prefix="milterd-closed-"))
+    try:
+        top.chmod(0o755)
+        closed = top / "root"
+        repo = closed / "repo"
+        repo.mkdir(parents=True)
+        closed.chmod(0o700)
+        repo.chmod(0o777)
+        config = load_config(write_conf(tmp_path)).with_changes({"database.url": f"sqlite:///{repo / 'milterd.sqlite'}"})
+        nobody = pwd.getpwnam("nobody")
+        os.seteuid(nobody.pw_uid)
+        try:
+            with pytest.raises(ConfigError) as caught:
+                supervisor.check_writable(config)
+        finally:
+            os.seteuid(0)
+        assert caught.value.key == "[database] url"
+        assert f"cannot enter {closed}, on the way to {repo / 'milterd.sqlite'}" in caught.value.reason
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
