@@ -9,8 +9,8 @@ that quarantine releases go to), what the classifier's model holds (messages
 learned, tokens, the oldest and newest learn; a warning while it is on but
 abstains below ``min_spam``/``min_ham``), and Postfix's
 settings read with ``postconf`` fit milterd's (the milter is in
-``smtpd_milters``; ``milter_default_action`` is not ``accept`` while a scanner
-fails closed; the milter timeouts are longer than the scanners'), and each
+``smtpd_milters``; ``milter_default_action`` is not ``accept`` while a scanner,
+the log or greylisting fails closed; the milter timeouts are longer than the scanners'), and each
 DKIM signing key is published in DNS as it is; no private file (the SQLite
 store, a DKIM key, the release password) is open to every local user.  The
 Postfix rules are pure functions of the settings, tested without Postfix.
@@ -529,6 +529,8 @@ def judge_postfix(config: Config, settings: dict[str, str], queue_directory: str
     fails_closed = [name for name, section in (("clamav", config.clamav), ("spamd", config.spamd)) if section.enabled and section.on_error == "tempfail"]
     if config.database.on_error == "tempfail":
         fails_closed.append("database")
+    if config.greylist.enabled and config.greylist.on_error == "tempfail":
+        fails_closed.append("greylist")
     default_action = settings.get("milter_default_action", "tempfail")
     if default_action == "accept" and fails_closed:
         findings.append(Finding("postfix milter_default_action", "warn", f"accept while {', '.join(fails_closed)} fail closed (on_error = tempfail): when milterd itself is down, mail passes unscanned and unlogged"))

@@ -231,7 +231,16 @@ def score_derived(row: Mapping[str, Any], milter: MilterSection) -> bool:
 
     Actions forced by a hit (virus, DNSBL or SPF reject, greylisting, a store
     failure) or decided before end of data have another reason and are kept.
+    So is a 451 of a greylist store that did not answer (GREYLIST_ERROR with
+    action tempfail: ``[greylist] on_error = "tempfail"``), whose reason in score
+    mode starts with the score that greylisted it: the store's failure, not the
+    score, answered 451, and re-scored it would pass as if the store had answered
+    (or as ``on_error = "accept"`` lets it through), as a tempfail of a scanner's
+    error is not lowered.  With ``on_error = "accept"`` the row's action is the
+    score's (the message went on) and is re-derived as any other.
     """
+    if row.get("action") == Action.TEMPFAIL.label and "GREYLIST_ERROR" in (row.get("symbols") or {}):
+        return False
     reason = row.get("reason") or ""
     if reason.startswith("score "):
         return True
@@ -264,7 +273,9 @@ def logged_greylist(row: Mapping[str, Any]) -> GreylistStatus | None:
     A message that passed greylisting (GREYLIST_PASSED: the retry after the
     delay) or whose greylist store did not answer (GREYLIST_ERROR) was not
     deferred: a score at the greylist threshold gets the action below it, as
-    the milter gave.  Otherwise None (a score that greylists defers).
+    the milter gave.  Otherwise None (a score that greylists defers).  A row that
+    GREYLIST_ERROR tempfailed (``[greylist] on_error = "tempfail"``) is not
+    re-derived at all (:func:`score_derived`).
     """
     symbols = row.get("symbols") or {}
     if "GREYLIST_ERROR" in symbols:

@@ -62,7 +62,7 @@ class UriblChecks(CheckSwitches):
         ["google.com", "gmail.com", "youtube.com", "goo.gl", "microsoft.com", "office.com", "outlook.com", "live.com", "windows.net", "apple.com", "icloud.com", "amazon.com", "amazonaws.com", "facebook.com", "instagram.com", "whatsapp.com", "linkedin.com", "twitter.com", "x.com", "yahoo.com", "wikipedia.org", "github.com", "mozilla.org", "w3.org", "schema.org", "debian.org", "apache.org", "python.org", "paypal.com"],
         description="Registrable domains never looked up (well known, never listed: asking would only cost queries).",
     )
-    ip_lists: list[str] = Field(["SPAMHAUS_SBL"], description="Address links (http://192.0.2.1/) are looked up in these [[dnsbl]] zones or zone codes (name without DNSBL_: \"SPAMHAUS_SBL\"), whose operators allow it; a listing scores URIBL_IP_<NAME> with the zone's or code's score (never a reject).")
+    ip_lists: list[str] = Field(["SPAMHAUS_SBL"], description="Links to a public IP address (http://<a global IPv4 or IPv6 address>/; private, loopback, link-local and documentation addresses are never looked up) are looked up in these [[dnsbl]] zones or zone codes (name without DNSBL_: \"SPAMHAUS_SBL\"), whose operators allow it; a listing scores URIBL_IP_<NAME> with the zone's or code's score (never a reject).")
 
 
 log = logging.getLogger(__name__)
