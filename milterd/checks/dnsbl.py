@@ -187,6 +187,7 @@ class DnsLists(ConfiguredCheck[DnsblChecks]):
     symbols: ClassVar[tuple[Symbol, ...]] = (
         Symbol("DNSBL_TEMPFAIL", 0.0, "A DNS list could not be asked (timeout, SERVFAIL): counted as not listed"),
         Symbol("DNSBL_REFUSED", 0.0, "A DNS list refused the query (public resolver, over quota, key needed): counted as not listed"),
+        Symbol("DNSBL_SKIPPED_PRIVATE", 0.0, "The client's address is private ([checks.dnsbl] skip_private): no DNS list was asked"),
     )
 
     def __init__(self, services: "Services") -> None:
@@ -218,7 +219,10 @@ class DnsLists(ConfiguredCheck[DnsblChecks]):
             network = private_network(ip)
             if network is not None:
                 log.info("client [%s] not looked up in the DNS lists: a private address (in %s; [checks.dnsbl] skip_private)", unscoped(ip), network)
-                return ()
+                # In every row too: a proxy or NAT that shows every client as private turns the lists off for all.
+                hits = [Hit("DNSBL_SKIPPED_PRIVATE", detail=f"{unscoped(ip)} in {network}")]
+                session.check_state(_STATE)["hits"] = hits
+                return hits if not self.services.config.milter.delay_reject else ()
         resolver = self.services.resolver
         deadline = resolver.stage_deadline(session.dns_deadlines, "connect")
         queries = [(dnsbl_name(session.client_addr, z.zone) or "", "A") for z in self._zones_for(ip)]
