@@ -53,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         cmd.add_argument("value", help="client: network, name, .suffix or /regex/; sender/recipient: address, @domain, .domain or /regex/")
         if name == "add":
             cmd.add_argument("--comment", default="", help="why (shown by whitelist list)")
-    whitelist.set_defaults(func=_guarded(run_whitelist), json=False)
+    whitelist.add_argument("--json", action="store_true", help="without an ACTION: as list --json")
+    whitelist.set_defaults(func=_guarded(run_whitelist))
 
     purge = actions.add_parser("purge", parents=[config_parent()], help="delete expired triplets and stale clients now")
     purge.add_argument("--triplet", nargs=3, metavar=("NETWORK", "SENDER", "RECIPIENT"), help="delete this one triplet instead (it is greylisted again)")
@@ -74,6 +75,8 @@ def _guarded(run: Callable[[argparse.Namespace, Config, Store], int]) -> Callabl
         except StoreError as exc:
             print(f"milterd: {exc}", file=sys.stderr)
             return 1
+        except BrokenPipeError:
+            raise  # the reader left (| head): cli.main ends quietly with 0
         except Exception as exc:  # noqa: BLE001 - no schema yet, database down
             print(f"milterd: cannot use the greylist: {describe_failure(exc)}", file=sys.stderr)
             return 1

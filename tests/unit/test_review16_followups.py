@@ -13,15 +13,19 @@ The rows of 2. are those the pipeline logs, the greylist table taken away under 
 
 from __future__ import annotations
 
+import io
 import ipaddress
+import json
 import re
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from milterd.checks.uribl import UriblChecks
+from milterd.cli import main as cli_main
 from milterd.config import ActionsSection, Config, MilterSection, load_config
 from milterd.diagnostics import Finding, judge_postfix
 from milterd.message.model import Envelope, Session
@@ -191,3 +195,38 @@ def test_milter_conf_carries_the_description() -> None:
     description = UriblChecks.model_fields["ip_lists"].description or ""
     conf = (Path(__file__).resolve().parents[2] / "milter.conf").read_text()
     assert f"# {description}\nip_lists = " in conf
+
+
+# --- greylist whitelist: --json without ACTION, and a reader that leaves (| head) ------------------
+class _ClosedPipe(io.StringIO):
+    """stdout read by ``head -1``: the reader leaves after the first few writes."""
+
+    def write(self, text: str) -> int:
+        if self.tell() > 100:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def _greylist_conf(tmp_path: Path) -> Path:
+    path = tmp_path / "g.conf"
+    path.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/g.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n')
+    assert cli_main(["db", "upgrade", "-c", str(path)]) == 0
+    return path
+
+
+def test_greylist_whitelist_takes_json_without_an_action(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On 0b97d2f: `milterd greylist whitelist --json` was 'unrecognized arguments: --json' (exit 2)."""
+    path = _greylist_conf(tmp_path)
+    capsys.readouterr()
+    assert cli_main(["greylist", "whitelist", "--json", "-c", str(path)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert any(r["kind"] == "client" and r["value"] == ".google.com" for r in rows)
+
+
+def test_greylist_whitelist_into_a_closed_pipe(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On 0b97d2f: `milterd greylist whitelist | head -1` said 'cannot use the greylist: BrokenPipeError' and exited 1."""
+    path = _greylist_conf(tmp_path)
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert cli_main(["greylist", "whitelist", "-c", str(path)]) == 0
+    assert "cannot use the greylist" not in capsys.readouterr().err
