@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import dkimfast
-from .checks.dmarc import a_label
 from .content.headertext import is_field_name
+from .dns import a_label
 from .files import read_error, read_regular
 from .options import ConfigError
 

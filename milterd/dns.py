@@ -25,14 +25,17 @@ DNS-over-HTTPS…) is left to dnspython's resolver, as before.
 from __future__ import annotations
 
 import contextlib
+import encodings.idna
 import functools
 import ipaddress
 import logging
 import math
+import re
 import select
 import socket
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -98,8 +101,51 @@ class Answer:
 
 
 def cache_key(name: str, rdtype: str) -> tuple[str, str]:
-    """The answer cache's key of a question: the name lower-cased without its trailing dot, the type upper-cased."""
-    return name.lower().rstrip("."), rdtype.upper()
+    """The answer cache's key of a question, and the question asked: the name lower-cased without its
+    trailing dot, its U-labels as IDNA2008 A-labels (:func:`a_label`), the type upper-cased.
+
+    Encoded here, not by dnspython: its codec is IDNA2003 unless the ``idna`` package happens to be
+    installed, and IDNA2003 asks about ``strasse.example`` for ``straße.example``, another domain
+    with its own owner, whose SPF record would then judge mail from the first.
+    """
+    name = name.lower().rstrip(".")
+    if not name.isascii():
+        name = a_label(name) or name  # one IDNA refuses: dnspython's resolver makes its error answer
+    return name, rdtype.upper()
+
+
+#: The IDNA deviation characters IDNA2008 keeps in a label (ZWJ and ZWNJ aside: see _label_a).
+_DEVIATIONS = re.compile("([\u00df\u03c2])")
+
+
+def a_label(name: str) -> str | None:
+    """*name* with its U-labels converted to A-labels (RFC 7489 §6.6.1), or None when it cannot be.
+
+    As IDNA2008 (UTS #46 non-transitional) converts them: ``faß.example`` is
+    ``xn--fa-hia.example``, not IDNA2003's ``fass.example``, another domain
+    with its own owner and policy.
+    """
+    if name.isascii():
+        return name
+    labels = encodings.idna.dots.split(name)
+    if len(labels) > 1 and not labels[-1]:
+        labels.pop()  # a trailing dot (any of IDNA's full stops)
+    try:
+        return ".".join(_label_a(label) for label in labels).lower()
+    except UnicodeError:
+        return None
+
+
+def _label_a(label: str) -> str:
+    if not _DEVIATIONS.search(label):
+        return bytes(encodings.idna.ToASCII(label)).decode("ascii")
+    # IDNA2003's nameprep maps ß to "ss" and ς to σ; IDNA2008 keeps them.  (It also drops
+    # ZWJ and ZWNJ, which stays: "bank<ZWJ>.example" looks like bank.example and gets its policy.)
+    mapped = "".join(part if _DEVIATIONS.fullmatch(part) else encodings.idna.nameprep(part) for part in _DEVIATIONS.split(label))
+    ace = "xn--" + unicodedata.normalize("NFC", mapped).encode("punycode").decode("ascii")
+    if len(ace) > 63:
+        raise UnicodeError("label too long")
+    return ace
 
 
 def parse_nameserver(spec: str) -> tuple[str, int]:

@@ -28,7 +28,6 @@ applies no DMARC then, rather than the organizational domain's policy.
 
 from __future__ import annotations
 
-import encodings.idna
 import functools
 import random
 import re
@@ -41,6 +40,7 @@ from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
 from ..content.headertext import addresses, decoded
+from ..dns import a_label
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
@@ -64,8 +64,6 @@ STATE = "dmarc"
 Policy = Literal["none", "quarantine", "reject"]
 _MILDER: dict[str, Policy] = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 _DOMAIN = re.compile(r"[\w-]{1,63}(\.[\w-]{1,63})*")
-#: The IDNA deviation characters IDNA2008 keeps in a label (ZWJ and ZWNJ aside: see _label_a).
-_DEVIATIONS = re.compile("([\u00df\u03c2])")
 #: A name DNS can be asked about: at most 253 characters, labels of 1 to 63 letters, digits, '-' or '_'.
 #: What can start a domain written with junk after it (see _shown_domain).
 _DOMAIN_HEAD = re.compile(r"[\w.-]+")
@@ -151,36 +149,6 @@ def _from_domain(value: str) -> str | None:
     domain = domains.pop()
     # Only a name that can be a domain: it goes into DNS queries, a reply and a header.
     return domain if _DOMAIN.fullmatch(domain) else None
-
-
-def a_label(name: str) -> str | None:
-    """*name* with its U-labels converted to A-labels (RFC 7489 §6.6.1), or None when it cannot be.
-
-    As IDNA2008 (UTS #46 non-transitional) converts them: ``faß.example`` is
-    ``xn--fa-hia.example``, not IDNA2003's ``fass.example``, another domain
-    with its own owner and policy.
-    """
-    if name.isascii():
-        return name
-    labels = encodings.idna.dots.split(name)
-    if len(labels) > 1 and not labels[-1]:
-        labels.pop()  # a trailing dot (any of IDNA's full stops)
-    try:
-        return ".".join(_label_a(label) for label in labels).lower()
-    except UnicodeError:
-        return None
-
-
-def _label_a(label: str) -> str:
-    if not _DEVIATIONS.search(label):
-        return bytes(encodings.idna.ToASCII(label)).decode("ascii")
-    # IDNA2003's nameprep maps ß to "ss" and ς to σ; IDNA2008 keeps them.  (It also drops
-    # ZWJ and ZWNJ, which stays: "bank<ZWJ>.example" looks like bank.example and gets its policy.)
-    mapped = "".join(part if _DEVIATIONS.fullmatch(part) else encodings.idna.nameprep(part) for part in _DEVIATIONS.split(label))
-    ace = "xn--" + unicodedata.normalize("NFC", mapped).encode("punycode").decode("ascii")
-    if len(ace) > 63:
-        raise UnicodeError("label too long")
-    return ace
 
 
 def queryable(name: str) -> bool:

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
+from ..dns import a_label
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
 from ..options import ConfigError, Section
 from . import Check, Hits, Symbol
-from .dmarc import a_label, from_domains
+from .dmarc import from_domains
 from .headers import unfold
 
 if TYPE_CHECKING:

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from ..dns import a_label
 from ..message.model import Envelope, Hit, Session
 from ..options import CheckSwitches
 from . import Hits, Symbol
@@ -42,9 +43,14 @@ def split_address(address: str) -> tuple[str, str] | None:
 
 
 def dns_name(domain: str) -> str | None:
-    """*domain* (without a trailing dot) as a DNS query names it, U-labels as A-labels (IDNA, as the
-    resolver encodes them); None when it cannot be put in a query at all: a label empty or over 63
-    octets once encoded, a character IDNA refuses (an undecodable byte among them), over 253 octets."""
+    """*domain* (without a trailing dot) as a DNS query names it, U-labels as IDNA2008 A-labels (as the
+    resolver asks, :func:`milterd.dns.cache_key`); None when it cannot be put in a query at all: a label
+    empty or over 63 octets once encoded, a character IDNA refuses (an undecodable byte among them),
+    over 253 octets."""
+    if not domain.isascii():
+        domain = a_label(domain) or ""
+        if not domain:
+            return None
     try:
         name = b".".join(encodings.idna.ToASCII(label) for label in domain.split("."))
     except UnicodeError:
