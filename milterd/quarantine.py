@@ -271,33 +271,111 @@ def default_who(config: Config) -> str:
     return f"{calling_user()}@{config.hostname}"
 
 
-def format_digest(rows: list[dict[str, Any]], config: Config, since: dt.datetime, now: dt.datetime) -> str:
-    """The text of the postmaster's digest: counts by reason, then one block per message."""
+#: Messages a digest lists at most, the newest of its period (amavisd's and MailScanner's reports are
+#: bounded too): after a spam wave a digest of every message would be a mail of many megabytes, over
+#: Postfix's message_size_limit (10 MB by default) or past anyone's reading.  Its counts still cover
+#: the whole period, and its last line says how many more there are and how to list them.
+DIGEST_MAX_ENTRIES = 500
+#: Reasons the digest counts by, the most frequent (a reason holds the message's score: a spam wave
+#: has thousands); the others are summed on one line.
+DIGEST_MAX_REASONS = 20
+#: Characters of one field (subject, sender, reason, who released) in a digest, escaped: the sender
+#: writes them, and a 10 kB Subject must not make a 10 kB line.
+DIGEST_FIELD_WIDTH = 200
+#: Characters of a digest entry's recipients, at most (with ``(+N more)`` after them).
+DIGEST_RECIPIENTS_WIDTH = 300
+
+
+def _cut(text: str, width: int = DIGEST_FIELD_WIDTH) -> str:
+    """*text* (escaped already) cut to *width* characters, the cut marked by ``…``."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _field(value: object, width: int = DIGEST_FIELD_WIDTH) -> str:
+    """A field of the sender's text for a digest: escaped, and at most *width* characters."""
+    text = "" if value is None else value if isinstance(value, str) else str(value)
+    # Cut first (an escaped character is never shorter), so that a 10 MB field is never escaped whole.
+    return _cut(escape(text[: width + 1]), width)
+
+
+def _recipients_field(recipients: list[str] | None) -> str:
+    """The ``to:`` of a digest entry: the recipients as they fit in ``DIGEST_RECIPIENTS_WIDTH``, then ``(+N more)``."""
+    recipients = recipients or []
+    shown: list[str] = []
+    width = 0
+    for recipient in recipients:
+        item = "<" + _field(recipient) + ">"
+        if shown and width + len(item) + 2 > DIGEST_RECIPIENTS_WIDTH:
+            break
+        shown.append(item)
+        width += len(item) + 2
+    more = len(recipients) - len(shown)
+    return ", ".join(shown) + (f" (+{more} more)" if more else "")
+
+
+def list_command(config: Config, since: dt.datetime) -> str:
+    """The command that lists every message quarantined since *since* (those a digest left out)."""
+    conf = f" -c {config.path}" if config.path else ""
+    return f"milterd{conf} quarantine list --since {since.astimezone(dt.timezone.utc):%Y-%m-%dT%H:%M:%S}"
+
+
+def format_digest(
+    rows: list[dict[str, Any]], config: Config, since: dt.datetime, now: dt.datetime,
+    total: int | None = None, reasons: list[tuple[str, int]] | None = None,
+) -> str:
+    """The text of the postmaster's digest: counts by reason, then one block per message, oldest first.
+
+    *rows* are the period's messages oldest first, or its newest ones when *total* (the
+    period's count) is larger; *reasons* the period's counts by reason, most frequent first
+    (counted from *rows* when None).  At most ``DIGEST_MAX_ENTRIES`` of them are listed, the
+    newest, and ``DIGEST_MAX_REASONS`` reasons; the last line then says how many more
+    there are and the command that lists them.  Every field is escaped and cut
+    (``DIGEST_FIELD_WIDTH``): the digest's size has a bound whatever the senders wrote.
+    """
+    listed = rows[-DIGEST_MAX_ENTRIES:] if len(rows) > DIGEST_MAX_ENTRIES else rows
+    total = len(rows) if total is None else max(total, len(listed))
+    if reasons is None:
+        reasons = Counter(row["reason"] or "" for row in rows).most_common()
     lines = [
-        f"Quarantine on {config.hostname}: {len(rows)} message{'s' if len(rows) != 1 else ''}",
+        f"Quarantine on {config.hostname}: {total} message{'s' if total != 1 else ''}",
         f"from {since:%Y-%m-%d %H:%M} to {now:%Y-%m-%d %H:%M} UTC.",
         "",
     ]
-    if not rows:
+    if not total:
         lines.append("Nothing was quarantined.")
         return "\n".join(lines) + "\n"
     lines.append("By reason:")
-    for reason, count in Counter(row["reason"] or "(none)" for row in rows).most_common():
-        lines.append(f"  {count:5}  {escape(reason)}")
+    for reason, count in reasons[:DIGEST_MAX_REASONS]:
+        lines.append(f"  {count:5}  {_field(reason or '(none)')}")
+    others = reasons[DIGEST_MAX_REASONS:]
+    counted = sum(count for _reason, count in reasons[:DIGEST_MAX_REASONS])
+    if others or counted < total:
+        lines.append(f"  {total - counted:5}  (other reasons)")
     lines.append("")
-    for row in rows:
+    more = total - len(listed)
+    if more:
+        lines.append(f"The {len(listed)} newest are listed below; {more} older ones are not (see the end).")
+        lines.append("")
+    for row in listed:
         state, released = release_state(row), ""
         if state == "released":
-            released = f"  released {row['released_at']:%Y-%m-%d %H:%M} by {escape(row['released_by'])}\n"
+            released = f"  released {row['released_at']:%Y-%m-%d %H:%M} by {_field(row['released_by'])}\n"
         elif state:
-            released = f"  {escape(claim_text(row))}\n"
+            released = f"  {_field(claim_text(row), 2 * DIGEST_FIELD_WIDTH)}\n"
         lines.append(
-            f"#{row['id']}  {row['time']:%Y-%m-%d %H:%M:%S}  score {row['score']:.1f}  {escape(row['reason'])}\n"
-            f"  from:    <{escape(row['sender'])}>\n"
-            f"  to:      {', '.join('<' + escape(r) + '>' for r in row['recipients'] or [])}\n"
-            f"  subject: {escape(row['subject'])}\n"
+            f"#{row['id']}  {row['time']:%Y-%m-%d %H:%M:%S}  score {row['score']:.1f}  {_field(row['reason'])}\n"
+            f"  from:    <{_field(row['sender'])}>\n"
+            f"  to:      {_recipients_field(row['recipients'])}\n"
+            f"  subject: {_field(row['subject'])}\n"
             f"{released}"
             f"  release: {release_command(config, row['id'])}\n"
+        )
+    if more:
+        lines.append(
+            f"{more} more message{'s' if more != 1 else ''} of this period, older than those above, "
+            f"{'are' if more != 1 else 'is'} not listed; to see every message since {since:%Y-%m-%d %H:%M} UTC "
+            f"(newest first; --sender, --recipient or --reason narrow it):\n"
+            f"  {list_command(config, since)}\n"
         )
     return "\n".join(lines)
 
@@ -630,14 +708,22 @@ class Quarantine:
 
     # --- reports -------------------------------------------------------------------
     def digest(self, to: list[str], since: dt.datetime, sender: str | None = None) -> str:
-        """Send the postmaster's digest of what was quarantined since *since*; return its summary line."""
+        """Send the postmaster's digest of what was quarantined since *since*; return its summary line.
+
+        It lists the newest ``DIGEST_MAX_ENTRIES`` messages at most (see :func:`format_digest`);
+        neither the mail nor this process grows with the period's count."""
         now = utcnow()
-        rows = list(reversed(self.rows(since=since)))
-        text = format_digest(rows, self.config, since, now)
-        subject = f"milterd quarantine digest for {self.config.hostname}: {len(rows)} message{'s' if len(rows) != 1 else ''}"
+        # Bounded in the SQL, whatever the period holds: the counts are the database's, and only the
+        # newest DIGEST_MAX_ENTRIES rows are read; all three of the same window, up to *now*.
+        total, reasons = self.repo.reason_counts(since=since, older_than=now, limit=DIGEST_MAX_REASONS)
+        rows = self.repo.rows(since=since, older_than=now, limit=DIGEST_MAX_ENTRIES)[::-1]
+        text = format_digest(rows, self.config, since, now, total=total, reasons=reasons)
+        total = max(total, len(rows))  # a row committed between the two queries
+        subject = f"milterd quarantine digest for {self.config.hostname}: {total} message{'s' if total != 1 else ''}"
         sender = sender or self.report_from
         self._send_text(sender, sender, to, subject, text)
-        return f"{len(rows)} messages reported to {', '.join(to)}"
+        listed = f" ({len(rows)} newest listed)" if len(rows) < total else ""
+        return f"{total} messages reported to {', '.join(to)}{listed}"
 
     def notify_virus_recipients(self, since: dt.datetime, failed: list[str] | None = None) -> int:
         """Tell each recipient of a message quarantined as a virus since *since*; return how many notices were sent.
