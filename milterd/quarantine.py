@@ -284,6 +284,9 @@ DIGEST_MAX_REASONS = 20
 DIGEST_FIELD_WIDTH = 200
 #: Characters of a digest entry's recipients, at most (with ``(+N more)`` after them).
 DIGEST_RECIPIENTS_WIDTH = 300
+#: Rows the virus notices' pass reads per query (``quarantine digest --notify-virus-recipients``):
+#: it goes through the whole period, which after a virus wave holds thousands of rows.
+NOTICE_PAGE = 500
 
 
 def _cut(text: str, width: int = DIGEST_FIELD_WIDTH) -> str:
@@ -384,15 +387,16 @@ def virus_notice(row: dict[str, Any], report_from: str) -> tuple[str, str]:
     """The Subject and text of the notice to a recipient of a message quarantined as a virus.
 
     The quarantined message's Subject, sender and reason are the sender's text:
-    escaped, so that a CR/LF in them cannot add a header or forge lines.
+    escaped, so that a CR/LF in them cannot add a header or forge lines, and cut
+    as a digest's fields are (``DIGEST_FIELD_WIDTH``): a 10 kB Subject makes no 10 kB line.
     """
-    subject = escape(row["subject"] or "")
+    subject = _field(row["subject"])
     text = (
         f"A message to you was stopped because it carries a virus; it was not delivered.\n\n"
         f"  date:    {row['time']:%Y-%m-%d %H:%M} UTC\n"
-        f"  from:    <{escape(row['sender'])}>\n"
+        f"  from:    <{_field(row['sender'])}>\n"
         f"  subject: {subject}\n"
-        f"  found:   {escape(row['reason'])}\n\n"
+        f"  found:   {_field(row['reason'])}\n\n"
         f"If you expected this message, ask {report_from} (quarantine id {row['id']}).\n"
     )
     return f"Quarantined: {subject}"[:200], text
@@ -444,9 +448,16 @@ class Quarantine:
         self.config = config
         self.repo = QuarantineStore(store.engine)
 
-    def rows(self, since: dt.datetime | None = None, sender: str | None = None, recipient: str | None = None, reason: str | None = None, limit: int | None = None, older_than: dt.datetime | None = None) -> list[dict[str, Any]]:
-        """Quarantined messages (without the message itself), newest first."""
-        found = [row for row in self.repo.rows(since=since, older_than=older_than, sender=sender, limit=(limit or None) if recipient is None and not reason else None) if matches(row, None, recipient, reason)]
+    def rows(
+        self, since: dt.datetime | None = None, sender: str | None = None, recipient: str | None = None, reason: str | None = None, limit: int | None = None,
+        older_than: dt.datetime | None = None, below_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Quarantined messages (without the message itself), newest first; with *below_id*, only those of a smaller id."""
+        found = [
+            row
+            for row in self.repo.rows(since=since, older_than=older_than, sender=sender, limit=(limit or None) if recipient is None and not reason else None, below_id=below_id)
+            if matches(row, None, recipient, reason)
+        ]
         return found[:limit] if limit else found
 
     def get(self, row_id: int) -> dict[str, Any]:
@@ -743,7 +754,7 @@ class Quarantine:
         """
         sent = 0
         problems: list[str] = []
-        for row in self.rows(since=since):
+        for row in self._rows_in_pages(since):
             if not is_virus(row) or row.get("released_at"):
                 continue
             told = {r.lower() for r in row.get("notified") or []}
@@ -760,6 +771,20 @@ class Quarantine:
         elif problems:
             raise QuarantineError(f"{sent} virus notices sent, {len(problems)} not: " + "; ".join(problems))
         return sent
+
+    def _rows_in_pages(self, since: dt.datetime) -> Iterator[dict[str, Any]]:
+        """The rows quarantined since *since*, newest first, read ``NOTICE_PAGE`` at a time: after a
+        virus wave the notices' pass holds one page, not the period (as the digest, see :meth:`digest`).
+
+        Paged by id, in the order of :meth:`rows`; a row stored during the pass may be left to the
+        next run, as when the period was read at once (each notice is claimed in its row anyway)."""
+        below_id: int | None = None
+        while True:
+            page = self.rows(since=since, limit=NOTICE_PAGE, below_id=below_id)
+            yield from page
+            if len(page) < NOTICE_PAGE:
+                return
+            below_id = page[-1]["id"]
 
     def _notify(self, row_id: int, recipient: str, subject: str, text: str, problems: list[str]) -> bool:
         """Claim, then send, one virus notice; True when it was sent, else why not appended to *problems* (if anything went wrong)."""

@@ -109,11 +109,17 @@ class QuarantineStore:
 
     def rows(
         self, since: dt.datetime | None = None, older_than: dt.datetime | None = None, sender: str | None = None, limit: int | None = None,
+        below_id: int | None = None,
     ) -> list[QuarantineRow]:
         """Rows (without the message), newest first, filtered by time and whole sender (case-insensitive,
-        as ``list --recipient``); the newest *limit* of them (in the SQL) unless None."""
+        as ``list --recipient``); the newest *limit* of them (in the SQL) unless None.
+
+        *below_id* keeps the rows whose id is smaller: the next page of a caller that reads
+        a period *limit* rows at a time (the last id of the page before)."""
         table = self.table
         query = self._select().order_by(table.c.id.desc())
+        if below_id is not None:
+            query = query.where(table.c.id < below_id)
         if since is not None:
             query = query.where(table.c.time >= _utc(since))
         if older_than is not None:
