@@ -108,10 +108,20 @@ def cache_key(name: str, rdtype: str) -> tuple[str, str]:
     installed, and IDNA2003 asks about ``strasse.example`` for ``straße.example``, another domain
     with its own owner, whose SPF record would then judge mail from the first.
     """
-    name = name.lower().rstrip(".")
+    name = fold_case(name).rstrip(".")
     if not name.isascii():
-        name = a_label(name) or name  # one IDNA refuses: dnspython's resolver makes its error answer
+        name = a_label(name) or name  # one IDNA refuses stays non-ASCII: _resolve_many answers it, never dnspython
     return name, rdtype.upper()
+
+
+def fold_case(name: str) -> str:
+    """*name* lower-cased letter by letter.
+
+    ``str.lower()`` writes a word-final ``Σ`` as ``ς`` (Unicode's Final_Sigma rule), and ``ς`` is
+    another IDNA2008 label than the ``σ`` that UTS #46 (and so a browser, a registry) maps ``Σ`` to:
+    ``ΤΕΣΤΣ.example`` would be asked as ``τεστς.example``, another domain with its own owner.
+    """
+    return name.lower() if name.isascii() else "".join(c.lower() for c in name)
 
 
 #: The IDNA deviation characters IDNA2008 keeps in a label (ZWJ and ZWNJ aside: see _label_a).
@@ -474,7 +484,9 @@ class Resolver:
         all timeouts once *deadline* has passed."""
         if deadline <= time.monotonic():
             return [Answer(name, rdtype, "error", error="timeout") for name, rdtype in keys]
-        answers: list[Answer | None] = [None] * len(keys)
+        # A name still not ASCII is one IDNA refuses (cache_key): no DNS name, so no such domain.  Never
+        # handed to dnspython, whose IDNA2003 would ask about another name ("…ß" over 63 octets as "…ss").
+        answers: list[Answer | None] = [None if name.isascii() else Answer(name, rdtype, "nxdomain") for name, rdtype in keys]
         if self._servers:
             self._ask_udp(keys, deadline, answers)
         for i, answer in enumerate(answers):

@@ -31,6 +31,7 @@ import dkim
 from pydantic import Field
 
 from .. import dkimfast, dkimsign
+from ..dns import fold_case
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError, Verdict, header_safe
 from ..message.policy import plan_headers
 from ..options import CheckSwitches, Size
@@ -93,7 +94,7 @@ class DnsRecorder:
         self.failures = 0
 
     def __call__(self, name: bytes | str, timeout: float = 5.0) -> bytes | None:
-        qname = (name.decode("utf-8", "replace") if isinstance(name, bytes) else name).rstrip(".").lower()
+        qname = fold_case((name.decode("utf-8", "replace") if isinstance(name, bytes) else name).rstrip("."))
         if not queryable(qname):
             self.invalid += 1
             return None
@@ -184,7 +185,7 @@ def unverified_domains(headers: list[tuple[str, bytes]], max_signatures: int) ->
         tags: dict[bytes, bytes] = {}
         for tag, text in tag_items(value):
             tags.setdefault(tag, text)
-        domain = b"".join(tags.get(b"d", b"").split()).decode("utf-8", "replace").lower().rstrip(".")
+        domain = fold_case(b"".join(tags.get(b"d", b"").split()).decode("utf-8", "replace")).rstrip(".")
         if domain and b"from" in b"".join(tags.get(b"h", b"").split()).lower().split(b":"):
             domains.append(domain)
     return domains

@@ -40,7 +40,7 @@ from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
 from ..content.headertext import addresses, decoded
-from ..dns import a_label
+from ..dns import a_label, fold_case
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
@@ -112,7 +112,7 @@ def org_domain(domain: str, psl_path: str = "") -> str:
     A public suffix itself, or a name the list cannot place, is its own
     organizational domain.
     """
-    name = domain.lower().rstrip(".")
+    name = fold_case(domain).rstrip(".")
     return _org_domain(name, psl_path) if len(name) <= _MEMO_MAX else _org_domain.__wrapped__(name, psl_path)
 
 
@@ -123,7 +123,7 @@ def _org_domain(name: str, psl_path: str) -> str:
 
 def aligned(domain: str, from_domain: str, mode: str, psl_path: str = "") -> bool:
     """Whether an authenticated *domain* aligns with *from_domain*: strict (``s``), same name; relaxed, same organizational domain."""
-    a, b = domain.lower().rstrip("."), from_domain.lower().rstrip(".")
+    a, b = fold_case(domain).rstrip("."), fold_case(from_domain).rstrip(".")
     a, b = a_label(a) or a, a_label(b) or b  # a U-label From aligns with its A-label d= (RFC 7489 §6.6.1)
     if not a or not b:
         return False
@@ -142,7 +142,7 @@ def from_domain(value: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=1024)
 def _from_domain(value: str) -> str | None:
-    domains = {addr.rpartition("@")[2].strip().lower().rstrip(".") for _, addr in addresses(value) if "@" in addr}
+    domains = {fold_case(addr.rpartition("@")[2].strip()).rstrip(".") for _, addr in addresses(value) if "@" in addr}
     domains.discard("")
     if len(domains) != 1:
         return None
@@ -203,10 +203,11 @@ def _shown_domain(text: str) -> str | None:
     or format character a mail client does not show) is read up to there: the reader sees
     ``bank.example``, so its policy is judged, and junk cannot switch DMARC off.
     """
-    domain = a_label(text.strip().lower().rstrip("."))
+    domain = a_label(fold_case(text.strip()).rstrip("."))
     if domain and _DOMAIN.fullmatch(domain):
         return domain
-    shown = "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf")).strip().lower()
+    shown = "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf")).strip()
+    shown = fold_case(shown)
     head = _DOMAIN_HEAD.match(shown)
     domain = a_label(head.group().rstrip(".")) if head else None
     return domain if domain and _DOMAIN.fullmatch(domain) else None

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ..dns import a_label
+from ..dns import a_label, fold_case
 from ..message.model import Envelope, Hit, Session
 from ..options import CheckSwitches
 from . import Hits, Symbol
@@ -109,7 +109,7 @@ class Sender(ConfiguredCheck[SenderChecks]):
             return [Hit("MAIL_FROM_NO_DOT", detail=sender[:100])]
         if not self.options.resolve:
             return ()
-        domain = sender.rpartition("@")[2].rstrip(".").lower()
+        domain = fold_case(sender.rpartition("@")[2].rstrip("."))
         return self._mail_domain(domain, self.services.resolver.stage_deadline(envelope.dns_deadlines, "mail"))
 
     def _mail_domain(self, domain: str, deadline: float) -> list[Hit]:

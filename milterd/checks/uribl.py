@@ -40,7 +40,7 @@ from urllib.parse import unquote, urlsplit
 from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
-from ..dns import Answer, dnsbl_name
+from ..dns import Answer, a_label, dnsbl_name, fold_case
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
 from ..options import CheckSwitches, ConfigError
@@ -198,12 +198,16 @@ def link_host(uri: str) -> str | None:
     if text.lower().startswith("www."):
         text = "http://" + text
     try:
-        host = urlsplit(_special_authority(text)).hostname
+        parts = urlsplit(_special_authority(text))
+        host = parts.hostname
     except ValueError:
         return None
     if not host:
         return None
-    host = unquote(host).strip().rstrip(_DOTS).lower()
+    if not host.isascii():
+        # hostname lower-cases with str.lower(), which writes a final Σ as ς: the host as written, folded letter by letter.
+        host = parts.netloc.rpartition("@")[2].partition(":")[0] or host
+    host = fold_case(unquote(host).strip()).rstrip(_DOTS)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if _maybe_address(host):
@@ -245,20 +249,17 @@ def _maybe_address(host: str) -> bool:
 
 
 def _idna(host: str) -> str | None:
-    """``host.encode("idna").decode("ascii")``, None where that raises; an ASCII name without the codec machinery.
-
-    For ASCII the codec (encodings/idna.py) only checks the labels' lengths:
-    every label but the last one 1 to 63 characters, the last one at most 63.
+    """*host* as the DNS is asked about it (IDNA2008 A-labels, :func:`milterd.dns.a_label`: ``faß.example``
+    is ``xn--fa-hia.example``, where a browser goes, not IDNA2003's ``fass.example``); None where IDNA
+    refuses it: every label but the last one 1 to 63 characters, the last one at most 63.
     """
-    if host.isascii():
-        labels = host.split(".")
-        if len(labels[-1]) >= 64 or not all(0 < len(label) < 64 for label in labels[:-1]):
-            return None
-        return host
-    try:
-        return host.encode("idna").decode("ascii")
-    except UnicodeError:
+    name = host if host.isascii() else a_label(host)
+    if name is None:
         return None
+    labels = name.split(".")
+    if len(labels[-1]) >= 64 or not all(0 < len(label) < 64 for label in labels[:-1]):
+        return None
+    return name
 
 
 def link_targets(

@@ -57,3 +57,37 @@ def test_the_sender_check_measures_the_name_asked() -> None:
     assert dns_name("straße.example") == "xn--strae-oqa.example"
     assert dns_name("ß" * 40 + ".example") == "xn--" + "zca" + "a" * 39 + ".example"
     assert dns_name("a..b") is None and dns_name("\udcff.example") is None
+
+
+# --- review of the above: a capital final sigma, URI-list hosts, names IDNA refuses -----------------
+def test_a_capital_sigma_is_asked_as_sigma_not_final_sigma() -> None:
+    """str.lower() makes a word-final Σ into ς (another IDNA2008 label); UTS #46 maps Σ to σ."""
+    from milterd.checks.dmarc import from_domains
+
+    assert cache_key("ΤΕΣΤΣ-1.example", "TXT")[0] == "xn---1-n9b0dadc.example"  # τεστσ-1, not τεστς-1 (xn---1-n9b6ceec)
+    assert from_domains(["a@ΤΕΣΤΣ-1.example"]) == ("xn---1-n9b0dadc.example",)
+    assert cache_key("τεστς-1.example", "TXT")[0] == "xn---1-n9b6ceec.example"  # written ς stays ς
+
+
+@pytest.mark.parametrize(("link", "host"), [
+    ("http://faß.example/", "xn--fa-hia.example"),  # IDNA2003 read it as fass.example
+    ("http://ΤΕΣΤΣ-1.example/x", "xn---1-n9b0dadc.example"),
+    ("https://user@Bücher.Example:8080/", "xn--bcher-kva.example"),
+])
+def test_uri_list_hosts_are_the_names_a_browser_visits(link: str, host: str) -> None:
+    from milterd.checks.uribl import link_host
+
+    assert link_host(link) == host
+
+
+def test_a_name_idna_refuses_is_no_domain_and_never_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """'a' * 58 + 'ß' is a 64-octet A-label: dnspython's IDNA2003 would have asked about '…ass' instead."""
+    resolver = Resolver(Config().with_changes({"dns.nameservers": ["127.0.0.1:9"]}).dns)
+    sent: list[str] = []
+    monkeypatch.setattr(resolver, "_ask_udp", lambda keys, deadline, answers: sent.extend(n for (n, _), a in zip(keys, answers, strict=True) if a is None))
+    monkeypatch.setattr(resolver, "_fallback", lambda key, deadline: sent.append(key[0]) or Answer(key[0], key[1], "nxdomain"))
+    try:
+        answer = resolver.query("a" * 58 + "ß._spf.sender.example", "A")
+    finally:
+        resolver.close()
+    assert answer.status == "nxdomain" and sent == []
