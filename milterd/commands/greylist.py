@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     whitelist = actions.add_parser("whitelist", parents=[config_parent()], help="show, add or remove whitelist entries")
     wl = whitelist.add_subparsers(dest="whitelist_command", metavar="ACTION")
     wl_list = wl.add_parser("list", parents=[config_parent()], help="every entry: shipped, milter.conf and stored (the default)")
-    wl_list.add_argument("--json", action="store_true", help="a JSON array of {kind, value, source, comment}")
+    wl_list.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="a JSON array of {kind, value, source, comment}")
     for name, helptext in (("add", "add a stored entry (every MX host sharing the store sees it)"), ("remove", "remove a stored entry")):
         cmd = wl.add_parser(name, parents=[config_parent()], help=helptext)
         cmd.add_argument("kind", choices=["client", "sender", "recipient"])

@@ -220,6 +220,9 @@ def test_greylist_whitelist_takes_json_without_an_action(tmp_path: Path, capsys:
     capsys.readouterr()
     assert cli_main(["greylist", "whitelist", "--json", "-c", str(path)]) == 0
     rows = json.loads(capsys.readouterr().out)
+    # Before the option's place: the list parser's own default (False) overwrote it (review of ad3fbc9).
+    assert cli_main(["greylist", "whitelist", "--json", "list", "-c", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out) == rows
     assert any(r["kind"] == "client" and r["value"] == ".google.com" for r in rows)
 
 
