@@ -726,10 +726,11 @@ class Quarantine:
         now = utcnow()
         # Bounded in the SQL, whatever the period holds: the counts are the database's, and only the
         # newest DIGEST_MAX_ENTRIES rows are read; all three of the same window, up to *now*.
-        total, reasons = self.repo.reason_counts(since=since, older_than=now, limit=DIGEST_MAX_REASONS)
-        rows = self.repo.rows(since=since, older_than=now, limit=DIGEST_MAX_ENTRIES)[::-1]
+        total, reasons, last = self.repo.reason_counts(since=since, older_than=now, limit=DIGEST_MAX_REASONS)
+        # The rows counted, not one committed meanwhile (which would push a counted one out unnamed).
+        rows = [] if last is None else self.repo.rows(since=since, older_than=now, limit=DIGEST_MAX_ENTRIES, below_id=last + 1)[::-1]
         text = format_digest(rows, self.config, since, now, total=total, reasons=reasons)
-        total = max(total, len(rows))  # a row committed between the two queries
+        total = max(total, len(rows))  # one of a lower id committed after the count (a PostgreSQL sequence's order)
         subject = f"milterd quarantine digest for {self.config.hostname}: {total} message{'s' if total != 1 else ''}"
         sender = sender or self.report_from
         self._send_text(sender, sender, to, subject, text)

@@ -131,12 +131,16 @@ class QuarantineStore:
             query = query.limit(limit)
         return [_fix(row) for row in self._fetch(query)]
 
-    def reason_counts(self, since: dt.datetime | None = None, older_than: dt.datetime | None = None, limit: int | None = None) -> tuple[int, list[tuple[str, int]]]:
+    def reason_counts(
+        self, since: dt.datetime | None = None, older_than: dt.datetime | None = None, limit: int | None = None,
+    ) -> tuple[int, list[tuple[str, int]], int | None]:
         """How many rows the period holds, and how many of them per reason, most frequent first
         (``""`` for none); the *limit* most frequent reasons (in the SQL) unless None.
 
         Counted by the database, for the digest: a period of a spam wave (a hundred thousand
-        rows, each reason holding its score) is never read row by row."""
+        rows, each reason holding its score) is never read row by row.  The third value is the
+        largest id counted (None for none): the counts cover the rows up to it, so that a caller
+        reads the same rows (``rows(below_id=that + 1)``), not one committed meanwhile."""
         table = self.table
         window = []
         if since is not None:
@@ -144,16 +148,19 @@ class QuarantineStore:
         if older_than is not None:
             window.append(table.c.time < _utc(older_than))
         reason, count = table.c.reason, func.count()  # reason is NOT NULL ("" for none)
-        grouped = select(reason, count).where(*window).group_by(reason).order_by(count.desc(), reason)
-        if limit is not None:
-            grouped = grouped.limit(limit)
         try:
             with self.engine.connect() as connection:
-                total = int(connection.execute(select(func.count()).select_from(table).where(*window)).scalar() or 0)
+                total, last = connection.execute(select(func.count(), func.max(table.c.id)).select_from(table).where(*window)).one()
+                if last is None:
+                    return 0, [], None
+                # Up to the id counted: each statement sees its own snapshot (READ COMMITTED).
+                grouped = select(reason, count).where(*window, table.c.id <= last).group_by(reason).order_by(count.desc(), reason)
+                if limit is not None:
+                    grouped = grouped.limit(limit)
                 counts = [(str(text or ""), int(n)) for text, n in connection.execute(grouped)]
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read the quarantine: {_db_error(exc)}") from None
-        return total, counts
+        return int(total or 0), counts, int(last)
 
     def purge_candidates(self, older_than: dt.datetime, now: dt.datetime | None = None) -> list[QuarantineRow]:
         """The rows (without the message) :meth:`purge` would delete now, by the same condition (:func:`purgeable`), newest first."""

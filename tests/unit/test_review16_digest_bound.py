@@ -189,3 +189,25 @@ def test_the_digest_command_says_how_many_it_listed(conf: Any, quarantine: Quara
     wave(quarantine, WAVE, utcnow() - dt.timedelta(minutes=30))
     assert main(["-c", str(conf), "quarantine", "digest", "--to", "postmaster@example.org", "--since", "1h"]) == 0
     assert capsys.readouterr().out.splitlines() == [f"{WAVE} messages reported to postmaster@example.org ({BOUND} newest listed)"]
+
+
+def test_a_message_committed_during_the_digest_pushes_no_counted_one_out(quarantine: Quarantine, outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On 78e0f78: a row committed between the count and the fetch (its time set when it was judged,
+    before its commit) took a place among the newest BOUND, and the oldest counted one was neither
+    listed nor among the "more" (review 16)."""
+    start = utcnow() - dt.timedelta(hours=2)
+    wave(quarantine, BOUND + 200, start)
+    counts = QuarantineStore.reason_counts
+
+    def then_one_more(self: QuarantineStore, *args: Any, **kwargs: Any) -> Any:
+        counted = counts(self, *args, **kwargs)
+        wave(quarantine, 1, utcnow() - dt.timedelta(seconds=1), subject="late")
+        return counted
+
+    monkeypatch.setattr(QuarantineStore, "reason_counts", then_one_more)
+    quarantine.digest(["postmaster@example.org"], start - dt.timedelta(hours=1))
+    text = text_of(outbox.messages[0])
+    ids = entries(text)
+    counted_ids = sorted(row["id"] for row in quarantine.rows() if not row["subject"].startswith("late"))
+    assert ids == counted_ids[-BOUND:]  # the newest BOUND of those counted
+    assert text.startswith(f"Quarantine on mx.test: {BOUND + 200} messages\n") and "200 more messages of this period" in text
