@@ -90,4 +90,43 @@ def addresses(value: str) -> list[tuple[str, str]]:
     that names no domain would escape DMARC, where the lenient reading has the message judged
     for both domains.  Milterd reads the same on every Python.
     """
-    return email.utils.getaddresses([value], **_LENIENT)
+    try:
+        return email.utils.getaddresses([value], **_LENIENT)
+    except RecursionError:
+        pass  # comments or groups nested hundreds deep (valid RFC 5322): the parser recurses once per level
+    try:
+        return email.utils.getaddresses([_without_comments(value)], **_LENIENT)
+    except RecursionError:
+        # Never nothing: a From whose parse fails must still be judged (DMARC, local domains), not skipped.
+        return [("", address) for address in _ADDR_SPEC.findall(value)]
+
+
+#: An addr-spec as a last resort, where the parser gives up: a run without blanks, brackets or quotes around an "@".
+_ADDR_SPEC = re.compile(r"[^\s<>()\[\],;:\"@]+@[^\s<>()\[\],;:\"@]+")
+
+
+def _without_comments(value: str) -> str:
+    """*value* with its comments (nested ones too) replaced by a space, without recursion; quoted strings kept."""
+    out: list[str] = []
+    depth, quoted, escaped = 0, False, False
+    for char in value:
+        if escaped:
+            escaped = False
+            if depth == 0:
+                out.append(char)
+        elif char == "\\":
+            escaped = True
+            if depth == 0:
+                out.append(char)
+        elif char == '"' and depth == 0:
+            quoted = not quoted
+            out.append(char)
+        elif char == "(" and not quoted:
+            depth += 1
+        elif char == ")" and not quoted and depth:
+            depth -= 1
+            if depth == 0:
+                out.append(" ")
+        elif depth == 0:
+            out.append(char)
+    return "".join(out)

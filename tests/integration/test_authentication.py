@@ -176,6 +176,18 @@ def test_a_malformed_from_does_not_hide_a_p_reject_domain(stack: Stack) -> None:
     assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"]
 
 
+def test_comments_nested_deep_in_from_do_not_hide_a_p_reject_domain(stack: Stack) -> None:
+    # Comments may nest (RFC 5322 §3.2.2); the standard library's address parser recursed once per level
+    # and raised RecursionError, DMARC failed as CHECK_ERROR (0 points) and the forgery was delivered.
+    nested = "(" * 900 + ")" * 900 + " CEO <ceo@signed.test>"  # one line under Postfix's line_length_limit (2048)
+    forged = message("dmarc nested comments", sender="ceo@signed.test", headers={"From": nested})
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(forged, sender="x@evil.example", xclient=CLIENT)
+    assert info.value.smtp_code == 550 and "signed.test" in info.value.smtp_error.decode()
+    row = row_for(stack, "dmarc nested comments")
+    assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"] and "CHECK_ERROR" not in row["symbols"]
+
+
 def test_np_reject_refuses_a_from_subdomain_that_does_not_exist(stack: Stack) -> None:
     # np.test: sp=none, np=reject (RFC 9091).  billing.np.test has no A, AAAA or MX: refused; mail.np.test
     # has an MX only, so it exists and gets sp=none.  (MAIL FROM is loose.test: its SPF aligns with neither.)
