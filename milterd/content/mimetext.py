@@ -13,7 +13,7 @@ text).  Everything is bounded: at most *limit* characters of text are kept
 (the text and HTML parts after those are still read for their links), the
 first link of at most ``MAX_HOSTS`` hosts and ``MAX_URIS`` links in all
 besides, at most ``MAX_LINKS_SCANNED`` links looked at, at most ``MAX_LINES``
-lines of a message and ``MAX_TAGS`` tags of a part are parsed.  A message of one text part with plain headers (most mail) is read
+lines of a message (fewer when they may nest deep: ``LINE_WORK``) and ``MAX_TAGS`` tags of a part are parsed.  A message of one text part with plain headers (most mail) is read
 without the parse (:func:`single_part`), to the same result.
 """
 
@@ -49,6 +49,17 @@ MAX_PARTS = 500
 #: a microsecond or two a line (4 MB of empty lines took 150 MB and 0.8 s of a worker, for each such
 #: message at once); links written in the rest are still found, as in plain text.
 MAX_LINES = 200_000
+#: At most this much work of the stdlib parser: lines handed to it times the multipart levels they may be
+#: read in.  The parser checks every line against the boundary of each enclosing multipart (its EOF stack),
+#: so 600 nested multiparts and 200,000 lines of "x" (634 KB) took 8-36 s of CPU.  A message whose first
+#: MAX_LINES lines hold more than LINE_WORK // MAX_LINES (20) occurrences of "boundary" (any case: the
+#: name of every boundary parameter, so an upper bound of the nesting) goes to the parser for
+#: LINE_WORK // occurrences lines, never fewer than MIN_PARSED_LINES; the rest is read as past MAX_LINES
+#: (its links found as in plain text).  Mail of a few multipart levels is parsed whole as before.
+LINE_WORK = 4_000_000
+#: Lines the parser is always given: a multipart level takes two lines at least (a boundary and a
+#: Content-Type), so these many lines cost at most LINE_WORK // 2 checks whatever they nest.
+MIN_PARSED_LINES = 2_000
 #: At most this many tags of an HTML part are parsed: a tag costs the parser about 3 µs (4 MB of
 #: "<b>" took 4 s of CPU); links written in the rest are still found, as in plain text.
 MAX_TAGS = 50_000
@@ -134,7 +145,7 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
             if ctype in ("text/plain", "text/html"):
                 size = _add_text(result, found, texts, ctype, body, limit)
         else:
-            head, rest = _first_lines(raw, MAX_LINES)
+            head, rest = _parser_input(raw)
             message, cut = _parsed(head)
             result.truncated = cut or bool(rest)
             for count, part in enumerate(_walk(message)):
@@ -183,6 +194,20 @@ def _first_lines(raw: bytes, count: int) -> tuple[bytes, bytes]:
     if raw[low - 1:low + 1] == b"\r\n":
         low += 1  # the head ended inside a CRLF
     return raw[:low], raw[low:]
+
+
+def _parser_input(raw: bytes) -> tuple[bytes, bytes]:
+    """What of *raw* goes to the stdlib parser and the rest (empty when it all goes): its first
+    MAX_LINES lines, or fewer where they may nest deep enough to cost more than LINE_WORK."""
+    head, rest = _first_lines(raw, MAX_LINES)
+    lines = _line_ends(head, len(head))
+    if lines <= MIN_PARSED_LINES:
+        return head, rest
+    budget = max(LINE_WORK // max(1, head.lower().count(b"boundary")), MIN_PARSED_LINES)
+    if lines <= budget:
+        return head, rest
+    head, _ = _first_lines(head, budget)
+    return head, raw[len(head):]
 
 
 def _line_ends(raw: bytes, end: int) -> int:
