@@ -244,6 +244,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         findings: list[Finding] = []
         skipped: list[str] = []
+        errors: list[str] = []  # why an attachment could not be judged: the others still are
         try:
             encoded = uuencoded_names(envelope.message_chunks())
             for name in encoded[:MAX_ENCODED_FILES]:
@@ -253,7 +254,13 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             if single_plain_text(envelope.headers):
                 return hits_for(findings, self.actions)  # what parsing it would find: no MIME attachment
             for attachment in attachments(envelope.message_chunks(), self.memory, self.options.max_attachment_size, skipped):
-                findings.extend(self.judge(attachment))
+                try:
+                    findings.extend(self.judge(attachment))
+                except Exception as exc:  # noqa: BLE001 - one attachment that cannot be judged must not hide the next ones
+                    if isinstance(exc, SpoolError) or local_failure(exc):
+                        raise
+                    log.warning("attachments: cannot judge %s", attachment.filename or attachment.content_type, exc_info=True)
+                    errors.append(f"{attachment.filename or attachment.content_type}: {exc.__class__.__name__}: {exc}"[:200])
         except SpoolError:
             raise  # the message unreadable here: the pipeline answers 451, as for a full disk below
         except Exception as exc:  # noqa: BLE001 - a hostile message gives a symbol, never a crashed worker
@@ -264,8 +271,11 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
                 log.error("attachments: cannot check the message's attachments, answering 451: %s", detail)
                 return [Hit(ERROR, detail=detail, action=Action.TEMPFAIL, reply=LOCAL_FAILURE_REPLY)]
             log.warning("attachments: cannot read the message's attachments", exc_info=True)
+            findings += [Finding(LIMIT, "message", text) for text in dict.fromkeys(skipped)]
             return [Hit(ERROR, detail=detail), *hits_for(findings, self.actions)]
         findings += [Finding(LIMIT, "message", text) for text in dict.fromkeys(skipped)]
+        if errors:
+            return [Hit(ERROR, detail=errors[0]), *hits_for(findings, self.actions)]
         return hits_for(findings, self.actions)
 
     def judge(self, attachment: Attachment) -> list[Finding]:

@@ -30,7 +30,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from ..content.headertext import python_charset
-from ..content.mimetext import NOT_CHARSETS
+from ..content.mimeparams import NOT_CHARSETS
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
 from ..options import CheckSwitches, Duration

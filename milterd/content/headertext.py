@@ -20,7 +20,7 @@ import email.utils
 import inspect
 import re
 
-from .mimetext import decode_bytes
+from .mimeparams import decode_bytes
 
 #: A line break of a folded field (RFC 5322 §2.2.3); Postfix hands them over as a bare LF.
 _FOLD = re.compile(r"\r?\n(?=[ \t])")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import binascii
 import email
 import email.policy
-import email.utils
 import re
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from email.message import Message
 from typing import IO, Iterable, Iterator
 
 from .headertext import decoded
+from .mimeparams import LenientMessage, collapsed, raw_param, raw_params, safely
 
 #: At most this many parts are looked at.
 MAX_PARTS = 500
@@ -232,11 +232,31 @@ def _decoded(value: str) -> str:
     return decoded(value)
 
 
+def _cleaned(text: str) -> str:
+    """A name as :func:`_decoded` reads it, stripped; as it is when that raises."""
+    return safely(lambda: _decoded(text).strip(), text.strip)
+
+
 def _filename(part: Message) -> str:
-    name = part.get_filename() or part.get_param("name") or ""
-    if isinstance(name, tuple):  # an RFC 2231 value get_param did not collapse
-        name = email.utils.collapse_rfc2231_value(name)
-    return _decoded(str(name)).strip()
+    # A LenientMessage's parameters do not raise (another Message's may: read raw then).
+    name = safely(lambda: part.get_filename() or part.get_param("name") or "",
+                  lambda: raw_param(part.get("content-disposition"), "filename") or raw_param(part.get("content-type"), "name") or "")
+    return _cleaned(collapsed(name))
+
+
+def _field_params(field: str, value: str, param: str) -> list[tuple[str, object]]:
+    """The parameters of one *field* with this *value*, as ``get_params`` gives them, its first (the value) left out.
+
+    When the stdlib raises on them (``x*0="a"; x*="b"``) read by :func:`raw_params`, and the values
+    of *param* also joined (``name*0="invoice"; name*=".exe"`` is invoice.exe to a client that joins them all).
+    """
+    holder = Message()
+    holder[field] = value
+    params: list[tuple[str, object]] | None = safely(lambda: list[tuple[str, object]](holder.get_params([], header=field)[1:]), lambda: None)
+    if params is None:
+        params = list[tuple[str, object]](raw_params(value)[1:])
+        params.append((param, "".join(str(text) for key, text in params if key == param)))
+    return params
 
 
 def _other_names(part: Message, filename: str) -> tuple[str, ...]:
@@ -250,13 +270,11 @@ def _other_names(part: Message, filename: str) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for field, param in (("content-disposition", "filename"), ("content-type", "name")):
         for value in part.get_all(field, []):
-            holder = Message()
-            holder[field] = str(value)
-            for key, raw in holder.get_params([], header=field)[1:]:
+            for key, raw in _field_params(field, str(value), param):
                 if key.strip().lower() == param:
-                    text = email.utils.collapse_rfc2231_value(raw) if isinstance(raw, tuple) else str(raw)
-                    found[_decoded(text).strip()] = None
-                    found[_decoded(_QUOTED_PAIR.sub(r"\1", text)).strip()] = None
+                    text = collapsed(raw)
+                    found[_cleaned(text)] = None
+                    found[_cleaned(_QUOTED_PAIR.sub(r"\1", text))] = None
     found.pop(filename, None)
     found.pop("", None)
     return tuple(found)
@@ -292,7 +310,8 @@ class _Header:
     def parse(self) -> Message:
         # Read as Latin-1, each byte one character: parsed from bytes, compat32 turns 8-bit bytes into
         # U+FFFD, and a boundary holding them would never match its delimiter lines.
-        return email.message_from_string(b"".join(self.lines).decode("latin-1"), policy=email.policy.compat32)
+        # LenientMessage: the parser asks a multipart for its boundary, which the stdlib's would raise on.
+        return email.message_from_string(b"".join(self.lines).decode("latin-1"), LenientMessage, policy=email.policy.compat32)
 
 
 def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int = 64 * 1024 * 1024,
@@ -328,16 +347,18 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                     header.add(line)
                     continue
                 in_headers = False
-                part = header.parse()
+                try:
+                    ctype, boundary, encoding, name, others = _read_part(header.parse())
+                except Exception as exc:  # noqa: BLE001 - never expected (parameters are read leniently): the next parts are still read
+                    notes.append(f"a part's MIME fields could not be read ({exc.__class__.__name__}): its body judged as an unnamed file")
+                    ctype, boundary, encoding, name, others = "application/octet-stream", (), "", "", ()
                 if header.cut:
                     notes.append(f"MIME fields of a part past {MAX_FIELD} bytes each or {MAX_PART_HEADER} in all: the rest not read")
                 header = _Header()
                 parts += 1
-                ctype = (part.get_content_type() or "text/plain").lower()
-                boundary = _boundary(part) if ctype.startswith("multipart/") else ()
                 if boundary and len(boundaries) < MAX_NESTING:
                     boundaries.append(boundary)
-                elif ctype == "message/rfc822" and _encoding(part) in _IDENTITY:
+                elif ctype == "message/rfc822" and encoding in _IDENTITY:
                     in_headers = True
                 else:
                     if boundary:
@@ -347,11 +368,9 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                     if ctype == "message/rfc822":
                         # RFC 2046 section 5.2.1 forbids it, so clients differ: judged as a file, its parts not looked at.
                         notes.append("an encoded message/rfc822 part: its attachments not looked at")
-                    name = _filename(part)
                     if name or not (ctype.startswith("text/") or ctype.startswith("multipart/")):
-                        encoding = _encoding(part)
                         decoder = _Decoder(encoding, memory, limit)
-                        current = (name, ctype, _other_names(part, name))
+                        current = (name, ctype, others)
                 if _rest_ignored(in_headers, boundaries, decoder):
                     return
                 continue
@@ -379,11 +398,22 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
         yield from _finished(decoder, current, notes)
 
 
+def _read_part(part: Message) -> tuple[str, tuple[bytes, ...], str, str, tuple[str, ...]]:
+    """A part's content type, boundary (a multipart's, else ``()``), transfer encoding, file name and
+    other names (those only of a part that may be decoded: named, or neither text nor multipart)."""
+    ctype = (part.get_content_type() or "text/plain").lower()
+    boundary = _boundary(part) if ctype.startswith("multipart/") else ()
+    name = _filename(part)
+    kept = bool(name) or not (ctype.startswith("text/") or ctype.startswith("multipart/"))
+    return ctype, boundary, _encoding(part), name, _other_names(part, name) if kept else ()
+
+
 def _boundary(part: Message) -> tuple[bytes, ...]:
     """A multipart's boundary as mail clients read it, ``()`` when it has none: an RFC 2231 one
     (``boundary*=''b``) collapsed, and one with blanks also up to the first (``boundary=b (comment)``
     is ``b`` to Thunderbird, which reads an unquoted value up to a blank)."""
-    boundary = (part.get_boundary() or "").encode("latin-1", "replace")
+    found = safely(lambda: part.get_boundary(), lambda: raw_param(part.get("content-type"), "boundary"))
+    boundary = (found or "").encode("latin-1", "replace")
     first = boundary.split(None, 1)[0] if boundary.strip() else b""
     return tuple(dict.fromkeys(b for b in (boundary, first) if b))
 

@@ -19,10 +19,10 @@ without the parse (:func:`single_part`), to the same result.
 
 from __future__ import annotations
 
-import codecs
 import email
 import email.message
 import email.policy
+import email.utils
 import heapq
 import os
 import re
@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from html import unescape
 from html.parser import HTMLParser
 from typing import Iterable, Iterator
+
+from .mimeparams import LenientMessage
+from .mimeparams import decode_bytes as decode_bytes
 
 #: At most this many links are kept per message (and given by :func:`uris_in_text`, which stops reading
 #: there), except that the first link of a host is always kept: links repeating a few hosts (a thousand
@@ -92,9 +95,6 @@ _UNTERMINATED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ=
 _TEXT_LT = re.compile(r"<(?![a-zA-Z/!?])")
 #: Characters that may stand for such a "<" while the parser reads the markup (one the markup does not hold).
 _MARKS = tuple(chr(code) for code in range(0xE000, 0xE040))
-#: Codecs Python has that are no charset of mail, read as unknown ones: punycode decodes in quadratic
-#: time (300 KB took 6 s), the escape codecs read backslashes as Python does, undefined always fails.
-NOT_CHARSETS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined"})
 
 #: A Content-Type that names no file: text/SUBTYPE with at most a charset (no comment, no RFC 2231 form).
 _PLAIN_TEXT_TYPE = re.compile(
@@ -219,10 +219,12 @@ def _parsed(raw: bytes) -> tuple[email.message.Message, bool]:
     """*raw* parsed, and whether it had to be cut: the parser recurses once a multipart level (a
     thousand levels raise RecursionError), so a message nested too deep is halved until it parses,
     and the parts before the nesting are read (the whole parse failing would hide them)."""
+    # LenientMessage: parts whose parameters never raise (the parser asks a multipart for its boundary:
+    # x*0="a"; x*="b" beside it raised TypeError and hid every part).
     cut = False
     while True:
         try:
-            return email.message_from_bytes(raw, policy=email.policy.compat32), cut
+            return email.message_from_bytes(raw, LenientMessage, policy=email.policy.compat32), cut
         except RecursionError:
             if len(raw) < 2:
                 raise
@@ -334,21 +336,11 @@ def decode_part(part: email.message.Message) -> str:
         return value if isinstance(value, str) else ""
     if not isinstance(payload, bytes):
         return str(payload)
-    return decode_bytes(payload, part.get_content_charset())
-
-
-def decode_bytes(data: bytes, charset: str | None) -> str:
-    """*data* in *charset*; an unknown or wrong charset (or a codec that is no mail charset) falls back to UTF-8, then Latin-1."""
-    if charset:
-        try:
-            if codecs.lookup(charset).name not in NOT_CHARSETS:
-                return data.decode(charset, "replace")
-        except (LookupError, ValueError, TypeError):
-            pass
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+        charset = part.get_content_charset()  # extract()'s parts never raise here (LenientMessage); another Message may
+    except Exception:  # noqa: BLE001 - a malformed charset parameter is read as none: UTF-8, else Latin-1
+        charset = None
+    return decode_bytes(payload, charset)
 
 
 def _add_links(found: "_Links", ctype: str, body: str) -> str:
