@@ -256,10 +256,7 @@ def send(
             pending = deferred
             if spool is not None:
                 pieces = _replayed(spool)
-        try:
-            client.quit()
-        except (OSError, smtplib.SMTPException):
-            pass
+        _quit(client)
     finally:
         client.close()
         if spool is not None:
@@ -405,15 +402,20 @@ def probe_tls(target: Target, helo: str, timeout: float = 5.0) -> str:
         client.ehlo_or_helo_if_needed()
         started = start_tls(client, target, False, context)
         version = client.sock.version() if isinstance(client.sock, ssl.SSLSocket) else None
-        try:
-            client.quit()
-        except (OSError, smtplib.SMTPException):
-            pass
+        _quit(client)
     finally:
         client.close()
     if not started:
         return ""
     return f"{version or 'TLS'}, certificate {'verified' if target.tls == 'verify' else 'not verified'}"
+
+
+def _quit(client: smtplib.SMTP) -> None:
+    """QUIT: what was sent stands whether or not the server still answers it."""
+    try:
+        client.quit()
+    except (OSError, smtplib.SMTPException):
+        pass
 
 
 def _opportunistic_tls() -> ssl.SSLContext:
