@@ -352,7 +352,8 @@ def check_writable(config: Config) -> None:
         files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
         closed = _first_closed(path.parent)
         if closed is not None:
-            raise ConfigError(where, "[database] url", f"{who} cannot enter {closed}, on the way to {path} (a directory the account may not search)")
+            why = "not a directory" if not closed.is_dir() else "a directory the account may not search"
+            raise ConfigError(where, "[database] url", f"{who} cannot write {path}: cannot enter {closed} ({why})")
         if not all(map(os.path.lexists, files)) and not _access(path.parent, os.W_OK):
             raise ConfigError(where, "[database] url", f"{who} cannot write {path.parent} (SQLite needs the file and its directory)")
         for target in files:
