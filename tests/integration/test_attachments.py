@@ -91,6 +91,25 @@ def test_a_file_after_megabytes_of_one_character_base64_lines_is_still_judged(st
     assert row_for(stack, "padded zip")["details"]["ATTACH_BANNED"] == "invoice.zip/evil.exe: banned extension .exe"
 
 
+def test_an_exe_in_multiparts_nested_thirty_deep_is_rejected_naming_the_file(stack: Stack) -> None:
+    """Multiparts 30 deep (a mail client shows the file as it shows one at 2) used to be past a
+    20-level cap: a 1-point ATTACH_ARCHIVE_LIMIT, and the .exe delivered."""
+    raw = (b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.com>\r\nSubject: deep exe\r\n"
+           b"Date: Wed, 02 Dec 2026 06:00:00 +0000\r\nMessage-ID: <deep.exe@example.org>\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=\"b0\"\r\n\r\n")
+    for level in range(1, 30):
+        raw += b"--b%d\r\nContent-Type: multipart/mixed; boundary=\"b%d\"\r\n\r\n" % (level - 1, level)
+    raw += (b"--b29\r\nContent-Type: application/octet-stream; name=\"setup.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + base64.encodebytes(PE).replace(b"\n", b"\r\n") + b"".join(b"--b%d--\r\n" % level for level in range(29, -1, -1)))
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(raw)
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Attachment rejected: setup.exe: banned extension .exe"
+    row = row_for(stack, "deep exe")
+    assert row["action"] == "reject" and "ATTACH_ARCHIVE_LIMIT" not in row["symbols"]
+    assert not stack.sink.with_subject("deep exe")
+
+
 def test_double_extension_is_rejected(stack: Stack) -> None:
     with pytest.raises(smtplib.SMTPDataError) as info:
         stack.send(mail("double ext", ("invoice.pdf.scr", PE, "application/octet-stream")))
