@@ -29,8 +29,8 @@ from .model import Action, Decision, Envelope, HeaderEdit, Hit, Session, Spool, 
 from .policy import GreylistStatus, decide, greylists_at_score, plan_headers, taggable, tags_subject
 from .reply import REJECT, TEMPFAIL, Reply
 
-#: The answer when the message's own spool could not be read back (SpoolError), whichever check met it.
-SPOOL_REPLY = Reply("451", "4.3.0", "Message could not be checked now, try again later")
+#: The answer to a message some check could not judge: its spool unread, or ``[milter] on_check_error = "tempfail"``.
+UNCHECKED_REPLY = Reply("451", "4.3.0", "Message could not be checked now, try again later")
 
 log = logging.getLogger("milterd")
 #: A check that raises logs its traceback once per check and exception type every five minutes, a line otherwise.
@@ -573,8 +573,7 @@ class Pipeline:
         except Exception:  # noqa: BLE001 - when in doubt, the pool
             return True
 
-    @staticmethod
-    def _call(check: Check, session: Session, call: Callable[[Check], Hits]) -> list[Hit]:
+    def _call(self, check: Check, session: Session, call: Callable[[Check], Hits]) -> list[Hit]:
         try:
             return list(call(check))
         except SpoolError as exc:
@@ -587,6 +586,8 @@ class Pipeline:
             else:
                 log.error("check %s failed for client %s: %s: %s (the traceback of this failure is logged at most every %.0fs)",
                           check.name, session.client_addr, type(exc).__name__, exc, CHECK_TRACEBACKS.interval)
+            if self.config.milter.on_check_error == "tempfail":
+                return [Hit("CHECK_ERROR", detail=check.name, action=Action.TEMPFAIL, reply=UNCHECKED_REPLY)]
             return [Hit("CHECK_ERROR", detail=check.name)]
 
     def _forced(self, session: Session, envelope: Envelope | None, hits: list[Hit]) -> Decision | None:
@@ -660,7 +661,7 @@ def _replace_action(verdict: Verdict, action: Action, reason: str) -> Verdict:
 def _spool_hit(check: Check, session: Session, error: SpoolError) -> Hit:
     """The hit (451 4.3.0, logged) of a message whose spool *check* could not read back."""
     log.error("check %s for client %s: %s; answering 451", check.name, session.client_addr, error)
-    return Hit("CHECK_ERROR", detail=f"{check.name}: {error}"[:200], action=Action.TEMPFAIL, reply=SPOOL_REPLY)
+    return Hit("CHECK_ERROR", detail=f"{check.name}: {error}"[:200], action=Action.TEMPFAIL, reply=UNCHECKED_REPLY)
 
 
 def _spool_failed(verdict: Verdict, hit: Hit) -> Verdict:

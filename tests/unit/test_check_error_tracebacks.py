@@ -26,6 +26,10 @@ def test_repeats_logs_the_first_and_again_after_the_interval() -> None:
     assert repeats.first("a") and not repeats.first("a")
 
 
+#: The pipeline as _call sees it: [milter] on_check_error at its default.
+_PIPELINE: Any = SimpleNamespace(config=SimpleNamespace(milter=SimpleNamespace(on_check_error="accept")))
+
+
 def _broken(_check: Any) -> Any:
     raise RuntimeError("library broken by an upgrade")
 
@@ -35,7 +39,7 @@ def test_a_check_failing_on_every_message_logs_one_traceback(monkeypatch: pytest
     check: Any = SimpleNamespace(name="broken")
     session = Session(client_addr="192.0.2.1")
     with caplog.at_level(logging.ERROR, logger="milterd"):
-        hits = [Pipeline._call(check, session, _broken) for _ in range(3)]
+        hits = [Pipeline._call(_PIPELINE, check, session, _broken) for _ in range(3)]
     assert all([h.symbol for h in found] == ["CHECK_ERROR"] and found[0].detail == "broken" for found in hits)
     records = [r for r in caplog.records if "check broken failed" in r.getMessage()]
     assert len(records) == 3  # one line per message still
@@ -43,5 +47,5 @@ def test_a_check_failing_on_every_message_logs_one_traceback(monkeypatch: pytest
     assert "RuntimeError: library broken by an upgrade" in records[1].getMessage()
     other: Any = SimpleNamespace(name="other")
     with caplog.at_level(logging.ERROR, logger="milterd"):
-        Pipeline._call(other, session, _broken)
+        Pipeline._call(_PIPELINE, other, session, _broken)
     assert caplog.records[-1].exc_info is not None  # another check's first failure is logged whole

@@ -1,0 +1,101 @@
+"""``[milter] on_check_error``: a check that raises (a defect) either leaves the message to the
+other checks (accept, the default: CHECK_ERROR, 0 points) or answers 451 4.3.0 at that stage
+(tempfail), so that no message passes a check that could not run.
+
+On the code before it there was no choice: a DMARC or attachment check that raised let the
+message through judged without it (three such defects were found by fuzzing in one session).
+Postfix end to end: tests/integration/test_session17_check_error.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import Milter
+import pytest
+
+from milterd.checks import Check, Hits, Symbol
+from milterd.config import ConfigError, load_config
+from milterd.message.model import Envelope, Session
+
+from .test_adapter_pipeline_review import Context, eom, log_rows, make_conf, make_pipeline, negotiate
+
+
+class BrokenEom(Check):
+    name: ClassVar[str] = "test_broken_eom"
+    symbols: ClassVar[tuple[Symbol, ...]] = (Symbol("TEST_BROKEN_EOM", 0.0, "test"),)
+
+    def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        raise RuntimeError("injected")
+
+
+class BrokenRcpt(Check):
+    name: ClassVar[str] = "test_broken_rcpt"
+    symbols: ClassVar[tuple[Symbol, ...]] = (Symbol("TEST_BROKEN_RCPT", 0.0, "test"),)
+
+    def on_rcpt(self, session: Session, envelope: Envelope, recipient: str) -> Hits:
+        raise RuntimeError("injected")
+
+
+def _message(ctx: Context, queue_id: str) -> int:
+    """MAIL to end of message of one small message over TCP; end of message's answer."""
+    milter = ctx.getpriv()
+    ctx._stage = -1  # every macro visible
+    assert milter.envfrom("<alice@example.org>") == Milter.CONTINUE
+    ctx._setsymval("i", queue_id)
+    assert milter.envrcpt("<bob@example.com>") == Milter.CONTINUE
+    assert milter.data() == Milter.CONTINUE
+    for name, value in (("From", b"alice@example.org"), ("Subject", b"hello")):
+        assert milter.header_bytes(name, value) == Milter.CONTINUE
+    assert milter.eoh() == Milter.CONTINUE
+    assert milter.body(b"Hello\r\n") == Milter.CONTINUE
+    return eom(ctx)
+
+
+@pytest.mark.parametrize("setting", [None, "accept", "tempfail"])
+def test_an_end_of_message_check_that_raises(
+    tmp_path: Path, setting: str | None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = make_conf(tmp_path, extra={"milter": {"on_check_error": setting}} if setting else None)
+    services, pipeline = make_pipeline(conf, BrokenEom)
+    try:
+        ctx = negotiate(pipeline, monkeypatch)
+        answer = _message(ctx, "QBROKEN")
+        Milter.close_callback(ctx)
+        row = log_rows(conf, capsys)["QBROKEN"]
+    finally:
+        pipeline.shutdown()
+        services.close()
+    assert row["details"]["CHECK_ERROR"] == "test_broken_eom"
+    if setting == "tempfail":
+        assert answer == Milter.TEMPFAIL
+        assert ctx._reply == ("451", "4.3.0", "Message could not be checked now, try again later")
+        assert row["action"] == "tempfail"
+    else:
+        assert answer == Milter.CONTINUE
+        assert row["action"] == "accept"
+
+
+def test_a_recipient_check_that_raises_tempfails_the_recipient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = make_conf(tmp_path, extra={"milter": {"on_check_error": "tempfail"}})
+    services, pipeline = make_pipeline(conf, BrokenRcpt)
+    try:
+        ctx = negotiate(pipeline, monkeypatch)
+        milter = ctx.getpriv()
+        ctx._stage = -1
+        assert milter.envfrom("<alice@example.org>") == Milter.CONTINUE
+        assert milter.envrcpt("<bob@example.com>") == Milter.TEMPFAIL
+        assert ctx._reply[:2] == ("451", "4.3.0")
+        Milter.close_callback(ctx)
+    finally:
+        pipeline.shutdown()
+        services.close()
+
+
+def test_a_value_other_than_accept_or_tempfail_is_refused_with_file_and_key(tmp_path: Path) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text('[milter]\non_check_error = "reject"\n[dns]\nnameservers = ["127.0.0.1:9"]\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(conf)
+    assert str(info.value) == f"{conf}: [milter] on_check_error: Input should be 'accept' or 'tempfail'"
