@@ -21,7 +21,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError as AlembicCommandError
-from sqlalchemy import JSON, Engine, func, insert, inspect, make_url, select, text
+from sqlalchemy import JSON, Engine, case, func, insert, inspect, make_url, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
@@ -555,6 +555,30 @@ class Store:
                 return
             yield from rows
             last = rows[-1]["id"]
+
+    def symbol_counts_by_client(self, symbol: str, since: dt.datetime, limit: int) -> list[tuple[str, int, int]]:
+        """Of the newest *limit* log rows from *since* on whose client did not authenticate (``auth_user``
+        empty): per client address, how many rows, and how many of them have *symbol* among their symbols.
+
+        Cheap on a log of any size: the rows are the newest of an ix_messages_time range, at most
+        *limit* of them (SQLite walks the index backwards and stops there, no sort), counted and
+        grouped by the database; the answer has a row per address, never more than *limit*.  ``milterd doctor``
+        asks it for DNSBL_SKIPPED_PRIVATE; the addresses let it leave trusted_networks out.
+        """
+        table = schema.messages
+        # JSON_EXTRACT on SQLite, ->> on PostgreSQL: NULL where the row has no such symbol.
+        present = case((table.c.symbols[symbol].as_string().is_not(None), 1), else_=0)
+        newest = (select(table.c.client_addr.label("client_addr"), present.label("hit"))
+                  .where(table.c.time >= as_utc(since), table.c.auth_user == "")
+                  .order_by(table.c.time.desc())
+                  .limit(limit)
+                  .subquery())
+        query = select(newest.c.client_addr, func.count(), func.coalesce(func.sum(newest.c.hit), 0)).group_by(newest.c.client_addr)
+        try:
+            with self.engine.connect() as connection:
+                return [(str(addr), int(rows), int(hits)) for addr, rows, hits in connection.execute(query)]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the message log: {exc.__class__.__name__}: {getattr(exc, 'orig', None) or exc}") from exc
 
     def _period_end(self, until: dt.datetime) -> int | None:
         """The id of the last log row before *until* (None: there is none), found through ix_messages_time:
