@@ -531,6 +531,8 @@ def judge_postfix(config: Config, settings: dict[str, str], queue_directory: str
         fails_closed.append("database")
     if config.greylist.enabled and config.greylist.on_error == "tempfail":
         fails_closed.append("greylist")
+    if config.milter.on_check_error == "tempfail":
+        fails_closed.append("a check that raises (on_check_error)")
     default_action = settings.get("milter_default_action", "tempfail")
     if default_action == "accept" and fails_closed:
         findings.append(Finding("postfix milter_default_action", "warn", f"accept while {', '.join(fails_closed)} fail closed (on_error = tempfail): when milterd itself is down, mail passes unscanned and unlogged"))

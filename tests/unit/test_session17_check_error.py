@@ -99,3 +99,11 @@ def test_a_value_other_than_accept_or_tempfail_is_refused_with_file_and_key(tmp_
     with pytest.raises(ConfigError) as info:
         load_config(conf)
     assert str(info.value) == f"{conf}: [milter] on_check_error: Input should be 'accept' or 'tempfail'"
+
+
+def test_doctor_names_on_check_error_among_what_fails_closed_under_accept() -> None:
+    from .test_review16_followups import default_action_finding
+
+    finding = default_action_finding({"database.on_error": "accept", "milter.on_check_error": "tempfail"})
+    assert finding.status == "warn"
+    assert finding.detail.startswith("accept while a check that raises (on_check_error) fail closed"), finding.detail
