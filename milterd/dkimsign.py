@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import dkimfast
 from .content.headertext import is_field_name
-from .dns import a_label, fold_case
+from .dns import domain_name
 from .files import read_error, read_regular
 from .options import ConfigError
 
@@ -89,7 +89,7 @@ def load_keys(section: "DkimSigningSection", config_path: Path | None) -> list[S
         except ValueError as exc:
             raise ConfigError(where, f"[dkim_signing] keys[{index}].key_file", f"{path}: {exc}") from None
         # d= in A-labels (xn--…), as receivers align it with the From domain and look the key up in DNS.
-        domain = a_label(fold_case(entry.domain).rstrip("."))
+        domain = domain_name(entry.domain)
         if not domain or not domain.isascii():
             raise ConfigError(where, f"[dkim_signing] keys[{index}].domain", f"{entry.domain!r} is not a domain name")
         keys.append(SigningKey(domain, entry.selector, algorithm, private))
@@ -101,7 +101,7 @@ def keys_for(keys: list[SigningKey], domain: str) -> list[SigningKey]:
 
     A From domain in U-labels (``bücher.example``, in SMTPUTF8 mail) is the key's ``xn--`` domain.
     """
-    name = a_label(fold_case(domain).rstrip(".")) or ""
+    name = domain_name(domain) or ""
     while name:
         found = [k for k in keys if k.domain == name]
         if found:

@@ -101,17 +101,28 @@ class Answer:
 
 
 def cache_key(name: str, rdtype: str) -> tuple[str, str]:
-    """The answer cache's key of a question, and the question asked: the name lower-cased without its
-    trailing dot, its U-labels as IDNA2008 A-labels (:func:`a_label`), the type upper-cased.
+    """The answer cache's key of a question, and the question asked: the name's :func:`domain_name`
+    (case folded, without its trailing dot, its U-labels as IDNA2008 A-labels), the type upper-cased.
 
     Encoded here, not by dnspython: its codec is IDNA2003 unless the ``idna`` package happens to be
     installed, and IDNA2003 asks about ``strasse.example`` for ``straße.example``, another domain
     with its own owner, whose SPF record would then judge mail from the first.
     """
-    name = fold_case(name).rstrip(".")
-    if not name.isascii():
-        name = a_label(name) or name  # one IDNA refuses stays non-ASCII: _resolve_many answers it, never dnspython
-    return name, rdtype.upper()
+    key = domain_name(name)
+    if key is None:
+        key = fold_case(name).rstrip(".")  # one IDNA refuses stays non-ASCII: _resolve_many answers it, never dnspython
+    return key, rdtype.upper()
+
+
+def domain_name(name: str) -> str | None:
+    """The DNS form of the domain *name*: case folded (:func:`fold_case`), its trailing dot removed,
+    its U-labels as IDNA2008 A-labels (:func:`a_label`); None when IDNA refuses it.
+
+    The one normalisation of a domain that is looked up, signed for or compared with a looked-up one:
+    ``Bücher.Example.`` is ``xn--bcher-kva.example``, ``example.ΤΕΣΤΣ`` is ``example.τεστσ``'s A-labels
+    (``str.lower()`` would make it ``example.τεστς``, another domain).
+    """
+    return a_label(fold_case(name).rstrip("."))
 
 
 def fold_case(name: str) -> str:
@@ -119,7 +130,7 @@ def fold_case(name: str) -> str:
 
     ``str.lower()`` writes a word-final ``Σ`` as ``ς`` (Unicode's Final_Sigma rule), and ``ς`` is
     another IDNA2008 label than the ``σ`` that UTS #46 (and so a browser, a registry) maps ``Σ`` to:
-    ``ΤΕΣΤΣ.example`` would be asked as ``τεστς.example``, another domain with its own owner.
+    ``example.ΤΕΣΤΣ`` would be asked as ``example.τεστς``, another domain with its own owner.
     """
     return name.lower() if name.isascii() else "".join(c.lower() for c in name)
 

@@ -36,7 +36,7 @@ from ..message.policy import plan_headers
 from ..options import CheckSwitches, ConfigError
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
-from .dkim import QUIET, DnsRecorder, header_section_as_delivered
+from .dkim import QUIET, DnsRecorder, fields_as_delivered
 from .spf import message_results
 
 if TYPE_CHECKING:
@@ -195,21 +195,13 @@ def delivered_field(name: str, value: str) -> bytes:
     return (f"{name}: " + header_safe(value).replace("\n", "\r\n") + "\r\n").encode("utf-8", "replace")
 
 
-#: Where one header field of a CRLF header section ends: a line break not followed by a fold.
-_FIELD_END = re.compile(rb"\r\n(?![ \t])")
-
-
 def message_for_seal(envelope: Envelope, authserv_id: str, results: str, subject_edits: Sequence[HeaderEdit] = ()) -> bytes:
     """The message as it will leave: our Authentication-Results on top, folded as delivered
     (:func:`delivered_field`), forged ones claiming our id gone, and the Subject as
     *subject_edits* leave it (tagged at rewrite_subject), by the same
-    :func:`~milterd.checks.dkim.header_section_as_delivered` that DKIM signing uses."""
-    section = header_section_as_delivered(envelope, list(subject_edits))
-    fields = _FIELD_END.split(section[:-2])  # each field without its CRLF; the blank line that ends the section left out
-    if fields and not fields[-1]:
-        fields.pop()
+    :func:`~milterd.checks.dkim.fields_as_delivered` that DKIM signing's header section is made of."""
     kept = [delivered_field("Authentication-Results", results)]
-    for field in fields:
+    for field in fields_as_delivered(envelope, list(subject_edits)):
         name, colon, value = field.partition(b":")
         if colon and name.rstrip(b" \t").lower() == b"authentication-results" and claims(value.decode("utf-8", "replace"), authserv_id):
             continue

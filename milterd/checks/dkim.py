@@ -409,6 +409,15 @@ def header_section_as_delivered(envelope: Envelope, subject_edits: list[HeaderEd
     """
     if not subject_edits:
         return envelope.header_bytes
+    return b"".join(field + b"\r\n" for field in fields_as_delivered(envelope, subject_edits)) + b"\r\n"
+
+
+def fields_as_delivered(envelope: Envelope, subject_edits: list[HeaderEdit]) -> list[bytes]:
+    """The header fields of :func:`header_section_as_delivered`, in order, each one as it is delivered
+    (name, colon, value, its folds as CRLF) without the CRLF that ends it.
+
+    Without *subject_edits* they are the fields of ``envelope.header_bytes``.
+    """
     raws = envelope.raw_headers if len(envelope.raw_headers) == len(envelope.headers) else None
     lines = [raws[i] if raws is not None else name.encode("ascii", "replace") + b": " + value for i, (name, value) in enumerate(envelope.headers)]
     subjects = [i for i, (name, _) in enumerate(envelope.headers) if name.lower() == "subject"]
@@ -418,7 +427,7 @@ def header_section_as_delivered(envelope: Envelope, subject_edits: list[HeaderEd
             lines.append(line)
         elif 0 < edit.index <= len(subjects):
             lines[subjects[edit.index - 1]] = line
-    return b"".join(line.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n" for line in lines) + b"\r\n"
+    return [line.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") for line in lines]
 
 
 def _with_hit(verdict: Verdict, symbol: str, detail: str) -> Verdict:

@@ -40,7 +40,7 @@ from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
 from ..content.headertext import addresses, decoded
-from ..dns import a_label, fold_case
+from ..dns import a_label, domain_name, fold_case
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
@@ -123,8 +123,8 @@ def _org_domain(name: str, psl_path: str) -> str:
 
 def aligned(domain: str, from_domain: str, mode: str, psl_path: str = "") -> bool:
     """Whether an authenticated *domain* aligns with *from_domain*: strict (``s``), same name; relaxed, same organizational domain."""
-    a, b = fold_case(domain).rstrip("."), fold_case(from_domain).rstrip(".")
-    a, b = a_label(a) or a, a_label(b) or b  # a U-label From aligns with its A-label d= (RFC 7489 §6.6.1)
+    # A U-label From aligns with its A-label d= (RFC 7489 §6.6.1); a name IDNA refuses is compared folded.
+    a, b = (domain_name(name) or fold_case(name).rstrip(".") for name in (domain, from_domain))
     if not a or not b:
         return False
     if a == b:
@@ -203,13 +203,13 @@ def _shown_domain(text: str) -> str | None:
     or format character a mail client does not show) is read up to there: the reader sees
     ``bank.example``, so its policy is judged, and junk cannot switch DMARC off.
     """
-    domain = a_label(fold_case(text.strip()).rstrip("."))
+    domain = domain_name(text.strip())
     if domain and _DOMAIN.fullmatch(domain):
         return domain
     shown = "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf")).strip()
     shown = fold_case(shown)
     head = _DOMAIN_HEAD.match(shown)
-    domain = a_label(head.group().rstrip(".")) if head else None
+    domain = domain_name(head.group()) if head else None
     return domain if domain and _DOMAIN.fullmatch(domain) else None
 
 

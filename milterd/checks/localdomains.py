@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
-from ..dns import a_label
+from ..dns import domain_name
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
@@ -119,7 +119,9 @@ class LocalSpoof(Check):
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
         self.domains = {d.lower().rstrip(".") for d in services.config.milter.local_domains}
-        self.a_label_domains = {a_label(d) or d for d in self.domains}  # as from_domains gives them
+        # As from_domains gives them: case folded as DNS names are (a capital final Sigma is σ, not
+        # str.lower()'s ς), A-labels; a name IDNA refuses is no From domain from_domains gives.
+        self.a_label_domains = {name for d in services.config.milter.local_domains if (name := domain_name(d))}
         self.options = services.config.checks.local_domains
 
     @classmethod

@@ -31,7 +31,7 @@ from html import unescape
 from html.parser import HTMLParser
 from typing import Iterable, Iterator
 
-from .mimeparams import LenientMessage
+from .mimeparams import LenientMessage, safely
 from .mimeparams import decode_bytes as decode_bytes
 
 #: At most this many links are kept per message (and given by :func:`uris_in_text`, which stops reading
@@ -336,11 +336,9 @@ def decode_part(part: email.message.Message) -> str:
         return value if isinstance(value, str) else ""
     if not isinstance(payload, bytes):
         return str(payload)
-    try:
-        charset = part.get_content_charset()  # extract()'s parts never raise here (LenientMessage); another Message may
-    except Exception:  # noqa: BLE001 - a malformed charset parameter is read as none: UTF-8, else Latin-1
-        charset = None
-    return decode_bytes(payload, charset)
+    # extract()'s parts never raise here (LenientMessage); another Message may: a malformed charset
+    # parameter is read as none (UTF-8, else Latin-1).
+    return decode_bytes(payload, safely(part.get_content_charset, lambda: None))
 
 
 def _add_links(found: "_Links", ctype: str, body: str) -> str:
