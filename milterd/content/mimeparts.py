@@ -19,6 +19,7 @@ import email
 import email.policy
 import re
 import tempfile
+from collections import deque
 from dataclasses import dataclass
 from email.message import Message
 from typing import IO, Iterable, Iterator
@@ -32,6 +33,13 @@ MAX_PARTS = 500
 MAX_PART_HEADER = 64 * 1024
 #: At most this much of one MIME field is kept.
 MAX_FIELD = 16 * 1024
+#: Past MAX_FIELD or MAX_PART_HEADER, the lines of a MIME field that name a file or a boundary are
+#: still read (each with the line after it, where a folded value goes on), the first and the last of
+#: them up to this much a part: padding before ``filename=`` must not hide the file from the checks
+#: while a mail client shows it.
+MAX_OVERFLOW = 16 * 1024
+#: A line that holds a ``filename``, ``name`` or ``boundary`` parameter (RFC 2231 sections too).
+_NAMING_LINE = re.compile(rb"(?:name|boundary)\s*(?:\*[0-9]*\*?)?\s*=", re.IGNORECASE)
 #: Padding characters a base64 part may hold before the rest of it is decoded without them:
 #: read quartet by quartet (:func:`_a2b_quartets`), 10 MB of "=" would cost seconds of a worker.
 MAX_PADDING = 4096
@@ -344,14 +352,24 @@ def _other_names(part: Message, filename: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+#: _Header.field in a MIME field past MAX_FIELD or MAX_PART_HEADER.
+_PAST = -2
+
+
 class _Header:
     """A part's header section as its lines go by: only its MIME fields, each and all of them bounded."""
 
     def __init__(self) -> None:
         self.lines: list[bytes] = []
         self.size = 0
-        self.field = -1  # bytes kept of the MIME field being read; -1 in any other field
+        self.field = -1  # bytes kept of the MIME field being read; -1 in any other field, _PAST in one past the bounds
         self.cut = False
+        # Runs of lines (unfolded) of MIME fields past the bounds that name a file or a boundary (overflow).
+        self._head: list[bytes] = []
+        self._head_size = 0
+        self._tail: deque[bytes] = deque()
+        self._tail_size = 0
+        self._run_open = False  # the last run takes the next line of its field too
 
     def add(self, line: bytes) -> None:
         """Keep *line* (one line of the header section) if it is, or continues, a MIME field."""
@@ -361,15 +379,72 @@ class _Header:
             # before the colon); the stdlib parser would end the header section at it.
             name = name.rstrip(b" \t")
             self.field = 0 if colon and name.lower() in _MIME_FIELDS else -1
+            self._run_open = False
             line = name + colon + rest
+        if self.field == _PAST:
+            self._past(line)
+            return
         if self.field < 0:
             return
         if self.field + len(line) > MAX_FIELD or self.size + len(line) > MAX_PART_HEADER:
-            self.cut, self.field = True, -1
+            self.cut, self.field = True, _PAST
+            self._past(line)
             return
         self.lines.append(line)
         self.size += len(line)
         self.field += len(line)
+
+    def _past(self, line: bytes) -> None:
+        """Keep what names a file or a boundary of *line*, a line of a MIME field past the bounds."""
+        text = line.rstrip(b"\r\n")
+        if self._run_open:
+            run = self._extend(text)  # unfolded: a value folded onto this line joins its name
+        elif _NAMING_LINE.search(text):
+            run = self._add(text if line[:1] in (b" ", b"\t") else text.partition(b":")[2])
+        else:
+            return
+        # The next line goes on with this run where its value does: none yet after "=", or a quote left open.
+        self._run_open = run is not None and (run.rstrip().endswith(b"=") or run.count(b'"') % 2 == 1)
+
+    def _add(self, run: bytes) -> bytes | None:
+        """Keep *run*; it, None when it was too long to keep.
+
+        The first and the last runs are kept, half of MAX_OVERFLOW each: a client may show the first
+        name or the last, and RFC 2231 sections end the name (its extension) with the last of them.
+        """
+        if not self._tail and self._head_size + len(run) <= MAX_OVERFLOW // 2:
+            self._head.append(run)
+            self._head_size += len(run)
+            return run
+        self._tail.append(run)
+        self._tail_size += len(run)
+        while self._tail_size > MAX_OVERFLOW // 2:
+            self._tail_size -= len(self._tail.popleft())
+        return run if self._tail else None
+
+    def _extend(self, text: bytes) -> bytes | None:
+        """The last run kept, with *text* added; None when there is none, or it grew too long to keep."""
+        if self._tail:
+            run = self._tail.pop()
+            self._tail_size -= len(run)
+        elif self._head:
+            run = self._head.pop()
+            self._head_size -= len(run)
+        else:
+            return None
+        return self._add(run + text)
+
+    @property
+    def overflow(self) -> list[bytes]:
+        """The runs of lines (unfolded) of MIME fields past the bounds that name a file or a boundary, the first and the last."""
+        return self._head + list(self._tail)
+
+    def overflow_params(self) -> list[tuple[str, str]]:
+        """The ``filename``, ``name`` and ``boundary`` parameters of :attr:`overflow`, as raw_params reads them."""
+        if not self.overflow:
+            return []
+        text = "x; " + "; ".join(run.decode("latin-1") for run in self.overflow)
+        return [(key, value) for key, value in raw_params(text)[1:] if key in ("filename", "name", "boundary")]
 
     def parse(self) -> Message:
         # Read as Latin-1, each byte one character: parsed from bytes, compat32 turns 8-bit bytes into
@@ -417,7 +492,8 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                     notes.append(f"a part's MIME fields could not be read ({exc.__class__.__name__}): its body judged as an unnamed file")
                     ctype, boundary, encoding, name, others = "application/octet-stream", (), "", "", ()
                 if header.cut:
-                    notes.append(f"MIME fields of a part past {MAX_FIELD} bytes each or {MAX_PART_HEADER} in all: the rest not read")
+                    notes.append(f"MIME fields of a part past {MAX_FIELD} bytes each or {MAX_PART_HEADER} in all: only the names and boundary in the rest read")
+                    ctype, boundary, name, others = _with_overflow(header.overflow_params(), ctype, boundary, name, others)
                 header = _Header()
                 parts += 1
                 if boundary:
@@ -460,6 +536,18 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
         yield from _finished(decoder, current, notes)
 
 
+def _with_overflow(params: list[tuple[str, str]], ctype: str, boundary: tuple[bytes, ...], name: str,
+                   others: tuple[str, ...]) -> tuple[str, tuple[bytes, ...], str, tuple[str, ...]]:
+    """A part's content type, boundary, file name and other names with those found past the bounds (*params*)
+    added: each name is judged; a multipart without a boundary in what was kept takes the first found."""
+    names = [_cleaned(value) for key, value in params if key != "boundary"]
+    every = [n for n in dict.fromkeys([name, *names, *others]) if n]
+    if not boundary and ctype.startswith("multipart/"):
+        found = next((value for key, value in params if key == "boundary"), "")
+        boundary = _variants(found.encode("latin-1", "replace"))
+    return ctype, boundary, every[0] if every else "", tuple(every[1:])
+
+
 def _read_part(part: Message) -> tuple[str, tuple[bytes, ...], str, str, tuple[str, ...]]:
     """A part's content type, boundary (a multipart's, else ``()``), transfer encoding, file name and
     other names (those only of a part that may be decoded: named, or neither text nor multipart)."""
@@ -475,7 +563,11 @@ def _boundary(part: Message) -> tuple[bytes, ...]:
     (``boundary*=''b``) collapsed, and one with blanks also up to the first (``boundary=b (comment)``
     is ``b`` to Thunderbird, which reads an unquoted value up to a blank)."""
     found = safely(lambda: part.get_boundary(), lambda: raw_param(part.get("content-type"), "boundary"))
-    boundary = (found or "").encode("latin-1", "replace")
+    return _variants((found or "").encode("latin-1", "replace"))
+
+
+def _variants(boundary: bytes) -> tuple[bytes, ...]:
+    """A boundary as mail clients read it: whole, and up to its first blank (:func:`_boundary`)."""
     first = boundary.split(None, 1)[0] if boundary.strip() else b""
     return tuple(dict.fromkeys(b for b in (boundary, first) if b))
 

@@ -110,6 +110,23 @@ def test_an_exe_in_multiparts_nested_thirty_deep_is_rejected_naming_the_file(sta
     assert not stack.sink.with_subject("deep exe")
 
 
+def test_an_exe_named_behind_padding_past_the_field_bound_is_rejected(stack: Stack) -> None:
+    """27 KB of parameters before filename=: past the 16 KB of a MIME field that is parsed, whose
+    rest used to be skipped (a 1-point ATTACH_ARCHIVE_LIMIT, and the .exe delivered)."""
+    padding = b"".join(b";\r\n x%d=\"%s\"" % (i, b"a" * 40) for i in range(600))
+    raw = (b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.com>\r\nSubject: padded name\r\n"
+           b"Date: Wed, 02 Dec 2026 06:00:00 +0000\r\nMessage-ID: <padded.name@example.org>\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+           b"--b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment"
+           + padding + b";\r\n filename=\"setup.exe\"\r\n\r\n" + base64.encodebytes(PE).replace(b"\n", b"\r\n") + b"--b1--\r\n")
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(raw)
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Attachment rejected: setup.exe: banned extension .exe"
+    assert row_for(stack, "padded name")["details"]["ATTACH_BANNED"] == "setup.exe: banned extension .exe"
+    assert not stack.sink.with_subject("padded name")
+
+
 def test_double_extension_is_rejected(stack: Stack) -> None:
     with pytest.raises(smtplib.SMTPDataError) as info:
         stack.send(mail("double ext", ("invoice.pdf.scr", PE, "application/octet-stream")))

@@ -157,3 +157,56 @@ def test_an_encoded_name_clients_decode_is_judged_decoded(check: object, encoded
     fields = b'Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="' + encoded + b'"\r\n'
     raw = multipart(b"Content-Type: text/plain\r\n\r\nhi\r\n", fields + b"\r\nMZ\r\n")
     assert symbols(check, raw).get(BANNED, "").endswith(": banned extension .exe")
+
+
+PADDING = b"".join(b";\r\n x%d=\"%s\"" % (i, b"a" * 40) for i in range(600))  # 27 KB of parameters: past MAX_FIELD
+
+
+@pytest.mark.parametrize(
+    "naming",
+    [
+        b";\r\n filename=\"evil.js\"",
+        b"; filename=\r\n \"evil.js\"",  # the value folded onto the next line
+        b";\r\n filename*0=\"ev\";\r\n filename*1=\"il.j\";\r\n filename*2=\"s\"",  # RFC 2231 sections, the extension split
+        b";\r\n filename*=utf-8''%65vil.js",
+    ],
+)
+def test_a_name_behind_padding_past_the_field_bound_is_judged(check: object, naming: bytes) -> None:
+    # A mail client reads the whole field; the first MAX_FIELD bytes of it used to be all that was read,
+    # and the file was a 1-point ATTACH_ARCHIVE_LIMIT, delivered.
+    part = b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment" + PADDING + naming + b"\r\n\r\nWScript.Echo(1)\r\n"
+    found = symbols(check, multipart(b"Content-Type: text/plain\r\n\r\nhi\r\n", part))
+    assert found.get(BANNED, "").endswith("evil.js: banned extension .js"), found
+    assert LIMIT in found  # the rest of the field is still not read: said as before
+
+
+def test_a_boundary_behind_padding_past_the_field_bound_is_followed(check: object) -> None:
+    inner = b"Content-Type: multipart/mixed" + PADDING + b";\r\n boundary=\"inner\"\r\n\r\n--inner\r\n" + SCRIPT + b"--inner--\r\n"
+    assert symbols(check, multipart(inner)).get(BANNED, "").endswith("evil.js: banned extension .js")
+
+
+def test_what_is_read_past_the_bound_is_bounded() -> None:
+    from milterd.content.mimeparts import MAX_OVERFLOW
+
+    names = b"".join(b";\r\n filename=\"n%d.txt\"" % i for i in range(20_000))  # 500 KB of naming lines
+    part = b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment" + PADDING + names + b"\r\n\r\nx\r\n"
+    [(name, others)] = [(a.filename, a.names) for a in attachments([multipart(part)])]
+    assert 0 < sum(len(n) for n in (name, *others)) < MAX_OVERFLOW
+
+
+def test_the_last_rfc2231_section_past_the_read_bound_still_ends_the_name(check: object) -> None:
+    from milterd.content.mimeparts import MAX_OVERFLOW
+
+    # 2,000 sections of naming padding, then the extension: a client joins them all (…a.js); the
+    # first and the last naming lines are read, so the joined name still ends as the client's does.
+    sections = b"".join(b";\r\n filename*%d=\"a\"" % i for i in range(2000)) + b";\r\n filename*2000=\".js\""
+    part = b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment" + PADDING + sections + b"\r\n\r\nx\r\n"
+    assert BANNED in symbols(check, multipart(part))  # its detail (the 2,000-character name) is cut in the row
+    [name] = [a.filename for a in attachments([multipart(part)])]
+    assert name.endswith("aaa.js") and len(name) < MAX_OVERFLOW  # the first and the last sections, joined
+
+
+def test_a_plain_name_after_naming_padding_past_the_read_bound_is_judged(check: object) -> None:
+    padding = b"".join(b";\r\n name=\"n%d.txt\"" % i for i in range(3000))
+    part = b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment" + PADDING + padding + b";\r\n filename=\"evil.js\"\r\n\r\nx\r\n"
+    assert symbols(check, multipart(part)).get(BANNED, "").endswith("evil.js: banned extension .js")
