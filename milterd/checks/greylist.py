@@ -47,12 +47,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from .. import greylist as gl
 from ..config import ConfigError
-from ..message.model import Action, Envelope, Hit, Session, Verdict
+from ..message.model import Action, Envelope, Hit, Session
 from ..message.policy import GreylistStatus, greylist_reply
 from ..message.reply import Reply
 from ..store import StoreError
@@ -258,9 +258,7 @@ class Greylist(Check):
                 error = str(exc)[:200]
                 if self.config.on_error == "tempfail":
                     log.warning("%s: greylist store unavailable, tempfailing %s: %s", envelope.queue_id or "NOQUEUE", triplets[0], exc)
-                    # Deferred as greylisted (the checks' on_verdict see a message that waits); on_verdict makes it a tempfail.
-                    envelope.check_state(self.name)["score_error"] = error
-                    return GreylistStatus(needed=True, wait=self.config.delay, detail=f"greylist store unavailable: {error}", error=error)
+                    return GreylistStatus(needed=False, error=error, reply=STORE_DOWN_REPLY)
                 log.warning("greylist store unavailable, not greylisting %s: %s", triplets[0], exc)
                 return GreylistStatus(needed=False, error=error)
             pending = [(t, step.judgement) for t, step in steps if step.judgement.greylisted]
@@ -268,24 +266,6 @@ class Greylist(Check):
             detail = "; ".join(f"{t} {j.kind}" for t, j in pending)[:1000]
             return GreylistStatus(needed=True, wait=max(j.wait for _, j in pending), detail=detail)
         return GreylistStatus(needed=False)
-
-    def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
-        # Score mode with on_error = "tempfail": the store did not answer for a message its
-        # score greylists.  It waits, as on_score_greylist asked, but as the tempfail it is.
-        error = envelope.check_state(self.name).pop("score_error", None)
-        if not isinstance(error, str) or verdict.action != Action.GREYLIST:
-            return verdict
-        symbols = {name: score for name, score in verdict.symbols.items() if name != "GREYLIST"}
-        details = {name: detail for name, detail in verdict.details.items() if name != "GREYLIST"}
-        reason = verdict.reason.removesuffix(f"; greylisted greylist store unavailable: {error}").removesuffix(f"greylisted greylist store unavailable: {error}")
-        return replace(
-            verdict,
-            action=Action.TEMPFAIL,
-            reply=STORE_DOWN_REPLY,
-            reason=f"{reason}; {STORE_DOWN_REPLY}: greylist store unavailable".lstrip("; "),
-            symbols={**symbols, "GREYLIST_ERROR": 0.0},
-            details={**details, "GREYLIST_ERROR": error},
-        )
 
     # --- helpers ----------------------------------------------------------------
 

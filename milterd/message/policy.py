@@ -70,13 +70,16 @@ class GreylistStatus:
 
     ``needed``: some triplet has not waited long enough (``wait`` seconds
     more; ``detail`` names the triplets).  Otherwise the retry passed, or,
-    with ``error``, the store did not answer.
+    with ``error``, the store did not answer: the message is then answered
+    ``reply`` where greylisting fails closed (``[greylist] on_error =
+    "tempfail"``), else judged as if greylisting were off.
     """
 
     needed: bool
     wait: float = 0.0
     detail: str = ""
     error: str = ""
+    reply: Reply | None = None
 
 
 def greylist_reply(wait: float) -> Reply:
@@ -99,13 +102,24 @@ def decide(
     With ``scored=False`` (trusted or authenticated client) only forced actions count.
     With *greylist* (the store's answer, asked when :func:`greylists_at_score`),
     a message the score greylists waits when ``greylist.needed`` (451 with the
-    wait); otherwise the threshold action below greylist applies, with
-    GREYLIST_PASSED (or GREYLIST_ERROR when the store did not answer).
+    wait), or is answered ``greylist.reply`` with GREYLIST_ERROR when the store
+    did not answer and greylisting fails closed; otherwise the threshold action
+    below greylist applies, with GREYLIST_PASSED (or GREYLIST_ERROR when the
+    store did not answer).
     """
     hits = list(hits)
     verdict = _decide(hits, weight, actions, scored)
     if greylist is None or not greylists_at_score(verdict):
         return verdict
+    if greylist.error and greylist.reply is not None:
+        return replace(
+            verdict,
+            action=Action.TEMPFAIL,
+            reply=greylist.reply,
+            reason=f"{verdict.reason}; {greylist.reply}: greylist store unavailable".lstrip("; "),
+            symbols={**verdict.symbols, "GREYLIST_ERROR": 0.0},
+            details={**verdict.details, "GREYLIST_ERROR": greylist.error},
+        )
     if greylist.needed:
         return replace(
             verdict,

@@ -114,6 +114,16 @@ def test_greylist_at_score_passed_or_store_down_takes_the_action_below() -> None
     assert down.action == Action.ADD_HEADER and down.details["GREYLIST_ERROR"] == "disk full"
 
 
+def test_greylist_at_score_store_down_failing_closed_answers_its_reply() -> None:
+    reply = Reply("451", "4.3.0", "Greylisting unavailable, please try again later")
+    down = decide([Hit("X", score=7)], weight, GREYLISTING, greylist=GreylistStatus(needed=False, error="disk full", reply=reply))
+    assert down.action == Action.TEMPFAIL and down.reply == reply
+    assert down.symbols == {"X": 7.0, "GREYLIST_ERROR": 0.0} and down.details["GREYLIST_ERROR"] == "disk full"
+    assert down.reason == "score 7 >= greylist 6; 451 4.3.0 Greylisting unavailable, please try again later: greylist store unavailable"
+    below = decide([Hit("X", score=4)], weight, GREYLISTING, greylist=GreylistStatus(needed=False, error="disk full", reply=reply))
+    assert below.action == Action.ACCEPT  # a score that does not greylist never asks the store
+
+
 def test_greylist_status_changes_nothing_but_a_greylist_by_score() -> None:
     status = GreylistStatus(needed=True, wait=60, detail="t")
     for hits in ([Hit("X", score=5)], [Hit("X", score=16)], [Hit("GREYLIST", action=Action.GREYLIST, reply=Reply("451", "4.7.1", "own"))]):

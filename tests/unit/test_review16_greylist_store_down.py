@@ -248,20 +248,22 @@ def test_recipients_greylisting_skips_pass_without_the_store(make_check: Callabl
     assert calls == []  # the triplets' and clients' tables were never asked
 
 
-def test_score_mode_tempfail_asks_for_the_deferral_and_makes_it_a_tempfail(make_check: Callable[..., Greylist], monkeypatch: pytest.MonkeyPatch) -> None:
-    from milterd.message.model import Verdict
+def test_score_mode_tempfail_answers_the_store_down_reply(make_check: Callable[..., Greylist], monkeypatch: pytest.MonkeyPatch) -> None:
+    from milterd.config import ActionsSection
+    from milterd.message.model import Hit
+    from milterd.message.policy import decide
 
     check = make_check(on_error="tempfail", mode="score")
     store_down(monkeypatch)
     session, envelope = transaction()
     envelope.recipients.append("bob@example.com")
     status = check.on_score_greylist(session, envelope)
-    assert status.needed and "connection refused" in status.error
-    greylisted = Verdict(Action.GREYLIST, 9.0, {"SUBJ": 9.0, "GREYLIST": 0.0}, {"GREYLIST": "x"}, "score 9 >= greylist 6; greylisted x", reply=None)
-    verdict = check.on_verdict(session, envelope, greylisted)
+    assert not status.needed and "connection refused" in status.error and status.reply == STORE_DOWN_REPLY
+    actions = ActionsSection(reject=15, quarantine=False, greylist=6, rewrite_subject=False, add_header=5)
+    verdict = decide([Hit("SUBJ", score=9.0)], lambda _symbol: 0.0, actions, greylist=status)
     assert verdict.action == Action.TEMPFAIL and verdict.reply == STORE_DOWN_REPLY
+    assert verdict.reason == "score 9 >= greylist 6; 451 4.3.0 Greylisting unavailable, please try again later: greylist store unavailable"
     assert "GREYLIST" not in verdict.symbols and "connection refused" in verdict.details["GREYLIST_ERROR"]
-    assert check.on_verdict(session, envelope, greylisted) is greylisted  # once: the next verdict is not touched
 
 
 def test_score_mode_accept_passes_as_before(make_check: Callable[..., Greylist], monkeypatch: pytest.MonkeyPatch) -> None:
