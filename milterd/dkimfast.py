@@ -27,13 +27,17 @@ refuses beforehand some inputs dkimpy takes: a signature that is not *k*
 bytes long, a signature integer not below ``n`` (dkimpy reduces it modulo
 ``n``), keys it does not accept (an even modulus, an even exponent or one
 below 3 or not below ``n``, a modulus over 16384 bits, an exponent over 64
-bits), and a digest whose block does not fit in *k* bytes (dkimpy raises
+bits: these two sizes fail here, see below), and a digest whose block does not fit in *k* bytes (dkimpy raises
 ``DigestTooLargeError``); ``cryptography`` reports some of these refusals as
 an invalid signature.  Those inputs (checked here first), keys under 1024
 bits, any hash but SHA-256, and any error but "invalid signature" go to
 dkimpy's own function, so the verdict is dkimpy's in every case
 (tests/unit/test_dkimfast.py compares them on valid, tampered, wrong-key,
-short-key and odd-length signatures).
+short-key and odd-length signatures).  The exception is a key OpenSSL refuses
+for its size (an exponent over 64 bits, a modulus over 16384 bits): its
+signature fails without dkimpy's pure-Python ``pow``, which a key record
+publishing a 16384-bit exponent makes cost 7 s of CPU a signature (no real
+key has one: they use 65537).
 
 Signing is the same story, only dearer: dkimpy's ``RSASSA_PKCS1_v1_5_sign``
 does the private-key operation (two ``pow`` by the CRT) in Python, 7 to
@@ -198,6 +202,10 @@ def verify(hash: Any, signature: bytes, public_key: dict[str, int]) -> bool:  # 
     """``dkim.crypto.RSASSA_PKCS1_v1_5_verify`` with OpenSSL doing the RSA: the same result, or dkimpy's own."""
     modulus = public_key.get("modulus")
     exponent = public_key.get("publicExponent")
+    if type(modulus) is int and type(exponent) is int and (exponent.bit_length() > 64 or modulus.bit_length() > MAX_FAST_BITS):
+        # A key OpenSSL would refuse for its size fails without dkimpy's pure-Python pow: anyone who
+        # publishes a key record can give it a 16384-bit exponent, 7 s of a worker's CPU a signature.
+        return False
     if (
         type(modulus) is not int
         or type(exponent) is not int
@@ -205,7 +213,6 @@ def verify(hash: Any, signature: bytes, public_key: dict[str, int]) -> bool:  # 
         or not MIN_FAST_BITS <= modulus.bit_length() <= MAX_FAST_BITS
         or not modulus & exponent & 1
         or not 3 <= exponent < modulus
-        or exponent.bit_length() > 64
         or len(signature) != (modulus.bit_length() + 7) // 8
         or int.from_bytes(signature, "big") >= modulus
     ):
