@@ -144,6 +144,151 @@ def collapsed(value: object) -> str:
                   lambda: _param_text(text.encode("raw-unicode-escape"), charset))
 
 
+#: What Thunderbird counts as white space in a field (nsCRT::IsAsciiSpace).
+_CLIENT_SPACE = " \t\n\f\r"
+_CLIENT_NAME_END = re.compile(r"[ \t\n\f\r=;]")
+_CLIENT_TOKEN_END = re.compile(r"[ \t\n\f\r;]")
+_CLIENT_QUOTE_END = re.compile(r'\\.|"', re.DOTALL)
+_CLIENT_FIRST = re.compile(r"[;,]")
+#: RFC 2231 sections past this number are refused, as Thunderbird refuses them.
+_CLIENT_SECTIONS = 999
+
+
+def client_param(value: str, name: str) -> str | None:
+    """Parameter *name* of a field's *value* as Thunderbird reads it, None when it has none.
+
+    Its nsMIMEHeaderParamImpl::DoParameterInternal, step by step: the
+    parameters start after the first ``;`` or ``,``; a quoted value ends at its
+    closing quote (or the field's end) and a token at a blank or ``;``; a value
+    not followed by ``;`` ends the field (``filename="a.js" (comment)`` is
+    a.js); the first plain value is kept, the first ``name*=`` (RFC 5987) is
+    preferred to it, and RFC 2231 sections to both, joined from 0 up to the
+    first one missing, a duplicate or a malformed number ending them.  The
+    standard library reads several of these otherwise (``"a.js" (comment)``,
+    duplicates joined), and a name or a boundary it reads differently hid a
+    file Thunderbird shows from the attachment checks.  Never raises.
+    """
+    return safely(lambda: _client_param(value, name.lower()), lambda: None)
+
+
+def _client_param(text: str, name: str) -> str | None:
+    end = len(text)
+    at = _skip_space(text, 0)
+    start = at
+    first = _CLIENT_FIRST.search(text, at)
+    at = _skip_space(text, first.end()) if first else end
+    if at >= end:
+        at = start  # no ";": the field may be parameters alone
+    plain: str | None = None  # name=
+    extended: bytes | None = None  # name*= (RFC 5987), %-decoded
+    sections: dict[int, tuple[str, bool, bool]] = {}  # name*N= and name*N*= (RFC 2231): text, %-encoded, quoted
+    extended_charset = sections_charset = ""
+    accept = True  # sections are still taken
+    while at < end:
+        key_end = _CLIENT_NAME_END.search(text, at)
+        key = text[at:key_end.start() if key_end else end].lower()
+        at = _skip_space(text, key_end.start() if key_end else end)
+        if at >= end:
+            break
+        if text[at] != "=":
+            at += 1  # a parameter without "=" is passed over
+        else:
+            at = _skip_space(text, at + 1)
+            quoted = text.startswith('"', at)
+            if quoted:
+                raw, at = _client_quoted(text, at + 1)
+            else:
+                token_end = _CLIENT_TOKEN_END.search(text, at)
+                stop = token_end.start() if token_end else end
+                raw, at = text[at:stop], stop
+            if key == name:
+                if plain is None:
+                    unfolded = raw.replace("\r", "").replace("\n", "")
+                    plain = _unescaped(unfolded) if quoted else unfolded
+            elif key.startswith(name + "*"):
+                rest = key[len(name) + 1:]
+                percent = key.endswith("*")
+                number = _section_number(rest[:-1] if percent else rest) if rest else -1
+                if rest and number < 0:
+                    accept = False
+                elif not rest or (number == 0 and percent and accept):  # name*=, or the first section of an encoded value
+                    field_charset, data = _charset_split(raw)
+                    if rest:
+                        sections_charset = field_charset
+                    else:
+                        extended_charset = field_charset
+                    if data and extended is None and not rest:
+                        if _valid_percent(data):
+                            extended = urllib.parse.unquote_to_bytes(data)
+                    elif data:
+                        accept = _add_section(sections, 0, data, percent, quoted) and accept
+                elif accept:
+                    accept = _add_section(sections, number, raw, percent, quoted)
+        at = _skip_space(text, at)
+        if at < end and text[at] == ";":
+            at = _skip_space(text, at + 1)
+        else:
+            break  # no ";": the field ends here for Thunderbird
+    if extended is not None:
+        return _param_text(extended, extended_charset)
+    joined = b""
+    for number in range(len(sections)):
+        if number not in sections:
+            break  # a section missing ends the value
+        data, percent, quoted = sections[number]
+        piece = urllib.parse.unquote_to_bytes(data) if percent else data.encode("latin-1", "replace")
+        joined += _unescaped(piece.decode("latin-1")).encode("latin-1") if quoted else piece
+    if joined:
+        return _param_text(joined, sections_charset)
+    return plain
+
+
+def _charset_split(raw: str) -> tuple[str, str]:
+    """An RFC 5987/2231 value's charset and its %-encoded text (``charset'language'text``, ``charset'text`` or ``text``)."""
+    quote = raw.find("'")
+    if quote < 0:
+        return "", raw
+    second = raw.find("'", quote + 1)
+    return raw[:quote], raw[second + 1:] if second >= 0 else raw[quote + 1:]
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in _CLIENT_SPACE:
+        at += 1
+    return at
+
+
+def _client_quoted(text: str, at: int) -> tuple[str, int]:
+    """A quoted value from *at* (after its opening quote): its text (escapes kept) and where the field goes on."""
+    for match in _CLIENT_QUOTE_END.finditer(text, at):
+        if match.group() == '"':
+            return text[at:match.start()], match.end()
+    return text[at:], len(text)
+
+
+def _unescaped(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text, flags=re.DOTALL)
+
+
+def _section_number(digits: str) -> int:
+    """An RFC 2231 section number as Thunderbird takes it; -1 for none (empty, a leading 0, not digits, past 999)."""
+    if not digits or (len(digits) > 1 and digits[0] == "0") or not digits.isascii() or not digits.isdigit() or len(digits) > 3:
+        return -1
+    return int(digits)
+
+
+def _add_section(sections: dict[int, tuple[str, bool, bool]], number: int, data: str, percent: bool, quoted: bool) -> bool:
+    """Record a section; False (the sections end there) for a duplicate, or one both quoted and %-encoded."""
+    if number in sections or number > _CLIENT_SECTIONS or (percent and quoted):
+        return False
+    sections[number] = (data, percent, quoted)
+    return True
+
+
+def _valid_percent(data: str) -> bool:
+    return all(re.fullmatch(r"[0-9A-Fa-f]{2}", data[i + 1:i + 3]) for i in range(len(data)) if data[i] == "%")
+
+
 class LenientMessage(email.message.Message):
     """A compat32 message whose parameters never raise (:func:`extract` parses into it, and mimeparts reads each part's fields so).
 
@@ -152,7 +297,8 @@ class LenientMessage(email.message.Message):
     parser too (it asks a multipart for its boundary): each parameter method
     here gives the stdlib's answer, or when it raises the field read by
     :func:`raw_params`, as a mail client shows it (``filename="invoice.exe"``
-    is invoice.exe whatever the other parameters hold).
+    is invoice.exe whatever the other parameters hold); a multipart's
+    boundary is Thunderbird's reading (:func:`client_param`) where it has one.
     """
 
     def _raw(self, header: str) -> list[tuple[str, str]] | None:
@@ -175,14 +321,39 @@ class LenientMessage(email.message.Message):
             return failobj if found is None else found.strip()
         return safely(lambda: super(LenientMessage, self).get_filename(failobj), raw)
 
+    #: The message being parsed, when the parser is given it (:func:`reading`): a multipart's boundary
+    #: is then the reading whose delimiter it holds.
+    source: bytes = b""
+
     def get_boundary(self, failobj: Any = None) -> Any:
+        field = self.get("content-type")
+
         def raw() -> Any:
-            found = raw_param(self.get("content-type"), "boundary")
+            found = raw_param(field, "boundary")
             return failobj if found is None else found.rstrip()
-        return safely(lambda: super(LenientMessage, self).get_boundary(failobj), raw)
+        stdlib = safely(lambda: super(LenientMessage, self).get_boundary(failobj), raw)
+        client = (client_param(str(field), "boundary") or "").rstrip() if field is not None else ""
+        if not client or client == stdlib:
+            return stdlib
+        # Thunderbird reads it otherwise (boundary="B" (comment) is B to it, '"B" (comment)' to the stdlib): its
+        # reading where the stdlib has none, or where only Thunderbird's delimits the message's parts.
+        if not isinstance(stdlib, str) or (self.source and _delimits(self.source, client) and not _delimits(self.source, stdlib)):
+            return client
+        return stdlib
 
     def get_content_charset(self, failobj: Any = None) -> Any:
         def raw() -> Any:
             found = raw_param(self.get("content-type"), "charset")
             return failobj if found is None or not found.isascii() else found.lower()
         return safely(lambda: super(LenientMessage, self).get_content_charset(failobj), raw)
+
+
+def _delimits(source: bytes, boundary: str) -> bool:
+    """Whether *source* has a line starting with ``--`` and *boundary*."""
+    marker = b"\n--" + boundary.encode("latin-1", "replace")
+    return marker in source or source.startswith(marker[1:])
+
+
+def reading(source: bytes) -> type[LenientMessage]:
+    """:class:`LenientMessage` for parsing *source*: a boundary read two ways is the one that delimits its parts."""
+    return type("SourceMessage", (LenientMessage,), {"source": source})

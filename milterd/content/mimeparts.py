@@ -25,7 +25,7 @@ from email.message import Message
 from typing import IO, Iterable, Iterator
 
 from .headertext import decoded
-from .mimeparams import LenientMessage, collapsed, raw_param, raw_params, safely
+from .mimeparams import LenientMessage, client_param, collapsed, raw_param, raw_params, safely
 
 #: At most this many parts are looked at.
 MAX_PARTS = 500
@@ -313,6 +313,9 @@ def _filename(part: Message) -> str:
     # A LenientMessage's parameters do not raise (another Message's may: read raw then).
     name = safely(lambda: part.get_filename() or part.get_param("name") or "",
                   lambda: raw_param(part.get("content-disposition"), "filename") or raw_param(part.get("content-type"), "name") or "")
+    if not name:  # none to the stdlib, one to Thunderbird (Content-Disposition: attachment, filename=…)
+        name = next((found for field, param in (("content-disposition", "filename"), ("content-type", "name"))
+                     if (value := part.get(field)) is not None and (found := client_param(str(value), param))), "")
     return _cleaned(collapsed(name))
 
 
@@ -335,7 +338,8 @@ def _other_names(part: Message, filename: str) -> tuple[str, ...]:
     """The names besides *filename* a client may give the part's file.
 
     Every ``filename`` and ``name`` parameter of every Content-Disposition and
-    Content-Type field (duplicates included), and one with backslashes also
+    Content-Type field (duplicates included), each field's as Thunderbird reads
+    it (:func:`~milterd.content.mimeparams.client_param`), and one with backslashes also
     read with its quoted-pairs undone (RFC 2045 section 5.1, RFC 5322 section
     3.2.4: ``"ev\\il.exe"`` is ``evil.exe``; the compat32 parser keeps the backslash).
     """
@@ -347,6 +351,9 @@ def _other_names(part: Message, filename: str) -> tuple[str, ...]:
                     text = collapsed(raw)
                     found[_cleaned(text)] = None
                     found[_cleaned(_QUOTED_PAIR.sub(r"\1", text))] = None
+            client = client_param(str(value), param)  # where the stdlib reads it otherwise (a comment after it, RFC 2231 duplicates)
+            if client is not None:
+                found[_cleaned(client)] = None
     found.pop(filename, None)
     found.pop("", None)
     return tuple(found)
@@ -562,8 +569,11 @@ def _boundary(part: Message) -> tuple[bytes, ...]:
     """A multipart's boundary as mail clients read it, ``()`` when it has none: an RFC 2231 one
     (``boundary*=''b``) collapsed, and one with blanks also up to the first (``boundary=b (comment)``
     is ``b`` to Thunderbird, which reads an unquoted value up to a blank)."""
-    found = safely(lambda: part.get_boundary(), lambda: raw_param(part.get("content-type"), "boundary"))
-    return _variants((found or "").encode("latin-1", "replace"))
+    field = part.get("content-type")
+    found = safely(lambda: Message.get_boundary(part), lambda: raw_param(field, "boundary"))
+    client = client_param(str(field), "boundary") if field is not None else None
+    # Thunderbird's reading too where it differs (boundary="B" (comment) is B to it, '"B" (comment)' to the stdlib).
+    return tuple(dict.fromkeys(_variants((client or "").rstrip().encode("latin-1", "replace")) + _variants((found or "").encode("latin-1", "replace"))))
 
 
 def _variants(boundary: bytes) -> tuple[bytes, ...]:

@@ -31,8 +31,8 @@ from html import unescape
 from html.parser import HTMLParser
 from typing import Iterable, Iterator
 
-from .mimeparams import LenientMessage, safely
 from .mimeparams import decode_bytes as decode_bytes
+from .mimeparams import reading, safely
 
 #: At most this many links are kept per message (and given by :func:`uris_in_text`, which stops reading
 #: there), except that the first link of a host is always kept: links repeating a few hosts (a thousand
@@ -219,12 +219,12 @@ def _parsed(raw: bytes) -> tuple[email.message.Message, bool]:
     """*raw* parsed, and whether it had to be cut: the parser recurses once a multipart level (a
     thousand levels raise RecursionError), so a message nested too deep is halved until it parses,
     and the parts before the nesting are read (the whole parse failing would hide them)."""
-    # LenientMessage: parts whose parameters never raise (the parser asks a multipart for its boundary:
+    # LenientMessage (reading): parts whose parameters never raise (the parser asks a multipart for its boundary:
     # x*0="a"; x*="b" beside it raised TypeError and hid every part).
     cut = False
     while True:
         try:
-            return email.message_from_bytes(raw, LenientMessage, policy=email.policy.compat32), cut
+            return email.message_from_bytes(raw, reading(raw), policy=email.policy.compat32), cut
         except RecursionError:
             if len(raw) < 2:
                 raise

@@ -127,6 +127,26 @@ def test_an_exe_named_behind_padding_past_the_field_bound_is_rejected(stack: Sta
     assert not stack.sink.with_subject("padded name")
 
 
+@pytest.mark.parametrize(("subject", "top", "fields"), [
+    ("boundary comment", 'multipart/mixed; boundary="B" (comment)', 'Content-Type: application/octet-stream; name="setup.exe"'),
+    ("filename comment", "multipart/mixed; boundary=B", 'Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="setup.exe" (comment)'),
+    ("duplicate section", "multipart/mixed; boundary=B", 'Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename*0="setup.exe"; filename*0="notes.txt"'),
+])
+def test_an_exe_named_as_thunderbird_reads_the_field_is_rejected(stack: Stack, subject: str, top: str, fields: str) -> None:
+    """Fields Thunderbird reads as setup.exe (or as boundary B) that the standard library read
+    otherwise: the file was delivered with no ATTACH_* symbol at all (found by fuzzing)."""
+    raw = (f"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.com>\r\nSubject: {subject}\r\n"
+           f"Date: Wed, 02 Dec 2026 06:00:00 +0000\r\nMessage-ID: <{subject.replace(' ', '.')}@example.org>\r\nMIME-Version: 1.0\r\n"
+           f"Content-Type: {top}\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n--B\r\n{fields}\r\n"
+           "Content-Transfer-Encoding: base64\r\n\r\n").encode() + base64.encodebytes(PE).replace(b"\n", b"\r\n") + b"--B--\r\n"
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(raw)
+    assert info.value.smtp_code == 550  # the reply names the first name judged (the stdlib's joins duplicate sections)
+    assert info.value.smtp_error.decode().startswith("5.7.1 Attachment rejected: ")
+    assert info.value.smtp_error.decode().endswith("setup.exe: banned extension .exe")
+    assert not stack.sink.with_subject(subject)
+
+
 def test_double_extension_is_rejected(stack: Stack) -> None:
     with pytest.raises(smtplib.SMTPDataError) as info:
         stack.send(mail("double ext", ("invoice.pdf.scr", PE, "application/octet-stream")))
