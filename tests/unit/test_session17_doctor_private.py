@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -88,11 +89,16 @@ def test_the_busiest_private_addresses_are_named_and_the_rest_counted() -> None:
 # --- the store function -------------------------------------------------------------------------
 
 
-def _store(tmp_path: Path) -> Store:
+@contextmanager
+def _opened(tmp_path: Path) -> Iterator[Store]:
+    """The store of the configuration in *tmp_path*, upgraded, closed after use."""
     config = load_config(_write_config(tmp_path))
     store = Store(config.database)
     store.upgrade()
-    return store
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _private_symbols(tmp_path: Path, addr: str) -> tuple[dict[str, float], dict[str, str]]:
@@ -118,8 +124,7 @@ def _log(store: Store, tmp_path: Path, addr: str, count: int, *, private: bool, 
 
 
 def test_store_counts_per_client_the_newest_unauthenticated_rows_of_the_period(tmp_path: Path) -> None:
-    store = _store(tmp_path)
-    try:
+    with _opened(tmp_path) as store:
         _log(store, tmp_path, "10.0.0.5", 30, private=True)
         _log(store, tmp_path, "192.0.2.8", 12, private=False, age=dt.timedelta(minutes=1))
         _log(store, tmp_path, "10.0.0.5", 7, private=True, auth_user="alice")  # authenticated: left out
@@ -132,8 +137,6 @@ def test_store_counts_per_client_the_newest_unauthenticated_rows_of_the_period(t
         assert store.symbol_counts_by_client("NO_SUCH_SYMBOL", since, 1000) and all(
             hits == 0 for _addr, _rows, hits in store.symbol_counts_by_client("NO_SUCH_SYMBOL", since, 1000))
         assert store.symbol_counts_by_client(SKIPPED_PRIVATE, utcnow() + dt.timedelta(minutes=1), 1000) == []
-    finally:
-        store.close()
 
 
 # --- the real doctor command --------------------------------------------------------------------
@@ -170,13 +173,10 @@ def _private_finding(report: dict[str, Any]) -> dict[str, str] | None:
 
 def test_doctor_warns_when_every_client_was_private(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = _write_config(tmp_path)
-    store = _store(tmp_path)
-    try:
+    with _opened(tmp_path) as store:
         _log(store, tmp_path, "172.17.0.1", 70, private=True)  # Docker's NAT: every client looks like the bridge
         _log(store, tmp_path, "203.0.113.4", 20, private=False, auth_user="alice")  # authenticated: not judged
         _log(store, tmp_path, "127.0.0.1", 20, private=False)  # trusted (the default trusted_networks): not judged
-    finally:
-        store.close()
     code, report = _doctor(conf, capsys)
     finding = _private_finding(report)
     assert finding is not None and finding["status"] == "warn", report
@@ -193,12 +193,9 @@ def test_doctor_warns_when_every_client_was_private(tmp_path: Path, capsys: pyte
 
 def test_doctor_says_ok_while_most_clients_are_looked_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = _write_config(tmp_path)
-    store = _store(tmp_path)
-    try:
+    with _opened(tmp_path) as store:
         _log(store, tmp_path, "192.168.1.20", 30, private=True)  # an own host on the LAN, not listed as trusted
         _log(store, tmp_path, "198.51.100.7", 40, private=False)
-    finally:
-        store.close()
     _code, report = _doctor(conf, capsys)
     finding = _private_finding(report)
     assert finding is not None and finding["status"] == "ok", report
@@ -207,21 +204,15 @@ def test_doctor_says_ok_while_most_clients_are_looked_up(tmp_path: Path, capsys:
 
 def test_doctor_does_not_judge_too_few_old_authenticated_or_trusted_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = _write_config(tmp_path)
-    store = _store(tmp_path)
-    try:
+    with _opened(tmp_path) as store:
         _log(store, tmp_path, "10.9.8.7", PRIVATE_MIN_MESSAGES - 1, private=True)
         _log(store, tmp_path, "10.9.8.7", 200, private=True, auth_user="bob")
         _log(store, tmp_path, "10.9.8.6", 300, private=True, age=dt.timedelta(days=8))
-    finally:
-        store.close()
     _code, report = _doctor(conf, capsys)
     assert _private_finding(report) is None, report
     # One more recent message: now there are enough to judge.
-    store = _store(tmp_path)
-    try:
+    with _opened(tmp_path) as store:
         _log(store, tmp_path, "10.9.8.7", 1, private=True)
-    finally:
-        store.close()
     _code, report = _doctor(conf, capsys)
     finding = _private_finding(report)
     assert finding is not None and finding["status"] == "warn" and "all of the last 50 messages" in finding["detail"], report
@@ -238,11 +229,8 @@ def test_doctor_does_not_judge_too_few_old_authenticated_or_trusted_rows(tmp_pat
 ])
 def test_no_finding_while_the_lists_would_not_skip_private_clients(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str | None) -> None:
     conf = _write_config(tmp_path)
-    store = _store(tmp_path)
-    try:
+    with _opened(tmp_path) as store:
         _log(store, tmp_path, "10.0.0.5", 60, private=True)
-    finally:
-        store.close()
     _code, report = _doctor(conf, capsys)
     assert _private_finding(report) is not None  # the same rows warn with the lists on
     if extra is None:
