@@ -29,6 +29,11 @@ LOCAL_DATA = [
     'soft.test. TXT "v=spf1 ip4:203.0.113.0/24 ~all"',
     "soft.test. MX 10 mx.example.org.",
     "ours.test. MX 10 mx.example.org.",
+    # straße.test in IDNA2008 (its own domain) and strasse.test (what IDNA2003 maps it to: another owner).
+    'xn--strae-oqa.test. TXT "v=spf1 ip4:192.0.2.0/24 -all"',
+    "xn--strae-oqa.test. MX 10 mx.example.org.",
+    'strasse.test. TXT "v=spf1 ip4:203.0.113.0/24 -all"',
+    "strasse.test. MX 10 mx.example.org.",
 ]
 LISTS = {
     "bl.test": ("ip4set", ":127.0.0.2:Listed for spam, see http://bl.test/$\n192.0.2.66\n192.0.2.67 :127.0.0.4:Low-weight listing\n"),
@@ -169,6 +174,21 @@ def test_spf_softfail_is_scored_and_pass_is_in_authentication_results(stack: Sta
     # Ours on top; the forged one claiming mx.test is gone; the other host's is kept.
     assert passed.header("Authentication-Results") == ["mx.test; spf=pass smtp.mailfrom=x@pass.test; dkim=none; arc=none; dmarc=none header.from=pass.test", "other.example; dkim=pass"]
     assert "SPF_PASS" in row_for(stack, "spf pass")["symbols"]
+
+
+def test_a_u_label_sender_is_judged_by_its_own_domains_spf(stack: Stack) -> None:
+    """MAIL FROM:<x@straße.test> SMTPUTF8: SPF is straße.test's (its IDNA2008 A-label, which passes
+    this client), never strasse.test's (IDNA2003's mapping, another domain, whose record fails it)."""
+    client_ = stack.postfix.smtp(xclient=client())
+    try:
+        raw = message("u-label sender", sender="x@stra\u00dfe.test").replace(b"x@stra\xc3\x9fe.test", b"x@xn--strae-oqa.test")
+        client_.sendmail("x@stra\u00dfe.test", ["bob@example.com"], raw, mail_options=["SMTPUTF8"])
+    finally:
+        client_.quit()
+    assert delivered(stack, "u-label sender")
+    row = row_for(stack, "u-label sender")
+    assert row["sender"] == "x@stra\u00dfe.test"
+    assert "SPF_PASS" in row["symbols"] and "SPF_FAIL" not in row["symbols"], row
 
 
 def test_helo_bare_ip_and_ip_literal_sender_are_scored(stack: Stack) -> None:
