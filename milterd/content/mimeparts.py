@@ -25,7 +25,7 @@ from email.message import Message
 from typing import IO, Iterable, Iterator
 
 from .headertext import decoded
-from .mimeparams import LenientMessage, client_param, collapsed, raw_param, raw_params, safely
+from .mimeparams import LenientMessage, client_names, client_param, collapsed, raw_param, raw_params, safely
 
 #: At most this many parts are looked at.
 MAX_PARTS = 500
@@ -351,8 +351,7 @@ def _other_names(part: Message, filename: str) -> tuple[str, ...]:
                     text = collapsed(raw)
                     found[_cleaned(text)] = None
                     found[_cleaned(_QUOTED_PAIR.sub(r"\1", text))] = None
-            client = client_param(str(value), param)  # where the stdlib reads it otherwise (a comment after it, RFC 2231 duplicates)
-            if client is not None:
+            for client in client_names(str(value), param):  # where the stdlib reads it otherwise (a comment after it, RFC 2231 duplicates)
                 found[_cleaned(client)] = None
     found.pop(filename, None)
     found.pop("", None)

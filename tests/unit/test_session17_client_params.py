@@ -101,3 +101,42 @@ def test_where_only_the_stdlib_reading_delimits_it_is_kept() -> None:
     # boundary*= is Thunderbird's choice, but only "B" delimits the message: the parts stay readable.
     raw = message('multipart/mixed; boundary="B"; boundary*="\\"', 'Content-Disposition: attachment; filename="invoice.js"')
     assert extract(raw).uris == ["http://link.example.test/"]
+
+
+# --- the review's findings ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "name", "expected"),
+    [
+        ('attachment; foo; filename="invoice.js" (comment)', "filename", "invoice.js"),  # no "=": passed over
+        ('multipart/mixed; foo; boundary="B" (comment)', "boundary", "B"),
+        ("attachment; filename*=utf-8''%FF; filename*0=\"invoice.js\"", "filename", "invoice.js"),  # not UTF-8: the sections
+        ("attachment; filename*=no-such-charset''a; filename=\"invoice.js\"", "filename", "invoice.js"),
+    ],
+)
+def test_client_param_as_current_thunderbird(value: str, name: str, expected: str) -> None:
+    assert client_param(value, name) == expected
+
+
+def test_every_reading_a_version_may_show_is_a_name() -> None:
+    from milterd.content.mimeparams import client_names
+
+    names = client_names("attachment; filename*=utf-8''%FF.txt; filename*0=\"invoice.js\"; filename=\"x.exe\"", "filename")
+    assert names[0] == "invoice.js" and "x.exe" in names and "\ufffd.txt" in names
+
+
+def test_a_boundary_that_only_prefixes_the_delimiters_is_not_taken_for_them() -> None:
+    # boundary=B; boundary*=''BC: "--BC" lines start with "--B", but only BC delimits the parts.
+    raw = message("multipart/mixed; boundary=B; boundary*=''BC", 'Content-Disposition: attachment; filename="invoice.js"').replace(b"--B", b"--BC")
+    assert extract(raw).uris == ["http://link.example.test/"]
+
+
+def test_the_message_is_searched_for_delimiters_a_bounded_number_of_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    from milterd.content import mimeparams
+
+    calls = []
+    real = mimeparams._delimits
+    monkeypatch.setattr(mimeparams, "_delimits", lambda source, boundary: calls.append(boundary) or real(source, boundary))
+    nested = "".join(f'--Z{i}\r\nContent-Type: multipart/mixed; boundary="Z{i + 1}" (c)\r\n\r\n' for i in range(200))
+    raw = (TOP.format(top='multipart/mixed; boundary="Z0" (c)') + nested + "--Z200\r\nContent-Type: text/plain\r\n\r\nhttp://deep.example.test/\r\n").encode()
+    extract(raw)
+    assert 0 < len(calls) <= mimeparams.DELIMITER_SEARCHES
