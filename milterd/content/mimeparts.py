@@ -38,8 +38,13 @@ MAX_FIELD = 16 * 1024
 #: them up to this much a part: padding before ``filename=`` must not hide the file from the checks
 #: while a mail client shows it.
 MAX_OVERFLOW = 16 * 1024
-#: A line that holds a ``filename``, ``name`` or ``boundary`` parameter (RFC 2231 sections too).
-_NAMING_LINE = re.compile(rb"(?:name|boundary)\s*(?:\*[0-9]*\*?)?\s*=", re.IGNORECASE)
+#: A ``filename``, ``name`` or ``boundary`` parameter's name and "=" (RFC 2231 sections too).
+_NAMING_LINE = re.compile(rb"(?:(?:file)?name|boundary)\s*(?:\*[0-9]*\*?)?\s*=", re.IGNORECASE)
+_NAMING_PARAMS = ("filename", "name", "boundary")
+#: Bytes of a field kept from each naming parameter past the bounds: its name and value, the next parameters' too.
+NAMING_WINDOW = 1024
+#: Bytes of a line's end searched again with the next line: a parameter name folded before its "=".
+_CARRY = 32
 #: Padding characters a base64 part may hold before the rest of it is decoded without them:
 #: read quartet by quartet (:func:`_a2b_quartets`), 10 MB of "=" would cost seconds of a worker.
 MAX_PADDING = 4096
@@ -362,6 +367,89 @@ def _other_names(part: Message, filename: str) -> tuple[str, ...]:
 _PAST = -2
 
 
+class _Overflow:
+    """What names a file or a boundary in the MIME fields of a part past MAX_FIELD or MAX_PART_HEADER.
+
+    Each ``name``, ``filename`` or ``boundary`` parameter (RFC 2231 sections too) is kept with what
+    follows it, NAMING_WINDOW bytes of the unfolded field: its value, also where it is folded onto
+    the next lines, or where the name itself is folded before its "=".  The first and the last of
+    these windows are kept, half of MAX_OVERFLOW each: a client may show the first name or the last,
+    and RFC 2231 sections end the name (its extension) with the last of them.  Each byte of the
+    field is looked at once, and at most NAMING_WINDOW bytes of it are copied: linear, however the
+    field is folded.
+    """
+
+    def __init__(self) -> None:
+        self._head: list[bytearray] = []
+        self._head_size = 0
+        self._tail: deque[bytearray] = deque()
+        self._tail_size = 0
+        self._room = 0  # bytes the newest window may still take (its value goes on on the next line)
+        self._carry = b""  # the end of the previous line, where a name folded before its "=" begins
+
+    def line(self, line: bytes) -> None:
+        """Read *line*, a line of a MIME field past the bounds (the field's first line holds its name)."""
+        text = line.rstrip(b"\r\n")
+        if line[:1] not in (b" ", b"\t"):
+            text, self._room, self._carry = text.partition(b":")[2], 0, b""
+        elif self._room:
+            piece = text[:self._room]
+            self._grow(piece)
+            self._room -= len(piece)
+            text, self._carry = text[len(piece):], b""
+            if not text:
+                return
+        if b"=" not in text:  # no parameter ends its name here: most padding lines
+            self._carry = (self._carry + text)[-_CARRY:]
+            return
+        search = self._carry + text
+        at = 0
+        while (match := _NAMING_LINE.search(search, at)) is not None:
+            window = search[match.start():match.start() + NAMING_WINDOW]
+            self._add(bytearray(window))
+            self._room = NAMING_WINDOW - len(window)
+            at = match.start() + len(window)
+        self._carry = search[-_CARRY:] if at < len(search) else b""
+
+    def _add(self, window: bytearray) -> None:
+        if not self._tail and self._head_size + len(window) <= MAX_OVERFLOW // 2:
+            self._head.append(window)
+            self._head_size += len(window)
+            return
+        self._tail.append(window)
+        self._tail_size += len(window)
+        while self._tail_size > MAX_OVERFLOW // 2 and len(self._tail) > 1:
+            self._tail_size -= len(self._tail.popleft())
+
+    def _grow(self, piece: bytes) -> None:
+        """Add *piece* to the newest window (at most NAMING_WINDOW bytes in all: a bound of each half, exceeded by that)."""
+        if self._tail:
+            self._tail[-1] += piece
+            self._tail_size += len(piece)
+            while self._tail_size > MAX_OVERFLOW // 2 and len(self._tail) > 1:
+                self._tail_size -= len(self._tail.popleft())
+        elif self._head:
+            self._head[-1] += piece
+            self._head_size += len(piece)
+
+    @property
+    def windows(self) -> list[bytes]:
+        """The windows kept, in the field's order."""
+        return [bytes(window) for window in (*self._head, *self._tail)]
+
+    def params(self) -> list[tuple[str, str]]:
+        """The ``filename``, ``name`` and ``boundary`` parameters in the windows, as the stdlib's reading
+        (:func:`~milterd.content.mimeparams.raw_params`) and Thunderbird's give them."""
+        windows = self.windows
+        if not windows:
+            return []
+        text = "x; " + "; ".join(window.decode("latin-1") for window in windows)
+        found = [(key, value) for key, value in raw_params(text)[1:] if key in _NAMING_PARAMS]
+        for name in _NAMING_PARAMS:
+            found += [(name, value) for value in client_names(text, name)]
+        return found
+
+
 class _Header:
     """A part's header section as its lines go by: only its MIME fields, each and all of them bounded."""
 
@@ -370,12 +458,7 @@ class _Header:
         self.size = 0
         self.field = -1  # bytes kept of the MIME field being read; -1 in any other field, _PAST in one past the bounds
         self.cut = False
-        # Runs of lines (unfolded) of MIME fields past the bounds that name a file or a boundary (overflow).
-        self._head: list[bytes] = []
-        self._head_size = 0
-        self._tail: deque[bytes] = deque()
-        self._tail_size = 0
-        self._run_open = False  # the last run takes the next line of its field too
+        self.overflow = _Overflow()
 
     def add(self, line: bytes) -> None:
         """Keep *line* (one line of the header section) if it is, or continues, a MIME field."""
@@ -385,72 +468,19 @@ class _Header:
             # before the colon); the stdlib parser would end the header section at it.
             name = name.rstrip(b" \t")
             self.field = 0 if colon and name.lower() in _MIME_FIELDS else -1
-            self._run_open = False
             line = name + colon + rest
         if self.field == _PAST:
-            self._past(line)
+            self.overflow.line(line)
             return
         if self.field < 0:
             return
         if self.field + len(line) > MAX_FIELD or self.size + len(line) > MAX_PART_HEADER:
             self.cut, self.field = True, _PAST
-            self._past(line)
+            self.overflow.line(line)
             return
         self.lines.append(line)
         self.size += len(line)
         self.field += len(line)
-
-    def _past(self, line: bytes) -> None:
-        """Keep what names a file or a boundary of *line*, a line of a MIME field past the bounds."""
-        text = line.rstrip(b"\r\n")
-        if self._run_open:
-            run = self._extend(text)  # unfolded: a value folded onto this line joins its name
-        elif _NAMING_LINE.search(text):
-            run = self._add(text if line[:1] in (b" ", b"\t") else text.partition(b":")[2])
-        else:
-            return
-        # The next line goes on with this run where its value does: none yet after "=", or a quote left open.
-        self._run_open = run is not None and (run.rstrip().endswith(b"=") or run.count(b'"') % 2 == 1)
-
-    def _add(self, run: bytes) -> bytes | None:
-        """Keep *run*; it, None when it was too long to keep.
-
-        The first and the last runs are kept, half of MAX_OVERFLOW each: a client may show the first
-        name or the last, and RFC 2231 sections end the name (its extension) with the last of them.
-        """
-        if not self._tail and self._head_size + len(run) <= MAX_OVERFLOW // 2:
-            self._head.append(run)
-            self._head_size += len(run)
-            return run
-        self._tail.append(run)
-        self._tail_size += len(run)
-        while self._tail_size > MAX_OVERFLOW // 2:
-            self._tail_size -= len(self._tail.popleft())
-        return run if self._tail else None
-
-    def _extend(self, text: bytes) -> bytes | None:
-        """The last run kept, with *text* added; None when there is none, or it grew too long to keep."""
-        if self._tail:
-            run = self._tail.pop()
-            self._tail_size -= len(run)
-        elif self._head:
-            run = self._head.pop()
-            self._head_size -= len(run)
-        else:
-            return None
-        return self._add(run + text)
-
-    @property
-    def overflow(self) -> list[bytes]:
-        """The runs of lines (unfolded) of MIME fields past the bounds that name a file or a boundary, the first and the last."""
-        return self._head + list(self._tail)
-
-    def overflow_params(self) -> list[tuple[str, str]]:
-        """The ``filename``, ``name`` and ``boundary`` parameters of :attr:`overflow`, as raw_params reads them."""
-        if not self.overflow:
-            return []
-        text = "x; " + "; ".join(run.decode("latin-1") for run in self.overflow)
-        return [(key, value) for key, value in raw_params(text)[1:] if key in ("filename", "name", "boundary")]
 
     def parse(self) -> Message:
         # Read as Latin-1, each byte one character: parsed from bytes, compat32 turns 8-bit bytes into
@@ -499,7 +529,7 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                     ctype, boundary, encoding, name, others = "application/octet-stream", (), "", "", ()
                 if header.cut:
                     notes.append(f"MIME fields of a part past {MAX_FIELD} bytes each or {MAX_PART_HEADER} in all: only the names and boundary in the rest read")
-                    ctype, boundary, name, others = _with_overflow(header.overflow_params(), ctype, boundary, name, others)
+                    ctype, boundary, name, others = _with_overflow(header.overflow.params(), ctype, boundary, name, others)
                 header = _Header()
                 parts += 1
                 if boundary:

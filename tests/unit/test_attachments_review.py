@@ -210,3 +210,27 @@ def test_a_plain_name_after_naming_padding_past_the_read_bound_is_judged(check: 
     padding = b"".join(b";\r\n name=\"n%d.txt\"" % i for i in range(3000))
     part = b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment" + PADDING + padding + b";\r\n filename=\"evil.js\"\r\n\r\nx\r\n"
     assert symbols(check, multipart(part)).get(BANNED, "").endswith("evil.js: banned extension .js")
+
+
+LONG = "A" * 17000
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        f'Content-Disposition: attachment; x="{LONG}"; filename="evil.js"',  # padding and name on one line
+        f'Content-Disposition: attachment;\r\n x="{LONG}";\r\n filename="evil.js"; y="{"A" * 9000}"',  # the name's line over 8 KB
+        # A later naming parameter of 9 KB: it used to empty the kept tail, the name with it.
+        f'Content-Disposition: attachment;\r\n x="{LONG}";\r\n' + "".join(f" x{i}name=1;\r\n" for i in range(1000))
+        + f' filename="evil.js";\r\n yname="{"A" * 9000}"',
+        # The same with every line under 1 KB (Postfix's line_length_limit): one quoted value over ten lines.
+        "Content-Disposition: attachment;\r\n" + "".join(f' x{i}="{"A" * 900}";\r\n' for i in range(20))
+        + "".join(f" a{i}name=1;\r\n" for i in range(800)) + ' filename="evil.js";\r\n yname="' + "".join(f"{'A' * 900}\r\n " for _ in range(10)) + 'A"',
+        f'Content-Disposition: attachment;\r\n x="{LONG}";\r\n filename\r\n ="evil.js"',  # the name folded before its "="
+        f'Content-Disposition: attachment;\r\n x="{LONG}";\r\n filename=evil.js notes.txt',  # Thunderbird: evil.js
+    ],
+)
+def test_a_name_past_the_field_bound_is_judged_however_it_is_padded(check: object, fields: str) -> None:
+    part = ("Content-Type: application/octet-stream\r\n" + fields + "\r\n\r\nWScript.Echo(1)\r\n").encode()
+    found = symbols(check, multipart(b"Content-Type: text/plain\r\n\r\nhi\r\n", part))
+    assert found.get(BANNED, "").endswith("evil.js: banned extension .js"), found
