@@ -268,10 +268,15 @@ class Pipeline:
             except SpoolError as exc:
                 # Signing what cannot be read would deliver it unsigned (a DMARC failure at the
                 # receiver); as at any stage, the message waits for the client's retry.
-                verdict = _spool_failed(verdict, _spool_hit(check, session, exc))
+                verdict = _tempfailed(verdict, _spool_hit(check, session, exc))
                 break
             except Exception:  # noqa: BLE001
                 log.exception("check %s failed at verdict", check.name)
+                if self.config.milter.on_check_error == "tempfail" and verdict.action in _DELIVERED:
+                    # What the check would have done to the message as it leaves (remove forged headers,
+                    # sign, seal) was not done: it is not delivered so.
+                    verdict = _tempfailed(verdict, Hit("CHECK_ERROR", detail=check.name, action=Action.TEMPFAIL, reply=UNCHECKED_REPLY))
+                    break
         outcome = Outcome(verdict=verdict)
         if verdict.action in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE):
             counts: dict[str, int] = {}
@@ -369,8 +374,10 @@ class Pipeline:
         for check in self._overriding("on_score_greylist", session):
             try:
                 status = check.on_score_greylist(session, envelope)
-            except Exception:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
                 log.exception("check %s failed at verdict", check.name)
+                if self.config.milter.on_check_error == "tempfail":
+                    return GreylistStatus(needed=False, error=f"{check.name}: {exc.__class__.__name__}: {exc}"[:200], reply=UNCHECKED_REPLY)
                 continue
             if status is not None:
                 return status
@@ -617,6 +624,8 @@ class Pipeline:
         self._executor.shutdown(wait=False)
 
 
+#: Actions whose message is delivered (or quarantined): what on_verdict does to it must have been done.
+_DELIVERED = frozenset({Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE})
 #: Actions after which later end-of-message tiers are not run.
 _REFUSED = frozenset({Action.REJECT, Action.DISCARD})
 #: The symbol of a message whose end of message outlasted ``Pipeline.eom_budget``.
@@ -664,8 +673,9 @@ def _spool_hit(check: Check, session: Session, error: SpoolError) -> Hit:
     return Hit("CHECK_ERROR", detail=f"{check.name}: {error}"[:200], action=Action.TEMPFAIL, reply=UNCHECKED_REPLY)
 
 
-def _spool_failed(verdict: Verdict, hit: Hit) -> Verdict:
-    """*verdict* turned into *hit*'s 451, met after the verdict (by signing, sealing or auto-learn)."""
+def _tempfailed(verdict: Verdict, hit: Hit) -> Verdict:
+    """*verdict* turned into *hit*'s 451, met after the verdict (by signing, sealing or auto-learn: a spool
+    unread, or a check that raised with ``[milter] on_check_error = "tempfail"``)."""
     return replace(
         verdict, action=Action.TEMPFAIL, reason=hit.detail, reply=hit.reply,
         symbols={**verdict.symbols, hit.symbol: 0.0}, details={**verdict.details, hit.symbol: hit.detail},

@@ -111,14 +111,14 @@ def decide(
     verdict = _decide(hits, weight, actions, scored)
     if greylist is None or not greylists_at_score(verdict):
         return verdict
-    if greylist.error and greylist.reply is not None:
+    if greylist.reply is not None:
         return replace(
             verdict,
             action=Action.TEMPFAIL,
             reply=greylist.reply,
             reason=f"{verdict.reason}; {greylist.reply}: greylist store unavailable".lstrip("; "),
             symbols={**verdict.symbols, "GREYLIST_ERROR": 0.0},
-            details={**verdict.details, "GREYLIST_ERROR": greylist.error},
+            details={**verdict.details, "GREYLIST_ERROR": greylist.error or "greylist store unavailable"},
         )
     if greylist.needed:
         return replace(

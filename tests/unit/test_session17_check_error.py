@@ -17,7 +17,9 @@ import pytest
 
 from milterd.checks import Check, Hits, Symbol
 from milterd.config import ConfigError, load_config
-from milterd.message.model import Envelope, Session
+from milterd.message.model import Envelope, Session, Verdict
+from milterd.message.pipeline import Pipeline
+from milterd.message.policy import GreylistStatus
 
 from .test_adapter_pipeline_review import Context, eom, log_rows, make_conf, make_pipeline, negotiate
 
@@ -107,3 +109,71 @@ def test_doctor_names_on_check_error_among_what_fails_closed_under_accept() -> N
     finding = default_action_finding({"database.on_error": "accept", "milter.on_check_error": "tempfail"})
     assert finding.status == "warn"
     assert finding.detail.startswith("accept while a check that raises (on_check_error) fail closed"), finding.detail
+
+
+class BrokenVerdict(Check):
+    name: ClassVar[str] = "test_broken_verdict"
+    symbols: ClassVar[tuple[Symbol, ...]] = (Symbol("TEST_BROKEN_VERDICT", 0.0, "test"),)
+
+    def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
+        raise RuntimeError("injected")  # as if removing forged headers, signing or sealing failed
+
+
+class BrokenScoreGreylist(Check):
+    name: ClassVar[str] = "test_broken_score_greylist"
+    symbols: ClassVar[tuple[Symbol, ...]] = (Symbol("TEST_BROKEN_SCORE_GREYLIST", 0.0, "test"),)
+
+    def on_score_greylist(self, session: Session, envelope: Envelope) -> GreylistStatus | None:
+        raise RuntimeError("injected")
+
+
+@pytest.mark.parametrize("setting", ["accept", "tempfail"])
+def test_a_verdict_hook_that_raises(tmp_path: Path, setting: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The review's case: a check's on_verdict (SPF's removes forged Authentication-Results) raising was
+    # logged and the message delivered without what it does, whatever on_check_error said.
+    conf = make_conf(tmp_path, extra={"milter": {"on_check_error": setting}})
+    services, pipeline = make_pipeline(conf, BrokenVerdict)
+    try:
+        ctx = negotiate(pipeline, monkeypatch)
+        answer = _message(ctx, "QVERDICT")
+        Milter.close_callback(ctx)
+        row = log_rows(conf, capsys)["QVERDICT"]
+    finally:
+        pipeline.shutdown()
+        services.close()
+    if setting == "tempfail":
+        assert answer == Milter.TEMPFAIL and ctx._reply[:2] == ("451", "4.3.0")
+        assert row["action"] == "tempfail" and row["details"]["CHECK_ERROR"] == "test_broken_verdict"
+    else:
+        assert answer == Milter.CONTINUE and row["action"] == "accept"
+
+
+def test_a_score_greylist_hook_that_raises_tempfails_with_tempfail(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = make_conf(tmp_path, rules='[[rule]]\nname = "SUBJ_HELLO"\nheader = "Subject"\nregex = "hello"\nscore = 7\n',
+                     extra={"milter": {"on_check_error": "tempfail"}, "actions": {"greylist": 6}, "greylist": {"enabled": True, "mode": "score"}})
+    services, pipeline = make_pipeline(conf, BrokenScoreGreylist)
+    pipeline.shutdown()
+    services.checks.insert(0, services.checks.pop())  # asked before the greylist check, which would answer
+    pipeline = Pipeline(services)
+    try:
+        ctx = negotiate(pipeline, monkeypatch)
+        answer = _message(ctx, "QSCOREGL")
+        Milter.close_callback(ctx)
+        row = log_rows(conf, capsys)["QSCOREGL"]
+    finally:
+        pipeline.shutdown()
+        services.close()
+    assert answer == Milter.TEMPFAIL and ctx._reply == ("451", "4.3.0", "Message could not be checked now, try again later")
+    assert row["action"] == "tempfail" and "test_broken_score_greylist" in row["details"]["GREYLIST_ERROR"], row
+
+
+def test_a_store_down_status_without_error_text_still_fails_closed() -> None:
+    from milterd.config import ActionsSection
+    from milterd.message.model import Action, Hit
+    from milterd.message.policy import decide
+    from milterd.message.reply import Reply
+
+    reply = Reply("451", "4.3.0", "Greylisting unavailable, please try again later")
+    actions = ActionsSection(reject=15, quarantine=False, greylist=6, rewrite_subject=False, add_header=5)
+    verdict = decide([Hit("X", score=7)], lambda _symbol: 0.0, actions, greylist=GreylistStatus(needed=False, error="", reply=reply))
+    assert verdict.action == Action.TEMPFAIL and verdict.details["GREYLIST_ERROR"] == "greylist store unavailable"
