@@ -248,3 +248,15 @@ def test_no_store_yet_is_not_created(tmp_path: Path, capsys: pytest.CaptureFixtu
     _code, report = _doctor(conf, capsys)
     assert _private_finding(report) is None
     assert not (tmp_path / "store.sqlite").exists()
+
+
+def test_trusted_rows_crowding_the_sample_make_doctor_read_further(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The review's case: 980 newer rows of a trusted relay and 60 older private ones; the first 1,000
+    # rows left 20 to judge (under the minimum of 50), so nothing was said.
+    conf = _write_config(tmp_path)
+    with _opened(tmp_path) as store:
+        _log(store, tmp_path, "127.0.0.1", 980, private=False)  # trusted (the default trusted_networks), newest
+        _log(store, tmp_path, "172.17.0.1", 60, private=True, age=dt.timedelta(hours=1))
+    _code, report = _doctor(conf, capsys)
+    finding = _private_finding(report)
+    assert finding is not None and finding["status"] == "warn" and "all of the last 60 messages" in finding["detail"], report
