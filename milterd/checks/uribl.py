@@ -80,6 +80,12 @@ _C0_OR_SPACE = "".join(map(chr, range(0x21)))
 #: start, and no backslash, blank or C0 control anywhere.
 _ORDINARY = re.compile(r"(?i)(?:https?|ftp|wss?)://[^/\\\x00-\x20][^\\\x00-\x20]*\Z")
 _DOTS = ".\u3002\uff0e\uff61"  # the full stops IDNA maps to "."
+#: The code points UTS #46 maps to nothing ("ignored": a soft hyphen, zero-width space, variation
+#: selectors, …): a browser drops them from a host before anything else (``evil.test.&shy;`` is evil.test).
+_IGNORED = dict.fromkeys(map(ord, "\u00ad\u034f\u180b\u180c\u180d\u180f\u200b\u2060\u2064\ufeff"
+                          + "".join(map(chr, [*range(0xFE00, 0xFE10), *range(0x1BCA0, 0x1BCA4), *range(0xE0100, 0xE01F0)]))))
+#: A link of a scheme with an authority: the scheme, "//", then the authority (up to "/", "?" or "#", as urlsplit reads it).
+_AUTHORITY = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*:)?//([^/?#]*)")
 KIND = ListKind(
     "uribl", "URIBL_",
     frozenset({"name", "zone", "score", "action", "codes", "refused", "description"}),
@@ -197,17 +203,24 @@ def link_host(uri: str) -> str | None:
     text = uri.strip()
     if text.lower().startswith("www."):
         text = "http://" + text
+    text = _special_authority(text)
     try:
-        parts = urlsplit(_special_authority(text))
-        host = parts.hostname
+        parts = urlsplit(text)
+        netloc, host = parts.netloc, parts.hostname
     except ValueError:
-        return None
+        # urlsplit refuses an authority with an unpaired "[" or "]", or with a character NFKC makes a
+        # delimiter ("／", "＠") in its userinfo; a browser's host is what follows its last "@" all the same.
+        netloc, host = _authority(text)
     if not host:
         return None
     if not host.isascii():
         # hostname lower-cases with str.lower(), which writes a final Σ as ς: the host as written, folded letter by letter.
-        host = parts.netloc.rpartition("@")[2].partition(":")[0] or host
-    host = fold_case(unquote(host).strip()).rstrip(_DOTS)
+        host = netloc.rpartition("@")[2].partition(":")[0] or host
+    host = unquote(host)
+    if not host.isascii():
+        # UTS #46 drops its ignored code points first: "evil.test.<soft hyphen>" is "evil.test.", so evil.test.
+        host = host.translate(_IGNORED)
+    host = fold_case(host.strip()).rstrip(_DOTS)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if _maybe_address(host):
@@ -226,8 +239,8 @@ def _special_authority(text: str) -> str:
     spaces around a URL, drop its tabs and newlines, skip any slashes and
     backslashes after the scheme and end the authority at a backslash;
     ``urlsplit`` does neither of the last two (``http://evil\\@good`` is
-    ``evil`` to a browser, ``good`` to it).  Other text, and three or more
-    plain slashes without a backslash, are left as they are.
+    ``evil`` to a browser, ``good`` to it; ``https:///evil/`` has no host to
+    it, evil to a browser).  Other text is left as it is.
     """
     if _ORDINARY.match(text):
         return text  # most links: nothing for a browser to read otherwise (and no copy made)
@@ -235,12 +248,42 @@ def _special_authority(text: str) -> str:
     match = _SPECIAL_SCHEME.match(cleaned)
     if match is None:
         return text
-    slashes = match.group(2) if match.group(1) else match.group(3)
     rest = cleaned[match.end():]
-    if len(slashes) > 2 and "\\" not in slashes + rest:
-        return text  # "http:///host": left to urlsplit (no host), as tests/unit/test_uribl_link_shortcuts.py pins it
     scheme = f"{match.group(1)}:" if match.group(1) else ""  # "\\\\host" is "//host" under an http page
     return f"{scheme}//" + rest.replace("\\", "/")
+
+
+def _authority(text: str) -> tuple[str, str | None]:
+    """The authority of *text* (a link :func:`_special_authority` read) and its host, as a browser reads
+    them where ``urlsplit`` raises: the host follows the authority's last "@" and ends at a ":" (a port of
+    digits) or is an IPv6 address in brackets; ("", None) for none, or where a browser refuses the URL
+    (a "[" or "]" elsewhere, a port that is no number, brackets round no IPv6 address)."""
+    match = _AUTHORITY.match(text)
+    if match is None:
+        return "", None
+    netloc = match.group(1)
+    host = netloc.rpartition("@")[2]
+    if host.startswith("["):
+        end = host.find("]")
+        host, port = host[: end + 1], host[end + 1:]
+        if end < 0 or (port and not port.startswith(":")) or not _ipv6(host[1:-1]):
+            return netloc, None
+        port = port[1:]
+    else:
+        host, _, port = host.partition(":")
+        if "[" in host or "]" in host:
+            return netloc, None
+    if port and not (port.isascii() and port.isdigit() and len(port.lstrip("0")) <= 5 and int(port) < 65536):
+        return netloc, None
+    return netloc, host or None
+
+
+def _ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _maybe_address(host: str) -> bool:

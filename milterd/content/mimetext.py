@@ -67,7 +67,14 @@ MIN_PARSED_LINES = 2_000
 #: "<b>" took 4 s of CPU); links written in the rest are still found, as in plain text.
 MAX_TAGS = 50_000
 
-_URI_IN_TEXT = re.compile(r"""(?i)\b(?:(?:https?|ftp)://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
+# A scheme starts a link where no ASCII letter or digit stands before it.  Thunderbird
+# (mozTXTToHTMLConv::FindURLStart, "freetext") scans back over ASCII letters, digits, "+", "-" and "."
+# only, so "请点击https://a.b" and "Notice_https://a.b" are links to it (the \b here before refused
+# them); "xhttp://a.b" is no http link to it, nor here.  After a "+", "-" or "." a link stays one as
+# before (Thunderbird makes none there, other clients may): a link more is only a lookup more.
+# A "www." starts one at a word boundary as before, as Thunderbird's "abbreviated" links start only
+# at a "www." that begins the word ("_www.a.b", "请www.a.b" are none).
+_URI_IN_TEXT = re.compile(r"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)[^\s<>"'()\[\]{}]{2,2000}""")
 # Where _URI_IN_TEXT can match: its prefixes followed by two characters of its link class.
 _SCHEME_END = re.compile(r"""://(?=[^\s<>"'()\[\]{}]{2})""")
 _WWW_LINK = re.compile(r"""[wW]{3}\.(?=[^\s<>"'()\[\]{}]{2})""")  # only W lower-cases to w
@@ -80,6 +87,9 @@ _TRAILING = ".,;:!?"
 # and any slashes, or after two slashes; userinfo and case dropped.  "" for a link without one.
 _HOST_KEY = re.compile(r"(?:[a-zA-Z][a-zA-Z0-9+.-]*:[/\\]*|[/\\]{2,})(?:[^/\\?#@]*@)?([^/\\?#]*)")
 _HOST_SALT = int.from_bytes(os.urandom(8), "big")
+#: A field's first token, as mail clients read a Content-Type ("text/html (HTML mail)" is text/html) and a
+#: Content-Transfer-Encoding ("base64 ", "base64; x" are base64): up to a blank, a ";" or a "(" (mimeparts' _TOKEN).
+_TOKEN = re.compile(r"\s*([^\s;(]*)")
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANKS = re.compile(r"\n\s*\n+")
 _COMMENT_END = re.compile(r"--!?>")
@@ -154,7 +164,7 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
                     break
                 if part.is_multipart():
                     continue
-                ctype = (part.get_content_type() or "text/plain").lower()
+                ctype = content_type(part)
                 if ctype not in ("text/plain", "text/html"):
                     continue
                 if size < limit:
@@ -294,13 +304,13 @@ def single_part(raw: bytes) -> tuple[str, str] | None:
     found = single_text_type(fields)
     if found is None:
         return None
-    # What compat32 makes of the first Content-Transfer-Encoding: the value,
-    # its leading blanks and trailing line ends stripped (lower-cased).
+    # The first Content-Transfer-Encoding (as compat32 finds it: its leading blanks and trailing
+    # line ends stripped, lower-cased), read by its first token as decode_part reads it.
     cte = next((value for name, value in fields if name.lower() == "content-transfer-encoding"), b"")
     cte = cte.lstrip(b" \t").rstrip(b"\r\n")
     if not cte.isascii():
         return None
-    encoding = cte.decode("ascii").lower()
+    encoding = _first_token(cte.decode("ascii"))
     if encoding in ("x-uuencode", "uuencode", "uue", "x-uue"):
         return None
     body = raw[end + 4:]
@@ -328,9 +338,53 @@ def _plain_fields(head: bytes) -> bool:
     return _FIELD_NAME.match(head) is not None and _NOT_A_FIELD_LINE.search(head, 0, len(head) - 2) is None
 
 
+def _first_token(value: str) -> str:
+    """The first token of a field's *value* (``_TOKEN``), lower-cased."""
+    match = _TOKEN.match(value)
+    return match.group(1).lower() if match else ""
+
+
+def content_type(part: email.message.Message) -> str:
+    """The content type of *part* (lower-cased) as mail clients read it: the first token of its Content-Type.
+
+    The stdlib's ``get_content_type`` (compat32) takes all that comes before
+    a ";": ``text/html (HTML mail)`` (a comment, RFC 2045) and ``text/plain x``
+    were no text part to it, but are one to a mail client.  A token that is no
+    type/subtype is text/plain, as the stdlib has it; no Content-Type is the
+    part's default type.
+    """
+    value = part.get("Content-Type")
+    if value is None:
+        return part.get_content_type()
+    token = _first_token(str(value))
+    return token if token.count("/") == 1 else "text/plain"
+
+
+def _payload_bytes(part: email.message.Message) -> object:
+    """``part.get_payload(decode=True)``, the Content-Transfer-Encoding read by its first token.
+
+    The stdlib (compat32) decodes only a field that is exactly ``base64`` or
+    ``quoted-printable`` (any case); a mail client reads ``base64 ``,
+    ``base64; x``, ``quoted-printable;`` and ``base64 (comment)`` as those.
+    """
+    field = part.get("Content-Transfer-Encoding")
+    if field is not None:
+        whole = str(field).lower()
+        encoding = _first_token(whole)
+        # The payload as parsed (get_payload() would turn the surrogate escapes of 8-bit bytes into U+FFFD).
+        payload = getattr(part, "_payload", None)
+        if encoding != whole and isinstance(payload, str) and not part.is_multipart():
+            # Decoded by Message.get_payload itself, so that broken encodings come out as they do there.
+            clone = email.message.Message()
+            clone["Content-Transfer-Encoding"] = encoding
+            clone.set_payload(payload)
+            return clone.get_payload(decode=True)
+    return part.get_payload(decode=True)
+
+
 def decode_part(part: email.message.Message) -> str:
-    """A leaf part's payload: transfer-decoded, then charset-decoded leniently."""
-    payload = part.get_payload(decode=True)
+    """A leaf part's payload: transfer-decoded (:func:`_payload_bytes`), then charset-decoded leniently."""
+    payload = _payload_bytes(part)
     if payload is None:
         value = part.get_payload()
         return value if isinstance(value, str) else ""

@@ -23,7 +23,8 @@ from milterd.services import build
 from tests.harness.messages import envelope_of
 
 # The pattern uris_in_text applied with finditer over the whole text before the cut.
-REFERENCE = re.compile(r"""(?i)\b(?:(?:https?|ftp)://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
+# A scheme is not preceded by an ASCII letter or digit (since session 17; no longer \b: "_https://", "请https://" are links).
+REFERENCE = re.compile(r"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)[^\s<>"'()\[\]{}]{2,2000}""")
 
 
 def reference_uris(text: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import random
+import re
 from urllib.parse import unquote, urlsplit
 
 from milterd.checks import uribl
@@ -17,6 +18,8 @@ def reference_link_host(uri: str) -> str | None:
     text = uri.strip()
     if text.lower().startswith("www."):
         text = "http://" + text
+    # As since session 17: three or more slashes after a special scheme are two to a browser ("http:///path" is host path).
+    text = re.sub(r"(?i)^((?:https?|ftp|wss?):)/{3,}", r"\1//", text)
     try:
         host = urlsplit(text).hostname
     except ValueError:
