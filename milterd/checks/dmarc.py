@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal
 from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
-from ..content.headertext import addresses, decoded
+from ..content.headertext import addresses, decoded, shown_addresses, unfolded
 from ..dns import a_label, domain_name, fold_case
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
@@ -142,7 +142,8 @@ def from_domain(value: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=1024)
 def _from_domain(value: str) -> str | None:
-    domains = {fold_case(addr.rpartition("@")[2].strip()).rstrip(".") for _, addr in addresses(value) if "@" in addr}
+    # Unfolded as from_domains reads it; signing (its one user) needs no other client's reading.
+    domains = {fold_case(addr.rpartition("@")[2].strip()).rstrip(".") for _, addr in addresses(unfolded(value)) if "@" in addr}
     domains.discard("")
     if len(domains) != 1:
         return None
@@ -163,6 +164,8 @@ def from_domains(values: Iterable[str]) -> tuple[str, ...]:
     RFC 7489 §6.6.1: every domain of a multi-valued From is evaluated (the
     strictest failing policy applies), so a second address, or a second From
     field, cannot switch DMARC off; addresses without a usable domain are skipped.
+    The addresses are those a mail client may show (:func:`shown_addresses`): of
+    the field unfolded, and read with its encoded-words decoded where they stand.
     """
     found: dict[str, None] = {}
     for value in values:
@@ -183,7 +186,7 @@ def _from_domains(value: str) -> tuple[str, ...]:
 
 def _parse_domains(value: str, decode: bool) -> tuple[str, ...]:
     found: dict[str, None] = {}
-    for _, addr in addresses(value):
+    for addr in shown_addresses(value) if decode else [address for _, address in addresses(value)]:
         if "@" in addr:
             domain = _shown_domain(addr.rpartition("@")[2])
             if domain:

@@ -1,6 +1,6 @@
 """A header field's value as a mail client shows it: unfolded, RFC 2047 encoded-words decoded
 (and :func:`is_field_name`, what a configured header name must be; :func:`addresses`, the
-addresses of an address field).
+addresses of an address field; :func:`shown_addresses`, those a mail client shows).
 
 Leniently, as clients read what spam sends: each encoded-word is decoded where
 it stands (raw UTF-8 around it, RFC 6532, is kept), the blanks between two
@@ -29,6 +29,8 @@ _WORD = r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?="
 _ENCODED_WORD = re.compile(_WORD)
 #: Blanks between two encoded-words, which RFC 2047 §6.2 says to ignore.
 _BETWEEN_WORDS = re.compile(r"(?<=\?=)[ \t]+(?=" + _WORD + ")")
+#: A run of encoded-words, blanks between them allowed: one word of the field as Thunderbird's jsmime reads it.
+_WORD_RUN = re.compile(_WORD + r"(?:[ \t]*" + _WORD + ")*")
 #: IANA-registered charsets mail clients label text with that Python's codecs do not know, and the
 #: codec that reads them (the -i/-e variants of ISO 8859-6 and -8 only say how the text is ordered).
 CHARSET_ALIASES = {
@@ -44,10 +46,14 @@ def python_charset(charset: str) -> str:
     return CHARSET_ALIASES.get(charset.strip().lower(), charset)
 
 
+def unfolded(text: str) -> str:
+    """*text* (a header field's value) unfolded: each line break before a blank removed (RFC 5322 §2.2.3)."""
+    return _FOLD.sub("", text) if "\n" in text else text
+
+
 def decoded(text: str) -> str:
     """*text* (a header field's value) unfolded, with its encoded-words decoded."""
-    if "\n" in text:
-        text = _FOLD.sub("", text)
+    text = unfolded(text)
     if "=?" in text:
         text = _ENCODED_WORD.sub(_decode_word, _BETWEEN_WORDS.sub("", text))
     return text
@@ -99,6 +105,142 @@ def addresses(value: str) -> list[tuple[str, str]]:
     except RecursionError:
         # Never nothing: a From whose parse fails must still be judged (DMARC, local domains), not skipped.
         return [("", address) for address in _ADDR_SPEC.findall(value)]
+
+
+def shown_addresses(value: str) -> list[str]:
+    """The addresses of an address field's *value* that a mail client may show: the one place that says
+    which addresses (and so which From domains) DMARC and the local domains' From check judge.
+
+    *value* is read unfolded (RFC 5322 §2.2.3): ``<sec@bank`` CRLF `` .test>`` is sec@bank.test, not an
+    address of the domain "bank".  The addresses are those Python's parser finds (:func:`addresses`)
+    and those Thunderbird shows (:func:`thunderbird_addresses`), where the two disagree both: an
+    encoded-word in an address (``<sec@=?utf-8?q?bank.test?=>``), ``Bank\\(Security <sec@bank.test>``.
+    """
+    value = unfolded(value)
+    return [address for _, address in addresses(value)] + thunderbird_addresses(value)
+
+
+#: A run of encoded-words as Thunderbird's jsmime finds one (blanks before each word are the run's).
+_TB_WORDS = re.compile(r"(?:[ \t\r\n]*=\?[^?]*\?[BbQq]\?[^?]*\?=)+")
+#: A backslash and the character it escapes, anywhere in a word (jsmime's Token).
+_TB_ESCAPE = re.compile(r"\\(.?)", re.S)
+
+
+def _tb_tokens(value: str) -> list[tuple[bool, str]]:
+    """The tokens of an address field as jsmime's getHeaderTokens cuts it (quoted strings, domain literals,
+    comments and encoded-words read), each (special, text): a special is one of ``:,;<>@()``."""
+    tokens: list[tuple[bool, str]] = []
+    start: int | None = None
+    end_quote, depth, at, size = "", 0, 0, len(value)
+    # The run of encoded-words jsmime finds from a "=?": searched for anew only once passed (linear time).
+    word_start = word_end = -1
+    while at < size:
+        char = value[at]
+        if char == "\\":
+            at += 2  # escapes the next character wherever it stands, in a quoted string or not
+            continue
+        if end_quote:
+            if char == end_quote:
+                text = decoded(value[start + 1:at]) if char == '"' else value[start:at + 1]  # type: ignore[operator]
+                tokens.append((False, _TB_ESCAPE.sub(r"\1", text)))
+                end_quote, start = "", None
+            at += 1
+            continue
+        if char == "=" and value.startswith("=?", at):
+            if word_start < at:
+                found = _TB_WORDS.search(value, at)
+                word_start, word_end = (found.start(), found.end()) if found else (size + 1, size + 1)
+            if word_start <= size:
+                # jsmime decodes as many characters from here as the run it found (from here or later) holds.
+                if start is not None:
+                    tokens.append((False, _TB_ESCAPE.sub(r"\1", value[start:at])))
+                    start = None
+                end = at + word_end - word_start
+                tokens.append((False, decoded(value[at:end])))
+                at = end
+                continue
+        ending = starting = special = False
+        if char in " \t\r\n":
+            ending = True
+        elif depth == 0 and char in ":,;<>@":
+            ending = special = True
+        elif char in '"[':
+            ending = starting = True
+            end_quote = '"' if char == '"' else "]"
+        elif char in "()":
+            depth = depth + 1 if char == "(" else max(depth - 1, 0)
+            if depth == (1 if char == "(" else 0):
+                ending = special = True
+            else:
+                starting = True
+        else:
+            starting = True
+        if ending and start is not None:
+            tokens.append((False, _TB_ESCAPE.sub(r"\1", value[start:at])))
+            start = None
+        if special:
+            tokens.append((True, char))
+        if starting and start is None:
+            start = at
+        at += 1
+    if start is not None:
+        tokens.append((False, _TB_ESCAPE.sub(r"\1", value[start + 1:] if end_quote == '"' else value[start:])))
+    return tokens
+
+
+def thunderbird_addresses(value: str) -> list[str]:
+    """The addresses of an address field's *value* as Thunderbird shows them (jsmime's parseAddressingHeader,
+    display names left out): a backslash escapes anywhere, ``[`` opens a domain literal and ``"`` a quoted
+    string even in a display name or a comment, a second ``<`` starts the address again, an encoded-word
+    is decoded where it stands (its text a word, never parsed again).  Linear in *value*.
+    """
+    found: list[str] = []
+    address, local, name = "", "", ""
+    in_angle = in_comment = needs_space = preserve = closed = False
+    for special, text in _tb_tokens(value):
+        if not special:
+            spaced = " " + text if needs_space and not text.startswith(".") else text
+            if in_angle and not in_comment:
+                address += spaced
+            elif not in_comment:
+                name += spaced
+                local += text if closed else spaced
+                closed = False
+            needs_space = not text.startswith(".")
+            continue
+        if text == ")":
+            in_comment, closed = False, True
+            if in_angle:
+                needs_space = preserve
+            else:
+                name += "()"  # the comment is part of the display name: what it says does not matter here
+                needs_space = True
+            continue
+        if text == ":":
+            name = local = ""
+        elif text == "<":
+            if in_angle:
+                address = local = ""  # jsmime: what was read as an address becomes the display name
+            in_angle = True
+        elif text == ">":
+            in_angle = False
+        elif text == "(":
+            in_comment, preserve, closed = True, needs_space, False
+            if not needs_space:
+                needs_space = name != "" and not name.endswith(" ")
+        elif text == "@":
+            if not in_angle:
+                address, name, local, in_angle = local, "", "", True
+            address += "@"
+        else:  # "," or ";": the end of an address
+            if address:
+                found.append(address)
+            address = local = name = ""
+            in_angle = in_comment = False
+        needs_space = False
+    if address:
+        found.append(address)
+    return found
 
 
 #: An addr-spec as a last resort, where the parser gives up: a run without blanks, brackets or quotes around an "@".
