@@ -188,6 +188,22 @@ def test_comments_nested_deep_in_from_do_not_hide_a_p_reject_domain(stack: Stack
     assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"] and "CHECK_ERROR" not in row["symbols"]
 
 
+@pytest.mark.parametrize(("subject", "from_"), [
+    ("dmarc encoded domain", "CEO <ceo@=?utf-8?q?signed.test?=>"),  # Thunderbird decodes it where it stands
+    ("dmarc backslash name", "CEO\\(Office <ceo@signed.test>"),  # a backslash escapes outside quotes to Thunderbird
+    ("dmarc folded domain", "CEO <ceo@signed\r\n .test>"),  # folded inside the domain: one domain once unfolded
+])
+def test_a_from_a_client_shows_as_a_p_reject_domain_is_refused(stack: Stack, subject: str, from_: str) -> None:
+    # Found by differential fuzzing against Thunderbird's address parser: each was DMARC_NONE (or a
+    # wrong domain) and delivered, at most HDR_FROM_INVALID's 2 points.
+    forged = message(subject, sender="x@evil.example", headers={"From": from_})
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(forged, sender="x@evil.example", xclient=CLIENT)
+    assert info.value.smtp_code == 550 and "signed.test" in info.value.smtp_error.decode()
+    row = row_for(stack, subject)
+    assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"]
+
+
 def test_np_reject_refuses_a_from_subdomain_that_does_not_exist(stack: Stack) -> None:
     # np.test: sp=none, np=reject (RFC 9091).  billing.np.test has no A, AAAA or MX: refused; mail.np.test
     # has an MX only, so it exists and gets sp=none.  (MAIL FROM is loose.test: its SPF aligns with neither.)

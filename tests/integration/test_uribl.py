@@ -88,6 +88,23 @@ def test_bare_www_link_in_plain_text_is_looked_up_and_a_reject_code_names_the_do
     assert row["action"] == "reject" and "URIBL_DBL_PHISH" in row["symbols"]
 
 
+@pytest.mark.parametrize(("subject", "raw"), [
+    ("triple slash", html("triple slash", '<a href="https:///phish-domain.test/login">Log in</a>')),
+    ("userinfo bracket", html("userinfo bracket", '<a href="https://bank.test]@phish-domain.test/login">Log in</a>')),
+    ("cjk prefix", message("cjk prefix", "\u8bf7\u70b9\u51fbhttps://phish-domain.test/login\r\n")),
+    ("html comment type", message("html comment type", '<a href="https://phish-domain.test/">x</a>\r\n',
+                                  headers={"Content-Type": "text/html (HTML mail); charset=utf-8"})),
+])
+def test_a_link_a_client_opens_is_looked_up_however_it_is_written(stack: Stack, subject: str, raw: bytes) -> None:
+    # Found by differential fuzzing against browsers' URL parser and Thunderbird's linking: each
+    # of these links was never looked up, and the phishing domain's reject code never applied.
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(raw)
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
+    assert "URIBL_DBL_PHISH" in row_for(stack, subject)["symbols"]
+
+
 def test_refused_answers_are_counted_apart_and_address_links_use_the_sbl(stack: Stack) -> None:
     body = "See http://refused-domain.test/ and http://11.22.33.44/x and http://11.22.33.55/y\r\n"
     stack.send(message("refused and ip", body))
