@@ -10,7 +10,7 @@ Postfix end to end: tests/integration/test_session17_check_error.py.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import Milter
 import pytest
@@ -55,20 +55,32 @@ def _message(ctx: Context, queue_id: str) -> int:
     return eom(ctx)
 
 
+def _run(conf: Path, check: type[Check], queue_id: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+         first: bool = False) -> tuple[Context, int, dict[str, Any]]:
+    """One message through a pipeline of *conf* with *check* added (asked first with *first*): the
+    context, end of message's answer and the message's log row."""
+    services, pipeline = make_pipeline(conf, check)
+    if first:
+        pipeline.shutdown()
+        services.checks.insert(0, services.checks.pop())
+        pipeline = Pipeline(services)
+    try:
+        ctx = negotiate(pipeline, monkeypatch)
+        answer = _message(ctx, queue_id)
+        Milter.close_callback(ctx)
+        row = log_rows(conf, capsys)[queue_id]
+    finally:
+        pipeline.shutdown()
+        services.close()
+    return ctx, answer, row
+
+
 @pytest.mark.parametrize("setting", [None, "accept", "tempfail"])
 def test_an_end_of_message_check_that_raises(
     tmp_path: Path, setting: str | None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conf = make_conf(tmp_path, extra={"milter": {"on_check_error": setting}} if setting else None)
-    services, pipeline = make_pipeline(conf, BrokenEom)
-    try:
-        ctx = negotiate(pipeline, monkeypatch)
-        answer = _message(ctx, "QBROKEN")
-        Milter.close_callback(ctx)
-        row = log_rows(conf, capsys)["QBROKEN"]
-    finally:
-        pipeline.shutdown()
-        services.close()
+    ctx, answer, row = _run(conf, BrokenEom, "QBROKEN", capsys, monkeypatch)
     assert row["details"]["CHECK_ERROR"] == "test_broken_eom"
     if setting == "tempfail":
         assert answer == Milter.TEMPFAIL
@@ -132,15 +144,7 @@ def test_a_verdict_hook_that_raises(tmp_path: Path, setting: str, capsys: pytest
     # The review's case: a check's on_verdict (SPF's removes forged Authentication-Results) raising was
     # logged and the message delivered without what it does, whatever on_check_error said.
     conf = make_conf(tmp_path, extra={"milter": {"on_check_error": setting}})
-    services, pipeline = make_pipeline(conf, BrokenVerdict)
-    try:
-        ctx = negotiate(pipeline, monkeypatch)
-        answer = _message(ctx, "QVERDICT")
-        Milter.close_callback(ctx)
-        row = log_rows(conf, capsys)["QVERDICT"]
-    finally:
-        pipeline.shutdown()
-        services.close()
+    ctx, answer, row = _run(conf, BrokenVerdict, "QVERDICT", capsys, monkeypatch)
     if setting == "tempfail":
         assert answer == Milter.TEMPFAIL and ctx._reply[:2] == ("451", "4.3.0")
         assert row["action"] == "tempfail" and row["details"]["CHECK_ERROR"] == "test_broken_verdict"
@@ -151,18 +155,8 @@ def test_a_verdict_hook_that_raises(tmp_path: Path, setting: str, capsys: pytest
 def test_a_score_greylist_hook_that_raises_tempfails_with_tempfail(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     conf = make_conf(tmp_path, rules='[[rule]]\nname = "SUBJ_HELLO"\nheader = "Subject"\nregex = "hello"\nscore = 7\n',
                      extra={"milter": {"on_check_error": "tempfail"}, "actions": {"greylist": 6}, "greylist": {"enabled": True, "mode": "score"}})
-    services, pipeline = make_pipeline(conf, BrokenScoreGreylist)
-    pipeline.shutdown()
-    services.checks.insert(0, services.checks.pop())  # asked before the greylist check, which would answer
-    pipeline = Pipeline(services)
-    try:
-        ctx = negotiate(pipeline, monkeypatch)
-        answer = _message(ctx, "QSCOREGL")
-        Milter.close_callback(ctx)
-        row = log_rows(conf, capsys)["QSCOREGL"]
-    finally:
-        pipeline.shutdown()
-        services.close()
+    # Asked before the greylist check, which would answer first.
+    ctx, answer, row = _run(conf, BrokenScoreGreylist, "QSCOREGL", capsys, monkeypatch, first=True)
     assert answer == Milter.TEMPFAIL and ctx._reply == ("451", "4.3.0", "Message could not be checked now, try again later")
     assert row["action"] == "tempfail" and "test_broken_score_greylist" in row["details"]["GREYLIST_ERROR"], row
 
