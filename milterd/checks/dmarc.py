@@ -188,7 +188,11 @@ def _parse_domains(value: str, decode: bool) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for addr in shown_addresses(value) if decode else [address for _, address in addresses(value)]:
         if "@" in addr:
-            domain = _shown_domain(addr.rpartition("@")[2])
+            head, _, tail = addr.rpartition("@")
+            # "sec@bank.example@" (a stray "@" after the address) is shown as "sec@bank.example"@: where the
+            # last "@" leaves no domain, the one before it is judged (only then: a quoted local part holding
+            # an address is no author's domain).
+            domain = _shown_domain(tail) or (_shown_domain(head.rpartition("@")[2]) if "@" in head and not tail.strip() else None)
             if domain:
                 found.setdefault(domain)
         elif decode and "=?" in addr:
