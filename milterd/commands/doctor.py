@@ -140,12 +140,15 @@ def private_client_findings(config_path: str | None) -> list[Finding]:
         return []  # connecting would create it
     if not _dns_list_zones(config):
         return []
-    store = Store(config.database)
+    try:
+        store = Store(config.database)
+    except StoreError:
+        return []  # an unusable URL: the database finding says why
     try:
         try:
             if store.schema_version() is None:
                 return []
-        except SQLAlchemyError:
+        except (SQLAlchemyError, StoreError):
             return []
         since = utcnow() - PRIVATE_WINDOW
         finding = None

@@ -20,7 +20,7 @@ import pytest
 
 from milterd.checks.dnsbl import DnsLists
 from milterd.cli import main
-from milterd.commands.doctor import PRIVATE_MIN_MESSAGES, SKIPPED_PRIVATE, judge_private_clients
+from milterd.commands.doctor import PRIVATE_MIN_MESSAGES, SKIPPED_PRIVATE, judge_private_clients, private_client_findings
 from milterd.config import load_config
 from milterd.message.model import Envelope, Session, Spool
 from milterd.message.policy import score_hits
@@ -260,3 +260,12 @@ def test_trusted_rows_crowding_the_sample_make_doctor_read_further(tmp_path: Pat
     _code, report = _doctor(conf, capsys)
     finding = _private_finding(report)
     assert finding is not None and finding["status"] == "warn" and "all of the last 60 messages" in finding["detail"], report
+
+
+def test_an_unusable_database_url_gives_no_traceback_and_no_finding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The integration suite's case: a port that is no number made Store() raise out of the new check,
+    # and doctor printed a traceback (the database finding already says why).
+    conf = _write_config(tmp_path)
+    conf.write_text(conf.read_text().replace(f"sqlite:///{tmp_path}/store.sqlite", "postgresql+psycopg://milterd:pw@127.0.0.1:notaport/milterd"))
+    assert "notaport" in conf.read_text()
+    assert private_client_findings(str(conf)) == []
