@@ -29,8 +29,6 @@ _WORD = r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?="
 _ENCODED_WORD = re.compile(_WORD)
 #: Blanks between two encoded-words, which RFC 2047 §6.2 says to ignore.
 _BETWEEN_WORDS = re.compile(r"(?<=\?=)[ \t]+(?=" + _WORD + ")")
-#: A run of encoded-words, blanks between them allowed: one word of the field as Thunderbird's jsmime reads it.
-_WORD_RUN = re.compile(_WORD + r"(?:[ \t]*" + _WORD + ")*")
 #: IANA-registered charsets mail clients label text with that Python's codecs do not know, and the
 #: codec that reads them (the -i/-e variants of ISO 8859-6 and -8 only say how the text is ordered).
 CHARSET_ALIASES = {

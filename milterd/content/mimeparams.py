@@ -214,7 +214,7 @@ def _client_readings(text: str, name: str) -> list[tuple[str, bool]]:
             if key == name:
                 if plain is None:
                     unfolded = raw.replace("\r", "").replace("\n", "")
-                    plain = _unescaped(unfolded) if quoted else unfolded
+                    plain = unescaped(unfolded) if quoted else unfolded
             elif key.startswith(name + "*"):
                 rest = key[len(name) + 1:]
                 percent = key.endswith("*")
@@ -248,7 +248,7 @@ def _client_readings(text: str, name: str) -> list[tuple[str, bool]]:
             break  # a section missing ends the value
         data, percent, quoted = sections[number]
         piece = urllib.parse.unquote_to_bytes(data) if percent else data.encode("latin-1", "replace")
-        joined += _unescaped(piece.decode("latin-1")).encode("latin-1") if quoted else piece
+        joined += unescaped(piece.decode("latin-1")).encode("latin-1") if quoted else piece
     if joined:
         found.append((joined, sections_charset))
     readings = [(_param_text(data, charset), _decodes(data, charset)) for data, charset in found]
@@ -293,8 +293,13 @@ def _client_quoted(text: str, at: int) -> tuple[str, int]:
     return text[at:], len(text)
 
 
-def _unescaped(text: str) -> str:
-    return re.sub(r"\\(.)", r"\1", text, flags=re.DOTALL)
+#: A quoted-pair (RFC 5322 §3.2.1): a backslash and the character it stands for.
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
+
+
+def unescaped(text: str) -> str:
+    """*text* with its quoted-pairs undone (``ev\\il`` is ``evil``)."""
+    return _QUOTED_PAIR.sub(r"\1", text)
 
 
 def _section_number(digits: str) -> int:

@@ -25,7 +25,7 @@ from email.message import Message
 from typing import IO, Iterable, Iterator
 
 from .headertext import decoded
-from .mimeparams import LenientMessage, client_names, client_param, collapsed, raw_param, raw_params, safely
+from .mimeparams import LenientMessage, client_names, client_param, collapsed, raw_param, raw_params, safely, unescaped
 
 #: At most this many parts are looked at.
 MAX_PARTS = 500
@@ -55,7 +55,6 @@ _LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
 _BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 #: Every other byte, deleted from base64 by bytes.translate (a third of the time of a regex, 1-character lines).
 _NOT_BASE64 = bytes(sorted(set(range(256)) - set(_BASE64)))
-_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 _TOKEN = re.compile(r"\s*([^\s;(]*)")
 #: The transfer encodings a message/rfc822 part may have (RFC 2046 section 5.2.1), "" for none.
 _IDENTITY = frozenset({"", "7bit", "8bit", "binary"})
@@ -355,7 +354,7 @@ def _other_names(part: Message, filename: str) -> tuple[str, ...]:
                 if key.strip().lower() == param:
                     text = collapsed(raw)
                     found[_cleaned(text)] = None
-                    found[_cleaned(_QUOTED_PAIR.sub(r"\1", text))] = None
+                    found[_cleaned(unescaped(text))] = None
             for client in client_names(str(value), param):  # where the stdlib reads it otherwise (a comment after it, RFC 2231 duplicates)
                 found[_cleaned(client)] = None
     found.pop(filename, None)
@@ -418,6 +417,10 @@ class _Overflow:
             return
         self._tail.append(window)
         self._tail_size += len(window)
+        self._evict()
+
+    def _evict(self) -> None:
+        """Drop the oldest windows of the tail past its half of MAX_OVERFLOW, never the newest."""
         while self._tail_size > MAX_OVERFLOW // 2 and len(self._tail) > 1:
             self._tail_size -= len(self._tail.popleft())
 
@@ -426,8 +429,7 @@ class _Overflow:
         if self._tail:
             self._tail[-1] += piece
             self._tail_size += len(piece)
-            while self._tail_size > MAX_OVERFLOW // 2 and len(self._tail) > 1:
-                self._tail_size -= len(self._tail.popleft())
+            self._evict()
         elif self._head:
             self._head[-1] += piece
             self._head_size += len(piece)
