@@ -101,17 +101,21 @@ class Answer:
 
 
 def cache_key(name: str, rdtype: str) -> tuple[str, str]:
-    """The answer cache's key of a question, and the question asked: the name's :func:`domain_name`
+    """The answer cache's key of a question, and the question asked: the name's :func:`comparable_name`
     (case folded, without its trailing dot, its U-labels as IDNA2008 A-labels), the type upper-cased.
 
     Encoded here, not by dnspython: its codec is IDNA2003 unless the ``idna`` package happens to be
     installed, and IDNA2003 asks about ``strasse.example`` for ``straße.example``, another domain
     with its own owner, whose SPF record would then judge mail from the first.
     """
-    key = domain_name(name)
-    if key is None:
-        key = fold_case(name).rstrip(".")  # one IDNA refuses stays non-ASCII: _resolve_many answers it, never dnspython
-    return key, rdtype.upper()
+    # A name IDNA refuses stays non-ASCII (comparable_name): _resolve_many answers it, never dnspython.
+    return comparable_name(name), rdtype.upper()
+
+
+def comparable_name(name: str) -> str:
+    """The form two domain names are compared in: :func:`domain_name`, or where IDNA refuses the name,
+    the name case folded without its trailing dot (it then equals only itself however it is cased)."""
+    return domain_name(name) or fold_case(name).rstrip(".")
 
 
 def domain_name(name: str) -> str | None:

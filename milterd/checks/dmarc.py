@@ -40,7 +40,7 @@ from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
 from ..content.headertext import addresses, decoded, shown_addresses, unfolded
-from ..dns import a_label, domain_name, fold_case
+from ..dns import a_label, comparable_name, domain_name, fold_case
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
@@ -124,7 +124,7 @@ def _org_domain(name: str, psl_path: str) -> str:
 def aligned(domain: str, from_domain: str, mode: str, psl_path: str = "") -> bool:
     """Whether an authenticated *domain* aligns with *from_domain*: strict (``s``), same name; relaxed, same organizational domain."""
     # A U-label From aligns with its A-label d= (RFC 7489 §6.6.1); a name IDNA refuses is compared folded.
-    a, b = (domain_name(name) or fold_case(name).rstrip(".") for name in (domain, from_domain))
+    a, b = comparable_name(domain), comparable_name(from_domain)
     if not a or not b:
         return False
     if a == b:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
-from ..dns import domain_name, fold_case
+from ..dns import comparable_name, domain_name
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
@@ -46,16 +46,11 @@ class LocalDomainChecks(Section):
 
 
 def domain_of(address: str) -> str:
-    """The domain of an address as domains compare ("" for none): its DNS form (:func:`domain_name`:
-    case folded, without a trailing dot, U-labels as A-labels), or case folded when IDNA refuses it."""
-    return compared_domain(address.rpartition("@")[2].strip()) if "@" in address else ""
+    """The domain of an address as domains compare ("" for none): :func:`~milterd.dns.comparable_name`
+    (``Bücher.Example.`` and ``xn--bcher-kva.example`` alike, ``example.ΤΕΣΤΣ`` as ``example.τεστσ``)."""
+    return comparable_name(address.rpartition("@")[2].strip()) if "@" in address else ""
 
 
-def compared_domain(name: str) -> str:
-    """*name* as a local domain and a sender's domain compare: ``Bücher.Example.`` and
-    ``xn--bcher-kva.example`` alike, ``example.ΤΕΣΤΣ`` as ``example.τεστσ`` (not ``str.lower()``'s
-    ``example.τεστς``, another domain); a name IDNA refuses, case folded and without its trailing dot."""
-    return domain_name(name) or fold_case(name).rstrip(".")
 
 
 def load_login_map(path: Path, where: str | Path | None = None) -> dict[str, set[str]]:
@@ -127,7 +122,7 @@ class LocalSpoof(Check):
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
         # Compared with MAIL FROM's domain (domain_of): the same domain however either is written.
-        self.domains = {compared_domain(d) for d in services.config.milter.local_domains}
+        self.domains = {comparable_name(d) for d in services.config.milter.local_domains}
         # As from_domains gives them: case folded as DNS names are (a capital final Sigma is σ, not
         # str.lower()'s ς), A-labels; a name IDNA refuses is no From domain from_domains gives.
         self.a_label_domains = {name for d in services.config.milter.local_domains if (name := domain_name(d))}
