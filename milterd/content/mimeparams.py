@@ -293,6 +293,17 @@ def _client_quoted(text: str, at: int) -> tuple[str, int]:
     return text[at:], len(text)
 
 
+#: A field's first token, as mail clients read a Content-Type ("text/html (HTML mail)" is text/html) and a
+#: Content-Transfer-Encoding ("base64 ", "base64; x", "base64 (comment)" are base64): up to a blank, a ";" or a "(".
+_FIRST_TOKEN = re.compile(r"\s*([^\s;(]*)")
+
+
+def first_token(value: str) -> str:
+    """The first token of a field's *value* (``_FIRST_TOKEN``), lower-cased."""
+    match = _FIRST_TOKEN.match(value)
+    return match.group(1).lower() if match else ""
+
+
 #: A quoted-pair (RFC 5322 §3.2.1): a backslash and the character it stands for.
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 

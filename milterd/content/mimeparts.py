@@ -25,7 +25,7 @@ from email.message import Message
 from typing import IO, Iterable, Iterator
 
 from .headertext import decoded
-from .mimeparams import LenientMessage, client_names, client_param, collapsed, raw_param, raw_params, safely, unescaped
+from .mimeparams import LenientMessage, client_names, client_param, collapsed, first_token, raw_param, raw_params, safely, unescaped
 
 #: At most this many parts are looked at.
 MAX_PARTS = 500
@@ -55,7 +55,6 @@ _LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
 _BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 #: Every other byte, deleted from base64 by bytes.translate (a third of the time of a regex, 1-character lines).
 _NOT_BASE64 = bytes(sorted(set(range(256)) - set(_BASE64)))
-_TOKEN = re.compile(r"\s*([^\s;(]*)")
 #: The transfer encodings a message/rfc822 part may have (RFC 2046 section 5.2.1), "" for none.
 _IDENTITY = frozenset({"", "7bit", "8bit", "binary"})
 #: The fields the MIME structure and the file names are read from (the rest of a header section can
@@ -615,8 +614,7 @@ def _variants(boundary: bytes) -> tuple[bytes, ...]:
 
 def _encoding(part: Message) -> str:
     # Its first token, as mail clients read it: "base64 (comment)" and "base64; x" are base64.
-    token = _TOKEN.match(str(part.get("Content-Transfer-Encoding", "")))
-    return token.group(1).lower() if token else ""
+    return first_token(str(part.get("Content-Transfer-Encoding", "")))
 
 
 def _rest_ignored(in_headers: bool, open_: _OpenMultiparts, decoder: _Decoder | None) -> bool:

@@ -32,7 +32,7 @@ from html.parser import HTMLParser
 from typing import Iterable, Iterator
 
 from .mimeparams import decode_bytes as decode_bytes
-from .mimeparams import reading, safely
+from .mimeparams import first_token, reading, safely
 
 #: At most this many links are kept per message (and given by :func:`uris_in_text`, which stops reading
 #: there), except that the first link of a host is always kept: links repeating a few hosts (a thousand
@@ -87,9 +87,6 @@ _TRAILING = ".,;:!?"
 # and any slashes, or after two slashes; userinfo and case dropped.  "" for a link without one.
 _HOST_KEY = re.compile(r"(?:[a-zA-Z][a-zA-Z0-9+.-]*:[/\\]*|[/\\]{2,})(?:[^/\\?#@]*@)?([^/\\?#]*)")
 _HOST_SALT = int.from_bytes(os.urandom(8), "big")
-#: A field's first token, as mail clients read a Content-Type ("text/html (HTML mail)" is text/html) and a
-#: Content-Transfer-Encoding ("base64 ", "base64; x" are base64): up to a blank, a ";" or a "(" (mimeparts' _TOKEN).
-_TOKEN = re.compile(r"\s*([^\s;(]*)")
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANKS = re.compile(r"\n\s*\n+")
 _COMMENT_END = re.compile(r"--!?>")
@@ -310,7 +307,7 @@ def single_part(raw: bytes) -> tuple[str, str] | None:
     cte = cte.lstrip(b" \t").rstrip(b"\r\n")
     if not cte.isascii():
         return None
-    encoding = _first_token(cte.decode("ascii"))
+    encoding = first_token(cte.decode("ascii"))
     if encoding in ("x-uuencode", "uuencode", "uue", "x-uue"):
         return None
     body = raw[end + 4:]
@@ -338,12 +335,6 @@ def _plain_fields(head: bytes) -> bool:
     return _FIELD_NAME.match(head) is not None and _NOT_A_FIELD_LINE.search(head, 0, len(head) - 2) is None
 
 
-def _first_token(value: str) -> str:
-    """The first token of a field's *value* (``_TOKEN``), lower-cased."""
-    match = _TOKEN.match(value)
-    return match.group(1).lower() if match else ""
-
-
 def content_type(part: email.message.Message) -> str:
     """The content type of *part* (lower-cased) as mail clients read it: the first token of its Content-Type.
 
@@ -356,7 +347,7 @@ def content_type(part: email.message.Message) -> str:
     value = part.get("Content-Type")
     if value is None:
         return part.get_content_type()
-    token = _first_token(str(value))
+    token = first_token(str(value))
     return token if token.count("/") == 1 else "text/plain"
 
 
@@ -370,7 +361,7 @@ def _payload_bytes(part: email.message.Message) -> object:
     field = part.get("Content-Transfer-Encoding")
     if field is not None:
         whole = str(field).lower()
-        encoding = _first_token(whole)
+        encoding = first_token(whole)
         # The payload as parsed (get_payload() would turn the surrogate escapes of 8-bit bytes into U+FFFD).
         payload = getattr(part, "_payload", None)
         if encoding != whole and isinstance(payload, str) and not part.is_multipart():
