@@ -275,7 +275,7 @@ class Pipeline:
                 if self.config.milter.on_check_error == "tempfail" and verdict.action in _DELIVERED:
                     # What the check would have done to the message as it leaves (remove forged headers,
                     # sign, seal) was not done: it is not delivered so.
-                    verdict = _tempfailed(verdict, Hit("CHECK_ERROR", detail=check.name, action=Action.TEMPFAIL, reply=UNCHECKED_REPLY))
+                    verdict = _tempfailed(verdict, _unchecked_hit(check))
                     break
         outcome = Outcome(verdict=verdict)
         if verdict.action in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE):
@@ -594,7 +594,7 @@ class Pipeline:
                 log.error("check %s failed for client %s: %s: %s (the traceback of this failure is logged at most every %.0fs)",
                           check.name, session.client_addr, type(exc).__name__, exc, CHECK_TRACEBACKS.interval)
             if self.config.milter.on_check_error == "tempfail":
-                return [Hit("CHECK_ERROR", detail=check.name, action=Action.TEMPFAIL, reply=UNCHECKED_REPLY)]
+                return [_unchecked_hit(check)]
             return [Hit("CHECK_ERROR", detail=check.name)]
 
     def _forced(self, session: Session, envelope: Envelope | None, hits: list[Hit]) -> Decision | None:
@@ -665,6 +665,11 @@ def _await(futures: list[Future[list[Hit]]], deadline: float, progress: Callable
 
 def _replace_action(verdict: Verdict, action: Action, reason: str) -> Verdict:
     return replace(verdict, action=action, reason=reason)
+
+
+def _unchecked_hit(check: Check) -> Hit:
+    """The hit (451 4.3.0) of a message *check* raised on, under ``[milter] on_check_error = "tempfail"``."""
+    return Hit("CHECK_ERROR", detail=check.name, action=Action.TEMPFAIL, reply=UNCHECKED_REPLY)
 
 
 def _spool_hit(check: Check, session: Session, error: SpoolError) -> Hit:
