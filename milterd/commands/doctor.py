@@ -8,8 +8,6 @@ import ipaddress
 import json
 from typing import Iterable, Sequence
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from ..checks.dnsbl import DnsLists
 from ..config import Config, ConfigError, load_config
 from ..diagnostics import Finding, diagnose, worst
@@ -146,9 +144,9 @@ def private_client_findings(config_path: str | None) -> list[Finding]:
         return []  # an unusable URL: the database finding says why
     try:
         try:
-            if store.schema_version() is None:
+            if not store.has_schema():
                 return []
-        except (SQLAlchemyError, StoreError):
+        except StoreError:
             return []
         since = utcnow() - PRIVATE_WINDOW
         finding = None

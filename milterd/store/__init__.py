@@ -348,6 +348,13 @@ class Store:
         with self.engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
 
+    def has_schema(self) -> bool:
+        """Whether the database holds a schema (:meth:`schema_version`); StoreError when it does not answer."""
+        try:
+            return self.schema_version() is not None
+        except SQLAlchemyError as exc:
+            raise StoreError(f"the database does not answer: {exc}") from exc
+
     def head_version(self) -> str:
         """The newest schema version this milterd knows (read from its migrations, without connecting)."""
         return _scripts().get_current_head() or ""
