@@ -21,7 +21,7 @@ from pydantic import Field
 
 from ..content.archives import Limits, archive_kind, list_archive, local_failure
 from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
-from ..content.mimeparts import Attachment, attachments
+from ..content.mimeparts import PARTS_LIMIT_NOTE, Attachment, attachments
 from ..content.mimetext import single_text_type
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
@@ -50,6 +50,7 @@ class AttachmentChecks(CheckSwitches):
     macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
     encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
     limit_action: _CategoryAction = Field("score", description="An archive past the limits below, or unreadable: ATTACH_ARCHIVE_LIMIT, with the same choices.")
+    mime_limit_action: _CategoryAction = Field("quarantine", description="A message with more MIME parts (500) or uuencoded files (1,000) than are looked at, whose other files are never judged (a banned one may follow the padding): ATTACH_MIME_LIMIT, with the same choices.")
     archives: bool = Field(True, description="Look inside zip archives and TNEF containers (Outlook's winmail.dat), and 7z, rar, cab and tar ones, and gzip, bzip2 and xz files (a tar in one, or the file it holds), when libarchive-c is installed, for the same rules.")
     archive_max_depth: int = Field(3, ge=1, le=20, description="Archives nested deeper than this (an archive in an archive is 2) are not opened.")
     archive_max_members: int = Field(1000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at.")
@@ -66,6 +67,7 @@ MISMATCH = "ATTACH_TYPE_MISMATCH"
 MACRO = "ATTACH_OFFICE_MACRO"
 ENCRYPTED = "ATTACH_ENCRYPTED"
 LIMIT = "ATTACH_ARCHIVE_LIMIT"
+MIME_LIMIT = "ATTACH_MIME_LIMIT"
 ERROR = "ATTACH_ERROR"
 #: The answer when this machine could not decode the attachments (disk, file descriptors, memory).
 LOCAL_FAILURE_REPLY = Reply("451", "4.3.0", "Attachments could not be checked now, try again later")
@@ -78,6 +80,7 @@ _ACTION_OPTION = {
     MACRO: "macro_action",
     ENCRYPTED: "encrypted_action",
     LIMIT: "limit_action",
+    MIME_LIMIT: "mime_limit_action",
 }
 #: Extensions of files that open as macro-enabled Office documents.
 _MACRO_EXTENSIONS = frozenset({"docm", "dotm", "xlsm", "xltm", "xlam", "pptm", "potm", "ppam", "ppsm", "sldm"})
@@ -225,7 +228,8 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         Symbol(MISMATCH, 3.0, "An attachment's content contradicts its name or declared type (a \"PDF\" that is an executable)"),
         Symbol(MACRO, 2.0, "An Office document with VBA macros ([checks.attachments] macro_action)"),
         Symbol(ENCRYPTED, 2.0, "An encrypted archive or member: its names or content cannot all be judged"),
-        Symbol(LIMIT, 1.0, "An archive nested too deep, with too many members, decompressing past the limit, or unreadable, or a message past the MIME limits (parts, MIME field size): not fully looked at"),
+        Symbol(LIMIT, 1.0, "An archive nested too deep, with too many members, decompressing past the limit, or unreadable, or a part past the MIME field size (its names still read): not fully looked at"),
+        Symbol(MIME_LIMIT, 3.0, "A message with more MIME parts (500) or uuencoded files (1,000) than are looked at: the files past them never judged ([checks.attachments] mime_limit_action)"),
         Symbol(ERROR, 0.0, "The message's attachments could not be read (detail: why); judged as having none, or answered 451 when this machine ran short (disk, quota, file descriptors, memory)"),
     )
 
@@ -250,7 +254,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             for name in encoded[:MAX_ENCODED_FILES]:
                 findings += judge_name(name, self.banned)
             if len(encoded) > MAX_ENCODED_FILES:
-                findings.append(Finding(LIMIT, "message", f"more than {MAX_ENCODED_FILES} uuencoded files: the rest not looked at"))
+                findings.append(Finding(MIME_LIMIT, "message", f"more than {MAX_ENCODED_FILES} uuencoded files: the rest not looked at"))
             if single_plain_text(envelope.headers):
                 return hits_for(findings, self.actions)  # what parsing it would find: no MIME attachment
             for attachment in attachments(envelope.message_chunks(), self.memory, self.options.max_attachment_size, skipped):
@@ -271,9 +275,9 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
                 log.error("attachments: cannot check the message's attachments, answering 451: %s", detail)
                 return [Hit(ERROR, detail=detail, action=Action.TEMPFAIL, reply=LOCAL_FAILURE_REPLY)]
             log.warning("attachments: cannot read the message's attachments", exc_info=True)
-            findings += [Finding(LIMIT, "message", text) for text in dict.fromkeys(skipped)]
+            findings += _skipped(skipped)
             return [Hit(ERROR, detail=detail), *hits_for(findings, self.actions)]
-        findings += [Finding(LIMIT, "message", text) for text in dict.fromkeys(skipped)]
+        findings += _skipped(skipped)
         if errors:
             return [Hit(ERROR, detail=errors[0]), *hits_for(findings, self.actions)]
         return hits_for(findings, self.actions)
@@ -305,6 +309,11 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         found += [Finding(ENCRYPTED, path, "encrypted") for path in listing.encrypted]
         found += [Finding(LIMIT, text.split(": ", 1)[0], text.split(": ", 1)[-1]) for text in listing.limits + listing.errors]
         return found
+
+
+def _skipped(notes: Iterable[str]) -> list[Finding]:
+    """The findings of what the MIME reader did not look at: past the part limit, the rest of the message."""
+    return [Finding(MIME_LIMIT if text == PARTS_LIMIT_NOTE else LIMIT, "message", text) for text in dict.fromkeys(notes)]
 
 
 def _ole_macros(data: IO[bytes]) -> bool:

@@ -29,6 +29,8 @@ from .mimeparams import LenientMessage, client_names, client_param, collapsed, f
 
 #: At most this many parts are looked at.
 MAX_PARTS = 500
+#: The note of a message past MAX_PARTS: what follows, a banned file too, is never looked at.
+PARTS_LIMIT_NOTE = f"more than {MAX_PARTS} MIME parts: the rest not looked at"
 #: At most this much of a part's MIME fields (_MIME_FIELDS) is kept; its other fields are never kept.
 MAX_PART_HEADER = 64 * 1024
 #: At most this much of one MIME field is kept.
@@ -564,7 +566,7 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                         open_.close_from(level + 1)
                         in_headers = True
                         if parts >= MAX_PARTS:
-                            notes.append(f"more than {MAX_PARTS} MIME parts: the rest not looked at")
+                            notes.append(PARTS_LIMIT_NOTE)
                             return
                     continue
             if decoder is not None:

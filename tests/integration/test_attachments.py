@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import signal
 import smtplib
@@ -108,6 +109,25 @@ def test_an_exe_in_multiparts_nested_thirty_deep_is_rejected_naming_the_file(sta
     row = row_for(stack, "deep exe")
     assert row["action"] == "reject" and "ATTACH_ARCHIVE_LIMIT" not in row["symbols"]
     assert not stack.sink.with_subject("deep exe")
+
+
+def test_an_exe_after_more_parts_than_are_read_is_quarantined(stack: Stack) -> None:
+    """505 one-line parts before the .exe: past the 500 parts read, it used to be a 1-point
+    ATTACH_ARCHIVE_LIMIT, and the .exe delivered. The message is held whole instead."""
+    raw = (b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.com>\r\nSubject: many parts\r\n"
+           b"Date: Wed, 02 Dec 2026 06:00:00 +0000\r\nMessage-ID: <many.parts@example.org>\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+           + b"--b1\r\nContent-Type: text/plain\r\n\r\nx\r\n" * 505
+           + b"--b1\r\nContent-Type: application/octet-stream; name=\"setup.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.encodebytes(PE).replace(b"\n", b"\r\n") + b"--b1--\r\n")
+    assert stack.send(raw) == {}
+    row = row_for(stack, "many parts")
+    assert row["action"] == "quarantine"
+    assert row["details"]["ATTACH_MIME_LIMIT"] == "message: more than 500 MIME parts: the rest not looked at"
+    assert not stack.sink.with_subject("many parts")
+    listed = stack.milterd.cli("quarantine", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [entry for entry in json.loads(listed.stdout) if entry["subject"] == "many parts"]
 
 
 def test_an_exe_named_behind_padding_past_the_field_bound_is_rejected(stack: Stack) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from milterd.checks.attachments import BANNED, DOUBLE, LIMIT, AttachmentChecks, Finding, hits_for, judge_name
+from milterd.checks.attachments import BANNED, DOUBLE, LIMIT, MIME_LIMIT, AttachmentChecks, Finding, hits_for, judge_name
 from milterd.config import load_config
 from milterd.content.mimeparts import MAX_PARTS, attachments
-from milterd.message.model import Session
+from milterd.message.model import Action, Hit, Session
 from milterd.services import build
 from tests.harness.messages import envelope_of
 
@@ -30,9 +30,13 @@ def check(tmp_path: Path) -> object:
     return next(c for c in build(load_config(conf)).checks if c.name == "attachments")
 
 
+def hits(check: object, raw: bytes) -> list[Hit]:
+    found: list[Hit] = check.on_eom(Session(client_addr="192.0.2.7"), envelope_of(raw))  # type: ignore[attr-defined]
+    return found
+
+
 def symbols(check: object, raw: bytes) -> dict[str, str]:
-    hits = check.on_eom(Session(client_addr="192.0.2.7"), envelope_of(raw))  # type: ignore[attr-defined]
-    return {h.symbol: h.detail for h in hits}
+    return {h.symbol: h.detail for h in hits(check, raw)}
 
 
 def test_a_long_last_extension_of_the_default_list_is_banned() -> None:
@@ -60,13 +64,22 @@ def test_mime_fields_past_their_bound_are_said_to_be_cut() -> None:
     assert skipped and skipped[0].startswith("MIME fields of a part past")
 
 
-def test_parts_past_the_part_limit_are_a_limit_finding(check: object) -> None:
+def test_parts_past_the_part_limit_quarantine_the_message(check: object) -> None:
+    # 500 filler parts hide the file after them: it used to be a 1-point ATTACH_ARCHIVE_LIMIT, and delivered.
     filler = b"Content-Type: text/plain\r\n\r\nx\r\n"
     raw = multipart(*[filler] * (MAX_PARTS + 5), SCRIPT)
     skipped: list[str] = []
     assert [a.filename for a in attachments([raw], skipped=skipped)] == []
     assert skipped == [f"more than {MAX_PARTS} MIME parts: the rest not looked at"]
-    assert symbols(check, raw) == {LIMIT: f"message: more than {MAX_PARTS} MIME parts: the rest not looked at"}
+    assert symbols(check, raw) == {MIME_LIMIT: f"message: more than {MAX_PARTS} MIME parts: the rest not looked at"}
+    assert [h.action for h in hits(check, raw)] == [Action.QUARANTINE]
+
+
+def test_a_part_past_the_field_bound_is_still_only_scored(check: object) -> None:
+    # Its names are read past the bound: nothing of it is unjudged, so it needs no forced action.
+    long_type = b"Content-Type: application/octet-stream; x=\"" + b"a" * 20000 + b"\"\r\n"
+    found = hits(check, multipart(long_type + b"\r\nabc\r\n"))
+    assert [(h.symbol, h.action) for h in found] == [(LIMIT, None)]
 
 
 def nested(depth: int, inner: bytes, boundary: bytes = b"b%d") -> bytes:
@@ -87,8 +100,9 @@ def test_a_banned_file_nested_deep_is_judged(check: object, depth: int) -> None:
     assert LIMIT not in found
 
 
-def test_multiparts_nested_past_the_part_limit_are_a_limit_finding(check: object) -> None:
-    assert symbols(check, nested(MAX_PARTS + 5, SCRIPT)) == {LIMIT: f"message: more than {MAX_PARTS} MIME parts: the rest not looked at"}
+def test_multiparts_nested_past_the_part_limit_quarantine_the_message(check: object) -> None:
+    assert symbols(check, nested(MAX_PARTS + 5, SCRIPT)) == {MIME_LIMIT: f"message: more than {MAX_PARTS} MIME parts: the rest not looked at"}
+    assert [h.action for h in hits(check, nested(MAX_PARTS + 5, SCRIPT))] == [Action.QUARANTINE]
 
 
 def test_an_outer_delimiter_closes_the_multiparts_inside_it() -> None:
@@ -234,3 +248,10 @@ def test_a_name_past_the_field_bound_is_judged_however_it_is_padded(check: objec
     part = ("Content-Type: application/octet-stream\r\n" + fields + "\r\n\r\nWScript.Echo(1)\r\n").encode()
     found = symbols(check, multipart(b"Content-Type: text/plain\r\n\r\nhi\r\n", part))
     assert found.get(BANNED, "").endswith("evil.js: banned extension .js"), found
+
+
+def test_more_uuencoded_files_than_are_judged_quarantine_the_message(check: object) -> None:
+    raw = b"Subject: x\r\n\r\n" + b"".join(b"begin 644 f%d.txt\r\nM\r\nend\r\n" % i for i in range(1005)) + b"begin 644 run.js\r\n"
+    found = hits(check, raw)
+    assert [(h.symbol, h.action) for h in found] == [(MIME_LIMIT, Action.QUARANTINE)]
+    assert found[0].detail == "message: more than 1000 uuencoded files: the rest not looked at"
