@@ -170,6 +170,16 @@ def _address_list_problem(name: str, value: str) -> str:
     return ""
 
 
+def _encoded_address(value: str) -> str:
+    """The first word of an address list (outside quoted strings and comments) with both an "@" and an
+    encoded-word, or "": RFC 2047 §5 forbids one in an addr-spec, and the stdlib and Thunderbird
+    decode ``sec@=?utf-8?q?bank.test?=`` where it stands (sec@bank.test)."""
+    for word in _ADDRESS_WORD_END.split(_QUOTED_OR_COMMENT.sub(" ", value)):
+        if "@" in word and _ENCODED_WORD.search(word):
+            return word
+    return ""
+
+
 def addresses(value: str) -> list[str]:
     """*value* (an address list) cut into its addresses: at each comma (and a group's ":" and ";")
     not in a quoted string, a comment or angle brackets."""
@@ -206,6 +216,13 @@ def addresses(value: str) -> list[str]:
 _cached_address_list_problem = functools.lru_cache(maxsize=1024)(_address_list_problem)
 
 
+#: A quoted string or a (not nested) comment, blanked before an encoded-word is looked for in the
+#: addresses; an unclosed one runs to the end (else each '"' after it is a new start: quadratic).
+_QUOTED_OR_COMMENT = re.compile(r'"(?:[^"\\]|\\.?)*"?|\((?:[^()\\]|\\.?)*\)?')
+#: What ends an address's word: a blank or a special of an address list.
+_ADDRESS_WORD_END = re.compile(r'[\s<>,;:"]+')
+
+
 #: The stdlib's complaints about RFC 2047 encoded-words in a display name.  The field is still good
 #: RFC 5322 ('"=?utf-8?b?...?=" <a@b>' is a quoted string, '=?...?=<a@b>' a phrase and an angle-addr),
 #: common in legitimate mail, and a malformed encoded-word is HDR_ENCODED_WORD_INVALID's.
@@ -220,6 +237,9 @@ _CARRIER_DOT_DEFECTS = frozenset({"local-part is not dot-atom, quoted-string, or
 
 def parsed_address_list_problem(name: str, value: str) -> str:
     """:func:`address_list_problem` by the stdlib's parser alone (no shortcut for plain addresses)."""
+    encoded = _encoded_address(value) if "=?" in value else ""
+    if encoded:
+        return f"encoded-word in the address {encoded[:80]!r}"
     try:
         header = policy.default.header_factory(name, value)
         addresses = header.addresses

@@ -188,12 +188,12 @@ def test_comments_nested_deep_in_from_do_not_hide_a_p_reject_domain(stack: Stack
     assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"] and "CHECK_ERROR" not in row["symbols"]
 
 
-@pytest.mark.parametrize(("subject", "from_"), [
-    ("dmarc encoded domain", "CEO <ceo@=?utf-8?q?signed.test?=>"),  # Thunderbird decodes it where it stands
-    ("dmarc backslash name", "CEO\\(Office <ceo@signed.test>"),  # a backslash escapes outside quotes to Thunderbird
-    ("dmarc folded domain", "CEO <ceo@signed\r\n .test>"),  # folded inside the domain: one domain once unfolded
+@pytest.mark.parametrize(("subject", "from_", "invalid"), [
+    ("dmarc encoded domain", "CEO <ceo@=?utf-8?q?signed.test?=>", True),  # Thunderbird decodes it where it stands
+    ("dmarc backslash name", "CEO\\(Office <ceo@signed.test>", True),  # a backslash escapes outside quotes to Thunderbird
+    ("dmarc folded domain", "CEO <ceo@signed\r\n .test>", False),  # folded inside the domain: one domain once unfolded
 ])
-def test_a_from_a_client_shows_as_a_p_reject_domain_is_refused(stack: Stack, subject: str, from_: str) -> None:
+def test_a_from_a_client_shows_as_a_p_reject_domain_is_refused(stack: Stack, subject: str, from_: str, invalid: bool) -> None:
     # Found by differential fuzzing against Thunderbird's address parser: each was DMARC_NONE (or a
     # wrong domain) and delivered, at most HDR_FROM_INVALID's 2 points.
     forged = message(subject, sender="x@evil.example", headers={"From": from_})
@@ -202,6 +202,8 @@ def test_a_from_a_client_shows_as_a_p_reject_domain_is_refused(stack: Stack, sub
     assert info.value.smtp_code == 550 and "signed.test" in info.value.smtp_error.decode()
     row = row_for(stack, subject)
     assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"]
+    # The header check scores the malformed ones (an encoded-word in an address: RFC 2047 section 5).
+    assert ("HDR_FROM_INVALID" in row["symbols"]) is invalid
 
 
 def test_np_reject_refuses_a_from_subdomain_that_does_not_exist(stack: Stack) -> None:
