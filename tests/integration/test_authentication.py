@@ -8,7 +8,9 @@ sink received, the log row.
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import re
 import smtplib
 import socket
@@ -19,6 +21,8 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from milterd import dkimsign
 from tests.conftest import message
@@ -36,6 +40,28 @@ def txt(name: str, record: str) -> str:
     return f"{name}. TXT {strings}"
 
 
+def big_exponent_key() -> tuple[bytes, str]:
+    """An RSA-2048 key (PEM) with a 1,500-bit public exponent, and its key record: valid to dkimpy's own
+    arithmetic, refused by OpenSSL for its size. No real key has one (they use 65537)."""
+    numbers = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    p, q = numbers.p, numbers.q
+    phi = (p - 1) * (q - 1)
+    e = (1 << 1500) + 1
+    while math.gcd(e, phi) != 1:
+        e += 2
+    d = pow(e, -1, phi)
+    private = rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), rsa.rsa_crt_iqmp(p, q), rsa.RSAPublicNumbers(e, p * q))
+    key = private.private_key(unsafe_skip_rsa_key_validation=True)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem, "v=DKIM1; k=rsa; p=" + base64.b64encode(spki).decode()
+
+
+@pytest.fixture(scope="module")
+def big_exponent() -> tuple[bytes, str]:
+    return big_exponent_key()
+
+
 @pytest.fixture(scope="module")
 def keys() -> dict[str, bytes]:
     return {
@@ -51,7 +77,7 @@ def keys() -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def local_dns(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, bytes]) -> Iterator[LocalDns]:
+def local_dns(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, bytes], big_exponent: tuple[bytes, str]) -> Iterator[LocalDns]:
     data = [
         "client.example.org. A 192.0.2.10",
         "list.test. MX 10 mx.list.test.",
@@ -67,6 +93,7 @@ def local_dns(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, bytes]) 
         txt("rsa1._domainkey.out.test", dkimsign.public_record("rsa", keys["out_rsa"])),
         txt("ed1._domainkey.out.test", dkimsign.public_record("ed25519", keys["out_ed"])),
         txt("arc._domainkey.seal.test", dkimsign.public_record("rsa", keys["seal"])),
+        txt("big._domainkey.loose.test", big_exponent[1]),
     ]
     server = LocalDns(tmp_path_factory.mktemp("dns"), data, {}).start()
     yield server
@@ -123,6 +150,19 @@ def test_valid_signature_passes_dkim_and_dmarc(stack: Stack, keys: dict[str, byt
     row = row_for(stack, "dkim valid")
     assert {"DKIM_VALID", "DKIM_VALID_AUTHOR", "DMARC_PASS"} <= set(row["symbols"])
     assert row["details"]["DKIM_VALID"] == "d=signed.test s=sel"
+
+
+def test_a_key_with_an_exponent_openssl_refuses_fails_the_signature(stack: Stack, big_exponent: tuple[bytes, str]) -> None:
+    # dkimpy's pure-Python pow verified such a signature (a 16384-bit exponent: 7 s of a worker's CPU a
+    # signature); it now fails at once, the message judged as for any failed signature.
+    raw = sign(message("dkim big exponent", sender="alice@loose.test"), big_exponent[0], "loose.test", "big")
+    assert dkim.verify(raw, dnsfunc=lambda _name, timeout=5: big_exponent[1].encode())  # valid to dkimpy's own arithmetic
+    stack.send(raw, sender="alice@loose.test", xclient=CLIENT)
+    results = our_results(delivered(stack, "dkim big exponent"))
+    assert "dkim=fail" in results and "header.s=big" in results
+    row = row_for(stack, "dkim big exponent")
+    assert "DKIM_INVALID" in row["symbols"] and "DKIM_VALID" not in row["symbols"]
+    assert row["details"]["DKIM_INVALID"].startswith("d=loose.test s=big: ")
 
 
 def test_broken_body_hash_is_invalid(stack: Stack, keys: dict[str, bytes]) -> None:
