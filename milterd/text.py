@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
-from urllib.parse import quote, quote_plus, unquote
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 #: Control characters (C0, DEL, C1), lone surrogates (undecodable bytes kept
 #: by surrogateescape), the Unicode line and paragraph separators, and the
@@ -53,8 +53,13 @@ def escape(value: object, ascii_only: bool = False) -> str:
     return text
 
 
+#: A query parameter of a database URL that holds a password (``?password=…``, ``&sslpassword=…``):
+#: SQLAlchemy hands it to the driver as the password, so it is a secret as ``user:PASSWORD@`` is.
+_QUERY_PASSWORD = re.compile(r"([?&][^=&?#]*password=)([^&#]*)", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """*url* with its password replaced by ``***`` (``postgresql://user:***@host/db``).
+    """*url* with its passwords replaced by ``***`` (``postgresql://user:***@host/db``, ``…?password=***``).
 
     For ``config show``, ``doctor`` and every error that names the database.
     A string that is not a URL with credentials comes back unchanged.
@@ -64,19 +69,31 @@ def redact_url(url: str) -> str:
         return url
     authority, slash, path = rest.partition("/")
     credentials, at, host = authority.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}{slash}{path}"
+    if at and ":" in credentials:
+        user = credentials.split(":", 1)[0]
+        url = f"{scheme}://{user}:***@{host}{slash}{path}"
+    return _QUERY_PASSWORD.sub(lambda m: f"{m.group(1)}***" if m.group(2) else m.group(0), url)
 
 
 def url_password(url: str) -> str:
-    """The password in *url*, percent-decoded (empty when there is none)."""
-    return unquote(_written_password(url))
+    """The password in *url*'s ``user:PASSWORD@``, else in its ``password=`` parameter, percent-decoded (empty when there is none)."""
+    return next(iter(_passwords(url)), ("", ""))[1]
+
+
+def _passwords(url: str) -> list[tuple[str, str]]:
+    """Each password in *url* (its ``user:PASSWORD@``, then every ``…password=`` parameter), as
+    (written there, decoded), the empty ones left out."""
+    found = []
+    written = _written_password(url)
+    if written:
+        found.append((written, unquote(written)))
+    if "://" in url:
+        found += [(m.group(2), unquote_plus(m.group(2))) for m in _QUERY_PASSWORD.finditer(url) if m.group(2)]
+    return found
 
 
 def _written_password(url: str) -> str:
-    """The password in *url* as written there (percent-encoded or not); empty when there is none."""
+    """The password in *url*'s ``user:PASSWORD@`` as written there (percent-encoded or not); empty when there is none."""
     scheme, sep, rest = url.partition("://")
     credentials, at, _host = rest.partition("/")[0].rpartition("@")
     if not sep or not at or ":" not in credentials:
@@ -84,37 +101,31 @@ def _written_password(url: str) -> str:
     return credentials.split(":", 1)[1]
 
 
-#: A password shorter than this is hidden only where a URL holds it (``user:PASSWORD@``):
+#: A password shorter than this is hidden only where a URL holds it (``user:PASSWORD@``, ``password=PASSWORD``):
 #: hiding every occurrence of ``1`` would turn ``127.0.0.1`` and ``451`` into ``***``.
 SHORT_PASSWORD = 4
 
 
 @functools.lru_cache(maxsize=16)
 def _password_forms(url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """*url* redacted, and each (text, replacement) that hides its password, the longest first.
+    """*url* redacted, and each (text, replacement) that hides its passwords, the longest first.
 
     The forms: as written in the URL, decoded (SQLAlchemy's ``make_url`` and the
     drivers use it so), percent-encoded as ``urllib.parse.quote`` / ``quote_plus``
     and SQLAlchemy's ``render_as_string`` write it, and as :func:`escape` shows it
     (a line escaped before it was redacted).
     """
-    password = url_password(url)
-    if not password:
-        return redact_url(url), ()
-    forms = {
-        _written_password(url),
-        password,
-        quote(password, safe=""),
-        quote(password),
-        quote(password, safe=" +"),
-        quote_plus(password),
-        escape(password, ascii_only=True),
-    }
-    forms.discard("")
-    ordered = sorted(forms, key=lambda form: (-len(form), form))
-    if len(password) < SHORT_PASSWORD:
-        return redact_url(url), tuple((f":{form}@", ":***@") for form in ordered)
-    return redact_url(url), tuple((form, "***") for form in ordered)
+    pairs: set[tuple[str, str]] = set()
+    for written, password in _passwords(url):
+        forms = {written, password, quote(password, safe=""), quote(password), quote(password, safe=" +"),
+                 quote_plus(password), escape(password, ascii_only=True)}
+        forms.discard("")
+        if len(password) < SHORT_PASSWORD:
+            pairs.update((f"{around[0]}{form}{around[1]}", f"{around[0]}***{around[1]}")
+                         for form in forms for around in ((":", "@"), ("password=", "&"), ("password='", "'")))
+        else:
+            pairs.update((form, "***") for form in forms)
+    return redact_url(url), tuple(sorted(pairs, key=lambda pair: (-len(pair[0]), pair[0])))
 
 
 def redact(text: str, url: str) -> str:

@@ -21,7 +21,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError as AlembicCommandError
-from sqlalchemy import JSON, Engine, case, func, insert, inspect, make_url, select, text
+from sqlalchemy import JSON, Engine, case, func, insert, inspect, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
@@ -389,11 +389,12 @@ class Store:
 
         StoreError, without SQL, when the database does not answer.
         """
-        url = make_url(self.section.url).render_as_string(hide_password=True)
+        url = redact_url(self.section.url)
         try:
             current = self.schema_version()
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot reach the database {url}: {exc.__class__.__name__}: {getattr(exc, 'orig', None) or exc}") from exc
+            reason = redact(str(getattr(exc, "orig", None) or exc), self.section.url)
+            raise StoreError(f"cannot reach the database {url}: {exc.__class__.__name__}: {reason}") from exc
         if current is None:
             raise NoSchemaError(f"the database {url} has no schema yet: run `milterd db upgrade`")
 
