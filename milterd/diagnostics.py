@@ -35,7 +35,7 @@ from .dkimsign import SigningKey, load_keys, public_record, record_matches
 from .dns import Answer, Resolver, dnsbl_name, probe_nameserver, server_name
 from .endpoints import parse_socket
 from .learner.classifier import Counts, trained
-from .reinject import parse_target, probe, probe_tls, smtp_error
+from .reinject import parse_target, probe, probe_tls, smtp_error, unverified_auth
 from .ruleset import origins
 from .scanners.clamd import ClamdClient
 from .scanners.spamd import SpamdClient
@@ -267,12 +267,15 @@ def probe_release_smtp(config: Config) -> Finding:
 
     With ``release_smtp_tls`` = "encrypt" or "verify" (a TCP target), it must also start TLS as a release
     would (with "verify", with a certificate that verifies for release_smtp's host); with "may", a target
-    off loopback is a warning: released mail would cross the network without verified TLS.
+    off loopback is a warning: released mail would cross the network without verified TLS.  With
+    ``release_user`` set, a target off loopback without "verify" fails: no release would send the password.
     """
     name = "quarantine release_smtp"
     section = config.quarantine
     try:
         target = parse_target(section.release_smtp, tls=section.release_smtp_tls, ca_file=section.release_smtp_tls_ca_file)
+        if section.release_user and not target.local and target.tls != "verify":
+            return Finding(name, "fail", f"{unverified_auth(target)}: 'milterd quarantine release' would fail")
         if not target.path and target.tls != "may":
             session = probe_tls(target, config.hostname, timeout=5)
             return Finding(name, "ok", f"{section.release_smtp}: {session} (release_smtp_tls = \"{target.tls}\")")
@@ -414,14 +417,17 @@ def probe_dkim_keys(config: Config) -> list[Finding]:
 
 def private_files(config: Config) -> list[tuple[str, Path]]:
     """The files whose content is private, each with what it is: the SQLite store (the log and
-    the quarantined mail) and its -wal/-shm, the DKIM private keys, the release password file."""
+    the quarantined mail) and its -wal/-shm, the DKIM private keys, the ARC sealing key, the release password file."""
     files: list[tuple[str, Path]] = []
     store = sqlite_file(config.database.url)
     if store is not None:
         files += [("the SQLite store (log and quarantined mail)", Path(f"{store}{suffix}")) for suffix in ("", "-wal", "-shm")]
+    base = config.path.parent if config.path else Path.cwd()  # as load_keys and the ARC sealer read them
     if config.dkim_signing.enabled:
-        base = config.path.parent if config.path else Path.cwd()  # as load_keys reads them
         files += [(f"the DKIM private key of {key.selector}._domainkey.{key.domain}", base / key.key_file) for key in config.dkim_signing.keys]
+    arc = config.checks.arc
+    if arc.enabled and arc.seal and arc.seal_key_file:
+        files.append((f"the ARC sealing key of {arc.seal_selector}._domainkey.{arc.seal_domain}", base / arc.seal_key_file))
     if config.quarantine.release_password_file:
         files.append(("[quarantine] release_password_file", Path(config.quarantine.release_password_file)))
     return files

@@ -324,14 +324,24 @@ def _tls_required(target: Target) -> bool:
     return not target.path and target.tls != "may"
 
 
+def unverified_auth(target: Target) -> str:
+    """Why no SMTP AUTH password goes to *target*, a host off loopback, without a verified certificate."""
+    return (f"{target}: release_smtp_tls = \"{target.tls}\" does not verify the server's certificate, and the SMTP AUTH "
+            "password goes to a host off loopback only with \"verify\" (anyone on the path could pose as the server): nothing was sent")
+
+
 def start_tls(client: smtplib.SMTP, target: Target, auth: bool, context: ssl.SSLContext | None = None) -> bool:
     """STARTTLS on *client* (EHLO done) as *target*'s policy asks; return whether TLS was started.
 
+    A password (*auth*) goes to a host off loopback only with "verify": else SMTPException before anything is sent,
+    since whoever can strip STARTTLS or read clear text can as well answer STARTTLS with a certificate of their own.
     With "may" (and on a unix socket), TLS is started only where the server offers it (over loopback
-    only when AUTH is to be sent), and a server off loopback that offers none gets no password (SMTPException).  With
+    only when AUTH is to be sent).  With
     "encrypt" and "verify", STARTTLS must be offered and succeed, and with "verify" the certificate
     must verify: else :class:`TLSRequiredError`, and the caller sends nothing more.
     """
+    if auth and not target.local and target.tls != "verify":
+        raise smtplib.SMTPException(unverified_auth(target))
     offered = client.has_extn("starttls")
     if not _tls_required(target):
         if not auth and (target.local or not offered):

@@ -302,9 +302,32 @@ def test_may_starts_tls_off_loopback_without_auth(tmp_path: Path, monkeypatch: p
 def test_may_still_sends_no_password_in_clear_off_loopback(monkeypatch: pytest.MonkeyPatch, smtp_server: Any) -> None:
     port, seen = smtp_server()
     monkeypatch.setattr(reinject, "open_client", lambda target, helo, timeout: smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=timeout))
-    with pytest.raises(smtplib.SMTPException, match="offers no STARTTLS: the SMTP AUTH password is sent in clear only over loopback"):
+    with pytest.raises(smtplib.SMTPException, match="the SMTP AUTH password goes to a host off loopback only with \"verify\""):
         send(Target(host="mx.example.net", port=587), auth=("relay", "s3cret"))
     assert seen.mails == []
+
+
+@pytest.mark.parametrize("level", ["may", "encrypt"])
+def test_no_password_over_unverified_tls_off_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smtp_server: Any, level: str) -> None:
+    # Found by review: a server off loopback that answered STARTTLS with any certificate got the password
+    # (whoever can strip STARTTLS can as well present a certificate of their own).
+    port, seen = smtp_server(server_context(self_signed(names=("attacker.invalid",), ips=()), tmp_path))
+    monkeypatch.setattr(reinject, "open_client", lambda target, helo, timeout: smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=timeout))
+    with pytest.raises(smtplib.SMTPException, match=f"release_smtp_tls = \"{level}\" does not verify the server's certificate.*nothing was sent"):
+        send(Target(host="mx.example.net", port=587, tls=level), auth=("relay", "s3cret"))
+    assert seen.mails == [] and seen.messages == []
+    # Without a password, "may" and "encrypt" still send as they always did.
+    assert list(send(Target(host="mx.example.net", port=587, tls=level))[0]) == ["bob@example.com"]
+
+
+def test_doctor_fails_a_password_towards_another_host_without_verify() -> None:
+    from milterd.diagnostics import probe_release_smtp
+
+    for level in ("may", "encrypt"):
+        finding = probe_release_smtp(Config().with_changes({
+            "quarantine.release_smtp": "reinject.example.net:10027", "quarantine.release_smtp_tls": level, "quarantine.release_user": "milterd",
+        }))
+        assert finding.status == "fail" and "only with \"verify\"" in finding.detail, finding
 
 
 # --- the configuration ------------------------------------------------------------------------
