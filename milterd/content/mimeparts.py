@@ -22,7 +22,7 @@ import tempfile
 from collections import deque
 from dataclasses import dataclass
 from email.message import Message
-from typing import IO, Iterable, Iterator
+from typing import IO, Iterable, Iterator, Literal
 
 from .headertext import decoded
 from .mimeparams import LenientMessage, client_names, client_param, collapsed, first_token, raw_param, raw_params, safely, unescaped
@@ -62,6 +62,10 @@ _IDENTITY = frozenset({"", "7bit", "8bit", "binary"})
 #: The fields the MIME structure and the file names are read from (the rest of a header section can
 #: be any size: padding it must not push these out of what is kept).
 _MIME_FIELDS = frozenset({b"content-type", b"content-disposition", b"content-transfer-encoding"})
+
+#: Which boundary of each multipart a parse follows (:class:`_Boundary`): Thunderbird's, the standard
+#: library's, or both at once with each also up to its first blank (a line of any of them delimits).
+Reading = Literal["client", "library", "both"]
 
 
 @dataclass
@@ -440,17 +444,16 @@ class _Overflow:
         """The windows kept, in the field's order."""
         return [bytes(window) for window in (*self._head, *self._tail)]
 
-    def params(self) -> list[tuple[str, str]]:
+    def params(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """The ``filename``, ``name`` and ``boundary`` parameters in the windows, as the stdlib's reading
-        (:func:`~milterd.content.mimeparams.raw_params`) and Thunderbird's give them."""
+        (:func:`~milterd.content.mimeparams.raw_params`) gives them, and as Thunderbird's does."""
         windows = self.windows
         if not windows:
-            return []
+            return [], []
         text = "x; " + "; ".join(window.decode("latin-1") for window in windows)
-        found = [(key, value) for key, value in raw_params(text)[1:] if key in _NAMING_PARAMS]
-        for name in _NAMING_PARAMS:
-            found += [(name, value) for value in client_names(text, name)]
-        return found
+        library = [(key, value) for key, value in raw_params(text)[1:] if key in _NAMING_PARAMS]
+        client = [(name, value) for name in _NAMING_PARAMS for value in client_names(text, name)]
+        return library, client
 
 
 class _Header:
@@ -493,13 +496,19 @@ class _Header:
 
 
 def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int = 64 * 1024 * 1024,
-                skipped: list[str] | None = None) -> Iterator[Attachment]:
+                skipped: list[str] | None = None, reading: Reading = "both",
+                differing: set[Reading] | None = None) -> Iterator[Attachment]:
     """Each attachment of the message given as *chunks* (headers, blank line, body), decoded.
 
     An attachment's ``data`` is valid until the next one is asked for; it holds
     at most *limit* bytes (``truncated`` says when there was more).  What is
     not looked at (past MAX_PARTS or MAX_PART_HEADER) is said in
-    *skipped*, when given.
+    *skipped*, when given.  Each multipart is split at the delimiters of its
+    boundary in *reading*; the default, "both", follows every structure a
+    client reads in one parse, but a delimiter of one reading then cuts a part of
+    the other short (the attachment check parses once a reading).  The readings
+    a multipart's boundary reads otherwise in than in Thunderbird's are added to
+    *differing*, when given.
     """
     notes: list[str] = [] if skipped is None else skipped
     open_ = _OpenMultiparts()
@@ -529,14 +538,16 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                     ctype, boundary, encoding, name, others = _read_part(header.parse())
                 except Exception as exc:  # noqa: BLE001 - never expected (parameters are read leniently): the next parts are still read
                     notes.append(f"a part's MIME fields could not be read ({exc.__class__.__name__}): its body judged as an unnamed file")
-                    ctype, boundary, encoding, name, others = "application/octet-stream", (), "", "", ()
+                    ctype, boundary, encoding, name, others = "application/octet-stream", None, "", "", ()
                 if header.cut:
                     notes.append(f"MIME fields of a part past {MAX_FIELD} bytes each or {MAX_PART_HEADER} in all: only the names and boundary in the rest read")
                     ctype, boundary, name, others = _with_overflow(header.overflow.params(), ctype, boundary, name, others)
                 header = _Header()
                 parts += 1
-                if boundary:
-                    open_.push(boundary)
+                if boundary is not None:
+                    open_.push(boundary.variants(reading))
+                    if differing is not None:
+                        differing |= boundary.differing
                 elif ctype == "message/rfc822" and encoding in _IDENTITY:
                     in_headers = True
                 else:
@@ -575,41 +586,81 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
         yield from _finished(decoder, current, notes)
 
 
-def _with_overflow(params: list[tuple[str, str]], ctype: str, boundary: tuple[bytes, ...], name: str,
-                   others: tuple[str, ...]) -> tuple[str, tuple[bytes, ...], str, tuple[str, ...]]:
-    """A part's content type, boundary, file name and other names with those found past the bounds (*params*)
-    added: each name is judged; a multipart without a boundary in what was kept takes the first found."""
-    names = [_cleaned(value) for key, value in params if key != "boundary"]
+def _with_overflow(params: tuple[list[tuple[str, str]], list[tuple[str, str]]], ctype: str, boundary: _Boundary | None,
+                   name: str, others: tuple[str, ...]) -> tuple[str, _Boundary | None, str, tuple[str, ...]]:
+    """A part's content type, boundary, file name and other names with those found past the bounds (*params*: the
+    stdlib's reading, Thunderbird's) added: each name is judged; a multipart without a boundary in what was
+    kept takes the first found in each reading."""
+    library, client = params
+    names = [_cleaned(value) for key, value in library + client if key != "boundary"]
     every = [n for n in dict.fromkeys([name, *names, *others]) if n]
-    if not boundary and ctype.startswith("multipart/"):
-        found = next((value for key, value in params if key == "boundary"), "")
-        boundary = _variants(found.encode("latin-1", "replace"))
+    if boundary is None and ctype.startswith("multipart/"):
+        boundary = _Boundary.of(_first_boundary(client), _first_boundary(library))
     return ctype, boundary, every[0] if every else "", tuple(every[1:])
 
 
-def _read_part(part: Message) -> tuple[str, tuple[bytes, ...], str, str, tuple[str, ...]]:
-    """A part's content type, boundary (a multipart's, else ``()``), transfer encoding, file name and
+def _first_boundary(params: list[tuple[str, str]]) -> str | None:
+    return next((value for key, value in params if key == "boundary"), None)
+
+
+def _read_part(part: Message) -> tuple[str, _Boundary | None, str, str, tuple[str, ...]]:
+    """A part's content type, boundary (a multipart's, else None), transfer encoding, file name and
     other names (those only of a part that may be decoded: named, or neither text nor multipart)."""
     ctype = (part.get_content_type() or "text/plain").lower()
-    boundary = _boundary(part) if ctype.startswith("multipart/") else ()
+    boundary = _boundary(part) if ctype.startswith("multipart/") else None
     name = _filename(part)
     kept = bool(name) or not (ctype.startswith("text/") or ctype.startswith("multipart/"))
     return ctype, boundary, _encoding(part), name, _other_names(part, name) if kept else ()
 
 
-def _boundary(part: Message) -> tuple[bytes, ...]:
-    """A multipart's boundary as mail clients read it, ``()`` when it has none: an RFC 2231 one
-    (``boundary*=''b``) collapsed, and one with blanks also up to the first (``boundary=b (comment)``
-    is ``b`` to Thunderbird, which reads an unquoted value up to a blank)."""
+@dataclass(frozen=True)
+class _Boundary:
+    """A multipart's boundary in each :data:`Reading`."""
+
+    #: Thunderbird's (:func:`~milterd.content.mimeparams.client_param`; an unquoted value ends at a blank),
+    #: the stdlib's where it has none.
+    client: bytes
+    #: The standard library's (``Message.get_boundary``), whole; Thunderbird's where it has none.
+    library: bytes
+    #: Each of them whole and up to its first blank, all followed at once as before: up to a blank was
+    #: Thunderbird's ``boundary=b (comment)`` before client_param read it exactly; ``"a b"`` read up to
+    #: its blank (``a``) or ``"B" (comment)`` (``"B"``) is no known client's reading.
+    both: tuple[bytes, ...]
+
+    @classmethod
+    def of(cls, client: str | None, library: str | None) -> _Boundary | None:
+        """The boundary whose value Thunderbird reads as *client* and the stdlib as *library*, None when neither has one."""
+        tb, lib = ((value or "").rstrip().encode("latin-1", "replace") for value in (client, library))
+        both = tuple(dict.fromkeys(_variants(tb) + _variants(lib)))
+        return cls(tb or lib, lib or tb, both) if both else None
+
+    def variants(self, reading: Reading) -> tuple[bytes, ...]:
+        """What a delimiter line of this multipart holds in *reading* (after its ``--``)."""
+        return (self.client,) if reading == "client" else (self.library,) if reading == "library" else self.both
+
+    @property
+    def differing(self) -> set[Reading]:
+        """The readings whose parse splits this multipart otherwise than Thunderbird's."""
+        found: set[Reading] = set()
+        if self.library != self.client:
+            found.add("library")
+        if set(self.both) - {self.client, self.library}:
+            found.add("both")
+        return found
+
+
+def _boundary(part: Message) -> _Boundary | None:
+    """A multipart's boundary as mail clients read it, None when it has none: an RFC 2231 one
+    (``boundary*=''b``) collapsed; Thunderbird reads some otherwise than the stdlib
+    (``boundary="B" (comment)`` is B to it, ``"B" (comment)`` to the stdlib; ``boundary=B C`` is B to it)."""
     field = part.get("content-type")
     found = safely(lambda: Message.get_boundary(part), lambda: raw_param(field, "boundary"))
     client = client_param(str(field), "boundary") if field is not None else None
-    # Thunderbird's reading too where it differs (boundary="B" (comment) is B to it, '"B" (comment)' to the stdlib).
-    return tuple(dict.fromkeys(_variants((client or "").rstrip().encode("latin-1", "replace")) + _variants((found or "").encode("latin-1", "replace"))))
+    return _Boundary.of(client, found)
 
 
 def _variants(boundary: bytes) -> tuple[bytes, ...]:
-    """A boundary as mail clients read it: whole, and up to its first blank (:func:`_boundary`)."""
+    """A boundary whole, and up to its first blank (:attr:`_Boundary.both`)."""
     first = boundary.split(None, 1)[0] if boundary.strip() else b""
     return tuple(dict.fromkeys(b for b in (boundary, first) if b))
 

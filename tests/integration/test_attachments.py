@@ -19,7 +19,7 @@ from typing import Any, Callable
 import pytest
 
 from tests.conftest import NO_CHECKS, with_sections
-from tests.harness.messages import zipped
+from tests.harness.messages import smuggled, zipped
 from tests.harness.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -109,6 +109,23 @@ def test_an_exe_in_multiparts_nested_thirty_deep_is_rejected_naming_the_file(sta
     row = row_for(stack, "deep exe")
     assert row["action"] == "reject" and "ATTACH_ARCHIVE_LIMIT" not in row["symbols"]
     assert not stack.sink.with_subject("deep exe")
+
+
+def test_an_exe_behind_the_other_readings_delimiter_in_the_base64_is_rejected(stack: Stack) -> None:
+    """boundary=B C is B to Thunderbird, "B C" to Python: a line --B C inside the zip's base64 (which
+    Thunderbird decodes past) cut the zip in two for milterd, a 1-point unreadable archive, and the
+    .exe after the cut was delivered. Each reading is now parsed on its own."""
+    _data, body = smuggled(b"--B C")
+    raw = (b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.com>\r\nSubject: two readings\r\n"
+           b"Date: Wed, 02 Dec 2026 06:00:00 +0000\r\nMessage-ID: <two.readings@example.org>\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=B C\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+           b"--B\r\nContent-Type: application/zip; name=\"invoice.zip\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + body + b"--B--\r\n")
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(raw)
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Attachment rejected: invoice.zip/evil.exe: banned extension .exe"
+    assert not stack.sink.with_subject("two readings")
 
 
 def test_an_exe_after_more_parts_than_are_read_is_quarantined(stack: Stack) -> None:
