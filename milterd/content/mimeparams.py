@@ -17,7 +17,7 @@ import email.message
 import email.utils
 import re
 import urllib.parse
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 #: Codecs Python has that are no charset of mail, read as unknown ones: punycode decodes in quadratic
 #: time (300 KB took 6 s), the escape codecs read backslashes as Python does, undefined always fails.
@@ -332,6 +332,11 @@ def _valid_percent(data: str) -> bool:
     return all(re.fullmatch(r"[0-9A-Fa-f]{2}", data[i + 1:i + 3]) for i in range(len(data)) if data[i] == "%")
 
 
+#: Whose reading of a boundary read two ways a parse follows (:func:`reading`): "delimiting" takes Thunderbird's
+#: where only its delimiter lines are in the message (else the stdlib's); "client" Thunderbird's; "library" the stdlib's.
+Preference = Literal["delimiting", "client", "library"]
+
+
 class LenientMessage(email.message.Message):
     """A compat32 message whose parameters never raise (:func:`extract` parses into it, and mimeparts reads each part's fields so).
 
@@ -369,6 +374,10 @@ class LenientMessage(email.message.Message):
     source: bytes = b""
     #: How many more times the source may be searched for a delimiter (each search reads all of it).
     searches = 0
+    #: Whose reading a boundary read two ways is (:data:`Preference`).
+    prefer: Preference = "delimiting"
+    #: Set once a multipart's boundary read two ways, on the class :func:`reading` makes for one parse.
+    differing = False
 
     def get_boundary(self, failobj: Any = None) -> Any:
         field = self.get("content-type")
@@ -380,9 +389,13 @@ class LenientMessage(email.message.Message):
         client = (client_param(str(field), "boundary") or "").rstrip() if field is not None else ""
         if not client or client == stdlib:
             return stdlib
+        if self.source:  # a parse's own class (reading()), never LenientMessage's, which every parse shares
+            type(self).differing = True
         # Thunderbird reads it otherwise (boundary="B" (comment) is B to it, '"B" (comment)' to the stdlib): its
-        # reading where the stdlib has none, or where only Thunderbird's delimits the message's parts.
-        if not isinstance(stdlib, str) or (self._may_search() and _delimits(self.source, client) and not _delimits(self.source, stdlib)):
+        # reading where the stdlib has none, where it is preferred, or where only Thunderbird's delimits the message's parts.
+        if not isinstance(stdlib, str) or self.prefer == "client":
+            return client
+        if self.prefer == "delimiting" and self._may_search() and _delimits(self.source, client) and not _delimits(self.source, stdlib):
             return client
         return stdlib
 
@@ -412,6 +425,7 @@ def _delimits(source: bytes, boundary: str) -> bool:
     return re.search(line, source) is not None
 
 
-def reading(source: bytes) -> type[LenientMessage]:
-    """:class:`LenientMessage` for parsing *source*: a boundary read two ways is the one that delimits its parts."""
-    return type("SourceMessage", (LenientMessage,), {"source": source, "searches": DELIMITER_SEARCHES // 2})
+def reading(source: bytes, prefer: Preference = "delimiting") -> type[LenientMessage]:
+    """:class:`LenientMessage` for one parse of *source*: a boundary read two ways is the one that delimits its
+    parts, or Thunderbird's, or the stdlib's (*prefer*); the class's ``differing`` says whether one was met."""
+    return type("SourceMessage", (LenientMessage,), {"source": source, "searches": DELIMITER_SEARCHES // 2, "prefer": prefer, "differing": False})

@@ -24,6 +24,7 @@ import email.message
 import email.policy
 import email.utils
 import heapq
+import itertools
 import os
 import re
 from dataclasses import dataclass, field
@@ -31,8 +32,8 @@ from html import unescape
 from html.parser import HTMLParser
 from typing import Iterable, Iterator
 
+from .mimeparams import Preference, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
-from .mimeparams import first_token, reading, safely
 
 #: At most this many links are kept per message (and given by :func:`uris_in_text`, which stops reading
 #: there), except that the first link of a host is always kept: links repeating a few hosts (a thousand
@@ -153,9 +154,9 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
                 size = _add_text(result, found, texts, ctype, body, limit)
         else:
             head, rest = _parser_input(raw)
-            message, cut = _parsed(head)
+            parts, cut = _parts(head)
             result.truncated = cut or bool(rest)
-            for count, part in enumerate(_walk(message)):
+            for count, part in enumerate(parts):
                 if count >= MAX_PARTS or link_room <= 0:
                     result.truncated = True
                     break
@@ -222,16 +223,34 @@ def _line_ends(raw: bytes, end: int) -> int:
     return raw.count(b"\n", 0, end) + raw.count(b"\r", 0, end) - raw.count(b"\r\n", 0, end)
 
 
-def _parsed(raw: bytes) -> tuple[email.message.Message, bool]:
-    """*raw* parsed, and whether it had to be cut: the parser recurses once a multipart level (a
-    thousand levels raise RecursionError), so a message nested too deep is halved until it parses,
-    and the parts before the nesting are read (the whole parse failing would hide them)."""
+def _parts(raw: bytes) -> tuple[Iterator[email.message.Message], bool]:
+    """The parts of *raw*, depth first, and whether it had to be cut (:func:`_parsed`).
+
+    Where a multipart's boundary reads otherwise to Thunderbird than to the stdlib, the parts of the
+    parse in Thunderbird's reading and then those in the stdlib's: a line of one reading put in the
+    epilogue must not steer the parse away from the parts (and links) a client shows.  Ordinary mail
+    is parsed once.
+    """
+    message, cut, differing = _parsed(raw, "delimiting")
+    if not differing:
+        return _walk(message), cut
+    client, client_cut, _ = _parsed(raw, "client")
+    library, library_cut, _ = _parsed(raw, "library")
+    return itertools.chain(_walk(client), _walk(library)), client_cut or library_cut
+
+
+def _parsed(raw: bytes, prefer: Preference) -> tuple[email.message.Message, bool, bool]:
+    """*raw* parsed (a boundary read two ways as *prefer* says), whether it had to be cut, and whether a
+    boundary read two ways: the parser recurses once a multipart level (a thousand levels raise
+    RecursionError), so a message nested too deep is halved until it parses, and the parts before the
+    nesting are read (the whole parse failing would hide them)."""
     # LenientMessage (reading): parts whose parameters never raise (the parser asks a multipart for its boundary:
     # x*0="a"; x*="b" beside it raised TypeError and hid every part).
     cut = False
     while True:
+        factory = reading(raw, prefer)
         try:
-            return email.message_from_bytes(raw, reading(raw), policy=email.policy.compat32), cut
+            return email.message_from_bytes(raw, factory, policy=email.policy.compat32), cut, factory.differing
         except RecursionError:
             if len(raw) < 2:
                 raise

@@ -94,6 +94,10 @@ def test_bare_www_link_in_plain_text_is_looked_up_and_a_reject_code_names_the_do
     ("cjk prefix", message("cjk prefix", "\u8bf7\u70b9\u51fbhttps://phish-domain.test/login\r\n")),
     ("html comment type", message("html comment type", '<a href="https://phish-domain.test/">x</a>\r\n',
                                   headers={"Content-Type": "text/html (HTML mail); charset=utf-8"})),
+    # Thunderbird's reading (B) delimits the parts; a line of Python's reading in the epilogue steered the
+    # parse to it, and the part with the link was never read (found by review).
+    ("steered boundary", message("steered boundary", '--B\r\nContent-Type: text/html\r\n\r\n<a href="https://phish-domain.test/">x</a>\r\n'
+                                 '--B--\r\n--"B" (comment)--\r\n', headers={"Content-Type": 'multipart/mixed; boundary="B" (comment)'})),
 ])
 def test_a_link_a_client_opens_is_looked_up_however_it_is_written(stack: Stack, subject: str, raw: bytes) -> None:
     # Found by differential fuzzing against browsers' URL parser and Thunderbird's linking: each

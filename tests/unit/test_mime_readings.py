@@ -19,7 +19,7 @@ import pytest
 from milterd.checks import attachments as attachments_check
 from milterd.checks.attachments import BANNED, LIMIT
 from milterd.config import load_config
-from milterd.content import mimeparts
+from milterd.content import mimeparts, mimetext
 from milterd.content.mimeparts import attachments
 from milterd.message.model import Action, Hit, Session
 from milterd.services import build
@@ -147,3 +147,37 @@ def count_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(attachments_check, "attachments", counted)  # the name every_reading calls
     return readings
+
+
+# --- the text and links (mimetext) ------------------------------------------------------------
+def text_message(parameter: str, delimiter: bytes, epilogue: bytes = b"") -> bytes:
+    return (b"From: a@example.net\r\nSubject: s\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; " + parameter.encode()
+            + b"\r\n\r\n--" + delimiter + b"\r\nContent-Type: text/html\r\n\r\n<a href=\"http://evil.example.test/\">x</a> see\r\n--"
+            + delimiter + b"--\r\n" + epilogue)
+
+
+@pytest.mark.parametrize(("parameter", "client", "library"), SHAPES, ids=IDS)
+@pytest.mark.parametrize("delimiting", ["client", "library"])
+def test_a_line_of_the_other_reading_in_the_epilogue_does_not_hide_the_links(parameter: str, client: bytes, library: bytes, delimiting: str) -> None:
+    # The parse took the stdlib's reading wherever its delimiter stood: one line of it in the epilogue hid
+    # Thunderbird's parts, their text and links (found by review).
+    delimiter, other = (client, library) if delimiting == "client" else (library, client)
+    found = mimetext.extract(text_message(parameter, delimiter, b"--" + other + b"--\r\n"))
+    assert found.uris == ["http://evil.example.test/"]
+    assert found.text.count("see") == 1  # the other reading finds no part: nothing read twice
+
+
+def test_an_ordinary_message_is_parsed_once_for_its_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    preferences: list[str] = []
+    parsed = mimetext._parsed
+
+    def counting(raw: bytes, prefer: Any) -> Any:
+        preferences.append(prefer)
+        return parsed(raw, prefer)
+
+    monkeypatch.setattr(mimetext, "_parsed", counting)
+    assert mimetext.extract(text_message('boundary="B"', b"B")).uris == ["http://evil.example.test/"]
+    assert preferences == ["delimiting"]
+    preferences.clear()
+    assert mimetext.extract(text_message("boundary=B C", b"B")).uris == ["http://evil.example.test/"]
+    assert preferences == ["delimiting", "client", "library"]
