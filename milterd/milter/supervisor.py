@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import Milter
 import milter
@@ -368,6 +368,27 @@ def check_writable(config: Config) -> None:
         raise ConfigError(where, "[milter] spool_dir", f"{who} cannot write {spool}{why}")
 
 
+#: The directories of the code a worker imports from: each must be readable by the service account.
+CODE_DIRECTORIES = (("Python's standard library", Path(os.__file__).parent), ("milterd's package", Path(__file__).parents[1]))
+
+
+def unreadable_code(directories: Iterable[tuple[str, Path]] = CODE_DIRECTORIES) -> list[str]:
+    """As the service account: the directories of the code milterd runs that it cannot read, each said.
+
+    Python imports some modules only when first used (the metrics page's, a scanner's or an archive
+    lister's), after the drop: an interpreter or package under a directory the account may not enter
+    (``/root``, mode 0700) makes that import fail then, a check error or a dead thread, not a refusal at start.
+    """
+    who = f"user {pwd.getpwuid(os.geteuid()).pw_name}"
+    found = []
+    for what, directory in directories:
+        closed = _first_closed(directory)
+        if closed is not None or not _access(directory, os.R_OK | os.X_OK):
+            found.append(f"{who} cannot read {directory} ({what}{f': cannot enter {closed}' if closed else ''}): a module first "
+                         "imported after the start would fail; install milterd where that user can read it")
+    return found
+
+
 def _first_closed(directory: Path) -> Path | None:
     """The first directory from / down to *directory* that the effective ids may not search, else None."""
     directory = Path(os.path.abspath(directory))
@@ -407,6 +428,8 @@ def check_store(config: Config, services: Services) -> None:
     with _as_service_account(config):
         try:
             check_writable(config)
+            for warning in unreadable_code():
+                log.warning("%s", warning)
             services.store.ensure_schema(config.database.auto_upgrade)
         finally:
             services.close()
