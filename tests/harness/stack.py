@@ -35,6 +35,14 @@ class Stack:
         self.milterd.stop()
 
 
+def row_for(stack: Stack, subject: str) -> dict[str, Any]:
+    """The log row (``milterd log --json``) of the stack's message with this Subject, the newest if several."""
+    for row in stack.milterd.log_json():
+        if row["subject"] == subject:
+            return row
+    raise AssertionError(f"no log row for {subject}")
+
+
 STACKS = Path("/tmp/milterd-tests")
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import NO_CHECKS, with_sections
 from tests.harness.messages import smuggled, zipped
-from tests.harness.stack import Stack
+from tests.harness.stack import Stack, row_for
 
 pytestmark = pytest.mark.integration
 
@@ -51,13 +51,6 @@ def mail(subject: str, *files: tuple[str, bytes, str]) -> bytes:
 @pytest.fixture(scope="module")
 def stack(make_stack: Callable[..., Stack]) -> Stack:
     return make_stack(SECTIONS)
-
-
-def row_for(stack: Stack, subject: str) -> dict[str, Any]:
-    for row in stack.milterd.log_json():
-        if row["subject"] == subject:
-            return row
-    raise AssertionError(f"no log row for {subject}")
 
 
 def test_exe_in_a_zip_in_a_zip_is_rejected_naming_the_file(stack: Stack) -> None:

@@ -20,6 +20,8 @@ import pytest
 
 from tests import conftest
 from tests.conftest import message
+from tests.harness import pgdb
+from tests.harness.memory import quarantine_cli_peak
 from tests.harness.milterd import write_config
 from tests.harness.postfix import SinkMessage, free_port
 from tests.harness.stack import Stack
@@ -236,19 +238,9 @@ def test_hold_mode_keeps_it_in_postfix_hold_queue(hold_stack: Stack) -> None:
 # --- PostgreSQL: quarantined through one MX, released from another host's CLI ----------
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    import psycopg  # a test dependency (pyproject.toml [test]): missing is an error, not a skip
-
-    name = f"milterd_q_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True, connect_timeout=5)
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is not reachable (run .ci/setup): {exc}")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    """A throw-away PostgreSQL database's URL (without PostgreSQL on 127.0.0.1:5432, run .ci/setup: an error, not a skip)."""
+    with pgdb.required_database("the PostgreSQL quarantine tests") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -320,26 +312,6 @@ def _big_message(tag: str) -> bytes:
     return message(subject=f"QUARANTINE-ME {tag}") + body
 
 
-def _cli_peak(stack: Stack, *args: str) -> tuple[subprocess.CompletedProcess[bytes], int]:
-    """Run ``milterd quarantine ARGS`` in a child that reports its own peak RSS (bytes) on its last stderr line."""
-    sections = {k: dict(v) for k, v in stack.milterd.sections.items()}
-    sections.setdefault("quarantine", {})["release_smtp"] = f"unix:{stack.postfix.reinject_socket}"
-    path = write_config(stack.milterd.root / f"cli-{uuid.uuid4().hex[:8]}.conf", sections)
-    # VmHWM of the process's own address space (ru_maxrss would include the forking parent's).
-    code = (
-        "import sys\n"
-        "from milterd import cli\n"
-        "rc = cli.main(sys.argv[1:])\n"
-        "sys.stdout.flush()\n"
-        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
-        "sys.stderr.write(f'\\nPEAK {int(hwm) * 1024}\\n')\n"
-        "sys.exit(rc)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code, "-c", str(path), "quarantine", *args], capture_output=True, timeout=300)
-    peak = int(result.stderr.decode().rsplit("PEAK ", 1)[1].split()[0])
-    return result, peak
-
-
 @pytest.fixture(scope="module")
 def big_stack(make_stack: Any) -> Stack:
     # One worker, so its RSS is the one that handled the message; bodies over
@@ -369,14 +341,14 @@ def test_a_30mb_quarantined_message_keeps_memory_flat(big_stack: Stack) -> None:
     [logged] = [r for r in big_stack.milterd.log_json() if r["queue_id"] == row["queue_id"]]
     assert logged["action"] == "quarantine"
 
-    baseline_result, baseline = _cli_peak(big_stack, "list")
+    baseline_result, baseline = quarantine_cli_peak(big_stack, "list")
     assert baseline_result.returncode == 0, baseline_result.stderr
-    show, show_peak = _cli_peak(big_stack, "show", str(row["id"]), "--raw")
+    show, show_peak = quarantine_cli_peak(big_stack, "show", str(row["id"]), "--raw")
     assert show.returncode == 0, show.stderr[-2000:]
     assert hashlib.sha256(show.stdout).hexdigest() == hashlib.sha256(original).hexdigest()
     assert show_peak - baseline < 12 * 1024 * 1024, f"show --raw peaked {(show_peak - baseline) / 1048576:.1f} MiB above list"
 
-    release, release_peak = _cli_peak(big_stack, "release", str(row["id"]), "--by", "admin@test")
+    release, release_peak = quarantine_cli_peak(big_stack, "release", str(row["id"]), "--by", "admin@test")
     assert release.returncode == 0, release.stderr[-2000:]
     assert release_peak - baseline < 12 * 1024 * 1024, f"release peaked {(release_peak - baseline) / 1048576:.1f} MiB above list"
     [delivered] = big_stack.sink.wait(1, timeout=120, match=lambda m: any(tag in s for s in m.header("Subject")))

@@ -13,7 +13,6 @@ import email
 import email.policy
 import re
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,7 +22,8 @@ from sqlalchemy import create_engine, insert
 
 from milterd import quarantine as quarantine_module
 from milterd.store import schema, utcnow
-from tests.harness.milterd import write_config
+from tests.harness import pgdb
+from tests.harness.memory import quarantine_cli_peak
 from tests.harness.quarantine import open_quarantine, quarantine_config
 from tests.harness.stack import Stack
 from tests.integration.test_quarantine import NO_CHECKS, RULES
@@ -39,23 +39,8 @@ def stack(make_stack: Any) -> Stack:
 
 
 def run(stack: Stack, *args: str) -> tuple[subprocess.CompletedProcess[str], int]:
-    """``milterd -c CONF quarantine ARGS`` in a child that reports its peak RSS (bytes) on its last stderr line."""
-    sections = {k: dict(v) for k, v in stack.milterd.sections.items()}
-    sections.setdefault("quarantine", {})["release_smtp"] = f"unix:{stack.postfix.reinject_socket}"
-    path = write_config(stack.milterd.root / f"cli-{uuid.uuid4().hex[:8]}.conf", sections)
-    code = (
-        "import sys\n"
-        "from milterd import cli\n"
-        "rc = cli.main(sys.argv[1:])\n"
-        "sys.stdout.flush()\n"
-        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
-        "sys.stderr.write(f'\\nPEAK {int(hwm) * 1024}\\n')\n"
-        "sys.exit(rc)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code, "-c", str(path), "quarantine", *args], capture_output=True, text=True, timeout=600)
-    assert "PEAK " in result.stderr, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
-    peak = int(result.stderr.rsplit("PEAK ", 1)[1].split()[0])
-    return result, peak
+    """``milterd -c CONF quarantine ARGS`` in a child: its result (text) and its peak RSS (bytes)."""
+    return quarantine_cli_peak(stack, *args, text=True, timeout=600)
 
 
 def test_a_spam_wave_digest_is_bounded_and_goes_through_postfix(stack: Stack) -> None:
@@ -103,19 +88,9 @@ def test_a_spam_wave_digest_is_bounded_and_goes_through_postfix(stack: Stack) ->
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    import psycopg  # a test dependency (pyproject.toml [test]): missing is an error, not a skip
-
-    name = f"milterd_d_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True, connect_timeout=5)
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is not reachable (run .ci/setup): {exc}")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    """A throw-away PostgreSQL database's URL (without PostgreSQL on 127.0.0.1:5432, run .ci/setup: an error, not a skip)."""
+    with pgdb.required_database("the bounded digest on PostgreSQL") as url:
+        yield url
 
 
 def test_the_bounded_digest_on_postgresql(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,12 +10,12 @@ policy decides here.
 from __future__ import annotations
 
 import smtplib
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 
 from tests.conftest import NO_CHECKS, with_sections
-from tests.harness.stack import Stack
+from tests.harness.stack import Stack, row_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +49,6 @@ def mail(subject: str, top_params: bytes, part_params: bytes, disposition: bytes
 @pytest.fixture(scope="module")
 def stack(make_stack: Callable[..., Stack]) -> Stack:
     return make_stack(SECTIONS)
-
-
-def row_for(stack: Stack, subject: str) -> dict[str, Any]:
-    for row in stack.milterd.log_json():
-        if row["subject"] == subject:
-            return row
-    raise AssertionError(f"no log row for {subject}")
 
 
 @pytest.mark.parametrize(("subject", "top_params", "part_params", "disposition"), [

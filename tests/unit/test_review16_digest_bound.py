@@ -23,10 +23,14 @@ from milterd.store import schema, utcnow
 from milterd.store.quarantine import QuarantineStore
 from milterd.units import parse_since
 from tests.harness import quarantine as quarantine_harness
+from tests.harness.quarantine import Outbox, text_of
 
-# The fixtures: a SQLite store in the test's directory (conf) and its quarantine.
+# The fixtures: a SQLite store in the test's directory (conf), its quarantine, the rows each of its reads
+# returned, and what it would have mailed.
 conf = quarantine_harness.conf
 quarantine = quarantine_harness.quarantine
+fetched = quarantine_harness.fetched
+outbox = quarantine_harness.outbox
 
 #: The bound this test expects: a sensible one (amavisd-style reports list hundreds, not all).
 BOUND = getattr(quarantine_module, "DIGEST_MAX_ENTRIES", 500)
@@ -37,24 +41,6 @@ WAVE = BOUND + 700
 MAX_DIGEST_BYTES = 1024 * 1024
 #: No line of a digest is longer than this.
 MAX_LINE = 1000
-
-
-class Outbox:
-    """The messages that would have been mailed."""
-
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-
-    def send(self, target: Any, sender: str, recipients: list[str], message: Any, helo: str, **kwargs: Any) -> tuple[dict[str, str], dict[str, str]]:
-        self.messages.append(b"".join(message))
-        return {r: "250 2.0.0 Ok" for r in recipients}, {}
-
-
-@pytest.fixture()
-def outbox(monkeypatch: pytest.MonkeyPatch) -> Outbox:
-    box = Outbox()
-    monkeypatch.setattr(quarantine_module.reinject, "send", box.send)
-    return box
 
 
 def wave(quarantine: Quarantine, count: int, start: dt.datetime, subject: str = "spam wave", sender: str = "a@example.org",
@@ -72,13 +58,6 @@ def wave(quarantine: Quarantine, count: int, start: dt.datetime, subject: str = 
     ]
     with quarantine.store.engine.begin() as connection:
         connection.execute(insert(schema.quarantine), rows)
-
-
-def text_of(message: bytes) -> str:
-    part = email.message_from_bytes(message, policy=email.policy.default)
-    body = part.get_body(("plain",))  # type: ignore[attr-defined]
-    assert body is not None
-    return str(body.get_content()).replace("\r\n", "\n")
 
 
 def entries(text: str) -> list[int]:
@@ -115,18 +94,10 @@ def test_a_spam_wave_digest_lists_the_bound_and_says_how_many_more(quarantine: Q
     assert len(listed) == WAVE  # every message of the period, those left out included
 
 
-def test_the_digest_reads_no_more_rows_than_it_lists(quarantine: Quarantine, outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_digest_reads_no_more_rows_than_it_lists(quarantine: Quarantine, outbox: Outbox, fetched: list[int]) -> None:
     """Memory is bounded too: the rows are limited in the SQL, not fetched all and then cut."""
     wave(quarantine, WAVE, utcnow() - dt.timedelta(hours=2))
-    fetched: list[int] = []
-    fetch = QuarantineStore._fetch
-
-    def counting(self: QuarantineStore, query: Any) -> list[dict[str, Any]]:
-        rows = fetch(self, query)
-        fetched.append(len(rows))
-        return rows
-
-    monkeypatch.setattr(QuarantineStore, "_fetch", counting)
+    fetched.clear()
     quarantine.digest(["postmaster@example.org"], utcnow() - dt.timedelta(hours=3))
     assert outbox.messages
     assert sum(fetched) <= BOUND + 1, fetched

@@ -3,9 +3,10 @@
 The stdlib raises on some parameters (``x*0="a"; x*="b"``: TypeError sorting
 the sections; an ``idna''`` charset: UnicodeError; a NUL in one: ValueError),
 from its parser too (it asks a multipart for its boundary).  Each message
-below is a fuzzer's minimised input (copied here byte for byte): before the
-fix it was judged as having no attachment (ATTACH_ERROR, 0 points) and its
-text was never read; a mail client shows invoice.exe and the text.
+below is a fuzzer's minimised input (rebuilt byte for byte by :func:`mail`
+from its parts): before the fix it was judged as having no attachment
+(ATTACH_ERROR, 0 points) and its text was never read; a mail client shows
+invoice.exe and the text.
 """
 
 from __future__ import annotations
@@ -26,212 +27,61 @@ from milterd.message.model import Action, Session
 from milterd.services import build
 from tests.harness.messages import envelope_of
 
-ATTACH_MIXED_CONT = (
-    b'From: Alice <alice@example.org>\r\n'
-    b'To: bob@example.net\r\n'
-    b'Subject: invoice\r\n'
-    b'Date: Thu, 04 Dec 2025 19:00:00 +0000\r\n'
-    b'Message-ID: <a@example.org>\r\n'
-    b'MIME-Version: 1.0\r\n'
-    b'Content-Type: multipart/mixed; boundary="B"\r\n'
-    b'\r\n'
-    b'--B\r\n'
-    b'Content-Type: text/plain\r\n'
-    b'\r\n'
-    b'See attached.\r\n'
-    b'--B\r\n'
-    b'Content-Type: application/octet-stream; x*0="a"; x*="b"\r\n'
-    b'Content-Disposition: attachment; filename="invoice.exe"\r\n'
-    b'Content-Transfer-Encoding: base64\r\n'
-    b'\r\n'
+#: The .exe every message below carries: an executable's first bytes (MZ … PE), base64.
+EXE = (
     b'TVqQAAMAAAAEAAAA//8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
     b'AAAAAAAAAFBFAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
     b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
     b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
     b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==\r\n'
-    b'--B--\r\n'
 )
 
-ATTACH_MIXED_CONT_NAME = (
-    b'From: Alice <alice@example.org>\r\n'
-    b'To: bob@example.net\r\n'
-    b'Subject: invoice\r\n'
-    b'Date: Thu, 04 Dec 2025 19:00:00 +0000\r\n'
-    b'Message-ID: <a@example.org>\r\n'
-    b'MIME-Version: 1.0\r\n'
-    b'Content-Type: multipart/mixed; boundary="B"\r\n'
-    b'\r\n'
-    b'--B\r\n'
-    b'Content-Type: text/plain\r\n'
-    b'\r\n'
-    b'See attached.\r\n'
-    b'--B\r\n'
-    b'Content-Type: application/octet-stream; name*0="invoice"; name*=".exe"\r\n'
-    b'Content-Disposition: attachment; filename="invoice.exe"\r\n'
-    b'Content-Transfer-Encoding: base64\r\n'
-    b'\r\n'
-    b'TVqQAAMAAAAEAAAA//8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAFBFAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==\r\n'
-    b'--B--\r\n'
-)
 
-TOPLEVEL_MIXED_CONTINUATION = (
-    b'From: Alice <alice@example.org>\r\n'
-    b'To: bob@example.net\r\n'
-    b'Subject: invoice\r\n'
-    b'Date: Thu, 04 Dec 2025 19:00:00 +0000\r\n'
-    b'Message-ID: <a@example.org>\r\n'
-    b'MIME-Version: 1.0\r\n'
-    b'Content-Type: multipart/mixed; boundary="B"; x*0="a"; x*="b"\r\n'
-    b'\r\n'
-    b'--B\r\n'
-    b'Content-Type: text/html\r\n'
-    b'\r\n'
-    b'<a href="http://evil.example.top/">pay by western union</a>\r\n'
-    b'--B\r\n'
-    b'Content-Type: application/octet-stream\r\n'
-    b'Content-Disposition: attachment; filename="invoice.exe"\r\n'
-    b'Content-Transfer-Encoding: base64\r\n'
-    b'\r\n'
-    b'TVqQAAMAAAAEAAAA//8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAFBFAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==\r\n'
-    b'--B--\r\n'
-)
+def mail(top_params: bytes, *parts: bytes, subject: bytes = b"t") -> bytes:
+    """A fuzzer's message: its header fields (``multipart/mixed; `` *top_params*), then *parts*, each after a ``--B`` line."""
+    head = (
+        b'From: Alice <alice@example.org>\r\n'
+        b'To: bob@example.net\r\n'
+        b'Subject: ' + subject + b'\r\n'
+        b'Date: Thu, 04 Dec 2025 19:00:00 +0000\r\n'
+        b'Message-ID: <a@example.org>\r\n'
+        b'MIME-Version: 1.0\r\n'
+        b'Content-Type: multipart/mixed; ' + top_params + b'\r\n'
+        b'\r\n'
+    )
+    return head + b"".join(b"--B\r\n" + part for part in parts) + b"--B--\r\n"
 
-ATTACH_EXE_FILENAME_IDNA = (
-    b'From: Alice <alice@example.org>\r\n'
-    b'To: bob@example.net\r\n'
-    b'Subject: t\r\n'
-    b'Date: Thu, 04 Dec 2025 19:00:00 +0000\r\n'
-    b'Message-ID: <a@example.org>\r\n'
-    b'MIME-Version: 1.0\r\n'
-    b'Content-Type: multipart/mixed; boundary="B"\r\n'
-    b'\r\n'
-    b'--B\r\n'
-    b'Content-Type: application/octet-stream\r\n'
-    b"Content-Disposition: attachment; filename*=idna''invoice.exe\r\n"
-    b'Content-Transfer-Encoding: base64\r\n'
-    b'\r\n'
-    b'TVqQAAMAAAAEAAAA//8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAFBFAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==\r\n'
-    b'--B--\r\n'
-)
 
-ATTACH_BOUNDARY_IDNA = (
-    b'From: Alice <alice@example.org>\r\n'
-    b'To: bob@example.net\r\n'
-    b'Subject: t\r\n'
-    b'Date: Thu, 04 Dec 2025 19:00:00 +0000\r\n'
-    b'Message-ID: <a@example.org>\r\n'
-    b'MIME-Version: 1.0\r\n'
-    b"Content-Type: multipart/mixed; boundary*=idna''B\r\n"
-    b'\r\n'
-    b'--B\r\n'
-    b'Content-Type: application/octet-stream; name="invoice.exe"\r\n'
-    b'Content-Disposition: attachment; filename="invoice.exe"\r\n'
-    b'Content-Transfer-Encoding: base64\r\n'
-    b'\r\n'
-    b'TVqQAAMAAAAEAAAA//8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAFBFAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==\r\n'
-    b'--B--\r\n'
-)
+def part(*fields: bytes, body: bytes) -> bytes:
+    """A body part: its header *fields* (one line each), a blank line, *body*."""
+    return b"".join(field + b"\r\n" for field in fields) + b"\r\n" + body
 
-ATTACH_CT_NAME_IDNA = (
-    b'From: Alice <alice@example.org>\r\n'
-    b'To: bob@example.net\r\n'
-    b'Subject: t\r\n'
-    b'Date: Thu, 04 Dec 2025 19:00:00 +0000\r\n'
-    b'Message-ID: <a@example.org>\r\n'
-    b'MIME-Version: 1.0\r\n'
-    b'Content-Type: multipart/mixed; boundary="B"\r\n'
-    b'\r\n'
-    b'--B\r\n'
-    b"Content-Type: application/octet-stream; name*=idna''invoice.exe\r\n"
-    b'Content-Transfer-Encoding: base64\r\n'
-    b'\r\n'
-    b'TVqQAAMAAAAEAAAA//8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAFBFAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==\r\n'
-    b'--B--\r\n'
-)
 
-ATTACH_NUL_CHARSET = (
-    b'From: Alice <alice@example.org>\r\n'
-    b'To: bob@example.net\r\n'
-    b'Subject: t\r\n'
-    b'Date: Thu, 04 Dec 2025 19:00:00 +0000\r\n'
-    b'Message-ID: <a@example.org>\r\n'
-    b'MIME-Version: 1.0\r\n'
-    b"Content-Type: multipart/mixed; boundary*=a\x00''B\r\n"
-    b'\r\n'
-    b'--B\r\n'
-    b'Content-Type: application/octet-stream; name="invoice.exe"\r\n'
-    b'Content-Disposition: attachment; filename="invoice.exe"\r\n'
-    b'Content-Transfer-Encoding: base64\r\n'
-    b'\r\n'
-    b'TVqQAAMAAAAEAAAA//8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAFBFAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==\r\n'
-    b'--B--\r\n'
-)
+def exe(type_params: bytes = b"", disposition: bytes | None = b'filename="invoice.exe"') -> bytes:
+    """The invoice.exe part: ``application/octet-stream`` *type_params*, ``attachment; `` *disposition* (no such field when None)."""
+    disposition_field = () if disposition is None else (b"Content-Disposition: attachment; " + disposition,)
+    return part(b"Content-Type: application/octet-stream" + type_params, *disposition_field, b"Content-Transfer-Encoding: base64", body=EXE)
 
-TEXT_BOUNDARY_IDNA = (
-    b'From: Alice <alice@example.org>\r\n'
-    b'To: bob@example.net\r\n'
-    b'Subject: t\r\n'
-    b'Date: Thu, 04 Dec 2025 19:00:00 +0000\r\n'
-    b'Message-ID: <a@example.org>\r\n'
-    b'MIME-Version: 1.0\r\n'
-    b"Content-Type: multipart/mixed; boundary*=idna''B\r\n"
-    b'\r\n'
-    b'--B\r\n'
-    b'Content-Type: text/html\r\n'
-    b'\r\n'
-    b'<a href="http://evil.example.top/">pay via western union</a>\r\n'
-    b'--B--\r\n'
-)
 
-ATTACH_TRAILING_PART_FILENAME_IDNA = (
-    b'From: Alice <alice@example.org>\r\n'
-    b'To: bob@example.net\r\n'
-    b'Subject: t\r\n'
-    b'Date: Thu, 04 Dec 2025 19:00:00 +0000\r\n'
-    b'Message-ID: <a@example.org>\r\n'
-    b'MIME-Version: 1.0\r\n'
-    b'Content-Type: multipart/mixed; boundary="B"\r\n'
-    b'\r\n'
-    b'--B\r\n'
-    b'Content-Type: application/octet-stream; name="invoice.exe"\r\n'
-    b'Content-Disposition: attachment; filename="invoice.exe"\r\n'
-    b'Content-Transfer-Encoding: base64\r\n'
-    b'\r\n'
-    b'TVqQAAMAAAAEAAAA//8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAFBFAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n'
-    b'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==\r\n'
-    b'--B\r\n'
-    b'Content-Type: text/plain\r\n'
-    b"Content-Disposition: attachment; filename*=idna''notes.txt\r\n"
-    b'\r\n'
-    b'hello\r\n'
-    b'--B--\r\n'
+def html(text: bytes) -> bytes:
+    """A text/html part: *text* as the link to evil.example.top."""
+    return part(b"Content-Type: text/html", body=b'<a href="http://evil.example.top/">' + text + b"</a>\r\n")
+
+
+SEE_ATTACHED = part(b"Content-Type: text/plain", body=b"See attached.\r\n")
+
+ATTACH_MIXED_CONT = mail(b'boundary="B"', SEE_ATTACHED, exe(b'; x*0="a"; x*="b"'), subject=b"invoice")
+ATTACH_MIXED_CONT_NAME = mail(b'boundary="B"', SEE_ATTACHED, exe(b'; name*0="invoice"; name*=".exe"'), subject=b"invoice")
+TOPLEVEL_MIXED_CONTINUATION = mail(b'boundary="B"; x*0="a"; x*="b"', html(b"pay by western union"), exe(), subject=b"invoice")
+ATTACH_EXE_FILENAME_IDNA = mail(b'boundary="B"', exe(disposition=b"filename*=idna''invoice.exe"))
+ATTACH_BOUNDARY_IDNA = mail(b"boundary*=idna''B", exe(b'; name="invoice.exe"'))
+ATTACH_CT_NAME_IDNA = mail(b'boundary="B"', exe(b"; name*=idna''invoice.exe", disposition=None))
+ATTACH_NUL_CHARSET = mail(b"boundary*=a\x00''B", exe(b'; name="invoice.exe"'))
+TEXT_BOUNDARY_IDNA = mail(b"boundary*=idna''B", html(b"pay via western union"))
+ATTACH_TRAILING_PART_FILENAME_IDNA = mail(
+    b'boundary="B"',
+    exe(b'; name="invoice.exe"'),
+    part(b"Content-Type: text/plain", b"Content-Disposition: attachment; filename*=idna''notes.txt", body=b"hello\r\n"),
 )
 
 #: The messages with a banned .exe a mail client shows.

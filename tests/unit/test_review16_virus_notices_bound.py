@@ -19,12 +19,15 @@ from sqlalchemy import insert
 from milterd import quarantine as quarantine_module
 from milterd.quarantine import Quarantine, virus_notice
 from milterd.store import schema, utcnow
-from milterd.store.quarantine import QuarantineStore
 from tests.harness import quarantine as quarantine_harness
+from tests.harness.quarantine import Outbox, text_of
 
-# The fixtures: a SQLite store in the test's directory (conf) and its quarantine.
+# The fixtures: a SQLite store in the test's directory (conf), its quarantine, the rows each of its reads
+# returned, and what it would have mailed.
 conf = quarantine_harness.conf
 quarantine = quarantine_harness.quarantine
+fetched = quarantine_harness.fetched
+outbox = quarantine_harness.outbox
 
 #: The page this test expects at most: the digest's bound (DIGEST_MAX_ENTRIES) is of the same order.
 PAGE = getattr(quarantine_module, "NOTICE_PAGE", 500)
@@ -33,26 +36,6 @@ assert 50 <= PAGE <= 1000
 WAVE = 2 * PAGE + 37
 #: No line of a notice is longer than this.
 MAX_LINE = 1000
-
-
-class Outbox:
-    """The messages that would have been mailed, and to whom."""
-
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-        self.sent: list[str] = []
-
-    def send(self, target: Any, sender: str, recipients: list[str], message: Any, helo: str, **kwargs: Any) -> tuple[dict[str, str], dict[str, str]]:
-        self.messages.append(b"".join(message))
-        self.sent.extend(recipients)
-        return {r: "250 2.0.0 Ok" for r in recipients}, {}
-
-
-@pytest.fixture()
-def outbox(monkeypatch: pytest.MonkeyPatch) -> Outbox:
-    box = Outbox()
-    monkeypatch.setattr(quarantine_module.reinject, "send", box.send)
-    return box
 
 
 def store_rows(quarantine: Quarantine, count: int, start: dt.datetime, **columns: Any) -> list[int]:
@@ -71,28 +54,6 @@ def store_rows(quarantine: Quarantine, count: int, start: dt.datetime, **columns
     with quarantine.store.engine.begin() as connection:
         connection.execute(insert(schema.quarantine), rows)
     return [row["id"] for row in quarantine.rows(limit=count)][::-1]
-
-
-@pytest.fixture()
-def fetched(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many rows each read of the quarantine's store returned (a test clears it once its rows are stored)."""
-    counts: list[int] = []
-    fetch = QuarantineStore._fetch
-
-    def counting(self: QuarantineStore, query: Any) -> list[dict[str, Any]]:
-        rows = fetch(self, query)
-        counts.append(len(rows))
-        return rows
-
-    monkeypatch.setattr(QuarantineStore, "_fetch", counting)
-    return counts
-
-
-def text_of(message: bytes) -> str:
-    part = email.message_from_bytes(message, policy=email.policy.default)
-    body = part.get_body(("plain",))  # type: ignore[attr-defined]
-    assert body is not None
-    return str(body.get_content()).replace("\r\n", "\n")
 
 
 def test_a_virus_wave_is_read_a_page_at_a_time(quarantine: Quarantine, outbox: Outbox, fetched: list[int]) -> None:
