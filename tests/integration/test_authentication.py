@@ -28,7 +28,7 @@ from milterd import dkimsign
 from tests.conftest import message
 from tests.harness.dns import LocalDns
 from tests.harness.milterd import Milterd
-from tests.harness.stack import Stack
+from tests.harness.stack import Stack, row_for
 
 POSTFIX = {"local_header_rewrite_clients": ""}
 CLIENT = {"ADDR": "192.0.2.10", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}
@@ -122,13 +122,6 @@ def stack(make_stack: Callable[..., Stack], local_dns: LocalDns, keys: dict[str,
 
 def sign(raw: bytes, key: bytes, domain: str, selector: str = "sel") -> bytes:
     return dkim.sign(raw, selector.encode(), domain.encode(), key) + raw  # type: ignore[no-any-return]
-
-
-def row_for(stack: Stack, subject: str) -> dict[str, Any]:
-    for row in stack.milterd.log_json():
-        if row["subject"] == subject:
-            return row
-    raise AssertionError(f"no log row for {subject}")
 
 
 def delivered(stack: Stack, subject: str) -> Any:

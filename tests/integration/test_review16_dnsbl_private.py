@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import message
 from tests.harness.dns import LocalDns
-from tests.harness.stack import Stack
+from tests.harness.stack import Stack, row_for
 
 LOCAL_DATA = ["example.org. A 192.0.2.1", "example.org. MX 10 mx.example.org."]
 LISTS = {
@@ -79,13 +79,6 @@ def lookup_stack(make_stack: Callable[..., Stack], local_dns: LocalDns) -> Stack
 
 def client(addr: str) -> dict[str, str]:
     return {"ADDR": addr, "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}
-
-
-def row_for(stack: Stack, subject: str) -> dict[str, Any]:
-    for row in stack.milterd.log_json():
-        if row["subject"] == subject:
-            return row
-    raise AssertionError(f"no log row for {subject}")
 
 
 def delivered(stack: Stack, subject: str) -> Any:

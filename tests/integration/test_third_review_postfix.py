@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import message
 from tests.harness.dns import LocalDns
 from tests.harness.postfix import SinkMessage
-from tests.harness.stack import Stack
+from tests.harness.stack import Stack, row_for
 
 POSTFIX = {"local_header_rewrite_clients": ""}
 CLIENT = {"ADDR": "192.0.2.10", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}
@@ -44,13 +44,6 @@ def local_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDns]:
 def stack(make_stack: Callable[..., Stack], local_dns: LocalDns) -> Stack:
     sections: dict[str, dict[str, Any]] = {"dns": {"nameservers": [local_dns.nameserver], "timeout": 3.0}, "milter": {"authserv_id": "mx.test"}}
     return make_stack(sections, RULES, postfix_extra=POSTFIX)
-
-
-def row_for(stack: Stack, subject: str) -> dict[str, Any]:
-    for row in stack.milterd.log_json():
-        if row["subject"] == subject:
-            return row
-    raise AssertionError(f"no log row for {subject}")
 
 
 def reply_text(error: smtplib.SMTPResponseException) -> str:

@@ -9,13 +9,13 @@ URIBL zones are asked and find nothing.
 from __future__ import annotations
 
 import smtplib
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from tests.conftest import NO_CHECKS, message, with_sections
 from tests.harness.dns import LocalDns
-from tests.harness.stack import Stack
+from tests.harness.stack import Stack, row_for
 
 pytestmark = pytest.mark.integration
 
@@ -57,13 +57,6 @@ def local_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDns]:
 def stack(make_stack: Callable[..., Stack], local_dns: LocalDns) -> Stack:
     sections = with_sections(NO_CHECKS, {"dns": {"nameservers": [local_dns.nameserver], "timeout": 3.0}, "checks": {"uribl": {"enabled": True}}})
     return make_stack(sections, RULES)
-
-
-def row_for(stack: Stack, subject: str) -> dict[str, Any]:
-    for row in stack.milterd.log_json():
-        if row["subject"] == subject:
-            return row
-    raise AssertionError(f"no log row for {subject}")
 
 
 def html(subject: str, markup: str) -> bytes:
