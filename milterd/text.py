@@ -53,11 +53,6 @@ def escape(value: object, ascii_only: bool = False) -> str:
     return text
 
 
-#: A query parameter of a database URL that holds a password (``?password=…``, ``&sslpassword=…``):
-#: SQLAlchemy hands it to the driver as the password, so it is a secret as ``user:PASSWORD@`` is.
-_QUERY_PASSWORD = re.compile(r"([?&][^=&?#]*password=)([^&#]*)", re.IGNORECASE)
-
-
 def redact_url(url: str) -> str:
     """*url* with its passwords replaced by ``***`` (``postgresql://user:***@host/db``, ``…?password=***``).
 
@@ -72,7 +67,11 @@ def redact_url(url: str) -> str:
     if at and ":" in credentials:
         user = credentials.split(":", 1)[0]
         url = f"{scheme}://{user}:***@{host}{slash}{path}"
-    return _QUERY_PASSWORD.sub(lambda m: f"{m.group(1)}***" if m.group(2) else m.group(0), url)
+    head, question, query = url.partition("?")
+    if not question:
+        return url
+    params = [(key, value, sep) for key, sep, value in (param.partition("=") for param in query.split("&"))]
+    return head + "?" + "&".join(f"{key}={'***' if _is_password(key) and value else value}" if sep else key for key, value, sep in params)
 
 
 def url_password(url: str) -> str:
@@ -80,16 +79,33 @@ def url_password(url: str) -> str:
     return next(iter(_passwords(url)), ("", ""))[1]
 
 
+def _is_password(key: str) -> bool:
+    """Whether a URL parameter named *key* (as written) holds a password: SQLAlchemy hands ``password`` to the
+    driver as the password, and the drivers take others (``sslpassword``); its name is decoded as SQLAlchemy
+    decodes it (``pass%77ord`` is password)."""
+    return unquote_plus(key).strip().lower().endswith("password")
+
+
 def _passwords(url: str) -> list[tuple[str, str]]:
     """Each password in *url* (its ``user:PASSWORD@``, then every ``…password=`` parameter), as
-    (written there, decoded), the empty ones left out."""
+    (written there, decoded), the empty ones left out.  The parameters are read as SQLAlchemy's
+    ``make_url`` reads them: everything after the first ``?`` (a ``#`` too), split at ``&``."""
     found = []
     written = _written_password(url)
     if written:
         found.append((written, unquote(written)))
     if "://" in url:
-        found += [(m.group(2), unquote_plus(m.group(2))) for m in _QUERY_PASSWORD.finditer(url) if m.group(2)]
+        query = _userinfo_hidden(url).partition("?")[2]
+        for key, _, value in (param.partition("=") for param in query.split("&")):
+            if value and _is_password(key):
+                found.append((value, unquote_plus(value)))
     return found
+
+
+def _userinfo_hidden(url: str) -> str:
+    """*url* with only its ``user:PASSWORD@`` password replaced by ``***`` (a ``?`` in it must not start the query)."""
+    written = _written_password(url)
+    return url.replace(f":{written}@", ":***@", 1) if written else url
 
 
 def _written_password(url: str) -> str:

@@ -24,6 +24,21 @@ def test_the_parameter_is_redacted_in_the_url() -> None:
     assert redact_url("postgresql://h/db?password=") == "postgresql://h/db?password="
 
 
+@pytest.mark.parametrize(("url", "password"), [
+    ("postgresql+psycopg://m@h/db?password=s3cr3t#Tail-Of-The-Password", "s3cr3t#Tail-Of-The-Password"),  # no fragment to SQLAlchemy
+    ("postgresql+psycopg://m@h/db?pass%77ord=TopSecret99", "TopSecret99"),  # the name decoded, as SQLAlchemy decodes it
+    ("postgresql+psycopg://m@h/db?x=1&PassWord=a%26b+c", "a&b c"),
+])
+def test_the_parameter_is_read_as_sqlalchemy_reads_it(url: str, password: str) -> None:
+    # Found by review: a "#" ended the hidden part, and an encoded name was not seen as a password.
+    from sqlalchemy import make_url
+
+    assert make_url(url).query.get(next(k for k in make_url(url).query if k.lower() == "password")) == password
+    assert url_password(url) == password
+    assert password not in redact_url(url) and "=***" in redact_url(url)
+    assert password not in redact(f"cannot use {url}: {password} refused", url)
+
+
 def test_the_parameter_is_hidden_wherever_a_message_quotes_it() -> None:
     out = redact(f"cannot use {URL}: password Hunter2Secret rejected (Hunter2Secret)", URL)
     assert "Hunter2Secret" not in out and "?password=***" in out
