@@ -27,10 +27,16 @@ from typing import IO, Iterable, Iterator, Literal
 from .headertext import decoded
 from .mimeparams import LenientMessage, client_names, client_param, collapsed, first_token, raw_param, raw_params, safely, unescaped
 
-#: At most this many parts are looked at.
+#: At most this many parts are decoded and judged.
 MAX_PARTS = 500
-#: The note of a message past MAX_PARTS: what follows, a banned file too, is never looked at.
-PARTS_LIMIT_NOTE = f"more than {MAX_PARTS} MIME parts: the rest not looked at"
+#: Past MAX_PARTS the parts are still followed by their MIME fields alone, up to this many: a text part
+#: is no attachment, so a mailing list's digest of a few hundred posts (each three or four parts) is read
+#: through at about 50 µs a part, and nothing is missed until a part that would be decoded comes.
+MAX_SCANNED_PARTS = 2000
+#: The note of a message with a file (a named or non-text part) past MAX_PARTS: never judged.
+PARTS_LIMIT_NOTE = f"more than {MAX_PARTS} MIME parts before a file: the files past them not looked at"
+#: The note of a message past MAX_SCANNED_PARTS: the rest, a banned file too, never looked at.
+SCANNED_LIMIT_NOTE = f"more than {MAX_SCANNED_PARTS} MIME parts: the rest not looked at"
 #: At most this much of a part's MIME fields (_MIME_FIELDS) is kept; its other fields are never kept.
 MAX_PART_HEADER = 64 * 1024
 #: At most this much of one MIME field is kept.
@@ -248,8 +254,8 @@ class _OpenMultiparts:
     """The boundaries of the multiparts open at a point of the message, the innermost last.
 
     A delimiter line is found by a dictionary lookup, not by comparing it with every open boundary:
-    nesting is bounded only by MAX_PARTS (each multipart is a part), and a message nested 500 deep
-    must not cost 500 comparisons a line.  Nothing nested within that is left unread: a banned file
+    nesting is bounded only by MAX_SCANNED_PARTS (each multipart is a part), and a message nested 2,000
+    deep must not cost 2,000 comparisons a line.  Nothing nested within that is left unread: a banned file
     wrapped in 21 multiparts is as visible to a mail client as one in 2.
     """
 
@@ -502,7 +508,7 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
 
     An attachment's ``data`` is valid until the next one is asked for; it holds
     at most *limit* bytes (``truncated`` says when there was more).  What is
-    not looked at (past MAX_PARTS or MAX_PART_HEADER) is said in
+    not looked at (a file past MAX_PARTS, parts past MAX_SCANNED_PARTS, fields past MAX_PART_HEADER) is said in
     *skipped*, when given.  Each multipart is split at the delimiters of its
     boundary in *reading*; the default, "both", follows every structure a
     client reads in one parse, but a delimiter of one reading then cuts a part of
@@ -544,6 +550,9 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                     ctype, boundary, name, others = _with_overflow(header.overflow.params(), ctype, boundary, name, others)
                 header = _Header()
                 parts += 1
+                if parts > MAX_SCANNED_PARTS:  # counted at every part's fields: a message/rfc822 chain too
+                    notes.append(SCANNED_LIMIT_NOTE)
+                    return
                 if boundary is not None:
                     open_.push(boundary.variants(reading))
                     if differing is not None:
@@ -557,6 +566,9 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                         # RFC 2046 section 5.2.1 forbids it, so clients differ: judged as a file, its parts not looked at.
                         notes.append("an encoded message/rfc822 part: its attachments not looked at")
                     if name or not (ctype.startswith("text/") or ctype.startswith("multipart/")):
+                        if parts > MAX_PARTS:
+                            notes.append(PARTS_LIMIT_NOTE)
+                            return
                         decoder = _Decoder(encoding, memory, limit)
                         current = (name, ctype, others)
                 if _rest_ignored(in_headers, open_, decoder):
@@ -576,9 +588,6 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                     else:
                         open_.close_from(level + 1)
                         in_headers = True
-                        if parts >= MAX_PARTS:
-                            notes.append(PARTS_LIMIT_NOTE)
-                            return
                     continue
             if decoder is not None:
                 decoder.feed(line)

@@ -133,7 +133,7 @@ def test_an_exe_after_more_parts_than_are_read_is_quarantined(stack: Stack) -> N
     assert stack.send(raw) == {}
     row = row_for(stack, "many parts")
     assert row["action"] == "quarantine"
-    assert row["details"]["ATTACH_MIME_LIMIT"] == "message: more than 500 MIME parts: the rest not looked at"
+    assert row["details"]["ATTACH_MIME_LIMIT"] == "message: more than 500 MIME parts before a file: the files past them not looked at"
     assert not stack.sink.with_subject("many parts")
     listed = stack.milterd.cli("quarantine", "list", "--json")
     assert listed.returncode == 0, listed.stderr
