@@ -24,7 +24,6 @@ import email.message
 import email.policy
 import email.utils
 import heapq
-import itertools
 import os
 import re
 from dataclasses import dataclass, field
@@ -154,10 +153,12 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
                 size = _add_text(result, found, texts, ctype, body, limit)
         else:
             head, rest = _parser_input(raw)
-            parts, cut = _parts(head)
+            walks, cut = _parts(head)
             result.truncated = cut or bool(rest)
-            for count, part in enumerate(parts):
-                if count >= MAX_PARTS or link_room <= 0:
+            # Parts both readings give are read once (each reading has its own MAX_PARTS).
+            read: set[int] | None = set() if len(walks) > 1 else None
+            for part in _first_parts(walks, result):
+                if link_room <= 0:
                     result.truncated = True
                     break
                 if part.is_multipart():
@@ -165,6 +166,11 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
                 ctype = content_type(part)
                 if ctype not in ("text/plain", "text/html"):
                     continue
+                if read is not None:
+                    key = hash((ctype, str(part.get_payload())))
+                    if key in read:
+                        continue
+                    read.add(key)
                 if size < limit:
                     size += _add_text(result, found, texts, ctype, decode_part(part), limit - size)
                 else:  # the text budget spent: the part's links only (a first part of 1 MiB must not hide them)
@@ -223,20 +229,30 @@ def _line_ends(raw: bytes, end: int) -> int:
     return raw.count(b"\n", 0, end) + raw.count(b"\r", 0, end) - raw.count(b"\r\n", 0, end)
 
 
-def _parts(raw: bytes) -> tuple[Iterator[email.message.Message], bool]:
-    """The parts of *raw*, depth first, and whether it had to be cut (:func:`_parsed`).
+def _first_parts(walks: list[Iterator[email.message.Message]], result: MessageText) -> Iterator[email.message.Message]:
+    """The first MAX_PARTS parts of each walk, one walk after the other; ``result.truncated`` set where a walk has more."""
+    for walk in walks:
+        for count, part in enumerate(walk):
+            if count >= MAX_PARTS:
+                result.truncated = True
+                break
+            yield part
+
+
+def _parts(raw: bytes) -> tuple[list[Iterator[email.message.Message]], bool]:
+    """The parts of *raw* as each reading gives them, depth first, and whether it had to be cut (:func:`_parsed`).
 
     Where a multipart's boundary reads otherwise to Thunderbird than to the stdlib, the parts of the
-    parse in Thunderbird's reading and then those in the stdlib's: a line of one reading put in the
+    parse in Thunderbird's reading and those in the stdlib's: a line of one reading put in the
     epilogue must not steer the parse away from the parts (and links) a client shows.  Ordinary mail
     is parsed once.
     """
     message, cut, differing = _parsed(raw, "delimiting")
     if not differing:
-        return _walk(message), cut
+        return [_walk(message)], cut
     client, client_cut, _ = _parsed(raw, "client")
     library, library_cut, _ = _parsed(raw, "library")
-    return itertools.chain(_walk(client), _walk(library)), client_cut or library_cut
+    return [_walk(client), _walk(library)], client_cut or library_cut
 
 
 def _parsed(raw: bytes, prefer: Preference) -> tuple[email.message.Message, bool, bool]:

@@ -181,3 +181,21 @@ def test_an_ordinary_message_is_parsed_once_for_its_text(monkeypatch: pytest.Mon
     preferences.clear()
     assert mimetext.extract(text_message("boundary=B C", b"B")).uris == ["http://evil.example.test/"]
     assert preferences == ["delimiting", "client", "library"]
+
+
+def test_each_reading_has_its_own_part_limit_for_links() -> None:
+    # 300 parts in Thunderbird's reading used up one count shared with the stdlib's, whose link
+    # at its 250th part was never read (found by review).
+    client = b"".join(b"--B\r\nContent-Type: text/plain\r\n\r\nfiller\r\n" for _ in range(300)) + b"--B--\r\n"
+    library = b"".join(b'--"B" (c)\r\nContent-Type: text/plain\r\n\r\n' + (b"https://listed.example/pay\r\n" if i == 250 else b"x\r\n")
+                       for i in range(260)) + b'--"B" (c)--\r\n'
+    raw = b'From: a@example.net\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary="B" (c)\r\n\r\n' + client + library
+    assert mimetext.extract(raw).uris == ["https://listed.example/pay"]
+
+
+def test_a_part_both_readings_give_is_read_once() -> None:
+    raw = (b"From: a@example.net\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=OUT\r\n\r\n"
+           b"--OUT\r\nContent-Type: text/plain\r\n\r\nshared paragraph\r\n"
+           b'--OUT\r\nContent-Type: multipart/alternative; boundary="I" (c)\r\n\r\n--I\r\nContent-Type: text/plain\r\n\r\ninner\r\n--I--\r\n'
+           b"--OUT--\r\n")
+    assert mimetext.extract(raw).text == "shared paragraph\ninner"
