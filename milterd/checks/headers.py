@@ -174,7 +174,11 @@ def _encoded_address(value: str) -> str:
     """The first word of an address list (outside quoted strings and comments) with both an "@" and an
     encoded-word, or "": RFC 2047 §5 forbids one in an addr-spec, and the stdlib and Thunderbird
     decode ``sec@=?utf-8?q?bank.test?=`` where it stands (sec@bank.test)."""
-    for word in _ADDRESS_WORD_END.split(_QUOTED_OR_COMMENT.sub(" ", value)):
+    text = _QUOTED_OR_COMMENT.sub(" ", value)
+    if "@" in text:  # the stdlib takes blanks and comments on either side of the "@" (sec@ (x) =?…?=)
+        pieces = text.split("@")
+        text = "@".join([pieces[0].rstrip(), *(piece.strip() for piece in pieces[1:-1]), pieces[-1].lstrip()])
+    for word in _ADDRESS_WORD_END.split(text):
         if "@" in word and _ENCODED_WORD.search(word):
             return word
     return ""
@@ -216,9 +220,9 @@ def addresses(value: str) -> list[str]:
 _cached_address_list_problem = functools.lru_cache(maxsize=1024)(_address_list_problem)
 
 
-#: A quoted string or a (not nested) comment, blanked before an encoded-word is looked for in the
+#: A quoted string, a (not nested) comment or a domain literal, blanked before an encoded-word is looked for in the
 #: addresses; an unclosed one runs to the end (else each '"' after it is a new start: quadratic).
-_QUOTED_OR_COMMENT = re.compile(r'"(?:[^"\\]|\\.?)*"?|\((?:[^()\\]|\\.?)*\)?')
+_QUOTED_OR_COMMENT = re.compile(r'"(?:[^"\\]|\\.?)*"?|\((?:[^()\\]|\\.?)*\)?|\[(?:[^\[\]\\]|\\.?)*\]?')
 #: What ends an address's word: a blank or a special of an address list.
 _ADDRESS_WORD_END = re.compile(r'[\s<>,;:"]+')
 

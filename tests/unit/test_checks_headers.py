@@ -46,6 +46,10 @@ def test_no_from_and_two_subjects() -> None:
         ("From", b"Security <sec@=?utf-8?q?bank.test?=>", "HDR_FROM_INVALID"),  # decoded where it stands by clients
         ("From", b"=?iso-2022-jp?B?am9rb0Bycy4xMjgubmUuanA=?=@example.org", "HDR_FROM_INVALID"),
         ("To", b"Bob <=?utf-8?q?bob?=@example.com>", "HDR_TO_INVALID"),
+        # Blanks, a comment or a domain literal beside it (found by review).
+        ("From", b"Bank <sec@ =?utf-8?q?bank.test?=>", "HDR_FROM_INVALID"),
+        ("From", b"Bank <sec@(x)=?utf-8?q?bank.test?=>", "HDR_FROM_INVALID"),
+        ("From", b"<a@[(]>, sec@=?utf-8?q?bank.test?=", "HDR_FROM_INVALID"),
         ("Date", b"yesterday at noon", "HDR_DATE_INVALID"),
         ("Message-ID", b"no-brackets@example.org", "HDR_MSGID_INVALID"),
         ("To", b"Bob <bob@", "HDR_TO_INVALID"),
@@ -99,6 +103,7 @@ def test_malformed_corpus_never_crashes() -> None:
     "alice@example.org (=?utf-8?q?x?=@y)",  # in a comment
     "=?utf-8?q?Alice?=<alice@example.org>",  # a display name touching the angle bracket
     "alice@example.org, =?utf-8?q?Bob?= <bob@example.com>",
+    "alice@[192.0.2.1], =?utf-8?q?Bob?= <bob@example.com>",
 ])
 def test_an_encoded_word_beside_the_addresses_is_no_problem(value: str) -> None:
     assert address_list_problem("From", value) == ""
