@@ -57,7 +57,7 @@ class Target:
     @property
     def local(self) -> bool:
         """Whether what is sent cannot leave this host: a unix socket, a loopback address or ``localhost``."""
-        if self.path or self.host.lower().rstrip(".") == "localhost":
+        if self.path or self.host.lower() == "localhost":  # "localhost." is asked of DNS, not /etc/hosts
             return True
         try:
             return ipaddress.ip_address(self.host.strip("[]")).is_loopback

@@ -21,6 +21,7 @@ import signal
 import socket
 import stat
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -369,7 +370,11 @@ def check_writable(config: Config) -> None:
 
 
 #: The directories of the code a worker imports from: each must be readable by the service account.
-CODE_DIRECTORIES = (("Python's standard library", Path(os.__file__).parent), ("milterd's package", Path(__file__).parents[1]))
+CODE_DIRECTORIES = (
+    ("Python's standard library", Path(os.__file__).parent),
+    ("milterd's package", Path(__file__).parents[1]),
+    *dict.fromkeys(("the installed packages", Path(sysconfig.get_paths()[key])) for key in ("purelib", "platlib")),
+)
 
 
 def unreadable_code(directories: Iterable[tuple[str, Path]] = CODE_DIRECTORIES) -> list[str]:

@@ -52,6 +52,7 @@ class AuthServer:
     (Target(host="127.0.0.1", port=25), True), (Target(host="::1", port=25), True), (Target(host="localhost", port=25), True),
     (Target(path="/var/spool/postfix/public/milterd-reinject"), True),
     (Target(host="192.0.2.25", port=25), False), (Target(host="mx.example.net", port=25), False),
+    (Target(host="localhost.", port=25), False),  # asked of DNS, not /etc/hosts (found by review)
 ])
 def test_what_counts_as_local(target: Target, local: bool) -> None:
     assert target.local is local
