@@ -372,8 +372,9 @@ class LenientMessage(email.message.Message):
     #: The message being parsed, when the parser is given it (:func:`reading`): a multipart's boundary
     #: is then the reading whose delimiter it holds.
     source: bytes = b""
-    #: How many more times the source may be searched for a delimiter (each search reads all of it).
-    searches = 0
+    #: How many more multiparts read two ways may be judged by searching the source for their delimiters
+    #: (each judgement searches all of it up to twice: DELIMITER_SEARCHES searches a parse at most).
+    judgements_left = 0
     #: Whose reading a boundary read two ways is (:data:`Preference`).
     prefer: Preference = "delimiting"
     #: Set once a multipart's boundary read two ways, on the class :func:`reading` makes for one parse.
@@ -395,17 +396,17 @@ class LenientMessage(email.message.Message):
         # reading where the stdlib has none, where it is preferred, or where only Thunderbird's delimits the message's parts.
         if not isinstance(stdlib, str) or self.prefer == "client":
             return client
-        if self.prefer == "delimiting" and self._may_search() and _delimits(self.source, client) and not _delimits(self.source, stdlib):
+        if self.prefer == "delimiting" and self._may_judge() and _delimits(self.source, client) and not _delimits(self.source, stdlib):
             return client
         return stdlib
 
-    def _may_search(self) -> bool:
-        """Whether the source may be searched once more: a few multiparts read two ways are judged by it,
-        past :data:`DELIMITER_SEARCHES` (a thousand of them in 4 MB cost a second) the stdlib's reading stands."""
+    def _may_judge(self) -> bool:
+        """Whether one more multipart read two ways may be judged by searching the source: past
+        :data:`DELIMITER_SEARCHES` searches (a thousand of them in 4 MB cost a second) the stdlib's reading stands."""
         cls = type(self)
-        if not self.source or cls.searches <= 0:
+        if not self.source or cls.judgements_left <= 0:
             return False
-        cls.searches -= 1
+        cls.judgements_left -= 1
         return True
 
     def get_content_charset(self, failobj: Any = None) -> Any:
@@ -415,7 +416,8 @@ class LenientMessage(email.message.Message):
         return safely(lambda: super(LenientMessage, self).get_content_charset(failobj), raw)
 
 
-#: Multiparts whose boundary two readings give otherwise, judged by searching the message (:func:`reading`).
+#: Searches of the message a parse may make to judge multiparts whose boundary two readings give otherwise
+#: (:func:`reading`): two a multipart, one for each reading's delimiter.
 DELIMITER_SEARCHES = 16
 
 
@@ -428,4 +430,4 @@ def _delimits(source: bytes, boundary: str) -> bool:
 def reading(source: bytes, prefer: Preference = "delimiting") -> type[LenientMessage]:
     """:class:`LenientMessage` for one parse of *source*: a boundary read two ways is the one that delimits its
     parts, or Thunderbird's, or the stdlib's (*prefer*); the class's ``differing`` says whether one was met."""
-    return type("SourceMessage", (LenientMessage,), {"source": source, "searches": DELIMITER_SEARCHES // 2, "prefer": prefer, "differing": False})
+    return type("SourceMessage", (LenientMessage,), {"source": source, "judgements_left": DELIMITER_SEARCHES // 2, "prefer": prefer, "differing": False})
