@@ -67,6 +67,7 @@ def redact_url(url: str) -> str:
     if at and ":" in credentials:
         user = credentials.split(":", 1)[0]
         url = f"{scheme}://{user}:***@{host}{slash}{path}"
+    url = _SQLALCHEMY_USERINFO.sub(r"\g<user>***@", url, count=1)  # a password holding "/" (Pa55/word@db)
     head, question, query = url.partition("?")
     if not question:
         return url
@@ -90,10 +91,7 @@ def _passwords(url: str) -> list[tuple[str, str]]:
     """Each password in *url* (its ``user:PASSWORD@``, then every ``…password=`` parameter), as
     (written there, decoded), the empty ones left out.  The parameters are read as SQLAlchemy's
     ``make_url`` reads them: everything after the first ``?`` (a ``#`` too), split at ``&``."""
-    found = []
-    written = _written_password(url)
-    if written:
-        found.append((written, unquote(written)))
+    found = [(written, unquote(written)) for written in _written_passwords(url)]
     if "://" in url:
         query = _userinfo_hidden(url).partition("?")[2]
         for key, _, value in (param.partition("=") for param in query.split("&")):
@@ -104,17 +102,29 @@ def _passwords(url: str) -> list[tuple[str, str]]:
 
 def _userinfo_hidden(url: str) -> str:
     """*url* with only its ``user:PASSWORD@`` password replaced by ``***`` (a ``?`` in it must not start the query)."""
-    written = _written_password(url)
-    return url.replace(f":{written}@", ":***@", 1) if written else url
+    for written in _written_passwords(url):
+        url = url.replace(f":{written}@", ":***@", 1)
+    return url
 
 
-def _written_password(url: str) -> str:
-    """The password in *url*'s ``user:PASSWORD@`` as written there (percent-encoded or not); empty when there is none."""
+#: ``scheme://user:PASSWORD@`` as SQLAlchemy's ``make_url`` reads it: the password runs to the first "@",
+#: "/" and "?" included.
+_SQLALCHEMY_USERINFO = re.compile(r"^(?P<user>[\w+]+://[^:/]*:)(?P<password>[^@]*)@")
+
+
+def _written_passwords(url: str) -> list[str]:
+    """The password of *url*'s ``user:PASSWORD@`` as written there (percent-encoded or not), read as SQLAlchemy
+    reads it (up to the first "@") and up to the authority's last "@" (``u:p@ss@host``, what was meant); none
+    when there is none."""
+    found = []
+    match = _SQLALCHEMY_USERINFO.match(url)
+    if match and match.group("password"):
+        found.append(match.group("password"))
     scheme, sep, rest = url.partition("://")
     credentials, at, _host = rest.partition("/")[0].rpartition("@")
-    if not sep or not at or ":" not in credentials:
-        return ""
-    return credentials.split(":", 1)[1]
+    if sep and at and ":" in credentials:
+        found.append(credentials.split(":", 1)[1])
+    return [written for written in dict.fromkeys(found) if written]
 
 
 #: A password shorter than this is hidden only where a URL holds it (``user:PASSWORD@``, ``password=PASSWORD``):

@@ -39,6 +39,19 @@ def test_the_parameter_is_read_as_sqlalchemy_reads_it(url: str, password: str) -
     assert password not in redact(f"cannot use {url}: {password} refused", url)
 
 
+@pytest.mark.parametrize(("url", "password"), [
+    ("postgresql+psycopg://milter:Pa55/word-Xy9@db.example/milterd", "Pa55/word-Xy9"),
+    ("postgresql://u:s3cr3t/x?y@h/db", "s3cr3t/x?y"),
+])
+def test_a_password_holding_a_slash_is_hidden(url: str, password: str) -> None:
+    # SQLAlchemy reads the password up to the first "@", "/" included; it was looked for before the first "/" only.
+    from sqlalchemy import make_url
+
+    assert make_url(url).password == password == url_password(url)
+    assert password not in redact_url(url) and ":***@" in redact_url(url)
+    assert password not in redact(f"cannot use {url}: {password} refused", url)
+
+
 def test_the_parameter_is_hidden_wherever_a_message_quotes_it() -> None:
     out = redact(f"cannot use {URL}: password Hunter2Secret rejected (Hunter2Secret)", URL)
     assert "Hunter2Secret" not in out and "?password=***" in out
