@@ -175,9 +175,11 @@ def _encoded_address(value: str) -> str:
     encoded-word, or "": RFC 2047 §5 forbids one in an addr-spec, and the stdlib and Thunderbird
     decode ``sec@=?utf-8?q?bank.test?=`` where it stands (sec@bank.test)."""
     text = _QUOTED_OR_COMMENT.sub(" ", value)
-    if "@" in text:  # the stdlib takes blanks and comments on either side of the "@" (sec@ (x) =?…?=)
-        pieces = text.split("@")
-        text = "@".join([pieces[0].rstrip(), *(piece.strip() for piece in pieces[1:-1]), pieces[-1].lstrip()])
+    # The stdlib takes blanks and comments on either side of the "@" and of a dot (sec@ (x) =?…?=, sec@bank .=?…?=).
+    for special in "@.":
+        if special in text:
+            pieces = text.split(special)
+            text = special.join([pieces[0].rstrip(), *(piece.strip() for piece in pieces[1:-1]), pieces[-1].lstrip()])
     for word in _ADDRESS_WORD_END.split(text):
         if "@" in word and _ENCODED_WORD.search(word):
             return word

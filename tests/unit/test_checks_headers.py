@@ -50,6 +50,8 @@ def test_no_from_and_two_subjects() -> None:
         ("From", b"Bank <sec@ =?utf-8?q?bank.test?=>", "HDR_FROM_INVALID"),
         ("From", b"Bank <sec@(x)=?utf-8?q?bank.test?=>", "HDR_FROM_INVALID"),
         ("From", b"<a@[(]>, sec@=?utf-8?q?bank.test?=", "HDR_FROM_INVALID"),
+        ("From", b"sec@paypal.(c)=?utf-8?b?Y29tLmV2aWwudGVzdA==?=", "HDR_FROM_INVALID"),  # beside a dot of the domain
+        ("From", b"Bank <sec@bank .=?utf-8?q?test?=>", "HDR_FROM_INVALID"),
         ("Date", b"yesterday at noon", "HDR_DATE_INVALID"),
         ("Message-ID", b"no-brackets@example.org", "HDR_MSGID_INVALID"),
         ("To", b"Bob <bob@", "HDR_TO_INVALID"),
@@ -104,6 +106,7 @@ def test_malformed_corpus_never_crashes() -> None:
     "=?utf-8?q?Alice?=<alice@example.org>",  # a display name touching the angle bracket
     "alice@example.org, =?utf-8?q?Bob?= <bob@example.com>",
     "alice@[192.0.2.1], =?utf-8?q?Bob?= <bob@example.com>",
+    "Dr. =?utf-8?q?Bob?= Jr. <bob@example.com>",
 ])
 def test_an_encoded_word_beside_the_addresses_is_no_problem(value: str) -> None:
     assert address_list_problem("From", value) == ""
