@@ -33,7 +33,7 @@ MAX_PARTS = 500
 #: is no attachment, so a mailing list's digest of a few hundred posts (each three or four parts) is read
 #: through at about 50 µs a part, and nothing is missed until a part that would be decoded comes.
 MAX_SCANNED_PARTS = 2000
-#: The note of a message with a file (a named or non-text part) past MAX_PARTS: never judged.
+#: The note of a message with a file (a named or non-text part, but a signature) past MAX_PARTS: never judged.
 PARTS_LIMIT_NOTE = f"more than {MAX_PARTS} MIME parts before a file: the files past them not looked at"
 #: The note of a message past MAX_SCANNED_PARTS: the rest, a banned file too, never looked at.
 SCANNED_LIMIT_NOTE = f"more than {MAX_SCANNED_PARTS} MIME parts: the rest not looked at"
@@ -566,11 +566,12 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                         # RFC 2046 section 5.2.1 forbids it, so clients differ: judged as a file, its parts not looked at.
                         notes.append("an encoded message/rfc822 part: its attachments not looked at")
                     if name or not (ctype.startswith("text/") or ctype.startswith("multipart/")):
-                        if parts > MAX_PARTS:
+                        if parts > MAX_PARTS and not _signature(ctype, name, others):
                             notes.append(PARTS_LIMIT_NOTE)
                             return
-                        decoder = _Decoder(encoding, memory, limit)
-                        current = (name, ctype, others)
+                        if parts <= MAX_PARTS:
+                            decoder = _Decoder(encoding, memory, limit)
+                            current = (name, ctype, others)
                 if _rest_ignored(in_headers, open_, decoder):
                     return
                 continue
@@ -593,6 +594,17 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                 decoder.feed(line)
     if decoder is not None and current is not None:
         yield from _finished(decoder, current, notes)
+
+
+#: The signatures of signed mail (a digest's signed posts carry them), by type, and the names they go by.
+_SIGNATURES = {"application/pgp-signature": (".asc", ".sig"), "application/pkcs7-signature": (".p7s",),
+               "application/x-pkcs7-signature": (".p7s",)}
+
+
+def _signature(ctype: str, name: str, others: tuple[str, ...]) -> bool:
+    """Whether a part is a message signature (PGP, S/MIME) named as one, if named: no file a reader opens."""
+    endings = _SIGNATURES.get(ctype)
+    return endings is not None and all(n.lower().endswith(endings) for n in (name, *others) if n)
 
 
 def _with_overflow(params: tuple[list[tuple[str, str]], list[tuple[str, str]]], ctype: str, boundary: _Boundary | None,

@@ -46,8 +46,10 @@ MAX_HOSTS = 1000
 #: HTML), a few microseconds each: 100,000 made a message of 2.4 MB cost 0.4 s instead of 4 ms.
 #: Links past them are not seen: padding to hide one takes 20,000 links (300 KB and more).
 MAX_LINKS_SCANNED = 20_000
-#: At most this many MIME parts are looked at (a message of 10,000 empty parts is an attack).
-MAX_PARTS = 500
+#: At most this many MIME parts are looked at (a message of 10,000 empty parts is an attack), as many as
+#: the attachment check follows (mimeparts.MAX_SCANNED_PARTS, past which it answers ATTACH_MIME_LIMIT): a
+#: link in a digest's 600th part is looked up.
+MAX_PARTS = 2000
 #: At most this many lines of a message go to the stdlib parser: it costs about 75 bytes of memory and
 #: a microsecond or two a line (4 MB of empty lines took 150 MB and 0.8 s of a worker, for each such
 #: message at once); links written in the rest are still found, as in plain text.
@@ -166,16 +168,17 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
                 ctype = content_type(part)
                 if ctype not in ("text/plain", "text/html"):
                     continue
+                text = decode_part(part)
                 if read is not None:
-                    key = hash((ctype, str(part.get_payload())))
+                    key = hash((ctype, text))  # what is read, not the payload: base64 and 7-bit copies differ
                     if key in read:
                         continue
                     read.add(key)
                 if size < limit:
-                    size += _add_text(result, found, texts, ctype, decode_part(part), limit - size)
+                    size += _add_text(result, found, texts, ctype, text, limit - size)
                 else:  # the text budget spent: the part's links only (a first part of 1 MiB must not hide them)
                     result.truncated = True
-                    body = decode_part(part)[:link_room]
+                    body = text[:link_room]
                     link_room -= len(body)
                     tags = body.count("<") if ctype == "text/html" else 0
                     if 0 < tags <= tag_room:
@@ -290,7 +293,8 @@ def _add_text(result: MessageText, found: "_Links", texts: list[str], ctype: str
     if len(body) > room:
         body = body[:room]
         result.truncated = True
-    texts.append(body)
+    if body:  # an empty part adds no line
+        texts.append(body)
     return len(body)
 
 
