@@ -20,6 +20,7 @@ from milterd.content.archives import Limits, archive_kind, list_archive
 from milterd.content.mimeparts import attachments
 from milterd.message.model import Action, Session
 from milterd.services import build
+from tests.harness.attachments import attachment_check
 from tests.harness.messages import envelope_of, zipped
 
 PE = b"MZ\x90\x00" + b"\x00" * 300
@@ -35,9 +36,7 @@ def message(filename: bytes, data: bytes) -> bytes:
 
 @pytest.fixture
 def check(tmp_path: Path) -> object:
-    conf = tmp_path / "milter.conf"
-    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n')
-    return next(c for c in build(load_config(conf)).checks if c.name == "attachments")
+    return attachment_check(tmp_path)
 
 
 def banned_hit(check: object, raw: bytes) -> tuple[str, object]:

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from milterd.checks.attachments import BANNED, DOUBLE, LIMIT, MIME_LIMIT, AttachmentChecks, Finding, hits_for, judge_name
-from milterd.config import load_config
 from milterd.content.mimeparts import MAX_PARTS, MAX_SCANNED_PARTS, PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, attachments
 from milterd.message.model import Action, Hit, Session
-from milterd.services import build
+from tests.harness.attachments import attachment_check
 from tests.harness.messages import envelope_of
 
 DEFAULT_BANNED = frozenset(AttachmentChecks().banned_extensions)
@@ -25,9 +24,7 @@ def multipart(*parts: bytes, top: bytes = b"") -> bytes:
 
 @pytest.fixture
 def check(tmp_path: Path) -> object:
-    conf = tmp_path / "milter.conf"
-    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n')
-    return next(c for c in build(load_config(conf)).checks if c.name == "attachments")
+    return attachment_check(tmp_path)
 
 
 def hits(check: object, raw: bytes) -> list[Hit]:

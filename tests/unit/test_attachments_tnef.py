@@ -15,10 +15,9 @@ import tnefparse
 from tnefparse.mapi import IMESSAGE_SIG
 
 from milterd.checks.attachments import BANNED, DOUBLE, LIMIT, MISMATCH
-from milterd.config import load_config
 from milterd.content.archives import Limits, archive_kind, list_archive
 from milterd.message.model import Action, Hit, Session
-from milterd.services import build
+from tests.harness.attachments import attachment_check
 from tests.harness.messages import envelope_of, zipped
 
 PE = b"MZ\x90\x00" + b"\x00" * 300
@@ -89,10 +88,7 @@ def message(data: bytes, filename: bytes = b"winmail.dat", content_type: bytes =
 
 
 def checker(tmp_path: Path, options: str = "") -> object:
-    conf = tmp_path / "milter.conf"
-    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n'
-                    f"[checks.attachments]\narchive_process = false\n{options}")  # unit tests fork no listing child
-    return next(c for c in build(load_config(conf)).checks if c.name == "attachments")
+    return attachment_check(tmp_path, "archive_process = false\n" + options)  # unit tests fork no listing child
 
 
 @pytest.fixture

@@ -18,11 +18,10 @@ import pytest
 
 from milterd.checks import attachments as attachments_check
 from milterd.checks.attachments import BANNED, LIMIT
-from milterd.config import load_config
 from milterd.content import mimeparts, mimetext
 from milterd.content.mimeparts import attachments
 from milterd.message.model import Action, Hit, Session
-from milterd.services import build
+from tests.harness.attachments import attachment_check
 from tests.harness.messages import envelope_of, smuggled, wrapped, zipped
 
 PE = b"MZ\x90\x00" + b"\x00" * 300
@@ -38,9 +37,7 @@ IDS = ["token-blank", "quoted-comment", "rfc2231-preferred", "prefix"]
 
 @pytest.fixture
 def check(tmp_path: Path) -> Any:
-    conf = tmp_path / "milter.conf"
-    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n')
-    return next(c for c in build(load_config(conf)).checks if c.name == "attachments")
+    return attachment_check(tmp_path)
 
 
 def hits(check: Any, raw: bytes) -> dict[str, Hit]:

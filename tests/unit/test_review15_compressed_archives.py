@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from milterd.checks.attachments import BANNED, LIMIT, AttachmentPolicy
-from milterd.config import load_config
 from milterd.content import archives
 from milterd.content.archives import Limits, archive_kind, list_archive
 from milterd.message.model import Session
-from milterd.services import build
+from tests.harness.attachments import attachment_check
 from tests.harness.messages import envelope_of
 
 PE = b"MZ\x90\x00" + b"\x00" * 300
@@ -51,13 +50,8 @@ def message(filename: str, data: bytes) -> bytes:
 
 @pytest.fixture()
 def check(tmp_path: Path) -> AttachmentPolicy:
-    conf = tmp_path / "milter.conf"
     # archive_process off: unit tests fork no child (tests/unit/conftest.py); the child runs the same walk.
-    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n'
-                    '[checks.attachments]\narchive_process = false\n')
-    found = next(c for c in build(load_config(conf)).checks if c.name == "attachments")
-    assert isinstance(found, AttachmentPolicy)
-    return found
+    return attachment_check(tmp_path, "archive_process = false\n")
 
 
 COMPRESSED_TARS = {

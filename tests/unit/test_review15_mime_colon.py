@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from milterd.checks.attachments import BANNED, AttachmentPolicy, single_plain_text
-from milterd.config import load_config
 from milterd.content.mimeparts import attachments
 from milterd.message.model import Session
-from milterd.services import build
+from tests.harness.attachments import attachment_check
 from tests.harness.messages import envelope_of
 
 PE = b"MZ\x90\x00" + b"\x00" * 300
@@ -41,11 +40,7 @@ def top_message(sep: bytes) -> bytes:
 
 @pytest.fixture()
 def check(tmp_path: Path) -> AttachmentPolicy:
-    conf = tmp_path / "milter.conf"
-    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n')
-    found = next(c for c in build(load_config(conf)).checks if c.name == "attachments")
-    assert isinstance(found, AttachmentPolicy)
-    return found
+    return attachment_check(tmp_path)
 
 
 @pytest.mark.parametrize("sep", SEPARATORS)

@@ -19,12 +19,11 @@ import pytest
 
 import milterd.content.mimeparts as mimeparts
 from milterd.checks.attachments import BANNED, ERROR, AttachmentPolicy
-from milterd.config import load_config
 from milterd.content.mimeparams import LenientMessage, raw_params
 from milterd.content.mimeparts import attachments
 from milterd.content.mimetext import decode_part, extract
 from milterd.message.model import Action, Session
-from milterd.services import build
+from tests.harness.attachments import attachment_check
 from tests.harness.messages import envelope_of
 
 #: The .exe every message below carries: an executable's first bytes (MZ … PE), base64.
@@ -101,11 +100,7 @@ TEXT_MESSAGES = {"toplevel_mixed_continuation": TOPLEVEL_MIXED_CONTINUATION, "te
 
 @pytest.fixture()
 def check(tmp_path: Path) -> AttachmentPolicy:
-    conf = tmp_path / "milter.conf"
-    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n')
-    found = next(c for c in build(load_config(conf)).checks if c.name == "attachments")
-    assert isinstance(found, AttachmentPolicy)
-    return found
+    return attachment_check(tmp_path)
 
 
 def names(raw: bytes) -> list[set[str]]:

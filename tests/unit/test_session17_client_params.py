@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from milterd.checks.attachments import BANNED
-from milterd.config import load_config
 from milterd.content.mimeparams import client_param
 from milterd.content.mimetext import extract
 from milterd.message.model import Session
-from milterd.services import build
+from tests.harness.attachments import attachment_check
 from tests.harness.messages import envelope_of
 
 
@@ -79,9 +78,7 @@ def message(top: str, fields: str) -> bytes:
 
 @pytest.fixture
 def check(tmp_path: Path) -> object:
-    conf = tmp_path / "milter.conf"
-    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n')
-    return next(c for c in build(load_config(conf)).checks if c.name == "attachments")
+    return attachment_check(tmp_path)
 
 
 @pytest.mark.parametrize(("top", "fields"), SHAPES)
