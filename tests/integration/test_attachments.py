@@ -104,6 +104,23 @@ def test_an_exe_in_multiparts_nested_thirty_deep_is_rejected_naming_the_file(sta
     assert not stack.sink.with_subject("deep exe")
 
 
+def test_a_long_signed_digest_is_delivered(stack: Stack) -> None:
+    """A mailing list's MIME digest of 140 PGP-signed posts: 700 parts, past the 500 decoded, text and
+    signatures only. ATTACH_MIME_LIMIT quarantined it (found by review); it is delivered untouched."""
+    post = (b"--dd\r\nContent-Type: message/rfc822\r\n\r\nFrom: a@example.org\r\nSubject: post\r\n"
+            b"Content-Type: multipart/signed; boundary=sig; protocol=\"application/pgp-signature\"\r\n\r\n"
+            b"--sig\r\nContent-Type: text/plain\r\n\r\nhello\r\n--sig\r\nContent-Type: application/pgp-signature; name=\"signature.asc\"\r\n\r\n"
+            b"-----BEGIN PGP SIGNATURE-----\r\n--sig--\r\n")
+    raw = (b"From: list-request@example.org\r\nTo: Bob <bob@example.com>\r\nSubject: long digest\r\n"
+           b"Date: Wed, 02 Dec 2026 06:00:00 +0000\r\nMessage-ID: <long.digest@example.org>\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/digest; boundary=dd\r\n\r\n" + post * 140 + b"--dd--\r\n")
+    assert stack.send(raw) == {}
+    [delivered] = stack.sink.wait(1, match=lambda m: "long digest" in m.header("Subject"))
+    assert delivered.data.count(b"signature.asc") == 140
+    row = row_for(stack, "long digest")
+    assert row["action"] == "accept" and not [s for s in row["symbols"] if s.startswith("ATTACH_")]
+
+
 def test_an_exe_behind_the_other_readings_delimiter_in_the_base64_is_rejected(stack: Stack) -> None:
     """boundary=B C is B to Thunderbird, "B C" to Python: a line --B C inside the zip's base64 (which
     Thunderbird decodes past) cut the zip in two for milterd, a 1-point unreadable archive, and the
