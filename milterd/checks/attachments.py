@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator, Literal
 
 from pydantic import Field
@@ -55,6 +55,7 @@ class AttachmentChecks(CheckSwitches):
     archive_max_depth: int = Field(3, ge=1, le=20, description="Archives nested deeper than this (an archive in an archive is 2) are not opened.")
     archive_max_members: int = Field(1000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at.")
     archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")
+    archive_max_message_size: Size = Field(200 * 1024 * 1024, description="Most bytes decompressed for all the attachments of one message: the archives past it are not looked into (ATTACH_ARCHIVE_LIMIT), so that many small archive bombs in one message cost no more than a few.")
     archive_process: bool = Field(True, description="List 7z, rar, cab, tar, gzip, bzip2 and xz archives (libarchive: C code reading hostile input) in a short-lived forked child with bounded memory and CPU, so that a crash there is a listing error (ATTACH_ARCHIVE_LIMIT), never a dead worker; costs a few ms per such archive. Zip is read in the worker by Python's own zipfile, but for one zipfile cannot open (cut short, or with more than 64 KB after it), which libarchive lists as the others.")
     max_attachment_size: Size = Field(64 * 1024 * 1024, description="Attachments are decoded up to this size (to a temporary file past [milter] spool_memory); a larger one is judged by its name and first bytes only.")
 
@@ -94,6 +95,13 @@ _ENCODED_FILE_LINE = 1024
 _ENCODED_FILE = re.compile(rb"^(?:begin [0-7]{3,4} +|=ybegin [^\r\n]*?name=)([^\r\n]{1,%d})\r?\n" % _ENCODED_FILE_LINE, re.MULTILINE)
 #: An extension that names a COM class (a CLSID) instead of a file type.
 _CLSID = re.compile(r"\{[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\}")
+
+
+@dataclass
+class DecompressionBudget:
+    """The bytes the archives of one message may still decompress (``archive_max_message_size``)."""
+
+    left: int
 
 
 @dataclass(frozen=True)
@@ -277,9 +285,10 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
                 findings.append(Finding(MIME_LIMIT, "message", f"more than {MAX_ENCODED_FILES} uuencoded files: the rest not looked at"))
             if single_plain_text(envelope.headers):
                 return hits_for(findings, self.actions)  # what parsing it would find: no MIME attachment
+            budget = DecompressionBudget(self.options.archive_max_message_size)
             for attachment in every_reading(envelope.message_chunks, self.memory, self.options.max_attachment_size, skipped):
                 try:
-                    findings.extend(self.judge(attachment))
+                    findings.extend(self.judge(attachment, budget))
                 except Exception as exc:  # noqa: BLE001 - one attachment that cannot be judged must not hide the next ones
                     if isinstance(exc, SpoolError) or local_failure(exc):
                         raise
@@ -302,8 +311,9 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             return [Hit(ERROR, detail=errors[0]), *hits_for(findings, self.actions)]
         return hits_for(findings, self.actions)
 
-    def judge(self, attachment: Attachment) -> list[Finding]:
-        """Every finding of one decoded attachment, the members of its archives included."""
+    def judge(self, attachment: Attachment, budget: DecompressionBudget | None = None) -> list[Finding]:
+        """Every finding of one decoded attachment, the members of its archives included; their decompression
+        is taken from *budget* (the message's, ``archive_max_message_size``)."""
         name = attachment.filename or f"unnamed {attachment.content_type} part"
         head = attachment.data.read(HEAD_SIZE)
         attachment.data.seek(0)
@@ -318,7 +328,11 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             return found
         if attachment.truncated:
             return [*found, Finding(LIMIT, name, f"larger than max_attachment_size {self.options.max_attachment_size}: members not looked at")]
-        listing = list_archive(name, attachment.data, kind, self.limits)
+        budget = budget or DecompressionBudget(self.options.archive_max_message_size)
+        if budget.left <= 0:
+            return [*found, Finding(LIMIT, name, f"the message's archives decompressed past archive_max_message_size {self.options.archive_max_message_size}: not looked into")]
+        listing = list_archive(name, attachment.data, kind, replace(self.limits, max_size=min(self.limits.max_size, budget.left)))
+        budget.left -= listing.decompressed
         macros = self.actions[MACRO] != "off"
         for entry in listing.entries:
             found += judge_name(entry.path, self.banned)

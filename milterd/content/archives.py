@@ -146,6 +146,8 @@ class Listing:
     encrypted: list[str] = field(default_factory=list)
     limits: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: Bytes decompressed (or decoded) to list it, of ``Limits.max_size``.
+    decompressed: int = 0
 
 
 @dataclass
@@ -186,7 +188,10 @@ def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits) -> Listi
     """The members of archive *data* (a seekable file of *kind*) called *name*, nested archives included."""
     listing = Listing()
     budget = _Budget(limits.max_size, limits.max_members, _TNEF_ATTRIBUTES + _TNEF_ATTRIBUTES_PER_MEMBER * limits.max_members)
-    _walk(name, data, kind, 1, limits, budget, listing)
+    try:
+        _walk(name, data, kind, 1, limits, budget, listing)
+    finally:
+        listing.decompressed = limits.max_size - max(budget.size, 0)
     return listing
 
 

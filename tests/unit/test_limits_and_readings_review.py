@@ -7,17 +7,19 @@ import base64
 import email
 import email.message
 import email.policy
+import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from milterd.content import mimeparams
+from milterd.content import archives, mimeparams
 from milterd.content.mimeparts import MAX_PARTS, PARTS_LIMIT_NOTE, attachments
 from milterd.content.mimetext import extract
 from milterd.message.model import Action, Hit, Session
 from tests.harness.attachments import attachment_check
-from tests.harness.messages import envelope_of
+from tests.harness.messages import envelope_of, zipped
 
 LINK = b'<a href="http://phish.example.test/login">Your bank</a>'
 
@@ -88,3 +90,24 @@ def test_a_signed_post_past_the_500th_part_is_no_file(check: Any) -> None:
 def test_a_file_posing_as_a_signature_past_the_500th_part_is_still_a_limit(check: Any, name: bytes, ctype: bytes) -> None:
     raw = multipart(*[signed_post()] * 130, signed_post(name, ctype), boundary=b"dd", parameter=b"boundary=dd")
     assert [(h.symbol, h.detail, h.action) for h in hits(check, raw)] == [("ATTACH_MIME_LIMIT", f"message: {PARTS_LIMIT_NOTE}", Action.QUARANTINE)]
+
+
+def test_the_archives_of_one_message_share_a_decompression_budget(tmp_path: Path) -> None:
+    # archive_max_size bounds one attachment: 500 small zips each holding a 50 MB inner archive cost 25 GB of
+    # decompression.  The message's archives now share archive_max_message_size: each is listed within what is left.
+    inner = zipped({"big.txt": b"\0" * 400_000}, zipfile.ZIP_STORED)  # decompressed whole to be listed: 400 KB
+    outer = zipped({"inner.zip": inner})
+    one = archives.list_archive("a.zip", io.BytesIO(outer), "zip", archives.Limits()).decompressed
+    assert one > 400_000
+    encoded = base64.encodebytes(outer).replace(b"\n", b"\r\n")
+    raw = multipart(*[b'Content-Type: application/zip; name="a%d.zip"\r\nContent-Transfer-Encoding: base64\r\n\r\n' % i + encoded
+                      for i in range(5)])
+    # Room for two: the third and the next are not looked into.
+    check = attachment_check(tmp_path, f"archive_process = false\narchive_max_message_size = {2 * one}\n")
+    past = f"the message's archives decompressed past archive_max_message_size {2 * one}: not looked into"
+    assert {h.symbol: h.detail for h in hits(check, raw)} == {"ATTACH_ARCHIVE_LIMIT": "; ".join(f"a{i}.zip: {past}" for i in range(2, 5))}
+    # Room for two and a half: the third is listed within what is left (its inner archive not opened).
+    check = attachment_check(tmp_path, f"archive_process = false\narchive_max_message_size = {2 * one + one // 2}\n")
+    detail = {h.symbol: h.detail for h in hits(check, raw)}["ATTACH_ARCHIVE_LIMIT"]
+    assert detail.startswith(f"a2.zip/inner.zip: would decompress past {one // 2} bytes") and "a0.zip" not in detail
+    assert hits(attachment_check(tmp_path), raw) == []  # the default, 200 MB

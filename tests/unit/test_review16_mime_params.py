@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import milterd.content.mimeparts as mimeparts
-from milterd.checks.attachments import BANNED, ERROR, AttachmentPolicy
+from milterd.checks.attachments import BANNED, ERROR, AttachmentPolicy, DecompressionBudget
 from milterd.content.mimeparams import LenientMessage, raw_params
 from milterd.content.mimeparts import attachments
 from milterd.content.mimetext import decode_part, extract
@@ -217,10 +217,10 @@ def test_a_part_whose_fields_raise_is_judged_as_an_unnamed_file_and_the_next_sti
 def test_one_attachment_that_cannot_be_judged_does_not_hide_the_next(check: AttachmentPolicy, monkeypatch: pytest.MonkeyPatch) -> None:
     real = check.judge
 
-    def judge(attachment: mimeparts.Attachment) -> list[object]:
+    def judge(attachment: mimeparts.Attachment, budget: DecompressionBudget | None = None) -> list[object]:
         if attachment.filename == "notes.txt":
             raise RuntimeError("boom")
-        return real(attachment)  # type: ignore[return-value]
+        return real(attachment, budget)  # type: ignore[return-value]
 
     monkeypatch.setattr(check, "judge", judge)
     raw = ATTACH_TRAILING_PART_FILENAME_IDNA.replace(b"--B\r\nContent-Type: application", b"--B\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=notes.txt\r\n\r\nhi\r\n--B\r\nContent-Type: application", 1)
