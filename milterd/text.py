@@ -59,18 +59,11 @@ def redact_url(url: str) -> str:
     For ``config show``, ``doctor`` and every error that names the database.
     A string that is not a URL with credentials comes back unchanged.
     """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
+    if "://" not in url:
         return url
-    authority, slash, path = rest.partition("/")
-    credentials, at, host = authority.rpartition("@")
-    if at and ":" in credentials:
-        user = credentials.split(":", 1)[0]
-        url = f"{scheme}://{user}:***@{host}{slash}{path}"
-    url = _SQLALCHEMY_USERINFO.sub(r"\g<user>***@", url, count=1)  # a password holding "/" (Pa55/word@db)
-    head, question, query = url.partition("?")
+    head, question, query = _userinfo_hidden(url).partition("?")
     if not question:
-        return url
+        return head
     params = [(key, value, sep) for key, sep, value in (param.partition("=") for param in query.split("&"))]
     return head + "?" + "&".join(f"{key}={'***' if _is_password(key) and value else value}" if sep else key for key, value, sep in params)
 
@@ -101,8 +94,9 @@ def _passwords(url: str) -> list[tuple[str, str]]:
 
 
 def _userinfo_hidden(url: str) -> str:
-    """*url* with only its ``user:PASSWORD@`` password replaced by ``***`` (a ``?`` in it must not start the query)."""
-    for written in _written_passwords(url):
+    """*url* with only its ``user:PASSWORD@`` password replaced by ``***`` (a ``?`` in it must not start the query),
+    in each reading, the longest first (``u:p@ss@host`` is ``u:***@host``)."""
+    for written in sorted(_written_passwords(url), key=len, reverse=True):
         url = url.replace(f":{written}@", ":***@", 1)
     return url
 
