@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, replace
-from typing import IO, TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator, Literal
+from typing import IO, TYPE_CHECKING, ClassVar, Iterable, Literal
 
 from pydantic import Field
 
 from ..content.archives import Limits, archive_kind, list_archive, local_failure
 from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
-from ..content.mimeparts import PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, Attachment, Reading, attachments
+from ..content.mimeparts import PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, Attachment, every_reading
 from ..content.mimetext import single_text_type
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
@@ -190,26 +190,6 @@ def single_plain_text(headers: Iterable[tuple[str, bytes]]) -> bool:
     a message (it stops after its headers), so it need not be parsed.
     """
     return single_text_type(headers) is not None
-
-
-def every_reading(source: Callable[[], Iterable[bytes]], memory: int, limit: int, skipped: list[str]) -> Iterator[Attachment]:
-    """Each attachment of the message *source* gives (its chunks, each time it is called) in each reading
-    of its boundaries that splits it otherwise (:data:`~milterd.content.mimeparts.Reading`).
-
-    It is parsed in Thunderbird's reading; again in the standard library's only when a multipart's
-    boundary reads otherwise in it; and with every variant at once (as it was read before) only when a
-    boundary has one that neither reading gives (a value up to a blank within it), so that nothing
-    followed before goes unread: one parse for ordinary mail, three at most.  Each parse of one reading
-    follows one boundary a multipart: a delimiter line of the other reading hidden in a base64 body,
-    which Thunderbird decodes past, cuts no part short.  An attachment found in several readings is
-    given once by each; :func:`hits_for` joins the findings.
-    """
-    differing: set[Reading] = set()
-    yield from attachments(source(), memory, limit, skipped, "client", differing)
-    others: tuple[Reading, ...] = ("library", "both")
-    for reading in others:
-        if reading in differing:  # the library parse may add "both"
-            yield from attachments(source(), memory, limit, skipped, reading, differing)
 
 
 def uuencoded_names(chunks: Iterable[bytes]) -> list[str]:

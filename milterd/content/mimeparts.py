@@ -22,7 +22,7 @@ import tempfile
 from collections import deque
 from dataclasses import dataclass
 from email.message import Message
-from typing import IO, Iterable, Iterator, Literal
+from typing import IO, Callable, Iterable, Iterator, Literal
 
 from .headertext import decoded
 from .mimeparams import LenientMessage, client_names, client_param, collapsed, first_token, raw_param, raw_params, safely, unescaped
@@ -512,7 +512,7 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
     *skipped*, when given.  Each multipart is split at the delimiters of its
     boundary in *reading*; the default, "both", follows every structure a
     client reads in one parse, but a delimiter of one reading then cuts a part of
-    the other short (the attachment check parses once a reading).  The readings
+    the other short (:func:`every_reading` parses once a reading).  The readings
     a multipart's boundary reads otherwise in than in Thunderbird's are added to
     *differing*, when given.
     """
@@ -566,12 +566,12 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                         # RFC 2046 section 5.2.1 forbids it, so clients differ: judged as a file, its parts not looked at.
                         notes.append("an encoded message/rfc822 part: its attachments not looked at")
                     if name or not (ctype.startswith("text/") or ctype.startswith("multipart/")):
-                        if parts > MAX_PARTS and not _signature(ctype, name, others):
-                            notes.append(PARTS_LIMIT_NOTE)
-                            return
                         if parts <= MAX_PARTS:
                             decoder = _Decoder(encoding, memory, limit)
                             current = (name, ctype, others)
+                        elif not _signature(ctype, name, others):
+                            notes.append(PARTS_LIMIT_NOTE)
+                            return
                 if _rest_ignored(in_headers, open_, decoder):
                     return
                 continue
@@ -594,6 +594,26 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                 decoder.feed(line)
     if decoder is not None and current is not None:
         yield from _finished(decoder, current, notes)
+
+
+def every_reading(source: Callable[[], Iterable[bytes]], memory: int, limit: int, skipped: list[str]) -> Iterator[Attachment]:
+    """Each attachment of the message *source* gives (its chunks, each time it is called) in each reading
+    of its boundaries that splits it otherwise (:data:`Reading`).
+
+    It is parsed in Thunderbird's reading; again in the standard library's only when a multipart's
+    boundary reads otherwise in it; and with every variant at once (as it was read before) only when a
+    boundary has one that neither reading gives (a value up to a blank within it), so that nothing
+    followed before goes unread: one parse for ordinary mail, three at most.  Each parse of one reading
+    follows one boundary a multipart: a delimiter line of the other reading hidden in a base64 body,
+    which Thunderbird decodes past, cuts no part short.  An attachment found in several readings is
+    given once by each (the attachment check joins their findings).
+    """
+    differing: set[Reading] = set()
+    yield from attachments(source(), memory, limit, skipped, "client", differing)
+    others: tuple[Reading, ...] = ("library", "both")
+    for reading in others:
+        if reading in differing:  # the library parse may add "both"
+            yield from attachments(source(), memory, limit, skipped, reading, differing)
 
 
 #: The signatures of signed mail (a digest's signed posts carry them), by type, and the names they go by.

@@ -11,8 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from milterd.checks import attachments as attachments_check
-from milterd.content import archives
+from milterd.content import archives, mimeparts
 from milterd.content.archives import Limits, list_archive, local_failure
 from milterd.message.model import Action
 from tests.harness.messages import zipped
@@ -28,7 +27,7 @@ def test_running_short_while_decoding_is_a_tempfail(tmp_path: Path, monkeypatch:
         raise failure
         yield  # a generator, as the real one
 
-    monkeypatch.setattr(attachments_check, "attachments", short)
+    monkeypatch.setattr(mimeparts, "attachments", short)
     hits = hits_of(checker(tmp_path), message(zipped({"setup.exe": PE}), b"files.zip", b"application/zip"))
     error = hits["ATTACH_ERROR"]
     assert error.action == Action.TEMPFAIL
@@ -40,7 +39,7 @@ def test_an_error_the_content_causes_still_only_scores(tmp_path: Path, monkeypat
         raise OSError(errno.EINVAL, "Invalid argument")
         yield
 
-    monkeypatch.setattr(attachments_check, "attachments", hostile)
+    monkeypatch.setattr(mimeparts, "attachments", hostile)
     hits = hits_of(checker(tmp_path), message(zipped({"a.txt": b"x"}), b"files.zip", b"application/zip"))
     assert hits["ATTACH_ERROR"].action is None
 

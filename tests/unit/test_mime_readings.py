@@ -1,4 +1,4 @@
-"""Each reading of a multipart's boundary judged on its own (``checks.attachments.every_reading``).
+"""Each reading of a multipart's boundary judged on its own (``mimeparts.every_reading``).
 
 Thunderbird and the standard library read some boundary parameters otherwise (``boundary=B C`` is
 ``B`` to Thunderbird, ``B C`` to the stdlib; ``boundary="B" (comment)`` is ``B`` and ``"B" (comment)``).
@@ -16,7 +16,6 @@ from typing import Any, Iterable, Iterator
 
 import pytest
 
-from milterd.checks import attachments as attachments_check
 from milterd.checks.attachments import BANNED, LIMIT
 from milterd.content import mimeparts, mimetext
 from milterd.content.mimeparts import attachments
@@ -79,7 +78,7 @@ def test_an_ordinary_message_with_differing_readings_gives_the_same_attachments(
     archive = zipped({"readme.txt": b"hello", "report.pdf": b"%PDF-1.4\n"})
     raw = message(parameter, delimiter, wrapped(base64.b64encode(archive)))
     old = [(a.filename, a.content_type, a.data.read()) for a in attachments([raw])]  # both readings at once, as before
-    new = [(a.filename, a.content_type, a.data.read()) for a in attachments_check.every_reading(lambda: [raw], 1 << 20, 1 << 26, [])]
+    new = [(a.filename, a.content_type, a.data.read()) for a in mimeparts.every_reading(lambda: [raw], 1 << 20, 1 << 26, [])]
     assert old == [("invoice.zip", "application/zip", archive)]
     assert set(new) == set(old)
     assert hits(check, raw) == {}
@@ -116,7 +115,7 @@ def test_a_nested_multipart_read_otherwise_is_found_in_the_reading_it_splits() -
     differing: set[mimeparts.Reading] = set()
     assert [a.filename for a in attachments([raw], reading="client", differing=differing)] == []
     assert differing == {"library"}
-    assert [a.filename for a in attachments_check.every_reading(lambda: [raw], 1 << 20, 1 << 26, [])] == ["evil.exe"]
+    assert [a.filename for a in mimeparts.every_reading(lambda: [raw], 1 << 20, 1 << 26, [])] == ["evil.exe"]
 
 
 def test_a_structure_delimited_by_a_variant_of_no_reading_is_still_followed(check: Any) -> None:
@@ -142,7 +141,7 @@ def count_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         readings.append(args[3] if len(args) > 3 else kwargs.get("reading", "both"))
         return real(chunks, *args, **kwargs)
 
-    monkeypatch.setattr(attachments_check, "attachments", counted)  # the name every_reading calls
+    monkeypatch.setattr(mimeparts, "attachments", counted)  # the name every_reading calls
     return readings
 
 
