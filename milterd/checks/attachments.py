@@ -291,7 +291,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             return [Hit(ERROR, detail=errors[0]), *hits_for(findings, self.actions)]
         return hits_for(findings, self.actions)
 
-    def judge(self, attachment: Attachment, budget: DecompressionBudget | None = None) -> list[Finding]:
+    def judge(self, attachment: Attachment, budget: DecompressionBudget) -> list[Finding]:
         """Every finding of one decoded attachment, the members of its archives included; their decompression
         is taken from *budget* (the message's, ``archive_max_message_size``)."""
         name = attachment.filename or f"unnamed {attachment.content_type} part"
@@ -308,7 +308,6 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             return found
         if attachment.truncated:
             return [*found, Finding(LIMIT, name, f"larger than max_attachment_size {self.options.max_attachment_size}: members not looked at")]
-        budget = budget or DecompressionBudget(self.options.archive_max_message_size)
         if budget.left <= 0:
             return [*found, Finding(LIMIT, name, f"the message's archives decompressed past archive_max_message_size {self.options.archive_max_message_size}: not looked into")]
         listing = list_archive(name, attachment.data, kind, replace(self.limits, max_size=min(self.limits.max_size, budget.left)))

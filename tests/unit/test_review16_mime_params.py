@@ -217,7 +217,7 @@ def test_a_part_whose_fields_raise_is_judged_as_an_unnamed_file_and_the_next_sti
 def test_one_attachment_that_cannot_be_judged_does_not_hide_the_next(check: AttachmentPolicy, monkeypatch: pytest.MonkeyPatch) -> None:
     real = check.judge
 
-    def judge(attachment: mimeparts.Attachment, budget: DecompressionBudget | None = None) -> list[object]:
+    def judge(attachment: mimeparts.Attachment, budget: DecompressionBudget) -> list[object]:
         if attachment.filename == "notes.txt":
             raise RuntimeError("boom")
         return real(attachment, budget)  # type: ignore[return-value]
