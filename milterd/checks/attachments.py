@@ -21,7 +21,7 @@ from pydantic import Field
 
 from ..content.archives import Limits, archive_kind, list_archive, local_failure
 from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
-from ..content.mimeparts import PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, Attachment, every_reading
+from ..content.mimeparts import FIELDS_LIMIT_NOTE, PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, Attachment, every_reading
 from ..content.mimetext import single_text_type
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
@@ -50,7 +50,7 @@ class AttachmentChecks(CheckSwitches):
     macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
     encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
     limit_action: _CategoryAction = Field("score", description="An archive past the limits below, or unreadable: ATTACH_ARCHIVE_LIMIT, with the same choices.")
-    mime_limit_action: _CategoryAction = Field("quarantine", description="A message with a file (a named or non-text part) past its first 500 MIME parts, more than 2,000 parts, or more than 1,000 uuencoded files: files never judged (a banned one may follow the padding): ATTACH_MIME_LIMIT, with the same choices. Text parts past 500 are followed, so a digest of a few hundred posts is not caught.")
+    mime_limit_action: _CategoryAction = Field("quarantine", description="A message with a file (a named or non-text part) past its first 500 MIME parts, more than 2,000 parts, more than 1,000 uuencoded files, or a part whose MIME fields pass 16 KB in one field or 64 KB in all (a type or encoding past them is never read): files never judged (a banned one may follow the padding): ATTACH_MIME_LIMIT, with the same choices. Text parts past 500 are followed, so a digest of a few hundred posts is not caught.")
     archives: bool = Field(True, description="Look inside zip archives and TNEF containers (Outlook's winmail.dat), and 7z, rar, cab and tar ones, and gzip, bzip2 and xz files (a tar in one, or the file it holds), when libarchive-c is installed, for the same rules.")
     archive_max_depth: int = Field(3, ge=1, le=20, description="Archives nested deeper than this (an archive in an archive is 2) are not opened.")
     archive_max_members: int = Field(1000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at.")
@@ -83,6 +83,8 @@ _ACTION_OPTION = {
     LIMIT: "limit_action",
     MIME_LIMIT: "mime_limit_action",
 }
+#: The MIME reader's notes of files it never judged (ATTACH_MIME_LIMIT); its other notes are ATTACH_ARCHIVE_LIMIT.
+_MIME_LIMIT_NOTES = frozenset({PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, FIELDS_LIMIT_NOTE})
 #: Extensions of files that open as macro-enabled Office documents.
 _MACRO_EXTENSIONS = frozenset({"docm", "dotm", "xlsm", "xltm", "xlam", "pptm", "potm", "ppam", "ppsm", "sldm"})
 _OLE_MACRO_SCAN = 16 * 1024 * 1024
@@ -237,7 +239,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         Symbol(MACRO, 2.0, "An Office document with VBA macros ([checks.attachments] macro_action)"),
         Symbol(ENCRYPTED, 2.0, "An encrypted archive or member: its names or content cannot all be judged"),
         Symbol(LIMIT, 1.0, "An archive nested too deep, with too many members, decompressing past the limit, or unreadable, or a part past the MIME field size (its names still read): not fully looked at"),
-        Symbol(MIME_LIMIT, 3.0, "A message with a file past its first 500 MIME parts, more than 2,000 parts or more than 1,000 uuencoded files: the files past them never judged ([checks.attachments] mime_limit_action)"),
+        Symbol(MIME_LIMIT, 3.0, "A message with a file past its first 500 MIME parts, more than 2,000 parts, more than 1,000 uuencoded files or MIME fields past 16 KB (64 KB a part): the files past them never judged ([checks.attachments] mime_limit_action)"),
         Symbol(ERROR, 0.0, "The message's attachments could not be read (detail: why); judged as having none, or answered 451 when this machine ran short (disk, quota, file descriptors, memory)"),
     )
 
@@ -326,7 +328,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
 
 def _skipped(notes: Iterable[str]) -> list[Finding]:
     """The findings of what the MIME reader did not look at: past the part limit, the rest of the message."""
-    return [Finding(MIME_LIMIT if text in (PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE) else LIMIT, "message", text) for text in dict.fromkeys(notes)]
+    return [Finding(MIME_LIMIT if text in _MIME_LIMIT_NOTES else LIMIT, "message", text) for text in dict.fromkeys(notes)]
 
 
 def _ole_macros(data: IO[bytes]) -> bool:

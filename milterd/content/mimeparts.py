@@ -41,6 +41,11 @@ SCANNED_LIMIT_NOTE = f"more than {MAX_SCANNED_PARTS} MIME parts: the rest not lo
 MAX_PART_HEADER = 64 * 1024
 #: At most this much of one MIME field is kept.
 MAX_FIELD = 16 * 1024
+#: The note of a message with a part whose MIME fields went past MAX_FIELD or MAX_PART_HEADER: its names
+#: are still read (MAX_OVERFLOW), but a type or transfer encoding past the bound is lost, so the part
+#: may be a file never judged as what a mail client reads it to be.
+FIELDS_LIMIT_NOTE = (f"MIME fields of a part past {MAX_FIELD} bytes each or {MAX_PART_HEADER} in all: "
+                     "only the names and boundary in the rest read")
 #: Past MAX_FIELD or MAX_PART_HEADER, the lines of a MIME field that name a file or a boundary are
 #: still read (each with the line after it, where a folded value goes on), the first and the last of
 #: them up to this much a part: padding before ``filename=`` must not hide the file from the checks
@@ -546,7 +551,7 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                     notes.append(f"a part's MIME fields could not be read ({exc.__class__.__name__}): its body judged as an unnamed file")
                     ctype, boundary, encoding, name, others = "application/octet-stream", None, "", "", ()
                 if header.cut:
-                    notes.append(f"MIME fields of a part past {MAX_FIELD} bytes each or {MAX_PART_HEADER} in all: only the names and boundary in the rest read")
+                    notes.append(FIELDS_LIMIT_NOTE)
                     ctype, boundary, name, others = _with_overflow(header.overflow.params(), ctype, boundary, name, others)
                 header = _Header()
                 parts += 1

@@ -174,6 +174,24 @@ def test_an_exe_named_behind_padding_past_the_field_bound_is_rejected(stack: Sta
     assert not stack.sink.with_subject("padded name")
 
 
+def test_an_executable_whose_type_is_pushed_past_the_fields_bound_is_quarantined(stack: Stack) -> None:
+    """64 KB of Content-Disposition fields before the part's type and encoding: past the 64 KB of a part's
+    fields that are kept, the unnamed executable was read as text/plain (a 1-point ATTACH_ARCHIVE_LIMIT) and
+    delivered. The message is held whole instead."""
+    pad = b"Content-Disposition: inline; x=\"" + b"a" * 13000 + b"\"\r\n"
+    pad = pad * 5 + b"Content-Disposition: inline; x=\"" + b"a" * (64 * 1024 - 5 * len(pad) - 40) + b"\"\r\n"
+    raw = (b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.com>\r\nSubject: padded type\r\n"
+           b"Date: Wed, 02 Dec 2026 06:00:00 +0000\r\nMessage-ID: <padded.type@example.org>\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+           b"--b1\r\n" + pad + b"Content-Type: application/x-msdownload\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.encodebytes(PE).replace(b"\n", b"\r\n") + b"--b1--\r\n")
+    assert stack.send(raw) == {}
+    row = row_for(stack, "padded type")
+    assert row["action"] == "quarantine"
+    assert row["details"]["ATTACH_MIME_LIMIT"].startswith("message: MIME fields of a part past 16384 bytes each or 65536 in all")
+    assert not stack.sink.with_subject("padded type")
+
+
 @pytest.mark.parametrize(("subject", "top", "fields"), [
     ("boundary comment", 'multipart/mixed; boundary="B" (comment)', 'Content-Type: application/octet-stream; name="setup.exe"'),
     ("filename comment", "multipart/mixed; boundary=B", 'Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="setup.exe" (comment)'),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from milterd.checks.attachments import BANNED, DOUBLE, LIMIT, MIME_LIMIT, AttachmentChecks, Finding, hits_for, judge_name
-from milterd.content.mimeparts import MAX_PARTS, MAX_SCANNED_PARTS, PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, attachments
+from milterd.content.mimeparts import FIELDS_LIMIT_NOTE, MAX_PART_HEADER, MAX_PARTS, MAX_SCANNED_PARTS, PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, attachments
 from milterd.message.model import Action, Hit, Session
 from tests.harness.attachments import attachment_check
 from tests.harness.messages import envelope_of
@@ -58,7 +58,7 @@ def test_mime_fields_past_their_bound_are_said_to_be_cut() -> None:
     long_type = b"Content-Type: application/octet-stream; x=\"" + b"a" * 20000 + b"\"\r\n"
     skipped: list[str] = []
     list(attachments([multipart(long_type + SCRIPT)], skipped=skipped))
-    assert skipped and skipped[0].startswith("MIME fields of a part past")
+    assert skipped == [FIELDS_LIMIT_NOTE]
 
 
 def test_parts_past_the_part_limit_quarantine_the_message(check: object) -> None:
@@ -72,11 +72,23 @@ def test_parts_past_the_part_limit_quarantine_the_message(check: object) -> None
     assert [h.action for h in hits(check, raw)] == [Action.QUARANTINE]
 
 
-def test_a_part_past_the_field_bound_is_still_only_scored(check: object) -> None:
-    # Its names are read past the bound: nothing of it is unjudged, so it needs no forced action.
+def test_a_part_past_the_field_bound_quarantines_the_message(check: object) -> None:
+    # Its names are read past the bound, but a type or an encoding there is not: see the next test.
     long_type = b"Content-Type: application/octet-stream; x=\"" + b"a" * 20000 + b"\"\r\n"
     found = hits(check, multipart(long_type + b"\r\nabc\r\n"))
-    assert [(h.symbol, h.action) for h in found] == [(LIMIT, None)]
+    assert [(h.symbol, h.detail, h.action) for h in found] == [(MIME_LIMIT, f"message: {FIELDS_LIMIT_NOTE}", Action.QUARANTINE)]
+
+
+def test_a_type_pushed_past_the_fields_bound_does_not_hide_an_executable(check: object) -> None:
+    # 64 KB of Content-Disposition fields push the part's type and encoding out of what is kept: the part was
+    # read as unnamed text/plain, a 1-point ATTACH_ARCHIVE_LIMIT, while a mail client reads the executable.
+    pad = b"Content-Disposition: inline; x=\"" + b"a" * 13000 + b"\"\r\n"
+    pad = pad * 5 + b"Content-Disposition: inline; x=\"" + b"a" * (MAX_PART_HEADER - 5 * len(pad) - 40) + b"\"\r\n"
+    executable = (b"Content-Type: application/x-msdownload\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                  + base64.encodebytes(b"MZ\x90\x00\x03" + b"\x00" * 500))
+    assert [h.symbol for h in hits(check, multipart(executable))] == ["ATTACH_TYPE_MISMATCH"]
+    found = hits(check, multipart(pad + executable))
+    assert [(h.symbol, h.detail, h.action) for h in found] == [(MIME_LIMIT, f"message: {FIELDS_LIMIT_NOTE}", Action.QUARANTINE)]
 
 
 def digest(posts: int, attachment: bytes = b"") -> bytes:
@@ -218,7 +230,7 @@ def test_a_name_behind_padding_past_the_field_bound_is_judged(check: object, nam
     part = b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment" + PADDING + naming + b"\r\n\r\nWScript.Echo(1)\r\n"
     found = symbols(check, multipart(b"Content-Type: text/plain\r\n\r\nhi\r\n", part))
     assert found.get(BANNED, "").endswith("evil.js: banned extension .js"), found
-    assert LIMIT in found  # the rest of the field is still not read: said as before
+    assert MIME_LIMIT in found  # the rest of the field is still not read: said, and the message held
 
 
 def test_a_boundary_behind_padding_past_the_field_bound_is_followed(check: object) -> None:
