@@ -102,6 +102,19 @@ def test_a_link_a_client_opens_is_looked_up_however_it_is_written(stack: Stack, 
     assert "URIBL_DBL_PHISH" in row_for(stack, subject)["symbols"]
 
 
+def test_a_link_after_five_hundred_text_parts_is_looked_up(stack: Stack) -> None:
+    # The link reader stopped at 500 parts while the attachment check follows text parts to 2,000: 505
+    # one-line parts hid the phishing link, delivered with no symbol (found by review).
+    parts = "".join("--B\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(505))
+    raw = message("link past parts", parts + '--B\r\nContent-Type: text/html\r\n\r\n<a href="https://phish-domain.test/">x</a>\r\n--B--\r\n',
+                  headers={"Content-Type": "multipart/mixed; boundary=B"})
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(raw)
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
+    assert "URIBL_DBL_PHISH" in row_for(stack, "link past parts")["symbols"]
+
+
 def test_refused_answers_are_counted_apart_and_address_links_use_the_sbl(stack: Stack) -> None:
     body = "See http://refused-domain.test/ and http://11.22.33.44/x and http://11.22.33.55/y\r\n"
     stack.send(message("refused and ip", body))
