@@ -181,7 +181,8 @@ def _encoded_address(value: str) -> str:
             pieces = text.split(special)
             text = special.join([pieces[0].rstrip(), *(piece.strip() for piece in pieces[1:-1]), pieces[-1].lstrip()])
     for word in _ADDRESS_WORD_END.split(text):
-        if "@" in word and _ENCODED_WORD.search(word):
+        # An "@" only inside the encoded-word (=?utf-8?q?john@example.com?= <john@…>) is a display name's text.
+        if "@" in word and _ENCODED_WORD.search(word) and "@" in _ENCODED_WORD.sub("", word):
             return word
     return ""
 

@@ -107,9 +107,19 @@ def test_malformed_corpus_never_crashes() -> None:
     "alice@example.org, =?utf-8?q?Bob?= <bob@example.com>",
     "alice@[192.0.2.1], =?utf-8?q?Bob?= <bob@example.com>",
     "Dr. =?utf-8?q?Bob?= Jr. <bob@example.com>",
+    "=?utf-8?q?bob@example.com?= <bob@example.com>",  # an "@" inside the encoded display name (RFC 2047 wants =40)
+    "=?utf-8?q?bob@example.com?=<bob@example.com>",
 ])
 def test_an_encoded_word_beside_the_addresses_is_no_problem(value: str) -> None:
     assert address_list_problem("From", value) == ""
+
+
+@pytest.mark.parametrize("value", [
+    "sec@=?utf-8?q?bank.test?=", "Bank <sec@=?utf-8?q?bank.test?=>", "=?utf-8?q?sec?=@bank.test",
+    "Bank <sec@bank.=?utf-8?q?test?=>", "=?utf-8?q?x@y?=sec@bank.test",
+])
+def test_an_encoded_word_in_the_address_is_a_problem(value: str) -> None:
+    assert address_list_problem("From", value).startswith("encoded-word in the address")
 
 
 @pytest.mark.parametrize("value", ['=?"' + "\\\"" * 16000, "=?(" + "\\(" * 16000, '=?"abc\\'])
