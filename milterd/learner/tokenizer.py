@@ -48,6 +48,11 @@ MAX_TOKENS = 10000
 MAX_DIGEST_INPUT = MAX_INPUT * 64
 #: Bytes of the header section that are looked at.
 MAX_HEADER_SECTION = 64 * 1024
+#: Bytes of each of the fields a learned message is known by (Message-ID, Date, From) that are kept;
+#: the digest looks for them in the whole header section.
+MAX_KEY_FIELD = 16 * 1024
+#: Bytes of a header line held while the digest reads it: the longest name of a field it keeps, and that much of its value.
+_KEY_LINE = MAX_KEY_FIELD + 64
 #: Shortest and longest word that is a token.
 MIN_WORD, MAX_WORD = 3, 12
 
@@ -294,14 +299,64 @@ class _BodyHash:
             count -= len(_NEWLINES)
 
 
+class _KeyFields:
+    """The fields :func:`message_id_key` reads (Message-ID, Date, From), gathered from a header
+    section given piece by piece, however long: each kept to :data:`MAX_KEY_FIELD` bytes, the rest
+    of the section never held.  Cutting the section at a byte count instead named the same message
+    two ways: a Message-ID near the cut fell inside it in a mailbox's LF copy and outside it in the
+    milter's CRLF copy, or behind the headers delivery adds."""
+
+    _WANTED = frozenset({"message-id", "date", "from"})
+
+    def __init__(self) -> None:
+        self._line = bytearray()  # the current line's first bytes (a name and MAX_KEY_FIELD of value)
+        self._current: str | None = None  # the wanted field the lines go on
+        self._started = False  # a field began
+        self._kept: dict[str, bytearray] = {}
+
+    def feed(self, data: bytes) -> None:
+        """Take the next piece of the header section."""
+        lines = data.split(b"\n")
+        for piece in lines[:-1]:
+            self._keep(piece)
+            self._end_line()
+        self._keep(lines[-1])
+
+    def fields(self) -> list[tuple[str, str]]:
+        """The fields gathered, as :func:`parse_headers` gives them (the first of each name only)."""
+        if self._line:
+            self._end_line()
+        return [(name, value.decode("utf-8", "replace").strip()) for name, value in self._kept.items()]
+
+    def _keep(self, piece: bytes) -> None:
+        room = _KEY_LINE - len(self._line)
+        if room > 0:
+            self._line += piece[:room]
+
+    def _end_line(self) -> None:
+        line = bytes(self._line).rstrip(b"\r")
+        self._line.clear()
+        if line[:1] in (b" ", b"\t") and self._started:
+            if self._current is not None:
+                kept = self._kept[self._current]
+                kept += (b" " + line.strip())[:MAX_KEY_FIELD - len(kept)]
+        elif b":" in line and not line.startswith(b"From "):
+            self._started = True  # a blank-led line before any field is a field of its own, as parse_headers reads it
+            name, _, value = line.partition(b":")
+            key = name.strip().lower().decode("latin-1")
+            self._current = key if key in self._WANTED and key not in self._kept else None
+            if self._current is not None:
+                self._kept[key] = bytearray(value.strip()[:MAX_KEY_FIELD])
+
+
 class MessageDigest:
     """:func:`message_digest` of a message given piece by piece (``update``), in bounded memory:
-    the first :data:`MAX_HEADER_SECTION` bytes are kept (the header fields it reads), the body is
+    of the header section only the fields it reads are kept (:class:`_KeyFields`), the body is
     hashed as it comes.  The header section ends at the first blank line of the first
     :data:`MAX_DIGEST_INPUT` bytes (:data:`_BLANK_LINE`, whatever the line ends)."""
 
     def __init__(self) -> None:
-        self._head = bytearray()
+        self._fields = _KeyFields()
         self._seen = 0
         self._tail = b""  # the last bytes seen: a blank line split between two pieces
         self._body: _BodyHash | None = None
@@ -315,28 +370,29 @@ class MessageDigest:
             self._seen += len(chunk)
             self._body.update(chunk)
             return
-        if len(self._head) < MAX_HEADER_SECTION:
-            self._head += chunk[:MAX_HEADER_SECTION - len(self._head)]
-        window, base = self._tail + chunk, self._seen - len(self._tail)
+        window = self._tail + chunk
         self._seen += len(chunk)
-        self._tail = window[-2:]
         found = _BLANK_LINE.search(window)
-        if found:
-            self._start_body(base + found.start(), window[found.end():])
+        if found is None:
+            self._fields.feed(chunk)
+            self._tail = window[-2:]
+            return
+        # The header section ends with the line end before the blank line (fed already if in the tail).
+        self._fields.feed(chunk[:max(found.start() + 1 - len(self._tail), 0)])
+        self._start_body(window[found.end():])
 
     def hexdigest(self) -> str:
         """The digest of the message, which this ends."""
         if self._body is None:
-            return hashlib.sha256(self._prefix(len(self._head))).hexdigest()
+            return hashlib.sha256(self._prefix()).hexdigest()
         return self._body.hexdigest()
 
-    def _start_body(self, section_end: int, start: bytes) -> None:
-        self._body = _BodyHash(self._prefix(section_end))
+    def _start_body(self, start: bytes) -> None:
+        self._body = _BodyHash(self._prefix())
         self._body.update(start)
 
-    def _prefix(self, section_end: int) -> bytes:
-        message_id = message_id_key(parse_headers(bytes(self._head[:section_end])))
-        return message_id.encode("utf-8", "replace") + b"\0"
+    def _prefix(self) -> bytes:
+        return message_id_key(self._fields.fields()).encode("utf-8", "replace") + b"\0"
 
 
 def message_digest_stream(chunks: Iterable[bytes]) -> str:
