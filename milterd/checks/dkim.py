@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal
 
 import dkim
 from pydantic import Field
@@ -57,6 +57,11 @@ STATE = "dkim"
 RESULTS = ("pass", "fail", "policy", "neutral", "temperror", "permerror")
 
 
+#: The DNS deadline (``Resolver.stage_deadline``) of the key lookups of signatures aligned with a From
+#: domain: apart from the end of message's, which any sender can spend with keys of its own DNS.
+FROM_KEYS_STAGE = "eom-from-keys"
+
+
 @dataclass(frozen=True)
 class SignatureResult:
     """The outcome of one DKIM-Signature."""
@@ -81,9 +86,11 @@ class DnsRecorder:
     §6.1.1: the signature can never verify).
     """
 
-    def __init__(self, resolver: Any, deadline: float) -> None:
+    def __init__(self, resolver: Any, deadline: float, own_deadline: Callable[[str], float | None] | None = None) -> None:
         self.resolver = resolver
         self.deadline = deadline
+        #: The deadline of a key's domain that has one of its own (the From domain's), else None: *deadline*.
+        self.own_deadline = own_deadline
         self.failed: dict[str, str] = {}
         self.missing: set[str] = set()
         #: Names not asked, counted: no DNS name.
@@ -98,7 +105,8 @@ class DnsRecorder:
         if not queryable(qname):
             self.invalid += 1
             return None
-        answer = self.resolver.txt(qname, self.deadline)
+        deadline = self.own_deadline(qname.partition("._domainkey.")[2]) if self.own_deadline else None
+        answer = self.resolver.txt(qname, self.deadline if deadline is None else deadline)
         if answer.failed:
             self.failed[qname] = answer.error or "DNS error"
             self.failures += 1
@@ -351,10 +359,26 @@ class Dkim(ConfiguredCheck[DkimChecks]):
             envelope.check_state(STATE)["unverified"] = unverified_domains(envelope.headers, options.max_signatures)
             return [Hit("DKIM_NONE", detail=f"not verified: size {envelope.size} > {options.max_size}")]
         resolver = self.services.resolver
-        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, "eom"))
+        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, "eom"), self._from_deadline(envelope))
         results = verify_all(envelope.message_bytes(), dnsfunc, options.max_signatures, options.min_key_bits, unsigned_body=options.unsigned_body)
         envelope.check_state(STATE)["result"] = results
         return hits_for(results, envelope_from_domains(envelope), self.services.config.checks.dmarc.public_suffix_list)
+
+
+    def _from_deadline(self, envelope: Envelope) -> Callable[[str], float | None]:
+        """The deadline of a key lookup for a signing domain aligned with a From domain (relaxed): one of
+        their own, set at the first of them (:data:`FROM_KEYS_STAGE`).  Sharing the stage's, a forger's
+        second signature whose domain's DNS never answers used it up: the From domain's key lookup timed
+        out unasked, and its DMARC policy gave way to a temperror."""
+        resolver, psl_path = self.services.resolver, self.services.config.checks.dmarc.public_suffix_list
+        domains = envelope_from_domains(envelope)
+
+        def deadline(signer: str) -> float | None:
+            if any(aligned(signer, domain, "r", psl_path) for domain in domains):
+                return float(resolver.stage_deadline(envelope.dns_deadlines, FROM_KEYS_STAGE))
+            return None
+
+        return deadline
 
 
 class DkimSigner(Check):

@@ -329,6 +329,10 @@ def evaluate(
     return Evaluation("fail", domain, policy, applied, "neither SPF nor DKIM aligned with From")
 
 
+#: The DNS deadline (``Resolver.stage_deadline``) of the DMARC records and the np= lookups, apart from the end of message's.
+POLICY_STAGE = "eom-dmarc"
+
+
 class Dmarc(ConfiguredCheck[DmarcChecks]):
     """DMARC of the From domain."""
 
@@ -372,7 +376,9 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         if len(domains) > _MAX_FROM_DOMAINS:
             return self._too_many(envelope, domains)
         resolver = self.services.resolver
-        deadline = resolver.stage_deadline(envelope.dns_deadlines, "eom")
+        # Its own deadline, set now: the end of message's may be spent already by lookups the sender chose
+        # (a DKIM key or an ARC seal in a domain whose DNS never answers), and the policy would be a temperror.
+        deadline = resolver.stage_deadline(envelope.dns_deadlines, POLICY_STAGE)
         psl_path = self.options.public_suffix_list
         signatures = envelope.check_state("dkim").get("result", ())
         passes = [s.domain for s in signatures if s.result == "pass"]

@@ -635,14 +635,16 @@ EOM_TIMEOUT = "EOM_TIMEOUT"
 def eom_budget(config: Config) -> float:
     """How long end of message may take: what its checks may each spend, one after another, and a margin.
 
-    The DNS deadline (``[dns] timeout``), the scanners' ``timeout`` (clamd's
+    The DNS deadline (``[dns] timeout``) three times (the stage's, and apart from it the
+    From domain's DKIM keys' and DMARC records', which a sender's slow DNS cannot spend), the scanners' ``timeout`` (clamd's
     and spamd's, when enabled: each bounds the wait for the scanner's answer,
     and they may run in turn), ``[database] busy_timeout`` (the classifier
     and the greylist store) and :data:`EOM_MARGIN` for streaming the message.
-    With the defaults and both scanners, 132 s: under Postfix's default
+    With the defaults and both scanners, 136 s: under Postfix's default
     milter_content_timeout (300 s), which SMFIR_PROGRESS restarts anyway.
     """
-    budget = config.dns.timeout + config.database.busy_timeout + EOM_MARGIN
+    # The DNS deadline three times: the stage's, and the From domain's DKIM keys' and DMARC records' apart from it.
+    budget = 3 * config.dns.timeout + config.database.busy_timeout + EOM_MARGIN
     if config.clamav.enabled:
         budget += config.clamav.timeout
     if config.spamd.enabled:

@@ -59,8 +59,11 @@ def wait_for_dns(port: int, name: str = "ns.dns-fixture.test", timeout: float = 
 class LocalDns:
     """rbldnsd + unbound on loopback (see the module docstring)."""
 
-    def __init__(self, root: Path, local_data: list[str], lists: dict[str, tuple[str, str]]) -> None:
+    def __init__(self, root: Path, local_data: list[str], lists: dict[str, tuple[str, str]], silent: tuple[str, ...] = ()) -> None:
         self.root = root
+        #: Zones whose nameserver never answers (a loopback socket nobody reads): a sender's slow DNS.
+        self.silent = silent
+        self._blackhole: socket.socket | None = None
         root.mkdir(parents=True, exist_ok=True)
         self.local_data = local_data
         self.lists = lists
@@ -136,6 +139,12 @@ class LocalDns:
                 lines.append(f"  local-data: '{record}'")
         for zone in self.lists:
             lines += ["stub-zone:", f'  name: "{zone}."', f"  stub-addr: 127.0.0.1@{self.rbl_port}"]
+        if self.silent:
+            self._blackhole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._blackhole.bind(("127.0.0.1", 0))
+            for zone in self.silent:
+                lines.insert(lines.index('  local-zone: "." static') + 1, f'  local-zone: "{zone}." transparent')
+                lines += ["stub-zone:", f'  name: "{zone}."', f"  stub-addr: 127.0.0.1@{self._blackhole.getsockname()[1]}"]
         conf = self.root / "unbound.conf"
         conf.write_text("\n".join(lines) + "\n")
         check = subprocess.run(["/usr/sbin/unbound-checkconf", str(conf)], capture_output=True, text=True, timeout=30)
@@ -163,6 +172,9 @@ class LocalDns:
             except OSError:
                 pass
             self._rbldnsd_pid = None
+        if self._blackhole is not None:
+            self._blackhole.close()
+            self._blackhole = None
 
     def log(self) -> str:
         """unbound's log (queries included)."""

@@ -268,7 +268,7 @@ def test_fix_end_of_message_outlasting_its_budget_is_tempfailed_and_logged(
 
 def test_the_budget_adds_up_the_timeouts_end_of_message_may_spend(conf: Path) -> None:
     config = load_config(conf)
-    assert eom_budget(config) == config.dns.timeout + config.database.busy_timeout + EOM_MARGIN
+    assert eom_budget(config) == 3 * config.dns.timeout + config.database.busy_timeout + EOM_MARGIN
     scanning = config.model_copy(update={"clamav": config.clamav.model_copy(update={"enabled": True}), "spamd": config.spamd.model_copy(update={"enabled": True})})
     assert eom_budget(scanning) == eom_budget(config) + config.clamav.timeout + config.spamd.timeout
     assert eom_budget(scanning) < 300  # Postfix's default milter_content_timeout
