@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import authres
 import authres.arc
@@ -85,6 +85,55 @@ def forged_indexes(headers: list[tuple[str, bytes]], authserv_id: str) -> list[i
         if claims(value.decode("utf-8", "replace"), authserv_id):
             found.append(index)
     return sorted(found, reverse=True)
+
+
+#: The end of a header section: the line end before the blank line (LF or CRLF).
+_SECTION_END = re.compile(rb"\n\r?\n")
+#: A line with its end (LF, CR included before it; a lone CR is within a line), or the last without one.
+_LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
+
+
+def without_claims(chunks: Iterable[bytes], authserv_id: str) -> Iterator[bytes]:
+    """*chunks* (a whole message, headers first) with the Authentication-Results fields of its header
+    section that claim *authserv_id* left out, the rest as it was.
+
+    A quarantined copy is the message as received: its forged headers were removed by the edits
+    milterd gave Postfix, which a release does not go through."""
+    head = bytearray()
+    pieces = iter(chunks)
+    for chunk in pieces:
+        searched = max(0, len(head) - 2)
+        head += chunk
+        if head[:1] == b"\n" or head[:2] == b"\r\n":  # no header section at all
+            break
+        found = _SECTION_END.search(head, searched)
+        if found is not None:
+            yield _unclaimed(bytes(head[:found.start() + 1]), authserv_id)
+            yield bytes(head[found.start() + 1:])
+            yield from pieces
+            return
+    else:
+        yield _unclaimed(bytes(head), authserv_id)
+        return
+    yield bytes(head)
+    yield from pieces
+
+
+def _unclaimed(section: bytes, authserv_id: str) -> bytes:
+    """The header *section* without its fields claiming *authserv_id* (a field goes on in the lines led by a blank)."""
+    fields: list[list[bytes]] = []
+    for line in _LINE.findall(section):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    kept = []
+    for lines in fields:
+        name, colon, value = b"".join(lines).partition(b":")
+        if colon and name.rstrip(b" \t").lower() == b"authentication-results" and claims(value.decode("utf-8", "replace"), authserv_id):
+            continue
+        kept.extend(lines)
+    return b"".join(kept)
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9._-]{1,253}")

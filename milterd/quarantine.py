@@ -38,6 +38,7 @@ from email.message import EmailMessage
 from typing import Any, Iterable, Iterator, Literal, Mapping
 
 from . import reinject
+from .authresults import without_claims
 from .config import Config
 from .files import read_error
 from .learner.tokenizer import MAX_INPUT, MessageDigest, hashed_tokens
@@ -587,7 +588,7 @@ class Quarantine:
     def _smtp(self, row: dict[str, Any], recipients: list[str], who: str, now: dt.datetime, progress: reinject.Progress) -> ReleaseReport:
         report = ReleaseReport(row["id"])
         header = release_header(who, now)
-        message = itertools.chain([header], self.message_chunks(row))
+        message = itertools.chain([header], self._delivered_chunks(row))
         try:
             report.delivered, report.refused = reinject.send(
                 self._target(), row["sender"] or "", recipients, message, self.config.hostname, auth=self._auth(), progress=progress,
@@ -596,6 +597,20 @@ class Quarantine:
         except (OSError, smtplib.SMTPException, StoreError) as exc:
             return self._failed(row["id"], "smtp", recipients, progress, f"{self.config.quarantine.release_smtp}: {reinject.smtp_error(exc)}")
         return report
+
+    def _delivered_chunks(self, row: dict[str, Any]) -> Iterable[bytes]:
+        """The stored message as a release sends it: without the Authentication-Results claiming our
+        authserv-id (a forger's ``dmarc=pass`` in our name), as the milter's edits take them out of
+        delivered mail (``[checks.spf] remove_forged``).  The id is the one configured, else this host's
+        name and that of the MX host that quarantined the message (they share the store)."""
+        chunks = self.message_chunks(row)
+        if not self.config.checks.spf.remove_forged:
+            return chunks
+        configured = self.config.milter.authserv_id
+        ids = {configured or self.config.hostname, configured or row.get("mta_host") or ""} - {""}
+        for authserv_id in sorted(ids):
+            chunks = without_claims(chunks, authserv_id.rstrip("."))
+        return chunks
 
     @staticmethod
     def _failed(row_id: int, method: str, recipients: list[str], progress: reinject.Progress, why: str) -> ReleaseReport:

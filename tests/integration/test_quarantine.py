@@ -128,6 +128,27 @@ def test_release_delivers_once_byte_identical(stack: Stack) -> None:
     assert stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")) and m.recipients == ["dave@example.com"])
 
 
+def test_release_leaves_out_authentication_results_forged_in_our_name(stack: Stack) -> None:
+    # The stored copy is the message as received: the forged headers the milter's edits take out of delivered
+    # mail went out with a release, a phish's "dmarc=pass" in milterd's own name (found by review).
+    tag = uuid.uuid4().hex
+    original = message(subject=f"QUARANTINE-ME {tag}", headers={
+        "Authentication-Results": "mx.test; dkim=pass header.d=bank.example;\r\n dmarc=pass header.from=bank.example",
+        "X-Before": "kept",
+    })
+    original = original.replace(b"X-Before: kept\r\n", b"X-Before: kept\r\nAuthentication-Results: other.example; spf=pass\r\n"
+                                b"Authentication-Results: MX.TEST.; arc=pass\r\n")
+    assert stack.send(original) == {}
+    [row] = [r for r in listed(stack) if tag in r["subject"]]
+    result = cli(stack, "release", str(row["id"]))
+    assert result.returncode == 0, result.stderr
+    [delivered] = stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")))
+    assert delivered.header("Authentication-Results") == ["other.example; spf=pass"]
+    assert b"bank.example" not in delivered.data and b"arc=pass" not in delivered.data
+    kept = [line for line in original.split(b"\r\n") if b"mx.test" not in line.lower() and b"dmarc=pass" not in line]
+    assert strip_release(delivered.data) == b"\r\n".join(kept)
+
+
 def test_refused_release_fails_and_stays_releasable(stack: Stack) -> None:
     _original, row = quarantine_one(stack)
     tag = row["subject"].split()[-1]
