@@ -415,15 +415,19 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
             return [Hit("DMARC_PASS", detail=f"{domain}: {evaluation.reason}")]
         if evaluation.result == "temperror":
             return [Hit("DMARC_TEMPFAIL", detail=f"{domain}: {evaluation.reason}")]
-        symbol = f"DMARC_FAIL_{evaluation.applied.upper()}"
-        detail = describe(evaluation)
         arc = envelope.check_state("arc").get("result")
         sealer = _trusted_sealer(arc, self.services.config.checks.arc.trusted_sealers)
-        vouched = vouched_by(arc, domain, records[domain], psl_path) if sealer and domain in records else ""
-        if vouched:
-            # Logged as failed, but neither scored nor enforced.
-            return [Hit(symbol, detail=detail, score=0.0), Hit("DMARC_ARC_OVERRIDE", detail=f"{domain}: sealed by {sealer}, who recorded {vouched}")]
-        return [enforce(evaluation, self.options.reject_action, self.options.quarantine_action)]
+        failed = [e for e in evaluations if e.result == "fail"]
+        vouched = {e.domain: vouched_by(arc, e.domain, records[e.domain], psl_path) if sealer and e.domain in records else "" for e in failed}
+        unvouched = [e for e in failed if not vouched[e.domain]]
+        if unvouched:
+            # A trusted sealer's pass for one From domain overrides no other domain's failure.
+            evaluation = strictest(unvouched)
+            envelope.check_state(STATE)["result"] = evaluation
+            return [enforce(evaluation, self.options.reject_action, self.options.quarantine_action)]
+        # Logged as failed, but neither scored nor enforced.
+        override = "; ".join(f"{e.domain}: sealed by {sealer}, who recorded {vouched[e.domain]}" for e in failed)
+        return [Hit(f"DMARC_FAIL_{evaluation.applied.upper()}", detail=describe(evaluation), score=0.0), Hit("DMARC_ARC_OVERRIDE", detail=override)]
 
     def _too_many(self, envelope: Envelope, domains: tuple[str, ...]) -> Hits:
         """More From domains than are looked up: a failure, whatever the domains publish.

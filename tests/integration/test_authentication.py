@@ -289,11 +289,12 @@ def test_text_appended_after_a_body_length_signature_is_not_a_dmarc_pass(stack: 
     assert "bytes of the body unsigned" in row["details"]["DKIM_INVALID"]
 
 
-def list_message(subject: str, keys: dict[str, bytes], sealer: str, sealer_key: bytes, forged: bool = False) -> bytes:
+def list_message(subject: str, keys: dict[str, bytes], sealer: str, sealer_key: bytes, forged: bool = False, from_: str = "") -> bytes:
     """A signed.test message re-sent by a mailing list: Subject tagged (the author's signature breaks), ARC-sealed by the list,
     which recorded the DKIM and DMARC pass it found on receipt; *forged*: a message from signed.test nobody signed, and the
-    list's record says so."""
-    original = message(subject, sender="alice@signed.test") if forged else sign(message(subject, sender="alice@signed.test"), keys["signed"], "signed.test")
+    list's record says so.  *from_*: the From field, if not Alice's at signed.test alone."""
+    original = message(subject, sender="alice@signed.test", headers={"From": from_} if from_ else None)
+    original = original if forged else sign(original, keys["signed"], "signed.test")
     relayed = original.replace(f"Subject: {subject}".encode(), f"Subject: [list] {subject}".encode())
     recorded = "spf=fail smtp.mailfrom=signed.test; dkim=none; dmarc=fail header.from=signed.test" if forged else "dkim=pass header.d=signed.test; dmarc=pass header.from=signed.test"
     relayed = f"Authentication-Results: lists.{sealer}; {recorded}\r\n".encode() + relayed
@@ -318,6 +319,17 @@ def test_a_forgery_a_trusted_sealer_relayed_and_recorded_as_failed_is_refused(st
     assert info.value.smtp_code == 550 and "signed.test" in info.value.smtp_error.decode()
     row = row_for(stack, "[list] arc relayed forgery")
     assert {"ARC_PASS", "ARC_TRUSTED", "DMARC_FAIL_REJECT"} <= set(row["symbols"]) and "DMARC_ARC_OVERRIDE" not in row["symbols"]
+
+
+def test_a_trusted_sealers_pass_for_one_from_domain_does_not_override_anothers_failure(stack: Stack, keys: dict[str, bytes]) -> None:
+    # The list recorded a pass for signed.test; np.test (p=reject), also in the From, was overridden with it (found by review).
+    raw = list_message("arc two from", keys, "list.test", keys["list"], from_="Alice <alice@signed.test>, CEO <ceo@np.test>")
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(raw, sender="bounces@list.test", xclient=CLIENT)
+    assert info.value.smtp_code == 550 and "np.test" in info.value.smtp_error.decode()
+    row = row_for(stack, "[list] arc two from")
+    assert {"ARC_PASS", "ARC_TRUSTED", "DMARC_FAIL_REJECT"} <= set(row["symbols"]) and "DMARC_ARC_OVERRIDE" not in row["symbols"]
+    assert row["details"]["DMARC_FAIL_REJECT"].startswith("np.test p=reject")
 
 
 def test_arc_sealed_list_message_from_an_untrusted_sealer_is_refused(stack: Stack, keys: dict[str, bytes]) -> None:

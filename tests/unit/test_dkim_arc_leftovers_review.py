@@ -178,6 +178,24 @@ def test_an_ams_l_covering_the_whole_body_still_passes_and_overrides(key: bytes)
     assert hits["DMARC_FAIL_REJECT"].score == 0.0
 
 
+def test_a_trusted_sealers_pass_for_one_from_domain_overrides_no_other(key: bytes) -> None:
+    # The list recorded a pass for bank.example alone; signed.test (p=reject too) is also in the From and failed.
+    # Only the strictest domain was looked for in the sealer's results: both failures went unscored (found by review).
+    two = MESSAGE.replace(b"From: Alice <alice@signed.test>", b"From: Alice <alice@bank.example>, CEO <ceo@signed.test>")
+    recorded = b"dkim=pass header.d=bank.example; dmarc=pass header.from=bank.example"
+    services = services_for({LIST_KEY: dkimsign.public_record("rsa", key), **POLICIES}, **ARC_TRUSTED_CONF)
+    hits, envelope = run(services, list_hop(two, key, recorded=recorded), Arc, Dmarc)
+    assert "ARC_TRUSTED" in hits and "DMARC_ARC_OVERRIDE" not in hits
+    assert hits["DMARC_FAIL_REJECT"].action == Action.REJECT and hits["DMARC_FAIL_REJECT"].detail.startswith("signed.test p=reject")
+    assert envelope.check_state("dmarc")["result"].domain == "signed.test"
+    # Vouched for both, it is overridden, both named.
+    both = recorded + b"; dmarc=pass header.from=signed.test"
+    hits, _ = run(services, list_hop(two, key, recorded=both), Arc, Dmarc)
+    assert hits["DMARC_FAIL_REJECT"].score == 0.0 and hits["DMARC_FAIL_REJECT"].action is None
+    assert hits["DMARC_ARC_OVERRIDE"].detail == ("bank.example: sealed by list.test, who recorded dkim=pass header.d=bank.example; "
+                                                 "signed.test: sealed by list.test, who recorded dmarc=pass header.from=signed.test")
+
+
 def test_unsigned_body_pass_lets_an_ams_l_pass_as_it_lets_a_dkim_signature(key: bytes) -> None:
     message = forged_from_bank(key, length=True) + APPENDED
     table = Table({LIST_KEY: dkimsign.public_record("rsa", key)})
