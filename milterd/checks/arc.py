@@ -87,7 +87,8 @@ def verify_chain(message: bytes, dnsfunc: DnsRecorder, min_key_bits: int, *, uns
         if newest > MAX_ARC_SETS:
             # Checked first: dkimpy would verify every set, hashing the body once per set.
             return ArcResult("fail", (), f"ARC set i={newest}: more than {MAX_ARC_SETS} sets")
-        cv, results, reason = arc.verify(dnsfunc=dnsfunc)
+        with dkimfast.one_body():
+            cv, results, reason = arc.verify(dnsfunc=dnsfunc)
         if cv == dkim.CV_Pass and unsigned_body == "policy":
             unsigned = unsigned_body_bytes(arc)
     except dkim.DKIMException as exc:

@@ -145,10 +145,8 @@ def verify_all(
     except Exception as exc:  # noqa: BLE001 - a message dkimpy cannot parse: its signatures cannot verify
         return [SignatureResult("", "", "permerror", f"unparsable message: {type(exc).__name__}: {exc}"[:200])]
     count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
-    results = []
-    for index in range(min(count, max_signatures)):
-        results.append(_verify_one(verifier, index, dnsfunc, unsigned_body))
-    return results
+    with dkimfast.one_body():
+        return [_verify_one(verifier, index, dnsfunc, unsigned_body) for index in range(min(count, max_signatures))]
 
 
 def tag_items(value: bytes) -> Iterator[tuple[bytes, bytes]]:
