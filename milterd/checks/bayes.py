@@ -19,7 +19,9 @@ same reason nothing is auto-learned when the tiers skipped spamd
 (``SPAMD_SKIPPED_CONFIDENT``): the classifier's own bucket decided that spamd's
 evidence, which might have contradicted it, was not gathered; nor when spamd was
 not heard (down, in error, the message over its size), a check failed or time ran
-out (:data:`UNJUDGED`).  A message is auto-learned as ham only when the policy
+out (:data:`UNJUDGED`); nor when spamd's verdict holds a rule SpamAssassin keeps out of its own
+auto-learning because the sender sets it off (GTUBE, a welcomelisted From: :func:`steered_by_sender`).
+A message is auto-learned as ham only when the policy
 accepted it: a low score does not make ham of a virus from a whitelisted sender,
 nor of a message tempfailed or accepted unscanned (:data:`UNSCANNED`).  A message
 learned before, with either label, is never moved: a copy of one an administrator
@@ -116,12 +118,28 @@ UNJUDGED = frozenset({SKIPPED_CONFIDENT, "SPAMD_ERROR", "SPAMD_SKIPPED_SIZE", "C
 UNSCANNED = frozenset({"CLAMAV_ERROR", "CLAMAV_SKIPPED_SIZE"})
 
 
+#: spamd's rules SpamAssassin's own auto-learning ignores (``tflags … noautolearn``) because the sender
+#: can set them off: GTUBE (a test string anyone can paste, 1,000 points) and the welcomelists and
+#: blocklists of ``USER_IN_*`` (a forged From on a welcomelist, -100), the AWL/TxRep reputations, ALL_TRUSTED.
+NOAUTOLEARN_RULES = frozenset({"GTUBE", "AWL", "TXREP", "ALL_TRUSTED"})
+_NOAUTOLEARN_PREFIX = "USER_IN_"
+
+
+def steered_by_sender(verdict: Verdict) -> str:
+    """The first of spamd's rules on *verdict* that SpamAssassin keeps out of auto-learning
+    (:data:`NOAUTOLEARN_RULES`, ``USER_IN_*``), or ""."""
+    rules = verdict.details.get("SPAMASSASSIN", "")
+    return next((rule for rule in rules.split(",") if rule in NOAUTOLEARN_RULES or rule.startswith(_NOAUTOLEARN_PREFIX)), "") if rules else ""
+
+
 def autolearn_allowed(label: str, verdict: Verdict) -> bool:
     """Whether a message whose score says *label* may be auto-learned from *verdict*: not when a
     check that might have contradicted the label did not judge it (:data:`UNJUDGED`; for ham,
     :data:`UNSCANNED` too: spamd down with its default on_error = "accept" left spam with only its
-    SPF, DKIM and DMARC passes, below autolearn_ham), and as ham only when accepted."""
-    if not UNJUDGED.isdisjoint(verdict.symbols):
+    SPF, DKIM and DMARC passes, below autolearn_ham), nor when spamd's score rests on a rule the
+    sender can set off (:func:`steered_by_sender`: GTUBE learned the site's ham words as spam, a forged
+    welcomelisted From learned spam as ham), and as ham only when accepted."""
+    if not UNJUDGED.isdisjoint(verdict.symbols) or steered_by_sender(verdict):
         return False
     return label == "spam" or (verdict.action == Action.ACCEPT and UNSCANNED.isdisjoint(verdict.symbols))
 

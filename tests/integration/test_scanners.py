@@ -19,6 +19,10 @@ from typing import Any, Callable
 
 import pytest
 
+from milterd.config import DatabaseSection
+from milterd.learner.classifier import Counts
+from milterd.store import Store
+from milterd.store.learner import LearnerStore
 from tests.conftest import message
 from tests.harness.scanners import CLAM_NAME, EICAR, EICAR_NAME, GTUBE, TESTFILES, Clamd, Spamd
 from tests.harness.stack import Stack
@@ -124,6 +128,22 @@ def test_gtube_is_rejected_by_the_default_thresholds(stack: Stack) -> None:
     logged = row(stack, title)
     assert logged["action"] == "reject" and logged["symbols"]["SPAMASSASSIN"] >= 1000
     assert "GTUBE" in logged["details"]["SPAMASSASSIN"].split(",")
+
+
+def test_gtube_is_not_auto_learned_as_spam(make_stack: Callable[..., Stack], clamd: Clamd, spamd: Spamd) -> None:
+    # GTUBE (1,000 points from a string anyone can paste) learned the message's words as spam: a sender could
+    # teach the classifier the site's own ham vocabulary (found by review). SpamAssassin's auto-learning ignores it.
+    stack = make_stack(sections(clamd.address, spamd.address, learner={"autolearn_spam": 15, "autolearn_ham": -5}))
+    title = subject()
+    code, _ = refused_at_data(stack, message(subject=title, body="Quarterly budget review agenda\r\n" + GTUBE + "\r\n"), xclient=UNTRUSTED)
+    assert code == 550
+    logged = row(stack, title)
+    assert "GTUBE" in logged["details"]["SPAMASSASSIN"].split(",") and "BAYES_AUTOLEARN" not in logged["details"]
+    store = Store(DatabaseSection(url=stack.milterd.sections["database"]["url"]))
+    try:
+        assert LearnerStore(store.engine).totals() == Counts(0, 0)
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(

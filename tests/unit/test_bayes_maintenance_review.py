@@ -81,6 +81,21 @@ def test_no_auto_learning_when_the_tiers_skipped_spamd(services: Services, symbo
     assert learned(services) == (0, 0)
 
 
+@pytest.mark.parametrize(("rules", "score", "action"), [
+    ("GTUBE,HTML_MESSAGE", 1000.0, Action.REJECT),  # anyone pastes GTUBE into the site's own words
+    ("USER_IN_WELCOMELIST,SPF_PASS", -100.0, Action.ACCEPT),  # a forged From on spamd's welcomelist
+    ("USER_IN_DEF_DKIM_WL,DKIM_VALID", -7.5, Action.ACCEPT),
+    ("ALL_TRUSTED", -3.0, Action.ACCEPT),
+])
+def test_no_auto_learning_from_rules_the_sender_sets_off(services: Services, rules: str, score: float, action: Action) -> None:
+    # SpamAssassin keeps these out of its own auto-learning (tflags noautolearn); they steered milterd's (found by review).
+    given = Verdict(action=action, score=score, symbols={"SPAMASSASSIN": score}, details={"SPAMASSASSIN": rules}, reason="")
+    assert AUTOLEARN not in BayesCheck(services).on_verdict(Session(), envelope(), given).details
+    assert learned(services) == (0, 0)
+    honest = Verdict(action=action, score=score, symbols={"SPAMASSASSIN": score}, details={"SPAMASSASSIN": "HTML_MESSAGE,USER_AGENT"}, reason="")
+    assert AUTOLEARN in BayesCheck(services).on_verdict(Session(), envelope(), honest).details
+
+
 def test_a_retried_message_counts_once(services: Services) -> None:
     check = BayesCheck(services)
     first = check.on_verdict(Session(), envelope(), verdict(Action.ACCEPT, {"DKIM_WL": -3.0}))
