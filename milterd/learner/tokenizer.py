@@ -343,7 +343,7 @@ class _KeyFields:
         elif b":" in line and not line.startswith(b"From "):
             self._started = True  # a blank-led line before any field is a field of its own, as parse_headers reads it
             name, _, value = line.partition(b":")
-            key = name.strip().lower().decode("latin-1")
+            key = name.decode("utf-8", "replace").strip().lower()  # str's strip, as parse_headers reads a name (NBSP, U+2028 too)
             self._current = key if key in self._WANTED and key not in self._kept else None
             if self._current is not None:
                 self._kept[key] = bytearray(value.strip()[:MAX_KEY_FIELD])
