@@ -118,18 +118,23 @@ UNJUDGED = frozenset({SKIPPED_CONFIDENT, "SPAMD_ERROR", "SPAMD_SKIPPED_SIZE", "C
 UNSCANNED = frozenset({"CLAMAV_ERROR", "CLAMAV_SKIPPED_SIZE"})
 
 
-#: spamd's rules SpamAssassin's own auto-learning ignores (``tflags … noautolearn``) because the sender
-#: can set them off: GTUBE (a test string anyone can paste, 1,000 points) and the welcomelists and
-#: blocklists of ``USER_IN_*`` (a forged From on a welcomelist, -100), the AWL/TxRep reputations, ALL_TRUSTED.
-NOAUTOLEARN_RULES = frozenset({"GTUBE", "AWL", "TXREP", "ALL_TRUSTED"})
-_NOAUTOLEARN_PREFIX = "USER_IN_"
+#: spamd's rules SpamAssassin's own auto-learning ignores (``tflags … noautolearn`` in SpamAssassin 4.0's
+#: rules, and ALL_TRUSTED) because the sender can set them off: GTUBE (a test string anyone can paste, 1,000
+#: points), the welcomelists and blocklists (a forged From, a link to a listed host, a listed Subject: ±100),
+#: the AWL/TxRep reputations, the DNS lists' "blocked" answers, SHORTCIRCUIT.
+NOAUTOLEARN_RULES = frozenset({
+    "GTUBE", "AWL", "TXREP", "ALL_TRUSTED", "SHORTCIRCUIT", "ENV_AND_HDR_SPF_MATCH", "DCC_REPUT_00_12",
+    "RCVD_IN_DNSWL_BLOCKED", "SURBL_BLOCKED", "URIBL_BLOCKED",
+})
+#: The welcomelist and blocklist rules by their names' start (USER_IN_WELCOMELIST, URI_HOST_IN_BLOCKLIST, …).
+_NOAUTOLEARN_PREFIXES = ("USER_IN_", "URI_HOST_IN_", "SUBJECT_IN_")
 
 
 def steered_by_sender(verdict: Verdict) -> str:
     """The first of spamd's rules on *verdict* that SpamAssassin keeps out of auto-learning
-    (:data:`NOAUTOLEARN_RULES`, ``USER_IN_*``), or ""."""
+    (:data:`NOAUTOLEARN_RULES`, ``USER_IN_*``, ``URI_HOST_IN_*``, ``SUBJECT_IN_*``), or ""."""
     rules = verdict.details.get("SPAMASSASSIN", "")
-    return next((rule for rule in rules.split(",") if rule in NOAUTOLEARN_RULES or rule.startswith(_NOAUTOLEARN_PREFIX)), "") if rules else ""
+    return next((rule for rule in rules.split(",") if rule in NOAUTOLEARN_RULES or rule.startswith(_NOAUTOLEARN_PREFIXES)), "") if rules else ""
 
 
 def autolearn_allowed(label: str, verdict: Verdict) -> bool:

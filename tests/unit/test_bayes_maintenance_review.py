@@ -86,6 +86,9 @@ def test_no_auto_learning_when_the_tiers_skipped_spamd(services: Services, symbo
     ("USER_IN_WELCOMELIST,SPF_PASS", -100.0, Action.ACCEPT),  # a forged From on spamd's welcomelist
     ("USER_IN_DEF_DKIM_WL,DKIM_VALID", -7.5, Action.ACCEPT),
     ("ALL_TRUSTED", -3.0, Action.ACCEPT),
+    ("URI_HOST_IN_WELCOMELIST,HTML_MESSAGE", -100.0, Action.ACCEPT),  # a link to a welcomelisted host (second review)
+    ("SUBJECT_IN_BLOCKLIST", 100.0, Action.REJECT),
+    ("SHORTCIRCUIT,USER_AGENT", 100.0, Action.REJECT),
 ])
 def test_no_auto_learning_from_rules_the_sender_sets_off(services: Services, rules: str, score: float, action: Action) -> None:
     # SpamAssassin keeps these out of its own auto-learning (tflags noautolearn); they steered milterd's (found by review).
