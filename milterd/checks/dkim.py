@@ -37,7 +37,7 @@ from ..message.policy import plan_headers
 from ..options import CheckSwitches, Size
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
-from .dmarc import aligned, envelope_from_domains, from_domain, queryable
+from .dmarc import aligned, envelope_from_domains, from_domain, org_domain, queryable
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -57,8 +57,9 @@ STATE = "dkim"
 RESULTS = ("pass", "fail", "policy", "neutral", "temperror", "permerror")
 
 
-#: The DNS deadline (``Resolver.stage_deadline``) of the key lookups of signatures aligned with a From
-#: domain: apart from the end of message's, which any sender can spend with keys of its own DNS.
+#: The DNS deadlines (``Resolver.stage_deadline``) of the key lookups of signatures aligned with a From
+#: domain, one per From domain (this, a colon and its organizational domain): apart from the end of
+#: message's, which any sender can spend with keys of its own DNS, and from each other's.
 FROM_KEYS_STAGE = "eom-from-keys"
 
 
@@ -365,16 +366,16 @@ class Dkim(ConfiguredCheck[DkimChecks]):
 
     def _from_deadline(self, envelope: Envelope) -> Callable[[str], float | None]:
         """The deadline of a key lookup for a signing domain aligned with a From domain (relaxed): one of
-        their own, set at the first of them (:data:`FROM_KEYS_STAGE`).  Sharing the stage's, a forger's
+        that From domain's own, set at the first of them (:data:`FROM_KEYS_STAGE`).  Sharing the stage's, a forger's
         second signature whose domain's DNS never answers used it up: the From domain's key lookup timed
         out unasked, and its DMARC policy gave way to a temperror."""
         resolver, psl_path = self.services.resolver, self.services.config.checks.dmarc.public_suffix_list
         domains = envelope_from_domains(envelope)
 
         def deadline(signer: str) -> float | None:
-            if any(aligned(signer, domain, "r", psl_path) for domain in domains):
-                return float(resolver.stage_deadline(envelope.dns_deadlines, FROM_KEYS_STAGE))
-            return None
+            # One per From domain: with the sender's own domain first in From, its keys spent bank.example's time.
+            domain = next((domain for domain in domains if aligned(signer, domain, "r", psl_path)), None)
+            return None if domain is None else float(resolver.stage_deadline(envelope.dns_deadlines, f"{FROM_KEYS_STAGE}:{org_domain(domain, psl_path)}"))
 
         return deadline
 

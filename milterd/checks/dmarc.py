@@ -329,7 +329,8 @@ def evaluate(
     return Evaluation("fail", domain, policy, applied, "neither SPF nor DKIM aligned with From")
 
 
-#: The DNS deadline (``Resolver.stage_deadline``) of the DMARC records and the np= lookups, apart from the end of message's.
+#: The DNS deadlines (``Resolver.stage_deadline``) of each From domain's DMARC record and np= lookups, apart from
+#: the end of message's: this, a colon and the domain.
 POLICY_STAGE = "eom-dmarc"
 
 
@@ -376,9 +377,6 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         if len(domains) > _MAX_FROM_DOMAINS:
             return self._too_many(envelope, domains)
         resolver = self.services.resolver
-        # Its own deadline, set now: the end of message's may be spent already by lookups the sender chose
-        # (a DKIM key or an ARC seal in a domain whose DNS never answers), and the policy would be a temperror.
-        deadline = resolver.stage_deadline(envelope.dns_deadlines, POLICY_STAGE)
         psl_path = self.options.public_suffix_list
         signatures = envelope.check_state("dkim").get("result", ())
         passes = [s.domain for s in signatures if s.result == "pass"]
@@ -390,6 +388,10 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         evaluations = []
         records: dict[str, Record] = {}
         for domain in domains:
+            # Each From domain's lookups have a deadline of their own, set when they start: the end of message's
+            # may be spent by lookups the sender chose (a DKIM key or an ARC seal in a domain whose DNS never
+            # answers), and so may another From domain's (the sender's own, put first).
+            deadline = resolver.stage_deadline(envelope.dns_deadlines, f"{POLICY_STAGE}:{domain}")
             found = _lookup(resolver, domain, deadline, psl_path)
             if isinstance(found, str):
                 evaluations.append(Evaluation("temperror" if found else "none", domain, reason=found))
@@ -405,7 +407,7 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
                     # It may be genuine, or a forger's junk (anyone can write d=bank.example): held, never rejected.
                     applied = _MILDER["reject"] if evaluation.applied == "reject" else evaluation.applied
                     evaluation = replace(evaluation, applied=applied, unverified=True)
-                evaluations.append(with_np(evaluation, record, record_domain, roll, lambda d: _nonexistent(resolver, d, deadline)))
+                evaluations.append(with_np(evaluation, record, record_domain, roll, functools.partial(_nonexistent, resolver, deadline=deadline)))
         evaluation = strictest(evaluations)
         domain = evaluation.domain
         envelope.check_state(STATE)["result"] = evaluation

@@ -643,7 +643,8 @@ def eom_budget(config: Config) -> float:
     With the defaults and both scanners, 136 s: under Postfix's default
     milter_content_timeout (300 s), which SMFIR_PROGRESS restarts anyway.
     """
-    # The DNS deadline three times: the stage's, and the From domain's DKIM keys' and DMARC records' apart from it.
+    # The DNS deadline three times: the stage's, and the From domain's DKIM keys' and DMARC records' apart from it
+    # (each From domain has its own: a message with several whose DNS never answers may run out the budget: 451).
     budget = 3 * config.dns.timeout + config.database.busy_timeout + EOM_MARGIN
     if config.clamav.enabled:
         budget += config.clamav.timeout

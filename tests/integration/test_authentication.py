@@ -207,6 +207,22 @@ def test_a_signature_whose_dns_never_answers_does_not_hold_back_a_p_reject(stack
     assert any(f"d=slow.test s=s{int(aligned_signature)}: key lookup failed" in str(detail) for detail in row["details"].values()), row["details"]
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_from_domain_whose_dns_never_answers_first_does_not_hold_back_a_p_reject(stack: Stack, keys: dict[str, bytes], signed: bool) -> None:
+    # The sender's own domain first in From, its nameserver silent: its _dmarc record (and, signed, its key)
+    # spent the deadline the From domains shared, and signed.test's record and key were never asked (second review).
+    subject = f"dmarc slow first from {signed}"
+    own = f"x@v{int(signed)}.slow.test"  # names of its own: unbound's answers are not cached
+    raw = message(subject, sender="ceo@signed.test", headers={"From": f"<{own}>, CEO <ceo@signed.test>"})
+    if signed:
+        raw = sign(sign(raw, keys["wrong"], "signed.test"), keys["loose"], own.partition("@")[2], "own")
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(raw, sender="x@evil.example", xclient=CLIENT)
+    assert info.value.smtp_code == 550 and "signed.test" in info.value.smtp_error.decode()
+    row = row_for(stack, subject)
+    assert row["action"] == "reject" and row["details"]["DMARC_FAIL_REJECT"].startswith("signed.test p=reject")
+
+
 def test_a_second_from_address_does_not_hide_a_p_reject_domain(stack: Stack, keys: dict[str, bytes]) -> None:
     # Signed and aligned for loose.test (p=none), but the From also names signed.test (p=reject),
     # which nothing authenticates: RFC 7489 §6.6.1 evaluates both, and the strictest failure decides.
