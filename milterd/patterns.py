@@ -36,6 +36,53 @@ PatternError = (regex.error, OverflowError, RecursionError, ValueError)
 IGNORECASE = regex.IGNORECASE
 
 
+#: What a pattern may expand to, its counted repeats multiplied out (:func:`expanded_size`): the ``regex``
+#: package compiles ``x{N}`` as N copies, about 280 bytes each, so ``x{100000000}`` or three nested
+#: ``{1000}`` asked for 28 GB at start, and the kernel killed milterd with no word.  RE2 bounds its
+#: programs likewise; a rule's longest counted repeat in practice is a few dozen.
+MAX_EXPANSION = 100_000
+
+_QUANTIFIER = regex.compile(r"\{(\d*)(?:,(\d*))?\}")
+
+
+def expanded_size(pattern: str) -> int:
+    """An upper bound of the atoms *pattern* compiles to: each atom 1, a group the sum of its atoms, a
+    counted repeat ``{n}``/``{n,m}`` times its largest count.  Linear in the pattern's length."""
+    frames: list[list[int]] = [[0, 0]]  # per open group: [its atoms so far, the weight of its last atom]
+    at, end = 0, len(pattern)
+    while at < end:
+        char = pattern[at]
+        frame = frames[-1]
+        if char == "\\":
+            frame[0], frame[1], at = frame[0] + 1, 1, at + 2
+            continue
+        if char == "[":
+            close = at + 1 + (pattern[at + 1:at + 2] == "^")
+            close += pattern[close:close + 1] == "]"  # a "]" first in a set is itself
+            while close < end and pattern[close] != "]":
+                close += 2 if pattern[close] == "\\" else 1
+            frame[0], frame[1], at = frame[0] + 1, 1, close + 1
+            continue
+        if char == "(":
+            frames.append([0, 0])
+        elif char == ")" and len(frames) > 1:
+            inner = max(frames.pop()[0], 1)
+            frames[-1][0] += inner
+            frames[-1][1] = inner
+        elif char == "{" and (counted := _QUANTIFIER.match(pattern, at)) is not None and (counted[1] or counted[2]):
+            times = max(int(counted[1] or 0), int(counted[2] or 0))
+            frame[0] += frame[1] * (times - 1)
+            frame[1] *= times
+            at = counted.end()
+            if frame[0] > MAX_EXPANSION + end:
+                return frame[0]  # enough to refuse it: the rest is not looked at
+            continue
+        elif char not in "|*+?":
+            frame[0], frame[1] = frame[0] + 1, 1
+        at += 1
+    return sum(frame[0] for frame in frames)
+
+
 class AdminPattern:
     """A compiled administrator's regular expression whose searches are bounded in time."""
 
@@ -44,6 +91,8 @@ class AdminPattern:
     def __init__(self, pattern: str, flags: int = 0) -> None:
         """Compile *pattern* (one of :data:`PatternError` when it is not a valid expression)."""
         self.pattern = pattern
+        if expanded_size(pattern) > MAX_EXPANSION + len(pattern):  # a long pattern without repeats is compiled as before
+            raise ValueError(f"its counted repeats expand to more than {MAX_EXPANSION:,} items: too large to compile")
         self._compiled = regex.compile(pattern, flags | regex.VERSION0)
 
     def search(self, text: str) -> regex.Match[str] | None:
