@@ -180,6 +180,9 @@ def meta_order(rules: Iterable[Rule], known: Iterable[str], late: Iterable[str] 
         if state.get(rule.name) == 1:
             circle = " -> ".join(path[path.index(rule.name):] + [rule.name])
             raise ConfigError(rule.file, f"rule {rule.name}.meta", f"metas refer to each other in a circle: {circle}")
+        if len(path) >= MAX_META_CHAIN:
+            # Visited recursively: a chain of a thousand metas was a RecursionError traceback at start.
+            raise ConfigError(rule.file, f"rule {rule.name}.meta", f"more than {MAX_META_CHAIN} metas each refer to the next: {path[0]} -> … -> {rule.name}")
         state[rule.name] = 1
         assert rule.meta is not None
         for name in sorted(names(rule.meta)):
@@ -191,6 +194,10 @@ def meta_order(rules: Iterable[Rule], known: Iterable[str], late: Iterable[str] 
     for rule in metas.values():
         visit(rule, [])
     return ordered
+
+
+#: How many metas may refer one to the next (META_A uses META_B, which uses META_C…).
+MAX_META_CHAIN = 64
 
 
 def max_text(services: "Services") -> int:

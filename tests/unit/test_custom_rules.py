@@ -143,6 +143,9 @@ def test_body_limit_from_custom_table(tmp_path: Path) -> None:
         ("[[rule]]\nname = \"BAD_META\"\nmeta = 'NO_SUCH_SYMBOL and BAD_META2'\n", "rule BAD_META.meta", "unknown symbol"),
         ("[[rule]]\nname = \"BAD_SYNTAX\"\nmeta = 'A and (B'\n", "rule BAD_SYNTAX.meta", "bad expression"),
         ("[[rule]]\nname = \"LOOP_A\"\nmeta = 'LOOP_B'\n[[rule]]\nname = \"LOOP_B\"\nmeta = 'not LOOP_A'\n", "meta", "circle"),
+        # A thousand metas each naming the next: a RecursionError traceback at start (found by review).
+        ("[[rule]]\nname = \"CHAIN_END\"\nbody = 'x'\n" + "".join(f"[[rule]]\nname = \"CHAIN_{i}\"\nmeta = '{f'CHAIN_{i + 1}' if i < 999 else 'CHAIN_END'}'\n" for i in range(1000)),
+         "rule CHAIN_64.meta", "more than 64 metas each refer to the next"),
         ("[[rule]]\nname = \"TWO_KINDS\"\nbody = 'x'\nuri = 'y'\n", "rule TWO_KINDS", "exactly one"),
         ("[[rule]]\nname = \"lower\"\nbody = 'x'\n", "rule lower", "upper-case"),
         ("[[rule]]\nname = \"DUP\"\nbody = 'x'\n[[rule]]\nname = \"DUP\"\nbody = 'y'\n", "rule DUP", "already defined"),
