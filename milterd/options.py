@@ -93,6 +93,10 @@ def _one_line(text: str) -> str:
     return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
+#: The largest whole number a setting takes (a count, a size in bytes: a petabyte).
+MAX_WHOLE = 10**15
+
+
 class Section(BaseModel):
     """A section of milter.conf: immutable, and a misspelt key is refused."""
 
@@ -104,6 +108,15 @@ class Section(BaseModel):
         # pydantic takes true for 1: max_headers = true would refuse every message.
         if isinstance(value, bool) and info.field_name and cls.model_fields[info.field_name].annotation is int:
             raise ValueError(f"expected a whole number, got {str(value).lower()}")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_huge_number(cls, value: Any) -> Any:
+        # Counts and sizes reach SQL (SQLite holds 64 bits) and arithmetic: 10**29 was taken here and
+        # failed later, an OverflowError naming neither file nor key.
+        if type(value) is int and abs(value) > MAX_WHOLE:
+            raise ValueError(f"{value} is too large (at most {MAX_WHOLE:,})")
         return value
 
 
