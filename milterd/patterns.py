@@ -21,6 +21,7 @@ differently on non-ASCII text or be refused.
 from __future__ import annotations
 
 import logging
+import time
 
 import regex
 
@@ -83,6 +84,28 @@ def expanded_size(pattern: str) -> int:
     return sum(frame[0] for frame in frames)
 
 
+#: Seconds all the searches of one message's custom rules at one stage may take together (:class:`SearchBudget`).
+MESSAGE_SEARCH_BUDGET = 2.0
+
+
+class SearchBudget:
+    """What is left of :data:`MESSAGE_SEARCH_BUDGET` for one message: each search times out at 0.5 s, but
+    a rule that backtracks on 20 Subject fields (or a thousand links) took 0.5 s on each, 10 s and more of a
+    worker for one message and one rule.  Once it is spent, the rules left count as no match."""
+
+    def __init__(self, seconds: float = MESSAGE_SEARCH_BUDGET) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.spent = False
+
+    def left(self) -> float:
+        """Seconds left (0 once spent; the first time it is, a warning says so)."""
+        left = self.deadline - time.monotonic()
+        if left <= 0 and not self.spent:
+            self.spent = True
+            log.warning("custom rules: %gs of regular expression searches spent on one message: the rules left count as no match", MESSAGE_SEARCH_BUDGET)
+        return max(left, 0.0)
+
+
 class AdminPattern:
     """A compiled administrator's regular expression whose searches are bounded in time."""
 
@@ -95,12 +118,14 @@ class AdminPattern:
             raise ValueError(f"its counted repeats expand to more than {MAX_EXPANSION:,} items: too large to compile")
         self._compiled = regex.compile(pattern, flags | regex.VERSION0)
 
-    def search(self, text: str) -> regex.Match[str] | None:
-        """The first match in *text*, or None (also when the search took longer than :data:`SEARCH_TIMEOUT`)."""
+    def search(self, text: str, timeout: float = SEARCH_TIMEOUT) -> regex.Match[str] | None:
+        """The first match in *text*, or None (also when the search took longer than *timeout*, at most
+        :data:`SEARCH_TIMEOUT`)."""
+        timeout = min(timeout, SEARCH_TIMEOUT)
         try:
-            return self._compiled.search(text, concurrent=True, timeout=SEARCH_TIMEOUT)
+            return self._compiled.search(text, concurrent=True, timeout=timeout)
         except TimeoutError:
-            log.warning("regular expression %r gave up after %gs on %d characters: counted as no match", self.pattern[:80], SEARCH_TIMEOUT, len(text))
+            log.warning("regular expression %r gave up after %gs on %d characters: counted as no match", self.pattern[:80], timeout, len(text))
             return None
 
     def __eq__(self, other: object) -> bool:

@@ -43,7 +43,7 @@ from ..content.headertext import decoded, is_field_name
 from ..message.model import Envelope, Hit, Session, SpoolError
 from ..message.policy import AFTER_VERDICT_SYMBOLS, SCORE_GREYLIST_SYMBOLS
 from ..options import finite
-from ..patterns import AdminPattern, PatternError
+from ..patterns import AdminPattern, PatternError, SearchBudget
 from ..rulelang import MetaSyntaxError, Node, evaluate, names, parse
 from ..units import parse_size
 from . import Check, Hits, Symbol
@@ -273,10 +273,14 @@ class CustomRules(Check):
         values: dict[str, list[str]] = {}
         for name, raw in envelope.headers:
             values.setdefault(name.lower(), []).append(_decoded(raw))
+        budget = SearchBudget()
         for rule in self.header_rules:
             assert rule.regex is not None
             for value in values.get(rule.header, ()):
-                match = rule.regex.search(value)
+                left = budget.left()
+                if not left:
+                    return
+                match = rule.regex.search(value, left)
                 if match:
                     yield Hit(rule.name, detail=match.group(0)[:80])
                     break
@@ -297,15 +301,22 @@ class CustomRules(Check):
             return []
         hits: list[Hit] = []
         text = _visible(found.text, self.max_text) if self.body_rules else ""
+        budget = SearchBudget()
         for rule in self.body_rules:
             assert rule.regex is not None
-            match = rule.regex.search(text)
+            left = budget.left()
+            if not left:
+                return hits
+            match = rule.regex.search(text, left)
             if match:
                 hits.append(Hit(rule.name, detail=match.group(0)[:80]))
         for rule in self.uri_rules:
             assert rule.regex is not None
             for uri in found.uris:
-                if rule.regex.search(uri):
+                left = budget.left()
+                if not left:
+                    return hits
+                if rule.regex.search(uri, left):
                     hits.append(Hit(rule.name, detail=uri[:120]))
                     break
         return hits

@@ -209,3 +209,18 @@ def test_extract_is_bounded_and_lenient() -> None:
     assert links == ["http://ok.example/"] and "evil" not in text
     bad_charset = b"Content-Type: text/plain; charset=x-no-such\r\n\r\nh\xe9llo\r\n"
     assert "llo" in extract(bad_charset).text
+
+
+def test_a_backtracking_rule_spends_at_most_the_messages_search_budget(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Each search gave up after 0.5 s, but on each of 20 Subject fields: 10 s of a worker for one rule and one
+    # message (found by review).  The searches of a message share MESSAGE_SEARCH_BUDGET (2 s): 4 or 5 give up.
+    from milterd.message.model import Envelope, Session, Spool
+
+    services = build(make_config(tmp_path, "[[rule]]\nname = \"REDOS\"\nheader = \"Subject\"\nregex = '(x+x+)+y'\nscore = 1\n",
+                                 '[dns]\nnameservers = ["127.0.0.1:9"]\n'))
+    check = next(c for c in services.checks if isinstance(c, CustomRules))
+    envelope = Envelope(spool=Spool(1024), headers=[("Subject", b"x" * 5000)] * 20)
+    assert list(check.on_eoh(Session(), envelope)) == []
+    gave_up = [r for r in caplog.records if "gave up after" in r.getMessage()]
+    assert 1 <= len(gave_up) <= 6, len(gave_up)
+    assert any("searches spent on one message" in r.getMessage() for r in caplog.records)
