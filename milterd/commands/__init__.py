@@ -9,7 +9,11 @@ import datetime
 
 from ..config import Config
 from ..store import Store, StoreError
+from ..text import escape
 from ..units import parse_since
+
+#: The largest ``--limit``: beyond it SQLite refused the number with an OverflowError (a traceback).
+MAX_COUNT = 10**9
 
 
 def config_parent() -> argparse.ArgumentParser:
@@ -48,11 +52,23 @@ def since_arg(value: str) -> datetime.datetime:
 
 
 def count_arg(value: str) -> int:
-    """argparse type of a ``--limit``: a whole number, 0 or more (0: all)."""
+    """argparse type of a ``--limit``: a whole number from 0 (all) to MAX_COUNT."""
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
     if number < 0:
         raise argparse.ArgumentTypeError(f"{value!r} is negative (0 means all)")
+    if number > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{value!r} is too large (at most {MAX_COUNT}; 0 means all)")
     return number
+
+
+def text_arg(value: str) -> str:
+    """argparse type of a text option that reaches the database: UTF-8 text.  A byte of the
+    command line that is not UTF-8 arrives as a lone surrogate, which the driver cannot encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"not valid UTF-8 ({escape(value)})") from None
+    return value

@@ -27,17 +27,16 @@ from typing import Any, Iterable
 from ..checks.greylist import Greylist
 from ..config import Config, load_config
 from ..learner.classifier import Counts
-from ..learner.tokenizer import MAX_DIGEST_INPUT
 from ..message.model import Action
 from ..message.pipeline import Pipeline
 from ..milter.offline import CheckedMessage, Client, MessageRef, check_message, sources
 from ..services import Services, build
-from ..store import Store
+from ..store import Store, StoreError
 from ..store.learner import LearnerStore, model_may_exist
 from ..text import escape
 from ..tuning import Judged, configured_thresholds, forced_action, mass_report, symbol_table
 from . import config_parent
-from .learn import prepare
+from .learn import UnreadableMessage, prepare, read_message
 
 #: Exit status of a run whose most severe action is this one.
 EXIT_BASE = 10
@@ -86,7 +85,11 @@ def run_check(args: argparse.Namespace) -> int:
     if mass and args.paths:
         print("milterd: check: give either message files or --ham/--spam folders, not both", file=sys.stderr)
         return 2
-    config = offline_config(load_config(args.config))
+    try:
+        config = offline_config(load_config(args.config))
+    except StoreError as exc:  # a [database] url that cannot be used: said as the other commands say it
+        print(f"milterd: {exc}", file=sys.stderr)
+        return 2
     if args.cross_validate:
         if args.cross_validate < 2 or not (args.ham and args.spam) or args.train_ham or args.train_spam:
             print("milterd: check: --cross-validate K needs K >= 2 and --ham and --spam folders (and no --train-ham/--train-spam)", file=sys.stderr)
@@ -130,14 +133,25 @@ def train_scratch_model(config: Config, ham: Iterable[Path], spam: Iterable[Path
     return learn_scratch(config, labelled)
 
 
-def learn_scratch(config: Config, labelled: Iterable[tuple[str, MessageRef]]) -> Counts:
-    """Create *config*'s (scratch) store and teach its classifier the (label, message) pairs; the totals learned."""
+def learn_scratch(config: Config, labelled: Iterable[tuple[str, MessageRef]], reported: set[str] | None = None) -> Counts:
+    """Create *config*'s (scratch) store and teach its classifier the (label, message) pairs; the totals learned.
+
+    A message that cannot be learned is left out and said, as ``milterd learn`` does, once
+    (its label is added to *reported*: cross-validating learns it once per fold)."""
+    reported = set() if reported is None else reported
     store = Store(config.database)
     try:
         store.upgrade()
         repository = LearnerStore(store.engine)
         for label, ref in labelled:
-            digest, tokens = prepare(ref.start(MAX_DIGEST_INPUT), config.learner.max_size)  # as milterd learn reads it
+            try:
+                raw = read_message(ref)  # as milterd learn reads it
+            except UnreadableMessage as exc:
+                if ref.label not in reported:
+                    reported.add(ref.label)
+                    print(f"milterd: {exc}", file=sys.stderr)
+                continue
+            digest, tokens = prepare(raw, config.learner.max_size)
             repository.learn(digest, tokens, "spam" if label == "spam" else "ham")
         return repository.totals()
     finally:
@@ -165,10 +179,11 @@ def _cross_validate(args: argparse.Namespace, config: Config, client: Client) ->
     progress = Progress(len(labelled), args.progress)
     items: list[Judged] = []
     errors = 0
+    unlearned: set[str] = set()
     for fold in range(folds):
         with tempfile.TemporaryDirectory(prefix="milterd-scratch-") as scratch:
             fold_config = config.with_changes({"database.url": f"sqlite:///{Path(scratch) / 'model.sqlite'}", "learner.enabled": True})
-            learn_scratch(fold_config, [(kind, ref) for (kind, _, ref), number in zip(labelled, numbers, strict=True) if number != fold])
+            learn_scratch(fold_config, [(kind, ref) for (kind, _, ref), number in zip(labelled, numbers, strict=True) if number != fold], unlearned)
             services = offline_services(fold_config)
             pipeline = Pipeline(services, keep_log=False)
             try:
@@ -195,7 +210,7 @@ def offline_config(config: Config) -> Config:
     """The configuration for an offline check: the classifier reads the live
     model, but off where reading it would create the store (an SQLite file that
     does not exist: there is no model to read), and never auto-learns.  Greylisting stays configured;
-    :func:`offline_services` leaves its check out."""
+    :func:`offline_services` leaves its check out.  StoreError when the URL cannot be used at all."""
     if config.learner.enabled and not model_may_exist(config.database.url):
         config = config.with_changes({"learner.enabled": False})
     if config.learner.autolearn_spam is not False or config.learner.autolearn_ham is not False:

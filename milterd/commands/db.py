@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from ..config import load_config
-from ..store import Store, StoreError, newer_schema
-from ..text import redact, redact_url
+from ..store import Store, StoreError, driver_reason, newer_schema
+from ..text import redact_url
 from . import config_parent
 
 
@@ -39,7 +39,6 @@ def run_db(args: argparse.Namespace) -> int:
         print(f"milterd: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - a database that does not answer
-        reason = getattr(exc, "orig", None) or exc  # the driver's words, not the SQL
-        print(f"milterd: cannot reach {redact_url(config.database.url)}: {exc.__class__.__name__}: {redact(str(reason), config.database.url)}", file=sys.stderr)
+        print(f"milterd: cannot reach {redact_url(config.database.url)}: {driver_reason(exc, config.database.url)}", file=sys.stderr)
         return 1
     return 0

@@ -134,8 +134,11 @@ def private_client_findings(config_path: str | None) -> list[Finding]:
     if not (options.enabled and options.skip_private):
         return []
     file = sqlite_file(config.database.url)
-    if file is not None and not file.exists():
-        return []  # connecting would create it
+    try:
+        if file is not None and not file.exists():
+            return []  # connecting would create it
+    except OSError:
+        return []  # its name too long: the database finding says why
     if not _dns_list_zones(config):
         return []
     try:

@@ -17,7 +17,7 @@ from .. import greylist as gl
 from ..config import Config, load_config
 from ..store import Store, StoreError
 from ..units import format_duration
-from . import config_parent, count_arg, describe_failure, open_store
+from . import config_parent, count_arg, describe_failure, open_store, text_arg
 
 #: Triplets a ``purge --dry-run`` names one by one; the rest are only counted (in SQL).
 DRY_RUN_SHOWN = 100
@@ -29,9 +29,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     actions = parser.add_subparsers(dest="greylist_command", metavar="ACTION", required=True)
 
     listing = actions.add_parser("list", parents=[config_parent()], help="the stored triplets, most recently seen first")
-    listing.add_argument("--client", metavar="NETWORK", help="only this client network (e.g. 192.0.2.0/24; an address stands for its network)")
-    listing.add_argument("--sender", metavar="ADDR", help="only this sender (normalised as the triplets hold it); '' for the null sender")
-    listing.add_argument("--recipient", metavar="ADDR", help="only this recipient")
+    listing.add_argument("--client", type=text_arg, metavar="NETWORK", help="only this client network (e.g. 192.0.2.0/24; an address stands for its network)")
+    listing.add_argument("--sender", type=text_arg, metavar="ADDR", help="only this sender (normalised as the triplets hold it); '' for the null sender")
+    listing.add_argument("--recipient", type=text_arg, metavar="ADDR", help="only this recipient")
     state = listing.add_mutually_exclusive_group()
     state.add_argument("--passed", dest="passed", action="store_const", const=True, help="only triplets that passed")
     state.add_argument("--waiting", dest="passed", action="store_const", const=False, help="only triplets still waiting for a retry")
@@ -50,15 +50,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     for name, helptext in (("add", "add a stored entry (every MX host sharing the store sees it)"), ("remove", "remove a stored entry")):
         cmd = wl.add_parser(name, parents=[config_parent()], help=helptext)
         cmd.add_argument("kind", choices=["client", "sender", "recipient"])
-        cmd.add_argument("value", help="client: network, name, .suffix or /regex/; sender/recipient: address, @domain, .domain or /regex/")
+        cmd.add_argument("value", type=text_arg, help="client: network, name, .suffix or /regex/; sender/recipient: address, @domain, .domain or /regex/")
         if name == "add":
-            cmd.add_argument("--comment", default="", help="why (shown by whitelist list)")
+            cmd.add_argument("--comment", type=text_arg, default="", help="why (shown by whitelist list)")
     whitelist.add_argument("--json", action="store_true", help="without an ACTION: as list --json")
     whitelist.set_defaults(func=_guarded(run_whitelist))
 
     purge = actions.add_parser("purge", parents=[config_parent()], help="delete expired triplets and stale clients now")
-    purge.add_argument("--triplet", nargs=3, metavar=("NETWORK", "SENDER", "RECIPIENT"), help="delete this one triplet instead (it is greylisted again)")
-    purge.add_argument("--client", metavar="NETWORK", help="delete every triplet of this client network instead (an address stands for its network)")
+    purge.add_argument("--triplet", nargs=3, type=text_arg, metavar=("NETWORK", "SENDER", "RECIPIENT"), help="delete this one triplet instead (it is greylisted again)")
+    purge.add_argument("--client", type=text_arg, metavar="NETWORK", help="delete every triplet of this client network instead (an address stands for its network)")
     purge.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     purge.set_defaults(func=_guarded(run_purge))
 

@@ -31,6 +31,8 @@ from . import config_parent, describe_failure, open_store
 BATCH = 16
 #: and bytes of messages (but always one message, up to MAX_DIGEST_INPUT bytes of it).
 BATCH_BYTES = 4 * 1024 * 1024
+#: The most tokenizing processes ``--jobs`` asks for (a larger number made ProcessPoolExecutor raise OverflowError).
+MAX_JOBS = 256
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,9 +44,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     label.add_argument("--forget", action="store_const", dest="label", const="forget", help="remove what was learned from the messages")
     label.add_argument("--clear", action="store_const", dest="label", const="clear", help="empty the model: every count and learned message (no PATH)")
     parser.add_argument("paths", nargs="*", metavar="PATH", type=Path, help="message files, mboxes, Maildirs or directories of those")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="tokenize in N processes (default 1)")
+    parser.add_argument("--jobs", type=jobs_arg, default=1, metavar="N", help=f"tokenize in N processes (default 1, at most {MAX_JOBS})")
     parser.add_argument("--json", action="store_true", help="print the summary as a JSON object")
     parser.set_defaults(func=run_learn)
+
+
+def jobs_arg(value: str) -> int:
+    """argparse type of ``--jobs``: a whole number from 1 to MAX_JOBS."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if not 1 <= number <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of processes (1 to {MAX_JOBS})")
+    return number
 
 
 def prepare(raw: bytes, max_size: int) -> tuple[str, list[int]]:
@@ -77,35 +90,40 @@ def _messages(path: Path, errors: Counter[str], failures: list[str]) -> Iterator
         yield ref
 
 
+class UnreadableMessage(Exception):
+    """A message that cannot be learned: ``"<its label>: <why>"``."""
+
+
+def read_message(ref: MessageRef) -> bytes:
+    """What learning reads of *ref*: only what :func:`prepare` reads (the digest's bytes; the tokens'
+    are fewer).  UnreadableMessage when it cannot be read (a FIFO, a file gone) or is no mail message."""
+    try:
+        raw = ref.start(MAX_DIGEST_INPUT)
+    except MemoryError:  # what is read is bounded, but 32 MB may still not fit: this message only
+        raise UnreadableMessage(f"{ref.label}: not enough memory to read it") from None
+    except OSError as exc:
+        raise UnreadableMessage(f"{ref.label}: {exc.strerror or exc}") from None
+    except mailbox.Error as exc:
+        raise UnreadableMessage(f"{ref.label}: {_mailbox_error(exc)}") from None
+    except KeyError:  # a Maildir's message expunged or moved away since the folder was listed
+        raise UnreadableMessage(f"{ref.label}: no longer there") from None
+    if not looks_like_message(raw[:512]):
+        # A file named on the command line is read whatever it holds: an empty or compressed
+        # one would be counted as a message of no (or of random) words.
+        raise UnreadableMessage(f"{ref.label}: not a mail message (no header line at its start; compressed?)")
+    return raw
+
+
 def _batches(paths: Iterable[Path], errors: Counter[str], failures: list[str]) -> Iterator[list[bytes]]:
     batch: list[bytes] = []
     size = 0
     for path in paths:
         for ref in _messages(path, errors, failures):
             try:
-                # Only what prepare reads is read (the digest's bytes; the tokens' are fewer).
-                raw = ref.start(MAX_DIGEST_INPUT)
-            except MemoryError:  # what is read is bounded, but 32 MB may still not fit: this message only
+                raw = read_message(ref)
+            except UnreadableMessage as exc:
                 errors["unreadable"] += 1
-                failures.append(f"{ref.label}: not enough memory to read it")
-                continue
-            except OSError as exc:
-                errors["unreadable"] += 1
-                failures.append(f"{ref.label}: {exc.strerror or exc}")
-                continue
-            except mailbox.Error as exc:
-                errors["unreadable"] += 1
-                failures.append(f"{ref.label}: {_mailbox_error(exc)}")
-                continue
-            except KeyError:  # a Maildir's message expunged or moved away since the folder was listed
-                errors["unreadable"] += 1
-                failures.append(f"{ref.label}: no longer there")
-                continue
-            if not looks_like_message(raw[:512]):
-                # A file named on the command line is read whatever it holds: an empty or compressed
-                # one would be counted as a message of no (or of random) words.
-                errors["unreadable"] += 1
-                failures.append(f"{ref.label}: not a mail message (no header line at its start; compressed?)")
+                failures.append(str(exc))
                 continue
             batch.append(raw)
             size += len(batch[-1])

@@ -15,7 +15,7 @@ from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, cla
 from ..store import StoreError, utcnow
 from ..text import escape
 from ..units import ago, parse_duration
-from . import config_parent, count_arg, open_store, since_arg
+from . import config_parent, count_arg, open_store, since_arg, text_arg
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,9 +25,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     listing = actions.add_parser("list", parents=[config_parent()], help="quarantined messages, newest first")
     listing.add_argument("--since", type=since_arg, metavar="AGE", help="only messages newer than AGE (24h, 7d) or an ISO date")
-    listing.add_argument("--sender", metavar="ADDR", help="only this envelope sender")
-    listing.add_argument("--recipient", metavar="ADDR", help="only messages to this recipient")
-    listing.add_argument("--reason", metavar="TEXT", help="only reasons containing TEXT")
+    listing.add_argument("--sender", type=text_arg, metavar="ADDR", help="only this envelope sender")
+    listing.add_argument("--recipient", type=text_arg, metavar="ADDR", help="only messages to this recipient")
+    listing.add_argument("--reason", type=text_arg, metavar="TEXT", help="only reasons containing TEXT")
     listing.add_argument("--limit", type=count_arg, default=0, metavar="N", help="at most N messages (default: all)")
     listing.add_argument("--json", action="store_true", help="a JSON array, one object per message")
     listing.set_defaults(func=_run(run_list))
@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     release.add_argument("--force", action="store_true", help="release again a message already released")
     release.add_argument("--ham", action="store_true", help="a false positive: mark it in the log and teach milterd's classifier (and spamd, when enabled) it is ham")
     release.add_argument("--smtp", action="store_true", help="for held mail: re-inject the stored copy instead of 'postsuper -H'")
-    release.add_argument("--by", metavar="WHO", help="who releases (default: your login at this host; through sudo, the user who ran sudo)")
+    release.add_argument("--by", type=text_arg, metavar="WHO", help="who releases (default: your login at this host; through sudo, the user who ran sudo)")
     release.set_defaults(func=_run(run_release))
 
     confirm = actions.add_parser("confirm", parents=[config_parent()], help="confirm messages as spam: milterd's classifier (and spamd, when enabled) learns them")
@@ -94,6 +94,7 @@ _NOT_IN_ADDRESS = re.compile(r"[\s,;<>()\"\x00-\x1f\x7f]")
 
 def _address(value: str) -> str:
     """argparse type of ``--to``: one bare address, ``user@domain``, sent and recorded as given."""
+    text_arg(value)
     if "@" not in value.strip("@") or _NOT_IN_ADDRESS.search(value):
         raise argparse.ArgumentTypeError(f"{escape(value)!s}: expected one bare address such as user@example.org")
     return value

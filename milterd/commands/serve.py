@@ -9,6 +9,7 @@ import stat
 import sys
 
 from ..milter.supervisor import serve
+from ..text import escape
 from . import config_parent
 
 
@@ -90,14 +91,37 @@ def write_pid_file(path: str, pid: int) -> None:
         handle.write(f"{pid}\n")
 
 
+#: Bytes of a pid file read at most: a pid is a few digits and a newline.
+PID_FILE_BYTES = 64
+#: The largest pid (a pid_t; Linux's pid_max is at most 2**22).
+MAX_PID = 2**31 - 1
+
+
+def read_pid_file(path: str) -> int:
+    """The pid *path* holds: OSError when it cannot be read, ValueError (one line) when it is not a
+    regular file or holds no pid.  At most PID_FILE_BYTES are read, never waiting on a FIFO."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = os.read(fd, PID_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    text = data.strip()
+    # 0 and negative numbers are refused too: kill() would signal a process group, or every process.
+    if len(data) > PID_FILE_BYTES or not text.isdigit() or not 0 < int(text) <= MAX_PID:
+        raise ValueError("it holds no pid")
+    return int(text)
+
+
 def run_reload(args: argparse.Namespace) -> int:
     """Send SIGHUP to the supervisor named by the pid file."""
     try:
-        with open(args.pid_file) as handle:
-            pid = int(handle.read().strip())
+        pid = read_pid_file(args.pid_file)
         os.kill(pid, signal.SIGHUP)
     except (OSError, ValueError) as exc:
-        print(f"milterd: cannot signal the daemon from {args.pid_file}: {exc}", file=sys.stderr)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"milterd: cannot signal the daemon from {escape(args.pid_file)}: {reason}", file=sys.stderr)
         return 1
     print(f"milterd: reload requested (pid {pid}); the daemon's log says whether the new configuration was accepted")
     return 0

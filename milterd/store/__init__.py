@@ -286,6 +286,20 @@ def _lock_for_upgrade(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def unusable_database(url: str, reason: object) -> StoreError:
+    """The StoreError of a ``[database] url`` that cannot be used at all (it does not parse, its SQLite
+    file's name is too long): the URL named, its password hidden."""
+    return StoreError(redact(f"cannot use database {redact_url(url)!r}: {reason}", url))
+
+
+def driver_reason(exc: Exception, url: str) -> str:
+    """``<class>: <message>`` of a database error on one line, *url*'s password hidden: the driver's
+    own words, their lines joined, never the SQL nor the link SQLAlchemy adds on lines of their own."""
+    cause = getattr(exc, "orig", None)
+    words = str(cause) if cause is not None else str(exc).split("\n", 1)[0]
+    return f"{exc.__class__.__name__}: {redact(' '.join(line.strip() for line in words.splitlines() if line.strip()), url)}"
+
+
 def newer_schema(current: str, head: str) -> str:
     """Why a database at *current*, a version this milterd (newest: *head*) does not know, is refused."""
     return (f"the database schema is at {current}, which this milterd does not know (its newest is {head}): "
@@ -299,7 +313,7 @@ class Store:
         try:
             self.engine = make_engine(section.url, section.busy_timeout, section.pool_size)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
-            raise StoreError(redact(f"cannot use database {redact_url(section.url)!r}: {exc}", section.url)) from exc
+            raise unusable_database(section.url, exc) from exc
         # SQLite's log row goes through the DBAPI cursor (log_message); other databases through SQLAlchemy.
         self._log_insert = _LogInsert(self.engine) if self.engine.dialect.driver == "pysqlite" else None
         # Pooled connections the log row keeps checked out between rows (at most KEPT_LOG_CONNECTIONS):
@@ -332,10 +346,10 @@ class Store:
                 self._refuse_unknown(MigrationContext.configure(connection).get_current_revision())
                 command.upgrade(self._alembic_config(connection), "head")
             return self.schema_version() or ""
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot upgrade the schema: {exc}") from exc
-        except AlembicCommandError as exc:  # alembic refusing the migration: its own words, never a traceback
-            raise StoreError(f"cannot upgrade the schema: {exc}") from exc
+        except (SQLAlchemyError, AlembicCommandError) as exc:  # the database or alembic refusing: their words on one line, never a traceback
+            raise StoreError(f"cannot upgrade the schema of {redact_url(self.section.url)}: {driver_reason(exc, self.section.url)}") from exc
+        except OSError as exc:  # the SQLite file cannot be made (its name too long): engine.make_engine creates it on connecting
+            raise unusable_database(self.section.url, exc.strerror or exc) from exc
 
     def schema_version(self) -> str | None:
         """The schema version in the database, or None where there is no schema.
@@ -353,7 +367,7 @@ class Store:
         try:
             return self.schema_version() is not None
         except SQLAlchemyError as exc:
-            raise StoreError(f"the database does not answer: {exc}") from exc
+            raise StoreError(f"the database does not answer: {driver_reason(exc, self.section.url)}") from exc
 
     def head_version(self) -> str:
         """The newest schema version this milterd knows (read from its migrations, without connecting)."""
@@ -369,7 +383,10 @@ class Store:
 
     def _missing_sqlite_file(self) -> bool:
         file = sqlite_file(self.engine.url)
-        return file is not None and not file.exists()
+        try:
+            return file is not None and not file.exists()
+        except OSError as exc:  # its name too long, a directory on its way unreadable: SQLite could not open it either
+            raise unusable_database(self.section.url, exc.strerror or exc) from exc
 
     def ensure_schema(self, auto_upgrade: bool) -> None:
         """Upgrade (when allowed) or check that the schema is current; StoreError otherwise."""
@@ -379,7 +396,7 @@ class Store:
                 return
             current, head = self.schema_version(), self.head_version()
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot reach the database: {exc}") from exc
+            raise StoreError(f"cannot reach the database {redact_url(self.section.url)}: {driver_reason(exc, self.section.url)}") from exc
         if current != head:
             self._refuse_unknown(current)
             raise StoreError(f"the database schema is at {current or 'nothing'}, this milterd needs {head}: run 'milterd db upgrade'")
@@ -393,8 +410,7 @@ class Store:
         try:
             current = self.schema_version()
         except SQLAlchemyError as exc:
-            reason = redact(str(getattr(exc, "orig", None) or exc), self.section.url)
-            raise StoreError(f"cannot reach the database {url}: {exc.__class__.__name__}: {reason}") from exc
+            raise StoreError(f"cannot reach the database {url}: {driver_reason(exc, self.section.url)}") from exc
         if current is None:
             raise NoSchemaError(f"the database {url} has no schema yet: run `milterd db upgrade`")
 
@@ -608,4 +624,4 @@ class Store:
             with self.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
         except SQLAlchemyError as exc:
-            raise StoreError(f"the database does not answer: {exc}") from exc
+            raise StoreError(f"the database does not answer: {driver_reason(exc, self.section.url)}") from exc

@@ -56,10 +56,12 @@ from typing import Any, Iterable, Literal, Sequence
 from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, and_, bindparam, case, delete, func, make_url, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.types import BigInteger
 
 from ..clock import as_utc, utcnow
 from ..learner.classifier import Counts
+from . import unusable_database
 from .errors import guarded
 from .schema import metadata
 from .upsert import deletable, dialect_insert, lock_tables
@@ -142,12 +144,19 @@ _DROPPED = select(totals_table.c.spam, totals_table.c.ham).where(totals_table.c.
 
 def model_may_exist(url: str) -> bool:
     """Whether a classifier model can be read at *url* without creating anything:
-    False for an SQLite file that does not exist (opening it would create it)."""
-    parsed = make_url(url)
+    False for an SQLite file that does not exist (opening it would create it).
+    StoreError, as opening the store says it, for a URL that does not parse or a file that cannot be looked at."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:  # ValueError: int() of a port ("postgresql://[::1/db")
+        raise unusable_database(url, exc) from exc
     if parsed.get_backend_name() != "sqlite":
         return True
     database = parsed.database or ""
-    return database not in ("", ":memory:") and Path(database).exists()
+    try:
+        return database not in ("", ":memory:") and Path(database).exists()
+    except OSError as exc:  # its name too long
+        raise unusable_database(url, exc.strerror or exc) from exc
 
 
 def day_number(when: dt.datetime) -> int:
