@@ -65,15 +65,6 @@ ERROR_SUFFIXES = ("_ERROR", "_TEMPFAIL", "_TEMPERROR")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
-def preload(listen: str) -> None:
-    """Import the metrics page's modules now, when *listen* is set: serve calls it before dropping its
-    privileges, since the page is started after the drop, and an interpreter the service account cannot
-    read (under /root) made that import a ModuleNotFoundError traceback (prometheus_client needs gzip)."""
-    if listen:
-        import prometheus_client.exposition  # noqa: F401 - loaded for later, as root
-        import prometheus_client.multiprocess  # noqa: F401
-
-
 def start(listen: str) -> tuple[str, int] | None:
     """In the supervisor, before forking: prepare the multiprocess directory and serve *listen*.
 

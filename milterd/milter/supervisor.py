@@ -622,7 +622,6 @@ class Supervisor:
                 return 0
             self.spec, self.listen_fd = open_socket(self.config)
             self._socket_file = _file_id(self.spec)
-            metrics.preload(self.config.metrics.listen)  # its modules read while root can (metrics.start is after the drop)
             become_service(self.config, self.services)
         except StoreError as exc:  # before any worker: the supervisor refuses to start
             print(f"milterd: {redact(str(exc), self.config.database.url)}", file=sys.stderr)
