@@ -44,11 +44,18 @@ IGNORECASE = regex.IGNORECASE
 MAX_EXPANSION = 100_000
 
 _QUANTIFIER = regex.compile(r"\{(\d*)(?:,(\d*))?\}")
+#: An inline flag group that may turn verbose mode on: ``(?x)``, ``(?ix)``, ``(?x:…)``.
+_INLINE_VERBOSE = regex.compile(r"\(\?[a-zA-Z]*x")
 
 
-def expanded_size(pattern: str) -> int:
+def expanded_size(pattern: str, flags: int = 0) -> int:
     """An upper bound of the atoms *pattern* compiles to: each atom 1, a group the sum of its atoms, a
-    counted repeat ``{n}``/``{n,m}`` times its largest count.  Linear in the pattern's length."""
+    counted repeat ``{n}``/``{n,m}`` times its largest count.  Linear in the pattern's length.
+
+    Comments are skipped as the compiler skips them, ``(?#…)`` and, where the pattern may be verbose
+    (``(?x)``), ``#`` to the line's end: read as text, a "[" in one made a set of what followed and
+    hid a repeat behind it.  A set ends at a line end as well (no set spans one in a real rule)."""
+    verbose = bool(flags & regex.VERBOSE) or _INLINE_VERBOSE.search(pattern) is not None
     frames: list[list[int]] = [[0, 0]]  # per open group: [its atoms so far, the weight of its last atom]
     at, end = 0, len(pattern)
     while at < end:
@@ -60,9 +67,15 @@ def expanded_size(pattern: str) -> int:
         if char == "[":
             close = at + 1 + (pattern[at + 1:at + 2] == "^")
             close += pattern[close:close + 1] == "]"  # a "]" first in a set is itself
-            while close < end and pattern[close] != "]":
+            while close < end and pattern[close] not in "]\n":
                 close += 2 if pattern[close] == "\\" else 1
             frame[0], frame[1], at = frame[0] + 1, 1, close + 1
+            continue
+        if pattern.startswith("(?#", at):
+            at = pattern.find(")", at) + 1 or end
+            continue
+        if char == "#" and verbose:
+            at = pattern.find("\n", at) + 1 or end
             continue
         if char == "(":
             frames.append([0, 0])
@@ -114,7 +127,7 @@ class AdminPattern:
     def __init__(self, pattern: str, flags: int = 0) -> None:
         """Compile *pattern* (one of :data:`PatternError` when it is not a valid expression)."""
         self.pattern = pattern
-        if expanded_size(pattern) > MAX_EXPANSION + len(pattern):  # a long pattern without repeats is compiled as before
+        if expanded_size(pattern, flags) > MAX_EXPANSION + len(pattern):  # a long pattern without repeats is compiled as before
             raise ValueError(f"its counted repeats expand to more than {MAX_EXPANSION:,} items: too large to compile")
         self._compiled = regex.compile(pattern, flags | regex.VERSION0)
 
