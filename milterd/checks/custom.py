@@ -273,13 +273,13 @@ class CustomRules(Check):
         values: dict[str, list[str]] = {}
         for name, raw in envelope.headers:
             values.setdefault(name.lower(), []).append(_decoded(raw))
-        budget = SearchBudget()
         for rule in self.header_rules:
             assert rule.regex is not None
+            budget = SearchBudget(rule.name)
             for value in values.get(rule.header, ()):
                 left = budget.left()
                 if not left:
-                    return
+                    break
                 match = rule.regex.search(value, left)
                 if match:
                     yield Hit(rule.name, detail=match.group(0)[:80])
@@ -301,21 +301,18 @@ class CustomRules(Check):
             return []
         hits: list[Hit] = []
         text = _visible(found.text, self.max_text) if self.body_rules else ""
-        budget = SearchBudget()
         for rule in self.body_rules:
             assert rule.regex is not None
-            left = budget.left()
-            if not left:
-                return hits
-            match = rule.regex.search(text, left)
+            match = rule.regex.search(text)
             if match:
                 hits.append(Hit(rule.name, detail=match.group(0)[:80]))
         for rule in self.uri_rules:
             assert rule.regex is not None
+            budget = SearchBudget(rule.name)
             for uri in found.uris:
                 left = budget.left()
                 if not left:
-                    return hits
+                    break
                 if rule.regex.search(uri, left):
                     hits.append(Hit(rule.name, detail=uri[:120]))
                     break
