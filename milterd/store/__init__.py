@@ -23,7 +23,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError as AlembicCommandError
 from sqlalchemy import JSON, Engine, case, func, insert, inspect, select, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from ..clock import as_utc as as_utc  # re-exported
@@ -288,7 +288,11 @@ def _lock_for_upgrade(connection: Connection) -> None:
 
 def unusable_database(url: str, reason: object) -> StoreError:
     """The StoreError of a ``[database] url`` that cannot be used at all (it does not parse, its SQLite
-    file's name is too long): the URL named, its password hidden."""
+    file's name is too long): the URL named, its password hidden.  A URL that does not parse is said so
+    in our words: the parser's quote the part it could not read, which may be the rest of a password
+    holding an "@" or a ":" (``invalid literal for int(): 'w0rd@127.0.0.1'``)."""
+    if isinstance(reason, (ArgumentError, ValueError)):
+        reason = "the URL does not parse (percent-encode an @, : or / in the password)"
     return StoreError(redact(f"cannot use database {redact_url(url)!r}: {reason}", url))
 
 

@@ -256,3 +256,16 @@ def test_db_upgrade_hides_the_password_the_driver_quotes(tmp_path: Path, capsys:
     err = _one_line(capsys.readouterr().err)
     assert err == ('milterd: cannot upgrade the schema of postgresql://milterd:***@db.example.org/milterd: '
                    'OperationalError: password "***" refused HINT: ask the DBA\n')
+
+
+def test_a_url_that_does_not_parse_quotes_no_part_of_the_password(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A raw "@" and ":" in the password: the parser's error quoted its rest ('w0rdXYZ@127.0.0.1', third review).
+    path = _conf(tmp_path, url="postgresql://admin:S3cret@Pass:w0rdXYZ@127.0.0.1/db")
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(message())
+    capsys.readouterr()
+    assert main(["check", "-c", str(path), str(eml)]) == 2
+    assert main(["db", "upgrade", "-c", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "w0rd" not in err and "S3cret" not in err and "Pass" not in err, err
+    assert err.count("the URL does not parse (percent-encode an @, : or / in the password)") == 2, err
