@@ -64,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--spam", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="mass check: folders or mboxes of spam")
     parser.add_argument("--train-ham", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="mass check with a scratch classifier model learned from these ham folders first (the live store is never touched)")
     parser.add_argument("--train-spam", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="the same, spam folders to learn into the scratch model")
-    parser.add_argument("--cross-validate", type=int, default=0, metavar="K", help="mass check in K folds: each fold of --ham/--spam is judged by a scratch classifier model learned from the other folds (the live store is never touched)")
+    parser.add_argument("--cross-validate", type=folds_arg, default=0, metavar="K", help="mass check in K folds: each fold of --ham/--spam is judged by a scratch classifier model learned from the other folds (the live store is never touched)")
     parser.add_argument("--progress", choices=["auto", "always", "never"], default="auto", help="progress bar on stderr (auto: on a terminal, from 20 messages)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.set_defaults(func=run_check)
@@ -91,8 +91,8 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"milterd: {exc}", file=sys.stderr)
         return 2
     if args.cross_validate:
-        if args.cross_validate < 2 or not (args.ham and args.spam) or args.train_ham or args.train_spam:
-            print("milterd: check: --cross-validate K needs K >= 2 and --ham and --spam folders (and no --train-ham/--train-spam)", file=sys.stderr)
+        if not (args.ham and args.spam) or args.train_ham or args.train_spam:
+            print("milterd: check: --cross-validate K needs --ham and --spam folders (and no --train-ham/--train-spam)", file=sys.stderr)
             return 2
         return _cross_validate(args, config, Client(args.client_ip, args.client_name, args.helo, args.sender, list(args.recipients), args.auth_user))
     if args.train_ham or args.train_spam:
@@ -168,6 +168,21 @@ def fold_numbers(kinds: list[str], folds: int) -> list[int]:
     return numbers
 
 
+#: The most folds ``--cross-validate`` takes.
+MAX_FOLDS = 100
+
+
+def folds_arg(value: str) -> int:
+    """argparse type of ``--cross-validate``: a whole number of folds, 2 to MAX_FOLDS."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if not 2 <= number <= MAX_FOLDS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of folds (2 to {MAX_FOLDS})")
+    return number
+
+
 def _cross_validate(args: argparse.Namespace, config: Config, client: Client) -> int:
     """Mass check in K folds, each judged by a scratch model learned from the others."""
     labelled = _labelled(args)
@@ -175,6 +190,10 @@ def _cross_validate(args: argparse.Namespace, config: Config, client: Client) ->
         print("milterd: check: no message found", file=sys.stderr)
         return 1
     folds = args.cross_validate
+    if folds > len(labelled):
+        # Each fold builds a scratch store and a pipeline: K past the messages ran empty folds (without end for a huge K).
+        print(f"milterd: check: --cross-validate {folds}: more folds than the {len(labelled)} messages found", file=sys.stderr)
+        return 2
     numbers = fold_numbers([kind for kind, _, _ in labelled], folds)
     progress = Progress(len(labelled), args.progress)
     items: list[Judged] = []

@@ -396,7 +396,14 @@ def test_check_cross_validates_in_k_folds(tmp_path: Path, capsys: pytest.Capture
     assert report["overall"]["spam"]["messages"] == 9 and report["overall"]["spam"]["flagged"] == 9
     assert report["overall"]["ham"]["messages"] == 9 and report["overall"]["ham"]["flagged"] == 0
     assert fold_numbers(["ham", "spam", "ham", "ham", "spam"], 2) == [0, 0, 1, 0, 1]
-    assert main(["check", "-c", str(conf), "--cross-validate", "1", "--ham", str(tmp_path / "ham"), "--spam", str(tmp_path / "spam")]) == 2
+    with pytest.raises(SystemExit) as refused:  # argparse: 2 to 100 folds
+        main(["check", "-c", str(conf), "--cross-validate", "1", "--ham", str(tmp_path / "ham"), "--spam", str(tmp_path / "spam")])
+    assert refused.value.code == 2
+    # More folds than messages ran empty folds, each a scratch store (a huge K never ended: third review).
+    assert main(["check", "-c", str(conf), "--cross-validate", "19", "--ham", str(tmp_path / "ham"), "--spam", str(tmp_path / "spam")]) == 2
+    assert "more folds than the 18 messages found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["check", "-c", str(conf), "--cross-validate", "99999999999999999999", "--ham", str(tmp_path / "ham"), "--spam", str(tmp_path / "spam")])
 
 
 def test_refit_keeps_ham_within_the_bound_and_scores_monotone() -> None:
