@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+from typing import Callable
 
 from ..config import Config
 from ..store import Store, StoreError
@@ -62,6 +63,22 @@ def count_arg(value: str) -> int:
     if number > MAX_COUNT:
         raise argparse.ArgumentTypeError(f"{value!r} is too large (at most {MAX_COUNT}; 0 means all)")
     return number
+
+
+def whole_number_arg(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type of a whole number from *low* to *high*, refused as not being *what* (a beyond-range
+    number reached SQL or the process pool and raised OverflowError: a traceback)."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what} (a whole number)") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what} ({low} to {high})")
+        return number
+
+    return parse
 
 
 def text_arg(value: str) -> str:

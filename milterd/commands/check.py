@@ -35,7 +35,7 @@ from ..store import Store, StoreError
 from ..store.learner import LearnerStore, model_may_exist
 from ..text import escape
 from ..tuning import Judged, configured_thresholds, forced_action, mass_report, symbol_table
-from . import config_parent
+from . import config_parent, whole_number_arg
 from .learn import UnreadableMessage, prepare, read_message
 
 #: Exit status of a run whose most severe action is this one.
@@ -172,15 +172,8 @@ def fold_numbers(kinds: list[str], folds: int) -> list[int]:
 MAX_FOLDS = 100
 
 
-def folds_arg(value: str) -> int:
-    """argparse type of ``--cross-validate``: a whole number of folds, 2 to MAX_FOLDS."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if not 2 <= number <= MAX_FOLDS:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of folds (2 to {MAX_FOLDS})")
-    return number
+#: argparse type of ``--cross-validate``.
+folds_arg = whole_number_arg(2, MAX_FOLDS, "a number of folds")
 
 
 def _cross_validate(args: argparse.Namespace, config: Config, client: Client) -> int:

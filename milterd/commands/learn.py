@@ -25,7 +25,7 @@ from ..learner.tokenizer import MAX_DIGEST_INPUT, hashed_tokens, message_digest
 from ..milter.offline import MessageRef, looks_like_message, sources
 from ..store.errors import StoreError
 from ..store.learner import LearnerStore
-from . import config_parent, describe_failure, open_store
+from . import config_parent, describe_failure, open_store, whole_number_arg
 
 #: Messages handed to a tokenizing process at once at most,
 BATCH = 16
@@ -49,15 +49,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.set_defaults(func=run_learn)
 
 
-def jobs_arg(value: str) -> int:
-    """argparse type of ``--jobs``: a whole number from 1 to MAX_JOBS."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if not 1 <= number <= MAX_JOBS:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of processes (1 to {MAX_JOBS})")
-    return number
+#: argparse type of ``--jobs`` (a huge number made the process pool raise OverflowError).
+jobs_arg = whole_number_arg(1, MAX_JOBS, "a number of processes")
 
 
 def prepare(raw: bytes, max_size: int) -> tuple[str, list[int]]:

@@ -15,7 +15,7 @@ from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, cla
 from ..store import StoreError, utcnow
 from ..text import escape
 from ..units import ago, parse_duration
-from . import config_parent, count_arg, open_store, since_arg, text_arg
+from . import config_parent, count_arg, open_store, since_arg, text_arg, whole_number_arg
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,15 +76,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 MAX_ID = 2**63 - 1
 
 
-def _row_id(value: str) -> int:
-    """argparse type of a quarantine id: a whole number from 1 to MAX_ID (a larger one made SQLite raise OverflowError)."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a quarantine id (a whole number)") from None
-    if not 1 <= number <= MAX_ID:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a quarantine id (1 to {MAX_ID})")
-    return number
+#: argparse type of a quarantine id (a larger one made SQLite raise OverflowError).
+_row_id = whole_number_arg(1, MAX_ID, "a quarantine id")
 
 
 #: What a bare address given on the command line may not hold: a second address, a display name or a comment
