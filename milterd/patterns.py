@@ -43,19 +43,27 @@ IGNORECASE = regex.IGNORECASE
 #: programs likewise; a rule's longest counted repeat in practice is a few dozen.
 MAX_EXPANSION = 100_000
 
-_QUANTIFIER = regex.compile(r"\{(\d*)(?:,(\d*))?\}")
-#: An inline flag group that may turn verbose mode on: ``(?x)``, ``(?ix)``, ``(?x:…)``.
-_INLINE_VERBOSE = regex.compile(r"\(\?[a-zA-Z]*x")
+#: A counted repeat: ``{n}``, ``{n,}``, ``{,m}``, ``{n,m}``, blanks allowed among the digits (verbose mode's).
+_QUANTIFIER = regex.compile(r"\{([\d\s]*)(?:,([\d\s]*))?\}")
 
 
-def expanded_size(pattern: str, flags: int = 0) -> int:
+def expanded_size(pattern: str) -> int:
     """An upper bound of the atoms *pattern* compiles to: each atom 1, a group the sum of its atoms, a
     counted repeat ``{n}``/``{n,m}`` times its largest count.  Linear in the pattern's length.
 
-    Comments are skipped as the compiler skips them, ``(?#…)`` and, where the pattern may be verbose
-    (``(?x)``), ``#`` to the line's end: read as text, a "[" in one made a set of what followed and
-    hid a repeat behind it.  A set ends at a line end as well (no set spans one in a real rule)."""
-    verbose = bool(flags & regex.VERBOSE) or _INLINE_VERBOSE.search(pattern) is not None
+    The pattern is read twice, as plain and as verbose (``(?x)``: blanks and ``#`` comments skipped), and
+    the larger count is taken: where the mode is set (a flag, an inline group, a scoped ``(?-x:…)``) is
+    not worked out, so that neither reading's comment or blank can hide a repeat the compiler sees
+    (reviews found a "[" in a comment read as a set, and a blank before "{" read as the repeated atom)."""
+    return max(_expanded_size(pattern, verbose=False), _expanded_size(pattern, verbose=True))
+
+
+def _count(digits: str | None) -> int:
+    text = "".join((digits or "").split())
+    return int(text) if text else 0
+
+
+def _expanded_size(pattern: str, verbose: bool) -> int:
     frames: list[list[int]] = [[0, 0]]  # per open group: [its atoms so far, the weight of its last atom]
     at, end = 0, len(pattern)
     while at < end:
@@ -67,15 +75,18 @@ def expanded_size(pattern: str, flags: int = 0) -> int:
         if char == "[":
             close = at + 1 + (pattern[at + 1:at + 2] == "^")
             close += pattern[close:close + 1] == "]"  # a "]" first in a set is itself
-            while close < end and pattern[close] not in "]\n":
+            while close < end and pattern[close] != "]":
                 close += 2 if pattern[close] == "\\" else 1
             frame[0], frame[1], at = frame[0] + 1, 1, close + 1
             continue
         if pattern.startswith("(?#", at):
             at = pattern.find(")", at) + 1 or end
             continue
-        if char == "#" and verbose:
+        if verbose and char == "#":
             at = pattern.find("\n", at) + 1 or end
+            continue
+        if verbose and char.isspace():
+            at += 1
             continue
         if char == "(":
             frames.append([0, 0])
@@ -83,8 +94,10 @@ def expanded_size(pattern: str, flags: int = 0) -> int:
             inner = max(frames.pop()[0], 1)
             frames[-1][0] += inner
             frames[-1][1] = inner
-        elif char == "{" and (counted := _QUANTIFIER.match(pattern, at)) is not None and (counted[1] or counted[2]):
-            times = max(int(counted[1] or 0), int(counted[2] or 0))
+        elif char == "{" and (counted := _QUANTIFIER.match(pattern, at)) is not None and (counted[1] or counted[2] or "").strip():
+            times = max(_count(counted[1]), _count(counted[2]))
+            if times > MAX_EXPANSION + end:
+                return times  # enough to refuse it (and int() of a thousand digits is not worked out further)
             frame[0] += frame[1] * (times - 1)
             frame[1] *= times
             at = counted.end()
@@ -128,7 +141,7 @@ class AdminPattern:
     def __init__(self, pattern: str, flags: int = 0) -> None:
         """Compile *pattern* (one of :data:`PatternError` when it is not a valid expression)."""
         self.pattern = pattern
-        if expanded_size(pattern, flags) > MAX_EXPANSION + len(pattern):  # a long pattern without repeats is compiled as before
+        if expanded_size(pattern) > MAX_EXPANSION + len(pattern):  # a long pattern without repeats is compiled as before
             raise ValueError(f"its counted repeats expand to more than {MAX_EXPANSION:,} items: too large to compile")
         self._compiled = regex.compile(pattern, flags | regex.VERSION0)
 

@@ -35,7 +35,11 @@ def test_a_greylist_regex_entry_with_v1_is_refused_naming_the_key(tmp_path: Path
 # --- counted repeats the regex package would expand into gigabytes (found by review) -------------
 HUGE = ["x{2147483648}", "x{10000000}", "(?:(?:x{1000}){1000}){1000}", "(ab){60000}",
         # A "[" in a comment read as a set hid the repeat after it (second review).
-        "(?#[)x{3000000}(?#])", "(?x)x#[\n{3000000}", "(?x)(?:x{1000} #[\n){3000}", "(?x)(?:x{1000} #)\n){3000}"]
+        "(?#[)x{3000000}(?#])", "(?x)x#[\n{3000000}", "(?x)(?:x{1000} #[\n){3000}", "(?x)(?:x{1000} #)\n){3000}",
+        # Verbose mode's blanks before "{" and among the digits, an escaped "(?x", a scoped "(?-x:", a set
+        # holding a line end (fourth review).
+        "(?x)(?:(?:(?:x{1000}) {1000}) {1000})", "(?x)x{1 000 000 000}", "\\(?x#x{1000000000}",
+        "(?x)a(?-x:#x{1000000000})", "[\n[]x{1000000000}]", "[\n(?#]x{1000000000}[)]"]
 
 
 @pytest.mark.parametrize("pattern", HUGE)
