@@ -157,7 +157,13 @@ class DatabaseSection(Section):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return _no_nul(value)  # a SQLite URL is a path; no other URL holds a raw NUL either
+        value = _no_nul(value)  # a SQLite URL is a path; no other URL holds a raw NUL either
+        from .store.engine import url_problem  # here: the store's modules import this one
+
+        problem = url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("busy_timeout")
     @classmethod

@@ -21,7 +21,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError as AlembicCommandError
-from sqlalchemy import JSON, Engine, case, func, insert, inspect, select, text
+from sqlalchemy import JSON, Engine, case, func, insert, inspect, make_url, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
@@ -291,7 +291,9 @@ def unusable_database(url: str, reason: object) -> StoreError:
     file's name is too long): the URL named, its password hidden.  A URL that does not parse is said so
     in our words: the parser's quote the part it could not read, which may be the rest of a password
     holding an "@" or a ":" (``invalid literal for int(): 'w0rd@127.0.0.1'``)."""
-    if isinstance(reason, (ArgumentError, ValueError)):
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError):  # only the parser's own errors: a missing driver or a bad option says why
         reason = "the URL does not parse (percent-encode an @, : or / in the password)"
     return StoreError(redact(f"cannot use database {redact_url(url)!r}: {reason}", url))
 

@@ -154,7 +154,7 @@ def model_may_exist(url: str) -> bool:
         return True
     database = parsed.database or ""
     try:
-        return database not in ("", ":memory:") and Path(database).exists()
+        return database not in ("", ":memory:") and Path(database).expanduser().exists()  # "~" as the store reads it
     except OSError as exc:  # its name too long
         raise unusable_database(url, exc.strerror or exc) from exc
 

@@ -269,3 +269,29 @@ def test_a_url_that_does_not_parse_quotes_no_part_of_the_password(tmp_path: Path
     err = capsys.readouterr().err
     assert "w0rd" not in err and "S3cret" not in err and "Pass" not in err, err
     assert err.count("the URL does not parse (percent-encode an @, : or / in the password)") == 2, err
+
+
+def test_a_raw_at_sign_in_the_password_is_refused_at_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # SQLAlchemy read "Passw0rdXYZ@127.0.0.1" as the host, and the driver's errors quoted it (fourth review).
+    path = _conf(tmp_path, url="postgresql://milterd:S3cret@Passw0rdXYZ@127.0.0.1:1/db")
+    capsys.readouterr()
+    assert main(["db", "upgrade", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "[database] url: the password holds an \"@\"" in err and "Passw0rd" not in err and "S3cret" not in err, err
+
+
+def test_a_url_that_parses_keeps_the_drivers_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The old postgres:// scheme: "does not parse (percent-encode …)" sent the admin to a password that was fine.
+    path = _conf(tmp_path, url="postgres://u:secret@127.0.0.1:1/db")
+    capsys.readouterr()
+    assert main(["db", "upgrade", "-c", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "Can't load plugin: sqlalchemy.dialects:postgres" in err and "secret" not in err, err
+
+
+def test_a_model_under_the_home_directory_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from milterd.store.learner import model_may_exist
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "m.sqlite").write_bytes(b"")
+    assert model_may_exist("sqlite:///~/m.sqlite") and not model_may_exist("sqlite:///~/none.sqlite")
