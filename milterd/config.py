@@ -45,6 +45,7 @@ from .options import Section, finite
 from .options import Size as Size
 from .reinject import parse_target
 from .scanners import parse_address
+from .text import password_problem
 
 
 def _threshold(value: object) -> float | bool:
@@ -158,9 +159,7 @@ class DatabaseSection(Section):
     @classmethod
     def _url(cls, value: str) -> str:
         value = _no_nul(value)  # a SQLite URL is a path; no other URL holds a raw NUL either
-        from .store.engine import url_problem  # here: the store's modules import this one
-
-        problem = url_problem(value)
+        problem = password_problem(value)
         if problem:
             raise ValueError(problem)
         return value

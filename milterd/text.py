@@ -106,6 +106,17 @@ def _userinfo_hidden(url: str) -> str:
 _SQLALCHEMY_USERINFO = re.compile(r"^(?P<user>[\w+]+://[^:/]*:)(?P<password>[^@]*)@")
 
 
+def password_problem(url: str) -> str:
+    """Why *url* would expose its password, or "": a raw "@" in it makes SQLAlchemy read the password to
+    that "@" and the rest as part of the host, which the driver's errors quote (no redaction knows that
+    fragment for a password)."""
+    match = _SQLALCHEMY_USERINFO.match(url)
+    if match is None:
+        return ""
+    host = url[match.end():].split("/", 1)[0].split("?", 1)[0]
+    return "the password holds an \"@\": percent-encode it (%40)" if "@" in host else ""
+
+
 def _written_passwords(url: str) -> list[str]:
     """The password of *url*'s ``user:PASSWORD@`` as written there (percent-encoded or not), read as SQLAlchemy
     reads it (up to the first "@") and up to the authority's last "@" (``u:p@ss@host``, what was meant); none

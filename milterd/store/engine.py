@@ -139,17 +139,6 @@ def silence_notices(connection: Any) -> None:
     lib.PQsetNoticeReceiver(pgconn.pgconn_ptr, noop, None)
 
 
-def url_problem(url: str) -> str:
-    """Why *url* would expose its password, or "": a raw "@" in the password (or a ":" in the user) makes
-    SQLAlchemy read the rest of it as the host, which the driver's errors then quote.  A URL that does not
-    parse is left to opening the store, which says so."""
-    try:
-        host = make_url(url).host or ""
-    except (ArgumentError, ValueError):
-        return ""
-    return "the password holds an \"@\" (or the user a \":\"): percent-encode them (%40, %3A)" if "@" in host else ""
-
-
 def sqlite_file(url: str | URL) -> Path | None:
     """The file a SQLite URL opens, ``~`` expanded; None for another database, an in-memory one,
     a ``uri=true`` one, or a URL that does not parse (opening the store says why, without a traceback)."""
