@@ -72,6 +72,13 @@ def claims(value: str, authserv_id: str) -> bool:
     return authserv_id_of(value).rstrip(".") == authserv_id.lower().rstrip(".")
 
 
+def claiming_field(field: bytes, authserv_id: str) -> bool:
+    """Whether the raw header *field* (``Name: value``, folded or not) is an Authentication-Results
+    claiming *authserv_id* (blanks before the colon allowed, as mail clients read the name)."""
+    name, colon, value = field.partition(b":")
+    return bool(colon) and name.rstrip(b" \t").lower() == b"authentication-results" and claims(value.decode("utf-8", "replace"), authserv_id)
+
+
 def forged_indexes(headers: list[tuple[str, bytes]], authserv_id: str) -> list[int]:
     """1-based indexes (among Authentication-Results headers) of those claiming *authserv_id*, highest first."""
     found: list[int] = []
@@ -127,13 +134,7 @@ def _unclaimed(section: bytes, authserv_id: str) -> bytes:
             fields[-1].append(line)
         else:
             fields.append([line])
-    kept = []
-    for lines in fields:
-        name, colon, value = b"".join(lines).partition(b":")
-        if colon and name.rstrip(b" \t").lower() == b"authentication-results" and claims(value.decode("utf-8", "replace"), authserv_id):
-            continue
-        kept.extend(lines)
-    return b"".join(kept)
+    return b"".join(line for lines in fields if not claiming_field(b"".join(lines), authserv_id) for line in lines)
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9._-]{1,253}")

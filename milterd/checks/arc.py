@@ -28,7 +28,7 @@ import dkim
 from pydantic import Field
 
 from .. import dkimfast
-from ..authresults import authserv_id_of, claims
+from ..authresults import authserv_id_of, claiming_field
 from ..dkimsign import parse_key
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError, Verdict, header_safe
@@ -202,11 +202,7 @@ def message_for_seal(envelope: Envelope, authserv_id: str, results: str, subject
     *subject_edits* leave it (tagged at rewrite_subject), by the same
     :func:`~milterd.checks.dkim.fields_as_delivered` that DKIM signing's header section is made of."""
     kept = [delivered_field("Authentication-Results", results)]
-    for field in fields_as_delivered(envelope, list(subject_edits)):
-        name, colon, value = field.partition(b":")
-        if colon and name.rstrip(b" \t").lower() == b"authentication-results" and claims(value.decode("utf-8", "replace"), authserv_id):
-            continue
-        kept.append(field + b"\r\n")
+    kept += [field + b"\r\n" for field in fields_as_delivered(envelope, list(subject_edits)) if not claiming_field(field, authserv_id)]
     return b"".join(kept) + b"\r\n" + envelope.spool.read()
 
 
