@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
+import regex
+
 from ..config import ConfigError
 from ..content.headertext import decoded, is_field_name
 from ..message.model import Envelope, Hit, Session, SpoolError
@@ -196,6 +198,21 @@ def meta_order(rules: Iterable[Rule], known: Iterable[str], late: Iterable[str] 
     return ordered
 
 
+def _first_match(rule: Rule, texts: Iterable[str]) -> tuple[str, regex.Match[str]] | None:
+    """The first of *texts* (a header's fields, a message's links) *rule* matches, and the match; its
+    searches of them share one :class:`~milterd.patterns.SearchBudget`, past which it matches none."""
+    assert rule.regex is not None
+    budget = SearchBudget(rule.name)
+    for text in texts:
+        left = budget.left()
+        if not left:
+            return None
+        match = rule.regex.search(text, left)
+        if match:
+            return text, match
+    return None
+
+
 #: How many metas may refer one to the next (META_A uses META_B, which uses META_C…).
 MAX_META_CHAIN = 64
 
@@ -274,16 +291,9 @@ class CustomRules(Check):
         for name, raw in envelope.headers:
             values.setdefault(name.lower(), []).append(_decoded(raw))
         for rule in self.header_rules:
-            assert rule.regex is not None
-            budget = SearchBudget(rule.name)
-            for value in values.get(rule.header, ()):
-                left = budget.left()
-                if not left:
-                    break
-                match = rule.regex.search(value, left)
-                if match:
-                    yield Hit(rule.name, detail=match.group(0)[:80])
-                    break
+            found = _first_match(rule, values.get(rule.header, ()))
+            if found:
+                yield Hit(rule.name, detail=found[1].group(0)[:80])
 
     def eom_waits(self, envelope: Envelope) -> bool:
         """Never: it only reads the message's text (the pipeline runs it in its own thread)."""
@@ -307,15 +317,9 @@ class CustomRules(Check):
             if match:
                 hits.append(Hit(rule.name, detail=match.group(0)[:80]))
         for rule in self.uri_rules:
-            assert rule.regex is not None
-            budget = SearchBudget(rule.name)
-            for uri in found.uris:
-                left = budget.left()
-                if not left:
-                    break
-                if rule.regex.search(uri, left):
-                    hits.append(Hit(rule.name, detail=uri[:120]))
-                    break
+            linked = _first_match(rule, found.uris)
+            if linked:
+                hits.append(Hit(rule.name, detail=linked[0][:120]))
         return hits
 
     def on_symbols(self, session: Session, envelope: Envelope, symbols: frozenset[str]) -> Hits:
