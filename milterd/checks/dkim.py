@@ -358,19 +358,18 @@ class Dkim(ConfiguredCheck[DkimChecks]):
             envelope.check_state(STATE)["unverified"] = unverified_domains(envelope.headers, options.max_signatures)
             return [Hit("DKIM_NONE", detail=f"not verified: size {envelope.size} > {options.max_size}")]
         resolver = self.services.resolver
-        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, "eom"), self._from_deadline(envelope))
+        domains = envelope_from_domains(envelope)
+        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, "eom"), self._from_deadline(envelope, domains))
         results = verify_all(envelope.message_bytes(), dnsfunc, options.max_signatures, options.min_key_bits, unsigned_body=options.unsigned_body)
         envelope.check_state(STATE)["result"] = results
-        return hits_for(results, envelope_from_domains(envelope), self.services.config.checks.dmarc.public_suffix_list)
+        return hits_for(results, domains, self.services.config.checks.dmarc.public_suffix_list)
 
-
-    def _from_deadline(self, envelope: Envelope) -> Callable[[str], float | None]:
+    def _from_deadline(self, envelope: Envelope, domains: tuple[str, ...]) -> Callable[[str], float | None]:
         """The deadline of a key lookup for a signing domain aligned with a From domain (relaxed): one of
         that From domain's own, set at the first of them (:data:`FROM_KEYS_STAGE`).  Sharing the stage's, a forger's
         second signature whose domain's DNS never answers used it up: the From domain's key lookup timed
-        out unasked, and its DMARC policy gave way to a temperror."""
+        out unasked, and its DMARC policy gave way to a temperror.  *domains*: the message's From domains."""
         resolver, psl_path = self.services.resolver, self.services.config.checks.dmarc.public_suffix_list
-        domains = envelope_from_domains(envelope)
 
         def deadline(signer: str) -> float | None:
             # One per From domain: with the sender's own domain first in From, its keys spent bank.example's time.
