@@ -50,7 +50,6 @@ import datetime as dt
 import weakref
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, and_, bindparam, case, delete, func, make_url, select, update
@@ -62,6 +61,7 @@ from sqlalchemy.types import BigInteger
 from ..clock import as_utc, utcnow
 from ..learner.classifier import Counts
 from . import unusable_database
+from .engine import sqlite_file
 from .errors import guarded
 from .schema import metadata
 from .upsert import deletable, dialect_insert, lock_tables
@@ -152,9 +152,9 @@ def model_may_exist(url: str) -> bool:
         raise unusable_database(url, exc) from exc
     if parsed.get_backend_name() != "sqlite":
         return True
-    database = parsed.database or ""
+    file = sqlite_file(parsed)  # "~" expanded as the store reads it; None in memory
     try:
-        return database not in ("", ":memory:") and Path(database).expanduser().exists()  # "~" as the store reads it
+        return file is not None and file.exists()
     except OSError as exc:  # its name too long
         raise unusable_database(url, exc.strerror or exc) from exc
 
