@@ -97,7 +97,7 @@ def _expanded_size(pattern: str, verbose: bool) -> int:
         elif char == "{" and (counted := _QUANTIFIER.match(pattern, at)) is not None and (counted[1] or counted[2] or "").strip():
             times = max(_count(counted[1]), _count(counted[2]))
             if times > MAX_EXPANSION + end:
-                return times  # enough to refuse it (and int() of a thousand digits is not worked out further)
+                return times  # enough to refuse it: the rest is not looked at
             frame[0] += frame[1] * (times - 1)
             frame[1] *= times
             at = counted.end()
