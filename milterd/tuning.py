@@ -60,7 +60,7 @@ OVERRIDES: Mapping[str, str] = {"DMARC_ARC_OVERRIDE": "DMARC_FAIL_"}
 #: anything: ``whatif`` keeps such a message at its action rather than lower it past what may be forced.
 MAY_FORCE: frozenset[str] = frozenset({
     clamav.VIRUS, clamav.ERROR, spamd.ERROR, "DMARC_FAIL_REJECT", "DMARC_FAIL_QUARANTINE",
-    attachments.BANNED, attachments.DOUBLE, attachments.MISMATCH, attachments.MACRO, attachments.ENCRYPTED, attachments.LIMIT,
+    attachments.BANNED, attachments.DOUBLE, attachments.MISMATCH, attachments.MACRO, attachments.ENCRYPTED, attachments.LIMIT, attachments.UNREADABLE, attachments.MIME_LIMIT,
     attachments.ERROR, "EOM_TIMEOUT", "CHECK_ERROR",  # 451: a scanner that failed or ran out of time, a spool unread
 })
 #: How far a row's logged score may be from the sum of its logged symbols (each rounded to 3 places, the sum to 2).

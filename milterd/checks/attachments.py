@@ -21,7 +21,7 @@ from pydantic import Field
 
 from ..content.archives import Limits, archive_kind, list_archive, local_failure
 from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
-from ..content.mimeparts import FIELDS_LIMIT_NOTE, PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, Attachment, every_reading
+from ..content.mimeparts import ENCODED_MESSAGE_NOTE, FIELDS_LIMIT_NOTE, NO_BOUNDARY_NOTE, PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, Attachment, every_reading
 from ..content.mimetext import single_text_type
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
@@ -49,14 +49,15 @@ class AttachmentChecks(CheckSwitches):
     mismatch_action: _CategoryAction = Field("score", description="Content whose first bytes contradict the name or declared type (a \"PDF\" that is a Windows executable): ATTACH_TYPE_MISMATCH, with the same choices.")
     macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
     encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
-    limit_action: _CategoryAction = Field("score", description="An archive past the limits below, or unreadable: ATTACH_ARCHIVE_LIMIT, with the same choices.")
+    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into because of a limit a sender can reach on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an encoded message/rfc822 part, a multipart without a boundary. A banned file may be inside (an .exe four zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
+    unreadable_action: _CategoryAction = Field("score", description="An archive or MIME part that could not be read whole (a damaged archive, a 7z or rar without libarchive-c, MIME fields that do not parse, base64 that goes on after its padding); the names read are judged: ATTACH_UNREADABLE, with the same choices.")
     mime_limit_action: _CategoryAction = Field("quarantine", description="A message with a file (a named or non-text part) past its first 500 MIME parts, more than 2,000 parts, more than 1,000 uuencoded files, or a part whose MIME fields pass 16 KB in one field or 64 KB in all (a type or encoding past them is never read): files never judged (a banned one may follow the padding): ATTACH_MIME_LIMIT, with the same choices. Text parts past 500 are followed, so a digest of a few hundred posts is not caught.")
     archives: bool = Field(True, description="Look inside zip archives and TNEF containers (Outlook's winmail.dat), and 7z, rar, cab and tar ones, and gzip, bzip2 and xz files (a tar in one, or the file it holds), when libarchive-c is installed, for the same rules.")
     archive_max_depth: int = Field(3, ge=1, le=20, description="Archives nested deeper than this (an archive in an archive is 2) are not opened.")
     archive_max_members: int = Field(1000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at.")
     archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")
     archive_max_message_size: Size = Field(200 * 1024 * 1024, description="Most bytes decompressed for all the attachments of one message: the archives past it are not looked into (ATTACH_ARCHIVE_LIMIT), so that many small archive bombs in one message cost no more than a few.")
-    archive_process: bool = Field(True, description="List 7z, rar, cab, tar, gzip, bzip2 and xz archives (libarchive: C code reading hostile input) in a short-lived forked child with bounded memory and CPU, so that a crash there is a listing error (ATTACH_ARCHIVE_LIMIT), never a dead worker; costs a few ms per such archive. Zip is read in the worker by Python's own zipfile, but for one zipfile cannot open (cut short, or with more than 64 KB after it), which libarchive lists as the others.")
+    archive_process: bool = Field(True, description="List 7z, rar, cab, tar, gzip, bzip2 and xz archives (libarchive: C code reading hostile input) in a short-lived forked child with bounded memory and CPU, so that a crash there, or a listing past the child's time or memory, is ATTACH_ARCHIVE_LIMIT, never a dead worker; costs a few ms per such archive. Zip is read in the worker by Python's own zipfile, but for one zipfile cannot open (cut short, or with more than 64 KB after it), which libarchive lists as the others.")
     max_attachment_size: Size = Field(64 * 1024 * 1024, description="Attachments are decoded up to this size (to a temporary file past [milter] spool_memory); a larger one is judged by its name and first bytes only.")
 
 
@@ -68,6 +69,7 @@ MISMATCH = "ATTACH_TYPE_MISMATCH"
 MACRO = "ATTACH_OFFICE_MACRO"
 ENCRYPTED = "ATTACH_ENCRYPTED"
 LIMIT = "ATTACH_ARCHIVE_LIMIT"
+UNREADABLE = "ATTACH_UNREADABLE"
 MIME_LIMIT = "ATTACH_MIME_LIMIT"
 ERROR = "ATTACH_ERROR"
 #: The answer when this machine could not decode the attachments (disk, file descriptors, memory).
@@ -81,10 +83,13 @@ _ACTION_OPTION = {
     MACRO: "macro_action",
     ENCRYPTED: "encrypted_action",
     LIMIT: "limit_action",
+    UNREADABLE: "unreadable_action",
     MIME_LIMIT: "mime_limit_action",
 }
-#: The MIME reader's notes of files it never judged (ATTACH_MIME_LIMIT); its other notes are ATTACH_ARCHIVE_LIMIT.
+#: The MIME reader's notes of files it never judged past its part and field bounds (ATTACH_MIME_LIMIT).
 _MIME_LIMIT_NOTES = frozenset({PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, FIELDS_LIMIT_NOTE})
+#: Its notes of parts it does not look into (ATTACH_ARCHIVE_LIMIT); its other notes are ATTACH_UNREADABLE.
+_LIMIT_NOTES = frozenset({NO_BOUNDARY_NOTE, ENCODED_MESSAGE_NOTE})
 #: Extensions of files that open as macro-enabled Office documents.
 _MACRO_EXTENSIONS = frozenset({"docm", "dotm", "xlsm", "xltm", "xlam", "pptm", "potm", "ppam", "ppsm", "sldm"})
 _OLE_MACRO_SCAN = 16 * 1024 * 1024
@@ -213,8 +218,9 @@ def uuencoded_names(chunks: Iterable[bytes]) -> list[str]:
         # Keep the last lines (from a line's start) for a begin line the next chunk completes.
         cut = data.rfind(b"\n", 0, max(len(data) - _ENCODED_FILE_LINE, 0)) + 1
         tail = data[cut:][-2 * _ENCODED_FILE_LINE:]
-    for match in _ENCODED_FILE.finditer(tail + b"\n"):  # a last line without its end
-        names[_text(match.group(1).rstrip())] = None
+    if b"begin " in tail:  # the pattern's either start ends so: not scanned position by position when absent
+        for match in _ENCODED_FILE.finditer(tail + b"\n"):  # a last line without its end
+            names[_text(match.group(1).rstrip())] = None
     names.pop("", None)
     return list(names)[:MAX_ENCODED_FILES + 1]
 
@@ -238,7 +244,8 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         Symbol(MISMATCH, 3.0, "An attachment's content contradicts its name or declared type (a \"PDF\" that is an executable)"),
         Symbol(MACRO, 2.0, "An Office document with VBA macros ([checks.attachments] macro_action)"),
         Symbol(ENCRYPTED, 2.0, "An encrypted archive or member: its names or content cannot all be judged"),
-        Symbol(LIMIT, 1.0, "An archive nested too deep, with too many members, decompressing past the limit, or unreadable, or a part past the MIME field size (its names still read): not fully looked at"),
+        Symbol(LIMIT, 1.0, "Files never looked into for a limit: an archive nested too deep, with too many members or decompressing past the limit, an encoded message/rfc822 part, a multipart without a boundary ([checks.attachments] limit_action)"),
+        Symbol(UNREADABLE, 1.0, "An archive or MIME part that could not be read whole (damaged, a 7z or rar without libarchive-c, base64 after its padding): the names read are judged"),
         Symbol(MIME_LIMIT, 3.0, "A message with a file past its first 500 MIME parts, more than 2,000 parts, more than 1,000 uuencoded files or MIME fields past 16 KB (64 KB a part): the files past them never judged ([checks.attachments] mime_limit_action)"),
         Symbol(ERROR, 0.0, "The message's attachments could not be read (detail: why); judged as having none, or answered 451 when this machine ran short (disk, quota, file descriptors, memory)"),
     )
@@ -322,13 +329,14 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             if macros and entry.path.rsplit("/", 1)[-1].lower() == "vbaproject.bin":
                 found.append(Finding(MACRO, entry.path, "Office document with VBA macros"))
         found += [Finding(ENCRYPTED, path, "encrypted") for path in listing.encrypted]
-        found += [Finding(LIMIT, text.split(": ", 1)[0], text.split(": ", 1)[-1]) for text in listing.limits + listing.errors]
+        found += [Finding(LIMIT, text.split(": ", 1)[0], text.split(": ", 1)[-1]) for text in listing.limits]
+        found += [Finding(UNREADABLE, text.split(": ", 1)[0], text.split(": ", 1)[-1]) for text in listing.errors]
         return found
 
 
 def _skipped(notes: Iterable[str]) -> list[Finding]:
     """The findings of what the MIME reader did not look at: past the part limit, the rest of the message."""
-    return [Finding(MIME_LIMIT if text in _MIME_LIMIT_NOTES else LIMIT, "message", text) for text in dict.fromkeys(notes)]
+    return [Finding(MIME_LIMIT if text in _MIME_LIMIT_NOTES else LIMIT if text in _LIMIT_NOTES else UNREADABLE, "message", text) for text in dict.fromkeys(notes)]
 
 
 def _ole_macros(data: IO[bytes]) -> bool:

@@ -144,7 +144,10 @@ class Listing:
 
     entries: list[Entry] = field(default_factory=list)
     encrypted: list[str] = field(default_factory=list)
+    #: What a limit kept from being looked at (nested too deep, too many members, too much to decompress):
+    #: a sender can build it, so a banned file may be there.
     limits: list[str] = field(default_factory=list)
+    #: What could not be read or listed (a damaged archive, a kind without its library): its names as far as read.
     errors: list[str] = field(default_factory=list)
     #: Bytes decompressed (or decoded) to list it, of ``Limits.max_size``.
     decompressed: int = 0
@@ -213,7 +216,7 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
         elif supported(kind):
             _walk_libarchive_kind(path, data, kind, depth, limits, budget, listing)
         else:
-            listing.limits.append(f"{path}: {kind} archives cannot be listed (libarchive-c is not installed)")
+            listing.errors.append(f"{path}: {kind} archives cannot be listed (libarchive-c is not installed)")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, OSError, RuntimeError) as exc:
         if local_failure(exc):
             raise  # the disk full while a member was copied out: not the archive's doing
@@ -773,12 +776,14 @@ def _walk_in_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Li
             os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         data.seek(0)  # the child moved a real file's shared offset: the caller finds it at the start
+    # A listing cut short by its time, memory or CPU bound, or by libarchive crashing, is a limit: an archive
+    # built for it may open in the recipient's 7-Zip, a banned file and all.
     if not finished:
-        listing.errors.append(f"{path}: unreadable {kind} archive (not listed within {CHILD_TIMEOUT:.0f} s)")
+        listing.limits.append(f"{path}: unreadable {kind} archive (not listed within {CHILD_TIMEOUT:.0f} s)")
         return
     if status != 0:
         how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status) else f"status {os.WEXITSTATUS(status)}"
-        listing.errors.append(f"{path}: unreadable {kind} archive (the listing process ended with {how})")
+        listing.limits.append(f"{path}: unreadable {kind} archive (the listing process ended with {how})")
         return
     try:
         found = json.loads(answer)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from milterd.checks.attachments import BANNED, LIMIT, MAX_ENCODED_FILES, uuencoded_names
+from milterd.checks.attachments import BANNED, LIMIT, MAX_ENCODED_FILES, UNREADABLE, uuencoded_names
 from milterd.config import load_config
 from milterd.content import mimeparts
 from milterd.content.archives import Limits, archive_kind, list_archive
@@ -173,7 +173,7 @@ def test_base64_after_its_padding_is_read_on_as_thunderbird_reads_it(check: obje
     hits = {h.symbol: h for h in check.on_eom(Session(client_addr="192.0.2.7"), envelope_of(raw))}  # type: ignore[attr-defined]
     assert hits[BANNED].detail == "invoice.zip/evil.exe: banned extension .exe" and hits[BANNED].action == Action.REJECT
     # Other clients stop at the padding: the two readings differ, and that is said.
-    assert hits[LIMIT].detail == "message: base64 that goes on after its padding: read on, as Thunderbird does (other clients stop there)"
+    assert hits[UNREADABLE].detail == "message: base64 that goes on after its padding: read on, as Thunderbird does (other clients stop there)"
 
 
 @pytest.mark.parametrize(("encoded", "decoded"), [(b"TQ==\r\nTWE=\r\n", b"MMa"), (b"YWI=QUJD\r\n", b"abABC"), (b"TWFu\r\nTQ==\r\n==\r\n", b"ManM")])

@@ -14,7 +14,7 @@ import pytest
 import tnefparse
 from tnefparse.mapi import IMESSAGE_SIG
 
-from milterd.checks.attachments import BANNED, DOUBLE, LIMIT, MISMATCH
+from milterd.checks.attachments import BANNED, DOUBLE, LIMIT, MISMATCH, UNREADABLE
 from milterd.content.archives import Limits, archive_kind, list_archive
 from milterd.message.model import Action, Hit, Session
 from tests.harness.attachments import attachment_check
@@ -182,24 +182,24 @@ def test_members_depth_and_size_limits_apply() -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_random_bytes_after_the_signature_are_a_limit_finding_quickly(check: object, seed: int) -> None:
+def test_random_bytes_after_the_signature_are_an_unreadable_finding_quickly(check: object, seed: int) -> None:
     hostile = SIGNATURE + random.Random(seed).randbytes(5 * 1024 * 1024)
     started = time.monotonic()
     hits = hits_of(check, message(hostile))
     assert time.monotonic() - started < 5  # decoding 7 MB of base64 included
-    assert hits[LIMIT].detail.startswith("winmail.dat: unreadable tnef archive")
+    assert hits[UNREADABLE].detail.startswith("winmail.dat: unreadable tnef archive")
 
 
-def test_a_truncated_container_is_a_limit_finding_and_what_came_before_is_judged(check: object) -> None:
+def test_a_truncated_container_is_an_unreadable_finding_and_what_came_before_is_judged(check: object) -> None:
     whole = tnef(file_attachment("notes.txt", b"hello"), file_attachment("invoice.exe", PE))
     started = time.monotonic()
     hits = hits_of(check, message(whole[:-60]))  # cut inside the last attachment's MAPI properties
     assert time.monotonic() - started < 2
-    assert hits[LIMIT].detail.startswith("winmail.dat: unreadable tnef archive (cut short")
+    assert hits[UNREADABLE].detail.startswith("winmail.dat: unreadable tnef archive (cut short")
     assert hits[BANNED].detail == "winmail.dat/INVOICE.EXE: banned extension .exe"  # its 8.3 title came before the cut
 
 
-def test_mapi_counts_that_would_loop_for_minutes_are_a_limit_finding_quickly(check: object) -> None:
+def test_mapi_counts_that_would_loop_for_minutes_are_an_unreadable_finding_quickly(check: object) -> None:
     # 16 bytes claiming 50 million values: tnefparse's decode_mapi loops (and allocates) 50 million times.
     bomb = struct.pack("<L2HL", 1, 0x1002, PR_ATTACH_LONG_FILENAME, 50_000_000)
     hostile = tnef(file_attachment("notes.txt", b"hi"), attribute(LVL_ATTACHMENT, ATT_ATTACH_REND_DATA, b"\x00" * 14),
@@ -207,7 +207,7 @@ def test_mapi_counts_that_would_loop_for_minutes_are_a_limit_finding_quickly(che
     started = time.monotonic()
     hits = hits_of(check, message(hostile))
     assert time.monotonic() - started < 2
-    assert hits[LIMIT].detail == "winmail.dat: unreadable tnef archive (an attachment's MAPI properties count more values than they can hold)"
+    assert hits[UNREADABLE].detail == "winmail.dat: unreadable tnef archive (an attachment's MAPI properties count more values than they can hold)"
     assert hits[BANNED].detail == "winmail.dat/EVIL.EXE: banned extension .exe"
 
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator
 
 import pytest
 
-from milterd.checks.attachments import BANNED, LIMIT
+from milterd.checks.attachments import BANNED, UNREADABLE
 from milterd.content import mimeparts, mimetext
 from milterd.content.mimeparts import attachments
 from milterd.message.model import Action, Hit, Session
@@ -129,7 +129,7 @@ def test_the_zip_cut_by_the_other_reading_is_still_said_where_both_readings_are_
     _, body = smuggled(b'--"B" (comment)')
     found = hits(check, message('boundary="B" (comment)', b"B", body))
     assert found[BANNED].detail == "invoice.zip/evil.exe: banned extension .exe"
-    assert LIMIT in found
+    assert UNREADABLE in found
 
 
 def count_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
