@@ -46,7 +46,7 @@ from .scanners.spamd import SpamdClient
 from .store import Store, StoreError, utcnow
 from .store.learner import Label, LearnerStore
 from .store.quarantine import QuarantineStore
-from .text import escape
+from .text import cut, escape
 
 #: Fields of ``quarantine list --json``; scripts rely on these names.
 JSON_FIELDS = (
@@ -290,16 +290,11 @@ DIGEST_RECIPIENTS_WIDTH = 300
 NOTICE_PAGE = 500
 
 
-def _cut(text: str, width: int = DIGEST_FIELD_WIDTH) -> str:
-    """*text* (escaped already) cut to *width* characters, the cut marked by ``…``."""
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def _field(value: object, width: int = DIGEST_FIELD_WIDTH) -> str:
     """A field of the sender's text for a digest: escaped, and at most *width* characters."""
     text = "" if value is None else value if isinstance(value, str) else str(value)
     # Cut first (an escaped character is never shorter), so that a 10 MB field is never escaped whole.
-    return _cut(escape(text[: width + 1]), width)
+    return cut(escape(text[: width + 1]), width)
 
 
 def _recipients_field(recipients: list[str] | None) -> str:

@@ -53,6 +53,16 @@ def escape(value: object, ascii_only: bool = False) -> str:
     return text
 
 
+#: The end of a text cut inside an escape of :func:`escape` (``\\x0``, ``\\u20``, a lone ``\\``).
+_PARTIAL_ESCAPE = re.compile(r"\\(?:x[0-9a-f]?|u[0-9a-f]{0,3})?\Z")
+
+
+def cut(text: str, width: int) -> str:
+    """*text* (escaped already) in *width* characters, the cut marked by ``…``; never half an escape
+    (``\\x…`` would read as a backslash the sender wrote)."""
+    return text if len(text) <= width else _PARTIAL_ESCAPE.sub("", text[: width - 1]) + "…"
+
+
 def redact_url(url: str) -> str:
     """*url* with its passwords replaced by ``***`` (``postgresql://user:***@host/db``, ``…?password=***``).
 

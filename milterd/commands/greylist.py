@@ -16,6 +16,7 @@ from typing import Any, Callable
 from .. import greylist as gl
 from ..config import Config, load_config
 from ..store import Store, StoreError
+from ..text import cut, escape
 from ..units import format_duration
 from . import config_parent, count_arg, describe_failure, open_store, text_arg
 
@@ -102,7 +103,7 @@ def _json_value(value: Any) -> Any:
 
 
 def _dump(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=1, ensure_ascii=False, default=_json_value)
+    json.dump(data, sys.stdout, indent=1, default=_json_value)  # ASCII: a sender's bidi override or C1 character as a \uNNNN escape, as the other --json outputs
     sys.stdout.write("\n")
 
 
@@ -123,7 +124,7 @@ def run_list(args: argparse.Namespace, config: Config, store: Store) -> int:
     print(f"{'client':20} {'sender':30} {'recipient':30} {'state':8} {'first seen':19}  {'expires':19}  tries passes")
     for row in rows:
         print(
-            f"{row['network']:20} {_cut(row['sender'] or '<>', 30):30} {_cut(row['recipient'], 30):30} {row['state']:8} "
+            f"{cut(escape(row['network']), 20):20} {cut(escape(row['sender'] or '<>'), 30):30} {cut(escape(row['recipient']), 30):30} {row['state']:8} "
             f"{row['first_seen']:%Y-%m-%d %H:%M:%S}  {row['expires_at']:%Y-%m-%d %H:%M:%S}  {row['attempts']:5} {row['passes']:6}"
         )
     return 0
@@ -192,7 +193,7 @@ def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
         if args.dry_run:
             rows = store.greylist.list_triplets(network, sender, recipient, limit=DRY_RUN_SHOWN)
             for row in rows:
-                print(f"would delete {row['network']} <{row['sender']}> <{row['recipient']}>")
+                print(f"would delete {escape(row['network'])} <{escape(row['sender'])}> <{escape(row['recipient'])}>")
             total = store.greylist.count_triplets(network, sender, recipient) if len(rows) >= DRY_RUN_SHOWN else len(rows)
             _more(total, len(rows))
             print(f"would delete {total} triplet(s) (dry run: nothing deleted)")
@@ -204,7 +205,7 @@ def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
         now = store.greylist.now()  # the database's clock, as the purge itself
         expired = store.greylist.list_triplets(limit=DRY_RUN_SHOWN, expired=True, now=now)
         for row in expired:
-            print(f"would purge {row['network']} <{row['sender']}> <{row['recipient']}> (expired {row['expires_at']:%Y-%m-%d %H:%M:%S})")
+            print(f"would purge {escape(row['network'])} <{escape(row['sender'])}> <{escape(row['recipient'])}> (expired {row['expires_at']:%Y-%m-%d %H:%M:%S})")
         total = store.greylist.count_triplets(expired=True, now=now) if len(expired) >= DRY_RUN_SHOWN else len(expired)
         _more(total, len(expired))
         print(f"would purge {total} expired triplet(s) and the clients unseen for {format_duration(config.greylist.expire)} (dry run: nothing deleted)")
@@ -218,6 +219,3 @@ def _more(total: int, shown: int) -> None:
     if total > shown:
         print(f"… and {total - shown} more")
 
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"

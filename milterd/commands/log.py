@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import re
 import sys
 from typing import Any, Iterable
 
 from ..config import load_config
-from ..text import escape
+from ..text import cut, escape
 from ..tuning import json_safe
 from . import config_parent, count_arg, describe_failure, open_store, since_arg, text_arg
 
@@ -88,7 +87,7 @@ def print_table(rows: Iterable[dict[str, Any]]) -> None:
         to = escape(",".join(row["recipients"] or []))  # the sender's text: control characters made visible
         print(
             f"{row['time']:%Y-%m-%d %H:%M:%S}  {escape(row['queue_id'] or '-'):12}  {escape(row['action']):15} {row['score']:6.1f}  "
-            f"{_cut(escape(row['sender'] or '<>'), 28):28} {_cut(to, 28):28} {_cut(escape(row['subject']), 40)}"
+            f"{cut(escape(row['sender'] or '<>'), 28):28} {cut(to, 28):28} {cut(escape(row['subject']), 40)}"
         )
         symbols = sorted((row["symbols"] or {}).items(), key=lambda kv: -abs(kv[1]))
         if symbols:
@@ -98,10 +97,4 @@ def print_table(rows: Iterable[dict[str, Any]]) -> None:
 
 
 #: An escape (:func:`milterd.text.escape`) that a cut left unfinished at the end of the text.
-_PARTIAL_ESCAPE = re.compile(r"\\(?:x[0-9a-f]?|u[0-9a-f]{0,3})?\Z")
 
-
-def _cut(text: str, width: int) -> str:
-    """*text* (escaped) in *width* characters, an ellipsis for the rest; never half an escape
-    (``\\x…`` would read as a backslash the sender wrote)."""
-    return text if len(text) <= width else _PARTIAL_ESCAPE.sub("", text[: width - 1]) + "…"

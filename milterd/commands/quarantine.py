@@ -13,7 +13,7 @@ from typing import Any, Callable
 from ..config import load_config
 from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, claim_text, header_section, release_command, release_state
 from ..store import StoreError, utcnow
-from ..text import escape
+from ..text import cut, escape
 from ..units import ago, parse_duration
 from . import config_parent, count_arg, open_store, since_arg, text_arg, whole_number_arg
 
@@ -130,8 +130,8 @@ def run_list(args: argparse.Namespace, quarantine: Quarantine) -> int:
     for row in rows:
         released = _list_state(row)
         print(
-            f"{row['id']:>6}  {row['time']:%Y-%m-%d %H:%M:%S}  {row['score']:6.1f}  {_cut(escape(row['sender'] or '<>'), 28):28} "
-            f"{_cut(escape(','.join(row['recipients'] or [])), 28):28} {released:10} {_cut(escape(row['subject']), 50)}"
+            f"{row['id']:>6}  {row['time']:%Y-%m-%d %H:%M:%S}  {row['score']:6.1f}  {cut(escape(row['sender'] or '<>'), 28):28} "
+            f"{cut(escape(','.join(row['recipients'] or [])), 28):28} {released:10} {cut(escape(row['subject']), 50)}"
         )
         print(f"        {escape(row['reason'])}")
     return 0
@@ -297,6 +297,3 @@ def run_digest(args: argparse.Namespace, quarantine: Quarantine) -> int:
         status = 1 if failed else status
     return status
 
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
