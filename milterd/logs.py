@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import re
 import sys
 import threading
 import time
 from typing import Any, Callable, Hashable
 
 from .store import MessageRecord
-from .text import escape, redact, redact_url, url_password
+from .text import cut, escape, redact, redact_url, url_password
 
 
 class Repeats:
@@ -47,35 +48,68 @@ class Repeats:
             return True
 
 
+#: Most characters of one value of the summary line (an address, a host name), escaped.
+MAX_LOG_FIELD = 256
+#: Most characters of the summary line's reason, escaped.
+MAX_LOG_REASON = 512
+#: Most recipients the summary line names; the others are counted (``(+990 more)``).
+MAX_LOG_RECIPIENTS = 10
+#: What a sender may put in a value (a quoted local part: ``"a b>"@x``) that would read as the line's own
+#: syntax: a space ending a field, ``<>`` and ``"`` delimiting one, ``\\`` starting an escape (escape()
+#: writes the other blanks and control characters as ``\\t``, ``\\xNN``…, and everything not ASCII).
+_DELIMITERS = re.compile(r'[ "<>\\]')
+#: Those of a quoted value (the reason, whose blanks stay).
+_QUOTES = re.compile(r'["\\]')
+
+
 def summary_line(record: MessageRecord) -> str:
     """The summary line of one logged message (without the ``milterd[PID]:`` prefix).
 
     What the client controls (names, addresses, the reason's quoted text) is
-    escaped: one message is always one ASCII line.
+    escaped, the line's own delimiters included (a blank, ``<>``, ``"``), and
+    bounded: one message is always one ASCII line of a few KB at most, whose
+    fields a sender cannot forge (``… to=<"x from=<ceo@bank.example> action=accept"@…>``)
+    nor push past a syslog daemon's line limit (a thousand 2 KB recipients).
     """
     symbols = ",".join(sorted(record.symbols)) or "-"
     queue_id, client_name, client_addr, sender, recipients = record.queue_id, record.client_name, record.client_addr, record.sender, record.recipients
-    # Printable ASCII is a property of each character: the values joined have it when each
-    # has it, and then (nearly every message) nothing is escaped; one test, not one a value.
+    more = ""
+    # Printable ASCII without the delimiters is a property of each character: the values joined have
+    # it when each has it, and then (nearly every message) nothing is escaped; one test, not one a value.
     joined = queue_id + client_name + client_addr + sender + "".join(recipients)
-    if not (joined.isascii() and joined.isprintable()):
-        queue_id, client_name, client_addr, sender = _safe(queue_id), _safe(client_name), _safe(client_addr), _safe(sender)
-        recipients = [_safe(r) for r in recipients]
+    if len(recipients) > MAX_LOG_RECIPIENTS or len(joined) > MAX_LOG_FIELD or not (joined.isascii() and joined.isprintable()) or _DELIMITERS.search(joined):
+        if len(recipients) > MAX_LOG_RECIPIENTS:
+            more = f" (+{len(recipients) - MAX_LOG_RECIPIENTS} more)"
+        queue_id, client_name, client_addr, sender = _field(queue_id), _field(client_name), _field(client_addr), _field(sender)
+        recipients = [_field(r) for r in recipients[:MAX_LOG_RECIPIENTS]]
     to = "<" + ">,<".join(recipients) + ">" if recipients else "<>"
     line = (
         f"{queue_id or 'NOQUEUE'}: action={record.action} score={record.score:g} symbols={symbols}"
-        f" client={client_name or 'unknown'}[{client_addr}] from=<{sender}> to={to}"
+        f" client={client_name or 'unknown'}[{client_addr}] from=<{sender}> to={to}{more}"
         f" ms={record.elapsed_ms:g}"
     )
     if record.reason and record.action not in ("accept", "add_header"):
-        line += f" reason=\"{_safe(record.reason)}\""
+        line += f" reason=\"{_field(record.reason, MAX_LOG_REASON, blanks=True)}\""
     return line
+
+
+def _field(value: str, width: int = MAX_LOG_FIELD, blanks: bool = False) -> str:
+    """*value* escaped (ASCII; the line's delimiters too, as ``\\xNN``, but with *blanks* a space) and cut to *width*."""
+    delimiters = _QUOTES if blanks else _DELIMITERS
+    if not (value.isascii() and value.isprintable()) or delimiters.search(value):
+        # The delimiters first, a backslash among them: what escape() then adds is the only backslash left.
+        value = escape(delimiters.sub(_hex, value), ascii_only=True)
+    return cut(value, width, "...")  # ASCII, as the whole line
 
 
 def _safe(value: str) -> str:
     if value.isascii() and value.isprintable():
         return value  # nearly every value: no control character, nothing to escape
     return escape(value, ascii_only=True)
+
+
+def _hex(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
 
 
 class SafeFormatter(logging.Formatter):

@@ -57,10 +57,10 @@ def escape(value: object, ascii_only: bool = False) -> str:
 _PARTIAL_ESCAPE = re.compile(r"\\(?:x[0-9a-f]?|u[0-9a-f]{0,3})?\Z")
 
 
-def cut(text: str, width: int) -> str:
-    """*text* (escaped already) in *width* characters, the cut marked by ``…``; never half an escape
+def cut(text: str, width: int, mark: str = "…") -> str:
+    """*text* (escaped already) in *width* characters, the cut marked by *mark*; never half an escape
     (``\\x…`` would read as a backslash the sender wrote)."""
-    return text if len(text) <= width else _PARTIAL_ESCAPE.sub("", text[: width - 1]) + "…"
+    return text if len(text) <= width else _PARTIAL_ESCAPE.sub("", text[: width - len(mark)]) + mark
 
 
 def redact_url(url: str) -> str:

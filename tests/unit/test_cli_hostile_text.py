@@ -17,7 +17,8 @@ from sqlalchemy import insert
 
 from milterd.cli import main
 from milterd.config import load_config
-from milterd.store import Store, schema, utcnow
+from milterd.logs import summary_line
+from milterd.store import MessageRecord, Store, schema, utcnow
 from milterd.text import cut, escape
 
 HOSTILE_SENDER = "x\x1b[2J\x1b[Hfake\u202e@example.org"
@@ -62,3 +63,25 @@ def test_a_cut_never_leaves_half_an_escape() -> None:
     text = escape("abcdefgh\x1b!")  # abcdefgh\x1b! (13 characters)
     assert [cut(text, width) for width in (9, 10, 11, 12)] == ["abcdefgh…", "abcdefgh…", "abcdefgh…", "abcdefgh…"]
     assert cut(text, 13) == text and cut("short", 10) == "short"
+
+
+# --- the per-message summary line (milterd.logs) --------------------------------------------------
+def test_a_recipient_cannot_forge_the_summary_lines_fields() -> None:
+    # A quoted local part holds blanks, "<>" and '"': it wrote "from=<ceo@bank.example> … action=accept" into the line.
+    forged = '"x> from=<ceo@bank.example> client=mail.bank.example[198.51.100.7] action=accept x"@example.net'
+    record = MessageRecord(action="reject", queue_id="Q1", client_addr="192.0.2.7", sender="a@example.org", recipients=[forged],
+                           reason='Sender <"a" quoted> refused')
+    line = summary_line(record)
+    assert line.count(" from=<") == 1 and line.count(" client=") == 1 and line.count(" action=") == 1
+    assert 'to=<\\x22x\\x3e\\x20from=\\x3cceo@bank.example\\x3e\\x20' in line
+    assert line.endswith(' reason="Sender <\\x22a\\x22 quoted> refused"')
+
+
+def test_the_summary_line_stays_within_a_syslog_line() -> None:
+    # 1,000 recipients of 2 KB (bob+…@, any real bob) made a 2 MB line: lost whole by syslog (EMSGSIZE).
+    record = MessageRecord(action="quarantine", queue_id="Q2", client_addr="192.0.2.7", sender="s" * 3000 + "@example.org",
+                           recipients=[f"bob+{i}{'x' * 2000}@example.net" for i in range(1000)], reason="r" * 5000)
+    line = summary_line(record)
+    assert len(line) < 8192 and line.isascii() and "\n" not in line
+    assert "(+990 more)" in line and line.count("<bob+") == 10
+    assert ' ms=0 reason="' in line  # the verdict's reason is still there, after every field

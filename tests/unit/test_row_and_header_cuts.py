@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import milterd.store as store
-from milterd import authresults
+from milterd import authresults, logs
 from milterd.authresults import _pvalue, _reason, _token, authserv_id_of, forged_indexes
 from milterd.checks.arc import ArcResult
 from milterd.checks.dkim import SignatureResult
@@ -34,7 +34,6 @@ from milterd.checks.spf import Spf
 from milterd.config import Config, DatabaseSection
 from milterd.logs import summary_line
 from milterd.message.model import Action, Envelope, HeaderEdit, Session, Spool, Verdict
-from milterd.text import escape
 
 # --- Authentication-Results --------------------------------------------------
 
@@ -298,23 +297,20 @@ def _statement(tmp_path_factory: pytest.TempPathFactory) -> Any:
 # --- the summary line -------------------------------------------------------------
 
 
-def _old_safe(value: str) -> str:
-    if value.isascii() and value.isprintable():
-        return value
-    return escape(value, ascii_only=True)
-
-
 def _old_summary_line(record: store.MessageRecord) -> str:
-    """milterd.logs.summary_line before the one-test shortcut, line for line."""
+    """milterd.logs.summary_line without the one-test shortcut: each value made safe on its own
+    (logs._field, the bounds and delimiters of the twentieth session's review included)."""
     symbols = ",".join(sorted(record.symbols)) or "-"
-    recipients = ",".join(f"<{_old_safe(r)}>" for r in record.recipients) or "<>"
+    shown = record.recipients[:logs.MAX_LOG_RECIPIENTS]
+    more = f" (+{len(record.recipients) - len(shown)} more)" if len(record.recipients) > len(shown) else ""
+    recipients = ",".join(f"<{logs._field(r)}>" for r in shown) or "<>"  # noqa: SLF001 - the per-value rule is the reference
     line = (
-        f"{_old_safe(record.queue_id) or 'NOQUEUE'}: action={record.action} score={record.score:g} symbols={symbols}"
-        f" client={_old_safe(record.client_name) or 'unknown'}[{_old_safe(record.client_addr)}] from=<{_old_safe(record.sender)}> to={recipients}"
+        f"{logs._field(record.queue_id) or 'NOQUEUE'}: action={record.action} score={record.score:g} symbols={symbols}"  # noqa: SLF001
+        f" client={logs._field(record.client_name) or 'unknown'}[{logs._field(record.client_addr)}] from=<{logs._field(record.sender)}> to={recipients}{more}"  # noqa: SLF001
         f" ms={record.elapsed_ms:g}"
     )
     if record.reason and record.action not in ("accept", "add_header"):
-        line += f" reason=\"{_old_safe(record.reason)}\""
+        line += f" reason=\"{logs._field(record.reason, logs.MAX_LOG_REASON, blanks=True)}\""  # noqa: SLF001
     return line
 
 
@@ -327,7 +323,7 @@ _field = st.sampled_from(HOSTILE + ["4Fh3kT0zZ9z", "192.0.2.10", "author@example
     client_name=_field,
     client_addr=_field,
     sender=_field,
-    recipients=st.lists(_field, max_size=4),
+    recipients=st.lists(_field, max_size=12),
     reason=_field,
     action=st.sampled_from(["accept", "add_header", "reject", "quarantine"]),
 )

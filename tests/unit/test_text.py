@@ -65,7 +65,7 @@ def test_summary_line_escapes_outsider_text() -> None:
     )
     line = summary_line(record)
     assert "\n" not in line and "\r" not in line and "\x1b" not in line
-    assert "client=evil\\r\\nmilterd[1]: forged[192.0.2.1]" in line
+    assert "client=evil\\r\\nmilterd[1]:\\x20forged[192.0.2.1]" in line  # the space too: it would end the field
     assert "from=<a\\nb@example.org>" in line and "to=<c\\x1b[2J@example.net>" in line
 
 
