@@ -53,14 +53,18 @@ def escape(value: object, ascii_only: bool = False) -> str:
     return text
 
 
-#: The end of a text cut inside an escape of :func:`escape` (``\\x0``, ``\\u20``, a lone ``\\``).
-_PARTIAL_ESCAPE = re.compile(r"\\(?:x[0-9a-f]?|u[0-9a-f]{0,3})?\Z")
+#: The end of a text cut inside an escape of :func:`escape` (``\\x0``, ``\\u20``, ``\\U0001f6``, a lone ``\\``).
+_PARTIAL_ESCAPE = re.compile(r"\\(?:x[0-9a-f]?|u[0-9a-f]{0,3}|U[0-9a-f]{0,7})?\Z")
 
 
 def cut(text: str, width: int, mark: str = "…") -> str:
     """*text* (escaped already) in *width* characters, the cut marked by *mark*; never half an escape
     (``\\x…`` would read as a backslash the sender wrote)."""
-    return text if len(text) <= width else _PARTIAL_ESCAPE.sub("", text[: width - len(mark)]) + mark
+    if len(text) <= width:
+        return text
+    if width <= len(mark):
+        return mark[:max(width, 0)]
+    return _PARTIAL_ESCAPE.sub("", text[: width - len(mark)]) + mark
 
 
 def redact_url(url: str) -> str:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, replace
-from typing import IO, TYPE_CHECKING, ClassVar, Iterable, Literal
+from typing import IO, TYPE_CHECKING, ClassVar, Iterable, Iterator, Literal
 
 from pydantic import Field
 
 from ..content.archives import Limits, archive_kind, list_archive, local_failure
 from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
-from ..content.mimeparts import ENCODED_MESSAGE_NOTE, FIELDS_LIMIT_NOTE, NO_BOUNDARY_NOTE, PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, Attachment, every_reading
+from ..content.mimeparts import FIELDS_LIMIT_NOTE, NO_BOUNDARY_NOTE, PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, Attachment, every_reading
 from ..content.mimetext import single_text_type
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
@@ -49,12 +49,12 @@ class AttachmentChecks(CheckSwitches):
     mismatch_action: _CategoryAction = Field("score", description="Content whose first bytes contradict the name or declared type (a \"PDF\" that is a Windows executable): ATTACH_TYPE_MISMATCH, with the same choices.")
     macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
     encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
-    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into because of a limit a sender can reach on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an encoded message/rfc822 part, a multipart without a boundary. A banned file may be inside (an .exe four zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
-    unreadable_action: _CategoryAction = Field("score", description="An archive or MIME part that could not be read whole (a damaged archive, a 7z or rar without libarchive-c, MIME fields that do not parse, base64 that goes on after its padding); the names read are judged: ATTACH_UNREADABLE, with the same choices.")
+    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into, for a limit or damage a sender can bring about on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an archive whose listing stopped part way (damaged: unzip, tar and 7-Zip carry on past it; a listing child that crashed or ran out of time or memory), a member name that cannot be read, attached messages nested deeper than archive_max_depth or more than 20, a multipart without a boundary. A banned file may be inside (an .exe four zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
+    unreadable_action: _CategoryAction = Field("score", description="What could not be read whole where no banned file can hide unseen: a 7z, rar, cab or tar without libarchive-c (install it: these are then listed), an archive member whose first bytes cannot be read (its name is judged), a limit met among an Office document's own parts (Office opens the document, nobody extracts them), MIME fields that do not parse, base64 that goes on after its padding: ATTACH_UNREADABLE, with the same choices.")
     mime_limit_action: _CategoryAction = Field("quarantine", description="A message with a file (a named or non-text part) past its first 500 MIME parts, more than 2,000 parts, more than 1,000 uuencoded files, or a part whose MIME fields pass 16 KB in one field or 64 KB in all (a type or encoding past them is never read): files never judged (a banned one may follow the padding): ATTACH_MIME_LIMIT, with the same choices. Text parts past 500 are followed, so a digest of a few hundred posts is not caught.")
     archives: bool = Field(True, description="Look inside zip archives and TNEF containers (Outlook's winmail.dat), and 7z, rar, cab and tar ones, and gzip, bzip2 and xz files (a tar in one, or the file it holds), when libarchive-c is installed, for the same rules.")
     archive_max_depth: int = Field(3, ge=1, le=20, description="Archives nested deeper than this (an archive in an archive is 2) are not opened.")
-    archive_max_members: int = Field(1000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at.")
+    archive_max_members: int = Field(5000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at (an Office document's own parts are counted apart, against the same number).")
     archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")
     archive_max_message_size: Size = Field(200 * 1024 * 1024, description="Most bytes decompressed for all the attachments of one message: the archives past it are not looked into (ATTACH_ARCHIVE_LIMIT), so that many small archive bombs in one message cost no more than a few.")
     archive_process: bool = Field(True, description="List 7z, rar, cab, tar, gzip, bzip2 and xz archives (libarchive: C code reading hostile input) in a short-lived forked child with bounded memory and CPU, so that a crash there, or a listing past the child's time or memory, is ATTACH_ARCHIVE_LIMIT, never a dead worker; costs a few ms per such archive. Zip is read in the worker by Python's own zipfile, but for one zipfile cannot open (cut short, or with more than 64 KB after it), which libarchive lists as the others.")
@@ -89,12 +89,17 @@ _ACTION_OPTION = {
 #: The MIME reader's notes of files it never judged past its part and field bounds (ATTACH_MIME_LIMIT).
 _MIME_LIMIT_NOTES = frozenset({PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, FIELDS_LIMIT_NOTE})
 #: Its notes of parts it does not look into (ATTACH_ARCHIVE_LIMIT); its other notes are ATTACH_UNREADABLE.
-_LIMIT_NOTES = frozenset({NO_BOUNDARY_NOTE, ENCODED_MESSAGE_NOTE})
+_LIMIT_NOTES = frozenset({NO_BOUNDARY_NOTE})
 #: Extensions of files that open as macro-enabled Office documents.
 _MACRO_EXTENSIONS = frozenset({"docm", "dotm", "xlsm", "xltm", "xlam", "pptm", "potm", "ppam", "ppsm", "sldm"})
 _OLE_MACRO_SCAN = 16 * 1024 * 1024
 #: Extensions of single-file compression, judged by the name beneath them.
 _COMPRESSION = frozenset({"gz", "bz2", "xz", "z", "lz", "lzma", "zst"})
+#: At most this many attached messages (a base64 message/rfc822 part, an .eml file) are opened in one message:
+#: each is parsed for its own attachments (up to mimeparts' part limits), so this bounds the parts parsed.
+MAX_ATTACHED_MESSAGES = 20
+#: The chunks an attached message is read in.
+_MESSAGE_CHUNK = 65536
 #: At most this many names of uuencoded or yEnc files are judged in one message.
 MAX_ENCODED_FILES = 1000
 #: The first line of a uuencoded (``begin 644 name``) or yEnc (``=ybegin … name=name``) file, as Thunderbird reads it.
@@ -106,9 +111,11 @@ _CLSID = re.compile(r"\{[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\}")
 
 @dataclass
 class DecompressionBudget:
-    """The bytes the archives of one message may still decompress (``archive_max_message_size``)."""
+    """The bytes the archives of one message may still decompress (``archive_max_message_size``), and the
+    attached messages it may still open (:data:`MAX_ATTACHED_MESSAGES`)."""
 
     left: int
+    messages: int = 0
 
 
 @dataclass(frozen=True)
@@ -244,8 +251,8 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         Symbol(MISMATCH, 3.0, "An attachment's content contradicts its name or declared type (a \"PDF\" that is an executable)"),
         Symbol(MACRO, 2.0, "An Office document with VBA macros ([checks.attachments] macro_action)"),
         Symbol(ENCRYPTED, 2.0, "An encrypted archive or member: its names or content cannot all be judged"),
-        Symbol(LIMIT, 1.0, "Files never looked into for a limit: an archive nested too deep, with too many members or decompressing past the limit, an encoded message/rfc822 part, a multipart without a boundary ([checks.attachments] limit_action)"),
-        Symbol(UNREADABLE, 1.0, "An archive or MIME part that could not be read whole (damaged, a 7z or rar without libarchive-c, base64 after its padding): the names read are judged"),
+        Symbol(LIMIT, 1.0, "Files never looked into, where a banned one may hide: an archive nested too deep, with too many members, decompressing past the limit, or whose listing stopped part way (damaged, a crash); a multipart without a boundary ([checks.attachments] limit_action)"),
+        Symbol(UNREADABLE, 1.0, "Something not read whole where no file hides unseen: a 7z or rar without libarchive-c, a member's first bytes, an Office document's own parts past a limit, MIME fields that do not parse, base64 after its padding ([checks.attachments] unreadable_action)"),
         Symbol(MIME_LIMIT, 3.0, "A message with a file past its first 500 MIME parts, more than 2,000 parts, more than 1,000 uuencoded files or MIME fields past 16 KB (64 KB a part): the files past them never judged ([checks.attachments] mime_limit_action)"),
         Symbol(ERROR, 0.0, "The message's attachments could not be read (detail: why); judged as having none, or answered 451 when this machine ran short (disk, quota, file descriptors, memory)"),
     )
@@ -300,9 +307,10 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             return [Hit(ERROR, detail=errors[0]), *hits_for(findings, self.actions)]
         return hits_for(findings, self.actions)
 
-    def judge(self, attachment: Attachment, budget: DecompressionBudget) -> list[Finding]:
-        """Every finding of one decoded attachment, the members of its archives included; their decompression
-        is taken from *budget* (the message's, ``archive_max_message_size``)."""
+    def judge(self, attachment: Attachment, budget: DecompressionBudget, depth: int = 1) -> list[Finding]:
+        """Every finding of one decoded attachment, the members of its archives and the attachments of an
+        attached message included; their decompression is taken from *budget* (the message's,
+        ``archive_max_message_size``).  *depth*: 1 for the message's own attachments, one more per attached message."""
         name = attachment.filename or f"unnamed {attachment.content_type} part"
         head = attachment.data.read(HEAD_SIZE)
         attachment.data.seek(0)
@@ -312,6 +320,8 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         found += judge_content(name, attachment.content_type, head, self.banned, self.actions[MACRO] != "off")
         if self.actions[MACRO] != "off" and sniff(head) == "ole" and _ole_macros(attachment.data):
             found.append(Finding(MACRO, name, "OLE document with a VBA project"))
+        if attachment.content_type == "message/rfc822" or "eml" in extensions(name)[-1:]:
+            return found + self._judge_message(name, attachment, budget, depth)
         kind = archive_kind(name, head)
         if kind is None or not self.options.archives:
             return found
@@ -331,6 +341,31 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         found += [Finding(ENCRYPTED, path, "encrypted") for path in listing.encrypted]
         found += [Finding(LIMIT, text.split(": ", 1)[0], text.split(": ", 1)[-1]) for text in listing.limits]
         found += [Finding(UNREADABLE, text.split(": ", 1)[0], text.split(": ", 1)[-1]) for text in listing.errors]
+        return found
+
+
+    def _judge_message(self, name: str, attachment: Attachment, budget: DecompressionBudget, depth: int) -> list[Finding]:
+        """The findings of the attachments of an attached message (a base64 message/rfc822 part, which RFC 2046
+        forbids but Exchange Online and others send, or an .eml file): a mail client opens it with them."""
+        if attachment.truncated:
+            return [Finding(LIMIT, name, f"larger than max_attachment_size {self.options.max_attachment_size}: its attachments not looked at")]
+        if depth >= self.options.archive_max_depth:
+            return [Finding(LIMIT, name, f"attached message nested deeper than {self.options.archive_max_depth}: its attachments not looked at")]
+        if budget.messages >= MAX_ATTACHED_MESSAGES:
+            return [Finding(LIMIT, name, f"more than {MAX_ATTACHED_MESSAGES} attached messages: its attachments not looked at")]
+        budget.messages += 1
+        data = attachment.data
+
+        def chunks() -> Iterator[bytes]:
+            data.seek(0)
+            while chunk := data.read(_MESSAGE_CHUNK):
+                yield chunk
+
+        found: list[Finding] = []
+        skipped: list[str] = []
+        for inner in every_reading(chunks, self.memory, self.options.max_attachment_size, skipped):
+            found += [replace(f, file=f"{name}/{f.file}") for f in self.judge(inner, budget, depth + 1)]
+        found += [replace(f, file=name) for f in _skipped(skipped)]
         return found
 
 

@@ -403,7 +403,7 @@ def print_mass_report(report: dict[str, Any]) -> None:
     """The mass-check report for people."""
     print(f"{'folder':48} {'kind':4} {'msgs':>6} {'flagged':>8} {'%':>7}")
     for folder in report["folders"]:
-        print(f"{_cut(escape(folder['folder']), 48):48} {folder['kind']:4} {folder['messages']:6} {folder['flagged']:8} {folder['rate']:6.2f}%")
+        print(f"{_tail(folder['folder'], 48):48} {folder['kind']:4} {folder['messages']:6} {folder['flagged']:8} {folder['rate']:6.2f}%")
     spam, ham = report["overall"]["spam"], report["overall"]["ham"]
     print()
     print(f"at the configured thresholds: spam caught {spam['rate']:.2f}% ({spam['flagged']}/{spam['messages']}), "
@@ -426,7 +426,7 @@ def print_mass_report(report: dict[str, Any]) -> None:
             print(f"  {entry['messages']:6}  {entry['symbol']}")
         for example in group["examples"]:
             tops = " ".join(f"{n}({s:g})" for n, s in sorted(example["symbols"].items(), key=lambda kv: -abs(kv[1]))[:6])
-            print(f"  e.g. {example['score']:6.2f} {example['action']:12} {_cut(escape(example['label']), 60)} {tops}")
+            print(f"  e.g. {example['score']:6.2f} {example['action']:12} {_tail(example['label'], 60)} {tops}")
     if report.get("errors"):
         print(f"\n{report['errors']} messages could not be judged")
 
@@ -435,8 +435,16 @@ def _pct(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.2f}% ({part})" if whole else "-"
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+def _tail(value: str, width: int) -> str:
+    """The end of *value* escaped, in *width* characters, the cut marked by a leading ``…`` (a path ends
+    with its file's name); the cut is made before escaping, so the text never starts inside an escape."""
+    text = escape(value)
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    while keep > 0 and len(escape(value[-keep:])) > width - 1:  # an escape is longer than what it stands for
+        keep -= 1
+    return "…" + (escape(value[-keep:]) if keep > 0 else "")
 
 
 class Progress:
@@ -452,7 +460,7 @@ class Progress:
         self.count += 1
         if self.enabled and (self.count % self._every == 0 or self.count == self.total):
             filled = self.width * self.count // max(1, self.total)
-            sys.stderr.write(f"\r[{'#' * filled}{' ' * (self.width - filled)}] {self.count}/{self.total} {_cut(escape(label), 40):40}")
+            sys.stderr.write(f"\r[{'#' * filled}{' ' * (self.width - filled)}] {self.count}/{self.total} {_tail(label, 40):40}")
             sys.stderr.flush()
 
     def done(self) -> None:

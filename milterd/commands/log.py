@@ -94,7 +94,3 @@ def print_table(rows: Iterable[dict[str, Any]]) -> None:
             print("      " + " ".join(f"{escape(name)}({score:g})" for name, score in symbols[:8]))
         if row["reason"] and row["action"] not in ("accept",):
             print(f"      reason: {escape(row['reason'])}")
-
-
-#: An escape (:func:`milterd.text.escape`) that a cut left unfinished at the end of the text.
-

@@ -42,7 +42,7 @@ libarchive is C code reading hostile input.  With ``Limits.child`` (the
 attachment check's ``archive_process``, on by default) every archive that
 needs it is listed in a short-lived forked child (:func:`_walk_in_child`) with
 bounded memory and CPU, as amavisd-new runs its decoders apart: a crash there
-is a listing error, never a dead worker.  Zip stays in the worker (Python's
+is a limit of the listing (``Listing.limits``), never a dead worker.  Zip stays in the worker (Python's
 own ``zipfile``), but for one that zipfile cannot open.
 """
 
@@ -96,6 +96,14 @@ _MEMBER_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFErro
 _MEMORY = 1024 * 1024
 #: A zip declaring more entries than the members left plus this (or plus ``max_members`` when larger) is not opened.
 _ZIP_ENTRIES_MARGIN = 1000
+#: Office documents that are zip files (OOXML, OpenDocument): Word, Excel or LibreOffice opens one, nobody
+#: extracts its parts, so a limit met among its own parts (a 300-slide deck has over 1,000, an embedded
+#: workbook is one more level) is only noted (``Listing.errors``); its parts are counted apart from the
+#: attachment's other members, and an archive embedded in it (a user can open that) is judged as any other.
+_DOCUMENT_EXTENSIONS = frozenset({
+    "docx", "docm", "dotx", "dotm", "xlsx", "xlsm", "xltx", "xltm", "xlsb", "xlam", "pptx", "pptm", "potx", "potm",
+    "ppsx", "ppsm", "ppam", "sldx", "sldm", "vsdx", "vsdm", "vssx", "vstx", "odt", "ods", "odp", "odg", "odf", "ott", "ots", "otp", "otg",
+})
 #: The zip end of central directory record, the ZIP64 one and its locator (APPNOTE 4.3.14 to 4.3.16), little-endian.
 _EOCD, _EOCD_SIGNATURE = struct.Struct("<4s4H2LH"), b"PK\x05\x06"
 _EOCD64, _EOCD64_SIGNATURE = struct.Struct("<4sQ2H2L4Q"), b"PK\x06\x06"
@@ -123,7 +131,7 @@ class Limits:
     """How far an archive is looked into."""
 
     max_depth: int = 3
-    max_members: int = 1000
+    max_members: int = 5000
     max_size: int = 50 * 1024 * 1024
     #: List what libarchive reads in a forked child (:func:`_walk_in_child`) instead of this process.
     child: bool = False
@@ -220,14 +228,15 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, OSError, RuntimeError) as exc:
         if local_failure(exc):
             raise  # the disk full while a member was copied out: not the archive's doing
-        listing.errors.append(f"{path}: unreadable {kind} archive ({exc.__class__.__name__}: {str(exc)[:80]})")
+        # The listing stopped here, a limit: unzip, GNU tar and 7-Zip carry on past the damage, a banned file and all.
+        listing.limits.append(f"{path}: unreadable {kind} archive ({exc.__class__.__name__}: {str(exc)[:80]})")
     except Exception as exc:  # noqa: BLE001 - libarchive's errors, anything a hostile archive provokes
         if local_failure(exc):
             raise
         if any(word in str(exc).lower() for word in ("encrypt", "passphrase", "password")):
             listing.encrypted.append(path)
         else:
-            listing.errors.append(f"{path}: unreadable {kind} archive ({exc.__class__.__name__})")
+            listing.limits.append(f"{path}: unreadable {kind} archive ({exc.__class__.__name__})")
 
 
 def _walk_libarchive_kind(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
@@ -237,19 +246,39 @@ def _walk_libarchive_kind(path: str, data: IO[bytes], kind: str, depth: int, lim
         _walk_libarchive(path, data, depth, limits, budget, listing, kind)
 
 
-def _take_member(path: str, limits: Limits, budget: _Budget, listing: Listing) -> bool:
+def _take_member(path: str, limits: Limits, budget: _Budget, listing: Listing, notes: list[str] | None = None) -> bool:
     budget.members -= 1
     if budget.members == -1:
-        listing.limits.append(f"{path}: past {limits.max_members} members, the rest not looked at")
+        (listing.limits if notes is None else notes).append(f"{path}: past {limits.max_members} members, the rest not looked at")
     return budget.members >= 0
 
 
+def _document(name: str) -> bool:
+    """Whether *name* is an Office document's (:data:`_DOCUMENT_EXTENSIONS`)."""
+    exts = extensions(name)
+    return bool(exts) and exts[-1] in _DOCUMENT_EXTENSIONS
+
+
 def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+    if not _document(path):
+        _walk_zip_members(path, data, depth, limits, budget, listing, listing.limits)
+        return
+    # An Office document's parts have a member budget of their own; what a limit leaves out among them is a note.
+    outer = budget.members
+    budget.members = limits.max_members
+    try:
+        _walk_zip_members(path, data, depth, limits, budget, listing, listing.errors)
+    finally:
+        budget.members = outer
+
+
+def _walk_zip_members(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, notes: list[str]) -> None:
+    """List the zip *data* called *path*; what its own limits leave out goes to *notes*."""
     declared = _declared_zip_entries(data)
     # zipfile parses the whole central directory before the first member is counted (150,000 entries:
     # over a second and 80 MB); directories are entries but no members, hence the margin.
     if declared is not None and declared > max(budget.members, 0) + max(limits.max_members, _ZIP_ENTRIES_MARGIN):
-        listing.limits.append(f"{path}: past {limits.max_members} members ({declared} entries declared), not looked at")
+        notes.append(f"{path}: past {limits.max_members} members ({declared} entries declared), not looked at")
         return
     with zipfile.ZipFile(data) as archive:
         named: set[str] = set()  # the paths listed so far: an alias names a file once
@@ -258,7 +287,7 @@ def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
             if info.is_dir() and not aliases:
                 continue
             member = f"{path}/{info.filename}"
-            if not _take_member(member, limits, budget, listing):
+            if not _take_member(member, limits, budget, listing, notes):
                 return
             encrypted = bool(info.flag_bits & 0x1)
             named.add(member)
@@ -271,28 +300,33 @@ def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
             try:
                 head = _read_head(archive, info, budget)
             except _MEMBER_ERRORS as exc:
-                # One unreadable member (deflate64, a bad CRC) leaves the other names to judge.
+                # One unreadable member (deflate64, a bad CRC) leaves the other names to judge; an archive by its
+                # name is a limit (unzip keeps a member with a bad CRC, and the archive lists as ever).
                 listing.entries.append(Entry(member, False, b""))
-                listing.errors.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
+                unread = listing.limits if archive_kind(info.filename, b"") is not None and not _document(member) else listing.errors
+                unread.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
                 continue
             listing.entries.append(Entry(member, False, head))
             inner = archive_kind(info.filename, head)
             if inner is None:
                 continue
+            # An Office document not opened (an embedded workbook) is only noted: Office opens it, nobody extracts it.
+            skipped = listing.errors if _document(member) else listing.limits
             if depth >= limits.max_depth:
-                listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
+                skipped.append(f"{member}: archive nested deeper than {limits.max_depth}")
                 continue
             if info.file_size > budget.size:
-                listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+                skipped.append(f"{member}: would decompress past {limits.max_size} bytes")
                 continue
             try:
                 with archive.open(info) as stream:
                     nested = _copy_bounded(stream, budget)
             except _MEMBER_ERRORS as exc:
-                listing.errors.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
+                # A nested archive never opened (unzip keeps one with a bad CRC, and lists it): a limit.
+                listing.limits.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
                 continue
             if nested is None:
-                listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+                skipped.append(f"{member}: would decompress past {limits.max_size} bytes")
                 continue
             with nested:
                 _walk(member, nested, inner, depth + 1, limits, budget, listing)
@@ -320,7 +354,7 @@ def _unicode_path(extra: bytes) -> str:
     """The name in an Info-ZIP Unicode Path field (version 1) of a zip extra field, or ``""``."""
     while len(extra) >= 4:
         kind, size = struct.unpack_from("<2H", extra)
-        if kind == _UNICODE_PATH and size >= 5 and extra[4] == 1:
+        if kind == _UNICODE_PATH and size >= 5 and len(extra) > 4 and extra[4] == 1:  # a bare header of 4 bytes: none
             return extra[9:4 + size].decode("utf-8", "replace")
         extra = extra[4 + size:]
     return ""
@@ -599,8 +633,8 @@ def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, bud
             if isinstance(name, bytes):  # not in libarchive-c's header codec
                 name = name.decode("utf-8", "replace")
             if not isinstance(name, str):  # libarchive could not convert it: the other members are still judged
-                name = "(unreadable name)"
-                listing.errors.append(f"{path}/{name}: a member's name libarchive cannot convert to text")
+                name = "(unreadable name)"  # unzip may still extract it as invoice.js: never judged, a limit
+                listing.limits.append(f"{path}/{name}: a member's name libarchive cannot convert to text")
             aliases: list[str] = []
             if raw:
                 # The one file of a compressed stream: named as gunzip names it (a.exe.gz holds a.exe), and by
@@ -722,7 +756,7 @@ def _copy_blocks(head: bytes, blocks: Any, budget: _Budget) -> IO[bytes] | None:
 
 # --- the child process ---------------------------------------------------------------
 #: The child's address space beyond the worker's own, and its CPU time (a 7z may ask for a dictionary of 1.5 GB);
-#: past them it dies, a listing error.
+#: past them it dies, a limit of the listing.
 CHILD_MEMORY = 1024 * 1024 * 1024
 CHILD_CPU_SECONDS = 20
 #: How long the worker waits for the child's answer before it kills it (a child that hangs costs this, never more).
@@ -758,7 +792,7 @@ def _walk_in_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Li
         code = 1
         try:
             os.close(read_end)
-            faulthandler.disable()  # a crash here is the parent's listing error, not a "Fatal Python error" in the log
+            faulthandler.disable()  # a crash here is the parent's listing limit, not a "Fatal Python error" in the log
             _limit_child()
             answer = work(path, data, kind, depth, limits, budget)
             with os.fdopen(write_end, "wb") as out:

@@ -39,8 +39,6 @@ PARTS_LIMIT_NOTE = f"more than {MAX_PARTS} MIME parts before a file: the files p
 SCANNED_LIMIT_NOTE = f"more than {MAX_SCANNED_PARTS} MIME parts: the rest not looked at"
 #: The note of a multipart without a boundary: its parts, a banned file among them too, never looked at.
 NO_BOUNDARY_NOTE = "a multipart without a boundary: its parts not looked at"
-#: The note of a base64 or quoted-printable message/rfc822 part: the files of the message it holds never looked at.
-ENCODED_MESSAGE_NOTE = "an encoded message/rfc822 part: its attachments not looked at"
 #: At most this much of a part's MIME fields (_MIME_FIELDS) is kept; its other fields are never kept.
 MAX_PART_HEADER = 64 * 1024
 #: At most this much of one MIME field is kept.
@@ -571,9 +569,8 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                 else:
                     if ctype.startswith("multipart/"):
                         notes.append(NO_BOUNDARY_NOTE)
-                    if ctype == "message/rfc822":
-                        # RFC 2046 section 5.2.1 forbids it, so clients differ: judged as a file, its parts not looked at.
-                        notes.append(ENCODED_MESSAGE_NOTE)
+                    # An encoded message/rfc822 part (RFC 2046 section 5.2.1 forbids it; Exchange Online sends it) is
+                    # decoded as a file: the attachment check opens it as the attached message it is.
                     if name or not (ctype.startswith("text/") or ctype.startswith("multipart/")):
                         if parts <= MAX_PARTS:
                             decoder = _Decoder(encoding, memory, limit)

@@ -179,27 +179,36 @@ def test_an_exe_four_zips_deep_is_quarantined(stack: Stack) -> None:
     assert row["details"]["ATTACH_ARCHIVE_LIMIT"] == "invoice.zip/l2.zip/l1.zip/l0.zip: archive nested deeper than 3"
 
 
-def test_an_exe_in_a_base64_attached_message_is_quarantined(stack: Stack) -> None:
-    """A message/rfc822 part in base64 (RFC 2046 forbids it; mail clients open it) is not looked into:
-    the .exe of the message it holds was a 1-point ATTACH_ARCHIVE_LIMIT, delivered."""
+def test_an_exe_in_a_base64_attached_message_is_rejected(stack: Stack) -> None:
+    """A message/rfc822 part in base64 (RFC 2046 forbids it; Exchange Online sends it, mail clients open it)
+    was not looked into: the .exe of the message it holds was a 1-point ATTACH_ARCHIVE_LIMIT, delivered."""
     inner = (b"From: x@example.org\r\nSubject: inner\r\nContent-Type: application/octet-stream; name=evil.exe\r\n"
              b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(PE).replace(b"\n", b"\r\n"))
     raw = (b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.com>\r\nSubject: forwarded exe\r\n"
            b"Date: Wed, 02 Dec 2026 06:00:00 +0000\r\nMessage-ID: <forwarded.exe@example.org>\r\nMIME-Version: 1.0\r\n"
            b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nsee\r\n"
-           b"--b1\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           b"--b1\r\nContent-Type: message/rfc822; name=\"forwarded.eml\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
            + base64.encodebytes(inner).replace(b"\n", b"\r\n") + b"--b1--\r\n")
-    assert stack.send(raw) == {}
-    row = quarantined(stack, "forwarded exe")
-    assert row["details"]["ATTACH_ARCHIVE_LIMIT"] == "message: an encoded message/rfc822 part: its attachments not looked at"
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(raw)
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Attachment rejected: forwarded.eml/evil.exe: banned extension .exe"
+    assert row_for(stack, "forwarded exe")["action"] == "reject"
 
 
-def test_a_damaged_zip_is_delivered_scoring_unreadable(stack: Stack) -> None:
+def test_a_damaged_zip_is_quarantined_and_a_big_deck_delivered(stack: Stack) -> None:
+    """A zip whose listing stops at damage (unzip goes on past it) holds files never judged: quarantined.
+    An Office document's own parts past archive_max_members only score ATTACH_UNREADABLE: it is delivered."""
     assert stack.send(mail("damaged zip", ("report.zip", b"PK\x03\x04" + b"\x00" * 200, "application/zip"))) == {}
-    [delivered] = stack.sink.wait(1, match=lambda m: "damaged zip" in m.header("Subject"))
-    assert b"report.zip" in delivered.data
-    row = row_for(stack, "damaged zip")
-    assert row["action"] == "accept" and row["details"]["ATTACH_UNREADABLE"].startswith("report.zip: unreadable zip archive")
+    row = quarantined(stack, "damaged zip")
+    assert row["details"]["ATTACH_ARCHIVE_LIMIT"].startswith("report.zip: unreadable zip archive")
+    deck = zipped({"[Content_Types].xml": b"<Types/>", **{f"ppt/slides/slide{i}.xml": b"<sld/>" for i in range(5100)}})
+    pptx = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+    assert stack.send(mail("big deck", ("deck.pptx", deck, pptx))) == {}
+    [delivered] = stack.sink.wait(1, match=lambda m: "big deck" in m.header("Subject"))
+    assert b"deck.pptx" in delivered.data
+    row = row_for(stack, "big deck")
+    assert row["action"] == "accept" and row["details"]["ATTACH_UNREADABLE"].endswith(".xml: past 5000 members, the rest not looked at")
 
 
 def test_an_exe_named_behind_padding_past_the_field_bound_is_rejected(stack: Stack) -> None:

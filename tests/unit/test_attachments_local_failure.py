@@ -59,4 +59,4 @@ def test_a_full_disk_while_listing_an_archive_is_not_an_unreadable_archive(monke
 
     monkeypatch.setattr(archives, "_walk_zip", broken)
     listing = list_archive("files.zip", io.BytesIO(zipped({"setup.exe": PE})), "zip", limits)
-    assert listing.errors and "unreadable zip archive" in listing.errors[0]
+    assert listing.limits and "unreadable zip archive" in listing.limits[0]  # a listing stopped: a limit

@@ -189,13 +189,13 @@ def test_the_reply_naming_a_hostile_file_is_one_bounded_printable_line() -> None
     assert "\\u202e" in text and "\\x00\\r\\n" in text
 
 
-def test_an_encoded_attached_message_is_judged_as_a_file_and_said_not_looked_into(check: object) -> None:
+def test_an_encoded_attached_message_is_judged_as_a_file_and_opened(check: object) -> None:
     inner = b"Content-Type: application/octet-stream; name=evil.exe\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAA=\r\n"
     encoded = base64.encodebytes(inner).replace(b"\n", b"\r\n")
     part = b"Content-Type: message/rfc822; name=\"evil.js\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded
     found = symbols(check, multipart(part))
-    assert found[BANNED] == "evil.js: banned extension .js"
-    assert found[LIMIT] == "message: an encoded message/rfc822 part: its attachments not looked at"
+    assert found[BANNED] == "evil.js: banned extension .js; evil.js/evil.exe: banned extension .exe"
+    assert LIMIT not in found
 
 
 @pytest.mark.parametrize(

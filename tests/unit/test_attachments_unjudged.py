@@ -1,10 +1,11 @@
-"""Files a limit kept from being looked into are held by default; what could not be read only scores.
+"""Files a limit kept from being looked into are held by default; what hides no file only scores.
 
-An .exe four zips deep (one past ``archive_max_depth``), or inside a base64-encoded
-message/rfc822 part, was a 1-point ATTACH_ARCHIVE_LIMIT and delivered: a sender
-picks the nesting.  ATTACH_ARCHIVE_LIMIT now quarantines by default, and what
-could not be read whole (a damaged archive, a kind without its library) is
-ATTACH_UNREADABLE, scored only.
+An .exe four zips deep (one past ``archive_max_depth``), behind damage that unzip,
+tar and 7-Zip read past, or inside a base64-encoded message/rfc822 part, was a
+1-point ATTACH_ARCHIVE_LIMIT and delivered: a sender picks the nesting and the
+damage.  ATTACH_ARCHIVE_LIMIT now quarantines by default; an attached message is
+opened; what hides no file unseen (a kind without its library, an Office
+document's own parts past a limit) is ATTACH_UNREADABLE, scored only.
 """
 
 from __future__ import annotations
@@ -70,19 +71,47 @@ def test_members_past_the_count_are_a_limit_that_quarantines(tmp_path: Path) -> 
     assert found[LIMIT].action == Action.QUARANTINE and "past 10 members" in found[LIMIT].detail
 
 
-def test_an_exe_in_an_encoded_attached_message_is_quarantined(check: Any) -> None:
-    inner = (b"From: x@example.org\r\nSubject: inner\r\nContent-Type: application/octet-stream; name=evil.exe\r\n"
-             b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(PE).replace(b"\n", b"\r\n"))
-    found = hits(check, message(attached(b"forwarded.eml", inner, b"message/rfc822")))
-    assert found[LIMIT].detail == "message: an encoded message/rfc822 part: its attachments not looked at"
-    assert found[LIMIT].action == Action.QUARANTINE
+INNER = (b"From: x@example.org\r\nSubject: inner\r\nContent-Type: application/octet-stream; name=evil.exe\r\n"
+         b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(PE).replace(b"\n", b"\r\n"))
 
 
-def test_a_damaged_zip_only_scores_as_unreadable(check: Any) -> None:
+@pytest.mark.parametrize("ctype", [b"message/rfc822", b"application/octet-stream"])
+def test_an_exe_in_an_encoded_attached_message_is_rejected(check: Any, ctype: bytes) -> None:
+    # Exchange Online sends message/rfc822 in base64 (RFC 2046 forbids it); Outlook on the web an .eml as octet-stream.
+    found = hits(check, message(attached(b"forwarded.eml", INNER, ctype)))
+    assert found[policy.BANNED].detail == "forwarded.eml/evil.exe: banned extension .exe" and found[policy.BANNED].action == Action.REJECT
+
+
+def test_a_clean_attached_message_passes_and_nesting_is_bounded(check: Any) -> None:
+    clean = b"From: x@example.org\r\nSubject: minutes\r\nContent-Type: text/plain\r\n\r\nThe minutes.\r\n"
+    assert hits(check, message(attached(b"minutes.eml", clean, b"message/rfc822"))) == {}
+    wrapped = INNER
+    for level in range(3):
+        wrapped = (b"From: x@example.org\r\nSubject: fwd\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=w\r\n\r\n"
+                   b"--w\r\n" + attached(b"fwd%d.eml" % level, wrapped, b"message/rfc822") + b"--w--\r\n")
+    found = hits(check, message(attached(b"outer.eml", wrapped, b"message/rfc822")))
+    assert policy.BANNED not in found and found[LIMIT].action == Action.QUARANTINE
+    assert found[LIMIT].detail == "outer.eml/fwd2.eml/fwd1.eml: attached message nested deeper than 3: its attachments not looked at"
+
+
+def test_a_damaged_zip_is_a_limit(check: Any) -> None:
+    # Its listing stops at the damage, where unzip goes on (the names after it are never judged).
     found = hits(check, message(attached(b"report.zip", b"PK\x03\x04" + b"\x00" * 200)))
-    assert set(found) == {UNREADABLE}
-    assert found[UNREADABLE].detail.startswith("report.zip: unreadable zip archive")
-    assert found[UNREADABLE].action is None  # scored only
+    assert found[LIMIT].detail.startswith("report.zip: unreadable zip archive") and found[LIMIT].action == Action.QUARANTINE
+
+
+def test_office_documents_parts_are_counted_apart_and_only_noted(tmp_path: Path) -> None:
+    check = attachment_check(tmp_path, "archive_max_members = 10\n")
+    parts = {"[Content_Types].xml": b"<Types/>", **{f"ppt/slides/slide{i}.xml": b"<sld/>" for i in range(20)}}
+    deck = zipped(parts)
+    found = hits(check, message(attached(b"deck.pptx", deck, b"application/vnd.openxmlformats-officedocument.presentationml.presentation")))
+    assert set(found) == {UNREADABLE} and "deck.pptx/" in found[UNREADABLE].detail and found[UNREADABLE].action is None
+    # Nine decks in a zip: each has its own budget for its parts, the zip's members are the decks.
+    found = hits(check, message(attached(b"decks.zip", zipped({f"deck{i}.pptx": deck for i in range(9)}))))
+    assert LIMIT not in found
+    # The same parts in a zip a user extracts: a limit, held.
+    found = hits(check, message(attached(b"slides.zip", deck)))
+    assert found[LIMIT].action == Action.QUARANTINE
 
 
 def test_a_kind_without_its_library_only_scores_as_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,3 +133,43 @@ def test_whatif_knows_every_attachment_symbol_may_force_an_action() -> None:
 def test_a_stored_zip_is_still_listed_within_the_limits(check: Any) -> None:
     data = zipped({"a.txt": b"hello", "b.txt": b"world"}, zipfile.ZIP_STORED)
     assert hits(check, message(attached(b"notes.zip", data))) == {}
+
+
+def test_a_bare_unicode_path_header_does_not_stop_the_listing() -> None:
+    # A 4-byte Info-ZIP Unicode Path header in a local extra field raised IndexError: the whole zip "unreadable".
+    assert archives._unicode_path(b"\x75\x70\x05\x00") == ""  # noqa: SLF001
+    assert archives._unicode_path(b"\xfe\xca\x00\x00\x75\x70\x05\x00") == ""  # noqa: SLF001
+
+
+def bad_crc(data: bytes) -> bytes:
+    """The one-member zip *data* with its member's CRC-32 zeroed in both headers (unzip extracts it all the same)."""
+    info = zipfile.ZipFile(io.BytesIO(data)).infolist()[0]
+    raw = bytearray(data)
+    raw[info.header_offset + 14:info.header_offset + 18] = bytes(4)
+    central = raw.rfind(b"PK\x01\x02")
+    raw[central + 16:central + 20] = bytes(4)
+    return bytes(raw)
+
+
+def test_a_nested_archive_with_a_bad_crc_is_a_limit(check: Any) -> None:
+    outer = bad_crc(zipped({"inner.zip": zipped({"evil.exe": PE})}, zipfile.ZIP_STORED))
+    found = hits(check, message(attached(b"invoice.zip", outer)))
+    assert found[LIMIT].detail.startswith("invoice.zip/inner.zip: unreadable member") and found[LIMIT].action == Action.QUARANTINE
+
+
+#: A zip whose one member's name is flagged UTF-8 and holds a \xff (invoice\xff.js): zipfile refuses it, libarchive
+#: lists it without a name, unzip extracts it as invoice.js.
+BAD_NAME_ZIP = bytes.fromhex(
+    "504b0304140000080800a432855d9266ce1517000000150000000b000000696e766f696365ff2e6a730b0f4e2eca2c28d173"
+    "4dcec8d750cfc854d7b4e6e50200504b01021403140000080800a432855d9266ce1517000000150000000b00000000000000"
+    "00000000800100000000696e766f696365ff2e6a73504b0506000000000100010039000000400000000000"
+)
+
+
+def test_a_member_name_that_cannot_be_read_is_a_limit(check: Any) -> None:
+    pytest.importorskip("libarchive")
+    found = hits(check, message(attached(b"invoice.zip", BAD_NAME_ZIP)))
+    # Listed in the child, libarchive-c trips on the name (an unreadable archive); in the worker it is nameless: a limit either way.
+    assert found[LIMIT].action == Action.QUARANTINE and found[LIMIT].detail.startswith("invoice.zip")
+    listing = archives.list_archive("invoice.zip", io.BytesIO(BAD_NAME_ZIP), "zip", archives.Limits(child=False))
+    assert any("a member's name libarchive cannot convert to text" in text for text in listing.limits)

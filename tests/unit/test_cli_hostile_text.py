@@ -85,3 +85,17 @@ def test_the_summary_line_stays_within_a_syslog_line() -> None:
     assert len(line) < 8192 and line.isascii() and "\n" not in line
     assert "(+990 more)" in line and line.count("<bob+") == 10
     assert ' ms=0 reason="' in line  # the verdict's reason is still there, after every field
+
+
+def test_a_cut_never_leaves_half_an_escape_of_a_character_past_the_basic_plane() -> None:
+    text = escape("a" * 10 + "\U0001f600", ascii_only=True)  # aaaaaaaaaa\U0001f600
+    assert [cut(text, width, "...") for width in range(13, 20)] == ["aaaaaaaaaa..."] * 7 and cut(text, 20) == text
+    assert cut(text, 2, "...") == ".." and cut(text, 0) == "" and cut("abcdefghij", 1, "...") == "."
+
+
+def test_checks_progress_keeps_the_end_of_a_path_without_starting_inside_an_escape() -> None:
+    from milterd.commands.check import _tail
+
+    assert _tail("\u202e" + "b" * 58, 20) == "…" + "b" * 19
+    assert _tail("/corpus/\x1bx/spam-1", 12) == "…x/spam-1"  # "…\x1bx/spam-1" would be 13
+    assert _tail("short", 20) == "short"

@@ -111,7 +111,7 @@ def test_empty_and_broken_compressed_files() -> None:
     empty = list_archive("nothing.gz", io.BytesIO(gzip.compress(b"")), "gzip", Limits())
     assert (empty.entries, empty.limits, empty.errors) == ([], [], [])
     broken = list_archive("broken.xz", io.BytesIO(lzma.compress(PE)[:20]), "xz", Limits())
-    assert broken.entries == [] and broken.errors and broken.errors[0].startswith("broken.xz: unreadable xz archive")
+    assert broken.entries == [] and broken.limits and broken.limits[0].startswith("broken.xz: unreadable xz archive")
 
 
 @needs_libarchive
