@@ -12,14 +12,15 @@ judged by their names (:func:`uuencoded_names`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING, ClassVar, Iterable, Iterator, Literal
 
 from pydantic import Field
 
-from ..content.archives import Limits, archive_kind, list_archive, local_failure
+from ..content.archives import Limits, Listing, archive_kind, list_archive, local_failure
 from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
 from ..content.mimeparts import FIELDS_LIMIT_NOTE, NO_BOUNDARY_NOTE, PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, Attachment, every_reading
 from ..content.mimetext import single_text_type
@@ -49,12 +50,12 @@ class AttachmentChecks(CheckSwitches):
     mismatch_action: _CategoryAction = Field("score", description="Content whose first bytes contradict the name or declared type (a \"PDF\" that is a Windows executable): ATTACH_TYPE_MISMATCH, with the same choices.")
     macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
     encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
-    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into, for a limit or damage a sender can bring about on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an archive whose listing stopped part way (damaged: unzip, tar and 7-Zip carry on past it; a listing child that crashed or ran out of time or memory), a member name that cannot be read, attached messages nested deeper than archive_max_depth or more than 20, a multipart without a boundary. A banned file may be inside (an .exe four zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
-    unreadable_action: _CategoryAction = Field("score", description="What could not be read whole where no banned file can hide unseen: a 7z, rar, cab or tar without libarchive-c (install it: these are then listed), an archive member whose first bytes cannot be read (its name is judged), a limit met among an Office document's own parts (Office opens the document, nobody extracts them), MIME fields that do not parse, base64 that goes on after its padding: ATTACH_UNREADABLE, with the same choices.")
+    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into, for a limit or damage a sender can bring about on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an archive whose listing stopped part way (damaged: unzip, tar and 7-Zip carry on past it; a listing child that crashed or ran out of time or memory), a member name that cannot be read, attached messages nested deeper than archive_max_depth or more than 20, a multipart without a boundary. A banned file may be inside (an .exe six zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
+    unreadable_action: _CategoryAction = Field("score", description="What could not be read whole where no banned file can hide unseen: a 7z, rar, cab or tar without libarchive-c (install it: these are then listed), an archive member whose first bytes cannot be read (its name is judged), members of an Office document past archive_max_members (a .docx, .xlsx, .pptx, .odt… by every name it goes by, with [Content_Types].xml or ODF's mimetype: Office opens it, nobody extracts its parts), MIME fields that do not parse, base64 that goes on after its padding: ATTACH_UNREADABLE, with the same choices.")
     mime_limit_action: _CategoryAction = Field("quarantine", description="A message with a file (a named or non-text part) past its first 500 MIME parts, more than 2,000 parts, more than 1,000 uuencoded files, or a part whose MIME fields pass 16 KB in one field or 64 KB in all (a type or encoding past them is never read): files never judged (a banned one may follow the padding): ATTACH_MIME_LIMIT, with the same choices. Text parts past 500 are followed, so a digest of a few hundred posts is not caught.")
     archives: bool = Field(True, description="Look inside zip archives and TNEF containers (Outlook's winmail.dat), and 7z, rar, cab and tar ones, and gzip, bzip2 and xz files (a tar in one, or the file it holds), when libarchive-c is installed, for the same rules.")
-    archive_max_depth: int = Field(3, ge=1, le=20, description="Archives nested deeper than this (an archive in an archive is 2) are not opened.")
-    archive_max_members: int = Field(5000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at (an Office document's own parts are counted apart, against the same number).")
+    archive_max_depth: int = Field(5, ge=1, le=20, description="Archives nested deeper than this (an archive in an archive is 2; an Office document and the workbook embedded in it count too), and attached messages, are not opened.")
+    archive_max_members: int = Field(2000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at (an Office document's own parts are counted apart, against the same number).")
     archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")
     archive_max_message_size: Size = Field(200 * 1024 * 1024, description="Most bytes decompressed for all the attachments of one message: the archives past it are not looked into (ATTACH_ARCHIVE_LIMIT), so that many small archive bombs in one message cost no more than a few.")
     archive_process: bool = Field(True, description="List 7z, rar, cab, tar, gzip, bzip2 and xz archives (libarchive: C code reading hostile input) in a short-lived forked child with bounded memory and CPU, so that a crash there, or a listing past the child's time or memory, is ATTACH_ARCHIVE_LIMIT, never a dead worker; costs a few ms per such archive. Zip is read in the worker by Python's own zipfile, but for one zipfile cannot open (cut short, or with more than 64 KB after it), which libarchive lists as the others.")
@@ -98,6 +99,8 @@ _COMPRESSION = frozenset({"gz", "bz2", "xz", "z", "lz", "lzma", "zst"})
 #: At most this many attached messages (a base64 message/rfc822 part, an .eml file) are opened in one message:
 #: each is parsed for its own attachments (up to mimeparts' part limits), so this bounds the parts parsed.
 MAX_ATTACHED_MESSAGES = 20
+#: The types of a part that holds a message (RFC 6532's message/global is RFC 822's with UTF-8 headers).
+_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 #: The chunks an attached message is read in.
 _MESSAGE_CHUNK = 65536
 #: At most this many names of uuencoded or yEnc files are judged in one message.
@@ -115,7 +118,11 @@ class DecompressionBudget:
     attached messages it may still open (:data:`MAX_ATTACHED_MESSAGES`)."""
 
     left: int
-    messages: int = 0
+    #: The attached messages opened, by the digest of their decoded bytes: each is judged once, however many
+    #: readings of the message (and of the messages around it) give it again.
+    messages: dict[bytes, list["Finding"]] = field(default_factory=dict)
+    #: The archives listed, by digest and the names they were listed under: listed once, whatever the readings.
+    listings: dict[tuple[bytes, str, tuple[str, ...], str], Listing] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -320,17 +327,21 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         found += judge_content(name, attachment.content_type, head, self.banned, self.actions[MACRO] != "off")
         if self.actions[MACRO] != "off" and sniff(head) == "ole" and _ole_macros(attachment.data):
             found.append(Finding(MACRO, name, "OLE document with a VBA project"))
-        if attachment.content_type == "message/rfc822" or "eml" in extensions(name)[-1:]:
-            return found + self._judge_message(name, attachment, budget, depth)
-        kind = archive_kind(name, head)
+        if attachment.content_type in _MESSAGE_TYPES or any("eml" in extensions(other)[-1:] for other in (name, *attachment.names)):
+            found += self._judge_message(name, attachment, budget, depth)
+        kind = archive_kind(name, head) or next((k for k in (archive_kind(other, head) for other in attachment.names) if k), None)
         if kind is None or not self.options.archives:
             return found
         if attachment.truncated:
             return [*found, Finding(LIMIT, name, f"larger than max_attachment_size {self.options.max_attachment_size}: members not looked at")]
         if budget.left <= 0:
             return [*found, Finding(LIMIT, name, f"the message's archives decompressed past archive_max_message_size {self.options.archive_max_message_size}: not looked into")]
-        listing = list_archive(name, attachment.data, kind, replace(self.limits, max_size=min(self.limits.max_size, budget.left)))
-        budget.left -= listing.decompressed
+        key = (_digest(attachment.data), name, attachment.names, kind)
+        listing = budget.listings.get(key)
+        if listing is None:
+            listing = list_archive(name, attachment.data, kind, replace(self.limits, max_size=min(self.limits.max_size, budget.left)), attachment.names)
+            budget.left -= listing.decompressed
+            budget.listings[key] = listing
         macros = self.actions[MACRO] != "off"
         for entry in listing.entries:
             found += judge_name(entry.path, self.banned)
@@ -349,11 +360,6 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         forbids but Exchange Online and others send, or an .eml file): a mail client opens it with them."""
         if attachment.truncated:
             return [Finding(LIMIT, name, f"larger than max_attachment_size {self.options.max_attachment_size}: its attachments not looked at")]
-        if depth >= self.options.archive_max_depth:
-            return [Finding(LIMIT, name, f"attached message nested deeper than {self.options.archive_max_depth}: its attachments not looked at")]
-        if budget.messages >= MAX_ATTACHED_MESSAGES:
-            return [Finding(LIMIT, name, f"more than {MAX_ATTACHED_MESSAGES} attached messages: its attachments not looked at")]
-        budget.messages += 1
         data = attachment.data
 
         def chunks() -> Iterator[bytes]:
@@ -361,12 +367,36 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             while chunk := data.read(_MESSAGE_CHUNK):
                 yield chunk
 
-        found: list[Finding] = []
+        key = _digest(data)
+        if key in budget.messages:  # the same message in another reading: judged once
+            return [replace(f, file=f"{name}/{f.file}") for f in budget.messages[key]]
+        if depth > self.options.archive_max_depth:
+            return [Finding(LIMIT, name, f"attached message nested deeper than {self.options.archive_max_depth}: its attachments not looked at")]
+        if len(budget.messages) >= MAX_ATTACHED_MESSAGES:
+            return [Finding(LIMIT, name, f"more than {MAX_ATTACHED_MESSAGES} attached messages: its attachments not looked at")]
+        budget.messages[key] = []
+        found: list[Finding] = []  # named within the attached message; the caller's name goes in front
+        encoded = uuencoded_names(chunks())
+        for other in encoded[:MAX_ENCODED_FILES]:
+            found += judge_name(other, self.banned)
+        if len(encoded) > MAX_ENCODED_FILES:
+            found.append(Finding(MIME_LIMIT, "message", f"more than {MAX_ENCODED_FILES} uuencoded files: the rest not looked at"))
         skipped: list[str] = []
         for inner in every_reading(chunks, self.memory, self.options.max_attachment_size, skipped):
-            found += [replace(f, file=f"{name}/{f.file}") for f in self.judge(inner, budget, depth + 1)]
-        found += [replace(f, file=name) for f in _skipped(skipped)]
-        return found
+            found += self.judge(inner, budget, depth + 1)
+        found = list(dict.fromkeys(found + _skipped(skipped)))  # a file two readings give is one finding
+        budget.messages[key] = found
+        return [replace(f, file=f"{name}/{f.file}") for f in found]
+
+
+def _digest(data: IO[bytes]) -> bytes:
+    """The SHA-256 of the file *data*, read from its start (and left there)."""
+    digest = hashlib.sha256()
+    data.seek(0)
+    while chunk := data.read(_MESSAGE_CHUNK):
+        digest.update(chunk)
+    data.seek(0)
+    return digest.digest()
 
 
 def _skipped(notes: Iterable[str]) -> list[Finding]:

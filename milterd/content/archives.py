@@ -131,7 +131,7 @@ class Limits:
     """How far an archive is looked into."""
 
     max_depth: int = 3
-    max_members: int = 5000
+    max_members: int = 2000
     max_size: int = 50 * 1024 * 1024
     #: List what libarchive reads in a forked child (:func:`_walk_in_child`) instead of this process.
     child: bool = False
@@ -195,22 +195,23 @@ def archive_kind(name: str, head: bytes) -> str | None:
     return _ARCHIVE_EXTENSIONS.get(exts[-1]) if exts else None
 
 
-def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits) -> Listing:
-    """The members of archive *data* (a seekable file of *kind*) called *name*, nested archives included."""
+def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits, aliases: tuple[str, ...] = ()) -> Listing:
+    """The members of archive *data* (a seekable file of *kind*) called *name* (or *aliases*, the other names
+    a mail client may save it under), nested archives included."""
     listing = Listing()
     budget = _Budget(limits.max_size, limits.max_members, _TNEF_ATTRIBUTES + _TNEF_ATTRIBUTES_PER_MEMBER * limits.max_members)
     try:
-        _walk(name, data, kind, 1, limits, budget, listing)
+        _walk(name, data, kind, 1, limits, budget, listing, aliases)
     finally:
         listing.decompressed = limits.max_size - max(budget.size, 0)
     return listing
 
 
-def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing, aliases: tuple[str, ...] = ()) -> None:
     try:
         if kind == "zip":
             try:
-                _walk_zip(path, data, depth, limits, budget, listing)
+                _walk_zip(path, data, depth, limits, budget, listing, aliases)
             except (zipfile.BadZipFile, UnicodeDecodeError) as exc:
                 if libarchive is None:
                     raise
@@ -253,83 +254,95 @@ def _take_member(path: str, limits: Limits, budget: _Budget, listing: Listing, n
     return budget.members >= 0
 
 
+def _packed(name: str) -> bool:
+    """Whether *name* says an archive or a compressed file (``.zip``, ``.tgz``, ``.gz``…): a tool opens it for what it holds."""
+    exts = extensions(name)
+    return archive_kind(name, b"") is not None or (bool(exts) and exts[-1] in _DECOMPRESSED_EXTENSIONS)
+
+
 def _document(name: str) -> bool:
     """Whether *name* is an Office document's (:data:`_DOCUMENT_EXTENSIONS`)."""
     exts = extensions(name)
     return bool(exts) and exts[-1] in _DOCUMENT_EXTENSIONS
 
 
-def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
-    if not _document(path):
-        _walk_zip_members(path, data, depth, limits, budget, listing, listing.limits)
-        return
-    # An Office document's parts have a member budget of their own; what a limit leaves out among them is a note.
-    outer = budget.members
-    budget.members = limits.max_members
-    try:
-        _walk_zip_members(path, data, depth, limits, budget, listing, listing.errors)
-    finally:
-        budget.members = outer
-
-
-def _walk_zip_members(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, notes: list[str]) -> None:
-    """List the zip *data* called *path*; what its own limits leave out goes to *notes*."""
+def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, aliases: tuple[str, ...] = ()) -> None:
+    """List the zip *data* called *path* (and *aliases*: the other names a tool may give it)."""
     declared = _declared_zip_entries(data)
     # zipfile parses the whole central directory before the first member is counted (150,000 entries:
     # over a second and 80 MB); directories are entries but no members, hence the margin.
     if declared is not None and declared > max(budget.members, 0) + max(limits.max_members, _ZIP_ENTRIES_MARGIN):
-        notes.append(f"{path}: past {limits.max_members} members ({declared} entries declared), not looked at")
+        listing.limits.append(f"{path}: past {limits.max_members} members ({declared} entries declared), not looked at")
         return
     with zipfile.ZipFile(data) as archive:
-        named: set[str] = set()  # the paths listed so far: an alias names a file once
-        for info in archive.infolist():
-            aliases = [f"{path}/{alias}" for alias in _zip_aliases(data, info)]
-            if info.is_dir() and not aliases:
-                continue
-            member = f"{path}/{info.filename}"
-            if not _take_member(member, limits, budget, listing, notes):
-                return
-            encrypted = bool(info.flag_bits & 0x1)
-            named.add(member)
-            listing.entries.extend(Entry(alias, encrypted, b"") for alias in aliases if alias not in named)
-            named.update(aliases)
-            if encrypted:
-                listing.entries.append(Entry(member, True, b""))
-                listing.encrypted.append(member)
-                continue
-            try:
-                head = _read_head(archive, info, budget)
-            except _MEMBER_ERRORS as exc:
-                # One unreadable member (deflate64, a bad CRC) leaves the other names to judge; an archive by its
-                # name is a limit (unzip keeps a member with a bad CRC, and the archive lists as ever).
-                listing.entries.append(Entry(member, False, b""))
-                unread = listing.limits if archive_kind(info.filename, b"") is not None and not _document(member) else listing.errors
-                unread.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
-                continue
-            listing.entries.append(Entry(member, False, head))
-            inner = archive_kind(info.filename, head)
-            if inner is None:
-                continue
-            # An Office document not opened (an embedded workbook) is only noted: Office opens it, nobody extracts it.
-            skipped = listing.errors if _document(member) else listing.limits
-            if depth >= limits.max_depth:
-                skipped.append(f"{member}: archive nested deeper than {limits.max_depth}")
-                continue
-            if info.file_size > budget.size:
-                skipped.append(f"{member}: would decompress past {limits.max_size} bytes")
-                continue
-            try:
-                with archive.open(info) as stream:
-                    nested = _copy_bounded(stream, budget)
-            except _MEMBER_ERRORS as exc:
-                # A nested archive never opened (unzip keeps one with a bad CRC, and lists it): a limit.
-                listing.limits.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
-                continue
-            if nested is None:
-                skipped.append(f"{member}: would decompress past {limits.max_size} bytes")
-                continue
-            with nested:
-                _walk(member, nested, inner, depth + 1, limits, budget, listing)
+        if not (all(_document(name) for name in (path, *aliases)) and _office_parts(archive)):
+            _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.limits)
+            return
+        # An Office document's parts have a member budget of their own; the parts a limit leaves out are a note.
+        outer = budget.members
+        budget.members = limits.max_members
+        try:
+            _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.errors)
+        finally:
+            budget.members = outer
+
+
+def _office_parts(archive: zipfile.ZipFile) -> bool:
+    """Whether *archive* is laid out as an Office document: OOXML's ``[Content_Types].xml``, or ODF's first entry ``mimetype``."""
+    names = archive.namelist()
+    return "[Content_Types].xml" in names or names[:1] == ["mimetype"]
+
+
+def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing,
+                      notes: list[str]) -> None:
+    """List the members of *archive* (the zip *data* called *path*); the members past the budget go to *notes*."""
+    named: set[str] = set()  # the paths listed so far: an alias names a file once
+    for info in archive.infolist():
+        aliases = [f"{path}/{alias}" for alias in _zip_aliases(data, info)]
+        if info.is_dir() and not aliases:
+            continue
+        member = f"{path}/{info.filename}"
+        if not _take_member(member, limits, budget, listing, notes):
+            return
+        encrypted = bool(info.flag_bits & 0x1)
+        named.add(member)
+        listing.entries.extend(Entry(alias, encrypted, b"") for alias in aliases if alias not in named)
+        named.update(aliases)
+        if encrypted:
+            listing.entries.append(Entry(member, True, b""))
+            listing.encrypted.append(member)
+            continue
+        try:
+            head = _read_head(archive, info, budget)
+        except _MEMBER_ERRORS as exc:
+            # One unreadable member (deflate64, a bad CRC) leaves the other names to judge; an archive by its
+            # name is a limit (unzip keeps a member with a bad CRC, and the archive lists as ever).
+            listing.entries.append(Entry(member, False, b""))
+            unread = listing.limits if _packed(info.filename) else listing.errors
+            unread.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
+            continue
+        listing.entries.append(Entry(member, False, head))
+        inner = archive_kind(info.filename, head)
+        if inner is None:
+            continue
+        if depth >= limits.max_depth:
+            listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
+            continue
+        if info.file_size > budget.size:
+            listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+            continue
+        try:
+            with archive.open(info) as stream:
+                nested = _copy_bounded(stream, budget)
+        except _MEMBER_ERRORS as exc:
+            # A nested archive never opened (unzip keeps one with a bad CRC, and lists it): a limit.
+            listing.limits.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
+            continue
+        if nested is None:
+            listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+            continue
+        with nested:
+            _walk(member, nested, inner, depth + 1, limits, budget, listing, tuple(aliases))
 
 
 def _zip_aliases(data: IO[bytes], info: zipfile.ZipInfo) -> list[str]:

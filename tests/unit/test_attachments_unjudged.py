@@ -1,6 +1,6 @@
 """Files a limit kept from being looked into are held by default; what hides no file only scores.
 
-An .exe four zips deep (one past ``archive_max_depth``), behind damage that unzip,
+An .exe one zip past ``archive_max_depth``, behind damage that unzip,
 tar and 7-Zip read past, or inside a base64-encoded message/rfc822 part, was a
 1-point ATTACH_ARCHIVE_LIMIT and delivered: a sender picks the nesting and the
 damage.  ATTACH_ARCHIVE_LIMIT now quarantines by default; an attached message is
@@ -56,11 +56,11 @@ def hits(check: Any, raw: bytes) -> dict[str, Hit]:
 
 
 def test_an_exe_one_zip_deeper_than_looked_into_is_quarantined(check: Any) -> None:
-    assert AttachmentChecks().archive_max_depth == 3
-    assert hits(check, message(attached(b"invoice.zip", nested(3))))[policy.BANNED].action == Action.REJECT
-    found = hits(check, message(attached(b"invoice.zip", nested(4))))
+    assert AttachmentChecks().archive_max_depth == 5
+    assert hits(check, message(attached(b"invoice.zip", nested(5))))[policy.BANNED].action == Action.REJECT
+    found = hits(check, message(attached(b"invoice.zip", nested(6))))
     assert policy.BANNED not in found
-    assert found[LIMIT].detail == "invoice.zip/l2.zip/l1.zip/l0.zip: archive nested deeper than 3"
+    assert found[LIMIT].detail == "invoice.zip/l4.zip/l3.zip/l2.zip/l1.zip/l0.zip: archive nested deeper than 5"
     assert found[LIMIT].action == Action.QUARANTINE
 
 
@@ -85,13 +85,29 @@ def test_an_exe_in_an_encoded_attached_message_is_rejected(check: Any, ctype: by
 def test_a_clean_attached_message_passes_and_nesting_is_bounded(check: Any) -> None:
     clean = b"From: x@example.org\r\nSubject: minutes\r\nContent-Type: text/plain\r\n\r\nThe minutes.\r\n"
     assert hits(check, message(attached(b"minutes.eml", clean, b"message/rfc822"))) == {}
-    wrapped = INNER
-    for level in range(3):
-        wrapped = (b"From: x@example.org\r\nSubject: fwd\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=w\r\n\r\n"
-                   b"--w\r\n" + attached(b"fwd%d.eml" % level, wrapped, b"message/rfc822") + b"--w--\r\n")
-    found = hits(check, message(attached(b"outer.eml", wrapped, b"message/rfc822")))
+
+    def forwarded(levels: int) -> bytes:
+        wrapped = INNER
+        for level in range(levels):
+            wrapped = (b"From: x@example.org\r\nSubject: fwd\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=w\r\n\r\n"
+                       b"--w\r\n" + attached(b"fwd%d.eml" % level, wrapped, b"message/rfc822") + b"--w--\r\n")
+        return message(attached(b"outer.eml", wrapped, b"message/rfc822"))
+
+    # Five messages deep (as archive_max_depth) are opened: a forward of a forward of… with the .exe at the bottom.
+    assert hits(check, forwarded(4))[policy.BANNED].detail == "outer.eml/fwd3.eml/fwd2.eml/fwd1.eml/fwd0.eml/evil.exe: banned extension .exe"
+    found = hits(check, forwarded(5))
     assert policy.BANNED not in found and found[LIMIT].action == Action.QUARANTINE
-    assert found[LIMIT].detail == "outer.eml/fwd2.eml/fwd1.eml: attached message nested deeper than 3: its attachments not looked at"
+    assert found[LIMIT].detail == ("outer.eml/fwd4.eml/fwd3.eml/fwd2.eml/fwd1.eml/fwd0.eml: "
+                                   "attached message nested deeper than 5: its attachments not looked at")
+
+
+def test_one_attached_message_in_every_reading_is_opened_once(check: Any) -> None:
+    # A boundary two readings split otherwise gave each attached message twice: 11 forwards were "more than 20".
+    forwards = b"".join(b"--=_mixed 0034ABCD_=\r\n" + attached(b"msg%d.eml" % i, INNER.replace(b"evil.exe", b"notes%d.pdf" % i), b"message/rfc822")
+                        for i in range(11))
+    raw = (b"From: a@example.org\r\nTo: b@example.com\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=\"=_mixed 0034ABCD_=\"\r\n\r\n" + forwards + b"--=_mixed 0034ABCD_=--\r\n")
+    assert LIMIT not in hits(check, raw)
 
 
 def test_a_damaged_zip_is_a_limit(check: Any) -> None:
@@ -173,3 +189,39 @@ def test_a_member_name_that_cannot_be_read_is_a_limit(check: Any) -> None:
     assert found[LIMIT].action == Action.QUARANTINE and found[LIMIT].detail.startswith("invoice.zip")
     listing = archives.list_archive("invoice.zip", io.BytesIO(BAD_NAME_ZIP), "zip", archives.Limits(child=False))
     assert any("a member's name libarchive cannot convert to text" in text for text in listing.limits)
+
+
+def test_the_office_exemption_needs_a_document_by_every_name_and_by_its_parts(tmp_path: Path) -> None:
+    check = attachment_check(tmp_path, "archive_max_members = 10\n")
+    fillers = {f"f{i}.txt": b"" for i in range(20)}
+    # A plain zip named .docx: no [Content_Types].xml, a user's 7-Zip opens it.
+    assert hits(check, message(attached(b"report.docx", zipped({**fillers, "evil.exe": PE}))))[LIMIT].action == Action.QUARANTINE
+    # A document by its parts, but saved as report.zip by the client that reads Content-Type's name.
+    document = zipped({"[Content_Types].xml": b"<Types/>", **fillers, "evil.exe": PE})
+    part = attached(b"report.zip", document).replace(b"Content-Transfer-Encoding", b'Content-Disposition: attachment; filename="report.docx"\r\nContent-Transfer-Encoding', 1)
+    assert hits(check, message(part))[LIMIT].action == Action.QUARANTINE
+
+
+def test_a_part_typed_as_a_message_that_is_an_archive_is_listed(check: Any) -> None:
+    found = hits(check, message(attached(b"invoice.zip", zipped({"evil.exe": PE}), b"message/rfc822")))
+    assert found[policy.BANNED].detail == "invoice.zip/evil.exe: banned extension .exe"
+
+
+def test_a_uuencoded_file_in_an_attached_message_is_judged(check: Any) -> None:
+    inner = b"From: x@example.org\r\nSubject: fwd\r\n\r\nSee below.\r\n\r\nbegin 644 evil.exe\r\nM35J0\r\n`\r\nend\r\n"
+    found = hits(check, message(attached(b"fwd.eml", inner, b"message/rfc822")))
+    assert found[policy.BANNED].detail == "fwd.eml/evil.exe: banned extension .exe"
+
+
+def test_a_compressed_member_with_a_bad_crc_is_a_limit(check: Any) -> None:
+    import gzip
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("evil.exe")
+        info.size = len(PE)
+        tar.addfile(info, io.BytesIO(PE))
+    outer = bad_crc(zipped({"payload.tgz": gzip.compress(buffer.getvalue())}, zipfile.ZIP_STORED))
+    found = hits(check, message(attached(b"mail.zip", outer)))
+    assert found[LIMIT].detail.startswith("mail.zip/payload.tgz: unreadable member") and found[LIMIT].action == Action.QUARANTINE
