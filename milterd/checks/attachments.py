@@ -99,8 +99,9 @@ _COMPRESSION = frozenset({"gz", "bz2", "xz", "z", "lz", "lzma", "zst"})
 #: At most this many attached messages (a base64 message/rfc822 part, an .eml file) are opened in one message:
 #: each is parsed for its own attachments (up to mimeparts' part limits), so this bounds the parts parsed.
 MAX_ATTACHED_MESSAGES = 20
-#: The types of a part that holds a message (RFC 6532's message/global is RFC 822's with UTF-8 headers).
-_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
+#: The types of a part that holds a message (RFC 6532's message/global is RFC 822's with UTF-8 headers;
+#: Thunderbird opens message/news as it opens message/rfc822).
+_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "message/news"})
 #: The chunks an attached message is read in.
 _MESSAGE_CHUNK = 65536
 #: At most this many names of uuencoded or yEnc files are judged in one message.
@@ -121,8 +122,8 @@ class DecompressionBudget:
     #: The attached messages opened, by the digest of their decoded bytes: each is judged once, however many
     #: readings of the message (and of the messages around it) give it again.
     messages: dict[bytes, list["Finding"]] = field(default_factory=dict)
-    #: The archives listed, by digest and the names they were listed under: listed once, whatever the readings.
-    listings: dict[tuple[bytes, str, tuple[str, ...], str], Listing] = field(default_factory=dict)
+    #: The findings of the archives listed, by digest and the names they were listed under: listed once, whatever the readings.
+    listings: dict[tuple[bytes, str, tuple[str, ...], str], list["Finding"]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -337,11 +338,16 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         if budget.left <= 0:
             return [*found, Finding(LIMIT, name, f"the message's archives decompressed past archive_max_message_size {self.options.archive_max_message_size}: not looked into")]
         key = (_digest(attachment.data), name, attachment.names, kind)
-        listing = budget.listings.get(key)
-        if listing is None:
+        listed = budget.listings.get(key)
+        if listed is None:
             listing = list_archive(name, attachment.data, kind, replace(self.limits, max_size=min(self.limits.max_size, budget.left)), attachment.names)
             budget.left -= listing.decompressed
-            budget.listings[key] = listing
+            listed = budget.listings[key] = self._listed(listing)
+        return found + listed
+
+    def _listed(self, listing: Listing) -> list[Finding]:
+        """The findings of an archive's listing: its members' names and first bytes, and what was not looked at."""
+        found: list[Finding] = []
         macros = self.actions[MACRO] != "off"
         for entry in listing.entries:
             found += judge_name(entry.path, self.banned)

@@ -165,6 +165,11 @@ class Listing:
 class _Budget:
     size: int
     members: int
+    #: The members the attachment's Office documents may still have, all of them together (one more
+    #: max_members): a fresh budget per document let documents nested in documents list millions of parts.
+    documents: int = 0
+    #: Whether the walk is inside an Office document (its parts counted in ``documents``).
+    in_document: bool = False
     #: TNEF attributes left to read (each costs its header, however small).
     attributes: int = _TNEF_ATTRIBUTES
 
@@ -199,7 +204,7 @@ def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits, aliases:
     """The members of archive *data* (a seekable file of *kind*) called *name* (or *aliases*, the other names
     a mail client may save it under), nested archives included."""
     listing = Listing()
-    budget = _Budget(limits.max_size, limits.max_members, _TNEF_ATTRIBUTES + _TNEF_ATTRIBUTES_PER_MEMBER * limits.max_members)
+    budget = _Budget(limits.max_size, limits.max_members, limits.max_members, attributes=_TNEF_ATTRIBUTES + _TNEF_ATTRIBUTES_PER_MEMBER * limits.max_members)
     try:
         _walk(name, data, kind, 1, limits, budget, listing, aliases)
     finally:
@@ -279,12 +284,15 @@ def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
             _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.limits)
             return
         # An Office document's parts have a member budget of their own; the parts a limit leaves out are a note.
+        if budget.in_document:  # a document in a document: the same parts budget
+            _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.errors)
+            return
         outer = budget.members
-        budget.members = limits.max_members
+        budget.members, budget.in_document = budget.documents, True
         try:
             _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.errors)
         finally:
-            budget.members = outer
+            budget.documents, budget.members, budget.in_document = budget.members, outer, False
 
 
 def _office_parts(archive: zipfile.ZipFile) -> bool:
@@ -318,11 +326,12 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
             # One unreadable member (deflate64, a bad CRC) leaves the other names to judge; an archive by its
             # name is a limit (unzip keeps a member with a bad CRC, and the archive lists as ever).
             listing.entries.append(Entry(member, False, b""))
-            unread = listing.limits if _packed(info.filename) else listing.errors
+            unread = listing.limits if any(_packed(name) for name in (info.filename, *aliases)) else listing.errors
             unread.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
             continue
         listing.entries.append(Entry(member, False, head))
-        inner = archive_kind(info.filename, head)
+        # unzip may extract it under an alias (its Unicode Path): docs.zip named notes.txt is still an archive.
+        inner = archive_kind(info.filename, head) or next((kind for kind in (archive_kind(alias, head) for alias in aliases) if kind), None)
         if inner is None:
             continue
         if depth >= limits.max_depth:
