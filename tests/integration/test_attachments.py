@@ -328,7 +328,10 @@ def test_the_child_lists_what_the_worker_would(tmp_path: Any) -> None:
     seven = libarchive_made(tmp_path, "7zip", {"docs/run.js": b"WScript.Echo(1)", "a.txt": b"hi", "in.zip": zipped({"x.exe": PE})})
     tar = libarchive_made(tmp_path, "ustar", {"x/setup.exe": PE})
     bomb = libarchive_made(tmp_path, "7zip", {"big.tar": libarchive_made(tmp_path, "ustar", {"zeros.bin": b"\x00" * (4 * 1024 * 1024)})})
+    # Office documents in tars: their parts share one budget across the children (each child started afresh on it).
+    document = libarchive_made(tmp_path, "ustar", {"x.docx": zipped({"[Content_Types].xml": b"", **{f"p{i}.xml": b"" for i in range(15)}})})
     cases = [
+        (zipped({f"d{i}.tar": document for i in range(5)}), "reports.zip", "zip", Limits(max_members=20)),
         (seven, "files.7z", "7z", Limits()),
         (zipped({"bundle.tar": tar, "inner.7z": seven}), "outer.zip", "zip", Limits()),
         (bomb, "a.7z", "7z", Limits(max_size=512 * 1024)),

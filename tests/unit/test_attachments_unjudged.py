@@ -215,6 +215,12 @@ def test_a_uuencoded_file_in_an_attached_message_is_judged(check: Any) -> None:
     assert found[policy.BANNED].detail == "fwd.eml/evil.exe: banned extension .exe"
 
 
+@pytest.mark.parametrize("name", ["p.zipx", "p.epub"])
+def test_an_unreadable_member_that_archive_tools_open_is_a_limit(check: Any, name: str) -> None:
+    outer = bad_crc(zipped({name: zipped({"invoice.js": b"WScript.Echo(1)"})}, zipfile.ZIP_STORED))
+    assert hits(check, message(attached(b"files.zip", outer)))[LIMIT].action == Action.QUARANTINE
+
+
 def test_a_compressed_member_with_a_bad_crc_is_a_limit(check: Any) -> None:
     import gzip
     import tarfile
