@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, ClassVar, Iterable, Iterator, Literal
 
 from pydantic import Field
 
-from ..content.archives import Limits, Listing, archive_kind, list_archive, local_failure
+from ..content.archives import Limits, Listing, archive_kind_of, list_archive, local_failure
 from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
 from ..content.mimeparts import FIELDS_LIMIT_NOTE, NO_BOUNDARY_NOTE, PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, Attachment, every_reading
 from ..content.mimetext import single_text_type
@@ -282,11 +282,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         skipped: list[str] = []
         errors: list[str] = []  # why an attachment could not be judged: the others still are
         try:
-            encoded = uuencoded_names(envelope.message_chunks())
-            for name in encoded[:MAX_ENCODED_FILES]:
-                findings += judge_name(name, self.banned)
-            if len(encoded) > MAX_ENCODED_FILES:
-                findings.append(Finding(MIME_LIMIT, "message", f"more than {MAX_ENCODED_FILES} uuencoded files: the rest not looked at"))
+            findings += self._uuencoded(envelope.message_chunks())
             if single_plain_text(envelope.headers):
                 return hits_for(findings, self.actions)  # what parsing it would find: no MIME attachment
             budget = DecompressionBudget(self.options.archive_max_message_size)
@@ -330,7 +326,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             found.append(Finding(MACRO, name, "OLE document with a VBA project"))
         if attachment.content_type in _MESSAGE_TYPES or any("eml" in extensions(other)[-1:] for other in (name, *attachment.names)):
             found += self._judge_message(name, attachment, budget, depth)
-        kind = archive_kind(name, head) or next((k for k in (archive_kind(other, head) for other in attachment.names) if k), None)
+        kind = archive_kind_of((name, *attachment.names), head)
         if kind is None or not self.options.archives:
             return found
         if attachment.truncated:
@@ -360,19 +356,12 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         found += [Finding(UNREADABLE, text.split(": ", 1)[0], text.split(": ", 1)[-1]) for text in listing.errors]
         return found
 
-
     def _judge_message(self, name: str, attachment: Attachment, budget: DecompressionBudget, depth: int) -> list[Finding]:
         """The findings of the attachments of an attached message (a base64 message/rfc822 part, which RFC 2046
         forbids but Exchange Online and others send, or an .eml file): a mail client opens it with them."""
         if attachment.truncated:
             return [Finding(LIMIT, name, f"larger than max_attachment_size {self.options.max_attachment_size}: its attachments not looked at")]
         data = attachment.data
-
-        def chunks() -> Iterator[bytes]:
-            data.seek(0)
-            while chunk := data.read(_MESSAGE_CHUNK):
-                yield chunk
-
         key = _digest(data)
         if key in budget.messages:  # the same message in another reading: judged once
             return [replace(f, file=f"{name}/{f.file}") for f in budget.messages[key]]
@@ -381,25 +370,34 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         if len(budget.messages) >= MAX_ATTACHED_MESSAGES:
             return [Finding(LIMIT, name, f"more than {MAX_ATTACHED_MESSAGES} attached messages: its attachments not looked at")]
         budget.messages[key] = []
-        found: list[Finding] = []  # named within the attached message; the caller's name goes in front
-        encoded = uuencoded_names(chunks())
-        for other in encoded[:MAX_ENCODED_FILES]:
-            found += judge_name(other, self.banned)
-        if len(encoded) > MAX_ENCODED_FILES:
-            found.append(Finding(MIME_LIMIT, "message", f"more than {MAX_ENCODED_FILES} uuencoded files: the rest not looked at"))
+        found = self._uuencoded(_chunks(data))  # named within the attached message; the caller's name goes in front
         skipped: list[str] = []
-        for inner in every_reading(chunks, self.memory, self.options.max_attachment_size, skipped):
+        for inner in every_reading(lambda: _chunks(data), self.memory, self.options.max_attachment_size, skipped):
             found += self.judge(inner, budget, depth + 1)
         found = list(dict.fromkeys(found + _skipped(skipped)))  # a file two readings give is one finding
         budget.messages[key] = found
         return [replace(f, file=f"{name}/{f.file}") for f in found]
 
+    def _uuencoded(self, chunks: Iterable[bytes]) -> list[Finding]:
+        """The findings of the files uuencoded or yEnc-encoded in the text of a message given as *chunks*."""
+        encoded = uuencoded_names(chunks)
+        found = [finding for name in encoded[:MAX_ENCODED_FILES] for finding in judge_name(name, self.banned)]
+        if len(encoded) > MAX_ENCODED_FILES:
+            found.append(Finding(MIME_LIMIT, "message", f"more than {MAX_ENCODED_FILES} uuencoded files: the rest not looked at"))
+        return found
+
+
+def _chunks(data: IO[bytes]) -> Iterator[bytes]:
+    """The file *data* from its start, :data:`_MESSAGE_CHUNK` bytes at a time."""
+    data.seek(0)
+    while chunk := data.read(_MESSAGE_CHUNK):
+        yield chunk
+
 
 def _digest(data: IO[bytes]) -> bytes:
     """The SHA-256 of the file *data*, read from its start (and left there)."""
     digest = hashlib.sha256()
-    data.seek(0)
-    while chunk := data.read(_MESSAGE_CHUNK):
+    for chunk in _chunks(data):
         digest.update(chunk)
     data.seek(0)
     return digest.digest()

@@ -66,7 +66,7 @@ import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 from tnefparse import TNEF
 from tnefparse.codepage import Codepage
@@ -200,6 +200,11 @@ def archive_kind(name: str, head: bytes) -> str | None:
     return _ARCHIVE_EXTENSIONS.get(exts[-1]) if exts else None
 
 
+def archive_kind_of(names: Iterable[str], head: bytes) -> str | None:
+    """:func:`archive_kind` of the first of *names* (a file's name, then the others a tool may give it) that has one."""
+    return next((kind for kind in (archive_kind(name, head) for name in names) if kind), None)
+
+
 def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits, aliases: tuple[str, ...] = ()) -> Listing:
     """The members of archive *data* (a seekable file of *kind*) called *name* (or *aliases*, the other names
     a mail client may save it under), nested archives included."""
@@ -286,12 +291,11 @@ def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
         listing.limits.append(f"{path}: past {limits.max_members} members ({declared} entries declared), not looked at")
         return
     with zipfile.ZipFile(data) as archive:
-        if not (all(_document(name) for name in (path, *aliases)) and _office_parts(archive)):
-            _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.limits)
-            return
-        # An Office document's parts have a member budget of their own; the parts a limit leaves out are a note.
-        if budget.in_document:  # a document in a document: the same parts budget
-            _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.errors)
+        document = all(_document(name) for name in (path, *aliases)) and _office_parts(archive)
+        # An Office document's parts have a member budget of their own (a document in a document shares it,
+        # already in budget.members); the parts a limit leaves out are a note.
+        if not document or budget.in_document:
+            _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.errors if document else listing.limits)
             return
         outer = budget.members
         budget.members, budget.in_document = budget.documents, True
@@ -337,7 +341,7 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
             continue
         listing.entries.append(Entry(member, False, head))
         # unzip may extract it under an alias (its Unicode Path): docs.zip named notes.txt is still an archive.
-        inner = archive_kind(info.filename, head) or next((kind for kind in (archive_kind(alias, head) for alias in aliases) if kind), None)
+        inner = archive_kind_of((info.filename, *aliases), head)
         if inner is None:
             continue
         if depth >= limits.max_depth:
