@@ -195,6 +195,23 @@ def test_summary_line_per_message(stack: Stack) -> None:
     assert re.search(rf"milterd\[\d+\]: INFO {queue_id}: action=accept score=0 symbols=- client=unknown\[192\.0\.2\.10\] from=<alice@example\.org> to=<bob@example\.com> ms=[\d.]+", line), line
 
 
+def test_a_recipient_cannot_forge_the_summary_lines_fields(stack: Stack) -> None:
+    """A quoted local part holds blanks, "<>" and '"': it wrote a second from=<…> and action= into milterd's line.
+    Past 10 recipients the line counts the rest (a thousand long ones made a line syslog dropped whole)."""
+    forged = '"x> from=<ceo@bank.example> action=reject"@example.com'
+    recipients = [forged] + [f"r{i}@example.com" for i in range(11)]
+    assert stack.send(message("forged fields"), recipients=recipients) == {}
+    [delivered] = stack.sink.wait(1, match=lambda m: "forged fields" in m.headers)
+    queue_id = queue_id_of(delivered.header("Received")[0])
+    deadline = time.monotonic() + 5
+    while f"{queue_id}: action=" not in stack.milterd.stderr() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    line = next(text for text in stack.milterd.stderr().splitlines() if f"{queue_id}: action=" in text)
+    assert line.count(" from=<") == 1 and line.count(" action=") == 1, line
+    assert 'to=<\\x22x\\x3e\\x20from=\\x3cceo@bank.example\\x3e\\x20action=reject\\x22@example.com>,<r0@example.com>' in line, line
+    assert "<r8@example.com> (+2 more) ms=" in line and "r9@" not in line, line
+
+
 def test_log_filters(stack: Stack) -> None:
     stack.send(message("filter me"), sender="filter@example.net")
     stack.sink.wait(1, match=lambda m: "filter me" in m.headers)
