@@ -13,6 +13,7 @@ judged by their names (:func:`uuencoded_names`).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from typing import IO, TYPE_CHECKING, ClassVar, Iterable, Iterator, Literal
 
 from pydantic import Field
 
-from ..content.archives import Limits, Listing, archive_kind_of, list_archive, local_failure
+from ..content.archives import Limits, Listing, archive_kind_of, list_archive, local_failure, message_file
 from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
 from ..content.mimeparts import FIELDS_LIMIT_NOTE, NO_BOUNDARY_NOTE, PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, Attachment, every_reading
 from ..content.mimetext import single_text_type
@@ -50,7 +51,7 @@ class AttachmentChecks(CheckSwitches):
     mismatch_action: _CategoryAction = Field("score", description="Content whose first bytes contradict the name or declared type (a \"PDF\" that is a Windows executable): ATTACH_TYPE_MISMATCH, with the same choices.")
     macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
     encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
-    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into, for a limit or damage a sender can bring about on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an archive whose listing stopped part way (damaged: unzip, tar and 7-Zip carry on past it; a listing child that crashed or ran out of time or memory), a member name that cannot be read, attached messages nested deeper than archive_max_depth or more than 20, a multipart without a boundary. A banned file may be inside (an .exe six zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
+    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into, for a limit or damage a sender can bring about on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an archive whose listing stopped part way (damaged: unzip, tar and 7-Zip carry on past it; a listing child that crashed or ran out of time or memory), a member name that cannot be read, attached messages nested deeper than archive_max_depth or more than 20, archives past archive_max_processes listing children or zip directories past 20 times archive_max_members entries in one message (parsed whole, however few members are then listed), a multipart without a boundary. A banned file may be inside (an .exe six zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
     unreadable_action: _CategoryAction = Field("score", description="What could not be read whole where no banned file can hide unseen: a 7z, rar, cab or tar without libarchive-c (install it: these are then listed), an archive member whose first bytes cannot be read (its name is judged), members of an Office document past archive_max_members (a .docx, .xlsx, .pptx, .odt… by every name it goes by, with [Content_Types].xml or ODF's mimetype: Office opens it, nobody extracts its parts), MIME fields that do not parse, base64 that goes on after its padding: ATTACH_UNREADABLE, with the same choices.")
     mime_limit_action: _CategoryAction = Field("quarantine", description="A message with a file (a named or non-text part) past its first 500 MIME parts, more than 2,000 parts, more than 1,000 uuencoded files, or a part whose MIME fields pass 16 KB in one field or 64 KB in all (a type or encoding past them is never read): files never judged (a banned one may follow the padding): ATTACH_MIME_LIMIT, with the same choices. Text parts past 500 are followed, so a digest of a few hundred posts is not caught.")
     archives: bool = Field(True, description="Look inside zip archives and TNEF containers (Outlook's winmail.dat), and 7z, rar, cab and tar ones, and gzip, bzip2 and xz files (a tar in one, or the file it holds), when libarchive-c is installed, for the same rules.")
@@ -59,6 +60,7 @@ class AttachmentChecks(CheckSwitches):
     archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")
     archive_max_message_size: Size = Field(200 * 1024 * 1024, description="Most bytes decompressed for all the attachments of one message: the archives past it are not looked into (ATTACH_ARCHIVE_LIMIT), so that many small archive bombs in one message cost no more than a few.")
     archive_process: bool = Field(True, description="List 7z, rar, cab, tar, gzip, bzip2 and xz archives (libarchive: C code reading hostile input) in a short-lived forked child with bounded memory and CPU, so that a crash there, or a listing past the child's time or memory, is ATTACH_ARCHIVE_LIMIT, never a dead worker; costs a few ms per such archive. Zip is read in the worker by Python's own zipfile, but for one zipfile cannot open (cut short, or with more than 64 KB after it), which libarchive lists as the others.")
+    archive_max_processes: int = Field(200, ge=1, description="Most listing children (archive_process) forked for one message's archives, about 10 ms of a worker each: the archives past them are not looked into (ATTACH_ARCHIVE_LIMIT), so that a zip of 2,000 small gzip files costs no more than a few seconds.")
     max_attachment_size: Size = Field(64 * 1024 * 1024, description="Attachments are decoded up to this size (to a temporary file past [milter] spool_memory); a larger one is judged by its name and first bytes only.")
 
 
@@ -104,6 +106,8 @@ MAX_ATTACHED_MESSAGES = 20
 _MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "message/news"})
 #: The chunks an attached message is read in.
 _MESSAGE_CHUNK = 65536
+#: The zip directory entries one message's archives may parse, per member allowed (``archive_max_members``, at least 1,000).
+DIRECTORY_ENTRIES_PER_MEMBER_LIMIT = 20
 #: At most this many names of uuencoded or yEnc files are judged in one message.
 MAX_ENCODED_FILES = 1000
 #: The first line of a uuencoded (``begin 644 name``) or yEnc (``=ybegin … name=name``) file, as Thunderbird reads it.
@@ -115,10 +119,14 @@ _CLSID = re.compile(r"\{[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\}")
 
 @dataclass
 class DecompressionBudget:
-    """The bytes the archives of one message may still decompress (``archive_max_message_size``), and the
-    attached messages it may still open (:data:`MAX_ATTACHED_MESSAGES`)."""
+    """The bytes the archives of one message may still decompress (``archive_max_message_size``), the zip
+    directory entries they may still parse, the listing children they may still fork, and the attached messages it may still open (:data:`MAX_ATTACHED_MESSAGES`)."""
 
     left: int
+    #: The zip central directory entries the message's archives may still parse (their room, :attr:`Limits.max_directory`).
+    directory: int = 0
+    #: The listing children they may still fork (``archive_max_processes``).
+    children: int = 0
     #: The attached messages opened, by the digest of their decoded bytes: each is judged once, however many
     #: readings of the message (and of the messages around it) give it again.
     messages: dict[bytes, list["Finding"]] = field(default_factory=dict)
@@ -270,7 +278,9 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         options = self.options
         self.banned = frozenset(e.lower().lstrip(".") for e in options.banned_extensions)
         self.actions = {symbol: str(getattr(options, option)) for symbol, option in _ACTION_OPTION.items()}
-        self.limits = Limits(options.archive_max_depth, options.archive_max_members, options.archive_max_size, child=options.archive_process)
+        # The directory entries parsed in one message follow the members allowed: 20 zips of the most members (0.2 s of CPU by default).
+        self.limits = Limits(options.archive_max_depth, options.archive_max_members, options.archive_max_size,
+                             max_directory=DIRECTORY_ENTRIES_PER_MEMBER_LIMIT * max(options.archive_max_members, 1000), max_children=options.archive_max_processes, child=options.archive_process)
         self.memory = services.config.milter.spool_memory
 
     def eom_waits(self, envelope: Envelope) -> bool:
@@ -285,7 +295,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             findings += self._uuencoded(envelope.message_chunks())
             if single_plain_text(envelope.headers):
                 return hits_for(findings, self.actions)  # what parsing it would find: no MIME attachment
-            budget = DecompressionBudget(self.options.archive_max_message_size)
+            budget = DecompressionBudget(self.options.archive_max_message_size, self.limits.max_directory, self.limits.max_children)
             for attachment in every_reading(envelope.message_chunks, self.memory, self.options.max_attachment_size, skipped):
                 try:
                     findings.extend(self.judge(attachment, budget))
@@ -324,7 +334,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         found += judge_content(name, attachment.content_type, head, self.banned, self.actions[MACRO] != "off")
         if self.actions[MACRO] != "off" and sniff(head) == "ole" and _ole_macros(attachment.data):
             found.append(Finding(MACRO, name, "OLE document with a VBA project"))
-        if attachment.content_type in _MESSAGE_TYPES or any("eml" in extensions(other)[-1:] for other in (name, *attachment.names)):
+        if attachment.content_type in _MESSAGE_TYPES or message_file((name, *attachment.names)):
             found += self._judge_message(name, attachment, budget, depth)
         kind = archive_kind_of((name, *attachment.names), head)
         if kind is None or not self.options.archives:
@@ -336,14 +346,22 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         key = (_digest(attachment.data), name, attachment.names, kind)
         listed = budget.listings.get(key)
         if listed is None:
-            listing = list_archive(name, attachment.data, kind, replace(self.limits, max_size=min(self.limits.max_size, budget.left)), attachment.names)
+            limits = replace(self.limits, max_size=min(self.limits.max_size, budget.left), max_directory=max(budget.directory, 0),
+                             max_children=max(budget.children, 0))
+            listing = list_archive(name, attachment.data, kind, limits, attachment.names)
             budget.left -= listing.decompressed
-            listed = budget.listings[key] = self._listed(listing)
+            budget.directory -= listing.directory
+            budget.children -= listing.children
+            listed = budget.listings[key] = self._listed(listing, budget, depth)
         return found + listed
 
-    def _listed(self, listing: Listing) -> list[Finding]:
-        """The findings of an archive's listing: its members' names and first bytes, and what was not looked at."""
+    def _listed(self, listing: Listing, budget: DecompressionBudget, depth: int) -> list[Finding]:
+        """The findings of an archive's listing: its members' names and first bytes, the attachments of
+        the messages among them (``.eml`` files), and what was not looked at."""
         found: list[Finding] = []
+        for path, data in listing.messages:
+            saved = Attachment(path.rsplit("/", 1)[-1], "message/rfc822", io.BytesIO(data), len(data), truncated=False)
+            found += self._judge_message(path, saved, budget, depth + 1)
         macros = self.actions[MACRO] != "off"
         for entry in listing.entries:
             found += judge_name(entry.path, self.banned)

@@ -24,7 +24,9 @@ CPU time and timeout (``CHILD_CPU_SECONDS``, ``CHILD_TIMEOUT``) with
 ``Limits.child``, and by nothing when it is off (``archive_process = false``).
 Members past ``Limits.max_members`` are not looked at, and a zip whose end of
 central directory record declares far more entries is not opened at all
-(zipfile would parse its whole directory first).  What was not looked at is
+(zipfile would parse its whole directory first), nor one whose directory would
+take the entries parsed past ``Limits.max_directory`` (counted by the room its
+directory has, whatever its count says: zipfile parses the directory's bytes).  What was not looked at is
 reported in ``Listing.limits``, never silently skipped.
 
 A TNEF container (Outlook's ``winmail.dat``, told by its signature) is
@@ -133,6 +135,11 @@ class Limits:
     max_depth: int = 3
     max_members: int = 2000
     max_size: int = 50 * 1024 * 1024
+    #: Most zip central directory entries parsed (counted by the room of each directory), all nested zips together:
+    #: 150 tars each carrying a deck of 2,000 parts cost zipfile 2,000 entries each however few members are listed.
+    max_directory: int = 40_000
+    #: Most listing children forked (with ``child``): each costs the worker about 10 ms, and a zip may carry 2,000 gzip files.
+    max_children: int = 200
     #: List what libarchive reads in a forked child (:func:`_walk_in_child`) instead of this process.
     child: bool = False
 
@@ -157,8 +164,15 @@ class Listing:
     limits: list[str] = field(default_factory=list)
     #: What could not be read or listed (a damaged archive, a kind without its library): its names as far as read.
     errors: list[str] = field(default_factory=list)
+    #: The members that are messages (``.eml`` by a name a tool gives them), by path, whole: a mail client
+    #: opens one with its attachments, which the caller judges as an attached message's.
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
     #: Bytes decompressed (or decoded) to list it, of ``Limits.max_size``.
     decompressed: int = 0
+    #: Zip central directory entries parsed (the room of each directory), of ``Limits.max_directory``.
+    directory: int = 0
+    #: Listing children forked, of ``Limits.max_children``.
+    children: int = 0
 
 
 @dataclass
@@ -172,6 +186,10 @@ class _Budget:
     in_document: bool = False
     #: TNEF attributes left to read (each costs its header, however small).
     attributes: int = _TNEF_ATTRIBUTES
+    #: Zip central directory entries left to parse (``Limits.max_directory``).
+    directory: int = 0
+    #: Listing children left to fork (``Limits.max_children``).
+    children: int = 0
 
 
 #: errno values that say the machine failed, not the archive: no space, quota, file descriptors, memory.
@@ -200,6 +218,11 @@ def archive_kind(name: str, head: bytes) -> str | None:
     return _ARCHIVE_EXTENSIONS.get(exts[-1]) if exts else None
 
 
+def message_file(names: Iterable[str]) -> bool:
+    """Whether any of *names* is a saved message's (``.eml``): Outlook, Thunderbird and Apple Mail open it as mail, attachments and all."""
+    return any(extensions(name)[-1:] == ["eml"] for name in names)
+
+
 def archive_kind_of(names: Iterable[str], head: bytes) -> str | None:
     """:func:`archive_kind` of the first of *names* (a file's name, then the others a tool may give it) that has one."""
     return next((kind for kind in (archive_kind(name, head) for name in names) if kind), None)
@@ -209,11 +232,14 @@ def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits, aliases:
     """The members of archive *data* (a seekable file of *kind*) called *name* (or *aliases*, the other names
     a mail client may save it under), nested archives included."""
     listing = Listing()
-    budget = _Budget(limits.max_size, limits.max_members, limits.max_members, attributes=_TNEF_ATTRIBUTES + _TNEF_ATTRIBUTES_PER_MEMBER * limits.max_members)
+    budget = _Budget(limits.max_size, limits.max_members, limits.max_members, attributes=_TNEF_ATTRIBUTES + _TNEF_ATTRIBUTES_PER_MEMBER * limits.max_members,
+                     directory=limits.max_directory, children=limits.max_children)
     try:
         _walk(name, data, kind, 1, limits, budget, listing, aliases)
     finally:
         listing.decompressed = limits.max_size - max(budget.size, 0)
+        listing.directory = limits.max_directory - budget.directory
+        listing.children = limits.max_children - budget.children
     return listing
 
 
@@ -252,6 +278,10 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
 
 def _walk_libarchive_kind(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
     if limits.child:
+        if budget.children <= 0:
+            listing.limits.append(f"{path}: {kind} archive past the message's listing processes, not looked at")
+            return
+        budget.children -= 1
         _walk_in_child(path, data, kind, depth, limits, budget, listing)
     else:
         _walk_libarchive(path, data, depth, limits, budget, listing, kind)
@@ -284,12 +314,17 @@ def _document(name: str) -> bool:
 
 def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, aliases: tuple[str, ...] = ()) -> None:
     """List the zip *data* called *path* (and *aliases*: the other names a tool may give it)."""
-    declared = _declared_zip_entries(data)
+    declared, room = _zip_directory(data)
     # zipfile parses the whole central directory before the first member is counted (150,000 entries:
     # over a second and 80 MB); directories are entries but no members, hence the margin.
     if declared is not None and declared > max(budget.members, 0) + max(limits.max_members, _ZIP_ENTRIES_MARGIN):
         listing.limits.append(f"{path}: past {limits.max_members} members ({declared} entries declared), not looked at")
         return
+    # However few of its members are listed (an Office document's past its parts' budget), the whole directory is parsed.
+    if room > budget.directory:
+        listing.limits.append(f"{path}: a zip directory of up to {room} entries, past the {max(budget.directory, 0)} left to parse, not looked at")
+        return
+    budget.directory -= room
     with zipfile.ZipFile(data) as archive:
         document = all(_document(name) for name in (path, *aliases)) and _office_parts(archive)
         # An Office document's parts have a member budget of their own (a document in a document shares it,
@@ -340,6 +375,10 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
             unread.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
             continue
         listing.entries.append(Entry(member, False, head))
+        # A saved message: a mail client opens it with its attachments, which the caller judges.
+        if message_file((info.filename, *aliases)) and (copy := _copied_member(member, archive, info, limits, budget, listing)):
+            with copy:
+                listing.messages.append((member, copy.read()))
         # unzip may extract it under an alias (its Unicode Path): docs.zip named notes.txt is still an archive.
         inner = archive_kind_of((info.filename, *aliases), head)
         if inner is None:
@@ -347,21 +386,29 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
         if depth >= limits.max_depth:
             listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
             continue
-        if info.file_size > budget.size:
-            listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
-            continue
-        try:
-            with archive.open(info) as stream:
-                nested = _copy_bounded(stream, budget)
-        except _MEMBER_ERRORS as exc:
-            # A nested archive never opened (unzip keeps one with a bad CRC, and lists it): a limit.
-            listing.limits.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
-            continue
+        nested = _copied_member(member, archive, info, limits, budget, listing)
         if nested is None:
-            listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
             continue
         with nested:
             _walk(member, nested, inner, depth + 1, limits, budget, listing, tuple(aliases))
+
+
+def _copied_member(member: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: Limits, budget: _Budget,
+                   listing: Listing) -> IO[bytes] | None:
+    """The zip member *info* (a nested archive, a message) decompressed to a temporary file within the budget, or
+    None with the reason in ``listing.limits``: what it holds is never looked at (unzip keeps a member with a bad CRC)."""
+    if info.file_size > budget.size:
+        listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+        return None
+    try:
+        with archive.open(info) as stream:
+            copy = _copy_bounded(stream, budget)
+    except _MEMBER_ERRORS as exc:
+        listing.limits.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
+        return None
+    if copy is None:
+        listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+    return copy
 
 
 def _zip_aliases(data: IO[bytes], info: zipfile.ZipInfo) -> list[str]:
@@ -392,10 +439,11 @@ def _unicode_path(extra: bytes) -> str:
     return ""
 
 
-def _declared_zip_entries(data: IO[bytes]) -> int | None:
-    """The entries that the zip *data*'s end of central directory record (its ZIP64 one when
-    present) declares, found where and as ``zipfile`` finds it; None when there is none, or
-    when its central directory has no room for that many entries (a count that lies)."""
+def _zip_directory(data: IO[bytes]) -> tuple[int | None, int]:
+    """The entries that the zip *data*'s end of central directory record (its ZIP64 one when present)
+    declares, found where and as ``zipfile`` finds it (None when there is none, or when its central
+    directory has no room for that many: a count that lies), and the most entries zipfile may parse
+    there (the directory's bytes it would read, by the smallest entry; 0 when there is no record)."""
     end = data.seek(0, os.SEEK_END)
     start = max(end - _EOCD.size - (1 << 16), 0)  # zipfile's window: the longest comment, and a byte
     data.seek(start)
@@ -404,7 +452,7 @@ def _declared_zip_entries(data: IO[bytes]) -> int | None:
     if not (at >= 0 and tail[at:at + 4] == _EOCD_SIGNATURE and tail[-2:] == b"\0\0"):
         at = tail.rfind(_EOCD_SIGNATURE)
         if at < 0 or at + _EOCD.size > len(tail):
-            return None
+            return None, 0
     _, _, _, _, entries, directory_size, _, _ = _EOCD.unpack_from(tail, at)
     record = start + at
     locator = record - _EOCD64_LOCATOR.size
@@ -415,10 +463,12 @@ def _declared_zip_entries(data: IO[bytes]) -> int | None:
                 and zip64[:4] == _EOCD64_SIGNATURE:
             fields = _EOCD64.unpack_from(zip64)
             entries, directory_size, record = fields[7], fields[8], locator - _EOCD64.size
+    # zipfile reads the directory's size in bytes (no more than the file holds) and parses entries until they are used up.
+    room = min(directory_size, end) // _CENTRAL_ENTRY_MIN
     # Each central directory entry takes at least 46 bytes, and the directory lies before its end record.
     if entries * _CENTRAL_ENTRY_MIN > directory_size or directory_size > record:
-        return None
-    return int(entries)
+        return None, room
+    return int(entries), room
 
 
 def _read_head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget) -> bytes:
@@ -692,17 +742,22 @@ def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, bud
             budget.size -= len(head)
             listing.entries.append(Entry(member, False, head[:HEAD_SIZE]))
             inner = archive_kind(name, head)
-            if inner is None:
-                continue
-            if depth >= limits.max_depth:
+            message = message_file([name, *(alias.rsplit("/", 1)[-1] for alias in aliases)])
+            if inner is not None and depth >= limits.max_depth:
                 listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
+                inner = None
+            if inner is None and not message:
                 continue
             nested = None if declared > budget.size + len(head) else _copy_blocks(head, blocks, budget)
             if nested is None:
                 listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
                 continue
             with nested:
-                _walk(member, nested, inner, depth + 1, limits, budget, listing)
+                if message:
+                    listing.messages.append((member, nested.read()))
+                    nested.seek(0)
+                if inner is not None:
+                    _walk(member, nested, inner, depth + 1, limits, budget, listing)
 
 
 def _compressed_format(data: IO[bytes]) -> str:
@@ -804,7 +859,8 @@ def _child_work(path: str, data: IO[bytes], kind: str, depth: int, limits: Limit
     listing = Listing()
     _walk(path, data, kind, depth, replace(limits, child=False), budget, listing)
     answer = {"entries": [[e.path, e.encrypted, base64.b64encode(e.head).decode()] for e in listing.entries],
-              "encrypted": listing.encrypted, "limits": listing.limits, "errors": listing.errors, "budget": [budget.size, budget.members, budget.documents, budget.attributes]}
+              "encrypted": listing.encrypted, "limits": listing.limits, "errors": listing.errors,
+              "messages": [[path, base64.b64encode(data).decode()] for path, data in listing.messages], "budget": [budget.size, budget.members, budget.documents, budget.attributes, budget.directory]}
     return json.dumps(answer).encode()
 
 
@@ -854,13 +910,15 @@ def _walk_in_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Li
     try:
         found = json.loads(answer)
         entries = [Entry(p, bool(e), base64.b64decode(h)) for p, e, h in found["entries"]]
+        messages = [(str(path), base64.b64decode(data)) for path, data in found["messages"]]
         # Every budget comes back: a child that started afresh on the Office parts' one (150 tars of a document each)
         # listed 2,000 parts a tar.
-        budget.size, budget.members, budget.documents, budget.attributes = (int(value) for value in found["budget"])
+        budget.size, budget.members, budget.documents, budget.attributes, budget.directory = (int(value) for value in found["budget"])
     except (ValueError, KeyError, TypeError) as exc:
         listing.errors.append(f"{path}: unreadable {kind} archive (the listing process answered nonsense: {exc.__class__.__name__})")
         return
     listing.entries.extend(entries)
+    listing.messages.extend(messages)
     for name in ("encrypted", "limits", "errors"):
         getattr(listing, name).extend(str(item) for item in found[name])
 

@@ -196,6 +196,19 @@ def test_an_exe_in_a_base64_attached_message_is_rejected(stack: Stack) -> None:
     assert row_for(stack, "forwarded exe")["action"] == "reject"
 
 
+def test_an_exe_in_a_message_saved_in_a_zip_is_rejected(stack: Stack) -> None:
+    """An archive's members were listed by their first bytes only: a saved message (.eml) in a zip, which
+    Outlook and Thunderbird open with its attachments, hid its .exe and was delivered."""
+    inner = (b"From: x@example.org\r\nSubject: inner\r\nContent-Type: application/octet-stream; name=evil.exe\r\n"
+             b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(PE).replace(b"\n", b"\r\n"))
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(mail("saved message in a zip", ("mails.zip", zipped({"notes.txt": b"hi", "Fwd: invoice.eml": inner}), "application/zip")))
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Attachment rejected: mails.zip/Fwd: invoice.eml/evil.exe: banned extension .exe"
+    assert row_for(stack, "saved message in a zip")["action"] == "reject"
+    assert not stack.sink.with_subject("saved message in a zip")
+
+
 def test_a_damaged_zip_is_quarantined_and_a_big_deck_delivered(stack: Stack) -> None:
     """A zip whose listing stops at damage (unzip goes on past it) holds files never judged: quarantined.
     An Office document's own parts past archive_max_members only score ATTACH_UNREADABLE: it is delivered."""
@@ -332,6 +345,8 @@ def _listings(data: bytes, name: str, kind: str, limits: Any) -> tuple[Any, Any]
 
 
 def test_the_child_lists_what_the_worker_would(tmp_path: Any) -> None:
+    from dataclasses import replace
+
     from milterd.content.archives import Limits
 
     seven = libarchive_made(tmp_path, "7zip", {"docs/run.js": b"WScript.Echo(1)", "a.txt": b"hi", "in.zip": zipped({"x.exe": PE})})
@@ -346,10 +361,14 @@ def test_the_child_lists_what_the_worker_would(tmp_path: Any) -> None:
         (bomb, "a.7z", "7z", Limits(max_size=512 * 1024)),
         (seven, "few.7z", "7z", Limits(max_members=2)),
         (seven[: len(seven) // 2], "bad.7z", "7z", Limits()),
+        # A saved message comes back whole from the child, for its attachments to be judged.
+        (libarchive_made(tmp_path, "ustar", {"fwd.eml": b"Subject: x\r\n\r\nbody\r\n", "a.txt": b"hi"}), "mail.tar", "tar", Limits()),
     ]
     for data, name, kind, limits in cases:
         here, child = _listings(data, name, kind, limits)
-        assert child == here, name
+        assert child.children >= 1 and here.children == 0, name  # the listing processes the message's bound counts
+        assert replace(child, children=0) == here, name
+    assert _listings(cases[-1][0], "mail.tar", "tar", Limits())[1].messages == [("mail.tar/fwd.eml", b"Subject: x\r\n\r\nbody\r\n")]
     assert [e.path for e in _listings(seven, "files.7z", "7z", Limits())[1].entries] == ["files.7z/docs/run.js", "files.7z/a.txt", "files.7z/in.zip", "files.7z/in.zip/x.exe"]
 
 

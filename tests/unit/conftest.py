@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import zipfile
 from typing import Any, Iterator, NoReturn
 
 import psycopg
@@ -72,3 +73,17 @@ def _no_processes_nor_daemons() -> Iterator[None]:
         patch.setattr(psycopg, "connect", _no_postgresql(connect))
         patch.setattr(psycopg.Connection, "connect", _no_postgresql(connect))
         yield
+
+
+@pytest.fixture
+def directory_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """How many times zipfile parsed a central directory."""
+    reads: list[int] = []
+    real = zipfile.ZipFile._RealGetContents  # type: ignore[attr-defined]
+
+    def counted(self: zipfile.ZipFile) -> None:
+        reads.append(1)
+        real(self)
+
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", counted)
+    yield reads

@@ -10,7 +10,7 @@ import threading
 import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -145,20 +145,6 @@ def many_entries_zip(count: int, declared: int | None = None, zip64: bool = Fals
         total = 0xFFFF
     end += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, min(total, 0xFFFF), min(total, 0xFFFF), len(central), len(local), 0)
     return local + central + end
-
-
-@pytest.fixture
-def directory_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """How many times zipfile parsed a central directory."""
-    reads: list[int] = []
-    real = zipfile.ZipFile._RealGetContents  # type: ignore[attr-defined]
-
-    def counted(self: zipfile.ZipFile) -> None:
-        reads.append(1)
-        real(self)
-
-    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", counted)
-    yield reads
 
 
 def test_the_helper_builds_zips_that_zipfile_reads() -> None:
