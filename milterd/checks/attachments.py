@@ -23,7 +23,16 @@ from pydantic import Field
 
 from ..content.archives import Limits, Listing, archive_kind_of, list_archive, local_failure, message_file
 from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
-from ..content.mimeparts import FIELDS_LIMIT_NOTE, NO_BOUNDARY_NOTE, PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, Attachment, every_reading
+from ..content.mimeparts import (
+    FIELDS_LIMIT_NOTE,
+    NO_BOUNDARY_NOTE,
+    PARTS_LIMIT_NOTE,
+    SCANNED_LIMIT_NOTE,
+    SHARED_PARTS_NOTE,
+    Attachment,
+    PartsBudget,
+    every_reading,
+)
 from ..content.mimetext import single_text_type
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
@@ -51,7 +60,7 @@ class AttachmentChecks(CheckSwitches):
     mismatch_action: _CategoryAction = Field("score", description="Content whose first bytes contradict the name or declared type (a \"PDF\" that is a Windows executable): ATTACH_TYPE_MISMATCH, with the same choices.")
     macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
     encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
-    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into, for a limit or damage a sender can bring about on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an archive whose listing stopped part way (damaged: unzip, tar and 7-Zip carry on past it; a listing child that crashed or ran out of time or memory), a member name that cannot be read, attached messages nested deeper than archive_max_depth or more than 20, archives past archive_max_processes listing children or zip directories past 20 times archive_max_members entries in one message (parsed whole, however few members are then listed), a multipart without a boundary. A banned file may be inside (an .exe six zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
+    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into, for a limit or damage a sender can bring about on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an archive whose listing stopped part way (damaged: unzip, tar and 7-Zip carry on past it; a listing child that crashed or ran out of time or memory), a member name that cannot be read, attached messages nested deeper than archive_max_depth or past 5,000 MIME parts in all, archives past archive_max_processes listing children or zip directories past 20 times archive_max_members entries in one message (parsed whole, however few members are then listed), a multipart without a boundary. A banned file may be inside (an .exe six zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
     unreadable_action: _CategoryAction = Field("score", description="What could not be read whole where no banned file can hide unseen: a 7z, rar, cab or tar without libarchive-c (install it: these are then listed), an archive member whose first bytes cannot be read (its name is judged), members of an Office document past archive_max_members (a .docx, .xlsx, .pptx, .odt… by every name it goes by, with [Content_Types].xml or ODF's mimetype: Office opens it, nobody extracts its parts), MIME fields that do not parse, base64 that goes on after its padding: ATTACH_UNREADABLE, with the same choices.")
     mime_limit_action: _CategoryAction = Field("quarantine", description="A message with a file (a named or non-text part) past its first 500 MIME parts, more than 2,000 parts, more than 1,000 uuencoded files, or a part whose MIME fields pass 16 KB in one field or 64 KB in all (a type or encoding past them is never read): files never judged (a banned one may follow the padding): ATTACH_MIME_LIMIT, with the same choices. Text parts past 500 are followed, so a digest of a few hundred posts is not caught.")
     archives: bool = Field(True, description="Look inside zip archives and TNEF containers (Outlook's winmail.dat), and 7z, rar, cab and tar ones, and gzip, bzip2 and xz files (a tar in one, or the file it holds), when libarchive-c is installed, for the same rules.")
@@ -92,15 +101,16 @@ _ACTION_OPTION = {
 #: The MIME reader's notes of files it never judged past its part and field bounds (ATTACH_MIME_LIMIT).
 _MIME_LIMIT_NOTES = frozenset({PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, FIELDS_LIMIT_NOTE})
 #: Its notes of parts it does not look into (ATTACH_ARCHIVE_LIMIT); its other notes are ATTACH_UNREADABLE.
-_LIMIT_NOTES = frozenset({NO_BOUNDARY_NOTE})
+_LIMIT_NOTES = frozenset({NO_BOUNDARY_NOTE, SHARED_PARTS_NOTE})
 #: Extensions of files that open as macro-enabled Office documents.
 _MACRO_EXTENSIONS = frozenset({"docm", "dotm", "xlsm", "xltm", "xlam", "pptm", "potm", "ppam", "ppsm", "sldm"})
 _OLE_MACRO_SCAN = 16 * 1024 * 1024
 #: Extensions of single-file compression, judged by the name beneath them.
 _COMPRESSION = frozenset({"gz", "bz2", "xz", "z", "lz", "lzma", "zst"})
-#: At most this many attached messages (a base64 message/rfc822 part, an .eml file) are opened in one message:
-#: each is parsed for its own attachments (up to mimeparts' part limits), so this bounds the parts parsed.
-MAX_ATTACHED_MESSAGES = 20
+#: The attached messages (a base64 message/rfc822 part, an .eml file, one in an archive) of one message have at
+#: most this many MIME parts in all, counted in each reading: each may have mimeparts' 2,000, and at about 50 µs a
+#: part, twenty of those took 2 s.  Forwarded mail has a few parts each: a batch of hundreds is opened.
+ATTACHED_MESSAGE_PARTS = 5000
 #: The types of a part that holds a message (RFC 6532's message/global is RFC 822's with UTF-8 headers;
 #: Thunderbird opens message/news as it opens message/rfc822).
 _MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "message/news"})
@@ -120,13 +130,15 @@ _CLSID = re.compile(r"\{[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\}")
 @dataclass
 class DecompressionBudget:
     """The bytes the archives of one message may still decompress (``archive_max_message_size``), the zip
-    directory entries they may still parse, the listing children they may still fork, and the attached messages it may still open (:data:`MAX_ATTACHED_MESSAGES`)."""
+    directory entries they may still parse, the listing children they may still fork, and the MIME parts its attached messages may still have (:data:`ATTACHED_MESSAGE_PARTS`)."""
 
     left: int
     #: The zip central directory entries the message's archives may still parse (their room, :attr:`Limits.max_directory`).
     directory: int = 0
     #: The listing children they may still fork (``archive_max_processes``).
     children: int = 0
+    #: The MIME parts the attached messages may still have (:data:`ATTACHED_MESSAGE_PARTS`).
+    parts: PartsBudget = field(default_factory=lambda: PartsBudget(ATTACHED_MESSAGE_PARTS))
     #: The attached messages opened, by the digest of their decoded bytes: each is judged once, however many
     #: readings of the message (and of the messages around it) give it again.
     messages: dict[bytes, list["Finding"]] = field(default_factory=dict)
@@ -385,12 +397,12 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             return [replace(f, file=f"{name}/{f.file}") for f in budget.messages[key]]
         if depth > self.options.archive_max_depth:
             return [Finding(LIMIT, name, f"attached message nested deeper than {self.options.archive_max_depth}: its attachments not looked at")]
-        if len(budget.messages) >= MAX_ATTACHED_MESSAGES:
-            return [Finding(LIMIT, name, f"more than {MAX_ATTACHED_MESSAGES} attached messages: its attachments not looked at")]
+        if budget.parts.left <= 0:
+            return [Finding(LIMIT, name, f"attached messages past {ATTACHED_MESSAGE_PARTS} MIME parts in all: its attachments not looked at")]
         budget.messages[key] = []
         found = self._uuencoded(_chunks(data))  # named within the attached message; the caller's name goes in front
         skipped: list[str] = []
-        for inner in every_reading(lambda: _chunks(data), self.memory, self.options.max_attachment_size, skipped):
+        for inner in every_reading(lambda: _chunks(data), self.memory, self.options.max_attachment_size, skipped, budget.parts):
             found += self.judge(inner, budget, depth + 1)
         found = list(dict.fromkeys(found + _skipped(skipped)))  # a file two readings give is one finding
         budget.messages[key] = found

@@ -39,6 +39,8 @@ PARTS_LIMIT_NOTE = f"more than {MAX_PARTS} MIME parts before a file: the files p
 SCANNED_LIMIT_NOTE = f"more than {MAX_SCANNED_PARTS} MIME parts: the rest not looked at"
 #: The note of a multipart without a boundary: its parts, a banned file among them too, never looked at.
 NO_BOUNDARY_NOTE = "a multipart without a boundary: its parts not looked at"
+#: The note of a parse that spent the parts it shares with others (:class:`PartsBudget`): the rest never looked at.
+SHARED_PARTS_NOTE = "MIME parts past those the attached messages may have in all: the rest not looked at"
 #: At most this much of a part's MIME fields (_MIME_FIELDS) is kept; its other fields are never kept.
 MAX_PART_HEADER = 64 * 1024
 #: At most this much of one MIME field is kept.
@@ -508,9 +510,17 @@ class _Header:
         return email.message_from_string(b"".join(self.lines).decode("latin-1"), LenientMessage, policy=email.policy.compat32)
 
 
+@dataclass
+class PartsBudget:
+    """The MIME parts that several parses (the attached messages of one message, in each of their readings)
+    may still read between them: each costs about 50 µs, and each parse may read MAX_SCANNED_PARTS."""
+
+    left: int
+
+
 def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int = 64 * 1024 * 1024,
                 skipped: list[str] | None = None, reading: Reading = "both",
-                differing: set[Reading] | None = None) -> Iterator[Attachment]:
+                differing: set[Reading] | None = None, shared: PartsBudget | None = None) -> Iterator[Attachment]:
     """Each attachment of the message given as *chunks* (headers, blank line, body), decoded.
 
     An attachment's ``data`` is valid until the next one is asked for; it holds
@@ -521,7 +531,8 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
     client reads in one parse, but a delimiter of one reading then cuts a part of
     the other short (:func:`every_reading` parses once a reading).  The readings
     a multipart's boundary reads otherwise in than in Thunderbird's are added to
-    *differing*, when given.
+    *differing*, when given.  Each part is also taken from *shared*, when given; past it, the rest is
+    not looked at (SHARED_PARTS_NOTE).
     """
     notes: list[str] = [] if skipped is None else skipped
     open_ = _OpenMultiparts()
@@ -560,6 +571,11 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                 if parts > MAX_SCANNED_PARTS:  # counted at every part's fields: a message/rfc822 chain too
                     notes.append(SCANNED_LIMIT_NOTE)
                     return
+                if shared is not None:
+                    shared.left -= 1
+                    if shared.left < 0:
+                        notes.append(SHARED_PARTS_NOTE)
+                        return
                 if boundary is not None:
                     open_.push(boundary.variants(reading))
                     if differing is not None:
@@ -602,7 +618,8 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
         yield from _finished(decoder, current, notes)
 
 
-def every_reading(source: Callable[[], Iterable[bytes]], memory: int, limit: int, skipped: list[str]) -> Iterator[Attachment]:
+def every_reading(source: Callable[[], Iterable[bytes]], memory: int, limit: int, skipped: list[str],
+                  shared: PartsBudget | None = None) -> Iterator[Attachment]:
     """Each attachment of the message *source* gives (its chunks, each time it is called) in each reading
     of its boundaries that splits it otherwise (:data:`Reading`).
 
@@ -612,14 +629,15 @@ def every_reading(source: Callable[[], Iterable[bytes]], memory: int, limit: int
     followed before goes unread: one parse for ordinary mail, three at most.  Each parse of one reading
     follows one boundary a multipart: a delimiter line of the other reading hidden in a base64 body,
     which Thunderbird decodes past, cuts no part short.  An attachment found in several readings is
-    given once by each (the attachment check joins their findings).
+    given once by each (the attachment check joins their findings).  Every reading's parts are taken
+    from *shared*, when given.
     """
     differing: set[Reading] = set()
-    yield from attachments(source(), memory, limit, skipped, "client", differing)
+    yield from attachments(source(), memory, limit, skipped, "client", differing, shared)
     others: tuple[Reading, ...] = ("library", "both")
     for reading in others:
         if reading in differing:  # the library parse may add "both"
-            yield from attachments(source(), memory, limit, skipped, reading, differing)
+            yield from attachments(source(), memory, limit, skipped, reading, differing, shared)
 
 
 #: The signatures of signed mail (a digest's signed posts carry them), by type, and the names they go by.
