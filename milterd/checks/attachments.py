@@ -21,8 +21,8 @@ from typing import IO, TYPE_CHECKING, ClassVar, Iterable, Iterator, Literal
 
 from pydantic import Field
 
-from ..content.archives import Limits, Listing, archive_kind_of, list_archive, local_failure, message_file
-from ..content.filetypes import HEAD_SIZE, extensions, mismatch, ole_has_macros, sniff
+from ..content.archives import Limits, Listing, archive_kind_of, list_archive, local_failure
+from ..content.filetypes import HEAD_SIZE, extensions, message_file, mismatch, ole_has_macros, sniff
 from ..content.mimeparts import (
     FIELDS_LIMIT_NOTE,
     NO_BOUNDARY_NOTE,

@@ -75,7 +75,7 @@ from tnefparse.codepage import Codepage
 from tnefparse.mapi import IMESSAGE_SIG, decode_mapi
 from tnefparse.properties import MAPI_ATTACH_DATA_OBJ, MAPI_ATTACH_FILENAME, MAPI_ATTACH_LONG_FILENAME, MAPI_DISPLAY_NAME
 
-from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, extensions, sniff
+from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, extensions, message_file, sniff
 
 try:  # optional: 7z, rar, cab, tar and compressed streams (Debian libarchive13 + PyPI libarchive-c)
     import libarchive  # type: ignore[import-untyped,import-not-found,unused-ignore]
@@ -216,11 +216,6 @@ def archive_kind(name: str, head: bytes) -> str | None:
     # Also under other first bytes: unzip, 7-Zip and libarchive open an invoice.zip that starts
     # with a self-extractor's stub or a GIF header (they look for the archive, not at byte 0).
     return _ARCHIVE_EXTENSIONS.get(exts[-1]) if exts else None
-
-
-def message_file(names: Iterable[str]) -> bool:
-    """Whether any of *names* is a saved message's (``.eml``): Outlook, Thunderbird and Apple Mail open it as mail, attachments and all."""
-    return any(extensions(name)[-1:] == ["eml"] for name in names)
 
 
 def archive_kind_of(names: Iterable[str], head: bytes) -> str | None:

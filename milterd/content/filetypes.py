@@ -8,6 +8,7 @@ enough for every signature here): the attachment policy uses them to find a
 from __future__ import annotations
 
 from pathlib import PurePosixPath
+from typing import Iterable
 
 #: How many leading bytes :func:`sniff` needs.
 HEAD_SIZE = 512
@@ -103,6 +104,11 @@ def sniff(head: bytes) -> str | None:
         if head[offset:offset + len(signature)] == signature:
             return kind
     return None
+
+
+def message_file(names: Iterable[str]) -> bool:
+    """Whether any of *names* is a saved message's (``.eml``): Outlook, Thunderbird and Apple Mail open it as mail, attachments and all."""
+    return any(extensions(name)[-1:] == ["eml"] for name in names)
 
 
 def extensions(name: str) -> list[str]:

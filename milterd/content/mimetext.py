@@ -31,6 +31,7 @@ from html import unescape
 from html.parser import HTMLParser
 from typing import Iterable, Iterator
 
+from .filetypes import message_file
 from .mimeparams import Preference, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
 
@@ -65,6 +66,11 @@ LINE_WORK = 4_000_000
 #: Lines the parser is always given: a multipart level takes two lines at least (a boundary and a
 #: Content-Type), so these many lines cost at most LINE_WORK // 2 checks whatever they nest.
 MIN_PARSED_LINES = 2_000
+#: Attached messages are read as a mail client opens them, text and links, down to this many levels: a
+#: message/rfc822 (global, news) part in base64, which RFC 2046 forbids but Exchange Online sends (the parser
+#: leaves it encoded), and a file named ``.eml``.
+MAX_ATTACHED_DEPTH = 5
+_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "message/news"})
 #: At most this many tags of an HTML part are parsed: a tag costs the parser about 3 µs (4 MB of
 #: "<b>" took 4 s of CPU); links written in the rest are still found, as in plain text.
 MAX_TAGS = 50_000
@@ -277,14 +283,48 @@ def _parsed(raw: bytes, prefer: Preference) -> tuple[email.message.Message, bool
 
 
 def _walk(message: email.message.Message) -> Iterator[email.message.Message]:
-    """``message.walk()`` without its recursion (a generator a level deep): the parts, depth first."""
-    stack = [message]
+    """``message.walk()`` without its recursion (a generator a level deep): the parts, depth first, those
+    of an encoded attached message (:func:`_attached_message`) in place of what the parser left of it."""
+    stack = [(message, 0)]
     while stack:
-        part = stack.pop()
+        part, depth = stack.pop()
         yield part
+        inner = _attached_message(part) if depth < MAX_ATTACHED_DEPTH else None
+        if inner is not None:
+            stack.append((inner, depth + 1))
+            continue
         payload = part.get_payload() if part.is_multipart() else None
         if isinstance(payload, list):
-            stack.extend(sub for sub in reversed(payload) if isinstance(sub, email.message.Message))
+            stack.extend((sub, depth) for sub in reversed(payload) if isinstance(sub, email.message.Message))
+
+
+def _attached_message(part: email.message.Message) -> email.message.Message | None:
+    """The message *part* carries encoded, parsed (its first MAX_LINES lines): a message/* part in base64
+    (the parser made its encoded text the body of a message without fields), or a file named ``.eml``."""
+    encoded: object = None
+    if part.is_multipart():
+        payload = part.get_payload()
+        if content_type(part) in _MESSAGE_TYPES and first_token(str(part.get("Content-Transfer-Encoding", ""))).lower() == "base64" \
+                and isinstance(payload, list) and len(payload) == 1 and isinstance(payload[0], email.message.Message) and not payload[0].keys():
+            text = getattr(payload[0], "_payload", None)
+            if isinstance(text, str):
+                clone = email.message.Message()
+                clone["Content-Transfer-Encoding"] = "base64"
+                clone.set_payload(text)
+                encoded = clone.get_payload(decode=True)
+    elif message_file(_names(part)):
+        encoded = _payload_bytes(part)
+    if not isinstance(encoded, bytes) or not encoded:
+        return None
+    head, _ = _parser_input(encoded)
+    return _parsed(head, "delimiting")[0]
+
+
+def _names(part: email.message.Message) -> list[str]:
+    """The file names a leaf part gives (its filename and name parameters)."""
+    names = (safely(part.get_filename, lambda: None), safely(lambda: part.get_param("name"), lambda: None))
+    # An RFC 2231 value comes as (charset, language, text): its text is enough to tell the extension.
+    return [str(name[2]) if isinstance(name, tuple) else name for name in names if isinstance(name, str) or (isinstance(name, tuple) and len(name) == 3)]
 
 
 def _add_text(result: MessageText, found: "_Links", texts: list[str], ctype: str, body: str, room: int) -> int:

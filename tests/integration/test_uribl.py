@@ -8,6 +8,7 @@ URIBL zones are asked and find nothing.
 
 from __future__ import annotations
 
+import base64
 import smtplib
 from typing import Callable, Iterator
 
@@ -113,6 +114,25 @@ def test_a_link_after_five_hundred_text_parts_is_looked_up(stack: Stack) -> None
     assert info.value.smtp_code == 550
     assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
     assert "URIBL_DBL_PHISH" in row_for(stack, "link past parts")["symbols"]
+
+
+FORWARDED = b"From: x@example.org\r\nSubject: your account\r\nContent-Type: text/html\r\n\r\n<a href=\"https://phish-domain.test/\">Log in</a>\r\n"
+
+
+@pytest.mark.parametrize(("subject", "part"), [
+    # Exchange Online forwards as attachment in base64 (RFC 2046 forbids it): the parser leaves it encoded.
+    ("forwarded base64", "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64"),
+    ("forwarded eml file", 'Content-Type: application/octet-stream; name="Your account.eml"\r\nContent-Transfer-Encoding: base64'),
+])
+def test_a_link_in_an_attached_message_is_looked_up(stack: Stack, subject: str, part: str) -> None:
+    # The mail client opens the attached message and shows the link: it was never looked up (found in review).
+    body = ("--B\r\nContent-Type: text/plain\r\n\r\nSee the attached.\r\n--B\r\n" + part + "\r\n\r\n"
+            + base64.encodebytes(FORWARDED).decode().replace("\n", "\r\n") + "--B--\r\n")
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(message(subject, body, headers={"Content-Type": "multipart/mixed; boundary=B"}))
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
+    assert "URIBL_DBL_PHISH" in row_for(stack, subject)["symbols"]
 
 
 def test_refused_answers_are_counted_apart_and_address_links_use_the_sbl(stack: Stack) -> None:
