@@ -13,7 +13,6 @@ judged by their names (:func:`uuencoded_names`).
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import re
 from dataclasses import dataclass, field, replace
@@ -60,7 +59,7 @@ class AttachmentChecks(CheckSwitches):
     mismatch_action: _CategoryAction = Field("score", description="Content whose first bytes contradict the name or declared type (a \"PDF\" that is a Windows executable): ATTACH_TYPE_MISMATCH, with the same choices.")
     macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
     encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
-    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into, for a limit or damage a sender can bring about on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an archive whose listing stopped part way (damaged: unzip, tar and 7-Zip carry on past it; a listing child that crashed or ran out of time or memory), a member name that cannot be read, attached messages nested deeper than archive_max_depth or past 5,000 MIME parts in all, archives past archive_max_processes listing children or zip directories past 20 times archive_max_members entries in one message (parsed whole, however few members are then listed), a multipart without a boundary. A banned file may be inside (an .exe six zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
+    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into, for a limit or damage a sender can bring about on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an archive whose listing stopped part way (damaged: unzip, tar and 7-Zip carry on past it; a listing child that crashed or ran out of time or memory), a member name that cannot be read, attached messages nested deeper than archive_max_depth or past 5,000 MIME parts in all, archives past archive_process_seconds of listing children or zip directories past 2,560 bytes per archive_max_members (5 MB) in one message (parsed whole, however few members are then listed), a saved message (.eml) in an archive that cannot be read or is a link, a multipart without a boundary. A banned file may be inside (an .exe six zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
     unreadable_action: _CategoryAction = Field("score", description="What could not be read whole where no banned file can hide unseen: a 7z, rar, cab or tar without libarchive-c (install it: these are then listed), an archive member whose first bytes cannot be read (its name is judged), members of an Office document past archive_max_members (a .docx, .xlsx, .pptx, .odt… by every name it goes by, with [Content_Types].xml or ODF's mimetype: Office opens it, nobody extracts its parts), MIME fields that do not parse, base64 that goes on after its padding: ATTACH_UNREADABLE, with the same choices.")
     mime_limit_action: _CategoryAction = Field("quarantine", description="A message with a file (a named or non-text part) past its first 500 MIME parts, more than 2,000 parts, more than 1,000 uuencoded files, or a part whose MIME fields pass 16 KB in one field or 64 KB in all (a type or encoding past them is never read): files never judged (a banned one may follow the padding): ATTACH_MIME_LIMIT, with the same choices. Text parts past 500 are followed, so a digest of a few hundred posts is not caught.")
     archives: bool = Field(True, description="Look inside zip archives and TNEF containers (Outlook's winmail.dat), and 7z, rar, cab and tar ones, and gzip, bzip2 and xz files (a tar in one, or the file it holds), when libarchive-c is installed, for the same rules.")
@@ -69,7 +68,7 @@ class AttachmentChecks(CheckSwitches):
     archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")
     archive_max_message_size: Size = Field(200 * 1024 * 1024, description="Most bytes decompressed for all the attachments of one message: the archives past it are not looked into (ATTACH_ARCHIVE_LIMIT), so that many small archive bombs in one message cost no more than a few.")
     archive_process: bool = Field(True, description="List 7z, rar, cab, tar, gzip, bzip2 and xz archives (libarchive: C code reading hostile input) in a short-lived forked child with bounded memory and CPU, so that a crash there, or a listing past the child's time or memory, is ATTACH_ARCHIVE_LIMIT, never a dead worker; costs a few ms per such archive. Zip is read in the worker by Python's own zipfile, but for one zipfile cannot open (cut short, or with more than 64 KB after it), which libarchive lists as the others.")
-    archive_max_processes: int = Field(200, ge=1, description="Most listing children (archive_process) forked for one message's archives, about 10 ms of a worker each: the archives past them are not looked into (ATTACH_ARCHIVE_LIMIT), so that a zip of 2,000 small gzip files costs no more than a few seconds.")
+    archive_process_seconds: float = Field(10.0, gt=0, description="Most seconds of CPU the listing children (archive_process) may take for one message's archives, with what forking each costs the worker (10 ms at least a child): the archives past them are not looked into (ATTACH_ARCHIVE_LIMIT), so that a zip of 2,000 small gzip files (each a child), or many archives each built to take a child's 20 s, cost a worker no more. A zip of a few hundred gzip files takes a few seconds.")
     max_attachment_size: Size = Field(64 * 1024 * 1024, description="Attachments are decoded up to this size (to a temporary file past [milter] spool_memory); a larger one is judged by its name and first bytes only.")
 
 
@@ -116,8 +115,9 @@ ATTACHED_MESSAGE_PARTS = 5000
 _MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "message/news"})
 #: The chunks an attached message is read in.
 _MESSAGE_CHUNK = 65536
-#: The zip directory entries one message's archives may parse, per member allowed (``archive_max_members``, at least 1,000).
-DIRECTORY_ENTRIES_PER_MEMBER_LIMIT = 20
+#: The bytes of zip directories one message's archives may parse, per member allowed (``archive_max_members``, at least
+#: 1,000): an entry takes 46 bytes and its name, so this is 20 zips of the most members named by 80-character paths.
+DIRECTORY_BYTES_PER_MEMBER_LIMIT = 20 * 128
 #: At most this many names of uuencoded or yEnc files are judged in one message.
 MAX_ENCODED_FILES = 1000
 #: The first line of a uuencoded (``begin 644 name``) or yEnc (``=ybegin … name=name``) file, as Thunderbird reads it.
@@ -130,13 +130,13 @@ _CLSID = re.compile(r"\{[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\}")
 @dataclass
 class DecompressionBudget:
     """The bytes the archives of one message may still decompress (``archive_max_message_size``), the zip
-    directory entries they may still parse, the listing children they may still fork, and the MIME parts its attached messages may still have (:data:`ATTACHED_MESSAGE_PARTS`)."""
+    directory bytes they may still parse, the CPU their listing children may still take, and the MIME parts its attached messages may still have (:data:`ATTACHED_MESSAGE_PARTS`)."""
 
     left: int
     #: The zip central directory entries the message's archives may still parse (their room, :attr:`Limits.max_directory`).
     directory: int = 0
-    #: The listing children they may still fork (``archive_max_processes``).
-    children: int = 0
+    #: The seconds of CPU their listing children may still take (``archive_process_seconds``).
+    child_seconds: float = 0.0
     #: The MIME parts the attached messages may still have (:data:`ATTACHED_MESSAGE_PARTS`).
     parts: PartsBudget = field(default_factory=lambda: PartsBudget(ATTACHED_MESSAGE_PARTS))
     #: The attached messages opened, by the digest of their decoded bytes: each is judged once, however many
@@ -290,9 +290,10 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         options = self.options
         self.banned = frozenset(e.lower().lstrip(".") for e in options.banned_extensions)
         self.actions = {symbol: str(getattr(options, option)) for symbol, option in _ACTION_OPTION.items()}
-        # The directory entries parsed in one message follow the members allowed: 20 zips of the most members (0.2 s of CPU by default).
+        # The directory bytes parsed in one message follow the members allowed (5 MB: at most 110,000 entries, 0.5 s of CPU, by default).
         self.limits = Limits(options.archive_max_depth, options.archive_max_members, options.archive_max_size,
-                             max_directory=DIRECTORY_ENTRIES_PER_MEMBER_LIMIT * max(options.archive_max_members, 1000), max_children=options.archive_max_processes, child=options.archive_process)
+                             max_directory=DIRECTORY_BYTES_PER_MEMBER_LIMIT * max(options.archive_max_members, 1000),
+                             max_child_seconds=options.archive_process_seconds, child=options.archive_process)
         self.memory = services.config.milter.spool_memory
 
     def eom_waits(self, envelope: Envelope) -> bool:
@@ -307,7 +308,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             findings += self._uuencoded(envelope.message_chunks())
             if single_plain_text(envelope.headers):
                 return hits_for(findings, self.actions)  # what parsing it would find: no MIME attachment
-            budget = DecompressionBudget(self.options.archive_max_message_size, self.limits.max_directory, self.limits.max_children)
+            budget = DecompressionBudget(self.options.archive_max_message_size, self.limits.max_directory, self.limits.max_child_seconds)
             for attachment in every_reading(envelope.message_chunks, self.memory, self.options.max_attachment_size, skipped):
                 try:
                     findings.extend(self.judge(attachment, budget))
@@ -359,11 +360,11 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         listed = budget.listings.get(key)
         if listed is None:
             limits = replace(self.limits, max_size=min(self.limits.max_size, budget.left), max_directory=max(budget.directory, 0),
-                             max_children=max(budget.children, 0))
+                             max_child_seconds=max(budget.child_seconds, 0.0))
             listing = list_archive(name, attachment.data, kind, limits, attachment.names)
             budget.left -= listing.decompressed
             budget.directory -= listing.directory
-            budget.children -= listing.children
+            budget.child_seconds -= listing.child_seconds
             listed = budget.listings[key] = self._listed(listing, budget, depth)
         return found + listed
 
@@ -371,9 +372,14 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         """The findings of an archive's listing: its members' names and first bytes, the attachments of
         the messages among them (``.eml`` files), and what was not looked at."""
         found: list[Finding] = []
-        for path, data in listing.messages:
-            saved = Attachment(path.rsplit("/", 1)[-1], "message/rfc822", io.BytesIO(data), len(data), truncated=False)
-            found += self._judge_message(path, saved, budget, depth + 1)
+        try:
+            for path, data in listing.messages:
+                saved = Attachment(path.rsplit("/", 1)[-1], "message/rfc822", data, data.seek(0, 2), truncated=False)
+                data.seek(0)
+                found += self._judge_message(path, saved, budget, depth + 1)
+        finally:
+            for _, data in listing.messages:
+                data.close()
         macros = self.actions[MACRO] != "off"
         for entry in listing.entries:
             found += judge_name(entry.path, self.banned)

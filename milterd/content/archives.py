@@ -20,13 +20,14 @@ in ``Limits.max_size`` too (:func:`_counted_entries`), so a bomb stops there.
 In a solid 7z, rar or cab, libarchive must decompress every member it
 passes, the rest of one whose first bytes alone were read included, and
 that work is not counted in ``Limits.max_size``: it is bounded by the child's
-CPU time and timeout (``CHILD_CPU_SECONDS``, ``CHILD_TIMEOUT``) with
+CPU time and timeout (``CHILD_CPU_SECONDS``, ``CHILD_TIMEOUT``, and the
+CPU of all the children of one message, ``Limits.max_child_seconds``) with
 ``Limits.child``, and by nothing when it is off (``archive_process = false``).
 Members past ``Limits.max_members`` are not looked at, and a zip whose end of
 central directory record declares far more entries is not opened at all
 (zipfile would parse its whole directory first), nor one whose directory would
-take the entries parsed past ``Limits.max_directory`` (counted by the room its
-directory has, whatever its count says: zipfile parses the directory's bytes).  What was not looked at is
+take the bytes of directories parsed past ``Limits.max_directory`` (whatever
+its count says: zipfile parses the directory's bytes).  What was not looked at is
 reported in ``Listing.limits``, never silently skipped.
 
 A TNEF container (Outlook's ``winmail.dat``, told by its signature) is
@@ -58,9 +59,11 @@ import faulthandler
 import io
 import json
 import logging
+import math
 import os
 import resource
 import selectors
+import shutil
 import signal
 import struct
 import tempfile
@@ -135,11 +138,12 @@ class Limits:
     max_depth: int = 3
     max_members: int = 2000
     max_size: int = 50 * 1024 * 1024
-    #: Most zip central directory entries parsed (counted by the room of each directory), all nested zips together:
-    #: 150 tars each carrying a deck of 2,000 parts cost zipfile 2,000 entries each however few members are listed.
-    max_directory: int = 40_000
-    #: Most listing children forked (with ``child``): each costs the worker about 10 ms, and a zip may carry 2,000 gzip files.
-    max_children: int = 200
+    #: Most bytes of zip central directories parsed, all nested zips together (an entry takes 46 bytes and its
+    #: name): 150 tars each carrying a deck of 2,000 parts cost zipfile 2,000 entries each however few members are listed.
+    max_directory: int = 5 * 1024 * 1024
+    #: Most seconds of CPU the listing children (with ``child``) may take, all together, with what forking and
+    #: waiting for each costs the worker (CHILD_MIN_SECONDS at least): about 10 ms a fork, and a zip may carry 2,000 gzip files.
+    max_child_seconds: float = 10.0
     #: List what libarchive reads in a forked child (:func:`_walk_in_child`) instead of this process.
     child: bool = False
 
@@ -164,15 +168,15 @@ class Listing:
     limits: list[str] = field(default_factory=list)
     #: What could not be read or listed (a damaged archive, a kind without its library): its names as far as read.
     errors: list[str] = field(default_factory=list)
-    #: The members that are messages (``.eml`` by a name a tool gives them), by path, whole: a mail client
-    #: opens one with its attachments, which the caller judges as an attached message's.
-    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    #: The members that are messages (``.eml`` by a name a tool gives them), by path, each a temporary file
+    #: the caller closes: a mail client opens one with its attachments, which the caller judges as an attached message's.
+    messages: list[tuple[str, IO[bytes]]] = field(default_factory=list)
     #: Bytes decompressed (or decoded) to list it, of ``Limits.max_size``.
     decompressed: int = 0
-    #: Zip central directory entries parsed (the room of each directory), of ``Limits.max_directory``.
+    #: Bytes of zip central directories parsed, of ``Limits.max_directory``.
     directory: int = 0
-    #: Listing children forked, of ``Limits.max_children``.
-    children: int = 0
+    #: Seconds the listing children took, of ``Limits.max_child_seconds``.
+    child_seconds: float = 0.0
 
 
 @dataclass
@@ -186,10 +190,10 @@ class _Budget:
     in_document: bool = False
     #: TNEF attributes left to read (each costs its header, however small).
     attributes: int = _TNEF_ATTRIBUTES
-    #: Zip central directory entries left to parse (``Limits.max_directory``).
+    #: Bytes of zip central directories left to parse (``Limits.max_directory``).
     directory: int = 0
-    #: Listing children left to fork (``Limits.max_children``).
-    children: int = 0
+    #: Seconds of CPU left to the listing children (``Limits.max_child_seconds``).
+    child_seconds: float = 0.0
 
 
 #: errno values that say the machine failed, not the archive: no space, quota, file descriptors, memory.
@@ -228,13 +232,13 @@ def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits, aliases:
     a mail client may save it under), nested archives included."""
     listing = Listing()
     budget = _Budget(limits.max_size, limits.max_members, limits.max_members, attributes=_TNEF_ATTRIBUTES + _TNEF_ATTRIBUTES_PER_MEMBER * limits.max_members,
-                     directory=limits.max_directory, children=limits.max_children)
+                     directory=limits.max_directory, child_seconds=limits.max_child_seconds)
     try:
         _walk(name, data, kind, 1, limits, budget, listing, aliases)
     finally:
         listing.decompressed = limits.max_size - max(budget.size, 0)
         listing.directory = limits.max_directory - budget.directory
-        listing.children = limits.max_children - budget.children
+        listing.child_seconds = limits.max_child_seconds - budget.child_seconds
     return listing
 
 
@@ -273,10 +277,9 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
 
 def _walk_libarchive_kind(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
     if limits.child:
-        if budget.children <= 0:
-            listing.limits.append(f"{path}: {kind} archive past the message's listing processes, not looked at")
+        if budget.child_seconds <= 0:
+            listing.limits.append(f"{path}: {kind} archive past the CPU time left to listing processes, not looked at")
             return
-        budget.children -= 1
         _walk_in_child(path, data, kind, depth, limits, budget, listing)
     else:
         _walk_libarchive(path, data, depth, limits, budget, listing, kind)
@@ -317,7 +320,7 @@ def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
         return
     # However few of its members are listed (an Office document's past its parts' budget), the whole directory is parsed.
     if room > budget.directory:
-        listing.limits.append(f"{path}: a zip directory of up to {room} entries, past the {max(budget.directory, 0)} left to parse, not looked at")
+        listing.limits.append(f"{path}: a zip directory of {room} bytes, past the {max(budget.directory, 0)} left to parse, not looked at")
         return
     budget.directory -= room
     with zipfile.ZipFile(data) as archive:
@@ -363,17 +366,16 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
         try:
             head = _read_head(archive, info, budget)
         except _MEMBER_ERRORS as exc:
-            # One unreadable member (deflate64, a bad CRC) leaves the other names to judge; an archive by its
-            # name is a limit (unzip keeps a member with a bad CRC, and the archive lists as ever).
+            # One unreadable member (deflate64, a bad CRC) leaves the other names to judge; an archive or a saved
+            # message by its name is a limit (unzip keeps a member with a bad CRC, 7-Zip reads deflate64).
             listing.entries.append(Entry(member, False, b""))
-            unread = listing.limits if any(_packed(name) for name in (info.filename, *aliases)) else listing.errors
+            unread = listing.limits if any(_packed(name) or message_file([name]) for name in (info.filename, *aliases)) else listing.errors
             unread.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
             continue
         listing.entries.append(Entry(member, False, head))
         # A saved message: a mail client opens it with its attachments, which the caller judges.
         if message_file((info.filename, *aliases)) and (copy := _copied_member(member, archive, info, limits, budget, listing)):
-            with copy:
-                listing.messages.append((member, copy.read()))
+            listing.messages.append((member, copy))
         # unzip may extract it under an alias (its Unicode Path): docs.zip named notes.txt is still an archive.
         inner = archive_kind_of((info.filename, *aliases), head)
         if inner is None:
@@ -437,8 +439,8 @@ def _unicode_path(extra: bytes) -> str:
 def _zip_directory(data: IO[bytes]) -> tuple[int | None, int]:
     """The entries that the zip *data*'s end of central directory record (its ZIP64 one when present)
     declares, found where and as ``zipfile`` finds it (None when there is none, or when its central
-    directory has no room for that many: a count that lies), and the most entries zipfile may parse
-    there (the directory's bytes it would read, by the smallest entry; 0 when there is no record)."""
+    directory has no room for that many: a count that lies), and the bytes of directory zipfile would
+    parse there, whatever the count (0 when there is no record)."""
     end = data.seek(0, os.SEEK_END)
     start = max(end - _EOCD.size - (1 << 16), 0)  # zipfile's window: the longest comment, and a byte
     data.seek(start)
@@ -459,7 +461,7 @@ def _zip_directory(data: IO[bytes]) -> tuple[int | None, int]:
             fields = _EOCD64.unpack_from(zip64)
             entries, directory_size, record = fields[7], fields[8], locator - _EOCD64.size
     # zipfile reads the directory's size in bytes (no more than the file holds) and parses entries until they are used up.
-    room = min(directory_size, end) // _CENTRAL_ENTRY_MIN
+    room = min(directory_size, end)
     # Each central directory entry takes at least 46 bytes, and the directory lies before its end record.
     if entries * _CENTRAL_ENTRY_MIN > directory_size or directory_size > record:
         return None, room
@@ -492,6 +494,13 @@ def _copy_bounded(stream: IO[bytes], budget: _Budget, length: int | None = None)
             return None
         copy.write(chunk)
     copy.seek(0)
+    return copy
+
+
+def _copy_exactly(stream: IO[bytes], length: int) -> IO[bytes]:
+    """The next *length* bytes of *stream* (fewer where it ends) in a temporary file, already counted in a budget."""
+    copy = _copy_bounded(stream, _Budget(length, 0), length)
+    assert copy is not None  # a budget of the length asked for is never passed
     return copy
 
 
@@ -565,21 +574,29 @@ def _walk_tnef(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _
         contents += [(io.BytesIO(value), 0, len(value), True) for value in file.inline]
         if not contents:
             listing.entries.append(Entry(member, False, b""))
+        message = message_file(names)
         for source, start, size, counted in contents:
-            _tnef_member(member, source, start, size, counted, depth, limits, budget, listing)
+            _tnef_member(member, source, start, size, counted, message, depth, limits, budget, listing)
         # After the name Outlook saves it under, which a reply names first.
         listing.entries.extend(Entry(f"{path}/{alias}", False, b"") for alias in names[1:])
 
 
-def _tnef_member(member: str, source: IO[bytes], start: int, size: int, counted: bool, depth: int, limits: Limits, budget: _Budget,
-                 listing: Listing) -> None:
+def _tnef_member(member: str, source: IO[bytes], start: int, size: int, counted: bool, message: bool, depth: int, limits: Limits,
+                 budget: _Budget, listing: Listing) -> None:
     """The entry of one content of a TNEF attachment, *size* bytes at *start* of *source* (already in the budget
-    when *counted*), and the archive it is, walked."""
+    when *counted*), kept when it is a *message* (Outlook opens a saved one with its attachments), and the archive it is, walked."""
     source.seek(start)
     head = source.read(min(HEAD_SIZE, size, max(budget.size, 0)))
     if not counted:
         budget.size -= len(head)
     listing.entries.append(Entry(member, False, head))
+    if message:
+        source.seek(start)
+        copy = _copy_exactly(source, size) if counted else _copy_bounded(source, budget, size)
+        if copy is None:
+            listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+        else:
+            listing.messages.append((member, copy))
     inner = archive_kind(member.rsplit("/", 1)[-1], head)
     if inner is None:
         return
@@ -743,16 +760,21 @@ def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, bud
                 inner = None
             if inner is None and not message:
                 continue
+            if message and (entry.islnk or entry.issym):
+                # Extracted, a link named fwd.eml is the file it points to, which is no message by its own name.
+                listing.limits.append(f"{member}: a link named as a message, to a file never opened as one")
+                continue
             nested = None if declared > budget.size + len(head) else _copy_blocks(head, blocks, budget)
             if nested is None:
                 listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
                 continue
-            with nested:
-                if message:
-                    listing.messages.append((member, nested.read()))
-                    nested.seek(0)
-                if inner is not None:
-                    _walk(member, nested, inner, depth + 1, limits, budget, listing)
+            if inner is not None:
+                _walk(member, nested, inner, depth + 1, limits, budget, listing)
+            if message:
+                nested.seek(0)
+                listing.messages.append((member, nested))  # the caller closes it
+            else:
+                nested.close()
 
 
 def _compressed_format(data: IO[bytes]) -> str:
@@ -846,16 +868,27 @@ CHILD_TIMEOUT = 30.0
 #: The child's answer starts with its length in this many bytes (big-endian).
 _LENGTH_BYTES = 8
 
-#: What the child does: list *data* as :func:`_walk` would and answer in JSON (a parameter for the tests' crashing children).
-ChildWork = Callable[[str, IO[bytes], str, int, Limits, "_Budget"], bytes]
+#: A listing child costs at least this much of the message's ``Limits.max_child_seconds`` (the fork itself, its exit).
+CHILD_MIN_SECONDS = 0.01
+
+#: What the child does: list *data* as :func:`_walk` would, the messages found written to the last argument,
+#: and answer in JSON (a parameter for the tests' crashing children).
+ChildWork = Callable[[str, IO[bytes], str, int, Limits, "_Budget", IO[bytes]], bytes]
 
 
-def _child_work(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget) -> bytes:
+def _child_work(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, spool: IO[bytes]) -> bytes:
     listing = Listing()
     _walk(path, data, kind, depth, replace(limits, child=False), budget, listing)
+    messages = []
+    for member, message in listing.messages:  # through a file the worker reads, not the answer: a saved message may be 50 MB
+        start = spool.tell()
+        message.seek(0)
+        shutil.copyfileobj(message, spool, _CHUNK)
+        messages.append([member, start, spool.tell() - start])
+    spool.flush()
     answer = {"entries": [[e.path, e.encrypted, base64.b64encode(e.head).decode()] for e in listing.entries],
-              "encrypted": listing.encrypted, "limits": listing.limits, "errors": listing.errors,
-              "messages": [[path, base64.b64encode(data).decode()] for path, data in listing.messages], "budget": [budget.size, budget.members, budget.documents, budget.attributes, budget.directory]}
+              "encrypted": listing.encrypted, "limits": listing.limits, "errors": listing.errors, "messages": messages,
+              "budget": [budget.size, budget.members, budget.documents, budget.attributes, budget.directory]}
     return json.dumps(answer).encode()
 
 
@@ -869,15 +902,24 @@ def _walk_in_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Li
     libmilter threads it does not have and the locks they might hold are never touched;
     should it hang anyway, the timeout kills it.
     """
+    with tempfile.TemporaryFile() as spool:
+        _run_child(path, data, kind, depth, limits, budget, listing, work, spool)
+
+
+def _run_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing,
+               work: ChildWork, spool: IO[bytes]) -> None:
+    """:func:`_walk_in_child` with *spool*, the file the child writes the messages it finds to."""
+    timeout = min(CHILD_TIMEOUT, max(budget.child_seconds, CHILD_MIN_SECONDS))
     read_end, write_end = os.pipe()
+    started, own = time.monotonic(), _thread_cpu()
     pid = os.fork()
     if pid == 0:  # the child
         code = 1
         try:
             os.close(read_end)
             faulthandler.disable()  # a crash here is the parent's listing limit, not a "Fatal Python error" in the log
-            _limit_child()
-            answer = work(path, data, kind, depth, limits, budget)
+            _limit_child(min(CHILD_CPU_SECONDS, math.ceil(timeout)))
+            answer = work(path, data, kind, depth, limits, budget, spool)
             with os.fdopen(write_end, "wb") as out:
                 out.write(len(answer).to_bytes(_LENGTH_BYTES, "big") + answer)
             code = 0
@@ -886,17 +928,21 @@ def _walk_in_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Li
     os.close(write_end)
     answer, finished = b"", False  # what the finally below sees should reading fail: the child is killed and reaped
     try:
-        answer, finished = _read_answer(read_end, time.monotonic() + CHILD_TIMEOUT)
+        answer, finished = _read_answer(read_end, started + timeout)
     finally:
         os.close(read_end)
         if not finished:
             os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
+        _, status, usage = os.wait4(pid, 0)
         data.seek(0)  # the child moved a real file's shared offset: the caller finds it at the start
+        # Its CPU and this thread's for it (the fork copies the worker's page tables), or the time waited for one killed
+        # (a hang too), of the message's: a thousand listings of 20 s each would be hours of a worker.
+        spent = time.monotonic() - started if not finished else usage.ru_utime + usage.ru_stime + _thread_cpu() - own
+        budget.child_seconds -= max(spent, CHILD_MIN_SECONDS)
     # A listing cut short by its time, memory or CPU bound, or by libarchive crashing, is a limit: an archive
     # built for it may open in the recipient's 7-Zip, a banned file and all.
     if not finished:
-        listing.limits.append(f"{path}: unreadable {kind} archive (not listed within {CHILD_TIMEOUT:.0f} s)")
+        listing.limits.append(f"{path}: unreadable {kind} archive (not listed within {timeout:g} s)")
         return
     if status != 0:
         how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status) else f"status {os.WEXITSTATUS(status)}"
@@ -905,7 +951,7 @@ def _walk_in_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Li
     try:
         found = json.loads(answer)
         entries = [Entry(p, bool(e), base64.b64decode(h)) for p, e, h in found["entries"]]
-        messages = [(str(path), base64.b64decode(data)) for path, data in found["messages"]]
+        messages = [(str(member), int(start), int(length)) for member, start, length in found["messages"]]
         # Every budget comes back: a child that started afresh on the Office parts' one (150 tars of a document each)
         # listed 2,000 parts a tar.
         budget.size, budget.members, budget.documents, budget.attributes, budget.directory = (int(value) for value in found["budget"])
@@ -913,17 +959,25 @@ def _walk_in_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Li
         listing.errors.append(f"{path}: unreadable {kind} archive (the listing process answered nonsense: {exc.__class__.__name__})")
         return
     listing.entries.extend(entries)
-    listing.messages.extend(messages)
+    for member, start, length in messages:
+        spool.seek(start)
+        listing.messages.append((member, _copy_exactly(spool, length)))
     for name in ("encrypted", "limits", "errors"):
         getattr(listing, name).extend(str(item) for item in found[name])
 
 
-def _limit_child() -> None:
-    """In the child: CHILD_MEMORY more address space than the worker already has, CHILD_CPU_SECONDS of CPU."""
+def _thread_cpu() -> float:
+    """The CPU seconds the calling thread has used."""
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _limit_child(seconds: int) -> None:
+    """In the child: CHILD_MEMORY more address space than the worker already has, *seconds* of CPU."""
     with open("/proc/self/status", "rb") as status:
         size = next((int(line.split()[1]) * 1024 for line in status if line.startswith(b"VmSize:")), 0)
     resource.setrlimit(resource.RLIMIT_AS, (size + CHILD_MEMORY, size + CHILD_MEMORY))
-    resource.setrlimit(resource.RLIMIT_CPU, (CHILD_CPU_SECONDS, CHILD_CPU_SECONDS))
+    resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds))
 
 
 def _read_answer(fd: int, deadline: float) -> tuple[bytes, bool]:

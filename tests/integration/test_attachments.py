@@ -366,10 +366,27 @@ def test_the_child_lists_what_the_worker_would(tmp_path: Any) -> None:
     ]
     for data, name, kind, limits in cases:
         here, child = _listings(data, name, kind, limits)
-        assert child.children >= 1 and here.children == 0, name  # the listing processes the message's bound counts
-        assert replace(child, children=0) == here, name
-    assert _listings(cases[-1][0], "mail.tar", "tar", Limits())[1].messages == [("mail.tar/fwd.eml", b"Subject: x\r\n\r\nbody\r\n")]
+        assert child.child_seconds >= 0.01 and here.child_seconds == 0, name  # the listing processes' CPU, counted
+        # A saved message comes back in a file of its own, whole.
+        assert [(path, file.read()) for path, file in child.messages] == [(path, file.read()) for path, file in here.messages], name
+        assert replace(child, child_seconds=0, messages=[]) == replace(here, messages=[]), name
+    assert [(path, file.read()) for path, file in _listings(cases[-1][0], "mail.tar", "tar", Limits())[1].messages] == [
+        ("mail.tar/fwd.eml", b"Subject: x\r\n\r\nbody\r\n")]
     assert [e.path for e in _listings(seven, "files.7z", "7z", Limits())[1].entries] == ["files.7z/docs/run.js", "files.7z/a.txt", "files.7z/in.zip", "files.7z/in.zip/x.exe"]
+
+
+def test_the_listing_children_of_a_message_share_its_cpu_time() -> None:
+    import gzip
+
+    from milterd.content.archives import Limits, list_archive
+
+    logs = zipped({f"log{i}.txt.gz": gzip.compress(b"line %d\n" % i) for i in range(10)})
+    # Each child counts 10 ms at least: with 30 ms for all, at most three are listed, the rest are limits.
+    listing = list_archive("logs.zip", io.BytesIO(logs), "zip", Limits(child=True, max_child_seconds=0.03))
+    listed = [e.path for e in listing.entries if e.path.endswith(".txt")]
+    refused = [text for text in listing.limits if "past the CPU time left to listing processes" in text]
+    assert 1 <= len(listed) <= 3 and len(listed) + len(refused) == 10, (listed, listing.limits)
+    assert listing.child_seconds >= 0.01 * len(listed)
 
 
 def test_a_child_forked_by_another_thread_at_once_does_not_hold_up_the_answer(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -395,7 +412,7 @@ def test_a_child_forked_by_another_thread_at_once_does_not_hold_up_the_answer(tm
     monkeypatch.setattr(archives, "CHILD_TIMEOUT", 2.0)
     monkeypatch.setattr(os, "pipe", pipe_also_held_by_another_child)
     listing = archives.Listing()
-    budget = archives._Budget(1024 * 1024, 100)  # noqa: SLF001 - the child's protocol is the subject
+    budget = archives._Budget(1024 * 1024, 100, child_seconds=30.0)  # noqa: SLF001 - the child's protocol is the subject
     started = time.monotonic()
     try:
         archives._walk_in_child("x.7z", io.BytesIO(seven), "7z", 1, archives.Limits(), budget, listing)  # noqa: SLF001
@@ -445,7 +462,7 @@ def test_a_child_that_crashes_is_a_limit_and_the_caller_lives_on(tmp_path: Any, 
     monkeypatch.setattr(archives, "CHILD_TIMEOUT", 1.0)
     seven = libarchive_made(tmp_path, "7zip", {"a.txt": b"hi"})
     listing = archives.Listing()
-    budget = archives._Budget(1024 * 1024, 100)  # noqa: SLF001 - the child's protocol is the subject
+    budget = archives._Budget(1024 * 1024, 100, child_seconds=30.0)  # noqa: SLF001 - the child's protocol is the subject
     started = time.monotonic()
     archives._walk_in_child("x.7z", io.BytesIO(seven), "7z", 1, archives.Limits(), budget, listing, work=work)  # noqa: SLF001
     # A crash or a listing past its bounds is a limit (ATTACH_ARCHIVE_LIMIT, held by default): an archive built

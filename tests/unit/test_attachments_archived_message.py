@@ -100,3 +100,39 @@ def test_a_batch_of_forwards_is_opened_through(tmp_path: Path) -> None:
     raw = message(forwards[len(b"--zz\r\n"):])
     found = hits(attachment_check(tmp_path), raw)
     assert LIMIT not in found and found[BANNED].detail == "spam29.eml/evil.exe: banned extension .exe"
+
+
+def test_a_saved_message_in_winmail_dat_is_opened(tmp_path: Path) -> None:
+    # Outlook shows fwd.eml among winmail.dat's attachments and opens it with its own (found by review).
+    from tests.unit.test_attachments_tnef import file_attachment, tnef
+
+    found = hits(attachment_check(tmp_path), message(attached(b"winmail.dat", tnef(file_attachment("fwd.eml", saved())), b"application/ms-tnef")))
+    assert found[BANNED].detail == "winmail.dat/fwd.eml/evil.exe: banned extension .exe"
+
+
+def test_a_small_saved_message_with_a_bad_crc_is_a_limit(tmp_path: Path) -> None:
+    # Under 512 bytes, its first bytes reach the end, where zipfile checks the CRC and raises: the member was
+    # only unreadable (scored), though unzip extracts it with a warning (found by review).
+    inner = saved("run.js", b"WScript.Echo(1)")
+    assert len(inner) < 512
+    data = bytearray(zipped({"fwd.eml": inner}, compression=0))
+    data[data.index(b"--in")] ^= 0x01  # a byte of the stored member's data: its CRC no longer matches
+    found = hits(attachment_check(tmp_path), message(attached(b"mails.zip", bytes(data))))
+    assert found[LIMIT].action == Action.QUARANTINE and found[LIMIT].detail.startswith("mails.zip/fwd.eml: unreadable member (BadZipFile")
+
+
+@pytest.mark.skipif(not archives.supported("tar"), reason="libarchive-c is not installed")
+def test_a_link_named_as_a_saved_message_is_a_limit(tmp_path: Path) -> None:
+    # Extracted, fwd.eml is notes.txt, a saved message no name of which says so (found by review).
+    for kind in (tarfile.LNKTYPE, tarfile.SYMTYPE):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo("mail/notes.txt")
+            info.size = len(saved())
+            tar.addfile(info, io.BytesIO(saved()))
+            link = tarfile.TarInfo("mail/fwd.eml")
+            link.type, link.linkname = kind, "mail/notes.txt"
+            tar.addfile(link)
+        check = attachment_check(tmp_path, "archive_process = false\n")
+        found = hits(check, message(attached(b"mails.tar", buffer.getvalue(), b"application/x-tar")))
+        assert found[LIMIT].detail == "mails.tar/mail/fwd.eml: a link named as a message, to a file never opened as one", kind

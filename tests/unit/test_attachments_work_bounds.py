@@ -1,16 +1,16 @@
 """The work one message's archives cost is bounded, whatever their members' count says.
 
-Two CPU traps: 150 tars in a zip, each carrying a deck of 2,000 empty parts,
+Three CPU traps: 150 tars in a zip, each carrying a deck of 2,000 empty parts,
 made zipfile parse 2,000 directory entries per deck although none of its parts
 was listed past the Office documents' budget (23 s of a worker for a 13 MB
 message); a zip of 2,000 gzip files forked 2,000 listing children, about 10 ms
 each (34 s for three such attachments, past the end-of-message budget: 451 on
-every retry).  A zip's directory is now counted by its room against a budget
-of the whole message's (``Limits.max_directory``), and so are the listing
-children (``archive_max_processes``); past either, the archive is a limit,
-held as any other.
+every retry); archives each built to take a child's 20 s of CPU had no bound
+together.  A zip's directory is now counted by its bytes against a budget of
+the whole message's (``Limits.max_directory``), and the listing children by
+their CPU, 10 ms at least each (``archive_process_seconds``); past either, the
+archive is a limit, held as any other.
 """
-
 from __future__ import annotations
 
 import gzip
@@ -32,11 +32,12 @@ from tests.unit.test_input_robustness import many_entries_zip
 
 @pytest.fixture
 def children(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The archives handed to a listing child, which is not forked here (unit tests start no process)."""
+    """The archives handed to a listing child, which is not forked here (unit tests start no process); each takes a second."""
     forked: list[str] = []
 
     def no_fork(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: Any, listing: archives.Listing) -> None:
         forked.append(path)
+        budget.child_seconds -= 1.0
 
     monkeypatch.setattr(archives, "_walk_in_child", no_fork)
     return forked
@@ -55,38 +56,45 @@ def hits(check: Any, raw: bytes) -> dict[str, Hit]:
 
 
 def test_decks_past_the_directory_budget_are_a_limit_and_not_parsed(directory_reads: list[int]) -> None:
-    reads = directory_reads
     one = deck(100)
     outer = zipped({f"d{i}.pptx": one for i in range(6)})
     budget = room(outer) + 3 * room(one)
     listing = list_archive("decks.zip", io.BytesIO(outer), "zip", Limits(max_members=50, max_directory=budget))
-    assert len(reads) == 1 + 3  # the outer zip and three decks; none of the last three's directories
+    assert len(directory_reads) == 1 + 3  # the outer zip and three decks; none of the last three's directories
     refused = [text for text in listing.limits if "zip directory" in text]
     assert [text.split(":")[0] for text in refused] == ["decks.zip/d3.pptx", "decks.zip/d4.pptx", "decks.zip/d5.pptx"]
-    assert refused[0] == f"decks.zip/d3.pptx: a zip directory of up to {room(one)} entries, past the 0 left to parse, not looked at"
+    assert refused[0] == f"decks.zip/d3.pptx: a zip directory of {room(one)} bytes, past the 0 left to parse, not looked at"
     assert listing.directory == budget
 
 
-def test_a_zip_claiming_one_entry_is_counted_by_its_directory_room(directory_reads: list[int]) -> None:
+def test_a_zip_claiming_one_entry_is_counted_by_its_directory_s_bytes(directory_reads: list[int]) -> None:
     # The end record declares one entry, the directory holds 5,000: zipfile parses all 5,000.
-    reads = directory_reads
     liar = many_entries_zip(5000, declared=1)
-    assert room(liar) >= 5000
-    listing = list_archive("liar.zip", io.BytesIO(liar), "zip", Limits(max_members=10, max_directory=4000))
-    assert reads == [] and listing.entries == []
-    assert listing.limits == [f"liar.zip: a zip directory of up to {room(liar)} entries, past the 4000 left to parse, not looked at"]
+    assert room(liar) >= 5000 * 46
+    listing = list_archive("liar.zip", io.BytesIO(liar), "zip", Limits(max_members=10, max_directory=100_000))
+    assert directory_reads == [] and listing.entries == []
+    assert listing.limits == [f"liar.zip: a zip directory of {room(liar)} bytes, past the 100000 left to parse, not looked at"]
 
 
 def test_the_directory_budget_is_the_whole_message_s(tmp_path: Path) -> None:
     check = attachment_check(tmp_path, "archive_max_members = 10\n")
-    assert check.limits.max_directory == 20 * 1000
-    liar = many_entries_zip(8000, declared=1)  # room for more than 8,000: two fit in 20,000, not three
-    assert 2 * room(liar) <= 20_000 < 3 * room(liar)
+    assert check.limits.max_directory == 2560 * 1000
+    liar = many_entries_zip(20_000, declared=1)
+    assert 2 * room(liar) <= 2560 * 1000 < 3 * room(liar)  # two fit, not three
     parts = b"".join(b"--zz\r\n" + attached(f"part{i}.zip".encode(), liar + bytes([i])) for i in range(3))
     found = hits(check, _three(parts))
     assert found[LIMIT].action == Action.QUARANTINE
-    assert "part2.zip: a zip directory of up to" in found[LIMIT].detail
+    assert "part2.zip: a zip directory of" in found[LIMIT].detail
     assert "part0.zip: a zip" not in found[LIMIT].detail and "part1.zip: a zip" not in found[LIMIT].detail
+
+
+def test_seven_zips_of_two_thousand_long_names_fit_the_default_budget(tmp_path: Path) -> None:
+    # Counted by the smallest entry (46 bytes), 2,000 files named by 100-character paths made 6,350 "entries":
+    # seven such zips in a message were quarantined (found by review).
+    check = attachment_check(tmp_path)
+    source = zipped({f"project/src/module_{i:04d}/" + "x" * 70 + ".py": b"" for i in range(2000)})
+    parts = b"".join(b"--zz\r\n" + attached(f"src-{i}.zip".encode(), source + bytes([i])) for i in range(7))
+    assert LIMIT not in hits(check, _three(parts))
 
 
 def _three(parts: bytes) -> bytes:
@@ -96,20 +104,20 @@ def _three(parts: bytes) -> bytes:
 
 
 @pytest.mark.skipif(not archives.supported("gzip"), reason="libarchive-c is not installed")
-def test_listing_children_past_the_message_s_bound_are_a_limit(tmp_path: Path, children: list[str]) -> None:
-    assert AttachmentChecks().archive_max_processes == 200
-    check = attachment_check(tmp_path, "archive_max_processes = 3\n")
+def test_listing_children_past_the_message_s_seconds_are_a_limit(tmp_path: Path, children: list[str]) -> None:
+    assert AttachmentChecks().archive_process_seconds == 10.0
+    check = attachment_check(tmp_path, "archive_process_seconds = 2.5\n")
     logs = zipped({f"log{i}.txt.gz": gzip.compress(b"line %d\n" % i) for i in range(2)})
     parts = b"".join(b"--zz\r\n" + attached(f"logs{i}.zip".encode(), logs + bytes([i])) for i in range(2))
-    found = hits(check, _three(parts))
+    found = hits(check, _three(parts))  # each child here takes a second of the message's 2.5
     assert children == ["logs0.zip/log0.txt.gz", "logs0.zip/log1.txt.gz", "logs1.zip/log0.txt.gz"]
     assert found[LIMIT].action == Action.QUARANTINE
-    assert found[LIMIT].detail == "logs1.zip/log1.txt.gz: gzip archive past the message's listing processes, not looked at"
+    assert found[LIMIT].detail == "logs1.zip/log1.txt.gz: gzip archive past the CPU time left to listing processes, not looked at"
 
 
 @pytest.mark.skipif(not archives.supported("gzip"), reason="libarchive-c is not installed")
 def test_without_listing_children_nothing_is_counted(tmp_path: Path, children: list[str]) -> None:
-    check = attachment_check(tmp_path, "archive_process = false\narchive_max_processes = 1\n")
+    check = attachment_check(tmp_path, "archive_process = false\narchive_process_seconds = 0.001\n")
     logs = zipped({f"log{i}.txt.gz": gzip.compress(b"line %d\n" % i) for i in range(3)})
     found = hits(check, message(attached(b"logs.zip", logs)))
     assert children == [] and LIMIT not in found
