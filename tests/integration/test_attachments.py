@@ -366,7 +366,7 @@ def test_the_child_lists_what_the_worker_would(tmp_path: Any) -> None:
     ]
     for data, name, kind, limits in cases:
         here, child = _listings(data, name, kind, limits)
-        assert child.child_seconds >= 0.01 and here.child_seconds == 0, name  # the listing processes' CPU, counted
+        assert child.child_seconds > 0.0099 and here.child_seconds == 0, name  # the listing processes' CPU, counted (10 ms at least)
         # A saved message comes back in a file of its own, whole.
         assert [(path, file.read()) for path, file in child.messages] == [(path, file.read()) for path, file in here.messages], name
         assert replace(child, child_seconds=0, messages=[]) == replace(here, messages=[]), name
@@ -386,7 +386,7 @@ def test_the_listing_children_of_a_message_share_its_cpu_time() -> None:
     listed = [e.path for e in listing.entries if e.path.endswith(".txt")]
     refused = [text for text in listing.limits if "past the CPU time left to listing processes" in text]
     assert 1 <= len(listed) <= 3 and len(listed) + len(refused) == 10, (listed, listing.limits)
-    assert listing.child_seconds >= 0.01 * len(listed)
+    assert listing.child_seconds > 0.0099 * len(listed)
 
 
 def test_a_child_forked_by_another_thread_at_once_does_not_hold_up_the_answer(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
