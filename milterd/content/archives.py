@@ -71,7 +71,7 @@ import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
 
 from tnefparse import TNEF
 from tnefparse.codepage import Codepage
@@ -179,6 +179,15 @@ class Listing:
     child_seconds: float = 0.0
 
 
+class _Job(NamedTuple):
+    """An archive for a listing child: its path, its data (a seekable file), its kind and its depth."""
+
+    path: str
+    data: IO[bytes]
+    kind: str
+    depth: int
+
+
 @dataclass
 class _Budget:
     size: int
@@ -194,6 +203,9 @@ class _Budget:
     directory: int = 0
     #: Seconds of CPU left to the listing children (``Limits.max_child_seconds``).
     child_seconds: float = 0.0
+    #: The libarchive kinds found in zips, listed after the rest (:func:`_walk_deferred`), together in one child: a
+    #: fork each cost the worker about 10 ms, and a zip may carry 2,000 gzip files.
+    deferred: list[_Job] = field(default_factory=list)
 
 
 #: errno values that say the machine failed, not the archive: no space, quota, file descriptors, memory.
@@ -235,7 +247,10 @@ def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits, aliases:
                      directory=limits.max_directory, child_seconds=limits.max_child_seconds)
     try:
         _walk(name, data, kind, 1, limits, budget, listing, aliases)
+        _walk_deferred(limits, budget, listing)
     finally:
+        for job in budget.deferred:
+            job.data.close()
         listing.decompressed = limits.max_size - max(budget.size, 0)
         listing.directory = limits.max_directory - budget.directory
         listing.child_seconds = limits.max_child_seconds - budget.child_seconds
@@ -277,12 +292,38 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
 
 def _walk_libarchive_kind(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
     if limits.child:
-        if budget.child_seconds <= 0:
-            listing.limits.append(f"{path}: {kind} archive past the CPU time left to listing processes, not looked at")
-            return
-        _walk_in_child(path, data, kind, depth, limits, budget, listing)
+        _walk_children([_Job(path, data, kind, depth)], limits, budget, listing)
     else:
         _walk_libarchive(path, data, depth, limits, budget, listing, kind)
+
+
+def _walk_deferred(limits: Limits, budget: _Budget, listing: Listing) -> None:
+    """The archives deferred in ``budget.deferred``, with those they defer in turn: in one child with ``Limits.child``
+    (where what they defer is walked), else here, in the same order."""
+    while budget.deferred:
+        jobs, budget.deferred = budget.deferred, []
+        try:
+            if limits.child:
+                _walk_children(jobs, limits, budget, listing)
+            else:
+                for job in jobs:
+                    _walk(job.path, job.data, job.kind, job.depth, limits, budget, listing)
+        finally:
+            for job in jobs:
+                job.data.close()
+
+
+def _walk_children(jobs: list[_Job], limits: Limits, budget: _Budget, listing: Listing) -> None:
+    """The archives of *jobs* listed in one child (:func:`_walk_in_child`), within the CPU the message has left for it."""
+    if budget.child_seconds <= 0:
+        listing.limits.extend(f"{job.path}: {job.kind} archive past the CPU time left to listing processes, not looked at" for job in jobs)
+        return
+    try:
+        _walk_in_child(jobs, limits, budget, listing)
+    except OSError as exc:
+        if local_failure(exc):
+            raise
+        listing.limits.extend(f"{job.path}: unreadable {job.kind} archive ({exc.__class__.__name__}: {str(exc)[:80]})" for job in jobs)
 
 
 def _take_member(path: str, limits: Limits, budget: _Budget, listing: Listing, notes: list[str] | None = None) -> bool:
@@ -385,6 +426,9 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
             continue
         nested = _copied_member(member, archive, info, limits, budget, listing)
         if nested is None:
+            continue
+        if inner not in ("zip", "tnef") and supported(inner):
+            budget.deferred.append(_Job(member, nested, inner, depth + 1))  # with the others, in one child: _walk_deferred
             continue
         with nested:
             _walk(member, nested, inner, depth + 1, limits, budget, listing, tuple(aliases))
@@ -871,14 +915,17 @@ _LENGTH_BYTES = 8
 #: A listing child costs at least this much of the message's ``Limits.max_child_seconds`` (the fork itself, its exit).
 CHILD_MIN_SECONDS = 0.01
 
-#: What the child does: list *data* as :func:`_walk` would, the messages found written to the last argument,
+#: What the child does: list each job as :func:`_walk` would, the messages found written to the last argument,
 #: and answer in JSON (a parameter for the tests' crashing children).
-ChildWork = Callable[[str, IO[bytes], str, int, Limits, "_Budget", IO[bytes]], bytes]
+ChildWork = Callable[[list[_Job], Limits, _Budget, IO[bytes]], bytes]
 
 
-def _child_work(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, spool: IO[bytes]) -> bytes:
+def _child_work(jobs: list[_Job], limits: Limits, budget: _Budget, spool: IO[bytes]) -> bytes:
     listing = Listing()
-    _walk(path, data, kind, depth, replace(limits, child=False), budget, listing)
+    here = replace(limits, child=False)
+    for job in jobs:
+        _walk(job.path, job.data, job.kind, job.depth, here, budget, listing)
+    _walk_deferred(here, budget, listing)
     messages = []
     for member, message in listing.messages:  # through a file the worker reads, not the answer: a saved message may be 50 MB
         start = spool.tell()
@@ -892,9 +939,8 @@ def _child_work(path: str, data: IO[bytes], kind: str, depth: int, limits: Limit
     return json.dumps(answer).encode()
 
 
-def _walk_in_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing,
-                   work: ChildWork = _child_work) -> None:
-    """:func:`_walk` of a libarchive *kind* in a forked child; its findings and spent budget are merged here.
+def _walk_in_child(jobs: list[_Job], limits: Limits, budget: _Budget, listing: Listing, work: ChildWork = _child_work) -> None:
+    """:func:`_walk` of each of *jobs* (libarchive kinds) in one forked child; its findings and spent budget are merged here.
 
     A fork, not a new interpreter: the child is this worker as it is (its user, its loaded
     libraries, *data* as it stands) and costs a millisecond or two instead of an
@@ -903,11 +949,10 @@ def _walk_in_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Li
     should it hang anyway, the timeout kills it.
     """
     with tempfile.TemporaryFile() as spool:
-        _run_child(path, data, kind, depth, limits, budget, listing, work, spool)
+        _run_child(jobs, limits, budget, listing, work, spool)
 
 
-def _run_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing,
-               work: ChildWork, spool: IO[bytes]) -> None:
+def _run_child(jobs: list[_Job], limits: Limits, budget: _Budget, listing: Listing, work: ChildWork, spool: IO[bytes]) -> None:
     """:func:`_walk_in_child` with *spool*, the file the child writes the messages it finds to."""
     timeout = min(CHILD_TIMEOUT, max(budget.child_seconds, CHILD_MIN_SECONDS))
     read_end, write_end = os.pipe()
@@ -919,7 +964,7 @@ def _run_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits
             os.close(read_end)
             faulthandler.disable()  # a crash here is the parent's listing limit, not a "Fatal Python error" in the log
             _limit_child(min(CHILD_CPU_SECONDS, math.ceil(timeout)))
-            answer = work(path, data, kind, depth, limits, budget, spool)
+            answer = work(jobs, limits, budget, spool)
             with os.fdopen(write_end, "wb") as out:
                 out.write(len(answer).to_bytes(_LENGTH_BYTES, "big") + answer)
             code = 0
@@ -934,7 +979,8 @@ def _run_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits
         if not finished:
             os.kill(pid, signal.SIGKILL)
         _, status, usage = os.wait4(pid, 0)
-        data.seek(0)  # the child moved a real file's shared offset: the caller finds it at the start
+        for job in jobs:
+            job.data.seek(0)  # the child moved a real file's shared offset: the caller finds it at the start
         # Its CPU and this thread's for it (the fork copies the worker's page tables), or the time waited for one killed
         # (a hang too), of the message's: a thousand listings of 20 s each would be hours of a worker.
         spent = time.monotonic() - started if not finished else usage.ru_utime + usage.ru_stime + _thread_cpu() - own
@@ -942,11 +988,11 @@ def _run_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits
     # A listing cut short by its time, memory or CPU bound, or by libarchive crashing, is a limit: an archive
     # built for it may open in the recipient's 7-Zip, a banned file and all.
     if not finished:
-        listing.limits.append(f"{path}: unreadable {kind} archive (not listed within {timeout:g} s)")
+        listing.limits.extend(f"{job.path}: unreadable {job.kind} archive (not listed within {timeout:g} s)" for job in jobs)
         return
     if status != 0:
         how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status) else f"status {os.WEXITSTATUS(status)}"
-        listing.limits.append(f"{path}: unreadable {kind} archive (the listing process ended with {how})")
+        listing.limits.extend(f"{job.path}: unreadable {job.kind} archive (the listing process ended with {how})" for job in jobs)
         return
     try:
         found = json.loads(answer)
@@ -956,7 +1002,7 @@ def _run_child(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits
         # listed 2,000 parts a tar.
         budget.size, budget.members, budget.documents, budget.attributes, budget.directory = (int(value) for value in found["budget"])
     except (ValueError, KeyError, TypeError) as exc:
-        listing.errors.append(f"{path}: unreadable {kind} archive (the listing process answered nonsense: {exc.__class__.__name__})")
+        listing.errors.extend(f"{job.path}: unreadable {job.kind} archive (the listing process answered nonsense: {exc.__class__.__name__})" for job in jobs)
         return
     listing.entries.extend(entries)
     for member, start, length in messages:
