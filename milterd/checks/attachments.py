@@ -59,7 +59,7 @@ class AttachmentChecks(CheckSwitches):
     mismatch_action: _CategoryAction = Field("score", description="Content whose first bytes contradict the name or declared type (a \"PDF\" that is a Windows executable): ATTACH_TYPE_MISMATCH, with the same choices.")
     macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
     encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
-    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into, for a limit or damage a sender can bring about on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an archive whose listing stopped part way (damaged: unzip, tar and 7-Zip carry on past it; a listing child that crashed or ran out of time or memory), a member name that cannot be read, attached messages nested deeper than archive_max_depth or past 5,000 MIME parts in all, archives past archive_process_seconds of listing children or zip directories past 2,560 bytes per archive_max_members (5 MB) in one message (parsed whole, however few members are then listed), a saved message (.eml) in an archive that cannot be read or is a link, a multipart without a boundary. A banned file may be inside (an .exe six zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
+    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into, for a limit or damage a sender can bring about on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an archive whose listing stopped part way (damaged: unzip, tar and 7-Zip carry on past it; a listing child that crashed or ran out of time or memory), a member name that cannot be read, attached messages nested deeper than archive_max_depth or past 5,000 MIME parts in all, archives past archive_process_seconds of listing children or zip directories past 2,560 bytes per archive_max_members (5 MB) in one message (parsed whole, however few members are then listed), a saved message (.eml) in an archive that cannot be read or is a link, attachments that could not be read for an error (ATTACH_ERROR, held with this action), a multipart without a boundary. A banned file may be inside (an .exe six zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
     unreadable_action: _CategoryAction = Field("score", description="What could not be read whole where no banned file can hide unseen: a 7z, rar, cab or tar without libarchive-c (install it: these are then listed), an archive member whose first bytes cannot be read (its name is judged), members of an Office document past archive_max_members (a .docx, .xlsx, .pptx, .odt… by every name it goes by, with [Content_Types].xml or ODF's mimetype: Office opens it, nobody extracts its parts), MIME fields that do not parse, base64 that goes on after its padding: ATTACH_UNREADABLE, with the same choices.")
     mime_limit_action: _CategoryAction = Field("quarantine", description="A message with a file (a named or non-text part) past its first 500 MIME parts, more than 2,000 parts, more than 1,000 uuencoded files, or a part whose MIME fields pass 16 KB in one field or 64 KB in all (a type or encoding past them is never read): files never judged (a banned one may follow the padding): ATTACH_MIME_LIMIT, with the same choices. Text parts past 500 are followed, so a digest of a few hundred posts is not caught.")
     archives: bool = Field(True, description="Look inside zip archives and TNEF containers (Outlook's winmail.dat), and 7z, rar, cab and tar ones, and gzip, bzip2 and xz files (a tar in one, or the file it holds), when libarchive-c is installed, for the same rules.")
@@ -282,7 +282,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         Symbol(LIMIT, 1.0, "Files never looked into, where a banned one may hide: an archive nested too deep, with too many members, decompressing past the limit, or whose listing stopped part way (damaged, a crash); a multipart without a boundary ([checks.attachments] limit_action)"),
         Symbol(UNREADABLE, 1.0, "Something not read whole where no file hides unseen: a 7z or rar without libarchive-c, a member's first bytes, an Office document's own parts past a limit, MIME fields that do not parse, base64 after its padding ([checks.attachments] unreadable_action)"),
         Symbol(MIME_LIMIT, 3.0, "A message with a file past its first 500 MIME parts, more than 2,000 parts, more than 1,000 uuencoded files or MIME fields past 16 KB (64 KB a part): the files past them never judged ([checks.attachments] mime_limit_action)"),
-        Symbol(ERROR, 0.0, "The message's attachments could not be read (detail: why); judged as having none, or answered 451 when this machine ran short (disk, quota, file descriptors, memory)"),
+        Symbol(ERROR, 0.0, "The message's attachments, or one of them, could not be read (detail: why); held as limit_action says (quarantine by default), or answered 451 when this machine ran short (disk, quota, file descriptors, memory)"),
     )
 
     def __init__(self, services: "Services") -> None:
@@ -328,11 +328,19 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
                 return [Hit(ERROR, detail=detail, action=Action.TEMPFAIL, reply=LOCAL_FAILURE_REPLY)]
             log.warning("attachments: cannot read the message's attachments", exc_info=True)
             findings += _skipped(skipped)
-            return [Hit(ERROR, detail=detail), *hits_for(findings, self.actions)]
+            return [self._error(detail), *hits_for(findings, self.actions)]
         findings += _skipped(skipped)
         if errors:
-            return [Hit(ERROR, detail=errors[0]), *hits_for(findings, self.actions)]
+            return [self._error(errors[0]), *hits_for(findings, self.actions)]
         return hits_for(findings, self.actions)
+
+    def _error(self, detail: str) -> Hit:
+        """ATTACH_ERROR: attachments that could not be judged for an error (a defect a sender's content set off), held
+        as what a limit kept from being looked at (``limit_action``): a banned file may be the one not judged."""
+        action = self.actions[LIMIT]
+        if action == "reject":
+            return Hit(ERROR, detail=detail, action=Action.REJECT, reply=Reply.reject("Attachments could not be checked"))
+        return Hit(ERROR, detail=detail, action=Action.QUARANTINE if action == "quarantine" else None)
 
     def judge(self, attachment: Attachment, budget: DecompressionBudget, depth: int = 1) -> list[Finding]:
         """Every finding of one decoded attachment, the members of its archives and the attachments of an
