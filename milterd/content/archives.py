@@ -923,6 +923,7 @@ ChildWork = Callable[[list[_Job], Limits, _Budget, IO[bytes]], bytes]
 def _child_work(jobs: list[_Job], limits: Limits, budget: _Budget, spool: IO[bytes]) -> bytes:
     listing = Listing()
     here = replace(limits, child=False)
+    budget.deferred = []  # the worker's own, deferred before this child (a damaged zip's fallback): the worker lists them
     for job in jobs:
         _walk(job.path, job.data, job.kind, job.depth, here, budget, listing)
     _walk_deferred(here, budget, listing)

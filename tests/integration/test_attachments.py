@@ -395,6 +395,18 @@ def test_the_listing_children_of_a_message_share_its_cpu_time(tmp_path: Any) -> 
     assert first in ("log1.txt.gz", "log2.txt.gz", "log3.txt.gz") and "past the CPU time left to listing processes" in found[LIMIT].detail, found[LIMIT].detail
 
 
+def test_a_damaged_zip_listed_at_once_does_not_list_the_archives_deferred_before_it() -> None:
+    import gzip
+
+    from milterd.content.archives import Limits, list_archive
+
+    # ok.zip's gzip waits for the one child of the deferred archives; bad.zip (no end record) is listed by libarchive
+    # in a child of its own at once, which listed the waiting gzip too, and then the worker again.
+    outer = zipped({"ok.zip": zipped({"a.gz": gzip.compress(b"x")}), "bad.zip": zipped({"evil.exe": PE})[:-22]})
+    listing = list_archive("o.zip", io.BytesIO(outer), "zip", Limits(child=True))
+    assert [e.path for e in listing.entries] == ["o.zip/ok.zip", "o.zip/ok.zip/a.gz", "o.zip/bad.zip", "o.zip/bad.zip/evil.exe", "o.zip/ok.zip/a.gz/a"]
+
+
 def test_a_child_forked_by_another_thread_at_once_does_not_hold_up_the_answer(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # Two libmilter threads listing archives at once: the second fork may happen while the first's
     # pipe is still open in the worker, and that child then holds a copy of its write end until it
