@@ -13,6 +13,7 @@ judged by their names (:func:`uuencoded_names`).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
 from dataclasses import dataclass, field, replace
@@ -59,7 +60,7 @@ class AttachmentChecks(CheckSwitches):
     mismatch_action: _CategoryAction = Field("score", description="Content whose first bytes contradict the name or declared type (a \"PDF\" that is a Windows executable): ATTACH_TYPE_MISMATCH, with the same choices.")
     macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
     encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
-    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into, for a limit or damage a sender can bring about on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an archive whose listing stopped part way (damaged: unzip, tar and 7-Zip carry on past it; a listing child that crashed or ran out of time or memory), a member name that cannot be read, attached messages nested deeper than archive_max_depth or past 5,000 MIME parts in all, archives past archive_process_seconds of listing children or zip directories past 2,560 bytes per archive_max_members (5 MB) in one message (parsed whole, however few members are then listed), a saved message (.eml) in an archive that cannot be read or is a link, attachments that could not be read for an error (ATTACH_ERROR, held with this action), a multipart without a boundary. A banned file may be inside (an .exe six zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
+    limit_action: _CategoryAction = Field("quarantine", description="Files never looked into, for a limit or damage a sender can bring about on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an archive whose listing stopped part way (damaged: unzip, tar and 7-Zip carry on past it; a listing child that crashed or ran out of time or memory), a member name that cannot be read, attached messages nested deeper than archive_max_depth or past 20,000 MIME parts or 32 MB in all, archives past archive_process_seconds of listing children or zip directories past 2,560 bytes per archive_max_members (5 MB) in one message (parsed whole, however few members are then listed), a saved message (.eml) in an archive that cannot be read or is a link, attachments that could not be read for an error (ATTACH_ERROR, held with this action), a multipart without a boundary. A banned file may be inside (an .exe six zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
     unreadable_action: _CategoryAction = Field("score", description="What could not be read whole where no banned file can hide unseen: a 7z, rar, cab or tar without libarchive-c (install it: these are then listed), an archive member whose first bytes cannot be read (its name is judged), members of an Office document past archive_max_members (a .docx, .xlsx, .pptx, .odt… by every name it goes by, with [Content_Types].xml or ODF's mimetype: Office opens it, nobody extracts its parts), MIME fields that do not parse, base64 that goes on after its padding: ATTACH_UNREADABLE, with the same choices.")
     mime_limit_action: _CategoryAction = Field("quarantine", description="A message with a file (a named or non-text part) past its first 500 MIME parts, more than 2,000 parts, more than 1,000 uuencoded files, or a part whose MIME fields pass 16 KB in one field or 64 KB in all (a type or encoding past them is never read): files never judged (a banned one may follow the padding): ATTACH_MIME_LIMIT, with the same choices. Text parts past 500 are followed, so a digest of a few hundred posts is not caught.")
     archives: bool = Field(True, description="Look inside zip archives and TNEF containers (Outlook's winmail.dat), and 7z, rar, cab and tar ones, and gzip, bzip2 and xz files (a tar in one, or the file it holds), when libarchive-c is installed, for the same rules.")
@@ -97,19 +98,24 @@ _ACTION_OPTION = {
     UNREADABLE: "unreadable_action",
     MIME_LIMIT: "mime_limit_action",
 }
+#: The attached messages (a base64 message/rfc822 part, an .eml file, one in an archive) of one message have at
+#: most this many MIME parts in all, counted in each reading: each may have mimeparts' 2,000, and at about 50 µs a
+#: part, twenty of those took 2 s.  Forwarded mail has a few parts each: an export of a few thousand messages is opened.
+ATTACHED_MESSAGE_PARTS = 20_000
+#: And at most this many bytes in all, counted in each reading: a 48 MB .eml decompressed from a zip of a few
+#: hundred KB, of lines a multipart's delimiter starts, took 7 s to read (a Python step a line).
+ATTACHED_MESSAGE_BYTES = 32 * 1024 * 1024
+#: The note of an attached message past ATTACHED_MESSAGE_BYTES: its attachments not looked at.
+_BYTES_NOTE = f"attached messages past {ATTACHED_MESSAGE_BYTES // 2**20} MB read in all: its attachments not looked at"
 #: The MIME reader's notes of files it never judged past its part and field bounds (ATTACH_MIME_LIMIT).
 _MIME_LIMIT_NOTES = frozenset({PARTS_LIMIT_NOTE, SCANNED_LIMIT_NOTE, FIELDS_LIMIT_NOTE})
 #: Its notes of parts it does not look into (ATTACH_ARCHIVE_LIMIT); its other notes are ATTACH_UNREADABLE.
-_LIMIT_NOTES = frozenset({NO_BOUNDARY_NOTE, SHARED_PARTS_NOTE})
+_LIMIT_NOTES = frozenset({NO_BOUNDARY_NOTE, SHARED_PARTS_NOTE, _BYTES_NOTE})
 #: Extensions of files that open as macro-enabled Office documents.
 _MACRO_EXTENSIONS = frozenset({"docm", "dotm", "xlsm", "xltm", "xlam", "pptm", "potm", "ppam", "ppsm", "sldm"})
 _OLE_MACRO_SCAN = 16 * 1024 * 1024
 #: Extensions of single-file compression, judged by the name beneath them.
 _COMPRESSION = frozenset({"gz", "bz2", "xz", "z", "lz", "lzma", "zst"})
-#: The attached messages (a base64 message/rfc822 part, an .eml file, one in an archive) of one message have at
-#: most this many MIME parts in all, counted in each reading: each may have mimeparts' 2,000, and at about 50 µs a
-#: part, twenty of those took 2 s.  Forwarded mail has a few parts each: a batch of hundreds is opened.
-ATTACHED_MESSAGE_PARTS = 5000
 #: The types of a part that holds a message (RFC 6532's message/global is RFC 822's with UTF-8 headers;
 #: Thunderbird opens message/news as it opens message/rfc822).
 _MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "message/news"})
@@ -130,7 +136,8 @@ _CLSID = re.compile(r"\{[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\}")
 @dataclass
 class DecompressionBudget:
     """The bytes the archives of one message may still decompress (``archive_max_message_size``), the zip
-    directory bytes they may still parse, the CPU their listing children may still take, and the MIME parts its attached messages may still have (:data:`ATTACHED_MESSAGE_PARTS`)."""
+    directory bytes they may still parse, the CPU their listing children may still take, and the MIME parts and bytes its attached messages may still have
+    (:data:`ATTACHED_MESSAGE_PARTS`, :data:`ATTACHED_MESSAGE_BYTES`)."""
 
     left: int
     #: The zip central directory entries the message's archives may still parse (their room, :attr:`Limits.max_directory`).
@@ -139,6 +146,8 @@ class DecompressionBudget:
     child_seconds: float = 0.0
     #: The MIME parts the attached messages may still have (:data:`ATTACHED_MESSAGE_PARTS`).
     parts: PartsBudget = field(default_factory=lambda: PartsBudget(ATTACHED_MESSAGE_PARTS))
+    #: The bytes of attached messages that may still be read (:data:`ATTACHED_MESSAGE_BYTES`).
+    message_bytes: int = field(default_factory=lambda: ATTACHED_MESSAGE_BYTES)
     #: The attached messages opened, by the digest of their decoded bytes: each is judged once, however many
     #: readings of the message (and of the messages around it) give it again.
     messages: dict[bytes, list["Finding"]] = field(default_factory=dict)
@@ -413,10 +422,22 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             return [Finding(LIMIT, name, f"attached message nested deeper than {self.options.archive_max_depth}: its attachments not looked at")]
         if budget.parts.left <= 0:
             return [Finding(LIMIT, name, f"attached messages past {ATTACHED_MESSAGE_PARTS} MIME parts in all: its attachments not looked at")]
+        size = data.seek(0, io.SEEK_END)
+        if budget.message_bytes < size:
+            return [Finding(LIMIT, name, _BYTES_NOTE)]
         budget.messages[key] = []
         found = self._uuencoded(_chunks(data))  # named within the attached message; the caller's name goes in front
         skipped: list[str] = []
-        for inner in every_reading(lambda: _chunks(data), self.memory, self.options.max_attachment_size, skipped, budget.parts):
+
+        def reading() -> Iterator[bytes]:
+            """The message for one reading, its bytes counted (each reading parses it all), or nothing past the bound."""
+            if budget.message_bytes < size:
+                skipped.append(_BYTES_NOTE)
+                return
+            budget.message_bytes -= size
+            yield from _chunks(data)
+
+        for inner in every_reading(reading, self.memory, self.options.max_attachment_size, skipped, budget.parts):
             found += self.judge(inner, budget, depth + 1)
         found = list(dict.fromkeys(found + _skipped(skipped)))  # a file two readings give is one finding
         budget.messages[key] = found

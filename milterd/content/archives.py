@@ -65,6 +65,7 @@ import resource
 import selectors
 import shutil
 import signal
+import stat
 import struct
 import tempfile
 import time
@@ -415,8 +416,12 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
             continue
         listing.entries.append(Entry(member, False, head))
         # A saved message: a mail client opens it with its attachments, which the caller judges.
-        if message_file((info.filename, *aliases)) and (copy := _copied_member(member, archive, info, limits, budget, listing)):
-            listing.messages.append((member, copy))
+        if message_file((info.filename, *aliases)):
+            if stat.S_ISLNK(info.external_attr >> 16):
+                # unzip makes it a symbolic link (zip -y stores one so): opened, it is the file it points to.
+                listing.limits.append(f"{member}: a link named as a message, to a file never opened as one")
+            elif copy := _copied_member(member, archive, info, limits, budget, listing):
+                listing.messages.append((member, copy))
         # unzip may extract it under an alias (its Unicode Path): docs.zip named notes.txt is still an archive.
         inner = archive_kind_of((info.filename, *aliases), head)
         if inner is None:
