@@ -13,7 +13,9 @@ text).  Everything is bounded: at most *limit* characters of text are kept
 (the text and HTML parts after those are still read for their links), the
 first link of at most ``MAX_HOSTS`` hosts and ``MAX_URIS`` links in all
 besides, at most ``MAX_LINKS_SCANNED`` links looked at, at most ``MAX_LINES``
-lines of a message (fewer when they may nest deep: ``LINE_WORK``) and ``MAX_TAGS`` tags of a part are parsed.  A message of one text part with plain headers (most mail) is read
+lines of a message (fewer when they may nest deep: ``LINE_WORK``) and ``MAX_TAGS`` tags of a part are parsed.
+An attached message (a message/rfc822 part in base64, a file named ``.eml``) is read as the message is, breadth
+first, down to ``MAX_ATTACHED_DEPTH``, all of them within ``ATTACHED_SECONDS`` of CPU.  A message of one text part with plain headers (most mail) is read
 without the parse (:func:`single_part`), to the same result.
 """
 
@@ -26,6 +28,8 @@ import email.utils
 import heapq
 import os
 import re
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from html import unescape
 from html.parser import HTMLParser
@@ -70,6 +74,11 @@ MIN_PARSED_LINES = 2_000
 #: message/rfc822 (global, news) part in base64, which RFC 2046 forbids but Exchange Online sends (the parser
 #: leaves it encoded), and a file named ``.eml``.
 MAX_ATTACHED_DEPTH = 5
+#: An attached message goes to the parser as the message does (:func:`_parser_input`), at most this many lines of it,
+#: and all of them within this much CPU (measured; past it, the rest are scanned for links as written): sixteen of
+#: 70 nested multiparts took 9 s, four of 100,000 flat parts 11 s.
+MAX_ATTACHED_LINES = MAX_LINES // 4
+ATTACHED_SECONDS = 0.5
 _MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "message/news"})
 #: At most this many tags of an HTML part are parsed: a tag costs the parser about 3 µs (4 MB of
 #: "<b>" took 4 s of CPU); links written in the rest are still found, as in plain text.
@@ -152,7 +161,7 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
             if ctype in ("text/plain", "text/html"):
                 reader.size = _add_text(reader.result, reader.found, reader.texts, ctype, body, limit)
         else:
-            reader.message(raw)
+            reader.read(raw)
     except Exception as exc:  # noqa: BLE001 - malformed input must give "no hit", never a crash
         reader.result.error = f"{exc.__class__.__name__}: {exc}"[:200]
     result = reader.result
@@ -176,52 +185,53 @@ class _Reader:
         # characters than its bytes, so this is the message the worker already holds (MAX_LINKS_SCANNED bounds the work).
         self.link_room = 4 * limit
         self.tag_room = MAX_TAGS  # tags of those parts parsed in all (one part's worth); the links of the others are scanned
-        #: The parser's work (LINE_WORK) left to the attached messages, all of them together, each reading counted:
-        #: sixteen of 70 nested multiparts each, with a work budget apiece, took 9 s.
-        self.attached_work = LINE_WORK
-        self.attached: set[int] = set()  # the attached messages read, by their bytes: two readings give each again
+        #: The attached messages to read, with their depth, shallowest first (a message found again deeper is not read twice).
+        self.queue: deque[tuple[bytes, int]] = deque()
+        self.queued: set[int] = set()  # by their bytes: two readings, or two messages, give one again
+        #: The CPU seconds the attached messages may still take to parse, all of them together.
+        self.attached_seconds = ATTACHED_SECONDS
 
-    def message(self, raw: bytes, depth: int = 0) -> None:
-        """Read the message *raw* (*depth* attached messages down): its text parts, what the parser was not given
-        scanned for links, then its attached messages."""
-        head, rest = _parser_input(raw) if depth == 0 else self._attached_input(raw)
-        attached: list[bytes] = []
-        if head:
-            walks, cut = _parts(head)
-            self.result.truncated = self.result.truncated or cut or bool(rest)
-            # Parts both readings give are read once (each reading has its own MAX_PARTS).
-            read: set[int] | None = set() if len(walks) > 1 else None
-            for part in _first_parts(walks, self.result):
-                if self.link_room <= 0:
+    def read(self, raw: bytes) -> None:
+        """Read the message *raw*, then its attached messages, breadth first, within ATTACHED_SECONDS."""
+        self.message(raw, 0)
+        while self.queue:
+            inner, depth = self.queue.popleft()
+            if self.attached_seconds <= 0:
+                self.result.truncated = True
+                self.found.scan(inner.decode("latin-1"))  # unparsed: its links as written
+                continue
+            started = _thread_seconds()
+            try:
+                self.message(inner, depth)
+            finally:
+                self.attached_seconds -= _thread_seconds() - started
+
+    def message(self, raw: bytes, depth: int) -> None:
+        """Read the message *raw* (*depth* attached messages down): its text parts and what the parser was not given
+        scanned for links; its attached messages are queued."""
+        # An attached message is given to the parser as the message is, fewer lines at most: flat parts cost
+        # about 10 µs each to build, and 4 MB of them in a few attached messages took 11 s.
+        head, rest = _parser_input(raw, MAX_LINES if depth == 0 else MAX_ATTACHED_LINES)
+        walks, cut = _parts(head)
+        self.result.truncated = self.result.truncated or cut or bool(rest)
+        # Parts both readings give are read once (each reading has its own MAX_PARTS).
+        read: set[int] | None = set() if len(walks) > 1 else None
+        for part in _first_parts(walks, self.result):
+            if self.link_room <= 0:
+                self.result.truncated = True
+                break
+            inner = _attached_message(part)
+            if inner is not None:
+                if depth >= MAX_ATTACHED_DEPTH:
                     self.result.truncated = True
-                    break
-                inner = _attached_message(part)
-                if inner is not None:
-                    if depth >= MAX_ATTACHED_DEPTH:
-                        self.result.truncated = True
-                    elif hash(inner) not in self.attached:
-                        self.attached.add(hash(inner))
-                        attached.append(inner)
-                    continue
-                if not part.is_multipart():
-                    self._part(part, read)
+                elif hash(inner) not in self.queued:
+                    self.queued.add(hash(inner))
+                    self.queue.append((inner, depth + 1))
+                continue
+            if not part.is_multipart():
+                self._part(part, read)
         if rest:
-            self.result.truncated = True
             self.found.scan(rest.decode("latin-1"))  # unparsed: its links as written (an href too)
-        for inner in attached:
-            self.message(inner, depth + 1)
-
-    def _attached_input(self, raw: bytes) -> tuple[bytes, bytes]:
-        """What of the attached message *raw* goes to the parser, within the work left (counted for the three
-        parses of two readings), and the rest."""
-        head, _ = _first_lines(raw, MAX_LINES)
-        levels = 3 * max(1, head.lower().count(b"boundary"))
-        lines = min(max(1, _line_ends(head, len(head))), self.attached_work // levels)
-        if lines <= 0:
-            return b"", raw
-        self.attached_work -= lines * levels
-        head, _ = _first_lines(head, lines)
-        return head, raw[len(head):]
 
     def _part(self, part: email.message.Message, read: set[int] | None) -> None:
         """Read a leaf part: its text (up to the text budget) and links, when it is text/plain or text/html."""
@@ -249,6 +259,12 @@ class _Reader:
             self.found.scan(body)  # unparsed: an href is the link written out (as past MAX_TAGS)
 
 
+def _thread_seconds() -> float:
+    """The CPU seconds the calling thread has used (the attached messages' parses are measured, not estimated:
+    padding with the word "boundary" made an estimate cut one to a few lines)."""
+    return time.thread_time()
+
+
 def _first_lines(raw: bytes, count: int) -> tuple[bytes, bytes]:
     """*raw* cut after its *count*-th line, and the rest (empty when it has no more lines).  A line ends
     where the stdlib parser ends one: at a CRLF, a CR or an LF (4 MB of bare CRs are two million lines to it)."""
@@ -266,10 +282,10 @@ def _first_lines(raw: bytes, count: int) -> tuple[bytes, bytes]:
     return raw[:low], raw[low:]
 
 
-def _parser_input(raw: bytes) -> tuple[bytes, bytes]:
+def _parser_input(raw: bytes, lines: int = MAX_LINES) -> tuple[bytes, bytes]:
     """What of *raw* goes to the stdlib parser and the rest (empty when it all goes): its first
-    MAX_LINES lines, or fewer where they may nest deep enough to cost more than LINE_WORK."""
-    head, rest = _first_lines(raw, MAX_LINES)
+    *lines* lines, or fewer where they may nest deep enough to cost more than LINE_WORK."""
+    head, rest = _first_lines(raw, lines)
     lines = _line_ends(head, len(head))
     if lines <= MIN_PARSED_LINES:
         return head, rest

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from milterd.content import mimetext
-from milterd.content.mimetext import LINE_WORK, MAX_ATTACHED_DEPTH, MAX_LINES, MAX_PARTS, extract
+from milterd.content.mimetext import MAX_ATTACHED_DEPTH, MAX_LINES, MAX_PARTS, extract
 
 INNER = b"From: x@example.org\r\nSubject: account\r\nContent-Type: text/html\r\n\r\n<p>Your account: <a href=\"https://phish.example/login\">log in</a></p>\r\n"
 
@@ -82,23 +82,49 @@ def test_an_attached_message_is_read_in_both_readings_of_its_boundary() -> None:
     assert extract(carrying(inner)).uris == ["http://phish.example.net/login"]
 
 
-def test_the_attached_messages_share_one_parser_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Sixteen attached messages of 70 nested multiparts, each parsed within a LINE_WORK of its own, took 9 s (found by review).
-    def nested(i: int, levels: int = 70) -> bytes:
-        opening = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (d, d) for d in range(levels))
-        closing = b"".join(b"--b%d--\r\n" % d for d in reversed(range(levels)))
-        return b"Subject: fwd %d\r\nMIME-Version: 1.0\r\n" % i + opening + b"Content-Type: text/plain\r\n\r\n" + b"x\r\n" * (LINE_WORK // levels) + closing
-
-    parsed: list[int] = []
+def test_the_attached_messages_share_one_cpu_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Sixteen attached messages of 70 nested multiparts, each parsed within a budget of its own, took 9 s; four of
+    # 100,000 flat parts 11 s (found by review).  Their parses are measured together: here each takes 0.3 s.
+    clock = [0.0]
+    parsed: list[bytes] = []
     real = mimetext._parsed
 
-    def counted(raw: bytes, prefer: Any) -> Any:
-        parsed.append(mimetext._line_ends(raw, len(raw)) * max(1, raw.lower().count(b"boundary")))
+    def slow(raw: bytes, prefer: Any) -> Any:
+        parsed.append(raw)
+        clock[0] += 0.3
         return real(raw, prefer)
 
-    monkeypatch.setattr(mimetext, "_parsed", counted)
-    forwards = b"".join(b"--zz\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded(nested(i)) for i in range(16))
+    monkeypatch.setattr(mimetext, "_parsed", slow)
+    monkeypatch.setattr(mimetext, "_thread_seconds", lambda: clock[0])
+    assert mimetext.ATTACHED_SECONDS == 0.5
+    inner = [INNER.replace(b"phish.example", b"phish%d.example" % i) for i in range(4)]
+    forwards = b"".join(b"--zz\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded(m) for m in inner)
     raw = b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nfyi\r\n" + forwards + b"--zz--\r\n"
     result = extract(raw)
-    assert result.error == "" and result.truncated
-    assert sum(parsed[1:]) <= LINE_WORK  # the attached messages' parses, after the message's own
+    assert len(parsed) == 1 + 2 and result.truncated  # the message, then two attached ones: 0.6 s past the 0.5
+    # The others are scanned for links as written: a plain one is found, one in an HTML attribute too.
+    assert result.uris == [f"https://phish{i}.example/login" for i in range(4)]
+
+
+def test_boundary_padding_does_not_cut_an_attached_message_short() -> None:
+    # An estimate of its nesting by the word "boundary" gave an attached message padded with it a few lines: the
+    # link of its base64 HTML part, past them, was never seen (found by review).
+    html = encoded(b'<a href="https://evil.example/p1">log in</a>')
+    inner = (b"From: x@example.com\r\nX-Pad: " + b"boundary " * 20_000 + b"\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=I\r\n\r\n"
+             + b"--I\r\nContent-Type: text/plain\r\n\r\n" + b"hello\r\n" * 500 + b"--I\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+             + html + b"--I--\r\n")
+    assert extract(inner).uris == ["https://evil.example/p1"]
+    assert extract(carrying(inner)).uris == ["https://evil.example/p1"]
+
+
+def test_an_attached_message_found_deep_first_is_read_where_it_is_shallowest() -> None:
+    # Read depth first, X met five deep (its own attached message past the depth bound) was not read again two deep
+    # (found by review); read breadth first, it is read where it is shallowest.
+    y = INNER.replace(b"phish.example", b"deep.example")
+    x = carrying(y)
+    chain = x
+    for _ in range(4):
+        chain = carrying(chain)
+    forwards = b"".join(b"--zz\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded(m) for m in (chain, carrying(x).replace(b"see attached", b"see this one")))
+    raw = b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n" + forwards + b"--zz--\r\n"
+    assert "https://deep.example/login" in extract(raw).uris
