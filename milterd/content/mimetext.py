@@ -21,6 +21,7 @@ without the parse (:func:`single_part`), to the same result.
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.message
 import email.policy
@@ -131,6 +132,10 @@ _LINE_BREAKS = b"\r\n\x0b\x0c\x1c\x1d\x1e"
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # the stdlib parser's headerRE, less "From " and empty names
 _NOT_A_FIELD_LINE = re.compile(rb"\n(?![ \t]|[\x21-\x39\x3b-\x7e]+:)")
 # A field's value runs up to (not into) the CRLF before the next line that does not start with a blank.
+# A base64 Content-Transfer-Encoding field, the blank line ending its header, and the base64 lines of the body after it.
+_BASE64_FIELD = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*base64")
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_BASE64_LINES = re.compile(rb"(?:[A-Za-z0-9+/=]+[ \t]*\r?\n)+")
 _MIME_FIELD = re.compile(rb"\n(content-(?:type|transfer-encoding|disposition)):([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)")
 
 
@@ -198,7 +203,7 @@ class _Reader:
             inner, depth = self.queue.popleft()
             if self.attached_seconds <= 0:
                 self.result.truncated = True
-                self.found.scan(inner.decode("latin-1"))  # unparsed: its links as written
+                _scan_unparsed(self.found, inner)
                 continue
             started = _thread_seconds()
             try:
@@ -231,7 +236,7 @@ class _Reader:
             if not part.is_multipart():
                 self._part(part, read)
         if rest:
-            self.found.scan(rest.decode("latin-1"))  # unparsed: its links as written (an href too)
+            _scan_unparsed(self.found, rest)
 
     def _part(self, part: email.message.Message, read: set[int] | None) -> None:
         """Read a leaf part: its text (up to the text budget) and links, when it is text/plain or text/html."""
@@ -257,6 +262,24 @@ class _Reader:
             _html_parts(body, self.found)
         else:
             self.found.scan(body)  # unparsed: an href is the link written out (as past MAX_TAGS)
+
+
+def _scan_unparsed(found: "_Links", raw: bytes) -> None:
+    """Add the links of message text the parser was not given: as written (an href too), quoted-printable
+    decoded, and in its base64 bodies decoded (a decoy that spent the attached messages' CPU hid the link of
+    the next one's base64 HTML part).  Linear: each search starts past the last, and the decoders are C."""
+    found.scan(raw.decode("latin-1"))
+    if b"=\n" in raw or b"=\r\n" in raw or b"=3D" in raw:
+        found.scan(binascii.a2b_qp(raw).decode("latin-1"))
+    at = 0
+    while (field := _BASE64_FIELD.search(raw, at)) and (blank := _BLANK_LINE.search(raw, field.end())):
+        body = _BASE64_LINES.match(raw, blank.end())
+        at = body.end() if body else blank.end()  # past the header's end: the text is read once
+        if body:
+            try:
+                found.scan(binascii.a2b_base64(body.group()).decode("latin-1"))
+            except binascii.Error:
+                pass
 
 
 def _thread_seconds() -> float:

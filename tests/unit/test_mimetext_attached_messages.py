@@ -128,3 +128,28 @@ def test_an_attached_message_found_deep_first_is_read_where_it_is_shallowest() -
     forwards = b"".join(b"--zz\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded(m) for m in (chain, carrying(x).replace(b"see attached", b"see this one")))
     raw = b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n" + forwards + b"--zz--\r\n"
     assert "https://deep.example/login" in extract(raw).uris
+
+
+def test_an_attached_message_past_the_cpu_budget_has_its_encoded_links_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A decoy attached message that spent the budget left the next one scanned as written: the link of its base64
+    # HTML part was never seen (found by review).  Its base64 bodies are decoded, quoted-printable too.
+    clock = [0.0]
+    real = mimetext._parsed
+
+    def slow(raw: bytes, prefer: Any) -> Any:
+        clock[0] += 1.0
+        return real(raw, prefer)
+
+    monkeypatch.setattr(mimetext, "_parsed", slow)
+    monkeypatch.setattr(mimetext, "_thread_seconds", lambda: clock[0])
+    html = b'<a href="https://evil.example/login">log in</a>'
+    in_base64 = (b"From: x@example.com\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=I\r\n\r\n--I\r\n"
+                 b"Content-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded(html) + b"--I--\r\n")
+    in_qp = (b"From: x@example.com\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+             b'<a href=3D"https://other.example/very-long-path-to-the-login-page-of-the-ba=\r\nnk">log in</a>\r\n')
+    forwards = b"".join(b"--zz\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded(m)
+                        for m in (INNER, in_base64, in_qp))
+    result = extract(b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n" + forwards + b"--zz--\r\n")
+    assert result.truncated
+    assert "https://evil.example/login" in result.uris
+    assert "https://other.example/very-long-path-to-the-login-page-of-the-bank" in result.uris
