@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from html import unescape
 from html.parser import HTMLParser
-from typing import Iterable, Iterator
+from typing import Container, Iterable, Iterator
 
 from .filetypes import message_file
 from .mimeparams import Preference, first_token, reading, safely
@@ -132,10 +132,12 @@ _LINE_BREAKS = b"\r\n\x0b\x0c\x1c\x1d\x1e"
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # the stdlib parser's headerRE, less "From " and empty names
 _NOT_A_FIELD_LINE = re.compile(rb"\n(?![ \t]|[\x21-\x39\x3b-\x7e]+:)")
 # A field's value runs up to (not into) the CRLF before the next line that does not start with a blank.
-# A base64 Content-Transfer-Encoding field, the blank line ending its header, and the base64 lines of the body after it.
-_BASE64_FIELD = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*base64")
+# A base64 Content-Transfer-Encoding field (folded too), the blank line ending its header, a Content-Type in that
+# header of no text (nor message), and what quoted-printable text holds.
+_BASE64_FIELD = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*(?:\r?\n[ \t]+)*base64")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
-_BASE64_LINES = re.compile(rb"(?:[A-Za-z0-9+/=]+[ \t]*\r?\n)+")
+_NOT_TEXT_TYPE = re.compile(rb"(?im)^content-type:[ \t]*(?:\r?\n[ \t]+)*(?!(?:text|message)/)[!-~]")
+_QUOTED_PRINTABLE = re.compile(rb"=(?:[0-9A-Fa-f]{2}|\r?\n)")
 _MIME_FIELD = re.compile(rb"\n(content-(?:type|transfer-encoding|disposition)):([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)")
 
 
@@ -221,10 +223,12 @@ class _Reader:
         self.result.truncated = self.result.truncated or cut or bool(rest)
         # Parts both readings give are read once (each reading has its own MAX_PARTS).
         read: set[int] | None = set() if len(walks) > 1 else None
+        last: email.message.Message | None = None  # the last part read: the one the line bound cut, if any
         for part in _first_parts(walks, self.result):
             if self.link_room <= 0:
                 self.result.truncated = True
                 break
+            last = part
             inner = _attached_message(part)
             if inner is not None:
                 if depth >= MAX_ATTACHED_DEPTH:
@@ -236,7 +240,8 @@ class _Reader:
             if not part.is_multipart():
                 self._part(part, read)
         if rest:
-            _scan_unparsed(self.found, rest)
+            # The part the line bound cut goes on in the rest: its base64 text there has no field before it.
+            _scan_unparsed(self.found, rest, last is not None and _base64_text(last))
 
     def _part(self, part: email.message.Message, read: set[int] | None) -> None:
         """Read a leaf part: its text (up to the text budget) and links, when it is text/plain or text/html."""
@@ -264,22 +269,47 @@ class _Reader:
             self.found.scan(body)  # unparsed: an href is the link written out (as past MAX_TAGS)
 
 
-def _scan_unparsed(found: "_Links", raw: bytes) -> None:
-    """Add the links of message text the parser was not given: as written (an href too), quoted-printable
-    decoded, and in its base64 bodies decoded (a decoy that spent the attached messages' CPU hid the link of
-    the next one's base64 HTML part).  Linear: each search starts past the last, and the decoders are C."""
-    found.scan(raw.decode("latin-1"))
-    if b"=\n" in raw or b"=\r\n" in raw or b"=3D" in raw:
-        found.scan(binascii.a2b_qp(raw).decode("latin-1"))
+def _scan_unparsed(found: "_Links", raw: bytes, base64_start: bool = False) -> None:
+    """Add the links of message text the parser was not given (a decoy that spent the attached messages' CPU hid
+    the link of the next one's base64 HTML part): those of its base64 text bodies decoded (and of its start, when
+    *base64_start*: the rest of a base64 text part the line bound cut), as written (an href too), and quoted-printable
+    decoded, those already read as written not counted again.  Linear: each search starts past the last, and the
+    decoders are C."""
+    if base64_start:
+        _scan_base64(found, raw[:_body_end(raw, 0)])
     at = 0
     while (field := _BASE64_FIELD.search(raw, at)) and (blank := _BLANK_LINE.search(raw, field.end())):
-        body = _BASE64_LINES.match(raw, blank.end())
-        at = body.end() if body else blank.end()  # past the header's end: the text is read once
-        if body:
-            try:
-                found.scan(binascii.a2b_base64(body.group()).decode("latin-1"))
-            except binascii.Error:
-                pass
+        end = _body_end(raw, blank.end())
+        header = raw[max(raw.rfind(b"\n\n", at, field.start()), raw.rfind(b"\n\r\n", at, field.start()), raw.rfind(b"\n--", at, field.start()), at):blank.end()]
+        at = end  # past the body: the text is read once
+        if not _NOT_TEXT_TYPE.search(header):  # a PDF's or an image's links are no mail client's
+            _scan_base64(found, raw[blank.end():end])
+    written: set[str] = set()
+    found.scan(raw.decode("latin-1"), seen=written)
+    if _QUOTED_PRINTABLE.search(raw):
+        found.scan(binascii.a2b_qp(raw).decode("latin-1"), skip=written)
+
+
+def _base64_text(part: email.message.Message) -> bool:
+    """Whether *part* is a leaf of text (or a message) in base64."""
+    return not part.is_multipart() and first_token(str(part.get("Content-Transfer-Encoding", ""))).lower() == "base64" \
+        and content_type(part).startswith(("text/", "message/"))
+
+
+def _body_end(raw: bytes, start: int) -> int:
+    """Where a body of *raw* from *start* ends: at the next line starting ``--`` or base64 Content-Transfer-Encoding field."""
+    field = _BASE64_FIELD.search(raw, start)
+    end = field.start() if field else len(raw)
+    delimiter = raw.find(b"\n--", start, end)  # no further than the field: each byte is searched a few times at most
+    return end if delimiter < 0 else delimiter
+
+
+def _scan_base64(found: "_Links", body: bytes) -> None:
+    """Add the links of *body* base64-decoded (what is no base64 skipped, as mail clients skip it)."""
+    try:
+        found.scan(binascii.a2b_base64(body).decode("latin-1"))
+    except binascii.Error:
+        pass
 
 
 def _thread_seconds() -> float:
@@ -620,9 +650,14 @@ class _Links:
         links.append(uri)
         self._kept[uri] = followed
 
-    def scan(self, text: str) -> None:
-        """Add the links written out in *text* (:func:`uris_in_text`), up to ``MAX_LINKS_SCANNED`` in all."""
+    def scan(self, text: str, skip: Container[str] = (), seen: set[str] | None = None) -> None:
+        """Add the links written out in *text* (:func:`uris_in_text`), up to ``MAX_LINKS_SCANNED`` in all; those
+        in *skip* are passed over uncounted, and each is added to *seen*, when given."""
         for uri in _written(text):
+            if uri in skip:
+                continue
+            if seen is not None:
+                seen.add(uri)
             if self.scanned >= MAX_LINKS_SCANNED:
                 self.cut = True
                 break
