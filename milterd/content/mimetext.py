@@ -223,12 +223,11 @@ class _Reader:
         self.result.truncated = self.result.truncated or cut or bool(rest)
         # Parts both readings give are read once (each reading has its own MAX_PARTS).
         read: set[int] | None = set() if len(walks) > 1 else None
-        last: email.message.Message | None = None  # the last part read: the one the line bound cut, if any
-        for part in _first_parts(walks, self.result):
+        lasts: list[email.message.Message] = []  # each walk's last part: the one the line bound cut, if any
+        for part in _first_parts(walks, self.result, lasts):
             if self.link_room <= 0:
                 self.result.truncated = True
                 break
-            last = part
             inner = _attached_message(part)
             if inner is not None:
                 if depth >= MAX_ATTACHED_DEPTH:
@@ -241,7 +240,11 @@ class _Reader:
                 self._part(part, read)
         if rest:
             # The part the line bound cut goes on in the rest: its base64 text there has no field before it.
-            _scan_unparsed(self.found, rest, last is not None and _base64_text(last))
+            encodings = {_text_encoding(last) for last in lasts}
+            if "base64" in encodings:
+                _scan_unparsed(self.found, rest, head[head.rfind(b"\n--") + 1:], cut_base64=True)
+            else:
+                _scan_unparsed(self.found, rest, head[head.rfind(b"\n", 0, len(head) - 1) + 1:] if "quoted-printable" in encodings else b"")
 
     def _part(self, part: email.message.Message, read: set[int] | None) -> None:
         """Read a leaf part: its text (up to the text budget) and links, when it is text/plain or text/html."""
@@ -269,31 +272,60 @@ class _Reader:
             self.found.scan(body)  # unparsed: an href is the link written out (as past MAX_TAGS)
 
 
-def _scan_unparsed(found: "_Links", raw: bytes, base64_start: bool = False) -> None:
+def _scan_unparsed(found: "_Links", raw: bytes, cut: bytes = b"", cut_base64: bool = False) -> None:
     """Add the links of message text the parser was not given (a decoy that spent the attached messages' CPU hid
-    the link of the next one's base64 HTML part): those of its base64 text bodies decoded (and of its start, when
-    *base64_start*: the rest of a base64 text part the line bound cut), as written (an href too), and quoted-printable
-    decoded, those already read as written not counted again.  Linear: each search starts past the last, and the
-    decoders are C."""
-    if base64_start:
-        _scan_base64(found, raw[:_body_end(raw, 0)])
+    the link of the next one's base64 HTML part), in the order of the text: as written (an href too) and
+    quoted-printable decoded (those read as written not counted again), and its base64 text bodies decoded (not
+    a PDF's or an image's).  *cut*: the end of the text part the line bound cut, which goes on in *raw*: from its
+    delimiter line when *cut_base64* (its body is decoded whole), else its last line (quoted-printable: a soft break
+    there joins it to the rest).  Linear: each search starts past the last, the decoders are C."""
     at = 0
-    while (field := _BASE64_FIELD.search(raw, at)) and (blank := _BLANK_LINE.search(raw, field.end())):
-        end = _body_end(raw, blank.end())
-        header = raw[max(raw.rfind(b"\n\n", at, field.start()), raw.rfind(b"\n\r\n", at, field.start()), raw.rfind(b"\n--", at, field.start()), at):blank.end()]
-        at = end  # past the body: the text is read once
-        if not _NOT_TEXT_TYPE.search(header):  # a PDF's or an image's links are no mail client's
-            _scan_base64(found, raw[blank.end():end])
-    written: set[str] = set()
-    found.scan(raw.decode("latin-1"), seen=written)
-    if _QUOTED_PRINTABLE.search(raw):
-        found.scan(binascii.a2b_qp(raw).decode("latin-1"), skip=written)
+    if cut:
+        at = _body_end(raw, 0)
+        if cut_base64:
+            _scan_body(found, cut + raw[:at], 0)
+        else:
+            _scan_written(found, cut + raw[:at])
+    while field := _BASE64_FIELD.search(raw, at):
+        _scan_written(found, raw[at:field.start()])
+        at = _scan_body(found, raw, field.start(), at)
+    _scan_written(found, raw[at:])
 
 
-def _base64_text(part: email.message.Message) -> bool:
-    """Whether *part* is a leaf of text (or a message) in base64."""
-    return not part.is_multipart() and first_token(str(part.get("Content-Transfer-Encoding", ""))).lower() == "base64" \
-        and content_type(part).startswith(("text/", "message/"))
+def _scan_body(found: "_Links", raw: bytes, field: int, header: int = 0) -> int:
+    """Add the links of the base64 body whose Content-Transfer-Encoding field is at *field* of *raw* (its header
+    starting past *header*), decoded when its type is text; where the body ends."""
+    blank = _BLANK_LINE.search(raw, field)
+    if blank is None:
+        _scan_written(found, raw[field:])
+        return len(raw)
+    end = _body_end(raw, blank.end())
+    start = max(raw.rfind(b"\n\n", header, field), raw.rfind(b"\n\r\n", header, field), raw.rfind(b"\n--", header, field), header)
+    _scan_written(found, raw[field:blank.end()])
+    if not _NOT_TEXT_TYPE.search(raw, start, blank.end()):  # a PDF's or an image's links are no mail client's
+        _scan_base64(found, raw[blank.end():end])
+    return end
+
+
+def _scan_written(found: "_Links", raw: bytes) -> None:
+    """Add the links of *raw* quoted-printable decoded (when it may be), then as written (those read decoded not counted again)."""
+    if not raw:
+        return
+    if not _QUOTED_PRINTABLE.search(raw):
+        found.scan(raw.decode("latin-1"))
+        return
+    # Decoded first, in the order of the text (a link of a quoted-printable part is not left behind the next
+    # part's links); then as written, what decoding changed.
+    decoded: set[str] = set()
+    found.scan(binascii.a2b_qp(raw).decode("latin-1"), seen=decoded)
+    found.scan(raw.decode("latin-1"), skip=decoded)
+
+
+def _text_encoding(part: email.message.Message) -> str:
+    """The transfer encoding of *part* when it is a leaf of text (or a message), else ``""``."""
+    if part.is_multipart() or not content_type(part).startswith(("text/", "message/")):
+        return ""
+    return first_token(str(part.get("Content-Transfer-Encoding", ""))).lower()
 
 
 def _body_end(raw: bytes, start: int) -> int:
@@ -354,14 +386,20 @@ def _line_ends(raw: bytes, end: int) -> int:
     return raw.count(b"\n", 0, end) + raw.count(b"\r", 0, end) - raw.count(b"\r\n", 0, end)
 
 
-def _first_parts(walks: list[Iterator[email.message.Message]], result: MessageText) -> Iterator[email.message.Message]:
-    """The first MAX_PARTS parts of each walk, one walk after the other; ``result.truncated`` set where a walk has more."""
+def _first_parts(walks: list[Iterator[email.message.Message]], result: MessageText,
+                 lasts: list[email.message.Message] | None = None) -> Iterator[email.message.Message]:
+    """The first MAX_PARTS parts of each walk, one walk after the other; ``result.truncated`` set where a walk has more;
+    each walk's last part given added to *lasts*, when given."""
     for walk in walks:
+        last = None
         for count, part in enumerate(walk):
             if count >= MAX_PARTS:
                 result.truncated = True
                 break
+            last = part
             yield part
+        if lasts is not None and last is not None:
+            lasts.append(last)
 
 
 def _parts(raw: bytes) -> tuple[list[Iterator[email.message.Message]], bool]:
@@ -654,13 +692,13 @@ class _Links:
         """Add the links written out in *text* (:func:`uris_in_text`), up to ``MAX_LINKS_SCANNED`` in all; those
         in *skip* are passed over uncounted, and each is added to *seen*, when given."""
         for uri in _written(text):
+            if self.scanned >= MAX_LINKS_SCANNED:
+                self.cut = True
+                break
             if uri in skip:
                 continue
             if seen is not None:
                 seen.add(uri)
-            if self.scanned >= MAX_LINKS_SCANNED:
-                self.cut = True
-                break
             self.add(uri)
 
     def uris(self) -> list[str]:

@@ -59,3 +59,55 @@ def test_a_pdf_s_links_are_not_read_from_the_unparsed_text() -> None:
     raw = padded(b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(pdf))
     assert extract(raw.replace(PAD, b"\r\n")).uris == []  # parsed whole: a PDF is no text part
     assert extract(raw).uris == []
+
+
+HEADER = b"From: a@example.com\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\n"
+
+
+def cut_within(part: bytes, lines_before_cut: int) -> bytes:
+    """A message whose parser input (2,000 lines: PAD) ends *lines_before_cut* lines into *part*."""
+    from milterd.content.mimetext import _line_ends, _parser_input
+
+    base = HEADER + PAD
+    filler = b"".join(b"line %d\r\n" % i for i in range(2000 - _line_ends(base, len(base)) - 1 - lines_before_cut))
+    raw = base + filler + b"--zz\r\n" + part + b"--zz--\r\n"
+    head, _ = _parser_input(raw)
+    assert head.endswith(b"".join(part.splitlines(keepends=True)[:lines_before_cut]))
+    return raw
+
+
+def b64_lines(data: bytes, width: int) -> bytes:
+    encoded = base64.b64encode(data)
+    return b"".join(encoded[i:i + width] + b"\r\n" for i in range(0, len(encoded), width))
+
+
+LONG = b"<p>" + b"x" * 300 + b"</p>" + HTML  # the link on its body's sixth and seventh 76-character lines
+
+
+@pytest.mark.parametrize(("case", "part", "lines"), [
+    # The link split by the cut: the head decoded to ...https://evil.ex, the rest to ample/login.
+    ("a link the cut splits", b"Content-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64_lines(LONG, 76), 3 + 6),
+    # Lines of 75 characters: the rest decoded alone is out of step.
+    ("75-character base64 lines", b"Content-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64_lines(LONG, 75), 3 + 2),
+    # The cut inside the part's header: the rest's first lines are the header's.
+    ("a cut within the header", b"Content-Transfer-Encoding: base64\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + b64_lines(LONG, 76), 1),
+    # A quoted-printable soft break at the cut.
+    ("a soft break at the cut", b"Content-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+                                b'<a href=3D"https://evil.ex=\r\nample/login">x</a>\r\n', 4),
+])
+def test_a_link_of_the_part_the_cut_falls_in_is_found(case: str, part: bytes, lines: int) -> None:
+    raw = cut_within(part, lines)
+    assert "https://evil.example/login" in extract(raw.replace(PAD, b"\r\n")).uris, case
+    assert "https://evil.example/login" in extract(raw).uris, case
+
+
+def test_unparsed_links_are_read_in_the_order_of_the_text() -> None:
+    # A base64 part of 20,001 links after a written link spent the bound before it; so did a plain part after
+    # a quoted-printable one.
+    many = b"".join(b"http://pad.example/%d " % i for i in range(MAX_LINKS_SCANNED + 1))
+    for first, then in ((b"Content-Type: text/plain\r\n\r\nsee https://evil.example/login\r\n",
+                         b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(many)),
+                        (b"Content-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<a href=3D\"https://evil.example/login\">x</a>\r\n",
+                         b"Content-Type: text/plain\r\n\r\n" + many + b"\r\n")):
+        raw = padded(first + b"--zz\r\n" + then)
+        assert "https://evil.example/login" in extract(raw).uris, first
