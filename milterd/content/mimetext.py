@@ -76,8 +76,9 @@ MIN_PARSED_LINES = 2_000
 #: leaves it encoded), and a file named ``.eml``.
 MAX_ATTACHED_DEPTH = 5
 #: An attached message goes to the parser as the message does (:func:`_parser_input`), at most this many lines of it,
-#: and all of them within this much CPU (measured; past it, the rest are scanned for links as written): sixteen of
-#: 70 nested multiparts took 9 s, four of 100,000 flat parts 11 s.
+#: and all of them within this much CPU (measured before each parse, so the one that crosses it runs to its end;
+#: past it, the rest are scanned for links as written and decoded): sixteen of 70 nested multiparts took 9 s, four
+#: of 100,000 flat parts 11 s.
 MAX_ATTACHED_LINES = MAX_LINES // 4
 ATTACHED_SECONDS = 0.5
 _MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "message/news"})
@@ -134,7 +135,7 @@ _NOT_A_FIELD_LINE = re.compile(rb"\n(?![ \t]|[\x21-\x39\x3b-\x7e]+:)")
 # A field's value runs up to (not into) the CRLF before the next line that does not start with a blank.
 # A base64 Content-Transfer-Encoding field (folded too), the blank line ending its header, a Content-Type in that
 # header of no text (nor message), and what quoted-printable text holds.
-_BASE64_FIELD = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*(?:\r?\n[ \t]+)*base64")
+_BASE64_FIELD = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*(?:\r?\n[ \t]+)*base64\b")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _NOT_TEXT_TYPE = re.compile(rb"(?im)^content-type:[ \t]*(?:\r?\n[ \t]+)*(?!(?:text|message)/)[!-~]")
 _QUOTED_PRINTABLE = re.compile(rb"=(?:[0-9A-Fa-f]{2}|\r?\n)")
@@ -232,6 +233,7 @@ class _Reader:
             if inner is not None:
                 if depth >= MAX_ATTACHED_DEPTH:
                     self.result.truncated = True
+                    _scan_unparsed(self.found, inner)  # not opened: its links as written, and decoded
                 elif hash(inner) not in self.queued:
                     self.queued.add(hash(inner))
                     self.queue.append((inner, depth + 1))
@@ -273,12 +275,14 @@ class _Reader:
 
 
 def _scan_unparsed(found: "_Links", raw: bytes, cut: bytes = b"", cut_base64: bool = False) -> None:
-    """Add the links of message text the parser was not given (a decoy that spent the attached messages' CPU hid
-    the link of the next one's base64 HTML part), in the order of the text: as written (an href too) and
-    quoted-printable decoded (those read as written not counted again), and its base64 text bodies decoded (not
-    a PDF's or an image's).  *cut*: the end of the text part the line bound cut, which goes on in *raw*: from its
-    delimiter line when *cut_base64* (its body is decoded whole), else its last line (quoted-printable: a soft break
-    there joins it to the rest).  Linear: each search starts past the last, the decoders are C."""
+    """Add the links of message text the parser was not given, in the order of the text: its base64 text bodies
+    decoded (not a PDF's or an image's), the text between them quoted-printable decoded and as written
+    (:func:`_scan_written`).  *cut*: the end of the text part the line bound cut, which goes on in *raw*: from its
+    delimiter line when *cut_base64* (its body is decoded whole), else its last line (a quoted-printable soft break
+    there joins it to the rest).  Linear: each search starts past the last, and the decoders are C.
+
+    A decoy attached message that spent the CPU budget hid the link of the next one's base64 HTML part: the
+    text left unparsed is read as a mail client would show it, not only as written."""
     at = 0
     if cut:
         at = _body_end(raw, 0)
@@ -315,10 +319,20 @@ def _scan_written(found: "_Links", raw: bytes) -> None:
         found.scan(raw.decode("latin-1"))
         return
     # Decoded first, in the order of the text (a link of a quoted-printable part is not left behind the next
-    # part's links); then as written, what decoding changed.
+    # part's links); then as written, what decoding changed (a link broken by a soft line break is none).
     decoded: set[str] = set()
     found.scan(binascii.a2b_qp(raw).decode("latin-1"), seen=decoded)
-    found.scan(raw.decode("latin-1"), skip=decoded)
+    found.scan(raw.decode("latin-1"), skip=_Unless(decoded))
+
+
+class _Unless:
+    """The links to pass over in a quoted-printable text read as written: those read decoded, and those a soft line break cut."""
+
+    def __init__(self, decoded: set[str]) -> None:
+        self.decoded = decoded
+
+    def __contains__(self, uri: object) -> bool:
+        return uri in self.decoded or (isinstance(uri, str) and uri.endswith("="))
 
 
 def _text_encoding(part: email.message.Message) -> str:
@@ -367,10 +381,10 @@ def _first_lines(raw: bytes, count: int) -> tuple[bytes, bytes]:
     return raw[:low], raw[low:]
 
 
-def _parser_input(raw: bytes, lines: int = MAX_LINES) -> tuple[bytes, bytes]:
+def _parser_input(raw: bytes, most: int = MAX_LINES) -> tuple[bytes, bytes]:
     """What of *raw* goes to the stdlib parser and the rest (empty when it all goes): its first
-    *lines* lines, or fewer where they may nest deep enough to cost more than LINE_WORK."""
-    head, rest = _first_lines(raw, lines)
+    *most* lines, or fewer where they may nest deep enough to cost more than LINE_WORK."""
+    head, rest = _first_lines(raw, most)
     lines = _line_ends(head, len(head))
     if lines <= MIN_PARSED_LINES:
         return head, rest

@@ -48,8 +48,10 @@ def test_attached_messages_are_read_down_to_the_depth_bound() -> None:
         return message
 
     assert extract(forwarded(MAX_ATTACHED_DEPTH)).uris == ["https://phish.example/login"]
+    # Deeper, a message is not opened, but its links are read as written and decoded (they were dropped: review).
     deeper = extract(forwarded(MAX_ATTACHED_DEPTH + 1))
-    assert deeper.uris == [] and deeper.error == ""
+    assert deeper.uris == ["https://phish.example/login"] and deeper.truncated and deeper.error == ""
+    assert "log in" not in deeper.text  # its text is not read
 
 
 def test_an_attached_message_s_parts_count_with_the_message_s() -> None:

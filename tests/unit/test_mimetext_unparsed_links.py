@@ -111,3 +111,9 @@ def test_unparsed_links_are_read_in_the_order_of_the_text() -> None:
                          b"Content-Type: text/plain\r\n\r\n" + many + b"\r\n")):
         raw = padded(first + b"--zz\r\n" + then)
         assert "https://evil.example/login" in extract(raw).uris, first
+
+
+def test_a_link_a_soft_break_cut_is_not_read_as_written() -> None:
+    raw = padded(b"Content-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+                 b'<a href=3D"https://evil.ex=\r\nample/login">x</a>\r\n')
+    assert [uri for uri in extract(raw).uris if "evil" in uri] == ["https://evil.example/login"]  # not https://evil.ex= too
