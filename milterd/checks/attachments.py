@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, ClassVar, Iterable, Iterator, Literal
 from pydantic import Field
 
 from ..content.archives import Limits, Listing, archive_kind_of, list_archive, local_failure
-from ..content.filetypes import HEAD_SIZE, extensions, message_file, mismatch, ole_has_macros, sniff
+from ..content.filetypes import HEAD_SIZE, MESSAGE_TYPES, extensions, message_file, mismatch, ole_has_macros, sniff
 from ..content.mimeparts import (
     FIELDS_LIMIT_NOTE,
     NO_BOUNDARY_NOTE,
@@ -69,7 +69,7 @@ class AttachmentChecks(CheckSwitches):
     archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")
     archive_max_message_size: Size = Field(200 * 1024 * 1024, description="Most bytes decompressed for all the attachments of one message: the archives past it are not looked into (ATTACH_ARCHIVE_LIMIT), so that many small archive bombs in one message cost no more than a few.")
     archive_process: bool = Field(True, description="List 7z, rar, cab, tar, gzip, bzip2 and xz archives (libarchive: C code reading hostile input) in a short-lived forked child with bounded memory and CPU, so that a crash there, or a listing past the child's time or memory, is ATTACH_ARCHIVE_LIMIT, never a dead worker; costs a few ms per such archive. Zip is read in the worker by Python's own zipfile, but for one zipfile cannot open (cut short, or with more than 64 KB after it), which libarchive lists as the others.")
-    archive_process_seconds: float = Field(10.0, gt=0, description="Most seconds of CPU the listing children (archive_process) may take for one message's archives, with what forking each costs the worker (10 ms at least a child): the archives past them are not looked into (ATTACH_ARCHIVE_LIMIT), so that a zip of 2,000 small gzip files (each a child), or many archives each built to take a child's 20 s, cost a worker no more. A zip of a few hundred gzip files takes a few seconds.")
+    archive_process_seconds: float = Field(10.0, gt=0, description="Most seconds of CPU the listing children (archive_process) may take for one message's archives, with what forking each costs the worker (10 ms at least a child): the archives past them are not looked into (ATTACH_ARCHIVE_LIMIT), so that many archives each built to take a child's 20 s cost a worker no more (the archives a zip holds are listed together in one child).")
     max_attachment_size: Size = Field(64 * 1024 * 1024, description="Attachments are decoded up to this size (to a temporary file past [milter] spool_memory); a larger one is judged by its name and first bytes only.")
 
 
@@ -116,9 +116,6 @@ _MACRO_EXTENSIONS = frozenset({"docm", "dotm", "xlsm", "xltm", "xlam", "pptm", "
 _OLE_MACRO_SCAN = 16 * 1024 * 1024
 #: Extensions of single-file compression, judged by the name beneath them.
 _COMPRESSION = frozenset({"gz", "bz2", "xz", "z", "lz", "lzma", "zst"})
-#: The types of a part that holds a message (RFC 6532's message/global is RFC 822's with UTF-8 headers;
-#: Thunderbird opens message/news as it opens message/rfc822).
-_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "message/news"})
 #: The chunks an attached message is read in.
 _MESSAGE_CHUNK = 65536
 #: The bytes of zip directories one message's archives may parse, per member allowed (``archive_max_members``, at least
@@ -140,7 +137,7 @@ class DecompressionBudget:
     (:data:`ATTACHED_MESSAGE_PARTS`, :data:`ATTACHED_MESSAGE_BYTES`)."""
 
     left: int
-    #: The zip central directory entries the message's archives may still parse (their room, :attr:`Limits.max_directory`).
+    #: The bytes of zip central directories the message's archives may still parse (:attr:`Limits.max_directory`).
     directory: int = 0
     #: The seconds of CPU their listing children may still take (``archive_process_seconds``).
     child_seconds: float = 0.0
@@ -364,7 +361,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         found += judge_content(name, attachment.content_type, head, self.banned, self.actions[MACRO] != "off")
         if self.actions[MACRO] != "off" and sniff(head) == "ole" and _ole_macros(attachment.data):
             found.append(Finding(MACRO, name, "OLE document with a VBA project"))
-        if attachment.content_type in _MESSAGE_TYPES or message_file((name, *attachment.names)):
+        if attachment.content_type in MESSAGE_TYPES or message_file((name, *attachment.names)):
             found += self._judge_message(name, attachment, budget, depth)
         kind = archive_kind_of((name, *attachment.names), head)
         if kind is None or not self.options.archives:
@@ -391,7 +388,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         found: list[Finding] = []
         try:
             for path, data in listing.messages:
-                saved = Attachment(path.rsplit("/", 1)[-1], "message/rfc822", data, data.seek(0, 2), truncated=False)
+                saved = Attachment(path.rsplit("/", 1)[-1], "message/rfc822", data, data.seek(0, io.SEEK_END), truncated=False)
                 data.seek(0)
                 found += self._judge_message(path, saved, budget, depth + 1)
         finally:

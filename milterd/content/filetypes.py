@@ -106,6 +106,11 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+#: The types of a part that holds a message (RFC 6532's message/global is RFC 822's with UTF-8 headers;
+#: Thunderbird opens message/news as it opens message/rfc822).
+MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "message/news"})
+
+
 def message_file(names: Iterable[str]) -> bool:
     """Whether any of *names* is a saved message's (``.eml``): Outlook, Thunderbird and Apple Mail open it as mail, attachments and all."""
     return any(extensions(name)[-1:] == ["eml"] for name in names)

@@ -36,7 +36,7 @@ from html import unescape
 from html.parser import HTMLParser
 from typing import Container, Iterable, Iterator
 
-from .filetypes import message_file
+from .filetypes import MESSAGE_TYPES, message_file
 from .mimeparams import Preference, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
 
@@ -81,7 +81,6 @@ MAX_ATTACHED_DEPTH = 5
 #: of 100,000 flat parts 11 s.
 MAX_ATTACHED_LINES = MAX_LINES // 4
 ATTACHED_SECONDS = 0.5
-_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "message/news"})
 #: At most this many tags of an HTML part are parsed: a tag costs the parser about 3 µs (4 MB of
 #: "<b>" took 4 s of CPU); links written in the rest are still found, as in plain text.
 MAX_TAGS = 50_000
@@ -132,13 +131,13 @@ _PLAIN_TEXT_TYPE = re.compile(
 _LINE_BREAKS = b"\r\n\x0b\x0c\x1c\x1d\x1e"
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # the stdlib parser's headerRE, less "From " and empty names
 _NOT_A_FIELD_LINE = re.compile(rb"\n(?![ \t]|[\x21-\x39\x3b-\x7e]+:)")
-# A field's value runs up to (not into) the CRLF before the next line that does not start with a blank.
 # A base64 Content-Transfer-Encoding field (folded too), the blank line ending its header, a Content-Type in that
 # header of no text (nor message), and what quoted-printable text holds.
 _BASE64_FIELD = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*(?:\r?\n[ \t]+)*base64\b")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _NOT_TEXT_TYPE = re.compile(rb"(?im)^content-type:[ \t]*(?:\r?\n[ \t]+)*(?!(?:text|message)/)[!-~]")
 _QUOTED_PRINTABLE = re.compile(rb"=(?:[0-9A-Fa-f]{2}|\r?\n)")
+# A field's value runs up to (not into) the CRLF before the next line that does not start with a blank.
 _MIME_FIELD = re.compile(rb"\n(content-(?:type|transfer-encoding|disposition)):([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)")
 
 
@@ -243,10 +242,12 @@ class _Reader:
         if rest:
             # The part the line bound cut goes on in the rest: its base64 text there has no field before it.
             encodings = {_text_encoding(last) for last in lasts}
+            cut_part = b""
             if "base64" in encodings:
-                _scan_unparsed(self.found, rest, head[head.rfind(b"\n--") + 1:], cut_base64=True)
-            else:
-                _scan_unparsed(self.found, rest, head[head.rfind(b"\n", 0, len(head) - 1) + 1:] if "quoted-printable" in encodings else b"")
+                cut_part = head[head.rfind(b"\n--") + 1:]  # from its delimiter line: its body is decoded whole
+            elif "quoted-printable" in encodings:
+                cut_part = head[head.rfind(b"\n", 0, len(head) - 1) + 1:]  # its last line: a soft break joins it to the rest
+            _scan_unparsed(self.found, rest, cut_part, cut_base64="base64" in encodings)
 
     def _part(self, part: email.message.Message, read: set[int] | None) -> None:
         """Read a leaf part: its text (up to the text budget) and links, when it is text/plain or text/html."""
@@ -464,7 +465,7 @@ def _walk(message: email.message.Message) -> Iterator[email.message.Message]:
 
 def _encoded_message(part: email.message.Message) -> str | None:
     """The encoded text of a message/* part in base64, which the parser made the body of a message without fields; else None."""
-    if content_type(part) not in _MESSAGE_TYPES or first_token(str(part.get("Content-Transfer-Encoding", ""))).lower() != "base64":
+    if content_type(part) not in MESSAGE_TYPES or first_token(str(part.get("Content-Transfer-Encoding", ""))).lower() != "base64":
         return None
     payload = part.get_payload()
     if isinstance(payload, list) and len(payload) == 1 and isinstance(payload[0], email.message.Message) and not payload[0].keys():

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NO_CHECKS, message, with_sections
+from tests.harness.postfix import SinkMessage
 from tests.harness.stack import Stack, stack_root
 
 RULES = {
@@ -184,14 +185,19 @@ def test_trusted_network_is_logged_but_not_scored(stack: Stack) -> None:
     assert [name for name in ("X-Spam-Flag", "X-Spam-Status", "X-Spam-Score") if delivered.header(name)] == []
 
 
+def summary_line(stack: Stack, delivered: SinkMessage) -> tuple[str, str]:
+    """The queue ID of *delivered* and milterd's summary line for it, waited for up to 5 s."""
+    queue_id = queue_id_of(delivered.header("Received")[0])
+    deadline = time.monotonic() + 5
+    while f"{queue_id}: action=" not in stack.milterd.stderr() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return queue_id, next(text for text in stack.milterd.stderr().splitlines() if f"{queue_id}: action=" in text)
+
+
 def test_summary_line_per_message(stack: Stack) -> None:
     stack.send(message("summary line"))
     [delivered] = stack.sink.wait(1, match=lambda m: "summary line" in m.headers)
-    queue_id = queue_id_of(delivered.header("Received")[0])
-    deadline = time.monotonic() + 5
-    while f"{queue_id}: action=accept" not in stack.milterd.stderr() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    line = next(text for text in stack.milterd.stderr().splitlines() if f"{queue_id}: action=" in text)
+    queue_id, line = summary_line(stack, delivered)
     assert re.search(rf"milterd\[\d+\]: INFO {queue_id}: action=accept score=0 symbols=- client=unknown\[192\.0\.2\.10\] from=<alice@example\.org> to=<bob@example\.com> ms=[\d.]+", line), line
 
 
@@ -202,11 +208,7 @@ def test_a_recipient_cannot_forge_the_summary_lines_fields(stack: Stack) -> None
     recipients = [forged] + [f"r{i}@example.com" for i in range(11)]
     assert stack.send(message("forged fields"), recipients=recipients) == {}
     [delivered] = stack.sink.wait(1, match=lambda m: "forged fields" in m.headers)
-    queue_id = queue_id_of(delivered.header("Received")[0])
-    deadline = time.monotonic() + 5
-    while f"{queue_id}: action=" not in stack.milterd.stderr() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    line = next(text for text in stack.milterd.stderr().splitlines() if f"{queue_id}: action=" in text)
+    _, line = summary_line(stack, delivered)
     assert line.count(" from=<") == 1 and line.count(" action=") == 1, line
     assert 'to=<\\x22x\\x3e\\x20from=\\x3cceo@bank.example\\x3e\\x20action=reject\\x22@example.com>,<r0@example.com>' in line, line
     assert "<r8@example.com> (+2 more) ms=" in line and "r9@" not in line, line
