@@ -41,6 +41,13 @@ rest of the stream at each attribute, and its property decoder loops as often
 as a count says, both without end on a hostile container (:func:`_mapi_values`
 checks each property block first).
 
+An Outlook message file (``.msg`` or ``.oft`` by name, a Compound File by its
+first bytes) is listed as an archive too: each attachment is a member by its
+file name, an attached message a nested archive of its own attachments, and
+a Packager object (an "embedded file") the file it carries, by its label.
+:mod:`milterd.content.outlookmsg` reads the layout; every stream it opens is
+counted in ``Limits.max_size`` first.
+
 libarchive is C code reading hostile input.  With ``Limits.child`` (the
 attachment check's ``archive_process``, on by default) every archive that
 needs it is listed in a short-lived forked child (:func:`_walk_in_child`) with
@@ -74,12 +81,15 @@ import zlib
 from dataclasses import dataclass, field, replace
 from typing import IO, Any, Callable, Iterable, Iterator, NamedTuple
 
+from olefile import OleFileIO
 from tnefparse import TNEF
 from tnefparse.codepage import Codepage
 from tnefparse.mapi import IMESSAGE_SIG, decode_mapi
 from tnefparse.properties import MAPI_ATTACH_DATA_OBJ, MAPI_ATTACH_FILENAME, MAPI_ATTACH_LONG_FILENAME, MAPI_DISPLAY_NAME
 
 from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, extensions, message_file, sniff
+from .outlookmsg import Node, open_compound, package, read_stream
+from .outlookmsg import attachments as msg_attachments
 
 try:  # optional: 7z, rar, cab, tar and compressed streams (Debian libarchive13 + PyPI libarchive-c)
     import libarchive  # type: ignore[import-untyped,import-not-found,unused-ignore]
@@ -89,6 +99,10 @@ except (ImportError, OSError):  # OSError: the Python package without the shared
 # What tnefparse would log about a hostile container is a listing error here.
 logging.getLogger("tnefparse").setLevel(logging.CRITICAL)
 
+#: Extensions of Outlook's message files (and templates): Outlook opens one that is a Compound File, with its attachments.
+_MSG_EXTENSIONS = frozenset({"msg", "oft"})
+#: Kinds listed in the worker (Python reading them), never in a listing child.
+_IN_WORKER = frozenset({"zip", "tnef", "msg"})
 #: Extensions of archives that are opened even when their first bytes do not say so.
 _ARCHIVE_EXTENSIONS = {"zip": "zip", "rar": "rar", "7z": "7z", "tar": "tar", "cab": "cab"}
 #: Compressed streams (as sniff() names them) listed by libarchive: a tar in them, or the one file they hold.
@@ -221,7 +235,7 @@ def local_failure(exc: BaseException) -> bool:
 
 def supported(kind: str) -> bool:
     """Whether archives of *kind* (as :func:`milterd.content.filetypes.sniff` names them) can be listed here."""
-    return kind in ("zip", "tnef") or ((kind in ARCHIVE_KINDS or kind in COMPRESSED_KINDS) and libarchive is not None)
+    return kind in _IN_WORKER or ((kind in ARCHIVE_KINDS or kind in COMPRESSED_KINDS) and libarchive is not None)
 
 
 def archive_kind(name: str, head: bytes) -> str | None:
@@ -230,6 +244,8 @@ def archive_kind(name: str, head: bytes) -> str | None:
     if kind in ARCHIVE_KINDS or (kind in COMPRESSED_KINDS and libarchive is not None):
         return kind
     exts = extensions(name)
+    if kind == "ole" and exts and exts[-1] in _MSG_EXTENSIONS:
+        return "msg"
     # Also under other first bytes: unzip, 7-Zip and libarchive open an invoice.zip that starts
     # with a self-extractor's stub or a GIF header (they look for the archive, not at byte 0).
     return _ARCHIVE_EXTENSIONS.get(exts[-1]) if exts else None
@@ -273,6 +289,8 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
                 _walk_libarchive_kind(path, data, kind, depth, limits, budget, listing)
         elif kind == "tnef":
             _walk_tnef(path, data, depth, limits, budget, listing)
+        elif kind == "msg":
+            _walk_msg(path, data, depth, limits, budget, listing)
         elif supported(kind):
             _walk_libarchive_kind(path, data, kind, depth, limits, budget, listing)
         else:
@@ -432,7 +450,7 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
         nested = _copied_member(member, archive, info, limits, budget, listing)
         if nested is None:
             continue
-        if inner not in ("zip", "tnef") and supported(inner):
+        if inner not in _IN_WORKER and supported(inner):
             budget.deferred.append(_Job(member, nested, inner, depth + 1))  # with the others, in one child: _walk_deferred
             continue
         with nested:
@@ -625,15 +643,15 @@ def _walk_tnef(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _
             listing.entries.append(Entry(member, False, b""))
         message = message_file(names)
         for source, start, size, counted in contents:
-            _tnef_member(member, source, start, size, counted, message, depth, limits, budget, listing)
+            _content_member(member, source, start, size, counted, message, depth, limits, budget, listing)
         # After the name Outlook saves it under, which a reply names first.
         listing.entries.extend(Entry(f"{path}/{alias}", False, b"") for alias in names[1:])
 
 
-def _tnef_member(member: str, source: IO[bytes], start: int, size: int, counted: bool, message: bool, depth: int, limits: Limits,
-                 budget: _Budget, listing: Listing) -> None:
-    """The entry of one content of a TNEF attachment, *size* bytes at *start* of *source* (already in the budget
-    when *counted*), kept when it is a *message* (Outlook opens a saved one with its attachments), and the archive it is, walked."""
+def _content_member(member: str, source: IO[bytes], start: int, size: int, counted: bool, message: bool, depth: int, limits: Limits,
+                    budget: _Budget, listing: Listing) -> None:
+    """The entry of one content of a TNEF or message file's attachment, *size* bytes at *start* of *source* (already in the
+    budget when *counted*), kept when it is a *message* (Outlook opens a saved one with its attachments), and the archive it is, walked."""
     source.seek(start)
     head = source.read(min(HEAD_SIZE, size, max(budget.size, 0)))
     if not counted:
@@ -664,6 +682,54 @@ def _tnef_member(member: str, source: IO[bytes], start: int, size: int, counted:
     assert nested is not None  # size is within the budget (above)
     with nested:
         _walk(member, nested, inner, depth + 1, limits, budget, listing)
+
+
+def _walk_msg(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+    """The attachments of the Outlook message file *data* as members, its attached messages' attachments included."""
+    ole, root = open_compound(data)
+    try:
+        _walk_msg_storage(path, ole, root, depth, limits, budget, listing)
+    finally:
+        ole.close()
+
+
+def _walk_msg_storage(path: str, ole: OleFileIO, message: Node, depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+    """The attachments of the message stored at *message* in *ole*: a file by its names, an attached message as a
+    nested archive (named by its subject), a Packager object by the names of the file it carries."""
+    for number, attachment in enumerate(msg_attachments(ole, message), 1):
+        names = attachment.names or [f"(attachment {number} without a name)"]
+        member = f"{path}/{names[0]}"
+        if not _take_member(member, limits, budget, listing):
+            return
+        listing.limits.extend(f"{member}: unreadable name ({error})" for error in attachment.errors)
+        content = attachment.data or attachment.package
+        if attachment.message is not None:
+            listing.entries.append(Entry(member, False, b""))
+            if depth >= limits.max_depth:
+                listing.limits.append(f"{member}: attached message nested deeper than {limits.max_depth}")
+            else:
+                _walk_msg_storage(member, ole, attachment.message, depth + 1, limits, budget, listing)
+        elif content is None:  # attached by reference (a path or a link), or an object without a file: its names alone
+            listing.entries.append(Entry(member, False, b""))
+        elif content.size > budget.size:
+            listing.entries.append(Entry(member, False, b""))
+            listing.limits.append(f"{member}: would decode past {limits.max_size} bytes")
+            return
+        else:
+            budget.size -= content.size
+            value = read_stream(ole, content)
+            if content is attachment.package:
+                try:
+                    packaged, value = package(value)
+                except ValueError as exc:
+                    listing.entries.append(Entry(member, False, b""))
+                    listing.limits.append(f"{member}: unreadable embedded file ({exc})")
+                    continue
+                # Packager writes the file out under its own name and opens it: that name first.
+                names = list(dict.fromkeys((*packaged, *attachment.names))) or names
+                member = f"{path}/{names[0]}"
+            _content_member(member, io.BytesIO(value), 0, len(value), True, message_file(names), depth, limits, budget, listing)
+        listing.entries.extend(Entry(f"{path}/{alias}", False, b"") for alias in names[1:])
 
 
 def _tnef_properties(path: str, block: bytes, codepage: str, file: _TnefFile, listing: Listing) -> None:

@@ -1,0 +1,178 @@
+"""Outlook message files (``.msg``) are listed as archives: the files they carry, their attached messages' files and
+the file a Packager object carries are judged by the same rules, named ``invoice.msg/evil.exe``; a file that cannot
+be read is a limit finding, quickly."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+from pathlib import Path
+
+import olefile
+import pytest
+
+from milterd.checks.attachments import BANNED, DOUBLE, LIMIT, MISMATCH
+from milterd.content.archives import Limits, archive_kind, list_archive
+from milterd.message.model import Action, Hit, Session
+from tests.harness.attachments import attachment_check
+from tests.harness.messages import envelope_of, zipped
+from tests.harness.outlookmsg import attachment, compound_file, msg_file, msg_tree, ole10native
+
+PE = b"MZ\x90\x00" + b"\x00" * 300
+PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n"
+
+
+def message(data: bytes, filename: bytes = b"invoice.msg", content_type: bytes = b"application/vnd.ms-outlook") -> bytes:
+    encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    return (b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+            b"--zz\r\nContent-Type: " + content_type + b"\r\nContent-Disposition: attachment; filename=\"" + filename
+            + b"\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded + b"--zz--\r\n")
+
+
+@pytest.fixture
+def check(tmp_path: Path) -> object:
+    return attachment_check(tmp_path, "archive_process = false\n")  # unit tests fork no listing child
+
+
+def hits_of(check: object, raw: bytes) -> dict[str, Hit]:
+    hits = check.on_eom(Session(client_addr="192.0.2.7"), envelope_of(raw))  # type: ignore[attr-defined]
+    return {hit.symbol: hit for hit in hits}
+
+
+def listed(data: bytes, limits: Limits | None = None, name: str = "invoice.msg") -> object:
+    return list_archive(name, io.BytesIO(data), "msg", limits or Limits())
+
+
+# --- the writer writes what olefile reads ---------------------------------------------------------------------
+def test_the_test_writer_writes_what_olefile_reads_strictly() -> None:
+    big = bytes(range(256)) * 40  # past the mini stream's cutoff: in the file's own sectors
+    data = msg_file("Invoice", attachment("a.txt", b"hi"), attachment("big.bin", big))
+    ole = olefile.OleFileIO(data, raise_defects=olefile.DEFECT_INCORRECT)
+    assert ole.openstream("__attach_version1.0_#00000000/__substg1.0_37010102").read() == b"hi"
+    assert ole.openstream("__attach_version1.0_#00000001/__substg1.0_37010102").read() == big
+    assert ole.openstream("__attach_version1.0_#00000001/__substg1.0_3707001F").read().decode("utf-16-le") == "big.bin\x00"
+
+
+# --- the rules on what a message file carries -------------------------------------------------------------
+def test_an_exe_in_a_msg_file_is_banned_and_the_reject_names_it(check: object) -> None:
+    hits = hits_of(check, message(msg_file("Invoice", attachment("evil.exe", PE, short_name="EVIL.EXE"))))
+    assert hits[BANNED].detail == "invoice.msg/evil.exe: banned extension .exe; invoice.msg/EVIL.EXE: banned extension .exe"
+    assert hits[BANNED].action == Action.REJECT
+    assert str(hits[BANNED].reply) == "550 5.7.1 Attachment rejected: invoice.msg/evil.exe: banned extension .exe"
+    assert LIMIT not in hits
+
+
+def test_a_clean_pdf_in_a_msg_file_passes_and_its_names_are_the_members(check: object) -> None:
+    data = msg_file("Invoice", attachment("invoice.pdf", PDF, short_name="INVOIC~1.PDF"))
+    assert hits_of(check, message(data)) == {}
+    listing = listed(data)
+    assert [(e.path, e.head) for e in listing.entries] == [("invoice.msg/invoice.pdf", PDF), ("invoice.msg/INVOIC~1.PDF", b"")]
+    assert not listing.limits and not listing.errors
+
+
+def test_a_msg_file_is_told_by_its_name_and_its_compound_file_signature() -> None:
+    data = msg_file("Invoice", attachment("a.txt", b"hi"))
+    assert archive_kind("fwd.msg", data[:512]) == "msg"
+    assert archive_kind("template.OFT", data[:512]) == "msg"
+    assert archive_kind("report.doc", data[:512]) is None  # a Word 97 document is no message
+    assert archive_kind("notes.msg", b"From: a@example.org\r\n") is None  # not a Compound File: Outlook does not open it
+
+
+def test_a_msg_file_under_the_name_its_content_type_gives_is_listed(check: object) -> None:
+    raw = message(msg_file("Invoice", attachment("invoice.pdf.exe", PE)), b"attachment.bin", b'application/vnd.ms-outlook; name="fwd.msg"')
+    hits = hits_of(check, raw)
+    assert hits[BANNED].detail == "attachment.bin/invoice.pdf.exe: banned extension .exe"
+    assert hits[DOUBLE].detail == "attachment.bin/invoice.pdf.exe: double extension .pdf.exe"
+
+
+def test_an_executable_called_pdf_in_a_msg_file_is_a_type_mismatch(check: object) -> None:
+    hits = hits_of(check, message(msg_file("Invoice", attachment("invoice.pdf", PE))))
+    assert hits[MISMATCH].detail == "invoice.msg/invoice.pdf: declared .pdf, content is a Windows executable (PE)"
+
+
+def test_an_exe_in_an_attached_message_is_found_under_its_subject(check: object) -> None:
+    inner = msg_tree("Re: the invoice", attachment("evil.exe", PE))
+    hits = hits_of(check, message(msg_file("Fwd", attachment(None, message=inner, display_name="Re: the invoice"))))
+    assert hits[BANNED].detail == "invoice.msg/Re: the invoice/evil.exe: banned extension .exe"
+
+
+def test_a_file_a_packager_object_carries_is_judged_by_its_own_name(check: object) -> None:
+    obj = {"\x01Ole10Native": ole10native("evil.exe", "C:\\Users\\x\\evil.exe", PE), "\x01CompObj": b"\0" * 20}
+    hits = hits_of(check, message(msg_file("Invoice", attachment(None, obj=obj, display_name="Picture (Device Independent Bitmap)"))))
+    assert hits[BANNED].detail == "invoice.msg/evil.exe: banned extension .exe"
+    listing = listed(msg_file("Invoice", attachment(None, obj=obj, display_name="Picture")))
+    assert [(e.path, e.head) for e in listing.entries] == [("invoice.msg/evil.exe", PE), ("invoice.msg/Picture", b"")]
+
+
+def test_an_exe_in_a_zip_in_a_msg_file_and_a_msg_file_in_a_zip_are_found(check: object) -> None:
+    hits = hits_of(check, message(msg_file("Invoice", attachment("docs.zip", zipped({"evil.exe": PE})))))
+    assert hits[BANNED].detail == "invoice.msg/docs.zip/evil.exe: banned extension .exe"
+    raw = message(zipped({"fwd.msg": msg_file("Invoice", attachment("evil.exe", PE))}), b"mails.zip", b"application/zip")
+    assert hits_of(check, raw)[BANNED].detail == "mails.zip/fwd.msg/evil.exe: banned extension .exe"
+
+
+def test_a_saved_message_in_a_msg_file_is_opened(check: object) -> None:
+    eml = (b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: application/octet-stream\r\n"
+           b"Content-Disposition: attachment; filename=evil.exe\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.b64encode(PE) + b"\r\n--b--\r\n")
+    hits = hits_of(check, message(msg_file("Fwd", attachment("fwd.eml", eml))))
+    assert "invoice.msg/fwd.eml/evil.exe: banned extension .exe" in hits[BANNED].detail
+
+
+def test_an_attachment_by_reference_is_judged_by_its_name() -> None:
+    listing = listed(msg_file("Invoice", attachment("run.exe")))
+    assert [e.path for e in listing.entries] == ["invoice.msg/run.exe"]
+
+
+# --- limits and hostile files ----------------------------------------------------------------------------
+def test_members_depth_and_size_limits_apply() -> None:
+    many = msg_file("Many", *(attachment(f"f{i}.txt", b"x") for i in range(8)))
+    assert listed(many, Limits(max_members=5)).limits == ["invoice.msg/f5.txt: past 5 members, the rest not looked at"]
+    nested = msg_tree("level 0", attachment("evil.exe", PE))
+    for level in range(1, 4):
+        nested = msg_tree(f"level {level}", attachment(None, message=nested, display_name=f"level {level - 1}"))
+    deep = listed(compound_file(nested), Limits(max_depth=3))
+    assert deep.limits == ["invoice.msg/level 2/level 1/level 0: attached message nested deeper than 3"]
+    big = listed(msg_file("Big", attachment("big.bin", b"\0" * 300_000), attachment("evil.exe", PE)), Limits(max_size=100_000))
+    assert big.limits == ["invoice.msg/big.bin: would decode past 100000 bytes"]
+
+
+def test_a_name_longer_than_any_name_is_a_limit_not_read() -> None:
+    node = attachment("a.txt", b"hi")
+    node["__substg1.0_3704001F"] = ("x" * 5000 + ".exe").encode("utf-16-le")
+    listing = listed(msg_file("Invoice", node))
+    assert listing.limits == ["invoice.msg/a.txt: unreadable name (a name of 10008 bytes (__substg1.0_3704001F))"]
+
+
+def test_a_packaged_file_cut_short_is_a_limit() -> None:
+    obj = {"\x01Ole10Native": ole10native("evil.exe", "evil.exe", PE)[:60]}
+    listing = listed(msg_file("Invoice", attachment(None, obj=obj, display_name="Package")))
+    assert listing.limits == ["invoice.msg/Package: unreadable embedded file (a packaged file of 304 bytes in a stream of 60)"]
+
+
+def test_a_damaged_msg_file_is_a_limit_finding_and_never_read_past_its_size(check: object) -> None:
+    good = msg_file("Invoice", attachment("big.bin", bytes(5000)), attachment("evil.exe", PE))
+    cut = good[:len(good) // 2]
+    assert hits_of(check, message(cut))[LIMIT].detail.startswith("invoice.msg: unreadable msg archive (")
+    # A data stream declared larger than its file: olefile would follow its chain (a loop) for all of it.
+    looped = _declared_size(good, "__substg1.0_37010102", 100_000)
+    assert listed(looped).limits == ["invoice.msg: unreadable msg archive (OleFileError: malformed OLE document, stream too large)"]
+    # Declared past the budget: refused before it is opened.
+    huge = listed(_declared_size(good, "__substg1.0_37010102", 0xFFFFFF00))
+    assert huge.limits == ["invoice.msg/big.bin: would decode past 52428800 bytes"] and huge.decompressed == 0
+
+
+def test_random_bytes_after_the_signature_are_a_limit_finding(check: object) -> None:
+    data = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(range(256)) * 20
+    assert hits_of(check, message(data))[LIMIT].detail.startswith("invoice.msg: unreadable msg archive (")
+
+
+def _declared_size(data: bytes, name: str, size: int) -> bytes:
+    """*data* with the first directory entry called *name* declaring *size* bytes."""
+    encoded = (name + "\0").encode("utf-16-le").ljust(64, b"\0")
+    at = data.find(encoded)
+    assert at > 0 and at % 128 == 0  # a directory entry's start
+    patched = bytearray(data)
+    struct.pack_into("<L", patched, at + 120, size)
+    return bytes(patched)
