@@ -19,7 +19,7 @@ from .checks import spamassassin as spamd
 from .checks.spamassassin import SPAMASSASSIN
 from .config import ActionsSection, MilterSection
 from .message.model import Action, Hit
-from .message.policy import AFTER_VERDICT_SYMBOLS, SCORE_GREYLIST_SYMBOLS, THRESHOLD_ACTIONS, GreylistStatus, decide, threshold_action
+from .message.policy import AFTER_VERDICT_SYMBOLS, SCORE_GREYLIST_SYMBOLS, THRESHOLD_ACTIONS, GreylistStatus, decide, threshold_action, wants_spam
 
 if TYPE_CHECKING:
     from .services import Services
@@ -211,8 +211,11 @@ def log_stats(rows: Iterable[Mapping[str, Any]]) -> LogStats:
 
 # --- rules whatif --------------------------------------------------------------
 def unscored(row: Mapping[str, Any], milter: MilterSection) -> bool:
-    """Whether the milter did not score this message (trusted or authenticated client)."""
+    """Whether the milter did not score this message (trusted or authenticated client, or every recipient one of
+    ``spam_lovers``)."""
     if row.get("auth_user") and milter.skip_authenticated:
+        return True
+    if wants_spam(row.get("recipients") or [], milter.spam_lovers):
         return True
     if not milter.skip_trusted:
         return False

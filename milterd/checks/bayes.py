@@ -143,8 +143,9 @@ def autolearn_allowed(label: str, verdict: Verdict) -> bool:
     :data:`UNSCANNED` too: spamd down with its default on_error = "accept" left spam with only its
     SPF, DKIM and DMARC passes, below autolearn_ham), nor when spamd's score rests on a rule the
     sender can set off (:func:`steered_by_sender`: GTUBE learned the site's ham words as spam, a forged
-    welcomelisted From learned spam as ham), and as ham only when accepted."""
-    if not UNJUDGED.isdisjoint(verdict.symbols) or steered_by_sender(verdict):
+    welcomelisted From learned spam as ham), and as ham only when accepted.  Never from a message that was not
+    scored (its recipients are spam_lovers: an abuse mailbox's reports quote the spam they report)."""
+    if not verdict.scored or not UNJUDGED.isdisjoint(verdict.symbols) or steered_by_sender(verdict):
         return False
     return label == "spam" or (verdict.action == Action.ACCEPT and UNSCANNED.isdisjoint(verdict.symbols))
 

@@ -26,7 +26,7 @@ from ..services import Services
 from ..store import MessageRecord, StoreError
 from ..store.quarantine import QuarantineWrite
 from .model import Action, Decision, Envelope, HeaderEdit, Hit, Session, Spool, SpoolError, Verdict
-from .policy import GreylistStatus, decide, greylists_at_score, plan_headers, taggable, tags_subject
+from .policy import GreylistStatus, decide, greylists_at_score, plan_headers, taggable, tags_subject, wants_spam
 from .reply import REJECT, TEMPFAIL, Reply
 
 #: The answer to a message some check could not judge: its spool unread, or ``[milter] on_check_error = "tempfail"``.
@@ -257,11 +257,12 @@ class Pipeline:
             for check in on_symbols:
                 envelope.hits.extend(self._call(check, session, lambda c: c.on_symbols(session, envelope, seen)))
         hits = [h for h in session.hits if h.action is None] + envelope.hits
-        verdict = decide(hits, self.services.weight, self.config.actions, scored=self._scored(session))
+        scored = self._scored(session, envelope)
+        verdict = decide(hits, self.services.weight, self.config.actions, scored=scored)
         if greylists_at_score(verdict):
             status = self._greylist_status(session, envelope)
             if status is not None:
-                verdict = decide(hits, self.services.weight, self.config.actions, scored=self._scored(session), greylist=status)
+                verdict = decide(hits, self.services.weight, self.config.actions, scored=scored, greylist=status)
         for check in self._overriding("on_verdict", session):
             try:
                 verdict = check.on_verdict(session, envelope, verdict)
@@ -546,12 +547,12 @@ class Pipeline:
             return session.family == "unix"
         return any(ip in net for net in self._trusted)
 
-    def _scored(self, session: Session) -> bool:
+    def _scored(self, session: Session, envelope: Envelope) -> bool:
         if session.trusted and self.config.milter.skip_trusted:
             return False
         if session.authenticated and self.config.milter.skip_authenticated:
             return False
-        return True
+        return not wants_spam(envelope.recipients, self.config.milter.spam_lovers)
 
     def _applies(self, check: Check, session: Session) -> bool:
         if session.trusted and not check.applies_to_trusted:

@@ -55,6 +55,24 @@ def score_hits(hits: Iterable[Hit], weight: Callable[[str], float]) -> tuple[dic
     return symbols, details
 
 
+def wants_spam(recipients: Iterable[str], lovers: Iterable[str]) -> bool:
+    """Whether every one of *recipients* (at least one) is in *lovers* (``[milter] spam_lovers``: an address,
+    ``@domain`` or ``local@``, compared without case): such a message is not scored."""
+    entries = {entry.lower() for entry in lovers}
+    if not entries:
+        return False
+    found = False
+    for recipient in recipients:
+        address = recipient.lower()
+        local, at, domain = address.rpartition("@")
+        # RCPT TO:<postmaster> (RFC 5321 4.5.1) has no domain: its local part alone.
+        names = {address, f"@{domain}", f"{local}@"} if at else {address, f"{address}@"}
+        if not names & entries:
+            return False
+        found = True
+    return found
+
+
 def threshold_action(score: float, actions: ActionsSection) -> Action:
     """The action the thresholds of ``[actions]`` choose for *score*."""
     for action, key in THRESHOLD_ACTIONS:

@@ -1,0 +1,99 @@
+"""[milter] spam_lovers: a message whose every recipient takes spam (an abuse mailbox) is not scored; its checks
+still run and are logged, and what a check forces (a banned attachment) still applies."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from milterd.checks.bayes import autolearn_allowed
+from milterd.config import ConfigError, load_config
+from milterd.message.model import Action, Verdict
+from milterd.message.pipeline import Pipeline
+from milterd.message.policy import wants_spam
+from milterd.milter.offline import CheckedMessage, Client, check_message
+from milterd.services import build
+from milterd.tuning import unscored
+from tests.conftest import message
+
+LOVERS = '["abuse@", "@reports.example.net", "Phish@Example.org"]'
+RULE = "[[rule]]\nname = \"SUBJ_LOTTERY\"\nheader = \"Subject\"\nregex = '(?i)lottery'\nscore = 30\n"
+
+
+@pytest.fixture()
+def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "local.toml").write_text(RULE)
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[milter]\nspam_lovers = {LOVERS}\n[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n')
+    pipe = Pipeline(build(load_config(conf)), keep_log=False)
+    yield pipe
+    pipe.shutdown()
+
+
+def judged(pipeline: Pipeline, *recipients: str, raw: bytes | None = None) -> CheckedMessage:
+    result = check_message(pipeline, raw or message(subject="You won the lottery"), Client(addr="192.0.2.10", sender="x@example.com", recipients=list(recipients)))
+    assert not result.error, result.error
+    return result
+
+
+def test_a_message_to_spam_lovers_only_is_logged_but_not_scored(pipeline: Pipeline) -> None:
+    for recipients in (["abuse@example.com"], ["ABUSE@other.example"], ["phish@example.org", "a@reports.example.net"]):
+        result = judged(pipeline, *recipients)
+        assert (result.action, result.scored, result.spam_status) == (Action.ACCEPT, False, ""), recipients
+        assert "SUBJ_LOTTERY" in result.symbols  # its checks ran: the log says what it would have scored
+
+
+def test_one_other_recipient_and_near_misses_are_scored_as_any_message(pipeline: Pipeline) -> None:
+    for recipients in (["abuse@example.com", "bob@example.com"], ["bob@example.com"], ["a@sub.reports.example.net"], ["abuse-x@example.com"],
+                       ["phish@example.com"]):
+        result = judged(pipeline, *recipients)
+        assert (result.action, result.scored) == (Action.REJECT, True), recipients
+
+
+def test_what_a_check_forces_still_applies_to_spam_lovers(pipeline: Pipeline) -> None:
+    exe = base64.b64encode(b"MZ\x90\x00" + b"\x00" * 300).decode()
+    raw = (f"From: x@example.com\r\nTo: abuse@example.com\r\nSubject: report\r\nDate: Sat, 5 Dec 2026 10:00:00 +0000\r\n"
+           f"Message-ID: <r@example.com>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsample\r\n"
+           f"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=sample.exe\r\n"
+           f"Content-Transfer-Encoding: base64\r\n\r\n{exe}\r\n--b--\r\n").encode()
+    result = judged(pipeline, "abuse@example.com", raw=raw)
+    assert result.action == Action.REJECT and "ATTACH_BANNED" in result.symbols and not result.scored
+
+
+def test_wants_spam_matches_an_address_a_domain_or_a_local_part() -> None:
+    lovers = ["abuse@", "@reports.example.net", "phish@example.org"]
+    assert wants_spam(["Abuse@example.com"], lovers)
+    assert wants_spam(["abuse"], lovers)  # RCPT TO:<abuse>, without a domain
+    assert wants_spam(["x@reports.example.net", "PHISH@EXAMPLE.ORG"], lovers)
+    assert not wants_spam([], lovers)  # no recipient: nobody asked for spam
+    assert not wants_spam(["abuse@example.com"], [])
+    assert not wants_spam(["abuse@example.com", "bob@example.com"], lovers)
+    assert not wants_spam(["phish@example.org.evil.example"], lovers)
+
+
+def test_tuning_sees_such_a_row_as_unscored(tmp_path: Path) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text('[milter]\nspam_lovers = ["abuse@"]\n')
+    milter = load_config(conf).milter
+    assert unscored({"client_addr": "192.0.2.10", "recipients": ["abuse@example.com"]}, milter)
+    assert not unscored({"client_addr": "192.0.2.10", "recipients": ["abuse@example.com", "bob@example.com"]}, milter)
+
+
+def test_an_unscored_message_is_never_auto_learned() -> None:
+    verdict = Verdict(action=Action.ACCEPT, score=30.0, symbols={"SUBJ_LOTTERY": 30.0}, details={}, reason="", reply=None, required=5.0, scored=False)
+    assert not autolearn_allowed("spam", verdict)
+    assert autolearn_allowed("spam", Verdict(action=Action.REJECT, score=30.0, symbols={"SUBJ_LOTTERY": 30.0}, details={}, reason="", reply=None, required=5.0))
+
+
+@pytest.mark.parametrize("entry", ["abuse", "@", "a@b@c", "<abuse@example.org>", "ab use@"])
+def test_an_entry_that_is_no_address_is_refused_at_start(tmp_path: Path, entry: str) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f"[milter]\nspam_lovers = [{entry!r}]\n".replace("'", '"'))
+    with pytest.raises(ConfigError) as info:
+        load_config(conf)
+    assert (info.value.file, info.value.key) == (str(conf), "[milter] spam_lovers")
+    assert "is not an address, @domain or local part@" in info.value.reason
