@@ -87,7 +87,7 @@ from tnefparse.codepage import Codepage
 from tnefparse.mapi import IMESSAGE_SIG, decode_mapi
 from tnefparse.properties import MAPI_ATTACH_DATA_OBJ, MAPI_ATTACH_FILENAME, MAPI_ATTACH_LONG_FILENAME, MAPI_DISPLAY_NAME
 
-from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, extensions, message_file, sniff
+from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, extensions, message_file, outlook_file, sniff
 from .outlookmsg import Node, open_compound, package, read_stream
 from .outlookmsg import attachments as msg_attachments
 
@@ -99,8 +99,6 @@ except (ImportError, OSError):  # OSError: the Python package without the shared
 # What tnefparse would log about a hostile container is a listing error here.
 logging.getLogger("tnefparse").setLevel(logging.CRITICAL)
 
-#: Extensions of Outlook's message files (and templates): Outlook opens one that is a Compound File, with its attachments.
-_MSG_EXTENSIONS = frozenset({"msg", "oft"})
 #: Kinds listed in the worker (Python reading them), never in a listing child.
 _IN_WORKER = frozenset({"zip", "tnef", "msg"})
 #: Extensions of archives that are opened even when their first bytes do not say so.
@@ -243,9 +241,9 @@ def archive_kind(name: str, head: bytes) -> str | None:
     kind = sniff(head)
     if kind in ARCHIVE_KINDS or (kind in COMPRESSED_KINDS and libarchive is not None):
         return kind
-    exts = extensions(name)
-    if kind == "ole" and exts and exts[-1] in _MSG_EXTENSIONS:
+    if outlook_file([name], head):
         return "msg"
+    exts = extensions(name)
     # Also under other first bytes: unzip, 7-Zip and libarchive open an invoice.zip that starts
     # with a self-extractor's stub or a GIF header (they look for the archive, not at byte 0).
     return _ARCHIVE_EXTENSIONS.get(exts[-1]) if exts else None

@@ -116,6 +116,17 @@ def message_file(names: Iterable[str]) -> bool:
     return any(extensions(name)[-1:] == ["eml"] for name in names)
 
 
+def outlook_name(names: Iterable[str]) -> bool:
+    """Whether any of *names* is an Outlook message file's (``.msg``, or an ``.oft`` template)."""
+    return any(extensions(name)[-1:] in (["msg"], ["oft"]) for name in names)
+
+
+def outlook_file(names: Iterable[str], head: bytes) -> bool:
+    """Whether a file called by any of *names*, starting with *head*, is an Outlook message file (named so, and a
+    Compound File): Outlook opens it as mail, attachments and all."""
+    return sniff(head) == "ole" and outlook_name(names)
+
+
 def extensions(name: str) -> list[str]:
     """The extensions of file *name*, lower-cased, last one last (``a.PDF.exe`` → ``["pdf", "exe"]``).
 

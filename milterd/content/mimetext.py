@@ -15,7 +15,8 @@ first link of at most ``MAX_HOSTS`` hosts and ``MAX_URIS`` links in all
 besides, at most ``MAX_LINKS_SCANNED`` links looked at, at most ``MAX_LINES``
 lines of a message (fewer when they may nest deep: ``LINE_WORK``) and ``MAX_TAGS`` tags of a part are parsed.
 An attached message (a message/rfc822 part in base64, a file named ``.eml``) is read as the message is, breadth
-first, down to ``MAX_ATTACHED_DEPTH``, all of them within ``ATTACHED_SECONDS`` of CPU.  A message of one text part with plain headers (most mail) is read
+first, down to ``MAX_ATTACHED_DEPTH``, all of them within ``ATTACHED_SECONDS`` of CPU; of an Outlook message file
+(``.msg``) its plain-text and HTML bodies are read, and its attached messages' (not an RTF body).  A message of one text part with plain headers (most mail) is read
 without the parse (:func:`single_part`), to the same result.
 """
 
@@ -27,6 +28,7 @@ import email.message
 import email.policy
 import email.utils
 import heapq
+import io
 import os
 import re
 import time
@@ -36,9 +38,12 @@ from html import unescape
 from html.parser import HTMLParser
 from typing import Container, Iterable, Iterator
 
-from .filetypes import MESSAGE_TYPES, message_file
+from .filetypes import HEAD_SIZE, MESSAGE_TYPES, message_file, outlook_file, outlook_name
 from .mimeparams import Preference, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
+from .outlookmsg import attachments as msg_attachments
+from .outlookmsg import bodies as msg_bodies
+from .outlookmsg import open_compound, read_stream
 
 #: At most this many links are kept per message (and given by :func:`uris_in_text`, which stops reading
 #: there), except that the first link of a host is always kept: links repeating a few hosts (a thousand
@@ -192,8 +197,9 @@ class _Reader:
         # characters than its bytes, so this is the message the worker already holds (MAX_LINKS_SCANNED bounds the work).
         self.link_room = 4 * limit
         self.tag_room = MAX_TAGS  # tags of those parts parsed in all (one part's worth); the links of the others are scanned
-        #: The attached messages to read, with their depth, shallowest first (a message found again deeper is not read twice).
-        self.queue: deque[tuple[bytes, int]] = deque()
+        #: The attached messages to read, with their depth and whether each is an Outlook message file, shallowest
+        #: first (a message found again deeper is not read twice).
+        self.queue: deque[tuple[bytes, int, bool]] = deque()
         self.queued: set[int] = set()  # by their bytes: two readings, or two messages, give one again
         #: The CPU seconds the attached messages may still take to parse, all of them together.
         self.attached_seconds = ATTACHED_SECONDS
@@ -202,14 +208,18 @@ class _Reader:
         """Read the message *raw*, then its attached messages, breadth first, within ATTACHED_SECONDS."""
         self.message(raw, 0)
         while self.queue:
-            inner, depth = self.queue.popleft()
+            inner, depth, outlook = self.queue.popleft()
             if self.attached_seconds <= 0:
                 self.result.truncated = True
-                _scan_unparsed(self.found, inner)
+                if not outlook:  # a Compound File's text is UTF-16 in sectors: nothing to scan as written
+                    _scan_unparsed(self.found, inner)
                 continue
             started = _thread_seconds()
             try:
-                self.message(inner, depth)
+                if outlook:
+                    self.outlook(inner, depth)
+                else:
+                    self.message(inner, depth)
             finally:
                 self.attached_seconds -= _thread_seconds() - started
 
@@ -229,13 +239,14 @@ class _Reader:
                 self.result.truncated = True
                 break
             inner = _attached_message(part)
+            outlook = inner is None and (inner := _outlook_message(part)) is not None
             if inner is not None:
                 if depth >= MAX_ATTACHED_DEPTH:
                     self.result.truncated = True
-                    _scan_unparsed(self.found, inner)  # not opened: its links as written, and decoded
-                elif hash(inner) not in self.queued:
-                    self.queued.add(hash(inner))
-                    self.queue.append((inner, depth + 1))
+                    if not outlook:
+                        _scan_unparsed(self.found, inner)  # not opened: its links as written, and decoded
+                else:
+                    self._enqueue(inner, depth + 1, outlook)
                 continue
             if not part.is_multipart():
                 self._part(part, read)
@@ -249,12 +260,52 @@ class _Reader:
                 cut_part = head[head.rfind(b"\n", 0, len(head) - 1) + 1:]  # its last line: a soft break joins it to the rest
             _scan_unparsed(self.found, rest, cut_part, cut_base64="base64" in encodings)
 
+    def outlook(self, data: bytes, depth: int) -> None:
+        """Read the Outlook message file *data* (*depth* attached messages down): its text bodies and its attached
+        messages' (Outlook shows them), down to MAX_ATTACHED_DEPTH; its saved messages (``.eml``) are queued."""
+        try:
+            ole, root = open_compound(io.BytesIO(data))
+        except Exception:  # noqa: BLE001 - olefile's errors on a damaged or hostile file: its text is not read
+            self.result.truncated = True
+            return
+        try:
+            storages = deque([(root, depth)])
+            while storages:
+                storage, level = storages.popleft()
+                texts, skipped = msg_bodies(ole, storage, self.link_room)
+                self.result.truncated = self.result.truncated or skipped
+                for ctype, text in texts:
+                    self._text(ctype, text, None)
+                for attachment in msg_attachments(ole, storage):
+                    if attachment.message is not None:
+                        if level >= MAX_ATTACHED_DEPTH:
+                            self.result.truncated = True
+                        else:
+                            storages.append((attachment.message, level + 1))
+                    elif attachment.data is not None and message_file(attachment.names):
+                        if level >= MAX_ATTACHED_DEPTH or attachment.data.size > self.link_room:
+                            self.result.truncated = True
+                        else:
+                            self._enqueue(read_stream(ole, attachment.data), level + 1, False)
+        except Exception:  # noqa: BLE001 - a defect olefile meets part way: what was read stays
+            self.result.truncated = True
+        finally:
+            ole.close()
+
+    def _enqueue(self, inner: bytes, depth: int, outlook: bool) -> None:
+        if hash(inner) not in self.queued:
+            self.queued.add(hash(inner))
+            self.queue.append((inner, depth, outlook))
+
     def _part(self, part: email.message.Message, read: set[int] | None) -> None:
         """Read a leaf part: its text (up to the text budget) and links, when it is text/plain or text/html."""
         ctype = content_type(part)
         if ctype not in ("text/plain", "text/html"):
             return
-        text = decode_part(part)
+        self._text(ctype, decode_part(part), read)
+
+    def _text(self, ctype: str, text: str, read: set[int] | None) -> None:
+        """Read a text/plain or text/html body: its text (up to the text budget) and links (*read*: those read already)."""
         if read is not None:
             key = hash((ctype, text))  # what is read, not the payload: base64 and 7-bit copies differ
             if key in read:
@@ -488,6 +539,17 @@ def _attached_message(part: email.message.Message) -> bytes | None:
     elif message_file(_names(part)):
         encoded = _payload_bytes(part)
     return encoded if isinstance(encoded, bytes) and encoded else None
+
+
+def _outlook_message(part: email.message.Message) -> bytes | None:
+    """The Outlook message file a leaf part carries (named ``.msg`` or ``.oft``, a Compound File), decoded; else None."""
+    if part.is_multipart():
+        return None
+    names = _names(part)
+    if not outlook_name(names):
+        return None  # most parts: not decoded to find out
+    data = _payload_bytes(part)
+    return data if isinstance(data, bytes) and outlook_file(names, data[:HEAD_SIZE]) else None
 
 
 def _names(part: email.message.Message) -> list[str]:

@@ -41,6 +41,10 @@ _PACKAGE = "\x01Ole10Native"
 _MESSAGE_MARKS = ("__properties_version1.0", "__nameid_version1.0")
 #: Longest name stream read (in bytes): a file name is at most a few hundred characters.
 NAME_BYTES = 4096
+#: A message's text bodies (PidTagBody, PidTagBodyHtml) by their streams' property id and type: content type, codec
+#: ("" for an HTML body in bytes: UTF-8, else Windows' Western codepage).  The RTF body (1009) is not read.
+_BODIES = {("1000", _UNICODE): ("text/plain", "utf-16-le"), ("1000", _STRING8): ("text/plain", "cp1252"),
+           ("1013", _BINARY): ("text/html", ""), ("1013", _UNICODE): ("text/html", "utf-16-le"), ("1013", _STRING8): ("text/html", "cp1252")}
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,31 @@ def attachments(ole: olefile.OleFileIO, message: Node) -> list[MsgAttachment]:
     """The attachments of the message stored at *message* (the root for the file's own), in their storages' order."""
     return [_attachment(ole, kid) for kid in message.kids()
             if kid.entry.entry_type == olefile.STGTY_STORAGE and kid.entry.name.startswith(_ATTACHMENT)]
+
+
+def bodies(ole: olefile.OleFileIO, message: Node, most: int) -> tuple[list[tuple[str, str]], bool]:
+    """The text bodies of the message stored at *message* as (content type, text), and whether one was left out
+    for being longer than *most* bytes."""
+    found, skipped = [], False
+    for kid in message.kids():
+        name = kid.entry.name.upper()
+        key = (name[len(_PROPERTY):len(_PROPERTY) + 4], name[len(_PROPERTY) + 4:])
+        if not name.startswith(_PROPERTY.upper()) or key not in _BODIES or kid.entry.entry_type != olefile.STGTY_STREAM:
+            continue
+        if kid.size > most:
+            skipped = True
+            continue
+        ctype, codec = _BODIES[key]
+        value = read_stream(ole, kid)
+        if codec:
+            text = value.decode(codec, "replace")
+        else:
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                text = value.decode("cp1252", "replace")
+        found.append((ctype, text.replace("\x00", "")))
+    return found, skipped
 
 
 def is_message(storage: Node) -> bool:

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import NO_CHECKS, message, with_sections
 from tests.harness.dns import LocalDns
+from tests.harness.outlookmsg import compound_file, msg_tree, unicode
 from tests.harness.stack import Stack, row_for
 
 pytestmark = pytest.mark.integration
@@ -133,6 +134,20 @@ def test_a_link_in_an_attached_message_is_looked_up(stack: Stack, subject: str, 
     assert info.value.smtp_code == 550
     assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
     assert "URIBL_DBL_PHISH" in row_for(stack, subject)["symbols"]
+
+
+def test_a_link_in_an_attached_outlook_message_file_is_looked_up(stack: Stack) -> None:
+    # Outlook shows a .msg attachment's body with its links: they were never looked up.
+    saved = msg_tree("Your account")
+    saved["__substg1.0_1013001F"] = unicode('<a href="https://phish-domain.test/">Log in</a>')
+    body = ("--B\r\nContent-Type: text/plain\r\n\r\nSee the attached.\r\n--B\r\nContent-Type: application/vnd.ms-outlook\r\n"
+            'Content-Disposition: attachment; filename="Your account.msg"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+            + base64.encodebytes(compound_file(saved)).decode().replace("\n", "\r\n") + "--B--\r\n")
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(message("forwarded msg file", body, headers={"Content-Type": "multipart/mixed; boundary=B"}))
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
+    assert "URIBL_DBL_PHISH" in row_for(stack, "forwarded msg file")["symbols"]
 
 
 def test_refused_answers_are_counted_apart_and_address_links_use_the_sbl(stack: Stack) -> None:

@@ -1,0 +1,71 @@
+"""The text and links of an attached Outlook message file (.msg): Outlook shows its body and its attached messages'
+bodies, so their links go to the URI lists and their text to the rules and the classifier, as an attached .eml's do."""
+
+from __future__ import annotations
+
+import base64
+
+from milterd.content import mimetext
+from milterd.content.mimetext import extract
+from tests.harness.outlookmsg import attachment, compound_file, msg_tree, unicode
+
+PHISH = '<p>Your mailbox is full: <a href="https://phish-domain.test/login">Log in</a></p>'
+
+
+def with_body(tree: dict, plain: str | None = None, html: bytes | str | None = None) -> dict:
+    tree = {k: v for k, v in tree.items() if k != "__substg1.0_1000001F"}
+    if plain is not None:
+        tree["__substg1.0_1000001F"] = unicode(plain)
+    if isinstance(html, bytes):
+        tree["__substg1.0_10130102"] = html
+    elif html is not None:
+        tree["__substg1.0_1013001F"] = unicode(html)
+    return tree
+
+
+def mail(data: bytes, filename: str = "report.msg") -> bytes:
+    return (b"From: a@example.org\r\nSubject: report\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+            b"Content-Type: text/plain\r\n\r\nSee the attached report.\r\n--B\r\nContent-Type: application/vnd.ms-outlook\r\n"
+            b"Content-Disposition: attachment; filename=\"" + filename.encode() + b"\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + base64.encodebytes(data).replace(b"\n", b"\r\n") + b"--B--\r\n")
+
+
+def test_the_links_and_text_of_a_msg_file_and_its_attached_message_are_read() -> None:
+    inner = with_body(msg_tree("Re: your mailbox"), html=PHISH)
+    outer = with_body(msg_tree("Fwd", attachment(None, message=inner, display_name="Re: your mailbox")), plain="Fwd: see http://outer.test/a")
+    found = extract(mail(compound_file(outer)))
+    assert found.uris == ["http://outer.test/a", "https://phish-domain.test/login"]
+    assert "Your mailbox is full: Log in" in found.text and not found.truncated and not found.error
+
+
+def test_an_html_body_in_bytes_is_read_as_utf8_else_windows_1252() -> None:
+    utf8 = with_body(msg_tree("a"), html='<a href="https://caf\u00e9.test/">caf\u00e9</a>'.encode())
+    assert extract(mail(compound_file(utf8))).uris == ["https://caf\u00e9.test/"]
+    western = with_body(msg_tree("a"), html='<p>caf\u00e9</p><a href="https://phish-domain.test/">x</a>'.encode("cp1252"))
+    found = extract(mail(compound_file(western)))
+    assert found.uris == ["https://phish-domain.test/"] and "caf\u00e9" in found.text
+
+
+def test_a_saved_message_inside_a_msg_file_is_read() -> None:
+    eml = b"From: x@example.org\r\nSubject: s\r\nContent-Type: text/html\r\n\r\n" + PHISH.encode() + b"\r\n"
+    found = extract(mail(compound_file(msg_tree("Fwd", attachment("account.eml", eml)))))
+    assert "https://phish-domain.test/login" in found.uris
+
+
+def test_a_damaged_msg_file_or_one_that_is_no_compound_file_reads_what_else_there_is() -> None:
+    data = compound_file(with_body(msg_tree("a"), html=PHISH))
+    cut = extract(mail(data[:700]))
+    assert cut.truncated and not cut.error and "See the attached report." in cut.text
+    plain = extract(mail(b"From: x\r\n\r\nhttp://text.test/ in a file named .msg\r\n"))
+    assert not plain.error and "https://phish-domain.test/login" not in plain.uris
+
+
+def test_attached_messages_past_the_depth_bound_and_bodies_past_the_link_room_are_noted_not_read() -> None:
+    nested = with_body(msg_tree("deepest"), html=PHISH)
+    for level in range(mimetext.MAX_ATTACHED_DEPTH + 1):
+        nested = with_body(msg_tree(f"level {level}", attachment(None, message=nested, display_name=f"level {level}")), plain="x")
+    deep = extract(mail(compound_file(nested)))
+    assert deep.truncated and "https://phish-domain.test/login" not in deep.uris
+    long = with_body(msg_tree("a"), plain="x" * 3000 + " http://late.test/")
+    small = extract(mail(compound_file(long)), limit=100)  # a link room of 400 characters
+    assert small.truncated and "http://late.test/" not in small.uris
