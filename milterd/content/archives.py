@@ -693,29 +693,34 @@ def _walk_msg(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
 
 def _walk_msg_storage(path: str, ole: OleFileIO, message: Node, depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
     """The attachments of the message stored at *message* in *ole*: a file by its names, an attached message as a
-    nested archive (named by its subject), a Packager object by the names of the file it carries."""
+    nested archive (named by its subject), a Packager object's file by its own names (each content an attachment
+    has is judged: the data, the message, the packaged file)."""
     for number, attachment in enumerate(msg_attachments(ole, message), 1):
         names = attachment.names or [f"(attachment {number} without a name)"]
         member = f"{path}/{names[0]}"
         if not _take_member(member, limits, budget, listing):
             return
         listing.limits.extend(f"{member}: unreadable name ({error})" for error in attachment.errors)
-        content = attachment.data or attachment.package
+        every = dict.fromkeys(names)  # its names and its packaged file's: those not listed above are judged by name
+        listed = set()
         if attachment.message is not None:
             listing.entries.append(Entry(member, False, b""))
+            listed.add(names[0])
             if depth >= limits.max_depth:
                 listing.limits.append(f"{member}: attached message nested deeper than {limits.max_depth}")
             else:
                 _walk_msg_storage(member, ole, attachment.message, depth + 1, limits, budget, listing)
-        elif content is None:  # attached by reference (a path or a link), or an object without a file: its names alone
+        contents = [content for content in (attachment.data, attachment.package) if content is not None]
+        if attachment.message is None and not contents:  # attached by reference (a path), or an object without a file
             listing.entries.append(Entry(member, False, b""))
-        elif content.size > budget.size:
-            listing.entries.append(Entry(member, False, b""))
-            listing.limits.append(f"{member}: would decode past {limits.max_size} bytes")
-            return
-        else:
+            listed.add(names[0])
+        for content in contents:
+            if content.size > budget.size:
+                listing.entries.append(Entry(member, False, b""))
+                listing.limits.append(f"{member}: would decode past {limits.max_size} bytes")
+                return
             budget.size -= content.size
-            value = read_stream(ole, content)
+            value, these, here = read_stream(ole, content), names, member
             if content is attachment.package:
                 try:
                     packaged, value = package(value)
@@ -724,10 +729,12 @@ def _walk_msg_storage(path: str, ole: OleFileIO, message: Node, depth: int, limi
                     listing.limits.append(f"{member}: unreadable embedded file ({exc})")
                     continue
                 # Packager writes the file out under its own name and opens it: that name first.
-                names = list(dict.fromkeys((*packaged, *attachment.names))) or names
-                member = f"{path}/{names[0]}"
-            _content_member(member, io.BytesIO(value), 0, len(value), True, message_file(names), depth, limits, budget, listing)
-        listing.entries.extend(Entry(f"{path}/{alias}", False, b"") for alias in names[1:])
+                these = list(dict.fromkeys((*packaged, *attachment.names))) or names
+                here = f"{path}/{these[0]}"
+                every.update(dict.fromkeys(these))
+            _content_member(here, io.BytesIO(value), 0, len(value), True, message_file(these), depth, limits, budget, listing)
+            listed.add(these[0])
+        listing.entries.extend(Entry(f"{path}/{alias}", False, b"") for alias in every if alias not in listed)
 
 
 def _tnef_properties(path: str, block: bytes, codepage: str, file: _TnefFile, listing: Listing) -> None:

@@ -268,6 +268,8 @@ class _Reader:
         except Exception:  # noqa: BLE001 - olefile's errors on a damaged or hostile file: its text is not read
             self.result.truncated = True
             return
+        # Checked as it goes: one file may hold thousands of attachments, each with names to read.
+        deadline = _thread_seconds() + self.attached_seconds
         try:
             storages = deque([(root, depth)])
             while storages:
@@ -277,6 +279,9 @@ class _Reader:
                 for ctype, text in texts:
                     self._text(ctype, text, None)
                 for attachment in msg_attachments(ole, storage):
+                    if _thread_seconds() > deadline:
+                        self.result.truncated = True
+                        return
                     if attachment.message is not None:
                         if level >= MAX_ATTACHED_DEPTH:
                             self.result.truncated = True

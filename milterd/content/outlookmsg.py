@@ -1,4 +1,4 @@
-"""The attachments of an Outlook message file (``.msg``, ``.oft``), read with ``olefile``.
+"""The attachments and text bodies of an Outlook message file (``.msg``, ``.oft``), read with ``olefile``.
 
 Outlook saves a message as a Compound File (MS-CFB) of MAPI properties
 (MS-OXMSG): each attachment is a storage ``__attach_version1.0_#XXXXXXXX``
@@ -6,73 +6,134 @@ holding its names as property streams (``__substg1.0_3707001F``, the long
 file name, and so on), its bytes in ``__substg1.0_37010102``, or, for an
 attached message, a storage ``__substg1.0_3701000D`` laid out as a message
 again, or for an OLE object that storage with the object's streams (a
-Packager object's ``\\x01Ole10Native`` carries a whole file under a label of
+Packager object's ``\\x01Ole10Native`` carries a whole file under names of
 its own).  A user opens a ``.msg`` attachment with a double click and its
 attachments with another, so what it carries is judged as an archive's members
-(:mod:`milterd.content.archives` walks it with its budgets).
+(:mod:`milterd.content.archives` walks it with its budgets), and its bodies
+are read for links (:mod:`milterd.content.mimetext`).
 
-This module only reads the layout: which streams hold what.  Every stream
-olefile opens is read into memory whole, so :func:`open_compound` opens the
-file strictly (an incorrect defect is an error, not a log line: with a FAT
-loop a stream's declared size would otherwise be read in full) and the caller
-counts each stream's size before opening it.
+This module only reads the layout: which streams hold what.  Names in a
+Compound File compare without case (MS-CFB 2.6.4), and so do they here.
+Every stream olefile opens is read into memory whole, so :func:`open_compound`
+opens the file strictly (an incorrect defect is an error, not a log line: with
+a FAT loop a stream's declared size would otherwise be read in full), after
+checking the header's sector counts against the file's size (olefile joins
+its sector table one sector at a time, in time quadratic in a count a sender
+writes), and the caller counts each data stream's size before opening it.
+Streams are opened from their directory entries (olefile's path lookup scans
+a storage's entries for each step).  olefile builds its whole directory tree
+when it opens a file, about 50 µs an entry, and checks each stream against
+every other (quadratic: 9,000 streams took 0.7 s): :class:`_BoundedFile`
+checks them in a set and stops past ``MAX_ENTRIES`` entries (a real message
+file has a few dozen, and about ten more per attachment or recipient).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Iterator
 
 import olefile
 
 # What olefile would log about a hostile file is the listing's error here.
 logging.getLogger("olefile").setLevel(logging.CRITICAL)
 
-#: The prefix of an attachment's storage, of a property's stream, and the properties' own stream.
-_ATTACHMENT = "__attach_version1.0_#"
-_PROPERTY = "__substg1.0_"
-#: Property ids and types (MS-OXPROPS): file names, the display name (an attached message's subject), the data.
+#: The prefix of an attachment's storage and of a property's stream (upper-cased: names compare without case).
+_ATTACHMENT = "__ATTACH_VERSION1.0_#"
+_PROPERTY = "__SUBSTG1.0_"
+#: The fixed-size properties' stream, and its header's size in an attachment's storage (MS-OXMSG 2.4.2.2).
+_PROPERTIES, _ATTACHMENT_HEADER = "__PROPERTIES_VERSION1.0", 8
+#: Property ids and types (MS-OXPROPS): file names, paths (an attachment by reference), the display name (an attached
+#: message's subject), the data, the attach method.
 _LONG_FILENAME, _FILENAME, _DISPLAY_NAME, _DATA = "3707", "3704", "3001", "3701"
+_PATHS = ("370D", "3708")  # PidTagAttachLongPathname, PidTagAttachPathname: their file names judged too
 _UNICODE, _STRING8, _BINARY, _OBJECT = "001F", "001E", "0102", "000D"
+_ATTACH_METHOD, _EMBEDDED_MESSAGE = 0x3705, 5
 #: The stream of a Packager OLE object (an "embedded file"), and what a message's storage holds that an object's does not.
-_PACKAGE = "\x01Ole10Native"
-_MESSAGE_MARKS = ("__properties_version1.0", "__nameid_version1.0")
+_PACKAGE = "\x01OLE10NATIVE"
+_MESSAGE_MARKS = (_PROPERTIES, "__NAMEID_VERSION1.0", "__RECIP_VERSION1.0_#")
 #: Longest name stream read (in bytes): a file name is at most a few hundred characters.
 NAME_BYTES = 4096
 #: A message's text bodies (PidTagBody, PidTagBodyHtml) by their streams' property id and type: content type, codec
 #: ("" for an HTML body in bytes: UTF-8, else Windows' Western codepage).  The RTF body (1009) is not read.
 _BODIES = {("1000", _UNICODE): ("text/plain", "utf-16-le"), ("1000", _STRING8): ("text/plain", "cp1252"),
            ("1013", _BINARY): ("text/html", ""), ("1013", _UNICODE): ("text/html", "utf-16-le"), ("1013", _STRING8): ("text/html", "cp1252")}
+#: The Compound File header's fields (MS-CFB 2.2) up to the first DIFAT sector's count.
+_HEADER = struct.Struct("<8s16s5H6s9L")
+#: Most directory entries a file may have (olefile loads them all when it opens the file, about 1 s for these).
+MAX_ENTRIES = 20_000
+#: Sector numbers that name no stream (olefile skips them in its check of streams referenced twice).
+_NO_STREAM_SECTORS = frozenset({0xFFFFFFFC, 0xFFFFFFFD, 0xFFFFFFFE, 0xFFFFFFFF})
+
+
+class _BoundedFile(olefile.OleFileIO):
+    """olefile's reader with its directory bounded to MAX_ENTRIES entries and its check of streams referenced twice
+    kept in sets (olefile's lists make it quadratic).  Both override olefile 0.47's private hooks, called once per
+    directory entry while the file is opened."""
+
+    def _load_direntry(self, sid: int) -> olefile.OleDirectoryEntry:
+        self._entries = getattr(self, "_entries", 0) + 1
+        if self._entries > MAX_ENTRIES:
+            raise ValueError(f"more than {MAX_ENTRIES} directory entries")
+        return super()._load_direntry(sid)
+
+    def _check_duplicate_stream(self, first_sect: int, minifat: bool = False) -> None:
+        if not minifat and first_sect in _NO_STREAM_SECTORS:
+            return
+        used: set[int] = self.__dict__.setdefault("_used_minifat" if minifat else "_used_fat", set())
+        if first_sect in used:
+            self._raise_defect(olefile.DEFECT_INCORRECT, "Stream referenced twice")
+        used.add(first_sect)
 
 
 @dataclass(frozen=True)
 class Node:
-    """An entry of the file's directory and its path (what ``OleFileIO.openstream`` takes)."""
+    """An entry of the file's directory."""
 
     entry: olefile.OleDirectoryEntry
-    path: tuple[str, ...]
 
-    def kids(self) -> list[Node]:
-        """The entries of this storage, in olefile's order (by name)."""
-        return [Node(kid, (*self.path, kid.name)) for kid in self.entry.kids]
+    @property
+    def name(self) -> str:
+        """Its name, upper-cased (names in a Compound File compare without case)."""
+        return self.entry.name.upper()
 
     @property
     def size(self) -> int:
         """The size the directory gives this stream."""
         return int(self.entry.size)
 
+    @property
+    def stream(self) -> bool:
+        return bool(self.entry.entry_type == olefile.STGTY_STREAM)
+
+    @property
+    def storage(self) -> bool:
+        return bool(self.entry.entry_type == olefile.STGTY_STORAGE)
+
+    def kids(self) -> list[Node]:
+        """The entries of this storage."""
+        return [Node(kid) for kid in self.entry.kids]
+
+    def property(self) -> tuple[str, str] | None:
+        """(id, type) of a property stream or storage (``__substg1.0_3707001F`` → ("3707", "001F")), else None."""
+        if not self.name.startswith(_PROPERTY) or len(self.name) != len(_PROPERTY) + 8:
+            return None
+        return self.name[len(_PROPERTY):len(_PROPERTY) + 4], self.name[len(_PROPERTY) + 4:]
+
 
 @dataclass
 class MsgAttachment:
-    """One attachment of a message file: its names and where its content is."""
+    """One attachment of a message file: its names and where its contents are."""
 
-    #: Every name a user may see it under, the one Outlook saves it as first (long, then 8.3, then the display name).
+    #: Every name a user may see it under, the one Outlook saves it as first (long, then 8.3, then the display name,
+    #: then the file names of its paths).
     names: list[str] = field(default_factory=list)
     #: Its data stream (an attachment by value).
     data: Node | None = None
-    #: An attached message's storage (attach method 5).
+    #: An attached message's storage (attach method 5, or a storage laid out as one).
     message: Node | None = None
     #: An OLE object's Packager stream (an embedded file).
     package: Node | None = None
@@ -81,17 +142,30 @@ class MsgAttachment:
 
 
 def open_compound(data: IO[bytes]) -> tuple[olefile.OleFileIO, Node]:
-    """*data* (a seekable file) as a Compound File and its root, refused (``OSError`` and others) at its first
-    incorrect defect."""
+    """*data* (a seekable file) as a Compound File and its root, refused (``ValueError``, ``OSError`` and others) when
+    its header counts more sectors than the file holds, or at olefile's first incorrect defect."""
+    size = data.seek(0, os.SEEK_END)
     data.seek(0)
-    ole = olefile.OleFileIO(data, raise_defects=olefile.DEFECT_INCORRECT)
-    return ole, Node(ole.root, ())
+    header = data.read(_HEADER.size)
+    if len(header) == _HEADER.size:
+        fields = _HEADER.unpack(header)
+        shift, fat_sectors, minifat_sectors, difat_sectors = fields[5], fields[9], fields[14], fields[16]
+        sector = 1 << min(shift, 16)
+        sectors = max(size // sector, 1)
+        per_sector = sector // 4
+        if fat_sectors > sectors // per_sector + 2 or difat_sectors > fat_sectors // max(per_sector - 1, 1) + 1 or minifat_sectors > sectors:
+            raise ValueError(f"a header counting {fat_sectors} FAT, {difat_sectors} DIFAT and {minifat_sectors} MiniFAT sectors in {sectors}")
+    data.seek(0)
+    ole = _BoundedFile(data, raise_defects=olefile.DEFECT_INCORRECT)
+    return ole, Node(ole.root)
 
 
-def attachments(ole: olefile.OleFileIO, message: Node) -> list[MsgAttachment]:
-    """The attachments of the message stored at *message* (the root for the file's own), in their storages' order."""
-    return [_attachment(ole, kid) for kid in message.kids()
-            if kid.entry.entry_type == olefile.STGTY_STORAGE and kid.entry.name.startswith(_ATTACHMENT)]
+def attachments(ole: olefile.OleFileIO, message: Node) -> Iterator[MsgAttachment]:
+    """The attachments of the message stored at *message* (the root for the file's own), in their storages' order,
+    each read when it is asked for (a caller that stops at its bound reads no more names)."""
+    for kid in message.kids():
+        if kid.storage and kid.name.startswith(_ATTACHMENT):
+            yield _attachment(ole, kid)
 
 
 def bodies(ole: olefile.OleFileIO, message: Node, most: int) -> tuple[list[tuple[str, str]], bool]:
@@ -99,9 +173,8 @@ def bodies(ole: olefile.OleFileIO, message: Node, most: int) -> tuple[list[tuple
     for being longer than *most* bytes."""
     found, skipped = [], False
     for kid in message.kids():
-        name = kid.entry.name.upper()
-        key = (name[len(_PROPERTY):len(_PROPERTY) + 4], name[len(_PROPERTY) + 4:])
-        if not name.startswith(_PROPERTY.upper()) or key not in _BODIES or kid.entry.entry_type != olefile.STGTY_STREAM:
+        key = kid.property()
+        if key not in _BODIES or not kid.stream:
             continue
         if kid.size > most:
             skipped = True
@@ -121,62 +194,98 @@ def bodies(ole: olefile.OleFileIO, message: Node, most: int) -> tuple[list[tuple
 
 def is_message(storage: Node) -> bool:
     """Whether *storage* is laid out as a message (Outlook's attached message), not as an OLE object."""
-    return any(kid.entry.name in _MESSAGE_MARKS or kid.entry.name.startswith(_PROPERTY) for kid in storage.kids())
+    return any(kid.name.startswith(_MESSAGE_MARKS) or kid.property() is not None for kid in storage.kids())
 
 
 def read_stream(ole: olefile.OleFileIO, stream: Node) -> bytes:
     """The bytes of *stream* (an empty one without opening it: some writers point one at sector 0)."""
-    return b"" if stream.size == 0 else bytes(ole.openstream(list(stream.path)).read())
+    if stream.size == 0:
+        return b""
+    # olefile's own _open, as openstream calls it, from the entry: openstream's lookup by path is linear in the siblings.
+    return bytes(ole._open(stream.entry.isectStart, stream.size).read())  # noqa: SLF001
 
 
 def package(stream: bytes) -> tuple[list[str], bytes]:
-    """The names (label, then the source path's file name) and the bytes of the file in a Packager object's
-    ``\\x01Ole10Native`` stream: its size, a flag, NUL-terminated label, source path, a flag, a reserved word,
-    the command (its length first), then the file (its length first).  ``ValueError`` when it is cut short."""
+    """The names and the bytes of the file in a Packager object's ``\\x01Ole10Native`` stream: its size, a flag,
+    NUL-terminated label and source path, a flag and a reserved word, the temporary path Packager writes the file
+    to (its length first), the file (its length first), then (newer Packagers) the three names again in UTF-16.
+    The names are the label, then the file names of the paths.  ``ValueError`` when it is cut short."""
     offset = 6  # the total size, then the flag
     label, offset = _c_string(stream, offset)
     source, offset = _c_string(stream, offset)
     offset += 4  # the flag and the reserved word
-    command_length = _u32(stream, offset)
-    offset += 4 + command_length
+    temporary_length = _u32(stream, offset)
+    offset += 4
+    temporary = _name(stream[offset:offset + temporary_length].decode("cp1252", "replace"))
+    offset += temporary_length
     size = _u32(stream, offset)
     offset += 4
     if offset + size > len(stream):
         raise ValueError(f"a packaged file of {size} bytes in a stream of {len(stream)}")
-    base = source.replace("\\", "/").rsplit("/", 1)[-1]
-    return [name for name in dict.fromkeys((label, base)) if name], stream[offset:offset + size]
+    data = stream[offset:offset + size]
+    names = [label, _base(source), _base(temporary)]
+    offset += size
+    for _ in range(3):  # the UTF-16 names, where there are
+        if offset + 4 > len(stream):
+            break
+        chars = _u32(stream, offset)
+        end = offset + 4 + 2 * chars
+        if end > len(stream):
+            break
+        names.append(_base(_name(stream[offset + 4:end].decode("utf-16-le", "replace"))))
+        offset = end
+    return [name for name in dict.fromkeys(names) if name], data
 
 
 def _attachment(ole: olefile.OleFileIO, storage: Node) -> MsgAttachment:
     found = MsgAttachment()
-    names: dict[str, list[str]] = {_LONG_FILENAME: [], _FILENAME: [], _DISPLAY_NAME: []}
+    names: dict[str, list[str]] = {_LONG_FILENAME: [], _FILENAME: [], _DISPLAY_NAME: [], **{path: [] for path in _PATHS}}
+    method = None
     for kid in storage.kids():
-        name, stream = kid.entry.name.upper(), kid.entry.entry_type == olefile.STGTY_STREAM
-        if not name.startswith(_PROPERTY.upper()):
+        key = kid.property()
+        if kid.name == _PROPERTIES and kid.stream and kid.size <= NAME_BYTES:
+            method = _attach_method(read_stream(ole, kid))
+        if key is None:
             continue
-        ident, kind = name[len(_PROPERTY):len(_PROPERTY) + 4], name[len(_PROPERTY) + 4:]
-        if ident in names and kind in (_UNICODE, _STRING8) and stream:
+        ident, kind = key
+        if ident in names and kind in (_UNICODE, _STRING8) and kid.stream:
             if kid.size > NAME_BYTES:
                 found.errors.append(f"a name of {kid.size} bytes ({kid.entry.name})")
             else:
-                names[ident].append(_text(read_stream(ole, kid), kind))
-        elif ident == _DATA and kind == _BINARY and stream:
+                value = read_stream(ole, kid).decode("utf-16-le" if kind == _UNICODE else "cp1252", "replace")
+                names[ident].append(_base(_name(value)) if ident in _PATHS else _name(value))
+        elif ident == _DATA and kind == _BINARY and kid.stream:
             found.data = kid
-        elif ident == _DATA and kind == _OBJECT and kid.entry.entry_type == olefile.STGTY_STORAGE:
-            if is_message(kid):
+        elif ident == _DATA and kind == _OBJECT and kid.storage:
+            # Outlook goes by the attach method; a storage laid out as a message is read as one too, and an OLE
+            # object's embedded file is read whatever the method says (each reading judged).
+            if method == _EMBEDDED_MESSAGE or is_message(kid):
                 found.message = kid
-            else:
-                found.package = next((k for k in kid.kids() if k.entry.name == _PACKAGE and k.entry.entry_type == olefile.STGTY_STREAM), None)
+            found.package = next((k for k in kid.kids() if k.name == _PACKAGE and k.stream), None)
     # A display name (an attached message's subject) names only what has no file name.
     ordered = [*names[_LONG_FILENAME], *names[_FILENAME]] or names[_DISPLAY_NAME]
+    ordered += [name for path in _PATHS for name in names[path]]
     found.names = [name for name in dict.fromkeys(ordered) if name]
     return found
 
 
-def _text(value: bytes, kind: str) -> str:
-    """A string property's value, without the NULs that end or pad it (8-bit ones read as Windows' Western codepage)."""
-    text = value.decode("utf-16-le", "replace") if kind == _UNICODE else value.decode("cp1252", "replace")
-    return text.replace("\x00", "").strip()
+def _attach_method(properties: bytes) -> int | None:
+    """PidTagAttachMethod from an attachment's fixed-size properties (16 bytes each: type, id, flags, value)."""
+    for offset in range(_ATTACHMENT_HEADER, len(properties) - 15, 16):
+        kind, ident, _, value = struct.unpack_from("<2HLL", properties, offset)
+        if ident == _ATTACH_METHOD and kind == 0x0003:
+            return int(value)
+    return None
+
+
+def _name(text: str) -> str:
+    """A name as stored, without the NULs that end or pad it; a NUL inside is kept (the check judges the name cut there)."""
+    return text.rstrip("\x00").strip()
+
+
+def _base(path: str) -> str:
+    """The file name of a Windows or Unix *path*."""
+    return path.replace("\\", "/").rsplit("/", 1)[-1].strip()
 
 
 def _c_string(data: bytes, offset: int) -> tuple[str, int]:

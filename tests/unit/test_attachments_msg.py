@@ -17,7 +17,7 @@ from milterd.content.archives import Limits, archive_kind, list_archive
 from milterd.message.model import Action, Hit, Session
 from tests.harness.attachments import attachment_check
 from tests.harness.messages import envelope_of, zipped
-from tests.harness.outlookmsg import attachment, compound_file, msg_file, msg_tree, ole10native
+from tests.harness.outlookmsg import attachment, compound_file, msg_file, msg_tree, ole10native, unicode
 
 PE = b"MZ\x90\x00" + b"\x00" * 300
 PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n"
@@ -166,6 +166,103 @@ def test_a_damaged_msg_file_is_a_limit_finding_and_never_read_past_its_size(chec
 def test_random_bytes_after_the_signature_are_a_limit_finding(check: object) -> None:
     data = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(range(256)) * 20
     assert hits_of(check, message(data))[LIMIT].detail.startswith("invoice.msg: unreadable msg archive (")
+
+
+# --- found by review: names and layouts Outlook reads that the walker did not --------------------------
+VBS = b'CreateObject("WScript.Shell").Run "calc"\r\n'
+
+
+def test_a_nul_inside_a_name_is_judged_where_windows_ends_it(check: object) -> None:
+    node = attachment(None, VBS)
+    node["__substg1.0_3707001F"] = unicode("invoice.vbs\0.txt")  # was read as invoice.vbs.txt: no finding
+    assert hits_of(check, message(msg_file("Invoice", node)))[BANNED].detail == "invoice.msg/invoice.vbs\\x00.txt: banned extension .vbs"
+    node = attachment(None, VBS)
+    node["__substg1.0_3707001E"] = b"invoice.vbs\0.txt\0"
+    assert hits_of(check, message(msg_file("Invoice", node)))[BANNED].detail == "invoice.msg/invoice.vbs\\x00.txt: banned extension .vbs"
+
+
+def test_names_in_the_compound_file_compare_without_case(check: object) -> None:
+    tree = msg_tree("Invoice")
+    tree["__ATTACH_VERSION1.0_#00000000"] = attachment("evil.exe", PE)
+    assert hits_of(check, message(compound_file(tree)))[BANNED].detail == "invoice.msg/evil.exe: banned extension .exe"
+    obj = {"\x01OLE10NATIVE": ole10native("evil.exe", "C:\\evil.exe", PE)}
+    assert "invoice.msg/evil.exe: banned extension .exe" in hits_of(check, message(msg_file("I", attachment(None, obj=obj, display_name="P"))))[BANNED].detail
+    inner = {"__PROPERTIES_VERSION1.0": b"\0" * 24, "__SUBSTG1.0_0037001F": unicode("Re"), "__attach_version1.0_#00000000": attachment("evil.exe", PE)}
+    hits = hits_of(check, message(msg_file("Fwd", attachment(None, message=inner, display_name="Re"))))
+    assert hits[BANNED].detail == "invoice.msg/Re/evil.exe: banned extension .exe"
+
+
+def test_an_ole_object_laid_out_like_a_message_still_has_its_packaged_file_judged(check: object) -> None:
+    obj = {"\x01Ole10Native": ole10native("evil.exe", "C:\\evil.exe", PE), "__properties_version1.0": b"\0" * 24}
+    assert "invoice.msg/evil.exe: banned extension .exe" in hits_of(check, message(msg_file("I", attachment(None, obj=obj, display_name="P"))))[BANNED].detail
+
+
+def test_the_attach_method_makes_a_storage_an_attached_message() -> None:
+    node = attachment(None, message={"__attach_version1.0_#00000000": attachment("evil.exe", PE)}, display_name="Re")
+    node["__properties_version1.0"] = b"\0" * 8 + struct.pack("<2HLLL", 0x0003, 0x3705, 0, 5, 0)
+    listing = listed(msg_file("Fwd", node))
+    assert "invoice.msg/Re/evil.exe" in [e.path for e in listing.entries]
+
+
+def test_every_name_packager_gives_the_file_is_judged(check: object) -> None:
+    # The temporary path is where Packager writes the file out and opens it; newer ones add the names in UTF-16.
+    temporary = b"C:\\Temp\\run.vbs\0"
+    body = (struct.pack("<H", 2) + b"readme.txt\0C:\\readme.txt\0" + struct.pack("<2H", 0, 3) + struct.pack("<L", len(temporary)) + temporary
+            + struct.pack("<L", len(VBS)) + VBS + b"".join(struct.pack("<L", len(n)) + n.encode("utf-16-le") for n in ("a.txt", "b.js", "c.txt")))
+    obj = {"\x01Ole10Native": struct.pack("<L", len(body)) + body}
+    detail = hits_of(check, message(msg_file("I", attachment(None, obj=obj, display_name="readme.txt"))))[BANNED].detail
+    assert "invoice.msg/run.vbs: banned extension .vbs" in detail and "invoice.msg/b.js: banned extension .js" in detail
+
+
+def test_an_attachment_by_reference_is_judged_by_its_paths_file_name(check: object) -> None:
+    node = attachment("report.txt")
+    node["__substg1.0_370D001F"] = unicode("\\\\server\\share\\report.exe")
+    assert hits_of(check, message(msg_file("I", node)))[BANNED].detail == "invoice.msg/report.exe: banned extension .exe"
+
+
+def test_sector_counts_past_the_file_are_refused_before_olefile_reads_them() -> None:
+    # olefile joins its sector table one sector at a time: 16,000 FAT sectors claimed in 2 KB took 28 s.
+    header = struct.pack("<8s16s5H6s9L", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", b"\0" * 16, 0x3E, 3, 0xFFFE, 9, 6, b"\0" * 6,
+                         0, 16000, 2, 0, 4096, 0xFFFFFFFE, 0, 0, 126)
+    data = header + struct.pack("<109L", *[1] * 109) + struct.pack("<128L", *[1] * 127 + [0]) + struct.pack("<128L", *[0xFFFFFFFD] * 128) + b"\0" * 512
+    assert listed(data).limits == ["invoice.msg: unreadable msg archive (ValueError: a header counting 16000 FAT, 126 DIFAT and 0 MiniFAT sectors in 4)"]
+
+
+def test_names_are_read_only_for_the_members_listed_and_streams_opened_from_their_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from milterd.content import outlookmsg
+
+    read = []
+    original = outlookmsg._attachment
+    monkeypatch.setattr(outlookmsg, "_attachment", lambda ole, storage: read.append(storage) or original(ole, storage))
+
+    def by_path(*_args: object) -> None:
+        raise AssertionError("openstream's lookup is linear in a storage's entries")
+
+    monkeypatch.setattr(olefile.OleFileIO, "openstream", by_path)
+    listing = listed(msg_file("Many", *(attachment(f"f{i}.txt", b"x") for i in range(40))), Limits(max_members=5))
+    assert listing.limits == ["invoice.msg/f5.txt: past 5 members, the rest not looked at"] and len(read) == 6
+
+
+def test_a_directory_past_its_bound_is_refused_and_streams_referenced_twice_still_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    from milterd.content import outlookmsg
+
+    # olefile loads every entry when it opens the file (20,500 entries took 1.1 s, its check of streams quadratic).
+    monkeypatch.setattr(outlookmsg, "MAX_ENTRIES", 30)
+    many = msg_file("Many", *(attachment(f"f{i}.txt", b"x") for i in range(10)))
+    assert listed(many).limits == ["invoice.msg: unreadable msg archive (ValueError: more than 30 directory entries)"]
+    monkeypatch.setattr(outlookmsg, "MAX_ENTRIES", 20_000)
+    twice = msg_file("Twice", attachment("a.bin", b"a" * 5000), attachment("b.bin", b"b" * 5000))
+    start_of_a = struct.unpack_from("<L", twice, _entry_at(twice, "__substg1.0_37010102") + 116)[0]
+    shared = bytearray(twice)
+    second = _entry_at(twice, "__substg1.0_37010102", after=_entry_at(twice, "__substg1.0_37010102") + 128)
+    struct.pack_into("<L", shared, second + 116, start_of_a)
+    assert listed(bytes(shared)).limits == ["invoice.msg: unreadable msg archive (OleFileError: Stream referenced twice)"]
+
+
+def _entry_at(data: bytes, name: str, after: int = 0) -> int:
+    at = data.find((name + "\0").encode("utf-16-le").ljust(64, b"\0"), after)
+    assert at > 0 and at % 128 == 0
+    return at
 
 
 def _declared_size(data: bytes, name: str, size: int) -> bytes:
