@@ -59,7 +59,12 @@ def compound_file(tree: Tree) -> bytes:
     entries[0]["start"], entries[0]["size"] = put(bytes(mini)), len(mini)
     minifat_start = put(struct.pack(f"<{len(minifat)}L", *minifat)) if minifat else END
     minifat_sectors = -(-len(minifat) * 4 // SECTOR)
-    directory = b"".join(_entry(entry, entries) for entry in entries)
+    right: dict[int, int] = {}  # a storage's children are a chain of right siblings (olefile does not check the tree's order)
+    for entry in entries:
+        kids = entry["kids"]
+        assert isinstance(kids, list)
+        right.update(zip(kids, kids[1:], strict=False))
+    directory = b"".join(_entry(entry, right.get(index, NONE)) for index, entry in enumerate(entries))
     directory += b"".join(_empty() for _ in range(-len(entries) % (SECTOR // _ENTRY.size)))
     directory_start = put(directory)
     fat_count = 1
@@ -76,18 +81,12 @@ def compound_file(tree: Tree) -> bytes:
     return header + b"".join(sectors)
 
 
-def _entry(entry: dict[str, object], entries: list[dict[str, object]]) -> bytes:
-    """A directory entry; a storage's children are a chain of right siblings (olefile does not check the tree's order)."""
+def _entry(entry: dict[str, object], right: int) -> bytes:
+    """A directory entry: its first child, and its right sibling."""
     name = str(entry["name"])
     kids = entry["kids"]
     assert isinstance(kids, list)
     child = kids[0] if kids else NONE
-    right = NONE
-    for siblings in (e["kids"] for e in entries):
-        assert isinstance(siblings, list)
-        if entries.index(entry) in siblings:
-            position = siblings.index(entries.index(entry))
-            right = siblings[position + 1] if position + 1 < len(siblings) else NONE
     encoded = (name + "\0").encode("utf-16-le")
     return _ENTRY.pack(encoded.ljust(64, b"\0"), len(encoded), int(str(entry["kind"])), 1, NONE, right, child, b"\0" * 16, 0, 0, 0,
                        int(str(entry["start"])), int(str(entry["size"])), 0)

@@ -69,3 +69,20 @@ def test_attached_messages_past_the_depth_bound_and_bodies_past_the_link_room_ar
     long = with_body(msg_tree("a"), plain="x" * 3000 + " http://late.test/")
     small = extract(mail(compound_file(long)), limit=100)  # a link room of 400 characters
     assert small.truncated and "http://late.test/" not in small.uris
+
+
+def test_a_msg_file_of_many_attachments_stops_at_the_attached_messages_cpu(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Each attachment's names are read to find its saved messages: thousands of them were read past the CPU bound.
+    clock = [0.0]
+
+    def tick() -> float:
+        clock[0] += 0.01  # every look at the clock costs 10 ms: the bound (0.5 s) falls inside the attachments
+        return clock[0]
+
+    monkeypatch.setattr(mimetext, "_thread_seconds", tick)
+    eml = b"From: x@example.org\r\nSubject: s\r\nContent-Type: text/plain\r\n\r\nhttp://late-link.test/\r\n"
+    tree = msg_tree("Many", *[attachment(f"f{i}.txt", b"x") for i in range(100)], attachment("late.eml", eml))
+    found = extract(mail(compound_file(tree)))
+    assert found.truncated and "http://late-link.test/" not in found.uris
+    monkeypatch.setattr(mimetext, "_thread_seconds", lambda: 0.0)
+    assert "http://late-link.test/" in extract(mail(compound_file(tree))).uris
