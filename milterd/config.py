@@ -90,7 +90,7 @@ class MilterSection(Section):
     local_domains: list[str] = Field([], description="Domains this site receives mail for and sends mail as.")
     skip_trusted: bool = Field(True, description="Do not score mail from trusted_networks (it is logged and passed).")
     skip_authenticated: bool = Field(True, description="Do not score mail from clients that authenticated with SMTP AUTH.")
-    spam_lovers: list[str] = Field([], description="Recipients who take their mail unfiltered by score, as amavisd-new's spam_lovers and Rspamd's want_spam: an abuse or phishing-report mailbox, which receives spam and its links on purpose. Each is an address (abuse@example.org), a domain (@example.org) or a local part at any domain (abuse@), compared without case. A message whose every recipient is one is not scored, as mail from trusted_networks is not: its checks run and are logged, but no threshold applies and no X-Spam-* header is added; what a check forces still applies (a virus, a banned attachment, a DMARC reject, greylisting). With one other recipient the message is scored as any other.")
+    spam_lovers: list[str] = Field([], description="Recipients who take their mail unfiltered by score, as amavisd-new's spam_lovers and Rspamd's want_spam: an abuse or phishing-report mailbox, which receives spam and its links on purpose. Each is an address (abuse@example.org), a domain (@example.org, not its subdomains) or a local part at any domain (abuse@), compared without case, in ASCII; a recipient whose local part routes the mail elsewhere (%, !, :, a quoted @: Postfix delivers bob%example.com@reports.example.org to bob@example.com) never matches, nor one with an address extension (abuse+x@: list it). A message whose every recipient is one is not scored, as mail from trusted_networks is not: its checks run and are logged, but no threshold applies and no X-Spam-* header is added; what a check forces still applies (a virus, a banned attachment, a DMARC reject, greylisting). With one other recipient the message is scored as any other.")
     shutdown_timeout: Duration = Field(30.0, description="On SIGTERM or reload, how long in-flight messages may take before their worker is stopped.")
     spool_memory: Size = Field(1024 * 1024, description="Bodies up to this size stay in memory; larger ones are spooled to a temporary file.")
     spool_dir: str = Field("", description="Directory for a worker's temporary files: spooled bodies, and the decoded attachments and archive copies of the attachment checks; empty uses the system's temporary directory. Checked at start: the service user must be able to write it (or the system's temporary directory).")
@@ -108,8 +108,10 @@ class MilterSection(Section):
     def _lovers(cls, value: list[str]) -> list[str]:
         for entry in value:
             local, at, domain = entry.partition("@")
-            if not at or "@" in domain or not (local or domain) or any(c.isspace() or c in "<>" for c in entry):
+            if not at or "@" in domain or not (local or domain) or any(c.isspace() or c in '<>%!:"\\' for c in entry):
                 raise ValueError(f"{entry!r} is not an address, @domain or local part@")
+            if domain.startswith(".") or domain.endswith(".") or not entry.isascii():
+                raise ValueError(f"{entry!r}: write the domain without a leading or trailing dot (one domain, not its subdomains), in ASCII (xn-- for an international one)")
         return value
 
     @field_validator("trusted_networks")

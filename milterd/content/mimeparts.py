@@ -382,6 +382,15 @@ def _other_names(part: Message, filename: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+def part_names(part: Message) -> list[str]:
+    """Every name a client may give the file of leaf *part*, as the attachment check reads them: its filename (RFC 2047
+    and RFC 2231 decoded, as Thunderbird reads a field the standard library cannot), then the others."""
+    if not any("name" in str(value).lower() for field in ("content-disposition", "content-type") for value in part.get_all(field, [])):
+        return []  # most text parts: no parameter to read
+    filename = _filename(part)
+    return [name for name in (filename, *_other_names(part, filename)) if name]
+
+
 #: _Header.field in a MIME field past MAX_FIELD or MAX_PART_HEADER.
 _PAST = -2
 

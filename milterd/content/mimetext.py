@@ -16,7 +16,7 @@ besides, at most ``MAX_LINKS_SCANNED`` links looked at, at most ``MAX_LINES``
 lines of a message (fewer when they may nest deep: ``LINE_WORK``) and ``MAX_TAGS`` tags of a part are parsed.
 An attached message (a message/rfc822 part in base64, a file named ``.eml``) is read as the message is, breadth
 first, down to ``MAX_ATTACHED_DEPTH``, all of them within ``ATTACHED_SECONDS`` of CPU; of an Outlook message file
-(``.msg``) its plain-text and HTML bodies are read, and its attached messages' (not an RTF body).  A message of one text part with plain headers (most mail) is read
+(``.msg``) its plain-text and HTML bodies are read, the links written in its RTF body, and its attached messages'.  A message of one text part with plain headers (most mail) is read
 without the parse (:func:`single_part`), to the same result.
 """
 
@@ -41,9 +41,11 @@ from typing import Container, Iterable, Iterator
 from .filetypes import HEAD_SIZE, MESSAGE_TYPES, message_file, outlook_file, outlook_name
 from .mimeparams import Preference, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
+from .mimeparts import part_names
 from .outlookmsg import attachments as msg_attachments
 from .outlookmsg import bodies as msg_bodies
 from .outlookmsg import open_compound, read_stream
+from .outlookmsg import rtf_body as msg_rtf
 
 #: At most this many links are kept per message (and given by :func:`uris_in_text`, which stops reading
 #: there), except that the first link of a host is always kept: links repeating a few hosts (a thousand
@@ -86,6 +88,8 @@ MAX_ATTACHED_DEPTH = 5
 #: of 100,000 flat parts 11 s.
 MAX_ATTACHED_LINES = MAX_LINES // 4
 ATTACHED_SECONDS = 0.5
+#: Most bytes of an Outlook message file's RTF body decompressed (each two compressed bytes may give seventeen).
+MAX_RTF_BYTES = 1024 * 1024
 #: At most this many tags of an HTML part are parsed: a tag costs the parser about 3 µs (4 MB of
 #: "<b>" took 4 s of CPU); links written in the rest are still found, as in plain text.
 MAX_TAGS = 50_000
@@ -274,10 +278,16 @@ class _Reader:
             storages = deque([(root, depth)])
             while storages:
                 storage, level = storages.popleft()
+                if _thread_seconds() > deadline:
+                    self.result.truncated = True
+                    return
                 texts, skipped = msg_bodies(ole, storage, self.link_room)
-                self.result.truncated = self.result.truncated or skipped
+                rtf, whole = msg_rtf(ole, storage, min(self.link_room, MAX_RTF_BYTES))
+                self.result.truncated = self.result.truncated or skipped or not whole
                 for ctype, text in texts:
                     self._text(ctype, text, None)
+                if rtf:  # its links as written: Outlook often keeps the HTML only there (RTF ignores line ends)
+                    self.found.scan(rtf.replace(b"\r", b"").replace(b"\n", b"").decode("latin-1"))
                 for attachment in msg_attachments(ole, storage):
                     if _thread_seconds() > deadline:
                         self.result.truncated = True
@@ -287,11 +297,14 @@ class _Reader:
                             self.result.truncated = True
                         else:
                             storages.append((attachment.message, level + 1))
-                    elif attachment.data is not None and message_file(attachment.names):
+                    elif attachment.data is not None and (message_file(attachment.names) or outlook_name(attachment.names)):
                         if level >= MAX_ATTACHED_DEPTH or attachment.data.size > self.link_room:
                             self.result.truncated = True
-                        else:
-                            self._enqueue(read_stream(ole, attachment.data), level + 1, False)
+                            continue
+                        data = read_stream(ole, attachment.data)
+                        outlook = outlook_file(attachment.names, data[:HEAD_SIZE])
+                        if outlook or message_file(attachment.names):
+                            self._enqueue(data, level + 1, outlook)
         except Exception:  # noqa: BLE001 - a defect olefile meets part way: what was read stays
             self.result.truncated = True
         finally:
@@ -558,10 +571,9 @@ def _outlook_message(part: email.message.Message) -> bytes | None:
 
 
 def _names(part: email.message.Message) -> list[str]:
-    """The file names a leaf part gives (its filename and name parameters)."""
-    names = (safely(part.get_filename, lambda: None), safely(lambda: part.get_param("name"), lambda: None))
-    # An RFC 2231 value comes as (charset, language, text): its text is enough to tell the extension.
-    return [str(name[2]) if isinstance(name, tuple) else name for name in names if isinstance(name, str) or (isinstance(name, tuple) and len(name) == 3)]
+    """The file names a leaf part gives, every one the attachment check judges (encoded-words, duplicates, a
+    field the standard library cannot read): a saved message under any of them is opened by some client."""
+    return safely(lambda: part_names(part), list)
 
 
 def _add_text(result: MessageText, found: "_Links", texts: list[str], ctype: str, body: str, room: int) -> int:

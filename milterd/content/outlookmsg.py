@@ -58,9 +58,16 @@ _MESSAGE_MARKS = (_PROPERTIES, "__NAMEID_VERSION1.0", "__RECIP_VERSION1.0_#")
 #: Longest name stream read (in bytes): a file name is at most a few hundred characters.
 NAME_BYTES = 4096
 #: A message's text bodies (PidTagBody, PidTagBodyHtml) by their streams' property id and type: content type, codec
-#: ("" for an HTML body in bytes: UTF-8, else Windows' Western codepage).  The RTF body (1009) is not read.
+#: ("" for an HTML body in bytes: UTF-8, else Windows' Western codepage).  The RTF body is read apart (:func:`rtf_body`).
 _BODIES = {("1000", _UNICODE): ("text/plain", "utf-16-le"), ("1000", _STRING8): ("text/plain", "cp1252"),
            ("1013", _BINARY): ("text/html", ""), ("1013", _UNICODE): ("text/html", "utf-16-le"), ("1013", _STRING8): ("text/html", "cp1252")}
+#: The compressed RTF body (PidTagRtfCompressed): Outlook often keeps a message's HTML only there (``\\fromhtml1``).
+_RTF = ("1009", _BINARY)
+#: MS-OXRTFCP: the header (compressed size, raw size, kind, CRC), and the dictionary's first bytes.
+_RTF_HEADER = struct.Struct("<LL4sL")
+_RTF_DICTIONARY = (b"{\\rtf1\\ansi\\mac\\deff0\\deftab720{\\fonttbl;}{\\f0\\fnil \\froman \\fswiss \\fmodern \\fscript "
+                   b"\\fdecor MS Sans SerifSymbolArialTimes New RomanCourier{\\colortbl\\red0\\green0\\blue0\r\n\\par "
+                   b"\\pard\\plain\\f0\\fs20\\b\\i\\u\\tab\\tx")
 #: The Compound File header's fields (MS-CFB 2.2) up to the first DIFAT sector's count.
 _HEADER = struct.Struct("<8s16s5H6s9L")
 #: Most directory entries a file may have (olefile loads them all when it opens the file, about 1 s for these).
@@ -190,6 +197,62 @@ def bodies(ole: olefile.OleFileIO, message: Node, most: int) -> tuple[list[tuple
                 text = value.decode("cp1252", "replace")
         found.append((ctype, text.replace("\x00", "")))
     return found, skipped
+
+
+def rtf_body(ole: olefile.OleFileIO, message: Node, most: int) -> tuple[bytes, bool]:
+    """The RTF body of the message stored at *message*, decompressed to at most *most* bytes, and whether it was
+    whole (``b""`` and True for none).  ``ValueError`` when its compression is unknown or its header cut short."""
+    stream = next((kid for kid in message.kids() if kid.property() == _RTF and kid.stream), None)
+    if stream is None:
+        return b"", True
+    if stream.size > most:
+        return b"", False
+    return decompress_rtf(read_stream(ole, stream), most)
+
+
+def decompress_rtf(data: bytes, most: int) -> tuple[bytes, bool]:
+    """Compressed RTF (MS-OXRTFCP: LZ77 references into a 4 KB dictionary), decompressed to at most *most* bytes,
+    and whether it was whole.  Ours, not the ``compressed_rtf`` package's: that one writes as much as a sender's
+    references make (each two bytes gives 17) and builds a bit string per control byte.  The CRC is not checked:
+    the links are read whatever it says."""
+    if len(data) < _RTF_HEADER.size:
+        raise ValueError("a compressed RTF body cut short")
+    _, raw_size, kind, _ = _RTF_HEADER.unpack_from(data)
+    body = memoryview(data)[_RTF_HEADER.size:]
+    if kind == b"MELA":  # stored as it is
+        return bytes(body[:min(raw_size, most)]), raw_size <= most
+    if kind != b"LZFu":
+        raise ValueError(f"an RTF body compressed as {kind!r}")
+    window = bytearray(_RTF_DICTIONARY.ljust(4096, b"\0"))
+    write, out, position, end = len(_RTF_DICTIONARY), bytearray(), 0, len(body)
+    while position < end:
+        control = body[position]
+        position += 1
+        for bit in range(8):
+            if position >= end:
+                break
+            if not control & (1 << bit):
+                value = body[position]
+                position += 1
+                out.append(value)
+                window[write] = value
+                write = (write + 1) & 0xFFF
+                continue
+            if position + 2 > end:
+                return bytes(out), True
+            token = body[position] << 8 | body[position + 1]
+            position += 2
+            offset = token >> 4
+            if offset == write:  # the end marker
+                return bytes(out[:most]), len(out) <= most
+            for step in range((token & 0xF) + 2):
+                value = window[(offset + step) & 0xFFF]
+                out.append(value)
+                window[write] = value
+                write = (write + 1) & 0xFFF
+        if len(out) > most:
+            return bytes(out[:most]), False
+    return bytes(out[:most]), len(out) <= most
 
 
 def is_message(storage: Node) -> bool:

@@ -55,16 +55,24 @@ def score_hits(hits: Iterable[Hit], weight: Callable[[str], float]) -> tuple[dic
     return symbols, details
 
 
+#: Characters of a local part by which Postfix routes the mail elsewhere once its domain is local (the percent hack,
+#: a bang path, a quoted "@"): bob%example.com@reports.example.org goes to bob@example.com.
+_ROUTING = frozenset('%!@:"\\')
+
+
 def wants_spam(recipients: Iterable[str], lovers: Iterable[str]) -> bool:
     """Whether every one of *recipients* (at least one) is in *lovers* (``[milter] spam_lovers``: an address,
-    ``@domain`` or ``local@``, compared without case): such a message is not scored."""
+    ``@domain`` or ``local@``, compared without case): such a message is not scored.  A recipient whose local part
+    routes elsewhere (:data:`_ROUTING`) never matches."""
     entries = {entry.lower() for entry in lovers}
     if not entries:
         return False
     found = False
     for recipient in recipients:
-        address = recipient.lower()
+        address = recipient.lower().rstrip(".")  # abuse@example.org. is delivered to abuse@example.org
         local, at, domain = address.rpartition("@")
+        if _ROUTING.intersection(local if at else address):
+            return False
         # RCPT TO:<postmaster> (RFC 5321 4.5.1) has no domain: its local part alone.
         names = {address, f"@{domain}", f"{local}@"} if at else {address, f"{address}@"}
         if not names & entries:

@@ -141,3 +141,17 @@ def ole10native(label: str, source: str, data: bytes) -> bytes:
     body = (struct.pack("<H", 2) + label.encode() + b"\0" + source.encode() + b"\0" + struct.pack("<2H", 0, 3)
             + struct.pack("<L", len(source) + 1) + source.encode() + b"\0" + struct.pack("<L", len(data)) + data)
     return struct.pack("<L", len(body)) + body
+
+
+def compressed_rtf(rtf: bytes) -> bytes:
+    """*rtf* as PidTagRtfCompressed (MS-OXRTFCP) in its LZFu form, every byte a literal, then the end marker (a reference
+    to the dictionary's write position); the CRC is left 0 (milterd does not check it)."""
+    body, write = bytearray(), 207
+    for start in range(0, len(rtf) + 1, 8):
+        chunk = rtf[start:start + 8]
+        if len(chunk) < 8:  # the last control byte: its literals, then the end marker's bit
+            body += bytes([1 << len(chunk)]) + chunk + struct.pack(">H", ((write + len(chunk)) & 0xFFF) << 4)
+            break
+        body += b"\0" + chunk
+        write = (write + 8) & 0xFFF
+    return struct.pack("<LL4sL", len(body) + 12, len(rtf), b"LZFu", 0) + bytes(body)

@@ -4,10 +4,12 @@ bodies, so their links go to the URI lists and their text to the rules and the c
 from __future__ import annotations
 
 import base64
+import struct
 
 from milterd.content import mimetext
 from milterd.content.mimetext import extract
-from tests.harness.outlookmsg import attachment, compound_file, msg_tree, unicode
+from milterd.content.outlookmsg import decompress_rtf
+from tests.harness.outlookmsg import attachment, compound_file, compressed_rtf, msg_tree, unicode
 
 PHISH = '<p>Your mailbox is full: <a href="https://phish-domain.test/login">Log in</a></p>'
 
@@ -86,3 +88,60 @@ def test_a_msg_file_of_many_attachments_stops_at_the_attached_messages_cpu(monke
     assert found.truncated and "http://late-link.test/" not in found.uris
     monkeypatch.setattr(mimetext, "_thread_seconds", lambda: 0.0)
     assert "http://late-link.test/" in extract(mail(compound_file(tree))).uris
+
+
+# --- found by review: the RTF body, a .msg in a .msg, the names the attachment check reads -------------------
+RTF = (b'{\\rtf1\\ansi\\fbidis\\ansicpg1252\\deff0\\fromhtml1 {\\*\\htmltag19 <html>}{\\*\\htmltag84 <a href="https://phish-\r\n'
+       b'domain.test/login">}\\htmlrtf {\\field{\\*\\fldinst{HYPERLINK "https://second.test/x"}}}\\htmlrtf0 Log in}')
+
+
+def test_the_links_of_an_rtf_body_are_read_compressed_or_stored() -> None:
+    # Outlook-saved files often keep the HTML only in the compressed RTF body: its link was never looked up.
+    for stored in (compressed_rtf(RTF), struct.pack("<LL4sL", len(RTF) + 12, len(RTF), b"MELA", 0) + RTF):
+        tree = with_body(msg_tree("a"), plain="Log in")
+        tree["__substg1.0_10090102"] = stored
+        found = extract(mail(compound_file(tree)))
+        # RTF ignores line ends: the one a writer put inside the link is not a break
+        assert found.uris == ["https://phish-domain.test/login", "https://second.test/x"], found.uris
+
+
+def test_rtf_back_references_copy_from_the_dictionary_and_the_output_is_bounded() -> None:
+    # A reference to offset 0, length 5 copies "{\rtf" from the initial dictionary; then the end marker.
+    token = struct.pack(">H", 0 << 4 | 3) + struct.pack(">H", (207 + 5) << 4)
+    data = struct.pack("<LL4sL", 12 + 1 + len(token), 5, b"LZFu", 0) + bytes([0b11]) + token
+    assert decompress_rtf(data, 100) == (b"{\\rtf", True)
+    # Each reference gives 17 bytes: 60,000 of them are a megabyte; only what is asked is kept.
+    bomb = bytes([0xFF]) + struct.pack(">H", 0xF) * 8
+    data = struct.pack("<LL4sL", 0, 0, b"LZFu", 0) + bomb * 7500
+    out, whole = decompress_rtf(data, 1000)
+    assert len(out) == 1000 and not whole
+
+
+def test_a_msg_file_attached_to_a_msg_file_is_read() -> None:
+    inner = compound_file(with_body(msg_tree("inner"), html=PHISH))
+    for names in ({"long_name": "inner.msg"}, {"long_name": None, "short_name": "INNER~1.MSG"}):
+        found = extract(mail(compound_file(msg_tree("outer", attachment(data=inner, **names)))))
+        assert "https://phish-domain.test/login" in found.uris, names
+
+
+def test_a_msg_file_is_found_under_every_name_the_attachment_check_reads() -> None:
+    data = base64.encodebytes(compound_file(with_body(msg_tree("a"), html=PHISH))).replace(b"\n", b"\r\n")
+    for disposition in (b'attachment; filename="=?UTF-8?B?cmVwb3J0Lm1zZw==?="', b'attachment; filename="a.txt"; filename="r.msg"',
+                        b"attachment; filename*=UTF-8''r%2Emsg"):
+        raw = (b"From: a@example.org\r\nSubject: r\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: "
+               b"application/octet-stream\r\nContent-Disposition: " + disposition + b"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + data + b"--B--\r\n")
+        assert "https://phish-domain.test/login" in extract(raw).uris, disposition
+
+
+def test_attached_messages_inside_a_msg_file_stop_at_the_cpu_bound(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Each attached message's bodies were read past the bound (6,000 of them took 6 s; found by review).
+    clock = [0.0]
+
+    def tick() -> float:
+        clock[0] += 0.005  # 100 looks at the clock: past the 60 attachments, within their messages
+        return clock[0]
+
+    monkeypatch.setattr(mimetext, "_thread_seconds", tick)
+    inner = [attachment(None, message=with_body(msg_tree(f"m{i}"), plain=f"http://h{i}.test/"), display_name=f"m{i}") for i in range(60)]
+    found = extract(mail(compound_file(msg_tree("Many", *inner))))
+    assert found.truncated and 0 < len(found.uris) < 60
