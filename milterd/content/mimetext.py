@@ -14,7 +14,7 @@ text).  Everything is bounded: at most *limit* characters of text are kept
 first link of at most ``MAX_HOSTS`` hosts and ``MAX_URIS`` links in all
 besides, at most ``MAX_LINKS_SCANNED`` links looked at, at most ``MAX_LINES``
 lines of a message (fewer when they may nest deep: ``LINE_WORK``) and ``MAX_TAGS`` tags of a part are parsed.
-An attached message (a message/rfc822 part in base64, a file named ``.eml``) is read as the message is, breadth
+An attached message (a message/rfc822 part in base64 or quoted-printable, a file named ``.eml``) is read as the message is, breadth
 first, down to ``MAX_ATTACHED_DEPTH``, all of them within ``ATTACHED_SECONDS`` of CPU; of an Outlook message file
 (``.msg``) its plain-text and HTML bodies are read, the links written in its RTF body, and its attached messages'.  A message of one text part with plain headers (most mail) is read
 without the parse (:func:`single_part`), to the same result.
@@ -88,6 +88,8 @@ MAX_ATTACHED_DEPTH = 5
 #: of 100,000 flat parts 11 s.
 MAX_ATTACHED_LINES = MAX_LINES // 4
 ATTACHED_SECONDS = 0.5
+#: The transfer encodings of a message/* part that a mail client decodes before it reads the message.
+_ENCODED_MESSAGE = frozenset({"base64", "quoted-printable"})
 #: Most bytes of an Outlook message file's RTF body decompressed (each two compressed bytes may give seventeen).
 MAX_RTF_BYTES = 1024 * 1024
 #: At most this many tags of an HTML part are parsed: a tag costs the parser about 3 µs (4 MB of
@@ -533,25 +535,31 @@ def _walk(message: email.message.Message) -> Iterator[email.message.Message]:
 
 
 def _encoded_message(part: email.message.Message) -> str | None:
-    """The encoded text of a message/* part in base64, which the parser made the body of a message without fields; else None."""
-    if content_type(part) not in MESSAGE_TYPES or first_token(str(part.get("Content-Transfer-Encoding", ""))).lower() != "base64":
+    """The encoded text of a message/* part in base64 or quoted-printable; else None.  The parser made base64 text the
+    body of a message without fields, and quoted-printable text a message of its own, its soft line breaks and
+    ``=3D`` left in (a link cut by one was read in two): that one is written out again to be decoded."""
+    if content_type(part) not in MESSAGE_TYPES:
         return None
+    encoding = first_token(str(part.get("Content-Transfer-Encoding", ""))).lower()
     payload = part.get_payload()
-    if isinstance(payload, list) and len(payload) == 1 and isinstance(payload[0], email.message.Message) and not payload[0].keys():
-        text = getattr(payload[0], "_payload", None)
+    if encoding not in _ENCODED_MESSAGE or not isinstance(payload, list) or len(payload) != 1 or not isinstance(payload[0], email.message.Message):
+        return None
+    inner = payload[0]
+    if not inner.keys():
+        text = getattr(inner, "_payload", None)
         return text if isinstance(text, str) else None
-    return None
+    return safely(lambda: inner.as_string(), lambda: None) if encoding == "quoted-printable" else None
 
 
 def _attached_message(part: email.message.Message) -> bytes | None:
-    """The message *part* carries encoded, decoded: a message/* part in base64 (RFC 2046 forbids it; Exchange Online
-    sends it), or a file named ``.eml``; else None."""
+    """The message *part* carries encoded, decoded: a message/* part in base64 or quoted-printable (RFC 2046 forbids
+    it; Exchange Online sends the one, mail clients decode both), or a file named ``.eml``; else None."""
     encoded: object = None
     if part.is_multipart():
         text = _encoded_message(part)
         if text is not None:
             clone = email.message.Message()
-            clone["Content-Transfer-Encoding"] = "base64"
+            clone["Content-Transfer-Encoding"] = first_token(str(part.get("Content-Transfer-Encoding", ""))).lower()
             clone.set_payload(text)
             encoded = clone.get_payload(decode=True)
     elif message_file(_names(part)):

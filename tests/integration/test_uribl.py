@@ -136,6 +136,17 @@ def test_a_link_in_an_attached_message_is_looked_up(stack: Stack, subject: str, 
     assert "URIBL_DBL_PHISH" in row_for(stack, subject)["symbols"]
 
 
+def test_a_link_in_a_quoted_printable_attached_message_is_looked_up(stack: Stack) -> None:
+    # Read as written, the soft line break inside the host hid the link (the parser does not decode such a part).
+    forwarded = FORWARDED.replace(b'href="https://phish-', b'href=3D"https://phish-=\r\n')
+    body = ("--B\r\nContent-Type: text/plain\r\n\r\nSee the attached.\r\n--B\r\nContent-Type: message/rfc822\r\n"
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n" + forwarded.decode() + "--B--\r\n")
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(message("forwarded qp", body, headers={"Content-Type": "multipart/mixed; boundary=B"}))
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
+
+
 def test_a_link_in_an_attached_outlook_message_file_is_looked_up(stack: Stack) -> None:
     # Outlook shows a .msg attachment's body with its links: they were never looked up.
     saved = msg_tree("Your account")

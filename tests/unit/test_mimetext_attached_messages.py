@@ -155,3 +155,16 @@ def test_an_attached_message_past_the_cpu_budget_has_its_encoded_links_read(monk
     assert result.truncated
     assert "https://evil.example/login" in result.uris
     assert "https://other.example/very-long-path-to-the-login-page-of-the-bank" in result.uris
+
+
+QP_INNER = (b'From: x@example.org\r\nSubject: s\r\nContent-Type: multipart/alternative; boundary=3D"b1"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\n'
+            b'caf=C3=A9\r\n--b1\r\nContent-Type: text/html\r\n\r\n<a href=3D"https://phish-do=\r\nmain.example/login">Log in</a>\r\n--b1--\r\n')
+
+
+def test_a_quoted_printable_message_part_is_read_decoded() -> None:
+    # The parser read it as written: its boundary was 3D"b1" and the link cut by a soft line break (found in review).
+    raw = (b"From: a@example.org\r\nSubject: fwd\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\n"
+           b"see attached\r\n--zz\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n" + QP_INNER + b"--zz--\r\n")
+    result = extract(raw)
+    assert result.uris == ["https://phish-domain.example/login"] and result.error == ""
+    assert result.text == "see attached\ncaf\u00e9\nLog in"
