@@ -273,3 +273,10 @@ def _declared_size(data: bytes, name: str, size: int) -> bytes:
     patched = bytearray(data)
     struct.pack_into("<L", patched, at + 120, size)
     return bytes(patched)
+
+
+def test_an_empty_file_name_leaves_the_display_name_to_judge(check: object) -> None:
+    # An empty long file name kept the display name from being read: "(attachment 1 without a name)", no finding.
+    for empty in ("", "\0", "   "):
+        node = attachment(empty, VBS, display_name="invoice.vbs")
+        assert hits_of(check, message(msg_file("I", node)))[BANNED].detail == "invoice.msg/invoice.vbs: banned extension .vbs", repr(empty)

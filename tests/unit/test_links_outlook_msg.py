@@ -6,10 +6,12 @@ from __future__ import annotations
 import base64
 import struct
 
+import pytest
+
 from milterd.content import mimetext
 from milterd.content.mimetext import extract
 from milterd.content.outlookmsg import decompress_rtf
-from tests.harness.outlookmsg import attachment, compound_file, compressed_rtf, msg_tree, unicode
+from tests.harness.outlookmsg import attachment, compound_file, compressed_rtf, msg_tree, ole10native, unicode
 
 PHISH = '<p>Your mailbox is full: <a href="https://phish-domain.test/login">Log in</a></p>'
 
@@ -145,3 +147,65 @@ def test_attached_messages_inside_a_msg_file_stop_at_the_cpu_bound(monkeypatch) 
     inner = [attachment(None, message=with_body(msg_tree(f"m{i}"), plain=f"http://h{i}.test/"), display_name=f"m{i}") for i in range(60)]
     found = extract(mail(compound_file(msg_tree("Many", *inner))))
     assert found.truncated and 0 < len(found.uris) < 60
+
+
+# --- third review: the RTF body read as Outlook shows it, a broken one harmless, names read once ------------------
+def rtf_message(rtf: bytes, **bodies: str) -> bytes:
+    tree = with_body(msg_tree("a"), **bodies)
+    tree["__substg1.0_10090102"] = compressed_rtf(rtf)
+    return mail(compound_file(tree))
+
+
+@pytest.mark.parametrize("rtf", [
+    b"{\\rtf1\\fromhtml1 {\\*\\htmltag84 <a href=\"https://phish-domain\\'2etest/login\">}x}",  # a hex escape
+    b"{\\rtf1\\fromhtml1 {\\*\\htmltag84 <a href=\"https://phish-domain\\u46?test/login\">}x}",  # a Unicode escape
+    b"{\\rtf1\\fromhtml1 {\\*\\htmltag84 <a href=\"https://phish-}{\\*\\htmltag84 domain.test/login\">}x}",  # two groups
+    b"{\\rtf1\\fromhtml1 {\\*\\htmltag84 <a href=\"https://phish-domain&#46;test/login\">}x}",  # an HTML entity
+    b"{\\rtf1\\fromhtml1 {\\*\\htmltag84 <a href=\"//phish-domain.test/login\">}x}",  # protocol-relative
+    b"{\\rtf1 {\\field{\\*\\fldinst{HYPERLINK \"https://phish-}{domain.test/login\"}}{\\fldrslt here}}}",  # a field split in groups
+    b"{\\rtf1 {\\field{\\*\\fldinst HYPERLINK \"phish-domain.test/login\"}{\\fldrslt here}}}",  # a field without a scheme
+    b"{\\rtf1 Log in at www\\'2ephish-domain.test/login now}",  # written out in the text
+])
+def test_a_link_in_an_rtf_body_is_read_as_outlook_shows_it(rtf: bytes) -> None:
+    found = extract(rtf_message(rtf))
+    assert any(uri.rstrip("/").endswith("phish-domain.test/login") for uri in found.uris), found.uris
+
+
+def test_an_rtf_body_that_cannot_be_decoded_leaves_the_rest_read() -> None:
+    # It raised inside the .msg's reading: the HTML body and the attached messages after it were never read.
+    inner = with_body(msg_tree("inner"), plain="http://inner-link.test/")
+    tree = with_body(msg_tree("a", attachment(None, message=inner, display_name="inner")), html=PHISH)
+    tree["__substg1.0_10090102"] = b"\0\0\0\0\0\0\0\0ZZZZ\0\0\0\0junk"
+    found = extract(mail(compound_file(tree)))
+    assert found.uris == ["https://phish-domain.test/login", "http://inner-link.test/"] and found.truncated
+
+
+def test_a_long_rtf_body_is_read_up_to_its_bound_not_skipped() -> None:
+    rtf = b"{\\rtf1 see https://phish-domain.test/login " + b"x" * (mimetext.MAX_RTF_BYTES + 100_000) + b"}"
+    found = extract(rtf_message(rtf))
+    assert "https://phish-domain.test/login" in found.uris and found.truncated
+
+
+def test_a_saved_message_a_packager_object_carries_in_a_msg_file_is_read() -> None:
+    eml = b"From: x@example.org\r\nSubject: s\r\nContent-Type: text/html\r\n\r\n" + PHISH.encode() + b"\r\n"
+    obj = {"\x01Ole10Native": ole10native("account.eml", "C:\\account.eml", eml)}
+    found = extract(mail(compound_file(msg_tree("Fwd", attachment(None, obj=obj, display_name="Package")))))
+    assert "https://phish-domain.test/login" in found.uris
+
+
+def test_a_text_part_that_also_names_a_saved_message_is_still_read_as_text() -> None:
+    # Read only as a message, a text/html part with a second filename b.eml lost its link (found by review).
+    raw = (b"From: a@example.org\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/html\r\n"
+           b'Content-Disposition: inline; filename="a.html"; filename="b.eml"\r\n\r\n<a href="https&#58;//evil.test/">x</a>\r\n--B--\r\n')
+    assert "https://evil.test/" in extract(raw).uris
+
+
+def test_a_part_s_names_are_read_once_and_long_fields_by_the_standard_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
+    real = mimetext.part_names
+    monkeypatch.setattr(mimetext, "part_names", lambda part: calls.append(part) or real(part))
+    parts = "".join(f'--B\r\nContent-Type: application/octet-stream; name="f{i}.bin"\r\n\r\nx\r\n' for i in range(5))
+    long = '--B\r\nContent-Type: application/octet-stream; name="' + "=?utf-8?q?a?=" * 300 + '.bin"\r\n\r\nx\r\n'
+    raw = ("From: a@example.org\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n" + parts + long + "--B--\r\n").encode()
+    extract(raw)
+    assert len(calls) == 5  # one call a part, none for the part whose fields pass MAX_NAME_FIELDS
