@@ -16,7 +16,7 @@ besides, at most ``MAX_LINKS_SCANNED`` links looked at, at most ``MAX_LINES``
 lines of a message (fewer when they may nest deep: ``LINE_WORK``) and ``MAX_TAGS`` tags of a part are parsed.
 An attached message (a message/rfc822 part in base64 or quoted-printable, a file named ``.eml``) is read as the message is, breadth
 first, down to ``MAX_ATTACHED_DEPTH``, all of them within ``ATTACHED_SECONDS`` of CPU; of an Outlook message file
-(``.msg``) its plain-text and HTML bodies are read, the links written in its RTF body, and its attached messages'.  A message of one text part with plain headers (most mail) is read
+(``.msg``) its plain-text, HTML and RTF bodies are read (:mod:`milterd.content.rtf`), and its attached messages'.  A message of one text part with plain headers (most mail) is read
 without the parse (:func:`single_part`), to the same result.
 """
 
@@ -44,11 +44,12 @@ from .filetypes import HEAD_SIZE, MESSAGE_TYPES, message_file, outlook_file, out
 from .mimeparams import Preference, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
 from .mimeparts import part_names
-from .outlookmsg import Node, open_compound, read_stream, rtf_text
+from .outlookmsg import Node, open_compound, read_stream
 from .outlookmsg import attachments as msg_attachments
 from .outlookmsg import bodies as msg_bodies
 from .outlookmsg import package as msg_package
 from .outlookmsg import rtf_body as msg_rtf
+from .rtf import read as read_rtf
 
 #: At most this many links are kept per message (and given by :func:`uris_in_text`, which stops reading
 #: there), except that the first link of a host is always kept: links repeating a few hosts (a thousand
@@ -95,9 +96,10 @@ ATTACHED_SECONDS = 0.5
 _ENCODED_MESSAGE = frozenset({"base64", "quoted-printable"})
 #: Most bytes of an Outlook message file's RTF body decompressed (each two compressed bytes may give seventeen).
 MAX_RTF_BYTES = 1024 * 1024
-#: A leaf part's Content-Disposition and Content-Type up to this many characters in all are read for every name
-#: the attachment check reads (:func:`~milterd.content.mimeparts.part_names`); longer ones by the standard library.
-MAX_NAME_FIELDS = 2048
+#: The leaf parts' Content-Disposition and Content-Type fields of one message (its attached messages' too), up to
+#: this many characters in all, are read for every name the attachment check reads
+#: (:func:`~milterd.content.mimeparts.part_names`); the rest by the standard library.
+MAX_NAME_FIELDS = 256 * 1024
 #: At most this many tags of an HTML part are parsed: a tag costs the parser about 3 µs (4 MB of
 #: "<b>" took 4 s of CPU); links written in the rest are still found, as in plain text.
 MAX_TAGS = 50_000
@@ -215,6 +217,8 @@ class _Reader:
         self.queued: set[int] = set()  # by their bytes: two readings, or two messages, give one again
         #: The CPU seconds the attached messages may still take to parse, all of them together.
         self.attached_seconds = ATTACHED_SECONDS
+        #: Characters of MIME fields left to read for every name a part gives (:meth:`_names`).
+        self.name_room = MAX_NAME_FIELDS
 
     def read(self, raw: bytes) -> None:
         """Read the message *raw*, then its attached messages, breadth first, within ATTACHED_SECONDS."""
@@ -250,7 +254,7 @@ class _Reader:
             if self.link_room <= 0:
                 self.result.truncated = True
                 break
-            names = _names(part) if not part.is_multipart() else []
+            names = self._names(part) if not part.is_multipart() else []
             inner = _attached_message(part, names)
             outlook = inner is None and (inner := _outlook_message(part, names)) is not None
             if inner is not None:
@@ -295,7 +299,7 @@ class _Reader:
                 self.result.truncated = self.result.truncated or skipped
                 for ctype, text in texts:
                     self._text(ctype, text, None)
-                self._rtf(ole, storage)
+                self._rtf(ole, storage, text=not texts)
                 for attachment in msg_attachments(ole, storage):
                     if _thread_seconds() > deadline:
                         self.result.truncated = True
@@ -332,21 +336,42 @@ class _Reader:
         if outlook or message_file(names):
             self._enqueue(data, depth, outlook)
 
-    def _rtf(self, ole: OleFileIO, storage: Node) -> None:
+    def _rtf(self, ole: OleFileIO, storage: Node, text: bool) -> None:
         """Read a .msg file's RTF body: the HTML it carries (``\\fromhtml1``, as Outlook keeps an HTML message) as
-        an HTML body, else its text as plain text; and the targets of its HYPERLINK fields."""
+        an HTML body, else its text as plain text (*text*: for its text too, when the file has no other body; else
+        only for its links), and the targets of its HYPERLINK fields."""
         try:
             rtf, whole = msg_rtf(ole, storage, self.link_room, min(self.link_room, MAX_RTF_BYTES))
         except ValueError:  # an unknown compression, a header cut short: what else the message holds is still read
             self.result.truncated = True
             return
-        self.result.truncated = self.result.truncated or not whole
         if not rtf:
+            self.result.truncated = self.result.truncated or not whole
             return
-        text, html, targets = rtf_text(rtf)
-        self._text("text/html" if html else "text/plain", text, None)
-        for target in targets:
+        shown = read_rtf(rtf)
+        self.result.truncated = self.result.truncated or not whole or not shown.whole
+        ctype = "text/html" if shown.html else "text/plain"
+        if text:
+            self._text(ctype, shown.text, None)
+        else:
+            _add_links(self.found, ctype, shown.text[:self.link_room])
+        for target in shown.targets:
             self.found.add(target if "://" in target or target.lower().startswith("mailto:") else f"http://{target}")
+
+    def _names(self, part: email.message.Message) -> list[str]:
+        """The file names a leaf part gives, every one the attachment check judges (encoded-words, duplicates, a
+        field the standard library cannot read): a saved message under any of them is opened by some client.  The
+        fields of one message's parts are read so up to MAX_NAME_FIELDS characters in all (1,000 parts of 250
+        encoded-words each took 6 s), the rest by the standard library alone."""
+        fields = [str(value) for field in ("content-disposition", "content-type") for value in part.get_all(field, [])]
+        size = sum(len(value) for value in fields)
+        if size <= self.name_room:
+            self.name_room -= size
+            return safely(lambda: part_names(part), list)
+        self.result.truncated = True
+        names = (safely(part.get_filename, lambda: None), safely(lambda: part.get_param("name"), lambda: None))
+        # An RFC 2231 value comes as (charset, language, text): its text is enough to tell the extension.
+        return [str(name[2]) if isinstance(name, tuple) else name for name in names if isinstance(name, str) or (isinstance(name, tuple) and len(name) == 3)]
 
     def _enqueue(self, inner: bytes, depth: int, outlook: bool) -> None:
         if hash(inner) not in self.queued:
@@ -610,19 +635,6 @@ def _outlook_message(part: email.message.Message, names: list[str]) -> bytes | N
         return None  # most parts: not decoded to find out
     data = _payload_bytes(part)
     return data if isinstance(data, bytes) and outlook_file(names, data[:HEAD_SIZE]) else None
-
-
-def _names(part: email.message.Message) -> list[str]:
-    """The file names a leaf part gives, every one the attachment check judges (encoded-words, duplicates, a
-    field the standard library cannot read): a saved message under any of them is opened by some client.  Fields
-    longer than MAX_NAME_FIELDS characters are read by the standard library alone (1,000 parts of 250 encoded-words
-    each took 6 s)."""
-    fields = [str(value) for field in ("content-disposition", "content-type") for value in part.get_all(field, [])]
-    if sum(len(value) for value in fields) <= MAX_NAME_FIELDS:
-        return safely(lambda: part_names(part), list)
-    names = (safely(part.get_filename, lambda: None), safely(lambda: part.get_param("name"), lambda: None))
-    # An RFC 2231 value comes as (charset, language, text): its text is enough to tell the extension.
-    return [str(name[2]) if isinstance(name, tuple) else name for name in names if isinstance(name, str) or (isinstance(name, tuple) and len(name) == 3)]
 
 
 def _add_text(result: MessageText, found: "_Links", texts: list[str], ctype: str, body: str, room: int) -> int:

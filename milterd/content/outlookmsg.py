@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from typing import IO, Iterator
 
 import olefile
+
+from .rtf import decompress
 
 # What olefile would log about a hostile file is the listing's error here.
 logging.getLogger("olefile").setLevel(logging.CRITICAL)
@@ -64,23 +65,6 @@ _BODIES = {("1000", _UNICODE): ("text/plain", "utf-16-le"), ("1000", _STRING8): 
            ("1013", _BINARY): ("text/html", ""), ("1013", _UNICODE): ("text/html", "utf-16-le"), ("1013", _STRING8): ("text/html", "cp1252")}
 #: The compressed RTF body (PidTagRtfCompressed): Outlook often keeps a message's HTML only there (``\\fromhtml1``).
 _RTF = ("1009", _BINARY)
-#: MS-OXRTFCP: the header (compressed size, raw size, kind, CRC), and the dictionary's first bytes.
-_RTF_HEADER = struct.Struct("<LL4sL")
-_RTF_DICTIONARY = (b"{\\rtf1\\ansi\\mac\\deff0\\deftab720{\\fonttbl;}{\\f0\\fnil \\froman \\fswiss \\fmodern \\fscript "
-                   b"\\fdecor MS Sans SerifSymbolArialTimes New RomanCourier{\\colortbl\\red0\\green0\\blue0\r\n\\par "
-                   b"\\pard\\plain\\f0\\fs20\\b\\i\\u\\tab\\tx")
-#: One RTF token: a hex escape, a Unicode escape, a control word (and its parameter), a control symbol, a brace,
-#: text; line ends match nothing (RTF ignores them: one inside a link is no break).
-_RTF_TOKEN = re.compile(rb"\\'([0-9a-fA-F]{2})|\\u(-?\d+) ?|\\([a-zA-Z]+)(-?\d+)? ?|\\([^a-zA-Z])|([{}])|([^\\{}\r\n]+)", re.S)
-#: Destinations whose text is read when starred (unknown starred ones are skipped, as RTF readers skip them).
-_RTF_READ = frozenset({b"htmltag", b"mhtmltag", b"fldinst"})
-#: Destinations that hold no text a reader sees.
-_RTF_NO_TEXT = frozenset({b"fonttbl", b"colortbl", b"stylesheet", b"info", b"pict", b"object", b"objdata", b"themedata",
-                          b"colorschememapping", b"datastore", b"latentstyles", b"listtable", b"listoverridetable",
-                          b"rsidtbl", b"generator", b"xmlnstbl", b"filetbl", b"revtbl", b"header", b"footer"})
-_RTF_BREAKS = {b"par": "\n", b"line": "\n", b"tab": "\t", b"cell": "\t", b"row": "\n"}
-#: A field's target: HYPERLINK "url" (switches such as \\l before it), quoted or not.
-_HYPERLINK = re.compile(r'HYPERLINK\s+(?:\\[a-z]\s+(?:"[^"]*"\s+)?)*"?([^"\s]+)', re.I)
 #: The Compound File header's fields (MS-CFB 2.2) up to the first DIFAT sector's count.
 _HEADER = struct.Struct("<8s16s5H6s9L")
 #: Most directory entries a file may have (olefile loads them all when it opens the file, about 1 s for these).
@@ -221,112 +205,7 @@ def rtf_body(ole: olefile.OleFileIO, message: Node, most_read: int, most: int) -
         return b"", True
     if stream.size > most_read:
         return b"", False
-    return decompress_rtf(read_stream(ole, stream), most)
-
-
-def rtf_text(rtf: bytes) -> tuple[str, bool, list[str]]:
-    """What RTF shows: for RTF that carries HTML (``\\fromhtml1``, as Outlook keeps an HTML message) the HTML, its
-    ``\\htmltag`` groups joined and the RTF-only text (``\\htmlrtf``) left out; else its text.  Escapes are decoded
-    (``\\'2e``, ``\\u46?``), destinations that hold no text (font tables, pictures, unknown ``\\*`` groups) skipped.
-    Returns the text, whether it is HTML, and the targets of its HYPERLINK fields."""
-    html = b"\\fromhtml" in rtf[:4096]
-    out: list[str] = []
-    fields: list[str] = []
-    stack: list[tuple[bool, bool, bool]] = []
-    skip = suppressed = in_field = False
-    starred = opening = False  # after "{" and "\\*": the next control word names a destination
-    fallback = 0  # characters left to drop after a \\uN (its ANSI stand-in)
-    for match in _RTF_TOKEN.finditer(rtf):
-        hexa, number, word, parameter, symbol, brace, text = match.groups()
-        if brace is not None:
-            if brace == b"{":
-                stack.append((skip, suppressed, in_field))
-                opening, starred = True, False
-            elif stack:
-                skip, suppressed, in_field = stack.pop()
-            continue
-        if symbol == b"*" and opening:
-            starred = True
-            continue
-        if word is not None:
-            if opening and (word in _RTF_NO_TEXT or (starred and word not in _RTF_READ)):
-                skip = True
-            if opening and word == b"fldinst":
-                in_field = True
-            opening = False
-            if word == b"htmlrtf":
-                suppressed = parameter != b"0"
-            elif word in _RTF_BREAKS:
-                _rtf_emit(_RTF_BREAKS[word], skip, suppressed, in_field, out, fields)
-            continue
-        opening = False
-        if number is not None:  # \\uN: the character, then its ANSI stand-in to drop
-            _rtf_emit(chr(int(number) % 65536), skip, suppressed, in_field, out, fields)
-            fallback = 1
-            continue
-        if hexa is not None:
-            chunk = bytes([int(hexa, 16)]).decode("cp1252", "replace")
-        elif symbol is not None:
-            chunk = symbol.decode("latin-1") if symbol in b"{}\\" else ("\xa0" if symbol == b"~" else "")
-        else:
-            chunk = (text or b"").decode("cp1252", "replace")  # line ends are nothing in RTF: not captured
-        if fallback and chunk:
-            chunk, fallback = chunk[fallback:], 0
-        _rtf_emit(chunk, skip, suppressed, in_field, out, fields)
-    targets = [target for target in _HYPERLINK.findall("".join(fields)) if target]
-    return "".join(out), html, targets
-
-
-def _rtf_emit(chunk: str, skip: bool, suppressed: bool, in_field: bool, out: list[str], fields: list[str]) -> None:
-    if in_field:
-        fields.append(chunk)
-    elif not skip and not suppressed:
-        out.append(chunk)
-
-
-def decompress_rtf(data: bytes, most: int) -> tuple[bytes, bool]:
-    """Compressed RTF (MS-OXRTFCP: LZ77 references into a 4 KB dictionary), decompressed to at most *most* bytes,
-    and whether it was whole.  Ours, not the ``compressed_rtf`` package's: that one writes as much as a sender's
-    references make (each two bytes gives 17) and builds a bit string per control byte.  The CRC is not checked:
-    the links are read whatever it says."""
-    if len(data) < _RTF_HEADER.size:
-        raise ValueError("a compressed RTF body cut short")
-    _, raw_size, kind, _ = _RTF_HEADER.unpack_from(data)
-    body = memoryview(data)[_RTF_HEADER.size:]
-    if kind == b"MELA":  # stored as it is
-        return bytes(body[:min(raw_size, most)]), raw_size <= most
-    if kind != b"LZFu":
-        raise ValueError(f"an RTF body compressed as {kind!r}")
-    window = bytearray(_RTF_DICTIONARY.ljust(4096, b"\0"))
-    write, out, position, end = len(_RTF_DICTIONARY), bytearray(), 0, len(body)
-    while position < end:
-        control = body[position]
-        position += 1
-        for bit in range(8):
-            if position >= end:
-                break
-            if not control & (1 << bit):
-                value = body[position]
-                position += 1
-                out.append(value)
-                window[write] = value
-                write = (write + 1) & 0xFFF
-                continue
-            if position + 2 > end:
-                return bytes(out[:most]), len(out) <= most
-            token = body[position] << 8 | body[position + 1]
-            position += 2
-            offset = token >> 4
-            if offset == write:  # the end marker
-                return bytes(out[:most]), len(out) <= most
-            for step in range((token & 0xF) + 2):
-                value = window[(offset + step) & 0xFFF]
-                out.append(value)
-                window[write] = value
-                write = (write + 1) & 0xFFF
-        if len(out) > most:
-            return bytes(out[:most]), False
-    return bytes(out[:most]), len(out) <= most
+    return decompress(read_stream(ole, stream), most)
 
 
 def is_message(storage: Node) -> bool:

@@ -10,7 +10,7 @@ import pytest
 
 from milterd.content import mimetext
 from milterd.content.mimetext import extract
-from milterd.content.outlookmsg import decompress_rtf
+from milterd.content.rtf import decompress as decompress_rtf
 from tests.harness.outlookmsg import attachment, compound_file, compressed_rtf, msg_tree, ole10native, unicode
 
 PHISH = '<p>Your mailbox is full: <a href="https://phish-domain.test/login">Log in</a></p>'
@@ -200,12 +200,27 @@ def test_a_text_part_that_also_names_a_saved_message_is_still_read_as_text() -> 
     assert "https://evil.test/" in extract(raw).uris
 
 
-def test_a_part_s_names_are_read_once_and_long_fields_by_the_standard_library(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_part_s_names_are_read_once_and_past_the_message_s_bound_by_the_standard_library(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[object] = []
     real = mimetext.part_names
     monkeypatch.setattr(mimetext, "part_names", lambda part: calls.append(part) or real(part))
+    monkeypatch.setattr(mimetext, "MAX_NAME_FIELDS", 100)  # each part's field is 39 characters: two fit
     parts = "".join(f'--B\r\nContent-Type: application/octet-stream; name="f{i}.bin"\r\n\r\nx\r\n' for i in range(5))
-    long = '--B\r\nContent-Type: application/octet-stream; name="' + "=?utf-8?q?a?=" * 300 + '.bin"\r\n\r\nx\r\n'
-    raw = ("From: a@example.org\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n" + parts + long + "--B--\r\n").encode()
-    extract(raw)
-    assert len(calls) == 5  # one call a part, none for the part whose fields pass MAX_NAME_FIELDS
+    raw = ("From: a@example.org\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n" + parts + "--B--\r\n").encode()
+    assert extract(raw).truncated and len(calls) == 2
+
+
+def test_an_encoded_name_behind_padding_is_still_read() -> None:
+    # A field padded past 2,048 characters was read by the standard library alone: the encoded .eml name was missed.
+    eml = b"From: x@example.org\r\nSubject: s\r\nContent-Type: text/html\r\n\r\n" + PHISH.encode() + b"\r\n"
+    raw = (b"From: a@example.org\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: application/octet-stream; "
+           b'x-pad="' + b"p" * 2100 + b'"; name="=?utf-8?q?invoice=2Eeml?="\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+           + base64.encodebytes(eml).replace(b"\n", b"\r\n") + b"--B--\r\n")
+    assert "https://phish-domain.test/login" in extract(raw).uris
+
+
+def test_the_rtf_text_is_not_read_again_when_the_file_has_another_body() -> None:
+    # The plain body, the HTML body and the RTF's text each went to the classifier: a message's text three times.
+    rtf = b'{\\rtf1\\fromhtml1 {\\*\\htmltag84 <a href="https://phish-domain.test/login">}Cheap pills here{\\*\\htmltag92 </a>}}'
+    found = extract(rtf_message(rtf, plain="Cheap pills here"))
+    assert found.text.count("Cheap pills here") == 1 and "https://phish-domain.test/login" in found.uris

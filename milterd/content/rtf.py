@@ -1,0 +1,243 @@
+"""What an RTF body shows: its text, the HTML it carries, and the targets of its links.
+
+Outlook keeps a message's body as compressed RTF (MS-OXRTFCP), and an HTML
+message often only as HTML encapsulated in that RTF (MS-OXRTFEX: ``\\fromhtml1``,
+the HTML's tags in ``{\\*\\htmltag …}`` groups, the RTF-only rendering between
+``\\htmlrtf`` and ``\\htmlrtf0``).  This is a reader for the link and text
+rules, not a renderer: it decodes the escapes (``\\'hh`` in the document's
+``\\ansicpg``, ``\\uN`` with its ``\\ucN`` stand-ins), skips destinations that
+hold no text (font tables, pictures, unknown ``\\*`` groups, ``\\bin`` data),
+joins what the HTML's groups hold, and reads each HYPERLINK field's target.
+Per-font charsets (``\\fcharset``) are not followed: text in another codepage
+than the document's comes out garbled (its links, being ASCII, do not).
+
+Our own decompressor, not the ``compressed_rtf`` package's: that one writes as
+much as a sender's references make (each two bytes gives seventeen) and builds
+a bit string per control byte.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+#: MS-OXRTFCP: the header (compressed size, raw size, kind, CRC), and the dictionary's first bytes.
+_HEADER = struct.Struct("<LL4sL")
+_DICTIONARY = (b"{\\rtf1\\ansi\\mac\\deff0\\deftab720{\\fonttbl;}{\\f0\\fnil \\froman \\fswiss \\fmodern \\fscript "
+               b"\\fdecor MS Sans SerifSymbolArialTimes New RomanCourier{\\colortbl\\red0\\green0\\blue0\r\n\\par "
+               b"\\pard\\plain\\f0\\fs20\\b\\i\\u\\tab\\tx")
+#: One token: a hex escape, a Unicode escape, a control word and its parameter, a control symbol (a backslash before
+#: a line end is a paragraph), a brace, text; line ends alone are nothing in RTF (one inside a link is no break).
+_TOKEN = re.compile(rb"\\'([0-9a-fA-F]{2})|\\u(-?\d{1,6}) ?|\\([a-zA-Z]{1,32})(-?\d{1,10})? ?|\\(.)|([{}])|([^\\{}\r\n]+)|[\r\n]+", re.S)
+#: The \fromhtml control word, not a literal "\\fromhtml" (its backslash escaped).
+_FROM_HTML = re.compile(rb"(?:^|[^\\])(?:\\\\)*\\fromhtml")
+#: Starred destinations whose text is read (unknown starred ones are skipped, as RTF readers skip them).
+_TAGS = frozenset({b"htmltag", b"mhtmltag"})
+#: Destinations that hold no text a reader sees.
+_NO_TEXT = frozenset({b"fonttbl", b"colortbl", b"stylesheet", b"info", b"pict", b"object", b"objdata", b"themedata",
+                      b"colorschememapping", b"datastore", b"latentstyles", b"listtable", b"listoverridetable", b"rsidtbl",
+                      b"generator", b"xmlnstbl", b"filetbl", b"revtbl", b"header", b"footer"})
+_BREAKS = {b"par": "\n", b"line": "\n", b"tab": "\t", b"cell": "\t", b"row": "\n", b"sect": "\n", b"page": "\n"}
+_SYMBOLS = {b"{": "{", b"}": "}", b"\\": "\\", b"~": "\xa0", b"_": "-", b"\n": "\n", b"\r": "\n"}
+#: HYPERLINK's switches that take an argument (\l a bookmark in the document, \o a tooltip, \t a target frame).
+_SWITCH_ARGUMENTS = frozenset({"l", "o", "t"})
+#: Most tokens read (about a second of CPU for a million): what follows is left unread.
+MAX_TOKENS = 400_000
+
+
+@dataclass
+class RtfText:
+    """What an RTF body shows."""
+
+    text: str = ""
+    #: Whether *text* is HTML (``\\fromhtml1``).
+    html: bool = False
+    #: The targets of its HYPERLINK fields, as written (a scheme may be missing).
+    targets: list[str] = field(default_factory=list)
+    #: False when MAX_TOKENS left the rest unread.
+    whole: bool = True
+
+
+@dataclass
+class _Group:
+    """What a group inherits and may change: whether its text is skipped, suppressed (``\\htmlrtf``), a field's
+    instruction, an HTML tag's content; and its Unicode stand-in count (``\\ucN``)."""
+
+    skip: bool = False
+    suppressed: bool = False
+    field: bool = False
+    tag: bool = False
+    stand_in: int = 1
+
+
+def decompress(data: bytes, most: int) -> tuple[bytes, bool]:
+    """Compressed RTF (MS-OXRTFCP: LZ77 references into a 4 KB dictionary), decompressed to at most *most* bytes,
+    and whether it was whole.  The CRC is not checked: the links are read whatever it says.  ``ValueError`` for an
+    unknown kind or a header cut short."""
+    if len(data) < _HEADER.size:
+        raise ValueError("a compressed RTF body cut short")
+    _, raw_size, kind, _ = _HEADER.unpack_from(data)
+    body = memoryview(data)[_HEADER.size:]
+    if kind == b"MELA":  # stored as it is
+        return bytes(body[:min(raw_size, most)]), raw_size <= most
+    if kind != b"LZFu":
+        raise ValueError(f"an RTF body compressed as {kind!r}")
+    window = bytearray(_DICTIONARY.ljust(4096, b"\0"))
+    write, out, position, end = len(_DICTIONARY), bytearray(), 0, len(body)
+    while position < end:
+        control = body[position]
+        position += 1
+        for bit in range(8):
+            if position >= end:
+                break
+            if not control & (1 << bit):
+                value = body[position]
+                position += 1
+                out.append(value)
+                window[write] = value
+                write = (write + 1) & 0xFFF
+                continue
+            if position + 2 > end:
+                return bytes(out[:most]), len(out) <= most
+            token = body[position] << 8 | body[position + 1]
+            position += 2
+            offset = token >> 4
+            if offset == write:  # the end marker
+                return bytes(out[:most]), len(out) <= most
+            for step in range((token & 0xF) + 2):
+                value = window[(offset + step) & 0xFFF]
+                out.append(value)
+                window[write] = value
+                write = (write + 1) & 0xFFF
+        if len(out) > most:
+            return bytes(out[:most]), False
+    return bytes(out[:most]), len(out) <= most
+
+
+def read(rtf: bytes, max_tokens: int = MAX_TOKENS) -> RtfText:
+    """What *rtf* shows: for RTF that carries HTML the HTML (its tags' groups joined, the RTF-only text left out),
+    else its text; and its HYPERLINK fields' targets."""
+    found = RtfText(html=_FROM_HTML.search(rtf[:4096]) is not None)
+    out: list[str] = []
+    fields: list[list[str]] = []
+    group, stack = _Group(), []
+    codec = "cp1252"
+    opening = starred = False  # after "{" (and "\*"): the next control word may name a destination
+    stand_ins = 0  # characters left to drop after a \uN
+    high = 0  # a \uN high surrogate waiting for its low half
+    position, tokens = 0, 0
+
+    def emit(chunk: str) -> None:
+        if group.field and not group.skip:
+            fields[-1].append(chunk)
+        elif not group.skip and not group.suppressed:
+            out.append(chunk)
+
+    while position < len(rtf):
+        match = _TOKEN.match(rtf, position)
+        if match is None:  # a lone backslash at the end
+            break
+        position = match.end()
+        tokens += 1
+        if tokens > max_tokens:
+            found.whole = False
+            break
+        hexa, number, word, parameter, symbol, brace, text = match.groups()
+        if brace is not None:
+            if brace == b"{":
+                stack.append(group)
+                group = _Group(group.skip, group.suppressed, group.field, group.tag, group.stand_in)
+                opening, starred = True, False
+            elif stack:
+                group = stack.pop()
+            stand_ins = 0
+            continue
+        if symbol == b"*" and opening:
+            starred = True
+            continue
+        if word is not None:
+            if opening:
+                if word in _NO_TEXT or (starred and word not in _TAGS and word != b"fldinst"):
+                    group.skip = True
+                elif starred and word in _TAGS:
+                    group.tag = True
+                elif word == b"fldinst":
+                    group.field = True
+                    fields.append([])
+            opening = False
+            _control(word, parameter, group, found.html, emit)
+            if word == b"bin" and parameter:  # binary data: not text, and no token in it
+                position += max(int(parameter), 0)
+            elif word == b"ansicpg" and parameter:
+                codec = _codec(parameter, codec)
+            continue
+        opening = False
+        if number is not None:
+            value = int(number) % 65536
+            stand_ins = group.stand_in
+            if 0xD800 <= value < 0xDC00:
+                high = value
+                continue
+            if 0xDC00 <= value < 0xE000 and high:
+                value, high = 0x10000 + ((high - 0xD800) << 10) + (value - 0xDC00), 0
+            emit(chr(value))
+            continue
+        if hexa is not None:
+            chunk = bytes([int(hexa, 16)]).decode(codec, "replace")
+        elif symbol is not None:
+            chunk = _SYMBOLS.get(symbol, "")
+        elif text is not None:
+            chunk = text.decode(codec, "replace")
+        else:
+            continue  # line ends
+        if stand_ins:
+            dropped = min(stand_ins, len(chunk))
+            chunk, stand_ins = chunk[dropped:], stand_ins - dropped
+        emit(chunk)
+    found.text = "".join(out)
+    found.targets = [target for target in (_target("".join(chunk)) for chunk in fields) if target]
+    return found
+
+
+def _control(word: bytes, parameter: bytes | None, group: _Group, html: bool, emit: Callable[[str], None]) -> None:
+    """A control word's effect on *group*, or the break it writes."""
+    if word == b"htmlrtf":
+        # Only in RTF that carries HTML, and not inside a tag's content (MS-OXRTFEX: ignored there).
+        if html and not group.tag:
+            group.suppressed = parameter != b"0"
+    elif word == b"uc" and parameter is not None:
+        group.stand_in = max(int(parameter), 0)
+    elif word in _BREAKS:
+        emit(_BREAKS[word])
+
+
+def _codec(parameter: bytes, current: str) -> str:
+    """The Python codec of an \\ansicpgN, *current* when Python knows none."""
+    name = f"cp{int(parameter)}"
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return current
+    return name
+
+
+def _target(instruction: str) -> str:
+    """The target of a HYPERLINK field's instruction (``HYPERLINK "url" \\o "tip"``); "" for another field or one
+    that only names a bookmark (``\\l``)."""
+    words: list[tuple[str, str]] = re.findall(r'"([^"]*)"|(\S+)', instruction.strip())
+    if not words or (words[0][1] or words[0][0]).upper() != "HYPERLINK":
+        return ""
+    skip_next = False
+    for quoted, bare in words[1:]:
+        value = str(quoted or bare)
+        if skip_next:
+            skip_next = False
+            continue
+        if not quoted and value.startswith("\\"):
+            skip_next = value[1:2].lower() in _SWITCH_ARGUMENTS
+            continue
+        return value.strip()
+    return ""
