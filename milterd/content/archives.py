@@ -88,7 +88,7 @@ from tnefparse.mapi import IMESSAGE_SIG, decode_mapi
 from tnefparse.properties import MAPI_ATTACH_DATA_OBJ, MAPI_ATTACH_FILENAME, MAPI_ATTACH_LONG_FILENAME, MAPI_DISPLAY_NAME
 
 from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, extensions, message_file, outlook_file, sniff
-from .outlookmsg import Node, open_compound, package, read_stream
+from .outlookmsg import Node, open_compound, package, packaged_stream, read_stream
 from .outlookmsg import attachments as msg_attachments
 
 try:  # optional: 7z, rar, cab, tar and compressed streams (Debian libarchive13 + PyPI libarchive-c)
@@ -99,6 +99,8 @@ except (ImportError, OSError):  # OSError: the Python package without the shared
 # What tnefparse would log about a hostile container is a listing error here.
 logging.getLogger("tnefparse").setLevel(logging.CRITICAL)
 
+#: The IStorage interface id (0000000B-0000-0000-C000-000000000046) before an OLE object's storage in a TNEF stream.
+_IID_ISTORAGE = bytes.fromhex("0b00000000000000c000000000000046")
 #: Kinds listed in the worker (Python reading them), never in a listing child.
 _IN_WORKER = frozenset({"zip", "tnef", "msg"})
 #: Extensions of archives that are opened even when their first bytes do not say so.
@@ -655,6 +657,8 @@ def _content_member(member: str, source: IO[bytes], start: int, size: int, count
     if not counted:
         budget.size -= len(head)
     listing.entries.append(Entry(member, False, head))
+    if sniff(head) == "ole" or head.startswith(_IID_ISTORAGE):
+        _embedded_object(member, source, start, size, counted, depth, limits, budget, listing)
     if message:
         source.seek(start)
         copy = _copy_exactly(source, size) if counted else _copy_bounded(source, budget, size)
@@ -680,6 +684,45 @@ def _content_member(member: str, source: IO[bytes], start: int, size: int, count
     assert nested is not None  # size is within the budget (above)
     with nested:
         _walk(member, nested, inner, depth + 1, limits, budget, listing)
+
+
+def _embedded_object(member: str, source: IO[bytes], start: int, size: int, counted: bool, depth: int, limits: Limits,
+                     budget: _Budget, listing: Listing) -> None:
+    """A Packager object kept as a Compound File (an OLE attachment of a TNEF stream or a .msg file, its storage
+    serialized, after an IStorage interface id in TNEF): the file its ``\\x01Ole10Native`` stream carries, judged as a
+    member under it (``winmail.dat/Package/evil.exe``).  Another Compound File (a Word 97 document) holds none."""
+    source.seek(start)
+    offset = len(_IID_ISTORAGE) if source.read(len(_IID_ISTORAGE)) == _IID_ISTORAGE else 0
+    if not counted:
+        if size > budget.size:
+            listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+            return
+        budget.size -= size
+    source.seek(start + offset)
+    try:
+        ole, root = open_compound(io.BytesIO(source.read(size - offset)))
+        try:
+            stream = packaged_stream(root)
+            if stream is None:
+                return
+            if stream.size > budget.size:
+                listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+                return
+            budget.size -= stream.size
+            names, data = package(read_stream(ole, stream))
+        finally:
+            ole.close()
+    except Exception as exc:  # noqa: BLE001 - olefile's errors on a damaged or hostile file, a packaged file cut short
+        if local_failure(exc):
+            raise
+        listing.limits.append(f"{member}: unreadable embedded object ({exc.__class__.__name__}: {str(exc)[:80]})")
+        return
+    if depth >= limits.max_depth:
+        listing.limits.append(f"{member}: embedded object nested deeper than {limits.max_depth}")
+        return
+    names = names or ["(an embedded file without a name)"]
+    _content_member(f"{member}/{names[0]}", io.BytesIO(data), 0, len(data), True, message_file(names), depth + 1, limits, budget, listing)
+    listing.entries.extend(Entry(f"{member}/{alias}", False, b"") for alias in names[1:])
 
 
 def _walk_msg(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:

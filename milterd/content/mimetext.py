@@ -40,11 +40,11 @@ from typing import Container, Iterable, Iterator
 
 from olefile import OleFileIO
 
-from .filetypes import HEAD_SIZE, MESSAGE_TYPES, message_file, outlook_file, outlook_name
+from .filetypes import HEAD_SIZE, MESSAGE_TYPES, extensions, message_file, outlook_file, outlook_name
 from .mimeparams import Preference, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
 from .mimeparts import part_names
-from .outlookmsg import Node, open_compound, read_stream
+from .outlookmsg import Node, decoded_text, open_compound, read_stream
 from .outlookmsg import attachments as msg_attachments
 from .outlookmsg import bodies as msg_bodies
 from .outlookmsg import package as msg_package
@@ -312,6 +312,12 @@ class _Reader:
                     for content in (attachment.data, attachment.package):
                         if content is not None:
                             self._saved_message(ole, content, content is attachment.package, attachment.names, level + 1)
+                    ctype = _text_file(attachment.names, attachment.mime_type)
+                    if attachment.data is not None and ctype:  # an HTML page or a text file: a double click shows it
+                        if attachment.data.size > self.link_room:
+                            self.result.truncated = True
+                        else:
+                            self._text(ctype, decoded_text(read_stream(ole, attachment.data)), None)
         except Exception:  # noqa: BLE001 - a defect olefile meets part way: what was read stays
             self.result.truncated = True
         finally:
@@ -626,6 +632,15 @@ def _attached_message(part: email.message.Message, names: list[str]) -> bytes | 
     elif message_file(names):
         encoded = _payload_bytes(part)
     return encoded if isinstance(encoded, bytes) and encoded else None
+
+
+def _text_file(names: list[str], mime_type: str) -> str:
+    """The content type a .msg file's attachment is read as for its text and links (an HTML page, a text file), by
+    its names or its MIME type; "" for another file."""
+    if mime_type in ("text/html", "text/plain"):
+        return mime_type
+    exts = {tuple(extensions(name)[-1:]) for name in names}
+    return "text/html" if exts & {("htm",), ("html",), ("xhtml",)} else "text/plain" if ("txt",) in exts else ""
 
 
 def _outlook_message(part: email.message.Message, names: list[str]) -> bytes | None:

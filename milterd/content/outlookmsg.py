@@ -30,6 +30,7 @@ file has a few dozen, and about ten more per attachment or recipient).
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import struct
@@ -51,9 +52,19 @@ _PROPERTIES, _ATTACHMENT_HEADER = "__PROPERTIES_VERSION1.0", 8
 #: Property ids and types (MS-OXPROPS): file names, paths (an attachment by reference), the display name (an attached
 #: message's subject), the data, the attach method.
 _LONG_FILENAME, _FILENAME, _DISPLAY_NAME, _DATA = "3707", "3704", "3001", "3701"
-_PATHS = ("370D", "3708")  # PidTagAttachLongPathname, PidTagAttachPathname: their file names judged too
+_PATHS = ("370D", "3708")
+_MIME_TAG = "370E"  # PidTagAttachMimeTag  # PidTagAttachLongPathname, PidTagAttachPathname: their file names judged too
 _UNICODE, _STRING8, _BINARY, _OBJECT = "001F", "001E", "0102", "000D"
 _ATTACH_METHOD, _EMBEDDED_MESSAGE = 0x3705, 5
+#: PidTagInternetCodepage (a message's HTML body's) and PidTagMessageCodepage (its 8-bit strings').
+_INTERNET_CODEPAGE, _MESSAGE_CODEPAGE = 0x3FDE, 0x3FFD
+#: Windows code page identifiers Python knows under another name than cpN.
+_CODEPAGES = {65001: "utf-8", 65000: "utf-7", 1200: "utf-16-le", 1201: "utf-16-be", 20127: "ascii", 20866: "koi8-r",
+              21866: "koi8-u", 50220: "iso2022-jp", 50221: "iso2022-jp", 50222: "iso2022-jp", 51932: "euc-jp",
+              51949: "euc-kr", 52936: "hz", 54936: "gb18030", 936: "gbk", 10000: "mac-roman",
+              **{28590 + n: f"iso8859-{n}" for n in range(1, 16)}}
+#: Longest fixed-size properties' stream read (16 bytes a property; a message has a few hundred).
+_PROPERTIES_BYTES = 64 * 1024
 #: The stream of a Packager OLE object (an "embedded file"), and what a message's storage holds that an object's does not.
 _PACKAGE = "\x01OLE10NATIVE"
 _MESSAGE_MARKS = (_PROPERTIES, "__NAMEID_VERSION1.0", "__RECIP_VERSION1.0_#")
@@ -141,6 +152,8 @@ class MsgAttachment:
     message: Node | None = None
     #: An OLE object's Packager stream (an embedded file).
     package: Node | None = None
+    #: Its MIME type (PidTagAttachMimeTag), lower-cased, "" when it names none.
+    mime_type: str = ""
     #: What could not be read (a name stream longer than any name).
     errors: list[str] = field(default_factory=list)
 
@@ -176,6 +189,7 @@ def bodies(ole: olefile.OleFileIO, message: Node, most: int) -> tuple[list[tuple
     """The text bodies of the message stored at *message* as (content type, text), and whether one was left out
     for being longer than *most* bytes."""
     found, skipped = [], False
+    internet, ansi = _codepages(ole, message)
     for kid in message.kids():
         key = kid.property()
         if key not in _BODIES or not kid.stream:
@@ -185,15 +199,46 @@ def bodies(ole: olefile.OleFileIO, message: Node, most: int) -> tuple[list[tuple
             continue
         ctype, codec = _BODIES[key]
         value = read_stream(ole, kid)
+        if codec == "cp1252":  # 8-bit text: in the message's codepage
+            codec = ansi or internet or codec
         if codec:
             text = value.decode(codec, "replace")
-        else:
-            try:
-                text = value.decode("utf-8")
-            except UnicodeDecodeError:
-                text = value.decode("cp1252", "replace")
+        else:  # an HTML body's bytes: in the Internet codepage the message names, else UTF-8 or Windows' Western
+            text = decoded_text(value, internet)
         found.append((ctype, text.replace("\x00", "")))
     return found, skipped
+
+
+def decoded_text(value: bytes, codec: str | None = None) -> str:
+    """*value* as text: in *codec* when given, else UTF-8, else Windows' Western codepage."""
+    if codec:
+        return value.decode(codec, "replace")
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("cp1252", "replace")
+
+
+def _codepages(ole: olefile.OleFileIO, message: Node) -> tuple[str | None, str | None]:
+    """The Python codecs of the message's PidTagInternetCodepage (its HTML's) and PidTagMessageCodepage (its 8-bit
+    strings'), from its fixed-size properties (after a header of 32 bytes in the file's own message, 24 in an
+    attached one); None for one it does not name or Python does not know."""
+    stream = next((kid for kid in message.kids() if kid.name == _PROPERTIES and kid.stream and kid.size <= _PROPERTIES_BYTES), None)
+    if stream is None:
+        return None, None
+    values = _fixed_properties(read_stream(ole, stream), 32 if message.entry is ole.root else 24)
+    return _codepage(values.get(_INTERNET_CODEPAGE)), _codepage(values.get(_MESSAGE_CODEPAGE))
+
+
+def _codepage(number: int | None) -> str | None:
+    """The Python codec of a Windows code page identifier, or None."""
+    if not number:
+        return None
+    name = _CODEPAGES.get(number, f"cp{number}")
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return None
 
 
 def rtf_body(ole: olefile.OleFileIO, message: Node, most_read: int, most: int) -> tuple[bytes, bool]:
@@ -206,6 +251,11 @@ def rtf_body(ole: olefile.OleFileIO, message: Node, most_read: int, most: int) -
     if stream.size > most_read:
         return b"", False
     return decompress(read_stream(ole, stream), most)
+
+
+def packaged_stream(storage: Node) -> Node | None:
+    """The Packager stream (``\\x01Ole10Native``: an embedded file) of an OLE object's *storage*, or None."""
+    return next((kid for kid in storage.kids() if kid.name == _PACKAGE and kid.stream), None)
 
 
 def is_message(storage: Node) -> bool:
@@ -256,11 +306,12 @@ def package(stream: bytes) -> tuple[list[str], bytes]:
 def _attachment(ole: olefile.OleFileIO, storage: Node) -> MsgAttachment:
     found = MsgAttachment()
     names: dict[str, list[str]] = {_LONG_FILENAME: [], _FILENAME: [], _DISPLAY_NAME: [], **{path: [] for path in _PATHS}}
-    method = None
-    for kid in storage.kids():
+    kids = storage.kids()
+    # Read first: olefile orders the entries by name with case, and an upper-case object storage sorts before it.
+    properties = next((kid for kid in kids if kid.name == _PROPERTIES and kid.stream and kid.size <= _PROPERTIES_BYTES), None)
+    method = _fixed_properties(read_stream(ole, properties), _ATTACHMENT_HEADER).get(_ATTACH_METHOD) if properties else None
+    for kid in kids:
         key = kid.property()
-        if kid.name == _PROPERTIES and kid.stream and kid.size <= NAME_BYTES:
-            method = _attach_method(read_stream(ole, kid))
         if key is None:
             continue
         ident, kind = key
@@ -272,12 +323,14 @@ def _attachment(ole: olefile.OleFileIO, storage: Node) -> MsgAttachment:
                 names[ident].append(_base(_name(value)) if ident in _PATHS else _name(value))
         elif ident == _DATA and kind == _BINARY and kid.stream:
             found.data = kid
+        elif ident == _MIME_TAG and kind in (_UNICODE, _STRING8) and kid.stream and kid.size <= NAME_BYTES:
+            found.mime_type = _name(read_stream(ole, kid).decode("utf-16-le" if kind == _UNICODE else "cp1252", "replace")).lower()
         elif ident == _DATA and kind == _OBJECT and kid.storage:
             # Outlook goes by the attach method; a storage laid out as a message is read as one too, and an OLE
             # object's embedded file is read whatever the method says (each reading judged).
             if method == _EMBEDDED_MESSAGE or is_message(kid):
                 found.message = kid
-            found.package = next((k for k in kid.kids() if k.name == _PACKAGE and k.stream), None)
+            found.package = packaged_stream(kid)
     # A display name (an attached message's subject) names only what has no file name (an empty one is none).
     ordered = [name for name in (*names[_LONG_FILENAME], *names[_FILENAME]) if name] or names[_DISPLAY_NAME]
     ordered += [name for path in _PATHS for name in names[path]]
@@ -285,13 +338,14 @@ def _attachment(ole: olefile.OleFileIO, storage: Node) -> MsgAttachment:
     return found
 
 
-def _attach_method(properties: bytes) -> int | None:
-    """PidTagAttachMethod from an attachment's fixed-size properties (16 bytes each: type, id, flags, value)."""
-    for offset in range(_ATTACHMENT_HEADER, len(properties) - 15, 16):
+def _fixed_properties(properties: bytes, header: int) -> dict[int, int]:
+    """The 32-bit integer (PT_LONG) values of fixed-size properties (16 bytes each: type, id, flags, value), by id."""
+    values: dict[int, int] = {}
+    for offset in range(header, len(properties) - 15, 16):
         kind, ident, _, value = struct.unpack_from("<2HLL", properties, offset)
-        if ident == _ATTACH_METHOD and kind == 0x0003:
-            return int(value)
-    return None
+        if kind == 0x0003:
+            values.setdefault(ident, int(value))
+    return values
 
 
 def _name(text: str) -> str:

@@ -280,3 +280,34 @@ def test_an_empty_file_name_leaves_the_display_name_to_judge(check: object) -> N
     for empty in ("", "\0", "   "):
         node = attachment(empty, VBS, display_name="invoice.vbs")
         assert hits_of(check, message(msg_file("I", node)))[BANNED].detail == "invoice.msg/invoice.vbs: banned extension .vbs", repr(empty)
+
+
+# --- fifth review: a Packager object kept as a Compound File, the attach method read first ----------------------
+def packager_file(name: str, data: bytes) -> bytes:
+    """A Packager object's storage serialized as a Compound File (an OLE attachment's data)."""
+    return compound_file({"\x01Ole10Native": ole10native(name, f"C:\\{name}", data), "\x01CompObj": b"\0" * 20})
+
+
+def test_a_packager_object_kept_as_a_compound_file_is_opened(check: object) -> None:
+    # As a .msg attachment's data (attach method 6) and as TNEF's attachment data after an IStorage id: no finding.
+    node = attachment(None, packager_file("evil.exe", PE), display_name="Package")
+    node["__properties_version1.0"] = b"\0" * 8 + struct.pack("<2HLLL", 0x0003, 0x3705, 0, 6, 0)
+    assert hits_of(check, message(msg_file("I", node)))[BANNED].detail == "invoice.msg/Package/evil.exe: banned extension .exe"
+    from tests.unit.test_attachments_tnef import file_attachment, tnef
+    from tests.unit.test_attachments_tnef import message as tnef_message
+    storage = bytes.fromhex("0b00000000000000c000000000000046") + packager_file("evil.js", b"WScript.Echo(1)")
+    hits = hits_of(check, tnef_message(tnef(file_attachment("Package", storage))))
+    assert "winmail.dat/Package/evil.js: banned extension .js" in hits[BANNED].detail
+
+
+def test_a_compound_file_without_a_packager_stream_is_only_a_member(check: object) -> None:
+    doc = compound_file({"WordDocument": b"\0" * 100, "\x01CompObj": b"\0" * 20})
+    listing = listed(msg_file("I", attachment("report.doc", doc)))
+    assert [e.path for e in listing.entries] == ["invoice.msg/report.doc"] and not listing.limits
+
+
+def test_the_attach_method_is_read_whatever_the_order_of_the_entries() -> None:
+    # An upper-case object storage sorts before __properties_version1.0: the method was not read yet when it was met.
+    node = {"__properties_version1.0": b"\0" * 8 + struct.pack("<2HLLL", 0x0003, 0x3705, 0, 5, 0), "__substg1.0_3001001F": unicode("Re"),
+            "__SUBSTG1.0_3701000D": {"__attach_version1.0_#00000000": attachment("evil.exe", PE)}}
+    assert "invoice.msg/Re/evil.exe" in [e.path for e in listed(msg_file("Fwd", node)).entries]

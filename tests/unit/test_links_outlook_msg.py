@@ -224,3 +224,28 @@ def test_the_rtf_text_is_not_read_again_when_the_file_has_another_body() -> None
     rtf = b'{\\rtf1\\fromhtml1 {\\*\\htmltag84 <a href="https://phish-domain.test/login">}Cheap pills here{\\*\\htmltag92 </a>}}'
     found = extract(rtf_message(rtf, plain="Cheap pills here"))
     assert found.text.count("Cheap pills here") == 1 and "https://phish-domain.test/login" in found.uris
+
+
+# --- fifth review: the message's codepages, HTML and text files attached to it ---------------------------------------
+def properties(**values: int) -> bytes:
+    """A message's fixed-size properties (a 32-byte header, then 16 bytes a property) with these PT_LONG values."""
+    ids = {"internet": 0x3FDE, "message": 0x3FFD}
+    return b"\0" * 32 + b"".join(struct.pack("<2HLLL", 0x0003, ids[name], 0, value, 0) for name, value in values.items())
+
+
+def test_bodies_are_read_in_the_codepages_the_message_names() -> None:
+    tree = msg_tree("a")
+    tree["__properties_version1.0"] = properties(internet=50220, message=1251)
+    tree["__substg1.0_10130102"] = b'<a href="https://phish\x1b(B-domain.test/">\x1b$BF|K\\8l\x1b(B</a>'  # ISO-2022-JP
+    tree["__substg1.0_1000001E"] = "\u041f\u0440\u0438\u0432\u0435\u0442".encode("cp1251")
+    found = extract(mail(compound_file(tree)))
+    assert found.uris == ["https://phish-domain.test/"]
+    assert "\u65e5\u672c\u8a9e" in found.text and "\u041f\u0440\u0438\u0432\u0435\u0442" in found.text
+
+
+def test_an_html_page_or_a_text_file_attached_to_a_msg_file_is_read() -> None:
+    page = attachment("page.html", b'<a href="https://phish-domain.test/login">Log in</a>')
+    note = attachment("note", b"see http://second.test/x")
+    note["__substg1.0_370E001F"] = unicode("text/plain")
+    found = extract(mail(compound_file(msg_tree("x", page, note))))
+    assert found.uris == ["https://phish-domain.test/login", "http://second.test/x"]
