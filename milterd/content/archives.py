@@ -101,6 +101,8 @@ logging.getLogger("tnefparse").setLevel(logging.CRITICAL)
 
 #: The IStorage interface id (0000000B-0000-0000-C000-000000000046) before an OLE object's storage in a TNEF stream.
 _IID_ISTORAGE = bytes.fromhex("0b00000000000000c000000000000046")
+#: Extensions of Compound Files their own program opens (Office 97 documents, Visio, Publisher, Project, installers).
+_OLE_DOCUMENTS = frozenset({"doc", "dot", "xls", "xlt", "xla", "ppt", "pot", "pps", "vsd", "vss", "vst", "pub", "mpp", "msi", "msp", "wps"})
 #: Kinds listed in the worker (Python reading them), never in a listing child.
 _IN_WORKER = frozenset({"zip", "tnef", "msg"})
 #: Extensions of archives that are opened even when their first bytes do not say so.
@@ -715,7 +717,11 @@ def _embedded_object(member: str, source: IO[bytes], start: int, size: int, coun
     except Exception as exc:  # noqa: BLE001 - olefile's errors on a damaged or hostile file, a packaged file cut short
         if local_failure(exc):
             raise
-        listing.limits.append(f"{member}: unreadable embedded object ({exc.__class__.__name__}: {str(exc)[:80]})")
+        # An Office 97 document by its name is opened by its program, never by Packager: olefile reads it strictly
+        # (a legitimate one it finds a defect in is noted, not held); anything else may be a Packager object.
+        exts = extensions(member.rsplit("/", 1)[-1])
+        unread = listing.errors if exts and exts[-1] in _OLE_DOCUMENTS else listing.limits
+        unread.append(f"{member}: unreadable embedded object ({exc.__class__.__name__}: {str(exc)[:80]})")
         return
     if depth >= limits.max_depth:
         listing.limits.append(f"{member}: embedded object nested deeper than {limits.max_depth}")

@@ -311,3 +311,13 @@ def test_the_attach_method_is_read_whatever_the_order_of_the_entries() -> None:
     node = {"__properties_version1.0": b"\0" * 8 + struct.pack("<2HLLL", 0x0003, 0x3705, 0, 5, 0), "__substg1.0_3001001F": unicode("Re"),
             "__SUBSTG1.0_3701000D": {"__attach_version1.0_#00000000": attachment("evil.exe", PE)}}
     assert "invoice.msg/Re/evil.exe" in [e.path for e in listed(msg_file("Fwd", node)).entries]
+
+
+def test_an_office_97_document_olefile_cannot_read_is_noted_not_held() -> None:
+    # Every Compound File a .msg or winmail.dat carries is probed for a Packager stream: a legitimate .doc with a
+    # defect olefile reads strictly must not quarantine the message; one named otherwise may be a Packager object.
+    damaged = compound_file({"WordDocument": b"\0" * 5000})[:1200]
+    doc = listed(msg_file("I", attachment("report.doc", damaged)))
+    assert not doc.limits and doc.errors[0].startswith("invoice.msg/report.doc: unreadable embedded object (")
+    other = listed(msg_file("I", attachment("Package", damaged)))
+    assert other.limits[0].startswith("invoice.msg/Package: unreadable embedded object (")
