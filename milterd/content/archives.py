@@ -88,7 +88,7 @@ from tnefparse.mapi import IMESSAGE_SIG, decode_mapi
 from tnefparse.properties import MAPI_ATTACH_DATA_OBJ, MAPI_ATTACH_FILENAME, MAPI_ATTACH_LONG_FILENAME, MAPI_DISPLAY_NAME
 
 from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, extensions, message_file, outlook_file, sniff
-from .outlookmsg import Node, open_compound, package, packaged_stream, read_stream
+from .outlookmsg import OLE_OBJECT, Node, open_compound, package, packaged_stream, read_stream
 from .outlookmsg import attachments as msg_attachments
 
 try:  # optional: 7z, rar, cab, tar and compressed streams (Debian libarchive13 + PyPI libarchive-c)
@@ -651,7 +651,7 @@ def _walk_tnef(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _
 
 
 def _content_member(member: str, source: IO[bytes], start: int, size: int, counted: bool, message: bool, depth: int, limits: Limits,
-                    budget: _Budget, listing: Listing) -> None:
+                    budget: _Budget, listing: Listing, ole_object: bool = False) -> None:
     """The entry of one content of a TNEF or message file's attachment, *size* bytes at *start* of *source* (already in the
     budget when *counted*), kept when it is a *message* (Outlook opens a saved one with its attachments), and the archive it is, walked."""
     source.seek(start)
@@ -660,7 +660,7 @@ def _content_member(member: str, source: IO[bytes], start: int, size: int, count
         budget.size -= len(head)
     listing.entries.append(Entry(member, False, head))
     if sniff(head) == "ole" or head.startswith(_IID_ISTORAGE):
-        _embedded_object(member, source, start, size, counted, depth, limits, budget, listing)
+        _embedded_object(member, source, start, size, counted, depth, limits, budget, listing, ole_object)
     if message:
         source.seek(start)
         copy = _copy_exactly(source, size) if counted else _copy_bounded(source, budget, size)
@@ -689,7 +689,7 @@ def _content_member(member: str, source: IO[bytes], start: int, size: int, count
 
 
 def _embedded_object(member: str, source: IO[bytes], start: int, size: int, counted: bool, depth: int, limits: Limits,
-                     budget: _Budget, listing: Listing) -> None:
+                     budget: _Budget, listing: Listing, ole_object: bool) -> None:
     """A Packager object kept as a Compound File (an OLE attachment of a TNEF stream or a .msg file, its storage
     serialized, after an IStorage interface id in TNEF): the file its ``\\x01Ole10Native`` stream carries, judged as a
     member under it (``winmail.dat/Package/evil.exe``).  Another Compound File (a Word 97 document) holds none."""
@@ -717,10 +717,12 @@ def _embedded_object(member: str, source: IO[bytes], start: int, size: int, coun
     except Exception as exc:  # noqa: BLE001 - olefile's errors on a damaged or hostile file, a packaged file cut short
         if local_failure(exc):
             raise
-        # An Office 97 document by its name is opened by its program, never by Packager: olefile reads it strictly
-        # (a legitimate one it finds a defect in is noted, not held); anything else may be a Packager object.
+        # A file by value named as an Office 97 document is opened by its program, never by Packager: olefile reads
+        # it strictly (a legitimate one it finds a defect in is noted, not held).  An OLE object (its container says
+        # so: TNEF's IStorage id, attach method 6), or a file named otherwise, may be a Packager object: held.
         exts = extensions(member.rsplit("/", 1)[-1])
-        unread = listing.errors if exts and exts[-1] in _OLE_DOCUMENTS else listing.limits
+        document = not ole_object and not offset and bool(exts) and exts[-1] in _OLE_DOCUMENTS
+        unread = listing.errors if document else listing.limits
         unread.append(f"{member}: unreadable embedded object ({exc.__class__.__name__}: {str(exc)[:80]})")
         return
     if depth >= limits.max_depth:
@@ -781,7 +783,8 @@ def _walk_msg_storage(path: str, ole: OleFileIO, message: Node, depth: int, limi
                 these = list(dict.fromkeys((*packaged, *attachment.names))) or names
                 here = f"{path}/{these[0]}"
                 every.update(dict.fromkeys(these))
-            _content_member(here, io.BytesIO(value), 0, len(value), True, message_file(these), depth, limits, budget, listing)
+            _content_member(here, io.BytesIO(value), 0, len(value), True, message_file(these), depth, limits, budget, listing,
+                            ole_object=attachment.method == OLE_OBJECT)
             listed.add(these[0])
         listing.entries.extend(Entry(f"{path}/{alias}", False, b"") for alias in every if alias not in listed)
 

@@ -56,6 +56,7 @@ _PATHS = ("370D", "3708")
 _MIME_TAG = "370E"  # PidTagAttachMimeTag  # PidTagAttachLongPathname, PidTagAttachPathname: their file names judged too
 _UNICODE, _STRING8, _BINARY, _OBJECT = "001F", "001E", "0102", "000D"
 _ATTACH_METHOD, _EMBEDDED_MESSAGE = 0x3705, 5
+OLE_OBJECT = 6  # attach method: an OLE object
 #: PidTagInternetCodepage (a message's HTML body's) and PidTagMessageCodepage (its 8-bit strings').
 _INTERNET_CODEPAGE, _MESSAGE_CODEPAGE = 0x3FDE, 0x3FFD
 #: Windows code page identifiers Python knows under another name than cpN.
@@ -78,6 +79,8 @@ _BODIES = {("1000", _UNICODE): ("text/plain", "utf-16-le"), ("1000", _STRING8): 
 _RTF = ("1009", _BINARY)
 #: The Compound File header's fields (MS-CFB 2.2) up to the first DIFAT sector's count.
 _HEADER = struct.Struct("<8s16s5H6s9L")
+#: Most FAT sectors a file may have (they map 128 MB; olefile joins them in time quadratic in their number).
+MAX_FAT_SECTORS = 2048
 #: Most directory entries a file may have (olefile loads them all when it opens the file, about 1 s for these).
 MAX_ENTRIES = 20_000
 #: Sector numbers that name no stream (olefile skips them in its check of streams referenced twice).
@@ -152,6 +155,8 @@ class MsgAttachment:
     message: Node | None = None
     #: An OLE object's Packager stream (an embedded file).
     package: Node | None = None
+    #: Its attach method (PidTagAttachMethod: 1 by value, 5 a message, 6 an OLE object), None when it names none.
+    method: int | None = None
     #: Its MIME type (PidTagAttachMimeTag), lower-cased, "" when it names none.
     mime_type: str = ""
     #: What could not be read (a name stream longer than any name).
@@ -170,7 +175,9 @@ def open_compound(data: IO[bytes]) -> tuple[olefile.OleFileIO, Node]:
         sector = 1 << min(shift, 16)
         sectors = max(size // sector, 1)
         per_sector = sector // 4
-        if fat_sectors > sectors // per_sector + 2 or difat_sectors > fat_sectors // max(per_sector - 1, 1) + 1 or minifat_sectors > sectors:
+        # Every FAT sector is one of the file's (writers allocate more than they need: an encrypted 14 KB workbook
+        # has three where one maps it), and olefile's join of them costs their number squared (16,000 took 28 s).
+        if fat_sectors > min(sectors, MAX_FAT_SECTORS) or difat_sectors > fat_sectors // max(per_sector - 1, 1) + 1 or minifat_sectors > sectors:
             raise ValueError(f"a header counting {fat_sectors} FAT, {difat_sectors} DIFAT and {minifat_sectors} MiniFAT sectors in {sectors}")
     data.seek(0)
     ole = _BoundedFile(data, raise_defects=olefile.DEFECT_INCORRECT)
@@ -210,7 +217,10 @@ def bodies(ole: olefile.OleFileIO, message: Node, most: int) -> tuple[list[tuple
 
 
 def decoded_text(value: bytes, codec: str | None = None) -> str:
-    """*value* as text: in *codec* when given, else UTF-8, else Windows' Western codepage."""
+    """*value* as text: by its byte-order mark, else in *codec* when given, else UTF-8, else Windows' Western codepage."""
+    for mark, by_mark in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if value.startswith(mark):
+            return value.decode(by_mark, "replace")
     if codec:
         return value.decode(codec, "replace")
     try:
@@ -274,8 +284,11 @@ def read_stream(ole: olefile.OleFileIO, stream: Node) -> bytes:
 def package(stream: bytes) -> tuple[list[str], bytes]:
     """The names and the bytes of the file in a Packager object's ``\\x01Ole10Native`` stream: its size, a flag,
     NUL-terminated label and source path, a flag and a reserved word, the temporary path Packager writes the file
-    to (its length first), the file (its length first), then (newer Packagers) the three names again in UTF-16.
-    The names are the label, then the file names of the paths.  ``ValueError`` when it is cut short."""
+    to (its length first), the file (its length first), then (newer Packagers) the names again in UTF-16.
+    The names are the label and the temporary path's file name (the file Packager writes and opens), in both
+    forms; the source path only names where it was taken from (an icon's source in older objects:
+    ``C:\\WINNT\\system32\\SHELL32.DLL`` beside a PDF), so its file name is left out but where it is the label's
+    or the temporary file's.  ``ValueError`` when it is cut short."""
     offset = 6  # the total size, then the flag
     label, offset = _c_string(stream, offset)
     source, offset = _c_string(stream, offset)
@@ -289,7 +302,7 @@ def package(stream: bytes) -> tuple[list[str], bytes]:
     if offset + size > len(stream):
         raise ValueError(f"a packaged file of {size} bytes in a stream of {len(stream)}")
     data = stream[offset:offset + size]
-    names = [label, _base(source), _base(temporary)]
+    names = [label, _base(temporary)]
     offset += size
     for _ in range(3):  # the UTF-16 names, where there are
         if offset + 4 > len(stream):
@@ -300,7 +313,9 @@ def package(stream: bytes) -> tuple[list[str], bytes]:
             break
         names.append(_base(_name(stream[offset + 4:end].decode("utf-16-le", "replace"))))
         offset = end
-    return [name for name in dict.fromkeys(names) if name], data
+    opened = {label.casefold(), _base(temporary).casefold()}
+    source_name = _base(source).casefold()
+    return [name for name in dict.fromkeys(names) if name and (name.casefold() != source_name or name.casefold() in opened)], data
 
 
 def _attachment(ole: olefile.OleFileIO, storage: Node) -> MsgAttachment:
@@ -309,7 +324,7 @@ def _attachment(ole: olefile.OleFileIO, storage: Node) -> MsgAttachment:
     kids = storage.kids()
     # Read first: olefile orders the entries by name with case, and an upper-case object storage sorts before it.
     properties = next((kid for kid in kids if kid.name == _PROPERTIES and kid.stream and kid.size <= _PROPERTIES_BYTES), None)
-    method = _fixed_properties(read_stream(ole, properties), _ATTACHMENT_HEADER).get(_ATTACH_METHOD) if properties else None
+    method = found.method = _fixed_properties(read_stream(ole, properties), _ATTACHMENT_HEADER).get(_ATTACH_METHOD) if properties else None
     for kid in kids:
         key = kid.property()
         if key is None:

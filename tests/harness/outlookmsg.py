@@ -16,8 +16,9 @@ _ENTRY = struct.Struct("<64sHBB3L16sL2Q3L")
 STORAGE, STREAM, ROOT = 1, 2, 5
 
 
-def compound_file(tree: Tree) -> bytes:
-    """A Compound File holding *tree*: a name → bytes (a stream) or another dict (a storage)."""
+def compound_file(tree: Tree, extra_fat: int = 0) -> bytes:
+    """A Compound File holding *tree*: a name → bytes (a stream) or another dict (a storage); with *extra_fat* FAT
+    sectors more than it needs (as Office writes small files)."""
     entries: list[dict[str, object]] = []
 
     def add(name: str, node: bytes | Tree, kind: int) -> int:
@@ -70,6 +71,7 @@ def compound_file(tree: Tree) -> bytes:
     fat_count = 1
     while len(sectors) + fat_count > fat_count * (SECTOR // 4):
         fat_count += 1
+    fat_count += extra_fat
     fat_start = len(sectors)
     fat += [FAT_SECTOR] * fat_count
     fat += [FREE] * (fat_count * (SECTOR // 4) - len(fat))

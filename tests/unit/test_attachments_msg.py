@@ -321,3 +321,35 @@ def test_an_office_97_document_olefile_cannot_read_is_noted_not_held() -> None:
     assert not doc.limits and doc.errors[0].startswith("invoice.msg/report.doc: unreadable embedded object (")
     other = listed(msg_file("I", attachment("Package", damaged)))
     assert other.limits[0].startswith("invoice.msg/Package: unreadable embedded object (")
+
+
+# --- sixth review: false positives, and the object leniency --------------------------------------------------------
+def test_a_packager_object_s_source_path_is_not_judged(check: object) -> None:
+    # tnefparse's MAPI_OBJECT.tnef: a PDF packaged with SHELL32.DLL (its icon's source) as its source path was rejected.
+    temporary = b"C:\\TEMP\\Temp\\ASNEWS~1.PDF\0"
+    body = (struct.pack("<H", 2) + b"ASNEWS.PDF\0C:\\WINNT\\system32\\SHELL32.DLL\0" + struct.pack("<2H", 0, 3)
+            + struct.pack("<L", len(temporary)) + temporary + struct.pack("<L", len(PDF)) + PDF
+            + b"".join(struct.pack("<L", len(n)) + n.encode("utf-16-le") for n in ("ASNEWS.PDF", "C:\\TEMP\\Temp\\ASNEWS~1.PDF", "SHELL32.DLL")))
+    obj = {"\x01Ole10Native": struct.pack("<L", len(body)) + body}
+    listing = listed(msg_file("I", attachment(None, obj=obj, display_name="Untitled Attachment")))
+    assert sorted(e.path for e in listing.entries) == ["invoice.msg/ASNEWS.PDF", "invoice.msg/ASNEWS~1.PDF", "invoice.msg/Untitled Attachment"]
+    assert hits_of(check, message(msg_file("I", attachment(None, obj=obj, display_name="Untitled Attachment")))) == {}
+
+
+def test_a_small_compound_file_with_more_fat_sectors_than_it_needs_is_read(check: object) -> None:
+    # An encrypted 14 KB workbook has three FAT sectors where one maps it: it was held as unreadable.
+    encrypted = compound_file({"EncryptionInfo": b"\0" * 200, "EncryptedPackage": b"\0" * 9000}, extra_fat=2)
+    listing = listed(msg_file("I", attachment("budget.xlsx", encrypted)))
+    assert not listing.limits and not listing.errors
+    assert hits_of(check, message(msg_file("I", attachment("budget.xlsx", encrypted)))).keys() <= {MISMATCH}
+
+
+def test_an_ole_object_named_as_a_document_that_cannot_be_read_is_still_held() -> None:
+    damaged = packager_file("evil.exe", PE)[:1200]
+    node = attachment("report.doc", damaged)
+    node["__properties_version1.0"] = b"\0" * 8 + struct.pack("<2HLLL", 0x0003, 0x3705, 0, 6, 0)
+    assert listed(msg_file("I", node)).limits[0].startswith("invoice.msg/report.doc: unreadable embedded object (")
+    from tests.unit.test_attachments_tnef import file_attachment, tnef
+    storage = bytes.fromhex("0b00000000000000c000000000000046") + damaged
+    tnef_listing = list_archive("winmail.dat", io.BytesIO(tnef(file_attachment("report.doc", storage))), "tnef", Limits())
+    assert any(note.startswith("winmail.dat/report.doc: unreadable embedded object (") for note in tnef_listing.limits)

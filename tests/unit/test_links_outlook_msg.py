@@ -249,3 +249,8 @@ def test_an_html_page_or_a_text_file_attached_to_a_msg_file_is_read() -> None:
     note["__substg1.0_370E001F"] = unicode("text/plain")
     found = extract(mail(compound_file(msg_tree("x", page, note))))
     assert found.uris == ["https://phish-domain.test/login", "http://second.test/x"]
+
+
+def test_an_attached_page_in_utf16_is_read_by_its_byte_order_mark() -> None:
+    page = attachment("page.html", b"\xff\xfe" + '<a href="https://phish-domain.test/login">x</a>'.encode("utf-16-le"))
+    assert extract(mail(compound_file(msg_tree("x", page)))).uris == ["https://phish-domain.test/login"]
