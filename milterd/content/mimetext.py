@@ -36,12 +36,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from html import unescape
 from html.parser import HTMLParser
-from typing import Container, Iterable, Iterator
+from typing import Container, Iterable, Iterator, cast
 
 from olefile import OleFileIO
 
 from .filetypes import HEAD_SIZE, MESSAGE_TYPES, extensions, message_file, outlook_file, outlook_name
-from .mimeparams import Preference, first_token, reading, safely
+from .mimeparams import LenientMessage, Preference, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
 from .mimeparts import part_names
 from .outlookmsg import Node, decoded_text, open_compound, read_stream
@@ -580,7 +580,7 @@ def _parsed(raw: bytes, prefer: Preference) -> tuple[email.message.Message, bool
     # x*0="a"; x*="b" beside it raised TypeError and hid every part).
     cut = False
     while True:
-        factory = reading(raw, prefer)
+        factory = cast("type[LenientMessage]", type("TextSourceMessage", (_EncodedMessagesKept, reading(raw, prefer)), {}))
         try:
             return email.message_from_bytes(raw, factory, policy=email.policy.compat32), cut, factory.differing
         except RecursionError:
@@ -590,46 +590,48 @@ def _parsed(raw: bytes, prefer: Preference) -> tuple[email.message.Message, bool
 
 
 def _walk(message: email.message.Message) -> Iterator[email.message.Message]:
-    """``message.walk()`` without its recursion (a generator a level deep): the parts, depth first; not
-    into an encoded attached message, whose encoded text the parser made a part (:func:`_attached_message`)."""
+    """``message.walk()`` without its recursion (a generator a level deep): the parts, depth first (an encoded
+    attached message is a leaf: :class:`_EncodedMessagesKept`)."""
     stack = [message]
     while stack:
         part = stack.pop()
         yield part
-        payload = part.get_payload() if part.is_multipart() and not _encoded_message(part) else None
+        payload = part.get_payload() if part.is_multipart() else None
         if isinstance(payload, list):
             stack.extend(sub for sub in reversed(payload) if isinstance(sub, email.message.Message))
 
 
+class _EncodedMessagesKept(email.message.Message):
+    """A part of :func:`extract`'s parse: a message/* part in base64 or quoted-printable is no message to the parser,
+    which would parse its encoded text as one (a soft line break in a long header put the rest of the header, its
+    Content-Type too, in the body), but a leaf whose encoded text :func:`_attached_message` decodes."""
+
+    def get_content_maintype(self) -> str:
+        maintype = super().get_content_maintype()
+        if maintype == "message" and first_token(str(self.get("Content-Transfer-Encoding", ""))).lower() in _ENCODED_MESSAGE:
+            return "application"
+        return maintype
+
+
 def _encoded_message(part: email.message.Message) -> str | None:
-    """The encoded text of a message/* part in base64 or quoted-printable; else None.  The parser made base64 text the
-    body of a message without fields, and quoted-printable text a message of its own, its soft line breaks and
-    ``=3D`` left in (a link cut by one was read in two): that one is written out again to be decoded."""
-    if content_type(part) not in MESSAGE_TYPES:
+    """The encoded text of a message/* part in base64 or quoted-printable (kept whole by :class:`_EncodedMessagesKept`); else None."""
+    if content_type(part) not in MESSAGE_TYPES or first_token(str(part.get("Content-Transfer-Encoding", ""))).lower() not in _ENCODED_MESSAGE:
         return None
-    encoding = first_token(str(part.get("Content-Transfer-Encoding", ""))).lower()
     payload = part.get_payload()
-    if encoding not in _ENCODED_MESSAGE or not isinstance(payload, list) or len(payload) != 1 or not isinstance(payload[0], email.message.Message):
-        return None
-    inner = payload[0]
-    if not inner.keys():
-        text = getattr(inner, "_payload", None)
-        return text if isinstance(text, str) else None
-    return safely(lambda: inner.as_string(), lambda: None) if encoding == "quoted-printable" else None
+    return payload if isinstance(payload, str) else None
 
 
 def _attached_message(part: email.message.Message, names: list[str]) -> bytes | None:
     """The message *part* carries encoded, decoded: a message/* part in base64 or quoted-printable (RFC 2046 forbids
     it; Exchange Online sends the one, mail clients decode both), or a file named ``.eml``; else None."""
     encoded: object = None
-    if part.is_multipart():
-        text = _encoded_message(part)
-        if text is not None:
-            clone = email.message.Message()
-            clone["Content-Transfer-Encoding"] = first_token(str(part.get("Content-Transfer-Encoding", ""))).lower()
-            clone.set_payload(text)
-            encoded = clone.get_payload(decode=True)
-    elif message_file(names):
+    text = _encoded_message(part)
+    if text is not None:
+        clone = email.message.Message()
+        clone["Content-Transfer-Encoding"] = first_token(str(part.get("Content-Transfer-Encoding", ""))).lower()
+        clone.set_payload(text)
+        encoded = clone.get_payload(decode=True)
+    elif not part.is_multipart() and message_file(names):
         encoded = _payload_bytes(part)
     return encoded if isinstance(encoded, bytes) and encoded else None
 

@@ -168,3 +168,20 @@ def test_a_quoted_printable_message_part_is_read_decoded() -> None:
     result = extract(raw)
     assert result.uris == ["https://phish-domain.example/login"] and result.error == ""
     assert result.text == "see attached\ncaf\u00e9\nLog in"
+
+
+@pytest.mark.parametrize("field", [
+    b"References: " + b" ".join(b"<%d.long-message-id@example.org>" % i for i in range(5)),  # soft-broken by the encoding
+    'Content-Disposition: inline; filename="r\u00e9sum\u00e9.html"'.encode("latin-1"),  # 8-bit in a field
+])
+def test_a_quoted_printable_message_part_with_a_long_or_8bit_header_is_read_decoded(field: bytes) -> None:
+    # Written out again from the parser's reading, the rest of its header fell into its body: its link was lost.
+    import quopri
+
+    inner = (b"From: x@example.org\r\nSubject: s\r\n" + field + b"\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+             + encoded(b'<p>Hi <a href="https://evil.example.net/login">click</a></p>'))
+    qp = quopri.encodestring(inner.replace(b"\r\n", b"\n")).replace(b"\n", b"\r\n")
+    raw = (b"From: a@example.org\r\nSubject: fwd\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: message/rfc822\r\n"
+           b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + qp + b"\r\n--zz--\r\n")
+    result = extract(raw)
+    assert result.uris == ["https://evil.example.net/login"] and result.text == "Hi click"
