@@ -92,6 +92,8 @@ MAX_ATTACHED_DEPTH = 5
 #: of 100,000 flat parts 11 s.
 MAX_ATTACHED_LINES = MAX_LINES // 4
 ATTACHED_SECONDS = 0.5
+#: What base64 text is made of, line ends included (anything else: no base64).
+_BASE64_TEXT = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n"
 #: The transfer encodings of a message/* part that a mail client decodes before it reads the message.
 _ENCODED_MESSAGE = frozenset({"base64", "quoted-printable"})
 #: Most bytes of an Outlook message file's RTF body decompressed (each two compressed bytes may give seventeen).
@@ -264,6 +266,9 @@ class _Reader:
                         _scan_unparsed(self.found, inner)  # not opened: its links as written, and decoded
                 else:
                     self._enqueue(inner, depth + 1, outlook)
+                    written = _written_message(part)
+                    if written is not None:  # labelled base64 but written out: read as written too
+                        self._enqueue(written, depth + 1, False)
                 if part.is_multipart():
                     continue
             if not part.is_multipart():
@@ -608,17 +613,27 @@ class _EncodedMessagesKept(email.message.Message):
 
     def get_content_maintype(self) -> str:
         maintype = super().get_content_maintype()
-        if maintype == "message" and first_token(str(self.get("Content-Transfer-Encoding", ""))).lower() in _ENCODED_MESSAGE:
+        if maintype == "message" and _encoded_message(self) is not None:
             return "application"
         return maintype
 
 
 def _encoded_message(part: email.message.Message) -> str | None:
-    """The encoded text of a message/* part in base64 or quoted-printable (kept whole by :class:`_EncodedMessagesKept`); else None."""
+    """The encoded text of a message part (rfc822, global, news: :data:`MESSAGE_TYPES`; the other message/* types
+    the parser reads as before) in base64 or quoted-printable, kept whole by :class:`_EncodedMessagesKept`; else None."""
     if content_type(part) not in MESSAGE_TYPES or first_token(str(part.get("Content-Transfer-Encoding", ""))).lower() not in _ENCODED_MESSAGE:
         return None
-    payload = part.get_payload()
-    return payload if isinstance(payload, str) else None
+    payload = part.get_payload()  # None while the parser reads the part's fields: the class asks then
+    return payload if isinstance(payload, str) else ""
+
+
+def _written_message(part: email.message.Message) -> bytes | None:
+    """The text of a message part labelled base64 that is no base64 (a message written out), as written; else None."""
+    text = _encoded_message(part)
+    if not text or first_token(str(part.get("Content-Transfer-Encoding", ""))).lower() != "base64":
+        return None
+    data = text.encode("utf-8", "surrogateescape")
+    return data if data.translate(None, _BASE64_TEXT) else None
 
 
 def _attached_message(part: email.message.Message, names: list[str]) -> bytes | None:

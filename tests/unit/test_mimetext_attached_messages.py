@@ -185,3 +185,18 @@ def test_a_quoted_printable_message_part_with_a_long_or_8bit_header_is_read_deco
            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + qp + b"\r\n--zz--\r\n")
     result = extract(raw)
     assert result.uris == ["https://evil.example.net/login"] and result.text == "Hi click"
+
+
+def test_other_encoded_message_types_are_parsed_as_before_and_a_mislabelled_message_is_read_as_written() -> None:
+    # Found by review: message/partial in quoted-printable became a leaf nobody decoded (its link lost), and a message
+    # part labelled base64 but written out was decoded into noise (its link lost).
+    import quopri
+
+    inner = b'From: x@example.org\r\nSubject: s\r\nContent-Type: text/plain\r\n\r\nSee https://inner.example/login\r\n'
+    qp = quopri.encodestring(inner.replace(b"\r\n", b"\n")).replace(b"\n", b"\r\n")
+    for ctype in (b"message/partial; number=1; total=1", b"message/external-body"):
+        raw = (b"From: a@example.org\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: " + ctype
+               + b"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n" + qp + b"\r\n--B--\r\n")
+        assert extract(raw).uris == ["https://inner.example/login"], ctype
+    raw = carrying(b"", b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64").replace(b"\r\n\r\n--zz--", b"\r\n" + inner + b"--zz--")
+    assert "https://inner.example/login" in extract(raw).uris
