@@ -38,6 +38,24 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
         return data.decode("latin-1")
 
 
+#: Windows code page identifiers Python knows under another name than cpN.
+_WINDOWS_CODEPAGES = {65001: "utf-8", 65000: "utf-7", 1200: "utf-16-le", 1201: "utf-16-be", 20127: "ascii", 20866: "koi8-r",
+                      21866: "koi8-u", 50220: "iso2022-jp", 50221: "iso2022-jp", 50222: "iso2022-jp", 51932: "euc-jp",
+                      51949: "euc-kr", 52936: "hz", 54936: "gb18030", 936: "gbk", 10000: "mac-roman",
+                      **{28590 + n: f"iso8859-{n}" for n in range(1, 16)}}
+
+
+def windows_codec(number: int | None) -> str | None:
+    """The Python codec of a Windows code page identifier (an Outlook message's PidTagInternetCodepage, RTF's
+    ``\\ansicpg``), or None for none or one Python does not know."""
+    if not number:
+        return None
+    try:
+        return codecs.lookup(_WINDOWS_CODEPAGES.get(number, f"cp{number}")).name
+    except LookupError:
+        return None
+
+
 #: One parameter of a field as :func:`raw_params` reads it: a name, "=", and a quoted string (to its
 #: closing quote, or to the end when it has none) or the text up to the next ";".
 _RAW_PARAM = re.compile(r';\s*([^\s;="]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;]*)', re.DOTALL)

@@ -483,6 +483,11 @@ def _text_encoding(part: email.message.Message) -> str:
     """The transfer encoding of *part* when it is a leaf of text (or a message), else ``""``."""
     if part.is_multipart() or not content_type(part).startswith(("text/", "message/")):
         return ""
+    return _transfer_encoding(part)
+
+
+def _transfer_encoding(part: email.message.Message) -> str:
+    """The transfer encoding *part* declares (its first token, lower-cased), ``""`` for none."""
     return first_token(str(part.get("Content-Transfer-Encoding", ""))).lower()
 
 
@@ -621,7 +626,7 @@ class _EncodedMessagesKept(email.message.Message):
 def _encoded_message(part: email.message.Message) -> str | None:
     """The encoded text of a message part (rfc822, global, news: :data:`MESSAGE_TYPES`; the other message/* types
     the parser reads as before) in base64 or quoted-printable, kept whole by :class:`_EncodedMessagesKept`; else None."""
-    if content_type(part) not in MESSAGE_TYPES or first_token(str(part.get("Content-Transfer-Encoding", ""))).lower() not in _ENCODED_MESSAGE:
+    if content_type(part) not in MESSAGE_TYPES or _transfer_encoding(part) not in _ENCODED_MESSAGE:
         return None
     payload = part.get_payload()  # None while the parser reads the part's fields: the class asks then
     return payload if isinstance(payload, str) else ""
@@ -630,7 +635,7 @@ def _encoded_message(part: email.message.Message) -> str | None:
 def _written_message(part: email.message.Message) -> bytes | None:
     """The text of a message part labelled base64 that is no base64 (a message written out), as written; else None."""
     text = _encoded_message(part)
-    if not text or first_token(str(part.get("Content-Transfer-Encoding", ""))).lower() != "base64":
+    if not text or _transfer_encoding(part) != "base64":
         return None
     data = text.encode("utf-8", "surrogateescape")
     return data if data.translate(None, _BASE64_TEXT) else None
@@ -643,7 +648,7 @@ def _attached_message(part: email.message.Message, names: list[str]) -> bytes | 
     text = _encoded_message(part)
     if text is not None:
         clone = email.message.Message()
-        clone["Content-Transfer-Encoding"] = first_token(str(part.get("Content-Transfer-Encoding", ""))).lower()
+        clone["Content-Transfer-Encoding"] = _transfer_encoding(part)
         clone.set_payload(text)
         encoded = clone.get_payload(decode=True)
     elif not part.is_multipart() and message_file(names):

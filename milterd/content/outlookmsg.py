@@ -39,6 +39,7 @@ from typing import IO, Iterator
 
 import olefile
 
+from .mimeparams import windows_codec
 from .rtf import decompress
 
 # What olefile would log about a hostile file is the listing's error here.
@@ -59,11 +60,6 @@ _ATTACH_METHOD, _EMBEDDED_MESSAGE = 0x3705, 5
 OLE_OBJECT = 6  # attach method: an OLE object
 #: PidTagInternetCodepage (a message's HTML body's) and PidTagMessageCodepage (its 8-bit strings').
 _INTERNET_CODEPAGE, _MESSAGE_CODEPAGE = 0x3FDE, 0x3FFD
-#: Windows code page identifiers Python knows under another name than cpN.
-_CODEPAGES = {65001: "utf-8", 65000: "utf-7", 1200: "utf-16-le", 1201: "utf-16-be", 20127: "ascii", 20866: "koi8-r",
-              21866: "koi8-u", 50220: "iso2022-jp", 50221: "iso2022-jp", 50222: "iso2022-jp", 51932: "euc-jp",
-              51949: "euc-kr", 52936: "hz", 54936: "gb18030", 936: "gbk", 10000: "mac-roman",
-              **{28590 + n: f"iso8859-{n}" for n in range(1, 16)}}
 #: Longest fixed-size properties' stream read (16 bytes a property; a message has a few hundred).
 _PROPERTIES_BYTES = 64 * 1024
 #: The stream of a Packager OLE object (an "embedded file"), and what a message's storage holds that an object's does not.
@@ -237,18 +233,7 @@ def _codepages(ole: olefile.OleFileIO, message: Node) -> tuple[str | None, str |
     if stream is None:
         return None, None
     values = _fixed_properties(read_stream(ole, stream), 32 if message.entry is ole.root else 24)
-    return _codepage(values.get(_INTERNET_CODEPAGE)), _codepage(values.get(_MESSAGE_CODEPAGE))
-
-
-def _codepage(number: int | None) -> str | None:
-    """The Python codec of a Windows code page identifier, or None."""
-    if not number:
-        return None
-    name = _CODEPAGES.get(number, f"cp{number}")
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        return None
+    return windows_codec(values.get(_INTERNET_CODEPAGE)), windows_codec(values.get(_MESSAGE_CODEPAGE))
 
 
 def rtf_body(ole: olefile.OleFileIO, message: Node, most_read: int, most: int) -> tuple[bytes, bool]:

@@ -18,11 +18,12 @@ a bit string per control byte.
 
 from __future__ import annotations
 
-import codecs
 import re
 import struct
 from dataclasses import dataclass, field
 from typing import Callable
+
+from .mimeparams import windows_codec
 
 #: MS-OXRTFCP: the header (compressed size, raw size, kind, CRC), and the dictionary's first bytes.
 _HEADER = struct.Struct("<LL4sL")
@@ -172,7 +173,7 @@ def read(rtf: bytes, max_tokens: int = MAX_TOKENS) -> RtfText:
             if word == b"bin" and parameter:  # binary data: not text, and no token in it
                 position += max(int(parameter), 0)
             elif word == b"ansicpg" and parameter:
-                codec = _codec(parameter, codec)
+                codec = windows_codec(int(parameter)) or codec
             continue
         opening = False
         if number is not None:
@@ -212,16 +213,6 @@ def _control(word: bytes, parameter: bytes | None, group: _Group, html: bool, em
         group.stand_in = max(int(parameter), 0)
     elif word in _BREAKS:
         emit(_BREAKS[word])
-
-
-def _codec(parameter: bytes, current: str) -> str:
-    """The Python codec of an \\ansicpgN, *current* when Python knows none."""
-    name = f"cp{int(parameter)}"
-    try:
-        codecs.lookup(name)
-    except LookupError:
-        return current
-    return name
 
 
 def _target(instruction: str) -> str:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import NO_CHECKS, message, with_sections
 from tests.harness.dns import LocalDns
-from tests.harness.outlookmsg import compound_file, compressed_rtf, msg_tree, unicode
+from tests.harness.outlookmsg import Tree, compound_file, compressed_rtf, msg_tree, unicode
 from tests.harness.stack import Stack, row_for
 
 pytestmark = pytest.mark.integration
@@ -147,15 +147,20 @@ def test_a_link_in_a_quoted_printable_attached_message_is_looked_up(stack: Stack
     assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
 
 
+def with_msg_file(subject: str, saved: Tree) -> bytes:
+    """A message carrying the Outlook message file of *saved* (a tree for the test writer) as "Your account.msg"."""
+    body = ("--B\r\nContent-Type: text/plain\r\n\r\nSee the attached.\r\n--B\r\nContent-Type: application/vnd.ms-outlook\r\n"
+            'Content-Disposition: attachment; filename="Your account.msg"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+            + base64.encodebytes(compound_file(saved)).decode().replace("\n", "\r\n") + "--B--\r\n")
+    return message(subject, body, headers={"Content-Type": "multipart/mixed; boundary=B"})
+
+
 def test_a_link_in_an_attached_outlook_message_file_is_looked_up(stack: Stack) -> None:
     # Outlook shows a .msg attachment's body with its links: they were never looked up.
     saved = msg_tree("Your account")
     saved["__substg1.0_1013001F"] = unicode('<a href="https://phish-domain.test/">Log in</a>')
-    body = ("--B\r\nContent-Type: text/plain\r\n\r\nSee the attached.\r\n--B\r\nContent-Type: application/vnd.ms-outlook\r\n"
-            'Content-Disposition: attachment; filename="Your account.msg"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
-            + base64.encodebytes(compound_file(saved)).decode().replace("\n", "\r\n") + "--B--\r\n")
     with pytest.raises(smtplib.SMTPDataError) as info:
-        stack.send(message("forwarded msg file", body, headers={"Content-Type": "multipart/mixed; boundary=B"}))
+        stack.send(with_msg_file("forwarded msg file", saved))
     assert info.value.smtp_code == 550
     assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
     assert "URIBL_DBL_PHISH" in row_for(stack, "forwarded msg file")["symbols"]
@@ -167,11 +172,8 @@ def test_a_link_only_in_a_msg_file_s_rtf_body_is_looked_up(stack: Stack) -> None
     saved["__substg1.0_1000001F"] = unicode("Your mailbox is full. Log in")
     saved["__substg1.0_10090102"] = compressed_rtf(b'{\\rtf1\\ansi\\fromhtml1 {\\*\\htmltag84 <a href="https://phish-domain\\\'2etest/">}'
                                                   b"\\htmlrtf {\\field{\\*\\fldinst{HYPERLINK x}}}\\htmlrtf0 Log in{\\*\\htmltag92 </a>}}")
-    body = ("--B\r\nContent-Type: text/plain\r\n\r\nSee the attached.\r\n--B\r\nContent-Type: application/vnd.ms-outlook\r\n"
-            'Content-Disposition: attachment; filename="Your account.msg"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
-            + base64.encodebytes(compound_file(saved)).decode().replace("\n", "\r\n") + "--B--\r\n")
     with pytest.raises(smtplib.SMTPDataError) as info:
-        stack.send(message("msg rtf body", body, headers={"Content-Type": "multipart/mixed; boundary=B"}))
+        stack.send(with_msg_file("msg rtf body", saved))
     assert info.value.smtp_code == 550
     assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
 

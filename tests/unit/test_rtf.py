@@ -69,3 +69,8 @@ def test_symbols_line_ends_and_pictures(rtf: bytes, text: str) -> None:
 def test_a_body_of_more_tokens_than_the_bound_is_read_up_to_it() -> None:
     found = read(b"{\\rtf1 " + b"\\par " * 1000 + b"http://late.example/}", max_tokens=500)
     assert not found.whole and "http://late.example/" not in found.text
+
+
+def test_the_document_s_codepage_is_read_as_an_outlook_message_s_is() -> None:
+    # One table of Windows code page identifiers for both (ISO 8859-5 is 28595, not Python's cp28595).
+    assert "\u043f\u0440\u0438" in read(b"{\\rtf1\\ansi\\ansicpg28595 \\'df\\'e0\\'d8}").text
