@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import IO, Callable, Iterable, Iterator, Literal
 
+from .filetypes import message_file, outlook_name
 from .headertext import decoded
 from .mimeparams import LenientMessage, client_names, client_param, collapsed, first_token, raw_param, raw_params, safely, unescaped
 
@@ -585,13 +586,10 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                     if shared.left < 0:
                         notes.append(SHARED_PARTS_NOTE)
                         return
-                if boundary is not None:
-                    open_.push(boundary.variants(reading))
-                    if differing is not None:
-                        differing |= boundary.differing
-                elif ctype == "message/rfc822" and encoding in _IDENTITY:
+                kind = _enter(open_, boundary, ctype, encoding, reading, differing)
+                if kind == "message":
                     in_headers = True
-                else:
+                elif kind == "leaf":
                     if ctype.startswith("multipart/"):
                         notes.append(NO_BOUNDARY_NOTE)
                     # An encoded message/rfc822 part (RFC 2046 section 5.2.1 forbids it; Exchange Online sends it) is
@@ -627,6 +625,18 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
         yield from _finished(decoder, current, notes)
 
 
+def _enter(open_: _OpenMultiparts, boundary: _Boundary | None, ctype: str, encoding: str, reading: Reading,
+           differing: set[Reading] | None) -> Literal["multipart", "message", "leaf"]:
+    """Follow a part whose header section has just ended: a multipart's boundary is opened (its readings that
+    differ added to *differing*, when given); "message" when an attached message's header section follows."""
+    if boundary is not None:
+        open_.push(boundary.variants(reading))
+        if differing is not None:
+            differing |= boundary.differing
+        return "multipart"
+    return "message" if ctype == "message/rfc822" and encoding in _IDENTITY else "leaf"
+
+
 def every_reading(source: Callable[[], Iterable[bytes]], memory: int, limit: int, skipped: list[str],
                   shared: PartsBudget | None = None) -> Iterator[Attachment]:
     """Each attachment of the message *source* gives (its chunks, each time it is called) in each reading
@@ -647,6 +657,96 @@ def every_reading(source: Callable[[], Iterable[bytes]], memory: int, limit: int
     for reading in others:
         if reading in differing:  # the library parse may add "both"
             yield from attachments(source(), memory, limit, skipped, reading, differing, shared)
+
+
+
+def text_views(source: Callable[[], Iterable[bytes]], room: int) -> list[tuple[bytes, bool]]:
+    """The message *source* gives (its chunks, each time it is called) without the bodies of its parts that hold no
+    text a reader is shown, each view at most *room* bytes, with whether it had to be cut (:func:`text_view`).
+
+    One view in Thunderbird's reading of the boundaries; where a multipart's boundary reads otherwise in
+    the standard library's (or with every variant at once), one in each such reading too, as
+    :func:`every_reading` parses: a part one reading drops is dropped only from that reading's view.
+    """
+    differing: set[Reading] = set()
+    views = [text_view(source(), room, "client", differing)]
+    others: tuple[Reading, ...] = ("library", "both")
+    for reading in others:
+        if reading in differing:
+            views.append(text_view(source(), room, reading, differing))
+    return views
+
+
+def text_view(chunks: Iterable[bytes], room: int, reading: Reading = "client",
+              differing: set[Reading] | None = None) -> tuple[bytes, bool]:
+    """The message given as *chunks* as written, but for the bodies of its leaf parts that are neither text nor a
+    message (an image, an archive, a document: :func:`shows_text`), left empty; at most *room* bytes, and
+    whether it had to be cut.
+
+    The link reader is given the first few megabytes of a message: a 5 MB image before the HTML part
+    hid its links.  Header sections and delimiter lines are kept, so the view parses into the same
+    parts; the multiparts are followed in *reading*, whose differing readings are added to *differing*.
+    Past MAX_SCANNED_PARTS parts the rest is kept as written.
+    """
+    view = bytearray()
+    open_ = _OpenMultiparts()
+    in_headers, dropping, parts = True, False, 0
+    header = _Header()
+    for block in _blocks(chunks):
+        pos = 0
+        while pos < len(block):
+            if len(view) > room:
+                break
+            if not in_headers:
+                end = _body_end(block, pos, open_) if parts <= MAX_SCANNED_PARTS else len(block)
+                if not dropping:
+                    view += block[pos:end]
+                if end == len(block):
+                    break
+                pos = end
+            end = block.find(b"\n", pos) + 1 or len(block)
+            line, pos = block[pos:end], end
+            view += line
+            if in_headers:
+                if line.strip(b"\r\n"):
+                    header.add(line)
+                    continue
+                in_headers, dropping, parts = False, False, parts + 1
+                ctype, boundary, encoding, names = _part_kind(header)
+                header = _Header()
+                kind = _enter(open_, boundary, ctype, encoding, reading, differing)
+                in_headers = kind == "message"
+                dropping = kind == "leaf" and parts <= MAX_SCANNED_PARTS and not shows_text(ctype, names)
+                continue
+            level = open_.level(_marker(line, 0)) if open_ and line.startswith(b"--") else None
+            if level is not None:
+                dropping = False
+                if open_.closes(_marker(line, 0), level):
+                    open_.close_from(level)
+                else:
+                    open_.close_from(level + 1)
+                    in_headers = True
+        if len(view) > room:
+            break
+    return bytes(view[:room]), len(view) > room
+
+
+def shows_text(ctype: str, names: Iterable[str]) -> bool:
+    """Whether a leaf part of type *ctype* called *names* may hold text the link reader reads: text, a message
+    (encoded or not), a saved message (``.eml``) or an Outlook message file by name."""
+    return ctype.startswith(("text/", "message/", "multipart/")) or message_file(names) or outlook_name(names)
+
+
+def _part_kind(header: _Header) -> tuple[str, _Boundary | None, str, tuple[str, ...]]:
+    """A part's content type, boundary, transfer encoding and names from its header section (what cannot be
+    read gives text/plain: its body is kept)."""
+    try:
+        ctype, boundary, encoding, name, others = _read_part(header.parse())
+    except Exception:  # noqa: BLE001 - never expected (parameters are read leniently): the body is kept
+        return "text/plain", None, "", ()
+    if header.cut:
+        ctype, boundary, name, others = _with_overflow(header.overflow.params(), ctype, boundary, name, others)
+    return ctype, boundary, encoding, (name, *others)
 
 
 #: The signatures of signed mail (a digest's signed posts carry them), by type, and the names they go by.

@@ -36,14 +36,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from html import unescape
 from html.parser import HTMLParser
-from typing import Container, Iterable, Iterator, cast
+from typing import Callable, Container, Iterable, Iterator, cast
 
 from olefile import OleFileIO
 
 from .filetypes import HEAD_SIZE, MESSAGE_TYPES, extensions, message_file, outlook_file, outlook_name
 from .mimeparams import LenientMessage, Preference, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
-from .mimeparts import part_names
+from .mimeparts import part_names, text_views
 from .outlookmsg import Node, decoded_text, open_compound, read_stream
 from .outlookmsg import attachments as msg_attachments
 from .outlookmsg import bodies as msg_bodies
@@ -197,6 +197,30 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
     result.uris, result.embedded = reader.found.uris(), reader.found.embedded()
     result.truncated = result.truncated or reader.found.cut
     return result
+
+
+def extract_large(source: Callable[[], Iterable[bytes]], room: int, limit: int = 1024 * 1024) -> MessageText:
+    """:func:`extract` of a message too large to give whole (*source* gives its chunks, each time it is called):
+    of its first *room* bytes once the bodies of its parts with no text (an image, a PDF, an archive) are left
+    out (:func:`~milterd.content.mimeparts.text_views`), the views of each reading of its boundaries joined."""
+    results = []
+    for view, cut in text_views(source, room):
+        found = extract(view, limit)
+        found.truncated = found.truncated or cut
+        results.append(found)
+    return _joined(results)
+
+
+def _joined(results: list[MessageText]) -> MessageText:
+    """One MessageText of several readings of a message: the first one's text, every link (embedded only where
+    every reading finds it so), truncated when any is, the first error."""
+    first = results[0]
+    if len(results) == 1:
+        return first
+    uris = list(dict.fromkeys(uri for found in results for uri in found.uris))
+    followed = {uri for found in results for uri in found.uris if uri not in found.embedded}
+    return MessageText(first.text, uris, {uri for uri in uris if uri not in followed}, any(found.truncated for found in results),
+                       next((found.error for found in results if found.error), ""))
 
 
 class _Reader:

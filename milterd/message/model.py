@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterator, Literal
 
-from ..content.mimetext import MessageText, extract
+from ..content.mimetext import MessageText, extract, extract_large
 from .reply import Reply
 
 #: A parsed client address.
@@ -342,7 +342,8 @@ class Envelope(CheckStates):
 
     def text(self, limit: int) -> MessageText:
         """The decoded text and the links of the message (:func:`milterd.content.mimetext.extract`
-        of the headers and the body's first 4 × *limit* bytes, at most *limit* characters of text).
+        of the headers and the body's first 4 × *limit* bytes, at most *limit* characters of text; of a larger
+        body, its first 4 × *limit* bytes once its images, documents and archives are left out).
 
         Parsed once per limit and shared: the URI lists and the custom rules
         read the same result, which the caller must not change.  Raises what
@@ -351,7 +352,11 @@ class Envelope(CheckStates):
         with self._texts_lock:
             found = self._texts.get(limit)
             if found is None:
-                found = self._texts[limit] = extract(self.header_bytes + self.spool.read(4 * limit), limit)
+                if self.spool.size <= 4 * limit:
+                    found = extract(self.header_bytes + self.spool.read(4 * limit), limit)
+                else:  # an image or a PDF before the HTML part must not hide its links
+                    found = extract_large(self.message_chunks, len(self.header_bytes) + 4 * limit, limit)
+                self._texts[limit] = found
             return found
 
     def close(self) -> None:

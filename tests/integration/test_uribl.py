@@ -117,6 +117,19 @@ def test_a_link_after_five_hundred_text_parts_is_looked_up(stack: Stack) -> None
     assert "URIBL_DBL_PHISH" in row_for(stack, "link past parts")["symbols"]
 
 
+def test_a_link_after_an_attachment_larger_than_the_link_reader_s_window_is_looked_up(stack: Stack) -> None:
+    # The link reader was given the first 4 MB of the body: a 5 MB PDF before the HTML part hid its link,
+    # and the message was delivered with no symbol (found in review).
+    pdf = base64.encodebytes(b"%PDF-1.4\n" + bytes(range(256)) * 20_000).decode().replace("\n", "\r\n")
+    body = ('--B\r\nContent-Type: application/pdf; name="statement.pdf"\r\nContent-Transfer-Encoding: base64\r\n\r\n' + pdf
+            + '--B\r\nContent-Type: text/html\r\n\r\n<a href="https://phish-domain.test/">Log in</a>\r\n--B--\r\n')
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(message("link past a large file", body, headers={"Content-Type": "multipart/mixed; boundary=B"}))
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
+    assert "URIBL_DBL_PHISH" in row_for(stack, "link past a large file")["symbols"]
+
+
 FORWARDED = b"From: x@example.org\r\nSubject: your account\r\nContent-Type: text/html\r\n\r\n<a href=\"https://phish-domain.test/\">Log in</a>\r\n"
 
 
