@@ -36,6 +36,11 @@ MAX_PARTS = 500
 MAX_SCANNED_PARTS = 2000
 #: The note of a message with a file (a named or non-text part, but a signature) past MAX_PARTS: never judged.
 PARTS_LIMIT_NOTE = f"more than {MAX_PARTS} MIME parts before a file: the files past them not looked at"
+#: A text view (:func:`text_view`) reads at most this many lines one at a time (header lines, delimiter
+#: lines and body lines that start like one), the rest as written: 50 MB of "--B…" lines cost 10 s.
+MAX_VIEW_LINES = 200_000
+#: A content type as RFC 2045 writes it (lower-cased): a part of any other is not dropped from a text view.
+_PLAIN_TYPE = re.compile(r"[a-z0-9!#$%&'*+.^_`{|}~-]+/[a-z0-9!#$%&'*+.^_`{|}~-]+\Z")
 #: The note of a message past MAX_SCANNED_PARTS: the rest, a banned file too, never looked at.
 SCANNED_LIMIT_NOTE = f"more than {MAX_SCANNED_PARTS} MIME parts: the rest not looked at"
 #: The note of a multipart without a boundary: its parts, a banned file among them too, never looked at.
@@ -236,11 +241,12 @@ def _blocks(chunks: Iterable[bytes]) -> Iterator[bytes]:
         yield rest
 
 
-def _body_end(block: bytes, pos: int, open_: _OpenMultiparts) -> int:
+def _body_end(block: bytes, pos: int, open_: _OpenMultiparts, steps: _Steps | None = None) -> int:
     """Where the body lines of *block* from *pos* (a line's start) end: at the next delimiter line of
     an open multipart, else at the block's end.  They go to the decoder at once, not a Python step
     per line (10 MB of 1-character base64 lines cost 1.3 s); a line that starts ``--`` costs one
-    dictionary lookup, however deep the multiparts nest."""
+    dictionary lookup, however deep the multiparts nest.  Those lookups are counted in *steps*, when
+    given, and the body ends at the line past its bound too."""
     if not open_:
         return len(block)
     starts = open_.starts
@@ -248,10 +254,25 @@ def _body_end(block: bytes, pos: int, open_: _OpenMultiparts) -> int:
         return pos
     at = block.find(b"\n--", pos)
     while at >= 0:
-        if block.startswith(starts, at + 3) and open_.level(_marker(block, at + 1)) is not None:
-            return at + 1
+        if block.startswith(starts, at + 3):
+            if steps is not None and steps.spent():
+                return at + 1
+            if open_.level(_marker(block, at + 1)) is not None:
+                return at + 1
         at = block.find(b"\n--", at + 3)
     return len(block)
+
+
+class _Steps:
+    """Lines read one at a time, up to a bound."""
+
+    def __init__(self, most: int) -> None:
+        self.left = most
+
+    def spent(self) -> bool:
+        """Count one more; whether the bound is passed."""
+        self.left -= 1
+        return self.left < 0
 
 
 def _marker(block: bytes, start: int) -> bytes:
@@ -490,6 +511,7 @@ class _Header:
         self.field = -1  # bytes kept of the MIME field being read; -1 in any other field, _PAST in one past the bounds
         self.cut = False
         self.overflow = _Overflow()
+        self.names: list[bytes] = []  # the MIME fields' names, lower-cased, as they come (one twice: readers differ)
 
     def add(self, line: bytes) -> None:
         """Keep *line* (one line of the header section) if it is, or continues, a MIME field."""
@@ -499,6 +521,8 @@ class _Header:
             # before the colon); the stdlib parser would end the header section at it.
             name = name.rstrip(b" \t")
             self.field = 0 if colon and name.lower() in _MIME_FIELDS else -1
+            if self.field == 0:
+                self.names.append(name.lower())
             line = name + colon + rest
         if self.field == _PAST:
             self.overflow.line(line)
@@ -660,81 +684,133 @@ def every_reading(source: Callable[[], Iterable[bytes]], memory: int, limit: int
 
 
 
-def text_views(source: Callable[[], Iterable[bytes]], room: int) -> list[tuple[bytes, bool]]:
+def text_views(source: Callable[[], Iterable[bytes]], room: int, saved_room: int = 0) -> list[tuple[bytes, bool]]:
     """The message *source* gives (its chunks, each time it is called) without the bodies of its parts that hold no
-    text a reader is shown, each view at most *room* bytes, with whether it had to be cut (:func:`text_view`).
+    text a reader is shown, each view at most *room* bytes (and *saved_room* of attached messages' bodies), with
+    whether it had to be cut (:func:`text_view`).
 
     One view in Thunderbird's reading of the boundaries; where a multipart's boundary reads otherwise in
     the standard library's (or with every variant at once), one in each such reading too, as
     :func:`every_reading` parses: a part one reading drops is dropped only from that reading's view.
     """
     differing: set[Reading] = set()
-    views = [text_view(source(), room, "client", differing)]
+    views = [text_view(source(), room, saved_room, "client", differing)]
     others: tuple[Reading, ...] = ("library", "both")
     for reading in others:
         if reading in differing:
-            views.append(text_view(source(), room, reading, differing))
+            views.append(text_view(source(), room, saved_room, reading, differing))
     return views
 
 
-def text_view(chunks: Iterable[bytes], room: int, reading: Reading = "client",
+def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: Reading = "client",
               differing: set[Reading] | None = None) -> tuple[bytes, bool]:
     """The message given as *chunks* as written, but for the bodies of its leaf parts that are neither text nor a
-    message (an image, an archive, a document: :func:`shows_text`), left empty; at most *room* bytes, and
-    whether it had to be cut.
+    message (an image, an archive, a document: :func:`shows_text`), left empty; at most *room* bytes besides
+    *saved_room* bytes of attached messages' bodies (an Outlook message file is a few megabytes when it carries a
+    picture), and whether it had to be cut.
 
     The link reader is given the first few megabytes of a message: a 5 MB image before the HTML part
-    hid its links.  Header sections and delimiter lines are kept, so the view parses into the same
-    parts; the multiparts are followed in *reading*, whose differing readings are added to *differing*.
-    Past MAX_SCANNED_PARTS parts the rest is kept as written.
+    hid its links.  Header sections and delimiter lines are kept, and the multiparts followed in *reading*
+    (its differing readings added to *differing*), a delimiter ending a header section too, as the standard
+    library and Thunderbird read them.  A body is dropped only where no reader may take it for text: a part
+    whose MIME fields come twice, are cut by the bounds (MAX_PART_HEADER) or start within a line longer than
+    them, or whose type is not plainly written, keeps its body, and so does a body with a bare CR (a line end to
+    the standard library).  Past MAX_SCANNED_PARTS parts or MAX_VIEW_LINES lines read one at a time, the rest
+    is kept as written.
     """
-    view = bytearray()
+    view = _View(room, saved_room)
     open_ = _OpenMultiparts()
-    in_headers, dropping, parts = True, False, 0
-    header = _Header()
+    in_headers, dropping, saved, parts = True, False, False, 0
+    header, odd = _Header(), False
+    steps = _Steps(MAX_VIEW_LINES)
+    following = True  # the structure is followed (until one of the bounds)
+    continued = False  # the block goes on with a line the last one began: no delimiter nor field starts it
     for block in _blocks(chunks):
         pos = 0
-        while pos < len(block):
-            if len(view) > room:
-                break
+        if not following:
+            view.add(block)
+        elif continued:
+            pos = block.find(b"\n") + 1 or len(block)
+            odd = odd or in_headers
+            if in_headers or not dropping:
+                view.add(block[:pos], saved and not in_headers)
+        continued = not block.endswith(b"\n")
+        while following and pos < len(block) and not view.full:
             if not in_headers:
-                end = _body_end(block, pos, open_) if parts <= MAX_SCANNED_PARTS else len(block)
-                if not dropping:
-                    view += block[pos:end]
+                end = _body_end(block, pos, open_, steps)
+                # A bare CR ends a line to the standard library: a delimiter line may end so, which is not followed here.
+                if not dropping or block.count(b"\r", pos, end) > block.count(b"\r\n", pos, end):
+                    view.add(block[pos:end], saved)
                 if end == len(block):
                     break
                 pos = end
+            if steps.spent() or parts > MAX_SCANNED_PARTS:
+                view.add(block[pos:])
+                following = False
+                break
             end = block.find(b"\n", pos) + 1 or len(block)
             line, pos = block[pos:end], end
-            view += line
-            if in_headers:
+            view.add(line)
+            level = open_.level(_marker(line, 0)) if open_ and line.startswith(b"--") else None
+            if level is not None:  # also within a header section: it ends there, and that part has no body
+                dropping = saved = odd = False
+                header = _Header()
+                in_headers = not open_.closes(_marker(line, 0), level)
+                open_.close_from(level + 1 if in_headers else level)
+            elif in_headers:
                 if line.strip(b"\r\n"):
                     header.add(line)
                     continue
-                in_headers, dropping, parts = False, False, parts + 1
+                parts += 1
                 ctype, boundary, encoding, names = _part_kind(header)
+                odd = odd or header.cut or len(set(header.names)) < len(header.names)
                 header = _Header()
                 kind = _enter(open_, boundary, ctype, encoding, reading, differing)
                 in_headers = kind == "message"
-                dropping = kind == "leaf" and parts <= MAX_SCANNED_PARTS and not shows_text(ctype, names)
-                continue
-            level = open_.level(_marker(line, 0)) if open_ and line.startswith(b"--") else None
-            if level is not None:
-                dropping = False
-                if open_.closes(_marker(line, 0), level):
-                    open_.close_from(level)
-                else:
-                    open_.close_from(level + 1)
-                    in_headers = True
-        if len(view) > room:
+                dropping = kind == "leaf" and parts <= MAX_SCANNED_PARTS and not odd and not shows_text(ctype, names)
+                saved = kind == "leaf" and (ctype.startswith("message/") or message_file(names) or outlook_name(names))
+                odd = False
+        if view.full:
             break
-    return bytes(view[:room]), len(view) > room
+    return view.result()
 
 
 def shows_text(ctype: str, names: Iterable[str]) -> bool:
     """Whether a leaf part of type *ctype* called *names* may hold text the link reader reads: text, a message
-    (encoded or not), a saved message (``.eml``) or an Outlook message file by name."""
-    return ctype.startswith(("text/", "message/", "multipart/")) or message_file(names) or outlook_name(names)
+    (encoded or not), a saved message (``.eml``) or an Outlook message file by name, or a type not plainly
+    written (``image /png``, ``(c) text/html``: the link reader takes those for text/plain)."""
+    return (ctype.startswith(("text/", "message/", "multipart/")) or not _PLAIN_TYPE.match(ctype)
+            or message_file(names) or outlook_name(names))
+
+
+class _View:
+    """The bytes of a text view so far: *room* of them at most, besides *saved_room* of attached messages' bodies."""
+
+    def __init__(self, room: int, saved_room: int) -> None:
+        self.data = bytearray()
+        self.counted = 0  # bytes counted against room
+        self.room = room
+        self.saved_left = saved_room
+        self.cut_at = -1  # where room ran out in data, once it has
+
+    @property
+    def full(self) -> bool:
+        """Whether room has run out."""
+        return self.cut_at >= 0
+
+    def add(self, piece: bytes, saved: bool = False) -> None:
+        """Add *piece*: counted against saved_room when *saved* (a body of an attached message) and it fits, else room."""
+        if saved and len(piece) <= self.saved_left:
+            self.saved_left -= len(piece)
+        else:
+            self.counted += len(piece)
+            if self.counted > self.room and self.cut_at < 0:
+                self.cut_at = len(self.data) + len(piece) - (self.counted - self.room)
+        self.data += piece
+
+    def result(self) -> tuple[bytes, bool]:
+        """The view and whether it was cut."""
+        return (bytes(self.data[:self.cut_at]), True) if self.full else (bytes(self.data), False)
 
 
 def _part_kind(header: _Header) -> tuple[str, _Boundary | None, str, tuple[str, ...]]:

@@ -106,6 +106,12 @@ MAX_NAME_FIELDS = 256 * 1024
 #: "<b>" took 4 s of CPU); links written in the rest are still found, as in plain text.
 MAX_TAGS = 50_000
 
+#: A message larger than the link reader's window (:func:`extract_large`) may add this many times the text limit
+#: of attached messages' bodies, encoded (12 MB at the default: an Outlook message file of about 9 MB, which a
+#: photo makes of a one-line note), so that its links are read as a smaller one's; each parse of them is bounded
+#: as any attached message's (MAX_ATTACHED_LINES, ATTACHED_SECONDS).
+SAVED_ROOM = 12
+
 # A scheme starts a link where no ASCII letter or digit stands before it.  Thunderbird
 # (mozTXTToHTMLConv::FindURLStart, "freetext") scans back over ASCII letters, digits, "+", "-" and "."
 # only, so "请点击https://a.b" and "Notice_https://a.b" are links to it (the \b here before refused
@@ -202,24 +208,27 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
 def extract_large(source: Callable[[], Iterable[bytes]], room: int, limit: int = 1024 * 1024) -> MessageText:
     """:func:`extract` of a message too large to give whole (*source* gives its chunks, each time it is called):
     of its first *room* bytes once the bodies of its parts with no text (an image, a PDF, an archive) are left
-    out (:func:`~milterd.content.mimeparts.text_views`), the views of each reading of its boundaries joined."""
+    out, and besides them up to SAVED_ROOM × *limit* bytes of attached messages' bodies
+    (:func:`~milterd.content.mimeparts.text_views`), the views of each reading of its boundaries joined."""
     results = []
-    for view, cut in text_views(source, room):
+    for view, cut in dict.fromkeys(text_views(source, room, SAVED_ROOM * limit)):  # a view two readings give: read once
         found = extract(view, limit)
         found.truncated = found.truncated or cut
         results.append(found)
-    return _joined(results)
+    return _joined(results, limit)
 
 
-def _joined(results: list[MessageText]) -> MessageText:
-    """One MessageText of several readings of a message: the first one's text, every link (embedded only where
-    every reading finds it so), truncated when any is, the first error."""
-    first = results[0]
+def _joined(results: list[MessageText], limit: int) -> MessageText:
+    """One MessageText of several readings of a message: each one's text once (*limit* characters in all), every
+    link (embedded only where every reading finds it so), truncated when any is, the first error."""
     if len(results) == 1:
-        return first
+        return results[0]
+    texts = list(dict.fromkeys(found.text for found in results if found.text))
+    text = "\n".join(texts)
     uris = list(dict.fromkeys(uri for found in results for uri in found.uris))
     followed = {uri for found in results for uri in found.uris if uri not in found.embedded}
-    return MessageText(first.text, uris, {uri for uri in uris if uri not in followed}, any(found.truncated for found in results),
+    return MessageText(text[:limit], uris, {uri for uri in uris if uri not in followed},
+                       len(text) > limit or any(found.truncated for found in results),
                        next((found.error for found in results if found.error), ""))
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import NO_CHECKS, message, with_sections
 from tests.harness.dns import LocalDns
-from tests.harness.outlookmsg import Tree, compound_file, compressed_rtf, msg_tree, unicode
+from tests.harness.outlookmsg import Tree, attachment, compound_file, compressed_rtf, msg_tree, unicode
 from tests.harness.stack import Stack, row_for
 
 pytestmark = pytest.mark.integration
@@ -177,6 +177,16 @@ def test_a_link_in_an_attached_outlook_message_file_is_looked_up(stack: Stack) -
     assert info.value.smtp_code == 550
     assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
     assert "URIBL_DBL_PHISH" in row_for(stack, "forwarded msg file")["symbols"]
+
+
+def test_a_link_in_an_outlook_message_file_larger_than_the_link_reader_s_window_is_looked_up(stack: Stack) -> None:
+    # A 5 MB photo in the .msg put its base64 past the link reader's window of 4 MB: its link was never looked up.
+    saved = msg_tree("Your account", attachment("photo.jpg", bytes(range(256)) * 20_000))
+    saved["__substg1.0_1013001F"] = unicode('<a href="https://phish-domain.test/">Log in</a>')
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(with_msg_file("large msg file", saved))
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
 
 
 def test_a_link_only_in_a_msg_file_s_rtf_body_is_looked_up(stack: Stack) -> None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import base64
 import os
 
+import pytest
+
 from milterd.content import mimeparts
 from milterd.message.model import Envelope, Spool
+from tests.harness.outlookmsg import attachment, compound_file, msg_tree, unicode
 
 LIMIT = 64 * 1024
 PHISH = '<a href="https://phish-domain.test/login">Log in</a>'
@@ -41,6 +44,34 @@ def test_a_link_after_an_image_larger_than_the_window_is_found() -> None:
     assert not found.truncated
 
 
+IMAGE = b"--B\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(os.urandom(5 * LIMIT)) + b"--B--\r\n"
+HTML = b"--B\r\nContent-Type: text/html\r\n\r\n" + PHISH.encode() + b"\r\n"
+CHUNK_EDGE = b"--B\r\nContent-Type: text/html\r\n\r\n<p>"
+
+
+# Found by review: each part below is shown as text by the standard library (and so the link reader), but the first
+# view took it for an image's body and dropped it, with its link, where the 4 MB window had kept it.
+@pytest.mark.parametrize("head", [
+    b"--B\r\nContent-Type: image/gif\r\n" + HTML,  # a delimiter ends the image's header section: its part has no body
+    b"--B\r\nContent-Type: image /png\r\n\r\n" + PHISH.encode() + b"\r\n",  # a type not plainly written: text/plain
+    b"--B\r\nContent-Type: (c) text/html\r\n\r\n" + PHISH.encode() + b"\r\n",
+    # The first Content-Type (text/html) is past the field bound; the second is not what the standard library reads.
+    b'--B\r\nContent-Type: text/html; x="' + b"a" * 17000 + b'"\r\nContent-Type: image/gif\r\n\r\n' + PHISH.encode() + b"\r\n",
+    # A line of the HTML body longer than 64 KB, read in pieces: no delimiter starts the piece at the spool's chunk edge.
+    CHUNK_EDGE + b"x" * (131072 - len(CHUNK_EDGE)) + b"--B\r\nContent-Type: image/png\r\n\r\n" + PHISH.encode() + b"\r\n",
+    # Past MAX_VIEW_LINES lines that start like a delimiter, the rest is read as written.
+    b"--B\r\nContent-Type: image/png\r\n\r\n" + b"--Bx\n" * 250_000 + HTML,
+], ids=["header-ended-by-delimiter", "spaced-type", "comment-type", "long-first-type", "chunk-edge", "line-bound"])
+def test_a_part_read_as_text_is_never_dropped(head: bytes) -> None:
+    assert envelope(head + IMAGE).text(LIMIT).uris == ["https://phish-domain.test/login"]
+
+
+def test_a_delimiter_line_ended_by_a_bare_cr_is_followed_as_the_standard_library_does() -> None:
+    # Not followed by the view, which splits lines at LF: the image's body with a bare CR is kept, as written.
+    body = IMAGE[:-7] + b"--B\rContent-Type: text/html\r\r" + PHISH.encode() + b"\r\n--B--\r\n"
+    assert envelope(body).text(LIMIT).uris == ["https://phish-domain.test/login"]
+
+
 def test_parts_that_may_hold_text_are_kept_whole() -> None:
     forwarded = b"Subject: fwd\r\nContent-Type: text/html\r\n\r\n" + PHISH.replace("phish-", "forwarded-").encode() + b"\r\n"
     body = (part("Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64", b64(os.urandom(5 * LIMIT)))
@@ -49,6 +80,19 @@ def test_parts_that_may_hold_text_are_kept_whole() -> None:
             + part("Content-Type: text/plain; charset=utf-8", b"Visit www.plain-domain.test today") + b"--B--\r\n")
     found = envelope(body).text(LIMIT)
     assert set(found.uris) == {"https://forwarded-domain.test/login", "https://inline-domain.test/login", "http://www.plain-domain.test"}
+
+
+def test_an_outlook_message_file_larger_than_the_window_is_read() -> None:
+    # A photo in a .msg made it larger than the window: its base64 was cut and its HTML body's link never read.
+    saved = msg_tree("Your account", attachment("photo.jpg", os.urandom(5 * LIMIT)))
+    saved["__substg1.0_1013001F"] = unicode(PHISH)
+    body = (part("Content-Type: text/plain", b"See the attached.")
+            + part('Content-Type: application/vnd.ms-outlook; name="Your account.msg"\r\nContent-Transfer-Encoding: base64',
+                   b64(compound_file(saved))) + b"--B--\r\n")
+    found = envelope(body).text(LIMIT)
+    assert found.uris == ["https://phish-domain.test/login"]
+    # Attached messages' bodies have their own room (SAVED_ROOM x the limit), past which they are cut too.
+    assert envelope(body).text(LIMIT // 16).uris == []
 
 
 def test_a_view_drops_only_the_bodies_of_parts_without_text() -> None:
@@ -60,6 +104,12 @@ def test_a_view_drops_only_the_bodies_of_parts_without_text() -> None:
     assert view == raw.replace(b"GIF89a...\r\n", b"")
     assert not cut
     assert mimeparts.text_view([raw], 40) == (raw[:40], True)
+    forwarded = b64(b"Subject: x\r\n\r\nhi")
+    raw = (b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: message/rfc822\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + forwarded + b"--B--\r\n")
+    room = len(raw) - len(forwarded)  # the rest: an attached message's body has a room of its own
+    assert mimeparts.text_view([raw], room, len(forwarded)) == (raw, False)
+    assert mimeparts.text_view([raw], room, len(forwarded) - 1) == (raw[:room], True)  # past it, counted against room
 
 
 def test_a_part_only_one_reading_shows_is_kept_in_its_view() -> None:
@@ -70,3 +120,14 @@ def test_a_part_only_one_reading_shows_is_kept_in_its_view() -> None:
            b"--B\r\nContent-Type: image/png\r\n\r\n" + PHISH.encode() + b'\r\n--"B" (comment)--\r\n')
     views = mimeparts.text_views(lambda: [raw], 1 << 20)
     assert [PHISH.encode() in view for view, _ in views] == [False, True, False]  # client, library, every variant
+
+
+def test_the_text_of_every_reading_is_read() -> None:
+    # Only the standard library's reading shows this text (in Thunderbird's the "image" is a part): the custom
+    # rules read it too, not only the first view's text (found in review).
+    body = (b'--"B" (comment)\r\nContent-Type: text/html\r\n\r\n'
+            b"--B\r\nContent-Type: image/png\r\n\r\n<p>Your mailbox is suspended</p>" + PHISH.encode() + b"\r\n"
+            + IMAGE.replace(b"--B", b'--"B" (comment)'))
+    found = envelope(body, b'multipart/mixed; boundary="B" (comment)').text(LIMIT)
+    assert "Your mailbox is suspended" in found.text
+    assert found.uris == ["https://phish-domain.test/login"]
