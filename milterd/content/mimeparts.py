@@ -39,6 +39,8 @@ PARTS_LIMIT_NOTE = f"more than {MAX_PARTS} MIME parts before a file: the files p
 #: A text view (:func:`text_view`) reads at most this many lines one at a time (header lines, delimiter
 #: lines and body lines that start like one), the rest as written: 50 MB of "--B…" lines cost 10 s.
 MAX_VIEW_LINES = 200_000
+#: A header line the standard library's parser reads as one (its headerRE): a field name and colon, or a continuation.
+_STDLIB_FIELD_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 #: A content type as RFC 2045 writes it (lower-cased): a part of any other is not dropped from a text view.
 _PLAIN_TYPE = re.compile(r"[a-z0-9!#$%&'*+.^_`{|}~-]+/[a-z0-9!#$%&'*+.^_`{|}~-]+\Z")
 #: The note of a message past MAX_SCANNED_PARTS: the rest, a banned file too, never looked at.
@@ -684,22 +686,27 @@ def every_reading(source: Callable[[], Iterable[bytes]], memory: int, limit: int
 
 
 
-def text_views(source: Callable[[], Iterable[bytes]], room: int, saved_room: int = 0) -> list[tuple[bytes, bool]]:
+def text_views(source: Callable[[], Iterable[bytes]], room: int, saved_room: int = 0) -> Iterator[tuple[bytes, bool]]:
     """The message *source* gives (its chunks, each time it is called) without the bodies of its parts that hold no
     text a reader is shown, each view at most *room* bytes (and *saved_room* of attached messages' bodies), with
-    whether it had to be cut (:func:`text_view`).
+    whether it had to be cut (:func:`text_view`); one at a time, so that one is held at once.
 
     One view in Thunderbird's reading of the boundaries; where a multipart's boundary reads otherwise in
     the standard library's (or with every variant at once), one in each such reading too, as
     :func:`every_reading` parses: a part one reading drops is dropped only from that reading's view.
+    A view the same as one before is not given again.
     """
     differing: set[Reading] = set()
-    views = [text_view(source(), room, saved_room, "client", differing)]
+    first = text_view(source(), room, saved_room, "client", differing)
+    seen = {hash(first)}
+    yield first
     others: tuple[Reading, ...] = ("library", "both")
     for reading in others:
         if reading in differing:
-            views.append(text_view(source(), room, saved_room, reading, differing))
-    return views
+            view = text_view(source(), room, saved_room, reading, differing)
+            if hash(view) not in seen:
+                seen.add(hash(view))
+                yield view
 
 
 def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: Reading = "client",
@@ -713,15 +720,17 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
     hid its links.  Header sections and delimiter lines are kept, and the multiparts followed in *reading*
     (its differing readings added to *differing*), a delimiter ending a header section too, as the standard
     library and Thunderbird read them.  A body is dropped only where no reader may take it for text: a part
-    whose MIME fields come twice, are cut by the bounds (MAX_PART_HEADER) or start within a line longer than
-    them, or whose type is not plainly written, keeps its body, and so does a body with a bare CR (a line end to
-    the standard library).  Past MAX_SCANNED_PARTS parts or MAX_VIEW_LINES lines read one at a time, the rest
-    is kept as written.
+    whose header section the standard library may read otherwise (:func:`_odd_line`: a bare CR, a line that is
+    no field; MIME fields twice, past their bounds (MAX_PART_HEADER) or within a line longer than them) keeps
+    its body, and what a multipart or message so headed holds; so does a part whose type is not plainly written,
+    and a body with a bare CR (a line end to the standard library, not followed here).  Past MAX_SCANNED_PARTS
+    parts or MAX_VIEW_LINES lines read one at a time, the rest is kept as written.
     """
     view = _View(room, saved_room)
     open_ = _OpenMultiparts()
     in_headers, dropping, saved, parts = True, False, False, 0
     header, odd = _Header(), False
+    kept_depth = 0  # while this many multiparts or more are open (one with an odd header the last), nothing is dropped
     steps = _Steps(MAX_VIEW_LINES)
     following = True  # the structure is followed (until one of the bounds)
     continued = False  # the block goes on with a line the last one began: no delimiter nor field starts it
@@ -732,14 +741,13 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
         elif continued:
             pos = block.find(b"\n") + 1 or len(block)
             odd = odd or in_headers
-            if in_headers or not dropping:
+            if in_headers or not dropping or _bare_cr(block, 0, pos):
                 view.add(block[:pos], saved and not in_headers)
         continued = not block.endswith(b"\n")
         while following and pos < len(block) and not view.full:
             if not in_headers:
                 end = _body_end(block, pos, open_, steps)
-                # A bare CR ends a line to the standard library: a delimiter line may end so, which is not followed here.
-                if not dropping or block.count(b"\r", pos, end) > block.count(b"\r\n", pos, end):
+                if not dropping or _bare_cr(block, pos, end):
                     view.add(block[pos:end], saved)
                 if end == len(block):
                     break
@@ -753,12 +761,16 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
             view.add(line)
             level = open_.level(_marker(line, 0)) if open_ and line.startswith(b"--") else None
             if level is not None:  # also within a header section: it ends there, and that part has no body
-                dropping = saved = odd = False
+                dropping = saved = False
+                odd = _bare_cr(line, 0, len(line))  # "--B\r\r\n": a blank line follows to the standard library
                 header = _Header()
                 in_headers = not open_.closes(_marker(line, 0), level)
                 open_.close_from(level + 1 if in_headers else level)
+                if len(open_) < kept_depth:
+                    kept_depth = 0
             elif in_headers:
                 if line.strip(b"\r\n"):
+                    odd = odd or _odd_line(line)
                     header.add(line)
                     continue
                 parts += 1
@@ -767,12 +779,26 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
                 header = _Header()
                 kind = _enter(open_, boundary, ctype, encoding, reading, differing)
                 in_headers = kind == "message"
-                dropping = kind == "leaf" and parts <= MAX_SCANNED_PARTS and not odd and not shows_text(ctype, names)
+                if odd and kind == "multipart" and not kept_depth:
+                    kept_depth = len(open_)
+                dropping = (kind == "leaf" and parts <= MAX_SCANNED_PARTS and not kept_depth and not odd
+                            and not shows_text(ctype, names))
                 saved = kind == "leaf" and (ctype.startswith("message/") or message_file(names) or outlook_name(names))
-                odd = False
+                odd = odd and kind == "message"  # an attached message's own header section is read as odd too
         if view.full:
             break
     return view.result()
+
+
+def _bare_cr(data: bytes, start: int, end: int) -> bool:
+    """Whether ``data[start:end]`` holds a CR that no LF follows (a line end to the standard library's parser)."""
+    return data.count(b"\r", start, end) > data.count(b"\r\n", start, end)
+
+
+def _odd_line(line: bytes) -> bool:
+    """Whether the standard library's parser may read header *line* otherwise than :class:`_Header`: a bare CR
+    within it, or no field line to it (``Content-Type : x``, a line without a colon), which ends the section."""
+    return _bare_cr(line, 0, len(line)) or not _STDLIB_FIELD_LINE.match(line)
 
 
 def shows_text(ctype: str, names: Iterable[str]) -> bool:

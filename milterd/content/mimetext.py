@@ -211,7 +211,7 @@ def extract_large(source: Callable[[], Iterable[bytes]], room: int, limit: int =
     out, and besides them up to SAVED_ROOM × *limit* bytes of attached messages' bodies
     (:func:`~milterd.content.mimeparts.text_views`), the views of each reading of its boundaries joined."""
     results = []
-    for view, cut in dict.fromkeys(text_views(source, room, SAVED_ROOM * limit)):  # a view two readings give: read once
+    for view, cut in text_views(source, room, SAVED_ROOM * limit):
         found = extract(view, limit)
         found.truncated = found.truncated or cut
         results.append(found)

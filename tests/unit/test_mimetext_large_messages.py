@@ -61,7 +61,19 @@ CHUNK_EDGE = b"--B\r\nContent-Type: text/html\r\n\r\n<p>"
     CHUNK_EDGE + b"x" * (131072 - len(CHUNK_EDGE)) + b"--B\r\nContent-Type: image/png\r\n\r\n" + PHISH.encode() + b"\r\n",
     # Past MAX_VIEW_LINES lines that start like a delimiter, the rest is read as written.
     b"--B\r\nContent-Type: image/png\r\n\r\n" + b"--Bx\n" * 250_000 + HTML,
-], ids=["header-ended-by-delimiter", "spaced-type", "comment-type", "long-first-type", "chunk-edge", "line-bound"])
+    # A second review: header sections the standard library ends, or splits, otherwise than the view did.
+    b"--B\r\r\nContent-Type: image/png\r\n\r\n" + PHISH.encode() + b"\r\n",  # a blank line after the delimiter
+    b"--B\r\nX: y\r\r\nContent-Type: image/png\r\n\r\n" + PHISH.encode() + b"\r\n",  # a bare CR in a field
+    b"--B\r\nno colon here\r\nContent-Type: image/png\r\n\r\n" + PHISH.encode() + b"\r\n",  # no field line
+    b"--B\r\nContent-Type : image/png\r\n\r\n" + PHISH.encode() + b"\r\n",
+    # A bare-CR delimiter right after a line longer than 64 KB (read in pieces).
+    b"--B\r\nContent-Type: image/png\r\n\r\n" + b"A" * 131_140 + b"\r--B\rContent-Type: text/html\r\r" + PHISH.encode() + b"\r\n",
+    # The first Content-Type past its bound, the second a multipart: what that multipart holds is kept too.
+    b'--B\r\nContent-Type: text/html; x="' + b"a" * 17000 + b'"\r\nContent-Type: multipart/mixed; boundary=C\r\n\r\n'
+    b"--C\r\nContent-Type: image/png\r\n\r\n" + PHISH.encode() + b"\r\n--C--\r\n",
+], ids=["header-ended-by-delimiter", "spaced-type", "comment-type", "long-first-type", "chunk-edge", "line-bound",
+        "cr-cr-lf-delimiter", "bare-cr-field", "no-field-line", "space-before-colon", "bare-cr-after-long-line",
+        "long-first-type-multipart"])
 def test_a_part_read_as_text_is_never_dropped(head: bytes) -> None:
     assert envelope(head + IMAGE).text(LIMIT).uris == ["https://phish-domain.test/login"]
 
