@@ -337,6 +337,11 @@ class _OpenMultiparts:
                 best = closing[-1]
         return best if best >= 0 else None
 
+    def reuses(self, boundary: tuple[bytes, ...]) -> bool:
+        """Whether a delimiter line of a multipart with *boundary* (its variants) may be one of an open multipart too."""
+        return any(variant in self._where or variant + b"--" in self._where
+                   or (variant.endswith(b"--") and variant[:-2] in self._where) for variant in boundary)
+
     def closes(self, marker: bytes, level: int) -> bool:
         """Whether the line ``--`` *marker* closes the multipart at *level*."""
         return marker.endswith(b"--") and marker[:-2] in self.levels[level]
@@ -514,6 +519,9 @@ class _Header:
         self.cut = False
         self.overflow = _Overflow()
         self.names: list[bytes] = []  # the MIME fields' names, lower-cased, as they come (one twice: readers differ)
+        #: Whether a MIME field holds a byte past ASCII: read as Latin-1 here, where 0x85 and 0xA0 are blanks
+        #: that strip() removes; U+FFFD to the standard library's parser of the message's bytes.
+        self.eight_bit = False
 
     def add(self, line: bytes) -> None:
         """Keep *line* (one line of the header section) if it is, or continues, a MIME field."""
@@ -526,6 +534,8 @@ class _Header:
             if self.field == 0:
                 self.names.append(name.lower())
             line = name + colon + rest
+        if self.field != -1 and not line.isascii():
+            self.eight_bit = True
         if self.field == _PAST:
             self.overflow.line(line)
             return
@@ -721,10 +731,11 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
     (its differing readings added to *differing*), a delimiter ending a header section too, as the standard
     library and Thunderbird read them.  A body is dropped only where no reader may take it for text: a part
     whose header section the standard library may read otherwise (:func:`_odd_line`: a bare CR, a line that is
-    no field; MIME fields twice, past their bounds (MAX_PART_HEADER) or within a line longer than them) keeps
-    its body, and what a multipart or message so headed holds; so does a part whose type is not plainly written,
-    and a body with a bare CR (a line end to the standard library, not followed here).  Past MAX_SCANNED_PARTS
-    parts or MAX_VIEW_LINES lines read one at a time, the rest is kept as written.
+    no field; MIME fields twice, past their bounds (MAX_PART_HEADER), within a line longer than them or holding
+    8-bit bytes) keeps its body, and what a multipart or message so headed holds; so does a part whose type is
+    not plainly written.  From a bare CR in a body (a line end to the standard library, whose delimiters are not
+    followed here), a multipart reusing an open one's boundary, MAX_SCANNED_PARTS parts or MAX_VIEW_LINES lines
+    read one at a time, the rest is kept as written.
     """
     view = _View(room, saved_room)
     open_ = _OpenMultiparts()
@@ -741,13 +752,20 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
         elif continued:
             pos = block.find(b"\n") + 1 or len(block)
             odd = odd or in_headers
-            if in_headers or not dropping or _bare_cr(block, 0, pos):
+            if _bare_cr(block, 0, pos):
+                view.add(block)
+                following = False
+            elif in_headers or not dropping:
                 view.add(block[:pos], saved and not in_headers)
         continued = not block.endswith(b"\n")
         while following and pos < len(block) and not view.full:
             if not in_headers:
                 end = _body_end(block, pos, open_, steps)
-                if not dropping or _bare_cr(block, pos, end):
+                if _bare_cr(block, pos, end):  # a line end to the standard library: its delimiters are not followed here
+                    view.add(block[pos:])
+                    following = False
+                    break
+                if not dropping:
                     view.add(block[pos:end], saved)
                 if end == len(block):
                     break
@@ -775,8 +793,15 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
                     continue
                 parts += 1
                 ctype, boundary, encoding, names = _part_kind(header)
-                odd = odd or header.cut or len(set(header.names)) < len(header.names)
+                odd = (odd or _bare_cr(line, 0, len(line)) or header.cut or header.eight_bit
+                       or len(set(header.names)) < len(header.names))
                 header = _Header()
+                if boundary is not None and open_.reuses(boundary.variants(reading)):
+                    # The standard library gives a delimiter line two open multiparts have to the outermost, this view
+                    # to the innermost: from here their structures may differ.
+                    view.add(block[pos:])
+                    following = False
+                    break
                 kind = _enter(open_, boundary, ctype, encoding, reading, differing)
                 in_headers = kind == "message"
                 if odd and kind == "multipart" and not kept_depth:

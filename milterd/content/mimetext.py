@@ -209,21 +209,45 @@ def extract_large(source: Callable[[], Iterable[bytes]], room: int, limit: int =
     """:func:`extract` of a message too large to give whole (*source* gives its chunks, each time it is called):
     of its first *room* bytes once the bodies of its parts with no text (an image, a PDF, an archive) are left
     out, and besides them up to SAVED_ROOM × *limit* bytes of attached messages' bodies
-    (:func:`~milterd.content.mimeparts.text_views`), the views of each reading of its boundaries joined."""
-    results = []
+    (:func:`~milterd.content.mimeparts.text_views`), the views of each reading of its boundaries and the first
+    *room* bytes as written joined."""
+    # Its first *room* bytes as written are read too, so that no link the window found is lost where a view reads
+    # the structure otherwise than the parser (each view keeps only what every reader takes for no text, but the
+    # ways to write MIME are many).
+    # Whether the message was read whole is the views' to say: the window is cut by its nature.
+    results, read = [], set()
     for view, cut in text_views(source, room, SAVED_ROOM * limit):
+        read.add(hash(view))
         found = extract(view, limit)
         found.truncated = found.truncated or cut
         results.append(found)
+    window = _first_bytes(source(), room)
+    if hash(window) not in read:
+        results.append(extract(window, limit))
     return _joined(results, limit)
 
 
+def _first_bytes(chunks: Iterable[bytes], size: int) -> bytes:
+    """The first *size* bytes the chunks give."""
+    kept, have = [], 0
+    for chunk in chunks:
+        kept.append(chunk[:size - have])
+        have += len(kept[-1])
+        if have >= size:
+            break
+    return b"".join(kept)
+
+
 def _joined(results: list[MessageText], limit: int) -> MessageText:
-    """One MessageText of several readings of a message: each one's text once (*limit* characters in all), every
-    link (embedded only where every reading finds it so), truncated when any is, the first error."""
+    """One MessageText of several readings of a message: each one's text unless one before holds it (*limit*
+    characters in all), every link (embedded only where every reading finds it so), truncated when any is, the
+    first error."""
     if len(results) == 1:
         return results[0]
-    texts = list(dict.fromkeys(found.text for found in results if found.text))
+    texts: list[str] = []
+    for found in results:
+        if found.text and not any(found.text in kept for kept in texts):  # the window's text: most often the view's start
+            texts.append(found.text)
     text = "\n".join(texts)
     uris = list(dict.fromkeys(uri for found in results for uri in found.uris))
     followed = {uri for found in results for uri in found.uris if uri not in found.embedded}

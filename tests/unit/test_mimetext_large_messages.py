@@ -13,6 +13,7 @@ import os
 import pytest
 
 from milterd.content import mimeparts
+from milterd.content.mimetext import extract
 from milterd.message.model import Envelope, Spool
 from tests.harness.outlookmsg import attachment, compound_file, msg_tree, unicode
 
@@ -76,6 +77,46 @@ CHUNK_EDGE = b"--B\r\nContent-Type: text/html\r\n\r\n<p>"
         "long-first-type-multipart"])
 def test_a_part_read_as_text_is_never_dropped(head: bytes) -> None:
     assert envelope(head + IMAGE).text(LIMIT).uris == ["https://phish-domain.test/login"]
+
+
+def view_links(body: bytes, content_type: bytes = b"multipart/mixed; boundary=B") -> set[str]:
+    """The links of the text views alone of the message (not its first 4 x limit bytes as written)."""
+    found = envelope(body, content_type)
+    room = len(found.header_bytes) + 4 * LIMIT
+    return {uri for view, _ in mimeparts.text_views(found.message_chunks, room, 12 * LIMIT) for uri in extract(view, LIMIT).uris}
+
+
+def typed(ctype: bytes, body: bytes = PHISH.encode()) -> bytes:
+    return b"--B\r\nContent-Type: " + ctype + b"\r\n\r\n" + body + b"\r\n"
+
+
+# A third review: each hid the link from the views (the window found these, being before the image).
+@pytest.mark.parametrize(("head", "content_type"), [
+    # 0xA0 and 0x85 are blanks in the view's Latin-1 reading of the fields, U+FFFD to the parser of the bytes.
+    (typed(b"\xa0 image/png"), b"multipart/mixed; boundary=B"),
+    (b"--X\r\nContent-Type: image/png\r\n\r\n" + typed(b"text/html").replace(b"--B", b"--X C"), b"multipart/mixed; \xa0boundary=X; boundary=X C"),
+    # A nested multipart reusing B: the parser gives "--B" to the outermost, so C is closed there for it.
+    (typed(b"multipart/alternative; boundary=C", b"--C\r\nContent-Type: multipart/related; boundary=B\r\n\r\n--B\r\n"
+           b"Content-Type: text/html\r\n\r\n<p>Hi</p>\r\n--C\r\nContent-Type: image/png\r\n\r\n" + PHISH.encode() + b"\r\n--C--"),
+     b"multipart/mixed; boundary=B"),
+    # A bare CR in a body: a line end to the parser, whose "--B" there closes C.
+    (typed(b"multipart/related; boundary=C", b"x\r--B\r\n--C\r\nContent-Type: image/png\r\n\r\n" + PHISH.encode() + b"\r\n--C--"),
+     b"multipart/mixed; boundary=B"),
+    # An attached message's header ended by "\r\r\n": two blank lines to the parser, the message's header empty.
+    (b"--B\r\nContent-Type: message/rfc822\r\n\r\r\nContent-Type: image/png\r\n\r\n" + PHISH.encode() + b"\r\n",
+     b"multipart/mixed; boundary=B"),
+], ids=["nbsp-type", "nbsp-boundary", "reused-boundary", "bare-cr-in-preamble", "cr-cr-lf-message-header"])
+def test_the_views_read_the_structure_as_the_parser_does(head: bytes, content_type: bytes) -> None:
+    tail = IMAGE.replace(b"--B", b"--X") if b"boundary=X" in content_type else IMAGE
+    assert view_links(head + tail, content_type) == {"https://phish-domain.test/login"}
+
+
+def test_what_the_window_finds_is_found_where_the_views_miss_it() -> None:
+    # Past the parser's line bound (cut short by the word "boundary"), the window's text is scanned as written,
+    # an image's body too; no view keeps that body (found by review).
+    body = typed(b"text/plain", b"boundary\r\n" * 2100) + typed(b"image/png", b"https://phish-domain.test/login") + IMAGE
+    assert view_links(body) == set()
+    assert envelope(body).text(LIMIT).uris == ["https://phish-domain.test/login"]
 
 
 def test_a_delimiter_line_ended_by_a_bare_cr_is_followed_as_the_standard_library_does() -> None:
