@@ -213,17 +213,20 @@ def extract_large(source: Callable[[], Iterable[bytes]], room: int, limit: int =
     *room* bytes as written joined."""
     # Its first *room* bytes as written are read too, so that no link the window found is lost where a view reads
     # the structure otherwise than the parser (each view keeps only what every reader takes for no text, but the
-    # ways to write MIME are many).
-    # Whether the message was read whole is the views' to say: the window is cut by its nature.
-    results, read = [], set()
-    for view, cut in text_views(source, room, SAVED_ROOM * limit):
-        read.add(hash(view))
-        found = extract(view, limit)
-        found.truncated = found.truncated or cut
-        results.append(found)
+    # ways to write MIME are many).  Read first: the spool unreadable raises here, as Envelope.text says.
     window = _first_bytes(source(), room)
-    if hash(window) not in read:
-        results.append(extract(window, limit))
+    results, read = [extract(window, limit)], {hash(window): 0}
+    try:
+        for view, cut in text_views(source, room, SAVED_ROOM * limit):
+            if hash(view) in read:  # a view two readings give, or the window itself (nothing left out)
+                results[read[hash(view)]].truncated |= cut
+                continue
+            read[hash(view)] = len(results)
+            found = extract(view, limit)
+            found.truncated = found.truncated or cut
+            results.append(found)
+    except Exception as exc:  # noqa: BLE001 - as extract: what was found before the problem, and the error said
+        results.append(MessageText(truncated=True, error=f"{exc.__class__.__name__}: {exc}"[:200]))
     return _joined(results, limit)
 
 
@@ -239,16 +242,14 @@ def _first_bytes(chunks: Iterable[bytes], size: int) -> bytes:
 
 
 def _joined(results: list[MessageText], limit: int) -> MessageText:
-    """One MessageText of several readings of a message: each one's text unless one before holds it (*limit*
+    """One MessageText of several readings of a message: each one's text unless another holds it (*limit*
     characters in all), every link (embedded only where every reading finds it so), truncated when any is, the
     first error."""
     if len(results) == 1:
         return results[0]
-    texts: list[str] = []
-    for found in results:
-        if found.text and not any(found.text in kept for kept in texts):  # the window's text: most often the view's start
-            texts.append(found.text)
-    text = "\n".join(texts)
+    distinct = list(dict.fromkeys(found.text for found in results if found.text))
+    # The window's text is most often the start of a view's.
+    text = "\n".join(one for one in distinct if not any(one in other for other in distinct if other is not one))
     uris = list(dict.fromkeys(uri for found in results for uri in found.uris))
     followed = {uri for found in results for uri in found.uris if uri not in found.embedded}
     return MessageText(text[:limit], uris, {uri for uri in uris if uri not in followed},

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from milterd.content import mimeparts
+from milterd.content import mimeparts, mimetext
 from milterd.content.mimetext import extract
 from milterd.message.model import Envelope, Spool
 from tests.harness.outlookmsg import attachment, compound_file, msg_tree, unicode
@@ -184,3 +184,13 @@ def test_the_text_of_every_reading_is_read() -> None:
     found = envelope(body, b'multipart/mixed; boundary="B" (comment)').text(LIMIT)
     assert "Your mailbox is suspended" in found.text
     assert found.uris == ["https://phish-domain.test/login"]
+
+
+def test_a_view_that_fails_leaves_the_window_s_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(*_: object) -> None:
+        raise ValueError("a defect in the view")
+
+    monkeypatch.setattr(mimetext, "text_views", failing)
+    found = envelope(HTML + IMAGE).text(LIMIT)
+    assert found.uris == ["https://phish-domain.test/login"]
+    assert found.error == "ValueError: a defect in the view" and found.truncated
