@@ -41,6 +41,8 @@ PARTS_LIMIT_NOTE = f"more than {MAX_PARTS} MIME parts before a file: the files p
 MAX_VIEW_LINES = 200_000
 #: A header line the standard library's parser reads as one (its headerRE): a field name and colon, or a continuation.
 _STDLIB_FIELD_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
+#: A bare CR that begins or ends a line starting "--" to the standard library (which splits lines at a bare CR).
+_CR_DELIMITER = re.compile(rb"\r--|(?:^|\n)--[^\r\n]*\r(?!\n)")
 #: A content type as RFC 2045 writes it (lower-cased): a part of any other is not dropped from a text view.
 _PLAIN_TYPE = re.compile(r"[a-z0-9!#$%&'*+.^_`{|}~-]+/[a-z0-9!#$%&'*+.^_`{|}~-]+\Z")
 #: The note of a message past MAX_SCANNED_PARTS: the rest, a banned file too, never looked at.
@@ -549,11 +551,12 @@ class _Header:
         self.size += len(line)
         self.field += len(line)
 
-    def parse(self) -> Message:
+    def parse(self, replaced: bool = False) -> Message:
         # Read as Latin-1, each byte one character: parsed from bytes, compat32 turns 8-bit bytes into
-        # U+FFFD, and a boundary holding them would never match its delimiter lines.
+        # U+FFFD, and a boundary holding them would never match its delimiter lines (*replaced*: read so).
         # LenientMessage: the parser asks a multipart for its boundary, which the stdlib's would raise on.
-        return email.message_from_string(b"".join(self.lines).decode("latin-1"), LenientMessage, policy=email.policy.compat32)
+        text = b"".join(self.lines).decode("ascii", "replace") if replaced else b"".join(self.lines).decode("latin-1")
+        return email.message_from_string(text, LenientMessage, policy=email.policy.compat32)
 
 
 @dataclass
@@ -752,7 +755,7 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
         elif continued:
             pos = block.find(b"\n") + 1 or len(block)
             odd = odd or in_headers
-            if _bare_cr(block, 0, pos):
+            if _cr_delimiter(block, 0, pos):
                 view.add(block)
                 following = False
             elif in_headers or not dropping:
@@ -761,7 +764,7 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
         while following and pos < len(block) and not view.full:
             if not in_headers:
                 end = _body_end(block, pos, open_, steps)
-                if _bare_cr(block, pos, end):  # a line end to the standard library: its delimiters are not followed here
+                if _cr_delimiter(block, pos, end):  # a delimiter line to the standard library, not followed here
                     view.add(block[pos:])
                     following = False
                     break
@@ -793,8 +796,8 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
                     continue
                 parts += 1
                 ctype, boundary, encoding, names = _part_kind(header)
-                odd = (odd or _bare_cr(line, 0, len(line)) or header.cut or header.eight_bit
-                       or len(set(header.names)) < len(header.names))
+                odd = (odd or _bare_cr(line, 0, len(line)) or header.cut or _repeated(header.names)
+                       or (header.eight_bit and _part_kind(header, replaced=True)[:3] != (ctype, boundary, encoding)))
                 header = _Header()
                 if boundary is not None and open_.reuses(boundary.variants(reading)):
                     # The standard library gives a delimiter line two open multiparts have to the outermost, this view
@@ -818,6 +821,12 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
 def _bare_cr(data: bytes, start: int, end: int) -> bool:
     """Whether ``data[start:end]`` holds a CR that no LF follows (a line end to the standard library's parser)."""
     return data.count(b"\r", start, end) > data.count(b"\r\n", start, end)
+
+
+def _cr_delimiter(data: bytes, start: int, end: int) -> bool:
+    """Whether a bare CR in ``data[start:end]`` (body lines) may make a delimiter line the standard library reads and
+    this view does not: one starting after it (``x\r--B``), or one it ends (``--B\rtext``)."""
+    return bool(_CR_DELIMITER.search(data, start, end)) if b"\r" in data[start:end] else False
 
 
 def _odd_line(line: bytes) -> bool:
@@ -864,11 +873,19 @@ class _View:
         return (bytes(self.data[:self.cut_at]), True) if self.full else (bytes(self.data), False)
 
 
-def _part_kind(header: _Header) -> tuple[str, _Boundary | None, str, tuple[str, ...]]:
+def _repeated(names: list[bytes]) -> bool:
+    """Whether a field that decides how a part is read (its type, its transfer encoding) comes twice: readers differ
+    in which they take (a Content-Disposition twice only names the file twice)."""
+    deciding = [name for name in names if name != b"content-disposition"]
+    return len(set(deciding)) < len(deciding)
+
+
+def _part_kind(header: _Header, replaced: bool = False) -> tuple[str, _Boundary | None, str, tuple[str, ...]]:
     """A part's content type, boundary, transfer encoding and names from its header section (what cannot be
-    read gives text/plain: its body is kept)."""
+    read gives text/plain: its body is kept); its bytes past ASCII read as U+FFFD when *replaced*, as the standard
+    library's parser of the message's bytes reads them (here they are Latin-1, where 0xA0 is a blank)."""
     try:
-        ctype, boundary, encoding, name, others = _read_part(header.parse())
+        ctype, boundary, encoding, name, others = _read_part(header.parse(replaced))
     except Exception:  # noqa: BLE001 - never expected (parameters are read leniently): the body is kept
         return "text/plain", None, "", ()
     if header.cut:

@@ -111,6 +111,10 @@ MAX_TAGS = 50_000
 #: photo makes of a one-line note), so that its links are read as a smaller one's; each parse of them is bounded
 #: as any attached message's (MAX_ATTACHED_LINES, ATTACHED_SECONDS).
 SAVED_ROOM = 12
+#: A message larger than the link reader's window has its views read (:func:`extract_large`) while the thread has
+#: spent less than this many CPU seconds on it: each view may cost what the window does (a view of each reading
+#: of its boundaries: three, 10.7 s in all for a reviewer's message of one 4 MB tag in each; 5.7 s now).
+LARGE_SECONDS = 2.0
 
 # A scheme starts a link where no ASCII letter or digit stands before it.  Thunderbird
 # (mozTXTToHTMLConv::FindURLStart, "freetext") scans back over ASCII letters, digits, "+", "-" and "."
@@ -214,20 +218,42 @@ def extract_large(source: Callable[[], Iterable[bytes]], room: int, limit: int =
     # Its first *room* bytes as written are read too, so that no link the window found is lost where a view reads
     # the structure otherwise than the parser (each view keeps only what every reader takes for no text, but the
     # ways to write MIME are many).  Read first: the spool unreadable raises here, as Envelope.text says.
+    started = _thread_seconds()
     window = _first_bytes(source(), room)
     results, read = [extract(window, limit)], {hash(window): 0}
     try:
-        for view, cut in text_views(source, room, SAVED_ROOM * limit):
+        for view, cut in text_views(lambda: _reading(source), room, SAVED_ROOM * limit):
             if hash(view) in read:  # a view two readings give, or the window itself (nothing left out)
                 results[read[hash(view)]].truncated |= cut
                 continue
+            if _thread_seconds() - started > LARGE_SECONDS:  # each view may cost what the window did
+                results.append(MessageText(truncated=True))
+                break
             read[hash(view)] = len(results)
             found = extract(view, limit)
             found.truncated = found.truncated or cut
             results.append(found)
+    except _SourceError as failed:
+        raise failed.error from None
     except Exception as exc:  # noqa: BLE001 - as extract: what was found before the problem, and the error said
         results.append(MessageText(truncated=True, error=f"{exc.__class__.__name__}: {exc}"[:200]))
     return _joined(results, limit)
+
+
+class _SourceError(Exception):
+    """What reading the message raised (the spool unreadable), carried past the views' own failures."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _reading(source: Callable[[], Iterable[bytes]]) -> Iterator[bytes]:
+    """The chunks *source* gives, what reading them raises carried as :class:`_SourceError`."""
+    try:
+        yield from source()
+    except Exception as exc:  # noqa: BLE001 - re-raised as it was by extract_large
+        raise _SourceError(exc) from exc
 
 
 def _first_bytes(chunks: Iterable[bytes], size: int) -> bytes:
@@ -242,14 +268,15 @@ def _first_bytes(chunks: Iterable[bytes], size: int) -> bytes:
 
 
 def _joined(results: list[MessageText], limit: int) -> MessageText:
-    """One MessageText of several readings of a message: each one's text unless another holds it (*limit*
-    characters in all), every link (embedded only where every reading finds it so), truncated when any is, the
+    """One MessageText of a large message's window (the first of *results*) and views: the views' texts (the window's
+    when they have none; *limit* characters in all), every link (embedded only where every reading finds it so), truncated when any is, the
     first error."""
     if len(results) == 1:
         return results[0]
-    distinct = list(dict.fromkeys(found.text for found in results if found.text))
-    # The window's text is most often the start of a view's.
-    text = "\n".join(one for one in distinct if not any(one in other for other in distinct if other is not one))
+    # The window's text (the first result's) only when no view gave any: it is most often the start of a view's,
+    # cut anywhere (within "&amp;" too, where it is no longer a part of the view's).
+    texts = [found.text for found in results[1:] if found.text] or [results[0].text]
+    text = "\n".join(dict.fromkeys(texts))
     uris = list(dict.fromkeys(uri for found in results for uri in found.uris))
     followed = {uri for found in results for uri in found.uris if uri not in found.embedded}
     return MessageText(text[:limit], uris, {uri for uri in uris if uri not in followed},

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import os
+from typing import Any
 
 import pytest
 
 from milterd.content import mimeparts, mimetext
 from milterd.content.mimetext import extract
-from milterd.message.model import Envelope, Spool
+from milterd.message.model import Envelope, Spool, SpoolError
 from tests.harness.outlookmsg import attachment, compound_file, msg_tree, unicode
 
 LIMIT = 64 * 1024
@@ -194,3 +195,48 @@ def test_a_view_that_fails_leaves_the_window_s_links(monkeypatch: pytest.MonkeyP
     found = envelope(HTML + IMAGE).text(LIMIT)
     assert found.uris == ["https://phish-domain.test/login"]
     assert found.error == "ValueError: a defect in the view" and found.truncated
+
+
+# A fourth review: ordinary mail that made the views keep everything, so the window alone was read.
+@pytest.mark.parametrize(("head", "image_fields"), [
+    (typed(b"text/html", b"<p>Hi\r\r\nthere</p>\r\r\n"), b""),  # CR CR LF line ends, a Windows double conversion
+    (typed(b"text/plain", b"Hi\rthere"), b""),  # a lone CR no delimiter line is made of
+    (b"", b'Content-Disposition: attachment; filename="f\xc3\xb6t\xc3\xb6.png"\r\n'),  # a raw UTF-8 name
+    (b"", b"Content-Disposition: inline\r\nContent-Disposition: attachment\r\n"),
+], ids=["cr-cr-lf-lines", "lone-cr", "utf8-file-name", "disposition-twice"])
+def test_ordinary_quirks_before_a_large_image_leave_the_views_working(head: bytes, image_fields: bytes) -> None:
+    image = IMAGE[:-7].replace(b"Content-Type: image/png\r\n", b"Content-Type: image/png\r\n" + image_fields)
+    assert view_links(head + image + HTML + b"--B--\r\n") == {"https://phish-domain.test/login"}
+
+
+def test_the_text_is_the_views_not_the_window_cut_anywhere() -> None:
+    # The window cut "&amp;" short: its text was no part of the view's, and was joined twice (found in review).
+    html = b"--B\r\nContent-Type: text/html\r\n\r\n<p>Tom &amp; Jerry</p>\r\n"
+    head = b"--B\r\nContent-Type: image/gif\r\n\r\n"
+    pad = head + b"x" * (4 * LIMIT - len(head) - 2 - html.index(b"&amp;") - 2) + b"\r\n"
+    assert (pad + html)[:4 * LIMIT].endswith(b"Tom &a")  # where the window ends
+    found = envelope(pad + html + IMAGE).text(LIMIT)
+    assert found.text == "Tom & Jerry"
+    assert found.uris == []
+
+
+def test_a_spool_that_fails_past_the_window_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = envelope(HTML + IMAGE)
+    chunks = found.message_chunks
+
+    def failing(size: int = 65536) -> Any:
+        for count, chunk in enumerate(chunks(size)):
+            if count > 5:  # the header, then 64 KB chunks: the window is 4 of them
+                raise SpoolError("the spool file was cut")
+            yield chunk
+
+    monkeypatch.setattr(found, "message_chunks", failing)
+    with pytest.raises(SpoolError):
+        found.text(LIMIT)
+
+
+def test_views_past_the_cpu_bound_are_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mimetext, "LARGE_SECONDS", -1.0)
+    found = envelope(HTML + IMAGE).text(LIMIT)
+    assert found.uris == ["https://phish-domain.test/login"] and found.truncated  # the window's
+    assert envelope(IMAGE[:-7] + HTML + b"--B--\r\n").text(LIMIT).uris == []
