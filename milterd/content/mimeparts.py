@@ -42,7 +42,8 @@ MAX_VIEW_LINES = 200_000
 #: A header line the standard library's parser reads as one (its headerRE): a field name and colon, or a continuation.
 _STDLIB_FIELD_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 #: A bare CR that begins or ends a line starting "--" to the standard library (which splits lines at a bare CR).
-_CR_DELIMITER = re.compile(rb"\r--|(?:^|\n)--[^\r\n]*\r(?!\n)")
+#: (A lookbehind: a search from a position sees the byte before it, where "^" would not match.)
+_CR_DELIMITER = re.compile(rb"\r--|(?<![^\n])--[^\r\n]*\r(?!\n)")
 #: A content type as RFC 2045 writes it (lower-cased): a part of any other is not dropped from a text view.
 _PLAIN_TYPE = re.compile(r"[a-z0-9!#$%&'*+.^_`{|}~-]+/[a-z0-9!#$%&'*+.^_`{|}~-]+\Z")
 #: The note of a message past MAX_SCANNED_PARTS: the rest, a banned file too, never looked at.
@@ -748,6 +749,7 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
     steps = _Steps(MAX_VIEW_LINES)
     following = True  # the structure is followed (until one of the bounds)
     continued = False  # the block goes on with a line the last one began: no delimiter nor field starts it
+    tail = b""  # the last block's last two bytes
     for block in _blocks(chunks):
         pos = 0
         if not following:
@@ -755,12 +757,13 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
         elif continued:
             pos = block.find(b"\n") + 1 or len(block)
             odd = odd or in_headers
-            if _cr_delimiter(block, 0, pos):
-                view.add(block)
+            edge = tail + block[:pos]  # "\r" | "--B" or "\r-" | "-B" across the edge of two pieces
+            if _cr_delimiter(edge, 0, len(edge)):
+                view.add(tail + block if dropping and not in_headers else block)  # the tail was left out with its body
                 following = False
             elif in_headers or not dropping:
                 view.add(block[:pos], saved and not in_headers)
-        continued = not block.endswith(b"\n")
+        continued, tail = not block.endswith(b"\n"), block[-2:]
         while following and pos < len(block) and not view.full:
             if not in_headers:
                 end = _body_end(block, pos, open_, steps)

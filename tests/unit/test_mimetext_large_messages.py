@@ -240,3 +240,19 @@ def test_views_past_the_cpu_bound_are_not_read(monkeypatch: pytest.MonkeyPatch) 
     found = envelope(HTML + IMAGE).text(LIMIT)
     assert found.uris == ["https://phish-domain.test/login"] and found.truncated  # the window's
     assert envelope(IMAGE[:-7] + HTML + b"--B--\r\n").text(LIMIT).uris == []
+
+
+# A fifth review: bare CRs making a delimiter line that the CR rule missed, after a large image.
+def test_a_bare_cr_delimiter_as_a_dropped_body_s_first_line_stops_the_leaving_out() -> None:
+    body = IMAGE[:-7] + b"--B\r\nContent-Type: image/png\r\n\r\n--B\rContent-Type: text/html\r\r" + PHISH.encode() + b"\r\n--B--\r\n"
+    assert view_links(body) == {"https://phish-domain.test/login"}
+
+
+@pytest.mark.parametrize("before_edge", [1, 2], ids=["cr|--B", "cr-|-B"])
+def test_a_bare_cr_delimiter_across_the_pieces_of_a_long_line_stops_the_leaving_out(before_edge: int) -> None:
+    # A line longer than 64 KB is read in pieces cut at the spool's 64 KB chunks: "\r--B" across two of them.
+    head = IMAGE[:-7] + b"--B\r\nContent-Type: image/png\r\n\r\n"
+    edge = (len(head) // 65536 + 2) * 65536
+    body = (head + b"A" * (edge - before_edge - len(head)) + b"\r--B\r\nContent-Type: text/html\r\n\r\n" + PHISH.encode()
+            + b"\r\n--B--\r\n")
+    assert view_links(body) == {"https://phish-domain.test/login"}
