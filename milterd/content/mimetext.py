@@ -209,27 +209,25 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
     return result
 
 
-def extract_large(source: Callable[[], Iterable[bytes]], room: int, limit: int = 1024 * 1024) -> MessageText:
-    """:func:`extract` of a message too large to give whole (*source* gives its chunks, each time it is called):
-    of its first *room* bytes once the bodies of its parts with no text (an image, a PDF, an archive) are left
-    out, and besides them up to SAVED_ROOM × *limit* bytes of attached messages' bodies
-    (:func:`~milterd.content.mimeparts.text_views`), the views of each reading of its boundaries and the first
-    *room* bytes as written joined."""
-    # Its first *room* bytes as written are read too, so that no link the window found is lost where a view reads
-    # the structure otherwise than the parser (each view keeps only what every reader takes for no text, but the
-    # ways to write MIME are many).  Read first: the spool unreadable raises here, as Envelope.text says.
+def extract_large(window: bytes, source: Callable[[], Iterable[bytes]], room: int, limit: int = 1024 * 1024) -> MessageText:
+    """:func:`extract` of a message too large to give whole (*window*: its first *room* bytes; *source* gives its
+    chunks, each time it is called): of *window*, and of its first *room* bytes once the bodies of its parts with no
+    text (an image, a PDF, an archive) are left out, besides up to SAVED_ROOM × *limit* bytes of attached messages'
+    bodies (:func:`~milterd.content.mimeparts.text_views`, a view of each reading of its boundaries), joined."""
+    # The window is read too, so that no link it holds is lost where a view reads the structure otherwise than the
+    # parser (each view keeps only what every reader takes for no text, but the ways to write MIME are many).
     started = _thread_seconds()
-    window = _first_bytes(source(), room)
     results, read = [extract(window, limit)], {hash(window): 0}
     try:
         for view, cut in text_views(lambda: _reading(source), room, SAVED_ROOM * limit):
-            if hash(view) in read:  # a view two readings give, or the window itself (nothing left out)
-                results[read[hash(view)]].truncated |= cut
+            key = hash(view)
+            if key in read:  # a view two readings give, or the window itself (nothing left out)
+                results[read[key]].truncated |= cut
                 continue
             if _thread_seconds() - started > LARGE_SECONDS:  # each view may cost what the window did
                 results.append(MessageText(truncated=True))
                 break
-            read[hash(view)] = len(results)
+            read[key] = len(results)
             found = extract(view, limit)
             found.truncated = found.truncated or cut
             results.append(found)
@@ -256,21 +254,10 @@ def _reading(source: Callable[[], Iterable[bytes]]) -> Iterator[bytes]:
         raise _SourceError(exc) from exc
 
 
-def _first_bytes(chunks: Iterable[bytes], size: int) -> bytes:
-    """The first *size* bytes the chunks give."""
-    kept, have = [], 0
-    for chunk in chunks:
-        kept.append(chunk[:size - have])
-        have += len(kept[-1])
-        if have >= size:
-            break
-    return b"".join(kept)
-
-
 def _joined(results: list[MessageText], limit: int) -> MessageText:
-    """One MessageText of a large message's window (the first of *results*) and views: the views' texts (the window's
-    when they have none; *limit* characters in all), every link (embedded only where every reading finds it so), truncated when any is, the
-    first error."""
+    """One MessageText of a large message's window (the first of *results*) and views: the views' texts (the
+    window's when they have none; *limit* characters in all), every link (embedded only where every reading finds
+    it so), truncated when any is, the first error."""
     if len(results) == 1:
         return results[0]
     # The window's text (the first result's) only when no view gave any: it is most often the start of a view's,

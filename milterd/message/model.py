@@ -352,10 +352,11 @@ class Envelope(CheckStates):
         with self._texts_lock:
             found = self._texts.get(limit)
             if found is None:
+                window = self.header_bytes + self.spool.read(4 * limit)
                 if self.spool.size <= 4 * limit:
-                    found = extract(self.header_bytes + self.spool.read(4 * limit), limit)
+                    found = extract(window, limit)
                 else:  # an image or a PDF before the HTML part must not hide its links
-                    found = extract_large(self.message_chunks, len(self.header_bytes) + 4 * limit, limit)
+                    found = extract_large(window, self.message_chunks, len(window), limit)
                 self._texts[limit] = found
             return found
 

@@ -91,9 +91,9 @@ def test_the_message_text_is_extracted_once_per_envelope_and_limit(monkeypatch: 
         calls.append(limit)
         return extract(raw, limit)
 
-    def counting_large(source: Any, room: int, limit: int = 1024 * 1024) -> mimetext.MessageText:
-        calls.append(limit)  # a body past 4 x limit: read without its parts of no text
-        return mimetext.extract_large(source, room, limit)
+    def counting_large(window: bytes, source: Any, room: int, limit: int = 1024 * 1024) -> mimetext.MessageText:
+        calls.append(limit)  # a body past 4 x limit: read without its parts of no text too
+        return mimetext.extract_large(window, source, room, limit)
 
     monkeypatch.setattr(model, "extract", counting)
     monkeypatch.setattr(model, "extract_large", counting_large)
