@@ -210,12 +210,12 @@ def log_stats(rows: Iterable[Mapping[str, Any]]) -> LogStats:
 
 
 # --- rules whatif --------------------------------------------------------------
-def unscored(row: Mapping[str, Any], milter: MilterSection) -> bool:
+def unscored(row: Mapping[str, Any], milter: MilterSection, delimiters: str = "") -> bool:
     """Whether the milter did not score this message (trusted or authenticated client, or every recipient one of
-    ``spam_lovers``)."""
+    ``spam_lovers``, with or without its address extension given *delimiters*: ``recipient_delimiter``)."""
     if row.get("auth_user") and milter.skip_authenticated:
         return True
-    if wants_spam(row.get("recipients") or [], milter.spam_lovers):
+    if wants_spam(row.get("recipients") or [], milter.spam_lovers, delimiters):
         return True
     if not milter.skip_trusted:
         return False
@@ -229,7 +229,7 @@ def unscored(row: Mapping[str, Any], milter: MilterSection) -> bool:
     return any(ip in ipaddress.ip_network(net, strict=False) for net in milter.trusted_networks)
 
 
-def score_derived(row: Mapping[str, Any], milter: MilterSection) -> bool:
+def score_derived(row: Mapping[str, Any], milter: MilterSection, delimiters: str = "") -> bool:
     """Whether the row's action came from its score (so a new score can re-derive it).
 
     Actions forced by a hit (virus, DNSBL or SPF reject, greylisting, a store
@@ -247,7 +247,7 @@ def score_derived(row: Mapping[str, Any], milter: MilterSection) -> bool:
     reason = row.get("reason") or ""
     if reason.startswith("score "):
         return True
-    return row.get("action") == "accept" and not reason and not unscored(row, milter)
+    return row.get("action") == "accept" and not reason and not unscored(row, milter, delimiters)
 
 
 @dataclass
@@ -305,12 +305,14 @@ def fixed_scores(symbols: Mapping[str, Any], fixed: AbstractSet[str] = FIXED_ZER
 
 def rescore(
     row: Mapping[str, Any], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection, fixed: AbstractSet[str] = FIXED_ZERO,
+    delimiters: str = "",
 ) -> Rescored:
     """*row* with the symbols of *weights* re-weighted (but for :func:`fixed_scores` with *fixed*) and the thresholds of *actions*.
 
     A row whose action a hit forced (a virus, a DMARC policy) keeps it, unless the new score
     reaches a more severe threshold action: the milter takes the more severe of the two.  A row
-    of an unscored message (trusted or authenticated client) keeps its action."""
+    of an unscored message (trusted or authenticated client, spam_lovers' with *delimiters*: :func:`unscored`)
+    keeps its action."""
     logged = row.get("symbols") or {}
     fixed_names = fixed_scores(logged, fixed)
     symbols = {name: float(score if name in fixed_names else weights.get(name, score)) for name, score in logged.items()}
@@ -318,8 +320,8 @@ def rescore(
     verdict = decide(hits, lambda _s: 0.0, actions, greylist=logged_greylist(row))
     old_action, old_score = str(row.get("action")), float(row.get("score") or 0.0)
     unexplained = abs(sum(float(score) for score in logged.values()) - old_score) > SCORE_SLACK
-    if not score_derived(row, milter):
-        if unscored(row, milter) or old_action not in _LABELS or _severity(verdict.action.label) <= _severity(old_action):
+    if not score_derived(row, milter, delimiters):
+        if unscored(row, milter, delimiters) or old_action not in _LABELS or _severity(verdict.action.label) <= _severity(old_action):
             return Rescored(row, old_action, old_action, old_score, verdict.score, why="forced")
         if unexplained:
             return Rescored(row, old_action, old_action, old_score, verdict.score, why="unexplained")
@@ -420,6 +422,7 @@ def _example(item: Rescored) -> dict[str, Any]:
 def whatif(
     rows: Iterable[Mapping[str, Any]], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection,
     known: AbstractSet[str] | None = None, current: ActionsSection | None = None, greylist_mode: str = "score",
+    delimiters: str = "",
 ) -> WhatIfReport:
     """Re-score every row; count the messages whose action would change, by (from, to).
 
@@ -429,14 +432,15 @@ def whatif(
     thresholds in effect), each change that these alone would make, with no weight changed,
     is counted too (:attr:`WhatIfReport.unasked`): the settings changed since it was logged.
     Deferred attempts are counted apart (:attr:`WhatIfReport.deferred`), as :func:`log_stats` does;
-    *greylist_mode* (``[greylist] mode``) says which symbols have a fixed score (:func:`not_weighted`)."""
+    *greylist_mode* (``[greylist] mode``) says which symbols have a fixed score (:func:`not_weighted`); *delimiters*
+    (``[checks.local_domains] recipient_delimiter``) which recipients are spam_lovers (:func:`unscored`)."""
     report = WhatIfReport()
     fixed = frozenset(not_weighted(greylist_mode))
     for row in rows:
         if deferred_attempt(row):
             report.deferred[str(row.get("action"))] += 1
             continue
-        item = rescore(row, weights, actions, milter, fixed)
+        item = rescore(row, weights, actions, milter, fixed, delimiters)
         if known is not None:
             report.unknown.update(name for name in (row.get("symbols") or {}) if name not in known)
         report.messages += 1
@@ -452,7 +456,7 @@ def whatif(
             key = (item.old_action, item.new_action)
             report.changes[key] += 1
             # Only the rows that change are re-scored twice: most rows do not.
-            if current is not None and rescore(row, {}, current, milter, fixed).new_action != item.old_action:
+            if current is not None and rescore(row, {}, current, milter, fixed, delimiters).new_action != item.old_action:
                 report.unasked[key] += 1
             examples = report.examples.setdefault(key, [])
             if len(examples) < EXAMPLES:

@@ -23,6 +23,7 @@ from pydantic import Field
 from ..dns import comparable_name, domain_name
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
+from ..message.policy import without_extension
 from ..message.reply import Reply
 from ..options import ConfigError, Section
 from . import Check, Hits, Symbol
@@ -42,7 +43,7 @@ class LocalDomainChecks(Section):
     sender_login_maps: str = Field("", description="File of \"address-or-@domain login,login\" lines (as Postfix's smtpd_sender_login_maps), relative to this file; empty is off.")
     sender_logins: dict[str, list[str]] = Field({}, description="The same map inline: { \"alice@example.org\" = [\"alice\"], \"@example.org\" = [\"admin\"] }.")
     login_mismatch_action: Literal["score", "reject"] = Field("reject", description="An authenticated client sending as an address its login does not own: score, or reject with 553 5.7.1.")
-    recipient_delimiter: str = Field("", description="The characters that separate a user name from an address extension, each one a delimiter (\"+\" makes alice+lists@example.org alice@example.org with the extension lists); set it to Postfix's recipient_delimiter. A sender the login map does not list is then looked up without its extension, before its @domain, as Postfix's smtpd_sender_login_maps does. Empty (the default, as Postfix's): addresses have no extension.")
+    recipient_delimiter: str = Field("", description="The characters that separate a user name from an address extension, each one a delimiter (\"+\" makes alice+lists@example.org alice@example.org with the extension lists); set it to Postfix's recipient_delimiter. A sender the login map does not list is then looked up without its extension, before its @domain, as Postfix's smtpd_sender_login_maps does; a recipient is one of [milter] spam_lovers with or without it. Empty (the default, as Postfix's): addresses have no extension.")
 
 
 def domain_of(address: str) -> str:
@@ -94,18 +95,6 @@ def owners(table: dict[str, set[str]], address: str, delimiters: str = "") -> se
     if user is not None:
         found = table.get(f"{user}@{domain}")
     return found if found is not None else table.get("@" + domain, set())
-
-
-def without_extension(local: str, delimiters: str) -> str | None:
-    """The lower-case local part *local* without its address extension, which starts at the first of the
-    *delimiters*; None when it has none, as Postfix's split_addr (no empty user, no owner-x or x-request
-    with "-", postmaster and mailer-daemon never split)."""
-    if not delimiters or local in ("postmaster", "mailer-daemon"):
-        return None
-    if "-" in delimiters and (local.startswith("owner-") or (len(local) > 8 and local.endswith("-request"))):
-        return None
-    cut = next((at for at, char in enumerate(local) if char in delimiters), -1)
-    return local[:cut] if cut > 0 else None
 
 
 class LocalSpoof(Check):

@@ -215,7 +215,8 @@ def run_whatif(args: argparse.Namespace) -> int:
     action_changes, weights = parse_changes(args.changes, services)
     changed = with_action_changes(config, action_changes)
     report = _from_log(lambda: whatif(_rows(args, config), weights, changed.actions, config.milter, known=set(services.symbols),
-                                      current=config.actions, greylist_mode=config.greylist.mode))
+                                      current=config.actions, greylist_mode=config.greylist.mode,
+                                      delimiters=config.checks.local_domains.recipient_delimiter))
     if report is None:
         return 1
     if args.json:

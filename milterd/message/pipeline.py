@@ -552,7 +552,7 @@ class Pipeline:
             return False
         if session.authenticated and self.config.milter.skip_authenticated:
             return False
-        return not wants_spam(envelope.recipients, self.config.milter.spam_lovers)
+        return not wants_spam(envelope.recipients, self.config.milter.spam_lovers, self.config.checks.local_domains.recipient_delimiter)
 
     def _applies(self, check: Check, session: Session) -> bool:
         if session.trusted and not check.applies_to_trusted:

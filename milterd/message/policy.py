@@ -60,10 +60,12 @@ def score_hits(hits: Iterable[Hit], weight: Callable[[str], float]) -> tuple[dic
 _ROUTING = frozenset('%!@:"\\')
 
 
-def wants_spam(recipients: Iterable[str], lovers: Iterable[str]) -> bool:
+def wants_spam(recipients: Iterable[str], lovers: Iterable[str], delimiters: str = "") -> bool:
     """Whether every one of *recipients* (at least one) is in *lovers* (``[milter] spam_lovers``: an address,
-    ``@domain`` or ``local@``, compared without case): such a message is not scored.  A recipient whose local part
-    routes elsewhere (:data:`_ROUTING`) never matches."""
+    ``@domain`` or ``local@``, compared without case): such a message is not scored.  With *delimiters*
+    (``[checks.local_domains] recipient_delimiter``, Postfix's), a recipient with an address extension is one
+    too when it is without it (Postfix delivers abuse+spamcop@ to abuse@).  A recipient whose local part routes
+    elsewhere (:data:`_ROUTING`) never matches."""
     entries = {entry.lower() for entry in lovers}
     if not entries:
         return False
@@ -75,10 +77,26 @@ def wants_spam(recipients: Iterable[str], lovers: Iterable[str]) -> bool:
             return False
         # RCPT TO:<postmaster> (RFC 5321 4.5.1) has no domain: its local part alone.
         names = {address, f"@{domain}", f"{local}@"} if at else {address, f"{address}@"}
+        user = without_extension(local if at else address, delimiters)
+        if user is not None:
+            names |= {f"{user}@{domain}", f"{user}@"} if at else {user, f"{user}@"}
         if not names & entries:
             return False
         found = True
     return found
+
+
+def without_extension(local: str, delimiters: str) -> str | None:
+    """The lower-case local part *local* without its address extension, which starts at the first of the
+    *delimiters*; None when it has none, as Postfix's split_addr (no empty user, no owner-x or x-request
+    with "-", postmaster and mailer-daemon never split)."""
+    local = local.lower()
+    if not delimiters or local in ("postmaster", "mailer-daemon"):
+        return None
+    if "-" in delimiters and (local.startswith("owner-") or (len(local) > 8 and local.endswith("-request"))):
+        return None
+    cut = next((at for at, char in enumerate(local) if char in delimiters), -1)
+    return local[:cut] if cut > 0 else None
 
 
 def threshold_action(score: float, actions: ActionsSection) -> Action:

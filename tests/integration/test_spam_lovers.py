@@ -1,5 +1,6 @@
 """[milter] spam_lovers through the real Postfix: a phishing report forwarded to the abuse mailbox is delivered,
-its link looked up and logged but not scored; the same report to anyone else is refused by its score."""
+its link looked up and logged but not scored (to abuse+spamcop@ too, the delimiter set); the same report to anyone
+else is refused by its score."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ codes = [{ name = "PHISH", answers = ["127.0.1.4"], score = 20.0 }]
 @pytest.fixture(scope="module")
 def stack(make_stack: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     server = LocalDns(tmp_path_factory.mktemp("dns"), [], LISTS).start()
-    sections = with_sections(NO_CHECKS, {"dns": {"nameservers": [server.nameserver], "timeout": 3.0}, "checks": {"uribl": {"enabled": True}},
+    sections = with_sections(NO_CHECKS, {"dns": {"nameservers": [server.nameserver], "timeout": 3.0}, "checks": {"uribl": {"enabled": True}, "local_domains": {"recipient_delimiter": "+"}},
                                          "milter": {"spam_lovers": ["abuse@", "phishing-reports@example.com"]}})
     yield make_stack(sections, RULES)
     server.stop()
@@ -56,3 +57,11 @@ def test_the_same_report_to_another_recipient_too_is_refused_by_its_score(stack:
     assert info.value.smtp_code == 550
     assert info.value.smtp_error.decode() == "5.7.1 Message rejected as spam (score 20)"
     assert row_for(stack, "report to more")["action"] == "reject"
+
+
+def test_an_address_extension_of_the_abuse_mailbox_is_one_too(stack: Stack) -> None:
+    stack.send(report("report to an extension"), recipients=["Abuse+SpamCop@example.com"])
+    [delivered] = stack.sink.wait(1, match=lambda m: "report to an extension" in " ".join(m.header("Subject")))
+    assert delivered.recipients == ["Abuse+SpamCop@example.com"] and not delivered.header("X-Spam-Status")
+    row = row_for(stack, "report to an extension")
+    assert row["action"] == "accept" and row["symbols"]["URIBL_DBL_PHISH"] == 20.0

@@ -16,7 +16,7 @@ from milterd.message.pipeline import Pipeline
 from milterd.message.policy import wants_spam
 from milterd.milter.offline import CheckedMessage, Client, check_message
 from milterd.services import build
-from milterd.tuning import unscored
+from milterd.tuning import unscored, whatif
 from tests.conftest import message
 
 LOVERS = '["abuse@", "@reports.example.net", "Phish@Example.org"]'
@@ -84,12 +84,43 @@ def test_a_local_part_that_routes_elsewhere_never_matches() -> None:
     assert wants_spam(["abuse@example.com."], ["abuse@example.com"])  # the trailing dot Postfix drops
 
 
+def test_an_address_extension_matches_without_it_once_the_delimiter_is_set() -> None:
+    lovers = ["abuse@", "phish@example.org", "@reports.example.net"]
+    for recipient in ("abuse+spamcop@example.com", "Phish+x@example.org", "abuse-y+z@example.com", "abuse+x"):
+        assert not wants_spam([recipient], lovers), recipient  # no delimiter set: as Postfix without recipient_delimiter
+        assert wants_spam([recipient], lovers, "+-"), recipient
+    assert wants_spam(["abuse+x@example.com"], ["abuse+x@"])  # listed as it is
+    for recipient in ("abuser+x@example.com", "+abuse@example.com", "phish+x@example.com", "abuse%bob+x@example.com"):
+        assert not wants_spam([recipient], lovers, "+"), recipient
+    assert not wants_spam(["owner-abuse@example.com"], ["owner@"], "-")  # Postfix never splits owner-x
+    assert not wants_spam(["abuse+x@example.com", "bob+abuse@example.com"], lovers, "+")
+
+
+def test_the_pipeline_takes_the_delimiter_of_the_local_domains_section(tmp_path: Path) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[milter]\nspam_lovers = ["abuse@"]\n[checks.local_domains]\nrecipient_delimiter = "+"\n'
+                    f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n')
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "local.toml").write_text(RULE)
+    pipe = Pipeline(build(load_config(conf)), keep_log=False)
+    try:
+        assert (judged(pipe, "Abuse+SpamCop@example.com").scored, judged(pipe, "abuse-x@example.com").scored) == (False, True)
+    finally:
+        pipe.shutdown()
+
+
 def test_tuning_sees_such_a_row_as_unscored(tmp_path: Path) -> None:
     conf = tmp_path / "milter.conf"
     conf.write_text('[milter]\nspam_lovers = ["abuse@"]\n')
     milter = load_config(conf).milter
     assert unscored({"client_addr": "192.0.2.10", "recipients": ["abuse@example.com"]}, milter)
     assert not unscored({"client_addr": "192.0.2.10", "recipients": ["abuse@example.com", "bob@example.com"]}, milter)
+    extended = {"client_addr": "192.0.2.10", "recipients": ["abuse+x@example.com"], "action": "accept", "reason": "", "symbols": {}, "score": 0.0}
+    assert not unscored(extended, milter) and unscored(extended, milter, "+")
+    # rules whatif keeps the action of such a row: the thresholds never applied to it
+    logged = {**extended, "symbols": {"SUBJ_LOTTERY": 30.0}, "score": 30.0}
+    assert whatif([logged], {}, load_config(conf).actions, milter, delimiters="+").changed == 0
+    assert whatif([logged], {}, load_config(conf).actions, milter).changed == 1
 
 
 def test_an_unscored_message_is_never_auto_learned() -> None:
