@@ -40,6 +40,7 @@ from urllib.parse import unquote, urlsplit
 from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
+from ..content.mimetext import UNREAD_REASONS
 from ..dns import Answer, a_label, dnsbl_name, fold_case
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 
 TEMPFAIL = "URIBL_TEMPFAIL"
 REFUSED = "URIBL_REFUSED"
+UNREAD = "URIBL_UNREAD"
 
 _HOST = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62}\.)*[a-z0-9-]{1,63}$")
 # A special scheme's authority (WHATWG URL standard, "special authority ignore slashes state"):
@@ -495,6 +497,8 @@ class UriBlockLists(ConfiguredCheck[UriblChecks]):
     symbols: ClassVar[tuple[Symbol, ...]] = (
         Symbol(TEMPFAIL, 0.0, "A URI block list could not be asked (timeout, SERVFAIL): counted as not listed"),
         Symbol(REFUSED, 0.0, "A URI block list refused the query (public resolver, over quota, key needed): counted as not listed"),
+        Symbol(UNREAD, 0.0, "Some of the message was not read for links (past the link reader's bounds, named in the details): "
+                            "its links there were not looked up; score it to act on such mail"),
     )
 
     def __init__(self, services: "Services") -> None:
@@ -527,12 +531,14 @@ class UriBlockLists(ConfiguredCheck[UriblChecks]):
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         queries = self._queries(envelope)
+        unread: str = envelope.check_state(self.name).get("unread", "")
+        hits: list[Hit] = [Hit(UNREAD, detail=f"not read: {UNREAD_REASONS.get(unread, unread)}")] if unread else []
         if not queries:
-            return []
+            return hits
         resolver = self.services.resolver
         deadline = resolver.stage_deadline(envelope.dns_deadlines, "eom")
         answers = resolver.query_many([(query_name(target, zone), "A") for zone, target in queries], deadline)
-        return listing_hits(*sort_outcomes((zone.zone, classify(zone, target, answer)) for (zone, target), answer in zip(queries, answers, strict=False)))
+        return listing_hits(*sort_outcomes((zone.zone, classify(zone, target, answer)) for (zone, target), answer in zip(queries, answers, strict=False))) + hits
 
     def _queries(self, envelope: Envelope) -> list[tuple[UriZone, str]] | None:
         """(list, domain or address) for each lookup of the message's links, worked out once per
@@ -548,6 +554,7 @@ class UriBlockLists(ConfiguredCheck[UriblChecks]):
             return []
         try:
             found = envelope.text(_MAX_TEXT)  # shared with the custom rules when their max_text is the same
+            envelope.check_state(self.name)["unread"] = found.unread
             domains, addresses = link_targets(found.uris, self.skip, self.options.max_domains, rng=_CHOOSER, embedded=found.embedded)
         except SpoolError:
             raise  # the spool unreadable: the pipeline answers 451

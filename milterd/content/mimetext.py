@@ -183,6 +183,20 @@ class MessageText:
     embedded: set[str] = field(default_factory=set)
     truncated: bool = False
     error: str = ""
+    #: Why some of the message was not read for links (its bounds: :data:`UNREAD_REASONS`), or "" when all of it was:
+    #: unlike ``truncated``, text past the text budget whose links were read is not counted.
+    unread: str = ""
+
+
+#: What :attr:`MessageText.unread` says, by bound.
+UNREAD_REASONS = {
+    "links": "more links than the reader takes",
+    "text": "more text than the reader takes",
+    "time": "its attached messages took the reader's time",
+    "outlook": "an Outlook message file it could not read whole",
+    "large": "a large message's text past what the reader takes",
+    "error": "the reader failed on it",
+}
 
 
 def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
@@ -202,10 +216,13 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
             reader.read(raw)
     except Exception as exc:  # noqa: BLE001 - malformed input must give "no hit", never a crash
         reader.result.error = f"{exc.__class__.__name__}: {exc}"[:200]
+        reader.result.unread = reader.result.unread or "error"
     result = reader.result
     result.text = "\n".join(reader.texts)
     result.uris, result.embedded = reader.found.uris(), reader.found.embedded()
     result.truncated = result.truncated or reader.found.cut
+    if reader.found.full:
+        result.unread = result.unread or "links"
     return result
 
 
@@ -218,14 +235,17 @@ def extract_large(window: bytes, source: Callable[[], Iterable[bytes]], room: in
     # parser (each view keeps only what every reader takes for no text, but the ways to write MIME are many).
     started = _thread_seconds()
     results, read = [extract(window, limit)], {hash(window): 0}
+    # The window is only the message's start: the message is read whole where every view is whole (none cut) and read.
+    cut_views = False
     try:
         for view, cut in text_views(lambda: _reading(source), room, SAVED_ROOM * limit):
+            cut_views = cut_views or cut
             key = hash(view)
             if key in read:  # a view two readings give, or the window itself (nothing left out)
                 results[read[key]].truncated |= cut
                 continue
             if _thread_seconds() - started > LARGE_SECONDS:  # each view may cost what the window did
-                results.append(MessageText(truncated=True))
+                results.append(MessageText(truncated=True, unread="large"))
                 break
             read[key] = len(results)
             found = extract(view, limit)
@@ -234,8 +254,11 @@ def extract_large(window: bytes, source: Callable[[], Iterable[bytes]], room: in
     except _SourceError as failed:
         raise failed.error from None
     except Exception as exc:  # noqa: BLE001 - as extract: what was found before the problem, and the error said
-        results.append(MessageText(truncated=True, error=f"{exc.__class__.__name__}: {exc}"[:200]))
-    return _joined(results, limit)
+        results.append(MessageText(truncated=True, error=f"{exc.__class__.__name__}: {exc}"[:200], unread="error"))
+    joined = _joined(results, limit)
+    reasons = (results[0].unread, "large" if cut_views else "", *(found.unread for found in results[1:]))
+    joined.unread = next((reason for reason in reasons if reason), "")
+    return joined
 
 
 class _SourceError(Exception):
@@ -294,6 +317,11 @@ class _Reader:
         #: Characters of MIME fields left to read for every name a part gives (:meth:`_names`).
         self.name_room = MAX_NAME_FIELDS
 
+    def unread(self, reason: str) -> None:
+        """Say why some of the message is not read for links (a key of UNREAD_REASONS; the first one given stays)."""
+        self.result.truncated = True
+        self.result.unread = self.result.unread or reason
+
     def read(self, raw: bytes) -> None:
         """Read the message *raw*, then its attached messages, breadth first, within ATTACHED_SECONDS."""
         self.message(raw, 0)
@@ -301,7 +329,9 @@ class _Reader:
             inner, depth, outlook = self.queue.popleft()
             if self.attached_seconds <= 0:
                 self.result.truncated = True
-                if not outlook:  # a Compound File's text is UTF-16 in sectors: nothing to scan as written
+                if outlook:  # a Compound File's text is UTF-16 in sectors: nothing to scan as written
+                    self.unread("time")
+                else:
                     _scan_unparsed(self.found, inner)
                 continue
             started = _thread_seconds()
@@ -326,7 +356,7 @@ class _Reader:
         lasts: list[email.message.Message] = []  # each walk's last part: the one the line bound cut, if any
         for part in _first_parts(walks, self.result, lasts):
             if self.link_room <= 0:
-                self.result.truncated = True
+                self.unread("text")
                 break
             names = self._names(part) if not part.is_multipart() else []
             inner = _attached_message(part, names)
@@ -334,7 +364,9 @@ class _Reader:
             if inner is not None:
                 if depth >= MAX_ATTACHED_DEPTH:
                     self.result.truncated = True
-                    if not outlook:
+                    if outlook:
+                        self.unread("outlook")
+                    else:
                         _scan_unparsed(self.found, inner)  # not opened: its links as written, and decoded
                 else:
                     self._enqueue(inner, depth + 1, outlook)
@@ -361,7 +393,7 @@ class _Reader:
         try:
             ole, root = open_compound(io.BytesIO(data))
         except Exception:  # noqa: BLE001 - olefile's errors on a damaged or hostile file: its text is not read
-            self.result.truncated = True
+            self.unread("outlook")
             return
         # Checked as it goes: one file may hold thousands of attachments, each with names to read.
         deadline = _thread_seconds() + self.attached_seconds
@@ -370,20 +402,21 @@ class _Reader:
             while storages:
                 storage, level = storages.popleft()
                 if _thread_seconds() > deadline:
-                    self.result.truncated = True
+                    self.unread("time")
                     return
                 texts, skipped = msg_bodies(ole, storage, self.link_room)
-                self.result.truncated = self.result.truncated or skipped
+                if skipped:
+                    self.unread("text")
                 for ctype, text in texts:
                     self._text(ctype, text, None)
                 self._rtf(ole, storage, text=not texts)
                 for attachment in msg_attachments(ole, storage):
                     if _thread_seconds() > deadline:
-                        self.result.truncated = True
+                        self.unread("time")
                         return
                     if attachment.message is not None:
                         if level >= MAX_ATTACHED_DEPTH:
-                            self.result.truncated = True
+                            self.unread("outlook")
                         else:
                             storages.append((attachment.message, level + 1))
                     for content in (attachment.data, attachment.package):
@@ -392,11 +425,11 @@ class _Reader:
                     ctype = _text_file(attachment.names, attachment.mime_type)
                     if attachment.data is not None and ctype:  # an HTML page or a text file: a double click shows it
                         if attachment.data.size > self.link_room:
-                            self.result.truncated = True
+                            self.unread("text")
                         else:
                             self._text(ctype, decoded_text(read_stream(ole, attachment.data)), None)
         except Exception:  # noqa: BLE001 - a defect olefile meets part way: what was read stays
-            self.result.truncated = True
+            self.unread("outlook")
         finally:
             ole.close()
 
@@ -406,7 +439,7 @@ class _Reader:
         if not packaged and not (message_file(names) or outlook_name(names)):
             return  # most attachments: not read
         if depth > MAX_ATTACHED_DEPTH or content.size > self.link_room:
-            self.result.truncated = True
+            self.unread("outlook" if depth > MAX_ATTACHED_DEPTH else "text")
             return
         data = read_stream(ole, content)
         if packaged:
@@ -426,13 +459,15 @@ class _Reader:
         try:
             rtf, whole = msg_rtf(ole, storage, self.link_room, min(self.link_room, MAX_RTF_BYTES))
         except ValueError:  # an unknown compression, a header cut short: what else the message holds is still read
-            self.result.truncated = True
+            self.unread("outlook")
             return
+        if not whole:  # read as far as it was decompressed
+            self.unread("text")
         if not rtf:
-            self.result.truncated = self.result.truncated or not whole
             return
         shown = read_rtf(rtf)
-        self.result.truncated = self.result.truncated or not whole or not shown.whole
+        if not shown.whole:
+            self.unread("text")
         ctype = "text/html" if shown.html else "text/plain"
         if text:
             self._text(ctype, shown.text, None)
@@ -480,6 +515,8 @@ class _Reader:
             return
         # The text budget spent: the part's links only (a first part of 1 MiB must not hide them).
         self.result.truncated = True
+        if len(text) > self.link_room:
+            self.unread("text")
         body = text[:self.link_room]
         self.link_room -= len(body)
         tags = body.count("<") if ctype == "text/html" else 0
@@ -923,11 +960,12 @@ class _Links:
         self._ranks: list[tuple[int, str]] = []  # heap of (-rank, host) of the hosts kept: the highest rank first
         self.scanned = 0
         self.cut = False  # links were left unread (MAX_LINKS_SCANNED, or MAX_TAGS of an HTML part)
+        self.full = False  # links were left unread for MAX_LINKS_SCANNED
 
     def add(self, uri: str, followed: bool = True) -> None:
         """Keep *uri* (*followed*: a link a reader follows, not only an embedded source) if there is room for it."""
         if self.scanned >= MAX_LINKS_SCANNED:
-            self.cut = True
+            self.cut = self.full = True
             return
         self.scanned += 1
         if uri in self._kept:
@@ -957,7 +995,7 @@ class _Links:
         in *skip* are passed over uncounted, and each is added to *seen*, when given."""
         for uri in _written(text):
             if self.scanned >= MAX_LINKS_SCANNED:
-                self.cut = True
+                self.cut = self.full = True
                 break
             if uri in skip:
                 continue

@@ -127,7 +127,21 @@ def test_a_link_after_an_attachment_larger_than_the_link_reader_s_window_is_look
         stack.send(message("link past a large file", body, headers={"Content-Type": "multipart/mixed; boundary=B"}))
     assert info.value.smtp_code == 550
     assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
-    assert "URIBL_DBL_PHISH" in row_for(stack, "link past a large file")["symbols"]
+    symbols = row_for(stack, "link past a large file")["symbols"]
+    assert "URIBL_DBL_PHISH" in symbols and "URIBL_UNREAD" not in symbols  # the PDF left out, the message read whole
+
+
+def test_a_message_whose_links_were_not_all_read_says_so(stack: Stack) -> None:
+    # 4.6 MB of plain text before the HTML alternative: past what the link reader takes (4 MiB of a message's text),
+    # so the HTML part's link is not looked up; URIBL_UNREAD (score 0 unless scored) tells the administrator.
+    text = "Nothing to see here, just a long newsletter line.\r\n" * 92_000
+    body = ("--B\r\nContent-Type: text/plain\r\n\r\n" + text
+            + '--B\r\nContent-Type: text/html\r\n\r\n<a href="https://listed-domain.test/">Read</a>\r\n--B--\r\n')
+    stack.send(message("links not all read", body, headers={"Content-Type": "multipart/alternative; boundary=B"}))
+    stack.sink.wait(1, match=lambda m: "links not all read" in " ".join(m.header("Subject")))  # delivered
+    row = row_for(stack, "links not all read")
+    assert row["action"] == "accept" and row["symbols"]["URIBL_UNREAD"] == 0.0, row["symbols"]
+    assert row["details"]["URIBL_UNREAD"] == "not read: a large message's text past what the reader takes"
 
 
 FORWARDED = b"From: x@example.org\r\nSubject: your account\r\nContent-Type: text/html\r\n\r\n<a href=\"https://phish-domain.test/\">Log in</a>\r\n"
