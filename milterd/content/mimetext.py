@@ -190,8 +190,10 @@ class MessageText:
 
 #: What :attr:`MessageText.unread` says, by bound.
 UNREAD_REASONS = {
-    "links": "more links than the reader takes",
+    "links": "more links or hosts than the reader takes",
     "text": "more text than the reader takes",
+    "parts": "more MIME parts or nesting than the reader takes",
+    "written": "text past the parser's bounds, read only for links written out",
     "time": "its attached messages took the reader's time",
     "outlook": "an Outlook message file it could not read whole",
     "large": "a large message's text past what the reader takes",
@@ -223,6 +225,8 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
     result.truncated = result.truncated or reader.found.cut
     if reader.found.full:
         result.unread = result.unread or "links"
+    elif reader.found.unparsed:  # "https&#58;//" or a base64 part two encodings deep is no link written out
+        result.unread = result.unread or "written"
     return result
 
 
@@ -256,7 +260,8 @@ def extract_large(window: bytes, source: Callable[[], Iterable[bytes]], room: in
     except Exception as exc:  # noqa: BLE001 - as extract: what was found before the problem, and the error said
         results.append(MessageText(truncated=True, error=f"{exc.__class__.__name__}: {exc}"[:200], unread="error"))
     joined = _joined(results, limit)
-    reasons = (results[0].unread, "large" if cut_views else "", *(found.unread for found in results[1:]))
+    # Not the window's own reasons: it is cut anywhere (a .msg it holds a part of cannot be opened).
+    reasons = ("large" if cut_views else "", *(found.unread for found in results[1:]))
     joined.unread = next((reason for reason in reasons if reason), "")
     return joined
 
@@ -328,10 +333,8 @@ class _Reader:
         while self.queue:
             inner, depth, outlook = self.queue.popleft()
             if self.attached_seconds <= 0:
-                self.result.truncated = True
-                if outlook:  # a Compound File's text is UTF-16 in sectors: nothing to scan as written
-                    self.unread("time")
-                else:
+                self.unread("time")
+                if not outlook:  # a Compound File's text is UTF-16 in sectors: nothing to scan as written
                     _scan_unparsed(self.found, inner)
                 continue
             started = _thread_seconds()
@@ -351,6 +354,10 @@ class _Reader:
         head, rest = _parser_input(raw, MAX_LINES if depth == 0 else MAX_ATTACHED_LINES)
         walks, cut = _parts(head)
         self.result.truncated = self.result.truncated or cut or bool(rest)
+        if cut:  # the half past a nesting too deep to parse is not read
+            self.unread("parts")
+        elif rest:
+            self.unread("written")
         # Parts both readings give are read once (each reading has its own MAX_PARTS).
         read: set[int] | None = set() if len(walks) > 1 else None
         lasts: list[email.message.Message] = []  # each walk's last part: the one the line bound cut, if any
@@ -363,10 +370,8 @@ class _Reader:
             outlook = inner is None and (inner := _outlook_message(part, names)) is not None
             if inner is not None:
                 if depth >= MAX_ATTACHED_DEPTH:
-                    self.result.truncated = True
-                    if outlook:
-                        self.unread("outlook")
-                    else:
+                    self.unread("parts")
+                    if not outlook:
                         _scan_unparsed(self.found, inner)  # not opened: its links as written, and decoded
                 else:
                     self._enqueue(inner, depth + 1, outlook)
@@ -524,6 +529,7 @@ class _Reader:
             self.tag_room -= tags
             _html_parts(body, self.found)
         else:
+            self.found.unparsed = self.found.unparsed or tags > 0
             self.found.scan(body)  # unparsed: an href is the link written out (as past MAX_TAGS)
 
 
@@ -660,13 +666,14 @@ def _line_ends(raw: bytes, end: int) -> int:
 
 def _first_parts(walks: list[Iterator[email.message.Message]], result: MessageText,
                  lasts: list[email.message.Message] | None = None) -> Iterator[email.message.Message]:
-    """The first MAX_PARTS parts of each walk, one walk after the other; ``result.truncated`` set where a walk has more;
+    """The first MAX_PARTS parts of each walk, one walk after the other; ``result.truncated`` (and ``unread``) set where a walk has more;
     each walk's last part given added to *lasts*, when given."""
     for walk in walks:
         last = None
         for count, part in enumerate(walk):
             if count >= MAX_PARTS:
                 result.truncated = True
+                result.unread = result.unread or "parts"
                 break
             last = part
             yield part
@@ -960,7 +967,8 @@ class _Links:
         self._ranks: list[tuple[int, str]] = []  # heap of (-rank, host) of the hosts kept: the highest rank first
         self.scanned = 0
         self.cut = False  # links were left unread (MAX_LINKS_SCANNED, or MAX_TAGS of an HTML part)
-        self.full = False  # links were left unread for MAX_LINKS_SCANNED
+        self.full = False  # links were left unread for MAX_LINKS_SCANNED, or hosts for MAX_HOSTS
+        self.unparsed = False  # HTML was scanned for links written out only (past MAX_TAGS)
 
     def add(self, uri: str, followed: bool = True) -> None:
         """Keep *uri* (*followed*: a link a reader follows, not only an embedded source) if there is room for it."""
@@ -977,6 +985,7 @@ class _Links:
         if links is None:
             rank = hash((_HOST_SALT, host))
             if len(self._hosts) >= MAX_HOSTS:
+                self.full = True  # one host's links are left out, this one's or a kept one's
                 if rank >= -self._ranks[0][0]:
                     return
                 _, dropped = heapq.heapreplace(self._ranks, (-rank, host))
@@ -1240,6 +1249,7 @@ def _html_parts(markup: str, found: _Links) -> tuple[str, bool]:
     text = _BLANKS.sub("\n\n", _SPACES.sub(" ", text)).strip()
     found.scan(text)
     if rest:
+        found.unparsed = True
         found.scan(rest.replace(mark, "<") if mark else rest)
     return text, bool(rest)
 

@@ -89,9 +89,9 @@ def wants_spam(recipients: Iterable[str], lovers: Iterable[str], delimiters: str
 def without_extension(local: str, delimiters: str) -> str | None:
     """The lower-case local part *local* without its address extension, which starts at the first of the
     *delimiters*; None when it has none, as Postfix's split_addr (no empty user, no owner-x or x-request
-    with "-", postmaster and mailer-daemon never split)."""
+    with "-", postmaster, mailer-daemon and double-bounce never split)."""
     local = local.lower()
-    if not delimiters or local in ("postmaster", "mailer-daemon"):
+    if not delimiters or local in ("postmaster", "mailer-daemon", "double-bounce"):
         return None
     if "-" in delimiters and (local.startswith("owner-") or (len(local) > 8 and local.endswith("-request"))):
         return None

@@ -10,7 +10,11 @@ from __future__ import annotations
 import base64
 import os
 
-from milterd.content.mimetext import MAX_LINKS_SCANNED, extract
+import pytest
+
+from milterd.content import mimetext
+from milterd.content.mimetext import MAX_ATTACHED_DEPTH, MAX_HOSTS, MAX_LINKS_SCANNED, MAX_PARTS, MAX_TAGS, extract
+from tests.harness.outlookmsg import attachment, compound_file, msg_tree, unicode
 from tests.unit.test_mimetext_large_messages import LIMIT, PHISH, envelope, part
 
 HEAD = b"From: a@example.org\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
@@ -39,9 +43,9 @@ def test_a_part_past_the_link_room_is_unread() -> None:
 
 
 def test_more_links_than_the_reader_takes() -> None:
-    links = " ".join(f"http://host{i}.example/" for i in range(MAX_LINKS_SCANNED + 1)).encode()
+    links = " ".join(f"http://host.example/{i}" for i in range(MAX_LINKS_SCANNED + 1)).encode()
     assert extract(HEAD + part("Content-Type: text/plain", links) + b"--B--\r\n").unread == "links"
-    fewer = " ".join(f"http://host{i}.example/" for i in range(MAX_LINKS_SCANNED)).encode()  # every one read
+    fewer = " ".join(f"http://host.example/{i}" for i in range(MAX_LINKS_SCANNED)).encode()  # every one read
     assert extract(HEAD + part("Content-Type: text/plain", fewer) + b"--B--\r\n").unread == ""
 
 
@@ -64,3 +68,60 @@ def test_a_large_message_whose_view_is_cut() -> None:
             + part("Content-Type: text/html", PHISH.encode()) + b"--B--\r\n")
     found = envelope(body).text(LIMIT)
     assert (found.uris, found.unread) == ([], "large")
+
+
+# Found by review: each bound below left links unread with unread == "".
+def test_parts_past_max_parts_are_unread() -> None:
+    body = b"".join(part("Content-Type: text/plain", b"x") for _ in range(MAX_PARTS + 1)) + part("Content-Type: text/html", PHISH.encode())
+    found = extract(HEAD + body + b"--B--\r\n")
+    assert (found.uris, found.unread) == ([], "parts")
+
+
+def test_the_half_past_a_nesting_too_deep_to_parse_is_unread() -> None:
+    nest = b"".join(b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1) for i in range(1000))
+    raw = (b"From: a\r\nContent-Type: multipart/mixed; boundary=top\r\n\r\n--top\r\nContent-Type: multipart/mixed; boundary=b0\r\n\r\n"
+           + nest + b"--top\r\nContent-Type: text/html\r\n\r\n" + PHISH.encode() + b"\r\n--top--\r\n")
+    found = extract(raw)
+    assert (found.uris, found.unread) == ([], "parts")
+
+
+def test_html_past_max_tags_is_read_only_for_links_written_out() -> None:
+    # A browser decodes "https&#58;//": scanned as written, past the tags parsed, it is no link.
+    html = "<b>" * (MAX_TAGS + 1) + '<a href="https&#58;//phish-domain.test/login">Log in</a>'
+    found = extract(HEAD + part("Content-Type: text/html", html.encode()) + b"--B--\r\n")
+    assert (found.uris, found.unread) == ([], "written")
+    few = extract(HEAD + part("Content-Type: text/html", html[3 * (MAX_TAGS + 1):].encode()) + b"--B--\r\n")
+    assert (few.uris, few.unread) == (["https://phish-domain.test/login"], "")
+
+
+def test_an_attached_message_past_the_depth_is_unread() -> None:
+    raw = b"Content-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(PHISH.encode())
+    for _ in range(MAX_ATTACHED_DEPTH + 2):
+        raw = HEAD + part("Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64", b64(raw)) + b"--B--\r\n"
+    found = extract(raw)
+    assert (found.uris, found.unread) == ([], "parts")
+
+
+def test_attached_messages_past_their_time_are_unread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mimetext, "ATTACHED_SECONDS", 0.0)
+    inner = HEAD + part("Content-Type: text/plain", b"see https://phish-domain.test/login") + b"--B--\r\n"
+    found = extract(HEAD + part("Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64", b64(inner)) + b"--B--\r\n")
+    assert found.unread == "time" and found.uris == ["https://phish-domain.test/login"]  # scanned as written only
+
+
+def test_more_hosts_than_the_reader_keeps() -> None:
+    links = " ".join(f"http://host{i}.example/" for i in range(MAX_HOSTS + 1)).encode()
+    assert extract(HEAD + part("Content-Type: text/plain", links) + b"--B--\r\n").unread == "links"
+    fewer = " ".join(f"http://host{i}.example/" for i in range(MAX_HOSTS)).encode()
+    assert extract(HEAD + part("Content-Type: text/plain", fewer) + b"--B--\r\n").unread == ""
+
+
+def test_a_large_message_with_an_outlook_file_read_whole_through_its_view() -> None:
+    # The window cuts the .msg's base64 (its own reading cannot open it): the view reads it whole, so all is read.
+    saved = msg_tree("Minutes", attachment("photo.jpg", os.urandom(5 * LIMIT)))
+    saved["__substg1.0_1013001F"] = unicode('<a href="https://newsletter.example/read">Read</a>')
+    body = (part("Content-Type: text/plain", b"Forwarding the minutes.")
+            + part('Content-Type: application/vnd.ms-outlook; name="Minutes.msg"\r\nContent-Transfer-Encoding: base64',
+                   b64(compound_file(saved))) + b"--B--\r\n")
+    found = envelope(body).text(LIMIT)
+    assert (found.uris, found.unread) == (["https://newsletter.example/read"], "")

@@ -93,6 +93,7 @@ def test_an_address_extension_matches_without_it_once_the_delimiter_is_set() -> 
     for recipient in ("abuser+x@example.com", "+abuse@example.com", "phish+x@example.com", "abuse%bob+x@example.com"):
         assert not wants_spam([recipient], lovers, "+"), recipient
     assert not wants_spam(["owner-abuse@example.com"], ["owner@"], "-")  # Postfix never splits owner-x
+    assert not wants_spam(["double-bounce@example.org"], ["double@"], "-")  # nor its double-bounce address (review)
     assert not wants_spam(["abuse+x@example.com", "bob+abuse@example.com"], lovers, "+")
 
 
