@@ -235,7 +235,7 @@ class Record:
 
 def is_dmarc_record(text: str) -> bool:
     """Whether the TXT record *text* is a DMARC record at all (starts with ``v=DMARC1``), valid or not."""
-    return text.partition(";")[0].replace(" ", "").replace("\t", "") == "v=DMARC1"
+    return "".join(text.partition(";")[0].split()) == "v=DMARC1"  # blanks anywhere in it: spaces, tabs, a CRLF
 
 
 def parse_record(text: str) -> Record | None:
@@ -253,8 +253,7 @@ def _parse_record(text: str) -> Record | None:
         key, eq, value = part.partition("=")
         if eq:
             tags.setdefault(key.strip().lower(), value.strip())
-    parts = [p.strip() for p in text.split(";")]
-    if not parts or parts[0].replace(" ", "") != "v=DMARC1":
+    if not is_dmarc_record(text):  # "v\t=\tDMARC1" too (RFC 7489's WSP is a space or a tab): as discovery reads it
         return None
     p = tags.get("p", "").lower()
     if p not in ("none", "quarantine", "reject"):

@@ -87,6 +87,7 @@ def local_dns(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, bytes], 
         txt("sel._domainkey.loose.test", dkimsign.public_record("rsa", keys["loose"])),
         txt("_dmarc.loose.test", "v=DMARC1; p=none"),
         txt("_dmarc.np.test", "v=DMARC1; p=reject; sp=none; np=reject"),
+        txt("_dmarc.tabbed.test", r"v\009=\009DMARC1;\009p=reject"),  # RFC 1035's \DDD: tabs, RFC 7489's other WSP
         "mail.np.test. MX 10 mx.list.test.",
         txt("arc._domainkey.list.test", dkimsign.public_record("rsa", keys["list"])),
         txt("arc._domainkey.otherlist.test", dkimsign.public_record("rsa", keys["otherlist"])),
@@ -187,6 +188,14 @@ def test_forged_from_under_p_reject_is_refused_naming_the_domain(stack: Stack) -
     assert "signed.test" in info.value.smtp_error.decode() and "DMARC" in info.value.smtp_error.decode()
     row = row_for(stack, "dmarc forged")
     assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"] and "DKIM_NONE" in row["symbols"]
+
+
+def test_a_p_reject_record_written_with_tabs_is_applied(stack: Stack) -> None:
+    # "v<TAB>=<TAB>DMARC1" was taken for a DMARC record but not parsed: no policy, the forgery delivered (found by review).
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(message("dmarc tabbed", sender="ceo@tabbed.test"), sender="ceo@tabbed.test", xclient=CLIENT)
+    assert info.value.smtp_code == 550 and "tabbed.test" in info.value.smtp_error.decode()
+    assert row_for(stack, "dmarc tabbed")["action"] == "reject"
 
 
 @pytest.mark.parametrize("aligned_signature", [False, True])

@@ -154,6 +154,10 @@ def test_dkim_symbols() -> None:
 
 def test_dmarc_record_parsing() -> None:
     assert parse_record("v=DMARC1; p=reject") == Record("reject", "reject")
+    # RFC 7489's WSP is a space or a tab: a record with tabs was taken for DMARC but not parsed, so no policy applied (review)
+    for text in ("v\t=\tDMARC1; p=reject", "v=\tDMARC1;p=reject", "v = DMARC1 ; p=reject", "v=DMARC1\r\n; p=reject"):
+        assert parse_record(text) == Record("reject", "reject"), text
+    assert parse_record("v=DMARC2; p=reject") is None and parse_record("x v=DMARC1; p=reject") is None
     assert parse_record("v=DMARC1; p=quarantine; sp=none; pct=20; adkim=s; aspf=s") == Record("quarantine", "none", 20, "s", "s")
     assert parse_record("v=DMARC1; p=bogus") is None
     assert parse_record("v=spf1 -all") is None
