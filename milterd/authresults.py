@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import authres
 import authres.arc
@@ -75,8 +75,8 @@ def claims(value: str, authserv_id: str) -> bool:
 def claiming_field(field: bytes, authserv_id: str) -> bool:
     """Whether the raw header *field* (``Name: value``, folded or not) is an Authentication-Results
     claiming *authserv_id* (blanks before the colon allowed, as mail clients read the name)."""
-    name, colon, value = field.partition(b":")
-    return bool(colon) and name.rstrip(b" \t").lower() == b"authentication-results" and claims(value.decode("utf-8", "replace"), authserv_id)
+    _, colon, value = field.partition(b":")
+    return bool(colon) and field_name(field) == b"authentication-results" and claims(value.decode("utf-8", "replace"), authserv_id)
 
 
 def forged_indexes(headers: list[tuple[str, bytes]], authserv_id: str) -> list[int]:
@@ -100,9 +100,14 @@ _SECTION_END = re.compile(rb"\n\r?\n")
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
 
 
-def without_claims(chunks: Iterable[bytes], authserv_id: str) -> Iterator[bytes]:
-    """*chunks* (a whole message, headers first) with the Authentication-Results fields of its header
-    section that claim *authserv_id* left out, the rest as it was.
+def field_name(field: bytes) -> bytes:
+    """The lower-case name of the raw header *field* (blanks before the colon left out, as mail clients read it)."""
+    return field.partition(b":")[0].rstrip(b" \t").lower()
+
+
+def without_fields(chunks: Iterable[bytes], drop: Callable[[bytes], bool]) -> Iterator[bytes]:
+    """*chunks* (a whole message, headers first) without the fields of its header section that *drop* is true
+    of (given each raw field, folded lines and line ends included), the rest as it was.
 
     A quarantined copy is the message as received: its forged headers were removed by the edits
     milterd gave Postfix, which a release does not go through."""
@@ -115,26 +120,26 @@ def without_claims(chunks: Iterable[bytes], authserv_id: str) -> Iterator[bytes]
             break
         found = _SECTION_END.search(head, searched)
         if found is not None:
-            yield _unclaimed(bytes(head[:found.start() + 1]), authserv_id)
+            yield _kept(bytes(head[:found.start() + 1]), drop)
             yield bytes(head[found.start() + 1:])
             yield from pieces
             return
     else:
-        yield _unclaimed(bytes(head), authserv_id)
+        yield _kept(bytes(head), drop)
         return
     yield bytes(head)
     yield from pieces
 
 
-def _unclaimed(section: bytes, authserv_id: str) -> bytes:
-    """The header *section* without its fields claiming *authserv_id* (a field goes on in the lines led by a blank)."""
+def _kept(section: bytes, drop: Callable[[bytes], bool]) -> bytes:
+    """The header *section* without its fields *drop* is true of (a field goes on in the lines led by a blank)."""
     fields: list[list[bytes]] = []
     for line in _LINE.findall(section):
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1].append(line)
         else:
             fields.append([line])
-    return b"".join(line for lines in fields if not claiming_field(b"".join(lines), authserv_id) for line in lines)
+    return b"".join(line for lines in fields if not drop(b"".join(lines)) for line in lines)
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9._-]{1,253}")

@@ -38,10 +38,12 @@ from email.message import EmailMessage
 from typing import Any, Iterable, Iterator, Literal, Mapping
 
 from . import reinject
-from .authresults import without_claims
+from .authresults import claiming_field, field_name, without_fields
+from .checks.clamav import VIRUS_HEADERS
 from .config import Config
 from .files import read_error
 from .learner.tokenizer import MAX_INPUT, MessageDigest, hashed_tokens
+from .message.policy import SPAM_HEADERS
 from .scanners.spamd import SpamdClient
 from .store import Store, StoreError, utcnow
 from .store.learner import Label, LearnerStore
@@ -594,18 +596,24 @@ class Quarantine:
         return report
 
     def _delivered_chunks(self, row: dict[str, Any]) -> Iterable[bytes]:
-        """The stored message as a release sends it: without the Authentication-Results claiming our
-        authserv-id (a forger's ``dmarc=pass`` in our name), as the milter's edits take them out of
-        delivered mail (``[checks.spf] remove_forged``).  The id is the one configured, else this host's
-        name and that of the MX host that quarantined the message (they share the store)."""
+        """The stored message as a release sends it: without the header fields the milter's edits take out of
+        delivered mail, which a release does not go through: the Authentication-Results claiming our
+        authserv-id (a forger's ``dmarc=pass`` in our name; ``[checks.spf] remove_forged``), a sender's own
+        X-Spam-* fields (``[actions] headers``) and X-Virus-* fields (``[clamav] headers``, clamd enabled).
+        The id is the one configured, else this host's name and that of the MX host that quarantined the
+        message (they share the store)."""
         chunks = self.message_chunks(row)
-        if not self.config.checks.spf.remove_forged:
+        config = self.config
+        ids: set[str] = set()
+        if config.checks.spf.remove_forged:
+            configured = config.milter.authserv_id
+            ids = {(configured or name).rstrip(".") for name in (config.hostname, row.get("mta_host") or "") if configured or name}
+        names = {name.lower().encode() for name in SPAM_HEADERS} if config.actions.headers else set()
+        if config.clamav.enabled and config.clamav.headers:
+            names |= {name.lower().encode() for name in VIRUS_HEADERS}
+        if not ids and not names:
             return chunks
-        configured = self.config.milter.authserv_id
-        ids = {configured or self.config.hostname, configured or row.get("mta_host") or ""} - {""}
-        for authserv_id in sorted(ids):
-            chunks = without_claims(chunks, authserv_id.rstrip("."))
-        return chunks
+        return without_fields(chunks, lambda field: field_name(field) in names or any(claiming_field(field, i) for i in ids))
 
     @staticmethod
     def _failed(row_id: int, method: str, recipients: list[str], progress: reinject.Progress, why: str) -> ReleaseReport:

@@ -128,6 +128,16 @@ def test_release_delivers_once_byte_identical(stack: Stack) -> None:
     assert stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")) and m.recipients == ["dave@example.com"])
 
 
+def quarantined_and_released(stack: Stack, original: bytes, tag: str) -> SinkMessage:
+    """*original* (its Subject holding *tag*) sent, quarantined, released: the copy delivered."""
+    assert stack.send(original) == {}
+    [row] = [r for r in listed(stack) if tag in r["subject"]]
+    result = cli(stack, "release", str(row["id"]))
+    assert result.returncode == 0, result.stderr
+    [delivered] = stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")))
+    return delivered
+
+
 def test_release_leaves_out_authentication_results_forged_in_our_name(stack: Stack) -> None:
     # The stored copy is the message as received: the forged headers the milter's edits take out of delivered
     # mail went out with a release, a phish's "dmarc=pass" in milterd's own name (found by review).
@@ -138,14 +148,24 @@ def test_release_leaves_out_authentication_results_forged_in_our_name(stack: Sta
     })
     original = original.replace(b"X-Before: kept\r\n", b"X-Before: kept\r\nAuthentication-Results: other.example; spf=pass\r\n"
                                 b"Authentication-Results: MX.TEST.; arc=pass\r\n")
-    assert stack.send(original) == {}
-    [row] = [r for r in listed(stack) if tag in r["subject"]]
-    result = cli(stack, "release", str(row["id"]))
-    assert result.returncode == 0, result.stderr
-    [delivered] = stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")))
+    delivered = quarantined_and_released(stack, original, tag)
     assert delivered.header("Authentication-Results") == ["other.example; spf=pass"]
     assert b"bank.example" not in delivered.data and b"arc=pass" not in delivered.data
     kept = [line for line in original.split(b"\r\n") if b"mx.test" not in line.lower() and b"dmarc=pass" not in line]
+    assert strip_release(delivered.data) == b"\r\n".join(kept)
+
+
+def test_release_leaves_out_the_senders_own_spam_verdict_headers(stack: Stack) -> None:
+    # A sender's "X-Spam-Flag: NO" is taken out of delivered mail ([actions] headers), but went out with a release
+    # (found by review): a user's client filtering on it was told the sender's verdict.
+    tag = uuid.uuid4().hex
+    original = message(subject=f"QUARANTINE-ME {tag}", headers={"X-Spam-Flag": "NO", "X-Before": "kept"})
+    original = original.replace(b"X-Before: kept\r\n", b"X-Before: kept\r\nx-spam-status : No, score=-9.0\r\n"
+                                b"X-Spam-Score: -9.0\r\n\tfolded\r\n")
+    delivered = quarantined_and_released(stack, original, tag)
+    assert b"X-Spam" not in delivered.data and b"x-spam" not in delivered.data and b"folded" not in delivered.data
+    assert delivered.header("X-Before") == ["kept"]
+    kept = [line for line in original.split(b"\r\n") if b"spam" not in line.lower() and b"folded" not in line]
     assert strip_release(delivered.data) == b"\r\n".join(kept)
 
 
