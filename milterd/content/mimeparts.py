@@ -47,6 +47,9 @@ _CR_DELIMITER = re.compile(rb"\r--|\n--[^\r\n]*\r(?!\n)")
 #: The same, ended by its bare CR, as the first line searched (a search from a position has no "\n" before it).
 _CR_ENDED_DELIMITER = re.compile(rb"--[^\r\n]*\r(?!\n)")
 #: A content type as RFC 2045 writes it (lower-cased): a part of any other is not dropped from a text view.
+#: The types of the parts the link reader reads as text (a text/csv or text/calendar export is not read: a view
+#: leaves its body out, so that a 5 MB one does not fill the view).
+TEXT_TYPES = ("text/plain", "text/html")
 _PLAIN_TYPE = re.compile(r"[a-z0-9!#$%&'*+.^_`{|}~-]+/[a-z0-9!#$%&'*+.^_`{|}~-]+\Z")
 #: The note of a message past MAX_SCANNED_PARTS: the rest, a banned file too, never looked at.
 SCANNED_LIMIT_NOTE = f"more than {MAX_SCANNED_PARTS} MIME parts: the rest not looked at"
@@ -838,10 +841,10 @@ def _odd_line(line: bytes) -> bool:
 
 
 def shows_text(ctype: str, names: Iterable[str]) -> bool:
-    """Whether a leaf part of type *ctype* called *names* may hold text the link reader reads: text, a message
-    (encoded or not), a saved message (``.eml``) or an Outlook message file by name, or a type not plainly
-    written (``image /png``, ``(c) text/html``: the link reader takes those for text/plain)."""
-    return (ctype.startswith(("text/", "message/", "multipart/")) or not _PLAIN_TYPE.match(ctype)
+    """Whether a leaf part of type *ctype* called *names* may hold text the link reader reads: one of
+    :data:`TEXT_TYPES`, a message (encoded or not), a saved message (``.eml``) or an Outlook message file by name,
+    or a type not plainly written (``image /png``, ``(c) text/html``: the link reader takes those for text/plain)."""
+    return (ctype in TEXT_TYPES or ctype.startswith(("message/", "multipart/")) or not _PLAIN_TYPE.match(ctype)
             or message_file(names) or outlook_name(names))
 
 

@@ -43,7 +43,7 @@ from olefile import OleFileIO
 from .filetypes import HEAD_SIZE, MESSAGE_TYPES, extensions, message_file, outlook_file, outlook_name
 from .mimeparams import LenientMessage, Preference, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
-from .mimeparts import part_names, text_views
+from .mimeparts import TEXT_TYPES, part_names, text_views
 from .outlookmsg import Node, decoded_text, open_compound, read_stream
 from .outlookmsg import attachments as msg_attachments
 from .outlookmsg import bodies as msg_bodies
@@ -212,7 +212,7 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
         single = single_part(raw) if limit > 0 else None
         if single is not None:
             ctype, body = single
-            if ctype in ("text/plain", "text/html"):
+            if ctype in TEXT_TYPES:
                 reader.size = _add_text(reader.result, reader.found, reader.texts, ctype, body, limit)
         else:
             reader.read(raw)
@@ -491,7 +491,7 @@ class _Reader:
         if size <= self.name_room:
             self.name_room -= size
             return safely(lambda: part_names(part), list)
-        self.result.truncated = True
+        self.unread("parts")  # a name the standard library leaves encoded may hide a saved message
         names = (safely(part.get_filename, lambda: None), safely(lambda: part.get_param("name"), lambda: None))
         # An RFC 2231 value comes as (charset, language, text): its text is enough to tell the extension.
         return [str(name[2]) if isinstance(name, tuple) else name for name in names if isinstance(name, str) or (isinstance(name, tuple) and len(name) == 3)]
@@ -504,7 +504,7 @@ class _Reader:
     def _part(self, part: email.message.Message, read: set[int] | None) -> None:
         """Read a leaf part: its text (up to the text budget) and links, when it is text/plain or text/html."""
         ctype = content_type(part)
-        if ctype not in ("text/plain", "text/html"):
+        if ctype not in TEXT_TYPES:
             return
         self._text(ctype, decode_part(part), read)
 
@@ -1135,13 +1135,15 @@ class _HTMLText(HTMLParser):
         k = name.end()
         self.lasttag = tag = name.group(1).lower()
         attrs: list[tuple[str, str | None]] = []
+        named: set[str] = set()  # a browser takes the first of each name: 1,000 src= before it must not hide the href
         while True:
             found = _ATTRIBUTE.match(rawdata, k)
             if found is None or found.end() == k:
                 break
             attrname, rest, value = found.group(1, 2, 3)
             attrname = attrname.lower()
-            if rest and attrname in _LINK_ATTRS and len(attrs) < MAX_URIS:
+            if rest and attrname in _LINK_ATTRS and (len(attrs) < MAX_URIS or attrname not in named):
+                named.add(attrname)
                 if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
                     value = value[1:-1]
                 attrs.append((attrname, unescape(value)))

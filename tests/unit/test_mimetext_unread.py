@@ -13,7 +13,7 @@ import os
 import pytest
 
 from milterd.content import mimetext
-from milterd.content.mimetext import MAX_ATTACHED_DEPTH, MAX_HOSTS, MAX_LINKS_SCANNED, MAX_PARTS, MAX_TAGS, extract
+from milterd.content.mimetext import MAX_ATTACHED_DEPTH, MAX_HOSTS, MAX_LINKS_SCANNED, MAX_NAME_FIELDS, MAX_PARTS, MAX_TAGS, MAX_URIS, extract
 from tests.harness.outlookmsg import attachment, compound_file, msg_tree, unicode
 from tests.unit.test_mimetext_large_messages import LIMIT, PHISH, envelope, part
 
@@ -125,3 +125,33 @@ def test_a_large_message_with_an_outlook_file_read_whole_through_its_view() -> N
                    b64(compound_file(saved))) + b"--B--\r\n")
     found = envelope(body).text(LIMIT)
     assert (found.uris, found.unread) == (["https://newsletter.example/read"], "")
+
+
+# Found by the second review.
+def test_names_past_the_name_room_are_unread() -> None:
+    # Past MAX_NAME_FIELDS the names are the standard library's, which leaves "=?utf-8?q?invoice=2Eeml?=" encoded:
+    # the saved message is not opened.
+    inner = b"Subject: inner\r\nContent-Type: text/html\r\n\r\n" + PHISH.encode() + b"\r\n"
+    eml = part('Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="=?utf-8?q?invoice=2Eeml?="; '
+               f'x-note="{"n" * 2000}"\r\nContent-Transfer-Encoding: base64', b64(inner))
+    assert extract(HEAD + eml + b"--B--\r\n").uris == ["https://phish-domain.test/login"]
+    pad = b"".join(part(f'Content-Type: image/png; name="{"p" * 1000}{i}.png"\r\nContent-Transfer-Encoding: base64', b64(b"\x89PNG"))
+                   for i in range(MAX_NAME_FIELDS // 1000 + 10))
+    assert extract(HEAD + pad + eml + b"--B--\r\n").unread == "parts"
+
+
+def test_a_thousand_other_link_attributes_do_not_hide_a_tags_href() -> None:
+    for other in ("src", "background"):
+        html = "<a " + " ".join(f'{other}="cid:x{i}"' for i in range(MAX_URIS)) + ' href="https://phish-domain.test/login">Log in</a>'
+        found = extract(HEAD + part("Content-Type: text/html", html.encode()) + b"--B--\r\n")
+        assert "https://phish-domain.test/login" in found.uris, other
+
+
+def test_a_large_text_attachment_the_reader_does_not_read_leaves_the_message_read_whole() -> None:
+    # A 5 MB text/csv export filled the view (every text/* body was kept) though only text/plain and text/html are read.
+    for ctype in ("text/csv", "text/calendar", "text/xml"):
+        body = (part("Content-Type: text/html", PHISH.encode())
+                + part(f"Content-Type: {ctype}\r\nContent-Transfer-Encoding: base64", b64(b"a,b,c\r\n" * (5 * LIMIT // 7)))
+                + b"--B--\r\n")
+        found = envelope(body).text(LIMIT)
+        assert (found.uris, found.unread) == (["https://phish-domain.test/login"], ""), ctype
