@@ -411,6 +411,8 @@ class MilterdMilter(Milter.Base):
             log.warning("pymilter could not decode '%s' from client %s: a callback before %s was skipped; answering tempfail", shown, session.client_addr, stage)
             if stage not in ("abort", "close"):  # nothing left to answer; connect's failure, for the whole session
                 self._carry(stage if self._counted else "connect", Decision(Action.TEMPFAIL, INTERNAL_ERROR))
+                # A header or the body tempfails the message: logged as one (the abort that follows logs nothing).
+                self._log_failed_message(stage, ValueError(f"pymilter could not decode '{shown}'"))
             return
         log.warning("client %s said HELO '%s', which is not UTF-8; judged as an invalid name", session.client_addr, shown)
         if stage in ("helo", "close"):

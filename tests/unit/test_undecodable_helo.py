@@ -232,13 +232,20 @@ def test_rset_after_the_dropped_helo_keeps_it_judged(ctx: Context) -> None:
     Milter.close_callback(ctx)
 
 
-def test_any_other_dropped_callback_tempfails_the_next_reply(ctx: Context) -> None:
+def test_any_other_dropped_callback_tempfails_the_next_reply(ctx: Context, conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert ctx._helo("client.example.org") == Milter.CONTINUE
+    ctx._setsymval("i", "QDROPPED1")
     assert ctx._envfrom("<alice@example.org>") == Milter.CONTINUE
+    assert ctx._envrcpt("<bob@example.com>") == Milter.CONTINUE
+    assert ctx._data() == Milter.CONTINUE
     pymilter_reports(c_decode_error(b"X-N\xe4me"))  # a header whose name pymilter cannot decode (Postfix sends none)
     assert ctx.getpriv().header_bytes("Subject", b"hello") == Milter.TEMPFAIL
     assert ctx._reply[:2] == ("451", "4.3.0")
+    assert ctx.getpriv().abort() == Milter.CONTINUE
     Milter.close_callback(ctx)
+    # The message tempfailed is logged as one (the abort that follows logged nothing: found by review).
+    row = rows(conf, capsys)["QDROPPED1"]
+    assert row["action"] == "tempfail" and "could not decode 'X-N\\xe4me'" in row["reason"], row["reason"]
 
 
 def test_quit_after_the_dropped_helo_leaves_nothing_behind(ctx: Context) -> None:
