@@ -208,6 +208,13 @@ def _threshold_reason(action: Action, score: float, actions: ActionsSection) -> 
 FOLD_WIDTH = 78
 
 
+def flagged(verdict: Verdict) -> bool:
+    """Whether *verdict* marks the message as spam (X-Spam-Flag: YES, X-Spam-Status: Yes): its score reached
+    add_header, or its action is add_header or more severe (a higher threshold with ``add_header = false``, an
+    action a check forced).  One answer for both headers: a Sieve rule may match either."""
+    return verdict.is_spam or verdict.action >= Action.ADD_HEADER
+
+
 def spam_status(verdict: Verdict, *, folded: bool = False) -> str:
     """The X-Spam-Status value in SpamAssassin's format (Sieve rules match on it).
 
@@ -218,7 +225,7 @@ def spam_status(verdict: Verdict, *, folded: bool = False) -> str:
     5322 §2.2.3) it reads as the one-line value with a tab after each comma
     where it was folded ("A,\\tB").  A short value is the one line as it was.
     """
-    flag = "Yes" if verdict.is_spam else "No"
+    flag = "Yes" if flagged(verdict) else "No"
     required = f"{verdict.required:g}" if verdict.required is not None else "none"
     head = f"{flag}, score={verdict.score:.1f} required={required} tests="
     names = sorted(verdict.symbols)
@@ -257,7 +264,7 @@ def plan_headers(verdict: Verdict, headers: Mapping[str, int], subject: str | No
         return edits
     edits.append(HeaderEdit("add", "X-Spam-Status", spam_status(verdict, folded=True)))
     edits.append(HeaderEdit("add", "X-Spam-Score", f"{verdict.score:.1f}"))
-    if verdict.is_spam or verdict.action >= Action.ADD_HEADER:
+    if flagged(verdict):
         edits.append(HeaderEdit("add", "X-Spam-Flag", "YES"))
     if tags_subject(verdict, actions):
         edits.extend(tag_subject(subject, actions.subject_tag))

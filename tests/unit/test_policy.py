@@ -81,6 +81,16 @@ def test_plan_headers_removes_forged_and_adds_ours() -> None:
     assert HeaderEdit("change", "Subject", "[SPAM] Hello", 1) in edits
 
 
+def test_the_status_says_yes_wherever_the_flag_does() -> None:
+    # add_header switched off: a score at rewrite_subject tagged the Subject and set X-Spam-Flag YES, while
+    # X-Spam-Status said "No" (a Sieve rule on it missed the message); so did an action a check forced (review).
+    no_add_header = ActionsSection(reject=15, quarantine=False, add_header=False, rewrite_subject=8)
+    forced = decide([Hit("ATTACH_BANNED", score=1, action=Action.QUARANTINE)], weight, ACTIONS)
+    for verdict, actions in ((decide([Hit("X", score=9)], weight, no_add_header), no_add_header), (forced, ACTIONS)):
+        edits = {e.name: e.value for e in plan_headers(verdict, {}, "Hi", actions) if e.op == "add"}
+        assert edits["X-Spam-Flag"] == "YES" and edits["X-Spam-Status"].startswith("Yes, "), edits
+
+
 def test_no_flag_below_add_header() -> None:
     verdict = decide([Hit("A")], weight, ACTIONS)
     names = [e.name for e in plan_headers(verdict, {}, "Hi", ACTIONS)]

@@ -9,7 +9,8 @@ from milterd.message.policy import plan_headers, spam_status
 
 
 def _verdict(symbols: list[str], score: float = 12.3) -> Verdict:
-    return Verdict(action=Action.ADD_HEADER, score=score, symbols={s: 0.3 for s in symbols}, details={}, reason="", required=5.0)
+    action = Action.ADD_HEADER if score >= 5.0 else Action.ACCEPT
+    return Verdict(action=action, score=score, symbols={s: 0.3 for s in symbols}, details={}, reason="", required=5.0)
 
 
 def _header(verdict: Verdict) -> str:
