@@ -210,9 +210,11 @@ def log_stats(rows: Iterable[Mapping[str, Any]]) -> LogStats:
 
 
 # --- rules whatif --------------------------------------------------------------
-def unscored(row: Mapping[str, Any], milter: MilterSection, delimiters: str = "") -> bool:
+def unscored(row: Mapping[str, Any], milter: MilterSection, delimiters: str = "", local: bool = True) -> bool:
     """Whether the milter did not score this message (trusted or authenticated client, or every recipient one of
-    ``spam_lovers``, with or without its address extension given *delimiters*: ``recipient_delimiter``)."""
+    ``spam_lovers``, with or without its address extension given *delimiters*: ``recipient_delimiter``).  A row
+    without a client address is a local submission (unix socket, sendmail: trusted) when *local*; a client of
+    unknown address family, scored, leaves one too, so a row known to have been scored is judged with *local* False."""
     if row.get("auth_user") and milter.skip_authenticated:
         return True
     if wants_spam(row.get("recipients") or [], milter.spam_lovers, delimiters):
@@ -221,7 +223,7 @@ def unscored(row: Mapping[str, Any], milter: MilterSection, delimiters: str = ""
         return False
     address = row.get("client_addr") or ""
     if not address:
-        return True  # a local (unix socket, sendmail) submission
+        return local  # a local (unix socket, sendmail) submission, most likely
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -312,7 +314,8 @@ def rescore(
     A row whose action a hit forced (a virus, a DMARC policy) keeps it, unless the new score
     reaches a more severe threshold action: the milter takes the more severe of the two.  A row
     of an unscored message (trusted or authenticated client, spam_lovers' with *delimiters*: :func:`unscored`)
-    keeps its action."""
+    keeps its action; one whose action its score chose, unscored with the settings now, takes accept (what no
+    threshold chooses)."""
     logged = row.get("symbols") or {}
     fixed_names = fixed_scores(logged, fixed)
     symbols = {name: float(score if name in fixed_names else weights.get(name, score)) for name, score in logged.items()}
@@ -326,6 +329,11 @@ def rescore(
         if unexplained:
             return Rescored(row, old_action, old_action, old_score, verdict.score, why="unexplained")
         return Rescored(row, old_action, verdict.action.label, old_score, verdict.score)
+    if unscored(row, milter, delimiters, local=False):
+        # Scored when logged, no longer with the settings now (spam_lovers or trusted_networks added since): only
+        # what a hit forces applies, as the milter does.
+        unscored_verdict = decide(hits, lambda _s: 0.0, actions, greylist=logged_greylist(row), scored=False)
+        return Rescored(row, old_action, unscored_verdict.action.label, old_score, unscored_verdict.score)
     if unexplained:
         # Re-scored, it would move by what its symbols do not account for, not by the changes asked.
         return Rescored(row, old_action, old_action, old_score, verdict.score, why="unexplained")

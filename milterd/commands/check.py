@@ -376,7 +376,10 @@ def _judge_all(labelled: list[tuple[str, str, MessageRef]], pipeline: Pipeline, 
         if item.error:
             errors += 1
             continue
-        items.append(Judged(kind, folder, ref.label, item.score, item.action.label, item.symbols, forced_action(item.action, item.score, config.actions), item.scored))
+        # Forced by a hit (a banned file also over the reject threshold) or more severe than the thresholds choose:
+        # flagged at any threshold, as the milter refuses it whatever reject is set to.
+        forced = bool(item.forced) or forced_action(item.action, item.score, config.actions)
+        items.append(Judged(kind, folder, ref.label, item.score, item.action.label, item.symbols, forced, item.scored))
     return items, errors
 
 

@@ -19,6 +19,7 @@ import sys
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from ..config import Config, ConfigError, load_config
+from ..message.pipeline import PIPELINE_SYMBOLS
 from ..options import finite
 from ..ruleset import is_shipped
 from ..services import Services, build
@@ -214,7 +215,7 @@ def run_whatif(args: argparse.Namespace) -> int:
     config = services.config
     action_changes, weights = parse_changes(args.changes, services)
     changed = with_action_changes(config, action_changes)
-    report = _from_log(lambda: whatif(_rows(args, config), weights, changed.actions, config.milter, known=set(services.symbols),
+    report = _from_log(lambda: whatif(_rows(args, config), weights, changed.actions, config.milter, known=set(services.symbols) | PIPELINE_SYMBOLS,
                                       current=config.actions, greylist_mode=config.greylist.mode,
                                       delimiters=config.checks.local_domains.recipient_delimiter))
     if report is None:

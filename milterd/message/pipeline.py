@@ -646,6 +646,8 @@ _DELIVERED = frozenset({Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT
 _REFUSED = frozenset({Action.REJECT, Action.DISCARD})
 #: The symbol of a message whose end of message outlasted ``Pipeline.eom_budget``.
 EOM_TIMEOUT = "EOM_TIMEOUT"
+#: The symbols the pipeline itself emits (no check names them): a log row's symbols that are no one's else.
+PIPELINE_SYMBOLS = frozenset({"CHECK_ERROR", EOM_TIMEOUT})
 
 
 def eom_budget(config: Config) -> float:

@@ -178,3 +178,20 @@ def test_outsider_text_in_the_explanation_is_escaped(tmp_path: Path, capsys) -> 
     # The rule sees the Subject without its invisible bidi override (as a reader does); the rest is escaped.
     assert "[evil \\x1b[2J\\x1b[31mred]" in line
     assert out.splitlines()[0].startswith(str(tmp_path / "evil\\x1b[1m.eml"))
+
+
+def test_a_forced_refusal_whose_score_reached_reject_too_is_caught_at_every_threshold(tmp_path: Path, capsys) -> None:
+    # A banned .exe (ATTACH_BANNED 5, forced reject) in a message whose rule scores 12: 17, over reject (15). At the
+    # threshold 20 it was counted not caught, though the milter refuses it whatever reject is set to (found by review).
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "local.toml").write_text("[[rule]]\nname = \"SUBJ_LOTTERY\"\nheader = \"Subject\"\nregex = '(?i)lottery'\nscore = 12\n")
+    conf = write(tmp_path / "milter.conf", f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n'.encode())
+    spam = tmp_path / "spam"
+    spam.mkdir()
+    exe = "TVoAAAAAAAAAAAAA"  # "MZ" and zeros: a PE executable's start
+    body = ("--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream; name=a.exe\r\n"
+            "Content-Disposition: attachment; filename=a.exe\r\nContent-Transfer-Encoding: base64\r\n\r\n" + exe + "\r\n--b--\r\n")
+    write(spam / "1", message(subject="lottery", body=body, headers={"Content-Type": 'multipart/mixed; boundary="b"'}))
+    status, report = check_json(capsys, conf, "--client-ip", "192.0.2.10", "--spam", str(spam))
+    assert status == 0 and report["overall"]["spam"]["flagged"] == 1
+    assert {t["threshold"]: t["spam_caught"] for t in report["thresholds"]}[20.0] == 1

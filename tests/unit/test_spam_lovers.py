@@ -124,6 +124,21 @@ def test_tuning_sees_such_a_row_as_unscored(tmp_path: Path) -> None:
     assert whatif([logged], {}, load_config(conf).actions, milter).changed == 1
 
 
+def test_a_row_scored_when_logged_and_unscored_now_takes_no_threshold(tmp_path: Path) -> None:
+    # Rejected by its score, then abuse@ became a spam lover: whatif predicted quarantine at reject = 17, the
+    # milter accepts it (no threshold applies); counted as a change the settings made, not the one asked (review).
+    conf = tmp_path / "milter.conf"
+    conf.write_text('[milter]\nspam_lovers = ["abuse@"]\n')
+    config = load_config(conf)
+    row = {"client_addr": "192.0.2.10", "recipients": ["abuse@example.com"], "action": "reject", "reason": "score 16.0 >= 15",
+           "symbols": {"SUBJ_LOTTERY": 16.0}, "score": 16.0}
+    asked = config.with_changes({"actions.reject": 17.0}).actions
+    report = whatif([row], {}, asked, config.milter, current=config.actions)
+    assert dict(report.changes) == {("reject", "accept"): 1} and dict(report.unasked) == {("reject", "accept"): 1}
+    # Without a client address the row was still scored (a client of unknown family): re-scored as before.
+    assert dict(whatif([{**row, "client_addr": "", "recipients": ["bob@example.com"]}], {}, asked, config.milter).changes) == {("reject", "quarantine"): 1}
+
+
 def test_an_unscored_message_is_never_auto_learned() -> None:
     verdict = Verdict(action=Action.ACCEPT, score=30.0, symbols={"SUBJ_LOTTERY": 30.0}, details={}, reason="", reply=None, required=5.0, scored=False)
     assert not autolearn_allowed("spam", verdict)

@@ -160,3 +160,12 @@ def test_a_forced_quarantine_the_score_also_reached_stays_forced_in_whatif() -> 
     row = {"action": "quarantine", "reason": verdict.reason, "score": verdict.score, "symbols": verdict.symbols}
     raised = actions.model_copy(update={"quarantine": 1000.0, "reject": 2000.0})
     assert rescore(row, {}, raised, MilterSection()).new_action == "quarantine"
+
+
+def test_whatif_knows_the_pipelines_own_symbols(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # CHECK_ERROR (a check that raised) and EOM_TIMEOUT come from the pipeline, not a check: whatif listed them as
+    # "renamed or removed since logged" (found by review).
+    path = logged_store(tmp_path, MessageRecord(action="accept", client_addr="192.0.2.1", score=1.0, symbols={"CHECK_ERROR": 0.0, "GONE_RULE": 1.0}))
+    assert main(["rules", "whatif", "-c", str(path), "--json", "--set", "actions.reject=7.5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["unknown_symbols"] == {"GONE_RULE": 1}, report
