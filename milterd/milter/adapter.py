@@ -9,6 +9,7 @@ exception is answered with a tempfail: a bug costs a retry, never a message.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -108,6 +109,19 @@ def protocol_bits(stages: frozenset[Stage], unix: bool = False, early_refusals: 
     return bits
 
 
+def unmapped(address: str) -> str:
+    """*address* with an IPv4-mapped IPv6 address (``::ffff:192.0.2.10``, from a dual-stack socket behind another
+    MTA) written as the IPv4 address it is, as Postfix writes it: trusted_networks and reverse DNS take it as IPv4
+    as the DNS lists and greylisting do."""
+    if not address.lower().startswith("::ffff:"):
+        return address
+    try:
+        mapped = ipaddress.IPv6Address(address).ipv4_mapped
+    except ValueError:
+        return address
+    return str(mapped) if mapped is not None else address
+
+
 class MilterdMilter(Milter.Base):
     """One SMTP connection seen through the milter protocol."""
 
@@ -162,14 +176,14 @@ class MilterdMilter(Milter.Base):
         session = self.session
         session.macros.update(self._macros("j", "{daemon_name}", "{daemon_addr}", "{client_name}", "{client_ptr}", "{client_addr}"))
         if family in (socket.AF_INET, socket.AF_INET6) and isinstance(hostaddr, tuple):
-            session.client_addr, session.client_port = str(hostaddr[0]), int(hostaddr[1])
-            session.family = "inet6" if family == socket.AF_INET6 else "inet"
+            session.client_addr, session.client_port = unmapped(str(hostaddr[0])), int(hostaddr[1])
+            session.family = "inet6" if family == socket.AF_INET6 and ":" in session.client_addr else "inet"
         elif family == socket.AF_UNIX:
-            session.client_addr, session.family = session.macros.get("{client_addr}", ""), "unix"
+            session.client_addr, session.family = unmapped(session.macros.get("{client_addr}", "")), "unix"
         else:
             # SMFIA_UNKNOWN: Postfix's smtpd on a socket that is not inet, or a client XCLIENT made
             # ADDR=[UNAVAILABLE]. Not a local client by its family: trusted only by an address.
-            session.client_addr, session.family = session.macros.get("{client_addr}", ""), "unknown"
+            session.client_addr, session.family = unmapped(session.macros.get("{client_addr}", "")), "unknown"
         # Postfix passes "[1.2.3.4]" (or "unknown") when the client has no verified name.
         session.client_name = "unknown" if hostname.startswith("[") else hostname
         return self._answer(self.pipeline.connect(session))

@@ -21,7 +21,7 @@ import pytest
 from Milter import testctx
 
 from milterd.cli import main
-from milterd.milter.adapter import MilterdMilter
+from milterd.milter.adapter import MilterdMilter, unmapped
 from tests.conftest import NO_CHECKS, with_sections
 from tests.harness.milterd import write_config
 from tests.harness.pipeline import milter_worker
@@ -272,3 +272,19 @@ def test_internal_error_at_connect_tempfails_every_mail_of_the_session(milter_cl
         assert unix_ctx._envfrom("<alice@example.org>") == Milter.TEMPFAIL
         assert unix_ctx._reply[:2] == ("451", "4.3.0")
     Milter.close_callback(unix_ctx)
+
+
+def test_an_ipv4_mapped_client_address_is_the_ipv4_address(ctx: Context) -> None:
+    # From a dual-stack socket behind another MTA: trusted_networks and reverse DNS took ::ffff:192.0.2.10 for an
+    # IPv6 client while the DNS lists and greylisting unmapped it (found by review); Postfix writes it as IPv4.
+    ctx._stage = Milter.M_CONNECT
+    assert Milter.connect_callback(ctx, "[::ffff:192.0.2.10]", socket.AF_INET6, ("::FFFF:192.0.2.10", 4321, 0, 0)) == Milter.CONTINUE
+    ctx._stage = None
+    session = ctx.getpriv().session
+    assert (session.client_addr, session.family, str(session.ip)) == ("192.0.2.10", "inet", "192.0.2.10")
+    Milter.close_callback(ctx)
+
+
+def test_other_addresses_are_kept_as_given() -> None:
+    for address in ("2001:db8::1", "::1", "fe80::1%eth0", "::ffff:zz", "192.0.2.1", "", "unknown"):
+        assert unmapped(address) == address
