@@ -54,6 +54,9 @@ log = logging.getLogger("milterd")
 
 ERROR = "BAYES_ERROR"
 SKIPPED_CONFIDENT = "SPAMD_SKIPPED_CONFIDENT"
+#: The symbol of spamd's verdict (checks.spamassassin's, which imports this module): a message without it was not
+#: judged by spamd (spamd switched off), so no check the sender does not control said it is ham.
+SPAMD_VERDICT = "SPAMASSASSIN"
 AUTOLEARN = "BAYES_AUTOLEARN"
 
 #: Default scores of the buckets, chosen on the training folders only by bench/learner_refit.py's second
@@ -133,7 +136,7 @@ _NOAUTOLEARN_PREFIXES = ("USER_IN_", "URI_HOST_IN_", "SUBJECT_IN_")
 def steered_by_sender(verdict: Verdict) -> str:
     """The first of spamd's rules on *verdict* that SpamAssassin keeps out of auto-learning
     (:data:`NOAUTOLEARN_RULES`, ``USER_IN_*``, ``URI_HOST_IN_*``, ``SUBJECT_IN_*``), or ""."""
-    rules = verdict.details.get("SPAMASSASSIN", "")
+    rules = verdict.details.get(SPAMD_VERDICT, "")
     return next((rule for rule in rules.split(",") if rule in NOAUTOLEARN_RULES or rule.startswith(_NOAUTOLEARN_PREFIXES)), "") if rules else ""
 
 
@@ -143,11 +146,14 @@ def autolearn_allowed(label: str, verdict: Verdict) -> bool:
     :data:`UNSCANNED` too: spamd down with its default on_error = "accept" left spam with only its
     SPF, DKIM and DMARC passes, below autolearn_ham), nor when spamd's score rests on a rule the
     sender can set off (:func:`steered_by_sender`: GTUBE learned the site's ham words as spam, a forged
-    welcomelisted From learned spam as ham), and as ham only when accepted.  Never from a message that was not
+    welcomelisted From learned spam as ham), and as ham only when accepted and judged by spamd (spamd switched off,
+    a spammer's own domain passing SPF, DKIM and DMARC was learned as ham).  Never from a message that was not
     scored (its recipients are spam_lovers: an abuse mailbox's reports quote the spam they report)."""
     if not verdict.scored or not UNJUDGED.isdisjoint(verdict.symbols) or steered_by_sender(verdict):
         return False
-    return label == "spam" or (verdict.action == Action.ACCEPT and UNSCANNED.isdisjoint(verdict.symbols))
+    if label == "spam":
+        return True
+    return verdict.action == Action.ACCEPT and UNSCANNED.isdisjoint(verdict.symbols) and SPAMD_VERDICT in verdict.symbols
 
 
 class BayesCheck(Check):

@@ -49,9 +49,17 @@ def learned(services: Services) -> tuple[int, int]:
 
 
 def test_a_clean_accepted_message_is_still_learned_as_ham(services: Services) -> None:
-    result = BayesCheck(services).on_verdict(Session(), envelope(), verdict(Action.ACCEPT, {"DKIM_WL": -3.0}))
+    result = BayesCheck(services).on_verdict(Session(), envelope(), verdict(Action.ACCEPT, {"DKIM_WL": -3.0, "SPAMASSASSIN": -0.5}))
     assert result.details[AUTOLEARN] == "ham: learned"
     assert learned(services) == (0, 1)
+
+
+def test_a_message_spamd_did_not_judge_is_never_learned_as_ham(services: Services) -> None:
+    # spamd switched off: a spammer's own domain passing SPF, DKIM and DMARC scored below autolearn_ham and was learned as ham
+    # (found by review). As spam it still is, on the checks' evidence.
+    passes = {"SPF_PASS": -0.5, "DKIM_VALID": -0.5, "DKIM_VALID_AUTHOR": -0.5, "DMARC_PASS": -1.0}
+    assert AUTOLEARN not in BayesCheck(services).on_verdict(Session(), envelope(), verdict(Action.ACCEPT, passes)).details
+    assert learned(services) == (0, 0)
 
 
 @pytest.mark.parametrize("action", [Action.REJECT, Action.TEMPFAIL, Action.QUARANTINE, Action.DISCARD])
@@ -101,8 +109,8 @@ def test_no_auto_learning_from_rules_the_sender_sets_off(services: Services, rul
 
 def test_a_retried_message_counts_once(services: Services) -> None:
     check = BayesCheck(services)
-    first = check.on_verdict(Session(), envelope(), verdict(Action.ACCEPT, {"DKIM_WL": -3.0}))
-    again = check.on_verdict(Session(), envelope(), verdict(Action.ACCEPT, {"DKIM_WL": -3.0}))
+    first = check.on_verdict(Session(), envelope(), verdict(Action.ACCEPT, {"DKIM_WL": -3.0, "SPAMASSASSIN": -0.5}))
+    again = check.on_verdict(Session(), envelope(), verdict(Action.ACCEPT, {"DKIM_WL": -3.0, "SPAMASSASSIN": -0.5}))
     assert (first.details[AUTOLEARN], again.details[AUTOLEARN]) == ("ham: learned", "ham: already")
     assert learned(services) == (0, 1)
 
@@ -111,7 +119,7 @@ def test_a_store_that_is_down_leaves_the_verdict_as_it_was(services: Services, c
     check = BayesCheck(services)
     with services.store.engine.begin() as connection:
         connection.exec_driver_sql("DROP TABLE learner_tokens")
-    given = verdict(Action.ACCEPT, {"DKIM_WL": -3.0})
+    given = verdict(Action.ACCEPT, {"DKIM_WL": -3.0, "SPAMASSASSIN": -0.5})
     assert check.on_verdict(Session(), envelope(), given) == given
     assert "auto-learn failed" in caplog.text
 

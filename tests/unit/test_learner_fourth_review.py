@@ -283,6 +283,6 @@ def test_spam_is_learned_unless_spamd_or_a_check_might_have_said_otherwise(servi
 
 
 def test_a_message_every_check_judged_is_still_learned_as_ham(services: Services) -> None:
-    verdict = Verdict(action=Action.ACCEPT, score=-2.7, symbols={**AUTHENTICATED, "SPAMD": -0.5}, details={}, reason="")
+    verdict = Verdict(action=Action.ACCEPT, score=-2.7, symbols={**AUTHENTICATED, "SPAMASSASSIN": -0.5}, details={}, reason="")
     assert BayesCheck(services).on_verdict(Session(), small_envelope(), verdict).details[AUTOLEARN] == "ham: learned"
     assert learned(services) == (0, 1)
