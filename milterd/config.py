@@ -83,7 +83,7 @@ class MilterSection(Section):
     socket_group: str = Field("", description="Group of a unix socket; empty keeps the process's.")
     workers: int = Field(0, ge=0, le=256, description="Worker processes; 0 means one per CPU.")
     user: str = Field("", description="User to run as after the socket is open when started as root; empty runs as nobody (with a warning), \"root\" keeps root knowingly.")
-    group: str = Field("", description="Group to run as after the socket is open; empty uses the user's primary group.")
+    group: str = Field("", description="Group to run as after the socket is open when started as root (with user = \"root\" too); empty uses the user's primary group. A group that does not exist is refused at start, whoever starts milterd.")
     hostname: str = Field("", description="This host's name in the log, Received and report headers; empty uses the system's FQDN.")
     authserv_id: str = Field("", description="The authserv-id of Authentication-Results headers; empty uses hostname.")
     trusted_networks: list[str] = Field(["127.0.0.0/8", "::1/128"], description="Client networks that are trusted (like Postfix's mynetworks).")

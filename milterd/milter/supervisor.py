@@ -215,9 +215,14 @@ def service_account(config: Config) -> tuple[str, int, int] | None:
     ``[milter]``, whoever starts milterd (:func:`check_account_names`).
     """
     check_account_names(config)
-    if os.geteuid() != 0 or config.milter.user == "root":
-        return None
     where = config.path or "milter.conf"
+    if os.geteuid() != 0 or config.milter.user == "root":
+        if config.milter.group:  # a misspelt group is refused whoever starts milterd, as the user is
+            try:
+                grp.getgrnam(config.milter.group)
+            except KeyError:
+                raise ConfigError(where, "[milter] group", f"no such group {config.milter.group!r}") from None
+        return None
     name = config.milter.user or DEFAULT_USER
     try:
         user = pwd.getpwnam(name)
@@ -239,6 +244,12 @@ def drop_privileges(config: Config) -> None:
     account = service_account(config)
     if os.geteuid() == 0 and account is None:
         log.warning("running as root: [milter] user = \"root\"; set an account of its own")
+        if config.milter.group:  # user = "root" with a group: that group, as asked (it was ignored)
+            gid = grp.getgrnam(config.milter.group).gr_gid
+            os.setgroups([gid])
+            os.setgid(gid)
+    elif account is None and config.milter.group:
+        log.warning("[milter] group = %r is not taken: milterd was not started as root", config.milter.group)
     elif account is not None:
         name, uid, gid = account
         if not config.milter.user:
@@ -603,6 +614,7 @@ class Supervisor:
         self.maintainer = 0
         self.started: dict[int, float] = {}  # pid → when it was forked (monotonic)
         self._quick_deaths = 0  # serving workers in a row that died soon after their start
+        self._died = 0  # serving workers that died and are not replaced yet (a reload's new count is no death)
         self._not_before = 0.0  # no replacement before then (monotonic): the backoff
 
     @property
@@ -616,6 +628,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        self._reload = self._reload or bool(_EARLY_HUP)
         try:
             check_store(self.config, self.services)  # before the socket: a bad store refuses the start
             if self._stopping:
@@ -754,10 +767,16 @@ class Supervisor:
             self._quick_deaths = 0  # the workers run again
         if now < self._not_before:
             return
+        if len(serving) >= self.worker_count:
+            self._died = 0  # none to replace (a reload lowered the count meanwhile)
         while sum(1 for fd in self.workers.values() if fd >= 0) < self.worker_count and not self._stopping:
-            self.restarts += 1
-            metrics.worker_restarted()
-            log.warning("worker died; starting a new one")
+            if self._died:
+                self._died -= 1
+                self.restarts += 1
+                metrics.worker_restarted()
+                log.warning("worker died; starting a new one")
+            else:
+                log.info("starting a worker ([milter] workers = %d)", self.worker_count)
             self._spawn()
 
     def _reap(self, block: bool) -> list[int]:
@@ -775,6 +794,7 @@ class Supervisor:
                 break
             if pid in self.workers and not self._stopping and self.workers[pid] >= 0:
                 log.warning("worker %d %s", pid, _describe_exit(status))
+                self._died += 1
                 self._backoff(pid)
             self._forget(pid)
             gone.append(pid)
@@ -848,6 +868,9 @@ class Supervisor:
             if self._stopping:
                 return
             if pid not in self.workers or self.workers[pid] < 0:  # died meanwhile, or stopping (a reload refused half-way)
+                continue
+            if len(started) >= self.worker_count:  # [milter] workers lowered: the rest stop, not replaced
+                self._stop_worker(pid)
                 continue
             new = self._spawn_ready()
             if new is None:
@@ -1138,8 +1161,19 @@ def register(cls: type) -> None:
     )
 
 
+#: A SIGHUP that came while ``serve`` was starting (before the supervisor's handler): a reload once it runs.
+_EARLY_HUP: list[int] = []
+
+
+def _hup_while_starting(signum: int, _frame: object) -> None:
+    _EARLY_HUP.append(signum)
+
+
 def serve(config_path: str | None) -> int:
     """``milterd serve``: validate everything, then supervise (the store is prepared as the service account, in ``run``)."""
+    # First: SIGHUP's default ends the process, and a reload sent just after a start (logrotate, systemd) stopped
+    # milterd silently while it read its configuration.
+    signal.signal(signal.SIGHUP, _hup_while_starting)
     config = load_config(config_path)
 
     setup_logging(config.milter.log_target, config.milter.log_level, config.database.url)

@@ -49,6 +49,20 @@ supervisor.run_worker = run_worker
 """
 
 
+#: Injected: a SIGHUP arrives while ``serve`` reads its configuration (a reload sent just after a start), once.
+HUP_WHILE_STARTING = """
+import os, signal
+import milterd.milter.supervisor as supervisor
+real_load_config = supervisor.load_config
+sent = []
+def load_config(path):
+    if not sent:
+        sent.append(os.kill(os.getpid(), signal.SIGHUP))
+    return real_load_config(path)
+supervisor.load_config = load_config
+"""
+
+
 def _popen(milterd: Milterd, code: str) -> subprocess.Popen[bytes]:
     """``milterd serve`` for *milterd*'s milter.conf with *code* run first, its output in its stderr file."""
     milterd._stderr = milterd.stderr_path.open("ab")
@@ -123,6 +137,57 @@ def test_a_reload_stopped_half_way_goes_back_to_the_old_configuration(tmp_path: 
         assert all(_negotiates(milterd.port) for _ in range(4))
         assert milterd.stderr().count("injected: a worker after the first cannot start") == 1  # no worker of it was started again
         assert "reload done" not in milterd.stderr()
+    finally:
+        assert milterd.stop() == 0
+
+
+def test_a_reload_changes_the_number_of_workers_both_ways(tmp_path: Path) -> None:
+    """[milter] workers lowered from 3 to 1 left 3 workers (each old one was replaced one for one); raised, the
+    new ones were said to replace dead workers and counted as restarts (found by review)."""
+    milterd = Milterd(tmp_path / "m", {"milter": {"workers": 3}})
+    milterd.start()
+    try:
+        assert _wait_for(lambda: len(milterd.workers()) == 3), milterd.workers()
+        first = milterd.config.read_text()
+        assert "workers = 3" in first
+        milterd.config.write_text(first.replace("workers = 3", "workers = 1"))
+        milterd.signal(signal.SIGHUP)
+        assert _wait_for(lambda: milterd.stderr().count("reload done") == 1, timeout=60), milterd.stderr()
+        assert _wait_for(lambda: len(milterd.workers()) == 1), milterd.workers()
+        time.sleep(1)
+        assert len(milterd.workers()) == 1 and _negotiates(milterd.port)
+        milterd.config.write_text(first)
+        milterd.signal(signal.SIGHUP)
+        assert _wait_for(lambda: milterd.stderr().count("reload done") == 2, timeout=60), milterd.stderr()
+        assert _wait_for(lambda: len(milterd.workers()) == 3), milterd.workers()
+        assert "worker died" not in milterd.stderr()
+    finally:
+        assert milterd.stop() == 0
+
+
+def test_a_sighup_while_starting_is_a_reload_not_the_end(tmp_path: Path) -> None:
+    """SIGHUP's default ended the process while serve read its configuration: exit 129, nothing said (review)."""
+    milterd = Milterd(tmp_path / "m", {})
+    process = _popen(milterd, HUP_WHILE_STARTING)
+    try:
+        assert _wait_for(lambda: "reload done" in milterd.stderr() or process.poll() is not None, timeout=60), milterd.stderr()
+        assert process.poll() is None, (process.returncode, milterd.stderr())
+        assert _negotiates(milterd.port)
+    finally:
+        assert milterd.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to change groups")
+def test_user_root_with_a_group_runs_in_that_group(tmp_path: Path) -> None:
+    """[milter] group was ignored with user = "root": the workers stayed in group root (found by review)."""
+    milterd = Milterd(tmp_path / "m", {"milter": {"user": "root", "group": "mail"}})
+    milterd.start()
+    try:
+        assert _wait_for(lambda: len(milterd.workers()) == 2), milterd.workers()
+        mail = grp.getgrnam("mail").gr_gid
+        for pid in milterd.workers():
+            gids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Gid:")).split()[1:]
+            assert {int(g) for g in gids} == {mail}, (pid, gids)
     finally:
         assert milterd.stop() == 0
 

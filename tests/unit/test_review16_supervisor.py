@@ -226,3 +226,13 @@ def test_a_store_behind_a_directory_the_account_cannot_enter_is_named_so(tmp_pat
         assert caught.value.reason.endswith(f"cannot write {repo / 'milterd.sqlite'}: cannot enter {closed} (a directory the account may not search)")
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_an_unknown_group_is_refused_with_user_root_and_when_not_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # user = "root" (or a start as another user) left [milter] group unread: a misspelt group started silently (review).
+    config = load_config(write_conf(tmp_path, 'group = "nosuchgroup_xyz"'))
+    for euid in (0, 1000):
+        monkeypatch.setattr(os, "geteuid", lambda euid=euid: euid)
+        with pytest.raises(ConfigError) as caught:
+            supervisor.service_account(config)
+        assert caught.value.key == "[milter] group" and "nosuchgroup_xyz" in caught.value.reason
