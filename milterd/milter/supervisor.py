@@ -124,10 +124,16 @@ def _file_id(spec: SocketSpec) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
+#: The longest path a unix socket can be bound at on Linux (sockaddr_un's sun_path, 108 bytes with its NUL).
+UNIX_PATH_MAX = 107
+
+
 def _why_not(spec: SocketSpec) -> str:
     """Why libmilter could not listen on *spec* (it says only "cannot opensocket"): the error of a bind tried here, or ''."""
     if spec.family == "unix":
         directory = os.path.dirname(spec.path)
+        if len(os.fsencode(spec.path)) > UNIX_PATH_MAX:
+            return f"{spec.path} is {len(os.fsencode(spec.path))} bytes long: a unix socket's path holds at most {UNIX_PATH_MAX}"
         if os.path.lexists(spec.path) and not stat.S_ISSOCK(os.lstat(spec.path).st_mode):
             return f"{spec.path} exists and is not a socket"
         if not _access(directory, os.W_OK | os.X_OK):

@@ -236,3 +236,13 @@ def test_an_unknown_group_is_refused_with_user_root_and_when_not_root(tmp_path: 
         with pytest.raises(ConfigError) as caught:
             supervisor.service_account(config)
         assert caught.value.key == "[milter] group" and "nosuchgroup_xyz" in caught.value.reason
+
+
+def test_a_unix_socket_path_too_long_is_said_so(tmp_path: Path) -> None:
+    # libmilter says only "cannot opensocket" (found by review): the reason is the path's length.
+    from milterd.endpoints import parse_socket
+
+    path = tmp_path / ("d" * 120) / "milterd.sock"
+    why = supervisor._why_not(parse_socket(f"unix:{path}"))
+    assert why == f"{path} is {len(str(path))} bytes long: a unix socket's path holds at most 107"
+    assert supervisor._why_not(parse_socket(f"unix:{tmp_path / 'm.sock'}")) == ""
