@@ -361,3 +361,14 @@ def test_the_words_of_a_large_message_take_no_more_memory_than_before() -> None:
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < 1.5 * peaks[0], peaks
+
+
+def test_a_header_stuffed_with_words_leaves_room_for_the_body() -> None:
+    # 10,000 words in one header field filled MAX_TOKENS: no body word was tokenized (found by review).
+    rng = random.Random(7)
+    stuffing = " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6)) for _ in range(10_000))
+    raw = (f"From: a@example.org\r\nX-Pad: {stuffing}\r\nSubject: s\r\n\r\nviagra cheapest pharmacy online\r\n").encode()
+    tokens = tokenizer.tokenize(raw)
+    assert len(tokens) <= tokenizer.MAX_TOKENS
+    assert {"viagra", "cheapest", "pharmacy", "online"} <= set(tokens)
+    assert len(set(tokens) & set(stuffing.split())) <= tokenizer.MAX_HEADER_TOKENS
