@@ -94,7 +94,7 @@ class MilterSection(Section):
     shutdown_timeout: Duration = Field(30.0, description="On SIGTERM or reload, how long in-flight messages may take before their worker is stopped.")
     spool_memory: Size = Field(1024 * 1024, description="Bodies up to this size stay in memory; larger ones are spooled to a temporary file.")
     spool_dir: str = Field("", description="Directory for a worker's temporary files: spooled bodies, and the decoded attachments and archive copies of the attachment checks; empty uses the system's temporary directory. Checked at start: the service user must be able to write it (or the system's temporary directory).")
-    log_target: Literal["stderr", "syslog"] = Field("stderr", description="Where the per-message summary lines and errors go.")
+    log_target: Literal["stderr", "syslog"] = Field("stderr", description="Where the per-message summary lines and errors go: stderr, or syslog's mail facility (/dev/log); while syslog does not take them (no daemon behind /dev/log), they go to stderr, said once.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level of messages written to the log; a reload (SIGHUP) applies a change.")
     timeout: Duration = Field(0.0, description="libmilter's I/O timeout towards Postfix; 0 keeps libmilter's default (2 hours).")
     delay_reject: bool = Field(True, description="Apply rejects found at connect or HELO at MAIL FROM, once SMTP AUTH is known (like Postfix's smtpd_delay_reject).")

@@ -213,6 +213,38 @@ def set_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
 
 
+#: Where syslog takes log lines (its daemon's socket).
+SYSLOG_SOCKET = "/dev/log"
+
+
+class SyslogHandler(logging.handlers.SysLogHandler):
+    """The mail facility of syslog; while syslog does not take the lines (its daemon stopped), they go to stderr,
+    said once, instead of a "--- Logging error ---" traceback each (the line itself lost)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address=address, facility=logging.handlers.SysLogHandler.LOG_MAIL)
+        self.failing = False
+        self._failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failed = False
+        super().emit(record)  # its own reconnection first; handleError when that fails too
+        if self.failing and not self._failed:
+            self.failing = False
+            sys.stderr.write(f"milterd[{os.getpid()}]: syslog ({self.address}) takes milterd's log again\n")
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        self._failed = True
+        if not self.failing:
+            self.failing = True
+            sys.stderr.write(f"milterd[{os.getpid()}]: syslog ({self.address}) does not take milterd's log: "
+                             f"{sys.exc_info()[1]}; writing it here until it does\n")
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - as logging's own handleError: a log line must never raise
+            pass
+
+
 def setup_logging(target: str, level: str, database_url: str = "") -> None:
     """Send milterd's log to stderr or to syslog's mail facility, Postfix-style.
 
@@ -222,8 +254,8 @@ def setup_logging(target: str, level: str, database_url: str = "") -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     handler: logging.Handler
-    if target == "syslog" and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL)
+    if target == "syslog":  # no daemon behind /dev/log (or none at all): SyslogHandler says so, and uses stderr
+        handler = SyslogHandler(SYSLOG_SOCKET)
         handler.setFormatter(SafeFormatter("milterd[%(process)d]: %(message)s", url=database_url))
     else:
         handler = logging.StreamHandler(sys.stderr)
