@@ -51,7 +51,11 @@ def reload_findings(config_path: str | None) -> list[Finding]:
         config = load_config(config_path)
     except ConfigError:  # diagnose reported it
         return []
-    return [Finding(f"reload {error.key or 'milter.conf'}", "warn", str(error)) for error in reload_blockers(config)]
+    try:
+        blockers = reload_blockers(config)
+    except ConfigError as error:  # an unknown [milter] user or group, which serve refuses: a failure, the rest still said
+        return [Finding(error.key or "milter.conf", "fail", str(error))]
+    return [Finding(f"reload {error.key or 'milter.conf'}", "warn", str(error)) for error in blockers]
 
 
 #: The symbol of a message whose client the DNS lists were not asked about: a private address ([checks.dnsbl] skip_private).

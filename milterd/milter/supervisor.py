@@ -283,10 +283,18 @@ def hand_over_store(config: Config) -> None:
     root never opens the database, whose files and directory the account
     controls (SQLite would follow a symlink the account put in the store's
     place, and write milterd's schema into whatever root file it points to).
+    Staying as started (``user = "root"``, or not started as root), only the missing directories are made
+    (mode 0700), as that user: the store's place does not depend on the account.
     """
     file = sqlite_file(config.database.url)
     account = service_account(config)
-    if account is None or file is None:
+    if file is None:
+        return
+    if account is None:  # milterd stays as started (user = "root", or not root): its own missing directories
+        try:
+            file.resolve().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            pass  # check_writable says what this user cannot do
         return
     _name, uid, gid = account
     planted = planted_link(file)
@@ -370,7 +378,8 @@ def check_writable(config: Config) -> None:
         files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
         closed = _first_closed(path.parent)
         if closed is not None:
-            why = "not a directory" if not closed.is_dir() else "a directory the account may not search"
+            why = ("no such directory" if not os.path.lexists(closed) else "not a directory" if not closed.is_dir()
+                   else "a directory the account may not search")
             raise ConfigError(where, "[database] url", f"{who} cannot write {path}: cannot enter {closed} ({why})")
         if not all(map(os.path.lexists, files)) and not _access(path.parent, os.W_OK):
             raise ConfigError(where, "[database] url", f"{who} cannot write {path.parent} (SQLite needs the file and its directory)")

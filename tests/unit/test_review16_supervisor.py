@@ -246,3 +246,21 @@ def test_a_unix_socket_path_too_long_is_said_so(tmp_path: Path) -> None:
     why = supervisor._why_not(parse_socket(f"unix:{path}"))
     assert why == f"{path} is {len(str(path))} bytes long: a unix socket's path holds at most 107"
     assert supervisor._why_not(parse_socket(f"unix:{tmp_path / 'm.sock'}")) == ""
+
+
+def test_the_stores_missing_directory_is_made_for_user_root_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With user = "nobody" serve made it; with user = "root" it refused the start, saying the missing directory
+    # was "not a directory" (found by review).
+    path = write_conf(tmp_path)
+    path.write_text(path.read_text().replace(f'sqlite:///{tmp_path / "log.sqlite"}', f'sqlite:///{tmp_path / "new" / "dir" / "log.sqlite"}'))
+    config = load_config(path)
+    supervisor.hand_over_store(config)
+    assert (tmp_path / "new" / "dir").is_dir()
+    supervisor.check_writable(config)  # no ConfigError
+    (tmp_path / "new" / "dir").rmdir()
+    (tmp_path / "new").rmdir()
+    monkeypatch.setattr(Path, "mkdir", lambda *args, **kwargs: None)  # a directory that cannot be made
+    supervisor.hand_over_store(config)
+    with pytest.raises(ConfigError) as caught:
+        supervisor.check_writable(config)
+    assert f"cannot enter {tmp_path / 'new'} (no such directory)" in caught.value.reason

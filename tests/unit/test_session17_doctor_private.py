@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -269,3 +270,15 @@ def test_an_unusable_database_url_gives_no_traceback_and_no_finding(tmp_path: Pa
     conf.write_text(conf.read_text().replace(f"sqlite:///{tmp_path}/store.sqlite", "postgresql+psycopg://milterd:pw@127.0.0.1:notaport/milterd"))
     assert "notaport" in conf.read_text()
     assert private_client_findings(str(conf)) == []
+
+
+def test_an_unknown_service_user_is_a_finding_not_an_empty_report(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # doctor --json printed nothing (exit 2) and every other finding was lost (found by review).
+    monkeypatch.setattr(os, "geteuid", lambda: 0)  # as root, where serve looks the user up
+    conf = _write_config(tmp_path / "m", '[milter]\nuser = "no_such_user_xyz"\n')
+    code, report = _doctor(conf, capsys)
+    assert code == 1 and report["status"] == "fail"
+    [finding] = [f for f in report["findings"] if f["name"] == "[milter] user"]
+    assert finding["status"] == "fail" and "no_such_user_xyz" in finding["detail"]
+    assert len(report["findings"]) > 1  # the other checks are still said
