@@ -75,8 +75,14 @@ def open_socket(config: Config) -> tuple[SocketSpec, int]:
         if _listening(spec.path):
             # libmilter would remove it and listen in its place: the running milterd would serve nobody.
             raise ConfigError(config.path or "milter.conf", "[milter] socket", f"{spec.path} is in use: another process (a running milterd?) listens on it")
+        directory = Path(spec.path).parent
+        made = not os.path.lexists(directory)
         try:
-            Path(spec.path).parent.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(parents=True, exist_ok=True)
+            account = service_account(config) if made else None
+            if account is not None:
+                # Its own, so that the supervisor, no longer root, removes the socket at SIGTERM.
+                os.chown(directory, account[1], account[2], follow_symlinks=False)
         except FileExistsError:
             raise ConfigError(config.path or "milter.conf", "[milter] socket", f"cannot create {spec.path}: a part of its directory is not a directory") from None
         except OSError as exc:
@@ -993,10 +999,10 @@ class Supervisor:
                     return  # another milterd's socket now, at the same path: not ours to remove
                 os.unlink(self.spec.path)
             except OSError as exc:
-                # After dropping privileges the socket's directory may not be ours:
+                # After dropping privileges a directory milterd did not make may not be ours:
                 # the next start (as root) replaces the stale socket.
                 if exc.errno != errno.ENOENT:
-                    log.warning("cannot remove %s: %s", self.spec.path, exc.strerror)
+                    log.info("cannot remove %s (%s): the next start replaces it", self.spec.path, exc.strerror)
 
 
 READY_TIMEOUT = 30.0

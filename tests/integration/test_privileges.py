@@ -206,3 +206,22 @@ def test_pid_file_after_the_drop(open_tmp: Path) -> None:
             assert pid_file.exists()
             assert f"cannot remove the pid file {pid_file}: Permission denied" in milterd.stderr()
         assert "Traceback" not in milterd.stderr()
+
+
+def test_the_socket_in_a_directory_milterd_made_is_removed_at_sigterm(open_tmp: Path) -> None:
+    """The supervisor, no longer root, could not remove its socket from the directory it had made as root
+    (owned by root): a warning at every stop, the file left (found by review). That directory is now the user's."""
+    data = open_tmp / "lib"
+    data.mkdir()
+    shutil.chown(data, USER, GROUP)
+    sock = open_tmp / "run" / "milterd" / "milterd.sock"
+    milterd = Milterd(open_tmp / "m", {"milter": {"user": USER, "group": GROUP}, "database": {"url": f"sqlite:///{data / 'm.sqlite'}"}},
+                      socket=f"unix:{sock}").start()
+    try:
+        assert stat.S_ISSOCK(sock.stat().st_mode)
+        assert (sock.parent.stat().st_uid, sock.parent.stat().st_gid) == (pwd.getpwnam(USER).pw_uid, grp.getgrnam(GROUP).gr_gid)
+        assert sock.parent.parent.stat().st_uid == 0  # only the socket's own directory is given
+    finally:
+        assert milterd.stop() == 0
+    assert not sock.exists()
+    assert "cannot remove" not in milterd.stderr()
