@@ -331,7 +331,9 @@ def rescore(
         return Rescored(row, old_action, verdict.action.label, old_score, verdict.score)
     if unscored(row, milter, delimiters, local=False):
         # Scored when logged, no longer with the settings now (spam_lovers or trusted_networks added since): only
-        # what a hit forces applies, as the milter does.
+        # what a hit forces applies, as the milter does; a row whose hits may have forced one (not logged) keeps its action.
+        if MAY_FORCE.intersection(logged):
+            return Rescored(row, old_action, old_action, old_score, verdict.score, why="may_force")
         unscored_verdict = decide(hits, lambda _s: 0.0, actions, greylist=logged_greylist(row), scored=False)
         return Rescored(row, old_action, unscored_verdict.action.label, old_score, unscored_verdict.score)
     if unexplained:

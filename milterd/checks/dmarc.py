@@ -235,7 +235,8 @@ class Record:
 
 def is_dmarc_record(text: str) -> bool:
     """Whether the TXT record *text* is a DMARC record at all (starts with ``v=DMARC1``), valid or not."""
-    return "".join(text.partition(";")[0].split()) == "v=DMARC1"  # blanks anywhere in it: spaces, tabs, a CRLF
+    # RFC 7489's WSP (a space or a tab) anywhere in it; any blank at its ends, as the record's tags are read.
+    return text.partition(";")[0].strip().replace(" ", "").replace("\t", "") == "v=DMARC1"
 
 
 def parse_record(text: str) -> Record | None:

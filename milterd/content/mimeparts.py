@@ -928,11 +928,12 @@ def _first_boundary(params: list[tuple[str, str]]) -> str | None:
 
 def _read_part(part: Message) -> tuple[str, _Boundary | None, str, str, tuple[str, ...]]:
     """A part's content type, boundary (a multipart's, else None), transfer encoding, file name and
-    other names (those only of a part that may be decoded: named, or neither text nor multipart)."""
+    other names (those only of a part that may be decoded: named, or neither TEXT_TYPES nor multipart)."""
     ctype = (part.get_content_type() or "text/plain").lower()
     boundary = _boundary(part) if ctype.startswith("multipart/") else None
     name = _filename(part)
-    kept = bool(name) or not (ctype.startswith("text/") or ctype.startswith("multipart/"))
+    # A text/csv part may be a saved message by a name past the first (a large message's view keeps its body then).
+    kept = bool(name) or not (ctype in TEXT_TYPES or ctype.startswith("multipart/"))
     return ctype, boundary, _encoding(part), name, _other_names(part, name) if kept else ()
 
 

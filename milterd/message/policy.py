@@ -208,11 +208,15 @@ def _threshold_reason(action: Action, score: float, actions: ActionsSection) -> 
 FOLD_WIDTH = 78
 
 
+#: The actions that mark a message as spam whatever its score; not greylist or tempfail, which judge no content.
+_FLAGGING = frozenset({Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE, Action.DISCARD, Action.REJECT})
+
+
 def flagged(verdict: Verdict) -> bool:
     """Whether *verdict* marks the message as spam (X-Spam-Flag: YES, X-Spam-Status: Yes): its score reached
     add_header, or its action is add_header or more severe (a higher threshold with ``add_header = false``, an
-    action a check forced).  One answer for both headers: a Sieve rule may match either."""
-    return verdict.is_spam or verdict.action >= Action.ADD_HEADER
+    action a check forced), greylist and tempfail aside.  One answer for both headers: a Sieve rule may match either."""
+    return verdict.is_spam or verdict.action in _FLAGGING
 
 
 def spam_status(verdict: Verdict, *, folded: bool = False) -> str:

@@ -155,3 +155,17 @@ def test_a_large_text_attachment_the_reader_does_not_read_leaves_the_message_rea
                 + b"--B--\r\n")
         found = envelope(body).text(LIMIT)
         assert (found.uris, found.unread) == (["https://phish-domain.test/login"], ""), ctype
+
+
+# Found by the reread of the day's change: a text/csv (or text/calendar) part named .eml only by a second
+# Content-Disposition or a second filename parameter was left out of the view, its saved message's link lost.
+@pytest.mark.parametrize("fields", [
+    "Content-Type: text/calendar\r\nContent-Disposition: inline\r\nContent-Disposition: attachment; filename=\"r.eml\"",
+    "Content-Type: text/csv\r\nContent-Disposition: attachment; filename=\"\"; filename=\"r.eml\"",
+])
+def test_a_text_part_named_as_a_saved_message_by_a_later_name_stays_in_the_view(fields: str) -> None:
+    saved = b"From: a@b.test\r\nSubject: x\r\nContent-Type: text/html\r\n\r\n" + PHISH.encode() + b"\r\n"
+    body = (part("Content-Type: image/png\r\nContent-Transfer-Encoding: base64", b64(os.urandom(5 * LIMIT)))
+            + part(fields + "\r\nContent-Transfer-Encoding: base64", b64(saved)) + b"--B--\r\n")
+    found = envelope(body).text(LIMIT)
+    assert found.uris == ["https://phish-domain.test/login"]

@@ -91,6 +91,12 @@ def test_the_status_says_yes_wherever_the_flag_does() -> None:
         assert edits["X-Spam-Flag"] == "YES" and edits["X-Spam-Status"].startswith("Yes, "), edits
 
 
+def test_greylist_and_tempfail_judge_no_content() -> None:
+    for action in (Action.TEMPFAIL, Action.GREYLIST):
+        verdict = decide([Hit("CHECK_ERROR", action=action)], weight, ACTIONS)
+        assert verdict.action == action and spam_status(verdict).startswith("No, "), action
+
+
 def test_no_flag_below_add_header() -> None:
     verdict = decide([Hit("A")], weight, ACTIONS)
     names = [e.name for e in plan_headers(verdict, {}, "Hi", ACTIONS)]

@@ -135,6 +135,9 @@ def test_a_row_scored_when_logged_and_unscored_now_takes_no_threshold(tmp_path: 
     asked = config.with_changes({"actions.reject": 17.0}).actions
     report = whatif([row], {}, asked, config.milter, current=config.actions)
     assert dict(report.changes) == {("reject", "accept"): 1} and dict(report.unasked) == {("reject", "accept"): 1}
+    # A hit the row cannot show may have forced an action (a DMARC quarantine, a check's tempfail): kept as logged.
+    forced = {**row, "symbols": {"DMARC_FAIL_QUARANTINE": 2.0, "URIBL_X": 14.0}}
+    assert whatif([forced], {}, asked, config.milter).kept_may_force == {"reject": 1}
     # Without a client address the row was still scored (a client of unknown family): re-scored as before.
     assert dict(whatif([{**row, "client_addr": "", "recipients": ["bob@example.com"]}], {}, asked, config.milter).changes) == {("reject", "quarantine"): 1}
 
