@@ -11,7 +11,9 @@ Tokens the store does not know are cached too (as the shared zero counts): most
 of a message's tokens are rare, and asking for them every message would cost
 more than asking for the frequent ones.  Not thread-safe by itself: the caller
 holds a lock around :meth:`TokenCache.cached` and :meth:`TokenCache.store`, and
-fetches in between without it.
+fetches in between without it; what was fetched before the cache was dropped (or
+tokens forgotten) meanwhile is answered but not cached (:attr:`TokenCache.generation`):
+a count read before a ttl boundary was served for another whole ttl.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class TokenCache:
         self.ttl = ttl
         self._entries: dict[int, Counts] = {}
         self._born = 0.0
+        #: Changes whenever entries are dropped (the whole cache, or forgotten tokens): :meth:`store` takes it.
+        self.generation = 0
         self.hits = 0
         self.misses = 0
 
@@ -38,7 +42,7 @@ class TokenCache:
         """The counts of *tokens*: cached ones, and the rest from *fetch* in one call."""
         found, missing = self.cached(tokens, now)
         if missing:
-            found.update(self.store(missing, fetch(missing)))
+            found.update(self.store(missing, fetch(missing), self.generation))
         return found
 
     def cached(self, tokens: Sequence[int], now: float) -> tuple[dict[int, Counts], list[int]]:
@@ -46,6 +50,7 @@ class TokenCache:
         if now - self._born >= self.ttl or len(self._entries) >= self.size:
             self._entries = {}
             self._born = now
+            self.generation += 1
         entries = self._entries
         found: dict[int, Counts] = {}
         missing: list[int] = []
@@ -59,9 +64,10 @@ class TokenCache:
         self.misses += len(missing)
         return found, missing
 
-    def store(self, missing: Sequence[int], fetched: dict[int, Counts]) -> dict[int, Counts]:
-        """Cache what was fetched for *missing* (unknown tokens as zero counts); their counts."""
-        entries = self._entries
+    def store(self, missing: Sequence[int], fetched: dict[int, Counts], generation: int) -> dict[int, Counts]:
+        """Cache what was fetched for *missing* (unknown tokens as zero counts) while the cache was at *generation*
+        (:attr:`generation` when :meth:`cached` answered), not when it was dropped since; their counts."""
+        entries = self._entries if generation == self.generation else {}
         found: dict[int, Counts] = {}
         for token in missing:
             counts = fetched.get(token, ZERO)
@@ -72,5 +78,6 @@ class TokenCache:
 
     def forget(self, tokens: Sequence[int]) -> None:
         """Drop *tokens* (this process just learned them)."""
+        self.generation += 1
         for token in tokens:
             self._entries.pop(token, None)

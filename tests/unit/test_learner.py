@@ -163,6 +163,22 @@ def test_cache_asks_once_in_one_batch_and_expires() -> None:
     assert asked[-1] == [1] and len(cache._entries) == 1  # full: dropped whole
 
 
+def test_counts_fetched_before_the_cache_was_dropped_are_not_kept_past_it() -> None:
+    # A fetch begun (without the lock) before a ttl boundary and stored after it was kept for another whole ttl:
+    # a count read at t=100 with ttl 60 was still served at t=219 (found by review).  Forgotten tokens likewise.
+    cache = TokenCache(size=10, ttl=60)
+    _found, missing = cache.cached([1], 100.0)
+    started = cache.generation
+    cache.cached([2], 160.0)  # another connection, past the ttl: the cache is dropped
+    assert cache.store(missing, {1: cl.Counts(spam=1)}, started) == {1: cl.Counts(spam=1)}  # answered
+    assert cache.cached([1], 161.0)[1] == [1]  # not cached
+    _found, missing = cache.cached([3], 162.0)
+    started = cache.generation
+    cache.forget([3])  # this process learned it meanwhile
+    cache.store(missing, {3: cl.Counts(ham=1)}, started)
+    assert cache.cached([3], 163.0)[1] == [3]
+
+
 def test_cache_memory_per_token_stays_small() -> None:
     cache = TokenCache(size=200_000, ttl=60)
     tokens = [token_hash(str(n)) for n in range(100_000)]
