@@ -19,7 +19,9 @@ Postfix rules are pure functions of the settings, tested without Postfix.
 from __future__ import annotations
 
 import datetime as dt
+import grp
 import os
+import pwd
 import shutil
 import smtplib
 import stat
@@ -33,7 +35,7 @@ from .checks.dnslists import listing_answers
 from .config import Config, ConfigError, load_config
 from .dkimsign import SigningKey, load_keys, public_record, record_matches
 from .dns import Answer, Resolver, dnsbl_name, probe_nameserver, server_name
-from .endpoints import parse_socket
+from .endpoints import UNIX_PATH_MAX, parse_socket
 from .learner.classifier import Counts, trained
 from .reinject import parse_target, probe, probe_tls, smtp_error, unverified_auth
 from .ruleset import origins
@@ -92,6 +94,7 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
     findings += probe_nameservers(config)
     findings += probe_dkim_keys(config)
     findings += probe_private_files(config)
+    findings += probe_serve_places(config)
     findings.append(probe_release_smtp(config))
     if use_postconf:
         settings, why = read_postconf(postfix_config)
@@ -438,6 +441,30 @@ def judge_file_mode(what: str, path: Path, mode: int) -> Finding | None:
     if not mode & 0o006:
         return None
     return Finding(f"permissions {path}", "warn", f"{what} is mode {stat.S_IMODE(mode):04o}, open to every local user: chmod o-rw {path}")
+
+
+def probe_serve_places(config: Config) -> list[Finding]:
+    """A failure for each place ``serve`` refuses to start with that doctor would not otherwise see: the spool
+    directory missing, a unix socket path too long or taken by another kind of file, its owner or group unknown."""
+    findings = []
+    spool = config.milter.spool_dir
+    if spool and not os.path.isdir(spool):
+        findings.append(Finding("[milter] spool_dir", "fail", f"{spool}: no such directory (serve refuses to start)"))
+    spec = parse_socket(config.milter.socket)
+    if spec.family == "unix":
+        size = len(os.fsencode(spec.path))
+        if size > UNIX_PATH_MAX:
+            findings.append(Finding("[milter] socket", "fail", f"{spec.path} is {size} bytes long: a unix socket's path holds at most {UNIX_PATH_MAX}"))
+        elif os.path.lexists(spec.path) and not stat.S_ISSOCK(os.lstat(spec.path).st_mode):
+            findings.append(Finding("[milter] socket", "fail", f"{spec.path} exists and is not a socket (serve refuses to start)"))
+    for key, lookup in (("socket_owner", pwd.getpwnam), ("socket_group", grp.getgrnam)):
+        name = getattr(config.milter, key)
+        try:
+            if name:
+                lookup(name)
+        except (KeyError, ValueError):
+            findings.append(Finding(f"[milter] {key}", "fail", f"no such {'user' if key == 'socket_owner' else 'group'} {name!r} (serve refuses to start)"))
+    return findings
 
 
 def probe_private_files(config: Config) -> list[Finding]:

@@ -13,6 +13,9 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
+#: The longest path a unix socket can be bound at on Linux (sockaddr_un's sun_path, 108 bytes with its NUL).
+UNIX_PATH_MAX = 107
+
 
 def parse_port(text: str) -> int:
     """A TCP port, 1 to 65535; ValueError otherwise."""

@@ -35,7 +35,7 @@ import milter
 
 from .. import maintenance, metrics
 from ..config import Config, ConfigError, load_config
-from ..endpoints import SocketSpec, parse_socket
+from ..endpoints import UNIX_PATH_MAX, SocketSpec, parse_socket
 from ..logs import hide_database_url, set_level, setup_logging
 from ..message.pipeline import Pipeline
 from ..services import Services, build
@@ -128,10 +128,6 @@ def _file_id(spec: SocketSpec) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return info.st_dev, info.st_ino
-
-
-#: The longest path a unix socket can be bound at on Linux (sockaddr_un's sun_path, 108 bytes with its NUL).
-UNIX_PATH_MAX = 107
 
 
 def _why_not(spec: SocketSpec) -> str:

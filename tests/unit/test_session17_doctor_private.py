@@ -282,3 +282,21 @@ def test_an_unknown_service_user_is_a_finding_not_an_empty_report(tmp_path: Path
     [finding] = [f for f in report["findings"] if f["name"] == "[milter] user"]
     assert finding["status"] == "fail" and "no_such_user_xyz" in finding["detail"]
     assert len(report["findings"]) > 1  # the other checks are still said
+
+
+def test_places_serve_refuses_are_failed_findings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # doctor passed setups serve refused to start: a missing spool_dir, a socket path too long or taken by a file,
+    # an unknown socket owner or group (found by review).
+    taken = tmp_path / "file.sock"
+    taken.write_text("")
+    for extra, key, said in (
+        (f'spool_dir = "{tmp_path / "nospool"}"', "[milter] spool_dir", "no such directory"),
+        (f'socket = "unix:{tmp_path / ("d" * 110) / "m.sock"}"', "[milter] socket", "a unix socket's path holds at most 107"),
+        (f'socket = "unix:{taken}"', "[milter] socket", "exists and is not a socket"),
+        ('socket_owner = "no_such_user_xyz"', "[milter] socket_owner", "no such user"),
+        ('socket_group = "no_such_group_xyz"', "[milter] socket_group", "no such group"),
+    ):
+        conf = _write_config(tmp_path / key.strip("[]").replace(" ", "_"), f"[milter]\n{extra}\n")
+        code, report = _doctor(conf, capsys)
+        found = [f for f in report["findings"] if f["name"] == key]
+        assert code == 1 and found and found[0]["status"] == "fail" and said in found[0]["detail"], (extra, report["findings"])
