@@ -146,6 +146,15 @@ def test_gtube_is_not_auto_learned_as_spam(make_stack: Callable[..., Stack], cla
         store.close()
 
 
+def test_a_message_spamd_judged_is_auto_learned_as_ham(make_stack: Callable[..., Stack], clamd: Clamd, spamd: Spamd) -> None:
+    # Ham is auto-learned only from a message spamd judged (with spamd off it never is: test_learner.py).
+    stack = make_stack(sections(clamd.address, spamd.address, learner={"autolearn_spam": 15, "autolearn_ham": 4.9}))
+    title = subject()
+    assert stack.send(message(subject=title, body="Minutes of the budget meeting, as agreed.\r\n"), xclient=UNTRUSTED) == {}
+    logged = row(stack, title)
+    assert "SPAMASSASSIN" in logged["symbols"] and logged["details"].get("BAYES_AUTOLEARN") == "ham: learned", (logged["action"], logged["score"], logged["symbols"], logged["details"])
+
+
 @pytest.mark.parametrize(
     "actions, outcome",
     [
