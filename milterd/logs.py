@@ -9,6 +9,7 @@ beside Postfix's::
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import os
@@ -218,11 +219,13 @@ SYSLOG_SOCKET = "/dev/log"
 
 
 class SyslogHandler(logging.handlers.SysLogHandler):
-    """The mail facility of syslog; while syslog does not take the lines (its daemon stopped), they go to stderr,
-    said once, instead of a "--- Logging error ---" traceback each (the line itself lost)."""
+    """The mail facility of syslog; while syslog does not take the lines (its daemon stopped), they go to stderr
+    in stderr's format (*fallback*), said once, instead of a "--- Logging error ---" traceback each (the line
+    itself lost).  A line too long for a datagram goes to stderr alone; any other error is logging's own."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, fallback: logging.Formatter) -> None:
         super().__init__(address=address, facility=logging.handlers.SysLogHandler.LOG_MAIL)
+        self.fallback = fallback
         self.failing = False
         self._failed = False
 
@@ -234,13 +237,17 @@ class SyslogHandler(logging.handlers.SysLogHandler):
             sys.stderr.write(f"milterd[{os.getpid()}]: syslog ({self.address}) takes milterd's log again\n")
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):  # a line that cannot be formatted: logging's own report, where it was made
+            super().handleError(record)
+            return
         self._failed = True
-        if not self.failing:
+        if error.errno != errno.EMSGSIZE and not self.failing:
             self.failing = True
             sys.stderr.write(f"milterd[{os.getpid()}]: syslog ({self.address}) does not take milterd's log: "
-                             f"{sys.exc_info()[1]}; writing it here until it does\n")
+                             f"{error}; writing it here until it does\n")
         try:
-            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.write(self.fallback.format(record) + "\n")
         except Exception:  # noqa: BLE001 - as logging's own handleError: a log line must never raise
             pass
 
@@ -254,12 +261,13 @@ def setup_logging(target: str, level: str, database_url: str = "") -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     handler: logging.Handler
+    stderr_format = SafeFormatter("%(asctime)s milterd[%(process)d]: %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S", url=database_url)
     if target == "syslog":  # no daemon behind /dev/log (or none at all): SyslogHandler says so, and uses stderr
-        handler = SyslogHandler(SYSLOG_SOCKET)
+        handler = SyslogHandler(SYSLOG_SOCKET, stderr_format)
         handler.setFormatter(SafeFormatter("milterd[%(process)d]: %(message)s", url=database_url))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(SafeFormatter("%(asctime)s milterd[%(process)d]: %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S", url=database_url))
+        handler.setFormatter(stderr_format)
     root.addHandler(handler)
     set_level(level)
     # What no format above uses, not looked up per record (the logging HOWTO's "Optimization"):

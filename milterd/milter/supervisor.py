@@ -76,7 +76,9 @@ def open_socket(config: Config) -> tuple[SocketSpec, int]:
             # libmilter would remove it and listen in its place: the running milterd would serve nobody.
             raise ConfigError(config.path or "milter.conf", "[milter] socket", f"{spec.path} is in use: another process (a running milterd?) listens on it")
         directory = Path(spec.path).parent
-        made = not os.path.lexists(directory)
+        # Given away only when milterd makes it, for an account of its own (never the shared default nobody, whose
+        # other processes could put their socket in its place), and named plainly (new/.. is an existing directory).
+        made = not os.path.lexists(directory) and ".." not in directory.parts and config.milter.user not in ("", DEFAULT_USER)
         try:
             directory.mkdir(parents=True, exist_ok=True)
             account = service_account(config) if made else None
@@ -286,7 +288,7 @@ def hand_over_store(config: Config) -> None:
     controls (SQLite would follow a symlink the account put in the store's
     place, and write milterd's schema into whatever root file it points to).
     Staying as started (``user = "root"``, or not started as root), only the missing directories are made
-    (mode 0700), as that user: the store's place does not depend on the account.
+    (the store's own mode 0700), as that user: the store's place does not depend on the account.
     """
     file = sqlite_file(config.database.url)
     account = service_account(config)

@@ -211,17 +211,27 @@ def test_pid_file_after_the_drop(open_tmp: Path) -> None:
 def test_the_socket_in_a_directory_milterd_made_is_removed_at_sigterm(open_tmp: Path) -> None:
     """The supervisor, no longer root, could not remove its socket from the directory it had made as root
     (owned by root): a warning at every stop, the file left (found by review). That directory is now the user's."""
+    own = "mail"  # an account of its own: never the shared nobody, whose other processes could take the socket's place
     data = open_tmp / "lib"
     data.mkdir()
-    shutil.chown(data, USER, GROUP)
+    shutil.chown(data, own, own)
     sock = open_tmp / "run" / "milterd" / "milterd.sock"
-    milterd = Milterd(open_tmp / "m", {"milter": {"user": USER, "group": GROUP}, "database": {"url": f"sqlite:///{data / 'm.sqlite'}"}},
+    milterd = Milterd(open_tmp / "m", {"milter": {"user": own, "group": own}, "database": {"url": f"sqlite:///{data / 'm.sqlite'}"}},
                       socket=f"unix:{sock}").start()
     try:
         assert stat.S_ISSOCK(sock.stat().st_mode)
-        assert (sock.parent.stat().st_uid, sock.parent.stat().st_gid) == (pwd.getpwnam(USER).pw_uid, grp.getgrnam(GROUP).gr_gid)
+        assert (sock.parent.stat().st_uid, sock.parent.stat().st_gid) == (pwd.getpwnam(own).pw_uid, grp.getgrnam(own).gr_gid)
         assert sock.parent.parent.stat().st_uid == 0  # only the socket's own directory is given
     finally:
         assert milterd.stop() == 0
     assert not sock.exists()
     assert "cannot remove" not in milterd.stderr()
+    # As nobody (shared by other daemons) or through "..", a directory is never given away.
+    for user, path in (("nobody", open_tmp / "run2" / "milterd.sock"), (own, open_tmp / "run3" / "new" / ".." / "m.sock")):
+        other = Milterd(open_tmp / f"m-{path.parent.name}", {"milter": {"user": user, "group": user if user == own else GROUP},
+                                                             "database": {"url": f"sqlite:///{data / (path.parent.name + '.sqlite')}"}},
+                        socket=f"unix:{path}").start()
+        try:
+            assert path.parent.stat().st_uid == 0, path
+        finally:
+            assert other.stop() == 0

@@ -42,7 +42,7 @@ def test_a_syslog_that_stops_taking_lines_sends_them_to_stderr_said_once(tmp_pat
     err = capsys.readouterr().err
     assert "Logging error" not in err and "Traceback" not in err, err
     assert err.count("does not take milterd's log") == 1
-    assert "milterd[" in err and "second line" in err and "third line" in err
+    assert "milterd[" in err and "INFO second line" in err and "INFO third line" in err  # stderr's format, with the level
     daemon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # back
     daemon.bind(str(path))
     logging.getLogger("milterd").info("fourth line")
@@ -57,3 +57,17 @@ def test_no_syslog_at_all_is_said_and_logs_to_stderr(tmp_path: Path, monkeypatch
     logging.getLogger("milterd").info("a line")
     err = capsys.readouterr().err
     assert "does not take milterd's log" in err and "a line" in err and "Traceback" not in err
+
+
+def test_a_line_that_cannot_be_formatted_is_no_syslog_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # Taken for syslog failing ("does not take", then "takes again"), the line and its call site lost (review).
+    path = tmp_path / "log"
+    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    daemon.bind(str(path))
+    monkeypatch.setattr(logs, "SYSLOG_SOCKET", str(path))
+    logs.setup_logging("syslog", "info")
+    logging.getLogger("milterd").info("count %d", "x")
+    err = capsys.readouterr().err
+    assert "does not take" not in err and "Logging error" in err
+    daemon.close()
