@@ -445,7 +445,8 @@ def judge_file_mode(what: str, path: Path, mode: int) -> Finding | None:
 
 def probe_serve_places(config: Config) -> list[Finding]:
     """A failure for each place ``serve`` refuses to start with that doctor would not otherwise see: the spool
-    directory missing, a unix socket path too long or taken by another kind of file, its owner or group unknown."""
+    directory missing, a unix socket path too long or taken by another kind of file, its owner or group unknown
+    (read for a unix socket only)."""
     findings = []
     spool = config.milter.spool_dir
     if spool and not os.path.isdir(spool):
@@ -457,13 +458,13 @@ def probe_serve_places(config: Config) -> list[Finding]:
             findings.append(Finding("[milter] socket", "fail", f"{spec.path} is {size} bytes long: a unix socket's path holds at most {UNIX_PATH_MAX}"))
         elif os.path.lexists(spec.path) and not stat.S_ISSOCK(os.lstat(spec.path).st_mode):
             findings.append(Finding("[milter] socket", "fail", f"{spec.path} exists and is not a socket (serve refuses to start)"))
-    for key, lookup in (("socket_owner", pwd.getpwnam), ("socket_group", grp.getgrnam)):
-        name = getattr(config.milter, key)
-        try:
-            if name:
-                lookup(name)
-        except (KeyError, ValueError):
-            findings.append(Finding(f"[milter] {key}", "fail", f"no such {'user' if key == 'socket_owner' else 'group'} {name!r} (serve refuses to start)"))
+        for key, lookup in (("socket_owner", pwd.getpwnam), ("socket_group", grp.getgrnam)):  # read for a unix socket only
+            name = getattr(config.milter, key)
+            try:
+                if name:
+                    lookup(name)
+            except (KeyError, ValueError):
+                findings.append(Finding(f"[milter] {key}", "fail", f"no such {'user' if key == 'socket_owner' else 'group'} {name!r} (serve refuses to start)"))
     return findings
 
 

@@ -205,13 +205,13 @@ class BayesCheck(Check):
         tokens = hashed_tokens(raw)
         with self._lock:
             counts, missing = self.cache.cached(tokens, now)
-            generation = self.cache.generation
+            mark = self.cache.mark()
         if missing:
             # Asked without the lock: the worker's other connections classify from the cache meanwhile
             # (after each ttl every message misses; with the lock held they queued behind one query).
             fetched = self.repository.counts(missing)
             with self._lock:
-                counts.update(self.cache.store(missing, fetched, generation))
+                counts.update(self.cache.store(missing, fetched, mark))
         return classify(tokens, counts, totals)
 
     def _start(self, envelope: Envelope) -> bytes:

@@ -11,9 +11,9 @@ Tokens the store does not know are cached too (as the shared zero counts): most
 of a message's tokens are rare, and asking for them every message would cost
 more than asking for the frequent ones.  Not thread-safe by itself: the caller
 holds a lock around :meth:`TokenCache.cached` and :meth:`TokenCache.store`, and
-fetches in between without it; what was fetched before the cache was dropped (or
-tokens forgotten) meanwhile is answered but not cached (:attr:`TokenCache.generation`):
-a count read before a ttl boundary was served for another whole ttl.
+fetches in between without it; what was fetched before the cache was dropped, or a
+token forgotten, meanwhile is answered but not cached (:meth:`TokenCache.mark`): a count
+read before a ttl boundary was served for another whole ttl.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ class TokenCache:
         self.ttl = ttl
         self._entries: dict[int, Counts] = {}
         self._born = 0.0
-        #: Changes whenever entries are dropped (the whole cache, or forgotten tokens): :meth:`store` takes it.
-        self.generation = 0
+        self._generation = 0  # counts the drops of the whole cache
+        self._forgets = 0  # counts the calls of forget
+        self._forgotten: dict[int, int] = {}  # token -> the forget that dropped it last, since the last drop
         self.hits = 0
         self.misses = 0
 
@@ -42,15 +43,20 @@ class TokenCache:
         """The counts of *tokens*: cached ones, and the rest from *fetch* in one call."""
         found, missing = self.cached(tokens, now)
         if missing:
-            found.update(self.store(missing, fetch(missing), self.generation))
+            found.update(self.store(missing, fetch(missing), self.mark()))
         return found
+
+    def mark(self) -> tuple[int, int]:
+        """Where the cache stands (taken with :meth:`cached`, given to :meth:`store` after the fetch)."""
+        return self._generation, self._forgets
 
     def cached(self, tokens: Sequence[int], now: float) -> tuple[dict[int, Counts], list[int]]:
         """The cached counts of *tokens*, and the tokens not cached (to fetch, then :meth:`store`)."""
         if now - self._born >= self.ttl or len(self._entries) >= self.size:
             self._entries = {}
             self._born = now
-            self.generation += 1
+            self._generation += 1
+            self._forgotten = {}
         entries = self._entries
         found: dict[int, Counts] = {}
         missing: list[int] = []
@@ -64,20 +70,26 @@ class TokenCache:
         self.misses += len(missing)
         return found, missing
 
-    def store(self, missing: Sequence[int], fetched: dict[int, Counts], generation: int) -> dict[int, Counts]:
-        """Cache what was fetched for *missing* (unknown tokens as zero counts) while the cache was at *generation*
-        (:attr:`generation` when :meth:`cached` answered), not when it was dropped since; their counts."""
-        entries = self._entries if generation == self.generation else {}
+    def store(self, missing: Sequence[int], fetched: dict[int, Counts], mark: tuple[int, int]) -> dict[int, Counts]:
+        """Cache what was fetched for *missing* (unknown tokens as zero counts) since *mark* (:meth:`mark` when
+        :meth:`cached` answered): none when the cache was dropped since, nor a token forgotten since; their counts."""
+        generation, forgets = mark
+        entries = self._entries if generation == self._generation and self.size else None
+        forgotten = self._forgotten
         found: dict[int, Counts] = {}
         for token in missing:
             counts = fetched.get(token, ZERO)
             found[token] = counts
-            if self.size:
+            if entries is not None and forgotten.get(token, 0) <= forgets:
                 entries[token] = counts
         return found
 
     def forget(self, tokens: Sequence[int]) -> None:
         """Drop *tokens* (this process just learned them)."""
-        self.generation += 1
+        self._forgets += 1
         for token in tokens:
+            self._forgotten[token] = self._forgets
             self._entries.pop(token, None)
+        if len(self._forgotten) >= max(self.size, 1):  # bounded as the entries are: dropped whole
+            self._entries, self._forgotten = {}, {}
+            self._generation += 1

@@ -168,15 +168,18 @@ def test_counts_fetched_before_the_cache_was_dropped_are_not_kept_past_it() -> N
     # a count read at t=100 with ttl 60 was still served at t=219 (found by review).  Forgotten tokens likewise.
     cache = TokenCache(size=10, ttl=60)
     _found, missing = cache.cached([1], 100.0)
-    started = cache.generation
+    started = cache.mark()
     cache.cached([2], 160.0)  # another connection, past the ttl: the cache is dropped
     assert cache.store(missing, {1: cl.Counts(spam=1)}, started) == {1: cl.Counts(spam=1)}  # answered
     assert cache.cached([1], 161.0)[1] == [1]  # not cached
-    _found, missing = cache.cached([3], 162.0)
-    started = cache.generation
+    _found, missing = cache.cached([3, 4], 162.0)
+    started = cache.mark()
     cache.forget([3])  # this process learned it meanwhile
-    cache.store(missing, {3: cl.Counts(ham=1)}, started)
-    assert cache.cached([3], 163.0)[1] == [3]
+    cache.store(missing, {3: cl.Counts(ham=1), 4: cl.Counts(ham=2)}, started)
+    # Only the forgotten token is not cached: another connection's auto-learn must not empty every fetch (review).
+    assert cache.cached([3, 4], 163.0)[1] == [3]
+    later = cache.mark()  # fetched after the forget: the new counts are cached
+    assert cache.store([3], {3: cl.Counts(ham=2)}, later) and cache.cached([3], 164.0)[1] == []
 
 
 def test_cache_memory_per_token_stays_small() -> None:

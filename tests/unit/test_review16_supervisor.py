@@ -264,3 +264,21 @@ def test_the_stores_missing_directory_is_made_for_user_root_too(tmp_path: Path, 
     with pytest.raises(ConfigError) as caught:
         supervisor.check_writable(config)
     assert f"cannot enter {tmp_path / 'new'} (no such directory)" in caught.value.reason
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a symlink to another account")
+def test_root_makes_no_directory_through_another_accounts_symlink(tmp_path: Path) -> None:
+    # user = "root": the store's missing directory was made through a symlink nobody had planted (found by review).
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    account, victim = tmp_path / "acct", tmp_path / "victim"
+    account.mkdir()
+    victim.mkdir()
+    os.chown(account, nobody.pw_uid, nobody.pw_gid)
+    (account / "store").symlink_to(victim)
+    os.lchown(account / "store", nobody.pw_uid, nobody.pw_gid)
+    path = write_conf(tmp_path)
+    path.write_text(path.read_text().replace(f'sqlite:///{tmp_path / "log.sqlite"}', f'sqlite:///{account / "store" / "sub" / "x.sqlite"}'))
+    supervisor.hand_over_store(load_config(path))
+    assert not (victim / "sub").exists()

@@ -296,7 +296,16 @@ def test_places_serve_refuses_are_failed_findings(tmp_path: Path, capsys: pytest
         ('socket_owner = "no_such_user_xyz"', "[milter] socket_owner", "no such user"),
         ('socket_group = "no_such_group_xyz"', "[milter] socket_group", "no such group"),
     ):
+        if "socket_" in extra:  # read for a unix socket only
+            extra += f'\nsocket = "unix:{tmp_path / "ok.sock"}"'
         conf = _write_config(tmp_path / key.strip("[]").replace(" ", "_"), f"[milter]\n{extra}\n")
         code, report = _doctor(conf, capsys)
         found = [f for f in report["findings"] if f["name"] == key]
         assert code == 1 and found and found[0]["status"] == "fail" and said in found[0]["detail"], (extra, report["findings"])
+
+
+def test_a_tcp_sockets_owner_and_group_are_not_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # serve gives a TCP socket no owner: an unknown name there is no failure (found by review).
+    conf = _write_config(tmp_path / "tcp", '[milter]\nsocket = "inet:127.0.0.1:8895"\nsocket_owner = "nosuchuser"\nsocket_group = "nosuchgroup"\n')
+    _code, report = _doctor(conf, capsys)
+    assert not [f for f in report["findings"] if f["name"].startswith("[milter] socket_")], report["findings"]
