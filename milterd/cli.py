@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Callable, Sequence
 
-from .commands import config_parent, describe_failure, open_store, since_arg  # noqa: F401 - re-exported: the commands' old spelling
-from .config import ConfigError
+from . import record_early_hup
+
+if sys.argv[1:2] == ["serve"]:  # before the imports below (about half a second): see milterd.EARLY_HUPS
+    signal.signal(signal.SIGHUP, record_early_hup)
+
+from .commands import config_parent, describe_failure, open_store, since_arg  # noqa: E402, F401 - re-exported: the commands' old spelling
+from .config import ConfigError  # noqa: E402
 
 #: Sub-command name → "module:function" that adds its parser.  A feature adds
 #: its sub-commands by adding its module here.

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import Milter
 import milter
 
-from .. import maintenance, metrics
+from .. import EARLY_HUPS, maintenance, metrics, record_early_hup
 from ..config import Config, ConfigError, load_config
 from ..endpoints import UNIX_PATH_MAX, SocketSpec, parse_socket
 from ..logs import hide_database_url, set_level, setup_logging
@@ -649,7 +649,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        self._reload = self._reload or bool(_EARLY_HUP)
+        self._reload = self._reload or bool(EARLY_HUPS)
         try:
             check_store(self.config, self.services)  # before the socket: a bad store refuses the start
             if self._stopping:
@@ -1182,19 +1182,11 @@ def register(cls: type) -> None:
     )
 
 
-#: A SIGHUP that came while ``serve`` was starting (before the supervisor's handler): a reload once it runs.
-_EARLY_HUP: list[int] = []
-
-
-def _hup_while_starting(signum: int, _frame: object) -> None:
-    _EARLY_HUP.append(signum)
-
-
 def serve(config_path: str | None) -> int:
     """``milterd serve``: validate everything, then supervise (the store is prepared as the service account, in ``run``)."""
-    # First: SIGHUP's default ends the process, and a reload sent just after a start (logrotate, systemd) stopped
-    # milterd silently while it read its configuration.
-    signal.signal(signal.SIGHUP, _hup_while_starting)
+    # First (the command line did it before its imports): SIGHUP's default ends the process, and a reload sent just
+    # after a start (logrotate, systemd) stopped milterd silently while it read its configuration.
+    signal.signal(signal.SIGHUP, record_early_hup)
     config = load_config(config_path)
 
     setup_logging(config.milter.log_target, config.milter.log_level, config.database.url)
