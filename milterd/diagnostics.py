@@ -19,9 +19,7 @@ Postfix rules are pure functions of the settings, tested without Postfix.
 from __future__ import annotations
 
 import datetime as dt
-import grp
 import os
-import pwd
 import shutil
 import smtplib
 import stat
@@ -35,8 +33,9 @@ from .checks.dnslists import listing_answers
 from .config import Config, ConfigError, load_config
 from .dkimsign import SigningKey, load_keys, public_record, record_matches
 from .dns import Answer, Resolver, dnsbl_name, probe_nameserver, server_name
-from .endpoints import UNIX_PATH_MAX, parse_socket
+from .endpoints import parse_socket, unix_path_too_long
 from .learner.classifier import Counts, trained
+from .milter.supervisor import socket_id
 from .reinject import parse_target, probe, probe_tls, smtp_error, unverified_auth
 from .ruleset import origins
 from .scanners.clamd import ClamdClient
@@ -453,18 +452,16 @@ def probe_serve_places(config: Config) -> list[Finding]:
         findings.append(Finding("[milter] spool_dir", "fail", f"{spool}: no such directory (serve refuses to start)"))
     spec = parse_socket(config.milter.socket)
     if spec.family == "unix":
-        size = len(os.fsencode(spec.path))
-        if size > UNIX_PATH_MAX:
-            findings.append(Finding("[milter] socket", "fail", f"{spec.path} is {size} bytes long: a unix socket's path holds at most {UNIX_PATH_MAX}"))
+        too_long = unix_path_too_long(spec.path)
+        if too_long:
+            findings.append(Finding("[milter] socket", "fail", too_long))
         elif os.path.lexists(spec.path) and not stat.S_ISSOCK(os.lstat(spec.path).st_mode):
             findings.append(Finding("[milter] socket", "fail", f"{spec.path} exists and is not a socket (serve refuses to start)"))
-        for key, lookup in (("socket_owner", pwd.getpwnam), ("socket_group", grp.getgrnam)):  # read for a unix socket only
-            name = getattr(config.milter, key)
+        for key in ("socket_owner", "socket_group"):  # read for a unix socket only, as serve does
             try:
-                if name:
-                    lookup(name)
-            except (KeyError, ValueError):
-                findings.append(Finding(f"[milter] {key}", "fail", f"no such {'user' if key == 'socket_owner' else 'group'} {name!r} (serve refuses to start)"))
+                socket_id(config, key)
+            except ConfigError as error:
+                findings.append(Finding(error.key, "fail", f"{error.reason} (serve refuses to start)"))
     return findings
 
 

@@ -10,11 +10,18 @@ leave the port out), but the host and port are read here, the same way:
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 
 #: The longest path a unix socket can be bound at on Linux (sockaddr_un's sun_path, 108 bytes with its NUL).
 UNIX_PATH_MAX = 107
+
+
+def unix_path_too_long(path: str) -> str:
+    """Why a unix socket cannot be bound at *path* for its length (libmilter says only "cannot opensocket"), or ''."""
+    size = len(os.fsencode(path))
+    return f"{path} is {size} bytes long: a unix socket's path holds at most {UNIX_PATH_MAX}" if size > UNIX_PATH_MAX else ""
 
 
 def parse_port(text: str) -> int:

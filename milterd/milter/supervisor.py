@@ -35,7 +35,7 @@ import milter
 
 from .. import EARLY_HUPS, maintenance, metrics, record_early_hup
 from ..config import Config, ConfigError, load_config
-from ..endpoints import UNIX_PATH_MAX, SocketSpec, parse_socket
+from ..endpoints import SocketSpec, parse_socket, unix_path_too_long
 from ..logs import hide_database_url, set_level, setup_logging
 from ..message.pipeline import Pipeline
 from ..services import Services, build
@@ -136,8 +136,9 @@ def _why_not(spec: SocketSpec) -> str:
     """Why libmilter could not listen on *spec* (it says only "cannot opensocket"): the error of a bind tried here, or ''."""
     if spec.family == "unix":
         directory = os.path.dirname(spec.path)
-        if len(os.fsencode(spec.path)) > UNIX_PATH_MAX:
-            return f"{spec.path} is {len(os.fsencode(spec.path))} bytes long: a unix socket's path holds at most {UNIX_PATH_MAX}"
+        too_long = unix_path_too_long(spec.path)
+        if too_long:
+            return too_long
         if os.path.lexists(spec.path) and not stat.S_ISSOCK(os.lstat(spec.path).st_mode):
             return f"{spec.path} exists and is not a socket"
         if not _access(directory, os.W_OK | os.X_OK):
@@ -192,17 +193,28 @@ def check_account_names(config: Config) -> None:
             raise ConfigError(where, f"[milter] {key}", f"contains a NUL character (\\0), which no {kind} name can hold")
 
 
+#: The keys of the unix socket's owner and group, with the kind of name and its id.
+_SOCKET_ACCOUNTS: dict[str, tuple[str, Callable[[str], int]]] = {
+    "socket_owner": ("user", lambda name: pwd.getpwnam(name).pw_uid),
+    "socket_group": ("group", lambda name: grp.getgrnam(name).gr_gid),
+}
+
+
+def socket_id(config: Config, key: str) -> int:
+    """The id of ``[milter] socket_owner`` or ``socket_group`` (*key*; -1 when unset); ConfigError naming the key
+    for a name that does not exist."""
+    name: str = getattr(config.milter, key)
+    kind, lookup = _SOCKET_ACCOUNTS[key]
+    try:
+        return lookup(name) if name else -1
+    except (KeyError, ValueError):
+        raise ConfigError(config.path or "milter.conf", f"[milter] {key}", f"no such {kind} {name!r}") from None
+
+
 def _set_socket_owner(config: Config, path: str) -> None:
     where = config.path or "milter.conf"
     check_account_names(config)
-    try:
-        uid = pwd.getpwnam(config.milter.socket_owner).pw_uid if config.milter.socket_owner else -1
-    except KeyError:
-        raise ConfigError(where, "[milter] socket_owner", f"no such user {config.milter.socket_owner!r}") from None
-    try:
-        gid = grp.getgrnam(config.milter.socket_group).gr_gid if config.milter.socket_group else -1
-    except KeyError:
-        raise ConfigError(where, "[milter] socket_group", f"no such group {config.milter.socket_group!r}") from None
+    uid, gid = socket_id(config, "socket_owner"), socket_id(config, "socket_group")
     if uid != -1 or gid != -1:
         # Not following a symlink: the socket's directory may be writable by others than root.
         try:

@@ -26,13 +26,25 @@ def _own_handlers() -> Iterator[None]:
     root.setLevel(level)
 
 
+def syslog_daemon(path: Path) -> socket.socket:
+    """A syslog daemon's socket at *path*: what milterd sends there, to read."""
+    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    daemon.bind(str(path))
+    return daemon
+
+
+def logging_to_syslog(path: Path, monkeypatch: pytest.MonkeyPatch) -> socket.socket:
+    """milterd's log set to syslog at *path*, with a daemon listening there."""
+    daemon = syslog_daemon(path)
+    monkeypatch.setattr(logs, "SYSLOG_SOCKET", str(path))
+    logs.setup_logging("syslog", "info")
+    return daemon
+
+
 def test_a_syslog_that_stops_taking_lines_sends_them_to_stderr_said_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "log"
-    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    daemon.bind(str(path))
-    monkeypatch.setattr(logs, "SYSLOG_SOCKET", str(path))
-    logs.setup_logging("syslog", "info")
+    daemon = logging_to_syslog(path, monkeypatch)
     logging.getLogger("milterd").info("first line")
     assert b"first line" in daemon.recv(4096)
     daemon.close()
@@ -43,8 +55,7 @@ def test_a_syslog_that_stops_taking_lines_sends_them_to_stderr_said_once(tmp_pat
     assert "Logging error" not in err and "Traceback" not in err, err
     assert err.count("does not take milterd's log") == 1
     assert "milterd[" in err and "INFO second line" in err and "INFO third line" in err  # stderr's format, with the level
-    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # back
-    daemon.bind(str(path))
+    daemon = syslog_daemon(path)  # back
     logging.getLogger("milterd").info("fourth line")
     assert b"fourth line" in daemon.recv(4096)
     assert "takes milterd's log again" in capsys.readouterr().err
@@ -62,11 +73,7 @@ def test_no_syslog_at_all_is_said_and_logs_to_stderr(tmp_path: Path, monkeypatch
 def test_a_line_that_cannot_be_formatted_is_no_syslog_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     # Taken for syslog failing ("does not take", then "takes again"), the line and its call site lost (review).
-    path = tmp_path / "log"
-    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    daemon.bind(str(path))
-    monkeypatch.setattr(logs, "SYSLOG_SOCKET", str(path))
-    logs.setup_logging("syslog", "info")
+    daemon = logging_to_syslog(tmp_path / "log", monkeypatch)
     logging.getLogger("milterd").info("count %d", "x")
     err = capsys.readouterr().err
     assert "does not take" not in err and "Logging error" in err
