@@ -1,6 +1,6 @@
 """URI block lists: the domains of a message's links, looked up at end of message.
 
-The links of the text and HTML parts (``href``/``src``, written-out
+The links of the text and HTML parts (``href``/``src``, srcsets, CSS, a refresh and the like, written-out
 ``http(s)://`` and bare ``www.`` links; :mod:`milterd.content.mimetext`) are reduced to
 their registrable domains with the Public Suffix List (``publicsuffixlist``:
 ``www.a.example.co.uk`` → ``example.co.uk``), the well-known ones of

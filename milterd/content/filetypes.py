@@ -116,6 +116,21 @@ def message_file(names: Iterable[str]) -> bool:
     return any(extensions(name)[-1:] == ["eml"] for name in names)
 
 
+#: The last extensions of files a double click opens in a browser, whatever their MIME type says (an HTML page
+#: sent as application/octet-stream is a phishing form; an SVG image may carry links), and of plain text files.
+_HTML_FILES = frozenset({"htm", "html", "xhtml", "shtml", "svg"})
+_TEXT_FILES = frozenset({"txt"})
+
+
+def text_file_type(names: Iterable[str], mime_type: str) -> str:
+    """The type an attached file of MIME type *mime_type* called *names* is read as for its text and links:
+    *mime_type* for text/plain and text/html, else "text/html" or "text/plain" by its names; "" for another file."""
+    if mime_type in ("text/html", "text/plain"):
+        return mime_type
+    last = {extensions(name)[-1:][0] for name in names if extensions(name)}
+    return "text/html" if last & _HTML_FILES else "text/plain" if last & _TEXT_FILES else ""
+
+
 def outlook_name(names: Iterable[str]) -> bool:
     """Whether any of *names* is an Outlook message file's (``.msg``, or an ``.oft`` template)."""
     return any(extensions(name)[-1:] in (["msg"], ["oft"]) for name in names)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import IO, Callable, Iterable, Iterator, Literal
 
-from .filetypes import message_file, outlook_name
+from .filetypes import message_file, outlook_name, text_file_type
 from .headertext import decoded
 from .mimeparams import LenientMessage, client_names, client_param, collapsed, first_token, raw_param, raw_params, safely, unescaped
 
@@ -843,9 +843,10 @@ def _odd_line(line: bytes) -> bool:
 def shows_text(ctype: str, names: Iterable[str]) -> bool:
     """Whether a leaf part of type *ctype* called *names* may hold text the link reader reads: one of
     :data:`TEXT_TYPES`, a message (encoded or not), a saved message (``.eml``) or an Outlook message file by name,
-    or a type not plainly written (``image /png``, ``(c) text/html``: the link reader takes those for text/plain)."""
+    an HTML page or a text file by name (:func:`~milterd.content.filetypes.text_file_type`), or a type not plainly
+    written (``image /png``, ``(c) text/html``: the link reader takes those for text/plain)."""
     return (ctype in TEXT_TYPES or ctype.startswith(("message/", "multipart/")) or not _PLAIN_TYPE.match(ctype)
-            or message_file(names) or outlook_name(names))
+            or message_file(names) or outlook_name(names) or bool(text_file_type(names, ctype)))
 
 
 class _View:

@@ -4,11 +4,12 @@ A message is parsed leniently (the standard library's ``compat32`` policy,
 which never raises on malformed MIME); its ``text/plain`` and ``text/html``
 parts are decoded from base64 or quoted-printable and from their charset
 (unknown charsets fall back to UTF-8 with replacement characters).  HTML is
-rendered to plain text (tags, scripts and styles dropped) and its ``href`` /
-``src`` links collected; plain text is searched for ``http(s)://``,
-``www.`` and ``ftp://`` links.  Links only ever embedded (an image's
-``src``, a ``background``, a stylesheet's ``href``) are told from those a
-reader follows (a link's ``href``, a form's ``action``, a link in the
+rendered to plain text (tags, scripts and styles dropped) and its links collected
+(``href``, ``src``, ``srcset``, CSS ``url()`` and ``@import``, a refresh, ``formaction``, ``xlink:href``, an
+``<object>``'s ``data``, a ``poster``; relative ones resolved against ``<base href>`` too); plain text is searched
+for ``http(s)://``, ``www.`` and ``ftp://`` links.  Links only ever embedded (an image's
+``src``, a ``background``, a stylesheet's ``href``, CSS) are told from those a
+reader follows (a link's ``href``, a form's ``action``, a refresh, a link in the
 text).  Everything is bounded: at most *limit* characters of text are kept
 (the text and HTML parts after those are still read for their links), the
 first link of at most ``MAX_HOSTS`` hosts and ``MAX_URIS`` links in all
@@ -37,10 +38,11 @@ from dataclasses import dataclass, field
 from html import unescape
 from html.parser import HTMLParser
 from typing import Callable, Container, Iterable, Iterator, cast
+from urllib.parse import urljoin
 
 from olefile import OleFileIO
 
-from .filetypes import HEAD_SIZE, MESSAGE_TYPES, extensions, message_file, outlook_file, outlook_name
+from .filetypes import HEAD_SIZE, MESSAGE_TYPES, message_file, outlook_file, outlook_name, text_file_type
 from .mimeparams import LenientMessage, Preference, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
 from .mimeparts import TEXT_TYPES, part_names, text_views
@@ -139,7 +141,28 @@ _HOST_SALT = int.from_bytes(os.urandom(8), "big")
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANKS = re.compile(r"\n\s*\n+")
 _COMMENT_END = re.compile(r"--!?>")
-_LINK_ATTRS = frozenset({"href", "src", "action", "background"})
+#: The attributes of a start tag read for links (by :meth:`_HTMLText.handle_starttag`); of a tag with more than
+#: ``MAX_URIS`` attributes, the first of each of these names.
+_LINK_ATTRS = frozenset({
+    "href", "src", "action", "background",  # a link, or a source, as written
+    "formaction", "xlink:href", "poster",  # a button's form target, an SVG link, a video's still image
+    "data",  # an <object>'s source (of that tag only)
+    "srcset",  # an image's candidate sources: "URL [descriptor], URL [descriptor]"
+    "style",  # CSS: url(...) and @import
+    "http-equiv", "content",  # <meta http-equiv="refresh" content="0; url=...">
+})
+#: Those of _LINK_ATTRS whose value is itself a link (the others are read by :func:`_attribute_links`).
+_URL_ATTRS = frozenset({"href", "src", "action", "background", "formaction", "xlink:href", "poster"})
+#: A link in CSS: url(...) unquoted or quoted, and @import "..." (CSS escapes are not undone).
+_CSS_URL = re.compile(r"""(?i)\burl\(\s*(?:"([^"]*)"|'([^']*)'|([^\s"')]*))|@import\s+(?:"([^"]*)"|'([^']*)')""")
+#: One image candidate of a srcset: leading blanks and commas, then its URL (HTML standard 4.8.4.3.10).
+_SRCSET_URL = re.compile(r"[\s,]*(\S+)")
+#: A candidate's descriptors, up to and with the comma that ends them (one in parentheses does not).
+_SRCSET_DESCRIPTORS = re.compile(r"(?:[^,(]+|\([^)]*\)?)*,?")
+#: A refresh's content: the delay, a ";" or ",", then the URL, optionally after "url=" (HTML standard 4.2.5.3).
+_REFRESH = re.compile(r"(?is)\s*[0-9.]*\s*[;,]?\s*(?:url\s*=\s*)?(.*)")
+#: A link with a scheme, or one starting "//": not relative to a document's <base href>.
+_ABSOLUTE = re.compile(r"\s*(?:[a-zA-Z][a-zA-Z0-9+.-]*:|[/\\]{2})")
 # CPython 3.11.7's patterns of a start tag's name and of one attribute, which _HTMLText.parse_starttag reads
 # with whatever Python runs milterd (Debian 12's 3.11.2 has newer ones since the 2025 security fixes).
 _TAG_NAME = re.compile(r"([a-zA-Z][^\t\n\r\f />\x00]*)(?:\s|/(?!>))*")
@@ -381,7 +404,7 @@ class _Reader:
                 if part.is_multipart():
                     continue
             if not part.is_multipart():
-                self._part(part, read)  # a text part named .eml is read as text too: a client may show either
+                self._part(part, read, names)  # a text part named .eml is read as text too: a client may show either
         if rest:
             # The part the line bound cut goes on in the rest: its base64 text there has no field before it.
             encodings = {_text_encoding(last) for last in lasts}
@@ -427,7 +450,7 @@ class _Reader:
                     for content in (attachment.data, attachment.package):
                         if content is not None:
                             self._saved_message(ole, content, content is attachment.package, attachment.names, level + 1)
-                    ctype = _text_file(attachment.names, attachment.mime_type)
+                    ctype = text_file_type(attachment.names, attachment.mime_type)
                     if attachment.data is not None and ctype:  # an HTML page or a text file: a double click shows it
                         if attachment.data.size > self.link_room:
                             self.unread("text")
@@ -501,11 +524,14 @@ class _Reader:
             self.queued.add(hash(inner))
             self.queue.append((inner, depth, outlook))
 
-    def _part(self, part: email.message.Message, read: set[int] | None) -> None:
-        """Read a leaf part: its text (up to the text budget) and links, when it is text/plain or text/html."""
+    def _part(self, part: email.message.Message, read: set[int] | None, names: list[str]) -> None:
+        """Read a leaf part called *names*: its text (up to the text budget) and links, when it is text/plain or
+        text/html, or a file of either kind by its names (:func:`~milterd.content.filetypes.text_file_type`)."""
         ctype = content_type(part)
         if ctype not in TEXT_TYPES:
-            return
+            ctype = text_file_type(names, ctype)
+            if not ctype:
+                return
         self._text(ctype, decode_part(part), read)
 
     def _text(self, ctype: str, text: str, read: set[int] | None) -> None:
@@ -770,15 +796,6 @@ def _attached_message(part: email.message.Message, names: list[str]) -> bytes | 
     elif not part.is_multipart() and message_file(names):
         encoded = _payload_bytes(part)
     return encoded if isinstance(encoded, bytes) and encoded else None
-
-
-def _text_file(names: list[str], mime_type: str) -> str:
-    """The content type a .msg file's attachment is read as for its text and links (an HTML page, a text file), by
-    its names or its MIME type; "" for another file."""
-    if mime_type in ("text/html", "text/plain"):
-        return mime_type
-    exts = {tuple(extensions(name)[-1:]) for name in names}
-    return "text/html" if exts & {("htm",), ("html",), ("xhtml",)} else "text/plain" if ("txt",) in exts else ""
 
 
 def _outlook_message(part: email.message.Message, names: list[str]) -> bytes | None:
@@ -1087,6 +1104,10 @@ class _HTMLText(HTMLParser):
         self.parts: list[str] = []
         self.found = _Links() if found is None else found  # where the links go
         self._skipping = 0
+        self._styles = 0  # inside this many <style> elements, whose CSS is read for links
+        self._base = ""  # the document's first absolute <base href>
+        self._relative: list[tuple[str, bool]] = []  # relative links read before it: (link, followed)
+        self._read = 0  # links read in CSS, srcsets and refreshes (bounded as the links scanned)
         self._closing = False
         # How far from the end a start tag found unterminated at feed() begins (goahead() drops what it read).
         self._unterminated = -1
@@ -1180,13 +1201,51 @@ class _HTMLText(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in self._SKIP:
             self._skipping += 1
+            if tag == "style":
+                self._styles += 1
         if tag in self._BREAK:
             self.parts.append("\n")
         for name, value in attrs:
-            if value and name in _LINK_ATTRS:
-                value = (value.replace(self.mark, "<") if self.mark else value).strip()
-                if not value.startswith(("#", "cid:", "data:", "javascript:")):
-                    self.found.add(value, name == "action" or (name == "href" and tag in self._FOLLOWED))
+            if not value:
+                continue
+            if self.mark:
+                value = value.replace(self.mark, "<")
+            if name in _URL_ATTRS:
+                if tag == "base" and name == "href" and not self._base and _ABSOLUTE.match(value):
+                    self._set_base(value.strip())
+                followed = name in ("action", "formaction") or (name in ("href", "xlink:href") and tag in self._FOLLOWED)
+                self._add(value, followed)
+            else:
+                self._add_all(_attribute_links(tag, name, value, attrs), tag == "meta")  # a refresh is followed
+
+    def _add_all(self, links: Iterable[str], followed: bool) -> None:
+        """:meth:`_add` each of *links* (of CSS or a srcset), while fewer than ``MAX_LINKS_SCANNED`` were read so."""
+        for link in links:
+            if self._read >= MAX_LINKS_SCANNED:
+                self.found.cut = self.found.full = True  # "links" left unread, as past the scan's own bound
+                return
+            self._read += 1
+            self._add(link, followed)
+
+    def _add(self, value: str, followed: bool) -> None:
+        """Add the link *value* of an attribute, resolved against the document's <base href> when it is relative."""
+        value = value.strip()
+        if not value or value.startswith(("#", "cid:", "data:", "javascript:")):
+            return
+        if self.found.scanned < MAX_LINKS_SCANNED and not _ABSOLUTE.match(value):  # past it, add() keeps nothing
+            if self._base:
+                value = _resolved(self._base, value)
+            elif len(self._relative) < MAX_URIS:
+                self._relative.append((value, followed))
+        self.found.add(value, followed)
+
+    def _set_base(self, base: str) -> None:
+        """Take *base* as the document's base URL: the relative links read so far are added again, resolved against
+        it (a browser resolves every link against the first <base href>, wherever in the document it stands)."""
+        self._base = base
+        for value, followed in self._relative:
+            self.found.add(_resolved(base, value), followed)
+        self._relative = []
 
     # The stdlib (3.11) ends a comment only at "--" [blanks] ">" and a "<![" section only at "]]>":
     # a browser shows what follows "<!-->", "--!>" or "<![CDATA[ ... >", so links there were hidden.
@@ -1215,12 +1274,67 @@ class _HTMLText(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag in self._SKIP and self._skipping:
             self._skipping -= 1
+            if tag == "style" and self._styles:
+                self._styles -= 1
         if tag in self._BREAK:
             self.parts.append("\n")
 
     def handle_data(self, data: str) -> None:
         if not self._skipping:
             self.parts.append(data)
+        elif self._styles and ("(" in data or "@" in data):
+            self._add_all(_css_links(data.replace(self.mark, "<") if self.mark else data), False)
+
+
+def _attribute_links(tag: str, name: str, value: str, attrs: list[tuple[str, str | None]]) -> Iterator[str]:
+    """The links in attribute *name* (of _LINK_ATTRS, not of _URL_ATTRS) of a *tag* whose attributes are *attrs*."""
+    if name == "style":
+        yield from _css_links(value)
+    elif name == "srcset":
+        yield from _srcset_links(value)
+    elif name == "data":
+        if tag == "object":
+            yield value
+    elif name == "content":
+        if tag == "meta" and any(other == "http-equiv" and (kind or "").strip().lower() == "refresh" for other, kind in attrs):
+            link = cast("re.Match[str]", _REFRESH.match(value)).group(1).strip()  # matches any text
+            if link[:1] in ("'", '"'):
+                end = link.find(link[0], 1)
+                link = link[1:] if end < 0 else link[1:end]
+            yield link
+
+
+def _css_links(css: str) -> Iterator[str]:
+    """The links of CSS *css*: its url(...) and @import "..."."""
+    lowered = css.lower()
+    if "url" not in lowered and "@import" not in lowered:
+        return
+    for match in _CSS_URL.finditer(css):
+        yield next(group for group in match.groups() if group is not None)
+
+
+def _srcset_links(srcset: str) -> Iterator[str]:
+    """The URLs of the image candidates of *srcset* (HTML standard 4.8.4.3.10)."""
+    pos = 0
+    while True:
+        match = _SRCSET_URL.match(srcset, pos)
+        if match is None:
+            return
+        url, pos = match.group(1), match.end()
+        if url.endswith(","):
+            url = url.rstrip(",")
+        else:
+            pos = cast("re.Match[str]", _SRCSET_DESCRIPTORS.match(srcset, pos)).end()  # matches the empty text
+        if url:
+            yield url
+
+
+def _resolved(base: str, link: str) -> str:
+    """*link* resolved against the base URL *base* (*link* itself where the two do not parse)."""
+    try:
+        return urljoin(base, link)
+    except ValueError:  # an unclosed "[" of an IPv6 host
+        return link
 
 
 def html_to_text(markup: str) -> tuple[str, list[str]]:

@@ -104,6 +104,43 @@ def test_a_link_a_client_opens_is_looked_up_however_it_is_written(stack: Stack, 
     assert "URIBL_DBL_PHISH" in row_for(stack, subject)["symbols"]
 
 
+@pytest.mark.parametrize(("subject", "markup"), [
+    ("srcset", '<img srcset="https://cdn.ok.test/a.png 1x, https://phish-domain.test/b.png 2x">'),
+    ("css url", '<div style="background: url(\'https://phish-domain.test/bg.png\')">x</div>'),
+    ("css import", '<style>@import "https://phish-domain.test/s.css";</style><p>x</p>'),
+    ("refresh", '<meta http-equiv="refresh" content="0; url=https://phish-domain.test/login">'),
+    ("formaction", '<form><button formaction="https://phish-domain.test/login">Log in</button></form>'),
+    ("svg link", '<svg><a xlink:href="https://phish-domain.test/login"><text>Log in</text></a></svg>'),
+    ("base href", '<base href="https://phish-domain.test/"><a href="login">Log in</a>'),
+])
+def test_a_link_only_in_a_srcset_css_refresh_form_button_svg_or_base_is_looked_up(stack: Stack, subject: str, markup: str) -> None:
+    # The link reader read href, src, action and background only: a domain named only in these places was
+    # never looked up, and the mail was delivered with no URI symbol.
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(html(subject, markup))
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
+    assert "URIBL_DBL_PHISH" in row_for(stack, subject)["symbols"]
+
+
+@pytest.mark.parametrize(("subject", "ctype", "name"), [
+    ("html file", "application/octet-stream", "invoice.html"),
+    ("svg file", "image/svg+xml", "scan.svg"),
+])
+def test_a_link_in_an_html_or_svg_file_sent_as_another_type_is_looked_up(stack: Stack, subject: str, ctype: str, name: str) -> None:
+    # A phishing page attached as application/octet-stream (or an SVG image) opens in the browser at a double
+    # click; the link reader read text/html parts only, and its form's target was never looked up.
+    page = base64.encodebytes(b'<svg xmlns="http://www.w3.org/2000/svg"><a href="https://phish-domain.test/login"><text>Open</text></a>'
+                              b'<form action="https://phish-domain.test/post"></form></svg>').decode()
+    body = (f"--B\r\nContent-Type: text/plain\r\n\r\nYour invoice is attached.\r\n"
+            f"--B\r\nContent-Type: {ctype}\r\nContent-Disposition: attachment; filename=\"{name}\"\r\n"
+            f"Content-Transfer-Encoding: base64\r\n\r\n{page}--B--\r\n")
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(message(subject, body, headers={"Content-Type": 'multipart/mixed; boundary="B"'}))
+    assert info.value.smtp_code == 550
+    assert "URIBL_DBL_PHISH" in row_for(stack, subject)["symbols"]
+
+
 def test_a_link_after_five_hundred_text_parts_is_looked_up(stack: Stack) -> None:
     # The link reader stopped at 500 parts while the attachment check follows text parts to 2,000: 505
     # one-line parts hid the phishing link, delivered with no symbol (found by review).

@@ -1,0 +1,103 @@
+"""The link reader's HTML attributes beyond href and src: srcset, CSS, a refresh, formaction, SVG links, <object
+data>, poster and <base href>; which of them a reader follows; and their bounds."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from milterd.content import mimetext
+from milterd.content.mimetext import extract, extract_large, html_to_text
+
+
+@pytest.mark.parametrize(("markup", "links"), [
+    ('<img srcset="http://a.test/1.png 1x, https://b.test/2,3.png 2x,http://c.test/x.png">',
+     ["http://a.test/1.png", "https://b.test/2,3.png", "http://c.test/x.png"]),
+    ('<img srcset="http://a.test/1.png (x, y) 1x, http://b.test/2.png,,">', ["http://a.test/1.png", "http://b.test/2.png"]),
+    ("<div style=\"background:url( 'http://css.test/bg.png' )\">x</div>", ["http://css.test/bg.png"]),
+    ('<style>@import "http://imp.test/s.css"; body{background:URL(//pr.test/b.png)}</style><p>hi</p>',
+     ["http://imp.test/s.css", "//pr.test/b.png"]),
+    ('<style>p{background:url(http://a.test/)}</x p{background:url(http://b.test/)}</style>', ["http://a.test/", "http://b.test/"]),
+    ("<meta http-equiv=\"Refresh\" content=\"0; URL='http://refresh.test/go'\">", ["http://refresh.test/go"]),
+    ('<meta http-equiv="refresh" content="5;http://refresh.test/">', ["http://refresh.test/"]),
+    ('<meta name="description" content="http://not-a-link.test/">', []),
+    ('<form><button formaction="http://fa.test/post">go</button></form>', ["http://fa.test/post"]),
+    ('<svg><a xlink:href="http://svg.test/x"><text>x</text></a></svg>', ["http://svg.test/x"]),
+    ('<object data="http://obj.test/f.swf"></object><video poster="http://poster.test/p.jpg"></video>',
+     ["http://obj.test/f.swf", "http://poster.test/p.jpg"]),
+    ('<div data="http://not-object.test/">x</div>', []),
+    ('<script>@import "http://script.test/"; url(http://script.test/)</script>', []),
+    ('<base href="http://base.test/dir/"><a href="/y">y</a><img src="i.png">',
+     ["http://base.test/dir/", "http://base.test/y", "http://base.test/dir/i.png"]),
+])
+def test_links_in_other_attributes_are_read(markup: str, links: list[str]) -> None:
+    assert html_to_text(markup)[1] == links
+
+
+def test_a_base_after_the_links_resolves_them_too() -> None:
+    # A browser resolves every link against the document's first <base href>, wherever it stands.
+    _, links = html_to_text('<a href="login">x</a><base href="https://base.test/app/"><base href="https://second.test/">')
+    assert links == ["login", "https://base.test/app/login", "https://base.test/app/", "https://second.test/"]
+
+
+def test_which_of_the_new_links_a_reader_follows() -> None:
+    markup = (
+        '<img srcset="http://img.test/a.png 2x"><p style="background:url(http://css.test/b.png)">x</p>'
+        '<object data="http://obj.test/f"></object>'
+        '<meta http-equiv="refresh" content="0;url=http://refresh.test/"><button formaction="http://form.test/">x</button>'
+        '<svg><a xlink:href="http://svg.test/">x</a><image xlink:href="http://svgimg.test/i.png"/></svg>'
+    )
+    raw = b"Content-Type: text/html\r\n\r\n" + markup.encode()
+    found = extract(raw)
+    assert set(found.uris) - found.embedded == {"http://refresh.test/", "http://form.test/", "http://svg.test/"}
+    assert found.embedded == {"http://img.test/a.png", "http://css.test/b.png", "http://obj.test/f", "http://svgimg.test/i.png"}
+
+
+@pytest.mark.parametrize("markup", [
+    '<img srcset="' + "a.test/x 1x, " * 30_000 + '">',
+    "<style>" + "url(http://a.test/x)" * 30_000 + "</style>",
+    '<p style="' + "url(http://a.test/x) " * 30_000 + '">',
+])
+def test_links_read_in_css_and_srcsets_are_bounded_as_the_links_scanned_and_the_cut_is_said(markup: str) -> None:
+    raw = b"Content-Type: text/html\r\n\r\n" + markup.encode()
+    found = extract(raw)
+    assert found.unread == "links"
+    assert len(found.uris) <= mimetext.MAX_URIS
+
+
+def test_relative_links_past_the_links_scanned_are_not_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Resolving costs microseconds a link: none past the bound, where nothing is kept anyway.
+    calls = []
+    monkeypatch.setattr(mimetext, "urljoin", lambda base, link: calls.append(link) or base + link)
+    html_to_text('<base href="http://b.test/">' + "<a href=r>" * (mimetext.MAX_LINKS_SCANNED + 500))
+    assert len(calls) == mimetext.MAX_LINKS_SCANNED - 1  # the base itself was the first link scanned
+
+
+def _with_file(ctype: str, name: str, content: bytes) -> bytes:
+    body = base64.encodebytes(content)
+    return (b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n'
+            b"--B\r\nContent-Type: " + ctype.encode() + b'\r\nContent-Disposition: attachment; filename="' + name.encode()
+            + b'"\r\nContent-Transfer-Encoding: base64\r\n\r\n' + body + b"--B--\r\n")
+
+
+@pytest.mark.parametrize(("ctype", "name", "found"), [
+    ("application/octet-stream", "invoice.HTML", True),
+    ("image/svg+xml", "scan.svg", True),
+    ("application/octet-stream", "notes.txt", True),
+    ("application/octet-stream", "data.bin", False),
+    ("application/pdf", "a.pdf", False),
+])
+def test_an_html_page_svg_or_text_file_is_read_by_its_name_whatever_its_type(ctype: str, name: str, found: bool) -> None:
+    content = b'<svg><a href="https://page.test/login">x</a></svg>' if name != "notes.txt" else b"see https://page.test/login"
+    assert ("https://page.test/login" in extract(_with_file(ctype, name, content)).uris) is found
+
+
+def test_a_large_message_s_view_keeps_an_html_page_sent_as_another_type() -> None:
+    # Past the link reader's window its views leave out bodies that show no text: an HTML file by name shows some.
+    image = _with_file("image/png", "big.png", b"\x89PNG" + b"\0" * 6_000_000).split(b"--B--")[0]
+    page = _with_file("application/octet-stream", "invoice.html", b'<a href="https://page.test/login">x</a>')
+    raw = image + page[page.index(b"--B\r\nContent-Type: application"):]
+    room = 4 * 1024 * 1024
+    found = extract_large(raw[:room], lambda: [raw], room)
+    assert "https://page.test/login" in found.uris
