@@ -114,18 +114,25 @@ def normalise_sender(sender: str) -> str:
     address = sender.strip().strip("<>").lower()
     if "@" not in address:
         return address
-    for pattern in (_BATV, _BTV1):
-        match = pattern.match(address)
-        if match:
-            address = match.group("rest")
-            break
+    # BATV, then SRS, then BATV again: a forwarder rewrites a BATV-tagged sender with SRS
+    # (SRS0=HHH=TT=example.org=prvs=0123abcd=alice@fwd.example) and may tag its own rewrite.
+    address = _without_batv(address)
     match = _SRS1.match(address) or _SRS0.match(address)
     if match:
-        address = f"{match.group('local')}@{match.group('domain')}"
+        address = _without_batv(f"{match.group('local')}@{match.group('domain')}")
     local, _, domain = address.rpartition("@")
     if "+" in local[1:]:
         local = local[: local.index("+", 1)]
     return f"{local}@{domain}"
+
+
+def _without_batv(address: str) -> str:
+    """*address* without a BATV tag (``prvs=1234abcd=alice@example.org`` → ``alice@example.org``)."""
+    for pattern in (_BATV, _BTV1):
+        match = pattern.match(address)
+        if match:
+            return match.group("rest")
+    return address
 
 
 #: A number standing alone in a local part (between non-word characters), as VERP
@@ -160,13 +167,26 @@ class Triplet:
         return f"client={self.network} from=<{self.sender}> to=<{self.recipient}>"
 
 
+#: Most UTF-8 bytes of a triplet's sender and of its recipient (RFC 5321's path is 256 octets): PostgreSQL's
+#: unique index over the three takes at most 2,704 bytes a row, and 512 characters of CJK text are 1,536 bytes
+#: (a sender and a recipient so written failed every write of the message, and the worker held greylisting off).
+MAX_ADDRESS_BYTES = 512
+
+
 def make_triplet(client_addr: str, sender: str, recipient: str, config: "GreylistSection") -> Triplet:
     """The triplet of one recipient of a transaction."""
     return Triplet(
         storable(client_network(client_addr, config.netmask_v4, config.netmask_v6))[:64],
-        storable(triplet_sender(sender))[:512],
-        storable(recipient.strip().strip("<>"))[:512],
+        _first_bytes(storable(triplet_sender(sender)), MAX_ADDRESS_BYTES),
+        _first_bytes(storable(recipient.strip().strip("<>")), MAX_ADDRESS_BYTES),
     )
+
+
+def _first_bytes(text: str, size: int) -> str:
+    """The longest start of *text* whose UTF-8 form is at most *size* bytes."""
+    if len(text) <= size // 4 or (text.isascii() and len(text) <= size):
+        return text
+    return text.encode("utf-8")[:size].decode("utf-8", "ignore")
 
 
 # --- whitelists ---------------------------------------------------------------
@@ -224,7 +244,8 @@ def compile_pattern(kind: str, text: str) -> Pattern:
             raise ValueError(f"bad regular expression {text!r}: {exc}") from None
     if kind == "client":
         try:
-            return Pattern(kind, text, network=ipaddress.ip_network(text, strict=False))
+            network = ipaddress.ip_network(text, strict=False)
+            return Pattern(kind, text, network=_unmapped(network))
         except ValueError:
             pass
         if "/" in text or " " in text or "@" in text:
@@ -232,6 +253,17 @@ def compile_pattern(kind: str, text: str) -> Pattern:
     elif " " in text:
         raise ValueError(f"{text!r} is not an address or domain")
     return Pattern(kind, text.lower())
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _unmapped(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """*network* in IPv4's form where it is IPv4-mapped (``::ffff:192.0.2.0/120`` → ``192.0.2.0/24``), as clients
+    are matched (:meth:`Whitelist.client`); else itself."""
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_MAPPED):
+        return ipaddress.ip_network(f"{ipaddress.IPv4Address(int(network.network_address) & 0xFFFFFFFF)}/{network.prefixlen - 96}")
+    return network
 
 
 @dataclass

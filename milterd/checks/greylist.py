@@ -265,7 +265,7 @@ class Greylist(Check):
         if pending:
             detail = "; ".join(f"{t} {j.kind}" for t, j in pending)[:1000]
             return GreylistStatus(needed=True, wait=max(j.wait for _, j in pending), detail=detail)
-        return GreylistStatus(needed=False)
+        return GreylistStatus(needed=False, exempt=not triplets)
 
     # --- helpers ----------------------------------------------------------------
 

@@ -173,8 +173,16 @@ class Pipeline:
         return decision
 
     def rcpt(self, session: Session, envelope: Envelope, recipient: str) -> Decision | None:
-        """One RCPT TO: refused recipients are noted, accepted ones added to the envelope."""
-        hits = self._run(self._at_rcpt, session, lambda c: c.on_rcpt(session, envelope, recipient))
+        """One RCPT TO: refused recipients are noted, accepted ones added to the envelope.
+
+        The checks after one that refuses the recipient are not asked: greylisting (the last) must not record,
+        pass and count towards a network's auto-whitelisting a recipient who is refused anyway."""
+        hits: list[Hit] = []
+        for check in self._at_rcpt:
+            if self._applies(check, session):
+                hits.extend(self._call(check, session, lambda c: c.on_rcpt(session, envelope, recipient)))
+                if any(h.action is not None for h in hits):
+                    break
         forced = [h for h in hits if h.action is not None]
         if forced:
             worst = max(forced, key=lambda h: h.action or Action.ACCEPT)

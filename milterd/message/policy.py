@@ -124,6 +124,9 @@ class GreylistStatus:
     detail: str = ""
     error: str = ""
     reply: Reply | None = None
+    #: No triplet was judged (every recipient exempt: a whitelist, an auto-whitelisted or DNSWL-listed client):
+    #: nothing passed, and the log says no GREYLIST_PASSED.
+    exempt: bool = False
 
 
 def greylist_reply(wait: float) -> Reply:
@@ -149,7 +152,7 @@ def decide(
     wait), or is answered ``greylist.reply`` with GREYLIST_ERROR when the store
     did not answer and greylisting fails closed; otherwise the threshold action
     below greylist applies, with GREYLIST_PASSED (or GREYLIST_ERROR when the
-    store did not answer).
+    store did not answer; neither where every recipient is exempt, ``greylist.exempt``).
     """
     hits = list(hits)
     verdict = _decide(hits, weight, actions, scored)
@@ -173,6 +176,8 @@ def decide(
             details={**verdict.details, "GREYLIST": greylist.detail},
         )
     below = _decide(hits, weight, actions.model_copy(update={"greylist": False}), scored)
+    if greylist.exempt:
+        return below
     symbol, detail = ("GREYLIST_ERROR", greylist.error) if greylist.error else ("GREYLIST_PASSED", f"score {verdict.score:g}, retried after the greylisting delay")
     return replace(below, symbols={**below.symbols, symbol: 0.0}, details={**below.details, symbol: detail})
 

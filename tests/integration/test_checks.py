@@ -7,15 +7,17 @@ list (wl.test); unbound in front of it answers the test domains' A, MX, TXT
 
 from __future__ import annotations
 
+import json
 import smtplib
 import socket
 from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.conftest import message
+from tests.conftest import message, with_sections
 from tests.harness.dns import LocalDns
 from tests.harness.stack import Stack
+from tests.integration.test_greylist import GREYLIST, attempt, greylisted, wait_out_the_delay
 
 LOCAL_DATA = [
     "example.org. A 192.0.2.1",
@@ -236,3 +238,18 @@ def test_resolver_down_is_no_hang_and_is_recorded(make_stack: Callable[..., Stac
     finally:
         silent.close()
 
+
+
+def test_a_recipient_refused_for_spf_is_not_greylisted_nor_counted(make_stack: Callable[..., Stack], local_dns: LocalDns, logins: str) -> None:
+    # Greylisting ran after SPF had refused the recipient: the triplet was stored and passed at the retry, and,
+    # with auto_whitelist_after = 1, a forger's refused retry whitelisted its /24 for everyone's mail.
+    greylisting = {"greylist": {**GREYLIST, "auto_whitelist_after": 1}}
+    stack = make_stack(with_sections(sections(local_dns.nameserver, logins), greylisting), RULES, postfix_extra=POSTFIX)
+    forger = client("192.0.2.10")
+    for _ in range(2):
+        refused = attempt(stack, forger, ["bob@example.com"], sender="x@fail.test")
+        assert refused["bob@example.com"][0] == 550 and refused["bob@example.com"][1].startswith(b"5.7.23")
+        wait_out_the_delay()
+    assert json.loads(stack.milterd.cli("greylist", "list", "--json", "--limit", "0").stdout) == []
+    later = attempt(stack, client("192.0.2.78"), ["carol@example.com"], sender="someone@pass.test")
+    assert greylisted(later["carol@example.com"])

@@ -61,6 +61,18 @@ def test_first_attempt_retry_and_pass(store: Store) -> None:
     assert store.greylist.client_state("192.0.2.0/24")[0] == 1
 
 
+def test_a_triplet_of_the_longest_non_ascii_addresses_is_stored(store: Store) -> None:
+    # On PostgreSQL a sender and a recipient of 500 CJK characters each (1.5 kB apiece, under Postfix's line
+    # limit) passed the 2,704 bytes its unique index takes a row: every write of the message failed.
+    # Characters that do not repeat: PostgreSQL compresses an index entry of one repeated.
+    sender, recipient = ("".join(chr(0x4E00 + (i * 7919 + start) % 20000) for i in range(500)) for start in (0, 1))
+    triplet = gl.make_triplet("203.0.113.9", sender + "@example.org", recipient + "@example.com", CONFIG)
+    assert gl.check_triplet(store.greylist, triplet, CONFIG, now=at(0)).kind == "new"
+    assert gl.check_triplet(store.greylist, triplet, CONFIG, now=at(301)).kind == "pass"
+    [row] = rows(store)
+    assert (row["sender"], row["recipient"]) == (triplet.sender, triplet.recipient)
+
+
 def test_known_triplet_is_renewed_at_most_hourly(store: Store) -> None:
     gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(0))
     gl.check_triplet(store.greylist, TRIPLET, CONFIG, now=at(400))
