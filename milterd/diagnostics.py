@@ -19,6 +19,7 @@ Postfix rules are pure functions of the settings, tested without Postfix.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import shutil
 import smtplib
@@ -411,8 +412,12 @@ def probe_dkim_keys(config: Config) -> list[Finding]:
     except ConfigError as exc:
         return [Finding("dkim", "fail", str(exc))]
     resolver = Resolver(config.dns)
+
+    def published(key: SigningKey) -> Finding:
+        return judge_dkim_key(key, resolver.txt(f"{key.selector}._domainkey.{key.domain}"))
+
     try:
-        return [judge_dkim_key(key, resolver.txt(f"{key.selector}._domainkey.{key.domain}")) for key in keys]
+        return [_guarded(f"dkim {key.selector}._domainkey.{key.domain}", functools.partial(published, key)) for key in keys]
     finally:
         resolver.close()
 

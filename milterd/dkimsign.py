@@ -16,6 +16,7 @@ import base64
 import binascii
 import itertools
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,14 +56,29 @@ class SigningKey:
         return b"ed25519-sha256" if self.algorithm == "ed25519" else b"rsa-sha256"
 
 
+#: The fewest bits of an RSA signing key: receivers refuse smaller ones (dkimpy: "public key too small"; RFC 8301
+#: requires 1024 at least), as ``milterd dkim keygen`` and ``[checks.dkim] min_key_bits`` do.
+MIN_RSA_BITS = 1024
+#: A selector (and a domain) as DNS takes it: dot-separated labels of letters, digits, "-" and "_".
+LABELS = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*$")
+
+
 def parse_key(data: bytes) -> tuple[Algorithm, bytes]:
-    """The algorithm of a private key file's content, and the key as dkimpy takes it; ValueError otherwise."""
+    """The algorithm of a private key file's content, and the key as dkimpy takes it; ValueError otherwise.
+
+    An RSA key is loaded by OpenSSL too, which checks that its numbers fit together: dkimpy's own parser takes
+    a key whose CRT values are wrong, and signs with it signatures no receiver verifies."""
     text = data.strip()
     if text.startswith(b"-----BEGIN"):
         try:
             dkim.crypto.parse_pem_private_key(text)
-        except Exception as exc:  # noqa: BLE001 - dkimpy's parser raises several kinds
-            raise ValueError(f"not a usable RSA private key: {exc}") from None
+            key = serialization.load_pem_private_key(text, password=None)
+        except Exception as exc:  # noqa: BLE001 - dkimpy's parser and OpenSSL raise several kinds
+            raise ValueError(f"not a usable RSA private key: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("not an RSA private key")
+        if key.key_size < MIN_RSA_BITS:
+            raise ValueError(f"an RSA key of {key.key_size} bits: receivers refuse fewer than {MIN_RSA_BITS}")
         return "rsa", text
     try:
         seed = base64.b64decode(text, validate=True)
@@ -92,6 +108,9 @@ def load_keys(section: "DkimSigningSection", config_path: Path | None) -> list[S
         domain = domain_name(entry.domain)
         if not domain or not domain.isascii():
             raise ConfigError(where, f"[dkim_signing] keys[{index}].domain", f"{entry.domain!r} is not a domain name")
+        if not LABELS.match(entry.selector):
+            raise ConfigError(where, f"[dkim_signing] keys[{index}].selector",
+                              f"{entry.selector!r} is not a selector (labels of letters, digits, '-' and '_', dot-separated)")
         keys.append(SigningKey(domain, entry.selector, algorithm, private))
     return keys
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
-from ..dkimsign import generate, public_record, write_private, zone_lines
+from ..dkimsign import LABELS, MIN_RSA_BITS, generate, public_record, write_private, zone_lines
 from . import config_parent
-
-_LABELS = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*$")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,11 +28,11 @@ def run_keygen(args: argparse.Namespace) -> int:
     """Write the key, print where and the record; exit status 2 on bad arguments or an existing file."""
     domain, selector = args.domain.lower().rstrip("."), args.selector
     for what, value in (("domain", domain), ("selector", selector)):
-        if not _LABELS.match(value):
+        if not LABELS.match(value):
             print(f"milterd: dkim keygen: {value!r} is not a valid {what}", file=sys.stderr)
             return 2
-    if args.type == "rsa" and not 1024 <= args.bits <= 8192:
-        print(f"milterd: dkim keygen: --bits {args.bits}: an RSA key has 1024 to 8192 bits", file=sys.stderr)
+    if args.type == "rsa" and not MIN_RSA_BITS <= args.bits <= 8192:
+        print(f"milterd: dkim keygen: --bits {args.bits}: an RSA key has {MIN_RSA_BITS} to 8192 bits", file=sys.stderr)
         return 2
     path = Path(args.output or f"{domain}.{selector}.key")
     private = generate(args.type, args.bits)
