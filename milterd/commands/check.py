@@ -22,7 +22,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..checks.greylist import Greylist
 from ..config import Config, load_config
@@ -94,19 +94,37 @@ def run_check(args: argparse.Namespace) -> int:
         if not (args.ham and args.spam) or args.train_ham or args.train_spam:
             print("milterd: check: --cross-validate K needs --ham and --spam folders (and no --train-ham/--train-spam)", file=sys.stderr)
             return 2
-        return _cross_validate(args, config, Client(args.client_ip, args.client_name, args.helo, args.sender, list(args.recipients), args.auth_user))
+        client = Client(args.client_ip, args.client_name, args.helo, args.sender, list(args.recipients), args.auth_user)
+        return _with_scratch(lambda: _cross_validate(args, config, client))
     if args.train_ham or args.train_spam:
         if not (args.train_ham and args.train_spam and mass):
             print("milterd: check: --train-ham and --train-spam go together, with --ham/--spam folders to test", file=sys.stderr)
             return 2
-        with tempfile.TemporaryDirectory(prefix="milterd-scratch-") as scratch:
-            config = config.with_changes({"database.url": f"sqlite:///{Path(scratch) / 'model.sqlite'}", "learner.enabled": True})
-            trained = train_scratch_model(config, args.train_ham, args.train_spam)
-            print(f"scratch model: learned {trained.spam} spam and {trained.ham} ham (the live store is not touched)", file=sys.stderr)
-            if trained.spam < config.learner.min_spam or trained.ham < config.learner.min_ham:
-                print(f"milterd: check: fewer than [learner] min_spam/min_ham ({config.learner.min_spam}/{config.learner.min_ham}) learned: the classifier abstains", file=sys.stderr)
-            return _check_with(args, config, mass)
+        return _with_scratch(lambda: _trained_check(args, config, mass))
     return _check_with(args, config, mass)
+
+
+def _with_scratch(run: Callable[[], int]) -> int:
+    """*run*'s exit status; 1, said in one line, when its scratch model cannot be made or written (a full or
+    unwritable $TMPDIR: the training corpus may be large), as ``milterd learn`` says its store's failures."""
+    try:
+        return run()
+    except BrokenPipeError:
+        raise  # the report's reader went away: the command line's own case
+    except (StoreError, OSError) as exc:
+        print(f"milterd: check: the scratch model: {exc}", file=sys.stderr)
+        return 1
+
+
+def _trained_check(args: argparse.Namespace, config: Config, mass: bool) -> int:
+    """The mass check of ``--train-ham``/``--train-spam``: a scratch model taught those folders judges the others."""
+    with tempfile.TemporaryDirectory(prefix="milterd-scratch-") as scratch:
+        config = config.with_changes({"database.url": f"sqlite:///{Path(scratch) / 'model.sqlite'}", "learner.enabled": True})
+        trained = train_scratch_model(config, args.train_ham, args.train_spam)
+        print(f"scratch model: learned {trained.spam} spam and {trained.ham} ham (the live store is not touched)", file=sys.stderr)
+        if trained.spam < config.learner.min_spam or trained.ham < config.learner.min_ham:
+            print(f"milterd: check: fewer than [learner] min_spam/min_ham ({config.learner.min_spam}/{config.learner.min_ham}) learned: the classifier abstains", file=sys.stderr)
+        return _check_with(args, config, mass)
 
 
 def _check_with(args: argparse.Namespace, config: Config, mass: bool) -> int:

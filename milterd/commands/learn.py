@@ -12,13 +12,20 @@ not be read or the store refused it, 2 for a bad configuration.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import mailbox
+import multiprocessing
+import os
+import signal
 import sys
+import threading
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from ..config import load_config
 from ..learner.tokenizer import MAX_DIGEST_INPUT, hashed_tokens, message_digest
@@ -158,8 +165,13 @@ def run_learn(args: argparse.Namespace) -> int:
     outcomes: Counter[str] = Counter()
     failures: list[str] = []
     progress = sys.stderr.isatty() and not args.json
-    done = in_a_row = 0
-    executor = ProcessPoolExecutor(max_workers=args.jobs) if args.jobs > 1 else None
+    run = _Run()
+    # Spawned, not forked: a forked worker held a copy of the store's connection, so a PostgreSQL session killed
+    # with its learner stayed open (its transaction's locks too) as long as the orphaned workers lived.
+    executor = (ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=_worker_start, initargs=(os.getpid(),))
+                if args.jobs > 1 else None)
+    previous = _stop_on_signals()
     try:
         batches = _batches(args.paths, outcomes, failures)
         prepared: Iterable[list[tuple[str, list[int]]]]
@@ -167,31 +179,25 @@ def run_learn(args: argparse.Namespace) -> int:
             prepared = _windowed(executor, batches, config.learner.max_size, 4 * args.jobs)
         else:
             prepared = (_prepare_batch(batch, config.learner.max_size) for batch in batches)
-        for results in prepared:
-            for digest, tokens in results:
-                try:
-                    outcomes[repository.learn(digest, tokens, label)] += 1
-                    in_a_row = 0
-                except StoreError as exc:
-                    outcomes["failed"] += 1
-                    in_a_row += 1
-                    if len(failures) < MAX_LISTED:
-                        failures.append(describe_failure(exc))
-                    if in_a_row >= MAX_FAILURES_IN_A_ROW:
-                        raise StoreError(f"{in_a_row} messages in a row could not be stored, stopping after {done + 1} "
-                                         f"({outcomes['learned'] + outcomes['moved'] + outcomes['forgotten']} changed the model): "
-                                         f"{describe_failure(exc)}") from exc
-                done += 1
-                if progress and done % 25 == 0:
-                    print(f"\r{done} messages", end="", file=sys.stderr, flush=True)
+        try:
+            for results in prepared:
+                _learn_batch(repository, results, label, outcomes, failures, run, progress)
+        except BrokenProcessPool:
+            outcomes["failed"] += 1
+            failures.append(f"a tokenizing process died (killed, or out of memory): stopped after {run.done} messages")
         totals = repository.totals()
     except StoreError as exc:
         print(f"milterd: {exc}", file=sys.stderr)
         return 1
+    except _Stopped as stopped:
+        print(f"milterd learn: stopped by {signal.Signals(stopped.signum).name} after {run.done} messages", file=sys.stderr)
+        return 128 + stopped.signum
     finally:
+        _restore_signals(previous)
         if executor is not None:
-            executor.shutdown()
+            executor.shutdown(cancel_futures=True)
         store.close()
+    done = run.done
     if progress:
         print(f"\r{done} messages", file=sys.stderr)
     summary = {"action": args.label, "messages": done, **{key: outcomes[key] for key in ("learned", "moved", "already", "forgotten", "unknown", "failed", "unreadable")}, "model": {"spam": totals.spam, "ham": totals.ham}, "errors": failures[:100]}
@@ -203,6 +209,81 @@ def run_learn(args: argparse.Namespace) -> int:
         counted = ", ".join(f"{outcomes[key]} {key}" for key in ("learned", "moved", "already", "forgotten", "unknown", "failed", "unreadable") if outcomes[key])
         print(f"{done} messages: {counted or 'nothing done'}; the model holds {totals.spam} spam and {totals.ham} ham")
     return 1 if outcomes["failed"] or outcomes["unreadable"] else 0
+
+
+@dataclass
+class _Run:
+    """How far a run is: the messages done, and the store's failures in a row."""
+
+    done: int = 0
+    in_a_row: int = 0
+
+
+def _learn_batch(repository: LearnerStore, results: list[tuple[str, list[int]]], label: Literal["spam", "ham"] | None,
+                 outcomes: Counter[str], failures: list[str], run: _Run, progress: bool) -> None:
+    """Learn (or forget, *label* None) one batch of prepared messages, counted in *run*.  StoreError once
+    MAX_FAILURES_IN_A_ROW messages in a row could not be stored."""
+    for digest, tokens in results:
+        try:
+            outcomes[repository.learn(digest, tokens, label)] += 1
+            run.in_a_row = 0
+        except StoreError as exc:
+            outcomes["failed"] += 1
+            run.in_a_row += 1
+            if len(failures) < MAX_LISTED:
+                failures.append(describe_failure(exc))
+            if run.in_a_row >= MAX_FAILURES_IN_A_ROW:
+                raise StoreError(f"{run.in_a_row} messages in a row could not be stored, stopping after {run.done + 1} "
+                                 f"({outcomes['learned'] + outcomes['moved'] + outcomes['forgotten']} changed the model): "
+                                 f"{describe_failure(exc)}") from exc
+        run.done += 1
+        if progress and run.done % 25 == 0:
+            print(f"\r{run.done} messages", end="", file=sys.stderr, flush=True)
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (timeout, systemd, a closed terminal): the run ends as at Ctrl-C, the transaction in hand
+    rolled back and the workers stopped, instead of the process ending where it stood and leaving them."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_on_signals() -> list[Any]:
+    """Make SIGTERM and SIGHUP end the run through its cleanup (:class:`_Stopped`); the handlers they had."""
+    if threading.current_thread() is not threading.main_thread():
+        return []  # only the main thread may set handlers (a command run from a test's thread)
+    return [signal.signal(signum, _raise_stopped) for signum in _STOP_SIGNALS]
+
+
+def _restore_signals(previous: list[Any]) -> None:
+    for signum, handler in zip(_STOP_SIGNALS, previous, strict=False):  # none set from another thread
+        signal.signal(signum, handler)
+
+
+def _worker_start(learner: int) -> None:
+    """A tokenizing process's start (*learner*: its parent's pid): it ends with the learner (Linux's
+    PR_SET_PDEATHSIG, even when the learner is killed with SIGKILL), and leaves Ctrl-C to it (the terminal sends
+    SIGINT to the whole group: each worker printed a KeyboardInterrupt traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return  # not Linux: the pool's own checks stop the worker when it next asks for work
+    if os.getppid() != learner:  # the learner died while this process started (spawning takes a second)
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _clear(repository: LearnerStore, close: Callable[[], None], as_json: bool) -> int:

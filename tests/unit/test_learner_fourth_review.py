@@ -211,7 +211,7 @@ class InlineFuture:
 class InlineExecutor:
     """ProcessPoolExecutor's part that milterd learn uses, in this process: how many bytes of messages are in flight."""
 
-    def __init__(self, max_workers: int) -> None:
+    def __init__(self, max_workers: int, **_options: Any) -> None:
         self.in_flight = self.most = 0
         self.sizes: list[int] = []
         INLINE.append(self)
@@ -223,7 +223,7 @@ class InlineExecutor:
         self.most = max(self.most, self.in_flight)
         return InlineFuture(self, call(batch, *args), size)
 
-    def shutdown(self) -> None:
+    def shutdown(self, cancel_futures: bool = False) -> None:
         pass
 
 
