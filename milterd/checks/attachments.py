@@ -115,7 +115,7 @@ _LIMIT_NOTES = frozenset({NO_BOUNDARY_NOTE, SHARED_PARTS_NOTE, _BYTES_NOTE})
 _MACRO_EXTENSIONS = frozenset({"docm", "dotm", "xlsm", "xltm", "xlam", "pptm", "potm", "ppam", "ppsm", "sldm"})
 _OLE_MACRO_SCAN = 16 * 1024 * 1024
 #: Extensions of single-file compression, judged by the name beneath them.
-_COMPRESSION = frozenset({"gz", "bz2", "xz", "z", "lz", "lzma", "zst"})
+_COMPRESSION = frozenset({"gz", "bz2", "xz", "z", "lz", "lzma", "zst", "lz4"})
 #: The chunks an attached message is read in.
 _MESSAGE_CHUNK = 65536
 #: The bytes of zip directories one message's archives may parse, per member allowed (``archive_max_members``, at least

@@ -107,10 +107,16 @@ _OLE_DOCUMENTS = frozenset({"doc", "dot", "xls", "xlt", "xla", "ppt", "pot", "pp
 _IN_WORKER = frozenset({"zip", "tnef", "msg"})
 #: Extensions of archives that are opened even when their first bytes do not say so.
 _ARCHIVE_EXTENSIONS = {"zip": "zip", "rar": "rar", "7z": "7z", "tar": "tar", "cab": "cab"}
-#: Compressed streams (as sniff() names them) listed by libarchive: a tar in them, or the one file they hold.
-COMPRESSED_KINDS = frozenset({"gzip", "bzip2", "xz"})
+#: Compressed streams (as sniff() names them, and "lzma", which has no magic) listed by libarchive: a tar in them, or
+#: the one file they hold.  7-Zip opens every one of them, and Windows 11's Explorer (libarchive) the newer ones.
+COMPRESSED_KINDS = frozenset({"gzip", "bzip2", "xz", "zstd", "compress", "lzip", "lz4", "lzma"})
+#: Extensions of compressed files opened as such whatever their first bytes: raw LZMA (``.lzma``) has no magic.
+_COMPRESSED_EXTENSIONS = {"lzma": "lzma", "tlz": "lzma"}
 #: The extension of a compressed file → that of the file it holds (``a.exe.gz`` holds ``a.exe``, ``a.tgz`` ``a.tar``).
-_DECOMPRESSED_EXTENSIONS = {"gz": "", "z": "", "bz2": "", "bz": "", "xz": "", "tgz": ".tar", "tbz": ".tar", "tbz2": ".tar", "txz": ".tar"}
+_DECOMPRESSED_EXTENSIONS = {
+    "gz": "", "z": "", "bz2": "", "bz": "", "xz": "", "zst": "", "lz": "", "lzma": "", "lz4": "",
+    "tgz": ".tar", "tbz": ".tar", "tbz2": ".tar", "txz": ".tar", "tzst": ".tar", "tlz": ".tar",
+}
 _CHUNK = 65536
 #: What reading one zip member may raise (unsupported method, bad data or CRC, a password needed).
 _MEMBER_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, ValueError, zlib.error)
@@ -248,6 +254,8 @@ def archive_kind(name: str, head: bytes) -> str | None:
     if outlook_file([name], head):
         return "msg"
     exts = extensions(name)
+    if exts and exts[-1] in _COMPRESSED_EXTENSIONS and libarchive is not None:
+        return _COMPRESSED_EXTENSIONS[exts[-1]]
     # Also under other first bytes: unzip, 7-Zip and libarchive open an invoice.zip that starts
     # with a self-extractor's stub or a GIF header (they look for the archive, not at byte 0).
     return _ARCHIVE_EXTENSIONS.get(exts[-1]) if exts else None
@@ -391,13 +399,109 @@ def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
         # already in budget.members); the parts a limit leaves out are a note.
         if not document or budget.in_document:
             _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.errors if document else listing.limits)
-            return
-        outer = budget.members
-        budget.members, budget.in_document = budget.documents, True
+        else:
+            outer = budget.members
+            budget.members, budget.in_document = budget.documents, True
+            try:
+                _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.errors)
+            finally:
+                budget.documents, budget.members, budget.in_document = budget.members, outer, False
+        _hidden_members(path, archive, data, limits, budget, listing)
+
+
+#: The most bytes of a zip searched for members its central directory does not name (:func:`_hidden_members`).
+_HIDDEN_SEARCH = 64 * 1024 * 1024
+#: The most bytes of a hidden member's compressed data read for its first bytes.
+_HIDDEN_HEAD = 64 * 1024
+
+
+def _hidden_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], limits: Limits, budget: _Budget, listing: Listing) -> None:
+    """Judge the members of the zip *data* whose local header no entry of its central directory points at.
+
+    zipfile, unzip and Explorer list a zip from its central directory (the last one, of zips put end to end); 7-Zip
+    and WinRAR also from the local headers, and open a member the directory leaves out, or the first of two zips
+    concatenated ("zip concatenation", seen in malware campaigns): such an ``evil.exe`` was never judged.  Every
+    local header outside the members' own data and the central directory is read for its name and first bytes
+    (stored or deflated); an archive or a saved message so hidden is not opened, a limit.
+    """
+    end = data.seek(0, os.SEEK_END)
+    taken = sorted([(archive.start_dir, end), *(_member_extent(data, info) for info in archive.infolist())])  # the directory and after it: no member
+    referenced = {info.header_offset for info in archive.infolist()}
+    listed = {(entry.path, entry.head) for entry in listing.entries}  # a directory that lies about offsets: each once
+    at, searched, headers = 0, 0, max(limits.max_members, _ZIP_ENTRIES_MARGIN)
+    for start, stop in [*taken, (end, end)]:
+        while at < start and searched < _HIDDEN_SEARCH and headers > 0 and budget.members > 0:
+            data.seek(at)
+            block = data.read(min(start - at, 1 << 20) + 3)
+            searched += len(block)
+            found = block.find(_LOCAL_SIGNATURE)
+            if found < 0 or at + found >= start:
+                at += max(len(block) - 3, 1)
+                continue
+            at += found
+            if at not in referenced:
+                headers -= 1
+                _hidden_member(path, data, at, limits, budget, listing, listed)
+            at += 4
+        at = max(at, stop)
+    if searched >= _HIDDEN_SEARCH or headers <= 0:
+        listing.limits.append(f"{path}: past {_HIDDEN_SEARCH // 2**20} MB or {max(limits.max_members, _ZIP_ENTRIES_MARGIN)} headers"
+                              " searched for members its directory leaves out, the rest not looked at")
+
+
+def _member_extent(data: IO[bytes], info: zipfile.ZipInfo) -> tuple[int, int]:
+    """Where the member *info* of the zip *data* starts and ends: its local header (whose name and extra field may
+    be longer than its directory entry's), its data, and its data descriptor when it has one."""
+    start = info.header_offset
+    data.seek(max(start, 0))
+    header = data.read(_LOCAL_HEADER.size)
+    if start < 0 or len(header) < _LOCAL_HEADER.size or header[:4] != _LOCAL_SIGNATURE:
+        return start, start
+    fields = _LOCAL_HEADER.unpack(header)
+    stop = start + _LOCAL_HEADER.size + fields[10] + fields[11] + info.compress_size
+    if fields[3] & 0x8:  # a data descriptor: with or without its signature, sizes of 4 or (ZIP64) 8 bytes
+        data.seek(stop)
+        signed = data.read(4) == b"PK\x07\x08"
+        stop += (4 if signed else 0) + 4 + (16 if info.compress_size >= 0xFFFFFFFF or info.file_size >= 0xFFFFFFFF else 8)
+    return start, stop
+
+
+def _hidden_member(path: str, data: IO[bytes], offset: int, limits: Limits, budget: _Budget, listing: Listing,
+                   listed: set[tuple[str, bytes]]) -> None:
+    """Judge the member whose local header is at *offset* of *data* (:func:`_hidden_members`), unless *listed*
+    already holds its path and first bytes."""
+    data.seek(offset)
+    header = data.read(_LOCAL_HEADER.size)
+    if len(header) < _LOCAL_HEADER.size:
+        return
+    fields = _LOCAL_HEADER.unpack(header)
+    flags, method, compressed, name_length, extra_length = fields[3], fields[4], fields[8], fields[10], fields[11]
+    raw_name = data.read(name_length)
+    name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+    if not name or name.endswith("/"):
+        return
+    member = f"{path}/{name}"
+    data.seek(extra_length, os.SEEK_CUR)
+    if flags & 0x1:
+        if (member, b"") not in listed and _take_member(member, limits, budget, listing):
+            listing.entries.append(Entry(member, True, b""))
+            listing.encrypted.append(member)
+        return
+    # A size of 0 with a data descriptor (flag 3) is unknown: the head is read from what follows, as far as it goes.
+    body = data.read(min(compressed if compressed and not flags & 0x8 else _HIDDEN_HEAD, _HIDDEN_HEAD))
+    head = b""
+    if method == 0:
+        head = body[:HEAD_SIZE]
+    elif method == 8:
         try:
-            _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.errors)
-        finally:
-            budget.documents, budget.members, budget.in_document = budget.members, outer, False
+            head = zlib.decompressobj(-15).decompress(body, HEAD_SIZE)
+        except zlib.error:
+            head = b""
+    if (member, head) in listed or not _take_member(member, limits, budget, listing):
+        return
+    listing.entries.append(Entry(member, False, head))
+    if archive_kind(name, head) is not None or message_file([name]):
+        listing.limits.append(f"{member}: a member the zip's directory leaves out, not opened")
 
 
 def _office_parts(archive: zipfile.ZipFile) -> bool:

@@ -28,6 +28,10 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"\x1f\x8b", "gzip"),
     (0, b"BZh", "bzip2"),
     (0, b"\xfd7zXZ\x00", "xz"),
+    (0, b"\x28\xb5\x2f\xfd", "zstd"),
+    (0, b"\x1f\x9d", "compress"),  # compress(1): .Z
+    (0, b"LZIP", "lzip"),
+    (0, b"\x04\x22\x4d\x18", "lz4"),
     (0, b"MSCF", "cab"),
     (0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "ole"),
     (0, b"\x89PNG\r\n\x1a\n", "png"),

@@ -336,6 +336,37 @@ def test_a_7z_is_listed_in_a_child_process_and_rejected_naming_the_file(stack: S
     assert stack.milterd.workers() == workers
 
 
+def concatenated_zips() -> bytes:
+    """Two zips end to end, evil.exe in the first: zipfile, unzip and Explorer list the last, 7-Zip the first."""
+    return zipped({"evil.exe": PE}) + zipped({"readme.txt": b"hello"})
+
+
+def tar_compressed(filter_name: str) -> bytes:
+    import libarchive
+
+    buffer = io.BytesIO()
+    with libarchive.custom_writer(buffer.write, "ustar", filter_name=filter_name) as archive:
+        archive.add_file_from_memory("evil.exe", len(PE), PE)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("subject", "name", "data"), [
+    ("zips end to end", "docs.zip", concatenated_zips),
+    ("tar zstd", "docs.tar.zst", lambda: tar_compressed("zstd")),
+    ("tar lzma", "docs.tar.lzma", lambda: tar_compressed("lzma")),
+    ("tar compress", "docs.tar.Z", lambda: tar_compressed("compress")),
+])
+def test_an_exe_7zip_opens_in_a_zip_s_hidden_member_or_a_zstd_lzma_or_compress_tar_is_rejected(
+        stack: Stack, subject: str, name: str, data: Callable[[], bytes]) -> None:
+    # Each was delivered with no symbol at all: zipfile reads only the last of two zips (7-Zip shows the first),
+    # and tars compressed other than gzip, bzip2 or xz were never opened (7-Zip opens them all).
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(mail(subject, (name, data(), "application/octet-stream")))
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == f"5.7.1 Attachment rejected: {name}/evil.exe: banned extension .exe"
+    assert row_for(stack, subject)["details"]["ATTACH_BANNED"] == f"{name}/evil.exe: banned extension .exe"
+
+
 def _listings(data: bytes, name: str, kind: str, limits: Any) -> tuple[Any, Any]:
     from dataclasses import replace
 

@@ -210,7 +210,9 @@ def test_a_member_whose_header_lies_before_the_file_leaves_the_others_judged() -
     end = data.rfind(b"PK\x05\x06")
     struct.pack_into("<L", data, end + 16, struct.unpack_from("<L", data, end + 16)[0] + 1000)
     listing = list_archive("a.zip", io.BytesIO(bytes(data)), "zip", Limits())
-    assert [e.path for e in listing.entries] == ["a.zip/good.txt", "a.zip/evil.exe"]
+    assert {e.path for e in listing.entries} == {"a.zip/good.txt", "a.zip/evil.exe"}
+    # The directory's offsets lead nowhere: their local headers, read as hidden members, give their first bytes.
+    assert any(e.path == "a.zip/evil.exe" and e.head.startswith(b"MZ") for e in listing.entries)
 
 
 @pytest.mark.parametrize(
