@@ -352,6 +352,10 @@ class MilterdMilter(Milter.Base):
     def _guard(self, stage: str, func: Callable[..., int], *args: Any) -> int:
         if getattr(_undecodable, "raw", None) is not None:
             self._judge_dropped(stage)
+        if stage == "eoh" and self.envelope is not None:
+            # Postfix sends the queue id with RCPT's macros only once one exists (smtpd_delay_open), and over a unix
+            # socket DATA may be skipped: a message refused at a header or at end of headers is logged with it too.
+            self.envelope.queue_id = self._symval("i") or self.envelope.queue_id
         if stage in self._no_reply:
             return self._guard_no_reply(stage, func, *args)
         if self._carried is not None and stage != "abort":
