@@ -31,7 +31,7 @@ from ..clock import utcnow as utcnow
 from ..config import DatabaseSection
 from ..text import redact, redact_url, storable
 from . import schema
-from .engine import POOL_SIZE, make_engine, sqlite_file  # noqa: F401 - re-exported
+from .engine import FILE_ID, POOL_SIZE, file_id, make_engine, sqlite_file  # noqa: F401 - re-exported
 from .errors import StoreError as StoreError
 from .greylist import GreylistStore
 from .quarantine import insert_message
@@ -335,6 +335,7 @@ class Store:
         # Pooled connections the log row keeps checked out between rows (at most KEPT_LOG_CONNECTIONS):
         # a pool checkout and return per row cost as much as the INSERT's own Python.
         self._kept: list[PoolProxiedConnection] = []
+        self._file = sqlite_file(section.url) if self._log_insert is not None else None
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -477,6 +478,9 @@ class Store:
         parameters = statement.parameters_of(record)
         try:
             connection = self._kept.pop()  # list.pop and append are atomic: one thread has it at a time
+            if self._file is not None and connection.info.get(FILE_ID) != file_id(self._file):
+                connection.invalidate()  # the file removed or replaced: a new one is checked (the pool's checkout)
+                raise IndexError
         except IndexError:
             try:
                 connection = self.engine.raw_connection()

@@ -41,7 +41,7 @@ from typing import Any, Callable, TypeVar
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from .errors import StoreError
@@ -265,6 +265,17 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
                 file.parent.mkdir(parents=True, exist_ok=True)
                 _create_private(file)
 
+            @event.listens_for(engine, "connect")
+            def _note_file(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+                record.info[FILE_ID] = file_id(file)
+
+            @event.listens_for(engine, "checkout")
+            def _same_file(_dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+                if record.info.get(FILE_ID) != file_id(file):
+                    # Removed or replaced under a running milterd (rm milterd.sqlite*): a connection to the old file
+                    # would write rows, quarantined messages too, where nothing will ever read them.
+                    raise DisconnectionError(f"the SQLite file {file} was removed or replaced since this connection opened it")
+
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
@@ -294,6 +305,19 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
         return run_on_python_thread(connect)
 
     return engine
+
+
+#: The key of a SQLite connection's ``info`` under which the identity of the file it opened is kept (:func:`file_id`).
+FILE_ID = "milterd_sqlite_file"
+
+
+def file_id(file: Path) -> tuple[int, int] | None:
+    """The identity (device, inode) of the SQLite *file*; None when it is not there."""
+    try:
+        found = os.stat(file)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def server_connection_limits(engine: Engine) -> tuple[int, int] | None:

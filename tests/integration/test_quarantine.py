@@ -9,6 +9,7 @@ in master.cf, without milters, as the README has it), which relays to the sink.
 from __future__ import annotations
 
 import json
+import smtplib
 import sqlite3
 import subprocess
 import sys
@@ -212,6 +213,19 @@ def test_store_unavailable_gives_451_and_loses_nothing(stack: Stack) -> None:
     assert arrived(stack, tag) == []
     assert stack.send(original) == {}  # the client's retry is quarantined
     assert len([r for r in listed(stack) if tag in r["subject"]]) == 1
+
+
+def test_store_file_removed_under_milterd_gives_451(make_stack: Any) -> None:
+    # rm milterd.sqlite* with milterd running: its pooled connections wrote to the removed file, and quarantined
+    # mail was answered DISCARD (250 to the sender) into a file nothing would ever read.
+    own = make_stack({**NO_CHECKS, "database": {"busy_timeout": 1}}, RULES)
+    quarantine_one(own)  # the workers' connections are open
+    for path in own.milterd.root.glob("milterd.sqlite*"):
+        path.unlink()
+    tag = uuid.uuid4().hex
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        own.send(message(subject=f"QUARANTINE-ME {tag}"))
+    assert refused.value.smtp_code == 451
 
 
 def test_purge_removes_only_older(stack: Stack) -> None:
