@@ -617,14 +617,23 @@ class Quarantine:
 
     @staticmethod
     def _failed(row_id: int, method: str, recipients: list[str], progress: reinject.Progress, why: str) -> ReleaseReport:
-        """The report of a release that failed for *why*: nothing went out (*recipients* refused), unless
-        the final dot had been sent (the recipients the server accepted: outcome unknown)."""
-        if not progress.data_sent:
+        """The report of a release that failed for *why*: the recipients of the transactions the server took
+        delivered, those of the one whose final dot was sent unanswered of unknown outcome, the others (*recipients*,
+        those refused, those left for a later transaction) refused: nothing went out to them."""
+        unknown = {r: f"no reply after the message was sent ({why})" for r in progress.in_flight} if progress.data_sent else {}
+        delivered = dict(progress.delivered)
+        if not delivered and not unknown:
             return ReleaseReport(row_id, method=method, error=why, refused={r: why for r in recipients})
+        # A recipient refused with 452 was left for a later transaction, which the failure ended: not sent, for *why*.
+        refused = {r: (why if reply.startswith("452") else reply) for r, reply in progress.refused.items()}
+        refused.update({r: why for r in recipients if r not in refused})
+        refused = {r: reply for r, reply in refused.items() if r not in delivered and r not in unknown}
+        if not unknown:
+            error = f"the connection failed after {len(delivered)} recipient(s) got the message, before the others did ({why})"
+            return ReleaseReport(row_id, method=method, delivered=delivered, refused=refused, error=error)
         lost = "interrupted after the message was sent" if why == "interrupted" else f"the connection was lost after the message was sent ({why})"
         return ReleaseReport(
-            row_id, method=method, refused=dict(progress.refused),
-            unknown={r: f"no reply after the message was sent ({why})" for r in progress.accepted},
+            row_id, method=method, delivered=delivered, refused=refused, unknown=unknown,
             error=(
                 f"outcome unknown: {lost}; check the server's log (queue id not known) before releasing again: "
                 f"the message stays claimed, only release --force sends it again"

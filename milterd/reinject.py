@@ -175,18 +175,22 @@ def data_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 class Progress:
     """How far :func:`send` got, for a caller whose send raised.
 
-    ``data_sent`` turns true once the final dot was handed to the socket: an
-    error after that (the connection lost, a timeout, an interrupt while
-    waiting for the server's reply) leaves the outcome unknown, since the
-    server may have queued the message for the recipients in ``accepted``.
-    Before it, the server kept nothing.  Over several transactions (see
-    :func:`send`) ``accepted`` holds the recipients accepted in any of them, and
-    ``refused`` those refused so far (a 452 until a later transaction accepts them).
+    ``data_sent`` turns true once the current transaction's final dot was handed
+    to the socket: an error after that (the connection lost, a timeout, an
+    interrupt while waiting for the server's reply) leaves the outcome unknown
+    for its recipients (``in_flight``), since the server may have queued the
+    message for them.  Before it, the server kept nothing of that transaction.
+    Over several transactions (see :func:`send`) ``delivered`` holds the
+    recipients of those the server took (its reply to the final dot),
+    ``accepted`` the recipients accepted at RCPT in any of them, and ``refused``
+    those refused so far (a 452 until a later transaction accepts them).
     """
 
     accepted: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
     data_sent: bool = False
+    delivered: dict[str, str] = field(default_factory=dict)
+    in_flight: list[str] = field(default_factory=list)
 
 
 def send(
@@ -215,7 +219,7 @@ def send(
     final dot, so the server keeps nothing, and the error is raised.
     """
     progress = progress if progress is not None else Progress()
-    delivered: dict[str, str] = {}
+    delivered = progress.delivered
     refused = progress.refused
     spool: IO[bytes] | None = None
     context = tls_context(target) if _tls_required(target) else None  # a CA file that cannot be used fails before connecting
@@ -234,6 +238,7 @@ def send(
             options.append(f"SIZE={size}")
         pending, pieces = recipients, message
         while pending:
+            progress.data_sent, progress.in_flight = False, []
             code, reply = client.mail(sender, options)
             if code != 250:
                 client.rset()
@@ -250,6 +255,7 @@ def send(
             code, reply = _data(client, pieces, progress)
             for recipient in accepted:
                 (delivered if code == 250 else refused)[recipient] = _reply(code, reply)
+            progress.data_sent, progress.in_flight = False, []  # answered: its outcome is known
             if code != 250:
                 refused.update({r: _reply(code, reply) for r in deferred})
                 break
@@ -277,6 +283,7 @@ def _recipients(client: smtplib.SMTP, recipients: list[str], progress: Progress)
         if code in (250, 251):
             accepted.append(recipient)
             progress.accepted.append(recipient)
+            progress.in_flight.append(recipient)
             progress.refused.pop(recipient, None)
         else:
             progress.refused[recipient] = _reply(code, reply)

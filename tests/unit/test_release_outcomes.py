@@ -210,6 +210,7 @@ def test_an_interrupt_after_the_final_dot_keeps_the_claim(quarantine: Quarantine
     def interrupted_after_dot(target: Any, sender: str, recipients: list[str], message: Any, helo: str, **kwargs: Any) -> tuple[dict[str, str], dict[str, str]]:
         progress = kwargs["progress"]
         progress.accepted.extend(recipients)
+        progress.in_flight.extend(recipients)  # the transaction whose final dot was sent
         progress.data_sent = True
         raise KeyboardInterrupt
 
