@@ -419,6 +419,16 @@ class DkimSigner(Check):
             return _with_hit(verdict, "DKIM_SIGN_ERROR", f"{domain}: {type(exc).__name__}: {exc}"[:200])
         for value in reversed(signatures):
             envelope.edits.append(HeaderEdit("insert", "DKIM-Signature", value, 0))
+        if verdict.action == Action.QUARANTINE and self.services.config.quarantine.mode == "discard":
+            # Postfix drops the message with the signature; a release sends the copy as stored, Subject untagged:
+            # it is stored with signatures of its own, over it as stored.
+            try:
+                stored = signatures if not subject_edits else dkimsign.sign(envelope.header_bytes, envelope.spool.chunks(), keys, options.headers)
+            except SpoolError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - stored unsigned; the log says why
+                return _with_hit(verdict, "DKIM_SIGN_ERROR", f"{domain}: the quarantined copy: {type(exc).__name__}: {exc}"[:200])
+            envelope.stored_fields.extend(b"DKIM-Signature: " + value.replace("\n", "\r\n").encode("ascii") for value in stored)
         return _with_hit(verdict, "DKIM_SIGNED", ", ".join(f"d={k.domain} s={k.selector}" for k in keys))
 
 

@@ -267,6 +267,10 @@ class Envelope(CheckStates):
     #: whitespace and folding), when the adapter got it verbatim; used to
     #: store a quarantined message byte for byte.
     raw_headers: list[bytes] = field(default_factory=list)
+    #: Header fields (each "Name: value" with its folds, no final CRLF) a quarantined copy is stored with before its
+    #: own: what the milter adds that must go out with a release too (the DKIM signature of an authenticated
+    #: sender's mail, made over the copy as stored).
+    stored_fields: list[bytes] = field(default_factory=list)
     #: The refusal or tempfail given before end of message (logged by ``Pipeline.finish``).
     decision: Decision | None = None
     #: The hit that forced ``decision`` (``milterd check`` names it).
@@ -335,6 +339,12 @@ class Envelope(CheckStates):
         """The whole message as received (headers, blank line, body), in chunks."""
         yield self.header_bytes
         yield from self.spool.chunks(size)
+
+    def stored_chunks(self, size: int = 65536) -> Iterator[bytes]:
+        """The message as a quarantine stores it: :attr:`stored_fields`, then :meth:`message_chunks`."""
+        if self.stored_fields:
+            yield b"".join(field_ + b"\r\n" for field_ in self.stored_fields)
+        yield from self.message_chunks(size)
 
     def message_bytes(self) -> bytes:
         """The whole message in memory; for bounded uses such as quarantine and rule checks."""

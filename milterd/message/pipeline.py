@@ -559,7 +559,7 @@ class Pipeline:
                 "release_count": 0,
                 "learned_ham": False,
             },
-            chunks=envelope.message_chunks,
+            chunks=envelope.stored_chunks,
         )
 
     def _is_trusted(self, session: Session) -> bool:
