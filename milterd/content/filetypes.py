@@ -8,7 +8,7 @@ enough for every signature here): the attachment policy uses them to find a
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Iterable
+from typing import Callable, Iterable
 
 #: How many leading bytes :func:`sniff` needs.
 HEAD_SIZE = 512
@@ -106,8 +106,19 @@ def sniff(head: bytes) -> str | None:
     """The kind of a file whose first bytes are *head* (``"pe"``, ``"pdf"``, ``"zip"``, …), or None."""
     for offset, signature, kind in _SIGNATURES:
         if head[offset:offset + len(signature)] == signature:
-            return kind
+            valid = _VALID.get(kind)
+            return kind if valid is None or valid(head) else None
     return None
+
+
+#: What a compressed stream's header holds past its short magic, which ordinary text or data may start with
+#: (a note beginning "LZIP", "BZh", a table of numbers): such a file was read as an archive, unreadable, quarantined.
+_VALID: dict[str, Callable[[bytes], bool]] = {
+    "bzip2": lambda head: head[3:4] in b"123456789" and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"),  # a block, or the end
+    "lzip": lambda head: head[4:5] == b"\x01",  # version 1
+    "compress": lambda head: len(head) > 2 and not head[2] & 0x60 and 9 <= head[2] & 0x1F <= 16,  # flags: bits 9 to 16
+    "lz4": lambda head: len(head) > 4 and head[4] >> 6 == 1,  # the frame descriptor's version 01
+}
 
 
 #: The types of a part that holds a message (RFC 6532's message/global is RFC 822's with UTF-8 headers;
