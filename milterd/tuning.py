@@ -276,7 +276,7 @@ def logged_greylist(row: Mapping[str, Any]) -> GreylistStatus | None:
     """The greylist store's answer recorded in *row*, as :func:`decide` takes it.
 
     A message that passed greylisting (GREYLIST_PASSED: the retry after the
-    delay) or whose greylist store did not answer (GREYLIST_ERROR) was not
+    delay), was exempt from it (GREYLIST_EXEMPT) or whose greylist store did not answer (GREYLIST_ERROR) was not
     deferred: a score at the greylist threshold gets the action below it, as
     the milter gave.  Otherwise None (a score that greylists defers).  A row that
     GREYLIST_ERROR tempfailed (``[greylist] on_error = "tempfail"``) is not
@@ -287,6 +287,8 @@ def logged_greylist(row: Mapping[str, Any]) -> GreylistStatus | None:
         return GreylistStatus(needed=False, error=str((row.get("details") or {}).get("GREYLIST_ERROR") or "greylist store unavailable"))
     if "GREYLIST_PASSED" in symbols:
         return GreylistStatus(needed=False)
+    if "GREYLIST_EXEMPT" in symbols:
+        return GreylistStatus(needed=False, exempt=True)
     return None
 
 

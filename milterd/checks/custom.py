@@ -18,7 +18,7 @@ so patterns are written in that form.  Rules are compiled
 once when the rules are loaded: a broken regular expression, a malformed meta
 expression, a meta naming a symbol no check or rule emits, a meta naming a
 symbol that is only known after the verdict (DKIM_SIGNED, DKIM_SIGN_ERROR,
-ARC_SEALED, ARC_SEAL_ERROR; GREYLIST, GREYLIST_PASSED and GREYLIST_ERROR
+ARC_SEALED, ARC_SEAL_ERROR; GREYLIST, GREYLIST_PASSED, GREYLIST_EXEMPT and GREYLIST_ERROR
 with ``[greylist] mode = "score"``, where the policy adds them), or metas
 that refer to each other in a circle are refused then, with the file and
 the rule's name.

@@ -120,6 +120,7 @@ class Greylist(Check):
     symbols: ClassVar[tuple[Symbol, ...]] = (
         Symbol("GREYLIST", 0.0, "The triplet is new or retried too early: deferred with 451 4.7.1 (at RCPT, or the whole message at DATA with defer_at = data)"),
         Symbol("GREYLIST_PASSED", 0.0, "The triplet was retried after the greylisting delay and passed"),
+        Symbol("GREYLIST_EXEMPT", 0.0, "Score mode: the score greylists, but every recipient is exempt (a whitelist, an auto-whitelisted or DNSWL-listed client)"),
         Symbol("GREYLIST_DEFERRED", 0.0, "Some recipients of this message were greylisted (the others were accepted; with defer_at = data the whole message waited)"),
         Symbol("GREYLIST_ERROR", 0.0, "The greylist store did not answer; the recipient was not greylisted ([greylist] on_error = tempfail answers 451 4.3.0)"),
     )

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # annotations only: checks.dkim's signer imports this module,
 AFTER_VERDICT_SYMBOLS = ("DKIM_SIGNED", "DKIM_SIGN_ERROR", "ARC_SEALED", "ARC_SEAL_ERROR")
 #: Symbols :func:`decide` adds with a fixed score of 0 when the ``[actions] greylist`` threshold
 #: greylists (``[greylist] mode = "score"``).  In triplet mode the greylist check emits them as hits.
-SCORE_GREYLIST_SYMBOLS = ("GREYLIST", "GREYLIST_PASSED", "GREYLIST_ERROR")
+SCORE_GREYLIST_SYMBOLS = ("GREYLIST", "GREYLIST_PASSED", "GREYLIST_EXEMPT", "GREYLIST_ERROR")
 
 #: Threshold actions, most severe first.
 THRESHOLD_ACTIONS = (
@@ -125,7 +125,7 @@ class GreylistStatus:
     error: str = ""
     reply: Reply | None = None
     #: No triplet was judged (every recipient exempt: a whitelist, an auto-whitelisted or DNSWL-listed client):
-    #: nothing passed, and the log says no GREYLIST_PASSED.
+    #: nothing passed, and the log says GREYLIST_EXEMPT, not GREYLIST_PASSED.
     exempt: bool = False
 
 
@@ -152,7 +152,7 @@ def decide(
     wait), or is answered ``greylist.reply`` with GREYLIST_ERROR when the store
     did not answer and greylisting fails closed; otherwise the threshold action
     below greylist applies, with GREYLIST_PASSED (or GREYLIST_ERROR when the
-    store did not answer; neither where every recipient is exempt, ``greylist.exempt``).
+    store did not answer; GREYLIST_EXEMPT where every recipient is exempt, ``greylist.exempt``).
     """
     hits = list(hits)
     verdict = _decide(hits, weight, actions, scored)
@@ -176,9 +176,12 @@ def decide(
             details={**verdict.details, "GREYLIST": greylist.detail},
         )
     below = _decide(hits, weight, actions.model_copy(update={"greylist": False}), scored)
-    if greylist.exempt:
-        return below
-    symbol, detail = ("GREYLIST_ERROR", greylist.error) if greylist.error else ("GREYLIST_PASSED", f"score {verdict.score:g}, retried after the greylisting delay")
+    if greylist.error:
+        symbol, detail = "GREYLIST_ERROR", greylist.error
+    elif greylist.exempt:
+        symbol, detail = "GREYLIST_EXEMPT", f"score {verdict.score:g}, every recipient exempt from greylisting"
+    else:
+        symbol, detail = "GREYLIST_PASSED", f"score {verdict.score:g}, retried after the greylisting delay"
     return replace(below, symbols={**below.symbols, symbol: 0.0}, details={**below.details, symbol: detail})
 
 

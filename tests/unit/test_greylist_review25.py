@@ -1,5 +1,6 @@
 """Greylisting, a review of the twenty-fifth session: BATV inside SRS, IPv4-mapped whitelist networks, triplets
-bounded in bytes, recipients refused at RCPT never recorded, and no GREYLIST_PASSED where nothing was greylisted."""
+bounded in bytes, recipients refused at RCPT never recorded, and GREYLIST_EXEMPT, not GREYLIST_PASSED, where nothing was
+greylisted."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from milterd.message.pipeline import Pipeline
 from milterd.message.policy import decide
 from milterd.services import Services, build
 from milterd.store import schema
+from milterd.tuning import logged_greylist
 from tests.conftest import NO_CHECKS, with_sections
 from tests.harness.milterd import write_config
 
@@ -121,6 +123,9 @@ def test_score_mode_logs_no_pass_where_every_recipient_is_exempt(tmp_path: Path)
         assert status is not None and status.exempt and not status.needed
         verdict = decide([Hit("X", score=7.0)], services.weight, services.config.actions, greylist=status)
         assert "GREYLIST_PASSED" not in verdict.symbols and "GREYLIST" not in verdict.symbols
+        assert verdict.details["GREYLIST_EXEMPT"] == "score 7, every recipient exempt from greylisting"
+        # rules whatif re-derives the row as the milter decided it (it read a greylisted message without a pass).
+        assert logged_greylist({"symbols": verdict.symbols, "details": verdict.details}) == status
         envelope = Envelope(spool=Spool(1024), sender="alice@example.org", recipients=["carol@example.com"])
         first = check.on_score_greylist(session, envelope)
         assert first is not None and first.needed and not first.exempt
