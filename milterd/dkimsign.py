@@ -108,7 +108,7 @@ def load_keys(section: "DkimSigningSection", config_path: Path | None) -> list[S
         domain = domain_name(entry.domain)
         if not domain or not domain.isascii():
             raise ConfigError(where, f"[dkim_signing] keys[{index}].domain", f"{entry.domain!r} is not a domain name")
-        if not LABELS.match(entry.selector):
+        if not LABELS.fullmatch(entry.selector):
             raise ConfigError(where, f"[dkim_signing] keys[{index}].selector",
                               f"{entry.selector!r} is not a selector (labels of letters, digits, '-' and '_', dot-separated)")
         keys.append(SigningKey(domain, entry.selector, algorithm, private))

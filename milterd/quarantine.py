@@ -510,12 +510,12 @@ class Quarantine:
             else:
                 report = self._smtp(row, list(plan.recipients), who, now, progress)
         except Exception as exc:  # noqa: BLE001 - whatever happened, record it (the claim is given back unless the message may have gone out)
-            report = self._failed(row_id, plan.method, [], progress, f"{exc.__class__.__name__}: {exc}")
+            report = self._failed(row_id, plan.method, list(plan.recipients), progress, f"{exc.__class__.__name__}: {exc}")
         except BaseException:
             # Ctrl-C (or a SystemExit) while sending. Before the final dot nothing went out: the
             # claim is given back, else the message would read as released for good. After it, the
             # server may have queued it: the claim stays, the outcome recorded as unknown.
-            interrupted = self._failed(row_id, plan.method, [], progress, "interrupted")
+            interrupted = self._failed(row_id, plan.method, list(plan.recipients), progress, "interrupted")
             with contextlib.suppress(StoreError):
                 self._record(row, interrupted, who, now, previous)
             raise
@@ -626,7 +626,7 @@ class Quarantine:
             return ReleaseReport(row_id, method=method, error=why, refused={r: why for r in recipients})
         # A recipient refused with 452 was left for a later transaction, which the failure ended: not sent, for *why*.
         refused = {r: (why if reply.startswith("452") else reply) for r, reply in progress.refused.items()}
-        refused.update({r: why for r in recipients if r not in refused})
+        refused.update({r: why for r in [*recipients, *progress.in_flight] if r not in refused})  # in_flight: its dot unsent
         refused = {r: reply for r, reply in refused.items() if r not in delivered and r not in unknown}
         if not unknown:
             error = f"the connection failed after {len(delivered)} recipient(s) got the message, before the others did ({why})"

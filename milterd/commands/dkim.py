@@ -28,7 +28,7 @@ def run_keygen(args: argparse.Namespace) -> int:
     """Write the key, print where and the record; exit status 2 on bad arguments or an existing file."""
     domain, selector = args.domain.lower().rstrip("."), args.selector
     for what, value in (("domain", domain), ("selector", selector)):
-        if not LABELS.match(value):
+        if not LABELS.fullmatch(value):
             print(f"milterd: dkim keygen: {value!r} is not a valid {what}", file=sys.stderr)
             return 2
     if args.type == "rsa" and not MIN_RSA_BITS <= args.bits <= 8192:

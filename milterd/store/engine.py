@@ -262,8 +262,11 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
                 refuse_unsafe_store(file)
                 # Made when a connection is first opened, not with the engine: a command that only
                 # asks whether the database exists must not leave an empty one behind.
-                file.parent.mkdir(parents=True, exist_ok=True)
-                _create_private(file)
+                try:
+                    file.parent.mkdir(parents=True, exist_ok=True)
+                    _create_private(file)
+                except OSError as exc:  # a store removed from a directory the service account cannot write, say
+                    raise StoreError(f"cannot create the SQLite store {file}: {exc.strerror or exc}") from exc
 
             @event.listens_for(engine, "connect")
             def _note_file(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:

@@ -71,7 +71,7 @@ def test_an_rsa_key_receivers_cannot_verify_is_refused_at_start(tmp_path: Path, 
     assert "[dkim_signing] keys[0].key_file" in str(info.value) and reason in str(info.value)
 
 
-@pytest.mark.parametrize("selector", ["", "s1.", "s 1", "s1;x", "s\u00e9lect", "-s1"])
+@pytest.mark.parametrize("selector", ["", "s1.", "s 1", "s1;x", "s\u00e9lect", "-s1", "sel\n"])
 def test_a_selector_dns_cannot_hold_is_refused_at_start(tmp_path: Path, selector: str) -> None:
     # Each started cleanly: then every message went out unsigned (DKIM_SIGN_ERROR) or with an s= no lookup reaches.
     (tmp_path / "k.key").write_bytes(_pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)))

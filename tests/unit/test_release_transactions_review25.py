@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from milterd import quarantine as release_module
 from milterd.cli import main
 from milterd.quarantine import Quarantine
 from milterd.store import MessageRecord, utcnow
@@ -101,3 +102,27 @@ def test_the_command_line_names_the_delivered_and_the_retry_for_the_others(
     handler.transactions, handler.drop_at = 0, 0
     assert main(retry.split()[1:]) == 0  # the command as printed, without "milterd"
     assert handler.queued[1:] == [["u2@example.com", "u3@example.com"], ["u4@example.com"]]
+
+
+def test_an_interrupt_in_a_later_transaction_leaves_no_recipient_recorded_nowhere(
+        tmp_path: Path, server: tuple[int, TwoPerTransaction], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C during transaction 2's RCPTs: the recipient it had accepted was neither delivered, refused nor unknown,
+    # and a retry built from the record left it out.
+    port, _ = server
+    conf = qh.quarantine_config(tmp_path / "milter.conf", f"sqlite:///{tmp_path / 'q.sqlite'}", release_smtp=f"127.0.0.1:{port}")
+    quarantine = qh.open_quarantine(conf)
+    row_id = quarantined(quarantine)
+
+    def interrupted(*_args: Any, progress: Any, **_kwargs: Any) -> None:
+        progress.delivered.update({"u0@example.com": "250 2.0.0 Ok: queued as Q1", "u1@example.com": "250 2.0.0 Ok: queued as Q1"})
+        progress.accepted.extend(["u0@example.com", "u1@example.com", "u2@example.com"])
+        progress.in_flight.append("u2@example.com")  # accepted in transaction 2, its dot not sent
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(release_module.reinject, "send", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        quarantine.release(row_id, who="admin@mx.test")
+    attempt = quarantine.get(row_id)["release_result"][-1]
+    assert set(attempt["delivered"]) == {"u0@example.com", "u1@example.com"} and not attempt["unknown"]
+    assert set(attempt["refused"]) == {"u2@example.com", "u3@example.com", "u4@example.com"}
+    quarantine.store.close()

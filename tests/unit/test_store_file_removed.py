@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 from milterd.config import DatabaseSection
-from milterd.store import MessageRecord, Store, utcnow
+from milterd.store import MessageRecord, Store, engine, utcnow
 from milterd.store.errors import StoreError
 from milterd.store.quarantine import QuarantineWrite
 
@@ -62,3 +62,16 @@ def test_a_file_put_in_the_removed_one_s_place_is_written_to(store: Store, tmp_p
     store.log_message(record("accept", "Q3"))
     store.log_message(record("quarantine", "Q4"), quarantined("Q4"))
     assert [row["queue_id"] for row in store.messages(limit=10)] == ["Q4", "Q3"]
+
+
+def test_a_file_that_cannot_be_made_again_is_a_store_error(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Removed from a directory the service account cannot write (root made the store's files there): making it
+    # again raised PermissionError through the pipeline (an internal error, not [database] on_error's answer).
+    def refused(path: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(engine, "_create_private", refused)
+    _remove(tmp_path / "db")
+    for quarantine in (False, True):
+        with pytest.raises(StoreError, match="cannot create the SQLite store .*: Permission denied"):
+            store.log_message(record("quarantine" if quarantine else "accept", "Q5"), quarantined("Q5") if quarantine else None)
