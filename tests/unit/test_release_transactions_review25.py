@@ -69,12 +69,19 @@ def quarantined(quarantine: Quarantine) -> int:
     return int(quarantine.rows(limit=1)[0]["id"])
 
 
-def test_a_connection_lost_in_a_later_transaction_keeps_the_earlier_deliveries(
-        tmp_path: Path, server: tuple[int, TwoPerTransaction], capsys: pytest.CaptureFixture[str]) -> None:
-    port, handler = server
-    conf = qh.quarantine_config(tmp_path / "milter.conf", f"sqlite:///{tmp_path / 'q.sqlite'}", release_smtp=f"127.0.0.1:{port}")
+@pytest.fixture
+def release(tmp_path: Path, server: tuple[int, TwoPerTransaction]) -> Iterator[tuple[Path, Quarantine, int]]:
+    """The configuration releasing to the server, its quarantine, and the id of a message quarantined for RECIPIENTS."""
+    conf = qh.quarantine_config(tmp_path / "milter.conf", f"sqlite:///{tmp_path / 'q.sqlite'}", release_smtp=f"127.0.0.1:{server[0]}")
     quarantine = qh.open_quarantine(conf)
-    row_id = quarantined(quarantine)
+    yield conf, quarantine, quarantined(quarantine)
+    quarantine.store.close()
+
+
+def test_a_connection_lost_in_a_later_transaction_keeps_the_earlier_deliveries(
+        release: tuple[Path, Quarantine, int], server: tuple[int, TwoPerTransaction]) -> None:
+    _, quarantine, row_id = release
+    handler = server[1]
     report = quarantine.release(row_id, who="admin@mx.test")
     assert handler.queued == [["u0@example.com", "u1@example.com"]]
     assert report.delivered == {"u0@example.com": "250 2.0.0 Ok: queued as Q1", "u1@example.com": "250 2.0.0 Ok: queued as Q1"}
@@ -82,16 +89,12 @@ def test_a_connection_lost_in_a_later_transaction_keeps_the_earlier_deliveries(
     assert all("452" not in reply for reply in report.refused.values())  # left for a transaction that never came
     row = quarantine.get(row_id)
     assert row["release_count"] == 1 and row["released_at"] is not None
-    quarantine.store.close()
 
 
 def test_the_command_line_names_the_delivered_and_the_retry_for_the_others(
-        tmp_path: Path, server: tuple[int, TwoPerTransaction], capsys: pytest.CaptureFixture[str]) -> None:
-    port, handler = server
-    conf = qh.quarantine_config(tmp_path / "milter.conf", f"sqlite:///{tmp_path / 'q.sqlite'}", release_smtp=f"127.0.0.1:{port}")
-    quarantine = qh.open_quarantine(conf)
-    row_id = quarantined(quarantine)
-    quarantine.store.close()
+        release: tuple[Path, Quarantine, int], server: tuple[int, TwoPerTransaction], capsys: pytest.CaptureFixture[str]) -> None:
+    conf, _, row_id = release
+    handler = server[1]
     capsys.readouterr()
     assert main(["-c", str(conf), "quarantine", "release", str(row_id)]) == 1
     out, err = capsys.readouterr()
@@ -105,13 +108,10 @@ def test_the_command_line_names_the_delivered_and_the_retry_for_the_others(
 
 
 def test_an_interrupt_in_a_later_transaction_leaves_no_recipient_recorded_nowhere(
-        tmp_path: Path, server: tuple[int, TwoPerTransaction], monkeypatch: pytest.MonkeyPatch) -> None:
+        release: tuple[Path, Quarantine, int], monkeypatch: pytest.MonkeyPatch) -> None:
     # Ctrl-C during transaction 2's RCPTs: the recipient it had accepted was neither delivered, refused nor unknown,
     # and a retry built from the record left it out.
-    port, _ = server
-    conf = qh.quarantine_config(tmp_path / "milter.conf", f"sqlite:///{tmp_path / 'q.sqlite'}", release_smtp=f"127.0.0.1:{port}")
-    quarantine = qh.open_quarantine(conf)
-    row_id = quarantined(quarantine)
+    _, quarantine, row_id = release
 
     def interrupted(*_args: Any, progress: Any, **_kwargs: Any) -> None:
         progress.delivered.update({"u0@example.com": "250 2.0.0 Ok: queued as Q1", "u1@example.com": "250 2.0.0 Ok: queued as Q1"})
@@ -125,4 +125,3 @@ def test_an_interrupt_in_a_later_transaction_leaves_no_recipient_recorded_nowher
     attempt = quarantine.get(row_id)["release_result"][-1]
     assert set(attempt["delivered"]) == {"u0@example.com", "u1@example.com"} and not attempt["unknown"]
     assert set(attempt["refused"]) == {"u2@example.com", "u3@example.com", "u4@example.com"}
-    quarantine.store.close()
