@@ -112,6 +112,28 @@ def cache_key(name: str, rdtype: str) -> tuple[str, str]:
     return comparable_name(name), rdtype.upper()
 
 
+def literal_name(name: str) -> str:
+    """*name* as dnspython's text form must write it to mean the name itself: a backslash escaped.
+
+    Names come from mail (pyspf's expansion of a sender's local part, a signature's ``s=``), never in DNS's
+    text form: ``"ceo\\1"@victim.example`` expanded by ``exists:%{l}._spf.%{d}`` was parsed as an escape
+    (BadEscape: a temporary error, and SPF's fail became SPF_TEMPERROR, DMARC's reject DMARC_TEMPFAIL).
+    """
+    return name.replace("\\", "\\\\") if "\\" in name else name
+
+
+def parses(name: str) -> bool:
+    """Whether dnspython takes *name* (in :func:`literal_name`'s form) as a DNS name: one it refuses (a label over
+    63 octets, a name over 255, an empty label) does not exist, and is answered so, not as a DNS error."""
+    if len(name) <= 63 and "\\" not in name and ".." not in name and not name.startswith("."):
+        return True  # shorter than a label may be, no escape, no empty label: nothing to refuse
+    try:
+        dns.name.from_text(name)
+    except dns.exception.DNSException:
+        return False
+    return True
+
+
 def comparable_name(name: str) -> str:
     """The form two domain names are compared in: :func:`domain_name`, or where IDNA refuses the name,
     the name case folded without its trailing dot (it then equals only itself however it is cased)."""
@@ -502,6 +524,10 @@ class Resolver:
         # A name still not ASCII is one IDNA refuses (cache_key): no DNS name, so no such domain.  Never
         # handed to dnspython, whose IDNA2003 would ask about another name ("…ß" over 63 octets as "…ss").
         answers: list[Answer | None] = [None if name.isascii() else Answer(name, rdtype, "nxdomain") for name, rdtype in keys]
+        keys = [(literal_name(name), rdtype) for name, rdtype in keys]
+        for i, (name, rdtype) in enumerate(keys):
+            if answers[i] is None and not parses(name):
+                answers[i] = Answer(name, rdtype, "nxdomain")
         if self._servers:
             self._ask_udp(keys, deadline, answers)
         for i, answer in enumerate(answers):

@@ -64,7 +64,8 @@ def helo_shape(helo: str) -> HeloShape:
         pass
     name = helo.rstrip(".")
     labels = name.split(".")
-    if len(labels) < 2 or not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():
+    # Over 253 characters no DNS name (RFC 1035): padded with labels, one scored HELO_TEMPFAIL 0 (a lookup error).
+    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():
         return HeloShape("not_fqdn")
     return HeloShape("fqdn")
 

@@ -36,6 +36,9 @@ LOCAL_DATA = [
     "xn--strae-oqa.test. MX 10 mx.example.org.",
     'strasse.test. TXT "v=spf1 ip4:203.0.113.0/24 -all"',
     "strasse.test. MX 10 mx.example.org.",
+    # A sender-dependent record, as pyspf expands it from the local part: a backslash there is a literal one.
+    'macro.test. TXT "v=spf1 exists:%{l}._spf.%{d} -all"',
+    "macro.test. MX 10 mx.example.org.",
 ]
 LISTS = {
     "bl.test": ("ip4set", ":127.0.0.2:Listed for spam, see http://bl.test/$\n192.0.2.66\n192.0.2.67 :127.0.0.4:Low-weight listing\n"),
@@ -253,3 +256,16 @@ def test_a_recipient_refused_for_spf_is_not_greylisted_nor_counted(make_stack: C
     assert json.loads(stack.milterd.cli("greylist", "list", "--json", "--limit", "0").stdout) == []
     later = attempt(stack, client("192.0.2.78"), ["carol@example.com"], sender="someone@pass.test")
     assert greylisted(later["carol@example.com"])
+
+
+def test_a_backslash_in_the_local_part_is_no_escape_to_spf(stack: Stack) -> None:
+    # pyspf expands exists:%{l} to the name '"ceo\\1"._spf.macro.test', which was parsed as DNS's text form: a bad
+    # escape, a temporary error; the fail became SPF_TEMPERROR (and a p=reject DMARC_TEMPFAIL: the forgery delivered).
+    smtp = stack.postfix.smtp(xclient=client())
+    try:
+        code, _ = smtp.docmd('MAIL FROM:<"ceo\\1"@macro.test>')
+        assert code == 250
+        code, reply = smtp.docmd("RCPT TO:<bob@example.com>")
+    finally:
+        smtp.close()
+    assert code == 550 and reply.startswith(b"5.7.23"), reply
