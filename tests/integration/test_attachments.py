@@ -360,11 +360,19 @@ def test_an_exe_7zip_opens_in_a_zip_s_hidden_member_or_a_zstd_lzma_or_compress_t
         stack: Stack, subject: str, name: str, data: Callable[[], bytes]) -> None:
     # Each was delivered with no symbol at all: zipfile reads only the last of two zips (7-Zip shows the first),
     # and tars compressed other than gzip, bzip2 or xz were never opened (7-Zip opens them all).
-    with pytest.raises(smtplib.SMTPDataError) as info:
-        stack.send(mail(subject, (name, data(), "application/octet-stream")))
-    assert info.value.smtp_code == 550
-    assert info.value.smtp_error.decode() == f"5.7.1 Attachment rejected: {name}/evil.exe: banned extension .exe"
-    assert row_for(stack, subject)["details"]["ATTACH_BANNED"] == f"{name}/evil.exe: banned extension .exe"
+    for attempt in (1, 2):
+        sent = f"{subject} {attempt}"
+        try:
+            stack.send(mail(sent, (name, data(), "application/octet-stream")))
+        except smtplib.SMTPDataError as refused:
+            assert refused.smtp_code == 550
+            assert refused.smtp_error.decode() == f"5.7.1 Attachment rejected: {name}/evil.exe: banned extension .exe"
+            assert row_for(stack, sent)["details"]["ATTACH_BANNED"] == f"{name}/evil.exe: banned extension .exe"
+            break
+        # Accepted once in a whole-module run under load: only a listing child cut short (its CPU time; a limit,
+        # held) may explain it, as for the 7z test above, and the second try must then be refused.
+        row = row_for(stack, sent)
+        assert attempt == 1 and row["action"] == "quarantine" and "ATTACH_ARCHIVE_LIMIT" in row["symbols"], row
 
 
 def _listings(data: bytes, name: str, kind: str, limits: Any) -> tuple[Any, Any]:
