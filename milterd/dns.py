@@ -122,6 +122,14 @@ def literal_name(name: str) -> str:
     return name.replace("\\", "\\\\") if "\\" in name else name
 
 
+def name_text(name: dns.name.Name) -> str:
+    """A name found in DNS (a PTR's target, an MX host) as a name from mail is written, which the resolver asks
+    as itself (:func:`literal_name`): its labels joined, not escaped (dnspython's text form writes "mail host" as
+    ``mail\\032host``, which would be asked as those characters).  The root is "."."""
+    labels = [label.decode("utf-8", "replace") for label in name.relativize(dns.name.root).labels]
+    return ".".join(labels) or "."
+
+
 def parses(name: str) -> bool:
     """Whether dnspython takes *name* (in :func:`literal_name`'s form) as a DNS name: one it refuses (a label over
     63 octets, a name over 255, an empty label) does not exist, and is answered so, not as a DNS error."""
@@ -813,9 +821,9 @@ class Resolver:
             if qtype in ("A", "AAAA"):
                 found.append(((name, qtype), rdata.address))
             elif qtype == "MX":
-                found.append(((name, qtype), (rdata.preference, rdata.exchange)))
+                found.append(((name, qtype), (rdata.preference, name_text(rdata.exchange))))
             elif qtype == "PTR":
-                found.append(((name, qtype), rdata.target.to_text(True)))
+                found.append(((name, qtype), name_text(rdata.target)))
             elif qtype in ("TXT", "SPF"):
                 found.append(((name, qtype), rdata.strings))
         return found
@@ -928,7 +936,7 @@ def _text(rdata: Any) -> str:
     if rdata.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
         return str(rdata.address)
     if rdata.rdtype == dns.rdatatype.PTR:
-        return str(rdata.target.to_text(True))
+        return name_text(rdata.target)
     if rdata.rdtype == dns.rdatatype.MX:
         return f"{rdata.preference} {rdata.exchange.to_text(True) or '.'}"
     if rdata.rdtype == dns.rdatatype.TXT:
