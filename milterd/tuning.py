@@ -196,7 +196,8 @@ def log_stats(rows: Iterable[Mapping[str, Any]]) -> LogStats:
                 entry.deferred += 1
                 continue
             entry.hits += 1
-            entry.total_score += float(score)
+            value = float(score)
+            entry.total_score += 0.0 if math.isnan(value) else value  # NaN counts 0, as the policy counts it (score_hits)
             if row.get("action") in SPAM_ACTIONS:
                 entry.in_spam_actions += 1
             if row.get("released_as_ham"):

@@ -120,3 +120,12 @@ def test_stats_command_counts_messages_and_shows_deferred_attempts(tmp_path: Pat
     assert main(["rules", "stats", "-c", str(path)]) == 0
     text = capsys.readouterr().out
     assert text.startswith("2 messages\ndeferred attempts: 1 (greylist 1)")
+
+
+def test_a_nan_symbol_score_counts_zero_in_its_mean() -> None:
+    # One NaN (an older milterd's SQLite row) made the symbol's mean nan for every period holding it: the figure
+    # an administrator sets a weight from.  The policy counts a NaN score 0 (policy.score_hits).
+    rows = [{"action": "accept", "score": 1.0, "symbols": {"HELO_NOT_FQDN": 1.0}} for _ in range(3)]
+    rows.append({"action": "accept", "score": 0.0, "symbols": {"HELO_NOT_FQDN": float("nan")}})
+    [entry] = [s for s in log_stats(rows).symbols if s.symbol == "HELO_NOT_FQDN"]
+    assert entry.hits == 4 and entry.mean_score == 0.75
