@@ -459,15 +459,30 @@ def _hidden_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], limits
             return
 
 
+def _local_header(data: IO[bytes], offset: int) -> tuple[Any, ...] | None:
+    """The fields of the zip local header at *offset* of *data* (``_LOCAL_HEADER``), *data* left past them; None where
+    there is none (before the file's start, cut short, another signature)."""
+    if offset < 0:  # a lying directory puts it before the file's start
+        return None
+    data.seek(offset)
+    header = data.read(_LOCAL_HEADER.size)
+    if len(header) < _LOCAL_HEADER.size or header[:4] != _LOCAL_SIGNATURE:
+        return None
+    return _LOCAL_HEADER.unpack(header)
+
+
+def _local_name(data: IO[bytes], fields: tuple[Any, ...]) -> str:
+    """The file name that follows the local header *fields* in *data*: UTF-8 with its flag (bit 11), else CP437."""
+    return data.read(fields[10]).decode("utf-8" if fields[3] & 0x800 else "cp437", "replace")
+
+
 def _member_extent(data: IO[bytes], info: zipfile.ZipInfo) -> tuple[int, int]:
     """Where the member *info* of the zip *data* starts and ends: its local header (whose name and extra field may
     be longer than its directory entry's), its data, and its data descriptor when it has one."""
     start = info.header_offset
-    data.seek(max(start, 0))
-    header = data.read(_LOCAL_HEADER.size)
-    if start < 0 or len(header) < _LOCAL_HEADER.size or header[:4] != _LOCAL_SIGNATURE:
+    fields = _local_header(data, start)
+    if fields is None:
         return start, start
-    fields = _LOCAL_HEADER.unpack(header)
     # The data's size as the local header says it, unless it says ZIP64's or a data descriptor holds it: a
     # directory that overstates a stored member's size would hide the local headers inside that span.
     size = info.compress_size if fields[8] == 0xFFFFFFFF or fields[3] & 0x8 else min(fields[8], info.compress_size)
@@ -483,14 +498,11 @@ def _hidden_member(path: str, data: IO[bytes], offset: int, limits: Limits, budg
                    listed: set[tuple[str, bytes]]) -> None:
     """Judge the member whose local header is at *offset* of *data* (:func:`_hidden_members`), unless *listed*
     already holds its path and first bytes."""
-    data.seek(offset)
-    header = data.read(_LOCAL_HEADER.size)
-    if len(header) < _LOCAL_HEADER.size:
+    fields = _local_header(data, offset)
+    if fields is None:
         return
-    fields = _LOCAL_HEADER.unpack(header)
-    flags, method, compressed, name_length, extra_length = fields[3], fields[4], fields[8], fields[10], fields[11]
-    raw_name = data.read(name_length)
-    name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+    flags, method, compressed, extra_length = fields[3], fields[4], fields[8], fields[11]
+    name = _local_name(data, fields)
     if not name or name.endswith("/"):
         return
     member = f"{path}/{name}"
@@ -600,15 +612,10 @@ def _zip_aliases(data: IO[bytes], info: zipfile.ZipInfo) -> list[str]:
     Path of its central directory entry (unzip, 7-Zip and libarchive prefer it), and the name and
     Unicode Path of its local header (libarchive reads the local header; zipfile only the directory)."""
     names = [_unicode_path(info.extra)]
-    if info.header_offset < 0:  # a lying directory puts it before the file's start
-        return [name for name in names if name not in (info.filename, info.orig_filename, "")]
-    data.seek(info.header_offset)
-    header = data.read(_LOCAL_HEADER.size)
-    if len(header) == _LOCAL_HEADER.size and header[:4] == _LOCAL_SIGNATURE:
-        fields = _LOCAL_HEADER.unpack(header)
-        flags, name_length, extra_length = fields[3], fields[10], fields[11]
-        names.append(data.read(name_length).decode("utf-8" if flags & 0x800 else "cp437", "replace"))
-        names.append(_unicode_path(data.read(extra_length)))
+    fields = _local_header(data, info.header_offset)
+    if fields is not None:
+        names.append(_local_name(data, fields))
+        names.append(_unicode_path(data.read(fields[11])))
     known = {info.filename, info.orig_filename, ""}
     return [name for name in dict.fromkeys(names) if name not in known]
 
