@@ -31,7 +31,7 @@ from ..clock import utcnow as utcnow
 from ..config import DatabaseSection
 from ..text import redact, redact_url, storable
 from . import schema
-from .engine import FILE_ID, POOL_SIZE, file_id, make_engine, sqlite_file  # noqa: F401 - re-exported
+from .engine import POOL_SIZE, file_moved, make_engine, sqlite_file  # noqa: F401 - re-exported
 from .errors import StoreError as StoreError
 from .greylist import GreylistStore
 from .quarantine import insert_message
@@ -465,6 +465,18 @@ class Store:
         except SQLAlchemyError as exc:
             raise _log_write_failed(exc) from exc
 
+    def _kept_connection(self) -> PoolProxiedConnection | None:
+        """A connection the log row kept, or None: none kept, or the one kept was to a SQLite file since removed or
+        replaced (dropped; a new one is checked as the pool's checkout checks it)."""
+        try:
+            connection = self._kept.pop()  # list.pop and append are atomic: one thread has it at a time
+        except IndexError:
+            return None
+        if self._file is not None and file_moved(connection.info, self._file):
+            connection.invalidate()
+            return None
+        return connection
+
     def _log_row(self, statement: _LogInsert, record: MessageRecord) -> int:
         """One log row on SQLite, committed: the compiled INSERT, in autocommit, on a pooled connection.
 
@@ -476,12 +488,8 @@ class Store:
         a StoreError, as before.
         """
         parameters = statement.parameters_of(record)
-        try:
-            connection = self._kept.pop()  # list.pop and append are atomic: one thread has it at a time
-            if self._file is not None and connection.info.get(FILE_ID) != file_id(self._file):
-                connection.invalidate()  # the file removed or replaced: a new one is checked (the pool's checkout)
-                raise IndexError
-        except IndexError:
+        connection = self._kept_connection()
+        if connection is None:
             try:
                 connection = self.engine.raw_connection()
             except (SQLAlchemyError, sqlite3.Error) as exc:

@@ -274,7 +274,7 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
 
             @event.listens_for(engine, "checkout")
             def _same_file(_dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
-                if record.info.get(FILE_ID) != file_id(file):
+                if file_moved(record.info, file):
                     # Removed or replaced under a running milterd (rm milterd.sqlite*): a connection to the old file
                     # would write rows, quarantined messages too, where nothing will ever read them.
                     raise DisconnectionError(f"the SQLite file {file} was removed or replaced since this connection opened it")
@@ -321,6 +321,12 @@ def file_id(file: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return found.st_dev, found.st_ino
+
+
+def file_moved(info: dict[Any, Any], file: Path) -> bool:
+    """Whether the SQLite *file* is no longer the one the connection whose ``info`` is *info* opened (removed or
+    replaced since: :data:`FILE_ID`)."""
+    return bool(info.get(FILE_ID) != file_id(file))
 
 
 def server_connection_limits(engine: Engine) -> tuple[int, int] | None:
