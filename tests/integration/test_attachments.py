@@ -342,7 +342,7 @@ def concatenated_zips() -> bytes:
 
 
 def tar_compressed(filter_name: str) -> bytes:
-    import libarchive
+    import libarchive  # an optional dependency (the archives extra): imported where used, as libarchive_made does
 
     buffer = io.BytesIO()
     with libarchive.custom_writer(buffer.write, "ustar", filter_name=filter_name) as archive:

@@ -49,7 +49,7 @@ class TwoPerTransaction:
 
 @pytest.fixture
 def server() -> Iterator[tuple[int, TwoPerTransaction]]:
-    from aiosmtpd.controller import Controller
+    from aiosmtpd.controller import Controller  # a test dependency, imported where a server is started (as Sink does)
 
     handler, port = TwoPerTransaction(drop_at=2), free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)

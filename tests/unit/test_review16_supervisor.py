@@ -12,13 +12,17 @@ No process is started: the reload's workers are not forked (the supervisor's hoo
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+import milterd
+from milterd import cli
 from milterd.cli import main
 from milterd.config import ConfigError, load_config
 from milterd.milter import supervisor
@@ -269,7 +273,7 @@ def test_the_stores_missing_directory_is_made_for_user_root_too(tmp_path: Path, 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a symlink to another account")
 def test_root_makes_no_directory_through_another_accounts_symlink(tmp_path: Path) -> None:
     # user = "root": the store's missing directory was made through a symlink nobody had planted (found by review).
-    import pwd
+    import pwd  # the account database, only on the root-only path of this one test
 
     nobody = pwd.getpwnam("nobody")
     account, victim = tmp_path / "acct", tmp_path / "victim"
@@ -287,12 +291,6 @@ def test_root_makes_no_directory_through_another_accounts_symlink(tmp_path: Path
 def test_milterd_serve_takes_sighup_over_before_its_heavy_imports(monkeypatch: pytest.MonkeyPatch) -> None:
     # The handler was installed once serve ran: a SIGHUP during the imports before it (0.1-0.6 s) still ended
     # milterd (found by review).  cli.py installs it first for "milterd serve", nothing for other commands.
-    import importlib
-    import signal
-
-    import milterd
-    from milterd import cli
-
     before = signal.getsignal(signal.SIGHUP)
     try:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
