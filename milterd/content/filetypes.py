@@ -127,13 +127,17 @@ MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "message/news"})
 
 
 def message_file(names: Iterable[str]) -> bool:
-    """Whether any of *names* is a saved message's (``.eml``): Outlook, Thunderbird and Apple Mail open it as mail, attachments and all."""
-    return any(extensions(name)[-1:] == ["eml"] for name in names)
+    """Whether any of *names* is a saved message's (``.eml``; a saved web page, ``.mht``/``.mhtml``, is one too):
+    Outlook, Thunderbird and Apple Mail open it as mail, and a browser or Word shows an MHTML file's page, attachments and all."""
+    return bool(_last_extensions(names) & _MESSAGE_FILES)
+
+
+_MESSAGE_FILES = frozenset({"eml", "mht", "mhtml"})
 
 
 #: The last extensions of files a double click opens in a browser, whatever their MIME type says (an HTML page
 #: sent as application/octet-stream is a phishing form; an SVG image may carry links), and of plain text files.
-_HTML_FILES = frozenset({"htm", "html", "xhtml", "shtml", "svg"})
+_HTML_FILES = frozenset({"htm", "html", "xht", "xhtm", "xhtml", "shtml", "svg", "hta"})
 _TEXT_FILES = frozenset({"txt"})
 
 
@@ -142,8 +146,13 @@ def text_file_type(names: Iterable[str], mime_type: str) -> str:
     *mime_type* for text/plain and text/html, else "text/html" or "text/plain" by its names; "" for another file."""
     if mime_type in ("text/html", "text/plain"):
         return mime_type
-    last = {extensions(name)[-1:][0] for name in names if extensions(name)}
+    last = _last_extensions(names)
     return "text/html" if last & _HTML_FILES else "text/plain" if last & _TEXT_FILES else ""
+
+
+def _last_extensions(names: Iterable[str]) -> set[str]:
+    """The last extension of each of *names* that has one."""
+    return {ext for name in names for ext in extensions(name)[-1:]}
 
 
 def outlook_name(names: Iterable[str]) -> bool:

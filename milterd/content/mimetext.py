@@ -1130,6 +1130,11 @@ class _HTMLText(HTMLParser):
         """End the document: what is left unterminated (a tag, comment, declaration) runs to its end, as in a browser."""
         self._closing = True
         super().close()
+        # CPython 3.11.7 drops the text of a <style> (<script>) left open at the end; a browser applies that CSS
+        # (loads its url()s), as Debian's 3.11.2 with the 2025 fixes and newer CPython read it.
+        if self.cdata_elem and self.rawdata:
+            self.handle_data(self.rawdata)
+            self.rawdata = ""
 
     # The stdlib (3.11) reads a construct left unterminated at the end as one character of text and parses
     # on from the next "<": each of 50,000 unclosed "<a href='" then scans to the end, 700 KB take an

@@ -112,6 +112,7 @@ def test_a_link_a_client_opens_is_looked_up_however_it_is_written(stack: Stack, 
     ("formaction", '<form><button formaction="https://phish-domain.test/login">Log in</button></form>'),
     ("svg link", '<svg><a xlink:href="https://phish-domain.test/login"><text>Log in</text></a></svg>'),
     ("base href", '<base href="https://phish-domain.test/"><a href="login">Log in</a>'),
+    ("open style", '<p>Your account</p><style>body { background: url(https://phish-domain.test/bg.png) }'),
 ])
 def test_a_link_only_in_a_srcset_css_refresh_form_button_svg_or_base_is_looked_up(stack: Stack, subject: str, markup: str) -> None:
     # The link reader read href, src, action and background only: a domain named only in these places was
@@ -126,6 +127,7 @@ def test_a_link_only_in_a_srcset_css_refresh_form_button_svg_or_base_is_looked_u
 @pytest.mark.parametrize(("subject", "ctype", "name"), [
     ("html file", "application/octet-stream", "invoice.html"),
     ("svg file", "image/svg+xml", "scan.svg"),
+    ("hta file", "application/hta", "update.hta"),
 ])
 def test_a_link_in_an_html_or_svg_file_sent_as_another_type_is_looked_up(stack: Stack, subject: str, ctype: str, name: str) -> None:
     # A phishing page attached as application/octet-stream (or an SVG image) opens in the browser at a double
@@ -188,6 +190,7 @@ FORWARDED = b"From: x@example.org\r\nSubject: your account\r\nContent-Type: text
     # Exchange Online forwards as attachment in base64 (RFC 2046 forbids it): the parser leaves it encoded.
     ("forwarded base64", "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64"),
     ("forwarded eml file", 'Content-Type: application/octet-stream; name="Your account.eml"\r\nContent-Transfer-Encoding: base64'),
+    ("saved web page", 'Content-Type: application/octet-stream; name="Your account.mht"\r\nContent-Transfer-Encoding: base64'),
 ])
 def test_a_link_in_an_attached_message_is_looked_up(stack: Stack, subject: str, part: str) -> None:
     # The mail client opens the attached message and shows the link: it was never looked up (found in review).

@@ -42,6 +42,10 @@ from milterd.content.mimetext import extract, extract_large, html_to_text
     ('<style>p{}</style foo><a href="http://after-style.test/">x</a>', ["http://after-style.test/"]),
     ('<script>x()</script/><a href="http://after-script.test/">x</a>', ["http://after-script.test/"]),
     ('<style>a</stylex><a href="http://still-css.test/">x</a></style><p>shown</p>', []),
+    # A <style> left open at the end is CSS to the end in a browser: the stdlib (3.11.7) dropped its text.
+    ('<p>x</p><style>body{background:url(http://open-style.test/a.png)}', ["http://open-style.test/a.png"]),
+    ('<style>@import "http://open-import.test/s.css";</sty', ["http://open-import.test/s.css"]),
+    ('<script>x("<a href=http://in-script.test/>")', []),
 ])
 def test_links_in_other_attributes_are_read(markup: str, links: list[str]) -> None:
     assert html_to_text(markup)[1] == links
@@ -114,12 +118,24 @@ def _with_file(ctype: str, name: str, content: bytes) -> bytes:
     ("application/octet-stream", "invoice.HTML", True),
     ("image/svg+xml", "scan.svg", True),
     ("application/octet-stream", "notes.txt", True),
+    ("application/octet-stream", "page.xht", True),
+    ("application/hta", "update.hta", True),
     ("application/octet-stream", "data.bin", False),
     ("application/pdf", "a.pdf", False),
 ])
 def test_an_html_page_svg_or_text_file_is_read_by_its_name_whatever_its_type(ctype: str, name: str, found: bool) -> None:
     content = b'<svg><a href="https://page.test/login">x</a></svg>' if name != "notes.txt" else b"see https://page.test/login"
     assert ("https://page.test/login" in extract(_with_file(ctype, name, content)).uris) is found
+
+
+@pytest.mark.parametrize("name", ["saved.mht", "saved.MHTML", "saved.eml"])
+def test_a_saved_web_page_is_read_as_the_message_it_is(name: str) -> None:
+    # A browser or Word opens an MHTML file (a MIME message) as its page; the page is base64 inside it.
+    page = base64.encodebytes(b'<a href="https://page.test/login">Sign in</a>')
+    mhtml = (b"From: <Saved by Blink>\r\nSubject: Sign in\r\nMIME-Version: 1.0\r\n"
+             b'Content-Type: multipart/related; type="text/html"; boundary="P"\r\n\r\n'
+             b"--P\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n" + page + b"--P--\r\n")
+    assert "https://page.test/login" in extract(_with_file("application/octet-stream", name, mhtml)).uris
 
 
 def test_a_large_message_s_view_keeps_an_html_page_sent_as_another_type() -> None:
