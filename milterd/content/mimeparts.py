@@ -933,9 +933,18 @@ def _read_part(part: Message) -> tuple[str, _Boundary | None, str, str, tuple[st
     ctype = (part.get_content_type() or "text/plain").lower()
     boundary = _boundary(part) if ctype.startswith("multipart/") else None
     name = _filename(part)
-    # A text/csv part may be a saved message by a name past the first (a large message's view keeps its body then).
-    kept = bool(name) or not (ctype in TEXT_TYPES or ctype.startswith("multipart/"))
-    return ctype, boundary, _encoding(part), name, _other_names(part, name) if kept else ()
+    # A text/csv part may be a saved message by a name past the first (a large message's view keeps its body then);
+    # a text/plain part may name a file in a second Content-Type or Content-Disposition field, which a client may take.
+    kept = bool(name) or not (ctype in TEXT_TYPES or ctype.startswith("multipart/")) or _repeated_naming_field(part)
+    others = _other_names(part, name) if kept else ()
+    if not name and others:
+        name, others = others[0], others[1:]
+    return ctype, boundary, _encoding(part), name, others
+
+
+def _repeated_naming_field(part: Message) -> bool:
+    """Whether the part has a Content-Type or a Content-Disposition field twice (a later one may name a file)."""
+    return any(len(part.get_all(field, [])) > 1 for field in ("content-type", "content-disposition"))
 
 
 @dataclass(frozen=True)

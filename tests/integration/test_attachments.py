@@ -263,6 +263,9 @@ def test_an_executable_whose_type_is_pushed_past_the_fields_bound_is_quarantined
     ("boundary comment", 'multipart/mixed; boundary="B" (comment)', 'Content-Type: application/octet-stream; name="setup.exe"'),
     ("filename comment", "multipart/mixed; boundary=B", 'Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="setup.exe" (comment)'),
     ("duplicate section", "multipart/mixed; boundary=B", 'Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename*0="setup.exe"; filename*0="notes.txt"'),
+    # A text part that names its file only in a second Content-Type (Content-Disposition) field was read as text.
+    ("second type field", "multipart/mixed; boundary=B", 'Content-Type: text/plain\r\nContent-Type: application/octet-stream; name="setup.exe"'),
+    ("second disposition", "multipart/mixed; boundary=B", 'Content-Type: text/plain\r\nContent-Disposition: inline\r\nContent-Disposition: attachment; filename="setup.exe"'),
 ])
 def test_an_exe_named_as_thunderbird_reads_the_field_is_rejected(stack: Stack, subject: str, top: str, fields: str) -> None:
     """Fields Thunderbird reads as setup.exe (or as boundary B) that the standard library read

@@ -167,6 +167,9 @@ def test_one_boundary_at_every_level_closes_the_innermost() -> None:
         # A second filename parameter, a second Content-Disposition field.
         b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=notes.txt; filename=evil.js\r\n",
         b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=notes.txt\r\nContent-Disposition: attachment; filename=evil.js\r\n",
+        # A text part naming its file only in a second Content-Type or Content-Disposition field, which a client may take.
+        b"Content-Type: text/plain\r\nContent-Type: application/octet-stream; name=\"evil.js\"\r\n",
+        b"Content-Type: text/plain\r\nContent-Disposition: inline\r\nContent-Disposition: attachment; filename=evil.js\r\n",
         # Quoted-pairs (RFC 5322 section 3.2.4): "ev\il.j\s" is evil.js.
         b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"ev\\il.j\\s\"\r\n",
     ],
