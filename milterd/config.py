@@ -36,7 +36,7 @@ from .content.headertext import is_field_name
 from .dns import parse_nameserver
 from .endpoints import parse_listen, parse_socket
 from .files import MAX_FILE_SIZE as MAX_FILE_SIZE
-from .files import read_error, read_regular
+from .files import read_error, read_regular, resolved
 from .greylist import compile_pattern
 from .options import CheckSwitches as CheckSwitches
 from .options import ConfigError as ConfigError
@@ -418,10 +418,10 @@ class Config(Section):
         given = base / self.rules.dir
         try:
             dangling = given.is_symlink() and not given.exists()
-            directory = given.resolve()
+            directory = resolved(given)
             exists = directory.exists()
             is_dir = directory.is_dir()
-        except OSError as exc:  # a name too long, a loop of links
+        except OSError as exc:  # a name too long, a loop of links (resolved: ELOOP)
             raise ConfigError(self.path or "milter.conf", "[rules] dir", f"unusable: {exc.strerror or exc}") from None
         except ValueError as exc:  # a NUL in the name
             raise ConfigError(self.path or "milter.conf", "[rules] dir", f"unusable: {exc}") from None

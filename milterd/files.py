@@ -34,6 +34,18 @@ def read_regular(path: Path) -> bytes:
     return data
 
 
+def resolved(path: Path) -> Path:
+    """*path* made absolute, its symbolic links followed (as :meth:`Path.resolve`); OSError (ELOOP) for a loop of links.
+
+    Python 3.11 raises RuntimeError for a loop, which the callers' handling of a bad path (OSError) missed: a
+    traceback at start (3.13 raises nothing and leaves the loop to the next system call, which fails with ELOOP).
+    """
+    try:
+        return path.resolve()
+    except RuntimeError:
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
+
+
 def read_error(exc: OSError | ValueError) -> str:
     """Why :func:`read_regular` failed, in words ("Permission denied", "not a regular file", "embedded null byte")."""
     return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)

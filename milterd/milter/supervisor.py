@@ -36,6 +36,7 @@ import milter
 from .. import EARLY_HUPS, maintenance, metrics, record_early_hup
 from ..config import Config, ConfigError, load_config
 from ..endpoints import SocketSpec, parse_socket, unix_path_too_long
+from ..files import resolved
 from ..logs import hide_database_url, set_level, setup_logging
 from ..message.pipeline import Pipeline
 from ..services import Services, build
@@ -283,8 +284,14 @@ def drop_privileges(config: Config) -> None:
 
 
 def _sqlite_path(config: Config) -> Path | None:
+    """The SQLite store's file, its links followed; None for another database. ConfigError for a loop of links."""
     file = sqlite_file(config.database.url)
-    return file.resolve() if file is not None else None
+    if file is None:
+        return None
+    try:
+        return resolved(file)
+    except OSError as exc:
+        raise ConfigError(config.path or "milter.conf", "[database] url", f"{file}: {exc.strerror or exc}") from None
 
 
 def hand_over_store(config: Config) -> None:
@@ -310,7 +317,7 @@ def hand_over_store(config: Config) -> None:
         if os.geteuid() == 0 and planted_link(file) is not None:
             return  # another account's symlink: root makes nothing where it points (check_writable says what is wrong)
         try:
-            file.resolve().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            resolved(file).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError:
             pass  # check_writable says what this user cannot do
         return
@@ -321,7 +328,10 @@ def hand_over_store(config: Config) -> None:
         # its directory) could point at any root-owned file, which would be given away.
         log.warning("not handing over %s: %s is a symlink not owned by root", file, planted)
         return
-    path = file.resolve()
+    try:
+        path = resolved(file)
+    except OSError:
+        return  # a loop of links: check_writable says so
     _make_directories(config, path.parent, uid, gid)
     for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         _hand_over(candidate, uid, gid)

@@ -44,6 +44,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
+from ..files import resolved
 from .errors import StoreError
 
 T = TypeVar("T")
@@ -210,7 +211,10 @@ def refuse_unsafe_store(file: Path) -> None:
     planted = planted_link(file)
     if planted is not None:
         raise StoreError(f"not opening the SQLite store {file} as root: {planted} is a symlink not owned by root")
-    path = file.resolve()  # where SQLite opens it, and names the other three after
+    try:
+        path = resolved(file)  # where SQLite opens it, and names the other three after
+    except OSError as exc:
+        raise StoreError(f"not opening the SQLite store {file}: {exc.strerror or exc}") from None
     for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
         try:
             info = os.lstat(candidate)

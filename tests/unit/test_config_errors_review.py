@@ -17,7 +17,10 @@ from typing import Any, Iterator
 import pytest
 
 from milterd.cli import main
-from milterd.config import MAX_FILE_SIZE
+from milterd.config import MAX_FILE_SIZE, ConfigError, load_config
+from milterd.milter import supervisor
+from milterd.store import StoreError
+from milterd.store.engine import refuse_unsafe_store
 
 #: Every configuration here asks a resolver on loopback that does not answer, never the system's.
 DNS = '[dns]\nnameservers = ["127.0.0.1:9"]\n'
@@ -128,6 +131,25 @@ def test_a_dangling_rules_link_is_refused_not_read_as_absent(tmp_path: Path, cap
     conf = write(tmp_path)
     (tmp_path / "rules").symlink_to(tmp_path / "moved-away")
     refused(conf, capsys, conf, "[rules] dir", "is a symbolic link to")
+
+
+def test_a_rules_link_loop_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Was: RuntimeError: Symlink loop (Python 3.11's Path.resolve), a traceback from lint, doctor and serve.
+    conf = write(tmp_path)
+    (tmp_path / "rules").symlink_to(tmp_path / "rules")
+    refused(conf, capsys, conf, "[rules] dir", "unusable: Too many levels of symbolic links")
+
+
+def test_a_store_link_loop_is_refused_naming_the_database_key(tmp_path: Path) -> None:
+    # Was: RuntimeError: Symlink loop, a traceback from serve before the socket was opened.
+    (tmp_path / "log.sqlite").symlink_to(tmp_path / "log.sqlite")
+    config = load_config(write(tmp_path, DNS + f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n'))
+    with pytest.raises(ConfigError, match=r"\[database\] url: .*log.sqlite: Too many levels of symbolic links"):
+        supervisor.check_writable(config)
+    supervisor.hand_over_store(config)  # makes nothing, raises nothing: check_writable said what is wrong
+    if os.geteuid() == 0:
+        with pytest.raises(StoreError, match="Too many levels of symbolic links"):
+            refuse_unsafe_store(tmp_path / "log.sqlite")
 
 
 def test_an_absent_default_rules_directory_still_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
