@@ -310,7 +310,7 @@ class CustomRules(Check):
             log.warning("custom rules: cannot read the message text", exc_info=True)
             return []
         hits: list[Hit] = []
-        text = _visible(found.text, self.max_text) if self.body_rules else ""
+        text = _visible(_lines(found.text), self.max_text) if self.body_rules else ""
         for rule in self.body_rules:
             assert rule.regex is not None
             match = rule.regex.search(text)
@@ -346,6 +346,12 @@ _INVISIBLE = re.compile(
 
 #: Text is mapped to its compatibility forms this many characters at a time (up to 18 characters each).
 _CHUNK = 65536
+
+
+def _lines(text: str) -> str:
+    """*text* with each line ended by "\\n" alone: a plain text part keeps the CRLF of SMTP (and may end a line with
+    a CR alone), where ``$`` in a ``(?m)`` pattern matches only before a "\\n"."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def _visible(text: str, limit: int | None = None) -> str:

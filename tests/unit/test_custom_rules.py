@@ -97,6 +97,22 @@ def test_body_rule_decodes_quoted_printable_and_charset(pipeline: Pipeline) -> N
     assert "BODY_WINNER" in symbols_of(pipeline, raw)
 
 
+def test_a_body_rule_anchored_at_line_ends_matches_plain_text_lines(tmp_path: Path) -> None:
+    # Was: a plain text part's text kept SMTP's CRLF and "$" matches only before "\n": the rule hit HTML parts only.
+    rules = "[[rule]]\nname = \"DEAR_LINE\"\nbody = '(?m)^Dear friend$'\n"
+    pipe = Pipeline(build(make_config(tmp_path, rules)), keep_log=False)
+    try:
+        found = [set(check_message(pipe, raw, Client(addr="192.0.2.10")).symbols) for raw in (
+            message(body="hello\r\nDear friend\r\nbye\r\n"),
+            message(body=base64.encodebytes(b"hello\rDear friend\rbye").decode(), headers={"Content-Transfer-Encoding": "base64"}),
+            html_message("hi", "<p>hello</p><p>Dear friend</p>"),
+            message(body="hello\r\nDear friends\r\n"),
+        )]
+    finally:
+        pipe.shutdown()
+    assert ["DEAR_LINE" in symbols for symbols in found] == [True, True, True, False]
+
+
 def test_uri_rule_sees_href_and_plain_text_links(pipeline: Pipeline) -> None:
     assert "URI_TOP" in symbols_of(pipeline, html_message("hi", '<a href="https://prize.top/claim">here</a>'))
     assert "URI_TOP" in symbols_of(pipeline, message(body="go to www.prize.top now\r\n"))
