@@ -14,12 +14,13 @@ without the classifier, never deferred for it.
 
 Auto-learning (``[learner] autolearn_spam`` / ``autolearn_ham``, off by
 default) happens after the verdict, from the score without the classifier's
-own symbol (learning from one's own opinion would only reinforce it).  For the
+own symbol (learning from one's own opinion would only reinforce it) and without the points of
+what the message carries (:data:`CARRIED`: a virus, a banned file say nothing of its words).  For the
 same reason nothing is auto-learned when the tiers skipped spamd
 (``SPAMD_SKIPPED_CONFIDENT``): the classifier's own bucket decided that spamd's
 evidence, which might have contradicted it, was not gathered; nor when spamd was
 not heard (down, in error, the message over its size), a check failed or time ran
-out (:data:`UNJUDGED`); nor when spamd's verdict holds a rule SpamAssassin keeps out of its own
+out (:data:`UNJUDGED`), nor with spamd on when it was never asked (a hit refused the message first); nor when spamd's verdict holds a rule SpamAssassin keeps out of its own
 auto-learning because the sender sets it off (GTUBE, a welcomelisted From: :func:`steered_by_sender`).
 A message is auto-learned as ham only when the policy
 accepted it: a low score does not make ham of a virus from a whitelisted sender,
@@ -103,7 +104,8 @@ def confident(score: float, spoke: bool, above: float | bool, below: float | boo
 
 
 def autolearn_label(score: float, own: float, spam_at: float | bool, ham_at: float | bool) -> str | None:
-    """Whether a message scoring *score* (*own* of it from the classifier) is auto-learned, and as what."""
+    """Whether a message scoring *score* (*own* of it from the classifier and :data:`CARRIED` symbols, left out)
+    is auto-learned, and as what."""
     other = score - own
     if spam_at is not False and other >= float(spam_at):
         return "spam"
@@ -116,6 +118,10 @@ def autolearn_label(score: float, own: float, spam_at: float | bool, ham_at: flo
 #: spamd not asked (the tiers, its size) or not heard (down, in error), a check that failed or ran
 #: out of time.  Its score lacks that evidence, so it is learned neither way.
 UNJUDGED = frozenset({SKIPPED_CONFIDENT, "SPAMD_ERROR", "SPAMD_SKIPPED_SIZE", "CHECK_ERROR", "EOM_TIMEOUT"})
+#: The start of the names of symbols for what a message carries, not what its words say: a virus, a banned or
+#: disguised file.  Anyone can attach the EICAR test file to the site's own words (ClamAV names it a virus):
+#: their points are left out of the score auto-learning compares.
+CARRIED = ("CLAMAV_", "ATTACH_")
 #: Symbols of a message not scanned for viruses (clamd down with on_error = "accept", or its
 #: size): a virus scan only ever adds, so its absence contradicts ham only.
 UNSCANNED = frozenset({"CLAMAV_ERROR", "CLAMAV_SKIPPED_SIZE"})
@@ -140,20 +146,23 @@ def steered_by_sender(verdict: Verdict) -> str:
     return next((rule for rule in rules.split(",") if rule in NOAUTOLEARN_RULES or rule.startswith(_NOAUTOLEARN_PREFIXES)), "") if rules else ""
 
 
-def autolearn_allowed(label: str, verdict: Verdict) -> bool:
+def autolearn_allowed(label: str, verdict: Verdict, spamd: bool = True) -> bool:
     """Whether a message whose score says *label* may be auto-learned from *verdict*: not when a
     check that might have contradicted the label did not judge it (:data:`UNJUDGED`; for ham,
     :data:`UNSCANNED` too: spamd down with its default on_error = "accept" left spam with only its
     SPF, DKIM and DMARC passes, below autolearn_ham), nor when spamd's score rests on a rule the
     sender can set off (:func:`steered_by_sender`: GTUBE learned the site's ham words as spam, a forged
     welcomelisted From learned spam as ham), and as ham only when accepted and judged by spamd (spamd switched off,
-    a spammer's own domain passing SPF, DKIM and DMARC was learned as ham).  Never from a message that was not
-    scored (its recipients are spam_lovers: an abuse mailbox's reports quote the spam they report)."""
+    a spammer's own domain passing SPF, DKIM and DMARC was learned as ham), and as spam, with *spamd* on, only when
+    spamd judged it (a hit that refused the message first left spamd unasked and unrecorded: the site's words with
+    EICAR and an .exe attached were learned as spam).  Never from a message that was not scored (its recipients
+    are spam_lovers: an abuse mailbox's reports quote the spam they report)."""
     if not verdict.scored or not UNJUDGED.isdisjoint(verdict.symbols) or steered_by_sender(verdict):
         return False
+    judged = SPAMD_VERDICT in verdict.symbols
     if label == "spam":
-        return True
-    return verdict.action == Action.ACCEPT and UNSCANNED.isdisjoint(verdict.symbols) and SPAMD_VERDICT in verdict.symbols
+        return judged or not spamd
+    return judged and verdict.action == Action.ACCEPT and UNSCANNED.isdisjoint(verdict.symbols)
 
 
 class BayesCheck(Check):
@@ -246,9 +255,9 @@ class BayesCheck(Check):
     def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
         if self.options.autolearn_spam is False and self.options.autolearn_ham is False:
             return verdict
-        own = sum(score for name, score in verdict.symbols.items() if name in SCORES)
+        own = sum(score for name, score in verdict.symbols.items() if name in SCORES or name.startswith(CARRIED))
         label = autolearn_label(verdict.score, own, self.options.autolearn_spam, self.options.autolearn_ham)
-        if label is None or not autolearn_allowed(label, verdict):
+        if label is None or not autolearn_allowed(label, verdict, self.services.config.spamd.enabled):
             return verdict
         try:
             tokens = hashed_tokens(self._start(envelope))

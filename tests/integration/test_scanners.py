@@ -146,6 +146,27 @@ def test_gtube_is_not_auto_learned_as_spam(make_stack: Callable[..., Stack], cla
         store.close()
 
 
+def test_the_site_s_words_with_eicar_and_an_exe_attached_are_not_auto_learned(make_stack: Callable[..., Stack], clamd: Clamd, spamd: Spamd) -> None:
+    # With [spamd] after_clamav spamd is not asked about a virus: the message scored 15 on what the sender attached
+    # (ClamAV's test file, a banned, disguised .exe) and was learned as spam, the site's own words with it.
+    stack = make_stack(sections(clamd.address, spamd.address, spamd={"after_clamav": True}, learner={"autolearn_spam": 12, "autolearn_ham": -5}))
+    title = subject()
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = "Alice <alice@example.org>", "Bob <bob@example.com>", title
+    mail.set_content("Minutes of the quarterly board meeting, as agreed.\n")
+    mail.add_attachment(EICAR, maintype="application", subtype="octet-stream", filename="minutes.pdf.exe")
+    code, _ = refused_at_data(stack, mail.as_bytes().replace(b"\n", b"\r\n"), xclient=UNTRUSTED)
+    assert code == 550
+    logged = row(stack, title)
+    assert {"CLAMAV_VIRUS", "ATTACH_BANNED"} <= set(logged["symbols"]) and logged["score"] >= 12, logged["symbols"]
+    assert "SPAMASSASSIN" not in logged["symbols"] and "BAYES_AUTOLEARN" not in logged["details"], logged["details"]
+    store = Store(DatabaseSection(url=stack.milterd.sections["database"]["url"]))
+    try:
+        assert LearnerStore(store.engine).totals() == Counts(0, 0)
+    finally:
+        store.close()
+
+
 def test_a_message_spamd_judged_is_auto_learned_as_ham(make_stack: Callable[..., Stack], clamd: Clamd, spamd: Spamd) -> None:
     # Ham is auto-learned only from a message spamd judged (with spamd off it never is: test_learner.py).
     stack = make_stack(sections(clamd.address, spamd.address, learner={"autolearn_spam": 15, "autolearn_ham": 4.9}))

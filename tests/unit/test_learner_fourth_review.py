@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +281,30 @@ def test_spam_is_learned_unless_spamd_or_a_check_might_have_said_otherwise(servi
     verdict = Verdict(action=Action.REJECT, score=12.0, symbols=symbols, details={}, reason="")
     BayesCheck(services).on_verdict(Session(), small_envelope(), verdict)
     assert learned(services) == counted
+
+
+def test_with_spamd_on_spam_it_never_judged_is_not_learned(services: Services) -> None:
+    # Before: [spamd] after_clamav (or a reject forced before spamd's tier) left spamd unasked and unrecorded, and
+    # the message was learned as spam on the other checks' points alone.
+    verdict = Verdict(action=Action.REJECT, score=12.0, symbols={"RBL": 6.0, "URIBL": 6.0}, details={}, reason="")
+    spamd_on = Services(config=services.config.with_changes({"spamd.enabled": True}))
+    try:
+        assert AUTOLEARN not in BayesCheck(spamd_on).on_verdict(Session(), small_envelope(), verdict).details
+        assert learned(services) == (0, 0)
+        judged = replace(verdict, symbols={**verdict.symbols, "SPAMASSASSIN": 0.0})
+        assert BayesCheck(spamd_on).on_verdict(Session(), small_envelope(), judged).details[AUTOLEARN] == "spam: learned"
+    finally:
+        spamd_on.close()
+
+
+def test_what_a_message_carries_does_not_count_towards_auto_learning(services: Services) -> None:
+    # spamd judged the site's words 0.5: the 18 points of EICAR and the attachments are not evidence about them.
+    carried = {"CLAMAV_VIRUS": 5.0, "ATTACH_BANNED": 5.0, "ATTACH_DOUBLE_EXT": 5.0, "ATTACH_TYPE_MISMATCH": 3.0}
+    verdict = Verdict(action=Action.REJECT, score=21.5, symbols={**carried, "HDR_FROM_MISSING": 2.0, "HDR_DATE_PAST": 1.0, "SPAMASSASSIN": 0.5}, details={}, reason="")
+    assert AUTOLEARN not in BayesCheck(services).on_verdict(Session(), small_envelope(), verdict).details
+    assert learned(services) == (0, 0)
+    spam = Verdict(action=Action.REJECT, score=30.0, symbols={**carried, "SPAMASSASSIN": 12.0}, details={}, reason="")
+    assert BayesCheck(services).on_verdict(Session(), small_envelope(), spam).details[AUTOLEARN] == "spam: learned"
 
 
 def test_a_message_every_check_judged_is_still_learned_as_ham(services: Services) -> None:

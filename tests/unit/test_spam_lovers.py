@@ -145,7 +145,7 @@ def test_a_row_scored_when_logged_and_unscored_now_takes_no_threshold(tmp_path: 
 def test_an_unscored_message_is_never_auto_learned() -> None:
     verdict = Verdict(action=Action.ACCEPT, score=30.0, symbols={"SUBJ_LOTTERY": 30.0}, details={}, reason="", reply=None, required=5.0, scored=False)
     assert not autolearn_allowed("spam", verdict)
-    assert autolearn_allowed("spam", Verdict(action=Action.REJECT, score=30.0, symbols={"SUBJ_LOTTERY": 30.0}, details={}, reason="", reply=None, required=5.0))
+    assert autolearn_allowed("spam", Verdict(action=Action.REJECT, score=30.0, symbols={"SUBJ_LOTTERY": 30.0}, details={}, reason="", reply=None, required=5.0), spamd=False)
 
 
 @pytest.mark.parametrize("entry", ["abuse", "@", "a@b@c", "<abuse@example.org>", "ab use@", "a%b@", "@.example.org", "abuse@example.org.", "@b\u00fccher.example"])
