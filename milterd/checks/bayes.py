@@ -180,6 +180,7 @@ class BayesCheck(Check):
         self.options: "LearnerSection" = services.config.learner
         self.cache = TokenCache(self.options.cache_size, self.options.cache_ttl)
         self._totals: tuple[float, Counts] | None = None
+        self._refreshing = False  # a connection is reading the totals
         self._lock = threading.Lock()
         self._repository: LearnerStore | None = None
 
@@ -196,11 +197,26 @@ class BayesCheck(Check):
         return self._repository
 
     def totals(self, now: float) -> Counts:
-        """How many spam and ham messages are learned (cached for ``cache_ttl``)."""
+        """How many spam and ham messages are learned (cached for ``cache_ttl``).
+
+        Asked without the lock, as the tokens are (:meth:`score`): with the store slow to answer, each of a worker's
+        messages queued behind the others' query, the fifth waiting five busy_timeouts, past end of message's time.
+        While one connection refreshes expired totals the others classify with the old ones.
+        """
         with self._lock:
-            if self._totals is None or now - self._totals[0] >= self.options.cache_ttl:
-                self._totals = (now, self.repository.totals())
-            return self._totals[1]
+            cached = self._totals
+            if cached is not None and (now - cached[0] < self.options.cache_ttl or self._refreshing):
+                return cached[1]
+            self._refreshing = True
+        try:
+            fresh = self.repository.totals()
+        finally:
+            with self._lock:
+                self._refreshing = False
+        with self._lock:
+            if self._totals is None or self._totals[0] <= now:
+                self._totals = (now, fresh)
+        return fresh
 
     def speaks(self, now: float) -> bool:
         """Whether enough is learned for the classifier to score anything."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -11,6 +13,7 @@ from milterd import maintenance
 from milterd.checks.bayes import AUTOLEARN, BayesCheck
 from milterd.commands.check import offline_config
 from milterd.config import Config, load_config
+from milterd.learner.classifier import Counts
 from milterd.message.model import Action, Envelope, Session, Spool, Verdict
 from milterd.services import Services
 from milterd.store.learner import LearnerStore
@@ -148,3 +151,46 @@ def test_milterd_check_never_auto_learns(tmp_path: Path) -> None:
     conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[learner]\nautolearn_ham = -4\nautolearn_spam = 20\n')
     config = offline_config(load_config(conf))
     assert config.learner.autolearn_ham is False and config.learner.autolearn_spam is False
+
+
+class _SlowTotals:
+    """A learner store whose totals query waits at *barrier* (the store slow to answer)."""
+
+    def __init__(self, barrier: threading.Barrier) -> None:
+        self.barrier = barrier
+        self.asked = 0
+
+    def totals(self) -> Counts:
+        self.asked += 1
+        self.barrier.wait()
+        return Counts(7, 9)
+
+
+def test_the_totals_are_read_by_a_worker_s_connections_at_once(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Was: read under the check's lock: with the store slow to answer, the k-th message waited k busy_timeouts, past
+    # end of message's time. Two connections must be inside the query together to pass the barrier.
+    slow = _SlowTotals(threading.Barrier(2, timeout=30))
+    monkeypatch.setattr(BayesCheck, "repository", property(lambda self: slow))
+    check = BayesCheck(services)
+    found: list[Counts] = []
+    threads = [threading.Thread(target=lambda: found.append(check.totals(100.0))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert found == [Counts(7, 9)] * 2 and not slow.barrier.broken
+
+
+def test_expired_totals_serve_the_other_connections_while_one_refreshes_them(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    slow = _SlowTotals(threading.Barrier(2, timeout=30))
+    monkeypatch.setattr(BayesCheck, "repository", property(lambda self: slow))
+    check = BayesCheck(services)
+    check._totals = (0.0, Counts(1, 1))
+    refresher = threading.Thread(target=check.totals, args=(1e6,))
+    refresher.start()
+    while not check._refreshing:
+        time.sleep(0.01)
+    assert check.totals(1e6) == Counts(1, 1)  # the old totals, at once: no second query
+    slow.barrier.wait()  # the refresh's query answers
+    refresher.join()
+    assert slow.asked == 1 and check.totals(1e6) == Counts(7, 9)
