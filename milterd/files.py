@@ -22,12 +22,19 @@ def read_regular(path: Path) -> bytes:
     Opened without blocking and checked before reading.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as handle:
+    try:
         mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        # Checked before fdopen(), which refuses a directory without closing the descriptor it was given:
+        # each refused reload left one open, inherited by every worker forked after it.
+        os.close(fd)
         if stat.S_ISDIR(mode):
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, "not a regular file")
+        raise OSError(errno.EINVAL, "not a regular file")
+    with os.fdopen(fd, "rb") as handle:
         data = handle.read(MAX_FILE_SIZE + 1)
     if len(data) > MAX_FILE_SIZE:
         raise OSError(errno.EFBIG, f"larger than {MAX_FILE_SIZE // (1024 * 1024)} MiB")

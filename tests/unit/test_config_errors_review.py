@@ -18,6 +18,7 @@ import pytest
 
 from milterd.cli import main
 from milterd.config import MAX_FILE_SIZE, ConfigError, load_config
+from milterd.files import read_regular
 from milterd.milter import supervisor
 from milterd.store import StoreError
 from milterd.store.engine import refuse_unsafe_store
@@ -74,6 +75,19 @@ def refused(conf: Path, capsys: pytest.CaptureFixture[str], file: Path | str, ke
 
 
 # --- the file itself --------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_file_refused_leaves_no_descriptor_open(tmp_path: Path, kind: str) -> None:
+    # Was: fdopen() refused a directory without closing the descriptor: each refused reload left one open in
+    # the supervisor, inherited by every worker forked after it.
+    path = tmp_path / "milter.conf"
+    path.mkdir() if kind == "directory" else os.mkfifo(path)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(OSError):
+            read_regular(path)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_a_fifo_as_milter_conf_is_refused_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Was: open() blocked until something wrote to the FIFO, that is for ever.
     conf = tmp_path / "milter.conf"
