@@ -696,7 +696,8 @@ class Supervisor:
             return 0
         log.info("listening on %s with %d workers", self.config.milter.socket, self.worker_count)
         for _ in range(self.worker_count):
-            self._spawn()
+            if not self._try_spawn():
+                break
 
         last_run: dict[str, float]
         jobs, last_run, next_check = list(maintenance.JOBS), {}, time.monotonic() + 5
@@ -751,8 +752,14 @@ class Supervisor:
         return done == 0
 
     def _spawn(self, ready_fd: int = -1) -> int:
+        """Fork a worker; its pid.  OSError when no descriptor or process is left (EMFILE, EAGAIN), nothing left open."""
         stop_read, stop_write = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(stop_read)
+            os.close(stop_write)
+            raise
         if pid == 0:
             try:
                 os.close(stop_write)
@@ -820,7 +827,19 @@ class Supervisor:
                 log.warning("worker died; starting a new one")
             else:
                 log.info("starting a worker ([milter] workers = %d)", self.worker_count)
+            if not self._try_spawn():
+                break
+
+    def _try_spawn(self) -> bool:
+        """Start a worker; False when the system refused (no descriptor or process left: the supervisor died of
+        it, every worker with it), when the replacement is tried again after SPAWN_RETRY seconds."""
+        try:
             self._spawn()
+        except OSError as exc:
+            self._not_before = time.monotonic() + SPAWN_RETRY
+            log.error("cannot start a worker: %s; trying again in %gs (the running workers keep serving)", exc.strerror or exc, SPAWN_RETRY)
+            return False
+        return True
 
     def _reap(self, block: bool) -> list[int]:
         gone = []
@@ -874,7 +893,9 @@ class Supervisor:
     def _do_reload(self) -> None:
         services: Services | None = None
         try:
-            config = load_config(self.config_path)
+            # The file the running configuration came from: without -c, not whatever the search finds now
+            # (a milter.conf moved away would have switched the daemon to the embedded defaults, silently).
+            config = load_config(self.config_path or self.config.path)
             hide_database_url(config.database.url)  # before anything can log or raise with the new URL in it
             warn_restart_only(self.config, config)
             if config.milter.socket != self.config.milter.socket:
@@ -930,7 +951,8 @@ class Supervisor:
                 return
             started.append(new)
             self._stop_worker(pid)
-        log.info("reload done")
+        if not self._stopping:  # a SIGTERM meanwhile ended the reload half-way
+            log.info("reload done")
 
     def _discard(self, services: Services | None) -> None:
         """Close what a refused configuration's services opened (their store's connections)."""
@@ -952,6 +974,10 @@ class Supervisor:
         ready_read, ready_write = os.pipe()
         try:
             pid = self._spawn(ready_write)
+        except OSError as exc:
+            os.close(ready_read)
+            log.error("cannot start a worker: %s", exc.strerror or exc)
+            return None
         finally:
             os.close(ready_write)  # only the worker holds it now: its death is EOF
         poller = select.poll()
@@ -1033,6 +1059,8 @@ QUICK_DEATH = 10.0
 """Seconds: a worker that dies sooner after its start counts towards the restart backoff."""
 MAX_BACKOFF = 10.0
 """Seconds: the longest a worker that keeps dying at start waits to be replaced."""
+SPAWN_RETRY = 5.0
+"""Seconds: how long after the system refused a fork (no descriptor or process left) it is tried again."""
 
 MAINTENANCE_NAME = "milterd-maint"
 """The process name (``ps``'s COMM) of the supervisor's short-lived maintenance child, so that
@@ -1059,8 +1087,11 @@ def run_worker(services: Services, listen_fd: int, stop_fd: int, ready_fd: int =
 
     When it is ready to serve, it writes a byte to *ready_fd* (when not -1) and closes it.
     """
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
+    # The supervisor reloads; a SIGHUP to the whole group (pkill -HUP milterd, a logrotate idiom) killed the workers
+    # and the messages in flight with them.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     services.after_fork()
     use_spool_dir(services.config)
     metrics.after_fork_in_worker()  # the supervisor's metrics port must not outlive it in the workers

@@ -289,6 +289,20 @@ def test_reload_with_a_broken_milter_conf_keeps_the_old_one_and_names_the_key(tm
         assert milterd.stop() == 0
 
 
+def test_a_sighup_to_the_whole_group_reloads_without_killing_the_workers(tmp_path: Path) -> None:
+    """pkill -HUP milterd (a logrotate idiom) signals every process: the workers took SIGHUP's default, died
+    with the messages in flight, and were replaced as crashed workers."""
+    milterd = Milterd(tmp_path / "m").start()
+    try:
+        assert milterd.process is not None
+        os.killpg(milterd.process.pid, signal.SIGHUP)
+        assert _wait_for(lambda: "reload done" in milterd.stderr(), timeout=60), milterd.stderr()
+        assert "killed by signal 1" not in milterd.stderr() and "worker died" not in milterd.stderr(), milterd.stderr()
+        assert _wait_for(lambda: len(milterd.workers()) == 2, timeout=30) and _negotiates(milterd.port)
+    finally:
+        assert milterd.stop() == 0
+
+
 def test_sigkill_of_the_supervisor_frees_the_socket_for_the_next_start(tmp_path: Path) -> None:
     """The workers see their stop pipe close, stop accepting and exit; the next start (on the
     same unix socket, with the stale socket file) listens and serves."""

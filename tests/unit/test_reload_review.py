@@ -250,3 +250,51 @@ def test_a_config_in_a_directory_the_account_cannot_enter_is_named_not_a_traceba
     assert os.geteuid() == 0
     assert [str(p) for p in problems][:1] == [f"{conf}: user nobody cannot read {conf}, which a reload (SIGHUP) reads again as that user: "
                                               f"make it readable by it (chgrp nogroup {conf}; chmod g+r {conf}), or restart milterd instead of reloading"]
+
+
+# --- the supervisor when the system refuses a fork, and a reload without -c ------------------------
+
+
+def test_a_refused_fork_is_retried_later_not_the_supervisor_s_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Was: OSError (EMFILE: idle metrics connections had used every descriptor) out of os.pipe() in the main loop:
+    the supervisor died of it, and every worker with it."""
+    boss = _supervisor(_conf(tmp_path))
+
+    def no_descriptor() -> tuple[int, int]:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(supervisor.os, "pipe", no_descriptor)
+    with caplog.at_level(logging.ERROR):
+        boss._reap_and_replace()
+    assert boss.workers == {} and boss._not_before > 0
+    assert "cannot start a worker: Too many open files; trying again in 5s" in caplog.text
+
+
+def test_a_refused_fork_leaves_no_pipe_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    boss = _supervisor(_conf(tmp_path))
+
+    def no_process() -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(supervisor.os, "fork", no_process)
+    before = len(os.listdir("/proc/self/fd"))
+    boss._reap_and_replace()
+    assert boss._spawn_ready() is None
+    assert len(os.listdir("/proc/self/fd")) == before and boss.workers == {}
+
+
+def test_a_reload_without_c_reads_the_file_it_started_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Was: started without -c, a reload searched again: with milter.conf moved away it took the embedded defaults
+    ("new configuration accepted": another store, the system's resolver, no thresholds of the site)."""
+    conf = _conf(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None)
+    assert config.path == conf.resolve()
+    boss = supervisor.Supervisor(None, config, build(config))
+    conf.rename(tmp_path / "moved.conf")
+    with caplog.at_level(logging.ERROR):
+        boss._do_reload()
+    assert boss.config is config
+    assert "reload refused, the running configuration stays" in caplog.text and "milter.conf" in caplog.text
