@@ -83,12 +83,14 @@ def start(listen: str) -> tuple[str, int] | None:
     else:
         directory = _directory = tempfile.mkdtemp(prefix="milterd-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+    from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app, multiprocess
+
+    from .metricsserver import serve
 
     registry = CollectorRegistry()
     registry.register(_LockedCollector(multiprocess.MultiProcessCollector(None, path=directory)))
     try:
-        server, _thread = start_http_server(port, addr=host, registry=registry)
+        server = serve(host, port, make_wsgi_app(registry))
     except BaseException:  # a port in use, an address not here: serve refuses to start and leaves nothing behind
         if _directory:
             stop()

@@ -1,0 +1,68 @@
+"""The HTTP server of ``[metrics] listen``: prometheus_client's, bounded.
+
+prometheus_client's ``start_http_server`` starts a thread per connection and
+never times one out: idle connections to the port (any local user can open
+them) were held for ever, a thread and a descriptor each, until the
+supervisor had no descriptor left to start a worker with.  Here a client has
+:data:`TIMEOUT` seconds for each read and write, and at most
+:data:`MAX_CONNECTIONS` are served at once (the next ones are closed at once).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from socketserver import ThreadingMixIn
+from typing import Any, Callable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+#: Seconds a metrics client may take for each read and write (a scrape takes milliseconds).
+TIMEOUT = 5.0
+#: Connections served at once; more are closed unanswered.
+MAX_CONNECTIONS = 16
+
+
+class _Handler(WSGIRequestHandler):
+    """A request with a socket timeout, logged nowhere (a scrape every 15 s would fill the log)."""
+
+    timeout = TIMEOUT
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        """Log nothing."""
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most MAX_CONNECTIONS of them."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a thread of its own, or close it when MAX_CONNECTIONS are served."""
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """The connection's thread: its slot is given back when it ends."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def serve(host: str, port: int, app: Callable[..., Any]) -> WSGIServer:
+    """Serve the WSGI *app* on *host*:*port* (IPv4 or IPv6, as the address is) in a daemon thread; the server."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    server_class: type[_Server] = type("_FamilyServer", (_Server,), {"address_family": family})
+    server: WSGIServer = make_server(str(address[0]), port, app, server_class, handler_class=_Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
