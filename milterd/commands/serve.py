@@ -67,12 +67,23 @@ def running_pid(path: str, mine: bool = False) -> int:
         os.close(fd)
     if pid == os.getpid():
         return pid if mine else 0
+    return pid if pid > 0 and serving(pid) else 0
+
+
+def serving(pid: int) -> bool:
+    """Whether process *pid* is a ``milterd serve`` (``milterd serve …``, ``python -m milterd serve …``): its
+    command line has a ``serve`` argument after one that is milterd (a program of that name, or the module).
+
+    Not any process whose command line says "milterd" somewhere: a stale pid file's pid reused by
+    ``tail -f /var/log/milterd.log`` refused the start, and ``milterd reload`` signalled it.
+    """
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            command = handle.read()
+            args = handle.read().split(b"\0")
     except OSError:  # no such process (or no /proc)
-        return 0
-    return pid if pid > 0 and b"milterd" in command else 0
+        return False
+    program = next((i for i, arg in enumerate(args) if os.path.basename(arg) == b"milterd"), None)
+    return program is not None and b"serve" in args[program + 1:]
 
 
 def write_pid_file(path: str, pid: int) -> None:
@@ -118,6 +129,9 @@ def run_reload(args: argparse.Namespace) -> int:
     """Send SIGHUP to the supervisor named by the pid file."""
     try:
         pid = read_pid_file(args.pid_file)
+        if not serving(pid):
+            # A stale file (a crash, a reboot) whose pid another process has now: SIGHUP would end it.
+            raise ValueError(f"pid {pid} is not a running milterd serve (a stale pid file?)")
         os.kill(pid, signal.SIGHUP)
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc

@@ -205,6 +205,30 @@ def test_a_stale_pid_file_and_socket_do_not_block_the_start(tmp_path: Path) -> N
     assert not pid_file.exists()
 
 
+def test_a_stale_pid_file_naming_another_process_is_neither_signalled_nor_blocking(tmp_path: Path) -> None:
+    """After a crash the pid went to a process whose command line says milterd (tail -f milterd.log): milterd
+    reload sent it SIGHUP (it died) and serve refused to start as 'already running'."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "/var/log/milterd.log"])
+    pid_file = tmp_path / "milterd.pid"
+    pid_file.write_text(f"{other.pid}\n")
+    milterd = Milterd(tmp_path / "m")
+    try:
+        reload = subprocess.run([sys.executable, "-m", "milterd", "reload", "--pid-file", str(pid_file)], capture_output=True, text=True, timeout=60)
+        assert reload.returncode == 1 and f"pid {other.pid} is not a running milterd serve" in reload.stderr, reload.stderr
+        assert other.poll() is None
+        process = _popen(milterd, "--pid-file", str(pid_file))
+        try:
+            assert _wait_for(lambda: "listening on" in milterd.stderr()), milterd.stderr()
+            assert int(pid_file.read_text()) == process.pid
+            reload = subprocess.run([sys.executable, "-m", "milterd", "reload", "--pid-file", str(pid_file)], capture_output=True, text=True, timeout=60)
+            assert reload.returncode == 0 and _wait_for(lambda: "reload done" in milterd.stderr(), timeout=60), reload.stderr
+        finally:
+            assert _stop(process) == 0
+    finally:
+        other.kill()
+        other.wait()
+
+
 #: Injected into the supervisor's module: every worker fails as soon as it starts
 #: (a check that cannot initialise, a store that refuses every worker...).
 FAILING_WORKER = """
