@@ -102,7 +102,7 @@ class DnsRecorder:
         self.failures = 0
 
     def __call__(self, name: bytes | str, timeout: float = 5.0) -> bytes | None:
-        qname = fold_case((name.decode("utf-8", "replace") if isinstance(name, bytes) else name).rstrip("."))
+        qname = record_name(name.decode("utf-8", "replace") if isinstance(name, bytes) else name)
         if not queryable(qname):
             self.invalid += 1
             return None
@@ -275,9 +275,18 @@ def key_restriction(record: bytes, sig: dict[bytes, bytes]) -> str:
     return ""
 
 
+def record_name(name: str) -> str:
+    """A key record's name as :class:`DnsRecorder` asks and keeps it: case folded, without a trailing dot."""
+    return fold_case(name.rstrip("."))
+
+
 def _key_name(verifier: Any) -> str:
-    """The key record name (as DnsRecorder keeps it) of the signature *verifier* last looked at."""
-    return f"{_text(verifier.selector)}._domainkey.{_text(verifier.domain)}".lower()
+    """The key record name (as DnsRecorder keeps it) of the signature *verifier* last looked at.
+
+    Made as DnsRecorder makes it: ``d=example.org.`` (a trailing dot) missed the record kept, and the key's
+    t=s and h= restrictions were not applied (a pass), a revoked key was a fail instead of a permerror.
+    """
+    return record_name(f"{_text(verifier.selector)}._domainkey.{_text(verifier.domain)}")
 
 
 def unsigned_bytes(verifier: Any, sig: dict[bytes, bytes]) -> int:

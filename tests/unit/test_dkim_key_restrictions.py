@@ -65,3 +65,20 @@ def test_restrictions_the_signature_meets_let_it_pass(rsa_key: bytes, tags: str,
     message = signed(rsa_key, identity=identity) if identity else signed(rsa_key)
     [result] = verify(message, {KEY_NAME: record(rsa_key, tags)})
     assert result.result == "pass", result.reason
+
+
+@pytest.mark.parametrize(
+    ("tags", "identity", "reason"),
+    [
+        ("h=sha1;", None, "the key record's h= does not allow sha256"),
+        ("t=s;", b"u@sub.signed.test.", "the key record's t=s does not allow an i= domain other than d="),
+        ("p=;", None, "key revoked"),
+    ],
+)
+def test_a_d_domain_with_a_trailing_dot_meets_the_same_key_record(rsa_key: bytes, tags: str, identity: bytes | None, reason: str) -> None:
+    # Was: the record was kept under the name without the dot, looked for with it: no restriction applied (a pass),
+    # a revoked key a fail.
+    record_text = record(rsa_key, tags) if tags != "p=;" else "v=DKIM1; k=rsa; p="
+    message = dkim.sign(MESSAGE, b"sel", b"signed.test.", rsa_key, identity=identity) + MESSAGE
+    [result] = verify(message, {KEY_NAME: record_text})
+    assert (result.result, result.reason) == ("permerror", reason)
