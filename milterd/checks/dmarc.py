@@ -233,10 +233,15 @@ class Record:
     np: Policy | None = None
 
 
+_PCT = re.compile(r"[0-9]{1,3}")
+
+
 def is_dmarc_record(text: str) -> bool:
     """Whether the TXT record *text* is a DMARC record at all (starts with ``v=DMARC1``), valid or not."""
-    # RFC 7489's WSP (a space or a tab) anywhere in it; any blank at its ends, as the record's tags are read.
-    return text.partition(";")[0].strip().replace(" ", "").replace("\t", "") == "v=DMARC1"
+    # RFC 7489 §6.4: "v" *WSP "=" *WSP "DMARC1", the tag's name in any case (an ABNF string), its value exactly
+    # (%x44 %x4d ...); any blank at its ends, as the record's tags are read.
+    name, equals, value = text.partition(";")[0].partition("=")
+    return bool(equals) and name.strip().lower() == "v" and value.strip() == "DMARC1"
 
 
 def parse_record(text: str) -> Record | None:
@@ -263,10 +268,9 @@ def _parse_record(text: str) -> Record | None:
         p = "none"  # RFC 7489 §6.6.3: a bad or missing p with rua= is monitoring
     sp = tags.get("sp", "").lower()
     np = tags.get("np", "").lower()
-    try:
-        pct = int(tags.get("pct", "100"))
-    except ValueError:
-        pct = 100
+    # 1*3DIGIT (RFC 7489 §6.4): int() also reads "1_0", "+5" and non-ASCII digits ("٥"), a milder policy than published.
+    written = tags.get("pct", "100")
+    pct = int(written) if _PCT.fullmatch(written) else 100
     return Record(
         p=p,  # type: ignore[arg-type]
         sp=sp if sp in ("none", "quarantine", "reject") else p,  # type: ignore[arg-type]

@@ -162,6 +162,12 @@ def test_dmarc_record_parsing() -> None:
     assert parse_record("v=DMARC1; p=bogus") is None
     assert parse_record("v=spf1 -all") is None
     assert parse_record("v=DMARC1; p=none; pct=300").pct == 100  # type: ignore[union-attr]
+    # The tag's name in any case (an ABNF string), its value exactly (RFC 7489 §6.4): "V=" was ignored, no policy.
+    assert parse_record("V=DMARC1; p=reject") == Record("reject", "reject") and parse_record("v=dmarc1; p=reject") is None
+    # pct is 1*3DIGIT: int() read "1_0" as 10 and an Arabic-Indic five as 5, a milder policy than published.
+    for pct in ("1_0", "\u0665", "+5", "-0", " 1 0"):
+        assert parse_record(f"v=DMARC1; p=reject; pct={pct}").pct == 100, pct  # type: ignore[union-attr]
+    assert parse_record("v=DMARC1; p=reject; pct= 050 ").pct == 50  # type: ignore[union-attr]
 
 
 def test_org_domain_and_alignment() -> None:
