@@ -23,6 +23,7 @@ DYNAMIC = re.compile(r"^milterd(\.\w+)+(:\w+)?$")
 #: Function-local imports that are meant, with the reason: (importing module, imported module) → why.
 ALLOWED_LOCAL: dict[tuple[str, str], str] = {
     ("milterd.metrics", "prometheus_client"): "prometheus_client reads PROMETHEUS_MULTIPROC_DIR when first imported, which metrics sets just before",
+    ("milterd.metrics", "milterd.metricsserver"): "with metrics off nothing is imported: the HTTP server's modules (wsgiref, http.server) neither",
 }
 
 

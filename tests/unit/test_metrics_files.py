@@ -17,7 +17,7 @@ import prometheus_client
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, mmap_dict, multiprocess, values
 
-from milterd import dns, metrics
+from milterd import dns, metrics, metricsserver
 from milterd.milter.supervisor import Supervisor
 
 Totals = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -144,16 +144,17 @@ class _Server:
 def test_the_served_registry_waits_for_a_fold(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     served: list[CollectorRegistry] = []
 
-    def serve(port: int, addr: str, registry: CollectorRegistry) -> tuple[_Server, None]:
+    def app(registry: CollectorRegistry) -> str:
         served.append(registry)
-        return _Server(), None
+        return "the app"
 
-    monkeypatch.setattr(prometheus_client, "start_http_server", serve)
+    monkeypatch.setattr(prometheus_client, "make_wsgi_app", app)
+    monkeypatch.setattr(metricsserver, "serve", lambda host, port, application: _Server())
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     for name in ("_directory", "_metrics", "_path"):  # what start sets: put back as it was after the test
         monkeypatch.setattr(metrics, name, None)
     try:
-        metrics.start("127.0.0.1:9999")  # not bound: start_http_server is the fake above
+        metrics.start("127.0.0.1:9999")  # not bound: serve is the fake above
         write(monkeypatch, tmp_path, {101: ([("accept", 2)], [])})
         scraped: list[bytes] = []
         with metrics._lock:  # noqa: SLF001 - as a fold holds it

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import prometheus_client
 import pytest
 
-from milterd import dns, metrics
+from milterd import dns, metrics, metricsserver
 from milterd import store as store_module
 from milterd.cli import main
 from milterd.config import DatabaseSection
@@ -98,11 +98,11 @@ def _bound_server(server_address: tuple[str, int]) -> socketserver.TCPServer:
 def test_start_keeps_the_listening_socket_of_the_metrics_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     servers: list[socketserver.TCPServer] = []
 
-    def serve(port: int, addr: str, registry: Any) -> tuple[socketserver.TCPServer, None]:
-        servers.append(_bound_server((addr, 0)))  # any free port: the listen address says 9999
-        return servers[-1], None
+    def serve(host: str, port: int, app: Any) -> socketserver.TCPServer:
+        servers.append(_bound_server((host, 0)))  # any free port: the listen address says 9999
+        return servers[-1]
 
-    monkeypatch.setattr(prometheus_client, "start_http_server", serve)
+    monkeypatch.setattr(metricsserver, "serve", serve)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     for name in ("_directory", "_metrics", "_path", "_listen_socket"):  # what start sets: put back after the test
         monkeypatch.setattr(metrics, name, None)
