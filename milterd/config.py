@@ -222,6 +222,22 @@ class ChecksSection(Section):
     attachments: AttachmentChecks = AttachmentChecks()
     uribl: UriblChecks = UriblChecks()
 
+    @model_validator(mode="after")
+    def _dmarc_needs_dkim(self) -> "ChecksSection":
+        # DMARC reads the DKIM check's results: without them a genuine signature aligned with the From domain is
+        # "no DKIM pass", and a forwarded message of a p=reject domain (SPF not aligned) was rejected.
+        dmarc, dkim = self.dmarc, self.dkim
+        if not dmarc.enabled:
+            return self
+        if not dkim.enabled or dkim.max_signatures == 0:
+            raise ValueError("[checks.dmarc] needs the DKIM check's results: set [checks.dkim] enabled = true and max_signatures "
+                             "above 0, or [checks.dmarc] enabled = false (else signed mail fails DMARC)")
+        for key in ("skip_trusted", "skip_authenticated"):
+            if getattr(dkim, key) and not getattr(dmarc, key):
+                raise ValueError(f"[checks.dmarc] {key} = false needs [checks.dkim] {key} = false too: DMARC would judge "
+                                 "that mail without its DKIM results (signed mail fails DMARC)")
+        return self
+
 
 class DkimKey(Section):
     domain: str = Field(description="The domain signed for (d=); mail whose From is in it or in a subdomain is signed.")

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 
 class DmarcChecks(CheckSwitches):
-    """DMARC (RFC 7489) of the From domain: SPF and DKIM alignment, p/sp/np/pct, the action for each policy."""
+    """DMARC (RFC 7489) of the From domain: SPF and DKIM alignment, p/sp/np/pct, the action for each policy (it reads the DKIM check's results: with [checks.dkim] off it must be off too)."""
 
     reject_action: Literal["reject", "quarantine", "score"] = Field("reject", description="A DMARC failure under p=reject: reject with 550 5.7.1 naming the From domain, quarantine, or only score DMARC_FAIL_REJECT.")
     quarantine_action: Literal["reject", "quarantine", "score"] = Field("quarantine", description="A DMARC failure under p=quarantine: quarantine, reject, or only score DMARC_FAIL_QUARANTINE.")

@@ -166,6 +166,20 @@ def test_a_store_link_loop_is_refused_naming_the_database_key(tmp_path: Path) ->
             refuse_unsafe_store(tmp_path / "log.sqlite")
 
 
+@pytest.mark.parametrize(("dkim", "reason"), [
+    ("enabled = false", "[checks.dmarc] needs the DKIM check's results"),
+    ("max_signatures = 0", "[checks.dmarc] needs the DKIM check's results"),
+    ("skip_trusted = true\n[checks.dmarc]\nskip_trusted = false", "[checks.dmarc] skip_trusted = false needs [checks.dkim] skip_trusted = false"),
+])
+def test_dmarc_without_the_dkim_results_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], dkim: str, reason: str) -> None:
+    # Was: accepted; a genuine signature aligned with a p=reject From domain was "no DKIM pass", and a forwarded
+    # message (SPF not aligned) was rejected.
+    conf = write(tmp_path, DNS + f"[checks.dkim]\n{dkim}\n")
+    refused(conf, capsys, conf, "checks", reason)
+    status, _ = lint(write(tmp_path, DNS + "[checks.dkim]\nenabled = false\n[checks.dmarc]\nenabled = false\n"), capsys)
+    assert status == 0
+
+
 def test_an_absent_default_rules_directory_still_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, err = lint(write(tmp_path), capsys)
     assert (status, err) == (0, "")
