@@ -58,6 +58,12 @@ def dns_name(domain: str) -> str | None:
     return name.decode("ascii") if len(name) <= 253 else None
 
 
+#: The longest local part that is an address: RFC 5321's 64 octets is a floor a server must take (§4.5.3.1.1, and
+#: §4.5.3.1 asks receivers not to enforce it); a forwarder's SRS rewriting (SRS0=HHHH=TT=domain=local) passes it
+#: for ordinary mail, which scored MAIL_FROM_INVALID.  Its whole reverse-path, 256 octets, bounds it here.
+MAX_LOCAL_PART = 256
+
+
 @functools.lru_cache(maxsize=1024)  # pure; the same senders write again and again
 def address_problem(address: str) -> str:
     """What is wrong with a MAIL FROM address: "" (fine), "invalid", "ip_literal" or "no_dot".
@@ -68,7 +74,7 @@ def address_problem(address: str) -> str:
     if parts is None:
         return "invalid"
     local, domain = parts
-    if not local or len(local) > 64 or not _LOCAL.match(local):
+    if not local or len(local) > MAX_LOCAL_PART or not _LOCAL.match(local):
         return "invalid"
     if domain.startswith("[") and domain.endswith("]"):
         return "ip_literal"

@@ -204,6 +204,16 @@ def test_helo_bare_ip_and_ip_literal_sender_are_scored(stack: Stack) -> None:
     assert "MAIL_FROM_IP_LITERAL" in row_for(stack, "literal sender")["symbols"]
 
 
+def test_a_forwarder_s_srs_sender_past_64_octets_is_a_valid_address(stack: Stack) -> None:
+    # postsrsd rewrote an Amazon SES bounce address past RFC 5321's 64 octets (a floor, not a limit receivers
+    # enforce): forwarded mail scored MAIL_FROM_INVALID.
+    srs = "SRS0=abcd=TT=amazonses.com=0100018e7a1b2c3d-4e5f6a7b-8c9d-0e1f-2a3b-4c5d6e7f8a9b-000000@pass.test"
+    stack.send(message("srs sender", sender=srs), sender=srs, xclient=client())
+    assert delivered(stack, "srs sender")
+    symbols = row_for(stack, "srs sender")["symbols"]
+    assert "MAIL_FROM_INVALID" not in symbols and "SPF_PASS" in symbols, symbols
+
+
 def test_no_from_and_two_subjects_are_scored(stack: Stack) -> None:
     raw = message("twice", headers={"From": None}).replace(b"Subject: twice\r\n", b"Subject: twice\r\nSubject: twice again\r\n")
     stack.send(raw, xclient=client())
