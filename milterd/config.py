@@ -41,7 +41,7 @@ from .greylist import compile_pattern
 from .options import CheckSwitches as CheckSwitches
 from .options import ConfigError as ConfigError
 from .options import Duration as Duration
-from .options import Section, finite
+from .options import Section, domain_names, finite
 from .options import Size as Size
 from .reinject import parse_target
 from .scanners import parse_address
@@ -102,6 +102,11 @@ class MilterSection(Section):
     max_headers: int = Field(1000, ge=0, description="Most header fields a message may have; one more is refused with 554 5.6.0 at that header, whatever Postfix's own limits; 0 is no limit.")
     max_header_size: Size = Field(32 * 1024, description="Largest single header field (name, value and folding); a larger one is refused with 552 5.3.4 (Postfix cuts a longer one silently: at header_size_limit, and at about 60K when a milter is used); 0 is no limit.")
     max_header_section: Size = Field(1024 * 1024, description="Largest header section (all header fields together); reaching past it is refused with 552 5.3.4 at that header; 0 is no limit.")
+
+    @field_validator("local_domains")
+    @classmethod
+    def _local_domains(cls, value: list[str]) -> list[str]:
+        return domain_names(value, "write one domain per entry (example.org; a subdomain is an entry of its own)")
 
     @field_validator("spam_lovers")
     @classmethod
@@ -535,10 +540,14 @@ def _validate(data: dict[str, Any], path: Path) -> Config:
 
 
 def format_location(loc: tuple[Any, ...]) -> str:
-    """Render a pydantic error location as ``[section] key`` (or ``[section] key[2]``, ``[section] keys[0].key``)."""
+    """Render a pydantic error location as ``[section] key`` (or ``[section] key[2]``, ``[section] keys[0].key``), a
+    check's as its table is written: ``[checks.helo] our_names``."""
+    table = f"checks.{loc[1]}" if len(loc) >= 3 and loc[0] == "checks" and isinstance(loc[1], str) else None
     key = ""
-    for part in loc:
+    for part in loc[2:] if table else loc:
         key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else str(part)
+    if table:
+        return f"[{table}] {key}"
     section, _, rest = key.partition(".")
     if rest and not section.endswith("]"):
         return f"[{section}] {rest}"

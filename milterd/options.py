@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
@@ -21,6 +22,19 @@ def _shown(value: object) -> str:
     """*value* for an error line: 400 digits would bury the reason."""
     text = repr(value)
     return text if len(text) <= 24 else text[:20] + "…"
+
+
+#: Characters no domain name holds (non-ASCII letters, digits, "-" and "_" are left to DNS and IDNA).
+_NOT_IN_A_NAME = re.compile(r"[\s@*\[\]/\\:;,<>\"'()!?#$%&+=|~^`{}]")
+
+
+def domain_names(value: list[str], hint: str) -> list[str]:
+    """*value*, when no entry is plainly no domain name ("@example.com", "*.example.net", ".example.org", a
+    network): ValueError naming the first, with *hint*.  Such an entry matched nothing, silently."""
+    for entry in value:
+        if not entry or entry.startswith(".") or ".." in entry or len(entry) > 254 or _NOT_IN_A_NAME.search(entry):
+            raise ValueError(f"{entry!r} is not a domain name: {hint}")
+    return value
 
 
 def finite(value: object) -> float:

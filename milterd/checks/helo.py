@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..message.model import Envelope, Hit, Session
-from ..options import CheckSwitches
+from ..options import CheckSwitches, domain_names
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 
@@ -30,6 +30,22 @@ class HeloChecks(CheckSwitches):
     resolve: bool = Field(True, description="Look the HELO name up in DNS (HELO_NO_RESOLVE when it has no address).")
     our_names: list[str] = Field([], description="Names that are ours besides hostname: a client claiming one in HELO scores HELO_CLAIMS_OURS.")
     our_addresses: list[str] = Field([], description="Our addresses: a client claiming one in HELO scores HELO_CLAIMS_OURS (Postfix's daemon_addr counts too).")
+
+    # An entry that can never match (a network, "[192.0.2.1]", "*.example.org") was taken silently: no HELO_CLAIMS_OURS.
+    @field_validator("our_names")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        return domain_names(value, "one host name per entry, no wildcard")
+
+    @field_validator("our_addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_address(entry)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address (one address per entry, not a network, no brackets)") from None
+        return value
 
 
 _STATE = "helo"

@@ -166,6 +166,26 @@ def test_a_store_link_loop_is_refused_naming_the_database_key(tmp_path: Path) ->
             refuse_unsafe_store(tmp_path / "log.sqlite")
 
 
+@pytest.mark.parametrize(("table", "where", "reason"), [
+    ('[milter]\nlocal_domains = ["example.org", "@example.com"]', "[milter] local_domains", "'@example.com' is not a domain name"),
+    ('[milter]\nlocal_domains = ["*.example.net"]', "[milter] local_domains", "'*.example.net' is not a domain name"),
+    ('[checks.helo]\nour_names = [".example.org"]', "[checks.helo] our_names", "'.example.org' is not a domain name"),
+    ('[checks.helo]\nour_addresses = ["192.0.2.0/24"]', "[checks.helo] our_addresses", "'192.0.2.0/24' is not an IP address"),
+    ('[checks.helo]\nour_addresses = ["[192.0.2.1]"]', "[checks.helo] our_addresses", "'[192.0.2.1]' is not an IP address"),
+])
+def test_an_entry_that_can_never_match_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], table: str, where: str, reason: str) -> None:
+    # Was: accepted silently: forged mail from ceo@example.com passed the local-domain spoof check unscored, a HELO
+    # claiming one of our addresses was not HELO_CLAIMS_OURS.
+    conf = write(tmp_path, DNS + table + "\n")
+    refused(conf, capsys, conf, where, reason)
+
+
+def test_domains_and_addresses_in_their_written_forms_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = write(tmp_path, DNS + '[milter]\nlocal_domains = ["example.org", "B\u00fccher.de", "mail.example.org."]\n'
+                 '[checks.helo]\nour_names = ["mx.example.org"]\nour_addresses = ["192.0.2.1", "2001:db8::25"]\n')
+    assert lint(conf, capsys)[0] == 0
+
+
 @pytest.mark.parametrize(("dkim", "reason"), [
     ("enabled = false", "[checks.dmarc] needs the DKIM check's results"),
     ("max_signatures = 0", "[checks.dmarc] needs the DKIM check's results"),
@@ -220,7 +240,7 @@ def test_a_duration_no_clock_holds_is_refused(tmp_path: Path, capsys: pytest.Cap
     # Was: accepted; socket.settimeout() and date arithmetic then raised OverflowError in every message.
     extra = "" if section == "dns" else DNS
     conf = write(tmp_path, f"{extra}[{section}]\n{key} = {value}\n" + ('nameservers = ["127.0.0.1:9"]\n' if section == "dns" else ""))
-    where = f"[{section}] {key}" if "." not in section else f"[checks] headers.{key}"
+    where = f"[{section}] {key}"
     refused(conf, capsys, conf, where, "must be at most 3650d")
 
 
@@ -337,7 +357,7 @@ def test_a_newline_in_a_value_does_not_split_the_error_line(tmp_path: Path, caps
 
 @pytest.mark.parametrize(
     ("conf", "key"),
-    [("[milter]\nmax_headers = true\n", "[milter] max_headers"), ("[greylist]\nnetmask_v4 = false\n", "[greylist] netmask_v4"), ("[checks.attachments]\narchive_max_depth = true\n", "[checks] attachments.archive_max_depth")],
+    [("[milter]\nmax_headers = true\n", "[milter] max_headers"), ("[greylist]\nnetmask_v4 = false\n", "[greylist] netmask_v4"), ("[checks.attachments]\narchive_max_depth = true\n", "[checks.attachments] archive_max_depth")],
 )
 def test_a_boolean_for_a_count_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], conf: str, key: str) -> None:
     # Was: taken as 1 or 0: max_headers = true refused every message with more than one header field.

@@ -64,7 +64,7 @@ def test_defaults_and_sane_values_are_accepted(tmp_path: Path) -> None:
         (f"[milter]\nmax_header_size = {LONG_DIGITS}\n", "[milter] max_header_size"),
         ("[clamav]\nmax_size = inf\n", "[clamav] max_size"),
         (f"[dns]\ntimeout = {HUGE}\n", "[dns] timeout"),
-        (f"[checks.attachments]\narchive_max_size = {LONG_DIGITS}\n", "[checks] attachments.archive_max_size"),
+        (f"[checks.attachments]\narchive_max_size = {LONG_DIGITS}\n", "[checks.attachments] archive_max_size"),
         (f"[actions]\nreject = {HUGE}\n", "[actions] reject"),
         (f"[learner]\nskip_spamd_above = {HUGE}\n", "[learner] skip_spamd_above"),
         # nan and infinities were accepted: a nan threshold never fires, a nan timeout breaks sockets
