@@ -28,6 +28,8 @@ class Services:
     ruleset: Ruleset = field(default_factory=Ruleset)
     checks: list[Check] = field(default_factory=list)
     symbols: dict[str, Symbol] = field(default_factory=dict)
+    #: The names of the symbols the checks define themselves (not those of the rule files' lists).
+    builtin: frozenset[str] = frozenset()
     _store: "Store | None" = None
     _resolver: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -89,6 +91,7 @@ def build(config: Config) -> Services:
     for cls in classes:
         for symbol in cls.symbols:
             services.symbols[symbol.name] = symbol
+    services.builtin = frozenset(services.symbols)
     for cls in classes:
         try:
             if not cls.enabled(services):
@@ -105,5 +108,5 @@ def build(config: Config) -> Services:
         check.loaded()
     for name, path in ruleset.weight_files.items():
         if name not in services.symbols:
-            raise ConfigError(path, f"symbols.{name}", "no check emits this symbol (misspelt?)")
+            raise ConfigError(path, f"symbols.{name}", "no check emits this symbol (misspelt, or a list of a check that is off?)")
     return services

@@ -138,7 +138,7 @@ def parse_zones(services: "Services") -> list[Zone]:
     seen: set[str] = set()
     zones: list[Zone] = []
     for kind in KINDS:
-        zones += parse_tables(services.ruleset, kind, functools.partial(parse_zone, kind), _symbols, seen, "zone")
+        zones += parse_tables(services.ruleset, kind, functools.partial(parse_zone, kind), _symbols, seen, "zone", services.builtin)
     return zones
 
 

@@ -12,7 +12,7 @@ import fnmatch
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Protocol, Sequence, TypeVar
 
 from ..dns import Answer
 from ..options import ConfigError, finite
@@ -120,13 +120,18 @@ def valid_pattern(pattern: Any) -> bool:
         return False
 
 
-def parse_tables(ruleset: "Ruleset", kind: str, parse: Callable[[Any, int, Any], N], symbols_of: Callable[[N], set[str]], seen: set[str], noun: str) -> list[N]:
+def parse_tables(ruleset: "Ruleset", kind: str, parse: Callable[[Any, int, Any], N], symbols_of: Callable[[N], set[str]], seen: set[str], noun: str,
+                 builtin: Collection[str] = ()) -> list[N]:
     """Every ``[[kind]]`` table of the rule files, parsed; ConfigError on the first bad
-    one, or on one with a symbol already in *seen* (which takes the symbols of each)."""
+    one, on one with a symbol already in *seen* (which takes the symbols of each), or on one
+    naming a *builtin* symbol (``name = "TEMPFAIL"`` made DNSBL_TEMPFAIL, 0 by design, a listing)."""
     parsed: list[N] = []
     for file, position, entry in ruleset.tables(kind):
         item = parse(file, position, entry)
         symbols = symbols_of(item)
+        taken = sorted(symbols.intersection(builtin))
+        if taken:
+            raise ConfigError(file, f"{kind} {item.symbol}", f"symbol {taken[0]} is one of milterd's own: name the {noun} otherwise")
         clash = symbols & seen
         if clash:
             raise ConfigError(file, f"{kind} {item.symbol}", f"symbol {sorted(clash)[0]} is already defined by another {noun}")

@@ -130,7 +130,7 @@ class Listed:
 
 def parse_uri_zones(services: "Services") -> list[UriZone]:
     """Every ``[[uribl]]`` of the rule files, validated; ConfigError on the first bad one."""
-    return parse_tables(services.ruleset, "uribl", parse_uri_zone, lambda zone: {s.name for s in zone.symbols()}, set(), "list")
+    return parse_tables(services.ruleset, "uribl", parse_uri_zone, lambda zone: {s.name for s in zone.symbols()}, set(), "list", services.builtin)
 
 
 def parse_uri_zone(file: Any, position: int, entry: Any) -> UriZone:

@@ -186,6 +186,17 @@ def test_domains_and_addresses_in_their_written_forms_load(tmp_path: Path, capsy
     assert lint(conf, capsys)[0] == 0
 
 
+@pytest.mark.parametrize(("rules", "key", "reason"), [
+    ('[[dnsbl]]\nname = "TEMPFAIL"\nzone = "bl.example"\nscore = 4\n', "dnsbl DNSBL_TEMPFAIL", "symbol DNSBL_TEMPFAIL is one of milterd's own: name the zone otherwise"),
+    ('[[uribl]]\nname = "UNREAD"\nzone = "ubl.example"\nscore = 4\n', "uribl URIBL_UNREAD", "symbol URIBL_UNREAD is one of milterd's own: name the list otherwise"),
+])
+def test_a_list_named_as_a_built_in_symbol_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], rules: str, key: str, reason: str) -> None:
+    # Was: accepted; the list's score replaced the built-in symbol's (DNSBL_TEMPFAIL 0 became 4: every resolver
+    # timeout scored as a listing).
+    conf = write(tmp_path, rules=rules)
+    refused(conf, capsys, tmp_path / "rules" / "local.toml", key, reason)
+
+
 @pytest.mark.parametrize(("dkim", "reason"), [
     ("enabled = false", "[checks.dmarc] needs the DKIM check's results"),
     ("max_signatures = 0", "[checks.dmarc] needs the DKIM check's results"),
