@@ -36,7 +36,7 @@ from ..content.mimeparts import (
 from ..content.mimetext import single_text_type
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
-from ..options import CheckSwitches, Size
+from ..options import CheckSwitches, Duration, Size
 from ..text import escape
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
@@ -69,7 +69,7 @@ class AttachmentChecks(CheckSwitches):
     archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")
     archive_max_message_size: Size = Field(200 * 1024 * 1024, description="Most bytes decompressed for all the attachments of one message: the archives past it are not looked into (ATTACH_ARCHIVE_LIMIT), so that many small archive bombs in one message cost no more than a few.")
     archive_process: bool = Field(True, description="List 7z, rar, cab, tar, gzip, bzip2 and xz archives (libarchive: C code reading hostile input) in a short-lived forked child with bounded memory and CPU, so that a crash there, or a listing past the child's time or memory, is ATTACH_ARCHIVE_LIMIT, never a dead worker; costs a few ms per such archive. Zip is read in the worker by Python's own zipfile, but for one zipfile cannot open (cut short, or with more than 64 KB after it), which libarchive lists as the others.")
-    archive_process_seconds: float = Field(10.0, gt=0, description="Most seconds of CPU the listing children (archive_process) may take for one message's archives, with what forking each costs the worker (10 ms at least a child): the archives past them are not looked into (ATTACH_ARCHIVE_LIMIT), so that many archives each built to take a child's 20 s cost a worker no more (the archives a zip holds are listed together in one child).")
+    archive_process_seconds: Duration = Field(10.0, gt=0, description="Most seconds of CPU the listing children (archive_process) may take for one message's archives, with what forking each costs the worker (10 ms at least a child): the archives past them are not looked into (ATTACH_ARCHIVE_LIMIT), so that many archives each built to take a child's 20 s cost a worker no more (the archives a zip holds are listed together in one child).")
     max_attachment_size: Size = Field(64 * 1024 * 1024, description="Attachments are decoded up to this size (to a temporary file past [milter] spool_memory); a larger one is judged by its name and first bytes only.")
 
 

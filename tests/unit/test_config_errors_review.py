@@ -197,6 +197,13 @@ def test_a_list_named_as_a_built_in_symbol_is_refused(tmp_path: Path, capsys: py
     refused(conf, capsys, tmp_path / "rules" / "local.toml", key, reason)
 
 
+@pytest.mark.parametrize(("value", "reason"), [("true", "expected a duration"), ("inf", "must be a finite duration"), ("1e308", "must be at most 3650d")])
+def test_archive_process_seconds_is_a_duration(tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str, reason: str) -> None:
+    # Was a plain float, the only one: true was 1 second, inf and 1e308 were taken.
+    conf = write(tmp_path, DNS + f"[checks.attachments]\narchive_process_seconds = {value}\n")
+    refused(conf, capsys, conf, "[checks.attachments] archive_process_seconds", reason)
+
+
 @pytest.mark.parametrize(("dkim", "reason"), [
     ("enabled = false", "[checks.dmarc] needs the DKIM check's results"),
     ("max_signatures = 0", "[checks.dmarc] needs the DKIM check's results"),
