@@ -43,7 +43,7 @@ from .scanners.clamd import ClamdClient
 from .scanners.spamd import SpamdClient
 from .services import build
 from .store import Store, newer_schema
-from .store.engine import server_connection_limits, sqlite_file
+from .store.engine import sqlite_file
 from .store.learner import LearnerStore, ModelSummary, model_may_exist
 from .text import redact, redact_url
 from .units import parse_duration
@@ -179,7 +179,7 @@ def probe_connections(config: Config) -> list[Finding]:
     def probe() -> Finding:
         store = Store(config.database)
         try:
-            limits = server_connection_limits(store.engine)
+            limits = store.connection_limits()
         finally:
             store.close()
         if limits is None:
@@ -257,6 +257,10 @@ def probe_learner(config: Config) -> Finding:
                                                  f" and {learner.min_ham} ham are learned (milterd learn)")
         store = Store(config.database)
         try:
+            if store.schema_version() != store.head_version():
+                # An older schema (an empty file, a store before the classifier) has no model tables: the database
+                # finding says what serve or db upgrade will do; a raw "no such table" here failed doctor as well.
+                return Finding("classifier", "skip", f"{_safe_url(config.database.url)}: the store's schema is not current (see database): the model is read once it is")
             summary = LearnerStore(store.engine).summary()
         finally:
             store.close()
@@ -353,6 +357,8 @@ def judge_dnsbl(zone: str, name: str, answer: Answer, refused: Sequence[str] = (
 
 def probe_dns(config: Config, services: Any) -> list[Finding]:
     """Each DNSBL zone must list its test entry 127.0.0.2 (RFC 5782); the resolver must answer."""
+    if not config.checks.dnsbl.enabled:  # a site that switched the lists off (its resolver refused by them) is not warned per zone
+        return [Finding("dns", "skip", "[checks.dnsbl] enabled = false")]
     lists = dnsbl_lists(services)
     if not lists:
         return [Finding("dns", "skip", "no DNSBL zones in rules/")]

@@ -31,7 +31,7 @@ from ..clock import utcnow as utcnow
 from ..config import DatabaseSection
 from ..text import redact, redact_url, storable
 from . import schema
-from .engine import POOL_SIZE, file_moved, make_engine, sqlite_file  # noqa: F401 - re-exported
+from .engine import POOL_SIZE, file_moved, make_engine, server_connection_limits, sqlite_file  # noqa: F401 - re-exported
 from .errors import StoreError as StoreError
 from .greylist import GreylistStore
 from .quarantine import insert_message
@@ -656,6 +656,14 @@ class Store:
     def greylist(self) -> "GreylistStore":
         """The greylist's triplets, client networks and whitelist (store/greylist.py)."""
         return GreylistStore(self.engine)
+
+    def connection_limits(self) -> tuple[int, int] | None:
+        """The server's ``max_connections`` and ``superuser_reserved_connections``; None for SQLite.
+        StoreError, one line, when the database does not answer (not the driver's lines and link)."""
+        try:
+            return server_connection_limits(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"the database does not answer: {driver_reason(exc, self.section.url)}") from exc
 
     def ping(self) -> None:
         """Run a trivial query; StoreError when the database does not answer."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from milterd.diagnostics import connection_budget, judge_connections
+from milterd.config import Config
+from milterd.diagnostics import connection_budget, judge_connections, probe_connections
 
 
 def test_budget_counts_every_worker_the_supervisor_and_a_reload() -> None:
@@ -25,3 +26,11 @@ def test_more_than_the_server_allows_fails() -> None:
     finding = judge_connections(32, 4, 100, 3)  # 162 at a reload
     assert finding.status == "fail" and "max_connections" in finding.detail
 
+
+
+def test_a_database_that_does_not_answer_is_one_line() -> None:
+    # Was: the driver's multi-line error with its "Background on this error" link, unlike the other findings.
+    config = Config().with_changes({"database.url": "postgresql+psycopg://milterd@127.0.0.1:9/milterd"})
+    [finding] = probe_connections(config)
+    assert finding.status == "fail" and "\n" not in finding.detail and "sqlalche.me" not in finding.detail, finding
+    assert finding.detail.startswith("StoreError: the database does not answer: "), finding

@@ -62,6 +62,18 @@ def test_doctor_does_not_call_a_refused_dnsbl_answer_ok(monkeypatch: pytest.Monk
     assert found["dns bl.spamcop.net"].status == "ok"
 
 
+def test_doctor_does_not_probe_the_lists_of_a_dnsbl_check_that_is_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Was: a warning per zone ("does not list its test entry"), a failure with a dead resolver, for lists not used.
+    config = Config.model_validate({"rules": {"dir": str(tmp_path)}, "checks": {"dnsbl": {"enabled": False}}})
+    services = build(config)
+    monkeypatch.setattr(diagnostics, "Resolver", _FakeResolver)
+    try:
+        found = probe_dns(config, services)
+    finally:
+        services.close()
+    assert [(f.name, f.status, f.detail) for f in found] == [("dns", "skip", "[checks.dnsbl] enabled = false")]
+
+
 def test_doctor_does_not_call_an_answer_outside_loopback_ok(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # A resolver rewriting NXDOMAIN to an advertising host: the check ignores answers outside 127.0.0.0/8.
     found = _dns_findings(monkeypatch, tmp_path, {"2.0.0.127.bl.spamcop.net": ("198.51.100.7",)})
