@@ -36,6 +36,7 @@ from .dkimsign import SigningKey, load_keys, public_record, record_matches
 from .dns import Answer, Resolver, dnsbl_name, probe_nameserver, server_name
 from .endpoints import parse_socket, unix_path_too_long
 from .learner.classifier import Counts, trained
+from .message.policy import unreachable_thresholds
 from .milter.supervisor import socket_id
 from .reinject import parse_target, probe, probe_tls, smtp_error, unverified_auth
 from .ruleset import origins
@@ -81,6 +82,7 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
     try:
         services = build(config)
         findings.append(Finding("configuration", "ok", f"{config.path or 'embedded defaults'}: {len(services.checks)} checks enabled"))
+        findings += [Finding("actions", "warn", problem) for problem in unreachable_thresholds(config.actions)]
         findings += rule_origins(services)
     except ConfigError as exc:
         findings.append(Finding("configuration", "fail", str(exc)))

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from ..config import Config, ConfigError, load_config
 from ..message.pipeline import PIPELINE_SYMBOLS
+from ..message.policy import unreachable_thresholds
 from ..options import finite
 from ..ruleset import is_shipped
 from ..services import Services, build
@@ -109,6 +110,8 @@ def run_lint(args: argparse.Namespace) -> int:
         f"{len(services.ruleset.files) - shipped} files; {len(services.ruleset.weights)} weights, "
         f"{custom} rule symbols; {len(services.checks)} checks enabled"
     )
+    for problem in unreachable_thresholds(config.actions):
+        print(f"milterd: warning: {config.path or 'embedded defaults'}: {problem}", file=sys.stderr)
     return 0
 
 

@@ -108,6 +108,23 @@ def threshold_action(score: float, actions: ActionsSection) -> Action:
     return Action.ACCEPT
 
 
+def unreachable_thresholds(actions: ActionsSection) -> list[str]:
+    """Why each threshold of ``[actions]`` that no score can reach is so: at or above a more severe action's, which
+    :func:`threshold_action` takes first (reject = 5 with quarantine = 12 quarantines nothing)."""
+    found = []
+    for position, (_action, key) in enumerate(THRESHOLD_ACTIONS):
+        threshold = getattr(actions, key)
+        if threshold is False:
+            continue
+        for _stronger, other in THRESHOLD_ACTIONS[:position]:
+            above = getattr(actions, other)
+            if above is not False and above <= threshold:
+                found.append(f"[actions] {key} = {float(threshold):g} is at or above {other} = {float(above):g}: "
+                             f"no message reaches {key} by its score ({other} comes first)")
+                break
+    return found
+
+
 @dataclass(frozen=True)
 class GreylistStatus:
     """The greylist store's answer for a message the score would greylist.

@@ -204,6 +204,14 @@ def test_archive_process_seconds_is_a_duration(tmp_path: Path, capsys: pytest.Ca
     refused(conf, capsys, conf, "[checks.attachments] archive_process_seconds", reason)
 
 
+def test_thresholds_no_score_can_reach_are_said_at_lint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Was: OK without a word; with reject = 5 and quarantine = 12 a score of 13 was rejected, nothing quarantined.
+    status, err = lint(write(tmp_path, DNS + "[actions]\nreject = 5\nquarantine = 12\nrewrite_subject = false\nadd_header = 4\n"), capsys)
+    assert status == 0
+    assert err.splitlines() == [f"milterd: warning: {tmp_path / 'milter.conf'}: [actions] quarantine = 12 is at or above reject = 5: "
+                                "no message reaches quarantine by its score (reject comes first)"]
+
+
 @pytest.mark.parametrize(("dkim", "reason"), [
     ("enabled = false", "[checks.dmarc] needs the DKIM check's results"),
     ("max_signatures = 0", "[checks.dmarc] needs the DKIM check's results"),
