@@ -79,8 +79,15 @@ def load_login_map(path: Path, where: str | Path | None = None) -> dict[str, set
         logins = {p.strip() for p in parts[1].replace(",", " ").split()} if len(parts) == 2 else set()
         if not logins or "@" not in parts[0]:
             raise ConfigError(path, f"line {number}", "expected \"address-or-@domain login[, login …]\"")
-        table.setdefault(parts[0].lower(), set()).update(logins)
+        table.setdefault(map_key(parts[0]), set()).update(logins)
     return table
+
+
+def map_key(address: str) -> str:
+    """A login map's key (``local@domain`` or ``@domain``) as it is looked up: the local part lower-cased, the domain
+    as domains compare (``@bücher.de`` and ``@xn--bcher-kva.de`` alike: a login owning one was refused the other)."""
+    local, _, domain = address.strip().rpartition("@")
+    return f"{local.lower()}@{comparable_name(domain)}"
 
 
 def owners(table: dict[str, set[str]], address: str, delimiters: str = "") -> set[str]:
@@ -89,7 +96,7 @@ def owners(table: dict[str, set[str]], address: str, delimiters: str = "") -> se
     local, at, domain = address.strip().lower().rpartition("@")
     if not at:
         return table.get(domain, set())
-    domain = domain.removesuffix(".")
+    domain = comparable_name(domain)
     found = table.get(f"{local}@{domain}")
     user = without_extension(local, delimiters) if found is None else None
     if user is not None:
@@ -168,7 +175,7 @@ class SenderLogin(Check):
         for key, logins in options.sender_logins.items():
             if "@" not in key:
                 raise ConfigError(services.config.path or "milter.conf", f"[checks.local_domains] sender_logins.{key}", "keys are addresses or @domain")
-            self.table.setdefault(key.lower(), set()).update(logins)
+            self.table.setdefault(map_key(key), set()).update(logins)
 
     @classmethod
     def enabled(cls, services: "Services") -> bool:

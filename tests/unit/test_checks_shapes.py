@@ -72,6 +72,15 @@ def test_login_map(tmp_path: Path) -> None:
     assert info.value.key == "line 1"
 
 
+def test_a_login_map_domain_matches_in_either_idna_form(tmp_path: Path) -> None:
+    # Was: compared as written: the login owning @bücher.de was refused x@xn--bcher-kva.de (SENDER_LOGIN_MISMATCH, rejected).
+    path = tmp_path / "logins"
+    path.write_text("@B\u00fccher.de admin\nboss@xn--bcher-kva.de. boss\n", encoding="utf-8")
+    table = load_login_map(path)
+    assert owners(table, "x@xn--bcher-kva.de") == owners(table, "x@b\u00fccher.DE.") == {"admin"}
+    assert owners(table, "Boss@b\u00fccher.de") == {"boss"}
+
+
 def test_checks_section_refuses_unknown_keys() -> None:
     with pytest.raises(ValidationError):
         Config.model_validate({"checks": {"spf": {"fail_action": "bounce"}}})
