@@ -688,7 +688,7 @@ class Supervisor:
             raise
         try:
             metrics.start(self.config.metrics.listen)  # before the workers fork: they inherit it
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, ImportError) as exc:  # ImportError: after the privilege drop, an interpreter the account cannot read
             self._remove_socket()
             raise ConfigError(self.config.path or "milter.conf", "[metrics] listen", f"cannot serve metrics on {self.config.metrics.listen}: {exc}") from None
         if self._stopping:  # stopped while the store was being prepared: no worker to start
