@@ -298,3 +298,18 @@ def test_a_reload_without_c_reads_the_file_it_started_from(tmp_path: Path, monke
         boss._do_reload()
     assert boss.config is config
     assert "reload refused, the running configuration stays" in caplog.text and "milter.conf" in caplog.text
+
+
+def test_metrics_that_cannot_be_imported_refuse_the_start_with_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was: ModuleNotFoundError out of serve (the interpreter unreadable to [milter] user), the socket left behind."""
+    conf = _conf(tmp_path, milter={"socket": f"unix:{tmp_path / 'milter.sock'}"}, metrics={"listen": "127.0.0.1:9899"})
+    boss = _supervisor(conf)
+
+    def unreadable(listen: str) -> None:
+        raise ModuleNotFoundError("No module named 'gzip'")
+
+    monkeypatch.setattr(supervisor.metrics, "start", unreadable)
+    with pytest.raises(ConfigError) as refused:
+        boss.run()
+    assert refused.value.key == "[metrics] listen" and "No module named 'gzip'" in refused.value.reason
+    assert not (tmp_path / "milter.sock").exists()
