@@ -722,9 +722,13 @@ class Supervisor:
         ready = maintenance.due(jobs, self.services, last_run, now)
         if not ready:
             return
+        try:
+            pid = os.fork()
+        except OSError as exc:  # no process left (EAGAIN): the jobs run at a later check
+            log.error("cannot start the maintenance jobs (%s): %s; tried again later", ", ".join(job.name for job in ready), exc.strerror or exc)
+            return
         for job in ready:
             last_run[job.name] = now
-        pid = os.fork()
         if pid == 0:
             code = 0
             try:
@@ -946,7 +950,8 @@ class Supervisor:
                 logging.getLogger().setLevel(old_level)  # before the workers of the old configuration are forked
                 for pid_new in started:
                     self._signal_stop(pid_new)
-                    self._spawn()
+                    if not self._try_spawn():
+                        break  # the main loop starts the rest once forks are possible again
                 log.error("reload refused, the running configuration stays: a worker of the new configuration did not start (its error is logged)")
                 return
             started.append(new)
@@ -971,7 +976,11 @@ class Supervisor:
         reaped meanwhile, but none is replaced: a replacement now would start
         with the configuration being tried.
         """
-        ready_read, ready_write = os.pipe()
+        try:
+            ready_read, ready_write = os.pipe()
+        except OSError as exc:
+            log.error("cannot start a worker: %s", exc.strerror or exc)
+            return None
         try:
             pid = self._spawn(ready_write)
         except OSError as exc:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from milterd import dkimsign
+from milterd import dkimsign, maintenance
 from milterd.checks.headers import Headers
 from milterd.cli import main
 from milterd.commands import doctor
@@ -313,3 +313,44 @@ def test_metrics_that_cannot_be_imported_refuse_the_start_with_the_key(tmp_path:
         boss.run()
     assert refused.value.key == "[metrics] listen" and "No module named 'gzip'" in refused.value.reason
     assert not (tmp_path / "milter.sock").exists()
+
+
+def _no_process() -> int:
+    raise OSError(11, "Resource temporarily unavailable")
+
+
+def test_a_refused_maintenance_fork_is_tried_at_a_later_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Was: BlockingIOError out of the main loop (the jobs are due at start): the supervisor died, the workers with it."""
+    boss = _supervisor(_conf(tmp_path))
+    monkeypatch.setattr(supervisor.os, "fork", _no_process)
+    last_run: dict[str, float] = {}
+    with caplog.at_level(logging.ERROR):
+        boss._maintain(list(maintenance.JOBS), last_run)
+    assert last_run == {} and boss.maintainer == 0  # still due
+    assert "cannot start the maintenance jobs" in caplog.text and "tried again later" in caplog.text
+
+
+def test_a_reload_whose_fallback_fork_is_refused_keeps_the_supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A reload whose second new worker did not start puts workers of the old configuration back: that fork, refused
+    too, ended the supervisor (found in review). Now the main loop starts them once it can."""
+    boss = _supervisor(_conf(tmp_path))
+    old = []
+    for pid in (900001, 900002):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        boss.workers[pid] = write_end
+        old.append(pid)
+    answers = iter([900003, None])
+    monkeypatch.setattr(boss, "_spawn_ready", lambda: next(answers))
+    monkeypatch.setattr(boss, "_stop_worker", lambda pid: boss._signal_stop(pid))
+    monkeypatch.setattr(supervisor.os, "fork", _no_process)
+    boss.workers[900003] = os.dup(boss.workers[900001])
+    with caplog.at_level(logging.ERROR):
+        boss._do_reload()
+    assert "reload refused, the running configuration stays" in caplog.text
+    assert "cannot start a worker: Resource temporarily unavailable" in caplog.text and boss._not_before > 0
+    for fd in boss.workers.values():
+        if fd >= 0:
+            os.close(fd)
