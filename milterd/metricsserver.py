@@ -4,13 +4,16 @@ prometheus_client's ``start_http_server`` starts a thread per connection and
 never times one out: idle connections to the port (any local user can open
 them) were held for ever, a thread and a descriptor each, until the
 supervisor had no descriptor left to start a worker with.  Here a client has
-:data:`TIMEOUT` seconds for each read and write, and at most
-:data:`MAX_CONNECTIONS` are served at once (the next ones are closed at once).
+:data:`TIMEOUT` seconds for each read and write and :data:`DEADLINE` for its
+whole connection (one byte every few seconds held a slot for ever), at most
+:data:`MAX_CONNECTIONS` are served at once (the next ones are closed at once),
+and a client that times out or goes away is not a traceback in the log.
 """
 
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 from socketserver import ThreadingMixIn
 from typing import Any, Callable
@@ -18,14 +21,37 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 #: Seconds a metrics client may take for each read and write (a scrape takes milliseconds).
 TIMEOUT = 5.0
+#: Seconds a metrics connection may last in all: past it, it is shut down whatever it is doing.
+DEADLINE = 10.0
 #: Connections served at once; more are closed unanswered.
 MAX_CONNECTIONS = 16
 
 
 class _Handler(WSGIRequestHandler):
-    """A request with a socket timeout, logged nowhere (a scrape every 15 s would fill the log)."""
+    """A request with a socket timeout and a deadline, logged nowhere (a scrape every 15 s would fill the log)."""
 
     timeout = TIMEOUT
+
+    def setup(self) -> None:
+        """Start the connection's deadline: it is shut down then, which ends any read or write it waits in."""
+        super().setup()
+        self._deadline = threading.Timer(DEADLINE, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def finish(self) -> None:
+        """Stop the deadline's timer with the connection."""
+        self._deadline.cancel()
+        try:
+            super().finish()
+        except OSError:  # the client went away, or the deadline shut the connection
+            pass
+
+    def _cut(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         """Log nothing."""
@@ -50,6 +76,12 @@ class _Server(ThreadingMixIn, WSGIServer):
         except BaseException:
             self._slots.release()
             raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out, went away or was cut at its deadline is no error of milterd's (the stdlib printed
+        a traceback to stderr, the log, for each); anything else is printed as the stdlib does."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """The connection's thread: its slot is given back when it ends."""
