@@ -35,6 +35,7 @@ from .config import Config, ConfigError, load_config
 from .dkimsign import SigningKey, load_keys, public_record, record_matches
 from .dns import Answer, Resolver, dnsbl_name, probe_nameserver, server_name
 from .endpoints import parse_socket, unix_path_too_long
+from .files import resolved
 from .learner.classifier import Counts, trained
 from .message.policy import unreachable_thresholds
 from .milter.supervisor import socket_id
@@ -123,6 +124,11 @@ def probe_database(config: Config) -> list[Finding]:
     def probe() -> Finding:
         url = _safe_url(config.database.url)
         file = sqlite_file(config.database.url)
+        if file is not None:
+            try:
+                resolved(file)
+            except OSError as exc:  # a loop of links: serve refuses it
+                return Finding("database", "fail", f"{url}: {exc.strerror or exc}")
         if file is not None and not file.exists():
             # Connecting would create an empty file: report instead.
             status: Status = "warn" if config.database.auto_upgrade else "fail"

@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import update
 
 from milterd.config import Config
-from milterd.diagnostics import Finding, judge_model, judge_postfix, milter_entries, parse_postconf, probe_learner, same_socket, worst
+from milterd.diagnostics import Finding, judge_model, judge_postfix, milter_entries, parse_postconf, probe_database, probe_learner, same_socket, worst
 from milterd.store import Store
 from milterd.store.learner import LearnerStore, ModelSummary, totals_table
 
@@ -101,6 +101,13 @@ def test_doctor_on_the_classifier_off_missing_store_and_tiers(tmp_path: Path) ->
     assert probe_learner(tiered).detail.endswith("; tiers on: spamd skipped for a score at or below -1.5 before spamd")
     both = tiered.with_changes({"learner.skip_spamd_above": 9})
     assert probe_learner(both).detail.endswith("tiers on: spamd skipped for a score at or above 9 or at or below -1.5 before spamd")
+
+
+def test_doctor_fails_a_store_that_is_a_loop_of_links(tmp_path: Path) -> None:
+    # Was: "no such file yet (serve will create it)", where serve refuses it.
+    (tmp_path / "store.sqlite").symlink_to(tmp_path / "store.sqlite")
+    [finding] = probe_database(Config().with_changes({"database.url": f"sqlite:///{tmp_path / 'store.sqlite'}"}))
+    assert finding.status == "fail" and finding.detail.endswith("Too many levels of symbolic links"), finding
 
 
 def test_doctor_skips_the_classifier_of_a_store_serve_will_upgrade(tmp_path: Path) -> None:
