@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import stat
 import tempfile
 import threading
@@ -309,8 +310,17 @@ def test_metrics_that_cannot_be_imported_refuse_the_start_with_the_key(tmp_path:
         raise ModuleNotFoundError("No module named 'gzip'")
 
     monkeypatch.setattr(supervisor.metrics, "start", unreadable)
-    with pytest.raises(ConfigError) as refused:
-        boss.run()
+    # run() sets the daemon's umask and signal handlers: this process's are put back after it.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        with pytest.raises(ConfigError) as refused:
+            boss.run()
+    finally:
+        os.umask(umask)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     assert refused.value.key == "[metrics] listen" and "No module named 'gzip'" in refused.value.reason
     assert not (tmp_path / "milter.sock").exists()
 
