@@ -14,14 +14,15 @@ without the classifier, never deferred for it.
 
 Auto-learning (``[learner] autolearn_spam`` / ``autolearn_ham``, off by
 default) happens after the verdict, from the score without the classifier's
-own symbol (learning from one's own opinion would only reinforce it) and without the points of
-what the message carries (:data:`CARRIED`: a virus, a banned file say nothing of its words).  For the
-same reason nothing is auto-learned when the tiers skipped spamd
-(``SPAMD_SKIPPED_CONFIDENT``): the classifier's own bucket decided that spamd's
-evidence, which might have contradicted it, was not gathered; nor when spamd was
-not heard (down, in error, the message over its size), a check failed or time ran
-out (:data:`UNJUDGED`), nor with spamd on when it was never asked (a hit refused the message first); nor when spamd's verdict holds a rule SpamAssassin keeps out of its own
-auto-learning because the sender sets it off (GTUBE, a welcomelisted From: :func:`steered_by_sender`).
+own symbol (learning from one's own opinion would only reinforce it) and without
+the points of what the message carries (:data:`CARRIED`: a virus, a banned file
+say nothing of its words).  For the same reason nothing is auto-learned when the
+tiers skipped spamd (``SPAMD_SKIPPED_CONFIDENT``): the classifier's own bucket
+decided that spamd's evidence, which might have contradicted it, was not
+gathered; nor when spamd was not heard (down, in error, the message over its
+size), a check failed or time ran out (:data:`UNJUDGED`), nor, with spamd on,
+when it was never asked (a hit refused the message first); nor when spamd's
+verdict holds a rule SpamAssassin keeps out of its own auto-learning because the sender sets it off (GTUBE, a welcomelisted From: :func:`steered_by_sender`).
 A message is auto-learned as ham only when the policy
 accepted it: a low score does not make ham of a virus from a whitelisted sender,
 nor of a message tempfailed or accepted unscanned (:data:`UNSCANNED`).  A message

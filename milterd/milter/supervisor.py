@@ -835,8 +835,8 @@ class Supervisor:
                 break
 
     def _try_spawn(self) -> bool:
-        """Start a worker; False when the system refused (no descriptor or process left: the supervisor died of
-        it, every worker with it), when the replacement is tried again after SPAWN_RETRY seconds."""
+        """Start a worker; False when the system refuses it (no descriptor or process left), the replacement then
+        tried again after SPAWN_RETRY seconds (the OSError ended the supervisor, every worker with it)."""
         try:
             self._spawn()
         except OSError as exc:
