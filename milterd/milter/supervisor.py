@@ -950,8 +950,10 @@ class Supervisor:
                 logging.getLogger().setLevel(old_level)  # before the workers of the old configuration are forked
                 for pid_new in started:
                     self._signal_stop(pid_new)
+                for _ in started:
                     if not self._try_spawn():
                         break  # the main loop starts the rest once forks are possible again
+                self._discard(services)
                 log.error("reload refused, the running configuration stays: a worker of the new configuration did not start (its error is logged)")
                 return
             started.append(new)
