@@ -17,7 +17,7 @@ import sys
 import threading
 from socketserver import ThreadingMixIn
 from typing import Any, Callable
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
 
 #: Seconds a metrics client may take for each read and write (a scrape takes milliseconds).
 TIMEOUT = 5.0
@@ -25,6 +25,16 @@ TIMEOUT = 5.0
 DEADLINE = 10.0
 #: Connections served at once; more are closed unanswered.
 MAX_CONNECTIONS = 16
+
+
+class _QuietServerHandler(ServerHandler):
+    """wsgiref's response writer, but a client that stopped reading (a write past TIMEOUT), went away or was cut at
+    DEADLINE is not a traceback in the log (wsgiref spares only resets and broken pipes)."""
+
+    def log_exception(self, exc_info: Any) -> None:
+        """Print the traceback of an error, as wsgiref does, unless it is the connection's."""
+        if not isinstance(exc_info[1], OSError):
+            super().log_exception(exc_info)
 
 
 class _Handler(WSGIRequestHandler):
@@ -46,6 +56,19 @@ class _Handler(WSGIRequestHandler):
             super().finish()
         except OSError:  # the client went away, or the deadline shut the connection
             pass
+
+    def handle(self) -> None:
+        """The stdlib's (Python 3.11), with :class:`_QuietServerHandler` writing the response."""
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+            return
+        if not self.parse_request():  # an error reply was sent
+            return
+        handler = _QuietServerHandler(self.rfile, self.wfile, self.get_stderr(), self.get_environ(), multithread=False)  # type: ignore[arg-type]
+        handler.request_handler = self  # type: ignore[attr-defined] # wsgiref's back-pointer for its log line
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
 
     def _cut(self) -> None:
         try:

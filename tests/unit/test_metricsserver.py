@@ -62,3 +62,31 @@ def test_a_scrape_is_answered(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
         client.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
         assert client.recv(100).startswith(b"HTTP/1.0 200 OK")
+
+
+def test_a_client_that_stops_reading_is_cut_without_a_traceback(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    # wsgiref spares only resets and broken pipes: a write past the timeout printed its traceback to the log.
+    monkeypatch.setattr(metricsserver._Handler, "timeout", 0.3)
+    monkeypatch.setattr(metricsserver, "DEADLINE", 5.0)
+    written: list[bool] = []
+
+    def big(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        written.append(True)
+        return [b"x" * 16_000_000]
+
+    server = metricsserver.serve("127.0.0.1", 0, big)
+    try:
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            client.connect(("127.0.0.1", int(server.server_address[1])))
+            client.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            deadline = time.monotonic() + 30
+            while not written and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.5)  # past the write timeout (0.3 s), the client still not reading
+        time.sleep(0.5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert written and "Traceback" not in capfd.readouterr().err
