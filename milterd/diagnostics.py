@@ -464,8 +464,15 @@ def judge_file_mode(what: str, path: Path, mode: int) -> Finding | None:
 def probe_serve_places(config: Config) -> list[Finding]:
     """A failure for each place ``serve`` refuses to start with that doctor would not otherwise see: the spool
     directory missing, a unix socket path too long or taken by another kind of file, its owner or group unknown
-    (read for a unix socket only)."""
+    (read for a unix socket only), a SQLite store below a file that is no directory."""
     findings = []
+    store = sqlite_file(config.database.url)
+    if store is not None:
+        ancestor = Path(os.path.abspath(store)).parent
+        while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not os.path.isdir(ancestor):  # the database finding said "serve will create it"
+            findings.append(Finding("[database] url", "fail", f"{ancestor} is not a directory (serve refuses to start)"))
     spool = config.milter.spool_dir
     if spool and not os.path.isdir(spool):
         findings.append(Finding("[milter] spool_dir", "fail", f"{spool}: no such directory (serve refuses to start)"))

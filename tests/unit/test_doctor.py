@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import update
 
 from milterd.config import Config
-from milterd.diagnostics import Finding, judge_model, judge_postfix, milter_entries, parse_postconf, probe_database, probe_learner, same_socket, worst
+from milterd.diagnostics import Finding, judge_model, judge_postfix, milter_entries, parse_postconf, probe_database, probe_learner, probe_serve_places, same_socket, worst
 from milterd.store import Store
 from milterd.store.learner import LearnerStore, ModelSummary, totals_table
 
@@ -108,6 +108,15 @@ def test_doctor_fails_a_store_that_is_a_loop_of_links(tmp_path: Path) -> None:
     (tmp_path / "store.sqlite").symlink_to(tmp_path / "store.sqlite")
     [finding] = probe_database(Config().with_changes({"database.url": f"sqlite:///{tmp_path / 'store.sqlite'}"}))
     assert finding.status == "fail" and finding.detail.endswith("Too many levels of symbolic links"), finding
+
+
+def test_doctor_fails_a_store_below_a_file(tmp_path: Path) -> None:
+    # Was: only "no such file yet (serve will create it)", where serve refuses to start (found in review).
+    (tmp_path / "file").write_text("")
+    config = Config().with_changes({"database.url": f"sqlite:///{tmp_path / 'file' / 'sub' / 'milterd.sqlite'}"})
+    assert [(f.name, f.status, f.detail) for f in probe_serve_places(config)] == [
+        ("[database] url", "fail", f"{tmp_path / 'file'} is not a directory (serve refuses to start)")]
+    assert probe_serve_places(Config().with_changes({"database.url": f"sqlite:///{tmp_path / 'new' / 'milterd.sqlite'}"})) == []
 
 
 def test_doctor_skips_the_classifier_of_a_store_serve_will_upgrade(tmp_path: Path) -> None:
