@@ -151,11 +151,12 @@ def run_whitelist(args: argparse.Namespace, config: Config, store: Store) -> int
         except ValueError as exc:
             print(f"milterd: {args.kind} {args.value!r}: {exc}", file=sys.stderr)
             return 2
-        print(f"added {args.kind} {args.value}" if added else f"{args.kind} {args.value} is already whitelisted")
+        value = escape(args.value)
+        print(f"added {args.kind} {value}" if added else f"{args.kind} {value} is already whitelisted")
         return 0
     if command == "remove":
         if store.greylist.whitelist_remove(args.kind, args.value):
-            print(f"removed {args.kind} {args.value}")
+            print(f"removed {args.kind} {escape(args.value)}")
             return 0
         print(f"milterd: no stored {args.kind} entry {args.value!r} (entries of milter.conf are changed there)", file=sys.stderr)
         return 1
@@ -171,8 +172,10 @@ def run_whitelist(args: argparse.Namespace, config: Config, store: Store) -> int
         _dump(entries)
         return 0
     for entry in entries:
-        comment = f"  # {entry['comment']}" if entry["comment"] else ""
-        print(f"{entry['kind']:9} {entry['value']:40} {entry['source']}{comment}")
+        # Escaped as every view of the store is: an entry's value and comment are whatever was stored (a shared store's
+        # other writers included), and ESC or CR LF in them drove the terminal or forged a row.
+        comment = f"  # {escape(entry['comment'])}" if entry["comment"] else ""
+        print(f"{entry['kind']:9} {escape(entry['value']):40} {entry['source']}{comment}")
     return 0
 
 

@@ -11,6 +11,7 @@ import sys
 from typing import Any, Callable
 
 from ..config import load_config
+from ..logs import MAX_LOG_RECIPIENTS
 from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, claim_text, header_section, release_command, release_state
 from ..store import StoreError, utcnow
 from ..text import cut, escape
@@ -273,8 +274,12 @@ def _list_state(row: dict[str, Any]) -> str:
 
 
 def _summary(row: dict[str, Any]) -> str:
-    recipients = escape(",".join(row["recipients"] or []))
-    return f"{row['id']}: {row['time']:%Y-%m-%d %H:%M:%S} <{escape(row['sender'])}> -> {recipients} {row['subject']!r}"
+    """One line of a dry run's list: the first MAX_LOG_RECIPIENTS recipients (the rest counted), the subject cut
+    (10,000 recipients made a line of 180 KB)."""
+    every = row["recipients"] or []
+    more = f" (+{len(every) - MAX_LOG_RECIPIENTS} more)" if len(every) > MAX_LOG_RECIPIENTS else ""
+    recipients = escape(",".join(every[:MAX_LOG_RECIPIENTS])) + more
+    return f"{row['id']}: {row['time']:%Y-%m-%d %H:%M:%S} <{escape(row['sender'])}> -> {recipients} {cut(repr(row['subject']), 200)}"
 
 
 def run_digest(args: argparse.Namespace, quarantine: Quarantine) -> int:

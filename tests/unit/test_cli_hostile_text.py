@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import insert
 
 from milterd.cli import main
+from milterd.commands.quarantine import _summary
 from milterd.config import load_config
 from milterd.logs import summary_line
 from milterd.store import MessageRecord, Store, schema, utcnow
@@ -99,3 +100,24 @@ def test_checks_progress_keeps_the_end_of_a_path_without_starting_inside_an_esca
     assert _tail("\u202e" + "b" * 58, 20) == "…" + "b" * 19
     assert _tail("/corpus/\x1bx/spam-1", 12) == "…x/spam-1"  # "…\x1bx/spam-1" would be 13
     assert _tail("short", 20) == "short"
+
+
+def test_greylist_whitelist_views_escape_what_was_stored(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Was: printed raw: a value or comment holding ESC drove the terminal, and CR LF in a comment forged a row
+    # (a shared store's other writers included). Found in review, twenty-sixth session.
+    value, comment = "x\x1b[2J@example.org", "ok\r\nclient    192.0.2.0/24      shipped\x1b]0;pwned\x07"
+    Store(load_config(conf).database).upgrade()
+    added = printed(capsys, "greylist", "whitelist", "add", "sender", value, "--comment", comment, "-c", str(conf))
+    listed = printed(capsys, "greylist", "whitelist", "list", "-c", str(conf))
+    removed = printed(capsys, "greylist", "whitelist", "remove", "sender", value, "-c", str(conf))
+    for out in (added, listed, removed):
+        assert "\x1b" not in out and "\r" not in out and "\x07" not in out, out
+    assert "x\\x1b[2j@example.org" in listed and listed.count("\n") == len(listed.splitlines())
+    assert "shipped\\x1b]0;pwned" in listed and "\\r\\nclient" in listed
+
+
+def test_a_dry_run_line_names_ten_recipients_and_counts_the_rest() -> None:
+    row = {"id": 1, "time": dt.datetime(2026, 12, 6, 2, 0), "sender": "a@example.org",
+           "recipients": [f"r{i}@example.com" for i in range(10_001)], "subject": "s" * 5000}
+    line = _summary(row)
+    assert "r9@example.com (+9991 more)" in line and "r10@" not in line and len(line) < 600
