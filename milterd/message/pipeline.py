@@ -552,7 +552,7 @@ class Pipeline:
                 "recipients": row["recipients"],
                 "subject": row["subject"],
                 "score": verdict.score,
-                "reason": verdict.reason,
+                "reason": row["reason"],
                 "symbols": verdict.symbols,
                 "size": envelope.size,
                 "mode": self.config.quarantine.mode,
