@@ -59,6 +59,7 @@ own ``zipfile``), but for one that zipfile cannot open.
 from __future__ import annotations
 
 import base64
+import bz2
 import codecs
 import ctypes
 import errno
@@ -66,6 +67,7 @@ import faulthandler
 import io
 import json
 import logging
+import lzma
 import math
 import os
 import resource
@@ -118,8 +120,10 @@ _DECOMPRESSED_EXTENSIONS = {
     "tgz": ".tar", "tbz": ".tar", "tbz2": ".tar", "txz": ".tar", "tzst": ".tar", "tlz": ".tar",
 }
 _CHUNK = 65536
+#: The largest LZMA dictionary given to a zip member's decoder (what 7-Zip's -mx9 uses is 64 MB).
+_LZMA_DICTIONARY = 256 * 1024 * 1024
 #: What reading one zip member may raise (unsupported method, bad data or CRC, a password needed).
-_MEMBER_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, ValueError, zlib.error)
+_MEMBER_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError)
 #: Nested archives up to this size stay in memory while they are listed.
 _MEMORY = 1024 * 1024
 #: A zip declaring more entries than the members left plus this (or plus ``max_members`` when larger) is not opened.
@@ -556,7 +560,7 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
             listing.encrypted.append(member)
             continue
         try:
-            head = _read_head(archive, info, budget)
+            head = _read_head(archive, data, info, budget)
         except _MEMBER_ERRORS as exc:
             # One unreadable member (deflate64, a bad CRC) leaves the other names to judge; an archive or a saved
             # message by its name is a limit (unzip keeps a member with a bad CRC, 7-Zip reads deflate64).
@@ -570,7 +574,7 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
             if stat.S_ISLNK(info.external_attr >> 16):
                 # unzip makes it a symbolic link (zip -y stores one so): opened, it is the file it points to.
                 listing.limits.append(f"{member}: a link named as a message, to a file never opened as one")
-            elif copy := _copied_member(member, archive, info, limits, budget, listing):
+            elif copy := _copied_member(member, archive, data, info, limits, budget, listing):
                 listing.messages.append((member, copy))
         # unzip may extract it under an alias (its Unicode Path): docs.zip named notes.txt is still an archive.
         inner = archive_kind_of((info.filename, *aliases), head)
@@ -579,7 +583,7 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
         if depth >= limits.max_depth:
             listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
             continue
-        nested = _copied_member(member, archive, info, limits, budget, listing)
+        nested = _copied_member(member, archive, data, info, limits, budget, listing)
         if nested is None:
             continue
         if inner not in _IN_WORKER and supported(inner):
@@ -589,15 +593,15 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
             _walk(member, nested, inner, depth + 1, limits, budget, listing, tuple(aliases))
 
 
-def _copied_member(member: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: Limits, budget: _Budget,
-                   listing: Listing) -> IO[bytes] | None:
+def _copied_member(member: str, archive: zipfile.ZipFile, data: IO[bytes], info: zipfile.ZipInfo, limits: Limits,
+                   budget: _Budget, listing: Listing) -> IO[bytes] | None:
     """The zip member *info* (a nested archive, a message) decompressed to a temporary file within the budget, or
     None with the reason in ``listing.limits``: what it holds is never looked at (unzip keeps a member with a bad CRC)."""
     if info.file_size > budget.size:
         listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
         return None
     try:
-        with archive.open(info) as stream:
+        with _open_member(archive, data, info) as stream:
             copy = _copy_bounded(stream, budget)
     except _MEMBER_ERRORS as exc:
         listing.limits.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
@@ -662,13 +666,99 @@ def _zip_directory(data: IO[bytes]) -> tuple[int | None, int]:
     return int(entries), room
 
 
-def _read_head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget) -> bytes:
+def _read_head(archive: zipfile.ZipFile, data: IO[bytes], info: zipfile.ZipInfo, budget: _Budget) -> bytes:
     if budget.size <= 0:
         return b""
-    with archive.open(info) as stream:
+    with _open_member(archive, data, info) as stream:
         head = stream.read(min(HEAD_SIZE, budget.size))
     budget.size -= len(head)
     return head
+
+
+def _open_member(archive: zipfile.ZipFile, data: IO[bytes], info: zipfile.ZipInfo) -> IO[bytes]:
+    """The member *info* of the zip *data* (opened as *archive*) to read from, decompressing no more than is read."""
+    if info.compress_type in (zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        return io.BufferedReader(_BoundedMember(data, info), HEAD_SIZE)  # a head read decompresses no more than the head
+    return archive.open(info)
+
+
+class _BoundedMember(io.RawIOBase):
+    """A bzip2 or LZMA zip member read as zipfile reads it (its data after the local header, the size and CRC of its
+    directory entry), never decompressing more than each read asks for.
+
+    zipfile bounds the output of a read for deflate only: for these methods it decompresses each 4 KB it reads whole
+    (``ZipExtFile._read1``), and 4 KB of bzip2 are a gigabyte of zeros: a 1 KB zip took a worker to 2 GB for the 512
+    bytes of a member's head.
+    """
+
+    def __init__(self, data: IO[bytes], info: zipfile.ZipInfo) -> None:
+        fields = _local_header(data, info.header_offset)
+        if fields is None:
+            raise zipfile.BadZipFile("Bad magic number for file header")
+        self._data = data
+        self._offset = info.header_offset + _LOCAL_HEADER.size + fields[10] + fields[11]
+        self._compressed = info.compress_size  # left to read
+        self._left = self._size = info.file_size  # left to give, in all
+        self._crc = 0
+        self._expected_crc = info.CRC
+        self._pending = b""  # the start of an LZMA member, until its header is whole
+        self._decompressor: Any = bz2.BZ2Decompressor() if info.compress_type == zipfile.ZIP_BZIP2 else None
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        """Decompress at most ``len(buffer)`` bytes into *buffer*; 0 at the member's end."""
+        wanted = min(len(buffer), self._left)
+        out = b""
+        while wanted > 0 and not out and not self._ended:
+            needs_input = self._decompressor is None or self._decompressor.needs_input
+            chunk = self._raw(_CHUNK) if needs_input else b""
+            if needs_input and not chunk:
+                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+            if self._decompressor is None:
+                chunk = self._lzma_decompressor(chunk)
+                if self._decompressor is None:
+                    continue
+            out = self._decompressor.decompress(chunk, wanted)
+            self._ended = self._decompressor.eof
+        self._left -= len(out)
+        self._crc = zlib.crc32(out, self._crc)
+        if (self._ended or self._left <= 0) and self._crc != self._expected_crc:
+            raise zipfile.BadZipFile("Bad CRC-32 for file")
+        buffer[:len(out)] = out
+        return len(out)
+
+    def _raw(self, size: int) -> bytes:
+        self._data.seek(self._offset)
+        chunk = self._data.read(min(size, self._compressed))
+        self._offset += len(chunk)
+        self._compressed -= len(chunk)
+        return chunk
+
+    def _lzma_decompressor(self, chunk: bytes) -> bytes:
+        """Set the LZMA decoder from zip's LZMA header (APPNOTE 5.8.8: version, properties' size, properties) once
+        *chunk* holds it (a header cut short is read on); what follows the header."""
+        self._pending += chunk
+        if len(self._pending) < 4 or len(self._pending) < 4 + struct.unpack_from("<H", self._pending, 2)[0]:
+            return b""
+        size = struct.unpack_from("<H", self._pending, 2)[0]
+        properties = self._pending[4:4 + size]
+        if size != 5:
+            raise zipfile.BadZipFile(f"LZMA properties of {size} bytes")
+        # lc, lp and pb packed in one byte, then the dictionary's size (the .lzma header's first five bytes).
+        packed, dict_size = properties[0], struct.unpack_from("<I", properties, 1)[0]
+        if packed >= 9 * 5 * 5:
+            raise zipfile.BadZipFile("Bad LZMA properties")
+        lc, lp, pb = packed % 9, packed // 9 % 5, packed // 45
+        # liblzma allocates the whole dictionary first (a header asking for 4 GB needs 4 GB), and references reach
+        # no further back than the output so far, which ends at the member's size.
+        dict_size = max(min(dict_size, self._size, _LZMA_DICTIONARY), 4096)
+        lzma1 = {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}
+        self._decompressor = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[lzma1])
+        rest, self._pending = self._pending[4 + size:], b""
+        return rest
 
 
 def _copy_bounded(stream: IO[bytes], budget: _Budget, length: int | None = None) -> IO[bytes] | None:
