@@ -1171,14 +1171,16 @@ def _compressed_format(data: IO[bytes]) -> str:
     in it, else ``"raw"`` (one file compressed; a stream libarchive cannot read is left to the listing to report).
 
     Only a tar is looked for: with every format, a text of a few words per line would be an mtree archive.
-    Only the first header is read.
+    Only the first header is read.  A tar with no member is the one file it is: two blocks of zeros end a tar,
+    and a zip may follow them (gunzip gives ``invoice.zip``, which unzip and 7-Zip open past its first bytes).
     """
     lib: Any = libarchive
     for form in ("tar", "empty"):
         data.seek(0)
         try:
             with lib.seekable_stream_reader(data, format_name=form) as archive:
-                next(iter(archive), None)
+                if next(iter(archive), None) is None and form == "tar":
+                    continue
         except lib.ArchiveError:
             continue
         return form
