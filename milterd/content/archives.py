@@ -89,7 +89,7 @@ from tnefparse.codepage import Codepage
 from tnefparse.mapi import IMESSAGE_SIG, decode_mapi
 from tnefparse.properties import MAPI_ATTACH_DATA_OBJ, MAPI_ATTACH_FILENAME, MAPI_ATTACH_LONG_FILENAME, MAPI_DISPLAY_NAME
 
-from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, extensions, message_file, outlook_file, sniff
+from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, UNLISTED_ARCHIVE_KINDS, extensions, message_file, outlook_file, sniff
 from .outlookmsg import OLE_OBJECT, Node, open_compound, package, packaged_stream, read_stream
 from .outlookmsg import attachments as msg_attachments
 
@@ -108,7 +108,8 @@ _OLE_DOCUMENTS = frozenset({"doc", "dot", "xls", "xlt", "xla", "ppt", "pot", "pp
 #: Kinds listed in the worker (Python reading them), never in a listing child.
 _IN_WORKER = frozenset({"zip", "tnef", "msg"})
 #: Extensions of archives that are opened even when their first bytes do not say so.
-_ARCHIVE_EXTENSIONS = {"zip": "zip", "rar": "rar", "7z": "7z", "tar": "tar", "cab": "cab"}
+_ARCHIVE_EXTENSIONS = {"zip": "zip", "rar": "rar", "7z": "7z", "tar": "tar", "cab": "cab", "lzh": "lzh", "lha": "lzh", "cpio": "cpio",
+                       "xar": "xar", "arj": "arj", "ace": "ace"}
 #: Compressed streams (as sniff() names them, and "lzma", which has no magic) listed by libarchive: a tar in them, or
 #: the one file they hold.  7-Zip opens every one of them, and Windows 11's Explorer (libarchive) the newer ones.
 COMPRESSED_KINDS = frozenset({"gzip", "bzip2", "xz", "zstd", "compress", "lzip", "lz4", "lzma"})
@@ -251,7 +252,7 @@ def local_failure(exc: BaseException) -> bool:
 
 def supported(kind: str) -> bool:
     """Whether archives of *kind* (as :func:`milterd.content.filetypes.sniff` names them) can be listed here."""
-    return kind in _IN_WORKER or ((kind in ARCHIVE_KINDS or kind in COMPRESSED_KINDS) and libarchive is not None)
+    return kind in _IN_WORKER or ((kind in ARCHIVE_KINDS or kind in COMPRESSED_KINDS) and kind not in UNLISTED_ARCHIVE_KINDS and libarchive is not None)
 
 
 def archive_kind(name: str, head: bytes) -> str | None:
@@ -312,6 +313,8 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
             _walk_msg(path, data, depth, limits, budget, listing)
         elif supported(kind):
             _walk_libarchive_kind(path, data, kind, depth, limits, budget, listing)
+        elif kind in UNLISTED_ARCHIVE_KINDS:
+            listing.limits.append(f"{path}: {kind} archives cannot be listed here (7-Zip or WinRAR opens it)")
         else:
             listing.errors.append(f"{path}: {kind} archives cannot be listed (libarchive-c is not installed)")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, OSError, RuntimeError) as exc:

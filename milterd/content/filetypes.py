@@ -33,6 +33,14 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"LZIP", "lzip"),
     (0, b"\x04\x22\x4d\x18", "lz4"),
     (0, b"MSCF", "cab"),
+    (0, b"!<arch>\n", "ar"),
+    (0, b"xar!", "xar"),
+    (0, b"070701", "cpio"),  # SVR4 (newc)
+    (0, b"070702", "cpio"),  # SVR4 with checksums
+    (0, b"070707", "cpio"),  # POSIX.1 (odc)
+    (0, b"\xc7\x71", "cpio"),  # old binary, little-endian
+    (0, b"\x71\xc7", "cpio"),  # old binary, big-endian
+    (0, b"\x60\xea", "arj"),
     (0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "ole"),
     (0, b"\x89PNG\r\n\x1a\n", "png"),
     (0, b"\xff\xd8\xff", "jpeg"),
@@ -41,14 +49,19 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"{\\rtf", "rtf"),
     (0, b"L\x00\x00\x00\x01\x14\x02\x00", "lnk"),
     (0, b"\x78\x9f\x3e\x22", "tnef"),  # 0x223E9F78 little-endian: Outlook's winmail.dat (application/ms-tnef)
+    (2, b"-lh", "lzh"),  # LHA: a method such as -lh5- after the header's size and checksum
+    (2, b"-lz", "lzh"),
+    (7, b"**ACE**", "ace"),
     (257, b"ustar", "tar"),
 )
 
 #: Kinds that run as programs wherever they land.
 EXECUTABLE_KINDS = frozenset({"pe", "elf", "macho", "lnk"})
 
-#: Kinds that are archives :mod:`milterd.content.archives` can list.
-ARCHIVE_KINDS = frozenset({"zip", "rar", "7z", "tar", "cab", "tnef"})
+#: Kinds that are archives (:mod:`milterd.content.archives` lists them, but :data:`UNLISTED_ARCHIVE_KINDS`).
+ARCHIVE_KINDS = frozenset({"zip", "rar", "7z", "tar", "cab", "tnef", "lzh", "cpio", "xar", "ar", "arj", "ace"})
+#: Archives 7-Zip or WinRAR open but nothing here lists (libarchive reads neither): what they hold is never judged.
+UNLISTED_ARCHIVE_KINDS = frozenset({"arj", "ace"})
 
 #: Extension → the kinds its content may be (what sniff() can tell).
 _EXPECTED: dict[str, frozenset[str]] = {
@@ -118,7 +131,22 @@ _VALID: dict[str, Callable[[bytes], bool]] = {
     "lzip": lambda head: head[4:5] == b"\x01",  # version 1
     "compress": lambda head: len(head) > 2 and not head[2] & 0x60 and 9 <= head[2] & 0x1F <= 16,  # flags: bits 9 to 16
     "lz4": lambda head: len(head) > 4 and head[4] >> 6 == 1,  # the frame descriptor's version 01
+    "xar": lambda head: head[4:6] == b"\x00\x1c",  # the header's size, 28
+    # A header of hexadecimal (newc) or octal (odc) numbers; a binary one's name size and its name's end.
+    "cpio": lambda head: _cpio_header(head),
+    "arj": lambda head: len(head) > 10 and 0 < int.from_bytes(head[2:4], "little") <= 2600 and head[10] == 2,  # the main header
+    "lzh": lambda head: head[6:7] == b"-" and head[5:6].isalnum(),
 }
+
+
+def _cpio_header(head: bytes) -> bool:
+    """Whether *head* starts as a cpio header does (its magic already matched)."""
+    if head[:6] in (b"070701", b"070702"):
+        return len(head) >= 110 and all(c in b"0123456789abcdefABCDEF" for c in head[6:110])
+    if head[:6] == b"070707":
+        return len(head) >= 76 and all(c in b"01234567" for c in head[6:76])
+    size = int.from_bytes(head[20:22], "little" if head[:2] == b"\xc7\x71" else "big")
+    return 1 < size <= 1024 and len(head) >= 26 + size and head[26 + size - 1] == 0
 
 
 #: The types of a part that holds a message (RFC 6532's message/global is RFC 822's with UTF-8 headers;
