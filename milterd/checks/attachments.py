@@ -7,7 +7,8 @@ finding names the file (``invoice.zip/inner.zip/evil.exe``) and the rule; a
 category's action in ``[checks.attachments]`` either only scores its symbol
 or forces quarantine or a reject whose reply names the file.  Files uuencoded
 in a message's text, which Thunderbird and Outlook show as attachments, are
-judged by their names (:func:`uuencoded_names`).
+found by their names (:func:`uuencoded_names`), then decoded and judged as
+attachments (:mod:`milterd.content.uuencode`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import io
 import logging
 import re
 from dataclasses import dataclass, field, replace
-from typing import IO, TYPE_CHECKING, ClassVar, Iterable, Iterator, Literal
+from typing import IO, TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator, Literal
 
 from pydantic import Field
 
@@ -34,6 +35,7 @@ from ..content.mimeparts import (
     every_reading,
 )
 from ..content.mimetext import single_text_type
+from ..content.uuencode import encoded_files, file_name
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
 from ..options import CheckSwitches, Duration, Size
@@ -253,7 +255,7 @@ def uuencoded_names(chunks: Iterable[bytes]) -> list[str]:
         data = tail + chunk
         if b"\nbegin " in data or b"\n=ybegin " in data or data.startswith((b"begin ", b"=ybegin ")):
             for match in _ENCODED_FILE.finditer(data):
-                names[_text(match.group(1).rstrip())] = None
+                names[file_name(match.group(1).rstrip())] = None
             if len(names) > MAX_ENCODED_FILES:
                 break
         # Keep the last lines (from a line's start) for a begin line the next chunk completes.
@@ -261,16 +263,9 @@ def uuencoded_names(chunks: Iterable[bytes]) -> list[str]:
         tail = data[cut:][-2 * _ENCODED_FILE_LINE:]
     if b"begin " in tail:  # the pattern's either start ends so: not scanned position by position when absent
         for match in _ENCODED_FILE.finditer(tail + b"\n"):  # a last line without its end
-            names[_text(match.group(1).rstrip())] = None
+            names[file_name(match.group(1).rstrip())] = None
     names.pop("", None)
     return list(names)[:MAX_ENCODED_FILES + 1]
-
-
-def _text(name: bytes) -> str:
-    try:
-        return name.decode("utf-8")
-    except UnicodeDecodeError:
-        return name.decode("latin-1")
 
 
 class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
@@ -311,10 +306,10 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         skipped: list[str] = []
         errors: list[str] = []  # why an attachment could not be judged: the others still are
         try:
-            findings += self._uuencoded(envelope.message_chunks())
+            budget = DecompressionBudget(self.options.archive_max_message_size, self.limits.max_directory, self.limits.max_child_seconds)
+            findings += self._uuencoded(envelope.message_chunks, budget, 1)
             if single_plain_text(envelope.headers):
                 return hits_for(findings, self.actions)  # what parsing it would find: no MIME attachment
-            budget = DecompressionBudget(self.options.archive_max_message_size, self.limits.max_directory, self.limits.max_child_seconds)
             for attachment in every_reading(envelope.message_chunks, self.memory, self.options.max_attachment_size, skipped):
                 try:
                     findings.extend(self.judge(attachment, budget))
@@ -423,7 +418,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         if budget.message_bytes < size:
             return [Finding(LIMIT, name, _BYTES_NOTE)]
         budget.messages[key] = []
-        found = self._uuencoded(_chunks(data))  # named within the attached message; the caller's name goes in front
+        found = self._uuencoded(lambda: _chunks(data), budget, depth + 1)  # named within the attached message; the caller's name goes in front
         skipped: list[str] = []
 
         def reading() -> Iterator[bytes]:
@@ -440,12 +435,17 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         budget.messages[key] = found
         return [replace(f, file=f"{name}/{f.file}") for f in found]
 
-    def _uuencoded(self, chunks: Iterable[bytes]) -> list[Finding]:
-        """The findings of the files uuencoded or yEnc-encoded in the text of a message given as *chunks*."""
-        encoded = uuencoded_names(chunks)
+    def _uuencoded(self, chunks: Callable[[], Iterable[bytes]], budget: DecompressionBudget, depth: int) -> list[Finding]:
+        """The findings of the files uuencoded or yEnc-encoded in the text of a message (*chunks* gives it from its
+        start): their names, and, decoded, what they hold, as a MIME attachment's (*depth*: as :meth:`judge`'s)."""
+        encoded = uuencoded_names(chunks())
         found = [finding for name in encoded[:MAX_ENCODED_FILES] for finding in judge_name(name, self.banned)]
         if len(encoded) > MAX_ENCODED_FILES:
             found.append(Finding(MIME_LIMIT, "message", f"more than {MAX_ENCODED_FILES} uuencoded files: the rest not looked at"))
+        if encoded:  # decoded only where a name was found: the text is read again
+            for file in encoded_files(chunks(), self.memory, self.options.max_attachment_size, MAX_ENCODED_FILES):
+                decoded = Attachment(file.name, "application/octet-stream", file.data, file.size, file.truncated)
+                found += [finding for finding in self.judge(decoded, budget, depth) if finding not in found]
         return found
 
 

@@ -27,6 +27,7 @@ from typing import IO, Callable, Iterable, Iterator, Literal
 from .filetypes import message_file, outlook_name, text_file_type
 from .headertext import decoded
 from .mimeparams import LenientMessage, client_names, client_param, collapsed, first_token, raw_param, raw_params, safely, unescaped
+from .uuencode import UU_ENCODINGS, uudecode_line
 
 #: At most this many parts are decoded and judged.
 MAX_PARTS = 500
@@ -129,6 +130,7 @@ class _Decoder:
         self._paddings = 0
         #: Whether base64 went on after its padding, which clients read apart (:func:`_a2b_quartets`).
         self.after_padding = False
+        self._uu_ended = False  # a uuencoded part's "end" line passed
 
     def feed(self, lines: bytes) -> None:
         """Take one or more whole lines of the body (a line without end only last); they are decoded
@@ -146,7 +148,9 @@ class _Decoder:
         """Decode the lines gathered, at once where that gives what line by line gives, else line by line."""
         lines, self._lines, self._buffered = self._lines, [], 0
         room = self.limit - self.size
-        if self.encoding == "base64":
+        if self.encoding in UU_ENCODINGS:
+            pass  # line by line, below
+        elif self.encoding == "base64":
             data = b"".join(lines).translate(None, _NOT_BASE64)
             paddings = self._pending.count(b"=") + data.count(b"=")
             # The quartets decode alike however they are cut, unless MAX_PADDING is passed (quartets past
@@ -174,7 +178,9 @@ class _Decoder:
                 self._line(line)
 
     def _line(self, line: bytes) -> None:
-        if self.encoding == "base64":
+        if self.encoding in UU_ENCODINGS:
+            self._uu_line(line)
+        elif self.encoding == "base64":
             self._base64(line.translate(None, _NOT_BASE64))
         else:
             data = binascii.a2b_qp(line) if self.encoding == "quoted-printable" else line
@@ -183,6 +189,15 @@ class _Decoder:
             body = data.rstrip(b"\r\n")
             self._write(self._eol + body)
             self._eol = data[len(body):]
+
+    def _uu_line(self, line: bytes) -> None:
+        """A line of a uuencoded part, as Thunderbird decodes one: from its ``begin`` line (or the first) to ``end``."""
+        if self._uu_ended:
+            return
+        if line.rstrip() == b"end":
+            self._uu_ended = True
+        elif not line.startswith(b"begin "):
+            self._write(uudecode_line(line))
 
     def _base64(self, data: bytes) -> None:
         self._pending += data

@@ -1,0 +1,144 @@
+"""Files uuencoded or yEnc-encoded in a message's text, decoded as mail clients decode them.
+
+Thunderbird and Outlook show a ``begin 644 name`` line of a plain text body
+(Thunderbird an ``=ybegin … name=name`` line too) as the start of an attachment
+of that name, and Thunderbird decodes a part whose Content-Transfer-Encoding is
+``x-uuencode``: what such a file holds (a zip with an executable, an executable
+called ``.pdf``) is judged as a MIME attachment's is, not by its name alone.
+Decoding is lenient, as the clients' is: a line a broken encoder wrote too long
+is read for the length its first character gives, and a file the text ends in
+is given as far as it goes.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+import tempfile
+from typing import IO, Iterable, Iterator, NamedTuple
+
+#: Content-Transfer-Encoding values of a uuencoded part (Thunderbird's names for it).
+UU_ENCODINGS = frozenset({"x-uuencode", "uuencode", "x-uue", "uue"})
+#: A line longer than this is read in pieces of this size (encoded lines hold about 60 or 128 characters).
+MAX_LINE = 64 * 1024
+
+_BEGIN = re.compile(rb"begin [0-7]{3,4} +([^\r\n]{1,1024})")
+_YBEGIN = re.compile(rb"=ybegin [^\r\n]*?name=([^\r\n]{1,1024})")
+#: yEnc adds 42 to each byte (and 64 more to one escaped after "=").
+_YENC = bytes((b - 42) % 256 for b in range(256))
+
+
+class EncodedFile(NamedTuple):
+    """One file found in a message's text: its name, its decoded bytes (up to a limit) and their size."""
+
+    name: str
+    data: IO[bytes]
+    size: int
+    truncated: bool
+
+
+def uudecode_line(line: bytes) -> bytes:
+    """The bytes one uuencoded line holds (its line end ignored); b"" for a line that holds none or cannot be read."""
+    line = line.rstrip(b"\r\n")
+    if not line or (line[0] - 32) & 63 == 0:
+        return b""
+    try:
+        return binascii.a2b_uu(line)
+    except binascii.Error:
+        # A line some encoder wrote with trailing garbage: read for the length its first character says (as uudecode does).
+        try:
+            return binascii.a2b_uu(line[:(((line[0] - 32) & 63) * 4 + 5) // 3])
+        except binascii.Error:
+            return b""
+
+
+def ydecode_line(line: bytes) -> bytes:
+    """The bytes one yEnc-encoded data line holds (its line end ignored)."""
+    pieces = line.rstrip(b"\r\n").split(b"=")
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        if piece:  # the escaped byte first: 64 more than its encoding
+            out.append(bytes(((piece[0] - 64) % 256,)) + piece[1:])
+    return b"".join(out).translate(_YENC)
+
+
+def begin_name(line: bytes) -> tuple[str, str] | None:
+    """``("uu", name)`` or ``("yenc", name)`` for a line that starts an encoded file, else None."""
+    found = _BEGIN.match(line)
+    if found:
+        return "uu", file_name(found.group(1).rstrip())
+    found = _YBEGIN.match(line)
+    if found:
+        return "yenc", file_name(found.group(1).rstrip())
+    return None
+
+
+def encoded_files(chunks: Iterable[bytes], memory: int, limit: int, most: int) -> Iterator[EncodedFile]:
+    """The files encoded in the text given as *chunks* (the first *most* of them), each decoded into a temporary
+    file (in memory up to *memory* bytes) up to *limit* bytes, the rest skipped (``truncated``); each file is
+    closed once the next is asked for."""
+    kind = ""
+    for line in _lines(chunks):
+        if not kind:
+            if line[:1] not in (b"b", b"="):
+                continue
+            started = begin_name(line)
+            if started is None or not started[1]:
+                continue
+            kind, name = started
+            data: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=memory)
+            size, truncated = 0, False
+            continue
+        stripped = line.rstrip(b"\r\n")
+        if (kind == "uu" and stripped.rstrip() == b"end") or (kind == "yenc" and stripped.startswith(b"=yend")):
+            yield from _given(EncodedFile(name, data, size, truncated))
+            kind, most = "", most - 1
+            if most <= 0:
+                return
+            continue
+        if truncated or (kind == "yenc" and stripped.startswith(b"=ypart ")):
+            continue
+        decoded = uudecode_line(line) if kind == "uu" else ydecode_line(line)
+        if size + len(decoded) > limit:
+            decoded, truncated = decoded[:limit - size], True
+        data.write(decoded)
+        size += len(decoded)
+    if kind:
+        yield from _given(EncodedFile(name, data, size, truncated))
+
+
+def _given(file: EncodedFile) -> Iterator[EncodedFile]:
+    file.data.seek(0)
+    try:
+        yield file
+    finally:
+        file.data.close()
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of the text given as *chunks*, each with its end; a line past :data:`MAX_LINE` in pieces."""
+    pending = b""
+    for chunk in chunks:
+        data = pending + chunk
+        start = 0
+        while True:
+            end = data.find(b"\n", start, start + MAX_LINE)
+            if end < 0:
+                if len(data) - start >= MAX_LINE:
+                    yield data[start:start + MAX_LINE]
+                    start += MAX_LINE
+                    continue
+                break
+            yield data[start:end + 1]
+            start = end + 1
+        pending = data[start:]
+    if pending:
+        yield pending
+
+
+def file_name(name: bytes) -> str:
+    """An encoded file's name as text: UTF-8, else Latin-1."""
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return name.decode("latin-1")
