@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import mailbox
 import multiprocessing
 import os
 import signal
@@ -79,13 +78,9 @@ def _messages(path: Path, errors: Counter[str], failures: list[str]) -> Iterator
             ref = next(found)
         except StopIteration:
             return
-        except OSError as exc:
+        except OSError as exc:  # a folder unreadable, or gone since it was named
             errors["unreadable"] += 1
             failures.append(f"{path}: {exc.strerror or exc}")
-            return
-        except mailbox.Error as exc:  # an mbox or Maildir gone (NoSuchMailboxError) or changed since it was named
-            errors["unreadable"] += 1
-            failures.append(f"{path}: {_mailbox_error(exc)}")
             return
         yield ref
 
@@ -101,12 +96,8 @@ def read_message(ref: MessageRef) -> bytes:
         raw = ref.start(MAX_DIGEST_INPUT)
     except MemoryError:  # what is read is bounded, but 32 MB may still not fit: this message only
         raise UnreadableMessage(f"{ref.label}: not enough memory to read it") from None
-    except OSError as exc:
+    except OSError as exc:  # a FIFO, a file gone (a Maildir's message expunged since the folder was listed)
         raise UnreadableMessage(f"{ref.label}: {exc.strerror or exc}") from None
-    except mailbox.Error as exc:
-        raise UnreadableMessage(f"{ref.label}: {_mailbox_error(exc)}") from None
-    except KeyError:  # a Maildir's message expunged or moved away since the folder was listed
-        raise UnreadableMessage(f"{ref.label}: no longer there") from None
     if not looks_like_message(raw[:512]):
         # A file named on the command line is read whatever it holds: an empty or compressed
         # one would be counted as a message of no (or of random) words.
@@ -132,12 +123,6 @@ def _batches(paths: Iterable[Path], errors: Counter[str], failures: list[str]) -
                 batch, size = [], 0
     if batch:
         yield batch
-
-
-def _mailbox_error(exc: mailbox.Error) -> str:
-    if isinstance(exc, mailbox.NoSuchMailboxError):
-        return "no longer there"
-    return str(exc) or exc.__class__.__name__
 
 
 #: Messages in a row the store refused after which a run stops: the store is down (a

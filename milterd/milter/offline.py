@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import mailbox
 import os
 import re
 import socket
@@ -109,8 +108,20 @@ def sources(path: Path) -> Iterator[MessageRef]:
             yield from _maildir(path)
             return
         unlisted: list[OSError] = []
-        for root, dirs, files in os.walk(path, onerror=unlisted.append):
+        walked: set[tuple[int, int]] = set()  # folders by (device, inode): a link back up is not walked again
+        # Linked folders are followed, as linked files are: a training folder of links to users' Junk folders.
+        for root, dirs, files in os.walk(path, onerror=unlisted.append, followlinks=True):
             yield from _unlisted(unlisted)
+            try:
+                status = os.stat(root)
+            except OSError as exc:
+                unlisted.append(exc)
+                dirs.clear()
+                continue
+            if (status.st_dev, status.st_ino) in walked:
+                dirs.clear()
+                continue
+            walked.add((status.st_dev, status.st_ino))
             dirs.sort()
             if all(d in dirs for d in ("cur", "new")):
                 yield from _guarded(Path(root), _maildir)
@@ -128,10 +139,8 @@ def _guarded(path: Path, read: Callable[[Path], Iterator[MessageRef]]) -> list[M
     """The messages *read* finds at *path*, or one that fails as reading it failed."""
     try:
         return list(read(path))
-    except OSError as exc:
+    except OSError as exc:  # a Maildir gone since it was listed too
         return [_failing(str(path), exc)]
-    except mailbox.Error as exc:  # a Maildir gone since it was listed
-        return [_failing(str(path), OSError(errno.ENOENT, str(exc) or exc.__class__.__name__, str(path)))]
 
 
 def _unlisted(errors: list[OSError]) -> Iterator[MessageRef]:
@@ -227,18 +236,17 @@ def _mbox_messages(path: Path) -> list[tuple[int, int]]:
 
 
 def _maildir(path: Path) -> Iterator[MessageRef]:
-    box = mailbox.Maildir(str(path), factory=None, create=False)
-    for key in sorted(box.keys()):
-        yield MessageRef(f"{path}/{key}", functools.partial(box.get_bytes, key), functools.partial(_maildir_start, box, key))
-
-
-def _maildir_start(box: mailbox.Maildir, key: str, size: int) -> bytes:
-    """The first *size* bytes of a Maildir message (as ``get_bytes`` gives it, a piece of it)."""
-    handle = box.get_file(key)
-    try:
-        return handle.read(max(size, 0)).replace(os.linesep.encode(), b"\n")
-    finally:
-        handle.close()
+    """The messages of the Maildir *path*: the files of its ``new`` and ``cur`` folders, by key (the name up to
+    its ``:``), as ``mailbox.Maildir`` lists them, each read as a message file is: a FIFO or a device among them
+    is a message that fails (``mailbox.Maildir`` opened a FIFO and waited for a writer for ever)."""
+    found: dict[str, Path] = {}
+    for folder in ("new", "cur"):
+        for entry in os.listdir(path / folder):
+            file = path / folder / entry
+            if not entry.startswith(".") and not file.is_dir():
+                found[entry.split(":")[0]] = file
+    for key in sorted(found):
+        yield MessageRef(f"{path}/{key}", functools.partial(_read, found[key]), functools.partial(_read, found[key], 0))
 
 
 def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:

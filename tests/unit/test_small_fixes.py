@@ -11,7 +11,7 @@ import mailbox
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import authres
 import pytest
@@ -139,18 +139,18 @@ def test_learn_reports_a_maildir_gone_mid_read_and_goes_on(tmp_path: Path, learn
     box = mailbox.Maildir(str(tmp_path / "Maildir"))
     box.add(b"From: a@example.org\r\nMessage-ID: <1@example.org>\r\n\r\nbody\r\n")
     (tmp_path / "one.eml").write_bytes(b"From: b@example.org\r\nMessage-ID: <2@example.org>\r\n\r\nother\r\n")
-    real = mailbox.Maildir
+    real = offline._maildir
 
-    def moved_away(path: str, *args: Any, **kwargs: Any) -> mailbox.Maildir:
+    def moved_away(path: Path) -> Iterator[offline.MessageRef]:
         shutil.rmtree(path)  # the folder is renamed or deleted after milterd saw it is a Maildir
-        return real(path, *args, **kwargs)
+        return real(path)
 
-    monkeypatch.setattr(offline.mailbox, "Maildir", moved_away)
+    monkeypatch.setattr(offline, "_maildir", moved_away)
     capsys.readouterr()
     assert main(["learn", "-c", str(learn_conf), "--json", "--spam", str(tmp_path / "Maildir"), str(tmp_path / "one.eml")]) == 1
     summary = json.loads(capsys.readouterr().out)
     assert summary["learned"] == 1 and summary["unreadable"] == 1 and summary["model"] == {"spam": 1, "ham": 0}
-    assert summary["errors"] == [f"{tmp_path / 'Maildir'}: no longer there"]
+    assert summary["errors"] == [f"{tmp_path / 'Maildir'}: No such file or directory"]
 
 
 # An mbox gone after it was listed: tests/unit/test_review15_learn_inputs.py (mailbox.mbox is no longer read).
