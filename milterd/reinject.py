@@ -232,11 +232,20 @@ def send(
         options = []
         if client.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")  # the body is not read twice to find out
-        if client.has_extn("smtputf8") and not (sender + "".join(recipients)).isascii():
+        utf8 = client.has_extn("smtputf8")
+        if utf8 and not (sender + "".join(recipients)).isascii():
             options.append("SMTPUTF8")
         if size is not None and client.has_extn("size"):
             options.append(f"SIZE={size}")
-        pending, pieces = recipients, message
+        # An address the server cannot be sent (non-ASCII without SMTPUTF8; undecodable bytes) is refused here,
+        # alone: smtplib raised UnicodeEncodeError at its RCPT, which failed the release of every recipient.
+        unsendable = {address: why for address in (sender, *recipients) if (why := _unsendable(address, utf8))}
+        if sender in unsendable:
+            refused.update({r: unsendable[sender] for r in recipients})
+            _quit(client)
+            return delivered, refused
+        refused.update({r: unsendable[r] for r in recipients if r in unsendable})
+        pending, pieces = [r for r in recipients if r not in unsendable], message
         while pending:
             progress.data_sent, progress.in_flight = False, []
             code, reply = client.mail(sender, options)
@@ -268,6 +277,17 @@ def send(
         if spool is not None:
             spool.close()
     return delivered, refused
+
+
+def _unsendable(address: str, utf8: bool) -> str:
+    """Why *address* cannot be sent in an SMTP command (*utf8*: the server offers SMTPUTF8), or ``""``."""
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not sent: the address holds bytes that are not UTF-8"
+    if not utf8 and not address.isascii():
+        return "not sent: a non-ASCII address, and the server does not offer SMTPUTF8"
+    return ""
 
 
 def _recipients(client: smtplib.SMTP, recipients: list[str], progress: Progress) -> tuple[list[str], list[str]]:
