@@ -51,11 +51,12 @@ JOBS: tuple[Job, ...] = (
 
 
 def due(jobs: list[Job], services: "Services", last_run: dict[str, float], now: float) -> list[Job]:
-    """The jobs whose interval has passed since they last ran."""
+    """The jobs never run (not in *last_run*) or whose interval has passed since they last ran (*now*: the same clock)."""
     ready = []
     for job in jobs:
         interval = job.interval(services)
-        if interval > 0 and now - last_run.get(job.name, 0.0) >= interval:
+        last = last_run.get(job.name)
+        if interval > 0 and (last is None or now - last >= interval):
             ready.append(job)
     return ready
 

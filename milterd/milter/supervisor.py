@@ -718,7 +718,7 @@ class Supervisor:
             if self._alive(self.maintainer):
                 return
             self.maintainer = 0  # reaped: its pid may go to a worker next
-        now = time.time()
+        now = time.monotonic()  # not the wall clock: one set back by NTP stopped every job until it caught up
         ready = maintenance.due(jobs, self.services, last_run, now)
         if not ready:
             return
@@ -732,6 +732,7 @@ class Supervisor:
         if pid == 0:
             code = 0
             try:
+                _worker_signals()  # SIGTERM ends it (the supervisor's handler only set a flag the child never read)
                 name_process(MAINTENANCE_NAME)
                 self._close_stop_pipes()
                 if self.listen_fd >= 0:
@@ -1041,8 +1042,22 @@ class Supervisor:
             os.kill(pid, signal.SIGKILL)
         while self.workers:
             self._reap(block=True)
+        self._stop_maintainer()
         metrics.stop()
         log.info("stopped")
+
+    def _stop_maintainer(self) -> None:
+        """End the maintenance child, if one runs: its jobs work in short transactions, which the next start's redo
+        (an orphan went on after the stop, beside a restarted milterd's own)."""
+        if not self.maintainer:
+            return
+        try:
+            os.kill(self.maintainer, signal.SIGTERM)
+            os.waitpid(self.maintainer, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        metrics.process_dead(self.maintainer)
+        self.maintainer = 0
 
     def _stop_listening(self) -> None:
         """Close the supervisor's listening socket and remove its unix socket file (while it is still ours)."""
@@ -1093,16 +1108,21 @@ def _describe_exit(status: int) -> str:
     return f"exited with status {os.WEXITSTATUS(status)}"
 
 
-def run_worker(services: Services, listen_fd: int, stop_fd: int, ready_fd: int = -1) -> int:
-    """The body of a worker process: serve milter connections until told to stop.
-
-    When it is ready to serve, it writes a byte to *ready_fd* (when not -1) and closes it.
-    """
+def _worker_signals() -> None:
+    """A forked child's signals: SIGTERM and SIGINT end it, SIGHUP does nothing."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     # The supervisor reloads; a SIGHUP to the whole group (pkill -HUP milterd, a logrotate idiom) killed the workers
     # and the messages in flight with them.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def run_worker(services: Services, listen_fd: int, stop_fd: int, ready_fd: int = -1) -> int:
+    """The body of a worker process: serve milter connections until told to stop.
+
+    When it is ready to serve, it writes a byte to *ready_fd* (when not -1) and closes it.
+    """
+    _worker_signals()
     services.after_fork()
     use_spool_dir(services.config)
     metrics.after_fork_in_worker()  # the supervisor's metrics port must not outlive it in the workers
