@@ -100,6 +100,9 @@ messages_table = Table(
 #: The ``learner_totals`` row (the totals' is 1) of the learned-message digests dropped beyond
 #: ``[learner] max_learned``, by label: messages still counted, no longer recorded as learned.
 DROPPED_ID = 2
+#: The key of the PostgreSQL advisory lock that runs one host's expiry at a time ("milterd" and 2 in ASCII): two MX
+#: hosts counting the table at once each deleted the excess over the bound, the model left at twice too little.
+HOUSEKEEPING_LOCK = 0x6D696C7465726402
 
 
 @dataclass(frozen=True)
@@ -521,6 +524,7 @@ class LearnerStore:
 
         def work() -> int:
             with self.engine.begin() as connection:
+                _one_host_at_a_time(connection)
                 token = table.c.token
                 deleted = connection.execute(delete(table).where(deletable(connection, token, table.c.spam + table.c.ham == 0))).rowcount
                 old_and_rare = and_(table.c.atime < day, table.c.spam + table.c.ham <= rare)
@@ -548,6 +552,7 @@ class LearnerStore:
 
         def work() -> int:
             with self.engine.begin() as connection:
+                _one_host_at_a_time(connection)
                 inserts = _inserts(connection)
                 total = int(connection.execute(select(func.count()).select_from(table)).scalar() or 0)
                 if total <= max_learned:
@@ -563,3 +568,10 @@ class LearnerStore:
                 return sum(dropped.values())
 
         return guarded("drop the classifier's learned-message digests", work)
+
+
+def _one_host_at_a_time(connection: Connection) -> None:
+    """On PostgreSQL, wait for another host's expiry or digest drop to commit (an advisory lock held to the end of
+    the transaction), so that this one counts what that one left.  SQLite's writers are one at a time already."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({HOUSEKEEPING_LOCK})")
