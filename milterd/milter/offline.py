@@ -31,6 +31,11 @@ from ..message.policy import decide, spam_status
 from .adapter import MilterdMilter
 
 _HEADER_LINE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]*[ \t]*:")
+#: A header field's line as Postfix reads one: a name of printable ASCII but ":" (RFC 5322's ftext), blanks before
+#: the colon allowed (RFC 5322 4.5.3).  _HEADER_LINE, stricter, tells a file that is mail from one that is not.
+_FIELD_LINE = re.compile(rb"[!-9;-~]+[ \t]*:")
+#: "From :" is a From field in the obsolete syntax, not an mbox separator.
+_FROM_FIELD = re.compile(rb"From[ \t]*:")
 _CHUNK = 65536
 
 
@@ -86,13 +91,18 @@ class CheckedMessage:
 def looks_like_message(head: bytes) -> bool:
     """Whether a file starting with *head* is a message (header line) or an mbox (From_ line)."""
     head = head.lstrip(b"\r\n")
-    return head.startswith(b"From ") or bool(_HEADER_LINE.match(head))
+    return _from_line(head) or bool(_HEADER_LINE.match(head))
 
 
 def _starts_mbox(head: bytes) -> bool:
     """Whether a file starting with *head* starts as an mbox: a From_ line, blank lines before it
     allowed (as :func:`looks_like_message` allows them)."""
-    return head.lstrip(b"\r\n").startswith(b"From ")
+    return _from_line(head.lstrip(b"\r\n"))
+
+
+def _from_line(line: bytes) -> bool:
+    """Whether *line* is an mbox From_ line (``From sender date``), not a From field written ``From : …``."""
+    return line.startswith(b"From ") and not _FROM_FIELD.match(line)
 
 
 def sources(path: Path) -> Iterator[MessageRef]:
@@ -218,7 +228,7 @@ def _mbox_messages(path: Path) -> list[tuple[int, int]]:
     with _open_regular(path) as handle:
         while piece := handle.readline(_CHUNK):
             if not in_line:
-                if after_blank and piece.startswith(b"From "):
+                if after_blank and _from_line(piece):
                     if start is not None:
                         messages.append((start, position - 1 if last_lf_blank else position))
                     in_separator = True
@@ -256,7 +266,7 @@ def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
     continuation ends the headers, as in Postfix.
     """
     text = raw.replace(b"\r\n", b"\n")
-    if text.startswith(b"From "):
+    if _from_line(text):
         text = text.split(b"\n", 1)[1] if b"\n" in text else b""
     fields: list[tuple[str, list[bytes]]] = []  # each field's lines, joined once all are in (linear time)
     start = 0  # of the line being read; the body's once the headers end
@@ -271,7 +281,7 @@ def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
             break
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1][1].append(line)
-        elif b":" in line and _HEADER_LINE.match(line):
+        elif b":" in line and _FIELD_LINE.match(line):
             raw_name, _, value = line.partition(b":")
             fields.append((raw_name.strip().decode("ascii", "replace"), [value.lstrip(b" \t")]))
         else:
