@@ -43,7 +43,7 @@ def test_fix_jobs_run_each_interval_whatever_the_wall_clock_does(monkeypatch: py
     sup, jobs, last_run = boss(), [Job("hourly", lambda s: 3600, lambda s: "")], {}  # type: ignore[var-annotated]
     sup._maintain(jobs, last_run)
     clock["wall"] -= 365 * 86400  # NTP steps back a clock that started a year ahead
-    for hour in range(1, 4):
+    for _ in range(3):
         clock["monotonic"] += 3600
         clock["wall"] += 3600
         sup._maintain(jobs, last_run)  # the last child is gone (no such pid): a new one may start
