@@ -63,9 +63,9 @@ class AttachmentChecks(CheckSwitches):
     macro_action: _CategoryAction = Field("off", description="An Office document with VBA macros (docm/xlsm/pptm, vbaProject.bin, an OLE file with a VBA project): ATTACH_OFFICE_MACRO, with the same choices; off by default.")
     encrypted_action: _CategoryAction = Field("score", description="An encrypted (password-protected) archive or member, whose names or content cannot all be judged: ATTACH_ENCRYPTED, with the same choices.")
     limit_action: _CategoryAction = Field("quarantine", description="Files never looked into, for a limit or damage a sender can bring about on purpose: an archive nested deeper than archive_max_depth, members past archive_max_members, a nested archive past archive_max_size or the message's archive_max_message_size, an archive larger than max_attachment_size, an archive whose listing stopped part way (damaged: unzip, tar and 7-Zip carry on past it; a listing child that crashed or ran out of time or memory), a member name that cannot be read, an ARJ or ACE archive (nothing here lists one), attached messages nested deeper than archive_max_depth or past 20,000 MIME parts or 32 MB in all, archives past archive_process_seconds of listing children or zip directories past 2,560 bytes per archive_max_members (5 MB) in one message (parsed whole, however few members are then listed), a saved message (.eml) in an archive that cannot be read or is a link, attachments that could not be read for an error (ATTACH_ERROR, held with this action), a multipart without a boundary. A banned file may be inside (an .exe six zips deep): ATTACH_ARCHIVE_LIMIT, with the same choices.")
-    unreadable_action: _CategoryAction = Field("score", description="What could not be read whole where no banned file can hide unseen: a 7z, rar, cab, tar, LZH, cpio, xar or ar archive without libarchive-c (install it: these are then listed), an archive member whose first bytes cannot be read (its name is judged), members of an Office document past archive_max_members (a .docx, .xlsx, .pptx, .odt… by every name it goes by, with [Content_Types].xml or ODF's mimetype: Office opens it, nobody extracts its parts), MIME fields that do not parse, base64 that goes on after its padding: ATTACH_UNREADABLE, with the same choices.")
+    unreadable_action: _CategoryAction = Field("score", description="What could not be read whole where no banned file can hide unseen: a 7z, rar, cab, tar, LZH, cpio or xar archive without libarchive-c (install it: these are then listed), an archive member whose first bytes cannot be read (its name is judged), members of an Office document past archive_max_members (a .docx, .xlsx, .pptx, .odt… by every name it goes by, with [Content_Types].xml or ODF's mimetype: Office opens it, nobody extracts its parts), MIME fields that do not parse, base64 that goes on after its padding: ATTACH_UNREADABLE, with the same choices.")
     mime_limit_action: _CategoryAction = Field("quarantine", description="A message with a file (a named or non-text part) past its first 500 MIME parts, more than 2,000 parts, more than 1,000 uuencoded files, or a part whose MIME fields pass 16 KB in one field or 64 KB in all (a type or encoding past them is never read): files never judged (a banned one may follow the padding): ATTACH_MIME_LIMIT, with the same choices. Text parts past 500 are followed, so a digest of a few hundred posts is not caught.")
-    archives: bool = Field(True, description="Look inside zip archives, TNEF containers (Outlook's winmail.dat) and Outlook message files (.msg), and 7z, rar, cab, tar, LZH, cpio, xar and ar ones, and gzip, bzip2 and xz files (a tar in one, or the file it holds), when libarchive-c is installed, for the same rules.")
+    archives: bool = Field(True, description="Look inside zip archives, TNEF containers (Outlook's winmail.dat) and Outlook message files (.msg), and 7z, rar, cab, tar, LZH, cpio and xar ones, and gzip, bzip2 and xz files (a tar in one, or the file it holds), when libarchive-c is installed, for the same rules.")
     archive_max_depth: int = Field(5, ge=1, le=20, description="Archives nested deeper than this (an archive in an archive is 2; an Office document and the workbook embedded in it count too), and attached messages, are not opened.")
     archive_max_members: int = Field(2000, ge=1, description="Members past this many, over all nested archives of one attachment, are not looked at (an Office document's own parts are counted apart, against the same number).")
     archive_max_size: Size = Field(50 * 1024 * 1024, description="Most bytes decompressed per attachment (nested archives and each member's first bytes); an archive bomb stops here.")
@@ -127,7 +127,11 @@ DIRECTORY_BYTES_PER_MEMBER_LIMIT = 20 * 128
 MAX_ENCODED_FILES = 1000
 #: The first line of a uuencoded (``begin 644 name``) or yEnc (``=ybegin … name=name``) file, as Thunderbird reads it.
 _ENCODED_FILE_LINE = 1024
-_ENCODED_FILE = re.compile(rb"^(?:begin [0-7]{3,4} +|=ybegin [^\r\n]*?name=)([^\r\n]{1,%d})\r?\n" % _ENCODED_FILE_LINE, re.MULTILINE)
+#: Its name is read to the line's end, or to its first _ENCODED_FILE_LINE characters when the line goes on (a name
+#: padded past them with blanks, which Windows drops when it saves the file, passed unjudged); possessive, so that a
+#: line cut by the end of a chunk is not matched as a shorter name (the next chunk's text holds it whole).
+_ENCODED_FILE = re.compile(rb"^(?:begin [0-7]{3,4} +|=ybegin [^\r\n]*?name=)([^\r\n]{1,%d}+)(?:\r?\n|(?=[^\r\n]))" % _ENCODED_FILE_LINE,
+                           re.MULTILINE)
 #: An extension that names a COM class (a CLSID) instead of a file type.
 _CLSID = re.compile(r"\{[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\}")
 
@@ -443,9 +447,11 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         if len(encoded) > MAX_ENCODED_FILES:
             found.append(Finding(MIME_LIMIT, "message", f"more than {MAX_ENCODED_FILES} uuencoded files: the rest not looked at"))
         if encoded:  # decoded only where a name was found: the text is read again
+            findings = dict.fromkeys(found)  # the names' findings first, each once (a set: thousands of members)
             for file in encoded_files(chunks(), self.memory, self.options.max_attachment_size, MAX_ENCODED_FILES):
                 decoded = Attachment(file.name, "application/octet-stream", file.data, file.size, file.truncated)
-                found += [finding for finding in self.judge(decoded, budget, depth) if finding not in found]
+                findings.update(dict.fromkeys(self.judge(decoded, budget, depth)))
+            found = list(findings)
         return found
 
 

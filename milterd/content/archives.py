@@ -317,6 +317,9 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
             listing.limits.append(f"{path}: {kind} archives cannot be listed here (7-Zip or WinRAR opens it)")
         else:
             listing.errors.append(f"{path}: {kind} archives cannot be listed (libarchive-c is not installed)")
+        if kind != "zip" and _named_zip((path, *aliases)) and _zip_directory(data)[0] is not None:
+            # A tar (or a 7z…) named .zip that ends as a zip: unzip and 7-Zip open that zip, found from the file's end.
+            _walk_zip(path, data, depth, limits, budget, listing, aliases)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, OSError, RuntimeError) as exc:
         if local_failure(exc):
             raise  # the disk full while a member was copied out: not the archive's doing
@@ -377,6 +380,15 @@ def _take_member(path: str, limits: Limits, budget: _Budget, listing: Listing, n
 #: Extensions of files that 7-Zip, WinZip or the system open as archives, besides those archive_kind knows by
 #: name (a zip called p.zipx or p.epub): an unreadable member so named may hold what it was never opened for.
 _OPENED_AS_ARCHIVES = frozenset({"zipx", "z01", "jar", "xpi", "epub", "ipa", "apk", "appx", "msix", "lzh", "lha", "arj", "cpio", "xar", "wim", "iso", "img"})
+
+
+def _named_zip(names: Iterable[str]) -> bool:
+    """Whether any of *names* (paths) has an extension that says zip (``.zip``)."""
+    for name in names:
+        exts = extensions(name.rsplit("/", 1)[-1])
+        if exts and _ARCHIVE_EXTENSIONS.get(exts[-1]) == "zip":
+            return True
+    return False
 
 
 def _packed(name: str) -> bool:
@@ -1105,8 +1117,20 @@ def _codepage(number: int) -> str:
 
 
 def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, kind: str = "") -> None:
+    if kind not in COMPRESSED_KINDS:
+        _walk_libarchive_form(path, data, depth, limits, budget, listing, "all")
+        return
+    form = _compressed_format(data)
+    _walk_libarchive_form(path, data, depth, limits, budget, listing, form)
+    decompressed = _decompressed_name(path)
+    if form == "tar" and archive_kind(decompressed, b"") not in (None, "tar"):
+        # invoice.zip.gz holding a tar: gunzip gives invoice.zip, which unzip and 7-Zip open as the zip after the tar.
+        _walk_libarchive_form(path, data, depth, limits, budget, listing, "raw")
+
+
+def _walk_libarchive_form(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, form: str) -> None:
+    """List *data* with libarchive's *form* (``"all"``, or for a compressed stream a tar in it or the ``"raw"`` file)."""
     lib: Any = libarchive
-    form = _compressed_format(data) if kind in COMPRESSED_KINDS else "all"
     raw = form == "raw"
     data.seek(0)
     with lib.seekable_stream_reader(data, format_name=form) as archive:  # 7z needs to seek

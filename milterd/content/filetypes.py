@@ -33,7 +33,6 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"LZIP", "lzip"),
     (0, b"\x04\x22\x4d\x18", "lz4"),
     (0, b"MSCF", "cab"),
-    (0, b"!<arch>\n", "ar"),
     (0, b"xar!", "xar"),
     (0, b"070701", "cpio"),  # SVR4 (newc)
     (0, b"070702", "cpio"),  # SVR4 with checksums
@@ -59,7 +58,7 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 EXECUTABLE_KINDS = frozenset({"pe", "elf", "macho", "lnk"})
 
 #: Kinds that are archives (:mod:`milterd.content.archives` lists them, but :data:`UNLISTED_ARCHIVE_KINDS`).
-ARCHIVE_KINDS = frozenset({"zip", "rar", "7z", "tar", "cab", "tnef", "lzh", "cpio", "xar", "ar", "arj", "ace"})
+ARCHIVE_KINDS = frozenset({"zip", "rar", "7z", "tar", "cab", "tnef", "lzh", "cpio", "xar", "arj", "ace"})
 #: Archives 7-Zip or WinRAR open but nothing here lists (libarchive reads neither): what they hold is never judged.
 UNLISTED_ARCHIVE_KINDS = frozenset({"arj", "ace"})
 

@@ -130,7 +130,7 @@ class _Decoder:
         self._paddings = 0
         #: Whether base64 went on after its padding, which clients read apart (:func:`_a2b_quartets`).
         self.after_padding = False
-        self._uu_ended = False  # a uuencoded part's "end" line passed
+        self._uu_state = "before"  # a uuencoded part: before its "begin" line, in its data, or after its "end"
 
     def feed(self, lines: bytes) -> None:
         """Take one or more whole lines of the body (a line without end only last); they are decoded
@@ -191,12 +191,15 @@ class _Decoder:
             self._eol = data[len(body):]
 
     def _uu_line(self, line: bytes) -> None:
-        """A line of a uuencoded part, as Thunderbird decodes one: from its ``begin`` line (or the first) to ``end``."""
-        if self._uu_ended:
+        """A line of a uuencoded part, as Thunderbird decodes one: after its ``begin`` line, up to ``end``."""
+        if self._uu_state == "ended":
             return
-        if line.rstrip() == b"end":
-            self._uu_ended = True
-        elif not line.startswith(b"begin "):
+        if self._uu_state == "before":
+            if line.startswith(b"begin "):
+                self._uu_state = "in"
+        elif line.rstrip() == b"end":
+            self._uu_state = "ended"
+        else:
             self._write(uudecode_line(line))
 
     def _base64(self, data: bytes) -> None:

@@ -1,5 +1,6 @@
-"""LZH, cpio, xar and ar archives are listed as 7z and rar are (7-Zip opens every one of them, and LZH carries
-malware by mail); ARJ and ACE, which 7-Zip or WinRAR open and nothing here lists, are a limit: never passed unjudged."""
+"""LZH, cpio and xar archives are listed as 7z and rar are (7-Zip opens every one of them, and LZH carries malware by
+mail); ARJ and ACE, which 7-Zip or WinRAR open and nothing here lists, are a limit: never passed unjudged.  ar files
+are not opened: Debian packages, static libraries and Windows import libraries (.lib, whose members are named .dll)."""
 
 from __future__ import annotations
 
@@ -61,8 +62,6 @@ def ace() -> bytes:
     ("invoice.cpio", "cpio", lambda: binary_cpio(order="<")),
     ("invoice.cpio", "cpio", lambda: binary_cpio(order=">")),
     ("invoice.xar", "xar", lambda: written("xar")),
-    ("invoice.a", "ar", lambda: written("ar_bsd")),
-    ("invoice.a", "ar", lambda: written("ar_svr4")),
 ])
 def test_fix_each_kind_is_told_by_its_first_bytes_and_listed(name: str, kind: str, maker: object) -> None:
     data = maker()  # type: ignore[operator]
@@ -91,6 +90,13 @@ def test_fix_archives_nothing_here_lists_are_a_limit(kind: str, data: bytes) -> 
     listing = list_archive(f"invoice.{kind}", io.BytesIO(data), kind, Limits())
     assert listing.entries == [] and listing.errors == []
     assert listing.limits == [f"invoice.{kind}: {kind} archives cannot be listed here (7-Zip or WinRAR opens it)"]
+
+
+@needs_libarchive
+@pytest.mark.parametrize("form", ["ar_bsd", "ar_svr4"])
+def test_ar_files_are_not_opened(form: str) -> None:
+    data = written(form)  # a .deb, a .a, an import library: ordinary files whose members are no attachments
+    assert sniff(data[:512]) is None and archives.archive_kind("mylib.lib", data[:512]) is None
 
 
 @pytest.mark.parametrize("text", [
