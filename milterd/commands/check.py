@@ -206,6 +206,7 @@ def _cross_validate(args: argparse.Namespace, config: Config, client: Client) ->
         print(f"milterd: check: --cross-validate {folds}: more folds than the {len(labelled)} messages found", file=sys.stderr)
         return 2
     numbers = fold_numbers([kind for kind, _, _ in labelled], folds)
+    _warn_small_folds(config, [kind for kind, _, _ in labelled], numbers, folds)
     progress = Progress(len(labelled), args.progress)
     items: list[Judged] = []
     errors = 0
@@ -234,6 +235,18 @@ def _cross_validate(args: argparse.Namespace, config: Config, client: Client) ->
         print(f"{folds}-fold cross-validation: each fold judged by a scratch model learned from the other folds")
         print_mass_report(report)
     return 0
+
+
+def _warn_small_folds(config: Config, kinds: list[str], numbers: list[int], folds: int) -> None:
+    """Say so when some fold's scratch model learns fewer messages than the classifier needs to score (as
+    ``--train-*`` does): its report would hold no BAYES_* symbol, and look like an evaluation of the classifier."""
+    total = Counter(kinds)
+    per_fold = Counter(zip(kinds, numbers, strict=True))
+    spam = min(total["spam"] - per_fold["spam", fold] for fold in range(folds))
+    ham = min(total["ham"] - per_fold["ham", fold] for fold in range(folds))
+    if spam < config.learner.min_spam or ham < config.learner.min_ham:
+        print(f"milterd: check: a fold's model learns as few as {spam} spam and {ham} ham, fewer than [learner] min_spam/min_ham "
+              f"({config.learner.min_spam}/{config.learner.min_ham}): the classifier abstains there", file=sys.stderr)
 
 
 def offline_config(config: Config) -> Config:
