@@ -171,6 +171,7 @@ class DatabaseSection(Section):
     busy_timeout: Duration = Field(10.0, description="How long a writer waits for a locked SQLite database before the message is tempfailed.")
     pool_size: int = Field(16, ge=1, le=1000, description="Connections each worker (and the supervisor's maintenance process) keeps open to a database server such as PostgreSQL, opened as needed and never more: the SMTP sessions a worker serves at once share them, and one that finds them all busy waits busy_timeout, then its message is tempfailed. This host needs up to pool_size × (workers + 1) + 2 connections (a reload briefly runs one worker more; the supervisor and its maintenance process use one each): milterd doctor shows the total against the server's max_connections. SQLite ignores it (32 per worker).")
     on_error: Literal["tempfail", "accept"] = Field("tempfail", description="The log cannot be written: tempfail (451, the client retries) or accept unlogged; quarantine always tempfails.")
+    log_retention: Duration = Field(90 * 86400.0, description="Message log rows older than this are deleted hourly by the supervisor (those of messages still held in the quarantine are kept): rule statistics, whatif and explain read what is left; 0 keeps every row (the table then grows by a row a message for ever).")
 
     @field_validator("url")
     @classmethod

@@ -1,4 +1,4 @@
-"""Periodic housekeeping (greylist expiry, quarantine retention, …).
+"""Periodic housekeeping (greylist expiry, quarantine and log retention, …).
 
 The jobs are listed in :data:`JOBS`, here and nowhere else; the supervisor
 runs the due ones every minute in a short-lived child process of its own, so
@@ -8,12 +8,14 @@ supervisor holds no database connection.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from . import greylist, quarantine
 from .checks import bayes
+from .clock import utcnow
 
 if TYPE_CHECKING:
     from .services import Services
@@ -38,6 +40,17 @@ def _quarantine_interval(services: "Services") -> float:
     return 3600 if services.config.quarantine.retention else 0
 
 
+def _log_interval(services: "Services") -> float:
+    return 3600 if services.config.database.log_retention else 0
+
+
+def _log_retention(services: "Services") -> str:
+    """Delete the message log rows older than ``[database] log_retention``."""
+    older_than = utcnow() - dt.timedelta(seconds=services.config.database.log_retention)
+    count = services.store.purge_log(older_than)
+    return f"deleted {count} log row{'s' if count != 1 else ''}" if count else ""
+
+
 def _learner_interval(services: "Services") -> float:
     return services.config.learner.expiry_interval if services.config.learner.enabled else 0
 
@@ -47,6 +60,7 @@ JOBS: tuple[Job, ...] = (
     Job("greylist-purge", _greylist_interval, greylist.purge_job),
     Job("quarantine-retention", _quarantine_interval, quarantine.retention_job),
     Job("learner-expiry", _learner_interval, bayes.expiry_job),
+    Job("log-retention", _log_interval, _log_retention),
 )
 
 

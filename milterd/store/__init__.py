@@ -21,7 +21,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError as AlembicCommandError
-from sqlalchemy import JSON, Engine, case, func, insert, inspect, make_url, select, text
+from sqlalchemy import JSON, Engine, case, delete, func, insert, inspect, make_url, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
@@ -86,6 +86,9 @@ class MessageRecord:
         row["recipients"] = [storable(r) for r in row["recipients"]]
         return row
 
+
+#: Log rows deleted per transaction by :meth:`Store.purge_log`.
+LOG_PURGE_BATCH = 5000
 
 #: The columns of bounded length, and their bounds.
 _LIMITS = (("mta_host", 255), ("queue_id", 64), ("client_addr", 64), ("client_name", 255), ("helo", 255), ("auth_user", 255), ("sender", 512), ("message_id", 512))
@@ -642,6 +645,26 @@ class Store:
                 return [(str(addr), int(rows), int(hits)) for addr, rows, hits in connection.execute(query)]
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read the message log: {exc.__class__.__name__}: {getattr(exc, 'orig', None) or exc}") from exc
+
+    def purge_log(self, older_than: dt.datetime) -> int:
+        """Delete the log rows stored before *older_than*, but those a quarantined message still points at; in
+        transactions of :data:`LOG_PURGE_BATCH` rows (a backlog of millions never holds SQLite's write lock, which
+        every worker's log row waits for, for long); returns how many were deleted."""
+        table, held = schema.messages, schema.quarantine.c.message_log_id
+        kept = select(held).where(held.is_not(None))
+        oldest = (select(table.c.id).where(table.c.time < as_utc(older_than), table.c.id.not_in(kept))
+                  .order_by(table.c.time).limit(LOG_PURGE_BATCH).scalar_subquery())
+        deleted = 0
+        try:
+            while True:
+                with self.engine.begin() as connection:
+                    count = connection.execute(delete(table).where(table.c.id.in_(oldest))).rowcount
+                deleted += count
+                if count < LOG_PURGE_BATCH:
+                    return deleted
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot purge the message log ({deleted} rows deleted): {exc.__class__.__name__}: "
+                             f"{getattr(exc, 'orig', None) or exc}") from exc
 
     def _period_end(self, until: dt.datetime) -> int | None:
         """The id of the last log row before *until* (None: there is none), found through ix_messages_time:
