@@ -655,6 +655,7 @@ class Supervisor:
         self._reload = False
         self.restarts = 0
         self.maintainer = 0
+        self.maintainer_started = 0.0  # time.monotonic() at its fork
         self.started: dict[int, float] = {}  # pid → when it was forked (monotonic)
         self._quick_deaths = 0  # serving workers in a row that died soon after their start
         self._died = 0  # serving workers that died and are not replaced yet (a reload's new count is no death)
@@ -716,6 +717,11 @@ class Supervisor:
     def _maintain(self, jobs: list[Job], last_run: dict[str, float]) -> None:
         if self.maintainer:
             if self._alive(self.maintainer):
+                if time.monotonic() - self.maintainer_started > MAINTENANCE_TIMEOUT:
+                    # Hung (a database connection gone dead mid-statement): every later run waited behind it, silently.
+                    log.error("maintenance process %d still running after %ds: killed; its jobs run again at the next check",
+                              self.maintainer, MAINTENANCE_TIMEOUT)
+                    os.kill(self.maintainer, signal.SIGKILL)
                 return
             self.maintainer = 0  # reaped: its pid may go to a worker next
         now = time.monotonic()  # not the wall clock: one set back by NTP stopped every job until it caught up
@@ -744,16 +750,18 @@ class Supervisor:
             except BaseException:  # noqa: BLE001
                 code = 1
             os._exit(code)
-        self.maintainer = pid
+        self.maintainer, self.maintainer_started = pid, time.monotonic()
 
     @staticmethod
     def _alive(pid: int) -> bool:
+        """Whether the maintenance process *pid* still runs (reaped, with its failure logged, when it ended)."""
         try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
+            done, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             return False
         if done:
             metrics.process_dead(pid)
+            _maintenance_ended(pid, status)
         return done == 0
 
     def _spawn(self, ready_fd: int = -1) -> int:
@@ -863,6 +871,8 @@ class Supervisor:
                 log.warning("worker %d %s", pid, _describe_exit(status))
                 self._died += 1
                 self._backoff(pid)
+            elif pid == self.maintainer:
+                _maintenance_ended(pid, status)
             self._forget(pid)
             gone.append(pid)
             if block:
@@ -1085,6 +1095,8 @@ QUICK_DEATH = 10.0
 """Seconds: a worker that dies sooner after its start counts towards the restart backoff."""
 MAX_BACKOFF = 10.0
 """Seconds: the longest a worker that keeps dying at start waits to be replaced."""
+MAINTENANCE_TIMEOUT = 3600
+"""Seconds: a maintenance process still running this long after its fork is killed (its committed batches stay)."""
 SPAWN_RETRY = 5.0
 """Seconds: how long after the system refused a fork (no descriptor or process left) it is tried again."""
 
@@ -1100,6 +1112,12 @@ def name_process(name: str) -> None:
             comm.write(name[:15])
     except OSError:  # not Linux, or /proc not mounted: the name is cosmetic
         pass
+
+
+def _maintenance_ended(pid: int, status: int) -> None:
+    """Log the maintenance process's end unless it succeeded (a job's own failure is logged by the job)."""
+    if status:
+        log.error("maintenance process %d %s", pid, _describe_exit(status))
 
 
 def _describe_exit(status: int) -> str:

@@ -85,3 +85,30 @@ def test_fix_shutdown_ends_the_maintenance_child(monkeypatch: pytest.MonkeyPatch
     sup._shutdown()
     assert calls == [("kill", FAKE_PID, signal.SIGTERM), ("wait", FAKE_PID, 0)]
     assert sup.maintainer == 0
+
+
+def test_fix_a_hung_maintenance_process_is_killed(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    killed: list[tuple[int, int]] = []
+    clock = [1000.0]
+    monkeypatch.setattr(supervisor.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(supervisor.os, "waitpid", lambda pid, flags: (0, 0))  # still running
+    monkeypatch.setattr(supervisor.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    sup = boss()
+    sup.maintainer, sup.maintainer_started = FAKE_PID, clock[0]
+    clock[0] += supervisor.MAINTENANCE_TIMEOUT  # not yet
+    sup._maintain([], {})
+    assert killed == []
+    clock[0] += 61
+    sup._maintain([], {})  # every later run waited behind it, silently
+    assert killed == [(FAKE_PID, signal.SIGKILL)]
+    assert f"maintenance process {FAKE_PID} still running after 3600s: killed" in caplog.text
+
+
+def test_fix_a_failed_maintenance_process_is_logged(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(supervisor.os, "waitpid", lambda pid, flags: (pid, 9))  # killed by SIGKILL (the OOM killer)
+    monkeypatch.setattr(supervisor.os, "fork", lambda: FAKE_PID + 1)
+    sup = boss()
+    sup.maintainer = FAKE_PID
+    sup._maintain([], {})
+    assert sup.maintainer == 0
+    assert f"maintenance process {FAKE_PID} was killed by signal 9 (SIGKILL)" in caplog.text
