@@ -241,7 +241,7 @@ def send(
         # alone: smtplib raised UnicodeEncodeError at its RCPT, which failed the release of every recipient.
         unsendable = {address: why for address in (sender, *recipients) if (why := _unsendable(address, utf8))}
         if sender in unsendable:
-            refused.update({r: unsendable[sender] for r in recipients})
+            refused.update({r: unsendable[sender].replace("the address", "the sender's address", 1) for r in recipients})
             _quit(client)
             return delivered, refused
         refused.update({r: unsendable[r] for r in recipients if r in unsendable})
@@ -279,14 +279,18 @@ def send(
     return delivered, refused
 
 
+#: How the reply of a recipient refused here, never sent to the server, begins: trying again cannot help.
+UNSENDABLE = "not sent: "
+
+
 def _unsendable(address: str, utf8: bool) -> str:
     """Why *address* cannot be sent in an SMTP command (*utf8*: the server offers SMTPUTF8), or ``""``."""
     try:
         address.encode("utf-8")
     except UnicodeEncodeError:
-        return "not sent: the address holds bytes that are not UTF-8"
+        return UNSENDABLE + "the address holds bytes that are not UTF-8"
     if not utf8 and not address.isascii():
-        return "not sent: a non-ASCII address, and the server does not offer SMTPUTF8"
+        return UNSENDABLE + "the address is not ASCII, and the server does not offer SMTPUTF8"
     return ""
 
 

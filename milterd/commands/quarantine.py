@@ -10,6 +10,7 @@ import shlex
 import sys
 from typing import Any, Callable
 
+from .. import reinject
 from ..config import load_config
 from ..logs import MAX_LOG_RECIPIENTS
 from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, claim_text, header_section, release_command, release_state
@@ -208,9 +209,14 @@ def run_release(args: argparse.Namespace, quarantine: Quarantine) -> int:
         elif not report.delivered and not report.unknown:
             print(f"{row_id}: nothing was released; the message stays in the quarantine", file=sys.stderr)
         elif report.partial:
-            # The exact command: a bare --force would send it again to those who received it.
-            retry = " ".join([release_command(quarantine.config, row_id), "--force", *(f"--to {shlex.quote(escape(r))}" for r in report.refused)])
-            print(f"{row_id}: partly released; to retry only the refused recipients: {retry}", file=sys.stderr)
+            # The exact command: a bare --force would send it again to those who received it. A recipient refused
+            # here (an address the server cannot be sent) would only be refused again.
+            again = [r for r, reply in report.refused.items() if not reply.startswith(reinject.UNSENDABLE)]
+            if again:
+                retry = " ".join([release_command(quarantine.config, row_id), "--force", *(f"--to {shlex.quote(escape(r))}" for r in again)])
+                print(f"{row_id}: partly released; to retry only the refused recipients: {retry}", file=sys.stderr)
+            else:
+                print(f"{row_id}: partly released; the other recipients cannot be sent it through this server (above)", file=sys.stderr)
         failed = failed or not report.ok
     return 1 if failed else 0
 

@@ -118,6 +118,7 @@ def sources(path: Path) -> Iterator[MessageRef]:
             yield from _maildir(path)
             return
         unlisted: list[OSError] = []
+        start = os.path.realpath(path)
         walked: set[tuple[int, int]] = set()  # folders by (device, inode): a link back up is not walked again
         # Linked folders are followed, as linked files are: a training folder of links to users' Junk folders.
         for root, dirs, files in os.walk(path, onerror=unlisted.append, followlinks=True):
@@ -132,7 +133,7 @@ def sources(path: Path) -> Iterator[MessageRef]:
                 dirs.clear()
                 continue
             walked.add((status.st_dev, status.st_ino))
-            dirs.sort()
+            dirs[:] = [name for name in sorted(dirs) if _followed(Path(root) / name, start, unlisted)]
             if all(d in dirs for d in ("cur", "new")):
                 yield from _guarded(Path(root), _maildir)
                 dirs.clear()
@@ -143,6 +144,23 @@ def sources(path: Path) -> Iterator[MessageRef]:
         yield from _unlisted(unlisted)
         return
     yield from _file(path, skip_unknown=False)
+
+
+#: Folders a link found in a walk is not followed into: the kernel's and the devices' (/proc/PID/root is all of /).
+_SYSTEM_FOLDERS = ("/proc", "/sys", "/dev", "/run")
+
+
+def _followed(folder: Path, start: str, unlisted: list[OSError]) -> bool:
+    """Whether the walk from *start* (a real path) goes into *folder*: not when it is a link to a folder above the
+    start (``/`` walked the whole system) or to a system folder, which is said in *unlisted*."""
+    if not os.path.islink(folder):
+        return True
+    real = os.path.realpath(folder)
+    above = real == "/" or start == real or start.startswith(real + "/")
+    if above or any(real == system or real.startswith(system + "/") for system in _SYSTEM_FOLDERS):
+        unlisted.append(OSError(errno.ELOOP, "a link to a folder above the one named or to a system folder: not followed", str(folder)))
+        return False
+    return True
 
 
 def _guarded(path: Path, read: Callable[[Path], Iterator[MessageRef]]) -> list[MessageRef]:
@@ -249,14 +267,34 @@ def _maildir(path: Path) -> Iterator[MessageRef]:
     """The messages of the Maildir *path*: the files of its ``new`` and ``cur`` folders, by key (the name up to
     its ``:``), as ``mailbox.Maildir`` lists them, each read as a message file is: a FIFO or a device among them
     is a message that fails (``mailbox.Maildir`` opened a FIFO and waited for a writer for ever)."""
+    found = _maildir_files(path)
+    for key in sorted(found):
+        yield MessageRef(f"{path}/{key}", functools.partial(_read_maildir, path, key, found[key]),
+                         functools.partial(_read_maildir, path, key, found[key], 0))
+
+
+def _maildir_files(path: Path) -> dict[str, Path]:
+    """The files of the Maildir *path*'s ``new`` and ``cur`` folders by key (the name up to its ``:``)."""
     found: dict[str, Path] = {}
     for folder in ("new", "cur"):
         for entry in os.listdir(path / folder):
             file = path / folder / entry
-            if not entry.startswith(".") and not file.is_dir():
+            # os.path.isdir: False for a link it cannot follow (Path.is_dir raised EACCES: the whole Maildir unread).
+            if not entry.startswith(".") and not os.path.isdir(file):
                 found[entry.split(":")[0]] = file
-    for key in sorted(found):
-        yield MessageRef(f"{path}/{key}", functools.partial(_read, found[key]), functools.partial(_read, found[key], 0))
+    return found
+
+
+def _read_maildir(path: Path, key: str, file: Path, start: int = 0, size: int = -1) -> bytes:
+    """*size* bytes (-1: all) of the Maildir *path*'s message *key* from *start*, listed as *file*: where it is gone,
+    under the name it has now (the server renames a message read, flagged or moved from new to cur)."""
+    try:
+        return _read(file, start, size)
+    except FileNotFoundError:
+        now = _maildir_files(path).get(key)
+        if now is None:
+            raise
+        return _read(now, start, size)
 
 
 def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:

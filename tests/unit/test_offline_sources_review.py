@@ -67,6 +67,47 @@ def test_fix_linked_folders_are_followed_once(tmp_path: Path) -> None:
     train.mkdir()
     (train / "alice").symlink_to(tmp_path / "users" / "alice" / "Junk")
     (train / "bob").symlink_to(box)
-    (train / "loop").symlink_to(train)  # a link back up: walked once
+    (train / "bob" / "new" / "twice").symlink_to(tmp_path / "users" / "alice" / "Junk")  # walked already: once
     # The old code skipped linked folders silently: "0 messages: nothing done".
     assert [label for label, _ in read(train)] == [f"{train}/alice/m1.eml", f"{train}/bob/2.y"]
+
+
+@pytest.mark.parametrize("target", ["/", "/proc", "/proc/self/root", "..", "."])
+def test_fix_links_above_the_folder_or_to_system_folders_are_said_and_not_followed(tmp_path: Path, target: str) -> None:
+    train = tmp_path / "train"
+    train.mkdir()
+    (train / "m1.eml").write_bytes(MESSAGE)
+    (train / "link").symlink_to(target)
+    # A link to / or /proc walked the whole system (/proc/PID/root), learning whatever looked like mail there.
+    assert read(train) == [(f"{train}/m1.eml", MESSAGE), (f"{train}/link", "a link to a folder above the one named or to a system folder: not followed")]
+
+
+def test_fix_a_message_renamed_after_the_listing_is_read_under_its_new_name(tmp_path: Path) -> None:
+    box = maildir(tmp_path / "Maildir")
+    (box / "new" / "1.host").write_bytes(MESSAGE)
+    (box / "cur" / "2.host:2,").write_bytes(MESSAGE.replace(b"p1", b"p2"))
+    refs = list(sources(box))
+    # The server renames as clients read and flag: new/1.host to cur/1.host:2,S, cur/2.host:2, to cur/2.host:2,RS.
+    (box / "new" / "1.host").rename(box / "cur" / "1.host:2,S")
+    (box / "cur" / "2.host:2,").rename(box / "cur" / "2.host:2,RS")
+    assert [ref.load() for ref in refs] == [MESSAGE, MESSAGE.replace(b"p1", b"p2")]
+    assert refs[0].start(4) == MESSAGE[:4]
+    (box / "cur" / "1.host:2,S").unlink()  # expunged: gone under every name
+    with pytest.raises(FileNotFoundError):
+        refs[0].load()
+
+
+def test_fix_a_link_that_cannot_be_followed_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    box = maildir(tmp_path / "Maildir")
+    (box / "cur" / "1.host:2,S").write_bytes(MESSAGE)
+    (box / "cur" / "2.host:2,S").symlink_to(tmp_path / "private" / "m")
+    real = os.stat
+
+    def stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if str(path).endswith("2.host:2,S"):
+            raise PermissionError(13, "Permission denied", str(path))  # a link into a folder this account cannot search
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", stat)
+    # Path.is_dir raised EACCES while listing: "<maildir>: Permission denied", every message of it lost.
+    assert [label for label, _ in read(box)] == [f"{box}/1.host", f"{box}/2.host"]
