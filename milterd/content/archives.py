@@ -208,12 +208,13 @@ class Listing:
 
 
 class _Job(NamedTuple):
-    """An archive for a listing child: its path, its data (a seekable file), its kind and its depth."""
+    """An archive for a listing child: its path, its data (a seekable file), its kind, its depth and its other paths."""
 
     path: str
     data: IO[bytes]
     kind: str
     depth: int
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass
@@ -312,7 +313,9 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
         elif kind == "msg":
             _walk_msg(path, data, depth, limits, budget, listing)
         elif supported(kind):
-            _walk_libarchive_kind(path, data, kind, depth, limits, budget, listing)
+            _walk_libarchive_kind(path, data, kind, depth, limits, budget, listing, aliases)
+            if limits.child:
+                return  # the child walked it as here, the zip after it included
         elif kind in UNLISTED_ARCHIVE_KINDS:
             listing.limits.append(f"{path}: {kind} archives cannot be listed here (7-Zip or WinRAR opens it)")
         else:
@@ -334,9 +337,10 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
             listing.limits.append(f"{path}: unreadable {kind} archive ({exc.__class__.__name__})")
 
 
-def _walk_libarchive_kind(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+def _walk_libarchive_kind(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing,
+                          aliases: tuple[str, ...] = ()) -> None:
     if limits.child:
-        _walk_children([_Job(path, data, kind, depth)], limits, budget, listing)
+        _walk_children([_Job(path, data, kind, depth, aliases)], limits, budget, listing)
     else:
         _walk_libarchive(path, data, depth, limits, budget, listing, kind)
 
@@ -351,7 +355,7 @@ def _walk_deferred(limits: Limits, budget: _Budget, listing: Listing) -> None:
                 _walk_children(jobs, limits, budget, listing)
             else:
                 for job in jobs:
-                    _walk(job.path, job.data, job.kind, job.depth, limits, budget, listing)
+                    _walk(job.path, job.data, job.kind, job.depth, limits, budget, listing, job.aliases)
         finally:
             for job in jobs:
                 job.data.close()
@@ -602,7 +606,7 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
         if nested is None:
             continue
         if inner not in _IN_WORKER and supported(inner):
-            budget.deferred.append(_Job(member, nested, inner, depth + 1))  # with the others, in one child: _walk_deferred
+            budget.deferred.append(_Job(member, nested, inner, depth + 1, tuple(aliases)))  # with the others, in one child: _walk_deferred
             continue
         with nested:
             _walk(member, nested, inner, depth + 1, limits, budget, listing, tuple(aliases))
@@ -1122,14 +1126,28 @@ def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, bud
         return
     form = _compressed_format(data)
     _walk_libarchive_form(path, data, depth, limits, budget, listing, form)
-    decompressed = _decompressed_name(path)
-    if form == "tar" and archive_kind(decompressed, b"") not in (None, "tar"):
-        # invoice.zip.gz holding a tar: gunzip gives invoice.zip, which unzip and 7-Zip open as the zip after the tar.
-        _walk_libarchive_form(path, data, depth, limits, budget, listing, "raw")
+    if form == "tar" and _named_zip([_decompressed_name(path), _gzip_name(data)]):
+        # invoice.zip.gz (or one whose gzip header says invoice.zip) holding a tar: gunzip gives invoice.zip, which
+        # unzip opens as the zip after the tar.  Only that zip is walked: the tar is listed already.
+        _walk_libarchive_form(path, data, depth, limits, budget, listing, "raw", zip_only=True)
 
 
-def _walk_libarchive_form(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, form: str) -> None:
-    """List *data* with libarchive's *form* (``"all"``, or for a compressed stream a tar in it or the ``"raw"`` file)."""
+def _gzip_name(data: IO[bytes]) -> str:
+    """The file name a gzip header stores (RFC 1952's FNAME, which gunzip -N and 7-Zip give the file), or ``""``."""
+    data.seek(0)
+    header = data.read(10)
+    if len(header) < 10 or header[:2] != b"\x1f\x8b" or not header[3] & 0x08:
+        return ""
+    if header[3] & 0x04:  # FEXTRA: its length, then the field
+        data.seek(int.from_bytes(data.read(2), "little"), os.SEEK_CUR)
+    name = data.read(1024).split(b"\0", 1)[0]
+    return name.decode("latin-1").rsplit("/", 1)[-1]
+
+
+def _walk_libarchive_form(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, form: str,
+                          zip_only: bool = False) -> None:
+    """List *data* with libarchive's *form* (``"all"``, or for a compressed stream a tar in it or the ``"raw"`` file);
+    *zip_only*: the raw file is walked only as the zip it ends with, when it does (not listed, nor judged, again)."""
     lib: Any = libarchive
     raw = form == "raw"
     data.seek(0)
@@ -1168,9 +1186,24 @@ def _walk_libarchive_form(path: str, data: IO[bytes], depth: int, limits: Limits
                     break
             head = head[:max(0, budget.size)]
             budget.size -= len(head)
+            names = [name, *(alias.rsplit("/", 1)[-1] for alias in aliases)]
+            if zip_only:
+                if depth >= limits.max_depth:
+                    listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
+                    continue
+                nested = None if declared > budget.size + len(head) else _copy_blocks(head, blocks, budget)
+                if nested is None:
+                    listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+                elif _zip_directory(nested)[0] is not None:
+                    with nested:
+                        _walk(member, nested, "zip", depth + 1, limits, budget, listing, tuple(aliases))
+                else:
+                    nested.close()
+                continue
             listing.entries.append(Entry(member, False, head[:HEAD_SIZE]))
-            inner = archive_kind(name, head)
-            message = message_file([name, *(alias.rsplit("/", 1)[-1] for alias in aliases)])
+            # By every name a tool gives it: 7-Zip and gunzip -N name it as its gzip header does.
+            inner = archive_kind_of(names, head)
+            message = message_file(names)
             if inner is not None and depth >= limits.max_depth:
                 listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
                 inner = None
@@ -1185,7 +1218,7 @@ def _walk_libarchive_form(path: str, data: IO[bytes], depth: int, limits: Limits
                 listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
                 continue
             if inner is not None:
-                _walk(member, nested, inner, depth + 1, limits, budget, listing)
+                _walk(member, nested, inner, depth + 1, limits, budget, listing, tuple(aliases))
             if message:
                 nested.seek(0)
                 listing.messages.append((member, nested))  # the caller closes it
@@ -1299,7 +1332,7 @@ def _child_work(jobs: list[_Job], limits: Limits, budget: _Budget, spool: IO[byt
     here = replace(limits, child=False)
     budget.deferred = []  # the worker's own, deferred before this child (a damaged zip's fallback): the worker lists them
     for job in jobs:
-        _walk(job.path, job.data, job.kind, job.depth, here, budget, listing)
+        _walk(job.path, job.data, job.kind, job.depth, here, budget, listing, job.aliases)
     _walk_deferred(here, budget, listing)
     messages = []
     for member, message in listing.messages:  # through a file the worker reads, not the answer: a saved message may be 50 MB

@@ -52,14 +52,15 @@ def test_a_zip_behind_a_stub_or_another_header_is_still_opened(check: object, pr
     assert banned_hit(check, message(b"invoice.zip", data)) == ("invoice.zip/docs/evil.exe: banned extension .exe", Action.REJECT)
 
 
-def unicode_path_zip(listed: str, extracted: str) -> bytes:
-    """A zip whose member is called *listed* in its headers and *extracted* in its Info-ZIP Unicode Path field."""
+def unicode_path_zip(listed: str, extracted: str, data: bytes | None = None) -> bytes:
+    """A zip whose member (*data*, else a script) is called *listed* in its headers and *extracted* in its Info-ZIP
+    Unicode Path field."""
     field = struct.pack("<BL", 1, zlib.crc32(listed.encode("cp437"))) + extracted.encode("utf-8")
     info = zipfile.ZipInfo(listed)
     info.extra = struct.pack("<2H", 0x7075, len(field)) + field
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr(info, SCRIPT)
+        archive.writestr(info, SCRIPT if data is None else data)
     return buffer.getvalue()
 
 
