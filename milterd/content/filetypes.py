@@ -135,6 +135,9 @@ _VALID: dict[str, Callable[[bytes], bool]] = {
     "cpio": lambda head: _cpio_header(head),
     "arj": lambda head: len(head) > 10 and 0 < int.from_bytes(head[2:4], "little") <= 2600 and head[10] == 2,  # the main header
     "lzh": lambda head: head[6:7] == b"-" and head[5:6].isalnum(),
+    # CAFEBABE opens a universal Mach-O binary and a Java class file alike: a fat binary's count of architectures
+    # is small, a class file's version (major 45 or more) is not (file(1)'s rule).
+    "macho": lambda head: head[:4] != b"\xca\xfe\xba\xbe" or int.from_bytes(head[4:8], "big") < 20,
     # The archive's main header (type 0) of a plausible size before "**ACE**": text may hold the word at byte 7.
     "ace": lambda head: len(head) > 6 and head[4] == 0 and 13 <= int.from_bytes(head[2:4], "little") <= 4096,
 }

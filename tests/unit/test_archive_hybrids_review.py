@@ -76,3 +76,9 @@ def test_fix_text_with_ace_at_its_eighth_byte_is_no_archive(text: bytes, tmp_pat
     check = attachment_check(tmp_path)
     hits = check.on_eom(Session(client_addr="192.0.2.7"), envelope_of(message(b"notes.md", text)))
     assert LIMIT not in {h.symbol for h in hits}
+
+
+def test_fix_a_java_class_is_no_mach_o_binary() -> None:
+    java8 = b"\xca\xfe\xba\xbe\x00\x00\x00\x34" + bytes(40)  # minor 0, major 52
+    fat = b"\xca\xfe\xba\xbe\x00\x00\x00\x02" + bytes(40)  # two architectures
+    assert (sniff(java8), sniff(fat), sniff(b"\xcf\xfa\xed\xfe" + bytes(12))) == (None, "macho", "macho")
