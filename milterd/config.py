@@ -162,7 +162,7 @@ class ActionsSection(Section):
     reject: Threshold = Field(15.0, description="Score at or above which the message is rejected with 550 5.7.1.")
     subject_tag: str = Field("[SPAM]", description="Prefix put before the Subject at rewrite_subject.")
     reject_message: str = Field("Message rejected as spam", description="Human text of the 550 reply; the score is appended.")
-    headers: bool = Field(True, description="Add X-Spam-Status and X-Spam-Score to every scored message (X-Spam-Flag only at add_header).")
+    headers: bool = Field(True, description="Add X-Spam-Status and X-Spam-Score to every scored message (X-Spam-Flag only at add_header); the sender's own X-Spam-* fields are removed, and the Subject tagged at rewrite_subject, either way.")
 
 
 class DatabaseSection(Section):

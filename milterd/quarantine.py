@@ -43,7 +43,7 @@ from .checks.clamav import VIRUS_HEADERS
 from .config import Config
 from .files import read_error
 from .learner.tokenizer import MAX_INPUT, MessageDigest, hashed_tokens
-from .message.policy import SPAM_HEADERS
+from .message.policy import spam_verdict_field
 from .scanners.spamd import SpamdClient
 from .store import Store, StoreError, utcnow
 from .store.learner import Label, LearnerStore
@@ -599,7 +599,7 @@ class Quarantine:
         """The stored message as a release sends it: without the header fields the milter's edits take out of
         delivered mail, which a release does not go through: the Authentication-Results claiming our
         authserv-id (a forger's ``dmarc=pass`` in our name; ``[checks.spf] remove_forged``), a sender's own
-        X-Spam-* fields (``[actions] headers``) and X-Virus-* fields (``[clamav] headers``, clamd enabled).
+        X-Spam-* fields and X-Virus-* fields (``[clamav] headers``, clamd enabled).
         The id is the one configured, else this host's name and that of the MX host that quarantined the
         message (they share the store)."""
         chunks = self.message_chunks(row)
@@ -608,12 +608,15 @@ class Quarantine:
         if config.checks.spf.remove_forged:
             configured = config.milter.authserv_id
             ids = {(configured or name).rstrip(".") for name in (config.hostname, row.get("mta_host") or "") if configured or name}
-        names = {name.lower().encode() for name in SPAM_HEADERS} if config.actions.headers else set()
+        names: set[bytes] = set()
         if config.clamav.enabled and config.clamav.headers:
             names |= {name.lower().encode() for name in VIRUS_HEADERS}
-        if not ids and not names:
-            return chunks
-        return without_fields(chunks, lambda field: field_name(field) in names or any(claiming_field(field, i) for i in ids))
+
+        def removed(field: bytes) -> bool:
+            name = field_name(field)
+            return name in names or spam_verdict_field(name.decode("latin-1")) or any(claiming_field(field, i) for i in ids)
+
+        return without_fields(chunks, removed)
 
     @staticmethod
     def _failed(row_id: int, method: str, recipients: list[str], progress: reinject.Progress, why: str) -> ReleaseReport:

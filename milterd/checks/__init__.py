@@ -168,6 +168,10 @@ class Check:
         verdict (Authentication-Results, signing, auto-learning).  Must return a Verdict."""
         return verdict
 
+    def on_skipped(self, session: Session, envelope: Envelope) -> None:
+        """At end of message, when the check does not apply to this client (trusted, authenticated): what it still
+        owes the message, such as removing header fields a sender forged in its name."""
+
     def on_abort(self, session: Session, envelope: Envelope) -> None:
         """The transaction ended without end of message: release what it holds."""
 

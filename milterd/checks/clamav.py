@@ -145,6 +145,11 @@ class ClamavCheck(ScannerCheck):
                 self._fail(state, str(exc))
         return ()
 
+    def on_skipped(self, session: Session, envelope: Envelope) -> None:
+        if self.options.headers:
+            # Not scanned for this client (scan_trusted off): a forged "X-Virus-Status: Clean" must not claim otherwise.
+            envelope.edits.extend(removal_edits(envelope))
+
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         hits = self._verdict(envelope)
         if self.options.headers and any(h.symbol in (SKIPPED, ERROR) for h in hits):

@@ -265,6 +265,8 @@ class Pipeline:
     def _judge(self, session: Session, envelope: Envelope, eom_started: float, progress: Callable[[], None] | None) -> tuple[Outcome, QuarantineWrite | None]:
         """The checks, the verdict, the edits and the rows to write at end of message."""
         deadline = eom_started + self.eom_budget
+        for check in self._skipped_at_eom(session):
+            check.on_skipped(session, envelope)
         for tier in self._eom_tiers:
             checks = [c for c in tier if self._applies(c, session)]
             if not checks:
@@ -576,6 +578,15 @@ class Pipeline:
         if session.authenticated and self.config.milter.skip_authenticated:
             return False
         return not wants_spam(envelope.recipients, self.config.milter.spam_lovers, self.config.checks.local_domains.recipient_delimiter)
+
+    def _skipped_at_eom(self, session: Session) -> list[Check]:
+        """The checks that have something to do for a client they do not apply to (:meth:`Check.on_skipped`)."""
+        if not (session.trusted or session.authenticated):
+            return []
+        hooked = self._hooked.get("on_skipped")
+        if hooked is None:
+            hooked = self._hooked["on_skipped"] = [c for c in self.checks if type(c).on_skipped is not Check.on_skipped]
+        return [c for c in hooked if not self._applies(c, session)]
 
     def _applies(self, check: Check, session: Session) -> bool:
         if session.trusted and not check.applies_to_trusted:

@@ -36,6 +36,20 @@ THRESHOLD_ACTIONS = (
 SPAM_HEADERS = ("X-Spam-Status", "X-Spam-Score", "X-Spam-Flag")
 
 
+def spam_verdict_field(name: str) -> bool:
+    """Whether a header field called *name* states a spam verdict (``X-Spam-*``: SpamAssassin's Level, Report and
+    Checker-Version, or Rspamd's ``X-Spam``), which a sender must not be able to claim."""
+    lower = name.lower()
+    return lower == "x-spam" or lower.startswith("x-spam-")
+
+
+def spam_header_names(headers: Mapping[str, int]) -> list[str]:
+    """The verdict fields among *headers* (counts by lower-case name) to remove: ours by their names first."""
+    ours = [name for name in SPAM_HEADERS if headers.get(name.lower())]
+    known = {name.lower() for name in SPAM_HEADERS}
+    return ours + sorted(name for name in headers if spam_verdict_field(name) and name not in known)
+
+
 def score_hits(hits: Iterable[Hit], weight: Callable[[str], float]) -> tuple[dict[str, float], dict[str, str]]:
     """Symbol → score and symbol → detail; a symbol hit twice counts once (its highest score).
 
@@ -278,23 +292,23 @@ def plan_headers(verdict: Verdict, headers: Mapping[str, int], subject: str | No
 
     *headers* counts the headers the message arrived with by lower-case name:
     incoming X-Spam-* headers are removed (a sender must not be able to claim
-    a verdict), then ours are added; at rewrite_subject the Subject is tagged.
+    a verdict), then ours are added (``[actions] headers``); at rewrite_subject
+    the Subject is tagged.
     A message that was not scored (a trusted or authenticated client's) gets
     no X-Spam-* header of ours: its score would mark the users' own mail.
     """
     edits: list[HeaderEdit] = []
-    if not actions.headers:
-        return edits
-    for name in SPAM_HEADERS:
+    for name in spam_header_names(headers):
         # Delete from the last occurrence down so that indexes stay valid.
         for index in range(headers.get(name.lower(), 0), 0, -1):
             edits.append(HeaderEdit("change", name, "", index))
     if not verdict.scored:
         return edits
-    edits.append(HeaderEdit("add", "X-Spam-Status", spam_status(verdict, folded=True)))
-    edits.append(HeaderEdit("add", "X-Spam-Score", f"{verdict.score:.1f}"))
-    if flagged(verdict):
-        edits.append(HeaderEdit("add", "X-Spam-Flag", "YES"))
+    if actions.headers:
+        edits.append(HeaderEdit("add", "X-Spam-Status", spam_status(verdict, folded=True)))
+        edits.append(HeaderEdit("add", "X-Spam-Score", f"{verdict.score:.1f}"))
+        if flagged(verdict):
+            edits.append(HeaderEdit("add", "X-Spam-Flag", "YES"))
     if tags_subject(verdict, actions):
         edits.extend(tag_subject(subject, actions.subject_tag))
     return edits
@@ -302,9 +316,8 @@ def plan_headers(verdict: Verdict, headers: Mapping[str, int], subject: str | No
 
 def tags_subject(verdict: Verdict, actions: ActionsSection) -> bool:
     """Whether :func:`plan_headers` tags the Subject for *verdict*: at rewrite_subject, or at a
-    more severe action (quarantine) over the rewrite_subject threshold, and only with ``headers``
-    and a scored message."""
-    if not actions.headers or not verdict.scored:
+    more severe action (quarantine) over the rewrite_subject threshold, and only for a scored message."""
+    if not verdict.scored:
         return False
     return verdict.action == Action.REWRITE_SUBJECT or (verdict.action > Action.REWRITE_SUBJECT and _over(verdict.score, actions.rewrite_subject))
 

@@ -456,7 +456,9 @@ def check_message(pipeline: Pipeline, raw: bytes, client: Client, label: str = "
             return CheckedMessage(
                 label, verdict.action, verdict.score, dict(verdict.symbols), dict(verdict.details), verdict.reason, str(outcome.reply or ""),
                 "eom", forced=_forced_symbol(envelope.hits + milter.session.hits, verdict.action),
-                spam_status=spam_status(verdict) if verdict.scored else "", scored=verdict.scored,
+                # As the milter adds it: none for a message not scored, refused, or with [actions] headers off.
+                spam_status=spam_status(verdict) if any(e.op == "add" and e.name == "X-Spam-Status" for e in outcome.edits) else "",
+                scored=verdict.scored,
             )
         decision = milter.refusal
         if decision is None:
