@@ -342,7 +342,7 @@ def _walk_libarchive_kind(path: str, data: IO[bytes], kind: str, depth: int, lim
     if limits.child:
         _walk_children([_Job(path, data, kind, depth, aliases)], limits, budget, listing)
     else:
-        _walk_libarchive(path, data, depth, limits, budget, listing, kind)
+        _walk_libarchive(path, data, depth, limits, budget, listing, kind, aliases)
 
 
 def _walk_deferred(limits: Limits, budget: _Budget, listing: Listing) -> None:
@@ -1120,16 +1120,18 @@ def _codepage(number: int) -> str:
     return name
 
 
-def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, kind: str = "") -> None:
+def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, kind: str = "",
+                     aliases: tuple[str, ...] = ()) -> None:
     if kind not in COMPRESSED_KINDS:
         _walk_libarchive_form(path, data, depth, limits, budget, listing, "all")
         return
     form = _compressed_format(data)
-    _walk_libarchive_form(path, data, depth, limits, budget, listing, form)
-    if form == "tar" and _named_zip([_decompressed_name(path), _gzip_name(data)]):
+    _walk_libarchive_form(path, data, depth, limits, budget, listing, form, file_aliases=aliases)
+    # By each name a client may save it under (a part's filename and its Content-Type name), as gunzip names its file.
+    if form == "tar" and _named_zip([*(_decompressed_name(name) for name in (path, *aliases)), _gzip_name(data)]):
         # invoice.zip.gz (or one whose gzip header says invoice.zip) holding a tar: gunzip gives invoice.zip, which
         # unzip opens as the zip after the tar.  Only that zip is walked: the tar is listed already.
-        _walk_libarchive_form(path, data, depth, limits, budget, listing, "raw", zip_only=True)
+        _walk_libarchive_form(path, data, depth, limits, budget, listing, "raw", zip_only=True, file_aliases=aliases)
 
 
 def _gzip_name(data: IO[bytes]) -> str:
@@ -1140,14 +1142,15 @@ def _gzip_name(data: IO[bytes]) -> str:
         return ""
     if header[3] & 0x04:  # FEXTRA: its length, then the field
         data.seek(int.from_bytes(data.read(2), "little"), os.SEEK_CUR)
-    name = data.read(1024).split(b"\0", 1)[0]
+    name = data.read(65536).split(b"\0", 1)[0]  # 7-Zip takes names of some 4 KB
     return name.decode("latin-1").rsplit("/", 1)[-1]
 
 
 def _walk_libarchive_form(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, form: str,
-                          zip_only: bool = False) -> None:
+                          zip_only: bool = False, file_aliases: tuple[str, ...] = ()) -> None:
     """List *data* with libarchive's *form* (``"all"``, or for a compressed stream a tar in it or the ``"raw"`` file);
-    *zip_only*: the raw file is walked only as the zip it ends with, when it does (not listed, nor judged, again)."""
+    *zip_only*: the raw file is walked only as the zip it ends with, when it does (not listed, nor judged, again).
+    *file_aliases*: the compressed file's other paths, whose names gunzip would give the raw file too."""
     lib: Any = libarchive
     raw = form == "raw"
     data.seek(0)
@@ -1167,7 +1170,9 @@ def _walk_libarchive_form(path: str, data: IO[bytes], depth: int, limits: Limits
             if raw:
                 # The one file of a compressed stream: named as gunzip names it (a.exe.gz holds a.exe), and by
                 # the name stored in a gzip header (libarchive's raw format says "data" when there is none).
-                aliases = [f"{path}/{name}"] if name not in ("data", _decompressed_name(path)) else []
+                stored = [f"{path}/{name}"] if name not in ("data", _decompressed_name(path)) else []
+                others = [f"{path}/{_decompressed_name(alias)}" for alias in file_aliases if _decompressed_name(alias) != _decompressed_name(path)]
+                aliases = list(dict.fromkeys(stored + others))
                 name = _decompressed_name(path)
             member = f"{path}/{name}"
             if not _take_member(member, limits, budget, listing):

@@ -17,6 +17,7 @@ import os
 import re
 import socket
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
@@ -267,10 +268,9 @@ def _maildir(path: Path) -> Iterator[MessageRef]:
     """The messages of the Maildir *path*: the files of its ``new`` and ``cur`` folders, by key (the name up to
     its ``:``), as ``mailbox.Maildir`` lists them, each read as a message file is: a FIFO or a device among them
     is a message that fails (``mailbox.Maildir`` opened a FIFO and waited for a writer for ever)."""
-    found = _maildir_files(path)
-    for key in sorted(found):
-        yield MessageRef(f"{path}/{key}", functools.partial(_read_maildir, path, key, found[key]),
-                         functools.partial(_read_maildir, path, key, found[key], 0))
+    listing = _MaildirListing(path)
+    for key in sorted(listing.files):
+        yield MessageRef(f"{path}/{key}", functools.partial(listing.read, key), functools.partial(listing.read, key, 0))
 
 
 def _maildir_files(path: Path) -> dict[str, Path]:
@@ -285,16 +285,28 @@ def _maildir_files(path: Path) -> dict[str, Path]:
     return found
 
 
-def _read_maildir(path: Path, key: str, file: Path, start: int = 0, size: int = -1) -> bytes:
-    """*size* bytes (-1: all) of the Maildir *path*'s message *key* from *start*, listed as *file*: where it is gone,
-    under the name it has now (the server renames a message read, flagged or moved from new to cur)."""
-    try:
-        return _read(file, start, size)
-    except FileNotFoundError:
-        now = _maildir_files(path).get(key)
-        if now is None:
-            raise
-        return _read(now, start, size)
+class _MaildirListing:
+    """A Maildir's files by key, listed again when one is gone (the server renames a message read, flagged or moved
+    from new to cur), at most once a second: a folder of 20,000 messages all moved was listed again for each."""
+
+    RELIST_SECONDS = 1.0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.files = _maildir_files(path)
+        self.relisted: float | None = None  # when a message found gone last had the folder listed again
+
+    def read(self, key: str, start: int = 0, size: int = -1) -> bytes:
+        """*size* bytes (-1: all) of the message *key* from *start*, under the name it has now."""
+        try:
+            return _read(self.files[key], start, size)
+        except FileNotFoundError:
+            if self.relisted is not None and time.monotonic() - self.relisted < self.RELIST_SECONDS:
+                raise  # listed again just now: it is gone (expunged), not renamed
+            self.files, self.relisted = _maildir_files(self.path), time.monotonic()
+            if key not in self.files:
+                raise
+            return _read(self.files[key], start, size)
 
 
 def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:

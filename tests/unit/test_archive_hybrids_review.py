@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,26 @@ def test_fix_a_java_class_is_no_mach_o_binary() -> None:
     java8 = b"\xca\xfe\xba\xbe\x00\x00\x00\x34" + bytes(40)  # minor 0, major 52
     fat = b"\xca\xfe\xba\xbe\x00\x00\x00\x02" + bytes(40)  # two architectures
     assert (sniff(java8), sniff(fat), sniff(b"\xcf\xfa\xed\xfe" + bytes(12))) == (None, "macho", "macho")
+
+
+@pytest.mark.parametrize("content", sorted(CONTENTS))
+def test_fix_an_attachment_s_other_name_saying_zip_gz_is_one_gunzip_names_its_file_by(content: str) -> None:
+    data = gzip.compress(CONTENTS[content]())
+    # A part called invoice.gz whose Content-Type name is invoice.zip.gz: a client may save it as either.
+    listing = list_archive("invoice.gz", io.BytesIO(data), "gzip", Limits(), ("invoice.zip.gz",))
+    assert any(e.path.endswith("/evil.exe") for e in listing.entries), listing.entries
+
+
+def gzip_naming(data: bytes, stored: bytes) -> bytes:
+    """A gzip member of *data* whose header stores *stored* as it is (GzipFile keeps only a path's last part)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = packer.compress(data) + packer.flush()
+    return (b"\x1f\x8b\x08\x08" + bytes(4) + b"\x00\x03" + stored + b"\x00" + body
+            + zlib.crc32(data).to_bytes(4, "little") + (len(data) & 0xFFFFFFFF).to_bytes(4, "little"))
+
+
+def test_fix_a_long_stored_name_is_read_whole() -> None:
+    stored = b"/".join([b"D" * 250] * 5) + b"/invoice.zip"  # 7-Zip extracts names of some 4 KB
+    assert gzip.decompress(gzip_naming(b"x", stored)) == b"x"
+    listing = list_archive("invoice.gz", io.BytesIO(gzip_naming(tar_then_zip(), stored)), "gzip", Limits())
+    assert any(e.path.endswith("/evil.exe") for e in listing.entries), listing.entries

@@ -111,3 +111,19 @@ def test_fix_a_link_that_cannot_be_followed_fails_alone(tmp_path: Path, monkeypa
     monkeypatch.setattr(os, "stat", stat)
     # Path.is_dir raised EACCES while listing: "<maildir>: Permission denied", every message of it lost.
     assert [label for label, _ in read(box)] == [f"{box}/1.host", f"{box}/2.host"]
+
+
+def test_fix_a_maildir_whose_messages_all_moved_is_listed_again_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from milterd.milter import offline
+
+    box = maildir(tmp_path / "Maildir")
+    for n in range(50):
+        (box / "new" / f"{n}.host").write_bytes(MESSAGE)
+    refs = list(sources(box))
+    for n in range(50):  # the server moves them all to cur/ when a client opens the folder
+        (box / "new" / f"{n}.host").rename(box / "cur" / f"{n}.host:2,")
+    listed = []
+    real = offline._maildir_files
+    monkeypatch.setattr(offline, "_maildir_files", lambda path: listed.append(path) or real(path))
+    assert [ref.load() for ref in refs] == [MESSAGE] * 50
+    assert len(listed) == 1  # once for each message: 20,000 moved messages took 2,800 s
