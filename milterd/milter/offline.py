@@ -287,26 +287,36 @@ def _maildir_files(path: Path) -> dict[str, Path]:
 
 class _MaildirListing:
     """A Maildir's files by key, listed again when one is gone (the server renames a message read, flagged or moved
-    from new to cur), at most once a second: a folder of 20,000 messages all moved was listed again for each."""
+    from new to cur) and the folder changed since it was last listed: a folder of 20,000 messages all moved was
+    listed again for each, and messages expunged are not looked for again and again."""
 
+    #: Seconds after which a miss lists the folder again even if its times say nothing changed (a change in the same
+    #: tick of the file system's clock as the last listing does not show in them).
     RELIST_SECONDS = 1.0
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.stamp = self._stamp()
         self.files = _maildir_files(path)
-        self.relisted: float | None = None  # when a message found gone last had the folder listed again
+        self.listed = time.monotonic()
 
     def read(self, key: str, start: int = 0, size: int = -1) -> bytes:
         """*size* bytes (-1: all) of the message *key* from *start*, under the name it has now."""
         try:
             return _read(self.files[key], start, size)
         except FileNotFoundError:
-            if self.relisted is not None and time.monotonic() - self.relisted < self.RELIST_SECONDS:
-                raise  # listed again just now: it is gone (expunged), not renamed
-            self.files, self.relisted = _maildir_files(self.path), time.monotonic()
+            stamp = self._stamp()
+            if stamp == self.stamp and time.monotonic() - self.listed < self.RELIST_SECONDS:
+                raise  # nothing renamed or removed since the folder was listed: it is gone
+            self.stamp, self.files, self.listed = stamp, _maildir_files(self.path), time.monotonic()
             if key not in self.files:
                 raise
             return _read(self.files[key], start, size)
+
+    def _stamp(self) -> tuple[int, ...]:
+        """When new/ and cur/ last changed (a rename, a delivery or an expunge changes a folder's time; taken before
+        listing, so that a change during the listing shows at the next miss)."""
+        return tuple(os.stat(self.path / folder).st_mtime_ns for folder in ("new", "cur"))
 
 
 def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:

@@ -91,6 +91,7 @@ quarantine = Table(
     # a later digest tells only the others.
     Column("notified", JSON, nullable=True),
     Index("ix_quarantine_time", "time"),
+    Index("ix_quarantine_message_log_id", "message_log_id"),  # the log's purge and ON DELETE SET NULL look it up
 )
 
 #: A quarantined message in pieces (amavisd's ``quarantine(mail_id, chunk_ind,

@@ -127,3 +127,19 @@ def test_fix_a_maildir_whose_messages_all_moved_is_listed_again_once(tmp_path: P
     monkeypatch.setattr(offline, "_maildir_files", lambda path: listed.append(path) or real(path))
     assert [ref.load() for ref in refs] == [MESSAGE] * 50
     assert len(listed) == 1  # once for each message: 20,000 moved messages took 2,800 s
+
+
+def test_fix_a_message_renamed_after_the_folder_was_listed_again_is_found(tmp_path: Path) -> None:
+    box = maildir(tmp_path / "Maildir")
+    for key in ("1.A", "2.B", "3.C"):
+        (box / "new" / key).write_bytes(MESSAGE.replace(b"p1", key.encode()))
+    refs = list(sources(box))
+    (box / "new" / "1.A").rename(box / "cur" / "1.A:2,S")
+    assert b"1.A" in refs[0].load()  # the folder listed again
+    os.utime(box / "new", ns=(1, 1))  # a time before the listing's: the next rename must show all the same
+    (box / "new" / "2.B").rename(box / "cur" / "2.B:2,S")  # marked read a moment later
+    # The second rename within a second was taken for an expunge: "No such file or directory", learn exited 1.
+    assert b"2.B" in refs[1].load()
+    (box / "new" / "3.C").unlink()  # expunged
+    with pytest.raises(FileNotFoundError):
+        refs[2].load()
