@@ -719,7 +719,7 @@ class Supervisor:
             if self._alive(self.maintainer):
                 if time.monotonic() - self.maintainer_started > MAINTENANCE_TIMEOUT:
                     # Hung (a database connection gone dead mid-statement): every later run waited behind it, silently.
-                    log.error("maintenance process %d still running after %ds: killed; its jobs run again at the next check",
+                    log.error("maintenance process %d still running after %ds: killed; its jobs run again when next due",
                               self.maintainer, MAINTENANCE_TIMEOUT)
                     os.kill(self.maintainer, signal.SIGKILL)
                 return

@@ -101,7 +101,7 @@ def test_fix_a_hung_maintenance_process_is_killed(monkeypatch: pytest.MonkeyPatc
     clock[0] += 61
     sup._maintain([], {})  # every later run waited behind it, silently
     assert killed == [(FAKE_PID, signal.SIGKILL)]
-    assert f"maintenance process {FAKE_PID} still running after 3600s: killed" in caplog.text
+    assert f"maintenance process {FAKE_PID} still running after 3600s: killed; its jobs run again when next due" in caplog.text
 
 
 def test_fix_a_failed_maintenance_process_is_logged(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
