@@ -35,7 +35,7 @@ from ..content.mimeparts import (
     every_reading,
 )
 from ..content.mimetext import single_text_type
-from ..content.uuencode import encoded_files, file_name
+from ..content.uuencode import MAX_LINE, encoded_files, file_name
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
 from ..options import CheckSwitches, Duration, Size
@@ -130,7 +130,7 @@ _ENCODED_FILE_LINE = 1024
 #: Its name is read to the line's end, or to its first _ENCODED_FILE_LINE characters when the line goes on (a name
 #: padded past them with blanks, which Windows drops when it saves the file, passed unjudged); possessive, so that a
 #: line cut by the end of a chunk is not matched as a shorter name (the next chunk's text holds it whole).
-_ENCODED_FILE = re.compile(rb"^(?:begin [0-7]{3,4} +|=ybegin [^\r\n]*?name=)([^\r\n]{1,%d}+)(?:\r?\n|(?=[^\r\n]))" % _ENCODED_FILE_LINE,
+_ENCODED_FILE = re.compile(rb"^(?:begin [0-7]{3,4} +|=ybegin [^\r\n]*?name=)([^\r\n]{1,%d}+)(?:\r?\n|\r|(?=[^\r\n]))" % _ENCODED_FILE_LINE,
                            re.MULTILINE)
 #: An extension that names a COM class (a CLSID) instead of a file type.
 _CLSID = re.compile(r"\{[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\}")
@@ -257,14 +257,14 @@ def uuencoded_names(chunks: Iterable[bytes]) -> list[str]:
     tail = b""
     for chunk in chunks:
         data = tail + chunk
-        if b"\nbegin " in data or b"\n=ybegin " in data or data.startswith((b"begin ", b"=ybegin ")):
-            for match in _ENCODED_FILE.finditer(data):
+        if b"begin " in data:  # after a LF, a CR (a line end Thunderbird reads too) or at the start: the pattern says
+            for match in _ENCODED_FILE.finditer(data.replace(b"\r", b"\n")):
                 names[file_name(match.group(1).rstrip())] = None
             if len(names) > MAX_ENCODED_FILES:
                 break
-        # Keep the last lines (from a line's start) for a begin line the next chunk completes.
-        cut = data.rfind(b"\n", 0, max(len(data) - _ENCODED_FILE_LINE, 0)) + 1
-        tail = data[cut:][-2 * _ENCODED_FILE_LINE:]
+        # Keep the last line, incomplete, from its start (its first MAX_LINE bytes) for a begin line the next chunk
+        # completes: blanks may pad one past 2 KB (Thunderbird skips any number), which the last 2 KB kept hid.
+        tail = data[max(data.rfind(b"\n"), data.rfind(b"\r")) + 1:][:MAX_LINE]
     if b"begin " in tail:  # the pattern's either start ends so: not scanned position by position when absent
         for match in _ENCODED_FILE.finditer(tail + b"\n"):  # a last line without its end
             names[file_name(match.group(1).rstrip())] = None
@@ -448,9 +448,12 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
             found.append(Finding(MIME_LIMIT, "message", f"more than {MAX_ENCODED_FILES} uuencoded files: the rest not looked at"))
         if encoded:  # decoded only where a name was found: the text is read again
             findings = dict.fromkeys(found)  # the names' findings first, each once (a set: thousands of members)
-            for file in encoded_files(chunks(), self.memory, self.options.max_attachment_size, MAX_ENCODED_FILES):
+            skipped: list[str] = []
+            for file in encoded_files(chunks(), self.memory, self.options.max_attachment_size, MAX_ENCODED_FILES, skipped):
                 decoded = Attachment(file.name, "application/octet-stream", file.data, file.size, file.truncated)
                 findings.update(dict.fromkeys(self.judge(decoded, budget, depth)))
+            if skipped and len(encoded) <= MAX_ENCODED_FILES:  # more files than names: names repeated
+                findings[Finding(MIME_LIMIT, "message", f"more than {MAX_ENCODED_FILES} uuencoded files: the rest not looked at")] = None
             found = list(findings)
         return found
 

@@ -73,28 +73,31 @@ def begin_name(line: bytes) -> tuple[str, str] | None:
     return None
 
 
-def encoded_files(chunks: Iterable[bytes], memory: int, limit: int, most: int) -> Iterator[EncodedFile]:
-    """The files encoded in the text given as *chunks* (the first *most* of them), each decoded into a temporary
-    file (in memory up to *memory* bytes) up to *limit* bytes, the rest skipped (``truncated``); each file is
-    closed once the next is asked for."""
-    kind = ""
+def encoded_files(chunks: Iterable[bytes], memory: int, limit: int, most: int, skipped: list[str] | None = None) -> Iterator[EncodedFile]:
+    """The files encoded in the text given as *chunks* (the first *most* of them: when there are more, *skipped* is
+    told), each decoded into a temporary file (in memory up to *memory* bytes) up to *limit* bytes, the rest skipped
+    (``truncated``); each file is closed once the next is asked for.  A file ends at its end line, or as Thunderbird
+    ends one: at the next begin line, or (uuencoded) at a line starting with a blank or with "end" in any case."""
+    kind, name, size, truncated = "", "", 0, False
+    data: IO[bytes] | None = None
     for line in _lines(chunks):
-        if not kind:
-            if line[:1] not in (b"b", b"="):
-                continue
-            started = begin_name(line)
-            if started is None or not started[1]:
-                continue
+        if line[:1] in (b"b", b"=") and (started := begin_name(line)) is not None and started[1]:
+            if data is not None:
+                yield from _given(EncodedFile(name, data, size, truncated))
+                data, most = None, most - 1
+            if most <= 0:
+                if skipped is not None:
+                    skipped.append(f"more than {started[1][:80]!r}: past the encoded files judged")
+                return
             kind, name = started
-            data: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=memory)
-            size, truncated = 0, False
+            data, size, truncated = tempfile.SpooledTemporaryFile(max_size=memory), 0, False
+            continue
+        if data is None:
             continue
         stripped = line.rstrip(b"\r\n")
-        if (kind == "uu" and stripped.rstrip() == b"end") or (kind == "yenc" and stripped.startswith(b"=yend")):
+        if (kind == "uu" and (stripped[:3].lower() == b"end" or stripped[:1] in (b" ", b"\t"))) or (kind == "yenc" and stripped.startswith(b"=yend")):
             yield from _given(EncodedFile(name, data, size, truncated))
-            kind, most = "", most - 1
-            if most <= 0:
-                return
+            data, most = None, most - 1
             continue
         if truncated or (kind == "yenc" and stripped.startswith(b"=ypart ")):
             continue
@@ -103,7 +106,7 @@ def encoded_files(chunks: Iterable[bytes], memory: int, limit: int, most: int) -
             decoded, truncated = decoded[:limit - size], True
         data.write(decoded)
         size += len(decoded)
-    if kind:
+    if data is not None:
         yield from _given(EncodedFile(name, data, size, truncated))
 
 
@@ -116,10 +119,11 @@ def _given(file: EncodedFile) -> Iterator[EncodedFile]:
 
 
 def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """The lines of the text given as *chunks*, each with its end; a line past :data:`MAX_LINE` in pieces."""
+    """The lines of the text given as *chunks* that are not empty, each with its end; a line past :data:`MAX_LINE`
+    in pieces.  A CR alone ends a line too (Thunderbird reads one so; Postfix passes it on)."""
     pending = b""
     for chunk in chunks:
-        data = pending + chunk
+        data = (pending + chunk).replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # a CRLF cut in two: one empty line more
         start = 0
         while True:
             end = data.find(b"\n", start, start + MAX_LINE)
@@ -129,7 +133,8 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
                     start += MAX_LINE
                     continue
                 break
-            yield data[start:end + 1]
+            if end > start:  # empty lines hold nothing of a file (a megabyte of them cost 0.7 s line by line)
+                yield data[start:end + 1]
             start = end + 1
         pending = data[start:]
     if pending:

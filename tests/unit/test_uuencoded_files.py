@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from milterd.checks.attachments import BANNED, LIMIT, MISMATCH
+from milterd.checks.attachments import BANNED, LIMIT, MAX_ENCODED_FILES, MIME_LIMIT, MISMATCH, uuencoded_names
 from milterd.content.mimeparts import attachments
 from milterd.content.uuencode import encoded_files, uudecode_line, ydecode_line
 from milterd.message.model import Action, Session
@@ -145,3 +145,32 @@ def test_fix_an_x_uuencode_part_is_decoded_from_its_begin_line() -> None:
            b"SEE THE FILE BELOW:\r\n" + uuencoded(b"scan.pdf", PE) + b"--b--\r\n")
     # The words before "begin" were decoded as data in front of the file (Thunderbird skips them): its first bytes hid.
     assert [a.data.read() for a in attachments([raw])] == [PE]
+
+
+@pytest.mark.parametrize("ending", [b"", b"END of notes\r\n", b" indented words\r\n"])
+def test_fix_a_file_ends_where_thunderbird_ends_it(check: object, ending: bytes) -> None:
+    notes = uuencoded(b"notes.txt", b"hello").replace(b"`\r\nend\r\n", b"")  # no end line of its own
+    raw = b"Subject: x\r\n\r\n" + notes + ending + uuencoded(b"docs.zip", zipped({"evil.exe": PE}))
+    # The next begin line was decoded as the first file's data: docs.zip's content never judged.
+    assert hits(check, raw)[BANNED] == ("docs.zip/evil.exe: banned extension .exe", Action.REJECT)
+    assert [name for name, _, _ in decoded(raw)] == ["notes.txt", "docs.zip"]
+
+
+def test_fix_files_past_the_bound_under_repeated_names_are_a_limit(check: object) -> None:
+    padding = uuencoded(b"a.txt", b"x") * MAX_ENCODED_FILES  # one name: a thousand files
+    raw = b"Subject: x\r\n\r\n" + padding + uuencoded(b"docs.zip", zipped({"evil.exe": PE}))
+    # The names were counted, the files decoded to the bound: docs.zip, the 1,001st file, went unjudged and unsaid.
+    assert hits(check, raw)[MIME_LIMIT][0] == "message: more than 1000 uuencoded files: the rest not looked at"
+
+
+def test_fix_a_lone_cr_ends_a_line(check: object) -> None:
+    raw = b"Subject: x\r\n\r\nHi,\r\n\r\n" + uuencoded(b"evil.exe", PE, b"\r") + b"\r\n"
+    assert hits(check, raw)[BANNED] == ("evil.exe: banned extension .exe", Action.REJECT)
+    assert uuencoded_names([b"begin 644 docs.zip\rM" + b"!" * 60 + b"\r"]) == ["docs.zip"]
+
+
+def test_fix_a_begin_line_padded_across_a_chunk_s_end_is_found() -> None:
+    line = b"begin 644 " + b" " * 5000 + b"docs.zip\r\n"
+    text = b"x" * (65536 - 3000) + b"\r\n" + line + b"M!!!\r\n"
+    for size in (65536, 4096):
+        assert uuencoded_names([text[i:i + size] for i in range(0, len(text), size)]) == ["docs.zip"]
