@@ -1171,7 +1171,10 @@ def _walk_libarchive_form(path: str, data: IO[bytes], depth: int, limits: Limits
                 # The one file of a compressed stream: named as gunzip names it (a.exe.gz holds a.exe), and by
                 # the name stored in a gzip header (libarchive's raw format says "data" when there is none).
                 stored = [f"{path}/{name}"] if name not in ("data", _decompressed_name(path)) else []
-                others = [f"{path}/{_decompressed_name(alias)}" for alias in file_aliases if _decompressed_name(alias) != _decompressed_name(path)]
+                # Only another compressed name (invoice.zip.gz) is one a tool decompresses to a new name: saved
+                # as report.exe, the file is this compressed file itself, judged by that name already.
+                others = [f"{path}/{_decompressed_name(alias)}" for alias in file_aliases
+                          if _decompressed_name(alias) not in (alias.rsplit("/", 1)[-1], _decompressed_name(path))]
                 aliases = list(dict.fromkeys(stored + others))
                 name = _decompressed_name(path)
             member = f"{path}/{name}"

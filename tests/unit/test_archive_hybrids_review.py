@@ -106,3 +106,11 @@ def test_fix_a_long_stored_name_is_read_whole() -> None:
     assert gzip.decompress(gzip_naming(b"x", stored)) == b"x"
     listing = list_archive("invoice.gz", io.BytesIO(gzip_naming(tar_then_zip(), stored)), "gzip", Limits())
     assert any(e.path.endswith("/evil.exe") for e in listing.entries), listing.entries
+
+
+def test_fix_an_other_name_that_is_no_compressed_name_names_no_member() -> None:
+    data = gzip.compress(b"plain report text\n")
+    # A part called report.gz whose Content-Type name is report.exe: saved as report.exe, it is the gzip itself (judged
+    # by that name already), never a report.exe member inside it that would be rejected as an executable.
+    listing = list_archive("report.gz", io.BytesIO(data), "gzip", Limits(), ("report.exe",))
+    assert [e.path for e in listing.entries] == ["report.gz/report"], listing.entries
