@@ -38,6 +38,7 @@ from .endpoints import parse_listen, parse_socket
 from .files import MAX_FILE_SIZE as MAX_FILE_SIZE
 from .files import read_error, read_regular, resolved
 from .greylist import compile_pattern
+from .message.policy import spam_verdict_field
 from .options import CheckSwitches as CheckSwitches
 from .options import ConfigError as ConfigError
 from .options import Duration as Duration
@@ -270,7 +271,8 @@ class DkimSigningSection(Section):
             raise ValueError("must include From (RFC 6376 requires it)")
         for name in names:
             # RFC 6376's "should not sign" fields, and those milterd itself adds or removes after signing.
-            if name in ("return-path", "received", "comments", "keywords", "bcc", "resent-bcc", "dkim-signature", "authentication-results") or name.startswith(("x-spam-", "x-virus-", "arc-")):
+            if (name in ("return-path", "received", "comments", "keywords", "bcc", "resent-bcc", "dkim-signature", "authentication-results")
+                    or spam_verdict_field(name) or name.startswith(("x-virus-", "arc-"))):
                 raise ValueError(f"{name!r} cannot be signed: it changes on the way")
         return value
 
