@@ -239,12 +239,12 @@ def send(
             options.append(f"SIZE={size}")
         # An address the server cannot be sent (non-ASCII without SMTPUTF8; undecodable bytes) is refused here,
         # alone: smtplib raised UnicodeEncodeError at its RCPT, which failed the release of every recipient.
-        unsendable = {address: why for address in (sender, *recipients) if (why := _unsendable(address, utf8))}
-        if sender in unsendable:
-            refused.update({r: unsendable[sender].replace("the address", "the sender's address", 1) for r in recipients})
+        if why := _unsendable(sender, utf8, "the sender's address"):
+            refused.update({r: why for r in recipients})
             _quit(client)
             return delivered, refused
-        refused.update({r: unsendable[r] for r in recipients if r in unsendable})
+        unsendable = {r: why for r in recipients if (why := _unsendable(r, utf8))}
+        refused.update(unsendable)
         pending, pieces = [r for r in recipients if r not in unsendable], message
         while pending:
             progress.data_sent, progress.in_flight = False, []
@@ -283,14 +283,14 @@ def send(
 UNSENDABLE = "not sent: "
 
 
-def _unsendable(address: str, utf8: bool) -> str:
-    """Why *address* cannot be sent in an SMTP command (*utf8*: the server offers SMTPUTF8), or ``""``."""
+def _unsendable(address: str, utf8: bool, what: str = "the address") -> str:
+    """Why *address* (*what* names it) cannot be sent in an SMTP command (*utf8*: the server offers SMTPUTF8), or ``""``."""
     try:
         address.encode("utf-8")
     except UnicodeEncodeError:
-        return UNSENDABLE + "the address holds bytes that are not UTF-8"
+        return f"{UNSENDABLE}{what} holds bytes that are not UTF-8"
     if not utf8 and not address.isascii():
-        return UNSENDABLE + "the address is not ASCII, and the server does not offer SMTPUTF8"
+        return f"{UNSENDABLE}{what} is not ASCII, and the server does not offer SMTPUTF8"
     return ""
 
 
