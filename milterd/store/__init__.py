@@ -35,6 +35,7 @@ from .engine import POOL_SIZE, file_moved, make_engine, server_connection_limits
 from .errors import StoreError as StoreError
 from .greylist import GreylistStore
 from .quarantine import insert_message
+from .upsert import advisory_lock
 
 if TYPE_CHECKING:
     from .quarantine import QuarantineWrite
@@ -292,10 +293,8 @@ def _lock_for_upgrade(connection: Connection) -> None:
     the write lock, taken at once (``BEGIN IMMEDIATE``; the sqlite3 module begins no transaction
     before DDL by itself), waiting up to the busy timeout.
     """
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({UPGRADE_LOCK})")
-    elif dialect == "sqlite":
+    advisory_lock(connection, UPGRADE_LOCK)
+    if connection.dialect.name == "sqlite":
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 

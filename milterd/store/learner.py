@@ -64,7 +64,7 @@ from . import unusable_database
 from .engine import sqlite_file
 from .errors import guarded
 from .schema import metadata
-from .upsert import deletable, dialect_insert, lock_tables
+from .upsert import advisory_lock, deletable, dialect_insert, lock_tables
 
 Label = Literal["spam", "ham"]
 
@@ -524,7 +524,7 @@ class LearnerStore:
 
         def work() -> int:
             with self.engine.begin() as connection:
-                _one_host_at_a_time(connection)
+                advisory_lock(connection, HOUSEKEEPING_LOCK)  # after another host's expiry: this one counts what it left
                 token = table.c.token
                 deleted = connection.execute(delete(table).where(deletable(connection, token, table.c.spam + table.c.ham == 0))).rowcount
                 old_and_rare = and_(table.c.atime < day, table.c.spam + table.c.ham <= rare)
@@ -552,7 +552,7 @@ class LearnerStore:
 
         def work() -> int:
             with self.engine.begin() as connection:
-                _one_host_at_a_time(connection)
+                advisory_lock(connection, HOUSEKEEPING_LOCK)  # after another host's expiry: this one counts what it left
                 inserts = _inserts(connection)
                 total = int(connection.execute(select(func.count()).select_from(table)).scalar() or 0)
                 if total <= max_learned:
@@ -570,8 +570,3 @@ class LearnerStore:
         return guarded("drop the classifier's learned-message digests", work)
 
 
-def _one_host_at_a_time(connection: Connection) -> None:
-    """On PostgreSQL, wait for another host's expiry or digest drop to commit (an advisory lock held to the end of
-    the transaction), so that this one counts what that one left.  SQLite's writers are one at a time already."""
-    if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({HOUSEKEEPING_LOCK})")

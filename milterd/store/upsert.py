@@ -60,3 +60,10 @@ def lock_tables(connection: Connection, *tables: Table) -> None:
         return
     preparer = connection.dialect.identifier_preparer
     connection.exec_driver_sql(f"LOCK TABLE {', '.join(preparer.format_table(table) for table in tables)} IN EXCLUSIVE MODE")
+
+
+def advisory_lock(connection: Connection, key: int) -> None:
+    """On PostgreSQL, wait for the transaction-level advisory lock *key* and hold it until *connection*'s
+    transaction ends: work that two MX hosts must not do at once.  SQLite's writers are one at a time already."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({int(key)})")
