@@ -7,7 +7,7 @@ finding names the file (``invoice.zip/inner.zip/evil.exe``) and the rule; a
 category's action in ``[checks.attachments]`` either only scores its symbol
 or forces quarantine or a reject whose reply names the file.  Files uuencoded
 in a message's text, which Thunderbird and Outlook show as attachments, are
-found by their names (:func:`uuencoded_names`), then decoded and judged as
+found by their names (:func:`~milterd.content.uuencode.encoded_names`), then decoded and judged as
 attachments (:mod:`milterd.content.uuencode`).
 """
 
@@ -35,7 +35,7 @@ from ..content.mimeparts import (
     every_reading,
 )
 from ..content.mimetext import single_text_type
-from ..content.uuencode import MAX_LINE, encoded_files, file_name
+from ..content.uuencode import encoded_files, encoded_names
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
 from ..options import CheckSwitches, Duration, Size
@@ -125,13 +125,6 @@ _MESSAGE_CHUNK = 65536
 DIRECTORY_BYTES_PER_MEMBER_LIMIT = 20 * 128
 #: At most this many names of uuencoded or yEnc files are judged in one message.
 MAX_ENCODED_FILES = 1000
-#: The first line of a uuencoded (``begin 644 name``) or yEnc (``=ybegin … name=name``) file, as Thunderbird reads it.
-_ENCODED_FILE_LINE = 1024
-#: Its name is read to the line's end, or to its first _ENCODED_FILE_LINE characters when the line goes on (a name
-#: padded past them with blanks, which Windows drops when it saves the file, passed unjudged); possessive, so that a
-#: line cut by the end of a chunk is not matched as a shorter name (the next chunk's text holds it whole).
-_ENCODED_FILE = re.compile(rb"^(?:begin [0-7]{3,4} +|=ybegin [^\r\n]*?name=)([^\r\n]{1,%d}+)(?:\r?\n|\r|(?=[^\r\n]))" % _ENCODED_FILE_LINE,
-                           re.MULTILINE)
 #: An extension that names a COM class (a CLSID) instead of a file type.
 _CLSID = re.compile(r"\{[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\}")
 
@@ -244,32 +237,6 @@ def single_plain_text(headers: Iterable[tuple[str, bytes]]) -> bool:
     a message (it stops after its headers), so it need not be parsed.
     """
     return single_text_type(headers) is not None
-
-
-def uuencoded_names(chunks: Iterable[bytes]) -> list[str]:
-    """The names of the files uuencoded or yEnc-encoded in the text of a message given as *chunks*
-    (one more than MAX_ENCODED_FILES at most: the rest are not looked for).
-
-    Thunderbird and Outlook show a ``begin 644 name`` (or ``=ybegin … name=name``) line of a plain
-    text body, one without MIME in particular, as the start of an attachment of that name.
-    """
-    names: dict[str, None] = {}
-    tail = b""
-    for chunk in chunks:
-        data = tail + chunk
-        if b"begin " in data:  # after a LF, a CR (a line end Thunderbird reads too) or at the start: the pattern says
-            for match in _ENCODED_FILE.finditer(data.replace(b"\r", b"\n")):
-                names[file_name(match.group(1).rstrip())] = None
-            if len(names) > MAX_ENCODED_FILES:
-                break
-        # Keep the last line, incomplete, from its start (its first MAX_LINE bytes) for a begin line the next chunk
-        # completes: blanks may pad one past 2 KB (Thunderbird skips any number), which the last 2 KB kept hid.
-        tail = data[max(data.rfind(b"\n"), data.rfind(b"\r")) + 1:][:MAX_LINE]
-    if b"begin " in tail:  # the pattern's either start ends so: not scanned position by position when absent
-        for match in _ENCODED_FILE.finditer(tail + b"\n"):  # a last line without its end
-            names[file_name(match.group(1).rstrip())] = None
-    names.pop("", None)
-    return list(names)[:MAX_ENCODED_FILES + 1]
 
 
 class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
@@ -442,7 +409,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
     def _uuencoded(self, chunks: Callable[[], Iterable[bytes]], budget: DecompressionBudget, depth: int) -> list[Finding]:
         """The findings of the files uuencoded or yEnc-encoded in the text of a message (*chunks* gives it from its
         start): their names, and, decoded, what they hold, as a MIME attachment's (*depth*: as :meth:`judge`'s)."""
-        encoded = uuencoded_names(chunks())
+        encoded = encoded_names(chunks(), MAX_ENCODED_FILES)
         found = [finding for name in encoded[:MAX_ENCODED_FILES] for finding in judge_name(name, self.banned)]
         if len(encoded) > MAX_ENCODED_FILES:
             found.append(Finding(MIME_LIMIT, "message", f"more than {MAX_ENCODED_FILES} uuencoded files: the rest not looked at"))

@@ -22,8 +22,14 @@ UU_ENCODINGS = frozenset({"x-uuencode", "uuencode", "x-uue", "uue"})
 #: A line longer than this is read in pieces of this size (encoded lines hold about 60 or 128 characters).
 MAX_LINE = 64 * 1024
 
-_BEGIN = re.compile(rb"begin [0-7]{3,4} +([^\r\n]{1,1024})")
-_YBEGIN = re.compile(rb"=ybegin [^\r\n]*?name=([^\r\n]{1,1024})")
+#: The first line of a uuencoded (``begin 644 name``) or yEnc (``=ybegin … name=name``) file, as Thunderbird reads it.
+#: Its name is read to the line's end, or to its first 1,024 characters when the line goes on (a name padded past
+#: them with blanks, which Windows drops when it saves the file, passed unjudged); possessive, so that a line cut by
+#: the end of a chunk is not matched as a shorter name (the next chunk's text holds it whole).
+_BEGIN_LINE = rb"(?:begin [0-7]{3,4} +|=ybegin [^\r\n]*?name=)([^\r\n]{1,1024}+)"
+_BEGIN = re.compile(_BEGIN_LINE)
+#: Such a line in a text, at the start of one of its lines, whole: ended, or longer than the name read.
+_BEGIN_IN_TEXT = re.compile(rb"^%s(?:\r?\n|\r|(?=[^\r\n]))" % _BEGIN_LINE, re.MULTILINE)
 #: yEnc adds 42 to each byte (and 64 more to one escaped after "=").
 _YENC = bytes((b - 42) % 256 for b in range(256))
 
@@ -65,12 +71,35 @@ def ydecode_line(line: bytes) -> bytes:
 def begin_name(line: bytes) -> tuple[str, str] | None:
     """``("uu", name)`` or ``("yenc", name)`` for a line that starts an encoded file, else None."""
     found = _BEGIN.match(line)
-    if found:
-        return "uu", file_name(found.group(1).rstrip())
-    found = _YBEGIN.match(line)
-    if found:
-        return "yenc", file_name(found.group(1).rstrip())
-    return None
+    if found is None:
+        return None
+    return "yenc" if line.startswith(b"=") else "uu", file_name(found.group(1).rstrip())
+
+
+def encoded_names(chunks: Iterable[bytes], most: int) -> list[str]:
+    """The names of the files uuencoded or yEnc-encoded in the text given as *chunks* (*most* and one more at most:
+    the rest are not looked for).
+
+    Thunderbird and Outlook show a ``begin 644 name`` (or ``=ybegin … name=name``) line of a plain
+    text body, one without MIME in particular, as the start of an attachment of that name.
+    """
+    names: dict[str, None] = {}
+    tail = b""
+    for chunk in chunks:
+        data = tail + chunk
+        if b"begin " in data:  # after a LF, a CR (a line end Thunderbird reads too) or at the start: the pattern says
+            for match in _BEGIN_IN_TEXT.finditer(data.replace(b"\r", b"\n")):
+                names[file_name(match.group(1).rstrip())] = None
+            if len(names) > most:
+                break
+        # Keep the last line, incomplete, from its start (its first MAX_LINE bytes) for a begin line the next chunk
+        # completes: blanks may pad one past 2 KB (Thunderbird skips any number), which the last 2 KB kept hid.
+        tail = data[max(data.rfind(b"\n"), data.rfind(b"\r")) + 1:][:MAX_LINE]
+    if b"begin " in tail:  # the pattern's either start ends so: not scanned position by position when absent
+        for match in _BEGIN_IN_TEXT.finditer(tail + b"\n"):  # a last line without its end
+            names[file_name(match.group(1).rstrip())] = None
+    names.pop("", None)
+    return list(names)[:most + 1]
 
 
 def encoded_files(chunks: Iterable[bytes], memory: int, limit: int, most: int, skipped: list[str] | None = None) -> Iterator[EncodedFile]:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from milterd.checks.attachments import BANNED, LIMIT, MAX_ENCODED_FILES, UNREADABLE, uuencoded_names
+from milterd.checks.attachments import BANNED, LIMIT, MAX_ENCODED_FILES, UNREADABLE
 from milterd.config import load_config
 from milterd.content import mimeparts
 from milterd.content.archives import Limits, archive_kind, list_archive
 from milterd.content.mimeparts import attachments
+from milterd.content.uuencode import encoded_names
 from milterd.message.model import Action, Session
 from milterd.services import build
 from tests.harness.attachments import attachment_check
@@ -251,10 +252,10 @@ def test_a_uuencoded_file_in_a_plain_text_message_is_judged(check: object) -> No
 def test_begin_lines_are_found_across_chunks_and_bounded() -> None:
     body = b"x" * 65530 + b"\nbegin 644 split.exe\nM" + b"y" * 70000 + b"\nbegin 600 last.js"
     for size in (65536, 7):
-        assert uuencoded_names([body[i:i + size] for i in range(0, len(body), size)]) == ["split.exe", "last.js"]
-    assert uuencoded_names([b"to begin 644 a.exe mid-line\r\nbegin 644 \r\n"]) == []
+        assert encoded_names([body[i:i + size] for i in range(0, len(body), size)], MAX_ENCODED_FILES) == ["split.exe", "last.js"]
+    assert encoded_names([b"to begin 644 a.exe mid-line\r\nbegin 644 \r\n"], MAX_ENCODED_FILES) == []
     many = b"".join(b"begin 644 f%d.txt\n" % i for i in range(5000))
-    assert len(uuencoded_names([many])) == MAX_ENCODED_FILES + 1
+    assert len(encoded_names([many], MAX_ENCODED_FILES)) == MAX_ENCODED_FILES + 1
 
 
 def test_padding_past_its_bound_is_decoded_without_the_quartet_walk(monkeypatch: pytest.MonkeyPatch) -> None:
