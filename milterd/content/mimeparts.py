@@ -191,13 +191,14 @@ class _Decoder:
             self._eol = data[len(body):]
 
     def _uu_line(self, line: bytes) -> None:
-        """A line of a uuencoded part, as Thunderbird decodes one: after its ``begin`` line, up to ``end``."""
+        """A line of a uuencoded part, as Thunderbird decodes one: after its ``begin`` line, up to a line that is
+        ``end`` alone (its decoder of parts, not the rules it finds files in a text by: see ``uuencode.encoded_files``)."""
         if self._uu_state == "ended":
             return
         if self._uu_state == "before":
             if line.startswith(b"begin "):
                 self._uu_state = "in"
-        elif line.rstrip() == b"end":
+        elif line.rstrip(b"\r\n") == b"end":  # "end " is decoded on, as Thunderbird does: what follows is in its file
             self._uu_state = "ended"
         else:
             self._write(uudecode_line(line))

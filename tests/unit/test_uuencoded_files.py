@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from milterd.checks.attachments import BANNED, LIMIT, MAX_ENCODED_FILES, MIME_LIMIT, MISMATCH, uuencoded_names
+from milterd.checks.attachments import BANNED, LIMIT, MAX_ENCODED_FILES, MIME_LIMIT, MISMATCH
 from milterd.content.mimeparts import attachments
-from milterd.content.uuencode import encoded_files, uudecode_line, ydecode_line
+from milterd.content.uuencode import encoded_files, encoded_names, uudecode_line, ydecode_line
 from milterd.message.model import Action, Session
 from tests.harness.attachments import attachment_check
 from tests.harness.messages import envelope_of, zipped
@@ -166,11 +166,23 @@ def test_fix_files_past_the_bound_under_repeated_names_are_a_limit(check: object
 def test_fix_a_lone_cr_ends_a_line(check: object) -> None:
     raw = b"Subject: x\r\n\r\nHi,\r\n\r\n" + uuencoded(b"evil.exe", PE, b"\r") + b"\r\n"
     assert hits(check, raw)[BANNED] == ("evil.exe: banned extension .exe", Action.REJECT)
-    assert uuencoded_names([b"begin 644 docs.zip\rM" + b"!" * 60 + b"\r"]) == ["docs.zip"]
+    assert encoded_names([b"begin 644 docs.zip\rM" + b"!" * 60 + b"\r"], MAX_ENCODED_FILES) == ["docs.zip"]
 
 
 def test_fix_a_begin_line_padded_across_a_chunk_s_end_is_found() -> None:
     line = b"begin 644 " + b" " * 5000 + b"docs.zip\r\n"
     text = b"x" * (65536 - 3000) + b"\r\n" + line + b"M!!!\r\n"
     for size in (65536, 4096):
-        assert uuencoded_names([text[i:i + size] for i in range(0, len(text), size)]) == ["docs.zip"]
+        assert encoded_names([text[i:i + size] for i in range(0, len(text), size)], MAX_ENCODED_FILES) == ["docs.zip"]
+
+
+def test_fix_an_x_uuencode_part_ends_only_at_an_end_line_as_thunderbird_reads_it(check: object) -> None:
+    # Thunderbird's decoder of such a part ends it at "end" alone on its line: after "end " (a blank after it) it
+    # decodes on, and the zip uuencoded after the notes is in the file it saves (a zip opens from its end).
+    notes, archive = uuencoded(b"notes.txt", b"hello\r\n"), zipped({"evil.exe": PE})
+    tricked = notes.replace(b"\r\nend\r\n", b"\r\nend \r\n") + uuencoded(b"x", archive).split(b"\r\n", 1)[1]
+    raw = (b"Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+           b"Content-Type: application/octet-stream; name=\"notes.zip\"\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\n"
+           + tricked + b"--b--\r\n")
+    assert [a.data.read() for a in attachments([raw])] == [b"hello\r\n" + archive]
+    assert hits(check, raw)[BANNED] == ("notes.zip/evil.exe: banned extension .exe", Action.REJECT)
