@@ -1195,23 +1195,14 @@ def _walk_libarchive_form(path: str, data: IO[bytes], depth: int, limits: Limits
             head = head[:max(0, budget.size)]
             budget.size -= len(head)
             names = [name, *(alias.rsplit("/", 1)[-1] for alias in aliases)]
-            if zip_only:
-                if depth >= limits.max_depth:
-                    listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
-                    continue
-                nested = None if declared > budget.size + len(head) else _copy_blocks(head, blocks, budget)
-                if nested is None:
-                    listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
-                elif _zip_directory(nested)[0] is not None:
-                    with nested:
-                        _walk(member, nested, "zip", depth + 1, limits, budget, listing, tuple(aliases))
-                else:
-                    nested.close()
-                continue
-            listing.entries.append(Entry(member, False, head[:HEAD_SIZE]))
-            # By every name a tool gives it: 7-Zip and gunzip -N name it as its gzip header does.
-            inner = archive_kind_of(names, head)
-            message = message_file(names)
+            if zip_only:  # listed already: walked as the zip it ends with, when it does (seen once copied)
+                inner: str | None = "zip"
+                message = False
+            else:
+                listing.entries.append(Entry(member, False, head[:HEAD_SIZE]))
+                # By every name a tool gives it: 7-Zip and gunzip -N name it as its gzip header does.
+                inner = archive_kind_of(names, head)
+                message = message_file(names)
             if inner is not None and depth >= limits.max_depth:
                 listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
                 inner = None
@@ -1225,6 +1216,8 @@ def _walk_libarchive_form(path: str, data: IO[bytes], depth: int, limits: Limits
             if nested is None:
                 listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
                 continue
+            if zip_only and _zip_directory(nested)[0] is None:
+                inner = None
             if inner is not None:
                 _walk(member, nested, inner, depth + 1, limits, budget, listing, tuple(aliases))
             if message:
