@@ -583,10 +583,7 @@ class Pipeline:
         """The checks that have something to do for a client they do not apply to (:meth:`Check.on_skipped`)."""
         if not (session.trusted or session.authenticated):
             return []
-        hooked = self._hooked.get("on_skipped")
-        if hooked is None:
-            hooked = self._hooked["on_skipped"] = [c for c in self.checks if type(c).on_skipped is not Check.on_skipped]
-        return [c for c in hooked if not self._applies(c, session)]
+        return [c for c in self._hooked_by("on_skipped") if not self._applies(c, session)]
 
     def _applies(self, check: Check, session: Session) -> bool:
         if session.trusted and not check.applies_to_trusted:
@@ -596,10 +593,15 @@ class Pipeline:
         return True
 
     def _overriding(self, hook: str, session: Session) -> list[Check]:
+        """The checks that override *hook* and apply to *session*'s client."""
+        return [c for c in self._hooked_by(hook) if self._applies(c, session)]
+
+    def _hooked_by(self, hook: str) -> list[Check]:
+        """The checks whose class overrides *hook* (found once)."""
         hooked = self._hooked.get(hook)
         if hooked is None:
             hooked = self._hooked[hook] = [c for c in self.checks if getattr(type(c), hook) is not getattr(Check, hook)]
-        return [c for c in hooked if self._applies(c, session)]
+        return hooked
 
     def _run(self, checks: list[Check], session: Session, call: Callable[[Check], Hits]) -> list[Hit]:
         hits: list[Hit] = []
