@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import sqlite3
 import stat
@@ -303,6 +304,12 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Dialect, _record: ConnectionPoolEntry, cargs: tuple[Any, ...], cparams: dict[str, Any]) -> Any:
+        # libpq waits for ever by default: a server that accepts and never answers (stopped, its host
+        # gone behind a load balancer) held a session until Postfix's milter_command_timeout applied its
+        # default action to all of it, whatever on_error said.  The URL's own values are kept.
+        cparams.setdefault("connect_timeout", max(2, math.ceil(busy_timeout)))  # whole seconds; 0 is for ever
+        if busy_timeout >= 1:
+            cparams.setdefault("tcp_user_timeout", int(busy_timeout * 1000))  # sent data unacknowledged: host gone
         # On a thread Python started: the server's NOTICEs during start-up still reach psycopg's receiver.
         def connect() -> Any:
             connection = dialect.loaded_dbapi.connect(*cargs, **cparams)
