@@ -245,7 +245,7 @@ def compile_pattern(kind: str, text: str) -> Pattern:
     if kind == "client":
         try:
             network = ipaddress.ip_network(text, strict=False)
-            return Pattern(kind, text, network=_unmapped(network))
+            return Pattern(kind, text, network=unmapped(network))
         except ValueError:
             pass
         if "/" in text or " " in text or "@" in text:
@@ -258,7 +258,7 @@ def compile_pattern(kind: str, text: str) -> Pattern:
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
-def _unmapped(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def unmapped(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """*network* in IPv4's form where it is IPv4-mapped (``::ffff:192.0.2.0/120`` → ``192.0.2.0/24``), as clients
     are matched (:meth:`Whitelist.client`); else itself."""
     if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_MAPPED):

@@ -102,6 +102,10 @@ class Pending:
     tempfailed: list[str] = field(default_factory=list)
 
 
+#: The key of a transaction's check state saying why its client's auto-whitelisting could not be read.
+UNREAD_CLIENT = "unread_client"
+
+
 @dataclass
 class ClientState:
     """A session's client network as the auto whitelist sees it."""
@@ -167,6 +171,7 @@ class Greylist(Check):
         if self._skip(session, envelope, recipient):
             return ()
         pending = self._pending(envelope)
+        pending.failed = pending.failed or envelope.check_state(self.name).get(UNREAD_CLIENT, "")
         triplet = gl.make_triplet(session.client_addr, envelope.sender, recipient, self.config)
         judgement = pending.decided.get(triplet)  # the same recipient twice: the same answer
         if judgement is None:
@@ -250,6 +255,8 @@ class Greylist(Check):
         pending: list[tuple[gl.Triplet, gl.Judgement]] = []
         if triplets:
             try:
+                if unread := envelope.check_state(self.name).get(UNREAD_CLIENT):
+                    raise StoreError(unread)
                 store = self.services.store.greylist
                 now = store.now()
                 states = store.states(triplets[0].network, triplets[0].sender, [t.recipient for t in triplets]) or {}
@@ -373,26 +380,37 @@ class Greylist(Check):
         if any(h.symbol.startswith("DNSWL_") for h in (*session.hits, *envelope.hits)):
             return "DNSWL"
         whitelist = self.whitelist.extend(self._stored_whitelist())
-        entry = whitelist.client(session.client_addr, session.client_name) or whitelist.sender(sender) or whitelist.recipient(recipient)
+        # The sender as written too: "@fwd.example" whitelists an SRS forwarder's rewrites, "/^prvs=/" BATV senders.
+        written = envelope.sender.strip().strip("<>").lower()
+        entry = (whitelist.client(session.client_addr, session.client_name) or whitelist.sender(sender) or whitelist.sender(written)
+                 or whitelist.recipient(recipient))
         if entry:
             return f"whitelisted by {entry}"
         if self.config.auto_whitelist_after > 0:
-            client = session.check_state(self.name).get("client")
-            if not isinstance(client, ClientState):
-                client = session.check_state(self.name)["client"] = self._client_state(session)
-            if client.whitelisted:
+            client = self._client_state(session, envelope)
+            if client is not None and client.whitelisted:
                 return "auto-whitelisted client"
         return None
 
-    def _client_state(self, session: Session) -> ClientState:
-        """Whether the session's client network is auto-whitelisted (read once a
-        session): an entry unused for ``expire`` is not, purged or not."""
+    def _client_state(self, session: Session, envelope: Envelope) -> ClientState | None:
+        """Whether the session's client network is auto-whitelisted (read once a session): an entry unused
+        for ``expire`` is not, purged or not.  None when the store could not say: the transaction's
+        recipients are then judged as the store's failure says (``on_error``; the envelope's UNREAD_CLIENT
+        says why), and the next transaction asks again (one failure made every transaction of the session
+        greylist an auto-whitelisted client)."""
+        client = session.check_state(self.name).get("client")
+        if isinstance(client, ClientState):
+            return client
+        if envelope.check_state(self.name).get(UNREAD_CLIENT):
+            return None
         client = ClientState(gl.client_network(session.client_addr, self.config.netmask_v4, self.config.netmask_v6))
         try:
             passes, last_seen = self.services.store.greylist.client_state(client.network)
         except StoreError as exc:
             log.warning("greylist store unavailable for client %s: %s", client.network, exc)
-            return client
+            envelope.check_state(self.name)[UNREAD_CLIENT] = f"cannot read the auto-whitelisted clients: {exc}"[:200]
+            return None
+        session.check_state(self.name)["client"] = client
         now = self.services.store.greylist.now()
         if last_seen is not None and gl.auto_whitelisted(passes, last_seen, now, self.config):
             client.whitelisted = True

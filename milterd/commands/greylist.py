@@ -88,11 +88,12 @@ def _guarded(run: Callable[[argparse.Namespace, Config, Store], int]) -> Callabl
 def stored_network(text: str, config: Config) -> str:
     """A client network as the triplets hold it: an address stands for its
     network (``[greylist] netmask_v4``/``netmask_v6``), a network is written
-    canonically (``2001:DB8:0::/64`` → ``2001:db8::/64``)."""
+    canonically (``2001:DB8:0::/64`` → ``2001:db8::/64``, an IPv4-mapped one in IPv4's form)."""
     text = text.strip()
     if "/" in text:
         try:
-            return str(ipaddress.ip_network(text.lower().removeprefix("ipv6:"), strict=False))
+            # An IPv4-mapped network (::ffff:198.51.100.0/120) as its clients' triplets hold it: 198.51.100.0/24.
+            return str(gl.unmapped(ipaddress.ip_network(text.lower().removeprefix("ipv6:"), strict=False)))
         except ValueError:
             return text.lower()  # a unix-socket client is stored by its path
     return gl.client_network(text, config.greylist.netmask_v4, config.greylist.netmask_v6)
