@@ -57,6 +57,8 @@ class ArcChecks(CheckSwitches):
 STATE = "arc"
 #: RFC 8617 §5.2: a message may carry at most 50 ARC sets; with more, the chain fails unverified.
 MAX_ARC_SETS = 50
+#: The DNS deadline (``Resolver.stage_deadline``) of the chain's key lookups, started when they are asked.
+ARC_STAGE = "eom-arc"
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,9 @@ class Arc(ConfiguredCheck[ArcChecks]):
         if envelope.size > self.services.config.checks.dkim.max_size:
             return ()
         resolver = self.services.resolver
-        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, "eom"))
+        # Its own deadline, as the link lookups': a key lookup of the DKIM check, started first, may have spent the
+        # end of message's while this check waited for a thread of the pipeline's pool.
+        dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, ARC_STAGE))
         unsigned_body = self.services.config.checks.dkim.unsigned_body
         result = verify_chain(envelope.message_bytes(), dnsfunc, self.options.min_key_bits, unsigned_body=unsigned_body)
         envelope.check_state(STATE)["result"] = result

@@ -487,6 +487,12 @@ def listing_hits(listings: list[Listed], failed: list[str], refused: list[str]) 
     return hits
 
 
+#: The DNS deadline (``Resolver.stage_deadline``) of the link lookups, started when they are asked: the end of
+#: message's own was started by the DKIM check's key lookups (names the sender chose), and time this check then
+#: waited for a thread of the pipeline's pool was charged to it: a listed link went unasked, URIBL_TEMPFAIL.
+URIBL_STAGE = "eom-uribl"
+
+
 class UriBlockLists(ConfiguredCheck[UriblChecks]):
     """The registrable domains of a message's links, looked up in URI block lists."""
 
@@ -536,7 +542,7 @@ class UriBlockLists(ConfiguredCheck[UriblChecks]):
         if not queries:
             return hits
         resolver = self.services.resolver
-        deadline = resolver.stage_deadline(envelope.dns_deadlines, "eom")
+        deadline = resolver.stage_deadline(envelope.dns_deadlines, URIBL_STAGE)
         answers = resolver.query_many([(query_name(target, zone), "A") for zone, target in queries], deadline)
         return listing_hits(*sort_outcomes((zone.zone, classify(zone, target, answer)) for (zone, target), answer in zip(queries, answers, strict=False))) + hits
 
