@@ -194,7 +194,7 @@ class DatabaseSection(Section):
 
 class DnsSection(Section):
     nameservers: list[str] = Field([], description="Resolvers to ask, as \"IP\" or \"IP:PORT\"; empty uses /etc/resolv.conf.")
-    timeout: Duration = Field(2.0, description="The longest a message waits for DNS answers at one stage; a timeout counts as not listed. SPF, and each From domain's DKIM keys and DMARC record, have deadlines of this length of their own, so that lookups of names the sender chose cannot spend theirs.")
+    timeout: Duration = Field(2.0, gt=0, description="The longest a message waits for DNS answers at one stage (more than 0: no DNS check could ask anything); a timeout counts as not listed. SPF, each From domain's DKIM keys and DMARC record, the links' block lists and the ARC chain's keys have deadlines of this length of their own, so that lookups of names the sender chose cannot spend theirs.")
     cache_size: int = Field(10000, ge=0, description="Answers kept per worker (bounded, expired by TTL).")
 
     @field_validator("nameservers")

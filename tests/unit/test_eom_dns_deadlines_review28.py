@@ -62,3 +62,14 @@ def test_fix_the_arc_key_lookups_are_asked_with_a_deadline_of_their_own(services
     monkeypatch.setattr(services.resolver, "txt", txt)
     check.on_eom(Session(client_addr="192.0.2.7"), envelope)
     assert asked and asked[0] > 0
+
+
+def test_fix_a_dns_timeout_of_0_is_refused_at_start(tmp_path: Path) -> None:
+    from milterd.config import ConfigError, load_config
+
+    conf = tmp_path / "milter.conf"
+    conf.write_text("[dns]\ntimeout = 0\n")
+    # Accepted, it made every lookup time out at once: DNSBL, SPF, DKIM and the link lists all *_TEMPFAIL, listed
+    # clients let through (the scanners' timeouts refuse 0 already).
+    with pytest.raises(ConfigError, match=r"milter.conf: \[dns\] timeout: Input should be greater than 0"):
+        load_config(conf)
