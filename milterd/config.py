@@ -466,13 +466,16 @@ class Config(Section):
         return self
 
     def with_changes(self, changes: dict[str, Any]) -> "Config":
-        """A copy with dotted keys changed (``{"actions.reject": 12}``), validated again."""
+        """A copy with dotted keys changed (``{"actions.reject": 12}``, ``{"checks.dmarc.enabled": False}``), validated again."""
         data = self.model_dump(exclude={"path"})
         for dotted, value in changes.items():
-            section, _, key = dotted.partition(".")
-            if section not in data or not key:
+            *sections, key = dotted.split(".")
+            table: Any = data
+            for section in sections:
+                table = table.get(section) if isinstance(table, dict) else None
+            if not sections or not isinstance(table, dict) or not key:
                 raise ConfigError(self.path or "milter.conf", dotted, "unknown key")
-            data[section][key] = value
+            table[key] = value
         return _validate(data, self.path or Path("milter.conf"))
 
 

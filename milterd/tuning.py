@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Iterable, Mapping
 from .checks import Check, attachments, clamav, discover
 from .checks import spamassassin as spamd
 from .checks.spamassassin import SPAMASSASSIN
-from .config import ActionsSection, MilterSection
+from .config import ActionsSection, Config, MilterSection
 from .message.model import Action, Hit
 from .message.policy import AFTER_VERDICT_SYMBOLS, SCORE_GREYLIST_SYMBOLS, THRESHOLD_ACTIONS, GreylistStatus, decide, threshold_action, wants_spam
 
@@ -63,6 +63,33 @@ MAY_FORCE: frozenset[str] = frozenset({
     attachments.BANNED, attachments.DOUBLE, attachments.MISMATCH, attachments.MACRO, attachments.ENCRYPTED, attachments.LIMIT, attachments.UNREADABLE, attachments.MIME_LIMIT,
     attachments.ERROR, "EOM_TIMEOUT", "CHECK_ERROR",  # 451: a scanner that failed or ran out of time, a spool unread
 })
+#: Which setting of milter.conf says a hit of a :data:`MAY_FORCE` symbol forces nothing (only scores, or does not
+#: apply): the attribute path from the configuration, and the values that force nothing.
+_FORCES_NOTHING_WHEN: Mapping[str, tuple[str, frozenset[str]]] = {
+    **{symbol: (f"checks.attachments.{field}", frozenset({"score", "off"})) for symbol, field in attachments.ACTION_OPTIONS.items()},
+    attachments.ERROR: ("checks.attachments.limit_action", frozenset({"score", "off"})),  # held with limit_action
+    clamav.ERROR: ("clamav.on_error", frozenset({"accept"})),
+    spamd.ERROR: ("spamd.on_error", frozenset({"accept"})),
+    "DMARC_FAIL_REJECT": ("checks.dmarc.reject_action", frozenset({"score"})),
+    "DMARC_FAIL_QUARANTINE": ("checks.dmarc.quarantine_action", frozenset({"score"})),
+    "CHECK_ERROR": ("milter.on_check_error", frozenset({"accept"})),
+}
+
+
+def forcing_symbols(config: Config) -> frozenset[str]:
+    """The symbols of :data:`MAY_FORCE` whose hit may force an action with *config*: an attachment category
+    that only scores, a scanner that fails open, a DMARC action of "score" force nothing (``whatif`` held such
+    a message at its action although the milter, so configured, would lower it)."""
+    forcing = set(MAY_FORCE)
+    for symbol, (path, values) in _FORCES_NOTHING_WHEN.items():
+        setting: Any = config
+        for name in path.split("."):
+            setting = getattr(setting, name)
+        if setting in values:
+            forcing.discard(symbol)
+    return frozenset(forcing)
+
+
 #: How far a row's logged score may be from the sum of its logged symbols (each rounded to 3 places, the sum to 2).
 SCORE_SLACK = 0.02
 #: How many example messages ``whatif`` and the mass check show per group.
@@ -310,7 +337,7 @@ def fixed_scores(symbols: Mapping[str, Any], fixed: AbstractSet[str] = FIXED_ZER
 
 def rescore(
     row: Mapping[str, Any], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection, fixed: AbstractSet[str] = FIXED_ZERO,
-    delimiters: str = "",
+    delimiters: str = "", may_force: AbstractSet[str] = MAY_FORCE,
 ) -> Rescored:
     """*row* with the symbols of *weights* re-weighted (but for :func:`fixed_scores` with *fixed*) and the thresholds of *actions*.
 
@@ -318,7 +345,7 @@ def rescore(
     reaches a more severe threshold action: the milter takes the more severe of the two.  A row
     of an unscored message (trusted or authenticated client, spam_lovers' with *delimiters*: :func:`unscored`)
     keeps its action; one whose action its score chose, unscored with the settings now, takes accept (what no
-    threshold chooses)."""
+    threshold chooses).  *may_force*: the symbols whose hit may have forced an action (:func:`forcing_symbols`)."""
     logged = row.get("symbols") or {}
     fixed_names = fixed_scores(logged, fixed)
     symbols = {name: float(score if name in fixed_names else weights.get(name, score)) for name, score in logged.items()}
@@ -335,7 +362,7 @@ def rescore(
     if unscored(row, milter, delimiters, local=False):
         # Scored when logged, no longer with the settings now (spam_lovers or trusted_networks added since): only
         # what a hit forces applies, as the milter does; a row whose hits may have forced one (not logged) keeps its action.
-        if MAY_FORCE.intersection(logged):
+        if may_force & logged.keys():
             return Rescored(row, old_action, old_action, old_score, verdict.score, why="may_force")
         unscored_verdict = decide(hits, lambda _s: 0.0, actions, greylist=logged_greylist(row), scored=False)
         return Rescored(row, old_action, unscored_verdict.action.label, old_score, unscored_verdict.score)
@@ -345,7 +372,7 @@ def rescore(
     new_action = verdict.action.label
     # A forced action the score matched is named as the reason, and none is milder than quarantine:
     # only a score action above quarantine can hide one, and only a lower new action would undo it.
-    if MAY_FORCE.intersection(logged) and Action.QUARANTINE < _severity(old_action) and _severity(new_action) < _severity(old_action):
+    if may_force & logged.keys() and Action.QUARANTINE < _severity(old_action) and _severity(new_action) < _severity(old_action):
         return Rescored(row, old_action, old_action, old_score, verdict.score, why="may_force")
     return Rescored(row, old_action, new_action, old_score, verdict.score)
 
@@ -435,7 +462,7 @@ def _example(item: Rescored) -> dict[str, Any]:
 def whatif(
     rows: Iterable[Mapping[str, Any]], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection,
     known: AbstractSet[str] | None = None, current: ActionsSection | None = None, greylist_mode: str = "score",
-    delimiters: str = "",
+    delimiters: str = "", may_force: AbstractSet[str] = MAY_FORCE,
 ) -> WhatIfReport:
     """Re-score every row; count the messages whose action would change, by (from, to).
 
@@ -446,14 +473,15 @@ def whatif(
     is counted too (:attr:`WhatIfReport.unasked`): the settings changed since it was logged.
     Deferred attempts are counted apart (:attr:`WhatIfReport.deferred`), as :func:`log_stats` does;
     *greylist_mode* (``[greylist] mode``) says which symbols have a fixed score (:func:`not_weighted`); *delimiters*
-    (``[checks.local_domains] recipient_delimiter``) which recipients are spam_lovers (:func:`unscored`)."""
+    (``[checks.local_domains] recipient_delimiter``) which recipients are spam_lovers (:func:`unscored`); *may_force*
+    which hits may have forced an action (:func:`forcing_symbols`)."""
     report = WhatIfReport()
     fixed = frozenset(not_weighted(greylist_mode))
     for row in rows:
         if deferred_attempt(row):
             report.deferred[str(row.get("action"))] += 1
             continue
-        item = rescore(row, weights, actions, milter, fixed, delimiters)
+        item = rescore(row, weights, actions, milter, fixed, delimiters, may_force)
         if known is not None:
             report.unknown.update(name for name in (row.get("symbols") or {}) if name not in known)
         report.messages += 1
@@ -469,7 +497,7 @@ def whatif(
             key = (item.old_action, item.new_action)
             report.changes[key] += 1
             # Only the rows that change are re-scored twice: most rows do not.
-            if current is not None and rescore(row, {}, current, milter, fixed, delimiters).new_action != item.old_action:
+            if current is not None and rescore(row, {}, current, milter, fixed, delimiters, may_force).new_action != item.old_action:
                 report.unasked[key] += 1
             examples = report.examples.setdefault(key, [])
             if len(examples) < EXAMPLES:

@@ -90,7 +90,7 @@ ERROR = "ATTACH_ERROR"
 LOCAL_FAILURE_REPLY = Reply("451", "4.3.0", "Attachments could not be checked now, try again later")
 
 #: Symbol → the option of [checks.attachments] holding its action.
-_ACTION_OPTION = {
+ACTION_OPTIONS = {
     BANNED: "banned_action",
     DOUBLE: "double_extension_action",
     MISMATCH: "mismatch_action",
@@ -261,7 +261,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         super().__init__(services)
         options = self.options
         self.banned = frozenset(e.lower().lstrip(".") for e in options.banned_extensions)
-        self.actions = {symbol: str(getattr(options, option)) for symbol, option in _ACTION_OPTION.items()}
+        self.actions = {symbol: str(getattr(options, option)) for symbol, option in ACTION_OPTIONS.items()}
         # The directory bytes parsed in one message follow the members allowed (5 MB: at most 110,000 entries, 0.5 s of CPU, by default).
         self.limits = Limits(options.archive_max_depth, options.archive_max_members, options.archive_max_size,
                              max_directory=DIRECTORY_BYTES_PER_MEMBER_LIMIT * max(options.archive_max_members, 1000),

@@ -25,7 +25,7 @@ from ..options import finite
 from ..ruleset import is_shipped
 from ..services import Services, build
 from ..text import escape
-from ..tuning import json_safe, log_stats, not_weighted, symbol_table, symbols_toml, whatif
+from ..tuning import forcing_symbols, json_safe, log_stats, not_weighted, symbol_table, symbols_toml, whatif
 from . import config_parent, describe_failure, open_store, since_arg
 
 T = TypeVar("T")
@@ -220,7 +220,7 @@ def run_whatif(args: argparse.Namespace) -> int:
     changed = with_action_changes(config, action_changes)
     report = _from_log(lambda: whatif(_rows(args, config), weights, changed.actions, config.milter, known=set(services.symbols) | PIPELINE_SYMBOLS,
                                       current=config.actions, greylist_mode=config.greylist.mode,
-                                      delimiters=config.checks.local_domains.recipient_delimiter))
+                                      delimiters=config.checks.local_domains.recipient_delimiter, may_force=forcing_symbols(config)))
     if report is None:
         return 1
     if args.json:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from milterd.checks import attachments as policy
-from milterd.checks.attachments import _ACTION_OPTION, LIMIT, UNREADABLE, AttachmentChecks
+from milterd.checks.attachments import ACTION_OPTIONS, LIMIT, UNREADABLE, AttachmentChecks
 from milterd.content import archives
 from milterd.message.model import Action, Hit, Session
 from milterd.tuning import MAY_FORCE
@@ -145,7 +145,7 @@ def test_the_default_actions_hold_what_was_never_looked_into() -> None:
 
 def test_whatif_knows_every_attachment_symbol_may_force_an_action() -> None:
     # ATTACH_MIME_LIMIT was missing: whatif could lower a message its quarantine held.
-    assert set(_ACTION_OPTION) <= MAY_FORCE
+    assert set(ACTION_OPTIONS) <= MAY_FORCE
 
 
 def test_a_stored_zip_is_still_listed_within_the_limits(check: Any) -> None:
