@@ -66,13 +66,16 @@ def ago(seconds: float, text: str) -> datetime.datetime:
 
 
 def parse_since(value: str) -> datetime.datetime:
-    """``--since 7d`` (a duration back from now) or an ISO date/time, as aware UTC."""
+    """``--since 7d`` (a duration back from now) or an ISO date/time, as aware UTC.
+
+    Eight digits that make a date (``20261106``, ISO 8601's basic form) are that date, not as many seconds."""
     try:
         seconds = parse_duration(value)
     except ValueError:
         pass
     else:
-        return ago(seconds, value)
+        if not _basic_date(value.strip()):
+            return ago(seconds, value)
     try:
         moment = datetime.datetime.fromisoformat(value)
     except ValueError:
@@ -82,6 +85,17 @@ def parse_since(value: str) -> datetime.datetime:
         return moment.astimezone(datetime.timezone.utc) if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
     except (OverflowError, OSError):  # 9999-12-31T23:59-01:00 is in the year 10000 in UTC
         raise ValueError(_out_of_range(value)) from None
+
+
+def _basic_date(text: str) -> bool:
+    """Whether *text* is a date written as eight digits (YYYYMMDD), which fromisoformat reads too."""
+    if len(text) != 8 or not text.isdigit():
+        return False
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _out_of_range(text: str) -> str:

@@ -18,6 +18,8 @@ JSON_FIELDS = (
     "id", "time", "queue_id", "client_addr", "client_name", "helo", "auth_user", "sender", "recipients",
     "subject", "message_id", "size", "score", "action", "reason", "symbols", "details", "elapsed_ms", "mta_host",
 )
+#: The symbols the table shows under a message, the weightiest first.
+SHOWN_SYMBOLS = 8
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -91,6 +93,7 @@ def print_table(rows: Iterable[dict[str, Any]]) -> None:
         )
         symbols = sorted((row["symbols"] or {}).items(), key=lambda kv: -abs(kv[1]))
         if symbols:
-            print("      " + " ".join(f"{escape(name)}({score:g})" for name, score in symbols[:8]))
+            more = f" (+{len(symbols) - SHOWN_SYMBOLS} more: --json lists every one)" if len(symbols) > SHOWN_SYMBOLS else ""
+            print("      " + " ".join(f"{escape(name)}({score:g})" for name, score in symbols[:SHOWN_SYMBOLS]) + more)
         if row["reason"] and row["action"] not in ("accept",):
             print(f"      reason: {escape(row['reason'])}")

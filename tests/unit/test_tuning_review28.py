@@ -53,3 +53,37 @@ def test_fix_whatif_on_the_log_lowers_a_message_whose_hit_only_scores(tmp_path: 
     # "0 would change action": held for ATTACH_TYPE_MISMATCH, which mismatch_action = "score" (the default) never forces.
     assert main(["rules", "whatif", "-c", str(conf), "--set", "actions.reject=false", "--json"]) == 0
     assert [(c["from"], c["to"], c["count"]) for c in json.loads(capsys.readouterr().out)["changes"]] == [("reject", "quarantine", 1)]
+
+
+@pytest.mark.parametrize("since", ["%Y-%m-%d", "%Y%m%d", "3600"])
+def test_fix_since_reads_eight_digits_that_make_a_date_as_that_date(tmp_path: Path, capsys: pytest.CaptureFixture[str], since: str) -> None:
+    import datetime as dt
+
+    from milterd.units import parse_since
+
+    assert parse_since("20261106") == dt.datetime(2026, 11, 6, tzinfo=dt.timezone.utc)
+    assert parse_since("10000000") < parse_since("1s")  # no date (month 00): 10,000,000 seconds back, as before
+    now = dt.datetime.now(dt.timezone.utc)
+    since = (now - dt.timedelta(days=30)).strftime(since)
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n')
+    store = Store(load_config(conf).database)
+    store.upgrade()
+    for subject, time in (("recent", now), ("old", now - dt.timedelta(days=100))):
+        store.log_message(MessageRecord(action="accept", time=time, client_addr="192.0.2.1", subject=subject))
+    store.close()
+    # 20261106 was 20,261,106 seconds (234 days) back: the row of 100 days ago was listed too.
+    assert main(["log", "-c", str(conf), "--since", since, "--json"]) == 0
+    assert [row["subject"] for row in json.loads(capsys.readouterr().out)] == ["recent"]
+
+
+def test_fix_the_log_table_says_how_many_symbols_it_leaves_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n')
+    store = Store(load_config(conf).database)
+    store.upgrade()
+    symbols = {f"RULE_{n}": 1.0 for n in range(11)}
+    store.log_message(MessageRecord(action="add_header", client_addr="192.0.2.1", score=11.0, symbols=symbols, reason="score 11 >= add_header 5"))
+    store.close()
+    assert main(["log", "-c", str(conf)]) == 0
+    assert "(+3 more: --json lists every one)" in capsys.readouterr().out
