@@ -262,6 +262,9 @@ class ArcSealer(Check):
         for key in ("seal_domain", "seal_selector", "seal_key_file"):
             if not getattr(options, key):
                 raise ConfigError(where, f"[checks.arc] {key}", "needed when seal = true")
+        if not services.config.checks.spf.authentication_results:
+            # The seal attests milterd's own Authentication-Results: without them nothing was sealed, unsaid.
+            raise ConfigError(where, "[checks.arc] seal", "needs [checks.spf] authentication_results = true (the seal attests those results)")
         path = (services.config.path.parent if services.config.path else Path.cwd()) / options.seal_key_file
         try:
             data = read_regular(path)

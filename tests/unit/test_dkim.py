@@ -234,6 +234,27 @@ def test_parse_key_refuses_junk() -> None:
     assert dkimsign.parse_key(dkimsign.generate("ed25519"))[0] == "ed25519"
 
 
+def test_fix_common_key_files_are_read_or_refused_for_their_real_reason(rsa_key: bytes) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    # openssl genrsa -aes256: "not a usable RSA private key: Incorrect padding".
+    locked = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.BestAvailableEncryption(b"pw"))
+    with pytest.raises(ValueError, match="protected by a passphrase"):
+        dkimsign.parse_key(locked)
+    with pytest.raises(ValueError, match="the file is empty"):
+        dkimsign.parse_key(b"\n")
+    # openssl genpkey -algorithm ed25519 writes PEM: refused as "not a usable RSA private key"; now read, and it signs.
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                            serialization.NoEncryption())
+    algorithm, ed = dkimsign.parse_key(pem)
+    assert algorithm == "ed25519"
+    values = dkimsign.sign(*sections(MESSAGE), [dkimsign.SigningKey("signed.test", "ed1", "ed25519", ed)], [])
+    message = b"".join(b"DKIM-Signature: " + v.replace("\n", "\r\n").encode() + b"\r\n" for v in values) + MESSAGE
+    assert [r.result for r in verify(message, {"ed1._domainkey.signed.test": dkimsign.public_record("ed25519", ed)})] == ["pass"]
+
+
 def test_record_matches(rsa_key: bytes, other_key: bytes) -> None:
     published = dkimsign.public_record("rsa", rsa_key)
     assert dkimsign.record_matches("rsa", rsa_key, published)
@@ -296,6 +317,12 @@ def test_arc_sealing_needs_its_domain_selector_and_an_rsa_key(tmp_path: Path) ->
     (tmp_path / "ed.key").write_bytes(dkimsign.generate("ed25519"))
     conf.write_text('[checks.arc]\nseal = true\nseal_domain = "a.test"\nseal_selector = "arc"\nseal_key_file = "ed.key"\n')
     with pytest.raises(ConfigError, match=r"\[checks.arc\] seal_key_file: .*RSA keys only"):
+        build_services(load_config(conf))
+    # Without milterd's Authentication-Results nothing was sealed, and nothing said so.
+    (tmp_path / "rsa.key").write_bytes(dkimsign.generate("rsa", 1024))
+    conf.write_text('[checks.arc]\nseal = true\nseal_domain = "a.test"\nseal_selector = "arc"\nseal_key_file = "rsa.key"\n'
+                    "[checks.spf]\nauthentication_results = false\n")
+    with pytest.raises(ConfigError, match=r"\[checks.arc\] seal: needs \[checks.spf\] authentication_results = true"):
         build_services(load_config(conf))
 
 
