@@ -249,7 +249,7 @@ class ChecksSection(Section):
 class DkimKey(Section):
     domain: str = Field(description="The domain signed for (d=); mail whose From is in it or in a subdomain is signed.")
     selector: str = Field(description="The selector (s=): the key is published at SELECTOR._domainkey.DOMAIN.")
-    key_file: str = Field(description="The private key (RSA in PEM, or ed25519 in base64 as 'milterd dkim keygen' writes it), relative to this file.")
+    key_file: str = Field(description="The private key, without a passphrase (RSA in PEM; ed25519 in base64 as 'milterd dkim keygen' writes it, or in PEM as openssl genpkey does), relative to this file.")
 
 
 class DkimSigningSection(Section):

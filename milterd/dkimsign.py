@@ -28,7 +28,7 @@ import nacl.encoding
 import nacl.exceptions
 import nacl.signing
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from . import dkimfast
 from .content.headertext import is_field_name
@@ -69,14 +69,26 @@ def parse_key(data: bytes) -> tuple[Algorithm, bytes]:
     An RSA key is loaded by OpenSSL too, which checks that its numbers fit together: dkimpy's own parser takes
     a key whose CRT values are wrong, and signs with it signatures no receiver verifies."""
     text = data.strip()
+    if not text:
+        raise ValueError("the file is empty")
     if text.startswith(b"-----BEGIN"):
+        if b"ENCRYPTED" in text[:200]:  # PKCS#8's BEGIN ENCRYPTED PRIVATE KEY, or the traditional Proc-Type: 4,ENCRYPTED
+            raise ValueError("the key is protected by a passphrase, which milterd cannot type: write it without one "
+                             "(openssl pkey -in KEY -out PLAIN), readable by milterd only")
+        try:
+            pem_key = serialization.load_pem_private_key(text, password=None)
+        except Exception:  # noqa: BLE001 - dkimpy's parser below names the reason
+            pem_key = None
+        if isinstance(pem_key, ed25519.Ed25519PrivateKey):  # openssl genpkey -algorithm ed25519: its seed, as keygen writes it
+            return "ed25519", base64.b64encode(pem_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                                                     serialization.NoEncryption()))
         try:
             dkim.crypto.parse_pem_private_key(text)
             key = serialization.load_pem_private_key(text, password=None)
         except Exception as exc:  # noqa: BLE001 - dkimpy's parser and OpenSSL raise several kinds
             raise ValueError(f"not a usable RSA private key: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         if not isinstance(key, rsa.RSAPrivateKey):
-            raise ValueError("not an RSA private key")
+            raise ValueError("neither an RSA nor an ed25519 private key")
         if key.key_size < MIN_RSA_BITS:
             raise ValueError(f"an RSA key of {key.key_size} bits: receivers refuse fewer than {MIN_RSA_BITS}")
         return "rsa", text
