@@ -102,8 +102,10 @@ class Pending:
     tempfailed: list[str] = field(default_factory=list)
 
 
-#: The key of a transaction's check state saying why its client's auto-whitelisting could not be read.
-UNREAD_CLIENT = "unread_client"
+#: The key of a transaction's check state saying why the store could not be read for its skip decisions (the
+#: stored whitelist, the client's auto-whitelisting): its recipients are judged as on_error says, and no other read
+#: of the transaction waits for a store that failed (a server that never answers costs one connect_timeout).
+STORE_UNREAD = "store_unread"
 
 
 @dataclass
@@ -155,7 +157,8 @@ class Greylist(Check):
             self.whitelist = gl.Whitelist.build(gl.config_entries(self.config))
         except ValueError as exc:  # the config validator already refuses these
             raise ConfigError(config.path or "milter.conf", "[greylist] whitelist", str(exc)) from None
-        self._stored: tuple[float, gl.Whitelist] | None = None
+        #: When the stored whitelist was last read, the copy (None: never read), and why the read failed.
+        self._stored: tuple[float, gl.Whitelist | None, str] | None = None
         self._lock = threading.Lock()
         #: When (monotonic) and why the store last refused a message's writes.
         self._write_failure: tuple[float, str] | None = None
@@ -171,7 +174,7 @@ class Greylist(Check):
         if self._skip(session, envelope, recipient):
             return ()
         pending = self._pending(envelope)
-        pending.failed = pending.failed or envelope.check_state(self.name).get(UNREAD_CLIENT, "")
+        pending.failed = pending.failed or envelope.check_state(self.name).get(STORE_UNREAD, "")
         triplet = gl.make_triplet(session.client_addr, envelope.sender, recipient, self.config)
         judgement = pending.decided.get(triplet)  # the same recipient twice: the same answer
         if judgement is None:
@@ -255,7 +258,7 @@ class Greylist(Check):
         pending: list[tuple[gl.Triplet, gl.Judgement]] = []
         if triplets:
             try:
-                if unread := envelope.check_state(self.name).get(UNREAD_CLIENT):
+                if unread := envelope.check_state(self.name).get(STORE_UNREAD):
                     raise StoreError(unread)
                 store = self.services.store.greylist
                 now = store.now()
@@ -379,7 +382,8 @@ class Greylist(Check):
         # At connect (delay_reject off) the DNSWL answer is a session hit, at MAIL (the default) an envelope one.
         if any(h.symbol.startswith("DNSWL_") for h in (*session.hits, *envelope.hits)):
             return "DNSWL"
-        whitelist = self.whitelist.extend(self._stored_whitelist())
+        stored = self._stored_whitelist(envelope)
+        whitelist = self.whitelist if stored is None else self.whitelist.extend(stored)
         # The sender as written too: "@fwd.example" whitelists an SRS forwarder's rewrites, "/^prvs=/" BATV senders.
         written = envelope.sender.strip().strip("<>").lower()
         entry = (whitelist.client(session.client_addr, session.client_name) or whitelist.sender(sender) or whitelist.sender(written)
@@ -395,20 +399,20 @@ class Greylist(Check):
     def _client_state(self, session: Session, envelope: Envelope) -> ClientState | None:
         """Whether the session's client network is auto-whitelisted (read once a session): an entry unused
         for ``expire`` is not, purged or not.  None when the store could not say: the transaction's
-        recipients are then judged as the store's failure says (``on_error``; the envelope's UNREAD_CLIENT
+        recipients are then judged as the store's failure says (``on_error``; the envelope's STORE_UNREAD
         says why), and the next transaction asks again (one failure made every transaction of the session
         greylist an auto-whitelisted client)."""
         client = session.check_state(self.name).get("client")
         if isinstance(client, ClientState):
             return client
-        if envelope.check_state(self.name).get(UNREAD_CLIENT):
+        if envelope.check_state(self.name).get(STORE_UNREAD):
             return None
         client = ClientState(gl.client_network(session.client_addr, self.config.netmask_v4, self.config.netmask_v6))
         try:
             passes, last_seen = self.services.store.greylist.client_state(client.network)
         except StoreError as exc:
             log.warning("greylist store unavailable for client %s: %s", client.network, exc)
-            envelope.check_state(self.name)[UNREAD_CLIENT] = f"cannot read the auto-whitelisted clients: {exc}"[:200]
+            envelope.check_state(self.name)[STORE_UNREAD] = f"cannot read the auto-whitelisted clients: {exc}"[:200]
             return None
         session.check_state(self.name)["client"] = client
         now = self.services.store.greylist.now()
@@ -418,19 +422,31 @@ class Greylist(Check):
             client.touch = (now - last_seen).total_seconds() >= gl.RENEW_INTERVAL
         return client
 
-    def _stored_whitelist(self) -> gl.Whitelist:
-        """The ``greylist_whitelist`` table, re-read at most every WHITELIST_TTL seconds."""
+    def _stored_whitelist(self, envelope: Envelope) -> gl.Whitelist | None:
+        """The ``greylist_whitelist`` table, re-read at most every WHITELIST_TTL seconds (the last copy read
+        while the store fails).  None when no copy was ever read: the envelope's STORE_UNREAD says why, and
+        its recipients that milter.conf does not whitelist are judged as on_error says (they were greylisted,
+        the table taken as empty)."""
         now = time.monotonic()
         with self._lock:
             if self._stored is not None and now - self._stored[0] < WHITELIST_TTL:
-                return self._stored[1]
+                cached, failure = self._stored[1:]
+                if cached is None:
+                    envelope.check_state(self.name)[STORE_UNREAD] = failure
+                return cached
+        if envelope.check_state(self.name).get(STORE_UNREAD):
+            return self._stored[1] if self._stored else None
+        error = ""
         try:
-            stored = self.services.store.greylist.whitelist()
+            stored: gl.Whitelist | None = self.services.store.greylist.whitelist()
         except StoreError as exc:
             log.warning("cannot read the greylist whitelist: %s", exc)
-            stored = self._stored[1] if self._stored else gl.Whitelist()
+            stored = self._stored[1] if self._stored else None
+            error = f"cannot read the greylist whitelist: {exc}"[:200]
+            if stored is None:
+                envelope.check_state(self.name)[STORE_UNREAD] = error
         with self._lock:
-            self._stored = (now, stored)
+            self._stored = (now, stored, error)  # a failure too: not asked again for WHITELIST_TTL
         return stored
 
 

@@ -91,8 +91,21 @@ def test_fix_the_cli_finds_an_ipv4_mapped_network(tmp_path: Path, capsys: pytest
     services.store.close()
 
 
+def test_fix_a_failed_read_of_the_stored_whitelist_is_judged_as_the_store_s_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    services, check = greylist_services(tmp_path, **{"greylist.auto_whitelist_after": 0})
+
+    def locked(self: GreylistStore) -> Any:
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(GreylistStore, "whitelist", locked)
+    # The table was taken as empty: a sender whitelisted there was greylisted (451 4.7.1) for WHITELIST_TTL.
+    assert rcpt(check, Session(client_addr="192.0.2.10"), "alice@example.org") == [("GREYLIST_ERROR", None)]
+    assert rcpt(check, Session(client_addr="192.0.2.11"), "carol@example.org") == [("GREYLIST_ERROR", None)]  # not asked again
+    services.store.close()
+
+
 @pytest.fixture
-def silent_server() -> Iterator[int]:
+def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
     """A port that accepts connections and never answers (a stopped server, a host gone behind a balancer)."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -107,24 +120,34 @@ def silent_server() -> Iterator[int]:
             pass
 
     threading.Thread(target=accept, daemon=True).start()
-    yield server.getsockname()[1]
+    yield server.getsockname()[1], held
     server.close()
     for connection in held:
         connection.close()
 
 
-def test_fix_a_server_that_never_answers_is_given_up_within_busy_timeout(silent_server: int) -> None:
+def test_fix_a_server_that_never_answers_is_given_up_within_busy_timeout(silent_server: tuple[int, list[socket.socket]]) -> None:
     pytest.importorskip("psycopg")
+    port, connections = silent_server
     services = build(Config().with_changes({
-        "database.url": f"postgresql+psycopg://postgres@127.0.0.1:{silent_server}/x", "database.busy_timeout": 2.0,
+        "database.url": f"postgresql+psycopg://postgres@127.0.0.1:{port}/x", "database.busy_timeout": 2.0,
         "dns.nameservers": ["127.0.0.1:9"], "greylist.enabled": True, "greylist.on_error": "accept",
-        "greylist.whitelist_providers": False, "greylist.auto_whitelist_after": 0}))
+        "greylist.whitelist_providers": False}))
     check = next(c for c in services.checks if isinstance(c, Greylist))
-    result: list[list[tuple[str, Any]]] = []
-    worker = threading.Thread(target=lambda: result.append(rcpt(check, Session(client_addr="192.0.2.10"), "alice@example.org")), daemon=True)
+    result: list[list[list[tuple[str, Any]]]] = []
+    session = Session(client_addr="192.0.2.10")
+
+    def transaction() -> None:
+        envelope = Envelope(spool=Spool(1024), sender="alice@example.org")
+        result.append([[(h.symbol, h.action) for h in check.on_rcpt(session, envelope, f"r{n}@example.com")] for n in range(3)])
+        check.on_abort(session, envelope)
+
+    worker = threading.Thread(target=transaction, daemon=True)
     worker.start()
     # libpq waited for ever: the session hung until Postfix's milter_command_timeout took it all (a bound far past
-    # the two connection attempts of 2 s, not a measure of speed).
+    # one connection attempt of 2 s, not a measure of speed).
     worker.join(120)
-    assert not worker.is_alive() and result == [[("GREYLIST_ERROR", None)]]
+    assert not worker.is_alive() and result == [[[("GREYLIST_ERROR", None)]] * 3]
+    # The whitelist, the client's auto-whitelisting and the triplets each waited for the server in turn.
+    assert len(connections) == 1
     services.store.close()
