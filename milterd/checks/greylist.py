@@ -174,7 +174,6 @@ class Greylist(Check):
         if self._skip(session, envelope, recipient):
             return ()
         pending = self._pending(envelope)
-        pending.failed = pending.failed or envelope.check_state(self.name).get(STORE_UNREAD, "")
         triplet = gl.make_triplet(session.client_addr, envelope.sender, recipient, self.config)
         judgement = pending.decided.get(triplet)  # the same recipient twice: the same answer
         if judgement is None:
@@ -194,6 +193,13 @@ class Greylist(Check):
             judgement = pending.decided[triplet] = step.judgement
             if step.write is not None:
                 pending.writes[triplet] = step.write
+        unread = envelope.check_state(self.name).get(STORE_UNREAD, "")
+        if unread and judgement.greylisted and self.config.on_error != "tempfail":
+            # A whitelist could not be read, which might exempt this recipient: a store failure greylists nobody
+            # (on_error = accept), and its attempt is not recorded.  With tempfail it is greylisted, as the
+            # store's failure would defer it anyway; a triplet that passed goes on either way.
+            pending.writes.pop(triplet, None)
+            return (Hit("GREYLIST_ERROR", detail=unread),)
         if judgement.greylisted:
             detail = f"{triplet} {judgement.kind}, retry in {int(judgement.wait)}s"
             pending.deferred.append(f"<{recipient}> {detail}")
@@ -257,13 +263,19 @@ class Greylist(Check):
         ]
         pending: list[tuple[gl.Triplet, gl.Judgement]] = []
         if triplets:
+            unread = envelope.check_state(self.name).get(STORE_UNREAD, "")
             try:
-                if unread := envelope.check_state(self.name).get(STORE_UNREAD):
-                    raise StoreError(unread)
                 store = self.services.store.greylist
                 now = store.now()
                 states = store.states(triplets[0].network, triplets[0].sender, [t.recipient for t in triplets]) or {}
                 steps = [(t, gl.plan(t, states.get(t.recipient), now, self.config)) for t in triplets]
+                if unread and self.config.on_error != "tempfail" and any(step.judgement.greylisted for _, step in steps):
+                    # A whitelist could not be read, which might exempt them: not greylisted for a store failure
+                    # (on_error = accept), their attempts not recorded (as at RCPT).
+                    steps = [(t, step) for t, step in steps if not step.judgement.greylisted]
+                    store.record([step.write for _, step in steps if step.write is not None], self._touch(session), now)
+                    log.warning("greylist store unavailable, not greylisting %s: %s", triplets[0], unread)
+                    return GreylistStatus(needed=False, error=unread)
                 store.record([step.write for _, step in steps if step.write is not None], self._touch(session), now)
             except StoreError as exc:
                 error = str(exc)[:200]

@@ -5,6 +5,7 @@ never answers is given up within [database] busy_timeout."""
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import threading
 from pathlib import Path
@@ -69,9 +70,29 @@ def test_fix_a_failed_read_of_the_auto_whitelist_is_judged_as_the_store_s_failur
     session = Session(client_addr="192.0.2.10")
     # The failure was remembered as "not whitelisted" for the session: every transaction greylisted (451 4.7.1).
     first = rcpt(check, session, "sender0@example.org")
-    assert first == [("GREYLIST_ERROR", Action.TEMPFAIL if on_error == "tempfail" else None)]
+    assert first == ([("GREYLIST", Action.GREYLIST)] if on_error == "tempfail" else [("GREYLIST_ERROR", None)])
     assert rcpt(check, session, "sender1@example.org") == rcpt(check, session, "sender2@example.org") == []
     assert len(calls) == 2  # asked again once, then known for the session
+    services.store.close()
+
+
+@pytest.mark.parametrize("on_error", ["accept", "tempfail"])
+def test_fix_a_passed_triplet_goes_on_when_a_whitelist_cannot_be_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_error: str) -> None:
+    services, check = greylist_services(tmp_path, **{"greylist.auto_whitelist_after": 5, "greylist.on_error": on_error})
+    now, hour = services.store.greylist.now(), dt.timedelta(hours=1)
+    with services.store.engine.begin() as connection:  # alice's triplet passed an hour ago
+        connection.execute(schema.greylist.insert().values(
+            network="192.0.2.0/24", sender="alice@example.org", recipient="bob@example.com", first_seen=now - 2 * hour,
+            last_seen=now - hour, passed_at=now - hour, expires_at=now + 720 * hour, attempts=2, passes=1))
+
+    def locked(*_args: Any) -> Any:
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(GreylistStore, "client_state", locked)
+    monkeypatch.setattr(GreylistStore, "whitelist", locked)
+    # With tempfail it was answered 451 4.3.0: the whitelists can only exempt, and the triplet had passed.
+    assert rcpt(check, Session(client_addr="192.0.2.10"), "alice@example.org") == []
+    services.store.close()
     services.store.close()
 
 
@@ -148,6 +169,23 @@ def test_fix_a_server_that_never_answers_is_given_up_within_busy_timeout(silent_
     # one connection attempt of 2 s, not a measure of speed).
     worker.join(120)
     assert not worker.is_alive() and result == [[[("GREYLIST_ERROR", None)]] * 3]
-    # The whitelist, the client's auto-whitelisting and the triplets each waited for the server in turn.
-    assert len(connections) == 1
+    # The whitelist, the client's auto-whitelisting and the triplets each waited for the server in turn; now the
+    # whitelist and the triplets (a triplet that passed goes on whatever a whitelist says), the other reads not.
+    assert len(connections) == 2
+    services.store.close()
+
+
+@pytest.mark.parametrize("on_error", ["accept", "tempfail"])
+def test_fix_score_mode_with_a_whitelist_unread_greylists_as_on_error_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_error: str) -> None:
+    services, check = greylist_services(tmp_path, **{"greylist.mode": "score", "actions.greylist": 4.0, "greylist.on_error": on_error})
+
+    def locked(*_args: Any) -> Any:
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(GreylistStore, "whitelist", locked)
+    envelope = Envelope(spool=Spool(1024), sender="alice@example.org", recipients=["carol@example.com"])
+    status = check.on_score_greylist(Session(client_addr="192.0.2.1"), envelope)
+    # Greylisted with a whitelist taken as empty; then (the first fix) 451 4.3.0 whatever the triplets said.
+    assert status is not None and status.needed == (on_error == "tempfail") and status.reply is None
+    assert bool(status.error) == (on_error == "accept")
     services.store.close()
