@@ -32,7 +32,7 @@ from ..authresults import authserv_id_of, claiming_field
 from ..dkimsign import parse_key
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError, Verdict, header_safe
-from ..message.policy import plan_headers
+from ..message.policy import plan_headers, spam_verdict_field
 from ..options import CheckSwitches, ConfigError
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
@@ -226,7 +226,7 @@ def seal(message: bytes, domain: str, selector: str, key: bytes, authserv_id: st
     arc = dkim.ARC(message, logger=QUIET)
     if chain_already_failed(arc):
         return []  # RFC 8617 §5.1: a chain whose last seal says cv=fail has failed; no new set is added
-    include = [h for h in arc.default_sign_headers() if not h.lower().startswith((b"x-spam-", b"x-virus-"))]
+    include = [h for h in arc.default_sign_headers() if not (h.lower().startswith(b"x-virus-") or spam_verdict_field(h.decode("latin-1")))]
     lines = arc.sign(selector.encode("ascii"), domain.encode("ascii"), key, authserv_id.encode("utf-8"), include_headers=include)
     pairs = []
     for line in lines:

@@ -38,6 +38,7 @@ import re
 from collections.abc import Iterable, Iterator
 
 from ..content.mimetext import extract
+from ..message.policy import spam_verdict_field
 
 #: Bytes of a message that are read at most (headers and body).
 MAX_INPUT = 512 * 1024
@@ -63,7 +64,7 @@ MIN_WORD, MAX_WORD = 3, 12
 #: Characters of text split into words at a time (at a whitespace): a bound on the lists made.
 _PIECE = 16 * 1024
 _SPACE = re.compile(r"\s")
-_SKIPPED_PREFIXES = ("x-spam-", "x-virus-")
+_SKIPPED_PREFIXES = ("x-virus-",)
 _SKIPPED = frozenset({"authentication-results"})
 
 
@@ -130,7 +131,8 @@ def _word_list(text: str) -> list[str]:
 
 def header_text(fields: list[tuple[str, str]]) -> str:
     """The header fields as ``name: value`` lines, without the verdict headers of filters."""
-    return "\n".join(f"{name}: {value}" for name, value in fields if name not in _SKIPPED and not name.startswith(_SKIPPED_PREFIXES))
+    return "\n".join(f"{name}: {value}" for name, value in fields
+                     if name not in _SKIPPED and not name.startswith(_SKIPPED_PREFIXES) and not spam_verdict_field(name))
 
 
 def tokenize(raw: bytes) -> list[str]:

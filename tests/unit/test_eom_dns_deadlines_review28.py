@@ -73,3 +73,12 @@ def test_fix_a_dns_timeout_of_0_is_refused_at_start(tmp_path: Path) -> None:
     # clients let through (the scanners' timeouts refuse 0 already).
     with pytest.raises(ConfigError, match=r"milter.conf: \[dns\] timeout: Input should be greater than 0"):
         load_config(conf)
+
+
+def test_fix_the_classifier_leaves_out_rspamd_s_x_spam_field_too() -> None:
+    from milterd.learner import tokenizer
+
+    fields = [("x-spam", "Yes"), ("x-spam-status", "No"), ("subject", "hello there"), ("x-spamd-result", "default")]
+    # Every verdict field the header edits remove (policy.spam_verdict_field): "X-Spam: Yes", an upstream filter's or a
+    # forger's verdict, was learned and scored.
+    assert tokenizer.header_text(fields) == "subject: hello there\nx-spamd-result: default"
