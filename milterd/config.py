@@ -317,7 +317,7 @@ class _ScannerSection(Section):
 class ClamavSection(_ScannerSection):
     enabled: bool = Field(False, description="Scan messages with clamd.")
     address: str = Field("tcp:127.0.0.1:3310", description="clamd's socket: tcp:HOST:PORT or unix:/path.")
-    timeout: Duration = Field(30.0, gt=0, description="Longest wait for clamd at any step.")
+    timeout: Duration = Field(30.0, gt=0, description="How long sending a message to clamd may take in all, and then again its answer; slower is on_error.")
     max_size: Size = Field(25 * 1024 * 1024, description="Larger messages are not sent (keep at or under clamd's StreamMaxLength).")
     on_error: Literal["tempfail", "accept"] = Field("tempfail", description="clamd down, slow or in error: tempfail (451) or accept with a symbol.")
     action: Literal["reject", "quarantine", "discard"] = Field("reject", description="What to do with a virus.")

@@ -94,6 +94,22 @@ def test_a_clamd_reading_slowly_is_given_the_timeout_in_all_for_a_whole_message(
     assert elapsed < 1.5  # before: ~4 s, then "stream: OK" taken as the verdict
 
 
+@pytest.mark.usefixtures("small_send_buffers")
+def test_fix_a_clamd_reading_slowly_is_given_the_timeout_for_the_whole_stream() -> None:
+    # The stream a message's body is sent in as it arrives (instream() without a deadline, the usual path): each
+    # chunk's send had the timeout of its own, so a clamd reading each just in time held the message for chunks
+    # x timeout, then its "stream: OK" was taken as the scan.
+    clamd = slow_reader(b"stream: OK\x00", clamd=True)
+    try:
+        with pytest.raises(ScannerError, match="sending timed out after 0.6s"):
+            with ClamdClient(clamd.address, timeout=0.6, chunk_size=4096).instream() as stream:
+                for _ in range(15):  # ~4 s for this clamd to read
+                    stream.send(b"x" * 4096)
+                stream.finish()
+    finally:
+        clamd.close()
+
+
 class DrainingSocket:
     """Stands for a socket whose sendall waits 0.4 s for room (a buffer clamd drains slowly) and that never gets an answer."""
 
