@@ -18,7 +18,20 @@ from typing import Callable, Sequence
 
 from . import record_early_hup
 
-if sys.argv[1:2] == ["serve"]:  # before the imports below (about half a second): see milterd.EARLY_HUPS
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The sub-command *argv* names, past the options before it (``-c FILE``, ``--config=FILE``); None if none."""
+    rest = iter(argv)
+    for arg in rest:
+        if arg in ("-c", "--config"):
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+if command_of(sys.argv[1:]) == "serve":  # before the imports below (about half a second): see milterd.EARLY_HUPS
+    # "milterd -c FILE serve" too: only "serve" first was guarded, and a SIGHUP then ended the process unsaid.
     signal.signal(signal.SIGHUP, record_early_hup)
 
 from .commands import config_parent, describe_failure, open_store, since_arg  # noqa: E402, F401 - re-exported: the commands' old spelling

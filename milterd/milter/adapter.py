@@ -150,6 +150,11 @@ class MilterdMilter(Milter.Base):
     # --- negotiation ------------------------------------------------------
     def negotiate(self, opts: list[int]) -> int:
         """Ask for the actions we use and the stages the configuration needs."""
+        # Counted from here, the connection's first callback (libmilter calls close at its end whatever came
+        # between): counted only at CONNECT, one a stopping worker had negotiated was cut by its drain.
+        if not self._counted:
+            self._counted = True
+            _count(+1)
         offered_actions, offered_protocol = opts[0], opts[1]
         opts[0] = self._actions = offered_actions & _ACTIONS
         # HDR_LEADSPC: header values arrive with their own leading whitespace, so

@@ -919,6 +919,9 @@ class Supervisor:
             blockers = reload_blockers(config)
             if blockers:
                 raise blockers[0]
+            # As a start checks it (this process runs as the service account now): a spool_dir the workers cannot
+            # write was accepted, and every message past spool_memory then answered 451.
+            check_writable(config)
             services = build(config)
             services.store.ensure_schema(config.database.auto_upgrade)
             services.close()
@@ -1030,12 +1033,18 @@ class Supervisor:
             if pid in self.workers:
                 time.sleep(0.05)
         if pid in self.workers and not self._stopping:
-            os.kill(pid, signal.SIGKILL)
+            self._kill_stuck(pid)
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
             self._forget(pid)
+
+    def _kill_stuck(self, pid: int) -> None:
+        """Kill worker *pid*, which did not stop in time, and say so (its sessions are cut)."""
+        log.warning("worker %d did not stop within shutdown_timeout %gs (+5s): killed; its clients' sessions are cut, "
+                    "and Postfix applies milter_default_action to them", pid, self.config.milter.shutdown_timeout)
+        os.kill(pid, signal.SIGKILL)
 
     def _shutdown(self) -> None:
         log.info("stopping: workers finish their messages (at most %gs)", self.config.milter.shutdown_timeout)
@@ -1049,7 +1058,7 @@ class Supervisor:
             self._reap(block=False)
             time.sleep(0.05)
         for pid in list(self.workers):
-            os.kill(pid, signal.SIGKILL)
+            self._kill_stuck(pid)
         while self.workers:
             self._reap(block=True)
         self._stop_maintainer()
@@ -1202,9 +1211,15 @@ def _wait_for_stop(stop_fd: int, listen_fd: int, timeout: float) -> None:
     os._exit(0)
 
 
+#: How long a stopping worker waits for connections that libmilter accepted just before it stopped accepting to be
+#: counted (at their first callback: Postfix sends it as soon as it connects).
+ACCEPTED_GRACE = 0.5
+
+
 def _drain(timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while adapter.active > 0 and time.monotonic() < deadline:
+    started = time.monotonic()
+    deadline = started + timeout
+    while (adapter.active > 0 or time.monotonic() < started + ACCEPTED_GRACE) and time.monotonic() < deadline:
         time.sleep(0.05)
     if adapter.active > 0:
         log.warning("%d connection(s) still open after %gs; stopping anyway", adapter.active, timeout)

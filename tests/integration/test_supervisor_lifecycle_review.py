@@ -327,6 +327,22 @@ def test_a_sighup_to_the_whole_group_reloads_without_killing_the_workers(tmp_pat
         assert milterd.stop() == 0
 
 
+def test_fix_a_worker_killed_at_shutdown_is_named_in_the_log(tmp_path: Path) -> None:
+    # A worker stuck past shutdown_timeout (SIGSTOP stands for it) was SIGKILLed unsaid: the log said "stopping …
+    # stopped" while its clients' sessions were cut.
+    milterd = Milterd(tmp_path / "m", {"milter": {"shutdown_timeout": 1}}).start()
+    stuck = milterd.workers()[0]
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        assert milterd.stop() == 0
+    finally:
+        try:
+            os.kill(stuck, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert f"worker {stuck} did not stop within shutdown_timeout 1s (+5s): killed" in milterd.stderr(), milterd.stderr()
+
+
 def test_sigkill_of_the_supervisor_frees_the_socket_for_the_next_start(tmp_path: Path) -> None:
     """The workers see their stop pipe close, stop accepting and exit; the next start (on the
     same unix socket, with the stale socket file) listens and serves."""

@@ -351,3 +351,21 @@ def test_eight_bit_envelope_and_thousands_of_recipients_are_logged(ctx: Context,
     Milter.close_callback(ctx)
     row = log_rows(conf, capsys)["Q8BIT"]
     assert row["sender"] == "caf\\udce9@example.org" and len(row["recipients"]) == 3000
+
+
+def test_fix_a_negotiated_connection_counts_before_its_connect(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    from milterd.milter import adapter
+
+    class Worker(MilterdMilter):
+        pass
+
+    Worker.pipeline = pipeline
+    monkeypatch.setattr(Milter, "factory", Worker)
+    monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF, 0, 0])
+    before = adapter.active
+    context = Context()
+    assert context._negotiate() == Milter.CONTINUE
+    # Counted only at CONNECT: a reload's drain saw no connection and the stopping worker cut this one.
+    assert adapter.active == before + 1
+    Milter.close_callback(context)  # Postfix went away before CONNECT: libmilter calls close all the same
+    assert adapter.active == before

@@ -372,3 +372,16 @@ def test_a_reload_whose_fallback_fork_is_refused_keeps_the_supervisor(tmp_path: 
     for fd in boss.workers.values():
         if fd >= 0:
             os.close(fd)
+
+
+def test_fix_a_reload_to_a_spool_dir_that_cannot_be_written_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    conf = _conf(tmp_path)
+    running = _supervisor(conf)
+    old = running.services
+    _conf(tmp_path, milter={"spool_dir": str(tmp_path / "no-such-dir")})
+    # A start refuses it; a reload accepted it, and every message past spool_memory was then answered 451.
+    with caplog.at_level(logging.INFO, logger="milterd"):
+        running._do_reload()
+    assert running.services is old and running.workers == {}
+    refusals = _refusals(caplog)
+    assert len(refusals) == 1 and "[milter] spool_dir" in refusals[0] and "no-such-dir" in refusals[0]

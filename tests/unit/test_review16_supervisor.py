@@ -300,6 +300,13 @@ def test_milterd_serve_takes_sighup_over_before_its_heavy_imports(monkeypatch: p
         monkeypatch.setattr("sys.argv", ["milterd", "serve", "-c", "milter.conf"])
         importlib.reload(cli)
         assert signal.getsignal(signal.SIGHUP) is milterd.record_early_hup
+        # The global -c before the command (review 28): only "serve" first was guarded.
+        for argv in (["-c", "milter.conf", "serve"], ["--config", "serve", "log"], ["--config=x.conf", "serve"]):
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            monkeypatch.setattr("sys.argv", ["milterd", *argv])
+            importlib.reload(cli)
+            expected = signal.SIG_DFL if argv[2:3] == ["log"] else milterd.record_early_hup
+            assert signal.getsignal(signal.SIGHUP) is expected, argv
     finally:
         signal.signal(signal.SIGHUP, before)
         monkeypatch.undo()
