@@ -340,7 +340,16 @@ def tag_subject(subject: str | None, tag: str) -> list[HeaderEdit]:
         return [HeaderEdit("add", "Subject", tag)]
     if subject.lstrip().startswith(tag) or decoded(subject).lstrip().startswith(tag) or not taggable(subject):
         return []
-    return [HeaderEdit("change", "Subject", f"{tag} {subject.lstrip()}", 1)]
+    tagged = f"{tag} {subject.lstrip()}"
+    if len(f"Subject: {tagged.split(chr(10), 1)[0]}".encode()) > MAX_LINE_OCTETS:
+        # Its first line past RFC 5322's 998 octets: Postfix would break it where it is long (smtp_line_length_limit),
+        # changing the Subject and breaking a signature over it; folded after the tag, it is read as the same text.
+        tagged = f"{tag}\n {subject.lstrip()}"
+    return [HeaderEdit("change", "Subject", tagged, 1)]
+
+
+#: The most octets a line of a message may have, its CRLF not counted (RFC 5322 §2.1.1).
+MAX_LINE_OCTETS = 998
 
 
 def taggable(subject: str) -> bool:

@@ -149,3 +149,15 @@ def test_rewrite_subject_mail_is_sealed_over_the_tagged_subject_and_verifies(sta
     # Sealed over the Subject as delivered: put back as it was received, the ARC-Message-Signature breaks.
     untagged = found.data.replace(b"Subject: [SPAM] REWRITEME review16", b"Subject: REWRITEME review16", 1)
     assert untagged != found.data and dkim.arc_verify(untagged, dnsfunc=lookup(local_dns))[0] == dkim.CV_Fail
+
+
+def test_fix_a_subject_the_tag_makes_too_long_is_folded_after_the_tag_and_the_seal_verifies(stack: Stack, local_dns: LocalDns) -> None:
+    subject = "REWRITEME review28 " + "y" * 966  # "Subject: " and this: 994 octets; tagged, 1,001
+    stack.send(message(subject, sender="alice@loose.test"), sender="alice@loose.test", xclient=CLIENT)
+    found = delivered(stack, "REWRITEME review28")
+    # One line of 1,001 octets: Postfix broke it where it was long (smtp_line_length_limit), a space inside the word.
+    assert f"\r\nSubject: [SPAM]\r\n {subject}\r\n".encode() in found.data
+    assert all(len(line) <= 998 for line in found.data.split(b"\r\n"))
+    row = next(r for r in stack.milterd.log_json() if r["subject"] == subject)
+    assert row["details"].get("ARC_SEALED") == "d=seal.test s=arc"
+    assert dkim.arc_verify(found.data, dnsfunc=lookup(local_dns))[0] == dkim.CV_Pass
