@@ -196,7 +196,7 @@ folds_arg = whole_number_arg(2, MAX_FOLDS, "a number of folds")
 
 def _cross_validate(args: argparse.Namespace, config: Config, client: Client) -> int:
     """Mass check in K folds, each judged by a scratch model learned from the others."""
-    labelled = _labelled(args)
+    labelled, unread = _labelled(args)
     if not labelled:
         print("milterd: check: no message found", file=sys.stderr)
         return 1
@@ -234,7 +234,7 @@ def _cross_validate(args: argparse.Namespace, config: Config, client: Client) ->
     else:
         print(f"{folds}-fold cross-validation: each fold judged by a scratch model learned from the other folds")
         print_mass_report(report)
-    return 0
+    return EXIT_UNREADABLE if unread or errors else 0
 
 
 def _warn_small_folds(config: Config, kinds: list[str], numbers: list[int], folds: int) -> None:
@@ -339,8 +339,8 @@ def _check_files(args: argparse.Namespace, services: Services, pipeline: Pipelin
             counts = Counter(j.action.label if not j.error else "error" for j in judgements)
             print(f"{len(judgements)} messages: " + ", ".join(f"{name} {count}" for name, count in sorted(counts.items(), key=lambda kv: -kv[1])))
             print(f"thresholds: {thresholds}")
-    status = exit_status(judgements)
-    return EXIT_UNREADABLE if problems and not judgements else status
+    # A file named that could not be read is as a message that could not be (it was left out unsaid: 0 with the others accepted).
+    return EXIT_UNREADABLE if problems else exit_status(judgements)
 
 
 def _judgement_json(item: CheckedMessage, services: Services, owners: dict[str, Any]) -> dict[str, Any]:
@@ -382,16 +382,18 @@ def _explain(item: CheckedMessage, services: Services, owners: dict[str, Any], t
 
 
 # --- mass check ---------------------------------------------------------------------
-def _labelled(args: argparse.Namespace) -> list[tuple[str, str, MessageRef]]:
-    """(kind, folder, message) of every message of --ham and --spam."""
+def _labelled(args: argparse.Namespace) -> tuple[list[tuple[str, str, MessageRef]], int]:
+    """(kind, folder, message) of every message of --ham and --spam, and how many folders could not be read (each said)."""
     labelled: list[tuple[str, str, MessageRef]] = []
+    unread = 0
     for kind, folders in (("ham", args.ham), ("spam", args.spam)):
         for folder in folders:
             refs, problems = _collect([folder])
             for problem in problems:
                 print(f"milterd: {problem}", file=sys.stderr)
+            unread += bool(problems)
             labelled.extend((kind, str(folder), ref) for ref in refs)
-    return labelled
+    return labelled, unread
 
 
 def _judge_all(labelled: list[tuple[str, str, MessageRef]], pipeline: Pipeline, client: Client, progress: "Progress", config: Config) -> tuple[list[Judged], int]:
@@ -415,7 +417,7 @@ def _judge_all(labelled: list[tuple[str, str, MessageRef]], pipeline: Pipeline, 
 
 
 def _mass_check(args: argparse.Namespace, services: Services, pipeline: Pipeline, client: Client) -> int:
-    labelled = _labelled(args)
+    labelled, unread = _labelled(args)
     if not labelled:
         print("milterd: check: no message found", file=sys.stderr)
         return 1
@@ -430,7 +432,9 @@ def _mass_check(args: argparse.Namespace, services: Services, pipeline: Pipeline
         sys.stdout.write("\n")
     else:
         print_mass_report(report)
-    return 0
+    # A folder or a message that could not be read or judged: the rates leave it out (a --spam folder misspelt
+    # reported 0/0 caught, status 0).
+    return EXIT_UNREADABLE if unread or errors else 0
 
 
 def print_mass_report(report: dict[str, Any]) -> None:

@@ -319,13 +319,15 @@ class _MaildirListing:
         return tuple(os.stat(self.path / folder).st_mtime_ns for folder in ("new", "cur"))
 
 
-def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
-    """The headers (name, value as Postfix passes them: unfolded with LF kept) and the body (CRLF).
+def split_message(raw: bytes, as_written: bool = False) -> tuple[list[tuple[str, bytes]], bytes]:
+    """The headers (name, value unfolded with LF kept) and the body (CRLF).
 
-    An mbox From_ line is dropped; a line that is neither a header nor a
-    continuation ends the headers, as in Postfix.
+    Each value without its leading blanks, or with *as_written* as Postfix passes it to a milter that
+    negotiated SMFIP_HDR_LEADSPC (as the workers do): all after the colon.  Blank lines before the
+    message and an mbox From_ line are dropped (a file :func:`looks_like_message` takes); a line that
+    is neither a header nor a continuation ends the headers, as in Postfix.
     """
-    text = raw.replace(b"\r\n", b"\n")
+    text = raw.replace(b"\r\n", b"\n").lstrip(b"\n")
     if _from_line(text):
         text = text.split(b"\n", 1)[1] if b"\n" in text else b""
     fields: list[tuple[str, list[bytes]]] = []  # each field's lines, joined once all are in (linear time)
@@ -343,7 +345,7 @@ def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
             fields[-1][1].append(line)
         elif b":" in line and _FIELD_LINE.match(line):
             raw_name, _, value = line.partition(b":")
-            fields.append((raw_name.strip().decode("ascii", "replace"), [value.lstrip(b" \t")]))
+            fields.append((raw_name.strip().decode("ascii", "replace"), [value if as_written else value.lstrip(b" \t")]))
         else:
             break
         start = end + 1
@@ -357,14 +359,21 @@ def envelope_from_headers(headers: list[tuple[str, bytes]]) -> tuple[str, list[s
     for name, value in headers:
         values.setdefault(name.lower(), []).append(value.decode("utf-8", "replace"))
     sender = ""
+    if values.get("return-path") and values["return-path"][0].strip() == "<>":
+        return "", _recipients(values)  # a bounce: MAIL FROM:<>, not its From (MAILER-DAEMON@…)
     for key in ("return-path", "from"):
         if values.get(key):
             found = [a for a in _addresses(values[key][:1]) if a]
             if found:
                 sender = found[0]
                 break
+    return sender, _recipients(values)
+
+
+def _recipients(values: dict[str, list[str]]) -> list[str]:
+    """The recipients To and Cc name (the first 20), else postmaster@localhost."""
     recipients = [a for a in _addresses(values.get("to", []) + values.get("cc", [])) if "@" in a]
-    return sender, recipients[:20] or ["postmaster@localhost"]
+    return recipients[:20] or ["postmaster@localhost"]
 
 
 def _addresses(fields: list[str]) -> list[str]:
@@ -415,7 +424,7 @@ def check_message(pipeline: Pipeline, raw: bytes, client: Client, label: str = "
     """Run *raw* through the worker's adapter as Postfix would feed it (connect,
     HELO, MAIL, RCPT, DATA, headers, body, end of message) and return the outcome."""
     try:
-        headers, body = split_message(raw)
+        headers, body = split_message(raw, as_written=True)
         default_sender, default_recipients = envelope_from_headers(headers)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a result, not a crash
         return CheckedMessage(label, Action.ACCEPT, 0.0, {}, {}, error=f"cannot parse: {exc}")
@@ -425,7 +434,8 @@ def check_message(pipeline: Pipeline, raw: bytes, client: Client, label: str = "
     ctx._setsymval("i", "CHECK")
     if client.auth_user:
         ctx._setsymval("{auth_authen}", client.auth_user)
-    # Without P_HDR_LEADSPC: header values go in as split_message gives them.
+    # With P_HDR_LEADSPC, as Postfix and the workers negotiate it: values as written, one space dropped by the adapter
+    # (every blank stripped here made a header rule or a c=simple DKIM signature judge otherwise than the worker).
     ctx._stage = -1
     milter.negotiate([Milter.CURR_ACTS, _PROTOCOL, 0, 0])
     stage = "connect"
@@ -496,8 +506,8 @@ def check_message(pipeline: Pipeline, raw: bytes, client: Client, label: str = "
             pass
 
 
-#: The protocol options offered: every stage, no header leading space.
-_PROTOCOL = 0x1FFFFF & ~Milter.P_HDR_LEADSPC
+#: The protocol options offered: every stage, header values with their leading space (as Postfix offers them).
+_PROTOCOL = 0x1FFFFF
 
 
 def _call(ctx: _Context, stage: int, callback: Callable[..., int], *args: Any) -> int:
