@@ -20,10 +20,11 @@ from . import record_early_hup
 
 
 def command_of(argv: Sequence[str]) -> str | None:
-    """The sub-command *argv* names, past the options before it (``-c FILE``, ``--config=FILE``); None if none."""
+    """The sub-command *argv* names, past the options before it (``-c FILE``, ``--config=FILE``, ``--conf FILE``
+    as argparse takes an abbreviation); None if none."""
     rest = iter(argv)
     for arg in rest:
-        if arg in ("-c", "--config"):
+        if arg == "-c" or (len(arg) > 2 and "--config".startswith(arg)):
             next(rest, None)
         elif not arg.startswith("-"):
             return arg

@@ -77,7 +77,7 @@ def parse_since(value: str) -> datetime.datetime:
         if not _basic_date(value.strip()):
             return ago(seconds, value)
     try:
-        moment = datetime.datetime.fromisoformat(value)
+        moment = datetime.datetime.fromisoformat(value.strip())
     except ValueError:
         raise ValueError(f"expected a duration such as 1h or 7d, or an ISO date, got {value!r}") from None
     # In UTC: SQLite compares the stored times as UTC text, whatever offset a parameter carries.

@@ -103,9 +103,13 @@ class Pending:
 
 
 #: The key of a transaction's check state saying why the store could not be read for its skip decisions (the
-#: stored whitelist, the client's auto-whitelisting): its recipients are judged as on_error says, and no other read
-#: of the transaction waits for a store that failed (a server that never answers costs one connect_timeout).
+#: stored whitelist, the client's auto-whitelisting): its recipients those might have exempted are judged as
+#: on_error says, a triplet that passed goes on.
 STORE_UNREAD = "store_unread"
+#: The keys of a transaction's check state saying that the stored whitelist, or the client's auto-whitelisting, could
+#: not be read in it (asked again in the next transaction, not for each recipient).
+_WHITELIST_UNREAD = "whitelist_unread"
+_CLIENT_UNREAD = "client_unread"
 
 
 @dataclass
@@ -157,8 +161,8 @@ class Greylist(Check):
             self.whitelist = gl.Whitelist.build(gl.config_entries(self.config))
         except ValueError as exc:  # the config validator already refuses these
             raise ConfigError(config.path or "milter.conf", "[greylist] whitelist", str(exc)) from None
-        #: When the stored whitelist was last read, the copy (None: never read), and why the read failed.
-        self._stored: tuple[float, gl.Whitelist | None, str] | None = None
+        #: When the stored whitelist was last read (or a read failed with a copy at hand), and the copy.
+        self._stored: tuple[float, gl.Whitelist] | None = None
         self._lock = threading.Lock()
         #: When (monotonic) and why the store last refused a message's writes.
         self._write_failure: tuple[float, str] | None = None
@@ -417,14 +421,16 @@ class Greylist(Check):
         client = session.check_state(self.name).get("client")
         if isinstance(client, ClientState):
             return client
-        if envelope.check_state(self.name).get(STORE_UNREAD):
-            return None
+        state = envelope.check_state(self.name)
+        if state.get(_CLIENT_UNREAD):
+            return None  # failed in this transaction: not asked again for each recipient
         client = ClientState(gl.client_network(session.client_addr, self.config.netmask_v4, self.config.netmask_v6))
         try:
             passes, last_seen = self.services.store.greylist.client_state(client.network)
         except StoreError as exc:
             log.warning("greylist store unavailable for client %s: %s", client.network, exc)
-            envelope.check_state(self.name)[STORE_UNREAD] = f"cannot read the auto-whitelisted clients: {exc}"[:200]
+            state[_CLIENT_UNREAD] = True
+            state.setdefault(STORE_UNREAD, f"cannot read the auto-whitelisted clients: {exc}"[:200])
             return None
         session.check_state(self.name)["client"] = client
         now = self.services.store.greylist.now()
@@ -435,30 +441,30 @@ class Greylist(Check):
         return client
 
     def _stored_whitelist(self, envelope: Envelope) -> gl.Whitelist | None:
-        """The ``greylist_whitelist`` table, re-read at most every WHITELIST_TTL seconds (the last copy read
-        while the store fails).  None when no copy was ever read: the envelope's STORE_UNREAD says why, and
-        its recipients that milter.conf does not whitelist are judged as on_error says (they were greylisted,
-        the table taken as empty)."""
+        """The ``greylist_whitelist`` table, re-read at most every WHITELIST_TTL seconds; while the store fails,
+        the last copy read, kept for WHITELIST_TTL more.  None when no copy was ever read: the envelope's
+        STORE_UNREAD says why, its recipients that milter.conf does not whitelist are judged as on_error says
+        (they were greylisted, the table taken as empty), and the next transaction asks again (a failure kept
+        for WHITELIST_TTL changed greylisting for every transaction meanwhile)."""
         now = time.monotonic()
         with self._lock:
             if self._stored is not None and now - self._stored[0] < WHITELIST_TTL:
-                cached, failure = self._stored[1:]
-                if cached is None:
-                    envelope.check_state(self.name)[STORE_UNREAD] = failure
-                return cached
-        if envelope.check_state(self.name).get(STORE_UNREAD):
-            return self._stored[1] if self._stored else None
-        error = ""
+                return self._stored[1]
+            previous = self._stored[1] if self._stored is not None else None
+        state = envelope.check_state(self.name)
+        if state.get(_WHITELIST_UNREAD):
+            return previous  # failed in this transaction: not asked again for each recipient
         try:
-            stored: gl.Whitelist | None = self.services.store.greylist.whitelist()
+            stored = self.services.store.greylist.whitelist()
         except StoreError as exc:
             log.warning("cannot read the greylist whitelist: %s", exc)
-            stored = self._stored[1] if self._stored else None
-            error = f"cannot read the greylist whitelist: {exc}"[:200]
-            if stored is None:
-                envelope.check_state(self.name)[STORE_UNREAD] = error
+            state[_WHITELIST_UNREAD] = True
+            if previous is None:
+                state.setdefault(STORE_UNREAD, f"cannot read the greylist whitelist: {exc}"[:200])
+                return None
+            stored = previous
         with self._lock:
-            self._stored = (now, stored, error)  # a failure too: not asked again for WHITELIST_TTL
+            self._stored = (now, stored)
         return stored
 
 

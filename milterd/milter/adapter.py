@@ -136,7 +136,8 @@ class MilterdMilter(Milter.Base):
     def __init__(self) -> None:
         self.session = Session()
         self.envelope: Envelope | None = None
-        self._counted = False
+        self._counted = False  # in the worker's count of connections (from negotiate on)
+        self._connected = False  # its CONNECT callback ran
         # What this connection last answered, for ``milterd check`` (offline.py),
         # which drives this class in process: the last end of message, the last
         # refusal before it.
@@ -172,6 +173,7 @@ class MilterdMilter(Milter.Base):
 
     # --- callbacks ----------------------------------------------------------
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        self._connected = True
         if not self._counted:
             self._counted = True
             _count(+1)
@@ -430,10 +432,10 @@ class MilterdMilter(Milter.Base):
             return
         session = self.session
         shown = escape(raw.decode("utf-8", "surrogateescape"), ascii_only=True)[:200]
-        if not dropped_helo(stage, self._counted, self.envelope is not None):
+        if not dropped_helo(stage, self._connected, self.envelope is not None):
             log.warning("pymilter could not decode '%s' from client %s: a callback before %s was skipped; answering tempfail", shown, session.client_addr, stage)
             if stage not in ("abort", "close"):  # nothing left to answer; connect's failure, for the whole session
-                self._carry(stage if self._counted else "connect", Decision(Action.TEMPFAIL, INTERNAL_ERROR))
+                self._carry(stage if self._connected else "connect", Decision(Action.TEMPFAIL, INTERNAL_ERROR))
                 # A header or the body tempfails the message: logged as one (the abort that follows logs nothing).
                 self._log_failed_message(stage, ValueError(f"pymilter could not decode '{shown}'"))
             return

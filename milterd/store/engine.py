@@ -37,6 +37,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -303,6 +304,7 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
 
         return engine
     engine = create_engine(url, poolclass=OwnedQueuePool, pool_pre_ping=True, pool_size=pool_size, max_overflow=0, pool_timeout=busy_timeout)
+    unanswered = [0.0]  # until when (time.monotonic()) no connection is tried: the server let the last one time out
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Dialect, _record: ConnectionPoolEntry, cargs: tuple[Any, ...], cparams: dict[str, Any]) -> Any:
@@ -317,13 +319,26 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
             # past milter_command_timeout: the server ends it, and the store's on_error applies.
             limit = f"-c statement_timeout={max(1, int(statement_timeout * 1000))}"
             cparams["options"] = f"{cparams['options']} {limit}" if cparams.get("options") else limit
+        # A server that let a connection time out is not asked again by this process for as long: the store's
+        # next reads and writes (the greylist's whitelist, client and triplets, the log) each waited out their own
+        # connect_timeout in turn, past milter_command_timeout, where they now fail at once (their on_error).
+        if time.monotonic() < unanswered[0]:
+            raise dialect.loaded_dbapi.OperationalError(
+                f"the database server let a connection time out less than {busy_timeout:g}s ago: not asked again yet")
+
         # On a thread Python started: the server's NOTICEs during start-up still reach psycopg's receiver.
         def connect() -> Any:
             connection = dialect.loaded_dbapi.connect(*cargs, **cparams)
             silence_notices(connection)
             return connection
 
-        return run_on_python_thread(connect)
+        started = time.monotonic()
+        try:
+            return run_on_python_thread(connect)
+        except Exception:
+            if time.monotonic() - started >= min(float(cparams["connect_timeout"]), max(1.0, busy_timeout)) * 0.9:
+                unanswered[0] = time.monotonic() + busy_timeout  # it timed out: not a refusal, which is at once
+            raise
 
     return engine
 

@@ -301,7 +301,7 @@ def test_milterd_serve_takes_sighup_over_before_its_heavy_imports(monkeypatch: p
         importlib.reload(cli)
         assert signal.getsignal(signal.SIGHUP) is milterd.record_early_hup
         # The global -c before the command (review 28): only "serve" first was guarded.
-        for argv in (["-c", "milter.conf", "serve"], ["--config", "serve", "log"], ["--config=x.conf", "serve"]):
+        for argv in (["-c", "milter.conf", "serve"], ["--config", "serve", "log"], ["--config=x.conf", "serve"], ["--conf", "x.conf", "serve"]):
             signal.signal(signal.SIGHUP, signal.SIG_DFL)
             monkeypatch.setattr("sys.argv", ["milterd", *argv])
             importlib.reload(cli)
