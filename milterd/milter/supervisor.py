@@ -657,6 +657,9 @@ class Supervisor:
         self.maintainer = 0
         self.maintainer_started = 0.0  # time.monotonic() at its fork
         self.started: dict[int, float] = {}  # pid → when it was forked (monotonic)
+        #: pid → the shutdown_timeout of the configuration it was forked with (it drains by that one, a reload's new
+        #: one notwithstanding: a reload that lowered it had old workers killed in the middle of their drain).
+        self.drain_limits: dict[int, float] = {}
         self._quick_deaths = 0  # serving workers in a row that died soon after their start
         self._died = 0  # serving workers that died and are not replaced yet (a reload's new count is no death)
         self._not_before = 0.0  # no replacement before then (monotonic): the backoff
@@ -785,6 +788,7 @@ class Supervisor:
         os.close(stop_read)
         self.workers[pid] = stop_write
         self.started[pid] = time.monotonic()
+        self.drain_limits[pid] = self.services.config.milter.shutdown_timeout
         return pid
 
     def _close_stop_pipes(self) -> None:
@@ -801,6 +805,7 @@ class Supervisor:
         if pid == self.maintainer:
             self.maintainer = 0  # reaped: a worker may get its pid next, and must not pass for it
         self.started.pop(pid, None)
+        self.drain_limits.pop(pid, None)
         stop_write = self.workers.pop(pid, None)
         if stop_write is not None:
             try:
@@ -1027,7 +1032,7 @@ class Supervisor:
         # While this worker drains, every other child is still reaped and a
         # serving worker that dies is replaced (no zombie, no missing worker).
         self._signal_stop(pid)
-        deadline = time.monotonic() + self.config.milter.shutdown_timeout + 5
+        deadline = time.monotonic() + self._drain_limit(pid) + 5
         while pid in self.workers and time.monotonic() < deadline and not self._stopping:
             self._reap_and_replace()
             if pid in self.workers:
@@ -1040,10 +1045,14 @@ class Supervisor:
                 pass
             self._forget(pid)
 
+    def _drain_limit(self, pid: int) -> float:
+        """The shutdown_timeout worker *pid* drains by (its configuration's)."""
+        return self.drain_limits.get(pid, self.config.milter.shutdown_timeout)
+
     def _kill_stuck(self, pid: int) -> None:
         """Kill worker *pid*, which did not stop in time, and say so (its sessions are cut)."""
         log.warning("worker %d did not stop within shutdown_timeout %gs (+5s): killed; its clients' sessions are cut, "
-                    "and Postfix applies milter_default_action to them", pid, self.config.milter.shutdown_timeout)
+                    "and Postfix applies milter_default_action to them", pid, self._drain_limit(pid))
         os.kill(pid, signal.SIGKILL)
 
     def _shutdown(self) -> None:
@@ -1053,10 +1062,11 @@ class Supervisor:
         # The workers drain on their own copies; a new connection must be refused now (Postfix then
         # applies milter_default_action at once), not wait in the backlog for a worker that never accepts.
         self._stop_listening()
-        deadline = time.monotonic() + self.config.milter.shutdown_timeout + 5
+        deadline = time.monotonic() + max([self._drain_limit(pid) for pid in self.workers], default=0.0) + 5
         while self.workers and time.monotonic() < deadline:
             self._reap(block=False)
             time.sleep(0.05)
+        self._reap(block=False)  # one that ended in the last sleep is not named as killed
         for pid in list(self.workers):
             self._kill_stuck(pid)
         while self.workers:

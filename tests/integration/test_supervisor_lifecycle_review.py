@@ -343,6 +343,24 @@ def test_fix_a_worker_killed_at_shutdown_is_named_in_the_log(tmp_path: Path) -> 
     assert f"worker {stuck} did not stop within shutdown_timeout 1s (+5s): killed" in milterd.stderr(), milterd.stderr()
 
 
+def test_fix_a_reload_lowering_shutdown_timeout_lets_old_workers_drain_by_their_own(tmp_path: Path) -> None:
+    # The new configuration's 1 s was applied to the old workers too: killed 6 s in, while their own 30 s ran.
+    milterd = Milterd(tmp_path / "m", {"milter": {"shutdown_timeout": 30}}).start()
+    busy = milterd.workers()[0]
+    os.kill(busy, signal.SIGSTOP)  # a worker still draining (stopped: it cannot end before we let it)
+    try:
+        milterd.config.write_text(milterd.config.read_text().replace("shutdown_timeout = 30", "shutdown_timeout = 1"))
+        milterd.signal(signal.SIGHUP)
+        assert _wait_for(lambda: "replacing workers" in milterd.stderr(), timeout=30), milterd.stderr()
+        time.sleep(8)  # past the new 1 s + 5 s
+        assert f"worker {busy} did not stop" not in milterd.stderr(), milterd.stderr()
+        os.kill(busy, 0)  # still there, draining
+    finally:
+        os.kill(busy, signal.SIGCONT)
+    assert _wait_for(lambda: "reload done" in milterd.stderr(), timeout=60), milterd.stderr()
+    assert milterd.stop() == 0
+
+
 def test_sigkill_of_the_supervisor_frees_the_socket_for_the_next_start(tmp_path: Path) -> None:
     """The workers see their stop pipe close, stop accepting and exit; the next start (on the
     same unix socket, with the stale socket file) listens and serves."""
