@@ -41,6 +41,8 @@ class RuleSource:
 
     file: Path
     value: Any
+    #: Its position among its file's ``[[key]]`` tables (a table merged by name is one source of its own).
+    position: int = 0
 
 
 @dataclass
@@ -64,8 +66,8 @@ class Ruleset:
         its file and its position in that file's array, in file order."""
         for source in self.section(key):
             entries = source.value if isinstance(source.value, list) else [source.value]
-            for position, entry in enumerate(entries):
-                yield source.file, position, entry
+            for offset, entry in enumerate(entries):
+                yield source.file, source.position + offset, entry
 
 
 def is_shipped(path: Path) -> bool:
@@ -122,7 +124,7 @@ def _merge_named(ruleset: Ruleset, path: Path, key: str, position: int, entry: A
     entries = ruleset.sections.setdefault(key, [])
     name = entry.get("name") if isinstance(entry, dict) else None
     if not isinstance(name, str):
-        entries.append(RuleSource(path, entry))  # the check refuses it with a clear reason
+        entries.append(RuleSource(path, entry, position))  # the check refuses it with a clear reason
         return
     where = f"{key} {name}.enabled"
     enabled = entry.get("enabled", True)
@@ -139,11 +141,11 @@ def _merge_named(ruleset: Ruleset, path: Path, key: str, position: int, entry: A
     if earlier:
         # Another layer's table of that name: this one replaces it.  Two of one
         # name in the same layer stay side by side for the check to refuse.
-        entries[earlier[0]] = RuleSource(path, value)
+        entries[earlier[0]] = RuleSource(path, value, position)
         for index in reversed(earlier[1:]):
             del entries[index]
     else:
-        entries.append(RuleSource(path, value))
+        entries.append(RuleSource(path, value, position))
     ruleset.disabled.pop(f"{key} {name}", None)
 
 

@@ -43,7 +43,7 @@ import regex
 from ..config import ConfigError
 from ..content.headertext import decoded, is_field_name
 from ..message.model import Envelope, Hit, Session, SpoolError
-from ..message.policy import AFTER_VERDICT_SYMBOLS, SCORE_GREYLIST_SYMBOLS
+from ..message.policy import AFTER_VERDICT_SYMBOLS, PIPELINE_SYMBOLS, SCORE_GREYLIST_SYMBOLS
 from ..options import finite
 from ..patterns import AdminPattern, PatternError, SearchBudget
 from ..rulelang import MetaSyntaxError, Node, evaluate, names, parse
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("milterd")
 
-_NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
+_NAME = re.compile(r"[A-Z][A-Z0-9_]{1,63}\Z")  # \Z: "$" also matched before a final newline
 KINDS = ("header", "body", "uri", "meta")
 DEFAULT_MAX_TEXT = 1024 * 1024
 
@@ -83,10 +83,8 @@ def compile_rules(services: "Services") -> list[Rule]:
     """Every ``[[rule]]`` of the rules directory, compiled; ConfigError on the first bad one."""
     rules: list[Rule] = []
     seen: dict[str, Path] = {}  # each rule's name -> the file that defined it
-    for source in services.ruleset.section("rule"):
-        entries = source.value if isinstance(source.value, list) else [source.value]
-        for position, entry in enumerate(entries):
-            rules.append(_compile(source.file, position, entry, seen, services.symbols))
+    for file, position, entry in services.ruleset.tables("rule"):
+        rules.append(_compile(file, position, entry, seen, services.symbols))
     return rules
 
 
@@ -100,7 +98,7 @@ def _compile(file: Any, position: int, entry: Any, seen: dict[str, Path], builti
     if name in seen:
         # Two files of one layer (or one file) define it: neither replaces the other, say where the first is.
         raise ConfigError(file, where, f"a rule of that name is already defined in {seen[name]}")
-    if name in builtin:
+    if name in builtin or name in PIPELINE_SYMBOLS:
         raise ConfigError(file, where, "a built-in check already emits this symbol (re-weight it in [symbols] instead)")
     unknown = set(entry) - {"name", "regex", "score", "description", *KINDS}
     if unknown:
@@ -271,8 +269,9 @@ class CustomRules(Check):
         # Every check's dynamic symbols are known only now (checks after this one included).
         greylist = self.services.config.greylist
         # Added after the metas are evaluated: a meta naming one would never see it hit. In triplet
-        # mode the greylist check emits GREYLIST* itself, at RCPT and DATA, where the metas see them.
-        late = AFTER_VERDICT_SYMBOLS + (SCORE_GREYLIST_SYMBOLS if greylist.enabled and greylist.mode == "score" else ())
+        # mode the greylist check emits GREYLIST* itself, at RCPT and DATA, where the metas see them, but
+        # GREYLIST_DEFERRED (the recipients deferred, said at end of message once they are all known).
+        late = AFTER_VERDICT_SYMBOLS + (SCORE_GREYLIST_SYMBOLS if greylist.enabled and greylist.mode == "score" else ("GREYLIST_DEFERRED",))
         self.metas = meta_order(self.rules, self.services.symbols, late)
         # A symbol of a check that is off is known (not refused) but never hits: "not SPF_PASS"
         # with SPF off is true of every message.  Said once a load, with the file and the rule.

@@ -30,8 +30,8 @@ class _Named(Protocol):
 N = TypeVar("N", bound=_Named)
 L = TypeVar("L")
 
-NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,47}$")
-ZONE = re.compile(r"^(?=.{1,200}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)+[A-Za-z0-9_-]{1,63}\.?$")
+NAME = re.compile(r"[A-Z][A-Z0-9_]{0,47}\Z")  # \Z: "$" also matched before a final newline (a zone "….net\n" was asked)
+ZONE = re.compile(r"(?=.{1,200}\Z)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)+[A-Za-z0-9_-]{1,63}\.?\Z")
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 

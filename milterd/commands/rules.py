@@ -19,8 +19,7 @@ import sys
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from ..config import Config, ConfigError, load_config
-from ..message.pipeline import PIPELINE_SYMBOLS
-from ..message.policy import unreachable_thresholds
+from ..message.policy import PIPELINE_SYMBOLS, unreachable_thresholds
 from ..options import finite
 from ..ruleset import is_shipped
 from ..services import Services, build

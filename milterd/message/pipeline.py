@@ -27,7 +27,7 @@ from ..store import MessageRecord, StoreError
 from ..store.quarantine import QuarantineWrite
 from ..text import cut
 from .model import Action, Decision, Envelope, HeaderEdit, Hit, Session, Spool, SpoolError, Verdict
-from .policy import GreylistStatus, decide, greylists_at_score, plan_headers, taggable, tags_subject, wants_spam
+from .policy import EOM_TIMEOUT, GreylistStatus, decide, greylists_at_score, plan_headers, taggable, tags_subject, wants_spam
 from .reply import REJECT, TEMPFAIL, Reply
 
 #: The answer to a message some check could not judge: its spool unread, or ``[milter] on_check_error = "tempfail"``.
@@ -665,10 +665,6 @@ class Pipeline:
 _DELIVERED = frozenset({Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE})
 #: Actions after which later end-of-message tiers are not run.
 _REFUSED = frozenset({Action.REJECT, Action.DISCARD})
-#: The symbol of a message whose end of message outlasted ``Pipeline.eom_budget``.
-EOM_TIMEOUT = "EOM_TIMEOUT"
-#: The symbols the pipeline itself emits (no check names them): a log row's symbols that are no one's else.
-PIPELINE_SYMBOLS = frozenset({"CHECK_ERROR", EOM_TIMEOUT})
 
 
 def eom_budget(config: Config) -> float:

@@ -24,6 +24,12 @@ AFTER_VERDICT_SYMBOLS = ("DKIM_SIGNED", "DKIM_SIGN_ERROR", "ARC_SEALED", "ARC_SE
 #: greylists (``[greylist] mode = "score"``).  In triplet mode the greylist check emits them as hits.
 SCORE_GREYLIST_SYMBOLS = ("GREYLIST", "GREYLIST_PASSED", "GREYLIST_EXEMPT", "GREYLIST_ERROR")
 
+#: The symbol of a message whose end of message outlasted ``Pipeline.eom_budget``.
+EOM_TIMEOUT = "EOM_TIMEOUT"
+#: The symbols the pipeline itself emits (no check names them): a log row's symbols that are no one's else, and
+#: no rule's name (a rule named EOM_TIMEOUT that hit made the pipeline skip the later checks).
+PIPELINE_SYMBOLS = frozenset({"CHECK_ERROR", EOM_TIMEOUT})
+
 #: Threshold actions, most severe first.
 THRESHOLD_ACTIONS = (
     (Action.REJECT, "reject"),

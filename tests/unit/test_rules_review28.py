@@ -1,0 +1,48 @@
+"""Rule files, a review of the twenty-eighth session: a meta naming GREYLIST_DEFERRED (known only after the metas)
+is refused, rules may not take the pipeline's own symbols, names and zones ending in a newline are refused, and an
+unnamed table is reported at its own position."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from milterd.config import ConfigError, load_config
+from milterd.services import build
+
+
+def services_with(tmp_path: Path, rules: str, conf: str = "") -> object:
+    (tmp_path / "rules").mkdir(exist_ok=True)
+    (tmp_path / "rules" / "local.toml").write_text(rules)
+    (tmp_path / "milter.conf").write_text(f'[database]\nurl = "sqlite:///{tmp_path}/log.sqlite"\n[dns]\nnameservers = ["127.0.0.1:9"]\n{conf}')
+    return build(load_config(tmp_path / "milter.conf"))
+
+
+def test_fix_a_meta_naming_greylist_deferred_is_refused(tmp_path: Path) -> None:
+    # Accepted, it never hit: the greylist check says GREYLIST_DEFERRED after the metas are evaluated.
+    with pytest.raises(ConfigError, match="GREYLIST_DEFERRED is only known after the verdict"):
+        services_with(tmp_path, '[[rule]]\nname = "META_GL"\nmeta = "GREYLIST_DEFERRED"\nscore = 5.0\n',
+                      "[greylist]\nenabled = true\nwhitelist_providers = false\n")
+
+
+@pytest.mark.parametrize("name", ["EOM_TIMEOUT", "CHECK_ERROR"])
+def test_fix_a_rule_may_not_take_a_symbol_of_the_pipeline(tmp_path: Path, name: str) -> None:
+    # A body rule named EOM_TIMEOUT that hit made the pipeline skip every later check (DMARC, spamd).
+    with pytest.raises(ConfigError, match=f"rule {name}: a built-in check already emits this symbol"):
+        services_with(tmp_path, f'[[rule]]\nname = "{name}"\nbody = "hello"\nscore = 9.0\n')
+
+
+def test_fix_names_and_zones_ending_in_a_newline_are_refused(tmp_path: Path) -> None:
+    # "$" matched before a final newline: the name went into X-Spam-Status with a bare LF, the zone was asked as "net\\n".
+    with pytest.raises(ConfigError, match="name"):
+        services_with(tmp_path, '[[rule]]\nname = "BODY_HELLO\\n"\nbody = "hello"\nscore = 1.0\n')
+    with pytest.raises(ConfigError, match="zone"):
+        services_with(tmp_path, '[[dnsbl]]\nname = "EXAMPLE"\nzone = "bl.example.net\\n"\n')
+
+
+def test_fix_an_unnamed_table_is_reported_at_its_own_position(tmp_path: Path) -> None:
+    named = "".join(f'[[rule]]\nname = "BODY_R{n}"\nbody = "r{n}"\nscore = 1.0\n' for n in range(5))
+    # The sixth [[rule]] was reported as rule[0] (each table merged by name its own source).
+    with pytest.raises(ConfigError, match=r"rule\[5\]"):
+        services_with(tmp_path, named + '[[rule]]\nbody = "nameless"\nscore = 1.0\n')
