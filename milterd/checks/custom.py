@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,19 +197,27 @@ def meta_order(rules: Iterable[Rule], known: Iterable[str], late: Iterable[str] 
     return ordered
 
 
-def _first_match(rule: Rule, texts: Iterable[str]) -> tuple[str, regex.Match[str]] | None:
+def _first_match(rule: Rule, texts: Iterable[str], deadline: float) -> tuple[str, regex.Match[str]] | None:
     """The first of *texts* (a header's fields, a message's links) *rule* matches, and the match; its
-    searches of them share one :class:`~milterd.patterns.SearchBudget`, past which it matches none."""
+    searches of them share one :class:`~milterd.patterns.SearchBudget`, past which it matches none, and
+    end by the message's *deadline* (``time.monotonic()``)."""
     assert rule.regex is not None
     budget = SearchBudget(rule.name)
     for text in texts:
-        left = budget.left()
-        if not left:
+        left = min(budget.left(), deadline - time.monotonic())
+        if left <= 0:
             return None
         match = rule.regex.search(text, left)
         if match:
             return text, match
     return None
+
+
+#: The most seconds the custom rules of one message (header, body and link rules together) may spend searching:
+#: each search gives up after 0.5 s and each rule after 1 s, but 40 slow body rules took 20 s of a worker for one
+#: message (600 would have outlasted Postfix's milter_content_timeout).  Past it the rules not yet searched count
+#: as no match, and the log says which.
+MESSAGE_SEARCH_BUDGET = 5.0
 
 
 #: How many metas may refer one to the next (META_A uses META_B, which uses META_C…).
@@ -289,8 +298,12 @@ class CustomRules(Check):
         values: dict[str, list[str]] = {}
         for name, raw in envelope.headers:
             values.setdefault(name.lower(), []).append(_decoded(raw))
-        for rule in self.header_rules:
-            found = _first_match(rule, values.get(rule.header, ()))
+        deadline = self._deadline(envelope)
+        for number, rule in enumerate(self.header_rules):
+            if time.monotonic() >= deadline:
+                _unsearched(envelope, self.header_rules[number:])
+                return
+            found = _first_match(rule, values.get(rule.header, ()), deadline)
             if found:
                 yield Hit(rule.name, detail=found[1].group(0)[:80])
 
@@ -310,16 +323,29 @@ class CustomRules(Check):
             return []
         hits: list[Hit] = []
         text = _visible(_lines(found.text), self.max_text) if self.body_rules else ""
-        for rule in self.body_rules:
-            assert rule.regex is not None
-            match = rule.regex.search(text)
-            if match:
-                hits.append(Hit(rule.name, detail=match.group(0)[:80]))
-        for rule in self.uri_rules:
-            linked = _first_match(rule, found.uris)
-            if linked:
+        deadline = self._deadline(envelope)
+        rules = [*self.body_rules, *self.uri_rules]
+        for number, rule in enumerate(rules):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                _unsearched(envelope, rules[number:])
+                break
+            if rule.kind == "body":
+                assert rule.regex is not None
+                match = rule.regex.search(text, left)
+                if match:
+                    hits.append(Hit(rule.name, detail=match.group(0)[:80]))
+            elif linked := _first_match(rule, found.uris, deadline):
                 hits.append(Hit(rule.name, detail=linked[0][:120]))
         return hits
+
+    def _deadline(self, envelope: Envelope) -> float:
+        """When the message's rules must be done searching (:data:`MESSAGE_SEARCH_BUDGET` from its first search)."""
+        state = envelope.check_state(self.name)
+        if "deadline" not in state:
+            state["deadline"] = time.monotonic() + MESSAGE_SEARCH_BUDGET
+        deadline: float = state["deadline"]
+        return deadline
 
     def on_symbols(self, session: Session, envelope: Envelope, symbols: frozenset[str]) -> Hits:
         hit = set(symbols)
@@ -328,6 +354,11 @@ class CustomRules(Check):
             if evaluate(rule.meta, hit):
                 hit.add(rule.name)
                 yield Hit(rule.name, detail=" ".join(sorted(names(rule.meta) & hit))[:120])
+
+
+def _unsearched(envelope: Envelope, rules: list[Rule]) -> None:
+    log.warning("%s: custom rules: %gs of searches spent on the message; %d rule(s) not searched, counted as no match: %s",
+                envelope.queue_id or "NOQUEUE", MESSAGE_SEARCH_BUDGET, len(rules), ", ".join(rule.name for rule in rules[:10]))
 
 
 #: The former name of :class:`CustomRules`.

@@ -46,3 +46,19 @@ def test_fix_an_unnamed_table_is_reported_at_its_own_position(tmp_path: Path) ->
     # The sixth [[rule]] was reported as rule[0] (each table merged by name its own source).
     with pytest.raises(ConfigError, match=r"rule\[5\]"):
         services_with(tmp_path, named + '[[rule]]\nbody = "nameless"\nscore = 1.0\n')
+
+
+def test_fix_the_rules_of_a_message_share_a_time_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from milterd.checks import custom
+    from milterd.message.model import Session
+    from tests.harness.messages import envelope_of
+
+    services = services_with(tmp_path, '[[rule]]\nname = "BODY_HELLO"\nbody = "hello"\nscore = 1.0\n'
+                                       '[[rule]]\nname = "URI_EVIL"\nuri = "evil"\nscore = 1.0\n')
+    check = next(c for c in services.checks if isinstance(c, custom.CustomRules))  # type: ignore[attr-defined]
+    raw = b"Subject: x\r\n\r\nhello, see http://evil.example/\r\n"
+    assert [h.symbol for h in check.on_eom(Session(), envelope_of(raw))] == ["BODY_HELLO", "URI_EVIL"]
+    # Each search gave up after 0.5 s and each rule after 1 s, but nothing bounded a message: 40 slow rules took 20 s.
+    monkeypatch.setattr(custom, "MESSAGE_SEARCH_BUDGET", 0.0)
+    assert list(check.on_eom(Session(), envelope_of(raw))) == []
+    assert "2 rule(s) not searched, counted as no match: BODY_HELLO, URI_EVIL" in caplog.text
