@@ -38,7 +38,7 @@ def domain_names(value: list[str], hint: str) -> list[str]:
 
 
 def finite(value: object) -> float:
-    """A TOML number as a float; ValueError for nan, an infinity or an integer too large for a float."""
+    """A TOML number (a score or threshold) as a float; ValueError for nan, an infinity or one past :data:`MAX_SCORE`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"expected a number, got {_shown(value)}")
     try:
@@ -47,7 +47,14 @@ def finite(value: object) -> float:
         raise ValueError(f"{_shown(value)} is too large") from None
     if not math.isfinite(number):
         raise ValueError(f"must be a finite number, got {_shown(value)}")
+    if abs(number) > MAX_SCORE:
+        # Two hits of 1e308 summed to inf, and the verdict hung on the order the hits were added in.
+        raise ValueError(f"must be between -{MAX_SCORE:,.0f} and {MAX_SCORE:,.0f}, got {_shown(value)}")
     return number
+
+
+#: The largest score or threshold taken (SpamAssassin's scores stay under 100).
+MAX_SCORE = 1_000_000.0
 
 
 #: The longest duration accepted: past about 290 years a socket timeout or a thread's

@@ -62,3 +62,11 @@ def test_fix_the_rules_of_a_message_share_a_time_budget(tmp_path: Path, monkeypa
     monkeypatch.setattr(custom, "MESSAGE_SEARCH_BUDGET", 0.0)
     assert list(check.on_eom(Session(), envelope_of(raw))) == []
     assert "2 rule(s) not searched, counted as no match: BODY_HELLO, URI_EVIL" in caplog.text
+
+
+def test_fix_a_score_past_a_million_is_refused(tmp_path: Path) -> None:
+    # Two hits of 1e308 summed to inf, the verdict hanging on the order the hits were added in.
+    with pytest.raises(ConfigError, match="must be between -1,000,000 and 1,000,000"):
+        services_with(tmp_path, '[[rule]]\nname = "BODY_HUGE"\nbody = "x"\nscore = 1e308\n')
+    with pytest.raises(ConfigError, match="must be between"):
+        services_with(tmp_path, "[symbols]\nHDR_DATE_MISSING = -2e6\n")
