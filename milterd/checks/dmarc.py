@@ -262,11 +262,13 @@ def _parse_record(text: str) -> Record | None:
     if not is_dmarc_record(text):  # "v\t=\tDMARC1" too (RFC 7489's WSP is a space or a tab): as discovery reads it
         return None
     p = tags.get("p", "").lower()
-    if p not in ("none", "quarantine", "reject"):
+    sp = tags.get("sp", "").lower()
+    if p not in ("none", "quarantine", "reject") or (sp and sp not in ("none", "quarantine", "reject")):
+        # RFC 7489 §6.6.3 step 6: a bad or missing p, or a bad sp (taken for p: "sp=rejct" rejected every
+        # subdomain's mail), is monitoring with rua=, else no DMARC at all.
         if "rua" not in tags:
             return None
-        p = "none"  # RFC 7489 §6.6.3: a bad or missing p with rua= is monitoring
-    sp = tags.get("sp", "").lower()
+        p, sp = "none", "none"
     np = tags.get("np", "").lower()
     # 1*3DIGIT (RFC 7489 §6.4): int() also reads "1_0", "+5" and non-ASCII digits ("٥"), a milder policy than published.
     written = tags.get("pct", "100")
@@ -497,6 +499,10 @@ def enforce(evaluation: Evaluation, reject_action: str, quarantine_action: str, 
     symbol = f"DMARC_FAIL_{applied.upper()}"
     detail = why or describe(evaluation)
     action = reject_action if applied == "reject" else quarantine_action if applied == "quarantine" else "score"
+    if evaluation.unverified and action == "reject":
+        # An aligned signature left unverified (over [checks.dkim] max_size): held, never rejected, whatever
+        # quarantine_action says (with "reject" genuine large signed mail was refused).
+        action = "quarantine"
     if action == "reject":
         reply = Reply.reject(f"Message rejected: {why or _refusal(evaluation)}")
         return Hit(symbol, detail=detail, action=Action.REJECT, reply=reply)
@@ -544,10 +550,13 @@ def _sampled(policy: Policy, roll: int, pct: int) -> Policy:
 
 def _refusal(evaluation: Evaluation) -> str:
     """Why a reject refuses the message, naming the From domain."""
-    domain, applied = evaluation.domain, evaluation.applied
+    domain, applied, published = evaluation.domain, evaluation.applied, evaluation.policy
+    # The policy published, and how it was applied when that differs (pct=, quarantine_action = "reject"): the
+    # applied one alone said "publishes a DMARC policy of quarantine" of a domain publishing p=reject.
+    how = "" if applied == published else f" (applied as {applied})"
     if evaluation.nonexistent:
-        return f"{domain} does not exist and its organizational domain's DMARC policy for such domains is {applied}"
-    return f"{domain} publishes a DMARC policy of {applied} and this message failed it"
+        return f"{domain} does not exist and its organizational domain's DMARC policy for such domains is {published}{how}"
+    return f"{domain} publishes a DMARC policy of {published}{how} and this message failed it"
 
 
 def _nonexistent(resolver: Any, domain: str, deadline: float) -> bool:
