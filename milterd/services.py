@@ -30,8 +30,6 @@ class Services:
     symbols: dict[str, Symbol] = field(default_factory=dict)
     #: The names of the symbols the checks define themselves (not those of the rule files' lists).
     builtin: frozenset[str] = frozenset()
-    #: Set in a worker: its store's statements on a database server end after this many seconds (Store's statement_timeout).
-    statement_timeout: float | None = None
     _store: "Store | None" = None
     _resolver: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -58,7 +56,7 @@ class Services:
             return store
         with self._lock:
             if self._store is None:
-                self._store = Store(self.config.database, statement_timeout=self.statement_timeout)
+                self._store = Store(self.config.database)
             return self._store
 
     @property

@@ -1161,7 +1161,6 @@ def run_worker(services: Services, listen_fd: int, stop_fd: int, ready_fd: int =
     """
     _worker_signals()
     services.after_fork()
-    services.statement_timeout = max(2.0, services.config.database.busy_timeout)  # a session waits for each statement
     use_spool_dir(services.config)
     metrics.after_fork_in_worker()  # the supervisor's metrics port must not outlive it in the workers
     pipeline = Pipeline(services)

@@ -326,12 +326,10 @@ def newer_schema(current: str, head: str) -> str:
 class Store:
     """The SQL store of one process."""
 
-    def __init__(self, section: DatabaseSection, statement_timeout: float | None = None) -> None:
-        """*statement_timeout*: on a database server, each statement ends with an error after that many seconds
-        (a worker's: the SMTP session waits for it; the command line's and the maintenance's long work do not)."""
+    def __init__(self, section: DatabaseSection) -> None:
         self.section = section
         try:
-            self.engine = make_engine(section.url, section.busy_timeout, section.pool_size, statement_timeout)
+            self.engine = make_engine(section.url, section.busy_timeout, section.pool_size)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise unusable_database(section.url, exc) from exc
         # SQLite's log row goes through the DBAPI cursor (log_message); other databases through SQLAlchemy.

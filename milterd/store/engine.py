@@ -239,7 +239,7 @@ def _create_private(path: Path) -> None:
         pass
 
 
-def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_POOL_SIZE, statement_timeout: float | None = None) -> Engine:
+def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
     """An engine for *url* whose connections are safe on libmilter threads (see the module's docstring).
 
     SQLite gets WAL, a busy timeout, its parent directory created and a pool
@@ -247,8 +247,7 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
     connections, checked before use.  Neither pool has overflow connections:
     a session that finds every connection busy waits *busy_timeout* seconds
     for one, then the message is tempfailed.  A database server's connection
-    gives up opening after *busy_timeout* too, and with *statement_timeout*
-    each statement after that many seconds (the server's statement_timeout).
+    gives up opening after *busy_timeout* too.
     """
     if url.startswith("sqlite"):
         parsed = make_url(url)
@@ -314,11 +313,6 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
         cparams.setdefault("connect_timeout", max(2, math.ceil(busy_timeout)))  # whole seconds; 0 is for ever
         if busy_timeout >= 1:
             cparams.setdefault("tcp_user_timeout", int(busy_timeout * 1000))  # sent data unacknowledged: host gone
-        if statement_timeout:
-            # A statement waiting on a lock another host holds, or a server stuck on its storage, held the session
-            # past milter_command_timeout: the server ends it, and the store's on_error applies.
-            limit = f"-c statement_timeout={max(1, int(statement_timeout * 1000))}"
-            cparams["options"] = f"{cparams['options']} {limit}" if cparams.get("options") else limit
         # A server that let a connection time out is not asked again by this process for as long: the store's
         # next reads and writes (the greylist's whitelist, client and triplets, the log) each waited out their own
         # connect_timeout in turn, past milter_command_timeout, where they now fail at once (their on_error).
