@@ -298,12 +298,14 @@ class CustomRules(Check):
         values: dict[str, list[str]] = {}
         for name, raw in envelope.headers:
             values.setdefault(name.lower(), []).append(_decoded(raw))
-        deadline = self._deadline(envelope)
         for number, rule in enumerate(self.header_rules):
-            if time.monotonic() >= deadline:
+            left = self._left(envelope)
+            if left <= 0:
                 _unsearched(envelope, self.header_rules[number:])
                 return
-            found = _first_match(rule, values.get(rule.header, ()), deadline)
+            started = time.monotonic()
+            found = _first_match(rule, values.get(rule.header, ()), started + left)
+            self._spend(envelope, time.monotonic() - started)
             if found:
                 yield Hit(rule.name, detail=found[1].group(0)[:80])
 
@@ -323,29 +325,32 @@ class CustomRules(Check):
             return []
         hits: list[Hit] = []
         text = _visible(_lines(found.text), self.max_text) if self.body_rules else ""
-        deadline = self._deadline(envelope)
         rules = [*self.body_rules, *self.uri_rules]
         for number, rule in enumerate(rules):
-            left = deadline - time.monotonic()
+            left = self._left(envelope)
             if left <= 0:
                 _unsearched(envelope, rules[number:])
                 break
+            started = time.monotonic()
             if rule.kind == "body":
                 assert rule.regex is not None
                 match = rule.regex.search(text, left)
                 if match:
                     hits.append(Hit(rule.name, detail=match.group(0)[:80]))
-            elif linked := _first_match(rule, found.uris, deadline):
+            elif linked := _first_match(rule, found.uris, started + left):
                 hits.append(Hit(rule.name, detail=linked[0][:120]))
+            self._spend(envelope, time.monotonic() - started)
         return hits
 
-    def _deadline(self, envelope: Envelope) -> float:
-        """When the message's rules must be done searching (:data:`MESSAGE_SEARCH_BUDGET` from its first search)."""
+    def _left(self, envelope: Envelope) -> float:
+        """Seconds of :data:`MESSAGE_SEARCH_BUDGET` the message's rules have not spent searching (only their own
+        searches count: the body's arrival and other checks between end of headers and end of message do not)."""
+        spent: float = envelope.check_state(self.name).get("spent", 0.0)
+        return MESSAGE_SEARCH_BUDGET - spent
+
+    def _spend(self, envelope: Envelope, seconds: float) -> None:
         state = envelope.check_state(self.name)
-        if "deadline" not in state:
-            state["deadline"] = time.monotonic() + MESSAGE_SEARCH_BUDGET
-        deadline: float = state["deadline"]
-        return deadline
+        state["spent"] = state.get("spent", 0.0) + seconds
 
     def on_symbols(self, session: Session, envelope: Envelope, symbols: frozenset[str]) -> Hits:
         hit = set(symbols)

@@ -70,3 +70,21 @@ def test_fix_a_score_past_a_million_is_refused(tmp_path: Path) -> None:
         services_with(tmp_path, '[[rule]]\nname = "BODY_HUGE"\nbody = "x"\nscore = 1e308\n')
     with pytest.raises(ConfigError, match="must be between"):
         services_with(tmp_path, "[symbols]\nHDR_DATE_MISSING = -2e6\n")
+
+
+def test_fix_only_the_rules_own_searches_spend_the_message_s_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from milterd.checks import custom
+    from milterd.message.model import Session
+    from tests.harness.messages import envelope_of
+
+    services = services_with(tmp_path, '[[rule]]\nname = "SUBJ_X"\nheader = "Subject"\nregex = "x"\nscore = 1.0\n'
+                                       '[[rule]]\nname = "BODY_HELLO"\nbody = "hello"\nscore = 1.0\n')
+    check = next(c for c in services.checks if isinstance(c, custom.CustomRules))  # type: ignore[attr-defined]
+    envelope = envelope_of(b"Subject: x\r\n\r\nhello\r\n")
+    assert [h.symbol for h in check.on_eoh(Session(), envelope)] == ["SUBJ_X"]
+    later = time.monotonic() + 60
+    monkeypatch.setattr(time, "monotonic", lambda: later)  # a minute of the body arriving and clamd reading, frozen there
+    # The budget ran from the first header search: the body rules of a large message were never searched.
+    assert [h.symbol for h in check.on_eom(Session(), envelope)] == ["BODY_HELLO"]
