@@ -414,6 +414,13 @@ def check_writable(config: Config) -> None:
         for target in files:
             if os.path.lexists(target) and not _access(target, os.R_OK | os.W_OK):
                 raise ConfigError(where, "[database] url", f"{who} cannot write {target}")
+    check_spool_writable(config)
+
+
+def check_spool_writable(config: Config) -> None:
+    """As the service account: the spool directory must be writable (ConfigError)."""
+    where = config.path or "milter.conf"
+    who = f"user {pwd.getpwuid(os.geteuid()).pw_name}"
     try:
         spool = temporary_directory(config)
     except OSError as exc:  # tempfile found no directory it could write in
@@ -925,8 +932,9 @@ class Supervisor:
             if blockers:
                 raise blockers[0]
             # As a start checks it (this process runs as the service account now): a spool_dir the workers cannot
-            # write was accepted, and every message past spool_memory then answered 451.
-            check_writable(config)
+            # write was accepted, and every message past spool_memory then answered 451.  Not the SQLite store's
+            # directory: the workers make one that does not exist yet (a start makes it first, as root).
+            check_spool_writable(config)
             services = build(config)
             services.store.ensure_schema(config.database.auto_upgrade)
             services.close()
@@ -1037,6 +1045,8 @@ class Supervisor:
             self._reap_and_replace()
             if pid in self.workers:
                 time.sleep(0.05)
+        if pid in self.workers and not self._stopping:
+            self._reap_and_replace()  # one that ended in the last sleep is not named as killed
         if pid in self.workers and not self._stopping:
             self._kill_stuck(pid)
             try:

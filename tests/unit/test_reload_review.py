@@ -385,3 +385,13 @@ def test_fix_a_reload_to_a_spool_dir_that_cannot_be_written_is_refused(tmp_path:
     assert running.services is old and running.workers == {}
     refusals = _refusals(caplog)
     assert len(refusals) == 1 and "[milter] spool_dir" in refusals[0] and "no-such-dir" in refusals[0]
+
+
+def test_a_reload_to_a_sqlite_store_in_a_directory_not_made_yet_is_accepted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    conf = _conf(tmp_path)
+    running = _supervisor(conf)
+    _conf(tmp_path, database={"url": f"sqlite:///{tmp_path / 'store' / 'milterd.sqlite'}"})
+    # The spool check of the reload (above) checked the store too, and refused a directory the store makes itself.
+    with caplog.at_level(logging.INFO, logger="milterd"):
+        running._do_reload()
+    assert _refusals(caplog) == [] and (tmp_path / "store").is_dir()
