@@ -24,6 +24,7 @@ after the verdict, over the headers and body as Postfix passed them.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal
 
@@ -118,7 +119,24 @@ class DnsRecorder:
         texts = [b"".join(r.strings) for r in answer.rdata]
         record = next((t for t in texts if t.lstrip().lower().startswith(b"v=dkim1")), texts[0])
         self.records[qname] = record
-        return record
+        return service_types_for_dkimpy(record)
+
+
+#: A key record's s= tag (RFC 6376 §3.6.1: service types, a colon-separated list).
+_SERVICE_TAG = re.compile(rb"(^|;)([ \t\r\n]*s[ \t\r\n]*=)([^;]*)", re.IGNORECASE)
+
+
+def service_types_for_dkimpy(record: bytes) -> bytes:
+    """*record* with a list of service types in s= given to dkimpy as the one it knows: dkimpy compares the
+    whole value with "email", "*" or "tlsrpt", so "s=email:tlsrpt" made a valid key unusable (RFC 6376 §3.6.1:
+    a list, its unknown types ignored)."""
+    def one(found: re.Match[bytes]) -> bytes:
+        types = [t.strip().lower() for t in found.group(3).split(b":")]
+        if len(types) < 2:
+            return found.group(0)
+        known = b"email" if b"email" in types or b"*" in types else b"tlsrpt" if b"tlsrpt" in types else found.group(3)
+        return found.group(1) + found.group(2) + known
+    return _SERVICE_TAG.sub(one, record)
 
 
 class QuietLogger(logging.Logger):
@@ -206,6 +224,9 @@ def revoked(record: bytes) -> bool:
 def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder, unsigned_body: str = "pass") -> SignatureResult:
     before, invalid_before = dnsfunc.failures, dnsfunc.invalid
     verifier.domain, verifier.selector = None, None
+    # As the signature writes them, for a result dkimpy refuses before it reads them (an expired x=, an i= outside
+    # d=): such a result named no domain or selector, in Authentication-Results and the log.
+    verifier.milterd_written = _signature_tags(verifier, index)
     verifier.pk = None  # dkimpy sets it once the key record parsed: still None, the record was unusable
     verifier.unsigned_body_bytes = None  # set by dkimfast's body hash check; None: it did not run
     try:
@@ -305,8 +326,21 @@ def unsigned_bytes(verifier: Any, sig: dict[bytes, bytes]) -> int:
     return max(0, len(policy.canonicalize_body(verifier.body)) - int(sig[b"l"]))
 
 
+def _signature_tags(verifier: Any, index: int) -> tuple[bytes | None, bytes | None]:
+    """The d= and s= of the *index*-th DKIM-Signature of the message *verifier* holds (blanks removed), or None."""
+    try:
+        value = [v for n, v in verifier.headers if n.lower() == b"dkim-signature"][index]
+    except (AttributeError, IndexError, TypeError):
+        return None, None
+    tags = {tag: b"".join(text.split()) for tag, text in tag_items(value) if tag in (b"d", b"s")}
+    return tags.get(b"d") or None, tags.get(b"s") or None
+
+
 def _result(verifier: Any, result: str, reason: str) -> SignatureResult:
-    return SignatureResult(_text(verifier.domain).lower(), _text(verifier.selector), result, reason[:200])
+    domain, selector = verifier.domain, verifier.selector
+    if domain is None and selector is None:
+        domain, selector = getattr(verifier, "milterd_written", (None, None))
+    return SignatureResult(_text(domain).lower(), _text(selector), result, reason[:200])
 
 
 def _text(value: Any) -> str:

@@ -138,6 +138,8 @@ def test_expired_signature_is_not_valid(rsa_key: bytes) -> None:
     assert current.result == "pass"
     [expired] = verify(signed_expiring(rsa_key, int(time.time()) - 86400), record)
     assert expired.result == "fail" and expired.reason.startswith("x= value is past")
+    # Refused before dkimpy read d= and s=: the result named neither (Authentication-Results without header.d).
+    assert (expired.domain, expired.selector) == ("signed.test", "sel")
 
 
 def test_dkim_symbols() -> None:
@@ -357,3 +359,11 @@ def test_headers_to_sign_are_checked_at_start(tmp_path: Path) -> None:
         conf.write_text(f"[dkim_signing]\nheaders = {headers}\n")
         with pytest.raises(ConfigError, match=r"\[dkim_signing\] headers: " + re.escape(reason)):
             load_config(conf)
+
+
+def test_fix_a_key_record_listing_service_types_is_usable_for_email(rsa_key: bytes) -> None:
+    record = dkimsign.public_record("rsa", rsa_key)
+    # dkimpy compares the whole s= with "email": "s=email:tlsrpt" (RFC 6376 §3.6.1: a list) was a permerror.
+    for types in ("email:tlsrpt", "*:future", "email"):
+        assert [r.result for r in verify(signed(rsa_key), {"sel._domainkey.signed.test": f"{record}; s={types}"})] == ["pass"], types
+    assert [r.result for r in verify(signed(rsa_key), {"sel._domainkey.signed.test": f"{record}; s=tlsrpt:future"})] != ["pass"]
