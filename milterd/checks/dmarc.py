@@ -268,6 +268,7 @@ def _parse_record(text: str) -> Record | None:
         # subdomain's mail), is monitoring with rua=, else no DMARC at all.
         if "rua" not in tags:
             return None
+        tags["np"] = ""  # as if only p=none were published: no np= either (np=reject still refused mail)
         p, sp = "none", "none"
     np = tags.get("np", "").lower()
     # 1*3DIGIT (RFC 7489 §6.4): int() also reads "1_0", "+5" and non-ASCII digits ("٥"), a milder policy than published.
@@ -409,11 +410,13 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
                 temp = any(aligned(signer, domain, record.adkim, psl_path) for signer in temperrors)
                 roll = random.randrange(100)
                 evaluation = evaluate(domain, record, record_domain, spf, passes, roll, psl_path, temp)
+                evaluation = with_np(evaluation, record, record_domain, roll, functools.partial(_nonexistent, resolver, deadline=deadline))
                 if evaluation.result == "fail" and any(aligned(signer, domain, record.adkim, psl_path) for signer in unverified):
-                    # It may be genuine, or a forger's junk (anyone can write d=bank.example): held, never rejected.
+                    # It may be genuine, or a forger's junk (anyone can write d=bank.example): held, never rejected
+                    # (after np=, which would set reject again).
                     applied = _MILDER["reject"] if evaluation.applied == "reject" else evaluation.applied
                     evaluation = replace(evaluation, applied=applied, unverified=True)
-                evaluations.append(with_np(evaluation, record, record_domain, roll, functools.partial(_nonexistent, resolver, deadline=deadline)))
+                evaluations.append(evaluation)
         evaluation = strictest(evaluations)
         domain = evaluation.domain
         envelope.check_state(STATE)["result"] = evaluation
@@ -534,12 +537,12 @@ def _lookup(resolver: Any, domain: str, deadline: float, psl_path: str) -> tuple
         published = [text for text in answer.records if is_dmarc_record(text)]
         if not published:
             continue  # RFC 7489 §6.6.3 step 3: none here, the organizational domain's applies
-        # Steps 5 and 6: several records, or one without a valid p= (and no rua=), end policy
+        # Steps 5 and 6: several records, or one without a valid p= or with an invalid sp= (and no rua=), end policy
         # discovery: no DMARC for the message, not the organizational domain's policy instead.
         if len(published) > 1:
             return Unusable(f"_dmarc.{name} publishes {len(published)} DMARC records")
         record = parse_record(published[0])
-        return Unusable(f"_dmarc.{name}: no valid p=") if record is None else (record, name)
+        return Unusable(f"_dmarc.{name}: no valid p= or sp=") if record is None else (record, name)
     return ""
 
 

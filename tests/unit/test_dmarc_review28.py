@@ -31,10 +31,11 @@ class Records:
         return [Answer(name, rdtype, "nxdomain") for name, rdtype in questions]  # type: ignore[arg-type]
 
 
-def judged(txt: dict[str, str], quarantine_action: str, unverified: tuple[str, ...] = (), dkim: tuple[SignatureResult, ...] = ()) -> Hit:
+def judged(txt: dict[str, str], quarantine_action: str, unverified: tuple[str, ...] = (), dkim: tuple[SignatureResult, ...] = (),
+           author: bytes = b"ceo@bank.example") -> Hit:
     config = Config.model_validate({"checks": {"dmarc": {"quarantine_action": quarantine_action}}})
     envelope = Envelope(spool=Spool(1 << 20))
-    envelope.headers.append(("From", b"ceo@bank.example"))
+    envelope.headers.append(("From", author))
     envelope.check_state("dkim")["result"] = list(dkim)
     if unverified:
         envelope.check_state("dkim")["unverified"] = list(unverified)  # what the DKIM check keeps for a message over max_size
@@ -62,3 +63,15 @@ def test_fix_an_invalid_sp_is_no_policy_without_rua_and_monitoring_with_it() -> 
     assert record is not None and (record.p, record.sp) == ("none", "none")
     valid = parse_record("v=DMARC1; p=reject; sp=quarantine")
     assert valid is not None and (valid.p, valid.sp) == ("reject", "quarantine")
+
+
+def test_fix_np_neither_undoes_the_lowering_nor_outlives_an_invalid_sp() -> None:
+    # A From domain that does not exist (every lookup NXDOMAIN here): np= applies.
+    lowered = judged({"_dmarc.bank.example": "v=DMARC1; p=reject; sp=quarantine; np=reject"}, "quarantine",
+                     unverified=("bank.example",), author=b"ceo@ghost.bank.example")
+    # np= set reject again after the lowering: DMARC_FAIL_REJECT logged (and scored) for a message held.
+    assert (lowered.symbol, lowered.action) == ("DMARC_FAIL_QUARANTINE", Action.QUARANTINE)
+    monitored = judged({"_dmarc.bank.example": "v=DMARC1; p=reject; sp=rejct; np=reject; rua=mailto:d@bank.example"}, "quarantine",
+                       author=b"ceo@ghost.bank.example")
+    # As if only p=none were published: the np=reject kept beside it still refused the mail.
+    assert (monitored.symbol, monitored.action) == ("DMARC_FAIL_NONE", None)

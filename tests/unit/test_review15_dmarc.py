@@ -62,7 +62,7 @@ def test_several_records_at_the_from_domain_mean_no_dmarc_not_the_organizational
 
 def test_a_record_without_a_valid_p_at_the_from_domain_means_no_dmarc() -> None:
     [hit], _ = run_dmarc([b"news@sub.bank.example"], {"_dmarc.sub.bank.example": "v=DMARC1; p=bogus", "_dmarc.bank.example": "v=DMARC1; p=reject"})
-    assert (hit.symbol, hit.detail) == ("DMARC_NONE", "sub.bank.example: _dmarc.sub.bank.example: no valid p=")
+    assert (hit.symbol, hit.detail) == ("DMARC_NONE", "sub.bank.example: _dmarc.sub.bank.example: no valid p= or sp=")
 
 
 def test_other_txt_records_at_the_from_domain_still_lead_to_the_organizational_domain() -> None:
