@@ -402,7 +402,7 @@ def check_writable(config: Config) -> None:
     where = config.path or "milter.conf"
     who = f"user {pwd.getpwuid(os.geteuid()).pw_name}"
     path = _sqlite_path(config)
-    if path is not None:
+    if path is not None and not _can_make(path.parent):
         files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
         closed = _first_closed(path.parent)
         if closed is not None:
@@ -415,6 +415,18 @@ def check_writable(config: Config) -> None:
             if os.path.lexists(target) and not _access(target, os.R_OK | os.W_OK):
                 raise ConfigError(where, "[database] url", f"{who} cannot write {target}")
     check_spool_writable(config)
+
+
+def _can_make(directory: Path) -> bool:
+    """Whether *directory* does not exist yet and the effective ids can make it (its nearest existing parent is one
+    they may write and search): the store makes it at its first connection (a start makes it first, as root)."""
+    directory = Path(os.path.abspath(directory))
+    if os.path.lexists(directory):
+        return False
+    parent = directory.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    return parent.is_dir() and _first_closed(parent) is None and _access(parent, os.W_OK | os.X_OK)
 
 
 def check_spool_writable(config: Config) -> None:
@@ -931,10 +943,10 @@ class Supervisor:
             blockers = reload_blockers(config)
             if blockers:
                 raise blockers[0]
-            # As a start checks it (this process runs as the service account now): a spool_dir the workers cannot
-            # write was accepted, and every message past spool_memory then answered 451.  Not the SQLite store's
-            # directory: the workers make one that does not exist yet (a start makes it first, as root).
-            check_spool_writable(config)
+            # As a start checks them (this process runs as the service account now): a spool_dir the workers cannot
+            # write was accepted, and every message past spool_memory then answered 451; so was a SQLite store they
+            # can read only.  A store directory not made yet that they can make is accepted.
+            check_writable(config)
             services = build(config)
             services.store.ensure_schema(config.database.auto_upgrade)
             services.close()

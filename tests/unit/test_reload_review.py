@@ -24,6 +24,7 @@ from milterd.commands import doctor
 from milterd.config import ConfigError, load_config
 from milterd.milter import supervisor
 from milterd.services import Services, build
+from milterd.store import Store
 from tests.harness.milterd import NO_RESOLVER, write_config
 
 
@@ -395,3 +396,31 @@ def test_a_reload_to_a_sqlite_store_in_a_directory_not_made_yet_is_accepted(tmp_
     with caplog.at_level(logging.INFO, logger="milterd"):
         running._do_reload()
     assert _refusals(caplog) == [] and (tmp_path / "store").is_dir()
+
+
+@needs_root
+def test_fix_the_reload_s_store_check_refuses_a_read_only_store_and_takes_one_the_account_can_make(open_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    readonly = open_dir / "ro.sqlite"
+    conf = _conf(open_dir, user="nobody", database={"url": f"sqlite:///{readonly}"})
+    os.chmod(conf, 0o644)
+    config = load_config(conf)
+    store = Store(config.database)
+    store.upgrade()  # current: the reload's schema check only reads it
+    store.close()
+    for made in open_dir.glob("ro.sqlite*"):
+        os.chmod(made, 0o644)  # root's: nobody may read them only
+    with supervisor._as_service_account(config), pytest.raises(ConfigError, match=r"\[database\] url: user nobody cannot write"):
+        supervisor.check_writable(config)
+    running = _supervisor(_conf(open_dir, user="nobody"))
+    old = running.services
+    _conf(open_dir, user="nobody", database={"url": f"sqlite:///{readonly}"})
+    # Checked as the spool only, the reload took it, and every write of the workers then failed (451).
+    with supervisor._as_service_account(config), caplog.at_level(logging.INFO, logger="milterd"):
+        running._do_reload()
+    assert running.services is old and any("[database] url: user nobody cannot write" in r for r in _refusals(caplog)), _refusals(caplog)
+    shared = open_dir / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)
+    config = load_config(_conf(open_dir, user="nobody", database={"url": f"sqlite:///{shared / 'new' / 'store.sqlite'}"}))
+    with supervisor._as_service_account(config):
+        supervisor.check_writable(config)  # a directory not made yet that the account can make: the store makes it
