@@ -394,15 +394,16 @@ def _hand_over(candidate: Path, uid: int, gid: int) -> None:
         os.close(fd)
 
 
-def check_writable(config: Config) -> None:
+def check_writable(config: Config, makeable: bool = False) -> None:
     """As the service account: the SQLite store and the spool directory must be writable (ConfigError).
 
-    The effective ids decide (:func:`check_store` runs it before the real drop).
+    The effective ids decide (:func:`check_store` runs it before the real drop).  With *makeable* (a reload: no
+    root to make it first), a store directory not made yet is taken when the account can make it.
     """
     where = config.path or "milter.conf"
     who = f"user {pwd.getpwuid(os.geteuid()).pw_name}"
     path = _sqlite_path(config)
-    if path is not None and not _can_make(path.parent):
+    if path is not None and not (makeable and _can_make(path.parent)):
         files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
         closed = _first_closed(path.parent)
         if closed is not None:
@@ -946,7 +947,7 @@ class Supervisor:
             # As a start checks them (this process runs as the service account now): a spool_dir the workers cannot
             # write was accepted, and every message past spool_memory then answered 451; so was a SQLite store they
             # can read only.  A store directory not made yet that they can make is accepted.
-            check_writable(config)
+            check_writable(config, makeable=True)
             services = build(config)
             services.store.ensure_schema(config.database.auto_upgrade)
             services.close()

@@ -423,4 +423,4 @@ def test_fix_the_reload_s_store_check_refuses_a_read_only_store_and_takes_one_th
     os.chmod(shared, 0o777)
     config = load_config(_conf(open_dir, user="nobody", database={"url": f"sqlite:///{shared / 'new' / 'store.sqlite'}"}))
     with supervisor._as_service_account(config):
-        supervisor.check_writable(config)  # a directory not made yet that the account can make: the store makes it
+        supervisor.check_writable(config, makeable=True)  # a reload's: a directory the account can make, the store makes
