@@ -100,16 +100,14 @@ class Pending:
     failed: str = ""
     #: The recipients answered STORE_DOWN_REPLY at RCPT (``on_error = "tempfail"``).
     tempfailed: list[str] = field(default_factory=list)
-
-
-#: The key of a transaction's check state saying why the store could not be read for its skip decisions (the
-#: stored whitelist, the client's auto-whitelisting): its recipients those might have exempted are judged as
-#: on_error says, a triplet that passed goes on.
-STORE_UNREAD = "store_unread"
-#: The keys of a transaction's check state saying that the stored whitelist, or the client's auto-whitelisting, could
-#: not be read in it (asked again in the next transaction, not for each recipient).
-_WHITELIST_UNREAD = "whitelist_unread"
-_CLIENT_UNREAD = "client_unread"
+    #: Why the store could not be read for the skip decisions (the stored whitelist, the client's
+    #: auto-whitelisting; '' when it could): the recipients those might have exempted are judged as
+    #: on_error says, a triplet that passed goes on.
+    unread: str = ""
+    #: The stored whitelist, or the client's auto-whitelisting, could not be read in this transaction
+    #: (asked again in the next one, not for each recipient).
+    whitelist_unread: bool = False
+    client_unread: bool = False
 
 
 @dataclass
@@ -197,7 +195,7 @@ class Greylist(Check):
             judgement = pending.decided[triplet] = step.judgement
             if step.write is not None:
                 pending.writes[triplet] = step.write
-        unread = envelope.check_state(self.name).get(STORE_UNREAD, "")
+        unread = pending.unread
         if unread and judgement.greylisted and self.config.on_error != "tempfail":
             # A whitelist could not be read, which might exempt this recipient: a store failure greylists nobody
             # (on_error = accept), and its attempt is not recorded.  With tempfail it is greylisted, as the
@@ -267,7 +265,7 @@ class Greylist(Check):
         ]
         pending: list[tuple[gl.Triplet, gl.Judgement]] = []
         if triplets:
-            unread = envelope.check_state(self.name).get(STORE_UNREAD, "")
+            unread = self._pending(envelope).unread
             try:
                 store = self.services.store.greylist
                 now = store.now()
@@ -415,22 +413,22 @@ class Greylist(Check):
     def _client_state(self, session: Session, envelope: Envelope) -> ClientState | None:
         """Whether the session's client network is auto-whitelisted (read once a session): an entry unused
         for ``expire`` is not, purged or not.  None when the store could not say: the transaction's
-        recipients are then judged as the store's failure says (``on_error``; the envelope's STORE_UNREAD
-        says why), and the next transaction asks again (one failure made every transaction of the session
+        recipients are then judged as the store's failure says (``on_error``; the transaction's
+        ``Pending.unread`` says why), and the next transaction asks again (one failure made every transaction of the session
         greylist an auto-whitelisted client)."""
         client = session.check_state(self.name).get("client")
         if isinstance(client, ClientState):
             return client
-        state = envelope.check_state(self.name)
-        if state.get(_CLIENT_UNREAD):
+        pending = self._pending(envelope)
+        if pending.client_unread:
             return None  # failed in this transaction: not asked again for each recipient
         client = ClientState(gl.client_network(session.client_addr, self.config.netmask_v4, self.config.netmask_v6))
         try:
             passes, last_seen = self.services.store.greylist.client_state(client.network)
         except StoreError as exc:
             log.warning("greylist store unavailable for client %s: %s", client.network, exc)
-            state[_CLIENT_UNREAD] = True
-            state.setdefault(STORE_UNREAD, f"cannot read the auto-whitelisted clients: {exc}"[:200])
+            pending.client_unread = True
+            pending.unread = pending.unread or f"cannot read the auto-whitelisted clients: {exc}"[:200]
             return None
         session.check_state(self.name)["client"] = client
         now = self.services.store.greylist.now()
@@ -442,8 +440,8 @@ class Greylist(Check):
 
     def _stored_whitelist(self, envelope: Envelope) -> gl.Whitelist | None:
         """The ``greylist_whitelist`` table, re-read at most every WHITELIST_TTL seconds; while the store fails,
-        the last copy read, kept for WHITELIST_TTL more.  None when no copy was ever read: the envelope's
-        STORE_UNREAD says why, its recipients that milter.conf does not whitelist are judged as on_error says
+        the last copy read, kept for WHITELIST_TTL more.  None when no copy was ever read: the transaction's
+        ``Pending.unread`` says why, its recipients that milter.conf does not whitelist are judged as on_error says
         (they were greylisted, the table taken as empty), and the next transaction asks again (a failure kept
         for WHITELIST_TTL changed greylisting for every transaction meanwhile)."""
         now = time.monotonic()
@@ -451,16 +449,16 @@ class Greylist(Check):
             if self._stored is not None and now - self._stored[0] < WHITELIST_TTL:
                 return self._stored[1]
             previous = self._stored[1] if self._stored is not None else None
-        state = envelope.check_state(self.name)
-        if state.get(_WHITELIST_UNREAD):
+        pending = self._pending(envelope)
+        if pending.whitelist_unread:
             return previous  # failed in this transaction: not asked again for each recipient
         try:
             stored = self.services.store.greylist.whitelist()
         except StoreError as exc:
             log.warning("cannot read the greylist whitelist: %s", exc)
-            state[_WHITELIST_UNREAD] = True
+            pending.whitelist_unread = True
             if previous is None:
-                state.setdefault(STORE_UNREAD, f"cannot read the greylist whitelist: {exc}"[:200])
+                pending.unread = pending.unread or f"cannot read the greylist whitelist: {exc}"[:200]
                 return None
             stored = previous
         with self._lock:
