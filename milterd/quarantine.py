@@ -711,14 +711,26 @@ class Quarantine:
         """
         row = self.get(row_id)
         notes = [self.learn(row, "spam")]
+        if row.get("learned_ham") or row.get("message_log_id") is not None:
+            # A message released as ham before: no longer counted as a false positive.
+            self.repo.mark_spam(row_id, row.get("message_log_id"))
         spamd = self.config.spamd
         if spamd.enabled and row["size"] <= spamd.max_size:
             try:
-                SpamdClient(spamd.address, timeout=spamd.timeout).tell(self.message_bytes(row), "spam")
+                SpamdClient(spamd.address, timeout=spamd.timeout, user=self._spamd_user(row)).tell(self.message_bytes(row), "spam")
                 notes.append("spamd learned it as spam")
             except Exception as exc:  # noqa: BLE001 - ScannerError: the classifier has learned it anyway
                 notes.append(f"spamd could not learn it as spam: {exc}")
         return notes
+
+    def _spamd_user(self, row: dict[str, Any]) -> str:
+        """The ``User:`` the scan sent spamd for this message (``[spamd] user``; ``"@recipient"``: its first
+        recipient), so that a per-user Bayes learns in the database that scores the user's mail."""
+        setting = self.config.spamd.user
+        if setting == "@recipient":
+            recipients = row.get("recipients") or []
+            return str(recipients[0]) if recipients else ""
+        return setting
 
     def _learn_ham(self, row: dict[str, Any], report: ReleaseReport) -> None:
         """Mark the log row as a false positive and teach milterd's classifier and, with spamd enabled, spamd (TELL)."""
@@ -741,7 +753,7 @@ class Quarantine:
             if row["size"] > spamd.max_size:
                 report.notes.append(f"larger than [spamd] max_size ({row['size']} bytes): not learned")
                 return
-            SpamdClient(spamd.address, timeout=spamd.timeout).tell(self.message_bytes(row), "ham")
+            SpamdClient(spamd.address, timeout=spamd.timeout, user=self._spamd_user(row)).tell(self.message_bytes(row), "ham")
             report.learned_ham = True
             report.notes.append("spamd learned it as ham")
         except Exception as exc:  # noqa: BLE001 - ScannerError, or no scanners module

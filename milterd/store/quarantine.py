@@ -367,6 +367,16 @@ class QuarantineStore:
         messages = schema.messages
         self._write(update(messages).where(messages.c.id == message_log_id).values(released_as_ham=True))
 
+    def mark_spam(self, row_id: int, message_log_id: int | None) -> None:
+        """Take back a ham verdict: the message of *row_id* was confirmed as spam (``learned_ham`` and its
+        log row's ``released_as_ham`` cleared, in one transaction), so rule statistics no longer count it
+        as a false positive."""
+        messages = schema.messages
+        statements: list[Any] = [update(self.table).where(self.table.c.id == row_id).values(learned_ham=False)]
+        if message_log_id is not None:
+            statements.append(update(messages).where(messages.c.id == message_log_id).values(released_as_ham=False))
+        self._write(*statements)
+
     # --- plumbing ---------------------------------------------------------------
     def _fetch(self, query: Any) -> list[dict[str, Any]]:
         try:
