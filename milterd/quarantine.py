@@ -45,7 +45,7 @@ from .files import read_error
 from .learner.tokenizer import MAX_INPUT, MessageDigest, hashed_tokens
 from .message.policy import spam_verdict_field
 from .scanners.spamd import SpamdClient
-from .store import Store, StoreError, utcnow
+from .store import SENDER_LIMIT, Store, StoreError, utcnow
 from .store.learner import Label, LearnerStore
 from .store.quarantine import QuarantineStore
 from .text import cut, escape
@@ -583,6 +583,10 @@ class Quarantine:
         )
 
     def _smtp(self, row: dict[str, Any], recipients: list[str], who: str, now: dt.datetime, progress: reinject.Progress) -> ReleaseReport:
+        if len(row["sender"] or "") >= SENDER_LIMIT:
+            # Sent from a shortened address, bounces would go nowhere (or to someone else).
+            why = f"{reinject.UNSENDABLE}the sender's address is {SENDER_LIMIT} characters, the most the store keeps: it may have been cut"
+            return ReleaseReport(row["id"], method="smtp", error=why, refused={r: why for r in recipients})
         report = ReleaseReport(row["id"])
         header = release_header(who, now)
         message = itertools.chain([header], self._delivered_chunks(row))

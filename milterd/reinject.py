@@ -248,7 +248,7 @@ def send(
         pending, pieces = [r for r in recipients if r not in unsendable], message
         while pending:
             progress.data_sent, progress.in_flight = False, []
-            code, reply = client.mail(sender, options)
+            code, reply = _mail(client, sender, options)
             if code != 250:
                 client.rset()
                 refused.update({r: _reply(code, reply) for r in pending})
@@ -283,15 +283,41 @@ def send(
 UNSENDABLE = "not sent: "
 
 
+#: How the store keeps an address's undecodable 8-bit bytes (``text.storable``: ``\udce9`` for the byte 0xE9):
+#: what was received is no longer known, and the escape is no address to send to.
+_STORED_ESCAPE = re.compile(r"\\udc[89a-f][0-9a-f]")
+
+
 def _unsendable(address: str, utf8: bool, what: str = "the address") -> str:
     """Why *address* (*what* names it) cannot be sent in an SMTP command (*utf8*: the server offers SMTPUTF8), or ``""``."""
     try:
         address.encode("utf-8")
     except UnicodeEncodeError:
         return f"{UNSENDABLE}{what} holds bytes that are not UTF-8"
+    if _STORED_ESCAPE.search(address):
+        return f"{UNSENDABLE}{what} held bytes that are not UTF-8, which the store keeps escaped: the address as received is not known"
+    if any(char in address for char in "\r\n\x00<>"):
+        return f"{UNSENDABLE}{what} holds a line break, a NUL or an angle bracket"
     if not utf8 and not address.isascii():
         return f"{UNSENDABLE}{what} is not ASCII, and the server does not offer SMTPUTF8"
     return ""
+
+
+def _mail(client: smtplib.SMTP, sender: str, options: list[str]) -> tuple[int, bytes]:
+    """MAIL FROM:<*sender*> with *options*, as smtplib's ``mail`` sends it but for the address, sent as stored
+    (:func:`_command`); SMTPUTF8 among *options* makes the commands UTF-8, as there."""
+    if any(option.lower() == "smtputf8" for option in options):
+        client.command_encoding = "utf-8"
+    return _command(client, "mail", f"FROM:<{sender}>" + "".join(f" {option}" for option in options))
+
+
+def _command(client: smtplib.SMTP, verb: str, argument: str) -> tuple[int, bytes]:
+    """*verb* *argument*, and the server's reply.  The address in *argument* goes as Postfix gave it to the milter:
+    smtplib's ``mail`` and ``rcpt`` rewrite it with ``email.utils.parseaddr`` first, which takes a source route
+    (``@relay.example:c@example.com``, which RFC 5321 says a server must accept) for the address ``@relay.example``,
+    refused, and drops what reads as a comment."""
+    client.putcmd(verb, argument)
+    return client.getreply()
 
 
 def _recipients(client: smtplib.SMTP, recipients: list[str], progress: Progress) -> tuple[list[str], list[str]]:
@@ -303,7 +329,7 @@ def _recipients(client: smtplib.SMTP, recipients: list[str], progress: Progress)
     accepted: list[str] = []
     deferred: list[str] = []
     for recipient in recipients:
-        code, reply = client.rcpt(recipient)
+        code, reply = _command(client, "rcpt", f"TO:<{recipient}>")
         if code in (250, 251):
             accepted.append(recipient)
             progress.accepted.append(recipient)

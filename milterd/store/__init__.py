@@ -91,8 +91,12 @@ class MessageRecord:
 #: Log rows deleted per transaction by :meth:`Store.purge_log`.
 LOG_PURGE_BATCH = 5000
 
+#: The most characters of an envelope sender the log and the quarantine keep (the column's length): a longer one
+#: (RFC 5321 allows 256 octets; Postfix takes more) is cut.
+SENDER_LIMIT = 512
+
 #: The columns of bounded length, and their bounds.
-_LIMITS = (("mta_host", 255), ("queue_id", 64), ("client_addr", 64), ("client_name", 255), ("helo", 255), ("auth_user", 255), ("sender", 512), ("message_id", 512))
+_LIMITS = (("mta_host", 255), ("queue_id", 64), ("client_addr", 64), ("client_name", 255), ("helo", 255), ("auth_user", 255), ("sender", SENDER_LIMIT), ("message_id", 512))
 
 
 class _LogInsert:

@@ -1,23 +1,27 @@
-"""Quarantine review (twenty-ninth session): a confirmed message is no longer a false positive, and
-spamd is taught under the ``User:`` its scan used.
+"""Quarantine review (twenty-ninth session): a confirmed message is no longer a false positive, spamd is
+taught under the ``User:`` its scan used, and a release sends the stored addresses as they are, or not at all.
 
-SQLite in a temporary file; no mail is sent (``reinject.send`` replaced) and no spamd is asked
-(``SpamdClient`` replaced by a recorder).
+SQLite in a temporary file; no spamd is asked (``SpamdClient`` replaced by a recorder); mail goes to a
+test SMTP server on loopback (aiosmtpd) or nowhere (``reinject.send`` replaced).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from sqlalchemy import select
 
 from milterd import quarantine as quarantine_module
 from milterd.quarantine import Quarantine
-from milterd.store import schema
+from milterd.reinject import UNSENDABLE
+from milterd.store import MessageRecord, schema, utcnow
+from milterd.store.quarantine import QuarantineWrite
+from milterd.text import storable
 from tests.harness.milterd import write_config
-from tests.harness.quarantine import open_quarantine
+from tests.harness.postfix import Sink
+from tests.harness.quarantine import open_quarantine, quarantine_config
 from tests.unit.test_quarantine_lifecycle_review import add, stub_send
 
 
@@ -81,3 +85,64 @@ def test_confirm_after_release_as_ham_is_no_longer_a_false_positive(tmp_path: Pa
     assert flags(quarantine, row_id) == (True, True)
     quarantine.confirm(row_id)
     assert flags(quarantine, row_id) == (False, False)
+
+
+def add_from(quarantine: Quarantine, sender: str, recipients: list[str]) -> int:
+    """Store one quarantined message from *sender* to *recipients* as the pipeline stores them (already storable)."""
+    raw = b"From: a@example.org\r\nSubject: addresses\r\n\r\nbody\r\n"
+    when = utcnow()
+    record = MessageRecord(action="quarantine", time=when, mta_host="mx.test", queue_id="QADDR", sender=sender, recipients=recipients, subject="addresses", score=13.0)
+    row = {
+        "time": when, "mta_host": "mx.test", "queue_id": "QADDR", "client_addr": "192.0.2.1", "client_name": "unknown", "helo": "h",
+        "sender": sender, "recipients": recipients, "subject": "addresses", "score": 13.0, "reason": "score 13.0 >= 12",
+        "symbols": {"TEST": 13.0}, "size": len(raw), "mode": "discard", "release_count": 0, "learned_ham": False,
+    }
+    quarantine.store.log_message(record, QuarantineWrite(row, lambda: [raw]))
+    return int(quarantine.rows(limit=1)[0]["id"])
+
+
+@pytest.fixture()
+def sink() -> Iterator[Sink]:
+    server = Sink().start()
+    yield server
+    server.stop()
+
+
+def sink_quarantine(tmp_path: Path, sink: Sink) -> Quarantine:
+    return open_quarantine(quarantine_config(tmp_path / "milter.conf", f"sqlite:///{tmp_path / 'q.sqlite'}", release_smtp=f"127.0.0.1:{sink.port}"))
+
+
+def test_a_source_routed_recipient_is_sent_as_stored(tmp_path: Path, sink: Sink) -> None:
+    """smtplib's rcpt() rewrote ``@relay.example:c@example.com`` (a source route, which RFC 5321 says servers
+    must accept) to ``<@relay.example>``, refused: the message could never be released to it."""
+    quarantine = sink_quarantine(tmp_path, sink)
+    row_id = add_from(quarantine, "alice@example.org", ["@relay.example:c@example.com", "bob@example.com"])
+    report = quarantine.release(row_id, who="admin")
+    assert report.ok and sorted(report.delivered) == ["@relay.example:c@example.com", "bob@example.com"], report
+    assert len(sink.wait(1)) == 1
+
+
+def test_a_recipient_stored_escaped_is_not_sent_to_an_address_never_given(tmp_path: Path, sink: Sink) -> None:
+    """Undecodable 8-bit bytes of a recipient are stored as ``\\udce9`` escapes: the release sent RCPT to the
+    escaped text (quoted by smtplib) and reported it released."""
+    quarantine = sink_quarantine(tmp_path, sink)
+    escaped = storable("j\udce9r\udcf4me@example.com")
+    assert escaped == "j\\udce9r\\udcf4me@example.com"
+    row_id = add_from(quarantine, "alice@example.org", [escaped, "bob@example.com"])
+    report = quarantine.release(row_id, who="admin")
+    assert list(report.delivered) == ["bob@example.com"]
+    assert report.refused[escaped].startswith(UNSENDABLE) and "escaped" in report.refused[escaped]
+    assert [m.recipients for m in sink.wait(1)] == [["bob@example.com"]]
+
+
+def test_a_sender_cut_by_the_store_is_not_sent_from(tmp_path: Path, sink: Sink) -> None:
+    """A sender longer than the column was cut to 512 characters and the release went out from the shortened
+    address (bounces to nobody, or to someone else), unsaid."""
+    quarantine = sink_quarantine(tmp_path, sink)
+    long_sender = "bounce-" + "x" * 600 + "@lists.example.org"
+    row_id = add_from(quarantine, MessageRecord(action="quarantine", time=utcnow(), sender=long_sender).as_row()["sender"], ["bob@example.com"])
+    report = quarantine.release(row_id, who="admin")
+    assert not report.ok and not report.delivered and "may have been cut" in (report.error or "")
+    assert quarantine.release(row_id, who="admin", force=False).error  # given back: still releasable, still refused
+    row = add_from(quarantine, "b" * 400 + "@example.org", ["bob@example.com"])
+    assert quarantine.release(row, who="admin").ok
