@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
 from ..config import load_config
+from ..learner.classifier import Counts
 from ..learner.tokenizer import MAX_DIGEST_INPUT, hashed_tokens, message_digest
 from ..milter.offline import MessageRef, looks_like_message, sources
 from ..store.errors import StoreError
@@ -151,6 +152,8 @@ def run_learn(args: argparse.Namespace) -> int:
     failures: list[str] = []
     progress = sys.stderr.isatty() and not args.json
     run = _Run()
+    stop = ""  # why the run stopped early: the store's failure
+    totals: Counts | None = None
     # Spawned, not forked: a forked worker held a copy of the store's connection, so a PostgreSQL session killed
     # with its learner stayed open (its transaction's locks too) as long as the orphaned workers lived.
     executor = (ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
@@ -170,10 +173,12 @@ def run_learn(args: argparse.Namespace) -> int:
         except BrokenProcessPool:
             outcomes["failed"] += 1
             failures.append(f"a tokenizing process died (killed, or out of memory): stopped after {run.done} messages")
-        totals = repository.totals()
-    except StoreError as exc:
-        print(f"milterd: {exc}", file=sys.stderr)
-        return 1
+        except StoreError as exc:  # the store failed too many messages in a row: what was done is still summed up
+            stop = str(exc)
+        try:
+            totals = repository.totals()
+        except StoreError as exc:
+            stop = stop or str(exc)
     except _Stopped as stopped:
         print(f"milterd learn: stopped by {signal.Signals(stopped.signum).name} after {run.done} messages", file=sys.stderr)
         return 128 + stopped.signum
@@ -185,15 +190,20 @@ def run_learn(args: argparse.Namespace) -> int:
     done = run.done
     if progress:
         print(f"\r{done} messages", file=sys.stderr)
-    summary = {"action": args.label, "messages": done, **{key: outcomes[key] for key in ("learned", "moved", "already", "forgotten", "unknown", "failed", "unreadable")}, "model": {"spam": totals.spam, "ham": totals.ham}, "errors": failures[:100]}
+    model = None if totals is None else {"spam": totals.spam, "ham": totals.ham}
+    summary = {"action": args.label, "messages": done, **{key: outcomes[key] for key in ("learned", "moved", "already", "forgotten", "unknown", "failed", "unreadable")},
+               "model": model, "errors": failures[:100], "stopped": stop or None}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         for line in failures[:100]:
             print(f"milterd: {line}", file=sys.stderr)
+        if stop:
+            print(f"milterd: {stop}", file=sys.stderr)
         counted = ", ".join(f"{outcomes[key]} {key}" for key in ("learned", "moved", "already", "forgotten", "unknown", "failed", "unreadable") if outcomes[key])
-        print(f"{done} messages: {counted or 'nothing done'}; the model holds {totals.spam} spam and {totals.ham} ham")
-    return 1 if outcomes["failed"] or outcomes["unreadable"] else 0
+        held = "the model's counts could not be read" if totals is None else f"the model holds {totals.spam} spam and {totals.ham} ham"
+        print(f"{done} messages: {counted or 'nothing done'}; {held}")
+    return 1 if stop or outcomes["failed"] or outcomes["unreadable"] else 0
 
 
 @dataclass
@@ -218,7 +228,8 @@ def _learn_batch(repository: LearnerStore, results: list[tuple[str, list[int]]],
             if len(failures) < MAX_LISTED:
                 failures.append(describe_failure(exc))
             if run.in_a_row >= MAX_FAILURES_IN_A_ROW:
-                raise StoreError(f"{run.in_a_row} messages in a row could not be stored, stopping after {run.done + 1} "
+                run.done += 1  # this message was tried too
+                raise StoreError(f"{run.in_a_row} messages in a row could not be stored, stopping after {run.done} "
                                  f"({outcomes['learned'] + outcomes['moved'] + outcomes['forgotten']} changed the model): "
                                  f"{describe_failure(exc)}") from exc
         run.done += 1

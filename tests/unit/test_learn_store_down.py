@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import mailbox
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +62,30 @@ def test_failures_now_and_then_do_not_stop_the_run(tmp_path: Path, capsys: pytes
     summary = json.loads(capsys.readouterr().out)
     assert summary["messages"] == 40 and summary["failed"] == 13 and summary["learned"] == 27
     assert summary["model"] == {"spam": 27, "ham": 0}
+
+
+@pytest.mark.parametrize("totals_fail", [False, True])
+def test_a_stopped_run_still_prints_its_json_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, totals_fail: bool) -> None:
+    """`--json` promises one object: a run the store stopped (or whose totals could not be read) printed nothing."""
+    conf, maildir = _setup(tmp_path, 40)
+    real = LearnerStore.learn
+    seen: list[str] = []
+
+    def failing_from_the_sixth(self: LearnerStore, digest: str, tokens: Any, label: Any) -> str:
+        seen.append(digest)
+        if len(seen) > 5:
+            raise StoreError("cannot learn: OperationalError: connection refused")
+        return real(self, digest, tokens, label)
+
+    def totals_down(self: LearnerStore) -> Any:
+        raise StoreError("cannot read the model: OperationalError: connection refused")
+
+    monkeypatch.setattr(LearnerStore, "learn", failing_from_the_sixth)
+    if totals_fail:
+        monkeypatch.setattr(LearnerStore, "totals", totals_down)
+    capsys.readouterr()
+    assert main(["learn", "-c", str(conf), "--json", "--spam", str(maildir)]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["messages"] == 15 and summary["learned"] == 5 and summary["failed"] == 10
+    assert "10 messages in a row could not be stored" in summary["stopped"]
+    assert summary["model"] == (None if totals_fail else {"spam": 5, "ham": 0})
