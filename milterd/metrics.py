@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -61,6 +62,9 @@ _lock = threading.Lock()
 FOLDED_KINDS = ("counter", "histogram", "summary")
 ARCHIVE = "archive"
 
+#: The files prometheus_client's multiprocess mode writes (``counter_<pid>.db``, ``gauge_livesum_<pid>.db``…).
+_COLLECTOR_FILE = re.compile(r"^(?:counter|histogram|summary|gauge_[a-z]+)_[^/]+\.db$")
+
 ERROR_SUFFIXES = ("_ERROR", "_TEMPFAIL", "_TEMPERROR")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -78,7 +82,7 @@ def start(listen: str) -> tuple[str, int] | None:
     if directory:
         os.makedirs(directory, exist_ok=True)
         for name in os.listdir(directory):  # counts of a previous run must not add up
-            if name.endswith(".db"):
+            if _COLLECTOR_FILE.match(name):  # prometheus_client's files only: the directory may hold others (a store.db)
                 os.unlink(os.path.join(directory, name))
     else:
         directory = _directory = tempfile.mkdtemp(prefix="milterd-metrics-")

@@ -210,3 +210,24 @@ def test_a_reaped_maintainer_pid_is_forgotten(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(metrics, "process_dead", lambda pid: None)
     supervisor._forget(4242)
     assert supervisor.maintainer == 0
+
+
+def test_start_deletes_only_prometheus_client_s_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``*.db`` of $PROMETHEUS_MULTIPROC_DIR was deleted at start: a SQLite store named ``milterd.db`` beside them too."""
+
+    for name in ("milterd.db", "other.db", "counter_17.db", "gauge_livesum_17.db", "histogram_archive.db", "summary_3.db", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setattr(metricsserver, "serve", lambda host, port, application: _Server())
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    for name in ("_directory", "_metrics", "_path"):
+        monkeypatch.setattr(metrics, name, None)
+    try:
+        metrics.start("127.0.0.1:9999")
+        assert {"milterd.db", "other.db", "notes.txt"} <= set(names(tmp_path))
+        assert not {"counter_17.db", "gauge_livesum_17.db", "histogram_archive.db", "summary_3.db"} & set(names(tmp_path))
+    finally:
+        import prometheus_client
+
+        for metric in (metrics._metrics or {}).values():  # noqa: SLF001
+            prometheus_client.REGISTRY.unregister(metric)
+        dns.observe_cache(None)
