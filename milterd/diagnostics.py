@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
+import re
 import shutil
 import smtplib
 import stat
@@ -32,7 +33,7 @@ from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, TypeVar
 
 from .checks.dnslists import listing_answers
 from .config import Config, ConfigError, load_config
-from .dkimsign import SigningKey, load_keys, public_record, record_matches
+from .dkimsign import SigningKey, load_keys, public_record, record_matches, record_problems
 from .dns import Answer, Resolver, dnsbl_name, probe_nameserver, server_name
 from .endpoints import parse_socket, unix_path_too_long
 from .files import resolved
@@ -116,7 +117,8 @@ def _guarded(name: str, probe: Callable[[], Finding]) -> Finding:
     try:
         return probe()
     except Exception as exc:  # noqa: BLE001 - a probe that breaks is a failed probe
-        return Finding(name, "fail", f"{exc.__class__.__name__}: {exc}")
+        words = str(getattr(exc, "orig", None) or exc).splitlines()  # one line: not SQLAlchemy's statement and link after it
+        return Finding(name, "fail", f"{exc.__class__.__name__}: {words[0] if words else ''}")
 
 
 def probe_database(config: Config) -> list[Finding]:
@@ -344,12 +346,16 @@ def dnsbl_lists(services: Any) -> list[tuple[str, list[str]]]:
     return lists
 
 
-def judge_dnsbl(zone: str, name: str, answer: Answer, refused: Sequence[str] = ()) -> Finding:
+def judge_dnsbl(zone: str, name: str, answer: Answer, refused: Sequence[str] = (), control: Answer | None = None) -> Finding:
     """The answer for a zone's test entry, read as the check reads it (pure): only answers in
-    127.0.0.0/8 that are not a *refused* code mean "listed"."""
+    127.0.0.0/8 that are not a *refused* code mean "listed".  *control* is the answer for 127.0.0.1,
+    which RFC 5782 §5 says a list must never list: one that does lists every address."""
     label = f"dns {zone}"
     if answer.failed:
         return Finding(label, "fail", f"{name}: the resolver did not answer ({answer.error or 'error'})")
+    if control is not None and not control.failed and isinstance(listing_answers(control, refused), tuple):
+        return Finding(label, "fail", f"{control.name} → {', '.join(control.records)}: the list answers for 127.0.0.1, which a list never lists "
+                                      "(RFC 5782): it lists every address (a list shut down, or a wildcard), and every client would count as listed")
     listed = listing_answers(answer, refused)
     records = ", ".join(answer.records)
     if isinstance(listed, tuple):
@@ -364,7 +370,7 @@ def judge_dnsbl(zone: str, name: str, answer: Answer, refused: Sequence[str] = (
 
 
 def probe_dns(config: Config, services: Any) -> list[Finding]:
-    """Each DNSBL zone must list its test entry 127.0.0.2 (RFC 5782); the resolver must answer."""
+    """Each DNSBL zone must list its test entry 127.0.0.2, and not 127.0.0.1 (RFC 5782); the resolver must answer."""
     if not config.checks.dnsbl.enabled:  # a site that switched the lists off (its resolver refused by them) is not warned per zone
         return [Finding("dns", "skip", "[checks.dnsbl] enabled = false")]
     lists = dnsbl_lists(services)
@@ -376,7 +382,9 @@ def probe_dns(config: Config, services: Any) -> list[Finding]:
     try:
         for zone, refused in lists:
             name = dnsbl_name("127.0.0.2", zone) or ""
-            findings.append(judge_dnsbl(zone, name, resolver.query(name, "A"), refused))
+            answer = resolver.query(name, "A")
+            control = None if answer.failed else resolver.query(dnsbl_name("127.0.0.1", zone) or "", "A")  # no second wait for a dead resolver
+            findings.append(judge_dnsbl(zone, name, answer, refused, control))
     finally:
         resolver.close()
     return findings
@@ -412,8 +420,13 @@ def judge_dkim_key(key: SigningKey, answer: Answer) -> Finding:
         return Finding(label, "fail", f"the resolver did not answer ({answer.error or 'error'})")
     if not answer.ok:
         return Finding(label, "fail", f"not published ({answer.status}): publish TXT \"{public_record(key.algorithm, key.private)}\"")
-    if any(record_matches(key.algorithm, key.private, text) for text in answer.records):
+    matching = [text for text in answer.records if record_matches(key.algorithm, key.private, text)]
+    if any(not record_problems(key.algorithm, text) for text in matching):
         return Finding(label, "ok", f"the published {key.algorithm} key matches the private key")
+    if matching:
+        problems = "; ".join(record_problems(key.algorithm, matching[0]))
+        return Finding(label, "fail", f"the published key is this private key's, but verifiers will not use the record: {problems}: "
+                                      f"publish TXT \"{public_record(key.algorithm, key.private)}\"")
     return Finding(label, "fail", f"the published key is not this private key's: publish TXT \"{public_record(key.algorithm, key.private)}\"")
 
 
@@ -510,7 +523,8 @@ def read_postconf(postfix_config: str | None) -> tuple[dict[str, str] | None, st
     postconf = shutil.which("postconf") or ("/usr/sbin/postconf" if Path("/usr/sbin/postconf").exists() else None)
     if postconf is None:
         return None, "postconf not found: Postfix's settings not checked"
-    command = [postconf] + (["-c", postfix_config] if postfix_config else []) + list(POSTFIX_PARAMETERS)
+    # -x: values as Postfix uses them ($name expanded: "smtpd_milters = $milterd_milter" named no milter).
+    command = [postconf, "-x"] + (["-c", postfix_config] if postfix_config else []) + list(POSTFIX_PARAMETERS)
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -532,6 +546,12 @@ def parse_postconf(text: str) -> dict[str, str]:
 
 def milter_entries(value: str) -> list[str]:
     """The milter addresses of an ``smtpd_milters`` value (``{ inet:… , default_action=accept }`` included)."""
+    return [address for address, _ in milter_settings(value)]
+
+
+def milter_settings(value: str) -> list[tuple[str, dict[str, str]]]:
+    """Each milter of an ``smtpd_milters`` value with its own settings, those of a ``{ inet:…, default_action=accept,
+    command_timeout=5s }`` entry (Postfix 3.0), which Postfix uses for that milter instead of ``milter_*``."""
     entries, depth, current = [], 0, ""
     for char in value:
         if char == "{":
@@ -546,7 +566,12 @@ def milter_entries(value: str) -> list[str]:
             current += char
     if current.strip():
         entries.append(current.strip())
-    return [(e.strip("{} \t").split(",")[0].split() or [""])[0] for e in entries]
+    settings = []
+    for entry in entries:
+        address = (entry.strip("{} \t").split(",")[0].split() or [""])[0]
+        words = re.split(r"[,\s]+", re.sub(r"\s*=\s*", "=", entry.strip("{} \t")))
+        settings.append((address, dict(word.split("=", 1) for word in words if "=" in word)))
+    return settings
 
 
 def same_socket(milterd_socket: str, postfix_entry: str, queue_directory: str = "/var/spool/postfix") -> bool:
@@ -577,10 +602,15 @@ def judge_postfix(config: Config, settings: dict[str, str], queue_directory: str
     """Postfix's settings against milterd's configuration: the risky combinations (*queue_directory*:
     Postfix's, unless *settings* has its ``queue_directory``)."""
     findings = []
+    overridden: dict[str, str] = {}
     queue_directory = settings.get("queue_directory") or queue_directory
-    milters = milter_entries(settings.get("smtpd_milters", ""))
-    if any(same_socket(config.milter.socket, entry, queue_directory) for entry in milters):
+    milters = milter_settings(settings.get("smtpd_milters", ""))
+    ours = [own for entry, own in milters if same_socket(config.milter.socket, entry, queue_directory)]
+    if ours:
         findings.append(Finding("postfix smtpd_milters", "ok", f"includes {config.milter.socket}"))
+        # milterd's own { …, default_action=… } entry overrides the milter_* parameters for it.
+        overridden = {f"milter_{name}": value for name, value in ours[0].items() if name in ("default_action", "content_timeout", "command_timeout", "protocol")}
+        settings = {**settings, **overridden}
     else:
         findings.append(Finding("postfix smtpd_milters", "warn", f"{config.milter.socket} is not in smtpd_milters ({settings.get('smtpd_milters') or 'empty'}): Postfix does not call milterd"))
     fails_closed = [name for name, section in (("clamav", config.clamav), ("spamd", config.spamd)) if section.enabled and section.on_error == "tempfail"]
@@ -609,7 +639,8 @@ def judge_postfix(config: Config, settings: dict[str, str], queue_directory: str
     protocol = settings.get("milter_protocol", "6")
     if protocol and protocol != "6":
         findings.append(Finding("postfix milter_protocol", "warn", f"{protocol}: milterd expects 6"))
-    return findings
+    return [Finding(f.name, f.status, f"{f.detail} (set in milterd's smtpd_milters entry)")
+                    if f.name.split()[-1] in overridden else f for f in findings]
 
 
 def scanner_budget(config: Config) -> float:

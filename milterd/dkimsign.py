@@ -354,6 +354,28 @@ def record_matches(algorithm: Algorithm, private: bytes, record: str) -> bool:
     return published_key(record) == published_key(public_record(algorithm, private))
 
 
+def record_problems(algorithm: Algorithm, record: str) -> list[str]:
+    """Why verifiers would not use the TXT *record* for signatures by an *algorithm* key (RFC 6376 §3.6.1), or
+    ``[]``: a ``v=`` other than DKIM1, a ``k=`` (rsa when absent) other than the key's, an ``h=`` without sha256
+    (the signatures are rsa-sha256 or ed25519-sha256), an ``s=`` without ``*`` or ``email``."""
+    tags: dict[str, str] = {}
+    for part in record.split(";"):
+        tag, eq, value = part.partition("=")
+        if eq:
+            tags.setdefault(tag.strip(), "".join(value.split()))
+    problems = []
+    if "v" in tags and tags["v"] != "DKIM1":
+        problems.append(f"v={tags['v']} (verifiers take DKIM1 only)")
+    if tags.get("k", "rsa") != algorithm:
+        kind = f"k={tags['k']}" if "k" in tags else "no k= (rsa by default)"
+        problems.append(f"{kind} for an {algorithm} key (publish k={algorithm})")
+    if "h" in tags and "sha256" not in tags["h"].split(":"):
+        problems.append(f"h={tags['h']} leaves out sha256, which the signatures use")
+    if "s" in tags and not {"*", "email"} & set(tags["s"].split(":")):
+        problems.append(f"s={tags['s']}: the key is not for email (s=* or s=email)")
+    return problems
+
+
 def generate(algorithm: Algorithm, bits: int = 2048) -> bytes:
     """A new private key in the format of a key file."""
     if algorithm == "ed25519":
