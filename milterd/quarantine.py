@@ -48,7 +48,7 @@ from .scanners.spamd import SpamdClient
 from .store import SENDER_LIMIT, Store, StoreError, utcnow
 from .store.learner import Label, LearnerStore
 from .store.quarantine import QuarantineStore
-from .text import cut, escape
+from .text import cut, escape, unstored
 
 #: Fields of ``quarantine list --json``; scripts rely on these names.
 JSON_FIELDS = (
@@ -733,7 +733,7 @@ class Quarantine:
         setting = self.config.spamd.user
         if setting == "@recipient":
             recipients = row.get("recipients") or []
-            return str(recipients[0]) if recipients else ""
+            return unstored(str(recipients[0])) if recipients else ""
         return setting
 
     def _learn_ham(self, row: dict[str, Any], report: ReleaseReport) -> None:
@@ -779,7 +779,8 @@ class Quarantine:
         total = max(total, len(rows))  # one of a lower id committed after the count (a PostgreSQL sequence's order)
         subject = f"milterd quarantine digest for {self.config.hostname}: {total} message{'s' if total != 1 else ''}"
         sender = sender or self.report_from
-        self._send_text(sender, sender, to, subject, text)
+        # "Quarantine <postmaster@mx.test>" is the From:; the envelope's sender is the address in it.
+        self._send_text(sender, email.utils.parseaddr(sender)[1] or sender, to, subject, text)
         listed = f" ({len(rows)} newest listed)" if len(rows) < total else ""
         return f"{total} messages reported to {', '.join(to)}{listed}"
 

@@ -296,8 +296,8 @@ def _unsendable(address: str, utf8: bool, what: str = "the address") -> str:
         return f"{UNSENDABLE}{what} holds bytes that are not UTF-8"
     if _STORED_ESCAPE.search(address):
         return f"{UNSENDABLE}{what} held bytes that are not UTF-8, which the store keeps escaped: the address as received is not known"
-    if any(char in address for char in "\r\n\x00<>"):
-        return f"{UNSENDABLE}{what} holds a line break, a NUL or an angle bracket"
+    if any(char in address for char in "\r\n\x00"):
+        return f"{UNSENDABLE}{what} holds a line break or a NUL"
     if not utf8 and not address.isascii():
         return f"{UNSENDABLE}{what} is not ASCII, and the server does not offer SMTPUTF8"
     return ""

@@ -193,6 +193,18 @@ def redact(text: str, url: str) -> str:
     return text
 
 
+#: The escape :func:`storable` writes for a lone surrogate of undecodable input (``\\udce9`` for the byte 0xE9).
+_STORED_SURROGATE = re.compile(r"\\u(dc[89a-f][0-9a-f])")
+
+
+def unstored(value: str) -> str:
+    """*value* as it was before :func:`storable` escaped its undecodable bytes (the surrogates back; a NUL's
+    ``\\0`` stays, as no address or name holds one)."""
+    if "\\u" not in value:
+        return value
+    return _STORED_SURROGATE.sub(lambda match: chr(int(match.group(1), 16)), value)
+
+
 def storable(value: str) -> str:
     """*value* as every store can hold it, the same each time: NUL bytes and lone
     surrogates (undecodable 8-bit input, kept by surrogateescape), which neither

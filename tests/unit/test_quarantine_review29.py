@@ -7,6 +7,7 @@ test SMTP server on loopback (aiosmtpd) or nowhere (``reinject.send`` replaced).
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,7 +16,7 @@ from sqlalchemy import select
 
 from milterd import quarantine as quarantine_module
 from milterd.quarantine import Quarantine
-from milterd.reinject import UNSENDABLE
+from milterd.reinject import UNSENDABLE, _unsendable
 from milterd.store import MessageRecord, schema, utcnow
 from milterd.store.quarantine import QuarantineWrite
 from milterd.text import storable
@@ -146,3 +147,31 @@ def test_a_sender_cut_by_the_store_is_not_sent_from(tmp_path: Path, sink: Sink) 
     assert quarantine.release(row_id, who="admin", force=False).error  # given back: still releasable, still refused
     row = add_from(quarantine, "b" * 400 + "@example.org", ["bob@example.com"])
     assert quarantine.release(row, who="admin").ok
+
+
+@pytest.mark.parametrize("address", ["<a@example.net>", '"Joe" <joe@example.net>', '"a<b>"@example.net'])
+def test_an_address_postfix_passed_with_angle_brackets_is_sendable(address: str) -> None:
+    """Postfix accepts ``RCPT TO:<<a@example.net>>`` and RFC 822 forms and passes them on as written: a first
+    version of the verbatim sending refused any angle bracket (released before, refused for ever after)."""
+    assert _unsendable(address, utf8=False) == ""
+    assert _unsendable("a@example.net\r\nRSET", utf8=False).startswith(UNSENDABLE)
+
+
+def test_a_digest_from_a_display_name_goes_from_its_address(tmp_path: Path, sink: Sink) -> None:
+    """``report_from = "Quarantine <postmaster@mx.test>"``: the digest went out as MAIL FROM:<Quarantine <…>>."""
+    conf = write_config(tmp_path / "milter.conf", {
+        "milter": {"hostname": "mx.test"},
+        "database": {"url": f"sqlite:///{tmp_path / 'q.sqlite'}"},
+        "quarantine": {"release_smtp": f"127.0.0.1:{sink.port}", "report_from": "Quarantine <postmaster@mx.test>"},
+    })
+    quarantine = open_quarantine(conf)
+    add_from(quarantine, "alice@example.org", ["bob@example.com"])
+    quarantine.digest(["admin@example.org"], utcnow() - dt.timedelta(days=1))
+    [message] = sink.wait(1)
+    assert message.sender == "postmaster@mx.test" and message.header("From") == ["Quarantine <postmaster@mx.test>"]
+
+
+def test_spamd_is_taught_as_the_raw_recipient_its_scan_named(tmp_path: Path) -> None:
+    """A recipient with undecodable bytes is stored escaped; the scan's ``User:`` had the bytes themselves."""
+    quarantine = open_with(tmp_path, "@recipient")
+    assert quarantine._spamd_user({"recipients": [storable("j\udce9r\udcf4me@example.com")]}) == "j\udce9r\udcf4me@example.com"  # noqa: SLF001
