@@ -46,6 +46,18 @@ class LocalDomainChecks(Section):
     recipient_delimiter: str = Field("", description="The characters that separate a user name from an address extension, each one a delimiter (\"+\" makes alice+lists@example.org alice@example.org with the extension lists); set it to Postfix's recipient_delimiter. A sender the login map does not list is then looked up without its extension, before its @domain, as Postfix's smtpd_sender_login_maps does; a recipient is one of [milter] spam_lovers with or without it. Empty (the default, as Postfix's): addresses have no extension.")
 
 
+def sender_domain(sender: str) -> str | None:
+    """The domain MAIL FROM *sender* has once Postfix has rewritten it, as domains compare: ``site!user`` is
+    ``user@site`` (``swap_bangpath``), and an address without a domain (``ceo``) None: Postfix appends
+    ``@$myorigin`` (``append_at_myorigin``), which is one of this site's domains.  "" for the null sender."""
+    address = sender.strip().strip("<>").strip()
+    if not address or "@" in address:
+        return domain_of(address)
+    if "!" in address:
+        return comparable_name(address.split("!", 1)[0].strip())
+    return None
+
+
 def domain_of(address: str) -> str:
     """The domain of an address as domains compare ("" for none): :func:`~milterd.dns.comparable_name`
     (``Bücher.Example.`` and ``xn--bcher-kva.example`` alike, ``example.ΤΕΣΤΣ`` as ``example.τεστσ``)."""
@@ -134,8 +146,8 @@ class LocalSpoof(Check):
         return [Hit(symbol, detail=detail)]
 
     def on_mail(self, session: Session, envelope: Envelope) -> Hits:
-        domain = domain_of(envelope.sender)
-        if domain and domain in self.domains:
+        domain = sender_domain(envelope.sender)
+        if domain is None or domain in self.domains:
             return self._hit("LOCAL_SENDER_SPOOF", envelope.sender[:100], Reply("553", "5.7.1", f"<{envelope.sender}>: Sender address rejected: not logged in"))
         return ()
 

@@ -1,0 +1,33 @@
+"""Local domains review (twenty-ninth session): MAIL FROM that Postfix rewrites into a local domain after the
+milter has seen it.
+
+Postfix appends ``@$myorigin`` to an address without a domain (``append_at_myorigin``) and turns ``site!user``
+into ``user@site`` (``swap_bangpath``), both on by default: ``MAIL FROM:<ceo>`` from an outside client was
+delivered from ``ceo@example.org`` with no LOCAL_SENDER_SPOOF (a review drove it through Postfix).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .test_session17_from import local_spoof, spoof_hits
+
+
+@pytest.mark.parametrize("sender", ["ceo", "<ceo>", "example.org!boss", "EXAMPLE.ORG!boss", "ceo@example.org"])
+def test_a_sender_postfix_rewrites_into_a_local_domain_is_a_spoof(sender: str) -> None:
+    mail, _ = spoof_hits(local_spoof(["example.org"]), sender)
+    assert mail == ["LOCAL_SENDER_SPOOF"]
+
+
+@pytest.mark.parametrize("sender", ["", "<>", "other.example!boss", "ceo@other.example", "a!b@other.example"])
+def test_a_sender_of_another_domain_or_the_null_sender_is_not(sender: str) -> None:
+    mail, _ = spoof_hits(local_spoof(["example.org"]), sender)
+    assert mail == []
+
+
+def test_sender_domain() -> None:
+    from milterd.checks.localdomains import sender_domain
+
+    assert sender_domain("ceo") is None
+    assert sender_domain("site.example!relay!user") == "site.example"
+    assert sender_domain("") == "" and sender_domain("a@B.Example") == "b.example"
