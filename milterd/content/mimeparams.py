@@ -313,7 +313,7 @@ def _client_quoted(text: str, at: int) -> tuple[str, int]:
 
 #: A field's first token, as mail clients read a Content-Type ("text/html (HTML mail)" is text/html) and a
 #: Content-Transfer-Encoding ("base64 ", "base64; x", "base64 (comment)" are base64): up to a blank, a ";" or a "(".
-_FIRST_TOKEN = re.compile(r"\s*([^\s;(]*)")
+_FIRST_TOKEN = re.compile(r"\s*([^\s;(,]*)")
 
 
 def first_token(value: str) -> str:

@@ -93,7 +93,11 @@ _NOT_BASE64 = bytes(sorted(set(range(256)) - set(_BASE64)))
 _IDENTITY = frozenset({"", "7bit", "8bit", "binary"})
 #: The fields the MIME structure and the file names are read from (the rest of a header section can
 #: be any size: padding it must not push these out of what is kept).
-_MIME_FIELDS = frozenset({b"content-type", b"content-disposition", b"content-transfer-encoding"})
+_MIME_FIELDS = frozenset({b"content-type", b"content-disposition", b"content-transfer-encoding", b"content-name", b"x-sun-data-name"})
+
+#: Fields that name a part's file where no ``filename=`` or ``name=`` parameter does: Thunderbird's
+#: ``MimeHeaders_get_name`` falls back to them, and shows and saves the attachment by that name.
+_NAME_FIELDS = ("content-name", "x-sun-data-name")
 
 #: Which boundary of each multipart a parse follows (:class:`_Boundary`): Thunderbird's, the standard
 #: library's, or both at once with each also up to its first blank (a line of any of them delimits).
@@ -307,7 +311,7 @@ class _Steps:
 def _marker(block: bytes, start: int) -> bytes:
     """What follows the ``--`` of the line of *block* at *start*, without its line end and blanks."""
     end = block.find(b"\n", start)
-    return block[start:len(block) if end < 0 else end].rstrip(b"\r\n").rstrip(b" \t")[2:]
+    return block[start:len(block) if end < 0 else end].rstrip(b"\r\n").rstrip(b" \t\v\f")[2:]
 
 
 class _OpenMultiparts:
@@ -433,6 +437,9 @@ def _other_names(part: Message, filename: str) -> tuple[str, ...]:
                     found[_cleaned(unescaped(text))] = None
             for client in client_names(str(value), param):  # where the stdlib reads it otherwise (a comment after it, RFC 2231 duplicates)
                 found[_cleaned(client)] = None
+    for field in _NAME_FIELDS:
+        for value in part.get_all(field, []):
+            found[_cleaned(collapsed(str(value)))] = None
     found.pop(filename, None)
     found.pop("", None)
     return tuple(found)
@@ -556,7 +563,7 @@ class _Header:
             name, colon, rest = line.partition(b":")
             # "Content-Type : …" is the field to mail clients (Thunderbird's libmime skips blanks
             # before the colon); the stdlib parser would end the header section at it.
-            name = name.rstrip(b" \t")
+            name = name.rstrip(b" \t\v\f")
             self.field = 0 if colon and name.lower() in _MIME_FIELDS else -1
             if self.field == 0:
                 self.names.append(name.lower())
@@ -610,6 +617,8 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
     """
     notes: list[str] = [] if skipped is None else skipped
     open_ = _OpenMultiparts()
+    digests: list[bool] = []  # whether each open multipart is a multipart/digest, as open_.levels
+    in_digest = False  # the header section being read is that of a part of a digest (after its delimiter)
     in_headers = True
     header = _Header()
     decoder: _Decoder | None = None
@@ -640,7 +649,9 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                 if header.cut:
                     notes.append(FIELDS_LIMIT_NOTE)
                     ctype, boundary, name, others = _with_overflow(header.overflow.params(), ctype, boundary, name, others)
-                header = _Header()
+                if in_digest and b"content-type" not in header.names:
+                    ctype = "message/rfc822"  # RFC 2046 §5.1.5, as Thunderbird and the stdlib read a digest's part
+                header, in_digest = _Header(), False
                 parts += 1
                 if parts > MAX_SCANNED_PARTS:  # counted at every part's fields: a message/rfc822 chain too
                     notes.append(SCANNED_LIMIT_NOTE)
@@ -651,6 +662,8 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                         notes.append(SHARED_PARTS_NOTE)
                         return
                 kind = _enter(open_, boundary, ctype, encoding, reading, differing)
+                if kind == "multipart":
+                    digests.append(ctype == "multipart/digest")
                 if kind == "message":
                     in_headers = True
                 elif kind == "leaf":
@@ -677,11 +690,13 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                     decoder = current = None
                     if open_.closes(marker, level):
                         open_.close_from(level)
+                        del digests[level:]
                         if _rest_ignored(in_headers, open_, decoder):
                             return  # the outermost multipart closed: only its epilogue follows
                     else:
                         open_.close_from(level + 1)
-                        in_headers = True
+                        del digests[level + 1:]
+                        in_headers, in_digest = True, digests[level]
                     continue
             if decoder is not None:
                 decoder.feed(line)
@@ -954,7 +969,8 @@ def _read_part(part: Message) -> tuple[str, _Boundary | None, str, str, tuple[st
     name = _filename(part)
     # A text/csv part may be a saved message by a name past the first (a large message's view keeps its body then);
     # a text/plain part may name a file in a second Content-Type or Content-Disposition field, which a client may take.
-    kept = bool(name) or not (ctype in TEXT_TYPES or ctype.startswith("multipart/")) or _repeated_naming_field(part)
+    kept = (bool(name) or not (ctype in TEXT_TYPES or ctype.startswith("multipart/")) or _repeated_naming_field(part)
+            or any(field in part for field in _NAME_FIELDS))
     others = _other_names(part, name) if kept else ()
     if not name and others:
         name, others = others[0], others[1:]
