@@ -1,0 +1,44 @@
+"""clamav review (twenty-ninth session): a virus padded past ``[clamav] max_size`` was delivered unscanned,
+although the part holding it had been streamed to clamd (the stream was dropped without asking its verdict).
+The first ``max_size`` bytes of a larger message are now judged (a fake clamd on loopback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from milterd.message.model import Action
+from tests.harness.pipeline import HAM, scanner_pipeline
+from tests.harness.postfix import free_port
+
+from .test_scanners_review import MARKER, FakeServer, clamd, drive, only  # noqa: F401 - clamd is a fixture
+
+PADDED = HAM.replace(b"See you at noon.", MARKER + b"\r\n" + b"y" * 5000)
+
+
+def test_a_virus_padded_past_max_size_is_found_in_the_stream(tmp_path: Path, clamd: FakeServer) -> None:
+    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000), "clamav")
+    outcome = drive(pipeline, PADDED)
+    assert outcome.verdict.details.get("CLAMAV_VIRUS") == "Fake.Marker" and outcome.verdict.action == Action.REJECT
+    assert [len(request) for request in clamd.requests] == [1000]
+
+
+def test_a_virus_padded_past_max_size_and_declared_so_is_found_from_the_spool(tmp_path: Path, clamd: FakeServer) -> None:
+    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000), "clamav")
+    outcome = drive(pipeline, PADDED, mail_args={"SIZE": "50000000"})
+    assert outcome.verdict.details.get("CLAMAV_VIRUS") == "Fake.Marker" and outcome.verdict.action == Action.REJECT
+    assert [len(request) for request in clamd.requests] == [1000]
+
+
+def test_a_clean_start_of_a_large_message_is_still_skipped_for_size(tmp_path: Path, clamd: FakeServer) -> None:
+    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000), "clamav")
+    outcome = drive(pipeline, HAM.replace(b"See you at noon.", b"y" * 5000 + MARKER))  # the marker past the first 1000 bytes
+    assert "CLAMAV_VIRUS" not in outcome.verdict.symbols and outcome.verdict.action == Action.ACCEPT
+    assert "first 1000 bytes scanned: clean" in outcome.verdict.details["CLAMAV_SKIPPED_SIZE"]
+    assert not any(edit.op == "add" and edit.name.startswith("X-Virus") for edit in outcome.edits)  # not "Clean": not scanned whole
+
+
+def test_clamd_down_for_a_large_message_is_still_a_skip_not_an_error(tmp_path: Path) -> None:
+    down = f"tcp:127.0.0.1:{free_port()}"
+    pipeline = only(scanner_pipeline(tmp_path, down, down, clamav__max_size=1000, clamav__on_error="tempfail"), "clamav")
+    outcome = drive(pipeline, PADDED, mail_args={"SIZE": "50000000"})
+    assert "CLAMAV_SKIPPED_SIZE" in outcome.verdict.symbols and outcome.verdict.action == Action.ACCEPT
