@@ -5,12 +5,22 @@ The first ``max_size`` bytes of a larger message are now judged (a fake clamd on
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 from milterd.message.model import Action
 from tests.harness.pipeline import HAM, scanner_pipeline
 from tests.harness.postfix import free_port
 
-from .test_scanners_review import MARKER, FakeServer, clamd, drive, only  # noqa: F401 - clamd is a fixture
+from .test_scanners_review import MARKER, FakeServer, drive, fake_clamd, only
+
+
+@pytest.fixture()
+def clamd() -> Iterator[FakeServer]:
+    server = FakeServer(fake_clamd)
+    yield server
+    server.close()
 
 PADDED = HAM.replace(b"See you at noon.", MARKER + b"\r\n" + b"y" * 5000)
 
