@@ -172,6 +172,19 @@ _CLIENT_FIRST = re.compile(r"[;,]")
 _CLIENT_SECTIONS = 999
 
 
+#: The start of a Content-Type value as Thunderbird's MimeHeaders_get(…, strip_p) cuts it: up to a ``;``, a ``,`` or a blank.
+_CLIENT_TYPE = re.compile(r"\s*([^;,\s]*)")
+
+
+def client_content_type(value: str) -> str:
+    """The content type Thunderbird reads in a Content-Type *value*, lower-cased: cut at the first ``;``, ``,``
+    or blank, then only what follows its last ``?`` (``mime_create``, Mozilla bug 659355).  The standard
+    library reads ``x?multipart/mixed``, ``multipart/mixed,x/y`` and ``multipart/mixed x/y`` otherwise
+    (not a multipart, or text/plain)."""
+    match = _CLIENT_TYPE.match(value)
+    return (match.group(1) if match else "").rpartition("?")[2].lower()
+
+
 def client_param(value: str, name: str) -> str | None:
     """Parameter *name* of a field's *value* as Thunderbird reads it, None when it has none.
 

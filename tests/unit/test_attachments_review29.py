@@ -75,3 +75,27 @@ def test_a_file_named_only_by_a_content_name_field_is_judged_by_that_name(check:
     part = (b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment\r\n" + field + b": invoice.js\r\n"
             b"Content-Transfer-Encoding: base64\r\n\r\n" + ENCODED)
     assert banned(check, mixed(part)) == ["invoice.js: banned extension .js"]
+
+
+@pytest.mark.parametrize("ctype", [b"x?multipart/mixed", b"=?us-ascii?q?multipart/mixed", b"text/plain?multipart/mixed",
+                                   b"multipart/mixed,x/y", b"multipart/mixed x/y", b"multipart/mixed/x"])
+def test_a_content_type_thunderbird_reads_as_a_multipart_is_followed(check: Any, ctype: bytes) -> None:
+    """Thunderbird cuts the type at ``;``, ``,`` or a blank and keeps what follows its last ``?``; the stdlib read
+    these as text (or not a multipart), and the parts inside were never parsed."""
+    part = b'Content-Type: application/octet-stream; name="invoice.js"\r\nContent-Transfer-Encoding: base64\r\n\r\n' + ENCODED
+    raw = mixed(part).replace(b"multipart/mixed; boundary=zz", ctype + b"; boundary=zz")
+    assert banned(check, raw) == ["invoice.js: banned extension .js"]
+
+
+@pytest.mark.parametrize("ctype", [b"x?message/rfc822", b"message/rfc822,x", b"message/rfc822 x/y"])
+def test_a_content_type_thunderbird_reads_as_an_attached_message_is_opened(check: Any, ctype: bytes) -> None:
+    inner = b"From: b@example.org\r\nContent-Type: application/octet-stream; name=\"invoice.js\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + ENCODED
+    assert banned(check, mixed(b"Content-Type: " + ctype + b"\r\n\r\n" + inner)) == ["invoice.js: banned extension .js"]
+
+
+def test_client_content_type() -> None:
+    from milterd.content.mimeparams import client_content_type
+
+    assert client_content_type(" Multipart/Mixed; boundary=x") == "multipart/mixed"
+    assert client_content_type("text/plain?multipart/mixed") == "multipart/mixed"
+    assert client_content_type("") == ""
