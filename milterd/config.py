@@ -322,7 +322,7 @@ class ClamavSection(_ScannerSection):
     on_error: Literal["tempfail", "accept"] = Field("tempfail", description="clamd down, slow or in error: tempfail (451) or accept with a symbol.")
     action: Literal["reject", "quarantine", "discard"] = Field("reject", description="What to do with a virus.")
     headers: bool = Field(True, description="Add X-Virus-Scanned and X-Virus-Status to scanned mail (incoming ones are removed first).")
-    scan_trusted: bool = Field(False, description="Also scan mail from trusted_networks and from clients that authenticated with SMTP AUTH.")
+    scan_trusted: bool = Field(True, description="Also scan mail from trusted_networks and from clients that authenticated with SMTP AUTH (on, as clamav-milter scans all mail: a stolen password or a local web application must not send malware out unscanned).")
 
 
 class SpamdSection(_ScannerSection):

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from milterd.message.model import Action
+from milterd.message.model import Action, Session
 from tests.harness.pipeline import HAM, scanner_pipeline
 from tests.harness.postfix import free_port
 
@@ -52,3 +52,15 @@ def test_clamd_down_for_a_large_message_is_still_a_skip_not_an_error(tmp_path: P
     pipeline = only(scanner_pipeline(tmp_path, down, down, clamav__max_size=1000, clamav__on_error="tempfail"), "clamav")
     outcome = drive(pipeline, PADDED, mail_args={"SIZE": "50000000"})
     assert "CLAMAV_SKIPPED_SIZE" in outcome.verdict.symbols and outcome.verdict.action == Action.ACCEPT
+
+
+def test_mail_from_trusted_and_authenticated_clients_is_scanned_for_viruses_by_default(tmp_path: Path, clamd: FakeServer) -> None:
+    """A review: EICAR from an SMTP AUTH login or from 127.0.0.1 (sendmail(1) with non_smtpd_milters) never reached
+    clamd; clamav-milter, which milterd replaces, scans all mail by default."""
+    from milterd.config import Config
+
+    assert Config().clamav.scan_trusted is True
+    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}"), "clamav")
+    session = Session(client_addr="192.0.2.10", client_name="mail.example.org", helo="mail.example.org", family="inet", auth_user="alice")
+    outcome = drive(pipeline, HAM.replace(b"See you at noon.", MARKER), session=session)
+    assert outcome.verdict.details.get("CLAMAV_VIRUS") == "Fake.Marker" and outcome.verdict.action == Action.REJECT

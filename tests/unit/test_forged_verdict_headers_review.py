@@ -63,7 +63,7 @@ def test_fix_every_forged_spam_field_goes_and_the_subject_is_tagged(headers: boo
 
 @pytest.mark.parametrize("who", ["trusted", "authenticated"])
 def test_fix_forged_virus_fields_go_for_clients_clamd_does_not_scan(who: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    extra: dict[str, Any] = {"clamav": {"enabled": True, "address": "tcp:127.0.0.1:9"}}  # nothing listens: never asked
+    extra: dict[str, Any] = {"clamav": {"enabled": True, "address": "tcp:127.0.0.1:9", "scan_trusted": False}}  # nothing listens: never asked
     conf = make_conf(tmp_path, extra=extra)
     if who == "trusted":
         conf.write_text(conf.read_text().replace("trusted_networks = []", 'trusted_networks = ["192.0.2.0/24"]'))
