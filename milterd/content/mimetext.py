@@ -149,7 +149,13 @@ _LINK_ATTRS = frozenset({
     "srcset", "imagesrcset",  # an image's candidate sources: "URL [descriptor], URL [descriptor]" (a <link>'s too)
     "style",  # CSS: url(...) and @import
     "http-equiv", "content",  # <meta http-equiv="refresh" content="0; url=...">
+    "attributename", "to", "values", "from",  # SVG's <set>/<animate> giving an <a> its href
 })
+#: The SVG elements that give their parent an attribute's value (``<a><set attributeName="href" to="…"/>``).
+_SVG_ANIMATION = frozenset({"set", "animate"})
+#: A link whose scheme is not one a browser opens itself but a handler that opens the link written inside
+#: it (``microsoft-edge:https://…``, ``ms-word:ofe|u|https://…``, ``view-source:https://…``).
+_OPENED_ITSELF = re.compile(r"(?i)\s*(?:https?|ftp|wss?|file|mailto|tel|sms|cid|data|javascript):|\s*[/\\]{2}")
 #: Those of _LINK_ATTRS whose value is itself a link (the others are read by :func:`_attribute_links`).
 _URL_ATTRS = frozenset({"href", "src", "action", "background", "formaction", "xlink:href", "poster"})
 #: A link in CSS: url(...) unquoted or quoted, and @import "..." (CSS escapes are not undone).
@@ -1097,8 +1103,10 @@ class _HTMLText(HTMLParser):
     _BREAK = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote"}
     _FOLLOWED = {"a", "area"}  # whose href the reader clicks (a <link>'s or <base>'s is not)
 
-    def __init__(self, mark: str = "", found: _Links | None = None) -> None:
+    def __init__(self, mark: str = "", found: _Links | None = None, nested: bool = False) -> None:
         super().__init__(convert_charrefs=True)
+        self._nested = nested  # the parse of a conditional comment's content (one level, never deeper)
+        self._foreign = 0  # inside this many <svg>/<math> elements, where <script> and <style> hold markup
         self.mark = mark  # the character that stands for a "<" of text (_text_lt), "" for none
         self.parts: list[str] = []
         self.found = _Links() if found is None else found  # where the links go
@@ -1176,7 +1184,8 @@ class _HTMLText(HTMLParser):
         following = rawdata[k:k + 1]
         if following == ">":
             self.handle_starttag(tag, attrs)
-            if tag in self.CDATA_CONTENT_ELEMENTS:
+            # In SVG and MathML a <script> or <style> holds markup, not text (HTML standard 13.2.6.5): its <a href> is a link.
+            if tag in self.CDATA_CONTENT_ELEMENTS and not self._foreign:
                 self.set_cdata_mode(tag)
             return k + 1
         if rawdata.startswith("/>", k):
@@ -1221,6 +1230,13 @@ class _HTMLText(HTMLParser):
         return self._to_end(super().parse_html_declaration(i))
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("svg", "math"):
+            self._foreign += 1
+        if tag in _SVG_ANIMATION and any(name == "attributename" and (value or "").strip().lower() in ("href", "xlink:href") for name, value in attrs):
+            # <a><set attributeName="href" to="https://…"/></a>: the link the reader follows.
+            for name, value in attrs:
+                if name in ("to", "values", "from") and value:
+                    self._add_all((link for link in value.split(";") if link.strip()), True)
         if tag in self._SKIP:
             self._skipping += 1
             if tag == "style":
@@ -1260,6 +1276,9 @@ class _HTMLText(HTMLParser):
         if not value or value.startswith(("#", "cid:", "data:", "javascript:")):
             return
         self.found.add(value, followed)
+        if "://" in value and _ABSOLUTE.match(value) and not _OPENED_ITSELF.match(value):
+            for inner in _written(value):  # microsoft-edge:https://evil.example/: the handler opens the link inside
+                self.found.add(inner, followed)
         if self.found.scanned < MAX_LINKS_SCANNED and not _ABSOLUTE.match(value):  # past it, add() keeps nothing
             if self._base is not None:
                 self.found.add(self._base.resolve(value), followed)
@@ -1293,12 +1312,26 @@ class _HTMLText(HTMLParser):
             self.handle_comment(rawdata[start:match.start()])
         return match.end()
 
+    def handle_comment(self, data: str) -> None:
+        """A conditional comment's content (``<!--[if mso]> … <![endif]-->``), which Outlook for Windows shows and
+        whose links (a "bulletproof" VML button's too) it follows, is read for links, one level deep."""
+        if self._nested or data.lstrip()[:3].lower() != "[if":
+            return
+        content = data.partition("]>")[2].rpartition("<![endif]")
+        inner = content[0] if content[1] else content[2]
+        if inner.strip():
+            nested = _HTMLText(self.mark, self.found, nested=True)
+            nested.feed(inner)
+            nested.close()
+
     def parse_marked_section(self, i: int, report: bool = True) -> int:
         """Skip ``<![CDATA[``/``<![if …]>`` at *i* to the first ``>``: a bogus comment in HTML (13.2.5.42); -1 while unterminated."""
         end = self.rawdata.find(">", i + 3)
         return self._to_end(-1) if end < 0 else end + 1
 
     def handle_endtag(self, tag: str) -> None:
+        if tag in ("svg", "math") and self._foreign:
+            self._foreign -= 1
         if tag in self._SKIP and self._skipping:
             self._skipping -= 1
             if tag == "style" and self._styles:
