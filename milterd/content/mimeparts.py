@@ -649,8 +649,10 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                 if header.cut:
                     notes.append(FIELDS_LIMIT_NOTE)
                     ctype, boundary, name, others = _with_overflow(header.overflow.params(), ctype, boundary, name, others)
-                if in_digest and b"content-type" not in header.names:
-                    ctype = "message/rfc822"  # RFC 2046 §5.1.5, as Thunderbird and the stdlib read a digest's part
+                if in_digest and b"content-type" not in header.names and not name:
+                    # RFC 2046 §5.1.5, as Thunderbird and the stdlib read a digest's part.  A named one stays a file,
+                    # judged by its name (invoice.bat), as before: an attached message's own name is not judged.
+                    ctype = "message/rfc822"
                 header, in_digest = _Header(), False
                 parts += 1
                 if parts > MAX_SCANNED_PARTS:  # counted at every part's fields: a message/rfc822 chain too

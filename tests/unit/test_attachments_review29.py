@@ -99,3 +99,11 @@ def test_client_content_type() -> None:
     assert client_content_type(" Multipart/Mixed; boundary=x") == "multipart/mixed"
     assert client_content_type("text/plain?multipart/mixed") == "multipart/mixed"
     assert client_content_type("") == ""
+
+
+def test_a_named_digest_part_without_content_type_is_still_judged_by_its_name(check: Any) -> None:
+    """A second look: ``Content-Disposition: attachment; filename="invoice.bat"`` alone in a digest part became an
+    attached message (its own name never judged), where it had been a file named invoice.bat."""
+    raw = (b"From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: multipart/digest; boundary=\"dg\"\r\n\r\n"
+           b"--dg\r\nContent-Disposition: attachment; filename=\"invoice.bat\"\r\n\r\n@echo off\r\nstart calc\r\n--dg--\r\n")
+    assert banned(check, raw) == ["invoice.bat: banned extension .bat"]

@@ -31,3 +31,18 @@ def test_sender_domain() -> None:
     assert sender_domain("ceo") is None
     assert sender_domain("site.example!relay!user") == "site.example"
     assert sender_domain("") == "" and sender_domain("a@B.Example") == "b.example"
+
+
+@pytest.mark.parametrize("sender", ["<@relay.example:ceo>", "@a.example,@b.example:ceo", "@relay.example:example.org!ceo",
+                                    "@relay.example:ceo%example.org", '"example.org!ceo"', "ceo%example.org"])
+def test_a_routed_or_quoted_sender_postfix_rewrites_into_a_local_domain_is_a_spoof(sender: str) -> None:
+    """A second look: Postfix delivered each of these as ceo@example.org, with no LOCAL_SENDER_SPOOF."""
+    mail, _ = spoof_hits(local_spoof(["example.org"]), sender)
+    assert mail == ["LOCAL_SENDER_SPOOF"]
+
+
+@pytest.mark.parametrize("sender", ["MAILER-DAEMON", "<mailer-daemon>", "Mailer-Daemon"])
+def test_mailer_daemon_is_the_null_sender_not_a_spoof(sender: str) -> None:
+    """Postfix takes MAIL FROM:<MAILER-DAEMON> as the null sender (a bounce): the first version rejected it as a spoof."""
+    mail, _ = spoof_hits(local_spoof(["example.org"]), sender)
+    assert mail == []
