@@ -126,9 +126,12 @@ class _LockedCollector:
         self._collector = collector
 
     def collect(self) -> list[Any]:
-        """Every process's metrics, summed (prometheus_client's MultiProcessCollector)."""
+        """Every process's metrics, summed (prometheus_client's MultiProcessCollector), from its own files only:
+        its ``collect`` reads every ``*.db`` of the directory, and another (a SQLite store) failed every scrape."""
         with _lock:
-            return list(self._collector.collect())
+            path = self._collector._path  # noqa: SLF001 - where MultiProcessCollector reads
+            files = [os.path.join(path, name) for name in sorted(os.listdir(path)) if _COLLECTOR_FILE.match(name)]
+            return list(self._collector.merge(files, accumulate=True))
 
 
 def process_dead(pid: int) -> None:

@@ -221,13 +221,16 @@ def test_start_deletes_only_prometheus_client_s_files(tmp_path: Path, monkeypatc
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     for name in ("_directory", "_metrics", "_path"):
         monkeypatch.setattr(metrics, name, None)
+    served: list[Any] = []
+    monkeypatch.setattr(prometheus_client, "make_wsgi_app", lambda registry: served.append(registry))
     try:
         metrics.start("127.0.0.1:9999")
         assert {"milterd.db", "other.db", "notes.txt"} <= set(names(tmp_path))
         assert not {"counter_17.db", "gauge_livesum_17.db", "histogram_archive.db", "summary_3.db"} & set(names(tmp_path))
+        # A second look: the collector read every *.db, the store's too, and each scrape failed (HTTP 500).
+        write(monkeypatch, tmp_path, {101: ([("accept", 2)], [])})
+        assert b'milterd_messages_total{action="accept"} 2.0' in generate_latest(served[0])
     finally:
-        import prometheus_client
-
         for metric in (metrics._metrics or {}).values():  # noqa: SLF001
             prometheus_client.REGISTRY.unregister(metric)
         dns.observe_cache(None)
