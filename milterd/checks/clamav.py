@@ -215,7 +215,8 @@ class ClamavCheck(ScannerCheck):
             return [Hit(SKIPPED, detail=skipped)]
         if result.infected:
             return self._result_hits(envelope, result)
-        detail = f"{skipped}; its first {self.options.max_size} bytes scanned{': clean' if result.status == 'OK' else ''}"
+        scanned = "scanned: clean" if result.status == "OK" else f"not scanned ({_printable(result.reply)})"  # an idle timeout, a size limit
+        detail = f"{skipped}; its first {self.options.max_size} bytes {scanned}"
         return [Hit(SKIPPED, detail=detail)]
 
     def _failed(self, exc: ScannerError) -> list[Hit]:
