@@ -21,12 +21,20 @@ from typing import Any, Callable, Literal, TypeVar
 
 #: Codecs Python has that are no charset of mail, read as unknown ones: punycode decodes in quadratic
 #: time (300 KB took 6 s), the escape codecs read backslashes as Python does, undefined always fails.
-NOT_CHARSETS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined"})
+NOT_CHARSETS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined",
+                          # Codecs Python has that mail clients (the WHATWG Encoding Standard: Thunderbird, browsers) do
+                          # not: they show such a part's bytes in their fallback, so its ASCII link is read, not EBCDIC.
+                          "utf-32", "utf-32-le", "utf-32-be", "cp037", "cp273", "cp424", "cp500", "cp875", "cp1026", "cp1140"})
+
+#: WHATWG labels of UTF-16LE Python does not know (their bodies were read as UTF-8: NULs between the letters).
+_WHATWG_LABELS = {"unicode": "utf-16-le", "ucs-2": "utf-16-le", "csunicode": "utf-16-le", "iso-10646-ucs-2": "utf-16-le",
+                  "unicodefeff": "utf-16-le"}
 
 
 def decode_bytes(data: bytes, charset: str | None) -> str:
     """*data* in *charset*; an unknown or wrong charset (or a codec that is no mail charset) falls back to UTF-8, then Latin-1."""
     if charset:
+        charset = _WHATWG_LABELS.get(charset.strip().lower(), charset)
         try:
             if codecs.lookup(charset).name not in NOT_CHARSETS:
                 return data.decode(charset, "replace")

@@ -39,3 +39,16 @@ def test_a_link_a_client_follows_is_looked_up(html: str) -> None:
 def test_a_comment_that_is_not_conditional_still_hides_its_links() -> None:
     assert domains('<!-- <a href="https://evil.test/">old</a> --><p>hi</p>') == []
     assert domains('<script>var a = "<a href=\\"https://evil.test/\\">";</script>') == []  # a script outside SVG is text
+
+
+@pytest.mark.parametrize(("charset", "encoded"), [
+    ("unicode", "utf-16-le"), ("ucs-2", "utf-16-le"), ("csunicode", "utf-16-le"), ("iso-10646-ucs-2", "utf-16-le"),
+    ("cp037", "ascii"), ("cp500", "ascii"), ("cp1140", "ascii"), ("utf-32", "ascii"), ("utf32", "ascii"),
+])
+def test_a_charset_label_is_read_as_mail_clients_read_it(charset: str, encoded: str) -> None:
+    """WHATWG labels of UTF-16LE Python does not know were read as UTF-8 (NULs between the letters), and codecs
+    only Python has (EBCDIC, UTF-32) turned an ASCII body a client shows into other characters: no link either way."""
+    body = '<a href="https://evil.test/login">Verify</a>'.encode(encoded)
+    raw = f"From: a@b.test\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset={charset}\r\n\r\n".encode() + body
+    found, _addresses = link_targets(extract(raw).uris, frozenset(), 20)
+    assert found == ["evil.test"]
