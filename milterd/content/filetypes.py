@@ -210,8 +210,16 @@ def extensions(name: str) -> list[str]:
     base = PurePosixPath(name.split("\x00", 1)[0].replace("\\", "/")).name.strip().rstrip(". ")
     if base.lower().endswith(_DATA_STREAM):  # NTFS: evil.js::$DATA is evil.js itself
         base = base[:-len(_DATA_STREAM)].rstrip(". ")
-    parts = [p.strip().lower() for p in base.split(".")[1:]]
+    parts = [_folded(p.strip()) for p in base.split(".")[1:]]
     return [p for i, p in enumerate(parts) if p and (len(p) <= 10 or i == len(parts) - 1)]
+
+
+def _folded(extension: str) -> str:
+    """*extension* lower-cased as Windows compares names (upper-cased letter by letter, then lower-cased): ``ſcr``
+    (long s, upper-case S) is ``scr`` and ``pıf`` (dotless i) ``pif`` to it, as to the registry's ``.SCR``."""
+    if extension.isascii():
+        return extension.lower()
+    return "".join(upper if len(upper := char.upper()) == 1 else char for char in extension).lower()
 
 
 def describe(kind: str) -> str:

@@ -11,6 +11,7 @@ text, so a banned file was delivered unjudged (Thunderbird's libmime, mailnews/m
 from __future__ import annotations
 
 import base64
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,14 @@ def test_a_named_digest_part_without_content_type_is_still_judged_by_its_name(ch
     raw = (b"From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: multipart/digest; boundary=\"dg\"\r\n\r\n"
            b"--dg\r\nContent-Disposition: attachment; filename=\"invoice.bat\"\r\n\r\n@echo off\r\nstart calc\r\n--dg--\r\n")
     assert banned(check, raw) == ["invoice.bat: banned extension .bat"]
+
+
+@pytest.mark.parametrize("name", ["evil.\u017fcr", "evil.p\u0131f", "EVIL.\u017fCR"])
+def test_an_extension_windows_folds_to_a_banned_one_is_banned(check: Any, name: str) -> None:
+    """Windows compares names upper-cased letter by letter: ``.ſcr`` (long s) is ``.SCR`` to it, ``.pıf`` (dotless i)
+    ``.PIF``; milterd only lower-cased them, which leaves both as they are."""
+    encoded = name.encode("utf-8")
+    part = (b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename*=utf-8''"
+            + urllib.parse.quote(encoded).encode() + b"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + ENCODED)
+    details = banned(check, mixed(part))
+    assert len(details) == 1 and "banned extension ." in details[0] and details[0].endswith((".scr", ".pif")), details
