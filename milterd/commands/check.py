@@ -226,15 +226,8 @@ def _cross_validate(args: argparse.Namespace, config: Config, client: Client) ->
         errors += failed
     progress.done()
     report = mass_report(items, config.actions)
-    report["errors"] = errors
     report["cross_validate"] = folds
-    if args.json:
-        json.dump(report, sys.stdout, indent=1)  # ASCII: see _check_files
-        sys.stdout.write("\n")
-    else:
-        print(f"{folds}-fold cross-validation: each fold judged by a scratch model learned from the other folds")
-        print_mass_report(report)
-    return EXIT_UNREADABLE if unread or errors else 0
+    return _reported(args, report, unread, errors, f"{folds}-fold cross-validation: each fold judged by a scratch model learned from the other folds")
 
 
 def _warn_small_folds(config: Config, kinds: list[str], numbers: list[int], folds: int) -> None:
@@ -425,15 +418,21 @@ def _mass_check(args: argparse.Namespace, services: Services, pipeline: Pipeline
     actions = services.config.actions
     items, errors = _judge_all(labelled, pipeline, client, progress, services.config)
     progress.done()
-    report = mass_report(items, actions)
+    return _reported(args, mass_report(items, actions), unread, errors)
+
+
+def _reported(args: argparse.Namespace, report: dict[str, Any], unread: int, errors: int, heading: str = "") -> int:
+    """Print a mass check's *report* (``--json``: as one object; else under *heading*, if any) and give the exit
+    status: EXIT_UNREADABLE when a folder or message could not be read (*unread*) or judged (*errors*), since the
+    rates leave it out (a --spam folder misspelt reported 0/0 caught, status 0); else 0."""
     report["errors"] = errors
     if args.json:
         json.dump(report, sys.stdout, indent=1)  # ASCII: see _check_files
         sys.stdout.write("\n")
     else:
+        if heading:
+            print(heading)
         print_mass_report(report)
-    # A folder or a message that could not be read or judged: the rates leave it out (a --spam folder misspelt
-    # reported 0/0 caught, status 0).
     return EXIT_UNREADABLE if unread or errors else 0
 
 
