@@ -47,21 +47,28 @@ class LocalDomainChecks(Section):
 
 
 def sender_domain(sender: str) -> str | None:
-    """The domain MAIL FROM *sender* has once Postfix has rewritten it, as domains compare: ``site!user`` is
-    ``user@site`` (``swap_bangpath``), and an address without a domain (``ceo``, ``ceo%example.org``) None:
-    Postfix appends ``@$myorigin`` (``append_at_myorigin``), which is one of this site's domains.  A source
-    route is dropped and a local part quoted whole read within.  "" for the null sender and MAILER-DAEMON."""
+    """The domain MAIL FROM *sender* has once Postfix has rewritten it, as domains compare, or None for an address
+    without one (``ceo``): Postfix appends ``@$myorigin`` (``append_at_myorigin``), one of this site's domains.
+
+    As Postfix reads it: quotes and a source route (``<"@relay:ceo">``, ``<@relay:ceo>``) are dropped, ``site!user`` is
+    ``user@site`` (``swap_bangpath``) and ``user%site`` without a domain ``user@site`` (``allow_percent_hack``, once
+    ``@$myorigin`` is appended).  "" for the null sender and MAILER-DAEMON."""
     address = sender.strip().strip("<>").strip()
-    if address.startswith("@") and ":" in address:
-        address = address.rpartition(":")[2].strip()  # a source route (@relay.example:ceo): Postfix drops it
-    if len(address) > 1 and address.startswith('"') and address.endswith('"'):
-        address = address[1:-1]  # "example.org!ceo", quoted whole: Postfix reads the address within
+    for _ in range(4):  # "@relay:\"ceo\"" and "\"@relay:ceo\"": quotes within a route and a route within quotes
+        before = address
+        if address.startswith("@") and ":" in address:
+            address = address.rpartition(":")[2].strip()
+        address = address.replace('"', "")
+        if address == before:
+            break
     if not address or address.lower() == "mailer-daemon":
-        return ""  # the null sender, as Postfix takes MAILER-DAEMON
+        return ""
     if "@" in address:
         return domain_of(address)
     if "!" in address:
         return comparable_name(address.split("!", 1)[0].strip())
+    if "%" in address:
+        return comparable_name(address.rpartition("%")[2].strip())
     return None
 
 

@@ -42,7 +42,7 @@ from typing import Any, Callable, Container, Iterable, Iterator, cast
 from olefile import OleFileIO
 
 from .filetypes import HEAD_SIZE, MESSAGE_TYPES, message_file, outlook_file, outlook_name, text_file_type
-from .mimeparams import LenientMessage, Preference, first_token, reading, safely
+from .mimeparams import LenientMessage, Preference, client_content_type, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
 from .mimeparts import TEXT_TYPES, part_names, text_views
 from .outlookmsg import Node, decoded_text, open_compound, read_stream
@@ -151,10 +151,17 @@ _LINK_ATTRS = frozenset({
     "http-equiv", "content",  # <meta http-equiv="refresh" content="0; url=...">
     "attributename", "to", "values", "from",  # SVG's <set>/<animate> giving an <a> its href
 })
+#: The start tags that end foreign content (SVG, MathML) in the HTML standard (13.2.6.5; a <font> with attributes too).
+_FOREIGN_BREAKOUT = frozenset({
+    "b", "big", "blockquote", "body", "br", "center", "code", "dd", "div", "dl", "dt", "em", "embed", "h1", "h2", "h3",
+    "h4", "h5", "h6", "head", "hr", "i", "img", "li", "listing", "menu", "meta", "nobr", "ol", "p", "pre", "ruby", "s",
+    "small", "span", "strong", "strike", "sub", "sup", "table", "tt", "u", "ul", "var",
+})
 #: The SVG elements that give their parent an attribute's value (``<a><set attributeName="href" to="…"/>``).
 _SVG_ANIMATION = frozenset({"set", "animate"})
 #: A link whose scheme is not one a browser opens itself but a handler that opens the link written inside
 #: it (``microsoft-edge:https://…``, ``ms-word:ofe|u|https://…``, ``view-source:https://…``).
+_INNER_LINK = re.compile(r"(?i)(?:https?|ftp|wss?):|[/\\\\]{2}")
 _OPENED_ITSELF = re.compile(r"(?i)\s*(?:https?|ftp|wss?|file|mailto|tel|sms|cid|data|javascript):|\s*[/\\]{2}")
 #: Those of _LINK_ATTRS whose value is itself a link (the others are read by :func:`_attribute_links`).
 _URL_ATTRS = frozenset({"href", "src", "action", "background", "formaction", "xlink:href", "poster"})
@@ -763,6 +770,18 @@ class _EncodedMessagesKept(email.message.Message):
     which would parse its encoded text as one (a soft line break in a long header put the rest of the header, its
     Content-Type too, in the body), but a leaf whose encoded text :func:`_attached_message` decodes."""
 
+    def get_content_type(self) -> str:
+        """The stdlib's, but a type Thunderbird reads as a multipart or an attached message
+        (:func:`~milterd.content.mimeparams.client_content_type`: ``x?multipart/alternative``) is that: the parser
+        splits it as one, so the HTML it shows is read (as the attachment walk follows it)."""
+        ctype = super().get_content_type()
+        declared = self.get("content-type")
+        if declared is not None:
+            client = client_content_type(str(declared))
+            if client != ctype and (client.startswith("multipart/") or client == "message/rfc822"):
+                return client
+        return ctype
+
     def get_content_maintype(self) -> str:
         maintype = super().get_content_maintype()
         if maintype == "message" and _encoded_message(self) is not None:
@@ -1106,7 +1125,10 @@ class _HTMLText(HTMLParser):
     def __init__(self, mark: str = "", found: _Links | None = None, nested: bool = False) -> None:
         super().__init__(convert_charrefs=True)
         self._nested = nested  # the parse of a conditional comment's content (one level, never deeper)
-        self._foreign = 0  # inside this many <svg>/<math> elements, where <script> and <style> hold markup
+        #: The open <svg>/<math> elements (where <script> and <style> hold markup), each with the skipping and style
+        #: counts at its start, restored at its end (or a tag that ends foreign content): a <script> in one whose
+        #: end tag its markup swallowed hid the rest of the part's text.
+        self._foreign: list[tuple[int, int]] = []
         self.mark = mark  # the character that stands for a "<" of text (_text_lt), "" for none
         self.parts: list[str] = []
         self.found = _Links() if found is None else found  # where the links go
@@ -1231,7 +1253,10 @@ class _HTMLText(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in ("svg", "math"):
-            self._foreign += 1
+            self._foreign.append((self._skipping, self._styles))
+        elif self._foreign and tag in _FOREIGN_BREAKOUT:
+            self._skipping, self._styles = self._foreign[0]  # back in HTML (HTML standard 13.2.6.5)
+            self._foreign.clear()
         if tag in _SVG_ANIMATION and any(name == "attributename" and (value or "").strip().lower() in ("href", "xlink:href") for name, value in attrs):
             # <a><set attributeName="href" to="https://…"/></a>: the link the reader follows.
             for name, value in attrs:
@@ -1276,9 +1301,11 @@ class _HTMLText(HTMLParser):
         if not value or value.startswith(("#", "cid:", "data:", "javascript:")):
             return
         self.found.add(value, followed)
-        if "://" in value and _ABSOLUTE.match(value) and not _OPENED_ITSELF.match(value):
-            for inner in _written(value):  # microsoft-edge:https://evil.example/: the handler opens the link inside
-                self.found.add(inner, followed)
+        if _ABSOLUTE.match(value) and not _OPENED_ITSELF.match(value):
+            # microsoft-edge:https://evil.example/, ms-word:ofe|u|https:evil.example/…: the handler opens the link inside.
+            inner = _INNER_LINK.search(value, value.find(":") + 1)
+            if inner is not None:
+                self.found.add(value[inner.start():], followed)
         if self.found.scanned < MAX_LINKS_SCANNED and not _ABSOLUTE.match(value):  # past it, add() keeps nothing
             if self._base is not None:
                 self.found.add(self._base.resolve(value), followed)
@@ -1321,8 +1348,10 @@ class _HTMLText(HTMLParser):
         inner = content[0] if content[1] else content[2]
         if inner.strip():
             nested = _HTMLText(self.mark, self.found, nested=True)
+            nested._read = self._read  # one bound for the part's CSS, srcset and refresh links, comments included
             nested.feed(inner)
             nested.close()
+            self._read = nested._read
 
     def parse_marked_section(self, i: int, report: bool = True) -> int:
         """Skip ``<![CDATA[``/``<![if …]>`` at *i* to the first ``>``: a bogus comment in HTML (13.2.5.42); -1 while unterminated."""
@@ -1331,7 +1360,8 @@ class _HTMLText(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("svg", "math") and self._foreign:
-            self._foreign -= 1
+            self._skipping, self._styles = self._foreign.pop()
+            return
         if tag in self._SKIP and self._skipping:
             self._skipping -= 1
             if tag == "style" and self._styles:

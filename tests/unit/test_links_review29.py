@@ -52,3 +52,37 @@ def test_a_charset_label_is_read_as_mail_clients_read_it(charset: str, encoded: 
     raw = f"From: a@b.test\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset={charset}\r\n\r\n".encode() + body
     found, _addresses = link_targets(extract(raw).uris, frozenset(), 20)
     assert found == ["evil.test"]
+
+
+def test_an_svg_script_whose_end_its_markup_swallowed_hides_no_text_after_the_svg() -> None:
+    """A third look: read as markup inside <svg>, JS like ``i<n;`` made a tag that swallowed ``</script>``; the parser then
+    skipped every later text (a browser's </svg> closes the svg and its script): body rules saw "Hello" only."""
+    html = "<p>Hello</p><svg><script>for(i=0;i<n;i++){}</script></svg><p>Your account is suspended, verify your password</p>"
+    raw = ("From: a@b.test\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + html).encode()
+    assert "Your account is suspended" in extract(raw).text
+    style = "<svg><style>.a{}</svg><p>visible text</p>"
+    assert "visible text" in extract(raw.replace(html.encode(), style.encode())).text
+
+
+@pytest.mark.parametrize("href", ["microsoft-edge:https:evil.test/", "microsoft-edge:https:/evil.test/", "ms-word:ofe|u|//evil.test/a.docx",
+                                  "ms-word:ofe|u|\\\\evil.test\\a.docx"])
+def test_a_handler_s_link_without_two_slashes_is_looked_up(href: str) -> None:
+    assert domains(f'<a href="{href}">Open</a>') == ["evil.test"]
+
+
+def test_the_links_of_a_part_thunderbird_reads_as_a_multipart_are_read() -> None:
+    """x?multipart/alternative: followed for attachments since the review, but its HTML part's links were not read."""
+    raw = (b"From: a@b.test\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: x?multipart/alternative; boundary=zz\r\n\r\n"
+           b"--zz\r\nContent-Type: text/html\r\n\r\n<a href=\"https://evil.test/login\">Verify</a>\r\n--zz--\r\n")
+    found, _ = link_targets(extract(raw).uris, frozenset(), 20)
+    assert found == ["evil.test"]
+
+
+def test_conditional_comments_share_the_part_s_bound_on_links_read() -> None:
+    """Each comment's parse had a bound of its own: 1,000 comments read 1,000 times as many srcset links (30x the CPU)."""
+    from milterd.content.mimetext import MAX_LINKS_SCANNED
+
+    per_comment = MAX_LINKS_SCANNED // 2 + 1
+    comment = '<!--[if mso]><img srcset="' + ", ".join(["a"] * per_comment) + '"><![endif]-->'
+    raw = ("From: a@b.test\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n" + comment * 2).encode()
+    assert extract(raw).unread == "links"

@@ -46,3 +46,14 @@ def test_mailer_daemon_is_the_null_sender_not_a_spoof(sender: str) -> None:
     """Postfix takes MAIL FROM:<MAILER-DAEMON> as the null sender (a bounce): the first version rejected it as a spoof."""
     mail, _ = spoof_hits(local_spoof(["example.org"]), sender)
     assert mail == []
+
+
+@pytest.mark.parametrize(("sender", "spoof"), [
+    ('<"@relay:ceo">', True), ('<"@relay:example.org!ceo">', True), ('<"ceo"@"example.org">', True),
+    ("<ceo%evil.test>", False), ("<ceo%example.org>", True), ("<@relay:>", False), ('<"">', False),
+])
+def test_quotes_routes_and_the_percent_hack_read_as_postfix_reads_them(sender: str, spoof: bool) -> None:
+    """A third look, against what the harness's Postfix relays: <"@relay:ceo"> and <"ceo"@"example.org"> went out as
+    ceo@example.org unflagged; <ceo%evil.test> goes out as ceo@evil.test (allow_percent_hack), flagged as local."""
+    mail, _ = spoof_hits(local_spoof(["example.org"]), sender)
+    assert mail == (["LOCAL_SENDER_SPOOF"] if spoof else [])
