@@ -167,7 +167,7 @@ class ActionsSection(Section):
 
 
 class DatabaseSection(Section):
-    url: str = Field("sqlite:///milterd.sqlite", description="SQLAlchemy URL of the log, quarantine and greylist store; a relative SQLite path is relative to the working directory.")
+    url: str = Field("sqlite:///milterd.sqlite", description="SQLAlchemy URL of the log, quarantine and greylist store; a relative SQLite path is relative to the working directory (an in-memory SQLite database is refused: each worker would have its own).")
     auto_upgrade: bool = Field(True, description="Let serve create or upgrade the schema itself (otherwise run 'milterd db upgrade').")
     busy_timeout: Duration = Field(10.0, description="How long a writer waits for a locked SQLite database before the message is tempfailed. On a database server, also the longest a new connection may take to open (libpq's connect_timeout, at least 2 s) and data sent to it may wait unacknowledged (tcp_user_timeout), unless url sets them; after one timed out, this process asks the server again only once busy_timeout has passed: a server that does not answer fails the store's work at once (each store's on_error) instead of holding the session until Postfix's milter_command_timeout. A statement that waits (a lock another host holds) is not bounded: add ?options=-c%20statement_timeout%3D10s to url where no PgBouncer sits between (it refuses that parameter).")
     pool_size: int = Field(16, ge=1, le=1000, description="Connections each worker (and the supervisor's maintenance process) keeps open to a database server such as PostgreSQL, opened as needed and never more: the SMTP sessions a worker serves at once share them, and one that finds them all busy waits busy_timeout, then its message is tempfailed. This host needs up to pool_size × (workers + 1) + 2 connections (a reload briefly runs one worker more; the supervisor and its maintenance process use one each): milterd doctor shows the total against the server's max_connections. SQLite ignores it (32 per worker).")
@@ -178,7 +178,7 @@ class DatabaseSection(Section):
     @classmethod
     def _url(cls, value: str) -> str:
         value = _no_nul(value)  # a SQLite URL is a path; no other URL holds a raw NUL either
-        problem = password_problem(value)
+        problem = password_problem(value) or _in_memory(value)
         if problem:
             raise ValueError(problem)
         return value
@@ -190,6 +190,19 @@ class DatabaseSection(Section):
         if value * 1000 > 2**31 - 1:
             raise ValueError(f"must be at most 24d (SQLite's limit), got {value:g} seconds")
         return value
+
+
+def _in_memory(url: str) -> str:
+    """Why *url* is refused when it names an in-memory SQLite database (``sqlite://``, ``sqlite:///:memory:``,
+    ``mode=memory``), else "": each process and thread would have its own, empty one, every log row failing."""
+    scheme, separator, rest = url.strip().partition("://")
+    if not separator or not scheme.lower().startswith("sqlite"):
+        return ""
+    database, _, query = rest.partition("?")
+    database = database[1:] if database.startswith("/") else database
+    if database in ("", ":memory:") or "mode=memory" in query.lower():
+        return "an in-memory SQLite database: each worker would have its own, empty one (no log, no quarantine); name a file"
+    return ""
 
 
 class DnsSection(Section):
