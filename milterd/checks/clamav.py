@@ -157,7 +157,12 @@ class ClamavCheck(ScannerCheck):
             envelope.edits.extend(removal_edits(envelope))
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
-        hits = self._verdict(envelope)
+        try:
+            hits = self._verdict(envelope)
+        except Exception:
+            if self.options.headers:  # our own failure (on_check_error may accept the message): no forged "Clean" stays
+                envelope.edits.extend(removal_edits(envelope))
+            raise
         if self.options.headers and any(h.symbol in (SKIPPED, ERROR) for h in hits):
             envelope.edits.extend(removal_edits(envelope))  # not scanned: no header of ours replaces a forged one
         return hits

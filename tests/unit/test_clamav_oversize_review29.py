@@ -64,3 +64,20 @@ def test_mail_from_trusted_and_authenticated_clients_is_scanned_for_viruses_by_d
     session = Session(client_addr="192.0.2.10", client_name="mail.example.org", helo="mail.example.org", family="inet", auth_user="alice")
     outcome = drive(pipeline, HAM.replace(b"See you at noon.", MARKER), session=session)
     assert outcome.verdict.details.get("CLAMAV_VIRUS") == "Fake.Marker" and outcome.verdict.action == Action.REJECT
+
+
+def test_a_forged_clean_status_goes_when_the_check_itself_fails(tmp_path: Path, clamd: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's suspicion: with on_check_error = "accept" (the default), an internal error of the clamav check left a
+    sender's "X-Virus-Status: Clean" on a message nothing scanned."""
+    from milterd.checks import clamav
+    from milterd.message.model import HeaderEdit
+
+    def broken(self: object, envelope: object) -> list[object]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(clamav.ClamavCheck, "_verdict", broken)
+    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}"), "clamav")
+    forged = HAM.replace(b"Subject: lunch\r\n", b"Subject: lunch\r\nX-Virus-Status: Clean\r\n")
+    outcome = drive(pipeline, forged)
+    assert outcome.verdict.action == Action.ACCEPT and "CHECK_ERROR" in outcome.verdict.symbols
+    assert HeaderEdit("change", "X-Virus-Status", "", 1) in outcome.edits
