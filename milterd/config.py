@@ -14,6 +14,7 @@ import ipaddress
 import os
 import socket
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -199,8 +200,9 @@ def _in_memory(url: str) -> str:
     if not separator or not scheme.lower().startswith("sqlite"):
         return ""
     database, _, query = rest.partition("?")
-    database = database[1:] if database.startswith("/") else database
-    if database in ("", ":memory:") or "mode=memory" in query.lower():
+    database = urllib.parse.unquote(database[1:] if database.startswith("/") else database)  # as SQLAlchemy decodes it
+    query = urllib.parse.unquote(query).lower()
+    if database in ("", ":memory:") or database.startswith("file::memory:") or "mode=memory" in query or "vfs=memdb" in query:
         return "an in-memory SQLite database: each worker would have its own, empty one (no log, no quarantine); name a file"
     return ""
 

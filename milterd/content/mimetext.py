@@ -155,13 +155,18 @@ _LINK_ATTRS = frozenset({
 _FOREIGN_BREAKOUT = frozenset({
     "b", "big", "blockquote", "body", "br", "center", "code", "dd", "div", "dl", "dt", "em", "embed", "h1", "h2", "h3",
     "h4", "h5", "h6", "head", "hr", "i", "img", "li", "listing", "menu", "meta", "nobr", "ol", "p", "pre", "ruby", "s",
-    "small", "span", "strong", "strike", "sub", "sup", "table", "tt", "u", "ul", "var",
+    "small", "span", "strong", "strike", "sub", "sup", "table", "tt", "u", "ul", "var", "font",
 })
+#: End tags that end foreign content too: an HTML ancestor's (a table cell the <svg> is in), ``</p>`` and ``</br>``.
+_FOREIGN_BREAKOUT_END = frozenset({"p", "br", "td", "th", "tr", "tbody", "thead", "tfoot", "table", "div", "body", "html", "li", "ul", "ol"})
+#: The elements of SVG and MathML that hold HTML again (integration points): a <script> or <style> there is text.
+_HTML_ISLANDS = frozenset({"foreignobject", "desc", "title", "mi", "mo", "mn", "ms", "mtext", "annotation-xml"})
 #: The SVG elements that give their parent an attribute's value (``<a><set attributeName="href" to="…"/>``).
 _SVG_ANIMATION = frozenset({"set", "animate"})
 #: A link whose scheme is not one a browser opens itself but a handler that opens the link written inside
 #: it (``microsoft-edge:https://…``, ``ms-word:ofe|u|https://…``, ``view-source:https://…``).
-_INNER_LINK = re.compile(r"(?i)(?:https?|ftp|wss?):|[/\\\\]{2}")
+_INNER_SCHEME = re.compile(r"(?i)(?:https?|ftp|wss?):")
+_INNER_SLASHES = re.compile(r"[/\\\\]{2}")
 _OPENED_ITSELF = re.compile(r"(?i)\s*(?:https?|ftp|wss?|file|mailto|tel|sms|cid|data|javascript):|\s*[/\\]{2}")
 #: Those of _LINK_ATTRS whose value is itself a link (the others are read by :func:`_attribute_links`).
 _URL_ATTRS = frozenset({"href", "src", "action", "background", "formaction", "xlink:href", "poster"})
@@ -930,6 +935,9 @@ def content_type(part: email.message.Message) -> str:
     value = part.get("Content-Type")
     if value is None:
         return part.get_content_type()
+    client = client_content_type(str(value))
+    if client.startswith("multipart/") or client in MESSAGE_TYPES:
+        return client  # x?message/rfc822 in base64: the attached message Thunderbird decodes (as the parse splits it)
     token = first_token(str(value))
     return token if token.count("/") == 1 else "text/plain"
 
@@ -1118,7 +1126,9 @@ def _www_start(text: str, lowered: str, pos: int) -> int:
 class _HTMLText(HTMLParser):
     """Collects the visible text and the links of an HTML part."""
 
-    _SKIP = {"script", "style", "head", "title"}
+    # Not "head": its end tag is optional (<head><title>x</title><body>… hid the whole body's text); what a head holds
+    # unseen (title, style, script) is skipped on its own, and other text in it a browser shows in the body.
+    _SKIP = {"script", "style", "title"}
     _BREAK = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote"}
     _FOLLOWED = {"a", "area"}  # whose href the reader clicks (a <link>'s or <base>'s is not)
 
@@ -1129,6 +1139,7 @@ class _HTMLText(HTMLParser):
         #: counts at its start, restored at its end (or a tag that ends foreign content): a <script> in one whose
         #: end tag its markup swallowed hid the rest of the part's text.
         self._foreign: list[tuple[int, int]] = []
+        self._islands = 0  # open elements of _HTML_ISLANDS within them
         self.mark = mark  # the character that stands for a "<" of text (_text_lt), "" for none
         self.parts: list[str] = []
         self.found = _Links() if found is None else found  # where the links go
@@ -1207,7 +1218,7 @@ class _HTMLText(HTMLParser):
         if following == ">":
             self.handle_starttag(tag, attrs)
             # In SVG and MathML a <script> or <style> holds markup, not text (HTML standard 13.2.6.5): its <a href> is a link.
-            if tag in self.CDATA_CONTENT_ELEMENTS and not self._foreign:
+            if tag in self.CDATA_CONTENT_ELEMENTS and (not self._foreign or self._islands):
                 self.set_cdata_mode(tag)
             return k + 1
         if rawdata.startswith("/>", k):
@@ -1255,8 +1266,9 @@ class _HTMLText(HTMLParser):
         if tag in ("svg", "math"):
             self._foreign.append((self._skipping, self._styles))
         elif self._foreign and tag in _FOREIGN_BREAKOUT:
-            self._skipping, self._styles = self._foreign[0]  # back in HTML (HTML standard 13.2.6.5)
-            self._foreign.clear()
+            self._leave_foreign()
+        elif self._foreign and tag in _HTML_ISLANDS:
+            self._islands += 1
         if tag in _SVG_ANIMATION and any(name == "attributename" and (value or "").strip().lower() in ("href", "xlink:href") for name, value in attrs):
             # <a><set attributeName="href" to="https://…"/></a>: the link the reader follows.
             for name, value in attrs:
@@ -1303,7 +1315,8 @@ class _HTMLText(HTMLParser):
         self.found.add(value, followed)
         if _ABSOLUTE.match(value) and not _OPENED_ITSELF.match(value):
             # microsoft-edge:https://evil.example/, ms-word:ofe|u|https:evil.example/…: the handler opens the link inside.
-            inner = _INNER_LINK.search(value, value.find(":") + 1)
+            start = value.find(":") + 1
+            inner = _INNER_SCHEME.search(value, start) or _INNER_SLASHES.search(value, start)  # ?url=https://… before //?action
             if inner is not None:
                 self.found.add(value[inner.start():], followed)
         if self.found.scanned < MAX_LINKS_SCANNED and not _ABSOLUTE.match(value):  # past it, add() keeps nothing
@@ -1358,10 +1371,21 @@ class _HTMLText(HTMLParser):
         end = self.rawdata.find(">", i + 3)
         return self._to_end(-1) if end < 0 else end + 1
 
+    def _leave_foreign(self) -> None:
+        """Back in HTML (HTML standard 13.2.6.5): the skipping and style counts as they were at the first open <svg>/<math>."""
+        self._skipping, self._styles = self._foreign[0]
+        self._foreign.clear()
+        self._islands = 0
+
     def handle_endtag(self, tag: str) -> None:
         if tag in ("svg", "math") and self._foreign:
             self._skipping, self._styles = self._foreign.pop()
+            self._islands = 0 if not self._foreign else self._islands
             return
+        if self._foreign and tag in _FOREIGN_BREAKOUT_END:
+            self._leave_foreign()
+        elif self._foreign and tag in _HTML_ISLANDS and self._islands:
+            self._islands -= 1
         if tag in self._SKIP and self._skipping:
             self._skipping -= 1
             if tag == "style" and self._styles:

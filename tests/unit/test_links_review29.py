@@ -86,3 +86,38 @@ def test_conditional_comments_share_the_part_s_bound_on_links_read() -> None:
     comment = '<!--[if mso]><img srcset="' + ", ".join(["a"] * per_comment) + '"><![endif]-->'
     raw = ("From: a@b.test\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n" + comment * 2).encode()
     assert extract(raw).unread == "links"
+
+
+def _html(html: str) -> bytes:
+    return ("From: a@b.test\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + html).encode()
+
+
+@pytest.mark.parametrize("href", ["itms-services://?action=download-manifest&url=https://evil.test/app.plist",
+                                  "googlechrome://navigate?url=https://evil.test/"])
+def test_a_handler_s_link_written_after_its_own_slashes_is_the_one_read(href: str) -> None:
+    """A fourth look: the first "//" (the handler's own) was taken for the link inside: evil.test was never asked."""
+    assert "evil.test" in domains(f'<a href="{href}">Install</a>')
+
+
+@pytest.mark.parametrize("html", [
+    "<p>Hello</p><svg><script><font color=red>BUY CHEAP PILLS here",
+    "<table><tr><td><p>Hello</p><svg><style></td><td>BUY CHEAP PILLS here</td></tr></table>",
+    "<p>Hello</p><svg><foreignObject><script><!--</script><a href='https://evil.test/'>BUY CHEAP PILLS</a> --></foreignObject></svg>",
+    "<p>Hello</p><math><mtext><style><!--</style>BUY CHEAP PILLS here --></mtext></math>",
+    "<html><head><title>Offer</title><body><p>BUY CHEAP PILLS here</p>",
+])
+def test_text_a_browser_shows_is_seen_by_body_rules(html: str) -> None:
+    """A fourth look: foreign content left by a <font>, an HTML ancestor's end tag, or an element holding HTML
+    (foreignObject, mtext), and a <head> whose end tag is left out (optional in HTML), hid the text after them."""
+    assert "BUY CHEAP PILLS" in extract(_html(html)).text
+
+
+def test_an_attached_message_thunderbird_reads_in_base64_is_decoded() -> None:
+    import base64
+
+    inner = b"From: b@in.test\r\nSubject: inner\r\n\r\ninner msg https://in.test/\r\n"
+    raw = (b"From: a@b.test\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n"
+           b"--zz\r\nContent-Type: text/plain\r\n\r\nouter text\r\n--zz\r\nContent-Type: x?message/rfc822\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(inner) + b"--zz--\r\n")
+    found = extract(raw)
+    assert "https://in.test/" in found.uris and "inner msg" in found.text

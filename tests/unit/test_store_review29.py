@@ -56,3 +56,10 @@ def test_an_in_memory_sqlite_url_is_refused(url: str) -> None:
 @pytest.mark.parametrize("url", ["sqlite:///milterd.sqlite", "sqlite:////var/lib/milterd/milterd.sqlite", "postgresql+psycopg://u@h/db"])
 def test_a_file_or_a_server_is_taken(url: str) -> None:
     assert DatabaseSection(url=url).url == url
+
+
+@pytest.mark.parametrize("url", ["sqlite:///file::memory:?uri=true", "sqlite:///file:m1?vfs=memdb&uri=true", "sqlite:///%3Amemory%3A",
+                                 "sqlite:///file:%3Amemory%3A?uri=true"])
+def test_other_spellings_of_an_in_memory_database_are_refused(url: str) -> None:
+    with pytest.raises(ValidationError, match="in-memory SQLite database"):
+        DatabaseSection(url=url)
