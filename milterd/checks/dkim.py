@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Literal
 
 import dkim
 from pydantic import Field
@@ -34,11 +34,11 @@ from pydantic import Field
 from .. import dkimfast, dkimsign
 from ..dns import fold_case
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError, Verdict, header_safe
-from ..message.policy import plan_headers
+from ..message.policy import MAX_LINE_OCTETS, plan_headers
 from ..options import CheckSwitches, Size
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
-from .dmarc import aligned, envelope_from_domains, from_domain, org_domain, queryable
+from .dmarc import aligned, envelope_from_domains, org_domain, queryable, signing_domains
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -448,14 +448,19 @@ class DkimSigner(Check):
         wanted = (session.trusted and options.sign_trusted) or (session.authenticated and options.sign_authenticated)
         if not wanted or verdict.action not in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE):
             return verdict
-        domain = from_domain(envelope.header("From"))
-        keys = dkimsign.keys_for(self.keys, domain) if domain else []
+        # Every From domain's keys: a From naming two domains (RFC 7489 §6.6.1 evaluates each) went out unsigned, unsaid.
+        domains = signing_domains(value.decode("utf-8", "replace") for name, value in envelope.headers if name.lower() == "from")
+        keys = list(dict.fromkeys(key for name in domains for key in dkimsign.keys_for(self.keys, name)))
         if not keys:
             return verdict
+        domain = ", ".join(domains)
         # The pipeline tags the Subject after the verdict (a quarantined message over rewrite_subject): sign what is delivered.
         subject_edits = [e for e in plan_headers(verdict, {}, envelope.header("Subject"), self.services.config.actions) if e.name == "Subject"]
+        header_section = header_section_as_delivered(envelope, subject_edits)
         try:
-            signatures = dkimsign.sign(header_section_as_delivered(envelope, subject_edits), envelope.spool.chunks(), keys, options.headers)
+            signatures = dkimsign.sign(header_section, envelope.spool.chunks(), keys, options.headers)
+            # Postfix's smtp client breaks a line past smtp_line_length_limit (998) on the way out, after the signature.
+            long_line = has_long_line([header_section]) or has_long_line(envelope.spool.chunks())
         except SpoolError:
             raise  # the message unread: the pipeline answers 451, not an unsigned delivery
         except Exception as exc:  # noqa: BLE001 - an unsigned message is delivered; the log says why
@@ -472,7 +477,30 @@ class DkimSigner(Check):
             except Exception as exc:  # noqa: BLE001 - stored unsigned; the log says why
                 return _with_hit(verdict, "DKIM_SIGN_ERROR", f"{domain}: the quarantined copy: {type(exc).__name__}: {exc}"[:200])
             envelope.stored_fields.extend(b"DKIM-Signature: " + value.replace("\n", "\r\n").encode("ascii") for value in stored)
-        return _with_hit(verdict, "DKIM_SIGNED", ", ".join(f"d={k.domain} s={k.selector}" for k in keys))
+        signed = ", ".join(f"d={k.domain} s={k.selector}" for k in keys)
+        if long_line:
+            signed += ("; a line is over 998 octets: Postfix's smtp client breaks it on delivery (smtp_line_length_limit), "
+                       "which breaks the signature there (local delivery keeps it)")
+        return _with_hit(verdict, "DKIM_SIGNED", signed)
+
+
+def has_long_line(chunks: Iterable[bytes], limit: int = MAX_LINE_OCTETS) -> bool:
+    """Whether the text given as *chunks* has a line of more than *limit* octets (its CR LF not counted)."""
+    run = 0  # octets of the line being read, a CR before its LF included
+    for chunk in chunks:
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                run += len(chunk) - start
+                if run > limit + 1:
+                    return True
+                break
+            line = run + end - start
+            if line > limit + (1 if chunk[end - 1:end] == b"\r" or (end == start and run) else 0):
+                return True
+            run, start = 0, end + 1
+    return run > limit  # a last line without its line end
 
 
 def header_section_as_delivered(envelope: Envelope, subject_edits: list[HeaderEdit]) -> bytes:

@@ -142,14 +142,21 @@ def from_domain(value: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=1024)
 def _from_domain(value: str) -> str | None:
-    # Unfolded as from_domains reads it; signing (its one user) needs no other client's reading.
-    domains = {fold_case(addr.rpartition("@")[2].strip()).rstrip(".") for _, addr in addresses(unfolded(value)) if "@" in addr}
-    domains.discard("")
-    if len(domains) != 1:
-        return None
-    domain = domains.pop()
+    domains = _written_domains(value)
     # Only a name that can be a domain: it goes into DNS queries, a reply and a header.
-    return domain if _DOMAIN.fullmatch(domain) else None
+    return domains[0] if len(domains) == 1 and _DOMAIN.fullmatch(domains[0]) else None
+
+
+def _written_domains(value: str) -> tuple[str, ...]:
+    # Unfolded as from_domains reads it; signing needs no other client's reading.
+    domains = dict.fromkeys(fold_case(addr.rpartition("@")[2].strip()).rstrip(".") for _, addr in addresses(unfolded(value)) if "@" in addr)
+    return tuple(domain for domain in domains if domain)
+
+
+def signing_domains(values: Iterable[str]) -> tuple[str, ...]:
+    """Each domain the From fields *values* name (as written: no other client's reading), in order: a message is
+    signed with the keys of each (a From naming two domains went out unsigned, unsaid)."""
+    return tuple(dict.fromkeys(domain for value in values for domain in _written_domains(value) if _DOMAIN.fullmatch(domain)))
 
 
 def queryable(name: str) -> bool:

@@ -114,6 +114,7 @@ def test_an_smtputf8_sender_or_login_is_still_sealed(tmp_path: Path, keys: dict[
     # Our header holds the UTF-8 value; dkimpy reads it with authres (ASCII only): the seal must still be made.
     services = sealer_services(tmp_path, keys["seal"])
     envelope = envelope_of(MESSAGE)
+    envelope.mail_args["SMTPUTF8"] = None  # a UTF-8 header value only in an SMTPUTF8 message (RFC 6532)
     envelope.check_state("spf")["evaluation"] = {"result": "pass", "explanation": "", "identity": "mailfrom", "sender": sender, "helo": "mx.example.org"}
     envelope.check_state("arc")["result"] = ArcResult("none")
     verdict = Verdict(Action.ACCEPT, 0.0, {}, {}, "")
