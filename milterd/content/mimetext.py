@@ -151,14 +151,18 @@ _LINK_ATTRS = frozenset({
     "http-equiv", "content",  # <meta http-equiv="refresh" content="0; url=...">
     "attributename", "to", "values", "from",  # SVG's <set>/<animate> giving an <a> its href
 })
-#: The start tags that end foreign content (SVG, MathML) in the HTML standard (13.2.6.5; a <font> with attributes too).
+#: The start tags that end foreign content (SVG, MathML) in the HTML standard (13.2.6.5), and a <font> with a color,
+#: face or size (:data:`_FONT_BREAKOUT`).
 _FOREIGN_BREAKOUT = frozenset({
     "b", "big", "blockquote", "body", "br", "center", "code", "dd", "div", "dl", "dt", "em", "embed", "h1", "h2", "h3",
     "h4", "h5", "h6", "head", "hr", "i", "img", "li", "listing", "menu", "meta", "nobr", "ol", "p", "pre", "ruby", "s",
-    "small", "span", "strong", "strike", "sub", "sup", "table", "tt", "u", "ul", "var", "font",
+    "small", "span", "strong", "strike", "sub", "sup", "table", "tt", "u", "ul", "var",
 })
-#: End tags that end foreign content too: an HTML ancestor's (a table cell the <svg> is in), ``</p>`` and ``</br>``.
-_FOREIGN_BREAKOUT_END = frozenset({"p", "br", "td", "th", "tr", "tbody", "thead", "tfoot", "table", "div", "body", "html", "li", "ul", "ol"})
+_FONT_BREAKOUT = frozenset({"color", "face", "size"})
+#: End tags that end foreign content: ``</p>`` and ``</br>`` always, the others when such an HTML element was open
+#: around the <svg>/<math> (a table cell it is in); a browser ignores them otherwise.
+_FOREIGN_BREAKOUT_END = frozenset({"p", "br"})
+_ANCESTOR_ENDS = frozenset({"td", "th", "tr", "tbody", "thead", "tfoot", "table", "div", "li", "ul", "ol", "dd", "dl", "blockquote"})
 #: The elements of SVG and MathML that hold HTML again (integration points): a <script> or <style> there is text.
 _HTML_ISLANDS = frozenset({"foreignobject", "desc", "title", "mi", "mo", "mn", "ms", "mtext", "annotation-xml"})
 #: The SVG elements that give their parent an attribute's value (``<a><set attributeName="href" to="…"/>``).
@@ -1138,8 +1142,11 @@ class _HTMLText(HTMLParser):
         #: The open <svg>/<math> elements (where <script> and <style> hold markup), each with the skipping and style
         #: counts at its start, restored at its end (or a tag that ends foreign content): a <script> in one whose
         #: end tag its markup swallowed hid the rest of the part's text.
-        self._foreign: list[tuple[int, int]] = []
+        self._foreign: list[tuple[int, int, int]] = []  # and the islands open around it
         self._islands = 0  # open elements of _HTML_ISLANDS within them
+        #: The HTML elements of _ANCESTOR_ENDS open (outside foreign content), and those open at the first <svg>/<math>.
+        self._open: dict[str, int] = {}
+        self._open_at_foreign: dict[str, int] = {}
         self.mark = mark  # the character that stands for a "<" of text (_text_lt), "" for none
         self.parts: list[str] = []
         self.found = _Links() if found is None else found  # where the links go
@@ -1208,7 +1215,10 @@ class _HTMLText(HTMLParser):
                 break
             attrname, rest, value = found.group(1, 2, 3)
             attrname = attrname.lower()
-            if rest and attrname in _LINK_ATTRS and (len(attrs) < MAX_URIS or attrname not in named):
+            if tag == "font" and attrname in _FONT_BREAKOUT and attrname not in named:
+                named.add(attrname)
+                attrs.append((attrname, ""))  # only that it is there (a <font color> ends foreign content)
+            elif rest and attrname in _LINK_ATTRS and (len(attrs) < MAX_URIS or attrname not in named):
                 named.add(attrname)
                 if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
                     value = value[1:-1]
@@ -1264,11 +1274,15 @@ class _HTMLText(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in ("svg", "math"):
-            self._foreign.append((self._skipping, self._styles))
-        elif self._foreign and tag in _FOREIGN_BREAKOUT:
+            if not self._foreign:
+                self._open_at_foreign = dict(self._open)
+            self._foreign.append((self._skipping, self._styles, self._islands))
+        elif self._foreign and not self._islands and (tag in _FOREIGN_BREAKOUT or (tag == "font" and any(n in _FONT_BREAKOUT for n, _ in attrs))):
             self._leave_foreign()
         elif self._foreign and tag in _HTML_ISLANDS:
             self._islands += 1
+        elif not self._foreign and tag in _ANCESTOR_ENDS:
+            self._open[tag] = self._open.get(tag, 0) + 1
         if tag in _SVG_ANIMATION and any(name == "attributename" and (value or "").strip().lower() in ("href", "xlink:href") for name, value in attrs):
             # <a><set attributeName="href" to="https://…"/></a>: the link the reader follows.
             for name, value in attrs:
@@ -1316,9 +1330,10 @@ class _HTMLText(HTMLParser):
         if _ABSOLUTE.match(value) and not _OPENED_ITSELF.match(value):
             # microsoft-edge:https://evil.example/, ms-word:ofe|u|https:evil.example/…: the handler opens the link inside.
             start = value.find(":") + 1
-            inner = _INNER_SCHEME.search(value, start) or _INNER_SLASHES.search(value, start)  # ?url=https://… before //?action
-            if inner is not None:
-                self.found.add(value[inner.start():], followed)
+            # Both, where both are written: itms-services://?…url=https://evil…, ms-word:ofe|u|\\\\evil\\…#https:
+            for inner in (_INNER_SCHEME.search(value, start), _INNER_SLASHES.search(value, start)):
+                if inner is not None:
+                    self.found.add(value[inner.start():], followed)
         if self.found.scanned < MAX_LINKS_SCANNED and not _ABSOLUTE.match(value):  # past it, add() keeps nothing
             if self._base is not None:
                 self.found.add(self._base.resolve(value), followed)
@@ -1373,19 +1388,19 @@ class _HTMLText(HTMLParser):
 
     def _leave_foreign(self) -> None:
         """Back in HTML (HTML standard 13.2.6.5): the skipping and style counts as they were at the first open <svg>/<math>."""
-        self._skipping, self._styles = self._foreign[0]
+        self._skipping, self._styles, self._islands = self._foreign[0]
         self._foreign.clear()
-        self._islands = 0
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("svg", "math") and self._foreign:
-            self._skipping, self._styles = self._foreign.pop()
-            self._islands = 0 if not self._foreign else self._islands
+            self._skipping, self._styles, self._islands = self._foreign.pop()
             return
-        if self._foreign and tag in _FOREIGN_BREAKOUT_END:
+        if self._foreign and (tag in _FOREIGN_BREAKOUT_END or self._open_at_foreign.get(tag, 0) > 0):
             self._leave_foreign()
         elif self._foreign and tag in _HTML_ISLANDS and self._islands:
             self._islands -= 1
+        if not self._foreign and self._open.get(tag, 0) > 0:
+            self._open[tag] -= 1
         if tag in self._SKIP and self._skipping:
             self._skipping -= 1
             if tag == "style" and self._styles:

@@ -121,3 +121,23 @@ def test_an_attached_message_thunderbird_reads_in_base64_is_decoded() -> None:
            b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(inner) + b"--zz--\r\n")
     found = extract(raw)
     assert "https://in.test/" in found.uris and "inner msg" in found.text
+
+
+@pytest.mark.parametrize("html", [
+    "<p>hi</p><svg><font><script></svg>BUY CHEAP PILLS <a href='https://evil.test/x'>here</a>",
+    "<p>hi</p><svg></div><script></svg>BUY CHEAP PILLS <a href='https://evil.test/x'>here</a>",
+    "<p>hi</p><svg></body><script></svg>BUY CHEAP PILLS <a href='https://evil.test/x'>here</a>",
+    "<p>hi</p><svg><svg><desc></svg><script></svg>BUY CHEAP PILLS <a href='https://evil.test/x'>here</a>",
+    "<p>hi</p><svg><foreignObject><div>x</div></foreignObject><script></svg>BUY CHEAP PILLS <a href='https://evil.test/x'>here</a>",
+])
+def test_a_browser_stays_in_foreign_content_here_and_shows_what_follows(html: str) -> None:
+    """A fifth look: a <font> without color/face/size, an end tag of an element not open, </body>, an inner </svg>
+    closing an island and a breakout tag within an island left foreign content early here: the <script> after it
+    swallowed the rest of the part, its text and links."""
+    found = extract(_html(html))
+    assert "BUY CHEAP PILLS" in found.text and "https://evil.test/x" in found.uris
+
+
+@pytest.mark.parametrize("href", ["ms-word:ofe|u|\\\\evil.test\\share\\report.docx#https:", "ms-excel:ofv|u|//evil.test/s/a.xlsx?ref=https:x"])
+def test_a_handler_s_inner_host_is_read_whatever_follows_it(href: str) -> None:
+    assert "evil.test" in domains(f'<a href="{href}">Open</a>')
