@@ -14,19 +14,15 @@ from typing import Any
 from milterd import dkimsign
 from milterd.checks.dkim import DnsRecorder, has_long_line, verify_all
 from milterd.checks.spf import Spf
-from milterd.message.model import Action, Envelope, Session, Spool, Verdict
+from milterd.message.model import Action, Envelope, Session, Verdict
+from tests.harness.messages import envelope_of
 
 from .test_dkim import FakeResolver
 from .test_dkim_review import KEY_NAME, delivered, rsa_key, signer  # noqa: F401 - fixtures
 
 
 def envelope_with(head: bytes, body: bytes) -> Envelope:
-    envelope = Envelope(spool=Spool(1 << 20))
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        envelope.headers.append((name.decode(), value.lstrip()))
-    envelope.spool.write(body)
-    return envelope
+    return envelope_of(head + b"\r\n\r\n" + body)
 
 
 def test_a_from_naming_two_domains_is_signed_with_the_keys_of_each(signer: Any, rsa_key: bytes) -> None:  # noqa: F811
