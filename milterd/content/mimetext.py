@@ -151,20 +151,6 @@ _LINK_ATTRS = frozenset({
     "http-equiv", "content",  # <meta http-equiv="refresh" content="0; url=...">
     "attributename", "to", "values", "from",  # SVG's <set>/<animate> giving an <a> its href
 })
-#: The start tags that end foreign content (SVG, MathML) in the HTML standard (13.2.6.5), and a <font> with a color,
-#: face or size (:data:`_FONT_BREAKOUT`).
-_FOREIGN_BREAKOUT = frozenset({
-    "b", "big", "blockquote", "body", "br", "center", "code", "dd", "div", "dl", "dt", "em", "embed", "h1", "h2", "h3",
-    "h4", "h5", "h6", "head", "hr", "i", "img", "li", "listing", "menu", "meta", "nobr", "ol", "p", "pre", "ruby", "s",
-    "small", "span", "strong", "strike", "sub", "sup", "table", "tt", "u", "ul", "var",
-})
-_FONT_BREAKOUT = frozenset({"color", "face", "size"})
-#: End tags that end foreign content: ``</p>`` and ``</br>`` always, the others when such an HTML element was open
-#: around the <svg>/<math> (a table cell it is in); a browser ignores them otherwise.
-_FOREIGN_BREAKOUT_END = frozenset({"p", "br"})
-_ANCESTOR_ENDS = frozenset({"td", "th", "tr", "tbody", "thead", "tfoot", "table", "div", "li", "ul", "ol", "dd", "dl", "blockquote"})
-#: The elements of SVG and MathML that hold HTML again (integration points): a <script> or <style> there is text.
-_HTML_ISLANDS = frozenset({"foreignobject", "desc", "title", "mi", "mo", "mn", "ms", "mtext", "annotation-xml"})
 #: The SVG elements that give their parent an attribute's value (``<a><set attributeName="href" to="…"/>``).
 _SVG_ANIMATION = frozenset({"set", "animate"})
 #: A link whose scheme is not one a browser opens itself but a handler that opens the link written inside
@@ -1138,15 +1124,15 @@ class _HTMLText(HTMLParser):
 
     def __init__(self, mark: str = "", found: _Links | None = None, nested: bool = False) -> None:
         super().__init__(convert_charrefs=True)
-        self._nested = nested  # the parse of a conditional comment's content (one level, never deeper)
+        self._nested = nested  # the parse of a conditional comment's content or an <svg>'s script (one level, never deeper)
         #: The open <svg>/<math> elements (where <script> and <style> hold markup), each with the skipping and style
         #: counts at its start, restored at its end (or a tag that ends foreign content): a <script> in one whose
         #: end tag its markup swallowed hid the rest of the part's text.
-        self._foreign: list[tuple[int, int, int]] = []  # and the islands open around it
-        self._islands = 0  # open elements of _HTML_ISLANDS within them
-        #: The HTML elements of _ANCESTOR_ENDS open (outside foreign content), and those open at the first <svg>/<math>.
-        self._open: dict[str, int] = {}
-        self._open_at_foreign: dict[str, int] = {}
+        #: Open <svg>/<math> elements.  A <script> or <style> in one holds markup to a browser (HTML standard
+        #: 13.2.6.5), whose <a href> is a link: its text is read as before (hidden up to its end tag) and read for
+        #: links too, by a parse of its own (:meth:`handle_data`).  Where the browser leaves the <svg> earlier
+        #: (its </svg> ends the script there), the text after it stays hidden here, as before.
+        self._foreign = 0
         self.mark = mark  # the character that stands for a "<" of text (_text_lt), "" for none
         self.parts: list[str] = []
         self.found = _Links() if found is None else found  # where the links go
@@ -1215,10 +1201,7 @@ class _HTMLText(HTMLParser):
                 break
             attrname, rest, value = found.group(1, 2, 3)
             attrname = attrname.lower()
-            if tag == "font" and attrname in _FONT_BREAKOUT and attrname not in named:
-                named.add(attrname)
-                attrs.append((attrname, ""))  # only that it is there (a <font color> ends foreign content)
-            elif rest and attrname in _LINK_ATTRS and (len(attrs) < MAX_URIS or attrname not in named):
+            if rest and attrname in _LINK_ATTRS and (len(attrs) < MAX_URIS or attrname not in named):
                 named.add(attrname)
                 if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
                     value = value[1:-1]
@@ -1227,8 +1210,7 @@ class _HTMLText(HTMLParser):
         following = rawdata[k:k + 1]
         if following == ">":
             self.handle_starttag(tag, attrs)
-            # In SVG and MathML a <script> or <style> holds markup, not text (HTML standard 13.2.6.5): its <a href> is a link.
-            if tag in self.CDATA_CONTENT_ELEMENTS and (not self._foreign or self._islands):
+            if tag in self.CDATA_CONTENT_ELEMENTS:
                 self.set_cdata_mode(tag)
             return k + 1
         if rawdata.startswith("/>", k):
@@ -1274,15 +1256,7 @@ class _HTMLText(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in ("svg", "math"):
-            if not self._foreign:
-                self._open_at_foreign = dict(self._open)
-            self._foreign.append((self._skipping, self._styles, self._islands))
-        elif self._foreign and not self._islands and (tag in _FOREIGN_BREAKOUT or (tag == "font" and any(n in _FONT_BREAKOUT for n, _ in attrs))):
-            self._leave_foreign()
-        elif self._foreign and tag in _HTML_ISLANDS:
-            self._islands += 1
-        elif not self._foreign and tag in _ANCESTOR_ENDS:
-            self._open[tag] = self._open.get(tag, 0) + 1
+            self._foreign += 1
         if tag in _SVG_ANIMATION and any(name == "attributename" and (value or "").strip().lower() in ("href", "xlink:href") for name, value in attrs):
             # <a><set attributeName="href" to="https://…"/></a>: the link the reader follows.
             for name, value in attrs:
@@ -1375,32 +1349,16 @@ class _HTMLText(HTMLParser):
         content = data.partition("]>")[2].rpartition("<![endif]")
         inner = content[0] if content[1] else content[2]
         if inner.strip():
-            nested = _HTMLText(self.mark, self.found, nested=True)
-            nested._read = self._read  # one bound for the part's CSS, srcset and refresh links, comments included
-            nested.feed(inner)
-            nested.close()
-            self._read = nested._read
+            self._links_of(inner)
 
     def parse_marked_section(self, i: int, report: bool = True) -> int:
         """Skip ``<![CDATA[``/``<![if …]>`` at *i* to the first ``>``: a bogus comment in HTML (13.2.5.42); -1 while unterminated."""
         end = self.rawdata.find(">", i + 3)
         return self._to_end(-1) if end < 0 else end + 1
 
-    def _leave_foreign(self) -> None:
-        """Back in HTML (HTML standard 13.2.6.5): the skipping and style counts as they were at the first open <svg>/<math>."""
-        self._skipping, self._styles, self._islands = self._foreign[0]
-        self._foreign.clear()
-
     def handle_endtag(self, tag: str) -> None:
         if tag in ("svg", "math") and self._foreign:
-            self._skipping, self._styles, self._islands = self._foreign.pop()
-            return
-        if self._foreign and (tag in _FOREIGN_BREAKOUT_END or self._open_at_foreign.get(tag, 0) > 0):
-            self._leave_foreign()
-        elif self._foreign and tag in _HTML_ISLANDS and self._islands:
-            self._islands -= 1
-        if not self._foreign and self._open.get(tag, 0) > 0:
-            self._open[tag] -= 1
+            self._foreign -= 1
         if tag in self._SKIP and self._skipping:
             self._skipping -= 1
             if tag == "style" and self._styles:
@@ -1411,8 +1369,20 @@ class _HTMLText(HTMLParser):
     def handle_data(self, data: str) -> None:
         if not self._skipping:
             self.parts.append(data)
-        elif self._styles and ("(" in data or "@" in data):
+            return
+        if self._styles and ("(" in data or "@" in data):
             self._add_all(_css_links(data.replace(self.mark, "<") if self.mark else data), False)
+        if self._foreign and self.cdata_elem and "<" in data and not self._nested:
+            self._links_of(data)
+
+    def _links_of(self, markup: str) -> None:
+        """The links of *markup* (a conditional comment's content, an <svg>'s <script>) read by a parse of its own,
+        into the part's links, one level deep; its text is not the part's."""
+        nested = _HTMLText(self.mark, self.found, nested=True)
+        nested._read = self._read  # one bound for the part's CSS, srcset and refresh links, nested parses included
+        nested.feed(markup)
+        nested.close()
+        self._read = nested._read
 
 
 def _attribute_links(tag: str, name: str, value: str, refresh: bool) -> Iterator[str]:

@@ -54,14 +54,12 @@ def test_a_charset_label_is_read_as_mail_clients_read_it(charset: str, encoded: 
     assert found == ["evil.test"]
 
 
-def test_an_svg_script_whose_end_its_markup_swallowed_hides_no_text_after_the_svg() -> None:
-    """A third look: read as markup inside <svg>, JS like ``i<n;`` made a tag that swallowed ``</script>``; the parser then
-    skipped every later text (a browser's </svg> closes the svg and its script): body rules saw "Hello" only."""
-    html = "<p>Hello</p><svg><script>for(i=0;i<n;i++){}</script></svg><p>Your account is suspended, verify your password</p>"
-    raw = ("From: a@b.test\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + html).encode()
-    assert "Your account is suspended" in extract(raw).text
-    style = "<svg><style>.a{}</svg><p>visible text</p>"
-    assert "visible text" in extract(raw.replace(html.encode(), style.encode())).text
+def test_an_svg_script_s_links_are_read_whatever_its_markup_swallows() -> None:
+    """JS like ``i<n;`` read as markup swallowed ``</script>``: the links of the <svg>'s script, and those after it (a
+    browser's </svg> ends the script there), are read by a parse of the script's text of its own."""
+    html = "<p>Hello</p><svg><script>for(i=0;i<n;i++){}</script></svg><p>Verify at <a href='https://evil.test/login'>here</a></p>"
+    assert domains(html) == ["evil.test"]
+    assert "Hello" in extract(_html(html)).text
 
 
 @pytest.mark.parametrize("href", ["microsoft-edge:https:evil.test/", "microsoft-edge:https:/evil.test/", "ms-word:ofe|u|//evil.test/a.docx",
@@ -100,15 +98,12 @@ def test_a_handler_s_link_written_after_its_own_slashes_is_the_one_read(href: st
 
 
 @pytest.mark.parametrize("html", [
-    "<p>Hello</p><svg><script><font color=red>BUY CHEAP PILLS here",
-    "<table><tr><td><p>Hello</p><svg><style></td><td>BUY CHEAP PILLS here</td></tr></table>",
     "<p>Hello</p><svg><foreignObject><script><!--</script><a href='https://evil.test/'>BUY CHEAP PILLS</a> --></foreignObject></svg>",
     "<p>Hello</p><math><mtext><style><!--</style>BUY CHEAP PILLS here --></mtext></math>",
     "<html><head><title>Offer</title><body><p>BUY CHEAP PILLS here</p>",
 ])
 def test_text_a_browser_shows_is_seen_by_body_rules(html: str) -> None:
-    """A fourth look: foreign content left by a <font>, an HTML ancestor's end tag, or an element holding HTML
-    (foreignObject, mtext), and a <head> whose end tag is left out (optional in HTML), hid the text after them."""
+    """A fourth look: a <head> whose end tag is left out (optional in HTML) hid the whole body's text."""
     assert "BUY CHEAP PILLS" in extract(_html(html)).text
 
 
@@ -130,12 +125,11 @@ def test_an_attached_message_thunderbird_reads_in_base64_is_decoded() -> None:
     "<p>hi</p><svg><svg><desc></svg><script></svg>BUY CHEAP PILLS <a href='https://evil.test/x'>here</a>",
     "<p>hi</p><svg><foreignObject><div>x</div></foreignObject><script></svg>BUY CHEAP PILLS <a href='https://evil.test/x'>here</a>",
 ])
-def test_a_browser_stays_in_foreign_content_here_and_shows_what_follows(html: str) -> None:
-    """A fifth look: a <font> without color/face/size, an end tag of an element not open, </body>, an inner </svg>
-    closing an island and a breakout tag within an island left foreign content early here: the <script> after it
-    swallowed the rest of the part, its text and links."""
-    found = extract(_html(html))
-    assert "BUY CHEAP PILLS" in found.text and "https://evil.test/x" in found.uris
+def test_the_links_after_an_svg_script_that_swallows_the_part_are_read(html: str) -> None:
+    """Later looks: whatever ends an <svg>'s <script> to a browser, the links after it are read (its text after it
+    stays hidden here, as before this session: an approach that followed the browser's foreign content step by step
+    hid text that browsers show in each of five later reviews)."""
+    assert "https://evil.test/x" in extract(_html(html)).uris
 
 
 @pytest.mark.parametrize("href", ["ms-word:ofe|u|\\\\evil.test\\share\\report.docx#https:", "ms-excel:ofv|u|//evil.test/s/a.xlsx?ref=https:x"])
