@@ -1125,9 +1125,6 @@ class _HTMLText(HTMLParser):
     def __init__(self, mark: str = "", found: _Links | None = None, nested: bool = False) -> None:
         super().__init__(convert_charrefs=True)
         self._nested = nested  # the parse of a conditional comment's content or an <svg>'s script (one level, never deeper)
-        #: The open <svg>/<math> elements (where <script> and <style> hold markup), each with the skipping and style
-        #: counts at its start, restored at its end (or a tag that ends foreign content): a <script> in one whose
-        #: end tag its markup swallowed hid the rest of the part's text.
         #: Open <svg>/<math> elements.  A <script> or <style> in one holds markup to a browser (HTML standard
         #: 13.2.6.5), whose <a href> is a link: its text is read as before (hidden up to its end tag) and read for
         #: links too, by a parse of its own (:meth:`handle_data`).  Where the browser leaves the <svg> earlier
