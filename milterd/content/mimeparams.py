@@ -17,7 +17,7 @@ import email.message
 import email.utils
 import re
 import urllib.parse
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Callable, Container, Literal, TypeVar
 
 #: Codecs Python has that are no charset of mail, read as unknown ones: punycode decodes in quadratic
 #: time (300 KB took 6 s), the escape codecs read backslashes as Python does, undefined always fails.
@@ -191,6 +191,13 @@ def client_content_type(value: str) -> str:
     (not a multipart, or text/plain)."""
     match = _CLIENT_TYPE.match(value)
     return (match.group(1) if match else "").rpartition("?")[2].lower()
+
+
+def client_container_type(value: str, messages: Container[str] = ("message/rfc822",)) -> str:
+    """:func:`client_content_type` of *value* when it is a multipart or one of *messages* (a part Thunderbird opens
+    and shows what it holds), else ""."""
+    client = client_content_type(value)
+    return client if client.startswith("multipart/") or client in messages else ""
 
 
 def client_param(value: str, name: str) -> str | None:

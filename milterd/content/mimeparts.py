@@ -26,7 +26,7 @@ from typing import IO, Callable, Iterable, Iterator, Literal
 
 from .filetypes import message_file, outlook_name, text_file_type
 from .headertext import decoded
-from .mimeparams import LenientMessage, client_content_type, client_names, client_param, collapsed, first_token, raw_param, raw_params, safely, unescaped
+from .mimeparams import LenientMessage, client_container_type, client_names, client_param, collapsed, first_token, raw_param, raw_params, safely, unescaped
 from .uuencode import UU_ENCODINGS, uudecode_line
 
 #: At most this many parts are decoded and judged.
@@ -968,9 +968,8 @@ def _read_part(part: Message) -> tuple[str, _Boundary | None, str, str, tuple[st
     other names (those only of a part that may be decoded: named, or neither TEXT_TYPES nor multipart)."""
     ctype = (part.get_content_type() or "text/plain").lower()
     declared = part.get("content-type")
-    client = client_content_type(str(declared)) if declared is not None else ""
-    if client != ctype and (client.startswith("multipart/") or client == "message/rfc822"):
-        ctype = client  # a multipart or an attached message to Thunderbird: what it holds is followed, as it shows it
+    # A multipart or an attached message to Thunderbird: what it holds is followed, as it shows it.
+    ctype = (client_container_type(str(declared)) if declared is not None else "") or ctype
     boundary = _boundary(part) if ctype.startswith("multipart/") else None
     name = _filename(part)
     # A text/csv part may be a saved message by a name past the first (a large message's view keeps its body then);

@@ -42,7 +42,7 @@ from typing import Any, Callable, Container, Iterable, Iterator, cast
 from olefile import OleFileIO
 
 from .filetypes import HEAD_SIZE, MESSAGE_TYPES, message_file, outlook_file, outlook_name, text_file_type
-from .mimeparams import LenientMessage, Preference, client_content_type, first_token, reading, safely
+from .mimeparams import LenientMessage, Preference, client_container_type, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
 from .mimeparts import TEXT_TYPES, part_names, text_views
 from .outlookmsg import Node, decoded_text, open_compound, read_stream
@@ -769,13 +769,8 @@ class _EncodedMessagesKept(email.message.Message):
         """The stdlib's, but a type Thunderbird reads as a multipart or an attached message
         (:func:`~milterd.content.mimeparams.client_content_type`: ``x?multipart/alternative``) is that: the parser
         splits it as one, so the HTML it shows is read (as the attachment walk follows it)."""
-        ctype = super().get_content_type()
         declared = self.get("content-type")
-        if declared is not None:
-            client = client_content_type(str(declared))
-            if client != ctype and (client.startswith("multipart/") or client == "message/rfc822"):
-                return client
-        return ctype
+        return (client_container_type(str(declared)) if declared is not None else "") or super().get_content_type()
 
     def get_content_maintype(self) -> str:
         maintype = super().get_content_maintype()
@@ -925,8 +920,8 @@ def content_type(part: email.message.Message) -> str:
     value = part.get("Content-Type")
     if value is None:
         return part.get_content_type()
-    client = client_content_type(str(value))
-    if client.startswith("multipart/") or client in MESSAGE_TYPES:
+    client = client_container_type(str(value), MESSAGE_TYPES)
+    if client:
         return client  # x?message/rfc822 in base64: the attached message Thunderbird decodes (as the parse splits it)
     token = first_token(str(value))
     return token if token.count("/") == 1 else "text/plain"
