@@ -457,9 +457,8 @@ class Headers(ConfiguredCheck[HeaderChecks]):
         nul = [name for name, value in envelope.headers if b"\x00" in value]
         if nul:
             hits.append(Hit("HDR_NUL", detail=", ".join(nul[:5])))
-        utf8_allowed = any(key.upper() == "SMTPUTF8" for key in envelope.mail_args)
         raw = [name for name, value in envelope.headers if not value.isascii()]  # a byte >= 0x80
-        if raw and not utf8_allowed:
+        if raw and not envelope.smtputf8:
             hits.append(Hit("HDR_8BIT", detail=", ".join(raw[:5])))
         return hits
 

@@ -204,8 +204,7 @@ class Spf(ConfiguredCheck[SpfChecks]):
         if options.authentication_results:
             # Folded where one line would pass RFC 5322's 998 octets (five long DKIM d= and s= did).  ASCII unless the
             # message is SMTPUTF8 (RFC 6532): an 8-bit HELO or login in a plain message made the header unparseable.
-            utf8 = any(name.upper() == "SMTPUTF8" for name in envelope.mail_args)
-            value = message_results(authserv_id, session, envelope, ascii_only=not utf8, folded=True)
+            value = message_results(authserv_id, session, envelope, ascii_only=not envelope.smtputf8, folded=True)
             if value is not None:
                 envelope.edits.append(HeaderEdit("insert", "Authentication-Results", value, 0))
                 envelope.check_state(_STATE)["authentication_results"] = value  # what an ARC seal attests

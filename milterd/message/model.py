@@ -287,6 +287,11 @@ class Envelope(CheckStates):
     #: :attr:`header_bytes` and the header counts it was built from (headers are only ever appended).
     _header_bytes: tuple[int, int, bytes] | None = field(default=None, repr=False, compare=False, kw_only=True)
 
+    @property
+    def smtputf8(self) -> bool:
+        """Whether MAIL FROM said SMTPUTF8 (RFC 6531): UTF-8 in header fields is then allowed (RFC 6532)."""
+        return any(key.upper() == "SMTPUTF8" for key in self.mail_args)
+
     def header(self, name: str) -> str | None:
         """The first header called *name* (case-insensitive), decoded leniently, or None."""
         wanted = name.lower()
