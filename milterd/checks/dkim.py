@@ -457,10 +457,11 @@ class DkimSigner(Check):
         # The pipeline tags the Subject after the verdict (a quarantined message over rewrite_subject): sign what is delivered.
         subject_edits = [e for e in plan_headers(verdict, {}, envelope.header("Subject"), self.services.config.actions) if e.name == "Subject"]
         header_section = header_section_as_delivered(envelope, subject_edits)
+        body = LongLines()  # the body's lines measured as it is hashed: the spool read once
         try:
-            signatures = dkimsign.sign(header_section, envelope.spool.chunks(), keys, options.headers)
+            signatures = dkimsign.sign(header_section, body.passing(envelope.spool.chunks()), keys, options.headers)
             # Postfix's smtp client breaks a line past smtp_line_length_limit (998) on the way out, after the signature.
-            long_line = has_long_line([header_section]) or has_long_line(envelope.spool.chunks())
+            long_line = has_long_line([header_section]) or body.finish()
         except SpoolError:
             raise  # the message unread: the pipeline answers 451, not an unsigned delivery
         except Exception as exc:  # noqa: BLE001 - an unsigned message is delivered; the log says why
@@ -484,23 +485,47 @@ class DkimSigner(Check):
         return _with_hit(verdict, "DKIM_SIGNED", signed)
 
 
-def has_long_line(chunks: Iterable[bytes], limit: int = MAX_LINE_OCTETS) -> bool:
-    """Whether the text given as *chunks* has a line of more than *limit* octets (its CR LF not counted)."""
-    run = 0  # octets of the line being read, a CR before its LF included
-    for chunk in chunks:
+class LongLines:
+    """Whether text given in chunks has a line of more than *limit* octets (its CR LF not counted), noted as the
+    chunks go by (:meth:`feed`, or :meth:`passing` while another reader takes them)."""
+
+    def __init__(self, limit: int = MAX_LINE_OCTETS) -> None:
+        self.limit = limit
+        self.found = False
+        self._run = 0  # octets of the line being read, a CR before its LF included
+
+    def passing(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """*chunks*, each fed on its way."""
+        for chunk in chunks:
+            self.feed(chunk)
+            yield chunk
+
+    def feed(self, chunk: bytes) -> None:
+        """Measure the lines of the next *chunk*."""
         start = 0
-        while True:
+        while not self.found:
             end = chunk.find(b"\n", start)
             if end < 0:
-                run += len(chunk) - start
-                if run > limit + 1:
-                    return True
-                break
-            line = run + end - start
-            if line > limit + (1 if chunk[end - 1:end] == b"\r" or (end == start and run) else 0):
-                return True
-            run, start = 0, end + 1
-    return run > limit  # a last line without its line end
+                self._run += len(chunk) - start
+                self.found = self._run > self.limit + 1
+                return
+            line = self._run + end - start
+            self.found = line > self.limit + (1 if chunk[end - 1:end] == b"\r" or (end == start and self._run) else 0)
+            self._run, start = 0, end + 1
+
+    def finish(self) -> bool:
+        """Whether a line was too long, the last one without its line end included."""
+        return self.found or self._run > self.limit
+
+
+def has_long_line(chunks: Iterable[bytes], limit: int = MAX_LINE_OCTETS) -> bool:
+    """Whether the text given as *chunks* has a line of more than *limit* octets (its CR LF not counted)."""
+    lines = LongLines(limit)
+    for chunk in chunks:
+        lines.feed(chunk)
+        if lines.found:
+            return True
+    return lines.finish()
 
 
 def header_section_as_delivered(envelope: Envelope, subject_edits: list[HeaderEdit]) -> bytes:
