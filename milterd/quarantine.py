@@ -715,9 +715,7 @@ class Quarantine:
         """
         row = self.get(row_id)
         notes = [self.learn(row, "spam")]
-        if row.get("learned_ham") or row.get("message_log_id") is not None:
-            # A message released as ham before: no longer counted as a false positive.
-            self.repo.mark_spam(row_id, row.get("message_log_id"))
+        self.repo.mark_spam(row_id, row.get("message_log_id"))  # released as ham before: no longer a false positive
         spamd = self.config.spamd
         if spamd.enabled and row["size"] <= spamd.max_size:
             try:

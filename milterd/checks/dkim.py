@@ -38,7 +38,7 @@ from ..message.policy import MAX_LINE_OCTETS, plan_headers
 from ..options import CheckSwitches, Size
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
-from .dmarc import aligned, envelope_from_domains, org_domain, queryable, signing_domains
+from .dmarc import aligned, envelope_from_domains, from_fields, org_domain, queryable, signing_domains
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -449,7 +449,7 @@ class DkimSigner(Check):
         if not wanted or verdict.action not in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE):
             return verdict
         # Every From domain's keys: a From naming two domains (RFC 7489 §6.6.1 evaluates each) went out unsigned, unsaid.
-        domains = signing_domains(value.decode("utf-8", "replace") for name, value in envelope.headers if name.lower() == "from")
+        domains = signing_domains(from_fields(envelope))
         keys = list(dict.fromkeys(key for name in domains for key in dkimsign.keys_for(self.keys, name)))
         if not keys:
             return verdict

@@ -181,9 +181,14 @@ def from_domains(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(found)
 
 
+def from_fields(envelope: Envelope) -> list[str]:
+    """The values of the From fields of *envelope*, decoded leniently."""
+    return [value.decode("utf-8", "replace") for name, value in envelope.headers if name.lower() == "from"]
+
+
 def envelope_from_domains(envelope: Envelope) -> tuple[str, ...]:
     """:func:`from_domains` of the From fields of *envelope*."""
-    return from_domains(value.decode("utf-8", "replace") for name, value in envelope.headers if name.lower() == "from")
+    return from_domains(from_fields(envelope))
 
 
 @functools.lru_cache(maxsize=1024)
