@@ -18,12 +18,12 @@ from milterd import quarantine as quarantine_module
 from milterd.quarantine import Quarantine
 from milterd.reinject import UNSENDABLE, _unsendable
 from milterd.store import MessageRecord, schema, utcnow
-from milterd.store.quarantine import QuarantineWrite
 from milterd.text import storable
 from tests.harness.milterd import write_config
 from tests.harness.postfix import Sink
 from tests.harness.quarantine import open_quarantine, quarantine_config
 from tests.unit.test_quarantine_lifecycle_review import add, stub_send
+from tests.unit.test_quarantine_store import add as store_add
 
 
 def delivered(target: Any, sender: str, recipients: list[str], message: Any, helo: str, **kwargs: Any) -> tuple[dict[str, str], dict[str, str]]:
@@ -90,16 +90,7 @@ def test_confirm_after_release_as_ham_is_no_longer_a_false_positive(tmp_path: Pa
 
 def add_from(quarantine: Quarantine, sender: str, recipients: list[str]) -> int:
     """Store one quarantined message from *sender* to *recipients* as the pipeline stores them (already storable)."""
-    raw = b"From: a@example.org\r\nSubject: addresses\r\n\r\nbody\r\n"
-    when = utcnow()
-    record = MessageRecord(action="quarantine", time=when, mta_host="mx.test", queue_id="QADDR", sender=sender, recipients=recipients, subject="addresses", score=13.0)
-    row = {
-        "time": when, "mta_host": "mx.test", "queue_id": "QADDR", "client_addr": "192.0.2.1", "client_name": "unknown", "helo": "h",
-        "sender": sender, "recipients": recipients, "subject": "addresses", "score": 13.0, "reason": "score 13.0 >= 12",
-        "symbols": {"TEST": 13.0}, "size": len(raw), "mode": "discard", "release_count": 0, "learned_ham": False,
-    }
-    quarantine.store.log_message(record, QuarantineWrite(row, lambda: [raw]))
-    return int(quarantine.rows(limit=1)[0]["id"])
+    return int(store_add(quarantine, subject="addresses", recipients=recipients, sender=sender))
 
 
 @pytest.fixture()

@@ -50,14 +50,14 @@ def conf(tmp_path: Path, sink: Sink) -> Path:
     return quarantine_harness.quarantine_config(tmp_path / "milter.conf", f"sqlite:///{tmp_path / 'q.sqlite'}", release_smtp=f"127.0.0.1:{sink.port}")
 
 
-def add(quarantine: Quarantine, subject: str = "QUARANTINE-ME", recipients: list[str] | None = None, age: dt.timedelta = dt.timedelta(0), symbols: dict[str, float] | None = None, reason: str = "score 13.0 >= 12", mode: str = "discard", raw: bytes = RAW) -> int:
+def add(quarantine: Quarantine, subject: str = "QUARANTINE-ME", recipients: list[str] | None = None, age: dt.timedelta = dt.timedelta(0), symbols: dict[str, float] | None = None, reason: str = "score 13.0 >= 12", mode: str = "discard", raw: bytes = RAW, sender: str = "alice@example.org") -> int:
     """Store one quarantined message as the pipeline does (log row + quarantine row, one transaction)."""
     when = utcnow() - age
     recipients = recipients or ["bob@example.com"]
-    record = MessageRecord(action="quarantine", time=when, mta_host="mx.test", queue_id="QID", sender="alice@example.org", recipients=recipients, subject=subject, score=13.0)
+    record = MessageRecord(action="quarantine", time=when, mta_host="mx.test", queue_id="QID", sender=sender, recipients=recipients, subject=subject, score=13.0)
     row = {
         "time": when, "mta_host": "mx.test", "queue_id": "QID", "client_addr": "192.0.2.1", "client_name": "unknown", "helo": "h",
-        "sender": "alice@example.org", "recipients": recipients, "subject": subject, "score": 13.0, "reason": reason,
+        "sender": sender, "recipients": recipients, "subject": subject, "score": 13.0, "reason": reason,
         "symbols": symbols or {"TEST_QUARANTINE": 13.0}, "size": len(raw), "mode": mode, "release_count": 0, "learned_ham": False,
     }
     quarantine.store.log_message(record, QuarantineWrite(row, lambda: [raw[:20], raw[20:]]))
