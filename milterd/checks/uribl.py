@@ -72,7 +72,8 @@ TEMPFAIL = "URIBL_TEMPFAIL"
 REFUSED = "URIBL_REFUSED"
 UNREAD = "URIBL_UNREAD"
 
-_HOST = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62}\.)*[a-z0-9-]{1,63}$")
+# A label may start with "-": browsers go to http://-x.evil.test/, whose registrable domain is evil.test.
+_HOST = re.compile(r"^[a-z0-9_-]([a-z0-9_-]{0,62}\.)*[a-z0-9-]{1,63}$")
 # A special scheme's authority (WHATWG URL standard, "special authority ignore slashes state"):
 # browsers skip any run of "/" and "\\" after "http:" and end the host at a "\\" as at a "/".
 _SPECIAL_SCHEME = re.compile(r"(?i)(?:(https?|ftp|wss?):([/\\]*)|([/\\]{2,}))")

@@ -39,6 +39,13 @@ def test_link_hosts() -> None:
     assert link_host("http://bad_host!/") is None
 
 
+def test_a_label_starting_with_a_hyphen_still_gives_the_registrable_domain() -> None:
+    # Browsers open http://-x.evil.test/; dropping the host let the link's listed domain go unasked.
+    assert link_host("http://-x.evil.test/") == "-x.evil.test"
+    domains, _ = link_targets(["http://-x.evil.test/p", "https://--a.-b.listed.test/"], frozenset(), 20)
+    assert domains == ["evil.test", "listed.test"]
+
+
 def test_links_reduce_to_registrable_domains_skipping_well_known_ones_within_the_cap() -> None:
     uris = [
         "https://www.shop.listed.test/a", "http://img.listed.test/b.png", "https://maps.google.com/x",
