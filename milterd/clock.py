@@ -83,6 +83,7 @@ class DatabaseClock:
         self.name = name
         self._offset = dt.timedelta(0)
         self._measured: float | None = None  # monotonic time of the last attempt
+        self._attempted = False  # the first attempt has ended (the callers of now() waited for it)
         self._local_only = False
         self._warned = False
         self._lock = threading.Lock()
@@ -94,17 +95,19 @@ class DatabaseClock:
 
     def now(self) -> dt.datetime:
         """The database's current time (the local time plus the offset), aware UTC."""
-        if not self._local_only and (self._measured is None or time.monotonic() - self._measured >= self.interval):
-            self._measure(first=self._measured is None)
+        first = not self._attempted
+        if not self._local_only and (first or self._measured is None or time.monotonic() - self._measured >= self.interval):
+            self._measure(first=first)
         return utcnow() + self._offset
 
     def _measure(self, first: bool) -> None:
-        # At first use every thread waits for the one measurement; later only one
-        # thread measures and the others keep the last offset meanwhile.
+        # At first use every thread waits for the one measurement (until it has ended, not only begun: a thread
+        # let through meanwhile would take the host's own clock); later only one thread measures and the others
+        # keep the last offset meanwhile.
         if not self._lock.acquire(blocking=first):
             return
         try:
-            if self._measured is not None and time.monotonic() - self._measured < self.interval:
+            if self._attempted and self._measured is not None and time.monotonic() - self._measured < self.interval:
                 return  # another thread just measured
             self._measured = time.monotonic()
             try:
@@ -131,6 +134,7 @@ class DatabaseClock:
                     seconds, self.name, abs(seconds), "ahead of" if seconds > 0 else "behind",
                 )
         finally:
+            self._attempted = True
             self._lock.release()
 
     def _retry_soon(self) -> None:

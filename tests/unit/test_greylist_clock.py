@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import types
 from typing import Any, Callable, Iterator
 
@@ -117,6 +118,32 @@ def test_a_failed_first_reading_is_offset_zero(fake_time: FakeTime) -> None:
 
     clock = DatabaseClock(read)
     assert close(clock.now(), utcnow()) and clock.offset == dt.timedelta(0)
+
+
+def test_every_thread_waits_for_the_first_reading_to_end() -> None:
+    """A second thread that asked while the first reading was under way got the host's own clock (offset 0): it
+    passed the measuring thread's check because the attempt was marked before the database was read."""
+    started, release = threading.Event(), threading.Event()
+
+    def read() -> ClockReading:
+        started.set()
+        release.wait(10)
+        before = utcnow()
+        return ClockReading(before, before + dt.timedelta(hours=1), before)
+
+    clock = DatabaseClock(read)
+    offsets: dict[str, dt.timedelta] = {}
+    first = threading.Thread(target=lambda: offsets.__setitem__("first", clock.now() - utcnow()))
+    first.start()
+    assert started.wait(10)
+    second = threading.Thread(target=lambda: offsets.__setitem__("second", clock.now() - utcnow()))
+    second.start()
+    second.join(0.3)  # before the fix it had its answer by now; after it, it waits for the reading
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert close(dt.datetime(2000, 1, 1) + offsets["second"], dt.datetime(2000, 1, 1, 1))
+    assert close(dt.datetime(2000, 1, 1) + offsets["first"], dt.datetime(2000, 1, 1, 1))
 
 
 def test_no_clock_of_its_own_is_never_asked_again(fake_time: FakeTime) -> None:
