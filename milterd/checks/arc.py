@@ -72,6 +72,9 @@ class ArcResult:
     #: What the newest sealer recorded on receipt (its ARC-Authentication-Results), read when the chain
     #: passed: (method, result, domain) for dkim (header.d), spf (smtp.mailfrom's domain) and dmarc (header.from).
     recorded: tuple[tuple[str, str, str], ...] = ()
+    #: The newest set's sealer (its ARC-Seal's d=) when the chain failed because a key in that sealer's own
+    #: domain could not be looked up (DNS error): the chain may pass once DNS answers.  "" otherwise.
+    unverified_sealer: str = ""
 
 
 def verify_chain(message: bytes, dnsfunc: DnsRecorder, min_key_bits: int, *, unsigned_body: str = "policy") -> ArcResult:
@@ -83,6 +86,7 @@ def verify_chain(message: bytes, dnsfunc: DnsRecorder, min_key_bits: int, *, uns
     """
     dkimfast.install()  # RSA by OpenSSL, faster canonicalisation: the same verdicts (milterd/dkimfast.py)
     unsigned = 0
+    arc: dkim.ARC | None = None
     try:
         arc = dkim.ARC(message, logger=QUIET, minkey=min_key_bits)
         newest, _ = arc.sorted_arc_headers()
@@ -107,7 +111,26 @@ def verify_chain(message: bytes, dnsfunc: DnsRecorder, min_key_bits: int, *, uns
         return ArcResult("pass", sealers, str(reason), recorded=newest_results(arc))
     if cv == dkim.CV_None:
         return ArcResult("none", sealers, str(reason))
-    return ArcResult("fail", sealers, str(reason)[:200], temporary=bool(dnsfunc.failed))
+    return ArcResult("fail", sealers, str(reason)[:200], temporary=bool(dnsfunc.failed), unverified_sealer=_sealer_not_looked_up(arc, dnsfunc))
+
+
+def _sealer_not_looked_up(arc: dkim.ARC | None, dnsfunc: DnsRecorder) -> str:
+    """The newest ARC set's sealer (its ARC-Seal's d=) when a key lookup in that domain failed, else "".
+
+    Only a key in the sealer's own domain counts: a lookup that fails elsewhere (an older set's, or a
+    newest ARC-Message-Signature's d= in a domain whose DNS a forger keeps silent) says nothing of whether
+    the sealer signed.
+    """
+    if arc is None or not dnsfunc.failed:
+        return ""
+    try:
+        newest, headers = arc.sorted_arc_headers()
+        seal = next(v for instance, (name, v) in headers if instance == newest and name.lower() == b"arc-seal")
+        sealer = dkim.parse_tag_value(seal).get(b"d", b"").decode("ascii").strip().lower().rstrip(".")
+    except Exception:  # noqa: BLE001 - no newest seal, or one dkimpy cannot read: no sealer to wait for
+        return ""
+    in_domain = [name for name in dnsfunc.failed if name.partition("._domainkey.")[2] == sealer]
+    return sealer if sealer and in_domain else ""
 
 
 def newest_results(arc: dkim.ARC) -> tuple[tuple[str, str, str], ...]:

@@ -443,6 +443,14 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         failed = [e for e in evaluations if e.result == "fail"]
         vouched = {e.domain: vouched_by(arc, e.domain, records[e.domain], psl_path) if sealer and e.domain in records else "" for e in failed}
         unvouched = [e for e in failed if not vouched[e.domain]]
+        held = _unverified_trusted_sealer(arc, self.services.config.checks.arc.trusted_sealers)
+        if unvouched and held:
+            # A trusted sealer's seal whose key DNS did not give: it may vouch once DNS answers, so no policy is
+            # applied (as for a DKIM key of an aligned domain): an outage at a mailing list must not bounce its posts.
+            evaluation = replace(strictest(unvouched), result="temperror",
+                                 reason=f"the ARC seal of trusted sealer {held} could not be verified: {getattr(arc, 'reason', '')}"[:300])
+            envelope.check_state(STATE)["result"] = evaluation
+            return [Hit("DMARC_TEMPFAIL", detail=f"{evaluation.domain}: {evaluation.reason}")]
         if unvouched:
             # A trusted sealer's pass for one From domain overrides no other domain's failure.
             evaluation = strictest(unvouched)
@@ -614,6 +622,13 @@ def _trusted_sealer(arc: Any, trusted: list[str]) -> str:
         return ""
     newest = arc.sealers[-1].lower().rstrip(".")
     return newest if newest in {t.lower().rstrip(".") for t in trusted} else ""
+
+
+def _unverified_trusted_sealer(arc: Any, trusted: list[str]) -> str:
+    """The newest ARC set's sealer when it is trusted and its key could not be looked up (DNS error), else "":
+    the chain may pass once DNS answers (:attr:`milterd.checks.arc.ArcResult.unverified_sealer`)."""
+    sealer: str = getattr(arc, "unverified_sealer", "") if arc is not None and arc.result == "fail" else ""
+    return sealer if sealer and sealer in {t.lower().rstrip(".") for t in trusted} else ""
 
 
 CHECKS = (Dmarc,)

@@ -1,0 +1,69 @@
+"""ARC review (thirtieth session): a DNS error on a trusted sealer's key turned a genuine list post from a
+``p=reject`` domain into a permanent 550 (DMARC_FAIL_REJECT), where the README promises that an outage rejects
+nothing.  It is now DMARC_TEMPFAIL; a DNS error anywhere else (a forger's own silent domain) holds nothing back.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import dkim
+import pytest
+
+from milterd import dkimsign
+from milterd.checks.arc import Arc
+from milterd.checks.dmarc import Dmarc
+from milterd.config import Config
+from milterd.message.model import Action, Session
+
+from .test_arc_seal_review import envelope_of
+from .test_dkim import MESSAGE
+from .test_dkim_arc_leftovers_review import ARC_TRUSTED_CONF, LIST_KEY, POLICIES, UNALIGNED_SPF, Table, forged_from_bank
+
+EVIL_KEY = "arc._domainkey.evil.test"
+
+
+@pytest.fixture(scope="module")
+def key() -> bytes:
+    return dkimsign.generate("rsa", 1024)
+
+
+def judge(message: bytes, txt: dict[str, str], failing: tuple[str, ...], **checks: Any) -> tuple[dict[str, Any], Any]:
+    services = SimpleNamespace(config=Config.model_validate({"checks": checks}), resolver=Table(txt, failing=failing))
+    envelope = envelope_of(message)
+    envelope.check_state("spf")["evaluation"] = UNALIGNED_SPF
+    hits: dict[str, Any] = {}
+    for check in (Arc, Dmarc):
+        hits.update((hit.symbol, hit) for hit in check(services).on_eom(Session(client_addr="192.0.2.7"), envelope))
+    return hits, envelope.check_state("dmarc")["result"]
+
+
+def test_a_dns_error_on_a_trusted_sealers_key_is_a_dmarc_tempfail_not_a_reject(key: bytes) -> None:
+    txt = {LIST_KEY: dkimsign.public_record("rsa", key), **POLICIES}
+    hits, evaluation = judge(forged_from_bank(key, length=False), txt, (LIST_KEY,), **ARC_TRUSTED_CONF)
+    assert "ARC_TEMPFAIL" in hits and "DMARC_FAIL_REJECT" not in hits
+    assert hits["DMARC_TEMPFAIL"].detail.startswith("bank.example: the ARC seal of trusted sealer list.test could not be verified")
+    assert evaluation.result == "temperror"
+    # The same post with DNS answering is vouched for, as before.
+    hits, _ = judge(forged_from_bank(key, length=False), txt, (), **ARC_TRUSTED_CONF)
+    assert "DMARC_ARC_OVERRIDE" in hits
+
+
+def test_a_dns_error_on_an_untrusted_sealers_key_still_applies_the_policy(key: bytes) -> None:
+    txt = {LIST_KEY: dkimsign.public_record("rsa", key), **POLICIES}
+    hits, _ = judge(forged_from_bank(key, length=False), txt, (LIST_KEY,))
+    assert hits["DMARC_FAIL_REJECT"].action == Action.REJECT and "DMARC_TEMPFAIL" not in hits
+
+
+def test_a_silent_domain_of_the_forgers_own_holds_back_no_reject(key: bytes) -> None:
+    """The newest set's ARC-Message-Signature in evil.test (whose DNS never answers), its ARC-Seal claiming
+    the trusted list.test: the failed lookup is not the sealer's, so p=reject is applied."""
+    stamped = b"Authentication-Results: evil.test; dmarc=pass header.from=bank.example\r\n" + MESSAGE.replace(b"alice@signed.test", b"alice@bank.example")
+    fields = dkim.ARC(stamped).sign(b"arc", b"evil.test", key, b"evil.test")
+    seal = next(f for f in fields if f.lower().startswith(b"arc-seal:"))
+    forged = [seal.replace(b"d=evil.test", b"d=list.test") if f is seal else f for f in fields]
+    assert forged != fields
+    txt = {LIST_KEY: dkimsign.public_record("rsa", key), **POLICIES}
+    hits, _ = judge(b"".join(forged) + stamped, txt, (EVIL_KEY,), **ARC_TRUSTED_CONF)
+    assert hits["DMARC_FAIL_REJECT"].action == Action.REJECT and "DMARC_TEMPFAIL" not in hits
