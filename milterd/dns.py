@@ -730,13 +730,22 @@ class Resolver:
         return self._executor().submit(self.query, name, rdtype, deadline)
 
     def collect(self, pending: Sequence["Pending"], queries: Sequence[tuple[str, str]], deadline: float) -> list[Answer]:
-        """The answers of *pending* (started by :meth:`submit` for *queries*); those not done by *deadline* are timeouts."""
-        futures = [p for p in pending if not isinstance(p, Answer)]
+        """The answers of *pending* (started by :meth:`submit` for *queries*); those not done by *deadline* are timeouts.
+
+        A query still waiting for a thread of the pool is asked here, by the caller, within *deadline*: the
+        threads may all be held by lookups a silent nameserver keeps waiting, and a query left in the queue
+        would time out unasked (one dead DNS list made the others' listings count as DNS errors).
+        """
+        waiting = [i for i, p in enumerate(pending) if not isinstance(p, Answer) and p.cancel()]
+        asked_here = dict(zip(waiting, self.query_many([queries[i] for i in waiting], deadline), strict=True)) if waiting else {}
+        futures = [p for i, p in enumerate(pending) if not isinstance(p, Answer) and i not in asked_here]
         if futures:
             wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
         answers = []
-        for item, (name, rdtype) in zip(pending, queries, strict=False):
-            if isinstance(item, Answer):
+        for index, (item, (name, rdtype)) in enumerate(zip(pending, queries, strict=False)):
+            if index in asked_here:
+                answers.append(asked_here[index])
+            elif isinstance(item, Answer):
                 answers.append(item)
             elif item.done() and item.exception() is None:
                 answers.append(item.result())

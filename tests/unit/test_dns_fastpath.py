@@ -558,6 +558,27 @@ def test_submit_hands_a_cached_answer_back_as_it_is_and_collect_takes_both_kinds
     resolver.close()
 
 
+def test_a_query_left_waiting_for_a_busy_pool_is_asked_by_the_collector(serve: Callable[[Handler], Server]) -> None:
+    """Every thread of the pool held (by lookups a silent DNS list keeps waiting): a listed client's question
+    queued behind them timed out unasked, and its listing was recorded as a DNS error."""
+    server = serve(lambda q, t: [response(q, f"{q.question[0].name.to_text()} 60 IN A 127.0.0.2").to_wire()])
+    resolver = resolver_for(server)
+    release = threading.Event()
+    pool = resolver._executor()
+    busy = [pool.submit(release.wait, 10) for _ in range(pool._max_workers)]
+    try:
+        queued = resolver.submit("2.0.0.127.zen.test", "A")
+        assert not isinstance(queued, Answer)
+        [answer] = resolver.collect([queued], [("2.0.0.127.zen.test", "A")], resolver.deadline())
+        assert (answer.status, answer.records) == ("ok", ("127.0.0.2",))
+        assert queued.cancelled()
+    finally:
+        release.set()
+        for future in busy:
+            future.result(10)
+        resolver.close()
+
+
 # --- doctor's probe ------------------------------------------------------------------
 
 
