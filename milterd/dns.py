@@ -366,7 +366,12 @@ def traced_lookups() -> Iterator[LookupTrace]:
 
 
 #: A query started by :meth:`Resolver.submit`: its answer when it was cached, else the background query.
-Pending = Union["Future[Answer]", Answer]
+Pending = Union["Future[Answer | None]", Answer]
+
+
+def _unasked(pending: "Future[Answer | None]") -> bool:
+    """Whether *pending* ended without asking (its thread came to it after its deadline: :meth:`Resolver.submit`)."""
+    return pending.done() and pending.exception() is None and pending.result() is None
 
 
 def server_name(server: tuple[int, tuple[str, int]]) -> str:
@@ -727,7 +732,14 @@ class Resolver:
         cached = self.cache.get(cache_key(name, rdtype))
         if cached is not None:
             return cached
-        return self._executor().submit(self.query, name, rdtype, deadline)
+        return self._executor().submit(self._query_in_time, name, rdtype, deadline if deadline is not None else self.deadline())
+
+    def _query_in_time(self, name: str, rdtype: str, deadline: float) -> Answer | None:
+        """:meth:`query` for a pool thread; None when the thread came to it after *deadline*, so it was never
+        asked (:meth:`collect` asks it then, within its own deadline)."""
+        if deadline <= time.monotonic() and self.cache.get(cache_key(name, rdtype)) is None:
+            return None
+        return self.query(name, rdtype, deadline)
 
     def collect(self, pending: Sequence["Pending"], queries: Sequence[tuple[str, str]], deadline: float) -> list[Answer]:
         """The answers of *pending* (started by :meth:`submit` for *queries*); those not done by *deadline* are timeouts.
@@ -736,7 +748,7 @@ class Resolver:
         threads may all be held by lookups a silent nameserver keeps waiting, and a query left in the queue
         would time out unasked (one dead DNS list made the others' listings count as DNS errors).
         """
-        waiting = [i for i, p in enumerate(pending) if not isinstance(p, Answer) and p.cancel()]
+        waiting = [i for i, p in enumerate(pending) if not isinstance(p, Answer) and (p.cancel() or _unasked(p))]
         asked_here = dict(zip(waiting, self.query_many([queries[i] for i in waiting], deadline), strict=True)) if waiting else {}
         futures = [p for i, p in enumerate(pending) if not isinstance(p, Answer) and i not in asked_here]
         if futures:
@@ -747,8 +759,8 @@ class Resolver:
                 answers.append(asked_here[index])
             elif isinstance(item, Answer):
                 answers.append(item)
-            elif item.done() and item.exception() is None:
-                answers.append(item.result())
+            elif item.done() and item.exception() is None and item.result() is not None:
+                answers.append(cast(Answer, item.result()))
             else:
                 answers.append(Answer(name, rdtype.upper(), "error", error="timeout"))
         return answers

@@ -579,6 +579,19 @@ def test_a_query_left_waiting_for_a_busy_pool_is_asked_by_the_collector(serve: C
         resolver.close()
 
 
+def test_a_query_its_thread_reached_after_its_deadline_is_asked_by_the_collector(serve: Callable[[Handler], Server]) -> None:
+    """Started at connect, collected at MAIL (delay_reject): a thread free only after the connect deadline
+    answered "timeout" without asking, and MAIL took that as the list's DNS error."""
+    server = serve(lambda q, t: [response(q, f"{q.question[0].name.to_text()} 60 IN A 127.0.0.2").to_wire()])
+    resolver = resolver_for(server)
+    late = resolver.submit("2.0.0.127.zen.test", "A", time.monotonic() - 1)  # its deadline passed before a thread took it
+    assert not isinstance(late, Answer)
+    assert late.result(10) is None and server.queries() == []
+    [answer] = resolver.collect([late], [("2.0.0.127.zen.test", "A")], resolver.deadline())
+    assert (answer.status, answer.records) == ("ok", ("127.0.0.2",))
+    resolver.close()
+
+
 # --- doctor's probe ------------------------------------------------------------------
 
 
