@@ -76,6 +76,20 @@ _FORCES_NOTHING_WHEN: Mapping[str, tuple[str, frozenset[str]]] = {
 }
 
 
+def forced_whatever_configured(row: Mapping[str, Any]) -> frozenset[str]:
+    """The symbols of *row* whose hit forced a 451 whatever :data:`_FORCES_NOTHING_WHEN`'s setting says: a
+    CHECK_ERROR of a spool that could not be read back (its detail "check: error"; a check that raised
+    under ``on_check_error = "accept"`` logs the check's name alone), an ATTACH_ERROR of this machine's
+    disk or memory (:data:`milterd.checks.attachments.LOCAL_FAILURE`)."""
+    details = row.get("details") or {}
+    found = set()
+    if ": " in str(details.get("CHECK_ERROR") or ""):
+        found.add("CHECK_ERROR")
+    if str(details.get(attachments.ERROR) or "").startswith(attachments.LOCAL_FAILURE + ":"):
+        found.add(attachments.ERROR)
+    return frozenset(found)
+
+
 def forcing_symbols(config: Config) -> frozenset[str]:
     """The symbols of :data:`MAY_FORCE` whose hit may force an action with *config*: an attachment category
     that only scores, a scanner that fails open, a DMARC action of "score" force nothing (``whatif`` held such
@@ -347,6 +361,7 @@ def rescore(
     keeps its action; one whose action its score chose, unscored with the settings now, takes accept (what no
     threshold chooses).  *may_force*: the symbols whose hit may have forced an action (:func:`forcing_symbols`)."""
     logged = row.get("symbols") or {}
+    may_force = may_force | forced_whatever_configured(row)
     fixed_names = fixed_scores(logged, fixed)
     symbols = {name: float(score if name in fixed_names else weights.get(name, score)) for name, score in logged.items()}
     hits = [Hit(name, score=score) for name, score in symbols.items()]

@@ -87,6 +87,8 @@ UNREADABLE = "ATTACH_UNREADABLE"
 MIME_LIMIT = "ATTACH_MIME_LIMIT"
 ERROR = "ATTACH_ERROR"
 #: The answer when this machine could not decode the attachments (disk, file descriptors, memory).
+#: How the log detail of an ATTACH_ERROR of this machine (451 whatever limit_action says) begins: ``rules whatif`` reads it.
+LOCAL_FAILURE = "local failure"
 LOCAL_FAILURE_REPLY = Reply("451", "4.3.0", "Attachments could not be checked now, try again later")
 
 #: Symbol → the option of [checks.attachments] holding its action.
@@ -297,7 +299,7 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
                 # The disk full (or no file descriptor, no memory) while decoding: the banned file may
                 # be the one not looked at, so the message waits rather than passing unjudged.
                 log.error("attachments: cannot check the message's attachments, answering 451: %s", detail)
-                return [Hit(ERROR, detail=detail, action=Action.TEMPFAIL, reply=LOCAL_FAILURE_REPLY)]
+                return [Hit(ERROR, detail=f"{LOCAL_FAILURE}: {detail}"[:200], action=Action.TEMPFAIL, reply=LOCAL_FAILURE_REPLY)]
             log.warning("attachments: cannot read the message's attachments", exc_info=True)
             findings += _skipped(skipped)
             return [self._error(detail), *hits_for(findings, self.actions)]
