@@ -521,6 +521,10 @@ def whatif(
 
 
 # --- mass check ------------------------------------------------------------------
+#: Actions that mark nothing: the message is delivered as it came (greylist: once retried) or was not judged.
+_NOT_FLAGGED = frozenset({"accept", "greylist", "tempfail"})
+
+
 @dataclass(frozen=True)
 class Judged:
     """One message of a labelled corpus and what the pipeline made of it."""
@@ -537,9 +541,10 @@ class Judged:
 
     def flagged(self, threshold: float | None = None) -> bool:
         """Flagged at the configured thresholds (None) or at a score *threshold*
-        (where an unscored message keeps its action, forced or accept)."""
+        (where an unscored message keeps its action, forced or accept).  A greylisted message is delivered
+        unmarked once retried, so it is not flagged (as :func:`milterd.message.policy.flagged`)."""
         if threshold is None or self.forced or not self.scored:
-            return self.action != "accept"
+            return self.action not in _NOT_FLAGGED
         return self.score >= threshold
 
 

@@ -29,6 +29,7 @@ from ..config import Config, load_config
 from ..learner.classifier import Counts
 from ..message.model import Action
 from ..message.pipeline import Pipeline
+from ..message.policy import threshold_action
 from ..milter.offline import CheckedMessage, Client, MessageRef, check_message, sources
 from ..services import Services, build
 from ..store import Store, StoreError
@@ -402,10 +403,20 @@ def _judge_all(labelled: list[tuple[str, str, MessageRef]], pipeline: Pipeline, 
         if item.error:
             errors += 1
             continue
+        if item.action == Action.TEMPFAIL:
+            # A 451 judged nothing (a scanner down with on_error = "tempfail", a spool unread): counted as
+            # not judged, never as spam caught or ham flagged.
+            print(f"milterd: check: {ref.label}: answered {item.reply or '451'} ({item.reason}): not judged", file=sys.stderr)
+            errors += 1
+            continue
         # Forced by a hit (a banned file also over the reject threshold) or more severe than the thresholds choose:
         # flagged at any threshold, as the milter refuses it whatever reject is set to.
-        forced = bool(item.forced) or forced_action(item.action, item.score, config.actions)
-        items.append(Judged(kind, folder, ref.label, item.score, item.action.label, item.symbols, forced, item.scored))
+        action: Action = item.action
+        if action == Action.GREYLIST:
+            # [actions] greylist (score mode): delivered once retried, then as the other thresholds choose.
+            action = threshold_action(item.score, config.actions.model_copy(update={"greylist": False}))
+        forced = bool(item.forced) or forced_action(action, item.score, config.actions)
+        items.append(Judged(kind, folder, ref.label, item.score, action.label, item.symbols, forced, item.scored))
     return items, errors
 
 
