@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import authres
 import dkim
@@ -36,7 +36,7 @@ from ..message.policy import plan_headers, spam_verdict_field
 from ..options import CheckSwitches, ConfigError
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
-from .dkim import QUIET, DnsRecorder, fields_as_delivered
+from .dkim import QUIET, DnsRecorder, fields_as_delivered, record_name
 from .spf import message_results
 
 if TYPE_CHECKING:
@@ -72,9 +72,12 @@ class ArcResult:
     #: What the newest sealer recorded on receipt (its ARC-Authentication-Results), read when the chain
     #: passed: (method, result, domain) for dkim (header.d), spf (smtp.mailfrom's domain) and dmarc (header.from).
     recorded: tuple[tuple[str, str, str], ...] = ()
-    #: The newest set's sealer (its ARC-Seal's d=) when the chain failed because a key in that sealer's own
-    #: domain could not be looked up (DNS error): the chain may pass once DNS answers.  "" otherwise.
+    #: The newest set's sealer (its ARC-Seal's d=) when the chain failed because a key of that set in the
+    #: sealer's own domain could not be looked up (DNS error), and asked again on its own it still could not
+    #: (:meth:`Arc.on_eom`, for a trusted sealer): the chain may pass once DNS answers.  "" otherwise.
     unverified_sealer: str = ""
+    #: The newest set's key names in the sealer's domain whose lookup failed in the validation.
+    unverified_keys: tuple[str, ...] = ()
 
 
 def verify_chain(message: bytes, dnsfunc: DnsRecorder, min_key_bits: int, *, unsigned_body: str = "policy") -> ArcResult:
@@ -111,26 +114,46 @@ def verify_chain(message: bytes, dnsfunc: DnsRecorder, min_key_bits: int, *, uns
         return ArcResult("pass", sealers, str(reason), recorded=newest_results(arc))
     if cv == dkim.CV_None:
         return ArcResult("none", sealers, str(reason))
-    return ArcResult("fail", sealers, str(reason)[:200], temporary=bool(dnsfunc.failed), unverified_sealer=_sealer_not_looked_up(arc, dnsfunc))
+    sealer, keys = _newest_keys_not_looked_up(arc, dnsfunc)
+    return ArcResult("fail", sealers, str(reason)[:200], temporary=bool(dnsfunc.failed), unverified_sealer=sealer, unverified_keys=keys)
 
 
-def _sealer_not_looked_up(arc: dkim.ARC | None, dnsfunc: DnsRecorder) -> str:
-    """The newest ARC set's sealer (its ARC-Seal's d=) when a key lookup in that domain failed, else "".
+def _newest_keys_not_looked_up(arc: dkim.ARC | None, dnsfunc: DnsRecorder) -> tuple[str, tuple[str, ...]]:
+    """The newest ARC set's sealer (its ARC-Seal's d=) and the key names of that set in the sealer's domain
+    whose lookup failed; ("", ()) when none did.
 
-    Only a key in the sealer's own domain counts: a lookup that fails elsewhere (an older set's, or a
-    newest ARC-Message-Signature's d= in a domain whose DNS a forger keeps silent) says nothing of whether
-    the sealer signed.
+    Only the newest set's keys in the sealer's own domain count: a lookup that fails elsewhere (an older
+    set's, or a newest ARC-Message-Signature's d= in a domain whose DNS a forger keeps silent) says nothing
+    of whether the sealer signed.  A failure here may still be the forger's doing (the shared deadline spent
+    on their silent domain first, so the sealer's key was never asked): :meth:`Arc.on_eom` asks again.
     """
     if arc is None or not dnsfunc.failed:
-        return ""
+        return "", ()
     try:
         newest, headers = arc.sorted_arc_headers()
-        seal = next(v for instance, (name, v) in headers if instance == newest and name.lower() == b"arc-seal")
-        sealer = dkim.parse_tag_value(seal).get(b"d", b"").decode("ascii").strip().lower().rstrip(".")
+        tags = [dkim.parse_tag_value(v) for instance, (name, v) in headers
+                if instance == newest and name.lower() in (b"arc-seal", b"arc-message-signature")]
+        seal = next(dkim.parse_tag_value(v) for instance, (name, v) in headers if instance == newest and name.lower() == b"arc-seal")
+        sealer = seal.get(b"d", b"").decode("ascii").strip().lower().rstrip(".")
+        names = {record_name(f"{t.get(b's', b'').decode('ascii').strip()}._domainkey.{t.get(b'd', b'').decode('ascii').strip()}") for t in tags}
     except Exception:  # noqa: BLE001 - no newest seal, or one dkimpy cannot read: no sealer to wait for
-        return ""
-    in_domain = [name for name in dnsfunc.failed if name.partition("._domainkey.")[2] == sealer]
-    return sealer if sealer and in_domain else ""
+        return "", ()
+    failed = tuple(sorted(name for name in names if name in dnsfunc.failed and name.partition("._domainkey.")[2] == sealer))
+    return (sealer, failed) if sealer and failed else ("", ())
+
+
+def still_not_looked_up(result: ArcResult, trusted: Sequence[str], resolver: Any) -> ArcResult:
+    """*result* keeping its :attr:`ArcResult.unverified_sealer` only when the sealer is in *trusted* and one of
+    its keys that failed still fails asked again with a deadline of its own (else ``""``: the chain failed,
+    and DMARC's policy applies)."""
+    sealer = result.unverified_sealer
+    if not sealer:
+        return result
+    if sealer in {t.lower().rstrip(".") for t in trusted}:
+        deadline = resolver.deadline()
+        if any(resolver.txt(name, deadline).failed for name in result.unverified_keys):
+            return result
+    return replace(result, unverified_sealer="", unverified_keys=())
 
 
 def newest_results(arc: dkim.ARC) -> tuple[tuple[str, str, str], ...]:
@@ -204,6 +227,7 @@ class Arc(ConfiguredCheck[ArcChecks]):
         dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, ARC_STAGE))
         unsigned_body = self.services.config.checks.dkim.unsigned_body
         result = verify_chain(envelope.message_bytes(), dnsfunc, self.options.min_key_bits, unsigned_body=unsigned_body)
+        result = still_not_looked_up(result, self.options.trusted_sealers, resolver)
         envelope.check_state(STATE)["result"] = result
         chain = " > ".join(result.sealers)
         if result.result == "pass":

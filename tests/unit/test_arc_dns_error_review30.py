@@ -15,6 +15,7 @@ from milterd import dkimsign
 from milterd.checks.arc import Arc
 from milterd.checks.dmarc import Dmarc
 from milterd.config import Config
+from milterd.dns import Answer
 from milterd.message.model import Action, Session
 
 from .test_arc_seal_review import envelope_of
@@ -29,8 +30,19 @@ def key() -> bytes:
     return dkimsign.generate("rsa", 1024)
 
 
-def judge(message: bytes, txt: dict[str, str], failing: tuple[str, ...], **checks: Any) -> tuple[dict[str, Any], Any]:
-    services = SimpleNamespace(config=Config.model_validate({"checks": checks}), resolver=Table(txt, failing=failing))
+class FirstAskFails(Table):
+    """*failing* names time out the first time they are asked, then answer: the shared deadline spent on
+    a forger's silent domain first, so the key was never asked, as the review's real resolver showed."""
+
+    def txt(self, name: str, deadline: float | None = None) -> Answer:
+        if name in self.failing:
+            self.failing = tuple(n for n in self.failing if n != name)
+            return Answer(name, "TXT", "error", error="timeout")
+        return super().txt(name, deadline)
+
+
+def judge(message: bytes, txt: dict[str, str], failing: tuple[str, ...], resolver: type[Table] = Table, **checks: Any) -> tuple[dict[str, Any], Any]:
+    services = SimpleNamespace(config=Config.model_validate({"checks": checks}), resolver=resolver(txt, failing=failing))
     envelope = envelope_of(message)
     envelope.check_state("spf")["evaluation"] = UNALIGNED_SPF
     hits: dict[str, Any] = {}
@@ -66,4 +78,20 @@ def test_a_silent_domain_of_the_forgers_own_holds_back_no_reject(key: bytes) -> 
     assert forged != fields
     txt = {LIST_KEY: dkimsign.public_record("rsa", key), **POLICIES}
     hits, _ = judge(b"".join(forged) + stamped, txt, (EVIL_KEY,), **ARC_TRUSTED_CONF)
+    assert hits["DMARC_FAIL_REJECT"].action == Action.REJECT and "DMARC_TEMPFAIL" not in hits
+
+
+def test_a_sealers_key_left_unasked_by_a_forgers_silent_domain_holds_back_no_reject(key: bytes) -> None:
+    """The second look's bypass: the newest ARC-Message-Signature in evil.test (silent) spends the shared deadline,
+    so the ARC-Seal's key in list.test (s=nocache1, never cached) is a timeout never asked; asked again on its
+    own it answers (no such key), so the chain failed and p=reject applies."""
+    stamped = b"Authentication-Results: evil.test; dmarc=pass header.from=bank.example\r\n" + MESSAGE.replace(b"alice@signed.test", b"alice@bank.example")
+    fields = dkim.ARC(stamped).sign(b"arc", b"evil.test", key, b"evil.test")
+    seal = next(f for f in fields if f.lower().startswith(b"arc-seal:"))
+    forged_seal = seal.replace(b"d=evil.test", b"d=list.test").replace(b"s=arc", b"s=nocache1")
+    assert forged_seal.count(b"d=list.test") == 1 and forged_seal.count(b"s=nocache1") == 1
+    message = b"".join(forged_seal if f is seal else f for f in fields) + stamped
+    txt = {LIST_KEY: dkimsign.public_record("rsa", key), **POLICIES}
+    failing = (EVIL_KEY, "nocache1._domainkey.list.test")
+    hits, _ = judge(message, txt, failing, FirstAskFails, **ARC_TRUSTED_CONF)
     assert hits["DMARC_FAIL_REJECT"].action == Action.REJECT and "DMARC_TEMPFAIL" not in hits

@@ -58,6 +58,9 @@ class Table(UnaskableNames, FakeResolver):
     def stage_deadline(self, deadlines: dict[str, float], stage: str) -> float:
         return time.monotonic() + 5
 
+    def deadline(self) -> float:
+        return time.monotonic() + 5
+
     def cached(self, name: str, rtype: str) -> bool:
         return False
 
