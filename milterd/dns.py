@@ -735,9 +735,10 @@ class Resolver:
         return self._executor().submit(self._query_in_time, name, rdtype, deadline if deadline is not None else self.deadline())
 
     def _query_in_time(self, name: str, rdtype: str, deadline: float) -> Answer | None:
-        """:meth:`query` for a pool thread; None when the thread came to it after *deadline*, so it was never
-        asked (:meth:`collect` asks it then, within its own deadline)."""
-        if deadline <= time.monotonic() and self.cache.get(cache_key(name, rdtype)) is None:
+        """:meth:`query` for a pool thread; None when the thread came to it with less than half of ``timeout``
+        left before *deadline* (too little for a nameserver to answer in), so it was not asked: :meth:`collect`
+        asks it then, within its own deadline (at MAIL, say, for a lookup started at connect)."""
+        if deadline - time.monotonic() < self.timeout / 2 and self.cache.get(cache_key(name, rdtype)) is None:
             return None
         return self.query(name, rdtype, deadline)
 
@@ -753,6 +754,10 @@ class Resolver:
         futures = [p for i, p in enumerate(pending) if not isinstance(p, Answer) and i not in asked_here]
         if futures:
             wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
+            # Those a thread took meanwhile, too late to ask (its result None): asked here, in the time left.
+            late = [i for i, p in enumerate(pending) if not isinstance(p, Answer) and i not in asked_here and _unasked(p)]
+            if late:
+                asked_here.update(zip(late, self.query_many([queries[i] for i in late], deadline), strict=True))
         answers = []
         for index, (item, (name, rdtype)) in enumerate(zip(pending, queries, strict=False)):
             if index in asked_here:

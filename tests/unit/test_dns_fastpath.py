@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from concurrent.futures import Future
 from typing import Callable, Iterator
 
 import dns.flags
@@ -588,6 +589,34 @@ def test_a_query_its_thread_reached_after_its_deadline_is_asked_by_the_collector
     assert not isinstance(late, Answer)
     assert late.result(10) is None and server.queries() == []
     [answer] = resolver.collect([late], [("2.0.0.127.zen.test", "A")], resolver.deadline())
+    assert (answer.status, answer.records) == ("ok", ("127.0.0.2",))
+    resolver.close()
+
+
+def slow_listing(q: dns.message.Message, t: str) -> list[bytes]:
+    time.sleep(0.2)  # a nameserver that answers in 0.2 s
+    return [response(q, f"{q.question[0].name.to_text()} 60 IN A 127.0.0.2").to_wire()]
+
+
+def test_a_query_its_thread_reached_with_too_little_time_left_is_asked_by_the_collector(serve: Callable[[Handler], Server]) -> None:
+    """A thread free 0.1 s before the connect deadline asked with 0.1 s against a nameserver taking 0.2 s: a
+    timeout, though MAIL's collector had a whole deadline to wait in."""
+    resolver = resolver_for(serve(slow_listing))  # timeout 1 s
+    short = resolver.submit("2.0.0.127.zen.test", "A", time.monotonic() + 0.1)
+    assert not isinstance(short, Answer) and short.result(10) is None
+    [answer] = resolver.collect([short], [("2.0.0.127.zen.test", "A")], resolver.deadline())
+    assert (answer.status, answer.records) == ("ok", ("127.0.0.2",))
+    resolver.close()
+
+
+def test_a_query_a_thread_took_too_late_while_the_collector_waited_is_asked_by_it(serve: Callable[[Handler], Server]) -> None:
+    resolver = resolver_for(serve(slow_listing))
+    running: Future[Answer | None] = Future()
+    assert running.set_running_or_notify_cancel()  # a thread has it: cancel() cannot take it back
+    timer = threading.Timer(0.2, running.set_result, (None,))  # ... and finds it too late to ask
+    timer.start()
+    [answer] = resolver.collect([running], [("2.0.0.127.zen.test", "A")], resolver.deadline())
+    timer.join()
     assert (answer.status, answer.records) == ("ok", ("127.0.0.2",))
     resolver.close()
 
