@@ -333,7 +333,7 @@ class ClamavSection(_ScannerSection):
     enabled: bool = Field(False, description="Scan messages with clamd.")
     address: str = Field("tcp:127.0.0.1:3310", description="clamd's socket: tcp:HOST:PORT or unix:/path.")
     timeout: Duration = Field(30.0, gt=0, description="How long sending a message to clamd may take in all, and then again its answer; slower is on_error.")
-    max_size: Size = Field(25 * 1024 * 1024, description="Larger messages are not sent (keep at or under clamd's StreamMaxLength).")
+    max_size: Size = Field(25 * 1024 * 1024, description="Larger messages are not scanned whole: their first max_size bytes are (a virus there is found; clamd unable to judge them, on_error decides). Keep it at or under clamd's StreamMaxLength.")
     on_error: Literal["tempfail", "accept"] = Field("tempfail", description="clamd down, slow or in error: tempfail (451) or accept with a symbol.")
     action: Literal["reject", "quarantine", "discard"] = Field("reject", description="What to do with a virus.")
     headers: bool = Field(True, description="Add X-Virus-Scanned and X-Virus-Status to scanned mail (incoming ones are removed first).")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator
 
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError
 from ..message.reply import Reply
-from ..scanners import ScannerError
+from ..scanners import ScannerError, ScannerTimeout
 from ..scanners.clamd import ClamdClient, ClamdResult, InstreamScan
 from . import Hits, Symbol
 from .scanning import ScannerCheck, scan_error_hit
@@ -173,9 +173,13 @@ class ClamavCheck(ScannerCheck):
             return [error_hit("no scan was started", self.options.on_error)]
         if state.deferred:
             return self._scan_spooled(envelope)
-        if state.partial and state.stream is not None:
+        if state.partial:
+            # Past max_size: the stream's verdict on the first max_size bytes, or, the stream lost on its last
+            # chunk, those bytes sent again from the spool.
             stream, state.stream = state.stream, None
-            return self._start_hits(envelope, state.skipped, stream.finish)
+            if stream is None:
+                return self._start_hits(envelope, state.skipped, self._first_from_spool(envelope))
+            return self._start_hits(envelope, state.skipped, stream.finish, streamed=True)
         if state.skipped:
             return [Hit(SKIPPED, detail=state.skipped)]
         if state.error or state.stream is None:
@@ -195,8 +199,7 @@ class ClamavCheck(ScannerCheck):
         """The whole message from the spool, for a client whose SIZE= overstated it (RFC 1870: an estimate)."""
         size = envelope.size
         if size > self.options.max_size:
-            return self._start_hits(envelope, f"size {size} > {self.options.max_size}",
-                                    lambda: self.client.scan(_first(envelope.message_chunks(), self.options.max_size)))
+            return self._start_hits(envelope, f"size {size} > {self.options.max_size}", self._first_from_spool(envelope))
         try:
             result = self.client.scan(envelope.message_chunks())
         except ScannerError as exc:
@@ -208,21 +211,38 @@ class ClamavCheck(ScannerCheck):
             return [error_hit(f"scan failed: {exc!r}", self.options.on_error)]
         return self._result_hits(envelope, result)
 
-    def _start_hits(self, envelope: Envelope, skipped: str, scan: Callable[[], ClamdResult]) -> list[Hit]:
+    def _start_hits(self, envelope: Envelope, skipped: str, scan: Callable[[], ClamdResult], streamed: bool = False) -> list[Hit]:
         """The hits of a message over max_size whose first max_size bytes *scan* has clamd judge: a virus found
-        there as any other; else CLAMAV_SKIPPED_SIZE (*skipped* says why), whatever clamd answered."""
+        there as any other; clean, CLAMAV_SKIPPED_SIZE (*skipped* says why).  When clamd could not judge them
+        (it is down, it answered an error), ``on_error`` decides, as for a message under max_size; with
+        *streamed* (the stream left idle since max_size, which clamd may have closed) they are first sent again
+        from the spool, unless clamd was silent (asked again, it would be as long)."""
         try:
             result = scan()
         except SpoolError:
             raise
-        except Exception as exc:  # noqa: BLE001 - ScannerError, clamd's idle timeout: the message stays unscanned, as before
-            log.info("%s: clamav: the first %d bytes of a message over max_size not scanned: %s", envelope.queue_id or "NOQUEUE", self.options.max_size, exc)
-            return [Hit(SKIPPED, detail=skipped)]
+        except Exception as exc:  # noqa: BLE001 - ScannerError, clamd's client failing otherwise: unscanned follows on_error
+            if streamed and not isinstance(exc, ScannerTimeout):
+                return self._start_hits(envelope, skipped, self._first_from_spool(envelope))
+            reason = str(exc) if isinstance(exc, ScannerError) else f"scan failed: {exc!r}"
+            return self._start_failed(envelope, skipped, reason)
         if result.infected:
             return self._result_hits(envelope, result)
-        scanned = "scanned: clean" if result.status == "OK" else f"not scanned ({_printable(result.reply)})"  # an idle timeout, a size limit
-        detail = f"{skipped}; its first {self.options.max_size} bytes {scanned}"
-        return [Hit(SKIPPED, detail=detail)]
+        if result.status != "OK":
+            if streamed:
+                return self._start_hits(envelope, skipped, self._first_from_spool(envelope))
+            return self._start_failed(envelope, skipped, f"clamd: {_printable(result.reply)}")
+        return [Hit(SKIPPED, detail=f"{skipped}; its first {self.options.max_size} bytes scanned: clean")]
+
+    def _first_from_spool(self, envelope: Envelope) -> Callable[[], ClamdResult]:
+        return lambda: self.client.scan(_first(envelope.message_chunks(), self.options.max_size))
+
+    def _start_failed(self, envelope: Envelope, skipped: str, reason: str) -> list[Hit]:
+        """The first max_size bytes of a message over max_size not judged for *reason*."""
+        log.info("%s: clamav: the first %d bytes of a message over max_size not scanned: %s", envelope.queue_id or "NOQUEUE", self.options.max_size, reason)
+        if "size limit exceeded" in reason:  # max_size above clamd's StreamMaxLength: logged at the stream's start too
+            return [Hit(SKIPPED, detail=f"{skipped}; over clamd's StreamMaxLength")]
+        return [error_hit(f"{skipped}; its first {self.options.max_size} bytes not scanned: {reason}"[:200], self.options.on_error)]
 
     def _failed(self, exc: ScannerError) -> list[Hit]:
         if "size limit exceeded" in str(exc):

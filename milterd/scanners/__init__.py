@@ -32,6 +32,10 @@ class ScannerError(Exception):
     """The scanner cannot be reached, timed out, or answered something unusable."""
 
 
+class ScannerTimeout(ScannerError):
+    """The scanner did not take or answer in time: asking it again at once would wait as long."""
+
+
 @dataclass(frozen=True)
 class Address:
     """Where a scanner listens: a TCP host and port, or a unix socket path."""
@@ -81,7 +85,7 @@ def connect(address: Address, timeout: float) -> socket.socket:
     try:
         return endpoints.connect(address.host, address.port, address.path if address.family == "unix" else "", timeout, nodelay=True)
     except TimeoutError:
-        raise ScannerError(f"{address}: connect timed out after {timeout:g}s") from None
+        raise ScannerTimeout(f"{address}: connect timed out after {timeout:g}s") from None
     except UnicodeError:  # a host name the idna codec refuses (one parse_address did not check)
         raise ScannerError(f"{address}: cannot connect: not a valid host name") from None
     except OSError as exc:

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Literal
 
-from . import Address, ScannerError, connect, parse_address
+from . import Address, ScannerError, ScannerTimeout, connect, parse_address
 
 #: The largest chunk sent at once: clamd's default buffers take 64 KiB.
 MAX_CHUNK = 65536
@@ -82,12 +82,12 @@ def _read_reply(sock: socket.socket, address: Address, timeout: float, deadline:
     while not data.endswith((b"\x00", b"\n")):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise ScannerError(f"clamd {address}: no answer within {timeout:g}s")
+            raise ScannerTimeout(f"clamd {address}: no answer within {timeout:g}s")
         sock.settimeout(remaining)
         try:
             piece = sock.recv(1024)
         except TimeoutError:
-            raise ScannerError(f"clamd {address}: no answer within {timeout:g}s") from None
+            raise ScannerTimeout(f"clamd {address}: no answer within {timeout:g}s") from None
         except OSError as exc:
             if data:
                 break
@@ -138,7 +138,7 @@ class InstreamScan:
                 self.sent += len(piece)
         except TimeoutError:
             self.close()
-            raise ScannerError(f"clamd {self._address}: sending timed out after {self._timeout:g}s") from None
+            raise ScannerTimeout(f"clamd {self._address}: sending timed out after {self._timeout:g}s") from None
         except OSError as exc:
             # clamd closes the socket on "INSTREAM size limit exceeded": report its words.
             reason = self._salvage_reply() or (exc.strerror or str(exc))
@@ -155,7 +155,7 @@ class InstreamScan:
                 _arm(sock, deadline)
                 sock.sendall(b"\x00\x00\x00\x00")
             except TimeoutError:
-                raise ScannerError(f"clamd {self._address}: sending timed out after {self._timeout:g}s") from None
+                raise ScannerTimeout(f"clamd {self._address}: sending timed out after {self._timeout:g}s") from None
             except OSError as exc:
                 reason = self._salvage_reply() or (exc.strerror or str(exc))
                 raise ScannerError(f"clamd {self._address}: {reason}") from None

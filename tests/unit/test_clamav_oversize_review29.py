@@ -4,6 +4,7 @@ The first ``max_size`` bytes of a larger message are now judged (a fake clamd on
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Iterator
 
@@ -47,11 +48,36 @@ def test_a_clean_start_of_a_large_message_is_still_skipped_for_size(tmp_path: Pa
     assert not any(edit.op == "add" and edit.name.startswith("X-Virus") for edit in outcome.edits)  # not "Clean": not scanned whole
 
 
-def test_clamd_down_for_a_large_message_is_still_a_skip_not_an_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("on_error", ["tempfail", "accept"])
+@pytest.mark.parametrize("size", [{"SIZE": "50000000"}, {}], ids=["size-declared", "streamed"])
+def test_clamd_down_for_a_large_message_follows_on_error(tmp_path: Path, on_error: str, size: dict[str, str]) -> None:
+    """Thirtieth session's review: the first max_size bytes unjudged (clamd down) were a size skip, delivered under
+    on_error = "tempfail"; they follow on_error, as a message under max_size does."""
     down = f"tcp:127.0.0.1:{free_port()}"
-    pipeline = only(scanner_pipeline(tmp_path, down, down, clamav__max_size=1000, clamav__on_error="tempfail"), "clamav")
-    outcome = drive(pipeline, PADDED, mail_args={"SIZE": "50000000"})
-    assert "CLAMAV_SKIPPED_SIZE" in outcome.verdict.symbols and outcome.verdict.action == Action.ACCEPT
+    pipeline = only(scanner_pipeline(tmp_path, down, down, clamav__max_size=1000, clamav__on_error=on_error), "clamav")
+    outcome = drive(pipeline, PADDED, mail_args=size)
+    assert "CLAMAV_ERROR" in outcome.verdict.symbols and "CLAMAV_SKIPPED_SIZE" not in outcome.verdict.symbols
+    assert outcome.verdict.action == (Action.TEMPFAIL if on_error == "tempfail" else Action.ACCEPT)
+
+
+def closing_the_first_stream(server: FakeServer, conn: socket.socket) -> None:
+    """clamd closing the first stream unanswered (its idle timeout while Postfix sent the rest); then as fake_clamd."""
+    if not server.requests:
+        server.requests.append(b"")
+        conn.recv(65536)
+        return
+    fake_clamd(server, conn)
+
+
+def test_a_stream_clamd_closed_is_judged_again_from_the_spool(tmp_path: Path) -> None:
+    server = FakeServer(closing_the_first_stream)
+    try:
+        pipeline = only(scanner_pipeline(tmp_path, server.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000), "clamav")
+        outcome = drive(pipeline, PADDED)
+        assert outcome.verdict.details.get("CLAMAV_VIRUS") == "Fake.Marker" and outcome.verdict.action == Action.REJECT
+        assert [len(request) for request in server.requests] == [0, 1000]
+    finally:
+        server.close()
 
 
 def test_mail_from_trusted_and_authenticated_clients_is_scanned_for_viruses_by_default(tmp_path: Path, clamd: FakeServer) -> None:
@@ -81,3 +107,26 @@ def test_a_forged_clean_status_goes_when_the_check_itself_fails(tmp_path: Path, 
     outcome = drive(pipeline, forged)
     assert outcome.verdict.action == Action.ACCEPT and "CHECK_ERROR" in outcome.verdict.symbols
     assert HeaderEdit("change", "X-Virus-Status", "", 1) in outcome.edits
+
+
+def test_a_stream_lost_on_its_last_chunk_before_max_size_is_judged_again_from_the_spool(
+        tmp_path: Path, clamd: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunk that reaches max_size failed to send: the size skip hid the failure, the first bytes unjudged."""
+    from milterd.scanners import ScannerError
+    from milterd.scanners.clamd import InstreamScan
+
+    send = InstreamScan.send
+    lost: list[int] = []
+
+    def losing_the_last(self: InstreamScan, data: bytes) -> None:
+        if self.sent + len(data) == 1000 and not lost:  # the stream's; the spool's scan sends as ever
+            lost.append(len(data))
+            self.close()
+            raise ScannerError("clamd: connection lost: Broken pipe")
+        send(self, data)
+
+    monkeypatch.setattr(InstreamScan, "send", losing_the_last)
+    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000), "clamav")
+    outcome = drive(pipeline, PADDED)
+    assert outcome.verdict.details.get("CLAMAV_VIRUS") == "Fake.Marker" and outcome.verdict.action == Action.REJECT
+    assert [len(request) for request in clamd.requests] == [1000]
