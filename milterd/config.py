@@ -12,6 +12,7 @@ import copy
 import functools
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 import urllib.parse
@@ -20,6 +21,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import ErrorDetails
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from .checks.arc import ArcChecks
 from .checks.attachments import AttachmentChecks
@@ -76,6 +79,8 @@ def _fqdn() -> str:
 
 
 DEFAULT_PATHS = (Path("milter.conf"), Path("/etc/milterd/milter.conf"))
+#: A host name, or any authserv-id written as one token (authresults reads it back so).
+_HOST_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,253}")
 
 
 class MilterSection(Section):
@@ -87,7 +92,7 @@ class MilterSection(Section):
     user: str = Field("", description="User to run as after the socket is open when started as root; empty runs as nobody (with a warning), \"root\" keeps root knowingly.")
     group: str = Field("", description="Group to run as after the socket is open when started as root (with user = \"root\" too); empty uses the user's primary group. A group that does not exist is refused at start, whoever starts milterd.")
     hostname: str = Field("", description="This host's name in the log, Received and report headers; empty uses the system's FQDN.")
-    authserv_id: str = Field("", description="The authserv-id of Authentication-Results headers; empty uses hostname.")
+    authserv_id: str = Field("", description="The authserv-id of Authentication-Results headers, a host name (one token: letters, digits, '-', '_', '.'; read back as one, a sender's header claiming it is removed); empty uses hostname.")
     trusted_networks: list[str] = Field(["127.0.0.0/8", "::1/128"], description="Client networks that are trusted (like Postfix's mynetworks).")
     local_domains: list[str] = Field([], description="Domains this site receives mail for and sends mail as.")
     skip_trusted: bool = Field(True, description="Do not score mail from trusted_networks (it is logged and passed).")
@@ -104,6 +109,15 @@ class MilterSection(Section):
     max_headers: int = Field(1000, ge=0, description="Most header fields a message may have; one more is refused with 554 5.6.0 at that header, whatever Postfix's own limits; 0 is no limit.")
     max_header_size: Size = Field(32 * 1024, description="Largest single header field (name, value and folding); a larger one is refused with 552 5.3.4 (Postfix cuts a longer one silently: at header_size_limit, and at about 60K when a milter is used); 0 is no limit.")
     max_header_section: Size = Field(1024 * 1024, description="Largest header section (all header fields together); reaching past it is refused with 552 5.3.4 at that header; 0 is no limit.")
+
+    @field_validator("hostname", "authserv_id")
+    @classmethod
+    def _host_token(cls, value: str) -> str:
+        # The authserv-id is read back as one token (RFC 8601 §2.2): "My Company MX" was written, read as "my", and
+        # a sender's Authentication-Results claiming it were never removed.  The host name is its default.
+        if value and not _HOST_TOKEN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a host name (letters, digits, '-', '_' and '.', such as mx.example.org)")
+        return value
 
     @field_validator("local_domains")
     @classmethod
@@ -179,7 +193,7 @@ class DatabaseSection(Section):
     @classmethod
     def _url(cls, value: str) -> str:
         value = _no_nul(value)  # a SQLite URL is a path; no other URL holds a raw NUL either
-        problem = password_problem(value) or _in_memory(value)
+        problem = password_problem(value) or _in_memory(value) or _dialect_problem(value)
         if problem:
             raise ValueError(problem)
         return value
@@ -191,6 +205,20 @@ class DatabaseSection(Section):
         if value * 1000 > 2**31 - 1:
             raise ValueError(f"must be at most 24d (SQLite's limit), got {value:g} seconds")
         return value
+
+
+def _dialect_problem(url: str) -> str:
+    """Why SQLAlchemy cannot take *url* (no URL at all, a dialect it does not know), else "": found here, with the
+    file and key, rather than when the store is first opened."""
+    # The URL itself is shown only when it cannot hold a password (no "@").
+    shown = f"{url!r} " if "@" not in url else ""
+    try:
+        make_url(url).get_dialect()
+    except NoSuchModuleError:  # an ArgumentError too
+        return f"SQLAlchemy has no dialect {url.partition(':')[0]!r} (sqlite, postgresql+psycopg)"
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number ("postgresql://[::1/db")
+        return f"{shown}is not an SQLAlchemy URL (sqlite:///path or postgresql+psycopg://user@host/database)"
+    return ""
 
 
 def _in_memory(url: str) -> str:

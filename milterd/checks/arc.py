@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import authres
 import dkim
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .. import dkimfast
 from ..authresults import authserv_id_of, claiming_field
@@ -33,7 +33,7 @@ from ..dkimsign import parse_key
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError, Verdict, header_safe
 from ..message.policy import plan_headers, spam_verdict_field
-from ..options import CheckSwitches, ConfigError
+from ..options import CheckSwitches, ConfigError, domain_names
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
 from .dkim import QUIET, DnsRecorder, fields_as_delivered, record_name
@@ -52,6 +52,12 @@ class ArcChecks(CheckSwitches):
     seal_domain: str = Field("", description="The sealing domain (ARC-Seal d=).")
     seal_selector: str = Field("", description="The sealing selector (s=): the key is published at SELECTOR._domainkey.DOMAIN.")
     seal_key_file: str = Field("", description="The RSA private key (PEM) that seals, relative to this file ('milterd dkim keygen' writes one).")
+
+    @field_validator("trusted_sealers")
+    @classmethod
+    def _sealers(cls, value: list[str]) -> list[str]:
+        # Compared whole with the seal's d=: "*.google.com" or "https://lists.example.org" never matched, silently.
+        return domain_names(value, "write each sealer's domain as its ARC-Seal d= gives it (lists.example.org)")
 
 
 STATE = "arc"

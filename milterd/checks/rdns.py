@@ -127,6 +127,8 @@ class ReverseDns(ConfiguredCheck[RdnsChecks]):
             return False
 
         for position, pattern in enumerate(services.config.checks.rdns.generic_patterns):
+            if not pattern:
+                raise ConfigError(services.config.path or "milter.conf", f"[checks.rdns] generic_patterns[{position}]", "an empty pattern matches every name")
             try:
                 AdminPattern(pattern)
             except PatternError as exc:

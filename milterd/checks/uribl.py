@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Collection, Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
 from publicsuffixlist import PublicSuffixList
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..content.mimetext import UNREAD_REASONS
 from ..dns import Answer, a_label, dnsbl_name, fold_case
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
-from ..options import CheckSwitches, ConfigError
+from ..options import CheckSwitches, ConfigError, domain_names
 from ..text import escape
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
@@ -64,6 +64,12 @@ class UriblChecks(CheckSwitches):
         description="Registrable domains never looked up (well known, never listed: asking would only cost queries).",
     )
     ip_lists: list[str] = Field(["SPAMHAUS_SBL"], description="Links to a public IP address (http://<a global IPv4 or IPv6 address>/; private, loopback, link-local and documentation addresses are never looked up) are looked up in these [[dnsbl]] zones or zone codes (name without DNSBL_: \"SPAMHAUS_SBL\"), whose operators allow it; a listing scores URIBL_IP_<NAME> with the zone's or code's score (never a reject).")
+
+    @field_validator("skip_domains")
+    @classmethod
+    def _skipped(cls, value: list[str]) -> list[str]:
+        # Compared whole with a link's registrable domain: "*.example.org" or "http://x" skipped nothing, silently.
+        return domain_names(value, "write each registrable domain as it is (example.org)")
 
 
 log = logging.getLogger(__name__)
