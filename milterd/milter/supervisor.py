@@ -165,8 +165,8 @@ def _listening(path: str) -> bool:
         probe.settimeout(2)
         try:
             probe.connect(path)
-        except TimeoutError:
-            return True  # a listener whose backlog is full
+        except (TimeoutError, BlockingIOError):
+            return True  # a listener whose backlog is full (EAGAIN at once for a unix socket, not a timeout)
         except OSError:
             return False
     return True
@@ -1183,6 +1183,11 @@ def run_worker(services: Services, listen_fd: int, stop_fd: int, ready_fd: int =
     When it is ready to serve, it writes a byte to *ready_fd* (when not -1) and closes it.
     """
     _worker_signals()
+    # The supervisor stops a worker by closing *stop_fd* (it drains) or with SIGKILL, never these: sent to the
+    # whole group (Ctrl-C on a foreground serve, pkill milterd), they ended the messages in flight unanswered,
+    # while the supervisor, taking the same signal, lets them finish.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     services.after_fork()
     use_spool_dir(services.config)
     metrics.after_fork_in_worker()  # the supervisor's metrics port must not outlive it in the workers
