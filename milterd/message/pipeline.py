@@ -9,7 +9,9 @@ decide the same way.  Every stage method returns either None (go on) or a
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
@@ -48,6 +50,8 @@ CORE_STAGES = frozenset({Stage.CONNECT, Stage.HELO, Stage.MAIL, Stage.RCPT, Stag
 PROGRESS_EVERY = 10.0
 #: Added to the sum of the timeouts end of message may spend (see ``eom_budget``).
 EOM_MARGIN = 30.0
+#: Threads of a worker's end-of-message pool (checks that wait on the network run there side by side).
+EOM_THREADS = 8
 #: The answer when end of message outlasts its budget.
 EOM_TIMEOUT_REPLY = Reply("451", "4.4.5", "Message checks took too long, please try again later")
 
@@ -88,7 +92,10 @@ class Pipeline:
         self.config = services.config
         self.checks = services.checks
         self._by_stage: dict[Stage, list[Check]] = {stage: [c for c in self.checks if stage in c.stages()] for stage in Stage}
-        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eom")
+        self._executor = ThreadPoolExecutor(max_workers=EOM_THREADS, thread_name_prefix="eom")
+        self._running: dict[int, float] = {}  # a pooled check call → when it started (monotonic): :meth:`wedged`
+        self._running_lock = threading.Lock()
+        self._tokens = itertools.count()
         self._trusted = [ipaddress.ip_network(net, strict=False) for net in self.config.milter.trusted_networks]
         milter = self.config.milter
         #: [milter]'s header limits, which the adapter counts every header against.
@@ -434,7 +441,7 @@ class Pipeline:
         waits = [self._waits(check, envelope) for check in checks]
         waiting = [i for i, wait in enumerate(waits) if wait]
         pooled = waiting[:-1] if len(waiting) < len(checks) else list(range(len(checks) - 1))
-        futures = {i: self._executor.submit(self._call, checks[i], session, lambda c: c.on_eom(session, envelope)) for i in pooled}
+        futures = {i: self._executor.submit(self._pooled, checks[i], session, lambda c: c.on_eom(session, envelope)) for i in pooled}
         here = [i for i in range(len(checks)) if i not in futures]
         results = {i: self._call(checks[i], session, lambda c: c.on_eom(session, envelope)) for i in sorted(here, key=lambda i: waits[i])}
         late = _await(list(futures.values()), deadline, progress)
@@ -655,6 +662,24 @@ class Pipeline:
         if action in (Action.TEMPFAIL, Action.GREYLIST):
             return TEMPFAIL
         return None
+
+    def _pooled(self, check: Check, session: Session, call: Callable[[Check], Hits]) -> list[Hit]:
+        """:meth:`_call` in a thread of the end-of-message pool, its start kept for :meth:`wedged`."""
+        token = next(self._tokens)
+        with self._running_lock:
+            self._running[token] = time.monotonic()
+        try:
+            return self._call(check, session, call)
+        finally:
+            with self._running_lock:
+                del self._running[token]
+
+    def wedged(self) -> bool:
+        """Whether every end-of-message thread has been held for more than twice :attr:`eom_budget` (checks stuck
+        in calls that never return): each later message that needs one would wait its whole budget for a 451."""
+        started_before = time.monotonic() - 2 * self.eom_budget
+        with self._running_lock:
+            return sum(1 for started in self._running.values() if started < started_before) >= EOM_THREADS
 
     def shutdown(self) -> None:
         """Stop the end-of-message thread pool."""

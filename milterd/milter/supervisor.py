@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -660,6 +661,14 @@ def _missing(path: Path) -> bool:
     return False
 
 
+@dataclass
+class Heartbeat:
+    """A worker's heartbeat pipe (the supervisor's read end) and when it last gave a sign of life (monotonic)."""
+
+    fd: int
+    last: float
+
+
 class Supervisor:
     """Pre-forks and watches the workers."""
 
@@ -668,6 +677,8 @@ class Supervisor:
         self.config = config
         self.services = services
         self.workers: dict[int, int] = {}  # pid → write end of its stop pipe
+        #: pid → its heartbeat pipe's read end and when it last gave a sign of life (:meth:`_watch`)
+        self.beats: dict[int, Heartbeat] = {}
         self.listen_fd = -1
         self.spec: SocketSpec | None = None
         self._socket_file: tuple[int, int] | None = None  # (st_dev, st_ino) of the unix socket bound at start
@@ -732,10 +743,33 @@ class Supervisor:
             if self._reload:
                 self._reload = False
                 self._do_reload()
+            self._watch()
             self._reap_and_replace()
             time.sleep(0.2)
         self._shutdown()
         return 0
+
+    def _watch(self) -> None:
+        """Take each worker's heartbeats; kill a serving worker silent for ``[milter] worker_timeout`` (replaced as
+        any worker that died).  libmilter's accept thread is C: a worker stuck in a call that never returns goes on
+        taking connections, each of which Postfix then waits milter_connect_timeout for and tempfails."""
+        timeout = self.config.milter.worker_timeout
+        now = time.monotonic()
+        for pid, beat in list(self.beats.items()):
+            try:
+                while os.read(beat.fd, 4096):
+                    beat.last = now
+            except BlockingIOError:
+                pass
+            except OSError:
+                continue
+            if timeout and self.workers.get(pid, -1) >= 0 and now - beat.last > timeout:
+                log.error("worker %d gave no sign of life for %gs ([milter] worker_timeout): killed, a new one starts", pid, timeout)
+                beat.last = now  # killed once, not again while it is reaped
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def _maintain(self, jobs: list[Job], last_run: dict[str, float]) -> None:
         if self.maintainer:
@@ -791,21 +825,31 @@ class Supervisor:
         """Fork a worker; its pid.  OSError when no descriptor or process is left (EMFILE, EAGAIN), nothing left open."""
         stop_read, stop_write = os.pipe()
         try:
-            pid = os.fork()
+            beat_read, beat_write = os.pipe()
         except OSError:
             os.close(stop_read)
             os.close(stop_write)
             raise
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (stop_read, stop_write, beat_read, beat_write):
+                os.close(fd)
+            raise
         if pid == 0:
             try:
                 os.close(stop_write)
+                os.close(beat_read)
                 self._close_stop_pipes()
-                code = run_worker(self.services, self.listen_fd, stop_read, ready_fd)
+                code = run_worker(self.services, self.listen_fd, stop_read, ready_fd, beat_write)
             except BaseException:  # noqa: BLE001 - never return into the supervisor's loop
                 log.exception("worker failed")
                 code = 1
             os._exit(code)
         os.close(stop_read)
+        os.close(beat_write)
+        os.set_blocking(beat_read, False)
+        self.beats[pid] = Heartbeat(beat_read, time.monotonic())
         self.workers[pid] = stop_write
         self.started[pid] = time.monotonic()
         self.drain_limits[pid] = self.services.config.milter.shutdown_timeout
@@ -817,6 +861,8 @@ class Supervisor:
         for stop_write in self.workers.values():
             if stop_write >= 0:
                 os.close(stop_write)
+        for beat in self.beats.values():
+            os.close(beat.fd)
 
     def _forget(self, pid: int) -> None:
         # Every reaped child ends here (a worker, or the maintainer when _reap got it): its
@@ -826,6 +872,12 @@ class Supervisor:
             self.maintainer = 0  # reaped: a worker may get its pid next, and must not pass for it
         self.started.pop(pid, None)
         self.drain_limits.pop(pid, None)
+        beat = self.beats.pop(pid, None)
+        if beat is not None:
+            try:
+                os.close(beat.fd)
+            except OSError:
+                pass
         stop_write = self.workers.pop(pid, None)
         if stop_write is not None:
             try:
@@ -1177,10 +1229,11 @@ def _worker_signals() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
-def run_worker(services: Services, listen_fd: int, stop_fd: int, ready_fd: int = -1) -> int:
+def run_worker(services: Services, listen_fd: int, stop_fd: int, ready_fd: int = -1, beat_fd: int = -1) -> int:
     """The body of a worker process: serve milter connections until told to stop.
 
-    When it is ready to serve, it writes a byte to *ready_fd* (when not -1) and closes it.
+    When it is ready to serve, it writes a byte to *ready_fd* (when not -1) and closes it; it writes a
+    heartbeat to *beat_fd* (when not -1) while it can serve (:meth:`Supervisor._watch`).
     """
     _worker_signals()
     # The supervisor stops a worker by closing *stop_fd* (it drains) or with SIGKILL, never these: sent to the
@@ -1198,6 +1251,8 @@ def run_worker(services: Services, listen_fd: int, stop_fd: int, ready_fd: int =
     if services.config.milter.timeout:
         milter.settimeout(int(services.config.milter.timeout))
     threading.Thread(target=_wait_for_stop, args=(stop_fd, listen_fd, services.config.milter.shutdown_timeout), daemon=True).start()
+    if beat_fd >= 0:
+        threading.Thread(target=_heartbeat, args=(beat_fd, pipeline, services.config.milter.worker_timeout), daemon=True).start()
     if ready_fd >= 0:
         try:
             os.write(ready_fd, b"1")
@@ -1212,6 +1267,24 @@ def run_worker(services: Services, listen_fd: int, stop_fd: int, ready_fd: int =
     pipeline.shutdown()
     services.close()
     return 0
+
+
+def _heartbeat(beat_fd: int, pipeline: Pipeline, timeout: float) -> None:
+    """Write a byte to *beat_fd* a few times per *timeout* while this worker can serve: it needs the GIL (a C call
+    that holds it forever stops it), and none is written while every end-of-message thread is stuck
+    (:meth:`Pipeline.wedged`)."""
+    os.set_blocking(beat_fd, False)
+    interval = min(5.0, timeout / 4) if timeout else 5.0
+    while True:
+        time.sleep(interval)
+        if pipeline.wedged():
+            continue
+        try:
+            os.write(beat_fd, b".")
+        except BlockingIOError:
+            pass  # the supervisor has not read the last ones yet
+        except OSError:
+            return  # the supervisor is gone: _wait_for_stop ends this worker
 
 
 def _is_unix(fd: int) -> bool:

@@ -5,6 +5,8 @@
   while the supervisor, taking the same signal, lets it finish.
 - A second ``serve`` on the unix socket of a running milterd whose listen backlog is full (its workers busy)
   took the socket over: the probe got EAGAIN, not a timeout, and called the socket stale.
+- A worker stuck for good (a C call that never returns; SIGSTOP stands for it here) was never noticed: libmilter's
+  accept thread went on taking connections nobody answered, for as long as milterd ran.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,33 @@ def test_a_second_serve_leaves_a_busy_unix_socket_alone(tmp_path: Path) -> None:
             except ProcessLookupError:
                 pass
         first.stop()
+
+
+def test_a_worker_that_gives_no_sign_of_life_is_killed_and_replaced(tmp_path: Path) -> None:
+    milterd = Milterd(tmp_path / "m", {**NO_CHECKS, "milter": {"workers": 1, "worker_timeout": 2}}).start()
+    try:
+        [stuck] = milterd.workers()
+        os.kill(stuck, signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and milterd.workers() in ([], [stuck]):
+            time.sleep(0.2)
+        [replacement] = milterd.workers()
+        assert replacement != stuck
+        assert f"worker {stuck} gave no sign of life for 2s ([milter] worker_timeout): killed, a new one starts" in milterd.stderr()
+        with _open_session(("127.0.0.1", milterd.port)) as conn:  # served again
+            assert _finish(conn)[:1] in (b"a", b"c")
+    finally:
+        milterd.stop()
+
+
+def test_a_busy_worker_that_beats_is_left_alone(tmp_path: Path) -> None:
+    milterd = Milterd(tmp_path / "m", {**NO_CHECKS, "milter": {"workers": 1, "worker_timeout": 2}}).start()
+    try:
+        [worker] = milterd.workers()
+        held = _open_session(("127.0.0.1", milterd.port))  # a session open past worker_timeout, its worker well
+        time.sleep(5)
+        with held:
+            assert _finish(held)[:1] in (b"a", b"c")
+        assert milterd.workers() == [worker] and "gave no sign of life" not in milterd.stderr()
+    finally:
+        milterd.stop()

@@ -195,6 +195,7 @@ def test_the_supervisor_folds_every_child_it_reaps(monkeypatch: pytest.MonkeyPat
     supervisor.workers = {101: -1}
     supervisor.started = {101: 1.0, 103: 2.0, 104: 3.0}
     supervisor.drain_limits = {}
+    supervisor.beats = {}
     assert supervisor._reap(block=True) == [101]  # noqa: SLF001 - a worker (or the maintainer) reaped by waitpid(-1)
     assert not Supervisor._alive(102)  # noqa: SLF001 - the maintainer, reaped by its own waitpid
     supervisor.workers = {103: -1}
@@ -207,6 +208,7 @@ def test_a_reaped_maintainer_pid_is_forgotten(monkeypatch: pytest.MonkeyPatch) -
     # A worker that later gets the maintainer's old pid must not pass for it (never replaced when it dies).
     supervisor = Supervisor.__new__(Supervisor)
     supervisor.workers, supervisor.maintainer, supervisor.started, supervisor.drain_limits = {}, 4242, {}, {}
+    supervisor.beats = {}
     monkeypatch.setattr(metrics, "process_dead", lambda pid: None)
     supervisor._forget(4242)
     assert supervisor.maintainer == 0
