@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import encodings.idna
 import functools
+import ipaddress
 import re
 from typing import ClassVar
 
@@ -79,6 +80,10 @@ def address_problem(address: str) -> str:
     if domain.startswith("[") and domain.endswith("]"):
         return "ip_literal"
     domain = domain.rstrip(".")
+    if domain.rpartition(".")[2].isascii() and domain.rpartition(".")[2].isdigit():
+        # No top-level domain is all digits (Postfix's valid_hostname refuses such a name): an address without
+        # its brackets (alice@192.0.2.1) is an IP literal all the same, anything else no domain at all.
+        return "ip_literal" if _is_ipv4(domain) else "invalid"
     if not domain or len(domain) > 253 or not all(_LABEL.match(label) for label in domain.split(".")):
         return "invalid"
     if dns_name(domain) is None:  # _LABEL counts characters; an IDNA label can still be too long in octets
@@ -86,6 +91,14 @@ def address_problem(address: str) -> str:
     if "." not in domain:
         return "no_dot"
     return ""
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class Sender(ConfiguredCheck[SenderChecks]):
@@ -96,7 +109,7 @@ class Sender(ConfiguredCheck[SenderChecks]):
     order: ClassVar[int] = 40
     symbols: ClassVar[tuple[Symbol, ...]] = (
         Symbol("MAIL_FROM_INVALID", 2.0, "MAIL FROM is not a valid address"),
-        Symbol("MAIL_FROM_IP_LITERAL", 2.0, "MAIL FROM has an IP-literal domain (user@[192.0.2.1])"),
+        Symbol("MAIL_FROM_IP_LITERAL", 2.0, "MAIL FROM has an IP-literal domain (user@[192.0.2.1], or user@192.0.2.1 without its brackets)"),
         Symbol("MAIL_FROM_NO_DOT", 2.0, "MAIL FROM's domain has no dot (user@example)"),
         Symbol("MAIL_FROM_NO_MX", 2.5, "MAIL FROM's domain has neither MX nor address, or a null MX: it cannot take bounces"),
         Symbol("MAIL_FROM_TEMPFAIL", 0.0, "MAIL FROM's domain could not be looked up (DNS error)"),

@@ -33,7 +33,10 @@ def test_same_address_mapped() -> None:
     ("address", "problem"),
     [("alice@example.org", ""), ("user@[1.2.3.4]", "ip_literal"), ("tom@example", "no_dot"), ("no-at-sign", "invalid"),
      ("a b@example.org", "invalid"), ('"a b"@example.org', ""), ("@example.org", "invalid"), ("alice@exa_mple..org", "invalid"),
-     ("jörg@exämple.org", ""), ("x@-bad-.org", "invalid")],
+     ("jörg@exämple.org", ""), ("x@-bad-.org", "invalid"),
+     # An all-digit top label (thirtieth session's review): looked up in DNS as a domain, MAIL_FROM_NO_MX.
+     ("a@192.0.2.1", "ip_literal"), ("a@192.0.2.1.", "ip_literal"), ("a@example.123", "invalid"), ("a@1.2.3.4.5", "invalid"),
+     ("a@3com.com", "")],
 )
 def test_mail_from_problems(address: str, problem: str) -> None:
     assert address_problem(address) == problem
