@@ -80,7 +80,19 @@ def parse_response(data: bytes) -> SpamdResponse:
         name, colon, value = line.partition(":")
         if colon:
             headers[name.strip().lower()] = value.strip()
-    return SpamdResponse(int(status[1]), status[2].strip() if len(status) > 2 else "", headers, body)
+    code = int(status[1])
+    if code == 0:
+        # libspamc's sanity check: an answer cut short (its rules list, the end of its Spam: line) is no verdict.
+        length = headers.get("content-length")
+        if not sep:
+            raise ScannerError("spamd: answer cut short before the end of its headers")
+        if length is not None:
+            # A line end past the length is let be (the SYMBOLS answer of protocols before 1.3 ends with one).
+            claimed = int(length) if length.isdigit() else -1
+            if claimed < 0 or len(body) < claimed or body[claimed:] not in (b"", b"\r\n", b"\n"):
+                raise ScannerError(f"spamd: answer cut short or garbled: {length[:20]!r} bytes claimed, {len(body)} seen")
+            body = body[:claimed]
+    return SpamdResponse(code, status[2].strip() if len(status) > 2 else "", headers, body)
 
 
 def parse_result(response: SpamdResponse, command: str = "SYMBOLS") -> SpamdResult:

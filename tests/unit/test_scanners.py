@@ -73,6 +73,18 @@ def test_spamd_symbols_answer() -> None:
     assert result.rules == ("GTUBE", "NO_RECEIVED", "NO_RELAYS")
 
 
+@pytest.mark.parametrize("raw", [
+    b"SPAMD/1.1 0 EX_OK\r\nContent-length: 11\r\nSpam: True ; 15.0 / 5.0\r\n\r\nGTU",  # cut short
+    b"SPAMD/1.1 0 EX_OK\r\nContent-length: 3\r\nSpam: True ; 15.0 / 5.0\r\n\r\nGTUBE,RULE2",  # longer than it says
+    b"SPAMD/1.1 0 EX_OK\r\nContent-length: x\r\nSpam: True ; 15.0 / 5.0\r\n\r\nGTUBE",
+    b"SPAMD/1.1 0 EX_OK\r\nContent-length: 5\r\nSpam: True ; 15.0 / 5",  # cut inside its Spam: line
+])
+def test_spamd_answer_that_does_not_hold_what_it_says_is_an_error(raw: bytes) -> None:
+    """libspamc's sanity check (thirtieth session's review): such an answer was taken, rules made up ("GTU")."""
+    with pytest.raises(ScannerError, match="cut short"):
+        parse_response(raw)
+
+
 def test_spamd_ham_without_rules_and_odd_line_ends() -> None:
     result = parse_result(parse_response(b"SPAMD/1.1 0 EX_OK\nSpam: False ; -0.5 / 5.0\n\n"))
     assert not result.spam and result.score == -0.5 and result.rules == ()
