@@ -261,6 +261,26 @@ def parsed_address_list_problem(name: str, value: str) -> str:
     return ""
 
 
+def mailboxes(value: str) -> int:
+    """How many mailboxes the address list *value* names (a group's members count, its name does not; a value
+    the parser refuses: one per address it holds)."""
+    if len(value) > _CACHED_VALUE_LENGTH:
+        return _mailboxes(value)
+    return _cached_mailboxes(value)
+
+
+def _mailboxes(value: str) -> int:
+    if len(value) > _PARSED_LENGTH:
+        return sum(1 for address in addresses(value) if "@" in address)
+    try:
+        return len(policy.default.header_factory("From", value).addresses)
+    except Exception:  # noqa: BLE001 - the stdlib parser raises on some malformed lists (a problem said otherwise)
+        return sum(1 for address in addresses(value) if "@" in address)
+
+
+_cached_mailboxes = functools.lru_cache(maxsize=1024)(_mailboxes)
+
+
 def date_problem(value: str, now: datetime, future: float, past: float) -> str:
     """ "invalid", "future", "past" or "" for a Date header value."""
     when = parsed_date(value) if len(value) <= _CACHED_VALUE_LENGTH else _parse_date(value)
@@ -356,7 +376,7 @@ class Headers(ConfiguredCheck[HeaderChecks]):
     order: ClassVar[int] = 60
     symbols: ClassVar[tuple[Symbol, ...]] = (
         Symbol("HDR_FROM_MISSING", 2.0, "No From header"),
-        Symbol("HDR_FROM_MULTIPLE", 2.0, "More than one From header"),
+        Symbol("HDR_FROM_MULTIPLE", 2.0, "More than one From header, or several mailboxes in one without a Sender header"),
         Symbol("HDR_FROM_INVALID", 2.0, "The From header does not parse or has an address without a domain"),
         Symbol("HDR_DATE_MISSING", 1.0, "No Date header"),
         Symbol("HDR_DATE_INVALID", 1.0, "The Date header does not parse"),
@@ -410,9 +430,17 @@ class Headers(ConfiguredCheck[HeaderChecks]):
             if size > _JUDGED_LENGTH and size > len(raw):  # the first is judged whatever its size
                 break
             value = unfold(raw)
-            problem = address_list_problem("From", value) or ("" if "@" in value else "no address")
+            problem = address_list_problem("From", value)
+            count = mailboxes(value) if not problem else 1
+            if not problem and count == 0:
+                # A group of no member ("service@paypal.com":;) shows its name where the address goes, and DMARC
+                # finds no domain to judge: DMARC_NONE, nothing scored (an "@" anywhere in it passed it).
+                problem = "no address"
             if problem:
                 return [Hit("HDR_FROM_INVALID", detail=f"{value[:80]}: {problem}"[:160])]
+            if count > 1 and not fields.count("sender"):
+                # RFC 5322 §3.6.2: a From of several mailboxes needs a Sender (Rspamd's MULTIPLE_FROM).
+                return [Hit("HDR_FROM_MULTIPLE", detail=f"{count} mailboxes in one From, no Sender")]
         return []
 
     def _date(self, envelope: Envelope, fields: _Fields | None = None) -> list[Hit]:

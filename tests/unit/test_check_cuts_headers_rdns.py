@@ -6,6 +6,7 @@ generated and hostile inputs; every hit, symbol and detail alike, must be the sa
 
 from __future__ import annotations
 
+import email.policy
 import email.utils
 import ipaddress
 import random
@@ -64,9 +65,15 @@ class OldHeaders(Headers):
 
     def _from(self, envelope: Envelope) -> list[Hit]:  # type: ignore[override]
         for value in self._values(envelope, "From"):
-            problem = old_address_list_problem("From", value) or ("" if "@" in value else "no address")
+            problem = old_address_list_problem("From", value)
+            # Since the thirtieth session: mailboxes counted (a group of none is no address; several need a Sender).
+            count = 1 if problem else len(email.policy.default.header_factory("From", value).addresses)
+            if not problem and count == 0:
+                problem = "no address"
             if problem:
                 return [Hit("HDR_FROM_INVALID", detail=f"{value[:80]}: {problem}"[:160])]
+            if count > 1 and not self._values(envelope, "Sender"):
+                return [Hit("HDR_FROM_MULTIPLE", detail=f"{count} mailboxes in one From, no Sender")]
         return []
 
     def _date(self, envelope: Envelope) -> list[Hit]:  # type: ignore[override]
