@@ -55,6 +55,8 @@ class ScanState:
     deferred: bool = False
     #: The message went past max_size: its first max_size bytes were sent, the stream is left for end of message.
     partial: bool = False
+    #: The stream failed because clamd was silent (ScannerTimeout): it is not asked again for this message.
+    timed_out: bool = False
     opened: float = field(default_factory=time.monotonic)
 
 
@@ -149,6 +151,7 @@ class ClamavCheck(ScannerCheck):
                 state.skipped, state.stream = "over clamd's StreamMaxLength", None
             else:
                 self._fail(state, str(exc))
+                state.timed_out = isinstance(exc, ScannerTimeout)
         return ()
 
     def on_skipped(self, session: Session, envelope: Envelope) -> None:
@@ -177,9 +180,13 @@ class ClamavCheck(ScannerCheck):
             # Past max_size: the stream's verdict on the first max_size bytes, or, the stream lost on its last
             # chunk, those bytes sent again from the spool.
             stream, state.stream = state.stream, None
-            if stream is None:
-                return self._start_hits(envelope, state.skipped, self._first_from_spool(envelope))
-            return self._start_hits(envelope, state.skipped, stream.finish, streamed=True)
+            if stream is not None:
+                return self._start_hits(envelope, state.skipped, stream.finish, streamed=True)
+            if not state.error:
+                return [Hit(SKIPPED, detail=state.skipped)]  # clamd's StreamMaxLength reached (logged as it was)
+            if state.timed_out:
+                return self._start_failed(envelope, state.skipped, state.error)  # silent: not asked again
+            return self._start_hits(envelope, state.skipped, self._first_from_spool(envelope))
         if state.skipped:
             return [Hit(SKIPPED, detail=state.skipped)]
         if state.error or state.stream is None:
@@ -222,14 +229,14 @@ class ClamavCheck(ScannerCheck):
         except SpoolError:
             raise
         except Exception as exc:  # noqa: BLE001 - ScannerError, clamd's client failing otherwise: unscanned follows on_error
-            if streamed and not isinstance(exc, ScannerTimeout):
+            if streamed and not isinstance(exc, ScannerTimeout) and not _size_limit(str(exc)):
                 return self._start_hits(envelope, skipped, self._first_from_spool(envelope))
             reason = str(exc) if isinstance(exc, ScannerError) else f"scan failed: {exc!r}"
             return self._start_failed(envelope, skipped, reason)
         if result.infected:
             return self._result_hits(envelope, result)
         if result.status != "OK":
-            if streamed:
+            if streamed and not _size_limit(result.reply):  # over StreamMaxLength again from the spool: not resent
                 return self._start_hits(envelope, skipped, self._first_from_spool(envelope))
             return self._start_failed(envelope, skipped, f"clamd: {_printable(result.reply)}")
         return [Hit(SKIPPED, detail=f"{skipped}; its first {self.options.max_size} bytes scanned: clean")]
@@ -240,7 +247,7 @@ class ClamavCheck(ScannerCheck):
     def _start_failed(self, envelope: Envelope, skipped: str, reason: str) -> list[Hit]:
         """The first max_size bytes of a message over max_size not judged for *reason*."""
         log.info("%s: clamav: the first %d bytes of a message over max_size not scanned: %s", envelope.queue_id or "NOQUEUE", self.options.max_size, reason)
-        if "size limit exceeded" in reason:  # max_size above clamd's StreamMaxLength: logged at the stream's start too
+        if _size_limit(reason):  # max_size above clamd's StreamMaxLength: logged at the stream's start too
             return [Hit(SKIPPED, detail=f"{skipped}; over clamd's StreamMaxLength")]
         return [error_hit(f"{skipped}; its first {self.options.max_size} bytes not scanned: {reason}"[:200], self.options.on_error)]
 
@@ -274,6 +281,11 @@ class ClamavCheck(ScannerCheck):
         if state.stream is not None:
             state.stream.close()
             state.stream = None
+
+
+def _size_limit(reply: str) -> bool:
+    """Whether clamd's *reply* (or the error quoting it) says the stream went past its StreamMaxLength."""
+    return "size limit exceeded" in reply
 
 
 def _first(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:

@@ -5,8 +5,9 @@ The first ``max_size`` bytes of a larger message are now judged (a fake clamd on
 from __future__ import annotations
 
 import socket
+import struct
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -14,7 +15,7 @@ from milterd.message.model import Action, Session
 from tests.harness.pipeline import HAM, scanner_pipeline
 from tests.harness.postfix import free_port
 
-from .test_scanners_review import MARKER, FakeServer, drive, fake_clamd, only
+from .test_scanners_review import MARKER, FakeServer, _read_exact, drive, fake_clamd, only
 
 
 @pytest.fixture()
@@ -130,3 +131,53 @@ def test_a_stream_lost_on_its_last_chunk_before_max_size_is_judged_again_from_th
     outcome = drive(pipeline, PADDED)
     assert outcome.verdict.details.get("CLAMAV_VIRUS") == "Fake.Marker" and outcome.verdict.action == Action.REJECT
     assert [len(request) for request in clamd.requests] == [1000]
+
+
+def refusing_past(limit: int) -> Callable[[FakeServer, socket.socket], None]:
+    """A clamd whose StreamMaxLength is *limit*: 'size limit exceeded' at the end of a longer stream."""
+    def serve(server: FakeServer, conn: socket.socket) -> None:
+        _read_exact(conn, len(b"zINSTREAM\x00"))
+        total = 0
+        while True:
+            (length,) = struct.unpack(">I", _read_exact(conn, 4))
+            if length == 0:
+                break
+            total += len(_read_exact(conn, length))
+        server.requests.append(b"x" * total)
+        conn.sendall(b"INSTREAM size limit exceeded. ERROR\x00" if total > limit else b"stream: OK\x00")
+    return serve
+
+
+def test_a_max_size_over_clamds_stream_limit_sends_the_start_once(tmp_path: Path) -> None:
+    """A second look: 'size limit exceeded' at the stream's end sent the same bytes again from the spool."""
+    server = FakeServer(refusing_past(900))
+    try:
+        pipeline = only(scanner_pipeline(tmp_path, server.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000), "clamav")
+        outcome = drive(pipeline, PADDED)
+        assert outcome.verdict.details == {"CLAMAV_SKIPPED_SIZE": "size over 1000; over clamd's StreamMaxLength"}
+        assert [len(request) for request in server.requests] == [1000]
+    finally:
+        server.close()
+
+
+def test_a_silent_clamd_on_the_chunk_reaching_max_size_is_not_asked_again(
+        tmp_path: Path, clamd: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second look: the send timing out on that chunk lost its ScannerTimeout, and the spool was sent to clamd again."""
+    from milterd.scanners import ScannerTimeout
+    from milterd.scanners.clamd import InstreamScan
+
+    send = InstreamScan.send
+    silent: list[int] = []
+
+    def silent_at_the_last(self: InstreamScan, data: bytes) -> None:
+        if self.sent + len(data) == 1000 and not silent:  # once: a second stream would be answered
+            silent.append(len(data))
+            self.close()
+            raise ScannerTimeout("clamd: sending timed out after 1.5s")
+        send(self, data)
+
+    monkeypatch.setattr(InstreamScan, "send", silent_at_the_last)
+    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000, clamav__on_error="tempfail"), "clamav")
+    outcome = drive(pipeline, PADDED)
+    assert outcome.verdict.action == Action.TEMPFAIL and "sending timed out" in outcome.verdict.details["CLAMAV_ERROR"]
+    assert clamd.requests == []  # the stream never ended, and nothing was sent again
