@@ -74,13 +74,15 @@ def _no_nul(value: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _fqdn() -> str:
-    # getfqdn() may ask DNS: once per process, not once per message.
-    return socket.getfqdn()
+    # getfqdn() may ask DNS: once per process, not once per message.  A system name that is no host-name token
+    # ("My Box": hostname(1) takes it) is made one, as [milter] hostname must be: it is the authserv-id too.
+    return _HOST_TOKEN_BREAK.sub("-", socket.getfqdn())[:253] or "localhost"
 
 
 DEFAULT_PATHS = (Path("milter.conf"), Path("/etc/milterd/milter.conf"))
 #: A host name, or any authserv-id written as one token (authresults reads it back so).
 _HOST_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,253}")
+_HOST_TOKEN_BREAK = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class MilterSection(Section):
@@ -212,7 +214,7 @@ def _dialect_problem(url: str) -> str:
     """Why SQLAlchemy cannot take *url* (no URL at all, a dialect it does not know), else "": found here, with the
     file and key, rather than when the store is first opened."""
     # The URL itself is shown only when it cannot hold a password (no "@").
-    shown = f"{url!r} " if "@" not in url else ""
+    shown = f"{url!r} " if "@" not in url and "password" not in url.lower() else ""  # nor a password= parameter
     try:
         make_url(url).get_dialect()
     except NoSuchModuleError:  # an ArgumentError too

@@ -30,6 +30,8 @@ CASES = [
     ('[database]\nurl = "not a url"\n', "[database] url: 'not a url' is not an SQLAlchemy URL"),
     ('[database]\nurl = "x://u:S3cret@h:99999999999999999999/d"\n', "[database] url: SQLAlchemy has no dialect 'x'"),
     ('[database]\nurl = "postgresql://u:S3cret@[::1/db"\n', "[database] url: is not an SQLAlchemy URL"),
+    # A second look: a password given as a parameter was quoted.
+    ('[database]\nurl = "postgresql+psycopg:/milterd?host=/run/postgresql&user=milterd&password=S3cret"\n', "[database] url: is not an SQLAlchemy URL"),
 ]
 
 
@@ -48,3 +50,17 @@ def test_a_host_name_authserv_id_still_removes_what_claims_it() -> None:
     assert config.milter.authserv_id == "mx-1.example_org"
     assert forged_indexes([("Authentication-Results", b"MX-1.example_org; dkim=pass header.d=paypal.com")], "mx-1.example_org") == [1]
     assert build("mx-1.example_org").startswith("mx-1.example_org")
+
+
+def test_a_system_name_that_is_no_host_name_token_is_made_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second look: with [milter] hostname empty, the system's name ("My Box") became the authserv-id as it was."""
+    from milterd import config as config_module
+
+    config_module._fqdn.cache_clear()  # noqa: SLF001
+    monkeypatch.setattr(config_module.socket, "getfqdn", lambda: "My Box")
+    try:
+        hostname = Config().hostname
+    finally:
+        config_module._fqdn.cache_clear()  # noqa: SLF001
+    assert hostname == "My-Box"
+    assert forged_indexes([("Authentication-Results", b"My-Box; dmarc=pass header.from=paypal.com")], hostname) == [1]
