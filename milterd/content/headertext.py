@@ -20,7 +20,7 @@ import email.utils
 import inspect
 import re
 
-from .mimeparams import decode_bytes
+from .mimeparams import client_charset, decode_bytes
 
 #: A line break of a folded field (RFC 5322 §2.2.3); Postfix hands them over as a bare LF.
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -40,8 +40,9 @@ CHARSET_ALIASES = {
 
 
 def python_charset(charset: str) -> str:
-    """*charset* as Python's codecs know it: a name in :data:`CHARSET_ALIASES` is replaced, any other kept."""
-    return CHARSET_ALIASES.get(charset.strip().lower(), charset)
+    """*charset* as Python's codecs know it: a name in :data:`CHARSET_ALIASES` is replaced, one clients decode as a
+    superset (:func:`~milterd.content.mimeparams.client_charset`) is that superset, any other kept."""
+    return CHARSET_ALIASES.get(charset.strip().lower()) or client_charset(charset)
 
 
 def unfolded(text: str) -> str:

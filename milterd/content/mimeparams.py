@@ -28,13 +28,29 @@ NOT_CHARSETS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-esc
 
 #: WHATWG labels of UTF-16LE Python does not know (their bodies were read as UTF-8: NULs between the letters).
 _WHATWG_LABELS = {"unicode": "utf-16-le", "ucs-2": "utf-16-le", "csunicode": "utf-16-le", "iso-10646-ucs-2": "utf-16-le",
-                  "unicodefeff": "utf-16-le"}
+                  "unicodefeff": "utf-16-le",
+                  # The WHATWG Encoding Standard's supersets, which mail clients decode these labels as: GB2312 text
+                  # written by GBK mailers, Outlook's ks_c_5601-1987 (cp949), Shift_JIS with Windows' NEC and IBM
+                  # characters, Big5 with HKSCS.  Python's strict codecs refused their common characters.
+                  **dict.fromkeys(("gb2312", "gb_2312", "gb_2312-80", "chinese", "csgb2312", "csiso58gb231280", "iso-ir-58",
+                                   "x-gbk", "gbk", "cp936", "windows-936"), "gb18030"),
+                  **dict.fromkeys(("euc-kr", "ks_c_5601-1987", "ks_c_5601-1989", "ksc5601", "ksc_5601", "korean",
+                                   "csksc56011987", "iso-ir-149", "cseuckr", "windows-949"), "cp949"),
+                  **dict.fromkeys(("shift_jis", "shift-jis", "sjis", "ms_kanji", "csshiftjis", "x-sjis", "ms932"), "cp932"),
+                  **dict.fromkeys(("big5", "big5-hkscs", "cn-big5", "csbig5", "x-x-big5"), "big5hkscs"),
+                  **dict.fromkeys(("x-mac-roman", "x-mac", "csmacintosh"), "mac-roman"),
+                  **dict.fromkeys(("tis-620", "iso-8859-11", "dos-874"), "cp874")}
+
+
+def client_charset(charset: str) -> str:
+    """*charset* as mail clients decode it (the WHATWG Encoding Standard's supersets and labels), else as it is."""
+    return _WHATWG_LABELS.get(charset.strip().lower(), charset)
 
 
 def decode_bytes(data: bytes, charset: str | None) -> str:
     """*data* in *charset*; an unknown or wrong charset (or a codec that is no mail charset) falls back to UTF-8, then Latin-1."""
     if charset:
-        charset = _WHATWG_LABELS.get(charset.strip().lower(), charset)
+        charset = client_charset(charset)
         try:
             if codecs.lookup(charset).name not in NOT_CHARSETS:
                 return data.decode(charset, "replace")
