@@ -127,6 +127,8 @@ def old_address_list_problem(name: str, value: str) -> str:
 
 
 def old_date_problem(value: str, now: datetime, future: float, past: float) -> str:
+    if not headers_module._RFC5322_DATE.match(headers_module.current_date(value)):
+        return "invalid"  # since the thirtieth session: no RFC 5322 date-time (asctime's, no zone…) is invalid
     value = re.sub(r"(\d:\d\d):60(?=\s|$)", r"\1:59", value)  # a leap second is valid since (test_headers_leftovers.py)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -255,7 +257,7 @@ PARSED_DATES = {
     "Wed, 02 Dec 2026 11:59:00 -0800": datetime(2026, 12, 2, 19, 59, 0, tzinfo=timezone.utc),
     "28 Nov 2026 09:51 EST": datetime(2026, 11, 28, 14, 51, 0, tzinfo=timezone.utc),
     "Sat, 28 Nov 26 09:51:17 +0000": datetime(2026, 11, 28, 9, 51, 17, tzinfo=timezone.utc),  # obsolete two-digit year
-    "Sat, 28 Nov 2026 09:51:17": datetime(2026, 11, 28, 9, 51, 17, tzinfo=timezone.utc),  # no zone: UTC
+    "Sat, 28 Nov 2026 09:51:17": None,  # no zone: invalid since the thirtieth session (RFC 5322 requires one; it was taken as UTC)
     "Sat, 28 Nov 2026 09:51:60 +0000": datetime(2026, 11, 28, 9, 51, 59, tzinfo=timezone.utc),  # a leap second
     "Sat, 28 Nov 2026 09:51:17 +0000 (UTC)": datetime(2026, 11, 28, 9, 51, 17, tzinfo=timezone.utc),
     "yesterday": None,

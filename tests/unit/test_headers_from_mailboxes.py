@@ -32,3 +32,21 @@ def test_several_mailboxes_without_a_sender_is_flagged(value: bytes) -> None:
 @pytest.mark.parametrize("value", [b"Alice <alice@example.org>", b'"a@b" <c@example.org>', b'"Smith, A" <a@example.org>', b"Staff: a@x.org;"])
 def test_one_mailbox_is_fine(value: bytes) -> None:
     assert hits(("From", value)) == {}
+
+
+@pytest.mark.parametrize("value", [b"Sunday, December 6, 2026 1:26 PM", b"Sun Dec 6 13:26:39 2026", b"Sun, 6 Dec 2026 13:26:39",
+                                   b"Sun, 6-Dec-2026 13:26:39 +0000", b"Sun, 6 Dec 2026 13.26.39 +0000", b"Sun, 6 Dec 2026 13:26:39 +0000 garbage",
+                                   b"Sun, 6 Dec 2026 13:26:39 Etc/UTC", b"Sun, 6 Dec 2026 13:26:39 GMT+1"])
+def test_a_date_that_is_no_rfc5322_date_time_is_invalid(value: bytes) -> None:
+    """Review 10: the stdlib's guesser took these as dates (SpamAssassin's INVALID_DATE flags each)."""
+    found = Headers(Services(config=Config())).on_eoh(Session(), Envelope(spool=Spool(1024), headers=[
+        ("From", b"a@example.org"), ("Message-ID", b"<1@example.org>"), ("Date", value)]))
+    assert [hit.symbol for hit in found] == ["HDR_DATE_INVALID"]
+
+
+@pytest.mark.parametrize("value", [b"Sun, 06 Dec 2026 12:00:00 +0000", b"6 Dec 26 12:00 GMT", b"Sun , 6 Dec 2026 12 : 00 : 00 -0000 (UTC)",
+                                   b"sun, 06 dec 2026 12:00:00 Z", b"Sun, 6 Dec 2026 9:05:00 EST", b"Sun, 06 Dec 2026\r\n 12:00:00 +0000"])
+def test_obsolete_but_legal_dates_stay_valid(value: bytes) -> None:
+    found = Headers(Services(config=Config().with_changes({"checks.headers.date_past": 10 * 365 * 86400.0, "checks.headers.date_future": 10 * 365 * 86400.0}))).on_eoh(
+        Session(), Envelope(spool=Spool(1024), headers=[("From", b"a@example.org"), ("Message-ID", b"<1@example.org>"), ("Date", value)]))
+    assert [hit.symbol for hit in found] == []
