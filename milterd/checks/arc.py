@@ -28,7 +28,7 @@ import dkim
 from pydantic import Field, field_validator
 
 from .. import dkimfast
-from ..authresults import authserv_id_of, claiming_field
+from ..authresults import authserv_id_of, claiming_field, field_name
 from ..dkimsign import parse_key
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError, Verdict, header_safe
@@ -259,8 +259,22 @@ def message_for_seal(envelope: Envelope, authserv_id: str, results: str, subject
     *subject_edits* leave it (tagged at rewrite_subject), by the same
     :func:`~milterd.checks.dkim.fields_as_delivered` that DKIM signing's header section is made of."""
     kept = [delivered_field("Authentication-Results", results)]
-    kept += [field + b"\r\n" for field in fields_as_delivered(envelope, list(subject_edits)) if not claiming_field(field, authserv_id)]
+    kept += [field + b"\r\n" for field in fields_as_delivered(envelope, list(subject_edits))
+             if not claiming_field(field, authserv_id) and not _foreign_results_undecodable(field)]
     return b"".join(kept) + b"\r\n" + envelope.spool.read()
+
+
+def _foreign_results_undecodable(field: bytes) -> bool:
+    """Whether *field* is an Authentication-Results field (not ours: those are gone) that is no UTF-8.  dkimpy's
+    sealing decodes every one as UTF-8 and stopped at a Latin-1 byte in an upstream host's; no ARC signature
+    covers another host's Authentication-Results, so leaving it out of what is sealed changes no hash."""
+    if field_name(field) != b"authentication-results":
+        return False
+    try:
+        field.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 #: ``cv=fail`` among an ARC-Seal's tags (relaxed-canonicalised value).
