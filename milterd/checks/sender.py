@@ -80,14 +80,16 @@ def address_problem(address: str) -> str:
     if domain.startswith("[") and domain.endswith("]"):
         return "ip_literal"
     domain = domain.rstrip(".")
-    if domain.rpartition(".")[2].isascii() and domain.rpartition(".")[2].isdigit():
-        # No top-level domain is all digits (Postfix's valid_hostname refuses such a name): an address without
-        # its brackets (alice@192.0.2.1) is an IP literal all the same, anything else no domain at all.
-        return "ip_literal" if _is_ipv4(domain) else "invalid"
     if not domain or len(domain) > 253 or not all(_LABEL.match(label) for label in domain.split(".")):
         return "invalid"
-    if dns_name(domain) is None:  # _LABEL counts characters; an IDNA label can still be too long in octets
+    name = dns_name(domain)
+    if name is None:  # _LABEL counts characters; an IDNA label can still be too long in octets
         return "invalid"
+    if name.rstrip(".").rpartition(".")[2].isdigit():
+        # No top-level domain is all digits (Postfix's valid_hostname refuses such a name): an address without
+        # its brackets (alice@192.0.2.1, full-width digits too once IDNA maps them) is an IP literal all the
+        # same, anything else no domain at all.
+        return "ip_literal" if _is_ipv4(name.rstrip(".")) else "invalid"
     if "." not in domain:
         return "no_dot"
     return ""

@@ -323,6 +323,7 @@ def _decodes(data: bytes, charset: str) -> bool:
     """Whether *data* decodes in *charset* (no charset: as is), as Thunderbird checks an RFC 2231 value."""
     if not charset:
         return True
+    charset = client_charset(charset)  # Thunderbird decodes gb2312 as GBK, ks_c_5601-1987 as cp949…
     try:
         if codecs.lookup(charset).name in NOT_CHARSETS:
             return False

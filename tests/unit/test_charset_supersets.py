@@ -35,3 +35,14 @@ def test_a_label_is_decoded_as_clients_decode_it(label: str, text: str, codec: s
 def test_a_wrong_charset_is_still_flagged() -> None:
     assert bad_encoded_words("=?utf-8?B?" + base64.b64encode(b"\xff\xfe").decode() + "?=") != ""
     assert bad_encoded_words("=?x-unknown-charset?B?YQ==?=") != ""
+
+
+def test_an_rfc2231_name_in_a_superset_is_the_one_thunderbird_chooses() -> None:
+    """A second look: Thunderbird's "does it decode" test of an RFC 2231 value used the strict codec, so the
+    plain filename was taken instead of the GBK one a client shows."""
+    import urllib.parse
+
+    from milterd.content.mimeparams import client_param
+
+    quoted = urllib.parse.quote_from_bytes("朱镕基报告.exe".encode("gbk"))
+    assert client_param(f"attachment; filename*=gb2312''{quoted}; filename=\"other.txt\"", "filename") == "朱镕基报告.exe"

@@ -36,7 +36,7 @@ def test_same_address_mapped() -> None:
      ("jörg@exämple.org", ""), ("x@-bad-.org", "invalid"),
      # An all-digit top label (thirtieth session's review): looked up in DNS as a domain, MAIL_FROM_NO_MX.
      ("a@192.0.2.1", "ip_literal"), ("a@192.0.2.1.", "ip_literal"), ("a@example.123", "invalid"), ("a@1.2.3.4.5", "invalid"),
-     ("a@3com.com", "")],
+     ("a@3com.com", ""), ("a@example.１２３", "invalid"), ("a@１９２.０.２.１", "ip_literal")],  # full-width: as IDNA maps them
 )
 def test_mail_from_problems(address: str, problem: str) -> None:
     assert address_problem(address) == problem
