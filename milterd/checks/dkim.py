@@ -270,7 +270,19 @@ def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder, unsigned_body: 
         # before its key was asked for, an expired one say, is not about the key: it stays a fail.)
         record = dnsfunc.records.get(key, b"")
         return _result(verifier, "permerror", "key revoked" if revoked(record) else f"unusable key record at {key}")
+    if testing_mode(dnsfunc.records.get(key, b"")):
+        # RFC 6376 §3.6.1: mail of a signer testing DKIM (t=y) MUST NOT be treated otherwise than unsigned mail,
+        # "even should the signature fail to verify": no DKIM_INVALID, dkim=neutral.
+        return _result(verifier, "neutral", f"{reason} (key in testing mode, t=y: as unsigned)")
     return _result(verifier, "fail", reason)
+
+
+def testing_mode(record: bytes) -> bool:
+    """Whether the key record *record* has the ``t=y`` flag (RFC 6376 §3.6.1: the domain is testing DKIM)."""
+    for tag, text in tag_items(record):
+        if tag.lower() == b"t":
+            return b"y" in b"".join(text.split()).lower().split(b":")
+    return False
 
 
 def key_restriction(record: bytes, sig: dict[bytes, bytes]) -> str:
@@ -366,7 +378,10 @@ def hits_for(results: list[SignatureResult], author_domain: str | tuple[str, ...
     temp = [r for r in results if r.result == "temperror"]
     if temp:
         return [Hit("DKIM_TEMPFAIL", detail="; ".join(f"{r.label}: {r.reason}" for r in temp)[:200])]
-    return [Hit("DKIM_INVALID", detail="; ".join(f"{r.label}: {r.reason}" for r in results)[:200])]
+    counted = [r for r in results if r.result != "neutral"]  # a testing-mode signature that failed: as none
+    if not counted:
+        return [Hit("DKIM_NONE", detail="; ".join(f"{r.label}: {r.reason}" for r in results)[:200])]
+    return [Hit("DKIM_INVALID", detail="; ".join(f"{r.label}: {r.reason}" for r in counted)[:200])]
 
 
 class Dkim(ConfiguredCheck[DkimChecks]):
