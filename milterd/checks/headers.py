@@ -61,6 +61,8 @@ _MSGID = re.compile(
 # RFC 5322 §4.3's obsolete date forms that the stdlib refuses or misreads: comments anywhere, white
 # space before the day-of-week's comma, two- and three-digit years.
 _DATE_COMMENT = re.compile(r"\([^()]*\)")
+#: How deep a Date's comments are undone (each level a pass over the value); deeper ones leave it invalid.
+_COMMENT_DEPTH = 4
 _DATE_DAY_COMMA = re.compile(r"^(\s*[A-Za-z]+)\s+,")
 #: White space around a time's colons (obs-hour, obs-minute and obs-second allow CFWS, RFC 5322 §4.5.3).
 _DATE_TIME_COLON = re.compile(r"(?<=\d)\s*:\s*(?=\d)")
@@ -304,7 +306,9 @@ def current_date(value: str) -> str:
     """A Date header value with RFC 5322 §4.3's obsolete forms made current: comments dropped, no space
     before the comma or around the time's colons, a two-digit year 00-49 as 20xx and 50-99 as 19xx, a
     three-digit one plus 1900."""
-    if "(" in value:
+    for _ in range(_COMMENT_DEPTH):  # innermost first: "(x (y) z)" nests, as RFC 5322 §3.2.2 allows
+        if "(" not in value:
+            break
         value = _DATE_COMMENT.sub(" ", value)
     value = _DATE_DAY_COMMA.sub(r"\1,", value)
     value = _DATE_TIME_COLON.sub(":", value)
