@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import authres
 import dkim
@@ -148,17 +148,22 @@ def _newest_keys_not_looked_up(arc: dkim.ARC | None, dnsfunc: DnsRecorder) -> tu
     return (sealer, failed) if sealer and failed else ("", ())
 
 
-def still_not_looked_up(result: ArcResult, trusted: Sequence[str], resolver: Any) -> ArcResult:
+def still_not_looked_up(result: ArcResult, trusted: Sequence[str], resolver: Any, again: Callable[[], ArcResult]) -> ArcResult:
     """*result* keeping its :attr:`ArcResult.unverified_sealer` only when the sealer is in *trusted* and one of
-    its keys that failed still fails asked again with a deadline of its own (else ``""``: the chain failed,
-    and DMARC's policy applies)."""
+    its keys that failed still fails asked again with a deadline of its own.  When they answer now, the chain
+    is validated *again* (the keys are in the cache: a lookup that timed out once and then answered must not
+    leave a genuine post failed), and that result stands, never held; a key that does not exist leaves the
+    chain failed as it was (DMARC's policy applies)."""
     sealer = result.unverified_sealer
     if not sealer:
         return result
     if sealer in {t.lower().rstrip(".") for t in trusted}:
         deadline = resolver.deadline()
-        if any(resolver.txt(name, deadline).failed for name in result.unverified_keys):
+        answers = [resolver.txt(name, deadline) for name in result.unverified_keys]
+        if any(answer.failed for answer in answers):
             return result
+        if any(answer.ok for answer in answers):
+            return replace(again(), unverified_sealer="", unverified_keys=())
     return replace(result, unverified_sealer="", unverified_keys=())
 
 
@@ -233,7 +238,8 @@ class Arc(ConfiguredCheck[ArcChecks]):
         dnsfunc = DnsRecorder(resolver, resolver.stage_deadline(envelope.dns_deadlines, ARC_STAGE))
         unsigned_body = self.services.config.checks.dkim.unsigned_body
         result = verify_chain(envelope.message_bytes(), dnsfunc, self.options.min_key_bits, unsigned_body=unsigned_body)
-        result = still_not_looked_up(result, self.options.trusted_sealers, resolver)
+        result = still_not_looked_up(result, self.options.trusted_sealers, resolver, lambda: verify_chain(
+            envelope.message_bytes(), DnsRecorder(resolver, resolver.deadline()), self.options.min_key_bits, unsigned_body=unsigned_body))
         envelope.check_state(STATE)["result"] = result
         chain = " > ".join(result.sealers)
         if result.result == "pass":
@@ -265,14 +271,15 @@ def message_for_seal(envelope: Envelope, authserv_id: str, results: str, subject
 
 
 def _foreign_results_undecodable(field: bytes) -> bool:
-    """Whether *field* is an Authentication-Results field (not ours: those are gone) that is no UTF-8.  dkimpy's
-    sealing decodes every one as UTF-8 and stopped at a Latin-1 byte in an upstream host's; no ARC signature
-    covers another host's Authentication-Results, so leaving it out of what is sealed changes no hash."""
+    """Whether *field* is an Authentication-Results field (not ours: those are gone) that dkimpy's sealing cannot
+    read: it decodes each as UTF-8 and parses it with authres, skipping only authres's syntax errors, and stopped
+    at a Latin-1 byte or a version other than 1 in an upstream host's.  No ARC signature covers another host's
+    Authentication-Results, so leaving it out of what is sealed changes no hash."""
     if field_name(field) != b"authentication-results":
         return False
     try:
-        field.decode("utf-8")
-    except UnicodeDecodeError:
+        authres.AuthenticationResultsHeader.parse("Authentication-Results: " + field.partition(b":")[2].strip().decode("utf-8"))
+    except Exception:  # noqa: BLE001 - whatever authres or the decoding raises: dkimpy would raise it too
         return True
     return False
 

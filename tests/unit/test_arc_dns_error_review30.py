@@ -95,3 +95,31 @@ def test_a_sealers_key_left_unasked_by_a_forgers_silent_domain_holds_back_no_rej
     failing = (EVIL_KEY, "nocache1._domainkey.list.test")
     hits, _ = judge(message, txt, failing, FirstAskFails, **ARC_TRUSTED_CONF)
     assert hits["DMARC_FAIL_REJECT"].action == Action.REJECT and "DMARC_TEMPFAIL" not in hits
+
+
+def test_a_trusted_sealers_key_that_answers_when_asked_again_validates_the_chain(key: bytes) -> None:
+    """A rereading: the key timed out once, then answered; the chain was left failed and p=reject applied (550)
+    to a genuine post, worse than a full outage.  It is validated again with the key now known."""
+    txt = {LIST_KEY: dkimsign.public_record("rsa", key), **POLICIES}
+    hits, _ = judge(forged_from_bank(key, length=False), txt, (LIST_KEY,), FirstAskFails, **ARC_TRUSTED_CONF)
+    assert "ARC_PASS" in hits and "DMARC_ARC_OVERRIDE" in hits and "ARC_TEMPFAIL" not in hits
+    assert hits["DMARC_FAIL_REJECT"].action is None  # logged, not enforced
+
+
+def test_a_forgers_silent_signature_beside_the_sealers_real_selector_still_gets_the_policy(key: bytes) -> None:
+    """The sealer's real key (s=arc) answers when asked again, so the chain is validated again: the forger's
+    evil.test signature fails it again, and nothing is held."""
+    stamped = b"Authentication-Results: evil.test; dmarc=pass header.from=bank.example\r\n" + MESSAGE.replace(b"alice@signed.test", b"alice@bank.example")
+    fields = dkim.ARC(stamped).sign(b"arc", b"evil.test", key, b"evil.test")
+    seal = next(f for f in fields if f.lower().startswith(b"arc-seal:"))
+    message = b"".join(seal.replace(b"d=evil.test", b"d=list.test") if f is seal else f for f in fields) + stamped
+    txt = {LIST_KEY: dkimsign.public_record("rsa", key), **POLICIES}
+
+    class EvilSilent(FirstAskFails):
+        def txt(self, name: str, deadline: float | None = None) -> Answer:
+            if name == EVIL_KEY:
+                return Answer(name, "TXT", "error", error="timeout")
+            return super().txt(name, deadline)
+
+    hits, _ = judge(message, txt, (LIST_KEY,), EvilSilent, **ARC_TRUSTED_CONF)
+    assert hits["DMARC_FAIL_REJECT"].action == Action.REJECT and "DMARC_TEMPFAIL" not in hits
