@@ -67,10 +67,12 @@ _DATE_DAY_COMMA = re.compile(r"^(\s*[A-Za-z]+)\s+,")
 #: White space around a time's colons (obs-hour, obs-minute and obs-second allow CFWS, RFC 5322 §4.5.3).
 _DATE_TIME_COLON = re.compile(r"(?<=\d)\s*:\s*(?=\d)")
 #: An RFC 5322 date-time once :func:`current_date` has made its obsolete forms current (names in any case; an hour
-#: of one digit let be, as mailers write it; a zone required: numeric, UT, GMT, the US ones, a military letter).
+#: of one digit let be, as mailers write it; a zone required: numeric, UT, UTC, GMT, a military letter, or a name
+#: of two or three letters and a T, CET or JST, as SpamAssassin's INVALID_DATE lets them be; RFC 5322 §4.3 reads
+#: those it does not know as -0000).
 _RFC5322_DATE = re.compile(
     r"(?i)\s*(?:(?:mon|tue|wed|thu|fri|sat|sun)\s*,\s*)?\d{1,2}\s+(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)\s+"
-    r"\d{4}\s+\d{1,2}:\d{2}(?::\d{2})?\s+(?:[+-]\d{4}|ut|gmt|[ecmp][sd]t|[a-ik-z])\s*\Z"
+    r"\d{4}\s+\d{1,2}:\d{2}(?::\d{2})?\s+(?:[+-]\d{4}|utc?|gmt|[a-z]{2,3}t|[a-ik-z])\s*\Z"
 )
 _DATE_OBS_YEAR = re.compile(r"^((?:\s*[A-Za-z]+\s*,)?\s*\d{1,2}\s+[A-Za-z]+\s+)(\d{2,3})(?=\s|$)")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
