@@ -81,8 +81,9 @@ def _fqdn() -> str:
 
 DEFAULT_PATHS = (Path("milter.conf"), Path("/etc/milterd/milter.conf"))
 #: A host name, or any authserv-id written as one token (authresults reads it back so).
-_HOST_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,253}")
-_HOST_TOKEN_BREAK = re.compile(r"[^A-Za-z0-9._-]")
+_HOST_CHARS = "A-Za-z0-9._-"
+_HOST_TOKEN = re.compile(f"[{_HOST_CHARS}]{{1,253}}")
+_HOST_TOKEN_BREAK = re.compile(f"[^{_HOST_CHARS}]")
 
 
 class MilterSection(Section):

@@ -37,6 +37,7 @@ from ..options import CheckSwitches, ConfigError, domain_names
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
 from .dkim import QUIET, DnsRecorder, fields_as_delivered, record_name
+from .dmarc import is_trusted_sealer
 from .spf import message_results
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ def still_not_looked_up(result: ArcResult, trusted: Sequence[str], resolver: Any
     sealer = result.unverified_sealer
     if not sealer:
         return result
-    if sealer in {t.lower().rstrip(".") for t in trusted}:
+    if is_trusted_sealer(sealer, trusted):
         deadline = resolver.deadline()
         answers = [resolver.txt(name, deadline) for name in result.unverified_keys]
         if any(answer.failed for answer in answers):
@@ -243,9 +244,8 @@ class Arc(ConfiguredCheck[ArcChecks]):
         envelope.check_state(STATE)["result"] = result
         chain = " > ".join(result.sealers)
         if result.result == "pass":
-            trusted = {t.lower().rstrip(".") for t in self.options.trusted_sealers}
             hits = [Hit("ARC_PASS", detail=chain)]
-            if result.sealers and result.sealers[-1] in trusted:
+            if result.sealers and is_trusted_sealer(result.sealers[-1], self.options.trusted_sealers):
                 hits.append(Hit("ARC_TRUSTED", detail=result.sealers[-1]))
             return hits
         if result.temporary:

@@ -145,7 +145,7 @@ class ClamavCheck(ScannerCheck):
         try:
             state.stream.send(chunk)
         except ScannerError as exc:
-            if "size limit exceeded" in str(exc):
+            if _size_limit(str(exc)):
                 # max_size above clamd's StreamMaxLength: a retry would fail the same way.
                 log.warning("clamav: %s; lower [clamav] max_size to clamd's StreamMaxLength", exc)
                 state.skipped, state.stream = "over clamd's StreamMaxLength", None
@@ -252,7 +252,7 @@ class ClamavCheck(ScannerCheck):
         return [error_hit(f"{skipped}; its first {self.options.max_size} bytes not scanned: {reason}"[:200], self.options.on_error)]
 
     def _failed(self, exc: ScannerError) -> list[Hit]:
-        if "size limit exceeded" in str(exc):
+        if _size_limit(str(exc)):
             return [Hit(SKIPPED, detail="over clamd's StreamMaxLength")]
         return [error_hit(str(exc), self.options.on_error)]
 
@@ -268,7 +268,7 @@ class ClamavCheck(ScannerCheck):
                 envelope.edits.extend(status_edits(envelope, self.scanned_by, f"Infected ({_printable(result.virus)})"))
             return [virus_hit(result.virus, self.options.action)]
         if result.status == "ERROR":
-            if "size limit exceeded" in result.reply:
+            if _size_limit(result.reply):
                 return [Hit(SKIPPED, detail="over clamd's StreamMaxLength")]
             return [error_hit(f"clamd: {result.reply}", self.options.on_error)]
         if self.options.headers:

@@ -616,19 +616,25 @@ def vouched_by(arc: Any, domain: str, record: Record, psl_path: str = "") -> str
     return ""
 
 
+def is_trusted_sealer(sealer: str, trusted: Iterable[str]) -> bool:
+    """Whether *sealer* (an ARC-Seal's d=, as the caller has it) is one of ``[checks.arc] trusted_sealers``
+    (*trusted*, compared without case or a trailing dot)."""
+    return sealer in {t.lower().rstrip(".") for t in trusted}
+
+
 def _trusted_sealer(arc: Any, trusted: list[str]) -> str:
     """The trusted sealer of the newest ARC set when the chain passed, else ""."""
     if arc is None or arc.result != "pass" or not arc.sealers:
         return ""
     newest = arc.sealers[-1].lower().rstrip(".")
-    return newest if newest in {t.lower().rstrip(".") for t in trusted} else ""
+    return newest if is_trusted_sealer(newest, trusted) else ""
 
 
 def _unverified_trusted_sealer(arc: Any, trusted: list[str]) -> str:
     """The newest ARC set's sealer when it is trusted and its key could not be looked up (DNS error), else "":
     the chain may pass once DNS answers (:attr:`milterd.checks.arc.ArcResult.unverified_sealer`)."""
     sealer: str = getattr(arc, "unverified_sealer", "") if arc is not None and arc.result == "fail" else ""
-    return sealer if sealer and sealer in {t.lower().rstrip(".") for t in trusted} else ""
+    return sealer if sealer and is_trusted_sealer(sealer, trusted) else ""
 
 
 CHECKS = (Dmarc,)

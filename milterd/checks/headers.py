@@ -280,12 +280,12 @@ def mailboxes(value: str) -> int:
 
 
 def _mailboxes(value: str) -> int:
-    if len(value) > _PARSED_LENGTH:
-        return sum(1 for address in addresses(value) if "@" in address)
-    try:
-        return len(policy.default.header_factory("From", value).addresses)
-    except Exception:  # noqa: BLE001 - the stdlib parser raises on some malformed lists (a problem said otherwise)
-        return sum(1 for address in addresses(value) if "@" in address)
+    if len(value) <= _PARSED_LENGTH:
+        try:
+            return len(policy.default.header_factory("From", value).addresses)
+        except Exception:  # noqa: BLE001 - the stdlib parser raises on some malformed lists (a problem said otherwise)
+            pass
+    return sum(1 for address in addresses(value) if "@" in address)
 
 
 _cached_mailboxes = functools.lru_cache(maxsize=1024)(_mailboxes)

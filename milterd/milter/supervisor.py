@@ -1220,10 +1220,13 @@ def _describe_exit(status: int) -> str:
     return f"exited with status {os.WEXITSTATUS(status)}"
 
 
-def _worker_signals() -> None:
-    """A forked child's signals: SIGTERM and SIGINT end it, SIGHUP does nothing."""
+def _worker_signals(stopped_by_signal: bool = True) -> None:
+    """A forked child's signals: SIGTERM and SIGINT end it (*stopped_by_signal*, the maintenance child) or do
+    nothing (a worker: the supervisor stops it by closing its pipe, or with SIGKILL; sent to the whole group, by
+    Ctrl-C on a foreground serve or pkill milterd, they ended the messages in flight unanswered, while the
+    supervisor, taking the same signal, lets them finish); SIGHUP does nothing."""
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
+        signal.signal(sig, signal.SIG_DFL if stopped_by_signal else signal.SIG_IGN)
     # The supervisor reloads; a SIGHUP to the whole group (pkill -HUP milterd, a logrotate idiom) killed the workers
     # and the messages in flight with them.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -1235,12 +1238,7 @@ def run_worker(services: Services, listen_fd: int, stop_fd: int, ready_fd: int =
     When it is ready to serve, it writes a byte to *ready_fd* (when not -1) and closes it; it writes a
     heartbeat to *beat_fd* (when not -1) while it can serve (:meth:`Supervisor._watch`).
     """
-    _worker_signals()
-    # The supervisor stops a worker by closing *stop_fd* (it drains) or with SIGKILL, never these: sent to the
-    # whole group (Ctrl-C on a foreground serve, pkill milterd), they ended the messages in flight unanswered,
-    # while the supervisor, taking the same signal, lets them finish.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
+    _worker_signals(stopped_by_signal=False)
     services.after_fork()
     use_spool_dir(services.config)
     metrics.after_fork_in_worker()  # the supervisor's metrics port must not outlive it in the workers
