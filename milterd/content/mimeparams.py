@@ -19,6 +19,8 @@ import re
 import urllib.parse
 from typing import Any, Callable, Container, Literal, TypeVar
 
+from .iso2022jp import CODEC as ISO_2022_JP
+
 #: Codecs Python has that are no charset of mail, read as unknown ones: punycode decodes in quadratic
 #: time (300 KB took 6 s), the escape codecs read backslashes as Python does, undefined always fails.
 NOT_CHARSETS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined",
@@ -37,6 +39,8 @@ _WHATWG_LABELS = {"unicode": "utf-16-le", "ucs-2": "utf-16-le", "csunicode": "ut
                   **dict.fromkeys(("euc-kr", "ks_c_5601-1987", "ks_c_5601-1989", "ksc5601", "ksc_5601", "korean",
                                    "csksc56011987", "iso-ir-149", "cseuckr", "windows-949"), "cp949"),
                   **dict.fromkeys(("shift_jis", "shift-jis", "sjis", "ms_kanji", "csshiftjis", "x-sjis", "ms932"), "cp932"),
+                  # ISO-2022-JP with Windows' NEC and IBM characters (Outlook's circled digits), as clients read it.
+                  **dict.fromkeys(("iso-2022-jp", "csiso2022jp", "iso2022-jp", "iso2022_jp", "iso2022jp"), ISO_2022_JP),
                   **dict.fromkeys(("big5", "big5-hkscs", "cn-big5", "csbig5", "x-x-big5"), "big5hkscs"),
                   **dict.fromkeys(("x-mac-roman", "x-mac", "csmacintosh"), "mac-roman"),
                   **dict.fromkeys(("tis-620", "iso-8859-11", "dos-874"), "cp874")}
@@ -64,7 +68,7 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
 
 #: Windows code page identifiers Python knows under another name than cpN.
 _WINDOWS_CODEPAGES = {65001: "utf-8", 65000: "utf-7", 1200: "utf-16-le", 1201: "utf-16-be", 20127: "ascii", 20866: "koi8-r",
-                      21866: "koi8-u", 50220: "iso2022-jp", 50221: "iso2022-jp", 50222: "iso2022-jp", 51932: "euc-jp",
+                      21866: "koi8-u", 50220: ISO_2022_JP, 50221: ISO_2022_JP, 50222: ISO_2022_JP, 51932: "euc-jp",
                       51949: "euc-kr", 52936: "hz", 54936: "gb18030", 936: "gbk", 10000: "mac-roman",
                       **{28590 + n: f"iso8859-{n}" for n in range(1, 16)}}
 
