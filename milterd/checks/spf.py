@@ -59,6 +59,31 @@ class SpfResults(ExpiringLRU[Key, tuple[str, str]]):
         super().__init__(size)
 
 
+class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
+    """pyspf's query, with DNS errors of the ``ptr`` mechanism and the ``%{p}`` macro read as RFC 7208 §5.5 says.
+
+    pyspf lets them through as a temperror, and both lookups are in DNS the sending client controls (its
+    reverse zone, the zone its PTR names): a forger made its own PTR time out, and an SPF ``ptr -all`` domain's
+    ``p=reject`` became DMARC_TEMPFAIL, delivered.
+    """
+
+    def validated_ptrs(self) -> list[str]:
+        """The client's PTR names whose addresses include it: a DNS error on the PTR lookup means none (the
+        mechanism "fails to match"), one on a name's address lookup skips that name."""
+        try:
+            names = self.dns_ptr(self.i)
+        except spf.TempError:
+            return []
+        validated = []
+        for name in names[:spf.MAX_PTR]:
+            try:
+                if self.cidrmatch(self.dns_a(name, self.A), self.cidrmax):
+                    validated.append(name)
+            except spf.TempError:
+                continue
+        return validated
+
+
 def evaluate(client_addr: str, sender: str, helo: str, timeout: float, results: SpfResults) -> tuple[str, str]:
     """pyspf's ``(result, explanation)`` for this client, sender and HELO, from *results* while its DNS answers last."""
     key = (client_addr, sender, helo)
@@ -67,13 +92,11 @@ def evaluate(client_addr: str, sender: str, helo: str, timeout: float, results: 
         return cached
     with traced_lookups() as trace:
         local, at, domain = sender.rpartition("@")
-        if "@" not in local:
-            result, explanation = spf.check2(i=client_addr, s=sender, h=helo, timeout=timeout, querytime=timeout)
-        else:
+        query = _Query(i=client_addr, s=sender, h=helo, timeout=timeout, querytime=timeout)
+        if "@" in local:
             # pyspf splits at the first "@": '"x@y"@example.org' would be judged for 'y"@example.org', none.
-            query = spf.query(i=client_addr, s=sender, h=helo, timeout=timeout, querytime=timeout)
             query.l, query.o, query.d = local, domain, domain
-            result, _, explanation = query.check()
+        result, _, explanation = query.check()
     value = (str(result), str(explanation))
     if trace.lookups and value[0].lower() != "temperror":  # a timeout depends on the moment, not on the answers
         results.put(key, value, trace.expires)

@@ -60,13 +60,13 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Zone, Clock, list[t
     before = spf.DNSLookup
     use_for_spf(lambda: resolver)
     evaluated: list[tuple[str, str, str]] = []
-    real = spf.check2
+    real = spf_check._Query.check
 
-    def counting(i: str, s: str, h: str, **kwargs: Any) -> Any:
-        evaluated.append((i, s, h))
-        return real(i=i, s=s, h=h, **kwargs)
+    def counting(query: Any) -> Any:
+        evaluated.append((query.i, query.s, query.h))
+        return real(query)
 
-    monkeypatch.setattr(spf_check.spf, "check2", counting)
+    monkeypatch.setattr(spf_check._Query, "check", counting)
     try:
         yield zone, clock, evaluated
     finally:
