@@ -307,6 +307,9 @@ class Evaluation:
     reason: str = ""
     #: The From domain does not exist: *policy* is the record's ``np``.
     nonexistent: bool = False
+    #: The organizational domain whose record judged this subdomain (its ``sp``, or ``np``); "" for the
+    #: From domain's own record (``p``).
+    organizational: str = ""
     #: A DKIM signature that would align was left unverified (message over ``[checks.dkim] max_size``):
     #: a p=reject failure is applied as quarantine.
     unverified: bool = False
@@ -330,22 +333,23 @@ def evaluate(
     *domain*) for an aligned identifier makes the result ``temperror``: an
     outage must not reject mail that would have passed.
     """
-    policy: Policy = record.p if record_domain == domain else record.sp
+    organizational = "" if record_domain == domain else record_domain
+    policy: Policy = record.sp if organizational else record.p
     if spf is not None and spf.get("result") == "pass":
         spf_domain = spf.get("sender", "").rpartition("@")[2]
         if aligned(spf_domain, domain, record.aspf, psl_path):
-            return Evaluation("pass", domain, policy, "none", f"SPF aligned ({spf_domain})")
+            return Evaluation("pass", domain, policy, "none", f"SPF aligned ({spf_domain})", organizational=organizational)
     for signer in dkim_passes:
         if aligned(signer, domain, record.adkim, psl_path):
-            return Evaluation("pass", domain, policy, "none", f"DKIM aligned ({signer})")
+            return Evaluation("pass", domain, policy, "none", f"DKIM aligned ({signer})", organizational=organizational)
     # Only an identifier that could have aligned matters: a DNS error elsewhere cannot hide a failure.
     # Nor can the error of a name no resolver can be asked about (x@a.a.….bank.example, 300 octets).
     spf_domain = spf.get("sender", "").rpartition("@")[2] if spf is not None else ""
     spf_temperror = spf is not None and spf.get("result") == "temperror" and queryable(spf_domain) and aligned(spf_domain, domain, record.aspf, psl_path)
     if dkim_temperror or spf_temperror:
-        return Evaluation("temperror", domain, policy, "none", "SPF or DKIM could not be checked (DNS error)")
+        return Evaluation("temperror", domain, policy, "none", "SPF or DKIM could not be checked (DNS error)", organizational=organizational)
     applied = _sampled(policy, roll, record.pct)
-    return Evaluation("fail", domain, policy, applied, "neither SPF nor DKIM aligned with From")
+    return Evaluation("fail", domain, policy, applied, "neither SPF nor DKIM aligned with From", organizational=organizational)
 
 
 #: The DNS deadlines (``Resolver.stage_deadline``) of each From domain's DMARC record and np= lookups, apart from
@@ -494,6 +498,8 @@ def describe(evaluation: Evaluation) -> str:
     unverified = " (an aligned DKIM signature not verified: message over [checks.dkim] max_size)" if evaluation.unverified else ""
     if evaluation.nonexistent:
         return f"{domain} policy np={evaluation.policy} applied={applied} ({domain} does not exist){unverified}"
+    if evaluation.organizational:
+        return f"{domain} sp={evaluation.policy} of {evaluation.organizational} applied={applied}{unverified}"
     return f"{domain} p={evaluation.policy} applied={applied}{unverified}"
 
 
@@ -579,6 +585,9 @@ def _refusal(evaluation: Evaluation) -> str:
     how = "" if applied == published else f" (applied as {applied})"
     if evaluation.nonexistent:
         return f"{domain} does not exist and its organizational domain's DMARC policy for such domains is {published}{how}"
+    if evaluation.organizational:
+        return (f"{evaluation.organizational} publishes a DMARC policy of {published} for its subdomains such as "
+                f"{domain}{how} and this message failed it")
     return f"{domain} publishes a DMARC policy of {published}{how} and this message failed it"
 
 

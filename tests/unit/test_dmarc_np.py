@@ -79,7 +79,7 @@ def test_an_existing_subdomain_gets_sp(found: tuple[str, str]) -> None:
     table = HostTable(NP_REJECT, {found: "ok"})
     hit = run(FORGED, table)
     assert (hit.symbol, hit.action) == ("DMARC_FAIL_NONE", None)
-    assert hit.detail == "billing.bank.example p=none applied=none"
+    assert hit.detail == "billing.bank.example sp=none of bank.example applied=none"
     assert table.questions == HOST_QUESTIONS
 
 
@@ -118,3 +118,14 @@ def test_a_domain_of_several_in_from_that_does_not_exist_decides() -> None:
     table = HostTable({**NP_REJECT, "_dmarc.attacker.example": "v=DMARC1; p=none"})
     hit = run([b"me@attacker.example, billing@billing.bank.example"], table)
     assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT)
+
+
+def test_a_subdomain_judged_by_sp_is_logged_and_refused_naming_the_record() -> None:
+    """A review: the detail and the 550 said the subdomain published "p=reject", which it does not (sp= of its
+    organizational domain judged it), and a domain with p=reject; sp=none was logged as p=none."""
+    from milterd.checks.dmarc import Evaluation, _refusal, describe
+
+    evaluation = Evaluation("fail", "news.org.example", "reject", "reject", organizational="org.example")
+    assert describe(evaluation) == "news.org.example sp=reject of org.example applied=reject"
+    assert _refusal(evaluation) == ("org.example publishes a DMARC policy of reject for its subdomains such as "
+                                    "news.org.example and this message failed it")
