@@ -294,6 +294,7 @@ class Pipeline:
         if greylists_at_score(verdict):
             status = self._greylist_status(session, envelope)
             if status is not None:
+                hits = [h for h in session.hits if h.action is None] + envelope.hits  # with its CHECK_ERROR, if it failed
                 verdict = decide(hits, self.services.weight, self.config.actions, scored=scored, greylist=status)
         for check in self._overriding("on_verdict", session):
             try:
@@ -403,18 +404,28 @@ class Pipeline:
         return False
 
     def _greylist_status(self, session: Session, envelope: Envelope) -> GreylistStatus | None:
-        """The greylist store's answer for a message the score greylists (None: no greylist check)."""
+        """The greylist store's answer for a message the score greylists (None: no greylist check, as in
+        ``milterd check``, which reports the greylisting).
+
+        A check that fails is judged by ``on_check_error``: with ``accept``, the next such check answers, or
+        else the action below greylist applies, with CHECK_ERROR and GREYLIST_ERROR logged (a verdict left
+        greylisting had been answered a generic 451 at every retry).
+        """
+        failed = None
         for check in self._overriding("on_score_greylist", session):
             try:
                 status = check.on_score_greylist(session, envelope)
             except Exception as exc:  # noqa: BLE001
                 log.exception("check %s failed at verdict", check.name)
+                error = f"{check.name}: {exc.__class__.__name__}: {exc}"[:200]
                 if self.config.milter.on_check_error == "tempfail":
-                    return GreylistStatus(needed=False, error=f"{check.name}: {exc.__class__.__name__}: {exc}"[:200], reply=UNCHECKED_REPLY)
+                    return GreylistStatus(needed=False, error=error, reply=UNCHECKED_REPLY)
+                envelope.hits.append(Hit("CHECK_ERROR", detail=check.name))
+                failed = failed or GreylistStatus(needed=False, error=error)
                 continue
             if status is not None:
                 return status
-        return None
+        return failed
 
     def _eom_tier(
         self, session: Session, envelope: Envelope, checks: list[Check], deadline: float = float("inf"), progress: Callable[[], None] | None = None

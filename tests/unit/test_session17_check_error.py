@@ -16,6 +16,7 @@ import Milter
 import pytest
 
 from milterd.checks import Check, Hits, Symbol
+from milterd.checks.greylist import Greylist as GreylistCheck
 from milterd.config import ConfigError, load_config
 from milterd.message.model import Envelope, Session, Verdict
 from milterd.message.pipeline import Pipeline
@@ -159,6 +160,20 @@ def test_a_score_greylist_hook_that_raises_tempfails_with_tempfail(tmp_path: Pat
     ctx, answer, row = _run(conf, BrokenScoreGreylist, "QSCOREGL", capsys, monkeypatch, first=True)
     assert answer == Milter.TEMPFAIL and ctx._reply == ("451", "4.3.0", "Message could not be checked now, try again later")
     assert row["action"] == "tempfail" and "test_broken_score_greylist" in row["details"]["GREYLIST_ERROR"], row
+
+
+def test_a_score_greylist_hook_that_raises_is_judged_below_greylist_with_accept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A review: with accept (the default) the verdict stayed "greylist" with no reply, answered a generic
+    # 451 at every retry (the message was never delivered), and the row had no CHECK_ERROR.
+    conf = make_conf(tmp_path, rules='[[rule]]\nname = "SUBJ_HELLO"\nheader = "Subject"\nregex = "hello"\nscore = 7\n',
+                     extra={"milter": {"on_check_error": "accept"}, "actions": {"greylist": 6}, "greylist": {"enabled": True, "mode": "score"}})
+    monkeypatch.setattr(GreylistCheck, "on_score_greylist", BrokenScoreGreylist.on_score_greylist)  # the only one
+    ctx, answer, row = _run(conf, BrokenScoreGreylist, "QSCOREGLA", capsys, monkeypatch, first=True)
+    assert answer == Milter.CONTINUE and row["action"] == "add_header", (row["action"], row["symbols"], row["details"])
+    assert row["details"]["CHECK_ERROR"] == "test_broken_score_greylist"
+    assert "test_broken_score_greylist" in row["details"]["GREYLIST_ERROR"]
 
 
 def test_a_store_down_status_without_error_text_still_fails_closed() -> None:
