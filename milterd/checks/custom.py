@@ -174,6 +174,7 @@ def meta_order(rules: Iterable[Rule], known: Iterable[str], late: Iterable[str] 
                               f"{too_late[0]} is only known after the verdict: a meta cannot use it (it would never count as hit)")
     ordered: list[Rule] = []
     state: dict[str, int] = {}  # 1: being visited, 2: done
+    depth: dict[str, int] = {}
 
     def visit(rule: Rule, path: list[str]) -> None:
         if state.get(rule.name) == 2:
@@ -186,9 +187,14 @@ def meta_order(rules: Iterable[Rule], known: Iterable[str], late: Iterable[str] 
             raise ConfigError(rule.file, f"rule {rule.name}.meta", f"more than {MAX_META_CHAIN} metas each refer to the next: {path[0]} -> … -> {rule.name}")
         state[rule.name] = 1
         assert rule.meta is not None
-        for name in sorted(names(rule.meta)):
-            if name in metas:
-                visit(metas[name], path + [rule.name])
+        named = sorted(name for name in names(rule.meta) if name in metas)
+        for name in named:
+            visit(metas[name], path + [rule.name])
+        # The longest chain down from this meta, whatever the order the metas were visited in (a chain
+        # written leaf first never made a long path above).
+        depth[rule.name] = 1 + max((depth[name] for name in named), default=0)
+        if depth[rule.name] > MAX_META_CHAIN:
+            raise ConfigError(rule.file, f"rule {rule.name}.meta", f"more than {MAX_META_CHAIN} metas each refer to the next, down from {rule.name}")
         state[rule.name] = 2
         ordered.append(rule)
 
@@ -427,8 +433,10 @@ def _compatibility() -> dict[int, str]:
 
 def _decoded(raw: bytes) -> str:
     """A header field's value as a reader sees it: unfolded, encoded-words decoded
-    (:func:`milterd.content.headertext.decoded`), invisible characters dropped."""
-    return _visible(decoded(raw.decode("utf-8", "replace")))
+    (:func:`milterd.content.headertext.decoded`), invisible characters dropped, and the blanks
+    around it too, as SpamAssassin's header rules see it (``Subject:<TAB>WIN`` and a fold after the
+    colon had dodged a rule anchored with ``^``)."""
+    return _visible(decoded(raw.decode("utf-8", "replace"))).strip()
 
 
 CHECKS = (CustomRules,)

@@ -19,6 +19,7 @@ import binascii
 import email.utils
 import inspect
 import re
+from typing import Iterable, Iterator
 
 from .mimeparams import client_charset, decode_bytes
 
@@ -53,23 +54,69 @@ def unfolded(text: str) -> str:
 def decoded(text: str) -> str:
     """*text* (a header field's value) unfolded, with its encoded-words decoded."""
     text = unfolded(text)
-    if "=?" in text:
-        text = _ENCODED_WORD.sub(_decode_word, _BETWEEN_WORDS.sub("", text))
-    return text
+    if "=?" not in text:
+        return text
+    text = _BETWEEN_WORDS.sub("", text)
+    pieces, position = [], 0
+    for run in _runs(_ENCODED_WORD.finditer(text)):
+        pieces += [text[position:run[0].start()], _decode_run(run)]
+        position = run[-1].end()
+    return "".join(pieces) + text[position:]
 
 
-def _decode_word(match: re.Match[str]) -> str:
-    charset, encoding, encoded = match.groups()
-    data = encoded.encode("utf-8")
+def _runs(matches: Iterable[re.Match[str]]) -> Iterator[list[re.Match[str]]]:
+    """The encoded-words in runs decoded as one text: adjacent words of one charset.  A character split
+    between two words (RFC 2047 §5 forbids it, long-word splitters do it) is read whole, as Thunderbird
+    and Python's ``decode_header`` read it, where word by word it was two U+FFFD."""
+    run: list[re.Match[str]] = []
+    for match in matches:
+        if run and (match.start() != run[-1].end() or _charset(match) != _charset(run[-1])):
+            yield run
+            run = []
+        run.append(match)
+    if run:
+        yield run
+
+
+def _charset(match: re.Match[str]) -> str:
+    return match.group(1).partition("*")[0].lower()
+
+
+def _decode_run(run: list[re.Match[str]]) -> str:
+    """The text of a run of encoded-words; a word that is not base64 or quoted-printable at all is left as sent."""
+    pieces: list[str] = []
+    joined: list[re.Match[str]] = []
+    octets = b""
+    for match in run:
+        data = _octets(match)
+        if data is None:
+            pieces += [_text(octets, joined), match.group(0)]
+            joined, octets = [], b""
+        else:
+            joined.append(match)
+            octets += data
+    return "".join(pieces) + _text(octets, joined)
+
+
+def _octets(match: re.Match[str]) -> bytes | None:
+    encoding, encoded = match.group(2), match.group(3).encode("utf-8")
     try:
         if encoding in "bB":
-            data = data.rstrip(b"=")
-            octets = binascii.a2b_base64(data + b"=" * (-len(data) % 4))
-        else:
-            octets = binascii.a2b_qp(data, header=True)
-        return decode_bytes(octets, python_charset(charset.partition("*")[0]))
-    except Exception:  # noqa: BLE001 - not base64 at all, or a codec that is no text charset
-        return match.group(0)
+            encoded = encoded.rstrip(b"=")
+            return binascii.a2b_base64(encoded + b"=" * (-len(encoded) % 4))
+        return binascii.a2b_qp(encoded, header=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _text(octets: bytes, words: list[re.Match[str]]) -> str:
+    """*octets*, the decoded contents of *words*, as text; *words* as sent where their charset is no text's."""
+    if not words:
+        return ""
+    try:
+        return decode_bytes(octets, python_charset(_charset(words[0])))
+    except Exception:  # noqa: BLE001 - a codec that is no text charset
+        return "".join(word.group(0) for word in words)
 
 
 #: A header field name (RFC 5322 §3.6.8): printable US-ASCII but the colon.

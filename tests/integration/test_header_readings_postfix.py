@@ -1,5 +1,6 @@
 """Header readings of the thirtieth and thirty-first sessions, sent through the real Postfix: charsets read as
-mail clients read them (Outlook's ISO-2022-JP, GBK under the GB2312 label), and From and Date fields that
+mail clients read them (Outlook's ISO-2022-JP, GBK under the GB2312 label, a character split between two
+encoded-words), header rules on the value without its surrounding blanks, and From and Date fields that
 RFC 5322 does not allow.  tests/unit/test_iso2022jp_clients.py, test_charset_supersets.py and
 test_checks_headers.py hold the same readings in process; here the milter is given what Postfix passes on."""
 
@@ -17,9 +18,22 @@ from tests.harness.stack import Stack, row_for
 pytestmark = pytest.mark.integration
 
 
+RULES = r"""
+[[rule]]
+name = "SUBJ_STARTS_WIN"
+header = "Subject"
+regex = '^WIN\b'
+
+[[rule]]
+name = "SUBJ_VIAGRA_RU"
+header = "Subject"
+regex = '(?i)виагра'
+"""
+
+
 @pytest.fixture(scope="module")
 def stack(make_stack: Callable[..., Stack]) -> Stack:
-    return make_stack(with_sections(NO_CHECKS, {"checks": {"headers": {"enabled": True}}}))
+    return make_stack(with_sections(NO_CHECKS, {"checks": {"headers": {"enabled": True}}}), rules={"local.toml": RULES})
 
 
 def word(charset: str, data: bytes) -> str:
@@ -61,3 +75,18 @@ def test_the_same_fields_written_well_are_not_named(stack: Stack) -> None:
     stack.send(message(subject=tag, headers={"From": "a@example.org, b@example.org", "Sender": "a@example.org",
                                              "Date": "Sun, 6 Dec 2026 13:26:00 CET"}))
     assert not {"HDR_FROM_INVALID", "HDR_FROM_MULTIPLE", "HDR_DATE_INVALID"} & set(row_for(stack, tag)["symbols"])
+
+
+@pytest.mark.parametrize("subject", [b"\tWIN a prize", b"\r\n WIN a prize", b"  WIN a prize"], ids=["tab", "fold", "two-spaces"])
+def test_a_header_rule_anchored_at_the_start_sees_the_value_trimmed(stack: Stack, subject: bytes) -> None:
+    tag = uuid.uuid4().hex[:8]
+    raw = message(subject="x").replace(b"Subject: x", b"Subject:" + subject + b" " + tag.encode())
+    stack.send(raw)
+    [row] = [r for r in stack.milterd.log_json() if tag in (r["subject"] or "")]  # logged with its blanks
+    assert "SUBJ_STARTS_WIN" in row["symbols"]
+
+
+def test_a_character_split_between_encoded_words_is_read_whole(stack: Stack) -> None:
+    tag = uuid.uuid4().hex[:8]
+    stack.send(message(subject=f"=?utf-8?b?0LLQuNA=?= =?utf-8?b?sNCz0YDQsA==?= {tag}"))
+    assert "SUBJ_VIAGRA_RU" in row_for(stack, f"виагра {tag}")["symbols"]

@@ -162,6 +162,9 @@ def test_body_limit_from_custom_table(tmp_path: Path) -> None:
         # A thousand metas each naming the next: a RecursionError traceback at start (found by review).
         ("[[rule]]\nname = \"CHAIN_END\"\nbody = 'x'\n" + "".join(f"[[rule]]\nname = \"CHAIN_{i}\"\nmeta = '{f'CHAIN_{i + 1}' if i < 999 else 'CHAIN_END'}'\n" for i in range(1000)),
          "rule CHAIN_64.meta", "more than 64 metas each refer to the next"),
+        # The same chain of 79 written leaf first: no long path was ever walked, so it was accepted (a review).
+        ("[[rule]]\nname = \"CHAIN_END\"\nbody = 'x'\n" + "".join(f"[[rule]]\nname = \"CHAIN_{i}\"\nmeta = '{f'CHAIN_{i + 1}' if i < 78 else 'CHAIN_END'}'\n" for i in reversed(range(79))),
+         "rule CHAIN_14.meta", "more than 64 metas each refer to the next"),
         ("[[rule]]\nname = \"TWO_KINDS\"\nbody = 'x'\nuri = 'y'\n", "rule TWO_KINDS", "exactly one"),
         ("[[rule]]\nname = \"lower\"\nbody = 'x'\n", "rule lower", "upper-case"),
         ("[[rule]]\nname = \"DUP\"\nbody = 'x'\n[[rule]]\nname = \"DUP\"\nbody = 'y'\n", "rule DUP", "already defined"),
