@@ -708,10 +708,11 @@ class Quarantine:
         outcome = LearnerStore(self.store.engine).learn(digest.hexdigest(), hashed_tokens(bytes(start)), label)
         return f"milterd's classifier: {label} {outcome}"
 
-    def confirm(self, row_id: int) -> list[str]:
+    def confirm(self, row_id: int) -> tuple[list[str], str]:
         """Confirm a quarantined message as spam: milterd's classifier learns it (and spamd, when enabled).
 
-        Returns what was done; QuarantineError for an unknown id, StoreError when the store refuses it.
+        Returns what was done and what failed ("" for nothing: spamd's failure, the classifier having
+        learned it); QuarantineError for an unknown id, StoreError when the store refuses it.
         """
         row = self.get(row_id)
         notes = [self.learn(row, "spam")]
@@ -722,8 +723,8 @@ class Quarantine:
                 SpamdClient(spamd.address, timeout=spamd.timeout, user=self._spamd_user(row)).tell(self.message_bytes(row), "spam")
                 notes.append("spamd learned it as spam")
             except Exception as exc:  # noqa: BLE001 - ScannerError: the classifier has learned it anyway
-                notes.append(f"spamd could not learn it as spam: {exc}")
-        return notes
+                return notes, f"spamd could not learn it as spam: {exc}"
+        return notes, ""
 
     def _spamd_user(self, row: dict[str, Any]) -> str:
         """The ``User:`` the scan sent spamd for this message (``[spamd] user``; ``"@recipient"``: its first

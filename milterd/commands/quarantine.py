@@ -16,6 +16,7 @@ from ..logs import MAX_LOG_RECIPIENTS
 from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, claim_text, header_section, release_command, release_state
 from ..store import StoreError, utcnow
 from ..text import cut, escape
+from ..tuning import json_safe
 from ..units import ago, parse_duration
 from . import config_parent, count_arg, open_store, since_arg, text_arg, whole_number_arg
 
@@ -114,7 +115,7 @@ def _run(action: Callable[[argparse.Namespace, Quarantine], int]) -> Callable[[a
             quarantine = Quarantine(open_store(config), config)
             return action(args, quarantine)
         except (QuarantineError, StoreError) as exc:
-            print(f"milterd: {exc}", file=sys.stderr)
+            print(f"milterd: {escape(str(exc))}", file=sys.stderr)
             return 1
 
     return run
@@ -125,7 +126,8 @@ def run_list(args: argparse.Namespace, quarantine: Quarantine) -> int:
     rows = quarantine.rows(since=args.since, sender=args.sender, recipient=args.recipient, reason=args.reason, limit=args.limit or None)
     if args.json:
         # ASCII (non-ASCII as \u escapes): UTF-8 whatever the locale (RFC 8259 §8.1), and no raw C1 control or bidi override on a terminal.
-        json.dump([as_json(row) for row in rows], sys.stdout, indent=1)
+        # A NaN or infinite score an older version stored is null (JSON has neither), as in `log --json`.
+        json.dump(json_safe([as_json(row) for row in rows]), sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
         return 0
     print(f"{'id':>6}  {'time':19}  {'score':>6}  {'from':28} {'to':28} {'released':10} subject")
@@ -191,7 +193,7 @@ def run_release(args: argparse.Namespace, quarantine: Quarantine) -> int:
         try:
             report = quarantine.release(row_id, to=args.to, force=args.force, who=who, ham=args.ham, smtp=args.smtp)
         except QuarantineError as exc:
-            print(f"milterd: {row_id}: {exc}", file=sys.stderr)
+            print(f"milterd: {row_id}: {escape(str(exc))}", file=sys.stderr)  # it may name a stored --by
             failed = True
             continue
         for recipient, reply in report.delivered.items():
@@ -222,17 +224,21 @@ def run_release(args: argparse.Namespace, quarantine: Quarantine) -> int:
 
 
 def run_confirm(args: argparse.Namespace, quarantine: Quarantine) -> int:
-    """Learn each id as spam; one line per thing learned; status 1 when an id is unknown."""
+    """Learn each id as spam; one line per thing learned; status 1 when an id is unknown or spamd did not learn
+    it (as ``release --ham``)."""
     failed = False
     for row_id in args.ids:
         try:
-            notes = quarantine.confirm(row_id)
+            notes, error = quarantine.confirm(row_id)
         except QuarantineError as exc:
-            print(f"milterd: {row_id}: {exc}", file=sys.stderr)
+            print(f"milterd: {row_id}: {escape(str(exc))}", file=sys.stderr)
             failed = True
             continue
         for note in notes:
             print(f"{row_id}: {note}")
+        if error:
+            print(f"milterd: {row_id}: {escape(error)}", file=sys.stderr)
+            failed = True
     return 1 if failed else 0
 
 
