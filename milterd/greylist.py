@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
+from .dns import domain_name
 from .patterns import IGNORECASE, AdminPattern, PatternError
 from .text import storable
 
@@ -214,6 +215,7 @@ class Pattern:
         value = value.lower()
         if self.regex is not None:
             return self.regex.search(value) is not None
+        value = _ascii_domain(value)
         text = self.text
         if self.kind == "client":
             if text.startswith("."):
@@ -234,7 +236,7 @@ def compile_pattern(kind: str, text: str) -> Pattern:
     """Compile one whitelist entry; ValueError with the reason when it is unusable."""
     if kind not in WHITELIST_KINDS:
         raise ValueError(f"unknown kind {kind!r}; one of {', '.join(WHITELIST_KINDS)}")
-    text = text.strip()
+    text = entry_text(kind, text)
     if not text:
         raise ValueError("an empty entry")
     if len(text) > 2 and text.startswith("/") and text.endswith("/"):
@@ -252,7 +254,37 @@ def compile_pattern(kind: str, text: str) -> Pattern:
             raise ValueError(f"{text!r} is neither a network nor a host name")
     elif " " in text:
         raise ValueError(f"{text!r} is not an address or domain")
-    return Pattern(kind, text.lower())
+    return Pattern(kind, entry_value(kind, text))
+
+
+def entry_text(kind: str, text: str) -> str:
+    """A whitelist entry as written, without the angle brackets of a sender or recipient written as in SMTP
+    (``<vip@example.org>``, which matched no recipient)."""
+    text = text.strip()
+    if kind in ("sender", "recipient") and text.startswith("<") and text.endswith(">"):
+        return text[1:-1].strip()
+    return text
+
+
+def entry_value(kind: str, text: str) -> str:
+    """A whitelist entry in the one form it is stored and matched in: a ``/regex/`` as written, anything
+    else lower-cased, without SMTP's angle brackets around an address, its domain in A-labels."""
+    text = entry_text(kind, text)
+    if len(text) > 2 and text.startswith("/") and text.endswith("/"):
+        return text
+    return _ascii_domain(text.lower())
+
+
+def _ascii_domain(text: str) -> str:
+    """*text* (a client name, an address or a domain entry) with its domain's U-labels as A-labels, as Postfix
+    passes verified client names and as DNS knows the domain: ``@bücher.example`` matches mail from
+    ``xn--bcher-kva.example`` and the other way round."""
+    if text.isascii():
+        return text
+    head, at, domain = text.rpartition("@")
+    prefix = "." if not at and domain.startswith(".") else ""
+    folded = domain_name(domain[len(prefix):])
+    return f"{head}{at}{prefix}{folded}" if folded else text
 
 
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")

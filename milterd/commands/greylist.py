@@ -85,18 +85,30 @@ def _guarded(run: Callable[[argparse.Namespace, Config, Store], int]) -> Callabl
     return wrapper
 
 
-def stored_network(text: str, config: Config) -> str:
-    """A client network as the triplets hold it: an address stands for its
-    network (``[greylist] netmask_v4``/``netmask_v6``), a network is written
-    canonically (``2001:DB8:0::/64`` → ``2001:db8::/64``, an IPv4-mapped one in IPv4's form)."""
+#: The most stored networks one --client may stand for (a /16 of IPv4 /24s is 256).
+MAX_NETWORKS = 4096
+
+
+def stored_networks(text: str, config: Config) -> list[str]:
+    """The client networks, as the triplets hold them, that *text* names: an address or a network inside one
+    network of ``[greylist] netmask_v4``/``netmask_v6`` stands for it (``203.0.114.9/32`` is ``203.0.114.0/24``),
+    a wider one for each inside it (``203.0.112.0/22``: four /24s), written canonically (``2001:DB8:0::/64`` →
+    ``2001:db8::/64``, an IPv4-mapped one in IPv4's form).  ValueError for one wider than :data:`MAX_NETWORKS`
+    stored networks.  A unix-socket client is stored by its path."""
     text = text.strip()
-    if "/" in text:
-        try:
-            # An IPv4-mapped network (::ffff:198.51.100.0/120) as its clients' triplets hold it: 198.51.100.0/24.
-            return str(gl.unmapped(ipaddress.ip_network(text.lower().removeprefix("ipv6:"), strict=False)))
-        except ValueError:
-            return text.lower()  # a unix-socket client is stored by its path
-    return gl.client_network(text, config.greylist.netmask_v4, config.greylist.netmask_v6)
+    if "/" not in text:
+        return [gl.client_network(text, config.greylist.netmask_v4, config.greylist.netmask_v6)]
+    try:
+        # An IPv4-mapped network (::ffff:198.51.100.0/120) as its clients' triplets hold it: 198.51.100.0/24.
+        network = gl.unmapped(ipaddress.ip_network(text.lower().removeprefix("ipv6:"), strict=False))
+    except ValueError:
+        return [text.lower()]
+    netmask = config.greylist.netmask_v4 if network.version == 4 else config.greylist.netmask_v6
+    if network.prefixlen >= netmask:
+        return [str(network.supernet(new_prefix=netmask))]
+    if netmask - network.prefixlen > MAX_NETWORKS.bit_length() - 1:
+        raise ValueError(f"{text} holds more than {MAX_NETWORKS} client networks of /{netmask}: name a narrower one")
+    return [str(subnet) for subnet in network.subnets(new_prefix=netmask)]
 
 
 def _json_value(value: Any) -> Any:
@@ -110,13 +122,20 @@ def _dump(data: Any) -> None:
 
 def run_list(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Print the stored triplets; an expired one is shown as ``expired`` (the check starts it again)."""
-    network = stored_network(args.client, config) if args.client else None
+    if args.client is not None and not args.client.strip():
+        print("milterd: --client needs a client network", file=sys.stderr)
+        return 2
+    try:
+        networks = stored_networks(args.client, config) if args.client is not None else None
+    except ValueError as exc:
+        print(f"milterd: --client: {exc}", file=sys.stderr)
+        return 2
     sender = gl.triplet_sender(args.sender) if args.sender is not None else None
     recipient = args.recipient.strip().strip("<>") if args.recipient is not None else None
     now = store.greylist.now()  # the database's clock, as the check's
     # --passed / --waiting: as the check judges them now, so without the expired rows.
     expired = False if args.passed is not None else None
-    rows = store.greylist.list_triplets(network, sender, recipient, args.passed, args.limit or None, expired=expired, now=now)
+    rows = store.greylist.list_triplets(networks, sender, recipient, args.passed, args.limit or None, expired=expired, now=now)
     for row in rows:
         row["state"] = "expired" if row["expires_at"] < now else "passed" if row["passed_at"] else "waiting"
     if args.json:
@@ -182,7 +201,7 @@ def run_whitelist(args: argparse.Namespace, config: Config, store: Store) -> int
 
 def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Delete expired entries, or the triplets named."""
-    if args.triplet or args.client:
+    if args.triplet or args.client is not None:  # --client "" (an unset variable in a script) is refused below
         sender: str | None = None
         recipient: str | None = None
         if args.triplet:
@@ -193,16 +212,20 @@ def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
             # An empty filter is no filter: "this one triplet" would be every triplet of the sender.
             print("milterd: --triplet and --client need a client network (and --triplet a recipient)", file=sys.stderr)
             return 2
-        network = stored_network(network, config)
+        try:
+            networks = stored_networks(network, config)
+        except ValueError as exc:
+            print(f"milterd: {exc}", file=sys.stderr)
+            return 2
         if args.dry_run:
-            rows = store.greylist.list_triplets(network, sender, recipient, limit=DRY_RUN_SHOWN)
+            rows = store.greylist.list_triplets(networks, sender, recipient, limit=DRY_RUN_SHOWN)
             for row in rows:
                 print(f"would delete {escape(row['network'])} <{escape(row['sender'])}> <{escape(row['recipient'])}>")
-            total = store.greylist.count_triplets(network, sender, recipient) if len(rows) >= DRY_RUN_SHOWN else len(rows)
+            total = store.greylist.count_triplets(networks, sender, recipient) if len(rows) >= DRY_RUN_SHOWN else len(rows)
             _more(total, len(rows))
             print(f"would delete {total} triplet(s) (dry run: nothing deleted)")
             return 0
-        count = store.greylist.remove_triplets(network, sender, recipient)
+        count = store.greylist.remove_triplets(networks, sender, recipient)
         print(f"deleted {count} triplet(s)")
         return 0
     if args.dry_run:

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import Engine, and_, case, delete, func, select, update
 
 from ..clock import ClockReading, DatabaseClock, as_utc, utcnow
-from ..greylist import CLIENT_COUNT_INTERVAL, RENEW_INTERVAL, Kind, State, Triplet, Whitelist, Write, compile_pattern
+from ..greylist import CLIENT_COUNT_INTERVAL, RENEW_INTERVAL, Kind, State, Triplet, Whitelist, Write, compile_pattern, entry_value
 from . import schema
 from .errors import guarded
 from .upsert import deletable, dialect_insert, lock_tables
@@ -93,9 +93,15 @@ def _read_clock(engine: Engine | None) -> ClockReading | None:
     return GreylistStore(engine).read_clock() if engine is not None else None
 
 
-def _normalised_entry(value: str) -> str:
+#: A triplet filter's client networks: one, several (any of them), or None for all.
+Networks = str | Sequence[str] | None
+
+
+def _stored_forms(kind: str, value: str) -> set[str]:
+    """The forms an entry may be stored in: :func:`~milterd.greylist.entry_value`'s, and the lower-cased text an
+    older version stored (angle brackets, U-labels), so that either is found to remove."""
     value = value.strip()
-    return value if value.startswith("/") else value.lower()
+    return {entry_value(kind, value), value if value.startswith("/") else value.lower()}
 
 
 class GreylistStore:
@@ -276,7 +282,7 @@ class GreylistStore:
         return guarded("purge the greylist", work)
 
     def list_triplets(
-        self, network: str | None = None, sender: str | None = None, recipient: str | None = None,
+        self, network: Networks = None, sender: str | None = None, recipient: str | None = None,
         passed: bool | None = None, limit: int | None = 100, expired: bool | None = None, now: dt.datetime | None = None,
     ) -> list[dict[str, Any]]:
         """Stored triplets, most recently seen first, as dictionaries (at most *limit*, taken
@@ -299,7 +305,7 @@ class GreylistStore:
         return guarded("list the greylist", read)
 
     def count_triplets(
-        self, network: str | None = None, sender: str | None = None, recipient: str | None = None,
+        self, network: Networks = None, sender: str | None = None, recipient: str | None = None,
         passed: bool | None = None, expired: bool | None = None, now: dt.datetime | None = None,
     ) -> int:
         """How many stored triplets :meth:`list_triplets` would list without a limit (counted in SQL)."""
@@ -352,7 +358,7 @@ class GreylistStore:
 
         return guarded("count the greylist", read)
 
-    def remove_triplets(self, network: str | None = None, sender: str | None = None, recipient: str | None = None) -> int:
+    def remove_triplets(self, network: Networks = None, sender: str | None = None, recipient: str | None = None) -> int:
         """Delete the triplets matching every filter given; return how many (none without a filter)."""
         table = schema.greylist
         conditions = _triplet_filters(network, sender, recipient, None, None, None)
@@ -384,7 +390,7 @@ class GreylistStore:
         """Add an entry (checked first: ValueError); False when it was already there."""
         compile_pattern(kind, value)
         table = schema.greylist_whitelist
-        value = _normalised_entry(value)
+        value = entry_value(kind, value)
 
         def work() -> bool:
             with self.engine.begin() as connection:
@@ -397,11 +403,11 @@ class GreylistStore:
     def whitelist_remove(self, kind: str, value: str) -> bool:
         """Remove an entry; False when there was none."""
         table = schema.greylist_whitelist
-        value = _normalised_entry(value)
+        forms = _stored_forms(kind, value)
 
         def work() -> bool:
             with self.engine.begin() as connection:
-                return bool(connection.execute(delete(table).where(table.c.kind == kind, table.c.value == value)).rowcount)
+                return bool(connection.execute(delete(table).where(table.c.kind == kind, table.c.value.in_(forms))).rowcount)
 
         return guarded("remove from the greylist whitelist", work)
 
@@ -418,13 +424,16 @@ class GreylistStore:
 
 
 def _triplet_filters(
-    network: str | None, sender: str | None, recipient: str | None, passed: bool | None, expired: bool | None, now: dt.datetime | None,
+    network: Networks, sender: str | None, recipient: str | None, passed: bool | None, expired: bool | None, now: dt.datetime | None,
 ) -> list[Any]:
-    """The WHERE conditions of :meth:`GreylistStore.list_triplets`, :meth:`~GreylistStore.count_triplets` and :meth:`~GreylistStore.remove_triplets`."""
+    """The WHERE conditions of :meth:`GreylistStore.list_triplets`, :meth:`~GreylistStore.count_triplets` and
+    :meth:`~GreylistStore.remove_triplets`; *network* is one stored network or several (any of them)."""
     table = schema.greylist
     conditions: list[Any] = []
+    if isinstance(network, str):
+        network = [network] if network else None
     if network:
-        conditions.append(table.c.network == network)
+        conditions.append(table.c.network.in_(network))
     if sender is not None:
         conditions.append(table.c.sender == sender)
     if recipient:

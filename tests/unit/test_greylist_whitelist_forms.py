@@ -1,0 +1,111 @@
+"""Greylist whitelist entries in the forms administrators write them, from a review (thirty-first session):
+an internationalised domain in U-labels matched no client name or sender Postfix passes in A-labels (nor the
+other way round), and a recipient written as in SMTP (``<vip@example.org>``) was accepted and never matched,
+nor could it be removed as ``vip@example.org``."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from milterd.config import DatabaseSection
+from milterd.greylist import compile_pattern
+from milterd.store import Store
+
+IP = ipaddress.ip_address("192.0.2.10")
+
+
+@pytest.mark.parametrize(("kind", "entry", "value"), [
+    ("sender", "@bücher.example", "a@xn--bcher-kva.example"),
+    ("sender", "@xn--bcher-kva.example", "a@Bücher.example"),  # an SMTPUTF8 sender
+    ("sender", ".bücher.example", "a@mail.xn--bcher-kva.example"),
+    ("client", ".bücher.example", "mx1.xn--bcher-kva.example"),
+    ("client", "mx1.BÜCHER.example", "mx1.xn--bcher-kva.example"),
+    ("recipient", "<vip@dest.example>", "vip@dest.example"),
+    ("sender", "<Boss@dest.example>", "boss@dest.example"),
+    ("recipient", "vip@bücher.example", "vip@xn--bcher-kva.example"),
+])
+def test_an_entry_matches_what_postfix_passes(kind: str, entry: str, value: str) -> None:
+    assert compile_pattern(kind, entry).matches(value, IP)
+
+
+@pytest.mark.parametrize(("kind", "entry", "value"), [
+    ("sender", "@bücher.example", "a@xn--bcher-kva.example.evil"),
+    ("client", ".bücher.example", "xn--bcher-kva.example.evil"),
+    ("recipient", "<vip@dest.example>", "vip@dest.example.evil"),
+])
+def test_an_entry_still_matches_only_its_domain(kind: str, entry: str, value: str) -> None:
+    assert not compile_pattern(kind, entry).matches(value, IP)
+
+
+def test_an_entry_is_stored_in_one_form_and_removed_in_any(tmp_path: Path) -> None:
+    store = Store(DatabaseSection(url=f"sqlite:///{tmp_path / 'g.sqlite'}"))
+    store.upgrade()
+    try:
+        assert store.greylist.whitelist_add("recipient", "<VIP@dest.example>")
+        assert not store.greylist.whitelist_add("recipient", "vip@dest.example")  # the same entry
+        assert store.greylist.whitelist().recipients[0].matches("vip@dest.example", IP)
+        assert store.greylist.whitelist_remove("recipient", "vip@dest.example")
+        assert store.greylist.whitelist_add("sender", "@bücher.example")
+        assert store.greylist.whitelist_remove("sender", "@xn--bcher-kva.example")
+        assert store.greylist.whitelist_rows() == []
+    finally:
+        store.close()
+
+
+def greylisted(tmp_path: Path, clients: list[str]) -> Path:
+    """A milter.conf with a SQLite store holding one waiting triplet for each client address in *clients*."""
+    from milterd.checks.greylist import Greylist
+    from milterd.config import load_config
+    from milterd.message.model import Session
+    from milterd.services import build
+    from tests.unit.test_greylist_review28 import rcpt
+
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[dns]\nnameservers = ["127.0.0.1:9"]\n[database]\nurl = "sqlite:///{tmp_path}/store.sqlite"\n'
+                    "[greylist]\nenabled = true\nwhitelist_providers = false\n")
+    services = build(load_config(conf))
+    services.store.upgrade()
+    check = next(c for c in services.checks if isinstance(c, Greylist))
+    for client in clients:
+        rcpt(check, Session(client_addr=client), "alice@example.org")
+    services.store.close()
+    return conf
+
+
+def networks_left(conf: Path) -> list[str]:
+    from milterd.config import load_config
+
+    store = Store(load_config(conf).database)
+    try:
+        return sorted(row["network"] for row in store.greylist.list_triplets())
+    finally:
+        store.close()
+
+
+def test_a_client_network_names_the_stored_networks_it_holds_or_is_inside(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--client 203.0.112.0/22 found none of the /24s inside it, and 203.0.114.9/32 deleted nothing with status 0."""
+    from milterd.cli import main
+
+    conf = greylisted(tmp_path, ["203.0.113.7", "203.0.114.7", "203.0.115.7", "198.51.100.7"])
+    capsys.readouterr()
+    assert main(["greylist", "list", "-c", str(conf), "--client", "203.0.112.0/22"]) == 0
+    listed = capsys.readouterr().out
+    assert all(net in listed for net in ("203.0.113.0/24", "203.0.114.0/24", "203.0.115.0/24")) and "198.51.100" not in listed
+    assert main(["greylist", "purge", "-c", str(conf), "--client", "203.0.114.9/32"]) == 0
+    assert "deleted 1 triplet" in capsys.readouterr().out
+    assert main(["greylist", "purge", "-c", str(conf), "--client", "203.0.112.0/22"]) == 0
+    assert networks_left(conf) == ["198.51.100.0/24"]
+    assert main(["greylist", "purge", "-c", str(conf), "--client", "10.0.0.0/8"]) == 2  # 65,536 networks: refused
+    assert "narrower" in capsys.readouterr().err
+
+
+def test_an_empty_client_is_refused_not_a_purge_of_everything_expired(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from milterd.cli import main
+
+    conf = greylisted(tmp_path, ["198.51.100.7"])
+    for command in ("purge", "list"):
+        assert main(["greylist", command, "-c", str(conf), "--client", ""]) == 2
+    assert networks_left(conf) == ["198.51.100.0/24"]
