@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, ClassVar
 from ..clock import utcnow
 from ..learner.cache import TokenCache
 from ..learner.classifier import BUCKETS, Counts, Score, classify, trained
-from ..learner.tokenizer import MAX_DIGEST_INPUT, MessageDigest, hashed_tokens
+from ..learner.tokenizer import MAX_DIGEST_READ, MessageDigest, hashed_tokens
 from ..message.model import Action, Envelope, Hit, Session, Verdict
 from ..store.errors import StoreError
 from ..store.learner import LearnerStore
@@ -252,7 +252,7 @@ class BayesCheck(Check):
         for chunk in envelope.message_chunks():
             digest.update(chunk)
             seen += len(chunk)
-            if seen >= MAX_DIGEST_INPUT:  # what the digest reads at most
+            if seen >= MAX_DIGEST_READ:  # what the digest reads at most
                 break
         return digest.hexdigest()
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal
 
 from ..config import load_config
 from ..learner.classifier import Counts
-from ..learner.tokenizer import MAX_DIGEST_INPUT, hashed_tokens, message_digest
+from ..learner.tokenizer import MAX_DIGEST_READ, hashed_tokens, message_digest
 from ..milter.offline import MessageRef, looks_like_message, sources
 from ..store.errors import StoreError
 from ..store.learner import LearnerStore
@@ -36,7 +36,7 @@ from . import config_parent, describe_failure, open_store, whole_number_arg
 
 #: Messages handed to a tokenizing process at once at most,
 BATCH = 16
-#: and bytes of messages (but always one message, up to MAX_DIGEST_INPUT bytes of it).
+#: and bytes of messages (but always one message, up to MAX_DIGEST_READ bytes of it).
 BATCH_BYTES = 4 * 1024 * 1024
 #: The most tokenizing processes ``--jobs`` asks for (a larger number made ProcessPoolExecutor raise OverflowError).
 MAX_JOBS = 256
@@ -94,8 +94,8 @@ def read_message(ref: MessageRef) -> bytes:
     """What learning reads of *ref*: only what :func:`prepare` reads (the digest's bytes; the tokens'
     are fewer).  UnreadableMessage when it cannot be read (a FIFO, a file gone) or is no mail message."""
     try:
-        raw = ref.start(MAX_DIGEST_INPUT)
-    except MemoryError:  # what is read is bounded, but 32 MB may still not fit: this message only
+        raw = ref.start(MAX_DIGEST_READ)
+    except MemoryError:  # what is read is bounded, but 65 MB may still not fit: this message only
         raise UnreadableMessage(f"{ref.label}: not enough memory to read it") from None
     except OSError as exc:  # a FIFO, a file gone (a Maildir's message expunged since the folder was listed)
         raise UnreadableMessage(f"{ref.label}: {exc.strerror or exc}") from None

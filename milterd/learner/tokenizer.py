@@ -49,8 +49,13 @@ MAX_TOKENS = 10000
 #: Of those, the header section's at most: 60 KB of words in one header field the sender wrote left no room for
 #: the body (a spam scoring BAYES_999 fell to BAYES_80).  The largest of the training mail has 2,600.
 MAX_HEADER_TOKENS = MAX_TOKENS // 2
-#: Bytes of a message that :func:`message_digest` reads at most.
+#: Bytes of a message's normalised body that :func:`message_digest` hashes at most: a cut of the
+#: normalised body falls at the same text in every copy (a cut of the bytes read fell elsewhere in a
+#: mailbox's LF copy than in the milter's CRLF one, or behind the trace fields delivery adds).
 MAX_DIGEST_INPUT = MAX_INPUT * 64
+#: Bytes of a message that :func:`message_digest` reads at most: room for a CRLF copy of a body
+#: :data:`MAX_DIGEST_INPUT` long and its headers.
+MAX_DIGEST_READ = MAX_DIGEST_INPUT * 2 + 1024 * 1024
 #: Bytes of the header section that are looked at.
 MAX_HEADER_SECTION = 64 * 1024
 #: Bytes of each of the fields a learned message is known by (Message-ID, Date, From) that are kept;
@@ -180,7 +185,7 @@ def message_digest(raw: bytes) -> str:
     # Hashed in pieces (MessageDigest): normalising the body whole made a list of its lines,
     # 30 times the message's size for short lines (1 GB and 5 s for 30 MB of them).
     digest = MessageDigest()
-    for start in range(0, min(len(raw), MAX_DIGEST_INPUT), _DIGEST_PIECE):
+    for start in range(0, min(len(raw), MAX_DIGEST_READ), _DIGEST_PIECE):
         digest.update(raw[start:start + _DIGEST_PIECE])
     return digest.hexdigest()
 
@@ -203,14 +208,14 @@ class _BodyHash:
     trailing whitespace on a copy of the hash (``_space``) kept only if text follows on the line."""
 
     def __init__(self, prefix: bytes) -> None:
-        self._hash = hashlib.sha256(prefix)
+        self._hash = _CappedHash(prefix)
         self._owed = 0
         self._line = b""  # the current line, while it is short
         self._long = False
         self._undecided = False  # a long line's start ('>' * _quotes + _after) may yet be a quoted "From "
         self._quotes = 0
         self._after = b""
-        self._space: hashlib._Hash | None = None  # the hash with the owed line ends and a long line's pending whitespace
+        self._space: _CappedHash | None = None  # the hash with the owed line ends and a long line's pending whitespace
 
     def update(self, data: bytes) -> None:
         """Hash the next piece of the body."""
@@ -304,10 +309,29 @@ class _BodyHash:
         self._owed += 1
 
     @staticmethod
-    def _feed_owed(target: hashlib._Hash, count: int) -> None:
+    def _feed_owed(target: _CappedHash, count: int) -> None:
         while count > 0:
             target.update(_NEWLINES[:count])
             count -= len(_NEWLINES)
+
+
+class _CappedHash:
+    """SHA-256 of the first :data:`MAX_DIGEST_INPUT` bytes fed after its prefix (a normalised body)."""
+
+    def __init__(self, prefix: bytes = b"", hashed: "hashlib._Hash | None" = None, room: int | None = None) -> None:
+        self._hash = hashed if hashed is not None else hashlib.sha256(prefix)
+        self._room = MAX_DIGEST_INPUT if room is None else room
+
+    def update(self, data: bytes) -> None:
+        if self._room > 0 and data:
+            self._hash.update(data[:self._room])
+            self._room -= min(len(data), self._room)
+
+    def copy(self) -> "_CappedHash":
+        return _CappedHash(hashed=self._hash.copy(), room=self._room)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 class _KeyFields:
@@ -364,7 +388,7 @@ class MessageDigest:
     """:func:`message_digest` of a message given piece by piece (``update``), in bounded memory:
     of the header section only the fields it reads are kept (:class:`_KeyFields`), the body is
     hashed as it comes.  The header section ends at the first blank line of the first
-    :data:`MAX_DIGEST_INPUT` bytes (:data:`_BLANK_LINE`, whatever the line ends)."""
+    :data:`MAX_DIGEST_READ` bytes (:data:`_BLANK_LINE`, whatever the line ends)."""
 
     def __init__(self) -> None:
         self._fields = _KeyFields()
@@ -374,7 +398,7 @@ class MessageDigest:
 
     def update(self, chunk: bytes) -> None:
         """Take the next piece of the message."""
-        chunk = chunk[:MAX_DIGEST_INPUT - self._seen]
+        chunk = chunk[:MAX_DIGEST_READ - self._seen]
         if not chunk:
             return
         if self._body is not None:

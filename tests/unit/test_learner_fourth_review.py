@@ -41,12 +41,12 @@ small_envelope = bayes_review.envelope
 def reference_digest(raw: bytes) -> str:
     """message_digest as it was written before it was hashed in pieces (the definition), its
     header section ending at the first blank line (LF, CRLF or mixed)."""
-    raw = raw[:tokenizer.MAX_DIGEST_INPUT]
+    raw = raw[:tokenizer.MAX_DIGEST_READ]
     blank = re.search(rb"\n\r?\n", raw)
     section, body = (raw[:blank.start()], raw[blank.end():]) if blank else (raw, b"")
     message_id = message_id_key(parse_headers(section))
     lines = tokenizer._QUOTED_FROM.sub(b"", body.replace(b"\r\n", b"\n")).rstrip().split(b"\n")
-    normalised = b"\n".join(line.rstrip() for line in lines)
+    normalised = b"\n".join(line.rstrip() for line in lines)[:tokenizer.MAX_DIGEST_INPUT]  # the normalised body is cut
     return hashlib.sha256(message_id.encode("utf-8", "replace") + b"\0" + normalised).hexdigest()
 
 
@@ -234,8 +234,11 @@ INLINE: list[InlineExecutor] = []
 def test_jobs_keep_a_bounded_amount_of_messages_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     # Before: 4 × N batches of 16 messages in flight whatever their size (--jobs 4 on a folder of
-    # 10 MB messages: 2.5 GB), and each message whole (the digest reads MAX_DIGEST_INPUT bytes).
+    # 10 MB messages: 2.5 GB), and each message whole (the digest reads MAX_DIGEST_READ bytes).
     monkeypatch.setattr(learn_command, "ProcessPoolExecutor", InlineExecutor)
+    read = 16 * 1024 * 1024  # what the digest reads at most, made smaller than the huge message
+    monkeypatch.setattr(tokenizer, "MAX_DIGEST_READ", read)
+    monkeypatch.setattr(learn_command, "MAX_DIGEST_READ", read)
     INLINE.clear()
     conf = configured(tmp_path)
     folder = tmp_path / "ham"
@@ -248,8 +251,8 @@ def test_jobs_keep_a_bounded_amount_of_messages_in_flight(tmp_path: Path, monkey
     assert main(["learn", "-c", str(conf), "--json", "--jobs", "2", "--ham", str(folder)]) == 0
     assert json.loads(capsys.readouterr().out)["learned"] == 25
     executor, = INLINE
-    assert max(executor.sizes) == tokenizer.MAX_DIGEST_INPUT  # what the digest reads: the rest stays on disk
-    assert executor.most <= 2 * learn_command.BATCH_BYTES + tokenizer.MAX_DIGEST_INPUT
+    assert max(executor.sizes) == read  # what the digest reads: the rest stays on disk
+    assert executor.most <= 2 * learn_command.BATCH_BYTES + read
     store = Store(DatabaseSection(url=f"sqlite:///{tmp_path / 's.sqlite'}"))
     try:
         assert LearnerStore(store.engine).label(message_digest((folder / "huge.eml").read_bytes())) == "ham"

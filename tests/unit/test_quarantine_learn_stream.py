@@ -82,14 +82,17 @@ def test_the_streamed_digest_on_random_messages(monkeypatch: pytest.MonkeyPatch)
     for _ in range(3000):
         monkeypatch.setattr(tokenizer, "_LINE_CAP", rng.choice([1, 2, 3, 5, 8, 64, 65536]))
         monkeypatch.setattr(tokenizer, "MAX_DIGEST_INPUT", rng.choice([5, 17, 40, 10**9]))
+        monkeypatch.setattr(tokenizer, "MAX_DIGEST_READ", rng.choice([5, 17, 40, 10**9]))
         monkeypatch.setattr(tokenizer, "MAX_HEADER_SECTION", rng.choice([3, 10, 65536]))
         raw = b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80)))
         assert message_digest_stream(cut(raw, rng)) == message_digest(raw), raw
 
 
 def test_the_streamed_digest_reads_what_message_digest_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past MAX_DIGEST_INPUT bytes nothing counts, as in message_digest (a bound made small here)."""
+    """Past MAX_DIGEST_INPUT bytes of the normalised body, or MAX_DIGEST_READ bytes read, nothing counts, as in
+    message_digest (bounds made small here)."""
     monkeypatch.setattr(tokenizer, "MAX_DIGEST_INPUT", 1000)
+    monkeypatch.setattr(tokenizer, "MAX_DIGEST_READ", 1000)
     for raw in (b"Message-ID: <cap@example.org>\n\n" + b"word\n" * 300, b"Message-ID: <cap@example.org>\n" + b"X: y\n" * 300 + b"\nbody\n"):
         digest = MessageDigest()
         for piece in pieces([raw], 64):

@@ -36,7 +36,7 @@ def learn(conf: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[i
 # --- 1. reading bounded; a MemoryError is one message's ----------------------------------
 def test_only_the_start_of_a_large_message_or_mbox_message_is_read(conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(learn_command, "MAX_DIGEST_INPUT", 64 * 1024)
+    monkeypatch.setattr(learn_command, "MAX_DIGEST_READ", 64 * 1024)
     config = load_config(conf)  # loaded beforehand: loading it allocates 16 MB for a moment
     monkeypatch.setattr(learn_command, "load_config", lambda path: config)
     big = b"x" * 79 + b"\n"
