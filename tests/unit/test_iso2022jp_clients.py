@@ -61,3 +61,16 @@ def test_the_codec_decodes_in_pieces_and_encodes_as_python() -> None:
     data = JIS + b"-!" + ASCII
     assert decoder.decode(data[:2]) + decoder.decode(data[2:], final=True) == "①"
     assert "日本".encode(iso2022jp.CODEC) == "日本".encode("iso2022_jp")
+
+
+def test_hostile_text_is_read_run_by_run() -> None:
+    """A second look: byte by byte in Python, a megabyte of such text took up to a second and hundreds of MB;
+    each run between designations is translated whole now (what is asserted is the reading, not the time)."""
+    assert decode_bytes(b"\x80" * 1000, "iso-2022-jp") == "\ufffd" * 1000
+    assert decode_bytes(b"\x1b$(D" + b"0!" * 500 + b"\x80", "iso-2022-jp") == (b"\x1b$(D" + b"0!" * 500).decode("iso2022_jp_1") + "\ufffd"
+    assert decode_bytes(b"\x1b$B \x00\x1b!\x1b(Bok", "iso-2022-jp") == " \x00\ufffd\ufffdok"  # ESC and a lone lead; (B still read
+    assert decode_bytes(b"\x1b(I1\x1b(B1" * 3, "iso-2022-jp") == "ｱ1" * 3
+    with pytest.raises(UnicodeDecodeError) as error:
+        (JIS + b"-!)!").decode(iso2022jp.CODEC)
+    assert (error.value.start, error.value.end) == (5, 7)
+    assert (JIS + b"-!)!").decode(iso2022jp.CODEC, "backslashreplace") == "①\\x29\\x21"
