@@ -212,10 +212,9 @@ class Pattern:
         """Whether *value* (a client name or an address) or *ip* matches."""
         if self.network is not None:
             return ip is not None and ip.version == self.network.version and ip in self.network
-        value = value.lower()
         if self.regex is not None:
-            return self.regex.search(value) is not None
-        value = _ascii_domain(value)
+            return self.regex.search(value.lower()) is not None
+        value = _ascii_domain(value).lower()
         text = self.text
         if self.kind == "client":
             if text.startswith("."):
@@ -272,13 +271,14 @@ def entry_value(kind: str, text: str) -> str:
     text = entry_text(kind, text)
     if len(text) > 2 and text.startswith("/") and text.endswith("/"):
         return text
-    return _ascii_domain(text.lower())
+    return _ascii_domain(text).lower()
 
 
 def _ascii_domain(text: str) -> str:
     """*text* (a client name, an address or a domain entry) with its domain's U-labels as A-labels, as Postfix
     passes verified client names and as DNS knows the domain: ``@bücher.example`` matches mail from
-    ``xn--bcher-kva.example`` and the other way round."""
+    ``xn--bcher-kva.example`` and the other way round.  The domain's case is folded by
+    :func:`~milterd.dns.domain_name` (``str.lower`` makes a final Σ a ς: another domain)."""
     if text.isascii():
         return text
     head, at, domain = text.rpartition("@")

@@ -104,11 +104,12 @@ def stored_networks(text: str, config: Config) -> list[str]:
     except ValueError:
         return [text.lower()]
     netmask = config.greylist.netmask_v4 if network.version == 4 else config.greylist.netmask_v6
+    # The network as written too: triplets stored under an earlier netmask keep theirs until they expire.
     if network.prefixlen >= netmask:
-        return [str(network.supernet(new_prefix=netmask))]
+        return sorted({str(network), str(network.supernet(new_prefix=netmask))})
     if netmask - network.prefixlen > MAX_NETWORKS.bit_length() - 1:
         raise ValueError(f"{text} holds more than {MAX_NETWORKS} client networks of /{netmask}: name a narrower one")
-    return [str(subnet) for subnet in network.subnets(new_prefix=netmask)]
+    return [str(network), *(str(subnet) for subnet in network.subnets(new_prefix=netmask))]
 
 
 def _json_value(value: Any) -> Any:

@@ -26,6 +26,8 @@ IP = ipaddress.ip_address("192.0.2.10")
     ("recipient", "<vip@dest.example>", "vip@dest.example"),
     ("sender", "<Boss@dest.example>", "boss@dest.example"),
     ("recipient", "vip@bücher.example", "vip@xn--bcher-kva.example"),
+    ("sender", "@mail.ΤΕΣΤΣ", "a@mail.τεστσ"),  # case folded letter by letter: a final Σ is σ, not ς (a second look)
+    ("sender", "@mail.ΤΕΣΤΣ", "a@mail.xn--qxa2aabc"),
 ])
 def test_an_entry_matches_what_postfix_passes(kind: str, entry: str, value: str) -> None:
     assert compile_pattern(kind, entry).matches(value, IP)
@@ -35,6 +37,7 @@ def test_an_entry_matches_what_postfix_passes(kind: str, entry: str, value: str)
     ("sender", "@bücher.example", "a@xn--bcher-kva.example.evil"),
     ("client", ".bücher.example", "xn--bcher-kva.example.evil"),
     ("recipient", "<vip@dest.example>", "vip@dest.example.evil"),
+    ("sender", "@mail.ΤΕΣΤΣ", "a@mail.xn--qxa0accc"),  # mail.τεστς: another domain
 ])
 def test_an_entry_still_matches_only_its_domain(kind: str, entry: str, value: str) -> None:
     assert not compile_pattern(kind, entry).matches(value, IP)
@@ -109,3 +112,14 @@ def test_an_empty_client_is_refused_not_a_purge_of_everything_expired(tmp_path: 
     for command in ("purge", "list"):
         assert main(["greylist", command, "-c", str(conf), "--client", ""]) == 2
     assert networks_left(conf) == ["198.51.100.0/24"]
+
+
+def test_triplets_stored_under_an_earlier_netmask_are_still_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second look: a network was always rewritten to the current netmask, so the triplets stored under
+    an earlier one (kept until they expire) could no longer be listed or purged by their own network."""
+    from milterd.cli import main
+
+    conf = greylisted(tmp_path, ["203.0.114.7"])
+    conf.write_text(conf.read_text() + "netmask_v4 = 26\n")
+    assert main(["greylist", "purge", "-c", str(conf), "--client", "203.0.114.0/24"]) == 0  # stored at /24, now /26
+    assert "deleted 1 triplet" in capsys.readouterr().out
