@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Iterable, Mapping
 
 from .checks import Check, attachments, clamav, discover
 from .checks import spamassassin as spamd
+from .checks.bayes import SKIPPED_CONFIDENT, confident
 from .checks.spamassassin import SPAMASSASSIN
 from .config import ActionsSection, Config, MilterSection
 from .message.model import Action, Hit
@@ -349,9 +350,13 @@ def fixed_scores(symbols: Mapping[str, Any], fixed: AbstractSet[str] = FIXED_ZER
     return {name for name in symbols if name in HIT_SCORED or name in fixed or (bool(prefixes) and name.startswith(prefixes))}
 
 
+#: ``[learner] skip_spamd_above`` and ``skip_spamd_below``: the bounds beyond which spamd was skipped.
+SkipBounds = tuple[float | bool, float | bool]
+
+
 def rescore(
     row: Mapping[str, Any], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection, fixed: AbstractSet[str] = FIXED_ZERO,
-    delimiters: str = "", may_force: AbstractSet[str] = MAY_FORCE,
+    delimiters: str = "", may_force: AbstractSet[str] = MAY_FORCE, skip_bounds: SkipBounds | None = None,
 ) -> Rescored:
     """*row* with the symbols of *weights* re-weighted (but for :func:`fixed_scores` with *fixed*) and the thresholds of *actions*.
 
@@ -359,7 +364,9 @@ def rescore(
     reaches a more severe threshold action: the milter takes the more severe of the two.  A row
     of an unscored message (trusted or authenticated client, spam_lovers' with *delimiters*: :func:`unscored`)
     keeps its action; one whose action its score chose, unscored with the settings now, takes accept (what no
-    threshold chooses).  *may_force*: the symbols whose hit may have forced an action (:func:`forcing_symbols`)."""
+    threshold chooses).  *may_force*: the symbols whose hit may have forced an action (:func:`forcing_symbols`).
+    A row whose spamd was skipped as confident (SPAMD_SKIPPED_CONFIDENT) that the new weights would no longer
+    leave beyond *skip_bounds* keeps its action: spamd would be asked, and what it says is not known."""
     logged = row.get("symbols") or {}
     may_force = may_force | forced_whatever_configured(row)
     fixed_names = fixed_scores(logged, fixed)
@@ -384,6 +391,8 @@ def rescore(
     if unexplained:
         # Re-scored, it would move by what its symbols do not account for, not by the changes asked.
         return Rescored(row, old_action, old_action, old_score, verdict.score, why="unexplained")
+    if skip_bounds is not None and SKIPPED_CONFIDENT in logged and not confident(verdict.score, True, *skip_bounds):
+        return Rescored(row, old_action, old_action, old_score, verdict.score, why="spamd_unknown")
     new_action = verdict.action.label
     # A forced action the score matched is named as the reason, and none is milder than quarantine:
     # only a score action above quarantine can hide one, and only a lower new action would undo it.
@@ -412,6 +421,8 @@ class WhatIfReport:
     kept_may_force: Counter[str] = field(default_factory=Counter)
     #: Rows kept because their symbols do not add up to their logged score, by action.
     unexplained: Counter[str] = field(default_factory=Counter)
+    #: Rows whose spamd was skipped as confident and would not be now, by action: spamd's part is not known.
+    spamd_unknown: Counter[str] = field(default_factory=Counter)
     changes: Counter[tuple[str, str]] = field(default_factory=Counter)
     examples: dict[tuple[str, str], list[Rescored]] = field(default_factory=dict)
     after: Counter[str] = field(default_factory=Counter)
@@ -443,6 +454,7 @@ class WhatIfReport:
             "kept_forced": dict(self.kept),
             "kept_may_be_forced": dict(self.kept_may_force),
             "kept_unexplained": dict(self.unexplained),
+            "kept_spamd_unknown": dict(self.spamd_unknown),
             "unknown_symbols": dict(self.unknown.most_common()),
             "before": dict(self.before),
             "after": dict(self.after),
@@ -477,7 +489,7 @@ def _example(item: Rescored) -> dict[str, Any]:
 def whatif(
     rows: Iterable[Mapping[str, Any]], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection,
     known: AbstractSet[str] | None = None, current: ActionsSection | None = None, greylist_mode: str = "score",
-    delimiters: str = "", may_force: AbstractSet[str] = MAY_FORCE,
+    delimiters: str = "", may_force: AbstractSet[str] = MAY_FORCE, skip_bounds: SkipBounds | None = None,
 ) -> WhatIfReport:
     """Re-score every row; count the messages whose action would change, by (from, to).
 
@@ -489,14 +501,14 @@ def whatif(
     Deferred attempts are counted apart (:attr:`WhatIfReport.deferred`), as :func:`log_stats` does;
     *greylist_mode* (``[greylist] mode``) says which symbols have a fixed score (:func:`not_weighted`); *delimiters*
     (``[checks.local_domains] recipient_delimiter``) which recipients are spam_lovers (:func:`unscored`); *may_force*
-    which hits may have forced an action (:func:`forcing_symbols`)."""
+    which hits may have forced an action (:func:`forcing_symbols`); *skip_bounds* the tiers' bounds (:func:`rescore`)."""
     report = WhatIfReport()
     fixed = frozenset(not_weighted(greylist_mode))
     for row in rows:
         if deferred_attempt(row):
             report.deferred[str(row.get("action"))] += 1
             continue
-        item = rescore(row, weights, actions, milter, fixed, delimiters, may_force)
+        item = rescore(row, weights, actions, milter, fixed, delimiters, may_force, skip_bounds)
         if known is not None:
             report.unknown.update(name for name in (row.get("symbols") or {}) if name not in known)
         report.messages += 1
@@ -506,13 +518,15 @@ def whatif(
             report.kept_may_force[item.old_action] += 1
         elif item.why == "unexplained":
             report.unexplained[item.old_action] += 1
+        elif item.why == "spamd_unknown":
+            report.spamd_unknown[item.old_action] += 1
         elif item.kept:
             report.kept[item.old_action] += 1
         elif item.new_action != item.old_action:
             key = (item.old_action, item.new_action)
             report.changes[key] += 1
             # Only the rows that change are re-scored twice: most rows do not.
-            if current is not None and rescore(row, {}, current, milter, fixed, delimiters, may_force).new_action != item.old_action:
+            if current is not None and rescore(row, {}, current, milter, fixed, delimiters, may_force, skip_bounds).new_action != item.old_action:
                 report.unasked[key] += 1
             examples = report.examples.setdefault(key, [])
             if len(examples) < EXAMPLES:

@@ -30,6 +30,7 @@ import time
 from typing import TYPE_CHECKING, ClassVar
 
 from ..message.model import Envelope, Hit, Session, SpoolError
+from ..message.policy import score_hits
 from ..message.reply import Reply
 from ..scanners import ScannerError
 from ..scanners.cache import ResultCache, content_key
@@ -114,7 +115,9 @@ class SpamAssassinCheck(ScannerCheck):
         if not tiers_enabled(learner):
             return None
         hits = [h for h in session.hits if h.action is None] + envelope.hits
-        score = sum(h.score if h.score is not None else self.services.weight(h.symbol) for h in hits)
+        # Counted as the verdict counts it, each symbol once: a DNS list hit returned at CONNECT and again at
+        # MAIL FROM ([checks.dnsbl] delay_reject = false) had counted twice, and skipped spamd below the bound.
+        score = round(sum(score_hits(hits, self.services.weight)[0].values()), 2)
         spoke = any(h.symbol.startswith("BAYES_") and h.symbol != "BAYES_ERROR" for h in envelope.hits)
         return score if confident(score, spoke, learner.skip_spamd_above, learner.skip_spamd_below) else None
 

@@ -219,7 +219,8 @@ def run_whatif(args: argparse.Namespace) -> int:
     changed = with_action_changes(config, action_changes)
     report = _from_log(lambda: whatif(_rows(args, config), weights, changed.actions, config.milter, known=set(services.symbols) | PIPELINE_SYMBOLS,
                                       current=config.actions, greylist_mode=config.greylist.mode,
-                                      delimiters=config.checks.local_domains.recipient_delimiter, may_force=forcing_symbols(config)))
+                                      delimiters=config.checks.local_domains.recipient_delimiter, may_force=forcing_symbols(config),
+                                      skip_bounds=(config.learner.skip_spamd_above, config.learner.skip_spamd_below)))
     if report is None:
         return 1
     if args.json:
@@ -256,4 +257,8 @@ def run_whatif(args: argparse.Namespace) -> int:
         kept = _counted(report.unexplained.most_common())
         print(f"kept as they were (their symbols do not add up to their logged score, as in rows of an older version; "
               f"they cannot be re-scored): {kept}")
+    if report.spamd_unknown:
+        kept = _counted(report.spamd_unknown.most_common())
+        print(f"kept as they were (spamd was skipped as confident, and with these changes would be asked: what it would "
+              f"add is not known): {kept}")
     return 0
