@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import grp
 import logging
@@ -1199,8 +1200,21 @@ MAINTENANCE_NAME = "milterd-maint"
 it is told apart from the workers, which keep the interpreter's name."""
 
 
+#: prctl(2)'s option that names the calling thread (the process, called from its main thread).
+PR_SET_NAME = 15
+
+
 def name_process(name: str) -> None:
-    """Set this process's name as ``ps`` and ``pgrep`` show it (Linux's /proc/self/comm, 15 bytes)."""
+    """Set this process's name as ``ps`` and ``pgrep`` show it (Linux's comm, 15 bytes).
+
+    By prctl(2), which needs no permission: /proc/self/comm is root's in a process that dropped root
+    (not dumpable after setuid), and the maintenance process stayed "python" under ``[milter] user``."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_NAME, ctypes.c_char_p(name[:15].encode("ascii")), 0, 0, 0) == 0:
+            return
+    except (OSError, AttributeError):  # no libc prctl (not Linux): try /proc
+        pass
     try:
         with open("/proc/self/comm", "w", encoding="ascii") as comm:
             comm.write(name[:15])

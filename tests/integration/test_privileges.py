@@ -235,3 +235,44 @@ def test_the_socket_in_a_directory_milterd_made_is_removed_at_sigterm(open_tmp: 
             assert path.parent.stat().st_uid == 0, path
         finally:
             assert other.stop() == 0
+
+
+def test_the_maintenance_child_is_named_after_the_drop(open_tmp: Path) -> None:
+    """A review (thirty-first session): after setuid a process is not dumpable and /proc/self/comm is root's,
+    so the maintenance child of a milterd running as ``[milter] user`` stayed "python" in ``ps``, not
+    milterd-maint as the README says.  Holding SQLite's write lock keeps the child waiting, to be seen."""
+    import sqlite3
+    import subprocess
+    import time
+
+    from milterd.milter.supervisor import MAINTENANCE_NAME
+
+    data = open_tmp / "lib"
+    data.mkdir()
+    shutil.chown(data, USER, GROUP)
+    milterd = Milterd(open_tmp / "m", {"milter": {"user": USER, "group": GROUP, "workers": 1},
+                                       "database": {"url": f"sqlite:///{data / 'milterd.sqlite'}"}}).start()
+    try:
+        assert milterd.process is not None
+        holder = sqlite3.connect(data / "milterd.sqlite", timeout=30, isolation_level=None)
+        names: dict[int, str] = {}
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            deadline = time.monotonic() + 30  # the first maintenance round is 5 s after start
+            while MAINTENANCE_NAME not in names.values() and time.monotonic() < deadline:
+                out = subprocess.run(["pgrep", "-P", str(milterd.process.pid)], capture_output=True, text=True).stdout
+                for pid in map(int, out.split()):
+                    if pid not in milterd.workers():
+                        try:
+                            names[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+                        except OSError:
+                            pass
+                time.sleep(0.2)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert MAINTENANCE_NAME in names.values(), (names, milterd.stderr()[-2000:])
+        [maintainer] = [pid for pid, name in names.items() if name == MAINTENANCE_NAME]
+        assert maintainer not in milterd.workers()
+    finally:
+        milterd.stop()
