@@ -457,7 +457,10 @@ def _hidden_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], limits
     if budget.hidden_bytes <= 0 or budget.hidden_headers <= 0:
         return  # spent on the attachment's other zips, and said so once
     end = data.seek(0, os.SEEK_END)
-    taken = sorted([(archive.start_dir, end), *(_member_extent(data, info) for info in archive.infolist())])  # the directory and after it: no member
+    # The directory and after it: no member.  Each extent within the file: a directory may put an offset past its
+    # end (up to 2**64 with ZIP64), and the search below, moving one byte a read of nothing, ran to it for hours.
+    extents = [(archive.start_dir, end), *(_member_extent(data, info) for info in archive.infolist())]
+    taken = sorted((min(max(start, 0), end), min(max(stop, 0), end)) for start, stop in extents)
     referenced = {info.header_offset for info in archive.infolist()}
     listed = {(entry.path, entry.head) for entry in listing.entries}  # a directory that lies about offsets: each once
     at = 0
@@ -465,6 +468,8 @@ def _hidden_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], limits
         while at < start and budget.hidden_bytes > 0 and budget.hidden_headers > 0 and budget.members > 0:
             data.seek(at)
             block = data.read(min(start - at, _HIDDEN_WINDOW) + 3)
+            if not block:
+                break  # the file's end: nothing more to search
             budget.hidden_bytes -= len(block)
             found = block.find(_LOCAL_SIGNATURE)
             if found < 0 or at + found >= start:
