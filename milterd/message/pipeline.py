@@ -94,6 +94,7 @@ class Pipeline:
         self._by_stage: dict[Stage, list[Check]] = {stage: [c for c in self.checks if stage in c.stages()] for stage in Stage}
         self._executor = ThreadPoolExecutor(max_workers=EOM_THREADS, thread_name_prefix="eom")
         self._running: dict[int, float] = {}  # a pooled check call → when it started (monotonic): :meth:`wedged`
+        self._running_here: dict[int, float] = {}  # the same of a check run in a milter thread
         self._running_lock = threading.Lock()
         self._tokens = itertools.count()
         self._trusted = [ipaddress.ip_network(net, strict=False) for net in self.config.milter.trusted_networks]
@@ -445,16 +446,16 @@ class Pipeline:
         *progress* every :data:`PROGRESS_EVERY` seconds; the checks still queued
         then are cancelled, those still running are left to finish unheard, and
         an ``EOM_TIMEOUT`` hit tempfails the message.  A check running in this
-        thread is bounded by its own timeouts only.
+        thread is bounded by its own timeouts only, and by :meth:`wedged`.
         """
-        if len(checks) == 1:  # one check runs in this thread whether it may wait or not (below): no bookkeeping
-            return self._call(checks[0], session, lambda c: c.on_eom(session, envelope))
+        if len(checks) == 1:  # one check runs in this thread whether it may wait or not (below): no pool
+            return self._here(checks[0], session, lambda c: c.on_eom(session, envelope))
         waits = [self._waits(check, envelope) for check in checks]
         waiting = [i for i, wait in enumerate(waits) if wait]
         pooled = waiting[:-1] if len(waiting) < len(checks) else list(range(len(checks) - 1))
         futures = {i: self._executor.submit(self._pooled, checks[i], session, lambda c: c.on_eom(session, envelope)) for i in pooled}
         here = [i for i in range(len(checks)) if i not in futures]
-        results = {i: self._call(checks[i], session, lambda c: c.on_eom(session, envelope)) for i in sorted(here, key=lambda i: waits[i])}
+        results = {i: self._here(checks[i], session, lambda c: c.on_eom(session, envelope)) for i in sorted(here, key=lambda i: waits[i])}
         late = _await(list(futures.values()), deadline, progress)
         for i, future in futures.items():
             results[i] = [] if future in late else future.result()
@@ -676,20 +677,31 @@ class Pipeline:
 
     def _pooled(self, check: Check, session: Session, call: Callable[[Check], Hits]) -> list[Hit]:
         """:meth:`_call` in a thread of the end-of-message pool, its start kept for :meth:`wedged`."""
+        return self._tracked(self._running, check, session, call)
+
+    def _here(self, check: Check, session: Session, call: Callable[[Check], Hits]) -> list[Hit]:
+        """:meth:`_call` at end of message in the milter's thread, its start kept for :meth:`wedged`."""
+        return self._tracked(self._running_here, check, session, call)
+
+    def _tracked(self, running: dict[int, float], check: Check, session: Session, call: Callable[[Check], Hits]) -> list[Hit]:
         token = next(self._tokens)
         with self._running_lock:
-            self._running[token] = time.monotonic()
+            running[token] = time.monotonic()
         try:
             return self._call(check, session, call)
         finally:
             with self._running_lock:
-                del self._running[token]
+                del running[token]
 
     def wedged(self) -> bool:
-        """Whether every end-of-message thread has been held for more than twice :attr:`eom_budget` (checks stuck
-        in calls that never return): each later message that needs one would wait its whole budget for a 451."""
+        """Whether checks are stuck in calls that never return: every end-of-message thread held for more than
+        twice :attr:`eom_budget` (each later message that needs one would wait its whole budget for a 451), or one
+        check that long in a milter thread (Postfix gave up on it long before; a loop there burns the worker's CPU,
+        and its interpreter, for good: only a new worker ends it)."""
         started_before = time.monotonic() - 2 * self.eom_budget
         with self._running_lock:
+            if any(started < started_before for started in self._running_here.values()):
+                return True
             return sum(1 for started in self._running.values() if started < started_before) >= EOM_THREADS
 
     def shutdown(self) -> None:

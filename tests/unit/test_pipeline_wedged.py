@@ -36,3 +36,39 @@ def test_every_eom_thread_held_past_twice_the_budget_is_wedged(tmp_path: Path) -
     for future in held:
         assert future.result(10) == []
     assert not pipeline.wedged() and pipeline._running == {}  # noqa: SLF001
+
+
+def test_one_check_held_in_a_milter_thread_past_twice_the_budget_is_wedged(tmp_path: Path) -> None:
+    """Thirty-first session's fuzzing: a zip made the attachments check loop for hours in the milter's own
+    thread, where no end-of-message budget reaches and the heartbeat went on; such a worker is wedged now."""
+    from typing import ClassVar
+
+    from milterd.checks import Check, Hits
+    from milterd.message.model import Envelope, Spool
+
+    release = threading.Event()
+
+    class Looping(Check):
+        name: ClassVar[str] = "test_looping"
+
+        def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+            release.wait(30)
+            return []
+
+    down = f"tcp:127.0.0.1:{free_port()}"
+    pipeline = scanner_pipeline(tmp_path, down, down)
+    session = Session(client_addr="192.0.2.1")
+    milter_thread = threading.Thread(target=pipeline._eom_tier, args=(session, Envelope(spool=Spool(1024)), [Looping(pipeline.services)]))  # noqa: SLF001
+    try:
+        pipeline.eom_budget = 3600.0
+        milter_thread.start()
+        while not pipeline._running_here:  # noqa: SLF001 - the check started
+            threading.Event().wait(0.01)
+        assert not pipeline.wedged()  # held, but not for twice the budget
+        pipeline.eom_budget = 0.0
+        assert pipeline.wedged()
+    finally:
+        release.set()
+        milter_thread.join(10)
+        pipeline.shutdown()
+    assert not pipeline.wedged() and pipeline._running_here == {}  # noqa: SLF001
