@@ -456,6 +456,9 @@ class LearnerStore:
                         return "already"
                     previous = "ham" if label == "spam" else "spam"
                     if not connection.execute(_RELABEL, {"key": digest, "previous": previous, "label": label, "time": when}).rowcount:
+                        # Learned again with its label: its time is renewed, so that the digest bound (max_learned,
+                        # oldest first) keeps what an administrator keeps teaching (a nightly learn of a Junk folder).
+                        connection.execute(_RELABEL, {"key": digest, "previous": label, "label": label, "time": when})
                         return "already"
                 # A move counts the new label first: the upsert takes (and makes) the rows in token
                 # order, and the decrement then changes only rows this transaction holds.  The two

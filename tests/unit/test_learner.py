@@ -481,3 +481,19 @@ def test_forward_jobs_learn_only_earlier_blocks() -> None:
     for fold, learn, judge in jobs:
         assert [p for _, p in judge] == [str(paths[2 * fold]), str(paths[2 * fold + 1])]
         assert [p for _, p in learn] == [str(p) for p in paths[: 2 * fold]]
+
+
+def test_learning_again_renews_a_digest_so_the_bound_keeps_it(repo: LearnerStore) -> None:
+    """A review (thirty-first session): learning a message again with its label left its digest's time as it
+    was, so a nightly `learn --spam Junk/` saw its oldest digests dropped past max_learned, and those messages
+    then counted again.  Auto-learning (move=False) renews nothing: it is no administrator's teaching."""
+    import datetime as dt
+
+    tokens = [token_hash("renewed")]
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    assert repo.learn("old", tokens, "spam", now=start) == "learned"
+    assert repo.learn("newer", tokens, "spam", now=start + dt.timedelta(days=1)) == "learned"
+    assert repo.learn("old", tokens, "spam", now=start + dt.timedelta(days=2)) == "already"
+    assert repo.drop_learned(1) == 1
+    assert repo.learn("old", tokens, "spam", now=start + dt.timedelta(days=3)) == "already"  # kept: not counted again
+    assert repo.totals() == cl.Counts(spam=2, ham=0)
