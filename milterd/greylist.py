@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
-from .dns import domain_name
+from .dns import domain_name, fold_case
 from .patterns import IGNORECASE, AdminPattern, PatternError
 from .text import storable
 
@@ -112,7 +112,7 @@ def normalise_sender(sender: str) -> str:
     ``alice+list-42@example.org`` (a plus tag) all become ``alice@example.org``.
     The null sender stays empty.
     """
-    address = sender.strip().strip("<>").lower()
+    address = fold_case(sender.strip().strip("<>"))  # letter by letter: str.lower makes a final Σ a ς, another domain
     if "@" not in address:
         return address
     # BATV, then SRS, then BATV again: a forwarder rewrites a BATV-tagged sender with SRS

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from .. import greylist as gl
 from ..config import ConfigError
+from ..dns import fold_case
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.policy import GreylistStatus, greylist_reply
 from ..message.reply import Reply
@@ -399,7 +400,7 @@ class Greylist(Check):
         stored = self._stored_whitelist(envelope)
         whitelist = self.whitelist if stored is None else self.whitelist.extend(stored)
         # The sender as written too: "@fwd.example" whitelists an SRS forwarder's rewrites, "/^prvs=/" BATV senders.
-        written = envelope.sender.strip().strip("<>").lower()
+        written = fold_case(envelope.sender.strip().strip("<>"))
         entry = (whitelist.client(session.client_addr, session.client_name) or whitelist.sender(sender) or whitelist.sender(written)
                  or whitelist.recipient(recipient))
         if entry:

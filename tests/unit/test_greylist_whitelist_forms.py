@@ -123,3 +123,13 @@ def test_triplets_stored_under_an_earlier_netmask_are_still_named(tmp_path: Path
     conf.write_text(conf.read_text() + "netmask_v4 = 26\n")
     assert main(["greylist", "purge", "-c", str(conf), "--client", "203.0.114.0/24"]) == 0  # stored at /24, now /26
     assert "deleted 1 triplet" in capsys.readouterr().out
+
+
+def test_a_sender_is_case_folded_as_its_entry_is() -> None:
+    """A second look: the sender the check compares was lowered by str.lower (a final Σ made ς) while the
+    entry was folded letter by letter, so @ΚΑΦΕΣ-shop.example no longer whitelisted its own domain's mail."""
+    from milterd import greylist as gl
+
+    whitelist = gl.Whitelist.build([("sender", "@ΚΑΦΕΣ-shop.example")])
+    assert gl.normalise_sender("<alice@ΚΑΦΕΣ-shop.example>") == "alice@καφεσ-shop.example"
+    assert whitelist.sender(gl.normalise_sender("<alice@ΚΑΦΕΣ-shop.example>"))
