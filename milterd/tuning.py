@@ -350,13 +350,27 @@ def fixed_scores(symbols: Mapping[str, Any], fixed: AbstractSet[str] = FIXED_ZER
     return {name for name in symbols if name in HIT_SCORED or name in fixed or (bool(prefixes) and name.startswith(prefixes))}
 
 
-#: ``[learner] skip_spamd_above`` and ``skip_spamd_below``: the bounds beyond which spamd was skipped.
-SkipBounds = tuple[float | bool, float | bool]
+@dataclass(frozen=True)
+class SpamdSkip:
+    """The tiers' bounds (``[learner] skip_spamd_above`` and ``skip_spamd_below``) and the symbols that are only
+    counted after the tiers decided (meta rules: ``on_symbols``), which the score before spamd leaves out."""
+
+    above: float | bool
+    below: float | bool
+    after: frozenset[str] = frozenset()
+
+    def asks_spamd(self, symbols: Mapping[str, float]) -> bool:
+        """Whether a row whose spamd was skipped as confident (SPAMD_SKIPPED_CONFIDENT), with these (re-weighted)
+        *symbols*, would have spamd asked now: its score before spamd is no longer beyond a bound."""
+        if SKIPPED_CONFIDENT not in symbols:
+            return False
+        before = sum(score for name, score in symbols.items() if name not in self.after)
+        return not confident(before, True, self.above, self.below)
 
 
 def rescore(
     row: Mapping[str, Any], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection, fixed: AbstractSet[str] = FIXED_ZERO,
-    delimiters: str = "", may_force: AbstractSet[str] = MAY_FORCE, skip_bounds: SkipBounds | None = None,
+    delimiters: str = "", may_force: AbstractSet[str] = MAY_FORCE, spamd_skip: SpamdSkip | None = None,
 ) -> Rescored:
     """*row* with the symbols of *weights* re-weighted (but for :func:`fixed_scores` with *fixed*) and the thresholds of *actions*.
 
@@ -365,8 +379,9 @@ def rescore(
     of an unscored message (trusted or authenticated client, spam_lovers' with *delimiters*: :func:`unscored`)
     keeps its action; one whose action its score chose, unscored with the settings now, takes accept (what no
     threshold chooses).  *may_force*: the symbols whose hit may have forced an action (:func:`forcing_symbols`).
-    A row whose spamd was skipped as confident (SPAMD_SKIPPED_CONFIDENT) that the new weights would no longer
-    leave beyond *skip_bounds* keeps its action: spamd would be asked, and what it says is not known."""
+    A row whose spamd was skipped as confident (SPAMD_SKIPPED_CONFIDENT) whose action the changes would move and
+    that they would no longer leave beyond *spamd_skip*'s bounds keeps its action: spamd would be asked, and
+    what it says is not known."""
     logged = row.get("symbols") or {}
     may_force = may_force | forced_whatever_configured(row)
     fixed_names = fixed_scores(logged, fixed)
@@ -380,6 +395,8 @@ def rescore(
             return Rescored(row, old_action, old_action, old_score, verdict.score, why="forced")
         if unexplained:
             return Rescored(row, old_action, old_action, old_score, verdict.score, why="unexplained")
+        if spamd_skip is not None and spamd_skip.asks_spamd(symbols):
+            return Rescored(row, old_action, old_action, old_score, verdict.score, why="spamd_unknown")
         return Rescored(row, old_action, verdict.action.label, old_score, verdict.score)
     if unscored(row, milter, delimiters, local=False):
         # Scored when logged, no longer with the settings now (spam_lovers or trusted_networks added since): only
@@ -391,9 +408,9 @@ def rescore(
     if unexplained:
         # Re-scored, it would move by what its symbols do not account for, not by the changes asked.
         return Rescored(row, old_action, old_action, old_score, verdict.score, why="unexplained")
-    if skip_bounds is not None and SKIPPED_CONFIDENT in logged and not confident(verdict.score, True, *skip_bounds):
-        return Rescored(row, old_action, old_action, old_score, verdict.score, why="spamd_unknown")
     new_action = verdict.action.label
+    if new_action != old_action and spamd_skip is not None and spamd_skip.asks_spamd(symbols):
+        return Rescored(row, old_action, old_action, old_score, verdict.score, why="spamd_unknown")
     # A forced action the score matched is named as the reason, and none is milder than quarantine:
     # only a score action above quarantine can hide one, and only a lower new action would undo it.
     if may_force & logged.keys() and Action.QUARANTINE < _severity(old_action) and _severity(new_action) < _severity(old_action):
@@ -489,7 +506,7 @@ def _example(item: Rescored) -> dict[str, Any]:
 def whatif(
     rows: Iterable[Mapping[str, Any]], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection,
     known: AbstractSet[str] | None = None, current: ActionsSection | None = None, greylist_mode: str = "score",
-    delimiters: str = "", may_force: AbstractSet[str] = MAY_FORCE, skip_bounds: SkipBounds | None = None,
+    delimiters: str = "", may_force: AbstractSet[str] = MAY_FORCE, spamd_skip: SpamdSkip | None = None,
 ) -> WhatIfReport:
     """Re-score every row; count the messages whose action would change, by (from, to).
 
@@ -501,14 +518,14 @@ def whatif(
     Deferred attempts are counted apart (:attr:`WhatIfReport.deferred`), as :func:`log_stats` does;
     *greylist_mode* (``[greylist] mode``) says which symbols have a fixed score (:func:`not_weighted`); *delimiters*
     (``[checks.local_domains] recipient_delimiter``) which recipients are spam_lovers (:func:`unscored`); *may_force*
-    which hits may have forced an action (:func:`forcing_symbols`); *skip_bounds* the tiers' bounds (:func:`rescore`)."""
+    which hits may have forced an action (:func:`forcing_symbols`); *spamd_skip* the tiers' bounds (:func:`rescore`)."""
     report = WhatIfReport()
     fixed = frozenset(not_weighted(greylist_mode))
     for row in rows:
         if deferred_attempt(row):
             report.deferred[str(row.get("action"))] += 1
             continue
-        item = rescore(row, weights, actions, milter, fixed, delimiters, may_force, skip_bounds)
+        item = rescore(row, weights, actions, milter, fixed, delimiters, may_force, spamd_skip)
         if known is not None:
             report.unknown.update(name for name in (row.get("symbols") or {}) if name not in known)
         report.messages += 1
@@ -526,7 +543,7 @@ def whatif(
             key = (item.old_action, item.new_action)
             report.changes[key] += 1
             # Only the rows that change are re-scored twice: most rows do not.
-            if current is not None and rescore(row, {}, current, milter, fixed, delimiters, may_force, skip_bounds).new_action != item.old_action:
+            if current is not None and rescore(row, {}, current, milter, fixed, delimiters, may_force, spamd_skip).new_action != item.old_action:
                 report.unasked[key] += 1
             examples = report.examples.setdefault(key, [])
             if len(examples) < EXAMPLES:

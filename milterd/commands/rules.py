@@ -18,13 +18,14 @@ import json
 import sys
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
+from ..checks.custom import CustomRules
 from ..config import Config, ConfigError, load_config
 from ..message.policy import PIPELINE_SYMBOLS, unreachable_thresholds
 from ..options import finite
 from ..ruleset import is_shipped
 from ..services import Services, build
 from ..text import escape
-from ..tuning import forcing_symbols, json_safe, log_stats, not_weighted, symbol_table, symbols_toml, whatif
+from ..tuning import SpamdSkip, forcing_symbols, json_safe, log_stats, not_weighted, symbol_table, symbols_toml, whatif
 from . import config_parent, describe_failure, open_store, since_arg
 
 T = TypeVar("T")
@@ -211,6 +212,11 @@ def with_action_changes(config: Config, changes: dict[str, Any]) -> Config:
         raise ConfigError("--set", f"actions.{key}" if key != exc.key else "actions", exc.reason) from None
 
 
+def _metas(services: Services) -> frozenset[str]:
+    """The meta rules' names: counted after the tiers decided whether to ask spamd."""
+    return frozenset(rule.name for check in services.checks if isinstance(check, CustomRules) for rule in check.metas)
+
+
 def run_whatif(args: argparse.Namespace) -> int:
     """Re-score the log and print what would change."""
     services = _services(args)
@@ -220,7 +226,7 @@ def run_whatif(args: argparse.Namespace) -> int:
     report = _from_log(lambda: whatif(_rows(args, config), weights, changed.actions, config.milter, known=set(services.symbols) | PIPELINE_SYMBOLS,
                                       current=config.actions, greylist_mode=config.greylist.mode,
                                       delimiters=config.checks.local_domains.recipient_delimiter, may_force=forcing_symbols(config),
-                                      skip_bounds=(config.learner.skip_spamd_above, config.learner.skip_spamd_below)))
+                                      spamd_skip=SpamdSkip(config.learner.skip_spamd_above, config.learner.skip_spamd_below, _metas(services))))
     if report is None:
         return 1
     if args.json:

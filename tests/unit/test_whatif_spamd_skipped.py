@@ -5,19 +5,34 @@ milter, asking spamd, rejected it."""
 
 from __future__ import annotations
 
-from milterd.tuning import whatif
+from milterd.tuning import SpamdSkip, whatif
 from tests.unit.test_tuning_fourth_review import ACTIONS, MILTER, row
 
 SKIPPED = row("add_header", {"BAYES_999": 4.0, "DNSBL_SPAMHAUS_PBL": 2.0, "SPAMD_SKIPPED_CONFIDENT": 0.0})
-BOUNDS = (5.0, False)  # [learner] skip_spamd_above = 5
+BOUNDS = SpamdSkip(5.0, False)  # [learner] skip_spamd_above = 5
 
 
 def test_a_row_that_would_have_spamd_asked_keeps_its_action_and_is_counted_apart() -> None:
-    report = whatif([SKIPPED], {"BAYES_999": 2.0}, ACTIONS, MILTER, skip_bounds=BOUNDS)  # 4 before spamd: asked
+    report = whatif([SKIPPED], {"BAYES_999": 2.0}, ACTIONS, MILTER, spamd_skip=BOUNDS)  # 4 before spamd: asked
     assert report.changed == 0 and report.spamd_unknown == {"add_header": 1}
     assert report.as_json()["kept_spamd_unknown"] == {"add_header": 1}
 
 
 def test_a_row_still_beyond_the_bound_is_rescored() -> None:
-    report = whatif([SKIPPED], {"BAYES_999": 7.0}, ACTIONS, MILTER, skip_bounds=BOUNDS)  # 9: still skipped
+    report = whatif([SKIPPED], {"BAYES_999": 7.0}, ACTIONS, MILTER, spamd_skip=BOUNDS)  # 9: still skipped
     assert report.changes == {("add_header", "rewrite_subject"): 1} and not report.spamd_unknown
+
+
+def test_a_meta_rule_counted_after_the_tiers_is_left_out_of_the_score_before_spamd() -> None:
+    """A second look: the bounds were compared with the whole score, meta rules' points included, which the
+    pipeline counts after the tiers decided; a row whose score before spamd fell below the bound was re-scored."""
+    meta = row("rewrite_subject", {"BAYES_999": 4.0, "DNSBL_SPAMHAUS_PBL": 2.0, "META_SPAMMY": 3.0, "SPAMD_SKIPPED_CONFIDENT": 0.0})
+    bounds = SpamdSkip(5.0, False, frozenset({"META_SPAMMY"}))
+    report = whatif([meta], {"BAYES_999": 2.0}, ACTIONS, MILTER, spamd_skip=bounds)  # 4 before spamd: asked
+    assert report.changed == 0 and report.spamd_unknown == {"rewrite_subject": 1}
+
+
+def test_a_row_no_change_moves_is_not_counted_apart() -> None:
+    below = row("accept", {"BAYES_00": -2.0, "META_HAMMY": 1.0, "SPAMD_SKIPPED_CONFIDENT": 0.0})
+    report = whatif([below], {}, ACTIONS, MILTER, spamd_skip=SpamdSkip(False, -1.0, frozenset({"META_HAMMY"})))
+    assert report.changed == 0 and not report.spamd_unknown
