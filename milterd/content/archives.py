@@ -514,12 +514,43 @@ def _member_extent(data: IO[bytes], info: zipfile.ZipInfo) -> tuple[int, int]:
     # The data's size as the local header says it, unless it says ZIP64's or a data descriptor holds it: a
     # directory that overstates a stored member's size would hide the local headers inside that span.
     size = info.compress_size if fields[8] == 0xFFFFFFFF or fields[3] & 0x8 else min(fields[8], info.compress_size)
-    stop = start + _LOCAL_HEADER.size + fields[10] + fields[11] + size
+    header_end = start + _LOCAL_HEADER.size + fields[10] + fields[11]
+    stop = header_end + size
     if fields[3] & 0x8:  # a data descriptor: with or without its signature, sizes of 4 or (ZIP64) 8 bytes
-        data.seek(stop)
-        signed = data.read(4) == b"PK\x07\x08"
-        stop += (4 if signed else 0) + 4 + (16 if info.compress_size >= 0xFFFFFFFF or info.file_size >= 0xFFFFFFFF else 8)
+        descriptor = _data_descriptor(data, stop, info)
+        # Only the directory says where the data ends: a size it overstates, with no descriptor of this member
+        # there, would hide the local headers inside that span (an evil.exe 7-Zip opens): only the header is taken.
+        return (start, stop + descriptor) if descriptor else (start, header_end)
+    if fields[8] == 0xFFFFFFFF and info.compress_size >= 0xFFFFFFFF and not _zip64_sizes_agree(data, start, fields, info):
+        return start, header_end
     return start, stop
+
+
+def _data_descriptor(data: IO[bytes], at: int, info: zipfile.ZipInfo) -> int:
+    """The length of the data descriptor of *info* at *at* (its signature optional, sizes of 4 or 8 bytes), or 0
+    when what is there does not hold the member's CRC and sizes."""
+    data.seek(at)
+    found = data.read(28)
+    body = found[4:] if found[:4] == b"PK\x07\x08" else found
+    signature = len(found) - len(body)
+    for width, form in ((8, "<IQQ"), (4, "<III")):
+        length = 4 + 2 * width
+        if len(body) >= length and struct.unpack(form, body[:length]) == (info.CRC, info.compress_size, info.file_size):
+            return signature + length
+    return 0
+
+
+def _zip64_sizes_agree(data: IO[bytes], start: int, fields: tuple[Any, ...], info: zipfile.ZipInfo) -> bool:
+    """Whether the ZIP64 extra field of the local header at *start* gives the compressed size the directory gives."""
+    data.seek(start + _LOCAL_HEADER.size + fields[10])
+    extra = data.read(fields[11])
+    at = 0
+    while at + 4 <= len(extra):
+        kind, length = struct.unpack("<HH", extra[at:at + 4])
+        if kind == 1 and length >= 16:
+            return bool(struct.unpack("<Q", extra[at + 12:at + 20])[0] == info.compress_size)
+        at += 4 + length
+    return False
 
 
 def _hidden_member(path: str, data: IO[bytes], offset: int, limits: Limits, budget: _Budget, listing: Listing,

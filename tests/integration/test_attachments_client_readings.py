@@ -18,6 +18,7 @@ import pytest
 from tests.harness.stack import Stack, row_for
 from tests.integration.test_attachments import SECTIONS
 from tests.unit.test_attachments_review29 import ENCODED, mixed
+from tests.unit.test_zip_offset_past_end import overstating_zip
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +40,10 @@ FORMS: dict[str, tuple[bytes, str]] = {
     "digest-part-without-type": (b"From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: multipart/digest; boundary=\"dg\"\r\n\r\n"
                                  b"--dg\r\n\r\n" + DIGEST_INNER + b"\r\n--dg--\r\n", "invoice.js: banned extension .js"),
     "extension-windows-folds": (mixed(FOLDED_NAME), "banned extension"),
+    # Thirty-first session: a directory overstating a described member's size, over an evil.exe's local header.
+    "zip-directory-overstating-a-size": (mixed(b'Content-Type: application/zip; name="invoice.zip"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+                                               + base64.encodebytes(overstating_zip()).replace(b"\n", b"\r\n")),
+                                         "invoice.zip/evil.exe: banned extension .exe"),
 }
 
 

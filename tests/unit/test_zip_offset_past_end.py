@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
+from typing import Any
 
 import pytest
 
@@ -49,3 +51,49 @@ def test_an_offset_past_the_end_is_searched_no_further_than_the_file(offset: int
     listing = list_archive("a.zip", data, "zip", Limits(child=False))
     assert data.reads < 100, data.reads
     assert "a.zip/a.txt" in [entry.path for entry in listing.entries]  # by the directory, and by its local header
+
+
+class Unseekable(io.RawIOBase):
+    """A stream zipfile cannot seek back in: it writes each member's sizes in a data descriptor (flag 0x8)."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.written += data
+        return len(data)
+
+
+def test_members_with_data_descriptors_are_listed_once() -> None:
+    stream = Unseekable()
+    with zipfile.ZipFile(stream, "w", zipfile.ZIP_DEFLATED) as archive:
+        for n in range(3):
+            archive.writestr(f"part{n}.txt", b"words " * 500 + b"PK\x03\x04" * (n == 1))
+    data = bytes(stream.written)
+    assert all(info.flag_bits & 0x8 for info in zipfile.ZipFile(io.BytesIO(data)).infolist())
+    assert [entry.path for entry in list_archive("a.zip", io.BytesIO(data), "zip", Limits(child=False)).entries] == \
+        ["a.zip/part0.txt", "a.zip/part1.txt", "a.zip/part2.txt"]
+
+
+def overstating_zip() -> bytes:
+    """A zip of a.txt (sizes in a data descriptor) and an evil.exe only its local header names, the directory
+    overstating a.txt's size up to itself."""
+    text = b"hello world\n" * 10
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0x8, 0, 0, 0, 0, 0, 0, 5, 0) + b"a.txt" + text
+    local += struct.pack("<IIII", 0x08074B50, zlib.crc32(text), len(text), len(text))
+    evil = b"MZ\x90\x00" + b"\0" * 60
+    hidden = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, zlib.crc32(evil), len(evil), len(evil), 8, 0) + b"evil.exe" + evil
+    directory_at = len(local) + len(hidden)
+    entry = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0x8, 0, 0, 0, zlib.crc32(text), directory_at - 35, len(text),
+                        5, 0, 0, 0, 0, 0, 0) + b"a.txt"  # its size overstated to reach the directory
+    return local + hidden + entry + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(entry), directory_at, 0)
+
+
+def test_a_directory_overstating_a_described_members_size_hides_no_member() -> None:
+    """A second look: a member with a data descriptor took the size the directory gave it, so a directory
+    that overstated it hid the local header of an evil.exe after it (which 7-Zip and WinRAR open)."""
+    paths = [e.path for e in list_archive("x.zip", io.BytesIO(overstating_zip()), "zip", Limits(child=False)).entries]
+    assert "x.zip/evil.exe" in paths
