@@ -521,7 +521,7 @@ def _member_extent(data: IO[bytes], info: zipfile.ZipInfo) -> tuple[int, int]:
         # Only the directory says where the data ends: a size it overstates, with no descriptor of this member
         # there, would hide the local headers inside that span (an evil.exe 7-Zip opens): only the header is taken.
         return (start, stop + descriptor) if descriptor else (start, header_end)
-    if fields[8] == 0xFFFFFFFF and info.compress_size >= 0xFFFFFFFF and not _zip64_sizes_agree(data, start, fields, info):
+    if fields[8] == 0xFFFFFFFF and not _zip64_sizes_agree(data, start, fields, info):
         return start, header_end
     return start, stop
 

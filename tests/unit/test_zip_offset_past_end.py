@@ -97,3 +97,13 @@ def test_a_directory_overstating_a_described_members_size_hides_no_member() -> N
     that overstated it hid the local header of an evil.exe after it (which 7-Zip and WinRAR open)."""
     paths = [e.path for e in list_archive("x.zip", io.BytesIO(overstating_zip()), "zip", Limits(child=False)).entries]
     assert "x.zip/evil.exe" in paths
+
+
+def test_a_zip64_member_is_listed_once() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("big.txt", "w", force_zip64=True) as member:
+            member.write(b"x" * 1000 + b"PK\x03\x04")
+        archive.writestr("b.txt", b"y" * 100)
+    paths = [e.path for e in list_archive("a.zip", io.BytesIO(buf.getvalue()), "zip", Limits(child=False)).entries]
+    assert paths == ["a.zip/big.txt", "a.zip/b.txt"]
