@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import socket
 import threading
 from typing import Any, Callable
@@ -551,8 +552,16 @@ class MilterdMilter(Milter.Base):
         return found
 
 
+#: A source route before an envelope address (RFC 5321 §4.1.1.3, ``@relay.example,@[192.0.2.1]:``), which
+#: Postfix drops (its ``{mail_addr}``, and what it delivers to).
+_SOURCE_ROUTE = re.compile(r"@(?:\[[^\]]*\]|[^,:\[\]]*)(?:,@(?:\[[^\]]*\]|[^,:\[\]]*))*:")
+
+
 def _strip_brackets(address: str) -> str:
+    """An envelope address as Postfix passes it, as the message is sent: without its angle brackets and without
+    a source route (logged and greylisted with the route, the address was another than the one delivered to)."""
     address = address.strip()
     if address.startswith("<") and address.endswith(">"):
         address = address[1:-1]
-    return address
+    route = _SOURCE_ROUTE.match(address)
+    return address[route.end():] if route else address
