@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 import socket
 import threading
 from typing import Any, Callable
@@ -552,16 +551,38 @@ class MilterdMilter(Milter.Base):
         return found
 
 
-#: A source route before an envelope address (RFC 5321 §4.1.1.3, ``@relay.example,@[192.0.2.1]:``), which
-#: Postfix drops (its ``{mail_addr}``, and what it delivers to).
-_SOURCE_ROUTE = re.compile(r"@(?:\[[^\]]*\]|[^,:\[\]]*)(?:,@(?:\[[^\]]*\]|[^,:\[\]]*))*:")
-
-
 def _strip_brackets(address: str) -> str:
     """An envelope address as Postfix passes it, as the message is sent: without its angle brackets and without
     a source route (logged and greylisted with the route, the address was another than the one delivered to)."""
     address = address.strip()
     if address.startswith("<") and address.endswith(">"):
-        address = address[1:-1]
-    route = _SOURCE_ROUTE.match(address)
-    return address[route.end():] if route else address
+        address = address[1:-1].strip()
+    while address.startswith("@"):
+        end = _route_end(address)
+        if end < 0:
+            break
+        address = address[end:].strip()
+    return address
+
+
+def _route_end(address: str) -> int:
+    """Where the first hop of the source route at the start of *address* ends: past its colon, found as Postfix's
+    rewrite_tree finds it (outside a quoted string and an ``[address literal]``; blanks, ``,@``-lists and text
+    after a literal are hops too: ``@a.example,b.example:``, ``@[192.0.2.1]x:``, ``@relay:@relay2:``); -1 for none."""
+    quoted = literal = escaped = False
+    for at, char in enumerate(address):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif quoted:
+            quoted = char != '"'
+        elif literal:
+            literal = char != "]"
+        elif char == '"':
+            quoted = True
+        elif char == "[":
+            literal = True
+        elif char == ":":
+            return at + 1
+    return -1

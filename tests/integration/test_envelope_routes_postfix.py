@@ -20,12 +20,21 @@ def stack(make_stack: Callable[..., Stack]) -> Stack:
     return make_stack(NO_CHECKS)
 
 
-def test_a_routed_envelope_is_logged_as_postfix_delivers_it(stack: Stack) -> None:
+ROUTES = {  # MAIL FROM, RCPT TO: each as Postfix's rewrite_tree reads a route (a later look found the last three)
+    "plain": ("<@relay.example:alice@example.org>", "<@a.example,@[192.0.2.1]:bob@example.com>"),
+    "hop-without-at": ("<@a.example,b.example:alice@example.org>", "<@[192.0.2.1]x:bob@example.com>"),
+    "two-routes": ("<@relay:@relay2:alice@example.org>", "<@ relay.example : bob@example.com>"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROUTES))
+def test_a_routed_envelope_is_logged_as_postfix_delivers_it(stack: Stack, case: str) -> None:
+    sender, recipient = ROUTES[case]
     tag = f"routed {uuid.uuid4().hex[:8]}"
     client = stack.postfix.smtp(xclient={"ADDR": "192.0.2.10", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"})
     try:
-        assert client.docmd("MAIL FROM:<@relay.example:alice@example.org>")[0] == 250
-        assert client.docmd("RCPT TO:<@a.example,@[192.0.2.1]:bob@example.com>")[0] == 250
+        assert client.docmd(f"MAIL FROM:{sender}")[0] == 250
+        assert client.docmd(f"RCPT TO:{recipient}")[0] == 250
         assert client.data(message(subject=tag))[0] == 250
     finally:
         client.quit()
