@@ -213,8 +213,8 @@ class Pattern:
         if self.network is not None:
             return ip is not None and ip.version == self.network.version and ip in self.network
         if self.regex is not None:
-            return self.regex.search(value.lower()) is not None
-        value = _ascii_domain(value).lower()
+            return self.regex.search(fold_case(value)) is not None
+        value = fold_case(_ascii_domain(value))  # letter by letter, as normalise_sender folds the sender
         text = self.text
         if self.kind == "client":
             if text.startswith("."):
@@ -267,11 +267,12 @@ def entry_text(kind: str, text: str) -> str:
 
 def entry_value(kind: str, text: str) -> str:
     """A whitelist entry in the one form it is stored and matched in: a ``/regex/`` as written, anything
-    else lower-cased, without SMTP's angle brackets around an address, its domain in A-labels."""
+    else case-folded letter by letter (:func:`~milterd.dns.fold_case`, as senders are), without SMTP's angle
+    brackets around an address, its domain in A-labels."""
     text = entry_text(kind, text)
     if len(text) > 2 and text.startswith("/") and text.endswith("/"):
         return text
-    return _ascii_domain(text).lower()
+    return fold_case(_ascii_domain(text))
 
 
 def _ascii_domain(text: str) -> str:

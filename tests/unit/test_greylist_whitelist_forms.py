@@ -133,3 +133,14 @@ def test_a_sender_is_case_folded_as_its_entry_is() -> None:
     whitelist = gl.Whitelist.build([("sender", "@ΚΑΦΕΣ-shop.example")])
     assert gl.normalise_sender("<alice@ΚΑΦΕΣ-shop.example>") == "alice@καφεσ-shop.example"
     assert whitelist.sender(gl.normalise_sender("<alice@ΚΑΦΕΣ-shop.example>"))
+
+
+def test_a_local_part_ending_in_sigma_matches_its_entry() -> None:
+    """A third look: entries were lowered by str.lower (a final Σ before the @ made ς) while the sender was
+    folded letter by letter (σ), so ΑΛΙΚΗΣ@example.org no longer whitelisted its own mail."""
+    from milterd import greylist as gl
+
+    for entry in ("ΑΛΙΚΗΣ@example.org", "ΓΙΩΡΓΟΣ@example.org"):
+        whitelist = gl.Whitelist.build([("sender", entry)])
+        assert whitelist.sender(gl.normalise_sender(f"<{entry}>")), entry
+    assert gl.Whitelist.build([("sender", "ΓΙΩΡΓΟΣ@example.org")]).sender(gl.normalise_sender("<ΓΙΩΡΓΟΣ+news@example.org>"))
