@@ -158,6 +158,11 @@ class Check:
         so far (connect to end of message); meta rules live here."""
         return ()
 
+    def symbols_on_symbols(self) -> frozenset[str]:
+        """The symbols :meth:`on_symbols` may emit: counted after the tiers chose whether to ask spamd
+        (``rules whatif`` leaves them out of the score before spamd)."""
+        return frozenset()
+
     def on_score_greylist(self, session: Session, envelope: Envelope) -> "GreylistStatus | None":
         """The score greylists the message (``policy.greylists_at_score``): must it
         wait?  The greylist check answers from its store; None is no opinion."""

@@ -358,6 +358,9 @@ class CustomRules(Check):
         state = envelope.check_state(self.name)
         state["spent"] = state.get("spent", 0.0) + seconds
 
+    def symbols_on_symbols(self) -> frozenset[str]:
+        return frozenset(rule.name for rule in self.metas)
+
     def on_symbols(self, session: Session, envelope: Envelope, symbols: frozenset[str]) -> Hits:
         hit = set(symbols)
         for rule in self.metas:

@@ -247,6 +247,9 @@ class Greylist(Check):
         # without DATA because every recipient was deferred.
         self._flush(session, envelope)
 
+    def symbols_on_symbols(self) -> frozenset[str]:
+        return frozenset({"GREYLIST_DEFERRED", "GREYLIST_ERROR"})
+
     def on_symbols(self, session: Session, envelope: Envelope, symbols: frozenset[str]) -> Hits:
         # Recipients refused at RCPT are not in the end-of-data log row: name them.
         pending = envelope.check_state(self.name).get("pending")

@@ -18,7 +18,6 @@ import json
 import sys
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from ..checks.custom import CustomRules
 from ..config import Config, ConfigError, load_config
 from ..message.policy import PIPELINE_SYMBOLS, unreachable_thresholds
 from ..options import finite
@@ -212,9 +211,9 @@ def with_action_changes(config: Config, changes: dict[str, Any]) -> Config:
         raise ConfigError("--set", f"actions.{key}" if key != exc.key else "actions", exc.reason) from None
 
 
-def _metas(services: Services) -> frozenset[str]:
-    """The meta rules' names: counted after the tiers decided whether to ask spamd."""
-    return frozenset(rule.name for check in services.checks if isinstance(check, CustomRules) for rule in check.metas)
+def _after_tiers(services: Services) -> frozenset[str]:
+    """The symbols counted after the tiers decided whether to ask spamd (meta rules, the greylist's RCPT deferrals)."""
+    return frozenset().union(*(check.symbols_on_symbols() for check in services.checks))
 
 
 def run_whatif(args: argparse.Namespace) -> int:
@@ -226,7 +225,7 @@ def run_whatif(args: argparse.Namespace) -> int:
     report = _from_log(lambda: whatif(_rows(args, config), weights, changed.actions, config.milter, known=set(services.symbols) | PIPELINE_SYMBOLS,
                                       current=config.actions, greylist_mode=config.greylist.mode,
                                       delimiters=config.checks.local_domains.recipient_delimiter, may_force=forcing_symbols(config),
-                                      spamd_skip=SpamdSkip(config.learner.skip_spamd_above, config.learner.skip_spamd_below, _metas(services))))
+                                      spamd_skip=SpamdSkip(config.learner.skip_spamd_above, config.learner.skip_spamd_below, _after_tiers(services))))
     if report is None:
         return 1
     if args.json:

@@ -5,6 +5,8 @@ milter, asking spamd, rejected it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from milterd.tuning import SpamdSkip, whatif
 from tests.unit.test_tuning_fourth_review import ACTIONS, MILTER, row
 
@@ -36,3 +38,22 @@ def test_a_row_no_change_moves_is_not_counted_apart() -> None:
     below = row("accept", {"BAYES_00": -2.0, "META_HAMMY": 1.0, "SPAMD_SKIPPED_CONFIDENT": 0.0})
     report = whatif([below], {}, ACTIONS, MILTER, spamd_skip=SpamdSkip(False, -1.0, frozenset({"META_HAMMY"})))
     assert report.changed == 0 and not report.spamd_unknown
+
+
+def test_the_symbols_checks_add_after_the_tiers_are_named_by_the_checks(tmp_path: Path) -> None:
+    """A third look: the greylist's RCPT deferrals (GREYLIST_DEFERRED, weighted in triplet mode) are counted after
+    the tiers too, and whatif passed only the meta rules' names."""
+    from milterd.commands.rules import _after_tiers
+    from milterd.config import Config
+    from milterd.services import build
+
+    services = build(Config().with_changes({"database.url": f"sqlite:///{tmp_path / 's.sqlite'}", "dns.nameservers": ["127.0.0.1:9"],
+                                            "greylist.enabled": True}))
+    try:
+        assert {"GREYLIST_DEFERRED", "GREYLIST_ERROR"} <= _after_tiers(services)
+    finally:
+        services.close()
+    row_deferred = row("add_header", {"BAYES_999": 4.0, "DNSBL_SPAMHAUS_PBL": 2.0, "GREYLIST_DEFERRED": 4.0, "SPAMD_SKIPPED_CONFIDENT": 0.0})
+    report = whatif([row_deferred], {"BAYES_999": 2.0}, ACTIONS, MILTER,
+                    spamd_skip=SpamdSkip(5.0, False, frozenset({"GREYLIST_DEFERRED"})))
+    assert report.changed == 0 and report.spamd_unknown == {"add_header": 1}
