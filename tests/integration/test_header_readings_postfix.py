@@ -14,21 +14,11 @@ import pytest
 
 from tests.conftest import NO_CHECKS, message, with_sections
 from tests.harness.stack import Stack, row_for
+from tests.unit.test_header_rule_edges import RULES
 
 pytestmark = pytest.mark.integration
 
 
-RULES = r"""
-[[rule]]
-name = "SUBJ_STARTS_WIN"
-header = "Subject"
-regex = '^WIN\b'
-
-[[rule]]
-name = "SUBJ_VIAGRA_RU"
-header = "Subject"
-regex = '(?i)виагра'
-"""
 
 
 @pytest.fixture(scope="module")
