@@ -145,6 +145,8 @@ _CENTRAL_ENTRY_MIN = 46
 #: A zip local file header (APPNOTE 4.3.7), and the id of the Info-ZIP Unicode Path extra field (APPNOTE 4.6.9).
 _LOCAL_HEADER, _LOCAL_SIGNATURE = struct.Struct("<4s2B4HL2L2H"), b"PK\x03\x04"
 _UNICODE_PATH = 0x7075
+#: The ZIP64 extended information field's header ID.
+_ZIP64 = 0x0001
 #: A TNEF attribute's header (level, id, type, length; MS-OXTNEF 2.1.3.1), the checksum after its data, the stream's start.
 _TNEF_ATTRIBUTE, _TNEF_CHECKSUM = struct.Struct("<BHHL"), 2
 _TNEF_START = struct.calcsize("<LH")  # signature, key
@@ -543,13 +545,9 @@ def _data_descriptor(data: IO[bytes], at: int, info: zipfile.ZipInfo) -> int:
 def _zip64_sizes_agree(data: IO[bytes], start: int, fields: tuple[Any, ...], info: zipfile.ZipInfo) -> bool:
     """Whether the ZIP64 extra field of the local header at *start* gives the compressed size the directory gives."""
     data.seek(start + _LOCAL_HEADER.size + fields[10])
-    extra = data.read(fields[11])
-    at = 0
-    while at + 4 <= len(extra):
-        kind, length = struct.unpack("<HH", extra[at:at + 4])
-        if kind == 1 and length >= 16:
-            return bool(struct.unpack("<Q", extra[at + 12:at + 20])[0] == info.compress_size)
-        at += 4 + length
+    for kind, body in _extra_fields(data.read(fields[11])):
+        if kind == _ZIP64 and len(body) >= 16:  # a local header's holds both sizes: original, then compressed
+            return bool(struct.unpack_from("<Q", body, 8)[0] == info.compress_size)
     return False
 
 
@@ -681,12 +679,18 @@ def _zip_aliases(data: IO[bytes], info: zipfile.ZipInfo) -> list[str]:
 
 def _unicode_path(extra: bytes) -> str:
     """The name in an Info-ZIP Unicode Path field (version 1) of a zip extra field, or ``""``."""
+    for kind, body in _extra_fields(extra):
+        if kind == _UNICODE_PATH and len(body) >= 5 and body[0] == 1:  # version 1; a field cut short is the last one
+            return body[5:].decode("utf-8", "replace")
+    return ""
+
+
+def _extra_fields(extra: bytes) -> Iterator[tuple[int, bytes]]:
+    """The (header ID, data) of each field of a zip extra field; the last one's data may be cut short."""
     while len(extra) >= 4:
         kind, size = struct.unpack_from("<2H", extra)
-        if kind == _UNICODE_PATH and size >= 5 and len(extra) > 4 and extra[4] == 1:  # a bare header of 4 bytes: none
-            return extra[9:4 + size].decode("utf-8", "replace")
+        yield kind, extra[4:4 + size]
         extra = extra[4 + size:]
-    return ""
 
 
 def _zip_directory(data: IO[bytes]) -> tuple[int | None, int]:
