@@ -29,7 +29,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, ClassVar
 
-from ..message.model import Envelope, Hit, Session, SpoolError
+from ..message.model import Envelope, Hit, Session, SpoolError, verdict_hits
 from ..message.policy import score_hits
 from ..message.reply import Reply
 from ..scanners import ScannerError
@@ -114,10 +114,9 @@ class SpamAssassinCheck(ScannerCheck):
         learner = self.services.config.learner
         if not tiers_enabled(learner):
             return None
-        hits = [h for h in session.hits if h.action is None] + envelope.hits
         # Counted as the verdict counts it, each symbol once: a DNS list hit returned at CONNECT and again at
         # MAIL FROM ([checks.dnsbl] delay_reject = false) had counted twice, and skipped spamd below the bound.
-        score = round(sum(score_hits(hits, self.services.weight)[0].values()), 2)
+        score = round(sum(score_hits(verdict_hits(session, envelope), self.services.weight)[0].values()), 2)
         spoke = any(h.symbol.startswith("BAYES_") and h.symbol != "BAYES_ERROR" for h in envelope.hits)
         return score if confident(score, spoke, learner.skip_spamd_above, learner.skip_spamd_below) else None
 

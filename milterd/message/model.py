@@ -381,6 +381,13 @@ class Envelope(CheckStates):
         self.spool.close()
 
 
+def verdict_hits(session: Session, envelope: Envelope) -> list[Hit]:
+    """The hits the end-of-message verdict counts: the message's, and the connection's that force nothing (a
+    connection's forcing hit is applied at MAIL FROM; one still here refused nothing, the client having
+    authenticated)."""
+    return [hit for hit in session.hits if hit.action is None] + envelope.hits
+
+
 def _crlf_size(line: bytes) -> int:
     """``len(_crlf(line) + b"\\r\\n")``: each CRLF stays two bytes, a bare LF becomes two."""
     if b"\n" not in line:

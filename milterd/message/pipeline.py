@@ -28,7 +28,7 @@ from ..services import Services
 from ..store import MessageRecord, StoreError
 from ..store.quarantine import QuarantineWrite
 from ..text import cut
-from .model import Action, Decision, Envelope, HeaderEdit, Hit, Session, Spool, SpoolError, Verdict
+from .model import Action, Decision, Envelope, HeaderEdit, Hit, Session, Spool, SpoolError, Verdict, verdict_hits
 from .policy import EOM_TIMEOUT, GreylistStatus, decide, greylists_at_score, plan_headers, taggable, tags_subject, wants_spam
 from .reply import REJECT, TEMPFAIL, Reply
 
@@ -289,13 +289,13 @@ class Pipeline:
             seen = frozenset(h.symbol for h in session.hits + envelope.hits)
             for check in on_symbols:
                 envelope.hits.extend(self._call(check, session, lambda c: c.on_symbols(session, envelope, seen)))
-        hits = [h for h in session.hits if h.action is None] + envelope.hits
+        hits = verdict_hits(session, envelope)
         scored = self._scored(session, envelope)
         verdict = decide(hits, self.services.weight, self.config.actions, scored=scored)
         if greylists_at_score(verdict):
             status = self._greylist_status(session, envelope)
             if status is not None:
-                hits = [h for h in session.hits if h.action is None] + envelope.hits  # with its CHECK_ERROR, if it failed
+                hits = verdict_hits(session, envelope)  # with its CHECK_ERROR, if it failed
                 verdict = decide(hits, self.services.weight, self.config.actions, scored=scored, greylist=status)
         for check in self._overriding("on_verdict", session):
             try:
