@@ -18,7 +18,7 @@ from milterd.cli import main
 from milterd.config import Config, load_config
 from milterd.message.model import Action, Envelope, Session, Spool
 from milterd.services import Services, build
-from milterd.store import StoreError, schema
+from milterd.store import Store, StoreError, schema
 from milterd.store.greylist import GreylistStore
 
 
@@ -96,20 +96,36 @@ def test_fix_a_passed_triplet_goes_on_when_a_whitelist_cannot_be_read(tmp_path: 
     services.store.close()
 
 
-def test_fix_the_cli_finds_an_ipv4_mapped_network(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def greylisted(tmp_path: Path, clients: list[str]) -> Path:
+    """A milter.conf with a SQLite store holding one waiting triplet for each client address in *clients*."""
     conf = tmp_path / "milter.conf"
     conf.write_text(f'[dns]\nnameservers = ["127.0.0.1:9"]\n[database]\nurl = "sqlite:///{tmp_path}/store.sqlite"\n'
                     "[greylist]\nenabled = true\nwhitelist_providers = false\n")
     services = build(load_config(conf))
     services.store.upgrade()
     check = next(c for c in services.checks if isinstance(c, Greylist))
-    rcpt(check, Session(client_addr="::ffff:198.51.100.7"), "alice@example.org")
+    for client in clients:
+        rcpt(check, Session(client_addr=client), "alice@example.org")
+    services.store.close()
+    return conf
+
+
+def networks_left(conf: Path) -> list[str]:
+    """The client networks of the triplets stored in *conf*'s store."""
+    store = Store(load_config(conf).database)
+    try:
+        return sorted(row["network"] for row in store.greylist.list_triplets())
+    finally:
+        store.close()
+
+
+def test_fix_the_cli_finds_an_ipv4_mapped_network(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = greylisted(tmp_path, ["::ffff:198.51.100.7"])
     capsys.readouterr()
     assert main(["greylist", "list", "-c", str(conf), "--client", "::ffff:198.51.100.0/120"]) == 0
     assert "198.51.100.0/24" in capsys.readouterr().out
     assert main(["greylist", "purge", "-c", str(conf), "--client", "::ffff:198.51.100.0/120"]) == 0
-    assert services.store.greylist.list_triplets() == []
-    services.store.close()
+    assert networks_left(conf) == []
 
 
 def test_fix_a_failed_read_of_the_stored_whitelist_is_judged_as_the_store_s_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

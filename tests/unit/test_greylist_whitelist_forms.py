@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from milterd.cli import main
 from milterd.config import DatabaseSection
 from milterd.greylist import compile_pattern
 from milterd.store import Store
+from tests.unit.test_greylist_review28 import greylisted, networks_left
 
 IP = ipaddress.ip_address("192.0.2.10")
 
@@ -58,40 +60,8 @@ def test_an_entry_is_stored_in_one_form_and_removed_in_any(tmp_path: Path) -> No
         store.close()
 
 
-def greylisted(tmp_path: Path, clients: list[str]) -> Path:
-    """A milter.conf with a SQLite store holding one waiting triplet for each client address in *clients*."""
-    from milterd.checks.greylist import Greylist
-    from milterd.config import load_config
-    from milterd.message.model import Session
-    from milterd.services import build
-    from tests.unit.test_greylist_review28 import rcpt
-
-    conf = tmp_path / "milter.conf"
-    conf.write_text(f'[dns]\nnameservers = ["127.0.0.1:9"]\n[database]\nurl = "sqlite:///{tmp_path}/store.sqlite"\n'
-                    "[greylist]\nenabled = true\nwhitelist_providers = false\n")
-    services = build(load_config(conf))
-    services.store.upgrade()
-    check = next(c for c in services.checks if isinstance(c, Greylist))
-    for client in clients:
-        rcpt(check, Session(client_addr=client), "alice@example.org")
-    services.store.close()
-    return conf
-
-
-def networks_left(conf: Path) -> list[str]:
-    from milterd.config import load_config
-
-    store = Store(load_config(conf).database)
-    try:
-        return sorted(row["network"] for row in store.greylist.list_triplets())
-    finally:
-        store.close()
-
-
 def test_a_client_network_names_the_stored_networks_it_holds_or_is_inside(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--client 203.0.112.0/22 found none of the /24s inside it, and 203.0.114.9/32 deleted nothing with status 0."""
-    from milterd.cli import main
-
     conf = greylisted(tmp_path, ["203.0.113.7", "203.0.114.7", "203.0.115.7", "198.51.100.7"])
     capsys.readouterr()
     assert main(["greylist", "list", "-c", str(conf), "--client", "203.0.112.0/22"]) == 0
@@ -106,8 +76,6 @@ def test_a_client_network_names_the_stored_networks_it_holds_or_is_inside(tmp_pa
 
 
 def test_an_empty_client_is_refused_not_a_purge_of_everything_expired(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from milterd.cli import main
-
     conf = greylisted(tmp_path, ["198.51.100.7"])
     for command in ("purge", "list"):
         assert main(["greylist", command, "-c", str(conf), "--client", ""]) == 2
@@ -117,8 +85,6 @@ def test_an_empty_client_is_refused_not_a_purge_of_everything_expired(tmp_path: 
 def test_triplets_stored_under_an_earlier_netmask_are_still_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A second look: a network was always rewritten to the current netmask, so the triplets stored under
     an earlier one (kept until they expire) could no longer be listed or purged by their own network."""
-    from milterd.cli import main
-
     conf = greylisted(tmp_path, ["203.0.114.7"])
     conf.write_text(conf.read_text() + "netmask_v4 = 26\n")
     assert main(["greylist", "purge", "-c", str(conf), "--client", "203.0.114.0/24"]) == 0  # stored at /24, now /26
