@@ -420,6 +420,11 @@ def judge_dkim_key(key: SigningKey, answer: Answer) -> Finding:
         return Finding(label, "fail", f"the resolver did not answer ({answer.error or 'error'})")
     if not answer.ok:
         return Finding(label, "fail", f"not published ({answer.status}): publish TXT \"{public_record(key.algorithm, key.private)}\"")
+    if len(answer.records) > 1:
+        # RFC 6376 §3.6.2.2: a selector's TXT records must be unique; with several, the result is undefined
+        # (dkimpy reads the first one DNS returns, in an order that changes), so one matching is not enough.
+        return Finding(label, "fail", f"{len(answer.records)} TXT records where verifiers take one (RFC 6376 §3.6.2.2): publish only "
+                                      f"TXT \"{public_record(key.algorithm, key.private)}\"")
     matching = [text for text in answer.records if record_matches(key.algorithm, key.private, text)]
     if any(not record_problems(key.algorithm, text) for text in matching):
         return Finding(label, "ok", f"the published {key.algorithm} key matches the private key")
