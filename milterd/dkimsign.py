@@ -116,15 +116,21 @@ def load_keys(section: "DkimSigningSection", config_path: Path | None) -> list[S
             algorithm, private = parse_key(data)
         except ValueError as exc:
             raise ConfigError(where, f"[dkim_signing] keys[{index}].key_file", f"{path}: {exc}") from None
-        # d= in A-labels (xn--…), as receivers align it with the From domain and look the key up in DNS.
-        domain = domain_name(entry.domain)
-        if not domain or not domain.isascii():
+        domain = signing_domain(entry.domain)
+        if not domain:
             raise ConfigError(where, f"[dkim_signing] keys[{index}].domain", f"{entry.domain!r} is not a domain name")
         if not LABELS.fullmatch(entry.selector):
             raise ConfigError(where, f"[dkim_signing] keys[{index}].selector",
                               f"{entry.selector!r} is not a selector (labels of letters, digits, '-' and '_', dot-separated)")
         keys.append(SigningKey(domain, entry.selector, algorithm, private))
     return keys
+
+
+def signing_domain(name: str) -> str | None:
+    """The d= of a key for the domain *name* (``Bücher.example`` or ``xn--bcher-kva.example.``): its A-labels, as
+    receivers align d= with the From domain and look the key up in DNS; None when it is no domain name."""
+    domain = domain_name(name)
+    return domain if domain and LABELS.fullmatch(domain) else None
 
 
 def keys_for(keys: list[SigningKey], domain: str) -> list[SigningKey]:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..dkimsign import LABELS, MIN_RSA_BITS, generate, public_record, write_private, zone_lines
+from ..dkimsign import LABELS, MIN_RSA_BITS, generate, public_record, signing_domain, write_private, zone_lines
 from . import config_parent
 
 
@@ -26,11 +26,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run_keygen(args: argparse.Namespace) -> int:
     """Write the key, print where and the record; exit status 2 on bad arguments or an existing file."""
-    domain, selector = args.domain.lower().rstrip("."), args.selector
-    for what, value in (("domain", domain), ("selector", selector)):
-        if not LABELS.fullmatch(value):
-            print(f"milterd: dkim keygen: {value!r} is not a valid {what}", file=sys.stderr)
-            return 2
+    domain, selector = signing_domain(args.domain), args.selector
+    if not domain:
+        print(f"milterd: dkim keygen: {args.domain!r} is not a valid domain", file=sys.stderr)
+        return 2
+    if not LABELS.fullmatch(selector):
+        print(f"milterd: dkim keygen: {selector!r} is not a valid selector", file=sys.stderr)
+        return 2
     if args.type == "rsa" and not MIN_RSA_BITS <= args.bits <= 8192:
         print(f"milterd: dkim keygen: --bits {args.bits}: an RSA key has {MIN_RSA_BITS} to 8192 bits", file=sys.stderr)
         return 2

@@ -173,3 +173,15 @@ def test_keygen_hint_is_valid_toml_for_any_path(tmp_path: Path, capsys: pytest.C
     hint = next(line for line in capsys.readouterr().out.splitlines() if "key_file" in line)
     parsed = tomllib.loads(hint.removeprefix(";").strip().removeprefix("[dkim_signing]").strip())
     assert Path(parsed["keys"][0]["key_file"]) == target
+
+
+def test_keygen_takes_a_u_label_domain_as_the_config_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # [dkim_signing] keys takes domain = "Bücher.example" (signed as its A-label); keygen refused it as "not a valid domain".
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(domain="Bücher.Example.", selector="s1", type="ed25519", bits=2048, output=None)
+    assert run_keygen(args) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "xn--bcher-kva.example.s1.key").exists()
+    assert 's1._domainkey.xn--bcher-kva.example.' in out and 'domain = "xn--bcher-kva.example"' in out
+    assert run_keygen(argparse.Namespace(domain="bad domain.example", selector="s1", type="ed25519", bits=2048, output=None)) == 2
+    assert "is not a valid domain" in capsys.readouterr().err

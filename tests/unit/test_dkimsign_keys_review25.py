@@ -95,3 +95,13 @@ def test_doctor_s_dkim_probe_that_breaks_is_a_failed_finding(tmp_path: Path, mon
     [finding] = diagnostics.probe_dkim_keys(config)
     assert (finding.status, finding.name) == ("fail", "dkim s1._domainkey.example.org")
     assert "ValueError: Invalid private key" in finding.detail
+
+
+@pytest.mark.parametrize("domain", ["example .org", "exa;mple.org", "-x.example.org", "a..example", "example.org\n"])
+def test_a_domain_dns_cannot_hold_is_refused_at_start(tmp_path: Path, domain: str) -> None:
+    # Each was taken as d= (only IDNA was asked): every signature named a domain no key lookup reaches.
+    (tmp_path / "k.key").write_bytes(_pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)))
+    section = DkimSigningSection(enabled=True, keys=[DkimKey(domain=domain, selector="s1", key_file="k.key")])
+    with pytest.raises(ConfigError) as info:
+        load_keys(section, tmp_path / "milter.conf")
+    assert "[dkim_signing] keys[0].domain" in str(info.value) and "is not a domain name" in str(info.value)
