@@ -259,7 +259,7 @@ def _log_write_failed(exc: Exception) -> StoreError:
 def _log_filters(query: Any, since: dt.datetime | None, queue_id: str | None, sender: str | None, action: str | None,
                  until: dt.datetime | None = None) -> Any:
     """*query* on the message log narrowed by ``milterd log``'s filters (an empty one is no filter, but the null sender):
-    rows from *since* on and before *until*."""
+    rows from *since* on and before *until*, of the sender *sender* in any case."""
     table = schema.messages
     if since is not None:
         query = query.where(table.c.time >= since)
@@ -268,7 +268,7 @@ def _log_filters(query: Any, since: dt.datetime | None, queue_id: str | None, se
     if queue_id:
         query = query.where(table.c.queue_id == queue_id)
     if sender is not None:
-        query = query.where(table.c.sender == sender)
+        query = query.where(func.lower(table.c.sender) == func.lower(sender))  # ix_messages_sender_lower
     if action:
         query = query.where(table.c.action == action)
     return query

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
 )
 
 metadata = MetaData()
@@ -55,9 +56,10 @@ messages = Table(
     Column("released_as_ham", Boolean, nullable=False, default=False),
     Index("ix_messages_time", "time"),
     Index("ix_messages_queue_id", "queue_id"),
-    Index("ix_messages_sender", "sender"),
     Index("ix_messages_action", "action"),
 )
+# ``milterd log --sender`` matches any case (migration 0006).
+Index("ix_messages_sender_lower", func.lower(messages.c.sender))
 
 quarantine = Table(
     "quarantine",

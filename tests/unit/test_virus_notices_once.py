@@ -259,8 +259,8 @@ def test_the_digest_command_retries_a_failed_notice(conf: Path, quarantine: Quar
 
 # --- schema 0004 ---------------------------------------------------------------------------
 def test_the_schema_is_at_its_head(quarantine: Quarantine) -> None:
-    assert quarantine.store.head_version() == "0005"
-    assert quarantine.store.schema_version() == "0005"
+    assert quarantine.store.head_version() == "0006"
+    assert quarantine.store.schema_version() == "0006"
 
 
 def test_rows_from_schema_0003_are_told_once_after_the_upgrade(tmp_path: Path, outbox: Outbox) -> None:
@@ -278,7 +278,7 @@ def test_rows_from_schema_0003_are_told_once_after_the_upgrade(tmp_path: Path, o
             (utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"), len(RAW)),
         )
         connection.exec_driver_sql("INSERT INTO quarantine_chunks (quarantine_id, chunk_ind, data) VALUES (1, 0, ?)", (RAW,))
-    assert store.upgrade() == "0005"
+    assert store.upgrade() == store.head_version()
     old = Quarantine(store, config)
     [row] = old.rows()
     assert row["notified"] is None
@@ -303,7 +303,7 @@ def downgrade_keeps_messages(quarantine: Quarantine) -> None:
     assert "notified" not in {c["name"] for c in inspect(store.engine).get_columns("quarantine")}
     with store.engine.connect() as connection:
         assert connection.execute(schema.quarantine_chunks.select()).all() != []
-    assert store.upgrade() == "0005"
+    assert store.upgrade() == store.head_version()
     assert b"".join(quarantine.message_chunks(quarantine.get(row_id))) == RAW
     assert quarantine.get(row_id)["notified"] is None
 
