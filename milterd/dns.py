@@ -25,17 +25,14 @@ DNS-over-HTTPS…) is left to dnspython's resolver, as before.
 from __future__ import annotations
 
 import contextlib
-import encodings.idna
 import functools
 import ipaddress
 import logging
 import math
-import re
 import select
 import socket
 import threading
 import time
-import unicodedata
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -50,6 +47,7 @@ import dns.nameserver
 import dns.rcode
 import dns.rdatatype
 import dns.resolver
+import idna
 import spf
 
 from .endpoints import split_host_port
@@ -169,38 +167,33 @@ def fold_case(name: str) -> str:
     return name.lower() if name.isascii() else "".join(c.lower() for c in name)
 
 
-#: The IDNA deviation characters IDNA2008 keeps in a label (ZWJ and ZWNJ aside: see _label_a).
-_DEVIATIONS = re.compile("([\u00df\u03c2])")
+#: ZWJ and ZWNJ, dropped before the mapping (see :func:`a_label`).
+_JOINERS = dict.fromkeys((0x200C, 0x200D))
 
 
 def a_label(name: str) -> str | None:
     """*name* with its U-labels converted to A-labels (RFC 7489 §6.6.1), or None when it cannot be.
 
-    As IDNA2008 (UTS #46 non-transitional) converts them: ``faß.example`` is
-    ``xn--fa-hia.example``, not IDNA2003's ``fass.example``, another domain
-    with its own owner and policy.
+    As browsers and registries convert them: UTS #46's mapping, non-transitional (IDNA2008), with the
+    ``idna`` package's tables of a current Unicode.  ``faß.example`` is ``xn--fa-hia.example``, not
+    IDNA2003's ``fass.example``, another domain with its own owner and policy; ``ₑvil.test`` (a
+    character newer than IDNA2003's Unicode 3.2) is ``evil.test``; a right-to-left label ending in a
+    digit is converted (RFC 5893), where IDNA2003 refused it.  ZWJ and ZWNJ are dropped, as IDNA2003
+    dropped them: ``bank<ZWJ>.example`` looks like bank.example and gets its policy.
     """
     if name.isascii():
         return name
-    labels = encodings.idna.dots.split(name)
-    if len(labels) > 1 and not labels[-1]:
-        labels.pop()  # a trailing dot (any of IDNA's full stops)
     try:
-        return ".".join(_label_a(label) for label in labels).lower()
-    except UnicodeError:
+        mapped = idna.uts46_remap(name.translate(_JOINERS), std3_rules=False, transitional=False)
+    except idna.IDNAError:  # a code point UTS #46 disallows: a browser refuses the name too
         return None
-
-
-def _label_a(label: str) -> str:
-    if not _DEVIATIONS.search(label):
-        return bytes(encodings.idna.ToASCII(label)).decode("ascii")
-    # IDNA2003's nameprep maps ß to "ss" and ς to σ; IDNA2008 keeps them.  (It also drops
-    # ZWJ and ZWNJ, which stays: "bank<ZWJ>.example" looks like bank.example and gets its policy.)
-    mapped = "".join(part if _DEVIATIONS.fullmatch(part) else encodings.idna.nameprep(part) for part in _DEVIATIONS.split(label))
-    ace = "xn--" + unicodedata.normalize("NFC", mapped).encode("punycode").decode("ascii")
-    if len(ace) > 63:
-        raise UnicodeError("label too long")
-    return ace
+    labels = mapped.split(".")  # the mapping made every IDNA full stop a "."
+    if len(labels) > 1 and not labels[-1]:
+        labels.pop()  # a trailing dot
+    converted = [label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii") for label in labels]
+    if not all(0 < len(label) < 64 for label in converted):  # as IDNA refuses an empty or overlong label
+        return None
+    return ".".join(converted)
 
 
 def parse_nameserver(spec: str) -> tuple[str, int]:

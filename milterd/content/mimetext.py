@@ -1115,7 +1115,7 @@ class _HTMLText(HTMLParser):
     # unseen (title, style, script) is skipped on its own, and other text in it a browser shows in the body.
     _SKIP = {"script", "style", "title"}
     _BREAK = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote"}
-    _FOLLOWED = {"a", "area"}  # whose href the reader clicks (a <link>'s or <base>'s is not)
+    _FOLLOWED = {"a", "area"}  # whose href the reader clicks (a <link>'s or <base>'s is not); VML shapes' too (_followed)
 
     def __init__(self, mark: str = "", found: _Links | None = None, nested: bool = False) -> None:
         super().__init__(convert_charrefs=True)
@@ -1262,8 +1262,12 @@ class _HTMLText(HTMLParser):
             self.parts.append("\n")
         # Asked once a tag: a <meta> of 1,000 content= attributes asked it of each (a million steps a tag).
         refresh = tag == "meta" and any(name == "http-equiv" and (kind or "").strip().lower() == "refresh" for name, kind in attrs)
+        if tag == "form" and not any(name == "action" and value for name, value in attrs):
+            self._add("", True)  # a form without an action posts to the document's own URL
         for name, value in attrs:
             if not value:
+                if name == "href" and self._followed(tag):
+                    self._add("", True)  # href="": the document's own URL
                 continue
             if self.mark:
                 value = value.replace(self.mark, "<")
@@ -1272,10 +1276,15 @@ class _HTMLText(HTMLParser):
                     base = _Base.of(value)
                     if base is not None:
                         self._set_base(base)
-                followed = name in ("action", "formaction") or (name in ("href", "xlink:href") and tag in self._FOLLOWED)
+                followed = name in ("action", "formaction") or (name in ("href", "xlink:href") and self._followed(tag))
                 self._add(value, followed)
             else:
                 self._add_all(_attribute_links(tag, name, value, refresh), refresh)  # a refresh is followed
+
+    def _followed(self, tag: str) -> bool:
+        """Whether the reader clicks the href of a *tag*: a link, an image map's area, or a VML shape (an Outlook
+        "bulletproof" button, ``<v:roundrect href=…>``, which Outlook for Windows shows and follows)."""
+        return tag in self._FOLLOWED or tag.startswith("v:")
 
     def _add_all(self, links: Iterable[str], followed: bool) -> None:
         """:meth:`_add` each of *links* (of CSS or a srcset), while fewer than ``MAX_LINKS_SCANNED`` were read so."""
@@ -1290,7 +1299,13 @@ class _HTMLText(HTMLParser):
         """Add the link *value* of an attribute as written and, when it is relative, resolved against the document's
         <base href> too (a client that ignores the base reads it as written: ``www.evil.example/login``)."""
         value = value.strip()
-        if not value or value.startswith(("#", "cid:", "data:", "javascript:")):
+        if value[:1] in ("", "#"):
+            # The document itself (href="#top", href="", a form without an action): with a <base href>, a click
+            # goes to the base URL ("baseStriker"), so a followed one is resolved against the base.
+            if followed:
+                self._add_relative(value, followed)
+            return
+        if value.startswith(("cid:", "data:", "javascript:")):
             return
         self.found.add(value, followed)
         if _ABSOLUTE.match(value) and not _OPENED_ITSELF.match(value):
@@ -1300,7 +1315,12 @@ class _HTMLText(HTMLParser):
             for inner in (_INNER_SCHEME.search(value, start), _INNER_SLASHES.search(value, start)):
                 if inner is not None:
                     self.found.add(value[inner.start():], followed)
-        if self.found.scanned < MAX_LINKS_SCANNED and not _ABSOLUTE.match(value):  # past it, add() keeps nothing
+        if not _ABSOLUTE.match(value):
+            self._add_relative(value, followed)
+
+    def _add_relative(self, value: str, followed: bool) -> None:
+        """Add the relative link *value* resolved against the <base href>, or keep it for a base that comes later."""
+        if self.found.scanned < MAX_LINKS_SCANNED:  # past it, add() keeps nothing
             if self._base is not None:
                 self.found.add(self._base.resolve(value), followed)
             elif len(self._relative) < MAX_URIS:
@@ -1458,7 +1478,7 @@ class _Base:
         link = _URL_BLANKS.sub("", link)
         if link[:1] in ("/", "\\"):
             return self.origin + "/" + link[1:]
-        if link[:1] == "?":
+        if link[:1] in ("?", "#", ""):
             return self.document + link
         return self.directory + link
 
