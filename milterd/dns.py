@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import itertools
 import logging
 import math
 import select
@@ -488,6 +489,9 @@ class Resolver:
         self._servers = _udp_servers(self._resolver)
         #: The nameservers in the order they are asked: those that failed us last (:meth:`_demote`) at the end.
         self._order = list(self._servers)
+        #: resolv.conf's ``options rotate``: each question batch starts at the next nameserver of the order in turn.
+        self._rotate = bool(self._resolver.rotate)
+        self._turn = itertools.count()
         self._reorder_at = math.inf  # when a demotion (_demote) ends
         # Every nameserver is one our client asks: when all refuse, nobody else could answer.
         self._servers_all = len(self._servers) == len(self._resolver.nameservers)
@@ -571,6 +575,9 @@ class Resolver:
         if start >= self._reorder_at:
             self._order, self._reorder_at = self._servers, math.inf  # the configured order again
         order = self._order
+        if self._rotate:
+            turn = next(self._turn) % len(order)
+            order = order[turn:] + order[:turn]
         share = (deadline - start) / len(order)
         exchanges: list[_Exchange] = []
         late = 0
@@ -869,8 +876,10 @@ def use_for_spf(get_resolver: Callable[[], Resolver]) -> None:
 def _udp_servers(resolver: dns.resolver.Resolver) -> list[tuple[int, tuple[str, int]]]:
     """(address family, (ip, port)) of the resolver's nameservers our UDP client asks, in order: those
     before the first it does not (DNS-over-HTTPS…); none when the resolver is set up in a way the
-    client does not copy (TSIG, rotation, a cache)."""
-    if resolver.keyname is not None or resolver.rotate or resolver.cache is not None:
+    client does not copy (TSIG, a cache).  Rotation (resolv.conf's ``options rotate``) it does copy: handed to
+    dnspython, whose first nameserver waits the whole deadline, a nameserver that was down failed the questions
+    it was asked first."""
+    if resolver.keyname is not None or resolver.cache is not None:
         return []
     servers = []
     for nameserver in resolver.nameservers:
