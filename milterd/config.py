@@ -527,12 +527,22 @@ class Config(Section):
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path | None:
-    """The file to read: the one given, else ./milter.conf, else /etc/milterd/milter.conf, else None."""
+    """The file to read: the one given, else ./milter.conf, else /etc/milterd/milter.conf, else None.
+
+    A candidate that is there but no file one can read (a dangling link, a directory, one in a directory this
+    user cannot search) is taken, so that reading it refuses it with the reason: skipped, milterd ran on the
+    embedded defaults (no local_domains, other thresholds) while the administrator's file was meant.
+    """
     if explicit is not None:
         return Path(explicit)
     for candidate in DEFAULT_PATHS:
-        if candidate.is_file():
-            return candidate
+        try:
+            candidate.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:  # EACCES on the way: read_toml names the reason
+            pass
+        return candidate
     return None
 
 
@@ -558,6 +568,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: not UTF-8 (byte {exc.start + 1})") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
+        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    except RecursionError:  # arrays or inline tables nested thousands deep
+        raise ConfigError(path, "", "not valid TOML: arrays or tables nested too deep") from None
 
 
 #: Keys naming a file relative to milter.conf's directory whose value is kept as

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..content.archives import Limits, Listing, archive_kind_of, list_archive, local_failure
 from ..content.filetypes import HEAD_SIZE, MESSAGE_TYPES, extensions, message_file, mismatch, ole_has_macros, sniff
@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 _CategoryAction = Literal["off", "score", "quarantine", "reject"]
 
 
+#: A file name extension as the banned list compares it: after the last dot, no blank, wildcard or path.
+_EXTENSION = re.compile(r"[^\s.*?/\\]+")
+
+
 class AttachmentChecks(CheckSwitches):
     """The attachment policy: banned and double extensions, content that contradicts its name, archives within limits; each category scores or forces an action."""
 
@@ -57,6 +61,20 @@ class AttachmentChecks(CheckSwitches):
         ["exe", "scr", "com", "pif", "bat", "cmd", "js", "jse", "vbs", "vbe", "wsf", "wsh", "hta", "jar", "msi", "msp", "iso", "img", "vhd", "vhdx", "lnk", "cpl", "reg", "ps1", "scf", "chm", "dll", "appx", "msix", "application", "gadget", "inf", "sct", "url"],
         description="File name extensions (without the dot, any case) banned in attachments and in the archives they carry: symbol ATTACH_BANNED.",
     )
+
+    @field_validator("banned_extensions")
+    @classmethod
+    def _extensions(cls, value: list[str]) -> list[str]:
+        # "*.exe", "EXE " or "tar.gz" was taken and matched no file: an .exe went through the malware guard.
+        extensions = []
+        for entry in value:
+            extension = entry.strip().removeprefix(".")
+            if not extension or not _EXTENSION.fullmatch(extension):
+                raise ValueError(f"{entry!r} is not a file name extension: write it without the dot or a wildcard "
+                                 "(\"exe\"); only the last one of a name is compared (\"gz\", not \"tar.gz\")")
+            extensions.append(extension)
+        return extensions
+
     banned_action: _CategoryAction = Field("reject", description="A banned name: reject (550 5.7.1 naming the file), quarantine, only score ATTACH_BANNED, or off.")
     double_extension_action: _CategoryAction = Field("reject", description="A banned extension behind another one (invoice.pdf.exe): ATTACH_DOUBLE_EXT, with the same choices.")
     mismatch_action: _CategoryAction = Field("score", description="Content whose first bytes contradict the name or declared type (a \"PDF\" that is a Windows executable): ATTACH_TYPE_MISMATCH, with the same choices.")

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from ..config import Config, ConfigError, load_config
 from ..message.policy import PIPELINE_SYMBOLS, unreachable_thresholds
+from ..milter.supervisor import check_start
 from ..options import finite
 from ..ruleset import is_shipped
 from ..services import Services, build
@@ -100,6 +101,7 @@ def run_lint(args: argparse.Namespace) -> int:
     """Validate; exit 0 with a one-line summary, or 2 with the file, key and reason."""
     config = load_config(args.config)
     services = build(config)
+    check_start(config)
 
     custom = sum(1 for s in symbol_table(services) if not s.builtin)
     shipped = sum(1 for path in services.ruleset.files if is_shipped(path))

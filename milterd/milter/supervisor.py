@@ -240,24 +240,43 @@ def service_account(config: Config) -> tuple[str, int, int] | None:
     ``[milter]``, whoever starts milterd (:func:`check_account_names`).
     """
     check_account_names(config)
-    where = config.path or "milter.conf"
+    group = _group_id(config)  # a misspelt group is refused whoever starts milterd, as the user is
     if os.geteuid() != 0 or config.milter.user == "root":
-        if config.milter.group:  # a misspelt group is refused whoever starts milterd, as the user is
-            try:
-                grp.getgrnam(config.milter.group)
-            except KeyError:
-                raise ConfigError(where, "[milter] group", f"no such group {config.milter.group!r}") from None
         return None
     name = config.milter.user or DEFAULT_USER
+    user = _user(config, name)
+    return name, user.pw_uid, user.pw_gid if group is None else group
+
+
+def _user(config: Config, name: str) -> pwd.struct_passwd:
     try:
-        user = pwd.getpwnam(name)
+        return pwd.getpwnam(name)
     except KeyError:
-        raise ConfigError(where, "[milter] user", f"no such user {name!r}") from None
+        raise ConfigError(config.path or "milter.conf", "[milter] user", f"no such user {name!r}") from None
+
+
+def _group_id(config: Config) -> int | None:
+    """The gid of ``[milter] group``, None when unset; ConfigError for one that does not exist."""
+    if not config.milter.group:
+        return None
     try:
-        gid = grp.getgrnam(config.milter.group).gr_gid if config.milter.group else user.pw_gid
+        return grp.getgrnam(config.milter.group).gr_gid
     except KeyError:
-        raise ConfigError(where, "[milter] group", f"no such group {config.milter.group!r}") from None
-    return name, user.pw_uid, gid
+        raise ConfigError(config.path or "milter.conf", "[milter] group", f"no such group {config.milter.group!r}") from None
+
+
+def check_start(config: Config) -> None:
+    """What ``serve`` refuses at start without opening a socket or the database, for ``rules lint``: the
+    service account's user and group, whoever runs it, and the spool directory (as root, one the account
+    must write).  Not the SQLite store's files, which a start as root first makes and gives to the account."""
+    service_account(config)
+    if config.milter.user not in ("", "root"):
+        _user(config, config.milter.user)
+    if os.geteuid() == 0:
+        with _as_service_account(config):
+            check_spool_writable(config)
+    elif config.milter.spool_dir and not os.path.isdir(config.milter.spool_dir):
+        raise ConfigError(config.path or "milter.conf", "[milter] spool_dir", f"{config.milter.spool_dir}: no such directory")
 
 
 def drop_privileges(config: Config) -> None:
