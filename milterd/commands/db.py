@@ -35,6 +35,9 @@ def run_db(args: argparse.Namespace) -> int:
             if not store.known_version(current):
                 print(f"milterd: {newer_schema(current, head)}", file=sys.stderr)
                 return 1
+            if current != head:  # scripts can tell an upgrade is due
+                print("milterd: run `milterd db upgrade`", file=sys.stderr)
+                return 1
     except StoreError as exc:
         print(f"milterd: {exc}", file=sys.stderr)
         return 1

@@ -425,7 +425,9 @@ class Store:
             raise StoreError(f"the database schema is at {current or 'nothing'}, this milterd needs {head}: run 'milterd db upgrade'")
 
     def require_schema(self) -> None:
-        """NoSchemaError (saying to run ``milterd db upgrade``) when the database has no schema.
+        """NoSchemaError (saying to run ``milterd db upgrade``) when the database has no schema, StoreError saying
+        the same when its schema is older than this milterd's (a command then failed on a missing column, in SQL's
+        words).  A newer schema, which only adds, is taken: an older milterd's commands keep working on it.
 
         StoreError, without SQL, when the database does not answer.
         """
@@ -436,6 +438,9 @@ class Store:
             raise StoreError(f"cannot reach the database {url}: {driver_reason(exc, self.section.url)}") from exc
         if current is None:
             raise NoSchemaError(f"the database {url} has no schema yet: run `milterd db upgrade`")
+        head = self.head_version()
+        if current != head and self.known_version(current):
+            raise StoreError(f"the database schema is at {current}, this milterd needs {head}: run `milterd db upgrade`")
 
     def has_tables(self) -> bool:
         """Whether the message log table exists."""

@@ -70,3 +70,19 @@ def test_the_filter_is_served_by_an_index_and_the_upgrade_adds_it(store: Store) 
     names = indexes(store)
     assert "ix_messages_sender_lower" in names and "ix_messages_sender" not in names
     assert [r["queue_id"] for r in store.messages(sender="alice@example.org")] == ["A"]
+
+
+def test_commands_on_an_older_schema_say_to_upgrade(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A store left at an older revision (auto_upgrade off): `quarantine list` failed with "no such column", in
+    # SQL's words, and `db version` exited 0 although an upgrade was due.
+    with store.engine.begin() as connection:
+        command.downgrade(store._alembic_config(connection), "0003")
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "log.sqlite"}"\n[dns]\nnameservers = ["127.0.0.1:9"]\n')
+    for argv in (["quarantine", "list"], ["log"], ["db", "version"]):
+        assert main([*argv, "-c", str(conf)]) == 1, argv
+        err = capsys.readouterr().err
+        assert "run `milterd db upgrade`" in err and "no such column" not in err, (argv, err)
+    assert main(["db", "upgrade", "-c", str(conf)]) == 0
+    assert main(["db", "version", "-c", str(conf)]) == 0
+    assert main(["quarantine", "list", "-c", str(conf)]) == 0
