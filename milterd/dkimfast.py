@@ -175,6 +175,8 @@ PURE_PARSE_TAG_VALUE: Callable[[Any], dict[bytes, bytes]] = dkim.parse_tag_value
 PURE_VERIFY_SIG_PROCESS: Callable[..., Any] = dkim.DKIM.verify_sig_process
 PURE_VERIFY_HEADERPREP: Callable[..., Any] = dkim.DKIM.verify_headerprep
 PURE_VALIDATE_SIGNATURE_FIELDS: Callable[[Any], None] = dkim.validate_signature_fields
+#: dkimpy's pick of the fields an h= names (what :func:`install` replaces for ARC, ed25519 and signing).
+PURE_SELECT_HEADERS: Callable[[Any, Any], list[Any]] = dkim.select_headers
 #: Longer key records are parsed each time (not remembered).
 MAX_KEY_RECORD = 8192
 #: Smaller moduli are checked by dkimpy (cheap, and where "digest too large" can happen).
@@ -560,6 +562,16 @@ def selected_headers(headers: list[Any], keys: list[bytes], include_headers: lis
     return chosen
 
 
+def select_headers(headers: list[Any], include_headers: list[bytes]) -> list[Any]:
+    """``dkim.select_headers``: the same fields in the same order, in time linear in the fields and names.
+
+    dkimpy scans the fields from the bottom for each name of ``h=`` that no field has left, so an ``h=`` of
+    8,000 absent names over 900 fields cost a second of CPU for each ARC set or ed25519 signature verified
+    (and :func:`verify_sig_process`, RSA DKIM's, was the only caller that avoided it).
+    """
+    return selected_headers(headers, [name.lower() for name, _ in headers], include_headers)
+
+
 def verify_sig_process(self: Any, sig: Any, include_headers: Any, sig_header: Any, dnsfunc: Any) -> Any:
     """``dkim.DomainSigner.verify_sig_process`` for DKIM signatures: the same checks, hashed bytes and verdict.
 
@@ -714,6 +726,7 @@ def install() -> None:
     dkim.parse_tag_value = parse_tag_value
     dkim.DKIM.verify_sig_process = verify_sig_process
     dkim.DKIM.verify_headerprep = verify_headerprep
+    dkim.select_headers = select_headers
 
 
 def installed() -> bool:
@@ -728,6 +741,7 @@ def installed() -> bool:
         and dkim.rfc822_parse is rfc822_parse
         and dkim.RE_BTAG is RE_BTAG
         and dkim.canonicalization.unfold_header_value is unfold_header_value
+        and dkim.select_headers is select_headers
         and dkim.canonicalization.Relaxed.canonicalize_headers is relaxed_headers
         and dkim.parse_tag_value is parse_tag_value
         and dkim.DKIM.verify_sig_process is verify_sig_process

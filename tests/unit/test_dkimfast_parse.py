@@ -144,6 +144,7 @@ def dkimpys_own(m: pytest.MonkeyPatch) -> None:
     m.setattr(dkim, "parse_tag_value", dkimfast.PURE_PARSE_TAG_VALUE)
     m.setattr(dkim.DKIM, "verify_sig_process", dkimfast.PURE_VERIFY_SIG_PROCESS)
     m.setattr(dkim.DKIM, "verify_headerprep", dkimfast.PURE_VERIFY_HEADERPREP)
+    m.setattr(dkim, "select_headers", dkimfast.PURE_SELECT_HEADERS)
 
 
 class Txt:

@@ -180,13 +180,15 @@ def test_the_sealed_copy_has_our_folded_header_with_crlf_as_postfix_delivers_it(
     out = message_for_seal(envelope, "mx.test", value)
     head, _, body = out.partition(b"\r\n\r\n")
     assert re.search(rb"(?<!\r)\n", head + b"\r\n") is None and b"\r" not in head.replace(b"\r\n", b"")
-    # Our header as the adapter hands it to Postfix, each line ended with CRLF; the forged one gone, the rest as received.
+    # Our header as the adapter hands it to Postfix, each line ended with CRLF; the forged one gone, the rest as
+    # received but for other hosts' Authentication-Results, which no seal covers (left out since the 32nd review).
     ours = (FIELD + _header_safe(value)).replace("\n", "\r\n").encode() + b"\r\n"
-    assert out == ours + other + MESSAGE
+    assert out == ours + MESSAGE
+    assert other not in out
     assert body == MESSAGE.partition(b"\r\n\r\n")[2]
     # dkimpy reads it as one header with all five results.
     headers, _ = dkim.rfc822_parse(out)
-    assert [n for n, _ in headers][:2] == [b"Authentication-Results", b"Authentication-Results"]
+    assert [n for n, _ in headers][:2] == [b"Authentication-Results", b"From"]
     assert headers[0][1] == ours[len(FIELD) - 1:]
     assert parsed(headers[0][1].decode()) == [("spf", "pass", {"smtp.mailfrom": "alice@signed.test"}),
                                               ("dkim", "permerror", {"header.d": "signed.test", "header.s": "sel"}), ("arc", "none", {})]

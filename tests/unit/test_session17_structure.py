@@ -196,15 +196,16 @@ def cases() -> dict[str, tuple[Envelope, list[HeaderEdit]]]:
 OURS = b"Authentication-Results: X-Test; spf=pass\r\n\tdkim=none\r\n"
 
 #: (message_for_seal, header_section_as_delivered) of each case, as computed by the code before this
-#: change (message_for_seal re-split header_section_as_delivered's bytes with a regex).
+#: change (message_for_seal re-split header_section_as_delivered's bytes with a regex); since the 32nd
+#: review, what is sealed leaves out every Authentication-Results but ours (no seal covers one).
 EXPECTED = {
     "folded_forged_no_edit": (
-        OURS + b"From: Alice <alice@example.org>\r\nSubject: a long\r\n\tsubject\r\nAuthentication-Results: other.example; spf=pass\r\n"
+        OURS + b"From: Alice <alice@example.org>\r\nSubject: a long\r\n\tsubject\r\n"
         b"Received: from a\r\n by b\r\n\twith c\r\nX-Empty:\r\n\r\nbody\r\n",
         b"From: Alice <alice@example.org>\r\nSubject: a long\r\n\tsubject\r\nAuthentication-Results: mx.test;\r\n\tspf=pass smtp.mailfrom=example.org\r\n"
         b"Authentication-Results: other.example; spf=pass\r\nAUTHENTICATION-RESULTS : MX.TEST; dkim=pass\r\nReceived: from a\r\n by b\r\n\twith c\r\nX-Empty:\r\n\r\n"),
     "folded_forged_subject_change": (
-        OURS + b"From: Alice <alice@example.org>\r\nSubject: [SPAM] a long\r\n\tsubject\r\nAuthentication-Results: other.example; spf=pass\r\n"
+        OURS + b"From: Alice <alice@example.org>\r\nSubject: [SPAM] a long\r\n\tsubject\r\n"
         b"Received: from a\r\n by b\r\n\twith c\r\nX-Empty:\r\n\r\nbody\r\n",
         b"From: Alice <alice@example.org>\r\nSubject: [SPAM] a long\r\n\tsubject\r\nAuthentication-Results: mx.test;\r\n\tspf=pass smtp.mailfrom=example.org\r\n"
         b"Authentication-Results: other.example; spf=pass\r\nAUTHENTICATION-RESULTS : MX.TEST; dkim=pass\r\nReceived: from a\r\n by b\r\n\twith c\r\nX-Empty:\r\n\r\n"),
