@@ -146,6 +146,23 @@ DIRECTORY_BYTES_PER_MEMBER_LIMIT = 20 * 128
 #: At most this many names of uuencoded or yEnc files are judged in one message.
 MAX_ENCODED_FILES = 1000
 #: An extension that names a COM class (a CLSID) instead of a file type.
+#: The extension a mail client gives a part of this type that has none (Thunderbird names an unnamed part
+#: "attachment." and its type's primary extension; Outlook ATT00001 and the one the registry has): those of the
+#: types that run.
+TYPE_EXTENSIONS = {
+    "application/x-msdownload": "exe", "application/x-msdos-program": "exe", "application/x-dosexec": "exe",
+    "application/vnd.microsoft.portable-executable": "exe", "application/x-ms-dos-executable": "exe",
+    "application/javascript": "js", "application/x-javascript": "js", "text/javascript": "js", "application/ecmascript": "js",
+    "application/hta": "hta", "application/x-ms-shortcut": "lnk", "application/java-archive": "jar",
+    "application/x-java-archive": "jar", "application/x-msi": "msi", "application/x-ms-installer": "msi",
+    "application/vbscript": "vbs", "text/vbscript": "vbs", "application/x-bat": "bat", "application/x-msbatch": "bat",
+    "application/x-ms-application": "application", "application/x-iso9660-image": "iso", "application/x-ms-wsh": "wsh",
+}
+#: What Gecko's SanitizeFileName (Thunderbird saving or opening an attachment) drops from a name, and the
+#: blanks it makes spaces (then trimmed off the end, and out of the extension): ``evil.e\txe``, ``evil.exe\ufeff``
+#: and ``evil.e x e`` open as evil.exe.
+_DROPPED = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_BLANKS = re.compile(r"[\s\ufeff\u180e\u200b]")
 _CLSID = re.compile(r"\{[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\}")
 
 
@@ -194,7 +211,30 @@ def judge_name(path: str, banned: frozenset[str]) -> list[Finding]:
     found = _judge_name(path, path, banned)
     if "\x00" in path:
         found += [f for f in _judge_name(path, path.replace("\x00", "_"), banned) if f not in found]
+    saved = client_saved(path)
+    if saved != path:
+        found += [f for f in _judge_name(path, saved, banned) if f not in found]
     return found
+
+
+def client_saved(path: str) -> str:
+    """*path* with its last name as Gecko's SanitizeFileName leaves it: control characters and line separators
+    dropped, blanks made spaces and trimmed with dots off the end, and the blanks of the extension gone."""
+    head, _, name = path.rpartition("/")
+    name = _BLANKS.sub(" ", _DROPPED.sub("", name)).rstrip(" .")
+    stem, dot, extension = name.rpartition(".")
+    if dot:
+        name = f"{stem}.{_BLANKS.sub('', extension)}"
+    return f"{head}/{name}" if head else name
+
+
+def typed_name(filename: str, names: Iterable[str], content_type: str) -> str | None:
+    """The name a mail client gives a file of *content_type* that no name of gives an extension
+    (:data:`TYPE_EXTENSIONS`): ``attachment.exe`` for an unnamed application/x-msdownload part; else None."""
+    extension = TYPE_EXTENSIONS.get(content_type.lower())
+    if extension is None or any(extensions(n) for n in (filename, *names) if n):
+        return None
+    return f"{filename or 'attachment'}.{extension}"
 
 
 def _judge_name(path: str, name: str, banned: frozenset[str]) -> list[Finding]:
@@ -344,6 +384,9 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         found = judge_name(name, self.banned) if attachment.filename else []
         for other in attachment.names:  # a client may take any of them: judge each
             found += [f for f in judge_name(other, self.banned) if f not in found]
+        typed = typed_name(attachment.filename, attachment.names, attachment.content_type)
+        if typed is not None:
+            found += [f for f in _judge_name(name, typed, self.banned) if f not in found]
         found += judge_content(name, attachment.content_type, head, self.banned, self.actions[MACRO] != "off")
         if self.actions[MACRO] != "off" and sniff(head) == "ole" and _ole_macros(attachment.data):
             found.append(Finding(MACRO, name, "OLE document with a VBA project"))

@@ -46,3 +46,37 @@ def test_a_max_attachment_size_below_the_first_bytes_judged_is_refused(size: obj
     with pytest.raises(ConfigError) as info:
         Config().with_changes({"checks.attachments.max_attachment_size": size})
     assert "max_attachment_size" in str(info.value)
+
+
+def banned(tmp_path: Path, part: bytes) -> list[str]:
+    check = attachment_check(tmp_path)
+    hits = check.on_eom(Session(client_addr="192.0.2.7"), envelope_of(mixed(b"Content-Type: text/plain\r\n\r\nsee attached", part)))
+    return [h.detail for h in hits if h.symbol == "ATTACH_BANNED"]
+
+
+@pytest.mark.parametrize(("ctype", "body"), [
+    ("application/x-msdownload", b"MZ\x90\x00"),
+    ("application/javascript", b"WScript.Shell"),
+    ("application/x-javascript", b"var x = 1;"),
+    ("application/hta", b"<script>"),
+])
+def test_an_unnamed_part_is_judged_by_the_name_clients_give_its_type(tmp_path: Path, ctype: str, body: bytes) -> None:
+    # Thunderbird opens it as attachment.exe / attachment.js (Outlook as ATT00001.exe): no ATTACH_BANNED before.
+    [detail] = banned(tmp_path, f"Content-Type: {ctype}\r\nContent-Disposition: attachment\r\n\r\n".encode() + body)
+    assert "banned extension" in detail and ctype in detail
+    named = banned(tmp_path, f'Content-Type: {ctype}\r\nContent-Disposition: attachment; filename="invoice"\r\n\r\n'.encode() + body)
+    assert named and "invoice" in named[0]  # a name without an extension gets the type's too
+
+
+def test_a_named_or_harmless_part_keeps_its_own_name(tmp_path: Path) -> None:
+    assert banned(tmp_path, b'Content-Type: application/x-msdownload; name="report.pdf"\r\n\r\n%PDF-1.4') == []
+    assert banned(tmp_path, b"Content-Type: application/pdf\r\nContent-Disposition: attachment\r\n\r\n%PDF-1.4") == []
+
+
+@pytest.mark.parametrize("encoded", ["evil.e%20x%20e", "evil.e%09xe", "evil.e%C2%A0xe", "evil.ex%01e", "evil.ex%7Fe",
+                                     "evil.exe%EF%BB%BF", "evil.exe%E1%A0%8E", "evil.e%E2%80%A8xe", "evil.j%20s"])
+def test_a_name_gecko_cleans_into_a_banned_one_is_banned(tmp_path: Path, encoded: str) -> None:
+    # Thunderbird saves and opens these as evil.exe / evil.js (Gecko's SanitizeFileName): only a mismatch before.
+    part = f"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename*=utf-8''{encoded}\r\n\r\n".encode() + b"MZ\x90"
+    [detail] = banned(tmp_path, part)
+    assert "banned extension" in detail
