@@ -44,6 +44,13 @@ FORMS: dict[str, tuple[bytes, str]] = {
     "zip-directory-overstating-a-size": (mixed(b'Content-Type: application/zip; name="invoice.zip"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
                                                + base64.encodebytes(overstating_zip()).replace(b"\n", b"\r\n")),
                                          "invoice.zip/evil.exe: banned extension .exe"),
+    # Thirty-second session: no extension in any name (Thunderbird opens it as attachment.js), and a name Gecko's
+    # SanitizeFileName makes invoice.js (a tab dropped from the extension).
+    "unnamed-javascript-part": (mixed(b"Content-Type: application/javascript\r\nContent-Disposition: attachment\r\n"
+                                      b"Content-Transfer-Encoding: base64\r\n\r\n" + ENCODED), "banned extension .js"),
+    "name-with-a-tab-in-its-extension": (mixed(b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; "
+                                               b"filename*=utf-8''invoice.j%09s\r\nContent-Transfer-Encoding: base64\r\n\r\n" + ENCODED),
+                                         "banned extension .js"),
 }
 
 

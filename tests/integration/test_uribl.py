@@ -87,6 +87,10 @@ def test_bare_www_link_in_plain_text_is_looked_up_and_a_reject_code_names_the_do
     ("triple slash", html("triple slash", '<a href="https:///phish-domain.test/login">Log in</a>')),
     ("userinfo bracket", html("userinfo bracket", '<a href="https://bank.test]@phish-domain.test/login">Log in</a>')),
     ("cjk prefix", message("cjk prefix", "\u8bf7\u70b9\u51fbhttps://phish-domain.test/login\r\n")),
+    # UTS #46 as browsers apply it (32nd review): a letter newer than IDNA2003's Unicode 3.2 (ₐ, U+2090) was left
+    # unmapped, and an RTL label ending in a digit (RFC 5893) refused, so phish-domain.test was never looked up.
+    ("subscript letter", html("subscript letter", '<a href="https://phish-dom\u2090in.test/login">Log in</a>')),
+    ("rtl digit label", html("rtl digit label", '<a href="https://\u05e9\u05dc\u05d5\u05dd1.phish-domain.test/">x</a>')),
     ("html comment type", message("html comment type", '<a href="https://phish-domain.test/">x</a>\r\n',
                                   headers={"Content-Type": "text/html (HTML mail); charset=utf-8"})),
     # Thunderbird's reading (B) delimits the parts; a line of Python's reading in the epilogue steered the
