@@ -124,7 +124,13 @@ def unfold(raw: bytes) -> str:
 
 def bad_encoded_words(value: str) -> str:
     """The first malformed RFC 2047 encoded-word of *value* (unknown charset, bad base64,
-    undecodable bytes, unterminated), or ""."""
+    undecodable bytes, unterminated), or "".
+
+    The bytes of adjacent words of one charset (blanks between them aside) are decoded together, as
+    Thunderbird and Python's ``decode_header`` read them: a character split between two words (RFC 2047
+    §5 forbids it; long-word splitters do it) is no malformed word to a reader.
+    """
+    run: list[tuple[re.Match[str], bytes]] = []
     for match in _ENCODED_WORD.finditer(value):
         charset, encoding, text = python_charset(match.group(1).split("*", 1)[0]), match.group(2).upper(), match.group(3)
         try:
@@ -138,12 +144,40 @@ def bad_encoded_words(value: str) -> str:
                 data = base64.b64decode(text, validate=True)
             else:
                 data = re.sub(r"=([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), text.replace("_", " ")).encode("latin-1")
-            data.decode(charset)
-        except (binascii.Error, ValueError, UnicodeError, LookupError):  # LookupError: a codec of no text ("base64")
+        except (binascii.Error, ValueError):
             return match.group(0)
+        last = run[-1][0] if run else None
+        if last is not None and not (_word_charset(last) == _word_charset(match) and not value[last.end():match.start()].strip(" \t")):
+            if (bad := _undecodable(run)) is not None:
+                return bad
+            run = []
+        run.append((match, data))
+    if run and (bad := _undecodable(run)) is not None:
+        return bad
     rest = _ENCODED_WORD.sub("", value)
     unterminated = _ENCODED_START.search(rest)
     return rest[unterminated.start():][:60] if unterminated else ""
+
+
+def _word_charset(match: re.Match[str]) -> str:
+    return match.group(1).split("*", 1)[0].lower()
+
+
+def _undecodable(run: list[tuple[re.Match[str], bytes]]) -> str | None:
+    """The word of the adjacent encoded-words *run* (each with its decoded bytes) where their bytes, taken
+    together, stop being text in the run's charset; None when they are text."""
+    try:
+        b"".join(data for _, data in run).decode(python_charset(_word_charset(run[0][0])))
+    except UnicodeDecodeError as exc:
+        end = 0
+        for match, data in run:
+            end += len(data)
+            if exc.start < end:
+                return match.group(0)
+        return run[-1][0].group(0)  # the bytes end inside a character
+    except (ValueError, UnicodeError, LookupError):  # LookupError: a codec of no text ("base64")
+        return run[0][0].group(0)
+    return None
 
 
 #: Values longer than this are judged afresh each time, so the caches below hold no huge hostile header.

@@ -33,6 +33,8 @@ def word(charset: str, data: bytes) -> str:
 ENCODED = {
     "outlook-iso-2022-jp": (word("ISO-2022-JP", b"\x1b$B-!2q5D\x1b(B"), "①会議"),  # NEC row 13, as Outlook writes it
     "gbk-under-gb2312": (word("gb2312", "朱镕基".encode("gbk")), "朱镕基"),
+    # A character split between two words (RFC 2047 §5 forbids it; clients read it whole): not malformed (32nd review).
+    "split-utf-8": (word("utf-8", "日本".encode()[:4]) + " " + word("utf-8", "日本".encode()[4:]), "日本"),
 }
 
 
