@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from milterd.checks import uribl
+from milterd.checks import dmarc, uribl
 from milterd.content import mimetext
 from milterd.dns import a_label, domain_name
 
@@ -41,6 +41,10 @@ def test_domain_names_map_as_browsers_and_registries_do() -> None:
     assert a_label("a..b\u00fc.example") is None  # an empty label
     assert a_label("\u00fc" * 60 + ".example") is None  # an A-label over 63 characters
     assert a_label("\ufffd.example") is None  # a code point UTS #46 disallows
+    # Invisible characters UTS #46 ignores, past the 1,024 characters idna takes whole: the From domain a reader
+    # sees (paypal.com), where the name was no domain and DMARC fell back to "pay" (second look, 32nd review).
+    for ignored in ("\ufe0f", "\u034f", "\u00ad"):
+        assert domain_name("pay" + ignored * 1030 + "pal.com") == "paypal.com"
 
 
 def followed_and_embedded(body: str) -> tuple[list[str], set[str]]:
@@ -68,3 +72,7 @@ def test_a_link_the_reader_follows_is_not_embedded(body: str) -> None:
 
 def test_without_a_base_a_fragment_is_no_link() -> None:
     assert followed_and_embedded('<a href="#top">x</a><form><input></form>') == ([], set())
+
+
+def test_a_from_domain_padded_with_ignored_characters_keeps_its_dmarc_domain() -> None:
+    assert dmarc.from_domains(["Security <security@pay" + "\ufe0f" * 1030 + "pal.com>"]) == ("paypal.com",)
