@@ -508,6 +508,7 @@ class Resolver:
         #: resolv.conf's ``options rotate``: each question batch starts at the next nameserver of the order in turn.
         self._rotate = bool(self._resolver.rotate)
         self._turn = itertools.count()
+        self._demoted: frozenset[tuple[int, tuple[str, int]]] = frozenset()  # those _demote put last, until _reorder_at
         self._reorder_at = math.inf  # when a demotion (_demote) ends
         # Every nameserver is one our client asks: when all refuse, nobody else could answer.
         self._servers_all = len(self._servers) == len(self._resolver.nameservers)
@@ -588,12 +589,7 @@ class Resolver:
         if not asked:
             return
         start = time.monotonic()
-        if start >= self._reorder_at:
-            self._order, self._reorder_at = self._servers, math.inf  # the configured order again
-        order = self._order
-        if self._rotate:
-            turn = next(self._turn) % len(order)
-            order = order[turn:] + order[:turn]
+        order = self._asking_order(start)
         share = (deadline - start) / len(order)
         exchanges: list[_Exchange] = []
         late = 0
@@ -696,6 +692,21 @@ class Resolver:
         # while the other replies wait in the sockets' buffers.
         answers[i] = answer if answer is not None else self._fallback(keys[i], deadline)
 
+    def _asking_order(self, now: float) -> list[tuple[int, tuple[str, int]]]:
+        """The order the nameservers are asked in now: :attr:`_order` (the configured one again once a demotion
+        has ended); under ``options rotate`` the nameservers not demoted take turns at its head, the demoted
+        ones stay last (a silent one started every other question otherwise)."""
+        if now >= self._reorder_at:
+            self._order, self._reorder_at, self._demoted = self._servers, math.inf, frozenset()  # the configured order again
+        order = self._order
+        if not self._rotate:
+            return order
+        live = [server for server in order if server not in self._demoted]
+        if not live:
+            return order
+        turn = next(self._turn) % len(live)
+        return live[turn:] + live[:turn] + [server for server in order if server in self._demoted]
+
     def _demote(self, exchanges: Sequence["_Exchange"]) -> None:
         """Move the nameservers that were asked before the first one that replied to the end of the order,
         for :data:`DEMOTED_FOR` seconds: the first one configured is usually the one meant (a local resolver
@@ -705,9 +716,11 @@ class Resolver:
             return
         passed = [e.server for e in exchanges[:first]]
         order = self._order
-        if order[:first] != passed:
+        kept = [server for server in order if server not in passed]
+        if order[len(kept):] == passed:
             return  # another thread has reordered them already
-        self._order = order[first:] + passed
+        self._order = kept + passed
+        self._demoted = self._demoted | frozenset(passed)
         self._reorder_at = time.monotonic() + DEMOTED_FOR
         log.warning("nameserver %s %s: %s is asked first for the next %gs", ", ".join(e.name for e in exchanges[:first]),
                     " or ".join(sorted({e.why for e in exchanges[:first]})), exchanges[first].name, DEMOTED_FOR)

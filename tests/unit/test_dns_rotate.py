@@ -58,3 +58,14 @@ def test_each_nameserver_is_asked_first_in_turn(serve: Callable[[Handler], Serve
     for i in range(4):
         assert resolver.query(f"n{i}.test", "A").status == "nxdomain"
     assert len(first.queries("udp")) == 2 and len(second.queries("udp")) == 2
+
+
+def test_a_silent_nameserver_once_demoted_is_not_asked_first_in_its_turn(serve: Callable[[Handler], Server], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rotation turned over the demoted one too: it started every other question, each waiting half the timeout.
+    silent, good = serve(lambda q, t: []), serve(zone)
+    resolver = from_resolv_conf(monkeypatch, silent, good)
+    resolver.timeout = 0.4
+    for i in range(6):
+        assert resolver.query(f"n{i}.test", "A").status == "nxdomain"
+    assert len(silent.queries("udp")) == 1  # the first question only; then it is last until the demotion ends
+    assert len(good.queries("udp")) == 6
