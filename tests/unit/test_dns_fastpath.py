@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import types
 from concurrent.futures import Future
 from typing import Callable, Iterator
 
@@ -308,10 +309,7 @@ def test_resolver_without_udp_nameserver_uses_dnspython() -> None:
     resolver._resolver.nameservers = ["https://resolver.invalid/dns-query"]
     assert milterd.dns._udp_servers(resolver._resolver) == []
     resolver._resolver.nameservers = ["127.0.0.1", "https://resolver.invalid/dns-query", "127.0.0.2"]
-    resolver._resolver.rotate = True
-    assert milterd.dns._udp_servers(resolver._resolver) == []
-    resolver._resolver.rotate = False
-    # The nameservers up to the first the client does not ask.
+    # The nameservers up to the first the client does not ask (rotate or not: tests/unit/test_dns_rotate.py).
     assert milterd.dns._udp_servers(resolver._resolver) == [(socket.AF_INET, ("127.0.0.1", 53))]
     resolver._resolver.nameservers = ["127.0.0.1", "::1"]
     assert milterd.dns._udp_servers(resolver._resolver) == [(socket.AF_INET, ("127.0.0.1", 53)), (socket.AF_INET6, ("::1", 53))]
@@ -320,19 +318,63 @@ def test_resolver_without_udp_nameserver_uses_dnspython() -> None:
 # --- time ------------------------------------------------------------------------
 
 
-def test_silent_server_is_a_timeout_within_the_deadline(serve: Callable[[Handler], Server]) -> None:
+class FakeClock:
+    """milterd.dns's time.monotonic(), moved only by the waits of :class:`ClockedSocket`."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class ClockedSocket(socket.socket):
+    """A real socket whose wait for a datagram that is not there takes its whole timeout on :attr:`clock`, not in real time."""
+
+    clock: FakeClock
+    sent: list[bytes]
+
+    def settimeout(self, value: float | None) -> None:
+        self.wait = value
+        super().settimeout(0.0)
+
+    def send(self, data: bytes, *args: int) -> int:  # type: ignore[override]
+        self.sent.append(data)
+        return super().send(data, *args)
+
+    def recv(self, size: int, *args: int) -> bytes:
+        try:
+            return super().recv(size, *args)
+        except BlockingIOError:
+            wait = getattr(self, "wait", None)
+            assert wait is not None, "a wait for a datagram without a timeout"
+            self.clock.now += wait
+            raise TimeoutError from None
+
+
+def test_silent_server_is_a_timeout_within_the_deadline(serve: Callable[[Handler], Server], monkeypatch: pytest.MonkeyPatch) -> None:
     server = serve(lambda q, t: [])
+    clock = FakeClock()
+    monkeypatch.setattr(milterd.dns, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr(ClockedSocket, "clock", clock, raising=False)
+    monkeypatch.setattr(ClockedSocket, "sent", [], raising=False)
+    monkeypatch.setattr(socket, "socket", ClockedSocket)  # the client's; the server's are made already
     resolver = resolver_for(server, timeout=0.3)
-    start = time.monotonic()
+    start = clock.now
     answers = resolver.query_many([("a.test", "A"), ("b.test", "MX"), ("c.test", "TXT")])
-    elapsed = time.monotonic() - start
     assert [(a.status, a.error) for a in answers] == [("error", "timeout")] * 3
-    assert 0.25 <= elapsed < 0.5
-    start = time.monotonic()
-    assert resolver.query("d.test", "A", deadline=time.monotonic() + 0.1).error == "timeout"
-    assert time.monotonic() - start < 0.3
-    assert resolver.query("e.test", "A", deadline=time.monotonic() - 1).error == "timeout"
-    assert len(server.queries()) == 4  # nothing is sent past the deadline
+    assert clock.now - start == pytest.approx(0.3)  # waited to the deadline, not less, not more
+    start = clock.now
+    assert resolver.query("d.test", "A", deadline=clock.now + 0.1).error == "timeout"
+    assert clock.now - start == pytest.approx(0.1)
+    start = clock.now
+    assert resolver.query("e.test", "A", deadline=clock.now - 1).error == "timeout"
+    assert clock.now == start and len(ClockedSocket.sent) == 4  # nothing is sent past the deadline
+    for _ in range(6000):  # the server's thread records the datagrams: wait for it (no bound on the test's time)
+        if len(server.queries()) >= 4:
+            break
+        time.sleep(0.01)
+    assert len(server.queries()) == 4
 
 
 def names(server: Server) -> list[str]:

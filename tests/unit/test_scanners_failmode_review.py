@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
+import types
 from pathlib import Path
 from typing import Iterator, cast
 
@@ -67,31 +68,89 @@ def clamd() -> Iterator[FakeServer]:
 
 
 # --- the timeout bounds the whole exchange, not each send ---
-@pytest.mark.usefixtures("small_send_buffers")
-def test_a_spamd_reading_slowly_is_given_the_timeout_in_all() -> None:
-    spamd = slow_reader(SPAMD_HAM)
+class FakeClock:
+    """The scanner clients' time.monotonic(), moved by the fake sockets' waits: no test waits in real time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    for module in (clamd_module, spamd_module):
+        monkeypatch.setattr(module, "time", types.SimpleNamespace(monotonic=fake.monotonic))
+    return fake
+
+
+class SlowReadingSocket:
+    """A scanner's connection that reads *rate* bytes a second of the fake clock (a send waits for that, or its
+    timeout, then TimeoutError) and answers *answer* once it has the whole request."""
+
+    def __init__(self, clock: FakeClock, answer: bytes, rate: float, timeout: float, clamd: bool = False) -> None:
+        self.clock, self.answer, self.rate, self.timeout, self.clamd = clock, answer, rate, timeout, clamd
+        self.received = b""
+        self.ended = False
+
+    def settimeout(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def sendall(self, data: bytes) -> None:
+        needed = len(data) / self.rate
+        if needed > self.timeout:
+            self.clock.now += self.timeout
+            raise TimeoutError
+        self.clock.now += needed
+        self.received += data
+        self.ended = self.ended or (self.clamd and self.received.endswith(b"\x00\x00\x00\x00"))
+
+    def shutdown(self, how: int) -> None:
+        self.ended = True
+
+    def recv(self, size: int) -> bytes:
+        if not self.ended:
+            self.clock.now += self.timeout
+            raise TimeoutError
+        answer, self.answer = self.answer, b""
+        return answer
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "SlowReadingSocket":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def slow_scanner(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, answer: bytes, clamd: bool = False) -> None:
+    """The clients connect to a scanner that takes 4 s of the fake clock to read 15 chunks of 4 KB (each within the timeout)."""
+
+    def connect(address: Address, timeout: float) -> SlowReadingSocket:
+        return SlowReadingSocket(clock, answer, 15 * 4096 / 4.0, timeout, clamd)
+
+    monkeypatch.setattr(clamd_module if clamd else spamd_module, "connect", connect)
+
+
+def test_a_spamd_reading_slowly_is_given_the_timeout_in_all(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> None:
+    slow_scanner(monkeypatch, clock, SPAMD_HAM)
     chunks = [b"x" * 4096] * 15  # each send within the timeout, all of them ~4 s
-    started = time.monotonic()
-    try:
-        with pytest.raises(ScannerError, match="timed out after 0.6s"):
-            SpamdClient(spamd.address, timeout=0.6).check(iter(chunks), sum(len(c) for c in chunks))
-    finally:
-        elapsed = time.monotonic() - started
-        spamd.close()
-    assert elapsed < 1.5
+    started = clock.now
+    with pytest.raises(ScannerError, match="timed out after 0.6s"):
+        SpamdClient(Address("tcp", "127.0.0.1", 9), timeout=0.6).check(iter(chunks), sum(len(c) for c in chunks))
+    assert clock.now - started <= 0.6 + 1e-9  # before: ~4 s, then the verdict taken
 
 
-@pytest.mark.usefixtures("small_send_buffers")
-def test_a_clamd_reading_slowly_is_given_the_timeout_in_all_for_a_whole_message() -> None:
-    clamd = slow_reader(b"stream: OK\x00", clamd=True)
-    started = time.monotonic()
-    try:
-        with pytest.raises(ScannerError, match="timed out after 0.6s"):
-            ClamdClient(clamd.address, timeout=0.6, chunk_size=4096).scan([b"x" * 4096] * 15)
-    finally:
-        elapsed = time.monotonic() - started
-        clamd.close()
-    assert elapsed < 1.5  # before: ~4 s, then "stream: OK" taken as the verdict
+def test_a_clamd_reading_slowly_is_given_the_timeout_in_all_for_a_whole_message(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> None:
+    slow_scanner(monkeypatch, clock, b"stream: OK\x00", clamd=True)
+    started = clock.now
+    with pytest.raises(ScannerError, match="timed out after 0.6s"):
+        ClamdClient(Address("tcp", "127.0.0.1", 9), timeout=0.6, chunk_size=4096).scan([b"x" * 4096] * 15)
+    assert clock.now - started <= 0.6 + 1e-9  # before: ~4 s, then "stream: OK" taken as the verdict
 
 
 @pytest.mark.usefixtures("small_send_buffers")
@@ -111,9 +170,10 @@ def test_fix_a_clamd_reading_slowly_is_given_the_timeout_for_the_whole_stream() 
 
 
 class DrainingSocket:
-    """Stands for a socket whose sendall waits 0.4 s for room (a buffer clamd drains slowly) and that never gets an answer."""
+    """Stands for a socket whose sendall waits 0.4 s (of the fake clock) for room (a buffer clamd drains slowly) and that never gets an answer."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, clock: FakeClock, timeout: float) -> None:
+        self.clock = clock
         self.timeout = timeout
 
     def settimeout(self, timeout: float) -> None:
@@ -121,24 +181,24 @@ class DrainingSocket:
 
     def sendall(self, data: bytes) -> None:
         if self.timeout < 0.4:
-            time.sleep(self.timeout)
+            self.clock.now += self.timeout
             raise TimeoutError
-        time.sleep(0.4)
+        self.clock.now += 0.4
 
     def recv(self, size: int) -> bytes:
-        time.sleep(self.timeout)
+        self.clock.now += self.timeout
         raise TimeoutError
 
     def close(self) -> None:
         pass
 
 
-def test_the_end_of_a_clamd_stream_and_its_verdict_share_one_timeout() -> None:
-    stream = InstreamScan(cast(socket.socket, DrainingSocket(0.6)), Address("tcp", "127.0.0.1", 9), 0.6, 4096)
-    started = time.monotonic()
+def test_the_end_of_a_clamd_stream_and_its_verdict_share_one_timeout(clock: FakeClock) -> None:
+    stream = InstreamScan(cast(socket.socket, DrainingSocket(clock, 0.6)), Address("tcp", "127.0.0.1", 9), 0.6, 4096)
+    started = clock.now
     with pytest.raises(ScannerError, match="no answer within 0.6s"):
         stream.finish()
-    assert time.monotonic() - started < 0.85  # before: 0.4 s sending the end, then 0.6 s more for the verdict
+    assert clock.now - started <= 0.6 + 1e-9  # before: 0.4 s sending the end, then 0.6 s more for the verdict
     assert stream.closed
 
 
