@@ -48,6 +48,11 @@ a Packager object (an "embedded file") the file it carries, by its label.
 :mod:`milterd.content.outlookmsg` reads the layout; every stream it opens is
 counted in ``Limits.max_size`` first.
 
+A document that may embed a Packager object, told by its first bytes whatever its name, is listed too
+(:data:`_EMBEDDING_KINDS`): a Compound File (a Word or Excel 97 document, an OOXML document's
+``oleObject1.bin``) by the file each Packager stream in it carries, under the storages it is in, and an RTF
+document by its ``\\objdata`` groups' objects; Word writes such a file out and runs it on a double click.
+
 libarchive is C code reading hostile input.  With ``Limits.child`` (the
 attachment check's ``archive_process``, on by default) every archive that
 needs it is listed in a short-lived forked child (:func:`_walk_in_child`) with
@@ -90,8 +95,9 @@ from tnefparse.mapi import IMESSAGE_SIG, decode_mapi
 from tnefparse.properties import MAPI_ATTACH_DATA_OBJ, MAPI_ATTACH_FILENAME, MAPI_ATTACH_LONG_FILENAME, MAPI_DISPLAY_NAME
 
 from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, UNLISTED_ARCHIVE_KINDS, extensions, message_file, outlook_file, sniff
-from .outlookmsg import OLE_OBJECT, Node, open_compound, package, packaged_stream, read_stream
+from .outlookmsg import OLE_OBJECT, Node, open_compound, package, packaged_streams, read_stream
 from .outlookmsg import attachments as msg_attachments
+from .rtf import embedded_objects
 
 try:  # optional: 7z, rar, cab, tar and compressed streams (Debian libarchive13 + PyPI libarchive-c)
     import libarchive  # type: ignore[import-untyped,import-not-found,unused-ignore]
@@ -105,8 +111,12 @@ logging.getLogger("tnefparse").setLevel(logging.CRITICAL)
 _IID_ISTORAGE = bytes.fromhex("0b00000000000000c000000000000046")
 #: Extensions of Compound Files their own program opens (Office 97 documents, Visio, Publisher, Project, installers).
 _OLE_DOCUMENTS = frozenset({"doc", "dot", "xls", "xlt", "xla", "ppt", "pot", "pps", "vsd", "vss", "vst", "pub", "mpp", "msi", "msp", "wps"})
+#: Documents listed for the objects they embed, told by their first bytes whatever their name: a Compound File (a Word
+#: or Excel 97 document, an OOXML document's ``oleObject1.bin``) and RTF.  Word writes a Packager object's file out and
+#: runs it on a double click; a document without one is no archive (no limit of depth is met before one is found).
+_EMBEDDING_KINDS = frozenset({"ole", "rtf"})
 #: Kinds listed in the worker (Python reading them), never in a listing child.
-_IN_WORKER = frozenset({"zip", "tnef", "msg"})
+_IN_WORKER = frozenset({"zip", "tnef", "msg", *_EMBEDDING_KINDS})
 #: Extensions of archives that are opened even when their first bytes do not say so.
 _ARCHIVE_EXTENSIONS = {"zip": "zip", "rar": "rar", "7z": "7z", "tar": "tar", "cab": "cab", "lzh": "lzh", "lha": "lzh", "cpio": "cpio",
                        "xar": "xar", "arj": "arj", "ace": "ace"}
@@ -274,8 +284,12 @@ def archive_kind(name: str, head: bytes) -> str | None:
 
 
 def archive_kind_of(names: Iterable[str], head: bytes) -> str | None:
-    """:func:`archive_kind` of the first of *names* (a file's name, then the others a tool may give it) that has one."""
-    return next((kind for kind in (archive_kind(name, head) for name in names) if kind), None)
+    """:func:`archive_kind` of the first of *names* (a file's name, then the others a tool may give it) that has one,
+    else the kind of a document that may embed a Packager object (:data:`_EMBEDDING_KINDS`), by *head*."""
+    kind = next((kind for kind in (archive_kind(name, head) for name in names) if kind), None)
+    if kind is None and sniff(head) in _EMBEDDING_KINDS:
+        return sniff(head)
+    return kind
 
 
 def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits, aliases: tuple[str, ...] = ()) -> Listing:
@@ -314,6 +328,11 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
             _walk_tnef(path, data, depth, limits, budget, listing)
         elif kind == "msg":
             _walk_msg(path, data, depth, limits, budget, listing)
+        elif kind == "ole":
+            # A document olefile cannot read strictly is noted, not held: Word opens legitimate ones it finds a defect in.
+            _walk_compound(path, data, depth, limits, budget, listing, listing.errors)
+        elif kind == "rtf":
+            _walk_rtf(path, data, depth, limits, budget, listing)
         elif supported(kind):
             _walk_libarchive_kind(path, data, kind, depth, limits, budget, listing, aliases)
             if limits.child:
@@ -633,7 +652,7 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
         inner = archive_kind_of((info.filename, *aliases), head)
         if inner is None:
             continue
-        if depth >= limits.max_depth:
+        if depth >= limits.max_depth and inner not in _EMBEDDING_KINDS:  # a document: a limit only where it embeds an object
             listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
             continue
         nested = _copied_member(member, archive, data, info, limits, budget, listing)
@@ -942,10 +961,10 @@ def _content_member(member: str, source: IO[bytes], start: int, size: int, count
             listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
         else:
             listing.messages.append((member, copy))
-    inner = archive_kind(member.rsplit("/", 1)[-1], head)
-    if inner is None:
+    inner = archive_kind_of([member.rsplit("/", 1)[-1]], head)
+    if inner is None or inner == "ole":  # a Compound File's objects: above
         return
-    if depth >= limits.max_depth:
+    if depth >= limits.max_depth and inner not in _EMBEDDING_KINDS:
         listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
         return
     if counted:
@@ -964,9 +983,9 @@ def _content_member(member: str, source: IO[bytes], start: int, size: int, count
 
 def _embedded_object(member: str, source: IO[bytes], start: int, size: int, counted: bool, depth: int, limits: Limits,
                      budget: _Budget, listing: Listing, ole_object: bool) -> None:
-    """A Packager object kept as a Compound File (an OLE attachment of a TNEF stream or a .msg file, its storage
-    serialized, after an IStorage interface id in TNEF): the file its ``\\x01Ole10Native`` stream carries, judged as a
-    member under it (``winmail.dat/Package/evil.exe``).  Another Compound File (a Word 97 document) holds none."""
+    """A Compound File a TNEF stream or a .msg file carries (an OLE attachment's storage serialized, after an IStorage
+    interface id in TNEF, or a file by value): the files its Packager objects carry, judged as members under it
+    (``winmail.dat/Package/evil.exe``) as a nested archive's.  Another Compound File (a Word 97 document) may hold none."""
     source.seek(start)
     offset = len(_IID_ISTORAGE) if source.read(len(_IID_ISTORAGE)) == _IID_ISTORAGE else 0
     if not counted:
@@ -974,37 +993,84 @@ def _embedded_object(member: str, source: IO[bytes], start: int, size: int, coun
             listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
             return
         budget.size -= size
+    # A file by value named as an Office 97 document is opened by its program, never by Packager: olefile reads
+    # it strictly (a legitimate one it finds a defect in is noted, not held).  An OLE object (its container says
+    # so: TNEF's IStorage id, attach method 6), or a file named otherwise, may be a Packager object: held.
+    exts = extensions(member.rsplit("/", 1)[-1])
+    document = not ole_object and not offset and bool(exts) and exts[-1] in _OLE_DOCUMENTS
     source.seek(start + offset)
+    _walk_compound(member, io.BytesIO(source.read(size - offset)), depth + 1, limits, budget, listing, listing.errors if document else listing.limits)
+
+
+def _walk_compound(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, unreadable: list[str]) -> None:
+    """The files the Packager objects of the Compound File *data* carry, as members under the storages they are in
+    (``invoice.doc/ObjectPool/_1234/evil.exe``; ``…/oleObject1.bin/evil.exe`` at its root).  It is the archive at
+    *depth*: past the bound, one that holds such an object is a limit.  What cannot be read goes to *unreadable*."""
+    found: list[tuple[str, list[str], bytes]] = []
     try:
-        ole, root = open_compound(io.BytesIO(source.read(size - offset)))
+        ole, root = open_compound(data)
         try:
-            stream = packaged_stream(root)
-            if stream is None:
+            streams = list(packaged_streams(root))
+            if streams and depth > limits.max_depth:
+                listing.limits.append(f"{path}: embedded object nested deeper than {limits.max_depth}")
                 return
-            if stream.size > budget.size:
-                listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
-                return
-            budget.size -= stream.size
-            names, data = package(read_stream(ole, stream))
+            for storages, stream in streams:
+                where = "/".join((path, *storages))
+                if not _take_member(where, limits, budget, listing):
+                    break
+                if stream.size > budget.size:
+                    listing.limits.append(f"{where}: would decompress past {limits.max_size} bytes")
+                    break
+                budget.size -= stream.size
+                try:
+                    names, value = package(read_stream(ole, stream))
+                except ValueError as exc:  # a packaged file cut short: the other objects are still judged
+                    unreadable.append(f"{where}: unreadable embedded object ({exc})")
+                    continue
+                found.append((where, names, value))
         finally:
             ole.close()
-    except Exception as exc:  # noqa: BLE001 - olefile's errors on a damaged or hostile file, a packaged file cut short
+    except Exception as exc:  # noqa: BLE001 - olefile's errors on a damaged or hostile file
         if local_failure(exc):
             raise
-        # A file by value named as an Office 97 document is opened by its program, never by Packager: olefile reads
-        # it strictly (a legitimate one it finds a defect in is noted, not held).  An OLE object (its container says
-        # so: TNEF's IStorage id, attach method 6), or a file named otherwise, may be a Packager object: held.
-        exts = extensions(member.rsplit("/", 1)[-1])
-        document = not ole_object and not offset and bool(exts) and exts[-1] in _OLE_DOCUMENTS
-        unread = listing.errors if document else listing.limits
-        unread.append(f"{member}: unreadable embedded object ({exc.__class__.__name__}: {str(exc)[:80]})")
+        unreadable.append(f"{path}: unreadable embedded object ({exc.__class__.__name__}: {str(exc)[:80]})")
+    for where, names, value in found:  # those read before any error
+        _packaged_file(where, names, value, depth, limits, budget, listing)
+
+
+def _walk_rtf(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+    """The objects the RTF document *data* embeds: a Packager object's file as a member under its class
+    (``invoice.rtf/Package/evil.exe``), an object whose data is a Compound File (a Word 97 document) walked as one
+    nested archive.  Their hex data is decoded within ``Limits.max_size``."""
+    data.seek(0)
+    objects, decoded, whole = embedded_objects(data.read(), max(budget.size, 0))
+    budget.size -= decoded
+    if objects and depth > limits.max_depth:
+        listing.limits.append(f"{path}: embedded object nested deeper than {limits.max_depth}")
         return
-    if depth >= limits.max_depth:
-        listing.limits.append(f"{member}: embedded object nested deeper than {limits.max_depth}")
-        return
+    for embedded in objects:
+        member = f"{path}/{embedded.class_name or '(an object without a class)'}"
+        if sniff(embedded.native[:HEAD_SIZE]) == "ole":
+            _walk_compound(member, io.BytesIO(embedded.native), depth + 1, limits, budget, listing, listing.errors)
+        elif embedded.class_name.casefold() == "package":
+            try:  # its native data is an Ole10Native stream's but for its size
+                names, value = package(_U32.pack(len(embedded.native)) + embedded.native)
+            except ValueError as exc:
+                listing.errors.append(f"{member}: unreadable embedded object ({exc})")
+                continue
+            if not _take_member(member, limits, budget, listing):
+                return
+            _packaged_file(member, names, value, depth, limits, budget, listing)
+    if not whole:
+        listing.limits.append(f"{path}: would decode past {limits.max_size} bytes, the rest not looked at")
+
+
+def _packaged_file(where: str, names: list[str], value: bytes, depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+    """The file a Packager object at *where* carries (*value*, already counted), judged under each of its *names* (Packager
+    writes it out under the first and opens it) as a member of the archive at *depth*."""
     names = names or ["(an embedded file without a name)"]
-    _content_member(f"{member}/{names[0]}", io.BytesIO(data), 0, len(data), True, message_file(names), depth + 1, limits, budget, listing)
-    listing.entries.extend(Entry(f"{member}/{alias}", False, b"") for alias in names[1:])
+    _content_member(f"{where}/{names[0]}", io.BytesIO(value), 0, len(value), True, message_file(names), depth, limits, budget, listing)
+    listing.entries.extend(Entry(f"{where}/{alias}", False, b"") for alias in names[1:])
 
 
 def _walk_msg(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
@@ -1243,7 +1309,7 @@ def _walk_libarchive_form(path: str, data: IO[bytes], depth: int, limits: Limits
                 # By every name a tool gives it: 7-Zip and gunzip -N name it as its gzip header does.
                 inner = archive_kind_of(names, head)
                 message = message_file(names)
-            if inner is not None and depth >= limits.max_depth:
+            if inner is not None and depth >= limits.max_depth and inner not in _EMBEDDING_KINDS:
                 listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
                 inner = None
             if inner is None and not message:

@@ -253,6 +253,20 @@ def packaged_stream(storage: Node) -> Node | None:
     return next((kid for kid in storage.kids() if kid.name == _PACKAGE and kid.stream), None)
 
 
+def packaged_streams(storage: Node) -> Iterator[tuple[list[str], Node]]:
+    """The Packager streams of *storage* and of every storage under it, each with the names of the storages it is in
+    below *storage*: ``[]`` at its root (an OOXML document's ``oleObject1.bin``), ``["ObjectPool", "_1234"]`` for
+    an object of a Word 97 document (Excel 97 keeps each in a storage ``MBD…`` of the root; a document embedded in
+    another, its objects under its own storage).  Walked without recursion: olefile already bounds the entries."""
+    pending: list[tuple[list[str], Node]] = [([], storage)]
+    while pending:
+        names, node = pending.pop()
+        stream = packaged_stream(node)
+        if stream is not None:
+            yield names, stream
+        pending.extend((names + [kid.entry.name], kid) for kid in reversed(node.kids()) if kid.storage)
+
+
 def is_message(storage: Node) -> bool:
     """Whether *storage* is laid out as a message (Outlook's attached message), not as an OLE object."""
     return any(kid.name.startswith(_MESSAGE_MARKS) or kid.property() is not None for kid in storage.kids())

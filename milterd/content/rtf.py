@@ -11,6 +11,9 @@ joins what the HTML's groups hold, and reads each HYPERLINK field's target.
 Per-font charsets (``\\fcharset``) are not followed: text in another codepage
 than the document's comes out garbled (its links, being ASCII, do not).
 
+The objects a document embeds (``{\\object…{\\*\\objdata hex}}``: OLE1 objects, MS-OLEDS 2.2.4) are read
+apart (:func:`embedded_objects`), for the attachment policy: a Packager object's file runs on a double click.
+
 Our own decompressor, not the ``compressed_rtf`` package's: that one writes as
 much as a sender's references make (each two bytes gives seventeen) and builds
 a bit string per control byte.
@@ -47,6 +50,15 @@ _SYMBOLS = {b"{": "{", b"}": "}", b"\\": "\\", b"~": "\xa0", b"_": "-", b"\n": "
 _SWITCH_ARGUMENTS = frozenset({"l", "o", "t"})
 #: Most tokens read (about a second of CPU for a million): what follows is left unread.
 MAX_TOKENS = 400_000
+#: The destination of an embedded object's data (``{\\*\\objdata 0105…}``: hex digits), and the braces that end its
+#: group or nest another in it (an escaped one is text).
+_OBJDATA = re.compile(rb"\\objdata(?![a-zA-Z])")
+_BRACES = re.compile(rb"\\[\\{}]|[{}]")
+#: What Word skips in an object's hex data: control words and symbols, then anything but a hex digit (blanks, line ends).
+_CONTROLS = re.compile(rb"\\[a-zA-Z]{1,32}(?:-?\d{1,10})? ?|\\.", re.S)
+_NOT_HEX = bytes(byte for byte in range(256) if byte not in b"0123456789abcdefABCDEF")
+#: An OLE1 object's format id (MS-OLEDS 2.2.4): embedded, its native data following its names (linked and static ones have none).
+_EMBEDDED = 2
 
 
 @dataclass
@@ -72,6 +84,66 @@ class _Group:
     field: bool = False
     tag: bool = False
     stand_in: int = 1
+
+
+@dataclass(frozen=True)
+class EmbeddedObject:
+    """An object embedded in an RTF document (OLE1, MS-OLEDS 2.2.4)."""
+
+    #: Its class (``Package``: Packager's, an "embedded file"; ``Word.Document.8``…).
+    class_name: str
+    #: Its native data: for a Package what an ``\\x01Ole10Native`` stream holds after its size, for most others a Compound File.
+    native: bytes
+
+
+def embedded_objects(rtf: bytes, most: int) -> tuple[list[EmbeddedObject], int, bool]:
+    """The embedded objects of *rtf* (each ``\\objdata`` group's hex digits, as Word reads them past control words and
+    blanks), the bytes decoded, and whether every group was (at most *most* bytes in all).  A linked or static
+    object, or one whose header is cut short, is left out: it has no data of its own."""
+    found: list[EmbeddedObject] = []
+    decoded, position = 0, 0
+    while match := _OBJDATA.search(rtf, position):
+        position = _group_end(rtf, match.end())
+        digits = _CONTROLS.sub(b"", rtf[match.end():position]).translate(None, _NOT_HEX)
+        if decoded + len(digits) // 2 > most:
+            return found, decoded, False
+        data = bytes.fromhex(digits[:len(digits) // 2 * 2].decode("ascii"))
+        decoded += len(data)
+        embedded = _ole1_object(data)
+        if embedded is not None:
+            found.append(embedded)
+    return found, decoded, True
+
+
+def _group_end(rtf: bytes, start: int) -> int:
+    """Where the group that *start* is in ends (its closing brace), or the document's end."""
+    depth = 0
+    for brace in _BRACES.finditer(rtf, start):
+        if brace.group() == b"{":
+            depth += 1
+        elif brace.group() == b"}":
+            if not depth:
+                return brace.start()
+            depth -= 1
+    return len(rtf)
+
+
+def _ole1_object(data: bytes) -> EmbeddedObject | None:
+    """The embedded object in *data* (its version, format id, class, topic and item names, then its native data's
+    size and the data, cut short where *data* ends), or None for another format or a header cut short."""
+    try:
+        _, format_id = struct.unpack_from("<2L", data)
+        if format_id != _EMBEDDED:
+            return None
+        offset, names = 8, []
+        for _ in range(3):  # the class, topic and item names: their length (with their NUL), then their bytes
+            length = struct.unpack_from("<L", data, offset)[0]
+            names.append(data[offset + 4:offset + 4 + length].split(b"\0", 1)[0].decode("cp1252", "replace"))
+            offset += 4 + length
+        size = struct.unpack_from("<L", data, offset)[0]
+    except struct.error:
+        return None
+    return EmbeddedObject(names[0], data[offset + 4:offset + 4 + size])
 
 
 def decompress(data: bytes, most: int) -> tuple[bytes, bool]:

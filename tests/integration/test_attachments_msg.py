@@ -11,6 +11,7 @@ import pytest
 from tests.harness.outlookmsg import attachment, msg_file, msg_tree, ole10native
 from tests.harness.stack import Stack
 from tests.integration.test_attachments import PE, SECTIONS, mail, row_for
+from tests.unit import test_office_packages as office
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +48,19 @@ def test_a_pdf_in_a_msg_file_is_delivered(stack: Stack) -> None:
     row = row_for(stack, "msg pdf")
     assert row["action"] == "accept" and not [s for s in row["symbols"] if s.startswith("ATTACH_")]
     assert stack.sink.with_subject("msg pdf")
+
+
+@pytest.mark.parametrize(("subject", "filename", "document", "path"), [
+    ("docx package", "invoice.docx", lambda: office.ooxml("word", office.ole_object("evil.exe", PE)), "invoice.docx/word/embeddings/oleObject1.bin/evil.exe"),
+    ("doc package", "invoice.doc", lambda: office.word97("evil.exe", PE), "invoice.doc/ObjectPool/_1234/evil.exe"),
+    ("rtf package", "invoice.rtf", lambda: office.package_rtf("evil.exe", PE), "invoice.rtf/Package/evil.exe"),
+])
+def test_an_exe_an_office_document_embeds_as_a_package_is_rejected(stack: Stack, subject: str, filename: str,
+                                                                    document: Callable[[], bytes], path: str) -> None:
+    # Word writes a Packager object's file out and runs it on a double click; these were delivered (32nd review).
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(mail(subject, (filename, document(), "application/octet-stream")))
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == f"5.7.1 Attachment rejected: {path}: banned extension .exe"
+    assert row_for(stack, subject)["action"] == "reject"
+    assert not stack.sink.with_subject(subject)
