@@ -82,8 +82,13 @@ def open_socket(config: Config) -> tuple[SocketSpec, int]:
         # Given away only when milterd makes it, for an account of its own (never the shared default nobody, whose
         # other processes could put their socket in its place), and named plainly (new/.. is an existing directory).
         made = not os.path.lexists(directory) and ".." not in directory.parts and config.milter.user not in ("", DEFAULT_USER)
+        missing = [d for d in (directory, *directory.parents) if not os.path.lexists(d)]
         try:
             directory.mkdir(parents=True, exist_ok=True)
+            for created in missing:
+                # Searchable by Postfix whatever the start's umask (a systemd UMask=0077 made it 0700, and Postfix
+                # could not reach a socket of mode socket_mode in it); the socket's own mode says who may connect.
+                os.chmod(created, 0o755, follow_symlinks=False)
             account = service_account(config) if made else None
             if account is not None:
                 # Its own, so that the supervisor, no longer root, removes the socket at SIGTERM.
@@ -1331,10 +1336,13 @@ def _wait_for_stop(stop_fd: int, listen_fd: int, timeout: float) -> None:
     """Stop this worker when the supervisor closes its pipe (or dies).
 
     The worker replaces its copy of the listening socket with /dev/null: it
-    stops accepting at once, and libmilter, which unlinks a unix socket it
-    created when its loop ends as non-root, finds no socket to unlink (the
-    socket belongs to the supervisor and the other workers).  Then it waits
-    for its connections in flight, at most *timeout* seconds, and exits.
+    stops accepting at once (libmilter's poll, woken by the next connection,
+    finds it readable and lets the socket go, so that connection is refused),
+    and libmilter, which unlinks a unix socket it created when its loop ends as
+    non-root, finds no socket to unlink (the socket belongs to the supervisor
+    and the other workers).  Then it waits for its connections in flight, at
+    most *timeout* seconds, and exits; past :data:`QUIET_AFTER` seconds of that
+    with a socket that never becomes readable in place (:func:`stop_accepting`).
     """
     while True:
         try:
@@ -1348,9 +1356,25 @@ def _wait_for_stop(stop_fd: int, listen_fd: int, timeout: float) -> None:
     # milter.stop() is not called: it waits for libmilter's accept loop to
     # reach its poll timeout (seconds).  With /dev/null in place the loop can
     # accept nothing more; the connections in flight are all that matter.
-    _drain(timeout)
+    _drain(timeout, lambda: stop_accepting(listen_fd))
     logging.shutdown()
     os._exit(0)
+
+
+#: Seconds a stopping worker's libmilter polls /dev/null before a socket that is never readable takes its place.
+#: /dev/null is always readable: every accept fails (ENOTSOCK, an error to syslog), libmilter waits 1, 2… s between
+#: tries, and at the sixteenth, about 140 s in, it aborted the sessions still in flight, whatever shutdown_timeout
+#: allowed.  Put in at once, the quiet socket would keep libmilter's poll of the old socket asleep (it re-reads the
+#: descriptor when woken) for up to its check interval, so new connections queued there instead of being refused.
+QUIET_AFTER = 20.0
+
+
+def stop_accepting(listen_fd: int) -> tuple[socket.socket, socket.socket]:
+    """Put one end of a socket pair nothing writes to in place of *listen_fd*, libmilter's listening descriptor;
+    the pair, which must stay open while libmilter's accept loop runs.  It is never readable: the loop just waits."""
+    pair = socket.socketpair()
+    os.dup2(pair[0].fileno(), listen_fd)
+    return pair
 
 
 #: How long a stopping worker waits for connections that libmilter accepted just before it stopped accepting to be
@@ -1358,10 +1382,14 @@ def _wait_for_stop(stop_fd: int, listen_fd: int, timeout: float) -> None:
 ACCEPTED_GRACE = 0.5
 
 
-def _drain(timeout: float) -> None:
+def _drain(timeout: float, quiet: Callable[[], object] | None = None) -> None:
+    """Wait for the connections in flight, at most *timeout* seconds; call *quiet* once :data:`QUIET_AFTER` seconds in."""
     started = time.monotonic()
     deadline = started + timeout
+    kept: list[object] = []  # what quiet() returned, open until the worker exits
     while (adapter.active > 0 or time.monotonic() < started + ACCEPTED_GRACE) and time.monotonic() < deadline:
+        if quiet is not None and not kept and time.monotonic() >= started + QUIET_AFTER:
+            kept.append(quiet())
         time.sleep(0.05)
     if adapter.active > 0:
         log.warning("%d connection(s) still open after %gs; stopping anyway", adapter.active, timeout)

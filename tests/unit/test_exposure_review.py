@@ -77,9 +77,8 @@ def test_socket_owner_is_not_set_through_a_symlink(tmp_path: Path) -> None:
     assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o640)
 
 
-def test_unix_socket_is_created_with_socket_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The mode comes from bind() under a umask, and the process's umask is restored."""
-    path = tmp_path / "milterd.sock"
+def bound_by_bind(path: Path, monkeypatch: pytest.MonkeyPatch) -> list[socket.socket]:
+    """libmilter's socket calls made in process: opening binds a unix socket at *path* (kept in the list returned)."""
     bound: list[socket.socket] = []
 
     def opensocket(_remove: bool) -> None:
@@ -90,6 +89,13 @@ def test_unix_socket_is_created_with_socket_mode(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(supervisor, "register", lambda _cls: None)
     for name, fake in (("setconn", lambda _conn: None), ("setbacklog", lambda _n: None), ("opensocket", opensocket)):
         monkeypatch.setattr(supervisor.milter, name, fake)
+    return bound
+
+
+def test_unix_socket_is_created_with_socket_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mode comes from bind() under a umask, and the process's umask is restored."""
+    path = tmp_path / "milterd.sock"
+    bound = bound_by_bind(path, monkeypatch)
     before = os.umask(0o022)
     try:
         supervisor.open_socket(Config().with_changes({"milter.socket": f"unix:{path}", "milter.socket_mode": "0640"}))

@@ -7,24 +7,18 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from alembic import command
 
 from milterd.cli import main
-from milterd.config import DatabaseSection
 from milterd.store import MessageRecord, Store
 
+from .test_log_retention import store
+
+__all__ = ["store"]  # the fixture: a SQLite store at the newest schema
+
 NOW = dt.datetime(2026, 12, 6, 4, 0, tzinfo=dt.timezone.utc)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(DatabaseSection(url=f"sqlite:///{tmp_path / 'log.sqlite'}"))
-    store.upgrade()
-    yield store
-    store.close()
 
 
 def log(store: Store, queue_id: str, sender: str) -> None:

@@ -6,19 +6,20 @@ file out and runs it on a double click.  In an OOXML document's ``oleObject1.bin
 
 from __future__ import annotations
 
-import base64
 import io
 import struct
-from pathlib import Path
 
 import pytest
 
 from milterd.checks.attachments import BANNED, ERROR, LIMIT, UNREADABLE
 from milterd.content.archives import Limits, archive_kind_of, list_archive
-from milterd.message.model import Hit, Session
-from tests.harness.attachments import attachment_check
-from tests.harness.messages import envelope_of, zipped
+from tests.harness.messages import zipped
 from tests.harness.outlookmsg import Tree, compound_file, ole10native
+
+from .test_attachments_msg import check, hits_of
+from .test_attachments_msg import message as attached
+
+__all__ = ["check"]  # the fixture
 
 PE = b"MZ\x90\x00" + b"\x00" * 300
 TEXT = b"Minutes of the meeting.\r\n"
@@ -27,20 +28,7 @@ _PARTS = {"word": "word/document.xml", "xl": "xl/workbook.xml", "ppt": "ppt/pres
 
 
 def message(data: bytes, filename: str) -> bytes:
-    encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
-    return (b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
-            b"--zz\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"" + filename.encode()
-            + b"\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded + b"--zz--\r\n")
-
-
-@pytest.fixture
-def check(tmp_path: Path) -> object:
-    return attachment_check(tmp_path, "archive_process = false\n")  # unit tests fork no listing child
-
-
-def hits_of(check: object, raw: bytes) -> dict[str, Hit]:
-    hits = check.on_eom(Session(client_addr="192.0.2.7"), envelope_of(raw))  # type: ignore[attr-defined]
-    return {hit.symbol: hit for hit in hits}
+    return attached(data, filename.encode(), b"application/octet-stream")
 
 
 def packager(name: str, data: bytes) -> Tree:
