@@ -145,7 +145,6 @@ _MESSAGE_CHUNK = 65536
 DIRECTORY_BYTES_PER_MEMBER_LIMIT = 20 * 128
 #: At most this many names of uuencoded or yEnc files are judged in one message.
 MAX_ENCODED_FILES = 1000
-#: An extension that names a COM class (a CLSID) instead of a file type.
 #: The extension a mail client gives a part of this type that has none (Thunderbird names an unnamed part
 #: "attachment." and its type's primary extension; Outlook ATT00001 and the one the registry has): those of the
 #: types that run.
@@ -163,6 +162,7 @@ TYPE_EXTENSIONS = {
 #: and ``evil.e x e`` open as evil.exe.
 _DROPPED = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _BLANKS = re.compile(r"[\s\ufeff\u180e\u200b]")
+#: An extension that names a COM class (a CLSID) instead of a file type.
 _CLSID = re.compile(r"\{[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\}")
 
 
