@@ -29,7 +29,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ..content.headertext import python_charset
+from ..content.headertext import python_charset, word_charset
 from ..content.mimeparams import NOT_CHARSETS
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
@@ -147,7 +147,7 @@ def bad_encoded_words(value: str) -> str:
         except (binascii.Error, ValueError):
             return match.group(0)
         last = run[-1][0] if run else None
-        if last is not None and not (_word_charset(last) == _word_charset(match) and not value[last.end():match.start()].strip(" \t")):
+        if last is not None and not (word_charset(last) == word_charset(match) and not value[last.end():match.start()].strip(" \t")):
             if (bad := _undecodable(run)) is not None:
                 return bad
             run = []
@@ -159,15 +159,11 @@ def bad_encoded_words(value: str) -> str:
     return rest[unterminated.start():][:60] if unterminated else ""
 
 
-def _word_charset(match: re.Match[str]) -> str:
-    return match.group(1).split("*", 1)[0].lower()
-
-
 def _undecodable(run: list[tuple[re.Match[str], bytes]]) -> str | None:
     """The word of the adjacent encoded-words *run* (each with its decoded bytes) where their bytes, taken
     together, stop being text in the run's charset; None when they are text."""
     try:
-        b"".join(data for _, data in run).decode(python_charset(_word_charset(run[0][0])))
+        b"".join(data for _, data in run).decode(python_charset(word_charset(run[0][0])))
     except UnicodeDecodeError as exc:
         end = 0
         for match, data in run:

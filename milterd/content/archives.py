@@ -287,8 +287,8 @@ def archive_kind_of(names: Iterable[str], head: bytes) -> str | None:
     """:func:`archive_kind` of the first of *names* (a file's name, then the others a tool may give it) that has one,
     else the kind of a document that may embed a Packager object (:data:`_EMBEDDING_KINDS`), by *head*."""
     kind = next((kind for kind in (archive_kind(name, head) for name in names) if kind), None)
-    if kind is None and sniff(head) in _EMBEDDING_KINDS:
-        return sniff(head)
+    if kind is None and (sniffed := sniff(head)) in _EMBEDDING_KINDS:
+        return sniffed
     return kind
 
 

@@ -70,7 +70,7 @@ def _runs(matches: Iterable[re.Match[str]]) -> Iterator[list[re.Match[str]]]:
     and Python's ``decode_header`` read it, where word by word it was two U+FFFD."""
     run: list[re.Match[str]] = []
     for match in matches:
-        if run and (match.start() != run[-1].end() or _charset(match) != _charset(run[-1])):
+        if run and (match.start() != run[-1].end() or word_charset(match) != word_charset(run[-1])):
             yield run
             run = []
         run.append(match)
@@ -78,7 +78,8 @@ def _runs(matches: Iterable[re.Match[str]]) -> Iterator[list[re.Match[str]]]:
         yield run
 
 
-def _charset(match: re.Match[str]) -> str:
+def word_charset(match: re.Match[str]) -> str:
+    """The charset of an encoded-word *match*, lower case, without its RFC 2231 language tag (``utf-8*en``)."""
     return match.group(1).partition("*")[0].lower()
 
 
@@ -114,7 +115,7 @@ def _text(octets: bytes, words: list[re.Match[str]]) -> str:
     if not words:
         return ""
     try:
-        return decode_bytes(octets, python_charset(_charset(words[0])))
+        return decode_bytes(octets, python_charset(word_charset(words[0])))
     except Exception:  # noqa: BLE001 - a codec that is no text charset
         return "".join(word.group(0) for word in words)
 

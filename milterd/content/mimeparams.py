@@ -410,6 +410,11 @@ Preference = Literal["delimiting", "client", "library"]
 MAX_STDLIB_SEPARATORS = 64
 
 
+def crowded(value: object) -> bool:
+    """Whether a field's *value* has more ";" than the stdlib's parameter split reads in fair time (:data:`MAX_STDLIB_SEPARATORS`)."""
+    return str(value).count(";") > MAX_STDLIB_SEPARATORS
+
+
 class LenientMessage(email.message.Message):
     """A compat32 message whose parameters never raise (:func:`extract` parses into it, and mimeparts reads each part's fields so).
 
@@ -429,7 +434,7 @@ class LenientMessage(email.message.Message):
     def _crowded(self, header: str) -> bool:
         """Whether *header* has more ";" than the stdlib's parameter split reads in fair time (:data:`MAX_STDLIB_SEPARATORS`)."""
         value = self.get(header)
-        return value is not None and str(value).count(";") > MAX_STDLIB_SEPARATORS
+        return value is not None and crowded(value)
 
     def get_params(self, failobj: Any = None, header: str = "content-type", unquote: bool = True) -> Any:
         if self._crowded(header):

@@ -26,7 +26,7 @@ from typing import IO, Callable, Iterable, Iterator, Literal
 
 from .filetypes import message_file, outlook_name, text_file_type
 from .headertext import decoded
-from .mimeparams import MAX_STDLIB_SEPARATORS, LenientMessage, client_container_type, client_names, client_param, collapsed, first_token, raw_param, raw_params, safely, unescaped
+from .mimeparams import LenientMessage, client_container_type, client_names, client_param, collapsed, crowded, first_token, raw_param, raw_params, safely, unescaped
 from .uuencode import UU_ENCODINGS, uudecode_line
 
 #: At most this many parts are decoded and judged.
@@ -412,7 +412,7 @@ def _field_params(field: str, value: str, param: str) -> list[tuple[str, object]
     invoice.exe to a client that joins them all).
     """
     params: list[tuple[str, object]] | None = None
-    if value.count(";") <= MAX_STDLIB_SEPARATORS:
+    if not crowded(value):
         holder = Message()
         holder[field] = value
         params = safely(lambda: list[tuple[str, object]](holder.get_params([], header=field)[1:]), lambda: None)
