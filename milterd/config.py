@@ -48,7 +48,7 @@ from .options import ConfigError as ConfigError
 from .options import Duration as Duration
 from .options import Section, domain_names, finite
 from .options import Size as Size
-from .reinject import parse_target
+from .reinject import parse_target, report_sender
 from .scanners import parse_address
 from .text import password_problem
 
@@ -440,6 +440,13 @@ class QuarantineSection(Section):
     postfix_config: str = Field("", description="Postfix's config_directory for 'postsuper -c DIR -H' when releasing held mail; empty: Postfix's default.")
     report_from: str = Field("", description="From: of digests and virus notices, and the digest's envelope sender (notices go from the null sender); empty: postmaster@ this host's name.")
     notify_virus_recipients: bool = Field(False, description="'quarantine digest' also tells each recipient of a message quarantined as a virus.")
+
+    @field_validator("report_from")
+    @classmethod
+    def _report_from(cls, value: str) -> str:
+        if value:
+            report_sender(value)
+        return value
 
 
 class MetricsSection(Section):

@@ -718,7 +718,9 @@ class Quarantine:
         notes = [self.learn(row, "spam")]
         self.repo.mark_spam(row_id, row.get("message_log_id"))  # released as ham before: no longer a false positive
         spamd = self.config.spamd
-        if spamd.enabled and row["size"] <= spamd.max_size:
+        if spamd.enabled and row["size"] > spamd.max_size:
+            notes.append(f"larger than [spamd] max_size ({row['size']} bytes): not learned")
+        elif spamd.enabled:
             try:
                 SpamdClient(spamd.address, timeout=spamd.timeout, user=self._spamd_user(row)).tell(self.message_bytes(row), "spam")
                 notes.append("spamd learned it as spam")
@@ -779,7 +781,7 @@ class Quarantine:
         subject = f"milterd quarantine digest for {self.config.hostname}: {total} message{'s' if total != 1 else ''}"
         sender = sender or self.report_from
         # "Quarantine <postmaster@mx.test>" is the From:; the envelope's sender is the address in it.
-        self._send_text(sender, email.utils.parseaddr(sender)[1] or sender, to, subject, text)
+        self._send_text(sender, reinject.report_sender(sender), to, subject, text)
         listed = f" ({len(rows)} newest listed)" if len(rows) < total else ""
         return f"{total} messages reported to {', '.join(to)}{listed}"
 

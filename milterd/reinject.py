@@ -21,6 +21,7 @@ configuration refuses ``encrypt`` and ``verify`` there.
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 import re
 import smtplib
@@ -63,6 +64,19 @@ class Target:
             return ipaddress.ip_address(self.host.strip("[]")).is_loopback
         except ValueError:
             return False
+
+
+def report_sender(text: str) -> str:
+    """The address of ``Name <user@domain>`` or ``user@domain``, a digest's From: (``report_from``, ``digest --from``);
+    ValueError for anything else: a line break (it would end the header), no address (``Name <>``, sent as the
+    envelope's sender whole), or a second address.
+    """
+    if any(char in text for char in "\r\n\x00"):
+        raise ValueError("holds a line break or a NUL")
+    addresses = email.utils.getaddresses([text])
+    if len(addresses) != 1 or "@" not in addresses[0][1].strip("@") or any(c.isspace() or c in "<>,;" for c in addresses[0][1]):
+        raise ValueError(f"{text!r}: expected one address, as user@example.org or Name <user@example.org>")
+    return addresses[0][1]
 
 
 def parse_target(text: str, default_port: int = 25, tls: TLSLevel = "may", ca_file: str = "") -> Target:

@@ -81,6 +81,13 @@ def whole_number_arg(low: int, high: int, what: str) -> Callable[[str], int]:
     return parse
 
 
+def address_arg(value: str) -> str:
+    """argparse type of ``--sender``/``--recipient``: :func:`text_arg`, written with or without angle
+    brackets, as the listings show it (``<>`` is the null sender, as ``''`` is)."""
+    value = text_arg(value).strip()
+    return value[1:-1] if value.startswith("<") and value.endswith(">") else value
+
+
 def text_arg(value: str) -> str:
     """argparse type of a text option that reaches the database: UTF-8 text.  A byte of the
     command line that is not UTF-8 arrives as a lone surrogate, which the driver cannot encode."""

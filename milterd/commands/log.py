@@ -11,7 +11,7 @@ from typing import Any, Iterable
 from ..config import load_config
 from ..text import cut, escape
 from ..tuning import json_safe
-from . import config_parent, count_arg, describe_failure, open_store, since_arg, text_arg
+from . import address_arg, config_parent, count_arg, describe_failure, open_store, since_arg, text_arg
 
 #: The fields of ``milterd log --json``; scripts and tests rely on these names.
 JSON_FIELDS = (
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--since", type=since_arg, metavar="AGE", help="only messages newer than AGE (1h, 7d) or an ISO date")
     parser.add_argument("--until", type=since_arg, metavar="AGE", help="only messages older than AGE (1d) or before an ISO date")
     parser.add_argument("--queue-id", type=text_arg, metavar="ID", help="only this Postfix queue id")
-    parser.add_argument("--sender", type=text_arg, metavar="ADDR", help="only this envelope sender")
+    parser.add_argument("--sender", type=address_arg, metavar="ADDR", help="only this envelope sender")
     parser.add_argument("--action", type=text_arg, metavar="NAME", help="only this action (accept, add_header, reject, …)")
     parser.add_argument("--limit", type=count_arg, default=50, metavar="N", help="at most N messages, newest first (default 50; 0: all)")
     parser.add_argument("--json", action="store_true", help="a JSON array, one object per message")

@@ -18,7 +18,7 @@ from ..store import StoreError, utcnow
 from ..text import cut, escape
 from ..tuning import json_safe
 from ..units import ago, parse_duration
-from . import config_parent, count_arg, open_store, since_arg, text_arg, whole_number_arg
+from . import address_arg, config_parent, count_arg, open_store, since_arg, text_arg, whole_number_arg
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,8 +28,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     listing = actions.add_parser("list", parents=[config_parent()], help="quarantined messages, newest first")
     listing.add_argument("--since", type=since_arg, metavar="AGE", help="only messages newer than AGE (24h, 7d) or an ISO date")
-    listing.add_argument("--sender", type=text_arg, metavar="ADDR", help="only this envelope sender")
-    listing.add_argument("--recipient", type=text_arg, metavar="ADDR", help="only messages to this recipient")
+    listing.add_argument("--sender", type=address_arg, metavar="ADDR", help="only this envelope sender")
+    listing.add_argument("--recipient", type=address_arg, metavar="ADDR", help="only messages to this recipient")
     listing.add_argument("--reason", type=text_arg, metavar="TEXT", help="only reasons containing TEXT")
     listing.add_argument("--limit", type=count_arg, default=0, metavar="N", help="at most N messages (default: all)")
     listing.add_argument("--json", action="store_true", help="a JSON array, one object per message")
@@ -68,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     digest = actions.add_parser("digest", parents=[config_parent()], help="mail a summary of the quarantine to the postmaster")
     digest.add_argument("--to", action="append", required=True, type=_address, metavar="ADDR", help="where the digest goes; repeat for more")
     digest.add_argument("--since", type=since_arg, default=None, metavar="AGE", help="the period it covers (default 24h)")
-    digest.add_argument("--from", dest="sender", metavar="ADDR", help="its sender (default: [quarantine] report_from)")
+    digest.add_argument("--from", dest="sender", type=_sender, metavar="ADDR", help="its sender (default: [quarantine] report_from)")
     digest.add_argument("--notify-virus-recipients", action="store_true", default=None, help="also tell the recipients of virus-quarantined mail ([quarantine] notify_virus_recipients)")
     digest.set_defaults(func=_run(run_digest))
 
@@ -93,6 +93,15 @@ def _address(value: str) -> str:
     text_arg(value)
     if "@" not in value.strip("@") or _NOT_IN_ADDRESS.search(value):
         raise argparse.ArgumentTypeError(f"{escape(value)!s}: expected one bare address such as user@example.org")
+    return value
+
+
+def _sender(value: str) -> str:
+    """argparse type of ``digest --from``: ``user@domain`` or ``Name <user@domain>``, one address."""
+    try:
+        reinject.report_sender(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(escape(str(exc))) from None
     return value
 
 
