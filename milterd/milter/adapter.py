@@ -38,6 +38,20 @@ _NO_STAGE = {
 }
 _ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
 
+#: The macros milterd reads, by stage, asked for at negotiation (SMFIF_SETSYMLIST), so that Postfix's
+#: milter_*_macros do not decide them: a site whose milter_mail_macros lacked {auth_authen} scored its
+#: logged-in users as strangers, and one without ``i`` logged every message without its queue id.  Postfix
+#: empties every stage's list once a milter sends any, hence one for each stage read (five names at most).
+_CONNECT_MACROS = ("j", "{daemon_name}", "{daemon_addr}", "{client_name}", "{client_addr}")
+_MACROS = {
+    Milter.M_CONNECT: _CONNECT_MACROS,
+    Milter.M_ENVFROM: ("i", "{auth_authen}"),
+    Milter.M_ENVRCPT: ("i",),
+    Milter.M_DATA: ("i",),
+    Milter.M_EOH: ("i",),  # Postfix sends these with each header too
+    Milter.M_EOM: ("i",),  # and with each body chunk
+}
+
 #: Connections being served by this process (the supervisor's drain waits on it).
 active = 0
 _active_lock = threading.Lock()
@@ -157,7 +171,12 @@ class MilterdMilter(Milter.Base):
             self._counted = True
             _count(+1)
         offered_actions, offered_protocol = opts[0], opts[1]
-        opts[0] = self._actions = offered_actions & _ACTIONS
+        opts[0] = self._actions = offered_actions & (_ACTIONS | Milter.SETSYMLIST)
+        if self._actions & Milter.SETSYMLIST:
+            for stage, names in _MACROS.items():
+                # Not Base.setsymlist: it hands the C module bytes, which takes only str (a TypeError
+                # that fails the negotiation, and Postfix then every command of the session).
+                self._ctx.setsymlist(stage, " ".join(names))
         # HDR_LEADSPC: header values arrive with their own leading whitespace, so
         # that a quarantined message is stored byte for byte (see _header).
         stages = self.pipeline.stages()
@@ -181,7 +200,7 @@ class MilterdMilter(Milter.Base):
 
     def _connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         session = self.session
-        session.macros.update(self._macros("j", "{daemon_name}", "{daemon_addr}", "{client_name}", "{client_ptr}", "{client_addr}"))
+        session.macros.update(self._macros(*_CONNECT_MACROS))
         if family in (socket.AF_INET, socket.AF_INET6) and isinstance(hostaddr, tuple):
             session.client_addr, session.client_port = unmapped(str(hostaddr[0])), int(hostaddr[1])
             session.family = "inet6" if family == socket.AF_INET6 and ":" in session.client_addr else "inet"

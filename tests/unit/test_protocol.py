@@ -115,7 +115,18 @@ def test_negotiation_replies_at_every_stage(ctx: Context) -> None:
     assert protocol & no_reply == 0
     assert protocol & Milter.P_NOUNKNOWN
     assert not protocol & (Milter.P_NOCONNECT | Milter.P_NOHELO | Milter.P_NOMAIL | Milter.P_NORCPT | Milter.P_NODATA | Milter.P_NOHDRS | Milter.P_NOEOH)
-    assert actions == Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
+    assert actions == Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE | Milter.SETSYMLIST
+    Milter.close_callback(ctx)
+
+
+def test_the_macros_read_are_asked_for_whatever_postfix_is_set_to_send(ctx: Context) -> None:
+    """Postfix sends a milter the macros it names at negotiation instead of its milter_*_macros (milter
+    protocol 6): without them, a site whose milter_mail_macros lacked {auth_authen} scored logged-in users."""
+    asked = ctx._symlist
+    assert {b"i", b"{auth_authen}"} <= asked[Milter.M_ENVFROM]
+    assert all(b"i" in asked[stage] for stage in (Milter.M_ENVRCPT, Milter.M_DATA, Milter.M_EOH, Milter.M_EOM))
+    assert {b"{daemon_addr}", b"{client_addr}"} <= asked[Milter.M_CONNECT]
+    assert all(len(names) <= 5 for names in asked if names is not None)
     Milter.close_callback(ctx)
 
 
