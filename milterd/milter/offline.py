@@ -106,6 +106,22 @@ def _from_line(line: bytes) -> bool:
     return line.startswith(b"From ") and not _FROM_FIELD.match(line)
 
 
+#: What every mbox writer puts after a From_ line's sender: a date with a time and a year
+#: (``Mon Jan  1 00:00:00 2024``, ``Thu, 1 Jan 2024 00:00:00 +0000``).
+_TIME = re.compile(rb"\b\d{1,2}:\d{2}\b")
+_YEAR = re.compile(rb"\b\d{4}\b")
+
+
+def _separator(line: bytes) -> bool:
+    """Whether *line*, after a blank line, starts the next message of an mbox: a From_ line with its date.
+    A paragraph of a message saved with its From_ line ("From the desk of Dr. Bob …", unquoted) is not one:
+    taken for one, it cut the message in two (the rest unlearned, the part learned counted apart)."""
+    if not _from_line(line):
+        return False
+    sender_and_date = line[5:].split(None, 1)
+    return len(sender_and_date) == 2 and bool(_TIME.search(sender_and_date[1])) and bool(_YEAR.search(sender_and_date[1]))
+
+
 def sources(path: Path) -> Iterator[MessageRef]:
     """The messages of *path*: a message, an mbox, a Maildir, or a directory of those
     (recursively, in name order; files that are not mail are skipped).
@@ -233,7 +249,7 @@ def _mbox_messages(path: Path) -> list[tuple[int, int]]:
     Not mailbox.mbox: it starts a message at every line beginning "From ", and a message
     saved with its From_ line whose body has an unquoted "From " line (an mboxcl writer's,
     or one saved by hand) came apart.  A separator here is a From_ line at the start of the
-    file (after blank lines) or after a blank line, as mboxo and mboxrd writers put them.
+    file (after blank lines) or, with its date, after a blank line, as mboxo and mboxrd writers put them.
     The bytes between are as mailbox.mbox gives them: the From_ line dropped, ``>From``
     left quoted, a message's LF blank line before the next From_ line left out.  The file
     is read a bounded piece at a time (a line of any length is never held whole).
@@ -247,7 +263,8 @@ def _mbox_messages(path: Path) -> list[tuple[int, int]]:
     with _open_regular(path) as handle:
         while piece := handle.readline(_CHUNK):
             if not in_line:
-                if after_blank and _from_line(piece):
+                # The first From_ line as it comes (a saved message's may lack its date), the next ones with theirs.
+                if after_blank and (_from_line(piece) if start is None and not in_separator else _separator(piece)):
                     if start is not None:
                         messages.append((start, position - 1 if last_lf_blank else position))
                     in_separator = True

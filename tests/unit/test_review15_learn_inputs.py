@@ -105,7 +105,7 @@ def test_an_mbox_is_split_after_blank_lines_only_and_may_start_with_blank_lines(
 
 def test_crlf_mbox_and_a_long_from_line_are_split_as_before(tmp_path: Path) -> None:
     path = tmp_path / "crlf.mbox"
-    long_from = b"From a@b " + b"z" * 200_000 + b"\r\n"
+    long_from = b"From a@b Mon Jan  1 00:00:00 2024 " + b"z" * 200_000 + b"\r\n"  # dated: a separator after the first
     messages = [(MSG % (n, n)).replace(b"\n", b"\r\n") + b"\r\n" for n in range(3)]
     path.write_bytes(b"".join(long_from + message for message in messages))
     assert [ref.load() for ref in sources(path)] == messages  # a CRLF blank line stays, as mailbox.mbox left it
