@@ -447,7 +447,7 @@ class WhatIfReport:
     #: Symbols of the rows that no check or rule emits now (renamed or removed since they were
     #: logged), with how many rows carry each: they keep their logged scores, no --set reaches them.
     unknown: Counter[str] = field(default_factory=Counter)
-    #: Of the changes, those the settings in effect make with no change at all (by (from, to)):
+    #: Of the changes, those the settings in effect (thresholds and, with *in_effect*, weights) make with no change at all (by (from, to)):
     #: the rows were logged under other thresholds or weights, not moved by what was asked.
     unasked: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: Deferred attempts (:func:`deferred_attempt`), by action: not messages, not re-scored
@@ -507,8 +507,12 @@ def whatif(
     rows: Iterable[Mapping[str, Any]], weights: Mapping[str, float], actions: ActionsSection, milter: MilterSection,
     known: AbstractSet[str] | None = None, current: ActionsSection | None = None, greylist_mode: str = "score",
     delimiters: str = "", may_force: AbstractSet[str] = MAY_FORCE, spamd_skip: SpamdSkip | None = None,
+    in_effect: Mapping[str, float] | None = None,
 ) -> WhatIfReport:
     """Re-score every row; count the messages whose action would change, by (from, to).
+
+    *in_effect* (the weights of rules/ and the checks now, by symbol) re-weights what *weights* does not name:
+    a row logged before a weight was changed in rules/ is scored as the milter scores it now.
 
     With *known* (the symbols checks and rules emit now), the rows' other symbols are counted
     (:attr:`WhatIfReport.unknown`): logged by an older version or a rule since removed, they
@@ -521,6 +525,8 @@ def whatif(
     which hits may have forced an action (:func:`forcing_symbols`); *spamd_skip* the tiers' bounds (:func:`rescore`)."""
     report = WhatIfReport()
     fixed = frozenset(not_weighted(greylist_mode))
+    now = dict(in_effect or {})
+    weights = {**now, **weights}
     for row in rows:
         if deferred_attempt(row):
             report.deferred[str(row.get("action"))] += 1
@@ -543,7 +549,7 @@ def whatif(
             key = (item.old_action, item.new_action)
             report.changes[key] += 1
             # Only the rows that change are re-scored twice: most rows do not.
-            if current is not None and rescore(row, {}, current, milter, fixed, delimiters, may_force, spamd_skip).new_action != item.old_action:
+            if current is not None and rescore(row, now, current, milter, fixed, delimiters, may_force, spamd_skip).new_action != item.old_action:
                 report.unasked[key] += 1
             examples = report.examples.setdefault(key, [])
             if len(examples) < EXAMPLES:

@@ -227,7 +227,8 @@ def run_whatif(args: argparse.Namespace) -> int:
     report = _from_log(lambda: whatif(_rows(args, config), weights, changed.actions, config.milter, known=set(services.symbols) | PIPELINE_SYMBOLS,
                                       current=config.actions, greylist_mode=config.greylist.mode,
                                       delimiters=config.checks.local_domains.recipient_delimiter, may_force=forcing_symbols(config),
-                                      spamd_skip=SpamdSkip(config.learner.skip_spamd_above, config.learner.skip_spamd_below, _after_tiers(services))))
+                                      spamd_skip=SpamdSkip(config.learner.skip_spamd_above, config.learner.skip_spamd_below, _after_tiers(services)),
+                                      in_effect={name: services.weight(name) for name in services.symbols}))
     if report is None:
         return 1
     if args.json:
@@ -239,8 +240,8 @@ def run_whatif(args: argparse.Namespace) -> int:
               f"not re-scored: the client retries, and a retry that gets through is one of the messages")
     unasked = sum(report.unasked.values())
     if unasked:
-        print(f"of which {unasked} would change with no --set at all: the settings in effect differ from those they "
-              f"were logged under")
+        print(f"of which {unasked} would change with no --set at all: the settings in effect (thresholds, weights) differ "
+              f"from those they were logged under")
     for entry in report.as_json()["changes"]:
         without = report.unasked.get((entry["from"], entry["to"]), 0)
         print(f"  {escape(entry['from']):>15} -> {escape(entry['to']):15} {entry['count']:6}" + (f"  ({without} with no --set)" if without else ""))
