@@ -51,7 +51,9 @@ counted in ``Limits.max_size`` first.
 A document that may embed a Packager object, told by its first bytes whatever its name, is listed too
 (:data:`_EMBEDDING_KINDS`): a Compound File (a Word or Excel 97 document, an OOXML document's
 ``oleObject1.bin``) by the file each Packager stream in it carries, under the storages it is in, and an RTF
-document by its ``\\objdata`` groups' objects; Word writes such a file out and runs it on a double click.
+document by its ``\\objdata`` groups' objects; Word writes such a file out and runs it on a double click.  An
+object that holds a whole document (an OOXML ``Package`` stream, ODF's ``EmbeddedOdf``) is that document, a zip
+walked as a nested archive; a Compound File nested deeper than olefile's recursion reads is a limit.
 
 libarchive is C code reading hostile input.  With ``Limits.child`` (the
 attachment check's ``archive_process``, on by default) every archive that
@@ -95,7 +97,7 @@ from tnefparse.mapi import IMESSAGE_SIG, decode_mapi
 from tnefparse.properties import MAPI_ATTACH_DATA_OBJ, MAPI_ATTACH_FILENAME, MAPI_ATTACH_LONG_FILENAME, MAPI_DISPLAY_NAME
 
 from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, UNLISTED_ARCHIVE_KINDS, extensions, message_file, outlook_file, sniff
-from .outlookmsg import OLE_OBJECT, Node, open_compound, package, packaged_streams, read_stream
+from .outlookmsg import OLE_OBJECT, Node, document_stream, open_compound, package, packaged_streams, read_stream
 from .outlookmsg import attachments as msg_attachments
 from .rtf import embedded_objects
 
@@ -311,11 +313,13 @@ def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits, aliases:
     return listing
 
 
-def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing, aliases: tuple[str, ...] = ()) -> None:
+def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, budget: _Budget, listing: Listing, aliases: tuple[str, ...] = (),
+          office: bool = False) -> None:
+    """List the archive *data* of *kind* called *path* (and *aliases*); *office*: a zip an OLE object holds as its document."""
     try:
         if kind == "zip":
             try:
-                _walk_zip(path, data, depth, limits, budget, listing, aliases)
+                _walk_zip(path, data, depth, limits, budget, listing, aliases, office)
             except (zipfile.BadZipFile, UnicodeDecodeError) as exc:
                 if libarchive is None:
                     raise
@@ -429,8 +433,10 @@ def _document(name: str) -> bool:
     return bool(exts) and exts[-1] in _DOCUMENT_EXTENSIONS
 
 
-def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, aliases: tuple[str, ...] = ()) -> None:
-    """List the zip *data* called *path* (and *aliases*: the other names a tool may give it)."""
+def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, aliases: tuple[str, ...] = (),
+              office: bool = False) -> None:
+    """List the zip *data* called *path* (and *aliases*: the other names a tool may give it); *office*: an OLE object's
+    document (an OOXML or ODF package), an Office document whatever its path says."""
     declared, room = _zip_directory(data)
     # zipfile parses the whole central directory before the first member is counted (150,000 entries:
     # over a second and 80 MB); directories are entries but no members, hence the margin.
@@ -443,7 +449,7 @@ def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
         return
     budget.directory -= room
     with zipfile.ZipFile(data) as archive:
-        document = all(_document(name) for name in (path, *aliases)) and _office_parts(archive)
+        document = (office or all(_document(name) for name in (path, *aliases))) and _office_parts(archive)
         # An Office document's parts have a member budget of their own (a document in a document shares it,
         # already in budget.members); the parts a limit leaves out are a note.
         if not document or budget.in_document:
@@ -1004,9 +1010,12 @@ def _embedded_object(member: str, source: IO[bytes], start: int, size: int, coun
 
 def _walk_compound(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, unreadable: list[str]) -> None:
     """The files the Packager objects of the Compound File *data* carry, as members under the storages they are in
-    (``invoice.doc/ObjectPool/_1234/evil.exe``; ``…/oleObject1.bin/evil.exe`` at its root).  It is the archive at
-    *depth*: past the bound, one that holds such an object is a limit.  What cannot be read goes to *unreadable*."""
+    (``invoice.doc/ObjectPool/_1234/evil.exe``; ``…/oleObject1.bin/evil.exe`` at its root), and the documents its
+    objects hold (``…/_1234/Package/word/…``, a nested archive).  It is the archive at *depth*: past the bound, one
+    that holds such an object is a limit.  What cannot be read goes to *unreadable*, but storages nested deeper
+    than olefile reads (it recurses through them): a limit, as Word opens such a file."""
     found: list[tuple[str, list[str], bytes]] = []
+    documents: list[tuple[str, bytes]] = []
     try:
         ole, root = open_compound(data)
         try:
@@ -1022,6 +1031,9 @@ def _walk_compound(path: str, data: IO[bytes], depth: int, limits: Limits, budge
                     listing.limits.append(f"{where}: would decompress past {limits.max_size} bytes")
                     break
                 budget.size -= stream.size
+                if document_stream(stream):
+                    documents.append((f"{where}/{stream.entry.name}", read_stream(ole, stream)))
+                    continue
                 try:
                     names, value = package(read_stream(ole, stream))
                 except ValueError as exc:  # a packaged file cut short: the other objects are still judged
@@ -1030,38 +1042,57 @@ def _walk_compound(path: str, data: IO[bytes], depth: int, limits: Limits, budge
                 found.append((where, names, value))
         finally:
             ole.close()
+    except RecursionError:
+        listing.limits.append(f"{path}: storages or entries nested deeper than olefile reads, not looked at")
     except Exception as exc:  # noqa: BLE001 - olefile's errors on a damaged or hostile file
         if local_failure(exc):
             raise
         unreadable.append(f"{path}: unreadable embedded object ({exc.__class__.__name__}: {str(exc)[:80]})")
     for where, names, value in found:  # those read before any error
         _packaged_file(where, names, value, depth, limits, budget, listing)
+    for where, value in documents:
+        _embedded_document(where, value, depth, limits, budget, listing, unreadable)
+
+
+def _embedded_document(where: str, value: bytes, depth: int, limits: Limits, budget: _Budget, listing: Listing, unreadable: list[str]) -> None:
+    """The document an OLE object holds (*value*, already counted): a zip its application opens, walked as a nested
+    archive of the one at *depth* (an OOXML document may embed objects in turn)."""
+    if sniff(value[:HEAD_SIZE]) != "zip":
+        if value:
+            unreadable.append(f"{where}: unreadable embedded document (no zip)")
+        return
+    if depth >= limits.max_depth:
+        listing.limits.append(f"{where}: archive nested deeper than {limits.max_depth}")
+        return
+    _walk(where, io.BytesIO(value), "zip", depth + 1, limits, budget, listing, office=True)
 
 
 def _walk_rtf(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
     """The objects the RTF document *data* embeds: a Packager object's file as a member under its class
     (``invoice.rtf/Package/evil.exe``), an object whose data is a Compound File (a Word 97 document) walked as one
-    nested archive.  Their hex data is decoded within ``Limits.max_size``."""
+    nested archive.  Their hex data is decoded within ``Limits.max_size``; data Word may read as an object that
+    is none here is a limit."""
     data.seek(0)
-    objects, decoded, whole = embedded_objects(data.read(), max(budget.size, 0))
-    budget.size -= decoded
-    if objects and depth > limits.max_depth:
+    embedded = embedded_objects(data.read(), max(budget.size, 0))
+    budget.size -= embedded.decoded
+    listing.limits.extend(f"{path}: {unread}" for unread in embedded.unread)
+    if embedded.objects and depth > limits.max_depth:
         listing.limits.append(f"{path}: embedded object nested deeper than {limits.max_depth}")
         return
-    for embedded in objects:
-        member = f"{path}/{embedded.class_name or '(an object without a class)'}"
-        if sniff(embedded.native[:HEAD_SIZE]) == "ole":
-            _walk_compound(member, io.BytesIO(embedded.native), depth + 1, limits, budget, listing, listing.errors)
-        elif embedded.class_name.casefold() == "package":
+    for found in embedded.objects:
+        member = f"{path}/{found.class_name or '(an object without a class)'}"
+        if sniff(found.native[:HEAD_SIZE]) == "ole":
+            _walk_compound(member, io.BytesIO(found.native), depth + 1, limits, budget, listing, listing.errors)
+        elif found.class_name.casefold() == "package":
             try:  # its native data is an Ole10Native stream's but for its size
-                names, value = package(_U32.pack(len(embedded.native)) + embedded.native)
+                names, value = package(_U32.pack(len(found.native)) + found.native)
             except ValueError as exc:
                 listing.errors.append(f"{member}: unreadable embedded object ({exc})")
                 continue
             if not _take_member(member, limits, budget, listing):
                 return
             _packaged_file(member, names, value, depth, limits, budget, listing)
-    if not whole:
+    if not embedded.whole:
         listing.limits.append(f"{path}: would decode past {limits.max_size} bytes, the rest not looked at")
 
 

@@ -45,7 +45,7 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"\xff\xd8\xff", "jpeg"),
     (0, b"GIF87a", "gif"),
     (0, b"GIF89a", "gif"),
-    (0, b"{\\rtf", "rtf"),
+    (0, b"{\\rt", "rtf"),  # Word opens "{\\rtx1" as RTF too (oletools' RTF_MAGIC)
     (0, b"L\x00\x00\x00\x01\x14\x02\x00", "lnk"),
     (0, b"\x78\x9f\x3e\x22", "tnef"),  # 0x223E9F78 little-endian: Outlook's winmail.dat (application/ms-tnef)
     (2, b"-lh", "lzh"),  # LHA: a method such as -lh5- after the header's size and checksum

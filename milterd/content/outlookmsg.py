@@ -65,6 +65,11 @@ _PROPERTIES_BYTES = 64 * 1024
 #: The stream of a Packager OLE object (an "embedded file"), and what a message's storage holds that an object's does not.
 _PACKAGE = "\x01OLE10NATIVE"
 _MESSAGE_MARKS = (_PROPERTIES, "__NAMEID_VERSION1.0", "__RECIP_VERSION1.0_#")
+#: The streams of an OLE object that hold a whole document, a zip: Office's OOXML package (an object of class
+#: ``Word.Document.12``, ``Excel.Sheet.12``…) and LibreOffice's ODF one.
+_DOCUMENTS = frozenset({"PACKAGE", "EMBEDDEDODF"})
+#: The UTF-16 names after a packaged file judged: its label and temporary path (the source path, third, is not).
+_UNICODE_NAMES = 2
 #: Longest name stream read (in bytes): a file name is at most a few hundred characters.
 NAME_BYTES = 4096
 #: A message's text bodies (PidTagBody, PidTagBodyHtml) by their streams' property id and type: content type, codec
@@ -254,17 +259,24 @@ def packaged_stream(storage: Node) -> Node | None:
 
 
 def packaged_streams(storage: Node) -> Iterator[tuple[list[str], Node]]:
-    """The Packager streams of *storage* and of every storage under it, each with the names of the storages it is in
-    below *storage*: ``[]`` at its root (an OOXML document's ``oleObject1.bin``), ``["ObjectPool", "_1234"]`` for
-    an object of a Word 97 document (Excel 97 keeps each in a storage ``MBD…`` of the root; a document embedded in
-    another, its objects under its own storage).  Walked without recursion: olefile already bounds the entries."""
+    """The Packager streams of *storage* and of every storage under it, and their embedded documents' streams
+    (:func:`document_stream`), each with the names of the storages it is in below *storage*: ``[]`` at its root (an
+    OOXML document's ``oleObject1.bin``), ``["ObjectPool", "_1234"]`` for an object of a Word 97 document (Excel 97
+    keeps each in a storage ``MBD…`` of the root; a document embedded in another, its objects under its own
+    storage).  Walked without recursion: olefile already bounds the entries."""
     pending: list[tuple[list[str], Node]] = [([], storage)]
     while pending:
         names, node = pending.pop()
         stream = packaged_stream(node)
         if stream is not None:
             yield names, stream
+        yield from ((names, kid) for kid in node.kids() if kid.stream and document_stream(kid))
         pending.extend((names + [kid.entry.name], kid) for kid in reversed(node.kids()) if kid.storage)
+
+
+def document_stream(stream: Node) -> bool:
+    """Whether *stream* is an OLE object's embedded document (a zip its application opens), not a Packager stream."""
+    return stream.name in _DOCUMENTS
 
 
 def is_message(storage: Node) -> bool:
@@ -283,14 +295,14 @@ def read_stream(ole: olefile.OleFileIO, stream: Node) -> bytes:
 def package(stream: bytes) -> tuple[list[str], bytes]:
     """The names and the bytes of the file in a Packager object's ``\\x01Ole10Native`` stream: its size, a flag,
     NUL-terminated label and source path, a flag and a reserved word, the temporary path Packager writes the file
-    to (its length first), the file (its length first), then (newer Packagers) the names again in UTF-16.
-    The names are the label and the temporary path's file name (the file Packager writes and opens), in both
-    forms; the source path only names where it was taken from (an icon's source in older objects:
-    ``C:\\WINNT\\system32\\SHELL32.DLL`` beside a PDF), so its file name is left out but where it is the label's
-    or the temporary file's.  ``ValueError`` when it is cut short."""
+    to (its length first), the file (its length first), then (newer Packagers) the names again in UTF-16, the source
+    path last.  The names are the label and the temporary path's file name (the file Packager writes and opens), in
+    both forms; the source path only names where it was taken from (an icon's source in older objects:
+    ``C:\\WINNT\\system32\\SHELL32.DLL`` beside a PDF), so it is left out, by its place: a label or a temporary
+    path named as the source is judged all the same.  ``ValueError`` when it is cut short."""
     offset = 6  # the total size, then the flag
     label, offset = _c_string(stream, offset)
-    source, offset = _c_string(stream, offset)
+    _, offset = _c_string(stream, offset)  # the source path
     offset += 4  # the flag and the reserved word
     temporary_length = _u32(stream, offset)
     offset += 4
@@ -303,7 +315,7 @@ def package(stream: bytes) -> tuple[list[str], bytes]:
     data = stream[offset:offset + size]
     names = [label, _base(temporary)]
     offset += size
-    for _ in range(3):  # the UTF-16 names, where there are
+    for _ in range(_UNICODE_NAMES):  # the UTF-16 label and temporary path, where there are
         if offset + 4 > len(stream):
             break
         chars = _u32(stream, offset)
@@ -312,9 +324,7 @@ def package(stream: bytes) -> tuple[list[str], bytes]:
             break
         names.append(_base(_name(stream[offset + 4:end].decode("utf-16-le", "replace"))))
         offset = end
-    opened = {label.casefold(), _base(temporary).casefold()}
-    source_name = _base(source).casefold()
-    return [name for name in dict.fromkeys(names) if name and (name.casefold() != source_name or name.casefold() in opened)], data
+    return [name for name in dict.fromkeys(names) if name], data
 
 
 def _attachment(ole: olefile.OleFileIO, storage: Node) -> MsgAttachment:

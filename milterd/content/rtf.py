@@ -13,6 +13,9 @@ than the document's comes out garbled (its links, being ASCII, do not).
 
 The objects a document embeds (``{\\object…{\\*\\objdata hex}}``: OLE1 objects, MS-OLEDS 2.2.4) are read
 apart (:func:`embedded_objects`), for the attachment policy: a Packager object's file runs on a double click.
+Their data is read as Word reads it, quirks included (oletools' ``rtfobj`` mimics Word, and this follows it:
+``\\bin`` data, ``\\'hh``, long control words, nested destinations), and data that is then no OLE1 object is
+reported, not passed over: Word may make an object of it.
 
 Our own decompressor, not the ``compressed_rtf`` package's: that one writes as
 much as a sender's references make (each two bytes gives seventeen) and builds
@@ -21,6 +24,7 @@ a bit string per control byte.
 
 from __future__ import annotations
 
+import binascii
 import re
 import struct
 from dataclasses import dataclass, field
@@ -50,14 +54,41 @@ _SYMBOLS = {b"{": "{", b"}": "}", b"\\": "\\", b"~": "\xa0", b"_": "-", b"\n": "
 _SWITCH_ARGUMENTS = frozenset({"l", "o", "t"})
 #: Most tokens read (about a second of CPU for a million): what follows is left unread.
 MAX_TOKENS = 400_000
-#: The destination of an embedded object's data (``{\\*\\objdata 0105…}``: hex digits), and the braces that end its
-#: group or nest another in it (an escaped one is text).
+#: The control word of an embedded object's data (``{\\*\\objdata 0105…}``: hex digits).
 _OBJDATA = re.compile(rb"\\objdata(?![a-zA-Z])")
-_BRACES = re.compile(rb"\\[\\{}]|[{}]")
-#: What Word skips in an object's hex data: control words and symbols, then anything but a hex digit (blanks, line ends).
-_CONTROLS = re.compile(rb"\\[a-zA-Z]{1,32}(?:-?\d{1,10})? ?|\\.", re.S)
+#: An object's data is read as Word reads it, which oletools' rtfobj mimics (and this follows): a control word of up
+#: to 250 letters with its parameter of any digits, the two at most 253 characters (what follows is text), and text.
+_OBJECT_WORD = re.compile(rb"\\([a-zA-Z]{1,250})(-?\d+)?")
+_OBJECT_WORD_SPAN = 254  # the backslash, then the control word and its parameter
+_OBJECT_TEXT = re.compile(rb"[^{}\\]+")
+#: The destination control words of the RTF specification 1.9.1, as oletools' rtfobj lists them: one inside an
+#: object's data opens a destination whose text is not the object's (at the object's own level, it ends the object's).
+_DESTINATIONS = frozenset(b"""
+    aftncn aftnsep aftnsepc annotation atnauthor atndate atnid atnparent atnref atrfend atrfstart author background
+    bkmkend bkmkstart blipuid buptim category colorschememapping colortbl comment company creatim datafield datastore
+    defchp defpap do doccomm docvar dptxbxtext ebcend ebcstart factoidname falt fchars ffdeftext ffentrymcr ffexitmcr
+    ffformat ffhelptext ffl ffname ffstattext field file filetbl fldinst fldrslt fldtype fontemb fonttbl footer footerf
+    footerl footerr footnote formfield ftncn ftnsep ftnsepc g generator gridtbl header headerf headerl headerr hl hlfr
+    hlinkbase hlloc hlsrc hsv info keywords latentstyles lchars levelnumbers leveltext lfolevel linkval list listlevel
+    listname listoverride listoverridetable listpicture liststylename listtable listtext lsdlockedexcept macc maccPr
+    mailmerge malnScr manager margPr mbar mbarPr mbaseJc mbegChr mborderBox mborderBoxPr mbox mboxPr mchr mcount mctrlPr
+    md mdeg mdegHide mden mdiff mdPr me mendChr meqArr meqArrPr mf mfName mfPr mfunc mfuncPr mgroupChr mgroupChrPr mgrow
+    mhideBot mhideLeft mhideRight mhideTop mlim mlimLoc mlimLow mlimLowPr mlimUpp mlimUppPr mm mmaddfieldname mmathPict
+    mmaxDist mmc mmcJc mmconnectstr mmconnectstrdata mmcPr mmcs mmdatasource mmheadersource mmmailsubject mmodso
+    mmodsofilter mmodsofldmpdata mmodsomappedname mmodsoname mmodsorecipdata mmodsosort mmodsosrc mmodsotable mmodsoudl
+    mmodsoudldata mmodsouniquetag mmPr mmquery mmr mnary mnaryPr mnoBreak mnum mobjDist moMath moMathPara moMathParaPr
+    mopEmu mphant mphantPr mplcHide mpos mr mrad mradPr mrPr msepChr mshow mshp msPre msPrePr msSub msSubPr msSubSup
+    msSubSupPr msSup msSupPr mstrikeBLTR mstrikeH mstrikeTLBR mstrikeV msub msubHide msup msupHide mtransp mtype mvertJc
+    mvfmf mvfml mvtof mvtol mzeroAsc mzeroDesc mzeroWid nesttableprops nonesttables objalias objclass objdata object
+    objname objsect oldcprops oldpprops oldsprops oldtprops oleclsid operator panose password passwordhash pgp pgptbl
+    picprop pict pn pnseclvl pntext pntxta pntxtb printim propname protend protstart protusertbl result revtbl revtim rxe
+    shp shpgrp shpinst shppict shprslt shptxt sn sp staticval stylesheet subject sv svb tc template themedata title txe
+    ud upr userprops wgrffmtfilter windowcaption writereservation writereservhash xe xform xmlattrname xmlattrvalue
+    xmlclose xmlname xmlnstbl xmlopen margSz pnaiu pnaiud""".split())
 _NOT_HEX = bytes(byte for byte in range(256) if byte not in b"0123456789abcdefABCDEF")
-#: An OLE1 object's format id (MS-OLEDS 2.2.4): embedded, its native data following its names (linked and static ones have none).
+_OPEN, _CLOSE, _BACKSLASH = b"{}\\"
+#: OLE1 objects' format ids (MS-OLEDS 2.2.4): linked (no data of its own), embedded (its native data after its names).
+_LINKED = 1
 _EMBEDDED = 2
 
 
@@ -96,45 +127,132 @@ class EmbeddedObject:
     native: bytes
 
 
-def embedded_objects(rtf: bytes, most: int) -> tuple[list[EmbeddedObject], int, bool]:
-    """The embedded objects of *rtf* (each ``\\objdata`` group's hex digits, as Word reads them past control words and
-    blanks), the bytes decoded, and whether every group was (at most *most* bytes in all).  A linked or static
-    object, or one whose header is cut short, is left out: it has no data of its own."""
-    found: list[EmbeddedObject] = []
-    decoded, position = 0, 0
+@dataclass
+class EmbeddedObjects:
+    """The objects an RTF document embeds, and what of their data was not read as one."""
+
+    objects: list[EmbeddedObject] = field(default_factory=list)
+    #: Bytes their data decoded to.
+    decoded: int = 0
+    #: False when the bytes allowed left the rest of the data unread.
+    whole: bool = True
+    #: Object data not read as an object (no OLE1 object, past the tokens read): Word may read one there.
+    unread: list[str] = field(default_factory=list)
+
+
+def embedded_objects(rtf: bytes, most: int, max_tokens: int = MAX_TOKENS) -> EmbeddedObjects:
+    """The embedded objects of *rtf*, each ``\\objdata`` group's hex digits as Word reads them
+    (:func:`_object_data`), at most *most* bytes in all.  A linked object has no data of its own: it is left out."""
+    found = EmbeddedObjects()
+    position, tokens = 0, max_tokens
     while match := _OBJDATA.search(rtf, position):
-        position = _group_end(rtf, match.end())
-        digits = _CONTROLS.sub(b"", rtf[match.end():position]).translate(None, _NOT_HEX)
-        if decoded + len(digits) // 2 > most:
-            return found, decoded, False
-        data = bytes.fromhex(digits[:len(digits) // 2 * 2].decode("ascii"))
-        decoded += len(data)
-        embedded = _ole1_object(data)
-        if embedded is not None:
-            found.append(embedded)
-    return found, decoded, True
+        # From the control word on: an \objdata nested in this one's group is another object.
+        position = match.end()
+        readings, tokens = _object_data(rtf, match.start(), tokens)
+        if tokens < 0:
+            found.unread.append(f"object data at byte {match.start()} past {max_tokens} RTF tokens, the rest not read")
+            break
+        for digits in readings:
+            if found.decoded + len(digits) // 2 > most:
+                found.whole = False
+                return found
+            data = binascii.unhexlify(digits[:len(digits) // 2 * 2])
+            found.decoded += len(data)
+            try:
+                embedded = _ole1_object(data) if data else None
+            except ValueError as exc:
+                found.unread.append(f"object data at byte {match.start()} not read as an object ({exc})")
+                continue
+            if embedded is not None:
+                found.objects.append(embedded)
+    return found
 
 
-def _group_end(rtf: bytes, start: int) -> int:
-    """Where the group that *start* is in ends (its closing brace), or the document's end."""
-    depth = 0
-    for brace in _BRACES.finditer(rtf, start):
-        if brace.group() == b"{":
+@dataclass
+class _Reading:
+    """One reading of an object's data: its hex digits, and the depth of the group whose text it skips (0: none)."""
+
+    digits: bytearray = field(default_factory=bytearray)
+    skipped: int = 0
+
+
+def _object_data(rtf: bytes, start: int, tokens: int) -> tuple[list[bytes], int]:
+    """The hex digits of the object data whose ``\\objdata`` is at *start*, read as Word reads them (as oletools'
+    rtfobj has it): text but in a destination nested in it, the bytes of ``\\binN`` in hex, ``\\'hh`` taking the
+    two characters after it and, after an odd count of digits, the last digit; up to its group's end, or a
+    destination control word at its own level.  Whether Word skips a group opened by ``\\*`` whose control word
+    opens no destination it knows (``{\\*\\x 41}``) is not known here: where it matters both readings are
+    given.  With the tokens left of *tokens* (below 0 when they ran out first, the readings then cut short)."""
+    # The specification's reading (a group opened by "\\*" skipped), and oletools' (only a destination's) forked from
+    # it at the first "{\\*": legit data has none.
+    readings = [_Reading()]
+    word = _OBJECT_WORD.match(rtf, start, start + _OBJECT_WORD_SPAN)
+    assert word is not None  # _OBJDATA found it
+    position, depth = word.end(), 0  # the groups opened in it
+    while position < len(rtf):
+        tokens -= 1
+        if tokens < 0:
+            break
+        byte = rtf[position]
+        if byte == _OPEN:
             depth += 1
-        elif brace.group() == b"}":
+            position += 1
+            if rtf.startswith(b"\\*", position):
+                if len(readings) == 1:
+                    readings.append(_Reading(bytearray(readings[0].digits), readings[0].skipped))
+                readings[0].skipped = readings[0].skipped or depth
+        elif byte == _CLOSE:
             if not depth:
-                return brace.start()
+                break
+            for reading in readings:
+                reading.skipped = 0 if reading.skipped == depth else reading.skipped
             depth -= 1
-    return len(rtf)
+            position += 1
+        elif byte != _BACKSLASH:
+            text = _OBJECT_TEXT.match(rtf, position)
+            assert text is not None  # neither a brace nor a backslash
+            position = text.end()
+            _read(readings, text.group().translate(None, _NOT_HEX))
+        elif (word := _OBJECT_WORD.match(rtf, position, position + _OBJECT_WORD_SPAN)) is None:
+            position += 2  # a control symbol
+            if rtf[position - 1:position] == b"'":
+                position += 2  # the two characters after it, whatever they are
+                for reading in readings:
+                    if not reading.skipped and len(reading.digits) % 2:
+                        del reading.digits[-1]  # Word's reader (up to 2016 at least) drops it
+        else:
+            position = word.end()
+            name, parameter = word.groups()
+            if name == b"bin":
+                position += rtf.startswith(b" ", position)
+                length = max(int(parameter or 0), 0)
+                _read(readings, rtf[position:position + length].hex().encode("ascii"))
+                position += length
+            elif name in _DESTINATIONS:
+                if not depth:
+                    break
+                for reading in readings:
+                    reading.skipped = reading.skipped or depth
+    return list(dict.fromkeys(bytes(reading.digits) for reading in readings)), tokens
+
+
+def _read(readings: list[_Reading], digits: bytes) -> None:
+    """*digits* added to each reading that is not skipping a group's text."""
+    for reading in readings:
+        if not reading.skipped:
+            reading.digits += digits
 
 
 def _ole1_object(data: bytes) -> EmbeddedObject | None:
     """The embedded object in *data* (its version, format id, class, topic and item names, then its native data's
-    size and the data, cut short where *data* ends), or None for another format or a header cut short."""
+    size and the data, cut short where *data* ends), or None for a linked object.  ``ValueError`` for another format
+    or a header cut short: what Word makes of it is not known here."""
     try:
         _, format_id = struct.unpack_from("<2L", data)
-        if format_id != _EMBEDDED:
+        if format_id == _LINKED:
             return None
+        if format_id != _EMBEDDED:
+            raise ValueError(f"format id {format_id:#x}, no OLE1 object's")
         offset, names = 8, []
         for _ in range(3):  # the class, topic and item names: their length (with their NUL), then their bytes
             length = struct.unpack_from("<L", data, offset)[0]
@@ -142,7 +260,7 @@ def _ole1_object(data: bytes) -> EmbeddedObject | None:
             offset += 4 + length
         size = struct.unpack_from("<L", data, offset)[0]
     except struct.error:
-        return None
+        raise ValueError(f"an OLE1 header cut short at {len(data)} bytes") from None
     return EmbeddedObject(names[0], data[offset + 4:offset + 4 + size])
 
 

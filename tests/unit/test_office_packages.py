@@ -149,8 +149,11 @@ def test_a_packaged_file_cut_short_is_unreadable_and_the_other_objects_are_judge
 
 @pytest.mark.parametrize("objdata", [b"", b"\x01\x05\x00\x00\x02\x00", bytes(range(256)) * 4])
 def test_malformed_rtf_object_data_is_no_crash(check: object, objdata: bytes) -> None:
-    # A header cut short, or another format than an embedded object's: no object, no finding.
-    assert hits_of(check, message(rtf(objdata) + b"{\\object{\\*\\objdata 0105zz", "invoice.rtf")) == {}
+    # A header cut short, or another format than an embedded object's: no object, and a limit (Word may read one
+    # there); empty data is nothing.
+    hits = hits_of(check, message(rtf(objdata) + b"{\\object{\\*\\objdata 0105zz", "invoice.rtf"))
+    assert hits.keys() == {LIMIT}
+    assert hits_of(check, message(rtf(b""), "invoice.rtf")) == {}
 
 
 def test_an_rtf_package_cut_short_is_unreadable(check: object) -> None:
@@ -193,6 +196,8 @@ def test_rtf_object_data_is_read_past_control_words_and_within_its_group() -> No
     from milterd.content.rtf import embedded_objects  # here: the other tests run on a tree without it
     data = ole1("Package", b"\x02\x00a\0b\0")
     document = b"{\\rtf1{\\*\\objdata " + data.hex()[:10].encode() + b"\\par\r\n {\\*\\x}" + data.hex()[10:].encode() + b"}0102}"
-    objects, decoded, whole = embedded_objects(document, 1000)
-    assert [(o.class_name, o.native) for o in objects] == [("Package", b"\x02\x00a\0b\0")] and decoded == len(data) and whole
-    assert embedded_objects(document, 10) == ([], 0, False)
+    found = embedded_objects(document, 1000)
+    assert [(o.class_name, o.native) for o in found.objects] == [("Package", b"\x02\x00a\0b\0")]
+    assert found.decoded == len(data) and found.whole and not found.unread
+    cut = embedded_objects(document, 10)
+    assert (cut.objects, cut.decoded, cut.whole) == ([], 0, False)
