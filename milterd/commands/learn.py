@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal
 from ..config import load_config
 from ..learner.classifier import Counts
 from ..learner.tokenizer import MAX_DIGEST_READ, hashed_tokens, message_digest
-from ..milter.offline import MessageRef, looks_like_message, sources
+from ..milter.offline import HEAD_SIZE, MessageRef, looks_like_message, sources
 from ..store.errors import StoreError
 from ..store.learner import LearnerStore
 from . import config_parent, describe_failure, open_store, whole_number_arg
@@ -99,7 +99,7 @@ def read_message(ref: MessageRef) -> bytes:
         raise UnreadableMessage(f"{ref.label}: not enough memory to read it") from None
     except OSError as exc:  # a FIFO, a file gone (a Maildir's message expunged since the folder was listed)
         raise UnreadableMessage(f"{ref.label}: {exc.strerror or exc}") from None
-    if not looks_like_message(raw[:512]):
+    if not looks_like_message(raw[:HEAD_SIZE]):
         # A file named on the command line is read whatever it holds: an empty or compressed
         # one would be counted as a message of no (or of random) words.
         raise UnreadableMessage(f"{ref.label}: not a mail message (no header line at its start; compressed?)")

@@ -89,10 +89,21 @@ class CheckedMessage:
     scored: bool = True
 
 
+#: How much of a file :func:`looks_like_message` is given.
+HEAD_SIZE = 512
+
+
 def looks_like_message(head: bytes) -> bool:
-    """Whether a file starting with *head* is a message (header line) or an mbox (From_ line)."""
+    """Whether a file starting with *head* (its first :data:`HEAD_SIZE` bytes) is a message (header line)
+    or an mbox (a From_ line, then a header line: a file of a From_ line alone, a truncated mbox,
+    was learned as a message of no words)."""
     head = head.lstrip(b"\r\n")
-    return _from_line(head) or bool(_HEADER_LINE.match(head))
+    if not _from_line(head):
+        return bool(_HEADER_LINE.match(head))
+    line_end = head.find(b"\n")
+    if line_end < 0:
+        return len(head) >= HEAD_SIZE - 2  # a From_ line longer than the head: what follows is not seen
+    return bool(_HEADER_LINE.match(head[line_end + 1:]))
 
 
 def _starts_mbox(head: bytes) -> bool:
@@ -225,7 +236,7 @@ def _read(path: Path, start: int = 0, size: int = -1) -> bytes:
 
 def _file(path: Path, skip_unknown: bool) -> Iterator[MessageRef]:
     with _open_regular(path) as handle:
-        head = handle.read(512)
+        head = handle.read(HEAD_SIZE)
     if skip_unknown and not looks_like_message(head):
         return
     if _starts_mbox(head):

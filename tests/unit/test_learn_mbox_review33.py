@@ -32,3 +32,14 @@ def test_dated_separators_still_split_an_mbox(tmp_path: Path) -> None:
     loaded = [ref.load() for ref in sources(path)]
     assert len(loaded) == 3
     assert b"25 million dollars" in loaded[0] and loaded[1].startswith(b"Subject: two") and loaded[2].startswith(b"Subject: three")
+
+
+def test_a_from_line_alone_is_no_message(tmp_path: Path) -> None:
+    """A truncated mbox of a From_ line alone was learned as a message of no words (one more spam in the totals)."""
+    from milterd.milter.offline import looks_like_message
+
+    assert not looks_like_message(b"From a@b Mon Jan  1 00:00:00 2024\n")
+    assert not looks_like_message(b"\nFrom a@b Mon Jan  1 00:00:00 2024")
+    assert looks_like_message(b"From a@b Mon Jan  1 00:00:00 2024\nSubject: x\n\nbody\n")
+    assert looks_like_message(b"From a@b " + b"z" * 600)  # a From_ line longer than what is looked at
+    assert looks_like_message(b"Subject: x\n\nbody\n")
