@@ -781,7 +781,11 @@ class Quarantine:
         subject = f"milterd quarantine digest for {self.config.hostname}: {total} message{'s' if total != 1 else ''}"
         sender = sender or self.report_from
         # "Quarantine <postmaster@mx.test>" is the From:; the envelope's sender is the address in it.
-        self._send_text(sender, reinject.report_sender(sender), to, subject, text)
+        try:
+            mail_from = reinject.report_sender(sender)
+        except ValueError as exc:
+            raise QuarantineError(f"the digest's sender: {exc}") from None
+        self._send_text(sender, mail_from, to, subject, text)
         listed = f" ({len(rows)} newest listed)" if len(rows) < total else ""
         return f"{total} messages reported to {', '.join(to)}{listed}"
 
@@ -862,7 +866,10 @@ class Quarantine:
 
     def _send_text(self, sender: str, mail_from: str, to: list[str], subject: str, text: str) -> None:
         """Mail *text* to *to*, From: *sender*, the envelope's sender *mail_from* ("": the null sender)."""
-        message = notice_message(sender, to, subject, text, self.config.hostname)
+        try:
+            message = notice_message(sender, to, subject, text, self.config.hostname)
+        except ValueError as exc:  # the email package's refusal of a header (a line break in a name): this mail only
+            raise QuarantineError(f"cannot write the message: {exc}") from None
         try:
             _delivered, refused = reinject.send(self._target(), mail_from, to, [message], self.config.hostname, auth=self._auth())
         except (OSError, smtplib.SMTPException) as exc:

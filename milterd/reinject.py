@@ -66,13 +66,16 @@ class Target:
             return False
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def report_sender(text: str) -> str:
     """The address of ``Name <user@domain>`` or ``user@domain``, a digest's From: (``report_from``, ``digest --from``);
     ValueError for anything else: a line break (it would end the header), no address (``Name <>``, sent as the
     envelope's sender whole), or a second address.
     """
-    if any(char in text for char in "\r\n\x00"):
-        raise ValueError("holds a line break or a NUL")
+    if len(text.splitlines()) > 1 or _CONTROL.search(text):  # splitlines: every line end the email package takes
+        raise ValueError("holds a line break or a control character")
     addresses = email.utils.getaddresses([text])
     if len(addresses) != 1 or "@" not in addresses[0][1].strip("@") or any(c.isspace() or c in "<>,;" for c in addresses[0][1]):
         raise ValueError(f"{text!r}: expected one address, as user@example.org or Name <user@example.org>")

@@ -117,10 +117,10 @@ def _from_line(line: bytes) -> bool:
     return line.startswith(b"From ") and not _FROM_FIELD.match(line)
 
 
-#: What every mbox writer puts after a From_ line's sender: a date with a time and a year
-#: (``Mon Jan  1 00:00:00 2024``, ``Thu, 1 Jan 2024 00:00:00 +0000``).
-_TIME = re.compile(rb"\b\d{1,2}:\d{2}\b")
-_YEAR = re.compile(rb"\b\d{4}\b")
+#: What every mbox writer puts after a From_ line's sender: a date, from its weekday's name on, with a time and
+#: then a year (``Mon Jan  1 00:00:00 2024``, ``Thu, 1 Jan 2024 00:00:00 +0000``, ``Mon Jan 01 00:00:00 +0000 2024``,
+#: ``Fri Jul  8 12:08:34 93``), as mutt's is_from wants it.
+_DATE = re.compile(rb"(?:^|\s)(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun),?\s.*\b\d{1,2}:\d{2}\b.*\b\d{2,4}\b")
 
 
 def _separator(line: bytes) -> bool:
@@ -130,7 +130,7 @@ def _separator(line: bytes) -> bool:
     if not _from_line(line):
         return False
     sender_and_date = line[5:].split(None, 1)
-    return len(sender_and_date) == 2 and bool(_TIME.search(sender_and_date[1])) and bool(_YEAR.search(sender_and_date[1]))
+    return len(sender_and_date) == 2 and bool(_DATE.search(sender_and_date[1]))
 
 
 def sources(path: Path) -> Iterator[MessageRef]:

@@ -13,7 +13,9 @@ from milterd.milter.offline import sources
 SAVED = (
     b"From bob@scam.test Mon Jan  1 00:00:00 2024\n"
     b"From: Dr. Bob <bob@scam.test>\nSubject: urgent\nMessage-ID: <1@scam.test>\n\n"
-    b"Dear Friend,\n\nFrom the desk of Dr. Bob, Lagos 2024\n\nI have 25 million dollars for you.\n"
+    b"Dear Friend,\n\nFrom the desk of Dr. Bob, Lagos 2024\n\n"
+    b"From Monday, 1 July 2024, our office hours are 9:00 to 17:00.\n\n"  # a time and a year, but no date after a sender
+    b"From 9:00 to 17:00 every weekday in 2025.\n\nI have 25 million dollars for you.\n"
 )
 
 
@@ -27,10 +29,12 @@ def test_a_saved_message_s_from_paragraph_does_not_split_it(tmp_path: Path) -> N
 def test_dated_separators_still_split_an_mbox(tmp_path: Path) -> None:
     second = b"From alice@example.org Thu, 4 Jan 2024 10:11:12 +0000\nSubject: two\n\nbody two\n"
     third = b"From - Fri Jan  5 09:00:00 2024\nSubject: three\n\nbody three\n"  # Thunderbird's
+    takeout = b"From 1234567890@xxx Mon Jan 01 00:00:00 +0000 2024\nSubject: four\n\nbody four\n"  # Gmail Takeout's
+    old = b"From MAILER-DAEMON Fri Jul  8 12:08:34 93\nSubject: five\n\nbody five\n"  # a two-digit year
     path = tmp_path / "box.mbox"
-    path.write_bytes(SAVED + b"\n" + second + b"\n" + third)
+    path.write_bytes(SAVED + b"\n" + second + b"\n" + third + b"\n" + takeout + b"\n" + old)
     loaded = [ref.load() for ref in sources(path)]
-    assert len(loaded) == 3
+    assert len(loaded) == 5 and loaded[4].startswith(b"Subject: five")
     assert b"25 million dollars" in loaded[0] and loaded[1].startswith(b"Subject: two") and loaded[2].startswith(b"Subject: three")
 
 

@@ -15,6 +15,7 @@ import struct
 import pytest
 
 from milterd.checks.attachments import BANNED, LIMIT, UNREADABLE
+from milterd.content import rtf as rtf_reader
 from milterd.content.archives import Limits, list_archive
 from milterd.content.filetypes import sniff
 from milterd.content.outlookmsg import package
@@ -132,3 +133,21 @@ def test_a_compound_file_deeper_than_olefile_reads_is_a_limit(check: object) -> 
     hits = hits_of(check, message(deep, "invoice.doc"))
     assert LIMIT in hits and UNREADABLE not in hits
     assert hits[LIMIT].action is not None  # held as limit_action says (quarantine), not only scored
+
+
+# --- a second look: the nested reading's cost, and text that only names \objdata ---------------------------------------
+def test_nested_object_data_is_not_read_again_without_bound() -> None:
+    """Each \\objdata nested in another read the rest of the outer group again, a run of hex being one token:
+    600 of them around 10 MB cost 7 s of CPU.  Text is charged by its length: past four readings, a limit."""
+    nested = b"{\\rtf1" + b"{\\*\\objdata " * 600 + b"41" * 500_000 + b"}" * 600
+    found = rtf_reader.embedded_objects(nested, 64 << 20)
+    assert any("past the RTF tokens read" in note for note in found.unread)
+
+
+@pytest.mark.parametrize("text", [
+    b"{\\rtf1\\ansi Write \\\\objdata then the hex of the object, e.g. 0105 and cafe.\\par}",
+    b"{\\rtf1 C:\\\\objdata\\\\2024\\par}",
+])
+def test_an_escaped_backslash_before_objdata_is_text(text: bytes) -> None:
+    """"\\\\objdata" is a backslash, then the word: taken for object data, a how-to about RTF was quarantined."""
+    assert rtf_reader.embedded_objects(text, 1 << 20) == rtf_reader.EmbeddedObjects()

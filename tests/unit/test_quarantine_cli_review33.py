@@ -27,7 +27,8 @@ def config(tmp_path: Path, **quarantine: object) -> Path:
     })
 
 
-@pytest.mark.parametrize("value", ["pm@mx.test\r\nBcc: evil@x.example", "Quarantine <>", "a@b.example, c@d.example", "postmaster"])
+@pytest.mark.parametrize("value", ["pm@mx.test\r\nBcc: evil@x.example", "Quarantine <>", "a@b.example, c@d.example", "postmaster",
+                                   "Quarantine\u2028 <pm@mx.test>", "pm@mx.test\x1b"])
 def test_report_from_must_be_one_address(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match="report_from"):
         load_config(config(tmp_path, report_from=value))
@@ -39,7 +40,7 @@ def test_report_from_names_its_address(tmp_path: Path, value: str) -> None:
     assert report_sender(value) == "pm@mx.test"  # the digest's envelope sender
 
 
-@pytest.mark.parametrize("value", ["a@b.example\r\nBcc: evil@x.example", "Quarantine <>"])
+@pytest.mark.parametrize("value", ["a@b.example\r\nBcc: evil@x.example", "Quarantine <>", "Q\u2028 <a@b.example>"])
 def test_digest_from_is_refused_before_anything_is_sent(tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]) -> None:
     conf = config(tmp_path)
     with pytest.raises(SystemExit) as exit_:
@@ -79,3 +80,22 @@ def test_confirm_says_spamd_was_skipped_for_the_size(tmp_path: Path, capsys: pyt
     assert main(["-c", str(conf), "quarantine", "confirm", str(row_id)]) == 0
     out = capsys.readouterr().out
     assert "larger than [spamd] max_size" in out and "not learned" in out
+
+
+def test_a_header_the_email_package_refuses_fails_that_mail_only(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A digest the email package cannot write is this command's error, not a traceback: the virus notices still go."""
+    import milterd.quarantine as quarantine_module
+    from milterd.quarantine import Quarantine
+
+    def refused(*_args: object) -> None:
+        raise ValueError("Header values may not contain linefeed or carriage return characters")
+
+    notified: list[bool] = []
+    monkeypatch.setattr(quarantine_module, "notice_message", refused)
+    monkeypatch.setattr(Quarantine, "notify_virus_recipients", lambda self, since, failed=None: notified.append(True) or 0)
+    conf = config(tmp_path, report_from="postmaster@mx.test")
+    open_quarantine(conf)  # the schema
+    assert main(["-c", str(conf), "quarantine", "digest", "--to", "postmaster@example.org", "--notify-virus-recipients"]) == 1
+    out, err = capsys.readouterr()
+    assert "cannot write the message" in err and "Traceback" not in err and notified == [True]
