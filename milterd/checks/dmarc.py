@@ -14,6 +14,9 @@ alike), asked only once a message has failed.  A trusted ARC sealer's pass
 overrides a failure when the sealer recorded a DMARC pass, or an aligned
 DKIM or SPF pass, for the From domain in its ARC-Authentication-Results.  A message with several From domains (addresses or
 fields) is judged by the strictest of their evaluations (RFC 7489 §6.6.1).
+A From field that is not UTF-8 is judged in each reading a mail client may show
+(windows-1252, the message's charset: ``bank<0xAD>.test`` is bank.test); one no reading of which names
+a domain fails under the quarantine policy, as a From of too many domains does.
 
 This check runs after DKIM and ARC (a later end-of-message tier) and reads
 their results from ``envelope.check_state(name)``.  A signature DKIM left
@@ -39,7 +42,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal
 from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
-from ..content.headertext import addresses, decoded, shown_addresses, unfolded
+from ..content.headertext import addresses, decoded, raw_readings, shown_addresses, unfolded
+from ..content.mimeparams import client_param
 from ..dns import a_label, comparable_name, domain_name, fold_case
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
@@ -182,13 +186,34 @@ def from_domains(values: Iterable[str]) -> tuple[str, ...]:
 
 
 def from_fields(envelope: Envelope) -> list[str]:
-    """The values of the From fields of *envelope*, decoded leniently."""
+    """The values of the From fields of *envelope*, decoded leniently (as UTF-8: the domains a message is signed for)."""
     return [value.decode("utf-8", "replace") for name, value in envelope.headers if name.lower() == "from"]
 
 
+def from_readings(envelope: Envelope) -> list[list[str]]:
+    """Each From field of *envelope* as every text a mail client may show for it (:func:`raw_readings`: its
+    UTF-8, else also windows-1252 and the charset of the message's Content-Type)."""
+    fields = [value for name, value in envelope.headers if name.lower() == "from"]
+    charset = None if all(value.isascii() for value in fields) else declared_charset(envelope)
+    return [raw_readings(value, charset) for value in fields]
+
+
+def declared_charset(envelope: Envelope) -> str | None:
+    """The charset parameter of the message's Content-Type as Thunderbird reads it, or None."""
+    content_type = envelope.header("Content-Type")
+    return client_param(content_type, "charset") if content_type else None
+
+
 def envelope_from_domains(envelope: Envelope) -> tuple[str, ...]:
-    """:func:`from_domains` of the From fields of *envelope*."""
-    return from_domains(from_fields(envelope))
+    """:func:`from_domains` of every reading of the From fields of *envelope* (:func:`from_readings`): the
+    domains DMARC, DKIM's author alignment and the local domains' From check judge."""
+    return from_domains(reading for readings in from_readings(envelope) for reading in readings)
+
+
+def unreadable_from(envelope: Envelope) -> bool:
+    """Whether a From field of *envelope* is not UTF-8 and no reading of it names a domain."""
+    # Only a field that is not UTF-8 has several readings (U+FFFD in one, not in the others).
+    return any(len(readings) > 1 and not from_domains(readings) for readings in from_readings(envelope))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -393,12 +418,18 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         domains = envelope_from_domains(envelope)
+        if not domains and unreadable_from(envelope):
+            # Bytes that are not UTF-8 where the address belongs: a client shows them in its fallback charset
+            # (one we did not try: a Cyrillic or Japanese locale's) and perhaps as a domain we cannot look up.
+            # No genuine mailer writes such a From, so it is held as too many From domains are, rather than
+            # passed as having none (an ASCII From without an address looks the same to every reader: none).
+            return self._malformed(envelope, "", "the From field is not UTF-8 and no reading of it names a domain")
         if not domains:
             # Recorded too, so that Authentication-Results says dmarc=none rather than nothing.
             envelope.check_state(STATE)["result"] = Evaluation("none", "", reason="no From domain")
             return [Hit("DMARC_NONE", detail="no From domain")]
         if len(domains) > _MAX_FROM_DOMAINS:
-            return self._too_many(envelope, domains)
+            return self._malformed(envelope, domains[-1], f"{len(domains)} From domains: more than {_MAX_FROM_DOMAINS} are not looked up")
         resolver = self.services.resolver
         psl_path = self.options.public_suffix_list
         signatures = envelope.check_state("dkim").get("result", ())
@@ -464,17 +495,18 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
         override = "; ".join(f"{e.domain}: sealed by {sealer}, who recorded {vouched[e.domain]}" for e in failed)
         return [Hit(f"DMARC_FAIL_{evaluation.applied.upper()}", detail=describe(evaluation), score=0.0), Hit("DMARC_ARC_OVERRIDE", detail=override)]
 
-    def _too_many(self, envelope: Envelope, domains: tuple[str, ...]) -> Hits:
-        """More From domains than are looked up: a failure, whatever the domains publish.
+    def _malformed(self, envelope: Envelope, domain: str, reason: str) -> Hits:
+        """A From DMARC cannot judge (*reason*): a failure, whatever its domains publish.
 
-        Any bound can be filled with domains of no policy ahead of the one
-        forged (``u0@d0.example, …, security@bank.example``), so a message past
-        it is not passed unjudged: it gets the quarantine policy (RFC 7489
-        §6.6.1: such mail "is typically rejected"), ``quarantine_action``
-        deciding what that does, as for a domain's p=quarantine.
+        More From domains than are looked up: any bound can be filled with
+        domains of no policy ahead of the one forged (``u0@d0.example, …,
+        security@bank.example``).  A From no reading of which names a domain
+        (:func:`unreadable_from`).  Such a message is not passed unjudged: it
+        gets the quarantine policy (RFC 7489 §6.6.1: such mail "is typically
+        rejected"), ``quarantine_action`` deciding what that does, as for a
+        domain's p=quarantine.  *domain*: the one named in the results, if any.
         """
-        reason = f"{len(domains)} From domains: more than {_MAX_FROM_DOMAINS} are not looked up"
-        evaluation = Evaluation("fail", domains[-1], "quarantine", "quarantine", reason=reason)
+        evaluation = Evaluation("fail", domain, "quarantine", "quarantine", reason=reason)
         envelope.check_state(STATE)["result"] = evaluation
         return [enforce(evaluation, self.options.reject_action, self.options.quarantine_action, why=reason)]
 

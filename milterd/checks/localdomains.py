@@ -27,8 +27,7 @@ from ..message.policy import without_extension
 from ..message.reply import Reply
 from ..options import ConfigError, Section
 from . import Check, Hits, Symbol
-from .dmarc import from_domains
-from .headers import unfold
+from .dmarc import envelope_from_domains
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -170,8 +169,8 @@ class LocalSpoof(Check):
             return ()
 
         # Read leniently, as DMARC reads From: a value the strict parser refuses ("CEO <<ceo@example.org>")
-        # still shows the reader a local address.
-        for domain in from_domains(unfold(value) for name, value in envelope.headers if name.lower() == "from"):
+        # still shows the reader a local address, and so does one with a byte that is not UTF-8 (ceo@example\xad.org).
+        for domain in envelope_from_domains(envelope):
             if domain in self.a_label_domains:
                 return self._hit("LOCAL_FROM_SPOOF", domain[:100], Reply.reject("From address in a local domain: please authenticate"))
         return ()

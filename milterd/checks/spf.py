@@ -90,7 +90,8 @@ def evaluate(client_addr: str, sender: str, helo: str, timeout: float, results: 
     cached = results.get(key)
     if cached is not None:
         return cached
-    with traced_lookups() as trace:
+    # One deadline for the whole evaluation: pyspf's querytime counts only lookups that answered.
+    with traced_lookups(time.monotonic() + timeout) as trace:
         local, at, domain = sender.rpartition("@")
         query = _Query(i=client_addr, s=sender, h=helo, timeout=timeout, querytime=timeout)
         if "@" in local:

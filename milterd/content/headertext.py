@@ -1,6 +1,7 @@
 """A header field's value as a mail client shows it: unfolded, RFC 2047 encoded-words decoded
 (and :func:`is_field_name`, what a configured header name must be; :func:`addresses`, the
-addresses of an address field; :func:`shown_addresses`, those a mail client shows).
+addresses of an address field; :func:`shown_addresses`, those a mail client shows; :func:`raw_readings`,
+the texts a client may show for a field's raw bytes).
 
 Leniently, as clients read what spam sends: each encoded-word is decoded where
 it stands (raw UTF-8 around it, RFC 6532, is kept), the blanks between two
@@ -16,12 +17,13 @@ would see ``=?x-unknown?b?ZXZpbC5leGU=?=`` where a client shows ``evil.exe``.
 from __future__ import annotations
 
 import binascii
+import codecs
 import email.utils
 import inspect
 import re
 from typing import Iterable, Iterator
 
-from .mimeparams import client_charset, decode_bytes
+from .mimeparams import NOT_CHARSETS, client_charset, decode_bytes
 
 #: A line break of a folded field (RFC 5322 §2.2.3); Postfix hands them over as a bare LF.
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -44,6 +46,41 @@ def python_charset(charset: str) -> str:
     """*charset* as Python's codecs know it: a name in :data:`CHARSET_ALIASES` is replaced, one clients decode as a
     superset (:func:`~milterd.content.mimeparams.client_charset`) is that superset, any other kept."""
     return CHARSET_ALIASES.get(charset.strip().lower()) or client_charset(charset)
+
+
+#: windows-1252 as the WHATWG Encoding Standard (mail clients, browsers) decodes it: the five bytes Python's cp1252
+#: leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) are the C1 controls of the same number, as in Latin-1.
+_WINDOWS_1252 = "".join(bytes([byte]).decode("cp1252", "ignore") or chr(byte) for byte in range(256))
+#: What a charset a header's raw bytes can be read in must write as ASCII does (not UTF-16, UTF-7, EBCDIC).
+_ASCII_SAMPLE = "From: <a@b.c>,"
+
+
+def raw_readings(data: bytes, charset: str | None = None) -> list[str]:
+    """The texts a mail client may show for a header field's raw *data*: the UTF-8 text when *data* is
+    UTF-8 (RFC 6532); else each of: UTF-8 with the bad bytes replaced (milterd's own reading), windows-1252
+    and the message's declared *charset* (clients read raw 8-bit header bytes in such a fallback: a lone
+    0xAD, an invisible soft hyphen there, is U+FFFD in the first)."""
+    try:
+        return [data.decode("utf-8")]
+    except UnicodeDecodeError:
+        pass
+    readings = [data.decode("utf-8", "replace"), codecs.charmap_decode(data, "strict", _WINDOWS_1252)[0]]
+    declared = _declared_reading(data, charset) if charset else None
+    if declared is not None:
+        readings.append(declared)
+    return list(dict.fromkeys(readings))
+
+
+def _declared_reading(data: bytes, charset: str) -> str | None:
+    """*data* in *charset* (as :func:`python_charset` names it), or None when that is no charset a header's
+    bytes can be in: unknown, no mail charset, or one that does not write ASCII as ASCII."""
+    try:
+        codec = codecs.lookup(python_charset(charset))
+        if codec.name in NOT_CHARSETS or codec.encode(_ASCII_SAMPLE)[0] != _ASCII_SAMPLE.encode():
+            return None
+        return codec.decode(data, "replace")[0]
+    except (LookupError, ValueError, TypeError):  # a NUL in the name, a codec of bytes or one refusing "replace"
+        return None
 
 
 def unfolded(text: str) -> str:

@@ -1,0 +1,161 @@
+"""Review 33: a From byte that is not UTF-8 escaped DMARC, and SPF ran past its deadline.
+
+DMARC read raw From bytes as UTF-8 with U+FFFD for the bad ones and cut the domain there: ``sec@bank\\xad.test``
+(a soft hyphen in windows-1252, invisible and ignored by IDNA) was judged as the domain "bank", and bank.test's
+p=reject never applied.  SPF gave each pyspf lookup a fresh timeout and pyspf counted only the answered ones
+against its querytime: ten ``ptr:`` terms over ten PTR names that never answer held MAIL FROM 199 s with a 2 s budget.
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import dns.name
+import pytest
+import spf
+
+from milterd.checks.dmarc import Dmarc, envelope_from_domains
+from milterd.checks.localdomains import LocalSpoof
+from milterd.checks.spf import SpfResults, evaluate
+from milterd.config import Config, DnsSection
+from milterd.dns import Answer, Resolver, a_label, use_for_spf
+from milterd.message.model import Action, Envelope, Hit, Session, Spool
+from milterd.services import Services
+
+# --- DMARC ---------------------------------------------------------------------------------------------------
+
+
+class Records:
+    """A resolver answering TXT from a table, everything else NXDOMAIN."""
+
+    def __init__(self, txt: dict[str, str]) -> None:
+        self.txt_records = txt
+
+    def stage_deadline(self, _deadlines: Any, _stage: str) -> float:
+        return 0.0
+
+    def txt(self, name: str, deadline: float | None = None) -> Answer:
+        value = self.txt_records.get(name)
+        return Answer(name, "TXT", "nxdomain") if value is None else Answer(name, "TXT", "ok", (value,))
+
+    def query_many(self, questions: list[tuple[str, str]], deadline: float | None = None) -> list[Answer]:
+        return [Answer(name, rdtype, "nxdomain") for name, rdtype in questions]
+
+
+def envelope(author: bytes, content_type: bytes = b"text/plain; charset=windows-1252") -> Envelope:
+    found = Envelope(spool=Spool(1 << 20))
+    found.headers += [("From", author), ("Content-Type", content_type)]
+    found.check_state("dkim")["result"] = []
+    return found
+
+
+def judged(author: bytes, txt: dict[str, str] | None = None) -> tuple[list[Hit], Envelope]:
+    config = Config.model_validate({})
+    message = envelope(author)
+    resolver = Records(txt if txt is not None else {"_dmarc.bank.test": "v=DMARC1; p=reject"})
+    check = Dmarc(SimpleNamespace(config=config, resolver=resolver))  # type: ignore[arg-type]
+    return list(check.on_eom(Session(client_addr="203.0.113.9"), message)), message
+
+
+@pytest.mark.parametrize("author", [b"Security <security@bank\xad.test>", b"Security <security@\xadbank.test>",
+                                    b"security@bank.te\xadst", b"Security <security@bank\x81.test>"])
+def test_a_byte_that_is_not_utf8_in_the_from_domain_does_not_escape_p_reject(author: bytes) -> None:
+    [hit], message = judged(author)
+    # Judged as the domain "bank" (or none at all): DMARC_NONE, delivered to a reader who sees security@bank.test.
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT)
+    assert message.check_state("dmarc")["result"].domain == "bank.test"
+
+
+def test_a_latin1_from_domain_is_judged_as_the_idn_a_client_shows() -> None:
+    [hit], _ = judged(b"Security <security@b\xe4nk.test>", {f"_dmarc.{a_label('bänk.test')}": "v=DMARC1; p=reject"})
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT)
+
+
+def test_the_messages_declared_charset_is_a_reading_too() -> None:
+    # "банк" in KOI8-R; windows-1252 reads the same bytes as ÂÁÎË.
+    message = envelope(b"sec@\xc2\xc1\xce\xcb.test", b"text/plain; charset=\"koi8-r\"")
+    assert a_label("банк.test") in envelope_from_domains(message)
+
+
+def test_a_from_no_reading_of_which_names_a_domain_is_held_not_passed_as_none() -> None:
+    [hit], message = judged(b"Security <security@\x81\x8d>")
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_QUARANTINE", Action.QUARANTINE)
+    assert message.check_state("dmarc")["result"].result == "fail"
+    # An ASCII or UTF-8 From without a domain reads the same to every client: no domain, DMARC_NONE as before.
+    for author in (b"undisclosed-recipients:;", "Jörg".encode()):
+        assert [hit.symbol for hit in judged(author)[0]] == ["DMARC_NONE"], author
+
+
+def test_local_from_spoof_reads_the_domains_dmarc_reads() -> None:
+    services = Services(config=Config().with_changes({"milter.hostname": "mx.test", "milter.local_domains": ["example.org"]}))
+    message = envelope(b"CEO <ceo@example\xad.org>")
+    message.sender = "x@evil.example"
+    hits = LocalSpoof(services).on_eoh(Session(client_addr="198.51.100.7", family="inet"), message)
+    assert [hit.symbol for hit in hits] == ["LOCAL_FROM_SPOOF"]
+
+
+# --- SPF -----------------------------------------------------------------------------------------------------
+
+
+class Clock:
+    """time.monotonic, moved by hand (a lookup that never answers moves it by what it waited)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Wire:
+    """The upstream: a TXT and a PTR table; a name under stall.test never answers; counts the questions."""
+
+    def __init__(self, clock: Clock, txt: dict[str, str]) -> None:
+        self.clock, self.txt = clock, txt
+        self.asked: list[tuple[str, str]] = []
+
+    def resolve(self, name: str, rdtype: str, lifetime: float) -> Answer:
+        self.asked.append((name, rdtype))
+        if name.endswith("stall.test"):
+            self.clock.now += lifetime
+            return Answer(name, rdtype, "error", error="timeout")
+        if rdtype == "PTR" and name == "9.113.0.203.in-addr.arpa":
+            names = tuple(f"n{n}.stall.test." for n in range(10))
+            return Answer(name, rdtype, "ok", names, tuple(SimpleNamespace(target=dns.name.from_text(n)) for n in names), 300.0)
+        if rdtype == "TXT" and name in self.txt:
+            return Answer(name, rdtype, "ok", (self.txt[name],), (SimpleNamespace(strings=(self.txt[name].encode(),)),), 300.0)
+        return Answer(name, rdtype, "nxdomain", ttl=60.0)
+
+
+@pytest.fixture
+def wire(monkeypatch: pytest.MonkeyPatch) -> Iterator[Wire]:
+    clock = Clock()
+    monkeypatch.setattr(time, "monotonic", clock)
+    ptrs = " ".join(f"ptr:p{n}.test" for n in range(10))
+    upstream = Wire(clock, {"slow.test": f"v=spf1 {ptrs} -all", "late.test": "v=spf1 ptr:p0.test include:other.test -all",
+                            "other.test": "v=spf1 +all"})
+    resolver = Resolver(DnsSection(nameservers=["127.0.0.1:1"], timeout=1.0))  # each lookup waits 1 s at most
+    monkeypatch.setattr(resolver, "_servers", [])  # every question to the fake upstream
+    monkeypatch.setattr(resolver, "_resolve", upstream.resolve)
+    monkeypatch.setattr(spf, "DNSLookup", spf.DNSLookup)  # given back after the test
+    use_for_spf(lambda: resolver)
+    yield upstream
+
+
+def test_ptr_names_that_never_answer_do_not_hold_spf_past_its_deadline(wire: Wire) -> None:
+    start = wire.clock.now
+    result, _ = evaluate("203.0.113.9", "x@slow.test", "h.test", 2.0, SpfResults())
+    # 100 address lookups (ten names for each of ten terms), each given a fresh second: 100 s of a 2 s budget.
+    assert wire.clock.now - start <= 2.0
+    assert [name for name, _ in wire.asked if name.endswith("stall.test")] == ["n0.stall.test", "n1.stall.test"]
+    # The client's own names did not validate (RFC 7208 §5.5): the ptr terms do not match, as before.
+    assert result == "fail"
+
+
+def test_a_lookup_after_the_deadline_is_a_temperror_at_once(wire: Wire) -> None:
+    result, _ = evaluate("203.0.113.9", "x@late.test", "h.test", 2.0, SpfResults())
+    # The PTR names spent the budget: include:other.test is not asked (it was, with a fresh timeout, and passed).
+    assert ("other.test", "TXT") not in wire.asked
+    assert result == "temperror"
