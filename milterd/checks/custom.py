@@ -5,16 +5,21 @@ it emits), a ``score``, a ``description`` and exactly one of::
 
     header = "Subject"                  # with regex = '…': searched in every such header (decoded)
     body = '(?i)\\bviagra\\b'           # searched in the decoded text of the text parts
-    uri = '(?i)^https?://[^/]*\\.top/'  # searched in each link of the text and HTML parts
+    uri = '(?i)^https?://[^/]*\\.top(:\\d+)?/'  # searched in each link, as written and normalised
     meta = "SUBJ_LOTTERY and not DKIM_VALID"   # and, or, not, parentheses
 
 Regular expressions are Python's, searched (not matched).  A header is
 searched unfolded with its RFC 2047 encoded-words decoded; header and body
 rules see the text without the invisible characters (soft hyphen, zero-width
-space, …) that split a word where no reader sees it split, and with each
-compatibility character in its NFKC form (full-width, mathematical and
-ligature letters as the plain ones they show: ``ｖｉａｇｒａ`` is ``viagra``),
-so patterns are written in that form.  Rules are compiled
+space, tag characters, …) that split a word where no reader sees it split, and
+in NFKC form: a letter and its combining accent as the one accented letter
+(``cafe`` and U+0301 is ``café``), compatibility characters as the plain ones
+they show (full-width, mathematical and ligature letters: ``ｖｉａｇｒａ`` is
+``viagra``), so patterns are written in that form.  A ``uri`` rule is searched
+in each link as written and as :func:`milterd.checks.uribl.link_form` writes it
+(scheme and host lower-cased, the host percent-decoded without its trailing dot,
+``\\`` as ``/``, ``//host`` as ``http://host``, a ``/`` after the host), as
+SpamAssassin's uri rules see both.  Rules are compiled
 once when the rules are loaded: a broken regular expression, a malformed meta
 expression, a meta naming a symbol no check or rule emits, a meta naming a
 symbol that is only known after the verdict (DKIM_SIGNED, DKIM_SIGN_ERROR,
@@ -30,7 +35,6 @@ of a rule file; default "1M"); the message is read up to four times that
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import time
@@ -50,6 +54,7 @@ from ..patterns import AdminPattern, PatternError, SearchBudget
 from ..rulelang import MetaSyntaxError, Node, evaluate, names, parse
 from ..units import parse_size
 from . import Check, Hits, Symbol
+from .uribl import link_form
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -267,8 +272,6 @@ class CustomRules(Check):
         self.body_rules = [r for r in self.rules if r.kind == "body"]
         self.uri_rules = [r for r in self.rules if r.kind == "uri"]
         self.metas: list[Rule] = [r for r in self.rules if r.kind == "meta"]
-        if self.header_rules or self.body_rules:
-            _compatibility()  # built before the first message, not during it
 
     @classmethod
     def enabled(cls, services: "Services") -> bool:
@@ -331,6 +334,7 @@ class CustomRules(Check):
             return []
         hits: list[Hit] = []
         text = _visible(_lines(found.text), self.max_text) if self.body_rules else ""
+        links = _link_forms(found.uris) if self.uri_rules else {}
         rules = [*self.body_rules, *self.uri_rules]
         for number, rule in enumerate(rules):
             left = self._left(envelope)
@@ -343,8 +347,8 @@ class CustomRules(Check):
                 match = rule.regex.search(text, left)
                 if match:
                     hits.append(Hit(rule.name, detail=match.group(0)[:80]))
-            elif linked := _first_match(rule, found.uris, started + left):
-                hits.append(Hit(rule.name, detail=linked[0][:120]))
+            elif linked := _first_match(rule, links, started + left):
+                hits.append(Hit(rule.name, detail=links[linked[0]][:120]))
             self._spend(envelope, time.monotonic() - started)
         return hits
 
@@ -370,6 +374,16 @@ class CustomRules(Check):
                 yield Hit(rule.name, detail=" ".join(sorted(names(rule.meta) & hit))[:120])
 
 
+def _link_forms(uris: Iterable[str]) -> dict[str, str]:
+    """What ``uri`` rules search, each to the link it is of: each link, and after it its
+    :func:`~milterd.checks.uribl.link_form` where that differs (``HTTPS://Evil.TOP.`` and ``https://evil.top/``)."""
+    forms: dict[str, str] = {}
+    for uri in uris:
+        forms.setdefault(uri, uri)
+        forms.setdefault(link_form(uri), uri)
+    return forms
+
+
 def _unsearched(envelope: Envelope, rules: list[Rule]) -> None:
     log.warning("%s: custom rules: %gs of searches spent on the message; %d rule(s) not searched, counted as no match: %s",
                 envelope.queue_id or "NOQUEUE", MESSAGE_SEARCH_BUDGET, len(rules), ", ".join(rule.name for rule in rules[:10]))
@@ -382,14 +396,28 @@ HeaderRules = CustomRules
 #: The Unicode Default_Ignorable_Code_Point characters of the BMP (DerivedCoreProperties.txt; The
 #: Unicode Standard 5.21): soft hyphen, zero-width space and joiners, bidi marks, word joiner, BOM,
 #: variation selectors, Hangul fillers.  A reader sees nothing of them: "vi\u200bagra" reads "viagra".
-#: One character a match, and no supplementary-plane range: either costs re its fast scan (3x slower).
-_INVISIBLE = re.compile(
-    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
-    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]"
+#: One character a match, and no supplementary-plane range: either costs re its fast scan (3x slower),
+#: so those above U+FFFF are in :data:`_INVISIBLE_WIDE`, searched for only in text that has such a character.
+_INVISIBLE_BMP = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
 )
+_INVISIBLE = re.compile(f"[{_INVISIBLE_BMP}]")
+#: :data:`_INVISIBLE` and the default-ignorable characters above U+FFFF: shorthand format controls, musical
+#: symbol formatting, tag characters (U+E0020…: "vi\U000e0020agra"), variation selectors supplement.
+_INVISIBLE_WIDE = re.compile(f"[{_INVISIBLE_BMP}\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
 
-#: Text is mapped to its compatibility forms this many characters at a time (up to 18 characters each).
+#: Text is normalised this many characters at a time when only its first *limit* characters are kept
+#: (up to 18 characters each).
 _CHUNK = 65536
+#: A run of combining marks is cut to this many before NFKC, whose canonical ordering sorts a run in
+#: quadratic time (20,000 U+0F73 cost a second; a 3 MB message holds a million).  No script stacks more.
+MAX_MARKS = 30
+#: A run longer than that of marks, or of the half-width voiced sound marks that NFKC makes combining ones (the
+#: regex module looks the property up: re's class of the marks, with those above U+FFFF, took 130 ms a million characters).
+_MARK_RUN = regex.compile(rf"[\p{{M}}\uff9e\uff9f]{{{MAX_MARKS + 1},}}")
+#: An ASCII character: nothing before it changes with it under NFKC, so text may be normalised in pieces cut there.
+_ASCII = re.compile(r"[\x00-\x7f]")
 
 
 def _lines(text: str) -> str:
@@ -400,38 +428,44 @@ def _lines(text: str) -> str:
 
 def _visible(text: str, limit: int | None = None) -> str:
     """*text* as a reader sees it, what custom rules search: without its invisible (default-ignorable)
-    characters, and each compatibility character in its NFKC form (at most *limit* characters of it)."""
+    characters, in NFKC form (``cafe`` and a combining acute accent is ``café``; compatibility characters
+    as the plain ones they show), each run of combining marks cut to :data:`MAX_MARKS` (at most *limit*
+    characters of it)."""
     if text.isascii():
         return text
-    text = _INVISIBLE.sub("", text)
+    text = (_INVISIBLE_WIDE if _beyond_bmp(text) else _INVISIBLE).sub("", text)
     if unicodedata.is_normalized("NFKC", text):
         return text
-    # Mapped character by character, not by unicodedata.normalize: that sorts a run of combining
-    # marks in quadratic time (20,000 U+0F73 cost a second; a 3 MB message holds a million).
-    table = _compatibility()
+    text = _MARK_RUN.sub(_first_marks, text)
     if limit is None or len(text) <= _CHUNK:
-        mapped = text.translate(table)
-        return mapped if limit is None else mapped[:limit]
+        normal = unicodedata.normalize("NFKC", text)
+        return normal if limit is None else normal[:limit]
     pieces: list[str] = []
-    size = 0
-    for start in range(0, len(text), _CHUNK):  # one U+FDFA is 18 characters: no more than *limit* made
-        pieces.append(text[start:start + _CHUNK].translate(table))
+    size = start = 0
+    while start < len(text) and size < limit:  # one U+FDFA is 18 characters: no more than *limit* made
+        end = _piece_end(text, start + _CHUNK)
+        pieces.append(unicodedata.normalize("NFKC", text[start:end]))
         size += len(pieces[-1])
-        if size >= limit:
-            break
+        start = end
     return "".join(pieces)[:limit]
 
 
-@functools.cache
-def _compatibility() -> dict[int, str]:
-    """Each character that NFKC changes, to its NFKC form (about 5,000 of them: full-width and
-    mathematical letters, ligatures, circled digits, …; built once, in about 0.15 s)."""
-    table: dict[int, str] = {}
-    for code in range(0x110000):
-        char = chr(code)
-        if not unicodedata.is_normalized("NFKC", char):
-            table[code] = unicodedata.normalize("NFKC", char)
-    return table
+def _beyond_bmp(text: str) -> bool:
+    """Whether *text* has a character above U+FFFF, which UTF-16 writes as two units (an encoding takes
+    0.3 ms a million characters, ``max(text) > "\\uffff"`` 30 ms: more than the rest of :func:`_visible`)."""
+    return len(text.encode("utf-16-le", "surrogatepass")) != 2 * len(text)
+
+
+def _first_marks(run: regex.Match[str]) -> str:
+    """The first :data:`MAX_MARKS` characters of a run :data:`_MARK_RUN` found."""
+    return run.group(0)[:MAX_MARKS]
+
+
+def _piece_end(text: str, end: int) -> int:
+    """Where to end a piece of *text* normalised alone, near *end*: before an ASCII character in the next
+    :data:`_CHUNK` characters, else at *end* (a mark there may be left uncomposed: 64K characters of no ASCII)."""
+    found = _ASCII.search(text, end, end + _CHUNK)
+    return found.start() if found else min(end, len(text))
 
 
 def _decoded(raw: bytes) -> str:

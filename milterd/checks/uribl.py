@@ -225,11 +225,7 @@ def link_host(uri: str) -> str | None:
     if not host.isascii():
         # hostname lower-cases with str.lower(), which writes a final Σ as ς: the host as written, folded letter by letter.
         host = netloc.rpartition("@")[2].partition(":")[0] or host
-    host = unquote(host)
-    if not host.isascii():
-        # UTS #46 drops its ignored code points first: "evil.test.<soft hyphen>" is "evil.test.", so evil.test.
-        host = host.translate(_IGNORED)
-    host = fold_case(host.strip()).rstrip(_DOTS)
+    host = _host_text(host)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if _maybe_address(host):
@@ -239,6 +235,35 @@ def link_host(uri: str) -> str | None:
             pass
     host = _idna(host)
     return host if host is not None and _HOST.match(host) else None
+
+
+def _host_text(host: str) -> str:
+    """*host* (of a link's authority) as a browser reads it: percent-decoded, lower-cased, without its trailing dot."""
+    host = unquote(host)
+    if not host.isascii():
+        # UTS #46 drops its ignored code points first: "evil.test.<soft hyphen>" is "evil.test.", so evil.test.
+        host = host.translate(_IGNORED)
+    return fold_case(host.strip()).rstrip(_DOTS)
+
+
+def link_form(uri: str) -> str:
+    """*uri* as SpamAssassin's uri rules also see it: scheme and host lower-cased, the host as
+    :func:`_host_text` reads it, an http(s)/ftp/ws(s) link's backslashes as "/" and its "//" added where
+    left out (:func:`_special_authority`), "http:" before a link that starts with "//", and a "/" between
+    the host and a "?", a "#" or the end: ``HTTPS:Evil.TO%70.?x`` is ``https://evil.top/?x``.
+    A link with no authority (``mailto:``, a relative path) is left as it is."""
+    text = _special_authority(uri.strip())
+    match = _AUTHORITY.match(text)
+    if match is None:
+        return uri
+    scheme = text[: match.start(1) - 2].lower() or "http:"
+    userinfo, at, address = match.group(1).rpartition("@")
+    # An IPv6 address's colons are no port's: "[::1]:8080" ends its host at "]:".
+    host, colon, port = address.partition("]:" if address.startswith("[") else ":")
+    path = text[match.end():]
+    if not path or path[0] in "?#":
+        path = "/" + path
+    return f"{scheme}//{userinfo}{at}{_host_text(host)}{colon}{port}{path}"
 
 
 def _special_authority(text: str) -> str:

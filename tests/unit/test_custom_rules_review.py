@@ -10,7 +10,9 @@ words: a soft hyphen or a zero-width space shows nothing to the reader.
 from __future__ import annotations
 
 import base64
+import unicodedata
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
@@ -138,10 +140,10 @@ def test_decoding_takes_the_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
         def sub(self, *_args: object) -> str:
             raise AssertionError("scanned for invisible characters")
 
-    def unmapped() -> dict[int, str]:
-        raise AssertionError("mapped character by character")
+    def unmapped(*_args: object) -> str:
+        raise AssertionError("normalised")
 
-    monkeypatch.setattr(custom, "_compatibility", unmapped)
+    monkeypatch.setattr(custom, "unicodedata", SimpleNamespace(is_normalized=unicodedata.is_normalized, normalize=unmapped))
     assert custom._visible(umlauts) == umlauts  # one scan for invisible characters, no mapping
     monkeypatch.setattr(custom, "_INVISIBLE", Unused())
     assert custom._decoded(field) == field.decode()
