@@ -57,6 +57,10 @@ _EXTENSION = re.compile(r"[^\s.*?/\\]+")
 class AttachmentChecks(CheckSwitches):
     """The attachment policy: banned and double extensions, content that contradicts its name, archives within limits; each category scores or forces an action."""
 
+    # Off, as [clamav] scan_trusted is on: a stolen password or a local web application must not send executables out.
+    skip_trusted: bool = Field(False, description="Skip it for clients in trusted_networks (off: their mail is judged too; what a category forces applies, its score does not, as that mail is not scored).")
+    skip_authenticated: bool = Field(False, description="Skip it for clients that authenticated with SMTP AUTH (off: a stolen password must not send executables out; what a category forces applies, its score does not).")
+
     banned_extensions: list[str] = Field(
         ["exe", "scr", "com", "pif", "bat", "cmd", "js", "jse", "vbs", "vbe", "wsf", "wsh", "hta", "jar", "msi", "msp", "iso", "img", "vhd", "vhdx", "lnk", "cpl", "reg", "ps1", "scf", "chm", "dll", "appx", "msix", "application", "gadget", "inf", "sct", "url"],
         description="File name extensions (without the dot, any case) banned in attachments and in the archives they carry: symbol ATTACH_BANNED.",
