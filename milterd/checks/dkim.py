@@ -39,6 +39,7 @@ from ..options import CheckSwitches, Size
 from . import Check, Hits, Symbol
 from .configured import ConfiguredCheck
 from .dmarc import aligned, envelope_from_domains, from_fields, org_domain, queryable, signing_domains
+from .localdomains import SenderLogin, login_table, unowned_from
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -453,6 +454,8 @@ class DkimSigner(Check):
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
         self.keys = dkimsign.load_keys(services.config.dkim_signing, services.config.path)
+        # With a sender login map, an authenticated client is signed for only the From addresses its login owns.
+        self.logins = login_table(services) if SenderLogin.enabled(services) else None
 
     @classmethod
     def enabled(cls, services: "Services") -> bool:
@@ -463,6 +466,13 @@ class DkimSigner(Check):
         wanted = (session.trusted and options.sign_trusted) or (session.authenticated and options.sign_authenticated)
         if not wanted or verdict.action not in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE):
             return verdict
+        if session.authenticated and self.logins is not None:
+            # A signature would make a From the login does not own pass DMARC: another user's, or another
+            # customer's domain sharing this host (the login map says whose it is, as for the envelope sender).
+            delimiters = self.services.config.checks.local_domains.recipient_delimiter
+            unowned = unowned_from(self.logins, session.auth_user, from_fields(envelope), delimiters)
+            if unowned:
+                return _with_hit(verdict, "DKIM_SIGN_ERROR", f"not signed: From <{unowned}> is not owned by login {session.auth_user}"[:200])
         # Every From domain's keys: a From naming two domains (RFC 7489 §6.6.1 evaluates each) went out unsigned, unsaid.
         domains = signing_domains(from_fields(envelope))
         keys = list(dict.fromkeys(key for name in domains for key in dkimsign.keys_for(self.keys, name)))

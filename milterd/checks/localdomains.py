@@ -16,10 +16,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Iterable, Literal
 
 from pydantic import Field
 
+from ..content.headertext import shown_addresses
 from ..dns import comparable_name, domain_name
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
@@ -193,14 +194,7 @@ class SenderLogin(Check):
         options = services.config.checks.local_domains
         self.action = options.login_mismatch_action
         self.delimiters = options.recipient_delimiter
-        self.table: dict[str, set[str]] = {}
-        if options.sender_login_maps:
-            base = services.config.path.parent if services.config.path else Path.cwd()
-            self.table = load_login_map(base / options.sender_login_maps, services.config.path or "milter.conf")
-        for key, logins in options.sender_logins.items():
-            if "@" not in key:
-                raise ConfigError(services.config.path or "milter.conf", f"[checks.local_domains] sender_logins.{key}", "keys are addresses or @domain")
-            self.table.setdefault(map_key(key), set()).update(logins)
+        self.table = login_table(services)
 
     @classmethod
     def enabled(cls, services: "Services") -> bool:
@@ -210,14 +204,44 @@ class SenderLogin(Check):
     def on_mail(self, session: Session, envelope: Envelope) -> Hits:
         if not session.authenticated or not envelope.sender:
             return ()
-        login = session.auth_user.casefold()
-        if any(login == owner.casefold() for owner in owners(self.table, envelope.sender, self.delimiters)):
-            return ()  # logins compare without regard to case, as in Postfix (strcasecmp_utf8)
+        if owned_by(self.table, session.auth_user, envelope.sender, self.delimiters):
+            return ()
         detail = f"{session.auth_user} as {envelope.sender}"[:160]
         if self.action == "reject":
             reply = Reply("553", "5.7.1", f"<{envelope.sender}>: Sender address rejected: not owned by user {session.auth_user}")
             return [Hit("SENDER_LOGIN_MISMATCH", detail=detail, action=Action.REJECT, reply=reply), Hit("SENDER_LOGIN_MISMATCH", detail=detail)]
         return [Hit("SENDER_LOGIN_MISMATCH", detail=detail)]
+
+
+def login_table(services: "Services") -> dict[str, set[str]]:
+    """The sender login map of ``[checks.local_domains]`` (``sender_login_maps`` and ``sender_logins``): address or
+    ``@domain`` → the logins that own it."""
+    options = services.config.checks.local_domains
+    table: dict[str, set[str]] = {}
+    if options.sender_login_maps:
+        base = services.config.path.parent if services.config.path else Path.cwd()
+        table = load_login_map(base / options.sender_login_maps, services.config.path or "milter.conf")
+    for key, logins in options.sender_logins.items():
+        if "@" not in key:
+            raise ConfigError(services.config.path or "milter.conf", f"[checks.local_domains] sender_logins.{key}", "keys are addresses or @domain")
+        table.setdefault(map_key(key), set()).update(logins)
+    return table
+
+
+def owned_by(table: dict[str, set[str]], login: str, address: str, delimiters: str = "") -> bool:
+    """Whether *login* owns *address* in the login map *table* (logins compare without regard to case, as in
+    Postfix: strcasecmp_utf8)."""
+    login = login.casefold()
+    return any(login == owner.casefold() for owner in owners(table, address, delimiters))
+
+
+def unowned_from(table: dict[str, set[str]], login: str, from_values: Iterable[str], delimiters: str = "") -> str:
+    """The first address of the From fields *from_values* (as a client may show them) that *login* does not own, or ""."""
+    for value in from_values:
+        for address in shown_addresses(value):
+            if "@" in address and not owned_by(table, login, address, delimiters):
+                return address
+    return ""
 
 
 CHECKS = (LocalSpoof, SenderLogin)
