@@ -15,8 +15,8 @@ overrides a failure when the sealer recorded a DMARC pass, or an aligned
 DKIM or SPF pass, for the From domain in its ARC-Authentication-Results.  A message with several From domains (addresses or
 fields) is judged by the strictest of their evaluations (RFC 7489 §6.6.1).
 A From field that is not UTF-8 is judged in each reading a mail client may show
-(windows-1252, the message's charset: ``bank<0xAD>.test`` is bank.test); one no reading of which names
-a domain fails under the quarantine policy, as a From of too many domains does.
+(windows-1252, the message's charset: ``bank<0xAD>.test`` is bank.test); one with such bytes in a
+domain fails under the quarantine policy at least, as a From of too many domains does.
 
 This check runs after DKIM and ARC (a later end-of-message tier) and reads
 their results from ``envelope.check_state(name)``.  A signature DKIM left
@@ -210,10 +210,28 @@ def envelope_from_domains(envelope: Envelope) -> tuple[str, ...]:
     return from_domains(reading for readings in from_readings(envelope) for reading in readings)
 
 
-def unreadable_from(envelope: Envelope) -> bool:
-    """Whether a From field of *envelope* is not UTF-8 and no reading of it names a domain."""
-    # Only a field that is not UTF-8 has several readings (U+FFFD in one, not in the others).
-    return any(len(readings) > 1 and not from_domains(readings) for readings in from_readings(envelope))
+#: Why a From whose domain holds bytes that are not UTF-8 is failed (:func:`hidden_domain`).
+_HIDDEN = "a From domain holds bytes that are not UTF-8: each client shows them in a charset of its own"
+
+
+def hidden_domain(envelope: Envelope) -> bool:
+    """Whether an address of a From field of *envelope* has bytes that are not UTF-8 in its domain.
+
+    A client shows them in its fallback charset, which may be one no reading here tried (a Chinese locale's
+    GB18030 has a soft hyphen in 81 30 85 32, windows-1256 an RLM in FE): ``sec@bank<bytes>.test`` shown as
+    sec@bank.test, judged as some other domain.  No genuine mailer writes such a domain, so the message is
+    failed under the quarantine policy (a domain's own stricter policy still applies).  Such bytes in the
+    display name are no matter: ``"M<FC>ller" <juergen>`` names no domain to anyone.
+    """
+    for name, value in envelope.headers:
+        if name.lower() == "from" and not value.isascii():
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                shown = shown_addresses(value.decode("utf-8", "replace"))
+                if any("\ufffd" in domain for local, at, domain in (address.rpartition("@") for address in shown) if at):
+                    return True
+    return False
 
 
 @functools.lru_cache(maxsize=1024)
@@ -418,12 +436,9 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         domains = envelope_from_domains(envelope)
-        if not domains and unreadable_from(envelope):
-            # Bytes that are not UTF-8 where the address belongs: a client shows them in its fallback charset
-            # (one we did not try: a Cyrillic or Japanese locale's) and perhaps as a domain we cannot look up.
-            # No genuine mailer writes such a From, so it is held as too many From domains are, rather than
-            # passed as having none (an ASCII From without an address looks the same to every reader: none).
-            return self._malformed(envelope, "", "the From field is not UTF-8 and no reading of it names a domain")
+        hidden = hidden_domain(envelope)
+        if not domains and hidden:
+            return self._malformed(envelope, "", _HIDDEN)
         if not domains:
             # Recorded too, so that Authentication-Results says dmarc=none rather than nothing.
             envelope.check_state(STATE)["result"] = Evaluation("none", "", reason="no From domain")
@@ -464,6 +479,8 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
                     applied = _MILDER["reject"] if evaluation.applied == "reject" else evaluation.applied
                     evaluation = replace(evaluation, applied=applied, unverified=True)
                 evaluations.append(evaluation)
+        if hidden:
+            evaluations.append(Evaluation("fail", "", "quarantine", "quarantine", reason=_HIDDEN))
         evaluation = strictest(evaluations)
         domain = evaluation.domain
         envelope.check_state(STATE)["result"] = evaluation
@@ -500,8 +517,8 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
 
         More From domains than are looked up: any bound can be filled with
         domains of no policy ahead of the one forged (``u0@d0.example, …,
-        security@bank.example``).  A From no reading of which names a domain
-        (:func:`unreadable_from`).  Such a message is not passed unjudged: it
+        security@bank.example``).  A From domain with bytes that are not UTF-8,
+        and no other (:func:`hidden_domain`).  Such a message is not passed unjudged: it
         gets the quarantine policy (RFC 7489 §6.6.1: such mail "is typically
         rejected"), ``quarantine_action`` deciding what that does, as for a
         domain's p=quarantine.  *domain*: the one named in the results, if any.

@@ -159,3 +159,21 @@ def test_a_lookup_after_the_deadline_is_a_temperror_at_once(wire: Wire) -> None:
     # The PTR names spent the budget: include:other.test is not asked (it was, with a fresh timeout, and passed).
     assert ("other.test", "TXT") not in wire.asked
     assert result == "temperror"
+
+
+# --- a second look: a charset no reading tries, and bytes outside the domain -----------------------------------------
+@pytest.mark.parametrize("author", [b"Security <sec@bank\x810\x852.test>", b"Security <sec@bank\x816\xa47.test>", b"Security <sec@bank\xfe.test>"])
+def test_bytes_in_a_domain_no_reading_explains_are_failed_not_passed_as_none(author: bytes) -> None:
+    """GB18030's soft hyphen (81 30 85 32), zero-width space, windows-1256's RLM (FE): with no charset declared (a
+    multipart message), a Chinese or Arabic locale's client shows sec@bank.test, judged here as other domains."""
+    config = Config.model_validate({})
+    message = envelope(author, b"multipart/mixed; boundary=x")
+    check = Dmarc(SimpleNamespace(config=config, resolver=Records({"_dmarc.bank.test": "v=DMARC1; p=reject"})))  # type: ignore[arg-type]
+    [hit] = check.on_eom(Session(client_addr="203.0.113.9"), message)
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_QUARANTINE", Action.QUARANTINE)
+
+
+@pytest.mark.parametrize("author", [b'"M\xfcller, J\xfcrgen" <juergen>', b"M\xfcller", b'"M\xfcller" <m@example.org>'])
+def test_bytes_in_a_display_name_are_no_matter(author: bytes) -> None:
+    """Taken for an unreadable From, an 8-bit display name of an address without a domain was quarantined."""
+    assert [hit.symbol for hit in judged(author)[0]] == ["DMARC_NONE"]
