@@ -170,15 +170,18 @@ def _pvalue(text: str, ascii_only: bool = False) -> str | None:
     authres writes a value holding ``@`` as it is, so ``x;dkim=pass@evil.example``
     would end the property at ``;`` and add a forged result (RFC 8601 §2.2: a
     pvalue is ``[local-part "@"] domain-name`` or a token or quoted-string).
-    Such a value is kept as is only in the ``dot-atom@domain-name`` form, else
-    quoted here; one without ``@`` authres quotes itself when needed.  One
-    that no quoted-string can hold is left out, and with *ascii_only* one
-    that is not ASCII, and one longer than :data:`_MAX_PVALUE` octets as written.
+    Such a value is kept only in the ``dot-atom@domain-name`` form; one without
+    ``@`` authres quotes itself when needed.  Quoting one here is not enough:
+    dkimpy writes the ARC-Authentication-Results it seals by parsing ours with
+    authres and writing it back, quotes dropped, so ``smtp.helo="a;dkim=pass
+    header.d=bank.test …@x"`` came out sealed as a dkim=pass milterd never saw.
+    Left out then, as is one that no quoted-string can hold, with *ascii_only*
+    one that is not ASCII, and one longer than :data:`_MAX_PVALUE` octets as written.
     """
     if not text or _UNQUOTABLE.search(text) or (ascii_only and not text.isascii()):
         return None
     if "@" in text and not _ADDRESS.fullmatch(text):
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return None
     # Measured as authres will write it (it quotes a value that is not a token and has no "@").
     written = str(authres.core.QuotableValue(text).quote_if_needed())
     return text if len(written.encode("utf-8")) <= _MAX_PVALUE else None
@@ -186,9 +189,8 @@ def _pvalue(text: str, ascii_only: bool = False) -> str | None:
 
 def _reason(text: str, ascii_only: bool = False) -> str | None:
     # authres quotes the reason; a quote or backslash inside it would end it early.
-    cleaned = "".join(c for c in text if c.isprintable() and c not in '"\\' and (c.isascii() or not ascii_only))[:120]
-    if "@" in cleaned:  # authres would write it unquoted (see _pvalue)
-        return f'"{cleaned}"'
+    # An "@" would make authres write it unquoted when it writes a parsed header back (dkimpy's ARC sealing: see _pvalue).
+    cleaned = "".join(c for c in text if c.isprintable() and c not in '"\\' and (c.isascii() or not ascii_only)).replace("@", " at ")[:120]
     return cleaned or None
 
 

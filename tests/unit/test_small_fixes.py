@@ -53,17 +53,23 @@ HOSTILE_SENDERS = [
 ]
 
 
+def _rewritten(value: str) -> str:
+    """*value* as dkimpy writes it into the ARC-Authentication-Results it seals: parsed by authres and written back."""
+    return str(authres.AuthenticationResultsHeader.parse_value(value)).partition(": ")[2]
+
+
 def test_an_envelope_sender_with_at_cannot_add_a_result() -> None:
     value = authresults.build("mx.test", spf={"result": "fail", "identity": "mailfrom", "sender": "x;dkim=pass@evil.example", "helo": "h"})
-    assert value == 'mx.test; spf=fail smtp.mailfrom="x;dkim=pass@evil.example"'
-    assert _parsed(value) == [("spf", "fail", {"smtp.mailfrom": "x;dkim=pass@evil.example"})]
+    assert value == "mx.test; spf=fail"  # quoted, authres wrote it back unquoted (a dkim=pass under an ARC seal)
+    assert _parsed(value) == _parsed(_rewritten(value)) == [("spf", "fail", {})]
 
 
 @pytest.mark.parametrize("sender", HOSTILE_SENDERS)
-def test_every_odd_sender_reads_back_whole_as_the_one_spf_property(sender: str) -> None:
+def test_every_odd_sender_is_the_one_spf_property_or_none_even_written_back(sender: str) -> None:
     authresults._built.cache_clear()  # noqa: SLF001
     value = authresults.build("mx.test", spf={"result": "softfail", "identity": "mailfrom", "sender": sender, "helo": "h"})
-    assert _parsed(value) == [("spf", "softfail", {"smtp.mailfrom": sender})]
+    assert _parsed(value) in ([("spf", "softfail", {"smtp.mailfrom": sender})], [("spf", "softfail", {})])
+    assert _parsed(_rewritten(value)) == _parsed(value)
 
 
 def test_a_plain_address_is_written_as_local_part_at_domain() -> None:
@@ -79,8 +85,9 @@ def test_helo_login_and_dkim_reason_with_at_cannot_add_a_result() -> None:
         dkim=[SignatureResult("d.test", "s", "permerror", reason="Unexpected characters in RFC822 header: b'X: a@b; dkim=pass'")],
     )
     assert [(method, result) for method, result, _ in _parsed(value)] == [("auth", "pass"), ("spf", "none"), ("dkim", "permerror")]
-    assert 'smtp.auth="u@x; dkim=pass"' in value and 'smtp.helo="h@x;dmarc=pass"' in value
-    assert "reason=\"Unexpected characters in RFC822 header: b'X: a@b; dkim=pass'\"" in value
+    assert [(method, result) for method, result, _ in _parsed(_rewritten(value))] == [("auth", "pass"), ("spf", "none"), ("dkim", "permerror")]
+    assert "smtp.auth" not in value and "smtp.helo" not in value  # left out: no quoting survives authres's writer
+    assert "reason=\"Unexpected characters in RFC822 header: b'X: a at b; dkim=pass'\"" in value
 
 
 def test_a_sender_no_quoted_string_can_hold_is_left_out() -> None:
@@ -232,3 +239,10 @@ def test_a_negative_limit_is_a_usage_error(command: list[str], capsys: pytest.Ca
         main([*command, "--limit", "-1"])
     assert exit_info.value.code == 2
     assert "negative" in capsys.readouterr().err
+
+
+def test_a_helo_cannot_add_a_result_to_the_sealed_copy() -> None:
+    """A review's HELO: sealed by dkimpy (authres parse and write back), it read dkim=pass header.d=bank.test."""
+    helo = "a;dkim=pass(x)header.d=bank.test(x)header.i=@bank.test"
+    value = authresults.build("mx.test", spf={"result": "none", "identity": "helo", "sender": "", "helo": helo})
+    assert [(method, result) for method, result, _ in _parsed(_rewritten(value))] == [("spf", "none")]
