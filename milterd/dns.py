@@ -185,19 +185,28 @@ def a_label(name: str) -> str | None:
     """
     if name.isascii():
         return name
-    pieces = []
-    for char in name.translate(_JOINERS):
-        mapped = char.lower() if char < "\x80" else _uts46(char)
-        if mapped is None:
-            return None  # a code point UTS #46 disallows: a browser refuses the name too
-        pieces.append(mapped)
-    labels = unicodedata.normalize("NFC", "".join(pieces)).split(".")  # the mapping made every IDNA full stop a "."
+    mapped = uts46_mapped(name)
+    if mapped is None:
+        return None
+    labels = mapped.split(".")  # the mapping made every IDNA full stop a "."
     if len(labels) > 1 and not labels[-1]:
         labels.pop()  # a trailing dot
     converted = [label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii") for label in labels]
     if not all(0 < len(label) < 64 for label in converted):  # as IDNA refuses an empty or overlong label
         return None
     return ".".join(converted)
+
+
+def uts46_mapped(name: str) -> str | None:
+    """*name* as UTS #46 maps it (:func:`a_label`'s first step, its U-labels kept): ``ｅｖｉｌ。ｔｏｐ`` is
+    ``evil.top``; None for a code point UTS #46 disallows (a browser refuses the name too)."""
+    pieces = []
+    for char in name.translate(_JOINERS):
+        mapped = char.lower() if char < "\x80" else _uts46(char)
+        if mapped is None:
+            return None
+        pieces.append(mapped)
+    return unicodedata.normalize("NFC", "".join(pieces))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -41,7 +41,7 @@ from publicsuffixlist import PublicSuffixList
 from pydantic import Field, field_validator
 
 from ..content.mimetext import UNREAD_REASONS
-from ..dns import Answer, a_label, dnsbl_name, fold_case
+from ..dns import Answer, a_label, dnsbl_name, fold_case, uts46_mapped
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
 from ..options import CheckSwitches, ConfigError, domain_names
@@ -248,7 +248,7 @@ def _host_text(host: str) -> str:
 
 def link_form(uri: str) -> str:
     """*uri* as SpamAssassin's uri rules also see it: scheme and host lower-cased, the host as
-    :func:`_host_text` reads it, an http(s)/ftp/ws(s) link's backslashes as "/" and its "//" added where
+    :func:`_host_text` reads it and UTS #46 maps it, an empty port dropped, an http(s)/ftp/ws(s) link's backslashes as "/" and its "//" added where
     left out (:func:`_special_authority`), "http:" before a link that starts with "//", and a "/" between
     the host and a "?", a "#" or the end: ``HTTPS:Evil.TO%70.?x`` is ``https://evil.top/?x``.
     A link with no authority (``mailto:``, a relative path) is left as it is."""
@@ -260,10 +260,15 @@ def link_form(uri: str) -> str:
     userinfo, at, address = match.group(1).rpartition("@")
     # An IPv6 address's colons are no port's: "[::1]:8080" ends its host at "]:".
     host, colon, port = address.partition("]:" if address.startswith("[") else ":")
+    host = _host_text(host)
+    if not host.isascii():
+        host = uts46_mapped(host) or host  # as a browser goes there: "evil。top", "ｅｖｉｌ．ｔｏｐ" are evil.top
+    if not port:
+        colon = "]" if colon == "]:" else ""  # an empty port is the default one: "evil.top:/x" is evil.top/x
     path = text[match.end():]
     if not path or path[0] in "?#":
         path = "/" + path
-    return f"{scheme}//{userinfo}{at}{_host_text(host)}{colon}{port}{path}"
+    return f"{scheme}//{userinfo}{at}{host}{colon}{port}{path}"
 
 
 def _special_authority(text: str) -> str:

@@ -71,6 +71,9 @@ EVIL_TOP = [
     "HTTPS://EVIL.TOP.",
     "HTTPS://Evil.Top.:8080?q",
     "https:/\\evil.top/x",
+    "https://evil\u3002top/x",  # an ideographic full stop (a second look: browsers go to evil.top)
+    "https://\uff45\uff56\uff49\uff4c\uff0e\uff54\uff4f\uff50/x",  # fullwidth
+    "https://evil.top:/x",  # an empty port
 ]
 
 #: Invisible characters above U+FFFF: a tag space and a tag letter, a variation selector of the supplement,
