@@ -228,9 +228,34 @@ def hidden_domain(envelope: Envelope) -> bool:
             try:
                 value.decode("utf-8")
             except UnicodeDecodeError:
-                shown = shown_addresses(value.decode("utf-8", "replace"))
-                if any("\ufffd" in domain for local, at, domain in (address.rpartition("@") for address in shown) if at):
+                if not _ascii_domains(value.decode("utf-8", "replace"), "\ufffd") and not _double_byte_text(value):
                     return True
+    return False
+
+
+#: The double-byte charsets whose second bytes include "@" (0x40): Shift_JIS' full-width space 81 40, Big5's 一
+#: A4 40, GBK's 丂 81 40.  A display name written in one, read as UTF-8, looks like an address with a bad domain.
+_DOUBLE_BYTE = ("shift_jis", "euc_jp", "gb18030", "big5", "euc_kr")
+
+
+def _ascii_domains(text: str, bad: str = "") -> bool:
+    """Whether every address of the From value *text* (as a client may show it) has a domain of ASCII only
+    (with *bad*: without that character)."""
+    domains = (domain for _, at, domain in (address.rpartition("@") for address in shown_addresses(text)) if at)
+    return all(bad not in domain if bad else domain.isascii() for domain in domains)
+
+
+def _double_byte_text(value: bytes) -> bool:
+    """Whether the From *value* is text in a double-byte charset that shows an address, every one with an ASCII
+    domain: its 8-bit bytes all in the display name (its bytes in a domain are never ASCII there).  One that
+    shows none does not count: ``sec<81 40>bank…`` is no address in GB18030, sec@bank… in windows-1256."""
+    for charset in _DOUBLE_BYTE:
+        try:
+            text = value.decode(charset)
+        except UnicodeDecodeError:
+            continue
+        if "@" in text and _ascii_domains(text):
+            return True
     return False
 
 
@@ -542,8 +567,11 @@ def strictest(evaluations: list[Evaluation]) -> Evaluation:
 
 
 def describe(evaluation: Evaluation) -> str:
-    """The log detail of a DMARC failure: the domain, the policy and which tag it came from, the policy applied."""
+    """The log detail of a DMARC failure: the domain, the policy and which tag it came from, the policy applied
+    (for a From judged without a domain, :meth:`Dmarc._malformed`'s, why)."""
     domain, applied = evaluation.domain, evaluation.applied
+    if not domain and evaluation.reason:
+        return f"{evaluation.reason}: applied={applied}"
     unverified = " (an aligned DKIM signature not verified: message over [checks.dkim] max_size)" if evaluation.unverified else ""
     if evaluation.nonexistent:
         return f"{domain} policy np={evaluation.policy} applied={applied} ({domain} does not exist){unverified}"

@@ -177,3 +177,30 @@ def test_bytes_in_a_domain_no_reading_explains_are_failed_not_passed_as_none(aut
 def test_bytes_in_a_display_name_are_no_matter(author: bytes) -> None:
     """Taken for an unreadable From, an 8-bit display name of an address without a domain was quarantined."""
     assert [hit.symbol for hit in judged(author)[0]] == ["DMARC_NONE"]
+
+
+@pytest.mark.parametrize("author", [
+    b"\x8eR\x93c\x81@\x91\xbe\x98Y <taro@example.jp>",  # 山田　太郎 in Shift_JIS: the full-width space is 81 40
+    b"\xb3\xaf\xa4@\xa9\xfa <chen@example.tw>",  # 陳一明 in Big5: 一 is A4 40
+    b"\x81@\xcf\xc8\xc9\xfa <x@example.cn>",  # GBK
+])
+def test_a_double_byte_display_name_with_a_trail_byte_at_is_no_hidden_domain(author: bytes) -> None:
+    """A second look: read as UTF-8, such a name looked like an address whose domain held bytes, and the message
+    was quarantined whatever its real From domain published."""
+    assert [hit.symbol for hit in judged(author, {})[0]] == ["DMARC_NONE"]
+
+
+def test_the_hidden_domain_failure_says_why() -> None:
+    config = Config.model_validate({})
+    check = Dmarc(SimpleNamespace(config=config, resolver=Records({})))  # type: ignore[arg-type]
+    [hit] = check.on_eom(Session(client_addr="203.0.113.9"), envelope(b"sec@bank\xfe.test", b"multipart/mixed; boundary=x"))
+    assert hit.symbol == "DMARC_FAIL_QUARANTINE" and "not UTF-8" in hit.detail
+
+
+@pytest.mark.parametrize("author", [b"sec\xfe@bank\xfe.test", b"Security <sec@bank\x810\x852.test>", b"sec\x81@bank\xad\xfe.test"])
+def test_a_trail_byte_before_the_at_does_not_excuse_a_domain_with_bytes(author: bytes) -> None:
+    """windows-1256 shows FE as an invisible RLM: sec@bank.test to its readers, whatever byte precedes the "@"."""
+    config = Config.model_validate({})
+    check = Dmarc(SimpleNamespace(config=config, resolver=Records({})))  # type: ignore[arg-type]
+    [hit] = check.on_eom(Session(client_addr="203.0.113.9"), envelope(author, b"multipart/mixed; boundary=x"))
+    assert hit.symbol == "DMARC_FAIL_QUARANTINE"
