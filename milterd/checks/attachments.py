@@ -292,6 +292,12 @@ def hits_for(findings: Iterable[Finding], actions: dict[str, str]) -> list[Hit]:
     return hits
 
 
+def _refused(hit: Hit) -> Hit:
+    """*hit*, a category's quarantine, as a refusal naming what it found."""
+    text = "Attachments could not be checked" if hit.symbol == ERROR else f"Attachment rejected: {hit.detail}"
+    return Hit(hit.symbol, detail=hit.detail, action=Action.REJECT, reply=Reply.reject(text[:390]))
+
+
 def single_plain_text(headers: Iterable[tuple[str, bytes]]) -> bool:
     """Whether a message with these top-level headers is one text part naming no file.
 
@@ -337,6 +343,14 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
         return False
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
+        hits = self._judged(envelope)
+        if session.trusted or session.authenticated:
+            # Their own mail, not scored: a quarantine would hold it unsaid (250 to the sender, only the digest
+            # telling the postmaster), where a refusal tells the sender at once which file it was.
+            return [_refused(hit) if hit.action == Action.QUARANTINE else hit for hit in hits]
+        return hits
+
+    def _judged(self, envelope: Envelope) -> list[Hit]:
         findings: list[Finding] = []
         skipped: list[str] = []
         errors: list[str] = []  # why an attachment could not be judged: the others still are

@@ -10,6 +10,7 @@ from typing import Callable
 import pytest
 
 from tests.conftest import with_sections
+from tests.harness.messages import zipped
 from tests.harness.stack import Stack, row_for
 from tests.integration.test_attachments import PE, SECTIONS, mail
 
@@ -41,3 +42,15 @@ def test_their_clean_mail_passes_unscored(stack: Stack) -> None:
     row = row_for(stack, "report from a login")
     assert row["action"] == "accept" and row["auth_user"] == "alice"
     assert stack.sink.with_subject("report from a login")
+
+
+def test_what_would_be_held_is_refused_so_the_sender_knows(stack: Stack) -> None:
+    """A zip past the member limit is quarantined from the outside (limit_action); from a login it was held
+    with a 250, the sender never told: refused, naming the file."""
+    many = zipped({f"p/{n}.txt": b"x" for n in range(2100)})
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(mail("many files from a login", ("photos.zip", many, "application/zip")),
+                   xclient={"ADDR": "192.0.2.10", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org", "LOGIN": "alice"})
+    assert info.value.smtp_code == 550 and b"photos.zip" in info.value.smtp_error
+    row = row_for(stack, "many files from a login")
+    assert row["action"] == "reject" and "ATTACH_ARCHIVE_LIMIT" in row["symbols"]
