@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Iterable, Literal
 
@@ -116,12 +117,17 @@ def map_key(address: str) -> str:
     return f"{local.lower()}@{comparable_name(domain)}"
 
 
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
 def owners(table: dict[str, set[str]], address: str, delimiters: str = "") -> set[str]:
     """The logins that own *address* (its domain without a trailing dot): the whole address first, then,
     with *delimiters* (Postfix's recipient_delimiter), the address without its extension, then ``@domain``."""
     local, at, domain = address.strip().lower().rpartition("@")
     if not at:
         return table.get(domain, set())
+    if len(local) > 1 and local[0] == local[-1] == '"':
+        local = _QUOTED_PAIR.sub(r"\1", local[1:-1])  # "alice"@example.org is alice@, as Postfix looks it up
     domain = comparable_name(domain)
     found = table.get(f"{local}@{domain}")
     user = without_extension(local, delimiters) if found is None else None

@@ -69,3 +69,8 @@ def test_a_login_is_signed_for_its_own_from(with_map: Any) -> None:
 def test_without_a_map_or_for_a_trusted_network_it_is_signed_as_before(with_map: Any, without_map: Any) -> None:
     assert "DKIM_SIGNED" in sign(without_map, "CEO <ceo@signed.test>", Session(auth_user="alice")).symbols
     assert "DKIM_SIGNED" in sign(with_map, "CEO <ceo@signed.test>", Session(client_addr="127.0.0.1", trusted=True)).symbols
+
+
+def test_a_quoted_local_part_is_the_address_it_quotes(with_map: Any) -> None:
+    """A second look: "alice"@signed.test is alice@signed.test (Postfix looks up the unquoted form)."""
+    assert "DKIM_SIGNED" in sign(with_map, 'Alice <"alice"@signed.test>', Session(auth_user="alice")).symbols
