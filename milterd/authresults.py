@@ -151,10 +151,11 @@ def _token(text: str) -> str | None:
     return text if _TOKEN.fullmatch(text) else None
 
 
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-#: ``dot-atom "@" domain-name`` (RFC 8601 §2.2 pvalue; RFC 5322 §3.2.3, RFC 6376 §3.5 domain-name).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u00a0-\U0010ffff-]"  # with RFC 6532's UTF-8 (an SMTPUTF8 message's)
+_LETTER = r"[A-Za-z0-9\u00a0-\U0010ffff]"
+#: ``dot-atom "@" domain-name`` (RFC 8601 §2.2 pvalue; RFC 5322 §3.2.3, RFC 6376 §3.5 domain-name, U-labels too).
 _ADDRESS = re.compile(
-    rf"{_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    rf"{_ATEXT}+(?:\.{_ATEXT}+)*@{_LETTER}(?:[A-Za-z0-9\u00a0-\U0010ffff-]*{_LETTER})?(?:\.{_LETTER}(?:[A-Za-z0-9\u00a0-\U0010ffff-]*{_LETTER})?)*"
 )
 #: The longest pvalue written, in octets as written (quoted or not): longer than any address
 #: SMTP allows (RFC 5321 §4.5.3.1.3: a path of 256), and short enough for the line a fold leaves it on
