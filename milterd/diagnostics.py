@@ -10,7 +10,9 @@ learned, tokens, the oldest and newest learn; a warning while it is on but
 abstains below ``min_spam``/``min_ham``), and Postfix's
 settings read with ``postconf`` fit milterd's (the milter is in
 ``smtpd_milters``; ``milter_default_action`` is not ``accept`` while a scanner,
-the log or greylisting fails closed; the milter timeouts are longer than the scanners'), and each
+the log or greylisting fails closed; the milter timeouts are longer than the scanners'), master.cf's services
+with their ``-o`` overrides (the smtpd behind ``release_smtp`` calls no milter; each receiving smtpd calls
+milterd, fails closed, and reaches its unix socket from its chroot; ``mail_owner`` may connect to it), and each
 DKIM signing key is published in DNS as it is; no private file (the SQLite
 store, a DKIM key, the release password) is open to every local user.  The
 Postfix rules are pure functions of the settings, tested without Postfix.
@@ -20,14 +22,17 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import grp
 import os
+import pwd
 import re
 import shutil
 import smtplib
+import socket
 import stat
 import subprocess
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, TypeVar
 
@@ -40,7 +45,7 @@ from .files import resolved
 from .learner.classifier import Counts, trained
 from .message.policy import unreachable_thresholds
 from .milter.supervisor import socket_id
-from .reinject import parse_target, probe, probe_tls, smtp_error, unverified_auth
+from .reinject import Target, parse_target, probe, probe_tls, smtp_error, unverified_auth
 from .ruleset import origins
 from .scanners.clamd import ClamdClient
 from .scanners.spamd import SpamdClient
@@ -58,7 +63,12 @@ POSTFIX_PARAMETERS = (
     "smtpd_milters", "non_smtpd_milters", "milter_default_action", "milter_protocol",
     "milter_connect_timeout", "milter_command_timeout", "milter_content_timeout",
     "queue_directory",  # where a relative unix: milter address is
+    "receive_override_options",  # no_milters: milters off
+    "mail_owner",  # the account smtpd connects to a unix socket milter as
 )
+
+#: The settings of a master.cf ``-o`` override that change how smtpd calls milterd.
+MILTER_OVERRIDES = frozenset(POSTFIX_PARAMETERS) - {"queue_directory", "mail_owner"}
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,11 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
         if settings is None:
             findings.append(Finding("postfix", "skip", why))
         else:
-            findings += judge_postfix(config, settings)
+            master, why = read_master(postfix_config)
+            if master is None:
+                findings.append(Finding("postfix master.cf", "skip", f"{why}: its services not checked"))
+            findings += judge_postfix(config, settings, services=master)
+            findings += probe_socket_access(config, settings)
     if services is not None:
         services.close()
 
@@ -523,20 +537,92 @@ def probe_private_files(config: Config) -> list[Finding]:
     return findings
 
 
-def read_postconf(postfix_config: str | None) -> tuple[dict[str, str] | None, str]:
-    """Postfix's settings from ``postconf [-c DIR]``, or None and why not."""
+def _postconf(postfix_config: str | None, *args: str) -> tuple[str | None, str]:
+    """What ``postconf [-c DIR] ARGS`` prints, or None and why not."""
     postconf = shutil.which("postconf") or ("/usr/sbin/postconf" if Path("/usr/sbin/postconf").exists() else None)
     if postconf is None:
         return None, "postconf not found: Postfix's settings not checked"
-    # -x: values as Postfix uses them ($name expanded: "smtpd_milters = $milterd_milter" named no milter).
-    command = [postconf, "-x"] + (["-c", postfix_config] if postfix_config else []) + list(POSTFIX_PARAMETERS)
+    command = [postconf, *args[:1]] + (["-c", postfix_config] if postfix_config else []) + list(args[1:])
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"postconf failed: {exc}"
     if result.returncode != 0:
         return None, f"postconf failed: {result.stderr.strip()[:200]}"
-    return parse_postconf(result.stdout), ""
+    return result.stdout, ""
+
+
+def read_postconf(postfix_config: str | None) -> tuple[dict[str, str] | None, str]:
+    """Postfix's settings from ``postconf [-c DIR]``, or None and why not."""
+    # -x: values as Postfix uses them ($name expanded: "smtpd_milters = $milterd_milter" named no milter).
+    text, why = _postconf(postfix_config, "-x", *POSTFIX_PARAMETERS)
+    return (None, why) if text is None else (parse_postconf(text), "")
+
+
+@dataclass(frozen=True)
+class MasterService:
+    """One service of master.cf (``postconf -M``) with its ``-o`` overrides (``postconf -P``)."""
+
+    name: str  # 127.0.0.1:25, smtp, milterd-reinject…
+    type: str  # inet, unix, pass…
+    private: str
+    chroot: str
+    command: str
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{self.type}"
+
+    @property
+    def chrooted(self) -> bool:
+        """Chroot column y: "-" is Postfix's built-in default, n (Debian's master.cf says y or n outright)."""
+        return self.chroot == "y"
+
+    @property
+    def receives(self) -> bool:
+        """An smtpd that takes mail from the network (inet, or pass behind postscreen)."""
+        return self.command == "smtpd" and self.type in ("inet", "pass")
+
+    def effective(self, settings: dict[str, str]) -> dict[str, str]:
+        """main.cf's *settings* with this service's ``-o`` overrides; ``receive_override_options = no_milters``
+        empties the milters."""
+        merged = {**settings, **self.overrides}
+        if "no_milters" in re.split(r"[,\s]+", merged.get("receive_override_options", "")):
+            merged["smtpd_milters"] = merged["non_smtpd_milters"] = ""
+        return merged
+
+    def milter_overrides(self) -> str:
+        """This service's ``-o`` overrides that change how it calls milters, as master.cf has them."""
+        return " ".join(f"-o {name}={value}" for name, value in self.overrides.items() if name in MILTER_OVERRIDES)
+
+
+def read_master(postfix_config: str | None) -> tuple[list[MasterService] | None, str]:
+    """master.cf's services (``postconf -M``) with their ``-o`` overrides (``postconf -Px``: expanded), or None and why not."""
+    services, why = _postconf(postfix_config, "-M")
+    if services is None:
+        return None, why
+    overrides, why = _postconf(postfix_config, "-Px")
+    if overrides is None:
+        return None, why
+    return parse_master(services, overrides), ""
+
+
+def parse_master(services: str, overrides: str) -> list[MasterService]:
+    """``postconf -M`` lines and ``postconf -P`` lines (``NAME/TYPE/PARAMETER = VALUE``) as services."""
+    options: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for line in overrides.splitlines():
+        key, sep, value = line.partition("=")
+        parts = key.strip().rsplit("/", 2)
+        if sep and len(parts) == 3:
+            options[(parts[0], parts[1])][parts[2]] = value.strip()
+    found = []
+    for line in services.splitlines():
+        words = line.split()
+        if len(words) >= 8 and not words[0].startswith("#"):
+            name, kind, private, _, chroot, _, _, command = words[:8]
+            found.append(MasterService(name, kind, private, chroot, command, dict(options.get((name, kind), {}))))
+    return found
 
 
 def parse_postconf(text: str) -> dict[str, str]:
@@ -579,9 +665,10 @@ def milter_settings(value: str) -> list[tuple[str, dict[str, str]]]:
     return settings
 
 
-def same_socket(milterd_socket: str, postfix_entry: str, queue_directory: str = "/var/spool/postfix") -> bool:
+def same_socket(milterd_socket: str, postfix_entry: str, queue_directory: str = "/var/spool/postfix", chroot: bool = False) -> bool:
     """Whether Postfix's *postfix_entry* reaches milterd's ``[milter] socket``; a relative
-    ``unix:`` path is relative to Postfix's *queue_directory*, chrooted or not."""
+    ``unix:`` path is relative to Postfix's *queue_directory*, chrooted or not; with *chroot*
+    (an smtpd chrooted there) an absolute one is too."""
     try:
         ours = parse_socket(milterd_socket)
     except ValueError:
@@ -590,7 +677,7 @@ def same_socket(milterd_socket: str, postfix_entry: str, queue_directory: str = 
     if ours.family == "unix":
         if kind not in ("unix", "local"):
             return False
-        path = rest if rest.startswith("/") else f"{queue_directory.rstrip('/')}/{rest}"  # relative: to the chroot
+        path = rest if rest.startswith("/") and not chroot else f"{queue_directory.rstrip('/')}/{rest.lstrip('/')}"  # relative: to the chroot
         return Path(path).resolve() == Path(ours.path).resolve()
     try:
         theirs = parse_socket(postfix_entry)
@@ -603,14 +690,56 @@ def same_socket(milterd_socket: str, postfix_entry: str, queue_directory: str = 
     return theirs.host == ours.host or ours.host in wildcard or (theirs.host in local and ours.host in local)
 
 
-def judge_postfix(config: Config, settings: dict[str, str], queue_directory: str = "/var/spool/postfix") -> list[Finding]:
+def judge_postfix(config: Config, settings: dict[str, str], queue_directory: str = "/var/spool/postfix",
+                  services: Sequence[MasterService] | None = None) -> list[Finding]:
     """Postfix's settings against milterd's configuration: the risky combinations (*queue_directory*:
-    Postfix's, unless *settings* has its ``queue_directory``)."""
+    Postfix's, unless *settings* has its ``queue_directory``).  With master.cf's *services*, also the smtpd
+    that quarantine releases go to (:func:`judge_release_service`) and each smtpd that receives mail with its
+    ``-o`` overrides: a finding of its own where they change one (a failure for ``milter_default_action``
+    accept or quarantine), a failure where it runs chrooted and cannot reach milterd's unix socket."""
+    queue_directory = settings.get("queue_directory") or queue_directory
+    findings = _judge_milters(config, settings, queue_directory)
+    if services is None:
+        return findings
+    release, service = judge_release_service(config, settings, services, queue_directory)
+    seen = {f.name: (f.status, f.detail) for f in findings}
+    calling, not_calling = [], []
+    for svc in services:
+        if not svc.receives or svc is service:
+            continue
+        effective = svc.effective(settings)
+        chroot = judge_chroot(config, svc, effective, queue_directory)
+        own = [f for f in _judge_milters(config, effective, queue_directory, svc.chrooted) if f.name != "postfix smtpd_milters" or chroot is None]
+        if chroot is not None:
+            findings.append(chroot)
+        elif next(f for f in own if f.name == "postfix smtpd_milters").status == "ok":
+            calling.append(svc)
+        elif "smtpd_milters" not in svc.overrides and "receive_override_options" not in svc.overrides:
+            not_calling.append(svc)
+        for f in own:
+            if f.status in ("ok", "skip") or seen.get(f.name) == (f.status, f.detail):
+                continue
+            parameter = f.name.removeprefix("postfix ")
+            status: Status = "fail" if parameter == "milter_default_action" else f.status
+            detail = f.detail if parameter != "smtpd_milters" else f"{config.milter.socket} is not in its smtpd_milters ({effective.get('smtpd_milters') or 'empty'}): mail it receives is not scanned"
+            findings.append(Finding(f"postfix {svc.label} {parameter}", status, f"master.cf {svc.label} {svc.milter_overrides() or '(main.cf)'}: {detail}"))
+    if calling and seen.get("postfix smtpd_milters", ("",))[0] == "warn":
+        # main.cf leaves milterd out, but master.cf sets it per service: main.cf's value counts only for the others.
+        index = next(i for i, f in enumerate(findings) if f.name == "postfix smtpd_milters")
+        names = ", ".join(svc.label for svc in calling)
+        findings[index] = (Finding("postfix smtpd_milters", "warn", f"{config.milter.socket} is not in main.cf's smtpd_milters, which "
+                                   f"{', '.join(svc.label for svc in not_calling)} use: mail they receive is not scanned (master.cf sets it for {names})")
+                           if not_calling else Finding("postfix smtpd_milters", "ok", f"master.cf sets {config.milter.socket} for {names}"))
+    findings.append(release)
+    return findings
+
+
+def _judge_milters(config: Config, settings: dict[str, str], queue_directory: str, chroot: bool = False) -> list[Finding]:
+    """:func:`judge_postfix` for one set of settings (main.cf's, or one service's with its overrides)."""
     findings = []
     overridden: dict[str, str] = {}
-    queue_directory = settings.get("queue_directory") or queue_directory
     milters = milter_settings(settings.get("smtpd_milters", ""))
-    ours = [own for entry, own in milters if same_socket(config.milter.socket, entry, queue_directory)]
+    ours = [own for entry, own in milters if same_socket(config.milter.socket, entry, queue_directory, chroot)]
     if ours:
         findings.append(Finding("postfix smtpd_milters", "ok", f"includes {config.milter.socket}"))
         # milterd's own { …, default_action=… } entry overrides the milter_* parameters for it.
@@ -646,6 +775,153 @@ def judge_postfix(config: Config, settings: dict[str, str], queue_directory: str
         findings.append(Finding("postfix milter_protocol", "warn", f"{protocol}: milterd expects 6"))
     return [Finding(f.name, f.status, f"{f.detail} (set in milterd's smtpd_milters entry)")
                     if f.name.split()[-1] in overridden else f for f in findings]
+
+
+def _inet_address(name: str) -> tuple[str, int] | None:
+    """The host ("" for every inet_interfaces address) and port of an inet service's name: ``HOST:PORT``, ``PORT`` or ``smtp``."""
+    host, sep, port = name.rpartition(":")
+    try:
+        number = int(port) if port.isdigit() else socket.getservbyname(port, "tcp")
+    except OSError:
+        return None
+    return (host.strip("[]") if sep else ""), number
+
+
+def release_service(target: Target, services: Sequence[MasterService], queue_directory: str) -> MasterService | None:
+    """The service of master.cf that *target* (``[quarantine] release_smtp``) reaches: an inet one by host and
+    port, a unix one by its socket (``public/NAME`` or ``private/NAME`` under *queue_directory*)."""
+    for svc in services:
+        if target.path and svc.type == "unix":
+            places = (Path(queue_directory) / sub / svc.name for sub in ("public", "private"))
+            if any(place.resolve() == Path(target.path).resolve() for place in places):
+                return svc
+        elif not target.path and svc.type == "inet":
+            address = _inet_address(svc.name)
+            if address is None or address[1] != target.port:
+                continue
+            local = {"127.0.0.1", "localhost", "::1"}
+            if address[0] in ("", "0.0.0.0", "::", "*", target.host.strip("[]")) or (address[0] in local and target.host.strip("[]") in local):
+                return svc
+    return None
+
+
+def judge_release_service(config: Config, settings: dict[str, str], services: Sequence[MasterService],
+                          queue_directory: str) -> tuple[Finding, MasterService | None]:
+    """The master.cf service behind ``[quarantine] release_smtp``: it must call no milter (its ``smtpd_milters`` and
+    ``non_smtpd_milters``, main.cf's unless overridden), or a released message is scanned again, quarantined again
+    by milterd, while ``milterd quarantine release`` reports it delivered."""
+    name, release = "postfix release_smtp service", config.quarantine.release_smtp
+    try:
+        target = parse_target(release)
+    except ValueError:
+        return Finding(name, "skip", f"{release}: see quarantine release_smtp"), None
+    svc = release_service(target, services, queue_directory)
+    if svc is None:
+        return Finding(name, "warn", f"{release}: no service of master.cf listens there: doctor cannot tell whether released mail "
+                                     "passes milters again (it must not: -o smtpd_milters= -o non_smtpd_milters=, see Quarantine)"), None
+    if svc.command != "smtpd":
+        return Finding(name, "warn", f"{release} is master.cf's {svc.label}, which runs {svc.command}, not smtpd: releases need a milter-less smtpd"), svc
+    effective = svc.effective(settings)
+    milters = {key: effective.get(key, "") for key in ("smtpd_milters", "non_smtpd_milters") if milter_entries(effective.get(key, ""))}
+    if not milters:
+        return Finding(name, "ok", f"{release} is master.cf's {svc.label}, which calls no milter"), svc
+    ours = any(same_socket(config.milter.socket, entry, queue_directory, svc.chrooted) for value in milters.values() for entry in milter_entries(value))
+    where = ", ".join(f"{key} = {value} ({'-o' if key in svc.overrides else 'main.cf'})" for key, value in milters.items())
+    again = "milterd scans a released message again and may quarantine it again" if ours else "a released message passes these milters again"
+    # Another milter there (a signer on re-injection) may be wanted: only milterd's own return is a failure.
+    return Finding(name, "fail" if ours else "warn", f"{release} is master.cf's {svc.label}, which calls milters ({where}): {again}, while 'milterd quarantine "
+                                 f"release' reports it delivered: add -o smtpd_milters= -o non_smtpd_milters= to {svc.label}"), svc
+
+
+def judge_chroot(config: Config, svc: MasterService, effective: dict[str, str], queue_directory: str) -> Finding | None:
+    """A failure when *svc* runs chrooted in *queue_directory* and names milterd's unix socket by an absolute path
+    that only reaches it outside the chroot: smtpd looks for it below *queue_directory*."""
+    if not svc.chrooted:
+        return None
+    for entry in milter_entries(effective.get("smtpd_milters", "")):
+        kind, _, rest = entry.partition(":")
+        if kind in ("unix", "local") and rest.startswith("/") and same_socket(config.milter.socket, entry, queue_directory) \
+                and not same_socket(config.milter.socket, entry, queue_directory, chroot=True):
+            action = effective.get("milter_default_action", "tempfail")
+            outcome = {"accept": "passes unscanned", "reject": "is refused", "quarantine": "is held in Postfix's queue"}.get(action, "is deferred")
+            inside = f"{queue_directory.rstrip('/')}{rest}"
+            return Finding(f"postfix {svc.label} chroot", "fail",
+                           f"master.cf runs {svc.label} chrooted (chroot y) in {queue_directory}: it looks for {entry} at {inside}, "
+                           f"where milterd is not, so mail it receives {outcome} (milter_default_action = {action}): put [milter] socket "
+                           f"below {queue_directory} and name it relative to it in smtpd_milters (unix:milterd/milterd.sock), or set chroot n")
+    return None
+
+
+def _permits(account: str, mode: int, uid: int, gid: int, bits: tuple[int, int, int]) -> bool | None:
+    """Whether *account* has the (owner, group, other) *bits* of a file of *mode*, *uid*, *gid*; None when it is unknown."""
+    try:
+        user = pwd.getpwnam(account)
+    except KeyError:
+        return None
+    if user.pw_uid == 0:
+        return True
+    if user.pw_uid == uid:
+        return bool(mode & bits[0])
+    if gid == user.pw_gid or any(account in group.gr_mem for group in grp.getgrall() if group.gr_gid == gid):
+        return bool(mode & bits[1])
+    return bool(mode & bits[2])
+
+
+def judge_socket_access(socket_path: str, mode: int, uid: int, gid: int, account: str) -> Finding | None:
+    """A warning when Postfix's *account* (``mail_owner``) cannot write milterd's unix socket of *mode*, *uid*, *gid* (pure
+    but for the account's lookup); None when it can or the account is unknown."""
+    if _permits(account, mode, uid, gid, (stat.S_IWUSR, stat.S_IWGRP, stat.S_IWOTH)) is not False:
+        return None
+    owner = _account_name(pwd.getpwuid, uid)
+    group = _account_name(grp.getgrgid, gid)
+    return Finding("postfix milter socket access", "warn",
+                   f"{socket_path} is {owner}:{group} mode {stat.S_IMODE(mode):04o}: Postfix's smtpd runs as {account} (mail_owner) and "
+                   f"cannot connect, so every message meets milter_default_action: set [milter] socket_group to a group of {account}, "
+                   f"or socket_owner = \"{account}\"")
+
+
+def _account_name(lookup: Callable[[int], Any], number: int) -> str:
+    try:
+        return str(lookup(number)[0])
+    except KeyError:
+        return str(number)
+
+
+def probe_socket_access(config: Config, settings: dict[str, str]) -> list[Finding]:
+    """:func:`judge_socket_access` for milterd's unix socket: the live socket's owner and mode, else those
+    ``serve`` will give it (``socket_owner``, ``socket_group``, ``socket_mode``; nothing when neither account is set)."""
+    try:
+        spec = parse_socket(config.milter.socket)
+    except ValueError:
+        return []
+    if spec.family != "unix":
+        return []
+    try:
+        info = os.stat(spec.path)
+        mode, uid, gid = info.st_mode, info.st_uid, info.st_gid
+    except OSError:
+        try:
+            uid, gid = socket_id(config, "socket_owner"), socket_id(config, "socket_group")
+            mode = int(config.milter.socket_mode, 8)
+        except (ConfigError, ValueError):  # probe_serve_places reports it
+            return []
+        if uid == -1 and gid == -1:  # the account serve runs as: not known here
+            return []
+        uid = os.geteuid() if uid == -1 else uid
+        gid = os.getegid() if gid == -1 else gid
+    account = settings.get("mail_owner") or "postfix"
+    finding = judge_socket_access(spec.path, mode, uid, gid, account)
+    if finding is not None:
+        return [finding]
+    for directory in Path(spec.path).parents:  # connecting needs search (x) on each directory above
+        try:
+            info = os.stat(directory)
+        except OSError:
+            continue
+        if _permits(account, info.st_mode, info.st_uid, info.st_gid, (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)) is False:
+            return [Finding("postfix milter socket access", "warn", f"{directory} (mode {stat.S_IMODE(info.st_mode):04o}) is closed to {account} "
+                                                                   f"(mail_owner): Postfix's smtpd cannot reach {spec.path}, so every message meets milter_default_action")]
+    return []
 
 
 def scanner_budget(config: Config) -> float:
