@@ -710,16 +710,22 @@ def judge_postfix(config: Config, settings: dict[str, str], queue_directory: str
         effective = svc.effective(settings)
         chroot = judge_chroot(config, svc, effective, queue_directory)
         own = [f for f in _judge_milters(config, effective, queue_directory, svc.chrooted) if f.name != "postfix smtpd_milters" or chroot is None]
+        # Its milter_* settings matter where it calls milterd (or tries to, chrooted); milters switched off there
+        # on purpose (-o smtpd_milters=…, receive_override_options: amavis's return port) are no finding.
+        deliberate = ("smtpd_milters" in svc.overrides or "receive_override_options" in svc.overrides) and _loopback_only(svc)
+        calls = chroot is not None or next(f for f in own if f.name == "postfix smtpd_milters").status == "ok"
         if chroot is not None:
             findings.append(chroot)
-        elif next(f for f in own if f.name == "postfix smtpd_milters").status == "ok":
+        elif calls:
             calling.append(svc)
-        elif "smtpd_milters" not in svc.overrides and "receive_override_options" not in svc.overrides:
+        elif not deliberate:
             not_calling.append(svc)
         for f in own:
             if f.status in ("ok", "skip") or seen.get(f.name) == (f.status, f.detail):
                 continue
             parameter = f.name.removeprefix("postfix ")
+            if (parameter != "smtpd_milters" and not calls) or (parameter == "smtpd_milters" and deliberate):
+                continue
             status: Status = "fail" if parameter == "milter_default_action" else f.status
             detail = f.detail if parameter != "smtpd_milters" else f"{config.milter.socket} is not in its smtpd_milters ({effective.get('smtpd_milters') or 'empty'}): mail it receives is not scanned"
             findings.append(Finding(f"postfix {svc.label} {parameter}", status, f"master.cf {svc.label} {svc.milter_overrides() or '(main.cf)'}: {detail}"))
@@ -775,6 +781,13 @@ def _judge_milters(config: Config, settings: dict[str, str], queue_directory: st
         findings.append(Finding("postfix milter_protocol", "warn", f"{protocol}: milterd expects 6"))
     return [Finding(f.name, f.status, f"{f.detail} (set in milterd's smtpd_milters entry)")
                     if f.name.split()[-1] in overridden else f for f in findings]
+
+
+def _loopback_only(svc: MasterService) -> bool:
+    """Whether *svc* listens on a loopback address only: a content filter's return port (amavis's 127.0.0.1:10025),
+    whose mail was scanned on its way in, not a port the world sends to."""
+    address = _inet_address(svc.name) if svc.type == "inet" else None
+    return address is not None and address[0] in ("127.0.0.1", "::1", "localhost")
 
 
 def _inet_address(name: str) -> tuple[str, int] | None:

@@ -294,8 +294,7 @@ def hits_for(findings: Iterable[Finding], actions: dict[str, str]) -> list[Hit]:
 
 def _refused(hit: Hit) -> Hit:
     """*hit*, a category's quarantine, as a refusal naming what it found."""
-    text = "Attachments could not be checked" if hit.symbol == ERROR else f"Attachment rejected: {hit.detail}"
-    return Hit(hit.symbol, detail=hit.detail, action=Action.REJECT, reply=Reply.reject(text[:390]))
+    return Hit(hit.symbol, detail=hit.detail, action=Action.REJECT, reply=Reply.reject(f"Attachment rejected: {hit.detail}"[:390]))
 
 
 def single_plain_text(headers: Iterable[tuple[str, bytes]]) -> bool:
@@ -344,10 +343,12 @@ class AttachmentPolicy(ConfiguredCheck[AttachmentChecks]):
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         hits = self._judged(envelope)
-        if session.trusted or session.authenticated:
-            # Their own mail, not scored: a quarantine would hold it unsaid (250 to the sender, only the digest
-            # telling the postmaster), where a refusal tells the sender at once which file it was.
-            return [_refused(hit) if hit.action == Action.QUARANTINE else hit for hit in hits]
+        if session.authenticated:
+            # A user's own mail, not scored: a quarantine would hold it unsaid (250 to the sender, only the digest
+            # telling the postmaster), where a refusal tells the sender at once which file it was.  Not a trusted
+            # network's (a relay there would bounce it, perhaps to a forged sender), nor ATTACH_ERROR (milterd's
+            # own failure to read it: held, to be released, never bounced).
+            return [_refused(hit) if hit.action == Action.QUARANTINE and hit.symbol != ERROR else hit for hit in hits]
         return hits
 
     def _judged(self, envelope: Envelope) -> list[Hit]:

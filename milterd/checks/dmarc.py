@@ -245,10 +245,19 @@ def _ascii_domains(text: str, bad: str = "") -> bool:
     return all(bad not in domain if bad else domain.isascii() for domain in domains)
 
 
+#: A byte that may lead a double-byte character, then "\\", "[" or "]" as its second byte: quoting and domain
+#: literals read otherwise in such a charset (``"A<81>\", <z@ok.test> x" <sec@ban<FE>k.test>`` shows a decoy
+#: address to Shift_JIS, sec@bank.test to windows-1256).
+_AMBIGUOUS_PAIR = re.compile(rb"[\x81-\xfe][\\\[\]]")
+
+
 def _double_byte_text(value: bytes) -> bool:
     """Whether the From *value* is text in a double-byte charset that shows an address, every one with an ASCII
     domain: its 8-bit bytes all in the display name (its bytes in a domain are never ASCII there).  One that
-    shows none does not count: ``sec<81 40>bank…`` is no address in GB18030, sec@bank… in windows-1256."""
+    shows none does not count: ``sec<81 40>bank…`` is no address in GB18030, sec@bank… in windows-1256; nor one
+    whose quoting such a charset reads otherwise (:data:`_AMBIGUOUS_PAIR`)."""
+    if _AMBIGUOUS_PAIR.search(value):
+        return False
     for charset in _DOUBLE_BYTE:
         try:
             text = value.decode(charset)

@@ -204,3 +204,13 @@ def test_a_trail_byte_before_the_at_does_not_excuse_a_domain_with_bytes(author: 
     check = Dmarc(SimpleNamespace(config=config, resolver=Records({})))  # type: ignore[arg-type]
     [hit] = check.on_eom(Session(client_addr="203.0.113.9"), envelope(author, b"multipart/mixed; boundary=x"))
     assert hit.symbol == "DMARC_FAIL_QUARANTINE"
+
+
+def test_a_trail_backslash_cannot_make_a_decoy_address_excuse_the_real_one() -> None:
+    """A third look: Shift_JIS reads 81 5C as one character, so a quoted name ended early there and showed the
+    decoy <z@ok.test>; windows-1256 shows sec@bank.test (FE an invisible RLM)."""
+    config = Config.model_validate({})
+    check = Dmarc(SimpleNamespace(config=config, resolver=Records({})))  # type: ignore[arg-type]
+    author = b'"A\x81\\", <z@ok.test> x" <sec@ban\xfek.test>'
+    [hit] = check.on_eom(Session(client_addr="203.0.113.9"), envelope(author, b"multipart/mixed; boundary=x"))
+    assert hit.symbol == "DMARC_FAIL_QUARANTINE"

@@ -171,3 +171,17 @@ def test_a_socket_postfix_cannot_write_warns(monkeypatch: pytest.MonkeyPatch) ->
     assert diagnostics.judge_socket_access("/run/milterd.sock", sock | 0o600, 100, 0, "postfix") is None  # its own socket
     assert diagnostics.judge_socket_access("/run/milterd.sock", sock | 0o640, 0, 101, "postfix") is not None  # read is not enough
     assert diagnostics.judge_socket_access("/run/milterd.sock", sock | 0o666, 0, 0, "postfix") is None
+
+
+def test_a_content_filter_s_return_port_without_milters_is_no_finding() -> None:
+    """A third look: amavis's 127.0.0.1:10025 with no_milters (its mail scanned on the way in) under main.cf's
+    milter_default_action = accept was a FAIL and a WARN on a correct setup."""
+    services = SERVICES + "127.0.0.1:10025 inet n  -       n       -       -       smtpd\n"
+    overrides = OVERRIDES + "127.0.0.1:10025/inet/receive_override_options = no_unknown_recipient_checks,no_milters\n"
+    config = _config(**{"clamav.enabled": True})  # a scanner that fails closed: main.cf's accept is worth a warning
+    found = _judge(config, services, overrides, milter_default_action="accept")
+    assert found["postfix milter_default_action"].status == "warn"  # main.cf's, for the ports that call milterd
+    assert not [name for name in found if name.startswith("postfix 127.0.0.1:10025/inet")], found
+    # The port the world sends to, its milters switched off: still a finding.
+    found = _judge(config, services, OVERRIDES + "smtp/inet/receive_override_options = no_milters\n", milter_default_action="accept")
+    assert found["postfix smtp/inet smtpd_milters"].status == "warn"
