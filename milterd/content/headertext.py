@@ -59,15 +59,19 @@ def raw_readings(data: bytes, charset: str | None = None) -> list[str]:
     """The texts a mail client may show for a header field's raw *data*: the UTF-8 text when *data* is
     UTF-8 (RFC 6532); else each of: UTF-8 with the bad bytes replaced (milterd's own reading), windows-1252
     and the message's declared *charset* (clients read raw 8-bit header bytes in such a fallback: a lone
-    0xAD, an invisible soft hyphen there, is U+FFFD in the first)."""
+    0xAD, an invisible soft hyphen there, is U+FFFD in the first).  Data with an escape (ESC) is also read as
+    ISO-2022-JP written raw, as Japanese mailers long wrote it and clients still show it: its escapes hold
+    "@", "(" and "$", which an address parser reads as an address of its own (``ESC $ B … ESC ( B <sec@bank.test>``
+    had the domain "o")."""
     try:
-        return [data.decode("utf-8")]
+        readings = [data.decode("utf-8")]
     except UnicodeDecodeError:
-        pass
-    readings = [data.decode("utf-8", "replace"), codecs.charmap_decode(data, "strict", _WINDOWS_1252)[0]]
-    declared = _declared_reading(data, charset) if charset else None
-    if declared is not None:
-        readings.append(declared)
+        readings = [data.decode("utf-8", "replace"), codecs.charmap_decode(data, "strict", _WINDOWS_1252)[0]]
+        declared = _declared_reading(data, charset) if charset else None
+        if declared is not None:
+            readings.append(declared)
+    if b"\x1b" in data:
+        readings.append(data.decode("iso2022_jp_2", "replace"))
     return list(dict.fromkeys(readings))
 
 

@@ -214,3 +214,11 @@ def test_a_trail_backslash_cannot_make_a_decoy_address_excuse_the_real_one() -> 
     author = b'"A\x81\\", <z@ok.test> x" <sec@ban\xfek.test>'
     [hit] = check.on_eom(Session(client_addr="203.0.113.9"), envelope(author, b"multipart/mixed; boundary=x"))
     assert hit.symbol == "DMARC_FAIL_QUARANTINE"
+
+
+@pytest.mark.parametrize("name", ["山田太郎", "山田"])
+def test_a_raw_iso_2022_jp_display_name_does_not_hide_the_address(name: str) -> None:
+    """ISO-2022-JP written raw (7-bit, as Japanese mailers long did): its escapes hold "@", "$" and "(", and the
+    address parser read the name as an address of domain "o" or none: bank.test's p=reject was never applied."""
+    [hit], _ = judged(name.encode("iso-2022-jp") + b" <sec@bank.test>")
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT)
