@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Iterator
 
 import dns.name
 import pytest
@@ -23,25 +23,9 @@ from milterd.config import Config, DnsSection
 from milterd.dns import Answer, Resolver, a_label, use_for_spf
 from milterd.message.model import Action, Envelope, Hit, Session, Spool
 from milterd.services import Services
+from tests.unit.test_dmarc_review28 import Records
 
 # --- DMARC ---------------------------------------------------------------------------------------------------
-
-
-class Records:
-    """A resolver answering TXT from a table, everything else NXDOMAIN."""
-
-    def __init__(self, txt: dict[str, str]) -> None:
-        self.txt_records = txt
-
-    def stage_deadline(self, _deadlines: Any, _stage: str) -> float:
-        return 0.0
-
-    def txt(self, name: str, deadline: float | None = None) -> Answer:
-        value = self.txt_records.get(name)
-        return Answer(name, "TXT", "nxdomain") if value is None else Answer(name, "TXT", "ok", (value,))
-
-    def query_many(self, questions: list[tuple[str, str]], deadline: float | None = None) -> list[Answer]:
-        return [Answer(name, rdtype, "nxdomain") for name, rdtype in questions]
 
 
 def envelope(author: bytes, content_type: bytes = b"text/plain; charset=windows-1252") -> Envelope:
