@@ -171,8 +171,8 @@ def _undecodable(run: list[tuple[re.Match[str], bytes]]) -> str | None:
             if exc.start < end:
                 return match.group(0)
         return run[-1][0].group(0)  # the bytes end inside a character
-    except (ValueError, UnicodeError, LookupError):  # LookupError: a codec of no text ("base64")
-        return run[0][0].group(0)
+    except (ValueError, UnicodeError, LookupError, RuntimeError):  # LookupError: a codec of no text ("base64");
+        return run[0][0].group(0)  # RuntimeError: CPython's iso2022_jp_2 on some bytes
     return None
 
 

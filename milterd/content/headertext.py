@@ -23,6 +23,7 @@ import inspect
 import re
 from typing import Iterable, Iterator
 
+from .iso2022jp import CODEC as ISO_2022_JP
 from .mimeparams import NOT_CHARSETS, client_charset, decode_bytes
 
 #: A line break of a folded field (RFC 5322 §2.2.3); Postfix hands them over as a bare LF.
@@ -71,7 +72,9 @@ def raw_readings(data: bytes, charset: str | None = None) -> list[str]:
         if declared is not None:
             readings.append(declared)
     if b"\x1b" in data:
-        readings.append(data.decode("iso2022_jp_2", "replace"))
+        # As clients decode it (iso2022jp.py, the WHATWG decoder): Python's iso2022_jp read the rest of the field as
+        # kanji after a pair cut short, and its iso2022_jp_2 raised RuntimeError on some bytes, "replace" or not.
+        readings.append(data.decode(ISO_2022_JP, "replace"))
     return list(dict.fromkeys(readings))
 
 
@@ -83,7 +86,8 @@ def _declared_reading(data: bytes, charset: str) -> str | None:
         if codec.name in NOT_CHARSETS or codec.encode(_ASCII_SAMPLE)[0] != _ASCII_SAMPLE.encode():
             return None
         return codec.decode(data, "replace")[0]
-    except (LookupError, ValueError, TypeError):  # a NUL in the name, a codec of bytes or one refusing "replace"
+    except (LookupError, ValueError, TypeError, RuntimeError):  # a NUL in the name, a codec of bytes or one refusing
+        # "replace"; CPython's iso2022_jp_2 raises RuntimeError ("internal codec error") on some bytes
         return None
 
 

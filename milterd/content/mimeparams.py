@@ -58,7 +58,7 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
         try:
             if codecs.lookup(charset).name not in NOT_CHARSETS:
                 return data.decode(charset, "replace")
-        except (LookupError, ValueError, TypeError):
+        except (LookupError, ValueError, TypeError, RuntimeError):  # RuntimeError: CPython's iso2022_jp_2 on some bytes
             pass
     try:
         return data.decode("utf-8")
@@ -332,7 +332,7 @@ def _decodes(data: bytes, charset: str) -> bool:
         if codecs.lookup(charset).name in NOT_CHARSETS:
             return False
         data.decode(charset)
-    except (LookupError, ValueError, TypeError):
+    except (LookupError, ValueError, TypeError, RuntimeError):
         return False
     return True
 

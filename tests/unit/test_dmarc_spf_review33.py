@@ -206,3 +206,31 @@ def test_a_raw_iso_2022_jp_display_name_does_not_hide_the_address(name: str) -> 
     address parser read the name as an address of domain "o" or none: bank.test's p=reject was never applied."""
     [hit], _ = judged(name.encode("iso-2022-jp") + b" <sec@bank.test>")
     assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT)
+
+
+@pytest.mark.parametrize("author", [
+    b"Bank \x1b.J\x1bNA <sec@bank.test>",  # CPython's iso2022_jp_2 raised RuntimeError on these ("replace" or not)
+    b"\x1b$B;3E\x1b(B <sec@bank.test>",  # a pair cut short: the codec read the rest of the field as kanji
+    b"Yamada \x1b$B;\x1b(B sec@bank.test",
+])
+def test_hostile_iso_2022_jp_neither_crashes_the_check_nor_hides_the_address(author: bytes) -> None:
+    """A quick look at the ISO-2022-JP reading: each escape takes effect on its own, as the WHATWG decoder has it."""
+    [hit], _ = judged(author)
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT)
+
+
+def test_a_declared_charset_whose_codec_fails_is_no_reading_and_no_crash() -> None:
+    from milterd.content.headertext import raw_readings
+
+    assert any("sec@bank.test" in text for text in raw_readings(b"Bank \x1b.J\x1bNA \xad <sec@bank.test>", "iso-2022-jp-2"))
+
+
+def test_iso_2022_jp_2_s_internal_error_is_no_crash_of_the_content_readers() -> None:
+    """CPython's iso2022_jp_2 raises RuntimeError on ESC . J ESC N A, "replace" or not: a body or an encoded-word
+    labelled so made the reader fail (a check error, the message accepted under on_check_error's default)."""
+    from milterd.checks.headers import bad_encoded_words
+    from milterd.content import mimeparams
+
+    assert mimeparams.decode_bytes(b"\x1b.J\x1bNA", "iso-2022-jp-2")
+    assert not mimeparams._decodes(b"\x1b.J\x1bNA", "iso-2022-jp-2")
+    assert bad_encoded_words("=?iso-2022-jp-2?q?=1B.J=1BNA?=")
