@@ -665,6 +665,10 @@ def milter_settings(value: str) -> list[tuple[str, dict[str, str]]]:
     return settings
 
 
+#: The names of this host's loopback address a Postfix setting or milterd's socket may use.
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def same_socket(milterd_socket: str, postfix_entry: str, queue_directory: str = "/var/spool/postfix", chroot: bool = False) -> bool:
     """Whether Postfix's *postfix_entry* reaches milterd's ``[milter] socket``; a relative
     ``unix:`` path is relative to Postfix's *queue_directory*, chrooted or not; with *chroot*
@@ -686,8 +690,7 @@ def same_socket(milterd_socket: str, postfix_entry: str, queue_directory: str = 
     if theirs.port != ours.port:
         return False
     wildcard = {"0.0.0.0", "::", ""}
-    local = {"127.0.0.1", "localhost", "::1"}
-    return theirs.host == ours.host or ours.host in wildcard or (theirs.host in local and ours.host in local)
+    return theirs.host == ours.host or ours.host in wildcard or (theirs.host in _LOOPBACK and ours.host in _LOOPBACK)
 
 
 def judge_postfix(config: Config, settings: dict[str, str], queue_directory: str = "/var/spool/postfix",
@@ -787,7 +790,7 @@ def _loopback_only(svc: MasterService) -> bool:
     """Whether *svc* listens on a loopback address only: a content filter's return port (amavis's 127.0.0.1:10025),
     whose mail was scanned on its way in, not a port the world sends to."""
     address = _inet_address(svc.name) if svc.type == "inet" else None
-    return address is not None and address[0] in ("127.0.0.1", "::1", "localhost")
+    return address is not None and address[0] in _LOOPBACK
 
 
 def _inet_address(name: str) -> tuple[str, int] | None:
@@ -812,8 +815,7 @@ def release_service(target: Target, services: Sequence[MasterService], queue_dir
             address = _inet_address(svc.name)
             if address is None or address[1] != target.port:
                 continue
-            local = {"127.0.0.1", "localhost", "::1"}
-            if address[0] in ("", "0.0.0.0", "::", "*", target.host.strip("[]")) or (address[0] in local and target.host.strip("[]") in local):
+            if address[0] in ("", "0.0.0.0", "::", "*", target.host.strip("[]")) or (address[0] in _LOOPBACK and target.host.strip("[]") in _LOOPBACK):
                 return svc
     return None
 
