@@ -17,9 +17,12 @@ import pytest
 import spf
 
 from milterd.checks.dmarc import Dmarc, envelope_from_domains
+from milterd.checks.headers import bad_encoded_words
 from milterd.checks.localdomains import LocalSpoof
 from milterd.checks.spf import SpfResults, evaluate
 from milterd.config import Config, DnsSection
+from milterd.content import mimeparams
+from milterd.content.headertext import raw_readings
 from milterd.dns import Answer, Resolver, a_label, use_for_spf
 from milterd.message.model import Action, Envelope, Hit, Session, Spool
 from milterd.services import Services
@@ -220,17 +223,12 @@ def test_hostile_iso_2022_jp_neither_crashes_the_check_nor_hides_the_address(aut
 
 
 def test_a_declared_charset_whose_codec_fails_is_no_reading_and_no_crash() -> None:
-    from milterd.content.headertext import raw_readings
-
     assert any("sec@bank.test" in text for text in raw_readings(b"Bank \x1b.J\x1bNA \xad <sec@bank.test>", "iso-2022-jp-2"))
 
 
 def test_iso_2022_jp_2_s_internal_error_is_no_crash_of_the_content_readers() -> None:
     """CPython's iso2022_jp_2 raises RuntimeError on ESC . J ESC N A, "replace" or not: a body or an encoded-word
     labelled so made the reader fail (a check error, the message accepted under on_check_error's default)."""
-    from milterd.checks.headers import bad_encoded_words
-    from milterd.content import mimeparams
-
     assert mimeparams.decode_bytes(b"\x1b.J\x1bNA", "iso-2022-jp-2")
     assert not mimeparams._decodes(b"\x1b.J\x1bNA", "iso-2022-jp-2")
     assert bad_encoded_words("=?iso-2022-jp-2?q?=1B.J=1BNA?=")

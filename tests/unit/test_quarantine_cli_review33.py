@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from milterd import quarantine as quarantine_module
 from milterd.cli import main
 from milterd.config import ConfigError, load_config
+from milterd.quarantine import Quarantine
 from milterd.reinject import report_sender
 from milterd.store import MessageRecord, Store
 from tests.harness.milterd import write_config
@@ -85,9 +87,6 @@ def test_confirm_says_spamd_was_skipped_for_the_size(tmp_path: Path, capsys: pyt
 def test_a_header_the_email_package_refuses_fails_that_mail_only(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A digest the email package cannot write is this command's error, not a traceback: the virus notices still go."""
-    import milterd.quarantine as quarantine_module
-    from milterd.quarantine import Quarantine
-
     def refused(*_args: object) -> None:
         raise ValueError("Header values may not contain linefeed or carriage return characters")
 
