@@ -20,7 +20,7 @@ from .checks.bayes import SKIPPED_CONFIDENT, confident
 from .checks.spamassassin import SPAMASSASSIN
 from .config import ActionsSection, Config, MilterSection
 from .message.model import Action, Hit
-from .message.policy import AFTER_VERDICT_SYMBOLS, SCORE_GREYLIST_SYMBOLS, THRESHOLD_ACTIONS, GreylistStatus, decide, threshold_action, wants_spam
+from .message.policy import AFTER_VERDICT_SYMBOLS, SCORE_GREYLIST_SYMBOLS, THRESHOLD_ACTIONS, UNSCORED, GreylistStatus, decide, threshold_action, wants_spam
 
 if TYPE_CHECKING:
     from .services import Services
@@ -42,6 +42,11 @@ AFTER_DECISION: Mapping[str, str] = {
     name: "it is added with a fixed score of 0 after the verdict (signing, sealing), so its weight never counts and cannot be re-weighted"
     for name in AFTER_VERDICT_SYMBOLS
 }
+#: The mark of a message that was not scored: no weight of it counts.
+UNSCORED_MARK: Mapping[str, str] = {
+    UNSCORED: "it marks a message that was not scored (a trusted or authenticated client's, or every recipient one of "
+              "[milter] spam_lovers) with a fixed score of 0, so its weight never counts and cannot be re-weighted",
+}
 #: Symbols the policy adds with a fixed 0.0 to a message the ``[actions] greylist`` threshold
 #: reached (``[greylist] mode = "score"``).  In triplet mode the greylist check emits them as hits
 #: of their own, and there their weight counts.
@@ -51,7 +56,7 @@ SCORE_GREYLIST: Mapping[str, str] = {
     for name in SCORE_GREYLIST_SYMBOLS
 }
 #: Every symbol whose logged score no weight changes (in score mode): :func:`not_weighted`.
-FIXED_ZERO: frozenset[str] = frozenset(AFTER_DECISION) | frozenset(SCORE_GREYLIST)
+FIXED_ZERO: frozenset[str] = frozenset(AFTER_DECISION) | frozenset(SCORE_GREYLIST) | frozenset(UNSCORED_MARK)
 #: A symbol that, in a row, forces the score of the symbols named with a prefix to 0 whatever
 #: their weight: a DMARC failure of a message sealed by a trusted ARC sealer is not scored.
 OVERRIDES: Mapping[str, str] = {"DMARC_ARC_OVERRIDE": "DMARC_FAIL_"}
@@ -257,7 +262,11 @@ def unscored(row: Mapping[str, Any], milter: MilterSection, delimiters: str = ""
     """Whether the milter did not score this message (trusted or authenticated client, or every recipient one of
     ``spam_lovers``, with or without its address extension given *delimiters*: ``recipient_delimiter``).  A row
     without a client address is a local submission (unix socket, sendmail: trusted) when *local*; a client of
-    unknown address family, scored, leaves one too, so a row known to have been scored is judged with *local* False."""
+    unknown address family, scored, leaves one too, so a row known to have been scored is judged with *local* False.
+    A row that says so itself (UNSCORED, logged since milterd marks them) is unscored whatever the settings now: no
+    check's symbols were weighed, and a trusted network removed since does not make it a scored message."""
+    if UNSCORED in (row.get("symbols") or {}):
+        return True
     if row.get("auth_user") and milter.skip_authenticated:
         return True
     if wants_spam(row.get("recipients") or [], milter.spam_lovers, delimiters):
@@ -339,7 +348,7 @@ def not_weighted(greylist_mode: str = "score") -> Mapping[str, str]:
     """The symbols ``whatif --set symbols.NAME`` cannot re-weight, with why: those scored by their
     hit, those added with a fixed 0 after the decision and, with *greylist_mode* ``score``, the
     greylisting decision's (in triplet mode the greylist check emits them, weighted)."""
-    return {**HIT_SCORED, **AFTER_DECISION, **(SCORE_GREYLIST if greylist_mode == "score" else {})}
+    return {**HIT_SCORED, **AFTER_DECISION, **UNSCORED_MARK, **(SCORE_GREYLIST if greylist_mode == "score" else {})}
 
 
 def fixed_scores(symbols: Mapping[str, Any], fixed: AbstractSet[str] = FIXED_ZERO) -> set[str]:

@@ -48,7 +48,7 @@ import regex
 from ..config import ConfigError
 from ..content.headertext import decoded, is_field_name
 from ..message.model import Envelope, Hit, Session, SpoolError
-from ..message.policy import AFTER_VERDICT_SYMBOLS, PIPELINE_SYMBOLS, SCORE_GREYLIST_SYMBOLS
+from ..message.policy import AFTER_VERDICT_SYMBOLS, PIPELINE_SYMBOLS, SCORE_GREYLIST_SYMBOLS, UNSCORED
 from ..options import finite
 from ..patterns import AdminPattern, PatternError, SearchBudget
 from ..rulelang import MetaSyntaxError, Node, evaluate, names, parse
@@ -170,13 +170,13 @@ def meta_order(rules: Iterable[Rule], known: Iterable[str], late: Iterable[str] 
     late = set(late)
     for rule in metas.values():
         assert rule.meta is not None
-        missing = sorted(names(rule.meta) - known)
-        if missing:
-            raise ConfigError(rule.file, f"rule {rule.name}.meta", f"unknown symbol {missing[0]} (no check or rule emits it)")
         too_late = sorted(names(rule.meta) & late)
         if too_late:
             raise ConfigError(rule.file, f"rule {rule.name}.meta",
                               f"{too_late[0]} is only known after the verdict: a meta cannot use it (it would never count as hit)")
+        missing = sorted(names(rule.meta) - known)
+        if missing:
+            raise ConfigError(rule.file, f"rule {rule.name}.meta", f"unknown symbol {missing[0]} (no check or rule emits it)")
     ordered: list[Rule] = []
     state: dict[str, int] = {}  # 1: being visited, 2: done
     depth: dict[str, int] = {}
@@ -289,7 +289,7 @@ class CustomRules(Check):
         # Added after the metas are evaluated: a meta naming one would never see it hit. In triplet
         # mode the greylist check emits GREYLIST* itself, at RCPT and DATA, where the metas see them, but
         # GREYLIST_DEFERRED (the recipients deferred, said at end of message once they are all known).
-        late = AFTER_VERDICT_SYMBOLS + (SCORE_GREYLIST_SYMBOLS if greylist.enabled and greylist.mode == "score" else ("GREYLIST_DEFERRED",))
+        late = AFTER_VERDICT_SYMBOLS + (UNSCORED,) + (SCORE_GREYLIST_SYMBOLS if greylist.enabled and greylist.mode == "score" else ("GREYLIST_DEFERRED",))
         self.metas = meta_order(self.rules, self.services.symbols, late)
         # A symbol of a check that is off is known (not refused) but never hits: "not SPF_PASS"
         # with SPF off is true of every message.  Said once a load, with the file and the rule.

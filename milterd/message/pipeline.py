@@ -29,7 +29,7 @@ from ..store import MessageRecord, StoreError
 from ..store.quarantine import QuarantineWrite
 from ..text import cut
 from .model import Action, Decision, Envelope, HeaderEdit, Hit, Session, Spool, SpoolError, Verdict, verdict_hits
-from .policy import EOM_TIMEOUT, GreylistStatus, decide, greylists_at_score, plan_headers, taggable, tags_subject, wants_spam
+from .policy import EOM_TIMEOUT, GreylistStatus, decide, greylists_at_score, plan_headers, taggable, tags_subject, unscored_verdict, wants_spam
 from .reply import REJECT, TEMPFAIL, Reply
 
 #: The answer to a message some check could not judge: its spool unread, or ``[milter] on_check_error = "tempfail"``.
@@ -290,13 +290,16 @@ class Pipeline:
             for check in on_symbols:
                 envelope.hits.extend(self._call(check, session, lambda c: c.on_symbols(session, envelope, seen)))
         hits = verdict_hits(session, envelope)
-        scored = self._scored(session, envelope)
+        unscored_why = self._unscored_why(session, envelope)
+        scored = not unscored_why
         verdict = decide(hits, self.services.weight, self.config.actions, scored=scored)
         if greylists_at_score(verdict):
             status = self._greylist_status(session, envelope)
             if status is not None:
                 hits = verdict_hits(session, envelope)  # with its CHECK_ERROR, if it failed
                 verdict = decide(hits, self.services.weight, self.config.actions, scored=scored, greylist=status)
+        if not scored:
+            verdict = unscored_verdict(verdict, unscored_why)
         for check in self._overriding("on_verdict", session):
             try:
                 verdict = check.on_verdict(session, envelope, verdict)
@@ -591,12 +594,15 @@ class Pipeline:
             return session.family == "unix"
         return any(ip in net for net in self._trusted)
 
-    def _scored(self, session: Session, envelope: Envelope) -> bool:
+    def _unscored_why(self, session: Session, envelope: Envelope) -> str:
+        """Why *envelope* is not scored (the UNSCORED detail), or "" when it is."""
         if session.trusted and self.config.milter.skip_trusted:
-            return False
+            return f"trusted client {session.client_addr}" if session.client_addr else "trusted client (a local submission)"
         if session.authenticated and self.config.milter.skip_authenticated:
-            return False
-        return not wants_spam(envelope.recipients, self.config.milter.spam_lovers, self.config.checks.local_domains.recipient_delimiter)
+            return f"authenticated as {session.auth_user}"
+        if wants_spam(envelope.recipients, self.config.milter.spam_lovers, self.config.checks.local_domains.recipient_delimiter):
+            return "every recipient is one of [milter] spam_lovers"
+        return ""
 
     def _skipped_at_eom(self, session: Session) -> list[Check]:
         """The checks that have something to do for a client they do not apply to (:meth:`Check.on_skipped`)."""

@@ -28,7 +28,10 @@ SCORE_GREYLIST_SYMBOLS = ("GREYLIST", "GREYLIST_PASSED", "GREYLIST_EXEMPT", "GRE
 EOM_TIMEOUT = "EOM_TIMEOUT"
 #: The symbols the pipeline itself emits (no check names them): a log row's symbols that are no one's else, and
 #: no rule's name (a rule named EOM_TIMEOUT that hit made the pipeline skip the later checks).
-PIPELINE_SYMBOLS = frozenset({"CHECK_ERROR", EOM_TIMEOUT})
+#: The symbol (0 points) of a message that was not scored (:func:`unscored_verdict`): the log row says so itself,
+#: so that ``rules whatif`` need not guess it from the trusted networks and spam_lovers configured since.
+UNSCORED = "UNSCORED"
+PIPELINE_SYMBOLS = frozenset({"CHECK_ERROR", EOM_TIMEOUT, UNSCORED})
 
 #: Threshold actions, most severe first.
 THRESHOLD_ACTIONS = (
@@ -220,6 +223,12 @@ def decide(
     else:
         symbol, detail = "GREYLIST_PASSED", f"score {verdict.score:g}, retried after the greylisting delay"
     return replace(below, symbols={**below.symbols, symbol: 0.0}, details={**below.details, symbol: detail})
+
+
+def unscored_verdict(verdict: Verdict, why: str) -> Verdict:
+    """*verdict* of a message not scored (a trusted or authenticated client's, or every recipient a spam lover's),
+    marked with UNSCORED (0 points) and *why* in its details."""
+    return replace(verdict, symbols={**verdict.symbols, UNSCORED: 0.0}, details={**verdict.details, UNSCORED: why})
 
 
 def _decide(hits: list[Hit], weight: Callable[[str], float], actions: ActionsSection, scored: bool) -> Verdict:

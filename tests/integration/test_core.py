@@ -181,6 +181,7 @@ def test_trusted_network_is_logged_but_not_scored(stack: Stack) -> None:
     row = next(r for r in stack.milterd.log_json() if r["subject"] == "trusted REJECTME")
     assert row["action"] == "accept"
     assert row["client_addr"] == "127.0.0.1"
+    assert row["symbols"]["UNSCORED"] == 0 and row["details"]["UNSCORED"] == "trusted client 127.0.0.1"  # the row says so itself
     # Not scored: no X-Spam-* header of ours (its score would mark the users' own mail), the forged one removed.
     assert [name for name in ("X-Spam-Flag", "X-Spam-Status", "X-Spam-Score") if delivered.header(name)] == []
 
