@@ -777,8 +777,11 @@ def _judge_milters(config: Config, settings: dict[str, str], queue_directory: st
     elif content is not None:
         findings.append(Finding("postfix milter_content_timeout", "ok", f"{content:g}s (scanners and DNS need up to {needed:g}s)"))
     command = _seconds(settings.get("milter_command_timeout", "30s"))
-    if command is not None and command <= config.dns.timeout:
-        findings.append(Finding("postfix milter_command_timeout", "warn", f"{command:g}s is not longer than [dns] timeout ({config.dns.timeout:g}s)"))
+    stage_needs = command_budget(config)
+    if command is not None and command <= stage_needs:
+        findings.append(Finding("postfix milter_command_timeout", "warn",
+                                f"{command:g}s is not longer than one SMTP command may take ({stage_needs:g}s: {command_budget_why(config)}): "
+                                "Postfix gives up on milterd and applies milter_default_action"))
     protocol = settings.get("milter_protocol", "6")
     if protocol and protocol != "6":
         findings.append(Finding("postfix milter_protocol", "warn", f"{protocol}: milterd expects 6"))
@@ -947,6 +950,24 @@ def scanner_budget(config: Config) -> float:
     if config.spamd.enabled:
         timeouts.append(config.spamd.timeout)
     return max(timeouts) + config.database.busy_timeout
+
+
+def command_budget(config: Config) -> float:
+    """The longest one SMTP command before end of data may keep milterd busy on timeouts: MAIL FROM's DNS
+    lookups (the stage's deadline, then SPF's own: ``[dns] timeout`` twice, one after the other) or, with
+    greylisting by triplet, a greylist store that does not answer at RCPT TO or DATA (``[database] busy_timeout``)."""
+    budget = 2 * config.dns.timeout
+    if config.greylist.enabled and config.greylist.mode == "triplet":
+        budget = max(budget, config.database.busy_timeout)
+    return budget
+
+
+def command_budget_why(config: Config) -> str:
+    """What :func:`command_budget` is made of, as doctor says it."""
+    dns = f"MAIL FROM's DNS lookups, then SPF's, [dns] timeout {config.dns.timeout:g}s each"
+    if config.greylist.enabled and config.greylist.mode == "triplet" and config.database.busy_timeout > 2 * config.dns.timeout:
+        return f"the greylist store at RCPT TO, [database] busy_timeout {config.database.busy_timeout:g}s"
+    return dns
 
 
 def _seconds(value: str) -> float | None:
