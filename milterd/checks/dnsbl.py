@@ -112,7 +112,7 @@ def private_network(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddr
 
 _STATE = "dnsbl"
 
-_KEYS = frozenset({"name", "zone", "score", "action", "ipv4", "ipv6", "codes", "refused", "description"})
+_KEYS = frozenset({"name", "zone", "reply_zone", "score", "action", "ipv4", "ipv6", "codes", "refused", "description"})
 _CODE_KEYS = frozenset({"name", "answers", "score", "action", "description"})
 _ANSWERS = "\"127.0.0.2\", \"127.0.0.4-127.0.0.7\", \"127.0.0.0/30\" or \"127.0.*.3\""
 KINDS = {
@@ -255,7 +255,7 @@ class DnsLists(ConfiguredCheck[DnsblChecks]):
             detail = f"{listing.zone.zone} {','.join(listing.answers)}" + (f": {reason}" if reason else "")
             for symbol, reject in listing.symbols:
                 if reject and listing.zone.kind == "dnsbl":
-                    reply = reject_reply(session.client_addr, listing.zone.zone, reason or f"listed ({','.join(listing.answers)})")
+                    reply = reject_reply(session.client_addr, listing.zone.shown_zone, reason or f"listed ({','.join(listing.answers)})")
                     hits.append(Hit(symbol, detail=detail[:200], action=Action.REJECT, reply=reply))
                     # The forced hit does not reach the score; log the listing too.
                     hits.append(Hit(symbol, detail=detail[:200]))

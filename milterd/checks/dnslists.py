@@ -82,6 +82,26 @@ class DnsList:
     codes: tuple[Code, ...]
     refused: tuple[str, ...]
     description: str
+    #: The zone as SMTP replies name it (``reply_zone``; by default :func:`public_zone`): a reply goes to the client.
+    reply_zone: str = ""
+
+    @property
+    def shown_zone(self) -> str:
+        """The zone as an SMTP reply may name it: never an access key (:func:`public_zone`)."""
+        return self.reply_zone or public_zone(self.zone)
+
+
+#: A zone's first label that is an access key (Spamhaus DQS: 26 letters and digits; Abusix's: 32), not a list's name.
+_ACCESS_KEY = re.compile(r"(?=[a-z0-9]*[0-9])(?=[a-z0-9]*[a-z])[a-z0-9]{16,}\Z")
+
+
+def public_zone(zone: str) -> str:
+    """*zone* without a leading access key (``KEY.zen.dq.spamhaus.net`` → ``zen.dq.spamhaus.net``).
+
+    Replies go to the client; a keyed zone in one gave every rejected client the subscription key,
+    which the list's terms ask to keep secret (as Postfix's ``rbl_reply_maps`` is used to hide it)."""
+    first, dot, rest = zone.partition(".")
+    return rest if dot and "." in rest and _ACCESS_KEY.match(first.lower()) else zone
 
 
 def answer_matches(pattern: str, answer: str) -> bool:
@@ -166,9 +186,12 @@ def parse_list_table(kind: ListKind, file: Any, position: int, entry: Any) -> tu
     codes_value = entry.get("codes", [])
     if not isinstance(codes_value, list):
         raise ConfigError(file, f"{where}.codes", f"must be a list of {kind.codes_shape} tables")
+    reply_zone = entry.get("reply_zone", "")
+    if not isinstance(reply_zone, str) or (reply_zone and not ZONE.match(reply_zone)):
+        raise ConfigError(file, f"{where}.reply_zone", f"must be a DNS zone such as \"{kind.zone_example}\" (named in SMTP replies instead of zone)")
     symbol = kind.prefix + name
     codes = tuple(parse_code(kind, file, f"{where}.codes[{i}]", code, symbol, score, reject, zone) for i, code in enumerate(codes_value))
-    return where, DnsList(symbol, zone.strip(".").lower(), score, reject, codes, tuple(refused), description)
+    return where, DnsList(symbol, zone.strip(".").lower(), score, reject, codes, tuple(refused), description, reply_zone.strip(".").lower())
 
 
 def parse_code(kind: ListKind, file: Any, where: str, code: Any, base: str, score: float, reject: bool, zone: str) -> Code:

@@ -97,7 +97,7 @@ _IGNORED = dict.fromkeys(map(ord, "\u00ad\u034f\u180b\u180c\u180d\u180f\u200b\u2
 _AUTHORITY = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*:)?//([^/?#]*)")
 KIND = ListKind(
     "uribl", "URIBL_",
-    frozenset({"name", "zone", "score", "action", "codes", "refused", "description"}),
+    frozenset({"name", "zone", "reply_zone", "score", "action", "codes", "refused", "description"}),
     frozenset({"name", "answers", "mask", "score", "action", "description"}),
     2.0, "DBL", "dbl.spamhaus.org", "PHISH",
     "\"127.0.1.2\", \"127.0.1.4-127.0.1.6\", \"127.0.1.0/24\" or \"127.0.*.2\"",
@@ -517,7 +517,7 @@ def listing_hits(listings: list[Listed], failed: list[str], refused: list[str]) 
         detail = ", ".join(dict.fromkeys(found))[:200]
         listed_by = rejects.get(symbol)
         if listed_by is not None:
-            reply = Reply.reject(f"Message rejected: it links to {escape(listed_by.target, ascii_only=True)}, listed in {listed_by.zone.zone}")
+            reply = Reply.reject(f"Message rejected: it links to {escape(listed_by.target, ascii_only=True)}, listed in {listed_by.zone.shown_zone}")
             hits.append(Hit(symbol, detail=detail, action=Action.REJECT, reply=reply))
         else:
             hits.append(Hit(symbol, detail=detail))

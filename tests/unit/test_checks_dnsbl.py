@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from milterd.checks.dnsbl import answer_matches, classify, parse_zone, reject_reply
+from milterd.checks.dnslists import public_zone
 from milterd.config import Config, ConfigError
 from milterd.dns import Answer
 from milterd.services import build
@@ -80,3 +81,17 @@ def test_bad_rule_file_fails_build(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         build(Config.model_validate({"rules": {"dir": str(tmp_path)}}))
     assert info.value.file.endswith("bl.toml") and "answers" in info.value.key
+
+
+def test_a_reply_never_names_an_access_key() -> None:
+    # Spamhaus DQS: the key is the zone's first label; a reply goes to the client (review, thirty-fourth session).
+    assert public_zone("0123456789abcdefdqskey4567.zen.dq.spamhaus.net") == "zen.dq.spamhaus.net"
+    assert public_zone("zen.spamhaus.org") == "zen.spamhaus.org"
+    assert public_zone("b.barracudacentral.org") == "b.barracudacentral.org"
+    assert public_zone("abcdefghijklmnopqrstuvwxyz.example") == "abcdefghijklmnopqrstuvwxyz.example"  # a name, no digit
+    keyed = zone(zone="0123456789ABCDEFdqskey4567.zen.dq.spamhaus.net")
+    assert keyed.shown_zone == "zen.dq.spamhaus.net" and keyed.zone.startswith("0123456789abcdef")
+    assert zone(reply_zone="zen.spamhaus.org.").shown_zone == "zen.spamhaus.org"
+    with pytest.raises(ConfigError) as info:
+        zone(reply_zone="bl.test\r\n250 ok")
+    assert info.value.key == "dnsbl TEST.reply_zone"
