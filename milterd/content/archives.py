@@ -55,6 +55,10 @@ document by its ``\\objdata`` groups' objects; Word writes such a file out and r
 object that holds a whole document (an OOXML ``Package`` stream, ODF's ``EmbeddedOdf``) is that document, a zip
 walked as a nested archive; a Compound File nested deeper than olefile's recursion reads is a limit.
 
+A uuencoded (or yEnc) file, by its name (``.uue``, ``.uu``, ``.xxe``) or a ``begin 644 name`` line in its first
+bytes, is listed as an archive of the files it holds, decoded (:mod:`milterd.content.uuencode`): WinRAR and
+7-Zip open one so and save ``invoice.uue/invoice.exe``.
+
 libarchive is C code reading hostile input.  With ``Limits.child`` (the
 attachment check's ``archive_process``, on by default) every archive that
 needs it is listed in a short-lived forked child (:func:`_walk_in_child`) with
@@ -77,6 +81,7 @@ import logging
 import lzma
 import math
 import os
+import re
 import resource
 import selectors
 import shutil
@@ -100,6 +105,7 @@ from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, UNLISTED_ARCHIVE_KINDS, extensi
 from .outlookmsg import OLE_OBJECT, Node, document_stream, open_compound, package, packaged_streams, read_stream
 from .outlookmsg import attachments as msg_attachments
 from .rtf import embedded_objects
+from .uuencode import UU_EXTENSIONS, encoded_files, encoded_head
 
 try:  # optional: 7z, rar, cab, tar and compressed streams (Debian libarchive13 + PyPI libarchive-c)
     import libarchive  # type: ignore[import-untyped,import-not-found,unused-ignore]
@@ -118,7 +124,7 @@ _OLE_DOCUMENTS = frozenset({"doc", "dot", "xls", "xlt", "xla", "ppt", "pot", "pp
 #: runs it on a double click; a document without one is no archive (no limit of depth is met before one is found).
 _EMBEDDING_KINDS = frozenset({"ole", "rtf"})
 #: Kinds listed in the worker (Python reading them), never in a listing child.
-_IN_WORKER = frozenset({"zip", "tnef", "msg", *_EMBEDDING_KINDS})
+_IN_WORKER = frozenset({"zip", "tnef", "msg", "uue", *_EMBEDDING_KINDS})
 #: Extensions of archives that are opened even when their first bytes do not say so.
 _ARCHIVE_EXTENSIONS = {"zip": "zip", "rar": "rar", "7z": "7z", "tar": "tar", "cab": "cab", "lzh": "lzh", "lha": "lzh", "cpio": "cpio",
                        "xar": "xar", "arj": "arj", "ace": "ace"}
@@ -141,6 +147,9 @@ _MEMBER_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFErro
 _MEMORY = 1024 * 1024
 #: A zip declaring more entries than the members left plus this (or plus ``max_members`` when larger) is not opened.
 _ZIP_ENTRIES_MARGIN = 1000
+#: The members an attachment's Office documents may still open past their parts' budget: the objects they embed and
+#: what those hold (:func:`_late_object`).
+_LATE_MEMBERS = 200
 #: Office documents that are zip files (OOXML, OpenDocument): Word, Excel or LibreOffice opens one, nobody
 #: extracts its parts, so a limit met among its own parts (a 300-slide deck has over 1,000, an embedded
 #: workbook is one more level) is only noted (``Listing.errors``); its parts are counted apart from the
@@ -240,6 +249,10 @@ class _Budget:
     documents: int = 0
     #: Whether the walk is inside an Office document (its parts counted in ``documents``).
     in_document: bool = False
+    #: The members the Office documents may still open past ``documents`` (:func:`_late_object`), and whether the
+    #: walk is in one such object (its members counted in ``late``).
+    late: int = _LATE_MEMBERS
+    late_open: bool = False
     #: TNEF attributes left to read (each costs its header, however small).
     attributes: int = _TNEF_ATTRIBUTES
     #: Bytes of zip central directories left to parse (``Limits.max_directory``).
@@ -280,6 +293,8 @@ def archive_kind(name: str, head: bytes) -> str | None:
     exts = extensions(name)
     if exts and exts[-1] in _COMPRESSED_EXTENSIONS and libarchive is not None:
         return _COMPRESSED_EXTENSIONS[exts[-1]]
+    if exts and exts[-1] in UU_EXTENSIONS:
+        return "uue"
     # Also under other first bytes: unzip, 7-Zip and libarchive open an invoice.zip that starts
     # with a self-extractor's stub or a GIF header (they look for the archive, not at byte 0).
     return _ARCHIVE_EXTENSIONS.get(exts[-1]) if exts else None
@@ -287,10 +302,13 @@ def archive_kind(name: str, head: bytes) -> str | None:
 
 def archive_kind_of(names: Iterable[str], head: bytes) -> str | None:
     """:func:`archive_kind` of the first of *names* (a file's name, then the others a tool may give it) that has one,
-    else the kind of a document that may embed a Packager object (:data:`_EMBEDDING_KINDS`), by *head*."""
+    else the kind of a document that may embed a Packager object (:data:`_EMBEDDING_KINDS`), by *head*, else
+    ``"uue"`` for a file *head* shows uuencoded files in (after its names: a zip named so is opened as one)."""
     kind = next((kind for kind in (archive_kind(name, head) for name in names) if kind), None)
     if kind is None and (sniffed := sniff(head)) in _EMBEDDING_KINDS:
         return sniffed
+    if kind is None and encoded_head(head):
+        return "uue"
     return kind
 
 
@@ -298,7 +316,7 @@ def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits, aliases:
     """The members of archive *data* (a seekable file of *kind*) called *name* (or *aliases*, the other names
     a mail client may save it under), nested archives included."""
     listing = Listing()
-    budget = _Budget(limits.max_size, limits.max_members, limits.max_members, attributes=_TNEF_ATTRIBUTES + _TNEF_ATTRIBUTES_PER_MEMBER * limits.max_members,
+    budget = _Budget(limits.max_size, limits.max_members, limits.max_members, late=min(_LATE_MEMBERS, limits.max_members), attributes=_TNEF_ATTRIBUTES + _TNEF_ATTRIBUTES_PER_MEMBER * limits.max_members,
                      directory=limits.max_directory, child_seconds=limits.max_child_seconds,
                      hidden_bytes=_HIDDEN_SEARCH, hidden_headers=max(limits.max_members, _ZIP_ENTRIES_MARGIN))
     try:
@@ -337,6 +355,8 @@ def _walk(path: str, data: IO[bytes], kind: str, depth: int, limits: Limits, bud
             _walk_compound(path, data, depth, limits, budget, listing, listing.errors)
         elif kind == "rtf":
             _walk_rtf(path, data, depth, limits, budget, listing)
+        elif kind == "uue":
+            _walk_uue(path, data, depth, limits, budget, listing)
         elif supported(kind):
             _walk_libarchive_kind(path, data, kind, depth, limits, budget, listing, aliases)
             if limits.child:
@@ -453,12 +473,12 @@ def _walk_zip(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
         # An Office document's parts have a member budget of their own (a document in a document shares it,
         # already in budget.members); the parts a limit leaves out are a note.
         if not document or budget.in_document:
-            _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.errors if document else listing.limits)
+            _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.errors if document else listing.limits, document)
         else:
             outer = budget.members
             budget.members, budget.in_document = budget.documents, True
             try:
-                _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.errors)
+                _walk_zip_members(path, archive, data, depth, limits, budget, listing, listing.errors, document)
             finally:
                 budget.documents, budget.members, budget.in_document = budget.members, outer, False
         _hidden_members(path, archive, data, limits, budget, listing)
@@ -593,6 +613,8 @@ def _hidden_member(path: str, data: IO[bytes], offset: int, limits: Limits, budg
         if (member, b"") not in listed and _take_member(member, limits, budget, listing):
             listing.entries.append(Entry(member, True, b""))
             listing.encrypted.append(member)
+            if _sealed([name]):
+                listing.limits.append(f"{member}: an encrypted archive or message, never looked into")
         return
     # A size of 0 with a data descriptor (flag 3) is unknown: the head is read from what follows, as far as it goes.
     body = data.read(min(compressed if compressed and not flags & 0x8 else _HIDDEN_HEAD, _HIDDEN_HEAD))
@@ -619,56 +641,115 @@ def _office_parts(archive: zipfile.ZipFile) -> bool:
 
 
 def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing,
-                      notes: list[str]) -> None:
-    """List the members of *archive* (the zip *data* called *path*); the members past the budget go to *notes*."""
+                      notes: list[str], document: bool = False) -> None:
+    """List the members of *archive* (the zip *data* called *path*); the members past the budget go to *notes*.  Of an
+    Office *document*, the objects it embeds past the budget are still opened (:func:`_late_object`)."""
     named: set[str] = set()  # the paths listed so far: an alias names a file once
+    # The parts' budget spent (or a document in an object opened past it): only the document's objects are opened.
+    late = document and budget.late_open
+    if late:
+        notes.append(f"{path}: a document in an object past {limits.max_members} parts, only its objects looked at")
     for info in archive.infolist():
         aliases = [f"{path}/{alias}" for alias in _zip_aliases(data, info)]
         if info.is_dir() and not aliases:
             continue
         member = f"{path}/{info.filename}"
-        if not _take_member(member, limits, budget, listing, notes):
+        if not late and _take_member(member, limits, budget, listing, notes):
+            _zip_member(member, archive, data, info, aliases, named, depth, limits, budget, listing)
+            continue
+        if not document:
             return
-        encrypted = bool(info.flag_bits & 0x1)
-        named.add(member)
-        listing.entries.extend(Entry(alias, encrypted, b"") for alias in aliases if alias not in named)
-        named.update(aliases)
-        if encrypted:
-            listing.entries.append(Entry(member, True, b""))
-            listing.encrypted.append(member)
-            continue
-        try:
-            head = _read_head(archive, data, info, budget)
-        except _MEMBER_ERRORS as exc:
-            # One unreadable member (deflate64, a bad CRC) leaves the other names to judge; an archive or a saved
-            # message by its name is a limit (unzip keeps a member with a bad CRC, 7-Zip reads deflate64).
-            listing.entries.append(Entry(member, False, b""))
-            unread = listing.limits if any(_packed(name) or message_file([name]) for name in (info.filename, *aliases)) else listing.errors
-            unread.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
-            continue
-        listing.entries.append(Entry(member, False, head))
-        # A saved message: a mail client opens it with its attachments, which the caller judges.
-        if message_file((info.filename, *aliases)):
-            if stat.S_ISLNK(info.external_attr >> 16):
-                # unzip makes it a symbolic link (zip -y stores one so): opened, it is the file it points to.
-                listing.limits.append(f"{member}: a link named as a message, to a file never opened as one")
-            elif copy := _copied_member(member, archive, data, info, limits, budget, listing):
-                listing.messages.append((member, copy))
-        # unzip may extract it under an alias (its Unicode Path): docs.zip named notes.txt is still an archive.
-        inner = archive_kind_of((info.filename, *aliases), head)
-        if inner is None:
-            continue
-        if depth >= limits.max_depth and inner not in _EMBEDDING_KINDS:  # a document: a limit only where it embeds an object
-            listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
-            continue
-        nested = _copied_member(member, archive, data, info, limits, budget, listing)
-        if nested is None:
-            continue
-        if inner not in _IN_WORKER and supported(inner):
-            budget.deferred.append(_Job(member, nested, inner, depth + 1, tuple(aliases)))  # with the others, in one child: _walk_deferred
-            continue
-        with nested:
-            _walk(member, nested, inner, depth + 1, limits, budget, listing, tuple(aliases))
+        late = True
+        if _object_part((info.filename, *aliases)):
+            _late_object(member, archive, data, info, aliases, named, depth, limits, budget, listing)
+
+
+#: The folders of an Office document's parts that are objects it embeds: OOXML's ``word/embeddings``, ODF's ``Object 1``.
+_OBJECT_FOLDER = re.compile(r"(?:^|/)(?:embeddings/|object \d+(?:/|$))", re.IGNORECASE)
+
+
+def _object_part(names: Iterable[str]) -> bool:
+    """Whether an Office document's part called by any of *names* is an object it embeds: in its ``embeddings``
+    folder (or ODF's ``Object 1``), an ``oleObject1.bin``, or a document, archive or message by its name."""
+    for name in names:
+        base = name.rsplit("/", 1)[-1]
+        exts = extensions(base)
+        if (_OBJECT_FOLDER.search(name) or base.lower().startswith("oleobject") or _document(base) or _packed(base)
+                or message_file([base]) or (exts and exts[-1] in _OLE_DOCUMENTS)):
+            return True
+    return False
+
+
+def _late_object(member: str, archive: zipfile.ZipFile, data: IO[bytes], info: zipfile.ZipInfo, aliases: list[str],
+                 named: set[str], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+    """An object an Office document embeds past its parts' budget, opened with what it holds from the members the
+    attachment's documents have past theirs (:data:`_LATE_MEMBERS`); past those, a limit."""
+    # Opened, not only noted: padding a deck past archive_max_members with pictures hid the Packager object after them
+    # (a note was ATTACH_UNREADABLE, scored); a limit for every large document with an embedded chart would hold many.
+    if budget.late_open:  # in such an object already: its members are those
+        if _take_member(member, limits, budget, listing, listing.limits):
+            _zip_member(member, archive, data, info, aliases, named, depth, limits, budget, listing)
+        return
+    spent, budget.members, budget.late_open = budget.members, budget.late, True
+    try:
+        if _take_member(member, limits, budget, listing, listing.limits):
+            _zip_member(member, archive, data, info, aliases, named, depth, limits, budget, listing)
+    finally:
+        budget.late, budget.members, budget.late_open = budget.members, spent, False
+
+
+def _sealed(names: Iterable[str]) -> bool:
+    """Whether an encrypted member called by any of *names* is an archive or a saved message by its name: what it
+    holds, a banned file too, is never looked into."""
+    return any(_packed(name) or message_file([name]) for name in names)
+
+
+def _zip_member(member: str, archive: zipfile.ZipFile, data: IO[bytes], info: zipfile.ZipInfo, aliases: list[str],
+                named: set[str], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+    """List the member *info* of *archive* (the zip *data*) called *member*, taken from the budget: its entry and its
+    aliases' (*named*: the paths listed so far), and what it holds when it is an archive or a message."""
+    encrypted = bool(info.flag_bits & 0x1)
+    named.add(member)
+    listing.entries.extend(Entry(alias, encrypted, b"") for alias in aliases if alias not in named)
+    named.update(aliases)
+    if encrypted:
+        listing.entries.append(Entry(member, True, b""))
+        listing.encrypted.append(member)
+        if _sealed((info.filename, *aliases)):
+            listing.limits.append(f"{member}: an encrypted archive or message, never looked into")
+        return
+    try:
+        head = _read_head(archive, data, info, budget)
+    except _MEMBER_ERRORS as exc:
+        # One unreadable member (deflate64, a bad CRC) leaves the other names to judge; an archive or a saved
+        # message by its name is a limit (unzip keeps a member with a bad CRC, 7-Zip reads deflate64).
+        listing.entries.append(Entry(member, False, b""))
+        unread = listing.limits if _sealed((info.filename, *aliases)) else listing.errors
+        unread.append(f"{member}: unreadable member ({exc.__class__.__name__}: {str(exc)[:80]})")
+        return
+    listing.entries.append(Entry(member, False, head))
+    # A saved message: a mail client opens it with its attachments, which the caller judges.
+    if message_file((info.filename, *aliases)):
+        if stat.S_ISLNK(info.external_attr >> 16):
+            # unzip makes it a symbolic link (zip -y stores one so): opened, it is the file it points to.
+            listing.limits.append(f"{member}: a link named as a message, to a file never opened as one")
+        elif copy := _copied_member(member, archive, data, info, limits, budget, listing):
+            listing.messages.append((member, copy))
+    # unzip may extract it under an alias (its Unicode Path): docs.zip named notes.txt is still an archive.
+    inner = archive_kind_of((info.filename, *aliases), head)
+    if inner is None:
+        return
+    if depth >= limits.max_depth and inner not in _EMBEDDING_KINDS:  # a document: a limit only where it embeds an object
+        listing.limits.append(f"{member}: archive nested deeper than {limits.max_depth}")
+        return
+    nested = _copied_member(member, archive, data, info, limits, budget, listing)
+    if nested is None:
+        return
+    if inner not in _IN_WORKER and supported(inner):
+        budget.deferred.append(_Job(member, nested, inner, depth + 1, tuple(aliases)))  # with the others, in one child: _walk_deferred
+        return
+    with nested:
+        _walk(member, nested, inner, depth + 1, limits, budget, listing, tuple(aliases))
 
 
 def _copied_member(member: str, archive: zipfile.ZipFile, data: IO[bytes], info: zipfile.ZipInfo, limits: Limits,
@@ -1104,6 +1185,22 @@ def _packaged_file(where: str, names: list[str], value: bytes, depth: int, limit
     listing.entries.extend(Entry(f"{where}/{alias}", False, b"") for alias in names[1:])
 
 
+def _walk_uue(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
+    """The files the uuencoded (or yEnc) file *data* holds, decoded within ``Limits.max_size``, as its members
+    (``invoice.uue/invoice.exe``): WinRAR and 7-Zip open it as an archive of them."""
+    data.seek(0)
+    for file in encoded_files(iter(lambda: data.read(_CHUNK), b""), _MEMORY, max(budget.size, 0), max(budget.members, 0) + 1):
+        member = f"{path}/{file.name}"
+        if not _take_member(member, limits, budget, listing):
+            return
+        budget.size -= file.size
+        if file.truncated:
+            listing.entries.append(Entry(member, False, file.data.read(HEAD_SIZE)))
+            listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
+            return
+        _content_member(member, file.data, 0, file.size, True, message_file([file.name]), depth, limits, budget, listing)
+
+
 def _walk_msg(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
     """The attachments of the Outlook message file *data* as members, its attached messages' attachments included."""
     ole, root = open_compound(data)
@@ -1321,6 +1418,8 @@ def _walk_libarchive_form(path: str, data: IO[bytes], depth: int, limits: Limits
             if _entry_encrypted(entry):
                 listing.entries.append(Entry(member, True, b""))
                 listing.encrypted.append(member)
+                if _sealed([name, *(alias.rsplit("/", 1)[-1] for alias in aliases)]):
+                    listing.limits.append(f"{member}: an encrypted archive or message, never looked into")
                 continue
             declared = entry.size or 0
             blocks = entry.get_blocks()
@@ -1481,7 +1580,7 @@ def _child_work(jobs: list[_Job], limits: Limits, budget: _Budget, spool: IO[byt
     spool.flush()
     answer = {"entries": [[e.path, e.encrypted, base64.b64encode(e.head).decode()] for e in listing.entries],
               "encrypted": listing.encrypted, "limits": listing.limits, "errors": listing.errors, "messages": messages,
-              "budget": [budget.size, budget.members, budget.documents, budget.attributes, budget.directory]}
+              "budget": [budget.size, budget.members, budget.documents, budget.attributes, budget.directory, budget.late]}
     return json.dumps(answer).encode()
 
 
@@ -1546,7 +1645,7 @@ def _run_child(jobs: list[_Job], limits: Limits, budget: _Budget, listing: Listi
         messages = [(str(member), int(start), int(length)) for member, start, length in found["messages"]]
         # Every budget comes back: a child that started afresh on the Office parts' one (150 tars of a document each)
         # listed 2,000 parts a tar.
-        budget.size, budget.members, budget.documents, budget.attributes, budget.directory = (int(value) for value in found["budget"])
+        budget.size, budget.members, budget.documents, budget.attributes, budget.directory, budget.late = (int(value) for value in found["budget"])
     except (ValueError, KeyError, TypeError) as exc:
         listing.errors.extend(f"{job.path}: unreadable {job.kind} archive (the listing process answered nonsense: {exc.__class__.__name__})" for job in jobs)
         return

@@ -140,7 +140,25 @@ _VALID: dict[str, Callable[[bytes], bool]] = {
     "macho": lambda head: head[:4] != b"\xca\xfe\xba\xbe" or int.from_bytes(head[4:8], "big") < 20,
     # The archive's main header (type 0) of a plausible size before "**ACE**": text may hold the word at byte 7.
     "ace": lambda head: len(head) > 6 and head[4] == 0 and 13 <= int.from_bytes(head[2:4], "little") <= 4096,
+    # A DOS header whose e_lfanew points at the PE signature: a CSV starting "MZ,Mozambique" was a Windows executable.
+    "pe": lambda head: _pe_header(head),
 }
+
+#: The farthest the PE signature of an executable is taken to be from its start (e_lfanew) past its first bytes: below 16 MB
+#: its last byte (0x3F) is a NUL, which no text has (Windows' loader reads up to 256 MB, which "\r\nGB" of a text says).
+_PE_MAX_OFFSET = 1 << 24
+
+
+def _pe_header(head: bytes) -> bool:
+    """Whether *head* starts as a Windows executable does (its ``MZ`` already matched): a whole DOS header (64 bytes)
+    whose e_lfanew points at ``PE\\0\\0`` within *head*, or, where *head* is only the file's first HEAD_SIZE bytes,
+    past it, no farther than :data:`_PE_MAX_OFFSET`."""
+    if len(head) < 64:
+        return False
+    offset = int.from_bytes(head[0x3C:0x40], "little")
+    if offset + 4 <= len(head):
+        return head[offset:offset + 4] == b"PE\x00\x00"
+    return len(head) >= HEAD_SIZE and offset < _PE_MAX_OFFSET
 
 
 def _cpio_header(head: bytes) -> bool:

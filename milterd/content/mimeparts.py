@@ -51,6 +51,9 @@ _CR_ENDED_DELIMITER = re.compile(rb"--[^\r\n]*\r(?!\n)")
 #: The types of the parts the link reader reads as text (a text/csv or text/calendar export is not read: a view
 #: leaves its body out, so that a 5 MB one does not fill the view).
 TEXT_TYPES = ("text/plain", "text/html")
+#: Text types of scripts Windows runs: a part of one is a file whether named or not (a mail client names an
+#: unnamed one ``attachment.js``; the attachment check names it so), never a body a reader is shown.
+SCRIPT_TEXT_TYPES = frozenset({"text/javascript", "text/vbscript"})
 _PLAIN_TYPE = re.compile(r"[a-z0-9!#$%&'*+.^_`{|}~-]+/[a-z0-9!#$%&'*+.^_`{|}~-]+\Z")
 #: The note of a message past MAX_SCANNED_PARTS: the rest, a banned file too, never looked at.
 SCANNED_LIMIT_NOTE = f"more than {MAX_SCANNED_PARTS} MIME parts: the rest not looked at"
@@ -677,7 +680,7 @@ def attachments(chunks: Iterable[bytes], memory: int = 1024 * 1024, limit: int =
                         notes.append(NO_BOUNDARY_NOTE)
                     # An encoded message/rfc822 part (RFC 2046 section 5.2.1 forbids it; Exchange Online sends it) is
                     # decoded as a file: the attachment check opens it as the attached message it is.
-                    if name or not (ctype.startswith("text/") or ctype.startswith("multipart/")):
+                    if name or ctype in SCRIPT_TEXT_TYPES or not (ctype.startswith("text/") or ctype.startswith("multipart/")):
                         if parts <= MAX_PARTS:
                             decoder = _Decoder(encoding, memory, limit)
                             current = (name, ctype, others)

@@ -30,6 +30,8 @@ _BEGIN_LINE = rb"(?:begin [0-7]{3,4} +|=ybegin [^\r\n]*?name=)([^\r\n]{1,1024}+)
 _BEGIN = re.compile(_BEGIN_LINE)
 #: Such a line in a text, at the start of one of its lines, whole: ended, or longer than the name read.
 _BEGIN_IN_TEXT = re.compile(rb"^%s(?:\r?\n|\r|(?=[^\r\n]))" % _BEGIN_LINE, re.MULTILINE)
+#: Extensions of files that hold uuencoded (xxencoded) files, which WinRAR and 7-Zip open as archives of them.
+UU_EXTENSIONS = frozenset({"uue", "uu", "xxe"})
 #: yEnc adds 42 to each byte (and 64 more to one escaped after "=").
 _YENC = bytes((b - 42) % 256 for b in range(256))
 
@@ -74,6 +76,12 @@ def begin_name(line: bytes) -> tuple[str, str] | None:
     if found is None:
         return None
     return "yenc" if line.startswith(b"=") else "uu", file_name(found.group(1).rstrip())
+
+
+def encoded_head(head: bytes) -> bool:
+    """Whether a file's first bytes *head* hold a line that starts an encoded file (``begin 644 invoice.exe``), whole
+    or cut by the head's end."""
+    return b"begin " in head and _BEGIN_IN_TEXT.search(head.replace(b"\r", b"\n") + b"\n") is not None
 
 
 def encoded_names(chunks: Iterable[bytes], most: int) -> list[str]:

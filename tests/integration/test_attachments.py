@@ -7,6 +7,7 @@ attachment policy decides here.
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 import json
 import os
@@ -20,11 +21,12 @@ import pytest
 
 from tests.conftest import NO_CHECKS, with_sections
 from tests.harness.messages import smuggled, zipped
+from tests.harness.outlookmsg import compound_file, ole10native
 from tests.harness.stack import Stack, row_for
 
 pytestmark = pytest.mark.integration
 
-PE = b"MZ\x90\x00\x03\x00\x00\x00" + b"\x00" * 500
+PE = b"MZ\x90\x00\x03\x00\x00\x00" + bytes(52) + (64).to_bytes(4, "little") + b"PE\x00\x00" + bytes(500)  # e_lfanew at 0x3C points at "PE\0\0"
 SECTIONS = with_sections(
     NO_CHECKS,
     {
@@ -580,3 +582,20 @@ def test_a_child_that_crashes_is_a_limit_and_the_caller_lives_on(tmp_path: Any, 
     assert {"limits": listing.limits, "errors": listing.errors} == expected
     assert listing.entries == [] and budget.size == 1024 * 1024
     assert time.monotonic() - started < 10
+
+
+def test_a_uuencoded_file_and_an_object_past_a_documents_parts_are_rejected(stack: Stack) -> None:
+    """Review 34: an invoice.uue carrying invoice.exe (WinRAR opens it as an archive), and a .docx padded past
+    archive_max_members with pictures before its Packager object: both refused naming the executable."""
+    encoded = b"begin 644 invoice.exe\r\n" + binascii.b2a_uu(PE[:45]).replace(b"\n", b"\r\n") + b"`\r\nend\r\n"
+    obj = compound_file({"\x01Ole10Native": ole10native("evil.exe", "C:\\Users\\x\\evil.exe", PE), "\x01CompObj": bytes(20)})
+    docx = zipped({"[Content_Types].xml": b"<Types/>", "word/document.xml": b"<w:document/>",
+                   **{f"word/media/image{i}.png": b"\x89PNG\r\n\x1a\n" for i in range(2100)}, "word/embeddings/oleObject1.bin": obj})
+    cases = [("uue archive", ("invoice.uue", encoded, "application/octet-stream"), "invoice.uue/invoice.exe: banned extension .exe"),
+             ("padded docx", ("report.docx", docx, "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+              "report.docx/word/embeddings/oleObject1.bin/evil.exe: banned extension .exe")]
+    for subject, attachment, detail in cases:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            stack.send(mail(subject, attachment))
+        assert info.value.smtp_code == 550 and info.value.smtp_error.decode() == f"5.7.1 Attachment rejected: {detail}"
+        assert row_for(stack, subject)["action"] == "reject" and not stack.sink.with_subject(subject)

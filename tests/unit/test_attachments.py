@@ -22,7 +22,7 @@ from milterd.message.model import Action
 from tests.harness.messages import zipped
 
 BANNED_EXTS = frozenset({"exe", "scr", "js", "bat"})
-PE = b"MZ\x90\x00" + b"\x00" * 300
+PE = b"MZ\x90\x00" + bytes(56) + (64).to_bytes(4, "little") + b"PE\x00\x00" + bytes(236)  # e_lfanew at 0x3C points at "PE\0\0"
 
 
 def mail(*files: tuple[str, bytes, str]) -> bytes:

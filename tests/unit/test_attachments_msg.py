@@ -19,7 +19,7 @@ from tests.harness.attachments import attachment_check
 from tests.harness.messages import envelope_of, zipped
 from tests.harness.outlookmsg import attachment, compound_file, msg_file, msg_tree, ole10native, unicode
 
-PE = b"MZ\x90\x00" + b"\x00" * 300
+PE = b"MZ\x90\x00" + bytes(56) + (64).to_bytes(4, "little") + b"PE\x00\x00" + bytes(236)  # e_lfanew at 0x3C points at "PE\0\0"
 PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n"
 
 

@@ -85,7 +85,7 @@ def test_a_type_pushed_past_the_fields_bound_does_not_hide_an_executable(check: 
     pad = b"Content-Disposition: inline; x=\"" + b"a" * 13000 + b"\"\r\n"
     pad = pad * 5 + b"Content-Disposition: inline; x=\"" + b"a" * (MAX_PART_HEADER - 5 * len(pad) - 40) + b"\"\r\n"
     executable = (b"Content-Type: application/x-msdownload\r\nContent-Transfer-Encoding: base64\r\n\r\n"
-                  + base64.encodebytes(b"MZ\x90\x00\x03" + b"\x00" * 500))
+                  + base64.encodebytes(b"MZ\x90\x00\x03" + bytes(55) + (64).to_bytes(4, "little") + b"PE\x00\x00" + bytes(500)))
     # Unnamed, it is judged as attachment.exe too, the name clients give its type (since the 32nd review).
     assert [h.symbol for h in hits(check, multipart(executable))] == ["ATTACH_BANNED", "ATTACH_TYPE_MISMATCH"]
     found = hits(check, multipart(pad + executable))

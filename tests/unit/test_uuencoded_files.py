@@ -17,7 +17,7 @@ from milterd.message.model import Action, Session
 from tests.harness.attachments import attachment_check
 from tests.harness.messages import envelope_of, zipped
 
-PE = b"MZ\x90\x00" + bytes(300)
+PE = b"MZ\x90\x00" + bytes(56) + (64).to_bytes(4, "little") + b"PE\x00\x00" + bytes(236)  # e_lfanew at 0x3C points at "PE\0\0"
 
 
 def uuencoded(name: bytes, data: bytes, eol: bytes = b"\r\n") -> bytes:
