@@ -44,7 +44,7 @@ from pydantic import Field
 
 from ..content.headertext import addresses, decoded, raw_readings, shown_addresses, unfolded
 from ..content.mimeparams import client_param
-from ..dns import a_label, comparable_name, domain_name, fold_case
+from ..dns import a_label, comparable_name, domain_name, fold_case, uts46_mapped
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, Hit, Session
 from ..message.reply import Reply
@@ -69,7 +69,7 @@ Policy = Literal["none", "quarantine", "reject"]
 _MILDER: dict[str, Policy] = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 _DOMAIN = re.compile(r"[\w-]{1,63}(\.[\w-]{1,63})*")
 #: A name DNS can be asked about: at most 253 characters, labels of 1 to 63 letters, digits, '-' or '_'.
-#: What can start a domain written with junk after it (see _shown_domain).
+#: What can start a domain written with junk after it (see _shown_domains).
 _DOMAIN_HEAD = re.compile(r"[\w.-]+")
 _DNS_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 #: The pure functions below remember their answers for arguments up to this long (bounded memory).
@@ -233,6 +233,29 @@ def hidden_domain(envelope: Envelope) -> bool:
     return False
 
 
+#: Why a From whose domain hides letters behind a character no domain holds is failed (:func:`obscured_domain`).
+_OBSCURED = "a From domain hides letters behind a character no domain holds (a dot or blank look-alike)"
+
+
+def obscured_domain(envelope: Envelope) -> bool:
+    """Whether an address of a UTF-8 From field of *envelope* has a domain that :func:`obscured` letters: a
+    reader may see ``bank.test`` where the name is no domain at all.  No genuine mailer writes one; the message
+    is failed under the quarantine policy, as :func:`hidden_domain`'s.  (A field that is not UTF-8 is
+    :func:`hidden_domain`'s: read in a legacy charset, a double-byte display name looks like such a domain.)"""
+    for name, value in envelope.headers:
+        if name.lower() != "from" or value.isascii():
+            continue
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        for address in shown_addresses(text):
+            _, at, domain = address.rpartition("@")
+            if at and obscured(domain):
+                return True
+    return False
+
+
 #: The double-byte charsets whose second bytes include "@" (0x40): Shift_JIS' full-width space 81 40, Big5's 一
 #: A4 40, GBK's 丂 81 40.  A display name written in one, read as UTF-8, looks like an address with a bad domain.
 _DOUBLE_BYTE = ("shift_jis", "euc_jp", "gb18030", "big5", "euc_kr")
@@ -281,8 +304,7 @@ def _parse_domains(value: str, decode: bool) -> tuple[str, ...]:
             # "sec@bank.example@" (a stray "@" after the address) is shown as "sec@bank.example"@: where the
             # last "@" leaves no domain, the one before it is judged (only then: a quoted local part holding
             # an address is no author's domain).
-            domain = _shown_domain(tail) or (_shown_domain(head.rpartition("@")[2]) if "@" in head and not tail.strip() else None)
-            if domain:
+            for domain in _shown_domains(tail) or (_shown_domains(head.rpartition("@")[2]) if "@" in head and not tail.strip() else ()):
                 found.setdefault(domain)
         elif decode and "=?" in addr:
             # An encoded word where the address belongs (From: =?utf-8?b?c2VjdXJpdHlAYmFuay5leGFtcGxl?=) is
@@ -292,21 +314,67 @@ def _parse_domains(value: str, decode: bool) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _shown_domain(text: str) -> str | None:
-    """The domain of an address whose domain part is *text*, as A-labels, or None when it names none.
+def _shown_domains(text: str) -> tuple[str, ...]:
+    """The domains a reader may see in an address whose domain part is *text*, as A-labels (none when it names none).
 
     A domain followed by what no domain holds (``bank.example<DEL>``, ``bank.example!``, a control
     or format character a mail client does not show) is read up to there: the reader sees
-    ``bank.example``, so its policy is judged, and junk cannot switch DMARC off.
+    ``bank.example``, so its policy is judged, and junk cannot switch DMARC off.  A dot look-alike
+    or a blank that is not ASCII inside it (``bank<U+2024>test``, ``bank.<U+202F>test``) is also read
+    as UTS #46 maps it for a browser (``bank.test``): read up to there, it was the domain "bank", of no
+    policy.  (Such a domain is also failed on its own: :func:`obscured_domain`.)
     """
     domain = domain_name(text.strip())
     if domain and _DOMAIN.fullmatch(domain):
-        return domain
-    shown = "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf")).strip()
-    shown = fold_case(shown)
+        return (domain,)
+    shown = _shown_text(text)
     head = _DOMAIN_HEAD.match(shown)
-    domain = domain_name(head.group()) if head else None
-    return domain if domain and _DOMAIN.fullmatch(domain) else None
+    mapped = _mapped_domain(_first_word(shown)) if obscured(text) else None
+    found = dict.fromkeys(d for d in (domain_name(head.group()) if head else None, mapped) if d and _DOMAIN.fullmatch(d))
+    return tuple(found)
+
+
+def _shown_text(text: str) -> str:
+    """*text* as a client shows it: without control and format characters, case folded."""
+    return fold_case("".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf")).strip())
+
+
+#: Characters a reader takes for the dot of a domain that UTS #46 (as the idna package has it) does not map to
+#: one: ONE DOT LEADER, SMALL FULL STOP, MIDDLE DOT, HYPHENATION POINT, BULLET and DOT OPERATORS, WORD SEPARATOR
+#: MIDDLE DOT, DOT ABOVE, LISU LETTER TONE MYA TI.
+_DOT_LOOKALIKES = str.maketrans(dict.fromkeys("\u2024\ufe52\u00b7\u2027\u2219\u22c5\u2e31\u02d9\ua4f8", "."))
+
+
+def _mapped_domain(shown: str) -> str | None:
+    """*shown* as UTS #46 maps it without the STD3 rules, dot look-alikes as dots (:data:`_DOT_LOOKALIKES`),
+    its blanks and the dots at its ends left out, as a domain; None when it is none."""
+    mapped = uts46_mapped(shown.translate(_DOT_LOOKALIKES))
+    return domain_name("".join(mapped.split()).strip(".")) if mapped else None
+
+
+_ASCII_BLANKS = re.compile(r"[ \t\r\n]+")
+
+
+def _first_word(shown: str) -> str:
+    """*shown* up to its first ASCII blank (a blank that is not ASCII is part of it: ``bank.<U+202F>test``)."""
+    return _ASCII_BLANKS.split(shown, maxsplit=1)[0]
+
+
+def obscured(text: str) -> bool:
+    """Whether the domain part *text* of an address hides letters behind what no domain holds: characters
+    that are not ASCII, letters or digits where the domain is read up to (``bank<U+2024>test``,
+    ``bank.<U+202F>test``, ``<U+2024>bank.test``), then a letter or digit.  Junk after a domain
+    (``bank.example!``, ``bank.example<U+00A0>(Bank)``) hides none."""
+    domain = domain_name(text.strip())
+    if domain and _DOMAIN.fullmatch(domain):
+        return False
+    word = _first_word(_shown_text(text))
+    head = _DOMAIN_HEAD.match(word)
+    rest = word[head.end():] if head else word
+    at = 0
+    while at < len(rest) and not rest[at].isascii() and not rest[at].isalnum():
+        at += 1
+    return 0 < at < len(rest) and rest[at].isalnum()
 
 
 @dataclass(frozen=True)
@@ -470,9 +538,9 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         domains = envelope_from_domains(envelope)
-        hidden = hidden_domain(envelope)
+        hidden = _HIDDEN if hidden_domain(envelope) else _OBSCURED if obscured_domain(envelope) else ""
         if not domains and hidden:
-            return self._malformed(envelope, "", _HIDDEN)
+            return self._malformed(envelope, "", hidden)
         if not domains:
             # Recorded too, so that Authentication-Results says dmarc=none rather than nothing.
             envelope.check_state(STATE)["result"] = Evaluation("none", "", reason="no From domain")
@@ -514,7 +582,7 @@ class Dmarc(ConfiguredCheck[DmarcChecks]):
                     evaluation = replace(evaluation, applied=applied, unverified=True)
                 evaluations.append(evaluation)
         if hidden:
-            evaluations.append(Evaluation("fail", "", "quarantine", "quarantine", reason=_HIDDEN))
+            evaluations.append(Evaluation("fail", "", "quarantine", "quarantine", reason=hidden))
         evaluation = strictest(evaluations)
         domain = evaluation.domain
         envelope.check_state(STATE)["result"] = evaluation

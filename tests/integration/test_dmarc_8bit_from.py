@@ -46,3 +46,29 @@ def test_a_soft_hyphen_in_the_from_domain_gets_its_p_reject(stack: Stack, subjec
     assert info.value.smtp_code == 550 and "bank.test" in (error.decode() if isinstance(error, bytes) else error)
     row = row_for(stack, subject)
     assert row["action"] == "reject" and "DMARC_FAIL_REJECT" in row["symbols"]
+
+
+def utf8_from(subject: str, author: str) -> bytes:
+    """A UTF-8 message from *author* (SMTPUTF8-style raw UTF-8, as a spammer's mailer writes it)."""
+    return eight_bit(subject, author.encode()).replace(b"windows-1252", b"utf-8")
+
+
+@pytest.mark.parametrize(("subject", "author"), [
+    ("one dot leader", "security@bank\u2024test"), ("small full stop", "security@bank\ufe52test"),
+    ("narrow nbsp", "security@bank.\u202ftest"), ("leading leader", "security@\u2024bank.test"),
+])
+def test_a_dot_look_alike_in_the_from_domain_gets_its_p_reject(stack: Stack, subject: str, author: str) -> None:
+    # Review, thirty-fourth session: read up to the look-alike, the domain was "bank" (no policy): delivered
+    # with dmarc=none header.from=bank.  It is bank.test to the reader.
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(utf8_from(subject, author), sender="x@attacker.test", xclient=CLIENT)
+    error = info.value.smtp_error
+    assert info.value.smtp_code == 550 and "bank.test" in (error.decode() if isinstance(error, bytes) else error)
+    assert row_for(stack, subject)["action"] == "reject"
+
+
+def test_a_look_alike_before_a_domain_of_no_policy_is_held(stack: Stack) -> None:
+    # other<U+2024>example: neither "other" nor other.example publishes a policy; no genuine mailer writes it.
+    stack.send(utf8_from("leader no policy", "security@other\u2024example"), sender="x@attacker.test", xclient=CLIENT)
+    row = row_for(stack, "leader no policy")
+    assert row["action"] == "quarantine" and "DMARC_FAIL_QUARANTINE" in row["symbols"]

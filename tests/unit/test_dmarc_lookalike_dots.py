@@ -1,0 +1,47 @@
+"""A dot or blank look-alike in the From domain (review, thirty-fourth session).
+
+``security@bank<U+2024>test`` (ONE DOT LEADER) shows as bank.test; milterd read the domain up to the
+look-alike, "bank", which publishes no policy: p=reject never applied (dmarc=none header.from=bank).  So did
+SMALL FULL STOP, DOT ABOVE and blanks that are not ASCII after a dot (U+00A0, U+202F, U+3000); one first
+named no domain at all.  Such a domain is now read as a browser maps it too (bank.test), and failed under the
+quarantine policy when no stricter one applies.  Junk after a domain (``bank.example!``) is still no matter.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from milterd.checks.dmarc import from_domains, obscured
+from milterd.message.model import Action
+
+from .test_dmarc_review import ATTACKER_SIGNED, POLICIES, run_dmarc
+
+LOOKALIKES = ["bank\u2024example", "bank\ufe52example", "bank\u02d9example", "bank.\u00a0example", "bank.\u202fexample",
+              "bank.\u3000example", "\u2024bank.example", "login\u2024bank.example"]
+
+
+@pytest.mark.parametrize("domain", LOOKALIKES)
+def test_a_look_alike_gets_the_shown_domains_reject(domain: str) -> None:
+    [hit], envelope = run_dmarc([f"Bank Security <security@{domain}>".encode()], POLICIES, ATTACKER_SIGNED)
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT), domain
+    assert "bank.example" in str(hit.reply)
+
+
+@pytest.mark.parametrize("domain", LOOKALIKES)
+def test_a_look_alike_obscures_its_domain(domain: str) -> None:
+    assert obscured(domain)
+    assert any(d.endswith("bank.example") for d in from_domains([f"security@{domain}"]))
+
+
+def test_a_look_alike_of_a_domain_of_no_policy_is_held() -> None:
+    [hit], envelope = run_dmarc(["security@other\u2024example".encode()], POLICIES, ATTACKER_SIGNED)
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_QUARANTINE", Action.QUARANTINE)
+    assert "no domain holds" in envelope.check_state("dmarc")["result"].reason
+
+
+@pytest.mark.parametrize("value", ["security@bank.example!", "Bank <security@bank.example>\u00a0(Bank)", "security@bank.example John",
+                                   "Jürgen\u00a0Müller <j@bücher.example>", "security@bank.example"])
+def test_junk_after_a_domain_and_real_names_are_no_look_alikes(value: str) -> None:
+    [hit], _ = run_dmarc([value.encode()], {**POLICIES, "_dmarc.xn--bcher-kva.example": "v=DMARC1; p=none"}, ATTACKER_SIGNED)
+    assert hit.symbol in ("DMARC_FAIL_REJECT", "DMARC_FAIL_NONE") and "no domain holds" not in str(hit.detail), value
+    assert from_domains([value])[-1] in ("bank.example", "xn--bcher-kva.example")
