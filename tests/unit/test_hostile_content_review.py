@@ -177,12 +177,12 @@ def test_many_pathological_to_fields_are_bounded(monkeypatch: pytest.MonkeyPatch
     depth = [0]
     judge_list = headers_module.address_list_problem
 
-    def address_list_problem(name: str, value: str) -> str:
+    def address_list_problem(name: str, value: str, budget: headers_module.ParseBudget | None = None) -> str:
         if not depth[0]:  # a field, not one of its addresses judged on their own
             judged.append((name, len(value)))
         depth[0] += 1
         try:
-            return judge_list(name, value)
+            return judge_list(name, value, budget)
         finally:
             depth[0] -= 1
 
