@@ -11,7 +11,10 @@ ended there and clamd's verdict taken at end of message), so that a virus
 followed by padding is still found.  MAIL FROM's ``SIZE=`` over ``max_size`` only spares
 the stream: it is the client's estimate (RFC 1870), so a message that proves
 smaller is scanned whole from the spool at end of message, and a larger one's
-first ``max_size`` bytes from there.  clamd
+first ``max_size`` bytes from there.  A stream clamd refuses for its size (its
+``StreamMaxLength`` under ``max_size``) has the start clamd took scanned again from
+the spool, and each worker cuts later messages there up front
+(:data:`STREAM_LIMITS`).  clamd
 unreachable, slower than ``timeout`` or answering an error gives
 ``CLAMAV_ERROR``, with a 451 when ``on_error = "tempfail"``.  A virus gives
 ``CLAMAV_VIRUS`` (detail: its name) and forces ``[clamav] action``.
@@ -20,6 +23,7 @@ unreachable, slower than ``timeout`` or answering an error gives
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator
@@ -57,7 +61,41 @@ class ScanState:
     partial: bool = False
     #: The stream failed because clamd was silent (ScannerTimeout): it is not asked again for this message.
     timed_out: bool = False
+    #: clamd refused the stream for its size (StreamMaxLength): the bytes it took before, judged again at end of message.
+    refused: int | None = None
+    #: Where the message is cut: max_size, or less where this worker learned clamd's StreamMaxLength to be lower.
+    limit: int = 0
     opened: float = field(default_factory=time.monotonic)
+
+
+class StreamLimits:
+    """The stream sizes clamd accepted after refusing longer ones (StreamMaxLength under ``[clamav] max_size``), per
+    clamd address, for this process: its later messages are cut there up front instead of being refused again."""
+
+    def __init__(self) -> None:
+        self._sizes: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, address: str) -> int | None:
+        """The size learned for clamd at *address*, if any."""
+        with self._lock:
+            return self._sizes.get(address)
+
+    def learn(self, address: str, size: int) -> bool:
+        """Keep *size* for *address* unless a smaller one is kept; whether it was kept."""
+        with self._lock:
+            if self._sizes.get(address, size + 1) <= size:
+                return False
+            self._sizes[address] = size
+            return True
+
+    def clear(self) -> None:
+        """Forget every size (tests)."""
+        with self._lock:
+            self._sizes.clear()
+
+
+STREAM_LIMITS = StreamLimits()
 
 
 def virus_hit(name: str, action: str) -> Hit:
@@ -108,7 +146,7 @@ class ClamavCheck(ScannerCheck):
     description: ClassVar[str] = "Virus scanning with ClamAV's clamd"
     symbols: ClassVar[tuple[Symbol, ...]] = (
         Symbol(VIRUS, 5.0, "clamd found a virus (detail: its name); [clamav] action is forced whatever the score"),
-        Symbol(SKIPPED, 0.0, "Message larger than [clamav] max_size: not scanned whole for viruses (its first max_size bytes were, and a virus there is CLAMAV_VIRUS)"),
+        Symbol(SKIPPED, 0.0, "Message larger than [clamav] max_size or clamd's StreamMaxLength: not scanned whole for viruses (its first bytes up to that size were, and a virus there is CLAMAV_VIRUS)"),
         Symbol(ERROR, 0.0, "clamd unreachable, too slow or in error: not scanned ([clamav] on_error = tempfail answers 451)"),
     )
     order: ClassVar[int] = 200
@@ -120,9 +158,9 @@ class ClamavCheck(ScannerCheck):
         self.scanned_by = f"ClamAV using milterd at {services.config.hostname}"
 
     def on_eoh(self, session: Session, envelope: Envelope) -> Hits:
-        state = envelope.check_state(self.name)["scan"] = ScanState()
+        state = envelope.check_state(self.name)["scan"] = ScanState(limit=self._stream_limit())
         declared = declared_size(envelope)
-        if declared is not None and declared > self.options.max_size:
+        if declared is not None and declared > state.limit:
             state.deferred = True
             return ()
         try:
@@ -136,19 +174,19 @@ class ClamavCheck(ScannerCheck):
         state: ScanState | None = envelope.check_state(self.name).get("scan")
         if state is None or state.stream is None or state.partial:
             return ()
-        if state.stream.sent + len(chunk) > self.options.max_size:
+        stream = state.stream
+        if stream.sent + len(chunk) > state.limit:
             # Not scanned whole, but its first max_size bytes are: a virus padded past the limit is still found.
-            state.skipped, state.partial = f"size over {self.options.max_size}", True
-            chunk = chunk[: max(self.options.max_size - state.stream.sent, 0)]
+            state.skipped, state.partial = self._over(state.limit), True
+            chunk = chunk[: max(state.limit - stream.sent, 0)]
             if not chunk:
                 return ()
         try:
-            state.stream.send(chunk)
+            stream.send(chunk)
         except ScannerError as exc:
             if _size_limit(str(exc)):
-                # max_size above clamd's StreamMaxLength: a retry would fail the same way.
-                log.warning("clamav: %s; lower [clamav] max_size to clamd's StreamMaxLength", exc)
-                state.skipped, state.stream = "over clamd's StreamMaxLength", None
+                # max_size above clamd's StreamMaxLength: what clamd took is sent again at end of message.
+                state.refused, state.stream = stream.before_last, None
             else:
                 self._fail(state, str(exc))
                 state.timed_out = isinstance(exc, ScannerTimeout)
@@ -174,87 +212,137 @@ class ClamavCheck(ScannerCheck):
         state: ScanState | None = envelope.check_state(self.name).get("scan")
         if state is None:  # end of headers was not seen (should not happen)
             return [error_hit("no scan was started", self.options.on_error)]
+        if state.refused is not None:
+            return self._refused_hits(envelope, state.refused)
         if state.deferred:
-            return self._scan_spooled(envelope)
+            return self._scan_spooled(envelope, state.limit)
         if state.partial:
             # Past max_size: the stream's verdict on the first max_size bytes, or, the stream lost on its last
             # chunk, those bytes sent again from the spool.
             stream, state.stream = state.stream, None
             if stream is not None:
-                return self._start_hits(envelope, state.skipped, stream.finish, streamed=True)
-            if not state.error:
-                return [Hit(SKIPPED, detail=state.skipped)]  # clamd's StreamMaxLength reached (logged as it was)
+                return self._start_hits(envelope, state.skipped, state.limit, stream.finish, streamed=True, accepted=stream.before_last)
             if state.timed_out:
-                return self._start_failed(envelope, state.skipped, state.error)  # silent: not asked again
-            return self._start_hits(envelope, state.skipped, self._first_from_spool(envelope))
-        if state.skipped:
-            return [Hit(SKIPPED, detail=state.skipped)]
+                return self._start_failed(envelope, state.skipped, state.limit, state.error)  # silent: not asked again
+            return self._start_hits(envelope, state.skipped, state.limit, self._first_from_spool(envelope, state.limit))
         if state.error or state.stream is None:
             return [error_hit(state.error or "no scan was started", self.options.on_error)]
+        stream, state.stream = state.stream, None
         started = time.monotonic()
         try:
-            result = state.stream.finish()
+            result = stream.finish()
         except ScannerError as exc:
+            if _size_limit(str(exc)):
+                return self._refused_hits(envelope, stream.before_last)
             return self._failed(exc)
         finally:
-            state.stream = None
             ended = time.monotonic()
             log.debug("%s: clamav eom wait start=%.6f end=%.6f ms=%.1f", envelope.queue_id or "NOQUEUE", started, ended, (ended - started) * 1000)
+        if _size_limit(result.reply):
+            return self._refused_hits(envelope, stream.before_last)
         return self._result_hits(envelope, result)
 
-    def _scan_spooled(self, envelope: Envelope) -> list[Hit]:
+    def _scan_spooled(self, envelope: Envelope, limit: int) -> list[Hit]:
         """The whole message from the spool, for a client whose SIZE= overstated it (RFC 1870: an estimate)."""
         size = envelope.size
-        if size > self.options.max_size:
-            return self._start_hits(envelope, f"size {size} > {self.options.max_size}", self._first_from_spool(envelope))
+        if size > limit:
+            return self._start_hits(envelope, f"size {size} > {limit}", limit, self._first_from_spool(envelope, limit))
         try:
             result = self.client.scan(envelope.message_chunks())
         except ScannerError as exc:
+            if _size_limit(str(exc)):
+                return self._refused_hits(envelope, size // 2)
             return self._failed(exc)
         except SpoolError:
             raise  # the spool unreadable: this machine's failure, answered 451 by the pipeline (never on_error)
         except Exception as exc:  # noqa: BLE001 - clamd's client failing otherwise: unscanned follows on_error
             log.exception("clamav: scan failed")
             return [error_hit(f"scan failed: {exc!r}", self.options.on_error)]
+        if _size_limit(result.reply):
+            return self._refused_hits(envelope, size // 2)
         return self._result_hits(envelope, result)
 
-    def _start_hits(self, envelope: Envelope, skipped: str, scan: Callable[[], ClamdResult], streamed: bool = False) -> list[Hit]:
-        """The hits of a message over max_size whose first max_size bytes *scan* has clamd judge: a virus found
-        there as any other; clean, CLAMAV_SKIPPED_SIZE (*skipped* says why).  When clamd could not judge them
-        (it is down, it answered an error), ``on_error`` decides, as for a message under max_size; with
+    def _start_hits(self, envelope: Envelope, skipped: str, size: int, scan: Callable[[], ClamdResult],
+                    streamed: bool = False, accepted: int | None = None) -> list[Hit]:
+        """The hits of a message over *size* (max_size, or a lower StreamMaxLength learned) whose first *size*
+        bytes *scan* has clamd judge: a virus found there as any other; clean, CLAMAV_SKIPPED_SIZE (*skipped*
+        says why).  When clamd could not judge them (it is down, it answered an error), ``on_error`` decides, as
+        for a message under max_size; with
         *streamed* (the stream left idle since max_size, which clamd may have closed) they are first sent again
-        from the spool, unless clamd was silent (asked again, it would be as long)."""
+        from the spool, unless clamd was silent (asked again, it would be as long).  Refused for clamd's
+        StreamMaxLength, the *accepted* bytes it took (by default half of them) are judged instead."""
         try:
             result = scan()
         except SpoolError:
             raise
         except Exception as exc:  # noqa: BLE001 - ScannerError, clamd's client failing otherwise: unscanned follows on_error
-            if streamed and not isinstance(exc, ScannerTimeout) and not _size_limit(str(exc)):
-                return self._start_hits(envelope, skipped, self._first_from_spool(envelope))
-            reason = str(exc) if isinstance(exc, ScannerError) else f"scan failed: {exc!r}"
-            return self._start_failed(envelope, skipped, reason)
+            if _size_limit(str(exc)):
+                return self._refused_hits(envelope, size // 2 if accepted is None else accepted)
+            if streamed and not isinstance(exc, ScannerTimeout):
+                return self._start_hits(envelope, skipped, size, self._first_from_spool(envelope, size))
+            return self._start_failed(envelope, skipped, size, _reason(exc))
+        if _size_limit(result.reply):
+            return self._refused_hits(envelope, size // 2 if accepted is None else accepted)
+        if streamed and result.status == "ERROR":
+            return self._start_hits(envelope, skipped, size, self._first_from_spool(envelope, size))
+        return self._start_result(envelope, skipped, size, result)
+
+    def _refused_hits(self, envelope: Envelope, accepted: int) -> list[Hit]:
+        """The hits of a message whose stream clamd refused for its size (its StreamMaxLength under max_size): the
+        *accepted* bytes it took before are judged from the spool with a fresh stream (refused again, as the
+        refusal may have shown a chunk late, half as many), as the first max_size bytes of a larger message are.
+        The size judged is kept for this worker's later messages, which are cut there up front."""
+        size = accepted
+        while size > 0:
+            try:
+                result = self.client.scan(_first(envelope.message_chunks(), size))
+            except SpoolError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - as in _start_hits
+                if not _size_limit(str(exc)):
+                    return self._start_failed(envelope, self._over(size), size, _reason(exc))
+            else:
+                if not _size_limit(result.reply):
+                    if result.status != "ERROR":
+                        self._learn(size)
+                    return self._start_result(envelope, self._over(size), size, result)
+            size //= 2
+        return [error_hit("over clamd's StreamMaxLength from the message's first bytes", self.options.on_error)]
+
+    def _start_result(self, envelope: Envelope, skipped: str, size: int, result: ClamdResult) -> list[Hit]:
+        """clamd's *result* on the first *size* bytes of a message over *size* (see :meth:`_start_hits`)."""
         if result.infected:
             return self._result_hits(envelope, result)
         if result.status != "OK":
-            if streamed and not _size_limit(result.reply):  # over StreamMaxLength again from the spool: not resent
-                return self._start_hits(envelope, skipped, self._first_from_spool(envelope))
-            return self._start_failed(envelope, skipped, f"clamd: {_printable(result.reply)}")
-        return [Hit(SKIPPED, detail=f"{skipped}; its first {self.options.max_size} bytes scanned: clean")]
+            return self._start_failed(envelope, skipped, size, f"clamd: {_printable(result.reply)}")
+        return [Hit(SKIPPED, detail=f"{skipped}; its first {size} bytes scanned: clean")]
 
-    def _first_from_spool(self, envelope: Envelope) -> Callable[[], ClamdResult]:
-        return lambda: self.client.scan(_first(envelope.message_chunks(), self.options.max_size))
+    def _first_from_spool(self, envelope: Envelope, size: int) -> Callable[[], ClamdResult]:
+        return lambda: self.client.scan(_first(envelope.message_chunks(), size))
 
-    def _start_failed(self, envelope: Envelope, skipped: str, reason: str) -> list[Hit]:
-        """The first max_size bytes of a message over max_size not judged for *reason*."""
-        log.info("%s: clamav: the first %d bytes of a message over max_size not scanned: %s", envelope.queue_id or "NOQUEUE", self.options.max_size, reason)
-        if _size_limit(reason):  # max_size above clamd's StreamMaxLength: logged at the stream's start too
-            return [Hit(SKIPPED, detail=f"{skipped}; over clamd's StreamMaxLength")]
-        return [error_hit(f"{skipped}; its first {self.options.max_size} bytes not scanned: {reason}"[:200], self.options.on_error)]
+    def _start_failed(self, envelope: Envelope, skipped: str, size: int, reason: str) -> list[Hit]:
+        """The first *size* bytes of a message over *size* not judged for *reason*."""
+        log.info("%s: clamav: the first %d bytes of a message over max_size not scanned: %s", envelope.queue_id or "NOQUEUE", size, reason)
+        return [error_hit(f"{skipped}; its first {size} bytes not scanned: {reason}"[:200], self.options.on_error)]
 
     def _failed(self, exc: ScannerError) -> list[Hit]:
-        if _size_limit(str(exc)):
-            return [Hit(SKIPPED, detail="over clamd's StreamMaxLength")]
         return [error_hit(str(exc), self.options.on_error)]
+
+    def _stream_limit(self) -> int:
+        """Where messages are cut: max_size, or the size clamd took when it refused a longer stream, if lower."""
+        learned = STREAM_LIMITS.get(str(self.client.address))
+        return self.options.max_size if learned is None else min(learned, self.options.max_size)
+
+    def _over(self, size: int) -> str:
+        """Why a message over *size* was not scanned whole."""
+        return f"size over {size}" if size >= self.options.max_size else f"size over {size} (clamd's StreamMaxLength)"
+
+    def _learn(self, size: int) -> None:
+        """Cut this worker's later messages at *size*, which clamd took after refusing a longer stream."""
+        if STREAM_LIMITS.learn(str(self.client.address), size):
+            log.warning("clamav: clamd %s refused a stream for its size (StreamMaxLength) and took %d bytes: messages are cut "
+                        "there instead of at [clamav] max_size %d; lower max_size to clamd's StreamMaxLength",
+                        self.client.address, size, self.options.max_size)
 
     def on_abort(self, session: Session, envelope: Envelope) -> None:
         state: ScanState | None = envelope.check_state(self.name).pop("scan", None)
@@ -268,8 +356,6 @@ class ClamavCheck(ScannerCheck):
                 envelope.edits.extend(status_edits(envelope, self.scanned_by, f"Infected ({_printable(result.virus)})"))
             return [virus_hit(result.virus, self.options.action)]
         if result.status == "ERROR":
-            if _size_limit(result.reply):
-                return [Hit(SKIPPED, detail="over clamd's StreamMaxLength")]
             return [error_hit(f"clamd: {result.reply}", self.options.on_error)]
         if self.options.headers:
             envelope.edits.extend(status_edits(envelope, self.scanned_by, "Clean"))
@@ -286,6 +372,11 @@ class ClamavCheck(ScannerCheck):
 def _size_limit(reply: str) -> bool:
     """Whether clamd's *reply* (or the error quoting it) says the stream went past its StreamMaxLength."""
     return "size limit exceeded" in reply
+
+
+def _reason(exc: Exception) -> str:
+    """Why a scan failed, for the log and CLAMAV_ERROR's detail."""
+    return str(exc) if isinstance(exc, ScannerError) else f"scan failed: {exc!r}"
 
 
 def _first(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:

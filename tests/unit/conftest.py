@@ -17,6 +17,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from milterd.checks.clamav import STREAM_LIMITS
+
 WHERE = "unit tests start no process and no daemon: move this test to tests/integration"
 
 
@@ -73,6 +75,14 @@ def _no_processes_nor_daemons() -> Iterator[None]:
         patch.setattr(psycopg, "connect", _no_postgresql(connect))
         patch.setattr(psycopg.Connection, "connect", _no_postgresql(connect))
         yield
+
+
+@pytest.fixture(autouse=True)
+def _clamd_stream_limits_forgotten() -> Iterator[None]:
+    """The clamav check keeps clamd's StreamMaxLength, once learned, for the process: one test's fake clamd must
+    not cut another's messages (a later one may listen on the same port)."""
+    yield
+    STREAM_LIMITS.clear()
 
 
 @pytest.fixture
