@@ -51,6 +51,7 @@ from .options import Size as Size
 from .reinject import parse_target, report_sender
 from .scanners import parse_address
 from .text import password_problem
+from .units import connect_timeout_seconds
 
 
 def _threshold(value: object) -> float | bool:
@@ -197,7 +198,7 @@ class DatabaseSection(Section):
     @classmethod
     def _url(cls, value: str) -> str:
         value = _no_nul(value)  # a SQLite URL is a path; no other URL holds a raw NUL either
-        problem = password_problem(value) or _in_memory(value) or _dialect_problem(value)
+        problem = password_problem(value) or _in_memory(value) or _dialect_problem(value) or _connect_timeout_problem(value)
         if problem:
             raise ValueError(problem)
         return value
@@ -222,6 +223,17 @@ def _dialect_problem(url: str) -> str:
         return f"SQLAlchemy has no dialect {url.partition(':')[0]!r} (sqlite, postgresql+psycopg)"
     except (ArgumentError, ValueError):  # ValueError: a port that is no number ("postgresql://[::1/db")
         return f"{shown}is not an SQLAlchemy URL (sqlite:///path or postgresql+psycopg://user@host/database)"
+    return ""
+
+
+def _connect_timeout_problem(url: str) -> str:
+    """Why the ``connect_timeout`` of a database server's *url* cannot be used, else "": found here, not as a traceback
+    when the store first connects.  The URL itself is not shown (it may hold a password)."""
+    parsed = make_url(url)  # after _dialect_problem: it parses
+    if parsed.get_backend_name() == "sqlite" or "connect_timeout" not in parsed.query:
+        return ""
+    if connect_timeout_seconds(parsed.query["connect_timeout"]) is None:
+        return "connect_timeout must be a whole number of seconds, 0 or more, given once (0 waits for ever)"
     return ""
 
 

@@ -44,7 +44,7 @@ from .endpoints import parse_socket, unix_path_too_long
 from .files import resolved
 from .learner.classifier import Counts, trained
 from .message.policy import unreachable_thresholds
-from .milter.supervisor import socket_id
+from .milter.supervisor import socket_id, store_owners
 from .reinject import Target, parse_target, probe, probe_tls, smtp_error, unverified_auth
 from .ruleset import origins
 from .scanners.clamd import ClamdClient
@@ -53,6 +53,7 @@ from .services import build
 from .store import Store, newer_schema
 from .store.engine import sqlite_file
 from .store.learner import LearnerStore, ModelSummary, model_may_exist
+from .store.ownership import store_file_problems
 from .text import redact, redact_url
 from .units import parse_duration
 
@@ -108,6 +109,7 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
     findings += probe_nameservers(config)
     findings += probe_dkim_keys(config)
     findings += probe_private_files(config)
+    findings += probe_store_files(config)
     findings += probe_serve_places(config)
     findings.append(probe_release_smtp(config))
     if use_postconf:
@@ -469,12 +471,9 @@ def probe_dkim_keys(config: Config) -> list[Finding]:
 
 
 def private_files(config: Config) -> list[tuple[str, Path]]:
-    """The files whose content is private, each with what it is: the SQLite store (the log and
-    the quarantined mail) and its -wal/-shm, the DKIM private keys, the ARC sealing key, the release password file."""
+    """The files whose content is private, each with what it is: the DKIM private keys, the ARC sealing key, the
+    release password file.  Not the SQLite store's, which ``serve`` refuses unless private (:func:`probe_store_files`)."""
     files: list[tuple[str, Path]] = []
-    store = sqlite_file(config.database.url)
-    if store is not None:
-        files += [("the SQLite store (log and quarantined mail)", Path(f"{store}{suffix}")) for suffix in ("", "-wal", "-shm")]
     base = config.path.parent if config.path else Path.cwd()  # as load_keys and the ARC sealer read them
     if config.dkim_signing.enabled:
         files += [(f"the DKIM private key of {key.selector}._domainkey.{key.domain}", base / key.key_file) for key in config.dkim_signing.keys]
@@ -521,6 +520,20 @@ def probe_serve_places(config: Config) -> list[Finding]:
             except ConfigError as error:
                 findings.append(Finding(error.key, "fail", f"{error.reason} (serve refuses to start)"))
     return findings
+
+
+def probe_store_files(config: Config) -> list[Finding]:
+    """A failure for each of the SQLite store's files, and its directory, that ``serve`` started by this user
+    refuses (:func:`~milterd.milter.supervisor.store_owners`): another account's, open to others, in a
+    directory others may write."""
+    store = sqlite_file(config.database.url)
+    if store is None:
+        return []
+    try:
+        owners = store_owners(config, handed_over=False)
+    except ConfigError:  # an unknown user or group: the configuration's finding says so
+        return []
+    return [Finding("[database] url", "fail", f"{problem} (serve refuses to start)") for problem in store_file_problems(store, owners)]
 
 
 def probe_private_files(config: Config) -> list[Finding]:

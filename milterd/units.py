@@ -48,6 +48,22 @@ def _parse(value: object, units: dict[str, int], expected: str) -> float:
     raise ValueError(f"expected {expected}, got {value!r}")
 
 
+#: The largest ``connect_timeout`` libpq reads (a C int).
+MAX_CONNECT_TIMEOUT = 2**31 - 1
+
+
+def connect_timeout_seconds(value: object) -> int | None:
+    """A database URL's ``connect_timeout`` as a whole number of seconds (0 or more, as libpq takes it: 0 waits for
+    ever); None for anything else (``"abc"``, ``"-1"``, ``"2.5"``, a value given twice)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        seconds = int(value)
+    else:
+        return None
+    return seconds if 0 <= seconds <= MAX_CONNECT_TIMEOUT else None
+
+
 def format_duration(seconds: float) -> str:
     """Render seconds the way an administrator would write them."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):

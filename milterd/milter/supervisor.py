@@ -44,6 +44,7 @@ from ..message.pipeline import Pipeline
 from ..services import Services, build
 from ..store import StoreError
 from ..store.engine import planted_link, sqlite_file
+from ..store.ownership import store_file_problems
 from ..text import redact
 from . import adapter
 from .adapter import MilterdMilter
@@ -272,9 +273,11 @@ def _group_id(config: Config) -> int | None:
 
 def check_start(config: Config) -> None:
     """What ``serve`` refuses at start without opening a socket or the database, for ``rules lint``: the
-    service account's user and group, whoever runs it, and the spool directory (as root, one the account
-    must write).  Not the SQLite store's files, which a start as root first makes and gives to the account."""
+    service account's user and group, whoever runs it, the SQLite store's files and directory as they are
+    (:func:`check_store_files`), and the spool directory (as root, one the account must write).  Not the
+    store's missing files, which a start as root first makes and gives to the account."""
     service_account(config)
+    check_store_files(config, handed_over=False)
     if config.milter.user not in ("", "root"):
         _user(config, config.milter.user)
     if os.geteuid() == 0:
@@ -318,6 +321,30 @@ def _sqlite_path(config: Config) -> Path | None:
         return resolved(file)
     except OSError as exc:
         raise ConfigError(config.path or "milter.conf", "[database] url", f"{file}: {exc.strerror or exc}") from None
+
+
+def store_owners(config: Config, handed_over: bool) -> dict[int, str]:
+    """The accounts (uid: name) the SQLite store's files may belong to at a start by this process: the service
+    account, and root too before root has *handed_over* its files (:func:`hand_over_store`); the effective user
+    when milterd stays as started.  ConfigError for an unknown user or group (:func:`service_account`)."""
+    account = service_account(config)
+    if account is None:
+        uid = os.geteuid()
+        return {uid: _name_of(uid, pwd.getpwuid)}
+    name, uid, _gid = account
+    return {uid: name} if handed_over else {0: "root", uid: name}
+
+
+def check_store_files(config: Config, handed_over: bool) -> None:
+    """Refuse the start (ConfigError naming the file or directory and what to do) when the SQLite store's files
+    that exist are not private to *store_owners*, or its directory is one others may write
+    (:func:`~milterd.store.ownership.store_file_problems`): SQLite would use a file another user made as it is."""
+    file = sqlite_file(config.database.url)
+    if file is None:
+        return
+    problems = store_file_problems(file, store_owners(config, handed_over))
+    if problems:
+        raise ConfigError(config.path or "milter.conf", "[database] url", f"not using the SQLite store {file}: {problems[0]}")
 
 
 def hand_over_store(config: Config) -> None:
@@ -525,11 +552,15 @@ def check_store(config: Config, services: Services) -> None:
 
     A store that cannot be written, reached or made current refuses the start
     before Postfix can connect (it would apply milter_default_action to the
-    sessions of a milterd about to exit).  Started as root, only the effective
+    sessions of a milterd about to exit), as does one whose files another user
+    made or may read (:func:`check_store_files`, before and after root's
+    hand-over).  Started as root, only the effective
     ids change meanwhile (root must still bind the socket), under umask 077;
     ConfigError or StoreError, with root's ids back.
     """
+    check_store_files(config, handed_over=False)  # root gives nothing away in a place others control
     hand_over_store(config)
+    check_store_files(config, handed_over=True)
     with _as_service_account(config):
         try:
             check_writable(config)
@@ -569,13 +600,15 @@ def _access(path: str | Path, mode: int) -> bool:
 def become_service(config: Config, services: Services) -> None:
     """After the socket is open: prepare the store's files, drop privileges, then make the schema as the service account.
 
-    Only :func:`hand_over_store` (files, no database) runs as root here; the
+    Only :func:`hand_over_store` (files, no database) and :func:`check_store_files` run as root here; the
     checks and the schema's creation or upgrade (``auto_upgrade``) run as
     ``[milter] user``, as the workers will.  ConfigError (the store or the
     spool cannot be written), StoreError (the schema cannot be made or is not
     current).
     """
+    check_store_files(config, handed_over=False)
     hand_over_store(config)
+    check_store_files(config, handed_over=True)
     drop_privileges(config)
     check_writable(config)
     services.store.ensure_schema(config.database.auto_upgrade)
@@ -1025,6 +1058,7 @@ class Supervisor:
             # write was accepted, and every message past spool_memory then answered 451; so was a SQLite store they
             # can read only.  A store directory not made yet that they can make is accepted.
             check_writable(config, makeable=True)
+            check_store_files(config, handed_over=True)
             services = build(config)
             services.store.ensure_schema(config.database.auto_upgrade)
             services.close()

@@ -47,6 +47,7 @@ from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from ..files import resolved
+from ..units import connect_timeout_seconds
 from .errors import StoreError
 
 T = TypeVar("T")
@@ -330,11 +331,20 @@ def make_engine(url: str, busy_timeout: float = 10.0, pool_size: int = DEFAULT_P
         try:
             return run_on_python_thread(connect)
         except Exception:
-            if time.monotonic() - started >= min(float(cparams["connect_timeout"]), max(1.0, busy_timeout)) * 0.9:
+            if time.monotonic() - started >= _timed_out_after(cparams, busy_timeout) * 0.9:
                 unanswered[0] = time.monotonic() + busy_timeout  # it timed out: not a refusal, which is at once
             raise
 
     return engine
+
+
+def _timed_out_after(cparams: dict[str, Any], busy_timeout: float) -> float:
+    """How long a failed connection attempt took at least when it timed out rather than was refused: the URL's
+    ``connect_timeout`` (the configuration checks it), bounded by *busy_timeout*; that bound alone when it is
+    0 (for ever) or unreadable: this runs while the connection's own error is raised."""
+    seconds = connect_timeout_seconds(cparams.get("connect_timeout"))
+    bound = max(1.0, busy_timeout)
+    return min(float(seconds), bound) if seconds else bound
 
 
 #: The key of a SQLite connection's ``info`` under which the identity of the file it opened is kept (:func:`file_id`).

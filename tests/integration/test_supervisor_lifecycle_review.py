@@ -69,6 +69,7 @@ def test_a_store_that_cannot_be_used_is_refused_before_the_socket_listens(tmp_pa
     that is about to exit (it would apply milter_default_action to that session)."""
     store = tmp_path / "empty.sqlite"
     sqlite3.connect(store).close()  # a database without milterd's schema, which serve may not create
+    store.chmod(0o600)  # private, as serve requires of a store it did not make
     sock = tmp_path / "run" / "milterd.sock"
     milterd = Milterd(tmp_path / "m", {"database": {"url": f"sqlite:///{store}", "auto_upgrade": False}}, socket=f"unix:{sock}")
     process = _popen(milterd)
@@ -572,6 +573,7 @@ def test_the_store_check_runs_as_the_account_and_gives_root_back(open_tmp: Path)
         refused = config.with_changes({"database.url": f"sqlite:///{open_tmp / 'rootonly' / 'milterd.sqlite'}"}).model_copy(update={"path": open_tmp / "milter.conf"})
         (open_tmp / "rootonly").mkdir(mode=0o700)
         (open_tmp / "rootonly" / "milterd.sqlite").write_bytes(b"")
+        (open_tmp / "rootonly" / "milterd.sqlite").chmod(0o600)  # root's and private: only the account's access is wrong
         with pytest.raises(ConfigError, match=r"\[database\] url: user nobody cannot write"):
             supervisor.check_store(refused, build(refused))
         assert (os.getresuid(), os.getresgid(), sorted(os.getgroups())) == ids

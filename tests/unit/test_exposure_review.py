@@ -18,7 +18,7 @@ import pytest
 
 from milterd.commands import serve as serve_command
 from milterd.config import Config
-from milterd.diagnostics import judge_file_mode, probe_private_files
+from milterd.diagnostics import judge_file_mode, probe_private_files, probe_store_files
 from milterd.logs import SafeFormatter
 from milterd.milter import supervisor
 from milterd.store.engine import sqlite_file
@@ -137,12 +137,15 @@ def _exposed(tmp_path: Path, mode: int) -> Config:
 
 
 def test_doctor_warns_about_private_files_open_to_every_local_user(tmp_path: Path) -> None:
-    findings = probe_private_files(_exposed(tmp_path, 0o644))
+    config = _exposed(tmp_path, 0o644)
+    findings = probe_private_files(config)
     warned = {f.name: f for f in findings if f.status == "warn"}
     # The ARC sealing key too (found by review: it was left out).
-    assert set(warned) == {f"permissions {tmp_path / name}" for name in ("milterd.sqlite", "example.org.s1.key", "release.pw", "arc.key")}
-    assert "quarantined mail" in warned[f"permissions {tmp_path / 'milterd.sqlite'}"].detail
+    assert set(warned) == {f"permissions {tmp_path / name}" for name in ("example.org.s1.key", "release.pw", "arc.key")}
     assert "0644" in warned[f"permissions {tmp_path / 'release.pw'}"].detail
+    # The store is one serve refuses (thirty-fourth review): a failure, not a warning.
+    [store] = probe_store_files(config)
+    assert store.status == "fail" and "quarantined mail" in store.detail and "0644" in store.detail
 
 
 def test_doctor_is_quiet_about_private_files_of_their_owner_or_group(tmp_path: Path) -> None:

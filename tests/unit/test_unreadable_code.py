@@ -63,6 +63,7 @@ def test_check_store_logs_the_warning_as_the_account(tree: Path, monkeypatch: py
     seen: list[int] = []
     monkeypatch.setattr(supervisor, "check_writable", lambda _config: None)
     monkeypatch.setattr(supervisor, "hand_over_store", lambda _config: None)
+    monkeypatch.setattr(supervisor, "check_store_files", lambda _config, handed_over: None)
     monkeypatch.setattr(supervisor, "unreadable_code", lambda: seen.append(os.geteuid()) or ["user nobody cannot read /x"])
     monkeypatch.setattr(supervisor, "service_account", lambda _config: ("nobody", NOBODY.pw_uid, NOBODY.pw_gid))
 

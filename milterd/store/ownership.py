@@ -1,0 +1,112 @@
+"""Whom the SQLite store's files and directory may belong to, judged before ``serve`` lets SQLite open them.
+
+The store holds the message log and the quarantined mail.  A file another local
+user made in the store's place (``milterd.sqlite`` or only its ``-wal``, mode
+0666, in a directory everyone may write) would be used as it is, and SQLite
+gives new ``-wal`` and ``-shm`` files the database file's mode: that user would
+read everything milterd stores.  As Postfix does with its queue directories,
+``serve`` refuses such files and directories instead (``serve``, ``rules lint``
+and ``doctor`` share these judges).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..files import resolved
+
+#: The files SQLite makes beside the store, named after it.
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+
+#: Any permission for other users, or writing by the group: the store's files are their owner's (reading them may
+#: be given to a group on purpose, an administrators' one; nothing milterd makes has it).
+NOT_OWNER_BITS = 0o027
+
+#: Writing by the group or by other users: a directory in which they could plant or replace the store's files.
+OTHERS_WRITE_BITS = 0o022
+
+#: What the problems below tell the administrator to do about a directory.
+_MOVE_STORE = "put the store in a directory other users may not write, such as /var/lib/milterd ([database] url)"
+
+
+def user_name(uid: int) -> str:
+    """The name of user *uid*, else the number (an id without an entry)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def store_files(file: Path) -> list[Path]:
+    """The SQLite store *file* and the files SQLite names after it."""
+    return [file, *(Path(f"{file}{suffix}") for suffix in SIDE_SUFFIXES)]
+
+
+def judge_store_file(path: Path, info: os.stat_result, owners: Mapping[int, str]) -> str:
+    """Why *path*, one of the store's files, must not be used (its ``lstat`` *info*; *owners*: the uids it may
+    belong to, with their names), else "" (pure)."""
+    mode = info.st_mode
+    if stat.S_ISLNK(mode):
+        return f"{path} is a symlink (owned by {user_name(info.st_uid)}): SQLite would follow it; remove it"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file: remove it"
+    if info.st_uid not in owners:
+        return (f"{path} is owned by {user_name(info.st_uid)}, not {' or '.join(owners.values())}: another account made it "
+                "and may read what milterd stores there; remove it (after a look at what it holds)")
+    if mode & NOT_OWNER_BITS:
+        return (f"{path} is mode {stat.S_IMODE(mode):04o}: other users may read or write the log and quarantined mail "
+                f"in it; chmod 600 {path}")
+    return ""
+
+
+def judge_store_directory(path: Path, info: os.stat_result, group_shared: bool = True) -> str:
+    """Why the store's directory *path* (its ``stat`` *info*) must not hold it, else "" (pure): one that other
+    users may write (sticky ``/tmp`` too: they may add the files SQLite has not made yet).  Its group may write
+    it only when that group is not *group_shared* (no account but root and the store's in it: a user private
+    group, umask 002).  Its owner is not judged: an administrator's directory, as a checkout, is taken."""
+    writers = OTHERS_WRITE_BITS if group_shared else stat.S_IWOTH
+    if info.st_mode & writers:
+        return (f"{path} is mode {stat.S_IMODE(info.st_mode):04o}: other users may write it and plant the store's "
+                f"files there: {_MOVE_STORE}")
+    return ""
+
+
+def group_shared(gid: int, owners: Mapping[int, str]) -> bool:
+    """Whether an account other than root and *owners* is in group *gid* (listed in it, or its primary group)."""
+    try:
+        members = set(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        members = set()
+    members |= {account.pw_name for account in pwd.getpwall() if account.pw_gid == gid}
+    return bool(members - {"root", *owners.values()})
+
+
+def store_file_problems(file: Path, owners: Mapping[int, str]) -> list[str]:
+    """What is wrong with the SQLite store *file* as it is on disk (:func:`judge_store_directory` for the directory
+    named and the one its links lead to, :func:`judge_store_file` for the files there), each said; nothing for what
+    does not exist yet or cannot be looked at (the start's other checks say why)."""
+    named = Path(os.path.abspath(file))
+    try:
+        real = resolved(named)
+    except OSError:
+        return []
+    problems = []
+    for directory in dict.fromkeys((named.parent, real.parent)):
+        try:
+            info = os.stat(directory)
+        except OSError:
+            continue
+        shared = not info.st_mode & stat.S_IWGRP or group_shared(info.st_gid, owners)  # looked up only when it matters
+        problems.append(judge_store_directory(directory, info, shared))
+    for path in store_files(real):
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        problems.append(judge_store_file(path, info, owners))
+    return [problem for problem in problems if problem]
