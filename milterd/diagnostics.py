@@ -869,11 +869,12 @@ def judge_chroot(config: Config, svc: MasterService, effective: dict[str, str], 
     that only reaches it outside the chroot: smtpd looks for it below *queue_directory*."""
     if not svc.chrooted:
         return None
-    for entry in milter_entries(effective.get("smtpd_milters", "")):
+    for entry, own in milter_settings(effective.get("smtpd_milters", "")):
         kind, _, rest = entry.partition(":")
         if kind in ("unix", "local") and rest.startswith("/") and same_socket(config.milter.socket, entry, queue_directory) \
                 and not same_socket(config.milter.socket, entry, queue_directory, chroot=True):
-            action = effective.get("milter_default_action", "tempfail")
+            # The entry's own { …, default_action=… } is what Postfix applies to this milter, else milter_default_action.
+            action = own.get("default_action") or effective.get("milter_default_action", "tempfail")
             outcome = {"accept": "passes unscanned", "reject": "is refused", "quarantine": "is held in Postfix's queue"}.get(action, "is deferred")
             inside = f"{queue_directory.rstrip('/')}{rest}"
             return Finding(f"postfix {svc.label} chroot", "fail",

@@ -185,3 +185,11 @@ def test_a_content_filter_s_return_port_without_milters_is_no_finding() -> None:
     # The port the world sends to, its milters switched off: still a finding.
     found = _judge(config, services, OVERRIDES + "smtp/inet/receive_override_options = no_milters\n", milter_default_action="accept")
     assert found["postfix smtp/inet smtpd_milters"].status == "warn"
+
+
+def test_the_chroot_finding_names_the_entrys_own_default_action() -> None:
+    # { unix:…, default_action=accept } is what Postfix applies to this milter: mail passes unscanned, not deferred.
+    config = _config(**{"milter.socket": "unix:/run/milterd/milterd.sock"})
+    found = _judge(config, smtpd_milters="{ unix:/run/milterd/milterd.sock, default_action=accept }")
+    chroot = found["postfix smtp/inet chroot"]
+    assert "passes unscanned" in chroot.detail and "milter_default_action = accept" in chroot.detail, chroot
