@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal
 
+import idna
 from publicsuffixlist import PublicSuffixList
 from pydantic import Field
 
@@ -243,16 +244,18 @@ def obscured_domain(envelope: Envelope) -> bool:
     is failed under the quarantine policy, as :func:`hidden_domain`'s.  (A field that is not UTF-8 is
     :func:`hidden_domain`'s: read in a legacy charset, a double-byte display name looks like such a domain.)"""
     for name, value in envelope.headers:
-        if name.lower() != "from" or value.isascii():
+        if name.lower() != "from" or (value.isascii() and b"=?" not in value):
             continue
         try:
             text = value.decode("utf-8")
         except UnicodeDecodeError:
             continue
-        for address in shown_addresses(text):
-            _, at, domain = address.rpartition("@")
-            if at and obscured(domain):
-                return True
+        # An encoded-word where the address is (=?utf-8?q?sec@bank=E2=80=A4test?=) is shown decoded.
+        for reading in (text, decoded(text)) if "=?" in text else (text,):
+            for address in shown_addresses(reading):
+                _, at, domain = address.rpartition("@")
+                if at and obscured(domain):
+                    return True
     return False
 
 
@@ -306,9 +309,10 @@ def _parse_domains(value: str, decode: bool) -> tuple[str, ...]:
             # an address is no author's domain).
             for domain in _shown_domains(tail) or (_shown_domains(head.rpartition("@")[2]) if "@" in head and not tail.strip() else ()):
                 found.setdefault(domain)
-        elif decode and "=?" in addr:
+        if decode and "=?" in addr:
             # An encoded word where the address belongs (From: =?utf-8?b?c2VjdXJpdHlAYmFuay5leGFtcGxl?=) is
-            # invalid (RFC 2047 §5), but mail clients decode it and show security@bank.example: judge that.
+            # invalid (RFC 2047 §5), but mail clients decode it and show security@bank.example: judge that, also
+            # where its raw text has an "@" (=?utf-8?q?security@bank=2Eexample?= read raw is the domain "bank").
             for domain in _parse_domains(decoded(addr), decode=False):
                 found.setdefault(domain)
     return tuple(found)
@@ -319,18 +323,20 @@ def _shown_domains(text: str) -> tuple[str, ...]:
 
     A domain followed by what no domain holds (``bank.example<DEL>``, ``bank.example!``, a control
     or format character a mail client does not show) is read up to there: the reader sees
-    ``bank.example``, so its policy is judged, and junk cannot switch DMARC off.  A dot look-alike
-    or a blank that is not ASCII inside it (``bank<U+2024>test``, ``bank.<U+202F>test``) is also read
-    as UTS #46 maps it for a browser (``bank.test``): read up to there, it was the domain "bank", of no
-    policy.  (Such a domain is also failed on its own: :func:`obscured_domain`.)
+    ``bank.example``, so its policy is judged, and junk cannot switch DMARC off.  One that :func:`obscured`
+    letters (``bank<U+2024>test``, ``bank<U+00B7>test``, ``bank.<U+202F>test``) is also read with its dot
+    look-alikes as dots and its blanks left out (``bank.test``): read up to there, or as the one label
+    IDNA makes of it, it was a domain of no policy.  (Such a domain is also failed on its own:
+    :func:`obscured_domain`.)
     """
     domain = domain_name(text.strip())
-    if domain and _DOMAIN.fullmatch(domain):
-        return (domain,)
+    whole = domain if domain and _DOMAIN.fullmatch(domain) else None
+    if whole and (text.isascii() or not obscured(text)):
+        return (whole,)
     shown = _shown_text(text)
     head = _DOMAIN_HEAD.match(shown)
     mapped = _mapped_domain(_first_word(shown)) if obscured(text) else None
-    found = dict.fromkeys(d for d in (domain_name(head.group()) if head else None, mapped) if d and _DOMAIN.fullmatch(d))
+    found = dict.fromkeys(d for d in (domain_name(head.group()) if head else None, mapped, whole) if d and _DOMAIN.fullmatch(d))
     return tuple(found)
 
 
@@ -339,10 +345,16 @@ def _shown_text(text: str) -> str:
     return fold_case("".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf")).strip())
 
 
-#: Characters a reader takes for the dot of a domain that UTS #46 (as the idna package has it) does not map to
-#: one: ONE DOT LEADER, SMALL FULL STOP, MIDDLE DOT, HYPHENATION POINT, BULLET and DOT OPERATORS, WORD SEPARATOR
-#: MIDDLE DOT, DOT ABOVE, LISU LETTER TONE MYA TI.
-_DOT_LOOKALIKES = str.maketrans(dict.fromkeys("\u2024\ufe52\u00b7\u2027\u2219\u22c5\u2e31\u02d9\ua4f8", "."))
+#: Characters a reader takes for the dot of a domain (U+3002 and U+FF61 UTS #46 maps to one itself): ONE DOT
+#: LEADER, SMALL FULL STOP, MIDDLE DOT, GREEK ANO TELEIA, HYPHENATION POINT, BULLET, BULLET and DOT OPERATORS,
+#: WORD SEPARATOR MIDDLE DOT, RAISED DOT, DOT ABOVE, the full stops of Syriac, Armenian, Arabic, Vai and
+#: Kharoshthi, KATAKANA MIDDLE DOT (and its halfwidth form), CANADIAN SYLLABICS FINAL MIDDLE DOT, LISU LETTER
+#: TONE MYA TI.
+_LOOKALIKE_DOTS = ("\u2024\ufe52\u00b7\u0387\u2027\u2022\u2219\u22c5\u2e31\u2e33\u02d9\u0701\u0702\u0589\u06d4"
+                   "\ua60e\U00010a50\u30fb\uff65\u1427\ua4f8")
+_DOT_LOOKALIKES = str.maketrans(dict.fromkeys(_LOOKALIKE_DOTS, "."))
+#: A dot look-alike that is a letter (IDNA2008 takes it) between two ASCII letters or digits: ``bank<U+1427>test``.
+_LETTER_DOT = re.compile(r"[a-z0-9][\u1427\ua4f8][a-z0-9]")
 
 
 def _mapped_domain(shown: str) -> str | None:
@@ -360,21 +372,50 @@ def _first_word(shown: str) -> str:
     return _ASCII_BLANKS.split(shown, maxsplit=1)[0]
 
 
-def obscured(text: str) -> bool:
-    """Whether the domain part *text* of an address hides letters behind what no domain holds: characters
-    that are not ASCII, letters or digits where the domain is read up to (``bank<U+2024>test``,
-    ``bank.<U+202F>test``, ``<U+2024>bank.test``), then a letter or digit.  Junk after a domain
-    (``bank.example!``, ``bank.example<U+00A0>(Bank)``) hides none."""
-    domain = domain_name(text.strip())
-    if domain and _DOMAIN.fullmatch(domain):
+@functools.lru_cache(maxsize=1024)
+def _idna2008(name: str) -> bool:
+    """Whether IDNA2008 takes *name* as it is, its contextual rules included: ``col·legi.cat`` (a middle dot
+    between two l's, Catalan) is a domain; ``bank·example`` is no IDNA2008 name, only UTS #46 maps it to one."""
+    try:
+        idna.encode(name.rstrip("."), uts46=True, std3_rules=False, transitional=False)
+    except (idna.IDNAError, UnicodeError, ValueError):
         return False
+    return True
+
+
+def _hides(char: str) -> bool:
+    """Whether *char* may stand between a domain's letters where a reader sees a dot or nothing: a dot
+    look-alike, or punctuation or a blank that is not ASCII."""
+    return char in _LOOKALIKE_DOTS or (not char.isascii() and unicodedata.category(char)[0] in "PZ")
+
+
+def obscured(text: str) -> bool:
+    """Whether the domain part *text* of an address hides letters behind what no domain holds: a dot
+    look-alike IDNA2008 refuses (``bank<U+00B7>test``; ``col·legi.cat``'s is allowed), or punctuation or
+    blanks that are not ASCII where the domain is read up to, then a letter, a digit or a dot
+    (``bank<U+2024>test``, ``bank.<U+202F>test``, ``bank<U+2009>.test``, ``<U+2024>bank.test``).  Junk
+    after a domain (``bank.example!``, ``bank.example<U+00A0>(Bank)``) hides none, nor a blank then a word
+    after a whole domain (``example.com<U+3000>山田``, a name written after the address)."""
     word = _first_word(_shown_text(text))
+    if word.isascii():
+        return False
+    if _LETTER_DOT.search(word):
+        return True
+    if _idna2008(word):
+        return False
+    if any(c in _LOOKALIKE_DOTS for c in word):
+        return True
     head = _DOMAIN_HEAD.match(word)
-    rest = word[head.end():] if head else word
+    before = head.group() if head else ""
+    rest = word[len(before):]
     at = 0
-    while at < len(rest) and not rest[at].isascii() and not rest[at].isalnum():
+    while at < len(rest) and _hides(rest[at]):
         at += 1
-    return 0 < at < len(rest) and rest[at].isalnum()
+    if not 0 < at < len(rest) or not (rest[at].isalnum() or rest[at] == "."):
+        return False
+    blanks = all(unicodedata.category(c) == "Zs" for c in rest[:at])
+    whole = "." in before.strip(".") and not before.endswith(".")
+    return not (blanks and whole and rest[at] != ".")
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,9 @@ class DnsList:
         return self.reply_zone or public_zone(self.zone)
 
 
-#: A zone's first label that is an access key (Spamhaus DQS: 26 letters and digits; Abusix's: 32), not a list's name.
-_ACCESS_KEY = re.compile(r"(?=[a-z0-9]*[0-9])(?=[a-z0-9]*[a-z])[a-z0-9]{16,}\Z")
+#: A zone's first label that is an access key (Spamhaus DQS: 26 letters and digits; Abusix's: 32), not a list's
+#: name: no list names its zone's first label with 16 characters or more.
+_ACCESS_KEY = re.compile(r"[a-z0-9_-]{16,}\Z")
 
 
 def public_zone(zone: str) -> str:

@@ -207,20 +207,22 @@ _PARSE_BUDGET = 8 * 1024
 class ParseBudget:
     """What is left of one message's :data:`_PARSE_BUDGET`."""
 
-    __slots__ = ("left",)
+    __slots__ = ("left", "_allowed")
 
     def __init__(self, chars: int = _PARSE_BUDGET) -> None:
         self.left = chars
+        self._allowed: set[str] = set()
 
     def allows(self, value: str) -> bool:
-        """Whether *value* may be judged: a plain address list always (no parser reads it), another while
-        the budget lasts (its length is spent)."""
-        if "=?" not in value and _PLAIN_ADDRESS_LIST.fullmatch(value):
+        """Whether *value* may be judged: a plain address list always (no parser reads it), one allowed before
+        (the From's count of mailboxes after its judgement), another while the budget lasts (its length is spent)."""
+        if value in self._allowed or ("=?" not in value and _PLAIN_ADDRESS_LIST.fullmatch(value)):
             return True
         if len(value) > self.left:
             self.left = 0  # a shorter value after it is not judged either: the order of fields decides nothing
             return False
         self.left -= len(value)
+        self._allowed.add(value)
         return True
 
 

@@ -88,7 +88,9 @@ def test_a_reply_never_names_an_access_key() -> None:
     assert public_zone("0123456789abcdefdqskey4567.zen.dq.spamhaus.net") == "zen.dq.spamhaus.net"
     assert public_zone("zen.spamhaus.org") == "zen.spamhaus.org"
     assert public_zone("b.barracudacentral.org") == "b.barracudacentral.org"
-    assert public_zone("abcdefghijklmnopqrstuvwxyz.example") == "abcdefghijklmnopqrstuvwxyz.example"  # a name, no digit
+    assert public_zone("abcdefghijklmnopqrstuvwxyz.zen.dq.spamhaus.net") == "zen.dq.spamhaus.net"  # a key of letters alone too
+    assert public_zone("0123456789abcdef-_x.combined.mail.abusix.zone") == "combined.mail.abusix.zone"
+    assert public_zone("abcdefghijklmnopqrstuvwxyz.example") == "abcdefghijklmnopqrstuvwxyz.example"  # a name of two labels
     keyed = zone(zone="0123456789ABCDEFdqskey4567.zen.dq.spamhaus.net")
     assert keyed.shown_zone == "zen.dq.spamhaus.net" and keyed.zone.startswith("0123456789abcdef")
     assert zone(reply_zone="zen.spamhaus.org.").shown_zone == "zen.spamhaus.org"

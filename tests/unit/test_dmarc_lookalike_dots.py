@@ -45,3 +45,39 @@ def test_junk_after_a_domain_and_real_names_are_no_look_alikes(value: str) -> No
     [hit], _ = run_dmarc([value.encode()], {**POLICIES, "_dmarc.xn--bcher-kva.example": "v=DMARC1; p=none"}, ATTACKER_SIGNED)
     assert hit.symbol in ("DMARC_FAIL_REJECT", "DMARC_FAIL_NONE") and "no domain holds" not in str(hit.detail), value
     assert from_domains([value])[-1] in ("bank.example", "xn--bcher-kva.example")
+
+
+# --- second look -----------------------------------------------------------------------------------
+SECOND_LOOK = ["bank\u00b7example", "bank\u2027example", "bank\u0701example", "bank\u0387example", "bank\u06d4example",
+               "bank\u30fbexample", "bank\u2022example", "bank\u1427example", "bank\u2009.example", "bank\u00a0.example",
+               "bank\u3000.example"]
+
+
+@pytest.mark.parametrize("domain", SECOND_LOOK)
+def test_a_dot_look_alike_idna_makes_one_label_of_still_gets_the_reject(domain: str) -> None:
+    # UTS #46 keeps U+00B7, U+2027, U+0701 … as valid: the domain was one IDN label of no policy (DMARC_NONE).
+    [hit], _ = run_dmarc([f"Bank Security <security@{domain}>".encode()], POLICIES, ATTACKER_SIGNED)
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT), domain
+
+
+@pytest.mark.parametrize("value", ["=?utf-8?q?security@bank=2Eexample?=", "=?utf-8?q?security@bank=E2=80=A4example?=",
+                                   "=?utf-8?q?security@b=61nk.example?="])
+def test_an_encoded_word_address_with_an_at_sign_in_its_raw_text_is_read_decoded(value: str) -> None:
+    # Read raw, the domain ended at "=": "bank" (or "b"), of no policy.
+    [hit], _ = run_dmarc([value.encode()], POLICIES, ATTACKER_SIGNED)
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT), value
+
+
+def test_an_encoded_look_alike_of_a_domain_of_no_policy_is_held() -> None:
+    [hit], _ = run_dmarc([b"=?utf-8?q?security@other=E2=80=A4example?="], POLICIES, ATTACKER_SIGNED)
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_QUARANTINE", Action.QUARANTINE)
+
+
+@pytest.mark.parametrize("value", ["taro@example.com\u3000\u5c71\u7530", "info@example.com\u00a0Sales", "Col\u00b7legi <info@col\u00b7legi.cat>",
+                                   "\u30b8\u30a7\u30fc\u30d4\u30fc <a@\u30b8\u30a7\u30fc\u30d4\u30fc\u30fb\u30c6\u30b9\u30c8.jp>"])
+def test_names_after_an_address_and_real_idn_dots_are_not_held(value: str) -> None:
+    # A name written after the address (a blank that is not ASCII, then a word) ends the domain; IDNA2008 takes
+    # col·legi.cat's and a Katakana domain's middle dots.
+    [hit], _ = run_dmarc([value.encode()], POLICIES, ATTACKER_SIGNED)
+    assert hit.symbol == "DMARC_NONE", (value, hit)
+    assert not any(obscured(address.rpartition("@")[2]) for address in [value.split("<")[-1].rstrip(">")])

@@ -53,7 +53,7 @@ def test_what_the_budget_reaches_is_judged_and_plain_lists_cost_nothing() -> Non
     assert address_list_problem("To", "bob@example.com, Carol <carol@example.org>", budget) == "" and budget.left == 100
     assert address_list_problem("From", "Alice <alice>", budget) and budget.left == 100 - len("Alice <alice>")
     assert address_list_problem("From", "(x)" * 40 + "Alice <alice>", budget) == ""  # past it: not judged
-    assert address_list_problem("From", "Alice <alice>", budget) == ""  # nor what comes after
+    assert address_list_problem("From", "Bob <bob>", budget) == ""  # nor what comes after
     hits = judge([("From", b"Alice <alice>"), ("To", padded(1))])
     assert "HDR_FROM_INVALID" in hits  # the From is judged first
 
@@ -63,3 +63,11 @@ def test_a_base64_word_without_its_padding_is_read_as_clients_read_it() -> None:
     assert bad_encoded_words("=?utf-8?b?aGVsbA?= world") == ""
     assert bad_encoded_words("=?utf-8?b?aGVsb?=") == "=?utf-8?b?aGVsb?="  # 5 characters: no base64 at all
     assert bad_encoded_words("=?utf-8?b?aGV$bG8?=") == "=?utf-8?b?aGV$bG8?="  # a byte outside the alphabet
+
+
+def test_a_from_value_is_charged_once_for_its_judgement_and_its_count() -> None:
+    # Second look: the From's judgement and its count of mailboxes each spent its length.
+    budget = ParseBudget(100)
+    value = "(x) Alice <alice@example.org>"
+    assert address_list_problem("From", value, budget) == "" and budget.left == 100 - len(value)
+    assert headers_module.mailboxes(value, budget) == 1 and budget.left == 100 - len(value)
