@@ -56,6 +56,9 @@ def utf8_from(subject: str, author: str) -> bytes:
 @pytest.mark.parametrize(("subject", "author"), [
     ("one dot leader", "security@bank\u2024test"), ("small full stop", "security@bank\ufe52test"),
     ("narrow nbsp", "security@bank.\u202ftest"), ("leading leader", "security@\u2024bank.test"),
+    # Second look: one IDN label to UTS #46 (bank·test), a thin space before the dot, an encoded-word address.
+    ("middle dot", "security@bank\u00b7test"), ("thin space dot", "security@bank\u2009.test"),
+    ("encoded address", "=?utf-8?q?security@bank=2Etest?="),
 ])
 def test_a_dot_look_alike_in_the_from_domain_gets_its_p_reject(stack: Stack, subject: str, author: str) -> None:
     # Review, thirty-fourth session: read up to the look-alike, the domain was "bank" (no policy): delivered
