@@ -90,10 +90,24 @@ def client_network(address: str, netmask_v4: int = 24, netmask_v6: int = 64) -> 
         ip = ipaddress.ip_address(text)
     except ValueError:
         return text[:64] or "unknown"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = embedded_ipv4(ip) or ip
     prefix = netmask_v4 if ip.version == 4 else netmask_v6
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+#: RFC 6052's well-known prefix: an IPv6-only MX behind NAT64/SIIT sees every IPv4 client in it, one /64.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 *ip* stands for: IPv4-mapped (``::ffff:192.0.2.1``) or translated by NAT64
+    (``64:ff9b::192.0.2.1``), else None."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 _BATV = re.compile(r"^(?:prvs|msprvs1)=[^=@]+=(?P<rest>.+@.+)$")
@@ -103,14 +117,16 @@ _SRS0 = re.compile(r"^srs0[=+-][^=@]+=[^=@]+=(?P<domain>[^=@]+)=(?P<local>[^@]+)
 _SRS1 = re.compile(r"^srs1[=+-][^=@]+=[^=@]+=[=+-][^=@]+=[^=@]+=(?P<domain>[^=@]+)=(?P<local>[^@]+)@[^@]+$")
 
 
-def normalise_sender(sender: str) -> str:
+def normalise_sender(sender: str, srs: bool = True) -> str:
     """The envelope sender as a triplet holds it: lower-cased, without the parts
     that change from one attempt to the next.
 
     ``prvs=1234abcd=alice@example.org`` (BATV), ``SRS0=HHH=TT=example.org=alice@fwd.example``
     and ``SRS1=…==HHH=TT=example.org=alice@fwd2.example`` (SRS) and
     ``alice+list-42@example.org`` (a plus tag) all become ``alice@example.org``.
-    The null sender stays empty.
+    The null sender stays empty.  With *srs* False an SRS address keeps its forwarder's domain: the
+    address SRS names is anyone's claim (its hash is the forwarder's to check), so a sender whitelist
+    entry is not matched by it (``SRS0=x=y=partner.example=spam@attacker.example`` is no partner's).
     """
     address = fold_case(sender.strip().strip("<>"))  # letter by letter: str.lower makes a final Σ a ς, another domain
     if "@" not in address:
@@ -118,7 +134,7 @@ def normalise_sender(sender: str) -> str:
     # BATV, then SRS, then BATV again: a forwarder rewrites a BATV-tagged sender with SRS
     # (SRS0=HHH=TT=example.org=prvs=0123abcd=alice@fwd.example) and may tag its own rewrite.
     address = _without_batv(address)
-    match = _SRS1.match(address) or _SRS0.match(address)
+    match = (_SRS1.match(address) or _SRS0.match(address)) if srs else None
     if match:
         address = _without_batv(f"{match.group('local')}@{match.group('domain')}")
     local, _, domain = address.rpartition("@")
@@ -326,8 +342,8 @@ class Whitelist:
             ip: Any = ipaddress.ip_address(address.removeprefix("IPv6:"))
         except ValueError:
             ip = None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        if isinstance(ip, ipaddress.IPv6Address):
+            ip = embedded_ipv4(ip) or ip
         verified = name if name and name != "unknown" else ""
         for pattern in self.clients:
             if pattern.network is not None or verified:

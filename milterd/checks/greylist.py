@@ -64,6 +64,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("milterd")
 
+#: The weight at or below which a DNSWL listing exempts a client from greylisting: a trust level (DNSWL.org's LOW,
+#: MED, HI; a list without codes, -2).  DNSWL.org's NONE (-0.1) lists hosts that also send spam (big ISPs' relays).
+DNSWL_TRUST = -1.0
+
 #: How long the stored whitelist (``milterd greylist whitelist add``) is cached by a worker.
 WHITELIST_TTL = 10.0
 
@@ -398,14 +402,17 @@ class Greylist(Check):
         if gl.is_postmaster_bounce(sender, recipient):
             return "null sender to postmaster"
         # At connect (delay_reject off) the DNSWL answer is a session hit, at MAIL (the default) an envelope one.
-        if any(h.symbol.startswith("DNSWL_") for h in (*session.hits, *envelope.hits)):
-            return "DNSWL"
+        trusted = [h.symbol for h in (*session.hits, *envelope.hits)
+                   if h.symbol.startswith("DNSWL_") and (self.services.weight(h.symbol) if h.score is None else h.score) <= DNSWL_TRUST]
+        if trusted:
+            return f"DNSWL ({trusted[0]})"
         stored = self._stored_whitelist(envelope)
         whitelist = self.whitelist if stored is None else self.whitelist.extend(stored)
         # The sender as written too: "@fwd.example" whitelists an SRS forwarder's rewrites, "/^prvs=/" BATV senders.
+        # Not the address an SRS rewrite names: anyone may write SRS0=…=partner.example=x@own.example.
         written = fold_case(envelope.sender.strip().strip("<>"))
-        entry = (whitelist.client(session.client_addr, session.client_name) or whitelist.sender(sender) or whitelist.sender(written)
-                 or whitelist.recipient(recipient))
+        entry = (whitelist.client(session.client_addr, session.client_name) or whitelist.sender(gl.normalise_sender(envelope.sender, srs=False))
+                 or whitelist.sender(written) or whitelist.recipient(recipient))
         if entry:
             return f"whitelisted by {entry}"
         if self.config.auto_whitelist_after > 0:

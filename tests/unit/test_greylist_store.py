@@ -185,7 +185,7 @@ def test_check_skips_dnswl_and_greylists_the_rest(store: Store, database: str) -
     services = _services(database)
     [check] = [c for c in services.checks if isinstance(c, Greylist)]
     envelope = Envelope(spool=Spool(1024), sender="alice@example.org")
-    listed = Session(client_addr="192.0.2.1", hits=[Hit("DNSWL_MED")])
+    listed = Session(client_addr="192.0.2.1", hits=[Hit("DNSWL_ORG_MED")])
     assert list(check.on_rcpt(listed, envelope, "bob@example.com")) == []
     [hit] = check.on_rcpt(Session(client_addr="192.0.2.1"), envelope, "bob@example.com")
     assert hit.symbol == "GREYLIST" and hit.action == Action.GREYLIST
