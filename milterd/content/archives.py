@@ -55,9 +55,11 @@ document by its ``\\objdata`` groups' objects; Word writes such a file out and r
 object that holds a whole document (an OOXML ``Package`` stream, ODF's ``EmbeddedOdf``) is that document, a zip
 walked as a nested archive; a Compound File nested deeper than olefile's recursion reads is a limit.
 
-A uuencoded (or yEnc) file, by its name (``.uue``, ``.uu``, ``.xxe``) or a ``begin 644 name`` line in its first
-bytes, is listed as an archive of the files it holds, decoded (:mod:`milterd.content.uuencode`): WinRAR and
-7-Zip open one so and save ``invoice.uue/invoice.exe``.
+A uuencoded (xxencoded, yEnc) file, by its name (``.uue``, ``.uu``, ``.xxe``) or a ``begin 644 name`` line in its
+first bytes, is listed as an archive of the files it holds, decoded (:mod:`milterd.content.uuencode`): WinRAR and
+7-Zip open one so and save ``invoice.uue/invoice.exe``.  It is decoded in the worker, each line counted in
+``Limits.max_size`` as :data:`_ENCODED_LINE` bytes at least (:func:`_charged_lines`).  A compressed stream is read
+with its own filter only: libarchive's others would uudecode ``files.uue.gz`` too, and lose its files' names.
 
 libarchive is C code reading hostile input.  With ``Limits.child`` (the
 attachment check's ``archive_process``, on by default) every archive that
@@ -101,7 +103,7 @@ from tnefparse.codepage import Codepage
 from tnefparse.mapi import IMESSAGE_SIG, decode_mapi
 from tnefparse.properties import MAPI_ATTACH_DATA_OBJ, MAPI_ATTACH_FILENAME, MAPI_ATTACH_LONG_FILENAME, MAPI_DISPLAY_NAME
 
-from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, UNLISTED_ARCHIVE_KINDS, extensions, message_file, outlook_file, sniff
+from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, UNLISTED_ARCHIVE_KINDS, extensions, message_file, outlook_file, outlook_name, sniff
 from .outlookmsg import OLE_OBJECT, Node, document_stream, open_compound, package, packaged_streams, read_stream
 from .outlookmsg import attachments as msg_attachments
 from .rtf import embedded_objects
@@ -150,6 +152,11 @@ _ZIP_ENTRIES_MARGIN = 1000
 #: The members an attachment's Office documents may still open past their parts' budget: the objects they embed and
 #: what those hold (:func:`_late_object`).
 _LATE_MEMBERS = 200
+#: The parts past an Office document's parts' budget whose first bytes are read for an object (:func:`_object_head`),
+#: all the attachment's documents together: some 10 µs each, and zip directories of 5 MB hold some 70,000 entries.
+_LATE_HEADS = 20_000
+#: The first bytes of an object whatever its part's name (``word/media/image9.png``): a Compound File, a zip, RTF.
+_OBJECT_HEADS = (b"\xd0\xcf\x11\xe0", b"PK\x03\x04", b"{\\rt")
 #: Office documents that are zip files (OOXML, OpenDocument): Word, Excel or LibreOffice opens one, nobody
 #: extracts its parts, so a limit met among its own parts (a 300-slide deck has over 1,000, an embedded
 #: workbook is one more level) is only noted (``Listing.errors``); its parts are counted apart from the
@@ -253,6 +260,8 @@ class _Budget:
     #: walk is in one such object (its members counted in ``late``).
     late: int = _LATE_MEMBERS
     late_open: bool = False
+    #: The parts past ``documents`` whose first bytes may still be read for an object (:func:`_object_head`).
+    late_heads: int = _LATE_HEADS
     #: TNEF attributes left to read (each costs its header, however small).
     attributes: int = _TNEF_ATTRIBUTES
     #: Bytes of zip central directories left to parse (``Limits.max_directory``).
@@ -422,7 +431,9 @@ def _walk_children(jobs: list[_Job], limits: Limits, budget: _Budget, listing: L
 def _take_member(path: str, limits: Limits, budget: _Budget, listing: Listing, notes: list[str] | None = None) -> bool:
     budget.members -= 1
     if budget.members == -1:
-        (listing.limits if notes is None else notes).append(f"{path}: past {limits.max_members} members, the rest not looked at")
+        # In an object opened past a document's parts' budget the members are those left of the late allowance.
+        spent = f"the {min(_LATE_MEMBERS, limits.max_members)} objects opened past the parts' budget" if budget.late_open else f"{limits.max_members} members"
+        (listing.limits if notes is None else notes).append(f"{path}: past {spent}, the rest not looked at")
     return budget.members >= 0
 
 
@@ -660,7 +671,7 @@ def _walk_zip_members(path: str, archive: zipfile.ZipFile, data: IO[bytes], dept
         if not document:
             return
         late = True
-        if _object_part((info.filename, *aliases)):
+        if _object_part((info.filename, *aliases)) or _object_head(member, archive, data, info, budget, listing):
             _late_object(member, archive, data, info, aliases, named, depth, limits, budget, listing)
 
 
@@ -678,6 +689,27 @@ def _object_part(names: Iterable[str]) -> bool:
                 or message_file([base]) or (exts and exts[-1] in _OLE_DOCUMENTS)):
             return True
     return False
+
+
+def _object_head(member: str, archive: zipfile.ZipFile, data: IO[bytes], info: zipfile.ZipInfo, budget: _Budget,
+                 listing: Listing) -> bool:
+    """Whether the part *info* past an Office document's parts' budget starts as an object (:data:`_OBJECT_HEADS`),
+    whatever its name: Word runs a Packager object stored as ``word/media/image9.png`` or ``word/activeX/x.bin``.
+    Past :data:`_LATE_HEADS` such parts, a limit: one may be an object."""
+    if info.is_dir():
+        return False
+    budget.late_heads -= 1
+    if budget.late_heads < 0:
+        if budget.late_heads == -1:
+            listing.limits.append(f"{member}: past the {_LATE_HEADS} parts read past the parts' budget, the rest not looked at")
+        return False
+    try:
+        with _open_member(archive, data, info) as stream:
+            head = stream.read(len(_OBJECT_HEADS[0]))
+    except _MEMBER_ERRORS:
+        return False  # an unreadable part (encrypted, damaged): named only, noted as the parts past the budget are
+    budget.size -= len(head)
+    return head.startswith(_OBJECT_HEADS)
 
 
 def _late_object(member: str, archive: zipfile.ZipFile, data: IO[bytes], info: zipfile.ZipInfo, aliases: list[str],
@@ -698,10 +730,20 @@ def _late_object(member: str, archive: zipfile.ZipFile, data: IO[bytes], info: z
         budget.late, budget.members, budget.late_open = budget.members, spent, False
 
 
+#: The last extension of a split archive's volume: 7-Zip's ``.001``, RAR's old ``.r00``, a split zip's ``.z01``.
+_VOLUME = re.compile(r"\d{3}|[rz]\d{2}")
+
+
 def _sealed(names: Iterable[str]) -> bool:
-    """Whether an encrypted member called by any of *names* is an archive or a saved message by its name: what it
-    holds, a banned file too, is never looked into."""
-    return any(_packed(name) or message_file([name]) for name in names)
+    """Whether an encrypted member called by any of *names* is an archive, a volume of one or a message (saved, or
+    Outlook's) by its name: what it holds, a banned file too, is never looked into."""
+    return any(_packed(name) or _volume(name) or message_file([name]) or outlook_name([name]) for name in names)
+
+
+def _volume(name: str) -> bool:
+    """Whether *name* is a split archive's volume's (:data:`_VOLUME`): 7-Zip and WinRAR open the archive from it."""
+    exts = extensions(name.rsplit("/", 1)[-1])
+    return bool(exts) and _VOLUME.fullmatch(exts[-1]) is not None
 
 
 def _zip_member(member: str, archive: zipfile.ZipFile, data: IO[bytes], info: zipfile.ZipInfo, aliases: list[str],
@@ -1185,11 +1227,17 @@ def _packaged_file(where: str, names: list[str], value: bytes, depth: int, limit
     listing.entries.extend(Entry(f"{where}/{alias}", False, b"") for alias in names[1:])
 
 
+#: The bytes of ``Limits.max_size`` a line of a uuencoded file costs at least (a full line is 61 characters and its end),
+#: decoding to nothing or not: each line is a step of Python, and a zip of a 48 MB file of 2-byte lines took 12 s of CPU.
+_ENCODED_LINE = 64
+
+
 def _walk_uue(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
-    """The files the uuencoded (or yEnc) file *data* holds, decoded within ``Limits.max_size``, as its members
-    (``invoice.uue/invoice.exe``): WinRAR and 7-Zip open it as an archive of them."""
+    """The files the uuencoded (xxencoded, yEnc) file *data* holds, decoded within ``Limits.max_size``, as its
+    members (``invoice.uue/invoice.exe``): WinRAR and 7-Zip open it as an archive of them."""
     data.seek(0)
-    for file in encoded_files(iter(lambda: data.read(_CHUNK), b""), _MEMORY, max(budget.size, 0), max(budget.members, 0) + 1):
+    text = _charged_lines(path, data, limits, budget, listing)
+    for file in encoded_files(text, _MEMORY, max(budget.size, 0), max(budget.members, 0) + 1):
         member = f"{path}/{file.name}"
         if not _take_member(member, limits, budget, listing):
             return
@@ -1199,6 +1247,18 @@ def _walk_uue(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _B
             listing.limits.append(f"{member}: would decompress past {limits.max_size} bytes")
             return
         _content_member(member, file.data, 0, file.size, True, message_file([file.name]), depth, limits, budget, listing)
+
+
+def _charged_lines(path: str, data: IO[bytes], limits: Limits, budget: _Budget, listing: Listing) -> Iterator[bytes]:
+    """The text of *data* in chunks, its short lines charged to the budget as :data:`_ENCODED_LINE` bytes each (the
+    bytes they decode to are charged as they are); past the budget, a limit and no more text."""
+    for chunk in iter(lambda: data.read(_CHUNK), b""):
+        ends = chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
+        budget.size -= max(0, _ENCODED_LINE * ends - len(chunk))
+        if budget.size < 0:
+            listing.limits.append(f"{path}: would decompress past {limits.max_size} bytes, the rest not looked at")
+            return
+        yield chunk
 
 
 def _walk_msg(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing) -> None:
@@ -1359,13 +1419,15 @@ def _walk_libarchive(path: str, data: IO[bytes], depth: int, limits: Limits, bud
     if kind not in COMPRESSED_KINDS:
         _walk_libarchive_form(path, data, depth, limits, budget, listing, "all")
         return
-    form = _compressed_format(data)
-    _walk_libarchive_form(path, data, depth, limits, budget, listing, form, file_aliases=aliases)
+    # Its own filter only: with all of them libarchive also uudecodes the text gunzip gives (files.uue.gz), and the
+    # begin line's name (invoice.js) was lost; a stream compressed twice is a nested one, walked as such.
+    form = _compressed_format(data, kind)
+    _walk_libarchive_form(path, data, depth, limits, budget, listing, form, file_aliases=aliases, filter_name=kind)
     # By each name a client may save it under (a part's filename and its Content-Type name), as gunzip names its file.
     if form == "tar" and _named_zip([*(_decompressed_name(name) for name in (path, *aliases)), _gzip_name(data)]):
         # invoice.zip.gz (or one whose gzip header says invoice.zip) holding a tar: gunzip gives invoice.zip, which
         # unzip opens as the zip after the tar.  Only that zip is walked: the tar is listed already.
-        _walk_libarchive_form(path, data, depth, limits, budget, listing, "raw", zip_only=True, file_aliases=aliases)
+        _walk_libarchive_form(path, data, depth, limits, budget, listing, "raw", zip_only=True, file_aliases=aliases, filter_name=kind)
 
 
 def _gzip_name(data: IO[bytes]) -> str:
@@ -1381,14 +1443,15 @@ def _gzip_name(data: IO[bytes]) -> str:
 
 
 def _walk_libarchive_form(path: str, data: IO[bytes], depth: int, limits: Limits, budget: _Budget, listing: Listing, form: str,
-                          zip_only: bool = False, file_aliases: tuple[str, ...] = ()) -> None:
-    """List *data* with libarchive's *form* (``"all"``, or for a compressed stream a tar in it or the ``"raw"`` file);
-    *zip_only*: the raw file is walked only as the zip it ends with, when it does (not listed, nor judged, again).
-    *file_aliases*: the compressed file's other paths, whose names gunzip would give the raw file too."""
+                          zip_only: bool = False, file_aliases: tuple[str, ...] = (), filter_name: str = "all") -> None:
+    """List *data* with libarchive's *form* (``"all"``, or for a compressed stream a tar in it or the ``"raw"`` file)
+    and *filter_name* (a compressed stream's kind, or ``"all"``); *zip_only*: the raw file is walked only as the zip it
+    ends with, when it does (not listed, nor judged, again).  *file_aliases*: the compressed file's other paths, whose
+    names gunzip would give the raw file too."""
     lib: Any = libarchive
     raw = form == "raw"
     data.seek(0)
-    with lib.seekable_stream_reader(data, format_name=form) as archive:  # 7z needs to seek
+    with lib.seekable_stream_reader(data, format_name=form, filter_name=filter_name) as archive:  # 7z needs to seek
         if raw and all(name in (b"none", "none") for name in archive.filter_names):
             return  # no filter read it: the file itself, which the caller judges (opened again, it looped to the depth bound)
         for entry in _counted_entries(archive, path, limits, budget, listing, raw):
@@ -1463,9 +1526,10 @@ def _walk_libarchive_form(path: str, data: IO[bytes], depth: int, limits: Limits
                 nested.close()
 
 
-def _compressed_format(data: IO[bytes]) -> str:
-    """libarchive's format for the compressed stream *data*: ``"tar"`` for a tar in it, ``"empty"`` for nothing
-    in it, else ``"raw"`` (one file compressed; a stream libarchive cannot read is left to the listing to report).
+def _compressed_format(data: IO[bytes], kind: str) -> str:
+    """libarchive's format for the stream *data* compressed as *kind* (its filter's name): ``"tar"`` for a tar in it,
+    ``"empty"`` for nothing in it, else ``"raw"`` (one file compressed; a stream libarchive cannot read is left to the
+    listing to report).
 
     Only a tar is looked for: with every format, a text of a few words per line would be an mtree archive.
     Only the first header is read.  A tar with no member is the one file it is: two blocks of zeros end a tar,
@@ -1475,7 +1539,7 @@ def _compressed_format(data: IO[bytes]) -> str:
     for form in ("tar", "empty"):
         data.seek(0)
         try:
-            with lib.seekable_stream_reader(data, format_name=form) as archive:
+            with lib.seekable_stream_reader(data, format_name=form, filter_name=kind) as archive:
                 if next(iter(archive), None) is None and form == "tar":
                     continue
         except lib.ArchiveError:
@@ -1580,7 +1644,7 @@ def _child_work(jobs: list[_Job], limits: Limits, budget: _Budget, spool: IO[byt
     spool.flush()
     answer = {"entries": [[e.path, e.encrypted, base64.b64encode(e.head).decode()] for e in listing.entries],
               "encrypted": listing.encrypted, "limits": listing.limits, "errors": listing.errors, "messages": messages,
-              "budget": [budget.size, budget.members, budget.documents, budget.attributes, budget.directory, budget.late]}
+              "budget": [budget.size, budget.members, budget.documents, budget.attributes, budget.directory, budget.late, budget.late_heads]}
     return json.dumps(answer).encode()
 
 
@@ -1645,7 +1709,7 @@ def _run_child(jobs: list[_Job], limits: Limits, budget: _Budget, listing: Listi
         messages = [(str(member), int(start), int(length)) for member, start, length in found["messages"]]
         # Every budget comes back: a child that started afresh on the Office parts' one (150 tars of a document each)
         # listed 2,000 parts a tar.
-        budget.size, budget.members, budget.documents, budget.attributes, budget.directory, budget.late = (int(value) for value in found["budget"])
+        budget.size, budget.members, budget.documents, budget.attributes, budget.directory, budget.late, budget.late_heads = (int(value) for value in found["budget"])
     except (ValueError, KeyError, TypeError) as exc:
         listing.errors.extend(f"{job.path}: unreadable {job.kind} archive (the listing process answered nonsense: {exc.__class__.__name__})" for job in jobs)
         return

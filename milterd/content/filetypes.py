@@ -144,21 +144,24 @@ _VALID: dict[str, Callable[[bytes], bool]] = {
     "pe": lambda head: _pe_header(head),
 }
 
-#: The farthest the PE signature of an executable is taken to be from its start (e_lfanew) past its first bytes: below 16 MB
-#: its last byte (0x3F) is a NUL, which no text has (Windows' loader reads up to 256 MB, which "\r\nGB" of a text says).
-_PE_MAX_OFFSET = 1 << 24
+#: The farthest the PE signature of an executable may be from its start (e_lfanew) past its first bytes: Windows'
+#: loader reads up to 256 MB (an e_lfanew of 16 MB or more is a crafted executable, a file that large).
+_PE_MAX_OFFSET = 1 << 28
+#: The control bytes text holds, which e_lfanew's last byte (0x3F) is in a text's "GB\r\n" at 0x3C.
+_TEXT_CONTROLS = frozenset(b"\t\n\v\f\r")
 
 
 def _pe_header(head: bytes) -> bool:
     """Whether *head* starts as a Windows executable does (its ``MZ`` already matched): a whole DOS header (64 bytes)
     whose e_lfanew points at ``PE\\0\\0`` within *head*, or, where *head* is only the file's first HEAD_SIZE bytes,
-    past it, no farther than :data:`_PE_MAX_OFFSET`."""
+    past it, no farther than :data:`_PE_MAX_OFFSET`, in a header no text could be (a NUL in it, or e_lfanew's last
+    byte a control byte text does not hold)."""
     if len(head) < 64:
         return False
     offset = int.from_bytes(head[0x3C:0x40], "little")
     if offset + 4 <= len(head):
         return head[offset:offset + 4] == b"PE\x00\x00"
-    return len(head) >= HEAD_SIZE and offset < _PE_MAX_OFFSET
+    return len(head) >= HEAD_SIZE and offset < _PE_MAX_OFFSET and (0 in head[:0x40] or head[0x3F] not in _TEXT_CONTROLS)
 
 
 def _cpio_header(head: bytes) -> bool:

@@ -7,7 +7,8 @@ of that name, and Thunderbird decodes a part whose Content-Transfer-Encoding is
 called ``.pdf``) is judged as a MIME attachment's is, not by its name alone.
 Decoding is lenient, as the clients' is: a line a broken encoder wrote too long
 is read for the length its first character gives, and a file the text ends in
-is given as far as it goes.
+is given as far as it goes.  A file xxencoded (``.xxe``: uuencoding with the alphabet ``+-0-9A-Za-z``) is told
+by its first line, which holds a lower-case letter no uuencoded line has.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ _BEGIN_IN_TEXT = re.compile(rb"^%s(?:\r?\n|\r|(?=[^\r\n]))" % _BEGIN_LINE, re.MU
 UU_EXTENSIONS = frozenset({"uue", "uu", "xxe"})
 #: yEnc adds 42 to each byte (and 64 more to one escaped after "=").
 _YENC = bytes((b - 42) % 256 for b in range(256))
+#: The characters of a uuencoded line's data (a value from 0 to 63 plus 32, "`" for 0 too).
+_UU_DATA = bytes(range(0x20, 0x61))
+#: xxencode's alphabet, a value from 0 to 63 each: WinRAR and uudeview write ``.xxe`` files of it.
+_XX_ALPHABET = b"+-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+#: An xxencoded line in the uuencode alphabet it is read by: its values kept, blanks and line ends as they are, any
+#: other byte one no uuencoded line holds.
+_XX_TO_UU = bytes((_XX_ALPHABET.index(b) or 64) + 32 if b in _XX_ALPHABET else b if b in b" \t\r\n" else 0x7F for b in range(256))
+#: A byte of xxencode's alphabet that uuencode's has not: a file's first line with one is xxencoded.
+_XX_ONLY = re.compile(rb"[a-z]")
 
 
 class EncodedFile(NamedTuple):
@@ -50,14 +60,20 @@ def uudecode_line(line: bytes) -> bytes:
     line = line.rstrip(b"\r\n")
     if not line or (line[0] - 32) & 63 == 0:
         return b""
+    # Read for the length its first character says, as uudecode does (some encoders wrote garbage past it); a
+    # character no uuencoder writes is checked first: an exception a line cost a 48 MB file of them seconds.
+    line = line[:(((line[0] - 32) & 63) * 4 + 5) // 3]
+    if line[1:].translate(None, _UU_DATA):
+        return b""
     try:
         return binascii.a2b_uu(line)
     except binascii.Error:
-        # A line some encoder wrote with trailing garbage: read for the length its first character says (as uudecode does).
-        try:
-            return binascii.a2b_uu(line[:(((line[0] - 32) & 63) * 4 + 5) // 3])
-        except binascii.Error:
-            return b""
+        return b""
+
+
+def xxdecode_line(line: bytes) -> bytes:
+    """The bytes one xxencoded line holds (its line end ignored): uuencoding with the alphabet ``+-0-9A-Za-z``."""
+    return uudecode_line(line.translate(_XX_TO_UU))
 
 
 def ydecode_line(line: bytes) -> bytes:
@@ -114,7 +130,8 @@ def encoded_files(chunks: Iterable[bytes], memory: int, limit: int, most: int, s
     """The files encoded in the text given as *chunks* (the first *most* of them: when there are more, *skipped* is
     told), each decoded into a temporary file (in memory up to *memory* bytes) up to *limit* bytes, the rest skipped
     (``truncated``); each file is closed once the next is asked for.  A file ends at its end line, or as Thunderbird
-    ends one: at the next begin line, or (uuencoded) at a line starting with a blank or with "end" in any case."""
+    ends one: at the next begin line, or (uuencoded) at a line starting with a blank or with "end" in any case.  A
+    ``begin`` file whose first line holds a lower-case letter is xxencoded (``.xxe``), which uuencode's alphabet has not."""
     kind, name, size, truncated = "", "", 0, False
     data: IO[bytes] | None = None
     for line in _lines(chunks):
@@ -132,19 +149,25 @@ def encoded_files(chunks: Iterable[bytes], memory: int, limit: int, most: int, s
         if data is None:
             continue
         stripped = line.rstrip(b"\r\n")
-        if (kind == "uu" and (stripped[:3].lower() == b"end" or stripped[:1] in (b" ", b"\t"))) or (kind == "yenc" and stripped.startswith(b"=yend")):
+        if (kind != "yenc" and (stripped[:3].lower() == b"end" or stripped[:1] in (b" ", b"\t"))) or (kind == "yenc" and stripped.startswith(b"=yend")):
             yield from _given(EncodedFile(name, data, size, truncated))
             data, most = None, most - 1
             continue
         if truncated or (kind == "yenc" and stripped.startswith(b"=ypart ")):
             continue
-        decoded = uudecode_line(line) if kind == "uu" else ydecode_line(line)
+        if kind == "uu" and size == 0 and _XX_ONLY.search(stripped):
+            kind = "xx"
+        decoded = _DECODERS[kind](line)
         if size + len(decoded) > limit:
             decoded, truncated = decoded[:limit - size], True
         data.write(decoded)
         size += len(decoded)
     if data is not None:
         yield from _given(EncodedFile(name, data, size, truncated))
+
+
+#: Each kind of encoded file's line decoder.
+_DECODERS = {"uu": uudecode_line, "xx": xxdecode_line, "yenc": ydecode_line}
 
 
 def _given(file: EncodedFile) -> Iterator[EncodedFile]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import io
 import json
 import os
@@ -599,3 +600,17 @@ def test_a_uuencoded_file_and_an_object_past_a_documents_parts_are_rejected(stac
             stack.send(mail(subject, attachment))
         assert info.value.smtp_code == 550 and info.value.smtp_error.decode() == f"5.7.1 Attachment rejected: {detail}"
         assert row_for(stack, subject)["action"] == "reject" and not stack.sink.with_subject(subject)
+
+
+def test_a_gzipped_uuencoded_file_is_rejected_naming_the_file_it_holds(stack: Stack) -> None:
+    """A second look at review 34: libarchive uudecoded files.uue.gz under its gzip filter, and the decoded bytes were
+    judged as files.uue: the begin line's invoice.js was delivered unjudged (the same files.uue unzipped was refused)."""
+    script = b'var s = new ActiveXObject("WScript.Shell"); s.Run("calc.exe");\r\n'
+    lines = b"".join(binascii.b2a_uu(script[i:i + 45]) for i in range(0, len(script), 45)).replace(b"\n", b"\r\n")
+    encoded = b"begin 644 invoice.js\r\n" + lines + b"`\r\nend\r\n"
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(mail("gzipped uue", ("files.uue.gz", gzip.compress(encoded), "application/octet-stream")))
+    detail = "files.uue.gz/files.uue/invoice.js: banned extension .js"
+    assert info.value.smtp_code == 550 and info.value.smtp_error.decode() == f"5.7.1 Attachment rejected: {detail}"
+    row = row_for(stack, "gzipped uue")
+    assert row["action"] == "reject" and row["details"]["ATTACH_BANNED"] == detail and not stack.sink.with_subject("gzipped uue")

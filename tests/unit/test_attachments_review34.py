@@ -104,7 +104,7 @@ def test_a_packager_object_past_the_parts_budget_is_still_opened(check: Attachme
 def test_objects_past_what_is_opened_past_the_parts_budget_are_a_limit() -> None:
     listing = list_archive("report.docx", io.BytesIO(docx_with_packager(10, objects=10)), "zip", Limits(max_members=5))
     assert "report.docx/word/embeddings/oleObject1.bin/evil.exe" in [e.path for e in listing.entries]
-    assert listing.limits and all("past 5 members" in note for note in listing.limits)
+    assert listing.limits and all("past the 5 objects opened past the parts' budget" in note for note in listing.limits)
 
 
 # --- 3: more banned extensions by default -----------------------------------------------------------------------------
