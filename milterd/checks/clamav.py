@@ -12,9 +12,10 @@ followed by padding is still found.  MAIL FROM's ``SIZE=`` over ``max_size`` onl
 the stream: it is the client's estimate (RFC 1870), so a message that proves
 smaller is scanned whole from the spool at end of message, and a larger one's
 first ``max_size`` bytes from there.  A stream clamd refuses for its size (its
-``StreamMaxLength`` under ``max_size``) has the start clamd took scanned again from
-the spool, and each worker cuts later messages there up front
-(:data:`STREAM_LIMITS`).  clamd
+``StreamMaxLength`` under ``max_size``) has the longest start clamd takes found
+by bisection and scanned from the spool, and each worker remembers what clamd
+took and refused (:data:`STREAM_LIMITS`): a message under clamd's
+``StreamMaxLength`` is still streamed whole, a longer one cut where clamd took.  clamd
 unreachable, slower than ``timeout`` or answering an error gives
 ``CLAMAV_ERROR``, with a 451 when ``on_error = "tempfail"``.  A virus gives
 ``CLAMAV_VIRUS`` (detail: its name) and forces ``[clamav] action``.
@@ -61,41 +62,63 @@ class ScanState:
     partial: bool = False
     #: The stream failed because clamd was silent (ScannerTimeout): it is not asked again for this message.
     timed_out: bool = False
-    #: clamd refused the stream for its size (StreamMaxLength): the bytes it took before, judged again at end of message.
+    #: clamd refused the stream for its size (StreamMaxLength): the bytes offered it by then (more than it took).
     refused: int | None = None
-    #: Where the message is cut: max_size, or less where this worker learned clamd's StreamMaxLength to be lower.
+    #: The longest message streamed whole: max_size, or one byte under the shortest stream clamd refused.
     limit: int = 0
+    #: Where a message over :attr:`limit` is cut: max_size, or the longest stream clamd took after refusing one.
+    cut: int = 0
     opened: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class StreamLimit:
+    """What one clamd showed of its StreamMaxLength: it lies in [accepted, refused)."""
+
+    #: The longest stream it took whole (0: none yet).
+    accepted: int
+    #: The shortest stream it refused for its size.
+    refused: int
+
+
 class StreamLimits:
-    """The stream sizes clamd accepted after refusing longer ones (StreamMaxLength under ``[clamav] max_size``), per
-    clamd address, for this process: its later messages are cut there up front instead of being refused again."""
+    """clamd's StreamMaxLength (under ``[clamav] max_size``) as this process saw it, per clamd address.
+
+    Only sizes clamd itself took or refused are kept (a refused stream's size is the bytes offered it, which it
+    cannot have read more of): a message shorter than the shortest refused is streamed whole, so one under
+    clamd's real StreamMaxLength is never cut; a longer one, certainly over it, is cut at the longest taken."""
 
     def __init__(self) -> None:
-        self._sizes: dict[str, int] = {}
+        self._limits: dict[str, StreamLimit] = {}
         self._lock = threading.Lock()
 
-    def get(self, address: str) -> int | None:
-        """The size learned for clamd at *address*, if any."""
+    def get(self, address: str) -> StreamLimit | None:
+        """What is known of clamd at *address*, if it ever refused a stream for its size."""
         with self._lock:
-            return self._sizes.get(address)
+            return self._limits.get(address)
 
-    def learn(self, address: str, size: int) -> bool:
-        """Keep *size* for *address* unless a smaller one is kept; whether it was kept."""
+    def learn(self, address: str, accepted: int, refused: int) -> bool:
+        """Narrow what is known by a stream of *accepted* bytes clamd took (0: none) and one of *refused* it
+        refused; whether it is the first refusal known for *address*."""
         with self._lock:
-            if self._sizes.get(address, size + 1) <= size:
-                return False
-            self._sizes[address] = size
-            return True
+            old = self._limits.get(address)
+            if old is not None and accepted < old.refused and old.accepted < refused:
+                accepted, refused = max(accepted, old.accepted), min(refused, old.refused)
+            # else clamd's StreamMaxLength changed (a reload): what this message showed replaces the old
+            self._limits[address] = StreamLimit(accepted, refused)
+            return old is None
 
     def clear(self) -> None:
         """Forget every size (tests)."""
         with self._lock:
-            self._sizes.clear()
+            self._limits.clear()
 
 
 STREAM_LIMITS = StreamLimits()
+
+#: The most streams a refused message is scanned again with: a bisection from 64 MiB down to a 64 KiB chunk,
+#: and the start known taken asked again once.
+MAX_RESCANS = 12
 
 
 def virus_hit(name: str, action: str) -> Hit:
@@ -158,7 +181,8 @@ class ClamavCheck(ScannerCheck):
         self.scanned_by = f"ClamAV using milterd at {services.config.hostname}"
 
     def on_eoh(self, session: Session, envelope: Envelope) -> Hits:
-        state = envelope.check_state(self.name)["scan"] = ScanState(limit=self._stream_limit())
+        limit, cut = self._stream_limits()
+        state = envelope.check_state(self.name)["scan"] = ScanState(limit=limit, cut=cut)
         declared = declared_size(envelope)
         if declared is not None and declared > state.limit:
             state.deferred = True
@@ -176,17 +200,18 @@ class ClamavCheck(ScannerCheck):
             return ()
         stream = state.stream
         if stream.sent + len(chunk) > state.limit:
-            # Not scanned whole, but its first max_size bytes are: a virus padded past the limit is still found.
-            state.skipped, state.partial = self._over(state.limit), True
-            chunk = chunk[: max(state.limit - stream.sent, 0)]
+            # Not scanned whole, but its first max_size bytes are (or, over clamd's StreamMaxLength, those it takes,
+            # more if already sent): a virus padded past the limit is still found.
+            state.skipped, state.partial = self._over(max(state.cut, stream.sent)), True
+            chunk = chunk[: max(state.cut - stream.sent, 0)]
             if not chunk:
                 return ()
         try:
             stream.send(chunk)
         except ScannerError as exc:
             if _size_limit(str(exc)):
-                # max_size above clamd's StreamMaxLength: what clamd took is sent again at end of message.
-                state.refused, state.stream = stream.before_last, None
+                # max_size above clamd's StreamMaxLength: the start it takes is found at end of message.
+                state.refused, state.stream = stream.offered, None
             else:
                 self._fail(state, str(exc))
                 state.timed_out = isinstance(exc, ScannerTimeout)
@@ -215,16 +240,16 @@ class ClamavCheck(ScannerCheck):
         if state.refused is not None:
             return self._refused_hits(envelope, state.refused)
         if state.deferred:
-            return self._scan_spooled(envelope, state.limit)
+            return self._scan_spooled(envelope, state)
         if state.partial:
             # Past max_size: the stream's verdict on the first max_size bytes, or, the stream lost on its last
             # chunk, those bytes sent again from the spool.
             stream, state.stream = state.stream, None
             if stream is not None:
-                return self._start_hits(envelope, state.skipped, state.limit, stream.finish, streamed=True, accepted=stream.before_last)
+                return self._start_hits(envelope, state.skipped, stream.sent, stream.finish, streamed=True, refused=stream.offered)
             if state.timed_out:
-                return self._start_failed(envelope, state.skipped, state.limit, state.error)  # silent: not asked again
-            return self._start_hits(envelope, state.skipped, state.limit, self._first_from_spool(envelope, state.limit))
+                return self._start_failed(envelope, state.skipped, state.cut, state.error)  # silent: not asked again
+            return self._start_hits(envelope, state.skipped, state.cut, self._first_from_spool(envelope, state.cut))
         if state.error or state.stream is None:
             return [error_hit(state.error or "no scan was started", self.options.on_error)]
         stream, state.stream = state.stream, None
@@ -233,25 +258,26 @@ class ClamavCheck(ScannerCheck):
             result = stream.finish()
         except ScannerError as exc:
             if _size_limit(str(exc)):
-                return self._refused_hits(envelope, stream.before_last)
+                return self._refused_hits(envelope, stream.offered)
             return self._failed(exc)
         finally:
             ended = time.monotonic()
             log.debug("%s: clamav eom wait start=%.6f end=%.6f ms=%.1f", envelope.queue_id or "NOQUEUE", started, ended, (ended - started) * 1000)
         if _size_limit(result.reply):
-            return self._refused_hits(envelope, stream.before_last)
+            return self._refused_hits(envelope, stream.offered)
         return self._result_hits(envelope, result)
 
-    def _scan_spooled(self, envelope: Envelope, limit: int) -> list[Hit]:
+    def _scan_spooled(self, envelope: Envelope, state: ScanState) -> list[Hit]:
         """The whole message from the spool, for a client whose SIZE= overstated it (RFC 1870: an estimate)."""
         size = envelope.size
-        if size > limit:
-            return self._start_hits(envelope, f"size {size} > {limit}", limit, self._first_from_spool(envelope, limit))
+        if size > state.limit:
+            skipped = f"size {size} > {state.limit}" if state.limit >= self.options.max_size else self._over(state.cut)
+            return self._start_hits(envelope, skipped, state.cut, self._first_from_spool(envelope, state.cut))
         try:
             result = self.client.scan(envelope.message_chunks())
         except ScannerError as exc:
             if _size_limit(str(exc)):
-                return self._refused_hits(envelope, size // 2)
+                return self._refused_hits(envelope, size)
             return self._failed(exc)
         except SpoolError:
             raise  # the spool unreadable: this machine's failure, answered 451 by the pipeline (never on_error)
@@ -259,41 +285,62 @@ class ClamavCheck(ScannerCheck):
             log.exception("clamav: scan failed")
             return [error_hit(f"scan failed: {exc!r}", self.options.on_error)]
         if _size_limit(result.reply):
-            return self._refused_hits(envelope, size // 2)
+            return self._refused_hits(envelope, size)
         return self._result_hits(envelope, result)
 
     def _start_hits(self, envelope: Envelope, skipped: str, size: int, scan: Callable[[], ClamdResult],
-                    streamed: bool = False, accepted: int | None = None) -> list[Hit]:
+                    streamed: bool = False, refused: int | None = None) -> list[Hit]:
         """The hits of a message over *size* (max_size, or a lower StreamMaxLength learned) whose first *size*
         bytes *scan* has clamd judge: a virus found there as any other; clean, CLAMAV_SKIPPED_SIZE (*skipped*
         says why).  When clamd could not judge them (it is down, it answered an error), ``on_error`` decides, as
         for a message under max_size; with
         *streamed* (the stream left idle since max_size, which clamd may have closed) they are first sent again
         from the spool, unless clamd was silent (asked again, it would be as long).  Refused for clamd's
-        StreamMaxLength, the *accepted* bytes it took (by default half of them) are judged instead."""
+        StreamMaxLength (the stream's when *refused* says how many bytes it was offered), the longest start it
+        takes is judged instead (:meth:`_refused_hits`)."""
         try:
             result = scan()
         except SpoolError:
             raise
         except Exception as exc:  # noqa: BLE001 - ScannerError, clamd's client failing otherwise: unscanned follows on_error
             if _size_limit(str(exc)):
-                return self._refused_hits(envelope, size // 2 if accepted is None else accepted)
+                return self._refused_hits(envelope, size if refused is None else refused)
             if streamed and not isinstance(exc, ScannerTimeout):
                 return self._start_hits(envelope, skipped, size, self._first_from_spool(envelope, size))
             return self._start_failed(envelope, skipped, size, _reason(exc))
         if _size_limit(result.reply):
-            return self._refused_hits(envelope, size // 2 if accepted is None else accepted)
+            return self._refused_hits(envelope, size if refused is None else refused)
         if streamed and result.status == "ERROR":
             return self._start_hits(envelope, skipped, size, self._first_from_spool(envelope, size))
         return self._start_result(envelope, skipped, size, result)
 
-    def _refused_hits(self, envelope: Envelope, accepted: int) -> list[Hit]:
-        """The hits of a message whose stream clamd refused for its size (its StreamMaxLength under max_size): the
-        *accepted* bytes it took before are judged from the spool with a fresh stream (refused again, as the
-        refusal may have shown a chunk late, half as many), as the first max_size bytes of a larger message are.
-        The size judged is kept for this worker's later messages, which are cut there up front."""
-        size = accepted
-        while size > 0:
+    def _refused_hits(self, envelope: Envelope, refused: int) -> list[Hit]:
+        """The hits of a message whose stream of *refused* bytes clamd refused for its size (its StreamMaxLength
+        under max_size): the longest start it takes, to within one chunk, is judged from the spool.
+
+        Where clamd stopped reading cannot be told from here: it refuses the chunk that would go past its limit
+        as it reads the length, but the socket buffers have taken more by then (megabytes on loopback), so the
+        refusal shows late.  Guessing (the bytes before the last chunk, then halving when refused again) cut
+        the message, and every later one, anywhere down to half the limit, so a virus under clamd's own limit
+        was missed.  Only what clamd answered is trusted: a bisection between the longest start known taken
+        (this worker's, or 0) and the shortest refused, one fresh stream per step (each with the scanner's
+        timeout, at most :data:`MAX_RESCANS`), ending on a virus, a failure or one chunk apart.  Both ends are
+        kept (:data:`STREAM_LIMITS`): a later message under the shortest refused is streamed whole, and in the
+        usual case (the learned sizes one chunk apart) a longer one costs one stream, or, refused, one more
+        scan.  Without that memory every oversize message would pay the whole bisection."""
+        address = str(self.client.address)
+        known = STREAM_LIMITS.get(address)
+        low = known.accepted if known is not None and known.accepted < refused else 0  # taken (0: nothing known)
+        high = refused  # refused
+        step = self.client.chunk_size
+        judged: tuple[int, ClamdResult] | None = None  # the longest start taken in this message, its verdict
+        for _ in range(MAX_RESCANS):
+            if judged is not None and (judged[1].infected or high - low <= step):
+                break
+            # The start known taken is asked again only when the bisection is done without a verdict of its own.
+            size = low if judged is None and low > 0 and high - low <= step else (low + high) // 2
+            if size <= 0:
+                break
             try:
                 result = self.client.scan(_first(envelope.message_chunks(), size))
             except SpoolError:
@@ -303,11 +350,17 @@ class ClamavCheck(ScannerCheck):
                     return self._start_failed(envelope, self._over(size), size, _reason(exc))
             else:
                 if not _size_limit(result.reply):
-                    if result.status != "ERROR":
-                        self._learn(size)
-                    return self._start_result(envelope, self._over(size), size, result)
-            size //= 2
-        return [error_hit("over clamd's StreamMaxLength from the message's first bytes", self.options.on_error)]
+                    if result.status == "ERROR":
+                        return self._start_failed(envelope, self._over(size), size, f"clamd: {_printable(result.reply)}")
+                    judged, low = (size, result), size
+                    continue
+            high = size
+            if size == low:
+                low = 0  # the start this worker knew taken is refused: clamd's StreamMaxLength went down
+        self._learn(0 if judged is None else judged[0], high)
+        if judged is None:
+            return [error_hit(f"over clamd's StreamMaxLength (it refused {high} bytes); no start of it taken", self.options.on_error)]
+        return self._start_result(envelope, self._over(judged[0]), judged[0], judged[1])
 
     def _start_result(self, envelope: Envelope, skipped: str, size: int, result: ClamdResult) -> list[Hit]:
         """clamd's *result* on the first *size* bytes of a message over *size* (see :meth:`_start_hits`)."""
@@ -328,21 +381,27 @@ class ClamavCheck(ScannerCheck):
     def _failed(self, exc: ScannerError) -> list[Hit]:
         return [error_hit(str(exc), self.options.on_error)]
 
-    def _stream_limit(self) -> int:
-        """Where messages are cut: max_size, or the size clamd took when it refused a longer stream, if lower."""
-        learned = STREAM_LIMITS.get(str(self.client.address))
-        return self.options.max_size if learned is None else min(learned, self.options.max_size)
+    def _stream_limits(self) -> tuple[int, int]:
+        """The longest message streamed whole and where a longer one is cut: max_size, unless clamd refused a
+        stream under it (StreamMaxLength): then any shorter message is still sent whole (it may be taken), and a
+        message as long, which clamd cannot take whole, is cut at the longest stream it took if that is within a
+        chunk of it (a bisection ended early, on a virus, took less: it is cut there, refused, and bisected on)."""
+        known = STREAM_LIMITS.get(str(self.client.address))
+        if known is None or known.refused > self.options.max_size:
+            return self.options.max_size, self.options.max_size
+        whole = known.refused - 1
+        return whole, known.accepted if known.refused - known.accepted <= self.client.chunk_size else whole
 
     def _over(self, size: int) -> str:
         """Why a message over *size* was not scanned whole."""
         return f"size over {size}" if size >= self.options.max_size else f"size over {size} (clamd's StreamMaxLength)"
 
-    def _learn(self, size: int) -> None:
-        """Cut this worker's later messages at *size*, which clamd took after refusing a longer stream."""
-        if STREAM_LIMITS.learn(str(self.client.address), size):
-            log.warning("clamav: clamd %s refused a stream for its size (StreamMaxLength) and took %d bytes: messages are cut "
-                        "there instead of at [clamav] max_size %d; lower max_size to clamd's StreamMaxLength",
-                        self.client.address, size, self.options.max_size)
+    def _learn(self, accepted: int, refused: int) -> None:
+        """Keep a stream of *accepted* bytes clamd took (0: none) and one of *refused* it refused for its size."""
+        if STREAM_LIMITS.learn(str(self.client.address), accepted, refused):
+            log.warning("clamav: clamd %s refused a stream of %d bytes for its size (StreamMaxLength) and took %d: longer messages are "
+                        "cut there instead of at [clamav] max_size %d; lower max_size to clamd's StreamMaxLength",
+                        self.client.address, refused, accepted, self.options.max_size)
 
     def on_abort(self, session: Session, envelope: Envelope) -> None:
         state: ScanState | None = envelope.check_state(self.name).pop("scan", None)

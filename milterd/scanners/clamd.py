@@ -125,10 +125,10 @@ class InstreamScan:
         self._send_deadline = deadline if deadline is not None else time.monotonic() + timeout
         #: Bytes sent so far.
         self.sent = 0
-        #: Bytes sent before the last chunk that went out: what clamd took before a refusal for its StreamMaxLength,
-        #: as far as can be told (clamd refuses a chunk as it reads its length, but the socket has taken it by then,
-        #: so the refusal shows on a later send, or at :meth:`finish`).
-        self.before_last = 0
+        #: Bytes sent so far and the chunk being sent: more than clamd read when it refused the stream for its
+        #: StreamMaxLength (it refuses a chunk as it reads its length, but the socket has taken more by then, so the
+        #: refusal shows on a later send, or at :meth:`finish`), so a stream this long is refused.
+        self.offered = 0
 
     def send(self, data: bytes) -> None:
         """Send *data* as one or more chunks; ScannerError if clamd refuses or times out."""
@@ -138,8 +138,9 @@ class InstreamScan:
             for start in range(0, len(view), self._chunk):
                 piece = view[start : start + self._chunk]
                 _arm(sock, self._send_deadline)
+                self.offered = self.sent + len(piece)
                 sock.sendall(struct.pack(">I", len(piece)) + piece)
-                self.before_last, self.sent = self.sent, self.sent + len(piece)
+                self.sent = self.offered
         except TimeoutError:
             self.close()
             raise ScannerTimeout(f"clamd {self._address}: sending timed out after {self._timeout:g}s") from None

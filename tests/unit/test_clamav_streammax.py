@@ -1,7 +1,12 @@
 """clamav review (fourth session): ``[clamav] max_size`` above clamd's ``StreamMaxLength`` delivered a virus
 followed by padding unscanned: clamd refused the stream part-way and the check kept only ``CLAMAV_SKIPPED_SIZE``.
 What clamd took before the refused chunk is now scanned again from the spool, and the worker cuts its later
-messages there up front (a fake clamd on loopback that refuses as clamd does: at the chunk that goes past it)."""
+messages there up front (a fake clamd on loopback that refuses as clamd does: at the chunk that goes past it).
+
+A second look: the refusal shows late (the socket buffers take what clamd never reads), so the size guessed from
+it (the bytes before the last chunk, halved when refused again) was learned anywhere down to half clamd's limit,
+and a later message under clamd's StreamMaxLength, scanned whole before, was cut and its virus delivered.  The fake
+reads on after refusing, as those buffers do, so that the client has sent well past the limit by then."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Iterator
 
 import pytest
 
+from milterd.checks.clamav import MAX_RESCANS, STREAM_LIMITS
 from milterd.message.model import Action
 from milterd.message.pipeline import Outcome, Pipeline
 from tests.harness.pipeline import HAM, run_message, scanner_pipeline
@@ -22,16 +28,20 @@ from tests.harness.scanners import EICAR
 from .test_scanners_review import FakeServer, _read_exact, drive, only
 
 LIMIT = 200_000  # the fake clamd's StreamMaxLength; [clamav] max_size keeps its default, 25M
+CHUNK = 65536  # the client's chunk: the start judged is within one of clamd's limit
 PADDING = (b"x" * 998 + b"\r\n") * 600  # 600 kB: Postfix passes it in 64 kB chunks (run_message)
 INFECTED = HAM.replace(b"See you at noon.", EICAR + b"\r\n" + PADDING)
 CLEAN = HAM.replace(b"See you at noon.", PADDING)
 
 
 class StreamMaxClamd(FakeServer):
-    """A clamd whose StreamMaxLength is LIMIT: a chunk going past it is answered ``INSTREAM size limit exceeded``
-    as its length is read, and the connection closed; a stream it takes whole is FOUND when it holds EICAR."""
+    """A clamd whose StreamMaxLength is *limit*: a chunk going past it is refused as its length is read, and the
+    connection closed; a stream it takes whole is FOUND when it holds EICAR.  Before answering ``INSTREAM size
+    limit exceeded`` it reads on, unseen, up to the stream's end (or *overshoot* bytes): the socket buffers that
+    take a client's chunks clamd never reads, so the refusal shows to the client far past the limit."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = LIMIT, overshoot: int = 64 << 20) -> None:
+        self.limit, self.overshoot = limit, overshoot
         self.refused: list[int] = []  # per connection: the bytes taken before a refusal, or -1 for a verdict
         super().__init__(StreamMaxClamd.serve)
 
@@ -42,9 +52,13 @@ class StreamMaxClamd(FakeServer):
             (length,) = struct.unpack(">I", _read_exact(conn, 4))
             if length == 0:
                 break
-            if len(payload) + length > LIMIT:
+            if len(payload) + length > self.limit:
                 self.requests.append(payload)
                 self.refused.append(len(payload))
+                unread = 0
+                while length and unread <= self.overshoot:  # in the buffers, never read by clamd
+                    unread += len(_read_exact(conn, length))
+                    (length,) = struct.unpack(">I", _read_exact(conn, 4))
                 conn.sendall(b"INSTREAM size limit exceeded. ERROR\x00")
                 return
             payload += _read_exact(conn, length)
@@ -65,11 +79,12 @@ def pipeline_for(tmp_path: Path, clamd: StreamMaxClamd) -> Pipeline:
 
 
 def judged(clamd: StreamMaxClamd) -> int:
-    """The size of the last stream clamd took whole (a refusal before it may show a chunk late: retried smaller)."""
-    assert clamd.refused and clamd.refused[-1] == -1, clamd.refused
-    size = len(clamd.requests[-1])
-    assert 0 < size <= LIMIT
-    return size
+    """The size of the last stream clamd took whole: the longest (a bisection's later tries may be refused), within
+    one chunk of its limit; never more than 1 + MAX_RESCANS streams for a message."""
+    taken = [len(request) for request, refused in zip(clamd.requests, clamd.refused, strict=True) if refused == -1]
+    assert taken and len(clamd.requests) <= 1 + MAX_RESCANS, clamd.refused
+    assert clamd.limit - CHUNK < taken[-1] <= clamd.limit and taken[-1] == max(taken), (taken, clamd.refused)
+    return taken[-1]
 
 
 def skipped_clean(size: int) -> str:
@@ -133,7 +148,8 @@ def send(tmp_path: Path, clamd: StreamMaxClamd, message: bytes, name: str) -> Ou
 
 
 def test_the_next_message_is_cut_at_the_limit_up_front(tmp_path: Path, clamd: StreamMaxClamd, caplog: pytest.LogCaptureFixture) -> None:
-    """The size clamd took is kept for the worker (its later pipelines too): one connection each, never refused."""
+    """What clamd took and refused is kept for the worker (its later pipelines too): a message past what it refused
+    is cut at what it took, one connection each, never refused."""
     caplog.set_level(logging.WARNING, logger="milterd")
     send(tmp_path, clamd, CLEAN, "first")
     learned = judged(clamd)
@@ -141,10 +157,10 @@ def test_the_next_message_is_cut_at_the_limit_up_front(tmp_path: Path, clamd: St
 
     infected = send(tmp_path, clamd, INFECTED, "second")
     assert infected.verdict.details.get("CLAMAV_VIRUS") == "Eicar-Test-Signature"
-    assert clamd.refused == [-1] and len(clamd.requests[0]) == learned  # one stream, cut where clamd took the first
+    assert clamd.refused == [-1] and learned <= len(clamd.requests[0]) <= LIMIT  # one stream, not refused
 
     clean = send(tmp_path, clamd, CLEAN, "third")
-    assert clean.verdict.details == {"CLAMAV_SKIPPED_SIZE": skipped_clean(learned)}
+    assert clean.verdict.details == {"CLAMAV_SKIPPED_SIZE": skipped_clean(len(clamd.requests[1]))}
     assert clamd.refused == [-1, -1]
     learnt = [r for r in caplog.records if "StreamMaxLength" in r.getMessage()]
     assert len(learnt) == 1 and str(learned) in learnt[0].getMessage()  # logged once, when learned
@@ -156,3 +172,93 @@ def test_a_message_under_the_learned_limit_is_scanned_whole(tmp_path: Path, clam
     outcome = send(tmp_path, clamd, small, "second")
     assert outcome.verdict.details == {"CLAMAV_VIRUS": "Eicar-Test-Signature"}
     assert clamd.requests[-1] == small
+
+
+LINE = b"x" * 998 + b"\r\n"
+
+
+def padded(before: int, virus: bool = True) -> bytes:
+    """*before* lines of 1000 bytes, then EICAR (with *virus*)."""
+    return HAM.replace(b"See you at noon.", LINE * before + (EICAR + b"\r\n" if virus else b""))
+
+
+def test_a_virus_under_clamds_stream_limit_is_found_after_a_larger_message(tmp_path: Path) -> None:
+    """The second look's case (clamd's StreamMaxLength 1M): EICAR after 850 kB is rejected; a 3 MB message is
+    refused part-way; the first message again must still be rejected, not cut at a size under clamd's limit."""
+    clamd = StreamMaxClamd(limit=1 << 20)
+    try:
+        first = send(tmp_path, clamd, padded(850), "first")
+        assert first.verdict.details == {"CLAMAV_VIRUS": "Eicar-Test-Signature"}
+        assert clamd.refused == [-1]
+
+        large = send(tmp_path, clamd, padded(3000, virus=False), "large")
+        assert set(large.verdict.symbols) == {"CLAMAV_SKIPPED_SIZE"} and clamd.refused[1] >= 0  # refused part-way
+        del clamd.requests[:], clamd.refused[:]
+
+        again = send(tmp_path, clamd, padded(850), "again")
+        assert again.verdict.details == {"CLAMAV_VIRUS": "Eicar-Test-Signature"}, again.verdict.details
+        assert again.verdict.action == Action.REJECT
+        assert clamd.refused == [-1] and EICAR in clamd.requests[0]  # streamed whole, as before the larger message
+    finally:
+        clamd.close()
+
+
+def test_a_message_just_under_clamds_stream_limit_is_streamed_whole_after_learning(tmp_path: Path, clamd: StreamMaxClamd) -> None:
+    """Within the last chunk under clamd's limit, past the start it took: sent whole, not cut where it took."""
+    send(tmp_path, clamd, CLEAN, "first")
+    learned = judged(clamd)
+    known = STREAM_LIMITS.get(clamd.address)
+    assert known is not None and known.accepted == learned and LIMIT < known.refused <= learned + CHUNK
+    del clamd.requests[:], clamd.refused[:]
+    message = padded((LIMIT - 200) // 1000)
+    assert learned < len(message) <= LIMIT
+    outcome = send(tmp_path, clamd, message, "second")
+    assert outcome.verdict.details == {"CLAMAV_VIRUS": "Eicar-Test-Signature"}
+    assert clamd.refused == [-1] and len(clamd.requests[0]) == len(message)
+
+
+def test_a_message_between_clamds_limit_and_the_size_it_refused_is_judged_again(tmp_path: Path, clamd: StreamMaxClamd) -> None:
+    """Streamed whole (it may have been taken), refused: its start clamd took is judged from the spool, one more."""
+    send(tmp_path, clamd, CLEAN, "first")
+    known = STREAM_LIMITS.get(clamd.address)
+    assert known is not None
+    del clamd.requests[:], clamd.refused[:]
+    message = padded(LIMIT // 1000 + 1, virus=False)
+    assert LIMIT < len(message) < known.refused
+    outcome = send(tmp_path, clamd, message, "second")
+    assert outcome.verdict.details == {"CLAMAV_SKIPPED_SIZE": skipped_clean(known.accepted)}
+    assert clamd.refused[0] >= 0 and clamd.refused[1:] == [-1]
+
+
+def test_clamds_stream_limit_lowered_after_learning_is_found_again(tmp_path: Path, clamd: StreamMaxClamd) -> None:
+    """clamd reloaded with a lower StreamMaxLength: the start known taken is refused, and bisected again."""
+    send(tmp_path, clamd, CLEAN, "first")
+    clamd.limit = LIMIT // 2
+    del clamd.requests[:], clamd.refused[:]
+    outcome = send(tmp_path, clamd, CLEAN, "second")
+    assert outcome.verdict.details == {"CLAMAV_SKIPPED_SIZE": skipped_clean(judged(clamd))}
+    known = STREAM_LIMITS.get(clamd.address)
+    assert known is not None and LIMIT // 2 - CHUNK < known.accepted <= LIMIT // 2 < known.refused
+
+
+def test_a_start_taken_far_under_clamds_limit_is_not_where_later_messages_are_cut(tmp_path: Path, clamd: StreamMaxClamd) -> None:
+    """The bisection ends on the first virus, maybe at half clamd's limit: later messages are not cut there."""
+    send(tmp_path, clamd, INFECTED, "first")
+    known = STREAM_LIMITS.get(clamd.address)
+    assert known is not None and known.refused - known.accepted > CHUNK  # stopped early, on EICAR
+    late = HAM.replace(b"See you at noon.", LINE * (LIMIT * 85 // 100_000) + EICAR + b"\r\n" + PADDING)
+    outcome = send(tmp_path, clamd, late, "second")
+    assert outcome.verdict.details == {"CLAMAV_VIRUS": "Eicar-Test-Signature"}, outcome.verdict.details
+
+
+@pytest.mark.parametrize("on_error", ["tempfail", "accept"])
+def test_no_start_taken_follows_on_error_after_a_bounded_number_of_streams(tmp_path: Path, on_error: str) -> None:
+    clamd = StreamMaxClamd(limit=10)  # not even the headers
+    try:
+        pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__on_error=on_error), "clamav")
+        outcome, _ = run_message(pipeline, INFECTED)
+        assert set(outcome.verdict.symbols) == {"CLAMAV_ERROR"}, outcome.verdict.details
+        assert outcome.verdict.action == (Action.TEMPFAIL if on_error == "tempfail" else Action.ACCEPT)
+        assert -1 not in clamd.refused and len(clamd.requests) == 1 + MAX_RESCANS
+    finally:
+        clamd.close()
