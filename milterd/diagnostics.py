@@ -967,21 +967,17 @@ def scanner_budget(config: Config) -> float:
 
 
 def command_budget(config: Config) -> float:
-    """The longest one SMTP command before end of data may keep milterd busy on timeouts: MAIL FROM's DNS
-    lookups (the stage's deadline, then SPF's own: ``[dns] timeout`` twice, one after the other) or, with
-    greylisting by triplet, a greylist store that does not answer at RCPT TO or DATA (``[database] busy_timeout``)."""
-    budget = 2 * config.dns.timeout
-    if config.greylist.enabled and config.greylist.mode == "triplet":
-        budget = max(budget, config.database.busy_timeout)
-    return budget
+    """The longest one SMTP command before end of data may keep milterd busy on timeouts: MAIL FROM, which first
+    logs the transaction refused before it (a store write, ``[database] busy_timeout``), then waits for its DNS
+    lookups (the stage's deadline, then SPF's own: ``[dns] timeout`` twice, one after the other).  (RCPT TO's
+    greylist store, with greylisting by triplet, waits ``busy_timeout`` alone.)"""
+    return config.database.busy_timeout + 2 * config.dns.timeout
 
 
 def command_budget_why(config: Config) -> str:
     """What :func:`command_budget` is made of, as doctor says it."""
-    dns = f"MAIL FROM's DNS lookups, then SPF's, [dns] timeout {config.dns.timeout:g}s each"
-    if config.greylist.enabled and config.greylist.mode == "triplet" and config.database.busy_timeout > 2 * config.dns.timeout:
-        return f"the greylist store at RCPT TO, [database] busy_timeout {config.database.busy_timeout:g}s"
-    return dns
+    return (f"MAIL FROM logs the transaction refused before it, [database] busy_timeout {config.database.busy_timeout:g}s, "
+            f"then its DNS lookups and SPF's, [dns] timeout {config.dns.timeout:g}s each")
 
 
 def _seconds(value: str) -> float | None:

@@ -330,7 +330,12 @@ def store_owners(config: Config, handed_over: bool) -> dict[int, str]:
     account = service_account(config)
     if account is None:
         uid = os.geteuid()
-        return {uid: _name_of(uid, pwd.getpwuid)}
+        owners = {uid: _name_of(uid, pwd.getpwuid)}
+        if uid != 0 and config.milter.user not in ("", "root"):
+            # Not root (rules lint, doctor as an administrator, serve under systemd's User=): the files a root start
+            # gave to [milter] user are that account's, not foreign.
+            owners[_user(config, config.milter.user).pw_uid] = config.milter.user
+        return owners
     name, uid, _gid = account
     return {uid: name} if handed_over else {0: "root", uid: name}
 

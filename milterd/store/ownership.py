@@ -56,8 +56,9 @@ def judge_store_file(path: Path, info: os.stat_result, owners: Mapping[int, str]
     if not stat.S_ISREG(mode):
         return f"{path} is not a regular file: remove it"
     if info.st_uid not in owners:
-        return (f"{path} is owned by {user_name(info.st_uid)}, not {' or '.join(owners.values())}: another account made it "
-                "and may read what milterd stores there; remove it (after a look at what it holds)")
+        return (f"{path} is owned by {user_name(info.st_uid)}, not {' or '.join(owners.values())}: that account may read what "
+                f"milterd stores there; if it is milterd's own store (an account changed in [milter] user), chown it to "
+                f"{list(owners.values())[-1]}, else remove it (after a look at what it holds)")
     if mode & NOT_OWNER_BITS:
         return (f"{path} is mode {stat.S_IMODE(mode):04o}: other users may read or write the log and quarantined mail "
                 f"in it; chmod 600 {path}")
@@ -76,14 +77,15 @@ def judge_store_directory(path: Path, info: os.stat_result, group_shared: bool =
     return ""
 
 
-def group_shared(gid: int, owners: Mapping[int, str]) -> bool:
-    """Whether an account other than root and *owners* is in group *gid* (listed in it, or its primary group)."""
+def group_shared(gid: int, owners: Mapping[int, str], owner: str = "") -> bool:
+    """Whether an account other than root, *owners* and the directory's *owner* (who may write it anyway) is in
+    group *gid* (listed in it, or its primary group)."""
     try:
         members = set(grp.getgrgid(gid).gr_mem)
     except KeyError:
         members = set()
     members |= {account.pw_name for account in pwd.getpwall() if account.pw_gid == gid}
-    return bool(members - {"root", *owners.values()})
+    return bool(members - {"root", owner, *owners.values()})
 
 
 def store_file_problems(file: Path, owners: Mapping[int, str]) -> list[str]:
@@ -101,7 +103,8 @@ def store_file_problems(file: Path, owners: Mapping[int, str]) -> list[str]:
             info = os.stat(directory)
         except OSError:
             continue
-        shared = not info.st_mode & stat.S_IWGRP or group_shared(info.st_gid, owners)  # looked up only when it matters
+        # Looked up only when it matters; the directory's owner may write it anyway (judge_store_directory).
+        shared = not info.st_mode & stat.S_IWGRP or group_shared(info.st_gid, owners, user_name(info.st_uid))
         problems.append(judge_store_directory(directory, info, shared))
     for path in store_files(real):
         try:

@@ -196,3 +196,38 @@ def test_a_bad_connect_timeout_the_check_missed_is_the_driver_s_error_not_a_trac
             engine.connect()
     finally:
         engine.dispose()
+
+
+# --- second look ------------------------------------------------------------------------------------
+@root_only
+def test_a_group_writable_directory_of_its_owner_s_own_group_is_taken(open_dir: Path) -> None:
+    # A user private group (umask 002): the group holds only the directory's owner, who may write it anyway.
+    daemon = pwd.getpwnam("daemon")
+    checkout = open_dir / "co"
+    checkout.mkdir()
+    os.chown(checkout, daemon.pw_uid, daemon.pw_gid)
+    checkout.chmod(0o775)
+    assert store_file_problems(checkout / "milterd.sqlite", OWNERS) == []
+
+
+@root_only
+def test_not_root_the_files_of_the_configured_account_are_its_own(open_dir: Path) -> None:
+    # rules lint or doctor run by another administrator account: the files root gave to nobody were "another account's".
+    store = open_dir / "milterd.sqlite"
+    _file(store, 0o600)
+    config = _config(open_dir, store)
+    daemon = pwd.getpwnam("daemon")
+    os.seteuid(daemon.pw_uid)
+    try:
+        owners = supervisor.store_owners(config, handed_over=True)
+    finally:
+        os.seteuid(0)
+    assert owners == {daemon.pw_uid: "daemon", NOBODY.pw_uid: "nobody"}
+    assert store_file_problems(store, owners) == []
+
+
+def test_a_store_of_another_account_is_said_to_be_chowned_if_it_is_milterd_s() -> None:
+    planted = Path("/var/lib/milterd/milterd.sqlite")
+    info = os.stat_result((stat.S_IFREG | 0o600, 0, 0, 1, NOBODY.pw_uid, 0, 0, 0, 0, 0))
+    problem = judge_store_file(planted, info, {1: "daemon"})
+    assert "chown it to daemon" in problem and "owned by nobody" in problem
