@@ -4,7 +4,6 @@ more, encrypted Outlook messages and split volumes in archives, and the late obj
 
 from __future__ import annotations
 
-import base64
 import binascii
 import bz2
 import gzip
@@ -22,11 +21,12 @@ from milterd.content import archives
 from milterd.content.archives import Limits, list_archive
 from milterd.content.filetypes import sniff
 from milterd.content.uuencode import encoded_files, uudecode_line, xxdecode_line
-from milterd.message.model import Action, Session
+from milterd.message.model import Action
 from tests.harness.attachments import attachment_check
-from tests.harness.messages import envelope_of, zipped
+from tests.harness.messages import zipped
 from tests.harness.outlookmsg import compound_file, ole10native
 
+from .test_attachments_review34 import attached, judged, uu
 from .test_office_packages import ole1, rtf
 
 #: A minimal PE start: a DOS header whose e_lfanew (0x3C) points at "PE\0\0".
@@ -41,23 +41,6 @@ needs_libarchive = pytest.mark.skipif(archives.libarchive is None, reason="libar
 @pytest.fixture
 def check(tmp_path: Path) -> AttachmentPolicy:
     return attachment_check(tmp_path, "archive_max_members = 20\narchive_process = false\n")  # unit tests fork no listing child
-
-
-def judged(check: AttachmentPolicy, *parts: bytes) -> dict[str, tuple[Action | None, str]]:
-    raw = (b"From: a@example.org\r\nTo: b@example.net\r\nSubject: t\r\nMIME-Version: 1.0\r\n"
-           b'Content-Type: multipart/mixed; boundary="zz"\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nhi\r\n')
-    raw += b"".join(b"--zz\r\n" + part + b"\r\n" for part in parts) + b"--zz--\r\n"
-    return {h.symbol: (h.action, h.detail) for h in check.on_eom(Session(client_addr="192.0.2.7"), envelope_of(raw))}
-
-
-def attached(name: str, data: bytes, ctype: bytes = b"application/octet-stream") -> bytes:
-    return (b"Content-Type: " + ctype + b'\r\nContent-Disposition: attachment; filename="' + name.encode()
-            + b'"\r\nContent-Transfer-Encoding: base64\r\n\r\n' + base64.encodebytes(data))
-
-
-def uu(name: bytes, data: bytes) -> bytes:
-    lines = [binascii.b2a_uu(data[i:i + 45]) for i in range(0, len(data), 45)]
-    return b"begin 644 " + name + b"\r\n" + b"".join(lines).replace(b"\n", b"\r\n") + b"`\r\nend\r\n"
 
 
 def xx_line(data: bytes) -> bytes:
