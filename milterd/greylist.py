@@ -342,12 +342,13 @@ class Whitelist:
             ip: Any = ipaddress.ip_address(address.removeprefix("IPv6:"))
         except ValueError:
             ip = None
-        if isinstance(ip, ipaddress.IPv6Address):
-            ip = embedded_ipv4(ip) or ip
+        # An IPv4 client seen through IPv6 matches an entry of either form: ::ffff:192.0.2.1 or 192.0.2.0/24,
+        # 64:ff9b::/96 (an IPv6-only MX's entry copied from its logs) or the IPv4 network behind it.
+        forms = [ip] if not isinstance(ip, ipaddress.IPv6Address) or embedded_ipv4(ip) is None else [ip, embedded_ipv4(ip)]
         verified = name if name and name != "unknown" else ""
         for pattern in self.clients:
             if pattern.network is not None or verified:
-                if pattern.matches(verified, ip):
+                if any(pattern.matches(verified, form) for form in forms):
                     return pattern.text
         return None
 

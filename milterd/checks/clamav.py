@@ -119,6 +119,10 @@ STREAM_LIMITS = StreamLimits()
 #: The most streams a refused message is scanned again with: a bisection from 64 MiB down to a 64 KiB chunk,
 #: and the start known taken asked again once.
 MAX_RESCANS = 12
+#: The shortest start of a message clamd must take for it to count as scanned (CLAMAV_SKIPPED_SIZE; a quarter of
+#: max_size where that is less): a clamd whose StreamMaxLength is under it (one byte, a misconfiguration) judges
+#: nothing, and that is clamd failing (on_error).
+MIN_SCANNED_START = 64 * 1024
 
 
 def virus_hit(name: str, action: str) -> Hit:
@@ -334,8 +338,13 @@ class ClamavCheck(ScannerCheck):
         high = refused  # refused
         step = self.client.chunk_size
         judged: tuple[int, ClamdResult] | None = None  # the longest start taken in this message, its verdict
+        # One deadline for the whole bisection: each stream has the scanner's timeout, and twelve of a slow clamd
+        # held end of message for minutes, past Postfix's milter_content_timeout.
+        deadline = time.monotonic() + self.options.timeout
         for _ in range(MAX_RESCANS):
             if judged is not None and (judged[1].infected or high - low <= step):
+                break
+            if time.monotonic() >= deadline:
                 break
             # The start known taken is asked again only when the bisection is done without a verdict of its own.
             size = low if judged is None and low > 0 and high - low <= step else (low + high) // 2
@@ -360,6 +369,9 @@ class ClamavCheck(ScannerCheck):
         self._learn(0 if judged is None else judged[0], high)
         if judged is None:
             return [error_hit(f"over clamd's StreamMaxLength (it refused {high} bytes); no start of it taken", self.options.on_error)]
+        if judged[0] < self._min_start() and not judged[1].infected:
+            return self._start_failed(envelope, self._over(judged[0]), judged[0],
+                                      f"clamd took only {judged[0]} bytes of a stream (its StreamMaxLength): too few to judge by")
         return self._start_result(envelope, self._over(judged[0]), judged[0], judged[1])
 
     def _start_result(self, envelope: Envelope, skipped: str, size: int, result: ClamdResult) -> list[Hit]:
@@ -387,10 +399,15 @@ class ClamavCheck(ScannerCheck):
         message as long, which clamd cannot take whole, is cut at the longest stream it took if that is within a
         chunk of it (a bisection ended early, on a virus, took less: it is cut there, refused, and bisected on)."""
         known = STREAM_LIMITS.get(str(self.client.address))
-        if known is None or known.refused > self.options.max_size:
+        if known is None or known.refused > self.options.max_size or known.accepted < self._min_start():
+            # Nothing learned, or too little taken to count as scanned: streamed, refused, bisected, on_error.
             return self.options.max_size, self.options.max_size
         whole = known.refused - 1
         return whole, known.accepted if known.refused - known.accepted <= self.client.chunk_size else whole
+
+    def _min_start(self) -> int:
+        """:data:`MIN_SCANNED_START`, or a quarter of max_size where that is less."""
+        return min(MIN_SCANNED_START, self.options.max_size // 4)
 
     def _over(self, size: int) -> str:
         """Why a message over *size* was not scanned whole."""

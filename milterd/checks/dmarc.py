@@ -332,6 +332,8 @@ def _shown_domains(text: str) -> tuple[str, ...]:
     domain = domain_name(text.strip())
     whole = domain if domain and _DOMAIN.fullmatch(domain) else None
     if whole and (text.isascii() or not obscured(text)):
+        # A middle dot IDNA2008 takes (col·legi.cat's between two l's) is the domain's own: read as a dot too, every
+        # Catalan domain would lose its DMARC pass to the domain after it (email·lloydsbank.example is left so).
         return (whole,)
     shown = _shown_text(text)
     head = _DOMAIN_HEAD.match(shown)
@@ -346,15 +348,38 @@ def _shown_text(text: str) -> str:
 
 
 #: Characters a reader takes for the dot of a domain (U+3002 and U+FF61 UTS #46 maps to one itself): ONE DOT
-#: LEADER, SMALL FULL STOP, MIDDLE DOT, GREEK ANO TELEIA, HYPHENATION POINT, BULLET, BULLET and DOT OPERATORS,
-#: WORD SEPARATOR MIDDLE DOT, RAISED DOT, DOT ABOVE, the full stops of Syriac, Armenian, Arabic, Vai and
-#: Kharoshthi, KATAKANA MIDDLE DOT (and its halfwidth form), CANADIAN SYLLABICS FINAL MIDDLE DOT, LISU LETTER
-#: TONE MYA TI.
-_LOOKALIKE_DOTS = ("\u2024\ufe52\u00b7\u0387\u2027\u2022\u2219\u22c5\u2e31\u2e33\u02d9\u0701\u0702\u0589\u06d4"
-                   "\ua60e\U00010a50\u30fb\uff65\u1427\ua4f8")
+#: LEADER, SMALL FULL STOP, MIDDLE DOT, GREEK ANO TELEIA, HYPHENATION POINT, BULLET, BULLET, DOT and RING OPERATORS,
+#: CIRCLED DOT OPERATOR, WORD SEPARATOR MIDDLE DOT, RAISED DOT, DOT ABOVE, DEGREE SIGN, WHITE BULLET, the full stops
+#: of Syriac, Armenian, Arabic, Vai and Kharoshthi, KATAKANA MIDDLE DOT (and its halfwidth form), CANADIAN
+#: SYLLABICS FINAL MIDDLE DOT, LISU LETTER TONE MYA TI, LATIN LETTER SINOLOGICAL DOT, the Tibetan tshegs, MODIFIER
+#: LETTER HALF TRIANGULAR COLON, DEVANAGARI HIGH SPACING DOT, MALAYALAM LETTER DOT REPH, the Arabic-Indic zeros.
+_LOOKALIKE_DOTS = ("\u2024\ufe52\u00b7\u0387\u2027\u2022\u2219\u22c5\u2218\u2299\u2e31\u2e33\u02d9\u00b0\u25e6"
+                   "\u0701\u0702\u0589\u06d4\ua60e\U00010a50\u30fb\uff65\u1427\ua4f8\ua78f\u0f0b\u0f0c\u02d1\u0971"
+                   "\u0d4e\u0660\u06f0")
 _DOT_LOOKALIKES = str.maketrans(dict.fromkeys(_LOOKALIKE_DOTS, "."))
-#: A dot look-alike that is a letter (IDNA2008 takes it) between two ASCII letters or digits: ``bank<U+1427>test``.
-_LETTER_DOT = re.compile(r"[a-z0-9][\u1427\ua4f8][a-z0-9]")
+#: The characters that may stand between two ASCII letters or digits of a domain: cased letters (ß, ü), the
+#: marks a letter takes (e and U+0301) and, between two l's, Catalan's middle dot (col·legi.cat, IDNA2008's rule).
+_IN_LATIN_WORDS = frozenset({"Lu", "Ll", "Lt", "Mn", "Mc", "Me"})
+_ASCII_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+#: Brackets and quotes: junk after a domain (``bank.example【Bank】``), never read as its dot.
+_BRACKETS_AND_QUOTES = frozenset({"Ps", "Pe", "Pi", "Pf", "Zs", "Zl", "Zp"})  # and blanks: obscured() judges those
+
+
+def _foreign_between_ascii(word: str) -> bool:
+    """Whether a character of *word* (a domain as shown, case folded) that is not ASCII stands between two ASCII
+    letters or digits where none of a Latin word would (:data:`_IN_LATIN_WORDS`): a letter of no case, a digit of
+    another script, punctuation, a symbol (``bank<U+A78F>test``, ``bank<U+0660>test``), which IDNA2008 may take
+    as a label's character while a reader sees a dot."""
+    for at in range(1, len(word) - 1):
+        char = word[at]
+        if char.isascii() or word[at - 1] not in _ASCII_ALNUM or word[at + 1] not in _ASCII_ALNUM:
+            continue
+        if char == "\u00b7" and word[at - 1] == word[at + 1] == "l":
+            continue
+        if unicodedata.category(char) in _IN_LATIN_WORDS or unicodedata.category(char) in _BRACKETS_AND_QUOTES or any(c in _ASCII_ALNUM for c in unicodedata.normalize("NFKD", char).lower()):
+            continue
+        return True
+    return False
 
 
 def _mapped_domain(shown: str) -> str | None:
@@ -372,8 +397,13 @@ def _first_word(shown: str) -> str:
     return _ASCII_BLANKS.split(shown, maxsplit=1)[0]
 
 
-@functools.lru_cache(maxsize=1024)
 def _idna2008(name: str) -> bool:
+    """:func:`_idna2008_name` of a name short enough to be one (no longer value is remembered)."""
+    return len(name) <= 254 and _idna2008_name(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _idna2008_name(name: str) -> bool:
     """Whether IDNA2008 takes *name* as it is, its contextual rules included: ``col·legi.cat`` (a middle dot
     between two l's, Catalan) is a domain; ``bank·example`` is no IDNA2008 name, only UTS #46 maps it to one."""
     try:
@@ -386,7 +416,7 @@ def _idna2008(name: str) -> bool:
 def _hides(char: str) -> bool:
     """Whether *char* may stand between a domain's letters where a reader sees a dot or nothing: a dot
     look-alike, or punctuation or a blank that is not ASCII."""
-    return char in _LOOKALIKE_DOTS or (not char.isascii() and unicodedata.category(char)[0] in "PZ")
+    return char in _LOOKALIKE_DOTS or (not char.isascii() and unicodedata.category(char)[:2] in ("Po", "Pd", "Zs", "Sm", "Sk"))
 
 
 def obscured(text: str) -> bool:
@@ -399,7 +429,7 @@ def obscured(text: str) -> bool:
     word = _first_word(_shown_text(text))
     if word.isascii():
         return False
-    if _LETTER_DOT.search(word):
+    if _foreign_between_ascii(word):
         return True
     if _idna2008(word):
         return False

@@ -209,3 +209,17 @@ def test_objects_past_the_late_allowance_say_so(check: AttachmentPolicy) -> None
     # Each object and the file it carries: ten of them are the 20 members opened past the parts' budget.
     assert found[LIMIT] == (Action.QUARANTINE,
                             "report.docx/word/embeddings/oleObject10.bin: past the 20 objects opened past the parts' budget, the rest not looked at")
+
+
+# --- third look ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("garbage", [b"", b"x", b"abc"])
+def test_garbage_past_a_uuencoded_line_s_length_does_not_make_it_xx(check: AttachmentPolicy, garbage: bytes) -> None:
+    # uudecode reads a line for the length its first character says: a lower-case letter after it switched the whole
+    # file to xxencode's alphabet, and the zip it held (evil.exe) was read as nothing.
+    payload = zipped({"evil.exe": PE})
+    lines = [binascii.b2a_uu(payload[i:i + 45]).rstrip(b"\n") for i in range(0, len(payload), 45)]
+    lines[0] += garbage
+    text = b"begin 644 scan.pdf\r\n" + b"\r\n".join(lines) + b"\r\n`\r\nend\r\n"
+    assert [found.data.read() for found in encoded_files([text], 1 << 20, 1 << 20, 10)] == [payload]
+    hits = judged(check, b"Content-Type: text/plain\r\n\r\nsee attached\r\n\r\n" + text)
+    assert hits[BANNED][0] == Action.REJECT and "scan.pdf/evil.exe" in hits[BANNED][1]

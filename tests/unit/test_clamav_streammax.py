@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -260,5 +261,61 @@ def test_no_start_taken_follows_on_error_after_a_bounded_number_of_streams(tmp_p
         assert set(outcome.verdict.symbols) == {"CLAMAV_ERROR"}, outcome.verdict.details
         assert outcome.verdict.action == (Action.TEMPFAIL if on_error == "tempfail" else Action.ACCEPT)
         assert -1 not in clamd.refused and len(clamd.requests) == 1 + MAX_RESCANS
+    finally:
+        clamd.close()
+
+
+@pytest.mark.parametrize("on_error", ["tempfail", "accept"])
+def test_a_clamd_that_takes_a_few_bytes_does_not_judge_later_messages_clean(tmp_path: Path, on_error: str) -> None:
+    # Third look: a clamd taking 1 byte of a stream learned a cut of 1 byte, and every later message, EICAR
+    # included, was CLAMAV_SKIPPED_SIZE "its first 1 bytes scanned: clean".  Too little taken is clamd failing.
+    clamd = StreamMaxClamd(limit=1)
+    try:
+        pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__on_error=on_error), "clamav")
+        for _ in range(2):
+            outcome, _ = run_message(pipeline, INFECTED)
+            assert set(outcome.verdict.symbols) == {"CLAMAV_ERROR"}, outcome.verdict.details
+            assert outcome.verdict.action == (Action.TEMPFAIL if on_error == "tempfail" else Action.ACCEPT)
+        small, _ = run_message(pipeline, HAM.replace(b"See you at noon.", EICAR))
+        assert set(small.verdict.symbols) == {"CLAMAV_ERROR"}, small.verdict.details
+    finally:
+        clamd.close()
+
+
+class _Late:
+    """A connection whose answers (sendall) come *delay* seconds late."""
+
+    def __init__(self, conn: socket.socket, delay: float) -> None:
+        self.conn, self.delay = conn, delay
+
+    def sendall(self, data: bytes) -> None:
+        time.sleep(self.delay)
+        self.conn.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+class SlowClamd(StreamMaxClamd):
+    """A StreamMaxClamd that takes *delay* seconds to answer each stream."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.handler = SlowClamd.serve_late
+
+    def serve_late(self, conn: socket.socket) -> None:
+        StreamMaxClamd.serve(self, _Late(conn, self.delay))  # type: ignore[arg-type]
+
+
+def test_the_bisection_has_one_deadline(tmp_path: Path) -> None:
+    # Third look: each rescan had the scanner's whole timeout, and twelve of a slow clamd held end of message for
+    # minutes.  With a 1 s timeout and 0.6 s a rescan, no third rescan starts (a bound, not a measure of speed).
+    clamd = SlowClamd(0.6)
+    try:
+        pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__timeout=1.0), "clamav")
+        outcome, _ = run_message(pipeline, CLEAN)
+        assert len(clamd.requests) <= 1 + 2, clamd.refused
+        assert set(outcome.verdict.symbols) & {"CLAMAV_SKIPPED_SIZE", "CLAMAV_ERROR"}, outcome.verdict.details
     finally:
         clamd.close()

@@ -81,3 +81,27 @@ def test_names_after_an_address_and_real_idn_dots_are_not_held(value: str) -> No
     [hit], _ = run_dmarc([value.encode()], POLICIES, ATTACKER_SIGNED)
     assert hit.symbol == "DMARC_NONE", (value, hit)
     assert not any(obscured(address.rpartition("@")[2]) for address in [value.split("<")[-1].rstrip(">")])
+
+
+# --- third look --------------------------------------------------------------------------------------------
+THIRD_LOOK = ["bank\ua78fexample", "bank\u0660example", "bank\u06f0example", "bank\u0f0bexample", "bank\u02d1example",
+              "bank\u0971example", "bank\u2218example", "bank\u2299example", "bank\u00b0example", "bank\u25e6example"]
+
+
+@pytest.mark.parametrize("domain", THIRD_LOOK)
+def test_a_character_idna_takes_or_no_category_caught_between_letters_still_gets_the_reject(domain: str) -> None:
+    # U+A78F (a Latin letter of no case), U+06F0 (a digit), U+0F0B (Tibetan tsheg) … IDNA2008 takes as a label's, and
+    # symbols (U+2218, U+00B0) stopped the reading with no look-alike seen: DMARC_NONE.
+    [hit], _ = run_dmarc([f"Bank Security <security@{domain}>".encode()], POLICIES, ATTACKER_SIGNED)
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT), domain
+
+
+@pytest.mark.parametrize("value", ["Col\u00b7legi <info@col\u00b7legi.cat>", "a@stra\u00dfe.example", "a@\u00e9cole.example",
+                                   "a@i\u2764.example", "a@\u4f8b\u3048.example", "a@bank.example\u3010Bank\u3011"])
+def test_latin_words_catalan_emoji_and_cjk_domains_are_not_held(value: str) -> None:
+    [hit], _ = run_dmarc([value.encode()], POLICIES, ATTACKER_SIGNED)
+    assert "no domain holds" not in str(hit.detail) and hit.action is None, (value, hit)
+
+
+def test_a_huge_from_domain_is_not_remembered() -> None:
+    assert not obscured("x" * 100_000 + "\u00e9")  # judged; IDNA2008 not asked of a name no domain can be

@@ -45,3 +45,13 @@ def test_nat64_clients_count_by_their_ipv4_network() -> None:
     assert client_network("64:ff9b::192.0.2.10") == "192.0.2.0/24"
     assert client_network("64:ff9b::198.51.100.7") == "198.51.100.0/24"
     assert client_network("2001:db8::1") == "2001:db8::/64"
+
+
+@pytest.mark.parametrize("entry", ["64:ff9b::/96", "64:ff9b::c000:20a", "192.0.2.0/24"])
+def test_a_nat64_client_matches_a_whitelist_entry_of_either_form(tmp_path: Path, entry: str) -> None:
+    # Second look: an IPv6 entry copied from an IPv6-only MX's logs no longer matched once the client counted as IPv4.
+    services, check = greylist_services(tmp_path, **{"greylist.whitelist_clients": [entry]})
+    assert rcpt(check, Session(client_addr="64:ff9b::192.0.2.10"), "alice@example.org") == []
+    other = rcpt(check, Session(client_addr="64:ff9b::198.51.100.7"), "alice@example.org")
+    assert other == [] if entry == "64:ff9b::/96" else other[0][0] == "GREYLIST"  # the /96 holds every IPv4 client
+    services.store.close()
