@@ -102,9 +102,22 @@ class ConfigError(Exception):
     """A configuration or rule file that cannot be used; the message says where and why."""
 
     def __init__(self, file: str | os.PathLike[str], key: str, reason: str) -> None:
-        self.file, self.key, self.reason = str(file), key, reason
+        self.file, self.key, self.reason = str(file), key, _shortened(reason)
         where = f"{self.file}: {key}: " if key else f"{self.file}: "
-        super().__init__(_one_line(where + reason))
+        super().__init__(_one_line(where + self.reason))
+
+
+#: The longest reason an error gives: a value of 100,000 characters was quoted whole (its key and what is expected
+#: stay, at the reason's start and end).
+MAX_REASON = 600
+
+
+def _shortened(reason: str) -> str:
+    """*reason*, of a value quoted in it, cut in the middle past :data:`MAX_REASON` characters."""
+    if len(reason) <= MAX_REASON:
+        return reason
+    head, tail = MAX_REASON - 200, 150
+    return f"{reason[:head]}…({len(reason) - head - tail} characters)…{reason[-tail:]}"
 
 
 def _one_line(text: str) -> str:

@@ -134,3 +134,14 @@ def test_options_module_is_a_leaf() -> None:
     tree = ast.parse((REPO / "milterd" / "options.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
     assert imported <= {"units"}, imported
+
+
+def test_a_huge_value_is_not_quoted_whole_in_the_error(tmp_path: Path) -> None:
+    # Review, thirty-fourth session: a socket of 100,000 characters made an error line as long.
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[milter]\nsocket = "{"a" * 100_000}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(conf)
+    message = str(info.value)
+    assert len(message) < 800 and "[milter] socket" in message and message.endswith("inet:HOST:PORT, inet:PORT@HOST or unix:/path")
+    assert "characters)…" in message
