@@ -453,6 +453,11 @@ class QuarantineSection(Section):
     report_from: str = Field("", description="From: of digests and virus notices, and the digest's envelope sender (notices go from the null sender); empty: postmaster@ this host's name.")
     notify_virus_recipients: bool = Field(False, description="'quarantine digest' also tells each recipient of a message quarantined as a virus.")
 
+    @field_validator("release_password_file", "postfix_config")
+    @classmethod
+    def _paths(cls, value: str) -> str:
+        return _no_nul(value)  # a path with a NUL opens nothing: said at load, not a traceback at release or in doctor
+
     @field_validator("report_from")
     @classmethod
     def _report_from(cls, value: str) -> str:

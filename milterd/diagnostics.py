@@ -542,7 +542,7 @@ def probe_private_files(config: Config) -> list[Finding]:
     for what, path in private_files(config):
         try:
             mode = path.stat().st_mode
-        except OSError:  # missing or unreadable: the other probes say so
+        except (OSError, ValueError):  # missing or unreadable (ValueError: a NUL in a key file's path): other probes say so
             continue
         finding = judge_file_mode(what, path, mode)
         if finding is not None:

@@ -29,7 +29,7 @@ from pydantic import Field, field_validator
 
 from .. import dkimfast
 from ..authresults import authserv_id_of, field_name
-from ..dkimsign import parse_key
+from ..dkimsign import LABELS, parse_key, signing_domain
 from ..files import read_error, read_regular
 from ..message.model import Action, Envelope, HeaderEdit, Hit, Session, SpoolError, Verdict, header_safe
 from ..message.policy import plan_headers, spam_verdict_field
@@ -53,6 +53,25 @@ class ArcChecks(CheckSwitches):
     seal_domain: str = Field("", description="The sealing domain (ARC-Seal d=).")
     seal_selector: str = Field("", description="The sealing selector (s=): the key is published at SELECTOR._domainkey.DOMAIN.")
     seal_key_file: str = Field("", description="The RSA private key (PEM) that seals, relative to this file ('milterd dkim keygen' writes one).")
+
+    @field_validator("seal_domain")
+    @classmethod
+    def _seal_domain(cls, value: str) -> str:
+        # Written as it is into ARC-Seal d=: "ex ample.org" or "a;b=c" made a seal no verifier takes, "bücher.example"
+        # one error a message.  Its A-labels, as [dkim_signing] keys take a domain.
+        if not value:
+            return value
+        domain = signing_domain(value)
+        if domain is None:
+            raise ValueError(f"{value[:80]!r} is not a domain name (lists.example.org)")
+        return domain
+
+    @field_validator("seal_selector")
+    @classmethod
+    def _seal_selector(cls, value: str) -> str:
+        if value and not LABELS.fullmatch(value):
+            raise ValueError(f"{value[:80]!r} is not a selector: letters, digits, '-' and '_' in dot-separated labels (arc2026)")
+        return value
 
     @field_validator("trusted_sealers")
     @classmethod

@@ -145,3 +145,27 @@ def test_a_huge_value_is_not_quoted_whole_in_the_error(tmp_path: Path) -> None:
     message = str(info.value)
     assert len(message) < 800 and "[milter] socket" in message and message.endswith("inet:HOST:PORT, inet:PORT@HOST or unix:/path")
     assert "characters)…" in message
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("seal_domain", "ex ample.org"), ("seal_domain", "a;b=c"), ("seal_domain", "-x.org"), ("seal_domain", "*.example.org"),
+    ("seal_selector", "a b"), ("seal_selector", "s;x=y"), ("seal_selector", "s\\ns"),
+])
+def test_an_arc_seal_domain_or_selector_that_is_no_name_is_refused(tmp_path: Path, key: str, value: str) -> None:
+    # Review, thirty-fourth session: written as they were into ARC-Seal, no verifier took the seals.
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[checks.arc]\n{key} = "{value}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(conf)
+    assert info.value.key == f"[checks.arc] {key}"
+
+
+def test_an_arc_seal_domain_is_kept_as_its_a_labels_and_paths_with_a_nul_are_refused(tmp_path: Path) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text('[checks.arc]\nseal_domain = "Bücher.Example"\nseal_selector = "arc2026"\n')
+    assert load_config(conf).checks.arc.seal_domain == "xn--bcher-kva.example"
+    for key in ("release_password_file", "postfix_config"):
+        conf.write_text(f'[quarantine]\n{key} = "a\\u0000b"\n')
+        with pytest.raises(ConfigError) as info:
+            load_config(conf)
+        assert info.value.key == f"[quarantine] {key}"  # doctor ended in a traceback
