@@ -341,8 +341,10 @@ class ClamavCheck(ScannerCheck):
         # One deadline for the whole bisection: each stream has the scanner's timeout, and twelve of a slow clamd
         # held end of message for minutes, past Postfix's milter_content_timeout.
         deadline = time.monotonic() + self.options.timeout
+        least = self._min_start()
         for _ in range(MAX_RESCANS):
-            if judged is not None and (judged[1].infected or high - low <= step):
+            # Within a chunk is close enough, unless what was taken is too little to count while clamd may take enough.
+            if judged is not None and (judged[1].infected or (high - low <= step and not low < least < high)):
                 break
             if time.monotonic() >= deadline:
                 break
@@ -369,7 +371,7 @@ class ClamavCheck(ScannerCheck):
         self._learn(0 if judged is None else judged[0], high)
         if judged is None:
             return [error_hit(f"over clamd's StreamMaxLength (it refused {high} bytes); no start of it taken", self.options.on_error)]
-        if judged[0] < self._min_start() and not judged[1].infected:
+        if judged[0] < least and not judged[1].infected:
             return self._start_failed(envelope, self._over(judged[0]), judged[0],
                                       f"clamd took only {judged[0]} bytes of a stream (its StreamMaxLength): too few to judge by")
         return self._start_result(envelope, self._over(judged[0]), judged[0], judged[1])

@@ -343,8 +343,9 @@ def _shown_domains(text: str) -> tuple[str, ...]:
 
 
 def _shown_text(text: str) -> str:
-    """*text* as a client shows it: without control and format characters, case folded."""
-    return fold_case("".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf")).strip())
+    """*text* as a client shows it: without control and format characters and those UTS #46 ignores (variation
+    selectors, U+034F: after a dot look-alike they hid it from the letters around it), case folded."""
+    return fold_case("".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf") and (c.isascii() or uts46_mapped(c) != "")).strip())
 
 
 #: Characters a reader takes for the dot of a domain (U+3002 and U+FF61 UTS #46 maps to one itself): ONE DOT
@@ -357,28 +358,29 @@ _LOOKALIKE_DOTS = ("\u2024\ufe52\u00b7\u0387\u2027\u2022\u2219\u22c5\u2218\u2299
                    "\u0701\u0702\u0589\u06d4\ua60e\U00010a50\u30fb\uff65\u1427\ua4f8\ua78f\u0f0b\u0f0c\u02d1\u0971"
                    "\u0d4e\u0660\u06f0")
 _DOT_LOOKALIKES = str.maketrans(dict.fromkeys(_LOOKALIKE_DOTS, "."))
-#: The characters that may stand between two ASCII letters or digits of a domain: cased letters (ß, ü), the
-#: marks a letter takes (e and U+0301) and, between two l's, Catalan's middle dot (col·legi.cat, IDNA2008's rule).
-_IN_LATIN_WORDS = frozenset({"Lu", "Ll", "Lt", "Mn", "Mc", "Me"})
+#: The categories of a character that, between two ASCII letters or digits of a domain, a reader may take for a
+#: dot: punctuation, math and modifier symbols, digits of other scripts (U+0660).  Letters are IDNA2008's to judge
+#: (1对1.com, hawaiʻi.org, aーb.jp are domains), and so are emoji (i❤ny.ws); the letters and symbols that look like a
+#: dot are in :data:`_LOOKALIKE_DOTS`.
+_READ_AS_DOTS = frozenset({"Po", "Pd", "Pc", "Sm", "Sk", "Nd", "Nl", "No"})
 _ASCII_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
-#: Brackets and quotes: junk after a domain (``bank.example【Bank】``), never read as its dot.
-_BRACKETS_AND_QUOTES = frozenset({"Ps", "Pe", "Pi", "Pf", "Zs", "Zl", "Zp"})  # and blanks: obscured() judges those
 
 
 def _foreign_between_ascii(word: str) -> bool:
     """Whether a character of *word* (a domain as shown, case folded) that is not ASCII stands between two ASCII
-    letters or digits where none of a Latin word would (:data:`_IN_LATIN_WORDS`): a letter of no case, a digit of
-    another script, punctuation, a symbol (``bank<U+A78F>test``, ``bank<U+0660>test``), which IDNA2008 may take
-    as a label's character while a reader sees a dot."""
+    letters or digits where a reader may take it for a dot: a dot look-alike (``bank<U+A78F>test``), punctuation,
+    a symbol or a digit of another script (``bank<U+0660>test``, :data:`_READ_AS_DOTS`), which IDNA2008 may take
+    as a label's character."""
     for at in range(1, len(word) - 1):
         char = word[at]
         if char.isascii() or word[at - 1] not in _ASCII_ALNUM or word[at + 1] not in _ASCII_ALNUM:
             continue
         if char == "\u00b7" and word[at - 1] == word[at + 1] == "l":
             continue
-        if unicodedata.category(char) in _IN_LATIN_WORDS or unicodedata.category(char) in _BRACKETS_AND_QUOTES or any(c in _ASCII_ALNUM for c in unicodedata.normalize("NFKD", char).lower()):
-            continue
-        return True
+        if char in _LOOKALIKE_DOTS:
+            return True
+        if unicodedata.category(char) in _READ_AS_DOTS and not any(c in _ASCII_ALNUM for c in unicodedata.normalize("NFKD", char).lower()):
+            return True  # (a²b: a superscript two is read as a 2)
     return False
 
 

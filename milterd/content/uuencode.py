@@ -131,8 +131,8 @@ def encoded_files(chunks: Iterable[bytes], memory: int, limit: int, most: int, s
     told), each decoded into a temporary file (in memory up to *memory* bytes) up to *limit* bytes, the rest skipped
     (``truncated``); each file is closed once the next is asked for.  A file ends at its end line, or as Thunderbird
     ends one: at the next begin line, or (uuencoded) at a line starting with a blank or with "end" in any case.  A
-    ``begin`` file whose first line uudecode cannot read and that holds a lower-case letter is xxencoded (``.xxe``),
-    which uuencode's alphabet has not."""
+    ``begin`` file whose first line holds a lower-case letter (which uuencode's alphabet has not) within the length
+    it declares read as uuencoded is xxencoded (``.xxe``)."""
     kind, name, size, truncated = "", "", 0, False
     data: IO[bytes] | None = None
     for line in _lines(chunks):
@@ -156,8 +156,8 @@ def encoded_files(chunks: Iterable[bytes], memory: int, limit: int, most: int, s
             continue
         if truncated or (kind == "yenc" and stripped.startswith(b"=ypart ")):
             continue
-        if kind == "uu" and size == 0 and _XX_ONLY.search(stripped) and not uudecode_line(line) and xxdecode_line(line):
-            # Only a line uudecode cannot read: garbage past the length a uuencoded line declares is ignored by
+        if kind == "uu" and size == 0 and stripped and _XX_ONLY.search(stripped[:(((stripped[0] - 32) & 63) * 4 + 5) // 3]):
+            # A lower-case letter within the length the line declares as uuencoded: garbage past it is ignored by
             # uudecode, and a lower-case letter there switched a uuencoded file to xx (its zip read as nothing).
             kind = "xx"
         decoded = _DECODERS[kind](line)

@@ -223,3 +223,11 @@ def test_garbage_past_a_uuencoded_line_s_length_does_not_make_it_xx(check: Attac
     assert [found.data.read() for found in encoded_files([text], 1 << 20, 1 << 20, 10)] == [payload]
     hits = judged(check, b"Content-Type: text/plain\r\n\r\nsee attached\r\n\r\n" + text)
     assert hits[BANNED][0] == Action.REJECT and "scan.pdf/evil.exe" in hits[BANNED][1]
+
+
+def test_an_xxencoded_file_that_starts_with_nul_bytes_is_read_as_xx() -> None:
+    # A quick look at the third: its first line ("h+++…") is also a line uudecode reads, so it was read as uu.
+    data = bytes(16) + b"payload"
+    lines = [xx_line(data[i:i + 45]) for i in range(0, len(data), 45)]
+    text = b"begin 644 zeros.bin\r\n" + b"\r\n".join(lines) + b"\r\n+\r\nend\r\n"
+    assert [found.data.read() for found in encoded_files([text], 1 << 20, 1 << 20, 10)] == [data]

@@ -319,3 +319,20 @@ def test_the_bisection_has_one_deadline(tmp_path: Path) -> None:
         assert set(outcome.verdict.symbols) & {"CLAMAV_SKIPPED_SIZE", "CLAMAV_ERROR"}, outcome.verdict.details
     finally:
         clamd.close()
+
+
+@pytest.mark.parametrize("lines", [60, 90])
+def test_a_clamd_that_takes_enough_is_bisected_past_the_floor(tmp_path: Path, lines: int) -> None:
+    # A quick look at the floor: with max_size 100K (floor 25,600) and clamd taking 30,000 bytes, the bisection
+    # stopped within a chunk at 15,025 or 22,025 bytes taken: under the floor, every retry 451.
+    clamd = StreamMaxClamd(limit=30_000)
+    try:
+        pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size="100K"), "clamav")
+        line = b"x" * 998 + b"\r\n"
+        for _ in range(2):
+            outcome, _ = run_message(pipeline, HAM.replace(b"See you at noon.", line * lines))
+            assert "CLAMAV_SKIPPED_SIZE" in outcome.verdict.symbols, outcome.verdict.details
+        infected, _ = run_message(pipeline, HAM.replace(b"See you at noon.", line * 20 + EICAR + b"\r\n" + line * lines))
+        assert infected.verdict.details.get("CLAMAV_VIRUS") == "Eicar-Test-Signature"
+    finally:
+        clamd.close()

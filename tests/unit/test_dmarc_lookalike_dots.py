@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import pytest
 
+from milterd.checks.dkim import SignatureResult
 from milterd.checks.dmarc import from_domains, obscured
+from milterd.dns import domain_name
 from milterd.message.model import Action
 
 from .test_dmarc_review import ATTACKER_SIGNED, POLICIES, run_dmarc
@@ -105,3 +107,19 @@ def test_latin_words_catalan_emoji_and_cjk_domains_are_not_held(value: str) -> N
 
 def test_a_huge_from_domain_is_not_remembered() -> None:
     assert not obscured("x" * 100_000 + "\u00e9")  # judged; IDNA2008 not asked of a name no domain can be
+
+
+# --- a quick look at the third --------------------------------------------------------------------------------
+@pytest.mark.parametrize("domain", ["1\u5bf91.com", "1\ub3001.kr", "1\u5bfe1.jp", "hawai\u02bbi.org", "i\u2764ny.ws", "a\u30fcb.jp"])
+def test_letters_and_emoji_between_ascii_are_domains_of_their_own(domain: str) -> None:
+    # 1对1.com, hawaiʻi.org: letters of no case (and emoji) between ASCII letters were held as obscured.
+    own = domain_name(domain)
+    assert own is not None
+    [hit], _ = run_dmarc([f"Me <me@{domain}>".encode()], {f"_dmarc.{own}": "v=DMARC1; p=none"}, [SignatureResult(own, "s", "pass")])
+    assert hit.symbol == "DMARC_PASS", (domain, hit)
+
+
+@pytest.mark.parametrize("domain", ["bank\ua78f\ufe00example", "bank\ua78f\u034fexample", "bank\u1427\ufe0fexample"])
+def test_a_character_uts46_ignores_does_not_hide_a_look_alike(domain: str) -> None:
+    [hit], _ = run_dmarc([f"Sec <security@{domain}>".encode()], POLICIES, ATTACKER_SIGNED)
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT), domain
