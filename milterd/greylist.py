@@ -344,7 +344,8 @@ class Whitelist:
             ip = None
         # An IPv4 client seen through IPv6 matches an entry of either form: ::ffff:192.0.2.1 or 192.0.2.0/24,
         # 64:ff9b::/96 (an IPv6-only MX's entry copied from its logs) or the IPv4 network behind it.
-        forms = [ip] if not isinstance(ip, ipaddress.IPv6Address) or embedded_ipv4(ip) is None else [ip, embedded_ipv4(ip)]
+        embedded = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+        forms = [ip] if embedded is None else [ip, embedded]
         verified = name if name and name != "unknown" else ""
         for pattern in self.clients:
             if pattern.network is not None or verified:

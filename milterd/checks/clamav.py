@@ -353,7 +353,7 @@ class ClamavCheck(ScannerCheck):
             if size <= 0:
                 break
             try:
-                result = self.client.scan(_first(envelope.message_chunks(), size))
+                result = self._first_from_spool(envelope, size)()
             except SpoolError:
                 raise
             except Exception as exc:  # noqa: BLE001 - as in _start_hits

@@ -331,13 +331,14 @@ def _shown_domains(text: str) -> tuple[str, ...]:
     """
     domain = domain_name(text.strip())
     whole = domain if domain and _DOMAIN.fullmatch(domain) else None
-    if whole and (text.isascii() or not obscured(text)):
+    hiding = not text.isascii() and obscured(text)
+    if whole and not hiding:
         # A middle dot IDNA2008 takes (col·legi.cat's between two l's) is the domain's own: read as a dot too, every
         # Catalan domain would lose its DMARC pass to the domain after it (email·lloydsbank.example is left so).
         return (whole,)
     shown = _shown_text(text)
     head = _DOMAIN_HEAD.match(shown)
-    mapped = _mapped_domain(_first_word(shown)) if obscured(text) else None
+    mapped = _mapped_domain(_first_word(shown)) if hiding else None
     found = dict.fromkeys(d for d in (domain_name(head.group()) if head else None, mapped, whole) if d and _DOMAIN.fullmatch(d))
     return tuple(found)
 

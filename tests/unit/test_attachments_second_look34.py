@@ -9,8 +9,6 @@ import bz2
 import gzip
 import io
 import lzma
-import re
-import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +24,7 @@ from tests.harness.attachments import attachment_check
 from tests.harness.messages import zipped
 from tests.harness.outlookmsg import compound_file, ole10native
 
-from .test_attachments_review34 import attached, judged, uu
+from .test_attachments_review34 import attached, encrypted_zip, judged, uu
 from .test_office_packages import ole1, rtf
 
 #: A minimal PE start: a DOS header whose e_lfanew (0x3C) points at "PE\0\0".
@@ -53,15 +51,6 @@ def xx_line(data: bytes) -> bytes:
 def xx(name: bytes, data: bytes) -> bytes:
     lines = [xx_line(data[i:i + 45]) for i in range(0, len(data), 45)]
     return b"\r\n".join([b"begin 644 " + name, *lines, b"+", b"end", b""])
-
-
-def encrypted_zip(files: dict[str, bytes]) -> bytes:
-    """A stored zip of *files* each flagged encrypted (zipfile writes no encryption: the flag bit set afterwards)."""
-    data = bytearray(zipped(files, zipfile.ZIP_STORED))
-    for signature, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
-        for found in re.finditer(re.escape(signature), bytes(data)):
-            data[found.start() + flags] |= 1
-    return bytes(data)
 
 
 def padded_docx(name: str, data: bytes, parts: int = 30) -> bytes:
