@@ -92,10 +92,22 @@ def stored(check: Greylist) -> list[str]:
     return sorted(r["recipient"] for r in check.services.store.greylist.list_triplets(limit=None))
 
 
+#: When each test's store clock stopped (set by :func:`frozen_clock`).
+START: dict[str, dt.datetime] = {}
+
+
+@pytest.fixture(autouse=True)
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's clock stopped at the test's start: the waits the replies name do not
+    depend on how long the machine took between two calls (a loaded one took over half a second)."""
+    START["now"] = dt.datetime.now(dt.timezone.utc)
+    later(monkeypatch, 0)
+
+
 def later(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    """The store's clock *seconds* ahead (as after waiting out the delay)."""
-    real = GreylistStore.now
-    monkeypatch.setattr(GreylistStore, "now", lambda self: real(self) + dt.timedelta(seconds=seconds))
+    """The store's clock *seconds* after the test's start (as after waiting out the delay)."""
+    at = START["now"] + dt.timedelta(seconds=seconds)
+    monkeypatch.setattr(GreylistStore, "now", lambda self: at)
 
 
 def test_new_triplets_are_accepted_at_rcpt_and_deferred_once_at_data(deferring: Greylist) -> None:
