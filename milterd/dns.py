@@ -63,6 +63,11 @@ Status = Literal["ok", "nxdomain", "nodata", "error"]
 
 #: Seconds a nameserver that left its questions to another is asked after the others (:meth:`Resolver._demote`).
 DEMOTED_FOR = 60.0
+#: The question that tells a nameserver silent on one name from one that is down (:meth:`Resolver._demote`):
+#: "localhost", which resolvers answer themselves (RFC 6761 6.3), and no client chooses.
+LIVENESS_QUESTION = ("localhost.", "A")
+#: Longest the question of :data:`LIVENESS_QUESTION` is waited for (seconds; less when [dns] timeout is shorter).
+LIVENESS_TIMEOUT = 0.5
 
 #: Longest a negative answer (NXDOMAIN, no data) is kept when the zone gives no SOA.
 NEGATIVE_TTL = 60.0
@@ -402,10 +407,10 @@ def server_name(server: tuple[int, tuple[str, int]]) -> str:
     return ip if port == 53 else f"[{ip}]:{port}"
 
 
-def probe_nameserver(server: tuple[int, tuple[str, int]], timeout: float) -> str:
-    """How *server* takes a question (the root's NS) within *timeout* seconds: "answers" (any reply,
+def probe_nameserver(server: tuple[int, tuple[str, int]], timeout: float, question: tuple[str, str] = (".", "NS")) -> str:
+    """How *server* takes *question* (by default the root's NS) within *timeout* seconds: "answers" (any reply,
     an error code included), "refused", "could not be asked" or "did not answer in time"."""
-    request = dns.message.make_query(".", "NS")
+    request = dns.message.make_query(*question)
     exchange = _Exchange.send(server, [(0, request)])
     deadline = time.monotonic() + timeout
     try:
@@ -722,11 +727,21 @@ class Resolver:
     def _demote(self, exchanges: Sequence["_Exchange"]) -> None:
         """Move the nameservers that were asked before the first one that replied to the end of the order,
         for :data:`DEMOTED_FOR` seconds: the first one configured is usually the one meant (a local resolver
-        that public DNS lists answer), and one slow answer must not leave it behind for good."""
+        that public DNS lists answer), and one slow answer must not leave it behind for good.
+
+        One that was only silent is demoted only if it does not answer :data:`LIVENESS_QUESTION` either: a
+        recursive resolver waits for a name's own nameservers, and a client chooses names (its HELO, its
+        sender's domain, its PTR) whose nameservers it runs.  Held back on purpose, they moved every DNS
+        list query of the worker to a public resolver, which the lists refuse, for a minute.
+        """
         first = next((k for k, e in enumerate(exchanges) if e.replied), 0)
         if not first:
             return
-        passed = [e.server for e in exchanges[:first]]
+        timeout = min(LIVENESS_TIMEOUT, self.timeout / 2)
+        left = [e for e in exchanges[:first] if e.state != "open" or probe_nameserver(e.server, timeout, LIVENESS_QUESTION) != "answers"]
+        if not left:
+            return
+        passed = [e.server for e in left]
         order = self._order
         kept = [server for server in order if server not in passed]
         if order[len(kept):] == passed:
@@ -734,8 +749,8 @@ class Resolver:
         self._order = kept + passed
         self._demoted = self._demoted | frozenset(passed)
         self._reorder_at = time.monotonic() + DEMOTED_FOR
-        log.warning("nameserver %s %s: %s is asked first for the next %gs", ", ".join(e.name for e in exchanges[:first]),
-                    " or ".join(sorted({e.why for e in exchanges[:first]})), exchanges[first].name, DEMOTED_FOR)
+        log.warning("nameserver %s %s: %s is asked first for the next %gs", ", ".join(e.name for e in left),
+                    " or ".join(sorted({e.why for e in left})), exchanges[first].name, DEMOTED_FOR)
 
     def _request(self, name: str, rdtype: str) -> dns.message.Message | None:
         """The query dnspython's resolver would send for *name*/*rdtype*; None for one it would refuse or fail on."""

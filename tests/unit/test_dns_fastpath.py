@@ -393,7 +393,7 @@ def test_silent_first_of_two_nameservers_leaves_its_questions_to_the_second(serv
     assert f"nameserver [127.0.0.1]:{silent.port} did not answer in time: [127.0.0.1]:{good.port} is asked first" in caplog.text
     # The next questions go to the second one first: the silent one is not waited for again.
     assert resolver.query("www.test", "A").ok
-    assert names(silent) == ["a.test.", "nothing.test."] and names(good)[-1] == "www.test."
+    assert names(silent) == ["a.test.", "nothing.test.", "localhost."] and names(good)[-1] == "www.test."  # localhost: is it down?
 
 
 def test_the_configured_order_comes_back_after_a_while(serve: Callable[[Handler], Server], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -405,8 +405,21 @@ def test_the_configured_order_comes_back_after_a_while(serve: Callable[[Handler]
     assert resolver._order[0] == resolver._servers[1]
     monkeypatch.setattr(resolver, "_reorder_at", time.monotonic())  # DEMOTED_FOR has passed
     assert resolver.query("www.test", "A").ok
-    assert names(silent) == ["a.test.", "www.test."]  # asked first again, then left again
+    assert names(silent) == ["a.test.", "localhost.", "www.test.", "localhost."]  # asked first again, then left again
     assert resolver._order[0] == resolver._servers[1] and resolver._reorder_at > time.monotonic() + 50
+
+
+def test_a_first_nameserver_silent_on_one_name_only_stays_first(serve: Callable[[Handler], Server], caplog: pytest.LogCaptureFixture) -> None:
+    """A client's own name (its HELO, its sender's domain) whose nameservers it holds back made the local resolver
+    look down: every DNS list query of the worker went to the second, a public resolver the lists refuse, for a minute."""
+    local = serve(lambda q, t: [] if q.question[0].name.to_text() == "slow.attacker.test." else zone(q, t))
+    public = serve(zone)
+    resolver = resolver_for(local, public, timeout=1.0)
+    no_dnspython(resolver)
+    assert resolver.query("slow.attacker.test", "A").status == "nxdomain"  # the second one's answer
+    assert resolver._order[0] == resolver._servers[0] and "asked first" not in caplog.text
+    assert resolver.query("a.test", "A").ok
+    assert names(local)[-1] == "a.test." and names(public) == ["slow.attacker.test."]
 
 
 def test_a_slow_first_nameserver_still_answers_after_the_second_is_asked(serve: Callable[[Handler], Server]) -> None:
