@@ -53,7 +53,7 @@ from .services import build
 from .store import Store, newer_schema
 from .store.engine import sqlite_file
 from .store.learner import LearnerStore, ModelSummary, model_may_exist
-from .store.ownership import store_file_problems
+from .store.ownership import socket_directory_problems, store_file_problems
 from .text import redact, redact_url
 from .units import parse_duration
 
@@ -110,6 +110,7 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
     findings += probe_dkim_keys(config)
     findings += probe_private_files(config)
     findings += probe_store_files(config)
+    findings += probe_socket_directory(config)
     findings += probe_serve_places(config)
     findings.append(probe_release_smtp(config))
     if use_postconf:
@@ -534,6 +535,19 @@ def probe_store_files(config: Config) -> list[Finding]:
     except ConfigError:  # an unknown user or group: the configuration's finding says so
         return []
     return [Finding("[database] url", "fail", f"{problem} (serve refuses to start)") for problem in store_file_problems(store, owners)]
+
+
+def probe_socket_directory(config: Config) -> list[Finding]:
+    """A failure for each directory of ``[milter] socket`` (a unix socket) that lets another account replace the
+    socket with its own, which ``serve`` refuses (:func:`~milterd.store.ownership.socket_directory_problems`)."""
+    try:
+        spec = parse_socket(config.milter.socket)
+        owners = store_owners(config, handed_over=False)
+    except ConfigError:  # the configuration's own finding says why
+        return []
+    if spec.family != "unix":
+        return []
+    return [Finding("[milter] socket", "fail", f"{problem} (serve refuses to start)") for problem in socket_directory_problems(Path(spec.path), owners)]
 
 
 def probe_private_files(config: Config) -> list[Finding]:

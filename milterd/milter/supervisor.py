@@ -44,7 +44,7 @@ from ..message.pipeline import Pipeline
 from ..services import Services, build
 from ..store import StoreError
 from ..store.engine import planted_link, sqlite_file
-from ..store.ownership import store_file_problems
+from ..store.ownership import socket_directory_problems, store_file_problems
 from ..text import redact
 from . import adapter
 from .adapter import MilterdMilter
@@ -98,6 +98,7 @@ def open_socket(config: Config) -> tuple[SocketSpec, int]:
             raise ConfigError(config.path or "milter.conf", "[milter] socket", f"cannot create {spec.path}: a part of its directory is not a directory") from None
         except OSError as exc:
             raise ConfigError(config.path or "milter.conf", "[milter] socket", f"cannot create the directory of {spec.path}: {exc.strerror or exc}") from None
+        check_socket_directory(config)
         # bind() creates the socket with socket_mode: no chmod afterwards, which would follow a
         # symlink put in its place meanwhile (root changing the mode of whatever it points to).
         umask = os.umask(socket_umask(config.milter.socket_mode))
@@ -274,10 +275,11 @@ def _group_id(config: Config) -> int | None:
 def check_start(config: Config) -> None:
     """What ``serve`` refuses at start without opening a socket or the database, for ``rules lint``: the
     service account's user and group, whoever runs it, the SQLite store's files and directory as they are
-    (:func:`check_store_files`), and the spool directory (as root, one the account must write).  Not the
+    (:func:`check_store_files`), the unix socket's directories (:func:`check_socket_directory`), and the spool directory (as root, one the account must write).  Not the
     store's missing files, which a start as root first makes and gives to the account."""
     service_account(config)
     check_store_files(config, handed_over=False)
+    check_socket_directory(config)
     if config.milter.user not in ("", "root"):
         _user(config, config.milter.user)
     if os.geteuid() == 0:
@@ -338,6 +340,18 @@ def store_owners(config: Config, handed_over: bool) -> dict[int, str]:
         return owners
     name, uid, _gid = account
     return {uid: name} if handed_over else {0: "root", uid: name}
+
+
+def check_socket_directory(config: Config) -> None:
+    """Refuse the start (ConfigError naming the directory and what to do) when another account may replace
+    ``[milter] socket``, a unix socket, with its own (:func:`~milterd.store.ownership.socket_directory_problems`):
+    Postfix would send it every message and take its answers, milterd none the wiser."""
+    spec = parse_socket(config.milter.socket)
+    if spec.family != "unix":
+        return
+    problems = socket_directory_problems(Path(spec.path), store_owners(config, handed_over=False))
+    if problems:
+        raise ConfigError(config.path or "milter.conf", "[milter] socket", f"not listening on {spec.path}: {problems[0]}")
 
 
 def check_store_files(config: Config, handed_over: bool) -> None:

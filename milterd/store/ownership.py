@@ -1,4 +1,5 @@
-"""Whom the SQLite store's files and directory may belong to, judged before ``serve`` lets SQLite open them.
+"""Whom the SQLite store's files and directory may belong to, judged before ``serve`` lets SQLite open them;
+and who may replace milterd's unix socket (:func:`socket_directory_problems`).
 
 The store holds the message log and the quarantined mail.  A file another local
 user made in the store's place (``milterd.sqlite`` or only its ``-wal``, mode
@@ -32,6 +33,7 @@ OTHERS_WRITE_BITS = 0o022
 
 #: What the problems below tell the administrator to do about a directory.
 _MOVE_STORE = "put the store in a directory other users may not write, such as /var/lib/milterd ([database] url)"
+_MOVE_SOCKET = "put the socket in a directory only root and milterd may write, such as /run/milterd ([milter] socket)"
 
 
 def user_name(uid: int) -> str:
@@ -112,4 +114,38 @@ def store_file_problems(file: Path, owners: Mapping[int, str]) -> list[str]:
         except OSError:
             continue
         problems.append(judge_store_file(path, info, owners))
+    return [problem for problem in problems if problem]
+
+
+def judge_socket_directory(path: Path, info: os.stat_result, owners: Mapping[int, str], shared: bool = True) -> str:
+    """Why *path* (its ``stat`` *info*), the directory of milterd's unix socket or one above it, lets another
+    account put its own socket in milterd's place, else "" (pure): Postfix would hand that account every message,
+    and take its answers.  It must belong to root or *owners*, and other users (its group, when the group is
+    *shared*) may not write it, unless it is sticky (``/tmp``: they may not remove or rename what is not theirs)."""
+    if info.st_uid != 0 and info.st_uid not in owners:
+        return (f"{path} is owned by {user_name(info.st_uid)}: that account may replace milterd's socket with its own and "
+                f"receive Postfix's mail; {_MOVE_SOCKET}")
+    writers = OTHERS_WRITE_BITS if shared else stat.S_IWOTH
+    if info.st_mode & writers and not info.st_mode & stat.S_ISVTX:
+        return (f"{path} is mode {stat.S_IMODE(info.st_mode):04o}: other users may replace milterd's socket in it with "
+                f"their own and receive Postfix's mail; {_MOVE_SOCKET}")
+    return ""
+
+
+def socket_directory_problems(socket_path: Path, owners: Mapping[int, str]) -> list[str]:
+    """What lets another account take the place of the unix socket *socket_path* (:func:`judge_socket_directory`,
+    for its directory and each one above it, as named and as its links lead); nothing for what does not exist."""
+    named = Path(os.path.abspath(socket_path)).parent
+    try:
+        real = resolved(named)
+    except OSError:
+        real = named
+    problems = []
+    for directory in dict.fromkeys((*(named, *named.parents), *(real, *real.parents))):
+        try:
+            info = os.stat(directory)
+        except OSError:
+            continue
+        shared = not info.st_mode & stat.S_IWGRP or group_shared(info.st_gid, owners, user_name(info.st_uid))
+        problems.append(judge_socket_directory(directory, info, owners, shared))
     return [problem for problem in problems if problem]

@@ -87,6 +87,28 @@ def test_a_store_that_cannot_be_used_is_refused_before_the_socket_listens(tmp_pa
     assert not sock.exists()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the review's start as root")
+def test_a_socket_directory_others_may_write_is_refused_before_anything_listens(tmp_path: Path) -> None:
+    """Thirty-fifth review: in a directory mode 0777, another account removed the socket and listened in its
+    place; Postfix handed it every message.  serve refuses the place, naming the key and what to do."""
+    shared = Path(tempfile.mkdtemp(prefix="milterd-review35-"))
+    try:
+        shared.chmod(0o777)
+        sock = shared / "milterd.sock"
+        milterd = Milterd(tmp_path / "m", socket=f"unix:{sock}")
+        process = _popen(milterd)
+        try:
+            process.wait(60)
+        finally:
+            _stop(process)
+        assert process.returncode == 2, milterd.stderr()
+        assert f"[milter] socket: not listening on {sock}: {shared} is mode 0777: other users may replace milterd's socket" in milterd.stderr()
+        assert "/run/milterd" in milterd.stderr() and "Traceback" not in milterd.stderr()
+        assert not sock.exists()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
 @pytest.mark.parametrize("user", ["root", "nobody"])
 def test_an_unwritable_store_is_refused_with_its_key_before_the_socket_listens(tmp_path: Path, user: str) -> None:
     """Same, for a configuration error found while preparing the store (file, key, reason; exit 2),
