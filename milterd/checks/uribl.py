@@ -1,7 +1,8 @@
 """URI block lists: the domains of a message's links, looked up at end of message.
 
 The links of the text and HTML parts (``href``/``src``, srcsets, CSS, a refresh and the like, written-out
-``http(s)://`` and bare ``www.`` links; :mod:`milterd.content.mimetext`) are reduced to
+``http(s)://`` and bare ``www.`` links; :mod:`milterd.content.mimetext`), and the links written in
+their paths and queries (a redirector's target: ``google.com/url?q=https://…``), are reduced to
 their registrable domains with the Public Suffix List (``publicsuffixlist``:
 ``www.a.example.co.uk`` → ``example.co.uk``), the well-known ones of
 ``[checks.uribl] skip_domains`` dropped, and at most ``max_domains`` of them
@@ -104,6 +105,19 @@ KIND = ListKind(
     "A link's domain is listed in",
     codes_shape="{ name, answers or mask, score }",
 )
+#: Where a link's path and query name another link (a redirector's target: ``google.com/url?q=https://…``,
+#: ``/amp/s/<host>/…``, SafeLinks' ``?url=https%3A%2F%2F…`` once decoded): the authority after an http(s)
+#: scheme and its slashes, or right after Google AMP's "/amp/s/", up to a parameter's end.
+_EMBEDDED = re.compile(r"""(?i)(?:https?:[/\\]+|/amp/s/[/\\]*)([^/\\?#&\s"'<>]*)""")
+#: Most distinct authorities of the links embedded in one link looked at (:func:`embedded_hosts`).
+MAX_EMBEDDED = 10
+#: A link's path and query are read for embedded links up to this many characters: web servers refuse
+#: longer request lines (8 KiB by default for Apache and nginx).
+MAX_EMBEDDING = 8 * 1024
+#: At most this many characters of the links of one message are read for embedded links (about 0.2 s of
+#: CPU at worst: decoding and searching cost up to 0.2 µs a character), shared among its links as fairly as
+#: they allow (:func:`_link_hosts`): a link is read whole unless it is longer than its share.
+EMBEDDING_BUDGET = 1024 * 1024
 #: The message text looked at for links (as the custom rules read it).
 _MAX_TEXT = 1024 * 1024
 #: Chooses the targets of a message with more than max_domains: from os.urandom, so a sender cannot
@@ -350,14 +364,14 @@ def link_targets(
 ) -> tuple[list[str], list[str]]:
     """The registrable domains and the IP addresses of *uris*, at most *limit* of each, in order of appearance.
 
-    Hosts that are a public suffix themselves, have no registrable domain, or
-    whose registrable domain is in *skip*, are left out before any choice, so
-    they take none of the *limit* places.  Registrable domains come from
-    *psl*, or by default from :func:`registrable`.  *uris* are those
-    :func:`milterd.content.mimetext.extract` keeps: the first link of each
-    host, of at most ``MAX_HOSTS`` hosts drawn by a salted hash when there are
-    more, so a thousand links to a few hosts put before a listed one do not
-    push it out before this choice either.
+    Each link gives its host and those of the links embedded in its path and
+    query (:func:`embedded_hosts`: a redirector's target, found also where
+    the redirector is in *skip*, as google.com is).  Hosts that are a public
+    suffix themselves, have no registrable domain, or whose registrable
+    domain is in *skip*, are left out before any choice, so they take none of
+    the *limit* places; a repeated link, and the subdomains of one domain,
+    take one place in all.  Registrable domains come from *psl*, or by
+    default from :func:`registrable`.
 
     Where more than *limit* distinct domains (or addresses) are found, *limit*
     of them are drawn at random by *rng*: the first ones in order would let a
@@ -368,49 +382,103 @@ def link_targets(
     (:attr:`milterd.content.mimetext.MessageText.embedded`: image sources and
     the like) fill the places left, so padding with images cannot push a
     clickable link out (SpamAssassin's URIDNSBL puts anchors and forms before
-    images too).  What padding with followed links costs: each of N such
-    registrable domains is looked up with probability *limit*/N, so hiding a
-    listed one from 95% of lookups takes N = 20 × *limit* other registrable
-    domains (400 for 20; any existing domain outside *skip* serves) in one
-    message, and every further listed domain is one more chance to be drawn;
-    beside *limit* of them, a domain only embedded is not looked up at all.
-    Addresses have their own *limit*: public IPv4 addresses are free to
-    anyone, so they must not take the domains' places.  *rng* defaults to one
-    seeded from the targets found (the same links, the same choice); the check
-    passes an unpredictable one, so a sender cannot try variants of a message
-    until the choice leaves its domain out.
+    images too).  Addresses have their own *limit*: public IPv4 addresses are
+    free to anyone, so they must not take the domains' places.  At most
+    2 × *limit* targets are asked of each list, however many links there are.
+
+    What padding costs here: each of N registrable domains of followed links
+    is looked up with probability *limit*/N, so hiding a listed one from 95%
+    of lookups takes N = 20 × *limit* other registrable domains (400 for 20;
+    any existing domain outside *skip* serves) in one message, and every
+    further listed domain is one more chance to be drawn; beside *limit* of
+    them, a domain only embedded is not looked up at all.  Cheaper padding
+    works before this choice, in what *uris* are: those
+    :func:`milterd.content.mimetext.extract` keeps, the first link of each
+    of at most ``MAX_HOSTS`` (1,000) hosts, drawn by a salted hash when there
+    are more, among the first ``MAX_LINKS_SCANNED`` (20,000) links written,
+    repeats counted.  So 20,000 copies of one link put before a listed one
+    hide it always, and 19,000 subdomains of one domain (a wildcard DNS
+    record) beside it hide it 95% of the time; only ``URIBL_UNREAD`` (score 0)
+    shows either.  *rng* defaults to one seeded from the targets found (the
+    same links, the same choice); the check passes an unpredictable one, so a
+    sender cannot try variants of a message until the choice leaves its
+    domain out.
     """
-    uris = uris if isinstance(uris, (list, tuple)) else list(uris)
-    domains, addresses = _targets(uris, skip, psl)
+    uris = list(dict.fromkeys(uris))  # a repeated link adds nothing
+    hosts = _link_hosts(uris)
+    domains, addresses = _targets(uris, hosts, skip, psl)
     if len(domains) <= limit and len(addresses) <= limit:
         return list(domains), list(addresses)
     chooser = rng if rng is not None else random.Random("\n".join(sorted(domains) + sorted(addresses)))
     if not embedded:
         return _sample(list(domains), limit, chooser), _sample(list(addresses), limit, chooser)
-    followed_domains, followed_addresses = _targets([uri for uri in uris if uri not in embedded], skip, psl)
+    followed_domains, followed_addresses = _targets([uri for uri in uris if uri not in embedded], hosts, skip, psl)
     return (
         _sample_first(list(domains), followed_domains, limit, chooser),
         _sample_first(list(addresses), followed_addresses, limit, chooser),
     )
 
 
-def _targets(uris: Iterable[str], skip: frozenset[str], psl: PublicSuffixList | None) -> tuple[dict[str, None], dict[str, None]]:
-    """The distinct registrable domains and public addresses of *uris* (:func:`link_targets`), in order."""
+def _link_hosts(uris: list[str]) -> dict[str, list[str | None]]:
+    """Each of *uris* (distinct) → its host (:func:`link_host`) and the hosts of the links embedded in it (:func:`embedded_hosts`).
+
+    Together at most ``EMBEDDING_BUDGET`` characters are read for embedded links, shortest links first,
+    each up to an equal share of what is left: many long links cannot leave a short one unread.
+    """
+    room: dict[str, int] = {}
+    left = EMBEDDING_BUDGET
+    by_length = sorted(uris, key=len)
+    for index, uri in enumerate(by_length):
+        room[uri] = min(len(uri), MAX_EMBEDDING, left // (len(by_length) - index))
+        left -= room[uri]
+    return {uri: [link_host(uri), *embedded_hosts(uri, room[uri])] for uri in uris}
+
+
+def _targets(uris: Iterable[str], hosts: Mapping[str, list[str | None]], skip: frozenset[str], psl: PublicSuffixList | None) -> tuple[dict[str, None], dict[str, None]]:
+    """The distinct registrable domains and public addresses of *uris* (their *hosts*: :func:`_link_hosts`), in order (:func:`link_targets`)."""
     domains: dict[str, None] = {}
     addresses: dict[str, None] = {}
     for uri in uris:
-        host = link_host(uri)
-        if host is None:
-            continue
-        address = link_address(host)
-        if address is not None:
-            if address and _public_address(address):
-                addresses[address] = None
-            continue
-        domain = registrable(host) if psl is None else psl.privatesuffix(host)
-        if domain and domain not in skip:
-            domains[domain] = None
+        for host in hosts[uri]:
+            if host is None:
+                continue
+            address = link_address(host)
+            if address is not None:
+                if address and _public_address(address):
+                    addresses[address] = None
+                continue
+            domain = registrable(host) if psl is None else psl.privatesuffix(host)
+            if domain and domain not in skip:
+                domains[domain] = None
     return domains, addresses
+
+
+def embedded_hosts(uri: str, most: int = MAX_EMBEDDING) -> list[str]:
+    """The hosts (:func:`link_host`) of the links written in *uri*'s path and query: where a redirector sends the reader.
+
+    ``https://www.google.com/url?q=https://evil.test/`` and ``https://www.google.com/amp/s/evil.test/``
+    give ``["evil.test"]``.  The path and query (not the fragment; their first *most* characters) are
+    read as written, percent-decoded and decoded twice (``https%253A%252F%252F``), for an ``http(s)://``
+    link anywhere in them or a host right after ``/amp/s/``: so a redirector's target is found, and the
+    target of a redirector that one names in turn (SafeLinks wrapping Google's ``/url``), encoded once
+    more or not.  At most ``MAX_EMBEDDED`` distinct authorities are looked at, the first found in that order.
+    """
+    text = uri.strip()
+    if text.lower().startswith("www."):
+        text = "http://" + text
+    text = _special_authority(text)
+    match = _AUTHORITY.match(text)
+    if match is None:
+        return []
+    form = text[match.end(): match.end() + most].partition("#")[0]
+    authorities: dict[str, None] = {}
+    for decodings in range(3):
+        authorities.update(dict.fromkeys(_EMBEDDED.findall(form)))
+        if decodings == 2 or "%" not in form:
+            break
+        form = unquote(form)
+    hosts = [link_host("http://" + authority) for authority in [a for a in authorities if a][:MAX_EMBEDDED]]
+    return [host for host in hosts if host is not None]
 
 
 def _sample(found: list[str], limit: int, rng: random.Random) -> list[str]:
