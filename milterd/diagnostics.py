@@ -50,7 +50,7 @@ from .ruleset import origins
 from .scanners.clamd import ClamdClient
 from .scanners.spamd import SpamdClient
 from .services import build
-from .store import Store, newer_schema
+from .store import Store, unknown_schema
 from .store.engine import sqlite_file
 from .store.learner import LearnerStore, ModelSummary, model_may_exist
 from .store.ownership import socket_directory_problems, store_file_problems
@@ -156,12 +156,14 @@ def probe_database(config: Config) -> list[Finding]:
         try:
             store.ping()
             current, head = store.schema_version(), store.head_version()
+            unknown = current is not None and not store.known_version(current)
+            tables = store.has_tables() if unknown else None  # before close(): it would open a connection again
         finally:
             store.close()
         if current == head:
             return Finding("database", "ok", f"{url}: schema at {current}")
-        if current is not None and not store.known_version(current):
-            return Finding("database", "fail", f"{url}: {newer_schema(current, head)}")
+        if current is not None and unknown:
+            return Finding("database", "fail", f"{url}: {unknown_schema(current, head, tables)}")
         if config.database.auto_upgrade:
             return Finding("database", "warn", f"{url}: schema at {current or 'nothing'}, serve will upgrade it to {head} (auto_upgrade)")
         return Finding("database", "fail", f"{url}: schema at {current or 'nothing'}, this milterd needs {head}: run 'milterd db upgrade'")

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..config import load_config
-from ..store import Store, StoreError, driver_reason, newer_schema
+from ..store import Store, StoreError, driver_reason, unknown_schema
 from ..text import redact_url
 from . import config_parent
 
@@ -33,7 +33,7 @@ def run_db(args: argparse.Namespace) -> int:
                 return 1
             print(f"schema at {current}; this milterd needs {head}")
             if not store.known_version(current):
-                print(f"milterd: {newer_schema(current, head)}", file=sys.stderr)
+                print(f"milterd: {unknown_schema(current, head, store.has_tables())}", file=sys.stderr)
                 return 1
             if current != head:  # scripts can tell an upgrade is due
                 print("milterd: run `milterd db upgrade`", file=sys.stderr)

@@ -322,10 +322,26 @@ def driver_reason(exc: Exception, url: str) -> str:
     return f"{exc.__class__.__name__}: {redact(' '.join(line.strip() for line in words.splitlines() if line.strip()), url)}"
 
 
-def newer_schema(current: str, head: str) -> str:
-    """Why a database at *current*, a version this milterd (newest: *head*) does not know, is refused."""
-    return (f"the database schema is at {current}, which this milterd does not know (its newest is {head}): "
-            "a newer milterd upgraded it; install that version on this host too (a schema is never downgraded)")
+#: What milterd's schema revisions look like (0001, 0002…): a newer milterd's is a higher one of these.
+MILTERD_REVISION = re.compile(r"\d{4}")
+
+
+def unknown_schema(current: str, head: str, tables: bool | None = None) -> str:
+    """Why a database at *current*, a version this milterd (newest: *head*) does not know, is refused.
+
+    A higher 4-digit revision is a newer milterd's (another MX host upgraded first); anything else
+    (``3f2a9c1b7d4e``) is another application's alembic revision: the database is not milterd's, and
+    neither upgrading this milterd nor the database helps.  *tables*: whether milterd's tables are there
+    (None: not looked at).
+    """
+    if MILTERD_REVISION.fullmatch(current) and current > head:
+        return (f"the database schema is at {current}, which this milterd does not know (its newest is {head}): "
+                "a newer milterd upgraded it; install that version on this host too (a schema is never downgraded)")
+    found = {True: "; milterd's tables are there too", False: "; milterd's tables are missing", None: ""}[tables]
+    return (f"the database holds another application's schema: its revision {current} is not one of milterd's "
+            f"(milterd's revisions are 4-digit numbers, 0001 to {head}){found}: "
+            "milterd needs a database of its own (set [database] url to one)")
+
 
 class Store:
     """The SQL store of one process."""
@@ -366,7 +382,7 @@ class Store:
         try:
             with self.engine.begin() as connection:
                 _lock_for_upgrade(connection)
-                self._refuse_unknown(MigrationContext.configure(connection).get_current_revision())
+                self._refuse_unknown(MigrationContext.configure(connection).get_current_revision(), connection)
                 command.upgrade(self._alembic_config(connection), "head")
             return self.schema_version() or ""
         except (SQLAlchemyError, AlembicCommandError) as exc:  # the database or alembic refusing: their words on one line, never a traceback
@@ -400,9 +416,11 @@ class Store:
         """Whether *version* is one of this milterd's schema versions (not one a newer milterd made)."""
         return version in {script.revision for script in _scripts().walk_revisions()}
 
-    def _refuse_unknown(self, current: str | None) -> None:
+    def _refuse_unknown(self, current: str | None, connection: Connection | None = None) -> None:
+        """StoreError (:func:`unknown_schema`) when *current* is not one of this milterd's versions; milterd's
+        tables looked for on *connection* (in its transaction), else on a connection of the engine."""
         if current is not None and not self.known_version(current):
-            raise StoreError(newer_schema(current, self.head_version()))
+            raise StoreError(unknown_schema(current, self.head_version(), self.has_tables(connection)))
 
     def _missing_sqlite_file(self) -> bool:
         file = sqlite_file(self.engine.url)
@@ -441,10 +459,13 @@ class Store:
         head = self.head_version()
         if current != head and self.known_version(current):
             raise StoreError(f"the database schema is at {current}, this milterd needs {head}: run `milterd db upgrade`")
+        if not self.known_version(current) and not MILTERD_REVISION.fullmatch(current):
+            # Not a newer milterd's schema (taken): another application's, where every command failed in SQL's words.
+            raise StoreError(f"{url}: {unknown_schema(current, head, self.has_tables())}")
 
-    def has_tables(self) -> bool:
-        """Whether the message log table exists."""
-        return inspect(self.engine).has_table("messages")
+    def has_tables(self, connection: Connection | None = None) -> bool:
+        """Whether the message log table exists (looked for on *connection*, else on a connection of the engine)."""
+        return inspect(connection if connection is not None else self.engine).has_table("messages")
 
     # --- message log ------------------------------------------------------
     def log_message(self, record: MessageRecord, quarantine: "QuarantineWrite | None" = None) -> int:

@@ -75,6 +75,9 @@ def insert_message(connection: Connection, message_log_id: int | None, item: Qua
     to the caller, whose transaction they abort.
     """
     values = {**item.row, "message_log_id": message_log_id, "raw": None}
+    if connection.dialect.name == "sqlite":
+        # SQLite's own choice, max(id) + 1, gives again the ids of the newest rows once they are gone.
+        values["id"] = next_sqlite_id(connection)
     key = connection.execute(insert(schema.quarantine).values(**values)).inserted_primary_key
     assert key is not None
     row_id = int(key[0])
@@ -92,6 +95,28 @@ def insert_message(connection: Connection, message_log_id: int | None, item: Qua
     if stored != expected:
         connection.execute(update(schema.quarantine).where(schema.quarantine.c.id == row_id).values(size=stored))
     return row_id
+
+
+def next_sqlite_id(connection: Connection) -> int:
+    """A quarantine id never issued before, on a SQLite *connection*, in its transaction (the caller's,
+    whose INSERT of the row must follow): one above both the highest id ever issued and max(id), recorded
+    as the new highest (``quarantine_high_water``, schema 0007).
+
+    The UPDATE comes first: it takes SQLite's write lock (if the transaction does not hold it yet), so
+    no other writer allocates between it and the read; a rollback undoes the record with the row, whose
+    id nobody saw.  max(id) counts as well: rows an older milterd wrote on this schema without recording
+    them.  A missing record (deleted by hand) is made again, from max(id).
+
+    Not used on PostgreSQL: its sequence never gives an id twice, and one row updated by every
+    quarantined message would serialise the MX hosts' quarantine writes until each commits.
+    """
+    high, table = schema.quarantine_high_water, schema.quarantine
+    highest = select(func.coalesce(func.max(table.c.id), 0)).scalar_subquery()
+    # SQLite's max() of two arguments is the larger of them (the aggregate takes one).
+    moved = connection.execute(update(high).where(high.c.singleton == 1).values(last_id=func.max(high.c.last_id, highest) + 1))
+    if not moved.rowcount:
+        connection.execute(insert(high).values(singleton=1, last_id=highest + 1))
+    return int(connection.execute(select(high.c.last_id).where(high.c.singleton == 1)).scalar_one())
 
 
 class QuarantineStore:

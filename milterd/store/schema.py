@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -105,6 +106,21 @@ quarantine_chunks = Table(
     Column("quarantine_id", Id, ForeignKey("quarantine.id", ondelete="CASCADE"), primary_key=True, autoincrement=False),
     Column("chunk_ind", Integer, primary_key=True, autoincrement=False),
     Column("data", LargeBinary, nullable=False),
+)
+
+#: The highest quarantine id ever issued (schema 0007), in its one row (``singleton`` = 1).  On SQLite
+#: ``quarantine.id`` is an INTEGER PRIMARY KEY without AUTOINCREMENT, which hands out max(id) + 1: once
+#: the newest rows were purged or deleted, the next message got an id digests had already printed in
+#: ``milterd quarantine release N``.  The store's quarantine insert allocates above this and max(id)
+#: (store/quarantine.py).  The table is not rebuilt with AUTOINCREMENT: a batch copy drops the old
+#: one, and its ON DELETE CASCADE would delete every stored message.  Unused on PostgreSQL, whose
+#: sequence never gives an id twice.
+quarantine_high_water = Table(
+    "quarantine_high_water",
+    metadata,
+    Column("singleton", Integer, primary_key=True, autoincrement=False),
+    Column("last_id", BigInteger, nullable=False),
+    CheckConstraint("singleton = 1", name="ck_quarantine_high_water_singleton"),
 )
 
 greylist = Table(

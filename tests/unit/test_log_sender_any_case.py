@@ -60,7 +60,7 @@ def test_the_filter_is_served_by_an_index_and_the_upgrade_adds_it(store: Store) 
         command.downgrade(store._alembic_config(connection), "0005")
     names = indexes(store)
     assert "ix_messages_sender" in names and "ix_messages_sender_lower" not in names
-    assert store.upgrade() == "0006"
+    assert store.upgrade() == "0007"
     names = indexes(store)
     assert "ix_messages_sender_lower" in names and "ix_messages_sender" not in names
     assert [r["queue_id"] for r in store.messages(sender="alice@example.org")] == ["A"]

@@ -259,8 +259,8 @@ def test_the_digest_command_retries_a_failed_notice(conf: Path, quarantine: Quar
 
 # --- schema 0004 ---------------------------------------------------------------------------
 def test_the_schema_is_at_its_head(quarantine: Quarantine) -> None:
-    assert quarantine.store.head_version() == "0006"
-    assert quarantine.store.schema_version() == "0006"
+    assert quarantine.store.head_version() == "0007"
+    assert quarantine.store.schema_version() == "0007"
 
 
 def test_rows_from_schema_0003_are_told_once_after_the_upgrade(tmp_path: Path, outbox: Outbox) -> None:
