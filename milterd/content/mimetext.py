@@ -1,8 +1,9 @@
 """The readable text and the links of a message, for body and URI rules.
 
 A message is parsed leniently (the standard library's ``compat32`` policy,
-which never raises on malformed MIME); its ``text/plain`` and ``text/html``
-parts are decoded from base64 or quoted-printable and from their charset
+which never raises on malformed MIME); its text parts (``text/plain``, ``text/html``, and the other
+text/* types a mail client shows as text, a calendar file too: :func:`_reading_type`)
+are decoded from base64 or quoted-printable and from their charset
 (unknown charsets fall back to UTF-8 with replacement characters).  HTML is
 rendered to plain text (tags, scripts and styles dropped) and its links collected
 (``href``, ``src``, ``srcset``, CSS ``url()`` and ``@import``, a refresh, ``formaction``, ``xlink:href``, an
@@ -41,10 +42,10 @@ from typing import Any, Callable, Container, Iterable, Iterator, cast
 
 from olefile import OleFileIO
 
-from .filetypes import HEAD_SIZE, MESSAGE_TYPES, message_file, outlook_file, outlook_name, text_file_type
+from .filetypes import HEAD_SIZE, MESSAGE_TYPES, extensions, message_file, outlook_file, outlook_name, text_file_type
 from .mimeparams import LenientMessage, Preference, client_container_type, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
-from .mimeparts import TEXT_TYPES, part_names, text_views
+from .mimeparts import SCRIPT_TEXT_TYPES, part_names, text_views
 from .outlookmsg import Node, decoded_text, open_compound, read_stream
 from .outlookmsg import attachments as msg_attachments
 from .outlookmsg import bodies as msg_bodies
@@ -242,7 +243,8 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
         single = single_part(raw) if limit > 0 else None
         if single is not None:
             ctype, body = single
-            if ctype in TEXT_TYPES:
+            ctype = _reading_type(ctype, ())
+            if ctype:
                 reader.size = _add_text(reader.result, reader.found, reader.texts, ctype, body, limit)
         else:
             reader.read(raw)
@@ -457,7 +459,7 @@ class _Reader:
                     for content in (attachment.data, attachment.package):
                         if content is not None:
                             self._saved_message(ole, content, content is attachment.package, attachment.names, level + 1)
-                    ctype = text_file_type(attachment.names, attachment.mime_type)
+                    ctype = _reading_type(attachment.mime_type, attachment.names)
                     if attachment.data is not None and ctype:  # an HTML page or a text file: a double click shows it
                         if attachment.data.size > self.link_room:
                             self.unread("text")
@@ -532,17 +534,14 @@ class _Reader:
             self.queue.append((inner, depth, outlook))
 
     def _part(self, part: email.message.Message, read: set[int] | None, names: list[str]) -> None:
-        """Read a leaf part called *names*: its text (up to the text budget) and links, when it is text/plain or
-        text/html, or a file of either kind by its names (:func:`~milterd.content.filetypes.text_file_type`)."""
-        ctype = content_type(part)
-        if ctype not in TEXT_TYPES:
-            ctype = text_file_type(names, ctype)
-            if not ctype:
-                return
-        self._text(ctype, decode_part(part), read)
+        """Read a leaf part called *names*: its text (up to the text budget) and links, when it is text a mail
+        client shows (:func:`_reading_type`)."""
+        ctype = _reading_type(content_type(part), names)
+        if ctype:
+            self._text(ctype, decode_part(part), read)
 
     def _text(self, ctype: str, text: str, read: set[int] | None) -> None:
-        """Read a text/plain or text/html body: its text (up to the text budget) and links (*read*: those read already)."""
+        """Read a body of a type :func:`_reading_type` gives: its text (up to the text budget) and links (*read*: those read already)."""
         if read is not None:
             key = hash((ctype, text))  # what is read, not the payload: base64 and 7-bit copies differ
             if key in read:
@@ -563,7 +562,7 @@ class _Reader:
             _html_parts(body, self.found)
         else:
             self.found.unparsed = self.found.unparsed or tags > 0
-            self.found.scan(body)  # unparsed: an href is the link written out (as past MAX_TAGS)
+            self.found.scan(_shown_text(ctype, body))  # unparsed: an href is the link written out (as past MAX_TAGS)
 
 
 def _scan_unparsed(found: "_Links", raw: bytes, cut: bytes = b"", cut_base64: bool = False) -> None:
@@ -822,7 +821,7 @@ def _outlook_message(part: email.message.Message, names: list[str]) -> bytes | N
 
 
 def _add_text(result: MessageText, found: "_Links", texts: list[str], ctype: str, body: str, room: int) -> int:
-    """Add a decoded text/plain or text/html part's text (at most *room* characters) and links; its length."""
+    """Add a decoded text part's text (at most *room* characters) and links (*ctype*: :func:`_reading_type`); its length."""
     body = _add_links(found, ctype, body)
     if len(body) > room:
         body = body[:room]
@@ -963,13 +962,85 @@ def decode_part(part: email.message.Message) -> str:
 
 
 def _add_links(found: "_Links", ctype: str, body: str) -> str:
-    """Add the links of a decoded text/plain or text/html part to *found*; its text (HTML rendered)."""
+    """Add the links of a decoded text part (*ctype*: :func:`_reading_type`) to *found*; its text (HTML rendered,
+    enriched text's commands dropped, a calendar's lines unfolded: :func:`_shown_text`)."""
     if ctype == "text/html":
         body, cut = _html_parts(body, found)
         found.cut = found.cut or cut
     else:
+        body = _shown_text(ctype, body)
         found.scan(body)
     return body
+
+
+def _reading_type(ctype: str, names: Iterable[str]) -> str:
+    """The type a leaf part of type *ctype* called *names* is read as for its text and links: text/html, text/plain,
+    text/enriched, text/richtext or text/calendar; "" for a part not read.
+
+    Thunderbird shows a text/* part of a type it does not know (text/markdown, text/csv, text/xml, text/x-…) inline
+    as plain text, its links clickable: those are read as text/plain.  A script's type (SCRIPT_TEXT_TYPES) is a file
+    the attachment check judges, read only as a file of its name is.  A calendar file (``.ics``) of any type but
+    HTML is read as text/calendar: Outlook, Gmail and Apple Mail show its description, location and URL, links
+    clickable.  Other files are read as text/html or text/plain by their names
+    (:func:`~milterd.content.filetypes.text_file_type`).
+    """
+    if ctype == "text/html":
+        return ctype
+    if any(extensions(name)[-1:] == ["ics"] for name in names):
+        return "text/calendar"
+    if ctype == "text/plain":
+        return ctype
+    by_name = text_file_type(names, ctype)
+    if by_name == "text/html" or not ctype.startswith("text/") or ctype in SCRIPT_TEXT_TYPES:
+        return by_name
+    return ctype if ctype in _CONVERTED_TYPES else "text/plain"
+
+
+#: The text types whose text is converted before it is read (:func:`_shown_text`).
+_CONVERTED_TYPES = frozenset({"text/enriched", "text/richtext", "text/calendar"})
+#: A text/enriched formatting command (RFC 1896 section 2: letters, digits and "-", at most 60), or "<<" (a "<"),
+#: one step: "<<bold>" is "<" and the text "bold>".
+_ENRICHED_COMMAND = re.compile(r"<(<)|</?[A-Za-z0-9-]{1,60}>")
+#: A text/richtext command (RFC 1341 section 7.1.3) other than <lt> (a "<") and <nl> (a line break).
+_RICHTEXT_COMMAND = re.compile(r"</?(?!(?:lt|nl)>)[A-Za-z0-9-]{1,60}>", re.IGNORECASE)
+_RICHTEXT_NEWLINE = re.compile(r"<nl>", re.IGNORECASE)
+_RICHTEXT_LT = re.compile(r"<lt>", re.IGNORECASE)
+#: An iCalendar line break that folds a long line (RFC 5545 section 3.1: CRLF and one blank; LF alone too, as written by some).
+_ICALENDAR_FOLD = re.compile(r"\r?\n[ \t]")
+#: An iCalendar TEXT escape (RFC 5545 section 3.3.11).
+_ICALENDAR_ESCAPE = re.compile(r"\\([nN,;\\])")
+
+
+def _shown_text(ctype: str, text: str) -> str:
+    """The text a mail client shows of a text part of type *ctype* (:func:`_reading_type`; not HTML): an enriched or
+    rich text's with its formatting commands dropped, a calendar's unfolded and unescaped (a link after a "\\n" is
+    one, a link folded at 75 octets is whole), *text* itself for the others.  Linear in *text*."""
+    if ctype == "text/enriched":
+        # By literal replacements (C) where a character stands free for "<<": a template costs a call per command.
+        mark = _free_mark(text) if "<<" in text else ""
+        if "<<" in text and not mark:
+            return _ENRICHED_COMMAND.sub(r"\1", text)
+        text = _ENRICHED_COMMAND.sub("", text.replace("<<", mark) if mark else text)
+        return text.replace(mark, "<") if mark else text
+    if ctype == "text/richtext":
+        text = _RICHTEXT_COMMAND.sub("", _RICHTEXT_NEWLINE.sub("\n", text))
+        return _RICHTEXT_LT.sub("<", text)
+    if ctype == "text/calendar":
+        text = _ICALENDAR_FOLD.sub("", text)
+        if "\\" not in text:
+            return text
+        # By str.replace (C) where a character stands free for an escaped backslash: a call per escape costs more.
+        mark = _free_mark(text)
+        if not mark:
+            return _ICALENDAR_ESCAPE.sub(lambda escape: "\n" if escape.group(1) in "nN" else escape.group(1), text)
+        text = text.replace("\\\\", mark).replace("\\n", "\n").replace("\\N", "\n").replace("\\,", ",").replace("\\;", ";")
+        return text.replace(mark, "\\")
+    return text
+
+
+def _free_mark(text: str) -> str:
+    """A character of ``_MARKS`` *text* does not hold, "" when it holds them all."""
+    return next((mark for mark in _MARKS if mark not in text), "")
 
 
 def uris_in_text(text: str) -> list[str]:
@@ -1108,12 +1179,39 @@ def _www_start(text: str, lowered: str, pos: int) -> int:
     return -1 if found is None else found.start()
 
 
+#: The elements whose content is text to a browser, not markup (outside <svg> and <math>): the tokenizer's RAWTEXT
+#: (<script>, <style>, <xmp>, <iframe>, <noembed>, <noframes>), RCDATA (<title>, <textarea>: character references
+#: decoded, _RCDATA) and PLAINTEXT (<plaintext>: the rest of the document) states, which the tree construction
+#: switches it to (HTML standard 13.2.6.4.4 "in head", 13.2.6.4.7 "in body").  The stdlib (3.11) knows only the
+#: first two: <title>x<script></title><a href=…> hid the link in a script that never ended, <title><!--</title>
+#: <a href=…><!-- --> in a comment.  A mail client's parser has scripting off: <noscript> is markup to it.
+_TEXT_CONTENT = frozenset({"script", "style", "xmp", "iframe", "noembed", "noframes", "title", "textarea", "plaintext"})
+_RCDATA = frozenset({"title", "textarea"})
+#: Those whose content is a fallback some clients show as markup (one that does not support frames, embeds or
+#: iframes; a browser parses it as text): read for links by a parse of its own, its text hidden.
+_FALLBACK = frozenset({"iframe", "noembed", "noframes"})
+#: What ends no element: the end of a <plaintext> is the document's (13.2.5.5).
+_NO_END = re.compile(r"(?!)")
+#: The elements of <svg> and of <math> whose content is HTML again (13.2.6.5: HTML integration points, MathML text
+#: integration points): a <textarea> in an <svg>'s <foreignObject> is RCDATA.
+_HTML_IN = {"svg": frozenset({"foreignobject", "desc", "title"}), "math": frozenset({"mi", "mo", "mn", "ms", "mtext"})}
+#: The start tags that end foreign content (13.2.6.5): the browser closes the <svg>/<math> and reads them as HTML
+#: (a <font> only with some attributes, which the parse does not keep: it stays in the <svg> here).
+_BREAKOUT = frozenset({
+    "b", "big", "blockquote", "body", "br", "center", "code", "dd", "div", "dl", "dt", "em", "embed", "h1", "h2", "h3",
+    "h4", "h5", "h6", "head", "hr", "i", "img", "li", "listing", "menu", "meta", "nobr", "ol", "p", "pre", "ruby", "s",
+    "small", "span", "strong", "strike", "sub", "sup", "table", "tt", "u", "ul", "var",
+})
+
+
 class _HTMLText(HTMLParser):
     """Collects the visible text and the links of an HTML part."""
 
     # Not "head": its end tag is optional (<head><title>x</title><body>… hid the whole body's text); what a head holds
-    # unseen (title, style, script) is skipped on its own, and other text in it a browser shows in the body.
-    _SKIP = {"script", "style", "title"}
+    # unseen (title, style, script) is skipped on its own, and other text in it a browser shows in the body.  The
+    # content of an <iframe>, <noembed> or <noframes> is text a client that supports them does not show; that of an
+    # <xmp>, <textarea> or <plaintext> it shows (_TEXT_CONTENT), its links written out read as any text's.
+    _SKIP = {"script", "style", "title", "iframe", "noembed", "noframes"}
     _BREAK = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote"}
     _FOLLOWED = {"a", "area"}  # whose href the reader clicks (a <link>'s or <base>'s is not); VML shapes' too (_followed)
 
@@ -1125,6 +1223,11 @@ class _HTMLText(HTMLParser):
         #: links too, by a parse of its own (:meth:`handle_data`).  Where the browser leaves the <svg> earlier
         #: (its </svg> ends the script there), the text after it stays hidden here, as before.
         self._foreign = 0
+        #: The open <svg>/<math> elements and integration points, with the namespace of their content ("svg", "math",
+        #: "html"): whether a <title> or <textarea> starts RCDATA (:meth:`_html_content`).  Kept apart from
+        #: _foreign, which reads an <svg>'s <script> for links as before.
+        self._namespaces: list[tuple[str, str]] = []
+        self._open: dict[str, int] = {}  # how many entries of _namespaces each tag has
         self.mark = mark  # the character that stands for a "<" of text (_text_lt), "" for none
         self.parts: list[str] = []
         self.found = _Links() if found is None else found  # where the links go
@@ -1200,12 +1303,17 @@ class _HTMLText(HTMLParser):
                 attrs.append((attrname, unescape(value)))
             k = found.end()
         following = rawdata[k:k + 1]
-        if following == ">":
+        # "/>" closes no HTML element (13.2.6.4.7): <title/> starts a title as <title> does; in <svg> it closes one.
+        closed = rawdata.startswith("/>", k)
+        # In <svg>/<math> only a <script> or <style> (read as markup for links by handle_data, as before): a foreign
+        # element's content is markup (13.2.6.5), a <title> there too.  Asked before the tag opens a context of its own.
+        text_content = tag in _TEXT_CONTENT and self._html_content()
+        if following == ">" or (closed and text_content):
             self.handle_starttag(tag, attrs)
-            if tag in self.CDATA_CONTENT_ELEMENTS:
+            if text_content or tag in self.CDATA_CONTENT_ELEMENTS:
                 self.set_cdata_mode(tag)
-            return k + 1
-        if rawdata.startswith("/>", k):
+            return k + (2 if closed else 1)
+        if closed:
             self.handle_startendtag(tag, attrs)
             return k + 2
         if following == "" or following in _UNTERMINATED:
@@ -1220,10 +1328,14 @@ class _HTMLText(HTMLParser):
     # end it in a browser (HTML standard 13.2.5.7-8), left the rest of the part unread, its links too.  Newer CPython
     # (and Debian's 3.11.2 since the 2025 security fixes) reads them as browsers do, as these two methods do here.
     def set_cdata_mode(self, elem: str, **options: Any) -> None:
-        """The stdlib's, ending at ``</elem`` followed by a blank, "/" or ">"."""
-        super().set_cdata_mode(elem, **options)
-        name = re.escape(self.cdata_elem or elem.lower())
-        self.interesting = re.compile(rf"</{name}(?=[\t\n\r\f />])", re.IGNORECASE | re.ASCII)
+        """The stdlib's, ending at ``</elem`` followed by a blank, "/" or ">"; a <plaintext> never ends (:meth:`close`
+        gives its text)."""
+        super().set_cdata_mode(elem, **options)  # never "escapable" (newer CPython): handle_data decodes an RCDATA's text
+        name = self.cdata_elem or elem.lower()
+        if name == "plaintext":
+            self.interesting = _NO_END
+            return
+        self.interesting = re.compile(rf"</{re.escape(name)}(?=[\t\n\r\f />])", re.IGNORECASE | re.ASCII)
 
     def parse_endtag(self, i: int) -> int:
         """The stdlib's, but an unterminated end tag at the end of the document hides the rest, and ``</style foo>``
@@ -1246,7 +1358,37 @@ class _HTMLText(HTMLParser):
         """The stdlib's, but an unterminated ``<!`` at the end of the document hides the rest."""
         return self._to_end(super().parse_html_declaration(i))
 
+    def _html_content(self) -> bool:
+        """Whether the content of the current element is HTML (outside <svg> and <math>, or in an integration point)."""
+        return not self._namespaces or self._namespaces[-1][1] == "html"
+
+    def _open_namespace(self, tag: str) -> None:
+        """Follow the namespace of the content as a browser's tree construction does at start tag *tag* (13.2.6.5)."""
+        if not self._html_content() and tag in _BREAKOUT:
+            while not self._html_content():
+                self._close_namespace(self._namespaces[-1][0])
+        namespace = "html" if not self._namespaces else self._namespaces[-1][1]
+        if tag in ("svg", "math"):
+            entry = (tag, tag)
+        elif namespace in _HTML_IN and tag in _HTML_IN[namespace]:
+            entry = (tag, "html")
+        else:
+            return
+        self._namespaces.append(entry)
+        self._open[tag] = self._open.get(tag, 0) + 1
+
+    def _close_namespace(self, tag: str) -> None:
+        """Close the innermost open *tag* of _namespaces and those opened in it (none when it is not open)."""
+        if not self._open.get(tag):
+            return
+        while self._namespaces:
+            name, _ = self._namespaces.pop()
+            self._open[name] -= 1
+            if name == tag:
+                return
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._open_namespace(tag)
         if tag in ("svg", "math"):
             self._foreign += 1
         if tag in _SVG_ANIMATION and any(name == "attributename" and (value or "").strip().lower() in ("href", "xlink:href") for name, value in attrs):
@@ -1369,6 +1511,11 @@ class _HTMLText(HTMLParser):
         return self._to_end(-1) if end < 0 else end + 1
 
     def handle_endtag(self, tag: str) -> None:
+        if not self.cdata_elem:  # a raw-text element's end tag closes only it (an <svg>'s <title> stays open)
+            if tag in ("p", "br") and not self._html_content():  # these end foreign content too (13.2.6.5)
+                while not self._html_content():
+                    self._close_namespace(self._namespaces[-1][0])
+            self._close_namespace(tag)
         if tag in ("svg", "math") and self._foreign:
             self._foreign -= 1
         if tag in self._SKIP and self._skipping:
@@ -1379,12 +1526,14 @@ class _HTMLText(HTMLParser):
             self.parts.append("\n")
 
     def handle_data(self, data: str) -> None:
+        if self.cdata_elem in _RCDATA:
+            data = unescape(data)  # given whole: up to the end tag, or the rest of the document at close()
         if not self._skipping:
             self.parts.append(data)
             return
         if self._styles and ("(" in data or "@" in data):
             self._add_all(_css_links(data.replace(self.mark, "<") if self.mark else data), False)
-        if self._foreign and self.cdata_elem and "<" in data and not self._nested:
+        if self.cdata_elem and "<" in data and not self._nested and (self._foreign or self.cdata_elem in _FALLBACK):
             self._links_of(data)
 
     def _links_of(self, markup: str) -> None:
