@@ -449,7 +449,7 @@ class QuarantineSection(Section):
         return value
 
     retention: Duration = Field(30 * 86400.0, description="Quarantined mail older than this is purged on a schedule; 0 keeps it.")
-    postfix_config: str = Field("", description="Postfix's config_directory for 'postsuper -c DIR -H' when releasing held mail; empty: Postfix's default.")
+    postfix_config: str = Field("", description="Postfix's config_directory for 'postconf -c DIR' and 'postsuper -c DIR' when releasing held mail (-H, or -r once it was held for half of the shorter of maximal_queue_lifetime and bounce_queue_lifetime); empty: Postfix's default.")
     report_from: str = Field("", description="From: of digests and virus notices, and the digest's envelope sender (notices go from the null sender); empty: postmaster@ this host's name.")
     notify_virus_recipients: bool = Field(False, description="'quarantine digest' also tells each recipient of a message quarantined as a virus.")
 

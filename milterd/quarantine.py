@@ -5,7 +5,8 @@ The milter writes a row and the message in chunks (``Pipeline.eom``, through
 reads them back for people (list, show), releases them by SMTP to
 ``[quarantine] release_smtp`` (a Postfix smtpd without milters, on a unix
 socket or with SMTP AUTH; see ``reinject``), streaming the message from the
-store, or, for held mail, with ``postsuper -H``; deletes and purges them; and
+store, or, for held mail, with ``postsuper -H`` (``postsuper -r`` once it was held for
+half of Postfix's queue lifetime, see :func:`hold_release`); deletes and purges them; and
 reports them to the postmaster.  Any host sharing the database can do all of
 it.  The SQL is in ``store.quarantine``; its errors arrive as StoreError.
 
@@ -49,6 +50,7 @@ from .store import SENDER_LIMIT, Store, StoreError, utcnow
 from .store.learner import Label, LearnerStore
 from .store.quarantine import QuarantineStore
 from .text import cut, escape, unstored
+from .units import format_duration
 
 #: Fields of ``quarantine list --json``; scripts rely on these names.
 JSON_FIELDS = (
@@ -66,6 +68,24 @@ ReleaseState = Literal["", "released", "unknown", "unrecorded"]
 _QUEUED_AS = re.compile(r"\bqueued as ([0-9A-Za-z]+)")
 
 _VIRUS_SYMBOL = re.compile(r"(^|_)VIRUS($|_)")  # CLAMAV_VIRUS
+
+#: The Postfix parameters whose shorter value bounds how long a message released from the hold queue
+#: with ``postsuper -H`` may stay queued: it keeps its arrival time, and a deferral after that lifetime bounces it.
+QUEUE_LIFETIMES = ("maximal_queue_lifetime", "bounce_queue_lifetime")
+
+#: A Postfix time value (postconf(5)): a number and an optional unit.
+_POSTFIX_TIME = re.compile(r"(\d+)([smhdw]?)", re.ASCII)
+_POSTFIX_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+#: Attempts a row's release history (``release_result``) keeps in full, besides its first one and every one
+#: that delivered the message (or may have): the last ones. Those between are counted in their place
+#: (``{"left_out": N}``): 30 failed ``release --force`` of a 3,000-recipient message made a 6.4 MB row.
+HISTORY_LAST = 10
+#: Refused recipients an attempt's record names per reply, and in all; the others are counted
+#: (``refused_more``: per reply named; ``refused_other``: of replies not named). Delivered and
+#: unknown recipients are all named: who may have received the message is never left out.
+REFUSED_NAMED_PER_REPLY = 20
+REFUSED_NAMED = 100
 
 
 class QuarantineError(Exception):
@@ -88,6 +108,8 @@ class ReleaseReport:
     record_error: str = ""
     notes: list[str] = field(default_factory=list)
     learned_ham: bool = False
+    #: The command that released a held message (``postsuper -H QUEUEID`` or ``postsuper -r QUEUEID hold``).
+    command: str = ""
 
     @property
     def ok(self) -> bool:
@@ -100,18 +122,119 @@ class ReleaseReport:
         return bool(self.delivered) and bool(self.refused)
 
     def as_json(self, who: str, when: dt.datetime) -> dict[str, Any]:
-        """The record kept in ``release_result`` (one entry per attempt)."""
-        return {
+        """The record kept in ``release_result`` (one entry per attempt): every recipient delivered or of
+        unknown outcome, the refused ones named up to ``REFUSED_NAMED_PER_REPLY`` per reply (the others counted)."""
+        refused, more, other = named_refusals(self.refused)
+        record: dict[str, Any] = {
             "time": when.isoformat(), "by": who, "method": self.method, "ok": self.ok,
-            "delivered": self.delivered, "refused": self.refused, "unknown": self.unknown, "error": self.error,
+            "delivered": self.delivered, "refused": refused, "unknown": self.unknown, "error": self.error,
         }
+        if more:
+            record["refused_more"] = more
+        if other:
+            record["refused_other"] = other
+        if self.command:
+            record["command"] = self.command
+        return record
+
+
+def named_refusals(refused: Mapping[str, str]) -> tuple[dict[str, str], dict[str, int], int]:
+    """The refused recipients an attempt's record names (at most ``REFUSED_NAMED_PER_REPLY`` of each reply,
+    ``REFUSED_NAMED`` in all), how many more each named reply refused, and how many of replies not named."""
+    named: dict[str, str] = {}
+    per_reply: Counter[str] = Counter()
+    more: Counter[str] = Counter()
+    other = 0
+    for recipient, reply in refused.items():
+        if per_reply[reply] < REFUSED_NAMED_PER_REPLY and len(named) < REFUSED_NAMED:
+            named[recipient] = reply
+            per_reply[reply] += 1
+        elif reply in per_reply:
+            more[reply] += 1
+        else:
+            other += 1
+    return named, dict(more), other
+
+
+def is_left_out(entry: object) -> bool:
+    """Whether *entry* of a release history counts attempts left out (``{"left_out": N}``), not an attempt."""
+    return isinstance(entry, dict) and "left_out" in entry and "time" not in entry
+
+
+def bound_history(history: list[Any]) -> list[Any]:
+    """*history* (``release_result``, oldest first) as kept: the first attempt, the last ``HISTORY_LAST``
+    and every one that delivered the message or whose outcome is unknown, in order; each run of the
+    others replaced by ``{"left_out": N}``.
+
+    Only those that sent the message can hold a row's claim (a release that sent nothing gives it
+    back), so :func:`claim_attempt`, and with it :func:`release_state`, read the same as before.
+    """
+    attempts = [i for i, entry in enumerate(history) if not is_left_out(entry)]
+    keep = set(attempts[:1]) | set(attempts[-HISTORY_LAST:])
+    keep |= {i for i in attempts if isinstance(history[i], dict) and (history[i].get("delivered") or history[i].get("unknown"))}
+    bounded: list[Any] = []
+    left_out = 0
+    for i, entry in enumerate(history):
+        if i in keep:
+            if left_out:
+                bounded.append({"left_out": left_out})
+                left_out = 0
+            bounded.append(entry)
+        elif is_left_out(entry):
+            count = entry.get("left_out")
+            left_out += count if isinstance(count, int) and count > 0 else 0
+        else:
+            left_out += 1
+    if left_out:
+        bounded.append({"left_out": left_out})
+    return bounded
+
+
+def postfix_time(value: str, default_unit: str = "d") -> int:
+    """Seconds of a Postfix time value (``5d``, ``12h``, ``3600s``; *default_unit* when it has none);
+    ValueError when *value* is not one."""
+    found = _POSTFIX_TIME.fullmatch(value.strip())
+    if not found:
+        raise ValueError(f"not a Postfix time value: {value!r}")
+    return int(found.group(1)) * _POSTFIX_UNITS[found.group(2) or default_unit]
+
+
+def hold_release(queue_id: str, held: dt.timedelta, lifetimes: str | None, why: str = "") -> tuple[list[str], str]:
+    """The ``postsuper`` arguments that release *queue_id* from the hold queue, and a note for the report.
+
+    *lifetimes* is what ``postconf -h`` printed of ``QUEUE_LIFETIMES`` (None: it failed, for *why*).
+    ``-H`` keeps the message's arrival time: one held for half of the shorter lifetime or longer would
+    be bounced at its first deferral (postsuper(1) says to use ``-r`` then). ``-r QUEUEID hold`` requeues
+    it into a new queue file with a new arrival time (not through smtpd_milters again). When the
+    lifetimes are not known, ``-r``: the safe side for an old message (a new one only gets a new queue file).
+    """
+    requeue = ["-r", queue_id, "hold"]
+    if lifetimes is None:
+        return requeue, f"{why or 'postconf failed'}: Postfix's queue lifetimes are not known, so it was requeued (postsuper -r)"
+    values = lifetimes.split("\n")
+    values = values[:-1] if values and not values[-1] else values
+    try:
+        if len(values) != len(QUEUE_LIFETIMES):
+            raise ValueError(f"expected {len(QUEUE_LIFETIMES)} lines")
+        seconds = [postfix_time(value) for value in values]
+    except ValueError as exc:
+        shown = cut(escape(lifetimes.strip()[:201]), 200)
+        return requeue, f"postconf printed '{shown}' for {' and '.join(QUEUE_LIFETIMES)} ({escape(str(exc))}): lifetimes not known, so it was requeued (postsuper -r)"
+    shortest = min(seconds)
+    name = QUEUE_LIFETIMES[seconds.index(shortest)]
+    if held.total_seconds() >= shortest / 2:
+        return requeue, (
+            f"held {format_duration(int(held.total_seconds()))}, at least half of {name} ({format_duration(shortest)}): "
+            f"requeued (postsuper -r), so that a deferral does not bounce it at once; it has a new queue id"
+        )
+    return ["-H", queue_id], ""
 
 
 # --- pure helpers -------------------------------------------------------------
 @dataclass(frozen=True)
 class ReleasePlan:
-    """How a release goes out, decided before any I/O: ``postsuper -H`` of the
-    held queue file, or the stored copy by SMTP to these recipients; or why it
+    """How a release goes out, decided before any I/O: ``postsuper`` of the
+    held queue file (``-H`` or ``-r``, see :func:`hold_release`), or the stored copy by SMTP to these recipients; or why it
     cannot be tried from here."""
 
     method: Literal["smtp", "postsuper"]
@@ -128,7 +251,7 @@ def plan_release(row: dict[str, Any], hostname: str, to: list[str] | None = None
     """
     if row["mode"] == "hold" and not to and not smtp:
         if row["mta_host"] != hostname:
-            return ReleasePlan("postsuper", error=f"held in Postfix's queue on {row['mta_host']}: run 'postsuper -H {row['queue_id']}' there (or release --smtp to re-inject the stored copy)")
+            return ReleasePlan("postsuper", error=f"held in Postfix's queue on {row['mta_host']}: run 'postsuper -H {row['queue_id']}' there ('postsuper -r {row['queue_id']} hold' once it was held for half of Postfix's maximal_queue_lifetime or bounce_queue_lifetime: -H keeps its arrival time), or release --smtp to re-inject the stored copy")
         return ReleasePlan("postsuper", tuple(row["recipients"] or []))
     recipients = tuple(to or row["recipients"] or [])
     if not recipients:
@@ -506,7 +629,7 @@ class Quarantine:
             if plan.error:
                 report = ReleaseReport(row_id, method=plan.method, error=plan.error)
             elif plan.method == "postsuper":
-                report = self._postsuper(row, plan.recipients)
+                report = self._postsuper(row, plan.recipients, now)
             else:
                 report = self._smtp(row, list(plan.recipients), who, now, progress)
         except Exception as exc:  # noqa: BLE001 - whatever happened, record it (the claim is given back unless the message may have gone out)
@@ -579,7 +702,7 @@ class Quarantine:
         # learned_ham is recorded on its own, once the message was taught (see release).
         self.repo.record_release(
             row["id"], report.as_json(who, now), bool(report.delivered), (now, who), previous, False,
-            keep_claim=bool(report.delivered or report.unknown),
+            keep_claim=bool(report.delivered or report.unknown), bound=bound_history,
         )
 
     def _smtp(self, row: dict[str, Any], recipients: list[str], who: str, now: dt.datetime, progress: reinject.Progress) -> ReleaseReport:
@@ -678,16 +801,38 @@ class Quarantine:
         except (OSError, ValueError) as exc:
             raise QuarantineError(f"[quarantine] release_password_file: cannot read {section.release_password_file}: {read_error(exc)}") from None
 
-    def _postsuper(self, row: dict[str, Any], recipients: tuple[str, ...]) -> ReleaseReport:
+    def _postsuper(self, row: dict[str, Any], recipients: tuple[str, ...], now: dt.datetime) -> ReleaseReport:
+        """Release a held message from Postfix's hold queue: ``postsuper -H``, or ``-r`` (see :func:`hold_release`)."""
         report = ReleaseReport(row["id"], method="postsuper")
-        command = ["postsuper"] + (["-c", self.config.quarantine.postfix_config] if self.config.quarantine.postfix_config else []) + ["-H", row["queue_id"]]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
-        released = re.search(r"Released[^:\n]*: (\d+) message", result.stderr + result.stdout)
+        lifetimes, why = self._queue_lifetimes()
+        arguments, note = hold_release(row["queue_id"], now - row["time"], lifetimes, why)
+        if note:
+            report.notes.append(note)
+        report.command = " ".join(["postsuper", *arguments])
+        result = subprocess.run(["postsuper", *self._postfix_config(), *arguments], capture_output=True, text=True, timeout=60)
+        released = re.search(r"(?:Released|Requeued)[^:\n]*: (\d+) message", result.stderr + result.stdout)
         if result.returncode != 0 or not released or released.group(1) == "0":
-            report.error = f"postsuper -H {row['queue_id']}: {(result.stderr or result.stdout).strip() or 'not in the hold queue'} (release --smtp re-injects the stored copy)"
+            report.error = f"{report.command}: {(result.stderr or result.stdout).strip() or 'not in the hold queue'} (release --smtp re-injects the stored copy)"
             return report
-        report.delivered = {r: f"released from the hold queue ({row['queue_id']})" for r in recipients}
+        done = "released from the hold queue" if arguments[0] == "-H" else "requeued from the hold queue (a new queue id)"
+        report.delivered = {r: f"{done} ({row['queue_id']})" for r in recipients}
         return report
+
+    def _postfix_config(self) -> list[str]:
+        """``-c DIR`` for Postfix's commands when ``[quarantine] postfix_config`` is set."""
+        directory = self.config.quarantine.postfix_config
+        return ["-c", directory] if directory else []
+
+    def _queue_lifetimes(self) -> tuple[str | None, str]:
+        """What ``postconf -h`` prints of ``QUEUE_LIFETIMES``, or None and why not."""
+        command = ["postconf", *self._postfix_config(), "-h", *QUEUE_LIFETIMES]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return None, f"postconf failed: {exc}"
+        if result.returncode != 0:
+            return None, f"postconf failed: {cut(escape(result.stderr.strip()[:201]), 200) or f'status {result.returncode}'}"
+        return result.stdout, ""
 
     def learn(self, row: dict[str, Any], label: Label) -> str:
         """Teach milterd's classifier that *row*'s message is *label*; say what happened.

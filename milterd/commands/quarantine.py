@@ -13,7 +13,7 @@ from typing import Any, Callable
 from .. import reinject
 from ..config import load_config
 from ..logs import MAX_LOG_RECIPIENTS
-from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, claim_text, header_section, release_command, release_state
+from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, claim_text, header_section, is_left_out, release_command, release_state
 from ..store import StoreError, utcnow
 from ..text import cut, escape
 from ..tuning import json_safe
@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     release.add_argument("--to", action="append", type=_address, metavar="ADDR", help="deliver to this recipient instead of the original ones; repeat for more")
     release.add_argument("--force", action="store_true", help="release again a message already released")
     release.add_argument("--ham", action="store_true", help="a false positive: mark it in the log and teach milterd's classifier (and spamd, when enabled) it is ham")
-    release.add_argument("--smtp", action="store_true", help="for held mail: re-inject the stored copy instead of 'postsuper -H'")
+    release.add_argument("--smtp", action="store_true", help="for held mail: re-inject the stored copy instead of running postsuper (-H, or -r for mail held long)")
     release.add_argument("--by", type=text_arg, metavar="WHO", help="who releases (default: your login at this host; through sudo, the user who ran sudo)")
     release.set_defaults(func=_run(run_release))
 
@@ -177,14 +177,57 @@ def run_show(args: argparse.Namespace, quarantine: Quarantine) -> int:
     ]
     if row["released_at"]:
         lines.append(f"released:   {claim_text(row)}")
-    for attempt in row.get("release_result") or []:
-        outcome = "ok" if attempt.get("ok") else ("OUTCOME UNKNOWN" if attempt.get("unknown") else "FAILED")
-        lines.append(f"  attempt {attempt.get('time', '')} by {attempt.get('by', '')}: {outcome} {attempt.get('error', '')}".rstrip())
-        for recipient, reply in {**attempt.get("delivered", {}), **attempt.get("refused", {}), **attempt.get("unknown", {})}.items():
-            lines.append(f"    <{recipient}>: {reply}")
+    lines.extend(history_lines(row.get("release_result") or []))
     # Subject, addresses, HELO, replies: the sender's text, one line each, control characters escaped.
     print("\n".join(escape(line) for line in lines))
     return 0
+
+
+#: Recipients ``show`` names on the line of one outcome (one reply), and ``release`` on its line of one error.
+SHOWN_RECIPIENTS = 20
+RELEASE_NAMED = 5
+#: Up to this many recipients of one reply have a line each, as single ones (more: one line for them all).
+OWN_LINES = 5
+
+
+def grouped(replies: dict[str, str]) -> dict[str, list[str]]:
+    """*replies* (recipient: reply) as reply: its recipients, in order."""
+    groups: dict[str, list[str]] = {}
+    for recipient, reply in replies.items():
+        groups.setdefault(str(reply), []).append(str(recipient))
+    return groups
+
+
+def named_recipients(recipients: list[str], count: int, limit: int) -> str:
+    """The first *limit* of *recipients* in angle brackets, then ``(+N more)`` for the rest of *count*."""
+    more = count - min(len(recipients), limit)
+    return ", ".join(f"<{r}>" for r in recipients[:limit]) + (f" (+{more:,} more)" if more > 0 else "")
+
+
+def history_lines(history: list[Any]) -> list[str]:
+    """``show``'s lines of a release history: one per attempt, then one per outcome shared by more than
+    ``OWN_LINES`` of its recipients (at most ``SHOWN_RECIPIENTS`` named), not one per recipient."""
+    lines = []
+    for attempt in history:
+        if is_left_out(attempt):
+            lines.append(f"  ({attempt['left_out']:,} more failed attempt(s), not kept)")
+            continue
+        if not isinstance(attempt, dict):
+            continue
+        outcome = "ok" if attempt.get("ok") else ("OUTCOME UNKNOWN" if attempt.get("unknown") else "FAILED")
+        command = f" ({attempt['command']})" if attempt.get("command") else ""
+        lines.append(f"  attempt {attempt.get('time', '')} by {attempt.get('by', '')}: {outcome}{command} {attempt.get('error', '')}".rstrip())
+        more = attempt.get("refused_more") or {}
+        for key in ("delivered", "refused", "unknown"):
+            for reply, recipients in grouped(attempt.get(key) or {}).items():
+                count = len(recipients) + (int(more.get(reply, 0)) if key == "refused" else 0)
+                if count <= OWN_LINES and count == len(recipients):
+                    lines.extend(f"    <{recipient}>: {reply}" for recipient in recipients)
+                else:
+                    lines.append(f"    {count:,} recipients: {named_recipients(recipients, count, SHOWN_RECIPIENTS)}: {reply}")
+        if attempt.get("refused_other"):
+            lines.append(f"    {int(attempt['refused_other']):,} more recipients refused with other replies (not kept)")
+    return lines
 
 
 def shown_headers(section: bytes) -> bytes:
@@ -195,7 +238,7 @@ def shown_headers(section: bytes) -> bytes:
 
 
 def run_release(args: argparse.Namespace, quarantine: Quarantine) -> int:
-    """Release each id; one line per recipient; status 1 when anything failed."""
+    """Release each id; one line per recipient (one per error shared by more than OWN_LINES); status 1 when anything failed."""
     who = args.by or f"{calling_user()}@{quarantine.config.hostname}"
     failed = False
     for row_id in args.ids:
@@ -207,10 +250,15 @@ def run_release(args: argparse.Namespace, quarantine: Quarantine) -> int:
             continue
         for recipient, reply in report.delivered.items():
             print(f"{row_id}: <{escape(recipient)}>: released: {escape(reply)}")
-        for recipient, reply in report.refused.items():
-            print(f"{row_id}: <{escape(recipient)}>: NOT released: {escape(reply)}", file=sys.stderr)
-        for recipient, reply in report.unknown.items():
-            print(f"{row_id}: <{escape(recipient)}>: OUTCOME UNKNOWN: {escape(reply)}", file=sys.stderr)
+        # One line per reply shared by many, not per recipient: a configuration error or a server down is every recipient's.
+        for what, towards, replies in (("NOT released", "to", report.refused), ("OUTCOME UNKNOWN", "for", report.unknown)):
+            for reply, recipients in grouped(replies).items():
+                if len(recipients) <= OWN_LINES:
+                    for recipient in recipients:
+                        print(f"{row_id}: <{escape(recipient)}>: {what}: {escape(reply)}", file=sys.stderr)
+                else:
+                    named = escape(named_recipients(recipients, len(recipients), RELEASE_NAMED))
+                    print(f"{row_id}: {what} {towards} {len(recipients):,} recipients: {named}: {escape(reply)}", file=sys.stderr)
         if report.error and report.error not in report.refused.values():  # a connection failure is each recipient's reply
             print(f"milterd: {row_id}: {escape(report.error)}", file=sys.stderr)
         for note in report.notes:

@@ -316,12 +316,13 @@ class QuarantineStore:
 
     def record_release(
         self, row_id: int, attempt: dict[str, Any], delivered: bool, claim: tuple[dt.datetime, str], previous: tuple[Any, Any], learned_ham: bool,
-        keep_claim: bool | None = None,
+        keep_claim: bool | None = None, bound: Callable[[list[Any]], list[Any]] | None = None,
     ) -> None:
         """Append *attempt* to the release history and count a delivery; when nothing went out, give
         the claim back: restore *previous* (``released_at``, ``released_by``) where the row still holds
         this release's *claim*, not where another release (a forced one, from any host) claimed it since.
-        *keep_claim* (default: *delivered*) keeps it without counting a delivery: the outcome is unknown."""
+        *keep_claim* (default: *delivered*) keeps it without counting a delivery: the outcome is unknown.
+        *bound*, when given, shortens the history (with *attempt*) before it is written back."""
         table = self.table
         row = table.c.id == row_id
 
@@ -334,6 +335,8 @@ class QuarantineStore:
             connection.execute(update(table).where(row).values(**counted))
             history = connection.execute(select(table.c.release_result).where(row)).scalar()
             history = [*history, attempt] if isinstance(history, list) else [attempt]
+            if bound is not None:
+                history = bound(history)
             connection.execute(update(table).where(row).values(release_result=history))
             if not (delivered if keep_claim is None else keep_claim):
                 ours = row & (table.c.released_at == claim[0]) & (table.c.released_by == claim[1])
