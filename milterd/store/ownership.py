@@ -134,7 +134,11 @@ def judge_socket_directory(path: Path, info: os.stat_result, owners: Mapping[int
 
 def socket_directory_problems(socket_path: Path, owners: Mapping[int, str]) -> list[str]:
     """What lets another account take the place of the unix socket *socket_path* (:func:`judge_socket_directory`,
-    for its directory and each one above it, as named and as its links lead); nothing for what does not exist."""
+    for its directory and each one above it, as named and as its links lead); nothing for what does not exist.
+
+    Postfix's own account (``postfix``, mail_owner) is trusted as *owners* are: it is the one that connects, and
+    directories in its spool for a chrooted smtpd (``chown milterd:postfix``, mode 0770) are a usual layout."""
+    owners = {**owners, **_postfix_account()}
     named = Path(os.path.abspath(socket_path)).parent
     try:
         real = resolved(named)
@@ -149,3 +153,11 @@ def socket_directory_problems(socket_path: Path, owners: Mapping[int, str]) -> l
         shared = not info.st_mode & stat.S_IWGRP or group_shared(info.st_gid, owners, user_name(info.st_uid))
         problems.append(judge_socket_directory(directory, info, owners, shared))
     return [problem for problem in problems if problem]
+
+
+def _postfix_account() -> dict[int, str]:
+    """Postfix's mail_owner (``postfix``) as uid: name, when this host has that account."""
+    try:
+        return {pwd.getpwnam("postfix").pw_uid: "postfix"}
+    except KeyError:
+        return {}

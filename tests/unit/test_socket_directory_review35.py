@@ -77,6 +77,19 @@ def test_a_directory_above_the_socket_s_is_judged_too(open_dir: Path) -> None:
     assert socket_directory_problems(open_dir / "new" / "milterd.sock", OWNERS) == []  # not made yet: serve makes it 0755
 
 
+@root_only
+def test_postfix_s_own_account_may_share_the_socket_s_directory(open_dir: Path) -> None:
+    """Debian's layout for a chrooted smtpd: /var/spool/postfix/milterd, chown milterd:postfix, mode 0770 (or
+    Postfix's own directory): Postfix is the one that connects, not another account."""
+    postfix = pwd.getpwnam("postfix")
+    shared = open_dir / "spool"
+    _dir(shared, 0o770, NOBODY.pw_uid)
+    os.chown(shared, NOBODY.pw_uid, postfix.pw_gid)
+    _dir(open_dir / "own", 0o755, postfix.pw_uid)
+    assert socket_directory_problems(shared / "milterd.sock", OWNERS) == []
+    assert socket_directory_problems(open_dir / "own" / "milterd.sock", OWNERS) == []
+
+
 # --- serve, rules lint and doctor -------------------------------------------------------------
 @root_only
 def test_serve_rules_lint_and_doctor_refuse_the_review_s_socket_directory(open_dir: Path) -> None:
