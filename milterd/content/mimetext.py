@@ -1187,9 +1187,11 @@ def _www_start(text: str, lowered: str, pos: int) -> int:
 #: <a href=…><!-- --> in a comment.  A mail client's parser has scripting off: <noscript> is markup to it.
 _TEXT_CONTENT = frozenset({"script", "style", "xmp", "iframe", "noembed", "noframes", "title", "textarea", "plaintext"})
 _RCDATA = frozenset({"title", "textarea"})
-#: Those whose content is a fallback some clients show as markup (one that does not support frames, embeds or
-#: iframes; a browser parses it as text): read for links by a parse of its own, its text hidden.
-_FALLBACK = frozenset({"iframe", "noembed", "noframes"})
+#: Those whose content is also read as markup for links, by a parse of its own (its text stays as the element
+#: shows it): a client without frames, embeds or iframes shows their fallback as markup, and where a browser does
+#: not take the element as raw text at all (a <title> in a <select> is ignored, 13.2.6.4.16), what follows it is
+#: markup: <select><title></select><a href=…> hid the link (and the rest of the part) here.
+_READ_AS_MARKUP_TOO = _TEXT_CONTENT - {"script", "style"}
 #: What ends no element: the end of a <plaintext> is the document's (13.2.5.5).
 _NO_END = re.compile(r"(?!)")
 #: The elements of <svg> and of <math> whose content is HTML again (13.2.6.5: HTML integration points, MathML text
@@ -1526,6 +1528,8 @@ class _HTMLText(HTMLParser):
             self.parts.append("\n")
 
     def handle_data(self, data: str) -> None:
+        if self.cdata_elem and "<" in data and not self._nested and (self.cdata_elem in _READ_AS_MARKUP_TOO or (self._foreign and self._skipping)):
+            self._links_of(data)  # before an RCDATA's references are decoded: as markup, it is the text written
         if self.cdata_elem in _RCDATA:
             data = unescape(data)  # given whole: up to the end tag, or the rest of the document at close()
         if not self._skipping:
@@ -1533,8 +1537,6 @@ class _HTMLText(HTMLParser):
             return
         if self._styles and ("(" in data or "@" in data):
             self._add_all(_css_links(data.replace(self.mark, "<") if self.mark else data), False)
-        if self.cdata_elem and "<" in data and not self._nested and (self._foreign or self.cdata_elem in _FALLBACK):
-            self._links_of(data)
 
     def _links_of(self, markup: str) -> None:
         """The links of *markup* (a conditional comment's content, an <svg>'s <script>) read by a parse of its own,

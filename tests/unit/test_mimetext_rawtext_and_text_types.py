@@ -59,6 +59,15 @@ def test_the_text_of_a_hidden_raw_text_element_is_not_visible(element: str) -> N
     assert "Shown" in found.text and "unseen" not in found.text
 
 
+@pytest.mark.parametrize("element", ["title", "xmp", "plaintext", "iframe", "noembed", "noframes"])
+def test_an_element_a_select_ignores_hides_no_link(element: str) -> None:
+    """Second look: in a <select> a browser ignores a <title> (13.2.6.4.16), and the </select> and the link after
+    it are markup; here the title ran to the end of the part, the link unread (it was read before the fix)."""
+    for href in (EVIL, EVIL.replace(":", "&#58;")):  # a reference: not found as a link written out in text either
+        found = extract(single("text/html", f'<p>Your invoice:</p><select><{element}></select><a href="{href}">View invoice</a>'))
+        assert EVIL in found.uris, href
+
+
 @pytest.mark.parametrize("element", ["iframe", "noembed", "noframes"])
 def test_the_links_of_a_fallback_are_still_read(element: str) -> None:
     """A client without frames, embeds or iframes shows their fallback as markup: its links are read (they were
@@ -68,10 +77,10 @@ def test_the_links_of_a_fallback_are_still_read(element: str) -> None:
     assert "unseen" not in found.text and "Shown" in found.text
 
 
-def test_tags_inside_a_textarea_give_no_link_but_its_text_is_visible() -> None:
+def test_tags_inside_a_textarea_are_text_to_see_and_links_to_look_up() -> None:
     markup = f'<textarea>Dear &amp; <a href="tag.evil.test/x">click</a> {EVIL} </textarea><p>after</p>'
     found = extract(single("text/html", markup))
-    assert "tag.evil.test/x" not in found.uris  # text, not a tag
+    assert "tag.evil.test/x" in found.uris  # text to a browser here, a link where one does not take it as raw text
     assert EVIL in found.uris  # a link written out in visible text, found as in any text
     assert 'Dear & <a href="tag.evil.test/x">click</a>' in found.text  # character references decoded (RCDATA)
     assert "after" in found.text
@@ -80,12 +89,12 @@ def test_tags_inside_a_textarea_give_no_link_but_its_text_is_visible() -> None:
 def test_xmp_text_is_visible_and_not_decoded() -> None:
     found = extract(single("text/html", f'<xmp>a &amp; <a href="tag.evil.test/x">b</a></xmp><a href="{EVIL}">c</a>'))
     assert "a &amp; <a" in found.text
-    assert found.uris == [EVIL]
+    assert found.uris == ["tag.evil.test/x", EVIL]
 
 
 def test_plaintext_makes_the_rest_of_the_document_text() -> None:
     found = extract(single("text/html", f'<plaintext><a href="tag.evil.test/x">x</a></plaintext> {EVIL}'))
-    assert "tag.evil.test/x" not in found.uris
+    assert "tag.evil.test/x" in found.uris
     assert EVIL in found.uris
     assert "</plaintext>" in found.text
 
