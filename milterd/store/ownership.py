@@ -106,7 +106,7 @@ def store_file_problems(file: Path, owners: Mapping[int, str]) -> list[str]:
         except OSError:
             continue
         # Looked up only when it matters; the directory's owner may write it anyway (judge_store_directory).
-        shared = not info.st_mode & stat.S_IWGRP or group_shared(info.st_gid, owners, user_name(info.st_uid))
+        shared = not info.st_mode & stat.S_IWGRP or has_access_acl(directory) or group_shared(info.st_gid, owners, user_name(info.st_uid))
         problems.append(judge_store_directory(directory, info, shared))
     for path in store_files(real):
         try:
@@ -117,16 +117,18 @@ def store_file_problems(file: Path, owners: Mapping[int, str]) -> list[str]:
     return [problem for problem in problems if problem]
 
 
-def judge_socket_directory(path: Path, info: os.stat_result, owners: Mapping[int, str], shared: bool = True) -> str:
-    """Why *path* (its ``stat`` *info*), the directory of milterd's unix socket or one above it, lets another
+def judge_socket_directory(path: Path, info: os.stat_result, owners: Mapping[int, str], shared: bool = True, own: bool = True) -> str:
+    """Why *path* (its ``stat`` *info*), the directory of milterd's unix socket (*own*) or one above it, lets another
     account put its own socket in milterd's place, else "" (pure): Postfix would hand that account every message,
     and take its answers.  It must belong to root or *owners*, and other users (its group, when the group is
-    *shared*) may not write it, unless it is sticky (``/tmp``: they may not remove or rename what is not theirs)."""
+    *shared*) may not write it.  Sticky (``/tmp``), they may not remove or rename what is not theirs: enough for a
+    directory above the socket's, not for the socket's own, where they may take its name while milterd is down
+    (serve then refuses the socket in use, and Postfix connects to theirs)."""
     if info.st_uid != 0 and info.st_uid not in owners:
         return (f"{path} is owned by {user_name(info.st_uid)}: that account may replace milterd's socket with its own and "
                 f"receive Postfix's mail; {_MOVE_SOCKET}")
     writers = OTHERS_WRITE_BITS if shared else stat.S_IWOTH
-    if info.st_mode & writers and not info.st_mode & stat.S_ISVTX:
+    if info.st_mode & writers and (own or not info.st_mode & stat.S_ISVTX):
         return (f"{path} is mode {stat.S_IMODE(info.st_mode):04o}: other users may replace milterd's socket in it with "
                 f"their own and receive Postfix's mail; {_MOVE_SOCKET}")
     return ""
@@ -150,9 +152,19 @@ def socket_directory_problems(socket_path: Path, owners: Mapping[int, str]) -> l
             info = os.stat(directory)
         except OSError:
             continue
-        shared = not info.st_mode & stat.S_IWGRP or group_shared(info.st_gid, owners, user_name(info.st_uid))
-        problems.append(judge_socket_directory(directory, info, owners, shared))
+        # With an access ACL the group bits are its mask: a named user or group may write (setfacl -m u:x:rwx).
+        shared = not info.st_mode & stat.S_IWGRP or has_access_acl(directory) or group_shared(info.st_gid, owners, user_name(info.st_uid))
+        problems.append(judge_socket_directory(directory, info, owners, shared, own=directory in (named, real)))
     return [problem for problem in problems if problem]
+
+
+def has_access_acl(path: Path) -> bool:
+    """Whether *path* carries a POSIX access ACL (its group permission bits are then the ACL's mask); False
+    where extended attributes cannot be read."""
+    try:
+        return "system.posix_acl_access" in os.listxattr(path)
+    except (OSError, AttributeError):
+        return False
 
 
 def _postfix_account() -> dict[int, str]:

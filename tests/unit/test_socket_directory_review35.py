@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -61,7 +62,7 @@ def test_a_directory_others_may_write_or_another_account_owns_is_refused(open_di
 
 @root_only
 def test_a_sticky_directory_and_those_of_root_or_the_service_account_are_taken(open_dir: Path) -> None:
-    assert judge_socket_directory(open_dir / "tmp", _dir(open_dir / "tmp", 0o1777), OWNERS) == ""  # /tmp: nobody removes another's socket
+    assert judge_socket_directory(open_dir / "tmp", _dir(open_dir / "tmp", 0o1777), OWNERS, own=False) == ""  # above it: nobody renames root's
     assert judge_socket_directory(open_dir / "run", _dir(open_dir / "run", 0o755), OWNERS) == ""
     assert judge_socket_directory(open_dir / "own", _dir(open_dir / "own", 0o755, NOBODY.pw_uid), OWNERS) == ""
     assert judge_socket_directory(open_dir / "private", _dir(open_dir / "private", 0o775), OWNERS, shared=False) == ""  # a user private group
@@ -88,6 +89,40 @@ def test_postfix_s_own_account_may_share_the_socket_s_directory(open_dir: Path) 
     _dir(open_dir / "own", 0o755, postfix.pw_uid)
     assert socket_directory_problems(shared / "milterd.sock", OWNERS) == []
     assert socket_directory_problems(open_dir / "own" / "milterd.sock", OWNERS) == []
+
+
+def _grant_write(path: Path, uid: int) -> None:
+    """``setfacl -m u:UID:rwx PATH`` (the package is not installed): the xattr in the kernel's format."""
+    def entry(tag: int, perm: int, qualifier: int = 0xFFFFFFFF) -> bytes:
+        return struct.pack("<HHI", tag, perm, qualifier)
+    acl = struct.pack("<I", 2) + entry(0x01, 7) + entry(0x02, 7, uid) + entry(0x04, 5) + entry(0x10, 7) + entry(0x20, 5)
+    os.setxattr(path, "system.posix_acl_access", acl)
+
+
+@root_only
+def test_a_directory_an_acl_lets_another_account_write_is_refused(open_dir: Path) -> None:
+    """Second look: root's directory, mode 0755 but an ACL giving uid 4242 rwx (ls: drwxrwxr-x+): the group bits
+    are the ACL's mask, and group root counted as not shared; 4242 replaced the socket."""
+    acl = open_dir / "acl"
+    _dir(acl, 0o755)
+    try:
+        _grant_write(acl, 4242)
+    except OSError:
+        pytest.skip("no POSIX ACLs on this file system")
+    [problem] = socket_directory_problems(acl / "milterd.sock", OWNERS)
+    assert problem.startswith(f"{acl} is mode 0775: other users may replace")
+
+
+@root_only
+def test_a_sticky_directory_is_no_place_for_the_socket_itself(open_dir: Path) -> None:
+    """Second look: in /tmp another account may take the socket's name while milterd is down; serve then refuses
+    the socket in use, and Postfix connects to theirs.  Sticky is enough for a directory above it."""
+    tmp = open_dir / "tmp"
+    _dir(tmp, 0o1777)
+    [problem] = socket_directory_problems(tmp / "milterd.sock", OWNERS)
+    assert problem.startswith(f"{tmp} is mode 1777: other users may replace")
+    _dir(tmp / "milterd", 0o755)
+    assert socket_directory_problems(tmp / "milterd" / "milterd.sock", OWNERS) == []
 
 
 # --- serve, rules lint and doctor -------------------------------------------------------------
