@@ -815,6 +815,14 @@ class Quarantine:
             report.error = f"{report.command}: {(result.stderr or result.stdout).strip() or 'not in the hold queue'} (release --smtp re-injects the stored copy)"
             return report
         done = "released from the hold queue" if arguments[0] == "-H" else "requeued from the hold queue (a new queue id)"
+        if arguments[0] == "-r":
+            # A requeued message waits in the maildrop until pickup looks again (up to a minute): wake it, as postdrop does.
+            try:
+                kicked = subprocess.run(["postkick", *self._postfix_config(), "public", "pickup", "W"], capture_output=True, text=True, timeout=30).returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                kicked = False
+            if not kicked:
+                report.notes.append("postkick public pickup W failed: Postfix's pickup takes the requeued message within a minute")
         report.delivered = {r: f"{done} ({row['queue_id']})" for r in recipients}
         return report
 

@@ -8,6 +8,7 @@ in master.cf, without milters, as the README has it), which relays to the sink.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import smtplib
 import sqlite3
@@ -288,6 +289,23 @@ def test_hold_mode_keeps_it_in_postfix_hold_queue(hold_stack: Stack) -> None:
     tag = row["subject"].split()[-1]
     [delivered] = hold_stack.sink.wait(1, match=lambda m: any(tag in s for s in m.header("Subject")))
     assert delivered.header("X-Spam-Flag") == ["YES"]
+
+
+def test_a_message_held_for_days_is_requeued_and_delivered_at_once(hold_stack: Stack) -> None:
+    """postsuper -H keeps the arrival time: one held past half of Postfix's queue lifetime was bounced at its first
+    deferral.  It is requeued (postsuper -r … hold), and pickup woken: it waited up to a minute in the maildrop."""
+    _original, row = quarantine_one(hold_stack)
+    database = hold_stack.milterd.sections["database"]["url"].split("sqlite:///", 1)[1]
+    days_ago = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=4)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with sqlite3.connect(database) as connection:
+        connection.execute("UPDATE quarantine SET time = ? WHERE id = ?", (days_ago, row["id"]))
+    result = cli(hold_stack, "release", str(row["id"]))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "requeued" in result.stdout + result.stderr and "maximal_queue_lifetime" in result.stdout + result.stderr
+    tag = row["subject"].split()[-1]
+    [delivered] = hold_stack.sink.wait(1, timeout=30, match=lambda m: any(tag in s for s in m.header("Subject")))
+    assert delivered.header("X-Spam-Flag") == ["YES"]  # the milter's verdict headers kept, not judged again
+    assert not [q for q in hold_stack.postfix.queue() if q.get("queue_name") == "hold"]
 
 
 # --- PostgreSQL: quarantined through one MX, released from another host's CLI ----------

@@ -65,6 +65,8 @@ class FakePostfix:
             if self.lifetimes is None:
                 return subprocess.CompletedProcess(command, 1, "", "postconf: fatal: open /etc/postfix/main.cf: No such file or directory\n")
             return subprocess.CompletedProcess(command, 0, self.lifetimes, "")
+        if command[0] == "postkick":
+            return subprocess.CompletedProcess(command, 0, "", "")
         assert command[0] == "postsuper", command
         if not self.held:
             return subprocess.CompletedProcess(command, 0, "", "")
@@ -94,6 +96,8 @@ def test_a_message_held_past_half_the_queue_lifetime_is_requeued(tmp_path: Path,
     report, row = hold_release(tmp_path, monkeypatch, dt.timedelta(days=3), postfix, postfix_config="/etc/postfix-out")
     assert postfix.postsuper == ["postsuper", "-c", "/etc/postfix-out", "-r", "4HeldQ", "hold"]
     assert ["postconf", "-c", "/etc/postfix-out", "-h", "maximal_queue_lifetime", "bounce_queue_lifetime"] in postfix.commands
+    # Postfix's pickup is woken: the requeued message waited up to a minute in the maildrop (second look).
+    assert postfix.commands[-1] == ["postkick", "-c", "/etc/postfix-out", "public", "pickup", "W"]
     assert report.ok and report.command == "postsuper -r 4HeldQ hold"
     assert any("bounce_queue_lifetime" in note and "postsuper -r" in note for note in report.notes)
     assert row["release_result"][-1]["command"] == "postsuper -r 4HeldQ hold" and release_state(row) == "released"
