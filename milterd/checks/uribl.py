@@ -29,7 +29,6 @@ ip_lists``, whose operators allow it (symbol ``URIBL_IP_<NAME>``).
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import logging
 import random
@@ -43,6 +42,10 @@ from pydantic import Field, field_validator
 
 from ..content.mimetext import UNREAD_REASONS
 from ..dns import Answer, a_label, dnsbl_name, fold_case, uts46_mapped
+from ..domains import MAX_EMBEDDED as MAX_EMBEDDED
+from ..domains import embedded_authorities
+from ..domains import public_suffixes as public_suffixes
+from ..domains import registrable as registrable
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
 from ..message.reply import Reply
 from ..options import CheckSwitches, ConfigError, domain_names
@@ -105,12 +108,6 @@ KIND = ListKind(
     "A link's domain is listed in",
     codes_shape="{ name, answers or mask, score }",
 )
-#: Where a link's path and query name another link (a redirector's target: ``google.com/url?q=https://…``,
-#: ``/amp/s/<host>/…``, SafeLinks' ``?url=https%3A%2F%2F…`` once decoded): the authority after an http(s)
-#: scheme and its slashes, or right after Google AMP's "/amp/s/", up to a parameter's end.
-_EMBEDDED = re.compile(r"""(?i)(?:https?:[/\\]+|/amp/s/[/\\]*)([^/\\?#&\s"'<>]*)""")
-#: Most distinct authorities of the links embedded in one link looked at (:func:`embedded_hosts`).
-MAX_EMBEDDED = 10
 #: A link's path and query are read for embedded links up to this many characters: web servers refuse
 #: longer request lines (8 KiB by default for Apache and nginx).
 MAX_EMBEDDING = 8 * 1024
@@ -207,19 +204,6 @@ def _unknown_ip_list(wanted: str, zones: list[Zone], file: Any, local_files: Map
 
 
 # --- links ------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=1)
-def public_suffixes() -> PublicSuffixList:
-    """The Public Suffix List of the installed ``publicsuffixlist`` package (loaded once per process)."""
-    return PublicSuffixList()
-
-
-@functools.lru_cache(maxsize=4096)
-def registrable(host: str) -> str | None:
-    """The registrable domain of *host* by :func:`public_suffixes` (None: it has none); remembered per process."""
-    domain: str | None = public_suffixes().privatesuffix(host)
-    return domain
-
 
 def link_host(uri: str) -> str | None:
     """The host of a link, lower-cased, IDNA-encoded, without a trailing dot; None when it has none."""
@@ -394,12 +378,15 @@ def link_targets(
     them, a domain only embedded is not looked up at all.  Cheaper padding
     works before this choice, in what *uris* are: those
     :func:`milterd.content.mimetext.extract` keeps, the first link of each
-    of at most ``MAX_HOSTS`` (1,000) hosts, drawn by a salted hash when there
-    are more, among the first ``MAX_LINKS_SCANNED`` (20,000) links written,
-    repeats counted.  So 20,000 copies of one link put before a listed one
-    hide it always, and 19,000 subdomains of one domain (a wildcard DNS
-    record) beside it hide it 95% of the time; only ``URIBL_UNREAD`` (score 0)
-    shows either.  *rng* defaults to one seeded from the targets found (the
+    of at most ``MAX_HOSTS`` (1,000) hosts, among the first
+    ``MAX_LINKS_SCANNED`` (20,000) distinct links written and
+    ``MAX_LINKS_LOOKED`` (50,000) in all.  Of more hosts, every registrable
+    domain keeps one before any keeps two, and IP addresses keep their own
+    share, so 20,000 copies of one link before a listed one, or 19,000
+    subdomains of one domain (a wildcard DNS record) beside it, do not hide
+    it; 1,000 other registrable domains (or 20,000 distinct links, 50,000
+    in all, before it) still can, and ``URIBL_UNREAD`` (score 0) shows
+    such mail.  *rng* defaults to one seeded from the targets found (the
     same links, the same choice); the check passes an unpredictable one, so a
     sender cannot try variants of a message until the choice leaves its
     domain out.
@@ -471,13 +458,7 @@ def embedded_hosts(uri: str, most: int = MAX_EMBEDDING) -> list[str]:
     if match is None:
         return []
     form = text[match.end(): match.end() + most].partition("#")[0]
-    authorities: dict[str, None] = {}
-    for decodings in range(3):
-        authorities.update(dict.fromkeys(_EMBEDDED.findall(form)))
-        if decodings == 2 or "%" not in form:
-            break
-        form = unquote(form)
-    hosts = [link_host("http://" + authority) for authority in [a for a in authorities if a][:MAX_EMBEDDED]]
+    hosts = [link_host("http://" + authority) for authority in embedded_authorities(form)]
     return [host for host in hosts if host is not None]
 
 

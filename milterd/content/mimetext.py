@@ -14,7 +14,7 @@ reader follows (a link's ``href``, a form's ``action``, a refresh, a link in the
 text).  Everything is bounded: at most *limit* characters of text are kept
 (the text and HTML parts after those are still read for their links), the
 first link of at most ``MAX_HOSTS`` hosts and ``MAX_URIS`` links in all
-besides, at most ``MAX_LINKS_SCANNED`` links looked at, at most ``MAX_LINES``
+besides, at most ``MAX_LINKS_SCANNED`` distinct links and ``MAX_LINKS_LOOKED`` in all looked at, at most ``MAX_LINES``
 lines of a message (fewer when they may nest deep: ``LINE_WORK``) and ``MAX_TAGS`` tags of a part are parsed.
 An attached message (a message/rfc822 part in base64 or quoted-printable, a file named ``.eml``) is read as the message is, breadth
 first, down to ``MAX_ATTACHED_DEPTH``, all of them within ``ATTACHED_SECONDS`` of CPU; of an Outlook message file
@@ -42,6 +42,7 @@ from typing import Any, Callable, Container, Iterable, Iterator, cast
 
 from olefile import OleFileIO
 
+from ..domains import embedded_authorities, registrable
 from .filetypes import HEAD_SIZE, MESSAGE_TYPES, extensions, message_file, outlook_file, outlook_name, text_file_type
 from .mimeparams import LenientMessage, Preference, client_container_type, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
@@ -57,14 +58,21 @@ from .rtf import read as read_rtf
 #: there), except that the first link of a host is always kept: links repeating a few hosts (a thousand
 #: to a well-known one, which the URI lists skip) cannot crowd out another host.
 MAX_URIS = 1000
-#: At most the links of this many hosts are kept per message; of more, those of the hosts that rank
-#: lowest by a hash salted per process are kept, so neither the order of the links, nor their
-#: repetition, nor a sender trying variants offline decides which hosts are left out.
+#: At most the links of this many hosts are kept per message; of more, they are chosen by registrable
+#: domain (``_Links._room``): every domain keeps a host before any keeps a second, IP addresses keep
+#: their own share, and of a domain's hosts those that rank lowest by a hash salted per process are
+#: kept, so neither the order of the links, nor their repetition, nor subdomains of a wildcard domain,
+#: nor a sender trying variants offline decides which hosts are left out.
 MAX_HOSTS = 1000
-#: At most this many links of a message are looked at (the scan of the text, the link attributes of
-#: HTML), a few microseconds each: 100,000 made a message of 2.4 MB cost 0.4 s instead of 4 ms.
-#: Links past them are not seen: padding to hide one takes 20,000 links (300 KB and more).
+#: At most this many distinct links of a message are looked at (the scan of the text, the link attributes
+#: of HTML), a few microseconds each: 100,000 made a message of 2.4 MB cost 0.4 s instead of 4 ms.
+#: Links past them are not seen: padding to hide one takes 20,000 distinct links (300 KB and more).
+#: A link met before is no new one: it counts towards ``MAX_LINKS_LOOKED`` only.
 MAX_LINKS_SCANNED = 20_000
+#: At most this many links of a message are looked at in all, repeats included: a repeat costs about
+#: 1.5 µs (its scan; no host, rank or domain), so 4 MB of one short link repeated (600,000 of "www.ab")
+#: stops here, in about the time 20,000 distinct hosts take.  Padding by repeats takes 50,000 links.
+MAX_LINKS_LOOKED = 50_000
 #: At most this many MIME parts are looked at (a message of 10,000 empty parts is an attack), as many as
 #: the attachment check follows (mimeparts.MAX_SCANNED_PARTS, past which it answers ATTACH_MIME_LIMIT): a
 #: link in a digest's 600th part is looked up.
@@ -342,7 +350,7 @@ class _Reader:
         self.size = 0
         # Past the text budget the parts are still read for their links, up to this many characters more: the
         # envelope hands extract() at most 4 x limit bytes of body (Envelope.text), and a part decodes to no more
-        # characters than its bytes, so this is the message the worker already holds (MAX_LINKS_SCANNED bounds the work).
+        # characters than its bytes, so this is the message the worker already holds (MAX_LINKS_SCANNED and MAX_LINKS_LOOKED bound the work).
         self.link_room = 4 * limit
         self.tag_room = MAX_TAGS  # tags of those parts parsed in all (one part's worth); the links of the others are scanned
         #: The attached messages to read, with their depth and whether each is an Outlook message file, shallowest
@@ -1062,60 +1070,204 @@ def _written(text: str) -> Iterator[str]:
         yield uri
 
 
+def _rank(key: str) -> int:
+    """The rank of a host or a group of hosts (:class:`_Links`): a hash salted per process, so that a sender
+    cannot tell, nor try out offline, which of its hosts are kept."""
+    return hash((_HOST_SALT, key))
+
+
+class _HostGroups:
+    """Hosts of one kind (names, or IP addresses) kept of a message, each in its group (a name's registrable
+    domain, an address itself), and the one that goes first when one must (:meth:`drop`)."""
+
+    def __init__(self) -> None:
+        self.size = 0  # hosts held
+        self._held: dict[str, list[tuple[int, str]]] = {}  # group -> heap of (-rank, host): its highest-ranked host first
+        # Heap of (-hosts, -rank, group): the group that holds the most hosts first, of those that hold as many the
+        # highest-ranked.  A group's count changes by one at a time, so each change pushes an entry and the entries
+        # whose count is no longer their group's are dropped when they come on top (a few per host, no search).
+        self._largest: list[tuple[int, int, str]] = []
+
+    def add(self, group: str, group_rank: int, host: str, rank: int) -> None:
+        """Hold *host* (ranked *rank*) in *group* (ranked *group_rank*)."""
+        held = self._held.setdefault(group, [])
+        heapq.heappush(held, (-rank, host))
+        heapq.heappush(self._largest, (-len(held), -group_rank, group))
+        self.size += 1
+
+    def take(self, group: str, group_rank: int, host: str, rank: int) -> str:
+        """:meth:`add` *host* and :meth:`drop` one; give the one dropped.  When that is *host* itself (a padding's
+        hosts mostly are: of the group holding the most, or of a group ranked out), found without a heap's step."""
+        held = self._held.get(group)
+        count = len(held) + 1 if held else 1
+        largest = self._largest
+        while largest:
+            most, most_rank, most_group = largest[0]
+            most_held = self._held.get(most_group)
+            if most_held is not None and len(most_held) == -most:
+                if (count, group_rank) > (-most, -most_rank) and (not held or rank > -held[0][0]):
+                    return host
+                break
+            heapq.heappop(largest)  # stale
+        self.add(group, group_rank, host, rank)
+        return self.drop()
+
+    def drop(self) -> str:
+        """Let go of the highest-ranked host of the group that holds the most (of those that hold as many, the
+        highest-ranked group: :func:`_rank`), and give it.  So every group keeps its lowest-ranked host as long
+        as any group holds two, and the hosts held are those of the lowest keys (the host's place in its group,
+        its group's rank) among all ever added, whatever their order."""
+        largest = self._largest
+        while True:
+            count, group_rank, group = largest[0]
+            held = self._held.get(group)
+            if held is not None and len(held) == -count:
+                break
+            heapq.heappop(largest)  # stale: the group holds more or fewer hosts now
+        host = heapq.heappop(held)[1]
+        if held:
+            heapq.heapreplace(largest, (count + 1, group_rank, group))
+        else:
+            heapq.heappop(largest)
+            del self._held[group]
+        self.size -= 1
+        return host
+
+
+#: What a link that names another in its path or query holds (:meth:`_Links._add_named`): a scheme, maybe encoded, or AMP's "/amp/s/".
+_NAMES_A_LINK = re.compile(r"(?i)https?(?::|%3a|%253a)|/amp/s/")
+#: Characters of a link's path and query read for the links it names (web servers refuse longer request lines).
+MAX_NAMING = 8 * 1024
+
+
 class _Links:
-    """The links kept of a message: each once, the first of each of at most ``MAX_HOSTS`` hosts (of more,
-    the lowest ranked by a salted hash), others while fewer than ``MAX_URIS`` are kept; and whether a reader follows each."""
+    """The links kept of a message: each once, the first of each of at most ``MAX_HOSTS`` hosts (of more, chosen by
+    registrable domain: :meth:`_room`), others while fewer than ``MAX_URIS`` are kept; and whether a reader follows each.
+
+    Links are read while fewer than ``MAX_LINKS_SCANNED`` distinct ones and ``MAX_LINKS_LOOKED`` in all were: a
+    link met before (kept or not) counts only towards the latter, so copies of one link cannot push a listed one
+    past the first bound (20,000 copies of ``http://a.test/`` before it hid it).
+    """
 
     def __init__(self) -> None:
         self._kept: dict[str, bool] = {}  # link -> followed somewhere (not only embedded), in order of appearance
         self._hosts: dict[str, list[str]] = {}  # host -> its links kept
-        self._ranks: list[tuple[int, str]] = []  # heap of (-rank, host) of the hosts kept: the highest rank first
-        self.scanned = 0
-        self.cut = False  # links were left unread (MAX_LINKS_SCANNED, or MAX_TAGS of an HTML part)
-        self.full = False  # links were left unread for MAX_LINKS_SCANNED, or hosts for MAX_HOSTS
+        # The hashes of the links met (kept or not), not the links: 20,000 of 2,000 characters would be 40 MB.  A
+        # collision only lets a new link go uncounted towards MAX_LINKS_SCANNED, which MAX_LINKS_LOOKED still bounds.
+        self._met: set[int] = set()
+        # Filled only once more than MAX_HOSTS hosts are found (most mail never is, and pays no registrable-domain
+        # lookup): the hosts kept, names and addresses apart, and each host met's kind and group (looked up once).
+        self._names = _HostGroups()
+        self._addresses = _HostGroups()
+        self._grouped: dict[str, tuple[_HostGroups, str, int, int]] = {}  # host -> kind, group, group's rank, host's rank
+        self.scanned = 0  # distinct links read
+        self.looked = 0  # links read, repeats included
+        self.cut = False  # links were left unread (MAX_LINKS_SCANNED, MAX_LINKS_LOOKED, or MAX_TAGS of an HTML part)
+        self.full = False  # links were left unread for MAX_LINKS_SCANNED or MAX_LINKS_LOOKED, or hosts for MAX_HOSTS
         self.unparsed = False  # HTML was scanned for links written out only (past MAX_TAGS)
 
-    def add(self, uri: str, followed: bool = True) -> None:
-        """Keep *uri* (*followed*: a link a reader follows, not only an embedded source) if there is room for it."""
-        if self.scanned >= MAX_LINKS_SCANNED:
+    def reading(self) -> bool:
+        """Whether a new link would still be read (neither ``MAX_LINKS_SCANNED`` nor ``MAX_LINKS_LOOKED`` reached)."""
+        return self.scanned < MAX_LINKS_SCANNED and self.looked < MAX_LINKS_LOOKED
+
+    def add(self, uri: str, followed: bool = True, named: bool = False) -> bool:
+        """Keep *uri* (*followed*: a link a reader follows, not only an embedded source) if there is room for it,
+        and the links its path and query name (a redirector's target, *named*: one of those); False when it was
+        left unread for a bound on the links read (the links after it would be too)."""
+        if self.looked >= MAX_LINKS_LOOKED:
             self.cut = self.full = True
-            return
-        self.scanned += 1
-        if uri in self._kept:
-            self._kept[uri] = self._kept[uri] or followed
-            return
+            return False
+        self.looked += 1
+        kept = self._kept.get(uri)
+        if kept is not None:
+            if followed and not kept:
+                self._kept[uri] = True
+            return True
+        key = hash(uri)
+        new = key not in self._met
+        if new:
+            if self.scanned >= MAX_LINKS_SCANNED:
+                self.cut = self.full = True
+                return False
+            self.scanned += 1
+            self._met.add(key)
         match = _HOST_KEY.match(uri)
         host = match.group(1).lower() if match else ""
+        if new and not named and not self._add_named(uri, match.end() if match else 0, followed):
+            return False
         links = self._hosts.get(host)
         if links is None:
-            rank = hash((_HOST_SALT, host))
             if len(self._hosts) >= MAX_HOSTS:
                 self.full = True  # one host's links are left out, this one's or a kept one's
-                if rank >= -self._ranks[0][0]:
-                    return
-                _, dropped = heapq.heapreplace(self._ranks, (-rank, host))
+                dropped = self._room(host)
+                if dropped == host:
+                    return True
                 for link in self._hosts.pop(dropped):
                     del self._kept[link]
-            else:
-                heapq.heappush(self._ranks, (-rank, host))
             links = self._hosts[host] = []
         elif len(self._kept) >= MAX_URIS:
-            return
+            return True
         links.append(uri)
         self._kept[uri] = followed
+        return True
+
+    def _add_named(self, uri: str, start: int, followed: bool) -> bool:
+        """Add the links *uri* names past *start* (its authority's end) as links of their own
+        (:func:`~milterd.domains.embedded_authorities`): the target of a redirector competes for a place by its
+        own host.  Kept only as a link of the redirector's host, it was left out once ``MAX_URIS`` links were
+        kept: 1,000 links to google.com/url before one naming a listed domain hid it.  False as :meth:`add`."""
+        if not _NAMES_A_LINK.search(uri, start):
+            return True
+        form = uri[start:start + MAX_NAMING].partition("#")[0]
+        return all(self.add(f"http://{authority}/", followed, named=True) for authority in embedded_authorities(form))
+
+    def _room(self, host: str) -> str:
+        """Take the new *host* among the ``MAX_HOSTS`` hosts kept, and give the one that goes for it (maybe *host*).
+
+        Names and IP addresses each keep their share (the kind that holds more gives a host up, names on a tie): a
+        sender's addresses cannot push a listed name out, nor its names a listed address.  Of a kind, every group
+        (a name's registrable domain, an address by itself) keeps its lowest-ranked host before any keeps a second,
+        and a group that holds the most gives up its highest-ranked one (:meth:`_HostGroups.drop`): 19,000
+        subdomains of a wildcard domain keep 999 hosts of it and a listed domain's host, where ranking hosts alone
+        left the listed one out 95% of the time.  Over ``MAX_HOSTS`` registrable domains, each domain keeps
+        one host or none, by its rank.  Ranks are salted hashes (:func:`_rank`), so the order of the links, their
+        repetition, and a sender's tries offline do not decide which are kept.
+        """
+        if not self._grouped:
+            for kept in self._hosts:
+                self._group(kept)
+        kind, group, group_rank, rank = self._group(host, hold=False)
+        other = self._addresses if kind is self._names else self._names
+        if kind.size + 1 > other.size or (kind.size + 1 == other.size and kind is self._names):
+            return kind.take(group, group_rank, host, rank)
+        kind.add(group, group_rank, host, rank)
+        return other.drop()
+
+    def _group(self, host: str, hold: bool = True) -> tuple[_HostGroups, str, int, int]:
+        """The kind, group, group's rank and rank of *host* (as ``_HOST_KEY`` reads it), remembered for it; held
+        there when *hold*."""
+        grouped = self._grouped.get(host)
+        if grouped is None:
+            kind, group = _host_group(host, self._names, self._addresses)
+            grouped = self._grouped[host] = (kind, group, _rank(group), _rank(host))
+        if hold:
+            kind, group, group_rank, rank = grouped
+            kind.add(group, group_rank, host, rank)
+        return grouped
 
     def scan(self, text: str, skip: Container[str] = (), seen: set[str] | None = None) -> None:
-        """Add the links written out in *text* (:func:`uris_in_text`), up to ``MAX_LINKS_SCANNED`` in all; those
-        in *skip* are passed over uncounted, and each is added to *seen*, when given."""
+        """Add the links written out in *text* (:func:`uris_in_text`) while :meth:`add` reads them; those in *skip*
+        are passed over uncounted, and each is added to *seen*, when given."""
         for uri in _written(text):
-            if self.scanned >= MAX_LINKS_SCANNED:
+            if not self.reading():
                 self.cut = self.full = True
                 break
             if uri in skip:
                 continue
             if seen is not None:
                 seen.add(uri)
-            self.add(uri)
+            if not self.add(uri):
+                break
 
     def uris(self) -> list[str]:
         """The links kept, in order of appearance."""
@@ -1124,6 +1276,28 @@ class _Links:
     def embedded(self) -> set[str]:
         """Those of :meth:`uris` never followed: only ever an embedded source."""
         return {uri for uri, followed in self._kept.items() if not followed}
+
+
+#: How many of a name's last labels decide its registrable domain: a Public Suffix List rule has at most 7 (so
+#: far), and the lookup's cost grows with the labels (a name of 100 labels took three times a short one's).
+_SUFFIX_LABELS = 10
+
+
+def _host_group(host: str, names: _HostGroups, addresses: _HostGroups) -> tuple[_HostGroups, str]:
+    """The kind (*names* or *addresses*) and group of *host*, as ``_HOST_KEY`` reads it (lower-cased, a port kept):
+    an address is its own group (as the WHATWG URL standard tells one: in brackets, or a last label that is a
+    number, which starts with a digit), a name its registrable domain (:func:`milterd.domains.registrable`), or
+    itself when it has none (``localhost``, a public suffix).  Written as browsers would not read them (``%61``,
+    fullwidth letters) a name may fall in a group of its own: padding gains nothing by it that distinct
+    registrable domains, which cost nothing to write either, would not give."""
+    if host.startswith("["):
+        return addresses, host.partition("]")[0]
+    name = host.partition(":")[0].rstrip(".")
+    if name.rpartition(".")[2][:1].isdigit():
+        return addresses, name
+    labels = name.rsplit(".", _SUFFIX_LABELS)
+    tail = ".".join(labels[1:]) if len(labels) > _SUFFIX_LABELS else name
+    return names, registrable(tail) or name
 
 
 def _links(text: str) -> Iterator[re.Match[str]]:
@@ -1237,7 +1411,7 @@ class _HTMLText(HTMLParser):
         self._styles = 0  # inside this many <style> elements, whose CSS is read for links
         self._base: _Base | None = None  # the document's first absolute <base href>
         self._relative: list[tuple[str, bool]] = []  # relative links read before it: (link, followed)
-        self._read = 0  # links read in CSS, srcsets and refreshes (bounded as the links scanned)
+        self._read = 0  # links read in CSS, srcsets and refreshes (bounded as the links looked at)
         self._closing = False
         # How far from the end a start tag found unterminated at feed() begins (goahead() drops what it read).
         self._unterminated = -1
@@ -1431,9 +1605,10 @@ class _HTMLText(HTMLParser):
         return tag in self._FOLLOWED or tag.startswith("v:")
 
     def _add_all(self, links: Iterable[str], followed: bool) -> None:
-        """:meth:`_add` each of *links* (of CSS or a srcset), while fewer than ``MAX_LINKS_SCANNED`` were read so."""
+        """:meth:`_add` each of *links* (of CSS or a srcset), while fewer than ``MAX_LINKS_LOOKED`` were read so
+        (counted here as well: ``cid:`` and ``data:`` links cost their reading, but :meth:`_Links.add` never sees them)."""
         for link in links:
-            if self._read >= MAX_LINKS_SCANNED:
+            if self._read >= MAX_LINKS_LOOKED or not self.found.reading():
                 self.found.cut = self.found.full = True  # "links" left unread, as past the scan's own bound
                 return
             self._read += 1
@@ -1464,7 +1639,7 @@ class _HTMLText(HTMLParser):
 
     def _add_relative(self, value: str, followed: bool) -> None:
         """Add the relative link *value* resolved against the <base href>, or keep it for a base that comes later."""
-        if self.found.scanned < MAX_LINKS_SCANNED:  # past it, add() keeps nothing
+        if self.found.reading():  # past its bounds, add() keeps nothing new
             if self._base is not None:
                 self.found.add(self._base.resolve(value), followed)
             elif len(self._relative) < MAX_URIS:

@@ -78,9 +78,9 @@ def test_the_links_of_a_part_thunderbird_reads_as_a_multipart_are_read() -> None
 
 def test_conditional_comments_share_the_part_s_bound_on_links_read() -> None:
     """Each comment's parse had a bound of its own: 1,000 comments read 1,000 times as many srcset links (30x the CPU)."""
-    from milterd.content.mimetext import MAX_LINKS_SCANNED
+    from milterd.content.mimetext import MAX_LINKS_LOOKED
 
-    per_comment = MAX_LINKS_SCANNED // 2 + 1
+    per_comment = MAX_LINKS_LOOKED // 2 + 1
     comment = '<!--[if mso]><img srcset="' + ", ".join(["a"] * per_comment) + '"><![endif]-->'
     raw = ("From: a@b.test\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n" + comment * 2).encode()
     assert extract(raw).unread == "links"

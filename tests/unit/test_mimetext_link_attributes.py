@@ -71,9 +71,9 @@ def test_which_of_the_new_links_a_reader_follows() -> None:
 
 
 @pytest.mark.parametrize("markup", [
-    '<img srcset="' + "a.test/x 1x, " * 30_000 + '">',
-    "<style>" + "url(http://a.test/x)" * 30_000 + "</style>",
-    '<p style="' + "url(http://a.test/x) " * 30_000 + '">',
+    '<img srcset="' + "a.test/x 1x, " * (mimetext.MAX_LINKS_LOOKED + 10_000) + '">',
+    "<style>" + "url(http://a.test/x)" * (mimetext.MAX_LINKS_LOOKED + 10_000) + "</style>",
+    '<p style="' + "url(http://a.test/x) " * (mimetext.MAX_LINKS_LOOKED + 10_000) + '">',
 ])
 def test_links_read_in_css_and_srcsets_are_bounded_as_the_links_scanned_and_the_cut_is_said(markup: str) -> None:
     raw = b"Content-Type: text/html\r\n\r\n" + markup.encode()
