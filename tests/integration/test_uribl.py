@@ -108,6 +108,33 @@ def test_a_link_a_client_opens_is_looked_up_however_it_is_written(stack: Stack, 
     assert "URIBL_DBL_PHISH" in row_for(stack, subject)["symbols"]
 
 
+CALENDAR = (
+    "--B\r\nContent-Type: text/plain\r\n\r\nYou are invited.\r\n"
+    "--B\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\nBEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\n"
+    "DESCRIPTION:Join the call:\\nhttps://phish-dom\r\n ain.test/join\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n--B--\r\n"
+)
+
+
+@pytest.mark.parametrize(("subject", "raw"), [
+    # Thirty-fifth review: a <title> (<textarea>…) holding a tag-like string hid what followed from the reader.
+    ("title script", html("title script", '<title>x<script></title><p>Log in: <a href="https://phish-domain.test/login">here</a></p>')),
+    ("title comment", html("title comment", '<title><!--</title><a href="https://phish-domain.test/login">here</a><!-- -->')),
+    ("select title", html("select title", '<p>Invoice:</p><select><title></select><a href="https://phish-domain.test/login">View</a>')),
+    # Text parts Thunderbird shows as text, and calendar invitations (a folded line), were never read.
+    ("text x notice", message("text x notice", "Log in at https://phish-domain.test/login\r\n", headers={"Content-Type": "text/x-notice"})),
+    ("calendar", message("calendar", CALENDAR, headers={"Content-Type": 'multipart/alternative; boundary="B"'})),
+    # A redirector in skip_domains naming the listed domain, after 1,000 links to its own host.
+    ("google redirect", html("google redirect", "".join(f'<a href="https://www.google.com/search?q={i}">{i}</a>' for i in range(1000))
+                             + '<a href="https://www.google.com/url?q=https%3A%2F%2Fphish-domain.test%2Flogin">Log in</a>')),
+])
+def test_a_link_hidden_by_the_reader_s_own_limits_is_looked_up(stack: Stack, subject: str, raw: bytes) -> None:
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(raw)
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Message rejected: it links to phish-domain.test, listed in dbl.spamhaus.org"
+    assert "URIBL_DBL_PHISH" in row_for(stack, subject)["symbols"]
+
+
 @pytest.mark.parametrize(("subject", "markup"), [
     ("srcset", '<img srcset="https://cdn.ok.test/a.png 1x, https://phish-domain.test/b.png 2x">'),
     ("css url", '<div style="background: url(\'https://phish-domain.test/bg.png\')">x</div>'),
