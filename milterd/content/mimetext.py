@@ -1186,10 +1186,13 @@ class _Links:
         key = hash(uri)
         new = key not in self._met
         if new:
-            if self.scanned >= MAX_LINKS_SCANNED:
-                self.cut = self.full = True
-                return False
-            self.scanned += 1
+            # A link another names counts only towards MAX_LINKS_LOOKED: 2,000 links naming 10 hosts each used up
+            # the distinct links read, and hid a listed one after them that was read before they were.
+            if not named:
+                if self.scanned >= MAX_LINKS_SCANNED:
+                    self.cut = self.full = True
+                    return False
+                self.scanned += 1
             self._met.add(key)
         match = _HOST_KEY.match(uri)
         host = match.group(1).lower() if match else ""
@@ -1363,9 +1366,10 @@ _TEXT_CONTENT = frozenset({"script", "style", "xmp", "iframe", "noembed", "nofra
 _RCDATA = frozenset({"title", "textarea"})
 #: Those whose content is also read as markup for links, by a parse of its own (its text stays as the element
 #: shows it): a client without frames, embeds or iframes shows their fallback as markup, and where a browser does
-#: not take the element as raw text at all (a <title> in a <select> is ignored, 13.2.6.4.16), what follows it is
-#: markup: <select><title></select><a href=…> hid the link (and the rest of the part) here.
-_READ_AS_MARKUP_TOO = _TEXT_CONTENT - {"script", "style"}
+#: not take the element as raw text at all (a <title> or <style> in a <select> is ignored, 13.2.6.4.16), what
+#: follows it is markup: <select><title></select><a href=…> hid the link (and the rest of the part) here.  Not
+#: <script>: raw text in a <select> too.
+_READ_AS_MARKUP_TOO = _TEXT_CONTENT - {"script"}
 #: What ends no element: the end of a <plaintext> is the document's (13.2.5.5).
 _NO_END = re.compile(r"(?!)")
 #: The elements of <svg> and of <math> whose content is HTML again (13.2.6.5: HTML integration points, MathML text

@@ -16,6 +16,7 @@ import grp
 import os
 import pwd
 import stat
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def store_file_problems(file: Path, owners: Mapping[int, str]) -> list[str]:
         except OSError:
             continue
         # Looked up only when it matters; the directory's owner may write it anyway (judge_store_directory).
-        shared = not info.st_mode & stat.S_IWGRP or has_access_acl(directory) or group_shared(info.st_gid, owners, user_name(info.st_uid))
+        shared = not info.st_mode & stat.S_IWGRP or acl_writers(directory, owners) or group_shared(info.st_gid, owners, user_name(info.st_uid))
         problems.append(judge_store_directory(directory, info, shared))
     for path in store_files(real):
         try:
@@ -153,18 +154,34 @@ def socket_directory_problems(socket_path: Path, owners: Mapping[int, str]) -> l
         except OSError:
             continue
         # With an access ACL the group bits are its mask: a named user or group may write (setfacl -m u:x:rwx).
-        shared = not info.st_mode & stat.S_IWGRP or has_access_acl(directory) or group_shared(info.st_gid, owners, user_name(info.st_uid))
+        shared = not info.st_mode & stat.S_IWGRP or acl_writers(directory, owners) or group_shared(info.st_gid, owners, user_name(info.st_uid))
         problems.append(judge_socket_directory(directory, info, owners, shared, own=directory in (named, real)))
     return [problem for problem in problems if problem]
 
 
-def has_access_acl(path: Path) -> bool:
-    """Whether *path* carries a POSIX access ACL (its group permission bits are then the ACL's mask); False
-    where extended attributes cannot be read."""
+#: POSIX ACL entry tags (linux/posix_acl.h): a named user, a named group, the mask.
+_ACL_USER, _ACL_GROUP, _ACL_MASK = 0x02, 0x08, 0x10
+_ACL_WRITE = 0x02
+
+
+def acl_writers(path: Path, owners: Mapping[int, str]) -> bool:
+    """Whether *path*'s POSIX access ACL lets a named user other than *owners*, or a named group with such a
+    member (:func:`group_shared`), write it (its mask permitting); False without an ACL, or where extended
+    attributes cannot be read.  With an access ACL the group permission bits are the mask, not the group's."""
     try:
-        return "system.posix_acl_access" in os.listxattr(path)
+        data = os.getxattr(path, "system.posix_acl_access")
     except (OSError, AttributeError):
         return False
+    entries = [struct.unpack_from("<HHI", data, at) for at in range(4, len(data) - 7, 8)]
+    mask = next((perm for tag, perm, _ in entries if tag == _ACL_MASK), 0o7)
+    for tag, perm, qualifier in entries:
+        if not perm & mask & _ACL_WRITE:
+            continue
+        if tag == _ACL_USER and qualifier != 0 and qualifier not in owners:
+            return True
+        if tag == _ACL_GROUP and group_shared(qualifier, owners):
+            return True
+    return False
 
 
 def _postfix_account() -> dict[int, str]:

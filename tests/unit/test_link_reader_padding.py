@@ -97,3 +97,11 @@ def test_the_targets_a_link_names_are_bounded_and_counted() -> None:
     many = "https://r.test/go?" + "&".join(f"u{i}=https://d{i}.test/" for i in range(50))
     found = extract(_message([many]))
     assert _hosts(found.uris) == {"r.test"} | {f"d{i}.test" for i in range(10)}  # MAX_EMBEDDED of them
+
+
+def test_links_a_redirector_names_do_not_use_up_the_distinct_links_read() -> None:
+    """Third look: 2,000 links naming 10 hosts each counted 22,000 distinct links, and the listed one after
+    them (read before links were named) was left unread."""
+    links = ["http://r.test/?" + "&".join(f"u{j}=https://s{i}x{j}.wild.test/" for j in range(10)) for i in range(2000)]
+    found = extract(_message(links + ["http://evil.test/"]))
+    assert "evil.test" in _hosts(found.uris)  # (unread says "links": 20,000 subdomains are more than MAX_HOSTS)

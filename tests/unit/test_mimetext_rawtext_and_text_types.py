@@ -59,7 +59,7 @@ def test_the_text_of_a_hidden_raw_text_element_is_not_visible(element: str) -> N
     assert "Shown" in found.text and "unseen" not in found.text
 
 
-@pytest.mark.parametrize("element", ["title", "xmp", "plaintext", "iframe", "noembed", "noframes"])
+@pytest.mark.parametrize("element", ["title", "xmp", "plaintext", "iframe", "noembed", "noframes", "style"])
 def test_an_element_a_select_ignores_hides_no_link(element: str) -> None:
     """Second look: in a <select> a browser ignores a <title> (13.2.6.4.16), and the </select> and the link after
     it are markup; here the title ran to the end of the part, the link unread (it was read before the fix)."""

@@ -111,6 +111,9 @@ def test_a_directory_an_acl_lets_another_account_write_is_refused(open_dir: Path
         pytest.skip("no POSIX ACLs on this file system")
     [problem] = socket_directory_problems(acl / "milterd.sock", OWNERS)
     assert problem.startswith(f"{acl} is mode 0775: other users may replace")
+    # Third look: an ACL that lets only Postfix's own account write (trusted as the owners are) was refused too.
+    _grant_write(acl, pwd.getpwnam("postfix").pw_uid)
+    assert socket_directory_problems(acl / "milterd.sock", OWNERS) == []
 
 
 @root_only
