@@ -41,7 +41,8 @@ from milterd.content.mimetext import extract, extract_large, html_to_text
     # A browser ends a <style> or <script> at "</style" and a blank, "/" or ">": the stdlib (3.11.7) read on as CSS.
     ('<style>p{}</style foo><a href="http://after-style.test/">x</a>', ["http://after-style.test/"]),
     ('<script>x()</script/><a href="http://after-script.test/">x</a>', ["http://after-script.test/"]),
-    ('<style>a</stylex><a href="http://still-css.test/">x</a></style><p>shown</p>', []),
+    # Still CSS to a browser, but read for links too: where a browser ignores the <style> (in a <select>) it is markup.
+    ('<style>a</stylex><a href="http://still-css.test/">x</a></style><p>shown</p>', ["http://still-css.test/"]),
     # A <style> left open at the end is CSS to the end in a browser: the stdlib (3.11.7) dropped its text.
     ('<p>x</p><style>body{background:url(http://open-style.test/a.png)}', ["http://open-style.test/a.png"]),
     ('<style>@import "http://open-import.test/s.css";</sty', ["http://open-import.test/s.css"]),
