@@ -497,8 +497,11 @@ class _Exchange:
 class Resolver:
     """DNS for checks: ``[dns] nameservers`` (else /etc/resolv.conf), bounded, cached, concurrent."""
 
-    def __init__(self, section: "DnsSection") -> None:
+    def __init__(self, section: "DnsSection", list_zones: Iterable[str] = ()) -> None:
         self.timeout = float(section.timeout)
+        #: The DNS list zones the checks ask, as ".zone" suffixes: their names are no client's, so a nameserver
+        #: silent on them is down, not held back by a client (:meth:`_demote`).
+        self._list_suffixes = tuple(dict.fromkeys("." + zone.lower().strip(".") for zone in list_zones if zone.strip(".")))
         if section.nameservers:
             self._resolver = dns.resolver.Resolver(configure=False)
             servers = []
@@ -637,7 +640,7 @@ class Resolver:
             for i in unanswered:
                 answers[i] = Answer(keys[i][0], keys[i][1], "error", error=error)
         if len(exchanges) > 1:
-            self._demote(exchanges)
+            self._demote(exchanges, keys)
 
     def _unanswered_error(self, exchanges: Sequence["_Exchange"], servers: int) -> str:
         """The error of the questions no nameserver answered: "timeout" when one stayed silent, "connection
@@ -724,21 +727,24 @@ class Resolver:
         turn = next(self._turn) % len(live)
         return live[turn:] + live[:turn] + [server for server in order if server in self._demoted]
 
-    def _demote(self, exchanges: Sequence["_Exchange"]) -> None:
+    def _demote(self, exchanges: Sequence["_Exchange"], keys: Sequence[tuple[str, str]] = ()) -> None:
         """Move the nameservers that were asked before the first one that replied to the end of the order,
         for :data:`DEMOTED_FOR` seconds: the first one configured is usually the one meant (a local resolver
         that public DNS lists answer), and one slow answer must not leave it behind for good.
 
-        One that was only silent is demoted only if it does not answer :data:`LIVENESS_QUESTION` either: a
-        recursive resolver waits for a name's own nameservers, and a client chooses names (its HELO, its
-        sender's domain, its PTR) whose nameservers it runs.  Held back on purpose, they moved every DNS
-        list query of the worker to a public resolver, which the lists refuse, for a minute.
+        One that was only silent is demoted only if it does not answer :data:`LIVENESS_QUESTION` either, or it
+        was asked names of the DNS lists (*keys*, the questions, under ``list_zones``): a recursive resolver
+        waits for a name's own nameservers, and a client chooses names (its HELO, its sender's domain, its PTR)
+        whose nameservers it runs.  Held back on purpose, they moved every DNS list query of the worker to a
+        public resolver, which the lists refuse, for a minute.  A list's names are the list's: a resolver
+        silent on them (its own upstream down) is passed over as before.
         """
         first = next((k for k, e in enumerate(exchanges) if e.replied), 0)
         if not first:
             return
         timeout = min(LIVENESS_TIMEOUT, self.timeout / 2)
-        left = [e for e in exchanges[:first] if e.state != "open" or probe_nameserver(e.server, timeout, LIVENESS_QUESTION) != "answers"]
+        lists = any(name.lower().rstrip(".").endswith(self._list_suffixes) for name, _ in keys) if self._list_suffixes else False
+        left = [e for e in exchanges[:first] if e.state != "open" or lists or probe_nameserver(e.server, timeout, LIVENESS_QUESTION) != "answers"]
         if not left:
             return
         passed = [e.server for e in left]

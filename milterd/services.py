@@ -30,6 +30,9 @@ class Services:
     symbols: dict[str, Symbol] = field(default_factory=dict)
     #: The names of the symbols the checks define themselves (not those of the rule files' lists).
     builtin: frozenset[str] = frozenset()
+    #: The DNS list zones the checks ask (DNSBL, DNSWL, URI lists): names no client chooses, whose lookups may
+    #: tell the resolver its first nameserver is down (:class:`~milterd.dns.Resolver`'s ``list_zones``).
+    list_zones: set[str] = field(default_factory=set)
     _store: "Store | None" = None
     _resolver: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -67,7 +70,7 @@ class Services:
             return resolver
         with self._lock:
             if self._resolver is None:
-                self._resolver = Resolver(self.config.dns)
+                self._resolver = Resolver(self.config.dns, self.list_zones)
             return self._resolver
 
     def after_fork(self) -> None:

@@ -193,6 +193,7 @@ class DnsLists(ConfiguredCheck[DnsblChecks]):
     def __init__(self, services: "Services") -> None:
         super().__init__(services)
         self.zones = parse_zones(services)
+        services.list_zones.update(zone.zone for zone in self.zones)
         self.skip_private = self.options.skip_private
 
     @classmethod

@@ -603,6 +603,7 @@ class UriBlockLists(ConfiguredCheck[UriblChecks]):
         local_files = {f"DNSBL_{entry['name']}": path for path, _, entry in services.ruleset.tables("dnsbl") if path.parent == local}  # valid: parsed above
         self.zones += address_lists(options.ip_lists, zones, services.ruleset.disabled, config_file, local_files)
         self.skip = frozenset(d.lower().strip(".") for d in options.skip_domains)
+        services.list_zones.update(zone.zone for zone in self.zones)
         public_suffixes()  # loaded before the first message, not during it
 
     @classmethod

@@ -21,8 +21,9 @@ import dns.rrset
 import pytest
 
 import milterd.dns
-from milterd.config import DnsSection
+from milterd.config import Config, DnsSection
 from milterd.dns import EDNS_PAYLOAD, MAX_TTL, Answer, Resolver, observe_cache
+from milterd.services import build
 
 #: What the server sends for a query: datagrams (bytes) and, for a tuple ("from-other-port", bytes),
 #: one sent from another socket.
@@ -420,6 +421,27 @@ def test_a_first_nameserver_silent_on_one_name_only_stays_first(serve: Callable[
     assert resolver._order[0] == resolver._servers[0] and "asked first" not in caplog.text
     assert resolver.query("a.test", "A").ok
     assert names(local)[-1] == "a.test." and names(public) == ["slow.attacker.test."]
+
+
+def test_a_first_nameserver_silent_on_a_dns_list_s_names_is_passed_over(serve: Callable[[Handler], Server], caplog: pytest.LogCaptureFixture) -> None:
+    """Second look: a local resolver whose own upstream is down answers "localhost" itself but nothing else; it was
+    kept first, and every lookup waited half the timeout for as long as the outage lasted.  A DNS list's names are
+    no client's: silent on them, it is passed over for a minute, as before."""
+    def local(query: dns.message.Message, transport: str) -> Reply:
+        return zone(query, transport) if query.question[0].name.to_text() == "localhost." else []
+
+    first, public = serve(local), serve(zone)
+    resolver = Resolver(DnsSection(nameservers=[first.nameserver, public.nameserver], timeout=1.0, cache_size=100), ["zen.spamhaus.example"])
+    no_dnspython(resolver)
+    assert resolver.query("a.test", "A").ok  # a client's name: kept first (it answers localhost)
+    assert resolver._order[0] == resolver._servers[0]
+    assert resolver.query("2.0.0.127.zen.spamhaus.example", "A").status == "nxdomain"  # the list's name: passed over
+    assert resolver._order[0] == resolver._servers[1] and "is asked first for the next 60s" in caplog.text
+
+
+def test_the_workers_resolver_knows_the_shipped_dns_lists() -> None:
+    services = build(Config.model_validate({"dns": {"nameservers": ["127.0.0.1:9"]}}))
+    assert {".zen.spamhaus.org", ".dbl.spamhaus.org", ".list.dnswl.org"} <= set(services.resolver._list_suffixes)
 
 
 def test_a_slow_first_nameserver_still_answers_after_the_second_is_asked(serve: Callable[[Handler], Server]) -> None:
