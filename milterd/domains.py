@@ -19,6 +19,9 @@ from publicsuffixlist import PublicSuffixList
 _EMBEDDED = re.compile(r"""(?i)(?:https?:[/\\]+|/amp/s/[/\\]*)([^/\\?#&\s"'<>]*)""")
 #: Most distinct authorities of the links embedded in one link looked at (:func:`embedded_authorities`).
 MAX_EMBEDDED = 10
+#: A link's path and query are read for embedded links up to this many characters: web servers refuse
+#: longer request lines (8 KiB by default for Apache and nginx).
+MAX_EMBEDDING = 8 * 1024
 
 
 @functools.lru_cache(maxsize=1)

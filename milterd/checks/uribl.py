@@ -43,7 +43,7 @@ from pydantic import Field, field_validator
 from ..content.mimetext import UNREAD_REASONS
 from ..dns import Answer, a_label, dnsbl_name, fold_case, uts46_mapped
 from ..domains import MAX_EMBEDDED as MAX_EMBEDDED
-from ..domains import embedded_authorities
+from ..domains import MAX_EMBEDDING, embedded_authorities
 from ..domains import public_suffixes as public_suffixes
 from ..domains import registrable as registrable
 from ..message.model import Action, Envelope, Hit, Session, SpoolError
@@ -108,9 +108,6 @@ KIND = ListKind(
     "A link's domain is listed in",
     codes_shape="{ name, answers or mask, score }",
 )
-#: A link's path and query are read for embedded links up to this many characters: web servers refuse
-#: longer request lines (8 KiB by default for Apache and nginx).
-MAX_EMBEDDING = 8 * 1024
 #: At most this many characters of the links of one message are read for embedded links (about 0.2 s of
 #: CPU at worst: decoding and searching cost up to 0.2 µs a character), shared among its links as fairly as
 #: they allow (:func:`_link_hosts`): a link is read whole unless it is longer than its share.

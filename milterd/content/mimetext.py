@@ -42,7 +42,7 @@ from typing import Any, Callable, Container, Iterable, Iterator, cast
 
 from olefile import OleFileIO
 
-from ..domains import embedded_authorities, registrable
+from ..domains import MAX_EMBEDDING, embedded_authorities, registrable
 from .filetypes import HEAD_SIZE, MESSAGE_TYPES, extensions, message_file, outlook_file, outlook_name, text_file_type
 from .mimeparams import LenientMessage, Preference, client_container_type, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
@@ -1136,8 +1136,6 @@ class _HostGroups:
 
 #: What a link that names another in its path or query holds (:meth:`_Links._add_named`): a scheme, maybe encoded, or AMP's "/amp/s/".
 _NAMES_A_LINK = re.compile(r"(?i)https?(?::|%3a|%253a)|/amp/s/")
-#: Characters of a link's path and query read for the links it names (web servers refuse longer request lines).
-MAX_NAMING = 8 * 1024
 
 
 class _Links:
@@ -1221,7 +1219,7 @@ class _Links:
         kept: 1,000 links to google.com/url before one naming a listed domain hid it.  False as :meth:`add`."""
         if not _NAMES_A_LINK.search(uri, start):
             return True
-        form = uri[start:start + MAX_NAMING].partition("#")[0]
+        form = uri[start:start + MAX_EMBEDDING].partition("#")[0]
         return all(self.add(f"http://{authority}/", followed, named=True) for authority in embedded_authorities(form))
 
     def _room(self, host: str) -> str:
