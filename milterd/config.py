@@ -343,7 +343,7 @@ class GreylistSection(Section):
     delay: Duration = Field(300.0, description="How long a new triplet must wait before a retry is accepted.")
     retry_window: Duration = Field(2 * 86400.0, description="How long after the first attempt a retry still counts.")
     expire: Duration = Field(35 * 86400.0, description="How long a passed triplet is remembered (renewed on use).")
-    auto_whitelist_after: int = Field(5, ge=0, description="Client networks with this many successful retries (a triplet passing after the delay for the first time; at most one a message and one an hour) skip greylisting while in use; 0 is off.")
+    auto_whitelist_after: int = Field(5, ge=0, description="Client networks with this many successful retries (a triplet passing after the delay for the first time, in a message then accepted as ham; at most one a message and one an hour) skip greylisting while in use; 0 is off.")
     netmask_v4: int = Field(24, ge=0, le=32, description="IPv4 clients are grouped by this prefix length.")
     netmask_v6: int = Field(64, ge=0, le=128, description="IPv6 clients are grouped by this prefix length.")
     whitelist_providers: bool = Field(True, description="Skip the sending pools of large providers (Google, Microsoft, Yahoo, Amazon SES, …; listed in milterd/greylist.py), whose retries come from other addresses.")

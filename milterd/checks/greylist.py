@@ -47,13 +47,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from .. import greylist as gl
 from ..config import ConfigError
 from ..dns import fold_case
-from ..message.model import Action, Envelope, Hit, Session
+from ..message.model import Action, Envelope, Hit, Session, Verdict
 from ..message.policy import GreylistStatus, greylist_reply
 from ..message.reply import Reply
 from ..store import StoreError
@@ -105,6 +105,10 @@ class Pending:
     failed: str = ""
     #: The recipients answered STORE_DOWN_REPLY at RCPT (``on_error = "tempfail"``).
     tempfailed: list[str] = field(default_factory=list)
+    #: The successful retries of this transaction (``count_client`` writes), held until its
+    #: message is accepted: a client that passes RCPT and quits, or whose message is refused,
+    #: counts nothing toward the auto whitelist.
+    counting: list[gl.Write] = field(default_factory=list)
     #: Why the store could not be read for the skip decisions (the stored whitelist, the client's
     #: auto-whitelisting; '' when it could): the recipients those might have exempted are judged as
     #: on_error says, a triplet that passed goes on.
@@ -246,6 +250,23 @@ class Greylist(Check):
             Hit("GREYLIST", detail=detail, action=Action.GREYLIST, reply=greylist_reply(pending.wait)),
         )
 
+    def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
+        # A successful retry counts toward the auto whitelist once its message is accepted as ham:
+        # counted at RCPT, five RCPT-only probes an hour apart (no DATA, no content scanned) whitelisted
+        # a spammer's network, and so did retried messages refused for their content.
+        pending = envelope.check_state(self.name).get("pending")
+        if not isinstance(pending, Pending) or not pending.counting:
+            return verdict
+        counting, pending.counting = pending.counting, []
+        if verdict.action != Action.ACCEPT:
+            return verdict
+        latest = max(counting, key=lambda write: write.at)
+        try:
+            self.services.store.greylist.count_retry(latest)
+        except StoreError as exc:
+            log.warning("%s: cannot count a successful retry of client %s: %s", envelope.queue_id or "NOQUEUE", latest.triplet.network, exc)
+        return verdict
+
     def on_abort(self, session: Session, envelope: Envelope) -> None:
         # The transaction ended: after end of message (nothing left), or
         # without DATA because every recipient was deferred.
@@ -376,6 +397,9 @@ class Greylist(Check):
             return ""
         if isinstance(pending, Pending):
             pending.writes.clear()
+            # Judged at RCPT: a successful retry counts once its message is accepted (on_verdict).
+            pending.counting.extend(write for write in writes if write.count_client)
+            writes = [replace(write, count_client=False) if write.count_client else write for write in writes]
         try:
             self.services.store.greylist.record(writes, touch)
         except StoreError as exc:

@@ -246,6 +246,17 @@ class GreylistStore:
 
         return guarded("read the greylist clients", read)
 
+    def count_retry(self, write: Write) -> None:
+        """Add *write*'s successful retry to its client network's count, alone: the
+        check counts a retry once its message is delivered (:meth:`record` with a
+        ``count_client`` write counts it with the triplet's own write)."""
+
+        def apply() -> None:
+            with self.engine.begin() as connection:
+                connection.execute(_count_client(dialect_insert(connection, "greylisting"), write.triplet.network, write))
+
+        guarded("write the greylist", apply)
+
     def touch_client(self, network: str, now: dt.datetime | None = None) -> None:
         """Keep an auto-whitelisted client from expiring (written at most every RENEW_INTERVAL)."""
         self.record((), (network,), now)

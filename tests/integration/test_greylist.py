@@ -126,6 +126,25 @@ def test_auto_whitelisted_client_skips(make_stack: Callable[..., Stack]) -> None
     assert listed["auto_whitelisted_clients"] == 1
 
 
+def test_a_retry_probed_without_data_does_not_whitelist_the_client(make_stack: Callable[..., Stack]) -> None:
+    # The retry passed RCPT and the client quit before DATA: it counted toward the auto whitelist, so a
+    # spammer's RCPT-only probes (nothing scanned) whitelisted its network for every sender and recipient.
+    stack = make_stack({"greylist": dict(GREYLIST, auto_whitelist_after=1)})
+    who = client("198.51.100.40")
+    assert greylisted(attempt(stack, who, ["r1@example.com"])["r1@example.com"])
+    wait_out_the_delay()
+    smtp = stack.postfix.smtp(xclient=who)
+    try:
+        assert smtp.mail("alice@example.org")[0] == 250
+        assert smtp.rcpt("r1@example.com")[0] == 250  # the triplet passed
+        assert smtp.rset()[0] == 250
+    finally:
+        smtp.quit()
+    refused = attempt(stack, client("198.51.100.41"), ["new@example.com"], sender="someone@else.example")
+    assert greylisted(refused["new@example.com"])  # the /24 is not auto-whitelisted
+    assert json.loads(stack.milterd.cli("greylist", "stats", "--json").stdout)["auto_whitelisted_clients"] == 0
+
+
 def test_authenticated_client_skips(stack: Stack) -> None:
     subject = f"auth-{uuid.uuid4().hex[:8]}"
     assert attempt(stack, client("192.0.2.99", LOGIN="alice"), ["dave@example.com"], subject=subject) == {}

@@ -18,6 +18,7 @@ from sqlalchemy import insert
 
 from milterd import greylist as gl
 from milterd.config import Config, GreylistSection
+from milterd.message.model import Action, Envelope, Session, Spool, Verdict
 from milterd.store import Store, schema, utcnow
 from tests.harness import greylist as greylist_harness
 
@@ -124,8 +125,6 @@ def _check(database: str, **greylist: object) -> Any:
 
 
 def _new_triplet_hits(check: Any, client_addr: str = "192.0.2.99") -> list[str]:
-    from milterd.message.model import Envelope, Session, Spool
-
     session, envelope = Session(client_addr=client_addr), Envelope(spool=Spool(1024), sender="someone@else.example")
     hits = [h.symbol for h in check.on_rcpt(session, envelope, "fresh@example.com")]
     check.on_abort(session, envelope)
@@ -133,16 +132,63 @@ def _new_triplet_hits(check: Any, client_addr: str = "192.0.2.99") -> list[str]:
 
 
 def test_retrying_one_message_to_five_recipients_does_not_whitelist_the_network(store: Store, database: str) -> None:
-    from milterd.message.model import Envelope, Session, Spool
-
     recipients = [f"r{i}@example.com" for i in range(5)]
     message(store, recipients, utcnow() - dt.timedelta(seconds=400))  # the first attempt
     services, check = _check(database, delay=300, auto_whitelist_after=5)
     session, envelope = Session(client_addr="192.0.2.1"), Envelope(spool=Spool(1024), sender="spam@bulk.example")
     assert [[h.symbol for h in check.on_rcpt(session, envelope, r)] for r in recipients] == [["GREYLIST_PASSED"]] * 5
     assert list(check.on_data(session, envelope)) == []
+    check.on_verdict(session, envelope, verdict(Action.ACCEPT))
     assert store.greylist.client_state(NETWORK)[0] == 1
     assert _new_triplet_hits(check) == ["GREYLIST"]  # the /24 is not whitelisted
+    services.close()
+
+
+def verdict(action: Action) -> Verdict:
+    return Verdict(action=action, score=0.0, symbols={}, details={}, reason="")
+
+
+def _retry(check: Any, recipient: str, *, data: bool = True, action: Action | None = Action.ACCEPT) -> list[str]:
+    """A retry of a greylisted triplet from 192.0.2.1: RCPT, then (with *data*) DATA and, when *action*
+    is given, end of message with that verdict; then the transaction ends."""
+    session, envelope = Session(client_addr="192.0.2.1"), Envelope(spool=Spool(1024), sender="spam@bulk.example")
+    hits = [h.symbol for h in check.on_rcpt(session, envelope, recipient)]
+    if data:
+        check.on_data(session, envelope)
+        if action is not None:
+            check.on_verdict(session, envelope, verdict(action))
+    check.on_abort(session, envelope)
+    return hits
+
+
+def test_a_retry_that_never_sends_data_does_not_count(store: Store, database: str) -> None:
+    """Five RCPT-only probes, each a triplet passing an hour apart, whitelisted the network: they count
+    nothing now, though each triplet is passed (its retry was a retry)."""
+    services, check = _check(database, delay=300, auto_whitelist_after=5)
+    recipients = [f"probe{i}@example.com" for i in range(5)]
+    message(store, recipients, utcnow() - dt.timedelta(seconds=400))
+    assert [_retry(check, r, data=False) for r in recipients] == [["GREYLIST_PASSED"]] * 5
+    assert store.greylist.client_state(NETWORK)[0] == 0
+    states = store.greylist.states(NETWORK, "spam@bulk.example") or {}
+    assert len(states) == 5 and all(state.passed_at is not None for state in states.values())
+    services.close()
+
+
+@pytest.mark.parametrize("action", [Action.REJECT, Action.QUARANTINE, Action.ADD_HEADER, Action.TEMPFAIL, None])
+def test_a_retried_message_not_accepted_does_not_count(store: Store, database: str, action: Action | None) -> None:
+    """Refused, quarantined, tagged as spam, tempfailed or cut off after DATA: the client's retry proves nothing."""
+    services, check = _check(database, delay=300, auto_whitelist_after=5)
+    message(store, ["x@example.com"], utcnow() - dt.timedelta(seconds=400))
+    assert _retry(check, "x@example.com", action=action) == ["GREYLIST_PASSED"]
+    assert store.greylist.client_state(NETWORK)[0] == 0
+    services.close()
+
+
+def test_a_retried_message_accepted_counts_once(store: Store, database: str) -> None:
+    services, check = _check(database, delay=300, auto_whitelist_after=5)
+    message(store, ["x@example.com"], utcnow() - dt.timedelta(seconds=400))
+    assert _retry(check, "x@example.com") == ["GREYLIST_PASSED"]
+    assert store.greylist.client_state(NETWORK)[0] == 1
     services.close()
 
 
