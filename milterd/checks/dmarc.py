@@ -72,6 +72,8 @@ _DOMAIN = re.compile(r"[\w-]{1,63}(\.[\w-]{1,63})*")
 #: A name DNS can be asked about: at most 253 characters, labels of 1 to 63 letters, digits, '-' or '_'.
 #: What can start a domain written with junk after it (see _shown_domains).
 _DOMAIN_HEAD = re.compile(r"[\w.-]+")
+#: Dots around an empty label (see _without_empty_labels).
+_EMPTY_LABELS = re.compile(r"\.{2,}")
 _DNS_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 #: The pure functions below remember their answers for arguments up to this long (bounded memory).
 _MEMO_MAX = 1024
@@ -339,8 +341,21 @@ def _shown_domains(text: str) -> tuple[str, ...]:
     shown = _shown_text(text)
     head = _DOMAIN_HEAD.match(shown)
     mapped = _mapped_domain(_first_word(shown)) if hiding else None
-    found = dict.fromkeys(d for d in (domain_name(head.group()) if head else None, mapped, whole) if d and _DOMAIN.fullmatch(d))
+    readings = (head.group(), *_without_empty_labels(head.group())) if head else ()
+    found = dict.fromkeys(d for d in (*map(domain_name, readings), mapped, whole) if d and _DOMAIN.fullmatch(d))
     return tuple(found)
+
+
+def _without_empty_labels(name: str) -> tuple[str, ...]:
+    """*name* as a reader passes over its empty labels: ``.bank.test`` and ``bank..test`` read ``bank.test``, and
+    ``bank.test..x`` also up to its empty label (``bank.test``, as a domain with junk after it).  IDNA refuses
+    such a name, so it named no domain and no policy applied: DMARC_NONE for a forged From of a p=reject domain."""
+    inner = name.strip(".")
+    if ".." not in inner and inner == name.rstrip("."):
+        return ()
+    squeezed = _EMPTY_LABELS.sub(".", inner)
+    before = inner.split("..")[0]
+    return (squeezed, before) if "." in before and before != squeezed else (squeezed,)
 
 
 def _shown_text(text: str) -> str:

@@ -271,6 +271,8 @@ def test_comments_nested_deep_in_from_do_not_hide_a_p_reject_domain(stack: Stack
     ("dmarc encoded domain", "CEO <ceo@=?utf-8?q?signed.test?=>", True),  # Thunderbird decodes it where it stands
     ("dmarc backslash name", "CEO\\(Office <ceo@signed.test>", True),  # a backslash escapes outside quotes to Thunderbird
     ("dmarc folded domain", "CEO <ceo@signed\r\n .test>", False),  # folded inside the domain: one domain once unfolded
+    ("dmarc leading dot", "CEO <ceo@.signed.test>", True),  # an empty label: IDNA refused the name, no domain judged
+    ("dmarc double dot", "ceo@signed..test", True),
 ])
 def test_a_from_a_client_shows_as_a_p_reject_domain_is_refused(stack: Stack, subject: str, from_: str, invalid: bool) -> None:
     # Found by differential fuzzing against Thunderbird's address parser: each was DMARC_NONE (or a

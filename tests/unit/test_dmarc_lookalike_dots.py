@@ -123,3 +123,14 @@ def test_letters_and_emoji_between_ascii_are_domains_of_their_own(domain: str) -
 def test_a_character_uts46_ignores_does_not_hide_a_look_alike(domain: str) -> None:
     [hit], _ = run_dmarc([f"Sec <security@{domain}>".encode()], POLICIES, ATTACKER_SIGNED)
     assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT), domain
+
+
+# --- empty labels (review, thirty-sixth session) -----------------------------------------------------
+@pytest.mark.parametrize("value", ["security@.bank.example", "Bank Security <security@bank..example>", "security@...bank.example",
+                                   '"security"@.bank.example', "security@bank.example..x"])
+def test_a_from_domain_with_an_empty_label_gets_the_shown_domains_reject(value: str) -> None:
+    # IDNA refuses ".bank.example" and "bank..example": no domain was judged (DMARC_NONE, "no From domain") and
+    # a forgery of a p=reject domain was delivered with HDR_FROM_INVALID's 2 points.
+    [hit], _ = run_dmarc([value.encode()], POLICIES, ATTACKER_SIGNED)
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT), value
+    assert "bank.example" in str(hit.reply)
