@@ -47,6 +47,8 @@ _STDLIB_FIELD_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 _CR_DELIMITER = re.compile(rb"\r--|\n--[^\r\n]*\r(?!\n)")
 #: The same, ended by its bare CR, as the first line searched (a search from a position has no "\n" before it).
 _CR_ENDED_DELIMITER = re.compile(rb"--[^\r\n]*\r(?!\n)")
+#: A CR that no LF follows (see lone_crs_as_line_ends).
+_LONE_CR = re.compile(rb"\r(?!\n)")
 #: A content type as RFC 2045 writes it (lower-cased): a part of any other is not dropped from a text view.
 #: The types of the parts the link reader reads as text (a text/csv or text/calendar export is not read: a view
 #: leaves its body out, so that a 5 MB one does not fill the view).
@@ -740,11 +742,49 @@ def every_reading(source: Callable[[], Iterable[bytes]], memory: int, limit: int
     from *shared*, when given.
     """
     differing: set[Reading] = set()
-    yield from attachments(source(), memory, limit, skipped, "client", differing, shared)
+    lone_cr = _LoneCrWatch()
+    yield from attachments(lone_cr.watch(source()), memory, limit, skipped, "client", differing, shared)
     others: tuple[Reading, ...] = ("library", "both")
     for reading in others:
         if reading in differing:  # the library parse may add "both"
             yield from attachments(source(), memory, limit, skipped, reading, differing, shared)
+    if lone_cr.seen:
+        # A CR without LF ends a line to Thunderbird (libmime's line buffer) and to the standard library: a
+        # delimiter line and a part's fields written with bare CRs in a text part are an attachment to them
+        # (Postfix passes bare CRs on before 3.8.5 and the like, or with cleanup_replace_stray_cr_lf = no).
+        for reading in ("client", *(r for r in others if r in differing)):
+            yield from attachments(lone_crs_as_line_ends(source()), memory, limit, skipped, reading, differing, shared)
+
+
+class _LoneCrWatch:
+    """Whether the chunks it watched held a CR that no LF follows."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def watch(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """*chunks* as they are, noting a lone CR (one ending a chunk is judged with the next chunk's first byte)."""
+        last = b""
+        for chunk in chunks:
+            if not self.seen and chunk:
+                self.seen = (last == b"\r" and not chunk.startswith(b"\n")) or _bare_cr(chunk[:-1] if chunk.endswith(b"\r") else chunk)
+                last = chunk[-1:]
+            yield chunk
+        self.seen = self.seen or last == b"\r"
+
+
+def lone_crs_as_line_ends(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """*chunks* with each CR that no LF follows written CRLF: the lines Thunderbird's and the standard library's
+    parsers read."""
+    held = False  # the last chunk ended with a CR, held back until the next one's first byte is known
+    for chunk in chunks:
+        if not chunk:
+            continue
+        data = (b"\r" if held else b"") + chunk
+        held = data.endswith(b"\r")
+        yield _LONE_CR.sub(b"\r\n", data[:-1] if held else data)
+    if held:
+        yield b"\r\n"
 
 
 def text_views(source: Callable[[], Iterable[bytes]], room: int, saved_room: int = 0) -> Iterator[tuple[bytes, bool]]:

@@ -614,3 +614,21 @@ def test_a_gzipped_uuencoded_file_is_rejected_naming_the_file_it_holds(stack: St
     assert info.value.smtp_code == 550 and info.value.smtp_error.decode() == f"5.7.1 Attachment rejected: {detail}"
     row = row_for(stack, "gzipped uue")
     assert row["action"] == "reject" and row["details"]["ATTACH_BANNED"] == detail and not stack.sink.with_subject("gzipped uue")
+
+
+def test_an_exe_behind_bare_cr_line_ends_is_rejected_where_postfix_passes_them_on(make_stack: Callable[..., Stack]) -> None:
+    # Thunderbird and the standard library end a line at a bare CR: a delimiter line and a part's fields so
+    # written in a text part make an attachment to them.  milterd split lines at LF only: delivered, no symbol,
+    # through a Postfix that keeps bare CRs (cleanup_replace_stray_cr_lf = no; Postfix before 3.8.5 and the like).
+    stack = make_stack(SECTIONS, postfix_extra={"cleanup_replace_stray_cr_lf": "no"})
+    part = (b"--b1\rContent-Type: application/octet-stream; name=\"evil.exe\"\rContent-Disposition: attachment; filename=\"evil.exe\"\r"
+            b"Content-Transfer-Encoding: base64\r\r" + base64.b64encode(PE) + b"\r")
+    raw = (b"From: alice@example.org\r\nTo: bob@example.com\r\nSubject: bare cr part\r\nMessage-ID: <bare.cr@example.org>\r\n"
+           b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+           b"--b1\r\nContent-Type: text/plain\r\n\r\nhello\r" + part + b"\r\n--b1--\r\n")
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(raw)
+    assert info.value.smtp_code == 550
+    assert info.value.smtp_error.decode() == "5.7.1 Attachment rejected: evil.exe: banned extension .exe"
+    assert row_for(stack, "bare cr part")["details"]["ATTACH_BANNED"] == "evil.exe: banned extension .exe"
+    assert not stack.sink.with_subject("bare cr part")
