@@ -317,6 +317,8 @@ class Rescored:
     #: before end of data, or not scored), "may_force" (a hit of :data:`MAY_FORCE` may hold it at
     #: its action), "unexplained" (its symbols do not add up to its logged score: a row of an older version, say).
     why: str = ""
+    #: The changes would have the tiers skip spamd, which answered when the row was logged: re-scored without its points.
+    skips_spamd: bool = False
 
     @property
     def kept(self) -> bool:
@@ -373,8 +375,29 @@ class SpamdSkip:
         *symbols*, would have spamd asked now: its score before spamd is no longer beyond a bound."""
         if SKIPPED_CONFIDENT not in symbols:
             return False
-        before = sum(score for name, score in symbols.items() if name not in self.after)
-        return not confident(before, True, self.above, self.below)
+        return not confident(self.before_spamd(symbols), True, self.above, self.below)
+
+    def skips_spamd(self, symbols: Mapping[str, float]) -> bool:
+        """Whether a row whose spamd answered (SPAMASSASSIN), with these (re-weighted) *symbols*, would have
+        spamd skipped now: the classifier spoke and the score before spamd is beyond a bound."""
+        if SPAMASSASSIN not in symbols:
+            return False
+        spoke = any(name.startswith("BAYES_") and name != "BAYES_ERROR" for name in symbols)
+        return confident(self.before_spamd(symbols), spoke, self.above, self.below)
+
+    def before_spamd(self, symbols: Mapping[str, float]) -> float:
+        """The score the tiers compare with the bounds, as the milter counts it: without spamd's answer and the
+        symbols counted after the tiers."""
+        return round(sum(score for name, score in symbols.items() if name not in self.after and name not in SPAMD_ANSWER), 2)
+
+
+#: The symbols of spamd's answer (fresh or cached), which a message whose spamd the tiers skip does not have.
+SPAMD_ANSWER = frozenset({SPAMASSASSIN, spamd.CACHED})
+
+
+def without_spamd(symbols: Mapping[str, float]) -> dict[str, float]:
+    """*symbols* as the milter logs them when the tiers skip spamd: no answer of spamd, SPAMD_SKIPPED_CONFIDENT."""
+    return {**{name: score for name, score in symbols.items() if name not in SPAMD_ANSWER}, SKIPPED_CONFIDENT: 0.0}
 
 
 def rescore(
@@ -390,11 +413,15 @@ def rescore(
     threshold chooses).  *may_force*: the symbols whose hit may have forced an action (:func:`forcing_symbols`).
     A row whose spamd was skipped as confident (SPAMD_SKIPPED_CONFIDENT) whose action the changes would move and
     that they would no longer leave beyond *spamd_skip*'s bounds keeps its action: spamd would be asked, and
-    what it says is not known."""
+    what it says is not known.  A row whose spamd answered that the changes would put beyond the bounds is
+    re-scored without spamd's points (:attr:`Rescored.skips_spamd`): the milter would not ask it."""
     logged = row.get("symbols") or {}
     may_force = may_force | forced_whatever_configured(row)
     fixed_names = fixed_scores(logged, fixed)
     symbols = {name: float(score if name in fixed_names else weights.get(name, score)) for name, score in logged.items()}
+    skips = spamd_skip is not None and spamd_skip.skips_spamd(symbols)
+    if skips:
+        symbols = without_spamd(symbols)
     hits = [Hit(name, score=score) for name, score in symbols.items()]
     verdict = decide(hits, lambda _s: 0.0, actions, greylist=logged_greylist(row))
     old_action, old_score = str(row.get("action")), float(row.get("score") or 0.0)
@@ -406,14 +433,14 @@ def rescore(
             return Rescored(row, old_action, old_action, old_score, verdict.score, why="unexplained")
         if spamd_skip is not None and spamd_skip.asks_spamd(symbols):
             return Rescored(row, old_action, old_action, old_score, verdict.score, why="spamd_unknown")
-        return Rescored(row, old_action, verdict.action.label, old_score, verdict.score)
+        return Rescored(row, old_action, verdict.action.label, old_score, verdict.score, skips_spamd=skips)
     if unscored(row, milter, delimiters, local=False):
         # Scored when logged, no longer with the settings now (spam_lovers or trusted_networks added since): only
         # what a hit forces applies, as the milter does; a row whose hits may have forced one (not logged) keeps its action.
         if may_force & logged.keys():
             return Rescored(row, old_action, old_action, old_score, verdict.score, why="may_force")
         unscored_verdict = decide(hits, lambda _s: 0.0, actions, greylist=logged_greylist(row), scored=False)
-        return Rescored(row, old_action, unscored_verdict.action.label, old_score, unscored_verdict.score)
+        return Rescored(row, old_action, unscored_verdict.action.label, old_score, unscored_verdict.score, skips_spamd=skips)
     if unexplained:
         # Re-scored, it would move by what its symbols do not account for, not by the changes asked.
         return Rescored(row, old_action, old_action, old_score, verdict.score, why="unexplained")
@@ -424,7 +451,7 @@ def rescore(
     # only a score action above quarantine can hide one, and only a lower new action would undo it.
     if may_force & logged.keys() and Action.QUARANTINE < _severity(old_action) and _severity(new_action) < _severity(old_action):
         return Rescored(row, old_action, old_action, old_score, verdict.score, why="may_force")
-    return Rescored(row, old_action, new_action, old_score, verdict.score)
+    return Rescored(row, old_action, new_action, old_score, verdict.score, skips_spamd=skips)
 
 
 _LABELS = frozenset(action.label for action in Action)
@@ -449,6 +476,8 @@ class WhatIfReport:
     unexplained: Counter[str] = field(default_factory=Counter)
     #: Rows whose spamd was skipped as confident and would not be now, by action: spamd's part is not known.
     spamd_unknown: Counter[str] = field(default_factory=Counter)
+    #: Rows whose spamd answered and would be skipped as confident with the changes, by action: re-scored without its points.
+    spamd_skipped: Counter[str] = field(default_factory=Counter)
     changes: Counter[tuple[str, str]] = field(default_factory=Counter)
     examples: dict[tuple[str, str], list[Rescored]] = field(default_factory=dict)
     after: Counter[str] = field(default_factory=Counter)
@@ -481,6 +510,7 @@ class WhatIfReport:
             "kept_may_be_forced": dict(self.kept_may_force),
             "kept_unexplained": dict(self.unexplained),
             "kept_spamd_unknown": dict(self.spamd_unknown),
+            "rescored_without_spamd": dict(self.spamd_skipped),
             "unknown_symbols": dict(self.unknown.most_common()),
             "before": dict(self.before),
             "after": dict(self.after),
@@ -544,6 +574,8 @@ def whatif(
         if known is not None:
             report.unknown.update(name for name in (row.get("symbols") or {}) if name not in known)
         report.messages += 1
+        if item.skips_spamd:
+            report.spamd_skipped[item.old_action] += 1
         report.before[item.old_action] += 1
         report.after[item.new_action] += 1
         if item.why == "may_force":

@@ -269,4 +269,8 @@ def run_whatif(args: argparse.Namespace) -> int:
         kept = _counted(report.spamd_unknown.most_common())
         print(f"kept as they were (spamd was skipped as confident, and with these changes would be asked: what it would "
               f"add is not known): {kept}")
+    if report.spamd_skipped:
+        skipped = _counted(report.spamd_skipped.most_common())
+        print(f"re-scored without spamd's points (spamd answered, and with these changes the tiers would skip it as "
+              f"confident): {skipped}")
     return 0

@@ -13,17 +13,21 @@ the worker that kept the result (the cache is per worker).
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 import smtplib
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 from tests.conftest import NO_CHECKS, message, with_sections
-from tests.harness.scanners import EICAR, EICAR_NAME, Clamd, Spamd
+from tests.harness.scanners import EICAR, EICAR_NAME, GTUBE, Clamd, Spamd
 from tests.harness.stack import Stack
+from tests.integration.test_learner import MIN_LEARNED, synthetic
 
 CLIENT = {"ADDR": "198.51.100.7", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}
 OTHER_CLIENT = {"ADDR": "203.0.113.9", "NAME": "[UNAVAILABLE]", "HELO": "client.example.org"}
@@ -142,3 +146,44 @@ def test_other_content_or_another_client_is_scanned_again(tiered: Stack, spamd: 
     logged = rows(tiered, title)
     assert len(logged) == 3 and not any("SPAMD_CACHED" in r["symbols"] for r in logged)
     assert spamd_scans(spamd, raw) == 3  # the same Message-ID in all three
+
+
+def test_whatif_predicts_the_action_of_a_change_that_makes_the_tiers_skip_spamd(make_stack: Callable[..., Stack], spamd: Spamd, tmp_path: Path) -> None:
+    # Raising a weight can put the score before spamd past skip_spamd_above: the milter then skips spamd and
+    # loses its points.  whatif kept them and predicted the opposite of what the milter did (review, 36th session).
+    rule = '[[rule]]\nname = "SUBJ_TIERED"\nheader = "Subject"\nregex = "tiered"\nscore = {score}\n'
+    stack = make_stack(with_sections(NO_CHECKS, {
+        "milter": {"workers": 1, "trusted_networks": []},
+        "spamd": {"enabled": True, "address": spamd.address, "timeout": 30},
+        "learner": {"min_spam": MIN_LEARNED, "min_ham": MIN_LEARNED, "cache_ttl": 1, "skip_spamd_above": 10},
+        "actions": {"add_header": 5, "rewrite_subject": 8, "quarantine": 10, "reject": 100},
+    }), rules={"tiered.toml": rule.format(score=1.0)})
+    for label in ("spam", "ham"):
+        folder = tmp_path / label
+        folder.mkdir()
+        for number, raw in enumerate(synthetic(label, MIN_LEARNED + 2, 1)):
+            (folder / f"{number}.eml").write_bytes(raw)
+        assert stack.milterd.cli("learn", f"--{label}", str(folder)).returncode == 0
+
+    def spam(title: str) -> bytes:
+        [raw] = synthetic("spam", 1, 5, subject_tag=f"{title} ")
+        return raw.replace(b"\r\n\r\n", b"\r\n\r\n" + GTUBE.encode() + b"\r\n", 1)
+
+    assert send(stack, spam("tiered-asked")) == 550  # spamd asked (1 + the classifier's < 10): GTUBE's 1,000 points
+    [asked] = [r for r in stack.milterd.log_json() if r["subject"].startswith("tiered-asked")]
+    assert "SPAMASSASSIN" in asked["symbols"] and {"BAYES_99", "BAYES_999"} & asked["symbols"].keys(), asked["symbols"]
+    report = json.loads(stack.milterd.cli("rules", "whatif", "--set", "symbols.SUBJ_TIERED=12", "--json", check=True).stdout)
+    assert report["rescored_without_spamd"] == {"reject": 1}
+    [change] = report["changes"]
+    predicted = change["to"]
+
+    old_workers = set(stack.milterd.workers())
+    (stack.milterd.root / "rules" / "tiered.toml").write_text(rule.format(score=12.0))
+    stack.milterd.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while (set(stack.milterd.workers()) & old_workers or not stack.milterd.workers()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert send(stack, spam("tiered-skipped")) == 250
+    [skipped] = [r for r in stack.milterd.log_json() if r["subject"].startswith("tiered-skipped")]
+    assert "SPAMD_SKIPPED_CONFIDENT" in skipped["symbols"] and "SPAMASSASSIN" not in skipped["symbols"]
+    assert skipped["action"] == predicted == "quarantine"

@@ -57,3 +57,35 @@ def test_the_symbols_checks_add_after_the_tiers_are_named_by_the_checks(tmp_path
     report = whatif([row_deferred], {"BAYES_999": 2.0}, ACTIONS, MILTER,
                     spamd_skip=SpamdSkip(5.0, False, frozenset({"GREYLIST_DEFERRED"})))
     assert report.changed == 0 and report.spamd_unknown == {"add_header": 1}
+
+
+# --- the other way (review, thirty-sixth session) -----------------------------------------------------
+# A change that puts a row whose spamd answered beyond a bound has the tiers skip spamd: its points are lost.
+# whatif kept them and predicted the opposite of what the milter did (raising a weight: "quarantine → reject"
+# where the milter, without spamd's points, tagged the message add_header).
+ASKED = row("quarantine", {"BAYES_999": 4.0, "DNSBL_SPAMHAUS_PBL": 2.0, "SPAMASSASSIN": 7.0})  # 13
+
+
+def test_a_row_the_changes_put_beyond_the_bound_is_rescored_without_spamd() -> None:
+    report = whatif([ASKED], {"BAYES_999": 5.0}, ACTIONS, MILTER, spamd_skip=SpamdSkip(6.0, False))  # 7 before spamd: skipped
+    assert report.changes == {("quarantine", "add_header"): 1}
+    assert report.spamd_skipped == {"quarantine": 1} and report.as_json()["rescored_without_spamd"] == {"quarantine": 1}
+    [change] = report.as_json()["changes"]
+    assert change["examples"][0]["new_score"] == 7.0
+
+
+def test_a_row_the_changes_put_below_the_lower_bound_is_rescored_without_spamd() -> None:
+    hammy = row("rewrite_subject", {"BAYES_00": -1.5, "HDR_DATE_MISSING": 1.0, "SPAMASSASSIN": 8.0})  # -0.5 before spamd: asked
+    report = whatif([hammy], {"BAYES_00": -2.5}, ACTIONS, MILTER, spamd_skip=SpamdSkip(False, -1.0))
+    assert report.changes == {("rewrite_subject", "accept"): 1}
+
+
+def test_a_row_the_changes_leave_short_of_the_bound_keeps_spamd() -> None:
+    report = whatif([ASKED], {"BAYES_999": 3.0}, ACTIONS, MILTER, spamd_skip=SpamdSkip(6.0, False))  # 5: spamd asked again
+    assert report.changed == 0 and not report.spamd_skipped  # 12 with spamd's 7: still quarantine
+
+
+def test_a_row_whose_classifier_did_not_speak_is_never_skipped() -> None:
+    silent = row("quarantine", {"DNSBL_SPAMHAUS_PBL": 6.0, "SPAMASSASSIN": 7.0})
+    report = whatif([silent], {"DNSBL_SPAMHAUS_PBL": 8.0}, ACTIONS, MILTER, spamd_skip=SpamdSkip(6.0, False))
+    assert report.changes == {("quarantine", "reject"): 1} and not report.spamd_skipped
