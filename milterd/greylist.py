@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 from .dns import domain_name, fold_case
+from .message.policy import routed
 from .patterns import IGNORECASE, AdminPattern, PatternError
 from .text import storable
 
@@ -251,7 +252,7 @@ def compile_pattern(kind: str, text: str) -> Pattern:
     """Compile one whitelist entry; ValueError with the reason when it is unusable."""
     if kind not in WHITELIST_KINDS:
         raise ValueError(f"unknown kind {kind!r}; one of {', '.join(WHITELIST_KINDS)}")
-    text = entry_text(kind, text)
+    written, text = text.strip(), entry_text(kind, text)
     if not text:
         raise ValueError("an empty entry")
     if len(text) > 2 and text.startswith("/") and text.endswith("/"):
@@ -259,26 +260,49 @@ def compile_pattern(kind: str, text: str) -> Pattern:
             return Pattern(kind, text, regex=AdminPattern(text[1:-1], IGNORECASE))
         except PatternError as exc:
             raise ValueError(f"bad regular expression {text!r}: {exc}") from None
+    if "*" in text:
+        # postgrey's and milter-greylist's lists have globs; here they matched nothing, silently.
+        suffix = "a name suffix (.example.org)" if kind == "client" else "a domain (@example.org) or a domain and its subdomains (.example.org)"
+        raise ValueError(f"{text!r}: '*' is no wildcard here; write {suffix} or a /regex/")
     if kind == "client":
         try:
             network = ipaddress.ip_network(text, strict=False)
             return Pattern(kind, text, network=unmapped(network))
         except ValueError:
             pass
-        if "/" in text or " " in text or "@" in text:
+        if _NUMERIC_NAME.fullmatch(text):
+            raise ValueError(_numeric_reason(text, written))
+        if "/" in text or " " in text or "@" in text or ":" in text:
             raise ValueError(f"{text!r} is neither a network nor a host name")
     elif " " in text:
         raise ValueError(f"{text!r} is not an address or domain")
     return Pattern(kind, entry_value(kind, text))
 
 
+#: A client entry of digits and dots that is no address: no host name is all digits (no top-level domain is).
+_NUMERIC_NAME = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def _numeric_reason(text: str, written: str) -> str:
+    """Why the client entry *written* (*text* without its trailing dot: digits and dots, no address) is refused:
+    postgrey's partial address (``198.51.100.``) is named as the network it meant."""
+    octets = text.split(".")
+    if len(octets) < 4 and all(int(octet) < 256 for octet in octets):
+        network = ".".join(octets + ["0"] * (4 - len(octets))) + f"/{8 * len(octets)}"
+        return f"{written!r} is a partial address, which matches no client: write the network {network}"
+    return f"{written!r} is neither a network nor a host name"
+
+
 def entry_text(kind: str, text: str) -> str:
     """A whitelist entry as written, without the angle brackets of a sender or recipient written as in SMTP
-    (``<vip@example.org>``, which matched no recipient)."""
+    (``<vip@example.org>``, which matched no recipient) and the trailing dot of a name (``mx.example.org.``,
+    which no client name Postfix verified has)."""
     text = text.strip()
     if kind in ("sender", "recipient") and text.startswith("<") and text.endswith(">"):
-        return text[1:-1].strip()
-    return text
+        text = text[1:-1].strip()
+    if len(text) > 2 and text.startswith("/") and text.endswith("/"):
+        return text
+    return text.rstrip(".") if not text.endswith("..") else text
 
 
 def entry_value(kind: str, text: str) -> str:
@@ -358,8 +382,10 @@ class Whitelist:
         return _first(self.senders, sender) if sender else None
 
     def recipient(self, recipient: str) -> str | None:
-        """The entry that whitelists this recipient, or None."""
-        return _first(self.recipients, recipient)
+        """The entry that whitelists this recipient, or None: none for one whose local part routes the mail
+        elsewhere (``ceo%mx.example@help.example``, which Postfix delivers to ceo@mx.example when help.example is
+        local), so that ``@help.example`` does not exempt every local mailbox."""
+        return None if routed(recipient) else _first(self.recipients, recipient)
 
 
 def _first(patterns: list[Pattern], value: str) -> str | None:

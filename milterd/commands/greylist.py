@@ -57,9 +57,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     whitelist.add_argument("--json", action="store_true", help="without an ACTION: as list --json")
     whitelist.set_defaults(func=_guarded(run_whitelist))
 
+    clients = actions.add_parser("clients", parents=[config_parent()], help="the client networks' successful retries (the auto whitelist), most recently seen first")
+    clients.add_argument("--client", type=text_arg, metavar="NETWORK", help="only this client network (an address stands for its network)")
+    clients.add_argument("--whitelisted", action="store_true", help="only the networks auto-whitelisted now")
+    clients.add_argument("--limit", type=count_arg, default=100, metavar="N", help="at most N networks (default 100; 0: all)")
+    clients.add_argument("--json", action="store_true", help="a JSON array, one object per network")
+    clients.set_defaults(func=_guarded(run_clients))
+
     purge = actions.add_parser("purge", parents=[config_parent()], help="delete expired triplets and stale clients now")
     purge.add_argument("--triplet", nargs=3, type=text_arg, metavar=("NETWORK", "SENDER", "RECIPIENT"), help="delete this one triplet instead (it is greylisted again)")
-    purge.add_argument("--client", type=text_arg, metavar="NETWORK", help="delete every triplet of this client network instead (an address stands for its network)")
+    purge.add_argument("--client", type=text_arg, metavar="NETWORK",
+                       help="delete every triplet of this client network and its successful retries (its auto whitelisting) instead (an address stands for its network)")
     purge.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     purge.set_defaults(func=_guarded(run_purge))
 
@@ -200,6 +208,33 @@ def run_whitelist(args: argparse.Namespace, config: Config, store: Store) -> int
     return 0
 
 
+def run_clients(args: argparse.Namespace, config: Config, store: Store) -> int:
+    """Print the client networks' successful-retry counts and whether each is auto-whitelisted now."""
+    if args.client is not None and not args.client.strip():
+        print("milterd: --client needs a client network", file=sys.stderr)
+        return 2
+    try:
+        networks = stored_networks(args.client, config) if args.client is not None else None
+    except ValueError as exc:
+        print(f"milterd: {exc}", file=sys.stderr)
+        return 2
+    now = store.greylist.now()
+    rows = store.greylist.client_rows(networks, limit=None if args.whitelisted else (args.limit or None))
+    for row in rows:
+        row["whitelisted"] = gl.auto_whitelisted(row["passes"], row["last_seen"], now, config.greylist)
+    if args.whitelisted:
+        rows = [row for row in rows if row["whitelisted"]][:args.limit or None]
+    if args.json:
+        _dump(rows)
+        return 0
+    for row in rows:
+        mark = "auto-whitelisted" if row["whitelisted"] else ""
+        print(f"{escape(row['network']):43} {row['passes']:6} retries  last seen {row['last_seen']:%Y-%m-%d %H:%M:%S}  {mark}".rstrip())
+    if not rows:
+        print("no client networks")
+    return 0
+
+
 def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Delete expired entries, or the triplets named."""
     if args.triplet or args.client is not None:  # --client "" (an unset variable in a script) is refused below
@@ -224,10 +259,15 @@ def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
                 print(f"would delete {escape(row['network'])} <{escape(row['sender'])}> <{escape(row['recipient'])}>")
             total = store.greylist.count_triplets(networks, sender, recipient) if len(rows) >= DRY_RUN_SHOWN else len(rows)
             _more(total, len(rows))
-            print(f"would delete {total} triplet(s) (dry run: nothing deleted)")
+            counted = store.greylist.client_rows(networks, limit=None) if not args.triplet else []
+            for client in counted:
+                print(f"would delete the successful retries of {escape(client['network'])} ({client['passes']})")
+            print(f"would delete {total} triplet(s){f' and {len(counted)} client network(s)' if counted else ''} (dry run: nothing deleted)")
             return 0
         count = store.greylist.remove_triplets(networks, sender, recipient)
-        print(f"deleted {count} triplet(s)")
+        # The network's successful retries too: they auto-whitelist it, and "purge --client" left it exempt.
+        removed = store.greylist.remove_clients(networks) if not args.triplet else 0
+        print(f"deleted {count} triplet(s){f' and the successful retries of {removed} client network(s)' if removed else ''}")
         return 0
     if args.dry_run:
         now = store.greylist.now()  # the database's clock, as the purge itself

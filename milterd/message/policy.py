@@ -83,6 +83,13 @@ def score_hits(hits: Iterable[Hit], weight: Callable[[str], float]) -> tuple[dic
 _ROUTING = frozenset('%!@:"\\')
 
 
+def routed(recipient: str) -> bool:
+    """Whether *recipient*'s local part (the whole of it, without a domain) may send the mail elsewhere once its
+    domain is local (:data:`_ROUTING`): it is not the mailbox its domain names."""
+    local, at, _ = recipient.rpartition("@")
+    return bool(_ROUTING.intersection(local if at else recipient))
+
+
 def wants_spam(recipients: Iterable[str], lovers: Iterable[str], delimiters: str = "") -> bool:
     """Whether every one of *recipients* (at least one) is in *lovers* (``[milter] spam_lovers``: an address,
     ``@domain`` or ``local@``, compared without case): such a message is not scored.  With *delimiters*
@@ -96,7 +103,7 @@ def wants_spam(recipients: Iterable[str], lovers: Iterable[str], delimiters: str
     for recipient in recipients:
         address = recipient.lower().rstrip(".")  # abuse@example.org. is delivered to abuse@example.org
         local, at, domain = address.rpartition("@")
-        if _ROUTING.intersection(local if at else address):
+        if routed(address):
             return False
         # RCPT TO:<postmaster> (RFC 5321 4.5.1) has no domain: its local part alone.
         names = {address, f"@{domain}", f"{local}@"} if at else {address, f"{address}@"}

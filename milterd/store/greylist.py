@@ -383,6 +383,35 @@ class GreylistStore:
 
         return guarded("delete triplets", work)
 
+    def client_rows(self, network: Networks = None, limit: int | None = 100) -> list[dict[str, Any]]:
+        """The client networks' successful-retry counts (the auto whitelist), most recently seen first, as
+        dictionaries ``{network, passes, last_seen}`` (at most *limit*; only those of *network*, when given)."""
+        clients = schema.greylist_clients
+
+        def read() -> list[dict[str, Any]]:
+            query = select(clients.c.network, clients.c.passes, clients.c.last_seen).order_by(clients.c.last_seen.desc(), clients.c.network)
+            if network:
+                query = query.where(clients.c.network.in_([network] if isinstance(network, str) else network))
+            if limit:
+                query = query.limit(limit)
+            with self.engine.connect() as connection:
+                return [{"network": row.network, "passes": int(row.passes), "last_seen": as_utc(row.last_seen)}
+                        for row in connection.execute(query)]
+
+        return guarded("read the greylist clients", read)
+
+    def remove_clients(self, network: Sequence[str]) -> int:
+        """Delete the successful-retry counts of these client networks (their auto whitelisting); return how many."""
+        clients = schema.greylist_clients
+        if not network:
+            return 0
+
+        def work() -> int:
+            with self.engine.begin() as connection:
+                return int(connection.execute(delete(clients).where(clients.c.network.in_(list(network)))).rowcount or 0)
+
+        return guarded("delete greylist clients", work)
+
     # --- the stored whitelist ------------------------------------------------------
     def whitelist_rows(self) -> list[dict[str, Any]]:
         """The entries of the ``greylist_whitelist`` table."""

@@ -145,6 +145,17 @@ def test_a_retry_probed_without_data_does_not_whitelist_the_client(make_stack: C
     assert json.loads(stack.milterd.cli("greylist", "stats", "--json").stdout)["auto_whitelisted_clients"] == 0
 
 
+def test_a_recipient_whitelist_entry_does_not_exempt_a_recipient_routed_elsewhere(make_stack: Callable[..., Stack], sink: Any) -> None:
+    # "@support.test" exempted ceo%mx.test@support.test, mx.test!ceo@support.test and "ceo@mx.test"@support.test,
+    # which this Postfix (support.test local, its defaults) delivers to ceo@mx.test: every local mailbox.
+    stack = make_stack({"greylist": dict(GREYLIST, whitelist_recipients=["@support.test"])},
+                       postfix_extra={"mydestination": "mx.test, support.test", "local_transport": f"smtp:[127.0.0.1]:{sink.port}"})
+    assert attempt(stack, client("192.0.2.50"), ["helpdesk@support.test"]) == {}
+    routed = ["ceo%mx.test@support.test", "mx.test!ceo@support.test", '"ceo@mx.test"@support.test']
+    refused = attempt(stack, client("192.0.2.51"), routed)
+    assert len(refused) == 3 and all(greylisted(reply) for reply in refused.values()), refused
+
+
 def test_authenticated_client_skips(stack: Stack) -> None:
     subject = f"auth-{uuid.uuid4().hex[:8]}"
     assert attempt(stack, client("192.0.2.99", LOGIN="alice"), ["dave@example.com"], subject=subject) == {}
