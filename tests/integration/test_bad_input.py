@@ -127,7 +127,7 @@ def test_huge_and_many_headers(stack: Stack) -> None:
     many = _head("many-headers", b"".join(b"X-H%d: value %d\r\n" % (i, i) for i in range(10000))) + b"\r\nbody\r\n"
     long_subject = _head("long-subject", b"Subject: =?utf-8?b?" + b"QUJD" * 50000 + b"?=\r\n") + b"\r\nbody\r\n"
     results = _send_batch(stack, [("long-header", long_line), ("long-folded", folded), ("many-headers", many), ("long-subject", long_subject)])
-    # milterd's own limits ([milter] max_headers 1000, max_header_size 32K), whatever Postfix's
+    # milterd's own limits ([milter] max_headers 1000, max_header_size 56K), whatever Postfix's
     # (which passes about 60 KB of a field to a milter): a 5xx, and a log row that says why.
     answers = {r.tag: (r.code, r.reply) for r in results}
     assert answers == {
@@ -140,6 +140,19 @@ def test_huge_and_many_headers(stack: Stack) -> None:
     for tag, symbol in (("long-header", "HDR_TOO_LARGE"), ("long-folded", "HDR_TOO_LARGE"), ("many-headers", "HDR_TOO_MANY")):
         rows = [r for r in log if r["subject"] == tag]
         assert [r["action"] for r in rows] == ["reject"] and symbol in rows[0]["symbols"], (tag, rows)
+
+
+def test_a_to_field_of_320_recipients_is_delivered(stack: Stack) -> None:
+    # About 40 KB in one To: Postfix alone delivers it (Microsoft 365 allows 500 recipients a message); the 32K
+    # default of max_header_size refused it with 552, from every client (review, thirty-sixth session).
+    names = ",\r\n ".join(f"=?iso-8859-1?Q?M=FCller-Schmidt=2C_Anna-Maria_{i}_=28Vertrieb=29?= <anna-maria.mueller-schmidt.{i}@contoso.onmicrosoft.com>"
+                            for i in range(320))
+    raw = f"X-Load-Id: big-to\r\nFrom: a@example.org\r\nTo: {names}\r\nSubject: big-to\r\nMessage-ID: <big-to@example.org>\r\n\r\nbody\r\n".encode()
+    assert 40_000 < len(raw) < 56 * 1024
+    results = _send_batch(stack, [("big-to", raw)])
+    assert [r.code for r in results] == [250], results
+    [row] = [r for r in stack.milterd.log_json() if r["subject"] == "big-to"]
+    assert "HDR_TOO_LARGE" not in row["symbols"]
 
 
 def test_nul_and_8bit_headers(stack: Stack) -> None:
