@@ -61,8 +61,11 @@ jobs_arg = whole_number_arg(1, MAX_JOBS, "a number of processes")
 
 
 def prepare(raw: bytes, max_size: int) -> tuple[str, list[int]]:
-    """What is stored of one message: its digest and the hashes of its tokens."""
-    return message_digest(raw), hashed_tokens(raw[:max_size])
+    """What is stored of one message: its digest and the hashes of the tokens of its first *max_size* bytes
+    in CRLF lines, as the milter classifies them (``[learner] max_size`` of a mailbox's LF file held more
+    of its text: words learned past the milter's cut were never looked up for the same message)."""
+    start = raw[:max_size].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")[:max_size]
+    return message_digest(raw), hashed_tokens(start)
 
 
 def _prepare_batch(batch: list[bytes], max_size: int) -> list[tuple[str, list[int]]]:

@@ -85,12 +85,13 @@ def _hashes(tokens: list[str]) -> list[int]:
 
 
 def split_message(raw: bytes) -> tuple[bytes, bytes]:
-    """The header section and the body of *raw* (either line ending)."""
-    for separator in (b"\r\n\r\n", b"\n\n"):
-        at = raw.find(separator)
-        if at >= 0:
-            return raw[:at], raw[at + len(separator):]
-    return raw, b""
+    """The header section and the body of *raw*, split at its first blank line whatever the line ends
+    (:data:`_BLANK_LINE`, as :func:`message_digest` splits): a CRLF blank line in the body of a file of LF
+    lines was taken for the end of the header section, and the body's lines before it were lost."""
+    found = _BLANK_LINE.search(raw)
+    if found is None:
+        return raw, b""
+    return raw[:found.start()], raw[found.end():]
 
 
 def parse_headers(section: bytes) -> list[tuple[str, str]]:
