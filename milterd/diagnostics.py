@@ -66,6 +66,7 @@ POSTFIX_PARAMETERS = (
     "queue_directory",  # where a relative unix: milter address is
     "receive_override_options",  # no_milters: milters off
     "mail_owner",  # the account smtpd connects to a unix socket milter as
+    "message_size_limit",  # above [clamav] max_size: the tail of larger mail is not scanned
 )
 
 #: The settings of a master.cf ``-o`` override that change how smtpd calls milterd.
@@ -814,8 +815,33 @@ def _judge_milters(config: Config, settings: dict[str, str], queue_directory: st
     protocol = settings.get("milter_protocol", "6")
     if protocol and protocol != "6":
         findings.append(Finding("postfix milter_protocol", "warn", f"{protocol}: milterd expects 6"))
+    size = judge_message_size(config, settings.get("message_size_limit", ""))
+    if size is not None:
+        findings.append(size)
     return [Finding(f.name, f.status, f"{f.detail} (set in milterd's smtpd_milters entry)")
                     if f.name.split()[-1] in overridden else f for f in findings]
+
+
+#: Postfix's default message_size_limit (bytes).
+POSTFIX_MESSAGE_SIZE_LIMIT = 10240000
+
+
+def judge_message_size(config: Config, limit: str) -> Finding | None:
+    """Postfix's ``message_size_limit`` (*limit*; '' is its default) against ``[clamav] max_size``: a message
+    larger than max_size is delivered with only its start scanned by clamd (CLAMAV_SKIPPED_SIZE, 0 points).
+    None when clamd is off or the limit is not a number."""
+    if not config.clamav.enabled:
+        return None
+    try:
+        accepted = int(limit) if limit.strip() else POSTFIX_MESSAGE_SIZE_LIMIT
+    except ValueError:
+        return None
+    largest = config.clamav.max_size
+    if accepted == 0 or accepted > largest:
+        shown = "0 (no limit)" if accepted == 0 else f"{accepted} bytes"
+        return Finding("postfix message_size_limit", "warn", f"{shown} is above [clamav] max_size ({largest} bytes): a larger message is "
+                       f"delivered with only its first {largest} bytes scanned by clamd (CLAMAV_SKIPPED_SIZE)")
+    return Finding("postfix message_size_limit", "ok", f"{accepted} bytes, within [clamav] max_size ({largest} bytes): clamd scans every message whole")
 
 
 def _loopback_only(svc: MasterService) -> bool:

@@ -50,7 +50,8 @@ def _doctor(milterd: Milterd, *args: str) -> tuple[int, dict[str, Any]]:
 
 def test_everything_reachable(tmp_path: Path, backends: dict[str, Any]) -> None:
     milterd = _milterd(tmp_path / "m", {
-        "clamav": {"enabled": True, "address": backends["clamd"].address, "timeout": 30},
+        # max_size at this Postfix's message_size_limit (80000000): a larger one would be delivered scanned in part (a warning).
+        "clamav": {"enabled": True, "address": backends["clamd"].address, "timeout": 30, "max_size": 80000000},
         "spamd": {"enabled": True, "address": backends["spamd"].address, "timeout": 60},
         "dns": {"nameservers": [backends["dns"].nameserver], "timeout": 2},
     }, {"dnsbl.toml": '[[dnsbl]]\nname = "DOCTOR"\nzone = "bl.doctor.test"\n'})
@@ -75,7 +76,7 @@ def test_everything_reachable(tmp_path: Path, backends: dict[str, Any]) -> None:
     assert "0 spam and 0 ham learned" in classifier["detail"] and "abstains" in classifier["detail"], classifier
     assert statuses["configuration"] == statuses["database"] == statuses["clamd"] == statuses["spamd"] == "ok"
     assert statuses["dns bl.doctor.test"] == "ok"
-    assert statuses["postfix smtpd_milters"] == "ok"
+    assert statuses["postfix smtpd_milters"] == statuses["postfix message_size_limit"] == "ok"
     clamd = next(f for f in report["findings"] if f["name"] == "clamd")
     assert "ClamAV" in clamd["detail"]
 

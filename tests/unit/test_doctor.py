@@ -164,3 +164,15 @@ def test_command_timeout_covers_mail_from() -> None:
     found = _by_name(judge_postfix(config, {**settings, "milter_command_timeout": "11s"}))["postfix milter_command_timeout"]
     assert found.status == "warn" and "11s" in found.detail and "SPF" in found.detail and "busy_timeout 5s" in found.detail
     assert "postfix milter_command_timeout" not in _by_name(judge_postfix(config, {**settings, "milter_command_timeout": "12s"}))
+
+
+def test_a_message_size_limit_above_clamav_max_size_warns() -> None:
+    # A message over [clamav] max_size is delivered with only its start scanned (review, thirty-sixth session):
+    # doctor says so where Postfix accepts such messages.
+    settings = {"smtpd_milters": "inet:127.0.0.1:8895"}
+    config = Config().with_changes({"clamav.enabled": True, "clamav.max_size": "25M"})
+    assert _by_name(judge_postfix(config, settings))["postfix message_size_limit"].status == "ok"  # Postfix's default, 10 MB
+    for limit, shown in (("52428800", "52428800 bytes"), ("0", "0 (no limit)")):
+        found = _by_name(judge_postfix(config, {**settings, "message_size_limit": limit}))["postfix message_size_limit"]
+        assert found.status == "warn" and found.detail.startswith(f"{shown} is above [clamav] max_size (26214400 bytes)")
+    assert "postfix message_size_limit" not in _by_name(judge_postfix(Config(), {**settings, "message_size_limit": "0"}))  # clamd off
