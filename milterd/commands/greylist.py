@@ -120,6 +120,19 @@ def stored_networks(text: str, config: Config) -> list[str]:
     return [str(network), *(str(subnet) for subnet in network.subnets(new_prefix=netmask))]
 
 
+def client_filter(text: str | None, config: Config) -> list[str] | None:
+    """The stored networks a listing's ``--client`` *text* names (:func:`stored_networks`; None without one);
+    ValueError saying what is wrong, an empty one too (it would list every network)."""
+    if text is None:
+        return None
+    if not text.strip():
+        raise ValueError("--client needs a client network")
+    try:
+        return stored_networks(text, config)
+    except ValueError as exc:
+        raise ValueError(f"--client: {exc}") from None
+
+
 def _json_value(value: Any) -> Any:
     return value.isoformat() if isinstance(value, dt.datetime) else value
 
@@ -131,13 +144,10 @@ def _dump(data: Any) -> None:
 
 def run_list(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Print the stored triplets; an expired one is shown as ``expired`` (the check starts it again)."""
-    if args.client is not None and not args.client.strip():
-        print("milterd: --client needs a client network", file=sys.stderr)
-        return 2
     try:
-        networks = stored_networks(args.client, config) if args.client is not None else None
+        networks = client_filter(args.client, config)
     except ValueError as exc:
-        print(f"milterd: --client: {exc}", file=sys.stderr)
+        print(f"milterd: {exc}", file=sys.stderr)
         return 2
     sender = gl.triplet_sender(args.sender) if args.sender is not None else None
     recipient = args.recipient.strip().strip("<>") if args.recipient is not None else None
@@ -210,11 +220,8 @@ def run_whitelist(args: argparse.Namespace, config: Config, store: Store) -> int
 
 def run_clients(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Print the client networks' successful-retry counts and whether each is auto-whitelisted now."""
-    if args.client is not None and not args.client.strip():
-        print("milterd: --client needs a client network", file=sys.stderr)
-        return 2
     try:
-        networks = stored_networks(args.client, config) if args.client is not None else None
+        networks = client_filter(args.client, config)
     except ValueError as exc:
         print(f"milterd: {exc}", file=sys.stderr)
         return 2
