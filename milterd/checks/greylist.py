@@ -106,8 +106,8 @@ class Pending:
     #: The recipients answered STORE_DOWN_REPLY at RCPT (``on_error = "tempfail"``).
     tempfailed: list[str] = field(default_factory=list)
     #: The successful retries of this transaction (``count_client`` writes), held until its
-    #: message is accepted: a client that passes RCPT and quits, or whose message is refused,
-    #: counts nothing toward the auto whitelist.
+    #: message is answered accepted as ham (:meth:`Greylist.on_abort`): a client that passes RCPT
+    #: and quits, or whose message is refused, counts nothing toward the auto whitelist.
     counting: list[gl.Write] = field(default_factory=list)
     #: Why the store could not be read for the skip decisions (the stored whitelist, the client's
     #: auto-whitelisting; '' when it could): the recipients those might have exempted are judged as
@@ -250,27 +250,11 @@ class Greylist(Check):
             Hit("GREYLIST", detail=detail, action=Action.GREYLIST, reply=greylist_reply(pending.wait)),
         )
 
-    def on_verdict(self, session: Session, envelope: Envelope, verdict: Verdict) -> Verdict:
-        # A successful retry counts toward the auto whitelist once its message is accepted as ham:
-        # counted at RCPT, five RCPT-only probes an hour apart (no DATA, no content scanned) whitelisted
-        # a spammer's network, and so did retried messages refused for their content.
-        pending = envelope.check_state(self.name).get("pending")
-        if not isinstance(pending, Pending) or not pending.counting:
-            return verdict
-        counting, pending.counting = pending.counting, []
-        if verdict.action != Action.ACCEPT:
-            return verdict
-        latest = max(counting, key=lambda write: write.at)
-        try:
-            self.services.store.greylist.count_retry(latest)
-        except StoreError as exc:
-            log.warning("%s: cannot count a successful retry of client %s: %s", envelope.queue_id or "NOQUEUE", latest.triplet.network, exc)
-        return verdict
-
     def on_abort(self, session: Session, envelope: Envelope) -> None:
         # The transaction ended: after end of message (nothing left), or
         # without DATA because every recipient was deferred.
         self._flush(session, envelope)
+        self._count_retry(envelope)
 
     def symbols_on_symbols(self) -> frozenset[str]:
         return frozenset({"GREYLIST_DEFERRED", "GREYLIST_ERROR"})
@@ -335,6 +319,21 @@ class Greylist(Check):
             return Hit("GREYLIST_ERROR", detail=f"{pending.failed}; the message waits at DATA"[:200])
         pending.tempfailed.append(f"<{recipient}>")
         return Hit("GREYLIST_ERROR", detail=pending.failed, action=Action.TEMPFAIL, reply=STORE_DOWN_REPLY)
+
+    def _count_retry(self, envelope: Envelope) -> None:
+        """Count the transaction's successful retry toward the client's auto whitelist when its message was
+        answered accepted, scored as ham (:func:`counts_retry`), once its log row was committed."""
+        pending = envelope.check_state(self.name).get("pending")
+        if not isinstance(pending, Pending) or not pending.counting:
+            return
+        counting, pending.counting = pending.counting, []
+        if not counts_retry(envelope.answered):
+            return
+        latest = max(counting, key=lambda write: write.at)
+        try:
+            self.services.store.greylist.count_retry(latest)
+        except StoreError as exc:
+            log.warning("%s: cannot count a successful retry of client %s: %s", envelope.queue_id or "NOQUEUE", latest.triplet.network, exc)
 
     def _judged_writes(self, pending: object) -> bool:
         """Whether *pending* has attempts to record of recipients still in the message: every
@@ -499,6 +498,14 @@ class Greylist(Check):
         with self._lock:
             self._stored = (now, stored)
         return stored
+
+
+def counts_retry(answered: Verdict | None) -> bool:
+    """Whether a message answered with *answered* counts its successful retry toward the auto whitelist: accepted
+    and scored as ham.  Counted at RCPT, five RCPT-only probes an hour apart (nothing scanned) whitelisted a
+    spammer's network; so did retried messages refused or tagged for their content, tempfailed when their log
+    row could not be stored, and sent to spam_lovers (accepted unscored, whatever their content)."""
+    return answered is not None and answered.action == Action.ACCEPT and answered.scored
 
 
 def _deferred_detail(greylisted: list[tuple[gl.Triplet, gl.Judgement]], limit: int = 1000) -> str:

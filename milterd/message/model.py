@@ -281,6 +281,10 @@ class Envelope(CheckStates):
     store_error: bool = False
     #: Headers counted so far and their total size, for [milter]'s header limits.
     header_tally: tuple[int, int] = (0, 0)
+    #: The verdict the message was answered with at end of message, once its log row was committed (a failed
+    #: commit's tempfail included); None before that, or when end of message failed.  What ``on_abort`` may read
+    #: of what became of the message.
+    answered: Verdict | None = None
     #: :meth:`text`'s extractions by limit, and the lock that makes checks running at once share one.
     _texts: dict[int, MessageText] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
     _texts_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False, kw_only=True)

@@ -353,6 +353,7 @@ class Pipeline:
             log.info(summary_line(record))
         if not outcome.reply:
             outcome.reply = verdict.reply or self._default_reply(verdict.action)
+        envelope.answered = outcome.verdict
         metrics.observe(record, eom_started, stored=not envelope.store_error)
         return outcome
 

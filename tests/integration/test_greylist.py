@@ -145,6 +145,20 @@ def test_a_retry_probed_without_data_does_not_whitelist_the_client(make_stack: C
     assert json.loads(stack.milterd.cli("greylist", "stats", "--json").stdout)["auto_whitelisted_clients"] == 0
 
 
+def test_a_retry_to_spam_lovers_does_not_whitelist_the_client(make_stack: Callable[..., Stack]) -> None:
+    # Mail to spam_lovers is accepted unscored, whatever its content: its retry counted toward the auto whitelist
+    # (a second look at the fix above), so five such retries an hour apart whitelisted the network for everyone.
+    rules = {"spammy.toml": '[[rule]]\nname = "SUBJ_SPAMMY"\nheader = "Subject"\nregex = "spammy"\nscore = 30.0\n'}
+    stack = make_stack({"greylist": dict(GREYLIST, auto_whitelist_after=1), "milter": {"spam_lovers": ["abuse@"]}}, rules)
+    who = client("198.51.100.50")
+    assert greylisted(attempt(stack, who, ["abuse@example.com"], subject="spammy 1")["abuse@example.com"])
+    wait_out_the_delay()
+    assert attempt(stack, who, ["abuse@example.com"], subject="spammy 1") == {}  # the retry passes, unscored
+    refused = attempt(stack, client("198.51.100.51"), ["new@example.com"], sender="someone@else.example")
+    assert greylisted(refused["new@example.com"])  # the /24 is not auto-whitelisted
+    assert json.loads(stack.milterd.cli("greylist", "clients", "--json").stdout) == []
+
+
 def test_a_recipient_whitelist_entry_does_not_exempt_a_recipient_routed_elsewhere(make_stack: Callable[..., Stack], sink: Any) -> None:
     # "@support.test" exempted ceo%mx.test@support.test, mx.test!ceo@support.test and "ceo@mx.test"@support.test,
     # which this Postfix (support.test local, its defaults) delivers to ceo@mx.test: every local mailbox.

@@ -138,25 +138,28 @@ def test_retrying_one_message_to_five_recipients_does_not_whitelist_the_network(
     session, envelope = Session(client_addr="192.0.2.1"), Envelope(spool=Spool(1024), sender="spam@bulk.example")
     assert [[h.symbol for h in check.on_rcpt(session, envelope, r)] for r in recipients] == [["GREYLIST_PASSED"]] * 5
     assert list(check.on_data(session, envelope)) == []
-    check.on_verdict(session, envelope, verdict(Action.ACCEPT))
+    envelope.answered = verdict(Action.ACCEPT)
+    check.on_abort(session, envelope)
     assert store.greylist.client_state(NETWORK)[0] == 1
     assert _new_triplet_hits(check) == ["GREYLIST"]  # the /24 is not whitelisted
     services.close()
 
 
-def verdict(action: Action) -> Verdict:
-    return Verdict(action=action, score=0.0, symbols={}, details={}, reason="")
+def verdict(action: Action, scored: bool = True) -> Verdict:
+    return Verdict(action=action, score=0.0, symbols={}, details={}, reason="", scored=scored)
 
 
-def _retry(check: Any, recipient: str, *, data: bool = True, action: Action | None = Action.ACCEPT) -> list[str]:
-    """A retry of a greylisted triplet from 192.0.2.1: RCPT, then (with *data*) DATA and, when *action*
-    is given, end of message with that verdict; then the transaction ends."""
+ACCEPTED = verdict(Action.ACCEPT)
+
+
+def _retry(check: Any, recipient: str, *, data: bool = True, answered: Verdict | None = ACCEPTED) -> list[str]:
+    """A retry of a greylisted triplet from 192.0.2.1: RCPT, then (with *data*) DATA and end of message
+    answered with *answered* (None: end of message failed, or never came); then the transaction ends."""
     session, envelope = Session(client_addr="192.0.2.1"), Envelope(spool=Spool(1024), sender="spam@bulk.example")
     hits = [h.symbol for h in check.on_rcpt(session, envelope, recipient)]
     if data:
         check.on_data(session, envelope)
-        if action is not None:
-            check.on_verdict(session, envelope, verdict(action))
+        envelope.answered = answered
     check.on_abort(session, envelope)
     return hits
 
@@ -174,12 +177,15 @@ def test_a_retry_that_never_sends_data_does_not_count(store: Store, database: st
     services.close()
 
 
-@pytest.mark.parametrize("action", [Action.REJECT, Action.QUARANTINE, Action.ADD_HEADER, Action.TEMPFAIL, None])
-def test_a_retried_message_not_accepted_does_not_count(store: Store, database: str, action: Action | None) -> None:
-    """Refused, quarantined, tagged as spam, tempfailed or cut off after DATA: the client's retry proves nothing."""
+@pytest.mark.parametrize("answered", [verdict(Action.REJECT), verdict(Action.QUARANTINE), verdict(Action.ADD_HEADER), verdict(Action.TEMPFAIL),
+                                      verdict(Action.ACCEPT, scored=False), None],
+                         ids=["reject", "quarantine", "add_header", "tempfail", "unscored", "no-end-of-message"])
+def test_a_retried_message_not_accepted_as_ham_does_not_count(store: Store, database: str, answered: Verdict | None) -> None:
+    """Refused, quarantined, tagged as spam, tempfailed (its log row not stored, say), accepted unscored (to
+    spam_lovers, whatever its content) or cut off after DATA: the client's retry proves nothing."""
     services, check = _check(database, delay=300, auto_whitelist_after=5)
     message(store, ["x@example.com"], utcnow() - dt.timedelta(seconds=400))
-    assert _retry(check, "x@example.com", action=action) == ["GREYLIST_PASSED"]
+    assert _retry(check, "x@example.com", answered=answered) == ["GREYLIST_PASSED"]
     assert store.greylist.client_state(NETWORK)[0] == 0
     services.close()
 

@@ -186,3 +186,17 @@ def test_a_store_failure_logs_the_tempfail_it_answers(ctx: testctx.TestCtx, pipe
     assert len(summary) == 1 and summary[0].startswith("QREVIEW: action=tempfail "), summary
     assert "store unavailable" in summary[0]
     Milter.close_callback(ctx)
+
+
+def test_the_envelope_says_what_end_of_message_answered_once_the_row_is_committed(ctx: testctx.TestCtx, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The greylist counts a successful retry once its message was answered accepted (review, thirty-sixth session):
+    # judged at the verdict, a retry whose log row then failed (451) had counted.
+    def down(*args: object) -> int:
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(pipeline.services.store, "log_message", down)
+    assert ctx._feed_body(BytesIO(b"Hello\r\n" * 10)) == Milter.CONTINUE
+    envelope = ctx.getpriv().envelope
+    assert envelope is not None and envelope.answered is None
+    assert ctx._eom() == Milter.TEMPFAIL
+    assert envelope.answered is not None and envelope.answered.action == Action.TEMPFAIL
