@@ -846,11 +846,15 @@ def single_text_type(headers: Iterable[tuple[str, bytes]]) -> tuple[str, str | N
     charset) or one of text/SUBTYPE with at most a charset parameter: the
     type (lower-cased) and the charset (lower-cased, None when absent) are
     what the standard library's ``get_content_type`` and
-    ``get_content_charset`` give for it.  None for any other message.
+    ``get_content_charset`` give for it.  None for any other message, and for one with a CR that no LF
+    follows in a field: a line end to the standard library and to Thunderbird, so that ``Subject: t<CR>
+    Content-Type: multipart/mixed…`` is one field to Postfix and a multipart with attachments to them.
     """
     found: tuple[str, str | None] = ("text/plain", None)
     types = 0
     for name, value in headers:
+        if b"\r" in value and value.count(b"\r") > value.count(b"\r\n"):
+            return None
         lowered = name.rstrip(" \t").lower()  # "Content-Type :" is that field to mail clients
         if lowered == "content-disposition":
             return None

@@ -632,3 +632,11 @@ def test_an_exe_behind_bare_cr_line_ends_is_rejected_where_postfix_passes_them_o
     assert info.value.smtp_error.decode() == "5.7.1 Attachment rejected: evil.exe: banned extension .exe"
     assert row_for(stack, "bare cr part")["details"]["ATTACH_BANNED"] == "evil.exe: banned extension .exe"
     assert not stack.sink.with_subject("bare cr part")
+    # A second look: the multipart named behind a bare CR in the top header section (one Subject field to
+    # Postfix, a single text part to the attachment check's shortcut; the standard library reads the multipart).
+    top = (b"From: alice@example.org\r\nTo: bob@example.com\r\nMessage-ID: <bare.cr.top@example.org>\r\n"
+           b"Subject: bare cr top\rMIME-Version: 1.0\rContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+           b"--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n" + part.replace(b"\r", b"\r\n") + b"--b1--\r\n")
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        stack.send(top)
+    assert info.value.smtp_code == 550 and "evil.exe" in info.value.smtp_error.decode()

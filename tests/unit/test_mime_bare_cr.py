@@ -61,3 +61,15 @@ def test_crlf_mail_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
     edge = crlf.index(b"\r\n", 100) + 1  # a CRLF split between two chunks is no bare CR
     assert [a.filename for a in mimeparts.every_reading(lambda: [crlf[:edge], crlf[edge:]], 1 << 20, 1 << 26, [])] == ["evil.exe"]
     assert len(parses) == 1
+
+
+def test_a_multipart_behind_a_bare_cr_in_the_top_header_section_is_judged(check: Any) -> None:
+    # "Subject: t<CR>MIME-Version: 1.0<CR>Content-Type: multipart/mixed" is one Subject field to Postfix, and so
+    # a single text part to the attachment check's shortcut; the standard library (and Thunderbird) read the
+    # multipart and its evil.exe (a second look at the fix above).
+    raw = (b"From: a@example.org\r\nTo: b@example.net\r\nSubject: t\rMIME-Version: 1.0\rContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+           b"--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n" + PART.replace(b"\r", b"\r\n") + b"--b1--\r\n")
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert "evil.exe" in [part.get_filename() for part in parsed.walk()]
+    found = {h.symbol: h for h in check.on_eom(Session(client_addr="192.0.2.7"), envelope_of(raw))}
+    assert found[BANNED].action == Action.REJECT and "evil.exe" in str(found[BANNED].detail)

@@ -95,7 +95,7 @@ def same(raw: bytes, limit: int = 1024 * 1024) -> bool:
     if found is not None:
         assert found == stdlib_part(raw), raw
         message = email.message_from_bytes(raw, policy=email.policy.compat32)
-        assert single_text_type((k, v.encode("ascii")) for k, v in message.items()) == (found[0], message.get_content_charset()), raw
+        assert single_text_type((k, (v if isinstance(v, str) else v.encode()).encode("ascii")) for k, v in message.items()) == (found[0], message.get_content_charset()), raw
     return found is not None
 
 
