@@ -8,8 +8,10 @@ write that still cannot get the lock within ``[database] busy_timeout`` raises
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import functools
+import os
 import re
 import sqlite3
 from dataclasses import dataclass, field, fields
@@ -34,6 +36,7 @@ from . import schema
 from .engine import POOL_SIZE, file_moved, make_engine, server_connection_limits, sqlite_file  # noqa: F401 - re-exported
 from .errors import StoreError as StoreError
 from .greylist import GreylistStore
+from .ownership import owned_by_another, restore_side_files
 from .quarantine import insert_message
 from .upsert import advisory_lock
 
@@ -358,12 +361,20 @@ class Store:
         # a pool checkout and return per row cost as much as the INSERT's own Python.
         self._kept: list[PoolProxiedConnection] = []
         self._file = sqlite_file(section.url) if self._log_insert is not None else None
+        file = sqlite_file(self.engine.url)
+        if file is not None and os.geteuid() == 0 and owned_by_another(file):
+            # A root command's store of the service account's: closed at exit too (a command that leaves
+            # it to the interpreter), so that its side files are given back (restore_side_files).
+            atexit.register(self.close)
 
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (and, as root, give back a SQLite store's side files: :func:`restore_side_files`)."""
         while self._kept:
             self._kept.pop().close()  # back to the pool, which dispose() closes
         self.engine.dispose()
+        file = sqlite_file(self.engine.url)
+        if file is not None and os.geteuid() == 0:
+            restore_side_files(file)
 
     # --- schema -----------------------------------------------------------
     def _alembic_config(self, connection: Connection) -> Any:

@@ -37,6 +37,41 @@ _MOVE_STORE = "put the store in a directory other users may not write, such as /
 _MOVE_SOCKET = "put the socket in a directory only root and milterd may write, such as /run/milterd ([milter] socket)"
 
 
+def owned_by_another(file: Path) -> bool:
+    """Whether the SQLite store *file* is a regular file an account other than root owns (the service account's)."""
+    try:
+        owner = os.lstat(file)
+    except OSError:
+        return False
+    return stat.S_ISREG(owner.st_mode) and owner.st_uid != 0
+
+
+def restore_side_files(file: Path) -> None:
+    """As root, after closing the SQLite store *file*: make its ``-wal`` and ``-shm`` files again (empty, 0600,
+    given to the store's owner) where SQLite removed them.
+
+    The last connection to close checkpoints the store and deletes them.  When that was a root command's
+    (``milterd log``, ``doctor``) while no worker had the store open, and the store's directory is one only
+    root may write (``serve`` hands the files over to its account, :func:`~milterd.milter.supervisor.hand_over_store`),
+    the account could not create them again: every message was answered 451 until a restart.  Made without
+    following a symlink and only where missing (an empty one is valid); nothing for a store root owns."""
+    try:
+        owner = os.lstat(file)
+    except OSError:
+        return
+    if not stat.S_ISREG(owner.st_mode) or owner.st_uid == 0:
+        return
+    for suffix in ("-wal", "-shm"):
+        try:
+            fd = os.open(f"{file}{suffix}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            continue  # there (in use, or made by the account), or not ours to make
+        try:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+        finally:
+            os.close(fd)
+
+
 def user_name(uid: int) -> str:
     """The name of user *uid*, else the number (an id without an entry)."""
     try:

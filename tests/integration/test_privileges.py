@@ -154,6 +154,30 @@ def test_root_without_user_runs_as_nobody(sink: Sink, open_tmp: Path) -> None:
         milterd.stop()
 
 
+def test_a_root_command_while_no_worker_has_the_store_open_leaves_it_usable(sink: Sink, open_tmp: Path) -> None:
+    """A root command (milterd log, doctor) that closed the store's last connection had SQLite remove its -wal and
+    -shm, which nobody could not make again in a directory only root may write: every message 451 until a restart."""
+    data = open_tmp / "lib"
+    data.mkdir(mode=0o755)
+    milterd = Milterd(open_tmp / "m", {"milter": {"user": "", "workers": 1}, "database": {"url": f"sqlite:///{data / 'milterd.sqlite'}"}})
+    postfix = None
+    try:
+        milterd.start()
+        assert milterd.log_json() == []  # as root, before any mail: the last connection to close
+        nobody = pwd.getpwnam("nobody")
+        modes = _modes(data)
+        for name in ("milterd.sqlite-wal", "milterd.sqlite-shm"):
+            assert modes[name] == (0o600, nobody.pw_uid), (name, modes)
+        postfix = Postfix(open_tmp / "postfix", relay_port=sink.port, milter=milterd.postfix_spec).start()
+        Stack(milterd, postfix, sink).send(message(subject="after a root command"))
+        assert sink.wait(1, match=lambda m: any("after a root command" in s for s in m.header("Subject")))
+        assert any(r["subject"] == "after a root command" for r in milterd.log_json())
+    finally:
+        if postfix is not None:
+            postfix.stop()
+        milterd.stop()
+
+
 def test_store_files_and_umask_are_private(dropped: Stack) -> None:
     """The SQLite store (log and quarantine) and its -wal/-shm are 0600 and the user's;
     the supervisor and the workers create anything else (spool files) under umask 077."""
