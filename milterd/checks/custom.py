@@ -47,7 +47,7 @@ import regex
 
 from ..config import ConfigError
 from ..content.headertext import decoded, is_field_name
-from ..message.model import Envelope, Hit, Session, SpoolError
+from ..message.model import Envelope, Hit, Session
 from ..message.policy import AFTER_VERDICT_SYMBOLS, PIPELINE_SYMBOLS, SCORE_GREYLIST_SYMBOLS, UNSCORED
 from ..options import finite
 from ..patterns import AdminPattern, PatternError, SearchBudget
@@ -64,6 +64,9 @@ log = logging.getLogger("milterd")
 _NAME = re.compile(r"[A-Z][A-Z0-9_]{1,63}\Z")  # \Z: "$" also matched before a final newline
 KINDS = ("header", "body", "uri", "meta")
 DEFAULT_MAX_TEXT = 1024 * 1024
+#: The largest ``[custom] max_text``: the message text is read from a window of four times it, in memory
+#: (``"10G"`` had every message larger than spool_memory fail to allocate it, its body rules silently unread).
+MAX_MAX_TEXT = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,8 @@ def max_text(services: "Services") -> int:
                 raise ConfigError(source.file, "custom.max_text", "too large") from None
             if value <= 0:
                 raise ConfigError(source.file, "custom.max_text", "must be positive")
+            if value > MAX_MAX_TEXT:
+                raise ConfigError(source.file, "custom.max_text", f"at most 16M ({value} bytes): the text is read from a window of four times it in memory")
     return value
 
 
@@ -325,13 +330,9 @@ class CustomRules(Check):
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         if not (self.body_rules or self.uri_rules):
             return []
-        try:
-            found = envelope.text(self.max_text)
-        except SpoolError:
-            raise  # the spool unreadable: the pipeline answers 451
-        except Exception:  # noqa: BLE001 - a message the text extraction fails on: no body/URI hit
-            log.warning("custom rules: cannot read the message text", exc_info=True)
-            return []
+        # What the text extraction raises is the pipeline's (CHECK_ERROR, or 451 with on_check_error = tempfail):
+        # a warning alone had the message judged without its body and URI rules, unsaid in its row.
+        found = envelope.text(self.max_text)
         hits: list[Hit] = []
         text = _visible(_lines(found.text), self.max_text) if self.body_rules else ""
         links = _link_forms(found.uris) if self.uri_rules else {}

@@ -17,11 +17,15 @@ from typing import Any, Iterator
 import pytest
 
 from milterd.cli import main
-from milterd.config import MAX_FILE_SIZE, ConfigError, load_config
+from milterd.config import MAX_FILE_SIZE, Config, ConfigError, load_config
 from milterd.files import read_regular
+from milterd.message.model import Envelope
+from milterd.message.pipeline import Pipeline
 from milterd.milter import supervisor
+from milterd.services import build
 from milterd.store import StoreError
 from milterd.store.engine import refuse_unsafe_store
+from tests.harness.pipeline import HAM, run_message
 
 #: Every configuration here asks a resolver on loopback that does not answer, never the system's.
 DNS = '[dns]\nnameservers = ["127.0.0.1:9"]\n'
@@ -394,3 +398,31 @@ def test_a_boolean_for_a_count_is_refused(tmp_path: Path, capsys: pytest.Capture
 def test_booleans_and_numbers_stay_accepted_where_they_belong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = "[milter]\nworkers = 2\nskip_trusted = false\n[actions]\nreject = false\nquarantine = 10\n[checks.dnsbl]\nenabled = false\n" + DNS
     assert lint(write(tmp_path, conf), capsys) == (0, "")
+
+
+def test_a_max_text_no_worker_can_hold_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Was: "10G" accepted (under parse_size's 1024G); reading a window of 4 × max_text for a message over
+    # spool_memory failed with MemoryError, and its body and URI rules were skipped, unsaid (review, 36th session).
+    conf = write(tmp_path, rules='[custom]\nmax_text = "10G"\n[[rule]]\nname = "AB"\nbody = "x"\n')
+    refused(conf, capsys, tmp_path / "rules" / "local.toml", "custom.max_text", "at most 16M")
+    assert lint(write(tmp_path, rules='[custom]\nmax_text = "16M"\n[[rule]]\nname = "AB"\nbody = "x"\n'), capsys) == (0, "")
+
+
+def test_a_message_whose_text_cannot_be_read_is_logged_with_check_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Was: a warning, and no hit: the message judged without its body and URI rules, unsaid in its row.
+    services = build(Config().with_changes({"database.url": f"sqlite:///{tmp_path / 'log.sqlite'}", "dns.nameservers": ["127.0.0.1:9"],
+                                            "checks.uribl.enabled": False,  # the other reader of the text
+                                            "rules.dir": str(write(tmp_path, rules='[[rule]]\nname = "BODY_AB"\nbody = "ab"\n').parent / "rules")}))
+    services.store.ensure_schema(True)
+    pipeline = Pipeline(services)
+
+    def no_memory(self: Envelope, limit: int) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(Envelope, "text", no_memory)
+    try:
+        outcome, _ = run_message(pipeline, HAM)
+    finally:
+        pipeline.shutdown()
+        services.close()
+    assert outcome.verdict.details.get("CHECK_ERROR") == "custom", outcome.verdict.details
