@@ -648,8 +648,9 @@ class UriBlockLists(ConfiguredCheck[UriblChecks]):
             domains, addresses = link_targets(found.uris, self.skip, self.options.max_domains, rng=_CHOOSER, embedded=found.embedded)
         except SpoolError:
             raise  # the spool unreadable: the pipeline answers 451
-        except Exception:  # noqa: BLE001 - a message the link extraction fails on: no URI hit
+        except Exception as exc:  # noqa: BLE001 - a message the link extraction fails on: no URI hit, said in URIBL_UNREAD
             log.warning("uribl: cannot read the message's links", exc_info=True)
+            envelope.check_state(self.name)["unread"] = f"the links could not be read ({type(exc).__name__})"
             return None
         queries: list[tuple[UriZone, str]] = []
         for zone in self.zones:

@@ -426,3 +426,21 @@ def test_a_message_whose_text_cannot_be_read_is_logged_with_check_error(tmp_path
         pipeline.shutdown()
         services.close()
     assert outcome.verdict.details.get("CHECK_ERROR") == "custom", outcome.verdict.details
+
+
+def test_a_message_whose_links_cannot_be_read_says_so_in_uribl_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Was: a warning only; the row did not say that the message's links were never looked up.
+    services = build(Config().with_changes({"database.url": f"sqlite:///{tmp_path / 'log.sqlite'}", "dns.nameservers": ["127.0.0.1:9"]}))
+    services.store.ensure_schema(True)
+    pipeline = Pipeline(services)
+
+    def no_memory(self: Envelope, limit: int) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(Envelope, "text", no_memory)
+    try:
+        outcome, _ = run_message(pipeline, HAM)
+    finally:
+        pipeline.shutdown()
+        services.close()
+    assert outcome.verdict.details.get("URIBL_UNREAD") == "not read: the links could not be read (MemoryError)", outcome.verdict.details
