@@ -340,9 +340,10 @@ def _shown_domains(text: str) -> tuple[str, ...]:
         return (whole,)
     shown = _shown_text(text)
     head = _DOMAIN_HEAD.match(shown)
-    mapped = _mapped_domain(_first_word(shown)) if hiding else None
-    readings = (head.group(), *_without_empty_labels(head.group())) if head else ()
-    found = dict.fromkeys(d for d in (*map(domain_name, readings), mapped, whole) if d and _DOMAIN.fullmatch(d))
+    mapped = _mapped_text(_first_word(shown)) if hiding else ""
+    readings = [text for text in (head.group() if head else "", mapped) if text]
+    readings += [reading for text in readings for reading in _without_empty_labels(text)]
+    found = dict.fromkeys(d for d in (*map(domain_name, readings), whole) if d and _DOMAIN.fullmatch(d))
     return tuple(found)
 
 
@@ -400,11 +401,12 @@ def _foreign_between_ascii(word: str) -> bool:
     return False
 
 
-def _mapped_domain(shown: str) -> str | None:
+def _mapped_text(shown: str) -> str:
     """*shown* as UTS #46 maps it without the STD3 rules, dot look-alikes as dots (:data:`_DOT_LOOKALIKES`),
-    its blanks and the dots at its ends left out, as a domain; None when it is none."""
+    its blanks and the dots at its ends left out ('' when it maps to nothing): a domain a reader sees, with
+    its empty labels (``bank。。example``) left to :func:`_without_empty_labels`."""
     mapped = uts46_mapped(shown.translate(_DOT_LOOKALIKES))
-    return domain_name("".join(mapped.split()).strip(".")) if mapped else None
+    return "".join(mapped.split()).strip(".") if mapped else ""
 
 
 _ASCII_BLANKS = re.compile(r"[ \t\r\n]+")

@@ -134,3 +134,12 @@ def test_a_from_domain_with_an_empty_label_gets_the_shown_domains_reject(value: 
     [hit], _ = run_dmarc([value.encode()], POLICIES, ATTACKER_SIGNED)
     assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT), value
     assert "bank.example" in str(hit.reply)
+
+
+@pytest.mark.parametrize("domain", ["bank\u3002\u3002example", "bank\uff0e\uff0eexample", "bank.\u2024example", "bank.\ufe52example",
+                                    "bank\uff61\uff61example", "bank\u3002example\u3002\u3002x"])
+def test_a_look_alike_dot_beside_a_dot_gets_the_shown_domains_reject(domain: str) -> None:
+    # The look-alikes mapped to dots made an empty label ("bank..example"): no domain judged, only the obscured
+    # domain's quarantine (a second look at the fix above).
+    [hit], _ = run_dmarc([f"Bank Security <security@{domain}>".encode()], POLICIES, ATTACKER_SIGNED)
+    assert (hit.symbol, hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT), domain
