@@ -7,6 +7,7 @@ Pure functions of their arguments, so that the milter, ``milterd check`` and
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
@@ -85,9 +86,17 @@ _ROUTING = frozenset('%!@:"\\')
 
 def routed(recipient: str) -> bool:
     """Whether *recipient*'s local part (the whole of it, without a domain) may send the mail elsewhere once its
-    domain is local (:data:`_ROUTING`): it is not the mailbox its domain names."""
+    domain is local (:data:`_ROUTING`): it is not the mailbox its domain names.  Read as Postfix reads it, its
+    quoting undone: ``"john.doe"@x`` and ``john\\ doe@x`` are mailboxes, ``"ceo@mx.example"@x`` routes."""
     local, at, _ = recipient.rpartition("@")
-    return bool(_ROUTING.intersection(local if at else recipient))
+    local = local if at else recipient
+    if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
+        local = local[1:-1]
+    return bool(_ROUTING.intersection(_QUOTED_PAIR.sub(r"\1", local)))
+
+
+#: A backslash and the character it quotes (RFC 5321's quoted-pair).
+_QUOTED_PAIR = re.compile(r"\\(.)")
 
 
 def wants_spam(recipients: Iterable[str], lovers: Iterable[str], delimiters: str = "") -> bool:

@@ -164,7 +164,7 @@ def test_a_recipient_whitelist_entry_does_not_exempt_a_recipient_routed_elsewher
     # which this Postfix (support.test local, its defaults) delivers to ceo@mx.test: every local mailbox.
     stack = make_stack({"greylist": dict(GREYLIST, whitelist_recipients=["@support.test"])},
                        postfix_extra={"mydestination": "mx.test, support.test", "local_transport": f"smtp:[127.0.0.1]:{sink.port}"})
-    assert attempt(stack, client("192.0.2.50"), ["helpdesk@support.test"]) == {}
+    assert attempt(stack, client("192.0.2.50"), ["helpdesk@support.test", '"john.doe"@support.test']) == {}  # quoting is no routing
     routed = ["ceo%mx.test@support.test", "mx.test!ceo@support.test", '"ceo@mx.test"@support.test']
     refused = attempt(stack, client("192.0.2.51"), routed)
     assert len(refused) == 3 and all(greylisted(reply) for reply in refused.values()), refused

@@ -14,6 +14,7 @@ from sqlalchemy import insert
 from milterd import greylist as gl
 from milterd.cli import main
 from milterd.config import Config, ConfigError, GreylistSection, load_config
+from milterd.message.policy import wants_spam
 from milterd.store import Store, schema, utcnow
 from tests.unit.test_greylist_review28 import greylisted, networks_left
 
@@ -94,3 +95,16 @@ def test_purge_triplet_leaves_the_network_s_count(tmp_path: Path, capsys: pytest
     assert "deleted 1 triplet(s)\n" == capsys.readouterr().out[-len("deleted 1 triplet(s)\n"):]
     assert main(["greylist", "clients", "-c", str(conf)]) == 0
     assert "198.51.100.0/24" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipient", ['"john.doe"@support.example', "john\\ doe@support.example", '"helpdesk"@support.example'])
+def test_a_quoted_local_part_that_names_a_mailbox_is_whitelisted(recipient: str) -> None:
+    # A second look: any quote or backslash counted as routing, so "john.doe"@support.example (delivered to
+    # john.doe@support.example) was greylisted despite "@support.example".
+    assert gl.Whitelist.build([("recipient", "@support.example")]).recipient(recipient) == "@support.example"
+
+
+def test_a_quoted_address_still_routes_past_spam_lovers() -> None:
+    # The routing rule spam_lovers shares, its quoting now undone, still refuses a quoted "@".
+    assert not wants_spam(['"abuse@x.example"@example.org'], ["abuse@", '"abuse@x.example"@'])
+    assert wants_spam(["abuse@example.org"], ["abuse@"])
