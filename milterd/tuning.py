@@ -369,6 +369,9 @@ class SpamdSkip:
     above: float | bool
     below: float | bool
     after: frozenset[str] = frozenset()
+    #: The meta rules that name one of spamd's symbols (:meth:`~milterd.checks.custom.CustomRules.metas_naming`): whether
+    #: they hit where the tiers would skip spamd is not known from the row.
+    spamd_metas: frozenset[str] = frozenset()
 
     def asks_spamd(self, symbols: Mapping[str, float]) -> bool:
         """Whether a row whose spamd was skipped as confident (SPAMD_SKIPPED_CONFIDENT), with these (re-weighted)
@@ -420,11 +423,14 @@ def rescore(
     fixed_names = fixed_scores(logged, fixed)
     symbols = {name: float(score if name in fixed_names else weights.get(name, score)) for name, score in logged.items()}
     skips = spamd_skip is not None and spamd_skip.skips_spamd(symbols)
+    old_action, old_score = str(row.get("action")), float(row.get("score") or 0.0)
+    if skips and spamd_skip is not None and spamd_skip.spamd_metas:
+        # Without spamd's answer, the meta rules naming its symbols may hit otherwise: not known from the row.
+        return Rescored(row, old_action, old_action, old_score, old_score, why="spamd_unknown")
     if skips:
         symbols = without_spamd(symbols)
     hits = [Hit(name, score=score) for name, score in symbols.items()]
     verdict = decide(hits, lambda _s: 0.0, actions, greylist=logged_greylist(row))
-    old_action, old_score = str(row.get("action")), float(row.get("score") or 0.0)
     unexplained = abs(sum(float(score) for score in logged.values()) - old_score) > SCORE_SLACK
     if not score_derived(row, milter, delimiters):
         if unscored(row, milter, delimiters) or old_action not in _LABELS or _severity(verdict.action.label) <= _severity(old_action):

@@ -41,7 +41,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, AbstractSet, Any, ClassVar, Iterable
 
 import regex
 
@@ -365,6 +365,17 @@ class CustomRules(Check):
 
     def symbols_on_symbols(self) -> frozenset[str]:
         return frozenset(rule.name for rule in self.metas)
+
+    def metas_naming(self, symbols: AbstractSet[str]) -> frozenset[str]:
+        """The meta rules whose expression names one of *symbols*, itself or through another meta rule:
+        those whose value may change when *symbols* do (``rules whatif``: spamd's, when the tiers skip it)."""
+        reached, found = set(symbols), set()
+        for rule in self.metas:  # in evaluation order: a meta's own metas come before it
+            assert rule.meta is not None
+            if names(rule.meta) & reached:
+                reached.add(rule.name)
+                found.add(rule.name)
+        return frozenset(found)
 
     def on_symbols(self, session: Session, envelope: Envelope, symbols: frozenset[str]) -> Hits:
         hit = set(symbols)

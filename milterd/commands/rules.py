@@ -18,6 +18,8 @@ import json
 import sys
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
+from ..checks.custom import CustomRules
+from ..checks.spamassassin import SpamAssassinCheck
 from ..config import Config, ConfigError, load_config
 from ..message.policy import PIPELINE_SYMBOLS, unreachable_thresholds
 from ..milter.supervisor import check_start
@@ -218,6 +220,12 @@ def _after_tiers(services: Services) -> frozenset[str]:
     return frozenset().union(*(check.symbols_on_symbols() for check in services.checks))
 
 
+def _spamd_metas(services: Services) -> frozenset[str]:
+    """The meta rules that name one of the spamd check's symbols, itself or through another meta rule."""
+    spamd = frozenset(symbol.name for symbol in SpamAssassinCheck.symbols)
+    return frozenset().union(*(check.metas_naming(spamd) for check in services.checks if isinstance(check, CustomRules)))
+
+
 def run_whatif(args: argparse.Namespace) -> int:
     """Re-score the log and print what would change."""
     services = _services(args)
@@ -227,7 +235,8 @@ def run_whatif(args: argparse.Namespace) -> int:
     report = _from_log(lambda: whatif(_rows(args, config), weights, changed.actions, config.milter, known=set(services.symbols) | PIPELINE_SYMBOLS,
                                       current=config.actions, greylist_mode=config.greylist.mode,
                                       delimiters=config.checks.local_domains.recipient_delimiter, may_force=forcing_symbols(config),
-                                      spamd_skip=SpamdSkip(config.learner.skip_spamd_above, config.learner.skip_spamd_below, _after_tiers(services)),
+                                      spamd_skip=SpamdSkip(config.learner.skip_spamd_above, config.learner.skip_spamd_below, _after_tiers(services),
+                                                           _spamd_metas(services)),
                                       in_effect={name: services.weight(name) for name in services.symbols}))
     if report is None:
         return 1
@@ -267,8 +276,8 @@ def run_whatif(args: argparse.Namespace) -> int:
               f"they cannot be re-scored): {kept}")
     if report.spamd_unknown:
         kept = _counted(report.spamd_unknown.most_common())
-        print(f"kept as they were (spamd was skipped as confident, and with these changes would be asked: what it would "
-              f"add is not known): {kept}")
+        print(f"kept as they were (with these changes the tiers would ask spamd where they skipped it, or skip it where meta "
+              f"rules read its answer: what that changes is not known): {kept}")
     if report.spamd_skipped:
         skipped = _counted(report.spamd_skipped.most_common())
         print(f"re-scored without spamd's points (spamd answered, and with these changes the tiers would skip it as "

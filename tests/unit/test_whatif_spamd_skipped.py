@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from milterd.commands.rules import _after_tiers, _spamd_metas
+from milterd.config import Config
+from milterd.services import build
 from milterd.tuning import SpamdSkip, whatif
 from tests.unit.test_tuning_fourth_review import ACTIONS, MILTER, row
 
@@ -43,10 +46,6 @@ def test_a_row_no_change_moves_is_not_counted_apart() -> None:
 def test_the_symbols_checks_add_after_the_tiers_are_named_by_the_checks(tmp_path: Path) -> None:
     """A third look: the greylist's RCPT deferrals (GREYLIST_DEFERRED, weighted in triplet mode) are counted after
     the tiers too, and whatif passed only the meta rules' names."""
-    from milterd.commands.rules import _after_tiers
-    from milterd.config import Config
-    from milterd.services import build
-
     services = build(Config().with_changes({"database.url": f"sqlite:///{tmp_path / 's.sqlite'}", "dns.nameservers": ["127.0.0.1:9"],
                                             "greylist.enabled": True}))
     try:
@@ -89,3 +88,29 @@ def test_a_row_whose_classifier_did_not_speak_is_never_skipped() -> None:
     silent = row("quarantine", {"DNSBL_SPAMHAUS_PBL": 6.0, "SPAMASSASSIN": 7.0})
     report = whatif([silent], {"DNSBL_SPAMHAUS_PBL": 8.0}, ACTIONS, MILTER, spamd_skip=SpamdSkip(6.0, False))
     assert report.changes == {("quarantine", "reject"): 1} and not report.spamd_skipped
+
+
+def test_a_row_the_changes_put_past_the_bound_is_kept_where_meta_rules_read_spamd() -> None:
+    # A second look: SA_AND_BAYES = "SPAMASSASSIN and BAYES_999" stays in the row re-scored without spamd, where the
+    # milter, skipping spamd, would not have it hit (predicted rewrite_subject, the milter's add_header).
+    meta = row("quarantine", {"BAYES_999": 4.0, "DNSBL_SPAMHAUS_PBL": 2.0, "SPAMASSASSIN": 3.0, "SA_AND_BAYES": 4.0})
+    bounds = SpamdSkip(6.5, False, frozenset({"SA_AND_BAYES"}), frozenset({"SA_AND_BAYES"}))
+    report = whatif([meta], {"BAYES_999": 5.0}, ACTIONS, MILTER, spamd_skip=bounds)
+    assert report.changed == 0 and report.spamd_unknown == {"quarantine": 1}
+
+
+def test_the_meta_rules_reading_spamd_are_found_through_other_metas(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "local.toml").write_text(
+        '[[rule]]\nname = "SUBJ_WIN"\nheader = "Subject"\nregex = "win"\nscore = 1.0\n'
+        '[[rule]]\nname = "SA_AND_BAYES"\nmeta = "SPAMASSASSIN and BAYES_999"\nscore = 4.0\n'
+        '[[rule]]\nname = "SA_SKIPPED"\nmeta = "SPAMD_SKIPPED_CONFIDENT and SUBJ_WIN"\nscore = 1.0\n'
+        '[[rule]]\nname = "BOTH_METAS"\nmeta = "SA_AND_BAYES or SUBJ_WIN"\nscore = 1.0\n'
+        '[[rule]]\nname = "WIN_ALONE"\nmeta = "SUBJ_WIN and BAYES_999"\nscore = 1.0\n')
+    services = build(Config().with_changes({"database.url": f"sqlite:///{tmp_path / 's.sqlite'}", "dns.nameservers": ["127.0.0.1:9"],
+                                            "rules.dir": str(rules)}))
+    try:
+        assert _spamd_metas(services) == {"SA_AND_BAYES", "SA_SKIPPED", "BOTH_METAS"}
+    finally:
+        services.close()
