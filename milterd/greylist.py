@@ -260,8 +260,9 @@ def compile_pattern(kind: str, text: str) -> Pattern:
             return Pattern(kind, text, regex=AdminPattern(text[1:-1], IGNORECASE))
         except PatternError as exc:
             raise ValueError(f"bad regular expression {text!r}: {exc}") from None
-    if "*" in text:
-        # postgrey's and milter-greylist's lists have globs; here they matched nothing, silently.
+    if "*" in (text if kind == "client" else text.rpartition("@")[2]) or text.startswith("*@"):
+        # postgrey's and milter-greylist's lists have globs; here they matched nothing, silently.  (A "*" within a
+        # local part is an address's own: vip*@example.org.)
         suffix = "a name suffix (.example.org)" if kind == "client" else "a domain (@example.org) or a domain and its subdomains (.example.org)"
         raise ValueError(f"{text!r}: '*' is no wildcard here; write {suffix} or a /regex/")
     if kind == "client":

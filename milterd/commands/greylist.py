@@ -65,8 +65,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     clients.set_defaults(func=_guarded(run_clients))
 
     purge = actions.add_parser("purge", parents=[config_parent()], help="delete expired triplets and stale clients now")
-    purge.add_argument("--triplet", nargs=3, type=text_arg, metavar=("NETWORK", "SENDER", "RECIPIENT"), help="delete this one triplet instead (it is greylisted again)")
-    purge.add_argument("--client", type=text_arg, metavar="NETWORK",
+    which = purge.add_mutually_exclusive_group()
+    which.add_argument("--triplet", nargs=3, type=text_arg, metavar=("NETWORK", "SENDER", "RECIPIENT"), help="delete this one triplet instead (it is greylisted again)")
+    which.add_argument("--client", type=text_arg, metavar="NETWORK",
                        help="delete every triplet of this client network and its successful retries (its auto whitelisting) instead (an address stands for its network)")
     purge.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     purge.set_defaults(func=_guarded(run_purge))
@@ -204,7 +205,7 @@ def run_whitelist(args: argparse.Namespace, config: Config, store: Store) -> int
         for kind, value in gl.config_entries(config.greylist)
     ]
     entries += [
-        {"kind": row["kind"], "value": row["value"], "source": "store", "comment": row["comment"]}
+        {"kind": row["kind"], "value": row["value"], "source": "store", "comment": row["comment"], **_unusable(row["kind"], row["value"])}
         for row in store.greylist.whitelist_rows()
     ]
     if args.json:
@@ -214,8 +215,19 @@ def run_whitelist(args: argparse.Namespace, config: Config, store: Store) -> int
         # Escaped as every view of the store is: an entry's value and comment are whatever was stored (a shared store's
         # other writers included), and ESC or CR LF in them drove the terminal or forged a row.
         comment = f"  # {escape(entry['comment'])}" if entry["comment"] else ""
-        print(f"{entry['kind']:9} {escape(entry['value']):40} {entry['source']}{comment}")
+        unusable = f"  (unused: {escape(entry['unusable'])})" if entry.get("unusable") else ""
+        print(f"{entry['kind']:9} {escape(entry['value']):40} {entry['source']}{comment}{unusable}")
     return 0
+
+
+def _unusable(kind: str, value: str) -> dict[str, str]:
+    """``{"unusable": why}`` for a stored entry the check skips (one an older version took, a glob or a partial
+    address that matched nothing: remove it and add the form meant), else nothing."""
+    try:
+        gl.compile_pattern(kind, value)
+    except ValueError as exc:
+        return {"unusable": str(exc)}
+    return {}
 
 
 def run_clients(args: argparse.Namespace, config: Config, store: Store) -> int:
@@ -267,8 +279,9 @@ def run_purge(args: argparse.Namespace, config: Config, store: Store) -> int:
             total = store.greylist.count_triplets(networks, sender, recipient) if len(rows) >= DRY_RUN_SHOWN else len(rows)
             _more(total, len(rows))
             counted = store.greylist.client_rows(networks, limit=None) if not args.triplet else []
-            for client in counted:
+            for client in counted[:DRY_RUN_SHOWN]:
                 print(f"would delete the successful retries of {escape(client['network'])} ({client['passes']})")
+            _more(len(counted), min(len(counted), DRY_RUN_SHOWN))
             print(f"would delete {total} triplet(s){f' and {len(counted)} client network(s)' if counted else ''} (dry run: nothing deleted)")
             return 0
         count = store.greylist.remove_triplets(networks, sender, recipient)

@@ -108,3 +108,28 @@ def test_a_quoted_address_still_routes_past_spam_lovers() -> None:
     # The routing rule spam_lovers shares, its quoting now undone, still refuses a quoted "@".
     assert not wants_spam(['"abuse@x.example"@example.org'], ["abuse@", '"abuse@x.example"@'])
     assert wants_spam(["abuse@example.org"], ["abuse@"])
+
+
+def test_a_stored_entry_an_older_version_took_is_listed_as_unused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A second look: the check skips such a row silently; whitelist list showed it as a working entry.
+    conf = greylisted(tmp_path, [])
+    store = Store(load_config(conf).database)
+    try:
+        with store.engine.begin() as connection:
+            connection.execute(insert(schema.greylist_whitelist).values(kind="client", value="192.0.2.", comment="", created_at=utcnow()))
+    finally:
+        store.close()
+    capsys.readouterr()
+    assert main(["greylist", "whitelist", "list", "-c", str(conf)]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "192.0.2." in line]
+    assert line.endswith("store  (unused: '192.0.2.' is a partial address, which matches no client: write the network 192.0.2.0/24)")
+    assert main(["greylist", "whitelist", "list", "-c", str(conf), "--json"]) == 0
+    [entry] = [e for e in json.loads(capsys.readouterr().out) if e["value"] == "192.0.2."]
+    assert entry["unusable"].startswith("'192.0.2.' is a partial address")
+
+
+def test_a_star_within_a_local_part_is_an_address() -> None:
+    assert gl.Whitelist.build([("sender", "vip*@example.org")]).sender("vip*@example.org") == "vip*@example.org"
+    for entry in ("*@example.org", "vip@*.example.org", "@*.example.org"):
+        with pytest.raises(ValueError, match="'\\*' is no wildcard here"):
+            gl.compile_pattern("sender", entry)
