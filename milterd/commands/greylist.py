@@ -112,6 +112,11 @@ def stored_networks(text: str, config: Config) -> list[str]:
         network = gl.unmapped(ipaddress.ip_network(text.lower().removeprefix("ipv6:"), strict=False))
     except ValueError:
         return [text.lower()]
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        # A NAT64 network (64:ff9b::c633:6400/120) as its clients' triplets hold it too: the IPv4 one behind it.
+        inner = gl.embedded_ipv4(network.network_address)
+        if inner is not None:
+            network = ipaddress.ip_network(f"{inner}/{network.prefixlen - 96}", strict=False)
     netmask = config.greylist.netmask_v4 if network.version == 4 else config.greylist.netmask_v6
     # The network as written too: triplets stored under an earlier netmask keep theirs until they expire.
     if network.prefixlen >= netmask:

@@ -13,6 +13,7 @@ from sqlalchemy import insert
 
 from milterd import greylist as gl
 from milterd.cli import main
+from milterd.commands.greylist import stored_networks
 from milterd.config import Config, ConfigError, GreylistSection, load_config
 from milterd.message.policy import wants_spam
 from milterd.store import Store, schema, utcnow
@@ -133,3 +134,9 @@ def test_a_star_within_a_local_part_is_an_address() -> None:
     for entry in ("*@example.org", "vip@*.example.org", "@*.example.org"):
         with pytest.raises(ValueError, match="'\\*' is no wildcard here"):
             gl.compile_pattern("sender", entry)
+
+
+def test_a_nat64_network_names_the_ipv4_network_behind_it() -> None:
+    # A second look: an address in 64:ff9b::/96 stood for its IPv4 /24, a network there for nothing stored.
+    assert stored_networks("64:ff9b::c633:6400/120", Config()) == ["198.51.100.0/24"]
+    assert stored_networks("64:ff9b::198.51.100.7", Config()) == ["198.51.100.0/24"]
