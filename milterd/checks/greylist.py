@@ -27,8 +27,8 @@ GREYLIST_ERROR; the message log's own ``[database] on_error`` decides whether
 the message waits), ``tempfail`` answers them :data:`STORE_DOWN_REPLY` (451
 4.3.0) where greylisting would have deferred them: at RCPT, at DATA with
 ``defer_at = "data"`` (or when the attempts of recipients accepted at RCPT
-cannot be recorded), at end of data in score mode (:meth:`on_verdict` makes
-the deferral :meth:`on_score_greylist` asked for a tempfail).
+cannot be recorded), at end of data in score mode (:meth:`on_score_greylist`
+gives the policy that reply instead of a deferral).
 Every "now" it judges by is the store's (:meth:`GreylistStore.now`): on a
 PostgreSQL store that several MX hosts share, the database server's clock.
 
@@ -396,7 +396,7 @@ class Greylist(Check):
             return ""
         if isinstance(pending, Pending):
             pending.writes.clear()
-            # Judged at RCPT: a successful retry counts once its message is accepted (on_verdict).
+            # Judged at RCPT: a successful retry counts once its message is answered accepted (on_abort).
             pending.counting.extend(write for write in writes if write.count_client)
             writes = [replace(write, count_client=False) if write.count_client else write for write in writes]
         try:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..files import resolved
+from .engine import planted_link
 
 #: The files SQLite makes beside the store, named after it.
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
@@ -38,12 +39,23 @@ _MOVE_SOCKET = "put the socket in a directory only root and milterd may write, s
 
 
 def owned_by_another(file: Path) -> bool:
-    """Whether the SQLite store *file* is a regular file an account other than root owns (the service account's)."""
+    """Whether the SQLite store *file* is a regular file an account other than root owns (the service account's),
+    root's own symlinks followed (:func:`_others_store`)."""
+    return _others_store(file) is not None
+
+
+def _others_store(file: Path) -> tuple[Path, os.stat_result] | None:
+    """The store file *file* names, root's symlinks followed as ``serve`` follows them (an administrator's link to
+    another disk), and its status, when it is a regular file an account other than root owns; None otherwise, and
+    where a link another account made is on the way (root follows none of those)."""
     try:
-        owner = os.lstat(file)
+        if planted_link(file) is not None:
+            return None
+        path = resolved(file)
+        owner = os.lstat(path)
     except OSError:
-        return False
-    return stat.S_ISREG(owner.st_mode) and owner.st_uid != 0
+        return None
+    return (path, owner) if stat.S_ISREG(owner.st_mode) and owner.st_uid != 0 else None
 
 
 def restore_side_files(file: Path) -> None:
@@ -53,17 +65,16 @@ def restore_side_files(file: Path) -> None:
     The last connection to close checkpoints the store and deletes them.  When that was a root command's
     (``milterd log``, ``doctor``) while no worker had the store open, and the store's directory is one only
     root may write (``serve`` hands the files over to its account, :func:`~milterd.milter.supervisor.hand_over_store`),
-    the account could not create them again: every message was answered 451 until a restart.  Made without
-    following a symlink and only where missing (an empty one is valid); nothing for a store root owns."""
-    try:
-        owner = os.lstat(file)
-    except OSError:
+    the account could not create them again: every message was answered 451 until a restart.  Made beside the
+    file root's links lead to (where SQLite makes them), without following a symlink in their place, and only
+    where missing (an empty one is valid); nothing for a store root owns."""
+    found = _others_store(file)
+    if found is None:
         return
-    if not stat.S_ISREG(owner.st_mode) or owner.st_uid == 0:
-        return
+    path, owner = found
     for suffix in ("-wal", "-shm"):
         try:
-            fd = os.open(f"{file}{suffix}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            fd = os.open(f"{path}{suffix}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except OSError:
             continue  # there (in use, or made by the account), or not ours to make
         try:

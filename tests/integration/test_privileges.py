@@ -154,12 +154,18 @@ def test_root_without_user_runs_as_nobody(sink: Sink, open_tmp: Path) -> None:
         milterd.stop()
 
 
-def test_a_root_command_while_no_worker_has_the_store_open_leaves_it_usable(sink: Sink, open_tmp: Path) -> None:
+@pytest.mark.parametrize("linked", [False, True], ids=["file", "root-s-link"])
+def test_a_root_command_while_no_worker_has_the_store_open_leaves_it_usable(sink: Sink, open_tmp: Path, linked: bool) -> None:
     """A root command (milterd log, doctor) that closed the store's last connection had SQLite remove its -wal and
-    -shm, which nobody could not make again in a directory only root may write: every message 451 until a restart."""
+    -shm, which nobody could not make again in a directory only root may write: every message 451 until a restart.
+    Also where the store's name is root's link to the file elsewhere (a third look: the link was taken for no store)."""
     data = open_tmp / "lib"
     data.mkdir(mode=0o755)
-    milterd = Milterd(open_tmp / "m", {"milter": {"user": "", "workers": 1}, "database": {"url": f"sqlite:///{data / 'milterd.sqlite'}"}})
+    url = data / "milterd.sqlite"
+    if linked:
+        url = open_tmp / "milterd.sqlite"
+        url.symlink_to(data / "milterd.sqlite")
+    milterd = Milterd(open_tmp / "m", {"milter": {"user": "", "workers": 1}, "database": {"url": f"sqlite:///{url}"}})
     postfix = None
     try:
         milterd.start()

@@ -50,3 +50,27 @@ def test_nothing_is_made_for_a_store_root_owns(tmp_path: Path) -> None:
     file.write_bytes(b"")
     restore_side_files(file)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store.sqlite"]
+
+
+def test_a_store_reached_through_root_s_symlink_gets_its_side_files_beside_the_real_file(tmp_path: Path) -> None:
+    # A third look: /var/lib/milterd/milterd.sqlite -> /srv/disk/milterd.sqlite (serve follows root's links): the
+    # link was taken for no store file, and SQLite's side files, beside the real one, stayed removed.
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    real, link = disk / "store.sqlite", tmp_path / "store.sqlite"
+    real.write_bytes(b"")
+    os.chown(real, NOBODY.pw_uid, NOBODY.pw_gid)
+    link.symlink_to(real)
+    restore_side_files(link)
+    assert os.lstat(disk / "store.sqlite-wal").st_uid == NOBODY.pw_uid and os.lstat(disk / "store.sqlite-shm").st_uid == NOBODY.pw_uid
+    assert not (tmp_path / "store.sqlite-wal").exists()
+
+
+def test_a_link_another_account_made_is_not_followed(tmp_path: Path) -> None:
+    real, link = tmp_path / "real.sqlite", tmp_path / "store.sqlite"
+    real.write_bytes(b"")
+    os.chown(real, NOBODY.pw_uid, NOBODY.pw_gid)
+    link.symlink_to(real)
+    os.lchown(link, NOBODY.pw_uid, NOBODY.pw_gid)
+    restore_side_files(link)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real.sqlite", "store.sqlite"]
