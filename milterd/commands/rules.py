@@ -257,29 +257,23 @@ def run_whatif(args: argparse.Namespace) -> int:
         for example in entry["examples"]:
             print(f"      {escape(example['time'] or ''):25.25} {escape(example['queue_id'] or '-'):12} {example['old_score']:6.2f} -> {example['new_score']:6.2f}  "
                   f"<{escape((example['sender'] or '')[:80])}> {escape((example['subject'] or '')[:50])}")
-    if report.kept:
-        kept = _counted(report.kept.most_common())
-        print(f"kept as they were (forced by a hit or decided before end of data, and no more severe threshold action reached; "
-              f"or not scored): {kept}")
-    if report.kept_may_force:
-        kept = _counted(report.kept_may_force.most_common())
-        print(f"kept as they were (a hit that may force an action, such as a virus or a DMARC or attachment policy, "
-              f"is under a score that went further; lower they might not go): {kept}")
     if report.unknown:
         unknown = _counted(report.unknown.most_common(10))
         more = f" and {len(report.unknown) - 10} more" if len(report.unknown) > 10 else ""
         print(f"symbols no check or rule emits now (renamed or removed since logged; they keep their logged scores, "
               f"--set does not reach them), by messages: {unknown}{more}")
-    if report.unexplained:
-        kept = _counted(report.unexplained.most_common())
-        print(f"kept as they were (their symbols do not add up to their logged score, as in rows of an older version; "
-              f"they cannot be re-scored): {kept}")
-    if report.spamd_unknown:
-        kept = _counted(report.spamd_unknown.most_common())
-        print(f"kept as they were (with these changes the tiers would ask spamd where they skipped it, or skip it where meta "
-              f"rules read its answer: what that changes is not known): {kept}")
-    if report.spamd_skipped:
-        skipped = _counted(report.spamd_skipped.most_common())
-        print(f"re-scored without spamd's points (spamd answered, and with these changes the tiers would skip it as "
-              f"confident): {skipped}")
+    for counted, why in (
+        (report.kept, "kept as they were (forced by a hit or decided before end of data, and no more severe threshold action reached; "
+                      "or not scored)"),
+        (report.kept_may_force, "kept as they were (a hit that may force an action, such as a virus or a DMARC or attachment policy, "
+                                "is under a score that went further; lower they might not go)"),
+        (report.unexplained, "kept as they were (their symbols do not add up to their logged score, as in rows of an older version; "
+                             "they cannot be re-scored)"),
+        (report.spamd_unknown, "kept as they were (with these changes the tiers would ask spamd where they skipped it, or skip it where "
+                               "meta rules read its answer: what that changes is not known)"),
+        (report.spamd_skipped, "re-scored without spamd's points (spamd answered, and with these changes the tiers would skip it as "
+                               "confident)"),
+    ):
+        if counted:
+            print(f"{why}: {_counted(counted.most_common())}")
     return 0

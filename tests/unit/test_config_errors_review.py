@@ -408,11 +408,9 @@ def test_a_max_text_no_worker_can_hold_is_refused(tmp_path: Path, capsys: pytest
     assert lint(write(tmp_path, rules='[custom]\nmax_text = "16M"\n[[rule]]\nname = "AB"\nbody = "x"\n'), capsys) == (0, "")
 
 
-def test_a_message_whose_text_cannot_be_read_is_logged_with_check_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Was: a warning, and no hit: the message judged without its body and URI rules, unsaid in its row.
-    services = build(Config().with_changes({"database.url": f"sqlite:///{tmp_path / 'log.sqlite'}", "dns.nameservers": ["127.0.0.1:9"],
-                                            "checks.uribl.enabled": False,  # the other reader of the text
-                                            "rules.dir": str(write(tmp_path, rules='[[rule]]\nname = "BODY_AB"\nbody = "ab"\n').parent / "rules")}))
+def verdict_without_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **changes: object) -> dict[str, str]:
+    """The verdict's details for a message whose text cannot be read (MemoryError), through the pipeline."""
+    services = build(Config().with_changes({"database.url": f"sqlite:///{tmp_path / 'log.sqlite'}", "dns.nameservers": ["127.0.0.1:9"], **changes}))
     services.store.ensure_schema(True)
     pipeline = Pipeline(services)
 
@@ -425,22 +423,17 @@ def test_a_message_whose_text_cannot_be_read_is_logged_with_check_error(tmp_path
     finally:
         pipeline.shutdown()
         services.close()
-    assert outcome.verdict.details.get("CHECK_ERROR") == "custom", outcome.verdict.details
+    return outcome.verdict.details
+
+
+def test_a_message_whose_text_cannot_be_read_is_logged_with_check_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Was: a warning, and no hit: the message judged without its body and URI rules, unsaid in its row.
+    rules = write(tmp_path, rules='[[rule]]\nname = "BODY_AB"\nbody = "ab"\n').parent / "rules"
+    details = verdict_without_text(tmp_path, monkeypatch, **{"checks.uribl.enabled": False, "rules.dir": str(rules)})  # uribl: the other reader
+    assert details.get("CHECK_ERROR") == "custom", details
 
 
 def test_a_message_whose_links_cannot_be_read_says_so_in_uribl_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Was: a warning only; the row did not say that the message's links were never looked up.
-    services = build(Config().with_changes({"database.url": f"sqlite:///{tmp_path / 'log.sqlite'}", "dns.nameservers": ["127.0.0.1:9"]}))
-    services.store.ensure_schema(True)
-    pipeline = Pipeline(services)
-
-    def no_memory(self: Envelope, limit: int) -> None:
-        raise MemoryError
-
-    monkeypatch.setattr(Envelope, "text", no_memory)
-    try:
-        outcome, _ = run_message(pipeline, HAM)
-    finally:
-        pipeline.shutdown()
-        services.close()
-    assert outcome.verdict.details.get("URIBL_UNREAD") == "not read: the links could not be read (MemoryError)", outcome.verdict.details
+    details = verdict_without_text(tmp_path, monkeypatch)
+    assert details.get("URIBL_UNREAD") == "not read: the links could not be read (MemoryError)", details
