@@ -51,7 +51,7 @@ from .scanners.clamd import ClamdClient
 from .scanners.spamd import SpamdClient
 from .services import build
 from .store import Store, unknown_schema
-from .store.engine import sqlite_file
+from .store.engine import relative_sqlite, sqlite_file
 from .store.learner import LearnerStore, ModelSummary, model_may_exist
 from .store.ownership import socket_directory_problems, store_file_problems
 from .text import redact, redact_url
@@ -149,10 +149,12 @@ def probe_database(config: Config) -> list[Finding]:
                 resolved(file)
             except OSError as exc:  # a loop of links: serve refuses it
                 return Finding("database", "fail", f"{url}: {exc.strerror or exc}")
+        relative = relative_sqlite(config.database.url)
+        where = f" (relative to the working directory: {relative})" if relative is not None else ""
         if file is not None and not file.exists():
             # Connecting would create an empty file: report instead.
             status: Status = "warn" if config.database.auto_upgrade else "fail"
-            return Finding("database", status, f"{url}: no such file yet ({'serve will create it' if status == 'warn' else 'run milterd db upgrade'})")
+            return Finding("database", status, f"{url}{where}: no such file yet ({'serve will create it' if status == 'warn' else 'run milterd db upgrade'})")
         store = Store(config.database)
         try:
             store.ping()
@@ -161,6 +163,9 @@ def probe_database(config: Config) -> list[Finding]:
             tables = store.has_tables() if unknown else None  # before close(): it would open a connection again
         finally:
             store.close()
+        if current == head and relative is not None:
+            return Finding("database", "warn", f"{url}: schema at {current}, relative to the working directory ({relative}): a command run "
+                           "elsewhere (from cron, say) opens another store; write an absolute path")
         if current == head:
             return Finding("database", "ok", f"{url}: schema at {current}")
         if current is not None and unknown:

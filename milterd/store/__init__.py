@@ -33,7 +33,7 @@ from ..clock import utcnow as utcnow
 from ..config import DatabaseSection
 from ..text import redact, redact_url, storable
 from . import schema
-from .engine import POOL_SIZE, file_moved, make_engine, server_connection_limits, sqlite_file  # noqa: F401 - re-exported
+from .engine import POOL_SIZE, file_moved, make_engine, relative_sqlite, server_connection_limits, sqlite_file  # noqa: F401 - re-exported
 from .errors import StoreError as StoreError
 from .greylist import GreylistStore
 from .ownership import owned_by_another, restore_side_files
@@ -466,6 +466,11 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot reach the database {url}: {driver_reason(exc, self.section.url)}") from exc
         if current is None:
+            relative = relative_sqlite(self.section.url)
+            if relative is not None and not relative.exists():
+                # A command run from another directory (cron's) than serve's: "run db upgrade" made a second, empty store.
+                raise NoSchemaError(f"the database {url} is relative to the working directory: no such file {relative} "
+                                    "(run this command where milterd serve runs, or write an absolute path in [database] url)")
             raise NoSchemaError(f"the database {url} has no schema yet: run `milterd db upgrade`")
         head = self.head_version()
         if current != head and self.known_version(current):

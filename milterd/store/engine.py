@@ -156,6 +156,15 @@ def sqlite_file(url: str | URL) -> Path | None:
     return Path(database).expanduser()
 
 
+def relative_sqlite(url: str | URL) -> Path | None:
+    """The file a SQLite URL with a relative path opens, made absolute against the working directory (where
+    every command, ``serve`` included, opens it); None for an absolute path or another database."""
+    file = sqlite_file(url)
+    if file is None or file.is_absolute():
+        return None
+    return Path.cwd() / file
+
+
 #: Links followed by :func:`planted_link` before it gives up (the kernel's own limit; the open then fails).
 _MAX_LINKS = 40
 
