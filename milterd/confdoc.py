@@ -7,13 +7,16 @@ line of documentation, in Postfix's manner.  A test keeps the two in step.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tomli_w
 from pydantic import BaseModel
+from sqlalchemy import make_url
 
 from .config import Config
 from .ruleset import SHIPPED_DIR, origins
+from .store.engine import relative_sqlite
 from .text import redact_url
 from .units import format_duration, parse_duration, parse_size
 
@@ -107,6 +110,27 @@ def _render_section(name: str, section: BaseModel) -> list[str]:
     return lines
 
 
+def _anchored(data: dict[str, Any], config: Config) -> None:
+    """The paths of *data* (*config*'s dump) that are read relative to milter.conf's directory made absolute (the
+    rules directory as in effect: '' when the default one is absent), and a relative SQLite store's against the
+    working directory (where every command opens it): saved elsewhere (/etc/milterd), ``config show``'s output
+    named other rules, keys and store, or none at all."""
+    base = config.path.parent if config.path else Path.cwd()
+    rules = config.rules_dir
+    data["rules"]["dir"] = str(rules) if rules is not None and rules.exists() else ""
+    for key in data["dkim_signing"]["keys"]:
+        key["key_file"] = str(base / key["key_file"])
+    arc = data["checks"]["arc"]
+    if arc["seal_key_file"]:
+        arc["seal_key_file"] = str(base / arc["seal_key_file"])
+    local = data["checks"]["local_domains"]
+    if local["sender_login_maps"]:
+        local["sender_login_maps"] = str(base / local["sender_login_maps"])
+    store = relative_sqlite(data["database"]["url"])
+    if store is not None:
+        data["database"]["url"] = make_url(data["database"]["url"]).set(database=str(store)).render_as_string(hide_password=False)
+
+
 def render_effective(config: Config, ruleset: "Ruleset | None" = None) -> str:
     """The configuration in effect as TOML that reads back (the database password masked).
 
@@ -114,7 +138,8 @@ def render_effective(config: Config, ruleset: "Ruleset | None" = None) -> str:
     weight came from.
     """
     data = config.model_dump(mode="json", exclude={"path"})
-    data["database"]["url"] = redact_url(config.database.url)
+    _anchored(data, config)
+    data["database"]["url"] = redact_url(data["database"]["url"])
     out = [f"# from {config.path or 'embedded defaults'}", tomli_w.dumps(data).rstrip()]
     if ruleset is not None:
         local = config.rules_dir

@@ -54,7 +54,31 @@ def test_config_show_reads_back_and_hides_the_password(tmp_path: Path, capsys: p
     again.write_text(out.replace("***", "s3cret"))
     assert tomllib.loads(out)["checks"]["local_domains"]["sender_logins"]["@example.org"] == ["admin"]
     shown, original = load_config(again), load_config(path)
-    assert shown.model_dump(exclude={"path"}) == original.model_dump(exclude={"path"})
+    assert shown.model_dump(exclude={"path", "rules"}) == original.model_dump(exclude={"path", "rules"})
+    assert shown.rules.dir == "" and not (tmp_path / "rules").exists()  # the default directory, absent: none
+
+
+def test_config_show_saved_elsewhere_names_the_same_rules_keys_and_store(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # config show printed "rules" and "example.org.s2026.key" as written: saved as /etc/milterd/milter.conf (review,
+    # thirty-sixth session), the local rules were not found (silently: the default directory may be absent).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "logins").write_text("")
+    path = tmp_path / "milter.conf"
+    path.write_text('[database]\nurl = "sqlite:///store/milterd.sqlite"\n[checks.arc]\nseal_key_file = "arc.key"\n'
+                    '[checks.local_domains]\nsender_login_maps = "logins"\n')
+    status, out, err = run(capsys, "config", "show", "-c", str(path))
+    assert status == 0, err
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    (elsewhere / "milter.conf").write_text(out)
+    monkeypatch.chdir(elsewhere)
+    shown = load_config(elsewhere / "milter.conf")
+    assert shown.rules_dir == tmp_path / "rules"
+    assert shown.database.url == f"sqlite:///{tmp_path / 'store' / 'milterd.sqlite'}"
+    assert shown.checks.arc.seal_key_file == str(tmp_path / "arc.key")
+    assert shown.checks.local_domains.sender_login_maps == str(tmp_path / "logins")
 
 
 @pytest.mark.parametrize(
