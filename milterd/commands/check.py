@@ -30,7 +30,7 @@ from ..learner.classifier import Counts
 from ..message.model import Action
 from ..message.pipeline import Pipeline
 from ..message.policy import threshold_action
-from ..milter.offline import CheckedMessage, Client, MessageRef, check_message, sources
+from ..milter.offline import HEAD_SIZE, CheckedMessage, Client, MessageRef, check_message, no_mail, sources
 from ..services import Services, build
 from ..store import Store, StoreError
 from ..store.learner import LearnerStore, model_may_exist
@@ -302,6 +302,12 @@ def _run(refs: list[MessageRef], pipeline: Pipeline, client: Client, progress: "
             raw = ref.load()
         except Exception as exc:  # noqa: BLE001
             yield CheckedMessage(ref.label, Action.ACCEPT, 0.0, {}, {}, error=f"cannot read: {exc}")
+            continue
+        why = no_mail(raw[:HEAD_SIZE])
+        if why:
+            # A file named on the command line is read whatever it holds: a compressed or empty one was judged (a
+            # spam mbox.gz one missed spam, the rates counted it), where learn refuses it.
+            yield CheckedMessage(ref.label, Action.ACCEPT, 0.0, {}, {}, error=f"not a mail message ({why})")
             continue
         yield check_message(pipeline, raw, client, ref.label)
     progress.done()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import mailbox
 from pathlib import Path
@@ -247,3 +248,12 @@ def test_fix_a_saved_message_with_blank_lines_before_its_from_line_keeps_its_hea
     # The blank line ended an empty header section: HDR_FROM_MISSING, HDR_DATE_MISSING, HDR_MSGID_MISSING.
     headers, _body = split_message(raw)
     assert [name for name, _ in headers][:2] == ["From", "To"]
+
+
+@pytest.mark.parametrize(("content", "why"), [(b"", "empty"), (b"\r\n\r\n", "empty"), (None, "compressed or binary")], ids=["empty", "blank", "gzip"])
+def test_a_named_file_that_is_no_mail_is_unreadable_input(conf: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                           content: bytes | None, why: str) -> None:
+    # It was judged: a spam mbox.gz counted as one missed spam, exit 0, where learn refuses it (review, 36th session).
+    raw = gzip.compress(b"From: a@example.org\r\nSubject: x\r\n\r\nspam\r\n") if content is None else content
+    status, data = check_json(capsys, conf, str(write(tmp_path / "spam.mbox.gz", raw)))
+    assert status == 1 and [m["error"] for m in data["messages"]] == [f"not a mail message ({why})"]
