@@ -6,6 +6,8 @@ import argparse
 import datetime as dt
 import ipaddress
 import json
+import os
+import sys
 from typing import Iterable, Sequence
 
 from ..checks.dnsbl import DnsLists
@@ -33,15 +35,25 @@ def run_doctor(args: argparse.Namespace) -> int:
     """Print the findings; exit 1 on any failure (or warning, with --strict)."""
     findings = diagnose(args.config, args.postfix_config, use_postconf=not args.no_postfix) + private_client_findings(args.config) + reload_findings(args.config)
     status = worst(findings)
-    if args.json:
-        print(json.dumps({"status": status, "findings": [f.as_dict() for f in findings]}, indent=2))
-    else:
-        # A detail quotes what a backend said (a banner, clamd's VERSION, a resolver's error): escaped for the terminal.
-        rows = [(f.status.upper(), escape(f.name), escape(f.detail)) for f in findings]
-        width = max(len(name) for _status, name, _detail in rows)
-        for status_text, name, detail in rows:
-            print(f"{status_text:4}  {name:{width}}  {detail}")
-        print(f"doctor: {status}")
+    try:
+        if args.json:
+            print(json.dumps({"status": status, "findings": [f.as_dict() for f in findings]}, indent=2))
+        else:
+            # A detail quotes what a backend said (a banner, clamd's VERSION, a resolver's error): escaped for the terminal.
+            rows = [(f.status.upper(), escape(f.name), escape(f.detail)) for f in findings]
+            width = max(len(name) for _status, name, _detail in rows)
+            for status_text, name, detail in rows:
+                print(f"{status_text:4}  {name:{width}}  {detail}")
+            print(f"doctor: {status}")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (doctor | head): the findings are judged all the same, and the exit status is their
+        # verdict (cli.main's 0 for a closed pipe told a monitoring script 'healthy').  Python's own flush at
+        # exit must not fail again on the closed pipe.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # no file descriptor behind stdout
+            pass
     return 1 if status == "fail" or (args.strict and status == "warn") else 0
 
 

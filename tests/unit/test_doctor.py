@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import update
 
+from milterd.cli import main
 from milterd.config import Config
 from milterd.diagnostics import Finding, judge_model, judge_postfix, milter_entries, parse_postconf, probe_database, probe_learner, probe_serve_places, same_socket, worst
 from milterd.store import Store
@@ -176,3 +180,19 @@ def test_a_message_size_limit_above_clamav_max_size_warns() -> None:
         found = _by_name(judge_postfix(config, {**settings, "message_size_limit": limit}))["postfix message_size_limit"]
         assert found.status == "warn" and found.detail.startswith(f"{shown} is above [clamav] max_size (26214400 bytes)")
     assert "postfix message_size_limit" not in _by_name(judge_postfix(Config(), {**settings, "message_size_limit": "0"}))  # clamd off
+
+
+class ClosedPipe(io.StringIO):
+    """stdout read by ``head -c 10``: the reader leaves after the first write."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_doctor_into_a_closed_pipe_exits_with_its_findings_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `milterd doctor | head` exited 0 whatever it found (cli.main's status for a closed pipe): a monitoring script
+    # with pipefail saw a failing host as healthy (review, thirty-sixth session).
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = 0.2\n[database]\nurl = "sqlite:///{tmp_path}/none.sqlite"\nauto_upgrade = false\n')
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["doctor", "-c", str(conf), "--no-postfix"]) == 1
