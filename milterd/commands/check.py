@@ -29,7 +29,7 @@ from ..config import Config, load_config
 from ..learner.classifier import Counts
 from ..message.model import Action
 from ..message.pipeline import Pipeline
-from ..message.policy import threshold_action
+from ..message.policy import PIPELINE_DESCRIPTIONS, threshold_action
 from ..milter.offline import HEAD_SIZE, CheckedMessage, Client, MessageRef, check_message, no_mail, sources
 from ..services import Services, build
 from ..store import Store, StoreError
@@ -367,9 +367,10 @@ def _explain(item: CheckedMessage, services: Services, owners: dict[str, Any], t
         print(f"{label}: {item.action.label} (not scored: trusted or authenticated client; no threshold applies, "
               f"no X-Spam-* header is added; its symbols add up to {item.score:g})")
     for name, score in sorted(item.symbols.items(), key=lambda kv: (-kv[1], kv[0])):
-        owner = owners[name].check if name in owners else "?"
+        owner = owners[name].check if name in owners else "pipeline" if name in PIPELINE_DESCRIPTIONS else "?"
         detail = escape(item.details.get(name, ""))
-        print(f"  {score:7.2f}  {escape(name):28} {owner:10} {services.describe(name)}{f' [{detail}]' if detail else ''}")
+        described = services.describe(name) or PIPELINE_DESCRIPTIONS.get(name, "")
+        print(f"  {score:7.2f}  {escape(name):28} {owner:10} {described}{f' [{detail}]' if detail else ''}")
     reply = escape(item.reply) if item.reply else ""
     if item.forced:
         print(f"  forced by {item.forced} at {item.stage}" + (f": {reply}" if reply else ""))

@@ -9,6 +9,7 @@ import sys
 from typing import Any, Iterable
 
 from ..config import load_config
+from ..message.model import Action
 from ..text import cut, escape
 from ..tuning import json_safe
 from . import address_arg, config_parent, count_arg, describe_failure, open_store, since_arg, text_arg
@@ -22,6 +23,18 @@ JSON_FIELDS = (
 SHOWN_SYMBOLS = 8
 
 
+#: The actions a log row may have.
+ACTIONS = tuple(action.label for action in Action)
+
+
+def action_arg(value: str) -> str:
+    """argparse type of ``--action``: one of :data:`ACTIONS` (a misspelt one listed nothing, as if no mail had it)."""
+    name = text_arg(value).strip().lower()
+    if name not in ACTIONS:
+        raise argparse.ArgumentTypeError(f"{value!r} is no action; one of {', '.join(ACTIONS)}")
+    return name
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``log``."""
     parser = sub.add_parser("log", parents=[config_parent()], help="show the message log")
@@ -29,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--until", type=since_arg, metavar="AGE", help="only messages older than AGE (1d) or before an ISO date")
     parser.add_argument("--queue-id", type=text_arg, metavar="ID", help="only this Postfix queue id")
     parser.add_argument("--sender", type=address_arg, metavar="ADDR", help="only this envelope sender")
-    parser.add_argument("--action", type=text_arg, metavar="NAME", help="only this action (accept, add_header, reject, …)")
+    parser.add_argument("--action", type=action_arg, metavar="NAME", help=f"only this action ({', '.join(ACTIONS)})")
     parser.add_argument("--limit", type=count_arg, default=50, metavar="N", help="at most N messages, newest first (default 50; 0: all)")
     parser.add_argument("--json", action="store_true", help="a JSON array, one object per message")
     parser.set_defaults(func=run_log)

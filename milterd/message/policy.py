@@ -32,7 +32,14 @@ EOM_TIMEOUT = "EOM_TIMEOUT"
 #: The symbol (0 points) of a message that was not scored (:func:`unscored_verdict`): the log row says so itself,
 #: so that ``rules whatif`` need not guess it from the trusted networks and spam_lovers configured since.
 UNSCORED = "UNSCORED"
-PIPELINE_SYMBOLS = frozenset({"CHECK_ERROR", EOM_TIMEOUT, UNSCORED})
+#: The pipeline's own symbols, each with its description (``milterd check`` prints them beside the checks' own).
+PIPELINE_DESCRIPTIONS = {
+    "CHECK_ERROR": "A check failed with an internal error and judged nothing (detail: the check; [milter] on_check_error decides)",
+    EOM_TIMEOUT: "End of message outlasted its time budget: the message was tempfailed (451 4.4.5)",
+    UNSCORED: "Not scored: a trusted or authenticated client's message, or one to spam_lovers only (detail: why); "
+              "only forced actions apply",
+}
+PIPELINE_SYMBOLS = frozenset(PIPELINE_DESCRIPTIONS)
 
 #: Threshold actions, most severe first.
 THRESHOLD_ACTIONS = (

@@ -257,3 +257,17 @@ def test_a_named_file_that_is_no_mail_is_unreadable_input(conf: Path, capsys: py
     raw = gzip.compress(b"From: a@example.org\r\nSubject: x\r\n\r\nspam\r\n") if content is None else content
     status, data = check_json(capsys, conf, str(write(tmp_path / "spam.mbox.gz", raw)))
     assert status == 1 and [m["error"] for m in data["messages"]] == [f"not a mail message ({why})"]
+
+
+def test_a_pipeline_symbol_is_named_with_its_description(conf: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # UNSCORED was printed "?" with no description (review, thirty-sixth session).
+    status, out, _ = check(capsys, conf, str(write(tmp_path / "m.eml", message(subject="hello"))), "--auth-user", "alice")
+    [line] = [line for line in out.splitlines() if "UNSCORED" in line]
+    assert " pipeline " in line and "Not scored: a trusted or authenticated client's message" in line
+
+
+def test_log_refuses_an_action_no_row_can_have(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # "--action rejected" listed nothing, exit 0: as if no mail had been rejected.
+    with pytest.raises(SystemExit) as info:
+        main(["-c", str(conf), "log", "--action", "rejected"])
+    assert info.value.code == 2 and "'rejected' is no action; one of accept, add_header" in capsys.readouterr().err
