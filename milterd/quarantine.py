@@ -492,7 +492,8 @@ def format_digest(
             f"  to:      {_recipients_field(row['recipients'])}\n"
             f"  subject: {_field(row['subject'])}\n"
             f"{released}"
-            f"  release: {release_command(config, row['id'])}\n"
+            # Only a message not claimed is released without --force: a claimed one's command would be refused.
+            + (f"  release: {release_command(config, row['id'])}\n" if not state else "")
         )
     if more:
         lines.append(

@@ -365,3 +365,15 @@ def test_release_with_smtp_auth_never_shows_the_password(quarantine: Quarantine,
     from milterd.confdoc import render_effective
 
     assert "s3cret-pw" not in render_effective(good.config)
+
+
+def test_the_digest_offers_no_release_command_for_a_claimed_message(quarantine: Quarantine) -> None:
+    # It printed "release: milterd quarantine release N" for a message already released, a command refused
+    # without --force (review, thirty-sixth session).
+    now = utcnow()
+    base = {"time": now, "score": 12.0, "reason": "score 12", "sender": "a@example.org", "recipients": ["b@example.com"], "subject": "s"}
+    released = {**base, "id": 7, "released_at": now, "released_by": "admin",
+                "release_result": [{"by": "admin", "time": now.isoformat(), "delivered": True}]}
+    waiting = {**base, "id": 8, "released_at": None, "released_by": None, "release_result": []}
+    text = format_digest([released, waiting], quarantine.config, now - dt.timedelta(hours=1), now)
+    assert "released " in text and "quarantine release 7" not in text and "quarantine release 8" in text
