@@ -45,7 +45,8 @@ def run_doctor(args: argparse.Namespace) -> int:
             for status_text, name, detail in rows:
                 print(f"{status_text:4}  {name:{width}}  {detail}")
             print(f"doctor: {status}")
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None: started with its standard output closed (print then writes nothing)
+            sys.stdout.flush()
     except BrokenPipeError:
         # The reader left (doctor | head): the findings are judged all the same, and the exit status is their
         # verdict (cli.main's 0 for a closed pipe told a monitoring script 'healthy').  Python's own flush at

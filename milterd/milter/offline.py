@@ -106,17 +106,19 @@ def looks_like_message(head: bytes) -> bool:
     return bool(_HEADER_LINE.match(head[line_end + 1:]))
 
 
-#: The first bytes of the compressed and archive files a folder of mail is often saved as: gzip, bzip2, xz, zstd, zip, 7z.
-_PACKED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd", b"PK\x03\x04", b"7z\xbc\xaf\x27\x1c")
+#: The first bytes of the compressed and archive files a folder of mail is often saved as: gzip, compress (.Z), bzip2,
+#: xz, lzip, zstd, lz4, zip, 7z.
+_PACKED = (b"\x1f\x8b", b"\x1f\x9d", b"BZh", b"\xfd7zXZ\x00", b"LZIP", b"\x28\xb5\x2f\xfd", b"\x04\x22\x4d\x18", b"PK\x03\x04",
+           b"7z\xbc\xaf\x27\x1c")
 
 
 def no_mail(head: bytes) -> str:
     """Why a file starting with *head* is plainly no mail message ('' when it may be one): empty, or compressed
-    (``milterd check`` judges a message of body lines only, as Postfix would take it, but not these)."""
+    (``milterd check`` judges a message of body lines only, or with a NUL byte, as Postfix would take it, but not these)."""
     if not head.strip():
         return "empty"
-    if head.startswith(_PACKED) or b"\x00" in head[:512]:
-        return "compressed or binary"
+    if head.startswith(_PACKED):
+        return "compressed"
     return ""
 
 

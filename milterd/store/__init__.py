@@ -470,7 +470,8 @@ class Store:
             if relative is not None and not relative.exists():
                 # A command run from another directory (cron's) than serve's: "run db upgrade" made a second, empty store.
                 raise NoSchemaError(f"the database {url} is relative to the working directory: no such file {relative} "
-                                    "(run this command where milterd serve runs, or write an absolute path in [database] url)")
+                                    "(run this command where milterd serve runs, or write an absolute path in [database] url; "
+                                    "where serve has not made it yet, `milterd db upgrade` here does)")
             raise NoSchemaError(f"the database {url} has no schema yet: run `milterd db upgrade`")
         head = self.head_version()
         if current != head and self.known_version(current):

@@ -162,7 +162,10 @@ def relative_sqlite(url: str | URL) -> Path | None:
     file = sqlite_file(url)
     if file is None or file.is_absolute():
         return None
-    return Path.cwd() / file
+    try:
+        return Path.cwd() / file
+    except OSError:  # the working directory was removed: nothing opens the store there either
+        return None
 
 
 #: Links followed by :func:`planted_link` before it gives up (the kernel's own limit; the open then fails).

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import update
 
 from milterd.cli import main
+from milterd.commands import doctor as doctor_command
 from milterd.config import Config
 from milterd.diagnostics import Finding, judge_model, judge_postfix, milter_entries, parse_postconf, probe_database, probe_learner, probe_serve_places, same_socket, worst
 from milterd.store import Store
@@ -196,3 +197,14 @@ def test_doctor_into_a_closed_pipe_exits_with_its_findings_status(tmp_path: Path
     conf.write_text(f'[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = 0.2\n[database]\nurl = "sqlite:///{tmp_path}/none.sqlite"\nauto_upgrade = false\n')
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["doctor", "-c", str(conf), "--no-postfix"]) == 1
+
+
+def test_doctor_with_its_standard_output_closed_exits_with_its_findings_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A second look: started with fd 1 closed (sys.stdout None), the flush raised AttributeError: exit 1 whatever it found.
+    monkeypatch.setattr(doctor_command, "diagnose", lambda *args, **kwargs: [Finding("classifier", "warn", "abstains")])
+    monkeypatch.setattr(doctor_command, "private_client_findings", lambda path: [])
+    monkeypatch.setattr(doctor_command, "reload_findings", lambda path: [])
+    for stdout in (None, ClosedPipe()):
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert main(["doctor", "--no-postfix"]) == 0  # a warning only
+        assert main(["doctor", "--no-postfix", "--strict"]) == 1

@@ -12,7 +12,7 @@ import pytest
 
 from milterd.config import Config, DatabaseSection
 from milterd.diagnostics import probe_database
-from milterd.store import NoSchemaError, Store
+from milterd.store import NoSchemaError, Store, relative_sqlite
 
 
 def test_a_relative_store_missing_here_is_named_with_its_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -24,7 +24,8 @@ def test_a_relative_store_missing_here_is_named_with_its_path(tmp_path: Path, mo
     finally:
         store.close()
     assert str(info.value) == (f"the database sqlite:///milterd.sqlite is relative to the working directory: no such file {tmp_path / 'milterd.sqlite'} "
-                               "(run this command where milterd serve runs, or write an absolute path in [database] url)")
+                               "(run this command where milterd serve runs, or write an absolute path in [database] url; "
+                               "where serve has not made it yet, `milterd db upgrade` here does)")
     assert not (tmp_path / "milterd.sqlite").exists()
 
 
@@ -37,3 +38,12 @@ def test_doctor_warns_of_a_relative_store(tmp_path: Path, monkeypatch: pytest.Mo
     assert finding.status == "warn" and f"relative to the working directory ({tmp_path / 'milterd.sqlite'})" in finding.detail
     [absolute] = probe_database(Config().with_changes({"database.url": f"sqlite:///{tmp_path / 'milterd.sqlite'}"}))
     assert absolute.status == "ok"
+
+
+def test_a_removed_working_directory_is_no_place_of_a_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A second look: config show in a removed working directory ended in a traceback from Path.cwd().
+    def gone() -> Path:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(Path, "cwd", gone)
+    assert relative_sqlite("sqlite:///milterd.sqlite") is None
