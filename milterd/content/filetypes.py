@@ -62,13 +62,16 @@ ARCHIVE_KINDS = frozenset({"zip", "rar", "7z", "tar", "cab", "tnef", "lzh", "cpi
 #: Archives 7-Zip or WinRAR open but nothing here lists (libarchive reads neither): what they hold is never judged.
 UNLISTED_ARCHIVE_KINDS = frozenset({"arj", "ace"})
 
+#: The image kinds sniff() tells.
+_IMAGES = frozenset({"png", "jpeg", "gif"})
 #: Extension → the kinds its content may be (what sniff() can tell).
 _EXPECTED: dict[str, frozenset[str]] = {
     "pdf": frozenset({"pdf"}),
-    "png": frozenset({"png"}),
-    "jpg": frozenset({"jpeg"}),
-    "jpeg": frozenset({"jpeg"}),
-    "gif": frozenset({"gif"}),
+    # An image under another image's name (a PNG saved as photo.jpg) is shown by its content everywhere: no mismatch.
+    "png": _IMAGES,
+    "jpg": _IMAGES,
+    "jpeg": _IMAGES,
+    "gif": _IMAGES,
     "zip": frozenset({"zip"}),
     "rar": frozenset({"rar"}),
     "7z": frozenset({"7z"}),
@@ -82,9 +85,11 @@ _EXPECTED: dict[str, frozenset[str]] = {
     "pptm": frozenset({"zip"}),
     "odt": frozenset({"zip"}),
     "ods": frozenset({"zip"}),
-    "doc": frozenset({"ole", "rtf"}),
-    "xls": frozenset({"ole"}),
-    "ppt": frozenset({"ole"}),
+    # An Office 2007 document saved under its 97-2003 name (export.xls): Office opens it by its content; what the
+    # zip holds is judged as any archive's members are, and its macros by the macro policy.
+    "doc": frozenset({"ole", "rtf", "zip"}),
+    "xls": frozenset({"ole", "zip"}),
+    "ppt": frozenset({"ole", "zip"}),
     "msg": frozenset({"ole"}),
     "rtf": frozenset({"rtf"}),
 }

@@ -64,6 +64,17 @@ def test_magic_bytes() -> None:
     assert [f.symbol for f in judge_content("x.doc", "", PE, BANNED_EXTS, False)] == [MISMATCH]
 
 
+def test_an_image_or_office_document_under_a_sibling_s_name_is_no_mismatch() -> None:
+    # A PNG saved as photo.jpg, an XLSX exported as report.xls: every client opens them by their content; each
+    # scored ATTACH_TYPE_MISMATCH's 3 points (review, thirty-sixth session).  A zip or an executable under an
+    # image's name still is one.
+    assert mismatch("photo.jpg", "image/jpeg", b"\x89PNG\r\n\x1a\n", BANNED_EXTS) == ""
+    assert mismatch("banner.gif", "image/gif", b"\xff\xd8\xff\xe0", BANNED_EXTS) == ""
+    assert mismatch("export.xls", "application/vnd.ms-excel", b"PK\x03\x04rest", BANNED_EXTS) == ""
+    assert mismatch("photo.jpg", "image/jpeg", PE, BANNED_EXTS) == "declared .jpg, content is a Windows executable (PE)"
+    assert mismatch("export.xls", "application/vnd.ms-excel", b"%PDF-1.4", BANNED_EXTS) == "declared .xls, content is PDF data"
+
+
 def test_exe_in_a_zip_in_a_zip_is_found_with_its_path() -> None:
     inner = zipped({"evil.exe": PE})
     outer = zipped({"inner.zip": inner, "readme.txt": b"hello"})
