@@ -767,7 +767,7 @@ class _LoneCrWatch:
         last = b""
         for chunk in chunks:
             if not self.seen and chunk:
-                self.seen = (last == b"\r" and not chunk.startswith(b"\n")) or _bare_cr(chunk[:-1] if chunk.endswith(b"\r") else chunk)
+                self.seen = (last == b"\r" and not chunk.startswith(b"\n")) or bare_cr(chunk[:-1] if chunk.endswith(b"\r") else chunk)
                 last = chunk[-1:]
             yield chunk
         self.seen = self.seen or last == b"\r"
@@ -868,7 +868,7 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
             level = open_.level(marker) if marker is not None else None
             if marker is not None and level is not None:  # also within a header section: it ends there, that part bodiless
                 dropping = saved = False
-                odd = _bare_cr(line)  # "--B\r\r\n": a blank line follows to the standard library
+                odd = bare_cr(line)  # "--B\r\r\n": a blank line follows to the standard library
                 header = _Header()
                 in_headers = not open_.closes(marker, level)
                 open_.close_from(level + 1 if in_headers else level)
@@ -881,7 +881,7 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
                     continue
                 parts += 1
                 ctype, boundary, encoding, names = _part_kind(header)
-                odd = (odd or _bare_cr(line) or header.cut or _repeated(header.names)
+                odd = (odd or bare_cr(line) or header.cut or _repeated(header.names)
                        or (header.eight_bit and _part_kind(header, replaced=True)[:3] != (ctype, boundary, encoding)))
                 header = _Header()
                 if boundary is not None and open_.reuses(boundary.variants(reading)):
@@ -903,9 +903,9 @@ def text_view(chunks: Iterable[bytes], room: int, saved_room: int = 0, reading: 
     return view.result()
 
 
-def _bare_cr(line: bytes) -> bool:
-    """Whether *line* holds a CR that no LF follows (a line end to the standard library's parser)."""
-    return line.count(b"\r") > line.count(b"\r\n")
+def bare_cr(line: bytes) -> bool:
+    """Whether *line* holds a CR that no LF follows (a line end to the standard library's parser and Thunderbird's)."""
+    return b"\r" in line and line.count(b"\r") > line.count(b"\r\n")
 
 
 def _cr_delimiter(data: bytes, start: int, end: int) -> bool:
@@ -920,7 +920,7 @@ def _cr_delimiter(data: bytes, start: int, end: int) -> bool:
 def _odd_line(line: bytes) -> bool:
     """Whether the standard library's parser may read header *line* otherwise than :class:`_Header`: a bare CR
     within it, or no field line to it (``Content-Type : x``, a line without a colon), which ends the section."""
-    return _bare_cr(line) or not _STDLIB_FIELD_LINE.match(line)
+    return bare_cr(line) or not _STDLIB_FIELD_LINE.match(line)
 
 
 def shows_text(ctype: str, names: Iterable[str]) -> bool:

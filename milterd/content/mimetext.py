@@ -46,7 +46,7 @@ from ..domains import MAX_EMBEDDING, embedded_authorities, registrable
 from .filetypes import HEAD_SIZE, MESSAGE_TYPES, extensions, message_file, outlook_file, outlook_name, text_file_type
 from .mimeparams import LenientMessage, Preference, client_container_type, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
-from .mimeparts import SCRIPT_TEXT_TYPES, part_names, text_views
+from .mimeparts import SCRIPT_TEXT_TYPES, bare_cr, part_names, text_views
 from .outlookmsg import Node, decoded_text, open_compound, read_stream
 from .outlookmsg import attachments as msg_attachments
 from .outlookmsg import bodies as msg_bodies
@@ -853,7 +853,7 @@ def single_text_type(headers: Iterable[tuple[str, bytes]]) -> tuple[str, str | N
     found: tuple[str, str | None] = ("text/plain", None)
     types = 0
     for name, value in headers:
-        if b"\r" in value and value.count(b"\r") > value.count(b"\r\n"):
+        if bare_cr(value):
             return None
         lowered = name.rstrip(" \t").lower()  # "Content-Type :" is that field to mail clients
         if lowered == "content-disposition":
