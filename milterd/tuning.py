@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Iterable, Mapping
 
 from .checks import Check, attachments, clamav, discover
 from .checks import spamassassin as spamd
-from .checks.bayes import SKIPPED_CONFIDENT, confident
+from .checks.bayes import SKIPPED_CONFIDENT, confident, spoke
 from .checks.spamassassin import SPAMASSASSIN
 from .config import ActionsSection, Config, MilterSection
 from .message.model import Action, Hit
@@ -385,8 +385,7 @@ class SpamdSkip:
         spamd skipped now: the classifier spoke and the score before spamd is beyond a bound."""
         if SPAMASSASSIN not in symbols:
             return False
-        spoke = any(name.startswith("BAYES_") and name != "BAYES_ERROR" for name in symbols)
-        return confident(self.before_spamd(symbols), spoke, self.above, self.below)
+        return confident(self.before_spamd(symbols), spoke(symbols), self.above, self.below)
 
     def before_spamd(self, symbols: Mapping[str, float]) -> float:
         """The score the tiers compare with the bounds, as the milter counts it: without spamd's answer and the

@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Iterable
 
 from ..clock import utcnow
 from ..learner.cache import TokenCache
@@ -94,6 +94,11 @@ def bayes_symbols() -> tuple[Symbol, ...]:
 def tiers_enabled(options: "LearnerSection") -> bool:
     """Whether spamd may be skipped for confident messages (then it runs after the classifier)."""
     return options.enabled and (options.skip_spamd_above is not False or options.skip_spamd_below is not False)
+
+
+def spoke(symbols: Iterable[str]) -> bool:
+    """Whether the classifier gave one of these *symbols*: a BAYES_* bucket, not BAYES_ERROR (what :func:`confident` asks)."""
+    return any(name.startswith("BAYES_") and name != ERROR for name in symbols)
 
 
 def confident(score: float, spoke: bool, above: float | bool, below: float | bool) -> bool:

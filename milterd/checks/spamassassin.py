@@ -36,7 +36,7 @@ from ..scanners import ScannerError
 from ..scanners.cache import ResultCache, content_key
 from ..scanners.spamd import SpamdClient, SpamdResult
 from . import Hits, Symbol
-from .bayes import SKIPPED_CONFIDENT, confident, tiers_enabled
+from .bayes import SKIPPED_CONFIDENT, confident, spoke, tiers_enabled
 from .scanning import ScannerCheck, scan_error_hit
 
 if TYPE_CHECKING:
@@ -117,8 +117,8 @@ class SpamAssassinCheck(ScannerCheck):
         # Counted as the verdict counts it, each symbol once: a DNS list hit returned at CONNECT and again at
         # MAIL FROM ([checks.dnsbl] delay_reject = false) had counted twice, and skipped spamd below the bound.
         score = round(sum(score_hits(verdict_hits(session, envelope), self.services.weight)[0].values()), 2)
-        spoke = any(h.symbol.startswith("BAYES_") and h.symbol != "BAYES_ERROR" for h in envelope.hits)
-        return score if confident(score, spoke, learner.skip_spamd_above, learner.skip_spamd_below) else None
+        bucket = spoke(h.symbol for h in envelope.hits)
+        return score if confident(score, bucket, learner.skip_spamd_above, learner.skip_spamd_below) else None
 
     def on_eom(self, session: Session, envelope: Envelope) -> Hits:
         before = self.confident_score(session, envelope)
