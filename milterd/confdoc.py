@@ -7,7 +7,6 @@ line of documentation, in Postfix's manner.  A test keeps the two in step.
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tomli_w
@@ -115,7 +114,7 @@ def _anchored(data: dict[str, Any], config: Config) -> None:
     rules directory as in effect: '' when the default one is absent), and a relative SQLite store's against the
     working directory (where every command opens it): saved elsewhere (/etc/milterd), ``config show``'s output
     named other rules, keys and store, or none at all."""
-    base = config.path.parent if config.path else Path.cwd()
+    base = config.directory
     rules = config.rules_dir
     data["rules"]["dir"] = str(rules) if rules is not None and rules.exists() else ""
     for key in data["dkim_signing"]["keys"]:

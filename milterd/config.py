@@ -501,6 +501,12 @@ class Config(Section):
         return self.milter.hostname or _fqdn()
 
     @property
+    def directory(self) -> Path:
+        """The directory the relative paths of this file are read against (the rules, key files, login map):
+        this file's, or the working directory's for the embedded defaults."""
+        return self.path.parent if self.path else Path.cwd()
+
+    @property
     def rules_dir(self) -> Path | None:
         """The local rules directory, resolved against this file's directory; None when there is none.
 
@@ -509,8 +515,7 @@ class Config(Section):
         """
         if not self.rules.dir:
             return None
-        base = self.path.parent if self.path else Path.cwd()
-        given = base / self.rules.dir
+        given = self.directory / self.rules.dir
         try:
             dangling = given.is_symlink() and not given.exists()
             directory = resolved(given)

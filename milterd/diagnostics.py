@@ -483,7 +483,7 @@ def private_files(config: Config) -> list[tuple[str, Path]]:
     """The files whose content is private, each with what it is: the DKIM private keys, the ARC sealing key, the
     release password file.  Not the SQLite store's, which ``serve`` refuses unless private (:func:`probe_store_files`)."""
     files: list[tuple[str, Path]] = []
-    base = config.path.parent if config.path else Path.cwd()  # as load_keys and the ARC sealer read them
+    base = config.directory  # as load_keys and the ARC sealer read them
     if config.dkim_signing.enabled:
         files += [(f"the DKIM private key of {key.selector}._domainkey.{key.domain}", base / key.key_file) for key in config.dkim_signing.keys]
     arc = config.checks.arc

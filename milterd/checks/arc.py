@@ -353,7 +353,7 @@ class ArcSealer(Check):
         if not services.config.checks.spf.authentication_results:
             # The seal attests milterd's own Authentication-Results: without them nothing was sealed, unsaid.
             raise ConfigError(where, "[checks.arc] seal", "needs [checks.spf] authentication_results = true (the seal attests those results)")
-        path = (services.config.path.parent if services.config.path else Path.cwd()) / options.seal_key_file
+        path = services.config.directory / options.seal_key_file
         try:
             data = read_regular(path)
         except (OSError, ValueError) as exc:

@@ -225,8 +225,7 @@ def login_table(services: "Services") -> dict[str, set[str]]:
     options = services.config.checks.local_domains
     table: dict[str, set[str]] = {}
     if options.sender_login_maps:
-        base = services.config.path.parent if services.config.path else Path.cwd()
-        table = load_login_map(base / options.sender_login_maps, services.config.path or "milter.conf")
+        table = load_login_map(services.config.directory / options.sender_login_maps, services.config.path or "milter.conf")
     for key, logins in options.sender_logins.items():
         if "@" not in key:
             raise ConfigError(services.config.path or "milter.conf", f"[checks.local_domains] sender_logins.{key}", "keys are addresses or @domain")

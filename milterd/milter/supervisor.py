@@ -647,7 +647,7 @@ def reload_files(config: Config) -> list[tuple[str, Path]]:
     files: list[tuple[str, Path]] = []
     if config.path is not None:
         files.append(("", config.path))
-    base = config.path.parent if config.path else Path.cwd()
+    base = config.directory
     try:
         rules = config.rules_dir
     except ConfigError:  # start refused it already; a reload says so itself
