@@ -51,10 +51,13 @@ def run_doctor(args: argparse.Namespace) -> int:
         # The reader left (doctor | head): the findings are judged all the same, and the exit status is their
         # verdict (cli.main's 0 for a closed pipe told a monitoring script 'healthy').  Python's own flush at
         # exit must not fail again on the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
         try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            os.dup2(devnull, sys.stdout.fileno())
         except (OSError, ValueError):  # no file descriptor behind stdout
             pass
+        finally:
+            os.close(devnull)
     return 1 if status == "fail" or (args.strict and status == "warn") else 0
 
 
