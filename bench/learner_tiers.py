@@ -78,7 +78,7 @@ WIDE: tuple[float | None, float | None] = (5.0, -2.0)
 #: What bench/run.py's corpus mix adds to every message's score before spamd that the offline
 #: cross-validation does not: RDNS_NONE 1.5 (every client is claimed by XCLIENT with NAME=[UNAVAILABLE]),
 #: SPF_PASS -0.5 (the one envelope sender corpus@example.org, from 192.0.2.0/24) and HDR_DATE_PAST 1.0
-#: (2002-03 Dates; the CV sets date_past off).  The same for every message of the mix, so that the
+#: (2002-03 Dates; the CV weighs it 0).  The same for every message of the mix, so that the
 #: corpus-tiers row's bounds, shifted by it, skip spamd for the same messages as CHOSEN does in the CV.
 BENCH_OFFSET = 1.5 - 0.5 + 1.0
 
