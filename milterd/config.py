@@ -97,7 +97,7 @@ class MilterSection(Section):
     group: str = Field("", description="Group to run as after the socket is open when started as root (with user = \"root\" too); empty uses the user's primary group. A group that does not exist is refused at start, whoever starts milterd.")
     hostname: str = Field("", description="This host's name in the log, Received and report headers; empty uses the system's FQDN.")
     authserv_id: str = Field("", description="The authserv-id of Authentication-Results headers, a host name (one token: letters, digits, '-', '_', '.'; read back as one, a sender's header claiming it is removed); empty uses hostname.")
-    trusted_networks: list[str] = Field(["127.0.0.0/8", "::1/128"], description="Client networks that are trusted (like Postfix's mynetworks).")
+    trusted_networks: list[str] = Field(["127.0.0.0/8", "::1/128"], description="Client networks that are trusted (like Postfix's mynetworks). An IPv4 client written as IPv6 (::ffff:192.0.2.1, or 64:ff9b::192.0.2.1 at an IPv6-only MX behind NAT64) is matched as the IPv4 address it is, by an entry of either form.")
     local_domains: list[str] = Field([], description="Domains this site receives mail for and sends mail as.")
     skip_trusted: bool = Field(True, description="Do not score mail from trusted_networks (it is logged and passed).")
     skip_authenticated: bool = Field(True, description="Do not score mail from clients that authenticated with SMTP AUTH.")

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
+from .addresses import embedded_ipv4
 from .dns import domain_name, fold_case
 from .message.policy import routed
 from .patterns import IGNORECASE, AdminPattern, PatternError
@@ -96,19 +97,6 @@ def client_network(address: str, netmask_v4: int = 24, netmask_v6: int = 64) -> 
     prefix = netmask_v4 if ip.version == 4 else netmask_v6
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
-
-#: RFC 6052's well-known prefix: an IPv6-only MX behind NAT64/SIIT sees every IPv4 client in it, one /64.
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 *ip* stands for: IPv4-mapped (``::ffff:192.0.2.1``) or translated by NAT64
-    (``64:ff9b::192.0.2.1``), else None."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
 
 
 _BATV = re.compile(r"^(?:prvs|msprvs1)=[^=@]+=(?P<rest>.+@.+)$")

@@ -14,6 +14,7 @@ import sys
 from typing import Any, Callable
 
 from .. import greylist as gl
+from ..addresses import embedded_ipv4_network
 from ..config import Config, load_config
 from ..store import Store, StoreError
 from ..text import cut, escape
@@ -108,15 +109,12 @@ def stored_networks(text: str, config: Config) -> list[str]:
     if "/" not in text:
         return [gl.client_network(text, config.greylist.netmask_v4, config.greylist.netmask_v6)]
     try:
-        # An IPv4-mapped network (::ffff:198.51.100.0/120) as its clients' triplets hold it: 198.51.100.0/24.
-        network = gl.unmapped(ipaddress.ip_network(text.lower().removeprefix("ipv6:"), strict=False))
+        written = ipaddress.ip_network(text.lower().removeprefix("ipv6:"), strict=False)
     except ValueError:
         return [text.lower()]
-    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
-        # A NAT64 network (64:ff9b::c633:6400/120) as its clients' triplets hold it too: the IPv4 one behind it.
-        inner = gl.embedded_ipv4(network.network_address)
-        if inner is not None:
-            network = ipaddress.ip_network(f"{inner}/{network.prefixlen - 96}", strict=False)
+    # An IPv4-mapped or NAT64 network (::ffff:198.51.100.0/120, 64:ff9b::c633:6400/120) as its clients'
+    # triplets hold it: the IPv4 one behind it, 198.51.100.0/24.
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network = embedded_ipv4_network(written) or written
     netmask = config.greylist.netmask_v4 if network.version == 4 else config.greylist.netmask_v6
     # The network as written too: triplets stored under an earlier netmask keep theirs until they expire.
     if network.prefixlen >= netmask:

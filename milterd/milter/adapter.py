@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import Milter
 
+from ..addresses import embedded_ipv4
 from ..checks import Stage
 from ..checks.headers import field_size, header_limit_hit
 from ..message.model import Action, Decision, Envelope, Hit, Session, header_safe
@@ -124,16 +125,17 @@ def protocol_bits(stages: frozenset[Stage], unix: bool = False, early_refusals: 
 
 
 def unmapped(address: str) -> str:
-    """*address* with an IPv4-mapped IPv6 address (``::ffff:192.0.2.10``, from a dual-stack socket behind another
-    MTA) written as the IPv4 address it is, as Postfix writes it: trusted_networks and reverse DNS take it as IPv4
-    as the DNS lists and greylisting do."""
-    if not address.lower().startswith("::ffff:"):
+    """*address* with an IPv6 address that stands for an IPv4 client written as that IPv4 address: IPv4-mapped
+    (``::ffff:192.0.2.10``, from a dual-stack socket behind another MTA, as Postfix writes it) or translated by
+    NAT64/SIIT into RFC 6052's well-known prefix (``64:ff9b::192.0.2.10``, an IPv6-only MX's view of IPv4
+    clients). trusted_networks, the DNS lists, reverse DNS, SPF and greylisting all judge the IPv4 client."""
+    if ":" not in address:
         return address
     try:
-        mapped = ipaddress.IPv6Address(address).ipv4_mapped
+        inner = embedded_ipv4(ipaddress.IPv6Address(address))
     except ValueError:
         return address
-    return str(mapped) if mapped is not None else address
+    return str(inner) if inner is not None else address
 
 
 class MilterdMilter(Milter.Base):

@@ -157,6 +157,20 @@ def test_ipv6_client_is_looked_up_in_nibble_form(stack: Stack, local_dns: LocalD
     assert "6.6.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl6.test. A IN" in local_dns.log()
 
 
+def test_a_nat64_client_is_judged_as_the_ipv4_address_it_stands_for(stack: Stack) -> None:
+    # An IPv6-only MX behind NAT64/SIIT sees 192.0.2.66 as 64:ff9b::c000:242: the DNS lists asked its IPv6
+    # nibble name (never listed), SPF failed pass.test's ip4: range (found by review).
+    with pytest.raises(smtplib.SMTPSenderRefused) as info:
+        stack.send(message("nat64 listed"), xclient=client("IPV6:64:ff9b::c000:242"))
+    assert info.value.smtp_code == 554
+    assert info.value.smtp_error.decode().startswith("5.7.1 Service unavailable; client [192.0.2.66] blocked using bl.test;")
+    stack.send(message("nat64 low", sender="x@pass.test"), sender="x@pass.test", xclient=client("IPV6:64:ff9b::c000:243"))
+    assert delivered(stack, "nat64 low")
+    row = row_for(stack, "nat64 low")
+    assert row["client_addr"] == "192.0.2.67"
+    assert row["symbols"]["DNSBL_TEST_LOW"] == 1.5 and "SPF_PASS" in row["symbols"]
+
+
 def test_spf_fail_is_rejected_at_rcpt(stack: Stack) -> None:
     with pytest.raises(smtplib.SMTPRecipientsRefused) as info:
         stack.send(message("spf fail", sender="x@fail.test"), sender="x@fail.test", xclient=client())

@@ -1,0 +1,50 @@
+"""IPv6 addresses that stand for an IPv4 client.
+
+An IPv4 client reaches milterd written as IPv6 in two ways: IPv4-mapped
+(``::ffff:192.0.2.1``, a dual-stack socket behind another MTA) and, at an
+IPv6-only MX behind NAT64/SIIT, in RFC 6052's well-known prefix
+(``64:ff9b::192.0.2.1``).  Either is the IPv4 host: the DNS lists, reverse DNS,
+SPF, trusted_networks and greylisting judge that host.  A site-specific NAT64
+prefix is not known here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable
+
+#: RFC 6052's well-known prefix: an IPv6-only MX behind NAT64/SIIT sees every IPv4 client in it.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 *ip* stands for: IPv4-mapped (``::ffff:192.0.2.1``) or translated by NAT64
+    (``64:ff9b::192.0.2.1``), else None."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def embedded_ipv4_network(network: Network) -> ipaddress.IPv4Network | None:
+    """The IPv4 network an IPv6 *network* of /96 or narrower stands for, IPv4-mapped (``::ffff:198.51.100.0/120``)
+    or NAT64 (``64:ff9b::c633:6400/120``): ``198.51.100.0/24``; else None."""
+    if not isinstance(network, ipaddress.IPv6Network) or network.prefixlen < 96:
+        return None
+    inner = embedded_ipv4(network.network_address)
+    return None if inner is None else ipaddress.IPv4Network(f"{inner}/{network.prefixlen - 96}")
+
+
+def client_networks(written: Iterable[str]) -> list[Network]:
+    """Networks as written in milter.conf (trusted_networks), each followed by the IPv4 network it stands for
+    where it is one written as IPv6 (``64:ff9b::a00:0/104`` also as ``10.0.0.0/8``): the client is judged as
+    the IPv4 address (:func:`embedded_ipv4`), and an entry copied from an IPv6-only MX's logs still matches."""
+    networks: list[Network] = []
+    for text in written:
+        network = ipaddress.ip_network(text, strict=False)
+        inner = embedded_ipv4_network(network)
+        networks += [network] if inner is None else [network, inner]
+    return networks

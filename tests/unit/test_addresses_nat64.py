@@ -1,0 +1,68 @@
+"""An IPv4 client an IPv6-only MX sees through NAT64/SIIT (``64:ff9b::a.b.c.d``) is judged as that IPv4
+address by every check, not only by greylisting (found by review: the DNS lists asked the IPv6 nibble name,
+SPF failed the sender's ip4: range, reverse DNS asked ip6.arpa)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+
+import Milter
+import pytest
+
+from milterd.addresses import client_networks, embedded_ipv4_network
+from milterd.config import load_config
+from milterd.milter.adapter import MilterdMilter, unmapped
+from milterd.tuning import unscored
+
+from .test_adapter_pipeline_review import Context, make_conf, make_pipeline
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [("64:ff9b::cb00:7107", "203.0.113.7"), ("64:FF9B::203.0.113.7", "203.0.113.7"), ("::ffff:192.0.2.10", "192.0.2.10"),
+     ("64:ff9b:1::cb00:7107", "64:ff9b:1::cb00:7107"), ("2001:db8::1", "2001:db8::1"), ("192.0.2.1", "192.0.2.1")],
+)
+def test_a_nat64_client_address_is_the_ipv4_address_it_stands_for(address: str, expected: str) -> None:
+    assert unmapped(address) == expected
+
+
+def test_ipv6_written_networks_also_match_as_the_ipv4_network_behind_them() -> None:
+    assert embedded_ipv4_network(ipaddress.ip_network("64:ff9b::a00:0/104")) == ipaddress.ip_network("10.0.0.0/8")
+    assert embedded_ipv4_network(ipaddress.ip_network("::ffff:c000:200/120")) == ipaddress.ip_network("192.0.2.0/24")
+    assert embedded_ipv4_network(ipaddress.ip_network("64:ff9b::/64")) is None  # wider than the prefix: not one IPv4 network
+    assert embedded_ipv4_network(ipaddress.ip_network("192.0.2.0/24")) is None
+    assert [str(n) for n in client_networks(["64:ff9b::a00:0/104", "2001:db8::/32"])] == ["64:ff9b::a00:0/104", "10.0.0.0/8", "2001:db8::/32"]
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.0/8", "64:ff9b::a00:0/104"])
+def test_a_nat64_client_is_trusted_by_an_entry_of_either_form(entry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = make_conf(tmp_path)
+    conf.write_text(conf.read_text().replace("trusted_networks = []", f'trusted_networks = ["{entry}"]'))
+    services, pipeline = make_pipeline(conf)
+    try:
+
+        class Worker(MilterdMilter):
+            pass
+
+        Worker.pipeline = pipeline
+        monkeypatch.setattr(Milter, "factory", Worker)
+        ctx = Context()
+        assert ctx._negotiate() == Milter.CONTINUE
+        ctx._stage = Milter.M_CONNECT
+        assert Milter.connect_callback(ctx, "[64:ff9b::a00:1]", socket.AF_INET6, ("64:ff9b::a00:1", 4321, 0, 0)) == Milter.CONTINUE
+        session = ctx.getpriv().session
+        assert (session.client_addr, session.family, session.trusted) == ("10.0.0.1", "inet", True)
+        Milter.close_callback(ctx)
+    finally:
+        pipeline.shutdown()
+        services.close()
+
+
+def test_whatif_takes_a_row_logged_with_the_nat64_address_as_its_ipv4_client(tmp_path: Path) -> None:
+    conf = make_conf(tmp_path)
+    conf.write_text(conf.read_text().replace("trusted_networks = []", 'trusted_networks = ["10.0.0.0/8"]'))
+    milter = load_config(conf).milter
+    assert unscored({"client_addr": "64:ff9b::a00:1", "symbols": {}}, milter)
+    assert not unscored({"client_addr": "64:ff9b::b00:1", "symbols": {}}, milter)
