@@ -44,7 +44,7 @@ from .checks.clamav import VIRUS_HEADERS
 from .config import Config
 from .files import read_error
 from .learner.tokenizer import MAX_INPUT, MessageDigest, hashed_tokens
-from .message.policy import spam_verdict_field
+from .message.policy import RELEASE_HEADER, spam_verdict_field
 from .scanners.spamd import SpamdClient
 from .store import SENDER_LIMIT, Store, StoreError, utcnow
 from .store.learner import Label, LearnerStore
@@ -58,8 +58,6 @@ JSON_FIELDS = (
     "released_at", "released_by", "release_count", "mode", "mta_host", "client_addr", "client_name", "helo",
     "learned_ham", "message_log_id",
 )
-
-RELEASE_HEADER = "X-Milterd-Released"
 
 #: A row's release state (see :func:`release_state`): not claimed, delivered, claimed with the
 #: outcome unknown (no reply after the message was sent), claimed with no outcome recorded.
@@ -727,7 +725,7 @@ class Quarantine:
         """The stored message as a release sends it: without the header fields the milter's edits take out of
         delivered mail, which a release does not go through: the Authentication-Results claiming our
         authserv-id (a forger's ``dmarc=pass`` in our name; ``[checks.spf] remove_forged``), a sender's own
-        X-Spam-* fields and X-Virus-* fields (``[clamav] headers``, clamd enabled).
+        X-Spam-* fields and X-Milterd-Released (a forged or an earlier release's), X-Virus-* fields (``[clamav] headers``, clamd enabled).
         The id is the one configured, else this host's name and that of the MX host that quarantined the
         message (they share the store)."""
         chunks = self.message_chunks(row)

@@ -52,12 +52,16 @@ THRESHOLD_ACTIONS = (
 
 SPAM_HEADERS = ("X-Spam-Status", "X-Spam-Score", "X-Spam-Flag")
 
+#: The field a release adds to the copy it re-injects (who released it, when).
+RELEASE_HEADER = "X-Milterd-Released"
+
 
 def spam_verdict_field(name: str) -> bool:
-    """Whether a header field called *name* states a spam verdict (``X-Spam-*``: SpamAssassin's Level, Report and
-    Checker-Version, or Rspamd's ``X-Spam``), which a sender must not be able to claim."""
+    """Whether a header field called *name* states a verdict a sender must not be able to claim: a spam verdict
+    (``X-Spam-*``: SpamAssassin's Level, Report and Checker-Version, or Rspamd's ``X-Spam``) or milterd's
+    :data:`RELEASE_HEADER` (an administrator looked at this message and let it through)."""
     lower = name.lower()
-    return lower == "x-spam" or lower.startswith("x-spam-")
+    return lower == "x-spam" or lower.startswith("x-spam-") or lower == "x-milterd-released"
 
 
 def spam_header_names(headers: Mapping[str, int]) -> list[str]:

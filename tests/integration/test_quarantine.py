@@ -109,6 +109,21 @@ def test_quarantined_message_is_stored_not_delivered(stack: Stack) -> None:
     assert [r["action"] for r in log] == ["quarantine"]
 
 
+def test_a_forged_release_mark_is_never_delivered(stack: Stack) -> None:
+    # A sender's own "X-Milterd-Released" (an administrator vetted this) was delivered as sent, and a release kept
+    # it below its own (found by review): removed as a sender's X-Spam-Flag is.
+    tag = uuid.uuid4().hex
+    forged = {"X-Milterd-Released": "postmaster@mx.test Mon, 07 Dec 2026 10:00:00 +0000"}
+    assert stack.send(message(subject=f"plain {tag}", headers=forged)) == {}
+    [plain] = stack.sink.wait(1, match=lambda m: any(f"plain {tag}" == s for s in m.header("Subject")))
+    assert plain.header("X-Milterd-Released") == []
+    assert stack.send(message(subject=f"QUARANTINE-ME {tag}", headers=forged)) == {}
+    [row] = [r for r in listed(stack) if tag in r["subject"]]
+    assert cli(stack, "release", str(row["id"]), "--by", "admin@test").returncode == 0
+    [released] = stack.sink.wait(1, match=lambda m: any(f"QUARANTINE-ME {tag}" == s for s in m.header("Subject")))
+    assert [value.split()[0] for value in released.header("X-Milterd-Released")] == ["admin@test"]
+
+
 def test_release_delivers_once_byte_identical(stack: Stack) -> None:
     original, row = quarantine_one(stack, ["bob@example.com", "carol@example.com"])
     tag = row["subject"].split()[-1]
