@@ -54,7 +54,7 @@ from .store import Store, unknown_schema
 from .store.engine import relative_sqlite, sqlite_file
 from .store.learner import LearnerStore, ModelSummary, model_may_exist
 from .store.ownership import socket_directory_problems, store_file_problems
-from .text import redact, redact_url
+from .text import has_password, redact, redact_url
 from .units import parse_duration
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -481,8 +481,11 @@ def probe_dkim_keys(config: Config) -> list[Finding]:
 
 def private_files(config: Config) -> list[tuple[str, Path]]:
     """The files whose content is private, each with what it is: the DKIM private keys, the ARC sealing key, the
-    release password file.  Not the SQLite store's, which ``serve`` refuses unless private (:func:`probe_store_files`)."""
+    release password file, milter.conf when its database URL holds a password.  Not the SQLite store's, which
+    ``serve`` refuses unless private (:func:`probe_store_files`)."""
     files: list[tuple[str, Path]] = []
+    if config.path is not None and has_password(config.database.url):
+        files.append(("the configuration, which holds [database] url's password,", config.path))
     base = config.directory  # as load_keys and the ARC sealer read them
     if config.dkim_signing.enabled:
         files += [(f"the DKIM private key of {key.selector}._domainkey.{key.domain}", base / key.key_file) for key in config.dkim_signing.keys]

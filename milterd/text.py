@@ -107,6 +107,11 @@ def _passwords(url: str) -> list[tuple[str, str]]:
     return found
 
 
+def has_password(url: str) -> bool:
+    """Whether *url* (a database URL) carries a password, in its ``user:PASSWORD@`` or a ``password=`` parameter."""
+    return bool(_passwords(url))
+
+
 def _userinfo_hidden(url: str) -> str:
     """*url* with only its ``user:PASSWORD@`` password replaced by ``***`` (a ``?`` in it must not start the query),
     in each reading, the longest first (``u:p@ss@host`` is ``u:***@host``)."""

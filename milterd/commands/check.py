@@ -147,7 +147,7 @@ def train_scratch_model(config: Config, ham: Iterable[Path], spam: Iterable[Path
     for label, folders in (("ham", ham), ("spam", spam)):
         refs, problems = _collect(folders)
         for problem in problems:
-            print(f"milterd: {problem}", file=sys.stderr)
+            print(f"milterd: {escape(problem)}", file=sys.stderr)
         labelled.extend((label, ref) for ref in refs)
     return learn_scratch(config, labelled)
 
@@ -168,7 +168,7 @@ def learn_scratch(config: Config, labelled: Iterable[tuple[str, MessageRef]], re
             except UnreadableMessage as exc:
                 if ref.label not in reported:
                     reported.add(ref.label)
-                    print(f"milterd: {exc}", file=sys.stderr)
+                    print(f"milterd: {escape(exc)}", file=sys.stderr)
                 continue
             digest, tokens = prepare(raw, config.learner.max_size)
             repository.learn(digest, tokens, "spam" if label == "spam" else "ham")
@@ -316,7 +316,7 @@ def _run(refs: list[MessageRef], pipeline: Pipeline, client: Client, progress: "
 def _check_files(args: argparse.Namespace, services: Services, pipeline: Pipeline, client: Client) -> int:
     refs, problems = _collect(args.paths)
     for problem in problems:
-        print(f"milterd: {problem}", file=sys.stderr)
+        print(f"milterd: {escape(problem)}", file=sys.stderr)
     progress = Progress(len(refs), args.progress)
     judgements = list(_run(refs, pipeline, client, progress))
     owners = {s.name: s for s in symbol_table(services)}
@@ -391,7 +391,7 @@ def _labelled(args: argparse.Namespace) -> tuple[list[tuple[str, str, MessageRef
         for folder in folders:
             refs, problems = _collect([folder])
             for problem in problems:
-                print(f"milterd: {problem}", file=sys.stderr)
+                print(f"milterd: {escape(problem)}", file=sys.stderr)
             unread += bool(problems)
             labelled.extend((kind, str(folder), ref) for ref in refs)
     return labelled, unread
@@ -413,7 +413,7 @@ def _judge_all(labelled: list[tuple[str, str, MessageRef]], pipeline: Pipeline, 
         if item.action == Action.TEMPFAIL:
             # A 451 judged nothing (a scanner down with on_error = "tempfail", a spool unread): counted as
             # not judged, never as spam caught or ham flagged.
-            print(f"milterd: check: {ref.label}: answered {item.reply or '451'} ({item.reason}): not judged", file=sys.stderr)
+            print(f"milterd: check: {escape(ref.label)}: answered {escape(item.reply or '451')} ({escape(item.reason)}): not judged", file=sys.stderr)
             errors += 1
             continue
         # Forced by a hit (a banned file also over the reject threshold) or more severe than the thresholds choose:
@@ -515,7 +515,7 @@ class Progress:
         self.count += 1
         if self.enabled and (self.count % self._every == 0 or self.count == self.total):
             filled = self.width * self.count // max(1, self.total)
-            sys.stderr.write(f"\r[{'#' * filled}{' ' * (self.width - filled)}] {self.count}/{self.total} {_tail(label, 40):40}")
+            sys.stderr.write(f"\r[{'#' * filled}{' ' * (self.width - filled)}] {self.count}/{self.total} {_tail(escape(label), 40):40}")
             sys.stderr.flush()
 
     def done(self) -> None:

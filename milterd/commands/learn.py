@@ -32,6 +32,7 @@ from ..learner.tokenizer import MAX_DIGEST_READ, hashed_tokens, message_digest
 from ..milter.offline import HEAD_SIZE, MessageRef, looks_like_message, sources
 from ..store.errors import StoreError
 from ..store.learner import LearnerStore
+from ..text import escape
 from . import config_parent, describe_failure, open_store, whole_number_arg
 
 #: Messages handed to a tokenizing process at once at most,
@@ -200,7 +201,7 @@ def run_learn(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         for line in failures[:100]:
-            print(f"milterd: {line}", file=sys.stderr)
+            print(f"milterd: {escape(line)}", file=sys.stderr)
         if stop:
             print(f"milterd: {stop}", file=sys.stderr)
         counted = ", ".join(f"{outcomes[key]} {key}" for key in ("learned", "moved", "already", "forgotten", "unknown", "failed", "unreadable") if outcomes[key])

@@ -1,0 +1,69 @@
+"""Thirty-seventh session's review of the quarantine and data exposure: a sender's forged release mark, file
+names printed raw to an administrator's terminal, a milter.conf holding the database password open to all."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from milterd.cli import main
+from milterd.config import Config
+from milterd.diagnostics import probe_private_files
+from milterd.message.model import Action, Verdict
+from milterd.message.policy import plan_headers, spam_verdict_field
+
+ESCAPED_NAME = "x\x1b]0;owned\x07\x1b[31mred.eml"
+
+
+def test_a_senders_release_mark_is_removed_as_a_verdict_is() -> None:
+    assert spam_verdict_field("X-Milterd-Released") and spam_verdict_field("x-milterd-released")
+    assert not spam_verdict_field("X-Milterd-Released-By")
+    edits = plan_headers(Verdict(Action.ACCEPT, 0.0, {}, {}, ""), {"x-milterd-released": 2, "subject": 1}, "hi", Config().actions)
+    removed = [(e.op, e.name.lower(), e.index) for e in edits if e.op == "change"]
+    assert removed == [("change", "x-milterd-released", 2), ("change", "x-milterd-released", 1)]
+
+
+def _conf(tmp_path: Path, extra: str = "") -> Path:
+    conf = tmp_path / "milter.conf"
+    conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "s.sqlite"}"\n[rules]\ndir = ""\n[dns]\nnameservers = ["127.0.0.1:9"]\n{extra}')
+    assert main(["db", "upgrade", "-c", str(conf)]) == 0
+    return conf
+
+
+def test_learn_prints_an_unreadable_files_name_with_its_control_characters_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = _conf(tmp_path)
+    (tmp_path / ESCAPED_NAME).write_bytes(b"\x00\x01 no mail here")
+    capsys.readouterr()
+    assert main(["learn", "-c", str(conf), "--spam", str(tmp_path / ESCAPED_NAME)]) == 1
+    err = capsys.readouterr().err
+    assert "not a mail message" in err and "\\x1b]0;owned\\x07" in err
+    assert "\x1b" not in err and "\x07" not in err
+
+
+def test_checks_not_judged_line_escapes_the_files_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # spamd unreachable (nothing listens on the discard port) with on_error = "tempfail": every message answered 451.
+    conf = _conf(tmp_path, '[spamd]\nenabled = true\naddress = "tcp:127.0.0.1:9"\ntimeout = "2s"\non_error = "tempfail"\n')
+    for kind in ("ham", "spam"):
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / ESCAPED_NAME).write_bytes(b"From: a@example.org\r\nSubject: hi\r\n\r\nhello\r\n")
+    capsys.readouterr()
+    main(["check", "-c", str(conf), "--json", "--ham", str(tmp_path / "ham"), "--spam", str(tmp_path / "spam")])
+    captured = capsys.readouterr()
+    assert "not judged" in captured.err and "\\x1b]0;owned\\x07" in captured.err
+    assert "\x1b" not in captured.err and "\x07" not in captured.err
+    json.loads(captured.out)
+
+
+def test_doctor_warns_about_a_configuration_holding_the_database_password_open_to_all(tmp_path: Path) -> None:
+    conf = tmp_path / "milter.conf"
+    conf.write_text("")
+    conf.chmod(0o644)
+    with_password = Config().with_changes({"database.url": "postgresql+psycopg://milterd:S3cret@127.0.0.1/milterd"}).model_copy(update={"path": conf})
+    [finding] = probe_private_files(with_password)
+    assert finding.status == "warn" and str(conf) in finding.name and "password" in finding.detail and "0644" in finding.detail
+    without = Config().with_changes({"database.url": "postgresql+psycopg://milterd@127.0.0.1/milterd"}).model_copy(update={"path": conf})
+    assert probe_private_files(without) == []
+    conf.chmod(0o640)
+    assert probe_private_files(with_password) == []
