@@ -101,8 +101,8 @@ def pipeline(conf: Path) -> Iterator[Pipeline]:
     services.close()
 
 
-def negotiate(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, unix: bool = False) -> Context:
-    """A connection negotiated as Postfix does, through CONNECT: as an inet worker (every stage
+def negotiate(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, unix: bool = False, address: str = "192.0.2.7") -> Context:
+    """A connection from *address* negotiated as Postfix does, through CONNECT: as an inet worker (every stage
     answered) or, with *unix*, as a unix-socket one (CONNECT, HELO, headers and body get no reply)."""
 
     class Worker(MilterdMilter):
@@ -114,7 +114,8 @@ def negotiate(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, unix: bool = 
     context = Context()
     assert context._negotiate() == Milter.CONTINUE
     context._stage = Milter.M_CONNECT
-    answer = Milter.connect_callback(context, "[192.0.2.7]", socket.AF_INET, ("192.0.2.7", 4321))
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    answer = Milter.connect_callback(context, f"[{address}]", family, (address, 4321))
     assert answer == (Milter.NOREPLY if unix else Milter.CONTINUE)
     return context
 

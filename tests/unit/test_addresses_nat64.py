@@ -5,7 +5,6 @@ SPF failed the sender's ip4: range, reverse DNS asked ip6.arpa)."""
 from __future__ import annotations
 
 import ipaddress
-import socket
 from pathlib import Path
 
 import Milter
@@ -13,10 +12,10 @@ import pytest
 
 from milterd.addresses import client_networks, embedded_ipv4_network
 from milterd.config import load_config
-from milterd.milter.adapter import MilterdMilter, unmapped
+from milterd.milter.adapter import unmapped
 from milterd.tuning import unscored
 
-from .test_adapter_pipeline_review import Context, make_conf, make_pipeline
+from .test_adapter_pipeline_review import make_conf, make_pipeline, negotiate
 
 
 @pytest.mark.parametrize(
@@ -42,16 +41,7 @@ def test_a_nat64_client_is_trusted_by_an_entry_of_either_form(entry: str, tmp_pa
     conf.write_text(conf.read_text().replace("trusted_networks = []", f'trusted_networks = ["{entry}"]'))
     services, pipeline = make_pipeline(conf)
     try:
-
-        class Worker(MilterdMilter):
-            pass
-
-        Worker.pipeline = pipeline
-        monkeypatch.setattr(Milter, "factory", Worker)
-        ctx = Context()
-        assert ctx._negotiate() == Milter.CONTINUE
-        ctx._stage = Milter.M_CONNECT
-        assert Milter.connect_callback(ctx, "[64:ff9b::a00:1]", socket.AF_INET6, ("64:ff9b::a00:1", 4321, 0, 0)) == Milter.CONTINUE
+        ctx = negotiate(pipeline, monkeypatch, address="64:ff9b::a00:1")
         session = ctx.getpriv().session
         assert (session.client_addr, session.family, session.trusted) == ("10.0.0.1", "inet", True)
         Milter.close_callback(ctx)
