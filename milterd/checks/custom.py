@@ -28,7 +28,7 @@ with ``[greylist] mode = "score"``, where the policy adds them), or metas
 that refer to each other in a circle are refused then, with the file and
 the rule's name.
 
-Body rules see at most ``max_text`` characters of text (a ``[custom]`` table
+Body rules see at most ``max_text`` characters of text, invisible ones not counted (a ``[custom]`` table
 of a rule file; default "1M"); the message is read up to four times that
 (base64 and markup).
 """
@@ -52,6 +52,7 @@ from ..message.policy import AFTER_VERDICT_SYMBOLS, PIPELINE_SYMBOLS, SCORE_GREY
 from ..options import finite
 from ..patterns import AdminPattern, PatternError, SearchBudget
 from ..rulelang import MetaSyntaxError, Node, evaluate, names, parse
+from ..text import without_invisible
 from ..units import parse_size
 from . import Check, Hits, Symbol
 from .uribl import link_form
@@ -405,20 +406,6 @@ def _unsearched(envelope: Envelope, rules: list[Rule]) -> None:
 HeaderRules = CustomRules
 
 
-#: The Unicode Default_Ignorable_Code_Point characters of the BMP (DerivedCoreProperties.txt; The
-#: Unicode Standard 5.21): soft hyphen, zero-width space and joiners, bidi marks, word joiner, BOM,
-#: variation selectors, Hangul fillers.  A reader sees nothing of them: "vi\u200bagra" reads "viagra".
-#: One character a match, and no supplementary-plane range: either costs re its fast scan (3x slower),
-#: so those above U+FFFF are in :data:`_INVISIBLE_WIDE`, searched for only in text that has such a character.
-_INVISIBLE_BMP = (
-    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
-    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
-)
-_INVISIBLE = re.compile(f"[{_INVISIBLE_BMP}]")
-#: :data:`_INVISIBLE` and the default-ignorable characters above U+FFFF: shorthand format controls, musical
-#: symbol formatting, tag characters (U+E0020…: "vi\U000e0020agra"), variation selectors supplement.
-_INVISIBLE_WIDE = re.compile(f"[{_INVISIBLE_BMP}\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
-
 #: Text is normalised this many characters at a time when only its first *limit* characters are kept
 #: (up to 18 characters each).
 _CHUNK = 65536
@@ -445,7 +432,7 @@ def _visible(text: str, limit: int | None = None) -> str:
     characters of it)."""
     if text.isascii():
         return text
-    text = (_INVISIBLE_WIDE if _beyond_bmp(text) else _INVISIBLE).sub("", text)
+    text = without_invisible(text)
     if unicodedata.is_normalized("NFKC", text):
         return text
     text = _MARK_RUN.sub(_first_marks, text)
@@ -460,12 +447,6 @@ def _visible(text: str, limit: int | None = None) -> str:
         size += len(pieces[-1])
         start = end
     return "".join(pieces)[:limit]
-
-
-def _beyond_bmp(text: str) -> bool:
-    """Whether *text* has a character above U+FFFF, which UTF-16 writes as two units (an encoding takes
-    0.3 ms a million characters, ``max(text) > "\\uffff"`` 30 ms: more than the rest of :func:`_visible`)."""
-    return len(text.encode("utf-16-le", "surrogatepass")) != 2 * len(text)
 
 
 def _first_marks(run: regex.Match[str]) -> str:

@@ -43,6 +43,7 @@ from typing import Any, Callable, Container, Iterable, Iterator, cast
 from olefile import OleFileIO
 
 from ..domains import MAX_EMBEDDING, embedded_authorities, registrable
+from ..text import without_invisible
 from .filetypes import HEAD_SIZE, MESSAGE_TYPES, extensions, message_file, outlook_file, outlook_name, text_file_type
 from .mimeparams import LenientMessage, Preference, client_container_type, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
@@ -829,8 +830,10 @@ def _outlook_message(part: email.message.Message, names: list[str]) -> bytes | N
 
 
 def _add_text(result: MessageText, found: "_Links", texts: list[str], ctype: str, body: str, room: int) -> int:
-    """Add a decoded text part's text (at most *room* characters) and links (*ctype*: :func:`_reading_type`); its length."""
-    body = _add_links(found, ctype, body)
+    """Add a decoded text part's text (at most *room* characters) and links (*ctype*: :func:`_reading_type`); its length.
+    The text is added without its invisible characters: a million zero-width spaces must not spend the budget and
+    hide the line a reader sees after them."""
+    body = without_invisible(_add_links(found, ctype, body))
     if len(body) > room:
         body = body[:room]
         result.truncated = True
@@ -1826,8 +1829,9 @@ def _html_parts(markup: str, found: _Links) -> tuple[str, bool]:
     """:func:`html_to_text`, its links added to *found*, and whether it was cut.
 
     Only the first ``MAX_TAGS`` tags are parsed; the links written in the rest are
-    found as in plain text (their ``href`` is the same text), so that padding a
-    part with tags does not hide what follows from the URI lists.
+    found as in plain text (their ``href`` is the same text), and its text is
+    added with its tags dropped (:func:`_unparsed_text`), so that padding a part
+    with tags hides what follows from neither the URI lists nor the body rules.
     """
     markup, mark = _text_lt(markup)
     markup, rest = _first_tags(markup)
@@ -1845,7 +1849,22 @@ def _html_parts(markup: str, found: _Links) -> tuple[str, bool]:
     if rest:
         found.unparsed = True
         found.scan(rest.replace(mark, "<") if mark else rest)
+        text = f"{text}\n\n{_unparsed_text(rest, mark)}".strip()
     return text, bool(rest)
+
+
+#: A tag, or a "<" that no ">" closes before the next "<" (one pass: no "<" starts a second scan of the text).
+_TAG_OR_LT = re.compile(r"<[^<>]*>?")
+
+
+def _unparsed_text(markup: str, mark: str) -> str:
+    """The text of markup past ``MAX_TAGS`` as a reader sees most of it, in linear time: its tags dropped, its
+    character references decoded, *mark* (:func:`_text_lt`) "<" again.  A script's or a style's content is kept
+    (the parser's job, which this markup is too large for): more text for the body rules, never less."""
+    text = _TAG_OR_LT.sub(" ", markup)
+    if mark:
+        text = text.replace(mark, "<")
+    return _BLANKS.sub("\n\n", _SPACES.sub(" ", unescape(text))).strip()
 
 
 def _first_tags(markup: str) -> tuple[str, str]:

@@ -17,6 +17,7 @@ from typing import Iterator
 
 import pytest
 
+from milterd import text as text_module
 from milterd.checks import custom
 from milterd.config import load_config
 from milterd.message.pipeline import Pipeline
@@ -145,6 +146,6 @@ def test_decoding_takes_the_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(custom, "unicodedata", SimpleNamespace(is_normalized=unicodedata.is_normalized, normalize=unmapped))
     assert custom._visible(umlauts) == umlauts  # one scan for invisible characters, no mapping
-    monkeypatch.setattr(custom, "_INVISIBLE", Unused())
+    monkeypatch.setattr(text_module, "INVISIBLE", Unused())
     assert custom._decoded(field) == field.decode()
     assert custom._visible(text) is text

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from milterd import text as text_module
 from milterd.checks import custom, uribl
 from milterd.message.pipeline import Pipeline
 from tests.conftest import message
@@ -124,8 +125,8 @@ def test_bmp_text_keeps_the_fast_scan(monkeypatch: pytest.MonkeyPatch) -> None:
             scanned.append(self.name)
             return self.pattern.sub(replacement, text)
 
-    monkeypatch.setattr(custom, "_INVISIBLE", Counted(custom._INVISIBLE, "bmp"))
-    monkeypatch.setattr(custom, "_INVISIBLE_WIDE", Counted(custom._INVISIBLE_WIDE, "wide"))
+    monkeypatch.setattr(text_module, "INVISIBLE", Counted(text_module.INVISIBLE, "bmp"))
+    monkeypatch.setattr(text_module, "INVISIBLE_WIDE", Counted(text_module.INVISIBLE_WIDE, "wide"))
     assert custom._visible("Gr\u00fc\u00dfe \u200bK\u00f6ln\n" * 1000) == "Gr\u00fc\u00dfe K\u00f6ln\n" * 1000
     assert scanned == ["bmp"]
     assert custom._visible("hello world\n" * 100) == "hello world\n" * 100
