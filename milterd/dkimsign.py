@@ -360,16 +360,36 @@ def record_matches(algorithm: Algorithm, private: bytes, record: str) -> bool:
     return published_key(record) == published_key(public_record(algorithm, private))
 
 
+#: A tag-name (RFC 6376 §3.2: ALPHA *ALNUMPUNC), as dkimpy reads one.
+_TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def _tag_list(record: str) -> tuple[dict[str, str], list[str]]:
+    """The tags of a DKIM TXT *record* (values without whitespace; the first of a tag given twice), and why it is
+    no tag-list, as dkimpy refuses one: a part (between ";", a trailing ";" allowed) that is no ``tag=value``, a tag twice."""
+    tags: dict[str, str] = {}
+    problems: list[str] = []
+    parts = record.strip().split(";")
+    if not parts[-1].strip():
+        parts.pop()
+    for part in parts:
+        tag, eq, value = part.partition("=")
+        tag = tag.strip()
+        if not eq or not _TAG_NAME.fullmatch(tag):
+            problems.append(f"{part.strip()[:40]!r} is no tag=value (RFC 6376 §3.2: verifiers refuse the whole record)")
+        elif tag in tags:
+            problems.append(f"{tag}= twice (RFC 6376 §3.2: verifiers refuse the whole record)")
+        else:
+            tags[tag] = "".join(value.split())
+    return tags, problems
+
+
 def record_problems(algorithm: Algorithm, record: str) -> list[str]:
     """Why verifiers would not use the TXT *record* for signatures by an *algorithm* key (RFC 6376 §3.6.1), or
     ``[]``: a ``v=`` other than DKIM1, a ``k=`` (rsa when absent) other than the key's, an ``h=`` without sha256
-    (the signatures are rsa-sha256 or ed25519-sha256), an ``s=`` without ``*`` or ``email``."""
-    tags: dict[str, str] = {}
-    for part in record.split(";"):
-        tag, eq, value = part.partition("=")
-        if eq:
-            tags.setdefault(tag.strip(), "".join(value.split()))
-    problems = []
+    (the signatures are rsa-sha256 or ed25519-sha256), an ``s=`` without ``*`` or ``email``; and a tag-list
+    that is not one (§3.2: a tag twice, a part that is no ``tag=value``), which voids the whole record."""
+    tags, problems = _tag_list(record)
     if "v" in tags and tags["v"] != "DKIM1":
         problems.append(f"v={tags['v']} (verifiers take DKIM1 only)")
     if tags.get("k", "rsa") != algorithm:

@@ -290,6 +290,17 @@ def test_doctor_judges_the_published_dkim_record(rsa_key: bytes, other_key: byte
     assert "did not answer" in judge_dkim_key(key, Answer("s1._domainkey.a.test", "TXT", "error", error="timeout")).detail
 
 
+@pytest.mark.parametrize("extra", ["; k=ed25519", "; p=", "; junk", ";; t=y", "; 1x=2"])
+def test_doctor_fails_a_record_that_is_no_tag_list(rsa_key: bytes, extra: str) -> None:
+    # RFC 6376 §3.2: a tag twice or a part that is no tag=value voids the record (dkimpy refuses it), though its
+    # first p= is the key: doctor said OK (found by review).
+    key = dkimsign.SigningKey("a.test", "s1", "rsa", rsa_key)
+    published = dkimsign.public_record("rsa", rsa_key)
+    judged = judge_dkim_key(key, Answer("s1._domainkey.a.test", "TXT", "ok", (published + extra,)))
+    assert judged.status == "fail" and "RFC 6376 §3.2" in judged.detail
+    assert judge_dkim_key(key, Answer("s1._domainkey.a.test", "TXT", "ok", (published + "; ",))).status == "ok"  # a trailing ";" is allowed
+
+
 def test_dmarc_actions_per_policy() -> None:
     reject = enforce(Evaluation("fail", "a.test", "reject", "reject"), "reject", "quarantine")
     assert reject.symbol == "DMARC_FAIL_REJECT" and reject.action == Action.REJECT
