@@ -15,17 +15,27 @@ from typing import Iterable
 
 #: RFC 6052's well-known prefix: an IPv6-only MX behind NAT64/SIIT sees every IPv4 client in it.
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: The IPv4 networks RFC 6052 §3.1 forbids the well-known prefix to carry (non-global: loopback, private use,
+#: shared, link-local, this network, multicast, reserved): such an address in it is no translated client, and is
+#: never taken for one (64:ff9b::127.0.0.1 must not be the trusted loopback).  The documentation networks are
+#: translated (examples and tests use them).
+_NOT_TRANSLATED = tuple(
+    ipaddress.IPv4Network(network)
+    for network in ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+                    "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4")
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 *ip* stands for: IPv4-mapped (``::ffff:192.0.2.1``) or translated by NAT64
-    (``64:ff9b::192.0.2.1``), else None."""
+    (``64:ff9b::192.0.2.1``, a global IPv4 address only: :data:`_NOT_TRANSLATED`), else None."""
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     if ip in NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        return None if any(inner in network for network in _NOT_TRANSLATED) else inner
     return None
 
 
