@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import grp
+import ipaddress
 import os
 import pwd
 import re
@@ -112,6 +113,7 @@ def diagnose(config_path: str | None, postfix_config: str | None = None, use_pos
     findings += probe_private_files(config)
     findings += probe_store_files(config)
     findings += probe_socket_directory(config)
+    findings += probe_socket_exposure(config)
     findings += probe_serve_places(config)
     findings.append(probe_release_smtp(config))
     if use_postconf:
@@ -546,6 +548,33 @@ def probe_store_files(config: Config) -> list[Finding]:
     except ConfigError:  # an unknown user or group: the configuration's finding says so
         return []
     return [Finding("[database] url", "fail", f"{problem} (serve refuses to start)") for problem in store_file_problems(store, owners)]
+
+
+def probe_socket_exposure(config: Config) -> list[Finding]:
+    """A warning when clients other than Postfix may open ``[milter] socket``: a TCP socket (every local user, and
+    every host that reaches a non-loopback address), or a unix socket whose socket_mode lets others write it.
+    libmilter reads a macro packet that names a macro without a value past its end (``smfi_getsymval`` steps two
+    entries at a time): one such packet crashes a worker, and the sessions it serves get milter_default_action."""
+    try:
+        spec = parse_socket(config.milter.socket)
+    except ConfigError:  # the configuration's own finding says why
+        return []
+    if spec.family == "unix":
+        if not int(config.milter.socket_mode, 8) & 0o002:
+            return []
+        who = f"every local user (socket_mode {config.milter.socket_mode})"
+    else:
+        host = spec.host.strip("[]")
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        reaches = f"port {spec.port} of this host" if host in ("", "0.0.0.0", "::", "*") else host
+        who = "every local user" if loopback else f"every local user and every host that reaches {reaches}"
+    return [Finding("[milter] socket", "warn", f"{who} may open {config.milter.socket}: a client other than Postfix can crash a worker with one "
+                                               "malformed macro packet (a libmilter defect; the supervisor starts another, the sessions that worker "
+                                               "served get milter_default_action). On one host, prefer a unix socket only Postfix may open "
+                                               '(socket_mode = "0660", socket_group = "postfix")')]
 
 
 def probe_socket_directory(config: Config) -> list[Finding]:

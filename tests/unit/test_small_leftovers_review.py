@@ -123,7 +123,7 @@ def test_doctor_reports_a_check_whose_setup_raises_as_a_failed_finding(monkeypat
 
     monkeypatch.setattr(diagnostics, "load_config", lambda path: Config())
     monkeypatch.setattr(diagnostics, "build", broken_build)
-    for probe in ("probe_database", "probe_connections", "probe_scanners", "probe_dns", "probe_dkim_keys", "probe_private_files"):
+    for probe in ("probe_database", "probe_connections", "probe_scanners", "probe_dns", "probe_dkim_keys", "probe_private_files", "probe_socket_exposure"):
         monkeypatch.setattr(diagnostics, probe, lambda *args: [])
     monkeypatch.setattr(diagnostics, "probe_learner", lambda config: diagnostics.Finding("learner", "skip", "stub"))
     monkeypatch.setattr(diagnostics, "probe_release_smtp", lambda config: diagnostics.Finding("release smtp", "skip", "stub"))
