@@ -61,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--from", dest="sender", metavar="ADDR", default=None, help="envelope sender (default: Return-Path, else From)")
     parser.add_argument("--to", dest="recipients", metavar="ADDR", action="append", default=[], help="an envelope recipient; repeat for more (default: To and Cc)")
     parser.add_argument("--auth-user", metavar="USER", default="", help="act as if the client authenticated as USER")
+    parser.add_argument("--smtputf8", action="store_true", help="act as if MAIL FROM said SMTPUTF8 (8-bit header fields are then valid)")
     parser.add_argument("--ham", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="mass check: folders or mboxes of ham")
     parser.add_argument("--spam", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="mass check: folders or mboxes of spam")
     parser.add_argument("--train-ham", metavar="DIR", nargs="+", action="extend", type=Path, default=[], help="mass check with a scratch classifier model learned from these ham folders first (the live store is never touched)")
@@ -95,7 +96,7 @@ def run_check(args: argparse.Namespace) -> int:
         if not (args.ham and args.spam) or args.train_ham or args.train_spam:
             print("milterd: check: --cross-validate K needs --ham and --spam folders (and no --train-ham/--train-spam)", file=sys.stderr)
             return 2
-        client = Client(args.client_ip, args.client_name, args.helo, args.sender, list(args.recipients), args.auth_user)
+        client = Client(args.client_ip, args.client_name, args.helo, args.sender, list(args.recipients), args.auth_user, args.smtputf8)
         return _with_scratch(lambda: _cross_validate(args, config, client))
     if args.train_ham or args.train_spam:
         if not (args.train_ham and args.train_spam and mass):
@@ -131,7 +132,7 @@ def _trained_check(args: argparse.Namespace, config: Config, mass: bool) -> int:
 def _check_with(args: argparse.Namespace, config: Config, mass: bool) -> int:
     services = offline_services(config)
     pipeline = Pipeline(services, keep_log=False)
-    client = Client(args.client_ip, args.client_name, args.helo, args.sender, list(args.recipients), args.auth_user)
+    client = Client(args.client_ip, args.client_name, args.helo, args.sender, list(args.recipients), args.auth_user, args.smtputf8)
     try:
         if mass:
             return _mass_check(args, services, pipeline, client)

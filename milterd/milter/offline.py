@@ -66,6 +66,8 @@ class Client:
     sender: str | None = None
     recipients: list[str] = field(default_factory=list)
     auth_user: str = ""
+    #: MAIL FROM said SMTPUTF8 (8-bit header fields are then valid).
+    smtputf8: bool = False
 
 
 @dataclass
@@ -372,6 +374,11 @@ class _MaildirListing:
         return tuple(os.stat(self.path / folder).st_mtime_ns for folder in ("new", "cur"))
 
 
+#: The header fields Postfix's cleanup removes before the milters see a message (``message_drop_headers``' default):
+#: a saved copy's Return-Path, say, is judged by no check of the milter, so neither by ``check``.
+POSTFIX_DROPPED = frozenset({"bcc", "content-length", "resent-bcc", "return-path"})
+
+
 def split_message(raw: bytes, as_written: bool = False) -> tuple[list[tuple[str, bytes]], bytes]:
     """The headers (name, value unfolded with LF kept) and the body (CRLF).
 
@@ -479,6 +486,7 @@ def check_message(pipeline: Pipeline, raw: bytes, client: Client, label: str = "
     try:
         headers, body = split_message(raw, as_written=True)
         default_sender, default_recipients = envelope_from_headers(headers)
+        headers = [(name, value) for name, value in headers if name.rstrip(" \t").lower() not in POSTFIX_DROPPED]
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a result, not a crash
         return CheckedMessage(label, Action.ACCEPT, 0.0, {}, {}, error=f"cannot parse: {exc}")
     ctx = _Context()
@@ -506,7 +514,7 @@ def check_message(pipeline: Pipeline, raw: bytes, client: Client, label: str = "
         if answer == Milter.CONTINUE:
             stage = "mail"
             sender = default_sender if client.sender is None else client.sender
-            answer = _call(ctx, Milter.M_ENVFROM, milter.envfrom, f"<{sender}>")
+            answer = _call(ctx, Milter.M_ENVFROM, milter.envfrom, f"<{sender}>", *(["SMTPUTF8"] if client.smtputf8 else []))
         if answer == Milter.CONTINUE:
             stage = "rcpt"
             for recipient in client.recipients or default_recipients:

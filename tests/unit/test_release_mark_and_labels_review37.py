@@ -84,3 +84,25 @@ def test_doctor_warns_when_clients_other_than_postfix_may_open_the_socket(socket
     else:
         [finding] = findings
         assert finding.status == "warn" and who in finding.detail and "malformed macro packet" in finding.detail
+
+
+def test_check_judges_what_postfix_passes_the_milter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A saved copy's Return-Path never reaches the milter (Postfix's message_drop_headers), and a message sent with
+    # SMTPUTF8 may carry 8-bit headers: check judged both otherwise than the live milter (found by review).
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "r.toml").write_text('[[rule]]\nname = "HAS_RETPATH"\nheader = "Return-Path"\nregex = "."\nscore = 0.7\n')
+    conf = _conf(tmp_path)
+    conf.write_text(conf.read_text().replace('dir = ""', f'dir = "{tmp_path / "rules"}"'))
+    saved = tmp_path / "saved.eml"
+    saved.write_bytes("Return-Path: <alice@example.org>\nFrom: alice@example.org\nTo: bob@example.com\nSubject: café\n"
+                      "Date: Mon, 07 Dec 2026 10:00:00 +0000\nMessage-ID: <1@example.org>\n\nhello\n".encode())
+
+    def symbols(*extra: str) -> dict[str, float]:
+        capsys.readouterr()
+        main(["check", "-c", str(conf), "--json", "--client-ip", "192.0.2.7", *extra, str(saved)])
+        [result] = json.loads(capsys.readouterr().out)["messages"]
+        return {entry["symbol"]: entry["score"] for entry in result["symbols"]}
+
+    plain = symbols()
+    assert "HAS_RETPATH" not in plain and "HDR_8BIT" in plain
+    assert "HDR_8BIT" not in symbols("--smtputf8")
