@@ -4,17 +4,17 @@ An IPv4 client reaches milterd written as IPv6 in two ways: IPv4-mapped
 (``::ffff:192.0.2.1``, a dual-stack socket behind another MTA) and, at an
 IPv6-only MX behind NAT64/SIIT, in RFC 6052's well-known prefix
 (``64:ff9b::192.0.2.1``).  Either is the IPv4 host: the DNS lists, reverse DNS,
-SPF, trusted_networks and greylisting judge that host.  A site-specific NAT64
-prefix is not known here.
+SPF and greylisting judge that host; a trusted_networks or greylist whitelist
+entry matches it in either form.  A site-specific NAT64 prefix is not known here.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable
 
 #: RFC 6052's well-known prefix: an IPv6-only MX behind NAT64/SIIT sees every IPv4 client in it.
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 #: The IPv4 networks RFC 6052 §3.1 forbids the well-known prefix to carry (non-global: loopback, private use,
 #: shared, link-local, this network, multicast, reserved): such an address in it is no translated client, and is
 #: never taken for one (64:ff9b::127.0.0.1 must not be the trusted loopback).  The documentation networks are
@@ -26,6 +26,7 @@ _NOT_TRANSLATED = tuple(
 )
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -40,21 +41,24 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 
 
 def embedded_ipv4_network(network: Network) -> ipaddress.IPv4Network | None:
-    """The IPv4 network an IPv6 *network* of /96 or narrower stands for, IPv4-mapped (``::ffff:198.51.100.0/120``)
-    or NAT64 (``64:ff9b::c633:6400/120``): ``198.51.100.0/24``; else None."""
+    """The IPv4 network an IPv6 *network* of /96 or narrower inside the IPv4-mapped range (``::ffff:198.51.100.0/120``)
+    or the NAT64 prefix (``64:ff9b::c633:6400/120``) is written for: ``198.51.100.0/24``; else None.  By the
+    address arithmetic alone (``64:ff9b::/96`` is ``0.0.0.0/0``), as triplets and whitelists are matched."""
     if not isinstance(network, ipaddress.IPv6Network) or network.prefixlen < 96:
         return None
-    inner = embedded_ipv4(network.network_address)
-    return None if inner is None else ipaddress.IPv4Network(f"{inner}/{network.prefixlen - 96}")
+    if not (network.subnet_of(_MAPPED) or network.subnet_of(NAT64)):
+        return None
+    return ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
 
 
-def client_networks(written: Iterable[str]) -> list[Network]:
-    """Networks as written in milter.conf (trusted_networks), each followed by the IPv4 network it stands for
-    where it is one written as IPv6 (``64:ff9b::a00:0/104`` also as ``10.0.0.0/8``): the client is judged as
-    the IPv4 address (:func:`embedded_ipv4`), and an entry copied from an IPv6-only MX's logs still matches."""
-    networks: list[Network] = []
-    for text in written:
-        network = ipaddress.ip_network(text, strict=False)
-        inner = embedded_ipv4_network(network)
-        networks += [network] if inner is None else [network, inner]
-    return networks
+def client_forms(address: str, sent: str = "") -> list[IPAddress]:
+    """The forms a client is matched in against networks written in milter.conf (trusted_networks): *address*,
+    the one milterd judges, and *sent*, the IPv6 form Postfix passed when that was an IPv4 client written as IPv6
+    (:func:`embedded_ipv4`), so that an entry of either form matches it and a NAT64 entry no direct IPv4 client."""
+    forms: list[IPAddress] = []
+    for text in (address, sent):
+        try:
+            forms.append(ipaddress.ip_address(text))
+        except ValueError:
+            continue
+    return forms

@@ -434,7 +434,7 @@ class Greylist(Check):
         # The sender as written too: "@fwd.example" whitelists an SRS forwarder's rewrites, "/^prvs=/" BATV senders.
         # Not the address an SRS rewrite names: anyone may write SRS0=…=partner.example=x@own.example.
         written = fold_case(envelope.sender.strip().strip("<>"))
-        entry = (whitelist.client(session.client_addr, session.client_name) or whitelist.sender(gl.normalise_sender(envelope.sender, srs=False))
+        entry = (whitelist.client(session.client_addr_sent or session.client_addr, session.client_name) or whitelist.sender(gl.normalise_sender(envelope.sender, srs=False))
                  or whitelist.sender(written) or whitelist.recipient(recipient))
         if entry:
             return f"whitelisted by {entry}"

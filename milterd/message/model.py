@@ -126,6 +126,9 @@ class Session(CheckStates):
     """One SMTP connection from a client to Postfix."""
 
     client_addr: str = ""
+    #: The address as Postfix passed it when milterd judges the client as another: an IPv4 client written as IPv6
+    #: (``64:ff9b::192.0.2.1``, ``::ffff:192.0.2.1``; :func:`~milterd.addresses.embedded_ipv4`); else "".
+    client_addr_sent: str = ""
     client_name: str = ""
     client_port: int = 0
     family: str = ""

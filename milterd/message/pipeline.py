@@ -8,6 +8,7 @@ decide the same way.  Every stage method returns either None (go on) or a
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import logging
 import threading
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from .. import metrics
-from ..addresses import client_networks
+from ..addresses import client_forms
 from ..checks import Check, Hits, Stage
 from ..checks.headers import HeaderLimits
 from ..config import Config
@@ -97,7 +98,7 @@ class Pipeline:
         self._running_here: dict[int, float] = {}  # the same of a check run in a milter thread
         self._running_lock = threading.Lock()
         self._tokens = itertools.count()
-        self._trusted = client_networks(self.config.milter.trusted_networks)
+        self._trusted = [ipaddress.ip_network(net, strict=False) for net in self.config.milter.trusted_networks]
         milter = self.config.milter
         #: [milter]'s header limits, which the adapter counts every header against.
         self.header_limits = HeaderLimits(milter.max_headers, milter.max_header_size, milter.max_header_section)
@@ -590,10 +591,9 @@ class Pipeline:
     def _is_trusted(self, session: Session) -> bool:
         if not self._trusted and session.family != "unix":
             return False  # what the lines below answer for any address: no parsing per connection
-        ip = session.ip
-        if ip is None:
+        if session.ip is None:
             return session.family == "unix"
-        return any(ip in net for net in self._trusted)
+        return any(form in net for form in client_forms(session.client_addr, session.client_addr_sent) for net in self._trusted)
 
     def _unscored_why(self, session: Session, envelope: Envelope) -> str:
         """Why *envelope* is not scored (the UNSCORED detail), or "" when it is."""

@@ -128,7 +128,8 @@ def unmapped(address: str) -> str:
     """*address* with an IPv6 address that stands for an IPv4 client written as that IPv4 address: IPv4-mapped
     (``::ffff:192.0.2.10``, from a dual-stack socket behind another MTA, as Postfix writes it) or translated by
     NAT64/SIIT into RFC 6052's well-known prefix (``64:ff9b::192.0.2.10``, an IPv6-only MX's view of IPv4
-    clients). trusted_networks, the DNS lists, reverse DNS, SPF and greylisting all judge the IPv4 client."""
+    clients). The DNS lists, reverse DNS, SPF and greylisting judge the IPv4 client; trusted_networks and the
+    greylist whitelist match it in either form (``Session.client_addr_sent``)."""
     if ":" not in address:
         return address
     try:
@@ -204,14 +205,19 @@ class MilterdMilter(Milter.Base):
         session = self.session
         session.macros.update(self._macros(*_CONNECT_MACROS))
         if family in (socket.AF_INET, socket.AF_INET6) and isinstance(hostaddr, tuple):
-            session.client_addr, session.client_port = unmapped(str(hostaddr[0])), int(hostaddr[1])
+            sent, session.client_port = str(hostaddr[0]), int(hostaddr[1])
+        else:
+            sent = session.macros.get("{client_addr}", "")
+        session.client_addr = unmapped(sent)
+        session.client_addr_sent = sent if session.client_addr != sent else ""
+        if family in (socket.AF_INET, socket.AF_INET6) and isinstance(hostaddr, tuple):
             session.family = "inet6" if family == socket.AF_INET6 and ":" in session.client_addr else "inet"
         elif family == socket.AF_UNIX:
-            session.client_addr, session.family = unmapped(session.macros.get("{client_addr}", "")), "unix"
+            session.family = "unix"
         else:
             # SMFIA_UNKNOWN: Postfix's smtpd on a socket that is not inet, or a client XCLIENT made
             # ADDR=[UNAVAILABLE]. Not a local client by its family: trusted only by an address.
-            session.client_addr, session.family = unmapped(session.macros.get("{client_addr}", "")), "unknown"
+            session.family = "unknown"
         # Postfix passes "[1.2.3.4]" (or "unknown") when the client has no verified name.
         session.client_name = "unknown" if hostname.startswith("[") else hostname
         return self._answer(self.pipeline.connect(session))

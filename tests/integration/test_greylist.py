@@ -189,6 +189,20 @@ def test_whitelists_and_postmaster_skip(stack: Stack) -> None:
     assert greylisted(refused["frank@example.com"])
 
 
+def test_nat64_clients_match_whitelist_and_trusted_entries_of_either_form(make_stack: Callable[..., Stack]) -> None:
+    # An IPv6-only MX sees IPv4 clients as 64:ff9b::a.b.c.d; milterd judges them as the IPv4 address, and entries
+    # copied from Postfix's log in the NAT64 form must still match (second look at the NAT64 fix: both greylisted).
+    stack = make_stack({"greylist": {**GREYLIST, "whitelist_clients": ["64:ff9b::c633:6400/120"]},
+                        "milter": {"trusted_networks": ["127.0.0.1/32", "64:ff9b::808:0/112"]}}, postfix_extra={"inet_protocols": "all"})
+    assert attempt(stack, client("IPV6:64:ff9b::c633:6401"), ["bob@example.com"], subject="nat64 whitelisted") == {}
+    assert attempt(stack, client("IPV6:64:ff9b::808:808"), ["bob@example.com"], subject="nat64 trusted") == {}
+    refused = attempt(stack, client("IPV6:64:ff9b::cb00:7107"), ["bob@example.com"])
+    assert greylisted(refused["bob@example.com"])
+    rows = {row["subject"]: row for row in stack.milterd.log_json()}
+    assert rows["nat64 whitelisted"]["client_addr"] == "198.51.100.1" and "UNSCORED" not in rows["nat64 whitelisted"]["symbols"]
+    assert rows["nat64 trusted"]["client_addr"] == "8.8.8.8" and "UNSCORED" in rows["nat64 trusted"]["symbols"]
+
+
 def test_cli_list_and_purge(stack: Stack) -> None:
     rows = json.loads(stack.milterd.cli("greylist", "list", "--json", "--client", "192.0.2.0/24", "--limit", "0").stdout)
     by_recipient = {r["recipient"]: r for r in rows if r["sender"] == "alice@example.org"}

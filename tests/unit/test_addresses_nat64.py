@@ -10,12 +10,14 @@ from pathlib import Path
 import Milter
 import pytest
 
-from milterd.addresses import client_networks, embedded_ipv4_network
+from milterd.addresses import embedded_ipv4_network
 from milterd.config import load_config
+from milterd.message.model import Session
 from milterd.milter.adapter import unmapped
 from milterd.tuning import unscored
 
 from .test_adapter_pipeline_review import make_conf, make_pipeline, negotiate
+from .test_greylist_review28 import greylist_services, rcpt
 
 
 @pytest.mark.parametrize(
@@ -34,22 +36,44 @@ def test_ipv6_written_networks_also_match_as_the_ipv4_network_behind_them() -> N
     assert embedded_ipv4_network(ipaddress.ip_network("::ffff:c000:200/120")) == ipaddress.ip_network("192.0.2.0/24")
     assert embedded_ipv4_network(ipaddress.ip_network("64:ff9b::/64")) is None  # wider than the prefix: not one IPv4 network
     assert embedded_ipv4_network(ipaddress.ip_network("192.0.2.0/24")) is None
-    assert [str(n) for n in client_networks(["64:ff9b::c633:6400/120", "2001:db8::/32"])] == ["64:ff9b::c633:6400/120", "198.51.100.0/24", "2001:db8::/32"]
+    assert embedded_ipv4_network(ipaddress.ip_network("64:ff9b::/96")) == ipaddress.ip_network("0.0.0.0/0")  # by arithmetic alone
 
 
-@pytest.mark.parametrize("entry", ["198.51.100.0/24", "64:ff9b::c633:6400/120"])
-def test_a_nat64_client_is_trusted_by_an_entry_of_either_form(entry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("entry", "address", "trusted"),
+    [("198.51.100.0/24", "64:ff9b::c633:6401", True), ("64:ff9b::c633:6400/120", "64:ff9b::c633:6401", True),
+     # The whole prefix, and a part of it whose first address is not global (second look at the fix: neither matched).
+     ("64:ff9b::/96", "64:ff9b::808:808", True), ("64:ff9b::/97", "64:ff9b::808:808", True),
+     # A NAT64 entry trusts the clients that come through NAT64, not a direct IPv4 client of the same numbers.
+     ("64:ff9b::c000:0/98", "192.168.1.1", False), ("64:ff9b::c633:6400/120", "198.51.100.1", False)],
+)
+def test_a_nat64_client_is_trusted_by_an_entry_of_either_form(entry: str, address: str, trusted: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf = make_conf(tmp_path)
     conf.write_text(conf.read_text().replace("trusted_networks = []", f'trusted_networks = ["{entry}"]'))
     services, pipeline = make_pipeline(conf)
     try:
-        ctx = negotiate(pipeline, monkeypatch, address="64:ff9b::c633:6401")
+        ctx = negotiate(pipeline, monkeypatch, address=address)
         session = ctx.getpriv().session
-        assert (session.client_addr, session.family, session.trusted) == ("198.51.100.1", "inet", True)
+        assert session.client_addr == unmapped(address) and session.family == "inet"
+        assert session.client_addr_sent == ("" if address == unmapped(address) else address)
+        assert session.trusted is trusted
         Milter.close_callback(ctx)
     finally:
         pipeline.shutdown()
         services.close()
+
+
+@pytest.mark.parametrize("entry", ["64:ff9b::c633:6401", "64:ff9b::c633:6400/120", "198.51.100.1", "198.51.100.0/24"])
+def test_a_greylist_whitelist_entry_of_either_form_matches_a_nat64_client(entry: str, tmp_path: Path) -> None:
+    # Entries written as NAT64 addresses (copied from Postfix's log) stopped matching once the client was judged as
+    # IPv4 (second look at the fix).
+    services, check = greylist_services(tmp_path, **{"greylist.whitelist_clients": [entry]})
+    try:
+        nat64 = Session(client_addr="198.51.100.1", client_addr_sent="64:ff9b::c633:6401")
+        assert rcpt(check, nat64, "alice@example.org") == []
+        assert rcpt(check, Session(client_addr="203.0.113.9"), "alice@example.org")[0][0] == "GREYLIST"
+    finally:
+        services.store.close()
 
 
 def test_whatif_takes_a_row_logged_with_the_nat64_address_as_its_ipv4_client(tmp_path: Path) -> None:
