@@ -360,12 +360,13 @@ def record_matches(algorithm: Algorithm, private: bytes, record: str) -> bool:
     return published_key(record) == published_key(public_record(algorithm, private))
 
 
-#: A tag-name (RFC 6376 §3.2: ALPHA *ALNUMPUNC), as dkimpy reads one.
-_TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+#: A tag-name as verifiers read one: a letter first (dkimpy takes ``x-foo`` too, which RFC 6376 §3.2's ALPHA
+#: *ALNUMPUNC does not), no blank inside.
+_TAG_NAME = re.compile(r"[A-Za-z]\S*")
 
 
 def _tag_list(record: str) -> tuple[dict[str, str], list[str]]:
-    """The tags of a DKIM TXT *record* (values without whitespace; the first of a tag given twice), and why it is
+    """The tags of a DKIM TXT *record* (values without the blanks around them; the first of a tag given twice), and why it is
     no tag-list, as dkimpy refuses one: a part (between ";", a trailing ";" allowed) that is no ``tag=value``, a tag twice."""
     tags: dict[str, str] = {}
     problems: list[str] = []
@@ -380,7 +381,7 @@ def _tag_list(record: str) -> tuple[dict[str, str], list[str]]:
         elif tag in tags:
             problems.append(f"{tag}= twice (RFC 6376 §3.2: verifiers refuse the whole record)")
         else:
-            tags[tag] = "".join(value.split())
+            tags[tag] = value.strip()
     return tags, problems
 
 
@@ -389,13 +390,15 @@ def record_problems(algorithm: Algorithm, record: str) -> list[str]:
     ``[]``: a ``v=`` other than DKIM1, a ``k=`` (rsa when absent) other than the key's, an ``h=`` without sha256
     (the signatures are rsa-sha256 or ed25519-sha256), an ``s=`` without ``*`` or ``email``; and a tag-list
     that is not one (§3.2: a tag twice, a part that is no ``tag=value``), which voids the whole record."""
-    tags, problems = _tag_list(record)
+    written, problems = _tag_list(record)
+    # Blanks inside a value are folding (a long p=), except in v=, which verifiers compare as written.
+    tags = {tag: value if tag == "v" else "".join(value.split()) for tag, value in written.items()}
     if "v" in tags and tags["v"] != "DKIM1":
         problems.append(f"v={tags['v']} (verifiers take DKIM1 only)")
     if tags.get("k", "rsa") != algorithm:
         kind = f"k={tags['k']}" if "k" in tags else "no k= (rsa by default)"
         problems.append(f"{kind} for an {algorithm} key (publish k={algorithm})")
-    if "h" in tags and "sha256" not in tags["h"].split(":"):
+    if "h" in tags and "sha256" not in tags["h"].lower().split(":"):  # ABNF strings: any case
         problems.append(f"h={tags['h']} leaves out sha256, which the signatures use")
     if "s" in tags and not {"*", "email"} & set(tags["s"].split(":")):
         problems.append(f"s={tags['s']}: the key is not for email (s=* or s=email)")

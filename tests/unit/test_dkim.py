@@ -301,6 +301,16 @@ def test_doctor_fails_a_record_that_is_no_tag_list(rsa_key: bytes, extra: str) -
     assert judge_dkim_key(key, Answer("s1._domainkey.a.test", "TXT", "ok", (published + "; ",))).status == "ok"  # a trailing ";" is allowed
 
 
+@pytest.mark.parametrize(("extra", "ok"), [("; x-foo=bar", True), ("; h=SHA256", True), ("; h=sha1", False)])
+def test_doctor_judges_a_record_as_dkimpy_reads_it(rsa_key: bytes, extra: str, ok: bool) -> None:
+    # Second look: a tag name with a hyphen and an upper-case hash name verify with dkimpy; doctor failed them.
+    key = dkimsign.SigningKey("a.test", "s1", "rsa", rsa_key)
+    judged = judge_dkim_key(key, Answer("s1._domainkey.a.test", "TXT", "ok", (dkimsign.public_record("rsa", rsa_key) + extra,)))
+    assert (judged.status == "ok") is ok, judged
+    spaced = dkimsign.public_record("rsa", rsa_key).replace("v=DKIM1", "v=DKIM 1")  # dkimpy refuses it: so does doctor
+    assert judge_dkim_key(key, Answer("s1._domainkey.a.test", "TXT", "ok", (spaced,))).status == "fail"
+
+
 def test_dmarc_actions_per_policy() -> None:
     reject = enforce(Evaluation("fail", "a.test", "reject", "reject"), "reject", "quarantine")
     assert reject.symbol == "DMARC_FAIL_REJECT" and reject.action == Action.REJECT
