@@ -47,11 +47,15 @@ import regex
 
 from ..config import ConfigError
 from ..content.headertext import decoded, is_field_name
+from ..content.mimetext import UNREAD_REASONS
 from ..message.model import Envelope, Hit, Session
 from ..message.policy import AFTER_VERDICT_SYMBOLS, PIPELINE_SYMBOLS, SCORE_GREYLIST_SYMBOLS, UNSCORED
 from ..options import finite
 from ..patterns import AdminPattern, PatternError, SearchBudget
 from ..rulelang import MetaSyntaxError, Node, evaluate, names, parse
+from ..text import MARK_RUN as _MARK_RUN
+from ..text import MAX_MARKS as MAX_MARKS
+from ..text import first_marks as _first_marks
 from ..text import without_invisible
 from ..units import parse_size
 from . import Check, Hits, Symbol
@@ -62,6 +66,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("milterd")
 
+#: Body rules searched part of the message's text only.
+TEXT_CUT = "CUSTOM_TEXT_CUT"
 _NAME = re.compile(r"[A-Z][A-Z0-9_]{1,63}\Z")  # \Z: "$" also matched before a final newline
 KINDS = ("header", "body", "uri", "meta")
 DEFAULT_MAX_TEXT = 1024 * 1024
@@ -267,6 +273,10 @@ class CustomRules(Check):
 
     name: ClassVar[str] = "custom"
     description: ClassVar[str] = "Custom rules from rules/*.toml"
+    symbols: ClassVar[tuple[Symbol, ...]] = (
+        Symbol(TEXT_CUT, 0.0, "The message's text is longer than [custom] max_text (invisible characters not counted), or a part of it could not be "
+                              "read: body rules searched only what was read (padding may hide a line from them)"),
+    )
     rule_sections: ClassVar[tuple[str, ...]] = ("rule", "custom")
     order: ClassVar[int] = 500
 
@@ -335,6 +345,10 @@ class CustomRules(Check):
         # a warning alone had the message judged without its body and URI rules, unsaid in its row.
         found = envelope.text(self.max_text)
         hits: list[Hit] = []
+        # Too many links alone (unread "links") leaves the text whole.
+        if self.body_rules and found.truncated and (found.unread != "links" or len(found.text) >= self.max_text):
+            why = UNREAD_REASONS.get(found.unread, "") if found.unread != "links" else ""
+            hits.append(Hit(TEXT_CUT, detail=why or f"text past {self.max_text} characters not searched"))
         text = _visible(_lines(found.text), self.max_text) if self.body_rules else ""
         links = _link_forms(found.uris) if self.uri_rules else {}
         rules = [*self.body_rules, *self.uri_rules]
@@ -409,12 +423,6 @@ HeaderRules = CustomRules
 #: Text is normalised this many characters at a time when only its first *limit* characters are kept
 #: (up to 18 characters each).
 _CHUNK = 65536
-#: A run of combining marks is cut to this many before NFKC, whose canonical ordering sorts a run in
-#: quadratic time (20,000 U+0F73 cost a second; a 3 MB message holds a million).  No script stacks more.
-MAX_MARKS = 30
-#: A run longer than that of marks, or of the half-width voiced sound marks that NFKC makes combining ones (the
-#: regex module looks the property up: re's class of the marks, with those above U+FFFF, took 130 ms a million characters).
-_MARK_RUN = regex.compile(rf"[\p{{M}}\uff9e\uff9f]{{{MAX_MARKS + 1},}}")
 #: An ASCII character: nothing before it changes with it under NFKC, so text may be normalised in pieces cut there.
 _ASCII = re.compile(r"[\x00-\x7f]")
 
@@ -447,11 +455,6 @@ def _visible(text: str, limit: int | None = None) -> str:
         size += len(pieces[-1])
         start = end
     return "".join(pieces)[:limit]
-
-
-def _first_marks(run: regex.Match[str]) -> str:
-    """The first :data:`MAX_MARKS` characters of a run :data:`_MARK_RUN` found."""
-    return run.group(0)[:MAX_MARKS]
 
 
 def _piece_end(text: str, end: int) -> int:

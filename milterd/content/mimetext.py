@@ -43,7 +43,7 @@ from typing import Any, Callable, Container, Iterable, Iterator, cast
 from olefile import OleFileIO
 
 from ..domains import MAX_EMBEDDING, embedded_authorities, registrable
-from ..text import without_invisible
+from ..text import capped_marks, without_invisible
 from .filetypes import HEAD_SIZE, MESSAGE_TYPES, extensions, message_file, outlook_file, outlook_name, text_file_type
 from .mimeparams import LenientMessage, Preference, client_container_type, first_token, reading, safely
 from .mimeparams import decode_bytes as decode_bytes
@@ -831,9 +831,12 @@ def _outlook_message(part: email.message.Message, names: list[str]) -> bytes | N
 
 def _add_text(result: MessageText, found: "_Links", texts: list[str], ctype: str, body: str, room: int) -> int:
     """Add a decoded text part's text (at most *room* characters) and links (*ctype*: :func:`_reading_type`); its length.
-    The text is added without its invisible characters: a million zero-width spaces must not spend the budget and
-    hide the line a reader sees after them."""
+    The text is added without its invisible characters, and a part longer than *room* with each run of combining
+    marks cut to MAX_MARKS: a million zero-width spaces or stacked accents must not spend the budget and hide the
+    line a reader sees after them."""
     body = without_invisible(_add_links(found, ctype, body))
+    if len(body) > room:
+        body = capped_marks(body)
     if len(body) > room:
         body = body[:room]
         result.truncated = True
