@@ -345,11 +345,12 @@ class CustomRules(Check):
         # a warning alone had the message judged without its body and URI rules, unsaid in its row.
         found = envelope.text(self.max_text)
         hits: list[Hit] = []
-        # Too many links alone (unread "links") leaves the text whole.
-        if self.body_rules and found.truncated and (found.unread != "links" or len(found.text) >= self.max_text):
+        text = _visible(_lines(found.text), self.max_text) if self.body_rules else ""
+        # Cut where it was read (the budget, a bound of the reader) or as searched: NFKC writes some characters as
+        # up to 18 (U+FDFA), and what the rules search is cut to max_text too.
+        if self.body_rules and (found.truncated or len(text) >= self.max_text):
             why = UNREAD_REASONS.get(found.unread, "") if found.unread != "links" else ""
             hits.append(Hit(TEXT_CUT, detail=why or f"text past {self.max_text} characters not searched"))
-        text = _visible(_lines(found.text), self.max_text) if self.body_rules else ""
         links = _link_forms(found.uris) if self.uri_rules else {}
         rules = [*self.body_rules, *self.uri_rules]
         for number, rule in enumerate(rules):

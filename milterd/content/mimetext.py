@@ -263,7 +263,7 @@ def extract(raw: bytes, limit: int = 1024 * 1024) -> MessageText:
     result = reader.result
     result.text = "\n".join(reader.texts)
     result.uris, result.embedded = reader.found.uris(), reader.found.embedded()
-    result.truncated = result.truncated or reader.found.cut
+    # found.cut is of links only (MAX_LINKS_*, an HTML part past MAX_TAGS, whose text is read): the text is whole.
     if reader.found.full:
         result.unread = result.unread or "links"
     elif reader.found.unparsed:  # "https&#58;//" or a base64 part two encodings deep is no link written out

@@ -58,5 +58,14 @@ def test_text_cut_for_the_body_rules_is_said_in_a_symbol(tmp_path: Path) -> None
         assert padded == {"CUSTOM_TEXT_CUT": "text past 1024 characters not searched"}
         assert hits(f"{SENTENCE}\r\n") == {"BODY_WU": "western union"}
         assert hits(" ".join(f"http://h{n}.example/" for n in range(30)) + "\r\n") == {}  # 600 characters: all searched
+        # Third look: NFKC writes U+FDFA as 18 characters, and what the rules search is cut to max_text: said too.
+        assert "CUSTOM_TEXT_CUT" in hits("\ufdfa" * 100 + f"\r\n{SENTENCE}\r\n")
     finally:
         services.close()
+
+
+def test_html_past_the_tag_bound_is_read_whole_and_not_said_cut() -> None:
+    # Third look: since its text is read, a newsletter of 60,000 tags is no cut text (CUSTOM_TEXT_CUT fired on it).
+    markup = "<table>" + "<tr><td>item</td></tr>" * 20_000 + f"<p>{SENTENCE}</p></table>"
+    found = extract(f"Content-Type: text/html\r\n\r\n{markup}\r\n".encode(), 1 << 20)
+    assert found.text.endswith(SENTENCE) and not found.truncated

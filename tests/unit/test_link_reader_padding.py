@@ -35,7 +35,7 @@ def test_the_bound_on_all_links_read_still_ends_the_scan() -> None:
     within = extract(_message(["http://a.test/"] * (looked - 1) + [EVIL]))
     assert EVIL in within.uris and within.unread == ""
     past = extract(_message(["http://a.test/"] * looked + [EVIL]))  # a hostile message: one short link repeated
-    assert past.uris == ["http://a.test/"] and past.unread == "links" and past.truncated
+    assert past.uris == ["http://a.test/"] and past.unread == "links" and not past.truncated  # the text is whole
 
 
 @pytest.mark.parametrize("salt", range(8))
