@@ -51,6 +51,19 @@ def embedded_ipv4_network(network: Network) -> ipaddress.IPv4Network | None:
     return ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
 
 
+def client_networks(written: list[str]) -> list[Network]:
+    """The networks of trusted_networks as written, each IPv4-mapped one (``::ffff:198.51.100.0/120``) followed by the
+    IPv4 network it is (a client Postfix passes as IPv4 matches it).  A NAT64 entry keeps its one form: it matches
+    the clients Postfix passes in that form (:func:`client_forms`), not a direct IPv4 client of the same numbers."""
+    networks: list[Network] = []
+    for text in written:
+        network = ipaddress.ip_network(text, strict=False)
+        networks.append(network)
+        if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_MAPPED):
+            networks.append(ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96)))
+    return networks
+
+
 def client_forms(address: str, sent: str = "") -> list[IPAddress]:
     """The forms a client is matched in against networks written in milter.conf (trusted_networks): *address*,
     the one milterd judges, and *sent*, the IPv6 form Postfix passed when that was an IPv4 client written as IPv6

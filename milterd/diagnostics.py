@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, TypeVar
 
+from .addresses import embedded_ipv4
 from .checks.dnslists import listing_answers
 from .config import Config, ConfigError, load_config
 from .dkimsign import SigningKey, load_keys, public_record, record_matches, record_problems
@@ -566,7 +567,8 @@ def probe_socket_exposure(config: Config) -> list[Finding]:
     else:
         host = spec.host.strip("[]")
         try:
-            loopback = ipaddress.ip_address(host).is_loopback
+            ip = ipaddress.ip_address(host)
+            loopback = ((embedded_ipv4(ip) or ip) if isinstance(ip, ipaddress.IPv6Address) else ip).is_loopback
         except ValueError:
             loopback = host == "localhost"
         reaches = f"port {spec.port} of this host" if host in ("", "0.0.0.0", "::", "*") else host

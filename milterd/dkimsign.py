@@ -390,9 +390,12 @@ def record_problems(algorithm: Algorithm, record: str) -> list[str]:
     ``[]``: a ``v=`` other than DKIM1, a ``k=`` (rsa when absent) other than the key's, an ``h=`` without sha256
     (the signatures are rsa-sha256 or ed25519-sha256), an ``s=`` without ``*`` or ``email``; and a tag-list
     that is not one (§3.2: a tag twice, a part that is no ``tag=value``), which voids the whole record."""
-    written, problems = _tag_list(record)
-    # Blanks inside a value are folding (a long p=), except in v=, which verifiers compare as written.
-    tags = {tag: value if tag == "v" else "".join(value.split()) for tag, value in written.items()}
+    tags, problems = _tag_list(record)
+    # v= and k= are compared as written (blanks around them aside); h= and s= are lists whose ":" may have blanks
+    # around it, never inside a name (RFC 6376 §3.6.1's ABNF).
+    for tag in ("h", "s"):
+        if tag in tags:
+            tags[tag] = ":".join(item.strip() for item in tags[tag].split(":"))
     if "v" in tags and tags["v"] != "DKIM1":
         problems.append(f"v={tags['v']} (verifiers take DKIM1 only)")
     if tags.get("k", "rsa") != algorithm:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from pydantic import Field, field_validator
 
+from ..addresses import embedded_ipv4
 from ..message.model import Envelope, Hit, Session
 from ..options import CheckSwitches, domain_names
 from . import Hits, Symbol
@@ -88,15 +89,16 @@ def helo_shape(helo: str) -> HeloShape:
 
 @functools.lru_cache(maxsize=1024)  # pure; asked once or twice per session for the same few addresses
 def same_address(a: str, b: str) -> bool:
-    """Whether two textual addresses are the same (IPv4-mapped IPv6 included)."""
+    """Whether two textual addresses are the same (an IPv6 one standing for an IPv4 address as that address:
+    IPv4-mapped, NAT64's well-known prefix; :func:`~milterd.addresses.embedded_ipv4`)."""
     try:
         x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
     except ValueError:
         return False
-    if isinstance(x, ipaddress.IPv6Address) and x.ipv4_mapped:
-        x = x.ipv4_mapped
-    if isinstance(y, ipaddress.IPv6Address) and y.ipv4_mapped:
-        y = y.ipv4_mapped
+    if isinstance(x, ipaddress.IPv6Address):
+        x = embedded_ipv4(x) or x
+    if isinstance(y, ipaddress.IPv6Address):
+        y = embedded_ipv4(y) or y
     return x == y
 
 

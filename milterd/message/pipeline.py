@@ -8,7 +8,6 @@ decide the same way.  Every stage method returns either None (go on) or a
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import logging
 import threading
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from .. import metrics
-from ..addresses import client_forms
+from ..addresses import client_forms, client_networks
 from ..checks import Check, Hits, Stage
 from ..checks.headers import HeaderLimits
 from ..config import Config
@@ -98,7 +97,7 @@ class Pipeline:
         self._running_here: dict[int, float] = {}  # the same of a check run in a milter thread
         self._running_lock = threading.Lock()
         self._tokens = itertools.count()
-        self._trusted = [ipaddress.ip_network(net, strict=False) for net in self.config.milter.trusted_networks]
+        self._trusted = client_networks(self.config.milter.trusted_networks)
         milter = self.config.milter
         #: [milter]'s header limits, which the adapter counts every header against.
         self.header_limits = HeaderLimits(milter.max_headers, milter.max_header_size, milter.max_header_section)

@@ -45,7 +45,9 @@ def test_ipv6_written_networks_also_match_as_the_ipv4_network_behind_them() -> N
      # The whole prefix, and a part of it whose first address is not global (second look at the fix: neither matched).
      ("64:ff9b::/96", "64:ff9b::808:808", True), ("64:ff9b::/97", "64:ff9b::808:808", True),
      # A NAT64 entry trusts the clients that come through NAT64, not a direct IPv4 client of the same numbers.
-     ("64:ff9b::c000:0/98", "192.168.1.1", False), ("64:ff9b::c633:6400/120", "198.51.100.1", False)],
+     ("64:ff9b::c000:0/98", "192.168.1.1", False), ("64:ff9b::c633:6400/120", "198.51.100.1", False),
+     # An IPv4-mapped entry is the IPv4 network it writes: it matches a client Postfix passes as IPv4 (third look).
+     ("::ffff:c633:6400/120", "198.51.100.1", True), ("::ffff:c633:6400/120", "::ffff:198.51.100.1", True)],
 )
 def test_a_nat64_client_is_trusted_by_an_entry_of_either_form(entry: str, address: str, trusted: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf = make_conf(tmp_path)

@@ -27,6 +27,8 @@ def test_helo_shapes(helo: str, kind: str) -> None:
 
 def test_same_address_mapped() -> None:
     assert same_address("::ffff:192.0.2.1", "192.0.2.1") and not same_address("192.0.2.1", "192.0.2.2")
+    # A NAT64 client's own literal ([IPv6:64:ff9b::…], what `check --client-ip 64:ff9b::…` greets with) is its address.
+    assert same_address("64:ff9b::198.51.100.5", "198.51.100.5") and not same_address("64:ff9b::127.0.0.1", "127.0.0.1")
 
 
 @pytest.mark.parametrize(
