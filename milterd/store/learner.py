@@ -47,6 +47,7 @@ statements on every call, was half of a learn's CPU (``bench.learner_eval``).
 from __future__ import annotations
 
 import datetime as dt
+import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass
@@ -70,6 +71,9 @@ Label = Literal["spam", "ham"]
 
 #: Tokens asked or changed per statement: well under SQLite's bound-parameter limit.
 CHUNK = 500
+#: Expired tokens deleted per transaction, and the pause between two (see :meth:`LearnerStore.expire`).
+EXPIRE_BATCH = 5000
+EXPIRE_PAUSE = 0.1
 
 tokens_table = Table(
     "learner_tokens",
@@ -521,22 +525,42 @@ class LearnerStore:
         and tokens with no count left; then, beyond *max_tokens*, the least recently
         learned.  Returns how many were deleted.  On PostgreSQL the tokens a learner holds
         at that moment are left to the next expiry (it is counting them, or taking them
-        away: in use, or soon due again)."""
+        away: in use, or soon due again).
+
+        The first two go :data:`EXPIRE_BATCH` per transaction, :data:`EXPIRE_PAUSE` seconds
+        apart: millions due at once (a corpus learned *token_expiry* ago) held SQLite's write
+        lock past busy_timeout, and the mail's log rows were tempfailed meanwhile."""
         table = tokens_table
         day = day_number(older_than)
+        token = table.c.token
+
+        def batch(condition: Any) -> int:
+            with self.engine.begin() as connection:
+                due = select(token).where(condition).limit(EXPIRE_BATCH)
+                if connection.dialect.name == "postgresql":  # as deletable(): never wait for a token a learner holds
+                    due = due.with_for_update(skip_locked=True)
+                return int(connection.execute(delete(table).where(token.in_(due))).rowcount or 0)
+
+        def drained(condition: Any) -> int:
+            deleted = done = batch(condition)
+            while done >= EXPIRE_BATCH:
+                time.sleep(EXPIRE_PAUSE)
+                done = batch(condition)
+                deleted += done
+            return deleted
 
         def work() -> int:
+            deleted = drained(table.c.spam + table.c.ham == 0)
+            deleted += drained(and_(table.c.atime < day, table.c.spam + table.c.ham <= rare))
+            if not max_tokens:
+                return deleted
             with self.engine.begin() as connection:
                 advisory_lock(connection, HOUSEKEEPING_LOCK)  # after another host's expiry: this one counts what it left
-                token = table.c.token
-                deleted = connection.execute(delete(table).where(deletable(connection, token, table.c.spam + table.c.ham == 0))).rowcount
-                old_and_rare = and_(table.c.atime < day, table.c.spam + table.c.ham <= rare)
-                deleted += connection.execute(delete(table).where(deletable(connection, token, old_and_rare))).rowcount
                 total = int(connection.execute(select(func.count()).select_from(table)).scalar() or 0)
-                if max_tokens and total > max_tokens:
+                if total > max_tokens:
                     excess = select(table.c.token).order_by(table.c.atime, table.c.spam + table.c.ham, table.c.token).limit(total - max_tokens).scalar_subquery()
-                    deleted += connection.execute(delete(table).where(deletable(connection, token, table.c.token.in_(excess)))).rowcount
-                return int(deleted)
+                    deleted += int(connection.execute(delete(table).where(deletable(connection, token, table.c.token.in_(excess)))).rowcount or 0)
+                return deleted
 
         return guarded("expire the classifier's tokens", work)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from sqlalchemy import event
 
 from milterd.checks.bayes import expiry_job
 from milterd.cli import main
@@ -22,6 +23,7 @@ from milterd.learner.cache import TokenCache
 from milterd.learner.tokenizer import MAX_INPUT, hashed_tokens, message_digest, token_hash, tokenize
 from milterd.services import Services
 from milterd.store import Store
+from milterd.store import learner as learner_store
 from milterd.store.learner import CHUNK, LearnerStore
 
 HAM = b"From: Alice <alice@example.org>\r\nTo: bob@example.com\r\nSubject: lunch tomorrow\r\nMessage-ID: <1@example.org>\r\n\r\nShall we meet for lunch at the usual place?\r\n"
@@ -240,6 +242,28 @@ def test_expire_rare_old_tokens_and_bound_the_model(repo: LearnerStore) -> None:
     assert set(repo.counts([1, 2, 3, 4, 5])) == {2, 3, 4, 5}
     assert repo.expire(dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc), rare=1, max_tokens=3) == 1  # the oldest, 2
     assert set(repo.counts([1, 2, 3, 4, 5])) == {3, 4, 5}
+
+
+def test_expiry_deletes_in_batches_each_its_own_transaction(repo: LearnerStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Millions of tokens due at once were deleted in one transaction: SQLite's write lock was held past busy_timeout
+    # and live mail was tempfailed (found by review). Each batch commits on its own now.
+    monkeypatch.setattr(learner_store, "EXPIRE_BATCH", 10)
+    monkeypatch.setattr(learner_store, "EXPIRE_PAUSE", 0.0)
+    old = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    repo.learn("old", list(range(1, 26)), "spam", now=old)
+    repo.learn("new", [100, 101], "ham", now=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+    commits: list[int] = []
+
+    def committed(connection: Any) -> None:
+        commits.append(1)
+
+    event.listen(repo.engine, "commit", committed)
+    try:
+        assert repo.expire(dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc), rare=1, max_tokens=0) == 25
+    finally:
+        event.remove(repo.engine, "commit", committed)
+    assert set(repo.counts(list(range(1, 26)) + [100, 101])) == {100, 101}
+    assert len(commits) >= 4  # 10 + 10 + 5 old and rare ones, after the (empty) batch of tokens with no count
 
 
 # --- milterd learn ---------------------------------------------------------------
