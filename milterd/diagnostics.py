@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, TypeVar
 
 from .addresses import embedded_ipv4
-from .checks.dnslists import listing_answers
+from .checks.dnslists import hide_access_key, listing_answers
 from .config import Config, ConfigError, load_config
 from .dkimsign import SigningKey, load_keys, public_record, record_matches, record_problems
 from .dns import Answer, Resolver, dnsbl_name, probe_nameserver, server_name
@@ -412,7 +412,8 @@ def probe_dns(config: Config, services: Any) -> list[Finding]:
             name = dnsbl_name("127.0.0.2", zone) or ""
             answer = resolver.query(name, "A")
             control = None if answer.failed else resolver.query(dnsbl_name("127.0.0.1", zone) or "", "A")  # no second wait for a dead resolver
-            findings.append(judge_dnsbl(zone, name, answer, refused, control))
+            found = judge_dnsbl(zone, name, answer, refused, control)
+            findings.append(Finding(hide_access_key(found.name, zone), found.status, hide_access_key(found.detail, zone)))
     finally:
         resolver.close()
     return findings

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .checks.dnslists import hide_access_key
 from .config import ConfigError, read_toml
 from .options import finite
 
@@ -201,7 +202,8 @@ def origins(ruleset: Ruleset) -> list[Origin]:
             if name is None:
                 continue
             value = source.value
-            detail = str(value.get("zone", "")) if kind != "rule" else next((k for k in ("header", "body", "uri", "meta") if k in value), "")
+            zone = str(value.get("zone", ""))
+            detail = hide_access_key(zone, zone) if kind != "rule" else next((k for k in ("header", "body", "uri", "meta") if k in value), "")
             found.append(Origin(kind, name, detail, source.file))
     for key, path in ruleset.disabled.items():
         kind, _, name = key.partition(" ")

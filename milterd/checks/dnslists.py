@@ -105,6 +105,13 @@ def public_zone(zone: str) -> str:
     return rest if dot and "." in rest and _ACCESS_KEY.match(first.lower()) else zone
 
 
+def hide_access_key(text: str, zone: str) -> str:
+    """*text* (a zone, a name asked in it, a line naming them) with *zone*'s access key written ``KEY``
+    (:func:`public_zone`): what ``config show`` and ``doctor`` print is pasted into tickets and forums."""
+    key = zone.partition(".")[0]
+    return text.replace(key, "KEY") if public_zone(zone) != zone else text
+
+
 def answer_matches(pattern: str, answer: str) -> bool:
     """Whether DNS-list *answer* (an IPv4 address) matches *pattern* (address, A-B, A/N or 127.0.*.2)."""
     try:

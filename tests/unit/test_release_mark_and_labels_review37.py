@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from milterd.checks.dnslists import hide_access_key
 from milterd.cli import main
 from milterd.config import Config
 from milterd.diagnostics import probe_private_files, probe_socket_exposure
@@ -106,3 +107,20 @@ def test_check_judges_what_postfix_passes_the_milter(tmp_path: Path, capsys: pyt
     plain = symbols()
     assert "HAS_RETPATH" not in plain and "HDR_8BIT" in plain
     assert "HDR_8BIT" not in symbols("--smtputf8")
+
+
+def test_config_show_and_doctor_never_print_a_dnsbl_access_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # config show's rule origins printed the Spamhaus DQS key in full (found by review), and doctor's DNS probe too.
+    key = "abcdefghijklmnopqrstuvwxyz"
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "dqs.toml").write_text(f'[[dnsbl]]\nname = "DQS"\nzone = "{key}.zen.dq.spamhaus.net"\nscore = 3.0\n')
+    conf = _conf(tmp_path)
+    conf.write_text(conf.read_text().replace('dir = ""', f'dir = "{tmp_path / "rules"}"'))
+    capsys.readouterr()
+    assert main(["config", "show", "-c", str(conf)]) == 0
+    out = capsys.readouterr().out
+    assert "KEY.zen.dq.spamhaus.net" in out and key not in out
+    zone = f"{key}.zen.dq.spamhaus.net"
+    assert hide_access_key(f"dns {zone}", zone) == "dns KEY.zen.dq.spamhaus.net"
+    assert hide_access_key(f"2.0.0.127.{zone}: NXDOMAIN", zone) == "2.0.0.127.KEY.zen.dq.spamhaus.net: NXDOMAIN"
+    assert hide_access_key("dns zen.spamhaus.org", "zen.spamhaus.org") == "dns zen.spamhaus.org"
