@@ -345,10 +345,11 @@ class CustomRules(Check):
         # a warning alone had the message judged without its body and URI rules, unsaid in its row.
         found = envelope.text(self.max_text)
         hits: list[Hit] = []
-        text = _visible(_lines(found.text), self.max_text) if self.body_rules else ""
+        lines = _lines(found.text) if self.body_rules else ""
+        text = _visible(lines, self.max_text) if self.body_rules else ""
         # Cut where it was read (the budget, a bound of the reader) or as searched: NFKC writes some characters as
-        # up to 18 (U+FDFA), and what the rules search is cut to max_text too.
-        if self.body_rules and (found.truncated or len(text) >= self.max_text):
+        # up to 18 (U+FDFA), and what the rules search is cut to max_text too: text read shorter than that reached it.
+        if self.body_rules and (found.truncated or len(text) >= self.max_text > len(lines)):
             why = UNREAD_REASONS.get(found.unread, "") if found.unread != "links" else ""
             hits.append(Hit(TEXT_CUT, detail=why or f"text past {self.max_text} characters not searched"))
         links = _link_forms(found.uris) if self.uri_rules else {}

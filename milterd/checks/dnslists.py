@@ -92,7 +92,7 @@ class DnsList:
 
 
 #: A zone's first label that is an access key (Spamhaus DQS: 26 letters and digits; Abusix's: 32), not a list's
-#: name: no list names its zone's first label with 16 characters or more.
+#: name: no list names its zone's first label with 16 characters or more (a list's long one-label name, combined-abuse-list, is taken for a key).
 _ACCESS_KEY = re.compile(r"[a-z0-9_-]{16,}\Z")
 
 
@@ -108,8 +108,9 @@ def public_zone(zone: str) -> str:
 def hide_access_key(text: str, zone: str) -> str:
     """*text* (a zone, a name asked in it, a line naming them) with *zone*'s access key written ``KEY``
     (:func:`public_zone`): what ``config show`` and ``doctor`` print is pasted into tickets and forums."""
-    key = zone.partition(".")[0]
-    return text.replace(key, "KEY") if public_zone(zone) != zone else text
+    if public_zone(zone) == zone:
+        return text
+    return re.sub(re.escape(zone.partition(".")[0]), "KEY", text, flags=re.IGNORECASE)  # a resolver's names are lower-cased
 
 
 def answer_matches(pattern: str, answer: str) -> bool:
@@ -188,7 +189,7 @@ def parse_list_table(kind: ListKind, file: Any, position: int, entry: Any) -> tu
     refused = entry.get("refused", [])
     if not isinstance(refused, list) or not all(valid_pattern(p) for p in refused):
         raise ConfigError(file, f"{where}.refused", "must be a list of answers such as [\"127.255.255.*\"]")
-    description = entry.get("description", f"{kind.listed} {zone}")
+    description = entry.get("description", f"{kind.listed} {hide_access_key(zone, zone)}")
     if not isinstance(description, str):
         raise ConfigError(file, f"{where}.description", "must be a string")
     codes_value = entry.get("codes", [])
@@ -223,7 +224,7 @@ def parse_code(kind: ListKind, file: Any, where: str, code: Any, base: str, scor
         raise ConfigError(file, f"{where}.mask", "must be a number from 1 to 255 (bits of the answer's last octet)")
     if not answers and not mask:
         raise ConfigError(file, where, "needs answers or a mask")
-    description = code.get("description", f"{kind.listed} {zone} ({name})")
+    description = code.get("description", f"{kind.listed} {hide_access_key(zone, zone)} ({name})")
     if not isinstance(description, str):
         raise ConfigError(file, f"{where}.description", "must be a string")
     return Code(

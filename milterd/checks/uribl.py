@@ -53,7 +53,7 @@ from ..text import escape
 from . import Hits, Symbol
 from .configured import ConfiguredCheck
 from .dnsbl import Zone, parse_zones
-from .dnslists import Code, DnsList, ListKind, listed_symbols, listing_answers, parse_list_table, parse_tables, sort_outcomes
+from .dnslists import Code, DnsList, ListKind, hide_access_key, listed_symbols, listing_answers, parse_list_table, parse_tables, sort_outcomes
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -172,11 +172,11 @@ def address_lists(names: Iterable[str], zones: list[Zone], disabled: Iterable[st
                 continue
             raise _unknown_ip_list(wanted, zones, file, local_files or {})
         codes = tuple(
-            Code(f"URIBL_IP_{wanted}", c.answers, c.score, False, f"A link's address is listed in {zone.zone} ({c.symbol})")
+            Code(f"URIBL_IP_{wanted}", c.answers, c.score, False, f"A link's address is listed in {hide_access_key(zone.zone, zone.zone)} ({c.symbol})")
             for c in zone.codes if c.symbol == symbol
         )
         # Scored only: a zone that rejects clients it lists need not reject mail that links to them.
-        found.append(UriZone(f"URIBL_IP_{wanted}", zone.zone, zone.score, False, codes, zone.refused, f"A link's address is listed in {zone.zone}", addresses=True))
+        found.append(UriZone(f"URIBL_IP_{wanted}", zone.zone, zone.score, False, codes, zone.refused, f"A link's address is listed in {hide_access_key(zone.zone, zone.zone)}", addresses=True))
     return found
 
 

@@ -60,6 +60,8 @@ def test_text_cut_for_the_body_rules_is_said_in_a_symbol(tmp_path: Path) -> None
         assert hits(" ".join(f"http://h{n}.example/" for n in range(30)) + "\r\n") == {}  # 600 characters: all searched
         # Third look: NFKC writes U+FDFA as 18 characters, and what the rules search is cut to max_text: said too.
         assert "CUSTOM_TEXT_CUT" in hits("\ufdfa" * 100 + f"\r\n{SENTENCE}\r\n")
+        # Fourth look: text exactly max_text long, nothing cut, is no cut text.
+        assert hits("y" * 1022 + "\r\n") == {}
     finally:
         services.close()
 

@@ -124,3 +124,19 @@ def test_config_show_and_doctor_never_print_a_dnsbl_access_key(tmp_path: Path, c
     assert hide_access_key(f"dns {zone}", zone) == "dns KEY.zen.dq.spamhaus.net"
     assert hide_access_key(f"2.0.0.127.{zone}: NXDOMAIN", zone) == "2.0.0.127.KEY.zen.dq.spamhaus.net: NXDOMAIN"
     assert hide_access_key("dns zen.spamhaus.org", "zen.spamhaus.org") == "dns zen.spamhaus.org"
+
+
+def test_an_access_key_is_hidden_whatever_its_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Fourth look: a mixed-case key came back lower-cased in doctor's control query, and rules list printed the key in
+    # the default descriptions.
+    zone = "Abcdefghij0123456789KLMNOP.zen.dq.spamhaus.net"
+    assert hide_access_key(f"1.0.0.127.{zone.lower()} -> 127.0.0.2", zone) == "1.0.0.127.KEY.zen.dq.spamhaus.net -> 127.0.0.2"
+    assert hide_access_key("dns bl.example.net", "bl.example.net") == "dns bl.example.net"
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "dqs.toml").write_text(f'[[dnsbl]]\nname = "DQS"\nzone = "{zone}"\nscore = 3.0\n')
+    conf = _conf(tmp_path)
+    conf.write_text(conf.read_text().replace('dir = ""', f'dir = "{tmp_path / "rules"}"'))
+    capsys.readouterr()
+    assert main(["rules", "list", "-c", str(conf)]) == 0
+    out = capsys.readouterr().out
+    assert "KEY.zen.dq.spamhaus.net" in out and "abcdefghij0123456789" not in out.lower()
