@@ -26,6 +26,15 @@ def test_a_senders_release_mark_is_removed_as_a_verdict_is() -> None:
     assert removed == [("change", "x-milterd-released", 2), ("change", "x-milterd-released", 1)]
 
 
+def _conf_with_rules(tmp_path: Path, rules: str) -> Path:
+    """A milter.conf whose local rules directory holds one file of *rules*."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "r.toml").write_text(rules)
+    conf = _conf(tmp_path)
+    conf.write_text(conf.read_text().replace('dir = ""', f'dir = "{tmp_path / "rules"}"'))
+    return conf
+
+
 def _conf(tmp_path: Path, extra: str = "") -> Path:
     conf = tmp_path / "milter.conf"
     conf.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "s.sqlite"}"\n[rules]\ndir = ""\n[dns]\nnameservers = ["127.0.0.1:9"]\n{extra}')
@@ -90,10 +99,7 @@ def test_doctor_warns_when_clients_other_than_postfix_may_open_the_socket(socket
 def test_check_judges_what_postfix_passes_the_milter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # A saved copy's Return-Path never reaches the milter (Postfix's message_drop_headers), and a message sent with
     # SMTPUTF8 may carry 8-bit headers: check judged both otherwise than the live milter (found by review).
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "r.toml").write_text('[[rule]]\nname = "HAS_RETPATH"\nheader = "Return-Path"\nregex = "."\nscore = 0.7\n')
-    conf = _conf(tmp_path)
-    conf.write_text(conf.read_text().replace('dir = ""', f'dir = "{tmp_path / "rules"}"'))
+    conf = _conf_with_rules(tmp_path, '[[rule]]\nname = "HAS_RETPATH"\nheader = "Return-Path"\nregex = "."\nscore = 0.7\n')
     saved = tmp_path / "saved.eml"
     saved.write_bytes("Return-Path: <alice@example.org>\nFrom: alice@example.org\nTo: bob@example.com\nSubject: café\n"
                       "Date: Mon, 07 Dec 2026 10:00:00 +0000\nMessage-ID: <1@example.org>\n\nhello\n".encode())
@@ -112,10 +118,7 @@ def test_check_judges_what_postfix_passes_the_milter(tmp_path: Path, capsys: pyt
 def test_config_show_and_doctor_never_print_a_dnsbl_access_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # config show's rule origins printed the Spamhaus DQS key in full (found by review), and doctor's DNS probe too.
     key = "abcdefghijklmnopqrstuvwxyz"
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "dqs.toml").write_text(f'[[dnsbl]]\nname = "DQS"\nzone = "{key}.zen.dq.spamhaus.net"\nscore = 3.0\n')
-    conf = _conf(tmp_path)
-    conf.write_text(conf.read_text().replace('dir = ""', f'dir = "{tmp_path / "rules"}"'))
+    conf = _conf_with_rules(tmp_path, f'[[dnsbl]]\nname = "DQS"\nzone = "{key}.zen.dq.spamhaus.net"\nscore = 3.0\n')
     capsys.readouterr()
     assert main(["config", "show", "-c", str(conf)]) == 0
     out = capsys.readouterr().out
@@ -132,10 +135,7 @@ def test_an_access_key_is_hidden_whatever_its_case(tmp_path: Path, capsys: pytes
     zone = "Abcdefghij0123456789KLMNOP.zen.dq.spamhaus.net"
     assert hide_access_key(f"1.0.0.127.{zone.lower()} -> 127.0.0.2", zone) == "1.0.0.127.KEY.zen.dq.spamhaus.net -> 127.0.0.2"
     assert hide_access_key("dns bl.example.net", "bl.example.net") == "dns bl.example.net"
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "dqs.toml").write_text(f'[[dnsbl]]\nname = "DQS"\nzone = "{zone}"\nscore = 3.0\n')
-    conf = _conf(tmp_path)
-    conf.write_text(conf.read_text().replace('dir = ""', f'dir = "{tmp_path / "rules"}"'))
+    conf = _conf_with_rules(tmp_path, f'[[dnsbl]]\nname = "DQS"\nzone = "{zone}"\nscore = 3.0\n')
     capsys.readouterr()
     assert main(["rules", "list", "-c", str(conf)]) == 0
     out = capsys.readouterr().out
