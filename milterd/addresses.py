@@ -40,15 +40,20 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
-def embedded_ipv4_network(network: Network) -> ipaddress.IPv4Network | None:
-    """The IPv4 network an IPv6 *network* of /96 or narrower inside the IPv4-mapped range (``::ffff:198.51.100.0/120``)
-    or the NAT64 prefix (``64:ff9b::c633:6400/120``) is written for: ``198.51.100.0/24``; else None.  By the
-    address arithmetic alone (``64:ff9b::/96`` is ``0.0.0.0/0``), as triplets and whitelists are matched."""
+def embedded_ipv4_network(network: Network, prefixes: tuple[ipaddress.IPv6Network, ...] = (_MAPPED, NAT64)) -> ipaddress.IPv4Network | None:
+    """The IPv4 network an IPv6 *network* of /96 or narrower inside one of *prefixes* (the IPv4-mapped range,
+    ``::ffff:198.51.100.0/120``, and the NAT64 one, ``64:ff9b::c633:6400/120``) is written for: ``198.51.100.0/24``;
+    else None.  By the address arithmetic alone (``64:ff9b::/96`` is ``0.0.0.0/0``), as triplets and whitelists are matched."""
     if not isinstance(network, ipaddress.IPv6Network) or network.prefixlen < 96:
         return None
-    if not (network.subnet_of(_MAPPED) or network.subnet_of(NAT64)):
+    if not any(network.subnet_of(prefix) for prefix in prefixes):
         return None
     return ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+
+
+def unmapped_network(network: Network) -> Network:
+    """*network* in IPv4's form where it is IPv4-mapped (``::ffff:192.0.2.0/120`` → ``192.0.2.0/24``); else itself."""
+    return embedded_ipv4_network(network, (_MAPPED,)) or network
 
 
 def client_networks(written: list[str]) -> list[Network]:
@@ -58,9 +63,8 @@ def client_networks(written: list[str]) -> list[Network]:
     networks: list[Network] = []
     for text in written:
         network = ipaddress.ip_network(text, strict=False)
-        networks.append(network)
-        if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_MAPPED):
-            networks.append(ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96)))
+        ipv4 = unmapped_network(network)
+        networks += [network] if ipv4 is network else [network, ipv4]
     return networks
 
 

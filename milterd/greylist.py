@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
-from .addresses import embedded_ipv4
+from .addresses import embedded_ipv4, unmapped_network
 from .dns import domain_name, fold_case
 from .message.policy import routed
 from .patterns import IGNORECASE, AdminPattern, PatternError
@@ -256,7 +256,7 @@ def compile_pattern(kind: str, text: str) -> Pattern:
     if kind == "client":
         try:
             network = ipaddress.ip_network(text, strict=False)
-            return Pattern(kind, text, network=unmapped(network))
+            return Pattern(kind, text, network=unmapped_network(network))  # as clients are matched (Whitelist.client)
         except ValueError:
             pass
         if _NUMERIC_NAME.fullmatch(text):
@@ -315,17 +315,6 @@ def _ascii_domain(text: str) -> str:
     prefix = "." if not at and domain.startswith(".") else ""
     folded = domain_name(domain[len(prefix):])
     return f"{head}{at}{prefix}{folded}" if folded else text
-
-
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-
-
-def unmapped(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """*network* in IPv4's form where it is IPv4-mapped (``::ffff:192.0.2.0/120`` → ``192.0.2.0/24``), as clients
-    are matched (:meth:`Whitelist.client`); else itself."""
-    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_MAPPED):
-        return ipaddress.ip_network(f"{ipaddress.IPv4Address(int(network.network_address) & 0xFFFFFFFF)}/{network.prefixlen - 96}")
-    return network
 
 
 @dataclass
