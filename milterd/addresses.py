@@ -40,6 +40,11 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+def as_judged(ip: IPAddress) -> IPAddress:
+    """*ip* as milterd judges a client: the IPv4 address an IPv6 one stands for (:func:`embedded_ipv4`), else itself."""
+    return (embedded_ipv4(ip) or ip) if isinstance(ip, ipaddress.IPv6Address) else ip
+
+
 def embedded_ipv4_network(network: Network, prefixes: tuple[ipaddress.IPv6Network, ...] = (_MAPPED, NAT64)) -> ipaddress.IPv4Network | None:
     """The IPv4 network an IPv6 *network* of /96 or narrower inside one of *prefixes* (the IPv4-mapped range,
     ``::ffff:198.51.100.0/120``, and the NAT64 one, ``64:ff9b::c633:6400/120``) is written for: ``198.51.100.0/24``;

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, TypeVar
 
-from .addresses import embedded_ipv4
+from .addresses import as_judged
 from .checks.dnslists import hide_access_key, listing_answers
 from .config import Config, ConfigError, load_config
 from .dkimsign import SigningKey, load_keys, public_record, record_matches, record_problems
@@ -568,8 +568,7 @@ def probe_socket_exposure(config: Config) -> list[Finding]:
     else:
         host = spec.host.strip("[]")
         try:
-            ip = ipaddress.ip_address(host)
-            loopback = ((embedded_ipv4(ip) or ip) if isinstance(ip, ipaddress.IPv6Address) else ip).is_loopback
+            loopback = as_judged(ipaddress.ip_address(host)).is_loopback
         except ValueError:
             loopback = host == "localhost"
         reaches = f"port {spec.port} of this host" if host in ("", "0.0.0.0", "::", "*") else host

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
-from .addresses import embedded_ipv4, unmapped_network
+from .addresses import as_judged, embedded_ipv4, unmapped_network
 from .dns import domain_name, fold_case
 from .message.policy import routed
 from .patterns import IGNORECASE, AdminPattern, PatternError
@@ -92,8 +92,7 @@ def client_network(address: str, netmask_v4: int = 24, netmask_v6: int = 64) -> 
         ip = ipaddress.ip_address(text)
     except ValueError:
         return text[:64] or "unknown"
-    if isinstance(ip, ipaddress.IPv6Address):
-        ip = embedded_ipv4(ip) or ip
+    ip = as_judged(ip)
     prefix = netmask_v4 if ip.version == 4 else netmask_v6
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AbstractSet, Any, Iterable, Mapping
 
-from .addresses import client_networks, embedded_ipv4
+from .addresses import as_judged, client_networks
 from .checks import Check, attachments, clamav, discover
 from .checks import spamassassin as spamd
 from .checks.bayes import SKIPPED_CONFIDENT, confident, spoke
@@ -281,8 +281,7 @@ def unscored(row: Mapping[str, Any], milter: MilterSection, delimiters: str = ""
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address):
-        ip = embedded_ipv4(ip) or ip  # a row logged before milterd judged such clients as IPv4
+    ip = as_judged(ip)  # a row logged before milterd judged such clients as IPv4
     return any(ip in net for net in client_networks(milter.trusted_networks))
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from pydantic import Field, field_validator
 
-from ..addresses import embedded_ipv4
+from ..addresses import as_judged
 from ..message.model import Envelope, Hit, Session
 from ..options import CheckSwitches, domain_names
 from . import Hits, Symbol
@@ -95,11 +95,7 @@ def same_address(a: str, b: str) -> bool:
         x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
     except ValueError:
         return False
-    if isinstance(x, ipaddress.IPv6Address):
-        x = embedded_ipv4(x) or x
-    if isinstance(y, ipaddress.IPv6Address):
-        y = embedded_ipv4(y) or y
-    return x == y
+    return as_judged(x) == as_judged(y)
 
 
 class Helo(ConfiguredCheck[HeloChecks]):
