@@ -134,15 +134,20 @@ LARGE_SECONDS = 2.0
 # before (Thunderbird makes none there, other clients may): a link more is only a lookup more.
 # A "www." starts one at a word boundary as before, as Thunderbird's "abbreviated" links start only
 # at a "www." that begins the word ("_www.a.b", "请www.a.b" are none).
-_URI_IN_TEXT = re.compile(r"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)[^\s<>"'()\[\]{}]{2,2000}""")
+# A link goes on as Thunderbird's FindURLEnd reads one: up to a blank, one of <>"`{} or a bidi formatting
+# character (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069: "https://evil.test<U+200E>/x" opens
+# evil.test); its brackets are cut by :func:`_link_end` ("http://paypal.com(x)@evil.test/" is one link,
+# to evil.test: a class that ended links at "(" read paypal.com).
+_LINK_CHAR = r"""[^\s<>"`{}\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"""
+_URI_IN_TEXT = re.compile(rf"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.){_LINK_CHAR}{{2,2000}}""")
 # Where _URI_IN_TEXT can match: its prefixes followed by two characters of its link class.
-_SCHEME_END = re.compile(r"""://(?=[^\s<>"'()\[\]{}]{2})""")
-_WWW_LINK = re.compile(r"""[wW]{3}\.(?=[^\s<>"'()\[\]{}]{2})""")  # only W lower-cases to w
+_SCHEME_END = re.compile(rf"://(?={_LINK_CHAR}{{2}})")
+_WWW_LINK = re.compile(rf"[wW]{{3}}\.(?={_LINK_CHAR}{{2}})")  # only W lower-cases to w
 # The same in lower-cased text: a literal prefix, which the regex engine finds about ten times faster.
-_WWW_LINK_LOWER = re.compile(r"""www\.(?=[^\s<>"'()\[\]{}]{2})""")
+_WWW_LINK_LOWER = re.compile(rf"www\.(?={_LINK_CHAR}{{2}})")
 _SCHEME = re.compile(r"(?i)https?|ftp")  # the schemes of _URI_IN_TEXT, fullmatched before a "://"
 _SCHEME_ENDS = frozenset("pPsS\u017f")  # what (?i) matches to p or s (and ſ to s): a scheme's last character
-_TRAILING = ".,;:!?"
+_TRAILING = ".,;:!?-'"  # what Thunderbird drops from a link's end (FindURLEnd): written after it
 # A link's host as far as bounding the links kept goes (the URI lists read it exactly): after a scheme
 # and any slashes, or after two slashes; userinfo and case dropped.  "" for a link without one.
 _HOST_KEY = re.compile(r"(?:[a-zA-Z][a-zA-Z0-9+.-]*:[/\\]*|[/\\]{2,})(?:[^/\\?#@]*@)?([^/\\?#]*)")
@@ -1073,8 +1078,8 @@ def uris_in_text(text: str) -> list[str]:
 
 def _written(text: str) -> Iterator[str]:
     """The links written out in *text*, as :func:`uris_in_text` gives them, all of them."""
-    for match in _links(text):
-        uri = match.group(0).rstrip(_TRAILING)
+    for link in _links(text):
+        uri = link.rstrip(_TRAILING)
         if uri.lower().startswith("www."):
             uri = "http://" + uri
         yield uri
@@ -1311,17 +1316,23 @@ def _host_group(host: str, names: _HostGroups, addresses: _HostGroups) -> tuple[
     return names, registrable(tail) or name
 
 
-def _links(text: str) -> Iterator[re.Match[str]]:
-    """The matches of ``_URI_IN_TEXT.finditer(text)``, looking only where one can start.
+def _links(text: str) -> Iterator[str]:
+    """The links written out in *text*, before their trailing punctuation is dropped, looking only where one can start.
 
-    A match starts at a scheme right before a ``://`` or at a ``www.``, and goes
+    A link starts at a scheme right before a ``://`` or at a ``www.``, and goes
     on with two characters of its link class: :func:`_scheme_start` and
     :func:`_www_start` find the next such place in C (a try of the pattern costs
     a microsecond: "http:// " repeated over 4 MB made a million), and only from
-    the previous match's end, so that the places inside a link are never looked
+    the previous link's end, so that the places inside a link are never looked
     at and :func:`uris_in_text` stops reading at its ``MAX_URIS``-th link.  The
     leftmost match at or after the previous one's end is the next (the
     pattern's ``\\b`` sees the text before a ``match()`` position).
+
+    A link is given as Thunderbird reads it (:func:`_link_end`) and, where it
+    holds a quote, a bracket or a parenthesis, also up to the first of them, as
+    the link class did before it took them in: ``'http://a.test','http://b.test'``
+    is one link to Thunderbird, three here (a link more is only a lookup more).
+    The search goes on from there.
     """
     # Only W lower-cases to w, and lower-casing keeps who is of the link class; a character
     # lower-cased to several would move the indexes: then the text itself is searched.
@@ -1332,13 +1343,45 @@ def _links(text: str) -> Iterator[re.Match[str]]:
     while scheme >= 0 or www >= 0:
         start = www if scheme < 0 or 0 <= www < scheme else scheme
         match = _URI_IN_TEXT.match(text, start)
+        after = start + 1
         if match:
-            yield match
-        after = match.end() if match else start + 1
+            link = match.group(0)
+            end = _link_end(link)
+            yield link[:end]
+            narrow = _NARROW_END.search(link, 0, end)
+            if narrow is not None:
+                before = link[: narrow.start()]
+                prefix = 4 if link[3] == "." else link.index("://") + 3  # "www." or the scheme's
+                if len(before) >= prefix + 2 and before.rstrip(_TRAILING) != link[:end].rstrip(_TRAILING):
+                    yield before
+                end = narrow.start()
+            after = start + end
         if 0 <= scheme < after:
             scheme = _scheme_start(text, after)
         if 0 <= www < after:
             www = _www_start(text, lowered, after)
+
+
+#: Where a link ended before its class took in quotes, brackets and parentheses (:func:`_links`).
+_NARROW_END = re.compile(r"['()\[\]]")
+
+
+def _link_end(link: str) -> int:
+    """The length of *link* (a match of ``_URI_IN_TEXT``) as Thunderbird's FindURLEnd reads it: up to a ")"
+    with no "(" before it, a "]" with no "[" before it, or a "[" not right after a "//" (an IPv6 address's)."""
+    end = len(link)
+    closing = link.find(")")
+    if closing >= 0 and link.find("(", 0, closing) < 0:
+        end = closing
+    square = link.find("[", 0, end)
+    while square >= 0 and link.startswith("//", square - 2):
+        square = link.find("[", square + 1, end)
+    if square >= 0:
+        end = square
+    closing = link.find("]", 0, end)
+    if closing >= 0 and link.find("[", 0, closing) < 0:
+        end = closing
+    return end
 
 
 def _scheme_start(text: str, pos: int) -> int:
@@ -1758,9 +1801,30 @@ def _css_links(css: str) -> Iterator[str]:
     lowered = css.lower()
     if "url" in lowered or "@import" in lowered:
         for match in _CSS_URL.finditer(css):
-            yield next(group for group in match.groups() if group is not None)
+            yield _css_unescaped(next(group for group in match.groups() if group is not None))
     if "//" in css or "www." in lowered:
         yield from _written(css)
+
+
+#: A CSS escape (CSS Syntax Level 3, 4.3.7): up to six hex digits and one blank after them, a line end (in a
+#: string, a line continuation), or any other character for itself.
+_CSS_ESCAPE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})(?:\r\n|[ \t\r\n\f])?|(\r\n|[\r\n\f])|(.))", re.DOTALL)
+
+
+def _css_unescaped(value: str) -> str:
+    """A url() or @import value as the browser reads it, its CSS escapes decoded: ``url("http://\\65vil.test")``
+    loads evil.test.  A code point of 0, a surrogate or past U+10FFFF is U+FFFD, as CSS makes it."""
+    if "\\" not in value:
+        return value
+
+    def decoded(match: re.Match[str]) -> str:
+        digits, line_end, other = match.groups()
+        if digits:
+            code = int(digits, 16)
+            return chr(code) if 0 < code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else "\ufffd"
+        return "" if line_end else other
+
+    return _CSS_ESCAPE.sub(decoded, value)
 
 
 def _srcset_links(srcset: str) -> Iterator[str]:

@@ -97,6 +97,14 @@ def test_bare_www_link_in_plain_text_is_looked_up_and_a_reject_code_names_the_do
     # parse to it, and the part with the link was never read (found by review).
     ("steered boundary", message("steered boundary", '--B\r\nContent-Type: text/html\r\n\r\n<a href="https://phish-domain.test/">x</a>\r\n'
                                  '--B--\r\n--"B" (comment)--\r\n', headers={"Content-Type": 'multipart/mixed; boundary="B" (comment)'})),
+    # Thirty-eighth review: Thunderbird ends a written-out link at a bidi mark (the link was read with it, and its
+    # host refused), and reads on over "(", "'" and "[" (the reader stopped there and read paypal.com only).
+    ("bidi mark", message("bidi mark", "Sign in: https://phish-domain.test\u200e/login\r\n")),
+    ("bidi mark html", html("bidi mark html", "<p>Sign in: https://phish-domain.test\u202e/login</p>")),
+    ("paren userinfo", message("paren userinfo", "Sign in: http://paypal.com(secure)@phish-domain.test/login\r\n")),
+    ("quote userinfo", message("quote userinfo", "Sign in: http://paypal.com'secure'@phish-domain.test/login\r\n")),
+    ("bracket userinfo text", message("bracket userinfo text", "Sign in: http://[paypal.com]@phish-domain.test/login\r\n")),
+    ("css escape", html("css escape", '<div style="background: url(&quot;https://\\70 hish-domain.test/bg.png&quot;)">x</div>')),
 ])
 def test_a_link_a_client_opens_is_looked_up_however_it_is_written(stack: Stack, subject: str, raw: bytes) -> None:
     # Found by differential fuzzing against browsers' URL parser and Thunderbird's linking: each

@@ -22,20 +22,51 @@ from milterd.message.pipeline import Pipeline
 from milterd.services import build
 from tests.harness.messages import envelope_of
 
-# The pattern uris_in_text applied with finditer over the whole text before the cut.
-# A scheme is not preceded by an ASCII letter or digit (since session 17; no longer \b: "_https://", "请https://" are links).
-REFERENCE = re.compile(r"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)[^\s<>"'()\[\]{}]{2,2000}""")
+# The pattern uris_in_text applies. A scheme is not preceded by an ASCII letter or digit (since session 17; no longer
+# \b: "_https://", "请https://" are links); a link goes on as Thunderbird's FindURLEnd reads one (session 38).
+REFERENCE = re.compile(r"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)[^\s<>"`{}\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]{2,2000}""")
+
+
+def thunderbird_end(link: str) -> int:
+    """FindURLEnd's loop over a link, character by character: where a ")" or "]" closes nothing opened, or a
+    "[" stands anywhere but right after "//"."""
+    parenthesis = square = False
+    for index, char in enumerate(link):
+        if (char == ")" and not parenthesis) or (char == "]" and not square) or (char == "[" and link[index - 2:index] != "//"):
+            return index
+        parenthesis = parenthesis or char == "("
+        square = square or char == "["
+    return len(link)
+
+
+def reference_links(text: str) -> list[str]:
+    """Each link of *text* as Thunderbird reads it, then, where the reading before quotes, brackets and
+    parentheses were link characters differs and holds two characters past its prefix, that one; the
+    search goes on where the shorter of the two ends."""
+    found, pos = [], 0
+    while (match := REFERENCE.search(text, pos)) is not None:
+        link = match.group(0)
+        end = thunderbird_end(link)
+        found.append(link[:end])
+        narrow = next((i for i, char in enumerate(link[:end]) if char in "'()[]"), None)
+        if narrow is not None:
+            prefix = 4 if link[:4].lower() == "www." else link.index("://") + 3
+            if narrow >= prefix + 2 and link[:narrow].rstrip(".,;:!?-'") != link[:end].rstrip(".,;:!?-'"):
+                found.append(link[:narrow])
+            end = narrow
+        pos = match.start() + end
+    return found
 
 
 def reference_uris(text: str) -> list[str]:
     found = []
-    for match in REFERENCE.finditer(text):
-        uri = match.group(0).rstrip(".,;:!?")
+    for link in reference_links(text):
+        uri = link.rstrip(".,;:!?-'")
         found.append("http://" + uri if uri.lower().startswith("www.") else uri)
     return found[: mimetext.MAX_URIS]
 
 
-PIECES = list("hHtTpPsSfFwW:/. x\n<\"é_1(") + ["ſ", "İ", "ẞ", "K", "://", "http://", "https://", "ftp://", "www.", "WwW.", "httpſ://", "a.b"]
+PIECES = list("hHtTpPsSfFwW:/. x\n<\"é_1()[]'`@\u200e") + ["ſ", "İ", "ẞ", "K", "://", "http://", "https://", "ftp://", "www.", "WwW.", "httpſ://", "a.b"]
 
 
 def test_links_are_those_of_the_whole_text_pattern() -> None:
