@@ -281,7 +281,7 @@ def _verify_one(verifier: Any, index: int, dnsfunc: DnsRecorder, unsigned_body: 
 def testing_mode(record: bytes) -> bool:
     """Whether the key record *record* has the ``t=y`` flag (RFC 6376 §3.6.1: the domain is testing DKIM)."""
     for tag, text in tag_items(record):
-        if tag.lower() == b"t":
+        if tag == b"t":  # tag names are case-sensitive (RFC 6376 §3.2): "T=y" is an unknown tag
             return b"y" in b"".join(text.split()).lower().split(b":")
     return False
 
@@ -295,7 +295,7 @@ def key_restriction(record: bytes, sig: dict[bytes, bytes]) -> str:
     """
     tags: dict[bytes, bytes] = {}
     for tag, text in tag_items(record):
-        tags.setdefault(tag.lower(), b"".join(text.split()).lower())
+        tags.setdefault(tag, b"".join(text.split()).lower())  # names case-sensitive (§3.2): "H=" is no h=
     hashes = [h for h in tags.get(b"h", b"").split(b":") if h]
     algorithm = b"".join(sig.get(b"a", b"").split()).lower()
     digest = algorithm.rpartition(b"-")[2]

@@ -29,3 +29,14 @@ def test_a_failing_signature_of_a_testing_key_counts_as_none(rsa_key: bytes) -> 
 def test_testing_mode_flags() -> None:
     assert dkim_check.testing_mode(b"v=DKIM1; t=y; p=AAAA") and dkim_check.testing_mode(b"v=DKIM1; t = s:y; p=AAAA")
     assert not dkim_check.testing_mode(b"v=DKIM1; t=s; p=AAAA") and not dkim_check.testing_mode(b"v=DKIM1; p=AAAA")
+
+
+def test_key_record_tag_names_are_case_sensitive() -> None:
+    # Thirty-eighth review: "H=sha1" and "T=s" were read as h= and t=s, failing signatures dkimpy passes (RFC 6376
+    # §3.2: tag names are case-sensitive, an unknown tag is ignored).
+    sig = {b"a": b"rsa-sha256", b"d": b"example.com", b"i": b"@mail.example.com"}
+    assert dkim_check.key_restriction(b"v=DKIM1; p=AAAA; H=sha1", sig) == ""
+    assert dkim_check.key_restriction(b"v=DKIM1; p=AAAA; T=s", sig) == ""
+    assert dkim_check.key_restriction(b"v=DKIM1; p=AAAA; h=sha1", sig) == "the key record's h= does not allow sha256"
+    assert dkim_check.key_restriction(b"v=DKIM1; p=AAAA; t=s", sig) == "the key record's t=s does not allow an i= domain other than d="
+    assert not dkim_check.testing_mode(b"v=DKIM1; T=y; p=AAAA")
