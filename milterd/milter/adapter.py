@@ -149,6 +149,11 @@ class MilterdMilter(Milter.Base):
     _leadspc = False
     #: The negotiated no-reply stages, by callback name.
     _no_reply: frozenset[str] = frozenset()
+    #: What this worker last agreed with an MTA (actions, protocol), for a connection whose callbacks start with
+    #: no negotiation: libmilter keeps a milter connection's negotiation over SMFIC_QUIT_NC (an MTA reusing it
+    #: for the next SMTP connection), where pymilter's connect_callback makes a new object.  Postfix opens a
+    #: new milter connection instead, and negotiates it.
+    _agreed: tuple[int, int] | None = None
 
     def __init__(self) -> None:
         self.session = Session()
@@ -174,8 +179,8 @@ class MilterdMilter(Milter.Base):
             self._counted = True
             _count(+1)
         offered_actions, offered_protocol = opts[0], opts[1]
-        opts[0] = self._actions = offered_actions & (_ACTIONS | Milter.SETSYMLIST)
-        if self._actions & Milter.SETSYMLIST:
+        opts[0] = offered_actions & (_ACTIONS | Milter.SETSYMLIST)
+        if opts[0] & Milter.SETSYMLIST:
             for stage, names in _MACROS.items():
                 # Not Base.setsymlist: it hands the C module bytes, which takes only str (a TypeError
                 # that fails the negotiation, and Postfix then every command of the session).
@@ -187,18 +192,26 @@ class MilterdMilter(Milter.Base):
             stages = stages - {Stage.DATA}
         early_refusals = not self.pipeline.config.milter.delay_reject
         bits = protocol_bits(stages, unix=self.unix_socket, early_refusals=early_refusals)
-        opts[1] = self._protocol = offered_protocol & (bits | Milter.P_HDR_LEADSPC)
-        self._leadspc = bool(self._protocol & Milter.P_HDR_LEADSPC)
-        self._no_reply = frozenset(name for name, bit in _NO_REPLY.items() if self._protocol & bit)
+        opts[1] = offered_protocol & (bits | Milter.P_HDR_LEADSPC)
+        self._agree(opts[0], opts[1])
+        MilterdMilter._agreed = (opts[0], opts[1])
         opts[2] = opts[3] = 0
         return Milter.CONTINUE
+
+    def _agree(self, actions: int, protocol: int) -> None:
+        """Take *actions* and *protocol* as this connection's negotiated ones."""
+        self._actions, self._protocol = actions, protocol
+        self._leadspc = bool(protocol & Milter.P_HDR_LEADSPC)
+        self._no_reply = frozenset(name for name, bit in _NO_REPLY.items() if protocol & bit)
 
     # --- callbacks ----------------------------------------------------------
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         self._connected = True
-        if not self._counted:
+        if not self._counted:  # no negotiation on this object: a milter connection reused after SMFIC_QUIT_NC
             self._counted = True
             _count(+1)
+            if MilterdMilter._agreed is not None:
+                self._agree(*MilterdMilter._agreed)
         return self._guard("connect", self._connect, hostname, family, hostaddr)
 
     def _connect(self, hostname: str, family: int, hostaddr: Any) -> int:
