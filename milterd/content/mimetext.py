@@ -134,19 +134,36 @@ LARGE_SECONDS = 2.0
 # before (Thunderbird makes none there, other clients may): a link more is only a lookup more.
 # A "www." starts one at a word boundary as before, as Thunderbird's "abbreviated" links start only
 # at a "www." that begins the word ("_www.a.b", "请www.a.b" are none).
-# A link goes on as Thunderbird's FindURLEnd reads one: up to a blank, one of <>"`{} or a bidi formatting
-# character (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069: "https://evil.test<U+200E>/x" opens
-# evil.test); its brackets are cut by :func:`_link_end` ("http://paypal.com(x)@evil.test/" is one link,
-# to evil.test: a class that ended links at "(" read paypal.com).
-_LINK_CHAR = r"""[^\s<>"`{}\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"""
-_URI_IN_TEXT = re.compile(rf"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.){_LINK_CHAR}{{2,2000}}""")
-# Where _URI_IN_TEXT can match: its prefixes followed by two characters of its link class.
-_SCHEME_END = re.compile(rf"://(?={_LINK_CHAR}{{2}})")
-_WWW_LINK = re.compile(rf"[wW]{{3}}\.(?={_LINK_CHAR}{{2}})")  # only W lower-cases to w
-# The same in lower-cased text: a literal prefix, which the regex engine finds about ten times faster.
-_WWW_LINK_LOWER = re.compile(rf"www\.(?={_LINK_CHAR}{{2}})")
-_SCHEME = re.compile(r"(?i)https?|ftp")  # the schemes of _URI_IN_TEXT, fullmatched before a "://"
-_SCHEME_ENDS = frozenset("pPsS\u017f")  # what (?i) matches to p or s (and ſ to s): a scheme's last character
+# A link goes on as Thunderbird's FindURLEnd reads one (:func:`_thunderbird_end`): up to a blank, one of <>"`{}, a
+# bidi formatting character (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069: "https://evil.test<U+200E>/x"
+# opens evil.test), a ")" or "]" that closes nothing opened, or a "[" anywhere but right after "//"; so
+# "http://paypal.com(x)@evil.test/" is one link, to evil.test.  Links are also read as they were before, in a
+# class without quotes, brackets and parentheses (_URI_IN_TEXT), where other clients may end them.
+_NOT_LINK = r"""\s<>"`{}\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"""
+_URI_IN_TEXT = re.compile(rf"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)[^{_NOT_LINK}'()\[\]]{{2,2000}}""")
+_LINK_PREFIX = re.compile(r"(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)")
+#: Thunderbird's link characters that end no link, by (a "(" seen, a "[" seen): a ")" goes on after a "(", a "]"
+#: after a "[", a "[" only right after "//" (an IPv6 address's).
+_THUNDERBIRD_RUN = {
+    (paren, square): re.compile(rf"{run}*(?:(?<=//)\[{run}*)*")  # the loop unrolled: a run of the class is fast
+    for paren in (False, True) for square in (False, True)
+    for run in [rf"[^{_NOT_LINK}\[{'' if paren else ')'}{'' if square else chr(92) + ']'}]"]
+}
+_SCHEME_ENDS_S = frozenset("sS\u017f")  # what (?i) matches to s: the last letter of https
+# Where a link can start: a prefix followed by two link characters, of Thunderbird's reading (two that end no
+# link there: its link is at least two long; not "http://()", nor "http://[]", whose host no one takes) and of
+# _URI_IN_TEXT's; "www." as written (only W lower-cases to w) and in lower-cased text (:func:`_www_start`).
+# A "://" is searched for (a literal: fast), then what stands before it is checked in C: a scheme (the letters
+# (?i) matches to it, ſ for s) with no ASCII letter or digit before it.
+_TWO = rf"(?=(?:[^{_NOT_LINK}\[)\]]|(?<=//)\[){{2}})"
+_AFTER_SCHEME = (
+    r"(?:(?<=(?<![A-Za-z0-9])[hH][tT][tT][pP]://)|(?<=(?<![A-Za-z0-9])[hH][tT][tT][pP][sS\u017f]://)"
+    r"|(?<=(?<![A-Za-z0-9])[fF][tT][pP]://))"
+)
+_SCHEME_END = re.compile(rf"://{_TWO}{_AFTER_SCHEME}")
+_WWW = (re.compile(rf"[wW]{{3}}\.{_TWO}"), re.compile(rf"www\.{_TWO}"))
+_SCHEME_END_OLDER = re.compile(rf"://(?=[^{_NOT_LINK}'()\[\]]{{2}}){_AFTER_SCHEME}")
+_WWW_OLDER = (re.compile(rf"[wW]{{3}}\.(?=[^{_NOT_LINK}'()\[\]]{{2}})"), re.compile(rf"www\.(?=[^{_NOT_LINK}'()\[\]]{{2}})"))
 _TRAILING = ".,;:!?-'"  # what Thunderbird drops from a link's end (FindURLEnd): written after it
 # A link's host as far as bounding the links kept goes (the URI lists read it exactly): after a scheme
 # and any slashes, or after two slashes; userinfo and case dropped.  "" for a link without one.
@@ -1317,93 +1334,111 @@ def _host_group(host: str, names: _HostGroups, addresses: _HostGroups) -> tuple[
 
 
 def _links(text: str) -> Iterator[str]:
-    """The links written out in *text*, before their trailing punctuation is dropped, looking only where one can start.
+    """The links written out in *text*, before their trailing punctuation is dropped: Thunderbird's readings
+    (:func:`_thunderbird_end`) and, where they differ, the readings of ``_URI_IN_TEXT``, by where they start.
 
-    A link starts at a scheme right before a ``://`` or at a ``www.``, and goes
-    on with two characters of its link class: :func:`_scheme_start` and
-    :func:`_www_start` find the next such place in C (a try of the pattern costs
-    a microsecond: "http:// " repeated over 4 MB made a million), and only from
-    the previous link's end, so that the places inside a link are never looked
-    at and :func:`uris_in_text` stops reading at its ``MAX_URIS``-th link.  The
-    leftmost match at or after the previous one's end is the next (the
-    pattern's ``\\b`` sees the text before a ``match()`` position).
-
-    A link is given as Thunderbird reads it (:func:`_link_end`) and, where it
-    holds a quote, a bracket or a parenthesis, also up to the first of them, as
-    the link class did before it took them in: ``'http://a.test','http://b.test'``
-    is one link to Thunderbird, three here (a link more is only a lookup more).
-    The search goes on from there.
+    ``'http://a.test','http://b.test'`` is one link to Thunderbird, three here (a link more is only a lookup
+    more).  Each reading is a scan of its own (:func:`_scan`): a place of the text is read once by each.
     """
     # Only W lower-cases to w, and lower-casing keeps who is of the link class; a character
     # lower-cased to several would move the indexes: then the text itself is searched.
     lowered = text.lower() if "W" in text else text
     if len(lowered) != len(text):
         lowered = ""
-    scheme, www = _scheme_start(text, 0), _www_start(text, lowered, 0)
-    while scheme >= 0 or www >= 0:
-        start = www if scheme < 0 or 0 <= www < scheme else scheme
-        match = _URI_IN_TEXT.match(text, start)
+    older = _scan(text, lowered, _older_end, _SCHEME_END_OLDER, _WWW_OLDER)
+    pending = next(older, None)
+    for start, link in _scan(text, lowered, _thunderbird_end, _SCHEME_END, _WWW):
+        while pending is not None and pending[0] < start:
+            yield pending[1]
+            pending = next(older, None)
+        yield link
+        if pending is not None and pending[0] == start:
+            if pending[1].rstrip(_TRAILING) != link.rstrip(_TRAILING):
+                yield pending[1]
+            pending = next(older, None)
+    while pending is not None:
+        yield pending[1]
+        pending = next(older, None)
+
+
+def _older_end(text: str, start: int) -> int:
+    """The end of the link ``_URI_IN_TEXT`` matches at *start*, -1 for none."""
+    match = _URI_IN_TEXT.match(text, start)
+    return -1 if match is None else match.end()
+
+
+def _thunderbird_end(text: str, start: int) -> int:
+    """The end of the link Thunderbird's FindURLEnd reads at *start* (a scheme's "://" or "www.", two characters
+    of its first run after it: :func:`_scan`), -1 for none.  At most 2,000 characters after the prefix, as
+    _URI_IN_TEXT."""
+    prefix = _LINK_PREFIX.match(text, start)
+    if prefix is None:
+        return -1
+    body = prefix.end()
+    limit = min(len(text), body + 2000)
+    paren = square = False
+    pos = body
+    while True:  # three runs at most: each state changes once
+        pos = cast("re.Match[str]", _THUNDERBIRD_RUN[paren, square].match(text, pos, limit)).end()
+        if pos >= limit:
+            break
+        if text[pos] == ")" and not paren and text.find("(", body, pos) >= 0:
+            paren = True
+        elif text[pos] == "]" and not square and text.find("[", body, pos) >= 0:
+            square = True
+        else:
+            break
+    return pos if pos - body >= 2 else -1
+
+
+def _scan(
+    text: str, lowered: str, end_at: Callable[[str, int], int], scheme_end: re.Pattern[str], www: tuple[re.Pattern[str], re.Pattern[str]]
+) -> Iterator[tuple[int, str]]:
+    """(start, link) of each link of one reading of *text*, its end given by *end_at*, looking only where one can start.
+
+    A link starts at a scheme right before a ``://`` or at a ``www.``, followed by
+    two link characters (*scheme_end*, *www*): :func:`_scheme_start` and
+    :func:`_www_start` find the next such place in C (a try of the pattern costs
+    a microsecond: "http:// " repeated over 4 MB made a million), and only from
+    the previous link's end, so that the places inside a link are never looked
+    at and :func:`uris_in_text` stops reading at its ``MAX_URIS``-th link.  The
+    leftmost link at or after the previous one's end is the next (the
+    prefix's ``\\b`` sees the text before a ``match()`` position).
+    """
+    scheme, www_at = _scheme_start(text, 0, scheme_end), _www_start(text, lowered, 0, www)
+    while scheme >= 0 or www_at >= 0:
+        start = www_at if scheme < 0 or 0 <= www_at < scheme else scheme
+        end = end_at(text, start)
         after = start + 1
-        if match:
-            link = match.group(0)
-            end = _link_end(link)
-            yield link[:end]
-            narrow = _NARROW_END.search(link, 0, end)
-            if narrow is not None:
-                before = link[: narrow.start()]
-                prefix = 4 if link[3] == "." else link.index("://") + 3  # "www." or the scheme's
-                if len(before) >= prefix + 2 and before.rstrip(_TRAILING) != link[:end].rstrip(_TRAILING):
-                    yield before
-                end = narrow.start()
-            after = start + end
+        if end >= 0:
+            yield start, text[start:end]
+            after = end
         if 0 <= scheme < after:
-            scheme = _scheme_start(text, after)
-        if 0 <= www < after:
-            www = _www_start(text, lowered, after)
+            scheme = _scheme_start(text, after, scheme_end)
+        if 0 <= www_at < after:
+            www_at = _www_start(text, lowered, after, www)
 
 
-#: Where a link ended before its class took in quotes, brackets and parentheses (:func:`_links`).
-_NARROW_END = re.compile(r"['()\[\]]")
-
-
-def _link_end(link: str) -> int:
-    """The length of *link* (a match of ``_URI_IN_TEXT``) as Thunderbird's FindURLEnd reads it: up to a ")"
-    with no "(" before it, a "]" with no "[" before it, or a "[" not right after a "//" (an IPv6 address's)."""
-    end = len(link)
-    closing = link.find(")")
-    if closing >= 0 and link.find("(", 0, closing) < 0:
-        end = closing
-    square = link.find("[", 0, end)
-    while square >= 0 and link.startswith("//", square - 2):
-        square = link.find("[", square + 1, end)
-    if square >= 0:
-        end = square
-    closing = link.find("]", 0, end)
-    if closing >= 0 and link.find("[", 0, closing) < 0:
-        end = closing
-    return end
-
-
-def _scheme_start(text: str, pos: int) -> int:
-    """The first index from *pos* on where ``http``, ``https`` or ``ftp`` (any case) stands before a ``://``
-    followed by two link characters; -1 for none."""
-    found = _SCHEME_END.search(text, pos + 3)
+def _scheme_start(text: str, pos: int, scheme_end: re.Pattern[str]) -> int:
+    """The first index from *pos* on where ``http``, ``https`` or ``ftp`` (any case, after no ASCII letter or
+    digit) stands before a ``://`` followed by two link characters (*scheme_end*); -1 for none."""
+    found = scheme_end.search(text, pos + 3)
     while found is not None:
         index = found.start()
-        if text[index - 1] in _SCHEME_ENDS:
-            for start in (index - 5, index - 4, index - 3):
-                if start >= pos and _SCHEME.fullmatch(text, start, index):
-                    return start
-        found = _SCHEME_END.search(text, index + 3)
+        start = index - 5 if text[index - 1] in _SCHEME_ENDS_S else index - 3 if text[index - 3] in "fF" else index - 4
+        if start >= pos:
+            return start
+        found = scheme_end.search(text, index + 1)
     return -1
 
 
-def _www_start(text: str, lowered: str, pos: int) -> int:
+def _www_start(text: str, lowered: str, pos: int, www: tuple[re.Pattern[str], re.Pattern[str]]) -> int:
     """The first index from *pos* on of a ``www.`` (any case) followed by two link characters; -1 for none.
 
-    *lowered* is *text* lower-cased with the same indexes, searched instead ("" when there is none).
+    *lowered* is *text* lower-cased with the same indexes, searched instead ("" when there is none); *www* holds
+    the patterns of each (a literal prefix in lower-cased text, which the regex engine finds ten times faster).
     """
-    found = _WWW_LINK_LOWER.search(lowered, pos) if lowered else _WWW_LINK.search(text, pos)
+    found = www[1].search(lowered, pos) if lowered else www[0].search(text, pos)
     return -1 if found is None else found.start()
 
 

@@ -22,40 +22,56 @@ from milterd.message.pipeline import Pipeline
 from milterd.services import build
 from tests.harness.messages import envelope_of
 
-# The pattern uris_in_text applies. A scheme is not preceded by an ASCII letter or digit (since session 17; no longer
-# \b: "_https://", "请https://" are links); a link goes on as Thunderbird's FindURLEnd reads one (session 38).
-REFERENCE = re.compile(r"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)[^\s<>"`{}\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]{2,2000}""")
+# The links uris_in_text gives (session 38): Thunderbird's readings, and those of the pattern applied with finditer
+# over the whole text before (a scheme not preceded by an ASCII letter or digit since session 17, no longer \b:
+# "_https://", "请https://" are links), where they differ.
+NOT_LINK = r"""\s<>"`{}\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"""
+REFERENCE = re.compile(rf"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)[^{NOT_LINK}'()\[\]]{{2,2000}}""")
+# Two characters that end no link follow the prefix ("http://()" and "http://[]" are not read: no host).
+THUNDERBIRD_START = re.compile(rf"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)(?=(?:[^{NOT_LINK}\[)\]]|(?<=//)\[){{2}})""")
+NOT_LINK_CHARS = re.compile(rf"[{NOT_LINK}]")
 
 
-def thunderbird_end(link: str) -> int:
-    """FindURLEnd's loop over a link, character by character: where a ")" or "]" closes nothing opened, or a
-    "[" stands anywhere but right after "//"."""
+def thunderbird_length(body: str) -> int:
+    """FindURLEnd's loop over the text after a link's prefix, character by character: where a link character
+    ends, a ")" or "]" closes nothing opened, or a "[" stands anywhere but right after "//"."""
     parenthesis = square = False
-    for index, char in enumerate(link):
-        if (char == ")" and not parenthesis) or (char == "]" and not square) or (char == "[" and link[index - 2:index] != "//"):
+    for index, char in enumerate(body):
+        if NOT_LINK_CHARS.match(char) or (char == ")" and not parenthesis) or (char == "]" and not square):
+            return index
+        if char == "[" and body[index - 2:index] != "//":
             return index
         parenthesis = parenthesis or char == "("
         square = square or char == "["
-    return len(link)
+    return len(body)
+
+
+def thunderbird_links(text: str) -> list[tuple[int, str]]:
+    found, pos = [], 0
+    while (match := THUNDERBIRD_START.search(text, pos)) is not None:
+        body = text[match.end():match.end() + 2000]
+        # "[" right after the prefix's "//": the loop above sees the prefix's slashes in front of it.
+        length = thunderbird_length(("//" if match.group(0).endswith("//") else "") + body) - (2 if match.group(0).endswith("//") else 0)
+        if length >= 2:
+            found.append((match.start(), text[match.start():match.end() + length]))
+            pos = match.end() + length
+        else:
+            pos = match.start() + 1
+    return found
 
 
 def reference_links(text: str) -> list[str]:
-    """Each link of *text* as Thunderbird reads it, then, where the reading before quotes, brackets and
-    parentheses were link characters differs and holds two characters past its prefix, that one; the
-    search goes on where the shorter of the two ends."""
-    found, pos = [], 0
-    while (match := REFERENCE.search(text, pos)) is not None:
-        link = match.group(0)
-        end = thunderbird_end(link)
-        found.append(link[:end])
-        narrow = next((i for i, char in enumerate(link[:end]) if char in "'()[]"), None)
-        if narrow is not None:
-            prefix = 4 if link[:4].lower() == "www." else link.index("://") + 3
-            if narrow >= prefix + 2 and link[:narrow].rstrip(".,;:!?-'") != link[:end].rstrip(".,;:!?-'"):
-                found.append(link[:narrow])
-            end = narrow
-        pos = match.start() + end
-    return found
+    """Thunderbird's links and, merged by start, the pattern's, but one that starts where Thunderbird's does and
+    is the same link once trailing punctuation is dropped."""
+    ours = thunderbird_links(text)
+    theirs = [(m.start(), m.group(0)) for m in REFERENCE.finditer(text)]
+    trail = ".,;:!?-'"
+    merged = []
+    for start, link in theirs:
+        if not any(at == start and link.rstrip(trail) == other.rstrip(trail) for at, other in ours):
+            merged.append((start, 1, link))
+    merged += [(start, 0, link) for start, link in ours]
+    return [link for _, _, link in sorted(merged, key=lambda item: (item[0], item[1]))]
 
 
 def reference_uris(text: str) -> list[str]:
