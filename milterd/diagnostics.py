@@ -52,7 +52,7 @@ from .ruleset import origins
 from .scanners.clamd import ClamdClient
 from .scanners.spamd import SpamdClient
 from .services import build
-from .store import Store, unknown_schema
+from .store import Store, unknown_schema, unversioned_tables
 from .store.engine import relative_sqlite, sqlite_file
 from .store.learner import LearnerStore, ModelSummary, model_may_exist
 from .store.ownership import socket_directory_problems, store_file_problems
@@ -163,9 +163,13 @@ def probe_database(config: Config) -> list[Finding]:
             store.ping()
             current, head = store.schema_version(), store.head_version()
             unknown = current is not None and not store.known_version(current)
-            tables = store.has_tables() if unknown else None  # before close(): it would open a connection again
+            tables = store.has_tables() if unknown or current is None else None  # before close(): it would open a connection again
+            missing = store.missing_privileges() if current == head else []
         finally:
             store.close()
+        if missing:
+            return Finding("database", "fail", f"{url}: schema at {current}, but this login may not write it: it lacks {'; '.join(missing)} "
+                           "(serve refuses to start)")
         if current == head and relative is not None:
             return Finding("database", "warn", f"{url}: schema at {current}, relative to the working directory ({relative}): a command run "
                            "elsewhere (from cron, say) opens another store; write an absolute path")
@@ -173,6 +177,8 @@ def probe_database(config: Config) -> list[Finding]:
             return Finding("database", "ok", f"{url}: schema at {current}")
         if current is not None and unknown:
             return Finding("database", "fail", f"{url}: {unknown_schema(current, head, tables)}")
+        if current is None and tables:
+            return Finding("database", "fail", unversioned_tables(config.database.url))
         if config.database.auto_upgrade:
             return Finding("database", "warn", f"{url}: schema at {current or 'nothing'}, serve will upgrade it to {head} (auto_upgrade)")
         return Finding("database", "fail", f"{url}: schema at {current or 'nothing'}, this milterd needs {head}: run 'milterd db upgrade'")

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..config import load_config
-from ..store import Store, StoreError, driver_reason, unknown_schema
+from ..store import Store, StoreError, driver_reason, unknown_schema, unversioned_tables
 from ..text import redact_url
 from . import config_parent
 
@@ -28,6 +28,9 @@ def run_db(args: argparse.Namespace) -> int:
             print(f"schema at {version} ({redact_url(config.database.url)})")
         else:
             current, head = store.schema_version(), store.head_version()
+            if store.unversioned(current):
+                print(f"milterd: {unversioned_tables(config.database.url)}", file=sys.stderr)
+                return 1
             if current is None:
                 print(f"milterd: the database has no schema yet (this milterd needs {head}): run `milterd db upgrade`", file=sys.stderr)
                 return 1

@@ -329,6 +329,13 @@ def driver_reason(exc: Exception, url: str) -> str:
 MILTERD_REVISION = re.compile(r"\d{4}")
 
 
+def unversioned_tables(url: str) -> str:
+    """Why a database that holds milterd's tables but no schema version is refused (not made again over them)."""
+    return (f"{redact_url(url)} holds milterd's tables but no schema version (its alembic_version table is missing "
+            "or empty: a partial restore, or tables copied without it), so milterd cannot tell which schema they have: "
+            "restore the database whole, or move its tables away and let milterd make the schema")
+
+
 def unknown_schema(current: str, head: str, tables: bool | None = None) -> str:
     """Why a database at *current*, a version this milterd (newest: *head*) does not know, is refused.
 
@@ -393,7 +400,10 @@ class Store:
         try:
             with self.engine.begin() as connection:
                 _lock_for_upgrade(connection)
-                self._refuse_unknown(MigrationContext.configure(connection).get_current_revision(), connection)
+                current = MigrationContext.configure(connection).get_current_revision()
+                self._refuse_unknown(current, connection)
+                if current is None and self.has_tables(connection):  # creating them again failed ("already exists")
+                    raise StoreError(unversioned_tables(self.section.url))
                 command.upgrade(self._alembic_config(connection), "head")
             return self.schema_version() or ""
         except (SQLAlchemyError, AlembicCommandError) as exc:  # the database or alembic refusing: their words on one line, never a traceback
@@ -441,17 +451,21 @@ class Store:
             raise unusable_database(self.section.url, exc.strerror or exc) from exc
 
     def ensure_schema(self, auto_upgrade: bool) -> None:
-        """Upgrade (when allowed) or check that the schema is current; StoreError otherwise."""
-        try:
-            if auto_upgrade:
-                self.upgrade()
-                return
-            current, head = self.schema_version(), self.head_version()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot reach the database {redact_url(self.section.url)}: {driver_reason(exc, self.section.url)}") from exc
-        if current != head:
-            self._refuse_unknown(current)
-            raise StoreError(f"the database schema is at {current or 'nothing'}, this milterd needs {head}: run 'milterd db upgrade'")
+        """Upgrade (when allowed) or check that the schema is current, and that this login may write it
+        (:meth:`require_privileges`); StoreError otherwise."""
+        if auto_upgrade:
+            self.upgrade()
+        else:
+            try:
+                current, head = self.schema_version(), self.head_version()
+            except SQLAlchemyError as exc:
+                raise StoreError(f"cannot reach the database {redact_url(self.section.url)}: {driver_reason(exc, self.section.url)}") from exc
+            if current != head:
+                self._refuse_unknown(current)
+                if self.unversioned(current):
+                    raise StoreError(unversioned_tables(self.section.url))
+                raise StoreError(f"the database schema is at {current or 'nothing'}, this milterd needs {head}: run 'milterd db upgrade'")
+        self.require_privileges()
 
     def require_schema(self) -> None:
         """NoSchemaError (saying to run ``milterd db upgrade``) when the database has no schema, StoreError saying
@@ -466,6 +480,8 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot reach the database {url}: {driver_reason(exc, self.section.url)}") from exc
         if current is None:
+            if self.unversioned(current):
+                raise StoreError(unversioned_tables(self.section.url))
             relative = relative_sqlite(self.section.url)
             if relative is not None and not relative.exists():
                 # A command run from another directory (cron's) than serve's: "run db upgrade" made a second, empty store.
@@ -479,6 +495,48 @@ class Store:
         if not self.known_version(current) and not MILTERD_REVISION.fullmatch(current):
             # Not a newer milterd's schema (taken): another application's, where every command failed in SQL's words.
             raise StoreError(f"{url}: {unknown_schema(current, head, self.has_tables())}")
+
+    def missing_privileges(self) -> list[str]:
+        """What this login may not do on milterd's tables that serving needs ("INSERT, UPDATE on messages", "USAGE
+        on public.messages_id_seq"…); [] on SQLite, whose file the supervisor checks (``check_writable``).
+
+        PostgreSQL grants per table: a login that may read but not write passed every check at start and
+        answered every message 451 (or, with ``on_error = "accept"``, accepted it unlogged).
+        """
+        if self.engine.dialect.name != "postgresql":
+            return []
+        from . import learner  # noqa: F401 - its tables join schema.metadata; learner imports this package
+
+        missing = []
+        with self.engine.connect() as connection:
+            present = set(inspect(connection).get_table_names())
+            for table in schema.metadata.sorted_tables:
+                if table.name not in present:
+                    continue
+                lacking = [privilege for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE")
+                           if not connection.execute(text("SELECT has_table_privilege(:t, :p)"), {"t": table.name, "p": privilege}).scalar()]
+                if lacking:
+                    missing.append(f"{', '.join(lacking)} on {table.name}")
+                for column in table.primary_key.columns:
+                    sequence = connection.execute(text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": table.name, "c": column.name}).scalar()
+                    if sequence and not connection.execute(text("SELECT has_sequence_privilege(:s, 'USAGE')"), {"s": sequence}).scalar():
+                        missing.append(f"USAGE on {sequence}")
+        return missing
+
+    def require_privileges(self) -> None:
+        """StoreError naming what this login may not do on milterd's tables (:meth:`missing_privileges`)."""
+        try:
+            missing = self.missing_privileges()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the privileges on {redact_url(self.section.url)}: {driver_reason(exc, self.section.url)}") from exc
+        if missing:
+            raise StoreError(f"the login of {redact_url(self.section.url)} may not write milterd's tables: it lacks "
+                             f"{'; '.join(missing)} (GRANT them, or connect as the tables' owner)")
+
+    def unversioned(self, current: str | None) -> bool:
+        """Whether the database, its schema version *current* (:meth:`schema_version`), holds milterd's tables
+        with no version (:func:`unversioned_tables`).  A SQLite file that does not exist is not made by asking."""
+        return current is None and not self._missing_sqlite_file() and self.has_tables()
 
     def has_tables(self, connection: Connection | None = None) -> bool:
         """Whether the message log table exists (looked for on *connection*, else on a connection of the engine)."""
