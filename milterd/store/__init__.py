@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import functools
+import itertools
 import os
 import re
 import sqlite3
@@ -322,7 +323,13 @@ def driver_reason(exc: Exception, url: str) -> str:
     own words, their lines joined, never the SQL nor the link SQLAlchemy adds on lines of their own."""
     cause = getattr(exc, "orig", None)
     words = str(cause) if cause is not None else str(exc).split("\n", 1)[0]
-    return f"{exc.__class__.__name__}: {redact(' '.join(line.strip() for line in words.splitlines() if line.strip()), url)}"
+    lines = [line.strip() for line in words.splitlines() if line.strip()]
+    lines = list(itertools.takewhile(lambda line: not _SQL_CONTEXT.match(line), lines))
+    return f"{exc.__class__.__name__}: {redact(' '.join(lines), url)}"
+
+
+#: Where PostgreSQL's message quotes the statement it refused ("LINE 2: CREATE TABLE …", then a caret line).
+_SQL_CONTEXT = re.compile(r"LINE \d+: ")
 
 
 #: What milterd's schema revisions look like (0001, 0002…): a newer milterd's is a higher one of these.
