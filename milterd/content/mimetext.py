@@ -138,9 +138,11 @@ LARGE_SECONDS = 2.0
 # bidi formatting character (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069: "https://evil.test<U+200E>/x"
 # opens evil.test), a ")" or "]" that closes nothing opened, or a "[" anywhere but right after "//"; so
 # "http://paypal.com(x)@evil.test/" is one link, to evil.test.  Links are also read as they were before, in a
-# class without quotes, brackets and parentheses (_URI_IN_TEXT), where other clients may end them.
+# class without quotes, brackets and parentheses but with backticks and bidi marks (_URI_IN_TEXT): other clients
+# may end them otherwise ("https://paypal.com<U+200E>@evil.test/" is evil.test to one that reads on).
 _NOT_LINK = r"""\s<>"`{}\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"""
-_URI_IN_TEXT = re.compile(rf"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)[^{_NOT_LINK}'()\[\]]{{2,2000}}""")
+_OLDER_LINK = r"""[^\s<>"'()\[\]{}]"""  # the reading before (a backtick and a bidi mark in it, as some clients read them)
+_URI_IN_TEXT = re.compile(rf"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.){_OLDER_LINK}{{2,2000}}""")
 _LINK_PREFIX = re.compile(r"(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)")
 #: Thunderbird's link characters that end no link, by (a "(" seen, a "[" seen): a ")" goes on after a "(", a "]"
 #: after a "[", a "[" only right after "//" (an IPv6 address's).
@@ -162,8 +164,8 @@ _AFTER_SCHEME = (
 )
 _SCHEME_END = re.compile(rf"://{_TWO}{_AFTER_SCHEME}")
 _WWW = (re.compile(rf"[wW]{{3}}\.{_TWO}"), re.compile(rf"www\.{_TWO}"))
-_SCHEME_END_OLDER = re.compile(rf"://(?=[^{_NOT_LINK}'()\[\]]{{2}}){_AFTER_SCHEME}")
-_WWW_OLDER = (re.compile(rf"[wW]{{3}}\.(?=[^{_NOT_LINK}'()\[\]]{{2}})"), re.compile(rf"www\.(?=[^{_NOT_LINK}'()\[\]]{{2}})"))
+_SCHEME_END_OLDER = re.compile(rf"://(?={_OLDER_LINK}{{2}}){_AFTER_SCHEME}")
+_WWW_OLDER = (re.compile(rf"[wW]{{3}}\.(?={_OLDER_LINK}{{2}})"), re.compile(rf"www\.(?={_OLDER_LINK}{{2}})"))
 _TRAILING = ".,;:!?-'"  # what Thunderbird drops from a link's end (FindURLEnd): written after it
 # A link's host as far as bounding the links kept goes (the URI lists read it exactly): after a scheme
 # and any slashes, or after two slashes; userinfo and case dropped.  "" for a link without one.
@@ -193,7 +195,13 @@ _OPENED_ITSELF = re.compile(r"(?i)\s*(?:https?|ftp|wss?|file|mailto|tel|sms|cid|
 #: Those of _LINK_ATTRS whose value is itself a link (the others are read by :func:`_attribute_links`).
 _URL_ATTRS = frozenset({"href", "src", "action", "background", "formaction", "xlink:href", "poster"})
 #: A link in CSS: url(...) unquoted or quoted, and @import "..." (CSS escapes are not undone).
-_CSS_URL = re.compile(r"""(?i)\burl\(\s*(?:"([^"]*)"|'([^']*)'|([^\s"')]*))|@import\s*(?:"([^"]*)"|'([^']*)')""")
+#: A CSS escape in a url() or string: a backslash, then up to six hex digits and one blank, or any one character.
+_CSS_ESCAPED = r"(?>\\(?:[0-9a-fA-F]{1,6}(?:\r\n|[ \t\r\n\f])?|[\s\S]))"  # atomic: "\4141" is read one way only
+_CSS_URL = re.compile(
+    rf"""(?i)\burl\(\s*(?:"([^"\\]*+(?:{_CSS_ESCAPED}[^"\\]*+)*+)"|'([^'\\]*+(?:{_CSS_ESCAPED}[^'\\]*+)*+)'"""
+    rf"""|([^\s"')\\]*+(?:{_CSS_ESCAPED}[^\s"')\\]*+)*+))"""
+    rf"""|@import\s*(?:"([^"\\]*+(?:{_CSS_ESCAPED}[^"\\]*+)*+)"|'([^'\\]*+(?:{_CSS_ESCAPED}[^'\\]*+)*+)')"""
+)  # escapes read whole (an escaped quote or blank ends nothing), then decoded by _css_unescaped
 #: One image candidate of a srcset: leading blanks and commas, then its URL (HTML standard 4.8.4.3.10).
 _SRCSET_URL = re.compile(r"[\s,]*(\S+)")
 #: A candidate's descriptors, up to and with the comma that ends them (one in parentheses does not).
@@ -1338,7 +1346,9 @@ def _links(text: str) -> Iterator[str]:
     (:func:`_thunderbird_end`) and, where they differ, the readings of ``_URI_IN_TEXT``, by where they start.
 
     ``'http://a.test','http://b.test'`` is one link to Thunderbird, three here (a link more is only a lookup
-    more).  Each reading is a scan of its own (:func:`_scan`): a place of the text is read once by each.
+    more); where both start at one place, the older one is given only when its host differs, so that padding
+    with such links spends the link budget (``MAX_LINKS_SCANNED``) no faster than before.  Each reading is a
+    scan of its own (:func:`_scan`): a place of the text is read once by each.
     """
     # Only W lower-cases to w, and lower-casing keeps who is of the link class; a character
     # lower-cased to several would move the indexes: then the text itself is searched.
@@ -1353,12 +1363,22 @@ def _links(text: str) -> Iterator[str]:
             pending = next(older, None)
         yield link
         if pending is not None and pending[0] == start:
-            if pending[1].rstrip(_TRAILING) != link.rstrip(_TRAILING):
+            if _host_key(pending[1]) != _host_key(link):  # the same host twice would only spend the link budget
                 yield pending[1]
             pending = next(older, None)
     while pending is not None:
         yield pending[1]
         pending = next(older, None)
+
+
+def _host_key(link: str) -> str:
+    """The host of a written-out link (after its "//", or from its "www.") as far as :func:`_links` compares two
+    readings: up to a "/", "\\", "?" or "#", without userinfo, lower-cased."""
+    authority = _AUTHORITY_TEXT.match(link if link[3] == "." else link.partition("//")[2])
+    return cast("re.Match[str]", authority).group(0).rpartition("@")[2].lower()
+
+
+_AUTHORITY_TEXT = re.compile(r"[^/\\?#]*")
 
 
 def _older_end(text: str, start: int) -> int:

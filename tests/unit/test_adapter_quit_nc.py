@@ -9,6 +9,7 @@ defaults: header values lost their negotiated leading space (an edit read "X-Spa
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -16,6 +17,7 @@ import Milter
 import pytest
 
 from milterd.message.pipeline import Pipeline
+from milterd.milter import adapter
 from milterd.milter.adapter import MilterdMilter
 from tests.unit.test_adapter_pipeline_review import Context, eom, log_rows, make_conf, make_pipeline, negotiate, up_to_body
 
@@ -46,7 +48,6 @@ def quit_nc_and_connect(context: Context, address: str = "192.0.2.8") -> Milterd
 
 @pytest.mark.parametrize("unix", [False, True])
 def test_the_next_connection_keeps_the_negotiated_protocol(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, unix: bool) -> None:
-    monkeypatch.setattr(MilterdMilter, "_agreed", None, raising=False)
     context = negotiate(pipeline, monkeypatch, unix=unix)
     first: MilterdMilter = context.getpriv()
     assert first._leadspc and bool(first._no_reply) is unix
@@ -58,7 +59,6 @@ def test_the_next_connection_keeps_the_negotiated_protocol(pipeline: Pipeline, m
 def test_the_next_connection_s_edits_and_row_are_written_as_negotiated(
     pipeline: Pipeline, conf: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(MilterdMilter, "_agreed", None, raising=False)
     context = negotiate(pipeline, monkeypatch)
     quit_nc_and_connect(context)
     assert context._helo("client.example.org") == Milter.CONTINUE
@@ -68,3 +68,23 @@ def test_the_next_connection_s_edits_and_row_are_written_as_negotiated(
     assert added["X-Spam-Flag"] == " YES"  # the old code sent "YES": "X-Spam-Flag:YES"
     Milter.close_callback(context)
     assert log_rows(conf, capsys)["QNC1"]["subject"] == "SPAMME again"
+
+
+def test_another_connection_s_negotiation_is_not_taken(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Second look: the negotiation was kept per worker, so one MTA's (without P_HDR_LEADSPC) given to another's
+    # reused connection.  libmilter serves each milter connection on its own thread: what it agreed is kept there.
+    context = negotiate(pipeline, monkeypatch)
+    other: list[bool] = []
+
+    def another_mta() -> None:
+        elsewhere = Context()
+        elsewhere._stage = -1
+        assert Milter.negotiate_callback(elsewhere, [Milter.CURR_ACTS, 0x1FFFFF & ~Milter.P_HDR_LEADSPC, 0, 0]) == Milter.CONTINUE
+        other.append(elsewhere.getpriv()._leadspc)
+
+    thread = threading.Thread(target=another_mta)
+    thread.start()
+    thread.join()
+    assert other == [False]
+    assert quit_nc_and_connect(context)._leadspc is True
+    assert getattr(adapter._agreed, "value", None) is not None

@@ -26,7 +26,7 @@ from tests.harness.messages import envelope_of
 # over the whole text before (a scheme not preceded by an ASCII letter or digit since session 17, no longer \b:
 # "_https://", "请https://" are links), where they differ.
 NOT_LINK = r"""\s<>"`{}\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"""
-REFERENCE = re.compile(rf"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)[^{NOT_LINK}'()\[\]]{{2,2000}}""")
+REFERENCE = re.compile(r"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)[^\s<>"'()\[\]{}]{2,2000}""")
 # Two characters that end no link follow the prefix ("http://()" and "http://[]" are not read: no host).
 THUNDERBIRD_START = re.compile(rf"""(?i)(?:(?<!(?-i:[A-Za-z0-9]))(?:https?|ftp)://|\bwww\.)(?=(?:[^{NOT_LINK}\[)\]]|(?<=//)\[){{2}})""")
 NOT_LINK_CHARS = re.compile(rf"[{NOT_LINK}]")
@@ -60,15 +60,21 @@ def thunderbird_links(text: str) -> list[tuple[int, str]]:
     return found
 
 
+def host(link: str) -> str:
+    """The host of a written-out link: after its scheme's "//" (or from "www."), up to "/", "\\", "?" or "#",
+    without userinfo, lower-cased."""
+    rest = link.partition("//")[2] if not link.lower().startswith("www.") else link
+    return re.split(r"[/\\?#]", rest)[0].rpartition("@")[2].lower()
+
+
 def reference_links(text: str) -> list[str]:
     """Thunderbird's links and, merged by start, the pattern's, but one that starts where Thunderbird's does and
-    is the same link once trailing punctuation is dropped."""
+    has the same host."""
     ours = thunderbird_links(text)
     theirs = [(m.start(), m.group(0)) for m in REFERENCE.finditer(text)]
-    trail = ".,;:!?-'"
     merged = []
     for start, link in theirs:
-        if not any(at == start and link.rstrip(trail) == other.rstrip(trail) for at, other in ours):
+        if not any(at == start and host(link) == host(other) for at, other in ours):
             merged.append((start, 1, link))
     merged += [(start, 0, link) for start, link in ours]
     return [link for _, _, link in sorted(merged, key=lambda item: (item[0], item[1]))]
