@@ -218,11 +218,19 @@ def _dialect_problem(url: str) -> str:
     # The URL itself is shown only when it cannot hold a password (no "@").
     shown = f"{url!r} " if "@" not in url and "password" not in url.lower() else ""  # nor a password= parameter
     try:
-        make_url(url).get_dialect()
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
     except NoSuchModuleError:  # an ArgumentError too
         return f"SQLAlchemy has no dialect {url.partition(':')[0]!r} (sqlite, postgresql+psycopg)"
     except (ArgumentError, ValueError):  # ValueError: a port that is no number ("postgresql://[::1/db")
         return f"{shown}is not an SQLAlchemy URL (sqlite:///path or postgresql+psycopg://user@host/database)"
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        # The store's statements are written for these two (upserts, locks); another database failed at start.
+        return f"milterd stores in SQLite or PostgreSQL, not {parsed.get_backend_name()} (sqlite:///path or postgresql+psycopg://…)"
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:  # the driver not installed: serve failed at start, without the file and key
+        return f"the driver of {parsed.drivername!r} is not installed ({exc}); milterd's is postgresql+psycopg: pip install 'milterd[postgresql]'"
     return ""
 
 
@@ -377,7 +385,7 @@ class ClamavSection(_ScannerSection):
     enabled: bool = Field(False, description="Scan messages with clamd.")
     address: str = Field("tcp:127.0.0.1:3310", description="clamd's socket: tcp:HOST:PORT or unix:/path.")
     timeout: Duration = Field(30.0, gt=0, description="How long sending a message to clamd may take in all, and then again its answer; slower is on_error.")
-    max_size: Size = Field(25 * 1024 * 1024, description="Larger messages are not scanned whole: their first max_size bytes are (a virus there is found; clamd unable to judge them, on_error decides). Keep it at or under clamd's StreamMaxLength.")
+    max_size: Size = Field(25 * 1024 * 1024, ge=1024, description="Larger messages are not scanned whole: their first max_size bytes are (a virus there is found; clamd unable to judge them, on_error decides). Keep it at or under clamd's StreamMaxLength. At least 1K (0, or 25 meant as megabytes, had the headers alone scanned).")
     on_error: Literal["tempfail", "accept"] = Field("tempfail", description="clamd down, slow or in error: tempfail (451) or accept with a symbol.")
     action: Literal["reject", "quarantine", "discard"] = Field("reject", description="What to do with a virus.")
     headers: bool = Field(True, description="Add X-Virus-Scanned and X-Virus-Status to scanned mail (incoming ones are removed first).")
@@ -388,7 +396,7 @@ class SpamdSection(_ScannerSection):
     enabled: bool = Field(False, description="Scan messages with SpamAssassin's spamd.")
     address: str = Field("tcp:127.0.0.1:783", description="spamd's socket: tcp:HOST:PORT or unix:/path.")
     timeout: Duration = Field(60.0, gt=0, description="Longest wait for spamd.")
-    max_size: Size = Field(512 * 1024, description="Larger messages are not sent (as spamc's default).")
+    max_size: Size = Field(512 * 1024, ge=1024, description="Larger messages are not sent (as spamc's default). At least 1K (0 had spamd never asked).")
     on_error: Literal["tempfail", "accept"] = Field("accept", description="spamd down or slow: accept with a symbol, or tempfail (451).")
     user: str = Field("", description="spamd user for per-user preferences; \"@recipient\" uses the first recipient; empty sends none.")
     scan_trusted: bool = Field(False, description="Also scan mail from trusted_networks and authenticated clients (scored only where [milter] skip_trusted/skip_authenticated allow).")
@@ -415,6 +423,16 @@ class LearnerSection(Section):
     expiry_interval: Duration = Field(86400.0, description="How often the supervisor runs the expiry job (tokens, and learned-message digests beyond max_learned); 0 is never.")
     skip_spamd_above: Threshold = Field(False, description="Tiers: with the classifier trained, a message whose score before spamd (the cheap checks and BAYES_*) is at or above this is not sent to spamd (SPAMD_SKIPPED_CONFIDENT in the log); false is off. spamd then runs after the classifier instead of beside it.")
     skip_spamd_below: Threshold = Field(False, description="Tiers: likewise, a message scoring at or below this before spamd is not sent to spamd; false is off. Measure the cost in detection first (bench/learner_eval.py, milterd rules whatif).")
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> "LearnerSection":
+        # Crossed bounds take every message: autolearn_spam = -5 with autolearn_ham = 10 learned nearly all mail
+        # as spam; skip_spamd_above = -100 with skip_spamd_below = 100 never asked spamd.
+        for high, low in (("autolearn_spam", "autolearn_ham"), ("skip_spamd_above", "skip_spamd_below")):
+            above, below = getattr(self, high), getattr(self, low)
+            if above is not False and below is not False and above <= below:
+                raise ValueError(f"{high} ({above:g}) must be above {low} ({below:g}): between them, every message is taken")
+        return self
 
 
 class QuarantineSection(Section):

@@ -124,7 +124,9 @@ def _one_line(text: str) -> str:
     """*text* with its control characters escaped: a value's newline must not split the error line."""
     if text.isprintable():
         return text
-    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
+    # repr, not the unicode_escape codec: Python imports a codec on its first use, which fails where the
+    # interpreter's files are unreadable to [milter] user (the spool check runs with its ids): a traceback.
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 #: The largest whole number a setting takes (a count, a size in bytes: a petabyte).

@@ -110,7 +110,12 @@ def load_psl(path: str) -> PublicSuffixList:
         raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
     if not any(line.strip() and not line.lstrip().startswith("//") for line in text.splitlines()):
         raise ValueError("not a Public Suffix List: it holds no rule")
-    return PublicSuffixList(text)
+    psl = PublicSuffixList(text)
+    if psl.publicsuffix("example.co.uk") != "co.uk":
+        # An HTML error page, say, where a download failed: each of its lines a "rule", the list
+        # would make co.uk one organization, aligning attacker.co.uk with bank.co.uk.
+        raise ValueError("not a Public Suffix List: it does not know co.uk (a download that failed?)")
+    return psl
 
 
 def org_domain(domain: str, psl_path: str = "") -> str:

@@ -200,6 +200,10 @@ def parse_list_table(kind: ListKind, file: Any, position: int, entry: Any) -> tu
         raise ConfigError(file, f"{where}.reply_zone", f"must be a DNS zone such as \"{kind.zone_example}\" (named in SMTP replies instead of zone)")
     symbol = kind.prefix + name
     codes = tuple(parse_code(kind, file, f"{where}.codes[{i}]", code, symbol, score, reject, zone) for i, code in enumerate(codes_value))
+    for i, code in enumerate(codes):
+        if any(other.symbol == code.symbol for other in codes[:i]):
+            # One symbol for two codes: the second's score and action applied to the first's answers.
+            raise ConfigError(file, f"{where}.codes[{i}].name", f"{code.symbol[len(symbol) + 1:]} names another code of this list already")
     return where, DnsList(symbol, zone.strip(".").lower(), score, reject, codes, tuple(refused), description, reply_zone.strip(".").lower())
 
 

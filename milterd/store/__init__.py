@@ -512,8 +512,6 @@ class Store:
         """
         if self.engine.dialect.name != "postgresql":
             return []
-        from . import learner  # noqa: F401 - its tables join schema.metadata; learner imports this package
-
         missing = []
         with self.engine.connect() as connection:
             present = set(inspect(connection).get_table_names())

@@ -53,7 +53,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Sequence
 
-from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, and_, bindparam, case, delete, func, make_url, select, update
+from sqlalchemy import Engine, Integer, String, and_, bindparam, case, delete, func, make_url, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError
@@ -64,7 +64,9 @@ from ..learner.classifier import Counts
 from . import unusable_database
 from .engine import sqlite_file
 from .errors import guarded
-from .schema import metadata
+from .schema import learner_messages as messages_table
+from .schema import learner_tokens as tokens_table
+from .schema import learner_totals as totals_table
 from .upsert import advisory_lock, deletable, dialect_insert, lock_tables
 
 Label = Literal["spam", "ham"]
@@ -74,32 +76,6 @@ CHUNK = 500
 #: Expired tokens deleted per transaction, and the pause between two (see :meth:`LearnerStore.expire`).
 EXPIRE_BATCH = 5000
 EXPIRE_PAUSE = 0.1
-
-tokens_table = Table(
-    "learner_tokens",
-    metadata,
-    Column("token", BigInteger, primary_key=True, autoincrement=False),
-    Column("spam", Integer, nullable=False, default=0),
-    Column("ham", Integer, nullable=False, default=0),
-    # Days since the epoch when a message with this token was last learned.
-    Column("atime", Integer, nullable=False, index=True),
-)
-
-totals_table = Table(
-    "learner_totals",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("spam", Integer, nullable=False, default=0),
-    Column("ham", Integer, nullable=False, default=0),
-)
-
-messages_table = Table(
-    "learner_messages",
-    metadata,
-    Column("digest", String(64), primary_key=True),
-    Column("label", String(4), nullable=False),
-    Column("time", DateTime(timezone=True), nullable=False),  # learned, or moved to its label: the order in which digests are dropped
-)
 
 #: The ``learner_totals`` row (the totals' is 1) of the learned-message digests dropped beyond
 #: ``[learner] max_learned``, by label: messages still counted, no longer recorded as learned.

@@ -1,6 +1,6 @@
 """The SQL schema of milterd's store (SQLAlchemy Core tables).
 
-One store serves the message log, the quarantine and the greylist, on SQLite
+One store serves the message log, the quarantine, the greylist and the classifier, on SQLite
 (the default) or PostgreSQL (several MX hosts sharing one database).  Schema
 changes are alembic migrations in ``migrations/versions``; keep both in step.
 """
@@ -157,4 +157,31 @@ greylist_whitelist = Table(
     Column("comment", Text, nullable=False, default=""),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("kind", "value", name="uq_greylist_whitelist"),
+)
+
+# The classifier's model (milterd.store.learner: LearnerStore reads and writes it).
+learner_tokens = Table(
+    "learner_tokens",
+    metadata,
+    Column("token", BigInteger, primary_key=True, autoincrement=False),
+    Column("spam", Integer, nullable=False, default=0),
+    Column("ham", Integer, nullable=False, default=0),
+    # Days since the epoch when a message with this token was last learned.
+    Column("atime", Integer, nullable=False, index=True),
+)
+
+learner_totals = Table(
+    "learner_totals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("spam", Integer, nullable=False, default=0),
+    Column("ham", Integer, nullable=False, default=0),
+)
+
+learner_messages = Table(
+    "learner_messages",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("label", String(4), nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),  # learned, or moved to its label: the order in which digests are dropped
 )

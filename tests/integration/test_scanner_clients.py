@@ -125,7 +125,7 @@ def test_checks_clean_virus_and_spam(tmp_path: Path, clamd: Clamd, spamd: Spamd)
 
 
 def test_checks_size_limits(tmp_path: Path, clamd: Clamd, spamd: Spamd) -> None:
-    pipeline = scanner_pipeline(tmp_path, clamd.address, spamd.address, clamav__max_size=1000, spamd__max_size=1000)
+    pipeline = scanner_pipeline(tmp_path, clamd.address, spamd.address, clamav__max_size="1K", spamd__max_size="1K")
     big = HAM.replace(b"See you at noon.", b"y" * 5000)
     outcome, _ = run_message(pipeline, big, chunk=512)
     assert {"CLAMAV_SKIPPED_SIZE", "SPAMD_SKIPPED_SIZE"} <= set(outcome.verdict.symbols)
@@ -133,7 +133,7 @@ def test_checks_size_limits(tmp_path: Path, clamd: Clamd, spamd: Spamd) -> None:
 
 
 def test_clamd_stream_limit_below_max_size_is_a_skip_not_a_tempfail(tmp_path: Path, clamd: Clamd, spamd: Spamd) -> None:
-    pipeline = scanner_pipeline(tmp_path, clamd.address, spamd.address, clamav__max_size=5_000_000, spamd__max_size=1000)
+    pipeline = scanner_pipeline(tmp_path, clamd.address, spamd.address, clamav__max_size=5_000_000, spamd__max_size="1K")
     outcome, _ = run_message(pipeline, HAM.replace(b"See you at noon.", b"z" * 2_000_000))  # clamd's StreamMaxLength is 1M
     assert "CLAMAV_SKIPPED_SIZE" in outcome.verdict.symbols
     assert outcome.verdict.action == Action.ACCEPT

@@ -28,24 +28,24 @@ PADDED = HAM.replace(b"See you at noon.", MARKER + b"\r\n" + b"y" * 5000)
 
 
 def test_a_virus_padded_past_max_size_is_found_in_the_stream(tmp_path: Path, clamd: FakeServer) -> None:
-    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000), "clamav")
+    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size="1K"), "clamav")
     outcome = drive(pipeline, PADDED)
     assert outcome.verdict.details.get("CLAMAV_VIRUS") == "Fake.Marker" and outcome.verdict.action == Action.REJECT
-    assert [len(request) for request in clamd.requests] == [1000]
+    assert [len(request) for request in clamd.requests] == [1024]
 
 
 def test_a_virus_padded_past_max_size_and_declared_so_is_found_from_the_spool(tmp_path: Path, clamd: FakeServer) -> None:
-    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000), "clamav")
+    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size="1K"), "clamav")
     outcome = drive(pipeline, PADDED, mail_args={"SIZE": "50000000"})
     assert outcome.verdict.details.get("CLAMAV_VIRUS") == "Fake.Marker" and outcome.verdict.action == Action.REJECT
-    assert [len(request) for request in clamd.requests] == [1000]
+    assert [len(request) for request in clamd.requests] == [1024]
 
 
 def test_a_clean_start_of_a_large_message_is_still_skipped_for_size(tmp_path: Path, clamd: FakeServer) -> None:
-    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000), "clamav")
-    outcome = drive(pipeline, HAM.replace(b"See you at noon.", b"y" * 5000 + MARKER))  # the marker past the first 1000 bytes
+    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size="1K"), "clamav")
+    outcome = drive(pipeline, HAM.replace(b"See you at noon.", b"y" * 5000 + MARKER))  # the marker past the first 1024 bytes
     assert "CLAMAV_VIRUS" not in outcome.verdict.symbols and outcome.verdict.action == Action.ACCEPT
-    assert "first 1000 bytes scanned: clean" in outcome.verdict.details["CLAMAV_SKIPPED_SIZE"]
+    assert "first 1024 bytes scanned: clean" in outcome.verdict.details["CLAMAV_SKIPPED_SIZE"]
     assert not any(edit.op == "add" and edit.name.startswith("X-Virus") for edit in outcome.edits)  # not "Clean": not scanned whole
 
 
@@ -55,7 +55,7 @@ def test_clamd_down_for_a_large_message_follows_on_error(tmp_path: Path, on_erro
     """Thirtieth session's review: the first max_size bytes unjudged (clamd down) were a size skip, delivered under
     on_error = "tempfail"; they follow on_error, as a message under max_size does."""
     down = f"tcp:127.0.0.1:{free_port()}"
-    pipeline = only(scanner_pipeline(tmp_path, down, down, clamav__max_size=1000, clamav__on_error=on_error), "clamav")
+    pipeline = only(scanner_pipeline(tmp_path, down, down, clamav__max_size="1K", clamav__on_error=on_error), "clamav")
     outcome = drive(pipeline, PADDED, mail_args=size)
     assert "CLAMAV_ERROR" in outcome.verdict.symbols and "CLAMAV_SKIPPED_SIZE" not in outcome.verdict.symbols
     assert outcome.verdict.action == (Action.TEMPFAIL if on_error == "tempfail" else Action.ACCEPT)
@@ -73,10 +73,10 @@ def closing_the_first_stream(server: FakeServer, conn: socket.socket) -> None:
 def test_a_stream_clamd_closed_is_judged_again_from_the_spool(tmp_path: Path) -> None:
     server = FakeServer(closing_the_first_stream)
     try:
-        pipeline = only(scanner_pipeline(tmp_path, server.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000), "clamav")
+        pipeline = only(scanner_pipeline(tmp_path, server.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size="1K"), "clamav")
         outcome = drive(pipeline, PADDED)
         assert outcome.verdict.details.get("CLAMAV_VIRUS") == "Fake.Marker" and outcome.verdict.action == Action.REJECT
-        assert [len(request) for request in server.requests] == [0, 1000]
+        assert [len(request) for request in server.requests] == [0, 1024]
     finally:
         server.close()
 
@@ -120,17 +120,17 @@ def test_a_stream_lost_on_its_last_chunk_before_max_size_is_judged_again_from_th
     lost: list[int] = []
 
     def losing_the_last(self: InstreamScan, data: bytes) -> None:
-        if self.sent + len(data) == 1000 and not lost:  # the stream's; the spool's scan sends as ever
+        if self.sent + len(data) == 1024 and not lost:  # the stream's; the spool's scan sends as ever
             lost.append(len(data))
             self.close()
             raise ScannerError("clamd: connection lost: Broken pipe")
         send(self, data)
 
     monkeypatch.setattr(InstreamScan, "send", losing_the_last)
-    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000), "clamav")
+    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size="1K"), "clamav")
     outcome = drive(pipeline, PADDED)
     assert outcome.verdict.details.get("CLAMAV_VIRUS") == "Fake.Marker" and outcome.verdict.action == Action.REJECT
-    assert [len(request) for request in clamd.requests] == [1000]
+    assert [len(request) for request in clamd.requests] == [1024]
 
 
 def refusing_past(limit: int) -> Callable[[FakeServer, socket.socket], None]:
@@ -153,10 +153,10 @@ def test_a_max_size_over_clamds_stream_limit_sends_the_start_once(tmp_path: Path
     (tests/unit/test_clamav_streammax.py): what clamd took before the refused chunk is scanned again, not nothing."""
     server = FakeServer(refusing_past(900))
     try:
-        pipeline = only(scanner_pipeline(tmp_path, server.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000), "clamav")
+        pipeline = only(scanner_pipeline(tmp_path, server.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size="1K"), "clamav")
         outcome = drive(pipeline, PADDED)
         first, again = [len(request) for request in server.requests]
-        assert first == 1000 and 0 < again < 900  # the headers, the chunk before the body's refused one
+        assert first == 1024 and 0 < again < 900  # the headers, the chunk before the body's refused one
         assert outcome.verdict.details == {"CLAMAV_SKIPPED_SIZE": f"size over {again} (clamd's StreamMaxLength); its first {again} bytes scanned: clean"}
     finally:
         server.close()
@@ -172,14 +172,14 @@ def test_a_silent_clamd_on_the_chunk_reaching_max_size_is_not_asked_again(
     silent: list[int] = []
 
     def silent_at_the_last(self: InstreamScan, data: bytes) -> None:
-        if self.sent + len(data) == 1000 and not silent:  # once: a second stream would be answered
+        if self.sent + len(data) == 1024 and not silent:  # once: a second stream would be answered
             silent.append(len(data))
             self.close()
             raise ScannerTimeout("clamd: sending timed out after 1.5s")
         send(self, data)
 
     monkeypatch.setattr(InstreamScan, "send", silent_at_the_last)
-    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000, clamav__on_error="tempfail"), "clamav")
+    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size="1K", clamav__on_error="tempfail"), "clamav")
     outcome = drive(pipeline, PADDED)
     assert outcome.verdict.action == Action.TEMPFAIL and "sending timed out" in outcome.verdict.details["CLAMAV_ERROR"]
     assert clamd.requests == []  # the stream never ended, and nothing was sent again

@@ -17,7 +17,7 @@ from milterd.reinject import report_sender
 from milterd.store import MessageRecord, Store
 from tests.harness.milterd import write_config
 from tests.harness.quarantine import open_quarantine
-from tests.unit.test_quarantine_store import add
+from tests.unit.test_quarantine_store import RAW, add
 
 
 def config(tmp_path: Path, **quarantine: object) -> Path:
@@ -25,7 +25,7 @@ def config(tmp_path: Path, **quarantine: object) -> Path:
         "milter": {"hostname": "mx.test"},
         "database": {"url": f"sqlite:///{tmp_path / 'q.sqlite'}"},
         "quarantine": {"release_smtp": "127.0.0.1:9", **quarantine},
-        "spamd": {"enabled": True, "address": "tcp:127.0.0.1:9", "timeout": 2.0, "max_size": 10},
+        "spamd": {"enabled": True, "address": "tcp:127.0.0.1:9", "timeout": 2.0, "max_size": 1024},
     })
 
 
@@ -78,7 +78,7 @@ def test_log_finds_the_null_sender_as_it_shows_it(tmp_path: Path, capsys: pytest
 
 def test_confirm_says_spamd_was_skipped_for_the_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = config(tmp_path)
-    row_id = add(open_quarantine(conf))  # larger than max_size 10: spamd (down here) is not asked
+    row_id = add(open_quarantine(conf), raw=RAW + b"x" * 2048)  # larger than max_size 1K: spamd (down here) is not asked
     assert main(["-c", str(conf), "quarantine", "confirm", str(row_id)]) == 0
     out = capsys.readouterr().out
     assert "larger than [spamd] max_size" in out and "not learned" in out

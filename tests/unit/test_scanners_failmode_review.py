@@ -292,7 +292,8 @@ def test_a_failed_spamd_scan_is_not_cached(tmp_path: Path) -> None:
 
 
 def test_a_message_exactly_at_clamav_max_size_is_scanned_and_one_byte_more_is_skipped(tmp_path: Path, clamd: FakeServer) -> None:
-    message = HAM + MARKER  # its last byte past max_size cuts the marker: the first max_size bytes are scanned clean
+    # its last byte past max_size cuts the marker: the first max_size bytes are scanned clean (over 1K, max_size's least)
+    message = HAM.replace(b"See you at noon.", b"See you at noon. " * 80) + MARKER
     at_limit = drive(only(scanner_pipeline(tmp_path, clamd.address, clamd.address, clamav__max_size=len(message)), "clamav"), message)
     assert at_limit.verdict.details.get("CLAMAV_VIRUS") == "Fake.Marker"
     over = drive(only(scanner_pipeline(tmp_path, clamd.address, clamd.address, clamav__max_size=len(message) - 1), "clamav"), message)
@@ -303,12 +304,13 @@ def test_a_message_exactly_at_clamav_max_size_is_scanned_and_one_byte_more_is_sk
 # --- spamd: max_size is of the message as received, as the option says ("Larger messages are not sent") ---
 def test_a_message_exactly_at_spamd_max_size_is_sent_and_one_byte_more_is_skipped(tmp_path: Path) -> None:
     spamd = FakeServer(spamd_answering(SPAMD_SPAM))
+    message = HAM.replace(b"See you at noon.", b"See you at noon. " * 80)  # over 1K, max_size's least
     try:
-        at_limit = drive(only(scanner_pipeline(tmp_path, spamd.address, spamd.address, spamd__max_size=len(HAM)), "spamassassin"), HAM)
-        over = drive(only(scanner_pipeline(tmp_path, spamd.address, spamd.address, spamd__max_size=len(HAM) - 1), "spamassassin"), HAM)
+        at_limit = drive(only(scanner_pipeline(tmp_path, spamd.address, spamd.address, spamd__max_size=len(message)), "spamassassin"), message)
+        over = drive(only(scanner_pipeline(tmp_path, spamd.address, spamd.address, spamd__max_size=len(message) - 1), "spamassassin"), message)
     finally:
         spamd.close()
     assert at_limit.verdict.symbols.get("SPAMASSASSIN") == 15.0  # before: skipped, our own Received: header counted in
-    assert len(spamd.requests) == 1 and spamd.requests[0].endswith(HAM)  # the message whole, after our Received:
-    assert over.verdict.details.get("SPAMD_SKIPPED_SIZE") == f"size {len(HAM)} > {len(HAM) - 1}"
+    assert len(spamd.requests) == 1 and spamd.requests[0].endswith(message)  # the message whole, after our Received:
+    assert over.verdict.details.get("SPAMD_SKIPPED_SIZE") == f"size {len(message)} > {len(message) - 1}"
     assert over.verdict.symbols["SPAMD_SKIPPED_SIZE"] == 0.0 and over.verdict.action == Action.ACCEPT

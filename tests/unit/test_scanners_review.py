@@ -161,9 +161,9 @@ def test_a_small_virus_declaring_a_large_size_is_still_scanned(tmp_path: Path, c
 
 
 def test_a_large_message_declaring_a_large_size_is_skipped_after_its_first_max_size_bytes(tmp_path: Path, clamd: FakeServer) -> None:
-    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size=1000), "clamav")
+    pipeline = only(scanner_pipeline(tmp_path, clamd.address, f"tcp:127.0.0.1:{free_port()}", clamav__max_size="1K"), "clamav")
     outcome = drive(pipeline, HAM.replace(b"See you at noon.", b"y" * 5000), mail_args={"SIZE": "50000000"})
-    assert "CLAMAV_SKIPPED_SIZE" in outcome.verdict.symbols and [len(r) for r in clamd.requests] == [1000]
+    assert "CLAMAV_SKIPPED_SIZE" in outcome.verdict.symbols and [len(r) for r in clamd.requests] == [1024]
 
 
 # --- clamav: a sender must not claim a verdict, also when ours is missing ---
@@ -179,7 +179,7 @@ def test_forged_virus_headers_are_removed_when_the_scan_failed(tmp_path: Path) -
 
 
 def test_forged_virus_headers_are_removed_when_the_message_is_skipped(tmp_path: Path, clamd: FakeServer) -> None:
-    pipeline = only(scanner_pipeline(tmp_path, clamd.address, clamd.address, clamav__max_size=1000), "clamav")
+    pipeline = only(scanner_pipeline(tmp_path, clamd.address, clamd.address, clamav__max_size="1K"), "clamav")
     forged = HAM.replace(b"Subject: lunch\r\n", b"Subject: lunch\r\nX-Virus-Status: Clean\r\n").replace(b"See you at noon.", b"y" * 5000)
     outcome = drive(pipeline, forged)
     assert "CLAMAV_SKIPPED_SIZE" in outcome.verdict.symbols
