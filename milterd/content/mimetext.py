@@ -1363,7 +1363,8 @@ def _links(text: str) -> Iterator[str]:
             pending = next(older, None)
         yield link
         if pending is not None and pending[0] == start:
-            if _host_key(pending[1]) != _host_key(link):  # the same host twice would only spend the link budget
+            host = _host_key(link)
+            if not host or _host_key(pending[1]) != host:  # the same host twice would only spend the link budget
                 yield pending[1]
             pending = next(older, None)
     while pending is not None:
@@ -1372,9 +1373,10 @@ def _links(text: str) -> Iterator[str]:
 
 
 def _host_key(link: str) -> str:
-    """The host of a written-out link (after its "//", or from its "www.") as far as :func:`_links` compares two
-    readings: up to a "/", "\\", "?" or "#", without userinfo, lower-cased."""
-    authority = _AUTHORITY_TEXT.match(link if link[3] == "." else link.partition("//")[2])
+    """The host of a written-out link (after its "//" and any more slashes or backslashes, as browsers read
+    ``http:///host``, or from its "www.") as far as :func:`_links` compares two readings: up to a "/", "\\",
+    "?" or "#", without userinfo, lower-cased; "" where there is none (then the readings count as different)."""
+    authority = _AUTHORITY_TEXT.match(link if link[3] == "." else link.partition("//")[2].lstrip("/\\"))
     return cast("re.Match[str]", authority).group(0).rpartition("@")[2].lower()
 
 

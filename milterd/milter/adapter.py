@@ -70,13 +70,6 @@ def _count(delta: int) -> None:
 _undecodable = threading.local()
 
 
-#: What a milter connection agreed with its MTA (actions, protocol), kept for the connection's thread (libmilter
-#: serves each milter connection on a thread of its own): libmilter keeps the negotiation over SMFIC_QUIT_NC
-#: (an MTA reusing the milter connection for its next SMTP connection), where pymilter's connect_callback
-#: makes a new object, which no negotiate ran on.  Postfix opens a new milter connection instead.
-_agreed = threading.local()
-
-
 def record_undecodable(raw: bytes) -> None:
     """Keep *raw*, an argument pymilter could not decode, for this connection's next callback."""
     _undecodable.raw = raw
@@ -156,6 +149,12 @@ class MilterdMilter(Milter.Base):
     _leadspc = False
     #: The negotiated no-reply stages, by callback name.
     _no_reply: frozenset[str] = frozenset()
+    #: What this worker last agreed with an MTA (actions, protocol), for a connection whose callbacks start with no
+    #: negotiation: libmilter keeps a milter connection's negotiation over SMFIC_QUIT_NC (an MTA reusing it for its
+    #: next SMTP connection), where pymilter's connect_callback makes a new object.  Per worker, not per milter
+    #: connection: Debian's libmilter runs a connection's commands on any thread of its pool, and pymilter's
+    #: context object carries nothing of ours; right where one kind of MTA connects.  Postfix never sends QUIT_NC.
+    _agreed: tuple[int, int] | None = None
 
     def __init__(self) -> None:
         self.session = Session()
@@ -196,7 +195,7 @@ class MilterdMilter(Milter.Base):
         bits = protocol_bits(stages, unix=self.unix_socket, early_refusals=early_refusals)
         opts[1] = offered_protocol & (bits | Milter.P_HDR_LEADSPC)
         self._agree(opts[0], opts[1])
-        _agreed.value = (opts[0], opts[1])
+        MilterdMilter._agreed = (opts[0], opts[1])
         opts[2] = opts[3] = 0
         return Milter.CONTINUE
 
@@ -212,9 +211,8 @@ class MilterdMilter(Milter.Base):
         if not self._counted:  # no negotiation on this object: a milter connection reused after SMFIC_QUIT_NC
             self._counted = True
             _count(+1)
-            agreed: tuple[int, int] | None = getattr(_agreed, "value", None)
-            if agreed is not None:
-                self._agree(*agreed)
+            if MilterdMilter._agreed is not None:
+                self._agree(*MilterdMilter._agreed)
         return self._guard("connect", self._connect, hostname, family, hostaddr)
 
     def _connect(self, hostname: str, family: int, hostaddr: Any) -> int:

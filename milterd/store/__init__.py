@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import functools
-import itertools
 import os
 import re
 import sqlite3
@@ -324,12 +323,13 @@ def driver_reason(exc: Exception, url: str) -> str:
     cause = getattr(exc, "orig", None)
     words = str(cause) if cause is not None else str(exc).split("\n", 1)[0]
     lines = [line.strip() for line in words.splitlines() if line.strip()]
-    lines = list(itertools.takewhile(lambda line: not _SQL_CONTEXT.match(line), lines))
+    lines = [line for line in lines if not _SQL_CONTEXT.match(line)]
     return f"{exc.__class__.__name__}: {redact(' '.join(lines), url)}"
 
 
-#: Where PostgreSQL's message quotes the statement it refused ("LINE 2: CREATE TABLE …", then a caret line).
-_SQL_CONTEXT = re.compile(r"LINE \d+: ")
+#: The lines where PostgreSQL's message quotes the statement it refused ("LINE 2: CREATE TABLE …") and the caret
+#: under the place (its DETAIL and HINT lines are kept).
+_SQL_CONTEXT = re.compile(r"LINE \d+: |\^\Z")
 
 
 #: What milterd's schema revisions look like (0001, 0002…): a newer milterd's is a higher one of these.

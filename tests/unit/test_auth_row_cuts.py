@@ -61,20 +61,20 @@ def thunderbird_links(text: str) -> list[tuple[int, str]]:
 
 
 def host(link: str) -> str:
-    """The host of a written-out link: after its scheme's "//" (or from "www."), up to "/", "\\", "?" or "#",
-    without userinfo, lower-cased."""
-    rest = link.partition("//")[2] if not link.lower().startswith("www.") else link
+    """The host of a written-out link: after its scheme's "//" and any more slashes or backslashes (or from
+    "www."), up to "/", "\\", "?" or "#", without userinfo, lower-cased."""
+    rest = link.partition("//")[2].lstrip("/\\") if not link.lower().startswith("www.") else link
     return re.split(r"[/\\?#]", rest)[0].rpartition("@")[2].lower()
 
 
 def reference_links(text: str) -> list[str]:
     """Thunderbird's links and, merged by start, the pattern's, but one that starts where Thunderbird's does and
-    has the same host."""
+    has the same host (not none)."""
     ours = thunderbird_links(text)
     theirs = [(m.start(), m.group(0)) for m in REFERENCE.finditer(text)]
     merged = []
     for start, link in theirs:
-        if not any(at == start and host(link) == host(other) for at, other in ours):
+        if not any(at == start and host(other) and host(link) == host(other) for at, other in ours):
             merged.append((start, 1, link))
     merged += [(start, 0, link) for start, link in ours]
     return [link for _, _, link in sorted(merged, key=lambda item: (item[0], item[1]))]

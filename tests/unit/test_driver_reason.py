@@ -23,3 +23,13 @@ def test_a_message_on_several_lines_is_joined_and_its_password_hidden() -> None:
     assert driver_reason(exc, "postgresql+psycopg://m:secret@db/m") == (
         'ProgrammingError: connection failed: FATAL:  password authentication failed for user "m" *** here'
     )
+
+
+def test_the_detail_and_hint_after_the_statement_are_kept() -> None:
+    # Third look: everything after the quoted statement was cut, PostgreSQL's HINT with it.
+    refusal = Refusal("operator does not exist: name = integer\nLINE 1: SELECT 1 WHERE 'a'::name = 1\n"
+                      "                                     ^\nHINT:  No operator matches the given name and argument types.")
+    exc = ProgrammingError("SELECT 1", {}, refusal)
+    assert driver_reason(exc, "postgresql+psycopg://m@db/m") == (
+        "ProgrammingError: operator does not exist: name = integer HINT:  No operator matches the given name and argument types."
+    )

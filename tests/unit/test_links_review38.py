@@ -71,3 +71,10 @@ def test_css_escapes_in_a_url_are_decoded(css: str, host: str) -> None:
     # The link was looked up as written (65vil.test) or not at all; the browser loads evil.test.
     raw = f"Content-Type: text/html\r\n\r\n<style>p {{ background: {css} }}</style><p>x</p>".encode()
     assert host in {link_host(uri) for uri in extract(raw).uris}
+
+
+@pytest.mark.parametrize("text", ["see http:///evil.test's page", "and http://\\evil.test(x) now", "HTTP:///evil.test'x"])
+def test_a_host_after_more_slashes_keeps_the_reading_before(text: str) -> None:
+    # Third look: both readings' hosts compared as "" (nothing between "//" and the next slash), so the reading
+    # before, the one whose host a browser opens, was dropped.
+    assert "evil.test" in {link_host(uri) for uri in uris_in_text(text)}
