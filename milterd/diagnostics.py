@@ -796,6 +796,9 @@ def judge_postfix(config: Config, settings: dict[str, str], queue_directory: str
             findings.append(chroot)
         elif calls:
             calling.append(svc)
+            reinjection = _reinjection_problem(config, settings, services, svc)
+            if reinjection is not None:
+                findings.append(reinjection)
         elif not deliberate:
             not_calling.append(svc)
         for f in own:
@@ -816,6 +819,24 @@ def judge_postfix(config: Config, settings: dict[str, str], queue_directory: str
                            if not_calling else Finding("postfix smtpd_milters", "ok", f"master.cf sets {config.milter.socket} for {names}"))
     findings.append(release)
     return findings
+
+
+def _reinjection_problem(config: Config, settings: dict[str, str], services: Sequence[MasterService], svc: MasterService) -> Finding | None:
+    """A failure when *svc*, an smtpd that calls milterd, is where a content filter gives mail back (``-o
+    content_filter=`` while main.cf or another smtpd sends mail to one): each message is then judged twice, the
+    second time from the filter's address, trusted as a rule, so the first verdict's headers are removed as forged
+    and outside mail is DKIM-signed as local.  None otherwise."""
+    if "content_filter" not in svc.overrides or svc.overrides["content_filter"].strip():
+        return None
+    filters = {value for value in [settings.get("content_filter", "")] + [other.effective(settings).get("content_filter", "")
+               for other in services if other.receives and other is not svc] if value.strip()}
+    if not filters:
+        return None
+    return Finding(f"postfix {svc.label} content_filter", "fail",
+                   f"master.cf {svc.label} takes mail back from the content filter ({', '.join(sorted(filters))}: -o content_filter=) "
+                   f"and calls {config.milter.socket} again: each message is judged twice, the second time from the filter's "
+                   "address (trusted: the first verdict's X-Spam-* and Authentication-Results removed as forged, outside mail "
+                   f"DKIM-signed as local); add -o smtpd_milters= -o non_smtpd_milters= to {svc.label}")
 
 
 def _judge_milters(config: Config, settings: dict[str, str], queue_directory: str, chroot: bool = False) -> list[Finding]:

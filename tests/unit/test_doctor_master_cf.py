@@ -193,3 +193,30 @@ def test_the_chroot_finding_names_the_entrys_own_default_action() -> None:
     found = _judge(config, smtpd_milters="{ unix:/run/milterd/milterd.sock, default_action=accept }")
     chroot = found["postfix smtp/inet chroot"]
     assert "passes unscanned" in chroot.detail and "milter_default_action = accept" in chroot.detail, chroot
+
+
+# A content filter's return port (review, thirty-eighth session): one that calls milterd judged each message twice,
+# the second time from the filter's (trusted) address: the first verdict's headers removed, outside mail DKIM-signed.
+AMAVIS = "127.0.0.1:10025 inet n   -       n       -       -       smtpd -o content_filter= -o smtpd_helo_restrictions=\n"
+AMAVIS_OVERRIDES = "127.0.0.1:10025/inet/content_filter =\n127.0.0.1:10025/inet/smtpd_helo_restrictions =\n"
+
+
+def test_a_content_filter_s_return_port_that_calls_milterd_fails() -> None:
+    found = _judge(_config(), SERVICES + AMAVIS, OVERRIDES + AMAVIS_OVERRIDES, content_filter="smtp-amavis:[127.0.0.1]:10024")
+    finding = found["postfix 127.0.0.1:10025/inet content_filter"]
+    assert finding.status == "fail" and "judged twice" in finding.detail and "smtp-amavis:[127.0.0.1]:10024" in finding.detail
+    assert "-o smtpd_milters= -o non_smtpd_milters=" in finding.detail
+
+
+def test_a_return_port_without_milters_or_no_content_filter_is_no_finding() -> None:
+    quiet = AMAVIS.replace("smtpd -o content_filter=", "smtpd -o content_filter= -o smtpd_milters= -o non_smtpd_milters=")
+    quiet_overrides = AMAVIS_OVERRIDES + "127.0.0.1:10025/inet/smtpd_milters =\n127.0.0.1:10025/inet/non_smtpd_milters =\n"
+    found = _judge(_config(), SERVICES + quiet, OVERRIDES + quiet_overrides, content_filter="smtp-amavis:[127.0.0.1]:10024")
+    assert not any(name.endswith("content_filter") for name in found)
+    found = _judge(_config(), SERVICES + AMAVIS, OVERRIDES + AMAVIS_OVERRIDES)  # no content filter anywhere
+    assert not any(name.endswith("content_filter") for name in found)
+    # The filter set on the smtp service only (-o content_filter=…): the return port still fails.
+    services = SERVICES.replace("smtp       inet  n       -       y       -       -       smtpd",
+                                "smtp       inet  n       -       y       -       -       smtpd -o content_filter=smtp-amavis:[127.0.0.1]:10024")
+    found = _judge(_config(), services + AMAVIS, OVERRIDES + "smtp/inet/content_filter = smtp-amavis:[127.0.0.1]:10024\n" + AMAVIS_OVERRIDES)
+    assert found["postfix 127.0.0.1:10025/inet content_filter"].status == "fail"
