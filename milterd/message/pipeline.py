@@ -81,6 +81,11 @@ def refused_reason(refused: list[tuple[str, str]]) -> str:
     return cut(f"{shown}; and {more} more" if more > 0 else shown, REASON_WIDTH)
 
 
+class EditsRefused(Exception):
+    """The MTA did not take the end-of-message edits (libmilter refused them): Postfix may have stopped waiting
+    (``milter_content_timeout``) and applied its ``milter_default_action`` to the message already."""
+
+
 class Pipeline:
     """The checks of one configuration, run stage by stage."""
 
@@ -237,7 +242,9 @@ class Pipeline:
         returns: nothing is acknowledged to Postfix before it is stored.
         *before_commit* gets the outcome just before that commit (the adapter
         sends its header edits and hold there): what it raises propagates
-        with no row written, so no row says accepted a message that failed.
+        with no row written, so no row says accepted a message that failed;
+        but :class:`EditsRefused` (Postfix did not take them) writes a row
+        saying tempfail and why, since Postfix may have delivered the message.
 
         The checks get :attr:`eom_budget` seconds in all, time queued in the
         shared pool included; a message still waiting for one then is
@@ -260,8 +267,15 @@ class Pipeline:
         if before_commit is not None:
             try:
                 before_commit(outcome)
+            except EditsRefused as exc:
+                # Postfix gone, or stopped waiting: it may have delivered the message (milter_default_action),
+                # so a row says what happened here, and why.
+                self._log_failure(session, envelope, exc, eom_started, row=True,
+                                  reason=f"Postfix did not take the edits ({exc}): it may have stopped waiting (milter_content_timeout) "
+                                         "and applied milter_default_action")
+                raise
             except Exception as exc:
-                # The edits went (in part) to Postfix, which may be gone: no row (the retry has its own).
+                # The edits went (in part) to Postfix: no row (the retry has its own).
                 self._log_failure(session, envelope, exc, eom_started, row=False)
                 raise
         try:
@@ -368,9 +382,9 @@ class Pipeline:
         """
         self._log_failure(session, envelope, error, None, row=True)
 
-    def _log_failure(self, session: Session, envelope: Envelope, error: Exception, eom_started: float | None, row: bool) -> None:
+    def _log_failure(self, session: Session, envelope: Envelope, error: Exception, eom_started: float | None, row: bool, reason: str = "") -> None:
         """Log a message end of message (or an earlier stage, *eom_started* None) failed on (*error*) as tempfailed:
-        its summary line, and its row when *row*.
+        its summary line, and its row when *row*; *reason* says why (else "internal error: …").
 
         Never raises: what fails here is logged at debug level.
         """
@@ -381,7 +395,7 @@ class Pipeline:
             return
         stored = True
         try:
-            reason = f"internal error: {type(error).__name__}: {error}"[:200]
+            reason = (reason or f"internal error: {type(error).__name__}: {error}")[:200]
             try:
                 record = self.record(session, envelope, Action.TEMPFAIL.label, Verdict(Action.TEMPFAIL, 0.0, {}, {}, reason))
             except Exception:  # noqa: BLE001 - what record() needs may be what failed: the fields that cannot fail

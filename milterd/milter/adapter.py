@@ -21,7 +21,7 @@ from ..addresses import embedded_ipv4
 from ..checks import Stage
 from ..checks.headers import field_size, header_limit_hit
 from ..message.model import Action, Decision, Envelope, Hit, Session, header_safe
-from ..message.pipeline import Outcome, Pipeline
+from ..message.pipeline import EditsRefused, Outcome, Pipeline
 from ..message.reply import INTERNAL_ERROR, REJECT, TEMPFAIL, Reply, setreply_args
 from ..text import escape
 
@@ -357,11 +357,14 @@ class MilterdMilter(Milter.Base):
         them, the tempfail answered drops them with the message.
         """
         action = outcome.verdict.action
-        if action in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE):
-            for edit in outcome.edits:
-                self._edit(edit.op, edit.name, edit.value, edit.index)
-        if action == Action.QUARANTINE and self.pipeline.config.quarantine.mode == "hold":
-            self.quarantine(escape(outcome.quarantine_reason, ascii_only=True)[:100] or "milterd quarantine")
+        try:
+            if action in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT, Action.QUARANTINE):
+                for edit in outcome.edits:
+                    self._edit(edit.op, edit.name, edit.value, edit.index)
+            if action == Action.QUARANTINE and self.pipeline.config.quarantine.mode == "hold":
+                self.quarantine(escape(outcome.quarantine_reason, ascii_only=True)[:100] or "milterd quarantine")
+        except Milter.error as exc:  # what pymilter raises when libmilter refuses: Postfix gone, or stopped waiting
+            raise EditsRefused(str(exc)) from exc
 
     def _progress(self) -> None:
         """Tell Postfix end of message is still running: SMFIR_PROGRESS starts its milter_content_timeout again.
@@ -411,7 +414,11 @@ class MilterdMilter(Milter.Base):
         try:
             return func(*args)
         except Exception as exc:  # noqa: BLE001 - answer 451 rather than crash or accept blindly
-            log.exception("internal error at %s for client %s; answering tempfail", stage, self.session.client_addr)
+            if isinstance(exc, EditsRefused):  # no internal error: the message's row and summary line say why
+                log.warning("Postfix did not take the edits for client %s (%s): it may have stopped waiting "
+                            "(milter_content_timeout); answering tempfail", self.session.client_addr, exc)
+            else:
+                log.exception("internal error at %s for client %s; answering tempfail", stage, self.session.client_addr)
             self._log_failed_message(stage, exc)
             try:
                 self.setreply(*setreply_args(INTERNAL_ERROR))
