@@ -826,8 +826,8 @@ def _reinjection_problem(config: Config, settings: dict[str, str], services: Seq
     content_filter=`` while main.cf or another smtpd sends mail to one): each message is then judged twice, the
     second time from the filter's address, trusted as a rule, so the first verdict's headers are removed as forged
     and outside mail is DKIM-signed as local.  None otherwise."""
-    if "content_filter" not in svc.overrides or svc.overrides["content_filter"].strip():
-        return None
+    if "content_filter" not in svc.overrides or svc.overrides["content_filter"].strip() or not _loopback_only(svc):
+        return None  # a filter's return port listens on loopback: submission's -o content_filter= skips the filter
     filters = {value for value in [settings.get("content_filter", "")] + [other.effective(settings).get("content_filter", "")
                for other in services if other.receives and other is not svc] if value.strip()}
     if not filters:

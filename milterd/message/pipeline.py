@@ -269,10 +269,12 @@ class Pipeline:
                 before_commit(outcome)
             except EditsRefused as exc:
                 # Postfix gone, or stopped waiting: it may have delivered the message (milter_default_action),
-                # so a row says what happened here, and why.
+                # so a row says what happened here and why, with the verdict that was being sent.
+                verdict = outcome.verdict
+                reason = (f"Postfix did not take the edits of its {verdict.action.label} verdict ({exc}): it may have stopped "
+                          "waiting (milter_content_timeout) and applied milter_default_action")
                 self._log_failure(session, envelope, exc, eom_started, row=True,
-                                  reason=f"Postfix did not take the edits ({exc}): it may have stopped waiting (milter_content_timeout) "
-                                         "and applied milter_default_action")
+                                  verdict=replace(verdict, action=Action.TEMPFAIL, reason=reason))
                 raise
             except Exception as exc:
                 # The edits went (in part) to Postfix: no row (the retry has its own).
@@ -382,9 +384,11 @@ class Pipeline:
         """
         self._log_failure(session, envelope, error, None, row=True)
 
-    def _log_failure(self, session: Session, envelope: Envelope, error: Exception, eom_started: float | None, row: bool, reason: str = "") -> None:
+    def _log_failure(self, session: Session, envelope: Envelope, error: Exception, eom_started: float | None, row: bool,
+                     verdict: Verdict | None = None) -> None:
         """Log a message end of message (or an earlier stage, *eom_started* None) failed on (*error*) as tempfailed:
-        its summary line, and its row when *row*; *reason* says why (else "internal error: …").
+        its summary line, and its row when *row*; *verdict* is the tempfail to log (else one of no score, its
+        reason "internal error: …").
 
         Never raises: what fails here is logged at debug level.
         """
@@ -395,9 +399,11 @@ class Pipeline:
             return
         stored = True
         try:
-            reason = (reason or f"internal error: {type(error).__name__}: {error}")[:200]
+            reason = (verdict.reason if verdict is not None else f"internal error: {type(error).__name__}: {error}")[:200]
+            if verdict is None:
+                verdict = Verdict(Action.TEMPFAIL, 0.0, {}, {}, reason)
             try:
-                record = self.record(session, envelope, Action.TEMPFAIL.label, Verdict(Action.TEMPFAIL, 0.0, {}, {}, reason))
+                record = self.record(session, envelope, Action.TEMPFAIL.label, replace(verdict, reason=reason))
             except Exception:  # noqa: BLE001 - what record() needs may be what failed: the fields that cannot fail
                 log.debug("cannot build the log row of a failed message", exc_info=True)
                 record = MessageRecord(action=Action.TEMPFAIL.label, reason=reason, mta_host=self.config.hostname, queue_id=envelope.queue_id)

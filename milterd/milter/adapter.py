@@ -352,7 +352,8 @@ class MilterdMilter(Milter.Base):
         """Send *outcome*'s header edits (and the hold) to Postfix, before its log row is committed.
 
         An edit libmilter refuses (Postfix gone, an action not negotiated) then
-        fails the message with a tempfail and no row, instead of a row saying
+        fails the message with a tempfail (:class:`EditsRefused`: a row saying
+        so, with the verdict that was being sent), instead of a row saying
         accepted for a message answered 451.  Should the commit fail after
         them, the tempfail answered drops them with the message.
         """
@@ -363,8 +364,8 @@ class MilterdMilter(Milter.Base):
                     self._edit(edit.op, edit.name, edit.value, edit.index)
             if action == Action.QUARANTINE and self.pipeline.config.quarantine.mode == "hold":
                 self.quarantine(escape(outcome.quarantine_reason, ascii_only=True)[:100] or "milterd quarantine")
-        except Milter.error as exc:  # what pymilter raises when libmilter refuses: Postfix gone, or stopped waiting
-            raise EditsRefused(str(exc)) from exc
+        except (Milter.error, Milter.DisabledAction) as exc:  # libmilter refused (Postfix gone, or stopped waiting), or the
+            raise EditsRefused(str(exc) or type(exc).__name__) from exc  # MTA did not negotiate the action (DisabledAction)
 
     def _progress(self) -> None:
         """Tell Postfix end of message is still running: SMFIR_PROGRESS starts its milter_content_timeout again.

@@ -218,7 +218,7 @@ def test_fix_a_store_raising_at_end_of_message_still_leaves_a_summary_line(
     Milter.close_callback(ctx)
 
 
-def test_fix_edits_libmilter_refuses_leave_a_summary_line_but_no_row(
+def test_fix_edits_libmilter_refuses_leave_a_summary_line_and_a_tempfail_row(
     ctx: Context, conf: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.INFO, logger="milterd")
@@ -233,7 +233,11 @@ def test_fix_edits_libmilter_refuses_leave_a_summary_line_but_no_row(
     [line] = summary_lines(caplog, "QEDITS")
     assert "action=tempfail" in line and "cannot add header" in line
     Milter.close_callback(ctx)
-    assert "QEDITS" not in log_rows(conf, capsys)  # as test_adapter_pipeline_review.py requires
+    # A row saying tempfail and why, with the verdict that was being sent (thirty-eighth review: Postfix may
+    # have delivered the message by its milter_default_action), never one saying accepted.
+    row = log_rows(conf, capsys)["QEDITS"]
+    assert row["action"] == "tempfail" and row["score"] == 9.0 and "TEST_SPAM" in row["symbols"]
+    assert row["reason"].startswith("Postfix did not take the edits of its rewrite_subject verdict (cannot add header)")
 
 
 # --- 5. end of message has a deadline, and tells Postfix it is still running ------------

@@ -164,14 +164,15 @@ def log_rows(conf: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[s
 
 
 @pytest.mark.parametrize("refused", ["addheader", "chgheader"])
+@pytest.mark.parametrize("error", [Milter.error("cannot add header"), Milter.DisabledAction("ADDHDRS")])
 def test_fix_an_edit_libmilter_refuses_tempfails_with_no_row_saying_accepted(
-    refused: str, ctx: Context, conf: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    refused: str, error: Exception, ctx: Context, conf: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     up_to_body(ctx, "QEDIT1", subject=b"SPAMME")  # rewrite_subject: headers added, Subject changed
 
     def refuse(*args: object) -> None:
-        raise Milter.error("cannot add header")  # what pymilter raises when smfi_* fails
+        raise error  # what pymilter raises when smfi_* fails, or for an action the MTA did not negotiate
 
     monkeypatch.setattr(ctx, refused, refuse)
     assert eom(ctx) == Milter.TEMPFAIL
@@ -181,7 +182,8 @@ def test_fix_an_edit_libmilter_refuses_tempfails_with_no_row_saying_accepted(
     # review, a row says tempfail and why (Postfix, gone or tired of waiting, may have delivered the message), and
     # the log has a warning, not an internal error's traceback.
     row = log_rows(conf, capsys)["QEDIT1"]
-    assert row["action"] == "tempfail" and row["reason"].startswith("Postfix did not take the edits (cannot add header)")
+    assert row["action"] == "tempfail" and row["reason"].startswith("Postfix did not take the edits of its rewrite_subject verdict")
+    assert row["score"] == 9.0 and row["symbols"]["TEST_SPAM"] == 9.0  # the verdict that was being sent, kept
     assert "milter_content_timeout" in caplog.text and "internal error" not in caplog.text and "Traceback" not in caplog.text
     # The connection goes on: the next message is judged and logged as usual.
     up_to_body(ctx, "QEDIT2")

@@ -220,3 +220,12 @@ def test_a_return_port_without_milters_or_no_content_filter_is_no_finding() -> N
                                 "smtp       inet  n       -       y       -       -       smtpd -o content_filter=smtp-amavis:[127.0.0.1]:10024")
     found = _judge(_config(), services + AMAVIS, OVERRIDES + "smtp/inet/content_filter = smtp-amavis:[127.0.0.1]:10024\n" + AMAVIS_OVERRIDES)
     assert found["postfix 127.0.0.1:10025/inet content_filter"].status == "fail"
+
+
+def test_a_submission_service_that_skips_the_filter_is_no_return_port() -> None:
+    # Fourth look: -o content_filter= on submission (authenticated mail skips amavis) was failed as a return port,
+    # with advice that would have stopped milterd there.  A filter's return port listens on loopback.
+    submission = "submission inet n       -       y       -       -       smtpd -o content_filter=\n"
+    found = _judge(_config(), SERVICES + submission, OVERRIDES + "submission/inet/content_filter =\n",
+                   content_filter="smtp-amavis:[127.0.0.1]:10024")
+    assert not any(name.endswith("content_filter") for name in found)

@@ -13,6 +13,9 @@ def noreply(func: _F) -> _F: ...
 def nocallback(func: _F) -> _F: ...
 def param2dict(str: list[str]) -> dict[str, str | None]: ...
 
+class DisabledAction(RuntimeError):
+    """Raised by Base's edit methods for an action the MTA did not negotiate."""
+
 class Base:
     _actions: int
     _protocol: int
