@@ -163,7 +163,8 @@ def probe_database(config: Config) -> list[Finding]:
             store.ping()
             current, head = store.schema_version(), store.head_version()
             unknown = current is not None and not store.known_version(current)
-            tables = store.has_tables() if unknown or current is None else None  # before close(): it would open a connection again
+            tables = store.has_tables() if unknown else None  # before close(): it would open a connection again
+            unversioned = store.unversioned(current)
             missing = store.missing_privileges() if current == head else []
         finally:
             store.close()
@@ -177,7 +178,7 @@ def probe_database(config: Config) -> list[Finding]:
             return Finding("database", "ok", f"{url}: schema at {current}")
         if current is not None and unknown:
             return Finding("database", "fail", f"{url}: {unknown_schema(current, head, tables)}")
-        if current is None and tables:
+        if unversioned:
             return Finding("database", "fail", unversioned_tables(config.database.url))
         if config.database.auto_upgrade:
             return Finding("database", "warn", f"{url}: schema at {current or 'nothing'}, serve will upgrade it to {head} (auto_upgrade)")

@@ -213,12 +213,12 @@ def verify(hash: Any, signature: bytes, public_key: dict[str, int]) -> bool:  # 
         # publishes a key record can give it a 16384-bit exponent, 7 s of a worker's CPU a signature.
         return False
     if type(modulus) is int and modulus > 0:
-        size = (modulus.bit_length() + 7) // 8
-        if len(signature) != size or int.from_bytes(signature, "big") >= modulus:
+        size, value = (modulus.bit_length() + 7) // 8, int.from_bytes(signature, "big")
+        if len(signature) != size or value >= modulus:
             # dkimpy takes the signature's integer modulo n (its pow), in a conversion whose cost grows with the
             # square of the length: a b= of 40 KB cost 0.2 s of CPU.  The same number, written in k bytes,
             # gets the same answer from OpenSSL or from dkimpy, at once.
-            signature = (int.from_bytes(signature, "big") % modulus).to_bytes(size, "big")
+            signature = (value % modulus).to_bytes(size, "big")
     if (
         type(modulus) is not int
         or type(exponent) is not int

@@ -162,10 +162,16 @@ _AFTER_SCHEME = (
     r"(?:(?<=(?<![A-Za-z0-9])[hH][tT][tT][pP]://)|(?<=(?<![A-Za-z0-9])[hH][tT][tT][pP][sS\u017f]://)"
     r"|(?<=(?<![A-Za-z0-9])[fF][tT][pP]://))"
 )
-_SCHEME_END = re.compile(rf"://{_TWO}{_AFTER_SCHEME}")
-_WWW = (re.compile(rf"[wW]{{3}}\.{_TWO}"), re.compile(rf"www\.{_TWO}"))
-_SCHEME_END_OLDER = re.compile(rf"://(?={_OLDER_LINK}{{2}}){_AFTER_SCHEME}")
-_WWW_OLDER = (re.compile(rf"[wW]{{3}}\.(?={_OLDER_LINK}{{2}})"), re.compile(rf"www\.(?={_OLDER_LINK}{{2}})"))
+
+
+def _link_starts(two: str) -> tuple[re.Pattern[str], tuple[re.Pattern[str], re.Pattern[str]]]:
+    """The patterns of where a link of one reading can start, *two* the lookahead of its two link characters: the
+    "://" with its scheme before it, and "www." as written and in lower-cased text (:func:`_scan`)."""
+    return re.compile(rf"://{two}{_AFTER_SCHEME}"), (re.compile(rf"[wW]{{3}}\.{two}"), re.compile(rf"www\.{two}"))
+
+
+_SCHEME_END, _WWW = _link_starts(_TWO)
+_SCHEME_END_OLDER, _WWW_OLDER = _link_starts(rf"(?={_OLDER_LINK}{{2}})")
 _TRAILING = ".,;:!?-'"  # what Thunderbird drops from a link's end (FindURLEnd): written after it
 # A link's host as far as bounding the links kept goes (the URI lists read it exactly): after a scheme
 # and any slashes, or after two slashes; userinfo and case dropped.  "" for a link without one.
@@ -194,9 +200,9 @@ _INNER_SLASHES = re.compile(r"[/\\\\]{2}")
 _OPENED_ITSELF = re.compile(r"(?i)\s*(?:https?|ftp|wss?|file|mailto|tel|sms|cid|data|javascript):|\s*[/\\]{2}")
 #: Those of _LINK_ATTRS whose value is itself a link (the others are read by :func:`_attribute_links`).
 _URL_ATTRS = frozenset({"href", "src", "action", "background", "formaction", "xlink:href", "poster"})
-#: A link in CSS: url(...) unquoted or quoted, and @import "..." (CSS escapes are not undone).
 #: A CSS escape in a url() or string: a backslash, then up to six hex digits and one blank, or any one character.
 _CSS_ESCAPED = r"(?>\\(?:[0-9a-fA-F]{1,6}(?:\r\n|[ \t\r\n\f])?|[\s\S]))"  # atomic: "\4141" is read one way only
+#: A link in CSS: url(...) unquoted or quoted, and @import "..." (its escapes undone by :func:`_css_unescaped`).
 _CSS_URL = re.compile(
     rf"""(?i)\burl\(\s*(?:"([^"\\]*+(?:{_CSS_ESCAPED}[^"\\]*+)*+)"|'([^'\\]*+(?:{_CSS_ESCAPED}[^'\\]*+)*+)'"""
     rf"""|([^\s"')\\]*+(?:{_CSS_ESCAPED}[^\s"')\\]*+)*+))"""
@@ -1375,7 +1381,9 @@ def _links(text: str) -> Iterator[str]:
 def _host_key(link: str) -> str:
     """The host of a written-out link (after its "//" and any more slashes or backslashes, as browsers read
     ``http:///host``, or from its "www.") as far as :func:`_links` compares two readings: up to a "/", "\\",
-    "?" or "#", without userinfo, lower-cased; "" where there is none (then the readings count as different)."""
+    "?" or "#", without userinfo, lower-cased; "" where there is none (then the readings count as different).
+    Not ``_HOST_KEY``, which bounds the links kept: it needs an ASCII scheme, where these may be ``httpſ://``
+    or have none (``www.``)."""
     authority = _AUTHORITY_TEXT.match(link if link[3] == "." else link.partition("//")[2].lstrip("/\\"))
     return cast("re.Match[str]", authority).group(0).rpartition("@")[2].lower()
 
