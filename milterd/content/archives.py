@@ -103,6 +103,7 @@ from tnefparse.codepage import Codepage
 from tnefparse.mapi import IMESSAGE_SIG, decode_mapi
 from tnefparse.properties import MAPI_ATTACH_DATA_OBJ, MAPI_ATTACH_FILENAME, MAPI_ATTACH_LONG_FILENAME, MAPI_DISPLAY_NAME
 
+from ..pythonthread import run_on_python_thread
 from .filetypes import ARCHIVE_KINDS, HEAD_SIZE, UNLISTED_ARCHIVE_KINDS, extensions, message_file, outlook_file, outlook_name, sniff
 from .outlookmsg import OLE_OBJECT, Node, document_stream, open_compound, package, packaged_streams, read_stream
 from .outlookmsg import attachments as msg_attachments
@@ -323,7 +324,19 @@ def archive_kind_of(names: Iterable[str], head: bytes) -> str | None:
 
 def list_archive(name: str, data: IO[bytes], kind: str, limits: Limits, aliases: tuple[str, ...] = ()) -> Listing:
     """The members of archive *data* (a seekable file of *kind*) called *name* (or *aliases*, the other names
-    a mail client may save it under), nested archives included."""
+    a mail client may save it under), nested archives included.
+
+    On a libmilter thread the listing runs on a thread Python started (:func:`run_on_python_thread`): libarchive's
+    read callbacks (ctypes) on the former used another connection's Python thread state, or a freed one, and a
+    listing child forked there crashed at its first read (SIGSEGV, up to half the listings through Postfix under
+    concurrent connections: held as ATTACH_ARCHIVE_LIMIT); in the worker (``archive_process = false``) it crashed
+    the worker.
+    """
+    return run_on_python_thread(lambda: _list_archive(name, data, kind, limits, aliases))
+
+
+def _list_archive(name: str, data: IO[bytes], kind: str, limits: Limits, aliases: tuple[str, ...]) -> Listing:
+    """:func:`list_archive` on the calling thread."""
     listing = Listing()
     budget = _Budget(limits.max_size, limits.max_members, limits.max_members, late=min(_LATE_MEMBERS, limits.max_members), attributes=_TNEF_ATTRIBUTES + _TNEF_ATTRIBUTES_PER_MEMBER * limits.max_members,
                      directory=limits.max_directory, child_seconds=limits.max_child_seconds,

@@ -1,13 +1,10 @@
 """SQLAlchemy engines that are safe on libmilter's threads.
 
-A worker's callbacks run on libmilter's POSIX threads, and pymilter gives each
-SMTP connection a Python thread state that later callbacks may use from other
-threads.  CPython's per-thread "GIL state" record (what ``PyGILState_Ensure``
-looks up) is then left pointing at thread states that belong to another
-connection or were freed.  Any C code that calls back into Python through
-``PyGILState_Ensure`` on such a thread hangs the worker (it waits for the GIL
-it already holds) or crashes it ("Fatal Python error: take_gil").  In a
-worker's database code there are three such C callbacks; each is removed here:
+On libmilter's threads CPython's "GIL state" record may name another
+connection's thread state, or a freed one (see :mod:`milterd.pythonthread`):
+C code that calls back into Python through ``PyGILState_Ensure`` there hangs
+the worker or crashes it ("Fatal Python error: take_gil").  In a worker's
+database code there are three such C callbacks; each is removed here:
 
 * sqlite3's function destructors, run when a connection that has Python
   functions is closed or garbage-collected (SQLAlchemy registers ``regexp``
@@ -36,7 +33,6 @@ import math
 import os
 import sqlite3
 import stat
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -47,6 +43,7 @@ from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from ..files import resolved
+from ..pythonthread import run_on_python_thread
 from ..units import connect_timeout_seconds
 from .errors import StoreError
 
@@ -58,32 +55,6 @@ POOL_SIZE = 32
 
 #: ``[database] pool_size``'s default: connections a worker keeps open to a database server.
 DEFAULT_POOL_SIZE = 16
-
-
-def run_on_python_thread(work: Callable[[], T]) -> T:
-    """Run *work* on a thread Python started, and wait for it; return its result or raise its exception.
-
-    Called on a thread Python did not start (a libmilter thread), *work* runs
-    on a short-lived ``threading.Thread``, whose GIL state record is its own;
-    anywhere else it runs in place.
-    """
-    if not isinstance(threading.current_thread(), threading._DummyThread):  # noqa: SLF001 - how threading names foreign threads
-        return work()
-    outcome: list[tuple[bool, Any]] = []
-
-    def target() -> None:
-        try:
-            outcome.append((True, work()))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            outcome.append((False, exc))
-
-    helper = threading.Thread(target=target, name="milterd-store", daemon=True)
-    helper.start()
-    helper.join()
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
 
 
 class CallbackFreeConnection(sqlite3.Connection):

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import smtplib
+import threading
 import time
 from email.message import EmailMessage
 from typing import Any, Callable
@@ -326,19 +327,12 @@ def libarchive_made(tmp_path: Any, format_name: str, files: dict[str, bytes]) ->
 def test_a_7z_is_listed_in_a_child_process_and_rejected_naming_the_file(stack: Stack, tmp_path: Any) -> None:
     seven = libarchive_made(tmp_path, "7zip", {"docs/run.js": b"WScript.Echo(1)", "a.txt": b"hi"})
     workers = stack.milterd.workers()
-    for attempt in (1, 2):
-        subject = f"seven zip {attempt}"
-        try:
-            stack.send(mail(subject, ("files.7z", seven, "application/x-7z-compressed")))
-        except smtplib.SMTPDataError as refused:
-            assert refused.smtp_code == 550
-            assert refused.smtp_error.decode() == "5.7.1 Attachment rejected: files.7z/docs/run.js: banned extension .js"
-            break
-        # Accepted: a whole-suite run once saw it (not reproduced since). Only a listing child cut short (its time or
-        # a crash: a limit, held) may explain it, and a second try must then be refused; anything else fails here.
-        row = row_for(stack, subject)
-        assert attempt == 1 and row["action"] == "quarantine", row
-        assert "unreadable 7z archive" in row["details"].get("ATTACH_ARCHIVE_LIMIT", ""), row
+    # Once held as ATTACH_ARCHIVE_LIMIT in a whole-suite run: the listing child crashed (see
+    # test_archives_sent_on_concurrent_connections_are_all_listed), fixed; no retry hides it now.
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        stack.send(mail("seven zip", ("files.7z", seven, "application/x-7z-compressed")))
+    assert refused.value.smtp_code == 550, row_for(stack, "seven zip")
+    assert refused.value.smtp_error.decode() == "5.7.1 Attachment rejected: files.7z/docs/run.js: banned extension .js"
     assert stack.milterd.workers() == workers
 
 
@@ -390,20 +384,57 @@ def test_an_exe_7zip_opens_in_a_zip_s_hidden_member_or_a_zstd_lzma_or_compress_t
         stack: Stack, subject: str, name: str, data: Callable[[], bytes], member: str) -> None:
     # Each was delivered with no symbol at all: zipfile reads only the last of two zips (7-Zip shows the first),
     # and tars compressed other than gzip, bzip2 or xz were never opened (7-Zip opens them all).
-    for attempt in (1, 2, 3):
-        sent = f"{subject} {attempt}"
-        try:
-            stack.send(mail(sent, (name, data(), "application/octet-stream")))
-        except smtplib.SMTPDataError as refused:
-            assert refused.smtp_code == 550
-            assert refused.smtp_error.decode() == f"5.7.1 Attachment rejected: {member}: banned extension .exe"
-            assert row_for(stack, sent)["details"]["ATTACH_BANNED"] == f"{member}: banned extension .exe"
-            break
-        # Accepted once in a whole-module run under load, and twice in a row in a fresh-clone CI run (the cpio
-        # case): only a listing child cut short (its CPU time; a limit, held) may explain it, as for the 7z test
-        # above; never delivered, and a later try must be refused.
-        row = row_for(stack, sent)
-        assert attempt < 3 and row["action"] == "quarantine" and "ATTACH_ARCHIVE_LIMIT" in row["symbols"], row
+    # Held as ATTACH_ARCHIVE_LIMIT now and then (three times in a row in a CI run): the listing child crashed (see
+    # test_archives_sent_on_concurrent_connections_are_all_listed), fixed; no retry hides it now.
+    try:
+        stack.send(mail(subject, (name, data(), "application/octet-stream")))
+    except smtplib.SMTPDataError as refused:
+        assert refused.smtp_code == 550
+        assert refused.smtp_error.decode() == f"5.7.1 Attachment rejected: {member}: banned extension .exe"
+        assert row_for(stack, subject)["details"]["ATTACH_BANNED"] == f"{member}: banned extension .exe"
+    else:
+        raise AssertionError(f"accepted: {row_for(stack, subject)}")
+
+
+@pytest.fixture(scope="module")
+def in_worker_stack(make_stack: Callable[..., Stack]) -> Stack:
+    """A stack whose workers list libarchive's kinds themselves (``archive_process = false``)."""
+    return make_stack(with_sections(SECTIONS, {"checks": {"attachments": {"archive_process": False}}}))
+
+
+@pytest.mark.parametrize("where", ["child", "worker"])
+def test_archives_sent_on_concurrent_connections_are_all_listed(
+        request: pytest.FixtureRequest, where: str) -> None:
+    # pymilter takes each connection's Python thread state on whichever libmilter thread serves it; libarchive's read
+    # callbacks there ran on another connection's thread state or a freed one. A listing child forked there crashed
+    # (SIGSEGV: 38 of 80 of these held as ATTACH_ARCHIVE_LIMIT, and the single-connection CI failure above), and a
+    # worker listing them itself crashed (451 for every connection it served).
+    stack: Stack = request.getfixturevalue("stack" if where == "child" else "in_worker_stack")
+    workers = stack.milterd.workers()
+    outcomes: dict[str, str] = {}
+
+    def send_some(sender: int) -> None:
+        for number in range(10):
+            subject = f"concurrent {where} {sender} {number}"
+            name, data, member = (("invoice.zip.gz", gzip.compress(bytes(1024) + zipped({"evil.exe": PE})), "invoice.zip.gz/invoice.zip/evil.exe")
+                                  if number % 2 else ("invoice.cpio", libarchive_written("cpio_newc"), "invoice.cpio/evil.exe"))
+            try:
+                stack.send(mail(subject, (name, data, "application/octet-stream")))
+                outcomes[subject] = f"accepted: {row_for(stack, subject)['details']}"
+            except smtplib.SMTPResponseException as refused:
+                expected = f"5.7.1 Attachment rejected: {member}: banned extension .exe"
+                outcomes[subject] = "refused" if (refused.smtp_code, refused.smtp_error.decode()) == (550, expected) else repr(refused)
+            except smtplib.SMTPException as failed:
+                outcomes[subject] = repr(failed)
+
+    senders = [threading.Thread(target=send_some, args=(sender,)) for sender in range(4)]
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        thread.join()
+    assert len(outcomes) == 40
+    assert {subject: outcome for subject, outcome in outcomes.items() if outcome != "refused"} == {}
+    assert stack.milterd.workers() == workers
 
 
 def test_a_zip_uuencoded_in_a_plain_text_body_is_opened(stack: Stack) -> None:

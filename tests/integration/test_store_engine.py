@@ -56,7 +56,7 @@ def test_postgresql_connections_are_opened_on_a_python_thread(monkeypatch: pytes
                 return int(connection.execute(text("SELECT 7")).scalar_one())
 
         assert on_foreign_thread(query) == 7
-        assert len(opened_on) == 1 and opened_on[0].name == "milterd-store"
+        assert len(opened_on) == 1 and opened_on[0].name == "milterd-helper"
     finally:
         engine.dispose()
 

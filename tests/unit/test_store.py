@@ -14,8 +14,9 @@ from sqlalchemy.pool import QueuePool
 
 from milterd.config import DatabaseSection
 from milterd.logs import setup_logging
+from milterd.pythonthread import run_on_python_thread
 from milterd.store import POOL_SIZE, MessageRecord, Store, make_engine
-from milterd.store.engine import OwnedQueuePool, run_on_python_thread
+from milterd.store.engine import OwnedQueuePool
 from tests.harness.threads import on_foreign_thread
 
 
@@ -55,7 +56,7 @@ def test_log_row_round_trip(tmp_path: Path) -> None:
 def test_run_on_python_thread_leaves_foreign_threads() -> None:
     assert isinstance(on_foreign_thread(threading.current_thread), threading._DummyThread)  # noqa: SLF001 - the test's premise
     ran_on = on_foreign_thread(lambda: run_on_python_thread(threading.current_thread))
-    assert not isinstance(ran_on, threading._DummyThread) and ran_on.name == "milterd-store"  # noqa: SLF001
+    assert not isinstance(ran_on, threading._DummyThread) and ran_on.name == "milterd-helper"  # noqa: SLF001
     assert run_on_python_thread(threading.current_thread) is threading.current_thread()  # a Python thread: in place
     with pytest.raises(ZeroDivisionError):
         on_foreign_thread(lambda: run_on_python_thread(lambda: 1 // 0))
