@@ -411,7 +411,7 @@ class LearnerSection(Section):
     enabled: bool = Field(True, description="Run milterd's own classifier (BAYES_* symbols), with its token counts in [database] shared by every worker and MX host; it stays silent until min_spam and min_ham messages are learned (milterd learn).")
     min_spam: int = Field(200, ge=1, description="Spam messages that must be learned before the classifier scores anything (SpamAssassin's bayes_min_spam_num).")
     min_ham: int = Field(200, ge=1, description="Ham messages that must be learned before the classifier scores anything (SpamAssassin's bayes_min_ham_num).")
-    max_size: Size = Field(256 * 1024, le=512 * 1024, description="Bytes of a message the classifier reads (headers and the start of the body; at most 512K, what its tokenizer reads); the rest is not looked at.")
+    max_size: Size = Field(256 * 1024, ge=1024, le=512 * 1024, description="Bytes of a message the classifier reads (headers and the start of the body; at least 1K, at most 512K, what its tokenizer reads); the rest is not looked at.")
     cache_size: int = Field(200000, ge=0, description="Token counts each worker keeps in memory, so that most lookups never reach the database; 0 is off.")
     cache_ttl: Duration = Field(60.0, description="How long a worker reuses a cached count: what another worker or MX host learns is used within this time.")
     autolearn_spam: Threshold = Field(False, description="Learn as spam every message scoring at or above this (the classifier's own BAYES_* score and the CLAMAV_* and ATTACH_* points left out; with [spamd] on, only one spamd judged); false is off. Auto-learning drifts: keep it well above [actions] reject.")

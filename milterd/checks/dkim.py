@@ -50,7 +50,7 @@ class DkimChecks(CheckSwitches):
 
     max_signatures: int = Field(5, ge=0, le=50, description="Most DKIM signatures verified per message (topmost first); the rest are ignored.")
     min_key_bits: int = Field(1024, ge=512, description="Smallest RSA key accepted: a signature made with a smaller key is a permerror (DKIM_INVALID).")
-    max_size: Size = Field(10 * 1024 * 1024, description="Larger messages are not verified (DKIM_NONE with the reason in the log); an aligned signature left unverified does not pass DMARC, and a p=reject failure is then quarantined, not rejected. Keep it at or above Postfix's message_size_limit.")
+    max_size: Size = Field(10 * 1024 * 1024, ge=1024, description="Larger messages are not verified (DKIM_NONE with the reason in the log); an aligned signature left unverified does not pass DMARC, and a p=reject failure is then quarantined, not rejected. Keep it at or above Postfix's message_size_limit. At least 1K (0, Postfix's \"no limit\", had no message verified).")
     unsigned_body: Literal["policy", "pass"] = Field("policy", description="A signature whose body length tag l= leaves part of the body unsigned (text appended after the signed length, which anyone can add to a genuine signed message, RFC 6376 §8.2): \"policy\" gives it the result policy (Authentication-Results dkim=policy with the reason, DKIM_INVALID when no other signature passes, and DMARC does not count it); \"pass\" lets it pass as RFC 6376 allows. The same holds for the newest ARC-Message-Signature of an ARC chain (\"policy\": the chain fails). A signature whose l= covers the whole body passes either way.")
 
 

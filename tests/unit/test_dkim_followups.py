@@ -28,6 +28,9 @@ KEY_NAME = "sel._domainkey.signed.test"
 POLICY = {"_dmarc.signed.test": "v=DMARC1; p=reject"}
 #: SPF passed for an ESP's bounce domain: not aligned with From.
 ESP_SPF = {"result": "pass", "sender": "bounce@esp.example"}
+#: A message over [checks.dkim] max_size at its least (1K).
+LONG = MESSAGE + b"Some text.\r\n" * 100
+OVER = 1024
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +71,10 @@ def run_checks(message: bytes, txt: dict[str, str], max_size: int) -> tuple[list
 
 def test_a_signed_message_over_max_size_is_quarantined_not_rejected_nor_passed(rsa_key: bytes) -> None:
     txt = {KEY_NAME: dkimsign.public_record("rsa", rsa_key), **POLICY}
-    message = signed(rsa_key)
+    message = signed(rsa_key, message=LONG)
     dkim_hits, [dmarc_hit], _ = run_checks(message, txt, 1 << 20)
     assert ([h.symbol for h in dkim_hits], dmarc_hit.symbol) == (["DKIM_VALID", "DKIM_VALID_AUTHOR"], "DMARC_PASS")  # verified: it passes
-    [dkim_hit], [dmarc_hit], envelope = run_checks(message, txt, 100)
+    [dkim_hit], [dmarc_hit], envelope = run_checks(message, txt, OVER)
     # Not verified for its size: it may be genuine or a forger's junk signature, so p=reject holds it, never rejects it.
     assert dkim_hit.symbol == "DKIM_NONE" and dkim_hit.detail.startswith("not verified: size ")
     assert (dmarc_hit.symbol, dmarc_hit.action) == ("DMARC_FAIL_QUARANTINE", Action.QUARANTINE)
@@ -85,20 +88,20 @@ def test_a_signed_message_over_max_size_is_quarantined_not_rejected_nor_passed(r
 
 def test_an_unaligned_or_from_less_signature_over_max_size_still_fails_dmarc(rsa_key: bytes) -> None:
     # A signature that could not have aligned, or could never pass (h= without From), holds nothing back.
-    other = signed(rsa_key, domain="esp.example")
-    [_], [dmarc_hit], _ = run_checks(other, POLICY, 100)
+    other = signed(rsa_key, domain="esp.example", message=LONG)
+    [_], [dmarc_hit], _ = run_checks(other, POLICY, OVER)
     assert (dmarc_hit.symbol, dmarc_hit.action) == ("DMARC_FAIL_REJECT", Action.REJECT)
-    header = dkim.sign(MESSAGE, b"sel", b"signed.test", rsa_key, include_headers=[b"from", b"subject"])
-    no_from = header.replace(b"h=from : subject", b"h=subject").replace(b"h=from:subject", b"h=subject") + MESSAGE
+    header = dkim.sign(LONG, b"sel", b"signed.test", rsa_key, include_headers=[b"from", b"subject"])
+    no_from = header.replace(b"h=from : subject", b"h=subject").replace(b"h=from:subject", b"h=subject") + LONG
     assert b"h=subject" in no_from
-    [_], [dmarc_hit], _ = run_checks(no_from, POLICY, 100)
+    [_], [dmarc_hit], _ = run_checks(no_from, POLICY, OVER)
     assert dmarc_hit.symbol == "DMARC_FAIL_REJECT"
 
 
 def test_only_the_signatures_that_would_be_verified_count(rsa_key: bytes) -> None:
     # [checks.dkim] max_signatures: the aligned signature beyond it would not have been verified either.
-    message = signed(rsa_key, domain="esp.example", message=signed(rsa_key, domain="signed.test"))
-    config = Config.model_validate({"checks": {"dkim": {"max_size": 100, "max_signatures": 1}}})
+    message = signed(rsa_key, domain="esp.example", message=signed(rsa_key, domain="signed.test", message=LONG))
+    config = Config.model_validate({"checks": {"dkim": {"max_size": OVER, "max_signatures": 1}}})
     services: Any = SimpleNamespace(config=config, resolver=Resolver(POLICY))
     envelope = envelope_of(message)
     Dkim(services).on_eom(Session(), envelope)
