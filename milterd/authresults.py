@@ -154,9 +154,8 @@ def _token(text: str) -> str | None:
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u00a0-\U0010ffff-]"  # with RFC 6532's UTF-8 (an SMTPUTF8 message's)
 _LETTER = r"[A-Za-z0-9\u00a0-\U0010ffff]"
 #: ``dot-atom "@" domain-name`` (RFC 8601 §2.2 pvalue; RFC 5322 §3.2.3, RFC 6376 §3.5 domain-name, U-labels too).
-_ADDRESS = re.compile(
-    rf"{_ATEXT}+(?:\.{_ATEXT}+)*@{_LETTER}(?:[A-Za-z0-9\u00a0-\U0010ffff-]*{_LETTER})?(?:\.{_LETTER}(?:[A-Za-z0-9\u00a0-\U0010ffff-]*{_LETTER})?)*"
-)
+_DOMAIN_NAME = rf"{_LETTER}(?:[A-Za-z0-9\u00a0-\U0010ffff-]*{_LETTER})?(?:\.{_LETTER}(?:[A-Za-z0-9\u00a0-\U0010ffff-]*{_LETTER})?)*"
+_ADDRESS = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*@{_DOMAIN_NAME}")
 #: The longest pvalue written, in octets as written (quoted or not): longer than any address
 #: SMTP allows (RFC 5321 §4.5.3.1.3: a path of 256), and short enough for the line a fold leaves it on
 #: to stay far below RFC 5322's 998; a longer one is left out, as one no quoted-string can hold.
@@ -186,6 +185,17 @@ def _pvalue(text: str, ascii_only: bool = False) -> str | None:
     # Measured as authres will write it (it quotes a value that is not a token and has no "@").
     written = str(authres.core.QuotableValue(text).quote_if_needed())
     return text if len(written.encode("utf-8")) <= _MAX_PVALUE else None
+
+
+def _mailfrom(address: str, ascii_only: bool = False) -> str | None:
+    """smtp.mailfrom for the envelope sender *address*: the address as :func:`_pvalue` writes it, else its
+    domain alone (RFC 8601 §2.7.2 allows it), so that a quoted local part (``"john doe"@example.org``,
+    left out whole) still shows which domain SPF judged."""
+    written = _pvalue(address, ascii_only)
+    if written is not None or "@" not in address:
+        return written
+    domain = address.rpartition("@")[2]
+    return _pvalue(domain, ascii_only) if re.fullmatch(_DOMAIN_NAME, domain) else None
 
 
 def _reason(text: str, ascii_only: bool = False) -> str | None:
@@ -248,7 +258,7 @@ def _render(
         results.append(authres.SMTPAUTHAuthenticationResult(result="pass", smtp_auth=_pvalue(auth_user, ascii_only)))
     if spf is not None:
         is_helo, identity, result = spf
-        kwargs = {"smtp_helo": _pvalue(identity, ascii_only)} if is_helo else {"smtp_mailfrom": _pvalue(identity, ascii_only)}
+        kwargs = {"smtp_helo": _pvalue(identity, ascii_only)} if is_helo else {"smtp_mailfrom": _mailfrom(identity, ascii_only)}
         results.append(authres.SPFAuthenticationResult(result=result, **kwargs))
     if dkim is not None:
         if not dkim:
