@@ -22,8 +22,8 @@ from milterd.config import Config
 from milterd.dns import Answer
 from milterd.message.model import Action, Envelope, Session, Spool
 
-from .test_dkim import MESSAGE, FakeResolver
-from .test_dkim_followups import POLICY, run_checks
+from .test_dkim import FakeResolver
+from .test_dkim_followups import LONG, OVER, POLICY, run_checks
 from .test_dmarc_review import TxtTable, run_dmarc
 
 
@@ -146,6 +146,6 @@ def test_a_trusted_sealer_that_recorded_an_aligned_pass_overrides_the_failure(li
 
 def test_a_junk_aligned_signature_on_a_large_message_does_not_escape_p_reject() -> None:
     junk = b"DKIM-Signature: v=1; a=rsa-sha256; d=signed.test; s=x; h=from; bh=AAAA; b=AAAA\r\n"
-    [dkim_hit], [hit], _ = run_checks(junk + MESSAGE, POLICY, 100)  # no key published: nothing to verify it with
+    [dkim_hit], [hit], _ = run_checks(junk + LONG, POLICY, OVER)  # no key published: nothing to verify it with
     assert dkim_hit.symbol == "DKIM_NONE"
     assert (hit.symbol, hit.action) == ("DMARC_FAIL_QUARANTINE", Action.QUARANTINE)

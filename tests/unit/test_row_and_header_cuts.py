@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 import milterd.store as store
 from milterd import authresults, logs
-from milterd.authresults import _pvalue, _reason, _token, authserv_id_of, forged_indexes
+from milterd.authresults import _mailfrom, _pvalue, _reason, _token, authserv_id_of, forged_indexes
 from milterd.checks.arc import ArcResult
 from milterd.checks.dkim import SignatureResult
 from milterd.checks.dmarc import Evaluation
@@ -52,7 +52,7 @@ def _fresh_build(
     if auth_user:
         results.append(authres.SMTPAUTHAuthenticationResult(result="pass", smtp_auth=_pvalue(auth_user)))
     if spf is not None:
-        kwargs = {"smtp_helo": _pvalue(spf["helo"])} if spf["identity"] == "helo" else {"smtp_mailfrom": _pvalue(spf["sender"])}
+        kwargs = {"smtp_helo": _pvalue(spf["helo"])} if spf["identity"] == "helo" else {"smtp_mailfrom": _mailfrom(spf["sender"])}
         results.append(authres.SPFAuthenticationResult(result=spf["result"], **kwargs))
     if dkim is not None:
         if not dkim:
