@@ -14,6 +14,10 @@ from tests.unit.test_config_fuzz import refused, start
     ("[clamav]\nmax_size = 0\n", "[clamav] max_size"),
     ("[clamav]\nmax_size = 25\n", "[clamav] max_size"),
     ('[spamd]\nmax_size = "0"\n', "[spamd] max_size"),
+    # Thirty-ninth session: 0 (Postfix's "no limit" for message_size_limit) had no message's DKIM verified (DMARC
+    # never passed), or the classifier read nothing.
+    ("[checks.dkim]\nenabled = true\nmax_size = 0\n", "[checks.dkim] max_size"),
+    ("[learner]\nmax_size = 0\n", "[learner] max_size"),
 ])
 def test_a_scanner_size_that_scans_nothing_is_refused(tmp_path: Path, conf: str, key: str) -> None:
     error = refused(tmp_path, conf)
@@ -21,7 +25,8 @@ def test_a_scanner_size_that_scans_nothing_is_refused(tmp_path: Path, conf: str,
 
 
 def test_scanner_sizes_from_one_kilobyte_are_taken(tmp_path: Path) -> None:
-    assert start(tmp_path, '[clamav]\nmax_size = "1K"\n[spamd]\nmax_size = 1024\n') == "accepted"
+    assert start(tmp_path, '[clamav]\nmax_size = "1K"\n[spamd]\nmax_size = 1024\n[checks.dkim]\nenabled = true\nmax_size = "1K"\n'
+                           '[learner]\nmax_size = 1024\n') == "accepted"
 
 
 @pytest.mark.parametrize("text", ["<html><body><h1>404 Not Found</h1></body></html>\n", "root:x:0:0:root:/root:/bin/bash\ncom\nuk\n"])
