@@ -156,6 +156,7 @@ _LETTER = r"[A-Za-z0-9\u00a0-\U0010ffff]"
 #: ``dot-atom "@" domain-name`` (RFC 8601 §2.2 pvalue; RFC 5322 §3.2.3, RFC 6376 §3.5 domain-name, U-labels too).
 _DOMAIN_NAME = rf"{_LETTER}(?:[A-Za-z0-9\u00a0-\U0010ffff-]*{_LETTER})?(?:\.{_LETTER}(?:[A-Za-z0-9\u00a0-\U0010ffff-]*{_LETTER})?)*"
 _ADDRESS = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*@{_DOMAIN_NAME}")
+_DOMAIN = re.compile(_DOMAIN_NAME)
 #: The longest pvalue written, in octets as written (quoted or not): longer than any address
 #: SMTP allows (RFC 5321 §4.5.3.1.3: a path of 256), and short enough for the line a fold leaves it on
 #: to stay far below RFC 5322's 998; a longer one is left out, as one no quoted-string can hold.
@@ -195,7 +196,7 @@ def _mailfrom(address: str, ascii_only: bool = False) -> str | None:
     if written is not None or "@" not in address:
         return written
     domain = address.rpartition("@")[2]
-    return _pvalue(domain, ascii_only) if re.fullmatch(_DOMAIN_NAME, domain) else None
+    return _pvalue(domain, ascii_only) if _DOMAIN.fullmatch(domain) else None
 
 
 def _reason(text: str, ascii_only: bool = False) -> str | None:

@@ -35,7 +35,7 @@ import sqlite3
 import stat
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
@@ -46,8 +46,6 @@ from ..files import resolved
 from ..pythonthread import run_on_python_thread
 from ..units import connect_timeout_seconds
 from .errors import StoreError
-
-T = TypeVar("T")
 
 #: Connections a worker keeps open on SQLite (one writer at a time; readers and
 #: waiting writers hold the others).
