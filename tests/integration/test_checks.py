@@ -195,6 +195,14 @@ def test_spf_softfail_is_scored_and_pass_is_in_authentication_results(stack: Sta
     assert "SPF_PASS" in row_for(stack, "spf pass")["symbols"]
 
 
+def test_a_quoted_sender_s_domain_is_in_authentication_results(stack: Stack) -> None:
+    # The address was left out whole (no dot-atom local part may be written safely): the header named no identity.
+    stack.send(message("spf quoted", sender="x@pass.test"), sender='"john doe"@pass.test', xclient=client())
+    assert delivered(stack, "spf quoted").header("Authentication-Results") == [
+        "mx.test; spf=pass smtp.mailfrom=pass.test; dkim=none; arc=none; dmarc=none header.from=pass.test"]
+    assert "SPF_PASS" in row_for(stack, "spf quoted")["symbols"]
+
+
 def test_a_u_label_sender_is_judged_by_its_own_domains_spf(stack: Stack) -> None:
     """MAIL FROM:<x@straße.test> SMTPUTF8: SPF is straße.test's (its IDNA2008 A-label, which passes
     this client), never strasse.test's (IDNA2003's mapping, another domain, whose record fails it)."""
