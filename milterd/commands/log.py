@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 from ..config import load_config
 from ..message.model import Action
+from ..quarantine import claim_text, release_state
 from ..text import cut, escape
 from ..tuning import json_safe
 from . import address_arg, config_parent, count_arg, describe_failure, open_store, since_arg, text_arg
@@ -18,7 +19,10 @@ from . import address_arg, config_parent, count_arg, describe_failure, open_stor
 JSON_FIELDS = (
     "id", "time", "queue_id", "client_addr", "client_name", "helo", "auth_user", "sender", "recipients",
     "subject", "message_id", "size", "score", "action", "reason", "symbols", "details", "elapsed_ms", "mta_host",
+    "quarantine",
 )
+#: The fields of a log row's ``quarantine`` object in ``milterd log --json`` (null: none stored for it).
+QUARANTINE_FIELDS = ("id", "mode", "released_at", "released_by", "release_count", "release")
 #: The symbols the table shows under a message, the weightiest first.
 SHOWN_SYMBOLS = 8
 
@@ -55,8 +59,10 @@ def run_log(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     try:
         # Read in batches and printed as they come: --limit 0 over months of mail in bounded memory.
-        rows = open_store(config).each_message(
-            since=args.since, queue_id=args.queue_id, sender=args.sender, action=args.action, limit=args.limit or None, until=args.until
+        store = open_store(config)
+        rows = store.each_message(
+            since=args.since, queue_id=args.queue_id, sender=args.sender, action=args.action, limit=args.limit or None, until=args.until,
+            quarantine=True,
         )
         first = list(itertools.islice(rows, 1))  # no schema yet, database down: said before any output
     except Exception as exc:  # noqa: BLE001 - no schema yet, database down
@@ -73,6 +79,27 @@ def run_log(args: argparse.Namespace) -> int:
         print(f"\nmilterd: cannot read the rest of the log: {describe_failure(exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _quarantine_json(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A quarantine row as the ``quarantine`` object of ``log --json`` (``release``: null, or a :func:`release_state`)."""
+    if row is None:
+        return None
+    out = {key: row.get(key) for key in QUARANTINE_FIELDS}
+    out["released_at"] = row["released_at"].isoformat() if row.get("released_at") else None
+    out["release"] = release_state(row) or None
+    return out
+
+
+def _quarantine_line(row: dict[str, Any]) -> str | None:
+    """The table's line on the message's quarantine copy: its id and whether it was released."""
+    stored = row.get("quarantine")
+    if stored is None:
+        return "quarantine: no longer stored (deleted or purged)" if row["action"] == Action.QUARANTINE.label else None
+    claim = claim_text(stored)
+    state = release_state(stored)
+    said = "not released" if not state else (f"released {claim}" if state == "released" else claim)
+    return f"quarantine: #{stored['id']} ({escape(str(stored.get('mode') or ''))}), {escape(said)}"
 
 
 def _print_json(rows: Iterable[dict[str, Any]]) -> None:
@@ -92,6 +119,7 @@ def as_json(row: dict[str, Any]) -> dict[str, Any]:
     """A log row as the JSON object ``log --json`` prints."""
     out = {key: row.get(key) for key in JSON_FIELDS}
     out["time"] = row["time"].isoformat() if row.get("time") else None
+    out["quarantine"] = _quarantine_json(row.get("quarantine"))
     return out
 
 
@@ -110,3 +138,5 @@ def print_table(rows: Iterable[dict[str, Any]]) -> None:
             print("      " + " ".join(f"{escape(name)}({score:g})" for name, score in symbols[:SHOWN_SYMBOLS]) + more)
         if row["reason"] and row["action"] not in ("accept",):
             print(f"      reason: {escape(row['reason'])}")
+        if line := _quarantine_line(row):
+            print(f"      {line}")

@@ -668,6 +668,21 @@ class Store:
             row["time"] = as_utc(row["time"])
         return rows
 
+    def _attach_quarantine(self, rows: list[dict[str, Any]]) -> None:
+        """Set each log row's ``quarantine``: its quarantine row (without the message), or None."""
+        ids = [row["id"] for row in rows if row["action"] == "quarantine"]  # the only action that stores a copy
+        stored: dict[int, dict[str, Any]] = {}
+        if ids:
+            table = schema.quarantine
+            query = select(*[c for c in table.c if c.name != "raw"]).where(table.c.message_log_id.in_(ids)).order_by(table.c.id)
+            with self.engine.connect() as connection:
+                for found in connection.execute(query):
+                    copy = dict(found._mapping)
+                    copy["time"], copy["released_at"] = as_utc(copy["time"]), as_utc(copy["released_at"])
+                    stored[copy["message_log_id"]] = copy
+        for row in rows:
+            row["quarantine"] = stored.get(row["id"])
+
     def each_message(
         self,
         since: dt.datetime | None = None,
@@ -677,9 +692,13 @@ class Store:
         limit: int | None = None,
         batch: int = 1000,
         until: dt.datetime | None = None,
+        quarantine: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Log rows matching the filters, newest first, read *batch* at a time: memory stays
-        bounded however many there are (``milterd log --limit 0`` over months of mail)."""
+        bounded however many there are (``milterd log --limit 0`` over months of mail).
+
+        With *quarantine*, each row has ``quarantine``: the quarantine row stored for it (every
+        column but the message; None when there is none), read with its batch in one more query."""
         table = schema.messages
         below: int | None = None
         if until is not None:
@@ -695,6 +714,8 @@ class Store:
             if below is not None:
                 query = query.where(table.c.id < below)
             rows = self._log_rows(query.order_by(table.c.id.desc()).limit(size))
+            if quarantine:
+                self._attach_quarantine(rows)
             yield from rows
             if len(rows) < size:
                 return

@@ -1,0 +1,97 @@
+"""``milterd log`` says what became of a quarantined message: its quarantine id, and whether (and by whom) it was
+released, or that its copy is gone; ``--json`` gives the same as a ``quarantine`` object (null for mail never stored).
+
+An administrator asked "why did this mail reach the user after all?" looks in the log: before, a released message
+showed there only as "quarantine", with nothing to say it was delivered. SQLite in a temporary file; releases go
+through the quarantine fixture's outbox (no mail is sent).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from milterd import cli
+from milterd.quarantine import Quarantine
+from milterd.store import MessageRecord, utcnow
+from milterd.store.quarantine import QuarantineWrite
+from tests.harness import quarantine as quarantine_harness
+
+conf = quarantine_harness.conf
+quarantine = quarantine_harness.quarantine
+outbox = quarantine_harness.outbox
+
+RAW = b"From: a@example.org\r\nSubject: held\r\n\r\nbody\r\n"
+
+
+def add(quarantine: Quarantine, subject: str) -> int:
+    """Store one quarantined message as the pipeline does (log row and quarantine row, one transaction); its quarantine id."""
+    when = utcnow()
+    recipients = ["bob@example.com"]
+    record = MessageRecord(action="quarantine", time=when, mta_host="mx.test", queue_id="QID", sender="alice@example.org", recipients=recipients, subject=subject, score=13.0)
+    row = {
+        "time": when, "mta_host": "mx.test", "queue_id": "QID", "client_addr": "192.0.2.1", "client_name": "unknown", "helo": "h",
+        "sender": "alice@example.org", "recipients": recipients, "subject": subject, "score": 13.0, "reason": "score 13.0 >= 12",
+        "symbols": {"TEST": 13.0}, "size": len(RAW), "mode": "discard", "release_count": 0, "learned_ham": False,
+    }
+    quarantine.store.log_message(record, QuarantineWrite(row, lambda: [RAW]))
+    return int(quarantine.rows(limit=1)[0]["id"])
+
+
+def log(capsys: Any, conf: Path, *args: str) -> str:
+    assert cli.main(["-c", str(conf), "log", *args]) == 0
+    return str(capsys.readouterr().out)
+
+
+def blocks(table: str) -> dict[str, str]:
+    """The table's messages: each message line (by its subject, its last column) → the indented lines under it, joined."""
+    said: dict[str, str] = {}
+    subject = ""
+    for line in table.splitlines()[1:]:
+        if line.startswith(" "):
+            said[subject] += line.strip() + "\n"
+        else:
+            subject = line.rsplit("  ", 1)[-1].strip()
+            said[subject] = ""
+    return said
+
+
+def test_the_log_says_which_quarantined_message_was_released_and_by_whom(conf: Path, quarantine: Quarantine, outbox: Any, capsys: Any) -> None:
+    released = add(quarantine, "released one")
+    kept = add(quarantine, "kept one")
+    deleted = add(quarantine, "deleted one")
+    quarantine.store.log_message(MessageRecord(action="accept", time=utcnow(), mta_host="mx.test", queue_id="QOK", sender="x@example.org", recipients=["bob@example.com"], subject="plain", score=0.0))
+    assert quarantine.release(released, who="admin@mx.test").ok and outbox.sent == ["bob@example.com"]
+    assert quarantine.delete([deleted]) == 1
+
+    said = blocks(log(capsys, conf))
+    assert len(said) == 4
+    released_text = next(text for subject, text in said.items() if "released one" in subject)
+    assert f"quarantine: #{released} (discard), released " in released_text and "by admin@mx.test (1 time(s))" in released_text
+    kept_text = next(text for subject, text in said.items() if "kept one" in subject)
+    assert f"quarantine: #{kept} (discard), not released" in kept_text
+    deleted_text = next(text for subject, text in said.items() if "deleted one" in subject)
+    assert "quarantine: no longer stored (deleted or purged)" in deleted_text
+    plain_text = next(text for subject, text in said.items() if "plain" in subject)
+    assert "quarantine:" not in plain_text
+
+    by_subject = {row["subject"]: row for row in json.loads(log(capsys, conf, "--json"))}
+    assert by_subject["released one"]["quarantine"]["id"] == released
+    assert by_subject["released one"]["quarantine"]["release"] == "released"
+    assert by_subject["released one"]["quarantine"]["released_by"] == "admin@mx.test"
+    assert by_subject["released one"]["quarantine"]["release_count"] == 1
+    assert by_subject["released one"]["quarantine"]["released_at"].startswith(str(utcnow().year))
+    assert by_subject["kept one"]["quarantine"] == {
+        "id": kept, "mode": "discard", "released_at": None, "released_by": None, "release_count": 0, "release": None,
+    }
+    assert by_subject["deleted one"]["quarantine"] is None and by_subject["plain"]["quarantine"] is None
+
+
+def test_the_quarantine_rows_are_read_with_each_batch_of_log_rows(conf: Path, quarantine: Quarantine) -> None:
+    """More log rows than one batch: every quarantined one still finds its copy (ids across batches)."""
+    ids = [add(quarantine, f"m{i}") for i in range(7)]
+    rows = list(quarantine.store.each_message(batch=3, quarantine=True))
+    assert sorted(row["quarantine"]["id"] for row in rows) == sorted(ids)
+    assert all(row["quarantine"]["message_log_id"] == row["id"] for row in rows)
+    assert "quarantine" not in next(quarantine.store.each_message())  # only when asked: one query less
