@@ -266,7 +266,12 @@ class DnsLists(ConfiguredCheck[DnsblChecks]):
         return hits
 
     def _reasons(self, ip: str, listings: list[Listing], deadline: float) -> dict[str, str]:
-        """The TXT record of each listing (the zone's reason), asked for concurrently."""
+        """The TXT record (the zone's reason) of each listing that rejects, asked for concurrently.
+
+        Only those: the reply quotes it.  The wait shares the stage's DNS deadline with the
+        sender's and SPF's lookups, so a list slow to answer TXT (or never answering it) for a
+        listing that only scores cost them their answers (MAIL_FROM_TEMPFAIL) for a log detail."""
+        listings = [listing for listing in listings if listing.zone.kind == "dnsbl" and any(reject for _, reject in listing.symbols)]
         if not listings:
             return {}
         queries = [(dnsbl_name(ip, listing.zone.zone) or "", "TXT") for listing in listings]

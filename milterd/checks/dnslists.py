@@ -32,7 +32,10 @@ L = TypeVar("L")
 
 NAME = re.compile(r"[A-Z][A-Z0-9_]{0,47}\Z")  # \Z: "$" also matched before a final newline (a zone "….net\n" was asked)
 ZONE = re.compile(r"(?=.{1,200}\Z)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)+[A-Za-z0-9_-]{1,63}\.?\Z")
-LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+#: A list's ``refused`` when its table has none: the range Spamhaus answers for a query it will not
+#: answer (252: a typing error, 254: a public resolver, 255: too many queries), as other lists do.
+DEFAULT_REFUSED = ("127.255.255.*",)
 
 
 @dataclass(frozen=True)
@@ -130,21 +133,22 @@ def answer_matches(pattern: str, answer: str) -> bool:
 
 
 def valid_pattern(pattern: Any) -> bool:
-    """Whether *pattern* is an answer pattern :func:`answer_matches` understands."""
+    """Whether *pattern* is an answer pattern :func:`answer_matches` understands, of answers in
+    127.0.0.0/8 only: the others are never looked at (:func:`listing_answers`), so a pattern
+    naming one would never match, silently."""
     if not isinstance(pattern, str) or not pattern:
         return False
     try:
         if "-" in pattern:
             low, high = (ipaddress.IPv4Address(p.strip()) for p in pattern.split("-", 1))
-            return low <= high
+            return low <= high and low in LOOPBACK and high in LOOPBACK
         if "/" in pattern:
-            ipaddress.IPv4Network(pattern, strict=False)
-            return True
+            return ipaddress.IPv4Network(pattern, strict=False).subnet_of(LOOPBACK)
         if "*" in pattern:
+            # Each octet as the answer writes it (fnmatch compares text): "02" or a full-width digit never matches.
             parts = pattern.split(".")
-            return len(parts) == 4 and all(p == "*" or (p.isdigit() and int(p) < 256) for p in parts)
-        ipaddress.IPv4Address(pattern)
-        return True
+            return len(parts) == 4 and parts[0] == "127" and all(p == "*" or (p.isascii() and p.isdigit() and str(int(p)) == p and int(p) < 256) for p in parts)
+        return ipaddress.IPv4Address(pattern) in LOOPBACK
     except ValueError:
         return False
 
@@ -186,9 +190,11 @@ def parse_list_table(kind: ListKind, file: Any, position: int, entry: Any) -> tu
         raise ConfigError(file, f"{where}.zone", f"must be a DNS zone such as \"{kind.zone_example}\"")
     score = number(file, f"{where}.score", entry.get("score", kind.default_score))
     reject = action(file, f"{where}.action", entry.get("action", "score"))
-    refused = entry.get("refused", [])
+    # Without the key, the error range lists answer (Spamhaus: a public resolver, too many queries) is not a listing:
+    # a table written without it rejected, or allow-listed, every client a public resolver asked for.
+    refused = entry.get("refused", list(DEFAULT_REFUSED))
     if not isinstance(refused, list) or not all(valid_pattern(p) for p in refused):
-        raise ConfigError(file, f"{where}.refused", "must be a list of answers such as [\"127.255.255.*\"]")
+        raise ConfigError(file, f"{where}.refused", "must be a list of answers in 127.0.0.0/8 such as [\"127.255.255.*\"]")
     description = entry.get("description", f"{kind.listed} {hide_access_key(zone, zone)}")
     if not isinstance(description, str):
         raise ConfigError(file, f"{where}.description", "must be a string")
@@ -222,7 +228,7 @@ def parse_code(kind: ListKind, file: Any, where: str, code: Any, base: str, scor
     if isinstance(answers, str):
         answers = [answers]
     if not isinstance(answers, list) or not (answers or masks) or not all(valid_pattern(a) for a in answers):
-        raise ConfigError(file, f"{where}.answers", f"must list answers: {kind.answers_example}")
+        raise ConfigError(file, f"{where}.answers", f"must list answers in 127.0.0.0/8: {kind.answers_example}")
     mask = code.get("mask", 0)
     if isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask <= 255:
         raise ConfigError(file, f"{where}.mask", "must be a number from 1 to 255 (bits of the answer's last octet)")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from milterd.checks.dnsbl import Zone, parse_zone
+from milterd.checks.dnslists import DEFAULT_REFUSED
 from milterd.cli import main
 from milterd.ruleset import SHIPPED_DIR, load_ruleset
 
@@ -117,4 +118,5 @@ def test_a_replacement_keeps_none_of_the_shipped_keys(tmp_path: Path, capsys: py
     conf = write(tmp_path, '[[dnsbl]]\nname = "SPAMHAUS"\nzone = "bl.example.test"\n', DNS + "[checks.uribl]\nip_lists = []\n")
     assert lint(conf, capsys) == (0, "")
     zone, _ = spamhaus(tmp_path / "rules")
-    assert (zone.zone, zone.codes, zone.refused, zone.reject) == ("bl.example.test", (), (), False)
+    # refused: every table's default when it has none (the 127.255.255.* error range), not the shipped table's.
+    assert (zone.zone, zone.codes, zone.refused, zone.reject) == ("bl.example.test", (), DEFAULT_REFUSED, False)
