@@ -279,6 +279,16 @@ def claim_attempt(row: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def claim_refusals(row: dict[str, Any]) -> int:
+    """How many recipients the server refused in the attempt that holds *row*'s claim (a partial release: the
+    others got the message, so the row reads as released), named or only counted in its record."""
+    attempt = claim_attempt(row)
+    if attempt is None:
+        return 0
+    more = attempt.get("refused_more") or {}
+    return len(attempt.get("refused") or {}) + sum(int(n) for n in more.values()) + int(attempt.get("refused_other") or 0)
+
+
 def release_state(row: dict[str, Any]) -> ReleaseState:
     """Whether *row* is released: ``""`` (not claimed), ``"released"`` (its claim's attempt delivered),
     ``"unknown"`` (its claim's attempt lost the connection after sending) or ``"unrecorded"`` (claimed,
@@ -300,7 +310,9 @@ def claim_text(row: dict[str, Any]) -> str:
         return ""
     when, who = f"{row['released_at']:%Y-%m-%d %H:%M:%S} UTC", row["released_by"]
     if state == "released":
-        return f"{when} by {who} ({row['release_count']} time(s))"
+        refused = claim_refusals(row)
+        partly = f"; {refused} recipient(s) refused it (release --force --to ADDR to try them again)" if refused else ""
+        return f"{when} by {who} ({row['release_count']} time(s)){partly}"
     earlier = f"; delivered {row['release_count']} time(s) before" if row.get("release_count") else ""
     if state == "unknown":
         return (
@@ -481,7 +493,9 @@ def format_digest(
     for row in listed:
         state, released = release_state(row), ""
         if state == "released":
-            released = f"  released {row['released_at']:%Y-%m-%d %H:%M} by {_field(row['released_by'])}\n"
+            refused = claim_refusals(row)
+            partly = f" ({refused} recipient(s) refused it)" if refused else ""
+            released = f"  released {row['released_at']:%Y-%m-%d %H:%M} by {_field(row['released_by'])}{partly}\n"
         elif state:
             released = f"  {_field(claim_text(row), 2 * DIGEST_FIELD_WIDTH)}\n"
         lines.append(

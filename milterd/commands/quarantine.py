@@ -13,7 +13,7 @@ from typing import Any, Callable
 from .. import reinject
 from ..config import load_config
 from ..logs import MAX_LOG_RECIPIENTS
-from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, claim_text, header_section, is_left_out, release_command, release_state
+from ..quarantine import Quarantine, QuarantineError, as_json, calling_user, claim_refusals, claim_text, header_section, is_left_out, release_command, release_state
 from ..store import StoreError, utcnow
 from ..text import cut, escape
 from ..tuning import json_safe
@@ -214,7 +214,9 @@ def history_lines(history: list[Any]) -> list[str]:
             continue
         if not isinstance(attempt, dict):
             continue
-        outcome = "ok" if attempt.get("ok") else ("OUTCOME UNKNOWN" if attempt.get("unknown") else "FAILED")
+        refused = attempt.get("refused") or attempt.get("refused_more") or attempt.get("refused_other")
+        partly = attempt.get("delivered") and refused
+        outcome = "ok" if attempt.get("ok") else ("OUTCOME UNKNOWN" if attempt.get("unknown") else "PARTLY DELIVERED" if partly else "FAILED")
         command = f" ({attempt['command']})" if attempt.get("command") else ""
         lines.append(f"  attempt {attempt.get('time', '')} by {attempt.get('by', '')}: {outcome}{command} {attempt.get('error', '')}".rstrip())
         more = attempt.get("refused_more") or {}
@@ -332,11 +334,12 @@ def run_purge(args: argparse.Namespace, quarantine: Quarantine) -> int:
 
 
 def _list_state(row: dict[str, Any]) -> str:
-    """The ``released`` column of ``list``: the day it was released, ``unknown`` or ``unrecorded``
-    (claimed, no delivery known: see ``show``), ``held`` or ``-``."""
+    """The ``released`` column of ``list``: the day it was released, ``partly`` (released, some
+    recipients refused it), ``unknown`` or ``unrecorded`` (claimed, no delivery known: see ``show``),
+    ``held`` or ``-``."""
     state = release_state(row)
     if state == "released":
-        return f"{row['released_at']:%Y-%m-%d}"
+        return "partly" if claim_refusals(row) else f"{row['released_at']:%Y-%m-%d}"
     if state:
         return state
     return "held" if row["mode"] == "hold" else "-"

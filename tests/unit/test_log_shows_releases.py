@@ -8,11 +8,13 @@ through the quarantine fixture's outbox (no mail is sent).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
 from milterd import cli
+from milterd import quarantine as quarantine_module
 from milterd.quarantine import Quarantine
 from milterd.store import MessageRecord, utcnow
 from milterd.store.quarantine import QuarantineWrite
@@ -95,3 +97,52 @@ def test_the_quarantine_rows_are_read_with_each_batch_of_log_rows(conf: Path, qu
     assert sorted(row["quarantine"]["id"] for row in rows) == sorted(ids)
     assert all(row["quarantine"]["message_log_id"] == row["id"] for row in rows)
     assert "quarantine" not in next(quarantine.store.each_message())  # only when asked: one query less
+
+
+class PartlyOutbox:
+    """Delivers to every recipient but those in *refuse* (550 5.1.1), as a re-injection smtpd would."""
+
+    def __init__(self, refuse: set[str]) -> None:
+        self.refuse = refuse
+
+    def send(self, target: Any, sender: str, recipients: list[str], message: Any, helo: str, **kwargs: Any) -> tuple[dict[str, str], dict[str, str]]:
+        b"".join(message)
+        delivered = {r: "250 2.0.0 Ok: queued as 4QID" for r in recipients if r not in self.refuse}
+        return delivered, {r: "550 5.1.1 no such user" for r in recipients if r in self.refuse}
+
+
+def test_a_partial_release_reads_as_partial_in_list_show_log_and_digest(conf: Path, quarantine: Quarantine, capsys: Any, monkeypatch: Any) -> None:
+    """Released to two of three recipients: before, list showed the release date, show headed it "released … (1 time(s))"
+    over an attempt labelled FAILED, and digests said "released", with no sign that one recipient never got it."""
+    when = utcnow()
+    recipients = ["bob@example.com", "gone@example.com", "carol@example.com"]
+    record = MessageRecord(action="quarantine", time=when, mta_host="mx.test", queue_id="QID", sender="alice@example.org", recipients=recipients, subject="partly", score=13.0)
+    row = {
+        "time": when, "mta_host": "mx.test", "queue_id": "QID", "client_addr": "192.0.2.1", "client_name": "unknown", "helo": "h",
+        "sender": "alice@example.org", "recipients": recipients, "subject": "partly", "score": 13.0, "reason": "score 13.0 >= 12",
+        "symbols": {"TEST": 13.0}, "size": len(RAW), "mode": "discard", "release_count": 0, "learned_ham": False,
+    }
+    quarantine.store.log_message(record, QuarantineWrite(row, lambda: [RAW]))
+    row_id = int(quarantine.rows(limit=1)[0]["id"])
+    monkeypatch.setattr(quarantine_module.reinject, "send", PartlyOutbox({"gone@example.com"}).send)
+    report = quarantine.release(row_id, who="admin@mx.test")
+    assert report.partial and set(report.delivered) == {"bob@example.com", "carol@example.com"}
+
+    assert cli.main(["-c", str(conf), "quarantine", "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()[1]
+    assert " partly " in listed and f"{when:%Y-%m-%d}" in listed  # the time it was quarantined, not a release date
+    assert cli.main(["-c", str(conf), "quarantine", "show", str(row_id)]) == 0
+    shown = capsys.readouterr().out
+    assert "(1 time(s)); 1 recipient(s) refused it (release --force --to ADDR to try them again)" in shown
+    assert ": PARTLY DELIVERED" in shown and "FAILED" not in shown
+    assert "<gone@example.com>: 550 5.1.1 no such user" in shown
+    [logged] = [text for subject, text in blocks(log(capsys, conf)).items() if subject.endswith(" partly")]
+    assert "1 recipient(s) refused it" in logged
+    digest = quarantine_module.format_digest(quarantine.rows(), quarantine.config, when - dt.timedelta(days=1), utcnow(), total=1, reasons=[])
+    assert "by admin@mx.test (1 recipient(s) refused it)" in digest
+
+    # The others released: no longer partial.
+    monkeypatch.setattr(quarantine_module.reinject, "send", PartlyOutbox(set()).send)
+    assert quarantine.release(row_id, who="admin@mx.test", force=True, to=["gone@example.com"]).ok
+    assert cli.main(["-c", str(conf), "quarantine", "list"]) == 0
+    assert " partly " not in capsys.readouterr().out.splitlines()[1]
