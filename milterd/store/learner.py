@@ -49,6 +49,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import weakref
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Sequence
@@ -503,9 +504,10 @@ class LearnerStore:
         at that moment are left to the next expiry (it is counting them, or taking them
         away: in use, or soon due again).
 
-        The first two go :data:`EXPIRE_BATCH` per transaction, :data:`EXPIRE_PAUSE` seconds
-        apart: millions due at once (a corpus learned *token_expiry* ago) held SQLite's write
-        lock past busy_timeout, and the mail's log rows were tempfailed meanwhile."""
+        Each goes :data:`EXPIRE_BATCH` per transaction, :data:`EXPIRE_PAUSE` seconds
+        apart: millions due at once (a corpus learned *token_expiry* ago, or *max_tokens*
+        lowered) held SQLite's write lock past busy_timeout, and the mail's log rows were
+        tempfailed meanwhile."""
         table = tokens_table
         day = day_number(older_than)
         token = table.c.token
@@ -530,13 +532,28 @@ class LearnerStore:
             deleted += drained(and_(table.c.atime < day, table.c.spam + table.c.ham <= rare))
             if not max_tokens:
                 return deleted
+            due = array("q")
             with self.engine.begin() as connection:
                 advisory_lock(connection, HOUSEKEEPING_LOCK)  # after another host's expiry: this one counts what it left
                 total = int(connection.execute(select(func.count()).select_from(table)).scalar() or 0)
-                if total > max_tokens:
-                    excess = select(table.c.token).order_by(table.c.atime, table.c.spam + table.c.ham, table.c.token).limit(total - max_tokens).scalar_subquery()
-                    deleted += int(connection.execute(delete(table).where(deletable(connection, token, table.c.token.in_(excess)))).rowcount or 0)
-                return deleted
+                if total <= max_tokens:
+                    return deleted
+                excess = select(token, table.c.atime).order_by(table.c.atime, table.c.spam + table.c.ham, token).limit(total - max_tokens)
+                latest = 0
+                for key, atime in connection.execute(excess):
+                    due.append(key)
+                    latest = atime
+            # Chosen in one read, deleted EXPIRE_BATCH at a time as above (one DELETE of a million held SQLite's write
+            # lock past busy_timeout, and PostgreSQL's learners waited for those rows as long).  Another host's
+            # expiry meanwhile chooses the same least recently learned tokens, not as many more; one learned again
+            # since it was chosen (its atime today) stays.
+            for start in range(0, len(due), EXPIRE_BATCH):
+                if start:
+                    time.sleep(EXPIRE_PAUSE)
+                chosen = token.in_(due[start:start + EXPIRE_BATCH].tolist()) & (table.c.atime <= latest)
+                with self.engine.begin() as connection:
+                    deleted += int(connection.execute(delete(table).where(deletable(connection, token, chosen))).rowcount or 0)
+            return deleted
 
         return guarded("expire the classifier's tokens", work)
 

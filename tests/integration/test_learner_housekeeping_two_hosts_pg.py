@@ -29,12 +29,13 @@ def count(store: Store, table: Any) -> int:
         return int(connection.execute(select(func.count()).select_from(table)).scalar() or 0)
 
 
-def raced(first: Store, second: Store, job: Callable[[LearnerStore], int]) -> tuple[int, int]:
-    """*job* on *first*, held between its count and its delete until *job* on *second* is done (2 s at most)."""
+def raced(first: Store, second: Store, job: Callable[[LearnerStore], int], at: Callable[[str], bool] = lambda s: "LIMIT" in s) -> tuple[int, int]:
+    """*job* on *first*, held between its count and its delete (the first DELETE whose text *at* accepts, upper-cased)
+    until *job* on *second* is done (2 s at most)."""
     reached, go = threading.Event(), threading.Event()
 
     def hold(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("DELETE") and "LIMIT" in statement.upper():
+        if statement.lstrip().upper().startswith("DELETE") and at(statement.upper()) and not reached.is_set():
             reached.set()  # it has counted
             go.wait(2)
 
@@ -64,5 +65,22 @@ def test_fix_two_hosts_dropping_digests_at_once_keep_the_bound() -> None:
             first, second = raced(host_a, host_b, lambda learner: learner.expire(NOW - dt.timedelta(days=365), 1, 600))
             assert count(host_a, tokens_table) == 600, (first, second)
             assert first + second == 400
+        finally:
+            host_b.close()
+
+
+def test_two_hosts_deleting_the_excess_over_max_tokens_in_batches_keep_the_bound() -> None:
+    """The excess is chosen in one read and deleted in batches (one DELETE of millions held learners and SQLite's
+    write lock): a host held after its choice, before its first batch, while the other expires, deletes nothing more."""
+    with pgdb.upgraded_store("the learner's max_tokens expiry on two hosts") as host_a:
+        host_b = Store(DatabaseSection(url=str(host_a.engine.url.render_as_string(hide_password=False))))
+        try:
+            filled(host_a)
+            first, second = raced(host_a, host_b, lambda learner: learner.expire(NOW - dt.timedelta(days=365), 1, 600), at=lambda s: "LIMIT" not in s)
+            assert count(host_a, tokens_table) == 600, (first, second)
+            assert (first, second) == (0, 400)
+            with host_a.engine.connect() as connection:
+                kept = sorted(connection.execute(select(tokens_table.c.token)).scalars())
+            assert kept == [i for i in range(1000) if i % 50 >= 20]  # the least recently learned went
         finally:
             host_b.close()
