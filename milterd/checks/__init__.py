@@ -125,6 +125,11 @@ class Check:
         """The client said HELO or EHLO (``session.helo``)."""
         return ()
 
+    def before_mail(self, session: Session, envelope: Envelope) -> None:
+        """MAIL FROM, before any check's :meth:`on_mail`: start the lookups this check's ``on_mail`` will
+        wait for, so that they run while the checks before it wait for theirs (all within the stage's
+        one DNS deadline)."""
+
     def on_mail(self, session: Session, envelope: Envelope) -> Hits:
         """MAIL FROM (``envelope.sender``, ``session.auth_user``)."""
         return ()

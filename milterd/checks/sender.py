@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ..dns import a_label, fold_case
+from ..dns import Answer, a_label, fold_case
 from ..message.model import Envelope, Hit, Session
 from ..options import CheckSwitches
 from . import Hits, Symbol
@@ -103,6 +103,9 @@ def _is_ipv4(text: str) -> bool:
     return True
 
 
+_STATE = "sender"
+
+
 class Sender(ConfiguredCheck[SenderChecks]):
     """The envelope sender."""
 
@@ -117,6 +120,22 @@ class Sender(ConfiguredCheck[SenderChecks]):
         Symbol("MAIL_FROM_TEMPFAIL", 0.0, "MAIL FROM's domain could not be looked up (DNS error)"),
     )
 
+    def before_mail(self, session: Session, envelope: Envelope) -> None:
+        # The MX question goes out now, not when the checks before this one (HELO, reverse DNS) are done waiting:
+        # a client whose HELO name's or PTR's nameserver never answers spent the stage's deadline on them, and the
+        # sender domain's MX was never asked (MAIL_FROM_TEMPFAIL instead of MAIL_FROM_NO_MX).
+        envelope.check_state(_STATE).clear()
+        domain = self._domain(envelope.sender.strip())
+        if domain:
+            resolver = self.services.resolver
+            envelope.check_state(_STATE)["mx"] = (domain, resolver.submit(domain, "MX", resolver.stage_deadline(envelope.dns_deadlines, "mail")))
+
+    def _domain(self, sender: str) -> str:
+        """The domain of *sender* to look up, or "" (none, not an address to look up, or resolve = false)."""
+        if not sender or address_problem(sender) or not self.options.resolve:
+            return ""
+        return fold_case(sender.rpartition("@")[2].rstrip("."))
+
     def on_mail(self, session: Session, envelope: Envelope) -> Hits:
         sender = envelope.sender.strip()
         if not sender:
@@ -128,14 +147,20 @@ class Sender(ConfiguredCheck[SenderChecks]):
             return [Hit("MAIL_FROM_IP_LITERAL", detail=sender[:100])]
         if problem == "no_dot":
             return [Hit("MAIL_FROM_NO_DOT", detail=sender[:100])]
-        if not self.options.resolve:
+        domain = self._domain(sender)
+        if not domain:
             return ()
-        domain = fold_case(sender.rpartition("@")[2].rstrip("."))
-        return self._mail_domain(domain, self.services.resolver.stage_deadline(envelope.dns_deadlines, "mail"))
-
-    def _mail_domain(self, domain: str, deadline: float) -> list[Hit]:
         resolver = self.services.resolver
-        mx = resolver.mx(domain, deadline)
+        deadline = resolver.stage_deadline(envelope.dns_deadlines, "mail")
+        started = envelope.check_state(_STATE).pop("mx", None)
+        if started is not None and started[0] == domain:
+            mx = resolver.collect([started[1]], [(domain, "MX")], deadline)[0]
+        else:
+            mx = resolver.mx(domain, deadline)
+        return self._mail_domain(domain, mx, deadline)
+
+    def _mail_domain(self, domain: str, mx: Answer, deadline: float) -> list[Hit]:
+        resolver = self.services.resolver
         if mx.failed:
             return [Hit("MAIL_FROM_TEMPFAIL", detail=f"{domain}: {mx.error}")]
         if mx.ok:

@@ -178,6 +178,7 @@ class Pipeline:
         """MAIL FROM; rejects delayed from connect and HELO apply here, once SMTP AUTH is known."""
         decision = self._forced(session, envelope, session.hits)
         if decision is None:
+            self._run(self._overriding("before_mail", session), session, lambda c: _started(c.before_mail, session, envelope))
             hits = self._run(self._at_mail, session, lambda c: c.on_mail(session, envelope))
             envelope.hits.extend(h for h in hits if h.action is None)
             decision = self._forced(session, envelope, hits)
@@ -804,3 +805,9 @@ def decode_subject(value: str | None) -> str:
     if not value:
         return ""
     return decoded(value)
+
+
+def _started(hook: Callable[[Session, Envelope], None], session: Session, envelope: Envelope) -> Hits:
+    """Run a ``before_…`` *hook* (it starts lookups, and has no hits of its own) as the stage runner runs checks."""
+    hook(session, envelope)
+    return ()
