@@ -181,7 +181,7 @@ class ActionsSection(Section):
     greylist: Threshold = Field(False, description="Score at or above which the message is greylisted at end of data (score-based greylisting); false is off.")
     quarantine: Threshold = Field(12.0, description="Score at or above which the message is quarantined.")
     reject: Threshold = Field(15.0, description="Score at or above which the message is rejected with 550 5.7.1.")
-    subject_tag: str = Field("[SPAM]", description="Prefix put before the Subject at rewrite_subject.")
+    subject_tag: str = Field("[SPAM]", description="Prefix put before the Subject at rewrite_subject. One that is not ASCII is written as an RFC 2047 encoded-word (UTF-8) before a Subject that is ASCII, so that mail sent without SMTPUTF8 gets no 8-bit header; before a Subject already in raw UTF-8, as it is.")
     reject_message: str = Field("Message rejected as spam", description="Human text of the 550 reply; the score is appended.")
     headers: bool = Field(True, description="Add X-Spam-Status and X-Spam-Score to every scored message (X-Spam-Flag only at add_header); the sender's own X-Spam-* fields are removed, and the Subject tagged at rewrite_subject, either way.")
 

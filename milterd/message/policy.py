@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
+from email.header import Header
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from ..content.headertext import decoded
@@ -379,15 +380,39 @@ def tag_subject(subject: str | None, tag: str) -> list[HeaderEdit]:
     hop may have written it in an RFC 2047 encoded-word, ``=?utf-8?q?=5BSPAM=5D_…?=``).
     """
     if subject is None:
-        return [HeaderEdit("add", "Subject", tag)]
+        return [HeaderEdit("add", "Subject", written_tag(tag, ""))]
     if subject.lstrip().startswith(tag) or decoded(subject).lstrip().startswith(tag) or not taggable(subject):
         return []
-    tagged = f"{tag} {subject.lstrip()}"
+    if not subject.strip():
+        return [HeaderEdit("change", "Subject", written_tag(tag, ""), 1)]
+    rest = subject.lstrip()
+    # Before an encoded-word, the tag's own ends with the space: the blank between two encoded-words is not shown.
+    shown = written_tag(tag, rest)
+    if shown != tag and _encoded_first(rest):
+        shown = written_tag(tag + " ", rest)
+    tagged = f"{shown} {rest}"
     if len(f"Subject: {tagged.split(chr(10), 1)[0]}".encode()) > MAX_LINE_OCTETS:
         # Its first line past RFC 5322's 998 octets: Postfix would break it where it is long (smtp_line_length_limit),
         # changing the Subject and breaking a signature over it; folded after the tag, it is read as the same text.
-        tagged = f"{tag}\n {subject.lstrip()}"
+        tagged = f"{shown}\n {rest}"
     return [HeaderEdit("change", "Subject", tagged, 1)]
+
+
+def written_tag(tag: str, subject: str) -> str:
+    """*tag* as it is written before *subject*: as it is when either is ASCII-only text or the Subject is
+    8-bit already, else as an RFC 2047 encoded-word (a UTF-8 tag written raw into an ASCII Subject made an
+    8-bit header in mail that may not carry one, sent without SMTPUTF8)."""
+    if tag.isascii() or not subject.isascii():
+        return tag
+    return Header(tag, "utf-8").encode(linesep="\n")
+
+
+def _encoded_first(subject: str) -> bool:
+    """Whether *subject* begins with an RFC 2047 encoded-word."""
+    return _ENCODED_WORD.match(subject) is not None
+
+
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=(\s|$)")
 
 
 #: The most octets a line of a message may have, its CRLF not counted (RFC 5322 §2.1.1).
