@@ -27,10 +27,10 @@ outbox = quarantine_harness.outbox
 RAW = b"From: a@example.org\r\nSubject: held\r\n\r\nbody\r\n"
 
 
-def add(quarantine: Quarantine, subject: str) -> int:
+def add(quarantine: Quarantine, subject: str, recipients: list[str] | None = None) -> int:
     """Store one quarantined message as the pipeline does (log row and quarantine row, one transaction); its quarantine id."""
     when = utcnow()
-    recipients = ["bob@example.com"]
+    recipients = recipients or ["bob@example.com"]
     record = MessageRecord(action="quarantine", time=when, mta_host="mx.test", queue_id="QID", sender="alice@example.org", recipients=recipients, subject=subject, score=13.0)
     row = {
         "time": when, "mta_host": "mx.test", "queue_id": "QID", "client_addr": "192.0.2.1", "client_name": "unknown", "helo": "h",
@@ -115,15 +115,7 @@ def test_a_partial_release_reads_as_partial_in_list_show_log_and_digest(conf: Pa
     """Released to two of three recipients: before, list showed the release date, show headed it "released … (1 time(s))"
     over an attempt labelled FAILED, and digests said "released", with no sign that one recipient never got it."""
     when = utcnow()
-    recipients = ["bob@example.com", "gone@example.com", "carol@example.com"]
-    record = MessageRecord(action="quarantine", time=when, mta_host="mx.test", queue_id="QID", sender="alice@example.org", recipients=recipients, subject="partly", score=13.0)
-    row = {
-        "time": when, "mta_host": "mx.test", "queue_id": "QID", "client_addr": "192.0.2.1", "client_name": "unknown", "helo": "h",
-        "sender": "alice@example.org", "recipients": recipients, "subject": "partly", "score": 13.0, "reason": "score 13.0 >= 12",
-        "symbols": {"TEST": 13.0}, "size": len(RAW), "mode": "discard", "release_count": 0, "learned_ham": False,
-    }
-    quarantine.store.log_message(record, QuarantineWrite(row, lambda: [RAW]))
-    row_id = int(quarantine.rows(limit=1)[0]["id"])
+    row_id = add(quarantine, "partly", ["bob@example.com", "gone@example.com", "carol@example.com"])
     monkeypatch.setattr(quarantine_module.reinject, "send", PartlyOutbox({"gone@example.com"}).send)
     report = quarantine.release(row_id, who="admin@mx.test")
     assert report.partial and set(report.delivered) == {"bob@example.com", "carol@example.com"}
