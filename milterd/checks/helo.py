@@ -79,7 +79,7 @@ def helo_shape(helo: str) -> HeloShape:
         return HeloShape("bare_ip", str(ipaddress.ip_address(helo)))
     except ValueError:
         pass
-    name = helo.rstrip(".")
+    name = helo.removesuffix(".")  # the root's one dot; "mx.example.." is no name (SPF finds none either)
     labels = name.split(".")
     # Over 253 characters no DNS name (RFC 1035): padded with labels, one scored HELO_TEMPFAIL 0 (a lookup error).
     if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():

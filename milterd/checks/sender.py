@@ -79,7 +79,7 @@ def address_problem(address: str) -> str:
         return "invalid"
     if domain.startswith("[") and domain.endswith("]"):
         return "ip_literal"
-    domain = domain.rstrip(".")
+    domain = domain.removesuffix(".")  # the root's one dot; "example.org.." is no domain (SPF finds none either)
     if not domain or len(domain) > 253 or not all(_LABEL.match(label) for label in domain.split(".")):
         return "invalid"
     name = dns_name(domain)
