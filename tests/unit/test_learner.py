@@ -289,6 +289,34 @@ def test_the_excess_over_max_tokens_is_deleted_in_batches_too(repo: LearnerStore
     assert len(deletes) >= 2 + 6  # the two other steps' (empty) batches, then 55 in batches of 10
 
 
+def test_a_token_counted_again_while_the_excess_is_deleted_stays(repo: LearnerStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The excess reaching today's tokens (a large learn today): a message learned while the batches run, the same day,
+    # had its tokens deleted under it (review). Each row is deleted only as it was chosen: one counted since stays.
+    monkeypatch.setattr(learner_store, "EXPIRE_BATCH", 10)
+    monkeypatch.setattr(learner_store, "EXPIRE_PAUSE", 0.0)
+    today = dt.datetime(2026, 12, 7, tzinfo=dt.timezone.utc)
+    repo.learn("bulk", list(range(1, 101)), "spam", now=today)
+    deletes = 0
+
+    def learn_between_batches(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        nonlocal deletes
+        if statement.lstrip().upper().startswith("DELETE"):
+            deletes += 1
+            if deletes == 3:  # after the two other steps' batches, before the first of the excess
+                learned.append(LearnerStore(repo.engine).learn("z", list(range(5, 11)), "ham", now=today))
+
+    learned: list[str] = []
+    event.listen(repo.engine, "before_cursor_execute", learn_between_batches)
+    try:
+        assert repo.expire(dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc), rare=0, max_tokens=10) == 84
+    finally:
+        event.remove(repo.engine, "before_cursor_execute", learn_between_batches)
+    assert learned == ["learned"]
+    left = repo.counts(list(range(1, 101)))
+    assert set(left) == set(range(5, 11)) | set(range(91, 101))
+    assert left[5] == cl.Counts(spam=1, ham=1)
+
+
 # --- milterd learn ---------------------------------------------------------------
 def test_learn_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = tmp_path / "milter.conf"
