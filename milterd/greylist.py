@@ -419,8 +419,9 @@ def judge(state: State | None, now: dt.datetime, delay: float, retry_window: flo
 
     ``new``: first attempt; ``early``: retried before ``delay``; ``pass``: a
     retry after ``delay`` and within ``retry_window``; ``known``: passed before
-    and not expired; ``expired``: passed too long ago, or the retry window was
-    missed, so it starts again as a first attempt.
+    and not expired; ``expired``: passed too long ago, the retry window was
+    missed, or first seen after *now* (a clock put right since), so it starts
+    again as a first attempt.
     """
     if state is None:
         return Judgement("new", delay, now)
@@ -428,6 +429,10 @@ def judge(state: State | None, now: dt.datetime, delay: float, retry_window: flo
         return Judgement("expired", delay, now)
     if state.passed_at is not None:
         return Judgement("known", 0.0, state.first_seen)
+    if state.first_seen > now:
+        # First seen "later" than now: a clock that ran fast then (or runs slow now, another MX host's). Waiting
+        # for it would defer the sender as long as the clock was off (a day fast: a day); it starts again instead.
+        return Judgement("expired", delay, now)
     waited = (now - state.first_seen).total_seconds()
     if waited < delay:
         return Judgement("early", max(1.0, delay - waited), state.first_seen)

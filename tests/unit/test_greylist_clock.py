@@ -356,3 +356,17 @@ def test_a_slow_reading_is_not_used_and_is_tried_again_soon(fake_time: FakeTime,
     fake_time.value += 30
     clock.now()
     assert calls == ["read", "read"]  # a good reading: the next one an interval later
+
+
+# --- a clock put right ---------------------------------------------------------------
+@pytest.mark.parametrize("off", [dt.timedelta(days=1), dt.timedelta(hours=1), dt.timedelta(seconds=30)])
+def test_a_triplet_first_seen_while_the_clock_ran_fast_waits_the_delay_not_the_error(store: Store, off: dt.timedelta) -> None:
+    """First seen with the clock *off* fast (or now slow by that much): the retry was deferred for the delay plus
+    the error ("try again in 86100 seconds", found by review); it starts again, and passes once the delay is over."""
+    greylist = GreylistStore(store.engine)
+    now = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.timezone.utc)
+    assert gl.check_triplet(greylist, TRIPLET, CONFIG, now=now + off).kind == "new"
+    retry = gl.check_triplet(greylist, TRIPLET, CONFIG, now=now + dt.timedelta(seconds=10))
+    assert (retry.kind, retry.wait) == ("expired", DELAY)
+    assert gl.check_triplet(greylist, TRIPLET, CONFIG, now=now + dt.timedelta(seconds=20)).kind == "early"
+    assert gl.check_triplet(greylist, TRIPLET, CONFIG, now=now + dt.timedelta(seconds=10 + DELAY)).kind == "pass"
