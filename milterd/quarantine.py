@@ -280,13 +280,25 @@ def claim_attempt(row: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def claim_refusals(row: dict[str, Any]) -> int:
-    """How many recipients the server refused in the attempt that holds *row*'s claim (a partial release: the
-    others got the message, so the row reads as released), named or only counted in its record."""
+    """How many recipients of a claimed *row* were refused the message and have not had it since (a partial
+    release: the others got it, so the row reads as released): those any attempt refused and none delivered to
+    (a forced release to one who already had it does not make the row whole), and those the claim's attempt
+    only counted (its record names at most a few of each reply)."""
     attempt = claim_attempt(row)
     if attempt is None:
         return 0
-    more = attempt.get("refused_more") or {}
-    return len(attempt.get("refused") or {}) + sum(int(n) for n in more.values()) + int(attempt.get("refused_other") or 0)
+    history = [entry for entry in row.get("release_result") or [] if isinstance(entry, dict) and not is_left_out(entry)]
+    delivered = {recipient for entry in history for recipient in _named(entry.get("delivered"))}
+    refused = {recipient for entry in history for recipient in _named(entry.get("refused"))} - delivered
+    more = attempt.get("refused_more")
+    counted = sum(int(n) for n in more.values()) if isinstance(more, dict) else 0
+    return len(refused) + counted + int(attempt.get("refused_other") or 0)
+
+
+def _named(recipients: object) -> list[str]:
+    """The recipients an attempt's ``delivered`` or ``refused`` names (a mapping to replies; anything else, as a
+    record some other version wrote, names none)."""
+    return [str(recipient) for recipient in recipients] if isinstance(recipients, dict) else []
 
 
 def release_state(row: dict[str, Any]) -> ReleaseState:

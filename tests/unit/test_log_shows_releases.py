@@ -133,8 +133,14 @@ def test_a_partial_release_reads_as_partial_in_list_show_log_and_digest(conf: Pa
     digest = quarantine_module.format_digest(quarantine.rows(), quarantine.config, when - dt.timedelta(days=1), utcnow(), total=1, reasons=[])
     assert "by admin@mx.test (1 recipient(s) refused it)" in digest
 
-    # The others released: no longer partial.
+    # Sent again to one who had it: still partial (review: it read as whole, the claim's attempt having no refusal).
     monkeypatch.setattr(quarantine_module.reinject, "send", PartlyOutbox(set()).send)
+    assert quarantine.release(row_id, who="admin@mx.test", force=True, to=["bob@example.com"]).ok
+    assert cli.main(["-c", str(conf), "quarantine", "list"]) == 0
+    assert " partly " in capsys.readouterr().out.splitlines()[1]
+    assert "; 1 recipient(s) refused it" in quarantine_module.claim_text(quarantine.get(row_id))
+
+    # The one refused released: no longer partial.
     assert quarantine.release(row_id, who="admin@mx.test", force=True, to=["gone@example.com"]).ok
     assert cli.main(["-c", str(conf), "quarantine", "list"]) == 0
     assert " partly " not in capsys.readouterr().out.splitlines()[1]
