@@ -56,7 +56,7 @@ from .store import Store, unknown_schema, unversioned_tables
 from .store.engine import relative_sqlite, sqlite_file
 from .store.learner import LearnerStore, ModelSummary, model_may_exist
 from .store.ownership import socket_directory_problems, store_file_problems
-from .text import has_password, redact, redact_url
+from .text import cut, has_password, redact, redact_url
 from .units import parse_duration
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -840,9 +840,29 @@ def _reinjection_problem(config: Config, settings: dict[str, str], services: Seq
                    f"DKIM-signed as local); add -o smtpd_milters= -o non_smtpd_milters= to {svc.label}")
 
 
+#: The Postfix parameters milterd's doctor reads.
+MILTER_PARAMETERS = (
+    "smtpd_milters", "non_smtpd_milters", "milter_protocol", "milter_default_action",
+    "milter_connect_timeout", "milter_command_timeout", "milter_content_timeout",
+)
+#: What ``milter_default_action`` may be (Postfix's milter(8)); anything else is a configuration error to it.
+MILTER_DEFAULT_ACTIONS = frozenset({"accept", "reject", "tempfail", "quarantine"})
+
+
+def _commented(settings: dict[str, str]) -> list[Finding]:
+    """A failure for each milter parameter whose value holds a ``#``: main.cf has no end-of-line comments, so a
+    comment pasted after a value is part of it (``non_smtpd_milters = $smtpd_milters # optional`` made Postfix's
+    cleanup answer 4.3.5 "Server configuration problem" for every message submitted with sendmail(1))."""
+    return [
+        Finding(f"postfix {name} comment", "fail", f"{cut(settings[name], 80)!r} holds a '#': main.cf has no end-of-line comments, "
+                "so Postfix reads the comment as part of the value; put it on a line of its own")
+        for name in MILTER_PARAMETERS if "#" in settings.get(name, "")
+    ]
+
+
 def _judge_milters(config: Config, settings: dict[str, str], queue_directory: str, chroot: bool = False) -> list[Finding]:
     """:func:`judge_postfix` for one set of settings (main.cf's, or one service's with its overrides)."""
-    findings = []
+    findings = _commented(settings)
     overridden: dict[str, str] = {}
     milters = milter_settings(settings.get("smtpd_milters", ""))
     ours = [own for entry, own in milters if same_socket(config.milter.socket, entry, queue_directory, chroot)]
@@ -865,6 +885,10 @@ def _judge_milters(config: Config, settings: dict[str, str], queue_directory: st
         findings.append(Finding("postfix milter_default_action", "warn", f"accept while {', '.join(fails_closed)} fail closed (on_error = tempfail): when milterd itself is down, mail passes unscanned and unlogged"))
     elif default_action in ("accept", "quarantine"):
         findings.append(Finding("postfix milter_default_action", "warn", f"{default_action}: when milterd is down, mail passes unscanned and unlogged"))
+    elif default_action not in MILTER_DEFAULT_ACTIONS:
+        if "#" not in default_action:  # said above
+            findings.append(Finding("postfix milter_default_action", "fail", f"{cut(default_action, 80)!r} is none of Postfix's ({', '.join(sorted(MILTER_DEFAULT_ACTIONS))}): "
+                                    "when milterd is down, Postfix logs a warning and answers 451 4.3.5 Server configuration problem"))
     else:
         findings.append(Finding("postfix milter_default_action", "ok", default_action))
     needed = scanner_budget(config)

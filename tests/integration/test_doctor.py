@@ -113,6 +113,20 @@ def test_risky_postfix_settings_warn(tmp_path: Path, backends: dict[str, Any]) -
     assert strict.returncode == 1 and "WARN" in strict.stdout
 
 
+def test_a_comment_after_a_main_cf_value_fails(tmp_path: Path, backends: dict[str, Any]) -> None:
+    """The README's main.cf snippets had comments after values, which Postfix reads as part of them (found by review):
+    doctor, reading postconf, says so for each such milter parameter."""
+    milterd = _milterd(tmp_path / "m", {"dns": {"nameservers": [backends["dns"].nameserver], "timeout": 2}})
+    assert milterd.cli("db", "upgrade").returncode == 0
+    postfix = _postfix(tmp_path, milterd.postfix_spec, non_smtpd_milters="$smtpd_milters   # optional: also mail submitted with sendmail(1)",
+                       milter_default_action="tempfail     # milterd unreachable: clients retry, nothing is lost")
+    code, report = _doctor(milterd, "--postfix-config", str(postfix.etc))
+    failed = {f["name"]: f["detail"] for f in report["findings"] if f["status"] == "fail"}
+    assert code == 1 and report["status"] == "fail"
+    assert {"postfix non_smtpd_milters comment", "postfix milter_default_action comment"} <= set(failed), failed
+    assert "main.cf has no end-of-line comments" in failed["postfix milter_default_action comment"]
+
+
 def test_bad_configuration_fails(tmp_path: Path) -> None:
     milterd = _milterd(tmp_path / "m", {"actions": {"rejct": 3}})
     code, report = _doctor(milterd, "--no-postfix")

@@ -208,3 +208,28 @@ def test_doctor_with_its_standard_output_closed_exits_with_its_findings_status(m
         monkeypatch.setattr(sys, "stdout", stdout)
         assert main(["doctor", "--no-postfix"]) == 0  # a warning only
         assert main(["doctor", "--no-postfix", "--strict"]) == 1
+
+
+def test_a_comment_pasted_after_a_main_cf_value_fails() -> None:
+    """main.cf has no end-of-line comments: the README's own snippets had them, and Postfix took them as part of the
+    values (non_smtpd_milters held "#", "optional:"…: cleanup answered 4.3.5 for every sendmail(1) message), while
+    doctor found smtpd_milters "ok" from the address and milter_default_action "ok" (review)."""
+    settings = {
+        "smtpd_milters": "inet:127.0.0.1:8895", "non_smtpd_milters": "$smtpd_milters   # optional: also mail submitted with sendmail(1)",
+        "milter_default_action": "tempfail     # milterd unreachable: clients retry, nothing is lost",
+        "milter_content_timeout": "300s        # longer than the scanners' timeouts", "milter_protocol": "6",
+    }
+    found = _by_name(judge_postfix(Config(), settings))
+    for name in ("non_smtpd_milters", "milter_default_action", "milter_content_timeout"):
+        finding = found[f"postfix {name} comment"]
+        assert finding.status == "fail" and "main.cf has no end-of-line comments" in finding.detail and "line of its own" in finding.detail
+    assert "postfix smtpd_milters comment" not in found and found["postfix smtpd_milters"].status == "ok"
+    assert "postfix milter_default_action" not in found  # said once, by the comment's finding
+    assert worst(list(found.values())) == "fail"
+
+
+@pytest.mark.parametrize("action", ["tempfial", "defer", "discard"])
+def test_a_milter_default_action_postfix_does_not_know_fails(action: str) -> None:
+    settings = {"smtpd_milters": "inet:127.0.0.1:8895", "milter_default_action": action}
+    finding = _by_name(judge_postfix(Config(), settings))["postfix milter_default_action"]
+    assert finding.status == "fail" and "4.3.5" in finding.detail and "tempfail" in finding.detail
