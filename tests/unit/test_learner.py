@@ -289,23 +289,23 @@ def test_the_excess_over_max_tokens_is_deleted_in_batches_too(repo: LearnerStore
     assert len(deletes) >= 2 + 6  # the two other steps' (empty) batches, then 55 in batches of 10
 
 
-def test_a_token_counted_again_while_the_excess_is_deleted_stays(repo: LearnerStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The excess reaching today's tokens (a large learn today): a message learned while the batches run, the same day,
-    # had its tokens deleted under it (review). Each row is deleted only as it was chosen: one counted since stays.
+def test_a_token_learned_again_while_the_excess_is_deleted_stays(repo: LearnerStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A message learned today while the batches delete yesterday's excess keeps its tokens (deleted under it, they
+    # would leave it counted in the totals with none of its tokens). The same day's learn is not told apart: see expire.
     monkeypatch.setattr(learner_store, "EXPIRE_BATCH", 10)
     monkeypatch.setattr(learner_store, "EXPIRE_PAUSE", 0.0)
-    today = dt.datetime(2026, 12, 7, tzinfo=dt.timezone.utc)
-    repo.learn("bulk", list(range(1, 101)), "spam", now=today)
+    yesterday = dt.datetime(2026, 12, 6, tzinfo=dt.timezone.utc)
+    repo.learn("bulk", list(range(1, 101)), "spam", now=yesterday)
     deletes = 0
+    learned: list[str] = []
 
     def learn_between_batches(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
         nonlocal deletes
         if statement.lstrip().upper().startswith("DELETE"):
             deletes += 1
             if deletes == 3:  # after the two other steps' batches, before the first of the excess
-                learned.append(LearnerStore(repo.engine).learn("z", list(range(5, 11)), "ham", now=today))
+                learned.append(LearnerStore(repo.engine).learn("z", list(range(5, 11)), "ham", now=yesterday + dt.timedelta(days=1)))
 
-    learned: list[str] = []
     event.listen(repo.engine, "before_cursor_execute", learn_between_batches)
     try:
         assert repo.expire(dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc), rare=0, max_tokens=10) == 84
