@@ -280,19 +280,24 @@ def claim_attempt(row: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def claim_refusals(row: dict[str, Any]) -> int:
-    """How many recipients of a claimed *row* were refused the message and have not had it since (a partial
-    release: the others got it, so the row reads as released): those any attempt refused and none delivered to
-    (a forced release to one who already had it does not make the row whole), and those the claim's attempt
-    only counted (its record names at most a few of each reply)."""
+    """How many of a claimed *row*'s recipients were refused the message and have not had it since (a partial
+    release: the others got it, so the row reads as released).
+
+    Those any attempt refused by name and none delivered to (a forced resend to one who already had it does not
+    make the row whole; an address given with ``--to`` that is not one of the message's is not counted), or, when
+    more, the claim's attempt's own refusals: those it names and has not delivered since, with those it only counts
+    (its record names at most a few of each reply)."""
     attempt = claim_attempt(row)
     if attempt is None:
         return 0
     history = [entry for entry in row.get("release_result") or [] if isinstance(entry, dict) and not is_left_out(entry)]
     delivered = {recipient for entry in history for recipient in _named(entry.get("delivered"))}
-    refused = {recipient for entry in history for recipient in _named(entry.get("refused"))} - delivered
+    recipients = set(row.get("recipients") or [])
+    named = {recipient for entry in history for recipient in _named(entry.get("refused"))} & recipients - delivered
     more = attempt.get("refused_more")
     counted = sum(int(n) for n in more.values()) if isinstance(more, dict) else 0
-    return len(refused) + counted + int(attempt.get("refused_other") or 0)
+    own = set(_named(attempt.get("refused"))) - delivered
+    return max(len(named), len(own) + counted + int(attempt.get("refused_other") or 0))
 
 
 def _named(recipients: object) -> list[str]:

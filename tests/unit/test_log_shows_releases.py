@@ -144,3 +144,28 @@ def test_a_partial_release_reads_as_partial_in_list_show_log_and_digest(conf: Pa
     assert quarantine.release(row_id, who="admin@mx.test", force=True, to=["gone@example.com"]).ok
     assert cli.main(["-c", str(conf), "quarantine", "list"]) == 0
     assert " partly " not in capsys.readouterr().out.splitlines()[1]
+
+
+def released_row(recipients: list[str], *attempts: quarantine_module.ReleaseReport) -> dict[str, Any]:
+    """A row claimed by the last of *attempts* (each recorded as a release records it)."""
+    when = utcnow()
+    history = [report.as_json("admin", when - dt.timedelta(seconds=len(attempts) - i)) for i, report in enumerate(attempts)]
+    claimed = when - dt.timedelta(seconds=1)
+    return {"recipients": recipients, "released_at": claimed, "released_by": "admin", "release_count": 1, "release_result": history}
+
+
+def test_a_refused_address_given_with_to_is_not_a_recipient_left_out() -> None:
+    # --to bobb@ (a typo) refused, then the message released to its recipients: nobody is left out (review).
+    typo = quarantine_module.ReleaseReport(1, refused={"bobb@example.com": "550 5.1.1 no such user"})
+    whole = quarantine_module.ReleaseReport(1, delivered={"bob@example.com": "250 ok", "carol@example.com": "250 ok"})
+    assert quarantine_module.claim_refusals(released_row(["bob@example.com", "carol@example.com"], typo, whole)) == 0
+
+
+def test_recipients_named_in_one_attempt_and_counted_in_another_are_counted_once() -> None:
+    # 25 recipients: r21–r25 refused by name first, then the release refused all 25 (20 named, 5 only counted) and
+    # delivered to d: 25 left out, not 30 (review).
+    recipients = [f"r{i}@example.com" for i in range(1, 26)]
+    first = quarantine_module.ReleaseReport(1, refused={r: "550 no" for r in recipients[20:]})
+    claim = quarantine_module.ReleaseReport(1, delivered={"d@example.com": "250 ok"}, refused={r: "550 no" for r in recipients})
+    assert len(claim.as_json("admin", utcnow())["refused"]) < 25  # the record names only some of one reply
+    assert quarantine_module.claim_refusals(released_row([*recipients, "d@example.com"], first, claim)) == 25
