@@ -467,6 +467,9 @@ def test_resolver_down_is_a_temporary_error_not_a_failure(stack: Stack, local_dn
     raw = sign(message("dns down", sender="bob@signed.test"), keys["signed"], "signed.test", selector="other")
     stack.send(raw, sender="bob@signed.test", xclient=CLIENT)
     results = our_results(delivered(stack, "dns down"))
-    assert "dkim=temperror reason=\"key lookup failed: connection refused\" header.d=signed.test header.s=other" in results and "dmarc=temperror" in results
+    # Refused, or silent: the kernel tells of a closed port by an ICMP message it sends at most 1,000 a second
+    # (a burst of 50), so under load a question to the stopped resolver may go unanswered to its deadline instead.
+    assert re.search(r'dkim=temperror reason="key lookup failed: (connection refused|timeout)" header\.d=signed\.test header\.s=other', results), results
+    assert "dmarc=temperror" in results
     row = row_for(stack, "dns down")
     assert {"DKIM_TEMPFAIL", "DMARC_TEMPFAIL"} <= set(row["symbols"]) and row["action"] != "reject"
