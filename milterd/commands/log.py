@@ -96,9 +96,8 @@ def _quarantine_line(row: dict[str, Any]) -> str | None:
     stored = row.get("quarantine")
     if stored is None:
         return "quarantine: no longer stored (deleted or purged)" if row["action"] == Action.QUARANTINE.label else None
-    claim = claim_text(stored)
     state = release_state(stored)
-    said = "not released" if not state else (f"released {claim}" if state == "released" else claim)
+    said = "not released" if not state else ("released " if state == "released" else "") + claim_text(stored)
     return f"quarantine: #{stored['id']} ({escape(str(stored.get('mode') or ''))}), {escape(said)}"
 
 

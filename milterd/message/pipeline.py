@@ -178,7 +178,7 @@ class Pipeline:
         """MAIL FROM; rejects delayed from connect and HELO apply here, once SMTP AUTH is known."""
         decision = self._forced(session, envelope, session.hits)
         if decision is None:
-            self._run(self._overriding("before_mail", session), session, lambda c: _started(c.before_mail, session, envelope))
+            self._run(self._hooked_by("before_mail"), session, lambda c: _started(c.before_mail, session, envelope))
             hits = self._run(self._at_mail, session, lambda c: c.on_mail(session, envelope))
             envelope.hits.extend(h for h in hits if h.action is None)
             decision = self._forced(session, envelope, hits)

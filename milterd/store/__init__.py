@@ -37,7 +37,7 @@ from .engine import POOL_SIZE, file_moved, make_engine, relative_sqlite, server_
 from .errors import StoreError as StoreError
 from .greylist import GreylistStore
 from .ownership import owned_by_another, restore_side_files
-from .quarantine import insert_message
+from .quarantine import QuarantineStore, insert_message
 from .upsert import advisory_lock
 
 if TYPE_CHECKING:
@@ -671,15 +671,7 @@ class Store:
     def _attach_quarantine(self, rows: list[dict[str, Any]]) -> None:
         """Set each log row's ``quarantine``: its quarantine row (without the message), or None."""
         ids = [row["id"] for row in rows if row["action"] == "quarantine"]  # the only action that stores a copy
-        stored: dict[int, dict[str, Any]] = {}
-        if ids:
-            table = schema.quarantine
-            query = select(*[c for c in table.c if c.name != "raw"]).where(table.c.message_log_id.in_(ids)).order_by(table.c.id)
-            with self.engine.connect() as connection:
-                for found in connection.execute(query):
-                    copy = dict(found._mapping)
-                    copy["time"], copy["released_at"] = as_utc(copy["time"]), as_utc(copy["released_at"])
-                    stored[copy["message_log_id"]] = copy
+        stored = QuarantineStore(self.engine).of_log_rows(ids)
         for row in rows:
             row["quarantine"] = stored.get(row["id"])
 

@@ -193,6 +193,13 @@ class QuarantineStore:
         query = self._select().where(purgeable(table, older_than, now)).order_by(table.c.id.desc())
         return [_fix(row) for row in self._fetch(query)]
 
+    def of_log_rows(self, message_log_ids: list[int]) -> dict[int, QuarantineRow]:
+        """The rows (without the message) stored for these log rows, by log row id (the newest, if several)."""
+        if not message_log_ids:
+            return {}
+        rows = self._fetch(self._select().where(self.table.c.message_log_id.in_(message_log_ids)).order_by(self.table.c.id))
+        return {row["message_log_id"]: _fix(row) for row in rows}
+
     def get(self, row_id: int) -> QuarantineRow | None:
         """One row (without the message), or None."""
         rows = self._fetch(self._select().where(self.table.c.id == row_id))
